@@ -1,0 +1,171 @@
+// RMSNorm family: y = x / sqrt(mean(x*x) + eps) * (w + weight_offset), over rows of length n.
+// Fused residual: h = x + residual (rounded to the storage dtype, as the model stores it),
+// residual_out = h, y = norm(h). One workgroup per row; f32 accumulation; a tree reduction in
+// workgroup memory.
+//
+// Override constants (set by `ops::rms_norm::Variant`):
+//   DTYPE      storage dtype of x, weight, residual and outputs (0 f32, 1 f16, 2 bf16)
+//   V          elements per chunk: 1 or 4 for f32, 2 or 4 for half types (pairs share a word)
+//   WG         workgroup size, a power of two <= 256
+//   HAS_RES    fused residual variant
+//   X_IN_OUT   x lives in the `dst` binding (in place, or same buffer as out)
+//   R_IN_ROUT  residual lives in the `res_dst` binding (residual updated in place)
+// Unused bindings are bound to small dummy buffers and never read.
+
+override DTYPE: u32 = 0u;
+override V: u32 = 4u;
+override WG: u32 = 256u;
+override HAS_RES: bool = false;
+override X_IN_OUT: bool = false;
+override R_IN_ROUT: bool = false;
+
+struct Params {
+    n_rows: u32,
+    n: u32,
+    x_off: u32,
+    x_stride: u32,
+    w_off: u32,
+    r_off: u32,
+    r_stride: u32,
+    out_off: u32,
+    out_stride: u32,
+    rout_off: u32,
+    rout_stride: u32,
+    eps: f32,
+    weight_offset: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<u32>;
+@group(0) @binding(2) var<storage, read> weight: array<u32>;
+@group(0) @binding(3) var<storage, read> res: array<u32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(5) var<storage, read_write> res_dst: array<u32>;
+
+const B_X: u32 = 0u;
+const B_W: u32 = 1u;
+const B_R: u32 = 2u;
+const B_OUT: u32 = 3u;
+const B_ROUT: u32 = 4u;
+
+// Word `i` of logical buffer `b`; `b` is always a literal, so this folds to one load.
+fn word(b: u32, i: u32) -> u32 {
+    switch b {
+        case 0u: {
+            if X_IN_OUT {
+                return dst[i];
+            }
+            return src[i];
+        }
+        case 1u: {
+            return weight[i];
+        }
+        case 2u: {
+            if R_IN_ROUT {
+                return res_dst[i];
+            }
+            return res[i];
+        }
+        case 3u: {
+            return dst[i];
+        }
+        default: {
+            return res_dst[i];
+        }
+    }
+}
+
+fn put(b: u32, i: u32, w: u32) {
+    if b == B_OUT {
+        dst[i] = w;
+    } else {
+        res_dst[i] = w;
+    }
+}
+
+// V values starting at element e (e % V == 0) as a vec4; lanes past V are 0.
+fn load(b: u32, e: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if DTYPE == DT_F32 {
+        for (var k = 0u; k < V; k++) {
+            v[k] = bitcast<f32>(word(b, e + k));
+        }
+        return v;
+    }
+    let h = e >> 1u;
+    let lo = unpack_half2(word(b, h), DTYPE);
+    v = vec4<f32>(lo, 0.0, 0.0);
+    if V == 4u {
+        let hi = unpack_half2(word(b, h + 1u), DTYPE);
+        v = vec4<f32>(lo, hi);
+    }
+    return v;
+}
+
+fn store(b: u32, e: u32, v: vec4<f32>) {
+    if DTYPE == DT_F32 {
+        for (var k = 0u; k < V; k++) {
+            put(b, e + k, bitcast<u32>(v[k]));
+        }
+        return;
+    }
+    let h = e >> 1u;
+    put(b, h, pack_half2(v.xy, DTYPE));
+    if V == 4u {
+        put(b, h + 1u, pack_half2(v.zw, DTYPE));
+    }
+}
+
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(WG)
+fn rms_norm(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_workgroup(wid, nwg);
+    // Uniform per workgroup, so returning before the barriers is allowed.
+    if row >= p.n_rows {
+        return;
+    }
+    let n_chunks = p.n / V;
+    let xb = p.x_off + row * p.x_stride;
+    let rb = p.r_off + row * p.r_stride;
+    let ob = p.out_off + row * p.out_stride;
+    let rob = p.rout_off + row * p.rout_stride;
+
+    var ss = 0.0;
+    for (var c = lid; c < n_chunks; c += WG) {
+        var h = load(B_X, xb + c * V);
+        if HAS_RES {
+            h = round_to_dtype(h + load(B_R, rb + c * V), DTYPE);
+            store(B_ROUT, rob + c * V, h);
+        }
+        ss += dot(h, h);
+    }
+    partial[lid] = ss;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            partial[lid] += partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
+
+    // Each invocation re-reads only chunks it wrote itself, so in-place aliasing is safe.
+    for (var c = lid; c < n_chunks; c += WG) {
+        var h: vec4<f32>;
+        if HAS_RES {
+            h = load(B_ROUT, rob + c * V);
+        } else {
+            h = load(B_X, xb + c * V);
+        }
+        let w = load(B_W, p.w_off + c * V) + vec4<f32>(p.weight_offset);
+        store(B_OUT, ob + c * V, h * inv * w);
+    }
+}

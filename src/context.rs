@@ -1,0 +1,535 @@
+//! The device, its queue, what it can do, and the pipeline cache.
+//!
+//! A [`Context`] either creates its own device ([`Context::new`]) or wraps the `wgpu::Device` and
+//! `wgpu::Queue` of the application that calls us ([`Context::from_device`]). Kernels only ever
+//! record into encoders; nothing here owns the user's command stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::pipeline::{Kernel, PipelineKey};
+use crate::tensor::{DType, Element, Tensor};
+
+/// Optional adapter capabilities that kernels may use; none is required.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// `SHADER_F16`: native `f16` arithmetic in WGSL.
+    pub shader_f16: bool,
+    /// `SUBGROUP`: subgroup operations.
+    pub subgroups: bool,
+    /// `TIMESTAMP_QUERY`: GPU timestamps (the benchmark uses them).
+    pub timestamps: bool,
+}
+
+/// Device, queue, limits, optional features and the pipeline cache. `Send + Sync`; share it
+/// behind an `Arc` across threads.
+pub struct Context {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    caps: Caps,
+    cache: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
+    lost: Arc<Mutex<Option<String>>>,
+    /// Bound to binding slots a variant does not read, so one layout serves all variants.
+    dummy: wgpu::Buffer,
+    dummy_rw: wgpu::Buffer,
+}
+
+/// The backends to search: `WGPU_BACKEND` when set, all otherwise.
+fn backends_from_env() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
+}
+
+/// Help text for the most common failure on a fresh CI machine.
+pub const NO_ADAPTER_HELP: &str = "no GPU adapter found. On Debian/Ubuntu, `apt-get install -y mesa-vulkan-drivers` \
+gives Mesa's software Vulkan device (lavapipe); WGPU_BACKEND and WGPU_ADAPTER_NAME choose among adapters";
+
+impl Context {
+    /// Create a context on the default adapter, honouring `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`.
+    pub fn new() -> Result<Self> {
+        pollster::block_on(Self::new_async())
+    }
+
+    /// Async form of [`Context::new`].
+    pub async fn new_async() -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = Self::pick_adapter(&instance).await?;
+        Self::from_adapter(&adapter).await
+    }
+
+    async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+        let backends = backends_from_env();
+        if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
+            let want = name.to_lowercase();
+            let adapters = instance.enumerate_adapters(backends).await;
+            let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+            return adapters
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&want))
+                .ok_or_else(|| {
+                    Error::NoDevice(format!(
+                        "WGPU_ADAPTER_NAME={name:?} matches none of the adapters found: {names:?}"
+                    ))
+                });
+        }
+        let opts = wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env()
+                .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            ..Default::default()
+        };
+        match instance.request_adapter(&opts).await {
+            Ok(a) => Ok(a),
+            Err(e) => Err(Error::NoDevice(format!("{NO_ADAPTER_HELP} ({e})"))),
+        }
+    }
+
+    /// Create a device on `adapter` with its real limits and the optional features it has.
+    pub async fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
+        let wanted =
+            wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        let features = adapter.features() & wanted;
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("llama-kernels"),
+            required_features: features,
+            // wgpu's defaults (16 KiB workgroup memory, 128 MiB bindings) are below what most
+            // adapters offer; ask for everything the adapter has.
+            required_limits: adapter.limits(),
+            ..Default::default()
+        };
+        let (device, queue) = adapter.request_device(&desc).await.map_err(|e| {
+            Error::NoDevice(format!(
+                "request_device on {}: {e}",
+                adapter.get_info().name
+            ))
+        })?;
+        let lost = Arc::new(Mutex::new(None));
+        let lost2 = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut g) = lost2.lock() {
+                *g = Some(format!("{reason:?}: {msg}"));
+            }
+        });
+        Ok(Self::build(device, queue, adapter.get_info(), lost))
+    }
+
+    /// Wrap a device and queue that the application already has. Kernels use whatever limits
+    /// and features the device was created with (`SHADER_F16`, `SUBGROUP` are used if enabled).
+    /// Our device-lost callback is not installed: the application keeps its own.
+    pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue) -> Self {
+        let info = device.adapter_info();
+        Self::build(
+            device.clone(),
+            queue.clone(),
+            info,
+            Arc::new(Mutex::new(None)),
+        )
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        lost: Arc<Mutex<Option<String>>>,
+    ) -> Self {
+        let f = device.features();
+        let caps = Caps {
+            shader_f16: f.contains(wgpu::Features::SHADER_F16),
+            subgroups: f.contains(wgpu::Features::SUBGROUP),
+            timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+        };
+        let limits = device.limits();
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("llama-kernels dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let dummy_rw = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("llama-kernels dummy rw"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Context {
+            dummy_rw,
+            device,
+            queue,
+            info,
+            limits,
+            caps,
+            cache: Mutex::new(HashMap::new()),
+            lost,
+            dummy,
+        }
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+    pub fn caps(&self) -> Caps {
+        self.caps
+    }
+    /// A 16-byte storage buffer bound to slots that a variant never reads.
+    pub fn dummy_buffer(&self) -> &wgpu::Buffer {
+        &self.dummy
+    }
+
+    /// A second dummy for `read_write` slots (a buffer cannot be bound both ways in a dispatch).
+    pub fn dummy_rw_buffer(&self) -> &wgpu::Buffer {
+        &self.dummy_rw
+    }
+
+    /// One line describing the adapter and its capabilities.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}), f16={}, subgroups={}, timestamps={}, workgroup memory {} B, storage binding {} MiB",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.caps.shader_f16,
+            self.caps.subgroups,
+            self.caps.timestamps,
+            self.limits.max_compute_workgroup_storage_size,
+            self.limits.max_storage_buffer_binding_size >> 20
+        )
+    }
+
+    fn check_lost(&self, op: &'static str) -> Result<()> {
+        if let Some(msg) = self.lost.lock().ok().and_then(|g| g.clone()) {
+            return Err(Error::DeviceLost { op, msg });
+        }
+        Ok(())
+    }
+
+    /// Get (or build and cache) the pipeline for `key`. Shader compile and pipeline validation
+    /// errors come back as `Err`, not through wgpu's uncaptured-error handler.
+    pub fn kernel(&self, op: &'static str, key: &PipelineKey) -> Result<Arc<Kernel>> {
+        if let Some(k) = self
+            .cache
+            .lock()
+            .map_err(|_| Error::gpu(op, "pipeline cache poisoned"))?
+            .get(key)
+        {
+            return Ok(k.clone());
+        }
+        let kernel = Arc::new(self.scoped(op, || key.build(&self.device))?);
+        self.cache
+            .lock()
+            .map_err(|_| Error::gpu(op, "pipeline cache poisoned"))?
+            .insert(key.clone(), kernel.clone());
+        Ok(kernel)
+    }
+
+    /// Number of cached pipelines (tests use this to see that variants are reused).
+    pub fn cached_pipelines(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Run `f` inside validation, out-of-memory and internal error scopes and turn anything they
+    /// catch into `Error::Gpu` for `op`.
+    pub fn scoped<T>(&self, op: &'static str, f: impl FnOnce() -> T) -> Result<T> {
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let errs = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+            pollster::block_on(internal.pop()),
+        ];
+        if let Some(e) = errs.into_iter().flatten().next() {
+            return Err(Error::gpu(op, e.to_string()));
+        }
+        self.check_lost(op)?;
+        Ok(out)
+    }
+
+    /// Record with `f` into a fresh encoder, submit, and wait for the GPU. Errors from recording
+    /// and from wgpu validation come back as `Err`.
+    pub fn submit_and_wait(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<()> {
+        let idx = self.scoped(op, || -> Result<wgpu::SubmissionIndex> {
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
+            f(&mut enc)?;
+            Ok(self.queue.submit([enc.finish()]))
+        })??;
+        self.wait(op, Some(idx))
+    }
+
+    /// Block until the queue has finished `idx` (or everything submitted, with `None`).
+    pub fn wait(&self, op: &'static str, idx: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: idx,
+                timeout: None,
+            })
+            .map_err(|e| Error::gpu(op, format!("waiting for the GPU: {e}")))?;
+        self.check_lost(op)
+    }
+
+    /// A new buffer usable as kernel storage, upload target and readback source.
+    pub fn create_buffer(&self, op: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        let size = bytes.max(4).div_ceil(4) * 4;
+        crate::ensure!(
+            size <= self.limits.max_buffer_size,
+            Limit,
+            op,
+            "buffer of {size} bytes exceeds the device's max_buffer_size {}",
+            self.limits.max_buffer_size
+        );
+        self.scoped(op, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(op),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// A new contiguous tensor (contents unspecified: zeroed by wgpu).
+    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let buf = self.create_buffer("empty", (n * dtype.size()) as u64)?;
+        Ok(Tensor::new(&buf, 0, shape, dtype))
+    }
+
+    /// Upload host values of any [`Element`] type into a new contiguous tensor.
+    pub fn upload<T: Element>(&self, data: &[T], shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        crate::ensure!(
+            n == data.len(),
+            Shape,
+            "upload",
+            "shape {shape:?} holds {n} elements but {} were given",
+            data.len()
+        );
+        let mut bytes = bytemuck::cast_slice::<T, u8>(data).to_vec();
+        bytes.resize(bytes.len().max(4).div_ceil(4) * 4, 0);
+        let buf = self.scoped("upload", || {
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("upload"),
+                    contents: &bytes,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                })
+        })?;
+        Ok(Tensor::new(&buf, 0, shape, T::DTYPE))
+    }
+
+    /// Upload f32 values converted to `dtype` (round to nearest even).
+    pub fn upload_as(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        match dtype {
+            DType::F32 => self.upload(data, shape),
+            DType::F16 => self.upload(
+                &data
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v))
+                    .collect::<Vec<_>>(),
+                shape,
+            ),
+            DType::BF16 => self.upload(
+                &data
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v))
+                    .collect::<Vec<_>>(),
+                shape,
+            ),
+        }
+    }
+
+    /// Write raw bytes into `buffer` at `byte_offset` (both multiples of 4).
+    pub fn write_bytes(&self, buffer: &wgpu::Buffer, byte_offset: u64, bytes: &[u8]) -> Result<()> {
+        crate::ensure!(
+            byte_offset % 4 == 0 && bytes.len() % 4 == 0,
+            Bounds,
+            "write",
+            "writes must start and end on 4-byte boundaries (offset {byte_offset}, {} bytes)",
+            bytes.len()
+        );
+        crate::ensure!(
+            byte_offset + bytes.len() as u64 <= buffer.size(),
+            Bounds,
+            "write",
+            "write of {} bytes at {byte_offset} passes the end of a {}-byte buffer",
+            bytes.len(),
+            buffer.size()
+        );
+        self.scoped("write", || {
+            self.queue.write_buffer(buffer, byte_offset, bytes)
+        })?;
+        self.wait("write", None)
+    }
+
+    /// Read the raw bytes `range` of `buffer` (rounded out to 4-byte boundaries internally).
+    pub fn read_bytes(
+        &self,
+        buffer: &wgpu::Buffer,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>> {
+        let op = "readback";
+        crate::ensure!(
+            range.start <= range.end && range.end <= buffer.size(),
+            Bounds,
+            op,
+            "byte range {range:?} is outside a {}-byte buffer",
+            buffer.size()
+        );
+        let start = range.start / 4 * 4;
+        let end = (range.end.div_ceil(4) * 4).min(buffer.size());
+        let len = (end - start).max(4);
+        let staging = self.scoped(op, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: len,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        if end > start {
+            self.submit_and_wait(op, |enc| {
+                enc.copy_buffer_to_buffer(buffer, start, &staging, 0, end - start);
+                Ok(())
+            })?;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait(op, None)?;
+        rx.recv()
+            .map_err(|_| Error::gpu(op, "map callback never ran"))?
+            .map_err(|e| Error::gpu(op, format!("map_async: {e}")))?;
+        let data = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::gpu(op, format!("get_mapped_range: {e}")))?;
+            let s = (range.start - start) as usize;
+            view[s..s + (range.end - range.start) as usize].to_vec()
+        };
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// Read a view back as f32 values in logical (row-major) order, whatever its dtype/strides.
+    pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        t.validate("readback", "tensor")?;
+        let span = t.byte_span();
+        let bytes = self.read_bytes(t.buffer(), span.clone())?;
+        let flat = crate::tensor::decode_f32(&bytes, t.dtype());
+        if t.is_contiguous() {
+            return Ok(flat[..t.numel()].to_vec());
+        }
+        let base = t.element_span().start;
+        let mut out = Vec::with_capacity(t.numel());
+        let shape = t.shape();
+        let strides = t.strides();
+        let mut idx = vec![0usize; shape.len()];
+        for _ in 0..t.numel() {
+            let off: usize =
+                t.offset() + idx.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
+            out.push(flat[off - base]);
+            for d in (0..shape.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < shape[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read a contiguous view back as host elements of its own dtype.
+    pub fn read<T: Element>(&self, t: &Tensor) -> Result<Vec<T>> {
+        t.expect_dtype("readback", "tensor", T::DTYPE)?;
+        Ok(self.read_f32(t)?.into_iter().map(T::from_f32).collect())
+    }
+
+    /// Fill a contiguous view with `value` (converted to its dtype).
+    pub fn fill(&self, t: &Tensor, value: f32) -> Result<()> {
+        t.validate("fill", "tensor")?;
+        crate::ensure!(
+            t.is_contiguous(),
+            Shape,
+            "fill",
+            "fill needs a contiguous view"
+        );
+        let span = t.byte_span();
+        let mut bytes = crate::tensor::encode_f32(&vec![value; t.numel()], t.dtype());
+        // Keep neighbouring half elements that share the first/last word intact.
+        let start = span.start / 4 * 4;
+        let end = span.end.div_ceil(4) * 4;
+        if start != span.start || end != span.end {
+            let mut word = self.read_bytes(t.buffer(), start..end.min(t.buffer().size()))?;
+            word.resize((end - start) as usize, 0);
+            let s = (span.start - start) as usize;
+            word[s..s + bytes.len()].copy_from_slice(&bytes);
+            bytes = word;
+        }
+        self.write_bytes(t.buffer(), start, &bytes)
+    }
+
+    /// Pick a 2-D grid for `n` workgroups within `max_compute_workgroups_per_dimension`; shaders
+    /// linearise it as `wid.x + wid.y * num_workgroups.x` and skip ids `>= n`.
+    pub fn grid(&self, op: &'static str, n: u64) -> Result<(u32, u32, u32)> {
+        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+        if n <= max {
+            return Ok((n.max(1) as u32, 1, 1));
+        }
+        let y = n.div_ceil(max);
+        crate::ensure!(
+            y <= max,
+            Limit,
+            op,
+            "{n} workgroups exceed the device's {max} x {max} dispatch grid"
+        );
+        let x = n.div_ceil(y);
+        Ok((x as u32, y as u32, 1))
+    }
+
+    /// A small uniform buffer holding `params`.
+    pub fn uniform<P: bytemuck::Pod>(&self, op: &'static str, params: &P) -> Result<wgpu::Buffer> {
+        self.scoped(op, || {
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(op),
+                    contents: bytemuck::bytes_of(params),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn context_is_send_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Context>();
+    }
+}

@@ -1,0 +1,56 @@
+//! # llama-kernels
+//!
+//! WGSL compute kernels for the three building blocks Llama made standard — **RMSNorm**,
+//! **RoPE** and **GQA attention** — run through `wgpu` on Vulkan, Metal, DX12 and GL, with a plain
+//! f64 CPU reference for every kernel.
+//!
+//! Kernels record into *your* `wgpu::CommandEncoder`, on *your* device, reading and writing views
+//! into *your* buffers ([`Tensor`]). Each op also has a `run` form that submits and waits.
+//!
+//! ## Shape legend (used in every doc comment of the crate)
+//! | letter / name | meaning |
+//! |---|---|
+//! | `n`, `hidden` | length of a normalised row |
+//! | `batch` | independent sequences |
+//! | `seq`, `q_len` | tokens in this call (queries) |
+//! | `kv_len` | keys/values visible to attention |
+//! | `n_heads` | query heads |
+//! | `n_kv_heads` | key/value heads; `g = n_heads / n_kv_heads` is the GQA group size |
+//! | `head_dim` | elements per head |
+//! | `rotary_dim` | leading elements of a head that RoPE rotates (even, `<= head_dim`) |
+//!
+//! Views are row-major with element strides; the last dimension is always contiguous. f16 and bf16
+//! tensors are stored packed two per 32-bit word, so they need an even innermost dimension and an
+//! even element offset. All arithmetic is f32.
+//!
+//! ## Example: RMSNorm from your own wgpu code
+//! ```no_run
+//! use llama_kernels::{Context, DType, RmsNorm, Tensor};
+//! # fn main() -> Result<(), llama_kernels::Error> {
+//! # let ctx0 = Context::new()?;
+//! # let (device, queue) = (ctx0.device().clone(), ctx0.queue().clone());
+//! // `device` and `queue` are the application's own.
+//! let ctx = Context::from_device(&device, &queue);
+//! let hidden = 4096;
+//! let x = ctx.upload(&vec![0.5f32; 2 * hidden], &[2, hidden])?;      // or Tensor::new(&your_buffer, ..)
+//! let w = ctx.upload(&vec![1.0f32; hidden], &[hidden])?;
+//! let out = ctx.empty(&[2, hidden], DType::F32)?;
+//! let mut encoder = device.create_command_encoder(&Default::default());
+//! RmsNorm::new(1e-5).encode(&ctx, &mut encoder, &x, &w, &out)?;
+//! queue.submit([encoder.finish()]);
+//! let y = ctx.read_f32(&out)?;
+//! # Ok(()) }
+//! ```
+
+pub mod compare;
+pub mod context;
+pub mod error;
+pub mod ops;
+pub mod pipeline;
+pub mod reference;
+pub mod tensor;
+
+pub use context::{Caps, Context};
+pub use error::{Error, Result};
+pub use ops::rms_norm::RmsNorm;
+pub use tensor::{DType, Element, Tensor};

@@ -1,0 +1,2 @@
+//! One module per kernel family.
+pub mod rms_norm;

@@ -1,0 +1,491 @@
+//! RMSNorm (Zhang & Sennrich 2019) and its fused-residual form.
+//!
+//! ```text
+//! y[r, i] = x[r, i] / sqrt(mean_i(x[r, i]^2) + eps) * (w[i] + weight_offset)
+//! ```
+//! over the last dimension of `x: [..., n]`. There is no mean subtraction (that is LayerNorm).
+//! `weight_offset` is 0 for Llama, Mistral and Qwen and 1 for Gemma's `(1 + w)`.
+//!
+//! Variants, each with its strategy:
+//! - plain: one workgroup per row, f32 sum of squares in registers, tree reduction in workgroup
+//!   memory, second pass scales and stores; chunks of 4 elements where `n % 4 == 0`.
+//! - fused residual: `h = x + residual` (rounded to the storage dtype, as the model stores it)
+//!   is written to `residual_out` during the first pass; the second pass normalises `h`.
+//! - in place: `out` may be the same view as `x` and `residual_out` the same view as `residual`;
+//!   such pairs share one `read_write` binding.
+//!
+//! Layout: `x`, `out`, `residual`, `residual_out` are `[..., n]` views whose leading dims collapse
+//! to rows with one row stride; the last dim is contiguous. `weight` is a contiguous `[n]`.
+//! All tensors share one storage dtype (f32, f16 or bf16); math is f32.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::pipeline::{whole, PipelineKey, Shader, Window};
+use crate::tensor::{DType, Tensor};
+
+const OP: &str = "rms_norm";
+
+/// Parameters of one RMSNorm.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RmsNorm {
+    /// Added to the mean square before the square root; any value >= 0.
+    pub eps: f32,
+    /// Added to every weight: 0 for Llama-style models, 1 for Gemma's `(1 + w)`.
+    pub weight_offset: f32,
+}
+
+impl Default for RmsNorm {
+    fn default() -> Self {
+        RmsNorm {
+            eps: 1e-6,
+            weight_offset: 0.0,
+        }
+    }
+}
+
+/// Uniform parameters; mirrors `struct Params` in `shaders/rms_norm.wgsl` (64 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub n_rows: u32,
+    pub n: u32,
+    pub x_off: u32,
+    pub x_stride: u32,
+    pub w_off: u32,
+    pub r_off: u32,
+    pub r_stride: u32,
+    pub out_off: u32,
+    pub out_stride: u32,
+    pub rout_off: u32,
+    pub rout_stride: u32,
+    pub eps: f32,
+    pub weight_offset: f32,
+    pub _pad: [u32; 3],
+}
+
+/// The code-shaping decisions for one dispatch; the pipeline key is derived from it alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub dtype: DType,
+    /// Elements per chunk (1 or 4 for f32, 2 or 4 for half types).
+    pub vec: u32,
+    /// Workgroup size (power of two, <= 256).
+    pub workgroup: u32,
+    pub residual: bool,
+    pub x_in_out: bool,
+    pub r_in_rout: bool,
+}
+
+impl Variant {
+    /// The variant the dispatcher picks for rows of `n` elements.
+    pub fn choose(dtype: DType, n: usize, residual: bool, x_in_out: bool, r_in_rout: bool) -> Self {
+        let vec = if n % 4 == 0 {
+            4
+        } else if dtype.is_half() {
+            2
+        } else {
+            1
+        };
+        let chunks = (n / vec as usize).max(1);
+        let workgroup = (chunks.next_power_of_two() as u32).clamp(32, 256);
+        Variant {
+            dtype,
+            vec,
+            workgroup,
+            residual,
+            x_in_out,
+            r_in_rout,
+        }
+    }
+
+    pub fn key(&self) -> PipelineKey {
+        PipelineKey::new(
+            Shader::RmsNorm,
+            "rms_norm",
+            vec![
+                ("DTYPE", self.dtype.shader_code()),
+                ("V", self.vec),
+                ("WG", self.workgroup),
+                ("HAS_RES", self.residual as u32),
+                ("X_IN_OUT", self.x_in_out as u32),
+                ("R_IN_ROUT", self.r_in_rout as u32),
+            ],
+        )
+    }
+}
+
+/// Every pipeline key the dispatcher can produce (the portability tests compile each).
+pub fn all_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        for vec in if dtype.is_half() { [2, 4] } else { [1, 4] } {
+            for residual in [false, true] {
+                for x_in_out in [false, true] {
+                    for r_in_rout in [false, true] {
+                        if r_in_rout && !residual {
+                            continue;
+                        }
+                        keys.push(
+                            Variant {
+                                dtype,
+                                vec,
+                                workgroup: 256,
+                                residual,
+                                x_in_out,
+                                r_in_rout,
+                            }
+                            .key(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// Rows of a `[..., n]` view: (row count, row stride). Leading dims must collapse to one stride.
+fn rows_of(t: &Tensor, name: &str) -> Result<(usize, usize)> {
+    crate::ensure!(
+        t.rank() >= 1,
+        Shape,
+        OP,
+        "{name} must have at least 1 dimension, got a scalar"
+    );
+    let rank = t.rank();
+    let n = t.shape()[rank - 1];
+    let rows: usize = t.shape()[..rank - 1].iter().product();
+    if rank == 1 {
+        return Ok((1, n));
+    }
+    // Walk outward: each leading dim's stride must equal the next inner dim's stride * size.
+    let stride = t.strides()[rank - 2];
+    let mut expect = stride;
+    for d in (0..rank - 1).rev() {
+        if t.shape()[d] != 1 && t.strides()[d] != expect {
+            return Err(Error::bounds(
+                OP,
+                format!(
+                    "{name} has shape {:?} and strides {:?}: its leading dims must collapse to rows with one stride",
+                    t.shape(),
+                    t.strides()
+                ),
+            ));
+        }
+        expect = expect.saturating_mul(t.shape()[d]);
+    }
+    Ok((rows, if rows == 1 { n } else { stride }))
+}
+
+struct Checked {
+    rows: usize,
+    n: usize,
+    x_stride: usize,
+    out_stride: usize,
+    r_stride: usize,
+    rout_stride: usize,
+    variant: Variant,
+}
+
+impl RmsNorm {
+    /// Llama / Mistral / Qwen RMSNorm with the given eps.
+    pub fn new(eps: f32) -> Self {
+        RmsNorm {
+            eps,
+            weight_offset: 0.0,
+        }
+    }
+    /// Gemma's RMSNorm: weights are used as `(1 + w)`.
+    pub fn gemma(eps: f32) -> Self {
+        RmsNorm {
+            eps,
+            weight_offset: 1.0,
+        }
+    }
+
+    fn validate(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        weight: &Tensor,
+        out: &Tensor,
+        residual: Option<(&Tensor, &Tensor)>,
+    ) -> Result<Checked> {
+        crate::ensure!(
+            self.eps.is_finite() && self.eps >= 0.0,
+            Param,
+            OP,
+            "eps must be finite and >= 0, got {}",
+            self.eps
+        );
+        crate::ensure!(
+            self.weight_offset.is_finite(),
+            Param,
+            OP,
+            "weight_offset must be finite, got {}",
+            self.weight_offset
+        );
+        x.validate(OP, "x")?;
+        weight.validate(OP, "weight")?;
+        out.validate(OP, "out")?;
+        let dtype = x.dtype();
+        weight.expect_dtype(OP, "weight", dtype)?;
+        out.expect_dtype(OP, "out", dtype)?;
+        let (rows, x_stride) = rows_of(x, "x")?;
+        let n = *x.shape().last().unwrap_or(&0);
+        crate::ensure!(
+            weight.rank() == 1 && weight.shape()[0] == n,
+            Shape,
+            OP,
+            "weight has shape {:?} but must be [{n}] to match x {:?}",
+            weight.shape(),
+            x.shape()
+        );
+        crate::ensure!(
+            out.shape() == x.shape(),
+            Shape,
+            OP,
+            "out has shape {:?} but x has {:?}",
+            out.shape(),
+            x.shape()
+        );
+        let (_, out_stride) = rows_of(out, "out")?;
+
+        // Aliasing: out may be exactly x; any other overlap is refused.
+        let x_in_out = x.buffer() == out.buffer();
+        if x_in_out && x.overlaps(out) && !x.same_view(out) {
+            return Err(Error::alias(
+                OP,
+                "out partially overlaps x: it must be exactly x (in place) or disjoint",
+            ));
+        }
+        let read_only: Vec<(&str, &Tensor)> = {
+            let mut v = vec![("weight", weight)];
+            if !x_in_out {
+                v.push(("x", x));
+            }
+            v
+        };
+        let mut written: Vec<(&str, &Tensor)> = vec![("out", out)];
+
+        let (mut r_stride, mut rout_stride, mut r_in_rout) = (0, 0, false);
+        let mut read_only = read_only;
+        if let Some((r, rout)) = residual {
+            r.validate(OP, "residual")?;
+            rout.validate(OP, "residual_out")?;
+            r.expect_dtype(OP, "residual", dtype)?;
+            rout.expect_dtype(OP, "residual_out", dtype)?;
+            crate::ensure!(
+                r.shape() == x.shape() && rout.shape() == x.shape(),
+                Shape,
+                OP,
+                "residual {:?} and residual_out {:?} must both have x's shape {:?}",
+                r.shape(),
+                rout.shape(),
+                x.shape()
+            );
+            r_stride = rows_of(r, "residual")?.1;
+            rout_stride = rows_of(rout, "residual_out")?.1;
+            r_in_rout = r.buffer() == rout.buffer();
+            if r_in_rout && r.overlaps(rout) && !r.same_view(rout) {
+                return Err(Error::alias(
+                    OP,
+                    "residual_out partially overlaps residual: it must be exactly residual (in place) or disjoint",
+                ));
+            }
+            crate::ensure!(
+                !rout.overlaps(out),
+                Alias,
+                OP,
+                "residual_out and out overlap; they must be disjoint"
+            );
+            crate::ensure!(
+                !rout.overlaps(x) && !r.overlaps(out),
+                Alias,
+                OP,
+                "residual_out must not overlap x, and out must not overlap residual"
+            );
+            if !r_in_rout {
+                read_only.push(("residual", r));
+            }
+            written.push(("residual_out", rout));
+        }
+        // A buffer cannot be bound read-only and read-write in one dispatch.
+        for (rn, rt) in &read_only {
+            for (wn, wt) in &written {
+                crate::ensure!(
+                    rt.buffer() != wt.buffer(),
+                    Alias,
+                    OP,
+                    "{rn} and {wn} share a buffer; only x with out and residual with residual_out may"
+                );
+            }
+        }
+        crate::ensure!(
+            rows <= u32::MAX as usize && n <= u32::MAX as usize,
+            Limit,
+            OP,
+            "{rows} rows of {n} elements exceed 32-bit indexing"
+        );
+        let _ = ctx;
+        Ok(Checked {
+            rows,
+            n,
+            x_stride,
+            out_stride,
+            r_stride,
+            rout_stride,
+            variant: Variant::choose(dtype, n, residual.is_some(), x_in_out, r_in_rout),
+        })
+    }
+
+    /// Record `out = rms_norm(x) * (weight + weight_offset)` into `encoder`.
+    pub fn encode(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        weight: &Tensor,
+        out: &Tensor,
+    ) -> Result<()> {
+        let c = self.validate(ctx, x, weight, out, None)?;
+        self.record(ctx, encoder, c, x, weight, out, None)
+    }
+
+    /// Record the fused form: `h = x + residual; residual_out = h; out = rms_norm(h) * w`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_residual(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        residual: &Tensor,
+        weight: &Tensor,
+        out: &Tensor,
+        residual_out: &Tensor,
+    ) -> Result<()> {
+        let c = self.validate(ctx, x, weight, out, Some((residual, residual_out)))?;
+        self.record(
+            ctx,
+            encoder,
+            c,
+            x,
+            weight,
+            out,
+            Some((residual, residual_out)),
+        )
+    }
+
+    /// [`RmsNorm::encode`], submitted and waited for.
+    pub fn run(&self, ctx: &Context, x: &Tensor, weight: &Tensor, out: &Tensor) -> Result<()> {
+        let c = self.validate(ctx, x, weight, out, None)?;
+        ctx.submit_and_wait(OP, |enc| self.record(ctx, enc, c, x, weight, out, None))
+    }
+
+    /// [`RmsNorm::encode_residual`], submitted and waited for.
+    pub fn run_residual(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        residual: &Tensor,
+        weight: &Tensor,
+        out: &Tensor,
+        residual_out: &Tensor,
+    ) -> Result<()> {
+        let c = self.validate(ctx, x, weight, out, Some((residual, residual_out)))?;
+        ctx.submit_and_wait(OP, |enc| {
+            self.record(ctx, enc, c, x, weight, out, Some((residual, residual_out)))
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        c: Checked,
+        x: &Tensor,
+        weight: &Tensor,
+        out: &Tensor,
+        residual: Option<(&Tensor, &Tensor)>,
+    ) -> Result<()> {
+        let v = c.variant;
+        let w_win = Window::covering(ctx, OP, &[weight])?;
+        let (dst_win, x_win) = if v.x_in_out {
+            (Window::covering(ctx, OP, &[x, out])?, None)
+        } else {
+            (
+                Window::covering(ctx, OP, &[out])?,
+                Some(Window::covering(ctx, OP, &[x])?),
+            )
+        };
+        let x_off = x_win.as_ref().unwrap_or(&dst_win).elem_offset(x);
+        let (mut r_win, mut rout_win) = (None, None);
+        let (mut r_off, mut rout_off) = (0, 0);
+        if let Some((r, rout)) = residual {
+            let rw = if v.r_in_rout {
+                Window::covering(ctx, OP, &[r, rout])?
+            } else {
+                let w = Window::covering(ctx, OP, &[r])?;
+                r_off = w.elem_offset(r);
+                r_win = Some(w);
+                Window::covering(ctx, OP, &[rout])?
+            };
+            if v.r_in_rout {
+                r_off = rw.elem_offset(r);
+            }
+            rout_off = rw.elem_offset(rout);
+            rout_win = Some(rw);
+        }
+        let params = Params {
+            n_rows: c.rows as u32,
+            n: c.n as u32,
+            x_off,
+            x_stride: c.x_stride as u32,
+            w_off: w_win.elem_offset(weight),
+            r_off,
+            r_stride: c.r_stride as u32,
+            out_off: dst_win.elem_offset(out),
+            out_stride: c.out_stride as u32,
+            rout_off,
+            rout_stride: c.rout_stride as u32,
+            eps: self.eps,
+            weight_offset: self.weight_offset,
+            _pad: [0; 3],
+        };
+        let kernel = ctx.kernel(OP, &v.key())?;
+        let grid = ctx.grid(OP, c.rows as u64)?;
+        let uniform = ctx.uniform(OP, &params)?;
+        let dummy_r = ctx.dummy_buffer();
+        let dummy_w = ctx.dummy_rw_buffer();
+        let bg = kernel.bind_group(
+            ctx,
+            OP,
+            &[
+                (0, whole(&uniform)),
+                (
+                    1,
+                    x_win
+                        .as_ref()
+                        .map_or_else(|| whole(dummy_r), |w| w.resource()),
+                ),
+                (2, w_win.resource()),
+                (
+                    3,
+                    r_win
+                        .as_ref()
+                        .map_or_else(|| whole(dummy_r), |w| w.resource()),
+                ),
+                (4, dst_win.resource()),
+                (
+                    5,
+                    rout_win
+                        .as_ref()
+                        .map_or_else(|| whole(dummy_w), |w| w.resource()),
+                ),
+            ],
+        )?;
+        kernel.dispatch(enc, &bg, grid);
+        Ok(())
+    }
+}

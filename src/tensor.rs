@@ -1,0 +1,362 @@
+//! Tensor views: a `wgpu::Buffer` plus an element offset, a shape, strides and a dtype.
+//!
+//! A view may start anywhere in a user's buffer (a KV cache, a fused QKV projection). Storage
+//! bindings must start on `min_storage_buffer_offset_alignment` (usually 256 bytes), so kernels
+//! bind the aligned window around a view and receive the remainder as an element offset.
+
+use crate::error::{Error, Result};
+
+/// Storage dtype of a tensor. Half types are stored packed two per `u32` on the GPU, so every
+/// adapter can run them; all kernels compute in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+    /// Lower-case name, as printed in errors and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+    /// The value of the `DTYPE` override constant that the shaders switch on.
+    pub fn shader_code(self) -> u32 {
+        match self {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::BF16 => 2,
+        }
+    }
+    /// True for f16 and bf16 (packed two per word).
+    pub fn is_half(self) -> bool {
+        self != DType::F32
+    }
+    /// All storage dtypes.
+    pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+    /// Round an f64 to this dtype and back, the way the GPU stores it (round to nearest even).
+    pub fn round(self, v: f64) -> f64 {
+        match self {
+            DType::F32 => v as f32 as f64,
+            DType::F16 => half::f16::from_f64(v).to_f64(),
+            DType::BF16 => half::bf16::from_f64(v).to_f64(),
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Host element types that can be uploaded and read back: `f32`, `half::f16`, `half::bf16`.
+pub trait Element: bytemuck::Pod + Copy + Send + Sync + 'static {
+    const DTYPE: DType;
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+}
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+impl Element for half::f16 {
+    const DTYPE: DType = DType::F16;
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+}
+impl Element for half::bf16 {
+    const DTYPE: DType = DType::BF16;
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        half::bf16::from_f32(v)
+    }
+}
+
+/// Decode little-endian storage bytes of `dtype` into f32 values.
+pub fn decode_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect(),
+    }
+}
+
+/// Encode f32 values as little-endian storage bytes of `dtype` (round to nearest even).
+pub fn encode_f32(values: &[f32], dtype: DType) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * dtype.size());
+    for &v in values {
+        match dtype {
+            DType::F32 => out.extend_from_slice(&v.to_le_bytes()),
+            DType::F16 => out.extend_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes()),
+            DType::BF16 => out.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// A view over a `wgpu::Buffer`: element offset, shape, strides (in elements) and dtype.
+///
+/// Cloning is cheap (the buffer handle is reference-counted). A view does not own the data; the
+/// buffer needs `STORAGE` usage for kernels and `COPY_SRC` / `COPY_DST` for readback and upload.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    buffer: wgpu::Buffer,
+    offset: usize,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+    dtype: DType,
+}
+
+/// Row-major strides for `shape`.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1].saturating_mul(shape[i + 1]);
+    }
+    strides
+}
+
+impl Tensor {
+    /// A contiguous row-major view of `shape` starting `offset` elements into `buffer`.
+    pub fn new(buffer: &wgpu::Buffer, offset: usize, shape: &[usize], dtype: DType) -> Self {
+        Self::with_strides(buffer, offset, shape, &contiguous_strides(shape), dtype)
+    }
+
+    /// A strided view. Strides are in elements; `strides.len()` must equal `shape.len()`
+    /// (checked when an op validates the view).
+    pub fn with_strides(
+        buffer: &wgpu::Buffer,
+        offset: usize,
+        shape: &[usize],
+        strides: &[usize],
+        dtype: DType,
+    ) -> Self {
+        Tensor {
+            buffer: buffer.clone(),
+            offset,
+            shape: shape.to_vec(),
+            strides: strides.to_vec(),
+            dtype,
+        }
+    }
+
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+    /// Offset of element `[0, 0, ...]` in elements of `dtype` from the start of the buffer.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    /// Number of elements (product of the shape; 1 for rank 0).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Size of dimension `i` counted from the end (`dim_from_end(0)` is the innermost).
+    pub fn dim_from_end(&self, i: usize) -> usize {
+        self.shape[self.shape.len() - 1 - i]
+    }
+    /// True when the strides are row-major for the shape (size-1 dims may have any stride).
+    pub fn is_contiguous(&self) -> bool {
+        let c = contiguous_strides(&self.shape);
+        self.shape
+            .iter()
+            .zip(self.strides.iter().zip(&c))
+            .all(|(&n, (&s, &cs))| n == 1 || s == cs)
+    }
+    /// The same view with a new shape; the view must be contiguous.
+    pub fn reshape(&self, op: &'static str, shape: &[usize]) -> Result<Tensor> {
+        crate::ensure!(
+            self.is_contiguous(),
+            Shape,
+            op,
+            "cannot reshape a strided view of shape {:?} strides {:?}",
+            self.shape,
+            self.strides
+        );
+        let n: usize = shape.iter().product();
+        crate::ensure!(
+            n == self.numel(),
+            Shape,
+            op,
+            "cannot reshape {:?} ({} elements) to {:?} ({} elements)",
+            self.shape,
+            self.numel(),
+            shape,
+            n
+        );
+        Ok(Tensor::new(&self.buffer, self.offset, shape, self.dtype))
+    }
+
+    /// Half-open range of elements this view can touch, `[offset, offset + span)`.
+    pub fn element_span(&self) -> std::ops::Range<usize> {
+        let mut last = self.offset;
+        for (&n, &s) in self.shape.iter().zip(&self.strides) {
+            if n == 0 {
+                return self.offset..self.offset;
+            }
+            last += (n - 1) * s;
+        }
+        self.offset..last + 1
+    }
+    /// Byte range this view touches.
+    pub fn byte_span(&self) -> std::ops::Range<u64> {
+        let r = self.element_span();
+        let sz = self.dtype.size() as u64;
+        r.start as u64 * sz..r.end as u64 * sz
+    }
+
+    /// Whether two views share a buffer and their byte spans overlap.
+    pub fn overlaps(&self, other: &Tensor) -> bool {
+        if self.buffer != other.buffer {
+            return false;
+        }
+        let (a, b) = (self.byte_span(), other.byte_span());
+        a.start < b.end && b.start < a.end
+    }
+    /// Whether two views are the same elements (same buffer, offset, shape, strides, dtype).
+    pub fn same_view(&self, other: &Tensor) -> bool {
+        self.buffer == other.buffer
+            && self.offset == other.offset
+            && self.shape == other.shape
+            && self.strides == other.strides
+            && self.dtype == other.dtype
+    }
+
+    /// Check the view against its buffer and the packing rules; `name` is the argument name used
+    /// in messages (`"x"`, `"weight"` ...).
+    pub fn validate(&self, op: &'static str, name: &str) -> Result<()> {
+        crate::ensure!(
+            self.strides.len() == self.shape.len(),
+            Shape,
+            op,
+            "{name} has {} dims but {} strides",
+            self.shape.len(),
+            self.strides.len()
+        );
+        crate::ensure!(
+            self.shape.iter().all(|&n| n > 0),
+            Shape,
+            op,
+            "{name} has an empty dimension: shape {:?}",
+            self.shape
+        );
+        // Overflow-safe span: every extent must fit in usize and in the u32 indexing of shaders.
+        let mut last: u128 = self.offset as u128;
+        for (&n, &s) in self.shape.iter().zip(&self.strides) {
+            last += (n as u128 - 1) * s as u128;
+        }
+        let end_bytes = (last + 1) * self.dtype.size() as u128;
+        crate::ensure!(
+            end_bytes <= self.buffer.size() as u128,
+            Bounds,
+            op,
+            "{name} view (offset {}, shape {:?}, strides {:?}, {}) ends at byte {} but its buffer has {} bytes",
+            self.offset,
+            self.shape,
+            self.strides,
+            self.dtype,
+            end_bytes,
+            self.buffer.size()
+        );
+        crate::ensure!(
+            last < u32::MAX as u128,
+            Limit,
+            op,
+            "{name} reaches element {last}, past the 32-bit element indexing of the kernels"
+        );
+        if let Some(&inner) = self.strides.last() {
+            crate::ensure!(
+                inner == 1 || *self.shape.last().unwrap() == 1,
+                Bounds,
+                op,
+                "{name} must be contiguous in its last dimension (stride {inner}, shape {:?})",
+                self.shape
+            );
+        }
+        if self.dtype.is_half() {
+            crate::ensure!(
+                self.offset % 2 == 0,
+                Bounds,
+                op,
+                "{name} is {} and starts at element {}: half-precision views must start at an even element (two per 32-bit word)",
+                self.dtype,
+                self.offset
+            );
+            let inner = self.shape.last().copied().unwrap_or(1);
+            crate::ensure!(
+                inner % 2 == 0,
+                Shape,
+                op,
+                "{name} is {} with innermost dimension {inner}: half-precision tensors need an even innermost dimension",
+                self.dtype
+            );
+            let rank = self.rank();
+            for (i, &s) in self.strides.iter().enumerate().take(rank.saturating_sub(1)) {
+                crate::ensure!(
+                    s % 2 == 0 || self.shape[i] == 1,
+                    Bounds,
+                    op,
+                    "{name} is {} with stride {s} in dim {i}: half-precision strides must be even",
+                    self.dtype
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the dtype against an expected one.
+    pub fn expect_dtype(&self, op: &'static str, name: &str, dtype: DType) -> Result<()> {
+        if self.dtype != dtype {
+            return Err(Error::dtype(
+                op,
+                format!("{name} is {} but must be {dtype}", self.dtype),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! Shared test helpers: the GPU context (fails, never skips, without an adapter), a seeded RNG,
+//! NaN-prefilled outputs with guard regions, and the NMSE check against the f64 reference.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use llama_kernels::compare::{compare, Comparison};
+use llama_kernels::{Context, DType, Tensor};
+
+/// The shared GPU context. Panics (the test fails) when there is no adapter.
+pub fn ctx() -> Arc<Context> {
+    static CTX: OnceLock<Arc<Context>> = OnceLock::new();
+    CTX.get_or_init(|| match Context::new() {
+        Ok(c) => {
+            eprintln!("adapter: {}", c.describe());
+            Arc::new(c)
+        }
+        Err(e) => panic!("GPU tests need an adapter and must not skip: {e}"),
+    })
+    .clone()
+}
+
+/// Small deterministic generator (SplitMix64), so every failure reproduces from its seed.
+pub struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+    /// Approximately standard normal (sum of uniforms), scaled.
+    pub fn normal(&mut self, scale: f32) -> f32 {
+        let s: f32 = (0..4).map(|_| self.uniform(-1.0, 1.0)).sum();
+        s * 0.866 * scale
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal(scale)).collect()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Round host values to `dtype` so the reference sees exactly what the GPU stores.
+pub fn rounded(data: &[f32], dtype: DType) -> Vec<f64> {
+    data.iter().map(|&v| dtype.round(v as f64)).collect()
+}
+
+/// Elements of guard before and after every test view: an unaligned start exercises element
+/// offsets inside the bound window, and the trailing guard catches stray writes.
+pub const GUARD_BEFORE: usize = 70;
+pub const GUARD_AFTER: usize = 64;
+pub const SENTINEL: f32 = 1234.5;
+
+/// A view of `shape` inside a bigger buffer, sentinel-filled around it, holding `data`.
+pub fn upload_guarded(ctx: &Context, data: &[f32], shape: &[usize], dtype: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    assert_eq!(n, data.len());
+    let mut all = vec![SENTINEL; GUARD_BEFORE + n + GUARD_AFTER];
+    all[GUARD_BEFORE..GUARD_BEFORE + n].copy_from_slice(data);
+    let full = ctx.upload_as(&all, &[all.len()], dtype).expect("upload");
+    Tensor::new(full.buffer(), GUARD_BEFORE, shape, dtype)
+}
+
+/// An output view pre-filled with NaN, with sentinel guards around it.
+pub fn nan_output(ctx: &Context, shape: &[usize], dtype: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    upload_guarded(ctx, &vec![f32::NAN; n], shape, dtype)
+}
+
+/// Assert the guard regions around a view made by `upload_guarded` still hold the sentinel.
+pub fn assert_guards(ctx: &Context, t: &Tensor, what: &str) {
+    let n = t.numel();
+    let full = Tensor::new(t.buffer(), 0, &[GUARD_BEFORE + n + GUARD_AFTER], t.dtype());
+    let all = ctx.read_f32(&full).expect("readback");
+    let s = t.dtype().round(SENTINEL as f64) as f32;
+    for (i, &v) in all[..GUARD_BEFORE]
+        .iter()
+        .chain(&all[GUARD_BEFORE + n..])
+        .enumerate()
+    {
+        assert_eq!(v, s, "{what}: guard element {i} was overwritten with {v}");
+    }
+}
+
+/// Read `got` back and compare it with `want`; panics with `what` and the numbers when the
+/// comparison fails `tol`.
+pub fn assert_close(ctx: &Context, got: &Tensor, want: &[f64], tol: f64, what: &str) -> Comparison {
+    let g = ctx.read_f32(got).expect("readback");
+    let c = compare(&g, want);
+    assert!(c.passes(tol), "{what}: {c} (tolerance {tol:e})");
+    c
+}

@@ -1,0 +1,461 @@
+//! RMSNorm on a real adapter against the f64 reference: the cross-check grid, edge cases and
+//! properties, and every validation rule.
+
+mod common;
+
+use common::*;
+use llama_kernels::compare::tolerance;
+use llama_kernels::reference;
+use llama_kernels::{DType, Error, RmsNorm, Tensor};
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    dtype: DType,
+    n: usize,
+    rows: usize,
+    eps: f32,
+    weight_offset: f32,
+    residual: bool,
+    in_place: bool,
+}
+
+fn run_case(c: Case, seed: u64) {
+    let ctx = ctx();
+    let mut rng = Rng::new(seed);
+    let shape = [c.rows, c.n];
+    let x = rng.vec(c.rows * c.n, 1.0);
+    let w = rng.vec(c.n, 0.5);
+    let r = rng.vec(c.rows * c.n, 1.0);
+    let (xr, wr, rr) = (
+        rounded(&x, c.dtype),
+        rounded(&w, c.dtype),
+        rounded(&r, c.dtype),
+    );
+    let (want, want_res) = reference::rms_norm::rms_norm(
+        &xr,
+        &wr,
+        c.residual.then_some(&rr[..]),
+        c.eps as f64,
+        c.weight_offset as f64,
+        c.dtype,
+    );
+    let xt = upload_guarded(&ctx, &x, &shape, c.dtype);
+    let wt = upload_guarded(&ctx, &w, &[c.n], c.dtype);
+    let out = if c.in_place {
+        xt.clone()
+    } else {
+        nan_output(&ctx, &shape, c.dtype)
+    };
+    let op = RmsNorm {
+        eps: c.eps,
+        weight_offset: c.weight_offset,
+    };
+    let tol = tolerance(c.dtype);
+    if c.residual {
+        let rt = upload_guarded(&ctx, &r, &shape, c.dtype);
+        let rout = if c.in_place {
+            rt.clone()
+        } else {
+            nan_output(&ctx, &shape, c.dtype)
+        };
+        op.run_residual(&ctx, &xt, &rt, &wt, &out, &rout)
+            .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        // residual_out is h rounded to the storage dtype: exact up to f32 addition rounding.
+        assert_close(
+            &ctx,
+            &rout,
+            want_res.as_ref().unwrap(),
+            tol,
+            &format!("{c:?} residual_out"),
+        );
+        assert_guards(&ctx, &rout, &format!("{c:?} residual_out"));
+    } else {
+        op.run(&ctx, &xt, &wt, &out)
+            .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    }
+    assert_close(&ctx, &out, &want, tol, &format!("{c:?} out"));
+    assert_guards(&ctx, &out, &format!("{c:?} out"));
+}
+
+/// Every dtype x row length x row count, each with two of the 24 combinations of eps, weight
+/// offset, residual and in-place, rotated so that every combination meets every dtype.
+#[test]
+fn grid_against_reference() {
+    let lengths = [1usize, 3, 31, 32, 33, 1000, 4096, 8192, 16384];
+    let row_counts = [1usize, 7, 1024];
+    let eps = [0.0f32, 1e-6, 0.1];
+    let mut i = 0usize;
+    for dtype in DType::ALL {
+        for &n in &lengths {
+            if dtype.is_half() && n % 2 == 1 {
+                continue; // odd rows are refused for half types (see errors test)
+            }
+            for &rows in &row_counts {
+                if rows * n > 4 << 20 {
+                    continue;
+                }
+                for k in 0..2 {
+                    let combo = (i * 7 + k * 13) % 24;
+                    let c = Case {
+                        dtype,
+                        n,
+                        rows,
+                        eps: eps[combo % 3],
+                        weight_offset: ((combo / 3) % 2) as f32,
+                        residual: (combo / 6) % 2 == 1,
+                        in_place: (combo / 12) % 2 == 1,
+                    };
+                    run_case(c, i as u64 * 31 + k as u64);
+                }
+                i += 1;
+            }
+        }
+    }
+}
+
+/// The 16384-wide rows at 1024 rows, which the grid above leaves out for time, once per dtype.
+#[test]
+fn wide_rows_many() {
+    for (i, dtype) in DType::ALL.into_iter().enumerate() {
+        run_case(
+            Case {
+                dtype,
+                n: 16384,
+                rows: 1024,
+                eps: 1e-6,
+                weight_offset: 0.0,
+                residual: i == 1,
+                in_place: i == 2,
+            },
+            900 + i as u64,
+        );
+    }
+}
+
+/// Every combination of the four switches on one odd-ish shape, for each dtype.
+#[test]
+fn all_switches() {
+    let mut seed = 5000;
+    for dtype in DType::ALL {
+        for combo in 0..24 {
+            seed += 1;
+            run_case(
+                Case {
+                    dtype,
+                    n: 130,
+                    rows: 3,
+                    eps: [0.0f32, 1e-6, 0.1][combo % 3],
+                    weight_offset: ((combo / 3) % 2) as f32,
+                    residual: (combo / 6) % 2 == 1,
+                    in_place: (combo / 12) % 2 == 1,
+                },
+                seed,
+            );
+        }
+    }
+}
+
+/// More rows than one grid dimension holds (65535 workgroups): the 2-D grid must cover them all.
+#[test]
+fn more_than_a_million_rows() {
+    run_case(
+        Case {
+            dtype: DType::F32,
+            n: 4,
+            rows: 1_100_003,
+            eps: 1e-6,
+            weight_offset: 0.0,
+            residual: false,
+            in_place: false,
+        },
+        77,
+    );
+}
+
+/// f16 rows of 4096 values around +-1000: x*x overflows f16 but must not overflow here.
+#[test]
+fn f16_large_values_do_not_overflow() {
+    let ctx = ctx();
+    let mut rng = Rng::new(3);
+    let n = 4096;
+    let x: Vec<f32> = (0..n)
+        .map(|_| rng.uniform(900.0, 1100.0) * if rng.below(2) == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let w = rng.vec(n, 1.0);
+    let (xr, wr) = (rounded(&x, DType::F16), rounded(&w, DType::F16));
+    let (want, _) = reference::rms_norm::rms_norm(&xr, &wr, None, 1e-6, 0.0, DType::F16);
+    let xt = upload_guarded(&ctx, &x, &[1, n], DType::F16);
+    let wt = upload_guarded(&ctx, &w, &[n], DType::F16);
+    let out = nan_output(&ctx, &[1, n], DType::F16);
+    RmsNorm::new(1e-6).run(&ctx, &xt, &wt, &out).unwrap();
+    assert_close(&ctx, &out, &want, tolerance(DType::F16), "f16 +-1000");
+}
+
+/// Strided rows (a row stride larger than the row) and a 3-D view.
+#[test]
+fn strided_and_3d_views() {
+    let ctx = ctx();
+    let mut rng = Rng::new(11);
+    let (rows, n, stride) = (5, 64, 100);
+    let data = rng.vec(rows * stride, 1.0);
+    let w = rng.vec(n, 1.0);
+    let xt_full = ctx.upload(&data, &[rows * stride]).unwrap();
+    let xt = Tensor::with_strides(xt_full.buffer(), 0, &[rows, n], &[stride, 1], DType::F32);
+    let wt = ctx.upload(&w, &[n]).unwrap();
+    let out = nan_output(&ctx, &[rows, n], DType::F32);
+    RmsNorm::new(1e-5).run(&ctx, &xt, &wt, &out).unwrap();
+    let xs: Vec<f64> = (0..rows)
+        .flat_map(|r| data[r * stride..r * stride + n].iter().map(|&v| v as f64))
+        .collect();
+    let wr: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+    let (want, _) = reference::rms_norm::rms_norm(&xs, &wr, None, 1e-5, 0.0, DType::F32);
+    assert_close(&ctx, &out, &want, tolerance(DType::F32), "strided rows");
+
+    let x3 = rng.vec(2 * 3 * 32, 1.0);
+    let xt3 = ctx.upload(&x3, &[2, 3, 32]).unwrap();
+    let wt3 = ctx.upload(&w[..32], &[32]).unwrap();
+    let out3 = nan_output(&ctx, &[2, 3, 32], DType::F32);
+    RmsNorm::gemma(1e-6).run(&ctx, &xt3, &wt3, &out3).unwrap();
+    let (want3, _) = reference::rms_norm::rms_norm(
+        &rounded(&x3, DType::F32),
+        &wr[..32],
+        None,
+        1e-6,
+        1.0,
+        DType::F32,
+    );
+    assert_close(&ctx, &out3, &want3, tolerance(DType::F32), "3-D view");
+}
+
+/// x and out in one buffer, disjoint: both reach the kernel through the one read_write binding.
+#[test]
+fn x_and_out_share_a_buffer() {
+    let ctx = ctx();
+    let mut rng = Rng::new(12);
+    let (rows, n) = (3, 96);
+    let data = rng.vec(2 * rows * n, 1.0);
+    let buf = ctx.upload(&data, &[2 * rows * n]).unwrap();
+    let x = Tensor::new(buf.buffer(), 0, &[rows, n], DType::F32);
+    let out = Tensor::new(buf.buffer(), rows * n, &[rows, n], DType::F32);
+    let w = rng.vec(n, 1.0);
+    let wt = ctx.upload(&w, &[n]).unwrap();
+    RmsNorm::new(1e-6).run(&ctx, &x, &wt, &out).unwrap();
+    let (want, _) = reference::rms_norm::rms_norm(
+        &rounded(&data[..rows * n], DType::F32),
+        &rounded(&w, DType::F32),
+        None,
+        1e-6,
+        0.0,
+        DType::F32,
+    );
+    assert_close(&ctx, &out, &want, tolerance(DType::F32), "shared buffer");
+    // x itself is untouched.
+    let xr = ctx.read_f32(&x).unwrap();
+    assert_eq!(xr, data[..rows * n].to_vec());
+}
+
+/// Chained in one encoder: the fused residual norm of layer i feeds layer i+1.
+#[test]
+fn chained_in_one_encoder() {
+    let ctx = ctx();
+    let mut rng = Rng::new(13);
+    let (rows, n) = (4, 256);
+    let x = rng.vec(rows * n, 1.0);
+    let r = rng.vec(rows * n, 1.0);
+    let w = rng.vec(n, 1.0);
+    let xt = ctx.upload(&x, &[rows, n]).unwrap();
+    let rt = ctx.upload(&r, &[rows, n]).unwrap();
+    let wt = ctx.upload(&w, &[n]).unwrap();
+    let mid = ctx.empty(&[rows, n], DType::F32).unwrap();
+    let out = ctx.empty(&[rows, n], DType::F32).unwrap();
+    let op = RmsNorm::new(1e-6);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    op.encode_residual(&ctx, &mut enc, &xt, &rt, &wt, &mid, &rt)
+        .unwrap();
+    op.encode(&ctx, &mut enc, &mid, &wt, &out).unwrap();
+    ctx.queue().submit([enc.finish()]);
+    let (m, h) = reference::rms_norm::rms_norm(
+        &rounded(&x, DType::F32),
+        &rounded(&w, DType::F32),
+        Some(&rounded(&r, DType::F32)),
+        1e-6,
+        0.0,
+        DType::F32,
+    );
+    let (want, _) =
+        reference::rms_norm::rms_norm(&m, &rounded(&w, DType::F32), None, 1e-6, 0.0, DType::F32);
+    assert_close(&ctx, &out, &want, 1e-9, "chained");
+    assert_close(&ctx, &rt, &h.unwrap(), 1e-12, "residual updated in place");
+}
+
+fn expect_err(r: Result<(), Error>, kind: fn(&Error) -> bool, needle: &str) {
+    match r {
+        Ok(()) => panic!("expected an error containing {needle:?}, got Ok"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(kind(&e), "wrong error kind for {needle:?}: {e:?}");
+            assert!(
+                msg.starts_with("rms_norm: "),
+                "message must name the op: {msg}"
+            );
+            assert!(
+                msg.contains(needle),
+                "message {msg:?} must contain {needle:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_validation_rule_has_an_error() {
+    let ctx = ctx();
+    let f32v = |shape: &[usize]| {
+        ctx.upload(&vec![1.0f32; shape.iter().product()], shape)
+            .unwrap()
+    };
+    let x = f32v(&[4, 8]);
+    let w = f32v(&[8]);
+    let out = f32v(&[4, 8]);
+    let op = RmsNorm::new(1e-6);
+    let is_shape = |e: &Error| matches!(e, Error::Shape { .. });
+    let is_dtype = |e: &Error| matches!(e, Error::DType { .. });
+    let is_bounds = |e: &Error| matches!(e, Error::Bounds { .. });
+    let is_alias = |e: &Error| matches!(e, Error::Alias { .. });
+    let is_param = |e: &Error| matches!(e, Error::Param { .. });
+
+    expect_err(
+        RmsNorm {
+            eps: -1.0,
+            weight_offset: 0.0,
+        }
+        .run(&ctx, &x, &w, &out),
+        is_param,
+        "eps must be finite and >= 0, got -1",
+    );
+    expect_err(
+        RmsNorm {
+            eps: f32::NAN,
+            weight_offset: 0.0,
+        }
+        .run(&ctx, &x, &w, &out),
+        is_param,
+        "eps",
+    );
+    expect_err(
+        RmsNorm {
+            eps: 0.0,
+            weight_offset: f32::INFINITY,
+        }
+        .run(&ctx, &x, &w, &out),
+        is_param,
+        "weight_offset must be finite",
+    );
+    expect_err(
+        op.run(&ctx, &x, &f32v(&[7]), &out),
+        is_shape,
+        "weight has shape [7] but must be [8]",
+    );
+    expect_err(
+        op.run(&ctx, &x, &w, &f32v(&[4, 9])),
+        is_shape,
+        "out has shape [4, 9] but x has [4, 8]",
+    );
+    let h = ctx.upload_as(&[1.0; 8], &[8], DType::F16).unwrap();
+    expect_err(
+        op.run(&ctx, &x, &h, &out),
+        is_dtype,
+        "weight is f16 but must be f32",
+    );
+    // View past the end of its buffer.
+    let past = Tensor::new(x.buffer(), 4, &[4, 8], DType::F32);
+    expect_err(
+        op.run(&ctx, &past, &w, &out),
+        is_bounds,
+        "ends at byte 144 but its buffer has 128 bytes",
+    );
+    // Half precision: odd rows and odd offsets.
+    let h3 = ctx.upload_as(&[1.0; 12], &[4, 3], DType::F16).unwrap();
+    let w3 = ctx.upload_as(&[1.0; 4], &[4], DType::F16).unwrap();
+    expect_err(
+        op.run(&ctx, &h3, &w3, &h3),
+        is_shape,
+        "even innermost dimension",
+    );
+    let hodd = Tensor::new(h3.buffer(), 1, &[1, 2], DType::F16);
+    expect_err(
+        op.run(&ctx, &hodd, &w3, &hodd),
+        is_bounds,
+        "must start at an even element",
+    );
+    // Empty dims and scalars.
+    let empty = Tensor::new(x.buffer(), 0, &[0, 8], DType::F32);
+    expect_err(
+        op.run(&ctx, &empty, &w, &empty),
+        is_shape,
+        "empty dimension",
+    );
+    let scalar = Tensor::new(x.buffer(), 0, &[], DType::F32);
+    expect_err(
+        op.run(&ctx, &scalar, &w, &scalar),
+        is_shape,
+        "at least 1 dimension",
+    );
+    // Non-contiguous last dim, and leading dims that do not collapse.
+    let strided = Tensor::with_strides(x.buffer(), 0, &[4, 4], &[8, 2], DType::F32);
+    expect_err(
+        op.run(&ctx, &strided, &f32v(&[4]), &f32v(&[4, 4])),
+        is_bounds,
+        "contiguous in its last dimension",
+    );
+    let big = f32v(&[64]);
+    let bad3 = Tensor::with_strides(big.buffer(), 0, &[2, 2, 4], &[20, 4, 1], DType::F32);
+    expect_err(
+        op.run(&ctx, &bad3, &f32v(&[4]), &f32v(&[2, 2, 4])),
+        is_bounds,
+        "collapse to rows",
+    );
+    // Aliasing.
+    let shifted = Tensor::new(x.buffer(), 2, &[3, 8], DType::F32);
+    let x3 = Tensor::new(x.buffer(), 0, &[3, 8], DType::F32);
+    expect_err(
+        op.run(&ctx, &x3, &f32v(&[8]), &shifted),
+        is_alias,
+        "partially overlaps x",
+    );
+    let wx = Tensor::new(out.buffer(), 0, &[8], DType::F32);
+    expect_err(
+        op.run(&ctx, &x, &wx, &out),
+        is_alias,
+        "weight and out share a buffer",
+    );
+    let r = f32v(&[4, 8]);
+    let rout = f32v(&[4, 8]);
+    expect_err(
+        op.run_residual(&ctx, &x, &r, &w, &out, &out),
+        is_alias,
+        "residual_out and out overlap",
+    );
+    expect_err(
+        op.run_residual(&ctx, &x, &r, &w, &out, &f32v(&[4, 7])),
+        is_shape,
+        "residual_out [4, 7] must both have x's shape",
+    );
+    let r_shift = Tensor::new(r.buffer(), 2, &[3, 8], DType::F32);
+    let r3 = Tensor::new(r.buffer(), 0, &[3, 8], DType::F32);
+    expect_err(
+        op.run_residual(&ctx, &x3, &r3, &w, &f32v(&[3, 8]), &r_shift),
+        is_alias,
+        "partially overlaps residual",
+    );
+    expect_err(
+        op.run_residual(&ctx, &x, &r, &w, &out, &x),
+        is_alias,
+        "residual_out must not overlap x",
+    );
+    let rh = ctx.upload_as(&[1.0; 32], &[4, 8], DType::BF16).unwrap();
+    expect_err(
+        op.run_residual(&ctx, &x, &rh, &w, &out, &rout),
+        is_dtype,
+        "residual is bf16 but must be f32",
+    );
+}
