@@ -15,22 +15,30 @@ pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Shader {
     RmsNorm,
+    /// Streaming copies, the benchmark's WGSL bandwidth ceiling.
+    Copy,
+    /// Unfused baselines that only the benchmark runs.
+    Baseline,
 }
 
 impl Shader {
     /// Every shader, for the portability tests.
-    pub const ALL: &'static [Shader] = &[Shader::RmsNorm];
+    pub const ALL: &'static [Shader] = &[Shader::RmsNorm, Shader::Copy, Shader::Baseline];
 
     /// The file name under `shaders/`.
     pub fn file_name(self) -> &'static str {
         match self {
             Shader::RmsNorm => "rms_norm.wgsl",
+            Shader::Copy => "copy.wgsl",
+            Shader::Baseline => "baseline.wgsl",
         }
     }
 
     fn body(self) -> &'static str {
         match self {
             Shader::RmsNorm => include_str!("../shaders/rms_norm.wgsl"),
+            Shader::Copy => include_str!("../shaders/copy.wgsl"),
+            Shader::Baseline => include_str!("../shaders/baseline.wgsl"),
         }
     }
 
@@ -45,6 +53,8 @@ impl Shader {
     pub fn variants(self) -> Vec<PipelineKey> {
         match self {
             Shader::RmsNorm => crate::ops::rms_norm::all_variant_keys(),
+            Shader::Copy => crate::ops::copy::all_variant_keys(),
+            Shader::Baseline => crate::bench::baseline::all_variant_keys(),
         }
     }
 }

@@ -1,0 +1,807 @@
+//! The benchmark harness behind `llama-kernels bench` and `cargo bench`.
+//!
+//! Every kernel and variant runs on shapes from real models, beside two bandwidth ceilings
+//! measured in the same run on the same device: `copy_buffer_to_buffer` and the best of several
+//! WGSL streaming copies ([`crate::ops::copy`]). Memory-bound kernels report the bytes they must
+//! move (each input read once, each output written once) and the achieved GB/s as a fraction of
+//! both ceilings; unfused baselines (variants containing `naive`) run on the same data, so the
+//! gain from fusion shows as `speedup_vs_naive`.
+//!
+//! Timing: GPU timestamps written by empty compute passes around the recorded work when the
+//! device has `TIMESTAMP_QUERY`, submit-and-wait wall time otherwise; every record says which.
+//! Each case is warmed up, then timed over several submissions and the median is reported. Small
+//! cases repeat their work inside one submission so that each timed run lasts long enough.
+//!
+//! Adding a kernel: push a [`Case`] whose `prepare` closure allocates the inputs and returns an
+//! [`Encode`] closure that records one run into an encoder; give the case the bytes it must move
+//! (and `flops` where FLOP/s is the figure of merit), and give its naive baseline the same
+//! `group`.
+
+pub mod baseline;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::ops::{copy, rms_norm};
+use crate::tensor::{DType, Tensor};
+use crate::RmsNorm;
+
+/// Command-line options shared by `llama-kernels bench` and `cargo bench`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct BenchArgs {
+    /// Fewer shapes and runs (finishes within 3 minutes on lavapipe).
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write the records as a JSON array to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Run only cases whose `kernel/variant/model/dtype` contains NAME (the copy ceilings always
+    /// run).
+    #[arg(long, value_name = "NAME")]
+    pub filter: Option<String>,
+    /// Write an SVG bar chart of achieved bandwidth per kernel against the two ceilings to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+}
+
+/// Records one run of a case into an encoder (called once per repetition).
+pub type Encode = Box<dyn FnMut(&Context, &mut wgpu::CommandEncoder) -> Result<()>>;
+/// Allocates a case's buffers and returns its [`Encode`]; buffers are freed when it is dropped.
+pub type Prepare = Box<dyn FnOnce(&Context) -> Result<Encode>>;
+
+/// One benchmark case: a kernel variant on one shape.
+pub struct Case {
+    /// `rms_norm`, `rope`, `attention` or `copy`.
+    pub kernel: &'static str,
+    /// Baselines contain `naive`; attention variants contain `prefill` or `decode`.
+    pub variant: String,
+    /// The model the shape comes from (goes into the record's `shape` object).
+    pub model: &'static str,
+    pub dtype: DType,
+    /// Named dimensions of the shape.
+    pub shape: Vec<(&'static str, u64)>,
+    /// Bytes the kernel must move: every input read once, every output written once.
+    pub bytes: u64,
+    /// Floating-point operations, where FLOP/s is the figure of merit (prefill attention).
+    pub flops: Option<f64>,
+    /// Cases with the same group run on the same problem; the `naive` one is the baseline.
+    pub group: String,
+    pub prepare: Prepare,
+}
+
+impl Case {
+    /// The string `--filter` matches: `kernel/variant/model/dtype`.
+    pub fn name(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.kernel, self.variant, self.model, self.dtype
+        )
+    }
+}
+
+/// How a record was timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// GPU timestamp queries.
+    Timestamp,
+    /// Submit-and-wait wall time (the device has no timestamp queries).
+    Wall,
+}
+
+impl Timing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Timing::Timestamp => "timestamp",
+            Timing::Wall => "wall",
+        }
+    }
+}
+
+/// One measured case.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub kernel: String,
+    pub variant: String,
+    pub dtype: String,
+    /// `model` plus the named dimensions.
+    pub shape: Map<String, Value>,
+    /// Median time of one run.
+    pub time_ms: f64,
+    pub bytes: u64,
+    pub gbps: f64,
+    pub fraction_of_copy: f64,
+    pub fraction_of_wgsl_copy: f64,
+    pub gflops: Option<f64>,
+    pub speedup_vs_naive: Option<f64>,
+    pub timing: Timing,
+    group: String,
+}
+
+impl Record {
+    /// The record as a JSON object with the documented field names.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "kernel": self.kernel,
+            "variant": self.variant,
+            "dtype": self.dtype,
+            "shape": Value::Object(self.shape.clone()),
+            "time_ms": self.time_ms,
+            "bytes": self.bytes,
+            "gbps": self.gbps,
+            "fraction_of_copy": self.fraction_of_copy,
+            "fraction_of_wgsl_copy": self.fraction_of_wgsl_copy,
+            "gflops": self.gflops,
+            "speedup_vs_naive": self.speedup_vs_naive,
+            "timing": self.timing.name(),
+        })
+    }
+
+    fn shape_text(&self) -> String {
+        self.shape
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => s.clone(),
+                v => format!("{k}={v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Warm-up and measurement counts.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub warmup: usize,
+    pub runs: usize,
+    /// Repeat small cases inside one submission until a run takes about this long.
+    pub min_run_ms: f64,
+}
+
+impl Settings {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Settings {
+                warmup: 1,
+                runs: 5,
+                min_run_ms: 5.0,
+            }
+        } else {
+            Settings {
+                warmup: 2,
+                runs: 11,
+                min_run_ms: 20.0,
+            }
+        }
+    }
+}
+
+const OP: &str = "bench";
+const MIB: u64 = 1 << 20;
+/// Size of the memory-bound benchmark tensors: at least this many bytes each.
+pub const TENSOR_BYTES: u64 = 64 * MIB;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// An empty compute pass whose only job is to write a timestamp.
+fn timestamp_pass(enc: &mut wgpu::CommandEncoder, set: &wgpu::QuerySet, index: u32, begin: bool) {
+    let writes = wgpu::ComputePassTimestampWrites {
+        query_set: set,
+        beginning_of_pass_write_index: begin.then_some(index),
+        end_of_pass_write_index: (!begin).then_some(index),
+    };
+    let _pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("bench timestamp"),
+        timestamp_writes: Some(writes),
+    });
+}
+
+/// Time `runs` submissions of `reps` repetitions of `encode`; milliseconds per repetition.
+fn time_runs(
+    ctx: &Context,
+    encode: &mut Encode,
+    timing: Timing,
+    reps: u32,
+    runs: usize,
+) -> Result<Vec<f64>> {
+    let set = match timing {
+        Timing::Timestamp => Some(ctx.scoped(OP, || {
+            ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("bench timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * runs as u32,
+            })
+        })?),
+        Timing::Wall => None,
+    };
+    let mut wall = Vec::with_capacity(runs);
+    for r in 0..runs {
+        let cmd = ctx.scoped(OP, || -> Result<wgpu::CommandBuffer> {
+            let mut enc = ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+            if let Some(set) = &set {
+                timestamp_pass(&mut enc, set, 2 * r as u32, true);
+            }
+            for _ in 0..reps {
+                encode(ctx, &mut enc)?;
+            }
+            if let Some(set) = &set {
+                timestamp_pass(&mut enc, set, 2 * r as u32 + 1, false);
+            }
+            Ok(enc.finish())
+        })??;
+        let t0 = Instant::now();
+        let idx = ctx.scoped(OP, || ctx.queue().submit([cmd]))?;
+        ctx.wait(OP, Some(idx))?;
+        wall.push(t0.elapsed().as_secs_f64() * 1e3 / reps as f64);
+    }
+    let Some(set) = set else {
+        return Ok(wall);
+    };
+    let bytes = 16 * runs as u64;
+    let resolve = ctx.scoped(OP, || {
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bench timestamps"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    })?;
+    ctx.submit_and_wait(OP, |enc| {
+        enc.resolve_query_set(&set, 0..2 * runs as u32, &resolve, 0);
+        Ok(())
+    })?;
+    let raw = ctx.read_bytes(&resolve, 0..bytes)?;
+    let ticks: &[u64] = bytemuck::cast_slice(&raw);
+    let period_ns = ctx.queue().get_timestamp_period() as f64;
+    Ok(ticks
+        .chunks_exact(2)
+        .map(|t| t[1].saturating_sub(t[0]) as f64 * period_ns * 1e-6 / reps as f64)
+        .collect())
+}
+
+/// Warm up, pick the repetitions per run, and return the median milliseconds per repetition.
+pub fn measure(
+    ctx: &Context,
+    encode: &mut Encode,
+    timing: Timing,
+    settings: &Settings,
+) -> Result<f64> {
+    let mut warm = time_runs(ctx, encode, timing, 1, settings.warmup.max(1))?;
+    let one = median(&mut warm).max(1e-3);
+    let reps = (settings.min_run_ms / one).ceil().clamp(1.0, 256.0) as u32;
+    let mut times = time_runs(ctx, encode, timing, reps, settings.runs.max(1))?;
+    Ok(median(&mut times))
+}
+
+/// Deterministic, cheap test data in [-1, 1): values do not change the speed of these kernels,
+/// but denormals, NaN and infinities could, so there are none.
+fn pattern(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| {
+            let h = (i ^ seed).wrapping_mul(2_654_435_761).rotate_right(13);
+            (h & 0xffff) as f32 / 32768.0 - 1.0
+        })
+        .collect()
+}
+
+fn upload_pattern(ctx: &Context, shape: &[usize], dtype: DType, seed: u32) -> Result<Tensor> {
+    let n = shape.iter().product();
+    ctx.upload_as(&pattern(n, seed), shape, dtype)
+}
+
+// ---------------------------------------------------------------- the ceilings
+
+fn copy_cases() -> Vec<Case> {
+    let bytes = TENSOR_BYTES;
+    let words = (bytes / 4) as usize;
+    let mut cases = Vec::new();
+    let shape = vec![("bytes", bytes)];
+    cases.push(Case {
+        kernel: "copy",
+        variant: "buffer_copy".into(),
+        model: "ceiling",
+        dtype: DType::F32,
+        shape: shape.clone(),
+        bytes: 2 * bytes,
+        flops: None,
+        group: "copy".into(),
+        prepare: Box::new(move |ctx| {
+            let src = upload_pattern(ctx, &[words], DType::F32, 1)?;
+            let dst = ctx.empty(&[words], DType::F32)?;
+            Ok(Box::new(move |_ctx, enc| {
+                enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, bytes);
+                Ok(())
+            }))
+        }),
+    });
+    for v in copy::bench_variants() {
+        cases.push(Case {
+            kernel: "copy",
+            variant: v.name(),
+            model: "ceiling",
+            dtype: DType::F32,
+            shape: shape.clone(),
+            bytes: 2 * bytes,
+            flops: None,
+            group: "copy".into(),
+            prepare: Box::new(move |ctx| {
+                let src = upload_pattern(ctx, &[words], DType::F32, 2)?;
+                let dst = ctx.empty(&[words], DType::F32)?;
+                Ok(Box::new(move |ctx, enc| v.encode(ctx, enc, &src, &dst)))
+            }),
+        });
+    }
+    cases
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+/// (model, hidden, Gemma-style `(1 + w)`)
+const NORM_MODELS: &[(&str, usize, bool)] = &[
+    ("Llama-3-8B", 4096, false),
+    ("Llama-3-70B", 8192, false),
+    ("Qwen2.5-7B", 3584, false),
+    ("Gemma-2-9B", 3584, true),
+    ("Mistral-7B", 4096, false),
+];
+
+fn rms_norm_variant_name(dtype: DType, n: usize, residual: bool) -> String {
+    let v = rms_norm::Variant::choose(dtype, n, residual, false, false);
+    format!(
+        "{}v{}_wg{}",
+        if residual {
+            "fused_residual_"
+        } else {
+            "fused_"
+        },
+        v.vec,
+        v.workgroup
+    )
+}
+
+fn rms_norm_cases(quick: bool) -> Vec<Case> {
+    // (model index, dtype, residual, with naive baseline)
+    let mut plan: Vec<(usize, DType, bool, bool)> = Vec::new();
+    if quick {
+        plan.extend([
+            (0, DType::F32, false, true),
+            (0, DType::BF16, false, true),
+            (1, DType::F32, false, true),
+            (2, DType::F32, false, false),
+            (3, DType::F16, false, false),
+            (0, DType::F32, true, false),
+        ]);
+    } else {
+        for m in 0..NORM_MODELS.len() {
+            for dtype in DType::ALL {
+                plan.push((m, dtype, false, true));
+                plan.push((m, dtype, true, false));
+            }
+        }
+    }
+    let mut cases = Vec::new();
+    for (m, dtype, residual, naive) in plan {
+        let (model, hidden, gemma) = NORM_MODELS[m];
+        let row_bytes = (hidden * dtype.size()) as u64;
+        let rows = TENSOR_BYTES.div_ceil(row_bytes) as usize;
+        let tensor = rows as u64 * row_bytes;
+        let op = if gemma {
+            RmsNorm::gemma(1e-6)
+        } else {
+            RmsNorm::new(1e-5)
+        };
+        let shape = vec![("rows", rows as u64), ("hidden", hidden as u64)];
+        let group = format!("rms_norm/{model}/{dtype}/{rows}x{hidden}/res{residual}");
+        let weight_bytes = row_bytes;
+        if residual {
+            cases.push(Case {
+                kernel: "rms_norm",
+                variant: rms_norm_variant_name(dtype, hidden, true),
+                model,
+                dtype,
+                shape: shape.clone(),
+                // x and residual read, out and residual_out written, weight read
+                bytes: 4 * tensor + weight_bytes,
+                flops: None,
+                group: group.clone(),
+                prepare: Box::new(move |ctx| {
+                    let x = upload_pattern(ctx, &[rows, hidden], dtype, 3)?;
+                    let r = upload_pattern(ctx, &[rows, hidden], dtype, 4)?;
+                    let w = upload_pattern(ctx, &[hidden], dtype, 5)?;
+                    let out = ctx.empty(&[rows, hidden], dtype)?;
+                    let rout = ctx.empty(&[rows, hidden], dtype)?;
+                    Ok(Box::new(move |ctx, enc| {
+                        op.encode_residual(ctx, enc, &x, &r, &w, &out, &rout)
+                    }))
+                }),
+            });
+            continue;
+        }
+        cases.push(Case {
+            kernel: "rms_norm",
+            variant: rms_norm_variant_name(dtype, hidden, false),
+            model,
+            dtype,
+            shape: shape.clone(),
+            bytes: 2 * tensor + weight_bytes,
+            flops: None,
+            group: group.clone(),
+            prepare: Box::new(move |ctx| {
+                let x = upload_pattern(ctx, &[rows, hidden], dtype, 3)?;
+                let w = upload_pattern(ctx, &[hidden], dtype, 5)?;
+                let out = ctx.empty(&[rows, hidden], dtype)?;
+                Ok(Box::new(move |ctx, enc| op.encode(ctx, enc, &x, &w, &out)))
+            }),
+        });
+        if naive {
+            cases.push(Case {
+                kernel: "rms_norm",
+                variant: "naive_reduce_then_scale".into(),
+                model,
+                dtype,
+                shape,
+                bytes: 2 * tensor + weight_bytes,
+                flops: None,
+                group,
+                prepare: Box::new(move |ctx| {
+                    let x = upload_pattern(ctx, &[rows, hidden], dtype, 3)?;
+                    let w = upload_pattern(ctx, &[hidden], dtype, 5)?;
+                    let out = ctx.empty(&[rows, hidden], dtype)?;
+                    let scratch = ctx.empty(&[rows], DType::F32)?;
+                    Ok(Box::new(move |ctx, enc| {
+                        baseline::rms_norm_naive(
+                            ctx,
+                            enc,
+                            &x,
+                            &w,
+                            &out,
+                            &scratch,
+                            op.eps,
+                            op.weight_offset,
+                        )
+                    }))
+                }),
+            });
+        }
+    }
+    cases
+}
+
+/// Every case of the benchmark, ceilings first.
+pub fn cases(quick: bool) -> Vec<Case> {
+    let mut c = copy_cases();
+    c.extend(rms_norm_cases(quick));
+    c
+}
+
+// ---------------------------------------------------------------- running and reporting
+
+/// Run the cases that pass `filter` (the ceilings always run) and return finished records.
+pub fn run_cases(
+    ctx: &Context,
+    cases: Vec<Case>,
+    filter: Option<&str>,
+    settings: &Settings,
+    mut progress: impl FnMut(&Record),
+) -> Result<Vec<Record>> {
+    let timing = if ctx.caps().timestamps {
+        Timing::Timestamp
+    } else {
+        Timing::Wall
+    };
+    let mut records = Vec::new();
+    for case in cases {
+        if case.kernel != "copy" {
+            if let Some(f) = filter {
+                if !case.name().contains(f) {
+                    continue;
+                }
+            }
+        }
+        let mut encode = (case.prepare)(ctx)?;
+        let time_ms = measure(ctx, &mut encode, timing, settings)?;
+        drop(encode);
+        let mut shape = Map::new();
+        shape.insert("model".into(), Value::String(case.model.into()));
+        for (k, v) in &case.shape {
+            shape.insert((*k).into(), json!(v));
+        }
+        let rec = Record {
+            kernel: case.kernel.into(),
+            variant: case.variant,
+            dtype: case.dtype.name().into(),
+            shape,
+            time_ms,
+            bytes: case.bytes,
+            gbps: case.bytes as f64 / (time_ms * 1e6),
+            fraction_of_copy: f64::NAN,
+            fraction_of_wgsl_copy: f64::NAN,
+            gflops: case.flops.map(|f| f / (time_ms * 1e6)),
+            speedup_vs_naive: None,
+            timing,
+            group: case.group,
+        };
+        progress(&rec);
+        records.push(rec);
+    }
+    finish(&mut records);
+    Ok(records)
+}
+
+/// The two ceilings (GB/s): `copy_buffer_to_buffer` and the best WGSL copy.
+pub fn ceilings(records: &[Record]) -> (f64, f64) {
+    let copy = records
+        .iter()
+        .filter(|r| r.kernel == "copy" && r.variant == "buffer_copy")
+        .map(|r| r.gbps)
+        .fold(f64::NAN, f64::max);
+    let wgsl = records
+        .iter()
+        .filter(|r| r.kernel == "copy" && r.variant.starts_with("wgsl"))
+        .map(|r| r.gbps)
+        .fold(f64::NAN, f64::max);
+    (copy, wgsl)
+}
+
+/// Fill in the fractions of the ceilings and the speed-ups over the naive baselines.
+fn finish(records: &mut [Record]) {
+    let (copy, wgsl) = ceilings(records);
+    let naive: Vec<(String, f64)> = records
+        .iter()
+        .filter(|r| r.variant.contains("naive"))
+        .map(|r| (r.group.clone(), r.time_ms))
+        .collect();
+    for r in records.iter_mut() {
+        r.fraction_of_copy = r.gbps / copy;
+        r.fraction_of_wgsl_copy = r.gbps / wgsl;
+        if !r.variant.contains("naive") {
+            r.speedup_vs_naive = naive
+                .iter()
+                .find(|(g, _)| *g == r.group)
+                .map(|(_, t)| t / r.time_ms);
+        }
+    }
+}
+
+fn table_header() -> String {
+    format!(
+        "{:<9} {:<26} {:<5} {:<34} {:>9} {:>8} {:>7} {:>6} {:>6} {:>8} {:>7}",
+        "kernel",
+        "variant",
+        "dtype",
+        "shape",
+        "time_ms",
+        "MiB",
+        "GB/s",
+        "%copy",
+        "%wgsl",
+        "GFLOP/s",
+        "speedup"
+    )
+}
+
+fn table_row(r: &Record) -> String {
+    let pct = |f: f64| {
+        if f.is_finite() {
+            format!("{:.0}%", f * 100.0)
+        } else {
+            "-".into()
+        }
+    };
+    format!(
+        "{:<9} {:<26} {:<5} {:<34} {:>9.3} {:>8.1} {:>7.2} {:>6} {:>6} {:>8} {:>7}",
+        r.kernel,
+        r.variant,
+        r.dtype,
+        r.shape_text(),
+        r.time_ms,
+        r.bytes as f64 / MIB as f64,
+        r.gbps,
+        pct(r.fraction_of_copy),
+        pct(r.fraction_of_wgsl_copy),
+        r.gflops.map_or("-".into(), |g| format!("{g:.1}")),
+        r.speedup_vs_naive
+            .map_or("-".into(), |s| format!("{s:.2}x")),
+    )
+}
+
+/// The results table, one line per record, with the ceilings and the timing method on top.
+pub fn table(records: &[Record]) -> String {
+    let (copy, wgsl) = ceilings(records);
+    let mut s = String::new();
+    let timing = records.first().map_or("-", |r| r.timing.name());
+    let _ = writeln!(
+        s,
+        "ceilings: copy_buffer_to_buffer {copy:.2} GB/s, best WGSL copy {wgsl:.2} GB/s; timing: {timing}"
+    );
+    let _ = writeln!(s, "{}", table_header());
+    for r in records {
+        let _ = writeln!(s, "{}", table_row(r));
+    }
+    s
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A horizontal bar chart (SVG) of achieved GB/s per record, with both ceilings as lines.
+pub fn svg_chart(records: &[Record], title: &str) -> String {
+    let (copy, wgsl) = ceilings(records);
+    let bars: Vec<&Record> = records.iter().filter(|r| r.gbps.is_finite()).collect();
+    let label_w = 430.0;
+    let plot_w = 520.0;
+    let bar_h = 18.0;
+    let gap = 4.0;
+    let top = 56.0;
+    let height = top + bars.len() as f64 * (bar_h + gap) + 40.0;
+    let width = label_w + plot_w + 90.0;
+    let max = bars
+        .iter()
+        .map(|r| r.gbps)
+        .chain([copy, wgsl].into_iter().filter(|v| v.is_finite()))
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.05;
+    let x = |v: f64| label_w + v / max * plot_w;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="15" font-weight="bold">{}</text>"#,
+        xml_escape(title)
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="10" y="40">achieved GB/s (bytes each kernel must move / median time); lines: <tspan fill="#d62728">copy_buffer_to_buffer {copy:.1} GB/s</tspan>, <tspan fill="#2ca02c">best WGSL copy {wgsl:.1} GB/s</tspan></text>"##
+    );
+    for (i, r) in bars.iter().enumerate() {
+        let y = top + i as f64 * (bar_h + gap);
+        let color = match (r.kernel.as_str(), r.variant.contains("naive")) {
+            (_, true) => "#bbbbbb",
+            ("copy", _) => "#8c8c8c",
+            ("rms_norm", _) => "#1f77b4",
+            ("rope", _) => "#ff7f0e",
+            ("attention", _) => "#9467bd",
+            _ => "#17becf",
+        };
+        let label = format!("{} {} {} {}", r.kernel, r.variant, r.dtype, r.shape_text());
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            label_w - 6.0,
+            y + bar_h * 0.75,
+            xml_escape(&label)
+        );
+        let _ = writeln!(
+            s,
+            r#"<rect x="{label_w}" y="{y:.1}" width="{:.1}" height="{bar_h}" fill="{color}"/>"#,
+            (x(r.gbps) - label_w).max(0.5)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">{:.1} ({:.0}%)</text>"#,
+            x(r.gbps) + 4.0,
+            y + bar_h * 0.75,
+            r.gbps,
+            r.fraction_of_wgsl_copy * 100.0
+        );
+    }
+    let bottom = top + bars.len() as f64 * (bar_h + gap);
+    for (v, color) in [(copy, "#d62728"), (wgsl, "#2ca02c")] {
+        if v.is_finite() {
+            let _ = writeln!(
+                s,
+                r#"<line x1="{0:.1}" y1="{1}" x2="{0:.1}" y2="{2:.1}" stroke="{color}" stroke-width="2" stroke-dasharray="6,3"/>"#,
+                x(v),
+                top - 6.0,
+                bottom
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        r#"<line x1="{label_w}" y1="{bottom:.1}" x2="{:.1}" y2="{bottom:.1}" stroke="black"/>"#,
+        label_w + plot_w
+    );
+    for k in 0..=4 {
+        let v = max / 1.05 * k as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{v:.1}</text>"#,
+            x(v),
+            bottom + 16.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">GB/s; the percentage is of the best WGSL copy</text>"#,
+        label_w + plot_w / 2.0,
+        bottom + 32.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+fn write_file(path: &PathBuf, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Run the benchmark on the default adapter, print the table, and write `--json` / `--plot`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let ctx = Context::new()?;
+    run_with(&ctx, args).map(|_| ())
+}
+
+/// [`run`] on a given context; returns the records.
+pub fn run_with(ctx: &Context, args: &BenchArgs) -> Result<Vec<Record>> {
+    let settings = Settings::new(args.quick);
+    let timing = if ctx.caps().timestamps {
+        "GPU timestamp queries"
+    } else {
+        "submit-and-wait wall time (the adapter has no timestamp queries)"
+    };
+    println!("adapter: {}", ctx.describe());
+    println!(
+        "timing: {timing}; {} warm-up + median of {} runs{}",
+        settings.warmup,
+        settings.runs,
+        if args.quick { " (--quick)" } else { "" }
+    );
+    println!("{}", table_header());
+    let started = Instant::now();
+    let records = run_cases(
+        ctx,
+        cases(args.quick),
+        args.filter.as_deref(),
+        &settings,
+        |r| println!("{}", table_row(r)),
+    )?;
+    println!(
+        "\n{}finished in {:.1} s",
+        table(&records),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.json {
+        let arr = Value::Array(records.iter().map(Record::to_json).collect());
+        let text = serde_json::to_string_pretty(&arr)
+            .map_err(|e| Error::gpu(OP, format!("JSON encoding: {e}")))?;
+        write_file(path, &(text + "\n"))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "llama-kernels bench{} on {}",
+            if args.quick { " --quick" } else { "" },
+            ctx.adapter_info().name
+        );
+        write_file(path, &svg_chart(&records, &title))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(records)
+}

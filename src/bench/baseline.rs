@@ -1,0 +1,129 @@
+//! Host side of the unfused baselines in `shaders/baseline.wgsl`, which only the benchmark runs.
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::pipeline::{whole, PipelineKey, Shader, Window};
+use crate::tensor::{DType, Tensor};
+
+const OP: &str = "rms_norm_naive";
+const WG: u32 = 256;
+
+/// Uniform parameters; mirrors `struct NormParams` in `shaders/baseline.wgsl` (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NormParams {
+    pub n_rows: u32,
+    pub n: u32,
+    pub eps: f32,
+    pub weight_offset: f32,
+}
+
+fn key(entry: &'static str, dtype: DType) -> PipelineKey {
+    PipelineKey::new(
+        Shader::Baseline,
+        entry,
+        vec![("DTYPE", dtype.shader_code()), ("WG", WG)],
+    )
+}
+
+/// Every pipeline key of the baselines (the portability tests compile each).
+pub fn all_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        keys.push(key("rms_norm_reduce", dtype));
+        keys.push(key("rms_norm_scale", dtype));
+    }
+    keys
+}
+
+/// Unfused RMSNorm: a reduce pass writes `1/rms` per row to `scratch` (f32, one per row), a scale
+/// pass multiplies. `x` and `out` are contiguous `[rows, n]` views at the start of their own
+/// buffers; `weight` is `[n]`.
+#[allow(clippy::too_many_arguments)]
+pub fn rms_norm_naive(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    x: &Tensor,
+    weight: &Tensor,
+    out: &Tensor,
+    scratch: &Tensor,
+    eps: f32,
+    weight_offset: f32,
+) -> Result<()> {
+    for (name, t) in [
+        ("x", x),
+        ("weight", weight),
+        ("out", out),
+        ("scratch", scratch),
+    ] {
+        t.validate(OP, name)?;
+        crate::ensure!(
+            t.is_contiguous() && t.offset() == 0,
+            Shape,
+            OP,
+            "{name} must be a contiguous view at the start of its buffer"
+        );
+    }
+    let dtype = x.dtype();
+    weight.expect_dtype(OP, "weight", dtype)?;
+    out.expect_dtype(OP, "out", dtype)?;
+    scratch.expect_dtype(OP, "scratch", DType::F32)?;
+    crate::ensure!(
+        x.rank() == 2 && out.shape() == x.shape(),
+        Shape,
+        OP,
+        "x {:?} must be [rows, n] and out {:?} the same",
+        x.shape(),
+        out.shape()
+    );
+    let (rows, n) = (x.shape()[0], x.shape()[1]);
+    crate::ensure!(
+        weight.shape() == [n] && scratch.numel() >= rows,
+        Shape,
+        OP,
+        "weight {:?} must be [{n}] and scratch {:?} hold {rows} values",
+        weight.shape(),
+        scratch.shape()
+    );
+    let words = (rows * n) as u64 / if dtype.is_half() { 2 } else { 1 };
+    crate::ensure!(
+        words <= u32::MAX as u64,
+        Limit,
+        OP,
+        "{rows} rows of {n} exceed 32-bit indexing"
+    );
+    let params = NormParams {
+        n_rows: rows as u32,
+        n: n as u32,
+        eps,
+        weight_offset,
+    };
+    let uniform = ctx.uniform(OP, &params)?;
+    let xw = Window::covering(ctx, OP, &[x])?;
+    let ww = Window::covering(ctx, OP, &[weight])?;
+    let sw = Window::covering(ctx, OP, &[scratch])?;
+    let ow = Window::covering(ctx, OP, &[out])?;
+
+    let reduce = ctx.kernel(OP, &key("rms_norm_reduce", dtype))?;
+    let bg = reduce.bind_group(
+        ctx,
+        OP,
+        &[(0, whole(&uniform)), (1, xw.resource()), (3, sw.resource())],
+    )?;
+    reduce.dispatch(enc, &bg, ctx.grid(OP, rows as u64)?);
+
+    let scale = ctx.kernel(OP, &key("rms_norm_scale", dtype))?;
+    let bg = scale.bind_group(
+        ctx,
+        OP,
+        &[
+            (0, whole(&uniform)),
+            (1, xw.resource()),
+            (2, ww.resource()),
+            (4, ow.resource()),
+            (5, sw.resource()),
+        ],
+    )?;
+    scale.dispatch(enc, &bg, ctx.grid(OP, words.div_ceil(WG as u64))?);
+    Ok(())
+}
