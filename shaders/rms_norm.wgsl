@@ -169,3 +169,178 @@ fn rms_norm(
         store(B_OUT, ob + c * V, h * inv * w);
     }
 }
+
+// One invocation per row, for adapters that run invocations as SIMD lanes of a CPU (lavapipe,
+// SwiftShader, WARP). No workgroup memory and no barriers: each invocation sums its own row in
+// registers. The weight index is the same for every invocation of a step, so such drivers load
+// it once and broadcast it, and each lane streams one row sequentially. On a GPU this pattern is
+// uncoalesced; the host only picks it for CPU adapters (see `ops::rms_norm::Variant::choose`).
+@compute @workgroup_size(WG)
+fn rms_norm_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_workgroup(wid, nwg) * WG + lid;
+    // No barrier follows, so a non-uniform return is fine here.
+    if row >= p.n_rows {
+        return;
+    }
+    let n_chunks = p.n / V;
+    let xb = p.x_off + row * p.x_stride;
+    let rb = p.r_off + row * p.r_stride;
+    let ob = p.out_off + row * p.out_stride;
+    let rob = p.rout_off + row * p.rout_stride;
+
+    var acc = vec4<f32>(0.0);
+    for (var c = 0u; c < n_chunks; c++) {
+        var h = load(B_X, xb + c * V);
+        if HAS_RES {
+            h = round_to_dtype(h + load(B_R, rb + c * V), DTYPE);
+            store(B_ROUT, rob + c * V, h);
+        }
+        acc += h * h;
+    }
+    let inv = 1.0 / sqrt((acc.x + acc.y + acc.z + acc.w) / f32(p.n) + p.eps);
+
+    // Re-reads only what this invocation wrote, so in-place aliasing is safe.
+    for (var c = 0u; c < n_chunks; c++) {
+        var h: vec4<f32>;
+        if HAS_RES {
+            h = load(B_ROUT, rob + c * V);
+        } else {
+            h = load(B_X, xb + c * V);
+        }
+        let w = load(B_W, p.w_off + c * V) + vec4<f32>(p.weight_offset);
+        store(B_OUT, ob + c * V, h * inv * w);
+    }
+}
+
+// `rms_norm_rows` over 16-byte items (4 f32 or 8 half values) through `vec4<u32>` bindings: CPU
+// drivers turn one 16-byte load per invocation into far fewer instructions than four 4-byte
+// loads. The host picks it when the row length, every view's start and every row stride are
+// multiples of 16 bytes; binding types cannot depend on override constants, so these are
+// separate bindings of the same buffers.
+@group(0) @binding(6) var<storage, read> src4: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read> weight4: array<vec4<u32>>;
+@group(0) @binding(8) var<storage, read> res4: array<vec4<u32>>;
+@group(0) @binding(9) var<storage, read_write> dst4: array<vec4<u32>>;
+@group(0) @binding(10) var<storage, read_write> res_dst4: array<vec4<u32>>;
+
+// The values of one item; `hi` holds values 4..7 of a half item and is 0 for f32.
+struct Item {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+fn elems_per_item() -> u32 {
+    if DTYPE == DT_F32 {
+        return 4u;
+    }
+    return 8u;
+}
+
+fn unpack_item(u: vec4<u32>) -> Item {
+    if DTYPE == DT_F32 {
+        return Item(bitcast<vec4<f32>>(u), vec4<f32>(0.0));
+    }
+    return Item(
+        vec4<f32>(unpack_half2(u.x, DTYPE), unpack_half2(u.y, DTYPE)),
+        vec4<f32>(unpack_half2(u.z, DTYPE), unpack_half2(u.w, DTYPE)),
+    );
+}
+
+fn pack_item(v: Item) -> vec4<u32> {
+    if DTYPE == DT_F32 {
+        return bitcast<vec4<u32>>(v.lo);
+    }
+    return vec4<u32>(
+        pack_half2(v.lo.xy, DTYPE),
+        pack_half2(v.lo.zw, DTYPE),
+        pack_half2(v.hi.xy, DTYPE),
+        pack_half2(v.hi.zw, DTYPE),
+    );
+}
+
+// Item `i` of logical buffer `b` (a literal at every call site, so this folds to one load).
+fn item(b: u32, i: u32) -> Item {
+    var u: vec4<u32>;
+    switch b {
+        case 0u: {
+            if X_IN_OUT {
+                u = dst4[i];
+            } else {
+                u = src4[i];
+            }
+        }
+        case 1u: {
+            u = weight4[i];
+        }
+        case 2u: {
+            if R_IN_ROUT {
+                u = res_dst4[i];
+            } else {
+                u = res4[i];
+            }
+        }
+        case 3u: {
+            u = dst4[i];
+        }
+        default: {
+            u = res_dst4[i];
+        }
+    }
+    return unpack_item(u);
+}
+
+fn put_item(b: u32, i: u32, v: Item) {
+    if b == B_OUT {
+        dst4[i] = pack_item(v);
+    } else {
+        res_dst4[i] = pack_item(v);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rms_norm_rows4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_workgroup(wid, nwg) * WG + lid;
+    // No barrier follows, so a non-uniform return is fine here.
+    if row >= p.n_rows {
+        return;
+    }
+    let e = elems_per_item();
+    let n_items = p.n / e;
+    let xb = (p.x_off + row * p.x_stride) / e;
+    let rb = (p.r_off + row * p.r_stride) / e;
+    let ob = (p.out_off + row * p.out_stride) / e;
+    let rob = (p.rout_off + row * p.rout_stride) / e;
+    let wb = p.w_off / e;
+
+    var acc = vec4<f32>(0.0);
+    for (var c = 0u; c < n_items; c++) {
+        var h = item(B_X, xb + c);
+        if HAS_RES {
+            let r = item(B_R, rb + c);
+            h = Item(round_to_dtype(h.lo + r.lo, DTYPE), round_to_dtype(h.hi + r.hi, DTYPE));
+            put_item(B_ROUT, rob + c, h);
+        }
+        acc += h.lo * h.lo + h.hi * h.hi;
+    }
+    let inv = 1.0 / sqrt((acc.x + acc.y + acc.z + acc.w) / f32(p.n) + p.eps);
+
+    let wo = vec4<f32>(p.weight_offset);
+    for (var c = 0u; c < n_items; c++) {
+        var h: Item;
+        if HAS_RES {
+            h = item(B_ROUT, rob + c);
+        } else {
+            h = item(B_X, xb + c);
+        }
+        let w = item(B_W, wb + c);
+        put_item(B_OUT, ob + c, Item(h.lo * inv * (w.lo + wo), h.hi * inv * (w.hi + wo)));
+    }
+}

@@ -27,6 +27,7 @@ use serde_json::{json, Map, Value};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::ops::rms_norm::Strategy;
 use crate::ops::{copy, rms_norm};
 use crate::tensor::{DType, Tensor};
 use crate::RmsNorm;
@@ -362,21 +363,25 @@ const NORM_MODELS: &[(&str, usize, bool)] = &[
     ("Mistral-7B", 4096, false),
 ];
 
-fn rms_norm_variant_name(dtype: DType, n: usize, residual: bool) -> String {
-    let v = rms_norm::Variant::choose(dtype, n, residual, false, false);
-    format!(
-        "{}v{}_wg{}",
-        if residual {
-            "fused_residual_"
-        } else {
-            "fused_"
-        },
-        v.vec,
-        v.workgroup
-    )
+fn rms_norm_variant_name(
+    ctx: &Context,
+    strategy: Strategy,
+    rows: usize,
+    dtype: DType,
+    n: usize,
+    residual: bool,
+) -> String {
+    let v =
+        rms_norm::Variant::choose_for(ctx, strategy, rows, dtype, n, residual, false, false, true);
+    let prefix = if residual {
+        "fused_residual_"
+    } else {
+        "fused_"
+    };
+    format!("{prefix}{}", v.name())
 }
 
-fn rms_norm_cases(quick: bool) -> Vec<Case> {
+fn rms_norm_cases(ctx: &Context, quick: bool) -> Vec<Case> {
     // (model index, dtype, residual, with naive baseline)
     let mut plan: Vec<(usize, DType, bool, bool)> = Vec::new();
     if quick {
@@ -410,46 +415,69 @@ fn rms_norm_cases(quick: bool) -> Vec<Case> {
         let shape = vec![("rows", rows as u64), ("hidden", hidden as u64)];
         let group = format!("rms_norm/{model}/{dtype}/{rows}x{hidden}/res{residual}");
         let weight_bytes = row_bytes;
+        // The dispatcher's choice, plus the other strategy where it differs, so the effect of
+        // the per-adapter choice shows.
+        let auto = rms_norm::Variant::choose_for(
+            ctx,
+            Strategy::Auto,
+            rows,
+            dtype,
+            hidden,
+            residual,
+            false,
+            false,
+            true,
+        );
+        let mut strategies = vec![Strategy::Auto];
+        if auto.per_invocation {
+            strategies.push(Strategy::WorkgroupPerRow);
+        }
         if residual {
+            for strategy in strategies {
+                cases.push(Case {
+                    kernel: "rms_norm",
+                    variant: rms_norm_variant_name(ctx, strategy, rows, dtype, hidden, true),
+                    model,
+                    dtype,
+                    shape: shape.clone(),
+                    // x and residual read, out and residual_out written, weight read
+                    bytes: 4 * tensor + weight_bytes,
+                    flops: None,
+                    group: group.clone(),
+                    prepare: Box::new(move |ctx| {
+                        let x = upload_pattern(ctx, &[rows, hidden], dtype, 3)?;
+                        let r = upload_pattern(ctx, &[rows, hidden], dtype, 4)?;
+                        let w = upload_pattern(ctx, &[hidden], dtype, 5)?;
+                        let out = ctx.empty(&[rows, hidden], dtype)?;
+                        let rout = ctx.empty(&[rows, hidden], dtype)?;
+                        Ok(Box::new(move |ctx, enc| {
+                            op.encode_with(ctx, enc, &x, &w, &out, Some((&r, &rout)), strategy)
+                        }))
+                    }),
+                });
+            }
+            continue;
+        }
+        for strategy in strategies {
             cases.push(Case {
                 kernel: "rms_norm",
-                variant: rms_norm_variant_name(dtype, hidden, true),
+                variant: rms_norm_variant_name(ctx, strategy, rows, dtype, hidden, false),
                 model,
                 dtype,
                 shape: shape.clone(),
-                // x and residual read, out and residual_out written, weight read
-                bytes: 4 * tensor + weight_bytes,
+                bytes: 2 * tensor + weight_bytes,
                 flops: None,
                 group: group.clone(),
                 prepare: Box::new(move |ctx| {
                     let x = upload_pattern(ctx, &[rows, hidden], dtype, 3)?;
-                    let r = upload_pattern(ctx, &[rows, hidden], dtype, 4)?;
                     let w = upload_pattern(ctx, &[hidden], dtype, 5)?;
                     let out = ctx.empty(&[rows, hidden], dtype)?;
-                    let rout = ctx.empty(&[rows, hidden], dtype)?;
                     Ok(Box::new(move |ctx, enc| {
-                        op.encode_residual(ctx, enc, &x, &r, &w, &out, &rout)
+                        op.encode_with(ctx, enc, &x, &w, &out, None, strategy)
                     }))
                 }),
             });
-            continue;
         }
-        cases.push(Case {
-            kernel: "rms_norm",
-            variant: rms_norm_variant_name(dtype, hidden, false),
-            model,
-            dtype,
-            shape: shape.clone(),
-            bytes: 2 * tensor + weight_bytes,
-            flops: None,
-            group: group.clone(),
-            prepare: Box::new(move |ctx| {
-                let x = upload_pattern(ctx, &[rows, hidden], dtype, 3)?;
-                let w = upload_pattern(ctx, &[hidden], dtype, 5)?;
-                let out = ctx.empty(&[rows, hidden], dtype)?;
-                Ok(Box::new(move |ctx, enc| op.encode(ctx, enc, &x, &w, &out)))
-            }),
-        });
         if naive {
             cases.push(Case {
                 kernel: "rms_norm",
@@ -485,9 +513,9 @@ fn rms_norm_cases(quick: bool) -> Vec<Case> {
 }
 
 /// Every case of the benchmark, ceilings first.
-pub fn cases(quick: bool) -> Vec<Case> {
+pub fn cases(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut c = copy_cases();
-    c.extend(rms_norm_cases(quick));
+    c.extend(rms_norm_cases(ctx, quick));
     c
 }
 
@@ -777,7 +805,7 @@ pub fn run_with(ctx: &Context, args: &BenchArgs) -> Result<Vec<Record>> {
     let started = Instant::now();
     let records = run_cases(
         ctx,
-        cases(args.quick),
+        cases(ctx, args.quick),
         args.filter.as_deref(),
         &settings,
         |r| println!("{}", table_row(r)),

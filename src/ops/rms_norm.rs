@@ -9,6 +9,11 @@
 //! Variants, each with its strategy:
 //! - plain: one workgroup per row, f32 sum of squares in registers, tree reduction in workgroup
 //!   memory, second pass scales and stores; chunks of 4 elements where `n % 4 == 0`.
+//! - invocation per row (CPU adapters, at least [`ROWS_PER_INVOCATION_MIN`] rows): each
+//!   invocation streams one whole row, so there is no workgroup memory and no barrier; the
+//!   weight index is uniform across invocations, which CPU drivers load once and broadcast.
+//!   On lavapipe this is about 4x faster than a workgroup per row (see BENCHMARKS.md); on a GPU
+//!   it would be uncoalesced, so GPUs always get a workgroup per row.
 //! - fused residual: `h = x + residual` (rounded to the storage dtype, as the model stores it)
 //!   is written to `residual_out` during the first pass; the second pass normalises `h`.
 //! - in place: `out` may be the same view as `x` and `residual_out` the same view as `residual`;
@@ -63,21 +68,55 @@ pub struct Params {
     pub _pad: [u32; 3],
 }
 
+/// How rows are spread over invocations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Let the dispatcher decide from the adapter and the number of rows.
+    #[default]
+    Auto,
+    /// One workgroup per row (GPUs, and few rows anywhere).
+    WorkgroupPerRow,
+    /// One invocation per row (CPU adapters with many rows).
+    InvocationPerRow,
+}
+
+/// On CPU adapters, [`Strategy::Auto`] runs one invocation per row from this many rows on; with
+/// fewer rows a workgroup per row keeps more SIMD lanes busy.
+pub const ROWS_PER_INVOCATION_MIN: usize = 64;
+
+/// True when [`Strategy::Auto`] picks one invocation per row for `rows` rows on this adapter.
+pub fn invocation_per_row_wanted(ctx: &Context, rows: usize) -> bool {
+    ctx.adapter_info().device_type == wgpu::DeviceType::Cpu && rows >= ROWS_PER_INVOCATION_MIN
+}
+
+/// Workgroup size of the invocation-per-row kernel: the adapter's widest subgroup (the SIMD
+/// width of a CPU driver), within 1..=64. Only speed depends on it, never correctness.
+pub fn rows_workgroup(ctx: &Context) -> u32 {
+    match ctx.adapter_info().subgroup_max_size {
+        0 => 8,
+        s => s.clamp(1, 64),
+    }
+}
+
 /// The code-shaping decisions for one dispatch; the pipeline key is derived from it alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
     pub dtype: DType,
     /// Elements per chunk (1 or 4 for f32, 2 or 4 for half types).
     pub vec: u32,
-    /// Workgroup size (power of two, <= 256).
+    /// Workgroup size (power of two, <= 256, for a workgroup per row; 1..=64 per invocation).
     pub workgroup: u32,
     pub residual: bool,
     pub x_in_out: bool,
     pub r_in_rout: bool,
+    /// One invocation per row (`rms_norm_rows`) instead of one workgroup per row.
+    pub per_invocation: bool,
+    /// With `per_invocation`: 16-byte items through `vec4<u32>` bindings (`rms_norm_rows4`).
+    pub items16: bool,
 }
 
 impl Variant {
-    /// The variant the dispatcher picks for rows of `n` elements.
+    /// The workgroup-per-row variant for rows of `n` elements.
     pub fn choose(dtype: DType, n: usize, residual: bool, x_in_out: bool, r_in_rout: bool) -> Self {
         let vec = if n % 4 == 0 {
             4
@@ -95,13 +134,78 @@ impl Variant {
             residual,
             x_in_out,
             r_in_rout,
+            per_invocation: false,
+            items16: false,
+        }
+    }
+
+    /// The variant the dispatcher runs for `rows` rows of `n` elements under `strategy`;
+    /// `aligned16`: the row length, every view's start and every row stride are multiples of 16
+    /// bytes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn choose_for(
+        ctx: &Context,
+        strategy: Strategy,
+        rows: usize,
+        dtype: DType,
+        n: usize,
+        residual: bool,
+        x_in_out: bool,
+        r_in_rout: bool,
+        aligned16: bool,
+    ) -> Self {
+        let v = Self::choose(dtype, n, residual, x_in_out, r_in_rout);
+        let per_invocation = match strategy {
+            Strategy::Auto => invocation_per_row_wanted(ctx, rows),
+            Strategy::WorkgroupPerRow => false,
+            Strategy::InvocationPerRow => true,
+        };
+        if per_invocation {
+            Variant {
+                workgroup: rows_workgroup(ctx),
+                per_invocation,
+                items16: aligned16,
+                // 16-byte items hold 4 f32 or 8 half values; `vec` only shapes `rms_norm_rows`.
+                vec: if aligned16 { 4 } else { v.vec },
+                ..v
+            }
+        } else {
+            v
+        }
+    }
+
+    /// A short name such as `wg_per_row_v4_wg256` or `inv_per_row_v4_wg8`.
+    pub fn name(&self) -> String {
+        let layout = if self.items16 {
+            "16B".to_string()
+        } else {
+            format!("v{}", self.vec)
+        };
+        let strategy = if self.per_invocation {
+            "inv_per_row"
+        } else {
+            "wg_per_row"
+        };
+        format!("{strategy}_{layout}_wg{}", self.workgroup)
+    }
+
+    /// Workgroups to dispatch for `rows` rows.
+    pub fn workgroups(&self, rows: usize) -> u64 {
+        if self.per_invocation {
+            (rows as u64).div_ceil(self.workgroup as u64)
+        } else {
+            rows as u64
         }
     }
 
     pub fn key(&self) -> PipelineKey {
         PipelineKey::new(
             Shader::RmsNorm,
-            "rms_norm",
+            match (self.per_invocation, self.items16) {
+                (true, true) => "rms_norm_rows4",
+                (true, false) => "rms_norm_rows",
+                _ => "rms_norm",
+            },
             vec![
                 ("DTYPE", self.dtype.shader_code()),
                 ("V", self.vec),
@@ -125,17 +229,26 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                         if r_in_rout && !residual {
                             continue;
                         }
-                        keys.push(
-                            Variant {
-                                dtype,
-                                vec,
-                                workgroup: 256,
-                                residual,
-                                x_in_out,
-                                r_in_rout,
+                        for (per_invocation, items16, workgroup) in
+                            [(false, false, 256), (true, false, 8), (true, true, 8)]
+                        {
+                            if items16 && vec != 4 {
+                                continue;
                             }
-                            .key(),
-                        );
+                            keys.push(
+                                Variant {
+                                    dtype,
+                                    vec,
+                                    workgroup,
+                                    residual,
+                                    x_in_out,
+                                    r_in_rout,
+                                    per_invocation,
+                                    items16,
+                                }
+                                .key(),
+                            );
+                        }
                     }
                 }
             }
@@ -210,6 +323,7 @@ impl RmsNorm {
         weight: &Tensor,
         out: &Tensor,
         residual: Option<(&Tensor, &Tensor)>,
+        strategy: Strategy,
     ) -> Result<Checked> {
         crate::ensure!(
             self.eps.is_finite() && self.eps >= 0.0,
@@ -327,7 +441,18 @@ impl RmsNorm {
             OP,
             "{rows} rows of {n} elements exceed 32-bit indexing"
         );
-        let _ = ctx;
+        // 16-byte items need 16-byte aligned row starts in every view.
+        let size = dtype.size();
+        let aligned = |t: &Tensor, stride: usize| {
+            (t.offset() * size) % 16 == 0 && (rows == 1 || (stride * size) % 16 == 0)
+        };
+        let mut aligned16 = (n * size) % 16 == 0
+            && aligned(x, x_stride)
+            && aligned(out, out_stride)
+            && aligned(weight, 0);
+        if let Some((r, rout)) = residual {
+            aligned16 = aligned16 && aligned(r, r_stride) && aligned(rout, rout_stride);
+        }
         Ok(Checked {
             rows,
             n,
@@ -335,7 +460,17 @@ impl RmsNorm {
             out_stride,
             r_stride,
             rout_stride,
-            variant: Variant::choose(dtype, n, residual.is_some(), x_in_out, r_in_rout),
+            variant: Variant::choose_for(
+                ctx,
+                strategy,
+                rows,
+                dtype,
+                n,
+                residual.is_some(),
+                x_in_out,
+                r_in_rout,
+                aligned16,
+            ),
         })
     }
 
@@ -348,7 +483,7 @@ impl RmsNorm {
         weight: &Tensor,
         out: &Tensor,
     ) -> Result<()> {
-        let c = self.validate(ctx, x, weight, out, None)?;
+        let c = self.validate(ctx, x, weight, out, None, Strategy::Auto)?;
         self.record(ctx, encoder, c, x, weight, out, None)
     }
 
@@ -364,7 +499,14 @@ impl RmsNorm {
         out: &Tensor,
         residual_out: &Tensor,
     ) -> Result<()> {
-        let c = self.validate(ctx, x, weight, out, Some((residual, residual_out)))?;
+        let c = self.validate(
+            ctx,
+            x,
+            weight,
+            out,
+            Some((residual, residual_out)),
+            Strategy::Auto,
+        )?;
         self.record(
             ctx,
             encoder,
@@ -378,7 +520,7 @@ impl RmsNorm {
 
     /// [`RmsNorm::encode`], submitted and waited for.
     pub fn run(&self, ctx: &Context, x: &Tensor, weight: &Tensor, out: &Tensor) -> Result<()> {
-        let c = self.validate(ctx, x, weight, out, None)?;
+        let c = self.validate(ctx, x, weight, out, None, Strategy::Auto)?;
         ctx.submit_and_wait(OP, |enc| self.record(ctx, enc, c, x, weight, out, None))
     }
 
@@ -392,10 +534,50 @@ impl RmsNorm {
         out: &Tensor,
         residual_out: &Tensor,
     ) -> Result<()> {
-        let c = self.validate(ctx, x, weight, out, Some((residual, residual_out)))?;
+        let c = self.validate(
+            ctx,
+            x,
+            weight,
+            out,
+            Some((residual, residual_out)),
+            Strategy::Auto,
+        )?;
         ctx.submit_and_wait(OP, |enc| {
             self.record(ctx, enc, c, x, weight, out, Some((residual, residual_out)))
         })
+    }
+
+    /// [`RmsNorm::encode`] (`residual: None`) or [`RmsNorm::encode_residual`]
+    /// (`Some((residual, residual_out))`) with a forced [`Strategy`]; tests and the benchmark
+    /// use it to run every variant on any adapter.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_with(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        weight: &Tensor,
+        out: &Tensor,
+        residual: Option<(&Tensor, &Tensor)>,
+        strategy: Strategy,
+    ) -> Result<()> {
+        let c = self.validate(ctx, x, weight, out, residual, strategy)?;
+        self.record(ctx, encoder, c, x, weight, out, residual)
+    }
+
+    /// The variant that [`RmsNorm::encode_with`] would dispatch (after validating the views).
+    pub fn variant(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        weight: &Tensor,
+        out: &Tensor,
+        residual: Option<(&Tensor, &Tensor)>,
+        strategy: Strategy,
+    ) -> Result<Variant> {
+        Ok(self
+            .validate(ctx, x, weight, out, residual, strategy)?
+            .variant)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -454,31 +636,33 @@ impl RmsNorm {
             _pad: [0; 3],
         };
         let kernel = ctx.kernel(OP, &v.key())?;
-        let grid = ctx.grid(OP, c.rows as u64)?;
+        let grid = ctx.grid(OP, v.workgroups(c.rows))?;
         let uniform = ctx.uniform(OP, &params)?;
         let dummy_r = ctx.dummy_buffer();
         let dummy_w = ctx.dummy_rw_buffer();
+        // `rms_norm_rows4` reads the same buffers through its `vec4<u32>` bindings 6..=10.
+        let slot = if v.items16 { 5 } else { 0 };
         let bg = kernel.bind_group(
             ctx,
             OP,
             &[
                 (0, whole(&uniform)),
                 (
-                    1,
+                    1 + slot,
                     x_win
                         .as_ref()
                         .map_or_else(|| whole(dummy_r), |w| w.resource()),
                 ),
-                (2, w_win.resource()),
+                (2 + slot, w_win.resource()),
                 (
-                    3,
+                    3 + slot,
                     r_win
                         .as_ref()
                         .map_or_else(|| whole(dummy_r), |w| w.resource()),
                 ),
-                (4, dst_win.resource()),
+                (4 + slot, dst_win.resource()),
                 (
-                    5,
+                    5 + slot,
                     rout_win
                         .as_ref()
                         .map_or_else(|| whole(dummy_w), |w| w.resource()),
