@@ -53,4 +53,5 @@ pub mod tensor;
 pub use context::{Caps, Context};
 pub use error::{Error, Result};
 pub use ops::rms_norm::RmsNorm;
+pub use ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
 pub use tensor::{DType, Element, Tensor};
