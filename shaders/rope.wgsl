@@ -21,7 +21,8 @@
 //   IN_PLACE read and write the `dst` binding; else read `src` (or `dst` when X_IN_DST)
 //   X_IN_DST out-of-place with x and out in one buffer (both reached through `dst`)
 //   SINCOS   0 fixed-point turn + polynomial (exact), 1 fixed-point turn + built-in sin/cos,
-//            2 f32 angle pos * inv_freq + built-in sin/cos (what most frameworks do)
+//            2 f32 angle pos * inv_freq + built-in sin/cos (what most frameworks do),
+//            3 host table: freqs[pos * half_rot + k] holds (cos, sin) built in f64
 //   WG       workgroup size
 
 override DTYPE: u32 = 0u;
@@ -68,7 +69,7 @@ struct Params {
 }
 
 struct Freq {
-    // frac(inv_freq / 2pi) * 2^64 as (high word, low word)
+    // frac(inv_freq / 2pi) * 2^64 as (high word, low word); SINCOS 3: bits of f32 (cos, sin)
     turn_hi: u32,
     turn_lo: u32,
     // inv_freq rounded to f32 (SINCOS 2 only)
@@ -124,6 +125,10 @@ fn sincos_octant(x: f32) -> vec2<f32> {
 
 // (cos, sin) of pos * inv_freq for pair k.
 fn cos_sin(pos: i32, k: u32) -> vec2<f32> {
+    if SINCOS == 3u {
+        let e = freqs[u32(pos) * p.half_rot + k];
+        return vec2<f32>(bitcast<f32>(e.turn_hi), bitcast<f32>(e.turn_lo));
+    }
     let f = freqs[k];
     if SINCOS == 2u {
         let a = f32(pos) * f.inv_freq;

@@ -69,6 +69,10 @@ pub enum SinCos {
     BuiltinReduced,
     /// `f32(pos) * f32(inv_freq)`, then WGSL's `cos` / `sin` (what most frameworks do).
     NaiveF32,
+    /// A `[seq_len, rotary_dim/2]` cos/sin table built in f64 on the host at every call and
+    /// indexed by position (positions must lie in `0..seq_len`, and are not checked on the
+    /// GPU): the table alternative, kept to measure it.
+    HostTable,
 }
 
 impl SinCos {
@@ -77,6 +81,7 @@ impl SinCos {
             SinCos::Exact => 0,
             SinCos::BuiltinReduced => 1,
             SinCos::NaiveF32 => 2,
+            SinCos::HostTable => 3,
         }
     }
 }
@@ -339,7 +344,12 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
         for layout in [Layout::Half, Layout::Interleaved] {
             for pos_buf in [false, true] {
                 for (in_place, x_in_dst) in [(true, false), (false, false), (false, true)] {
-                    for sincos in [SinCos::Exact, SinCos::BuiltinReduced, SinCos::NaiveF32] {
+                    for sincos in [
+                        SinCos::Exact,
+                        SinCos::BuiltinReduced,
+                        SinCos::NaiveF32,
+                        SinCos::HostTable,
+                    ] {
                         keys.push(
                             Variant {
                                 dtype,
@@ -794,18 +804,36 @@ impl Rope {
         };
         let (inv, attn) = self.inv_freq(va.head_dim, seq_len)?;
         params.scale = attn as f32;
-        let freqs: Vec<Freq> = inv
-            .iter()
-            .map(|&f| {
-                let (turn_hi, turn_lo) = fixed_point_turn(f);
-                Freq {
-                    turn_hi,
-                    turn_lo,
-                    inv_freq: f as f32,
+        let freqs: Vec<Freq> = if self.sincos == SinCos::HostTable {
+            crate::ensure!(
+                seq_len > 0 && (seq_len as u64) * (inv.len() as u64) * 16 <= ctx.limits().max_storage_buffer_binding_size,
+                Limit,
+                OP,
+                "a host cos/sin table for seq_len {seq_len} x {} pairs does not fit one binding (set seq_len; positions must lie in 0..seq_len)",
+                inv.len()
+            );
+            (0..seq_len)
+                .flat_map(|p| inv.iter().map(move |&f| (p as f64 * f).sin_cos()))
+                .map(|(s, c)| Freq {
+                    turn_hi: (c as f32).to_bits(),
+                    turn_lo: (s as f32).to_bits(),
+                    inv_freq: 0.0,
                     _pad: 0,
-                }
-            })
-            .collect();
+                })
+                .collect()
+        } else {
+            inv.iter()
+                .map(|&f| {
+                    let (turn_hi, turn_lo) = fixed_point_turn(f);
+                    Freq {
+                        turn_hi,
+                        turn_lo,
+                        inv_freq: f as f32,
+                        _pad: 0,
+                    }
+                })
+                .collect()
+        };
 
         let n_quads = (rd / 2).div_ceil(2);
         let n_tail = if in_place {
@@ -830,7 +858,6 @@ impl Rope {
         params.n_quads = n_quads as u32;
         params.n_hgroups = groups as u32;
         params.heads_per_group = per_group as u32;
-        let _ = ctx;
         Ok(Plan {
             variant: Variant {
                 dtype,
