@@ -1087,6 +1087,58 @@ mod tests {
         }
     }
 
+    /// Member offsets and sizes of the WGSL structs, as naga lays them out.
+    fn wgsl_struct(name: &str) -> (Vec<(String, u32)>, u32) {
+        let module = naga::front::wgsl::parse_str(&Shader::Rope.source()).unwrap();
+        for (_, ty) in module.types.iter() {
+            if ty.name.as_deref() == Some(name) {
+                if let naga::TypeInner::Struct { members, span } = &ty.inner {
+                    return (
+                        members
+                            .iter()
+                            .map(|m| (m.name.clone().unwrap_or_default(), m.offset))
+                            .collect(),
+                        *span,
+                    );
+                }
+            }
+        }
+        panic!("no struct {name} in rope.wgsl");
+    }
+
+    #[test]
+    fn params_match_the_wgsl_structs() {
+        let (members, span) = wgsl_struct("Params");
+        assert_eq!(span as usize, std::mem::size_of::<Params>());
+        // Every member is a 4-byte scalar, declared in the same order as the Rust fields.
+        let rust = [
+            std::mem::offset_of!(Params, n_tokens),
+            std::mem::offset_of!(Params, a_off),
+            std::mem::offset_of!(Params, b_heads),
+            std::mem::offset_of!(Params, o_off),
+            std::mem::offset_of!(Params, pos_start),
+            std::mem::offset_of!(Params, scale),
+        ];
+        for (name, off) in [
+            "n_tokens",
+            "a_off",
+            "b_heads",
+            "o_off",
+            "pos_start",
+            "scale",
+        ]
+        .iter()
+        .zip(rust)
+        {
+            let m = members.iter().find(|(n, _)| n == name).unwrap();
+            assert_eq!(m.1 as usize, off, "Params.{name}");
+        }
+        assert_eq!(members.len() * 4, std::mem::size_of::<Params>());
+        let (fm, fspan) = wgsl_struct("Freq");
+        assert_eq!(fspan as usize, std::mem::size_of::<Freq>());
+        assert_eq!(fm[2].1 as usize, std::mem::offset_of!(Freq, inv_freq));
+    }
+
     #[test]
     fn params_layout_is_16_byte_padded() {
         assert_eq!(std::mem::size_of::<Params>() % 16, 0);
