@@ -42,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cases;
 pub mod compare;
 pub mod context;
 pub mod error;
