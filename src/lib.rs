@@ -55,3 +55,8 @@ pub use context::{Caps, Context};
 pub use error::{Error, Result};
 pub use ops::rms_norm::RmsNorm;
 pub use tensor::{DType, Element, Tensor};
+
+/// The README's Rust examples compile as doctests, so the quick start stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
