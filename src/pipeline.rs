@@ -15,22 +15,25 @@ pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Shader {
     RmsNorm,
+    Cast,
 }
 
 impl Shader {
     /// Every shader, for the portability tests.
-    pub const ALL: &'static [Shader] = &[Shader::RmsNorm];
+    pub const ALL: &'static [Shader] = &[Shader::RmsNorm, Shader::Cast];
 
     /// The file name under `shaders/`.
     pub fn file_name(self) -> &'static str {
         match self {
             Shader::RmsNorm => "rms_norm.wgsl",
+            Shader::Cast => "cast.wgsl",
         }
     }
 
     fn body(self) -> &'static str {
         match self {
             Shader::RmsNorm => include_str!("../shaders/rms_norm.wgsl"),
+            Shader::Cast => include_str!("../shaders/cast.wgsl"),
         }
     }
 
@@ -45,6 +48,7 @@ impl Shader {
     pub fn variants(self) -> Vec<PipelineKey> {
         match self {
             Shader::RmsNorm => crate::ops::rms_norm::all_variant_keys(),
+            Shader::Cast => crate::ops::cast::all_variant_keys(),
         }
     }
 }

@@ -1,2 +1,3 @@
 //! One module per kernel family.
+pub mod cast;
 pub mod rms_norm;
