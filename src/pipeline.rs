@@ -15,17 +15,19 @@ pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Shader {
     RmsNorm,
+    Cast,
     Rope,
 }
 
 impl Shader {
     /// Every shader, for the portability tests.
-    pub const ALL: &'static [Shader] = &[Shader::RmsNorm, Shader::Rope];
+    pub const ALL: &'static [Shader] = &[Shader::RmsNorm, Shader::Cast, Shader::Rope];
 
     /// The file name under `shaders/`.
     pub fn file_name(self) -> &'static str {
         match self {
             Shader::RmsNorm => "rms_norm.wgsl",
+            Shader::Cast => "cast.wgsl",
             Shader::Rope => "rope.wgsl",
         }
     }
@@ -33,6 +35,7 @@ impl Shader {
     fn body(self) -> &'static str {
         match self {
             Shader::RmsNorm => include_str!("../shaders/rms_norm.wgsl"),
+            Shader::Cast => include_str!("../shaders/cast.wgsl"),
             Shader::Rope => include_str!("../shaders/rope.wgsl"),
         }
     }
@@ -48,6 +51,7 @@ impl Shader {
     pub fn variants(self) -> Vec<PipelineKey> {
         match self {
             Shader::RmsNorm => crate::ops::rms_norm::all_variant_keys(),
+            Shader::Cast => crate::ops::cast::all_variant_keys(),
             Shader::Rope => crate::ops::rope::all_variant_keys(),
         }
     }

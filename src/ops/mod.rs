@@ -1,3 +1,4 @@
 //! One module per kernel family.
+pub mod cast;
 pub mod rms_norm;
 pub mod rope;
