@@ -13,6 +13,7 @@
 //! allocated beyond the file's own size.
 
 pub mod rms_norm;
+pub mod rope;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -344,6 +345,7 @@ impl CaseFile {
     pub fn run(&self, ctx: &Context, tol: Option<f64>) -> Result<CaseReport> {
         let res = match self.op.as_str() {
             "rms_norm" => rms_norm::run(ctx, self)?,
+            "rope" => rope::run(ctx, self)?,
             other => {
                 return Err(self.err(format!("unknown op {other:?}; known ops: {:?}", KNOWN_OPS)))
             }
@@ -406,7 +408,7 @@ impl CaseFile {
 }
 
 /// Ops that `check` knows.
-pub const KNOWN_OPS: &[&str] = &["rms_norm"];
+pub const KNOWN_OPS: &[&str] = &["rms_norm", "rope"];
 
 /// Write a safetensors file holding `tensors` (name, dtype, shape, values) and `metadata`.
 pub fn write_case(
