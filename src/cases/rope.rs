@@ -114,10 +114,12 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let shape4: [usize; 4] = match x.shape[..] {
         [s, h, d] => [1, s, h, d],
         [b, s, h, d] => [b, s, h, d],
-        _ => return Err(case.error(format!(
+        _ => {
+            return Err(case.error(format!(
             "x has shape {:?}; it must be [seq, heads, head_dim] or [batch, seq, heads, head_dim]",
             x.shape
-        ))),
+        )))
+        }
     };
     let [batch, seq, _, head_dim] = shape4;
     let theta = case.meta_f64("theta", 10000.0)?;

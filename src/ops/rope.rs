@@ -322,6 +322,21 @@ pub fn fixed_point_turn(inv_freq: f64) -> (u32, u32) {
     (hi as u32, lo as u32)
 }
 
+/// [`Freq`] entries for an f64 `inv_freq` table.
+fn turns(inv: &[f64]) -> Vec<Freq> {
+    inv.iter()
+        .map(|&f| {
+            let (turn_hi, turn_lo) = fixed_point_turn(f);
+            Freq {
+                turn_hi,
+                turn_lo,
+                inv_freq: f as f32,
+                _pad: 0,
+            }
+        })
+        .collect()
+}
+
 /// The code-shaping decisions for one dispatch; the pipeline key is derived from it alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
@@ -641,6 +656,14 @@ impl Rope {
         Ok((inv, attn))
     }
 
+    /// The per-pair table the kernel reads (fixed-point turns of [`Rope::inv_freq`]) and the
+    /// cos/sin multiplier, for kernels that fuse RoPE (the angle code is `turn_of` and
+    /// `cos_sin` in `shaders/rope.wgsl`).
+    pub fn turn_table(&self, head_dim: usize, seq_len: usize) -> Result<(Vec<Freq>, f32)> {
+        let (inv, attn) = self.inv_freq(head_dim, seq_len)?;
+        Ok((turns(&inv), attn as f32))
+    }
+
     fn plan(
         &self,
         ctx: &Context,
@@ -818,9 +841,11 @@ impl Rope {
         };
         let (inv, attn) = self.inv_freq(va.head_dim, seq_len)?;
         params.scale = attn as f32;
-        let freqs: Vec<Freq> = if self.sincos == SinCos::HostTable {
+        let freqs = if self.sincos == SinCos::HostTable {
             crate::ensure!(
-                seq_len > 0 && (seq_len as u64) * (inv.len() as u64) * 16 <= ctx.limits().max_storage_buffer_binding_size,
+                seq_len > 0
+                    && (seq_len as u64) * (inv.len() as u64) * 16
+                        <= ctx.limits().max_storage_buffer_binding_size,
                 Limit,
                 OP,
                 "a host cos/sin table for seq_len {seq_len} x {} pairs does not fit one binding (set seq_len; positions must lie in 0..seq_len)",
@@ -836,17 +861,7 @@ impl Rope {
                 })
                 .collect()
         } else {
-            inv.iter()
-                .map(|&f| {
-                    let (turn_hi, turn_lo) = fixed_point_turn(f);
-                    Freq {
-                        turn_hi,
-                        turn_lo,
-                        inv_freq: f as f32,
-                        _pad: 0,
-                    }
-                })
-                .collect()
+            turns(&inv)
         };
 
         let n_quads = (rd / 2).div_ceil(2);
@@ -1151,6 +1166,18 @@ mod tests {
         let (fm, fspan) = wgsl_struct("Freq");
         assert_eq!(fspan as usize, std::mem::size_of::<Freq>());
         assert_eq!(fm[2].1 as usize, std::mem::offset_of!(Freq, inv_freq));
+    }
+
+    #[test]
+    fn turn_table_is_the_fixed_point_inv_freq() {
+        let (t, scale) = Rope::default().turn_table(128, 0).unwrap();
+        assert_eq!((t.len(), scale), (64, 1.0));
+        // inv_freq[0] = 1: 2^32 / 2pi = 683565275.57...
+        assert_eq!(t[0].turn_hi, 683_565_275);
+        assert!(Rope::default()
+            .with_rotary_dim(7)
+            .turn_table(128, 0)
+            .is_err());
     }
 
     #[test]
