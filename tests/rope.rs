@@ -635,6 +635,59 @@ fn shared_buffers_and_one_encoder() {
     assert_eq!(ctx.read_f32(&x).unwrap(), data[..n].to_vec(), "x changed");
 }
 
+/// Negative and extreme positions (arbitrary i32 values are allowed): the fixed-point angle
+/// handles the sign and i32::MIN.
+#[test]
+fn negative_and_extreme_positions() {
+    let ctx = ctx();
+    let mut rng = Rng::new(75);
+    let pos: Vec<i32> = vec![-1, -5, -1_000_000, -(1 << 24) + 1, i32::MIN, i32::MAX, 3];
+    let (seq, heads, hd) = (pos.len(), 2, 64);
+    for layout in [Layout::Half, Layout::Interleaved] {
+        let x = rng.vec(seq * heads * hd, 1.0);
+        let xt = ctx.upload(&x, &[seq, heads, hd]).unwrap();
+        let pt = PositionIds::upload(&ctx, &pos, &[seq]).unwrap();
+        Rope::new(10000.0, layout)
+            .run(&ctx, &xt, Positions::Ids(&pt))
+            .unwrap();
+        let (inv, _) = reference::frequencies(10000.0, hd, &Scaling::Default, 0);
+        let p64: Vec<i64> = pos.iter().map(|&p| p as i64).collect();
+        let want = reference::rope(
+            &rounded(&x, DType::F32),
+            [1, seq, heads, hd],
+            &p64,
+            &inv,
+            1.0,
+            layout,
+            hd,
+        );
+        assert_close(
+            &ctx,
+            &xt,
+            &want,
+            1e-10,
+            &format!("{layout:?} negative positions"),
+        );
+    }
+    // A start offset below zero too.
+    let x = rng.vec(4 * 64, 1.0);
+    let xt = ctx.upload(&x, &[4, 1, 64]).unwrap();
+    Rope::default()
+        .run(&ctx, &xt, Positions::Start(-2))
+        .unwrap();
+    let (inv, _) = reference::frequencies(10000.0, 64, &Scaling::Default, 0);
+    let want = reference::rope(
+        &rounded(&x, DType::F32),
+        [1, 4, 1, 64],
+        &[-2, -1, 0, 1],
+        &inv,
+        1.0,
+        Layout::Half,
+        64,
+    );
+    assert_close(&ctx, &xt, &want, 1e-10, "start -2");
+}
+
 /// More tokens than one grid dimension of workgroups holds.
 #[test]
 fn many_tokens_use_the_2d_grid() {

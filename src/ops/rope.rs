@@ -130,7 +130,9 @@ impl Default for Rope {
 }
 
 /// An i32 position per token, `[seq]` (shared by every batch row) or `[batch, seq]`, anywhere in
-/// a buffer with `STORAGE` usage. Positions may be arbitrary, non-monotonic and negative.
+/// a buffer with `STORAGE` usage. Positions may be arbitrary, non-monotonic and negative. The
+/// dtype is i32 by construction (a float tensor cannot be passed); `check` converts I64 case
+/// tensors after a range check.
 #[derive(Clone, Debug)]
 pub struct PositionIds {
     buffer: wgpu::Buffer,

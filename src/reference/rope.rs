@@ -62,7 +62,8 @@ pub enum Scaling {
         truncate: bool,
     },
     /// Dynamic NTK: `theta` grows with the sequence length once it passes
-    /// `original_max_position_embeddings`.
+    /// `original_max_position_embeddings` (HF reads the config's `max_position_embeddings`):
+    /// `theta * (factor * seq_len / orig - (factor - 1))^(dim / (dim - 2))`.
     Dynamic {
         factor: f64,
         original_max_position_embeddings: f64,
