@@ -96,7 +96,7 @@ fn good_tensors() -> Vec<Raw> {
         0,
     );
     let want = llama_kernels::reference::rope::rope(
-        &vec![1.0; 16],
+        &[1.0; 16],
         [1, 2, 1, 8],
         &[0, 1],
         &inv,

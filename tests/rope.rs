@@ -855,8 +855,8 @@ fn measure_sincos_methods() {
     eprintln!(
         "frequency table: {} B per call; f64-built cos/sin table: {} MiB for 1M positions, {} MiB for 2^24",
         pairs * 16,
-        (1u64 << 20) * pairs * 8 >> 20,
-        (1u64 << 24) * pairs * 8 >> 20
+        ((1u64 << 20) * pairs * 8) >> 20,
+        ((1u64 << 24) * pairs * 8) >> 20
     );
 }
 
