@@ -802,64 +802,6 @@ fn accuracy_at_large_positions() {
     run_case(&c, 92);
 }
 
-/// Timing of the sin/cos methods on this adapter (run with `--ignored --nocapture`): a Llama-3-8B
-/// prefill chunk (cos/sin shared by 40 heads) and a single-head view (nothing shared). Positions
-/// 0..seq so the host table stays small; its size at 1M positions is printed.
-#[test]
-#[ignore]
-fn measure_sincos_methods() {
-    let ctx = ctx();
-    let mut rng = Rng::new(101);
-    let methods = [
-        SinCos::Exact,
-        SinCos::BuiltinReduced,
-        SinCos::NaiveF32,
-        SinCos::HostTable,
-    ];
-    // 2048 tokens, 32 q + 8 kv heads of 128 in a fused QKV buffer; then 65536 tokens of 1 head.
-    for (seq, nh, nkv, hd) in [(2048, 32, 8, 128), (65536, 1, 0, 128)] {
-        let row = (nh + 2 * nkv) * hd;
-        let data = rng.vec(seq * row, 1.0);
-        let buf = ctx.upload(&data, &[seq * row]).unwrap();
-        let (q, k, _) = qkv_views(buf.buffer(), 0, seq, nh, nkv, hd, DType::F32);
-        for method in methods {
-            let op = Rope {
-                sincos: method,
-                ..Rope::new(500000.0, Layout::Half)
-            };
-            let go = || {
-                if nkv > 0 {
-                    op.run_qk(&ctx, &q, &k, Positions::Start(0)).unwrap()
-                } else {
-                    op.run(&ctx, &q, Positions::Start(0)).unwrap()
-                }
-            };
-            go();
-            let mut times = Vec::new();
-            for _ in 0..7 {
-                let t = std::time::Instant::now();
-                go();
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let bytes = 2.0 * seq as f64 * (nh + nkv) as f64 * hd as f64 * 4.0;
-            eprintln!(
-                "seq {seq} heads {}: {method:?}: median {:.2} ms per call incl. submit ({:.2} GB/s of Q+K read+write)",
-                nh + nkv,
-                times[3],
-                bytes / times[3] / 1e6
-            );
-        }
-    }
-    let pairs = 64u64;
-    eprintln!(
-        "frequency table: {} B per call; f64-built cos/sin table: {} MiB for 1M positions, {} MiB for 2^24",
-        pairs * 16,
-        ((1u64 << 20) * pairs * 8) >> 20,
-        ((1u64 << 24) * pairs * 8) >> 20
-    );
-}
-
 fn expect_err(r: Result<(), Error>, kind: fn(&Error) -> bool, needle: &str) {
     match r {
         Ok(()) => panic!("expected an error containing {needle:?}, got Ok"),

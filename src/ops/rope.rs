@@ -50,7 +50,7 @@
 //! lavapipe). The fixed-point table is `rotary_dim/2 x 16` bytes (1 KiB), and the polynomial costs
 //! nothing measurable: Llama-3-8B Q+K, 2048 tokens in a fused QKV buffer, median per call on
 //! lavapipe 68 ms exact, 75 ms built-in reduced, 79 ms naive f32, 76 ms host table
-//! (`measure_sincos_methods`). [`SinCos`] keeps the other methods for such measurements.
+//! (`cargo run --release --example rope_sincos`). [`SinCos`] keeps the other methods for such measurements.
 //!
 //! ## Strategy
 //! One invocation per (token, group of heads, two pairs): the two cos/sin are computed once and
