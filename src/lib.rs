@@ -43,6 +43,7 @@
 //! ```
 
 pub mod bench;
+pub mod cases;
 pub mod compare;
 pub mod context;
 pub mod error;
@@ -54,4 +55,10 @@ pub mod tensor;
 pub use context::{Caps, Context};
 pub use error::{Error, Result};
 pub use ops::rms_norm::RmsNorm;
+pub use ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
 pub use tensor::{DType, Element, Tensor};
+
+/// The README's Rust examples compile as doctests, so the quick start stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -15,6 +15,8 @@ pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Shader {
     RmsNorm,
+    Cast,
+    Rope,
     /// Streaming copies, the benchmark's WGSL bandwidth ceiling.
     Copy,
     /// Unfused baselines that only the benchmark runs.
@@ -23,12 +25,20 @@ pub enum Shader {
 
 impl Shader {
     /// Every shader, for the portability tests.
-    pub const ALL: &'static [Shader] = &[Shader::RmsNorm, Shader::Copy, Shader::Baseline];
+    pub const ALL: &'static [Shader] = &[
+        Shader::RmsNorm,
+        Shader::Cast,
+        Shader::Rope,
+        Shader::Copy,
+        Shader::Baseline,
+    ];
 
     /// The file name under `shaders/`.
     pub fn file_name(self) -> &'static str {
         match self {
             Shader::RmsNorm => "rms_norm.wgsl",
+            Shader::Cast => "cast.wgsl",
+            Shader::Rope => "rope.wgsl",
             Shader::Copy => "copy.wgsl",
             Shader::Baseline => "baseline.wgsl",
         }
@@ -37,6 +47,8 @@ impl Shader {
     fn body(self) -> &'static str {
         match self {
             Shader::RmsNorm => include_str!("../shaders/rms_norm.wgsl"),
+            Shader::Cast => include_str!("../shaders/cast.wgsl"),
+            Shader::Rope => include_str!("../shaders/rope.wgsl"),
             Shader::Copy => include_str!("../shaders/copy.wgsl"),
             Shader::Baseline => include_str!("../shaders/baseline.wgsl"),
         }
@@ -53,6 +65,8 @@ impl Shader {
     pub fn variants(self) -> Vec<PipelineKey> {
         match self {
             Shader::RmsNorm => crate::ops::rms_norm::all_variant_keys(),
+            Shader::Cast => crate::ops::cast::all_variant_keys(),
+            Shader::Rope => crate::ops::rope::all_variant_keys(),
             Shader::Copy => crate::ops::copy::all_variant_keys(),
             Shader::Baseline => crate::bench::baseline::all_variant_keys(),
         }

@@ -1,3 +1,5 @@
 //! One module per kernel family.
+pub mod cast;
 pub mod copy;
 pub mod rms_norm;
+pub mod rope;
