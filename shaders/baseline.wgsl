@@ -100,3 +100,81 @@ fn rms_norm_scale(
     let w = unpack_word(weight[col]) + vec2<f32>(p.weight_offset);
     dst[i] = pack_word(unpack_word(src[i]) * inv_in[row] * w);
 }
+
+// RoPE (rotate-half pairs (i, i + rotary_dim / 2), rotary_dim = head_dim, positions
+// start .. start + seq) in two dispatches over a contiguous [seq, heads, head_dim] view, in place:
+//   rope_table   one invocation per (token, pair): (cos, sin) of f32(pos) * inv_freq[i] to a table
+//   rope_rotate  one invocation per (token, head, two neighbouring pairs), so that a packed half
+//                word is only ever written by one invocation; reads the table
+
+struct RopeParams {
+    seq: u32,
+    heads: u32,
+    head_dim: u32,
+    start: u32,
+}
+
+@group(0) @binding(7) var<uniform> rp: RopeParams;
+@group(0) @binding(8) var<storage, read> inv_freq: array<f32>;
+@group(0) @binding(9) var<storage, read_write> table_out: array<vec2<f32>>;
+@group(0) @binding(10) var<storage, read> table_in: array<vec2<f32>>;
+@group(0) @binding(11) var<storage, read_write> xs: array<u32>;
+
+// Elements e and e + 1 (e even) of `xs`.
+fn load_pair(e: u32) -> vec2<f32> {
+    if DTYPE == DT_F32 {
+        return vec2<f32>(bitcast<f32>(xs[e]), bitcast<f32>(xs[e + 1u]));
+    }
+    return unpack_half2(xs[e / 2u], DTYPE);
+}
+
+fn store_pair(e: u32, v: vec2<f32>) {
+    if DTYPE == DT_F32 {
+        xs[e] = bitcast<u32>(v.x);
+        xs[e + 1u] = bitcast<u32>(v.y);
+    } else {
+        xs[e / 2u] = pack_half2(v, DTYPE);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rope_table(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let half_rot = rp.head_dim / 2u;
+    let i = linear_workgroup(wid, nwg) * WG + lid;
+    if i >= rp.seq * half_rot {
+        return;
+    }
+    let token = i / half_rot;
+    let angle = f32(rp.start + token) * inv_freq[i % half_rot];
+    table_out[i] = vec2<f32>(cos(angle), sin(angle));
+}
+
+@compute @workgroup_size(WG)
+fn rope_rotate(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let half_rot = rp.head_dim / 2u;
+    let couples = half_rot / 2u;
+    let i = linear_workgroup(wid, nwg) * WG + lid;
+    if i >= rp.seq * rp.heads * couples {
+        return;
+    }
+    let j = 2u * (i % couples);
+    let token_head = i / couples;
+    let token = token_head / rp.heads;
+    let base = token_head * rp.head_dim;
+    let a = load_pair(base + j);
+    let b = load_pair(base + j + half_rot);
+    let cs0 = table_in[token * half_rot + j];
+    let cs1 = table_in[token * half_rot + j + 1u];
+    let c = vec2<f32>(cs0.x, cs1.x);
+    let s = vec2<f32>(cs0.y, cs1.y);
+    store_pair(base + j, a * c - b * s);
+    store_pair(base + j + half_rot, b * c + a * s);
+}

@@ -28,9 +28,10 @@ use serde_json::{json, Map, Value};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ops::rms_norm::Strategy;
+use crate::ops::rope::qkv_views;
 use crate::ops::{copy, rms_norm};
 use crate::tensor::{DType, Tensor};
-use crate::RmsNorm;
+use crate::{Layout, Positions, RmsNorm, Rope};
 
 /// Command-line options shared by `llama-kernels bench` and `cargo bench`.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -512,10 +513,115 @@ fn rms_norm_cases(ctx: &Context, quick: bool) -> Vec<Case> {
     cases
 }
 
+// ---------------------------------------------------------------- RoPE
+
+/// (model, q heads, kv heads, head_dim, rope_theta)
+const ROPE_MODELS: &[(&str, usize, usize, usize, f64)] = &[
+    ("Llama-3-8B", 32, 8, 128, 500_000.0),
+    ("Llama-3-70B", 64, 8, 128, 500_000.0),
+    ("Qwen2.5-7B", 28, 4, 128, 1_000_000.0),
+    ("Gemma-2-9B", 16, 8, 256, 10_000.0),
+    ("Mistral-7B", 32, 8, 128, 1_000_000.0),
+];
+
+fn rope_cases(quick: bool) -> Vec<Case> {
+    // (model index, dtype, fused-QKV Q+K variant, naive baseline)
+    let plan: Vec<(usize, DType, bool, bool)> = if quick {
+        vec![
+            (0, DType::F32, true, true),
+            (0, DType::BF16, false, true),
+            (2, DType::F32, false, false),
+            (3, DType::F32, false, false),
+        ]
+    } else {
+        (0..ROPE_MODELS.len())
+            .flat_map(|m| DType::ALL.into_iter().map(move |d| (m, d, true, true)))
+            .collect()
+    };
+    let mut cases = Vec::new();
+    for (m, dtype, qkv, naive) in plan {
+        let (model, n_heads, n_kv, head_dim, theta) = ROPE_MODELS[m];
+        // Q and K heads of every token, rotated in place: each element read and written once.
+        let heads = n_heads + n_kv;
+        let token_bytes = (heads * head_dim * dtype.size()) as u64;
+        let seq = (TENSOR_BYTES.div_ceil(token_bytes) as usize).div_ceil(256) * 256;
+        let bytes = 2 * seq as u64 * token_bytes;
+        let shape = vec![
+            ("seq", seq as u64),
+            ("heads", heads as u64),
+            ("head_dim", head_dim as u64),
+        ];
+        let group = format!("rope/{model}/{dtype}/{seq}");
+        let op = Rope::new(theta, Layout::Half);
+        let op2 = op.clone();
+        cases.push(Case {
+            kernel: "rope",
+            variant: "exact".into(),
+            model,
+            dtype,
+            shape: shape.clone(),
+            bytes,
+            flops: None,
+            group: group.clone(),
+            prepare: Box::new(move |ctx| {
+                let x = upload_pattern(ctx, &[seq, heads, head_dim], dtype, 6)?;
+                Ok(Box::new(move |ctx, enc| {
+                    op2.encode(ctx, enc, &x, Positions::Start(0))
+                }))
+            }),
+        });
+        if qkv {
+            let op2 = op.clone();
+            cases.push(Case {
+                kernel: "rope",
+                variant: "exact_qk_in_fused_qkv".into(),
+                model,
+                dtype,
+                shape: shape.clone(),
+                bytes,
+                flops: None,
+                group: group.clone(),
+                prepare: Box::new(move |ctx| {
+                    let row = (n_heads + 2 * n_kv) * head_dim;
+                    let buf = upload_pattern(ctx, &[seq * row], dtype, 7)?;
+                    let (q, k, _) = qkv_views(buf.buffer(), 0, seq, n_heads, n_kv, head_dim, dtype);
+                    Ok(Box::new(move |ctx, enc| {
+                        op2.encode_qk(ctx, enc, &q, &k, Positions::Start(0))
+                    }))
+                }),
+            });
+        }
+        if naive {
+            cases.push(Case {
+                kernel: "rope",
+                variant: "naive_table_then_rotate".into(),
+                model,
+                dtype,
+                shape,
+                bytes,
+                flops: None,
+                group,
+                prepare: Box::new(move |ctx| {
+                    let x = upload_pattern(ctx, &[seq, heads, head_dim], dtype, 6)?;
+                    let (inv, _) = op.inv_freq(head_dim, seq)?;
+                    let inv: Vec<f32> = inv.iter().map(|&v| v as f32).collect();
+                    let inv = ctx.upload(&inv, &[head_dim / 2])?;
+                    let table = ctx.empty(&[seq * head_dim], DType::F32)?;
+                    Ok(Box::new(move |ctx, enc| {
+                        baseline::rope_naive(ctx, enc, &x, &inv, &table, 0)
+                    }))
+                }),
+            });
+        }
+    }
+    cases
+}
+
 /// Every case of the benchmark, ceilings first.
 pub fn cases(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut c = copy_cases();
     c.extend(rms_norm_cases(ctx, quick));
+    c.extend(rope_cases(quick));
     c
 }
 

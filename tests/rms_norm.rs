@@ -5,8 +5,9 @@ mod common;
 
 use common::*;
 use llama_kernels::compare::tolerance;
+use llama_kernels::ops::rms_norm::{Strategy, Variant, ROWS_PER_INVOCATION_MIN};
 use llama_kernels::reference;
-use llama_kernels::{DType, Error, RmsNorm, Tensor};
+use llama_kernels::{Context, DType, Error, RmsNorm, Tensor};
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -20,6 +21,33 @@ struct Case {
 }
 
 fn run_case(c: Case, seed: u64) {
+    run_case_with(c, seed, Strategy::Auto, GUARD_BEFORE);
+}
+
+/// A view of `shape` that starts `before` elements into a sentinel-filled buffer, with
+/// `GUARD_AFTER` sentinels after it.
+fn upload_at(ctx: &Context, data: &[f32], shape: &[usize], dtype: DType, before: usize) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut all = vec![SENTINEL; before + n + GUARD_AFTER];
+    all[before..before + n].copy_from_slice(data);
+    let full = ctx.upload_as(&all, &[all.len()], dtype).expect("upload");
+    Tensor::new(full.buffer(), before, shape, dtype)
+}
+
+/// The sentinels around a view made by `upload_at` are intact.
+fn check_guards_at(ctx: &Context, t: &Tensor, before: usize, what: &str) {
+    let n = t.numel();
+    let full = Tensor::new(t.buffer(), 0, &[before + n + GUARD_AFTER], t.dtype());
+    let all = ctx.read_f32(&full).expect("readback");
+    let s = t.dtype().round(SENTINEL as f64) as f32;
+    for (i, &v) in all[..before].iter().chain(&all[before + n..]).enumerate() {
+        assert_eq!(v, s, "{what}: guard element {i} was overwritten with {v}");
+    }
+}
+
+/// Run case `c` with a forced strategy, the views starting `before` elements into their
+/// buffers; returns the variant that ran.
+fn run_case_with(c: Case, seed: u64, strategy: Strategy, before: usize) -> Variant {
     let ctx = ctx();
     let mut rng = Rng::new(seed);
     let shape = [c.rows, c.n];
@@ -39,27 +67,33 @@ fn run_case(c: Case, seed: u64) {
         c.weight_offset as f64,
         c.dtype,
     );
-    let xt = upload_guarded(&ctx, &x, &shape, c.dtype);
-    let wt = upload_guarded(&ctx, &w, &[c.n], c.dtype);
+    let xt = upload_at(&ctx, &x, &shape, c.dtype, before);
+    let wt = upload_at(&ctx, &w, &[c.n], c.dtype, before);
+    let nan = vec![f32::NAN; c.rows * c.n];
     let out = if c.in_place {
         xt.clone()
     } else {
-        nan_output(&ctx, &shape, c.dtype)
+        upload_at(&ctx, &nan, &shape, c.dtype, before)
     };
     let op = RmsNorm {
         eps: c.eps,
         weight_offset: c.weight_offset,
     };
     let tol = tolerance(c.dtype);
+    let variant;
     if c.residual {
-        let rt = upload_guarded(&ctx, &r, &shape, c.dtype);
+        let rt = upload_at(&ctx, &r, &shape, c.dtype, before);
         let rout = if c.in_place {
             rt.clone()
         } else {
-            nan_output(&ctx, &shape, c.dtype)
+            upload_at(&ctx, &nan, &shape, c.dtype, before)
         };
-        op.run_residual(&ctx, &xt, &rt, &wt, &out, &rout)
-            .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        let res = Some((&rt, &rout));
+        variant = op.variant(&ctx, &xt, &wt, &out, res, strategy).unwrap();
+        ctx.submit_and_wait("test", |enc| {
+            op.encode_with(&ctx, enc, &xt, &wt, &out, res, strategy)
+        })
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
         // residual_out is h rounded to the storage dtype: exact up to f32 addition rounding.
         assert_close(
             &ctx,
@@ -68,13 +102,21 @@ fn run_case(c: Case, seed: u64) {
             tol,
             &format!("{c:?} residual_out"),
         );
-        assert_guards(&ctx, &rout, &format!("{c:?} residual_out"));
+        check_guards_at(&ctx, &rout, before, &format!("{c:?} residual_out"));
     } else {
-        op.run(&ctx, &xt, &wt, &out)
-            .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        variant = op.variant(&ctx, &xt, &wt, &out, None, strategy).unwrap();
+        if strategy == Strategy::Auto {
+            op.run(&ctx, &xt, &wt, &out)
+        } else {
+            ctx.submit_and_wait("test", |enc| {
+                op.encode_with(&ctx, enc, &xt, &wt, &out, None, strategy)
+            })
+        }
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
     }
-    assert_close(&ctx, &out, &want, tol, &format!("{c:?} out"));
-    assert_guards(&ctx, &out, &format!("{c:?} out"));
+    assert_close(&ctx, &out, &want, tol, &format!("{c:?} {variant:?} out"));
+    check_guards_at(&ctx, &out, before, &format!("{c:?} out"));
+    variant
 }
 
 /// Every dtype x row length x row count, each with two of the 24 combinations of eps, weight
@@ -458,4 +500,106 @@ fn every_validation_rule_has_an_error() {
         is_dtype,
         "residual is bf16 but must be f32",
     );
+}
+
+/// Each strategy forced, on every dtype, with and without the fused residual and in place, on
+/// views that are 16-byte aligned (`rms_norm_rows4`) and views that are not (`rms_norm_rows`),
+/// and row lengths on both sides of the 16-byte item (f32: 4 elements, half: 8).
+#[test]
+fn every_strategy_and_item_layout() {
+    let mut seed = 7000;
+    for dtype in DType::ALL {
+        let item = 16 / dtype.size();
+        for strategy in [Strategy::WorkgroupPerRow, Strategy::InvocationPerRow] {
+            // 64 elements before the view: 256 B (f32) or 128 B (half), aligned; 66 is not.
+            for (before, n) in [
+                (64, 4 * item),
+                (64, 4 * item + 2),
+                (66, 4 * item),
+                (64, item),
+                (64, 2),
+                (64, 1000),
+            ] {
+                for combo in 0..4 {
+                    seed += 1;
+                    let c = Case {
+                        dtype,
+                        n,
+                        rows: 9,
+                        eps: 1e-6,
+                        weight_offset: (combo % 2) as f32,
+                        residual: combo / 2 == 1,
+                        in_place: combo == 1 || combo == 3,
+                    };
+                    let v = run_case_with(c, seed, strategy, before);
+                    let aligned = before == 64 && n % item == 0;
+                    assert_eq!(
+                        v.per_invocation,
+                        strategy == Strategy::InvocationPerRow,
+                        "{c:?} {v:?}"
+                    );
+                    assert_eq!(v.items16, v.per_invocation && aligned, "{c:?} {v:?}");
+                }
+            }
+        }
+    }
+}
+
+/// A row stride that is not a multiple of 16 bytes keeps 4-byte words even when the row length
+/// and the start are aligned.
+#[test]
+fn unaligned_row_stride_uses_words() {
+    let ctx = ctx();
+    let mut rng = Rng::new(21);
+    let (rows, n, stride) = (70, 8, 10);
+    let data = rng.vec(rows * stride, 1.0);
+    let w = rng.vec(n, 1.0);
+    let full = ctx.upload(&data, &[rows * stride]).unwrap();
+    let x = Tensor::with_strides(full.buffer(), 0, &[rows, n], &[stride, 1], DType::F32);
+    let wt = ctx.upload(&w, &[n]).unwrap();
+    let out = nan_output(&ctx, &[rows, n], DType::F32);
+    let op = RmsNorm::new(1e-5);
+    let v = op
+        .variant(&ctx, &x, &wt, &out, None, Strategy::InvocationPerRow)
+        .unwrap();
+    assert!(v.per_invocation && !v.items16, "{v:?}");
+    ctx.submit_and_wait("test", |enc| {
+        op.encode_with(&ctx, enc, &x, &wt, &out, None, Strategy::InvocationPerRow)
+    })
+    .unwrap();
+    let xs: Vec<f64> = (0..rows)
+        .flat_map(|r| data[r * stride..r * stride + n].iter().map(|&v| v as f64))
+        .collect();
+    let wr: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+    let (want, _) = reference::rms_norm::rms_norm(&xs, &wr, None, 1e-5, 0.0, DType::F32);
+    assert_close(
+        &ctx,
+        &out,
+        &want,
+        tolerance(DType::F32),
+        "strided rows, per invocation",
+    );
+}
+
+/// The automatic choice around its row threshold: one invocation per row from
+/// `ROWS_PER_INVOCATION_MIN` rows on, on CPU adapters only; correct on both sides.
+#[test]
+fn auto_strategy_row_threshold() {
+    let ctx = ctx();
+    let cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let t = ROWS_PER_INVOCATION_MIN;
+    for (i, rows) in [t - 1, t, t + 1].into_iter().enumerate() {
+        let c = Case {
+            dtype: DType::F32,
+            n: 256,
+            rows,
+            eps: 1e-6,
+            weight_offset: 0.0,
+            residual: i == 1,
+            in_place: false,
+        };
+        let v = run_case_with(c, 8000 + i as u64, Strategy::Auto, 64);
+        assert_eq!(v.per_invocation, cpu && rows >= t, "rows {rows}: {v:?}");
+        assert_eq!(v.items16, v.per_invocation, "rows {rows}: {v:?}");
+    }
 }

@@ -1,4 +1,5 @@
 //! Host side of the unfused baselines in `shaders/baseline.wgsl`, which only the benchmark runs.
+//! A test checks each against the f64 reference, so the speed-ups compare correct code.
 
 use crate::context::Context;
 use crate::error::Result;
@@ -33,6 +34,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
         keys.push(key("rms_norm_reduce", dtype));
         keys.push(key("rms_norm_scale", dtype));
     }
+    keys.extend(rope_variant_keys());
     keys
 }
 
@@ -125,5 +127,110 @@ pub fn rms_norm_naive(
         ],
     )?;
     scale.dispatch(enc, &bg, ctx.grid(OP, words.div_ceil(WG as u64))?);
+    Ok(())
+}
+
+/// Uniform parameters; mirrors `struct RopeParams` in `shaders/baseline.wgsl` (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RopeParams {
+    pub seq: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub start: u32,
+}
+
+/// Every pipeline key of the RoPE baseline (the portability tests compile each).
+pub fn rope_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        keys.push(key("rope_table", dtype));
+        keys.push(key("rope_rotate", dtype));
+    }
+    keys
+}
+
+/// Unfused RoPE, rotate-half layout, rotary_dim = head_dim, positions `start..start + seq`: a
+/// table pass writes f32 (cos, sin) per (token, pair) to `table` (f32, `2 * seq * head_dim / 2`
+/// values), a rotate pass reads it. `x` is a contiguous `[seq, heads, head_dim]` view at the
+/// start of its buffer, rotated in place; `inv_freq` is f32 `[head_dim / 2]`.
+pub fn rope_naive(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    x: &Tensor,
+    inv_freq: &Tensor,
+    table: &Tensor,
+    start: u32,
+) -> Result<()> {
+    const OP: &str = "rope_naive";
+    for (name, t) in [("x", x), ("inv_freq", inv_freq), ("table", table)] {
+        t.validate(OP, name)?;
+        crate::ensure!(
+            t.is_contiguous() && t.offset() == 0,
+            Shape,
+            OP,
+            "{name} must be a contiguous view at the start of its buffer"
+        );
+    }
+    crate::ensure!(
+        x.rank() == 3,
+        Shape,
+        OP,
+        "x {:?} must be [seq, heads, head_dim]",
+        x.shape()
+    );
+    let (seq, heads, head_dim) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+    crate::ensure!(
+        head_dim % 4 == 0
+            && inv_freq.shape() == [head_dim / 2]
+            && inv_freq.dtype() == DType::F32
+            && table.dtype() == DType::F32
+            && table.numel() >= seq * head_dim,
+        Shape,
+        OP,
+        "head_dim {head_dim} must be a multiple of 4, inv_freq f32 [{}] and table f32 with {} values",
+        head_dim / 2,
+        seq * head_dim
+    );
+    let work = (seq * heads * head_dim / 4) as u64;
+    crate::ensure!(
+        work <= u32::MAX as u64 && (seq * head_dim) as u64 <= u32::MAX as u64,
+        Limit,
+        OP,
+        "{seq} tokens of {heads} heads exceed 32-bit indexing"
+    );
+    let params = RopeParams {
+        seq: seq as u32,
+        heads: heads as u32,
+        head_dim: head_dim as u32,
+        start,
+    };
+    let dtype = x.dtype();
+    let uniform = ctx.uniform(OP, &params)?;
+    let fw = Window::covering(ctx, OP, &[inv_freq])?;
+    let tw = Window::covering(ctx, OP, &[table])?;
+    let xw = Window::covering(ctx, OP, &[x])?;
+    let table_k = ctx.kernel(OP, &key("rope_table", dtype))?;
+    let bg = table_k.bind_group(
+        ctx,
+        OP,
+        &[(7, whole(&uniform)), (8, fw.resource()), (9, tw.resource())],
+    )?;
+    table_k.dispatch(
+        enc,
+        &bg,
+        ctx.grid(OP, ((seq * head_dim / 2) as u64).div_ceil(WG as u64))?,
+    );
+    let rotate = ctx.kernel(OP, &key("rope_rotate", dtype))?;
+    let bg = rotate.bind_group(
+        ctx,
+        OP,
+        &[
+            (7, whole(&uniform)),
+            (10, tw.resource()),
+            (11, xw.resource()),
+        ],
+    )?;
+    rotate.dispatch(enc, &bg, ctx.grid(OP, work.div_ceil(WG as u64))?);
     Ok(())
 }

@@ -163,15 +163,25 @@ impl Variant {
 
 /// The variants the benchmark measures; the best of them is the WGSL copy ceiling.
 pub fn bench_variants() -> Vec<Variant> {
+    // Small workgroups with many items per invocation suit CPU drivers (a workgroup of 8 is one
+    // SIMD step of lavapipe); 64 and 256 with few items suit GPUs.
     let mut v = Vec::new();
-    for (vec4, per) in [(false, 1), (false, 4), (true, 1), (true, 4), (true, 8)] {
-        for workgroup in [64, 256] {
-            v.push(Variant {
-                vec4,
-                per,
-                workgroup,
-            });
-        }
+    for (vec4, per, workgroup) in [
+        (false, 1, 256),
+        (false, 4, 64),
+        (false, 16, 8),
+        (true, 1, 64),
+        (true, 1, 256),
+        (true, 4, 64),
+        (true, 4, 256),
+        (true, 16, 8),
+        (true, 32, 8),
+    ] {
+        v.push(Variant {
+            vec4,
+            per,
+            workgroup,
+        });
     }
     v
 }
