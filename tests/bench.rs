@@ -1,0 +1,338 @@
+//! The benchmark's own pieces: the streaming copies (the WGSL ceiling) copy every byte and refuse
+//! bad views, the unfused baselines compute what the f64 references compute (so speed-ups
+//! compare correct code), and the harness produces complete records, JSON and a chart.
+
+mod common;
+
+use common::*;
+use llama_kernels::bench::{self, baseline, Case, Settings};
+use llama_kernels::compare::tolerance;
+use llama_kernels::ops::copy;
+use llama_kernels::reference;
+use llama_kernels::{DType, Error, Layout, Rope, Tensor};
+
+/// Every copy variant the benchmark runs, on lengths around one block of `workgroup * per`
+/// items (-1, =, +1) and views that start inside their buffers.
+#[test]
+fn every_copy_variant_copies_every_byte() {
+    let ctx = ctx();
+    let mut rng = Rng::new(1);
+    for v in copy::bench_variants() {
+        let words_per_item = (v.item_bytes() / 4) as usize;
+        let block = (v.workgroup * v.per) as usize * words_per_item;
+        for words in [
+            words_per_item,
+            block - words_per_item,
+            block,
+            block + words_per_item,
+            3 * block + 5 * words_per_item,
+        ] {
+            // Starts 16 words in: 64 bytes, aligned for vec4 items but not to 256 bytes.
+            let data = rng.vec(words, 1.0);
+            let src = upload_at(&ctx, &data, 16, 8);
+            let dst = upload_at(&ctx, &vec![f32::NAN; words], 16, 8);
+            ctx.submit_and_wait("test", |enc| v.encode(&ctx, enc, &src, &dst))
+                .unwrap_or_else(|e| panic!("{v:?} {words}: {e}"));
+            let all = ctx
+                .read_f32(&Tensor::new(dst.buffer(), 0, &[words + 24], DType::F32))
+                .unwrap();
+            assert_eq!(&all[16..16 + words], &data[..], "{v:?} {words} words");
+            assert!(
+                all[..16]
+                    .iter()
+                    .chain(&all[16 + words..])
+                    .all(|&g| g == SENTINEL),
+                "{v:?} {words} words: a guard was overwritten"
+            );
+        }
+    }
+}
+
+/// A view `before` words into a sentinel-filled f32 buffer with `after` sentinels behind it.
+fn upload_at(ctx: &llama_kernels::Context, data: &[f32], before: usize, after: usize) -> Tensor {
+    let mut all = vec![SENTINEL; before + data.len() + after];
+    all[before..before + data.len()].copy_from_slice(data);
+    let full = ctx.upload(&all, &[all.len()]).unwrap();
+    Tensor::new(full.buffer(), before, &[data.len()], DType::F32)
+}
+
+#[test]
+fn copy_refuses_bad_views() {
+    let ctx = ctx();
+    let a = ctx.upload(&[1.0f32; 64], &[64]).unwrap();
+    let b = ctx.upload(&[1.0f32; 64], &[64]).unwrap();
+    let vec4 = copy::Variant {
+        vec4: true,
+        per: 1,
+        workgroup: 64,
+    };
+    let scalar = copy::Variant {
+        vec4: false,
+        per: 1,
+        workgroup: 64,
+    };
+    let run = |v: copy::Variant, s: &Tensor, d: &Tensor| {
+        ctx.submit_and_wait("test", |enc| v.encode(&ctx, enc, s, d))
+    };
+    let check = |r: Result<(), Error>, needle: &str| {
+        let msg = r.expect_err(needle).to_string();
+        assert!(msg.starts_with("copy: "), "{msg}");
+        assert!(msg.contains(needle), "{msg:?} must contain {needle:?}");
+    };
+    let short = Tensor::new(b.buffer(), 0, &[60], DType::F32);
+    check(
+        run(scalar, &a, &short),
+        "src holds 256 bytes but dst holds 240",
+    );
+    let odd = Tensor::new(a.buffer(), 1, &[60], DType::F32);
+    check(
+        run(vec4, &odd, &short),
+        "vec4 items need byte offsets (src 4, dst 0) and a length (240) that are multiples of 16",
+    );
+    let same = Tensor::new(a.buffer(), 32, &[32], DType::F32);
+    let first = Tensor::new(a.buffer(), 0, &[32], DType::F32);
+    check(
+        run(scalar, &first, &same),
+        "src and dst must be in different buffers",
+    );
+    let strided = Tensor::with_strides(a.buffer(), 0, &[8, 4], &[8, 1], DType::F32);
+    check(run(scalar, &strided, &b), "must be contiguous");
+    check(
+        run(
+            copy::Variant {
+                vec4: false,
+                per: 0,
+                workgroup: 64,
+            },
+            &a,
+            &b,
+        ),
+        "per 0 must be >= 1",
+    );
+}
+
+/// The unfused RMSNorm baseline equals the reference, for each dtype and a Gemma offset.
+#[test]
+fn naive_rms_norm_matches_reference() {
+    let ctx = ctx();
+    let mut rng = Rng::new(2);
+    for (i, dtype) in DType::ALL.into_iter().enumerate() {
+        for &(rows, n) in &[(1usize, 2usize), (5, 130), (300, 4096)] {
+            let x = rng.vec(rows * n, 1.0);
+            let w = rng.vec(n, 0.5);
+            let offset = (i % 2) as f32;
+            let xt = ctx.upload_as(&x, &[rows, n], dtype).unwrap();
+            let wt = ctx.upload_as(&w, &[n], dtype).unwrap();
+            let out = ctx
+                .upload_as(&vec![f32::NAN; rows * n], &[rows, n], dtype)
+                .unwrap();
+            let scratch = ctx.empty(&[rows], DType::F32).unwrap();
+            ctx.submit_and_wait("test", |enc| {
+                baseline::rms_norm_naive(&ctx, enc, &xt, &wt, &out, &scratch, 1e-6, offset)
+            })
+            .unwrap();
+            let (want, _) = reference::rms_norm::rms_norm(
+                &rounded(&x, dtype),
+                &rounded(&w, dtype),
+                None,
+                1e-6,
+                offset as f64,
+                dtype,
+            );
+            assert_close(
+                &ctx,
+                &out,
+                &want,
+                tolerance(dtype),
+                &format!("naive rms_norm {dtype} {rows}x{n}"),
+            );
+        }
+    }
+}
+
+/// The unfused RoPE baseline (f32 angles, built-in cos/sin) equals the reference at small
+/// positions, where f32 angles are accurate.
+#[test]
+fn naive_rope_matches_reference() {
+    let ctx = ctx();
+    let mut rng = Rng::new(3);
+    for dtype in DType::ALL {
+        for &(seq, heads, head_dim, start) in &[(1usize, 1usize, 4usize, 0u32), (37, 5, 128, 3)] {
+            let x = rng.vec(seq * heads * head_dim, 1.0);
+            let xt = ctx.upload_as(&x, &[seq, heads, head_dim], dtype).unwrap();
+            let op = Rope::new(500000.0, Layout::Half);
+            let (inv, attn) = op.inv_freq(head_dim, seq).unwrap();
+            let inv32: Vec<f32> = inv.iter().map(|&v| v as f32).collect();
+            let invt = ctx.upload(&inv32, &[head_dim / 2]).unwrap();
+            let table = ctx.empty(&[seq * head_dim], DType::F32).unwrap();
+            ctx.submit_and_wait("test", |enc| {
+                baseline::rope_naive(&ctx, enc, &xt, &invt, &table, start)
+            })
+            .unwrap();
+            let positions: Vec<i64> = (0..seq as i64).map(|s| s + start as i64).collect();
+            // The baseline rotates with the f32-rounded frequencies; so does this reference.
+            let inv_f32: Vec<f64> = inv32.iter().map(|&v| v as f64).collect();
+            let want = reference::rope::rope(
+                &rounded(&x, dtype),
+                [1, seq, heads, head_dim],
+                &positions,
+                &inv_f32,
+                attn,
+                Layout::Half,
+                head_dim,
+            );
+            let tol = if dtype == DType::F32 {
+                1e-9
+            } else {
+                tolerance(dtype)
+            };
+            assert_close(
+                &ctx,
+                &xt,
+                &want,
+                tol,
+                &format!("naive rope {dtype} {seq}x{heads}x{head_dim}"),
+            );
+        }
+    }
+}
+
+/// A tiny run through the harness: every record field is filled, fractions and speed-ups are
+/// consistent, `--filter` keeps the ceilings, and the JSON and SVG carry the records.
+#[test]
+fn harness_records_json_and_chart() {
+    let ctx = ctx();
+    let words = 1 << 16;
+    let mk = |variant: &str, group: &str, naive_cost: usize| -> Case {
+        Case {
+            kernel: if variant == "buffer_copy" || variant.starts_with("wgsl") {
+                "copy"
+            } else {
+                "rms_norm"
+            },
+            variant: variant.into(),
+            model: "test",
+            dtype: DType::F32,
+            shape: vec![("words", words as u64)],
+            bytes: 8 * words as u64,
+            flops: (variant == "fast").then_some(1e6),
+            group: group.into(),
+            prepare: Box::new(move |ctx| {
+                let src = ctx.upload(&vec![1.0f32; words], &[words])?;
+                let dst = ctx.empty(&[words], DType::F32)?;
+                let v = copy::Variant {
+                    vec4: true,
+                    per: 1,
+                    workgroup: 64,
+                };
+                Ok(Box::new(move |ctx, enc| {
+                    for _ in 0..naive_cost {
+                        v.encode(ctx, enc, &src, &dst)?;
+                    }
+                    if naive_cost == 0 {
+                        enc.copy_buffer_to_buffer(
+                            src.buffer(),
+                            0,
+                            dst.buffer(),
+                            0,
+                            4 * words as u64,
+                        );
+                    }
+                    Ok(())
+                }))
+            }),
+        }
+    };
+    let cases = vec![
+        mk("buffer_copy", "copy", 0),
+        mk("wgsl_vec4", "copy", 1),
+        mk("fast", "g", 1),
+        mk("naive_slow", "g", 8),
+        mk("filtered_out", "h", 1),
+    ];
+    let settings = Settings {
+        warmup: 1,
+        runs: 3,
+        min_run_ms: 1.0,
+    };
+    let mut seen = 0;
+    let records = bench::run_cases(&ctx, cases, Some("rms_norm/fast/"), &settings, |_| {
+        seen += 1
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The filter matched "fast" only; it never removes the ceilings, and "naive_slow" is not
+    // matched, so "fast" has no baseline in this run.
+    let names: Vec<&str> = records.iter().map(|r| r.variant.as_str()).collect();
+    assert_eq!(names, ["buffer_copy", "wgsl_vec4", "fast"]);
+    assert_eq!(seen, 3);
+    let records = bench::run_cases(
+        &ctx,
+        vec![
+            mk("buffer_copy", "copy", 0),
+            mk("wgsl_vec4", "copy", 1),
+            mk("fast", "g", 1),
+            mk("naive_slow", "g", 8),
+        ],
+        None,
+        &settings,
+        |_| {},
+    )
+    .unwrap();
+    let (copy_gbps, wgsl_gbps) = bench::ceilings(&records);
+    assert!(copy_gbps > 0.0 && wgsl_gbps > 0.0);
+    for r in &records {
+        assert!(r.time_ms > 0.0 && r.time_ms.is_finite(), "{r:?}");
+        assert!((r.gbps - r.bytes as f64 / (r.time_ms * 1e6)).abs() < 1e-9 * r.gbps.max(1.0));
+        assert!((r.fraction_of_copy - r.gbps / copy_gbps).abs() < 1e-12);
+        assert!((r.fraction_of_wgsl_copy - r.gbps / wgsl_gbps).abs() < 1e-12);
+    }
+    let fast = &records[2];
+    let naive = &records[3];
+    assert_eq!(
+        fast.speedup_vs_naive,
+        Some(naive.time_ms / fast.time_ms),
+        "speed-up is the naive time over the kernel's"
+    );
+    assert!(naive.speedup_vs_naive.is_none());
+    assert!(fast.gflops.is_some() && naive.gflops.is_none());
+    // Eight copies against one: the baseline must come out clearly slower.
+    assert!(
+        fast.speedup_vs_naive.unwrap() > 2.0,
+        "fast {} ms, naive {} ms",
+        fast.time_ms,
+        naive.time_ms
+    );
+    let json = fast.to_json();
+    for field in [
+        "kernel",
+        "variant",
+        "dtype",
+        "shape",
+        "time_ms",
+        "bytes",
+        "gbps",
+        "fraction_of_copy",
+        "fraction_of_wgsl_copy",
+        "gflops",
+        "speedup_vs_naive",
+        "timing",
+    ] {
+        assert!(
+            json.get(field).is_some(),
+            "JSON record lacks {field}: {json}"
+        );
+    }
+    assert_eq!(json["shape"]["model"], "test");
+    assert_eq!(json["shape"]["words"], words as u64);
+    let timing = if ctx.caps().timestamps {
+        "timestamp"
+    } else {
+        "wall"
+    };
+    assert_eq!(json["timing"], timing);
+    let svg = bench::svg_chart(&records, "test");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<rect x=").count(), records.len());
+    let table = bench::table(&records);
+    assert!(table.contains("naive_slow") && table.contains(timing));
+}
