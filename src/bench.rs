@@ -119,8 +119,14 @@ pub struct Record {
     pub fraction_of_copy: f64,
     pub fraction_of_wgsl_copy: f64,
     pub gflops: Option<f64>,
+    /// Time of the naive baseline over this record's, each first multiplied by the WGSL copy
+    /// ceiling measured beside it (which cancels changes in host load between the two).
     pub speedup_vs_naive: Option<f64>,
     pub timing: Timing,
+    /// The ceilings (GB/s) this record's fractions divide by: for kernels, `buffer_copy` and the
+    /// best WGSL copy re-measured with their runs interleaved with the kernel's.
+    pub ceiling_copy_gbps: f64,
+    pub ceiling_wgsl_copy_gbps: f64,
     group: String,
 }
 
@@ -140,6 +146,8 @@ impl Record {
             "gflops": self.gflops,
             "speedup_vs_naive": self.speedup_vs_naive,
             "timing": self.timing.name(),
+            "ceiling_copy_gbps": self.ceiling_copy_gbps,
+            "ceiling_wgsl_copy_gbps": self.ceiling_wgsl_copy_gbps,
         })
     }
 
@@ -278,6 +286,18 @@ fn time_runs(
         .collect())
 }
 
+/// Warm up and pick the repetitions per run so that a run lasts about `settings.min_run_ms`.
+pub fn calibrate(
+    ctx: &Context,
+    encode: &mut Encode,
+    timing: Timing,
+    settings: &Settings,
+) -> Result<u32> {
+    let mut warm = time_runs(ctx, encode, timing, 1, settings.warmup.max(1))?;
+    let one = median(&mut warm).max(1e-3);
+    Ok((settings.min_run_ms / one).ceil().clamp(1.0, 256.0) as u32)
+}
+
 /// Warm up, pick the repetitions per run, and return the median milliseconds per repetition.
 pub fn measure(
     ctx: &Context,
@@ -285,11 +305,43 @@ pub fn measure(
     timing: Timing,
     settings: &Settings,
 ) -> Result<f64> {
-    let mut warm = time_runs(ctx, encode, timing, 1, settings.warmup.max(1))?;
-    let one = median(&mut warm).max(1e-3);
-    let reps = (settings.min_run_ms / one).ceil().clamp(1.0, 256.0) as u32;
+    let reps = calibrate(ctx, encode, timing, settings)?;
     let mut times = time_runs(ctx, encode, timing, reps, settings.runs.max(1))?;
     Ok(median(&mut times))
+}
+
+/// A ceiling kept ready to be re-measured beside every kernel.
+struct Ceiling {
+    encode: Encode,
+    reps: u32,
+    bytes: u64,
+}
+
+/// Median milliseconds of `encode` and the GB/s of each ceiling, their runs interleaved one by
+/// one, so that a host whose load changes during the benchmark (lavapipe shares the CPU with
+/// everything else) slows the kernel and its ceilings alike.
+fn measure_beside(
+    ctx: &Context,
+    encode: &mut Encode,
+    ceilings: &mut [Ceiling],
+    timing: Timing,
+    settings: &Settings,
+) -> Result<(f64, Vec<f64>)> {
+    let reps = calibrate(ctx, encode, timing, settings)?;
+    let mut times = Vec::new();
+    let mut ceiling_times = vec![Vec::new(); ceilings.len()];
+    for _ in 0..settings.runs.max(1) {
+        times.extend(time_runs(ctx, encode, timing, reps, 1)?);
+        for (c, t) in ceilings.iter_mut().zip(&mut ceiling_times) {
+            t.extend(time_runs(ctx, &mut c.encode, timing, c.reps, 1)?);
+        }
+    }
+    let gbps = ceilings
+        .iter()
+        .zip(&mut ceiling_times)
+        .map(|(c, t)| c.bytes as f64 / (median(t) * 1e6))
+        .collect();
+    Ok((median(&mut times), gbps))
 }
 
 /// Deterministic, cheap test data in [-1, 1): values do not change the speed of these kernels,
@@ -640,9 +692,14 @@ pub fn run_cases(
     } else {
         Timing::Wall
     };
-    let mut records = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
+    // Copy cases come first; the two ceilings among them stay allocated and are re-measured
+    // beside every kernel.
+    let mut copies: Vec<(usize, Ceiling)> = Vec::new();
+    let mut ceilings: Option<Vec<Ceiling>> = None;
     for case in cases {
-        if case.kernel != "copy" {
+        let is_copy = case.kernel == "copy";
+        if !is_copy {
             if let Some(f) = filter {
                 if !case.name().contains(f) {
                     continue;
@@ -650,13 +707,37 @@ pub fn run_cases(
             }
         }
         let mut encode = (case.prepare)(ctx)?;
-        let time_ms = measure(ctx, &mut encode, timing, settings)?;
-        drop(encode);
+        let (time_ms, local) = if is_copy {
+            let reps = calibrate(ctx, &mut encode, timing, settings)?;
+            let mut times = time_runs(ctx, &mut encode, timing, reps, settings.runs.max(1))?;
+            copies.push((
+                records.len(),
+                Ceiling {
+                    encode,
+                    reps,
+                    bytes: case.bytes,
+                },
+            ));
+            (median(&mut times), None)
+        } else {
+            if ceilings.is_none() {
+                ceilings = Some(pick_ceilings(&records, std::mem::take(&mut copies)));
+            }
+            let cs = ceilings.as_mut().map_or(&mut [][..], |c| &mut c[..]);
+            let (t, gbps) = measure_beside(ctx, &mut encode, cs, timing, settings)?;
+            drop(encode);
+            (t, Some(gbps))
+        };
         let mut shape = Map::new();
         shape.insert("model".into(), Value::String(case.model.into()));
         for (k, v) in &case.shape {
             shape.insert((*k).into(), json!(v));
         }
+        let gbps = case.bytes as f64 / (time_ms * 1e6);
+        let (ceiling_copy_gbps, ceiling_wgsl_copy_gbps) = match local.as_deref() {
+            Some([c, w]) => (*c, *w),
+            _ => (f64::NAN, f64::NAN),
+        };
         let rec = Record {
             kernel: case.kernel.into(),
             variant: case.variant,
@@ -664,12 +745,14 @@ pub fn run_cases(
             shape,
             time_ms,
             bytes: case.bytes,
-            gbps: case.bytes as f64 / (time_ms * 1e6),
-            fraction_of_copy: f64::NAN,
-            fraction_of_wgsl_copy: f64::NAN,
+            gbps,
+            fraction_of_copy: gbps / ceiling_copy_gbps,
+            fraction_of_wgsl_copy: gbps / ceiling_wgsl_copy_gbps,
             gflops: case.flops.map(|f| f / (time_ms * 1e6)),
             speedup_vs_naive: None,
             timing,
+            ceiling_copy_gbps,
+            ceiling_wgsl_copy_gbps,
             group: case.group,
         };
         progress(&rec);
@@ -677,6 +760,30 @@ pub fn run_cases(
     }
     finish(&mut records);
     Ok(records)
+}
+
+/// Keep `buffer_copy` and the fastest WGSL copy (in that order) out of the measured copies.
+fn pick_ceilings(records: &[Record], copies: Vec<(usize, Ceiling)>) -> Vec<Ceiling> {
+    let gbps = |i: usize| records.get(i).map_or(f64::NAN, |r| r.gbps);
+    let best_wgsl = copies
+        .iter()
+        .filter(|(i, _)| records[*i].variant.starts_with("wgsl"))
+        .max_by(|a, b| gbps(a.0).total_cmp(&gbps(b.0)))
+        .map(|(i, _)| *i);
+    let buffer = copies
+        .iter()
+        .find(|(i, _)| records[*i].variant == "buffer_copy")
+        .map(|(i, _)| *i);
+    let mut keep: Vec<(usize, Ceiling)> = copies
+        .into_iter()
+        .filter(|(i, _)| Some(*i) == buffer || Some(*i) == best_wgsl)
+        .collect();
+    keep.sort_by_key(|(i, _)| Some(*i) != buffer);
+    if buffer.is_none() || best_wgsl.is_none() {
+        // Without both ceilings there is nothing to re-measure beside the kernels.
+        return Vec::new();
+    }
+    keep.into_iter().map(|(_, c)| c).collect()
 }
 
 /// The two ceilings (GB/s): `copy_buffer_to_buffer` and the best WGSL copy.
@@ -697,19 +804,29 @@ pub fn ceilings(records: &[Record]) -> (f64, f64) {
 /// Fill in the fractions of the ceilings and the speed-ups over the naive baselines.
 fn finish(records: &mut [Record]) {
     let (copy, wgsl) = ceilings(records);
+    for r in records.iter_mut() {
+        if !r.ceiling_copy_gbps.is_finite() || !r.ceiling_wgsl_copy_gbps.is_finite() {
+            r.ceiling_copy_gbps = copy;
+            r.ceiling_wgsl_copy_gbps = wgsl;
+        }
+        r.fraction_of_copy = r.gbps / r.ceiling_copy_gbps;
+        r.fraction_of_wgsl_copy = r.gbps / r.ceiling_wgsl_copy_gbps;
+    }
+    // Time x the WGSL ceiling measured beside it: a slowdown of the host during one case scales
+    // its time up and its ceiling down alike, so the ratio of two cases stays fair.
+    let work = |r: &Record| r.time_ms * r.ceiling_wgsl_copy_gbps;
     let naive: Vec<(String, f64)> = records
         .iter()
         .filter(|r| r.variant.contains("naive"))
-        .map(|r| (r.group.clone(), r.time_ms))
+        .map(|r| (r.group.clone(), work(r)))
         .collect();
     for r in records.iter_mut() {
-        r.fraction_of_copy = r.gbps / copy;
-        r.fraction_of_wgsl_copy = r.gbps / wgsl;
         if !r.variant.contains("naive") {
+            let w = work(r);
             r.speedup_vs_naive = naive
                 .iter()
                 .find(|(g, _)| *g == r.group)
-                .map(|(_, t)| t / r.time_ms);
+                .map(|(_, n)| n / w);
         }
     }
 }
@@ -765,6 +882,10 @@ pub fn table(records: &[Record]) -> String {
         s,
         "ceilings: copy_buffer_to_buffer {copy:.2} GB/s, best WGSL copy {wgsl:.2} GB/s; timing: {timing}"
     );
+    let _ = writeln!(
+        s,
+        "(kernel fractions divide by both ceilings re-measured with runs interleaved with the kernel's)"
+    );
     let _ = writeln!(s, "{}", table_header());
     for r in records {
         let _ = writeln!(s, "{}", table_row(r));
@@ -817,7 +938,7 @@ pub fn svg_chart(records: &[Record], title: &str) -> String {
     );
     let _ = writeln!(
         s,
-        r##"<text x="10" y="40">achieved GB/s (bytes each kernel must move / median time); lines: <tspan fill="#d62728">copy_buffer_to_buffer {copy:.1} GB/s</tspan>, <tspan fill="#2ca02c">best WGSL copy {wgsl:.1} GB/s</tspan></text>"##
+        r##"<text x="10" y="40">achieved GB/s (bytes each kernel must move / median time); lines: <tspan fill="#d62728">copy_buffer_to_buffer {copy:.1} GB/s</tspan>, <tspan fill="#2ca02c">best WGSL copy {wgsl:.1} GB/s</tspan> (measured first)</text>"##
     );
     for (i, r) in bars.iter().enumerate() {
         let y = top + i as f64 * (bar_h + gap);
@@ -880,7 +1001,7 @@ pub fn svg_chart(records: &[Record], title: &str) -> String {
     }
     let _ = writeln!(
         s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">GB/s; the percentage is of the best WGSL copy</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">GB/s; % = of the best WGSL copy re-measured beside each kernel</text>"#,
         label_w + plot_w / 2.0,
         bottom + 32.0
     );
