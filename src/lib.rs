@@ -52,5 +52,7 @@ pub mod tensor;
 
 pub use context::{Caps, Context};
 pub use error::{Error, Result};
+pub use ops::attention::Attention;
+pub use ops::kv_cache::KvCache;
 pub use ops::rms_norm::RmsNorm;
 pub use tensor::{DType, Element, Tensor};

@@ -15,22 +15,36 @@ pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Shader {
     RmsNorm,
+    AttentionPrefill,
+    AttentionDecode,
+    KvCache,
 }
 
 impl Shader {
     /// Every shader, for the portability tests.
-    pub const ALL: &'static [Shader] = &[Shader::RmsNorm];
+    pub const ALL: &'static [Shader] = &[
+        Shader::RmsNorm,
+        Shader::AttentionPrefill,
+        Shader::AttentionDecode,
+        Shader::KvCache,
+    ];
 
     /// The file name under `shaders/`.
     pub fn file_name(self) -> &'static str {
         match self {
             Shader::RmsNorm => "rms_norm.wgsl",
+            Shader::AttentionPrefill => "attention_prefill.wgsl",
+            Shader::AttentionDecode => "attention_decode.wgsl",
+            Shader::KvCache => "kv_cache.wgsl",
         }
     }
 
     fn body(self) -> &'static str {
         match self {
             Shader::RmsNorm => include_str!("../shaders/rms_norm.wgsl"),
+            Shader::AttentionPrefill => include_str!("../shaders/attention_prefill.wgsl"),
+            Shader::AttentionDecode => include_str!("../shaders/attention_decode.wgsl"),
+            Shader::KvCache => include_str!("../shaders/kv_cache.wgsl"),
         }
     }
 
@@ -45,6 +59,15 @@ impl Shader {
     pub fn variants(self) -> Vec<PipelineKey> {
         match self {
             Shader::RmsNorm => crate::ops::rms_norm::all_variant_keys(),
+            Shader::AttentionPrefill => crate::ops::attention::all_variant_keys()
+                .into_iter()
+                .filter(|k| k.shader == Shader::AttentionPrefill)
+                .collect(),
+            Shader::AttentionDecode => crate::ops::attention::all_variant_keys()
+                .into_iter()
+                .filter(|k| k.shader == Shader::AttentionDecode)
+                .collect(),
+            Shader::KvCache => crate::ops::kv_cache::all_variant_keys(),
         }
     }
 }

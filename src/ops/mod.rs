@@ -1,2 +1,4 @@
 //! One module per kernel family.
+pub mod attention;
+pub mod kv_cache;
 pub mod rms_norm;
