@@ -199,7 +199,14 @@ fn attn_prefill(
                 if visible(j0 + i32(jj), pos) {
                     var dot_acc = vec4<f32>(0.0);
                     let kb = jj * hd4;
-                    for (var d = 0u; d < hd4; d++) {
+                    // Four vec4s per iteration: llvmpipe caps the loop iterations of one
+                    // invocation (all loops together) at 65535.
+                    var d = 0u;
+                    for (; d + 4u <= hd4; d += 4u) {
+                        dot_acc += q[d] * k_tile[kb + d] + q[d + 1u] * k_tile[kb + d + 1u]
+                            + q[d + 2u] * k_tile[kb + d + 2u] + q[d + 3u] * k_tile[kb + d + 3u];
+                    }
+                    for (; d < hd4; d++) {
                         dot_acc += q[d] * k_tile[kb + d];
                     }
                     x = cap_logit(dot_acc.x + dot_acc.y + dot_acc.z + dot_acc.w);
@@ -220,7 +227,14 @@ fn attn_prefill(
                     let pj = exp(s[jj] - m);
                     l += pj;
                     let vb = jj * hd4;
-                    for (var d = 0u; d < hd4; d++) {
+                    var d = 0u;
+                    for (; d + 4u <= hd4; d += 4u) {
+                        acc[d] += pj * v_tile[vb + d];
+                        acc[d + 1u] += pj * v_tile[vb + d + 1u];
+                        acc[d + 2u] += pj * v_tile[vb + d + 2u];
+                        acc[d + 3u] += pj * v_tile[vb + d + 3u];
+                    }
+                    for (; d < hd4; d++) {
                         acc[d] += pj * v_tile[vb + d];
                     }
                 }

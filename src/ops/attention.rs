@@ -32,6 +32,9 @@
 //!   is read once per kv head (and split). A second pass merges the partial (m, l, acc) in split
 //!   order, so results are bitwise repeatable.
 //!
+//! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
+//!   ([`loop_cap_keys`]): the decode shader's split-KV passes with prefill's 64-row blocks.
+//!
 //! Choice: decode iff `q_len <= DECODE_MAX_Q_LEN`, unless forced with [`Attention::kind`]. The
 //! decode split count aims at [`DECODE_TARGET_WORKGROUPS`] workgroups with chunks of at least
 //! [`DECODE_MIN_CHUNK`] keys (so kv_len <= 64 uses one split); force it with [`Attention::splits`].
@@ -82,8 +85,9 @@ pub struct Attention {
     pub softcap: f32,
     /// Force a kernel instead of choosing by shape.
     pub kind: Option<Kind>,
-    /// Force the decode split count (clamped to the number of non-empty chunks is not done: empty
-    /// chunks are allowed and contribute nothing).
+    /// Force the decode split count. Honoured exactly (chunks past kv_len are empty and
+    /// contribute nothing), except that on CPU adapters it is raised to what
+    /// [`loop_cap_keys`] needs. Ignored by prefill.
     pub splits: Option<u32>,
 }
 
@@ -138,6 +142,9 @@ pub struct Variant {
     pub dtype: DType,
     /// vec4 capacity of each of the K and V workgroup tiles.
     pub tile_v4: u32,
+    /// Partial results per kv chunk and a merge pass (always for decode; for prefill only when
+    /// one invocation may not loop over all keys, see [`loop_cap_keys`]).
+    pub split_kv: bool,
 }
 
 impl Variant {
@@ -156,13 +163,13 @@ impl Variant {
     }
     /// The pipeline keys of this variant: one for prefill, partial and merge for decode.
     pub fn keys(&self) -> Vec<PipelineKey> {
-        match self.kind {
-            Kind::Prefill => vec![PipelineKey::new(
+        match self.split_kv {
+            false => vec![PipelineKey::new(
                 Shader::AttentionPrefill,
                 "attn_prefill",
                 self.constants(),
             )],
-            Kind::Decode => vec![
+            true => vec![
                 PipelineKey::new(
                     Shader::AttentionDecode,
                     "attn_decode_partial",
@@ -188,7 +195,11 @@ pub fn tile_v4_for(limit: u32) -> u32 {
 /// Every pipeline key the dispatcher can produce for 16 KiB and 32 KiB of workgroup memory.
 pub fn all_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    for kind in [Kind::Prefill, Kind::Decode] {
+    for (kind, split_kv) in [
+        (Kind::Prefill, false),
+        (Kind::Prefill, true),
+        (Kind::Decode, true),
+    ] {
         for dtype in DType::ALL {
             for limit in [16384, 32768] {
                 keys.extend(
@@ -196,6 +207,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                         kind,
                         dtype,
                         tile_v4: tile_v4_for(limit),
+                        split_kv,
                     }
                     .keys(),
                 );
@@ -203,6 +215,19 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
         }
     }
     keys
+}
+
+/// Keys one invocation may loop over on this adapter, if limited. llvmpipe (lavapipe) stops
+/// every loop of an invocation once all its loops together have iterated 65535 times, so on CPU
+/// adapters chunks are kept below that (estimating the loop trips per key from head_dim); other
+/// adapters have no such cap.
+pub fn loop_cap_keys(ctx: &Context, head_dim: usize) -> Option<usize> {
+    if ctx.adapter_info().device_type != wgpu::DeviceType::Cpu {
+        return None;
+    }
+    let hd4 = head_dim / 4;
+    let per_key = 4 + 2 * (hd4 / 4 + hd4 % 4) + hd4.div_ceil(PREFILL_WG as usize);
+    Some(50_000 / per_key)
 }
 
 /// What the dispatcher decided for one call (exposed so tests can see the thresholds at work).
@@ -353,19 +378,25 @@ impl Attention {
             2 * hd4 * 16
         );
         let bk = (tile_v4 / hd4).min(MAX_BK as u32);
-        let variant = Variant {
+        let cap = loop_cap_keys(ctx, d.head_dim);
+        let min_splits = cap.map_or(1, |c| d.kv_len.div_ceil(c.max(1)));
+        let mut variant = Variant {
             kind,
             dtype,
             tile_v4,
+            split_kv: kind == Kind::Decode || min_splits > 1,
         };
         let g = d.n_heads / d.n_kv_heads;
         let rows = d.q_len * g;
         let row_blocks = rows.div_ceil(variant.wg() as usize);
         let (splits, chunk) = match kind {
-            Kind::Prefill => (1, d.kv_len),
+            Kind::Prefill => {
+                let chunk = d.kv_len.div_ceil(min_splits);
+                (d.kv_len.div_ceil(chunk), chunk)
+            }
             Kind::Decode => {
                 let want = match self.splits {
-                    Some(s) => s as usize,
+                    Some(s) => (s as usize).max(min_splits),
                     None => {
                         let base = d.batch * d.n_kv_heads * row_blocks;
                         DECODE_TARGET_WORKGROUPS
@@ -383,6 +414,7 @@ impl Attention {
                 (splits, chunk)
             }
         };
+        variant.split_kv |= splits > 1;
         Ok(Plan {
             variant,
             bk,
@@ -627,8 +659,8 @@ impl Attention {
         let dummy = ctx.dummy_buffer();
         let sinks_res = || sw.as_ref().map_or_else(|| whole(dummy), |w| w.resource());
         let base_wgs = (d.batch * d.n_kv_heads * plan.row_blocks) as u64;
-        match plan.variant.kind {
-            Kind::Prefill => {
+        match plan.variant.split_kv {
+            false => {
                 let kernel = ctx.kernel(OP, &keys[0])?;
                 let bg = kernel.bind_group(
                     ctx,
@@ -644,7 +676,7 @@ impl Attention {
                 )?;
                 kernel.dispatch(enc, &bg, ctx.grid(OP, base_wgs)?);
             }
-            Kind::Decode => {
+            true => {
                 let entries = d.batch * d.n_kv_heads * plan.rows * plan.splits;
                 let part_bytes = entries as u64 * (d.head_dim as u64 + 2) * 4;
                 let part = ctx.create_buffer(OP, part_bytes)?;
@@ -683,7 +715,7 @@ impl Attention {
                 merge.dispatch(
                     enc,
                     &bg2,
-                    ctx.grid(OP, merge_threads.div_ceil(DECODE_WG as u64))?,
+                    ctx.grid(OP, merge_threads.div_ceil(plan.variant.wg() as u64))?,
                 );
             }
         }
