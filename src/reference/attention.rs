@@ -46,6 +46,7 @@ impl Default for Options {
 }
 
 /// One output row `out[b, t, h, :]`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_row(
     q: &[f64],
     k: &[f64],
