@@ -22,16 +22,62 @@ fn f32_to_bf16_bits(v: f32) -> u32 {
     return (u + 0x7fffu + ((u >> 16u) & 1u)) >> 16u;
 }
 
+// f16 bits -> f32, exact (subnormals, infinities and NaN included). Written with integer ops
+// instead of `unpack2x16float` so adapters without the f16-in-f32 downlevel capability run it.
+fn f16_bits_to_f32(h: u32) -> f32 {
+    let s = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    if e == 0u {
+        // Zero or subnormal: m * 2^-24, exact in f32.
+        return bitcast<f32>(s | bitcast<u32>(f32(m) * 5.9604644775390625e-8));
+    }
+    if e == 31u {
+        return bitcast<f32>(s | 0x7f800000u | (m << 13u));
+    }
+    return bitcast<f32>(s | ((e + 112u) << 23u) | (m << 13u));
+}
+
+// f32 -> f16 bits, round to nearest even; overflow gives inf, NaN stays NaN.
+fn f32_to_f16_bits(v: f32) -> u32 {
+    let x = bitcast<u32>(v);
+    let s = (x >> 16u) & 0x8000u;
+    let a = x & 0x7fffffffu;
+    if a > 0x7f800000u {
+        return s | 0x7e00u;
+    }
+    if a >= 0x38800000u {
+        // Normal f16 range (>= 2^-14): rebias the exponent, round away 13 mantissa bits. A carry
+        // out of the mantissa bumps the exponent, up to inf (0x7c00) for values >= 65520.
+        let r = min(a, 0x47800000u) - 0x38000000u;
+        return s | min((r + 0x0fffu + ((r >> 13u) & 1u)) >> 13u, 0x7c00u);
+    }
+    if a < 0x33000000u {
+        return s;
+    }
+    // Subnormal f16: value / 2^-24, rounded to nearest even.
+    let e = a >> 23u;
+    let m = (a & 0x7fffffu) | 0x800000u;
+    let shift = 126u - e;
+    var q = m >> shift;
+    let rem = m & ((1u << shift) - 1u);
+    let half = 1u << (shift - 1u);
+    if rem > half || (rem == half && (q & 1u) == 1u) {
+        q += 1u;
+    }
+    return s | q;
+}
+
 fn unpack_half2(w: u32, dtype: u32) -> vec2<f32> {
     if dtype == DT_F16 {
-        return unpack2x16float(w);
+        return vec2<f32>(f16_bits_to_f32(w & 0xffffu), f16_bits_to_f32(w >> 16u));
     }
     return bf16x2_to_f32(w);
 }
 
 fn pack_half2(v: vec2<f32>, dtype: u32) -> u32 {
     if dtype == DT_F16 {
-        return pack2x16float(v);
+        return f32_to_f16_bits(v.x) | (f32_to_f16_bits(v.y) << 16u);
     }
     return f32_to_bf16_bits(v.x) | (f32_to_bf16_bits(v.y) << 16u);
 }

@@ -42,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cases;
 pub mod compare;
 pub mod context;
 pub mod error;
@@ -56,3 +57,8 @@ pub use ops::attention::Attention;
 pub use ops::kv_cache::KvCache;
 pub use ops::rms_norm::RmsNorm;
 pub use tensor::{DType, Element, Tensor};
+
+/// The README's Rust examples compile as doctests, so the quick start stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -18,12 +18,14 @@ pub enum Shader {
     AttentionPrefill,
     AttentionDecode,
     KvCache,
+    Cast,
 }
 
 impl Shader {
     /// Every shader, for the portability tests.
     pub const ALL: &'static [Shader] = &[
         Shader::RmsNorm,
+        Shader::Cast,
         Shader::AttentionPrefill,
         Shader::AttentionDecode,
         Shader::KvCache,
@@ -36,6 +38,7 @@ impl Shader {
             Shader::AttentionPrefill => "attention_prefill.wgsl",
             Shader::AttentionDecode => "attention_decode.wgsl",
             Shader::KvCache => "kv_cache.wgsl",
+            Shader::Cast => "cast.wgsl",
         }
     }
 
@@ -45,6 +48,7 @@ impl Shader {
             Shader::AttentionPrefill => include_str!("../shaders/attention_prefill.wgsl"),
             Shader::AttentionDecode => include_str!("../shaders/attention_decode.wgsl"),
             Shader::KvCache => include_str!("../shaders/kv_cache.wgsl"),
+            Shader::Cast => include_str!("../shaders/cast.wgsl"),
         }
     }
 
@@ -68,6 +72,7 @@ impl Shader {
                 .filter(|k| k.shader == Shader::AttentionDecode)
                 .collect(),
             Shader::KvCache => crate::ops::kv_cache::all_variant_keys(),
+            Shader::Cast => crate::ops::cast::all_variant_keys(),
         }
     }
 }

@@ -46,13 +46,38 @@ impl DType {
     /// All storage dtypes.
     pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
-    /// Round an f64 to this dtype and back, the way the GPU stores it (round to nearest even).
+    /// Round an f64 to this dtype and back, with one correct round-to-nearest-even (no double
+    /// rounding through f32), overflow to infinity, and subnormals.
     pub fn round(self, v: f64) -> f64 {
         match self {
             DType::F32 => v as f32 as f64,
-            DType::F16 => half::f16::from_f64(v).to_f64(),
-            DType::BF16 => half::bf16::from_f64(v).to_f64(),
+            DType::F16 => round_to_format(v, 11, -14, 65504.0),
+            DType::BF16 => round_to_format(v, 8, -126, 3.389_531_389_251_535_5e38),
         }
+    }
+}
+
+/// Round `v` to a binary format with `precision` significand bits, minimum normal exponent
+/// `min_exp` and largest finite value `max`, ties to even.
+fn round_to_format(v: f64, precision: i32, min_exp: i32, max: f64) -> f64 {
+    if !v.is_finite() || v == 0.0 {
+        return v;
+    }
+    let e = (v.abs().log2().floor() as i32).max(min_exp);
+    // log2 can be off by one next to powers of two; fix the exponent exactly.
+    let e = if v.abs() >= 2f64.powi(e + 1) {
+        e + 1
+    } else if v.abs() < 2f64.powi(e) && e > min_exp {
+        e - 1
+    } else {
+        e
+    };
+    let ulp = 2f64.powi(e - (precision - 1));
+    let r = (v / ulp).round_ties_even() * ulp;
+    if r.abs() > max {
+        f64::INFINITY.copysign(v)
+    } else {
+        r
     }
 }
 
@@ -358,5 +383,57 @@ impl Tensor {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `DType::round` agrees with the `half` crate's f32 conversions (correct RNE) on f32 inputs,
+    /// including ties, subnormals and overflow.
+    #[test]
+    fn round_matches_half_from_f32() {
+        let mut s: u64 = 1;
+        for i in 0..2_000_000u32 {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let bits = if i % 2 == 0 {
+                (s >> 32) as u32
+            } else {
+                ((s >> 32) as u32 & 0x807f_ffff) | ((95 + (i % 50)) << 23)
+            };
+            let f = f32::from_bits(bits);
+            if f.is_nan() {
+                continue;
+            }
+            let want16 = half::f16::from_f32(f).to_f64();
+            let want_b = half::bf16::from_f32(f).to_f64();
+            assert_eq!(
+                DType::F16.round(f as f64),
+                want16,
+                "f16 of {f:e} ({bits:#x})"
+            );
+            assert_eq!(
+                DType::BF16.round(f as f64),
+                want_b,
+                "bf16 of {f:e} ({bits:#x})"
+            );
+        }
+    }
+
+    /// A value just above a bf16 tie in f64 rounds up, where rounding through f32 first would
+    /// land on the tie and round to even (down).
+    #[test]
+    fn round_has_no_double_rounding() {
+        let tie = 1.0 + 2f64.powi(-8); // halfway between bf16 1.0 and 1.0078125
+        let above = tie + 2f64.powi(-40);
+        assert_eq!(DType::BF16.round(above), 1.0078125);
+        assert_eq!(DType::BF16.round(tie), 1.0);
+        assert_eq!(DType::F16.round(65519.0), 65504.0);
+        assert_eq!(DType::F16.round(65520.0), f64::INFINITY);
+        assert_eq!(DType::F16.round(2f64.powi(-25)), 0.0);
+        assert_eq!(DType::F16.round(2f64.powi(-25) * 1.5), 2f64.powi(-24));
     }
 }

@@ -1,4 +1,5 @@
 //! One module per kernel family.
 pub mod attention;
+pub mod cast;
 pub mod kv_cache;
 pub mod rms_norm;

@@ -1,0 +1,467 @@
+//! Case files behind `llama-kernels check`: tensors dumped from a user's own model, run on the GPU
+//! and on the f64 reference, and compared with the expected outputs stored in the file.
+//!
+//! A case file is a safetensors file:
+//! - `__metadata__` holds `op` and the op's parameters, as strings (`format`, which PyTorch's
+//!   writer adds, is accepted and ignored). An unknown op or an unknown key is an error, so a typo
+//!   is never silently ignored.
+//! - inputs are named tensors (`x`, `weight` ...); expected outputs are `expected.<output>` in any
+//!   float dtype. Every tensor must be used by the op.
+//!
+//! Malformed files (truncated, lying headers, offsets past the end, absurd shapes, wrong dtypes)
+//! are refused by the safetensors parser or by the op's checks with a clear error; nothing is
+//! allocated beyond the file's own size.
+
+pub mod rms_norm;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use crate::compare::{compare, Comparison};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+/// Element types a case tensor may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostDType {
+    F64,
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+}
+
+impl HostDType {
+    /// The GPU storage dtype for float types.
+    pub fn storage(self) -> Option<DType> {
+        match self {
+            HostDType::F32 => Some(DType::F32),
+            HostDType::F16 => Some(DType::F16),
+            HostDType::BF16 => Some(DType::BF16),
+            _ => None,
+        }
+    }
+    pub fn is_float(self) -> bool {
+        matches!(
+            self,
+            HostDType::F64 | HostDType::F32 | HostDType::F16 | HostDType::BF16
+        )
+    }
+}
+
+/// A tensor read from a case file, with its values widened to f64 (integers are exact up to 2^53).
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub dtype: HostDType,
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+impl HostTensor {
+    pub fn numel(&self) -> usize {
+        self.values.len()
+    }
+    /// Values as f32 (exact for f32/f16/bf16 inputs).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.values.iter().map(|&v| v as f32).collect()
+    }
+}
+
+/// One loaded case file.
+pub struct CaseFile {
+    pub path: String,
+    pub op: String,
+    meta: HashMap<String, String>,
+    tensors: BTreeMap<String, HostTensor>,
+    used_meta: RefCell<BTreeSet<String>>,
+    used_tensors: RefCell<BTreeSet<String>>,
+}
+
+/// One output an op produced for a case: its GPU values and the f64 reference.
+pub struct OpOutput {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub gpu: Vec<f32>,
+    pub cpu: Vec<f64>,
+}
+
+/// What an op's case runner returns.
+pub struct OpResult {
+    /// Storage dtype the case ran in.
+    pub dtype: DType,
+    /// The main input's shape, for the report.
+    pub shape: Vec<usize>,
+    /// Default NMSE tolerance for this op and dtype.
+    pub tolerance: f64,
+    pub outputs: Vec<OpOutput>,
+}
+
+/// The verdict on one output.
+pub struct OutputReport {
+    pub name: String,
+    pub gpu: Comparison,
+    pub cpu: Comparison,
+    pub pass: bool,
+}
+
+/// The verdict on one case.
+pub struct CaseReport {
+    pub path: String,
+    pub op: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub tolerance: f64,
+    pub outputs: Vec<OutputReport>,
+    /// GPU outputs converted to the case's storage dtype, named without `expected.`.
+    pub gpu_outputs: Vec<OpOutput>,
+}
+
+impl CaseReport {
+    pub fn pass(&self) -> bool {
+        !self.outputs.is_empty() && self.outputs.iter().all(|o| o.pass)
+    }
+}
+
+/// Metadata keys every case may carry.
+const FRAMEWORK_KEYS: &[&str] = &["op", "format"];
+
+impl CaseFile {
+    fn err(&self, msg: impl Into<String>) -> Error {
+        Error::Case {
+            path: self.path.clone(),
+            msg: msg.into(),
+        }
+    }
+
+    /// Read and parse a case file.
+    pub fn load(path: &Path) -> Result<CaseFile> {
+        let p = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: p.clone(),
+            source,
+        })?;
+        Self::parse(&p, &bytes)
+    }
+
+    /// Parse case-file bytes; `path` is only used in messages.
+    pub fn parse(path: &str, bytes: &[u8]) -> Result<CaseFile> {
+        let err = |msg: String| Error::Case {
+            path: path.to_string(),
+            msg,
+        };
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let op = meta
+            .get("op")
+            .cloned()
+            .ok_or_else(|| err("__metadata__ has no `op` (e.g. \"rms_norm\")".into()))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.iter() {
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F64 => HostDType::F64,
+                safetensors::Dtype::F32 => HostDType::F32,
+                safetensors::Dtype::F16 => HostDType::F16,
+                safetensors::Dtype::BF16 => HostDType::BF16,
+                safetensors::Dtype::I64 => HostDType::I64,
+                safetensors::Dtype::I32 => HostDType::I32,
+                other => return Err(err(format!("tensor {name:?} has dtype {other:?}; cases use F32, F16, BF16, F64, I32 or I64"))),
+            };
+            let d = view.data();
+            let values: Vec<f64> = match dtype {
+                HostDType::F64 => d
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect(),
+                HostDType::I64 => d
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64)
+                    .collect(),
+                HostDType::I32 => d
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as f64)
+                    .collect(),
+                _ => crate::tensor::decode_f32(d, dtype.storage().unwrap_or(DType::F32))
+                    .into_iter()
+                    .map(|v| v as f64)
+                    .collect(),
+            };
+            tensors.insert(
+                name.to_string(),
+                HostTensor {
+                    dtype,
+                    shape: view.shape().to_vec(),
+                    values,
+                },
+            );
+        }
+        Ok(CaseFile {
+            path: path.to_string(),
+            op,
+            meta,
+            tensors,
+            used_meta: RefCell::new(FRAMEWORK_KEYS.iter().map(|s| s.to_string()).collect()),
+            used_tensors: RefCell::new(BTreeSet::new()),
+        })
+    }
+
+    /// A required input tensor.
+    pub fn tensor(&self, name: &str) -> Result<&HostTensor> {
+        self.opt_tensor(name)?
+            .ok_or_else(|| self.err(format!("op {} needs an input tensor {name:?}", self.op)))
+    }
+
+    /// An optional input tensor.
+    pub fn opt_tensor(&self, name: &str) -> Result<Option<&HostTensor>> {
+        self.used_tensors.borrow_mut().insert(name.to_string());
+        Ok(self.tensors.get(name))
+    }
+
+    /// A float input whose dtype is the GPU storage dtype (F32, F16 or BF16).
+    pub fn storage_tensor(&self, name: &str) -> Result<(&HostTensor, DType)> {
+        let t = self.tensor(name)?;
+        let d = t.dtype.storage().ok_or_else(|| {
+            self.err(format!(
+                "tensor {name:?} is {:?}; inputs must be F32, F16 or BF16",
+                t.dtype
+            ))
+        })?;
+        Ok((t, d))
+    }
+
+    fn raw_meta(&self, key: &str) -> Option<&str> {
+        self.used_meta.borrow_mut().insert(key.to_string());
+        self.meta.get(key).map(|s| s.trim())
+    }
+
+    /// A float parameter (`default` when absent).
+    pub fn meta_f64(&self, key: &str, default: f64) -> Result<f64> {
+        match self.raw_meta(key) {
+            None => Ok(default),
+            Some(s) => s
+                .parse::<f64>()
+                .map_err(|_| self.err(format!("metadata {key}={s:?} is not a number"))),
+        }
+    }
+
+    /// An optional float parameter.
+    pub fn meta_opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.raw_meta(key) {
+            None => Ok(None),
+            Some(_) => self.meta_f64(key, 0.0).map(Some),
+        }
+    }
+
+    /// An integer parameter.
+    pub fn meta_i64(&self, key: &str, default: i64) -> Result<i64> {
+        match self.raw_meta(key) {
+            None => Ok(default),
+            Some(s) => s
+                .parse::<i64>()
+                .map_err(|_| self.err(format!("metadata {key}={s:?} is not an integer"))),
+        }
+    }
+
+    /// An optional integer parameter.
+    pub fn meta_opt_i64(&self, key: &str) -> Result<Option<i64>> {
+        match self.raw_meta(key) {
+            None => Ok(None),
+            Some(_) => self.meta_i64(key, 0).map(Some),
+        }
+    }
+
+    /// A boolean parameter: `true`/`false`/`1`/`0`.
+    pub fn meta_bool(&self, key: &str, default: bool) -> Result<bool> {
+        match self.raw_meta(key) {
+            None => Ok(default),
+            Some(s) => match s.to_ascii_lowercase().as_str() {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(self.err(format!("metadata {key}={s:?} is not true/false"))),
+            },
+        }
+    }
+
+    /// A string parameter.
+    pub fn meta_str(&self, key: &str, default: &str) -> String {
+        self.raw_meta(key).unwrap_or(default).to_string()
+    }
+
+    /// A list of floats, written as `[1.0, 2.5]` or `1.0,2.5`.
+    pub fn meta_f64_list(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        let Some(s) = self.raw_meta(key) else {
+            return Ok(None);
+        };
+        let inner = s.trim_start_matches('[').trim_end_matches(']');
+        if inner.trim().is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        inner
+            .split(',')
+            .map(|v| {
+                v.trim().parse::<f64>().map_err(|_| {
+                    self.err(format!("metadata {key}: {v:?} in {s:?} is not a number"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// An error about this case (for op runners).
+    pub fn error(&self, msg: impl Into<String>) -> Error {
+        self.err(msg)
+    }
+
+    fn check_all_used(&self) -> Result<()> {
+        let used = self.used_meta.borrow();
+        let mut unknown: Vec<&String> = self.meta.keys().filter(|k| !used.contains(*k)).collect();
+        unknown.sort();
+        if !unknown.is_empty() {
+            return Err(self.err(format!(
+                "unknown metadata key(s) for op {}: {unknown:?}",
+                self.op
+            )));
+        }
+        let used_t = self.used_tensors.borrow();
+        let extra: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|k| !used_t.contains(*k) && !k.starts_with("expected."))
+            .collect();
+        if !extra.is_empty() {
+            return Err(self.err(format!("unknown tensor(s) for op {}: {extra:?}", self.op)));
+        }
+        Ok(())
+    }
+
+    /// Run the case on `ctx` and on the reference, and compare both with the expected outputs.
+    /// `tol` overrides the op's default NMSE tolerance.
+    pub fn run(&self, ctx: &Context, tol: Option<f64>) -> Result<CaseReport> {
+        let res = match self.op.as_str() {
+            "rms_norm" => rms_norm::run(ctx, self)?,
+            other => {
+                return Err(self.err(format!("unknown op {other:?}; known ops: {:?}", KNOWN_OPS)))
+            }
+        };
+        self.check_all_used()?;
+        let tolerance = tol.unwrap_or(res.tolerance);
+        let mut outputs = Vec::new();
+        let produced: BTreeSet<&str> = res.outputs.iter().map(|o| o.name.as_str()).collect();
+        for name in self
+            .tensors
+            .keys()
+            .filter_map(|k| k.strip_prefix("expected."))
+        {
+            if !produced.contains(name) {
+                return Err(self.err(format!(
+                    "expected.{name} names no output of op {}; it produces {produced:?}",
+                    self.op
+                )));
+            }
+        }
+        for o in &res.outputs {
+            let key = format!("expected.{}", o.name);
+            let exp = self
+                .tensors
+                .get(&key)
+                .ok_or_else(|| self.err(format!("missing expected output tensor {key:?}")))?;
+            if !exp.dtype.is_float() {
+                return Err(self.err(format!(
+                    "{key} is {:?}; expected outputs must be float",
+                    exp.dtype
+                )));
+            }
+            if exp.shape != o.shape {
+                return Err(self.err(format!(
+                    "{key} has shape {:?} but the op produces {:?}",
+                    exp.shape, o.shape
+                )));
+            }
+            let gpu = compare(&o.gpu, &exp.values);
+            let cpu_f32: Vec<f32> = o.cpu.iter().map(|&v| v as f32).collect();
+            let cpu = compare(&cpu_f32, &exp.values);
+            let pass = gpu.passes(tolerance) && cpu.passes(tolerance);
+            outputs.push(OutputReport {
+                name: o.name.clone(),
+                gpu,
+                cpu,
+                pass,
+            });
+        }
+        Ok(CaseReport {
+            path: self.path.clone(),
+            op: self.op.clone(),
+            dtype: res.dtype,
+            shape: res.shape,
+            tolerance,
+            outputs,
+            gpu_outputs: res.outputs,
+        })
+    }
+}
+
+/// Ops that `check` knows.
+pub const KNOWN_OPS: &[&str] = &["rms_norm"];
+
+/// Write a safetensors file holding `tensors` (name, dtype, shape, values) and `metadata`.
+pub fn write_case(
+    path: &Path,
+    tensors: &[(String, DType, Vec<usize>, Vec<f32>)],
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
+    let p = path.display().to_string();
+    let encoded: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, d, s, v)| {
+            let st = match d {
+                DType::F32 => safetensors::Dtype::F32,
+                DType::F16 => safetensors::Dtype::F16,
+                DType::BF16 => safetensors::Dtype::BF16,
+            };
+            (n.clone(), st, s.clone(), crate::tensor::encode_f32(v, *d))
+        })
+        .collect();
+    let mut views = Vec::new();
+    for (n, d, s, b) in &encoded {
+        let v =
+            safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| Error::Case {
+                path: p.clone(),
+                msg: format!("tensor {n}: {e}"),
+            })?;
+        views.push((n.clone(), v));
+    }
+    let bytes = safetensors::serialize(views, Some(metadata.clone())).map_err(|e| Error::Case {
+        path: p.clone(),
+        msg: e.to_string(),
+    })?;
+    std::fs::write(path, bytes).map_err(|source| Error::Io { path: p, source })
+}
+
+/// Write the GPU outputs of `report` to `dir/<file name of the case>`, in the case's dtype.
+pub fn write_outputs(report: &CaseReport, dir: &Path) -> Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let name = Path::new(&report.path)
+        .file_name()
+        .ok_or_else(|| Error::Case {
+            path: report.path.clone(),
+            msg: "case path has no file name".into(),
+        })?
+        .to_owned();
+    let out = dir.join(name);
+    let tensors: Vec<_> = report
+        .gpu_outputs
+        .iter()
+        .map(|o| (o.name.clone(), report.dtype, o.shape.clone(), o.gpu.clone()))
+        .collect();
+    let meta = HashMap::from([("op".to_string(), report.op.clone())]);
+    write_case(&out, &tensors, &meta)?;
+    Ok(out)
+}

@@ -1,0 +1,152 @@
+//! The host layer: wrapping the application's own device, wgpu errors as `Err` (error scopes),
+//! device limits, views anywhere in a buffer, and readback of strided and half views.
+
+mod common;
+
+use common::*;
+use llama_kernels::compare::tolerance;
+use llama_kernels::pipeline::{PipelineKey, Shader};
+use llama_kernels::{reference, Context, DType, Error, RmsNorm, Tensor};
+
+/// An application creates its own device with default limits; the kernels run on it, record
+/// into the application's encoder and use the application's buffers.
+#[test]
+fn runs_on_the_applications_own_device() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .unwrap_or_else(|e| panic!("{}: {e}", llama_kernels::context::NO_ADAPTER_HELP));
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let ctx = Context::from_device(&device, &queue);
+    assert_eq!(
+        ctx.limits().max_storage_buffer_binding_size,
+        device.limits().max_storage_buffer_binding_size
+    );
+
+    let (rows, n) = (5, 200);
+    let mut rng = Rng::new(1);
+    let x = rng.vec(rows * n, 1.0);
+    let w = rng.vec(n, 1.0);
+    use wgpu::util::DeviceExt;
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    // The application's buffer holds other data first: the view starts 333 elements in.
+    let mut host = vec![7.0f32; 333];
+    host.extend_from_slice(&x);
+    let xb = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(&host),
+        usage,
+    });
+    let wb = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(&w),
+        usage,
+    });
+    let ob = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (rows * n * 4) as u64,
+        usage,
+        mapped_at_creation: false,
+    });
+    let xt = Tensor::new(&xb, 333, &[rows, n], DType::F32);
+    let wt = Tensor::new(&wb, 0, &[n], DType::F32);
+    let ot = Tensor::new(&ob, 0, &[rows, n], DType::F32);
+    let mut enc = device.create_command_encoder(&Default::default());
+    RmsNorm::new(1e-6)
+        .encode(&ctx, &mut enc, &xt, &wt, &ot)
+        .unwrap();
+    queue.submit([enc.finish()]);
+    let (want, _) = reference::rms_norm::rms_norm(
+        &rounded(&x, DType::F32),
+        &rounded(&w, DType::F32),
+        None,
+        1e-6,
+        0.0,
+        DType::F32,
+    );
+    assert_close(&ctx, &ot, &want, tolerance(DType::F32), "user device");
+}
+
+/// A pipeline that wgpu refuses comes back as `Error::Gpu` naming the op, not as a panic from
+/// wgpu's uncaptured-error handler.
+#[test]
+fn wgpu_errors_come_back_as_err() {
+    let ctx = ctx();
+    let key = PipelineKey::new(Shader::RmsNorm, "no_such_entry_point", vec![]);
+    let e = ctx.kernel("rms_norm", &key).unwrap_err();
+    assert!(matches!(e, Error::Gpu { op: "rms_norm", .. }), "{e:?}");
+    assert!(e.to_string().starts_with("rms_norm: wgpu error:"), "{e}");
+    // An override constant with a value the shader cannot take (workgroup size 0).
+    let key = PipelineKey::new(Shader::Cast, "cast_dtype", vec![("WG", 0)]);
+    let e = ctx.kernel("cast", &key).unwrap_err();
+    assert!(e.to_string().starts_with("cast: wgpu error:"), "{e}");
+    // The device still works afterwards.
+    let t = ctx.upload(&[1.0f32, 2.0], &[2]).unwrap();
+    assert_eq!(ctx.read_f32(&t).unwrap(), vec![1.0, 2.0]);
+}
+
+/// A view larger than the device's storage-binding limit is refused before any GPU work.
+#[test]
+fn binding_limit_is_checked() {
+    let ctx = ctx();
+    let max = ctx.limits().max_storage_buffer_binding_size;
+    let n = 4096usize;
+    let rows = (max as usize / (n * 4)) + 1;
+    let buf = ctx.create_buffer("test", (rows * n * 4) as u64).unwrap();
+    let x = Tensor::new(&buf, 0, &[rows, n], DType::F32);
+    let w = ctx.upload(&vec![1.0f32; n], &[n]).unwrap();
+    let out_big = Tensor::new(&buf, 0, &[rows, n], DType::F32);
+    let e = RmsNorm::new(1e-6).run(&ctx, &x, &w, &out_big).unwrap_err();
+    assert!(matches!(e, Error::Limit { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains(&format!(
+            "exceeds the device's max_storage_buffer_binding_size of {max} bytes"
+        )),
+        "{e}"
+    );
+}
+
+/// Readback of strided and half views, and fill of a half view at an odd word boundary.
+#[test]
+fn readback_and_fill() {
+    let ctx = ctx();
+    let data: Vec<f32> = (0..24).map(|i| i as f32).collect();
+    let t = ctx.upload_as(&data, &[24], DType::BF16).unwrap();
+    let v = Tensor::with_strides(t.buffer(), 2, &[3, 4], &[6, 1], DType::BF16);
+    let got = ctx.read_f32(&v).unwrap();
+    let want: Vec<f32> = (0..3)
+        .flat_map(|r| (0..4).map(move |c| (2 + r * 6 + c) as f32))
+        .collect();
+    assert_eq!(got, want);
+    let sub = Tensor::new(t.buffer(), 2, &[4], DType::BF16);
+    ctx.fill(&sub, -3.0).unwrap();
+    let all = ctx.read_f32(&t).unwrap();
+    let mut expect = data.clone();
+    expect[2..6].iter_mut().for_each(|v| *v = -3.0);
+    assert_eq!(all, expect);
+    let e = ctx.upload(&[1.0f32; 3], &[2, 2]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("upload: shape [2, 2] holds 4 elements but 3 were given"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pipelines_are_cached_per_key() {
+    let ctx = ctx();
+    let x = ctx.upload(&[1.0f32; 64], &[2, 32]).unwrap();
+    let w = ctx.upload(&[1.0f32; 32], &[32]).unwrap();
+    let o = ctx.empty(&[2, 32], DType::F32).unwrap();
+    RmsNorm::new(1e-6).run(&ctx, &x, &w, &o).unwrap();
+    let before = ctx.cached_pipelines();
+    RmsNorm::new(1e-3).run(&ctx, &x, &w, &o).unwrap();
+    assert_eq!(
+        ctx.cached_pipelines(),
+        before,
+        "eps is a uniform, not a new pipeline"
+    );
+}

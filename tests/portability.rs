@@ -1,0 +1,150 @@
+//! Shader portability, on the CPU with no adapter: every shader and every variant the dispatchers
+//! can pick parses and validates with naga, has its override constants applied, and translates
+//! to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES 3.1 (GL). This is the evidence for
+//! backends that CI does not have.
+
+use llama_kernels::pipeline::{PipelineKey, Shader};
+
+fn validator() -> naga::valid::Validator {
+    let mut v = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::SUBGROUP | naga::valid::Capabilities::SHADER_FLOAT16,
+    );
+    v.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
+    v.subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    v
+}
+
+fn translate(key: &PipelineKey) -> Result<(), String> {
+    let src = key.shader.source();
+    let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
+    let info = validator()
+        .validate(&module)
+        .map_err(|e| format!("validate: {e:?}"))?;
+    let mut constants = naga::back::PipelineConstants::default();
+    for &(name, value) in &key.constants {
+        constants.insert(name.to_string(), value as f64);
+    }
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, key.entry_point)),
+        &constants,
+    )
+    .map_err(|e| format!("overrides: {e}"))?;
+    // After specialisation the module must still validate.
+    validator()
+        .validate(&module)
+        .map_err(|e| format!("validate after overrides: {e:?}"))?;
+
+    let spv_opts = naga::back::spv::Options::default();
+    let spv_pipe = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: key.entry_point.to_string(),
+    };
+    naga::back::spv::write_vec(&module, &info, &spv_opts, Some(&spv_pipe))
+        .map_err(|e| format!("spir-v: {e}"))?;
+
+    let msl_opts = naga::back::msl::Options {
+        lang_version: (2, 1),
+        ..Default::default()
+    };
+    let msl_pipe = naga::back::msl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, key.entry_point.to_string())),
+        ..Default::default()
+    };
+    naga::back::msl::write_string(&module, &info, &msl_opts, &msl_pipe)
+        .map_err(|e| format!("msl: {e}"))?;
+
+    let hlsl_opts = naga::back::hlsl::Options {
+        shader_model: naga::back::hlsl::ShaderModel::V6_0,
+        ..Default::default()
+    };
+    let hlsl_pipe = naga::back::hlsl::PipelineOptions {
+        entry_point: Some((naga::ShaderStage::Compute, key.entry_point.to_string())),
+    };
+    let mut hlsl = String::new();
+    naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_opts, &hlsl_pipe)
+        .write(&module, &info, None)
+        .map_err(|e| format!("hlsl: {e}"))?;
+
+    let glsl_opts = naga::back::glsl::Options::default();
+    let glsl_pipe = naga::back::glsl::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: key.entry_point.to_string(),
+        multiview: None,
+    };
+    let mut glsl = String::new();
+    naga::back::glsl::Writer::new(
+        &mut glsl,
+        &module,
+        &info,
+        &glsl_opts,
+        &glsl_pipe,
+        naga::proc::BoundsCheckPolicies::default(),
+    )
+    .and_then(|mut w| w.write())
+    .map_err(|e| format!("glsl: {e}"))?;
+    Ok(())
+}
+
+#[test]
+fn every_shader_variant_translates_to_every_backend() {
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for &shader in Shader::ALL {
+        let variants = shader.variants();
+        assert!(!variants.is_empty(), "{shader:?} lists no variants");
+        for key in variants {
+            count += 1;
+            if let Err(e) = translate(&key) {
+                failures.push(format!(
+                    "{:?} {} {:?}: {e}",
+                    key.shader, key.entry_point, key.constants
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {count} variants failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("{count} variants translated to SPIR-V, MSL, HLSL and GLSL");
+}
+
+/// The test above must be able to fail: a shader with a type error is caught.
+#[test]
+fn a_broken_shader_is_caught() {
+    let src = "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }";
+    let parsed = naga::front::wgsl::parse_str(src);
+    let bad = match parsed {
+        Err(_) => true,
+        Ok(m) => validator().validate(&m).is_err(),
+    };
+    assert!(bad);
+}
+
+/// Every override constant a key sets exists in its shader (a misspelt constant would otherwise
+/// silently keep its default).
+#[test]
+fn keys_only_set_declared_overrides() {
+    for &shader in Shader::ALL {
+        let src = shader.source();
+        let module = naga::front::wgsl::parse_str(&src).unwrap();
+        let declared: Vec<String> = module
+            .overrides
+            .iter()
+            .filter_map(|(_, o)| o.name.clone())
+            .collect();
+        for key in shader.variants() {
+            for (name, _) in &key.constants {
+                assert!(
+                    declared.iter().any(|d| d == name),
+                    "{shader:?}: key sets undeclared override {name}"
+                );
+            }
+        }
+    }
+}
