@@ -1042,3 +1042,111 @@ fn every_validation_rule_has_an_error() {
         "n_heads 5 is not divisible by n_kv_heads 2",
     );
 }
+
+/// `llama-kernels check` runs the committed attention cases (written by NumPy float64 in
+/// `cases/gen_attention.py`) and passes them; mistyped attention cases are refused.
+#[test]
+fn check_runs_the_attention_cases() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cases");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("attention_"))
+        })
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 3, "committed attention cases: {cases:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama-kernels"))
+        .arg("check")
+        .args(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("check: {} passed, 0 failed", cases.len())),
+        "{stdout}"
+    );
+
+    // Mistyped cases get clear errors.
+    use llama_kernels::cases::{write_case, CaseFile};
+    use std::collections::HashMap;
+    let ctx = ctx();
+    let tmp = std::env::temp_dir().join(format!("llama-kernels-attn-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let run = |tensors: &[(&str, DType, Vec<usize>)], meta: &[(&str, &str)]| -> String {
+        let path = tmp.join("c.safetensors");
+        let t: Vec<_> = tensors
+            .iter()
+            .map(|(n, d, s)| {
+                (
+                    n.to_string(),
+                    *d,
+                    s.clone(),
+                    vec![0.25f32; s.iter().product()],
+                )
+            })
+            .collect();
+        let m: HashMap<String, String> = meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        write_case(&path, &t, &m).unwrap();
+        match CaseFile::load(&path).and_then(|c| c.run(&ctx, None)) {
+            Ok(_) => panic!("bad case accepted: {meta:?}"),
+            Err(e) => e.to_string(),
+        }
+    };
+    use DType::F32;
+    let good = |extra: &[(&'static str, DType, Vec<usize>)]| {
+        let mut v = vec![
+            ("q", F32, vec![2, 4, 8]),
+            ("k", F32, vec![3, 2, 8]),
+            ("v", F32, vec![3, 2, 8]),
+            ("expected.out", F32, vec![2, 4, 8]),
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
+    let op = ("op", "attention");
+    let e = run(&good(&[]), &[op, ("causual", "true")]);
+    assert!(
+        e.contains("unknown metadata key(s) for op attention: [\"causual\"]"),
+        "{e}"
+    );
+    let e = run(&good(&[]), &[op, ("window", "-2")]);
+    assert!(e.contains("metadata window=-2 must be in 0..="), "{e}");
+    let e = run(&good(&[]), &[op, ("q_offset", "2")]);
+    assert!(
+        e.contains("attention: q_offset 2 puts the last query at position 3"),
+        "{e}"
+    );
+    let e = run(&good(&[("sinks", F32, vec![3])]), &[op]);
+    assert!(
+        e.contains("attention: sinks has shape [3] but must be [4]"),
+        "{e}"
+    );
+    let e = run(&good(&[("sinks", DType::F16, vec![4])]), &[op]);
+    assert!(e.contains("sinks is F16; it must be F32"), "{e}");
+    let e = run(
+        &[
+            ("q", F32, vec![2, 4, 8]),
+            ("k", DType::BF16, vec![3, 2, 8]),
+            ("v", F32, vec![3, 2, 8]),
+            ("expected.out", F32, vec![2, 4, 8]),
+        ],
+        &[op],
+    );
+    assert!(e.contains("k is bf16 and v is f32 but q is f32"), "{e}");
+    let e = run(&good(&[]), &[op, ("causal", "maybe")]);
+    assert!(
+        e.contains("metadata causal=\"maybe\" is not true/false"),
+        "{e}"
+    );
+}
