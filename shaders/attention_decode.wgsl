@@ -5,12 +5,15 @@
 // Pass 1 (`attn_decode_partial`): one workgroup per (batch, kv head, row block, split). The
 // workgroup's rows are the g query heads of the kv head times the query tokens (r = t * g + i),
 // so each K/V row of the split's chunk of `chunk` keys is read from memory once per kv head and
-// staged in workgroup memory for all query heads of the group. Each invocation runs an f32 online
-// softmax for its row over the chunk and writes the partial (m, l, acc). A chunk with no visible
+// staged in workgroup memory for all query heads of the group. With fewer rows than invocations,
+// the spare invocations become key lanes (WG / rows_per_wg per row), each taking every lanes-th
+// key of a tile. Each invocation runs an f32 online softmax for its row and lane over the chunk
+// and writes the partial (m, l, acc); partials are ordered (row, split, lane). A chunk with no visible
 // key writes (NEG_BIG, 0, 0), which the merge weighs with exp(NEG_BIG - M) * 0 = 0.
 //
-// Pass 2 (`attn_decode_merge`): one invocation per (row, 4 output elements) combines the splits
-// in ascending split order (bitwise repeatable), adds the sink to the denominator and divides;
+// Pass 2 (`attn_decode_merge`): one invocation per (row, 4 output elements) combines the
+// n_splits * lanes partials in ascending (split, lane) order (bitwise repeatable), adds the
+// sink to the denominator and divides;
 // a row with no visible key at all stores 0.
 //
 // Override constants (set by `ops::attention::Variant`):
@@ -58,7 +61,11 @@ struct Params {
     row_blocks: u32,
     n_splits: u32,
     chunk: u32,
+    rows_per_wg: u32,
+    lanes: u32,
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -158,9 +165,13 @@ fn attn_decode_partial(
     let bh = rest / p.row_blocks;
     let kvh = bh % p.n_kv_heads;
     let b = bh / p.n_kv_heads;
-    let r0 = blk * WG;
-    let r_last = min(r0 + WG, p.rows) - 1u;
-    let r = r0 + lid;
+    // rows_per_wg rows (a power of two <= WG) times `lanes` key lanes: lane l of a row takes
+    // keys l, l + lanes, ... of every tile and writes its own partial, merged like a split.
+    let lanes = p.lanes;
+    let lane = lid / p.rows_per_wg;
+    let r0 = blk * p.rows_per_wg;
+    let r_last = min(r0 + p.rows_per_wg, p.rows) - 1u;
+    let r = r0 + lid % p.rows_per_wg;
     let row_ok = r < p.rows;
     let rc = min(r, p.rows - 1u);
     let t = rc / p.group;
@@ -202,7 +213,7 @@ fn attn_decode_partial(
         workgroupBarrier();
         if row_ok {
             var m_new = m;
-            for (var jj = 0u; jj < n; jj++) {
+            for (var jj = lane; jj < n; jj += lanes) {
                 var x = NEG_BIG;
                 if visible(j0 + i32(jj), pos) {
                     var dot_acc = vec4<f32>(0.0);
@@ -230,7 +241,7 @@ fn attn_decode_partial(
                 }
                 m = m_new;
             }
-            for (var jj = 0u; jj < n; jj++) {
+            for (var jj = lane; jj < n; jj += lanes) {
                 if visible(j0 + i32(jj), pos) {
                     let pj = exp(s[jj] - m);
                     l += pj;
@@ -253,7 +264,8 @@ fn attn_decode_partial(
 
     if row_ok {
         let stride = p.head_dim + 2u;
-        let e = ((bh * p.rows + r) * p.n_splits + split) * stride;
+        let n_parts = p.n_splits * lanes;
+        let e = ((bh * p.rows + r) * n_parts + split * lanes + lane) * stride;
         part_out[e] = m;
         part_out[e + 1u] = l;
         for (var d = 0u; d < hd4; d++) {
@@ -287,15 +299,16 @@ fn attn_decode_merge(
     let t = r / p.group;
     let h = kvh * p.group + r % p.group;
     let stride = p.head_dim + 2u;
-    let base = row * p.n_splits * stride;
+    let n_parts = p.n_splits * p.lanes;
+    let base = row * n_parts * stride;
 
     var m = NEG_BIG;
-    for (var sp = 0u; sp < p.n_splits; sp++) {
+    for (var sp = 0u; sp < n_parts; sp++) {
         m = max(m, part_in[base + sp * stride]);
     }
     var l = 0.0;
     var acc = vec4<f32>(0.0);
-    for (var sp = 0u; sp < p.n_splits; sp++) {
+    for (var sp = 0u; sp < n_parts; sp++) {
         let e = base + sp * stride;
         let w = exp(part_in[e] - m);
         l += part_in[e + 1u] * w;

@@ -55,7 +55,11 @@ struct Params {
     row_blocks: u32,
     n_splits: u32,
     chunk: u32,
+    rows_per_wg: u32,
+    lanes: u32,
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

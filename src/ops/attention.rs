@@ -105,7 +105,7 @@ impl Default for Attention {
     }
 }
 
-/// Uniform parameters; mirrors `struct Params` in both attention shaders (144 bytes).
+/// Uniform parameters; mirrors `struct Params` in both attention shaders (160 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -132,7 +132,9 @@ pub struct Params {
     pub row_blocks: u32,
     pub n_splits: u32,
     pub chunk: u32,
-    pub _pad: u32,
+    pub rows_per_wg: u32,
+    pub lanes: u32,
+    pub _pad: [u32; 3],
 }
 
 /// The code-shaping decisions; the pipeline keys derive from it alone.
@@ -238,7 +240,11 @@ pub struct Plan {
     pub bk: u32,
     /// Query rows (`q_len * g`) per (batch, kv head).
     pub rows: usize,
+    /// Rows per workgroup (a power of two for split-KV) and workgroups per (batch, kv head, split).
+    pub rows_per_wg: usize,
     pub row_blocks: usize,
+    /// Key lanes per row (split-KV only): invocations that share a row, each with its own partial.
+    pub lanes: usize,
     /// Decode: number of kv chunks and keys per chunk (1 and kv_len for prefill).
     pub splits: usize,
     pub chunk: usize,
@@ -388,7 +394,14 @@ impl Attention {
         };
         let g = d.n_heads / d.n_kv_heads;
         let rows = d.q_len * g;
-        let row_blocks = rows.div_ceil(variant.wg() as usize);
+        let wg = variant.wg() as usize;
+        let rows_per_wg = if variant.split_kv {
+            rows.next_power_of_two().min(wg)
+        } else {
+            wg
+        };
+        let lanes = wg / rows_per_wg;
+        let row_blocks = rows.div_ceil(rows_per_wg);
         let (splits, chunk) = match kind {
             Kind::Prefill => {
                 let chunk = d.kv_len.div_ceil(min_splits);
@@ -414,12 +427,17 @@ impl Attention {
                 (splits, chunk)
             }
         };
-        variant.split_kv |= splits > 1;
+        if splits > 1 && !variant.split_kv {
+            // Only reachable for prefill: the split-KV passes with prefill's row blocks.
+            variant.split_kv = true;
+        }
         Ok(Plan {
             variant,
             bk,
             rows,
+            rows_per_wg,
             row_blocks,
+            lanes,
             splits,
             chunk,
         })
@@ -652,7 +670,9 @@ impl Attention {
             row_blocks: plan.row_blocks as u32,
             n_splits: plan.splits as u32,
             chunk: plan.chunk as u32,
-            _pad: 0,
+            rows_per_wg: plan.rows_per_wg as u32,
+            lanes: plan.lanes as u32,
+            _pad: [0; 3],
         };
         let uniform = ctx.uniform(OP, &params)?;
         let keys = plan.variant.keys();
@@ -677,16 +697,17 @@ impl Attention {
                 kernel.dispatch(enc, &bg, ctx.grid(OP, base_wgs)?);
             }
             true => {
-                let entries = d.batch * d.n_kv_heads * plan.rows * plan.splits;
+                let entries = d.batch * d.n_kv_heads * plan.rows * plan.splits * plan.lanes;
                 let part_bytes = entries as u64 * (d.head_dim as u64 + 2) * 4;
-                let part = ctx.create_buffer(OP, part_bytes)?;
                 crate::ensure!(
                     part_bytes <= ctx.limits().max_storage_buffer_binding_size,
                     Limit,
                     OP,
-                    "split-KV scratch of {part_bytes} bytes ({} splits) exceeds the device's max_storage_buffer_binding_size",
-                    plan.splits
+                    "split-KV scratch of {part_bytes} bytes ({} splits x {} lanes) exceeds the device's max_storage_buffer_binding_size",
+                    plan.splits,
+                    plan.lanes
                 );
+                let part = ctx.create_buffer(OP, part_bytes)?;
                 let partial = ctx.kernel(OP, &keys[0])?;
                 let merge = ctx.kernel(OP, &keys[1])?;
                 let bg1 = partial.bind_group(
@@ -728,8 +749,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn params_is_144_bytes() {
-        assert_eq!(std::mem::size_of::<Params>(), 144);
+    fn params_is_160_bytes() {
+        assert_eq!(std::mem::size_of::<Params>(), 160);
         assert_eq!(std::mem::size_of::<Params>() % 16, 0);
     }
 
