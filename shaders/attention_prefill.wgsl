@@ -14,10 +14,14 @@
 //   DTYPE    storage dtype of q, k, v and out (0 f32, 1 f16, 2 bf16)
 //   WG       workgroup size = query rows per workgroup
 //   TILE_V4  vec4 capacity of each of the K and V tiles (bk * head_dim / 4 <= TILE_V4)
+//   HD4      head_dim / 4 (1 ..= 64)
 
 override DTYPE: u32 = 0u;
 override WG: u32 = 64u;
 override TILE_V4: u32 = 512u;
+// head_dim / 4, a compile-time constant so that the loops over a head have a fixed trip count
+// and the per-invocation q / acc arrays can live in registers.
+override HD4: u32 = 32u;
 
 struct Params {
     batch: u32,
@@ -162,7 +166,7 @@ fn attn_prefill(
     let t = rc / p.group;
     let h = kvh * p.group + rc % p.group;
     let pos = p.q_offset + i32(t);
-    let hd4 = p.head_dim / 4u;
+    let hd4 = HD4;
 
     // Keys any row of this workgroup can see: [kv_lo, kv_hi).
     var kv_lo = 0i;
@@ -203,14 +207,7 @@ fn attn_prefill(
                 if visible(j0 + i32(jj), pos) {
                     var dot_acc = vec4<f32>(0.0);
                     let kb = jj * hd4;
-                    // Four vec4s per iteration: llvmpipe caps the loop iterations of one
-                    // invocation (all loops together) at 65535.
-                    var d = 0u;
-                    for (; d + 4u <= hd4; d += 4u) {
-                        dot_acc += q[d] * k_tile[kb + d] + q[d + 1u] * k_tile[kb + d + 1u]
-                            + q[d + 2u] * k_tile[kb + d + 2u] + q[d + 3u] * k_tile[kb + d + 3u];
-                    }
-                    for (; d < hd4; d++) {
+                    for (var d = 0u; d < HD4; d++) {
                         dot_acc += q[d] * k_tile[kb + d];
                     }
                     x = cap_logit(dot_acc.x + dot_acc.y + dot_acc.z + dot_acc.w);
@@ -231,14 +228,7 @@ fn attn_prefill(
                     let pj = exp(s[jj] - m);
                     l += pj;
                     let vb = jj * hd4;
-                    var d = 0u;
-                    for (; d + 4u <= hd4; d += 4u) {
-                        acc[d] += pj * v_tile[vb + d];
-                        acc[d + 1u] += pj * v_tile[vb + d + 1u];
-                        acc[d + 2u] += pj * v_tile[vb + d + 2u];
-                        acc[d + 3u] += pj * v_tile[vb + d + 3u];
-                    }
-                    for (; d < hd4; d++) {
+                    for (var d = 0u; d < HD4; d++) {
                         acc[d] += pj * v_tile[vb + d];
                     }
                 }

@@ -144,6 +144,8 @@ pub struct Variant {
     pub dtype: DType,
     /// vec4 capacity of each of the K and V workgroup tiles.
     pub tile_v4: u32,
+    /// `head_dim / 4` (loops over a head get a fixed trip count).
+    pub hd4: u32,
     /// Partial results per kv chunk and a merge pass (always for decode; for prefill only when
     /// one invocation may not loop over all keys, see [`loop_cap_keys`]).
     pub split_kv: bool,
@@ -161,6 +163,7 @@ impl Variant {
             ("DTYPE", self.dtype.shader_code()),
             ("WG", self.wg()),
             ("TILE_V4", self.tile_v4),
+            ("HD4", self.hd4),
         ]
     }
     /// The pipeline keys of this variant: one for prefill, partial and merge for decode.
@@ -194,26 +197,48 @@ pub fn tile_v4_for(limit: u32) -> u32 {
     1 << (31 - per_tile.leading_zeros())
 }
 
-/// Every pipeline key the dispatcher can produce for 16 KiB and 32 KiB of workgroup memory.
+/// Pipeline keys for the portability tests: every kind, dtype and tile size (16 KiB and 32 KiB of
+/// workgroup memory) at the head_dims of real models (64, 80, 96, 128, 256), plus every other
+/// head_dim (4 ..= 256 in steps of 4) for one dtype and tile size. `head_dim` only changes loop
+/// trip counts, so the second set covers the rest of what the dispatcher can produce.
 pub fn all_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    for (kind, split_kv) in [
+    let kinds = [
         (Kind::Prefill, false),
         (Kind::Prefill, true),
         (Kind::Decode, true),
-    ] {
+    ];
+    for (kind, split_kv) in kinds {
         for dtype in DType::ALL {
             for limit in [16384, 32768] {
-                keys.extend(
-                    Variant {
-                        kind,
-                        dtype,
-                        tile_v4: tile_v4_for(limit),
-                        split_kv,
-                    }
-                    .keys(),
-                );
+                for hd in [64u32, 80, 96, 128, 256] {
+                    keys.extend(
+                        Variant {
+                            kind,
+                            dtype,
+                            tile_v4: tile_v4_for(limit),
+                            hd4: hd / 4,
+                            split_kv,
+                        }
+                        .keys(),
+                    );
+                }
             }
+        }
+        for hd4 in 1..=(MAX_HEAD_DIM as u32 / 4) {
+            if [16, 20, 24, 32, 64].contains(&hd4) {
+                continue;
+            }
+            keys.extend(
+                Variant {
+                    kind,
+                    dtype: DType::F16,
+                    tile_v4: tile_v4_for(32768),
+                    hd4,
+                    split_kv,
+                }
+                .keys(),
+            );
         }
     }
     keys
@@ -221,14 +246,14 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
 
 /// Keys one invocation may loop over on this adapter, if limited. llvmpipe (lavapipe) stops
 /// every loop of an invocation once all its loops together have iterated 65535 times, so on CPU
-/// adapters chunks are kept below that (estimating the loop trips per key from head_dim); other
-/// adapters have no such cap.
+/// adapters chunks are kept below that, counting the loop trips per key as if the compiler
+/// unrolled none of the head_dim loops; other adapters have no such cap.
 pub fn loop_cap_keys(ctx: &Context, head_dim: usize) -> Option<usize> {
     if ctx.adapter_info().device_type != wgpu::DeviceType::Cpu {
         return None;
     }
     let hd4 = head_dim / 4;
-    let per_key = 4 + 2 * (hd4 / 4 + hd4 % 4) + hd4.div_ceil(PREFILL_WG as usize);
+    let per_key = 4 + 2 * hd4 + hd4.div_ceil(PREFILL_WG as usize);
     Some(50_000 / per_key)
 }
 
@@ -390,6 +415,7 @@ impl Attention {
             kind,
             dtype,
             tile_v4,
+            hd4,
             split_kv: kind == Kind::Decode || min_splits > 1,
         };
         let g = d.n_heads / d.n_kv_heads;
