@@ -118,19 +118,22 @@ fn data(c: &Case, seed: u64, q_scale: f32) -> Data {
 
 /// Run `c` on the GPU; returns the output values.
 fn gpu(c: &Case, d: &Data) -> Vec<f32> {
-    let ctx = ctx();
+    gpu_on(&ctx(), c, d)
+}
+
+fn gpu_on(ctx: &llama_kernels::Context, c: &Case, d: &Data) -> Vec<f32> {
     let (qs, ks) = c.shapes();
-    let q = upload_guarded(&ctx, &d.q, &qs, c.dtype);
-    let k = upload_guarded(&ctx, &d.k, &ks, c.dtype);
-    let v = upload_guarded(&ctx, &d.v, &ks, c.dtype);
+    let q = upload_guarded(ctx, &d.q, &qs, c.dtype);
+    let k = upload_guarded(ctx, &d.k, &ks, c.dtype);
+    let v = upload_guarded(ctx, &d.v, &ks, c.dtype);
     let sinks = c
         .sinks
-        .then(|| upload_guarded(&ctx, &d.sinks, &[c.n_heads], DType::F32));
-    let out = nan_output(&ctx, &qs, c.dtype);
+        .then(|| upload_guarded(ctx, &d.sinks, &[c.n_heads], DType::F32));
+    let out = nan_output(ctx, &qs, c.dtype);
     c.op()
-        .run(&ctx, &q, &k, &v, sinks.as_ref(), &out)
+        .run(ctx, &q, &k, &v, sinks.as_ref(), &out)
         .unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert_guards(&ctx, &out, &format!("{c:?}"));
+    assert_guards(ctx, &out, &format!("{c:?}"));
     ctx.read_f32(&out).unwrap()
 }
 
@@ -1198,5 +1201,47 @@ fn timing() {
             kv_bytes as f64 / 1e6,
             kv_bytes as f64 / times[1] / 1e9
         );
+    }
+}
+
+/// A device created with WebGPU's default limits (16 KiB of workgroup memory): the tiles shrink
+/// to fit and the results still match, for every dtype and both kernels (head_dim 64 and 256).
+#[test]
+fn fits_webgpu_default_limits() {
+    let ctx0 = ctx();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpu::Limits::default(),
+        ..Default::default()
+    }))
+    .expect("device");
+    let small = llama_kernels::Context::from_device(&device, &queue);
+    assert_eq!(small.limits().max_compute_workgroup_storage_size, 16384);
+    let mut i = 0;
+    for dtype in DType::ALL {
+        for kind in [Kind::Prefill, Kind::Decode] {
+            {
+                i += 1;
+                let hd = [64usize, 256][i % 2];
+                let mut c = with_mode(Case::new(70, 300, 8, 2, hd), i);
+                c.dtype = dtype;
+                c.kind = Some(kind);
+                let plan = c.op().plan(&small, dims_of(&c), dtype).unwrap();
+                assert_eq!(plan.variant.tile_v4, 512);
+                assert_eq!(plan.bk as usize, (512 / (hd / 4)).min(64));
+                let d = data(&c, 9500 + i as u64, 1.0);
+                let got = gpu_on(&small, &c, &d);
+                let cmp = compare(&got, &want(&c, &d));
+                assert!(cmp.passes(tol(dtype)), "{c:?}: {cmp}");
+                // Same answer as the 32 KiB tiles up to f32 arithmetic and storage rounding.
+                let big = gpu_on(&ctx0, &c, &d);
+                let cmp = compare(&got, &big.iter().map(|&x| x as f64).collect::<Vec<_>>());
+                assert!(cmp.passes(tol(dtype)), "{c:?} vs 32 KiB tiles: {cmp}");
+            }
+        }
     }
 }
