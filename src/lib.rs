@@ -56,6 +56,7 @@ pub use error::{Error, Result};
 pub use ops::attention::Attention;
 pub use ops::kv_cache::KvCache;
 pub use ops::rms_norm::RmsNorm;
+pub use ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
 pub use tensor::{DType, Element, Tensor};
 
 /// The README's Rust examples compile as doctests, so the quick start stays true.

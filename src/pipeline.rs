@@ -19,6 +19,7 @@ pub enum Shader {
     AttentionDecode,
     KvCache,
     Cast,
+    Rope,
 }
 
 impl Shader {
@@ -26,6 +27,7 @@ impl Shader {
     pub const ALL: &'static [Shader] = &[
         Shader::RmsNorm,
         Shader::Cast,
+        Shader::Rope,
         Shader::AttentionPrefill,
         Shader::AttentionDecode,
         Shader::KvCache,
@@ -39,6 +41,7 @@ impl Shader {
             Shader::AttentionDecode => "attention_decode.wgsl",
             Shader::KvCache => "kv_cache.wgsl",
             Shader::Cast => "cast.wgsl",
+            Shader::Rope => "rope.wgsl",
         }
     }
 
@@ -49,6 +52,7 @@ impl Shader {
             Shader::AttentionDecode => include_str!("../shaders/attention_decode.wgsl"),
             Shader::KvCache => include_str!("../shaders/kv_cache.wgsl"),
             Shader::Cast => include_str!("../shaders/cast.wgsl"),
+            Shader::Rope => include_str!("../shaders/rope.wgsl"),
         }
     }
 
@@ -73,6 +77,7 @@ impl Shader {
                 .collect(),
             Shader::KvCache => crate::ops::kv_cache::all_variant_keys(),
             Shader::Cast => crate::ops::cast::all_variant_keys(),
+            Shader::Rope => crate::ops::rope::all_variant_keys(),
         }
     }
 }

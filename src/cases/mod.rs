@@ -14,6 +14,7 @@
 
 pub mod attention;
 pub mod rms_norm;
+pub mod rope;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -346,6 +347,7 @@ impl CaseFile {
         let res = match self.op.as_str() {
             "rms_norm" => rms_norm::run(ctx, self)?,
             "attention" => attention::run(ctx, self)?,
+            "rope" => rope::run(ctx, self)?,
             other => {
                 return Err(self.err(format!("unknown op {other:?}; known ops: {:?}", KNOWN_OPS)))
             }
@@ -408,7 +410,7 @@ impl CaseFile {
 }
 
 /// Ops that `check` knows.
-pub const KNOWN_OPS: &[&str] = &["rms_norm", "attention"];
+pub const KNOWN_OPS: &[&str] = &["rms_norm", "rope", "attention"];
 
 /// Write a safetensors file holding `tensors` (name, dtype, shape, values) and `metadata`.
 pub fn write_case(

@@ -3,3 +3,4 @@ pub mod attention;
 pub mod cast;
 pub mod kv_cache;
 pub mod rms_norm;
+pub mod rope;

@@ -2,3 +2,4 @@
 //! checked against them, and users can call them to check their own ports.
 pub mod attention;
 pub mod rms_norm;
+pub mod rope;

@@ -1,0 +1,320 @@
+// RoPE family: rotate pairs (a, b) of each head by theta = pos * inv_freq[i]:
+//   a' = (a cos - b sin) * scale,  b' = (b cos + a sin) * scale
+// over token-major views [batch, seq, heads, head_dim] (any strides, last dim contiguous).
+// Up to two head segments share a dispatch (Q and K inside one fused QKV buffer).
+//
+// One invocation owns a "column" of one token and a group of heads:
+//   - columns < n_quads rotate pairs 2c and 2c+1 (so a packed f16/bf16 word is only ever written by
+//     one invocation); their cos/sin are computed once and applied to every head of the group;
+//   - columns >= n_quads copy the unrotated tail [rotary_dim, head_dim) two elements at a time
+//     (out-of-place only).
+//
+// Exact angles: the host uploads frac(inv_freq / 2pi) per pair as a 64-bit fixed-point turn
+// (hi, lo words). pos * turn mod 1 is computed in u32 arithmetic, which is exact, so the angle is
+// known to 2^-32 turns for every 32-bit position; it is reduced to an octant in fixed point, and
+// sin/cos are evaluated by short polynomials (Cephes sinf/cosf coefficients) on [-pi/4, pi/4].
+//
+// Override constants (set by `ops::rope::Variant`):
+//   DTYPE    storage dtype (0 f32, 1 f16, 2 bf16)
+//   LAYOUT   0 half (pairs i, i + rotary_dim/2), 1 interleaved (pairs 2i, 2i+1)
+//   POS_BUF  positions come from the `positions` buffer (else pos_start + s)
+//   IN_PLACE read and write the `dst` binding; else read `src` (or `dst` when X_IN_DST)
+//   X_IN_DST out-of-place with x and out in one buffer (both reached through `dst`)
+//   SINCOS   0 fixed-point turn + polynomial (exact), 1 fixed-point turn + built-in sin/cos,
+//            2 f32 angle pos * inv_freq + built-in sin/cos (what most frameworks do),
+//            3 host table: freqs[pos * half_rot + k] holds (cos, sin) built in f64
+//   WG       workgroup size
+
+override DTYPE: u32 = 0u;
+override LAYOUT: u32 = 0u;
+override POS_BUF: bool = false;
+override IN_PLACE: bool = true;
+override X_IN_DST: bool = false;
+override SINCOS: u32 = 0u;
+override WG: u32 = 64u;
+
+struct Params {
+    n_tokens: u32,
+    seq: u32,
+    n_cols: u32,
+    n_quads: u32,
+    n_hgroups: u32,
+    heads_per_group: u32,
+    half_rot: u32,
+    head_dim: u32,
+    // segment A: x (and the whole input when out-of-place)
+    a_off: u32,
+    a_bstride: u32,
+    a_sstride: u32,
+    a_hstride: u32,
+    a_heads: u32,
+    // segment B: a second view rotated in place in the same dispatch (0 heads when absent)
+    b_heads: u32,
+    b_off: u32,
+    b_bstride: u32,
+    b_sstride: u32,
+    b_hstride: u32,
+    // out (out-of-place only)
+    o_off: u32,
+    o_bstride: u32,
+    o_sstride: u32,
+    o_hstride: u32,
+    // positions
+    pos_off: u32,
+    pos_bstride: u32,
+    pos_sstride: u32,
+    pos_start: i32,
+    scale: f32,
+    _pad0: u32,
+}
+
+struct Freq {
+    // frac(inv_freq / 2pi) * 2^64 as (high word, low word); SINCOS 3: bits of f32 (cos, sin)
+    turn_hi: u32,
+    turn_lo: u32,
+    // inv_freq rounded to f32 (SINCOS 2 only)
+    inv_freq: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(2) var<storage, read> src: array<u32>;
+@group(0) @binding(3) var<storage, read> positions: array<i32>;
+@group(0) @binding(4) var<storage, read> freqs: array<Freq>;
+
+// High 32 bits of the 64-bit product a * b.
+fn mul_hi(a: u32, b: u32) -> u32 {
+    let a0 = a & 0xffffu;
+    let a1 = a >> 16u;
+    let b0 = b & 0xffffu;
+    let b1 = b >> 16u;
+    let p01 = a0 * b1;
+    let p10 = a1 * b0;
+    let mid = ((a0 * b0) >> 16u) + (p01 & 0xffffu) + (p10 & 0xffffu);
+    return a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u);
+}
+
+// frac(pos * turn) as a 32-bit fixed-point turn, rounded to nearest.
+fn turn_of(pos: i32, f: Freq) -> u32 {
+    let neg = pos < 0;
+    // |pos| as u32; 0 - u32(pos) is also right for i32 min.
+    var m = u32(pos);
+    if neg {
+        m = 0u - m;
+    }
+    let lo = m * f.turn_lo;
+    // (m * (hi * 2^32 + lo)) mod 2^64, top word; the dropped low word rounds it.
+    var t = m * f.turn_hi + mul_hi(m, f.turn_lo) + (lo >> 31u);
+    if neg {
+        t = 0u - t;
+    }
+    return t;
+}
+
+// 2pi / 2^32: one unit of the 32-bit turn in radians.
+const TURN_UNIT: f32 = 1.4629180792671596e-9;
+
+// (cos, sin) of x in [-pi/4, pi/4] (Cephes sinf/cosf, < 1 ulp there).
+fn sincos_octant(x: f32) -> vec2<f32> {
+    let z = x * x;
+    let s = x + x * z * (-1.6666654611e-1 + z * (8.3321608736e-3 + z * -1.9515295891e-4));
+    let c = 1.0 - 0.5 * z + z * z * (4.166664568298827e-2 + z * (-1.388731625493765e-3 + z * 2.443315711809948e-5));
+    return vec2<f32>(c, s);
+}
+
+// (cos, sin) of pos * inv_freq for pair k.
+fn cos_sin(pos: i32, k: u32) -> vec2<f32> {
+    if SINCOS == 3u {
+        let e = freqs[u32(pos) * p.half_rot + k];
+        return vec2<f32>(bitcast<f32>(e.turn_hi), bitcast<f32>(e.turn_lo));
+    }
+    let f = freqs[k];
+    if SINCOS == 2u {
+        let a = f32(pos) * f.inv_freq;
+        return vec2<f32>(cos(a), sin(a));
+    }
+    let t = turn_of(pos, f);
+    if SINCOS == 1u {
+        let a = f32(bitcast<i32>(t)) * TURN_UNIT;
+        return vec2<f32>(cos(a), sin(a));
+    }
+    // Nearest quarter turn q; remainder r in [-2^29, 2^29] units, i.e. [-pi/4, pi/4].
+    let q = ((t + 0x20000000u) >> 30u) & 3u;
+    let r = bitcast<i32>(t - (q << 30u));
+    let cs = sincos_octant(f32(r) * TURN_UNIT);
+    switch q {
+        case 0u: {
+            return cs;
+        }
+        case 1u: {
+            return vec2<f32>(-cs.y, cs.x);
+        }
+        case 2u: {
+            return -cs;
+        }
+        default: {
+            return vec2<f32>(cs.y, -cs.x);
+        }
+    }
+}
+
+fn rd(i: u32) -> u32 {
+    if IN_PLACE || X_IN_DST {
+        return dst[i];
+    }
+    return src[i];
+}
+
+fn ld(i: u32) -> f32 {
+    return bitcast<f32>(rd(i));
+}
+
+// Word holding half-precision element e (e even) of the input.
+fn ld2(e: u32) -> vec2<f32> {
+    return unpack_half2(rd(e >> 1u), DTYPE);
+}
+
+fn st(i: u32, v: f32) {
+    dst[i] = bitcast<u32>(v);
+}
+
+fn st2(e: u32, v: vec2<f32>) {
+    dst[e >> 1u] = pack_half2(v, DTYPE);
+}
+
+// Element indices of pair k (relative to the head start).
+fn pair_idx(k: u32) -> vec2<u32> {
+    if LAYOUT == 0u {
+        return vec2<u32>(k, k + p.half_rot);
+    }
+    return vec2<u32>(2u * k, 2u * k + 1u);
+}
+
+// (a0, b0, a1, b1) of pairs k0 = 2c and k0 + 1 at head base `ib`; pair 1 only when `two`.
+fn load_quad(ib: u32, k0: u32, two: bool) -> vec4<f32> {
+    let i0 = pair_idx(k0);
+    if DTYPE == DT_F32 {
+        var v = vec4<f32>(ld(ib + i0.x), ld(ib + i0.y), 0.0, 0.0);
+        if two {
+            let i1 = pair_idx(k0 + 1u);
+            v.z = ld(ib + i1.x);
+            v.w = ld(ib + i1.y);
+        }
+        return v;
+    }
+    // Packed halves: k0 is even, head bases are even, and half_rot is even for LAYOUT 0 (the
+    // host checks), so each word below holds exactly two elements of this quad.
+    if LAYOUT == 0u {
+        let a = ld2(ib + i0.x);
+        let b = ld2(ib + i0.y);
+        return vec4<f32>(a.x, b.x, a.y, b.y);
+    }
+    let w0 = ld2(ib + i0.x);
+    var w1 = vec2<f32>(0.0);
+    if two {
+        w1 = ld2(ib + i0.x + 2u);
+    }
+    return vec4<f32>(w0, w1);
+}
+
+fn store_quad(ob: u32, k0: u32, two: bool, v: vec4<f32>) {
+    let i0 = pair_idx(k0);
+    if DTYPE == DT_F32 {
+        st(ob + i0.x, v.x);
+        st(ob + i0.y, v.y);
+        if two {
+            let i1 = pair_idx(k0 + 1u);
+            st(ob + i1.x, v.z);
+            st(ob + i1.y, v.w);
+        }
+        return;
+    }
+    if LAYOUT == 0u {
+        st2(ob + i0.x, vec2<f32>(v.x, v.z));
+        st2(ob + i0.y, vec2<f32>(v.y, v.w));
+        return;
+    }
+    st2(ob + i0.x, v.xy);
+    if two {
+        st2(ob + i0.x + 2u, v.zw);
+    }
+}
+
+fn rotate(v: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(v.x * cs.x - v.y * cs.y, v.y * cs.x + v.x * cs.y) * p.scale;
+}
+
+@compute @workgroup_size(WG)
+fn rope(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let gid = linear_workgroup(wid, nwg) * WG + lid;
+    let col = gid % p.n_cols;
+    let rest = gid / p.n_cols;
+    let hg = rest % p.n_hgroups;
+    let tok = rest / p.n_hgroups;
+    // No barriers in this kernel, so invocations past the end may simply leave.
+    if tok >= p.n_tokens {
+        return;
+    }
+    let b = tok / p.seq;
+    let s = tok % p.seq;
+    let total_heads = p.a_heads + p.b_heads;
+    let h0 = hg * p.heads_per_group;
+    let h1 = min(h0 + p.heads_per_group, total_heads);
+    let a_tok = p.a_off + b * p.a_bstride + s * p.a_sstride;
+    let b_tok = p.b_off + b * p.b_bstride + s * p.b_sstride;
+    let o_tok = p.o_off + b * p.o_bstride + s * p.o_sstride;
+
+    if col < p.n_quads {
+        var pos: i32;
+        if POS_BUF {
+            pos = positions[p.pos_off + b * p.pos_bstride + s * p.pos_sstride];
+        } else {
+            pos = p.pos_start + i32(s);
+        }
+        let k0 = 2u * col;
+        let two = k0 + 1u < p.half_rot;
+        let cs0 = cos_sin(pos, k0);
+        var cs1 = vec2<f32>(1.0, 0.0);
+        if two {
+            cs1 = cos_sin(pos, k0 + 1u);
+        }
+        for (var h = h0; h < h1; h++) {
+            var ib: u32;
+            var ob: u32;
+            if h < p.a_heads {
+                ib = a_tok + h * p.a_hstride;
+                ob = o_tok + h * p.o_hstride;
+            } else {
+                ib = b_tok + (h - p.a_heads) * p.b_hstride;
+                ob = ib;
+            }
+            if IN_PLACE {
+                ob = ib;
+            }
+            let v = load_quad(ib, k0, two);
+            let r0 = rotate(v.xy, cs0);
+            let r1 = rotate(v.zw, cs1);
+            store_quad(ob, k0, two, vec4<f32>(r0, r1));
+        }
+    } else {
+        // Unrotated tail, copied when out-of-place (n_cols == n_quads in place).
+        let e = 2u * p.half_rot + 2u * (col - p.n_quads);
+        for (var h = h0; h < h1; h++) {
+            let ib = a_tok + h * p.a_hstride + e;
+            let ob = o_tok + h * p.o_hstride + e;
+            if DTYPE == DT_F32 {
+                st(ob, ld(ib));
+                if e + 1u < p.head_dim {
+                    st(ob + 1u, ld(ib + 1u));
+                }
+            } else {
+                dst[ob >> 1u] = rd(ib >> 1u);
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! `rope` cases: input `x [seq, heads, head_dim]` or `[batch, seq, heads, head_dim]` and optional
+//! `positions [seq]` or `[batch, seq]` (I32 or I64); output `out`.
+//!
+//! Metadata: `theta` (default 10000), `layout` (`half` or `interleaved`, default `half`),
+//! `rotary_dim` (default head_dim), `offset` (first position when there is no `positions`
+//! tensor, default 0), `seq_len` (what dynamic NTK and LongRoPE see; default
+//! `max(positions) + 1`, as HF), and `rope_type` (default `default`) with HF's `rope_scaling`
+//! keys under their own names:
+//! - `linear`: `factor`
+//! - `llama3`: `factor`, `low_freq_factor`, `high_freq_factor`, `original_max_position_embeddings`
+//! - `yarn`: `factor`, `original_max_position_embeddings` (or `max_position_embeddings`),
+//!   `beta_fast` (32), `beta_slow` (1), `attention_factor`, `mscale`, `mscale_all_dim`,
+//!   `truncate` (true)
+//! - `dynamic`: `factor`, `original_max_position_embeddings` (or `max_position_embeddings`)
+//! - `longrope`: `short_factor`, `long_factor` (lists), `original_max_position_embeddings`,
+//!   `factor` (or `max_position_embeddings`, giving `max / original`), `attention_factor`
+//! - `inv_freq`: `inv_freq` (a list, one per pair), `attention_factor` (1)
+//!
+//! A key that the chosen `rope_type` does not use is refused as unknown.
+
+use super::{CaseFile, HostDType, OpOutput, OpResult};
+use crate::compare::tolerance;
+use crate::context::Context;
+use crate::error::Result;
+use crate::ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
+
+fn required(case: &CaseFile, rope_type: &str, key: &str) -> Result<f64> {
+    case.meta_opt_f64(key)?.ok_or_else(|| {
+        case.error(format!(
+            "rope_type {rope_type} needs metadata {key} (as in the model's rope_scaling)"
+        ))
+    })
+}
+
+/// `original_max_position_embeddings`, or `max_position_embeddings` as HF falls back to.
+fn original_max(case: &CaseFile, rope_type: &str) -> Result<f64> {
+    match case.meta_opt_f64("original_max_position_embeddings")? {
+        Some(v) => Ok(v),
+        None => case
+            .meta_opt_f64("max_position_embeddings")?
+            .ok_or_else(|| {
+                case.error(format!(
+                    "rope_type {rope_type} needs metadata original_max_position_embeddings"
+                ))
+            }),
+    }
+}
+
+fn list(case: &CaseFile, rope_type: &str, key: &str) -> Result<Vec<f64>> {
+    case.meta_f64_list(key)?.ok_or_else(|| {
+        case.error(format!(
+            "rope_type {rope_type} needs metadata {key} (a list of numbers)"
+        ))
+    })
+}
+
+fn scaling(case: &CaseFile, rope_type: &str) -> Result<Scaling> {
+    let t = rope_type;
+    Ok(match t {
+        "default" => Scaling::Default,
+        "linear" => Scaling::Linear {
+            factor: required(case, t, "factor")?,
+        },
+        "llama3" => Scaling::Llama3 {
+            factor: required(case, t, "factor")?,
+            low_freq_factor: required(case, t, "low_freq_factor")?,
+            high_freq_factor: required(case, t, "high_freq_factor")?,
+            original_max_position_embeddings: required(case, t, "original_max_position_embeddings")?,
+        },
+        "yarn" => Scaling::Yarn {
+            factor: required(case, t, "factor")?,
+            original_max_position_embeddings: original_max(case, t)?,
+            beta_fast: case.meta_f64("beta_fast", 32.0)?,
+            beta_slow: case.meta_f64("beta_slow", 1.0)?,
+            attention_factor: case.meta_opt_f64("attention_factor")?,
+            mscale: case.meta_opt_f64("mscale")?,
+            mscale_all_dim: case.meta_opt_f64("mscale_all_dim")?,
+            truncate: case.meta_bool("truncate", true)?,
+        },
+        "dynamic" => Scaling::Dynamic {
+            factor: required(case, t, "factor")?,
+            original_max_position_embeddings: original_max(case, t)?,
+        },
+        "longrope" => {
+            let orig = required(case, t, "original_max_position_embeddings")?;
+            let factor = match case.meta_opt_f64("factor")? {
+                Some(f) => f,
+                None => case
+                    .meta_opt_f64("max_position_embeddings")?
+                    .map_or(1.0, |m| m / orig),
+            };
+            Scaling::LongRope {
+                short_factor: list(case, t, "short_factor")?,
+                long_factor: list(case, t, "long_factor")?,
+                factor,
+                original_max_position_embeddings: orig,
+                attention_factor: case.meta_opt_f64("attention_factor")?,
+            }
+        }
+        "inv_freq" => Scaling::InvFreq {
+            inv_freq: list(case, t, "inv_freq")?,
+            attention_factor: case.meta_f64("attention_factor", 1.0)?,
+        },
+        other => {
+            return Err(case.error(format!(
+                "unknown rope_type {other:?}; known: default, linear, llama3, yarn, dynamic, longrope, inv_freq"
+            )))
+        }
+    })
+}
+
+pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
+    let (x, dtype) = case.storage_tensor("x")?;
+    let shape4: [usize; 4] = match x.shape[..] {
+        [s, h, d] => [1, s, h, d],
+        [b, s, h, d] => [b, s, h, d],
+        _ => {
+            return Err(case.error(format!(
+            "x has shape {:?}; it must be [seq, heads, head_dim] or [batch, seq, heads, head_dim]",
+            x.shape
+        )))
+        }
+    };
+    let [batch, seq, _, head_dim] = shape4;
+    let theta = case.meta_f64("theta", 10000.0)?;
+    let layout = match case.meta_str("layout", "half").as_str() {
+        "half" => Layout::Half,
+        "interleaved" => Layout::Interleaved,
+        other => {
+            return Err(case.error(format!(
+                "metadata layout={other:?}; it must be half or interleaved"
+            )))
+        }
+    };
+    let rotary_dim = match case.meta_opt_i64("rotary_dim")? {
+        Some(r) if r < 0 => {
+            return Err(case.error(format!("metadata rotary_dim={r} must be >= 0")));
+        }
+        r => r.map(|r| r as usize),
+    };
+    let rope_type = case.meta_str("rope_type", "default");
+    let scaling = scaling(case, &rope_type)?;
+    let offset = case.meta_opt_i64("offset")?;
+
+    // Host positions, one per token (b, s), for the reference; and the GPU form.
+    let pos_tensor = case.opt_tensor("positions")?;
+    let (host_pos, ids): (Vec<i64>, Option<PositionIds>) = match pos_tensor {
+        Some(p) => {
+            if !matches!(p.dtype, HostDType::I32 | HostDType::I64) {
+                return Err(
+                    case.error(format!("positions is {:?}; it must be I32 or I64", p.dtype))
+                );
+            }
+            if offset.is_some() {
+                return Err(
+                    case.error("metadata offset and a positions tensor are both given; use one")
+                );
+            }
+            let mut p32 = Vec::with_capacity(p.numel());
+            for &v in &p.values {
+                if v < i32::MIN as f64 || v > i32::MAX as f64 {
+                    return Err(case.error(format!(
+                        "position {v} does not fit the kernel's 32-bit positions"
+                    )));
+                }
+                p32.push(v as i32);
+            }
+            // The op checks the shape; the reference needs it right first.
+            let host: Vec<i64> = if p.shape == [seq] {
+                (0..batch)
+                    .flat_map(|_| p32.iter().map(|&v| v as i64))
+                    .collect()
+            } else if p.shape == [batch, seq] {
+                p32.iter().map(|&v| v as i64).collect()
+            } else {
+                return Err(case.error(format!(
+                    "positions has shape {:?}; x {:?} needs [{seq}] or [{batch}, {seq}]",
+                    p.shape, x.shape
+                )));
+            };
+            (host, Some(PositionIds::upload(ctx, &p32, &p.shape)?))
+        }
+        None => {
+            let start = offset.unwrap_or(0);
+            if start < i32::MIN as i64 || start + seq as i64 - 1 > i32::MAX as i64 {
+                return Err(case.error(format!(
+                    "metadata offset={start} does not fit the kernel's 32-bit positions"
+                )));
+            }
+            let host = (0..batch)
+                .flat_map(|_| (0..seq as i64).map(move |s| start + s))
+                .collect();
+            (host, None)
+        }
+    };
+    let seq_len = match case.meta_opt_i64("seq_len")? {
+        Some(n) if n < 0 => {
+            return Err(case.error(format!("metadata seq_len={n} must be >= 0")));
+        }
+        Some(n) => n as usize,
+        None => (host_pos.iter().copied().max().unwrap_or(0).max(-1) + 1) as usize,
+    };
+    let op = Rope {
+        layout,
+        rotary_dim,
+        theta,
+        scaling,
+        seq_len: Some(seq_len),
+        ..Rope::default()
+    };
+    let positions = match &ids {
+        Some(p) => Positions::Ids(p),
+        None => Positions::Start(offset.unwrap_or(0) as i32),
+    };
+    let xt = ctx.upload_as(&x.to_f32(), &x.shape, dtype)?;
+    let out = ctx.empty(&x.shape, dtype)?;
+    op.run_to(ctx, &xt, &out, positions)?;
+    let (inv, attn) = op.inv_freq(head_dim, seq_len)?;
+    let rd = rotary_dim.unwrap_or(head_dim);
+    let cpu = crate::reference::rope::rope(&x.values, shape4, &host_pos, &inv, attn, layout, rd);
+    Ok(OpResult {
+        dtype,
+        shape: x.shape.clone(),
+        tolerance: tolerance(dtype),
+        outputs: vec![OpOutput {
+            name: "out".into(),
+            shape: x.shape.clone(),
+            gpu: ctx.read_f32(&out)?,
+            cpu,
+        }],
+    })
+}
