@@ -1245,3 +1245,124 @@ fn fits_webgpu_default_limits() {
         }
     }
 }
+
+/// KV cache append with RoPE on K (Llama-3 rope: theta 5e5, llama3 scaling, half layout) for a
+/// batch of 2: prefill 6 rows, then single tokens, each step rotated at positions len.. in the
+/// same encoder, then attention over the cache; explicit position ids too. K in the cache matches
+/// the f64 RoPE reference, V is copied exactly, and attention matches the reference on rotated K.
+#[test]
+fn kv_cache_append_with_rope() {
+    use llama_kernels::ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
+    let ctx = ctx();
+    let (batch, nh, nkv, hd, cap) = (2, 8, 2, 64, 16);
+    let rope = Rope::new(500000.0, Layout::Half).with_scaling(Scaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    });
+    let (inv_freq, att) = rope.inv_freq(hd, 0).unwrap();
+    for dtype in DType::ALL {
+        let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, dtype).unwrap();
+        let mut rng = Rng::new(9600);
+        let mut k_rot: Vec<Vec<f64>> = vec![Vec::new(); batch];
+        let mut v_all: Vec<Vec<f64>> = vec![Vec::new(); batch];
+        for (step, &n_new) in [6usize, 1, 1, 3].iter().enumerate() {
+            let kn = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let vn = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let q = rng.vec(batch * n_new * nh * hd, 1.0);
+            let start = cache.len();
+            // Step 2 passes explicit ids (the same positions), the others the default.
+            let pos: Vec<i32> = (0..n_new).map(|s| (start + s) as i32).collect();
+            let ids = PositionIds::upload(&ctx, &pos, &[n_new]).unwrap();
+            let positions = (step == 2).then_some(Positions::Ids(&ids));
+            let kt = ctx.upload_as(&kn, &[batch, n_new, nkv, hd], dtype).unwrap();
+            let vt = ctx.upload_as(&vn, &[batch, n_new, nkv, hd], dtype).unwrap();
+            let qt = ctx.upload_as(&q, &[batch, n_new, nh, hd], dtype).unwrap();
+            let out = nan_output(&ctx, &[batch, n_new, nh, hd], dtype);
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            cache
+                .append_rope(&ctx, &mut enc, &kt, &vt, &rope, positions)
+                .unwrap();
+            Attention::default()
+                .encode_cached(&ctx, &mut enc, &qt, &cache, None, &out)
+                .unwrap();
+            ctx.queue().submit([enc.finish()]);
+            let kr = rounded(&kn, dtype);
+            let positions64: Vec<i64> = (0..batch)
+                .flat_map(|_| pos.iter().map(|&p| p as i64))
+                .collect();
+            let rotated = llama_kernels::reference::rope::rope(
+                &kr,
+                [batch, n_new, nkv, hd],
+                &positions64,
+                &inv_freq,
+                att,
+                Layout::Half,
+                hd,
+            );
+            let r = n_new * nkv * hd;
+            for b in 0..batch {
+                k_rot[b].extend(rotated[b * r..(b + 1) * r].iter().map(|&x| dtype.round(x)));
+                v_all[b].extend_from_slice(&rounded(&vn, dtype)[b * r..(b + 1) * r]);
+            }
+            let kf: Vec<f64> = k_rot.concat();
+            let vf: Vec<f64> = v_all.concat();
+            assert_close(
+                &ctx,
+                &cache.k(),
+                &kf,
+                tol(dtype),
+                &format!("{dtype} step {step}: rotated K"),
+            );
+            assert_eq!(
+                ctx.read_f32(&cache.v()).unwrap(),
+                vf.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                "{dtype} step {step}: V"
+            );
+            let dims = reference::Dims {
+                batch,
+                q_len: n_new,
+                kv_len: cache.len(),
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            };
+            let want = reference::attention(
+                &rounded(&q, dtype),
+                &kf,
+                &vf,
+                None,
+                dims,
+                &Default::default(),
+            );
+            assert_close(
+                &ctx,
+                &out,
+                &want,
+                tol(dtype),
+                &format!("{dtype} step {step}: attention"),
+            );
+        }
+        // A RoPE the cache cannot apply is refused before anything is recorded.
+        let bad = Rope::new(10000.0, Layout::Half).with_rotary_dim(70);
+        let kt = ctx
+            .upload_as(&vec![0.0; batch * nkv * hd], &[batch, 1, nkv, hd], dtype)
+            .unwrap();
+        let len = cache.len();
+        expect_err(
+            cache.append_rope_run(&ctx, &kt, &kt, &bad, None),
+            "rope",
+            |e| matches!(e, Error::Param { .. }),
+            "rotary_dim 70 must be even, > 0 and <= head_dim 64",
+        );
+        let ids = PositionIds::upload(&ctx, &[1, 2], &[2]).unwrap();
+        expect_err(
+            cache.append_rope_run(&ctx, &kt, &kt, &rope, Some(Positions::Ids(&ids))),
+            "kv_cache",
+            |e| matches!(e, Error::Shape { .. }),
+            "position ids have shape [2] but must be [1] or [2, 1]",
+        );
+        assert_eq!(cache.len(), len);
+    }
+}

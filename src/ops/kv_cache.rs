@@ -8,10 +8,13 @@
 //! [`KvCache::append`] writes `n_new` rows per sequence at positions `len .. len + n_new` for the
 //! whole batch in one dispatch (`shaders/kv_cache.wgsl`, converting from the new rows' dtype) and
 //! advances `len`. All sequences of a cache share one length. Appending past `capacity` is an
-//! error and writes nothing. RoPE is not applied here: rotate K before appending.
+//! error and writes nothing. [`KvCache::append_rope`] also rotates the new K rows with
+//! [`crate::ops::rope::Rope`] at positions `len ..` (or given position ids), in place in the
+//! cache, recorded in the same encoder right after the copy (two dispatches, no round trip).
 
 use crate::context::Context;
 use crate::error::Result;
+use crate::ops::rope::{Layout, Positions, Rope};
 use crate::pipeline::{whole, PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
@@ -225,6 +228,105 @@ impl KvCache {
         self.record_append(ctx, encoder, k_new, v_new, n_new)?;
         self.len += n_new;
         Ok(())
+    }
+
+    /// [`KvCache::append`], then RoPE on the new K rows where they now sit in the cache, in the
+    /// same encoder. `positions` defaults to `len .. len + n_new` for every sequence. RoPE's
+    /// parameters are checked before anything is recorded.
+    pub fn append_rope(
+        &mut self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        rope: &Rope,
+        positions: Option<Positions<'_>>,
+    ) -> Result<()> {
+        let n_new = self.validate_append(k_new, v_new)?;
+        let positions = self.check_rope(rope, positions, n_new)?;
+        self.record_append(ctx, encoder, k_new, v_new, n_new)?;
+        rope.encode(
+            ctx,
+            encoder,
+            &self.rows(&self.k, self.len, n_new),
+            positions,
+        )?;
+        self.len += n_new;
+        Ok(())
+    }
+
+    /// [`KvCache::append_rope`], submitted and waited for.
+    pub fn append_rope_run(
+        &mut self,
+        ctx: &Context,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        rope: &Rope,
+        positions: Option<Positions<'_>>,
+    ) -> Result<()> {
+        let n_new = self.validate_append(k_new, v_new)?;
+        let positions = self.check_rope(rope, positions, n_new)?;
+        ctx.submit_and_wait(OP, |enc| {
+            self.record_append(ctx, enc, k_new, v_new, n_new)?;
+            rope.encode(ctx, enc, &self.rows(&self.k, self.len, n_new), positions)
+        })?;
+        self.len += n_new;
+        Ok(())
+    }
+
+    /// `[batch, n, n_kv_heads, head_dim]` view of rows `start .. start + n`.
+    fn rows(&self, buf: &wgpu::Buffer, start: usize, n: usize) -> Tensor {
+        let (h, c, d) = (self.n_kv_heads, self.capacity, self.head_dim);
+        Tensor::with_strides(
+            buf,
+            start * d,
+            &[self.batch, n, h, d],
+            &[h * c * d, d, c * d, 1],
+            self.dtype,
+        )
+    }
+
+    /// RoPE's own rules, checked up front so that a refused RoPE records nothing.
+    fn check_rope<'a>(
+        &self,
+        rope: &Rope,
+        positions: Option<Positions<'a>>,
+        n_new: usize,
+    ) -> Result<Positions<'a>> {
+        let rd = rope.validate_params(self.head_dim)?;
+        if self.dtype.is_half() && rope.layout == Layout::Half {
+            crate::ensure!(
+                rd % 4 == 0,
+                Param,
+                "rope",
+                "rotary_dim {rd} with {} storage and the half layout must be a multiple of 4 (pairs (i, i + rotary_dim/2) must share 32-bit words)",
+                self.dtype
+            );
+        }
+        let start = i32::try_from(self.len).map_err(|_| {
+            crate::Error::limit(OP, format!("length {} exceeds i32 positions", self.len))
+        })?;
+        let positions = positions.unwrap_or(Positions::Start(start));
+        match positions {
+            Positions::Start(_) => {}
+            Positions::Ids(ids) => {
+                let s = ids.shape();
+                crate::ensure!(
+                    s == [n_new] || s == [self.batch, n_new],
+                    Shape,
+                    OP,
+                    "position ids have shape {s:?} but must be [{n_new}] or [{}, {n_new}]",
+                    self.batch
+                );
+                crate::ensure!(
+                    rope.seq_len.is_some() || !rope.scaling.needs_seq_len(),
+                    Param,
+                    "rope",
+                    "a positions buffer needs seq_len set on the Rope for this scaling"
+                );
+            }
+        }
+        Ok(positions)
     }
 
     /// [`KvCache::append`], submitted and waited for.
