@@ -90,7 +90,9 @@ impl KvCache {
             "batch {batch}, n_kv_heads {n_kv_heads} and capacity {capacity} must all be > 0"
         );
         crate::ensure!(
-            head_dim % 4 == 0 && head_dim > 0 && head_dim <= crate::ops::attention::MAX_HEAD_DIM,
+            head_dim.is_multiple_of(4)
+                && head_dim > 0
+                && head_dim <= crate::ops::attention::MAX_HEAD_DIM,
             Shape,
             OP,
             "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {}",

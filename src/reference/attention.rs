@@ -127,7 +127,7 @@ pub fn attention(
     assert_eq!(q.len(), d.batch * d.q_len * d.n_heads * d.head_dim);
     assert_eq!(k.len(), d.batch * d.kv_len * d.n_kv_heads * d.head_dim);
     assert_eq!(v.len(), k.len());
-    assert!(d.n_kv_heads > 0 && d.n_heads % d.n_kv_heads == 0);
+    assert!(d.n_kv_heads > 0 && d.n_heads.is_multiple_of(d.n_kv_heads));
     let mut out = Vec::with_capacity(q.len());
     for b in 0..d.batch {
         for t in 0..d.q_len {
