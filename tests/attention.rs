@@ -411,6 +411,22 @@ fn fully_masked_rows_are_zero() {
     c.kind = Some(Kind::Decode);
     c.splits = Some(40);
     check(c, 6100);
+    // Windows at kv_len - 1, kv_len and far beyond (i32::MAX with a very negative offset must
+    // not overflow the position arithmetic).
+    for (window, q_offset) in [
+        (99u32, None),
+        (100, None),
+        (i32::MAX as u32, Some(-1_000_000_000i64)),
+    ] {
+        for kind in [Kind::Prefill, Kind::Decode] {
+            let mut c = Case::new(3, 100, 4, 2, 16);
+            c.window = window;
+            c.q_offset = q_offset;
+            c.causal = false;
+            c.kind = Some(kind);
+            check(c, 6300);
+        }
+    }
     // Explicit negative offset: every query sits before the first key.
     let mut c = Case::new(4, 10, 2, 2, 8);
     c.q_offset = Some(-20);

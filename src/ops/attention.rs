@@ -683,7 +683,13 @@ impl Attention {
             v: pack(&vw, v, c.strides[2])?,
             o: pack(&ow, out, c.strides[3])?,
             q_offset: c.q_offset as i32,
-            window: self.window,
+            // A window of kv_len or more masks nothing (every position is < kv_len); passing 0
+            // keeps `pos - window` inside i32 for any window.
+            window: if self.window as usize >= d.kv_len {
+                0
+            } else {
+                self.window
+            },
             causal: self.causal as u32,
             has_sinks: sinks.is_some() as u32,
             scale: c.scale,
