@@ -21,25 +21,32 @@
 //! contiguous. q, k, v and out share one storage dtype (f32, f16, bf16); all math is f32.
 //! `head_dim` is any multiple of 4 up to 256.
 //!
-//! Variants, each with its strategy:
-//! - [`Kind::Prefill`] (`shaders/attention_prefill.wgsl`): one workgroup of [`PREFILL_WG`]
-//!   invocations per block of query rows of one (batch, kv head); rows are the g query heads of the
-//!   group times the tokens, so every K/V tile staged in workgroup memory is shared by the whole
-//!   group. f32 online softmax per invocation, tiles outside the union of the rows' visible ranges
-//!   are skipped. Memory is O(q_len + kv_len): no score matrix exists.
-//! - [`Kind::Decode`] (`shaders/attention_decode.wgsl`): the same row blocking with
-//!   [`DECODE_WG`] rows per workgroup, and kv_len split into chunks over workgroups; each K/V row
-//!   is read once per kv head (and split). A second pass merges the partial (m, l, acc) in split
-//!   order, so results are bitwise repeatable.
-//!
+//! Variants, each with its strategy (every pipeline is specialised on dtype, tile size and
+//! `head_dim / 4`, so the loops over a head have fixed trip counts and q / acc live in registers):
+//! - [`Kind::Prefill`] (`shaders/attention_prefill.wgsl`, FlashAttention-2 style): one workgroup
+//!   of [`PREFILL_WG`] invocations per block of 64 query rows of one (batch, kv head); rows are
+//!   the g query heads of the group times the tokens (`r = t·g + i`), so every K/V tile staged in
+//!   workgroup memory serves the whole group. Each invocation keeps its q row (pre-scaled) and its
+//!   f32 accumulator in registers and runs an online softmax; tiles outside the union of the
+//!   block's visible ranges (causal upper bound, window lower bound) are never loaded. Memory is
+//!   O(q_len + kv_len): no score matrix exists.
+//! - [`Kind::Decode`] (`shaders/attention_decode.wgsl`, flash-decoding): the same rows, in blocks
+//!   of a power of two <= [`DECODE_WG`]; spare invocations of a workgroup become key lanes (lane
+//!   `l` takes keys `l, l + lanes, ...` of each tile). kv_len is split into chunks over
+//!   workgroups; each K/V row of a chunk is read once per kv head and shared by the g query heads.
+//!   Every (row, split, lane) writes a partial (m, l, acc); a second pass merges them in that fixed
+//!   order, so results are bitwise repeatable. Empty chunks write (-3e38, 0, 0) and add nothing.
 //! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
 //!   ([`loop_cap_keys`]): the decode shader's split-KV passes with prefill's 64-row blocks.
 //!
-//! Choice: decode iff `q_len <= DECODE_MAX_Q_LEN`, unless forced with [`Attention::kind`]. The
-//! decode split count aims at [`DECODE_TARGET_WORKGROUPS`] workgroups with chunks of at least
-//! [`DECODE_MIN_CHUNK`] keys (so kv_len <= 64 uses one split); force it with [`Attention::splits`].
-//! K/V tiles hold `bk = min(64, TILE_V4 / (head_dim / 4))` keys, where `TILE_V4` (vec4s per tile)
-//! comes from the device's `max_compute_workgroup_storage_size` (capped at 32 KiB in total).
+//! Choice: decode iff `q_len <= DECODE_MAX_Q_LEN` (8), unless forced with [`Attention::kind`].
+//! The decode split count aims at [`DECODE_TARGET_WORKGROUPS`] (512) workgroups with chunks of at
+//! least [`DECODE_MIN_CHUNK`] (64) keys, so kv_len <= 64 uses one split and one token over 32k
+//! keys with Llama-3-8B's 8 kv heads gets 64 splits of 512 keys; force it with
+//! [`Attention::splits`]. K/V tiles hold `bk = min(64, TILE_V4 / (head_dim / 4))` keys, where
+//! `TILE_V4` (vec4s per tile) is the largest power of two with both f32 tiles inside the device's
+//! `max_compute_workgroup_storage_size` (capped at 32 KiB): 32 KiB gives bk 32 at head_dim 128,
+//! WebGPU's default 16 KiB gives 16 (8 at head_dim 256). [`Attention::plan`] reports the choice.
 
 use crate::context::Context;
 use crate::error::{Error, Result};
