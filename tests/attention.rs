@@ -328,6 +328,18 @@ fn thresholds() {
         assert_eq!(plan.splits, expect_splits, "kv_len {kv_len}");
         check(c, 5100 + kv_len as u64);
     }
+    // Prefill on this CPU adapter: one pass up to the loop cap, split-KV passes beyond it.
+    let cap = llama_kernels::ops::attention::loop_cap_keys(&ctx, 16)
+        .expect("lavapipe is a CPU adapter with a loop cap");
+    for (kv_len, split) in [(cap - 1, false), (cap, false), (cap + 1, true)] {
+        let mut c = Case::new(20, kv_len, 2, 1, 16);
+        c.window = 3000;
+        let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
+        assert_eq!(plan.variant.kind, Kind::Prefill);
+        assert_eq!(plan.variant.split_kv, split, "kv_len {kv_len}");
+        assert_eq!(plan.splits, if split { 2 } else { 1 });
+        check(c, 5050 + kv_len as u64);
+    }
     // Enough kv heads that the target is reached with one split.
     let heads = DECODE_TARGET_WORKGROUPS;
     let c = Case::new(1, 1000, heads, heads, 4);
