@@ -1186,52 +1186,6 @@ fn check_runs_the_attention_cases() {
     );
 }
 
-/// Wall-clock timings on the test adapter (run with `--ignored --nocapture`): Llama-3-8B heads
-/// (32 over 8, head_dim 128, f16) decoding one token over 32k keys, and a 1024-token prefill.
-#[test]
-#[ignore]
-fn timing() {
-    let ctx = ctx();
-    let mut rng = Rng::new(1);
-    for (q_len, kv_len, kind) in [
-        (1usize, 32768usize, Kind::Decode),
-        (1, 4096, Kind::Decode),
-        (1024, 1024, Kind::Prefill),
-    ] {
-        let (nh, nkv, hd, dt) = (32, 8, 128, DType::F16);
-        let q = ctx
-            .upload_as(&rng.vec(q_len * nh * hd, 1.0), &[q_len, nh, hd], dt)
-            .unwrap();
-        let k = ctx
-            .upload_as(&rng.vec(kv_len * nkv * hd, 1.0), &[kv_len, nkv, hd], dt)
-            .unwrap();
-        let v = ctx
-            .upload_as(&rng.vec(kv_len * nkv * hd, 1.0), &[kv_len, nkv, hd], dt)
-            .unwrap();
-        let out = ctx.empty(&[q_len, nh, hd], dt).unwrap();
-        let op = Attention {
-            kind: Some(kind),
-            ..Default::default()
-        };
-        op.run(&ctx, &q, &k, &v, None, &out).unwrap();
-        let mut times = Vec::new();
-        for _ in 0..3 {
-            let t0 = std::time::Instant::now();
-            op.run(&ctx, &q, &k, &v, None, &out).unwrap();
-            times.push(t0.elapsed().as_secs_f64());
-        }
-        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let plan = op.plan(&ctx, op.dims(&q, &k, &v).unwrap(), dt).unwrap();
-        let kv_bytes = 2 * kv_len * nkv * hd * 2;
-        eprintln!(
-            "{kind:?} q_len {q_len} kv_len {kv_len}: {:.2} ms median, K+V {:.1} MB -> {:.2} GB/s; plan {plan:?}",
-            times[1] * 1e3,
-            kv_bytes as f64 / 1e6,
-            kv_bytes as f64 / times[1] / 1e9
-        );
-    }
-}
-
 /// A device created with WebGPU's default limits (16 KiB of workgroup memory): the tiles shrink
 /// to fit and the results still match, for every dtype and both kernels (head_dim 64 and 256).
 #[test]
