@@ -54,6 +54,8 @@ pub mod tensor;
 
 pub use context::{Caps, Context};
 pub use error::{Error, Result};
+pub use ops::attention::Attention;
+pub use ops::kv_cache::KvCache;
 pub use ops::rms_norm::RmsNorm;
 pub use ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
 pub use tensor::{DType, Element, Tensor};

@@ -15,6 +15,9 @@ pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Shader {
     RmsNorm,
+    AttentionPrefill,
+    AttentionDecode,
+    KvCache,
     Cast,
     Rope,
     /// Streaming copies, the benchmark's WGSL bandwidth ceiling.
@@ -29,6 +32,9 @@ impl Shader {
         Shader::RmsNorm,
         Shader::Cast,
         Shader::Rope,
+        Shader::AttentionPrefill,
+        Shader::AttentionDecode,
+        Shader::KvCache,
         Shader::Copy,
         Shader::Baseline,
     ];
@@ -37,6 +43,9 @@ impl Shader {
     pub fn file_name(self) -> &'static str {
         match self {
             Shader::RmsNorm => "rms_norm.wgsl",
+            Shader::AttentionPrefill => "attention_prefill.wgsl",
+            Shader::AttentionDecode => "attention_decode.wgsl",
+            Shader::KvCache => "kv_cache.wgsl",
             Shader::Cast => "cast.wgsl",
             Shader::Rope => "rope.wgsl",
             Shader::Copy => "copy.wgsl",
@@ -47,6 +56,9 @@ impl Shader {
     fn body(self) -> &'static str {
         match self {
             Shader::RmsNorm => include_str!("../shaders/rms_norm.wgsl"),
+            Shader::AttentionPrefill => include_str!("../shaders/attention_prefill.wgsl"),
+            Shader::AttentionDecode => include_str!("../shaders/attention_decode.wgsl"),
+            Shader::KvCache => include_str!("../shaders/kv_cache.wgsl"),
             Shader::Cast => include_str!("../shaders/cast.wgsl"),
             Shader::Rope => include_str!("../shaders/rope.wgsl"),
             Shader::Copy => include_str!("../shaders/copy.wgsl"),
@@ -65,6 +77,15 @@ impl Shader {
     pub fn variants(self) -> Vec<PipelineKey> {
         match self {
             Shader::RmsNorm => crate::ops::rms_norm::all_variant_keys(),
+            Shader::AttentionPrefill => crate::ops::attention::all_variant_keys()
+                .into_iter()
+                .filter(|k| k.shader == Shader::AttentionPrefill)
+                .collect(),
+            Shader::AttentionDecode => crate::ops::attention::all_variant_keys()
+                .into_iter()
+                .filter(|k| k.shader == Shader::AttentionDecode)
+                .collect(),
+            Shader::KvCache => crate::ops::kv_cache::all_variant_keys(),
             Shader::Cast => crate::ops::cast::all_variant_keys(),
             Shader::Rope => crate::ops::rope::all_variant_keys(),
             Shader::Copy => crate::ops::copy::all_variant_keys(),

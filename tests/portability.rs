@@ -148,3 +148,43 @@ fn keys_only_set_declared_overrides() {
         }
     }
 }
+
+/// Size of WGSL struct `name` in `shader`, as naga lays it out.
+fn wgsl_struct_size(shader: Shader, name: &str) -> u32 {
+    let module = naga::front::wgsl::parse_str(&shader.source()).unwrap();
+    let size = module
+        .types
+        .iter()
+        .find_map(|(_, ty)| match (&ty.inner, ty.name.as_deref()) {
+            (naga::TypeInner::Struct { span, .. }, Some(n)) if n == name => Some(*span),
+            _ => None,
+        });
+    size.unwrap_or_else(|| panic!("no struct {name} in {shader:?}"))
+}
+
+/// Every `#[repr(C)]` params struct has the size of the WGSL struct it is uploaded into, and is
+/// padded to 16 bytes (uniform buffer rules). Member-by-member checks live beside the ops.
+#[test]
+fn params_structs_match_wgsl() {
+    use llama_kernels::ops;
+    use std::mem::size_of;
+    let cases: [(Shader, usize); 6] = [
+        (Shader::RmsNorm, size_of::<ops::rms_norm::Params>()),
+        (Shader::Cast, size_of::<ops::cast::Params>()),
+        (Shader::Rope, size_of::<ops::rope::Params>()),
+        (
+            Shader::AttentionPrefill,
+            size_of::<ops::attention::Params>(),
+        ),
+        (Shader::AttentionDecode, size_of::<ops::attention::Params>()),
+        (Shader::KvCache, size_of::<ops::kv_cache::Params>()),
+    ];
+    for (shader, rust) in cases {
+        assert_eq!(
+            wgsl_struct_size(shader, "Params") as usize,
+            rust,
+            "{shader:?} Params"
+        );
+        assert_eq!(rust % 16, 0, "{shader:?} Params is not padded to 16 bytes");
+    }
+}

@@ -12,6 +12,7 @@
 //! are refused by the safetensors parser or by the op's checks with a clear error; nothing is
 //! allocated beyond the file's own size.
 
+pub mod attention;
 pub mod rms_norm;
 pub mod rope;
 
@@ -345,6 +346,7 @@ impl CaseFile {
     pub fn run(&self, ctx: &Context, tol: Option<f64>) -> Result<CaseReport> {
         let res = match self.op.as_str() {
             "rms_norm" => rms_norm::run(ctx, self)?,
+            "attention" => attention::run(ctx, self)?,
             "rope" => rope::run(ctx, self)?,
             other => {
                 return Err(self.err(format!("unknown op {other:?}; known ops: {:?}", KNOWN_OPS)))
@@ -408,7 +410,7 @@ impl CaseFile {
 }
 
 /// Ops that `check` knows.
-pub const KNOWN_OPS: &[&str] = &["rms_norm", "rope"];
+pub const KNOWN_OPS: &[&str] = &["rms_norm", "rope", "attention"];
 
 /// Write a safetensors file holding `tensors` (name, dtype, shape, values) and `metadata`.
 pub fn write_case(

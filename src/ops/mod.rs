@@ -1,5 +1,7 @@
 //! One module per kernel family.
+pub mod attention;
 pub mod cast;
 pub mod copy;
+pub mod kv_cache;
 pub mod rms_norm;
 pub mod rope;

@@ -1,0 +1,321 @@
+// GQA attention for few query tokens (decode): split-KV "flash-decoding" in two passes.
+//
+// out[b, t, h] = softmax_j(softcap(scale * q[b, t, h] . k[b, j, h / g]) + mask) . v[b, :, h / g]
+//
+// Pass 1 (`attn_decode_partial`): one workgroup per (batch, kv head, row block, split). The
+// workgroup's rows are the g query heads of the kv head times the query tokens (r = t * g + i),
+// so each K/V row of the split's chunk of `chunk` keys is read from memory once per kv head and
+// staged in workgroup memory for all query heads of the group. With fewer rows than invocations,
+// the spare invocations become key lanes (WG / rows_per_wg per row), each taking every lanes-th
+// key of a tile. Each invocation runs an f32 online softmax for its row and lane over the chunk
+// and writes the partial (m, l, acc); partials are ordered (row, split, lane). A chunk with no visible
+// key writes (NEG_BIG, 0, 0), which the merge weighs with exp(NEG_BIG - M) * 0 = 0.
+//
+// Pass 2 (`attn_decode_merge`): one invocation per (row, 4 output elements) combines the
+// n_splits * lanes partials in ascending (split, lane) order (bitwise repeatable), adds the
+// sink to the denominator and divides;
+// a row with no visible key at all stores 0.
+//
+// Override constants (set by `ops::attention::Variant`):
+//   DTYPE    storage dtype of q, k, v and out (0 f32, 1 f16, 2 bf16)
+//   WG       workgroup size = query rows per workgroup (pass 1), invocations per workgroup (pass 2)
+//   TILE_V4  vec4 capacity of each of the K and V tiles (bk * head_dim / 4 <= TILE_V4)
+//   HD4      head_dim / 4 (1 ..= 64)
+
+override DTYPE: u32 = 0u;
+override WG: u32 = 64u;
+override TILE_V4: u32 = 512u;
+// head_dim / 4, a compile-time constant so that the loops over a head have a fixed trip count
+// and the per-invocation q / acc arrays can live in registers.
+override HD4: u32 = 32u;
+
+struct Params {
+    batch: u32,
+    q_len: u32,
+    kv_len: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    group: u32,
+    rows: u32,
+    q_off: u32,
+    q_sb: u32,
+    q_st: u32,
+    q_sh: u32,
+    k_off: u32,
+    k_sb: u32,
+    k_st: u32,
+    k_sh: u32,
+    v_off: u32,
+    v_sb: u32,
+    v_st: u32,
+    v_sh: u32,
+    o_off: u32,
+    o_sb: u32,
+    o_st: u32,
+    o_sh: u32,
+    q_offset: i32,
+    window: u32,
+    causal: u32,
+    has_sinks: u32,
+    scale: f32,
+    softcap: f32,
+    s_off: u32,
+    bk: u32,
+    row_blocks: u32,
+    n_splits: u32,
+    chunk: u32,
+    rows_per_wg: u32,
+    lanes: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q_buf: array<u32>;
+@group(0) @binding(2) var<storage, read> k_buf: array<u32>;
+@group(0) @binding(3) var<storage, read> v_buf: array<u32>;
+@group(0) @binding(4) var<storage, read> sinks: array<f32>;
+// Per (batch, kv head, row, split): m, l, then head_dim accumulator values (unnormalised).
+@group(0) @binding(5) var<storage, read_write> part_out: array<f32>;
+@group(0) @binding(6) var<storage, read> part_in: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out_buf: array<u32>;
+
+var<workgroup> k_tile: array<vec4<f32>, TILE_V4>;
+var<workgroup> v_tile: array<vec4<f32>, TILE_V4>;
+
+// Below every finite logit; used instead of -inf so that exp(m - m_new) is never NaN.
+const NEG_BIG: f32 = -3.0e38;
+// Largest head_dim / 4.
+const MAX_HD4: u32 = 64u;
+// Largest bk.
+const MAX_BK: u32 = 64u;
+
+fn word(b: u32, i: u32) -> u32 {
+    switch b {
+        case 0u: {
+            return q_buf[i];
+        }
+        case 1u: {
+            return k_buf[i];
+        }
+        default: {
+            return v_buf[i];
+        }
+    }
+}
+
+// Four elements starting at element e (e is a multiple of 2 for half types).
+fn load4(b: u32, e: u32) -> vec4<f32> {
+    if DTYPE == DT_F32 {
+        return vec4<f32>(
+            bitcast<f32>(word(b, e)),
+            bitcast<f32>(word(b, e + 1u)),
+            bitcast<f32>(word(b, e + 2u)),
+            bitcast<f32>(word(b, e + 3u)),
+        );
+    }
+    let h = e >> 1u;
+    return vec4<f32>(unpack_half2(word(b, h), DTYPE), unpack_half2(word(b, h + 1u), DTYPE));
+}
+
+fn store4(e: u32, v: vec4<f32>) {
+    if DTYPE == DT_F32 {
+        out_buf[e] = bitcast<u32>(v.x);
+        out_buf[e + 1u] = bitcast<u32>(v.y);
+        out_buf[e + 2u] = bitcast<u32>(v.z);
+        out_buf[e + 3u] = bitcast<u32>(v.w);
+        return;
+    }
+    let h = e >> 1u;
+    out_buf[h] = pack_half2(v.xy, DTYPE);
+    out_buf[h + 1u] = pack_half2(v.zw, DTYPE);
+}
+
+fn cap_logit(s: f32) -> f32 {
+    if p.softcap > 0.0 {
+        // tanh saturates long before |x| = 15; clamping keeps exp-based tanh from inf / inf.
+        return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
+    }
+    return s;
+}
+
+fn visible(j: i32, pos: i32) -> bool {
+    var ok = true;
+    if p.causal != 0u {
+        ok = j <= pos;
+    }
+    if p.window != 0u {
+        ok = ok && j > pos - i32(p.window);
+    }
+    return ok;
+}
+
+@compute @workgroup_size(WG)
+fn attn_decode_partial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg_id = linear_workgroup(wid, nwg);
+    // Uniform per workgroup, so returning before the barriers is allowed.
+    if wg_id >= p.batch * p.n_kv_heads * p.row_blocks * p.n_splits {
+        return;
+    }
+    let split = wg_id % p.n_splits;
+    let rest = wg_id / p.n_splits;
+    let blk = rest % p.row_blocks;
+    let bh = rest / p.row_blocks;
+    let kvh = bh % p.n_kv_heads;
+    let b = bh / p.n_kv_heads;
+    // rows_per_wg rows (a power of two <= WG) times `lanes` key lanes: lane l of a row takes
+    // keys l, l + lanes, ... of every tile and writes its own partial, merged like a split.
+    let lanes = p.lanes;
+    let lane = lid / p.rows_per_wg;
+    let r0 = blk * p.rows_per_wg;
+    let r_last = min(r0 + p.rows_per_wg, p.rows) - 1u;
+    let r = r0 + lid % p.rows_per_wg;
+    let row_ok = r < p.rows;
+    let rc = min(r, p.rows - 1u);
+    let t = rc / p.group;
+    let h = kvh * p.group + rc % p.group;
+    let pos = p.q_offset + i32(t);
+    let hd4 = HD4;
+
+    // Keys of this split that any row of the workgroup can see: [kv_lo, kv_hi).
+    var kv_lo = i32(split * p.chunk);
+    var kv_hi = i32(min(p.kv_len, (split + 1u) * p.chunk));
+    if p.causal != 0u {
+        kv_hi = min(kv_hi, p.q_offset + i32(r_last / p.group) + 1);
+    }
+    if p.window != 0u {
+        kv_lo = max(kv_lo, p.q_offset + i32(r0 / p.group) - i32(p.window) + 1);
+    }
+
+    var q: array<vec4<f32>, MAX_HD4>;
+    var acc: array<vec4<f32>, MAX_HD4>;
+    var s: array<f32, MAX_BK>;
+    let q_base = p.q_off + b * p.q_sb + t * p.q_st + h * p.q_sh;
+    for (var d = 0u; d < hd4; d++) {
+        q[d] = load4(0u, q_base + 4u * d) * p.scale;
+        acc[d] = vec4<f32>(0.0);
+    }
+    var m = NEG_BIG;
+    var l = 0.0;
+    let k_base = p.k_off + b * p.k_sb + kvh * p.k_sh;
+    let v_base = p.v_off + b * p.v_sb + kvh * p.v_sh;
+
+    for (var j0 = kv_lo; j0 < kv_hi; j0 += i32(p.bk)) {
+        let n = min(p.bk, u32(kv_hi - j0));
+        for (var i = lid; i < n * hd4; i += WG) {
+            let j = u32(j0) + i / hd4;
+            let d4 = 4u * (i % hd4);
+            k_tile[i] = load4(1u, k_base + j * p.k_st + d4);
+            v_tile[i] = load4(2u, v_base + j * p.v_st + d4);
+        }
+        workgroupBarrier();
+        if row_ok {
+            var m_new = m;
+            for (var jj = lane; jj < n; jj += lanes) {
+                var x = NEG_BIG;
+                if visible(j0 + i32(jj), pos) {
+                    var dot_acc = vec4<f32>(0.0);
+                    let kb = jj * hd4;
+                    for (var d = 0u; d < HD4; d++) {
+                        dot_acc += q[d] * k_tile[kb + d];
+                    }
+                    x = cap_logit(dot_acc.x + dot_acc.y + dot_acc.z + dot_acc.w);
+                    m_new = max(m_new, x);
+                }
+                s[jj] = x;
+            }
+            if m_new > m {
+                let alpha = exp(m - m_new);
+                l *= alpha;
+                for (var d = 0u; d < hd4; d++) {
+                    acc[d] *= alpha;
+                }
+                m = m_new;
+            }
+            for (var jj = lane; jj < n; jj += lanes) {
+                if visible(j0 + i32(jj), pos) {
+                    let pj = exp(s[jj] - m);
+                    l += pj;
+                    let vb = jj * hd4;
+                    for (var d = 0u; d < HD4; d++) {
+                        acc[d] += pj * v_tile[vb + d];
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    if row_ok {
+        let stride = 4u * HD4 + 2u;
+        let n_parts = p.n_splits * lanes;
+        let e = ((bh * p.rows + r) * n_parts + split * lanes + lane) * stride;
+        part_out[e] = m;
+        part_out[e + 1u] = l;
+        for (var d = 0u; d < hd4; d++) {
+            let a = acc[d];
+            part_out[e + 2u + 4u * d] = a.x;
+            part_out[e + 3u + 4u * d] = a.y;
+            part_out[e + 4u + 4u * d] = a.z;
+            part_out[e + 5u + 4u * d] = a.w;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attn_decode_merge(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let hd4 = HD4;
+    let idx = linear_workgroup(wid, nwg) * WG + lid;
+    let total_rows = p.batch * p.n_kv_heads * p.rows;
+    if idx >= total_rows * hd4 {
+        return;
+    }
+    let d = idx % hd4;
+    let row = idx / hd4;
+    let r = row % p.rows;
+    let bh = row / p.rows;
+    let kvh = bh % p.n_kv_heads;
+    let b = bh / p.n_kv_heads;
+    let t = r / p.group;
+    let h = kvh * p.group + r % p.group;
+    let stride = 4u * HD4 + 2u;
+    let n_parts = p.n_splits * p.lanes;
+    let base = row * n_parts * stride;
+
+    var m = NEG_BIG;
+    for (var sp = 0u; sp < n_parts; sp++) {
+        m = max(m, part_in[base + sp * stride]);
+    }
+    var l = 0.0;
+    var acc = vec4<f32>(0.0);
+    for (var sp = 0u; sp < n_parts; sp++) {
+        let e = base + sp * stride;
+        let w = exp(part_in[e] - m);
+        l += part_in[e + 1u] * w;
+        let a = e + 2u + 4u * d;
+        acc += w * vec4<f32>(part_in[a], part_in[a + 1u], part_in[a + 2u], part_in[a + 3u]);
+    }
+    var a = 1.0;
+    if p.has_sinks != 0u {
+        let sink = sinks[p.s_off + h];
+        let m2 = max(m, sink);
+        a = exp(m - m2);
+        l = l * a + exp(sink - m2);
+    }
+    var inv = 0.0;
+    if l > 0.0 {
+        inv = a / l;
+    }
+    let o_base = p.o_off + b * p.o_sb + t * p.o_st + h * p.o_sh;
+    store4(o_base + 4u * d, acc * inv);
+}

@@ -1,0 +1,101 @@
+// KV cache append: copy new K and V rows [batch, n_new, n_kv_heads, head_dim] (any outer strides,
+// any storage dtype) into the cache, laid out [batch, n_kv_heads, capacity, head_dim], at
+// positions pos .. pos + n_new. One invocation per (batch, token, kv head, 4 elements) writes
+// both K and V, so the whole batch is one dispatch.
+//
+// Override constants (set by `ops::kv_cache`):
+//   SRC_DTYPE  storage dtype of the new rows (0 f32, 1 f16, 2 bf16)
+//   DST_DTYPE  storage dtype of the cache
+//   WG         workgroup size
+
+override SRC_DTYPE: u32 = 0u;
+override DST_DTYPE: u32 = 0u;
+override WG: u32 = 64u;
+
+struct Params {
+    batch: u32,
+    n_new: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    pos: u32,
+    capacity: u32,
+    k_off: u32,
+    k_sb: u32,
+    k_st: u32,
+    k_sh: u32,
+    v_off: u32,
+    v_sb: u32,
+    v_st: u32,
+    v_sh: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> k_src: array<u32>;
+@group(0) @binding(2) var<storage, read> v_src: array<u32>;
+@group(0) @binding(3) var<storage, read_write> k_dst: array<u32>;
+@group(0) @binding(4) var<storage, read_write> v_dst: array<u32>;
+
+fn src_word(is_v: bool, i: u32) -> u32 {
+    if is_v {
+        return v_src[i];
+    }
+    return k_src[i];
+}
+
+fn load4(is_v: bool, e: u32) -> vec4<f32> {
+    if SRC_DTYPE == DT_F32 {
+        return vec4<f32>(
+            bitcast<f32>(src_word(is_v, e)),
+            bitcast<f32>(src_word(is_v, e + 1u)),
+            bitcast<f32>(src_word(is_v, e + 2u)),
+            bitcast<f32>(src_word(is_v, e + 3u)),
+        );
+    }
+    let h = e >> 1u;
+    return vec4<f32>(unpack_half2(src_word(is_v, h), SRC_DTYPE), unpack_half2(src_word(is_v, h + 1u), SRC_DTYPE));
+}
+
+fn put(is_v: bool, i: u32, w: u32) {
+    if is_v {
+        v_dst[i] = w;
+    } else {
+        k_dst[i] = w;
+    }
+}
+
+fn store4(is_v: bool, e: u32, v: vec4<f32>) {
+    if DST_DTYPE == DT_F32 {
+        put(is_v, e, bitcast<u32>(v.x));
+        put(is_v, e + 1u, bitcast<u32>(v.y));
+        put(is_v, e + 2u, bitcast<u32>(v.z));
+        put(is_v, e + 3u, bitcast<u32>(v.w));
+        return;
+    }
+    let h = e >> 1u;
+    put(is_v, h, pack_half2(v.xy, DST_DTYPE));
+    put(is_v, h + 1u, pack_half2(v.zw, DST_DTYPE));
+}
+
+@compute @workgroup_size(WG)
+fn kv_append(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let hd4 = p.head_dim / 4u;
+    let idx = linear_workgroup(wid, nwg) * WG + lid;
+    if idx >= p.batch * p.n_new * p.n_kv_heads * hd4 {
+        return;
+    }
+    let d = 4u * (idx % hd4);
+    var rest = idx / hd4;
+    let h = rest % p.n_kv_heads;
+    rest /= p.n_kv_heads;
+    let t = rest % p.n_new;
+    let b = rest / p.n_new;
+    let dst = ((b * p.n_kv_heads + h) * p.capacity + p.pos + t) * p.head_dim + d;
+    store4(false, dst, load4(false, p.k_off + b * p.k_sb + t * p.k_st + h * p.k_sh + d));
+    store4(true, dst, load4(true, p.v_off + b * p.v_sb + t * p.v_st + h * p.v_sh + d));
+}

@@ -1,0 +1,95 @@
+//! `attention` cases: inputs `q [q_len, n_heads, head_dim]` or `[batch, q_len, n_heads,
+//! head_dim]`, `k` and `v` `[kv_len, n_kv_heads, head_dim]` (batched likewise), optional
+//! `sinks [n_heads]` (F32); metadata `causal` (default true), `q_offset` (default
+//! `kv_len - q_len`), `scale` (default `1/sqrt(head_dim)`), `window` (default 0 = none) and
+//! `softcap` (default 0 = none); output `out`, shaped like `q`. The storage dtype is `q`'s; `k` and
+//! `v` must match it.
+
+use super::{CaseFile, OpOutput, OpResult};
+use crate::compare::tolerance;
+use crate::context::Context;
+use crate::error::Result;
+use crate::ops::attention::Attention;
+use crate::reference::attention as reference;
+use crate::tensor::DType;
+
+pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
+    let causal = case.meta_bool("causal", true)?;
+    let q_offset = case.meta_opt_i64("q_offset")?;
+    let scale = case.meta_opt_f64("scale")?;
+    let window = case.meta_i64("window", 0)?;
+    let softcap = case.meta_f64("softcap", 0.0)?;
+    if !(0..=i32::MAX as i64).contains(&window) {
+        return Err(case.error(format!(
+            "metadata window={window} must be in 0..={} (0 = none)",
+            i32::MAX
+        )));
+    }
+    let (q, dtype) = case.storage_tensor("q")?;
+    let (k, kd) = case.storage_tensor("k")?;
+    let (v, vd) = case.storage_tensor("v")?;
+    if kd != dtype || vd != dtype {
+        return Err(case.error(format!(
+            "k is {kd} and v is {vd} but q is {dtype}; they must match"
+        )));
+    }
+    let sinks = case.opt_tensor("sinks")?;
+    if let Some(s) = sinks {
+        if s.dtype.storage() != Some(DType::F32) {
+            return Err(case.error(format!("sinks is {:?}; it must be F32", s.dtype)));
+        }
+    }
+    let op = Attention {
+        causal,
+        q_offset,
+        scale: scale.map(|s| s as f32),
+        window: window as u32,
+        softcap: softcap as f32,
+        kind: None,
+        splits: None,
+    };
+    // Shapes and parameters are checked by the op before any GPU work, and before the reference
+    // (which assumes consistent shapes) runs.
+    let qt = ctx.upload_as(&q.to_f32(), &q.shape, dtype)?;
+    let kt = ctx.upload_as(&k.to_f32(), &k.shape, dtype)?;
+    let vt = ctx.upload_as(&v.to_f32(), &v.shape, dtype)?;
+    let st = match sinks {
+        Some(s) => Some(ctx.upload_as(&s.to_f32(), &s.shape, DType::F32)?),
+        None => None,
+    };
+    let out = ctx.empty(&q.shape, dtype)?;
+    op.run(ctx, &qt, &kt, &vt, st.as_ref(), &out)?;
+    let d = op.dims(&qt, &kt, &vt)?;
+    let cpu = reference::attention(
+        &q.values,
+        &k.values,
+        &v.values,
+        sinks.map(|s| &s.values[..]),
+        reference::Dims {
+            batch: d.batch,
+            q_len: d.q_len,
+            kv_len: d.kv_len,
+            n_heads: d.n_heads,
+            n_kv_heads: d.n_kv_heads,
+            head_dim: d.head_dim,
+        },
+        &reference::Options {
+            causal,
+            q_offset,
+            scale,
+            window: window as usize,
+            softcap,
+        },
+    );
+    Ok(OpResult {
+        dtype,
+        shape: q.shape.clone(),
+        tolerance: tolerance(dtype),
+        outputs: vec![OpOutput {
+            name: "out".into(),
+            shape: q.shape.clone(),
+            gpu: ctx.read_f32(&out)?,
+            cpu,
+        }],
+    })
+}

@@ -1,0 +1,803 @@
+//! GQA attention: FlashAttention-2 style prefill and split-KV ("flash-decoding") decode.
+//!
+//! ```text
+//! out[b, t, h] = softmax_j(softcap(scale · q[b, t, h] · k[b, j, h/g]) + mask[t, j]) · v[b, :, h/g]
+//! ```
+//! with `g = n_heads / n_kv_heads` (1 = MHA, `n_heads` = MQA; Llama-3-8B: 32 over 8).
+//!
+//! Masking (query `t` sits at position `pos = q_offset + t`; the default `q_offset = kv_len - q_len`
+//! aligns the queries bottom-right, so prefill, chunked prefill and decode are one call):
+//! - causal (default): key `j` is visible iff `j <= pos`;
+//! - sliding window `W > 0`: additionally `j > pos - W` (applied with or without causal);
+//! - a row with no visible key outputs exactly 0.
+//!
+//! Logits: `scale` defaults to `1/sqrt(head_dim)`; softcap `c > 0` maps `s -> c·tanh(s/c)` after
+//! scaling (Gemma 2); `sinks: [n_heads]` (f32) adds one logit per head that joins only the softmax
+//! denominator (gpt-oss).
+//!
+//! Layouts: `q`, `out` are `[q_len, n_heads, head_dim]` or `[batch, q_len, n_heads, head_dim]`;
+//! `k`, `v` are `[kv_len, n_kv_heads, head_dim]` or `[batch, kv_len, n_kv_heads, head_dim]`. Any
+//! strides on the outer dims (so k/v can be views into a [`crate::KvCache`]), the last dim
+//! contiguous. q, k, v and out share one storage dtype (f32, f16, bf16); all math is f32.
+//! `head_dim` is any multiple of 4 up to 256.
+//!
+//! Variants, each with its strategy (every pipeline is specialised on dtype, tile size and
+//! `head_dim / 4`, so the loops over a head have fixed trip counts and q / acc live in registers):
+//! - [`Kind::Prefill`] (`shaders/attention_prefill.wgsl`, FlashAttention-2 style): one workgroup
+//!   of [`PREFILL_WG`] invocations per block of 64 query rows of one (batch, kv head); rows are
+//!   the g query heads of the group times the tokens (`r = t·g + i`), so every K/V tile staged in
+//!   workgroup memory serves the whole group. Each invocation keeps its q row (pre-scaled) and its
+//!   f32 accumulator in registers and runs an online softmax; tiles outside the union of the
+//!   block's visible ranges (causal upper bound, window lower bound) are never loaded. Memory is
+//!   O(q_len + kv_len): no score matrix exists.
+//! - [`Kind::Decode`] (`shaders/attention_decode.wgsl`, flash-decoding): the same rows, in blocks
+//!   of a power of two <= [`DECODE_WG`]; spare invocations of a workgroup become key lanes (lane
+//!   `l` takes keys `l, l + lanes, ...` of each tile). kv_len is split into chunks over
+//!   workgroups; each K/V row of a chunk is read once per kv head and shared by the g query heads.
+//!   Every (row, split, lane) writes a partial (m, l, acc); a second pass merges them in that fixed
+//!   order, so results are bitwise repeatable. Empty chunks write (-3e38, 0, 0) and add nothing.
+//! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
+//!   ([`loop_cap_keys`]): the decode shader's split-KV passes with prefill's 64-row blocks.
+//!
+//! Choice: decode iff `q_len <= DECODE_MAX_Q_LEN` (8), unless forced with [`Attention::kind`].
+//! The decode split count aims at [`DECODE_TARGET_WORKGROUPS`] (512) workgroups with chunks of at
+//! least [`DECODE_MIN_CHUNK`] (64) keys, so kv_len <= 64 uses one split and one token over 32k
+//! keys with Llama-3-8B's 8 kv heads gets 64 splits of 512 keys; force it with
+//! [`Attention::splits`]. K/V tiles hold `bk = min(64, TILE_V4 / (head_dim / 4))` keys, where
+//! `TILE_V4` (vec4s per tile) is the largest power of two with both f32 tiles inside the device's
+//! `max_compute_workgroup_storage_size` (capped at 32 KiB): 32 KiB gives bk 32 at head_dim 128,
+//! WebGPU's default 16 KiB gives 16 (8 at head_dim 256). [`Attention::plan`] reports the choice.
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::pipeline::{whole, PipelineKey, Shader, Window};
+use crate::tensor::{DType, Tensor};
+
+const OP: &str = "attention";
+
+/// Rows per prefill workgroup.
+pub const PREFILL_WG: u32 = 64;
+/// Rows per decode workgroup (and invocations per merge workgroup).
+pub const DECODE_WG: u32 = 32;
+/// The dispatcher uses the decode kernel for `q_len <= DECODE_MAX_Q_LEN`.
+pub const DECODE_MAX_Q_LEN: usize = 8;
+/// Decode aims at this many workgroups (a single token at kv_len 32k over 8 kv heads gets 64
+/// splits of 512 keys).
+pub const DECODE_TARGET_WORKGROUPS: usize = 512;
+/// Decode chunks hold at least this many keys.
+pub const DECODE_MIN_CHUNK: usize = 64;
+/// Largest supported head_dim.
+pub const MAX_HEAD_DIM: usize = 256;
+const MAX_BK: usize = 64;
+
+/// Which kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Prefill,
+    Decode,
+}
+
+/// Options of one attention call; `Default` is causal, default scale, no window/softcap.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Attention {
+    pub causal: bool,
+    /// Position of query 0; default `kv_len - q_len`. May be negative (those rows see no key when
+    /// causal); `q_offset + q_len <= kv_len` is required.
+    pub q_offset: Option<i64>,
+    /// Logit scale; default `1/sqrt(head_dim)`.
+    pub scale: Option<f32>,
+    /// Sliding window in keys; 0 = none.
+    pub window: u32,
+    /// Logit softcap; 0 = none.
+    pub softcap: f32,
+    /// Force a kernel instead of choosing by shape.
+    pub kind: Option<Kind>,
+    /// Force the decode split count. Honoured exactly (chunks past kv_len are empty and
+    /// contribute nothing), except that on CPU adapters it is raised to what
+    /// [`loop_cap_keys`] needs. Ignored by prefill.
+    pub splits: Option<u32>,
+}
+
+impl Default for Attention {
+    fn default() -> Self {
+        Attention {
+            causal: true,
+            q_offset: None,
+            scale: None,
+            window: 0,
+            softcap: 0.0,
+            kind: None,
+            splits: None,
+        }
+    }
+}
+
+/// Uniform parameters; mirrors `struct Params` in both attention shaders (160 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub batch: u32,
+    pub q_len: u32,
+    pub kv_len: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub group: u32,
+    pub rows: u32,
+    pub q: [u32; 4],
+    pub k: [u32; 4],
+    pub v: [u32; 4],
+    pub o: [u32; 4],
+    pub q_offset: i32,
+    pub window: u32,
+    pub causal: u32,
+    pub has_sinks: u32,
+    pub scale: f32,
+    pub softcap: f32,
+    pub s_off: u32,
+    pub bk: u32,
+    pub row_blocks: u32,
+    pub n_splits: u32,
+    pub chunk: u32,
+    pub rows_per_wg: u32,
+    pub lanes: u32,
+    pub _pad: [u32; 3],
+}
+
+/// The code-shaping decisions; the pipeline keys derive from it alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub kind: Kind,
+    pub dtype: DType,
+    /// vec4 capacity of each of the K and V workgroup tiles.
+    pub tile_v4: u32,
+    /// `head_dim / 4` (loops over a head get a fixed trip count).
+    pub hd4: u32,
+    /// Partial results per kv chunk and a merge pass (always for decode; for prefill only when
+    /// one invocation may not loop over all keys, see [`loop_cap_keys`]).
+    pub split_kv: bool,
+}
+
+impl Variant {
+    fn wg(&self) -> u32 {
+        match self.kind {
+            Kind::Prefill => PREFILL_WG,
+            Kind::Decode => DECODE_WG,
+        }
+    }
+    fn constants(&self) -> Vec<(&'static str, u32)> {
+        vec![
+            ("DTYPE", self.dtype.shader_code()),
+            ("WG", self.wg()),
+            ("TILE_V4", self.tile_v4),
+            ("HD4", self.hd4),
+        ]
+    }
+    /// The pipeline keys of this variant: one for prefill, partial and merge for decode.
+    pub fn keys(&self) -> Vec<PipelineKey> {
+        match self.split_kv {
+            false => vec![PipelineKey::new(
+                Shader::AttentionPrefill,
+                "attn_prefill",
+                self.constants(),
+            )],
+            true => vec![
+                PipelineKey::new(
+                    Shader::AttentionDecode,
+                    "attn_decode_partial",
+                    self.constants(),
+                ),
+                PipelineKey::new(
+                    Shader::AttentionDecode,
+                    "attn_decode_merge",
+                    self.constants(),
+                ),
+            ],
+        }
+    }
+}
+
+/// vec4s per K (and per V) tile for a device with `limit` bytes of workgroup memory: the largest
+/// power of two with both tiles within `min(limit, 32 KiB)`.
+pub fn tile_v4_for(limit: u32) -> u32 {
+    let per_tile = (limit.min(32768) / 2 / 16).max(1);
+    1 << (31 - per_tile.leading_zeros())
+}
+
+/// Pipeline keys for the portability tests: every kind, dtype and tile size (16 KiB and 32 KiB of
+/// workgroup memory) at the head_dims of real models (64, 80, 96, 128, 256), plus every other
+/// head_dim (4 ..= 256 in steps of 4) for one dtype and tile size. `head_dim` only changes loop
+/// trip counts, so the second set covers the rest of what the dispatcher can produce.
+pub fn all_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    let kinds = [
+        (Kind::Prefill, false),
+        (Kind::Prefill, true),
+        (Kind::Decode, true),
+    ];
+    for (kind, split_kv) in kinds {
+        for dtype in DType::ALL {
+            for limit in [16384, 32768] {
+                for hd in [64u32, 80, 96, 128, 256] {
+                    keys.extend(
+                        Variant {
+                            kind,
+                            dtype,
+                            tile_v4: tile_v4_for(limit),
+                            hd4: hd / 4,
+                            split_kv,
+                        }
+                        .keys(),
+                    );
+                }
+            }
+        }
+        for hd4 in 1..=(MAX_HEAD_DIM as u32 / 4) {
+            if [16, 20, 24, 32, 64].contains(&hd4) {
+                continue;
+            }
+            keys.extend(
+                Variant {
+                    kind,
+                    dtype: DType::F16,
+                    tile_v4: tile_v4_for(32768),
+                    hd4,
+                    split_kv,
+                }
+                .keys(),
+            );
+        }
+    }
+    keys
+}
+
+/// Keys one invocation may loop over on this adapter, if limited. llvmpipe (lavapipe) stops
+/// every loop of an invocation once all its loops together have iterated 65535 times, so on CPU
+/// adapters chunks are kept below that, counting the loop trips per key as if the compiler
+/// unrolled none of the head_dim loops; other adapters have no such cap.
+pub fn loop_cap_keys(ctx: &Context, head_dim: usize) -> Option<usize> {
+    if ctx.adapter_info().device_type != wgpu::DeviceType::Cpu {
+        return None;
+    }
+    let hd4 = head_dim / 4;
+    let per_key = 4 + 2 * hd4 + hd4.div_ceil(PREFILL_WG as usize);
+    Some(50_000 / per_key)
+}
+
+/// What the dispatcher decided for one call (exposed so tests can see the thresholds at work).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub variant: Variant,
+    /// Keys per K/V tile.
+    pub bk: u32,
+    /// Query rows (`q_len * g`) per (batch, kv head).
+    pub rows: usize,
+    /// Rows per workgroup (a power of two for split-KV) and workgroups per (batch, kv head, split).
+    pub rows_per_wg: usize,
+    pub row_blocks: usize,
+    /// Key lanes per row (split-KV only): invocations that share a row, each with its own partial.
+    pub lanes: usize,
+    /// Decode: number of kv chunks and keys per chunk (1 and kv_len for prefill).
+    pub splits: usize,
+    pub chunk: usize,
+}
+
+/// Sizes read from the tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub batch: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+struct Checked {
+    dims: Dims,
+    plan: Plan,
+    q_offset: i64,
+    scale: f32,
+    // (offset placeholder, batch stride, token stride, head stride) per tensor.
+    strides: [[usize; 3]; 4],
+}
+
+/// (batch stride, token stride, head stride) of a rank-3 or rank-4 view.
+fn outer_strides(t: &Tensor) -> [usize; 3] {
+    let s = t.strides();
+    if t.rank() == 4 {
+        [if t.shape()[0] == 1 { 0 } else { s[0] }, s[1], s[2]]
+    } else {
+        [0, s[0], s[1]]
+    }
+}
+
+impl Attention {
+    /// Causal attention with the default scale.
+    pub fn causal() -> Self {
+        Self::default()
+    }
+    /// Non-causal attention with the default scale.
+    pub fn non_causal() -> Self {
+        Attention {
+            causal: false,
+            ..Self::default()
+        }
+    }
+
+    /// The sizes of a call, after checking ranks and shapes.
+    pub fn dims(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {
+        let rank = q.rank();
+        crate::ensure!(
+            rank == 3 || rank == 4,
+            Shape,
+            OP,
+            "q must be [q_len, n_heads, head_dim] or [batch, q_len, n_heads, head_dim], got shape {:?}",
+            q.shape()
+        );
+        crate::ensure!(
+            k.rank() == rank && v.rank() == rank,
+            Shape,
+            OP,
+            "k {:?} and v {:?} must have q's rank {rank} (q {:?})",
+            k.shape(),
+            v.shape(),
+            q.shape()
+        );
+        let qs = q.shape();
+        let ks = k.shape();
+        let vs = v.shape();
+        let o = rank - 3;
+        let batch = if rank == 4 { qs[0] } else { 1 };
+        crate::ensure!(
+            rank == 3 || (ks[0] == batch && vs[0] == batch),
+            Shape,
+            OP,
+            "batch mismatch: q has {batch}, k has {}, v has {}",
+            ks[0],
+            vs[0]
+        );
+        let (q_len, n_heads, head_dim) = (qs[o], qs[o + 1], qs[o + 2]);
+        let (kv_len, n_kv_heads) = (ks[o], ks[o + 1]);
+        crate::ensure!(
+            ks[o + 2] == head_dim && vs[o + 2] == head_dim,
+            Shape,
+            OP,
+            "head_dim mismatch: q has {head_dim}, k has {}, v has {}",
+            ks[o + 2],
+            vs[o + 2]
+        );
+        crate::ensure!(
+            vs[o] == kv_len && vs[o + 1] == n_kv_heads,
+            Shape,
+            OP,
+            "k {:?} and v {:?} must have the same shape",
+            ks,
+            vs
+        );
+        crate::ensure!(
+            n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+            Shape,
+            OP,
+            "n_heads {n_heads} is not divisible by n_kv_heads {n_kv_heads}"
+        );
+        crate::ensure!(
+            head_dim % 4 == 0 && head_dim <= MAX_HEAD_DIM && head_dim > 0,
+            Shape,
+            OP,
+            "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {MAX_HEAD_DIM}"
+        );
+        Ok(Dims {
+            batch,
+            q_len,
+            kv_len,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        })
+    }
+
+    /// The kernel, tile size and split count this call would use on `ctx`.
+    pub fn plan(&self, ctx: &Context, d: Dims, dtype: DType) -> Result<Plan> {
+        let kind = self.kind.unwrap_or(if d.q_len <= DECODE_MAX_Q_LEN {
+            Kind::Decode
+        } else {
+            Kind::Prefill
+        });
+        let limit = ctx.limits().max_compute_workgroup_storage_size;
+        let tile_v4 = tile_v4_for(limit);
+        let hd4 = (d.head_dim / 4) as u32;
+        crate::ensure!(
+            tile_v4 >= hd4 && 2 * tile_v4 * 16 <= limit,
+            Limit,
+            OP,
+            "head_dim {} needs {} bytes of workgroup memory for one key of K and V, the device has {limit}",
+            d.head_dim,
+            2 * hd4 * 16
+        );
+        let bk = (tile_v4 / hd4).min(MAX_BK as u32);
+        let cap = loop_cap_keys(ctx, d.head_dim);
+        let min_splits = cap.map_or(1, |c| d.kv_len.div_ceil(c.max(1)));
+        let mut variant = Variant {
+            kind,
+            dtype,
+            tile_v4,
+            hd4,
+            split_kv: kind == Kind::Decode || min_splits > 1,
+        };
+        let g = d.n_heads / d.n_kv_heads;
+        let rows = d.q_len * g;
+        let wg = variant.wg() as usize;
+        let rows_per_wg = if variant.split_kv {
+            rows.next_power_of_two().min(wg)
+        } else {
+            wg
+        };
+        let lanes = wg / rows_per_wg;
+        let row_blocks = rows.div_ceil(rows_per_wg);
+        let (splits, chunk) = match kind {
+            Kind::Prefill => {
+                let chunk = d.kv_len.div_ceil(min_splits);
+                (d.kv_len.div_ceil(chunk), chunk)
+            }
+            Kind::Decode => {
+                let want = match self.splits {
+                    Some(s) => (s as usize).max(min_splits),
+                    None => {
+                        let base = d.batch * d.n_kv_heads * row_blocks;
+                        DECODE_TARGET_WORKGROUPS
+                            .div_ceil(base)
+                            .clamp(1, d.kv_len.div_ceil(DECODE_MIN_CHUNK).max(1))
+                    }
+                };
+                let chunk = d.kv_len.div_ceil(want.max(1)).max(1);
+                // A forced count is honoured exactly (trailing chunks may be empty).
+                let splits = if self.splits.is_some() {
+                    want
+                } else {
+                    d.kv_len.div_ceil(chunk)
+                };
+                (splits, chunk)
+            }
+        };
+        if splits > 1 && !variant.split_kv {
+            // Only reachable for prefill: the split-KV passes with prefill's row blocks.
+            variant.split_kv = true;
+        }
+        Ok(Plan {
+            variant,
+            bk,
+            rows,
+            rows_per_wg,
+            row_blocks,
+            lanes,
+            splits,
+            chunk,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn validate(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<Checked> {
+        q.validate(OP, "q")?;
+        k.validate(OP, "k")?;
+        v.validate(OP, "v")?;
+        out.validate(OP, "out")?;
+        let d = self.dims(q, k, v)?;
+        let dtype = q.dtype();
+        k.expect_dtype(OP, "k", dtype)?;
+        v.expect_dtype(OP, "v", dtype)?;
+        out.expect_dtype(OP, "out", dtype)?;
+        crate::ensure!(
+            out.shape() == q.shape(),
+            Shape,
+            OP,
+            "out has shape {:?} but q has {:?}",
+            out.shape(),
+            q.shape()
+        );
+        if let Some(s) = sinks {
+            s.validate(OP, "sinks")?;
+            s.expect_dtype(OP, "sinks", DType::F32)?;
+            crate::ensure!(
+                s.shape() == [d.n_heads],
+                Shape,
+                OP,
+                "sinks has shape {:?} but must be [{}] (one per query head)",
+                s.shape(),
+                d.n_heads
+            );
+        }
+        if let Some(sc) = self.scale {
+            crate::ensure!(sc.is_finite(), Param, OP, "scale must be finite, got {sc}");
+        }
+        crate::ensure!(
+            self.softcap.is_finite() && self.softcap >= 0.0,
+            Param,
+            OP,
+            "softcap must be finite and >= 0 (0 = none), got {}",
+            self.softcap
+        );
+        crate::ensure!(
+            self.window <= i32::MAX as u32,
+            Param,
+            OP,
+            "window {} exceeds {}",
+            self.window,
+            i32::MAX
+        );
+        if let Some(s) = self.splits {
+            crate::ensure!(
+                (1..=65535).contains(&s),
+                Param,
+                OP,
+                "splits must be in 1..=65535, got {s}"
+            );
+        }
+        let q_offset = self.q_offset.unwrap_or(d.kv_len as i64 - d.q_len as i64);
+        crate::ensure!(
+            q_offset + d.q_len as i64 <= d.kv_len as i64,
+            Shape,
+            OP,
+            "q_offset {q_offset} puts the last query at position {} past the last key {} (kv_len {})",
+            q_offset + d.q_len as i64 - 1,
+            d.kv_len as i64 - 1,
+            d.kv_len
+        );
+        crate::ensure!(
+            q_offset >= i32::MIN as i64 / 2 && d.kv_len < i32::MAX as usize / 2,
+            Limit,
+            OP,
+            "q_offset {q_offset} and kv_len {} must fit 31-bit positions",
+            d.kv_len
+        );
+        // Binding rules: out is the only written tensor and must not share a buffer with inputs.
+        for (name, t) in [("q", q), ("k", k), ("v", v)]
+            .into_iter()
+            .chain(sinks.map(|s| ("sinks", s)))
+        {
+            crate::ensure!(
+                t.buffer() != out.buffer(),
+                Alias,
+                OP,
+                "out shares a buffer with {name}; attention cannot run in place"
+            );
+        }
+        let plan = self.plan(ctx, d, dtype)?;
+        let scale = self.scale.unwrap_or(1.0 / (d.head_dim as f32).sqrt());
+        Ok(Checked {
+            dims: d,
+            plan,
+            q_offset,
+            scale,
+            strides: [
+                outer_strides(q),
+                outer_strides(k),
+                outer_strides(v),
+                outer_strides(out),
+            ],
+        })
+    }
+
+    /// Record `out = attention(q, k, v)` into `encoder`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let c = self.validate(ctx, q, k, v, sinks, out)?;
+        self.record(ctx, encoder, &c, q, k, v, sinks, out)
+    }
+
+    /// [`Attention::encode`], submitted and waited for.
+    pub fn run(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let c = self.validate(ctx, q, k, v, sinks, out)?;
+        ctx.submit_and_wait(OP, |enc| self.record(ctx, enc, &c, q, k, v, sinks, out))
+    }
+
+    /// Record attention over the rows `0..len` of a KV cache (`q` batched like the cache; a rank-3
+    /// `q` needs a cache of batch 1).
+    pub fn encode_cached(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        cache: &crate::ops::kv_cache::KvCache,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let (k, v) = cache.views_for(OP, q.rank())?;
+        self.encode(ctx, encoder, q, &k, &v, sinks, out)
+    }
+
+    /// [`Attention::encode_cached`], submitted and waited for.
+    pub fn run_cached(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        cache: &crate::ops::kv_cache::KvCache,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let (k, v) = cache.views_for(OP, q.rank())?;
+        self.run(ctx, q, &k, &v, sinks, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        c: &Checked,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let d = c.dims;
+        let plan = c.plan;
+        let qw = Window::covering(ctx, OP, &[q])?;
+        let kw = Window::covering(ctx, OP, &[k])?;
+        let vw = Window::covering(ctx, OP, &[v])?;
+        let ow = Window::covering(ctx, OP, &[out])?;
+        let sw = match sinks {
+            Some(s) => Some(Window::covering(ctx, OP, &[s])?),
+            None => None,
+        };
+        let pack = |w: &Window, t: &Tensor, s: [usize; 3]| -> Result<[u32; 4]> {
+            let v = [w.elem_offset(t) as usize, s[0], s[1], s[2]];
+            let mut o = [0u32; 4];
+            for i in 0..4 {
+                o[i] = u32::try_from(v[i]).map_err(|_| {
+                    Error::limit(OP, format!("stride or offset {} exceeds 32 bits", v[i]))
+                })?;
+            }
+            Ok(o)
+        };
+        let params = Params {
+            batch: d.batch as u32,
+            q_len: d.q_len as u32,
+            kv_len: d.kv_len as u32,
+            n_heads: d.n_heads as u32,
+            n_kv_heads: d.n_kv_heads as u32,
+            head_dim: d.head_dim as u32,
+            group: (d.n_heads / d.n_kv_heads) as u32,
+            rows: plan.rows as u32,
+            q: pack(&qw, q, c.strides[0])?,
+            k: pack(&kw, k, c.strides[1])?,
+            v: pack(&vw, v, c.strides[2])?,
+            o: pack(&ow, out, c.strides[3])?,
+            q_offset: c.q_offset as i32,
+            // A window of kv_len or more masks nothing (every position is < kv_len); passing 0
+            // keeps `pos - window` inside i32 for any window.
+            window: if self.window as usize >= d.kv_len {
+                0
+            } else {
+                self.window
+            },
+            causal: self.causal as u32,
+            has_sinks: sinks.is_some() as u32,
+            scale: c.scale,
+            softcap: self.softcap,
+            s_off: match (&sw, sinks) {
+                (Some(w), Some(s)) => w.elem_offset(s),
+                _ => 0,
+            },
+            bk: plan.bk,
+            row_blocks: plan.row_blocks as u32,
+            n_splits: plan.splits as u32,
+            chunk: plan.chunk as u32,
+            rows_per_wg: plan.rows_per_wg as u32,
+            lanes: plan.lanes as u32,
+            _pad: [0; 3],
+        };
+        let uniform = ctx.uniform(OP, &params)?;
+        let keys = plan.variant.keys();
+        let dummy = ctx.dummy_buffer();
+        let sinks_res = || sw.as_ref().map_or_else(|| whole(dummy), |w| w.resource());
+        let base_wgs = (d.batch * d.n_kv_heads * plan.row_blocks) as u64;
+        match plan.variant.split_kv {
+            false => {
+                let kernel = ctx.kernel(OP, &keys[0])?;
+                let bg = kernel.bind_group(
+                    ctx,
+                    OP,
+                    &[
+                        (0, whole(&uniform)),
+                        (1, qw.resource()),
+                        (2, kw.resource()),
+                        (3, vw.resource()),
+                        (4, sinks_res()),
+                        (5, ow.resource()),
+                    ],
+                )?;
+                kernel.dispatch(enc, &bg, ctx.grid(OP, base_wgs)?);
+            }
+            true => {
+                let entries = d.batch * d.n_kv_heads * plan.rows * plan.splits * plan.lanes;
+                let part_bytes = entries as u64 * (d.head_dim as u64 + 2) * 4;
+                crate::ensure!(
+                    part_bytes <= ctx.limits().max_storage_buffer_binding_size,
+                    Limit,
+                    OP,
+                    "split-KV scratch of {part_bytes} bytes ({} splits x {} lanes) exceeds the device's max_storage_buffer_binding_size",
+                    plan.splits,
+                    plan.lanes
+                );
+                let part = ctx.create_buffer(OP, part_bytes)?;
+                let partial = ctx.kernel(OP, &keys[0])?;
+                let merge = ctx.kernel(OP, &keys[1])?;
+                let bg1 = partial.bind_group(
+                    ctx,
+                    OP,
+                    &[
+                        (0, whole(&uniform)),
+                        (1, qw.resource()),
+                        (2, kw.resource()),
+                        (3, vw.resource()),
+                        (5, whole(&part)),
+                    ],
+                )?;
+                partial.dispatch(enc, &bg1, ctx.grid(OP, base_wgs * plan.splits as u64)?);
+                let merge_threads = (d.batch * d.n_kv_heads * plan.rows * d.head_dim / 4) as u64;
+                let bg2 = merge.bind_group(
+                    ctx,
+                    OP,
+                    &[
+                        (0, whole(&uniform)),
+                        (4, sinks_res()),
+                        (6, whole(&part)),
+                        (7, ow.resource()),
+                    ],
+                )?;
+                merge.dispatch(
+                    enc,
+                    &bg2,
+                    ctx.grid(OP, merge_threads.div_ceil(plan.variant.wg() as u64))?,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_is_160_bytes() {
+        assert_eq!(std::mem::size_of::<Params>(), 160);
+        assert_eq!(std::mem::size_of::<Params>() % 16, 0);
+    }
+
+    #[test]
+    fn tile_sizes() {
+        assert_eq!(tile_v4_for(16384), 512);
+        assert_eq!(tile_v4_for(32768), 1024);
+        assert_eq!(tile_v4_for(65536), 1024);
+        assert_eq!(tile_v4_for(20000), 512);
+    }
+}

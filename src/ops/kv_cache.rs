@@ -1,0 +1,449 @@
+//! A KV cache: K and V storage for a batch of sequences that attention reads in place.
+//!
+//! Layout of each of the K and V buffers: `[batch, n_kv_heads, capacity, head_dim]` in the cache's
+//! dtype (f32, f16 or bf16), so one head's keys are contiguous. [`KvCache::k`] / [`KvCache::v`]
+//! return `[batch, len, n_kv_heads, head_dim]` strided views over the filled rows, which
+//! [`crate::Attention`] accepts directly (no copy).
+//!
+//! [`KvCache::append`] writes `n_new` rows per sequence at positions `len .. len + n_new` for the
+//! whole batch in one dispatch (`shaders/kv_cache.wgsl`, converting from the new rows' dtype) and
+//! advances `len`. All sequences of a cache share one length. Appending past `capacity` is an
+//! error and writes nothing. [`KvCache::append_rope`] also rotates the new K rows with
+//! [`crate::ops::rope::Rope`] at positions `len ..` (or given position ids), in place in the
+//! cache, recorded in the same encoder right after the copy (two dispatches, no round trip).
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::ops::rope::{Layout, Positions, Rope};
+use crate::pipeline::{whole, PipelineKey, Shader, Window};
+use crate::tensor::{DType, Tensor};
+
+const OP: &str = "kv_cache";
+const WG: u32 = 64;
+
+/// Uniform parameters; mirrors `struct Params` in `shaders/kv_cache.wgsl` (64 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub batch: u32,
+    pub n_new: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub pos: u32,
+    pub capacity: u32,
+    pub k: [u32; 4],
+    pub v: [u32; 4],
+    pub _pad: [u32; 2],
+}
+
+/// The pipeline key for an append from `src` dtype into a `dst` cache.
+pub fn append_key(src: DType, dst: DType) -> PipelineKey {
+    PipelineKey::new(
+        Shader::KvCache,
+        "kv_append",
+        vec![
+            ("SRC_DTYPE", src.shader_code()),
+            ("DST_DTYPE", dst.shader_code()),
+            ("WG", WG),
+        ],
+    )
+}
+
+/// Every pipeline key `append` can produce.
+pub fn all_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for s in DType::ALL {
+        for d in DType::ALL {
+            keys.push(append_key(s, d));
+        }
+    }
+    keys
+}
+
+/// K and V storage for `batch` sequences of up to `capacity` tokens.
+#[derive(Debug)]
+pub struct KvCache {
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    batch: usize,
+    n_kv_heads: usize,
+    capacity: usize,
+    head_dim: usize,
+    dtype: DType,
+    len: usize,
+}
+
+impl KvCache {
+    /// Allocate an empty cache (zero-filled storage, length 0).
+    pub fn new(
+        ctx: &Context,
+        batch: usize,
+        n_kv_heads: usize,
+        capacity: usize,
+        head_dim: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        crate::ensure!(
+            batch > 0 && n_kv_heads > 0 && capacity > 0,
+            Shape,
+            OP,
+            "batch {batch}, n_kv_heads {n_kv_heads} and capacity {capacity} must all be > 0"
+        );
+        crate::ensure!(
+            head_dim.is_multiple_of(4)
+                && head_dim > 0
+                && head_dim <= crate::ops::attention::MAX_HEAD_DIM,
+            Shape,
+            OP,
+            "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {}",
+            crate::ops::attention::MAX_HEAD_DIM
+        );
+        let elems = (batch as u128) * n_kv_heads as u128 * capacity as u128 * head_dim as u128;
+        crate::ensure!(
+            elems < u32::MAX as u128,
+            Limit,
+            OP,
+            "{elems} elements per buffer exceed the 32-bit element indexing of the kernels"
+        );
+        let bytes = elems as u64 * dtype.size() as u64;
+        crate::ensure!(
+            bytes <= ctx.limits().max_storage_buffer_binding_size,
+            Limit,
+            OP,
+            "a {bytes}-byte K buffer exceeds the device's max_storage_buffer_binding_size {}",
+            ctx.limits().max_storage_buffer_binding_size
+        );
+        Ok(KvCache {
+            k: ctx.create_buffer(OP, bytes)?,
+            v: ctx.create_buffer(OP, bytes)?,
+            batch,
+            n_kv_heads,
+            capacity,
+            head_dim,
+            dtype,
+            len: 0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    pub fn n_kv_heads(&self) -> usize {
+        self.n_kv_heads
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Forget the contents (length 0); storage is reused.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+    /// Set the length directly (e.g. to roll back speculative tokens); must be <= capacity.
+    pub fn set_len(&mut self, len: usize) -> Result<()> {
+        crate::ensure!(
+            len <= self.capacity,
+            Shape,
+            OP,
+            "length {len} exceeds capacity {}",
+            self.capacity
+        );
+        self.len = len;
+        Ok(())
+    }
+    pub fn k_buffer(&self) -> &wgpu::Buffer {
+        &self.k
+    }
+    pub fn v_buffer(&self) -> &wgpu::Buffer {
+        &self.v
+    }
+
+    fn view(&self, buf: &wgpu::Buffer, len: usize) -> Tensor {
+        let (h, c, d) = (self.n_kv_heads, self.capacity, self.head_dim);
+        Tensor::with_strides(
+            buf,
+            0,
+            &[self.batch, len, h, d],
+            &[h * c * d, d, c * d, 1],
+            self.dtype,
+        )
+    }
+
+    /// `[batch, len, n_kv_heads, head_dim]` view of the filled K rows.
+    pub fn k(&self) -> Tensor {
+        self.view(&self.k, self.len)
+    }
+    /// `[batch, len, n_kv_heads, head_dim]` view of the filled V rows.
+    pub fn v(&self) -> Tensor {
+        self.view(&self.v, self.len)
+    }
+
+    /// K/V views of rank `rank` (3 needs batch 1) for attention.
+    pub(crate) fn views_for(&self, op: &'static str, rank: usize) -> Result<(Tensor, Tensor)> {
+        crate::ensure!(
+            self.len > 0,
+            Shape,
+            op,
+            "the KV cache is empty: append rows before attending to it"
+        );
+        let (k, v) = (self.k(), self.v());
+        if rank == 4 {
+            return Ok((k, v));
+        }
+        crate::ensure!(
+            rank == 3 && self.batch == 1,
+            Shape,
+            op,
+            "a rank-{rank} q needs a cache of batch 1, this cache has batch {}",
+            self.batch
+        );
+        let s = k.strides().to_vec();
+        let shape = [self.len, self.n_kv_heads, self.head_dim];
+        Ok((
+            Tensor::with_strides(&self.k, 0, &shape, &s[1..], self.dtype),
+            Tensor::with_strides(&self.v, 0, &shape, &s[1..], self.dtype),
+        ))
+    }
+
+    /// Record writing `k_new`, `v_new` (`[n_new, n_kv_heads, head_dim]` for batch 1, or
+    /// `[batch, n_new, n_kv_heads, head_dim]`; any dtype) at positions `len .. len + n_new`, and
+    /// advance `len`. The rows are visible to attention recorded later in the same encoder.
+    pub fn append(
+        &mut self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        k_new: &Tensor,
+        v_new: &Tensor,
+    ) -> Result<()> {
+        let n_new = self.validate_append(k_new, v_new)?;
+        self.record_append(ctx, encoder, k_new, v_new, n_new)?;
+        self.len += n_new;
+        Ok(())
+    }
+
+    /// [`KvCache::append`], then RoPE on the new K rows where they now sit in the cache, in the
+    /// same encoder. `positions` defaults to `len .. len + n_new` for every sequence. RoPE's
+    /// parameters are checked before anything is recorded.
+    pub fn append_rope(
+        &mut self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        rope: &Rope,
+        positions: Option<Positions<'_>>,
+    ) -> Result<()> {
+        let n_new = self.validate_append(k_new, v_new)?;
+        let positions = self.check_rope(rope, positions, n_new)?;
+        self.record_append(ctx, encoder, k_new, v_new, n_new)?;
+        rope.encode(
+            ctx,
+            encoder,
+            &self.rows(&self.k, self.len, n_new),
+            positions,
+        )?;
+        self.len += n_new;
+        Ok(())
+    }
+
+    /// [`KvCache::append_rope`], submitted and waited for.
+    pub fn append_rope_run(
+        &mut self,
+        ctx: &Context,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        rope: &Rope,
+        positions: Option<Positions<'_>>,
+    ) -> Result<()> {
+        let n_new = self.validate_append(k_new, v_new)?;
+        let positions = self.check_rope(rope, positions, n_new)?;
+        ctx.submit_and_wait(OP, |enc| {
+            self.record_append(ctx, enc, k_new, v_new, n_new)?;
+            rope.encode(ctx, enc, &self.rows(&self.k, self.len, n_new), positions)
+        })?;
+        self.len += n_new;
+        Ok(())
+    }
+
+    /// `[batch, n, n_kv_heads, head_dim]` view of rows `start .. start + n`.
+    fn rows(&self, buf: &wgpu::Buffer, start: usize, n: usize) -> Tensor {
+        let (h, c, d) = (self.n_kv_heads, self.capacity, self.head_dim);
+        Tensor::with_strides(
+            buf,
+            start * d,
+            &[self.batch, n, h, d],
+            &[h * c * d, d, c * d, 1],
+            self.dtype,
+        )
+    }
+
+    /// RoPE's own rules, checked up front so that a refused RoPE records nothing.
+    fn check_rope<'a>(
+        &self,
+        rope: &Rope,
+        positions: Option<Positions<'a>>,
+        n_new: usize,
+    ) -> Result<Positions<'a>> {
+        let rd = rope.validate_params(self.head_dim)?;
+        if self.dtype.is_half() && rope.layout == Layout::Half {
+            crate::ensure!(
+                rd % 4 == 0,
+                Param,
+                "rope",
+                "rotary_dim {rd} with {} storage and the half layout must be a multiple of 4 (pairs (i, i + rotary_dim/2) must share 32-bit words)",
+                self.dtype
+            );
+        }
+        let start = i32::try_from(self.len).map_err(|_| {
+            crate::Error::limit(OP, format!("length {} exceeds i32 positions", self.len))
+        })?;
+        let positions = positions.unwrap_or(Positions::Start(start));
+        match positions {
+            Positions::Start(_) => {}
+            Positions::Ids(ids) => {
+                let s = ids.shape();
+                crate::ensure!(
+                    s == [n_new] || s == [self.batch, n_new],
+                    Shape,
+                    OP,
+                    "position ids have shape {s:?} but must be [{n_new}] or [{}, {n_new}]",
+                    self.batch
+                );
+                crate::ensure!(
+                    rope.seq_len.is_some() || !rope.scaling.needs_seq_len(),
+                    Param,
+                    "rope",
+                    "a positions buffer needs seq_len set on the Rope for this scaling"
+                );
+            }
+        }
+        Ok(positions)
+    }
+
+    /// [`KvCache::append`], submitted and waited for.
+    pub fn append_run(&mut self, ctx: &Context, k_new: &Tensor, v_new: &Tensor) -> Result<()> {
+        let n_new = self.validate_append(k_new, v_new)?;
+        ctx.submit_and_wait(OP, |enc| self.record_append(ctx, enc, k_new, v_new, n_new))?;
+        self.len += n_new;
+        Ok(())
+    }
+
+    fn validate_append(&self, k_new: &Tensor, v_new: &Tensor) -> Result<usize> {
+        k_new.validate(OP, "k_new")?;
+        v_new.validate(OP, "v_new")?;
+        let want_tail = [self.n_kv_heads, self.head_dim];
+        let check = |t: &Tensor, name: &str| -> Result<usize> {
+            let s = t.shape();
+            let ok = match t.rank() {
+                3 => self.batch == 1 && s[1..] == want_tail,
+                4 => s[0] == self.batch && s[2..] == want_tail,
+                _ => false,
+            };
+            crate::ensure!(
+                ok,
+                Shape,
+                OP,
+                "{name} has shape {s:?} but must be [batch {}, n_new, n_kv_heads {}, head_dim {}]{}",
+                self.batch,
+                self.n_kv_heads,
+                self.head_dim,
+                if self.batch == 1 { " or [n_new, n_kv_heads, head_dim]" } else { "" }
+            );
+            Ok(s[t.rank() - 3])
+        };
+        let n_new = check(k_new, "k_new")?;
+        crate::ensure!(
+            v_new.shape() == k_new.shape(),
+            Shape,
+            OP,
+            "v_new has shape {:?} but k_new has {:?}",
+            v_new.shape(),
+            k_new.shape()
+        );
+        check(v_new, "v_new")?;
+        crate::ensure!(
+            v_new.dtype() == k_new.dtype(),
+            DType,
+            OP,
+            "v_new is {} but k_new is {}",
+            v_new.dtype(),
+            k_new.dtype()
+        );
+        crate::ensure!(
+            self.len + n_new <= self.capacity,
+            Shape,
+            OP,
+            "appending {n_new} rows at length {} would exceed the capacity {}",
+            self.len,
+            self.capacity
+        );
+        Ok(n_new)
+    }
+
+    fn record_append(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        n_new: usize,
+    ) -> Result<()> {
+        let kw = Window::covering(ctx, OP, &[k_new])?;
+        let vw = Window::covering(ctx, OP, &[v_new])?;
+        let pack = |w: &Window, t: &Tensor| -> [u32; 4] {
+            let s = t.strides();
+            let (sb, st, sh) = if t.rank() == 4 {
+                (s[0], s[1], s[2])
+            } else {
+                (0, s[0], s[1])
+            };
+            [w.elem_offset(t), sb as u32, st as u32, sh as u32]
+        };
+        let params = Params {
+            batch: self.batch as u32,
+            n_new: n_new as u32,
+            n_kv_heads: self.n_kv_heads as u32,
+            head_dim: self.head_dim as u32,
+            pos: self.len as u32,
+            capacity: self.capacity as u32,
+            k: pack(&kw, k_new),
+            v: pack(&vw, v_new),
+            _pad: [0; 2],
+        };
+        let kernel = ctx.kernel(OP, &append_key(k_new.dtype(), self.dtype))?;
+        let uniform = ctx.uniform(OP, &params)?;
+        let bg = kernel.bind_group(
+            ctx,
+            OP,
+            &[
+                (0, whole(&uniform)),
+                (1, kw.resource()),
+                (2, vw.resource()),
+                (3, whole(&self.k)),
+                (4, whole(&self.v)),
+            ],
+        )?;
+        let threads = (self.batch * n_new * self.n_kv_heads * self.head_dim / 4) as u64;
+        kernel.dispatch(enc, &bg, ctx.grid(OP, threads.div_ceil(WG as u64))?);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn params_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<super::Params>(), 64);
+    }
+}

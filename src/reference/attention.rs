@@ -1,0 +1,140 @@
+//! Reference GQA attention in f64.
+//!
+//! ```text
+//! out[b, t, h] = softmax_j(s[b, t, h, j] + mask[t, j]) · V[b, :, h / g]
+//! s[b, t, h, j] = softcap(scale · q[b, t, h] · k[b, j, h / g])
+//! ```
+//! with `g = n_heads / n_kv_heads`, query `t` at position `pos = q_offset + t`
+//! (default `q_offset = kv_len - q_len`, bottom-right aligned), key `j` visible iff
+//! `j <= pos` (causal only) and `j > pos - window` (window > 0 only). A sink logit joins only the
+//! denominator. A row with no visible key is exactly 0.
+
+/// Sizes of one attention call. Layouts are contiguous: q/out `[batch, q_len, n_heads, head_dim]`,
+/// k/v `[batch, kv_len, n_kv_heads, head_dim]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub batch: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Masking and logit options; `None` / 0 mean the defaults described in the module docs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Options {
+    pub causal: bool,
+    pub q_offset: Option<i64>,
+    pub scale: Option<f64>,
+    /// 0 = no window.
+    pub window: usize,
+    /// 0 = no softcap.
+    pub softcap: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            causal: true,
+            q_offset: None,
+            scale: None,
+            window: 0,
+            softcap: 0.0,
+        }
+    }
+}
+
+/// One output row `out[b, t, h, :]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_row(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    sinks: Option<&[f64]>,
+    d: Dims,
+    o: &Options,
+    b: usize,
+    t: usize,
+    h: usize,
+) -> Vec<f64> {
+    let hd = d.head_dim;
+    let g = d.n_heads / d.n_kv_heads;
+    let kvh = h / g;
+    let scale = o.scale.unwrap_or(1.0 / (hd as f64).sqrt());
+    let q_offset = o.q_offset.unwrap_or(d.kv_len as i64 - d.q_len as i64);
+    let pos = q_offset + t as i64;
+    let qrow = &q[((b * d.q_len + t) * d.n_heads + h) * hd..][..hd];
+    let mut logits: Vec<(usize, f64)> = Vec::new();
+    for j in 0..d.kv_len {
+        let ji = j as i64;
+        if o.causal && ji > pos {
+            continue;
+        }
+        if o.window > 0 && ji <= pos - o.window as i64 {
+            continue;
+        }
+        let krow = &k[((b * d.kv_len + j) * d.n_kv_heads + kvh) * hd..][..hd];
+        let mut s = 0.0;
+        for i in 0..hd {
+            s += qrow[i] * krow[i];
+        }
+        s *= scale;
+        if o.softcap > 0.0 {
+            s = o.softcap * (s / o.softcap).tanh();
+        }
+        logits.push((j, s));
+    }
+    let sink = sinks.map(|s| s[h]);
+    let mut m = f64::NEG_INFINITY;
+    for &(_, s) in &logits {
+        m = m.max(s);
+    }
+    if let Some(s) = sink {
+        m = m.max(s);
+    }
+    let mut out = vec![0.0; hd];
+    if logits.is_empty() {
+        return out;
+    }
+    let mut denom = 0.0;
+    for &(j, s) in &logits {
+        let w = (s - m).exp();
+        denom += w;
+        let vrow = &v[((b * d.kv_len + j) * d.n_kv_heads + kvh) * hd..][..hd];
+        for i in 0..hd {
+            out[i] += w * vrow[i];
+        }
+    }
+    if let Some(s) = sink {
+        denom += (s - m).exp();
+    }
+    for x in &mut out {
+        *x /= denom;
+    }
+    out
+}
+
+/// The whole output, `[batch, q_len, n_heads, head_dim]`.
+pub fn attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    sinks: Option<&[f64]>,
+    d: Dims,
+    o: &Options,
+) -> Vec<f64> {
+    assert_eq!(q.len(), d.batch * d.q_len * d.n_heads * d.head_dim);
+    assert_eq!(k.len(), d.batch * d.kv_len * d.n_kv_heads * d.head_dim);
+    assert_eq!(v.len(), k.len());
+    assert!(d.n_kv_heads > 0 && d.n_heads.is_multiple_of(d.n_kv_heads));
+    let mut out = Vec::with_capacity(q.len());
+    for b in 0..d.batch {
+        for t in 0..d.q_len {
+            for h in 0..d.n_heads {
+                out.extend(attention_row(q, k, v, sinks, d, o, b, t, h));
+            }
+        }
+    }
+    out
+}

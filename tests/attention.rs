@@ -1,0 +1,1350 @@
+//! GQA attention and the KV cache on a real adapter against the f64 reference: the cross-check
+//! grid, forced variants at every threshold, edge cases, properties, and every validation rule.
+
+mod common;
+
+use common::*;
+use llama_kernels::compare::{compare, tolerance};
+use llama_kernels::ops::attention::{
+    Kind, DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS,
+};
+use llama_kernels::reference::attention as reference;
+use llama_kernels::{Attention, DType, Error, KvCache, Tensor};
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    dtype: DType,
+    batch: usize,
+    q_len: usize,
+    kv_len: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    causal: bool,
+    q_offset: Option<i64>,
+    window: u32,
+    softcap: f32,
+    sinks: bool,
+    scale: Option<f32>,
+    kind: Option<Kind>,
+    splits: Option<u32>,
+}
+
+impl Case {
+    fn new(
+        q_len: usize,
+        kv_len: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        Case {
+            dtype: DType::F32,
+            batch: 1,
+            q_len,
+            kv_len,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            causal: true,
+            q_offset: None,
+            window: 0,
+            softcap: 0.0,
+            sinks: false,
+            scale: None,
+            kind: None,
+            splits: None,
+        }
+    }
+    fn op(&self) -> Attention {
+        Attention {
+            causal: self.causal,
+            q_offset: self.q_offset,
+            scale: self.scale,
+            window: self.window,
+            softcap: self.softcap,
+            kind: self.kind,
+            splits: self.splits,
+        }
+    }
+    fn dims(&self) -> reference::Dims {
+        reference::Dims {
+            batch: self.batch,
+            q_len: self.q_len,
+            kv_len: self.kv_len,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+    fn ref_opts(&self) -> reference::Options {
+        reference::Options {
+            causal: self.causal,
+            q_offset: self.q_offset,
+            scale: self.scale.map(|s| s as f64),
+            window: self.window as usize,
+            softcap: self.softcap as f64,
+        }
+    }
+    fn shapes(&self) -> (Vec<usize>, Vec<usize>) {
+        let mut qs = vec![self.q_len, self.n_heads, self.head_dim];
+        let mut ks = vec![self.kv_len, self.n_kv_heads, self.head_dim];
+        if self.batch > 1 {
+            qs.insert(0, self.batch);
+            ks.insert(0, self.batch);
+        }
+        (qs, ks)
+    }
+}
+
+struct Data {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    sinks: Vec<f32>,
+}
+
+fn data(c: &Case, seed: u64, q_scale: f32) -> Data {
+    let mut rng = Rng::new(seed);
+    let nq = c.batch * c.q_len * c.n_heads * c.head_dim;
+    let nk = c.batch * c.kv_len * c.n_kv_heads * c.head_dim;
+    Data {
+        q: rng.vec(nq, q_scale),
+        k: rng.vec(nk, 1.0),
+        v: rng.vec(nk, 1.0),
+        sinks: rng.vec(c.n_heads, 1.0),
+    }
+}
+
+/// Run `c` on the GPU; returns the output values.
+fn gpu(c: &Case, d: &Data) -> Vec<f32> {
+    gpu_on(&ctx(), c, d)
+}
+
+fn gpu_on(ctx: &llama_kernels::Context, c: &Case, d: &Data) -> Vec<f32> {
+    let (qs, ks) = c.shapes();
+    let q = upload_guarded(ctx, &d.q, &qs, c.dtype);
+    let k = upload_guarded(ctx, &d.k, &ks, c.dtype);
+    let v = upload_guarded(ctx, &d.v, &ks, c.dtype);
+    let sinks = c
+        .sinks
+        .then(|| upload_guarded(ctx, &d.sinks, &[c.n_heads], DType::F32));
+    let out = nan_output(ctx, &qs, c.dtype);
+    c.op()
+        .run(ctx, &q, &k, &v, sinks.as_ref(), &out)
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert_guards(ctx, &out, &format!("{c:?}"));
+    ctx.read_f32(&out).unwrap()
+}
+
+fn want(c: &Case, d: &Data) -> Vec<f64> {
+    let sinks: Vec<f64> = d.sinks.iter().map(|&s| s as f64).collect();
+    reference::attention(
+        &rounded(&d.q, c.dtype),
+        &rounded(&d.k, c.dtype),
+        &rounded(&d.v, c.dtype),
+        c.sinks.then_some(&sinks[..]),
+        c.dims(),
+        &c.ref_opts(),
+    )
+}
+
+fn tol(dtype: DType) -> f64 {
+    tolerance(dtype)
+}
+
+fn check(c: Case, seed: u64) {
+    let d = data(&c, seed, 1.0);
+    let got = gpu(&c, &d);
+    let w = want(&c, &d);
+    let cmp = compare(&got, &w);
+    assert!(cmp.passes(tol(c.dtype)), "{c:?}: {cmp}");
+}
+
+/// Visible (query, key) pairs of a case, to keep the grid within its time budget.
+fn visible_pairs(c: &Case) -> usize {
+    let off = c.q_offset.unwrap_or(c.kv_len as i64 - c.q_len as i64);
+    (0..c.q_len)
+        .map(|t| {
+            let pos = off + t as i64;
+            let hi = if c.causal {
+                (pos + 1).min(c.kv_len as i64)
+            } else {
+                c.kv_len as i64
+            };
+            let lo = if c.window > 0 {
+                (pos - c.window as i64 + 1).max(0)
+            } else {
+                0
+            };
+            (hi - lo).max(0) as usize
+        })
+        .sum()
+}
+
+fn cost(c: &Case) -> usize {
+    c.batch * c.n_heads * c.head_dim * visible_pairs(c).max(c.q_len)
+}
+
+const HEAD_DIMS: [usize; 5] = [64, 80, 96, 128, 256];
+const GROUPS: [usize; 6] = [1, 2, 4, 8, 16, 32];
+const Q_LENS: [usize; 5] = [1, 3, 16, 75, 128];
+const KV_LENS: [usize; 6] = [1, 7, 113, 512, 1000, 4097];
+const KINDS: [Option<Kind>; 3] = [None, Some(Kind::Prefill), Some(Kind::Decode)];
+
+/// Masking / logit options number `m` (of 8) for a case, rotated through the grid.
+fn with_mode(mut c: Case, m: usize) -> Case {
+    match m % 8 {
+        0 => {}
+        1 => c.causal = false,
+        2 => {
+            // Chunked prefill: queries in the middle of the keys (or further before the first
+            // key when there are more queries than keys).
+            let room = c.kv_len as i64 - c.q_len as i64;
+            c.q_offset = Some(if room >= 0 { room / 2 } else { room - 3 });
+        }
+        3 => c.window = (c.kv_len as u32 / 3).max(1),
+        4 => c.softcap = 5.0,
+        5 => c.sinks = true,
+        6 => {
+            c.causal = false;
+            c.window = 50;
+            c.sinks = true;
+            c.scale = Some(0.3);
+        }
+        _ => {
+            c.window = 17;
+            c.softcap = 2.0;
+            c.sinks = true;
+        }
+    }
+    c
+}
+
+/// Every (q_len, kv_len) pair of the grid, each with rotating head_dim, group size, dtype,
+/// masking mode and forced variant; shapes too expensive for lavapipe take the next cheaper
+/// head/group combination (cost = heads x head_dim x visible pairs).
+#[test]
+fn grid_against_reference() {
+    const BUDGET: usize = 200_000_000;
+    let mut i = 0usize;
+    let mut ran = 0;
+    for &q_len in &Q_LENS {
+        for &kv_len in &KV_LENS {
+            for rep in 0..2 {
+                i += 1;
+                let mut picked = None;
+                for tryk in 0..30 {
+                    let hd = HEAD_DIMS[(i + tryk) % 5];
+                    let g = GROUPS[(i * 5 + rep * 3 + tryk * 7) % 6];
+                    let n_kv = if g >= 8 || tryk > 5 { 1 } else { 2 };
+                    let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, hd);
+                    c.dtype = DType::ALL[(i + rep) % 3];
+                    c.kind = KINDS[(i + rep) % 3];
+                    c.batch = if i % 7 == 3 { 2 } else { 1 };
+                    let c = with_mode(c, i + i / 8);
+                    if cost(&c) <= BUDGET {
+                        picked = Some(c);
+                        break;
+                    }
+                }
+                let c = picked.unwrap_or_else(|| {
+                    let mut c = with_mode(Case::new(q_len, kv_len, 1, 1, 64), i + i / 8);
+                    c.kind = KINDS[(i + rep) % 3];
+                    c
+                });
+                eprintln!("grid: {c:?} cost {}", cost(&c));
+                check(c, 1000 + i as u64 * 2 + rep as u64);
+                ran += 1;
+            }
+        }
+    }
+    assert_eq!(ran, 60);
+}
+
+/// Every head_dim x group size x dtype on small shapes (a single KV head and two), with the
+/// variant and the masking mode rotating.
+#[test]
+fn every_head_dim_group_and_dtype() {
+    let mut i = 0;
+    for &hd in &HEAD_DIMS {
+        for &g in &GROUPS {
+            for dtype in DType::ALL {
+                i += 1;
+                let n_kv = 1 + i % 2;
+                let (q_len, kv_len) = [(1, 113), (3, 7), (16, 40), (5, 200)][i % 4];
+                let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, hd);
+                c.dtype = dtype;
+                c.kind = KINDS[i % 3];
+                check(with_mode(c, i), 3000 + i as u64);
+            }
+        }
+    }
+}
+
+/// head_dims that are multiples of 4 but none of the usual sizes, and the smallest one.
+#[test]
+fn unusual_head_dims() {
+    for (i, &hd) in [4usize, 12, 36, 68, 100, 132, 252].iter().enumerate() {
+        for kind in [Kind::Prefill, Kind::Decode] {
+            let mut c = Case::new(5, 70, 6, 3, hd);
+            c.dtype = DType::ALL[i % 3];
+            c.kind = Some(kind);
+            check(with_mode(c, i), 4000 + i as u64);
+        }
+    }
+}
+
+/// The dispatcher's thresholds at -1, = and +1: decode vs prefill by q_len, one split vs two by
+/// kv_len, and the row-block size of each kernel.
+#[test]
+fn thresholds() {
+    let ctx = ctx();
+    let t = DECODE_MAX_Q_LEN;
+    for (q_len, expect) in [
+        (t - 1, Kind::Decode),
+        (t, Kind::Decode),
+        (t + 1, Kind::Prefill),
+    ] {
+        let mut c = Case::new(q_len, 300, 8, 2, 64);
+        c.dtype = DType::F16;
+        let dims = Attention::default()
+            .dims(
+                &ctx.empty(&c.shapes().0, c.dtype).unwrap(),
+                &ctx.empty(&c.shapes().1, c.dtype).unwrap(),
+                &ctx.empty(&c.shapes().1, c.dtype).unwrap(),
+            )
+            .unwrap();
+        let plan = c.op().plan(&ctx, dims, c.dtype).unwrap();
+        assert_eq!(plan.variant.kind, expect, "q_len {q_len}");
+        check(c, 5000 + q_len as u64);
+    }
+    // One token, 16 kv heads x 32 groups = 512 workgroups already: splits only by chunk size.
+    let m = DECODE_MIN_CHUNK;
+    for (kv_len, expect_splits) in [(m - 1, 1), (m, 1), (m + 1, 2)] {
+        let c = Case::new(1, kv_len, 4, 1, 64);
+        let dims = dims_of(&c);
+        let plan = c.op().plan(&ctx, dims, c.dtype).unwrap();
+        assert_eq!(plan.splits, expect_splits, "kv_len {kv_len}");
+        check(c, 5100 + kv_len as u64);
+    }
+    // Prefill on this CPU adapter: one pass up to the loop cap, split-KV passes beyond it.
+    let cap = llama_kernels::ops::attention::loop_cap_keys(&ctx, 16)
+        .expect("lavapipe is a CPU adapter with a loop cap");
+    for (kv_len, split) in [(cap - 1, false), (cap, false), (cap + 1, true)] {
+        let mut c = Case::new(20, kv_len, 2, 1, 16);
+        c.window = 3000;
+        let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
+        assert_eq!(plan.variant.kind, Kind::Prefill);
+        assert_eq!(plan.variant.split_kv, split, "kv_len {kv_len}");
+        assert_eq!(plan.splits, if split { 2 } else { 1 });
+        check(c, 5050 + kv_len as u64);
+    }
+    // Enough kv heads that the target is reached with one split.
+    let heads = DECODE_TARGET_WORKGROUPS;
+    let c = Case::new(1, 1000, heads, heads, 4);
+    assert_eq!(c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap().splits, 1);
+    // Rows per workgroup: 64 (prefill) and 32 (decode) at -1, =, +1.
+    for (kind, wg) in [(Kind::Prefill, 64usize), (Kind::Decode, 32)] {
+        for rows in [wg - 1, wg, wg + 1] {
+            // rows = q_len * g with g = 1.
+            let mut c = Case::new(rows, rows + 5, 1, 1, 32);
+            c.kind = Some(kind);
+            assert_eq!(
+                c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap().row_blocks,
+                rows.div_ceil(wg)
+            );
+            check(c, 5200 + rows as u64);
+            // rows = q_len * g with one token.
+            let mut c = Case::new(1, 90, rows, 1, 8);
+            c.kind = Some(kind);
+            check(c, 5300 + rows as u64);
+        }
+    }
+}
+
+fn dims_of(c: &Case) -> llama_kernels::ops::attention::Dims {
+    llama_kernels::ops::attention::Dims {
+        batch: c.batch,
+        q_len: c.q_len,
+        kv_len: c.kv_len,
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+    }
+}
+
+/// Every kind, dtype and tile size (including the 16 KiB tiles this adapter would not pick)
+/// compiles on this adapter at head_dim 128, and every KV-cache append variant. (All head_dims of
+/// every variant go through naga in tests/portability.rs; compiling them all on lavapipe would
+/// take minutes.)
+#[test]
+fn every_variant_compiles() {
+    let ctx = ctx();
+    for key in llama_kernels::ops::attention::all_variant_keys()
+        .into_iter()
+        .filter(|k| k.constant("HD4") == Some(32))
+        .chain(llama_kernels::ops::kv_cache::all_variant_keys())
+    {
+        ctx.kernel("test", &key)
+            .unwrap_or_else(|e| panic!("{key:?}: {e}"));
+    }
+}
+
+/// Rows that see no key output exactly 0 (not NaN), with and without sinks, in both kernels:
+/// causal queries before the first key (negative q_offset) and decode splits that are empty.
+#[test]
+fn fully_masked_rows_are_zero() {
+    for kind in [Kind::Prefill, Kind::Decode] {
+        for sinks in [false, true] {
+            for dtype in DType::ALL {
+                // q_len 6 over kv_len 3: default q_offset -3, rows 0..3 see nothing.
+                let mut c = Case::new(6, 3, 4, 2, 16);
+                c.kind = Some(kind);
+                c.sinks = sinks;
+                c.dtype = dtype;
+                let d = data(&c, 6000, 1.0);
+                let got = gpu(&c, &d);
+                let w = want(&c, &d);
+                let row = c.n_heads * c.head_dim;
+                assert!(
+                    got[..3 * row].iter().all(|&x| x == 0.0),
+                    "{c:?}: {:?}",
+                    &got[..8]
+                );
+                let cmp = compare(&got, &w);
+                assert!(cmp.passes(tol(dtype)), "{c:?}: {cmp}");
+            }
+        }
+    }
+    // Window 1 with many splits: most chunks of every row are empty.
+    let mut c = Case::new(2, 500, 4, 1, 32);
+    c.window = 1;
+    c.kind = Some(Kind::Decode);
+    c.splits = Some(40);
+    check(c, 6100);
+    // Windows at kv_len - 1, kv_len and far beyond (i32::MAX with a very negative offset must
+    // not overflow the position arithmetic).
+    for (window, q_offset) in [
+        (99u32, None),
+        (100, None),
+        (i32::MAX as u32, Some(-1_000_000_000i64)),
+    ] {
+        for kind in [Kind::Prefill, Kind::Decode] {
+            let mut c = Case::new(3, 100, 4, 2, 16);
+            c.window = window;
+            c.q_offset = q_offset;
+            c.causal = false;
+            c.kind = Some(kind);
+            check(c, 6300);
+        }
+    }
+    // Explicit negative offset: every query sits before the first key.
+    let mut c = Case::new(4, 10, 2, 2, 8);
+    c.q_offset = Some(-20);
+    c.window = 3;
+    for kind in [Kind::Prefill, Kind::Decode] {
+        c.kind = Some(kind);
+        let d = data(&c, 6200, 1.0);
+        let got = gpu(&c, &d);
+        assert!(got.iter().all(|&x| x == 0.0), "{c:?}");
+    }
+}
+
+/// q scaled x30: logits in the hundreds overflow a naive exp; the online softmax must not.
+#[test]
+fn large_logits_do_not_overflow() {
+    for (i, kind) in [Kind::Prefill, Kind::Decode].into_iter().enumerate() {
+        for dtype in DType::ALL {
+            for softcap in [0.0f32, 30.0] {
+                let mut c = Case::new(9, 300, 8, 2, 128);
+                c.kind = Some(kind);
+                c.dtype = dtype;
+                c.softcap = softcap;
+                c.sinks = softcap > 0.0;
+                let d = data(&c, 7000 + i as u64, 30.0);
+                let got = gpu(&c, &d);
+                assert!(
+                    got.iter().all(|x| x.is_finite()),
+                    "{c:?}: non-finite output"
+                );
+                let w = want(&c, &d);
+                let cmp = compare(&got, &w);
+                // Near-one-hot softmax: logit rounding (x30) is amplified; still close.
+                let t = tol(dtype).max(1e-8);
+                assert!(cmp.passes(t), "{c:?}: {cmp}");
+            }
+        }
+    }
+}
+
+/// Decoding the last token equals the last row of the full prefill (both kernels on the GPU).
+#[test]
+fn decode_equals_last_row_of_prefill() {
+    for (i, dtype) in DType::ALL.into_iter().enumerate() {
+        // Llama-3-8B heads (32 over 8), head_dim 128, with and without sinks and window.
+        let n = 333;
+        let mut full = Case::new(n, n, 32, 8, 128);
+        full.dtype = dtype;
+        full.kind = Some(Kind::Prefill);
+        full.window = [0, 100, 0][i];
+        full.sinks = i == 2;
+        let d = data(&full, 8000 + i as u64, 1.0);
+        let all = gpu(&full, &d);
+        let row = full.n_heads * full.head_dim;
+        let mut last = full;
+        last.q_len = 1;
+        last.kind = Some(Kind::Decode);
+        let dl = Data {
+            q: d.q[(n - 1) * row..].to_vec(),
+            k: d.k.clone(),
+            v: d.v.clone(),
+            sinks: d.sinks.clone(),
+        };
+        let one = gpu(&last, &dl);
+        let want_row: Vec<f64> = all[(n - 1) * row..].iter().map(|&x| x as f64).collect();
+        let cmp = compare(&one, &want_row);
+        assert!(cmp.passes(tol(dtype)), "{dtype}: {cmp}");
+    }
+}
+
+/// Split-KV results do not depend on the number of splits (beyond f32 rounding), and a given
+/// split count is bitwise repeatable.
+#[test]
+fn split_count_does_not_matter() {
+    let mut c = Case::new(2, 1000, 8, 2, 64);
+    c.kind = Some(Kind::Decode);
+    c.sinks = true;
+    let d = data(&c, 9000, 1.0);
+    c.splits = Some(1);
+    let base = gpu(&c, &d);
+    let base64: Vec<f64> = base.iter().map(|&x| x as f64).collect();
+    for s in [2u32, 3, 7, 16, 64, 999, 1000, 1500] {
+        c.splits = Some(s);
+        let a = gpu(&c, &d);
+        let cmp = compare(&a, &base64);
+        assert!(cmp.passes(1e-12), "splits {s}: {cmp}");
+        let b = gpu(&c, &d);
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "splits {s}: two runs differ"
+        );
+    }
+    check(c, 9000);
+}
+
+/// GQA equals MHA with each K/V head repeated g times.
+#[test]
+fn gqa_equals_mha_with_repeated_kv() {
+    for kind in [Kind::Prefill, Kind::Decode] {
+        let (g, n_kv, hd, q_len, kv_len) = (4, 2, 64, 20, 150);
+        let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, hd);
+        c.kind = Some(kind);
+        let d = data(&c, 9100, 1.0);
+        let gqa = gpu(&c, &d);
+        let rep = |x: &[f32]| -> Vec<f32> {
+            let mut o = Vec::new();
+            for j in 0..kv_len {
+                for h in 0..g * n_kv {
+                    let s = (j * n_kv + h / g) * hd;
+                    o.extend_from_slice(&x[s..s + hd]);
+                }
+            }
+            o
+        };
+        let mut m = Case::new(q_len, kv_len, g * n_kv, g * n_kv, hd);
+        m.kind = Some(kind);
+        let dm = Data {
+            q: d.q.clone(),
+            k: rep(&d.k),
+            v: rep(&d.v),
+            sinks: d.sinks.clone(),
+        };
+        let mha = gpu(&m, &dm);
+        let cmp = compare(&gqa, &mha.iter().map(|&x| x as f64).collect::<Vec<_>>());
+        assert!(cmp.passes(1e-13), "{kind:?}: {cmp}");
+    }
+}
+
+/// Prefill at q_len = kv_len = 8192: a q_len x kv_len f32 score matrix (256 MiB) could not even
+/// be bound on this adapter; the kernel streams K/V tiles instead. Checked on sampled rows.
+#[test]
+fn prefill_8192_without_score_matrix() {
+    let ctx = ctx();
+    let n = 8192;
+    let mut c = Case::new(n, n, 2, 1, 32);
+    c.kind = None;
+    assert!(
+        (n * n * 4) as u64 > ctx.limits().max_storage_buffer_binding_size,
+        "this adapter could bind a full score matrix; the test proves nothing here"
+    );
+    let d = data(&c, 9200, 1.0);
+    let t0 = std::time::Instant::now();
+    let got = gpu(&c, &d);
+    eprintln!(
+        "prefill 8192x8192, 2 heads over 1, head_dim 32: {:?}",
+        t0.elapsed()
+    );
+    let q: Vec<f64> = rounded(&d.q, c.dtype);
+    let k: Vec<f64> = rounded(&d.k, c.dtype);
+    let v: Vec<f64> = rounded(&d.v, c.dtype);
+    let mut want_rows = Vec::new();
+    let mut got_rows = Vec::new();
+    for &t in &[0usize, 1, 63, 64, 4095, 4096, 7000, 8191] {
+        for h in 0..c.n_heads {
+            want_rows.extend(reference::attention_row(
+                &q,
+                &k,
+                &v,
+                None,
+                c.dims(),
+                &c.ref_opts(),
+                0,
+                t,
+                h,
+            ));
+            let s = (t * c.n_heads + h) * c.head_dim;
+            got_rows.extend_from_slice(&got[s..s + c.head_dim]);
+        }
+    }
+    let cmp = compare(&got_rows, &want_rows);
+    assert!(cmp.passes(tol(c.dtype)), "{cmp}");
+    assert!(got.iter().all(|x| x.is_finite()));
+}
+
+/// q/k/v as strided views into one fused QKV buffer ([q_len, n_heads + 2 n_kv_heads, head_dim]).
+#[test]
+fn fused_qkv_views() {
+    let ctx = ctx();
+    let (q_len, nh, nkv, hd) = (12, 4, 2, 32);
+    let w = nh + 2 * nkv;
+    let mut rng = Rng::new(9300);
+    let all = rng.vec(q_len * w * hd, 1.0);
+    let buf = ctx.upload(&all, &[all.len()]).unwrap();
+    let st = [w * hd, hd, 1];
+    let q = Tensor::with_strides(buf.buffer(), 0, &[q_len, nh, hd], &st, DType::F32);
+    let k = Tensor::with_strides(buf.buffer(), nh * hd, &[q_len, nkv, hd], &st, DType::F32);
+    let v = Tensor::with_strides(
+        buf.buffer(),
+        (nh + nkv) * hd,
+        &[q_len, nkv, hd],
+        &st,
+        DType::F32,
+    );
+    let out = nan_output(&ctx, &[q_len, nh, hd], DType::F32);
+    let pick = |off: usize, n: usize| -> Vec<f64> {
+        (0..q_len)
+            .flat_map(|t| {
+                all[t * w * hd + off * hd..][..n * hd]
+                    .iter()
+                    .map(|&x| x as f64)
+            })
+            .collect()
+    };
+    let dims = reference::Dims {
+        batch: 1,
+        q_len,
+        kv_len: q_len,
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    };
+    let want = reference::attention(
+        &pick(0, nh),
+        &pick(nh, nkv),
+        &pick(nh + nkv, nkv),
+        None,
+        dims,
+        &Default::default(),
+    );
+    for kind in [Kind::Prefill, Kind::Decode] {
+        let op = Attention {
+            kind: Some(kind),
+            ..Default::default()
+        };
+        op.run(&ctx, &q, &k, &v, None, &out).unwrap();
+        assert_close(
+            &ctx,
+            &out,
+            &want,
+            tol(DType::F32),
+            &format!("fused qkv {kind:?}"),
+        );
+    }
+}
+
+/// The KV cache: chunked appends (prefill, then single tokens, then a chunk) for a batch of 2,
+/// an f16 cache filled from f32 rows, attention read straight from the cache after every append,
+/// and the append recorded in the same encoder as the attention that reads it.
+#[test]
+fn kv_cache_append_and_attend() {
+    let ctx = ctx();
+    let (batch, nh, nkv, hd, cap) = (2, 8, 2, 64, 40);
+    for dtype in DType::ALL {
+        let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, dtype).unwrap();
+        let mut rng = Rng::new(9400);
+        let mut k_all = vec![Vec::new(); batch];
+        let mut v_all = vec![Vec::new(); batch];
+        for (step, &n_new) in [5usize, 1, 1, 3, 17].iter().enumerate() {
+            let kn = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let vn = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let q = rng.vec(batch * n_new * nh * hd, 1.0);
+            for b in 0..batch {
+                let r = n_new * nkv * hd;
+                k_all[b].extend_from_slice(&kn[b * r..(b + 1) * r]);
+                v_all[b].extend_from_slice(&vn[b * r..(b + 1) * r]);
+            }
+            let kt = ctx.upload(&kn, &[batch, n_new, nkv, hd]).unwrap();
+            let vt = ctx.upload(&vn, &[batch, n_new, nkv, hd]).unwrap();
+            let qt = ctx.upload_as(&q, &[batch, n_new, nh, hd], dtype).unwrap();
+            let out = nan_output(&ctx, &[batch, n_new, nh, hd], dtype);
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            cache.append(&ctx, &mut enc, &kt, &vt).unwrap();
+            Attention::default()
+                .encode_cached(&ctx, &mut enc, &qt, &cache, None, &out)
+                .unwrap();
+            ctx.queue().submit([enc.finish()]);
+            let len = cache.len();
+            let kf: Vec<f32> = k_all.concat();
+            let vf: Vec<f32> = v_all.concat();
+            let dims = reference::Dims {
+                batch,
+                q_len: n_new,
+                kv_len: len,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            };
+            let want = reference::attention(
+                &rounded(&q, dtype),
+                &rounded(&kf, dtype),
+                &rounded(&vf, dtype),
+                None,
+                dims,
+                &Default::default(),
+            );
+            assert_close(
+                &ctx,
+                &out,
+                &want,
+                tol(dtype),
+                &format!("{dtype} step {step}"),
+            );
+            // The cache views read back exactly the rounded rows.
+            let kc = ctx.read_f32(&cache.k()).unwrap();
+            let kr: Vec<f32> = rounded(&kf, dtype).iter().map(|&x| x as f32).collect();
+            assert_eq!(kc, kr, "{dtype} step {step}: cache K contents");
+            let vc = ctx.read_f32(&cache.v()).unwrap();
+            let vr: Vec<f32> = rounded(&vf, dtype).iter().map(|&x| x as f32).collect();
+            assert_eq!(vc, vr, "{dtype} step {step}: cache V contents");
+        }
+        assert_eq!(cache.len(), 27);
+        // Filling exactly to capacity works; one more row is refused and writes nothing.
+        let k13 = ctx
+            .upload(&vec![0.5f32; batch * 13 * nkv * hd], &[batch, 13, nkv, hd])
+            .unwrap();
+        cache.append_run(&ctx, &k13, &k13).unwrap();
+        assert_eq!(cache.len(), cap);
+        let k1 = ctx
+            .upload(&vec![0.5f32; batch * nkv * hd], &[batch, 1, nkv, hd])
+            .unwrap();
+        let e = cache.append_run(&ctx, &k1, &k1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "kv_cache: appending 1 rows at length 40 would exceed the capacity 40"
+        );
+        assert_eq!(cache.len(), cap);
+    }
+    // Rank-3 rows for a batch-1 cache, and a rank-3 q.
+    let mut cache = KvCache::new(&ctx, 1, 1, 8, 4, DType::F32).unwrap();
+    let kt = ctx
+        .upload(&[1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], &[2, 1, 4])
+        .unwrap();
+    let vt = ctx
+        .upload(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], &[2, 1, 4])
+        .unwrap();
+    cache.append_run(&ctx, &kt, &vt).unwrap();
+    let q = ctx.upload(&[0.0f32, 0.0, 0.0, 0.0], &[1, 1, 4]).unwrap();
+    let out = nan_output(&ctx, &[1, 1, 4], DType::F32);
+    Attention::default()
+        .run_cached(&ctx, &q, &cache, None, &out)
+        .unwrap();
+    // Equal logits: the mean of the two V rows.
+    assert_eq!(ctx.read_f32(&out).unwrap(), vec![3.0, 4.0, 5.0, 6.0]);
+}
+
+fn expect_err(r: Result<(), Error>, op: &str, kind: fn(&Error) -> bool, needle: &str) {
+    match r {
+        Ok(()) => panic!("expected an error containing {needle:?}, got Ok"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(kind(&e), "wrong error kind for {needle:?}: {e:?}");
+            assert!(
+                msg.starts_with(&format!("{op}: ")),
+                "message must name the op: {msg}"
+            );
+            assert!(
+                msg.contains(needle),
+                "message {msg:?} must contain {needle:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_validation_rule_has_an_error() {
+    let ctx = ctx();
+    let t = |shape: &[usize]| ctx.empty(shape, DType::F32).unwrap();
+    let is_shape = |e: &Error| matches!(e, Error::Shape { .. });
+    let is_dtype = |e: &Error| matches!(e, Error::DType { .. });
+    let is_bounds = |e: &Error| matches!(e, Error::Bounds { .. });
+    let is_alias = |e: &Error| matches!(e, Error::Alias { .. });
+    let is_param = |e: &Error| matches!(e, Error::Param { .. });
+    let a = Attention::default();
+    let q = t(&[4, 8, 16]);
+    let k = t(&[6, 2, 16]);
+    let v = t(&[6, 2, 16]);
+    let out = t(&[4, 8, 16]);
+    let run =
+        |op: Attention, q: &Tensor, k: &Tensor, v: &Tensor, s: Option<&Tensor>, o: &Tensor| {
+            op.run(&ctx, q, k, v, s, o)
+        };
+    // The valid call works.
+    run(a, &q, &k, &v, None, &out).unwrap();
+    expect_err(
+        run(
+            a,
+            &t(&[4, 8, 16]),
+            &t(&[6, 3, 16]),
+            &t(&[6, 3, 16]),
+            None,
+            &out,
+        ),
+        "attention",
+        is_shape,
+        "n_heads 8 is not divisible by n_kv_heads 3",
+    );
+    expect_err(
+        run(a, &q, &t(&[6, 2, 12]), &v, None, &out),
+        "attention",
+        is_shape,
+        "head_dim mismatch: q has 16, k has 12, v has 16",
+    );
+    expect_err(
+        run(a, &q, &k, &t(&[6, 2, 20]), None, &out),
+        "attention",
+        is_shape,
+        "head_dim mismatch: q has 16, k has 16, v has 20",
+    );
+    expect_err(
+        run(
+            Attention {
+                q_offset: Some(3),
+                ..a
+            },
+            &q,
+            &k,
+            &v,
+            None,
+            &out,
+        ),
+        "attention",
+        is_shape,
+        "q_offset 3 puts the last query at position 6 past the last key 5 (kv_len 6)",
+    );
+    for hd in [6usize, 260] {
+        expect_err(
+            run(
+                a,
+                &t(&[1, 1, hd]),
+                &t(&[2, 1, hd]),
+                &t(&[2, 1, hd]),
+                None,
+                &t(&[1, 1, hd]),
+            ),
+            "attention",
+            is_shape,
+            &format!("unsupported head_dim {hd}: must be a multiple of 4 and <= 256"),
+        );
+    }
+    // Views outside their buffers.
+    let past = Tensor::new(k.buffer(), 4, &[6, 2, 16], DType::F32);
+    expect_err(
+        run(a, &q, &past, &v, None, &out),
+        "attention",
+        is_bounds,
+        "k view (offset 4, shape [6, 2, 16], strides [32, 16, 1], f32) ends at byte 784 but its buffer has 768 bytes",
+    );
+    let past_out = Tensor::with_strides(out.buffer(), 0, &[4, 8, 16], &[256, 16, 1], DType::F32);
+    expect_err(
+        run(a, &q, &k, &v, None, &past_out),
+        "attention",
+        is_bounds,
+        "out view",
+    );
+    expect_err(
+        run(a, &t(&[8, 16]), &t(&[6, 16]), &t(&[6, 16]), None, &t(&[8, 16])),
+        "attention",
+        is_shape,
+        "q must be [q_len, n_heads, head_dim] or [batch, q_len, n_heads, head_dim], got shape [8, 16]",
+    );
+    expect_err(
+        run(a, &q, &t(&[1, 6, 2, 16]), &v, None, &out),
+        "attention",
+        is_shape,
+        "must have q's rank 3",
+    );
+    expect_err(
+        run(
+            a,
+            &t(&[2, 4, 8, 16]),
+            &t(&[3, 6, 2, 16]),
+            &t(&[3, 6, 2, 16]),
+            None,
+            &t(&[2, 4, 8, 16]),
+        ),
+        "attention",
+        is_shape,
+        "batch mismatch: q has 2, k has 3, v has 3",
+    );
+    expect_err(
+        run(a, &q, &k, &t(&[7, 2, 16]), None, &out),
+        "attention",
+        is_shape,
+        "must have the same shape",
+    );
+    expect_err(
+        run(a, &q, &k, &v, None, &t(&[4, 8, 8])),
+        "attention",
+        is_shape,
+        "out has shape [4, 8, 8] but q has [4, 8, 16]",
+    );
+    let h = ctx.empty(&[6, 2, 16], DType::F16).unwrap();
+    expect_err(
+        run(a, &q, &h, &v, None, &out),
+        "attention",
+        is_dtype,
+        "k is f16 but must be f32",
+    );
+    expect_err(
+        run(a, &q, &k, &v, Some(&t(&[7])), &out),
+        "attention",
+        is_shape,
+        "sinks has shape [7] but must be [8]",
+    );
+    expect_err(
+        run(
+            a,
+            &q,
+            &k,
+            &v,
+            Some(&ctx.empty(&[8], DType::F16).unwrap()),
+            &out,
+        ),
+        "attention",
+        is_dtype,
+        "sinks is f16 but must be f32",
+    );
+    expect_err(
+        run(
+            a,
+            &q,
+            &k,
+            &v,
+            None,
+            &Tensor::new(q.buffer(), 0, &[4, 8, 16], DType::F32),
+        ),
+        "attention",
+        is_alias,
+        "out shares a buffer with q",
+    );
+    expect_err(
+        run(
+            Attention {
+                scale: Some(f32::NAN),
+                ..a
+            },
+            &q,
+            &k,
+            &v,
+            None,
+            &out,
+        ),
+        "attention",
+        is_param,
+        "scale must be finite",
+    );
+    expect_err(
+        run(Attention { softcap: -1.0, ..a }, &q, &k, &v, None, &out),
+        "attention",
+        is_param,
+        "softcap must be finite and >= 0 (0 = none), got -1",
+    );
+    expect_err(
+        run(
+            Attention {
+                splits: Some(0),
+                ..a
+            },
+            &q,
+            &k,
+            &v,
+            None,
+            &out,
+        ),
+        "attention",
+        is_param,
+        "splits must be in 1..=65535, got 0",
+    );
+    // KV cache rules.
+    expect_err(
+        KvCache::new(&ctx, 1, 2, 8, 10, DType::F16).map(|_| ()),
+        "kv_cache",
+        is_shape,
+        "unsupported head_dim 10: must be a multiple of 4 and <= 256",
+    );
+    expect_err(
+        KvCache::new(&ctx, 1, 0, 8, 16, DType::F16).map(|_| ()),
+        "kv_cache",
+        is_shape,
+        "must all be > 0",
+    );
+    let mut cache = KvCache::new(&ctx, 2, 2, 4, 16, DType::F16).unwrap();
+    expect_err(
+        cache.append_run(&ctx, &t(&[3, 2, 16]), &t(&[3, 2, 16])),
+        "kv_cache",
+        is_shape,
+        "k_new has shape [3, 2, 16] but must be [batch 2, n_new, n_kv_heads 2, head_dim 16]",
+    );
+    expect_err(
+        cache.append_run(&ctx, &t(&[2, 5, 2, 16]), &t(&[2, 5, 2, 16])),
+        "kv_cache",
+        is_shape,
+        "appending 5 rows at length 0 would exceed the capacity 4",
+    );
+    expect_err(
+        cache.append_run(&ctx, &t(&[2, 1, 2, 16]), &t(&[2, 2, 2, 16])),
+        "kv_cache",
+        is_shape,
+        "v_new has shape [2, 2, 2, 16] but k_new has [2, 1, 2, 16]",
+    );
+    expect_err(
+        cache.append_run(
+            &ctx,
+            &t(&[2, 1, 2, 16]),
+            &ctx.empty(&[2, 1, 2, 16], DType::F16).unwrap(),
+        ),
+        "kv_cache",
+        is_dtype,
+        "v_new is f16 but k_new is f32",
+    );
+    expect_err(
+        cache.append_run(
+            &ctx,
+            &Tensor::new(k.buffer(), 0, &[2, 1, 2, 16], DType::F32).clone(),
+            &Tensor::new(k.buffer(), 150, &[2, 1, 2, 16], DType::F32),
+        ),
+        "kv_cache",
+        is_bounds,
+        "v_new view",
+    );
+    assert_eq!(cache.len(), 0);
+    let q4 = t(&[2, 1, 8, 16]);
+    expect_err(
+        a.run_cached(&ctx, &q4, &cache, None, &t(&[2, 1, 8, 16])),
+        "attention",
+        is_shape,
+        "the KV cache is empty",
+    );
+    expect_err(
+        cache.set_len(5),
+        "kv_cache",
+        is_shape,
+        "length 5 exceeds capacity 4",
+    );
+    cache.set_len(1).unwrap();
+    expect_err(
+        a.run_cached(&ctx, &t(&[1, 8, 16]), &cache, None, &t(&[1, 8, 16])),
+        "attention",
+        is_shape,
+        "a rank-3 q needs a cache of batch 1, this cache has batch 2",
+    );
+    // Cache heads must divide q heads like any k/v.
+    expect_err(
+        a.run_cached(&ctx, &t(&[2, 1, 5, 16]), &cache, None, &t(&[2, 1, 5, 16])),
+        "attention",
+        is_shape,
+        "n_heads 5 is not divisible by n_kv_heads 2",
+    );
+}
+
+/// `llama-kernels check` runs the committed attention cases (written by NumPy float64 in
+/// `cases/gen_attention.py`) and passes them; mistyped attention cases are refused.
+#[test]
+fn check_runs_the_attention_cases() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cases");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("attention_"))
+        })
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 3, "committed attention cases: {cases:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama-kernels"))
+        .arg("check")
+        .args(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("check: {} passed, 0 failed", cases.len())),
+        "{stdout}"
+    );
+
+    // Mistyped cases get clear errors.
+    use llama_kernels::cases::{write_case, CaseFile};
+    use std::collections::HashMap;
+    let ctx = ctx();
+    let tmp = std::env::temp_dir().join(format!("llama-kernels-attn-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let run = |tensors: &[(&str, DType, Vec<usize>)], meta: &[(&str, &str)]| -> String {
+        let path = tmp.join("c.safetensors");
+        let t: Vec<_> = tensors
+            .iter()
+            .map(|(n, d, s)| {
+                (
+                    n.to_string(),
+                    *d,
+                    s.clone(),
+                    vec![0.25f32; s.iter().product()],
+                )
+            })
+            .collect();
+        let m: HashMap<String, String> = meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        write_case(&path, &t, &m).unwrap();
+        match CaseFile::load(&path).and_then(|c| c.run(&ctx, None)) {
+            Ok(_) => panic!("bad case accepted: {meta:?}"),
+            Err(e) => e.to_string(),
+        }
+    };
+    use DType::F32;
+    let good = |extra: &[(&'static str, DType, Vec<usize>)]| {
+        let mut v = vec![
+            ("q", F32, vec![2, 4, 8]),
+            ("k", F32, vec![3, 2, 8]),
+            ("v", F32, vec![3, 2, 8]),
+            ("expected.out", F32, vec![2, 4, 8]),
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
+    let op = ("op", "attention");
+    let e = run(&good(&[]), &[op, ("causual", "true")]);
+    assert!(
+        e.contains("unknown metadata key(s) for op attention: [\"causual\"]"),
+        "{e}"
+    );
+    let e = run(&good(&[]), &[op, ("window", "-2")]);
+    assert!(e.contains("metadata window=-2 must be in 0..="), "{e}");
+    let e = run(&good(&[]), &[op, ("q_offset", "2")]);
+    assert!(
+        e.contains("attention: q_offset 2 puts the last query at position 3"),
+        "{e}"
+    );
+    let e = run(&good(&[("sinks", F32, vec![3])]), &[op]);
+    assert!(
+        e.contains("attention: sinks has shape [3] but must be [4]"),
+        "{e}"
+    );
+    let e = run(&good(&[("sinks", DType::F16, vec![4])]), &[op]);
+    assert!(e.contains("sinks is F16; it must be F32"), "{e}");
+    let e = run(
+        &[
+            ("q", F32, vec![2, 4, 8]),
+            ("k", DType::BF16, vec![3, 2, 8]),
+            ("v", F32, vec![3, 2, 8]),
+            ("expected.out", F32, vec![2, 4, 8]),
+        ],
+        &[op],
+    );
+    assert!(e.contains("k is bf16 and v is f32 but q is f32"), "{e}");
+    let e = run(&good(&[]), &[op, ("causal", "maybe")]);
+    assert!(
+        e.contains("metadata causal=\"maybe\" is not true/false"),
+        "{e}"
+    );
+}
+
+/// A device created with WebGPU's default limits (16 KiB of workgroup memory): the tiles shrink
+/// to fit and the results still match, for every dtype and both kernels (head_dim 64 and 256).
+#[test]
+fn fits_webgpu_default_limits() {
+    let ctx0 = ctx();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpu::Limits::default(),
+        ..Default::default()
+    }))
+    .expect("device");
+    let small = llama_kernels::Context::from_device(&device, &queue);
+    assert_eq!(small.limits().max_compute_workgroup_storage_size, 16384);
+    let mut i = 0;
+    for dtype in DType::ALL {
+        for kind in [Kind::Prefill, Kind::Decode] {
+            {
+                i += 1;
+                let hd = [64usize, 256][i % 2];
+                let mut c = with_mode(Case::new(70, 300, 8, 2, hd), i);
+                c.dtype = dtype;
+                c.kind = Some(kind);
+                let plan = c.op().plan(&small, dims_of(&c), dtype).unwrap();
+                assert_eq!(plan.variant.tile_v4, 512);
+                assert_eq!(plan.bk as usize, (512 / (hd / 4)).min(64));
+                let d = data(&c, 9500 + i as u64, 1.0);
+                let got = gpu_on(&small, &c, &d);
+                let cmp = compare(&got, &want(&c, &d));
+                assert!(cmp.passes(tol(dtype)), "{c:?}: {cmp}");
+                // Same answer as the 32 KiB tiles up to f32 arithmetic and storage rounding.
+                let big = gpu_on(&ctx0, &c, &d);
+                let cmp = compare(&got, &big.iter().map(|&x| x as f64).collect::<Vec<_>>());
+                assert!(cmp.passes(tol(dtype)), "{c:?} vs 32 KiB tiles: {cmp}");
+            }
+        }
+    }
+}
+
+/// KV cache append with RoPE on K (Llama-3 rope: theta 5e5, llama3 scaling, half layout) for a
+/// batch of 2: prefill 6 rows, then single tokens, each step rotated at positions len.. in the
+/// same encoder, then attention over the cache; explicit position ids too. K in the cache matches
+/// the f64 RoPE reference, V is copied exactly, and attention matches the reference on rotated K.
+#[test]
+fn kv_cache_append_with_rope() {
+    use llama_kernels::ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
+    let ctx = ctx();
+    let (batch, nh, nkv, hd, cap) = (2, 8, 2, 64, 16);
+    let rope = Rope::new(500000.0, Layout::Half).with_scaling(Scaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    });
+    let (inv_freq, att) = rope.inv_freq(hd, 0).unwrap();
+    for dtype in DType::ALL {
+        let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, dtype).unwrap();
+        let mut rng = Rng::new(9600);
+        let mut k_rot: Vec<Vec<f64>> = vec![Vec::new(); batch];
+        let mut v_all: Vec<Vec<f64>> = vec![Vec::new(); batch];
+        for (step, &n_new) in [6usize, 1, 1, 3].iter().enumerate() {
+            let kn = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let vn = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let q = rng.vec(batch * n_new * nh * hd, 1.0);
+            let start = cache.len();
+            // Step 2 passes explicit ids (the same positions), the others the default.
+            let pos: Vec<i32> = (0..n_new).map(|s| (start + s) as i32).collect();
+            let ids = PositionIds::upload(&ctx, &pos, &[n_new]).unwrap();
+            let positions = (step == 2).then_some(Positions::Ids(&ids));
+            let kt = ctx.upload_as(&kn, &[batch, n_new, nkv, hd], dtype).unwrap();
+            let vt = ctx.upload_as(&vn, &[batch, n_new, nkv, hd], dtype).unwrap();
+            let qt = ctx.upload_as(&q, &[batch, n_new, nh, hd], dtype).unwrap();
+            let out = nan_output(&ctx, &[batch, n_new, nh, hd], dtype);
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            cache
+                .append_rope(&ctx, &mut enc, &kt, &vt, &rope, positions)
+                .unwrap();
+            Attention::default()
+                .encode_cached(&ctx, &mut enc, &qt, &cache, None, &out)
+                .unwrap();
+            ctx.queue().submit([enc.finish()]);
+            let kr = rounded(&kn, dtype);
+            let positions64: Vec<i64> = (0..batch)
+                .flat_map(|_| pos.iter().map(|&p| p as i64))
+                .collect();
+            let rotated = llama_kernels::reference::rope::rope(
+                &kr,
+                [batch, n_new, nkv, hd],
+                &positions64,
+                &inv_freq,
+                att,
+                Layout::Half,
+                hd,
+            );
+            let r = n_new * nkv * hd;
+            for b in 0..batch {
+                k_rot[b].extend(rotated[b * r..(b + 1) * r].iter().map(|&x| dtype.round(x)));
+                v_all[b].extend_from_slice(&rounded(&vn, dtype)[b * r..(b + 1) * r]);
+            }
+            let kf: Vec<f64> = k_rot.concat();
+            let vf: Vec<f64> = v_all.concat();
+            assert_close(
+                &ctx,
+                &cache.k(),
+                &kf,
+                tol(dtype),
+                &format!("{dtype} step {step}: rotated K"),
+            );
+            assert_eq!(
+                ctx.read_f32(&cache.v()).unwrap(),
+                vf.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                "{dtype} step {step}: V"
+            );
+            let dims = reference::Dims {
+                batch,
+                q_len: n_new,
+                kv_len: cache.len(),
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            };
+            let want = reference::attention(
+                &rounded(&q, dtype),
+                &kf,
+                &vf,
+                None,
+                dims,
+                &Default::default(),
+            );
+            assert_close(
+                &ctx,
+                &out,
+                &want,
+                tol(dtype),
+                &format!("{dtype} step {step}: attention"),
+            );
+        }
+        // A RoPE the cache cannot apply is refused before anything is recorded.
+        let bad = Rope::new(10000.0, Layout::Half).with_rotary_dim(70);
+        let kt = ctx
+            .upload_as(&vec![0.0; batch * nkv * hd], &[batch, 1, nkv, hd], dtype)
+            .unwrap();
+        let len = cache.len();
+        expect_err(
+            cache.append_rope_run(&ctx, &kt, &kt, &bad, None),
+            "rope",
+            |e| matches!(e, Error::Param { .. }),
+            "rotary_dim 70 must be even, > 0 and <= head_dim 64",
+        );
+        let ids = PositionIds::upload(&ctx, &[1, 2], &[2]).unwrap();
+        expect_err(
+            cache.append_rope_run(&ctx, &kt, &kt, &rope, Some(Positions::Ids(&ids))),
+            "kv_cache",
+            |e| matches!(e, Error::Shape { .. }),
+            "position ids have shape [2] but must be [1] or [2, 1]",
+        );
+        assert_eq!(cache.len(), len);
+    }
+}
