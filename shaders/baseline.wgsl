@@ -178,3 +178,126 @@ fn rope_rotate(
     store_pair(base + j, a * c - b * s);
     store_pair(base + j + half_rot, b * c + a * s);
 }
+
+// Attention, unfused, f32, batch 1, contiguous [tokens, heads, head_dim] views, the way a
+// framework without a fused kernel runs it:
+//   attn_repeat_kv  K or V [kv_len, n_kv_heads, d] -> [kv_len, n_heads, d] (K/V repeated per head)
+//   attn_scores     one invocation per (head, query, key): scale * q.k, or -3e38 where masked,
+//                   into an explicit [n_heads, q_len, kv_len] score matrix
+//   attn_softmax    one invocation per score row, in place
+//   attn_pv         one invocation per output element: sum over keys of p * v
+
+struct AttnParams {
+    q_len: u32,
+    kv_len: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    // position of query 0 (kv_len - q_len for prefill)
+    q_offset: u32,
+    causal: u32,
+    scale: f32,
+}
+
+@group(0) @binding(12) var<uniform> ap: AttnParams;
+@group(0) @binding(13) var<storage, read> kv_src: array<f32>;
+@group(0) @binding(14) var<storage, read_write> kv_rep: array<f32>;
+@group(0) @binding(15) var<storage, read> q_in: array<f32>;
+@group(0) @binding(16) var<storage, read> k_rep: array<f32>;
+@group(0) @binding(17) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(18) var<storage, read> p_in: array<f32>;
+@group(0) @binding(19) var<storage, read> v_rep: array<f32>;
+@group(0) @binding(20) var<storage, read_write> o_out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn attn_repeat_kv(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = linear_workgroup(wid, nwg) * WG + lid;
+    let hd = ap.head_dim;
+    if i >= ap.kv_len * ap.n_heads * hd {
+        return;
+    }
+    let j = i / (ap.n_heads * hd);
+    let h = (i / hd) % ap.n_heads;
+    let g = ap.n_heads / ap.n_kv_heads;
+    kv_rep[i] = kv_src[(j * ap.n_kv_heads + h / g) * hd + i % hd];
+}
+
+@compute @workgroup_size(WG)
+fn attn_scores(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = linear_workgroup(wid, nwg) * WG + lid;
+    if i >= ap.n_heads * ap.q_len * ap.kv_len {
+        return;
+    }
+    let h = i / (ap.q_len * ap.kv_len);
+    let t = (i / ap.kv_len) % ap.q_len;
+    let j = i % ap.kv_len;
+    let hd = ap.head_dim;
+    let qb = (t * ap.n_heads + h) * hd;
+    let kb = (j * ap.n_heads + h) * hd;
+    var s = 0.0;
+    for (var d = 0u; d < hd; d++) {
+        s += q_in[qb + d] * k_rep[kb + d];
+    }
+    s *= ap.scale;
+    if ap.causal != 0u && j > t + ap.q_offset {
+        s = -3.0e38;
+    }
+    scores[i] = s;
+}
+
+@compute @workgroup_size(WG)
+fn attn_softmax(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_workgroup(wid, nwg) * WG + lid;
+    if row >= ap.n_heads * ap.q_len {
+        return;
+    }
+    let base = row * ap.kv_len;
+    var m = -3.0e38;
+    for (var j = 0u; j < ap.kv_len; j++) {
+        m = max(m, scores[base + j]);
+    }
+    var l = 0.0;
+    for (var j = 0u; j < ap.kv_len; j++) {
+        let e = exp(scores[base + j] - m);
+        scores[base + j] = e;
+        l += e;
+    }
+    let inv = select(0.0, 1.0 / l, l > 0.0);
+    for (var j = 0u; j < ap.kv_len; j++) {
+        scores[base + j] *= inv;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attn_pv(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = linear_workgroup(wid, nwg) * WG + lid;
+    let hd = ap.head_dim;
+    if i >= ap.q_len * ap.n_heads * hd {
+        return;
+    }
+    let t = i / (ap.n_heads * hd);
+    let h = (i / hd) % ap.n_heads;
+    let d = i % hd;
+    let pb = (h * ap.q_len + t) * ap.kv_len;
+    var acc = 0.0;
+    for (var j = 0u; j < ap.kv_len; j++) {
+        acc += p_in[pb + j] * v_rep[(j * ap.n_heads + h) * hd + d];
+    }
+    o_out[i] = acc;
+}

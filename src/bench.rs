@@ -27,6 +27,7 @@ use serde_json::{json, Map, Value};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::ops::attention::Attention;
 use crate::ops::rms_norm::Strategy;
 use crate::ops::rope::qkv_views;
 use crate::ops::{copy, rms_norm};
@@ -293,10 +294,27 @@ pub fn calibrate(
     timing: Timing,
     settings: &Settings,
 ) -> Result<u32> {
+    Ok(calibrate_ms(ctx, encode, timing, settings)?.0)
+}
+
+/// [`calibrate`], also returning the milliseconds of one repetition.
+fn calibrate_ms(
+    ctx: &Context,
+    encode: &mut Encode,
+    timing: Timing,
+    settings: &Settings,
+) -> Result<(u32, f64)> {
     let mut warm = time_runs(ctx, encode, timing, 1, settings.warmup.max(1))?;
     let one = median(&mut warm).max(1e-3);
-    Ok((settings.min_run_ms / one).ceil().clamp(1.0, 256.0) as u32)
+    Ok((
+        (settings.min_run_ms / one).ceil().clamp(1.0, 256.0) as u32,
+        one,
+    ))
 }
+
+/// Cases slower than this per run get at most [`SLOW_RUNS`] timed runs.
+const SLOW_MS: f64 = 1000.0;
+const SLOW_RUNS: usize = 3;
 
 /// Warm up, pick the repetitions per run, and return the median milliseconds per repetition.
 pub fn measure(
@@ -327,10 +345,15 @@ fn measure_beside(
     timing: Timing,
     settings: &Settings,
 ) -> Result<(f64, Vec<f64>)> {
-    let reps = calibrate(ctx, encode, timing, settings)?;
+    let (reps, one) = calibrate_ms(ctx, encode, timing, settings)?;
+    let runs = if one > SLOW_MS {
+        settings.runs.clamp(1, SLOW_RUNS)
+    } else {
+        settings.runs.max(1)
+    };
     let mut times = Vec::new();
     let mut ceiling_times = vec![Vec::new(); ceilings.len()];
-    for _ in 0..settings.runs.max(1) {
+    for _ in 0..runs {
         times.extend(time_runs(ctx, encode, timing, reps, 1)?);
         for (c, t) in ceilings.iter_mut().zip(&mut ceiling_times) {
             t.extend(time_runs(ctx, &mut c.encode, timing, c.reps, 1)?);
@@ -482,7 +505,9 @@ fn rms_norm_cases(ctx: &Context, quick: bool) -> Vec<Case> {
             true,
         );
         let mut strategies = vec![Strategy::Auto];
-        if auto.per_invocation {
+        // The other strategy beside the dispatcher's choice shows what the choice buys (in
+        // --quick only on the first shape: it is slow on lavapipe).
+        if auto.per_invocation && (!quick || cases.is_empty()) {
             strategies.push(Strategy::WorkgroupPerRow);
         }
         if residual {
@@ -669,11 +694,156 @@ fn rope_cases(quick: bool) -> Vec<Case> {
     cases
 }
 
+// ---------------------------------------------------------------- attention
+
+/// (model, q heads, kv heads, head_dim, softcap, sliding window)
+const ATTN_MODELS: &[(&str, usize, usize, usize, f32, u32)] = &[
+    ("Llama-3-8B", 32, 8, 128, 0.0, 0),
+    ("Llama-3-70B", 64, 8, 128, 0.0, 0),
+    ("Qwen2.5-7B", 28, 4, 128, 0.0, 0),
+    ("Gemma-2-9B", 16, 8, 256, 50.0, 0),
+    ("Mistral-7B", 32, 8, 128, 0.0, 4096),
+];
+
+#[allow(clippy::too_many_arguments)]
+fn attention_case(
+    variant: String,
+    model: &'static str,
+    dtype: DType,
+    (q_len, kv_len, n_heads, n_kv, head_dim): (usize, usize, usize, usize, usize),
+    softcap: f32,
+    window: u32,
+    naive: bool,
+) -> Case {
+    let size = dtype.size() as u64;
+    let kv_bytes = 2 * (kv_len * n_kv * head_dim) as u64 * size;
+    let q_bytes = 2 * (q_len * n_heads * head_dim) as u64 * size;
+    let prefill = variant.contains("prefill");
+    // 4 q_len kv_len head_dim n_heads (two matmuls), halved for causal.
+    let flops = prefill.then(|| 4.0 * (q_len * kv_len * head_dim * n_heads) as f64 / 2.0);
+    let mut shape = vec![
+        ("q_len", q_len as u64),
+        ("kv_len", kv_len as u64),
+        ("n_heads", n_heads as u64),
+        ("n_kv_heads", n_kv as u64),
+        ("head_dim", head_dim as u64),
+    ];
+    if window > 0 {
+        shape.push(("window", window as u64));
+    }
+    Case {
+        kernel: "attention",
+        group: format!("attention/{model}/{dtype}/{q_len}x{kv_len}x{n_heads}x{n_kv}"),
+        variant,
+        model,
+        dtype,
+        shape,
+        // K and V read once, q read and out written once.
+        bytes: kv_bytes + q_bytes,
+        flops,
+        prepare: Box::new(move |ctx| {
+            let q = upload_pattern(ctx, &[q_len, n_heads, head_dim], dtype, 8)?;
+            let k = upload_pattern(ctx, &[kv_len, n_kv, head_dim], dtype, 9)?;
+            let v = upload_pattern(ctx, &[kv_len, n_kv, head_dim], dtype, 10)?;
+            let out = ctx.empty(&[q_len, n_heads, head_dim], dtype)?;
+            if naive {
+                let scratch =
+                    baseline::AttentionScratch::new(ctx, q_len, kv_len, n_heads, head_dim)?;
+                return Ok(Box::new(move |ctx, enc| {
+                    baseline::attention_naive(ctx, enc, &q, &k, &v, &out, &scratch, true)
+                }));
+            }
+            let op = Attention {
+                softcap,
+                window,
+                ..Attention::causal()
+            };
+            Ok(Box::new(move |ctx, enc| {
+                op.encode(ctx, enc, &q, &k, &v, None, &out)
+            }))
+        }),
+    }
+}
+
+fn attention_cases(quick: bool) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let decode = |m: usize, dtype: DType, kv_len: usize, mha: bool| {
+        let (model, nh, nkv, hd, softcap, window) = ATTN_MODELS[m];
+        let nkv = if mha { nh } else { nkv };
+        let name = if mha {
+            "decode_mha".to_string()
+        } else {
+            format!("decode_gqa{}", nh / nkv)
+        };
+        attention_case(
+            name,
+            model,
+            dtype,
+            (1, kv_len, nh, nkv, hd),
+            softcap,
+            window,
+            false,
+        )
+    };
+    // Prefill on one GQA group (g query heads over one kv head): the naive baseline's score
+    // matrix for all heads would pass the 128 MiB binding limit, and lavapipe would need minutes.
+    let prefill = |m: usize, dtype: DType, len: usize, naive: bool| {
+        let (model, nh, nkv, hd, softcap, window) = ATTN_MODELS[m];
+        let g = nh / nkv;
+        let name = if naive {
+            "naive_prefill_unfused".to_string()
+        } else {
+            "prefill".to_string()
+        };
+        let (softcap, window) = if naive { (0.0, 0) } else { (softcap, window) };
+        attention_case(
+            name,
+            model,
+            dtype,
+            (len, len, g, 1, hd),
+            softcap,
+            window,
+            naive,
+        )
+    };
+    if quick {
+        cases.push(decode(0, DType::F32, 4096, false));
+        cases.push(decode(0, DType::F32, 16384, false));
+        cases.push(decode(0, DType::F32, 4096, true));
+        cases.push(decode(0, DType::BF16, 32768, false));
+        cases.push(prefill(0, DType::F32, 2048, false));
+        cases.push(prefill(0, DType::F32, 2048, true));
+    } else {
+        for m in 0..ATTN_MODELS.len() {
+            for (dtype, lens) in [
+                (DType::F32, [512, 4096, 16384]),
+                (DType::BF16, [512, 4096, 32768]),
+            ] {
+                for kv_len in lens {
+                    cases.push(decode(m, dtype, kv_len, false));
+                }
+            }
+        }
+        cases.push(decode(0, DType::F32, 4096, true));
+        cases.push(decode(0, DType::BF16, 4096, true));
+        for len in [512, 2048] {
+            cases.push(prefill(0, DType::F32, len, false));
+            cases.push(prefill(0, DType::F32, len, true));
+        }
+        cases.push(prefill(0, DType::F32, 4096, false));
+        cases.push(prefill(0, DType::BF16, 2048, false));
+        cases.push(prefill(3, DType::F32, 2048, false));
+        cases.push(prefill(4, DType::F32, 2048, false));
+    }
+    cases
+}
+
 /// Every case of the benchmark, ceilings first.
 pub fn cases(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut c = copy_cases();
     c.extend(rms_norm_cases(ctx, quick));
     c.extend(rope_cases(quick));
+    c.extend(attention_cases(quick));
     c
 }
 

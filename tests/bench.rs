@@ -352,3 +352,53 @@ fn harness_records_json_and_chart() {
     let table = bench::table(&records);
     assert!(table.contains("naive_slow") && table.contains(timing));
 }
+
+/// The unfused attention baseline equals the reference: causal and not, GQA and MHA, q_len below
+/// kv_len (queries aligned bottom-right).
+#[test]
+fn naive_attention_matches_reference() {
+    use llama_kernels::reference::attention::{attention, Dims, Options};
+    let ctx = ctx();
+    let mut rng = Rng::new(4);
+    for &(q_len, kv_len, n_heads, n_kv, hd, causal) in &[
+        (5usize, 5usize, 4usize, 1usize, 8usize, true),
+        (3, 37, 8, 2, 16, true),
+        (6, 9, 2, 2, 4, false),
+    ] {
+        let q = rng.vec(q_len * n_heads * hd, 1.0);
+        let k = rng.vec(kv_len * n_kv * hd, 1.0);
+        let v = rng.vec(kv_len * n_kv * hd, 1.0);
+        let qt = ctx.upload(&q, &[q_len, n_heads, hd]).unwrap();
+        let kt = ctx.upload(&k, &[kv_len, n_kv, hd]).unwrap();
+        let vt = ctx.upload(&v, &[kv_len, n_kv, hd]).unwrap();
+        let out = ctx
+            .upload(&vec![f32::NAN; q_len * n_heads * hd], &[q_len, n_heads, hd])
+            .unwrap();
+        let scratch = baseline::AttentionScratch::new(&ctx, q_len, kv_len, n_heads, hd).unwrap();
+        ctx.submit_and_wait("test", |enc| {
+            baseline::attention_naive(&ctx, enc, &qt, &kt, &vt, &out, &scratch, causal)
+        })
+        .unwrap();
+        let d = Dims {
+            batch: 1,
+            q_len,
+            kv_len,
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+        };
+        let o = Options {
+            causal,
+            ..Default::default()
+        };
+        let f = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<_>>();
+        let want = attention(&f(&q), &f(&k), &f(&v), None, d, &o);
+        assert_close(
+            &ctx,
+            &out,
+            &want,
+            tolerance(DType::F32),
+            &format!("naive attention {q_len}x{kv_len} heads {n_heads}/{n_kv} causal {causal}"),
+        );
+    }
+}

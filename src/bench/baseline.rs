@@ -35,6 +35,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
         keys.push(key("rms_norm_scale", dtype));
     }
     keys.extend(rope_variant_keys());
+    keys.extend(attention_variant_keys());
     keys
 }
 
@@ -232,5 +233,169 @@ pub fn rope_naive(
         ],
     )?;
     rotate.dispatch(enc, &bg, ctx.grid(OP, work.div_ceil(WG as u64))?);
+    Ok(())
+}
+
+/// Uniform parameters; mirrors `struct AttnParams` in `shaders/baseline.wgsl` (32 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AttnParams {
+    pub q_len: u32,
+    pub kv_len: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub q_offset: u32,
+    pub causal: u32,
+    pub scale: f32,
+}
+
+const ATTN_ENTRIES: [&str; 4] = ["attn_repeat_kv", "attn_scores", "attn_softmax", "attn_pv"];
+
+/// Every pipeline key of the attention baseline (f32 only).
+pub fn attention_variant_keys() -> Vec<PipelineKey> {
+    ATTN_ENTRIES.iter().map(|e| key(e, DType::F32)).collect()
+}
+
+/// Scratch for [`attention_naive`]: K and V repeated per query head, and the score matrix.
+pub struct AttentionScratch {
+    pub k_rep: Tensor,
+    pub v_rep: Tensor,
+    pub scores: Tensor,
+}
+
+impl AttentionScratch {
+    pub fn new(
+        ctx: &Context,
+        q_len: usize,
+        kv_len: usize,
+        n_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
+        Ok(AttentionScratch {
+            k_rep: ctx.empty(&[kv_len, n_heads, head_dim], DType::F32)?,
+            v_rep: ctx.empty(&[kv_len, n_heads, head_dim], DType::F32)?,
+            scores: ctx.empty(&[n_heads, q_len, kv_len], DType::F32)?,
+        })
+    }
+}
+
+/// Unfused attention (f32, batch 1, contiguous views at the start of their buffers, scale
+/// `1/sqrt(head_dim)`, queries aligned bottom-right): K/V repeated per head, explicit scores with
+/// the causal mask, a separate softmax, then P·V.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_naive(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    scratch: &AttentionScratch,
+    causal: bool,
+) -> Result<()> {
+    const OP: &str = "attention_naive";
+    for (name, t) in [
+        ("q", q),
+        ("k", k),
+        ("v", v),
+        ("out", out),
+        ("k_rep", &scratch.k_rep),
+        ("v_rep", &scratch.v_rep),
+        ("scores", &scratch.scores),
+    ] {
+        t.validate(OP, name)?;
+        crate::ensure!(
+            t.is_contiguous() && t.offset() == 0 && t.dtype() == DType::F32,
+            Shape,
+            OP,
+            "{name} must be a contiguous f32 view at the start of its buffer"
+        );
+    }
+    crate::ensure!(
+        q.rank() == 3 && k.rank() == 3 && k.shape() == v.shape() && out.shape() == q.shape(),
+        Shape,
+        OP,
+        "q {:?} / out {:?} must be [q_len, n_heads, d] and k {:?} / v {:?} [kv_len, n_kv_heads, d]",
+        q.shape(),
+        out.shape(),
+        k.shape(),
+        v.shape()
+    );
+    let (q_len, n_heads, head_dim) = (q.shape()[0], q.shape()[1], q.shape()[2]);
+    let (kv_len, n_kv_heads) = (k.shape()[0], k.shape()[1]);
+    crate::ensure!(
+        k.shape()[2] == head_dim
+            && n_kv_heads > 0
+            && n_heads % n_kv_heads == 0
+            && q_len <= kv_len
+            && scratch.k_rep.numel() >= kv_len * n_heads * head_dim
+            && scratch.v_rep.numel() >= kv_len * n_heads * head_dim
+            && scratch.scores.numel() >= n_heads * q_len * kv_len,
+        Shape,
+        OP,
+        "shapes q {:?}, k {:?} or the scratch do not fit",
+        q.shape(),
+        k.shape()
+    );
+    let params = AttnParams {
+        q_len: q_len as u32,
+        kv_len: kv_len as u32,
+        n_heads: n_heads as u32,
+        n_kv_heads: n_kv_heads as u32,
+        head_dim: head_dim as u32,
+        q_offset: (kv_len - q_len) as u32,
+        causal: causal as u32,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    };
+    let uniform = ctx.uniform(OP, &params)?;
+    let win = |t: &Tensor| Window::covering(ctx, OP, &[t]);
+    let (qw, kw, vw, ow) = (win(q)?, win(k)?, win(v)?, win(out)?);
+    let (krw, vrw, sw) = (
+        win(&scratch.k_rep)?,
+        win(&scratch.v_rep)?,
+        win(&scratch.scores)?,
+    );
+    let groups = |n: usize| ctx.grid(OP, (n as u64).div_ceil(WG as u64));
+    let repeat = ctx.kernel(OP, &key("attn_repeat_kv", DType::F32))?;
+    for (src, dst) in [(&kw, &krw), (&vw, &vrw)] {
+        let bg = repeat.bind_group(
+            ctx,
+            OP,
+            &[
+                (12, whole(&uniform)),
+                (13, src.resource()),
+                (14, dst.resource()),
+            ],
+        )?;
+        repeat.dispatch(enc, &bg, groups(kv_len * n_heads * head_dim)?);
+    }
+    let scores = ctx.kernel(OP, &key("attn_scores", DType::F32))?;
+    let bg = scores.bind_group(
+        ctx,
+        OP,
+        &[
+            (12, whole(&uniform)),
+            (15, qw.resource()),
+            (16, krw.resource()),
+            (17, sw.resource()),
+        ],
+    )?;
+    scores.dispatch(enc, &bg, groups(n_heads * q_len * kv_len)?);
+    let softmax = ctx.kernel(OP, &key("attn_softmax", DType::F32))?;
+    let bg = softmax.bind_group(ctx, OP, &[(12, whole(&uniform)), (17, sw.resource())])?;
+    softmax.dispatch(enc, &bg, groups(n_heads * q_len)?);
+    let pv = ctx.kernel(OP, &key("attn_pv", DType::F32))?;
+    let bg = pv.bind_group(
+        ctx,
+        OP,
+        &[
+            (12, whole(&uniform)),
+            (18, sw.resource()),
+            (19, vrw.resource()),
+            (20, ow.resource()),
+        ],
+    )?;
+    pv.dispatch(enc, &bg, groups(q_len * n_heads * head_dim)?);
     Ok(())
 }
