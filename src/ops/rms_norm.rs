@@ -444,9 +444,10 @@ impl RmsNorm {
         // 16-byte items need 16-byte aligned row starts in every view.
         let size = dtype.size();
         let aligned = |t: &Tensor, stride: usize| {
-            (t.offset() * size) % 16 == 0 && (rows == 1 || (stride * size) % 16 == 0)
+            (t.offset() * size).is_multiple_of(16)
+                && (rows == 1 || (stride * size).is_multiple_of(16))
         };
-        let mut aligned16 = (n * size) % 16 == 0
+        let mut aligned16 = (n * size).is_multiple_of(16)
             && aligned(x, x_stride)
             && aligned(out, out_stride)
             && aligned(weight, 0);
