@@ -13,12 +13,19 @@ use llama_kernels::{Context, DType, Layout, Positions, Rope};
 fn main() -> Result<(), llama_kernels::Error> {
     let ctx = Context::new()?;
     println!("adapter: {}", ctx.describe());
-    let methods = [SinCos::Exact, SinCos::BuiltinReduced, SinCos::NaiveF32, SinCos::HostTable];
+    let methods = [
+        SinCos::Exact,
+        SinCos::BuiltinReduced,
+        SinCos::NaiveF32,
+        SinCos::HostTable,
+    ];
     // Llama-3-8B Q+K in a fused QKV buffer (2048 tokens, 32 q + 8 kv heads of 128), then 65536
     // tokens of one head (nothing shared between heads).
     for (seq, nh, nkv, hd) in [(2048usize, 32usize, 8usize, 128usize), (65536, 1, 0, 128)] {
         let row = (nh + 2 * nkv) * hd;
-        let data: Vec<f32> = (0..seq * row).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let data: Vec<f32> = (0..seq * row)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
         let buf = ctx.upload(&data, &[seq * row])?;
         let (q, k, _) = qkv_views(buf.buffer(), 0, seq, nh, nkv, hd, DType::F32);
         for method in methods {

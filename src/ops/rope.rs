@@ -246,7 +246,7 @@ pub fn qkv_views(
     )
 }
 
-/// Uniform parameters; mirrors `struct Params` in `shaders/rope.wgsl` (112 bytes).
+/// Uniform parameters; mirrors `struct Params` in `shaders/rope.wgsl` (128 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -278,6 +278,11 @@ pub struct Params {
     pub pos_start: i32,
     pub scale: f32,
     pub _pad0: u32,
+    /// `rope_vec4` only: vec4 distance between the halves of a head (`half_rot / lanes`).
+    pub v_half: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+    pub _pad3: u32,
 }
 
 /// The per-pair entry of the frequency table; mirrors `struct Freq` in `shaders/rope.wgsl`.
@@ -348,13 +353,15 @@ pub struct Variant {
     pub in_place: bool,
     pub x_in_dst: bool,
     pub sincos: SinCos,
+    /// The `rope_vec4` entry point (in place, 16-byte aligned heads; see [`Rope::uses_vec4`]).
+    pub vec4: bool,
 }
 
 impl Variant {
     pub fn key(&self) -> PipelineKey {
         PipelineKey::new(
             Shader::Rope,
-            "rope",
+            if self.vec4 { "rope_vec4" } else { "rope" },
             vec![
                 ("DTYPE", self.dtype.shader_code()),
                 ("LAYOUT", (self.layout == Layout::Interleaved) as u32),
@@ -389,9 +396,24 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                                 in_place,
                                 x_in_dst,
                                 sincos,
+                                vec4: false,
                             }
                             .key(),
                         );
+                        if in_place {
+                            keys.push(
+                                Variant {
+                                    dtype,
+                                    layout,
+                                    pos_buf,
+                                    in_place,
+                                    x_in_dst,
+                                    sincos,
+                                    vec4: true,
+                                }
+                                .key(),
+                            );
+                        }
                     }
                 }
             }
@@ -410,6 +432,20 @@ struct View4 {
     bstride: usize,
     sstride: usize,
     hstride: usize,
+}
+
+/// Whether a view can take the `rope_vec4` path: its first element and every stride that
+/// matters are 16-byte aligned, and rotary_dim spans whole pairs of vec4s (8 f32 or 16 halves),
+/// so every access is a whole, aligned vec4 inside the view.
+fn vec4_aligned(ctx: &Context, rd: usize, v: &View4, offset: usize, dtype: DType) -> bool {
+    let lanes = 16 / dtype.size();
+    let ok = |dim: usize, stride: usize| dim <= 1 || stride % lanes == 0;
+    ctx.limits().min_storage_buffer_offset_alignment % 16 == 0
+        && rd % (2 * lanes) == 0
+        && offset % lanes == 0
+        && ok(v.batch, v.bstride)
+        && ok(v.seq, v.sstride)
+        && ok(v.heads, v.hstride)
 }
 
 fn view4(t: &Tensor, name: &str) -> Result<View4> {
@@ -872,7 +908,27 @@ impl Rope {
         } else {
             (va.head_dim - rd).div_ceil(2)
         };
-        let n_cols = n_quads + n_tail;
+        let mut n_cols = n_quads + n_tail;
+        let vb = b.map(|b| view4(b, "k")).transpose()?;
+        let vec4 = in_place
+            && vec4_aligned(ctx, rd, &va, a.offset(), dtype)
+            && vb.is_none_or(|vb| vec4_aligned(ctx, rd, &vb, b.map_or(0, |b| b.offset()), dtype));
+        if vec4 {
+            // Offsets and strides in vec4 units from here on (record converts the offsets).
+            let lanes = (16 / dtype.size()) as u32;
+            for v in [
+                &mut params.a_bstride,
+                &mut params.a_sstride,
+                &mut params.a_hstride,
+                &mut params.b_bstride,
+                &mut params.b_sstride,
+                &mut params.b_hstride,
+            ] {
+                *v /= lanes;
+            }
+            params.v_half = params.half_rot / lanes;
+            n_cols = rd / 2 / lanes as usize;
+        }
         let heads = va.heads + params.b_heads as usize;
         let want = TARGET_INVOCATIONS.div_ceil(tokens * n_cols);
         let groups = want.clamp(1, heads);
@@ -897,6 +953,7 @@ impl Rope {
                 in_place,
                 x_in_dst,
                 sincos: self.sincos,
+                vec4,
             },
             params,
             freqs,
@@ -1047,6 +1104,12 @@ impl Rope {
         if let Some(b) = b {
             params.b_off = dst.elem_offset(b);
         }
+        if v.vec4 {
+            // plan checked that both offsets and the window start are 16-byte aligned.
+            let lanes = 16 / a.dtype().size() as u32;
+            params.a_off /= lanes;
+            params.b_off /= lanes;
+        }
         if let Some(o) = out {
             params.o_off = dst.elem_offset(o);
         }
@@ -1071,6 +1134,25 @@ impl Rope {
                 })
         })?;
         let dummy = ctx.dummy_buffer();
+        let pos_res = || {
+            pos_win
+                .as_ref()
+                .map_or_else(|| whole(dummy), |w| w.resource())
+        };
+        if v.vec4 {
+            let bg = kernel.bind_group(
+                ctx,
+                OP,
+                &[
+                    (0, whole(&uniform)),
+                    (3, pos_res()),
+                    (4, whole(&freq_buf)),
+                    (5, dst.resource()),
+                ],
+            )?;
+            kernel.dispatch(enc, &bg, grid);
+            return Ok(());
+        }
         let bg = kernel.bind_group(
             ctx,
             OP,
@@ -1185,7 +1267,7 @@ mod tests {
     #[test]
     fn params_layout_is_16_byte_padded() {
         assert_eq!(std::mem::size_of::<Params>() % 16, 0);
-        assert_eq!(std::mem::size_of::<Params>(), 112);
+        assert_eq!(std::mem::size_of::<Params>(), 128);
         assert_eq!(std::mem::size_of::<Freq>(), 16);
     }
 }
