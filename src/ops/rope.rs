@@ -355,7 +355,7 @@ pub struct Variant {
     pub in_place: bool,
     pub x_in_dst: bool,
     pub sincos: SinCos,
-    /// The `rope_vec4` entry point (in place, 16-byte aligned heads; see [`Rope::uses_vec4`]).
+    /// The `rope_vec4` entry point (in place, 16-byte aligned heads; see [`Rope::variant`]).
     pub vec4: bool,
 }
 
@@ -969,6 +969,23 @@ impl Rope {
             freqs,
             threads,
         })
+    }
+
+    /// The kernel variant that [`Rope::encode`] (`k` and `out` `None`), [`Rope::encode_qk`]
+    /// (`k` in the same buffer as `x`) or [`Rope::encode_to`] (`out`) would dispatch for these
+    /// views, after the same validation; nothing touches the GPU. `vec4` tells whether the
+    /// fast `rope_vec4` entry point is taken: in place, every offset and every stride of a
+    /// dimension longer than 1 a multiple of 16 bytes, and `rotary_dim` a multiple of 8 (f32) or
+    /// 16 (f16, bf16) elements. Otherwise the general `rope` entry point runs.
+    pub fn variant(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        k: Option<&Tensor>,
+        out: Option<&Tensor>,
+        positions: Positions<'_>,
+    ) -> Result<Variant> {
+        Ok(self.plan(ctx, x, k, out, positions)?.variant)
     }
 
     /// Record an in-place rotation of `x` (`[seq, heads, head_dim]` or
