@@ -3,7 +3,10 @@
 // over token-major views [batch, seq, heads, head_dim] (any strides, last dim contiguous).
 // Up to two head segments share a dispatch (Q and K inside one fused QKV buffer).
 //
-// One invocation owns a "column" of one token and a group of heads:
+// Two entry points: `rope_vec4` (end of file) for in-place views whose heads are whole, 16-byte
+// aligned vec4s, and `rope` for every other view, described here.
+//
+// One invocation of `rope` owns a "column" of one token and a group of heads:
 //   - columns < n_quads rotate pairs 2c and 2c+1 (so a packed f16/bf16 word is only ever written by
 //     one invocation); their cos/sin are computed once and applied to every head of the group;
 //   - columns >= n_quads copy the unrotated tail [rotary_dim, head_dim) two elements at a time
@@ -24,6 +27,7 @@
 //            2 f32 angle pos * inv_freq + built-in sin/cos (what most frameworks do),
 //            3 host table: freqs[pos * half_rot + k] holds (cos, sin) built in f64
 //   WG       workgroup size
+// `rope_vec4` reads the same constants; IN_PLACE and X_IN_DST are always (true, false) there.
 
 override DTYPE: u32 = 0u;
 override LAYOUT: u32 = 0u;
