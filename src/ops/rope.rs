@@ -46,10 +46,12 @@
 //! Chosen over the alternative, a cos/sin table built in f64 on the host: with positions in a
 //! GPU buffer that table must cover every position (`max_position x rotary_dim/2 x 8` bytes:
 //! 512 MiB at 1M positions and 8 GiB at 2^24 for rotary_dim 128, past a 128 MiB binding), or be
-//! rebuilt per call (4M `sin_cos` and a 64 MiB upload for 65536 tokens: 645 ms against 171 ms on
+//! rebuilt per call (4M `sin_cos` and a 64 MiB upload for 65536 tokens: 230 ms against 43 ms on
 //! lavapipe). The fixed-point table is `rotary_dim/2 x 16` bytes (1 KiB), and the polynomial costs
-//! nothing measurable: Llama-3-8B Q+K, 2048 tokens in a fused QKV buffer, median per call on
-//! lavapipe 68 ms exact, 75 ms built-in reduced, 79 ms naive f32, 76 ms host table
+//! little, since cos/sin are shared by every head of a token: Llama-3-8B Q+K, 2048 tokens in a
+//! fused QKV buffer, median per call (submit and wait) on lavapipe with the `rope_vec4` path
+//! 25 ms exact, 26 ms built-in reduced, 24 ms naive f32, 28 ms host table; with one head per
+//! token (65536 tokens), where nothing shares them, 43 / 46 / 37 / 230 ms
 //! (`cargo run --release --example rope_sincos`). [`SinCos`] keeps the other methods for such measurements.
 //!
 //! ## Strategy
