@@ -1,14 +1,17 @@
 //! RoPE bandwidth against the device's own copy ceilings, measured in the same run:
-//! (a) `copy_buffer_to_buffer` of the rotated bytes, (b) WGSL streaming-copy kernels (vec4, one
-//! and four per invocation; the best is the ceiling), (c) the RoPE kernel on Llama-3-8B Q+K inside
-//! a fused QKV buffer and on a plain in-place `[tokens, heads, 128]` view, for f32, f16 and bf16.
+//! (a) `copy_buffer_to_buffer` of the rotated bytes, (b) WGSL streaming-copy kernels (u32 x4 and
+//! vec4 x1/x4/x16 per invocation, each from a checked and from a trusted shader module; the best
+//! is the ceiling), (c) the RoPE kernel on Llama-3-8B Q+K inside a fused QKV buffer, on a plain
+//! in-place `[tokens, 32, 128]` view (half and interleaved), and on the same rows 2 elements off
+//! 16-byte alignment (the general `rope` entry point), for f32, f16 and bf16, >= 64 MiB each.
 //!
 //! Bytes counted: the rotated elements, read once and written once (the kernel moves nothing
 //! else in place). Times come from GPU timestamps (empty timestamped passes around the work)
-//! when the adapter has them, else from submit-and-wait wall time; warm-up, then the median.
+//! when the adapter has them, else from submit-and-wait wall time; two warm-ups, then the median,
+//! with all cases run round-robin so that load from other processes hits them alike.
 //!
 //! ```sh
-//! cargo run --release --example rope_speed [-- reps]
+//! cargo run --release --example rope_speed [-- reps]      # ROPE_SPEED_DTYPE=f16 for one dtype
 //! ```
 
 use llama_kernels::ops::rope::qkv_views;
