@@ -3,7 +3,10 @@
 // over token-major views [batch, seq, heads, head_dim] (any strides, last dim contiguous).
 // Up to two head segments share a dispatch (Q and K inside one fused QKV buffer).
 //
-// One invocation owns a "column" of one token and a group of heads:
+// Two entry points: `rope_vec4` (end of file) for in-place views whose heads are whole, 16-byte
+// aligned vec4s, and `rope` for every other view, described here.
+//
+// One invocation of `rope` owns a "column" of one token and a group of heads:
 //   - columns < n_quads rotate pairs 2c and 2c+1 (so a packed f16/bf16 word is only ever written by
 //     one invocation); their cos/sin are computed once and applied to every head of the group;
 //   - columns >= n_quads copy the unrotated tail [rotary_dim, head_dim) two elements at a time
@@ -24,6 +27,7 @@
 //            2 f32 angle pos * inv_freq + built-in sin/cos (what most frameworks do),
 //            3 host table: freqs[pos * half_rot + k] holds (cos, sin) built in f64
 //   WG       workgroup size
+// `rope_vec4` reads the same constants; IN_PLACE and X_IN_DST are always (true, false) there.
 
 override DTYPE: u32 = 0u;
 override LAYOUT: u32 = 0u;
@@ -66,6 +70,11 @@ struct Params {
     pos_start: i32,
     scale: f32,
     _pad0: u32,
+    // rope_vec4 only: vec4 distance between the two halves of a head (LAYOUT 0)
+    v_half: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 struct Freq {
@@ -82,6 +91,8 @@ struct Freq {
 @group(0) @binding(2) var<storage, read> src: array<u32>;
 @group(0) @binding(3) var<storage, read> positions: array<i32>;
 @group(0) @binding(4) var<storage, read> freqs: array<Freq>;
+// The written buffer seen as vec4 words, for `rope_vec4` (in place, 16-byte aligned views).
+@group(0) @binding(5) var<storage, read_write> dst4: array<vec4<u32>>;
 
 // High 32 bits of the 64-bit product a * b.
 fn mul_hi(a: u32, b: u32) -> u32 {
@@ -316,5 +327,197 @@ fn rope(
                 dst[ob >> 1u] = rd(ib >> 1u);
             }
         }
+    }
+}
+
+// ---- rope_vec4: the fast path for in-place views whose heads are whole, 16-byte aligned vec4s ----
+//
+// Taken when every offset and stride is a multiple of 16 bytes and rotary_dim is a multiple of
+// 2 x (elements per vec4); the host then gives offsets and strides in vec4 units. One invocation
+// owns a "unit" of one token and a group of heads: P pairs (4 for f32, 8 for f16/bf16) whose cos
+// and sin it computes once, with the attention factor folded in, and then, for every head of the
+// group, two vec4 loads and two vec4 stores:
+//   - LAYOUT 0 (half): the vec4 holding the a's of pairs P*j.. and the one holding their b's,
+//     v_half vec4s later;
+//   - LAYOUT 1 (interleaved): the two consecutive vec4s holding (a, b) of pairs P*j...
+// On CPU adapters a vec4 access costs about what a scalar one does, so this moves 4x (f32) or
+// 8x (halves) the bytes per memory instruction of the general path, and its loop over heads has
+// no per-head branch or division.
+
+// Eight elements (two vec4s of f32, or one vec4 of packed halves) as two f32 vec4s.
+struct Oct {
+    x: vec4<f32>,
+    y: vec4<f32>,
+}
+
+// cos and sin of four consecutive pairs starting at k, times the attention factor.
+struct CosSin4 {
+    c: vec4<f32>,
+    s: vec4<f32>,
+}
+
+fn cos_sin4(pos: i32, k: u32) -> CosSin4 {
+    let e0 = cos_sin(pos, k);
+    let e1 = cos_sin(pos, k + 1u);
+    let e2 = cos_sin(pos, k + 2u);
+    let e3 = cos_sin(pos, k + 3u);
+    return CosSin4(
+        vec4<f32>(e0.x, e1.x, e2.x, e3.x) * p.scale,
+        vec4<f32>(e0.y, e1.y, e2.y, e3.y) * p.scale,
+    );
+}
+
+// Branch-free conversions of four values at a time. `unpack_half2` / `pack_half2` in common.wgsl
+// give the same results but branch per value, which CPU adapters (which run lanes as SIMD)
+// pay for on every element: on lavapipe they made f16 RoPE take twice as long as the loads
+// and stores. Built-in `pack2x16float` was no faster there and WGSL leaves its rounding and
+// overflow open.
+
+// f16 bits (low 16 bits of each lane) -> f32, exact for every value: subnormals by subtracting
+// 2^-14 from a normal f32 (no f32 subnormal is ever produced or read), inf/NaN by a second rebias.
+fn f16x4_to_f32(h: vec4<u32>) -> vec4<f32> {
+    let o = (h & vec4<u32>(0x7fffu)) << vec4<u32>(13u);
+    let e = o & vec4<u32>(0x0f800000u);
+    var r = o + vec4<u32>(0x38000000u);
+    r = select(r, r + vec4<u32>(0x38000000u), e == vec4<u32>(0x0f800000u));
+    let sub = bitcast<vec4<f32>>(o + vec4<u32>(0x38800000u)) - vec4<f32>(6.103515625e-05);
+    r = select(r, bitcast<vec4<u32>>(sub), e == vec4<u32>(0u));
+    return bitcast<vec4<f32>>(r | ((h & vec4<u32>(0x8000u)) << vec4<u32>(16u)));
+}
+
+// f32 -> f16 bits, round to nearest even as f32_to_f16_bits: overflow gives inf, NaN a quiet NaN;
+// results below 2^-14 come from adding 0.5, whose f32 ulp is the f16 subnormal step 2^-24.
+fn f32x4_to_f16(v: vec4<f32>) -> vec4<u32> {
+    let x = bitcast<vec4<u32>>(v);
+    let sign = (x >> vec4<u32>(16u)) & vec4<u32>(0x8000u);
+    let a = x & vec4<u32>(0x7fffffffu);
+    // Normal: rebias the exponent by -112 (mod 2^32) and round away 13 mantissa bits.
+    let n = (a + vec4<u32>(0xc8000fffu) + ((a >> vec4<u32>(13u)) & vec4<u32>(1u))) >> vec4<u32>(13u);
+    let sub = bitcast<vec4<u32>>(bitcast<vec4<f32>>(a) + vec4<f32>(0.5)) - vec4<u32>(0x3f000000u);
+    var o = select(n, sub, a < vec4<u32>(0x38800000u));
+    let big = select(vec4<u32>(0x7c00u), vec4<u32>(0x7e00u), a > vec4<u32>(0x7f800000u));
+    o = select(o, big, a >= vec4<u32>(0x47800000u));
+    return o | sign;
+}
+
+// f32 -> bf16 bits, round to nearest even, NaN stays a quiet NaN (as f32_to_bf16_bits).
+fn f32x4_to_bf16(v: vec4<f32>) -> vec4<u32> {
+    let u = bitcast<vec4<u32>>(v);
+    let r = (u + vec4<u32>(0x7fffu) + ((u >> vec4<u32>(16u)) & vec4<u32>(1u))) >> vec4<u32>(16u);
+    let nan = (u >> vec4<u32>(16u)) | vec4<u32>(0x40u);
+    return select(r, nan, (u & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u));
+}
+
+// Two packed words (four halves, element 0 in the low bits) -> f32.
+fn unpack4(w: vec2<u32>) -> vec4<f32> {
+    if DTYPE == DT_F16 {
+        let m = vec4<u32>(0xffffu, 0xffffffffu, 0xffffu, 0xffffffffu);
+        let sh = vec4<u32>(0u, 16u, 0u, 16u);
+        return f16x4_to_f32((vec4<u32>(w.x, w.x, w.y, w.y) >> sh) & m);
+    }
+    return vec4<f32>(bf16x2_to_f32(w.x), bf16x2_to_f32(w.y));
+}
+
+fn pack4(v: vec4<f32>) -> vec2<u32> {
+    var h: vec4<u32>;
+    if DTYPE == DT_F16 {
+        h = f32x4_to_f16(v);
+    } else {
+        h = f32x4_to_bf16(v);
+    }
+    return vec2<u32>(h.x | (h.y << 16u), h.z | (h.w << 16u));
+}
+
+fn unpack8(w: vec4<u32>) -> Oct {
+    return Oct(unpack4(w.xy), unpack4(w.zw));
+}
+
+fn pack8(v: Oct) -> vec4<u32> {
+    return vec4<u32>(pack4(v.x), pack4(v.y));
+}
+
+// Interleaved (a0, b0, a1, b1) rotated by the cos/sin of its two pairs.
+fn rot_il(v: vec4<f32>, c: vec2<f32>, s: vec2<f32>) -> vec4<f32> {
+    return v * vec4<f32>(c.x, c.x, c.y, c.y) + v.yxwz * vec4<f32>(-s.x, s.x, -s.y, s.y);
+}
+
+// Rotate the unit whose two vec4 words are at u0 and u1.
+fn rotate_unit(u0: u32, u1: u32, cs0: CosSin4, cs1: CosSin4) {
+    if DTYPE == DT_F32 {
+        let x = bitcast<vec4<f32>>(dst4[u0]);
+        let y = bitcast<vec4<f32>>(dst4[u1]);
+        if LAYOUT == 0u {
+            dst4[u0] = bitcast<vec4<u32>>(x * cs0.c - y * cs0.s);
+            dst4[u1] = bitcast<vec4<u32>>(y * cs0.c + x * cs0.s);
+        } else {
+            dst4[u0] = bitcast<vec4<u32>>(rot_il(x, cs0.c.xy, cs0.s.xy));
+            dst4[u1] = bitcast<vec4<u32>>(rot_il(y, cs0.c.zw, cs0.s.zw));
+        }
+        return;
+    }
+    let x = unpack8(dst4[u0]);
+    let y = unpack8(dst4[u1]);
+    if LAYOUT == 0u {
+        dst4[u0] = pack8(Oct(x.x * cs0.c - y.x * cs0.s, x.y * cs1.c - y.y * cs1.s));
+        dst4[u1] = pack8(Oct(y.x * cs0.c + x.x * cs0.s, y.y * cs1.c + x.y * cs1.s));
+    } else {
+        dst4[u0] = pack8(Oct(rot_il(x.x, cs0.c.xy, cs0.s.xy), rot_il(x.y, cs0.c.zw, cs0.s.zw)));
+        dst4[u1] = pack8(Oct(rot_il(y.x, cs1.c.xy, cs1.s.xy), rot_il(y.y, cs1.c.zw, cs1.s.zw)));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn rope_vec4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let gid = linear_workgroup(wid, nwg) * WG + lid;
+    let unit = gid % p.n_cols;
+    let rest = gid / p.n_cols;
+    let hg = rest % p.n_hgroups;
+    let tok = rest / p.n_hgroups;
+    // No barriers in this kernel, so invocations past the end may simply leave.
+    if tok >= p.n_tokens {
+        return;
+    }
+    let b = tok / p.seq;
+    let s = tok % p.seq;
+    var pos: i32;
+    if POS_BUF {
+        pos = positions[p.pos_off + b * p.pos_bstride + s * p.pos_sstride];
+    } else {
+        pos = p.pos_start + i32(s);
+    }
+    var per = 4u;
+    if DTYPE != DT_F32 {
+        per = 8u;
+    }
+    let k = unit * per;
+    let cs0 = cos_sin4(pos, k);
+    var cs1 = cs0;
+    if DTYPE != DT_F32 {
+        cs1 = cos_sin4(pos, k + 4u);
+    }
+    var d0 = 2u * unit;
+    var d1 = 2u * unit + 1u;
+    if LAYOUT == 0u {
+        d0 = unit;
+        d1 = unit + p.v_half;
+    }
+    let total_heads = p.a_heads + p.b_heads;
+    let h0 = hg * p.heads_per_group;
+    let h1 = min(h0 + p.heads_per_group, total_heads);
+    // Segment A heads [h0, min(h1, a_heads)), then segment B's.
+    var ia = p.a_off + b * p.a_bstride + s * p.a_sstride + h0 * p.a_hstride;
+    for (var h = h0; h < min(h1, p.a_heads); h++) {
+        rotate_unit(ia + d0, ia + d1, cs0, cs1);
+        ia += p.a_hstride;
+    }
+    let hb = max(h0, p.a_heads);
+    var ib = p.b_off + b * p.b_bstride + s * p.b_sstride + (hb - p.a_heads) * p.b_hstride;
+    for (var h = hb; h < h1; h++) {
+        rotate_unit(ib + d0, ib + d1, cs0, cs1);
+        ib += p.b_hstride;
     }
 }

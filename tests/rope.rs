@@ -124,12 +124,52 @@ fn expected(c: &Case, x: &[f64], shape: [usize; 4], pos: &[i64], seq_len: usize)
     reference::rope(x, shape, pos, &inv, attn, c.layout, c.rotary_dim)
 }
 
+/// A guard that leaves the view 16-byte aligned (the `rope_vec4` path); `GUARD_BEFORE` (70
+/// elements) does not, so in-place cases run once with each and take both paths.
+const ALIGNED_GUARD: usize = 64;
+
+/// `upload_guarded` with `before` guard elements.
+fn upload_at(ctx: &Context, data: &[f32], shape: &[usize], dtype: DType, before: usize) -> Tensor {
+    let n: usize = shape.iter().product();
+    assert_eq!(n, data.len());
+    let mut all = vec![SENTINEL; before + n + GUARD_AFTER];
+    all[before..before + n].copy_from_slice(data);
+    let full = ctx.upload_as(&all, &[all.len()], dtype).expect("upload");
+    Tensor::new(full.buffer(), before, shape, dtype)
+}
+
+/// `assert_guards` for a view made by `upload_at`.
+fn assert_guards_at(ctx: &Context, t: &Tensor, before: usize, what: &str) {
+    let n = t.numel();
+    let full = Tensor::new(t.buffer(), 0, &[before + n + GUARD_AFTER], t.dtype());
+    let all = ctx.read_f32(&full).expect("readback");
+    let s = t.dtype().round(SENTINEL as f64) as f32;
+    for (i, &v) in all[..before].iter().chain(&all[before + n..]).enumerate() {
+        assert_eq!(v, s, "{what}: guard element {i} was overwritten with {v}");
+    }
+}
+
+/// Whether `rope_vec4` should take a view at element offset `off` (strides already aligned).
+fn vec4_expected(dtype: DType, rotary_dim: usize, off: usize) -> bool {
+    let lanes = 16 / dtype.size();
+    off % lanes == 0 && rotary_dim % (2 * lanes) == 0
+}
+
 fn run_case(c: &Case, seed: u64) {
+    for guard in [GUARD_BEFORE, ALIGNED_GUARD] {
+        run_case_at(c, seed, guard);
+        if c.view == ViewKind::OutOfPlace {
+            break;
+        }
+    }
+}
+
+fn run_case_at(c: &Case, seed: u64, guard: usize) {
     let ctx = ctx();
     let mut rng = Rng::new(seed);
     let hd = c.head_dim;
     let tol = tolerance(c.dtype);
-    let what = format!("{c:?}");
+    let what = format!("{c:?} guard {guard}");
     let mut op = Rope::new(c.theta, c.layout)
         .with_scaling(c.scaling.clone())
         .with_rotary_dim(c.rotary_dim);
@@ -152,21 +192,33 @@ fn run_case(c: &Case, seed: u64) {
                 &pos,
                 seq_len,
             );
+            let vec4 =
+                vec4_expected(c.dtype, c.rotary_dim, guard) && hd % (16 / c.dtype.size()) == 0;
             if ids {
-                let xt = upload_guarded(&ctx, &x, &[batch, seq, heads, hd], c.dtype);
+                let xt = upload_at(&ctx, &x, &[batch, seq, heads, hd], c.dtype, guard);
                 let p32: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
                 let pt = PositionIds::upload(&ctx, &p32, &[batch, seq]).unwrap();
                 op = op.with_seq_len(seq_len);
+                let v = op
+                    .variant(&ctx, &xt, None, None, Positions::Ids(&pt))
+                    .unwrap();
+                assert_eq!(v.vec4, vec4, "{what}: path");
                 op.run(&ctx, &xt, Positions::Ids(&pt))
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert_close(&ctx, &xt, &want, tol, &what);
-                assert_guards(&ctx, &xt, &what);
+                assert_guards_at(&ctx, &xt, guard, &what);
             } else {
-                let xt = upload_guarded(&ctx, &x, &[seq, heads, hd], c.dtype);
-                op.run(&ctx, &xt, Positions::Start(pos[0] as i32))
+                let xt = upload_at(&ctx, &x, &[seq, heads, hd], c.dtype, guard);
+                let start = Positions::Start(pos[0] as i32);
+                assert_eq!(
+                    op.variant(&ctx, &xt, None, None, start).unwrap().vec4,
+                    vec4,
+                    "{what}: path"
+                );
+                op.run(&ctx, &xt, start)
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert_close(&ctx, &xt, &want, tol, &what);
-                assert_guards(&ctx, &xt, &what);
+                assert_guards_at(&ctx, &xt, guard, &what);
             }
         }
         ViewKind::FusedQkv => {
@@ -176,11 +228,17 @@ fn run_case(c: &Case, seed: u64) {
             let seq_len = (*pos.iter().max().unwrap() + 1) as usize;
             let row = (nh + 2 * nkv) * hd;
             let data = rng.vec(seq * row, 1.0);
-            let buf = upload_guarded(&ctx, &data, &[seq * row], c.dtype);
-            let (q, k, v) = qkv_views(buf.buffer(), GUARD_BEFORE, seq, nh, nkv, hd, c.dtype);
+            let buf = upload_at(&ctx, &data, &[seq * row], c.dtype, guard);
+            let (q, k, v) = qkv_views(buf.buffer(), guard, seq, nh, nkv, hd, c.dtype);
             let p32: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
             let pt = PositionIds::upload(&ctx, &p32, &[seq]).unwrap();
             op = op.with_seq_len(seq_len);
+            let vec4 =
+                vec4_expected(c.dtype, c.rotary_dim, guard) && hd % (16 / c.dtype.size()) == 0;
+            let var = op
+                .variant(&ctx, &q, Some(&k), None, Positions::Ids(&pt))
+                .unwrap();
+            assert_eq!(var.vec4, vec4, "{what}: path");
             op.run_qk(&ctx, &q, &k, Positions::Ids(&pt))
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             let dr = rounded(&data, c.dtype);
@@ -199,7 +257,7 @@ fn run_case(c: &Case, seed: u64) {
                 got_v.iter().zip(&want_v).all(|(&g, &w)| g as f64 == w),
                 "{what}: v changed"
             );
-            assert_guards(&ctx, &buf, &what);
+            assert_guards_at(&ctx, &buf, guard, &what);
         }
         ViewKind::OutOfPlace => {
             let (seq, heads) = (2, 3);
@@ -1096,4 +1154,140 @@ fn every_validation_rule_has_an_error() {
         is_dtype,
         "k is f16 but q is f32",
     );
+}
+
+/// The `rope_vec4` switch: each alignment rule at its threshold -1 / = / +1 step (rotary_dim around
+/// 2 x lanes, the view offset around lanes, the head stride around a multiple of lanes), each
+/// checked against the reference on the path the dispatcher reports.
+#[test]
+fn vec4_path_switches_at_each_alignment_rule() {
+    let ctx = ctx();
+    let mut rng = Rng::new(77);
+    for dtype in DType::ALL {
+        let lanes = 16 / dtype.size();
+        for layout in [Layout::Half, Layout::Interleaved] {
+            // (rotary_dim, head_dim, head stride, offset, vec4 expected)
+            let mut cases = Vec::new();
+            for rd in [2 * lanes - 2, 2 * lanes, 2 * lanes + 2] {
+                // A half-layout f16/bf16 rotary_dim must be a multiple of 4.
+                if dtype.is_half() && layout == Layout::Half && rd % 4 != 0 {
+                    continue;
+                }
+                cases.push((rd, 4 * lanes, 4 * lanes, 0, rd % (2 * lanes) == 0));
+            }
+            // Half-precision views start at even elements, so their step is 2.
+            let step = if dtype.is_half() { 2 } else { 1 };
+            for off in [lanes - step, lanes, lanes + step] {
+                cases.push((2 * lanes, 4 * lanes, 4 * lanes, off, off % lanes == 0));
+            }
+            for hs in [4 * lanes - 2, 4 * lanes, 4 * lanes + 2] {
+                cases.push((2 * lanes, 4 * lanes - 2, hs, 0, hs % lanes == 0));
+            }
+            for (rd, hd, hs, off, want_vec4) in cases {
+                let (seq, heads) = (3, 5);
+                let what = format!("{dtype} {layout:?} rd {rd} hd {hd} hstride {hs} offset {off}");
+                let n = off + seq * heads * hs;
+                let data = rng.vec(n, 1.0);
+                let buf = ctx.upload_as(&data, &[n], dtype).unwrap();
+                let x = Tensor::with_strides(
+                    buf.buffer(),
+                    off,
+                    &[seq, heads, hd],
+                    &[heads * hs, hs, 1],
+                    dtype,
+                );
+                let op = Rope::new(10000.0, layout).with_rotary_dim(rd);
+                let pos = Positions::Start(1000);
+                let v = op.variant(&ctx, &x, None, None, pos).unwrap();
+                assert_eq!(v.vec4, want_vec4, "{what}: path");
+                op.run(&ctx, &x, pos).unwrap();
+                let xr = rounded(&data, dtype);
+                let xs: Vec<f64> = (0..seq * heads)
+                    .flat_map(|t| xr[off + t * hs..off + t * hs + hd].to_vec())
+                    .collect();
+                let positions: Vec<i64> = (1000..1000 + seq as i64).collect();
+                let (inv, attn) = reference::frequencies(10000.0, rd, &Scaling::Default, 0);
+                let want =
+                    reference::rope(&xs, [1, seq, heads, hd], &positions, &inv, attn, layout, rd);
+                assert_close(&ctx, &x, &want, tolerance(dtype), &what);
+                // The gaps between heads are untouched.
+                let all = ctx.read_f32(&buf).unwrap();
+                for t in 0..seq * heads {
+                    for i in off + t * hs + hd..off + (t + 1) * hs {
+                        assert_eq!(all[i] as f64, xr[i], "{what}: gap element {i}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The vec4 path's branch-free f16 and bf16 conversions: every finite f16 value (and every
+/// normal bf16 value) at position 0, where the rotation is `x * attention_factor`, must come back
+/// as exactly the round-to-nearest-even of the f32 product (±0 compared equal), including
+/// results that overflow to inf and f16 subnormals.
+#[test]
+fn vec4_half_conversions_are_exact() {
+    let ctx = ctx();
+    for dtype in [DType::F16, DType::BF16] {
+        let f16_ok = |b: u16| (b >> 10) & 0x1f != 0x1f;
+        let bf16_ok = |b: u16| {
+            let e = (b >> 7) & 0xff;
+            e != 0xff && (e != 0 || b & 0x7fff == 0)
+        };
+        let mut bits: Vec<u16> = (0..=u16::MAX)
+            .filter(|&b| {
+                if dtype == DType::F16 {
+                    f16_ok(b)
+                } else {
+                    bf16_ok(b)
+                }
+            })
+            .collect();
+        while bits.len() % 16 != 0 {
+            bits.push(0);
+        }
+        let to_f32 = |b: u16| {
+            if dtype == DType::F16 {
+                half::f16::from_bits(b).to_f32()
+            } else {
+                half::bf16::from_bits(b).to_f32()
+            }
+        };
+        let round = |v: f32| {
+            if dtype == DType::F16 {
+                half::f16::from_f32(v).to_f32()
+            } else {
+                half::bf16::from_f32(v).to_f32()
+            }
+        };
+        let x: Vec<f32> = bits.iter().map(|&b| to_f32(b)).collect();
+        for (layout, factor) in [
+            (Layout::Half, 1.0),
+            (Layout::Interleaved, 1.3),
+            (Layout::Half, 0.7),
+        ] {
+            let what = format!("{dtype} {layout:?} factor {factor}");
+            let t = ctx.upload_as(&x, &[1, x.len() / 16, 16], dtype).unwrap();
+            let op = Rope::new(10000.0, layout).with_scaling(Scaling::InvFreq {
+                inv_freq: vec![0.5; 8],
+                attention_factor: factor,
+            });
+            let pos = Positions::Start(0);
+            assert!(
+                op.variant(&ctx, &t, None, None, pos).unwrap().vec4,
+                "{what}: path"
+            );
+            op.run(&ctx, &t, pos).unwrap();
+            let got = ctx.read_f32(&t).unwrap();
+            let f = factor as f32;
+            for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
+                let want = round(v * f);
+                assert!(
+                    g == want,
+                    "{what}: element {i} ({v:e}) gave {g:e}, want {want:e}"
+                );
+            }
+        }
+    }
 }

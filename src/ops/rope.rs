@@ -46,17 +46,51 @@
 //! Chosen over the alternative, a cos/sin table built in f64 on the host: with positions in a
 //! GPU buffer that table must cover every position (`max_position x rotary_dim/2 x 8` bytes:
 //! 512 MiB at 1M positions and 8 GiB at 2^24 for rotary_dim 128, past a 128 MiB binding), or be
-//! rebuilt per call (4M `sin_cos` and a 64 MiB upload for 65536 tokens: 645 ms against 171 ms on
+//! rebuilt per call (4M `sin_cos` and a 64 MiB upload for 65536 tokens: 230 ms against 43 ms on
 //! lavapipe). The fixed-point table is `rotary_dim/2 x 16` bytes (1 KiB), and the polynomial costs
-//! nothing measurable: Llama-3-8B Q+K, 2048 tokens in a fused QKV buffer, median per call on
-//! lavapipe 68 ms exact, 75 ms built-in reduced, 79 ms naive f32, 76 ms host table
+//! little, since cos/sin are shared by every head of a token: Llama-3-8B Q+K, 2048 tokens in a
+//! fused QKV buffer, median per call (submit and wait) on lavapipe with the `rope_vec4` path
+//! 25 ms exact, 26 ms built-in reduced, 24 ms naive f32, 28 ms host table; with one head per
+//! token (65536 tokens), where nothing shares them, 43 / 46 / 37 / 230 ms
 //! (`cargo run --release --example rope_sincos`). [`SinCos`] keeps the other methods for such measurements.
 //!
 //! ## Strategy
-//! One invocation per (token, group of heads, two pairs): the two cos/sin are computed once and
-//! applied to every head of the group (a packed f16/bf16 word is only written by one invocation).
-//! The host splits heads into groups only when tokens x pairs alone would not fill the device.
-//! Out of place, extra invocations copy the unrotated tail.
+//! Two entry points; the dispatcher picks by alignment ([`Rope::variant`] reports the choice):
+//! - `rope_vec4`, in place when the view's first element and every stride (of a dimension
+//!   longer than 1) are multiples of 16 bytes and `rotary_dim` is a multiple of 8 (f32) or 16
+//!   (f16, bf16) elements, i.e. every access is a whole, aligned vec4 of the view. One invocation
+//!   per (token, group of heads, unit of 4 (f32) or 8 (halves) pairs): the unit's cos/sin are
+//!   computed once, with the attention factor folded in, then each head of the group costs two
+//!   vec4 loads, the rotation in vec4 arithmetic, and two vec4 stores (half layout: the a's and
+//!   the b's, `rotary_dim/2` apart; interleaved: two consecutive vec4s). Halves are converted
+//!   four at a time without branches. A group spans at most 4 KiB of a token
+//!   (`VEC4_GROUP_BYTES`), so consecutive invocations stream through memory.
+//! - `rope`, everything else (odd offsets or strides, partial rotary of other sizes, out of
+//!   place): one invocation per (token, group of heads, two pairs), scalar 32-bit accesses; the
+//!   two cos/sin are computed once and applied to every head of the group (a packed f16/bf16
+//!   word is only written by one invocation). Out of place, extra invocations copy the
+//!   unrotated tail.
+//!
+//! Both split heads into more groups when tokens x columns alone would not fill the device
+//! (`TARGET_INVOCATIONS`).
+//!
+//! Measured on lavapipe (2 shared cores, so absolute numbers move; ratios are taken in the same
+//! run): `cargo run --release --example rope_speed`, GPU timestamps, median of 7, as a fraction
+//! of the best WGSL vec4 streaming copy of the same bytes (read + write of the rotated elements),
+//! three runs each:
+//!
+//! | case (>= 64 MiB rotated) | f32 before -> after | f16 | bf16 |
+//! |---|---|---|---|
+//! | Llama-3-8B Q+K in fused QKV, half | 41-46% -> 66-71% | 24-25% -> 46-47% | 29-35% -> 68-69% |
+//! | plain `[tokens, 32, 128]`, half | 46% -> 80-83% | 25-26% -> 49-50% | 35-39% -> 75-78% |
+//! | plain, interleaved | 31-38% -> 83-85% | 23% -> 51-52% | 30-36% -> 77-81% |
+//!
+//! What limits the rest on a CPU adapter is arithmetic, not memory: with the f16 conversions
+//! replaced by bit casts the same kernel reaches 62-80%, and the fused layout loses 10-15% to
+//! the plain one (token rows of 24 KiB with V skipped) for reasons not pinned down. Trusted
+//! shader modules (no runtime checks) and workgroup sizes 32-256 made no difference measurable
+//! above the noise there (wgpu already leaves buffer bounds to the driver's robustBufferAccess2
+//! on Vulkan), so neither is used.
 
 use wgpu::util::DeviceExt;
 
@@ -71,6 +105,8 @@ const OP: &str = "rope";
 const WG: u32 = 64;
 /// Invocations a dispatch aims for before it splits heads into more groups.
 const TARGET_INVOCATIONS: usize = 1 << 16;
+/// Bytes of a token that one `rope_vec4` invocation walks over (its group of heads).
+const VEC4_GROUP_BYTES: usize = 4096;
 
 /// How the kernel evaluates cos and sin. Only [`SinCos::Exact`] meets the accuracy target; the
 /// others exist to measure what it buys.
@@ -246,7 +282,7 @@ pub fn qkv_views(
     )
 }
 
-/// Uniform parameters; mirrors `struct Params` in `shaders/rope.wgsl` (112 bytes).
+/// Uniform parameters; mirrors `struct Params` in `shaders/rope.wgsl` (128 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -278,6 +314,11 @@ pub struct Params {
     pub pos_start: i32,
     pub scale: f32,
     pub _pad0: u32,
+    /// `rope_vec4` only: vec4 distance between the halves of a head (`half_rot / lanes`).
+    pub v_half: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+    pub _pad3: u32,
 }
 
 /// The per-pair entry of the frequency table; mirrors `struct Freq` in `shaders/rope.wgsl`.
@@ -348,13 +389,15 @@ pub struct Variant {
     pub in_place: bool,
     pub x_in_dst: bool,
     pub sincos: SinCos,
+    /// The `rope_vec4` entry point (in place, 16-byte aligned heads; see [`Rope::variant`]).
+    pub vec4: bool,
 }
 
 impl Variant {
     pub fn key(&self) -> PipelineKey {
         PipelineKey::new(
             Shader::Rope,
-            "rope",
+            if self.vec4 { "rope_vec4" } else { "rope" },
             vec![
                 ("DTYPE", self.dtype.shader_code()),
                 ("LAYOUT", (self.layout == Layout::Interleaved) as u32),
@@ -389,9 +432,24 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                                 in_place,
                                 x_in_dst,
                                 sincos,
+                                vec4: false,
                             }
                             .key(),
                         );
+                        if in_place {
+                            keys.push(
+                                Variant {
+                                    dtype,
+                                    layout,
+                                    pos_buf,
+                                    in_place,
+                                    x_in_dst,
+                                    sincos,
+                                    vec4: true,
+                                }
+                                .key(),
+                            );
+                        }
                     }
                 }
             }
@@ -410,6 +468,20 @@ struct View4 {
     bstride: usize,
     sstride: usize,
     hstride: usize,
+}
+
+/// Whether a view can take the `rope_vec4` path: its first element and every stride that
+/// matters are 16-byte aligned, and rotary_dim spans whole pairs of vec4s (8 f32 or 16 halves),
+/// so every access is a whole, aligned vec4 inside the view.
+fn vec4_aligned(ctx: &Context, rd: usize, v: &View4, offset: usize, dtype: DType) -> bool {
+    let lanes = 16 / dtype.size();
+    let ok = |dim: usize, stride: usize| dim <= 1 || stride % lanes == 0;
+    ctx.limits().min_storage_buffer_offset_alignment % 16 == 0
+        && rd % (2 * lanes) == 0
+        && offset % lanes == 0
+        && ok(v.batch, v.bstride)
+        && ok(v.seq, v.sstride)
+        && ok(v.heads, v.hstride)
 }
 
 fn view4(t: &Tensor, name: &str) -> Result<View4> {
@@ -872,10 +944,38 @@ impl Rope {
         } else {
             (va.head_dim - rd).div_ceil(2)
         };
-        let n_cols = n_quads + n_tail;
+        let mut n_cols = n_quads + n_tail;
+        let vb = b.map(|b| view4(b, "k")).transpose()?;
+        let vec4 = in_place
+            && vec4_aligned(ctx, rd, &va, a.offset(), dtype)
+            && vb.is_none_or(|vb| vec4_aligned(ctx, rd, &vb, b.map_or(0, |b| b.offset()), dtype));
+        if vec4 {
+            // Offsets and strides in vec4 units from here on (record converts the offsets).
+            let lanes = (16 / dtype.size()) as u32;
+            for v in [
+                &mut params.a_bstride,
+                &mut params.a_sstride,
+                &mut params.a_hstride,
+                &mut params.b_bstride,
+                &mut params.b_sstride,
+                &mut params.b_hstride,
+            ] {
+                *v /= lanes;
+            }
+            params.v_half = params.half_rot / lanes;
+            n_cols = rd / 2 / lanes as usize;
+        }
         let heads = va.heads + params.b_heads as usize;
         let want = TARGET_INVOCATIONS.div_ceil(tokens * n_cols);
-        let groups = want.clamp(1, heads);
+        let mut groups = want.clamp(1, heads);
+        if vec4 {
+            // Keep the heads one invocation walks within VEC4_GROUP_BYTES of a token, so that
+            // consecutive SIMD batches stream through memory instead of striding across the
+            // whole token (fused QKV f32 on lavapipe: 40 heads per invocation 50% of the vec4
+            // copy, 8 heads 70-80%).
+            let max_heads = (VEC4_GROUP_BYTES / (va.head_dim * dtype.size())).max(1);
+            groups = groups.max(heads.div_ceil(max_heads));
+        }
         let per_group = heads.div_ceil(groups);
         let groups = heads.div_ceil(per_group);
         let threads = tokens as u64 * groups as u64 * n_cols as u64;
@@ -897,11 +997,29 @@ impl Rope {
                 in_place,
                 x_in_dst,
                 sincos: self.sincos,
+                vec4,
             },
             params,
             freqs,
             threads,
         })
+    }
+
+    /// The kernel variant that [`Rope::encode`] (`k` and `out` `None`), [`Rope::encode_qk`]
+    /// (`k` in the same buffer as `x`) or [`Rope::encode_to`] (`out`) would dispatch for these
+    /// views, after the same validation; nothing touches the GPU. `vec4` tells whether the
+    /// fast `rope_vec4` entry point is taken: in place, every offset and every stride of a
+    /// dimension longer than 1 a multiple of 16 bytes, and `rotary_dim` a multiple of 8 (f32) or
+    /// 16 (f16, bf16) elements. Otherwise the general `rope` entry point runs.
+    pub fn variant(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        k: Option<&Tensor>,
+        out: Option<&Tensor>,
+        positions: Positions<'_>,
+    ) -> Result<Variant> {
+        Ok(self.plan(ctx, x, k, out, positions)?.variant)
     }
 
     /// Record an in-place rotation of `x` (`[seq, heads, head_dim]` or
@@ -1047,6 +1165,12 @@ impl Rope {
         if let Some(b) = b {
             params.b_off = dst.elem_offset(b);
         }
+        if v.vec4 {
+            // plan checked that both offsets and the window start are 16-byte aligned.
+            let lanes = 16 / a.dtype().size() as u32;
+            params.a_off /= lanes;
+            params.b_off /= lanes;
+        }
         if let Some(o) = out {
             params.o_off = dst.elem_offset(o);
         }
@@ -1071,6 +1195,25 @@ impl Rope {
                 })
         })?;
         let dummy = ctx.dummy_buffer();
+        let pos_res = || {
+            pos_win
+                .as_ref()
+                .map_or_else(|| whole(dummy), |w| w.resource())
+        };
+        if v.vec4 {
+            let bg = kernel.bind_group(
+                ctx,
+                OP,
+                &[
+                    (0, whole(&uniform)),
+                    (3, pos_res()),
+                    (4, whole(&freq_buf)),
+                    (5, dst.resource()),
+                ],
+            )?;
+            kernel.dispatch(enc, &bg, grid);
+            return Ok(());
+        }
         let bg = kernel.bind_group(
             ctx,
             OP,
@@ -1185,7 +1328,7 @@ mod tests {
     #[test]
     fn params_layout_is_16_byte_padded() {
         assert_eq!(std::mem::size_of::<Params>() % 16, 0);
-        assert_eq!(std::mem::size_of::<Params>(), 112);
+        assert_eq!(std::mem::size_of::<Params>(), 128);
         assert_eq!(std::mem::size_of::<Freq>(), 16);
     }
 }
