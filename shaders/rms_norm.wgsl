@@ -8,16 +8,21 @@
 //   V          elements per chunk: 1 or 4 for f32, 2 or 4 for half types (pairs share a word)
 //   WG         workgroup size, a power of two <= 256
 //   HAS_RES    fused residual variant
-//   X_IN_OUT   x lives in the `dst` binding (in place, or same buffer as out)
-//   R_IN_ROUT  residual lives in the `res_dst` binding (residual updated in place)
+//   X_SRC      where x is read from: 0 its own binding, 1 the `dst` binding (in place, or the same
+//              buffer as out), 2 the `res_dst` binding (the same buffer as residual_out)
+//   R_SRC      the same for residual (2 when residual is updated in place)
+//   W_SRC      the same for weight
+// A buffer cannot be bound read-only and read-write in one dispatch, so a tensor that shares a
+// buffer with an output is read through that output's read_write binding.
 // Unused bindings are bound to small dummy buffers and never read.
 
 override DTYPE: u32 = 0u;
 override V: u32 = 4u;
 override WG: u32 = 256u;
 override HAS_RES: bool = false;
-override X_IN_OUT: bool = false;
-override R_IN_ROUT: bool = false;
+override X_SRC: u32 = 0u;
+override R_SRC: u32 = 0u;
+override W_SRC: u32 = 0u;
 
 struct Params {
     n_rows: u32,
@@ -55,16 +60,28 @@ const B_ROUT: u32 = 4u;
 fn word(b: u32, i: u32) -> u32 {
     switch b {
         case 0u: {
-            if X_IN_OUT {
+            if X_SRC == 1u {
                 return dst[i];
+            }
+            if X_SRC == 2u {
+                return res_dst[i];
             }
             return src[i];
         }
         case 1u: {
+            if W_SRC == 1u {
+                return dst[i];
+            }
+            if W_SRC == 2u {
+                return res_dst[i];
+            }
             return weight[i];
         }
         case 2u: {
-            if R_IN_ROUT {
+            if R_SRC == 1u {
+                return dst[i];
+            }
+            if R_SRC == 2u {
                 return res_dst[i];
             }
             return res[i];
@@ -267,17 +284,27 @@ fn item(b: u32, i: u32) -> Item {
     var u: vec4<u32>;
     switch b {
         case 0u: {
-            if X_IN_OUT {
+            if X_SRC == 1u {
                 u = dst4[i];
+            } else if X_SRC == 2u {
+                u = res_dst4[i];
             } else {
                 u = src4[i];
             }
         }
         case 1u: {
-            u = weight4[i];
+            if W_SRC == 1u {
+                u = dst4[i];
+            } else if W_SRC == 2u {
+                u = res_dst4[i];
+            } else {
+                u = weight4[i];
+            }
         }
         case 2u: {
-            if R_IN_ROUT {
+            if R_SRC == 1u {
+                u = dst4[i];
+            } else if R_SRC == 2u {
                 u = res_dst4[i];
             } else {
                 u = res4[i];

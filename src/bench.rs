@@ -447,8 +447,16 @@ fn rms_norm_variant_name(
     n: usize,
     residual: bool,
 ) -> String {
-    let v =
-        rms_norm::Variant::choose_for(ctx, strategy, rows, dtype, n, residual, false, false, true);
+    let v = rms_norm::Variant::choose_for(
+        ctx,
+        strategy,
+        rows,
+        dtype,
+        n,
+        residual,
+        [rms_norm::SRC_OWN; 3],
+        true,
+    );
     let prefix = if residual {
         "fused_residual_"
     } else {
@@ -500,8 +508,7 @@ fn rms_norm_cases(ctx: &Context, quick: bool) -> Vec<Case> {
             dtype,
             hidden,
             residual,
-            false,
-            false,
+            [rms_norm::SRC_OWN; 3],
             true,
         );
         let mut strategies = vec![Strategy::Auto];

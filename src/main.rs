@@ -1,5 +1,5 @@
-//! The `llama-kernels` command: check kernels against tensors dumped from your own model, and
-//! describe the adapter.
+//! The `llama-kernels` command: check kernels against tensors dumped from your own model,
+//! benchmark them against the device's ceilings, and describe the adapter.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,8 @@ enum Command {
         #[arg(required = true)]
         cases: Vec<PathBuf>,
     },
+    /// Benchmark every kernel against the device's own copy ceilings, measured in the same run.
+    Bench(llama_kernels::bench::BenchArgs),
     /// Print the adapter the kernels would run on.
     Info,
 }
@@ -46,6 +48,13 @@ fn main() -> ExitCode {
                 println!("{}", ctx.describe());
                 ExitCode::SUCCESS
             }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench(args) => match llama_kernels::bench::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE

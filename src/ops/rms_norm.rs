@@ -107,8 +107,11 @@ pub struct Variant {
     /// Workgroup size (power of two, <= 256, for a workgroup per row; 1..=64 per invocation).
     pub workgroup: u32,
     pub residual: bool,
-    pub x_in_out: bool,
-    pub r_in_rout: bool,
+    /// Where x, residual and weight are read from: [`SRC_OWN`], [`SRC_OUT`] (through out's
+    /// read_write binding) or [`SRC_RES_OUT`] (through residual_out's).
+    pub x_src: u32,
+    pub r_src: u32,
+    pub w_src: u32,
     /// One invocation per row (`rms_norm_rows`) instead of one workgroup per row.
     pub per_invocation: bool,
     /// With `per_invocation`: 16-byte items through `vec4<u32>` bindings (`rms_norm_rows4`).
@@ -117,7 +120,7 @@ pub struct Variant {
 
 impl Variant {
     /// The workgroup-per-row variant for rows of `n` elements.
-    pub fn choose(dtype: DType, n: usize, residual: bool, x_in_out: bool, r_in_rout: bool) -> Self {
+    pub fn choose(dtype: DType, n: usize, residual: bool, src: [u32; 3]) -> Self {
         let vec = if n % 4 == 0 {
             4
         } else if dtype.is_half() {
@@ -132,8 +135,9 @@ impl Variant {
             vec,
             workgroup,
             residual,
-            x_in_out,
-            r_in_rout,
+            x_src: src[0],
+            r_src: src[1],
+            w_src: src[2],
             per_invocation: false,
             items16: false,
         }
@@ -150,11 +154,10 @@ impl Variant {
         dtype: DType,
         n: usize,
         residual: bool,
-        x_in_out: bool,
-        r_in_rout: bool,
+        src: [u32; 3],
         aligned16: bool,
     ) -> Self {
-        let v = Self::choose(dtype, n, residual, x_in_out, r_in_rout);
+        let v = Self::choose(dtype, n, residual, src);
         let per_invocation = match strategy {
             Strategy::Auto => invocation_per_row_wanted(ctx, rows),
             Strategy::WorkgroupPerRow => false,
@@ -211,44 +214,57 @@ impl Variant {
                 ("V", self.vec),
                 ("WG", self.workgroup),
                 ("HAS_RES", self.residual as u32),
-                ("X_IN_OUT", self.x_in_out as u32),
-                ("R_IN_ROUT", self.r_in_rout as u32),
+                ("X_SRC", self.x_src),
+                ("R_SRC", self.r_src),
+                ("W_SRC", self.w_src),
             ],
         )
     }
 }
 
-/// Every pipeline key the dispatcher can produce (the portability tests compile each).
+/// Every pipeline key the dispatcher can produce, with a representative set of read sources
+/// (the portability tests compile each).
 pub fn all_variant_keys() -> Vec<PipelineKey> {
+    // [x, residual, weight] sources: separate buffers, in place, residual in place, x in
+    // residual_out's buffer, weight in either output's buffer.
+    const SOURCES: [[u32; 3]; 6] = [
+        [SRC_OWN, SRC_OWN, SRC_OWN],
+        [SRC_OUT, SRC_OWN, SRC_OWN],
+        [SRC_OUT, SRC_RES_OUT, SRC_OWN],
+        [SRC_RES_OUT, SRC_OUT, SRC_OUT],
+        [SRC_OWN, SRC_OWN, SRC_RES_OUT],
+        [SRC_OWN, SRC_OWN, SRC_OUT],
+    ];
     let mut keys = Vec::new();
     for dtype in DType::ALL {
         for vec in if dtype.is_half() { [2, 4] } else { [1, 4] } {
             for residual in [false, true] {
-                for x_in_out in [false, true] {
-                    for r_in_rout in [false, true] {
-                        if r_in_rout && !residual {
+                for src in SOURCES {
+                    if !residual && src.iter().any(|&s| s == SRC_RES_OUT)
+                        || !residual && src[1] != SRC_OWN
+                    {
+                        continue;
+                    }
+                    for (per_invocation, items16, workgroup) in
+                        [(false, false, 256), (true, false, 8), (true, true, 8)]
+                    {
+                        if items16 && vec != 4 {
                             continue;
                         }
-                        for (per_invocation, items16, workgroup) in
-                            [(false, false, 256), (true, false, 8), (true, true, 8)]
-                        {
-                            if items16 && vec != 4 {
-                                continue;
+                        keys.push(
+                            Variant {
+                                dtype,
+                                vec,
+                                workgroup,
+                                residual,
+                                x_src: src[0],
+                                r_src: src[1],
+                                w_src: src[2],
+                                per_invocation,
+                                items16,
                             }
-                            keys.push(
-                                Variant {
-                                    dtype,
-                                    vec,
-                                    workgroup,
-                                    residual,
-                                    x_in_out,
-                                    r_in_rout,
-                                    per_invocation,
-                                    items16,
-                                }
-                                .key(),
-                            );
-                        }
+                            .key(),
+                        );
                     }
                 }
             }
@@ -256,6 +272,11 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
     }
     keys
 }
+
+/// Read sources (the `X_SRC`, `R_SRC`, `W_SRC` override values).
+pub const SRC_OWN: u32 = 0;
+pub const SRC_OUT: u32 = 1;
+pub const SRC_RES_OUT: u32 = 2;
 
 /// Rows of a `[..., n]` view: (row count, row stride). Leading dims must collapse to one stride.
 fn rows_of(t: &Tensor, name: &str) -> Result<(usize, usize)> {
@@ -365,25 +386,7 @@ impl RmsNorm {
         );
         let (_, out_stride) = rows_of(out, "out")?;
 
-        // Aliasing: out may be exactly x; any other overlap is refused.
-        let x_in_out = x.buffer() == out.buffer();
-        if x_in_out && x.overlaps(out) && !x.same_view(out) {
-            return Err(Error::alias(
-                OP,
-                "out partially overlaps x: it must be exactly x (in place) or disjoint",
-            ));
-        }
-        let read_only: Vec<(&str, &Tensor)> = {
-            let mut v = vec![("weight", weight)];
-            if !x_in_out {
-                v.push(("x", x));
-            }
-            v
-        };
-        let mut written: Vec<(&str, &Tensor)> = vec![("out", out)];
-
-        let (mut r_stride, mut rout_stride, mut r_in_rout) = (0, 0, false);
-        let mut read_only = read_only;
+        let (mut r_stride, mut rout_stride) = (0, 0);
         if let Some((r, rout)) = residual {
             r.validate(OP, "residual")?;
             rout.validate(OP, "residual_out")?;
@@ -400,41 +403,8 @@ impl RmsNorm {
             );
             r_stride = rows_of(r, "residual")?.1;
             rout_stride = rows_of(rout, "residual_out")?.1;
-            r_in_rout = r.buffer() == rout.buffer();
-            if r_in_rout && r.overlaps(rout) && !r.same_view(rout) {
-                return Err(Error::alias(
-                    OP,
-                    "residual_out partially overlaps residual: it must be exactly residual (in place) or disjoint",
-                ));
-            }
-            crate::ensure!(
-                !rout.overlaps(out),
-                Alias,
-                OP,
-                "residual_out and out overlap; they must be disjoint"
-            );
-            crate::ensure!(
-                !rout.overlaps(x) && !r.overlaps(out),
-                Alias,
-                OP,
-                "residual_out must not overlap x, and out must not overlap residual"
-            );
-            if !r_in_rout {
-                read_only.push(("residual", r));
-            }
-            written.push(("residual_out", rout));
         }
-        // A buffer cannot be bound read-only and read-write in one dispatch.
-        for (rn, rt) in &read_only {
-            for (wn, wt) in &written {
-                crate::ensure!(
-                    rt.buffer() != wt.buffer(),
-                    Alias,
-                    OP,
-                    "{rn} and {wn} share a buffer; only x with out and residual with residual_out may"
-                );
-            }
-        }
+        let src = read_sources(x, weight, out, residual)?;
         crate::ensure!(
             rows <= u32::MAX as usize && n <= u32::MAX as usize,
             Limit,
@@ -468,8 +438,7 @@ impl RmsNorm {
                 dtype,
                 n,
                 residual.is_some(),
-                x_in_out,
-                r_in_rout,
+                src,
                 aligned16,
             ),
         })
@@ -593,39 +562,61 @@ impl RmsNorm {
         residual: Option<(&Tensor, &Tensor)>,
     ) -> Result<()> {
         let v = c.variant;
-        let w_win = Window::covering(ctx, OP, &[weight])?;
-        let (dst_win, x_win) = if v.x_in_out {
-            (Window::covering(ctx, OP, &[x, out])?, None)
-        } else {
+        // Group the views by the binding they are read through; each binding's window covers
+        // all of its views.
+        let reads: [(&Tensor, u32); 3] = [
+            (x, v.x_src),
             (
-                Window::covering(ctx, OP, &[out])?,
-                Some(Window::covering(ctx, OP, &[x])?),
-            )
+                residual.map_or(x, |r| r.0),
+                if residual.is_some() { v.r_src } else { SRC_OWN },
+            ),
+            (weight, v.w_src),
+        ];
+        let group = |base: &Tensor, which: u32| -> Result<Window> {
+            let mut views = vec![base];
+            views.extend(reads.iter().filter(|(_, s)| *s == which).map(|(t, _)| *t));
+            Window::covering(ctx, OP, &views)
         };
-        let x_off = x_win.as_ref().unwrap_or(&dst_win).elem_offset(x);
-        let (mut r_win, mut rout_win) = (None, None);
-        let (mut r_off, mut rout_off) = (0, 0);
-        if let Some((r, rout)) = residual {
-            let rw = if v.r_in_rout {
-                Window::covering(ctx, OP, &[r, rout])?
+        let dst_win = group(out, SRC_OUT)?;
+        let rout_win = match residual {
+            Some((_, rout)) => Some(group(rout, SRC_RES_OUT)?),
+            None => None,
+        };
+        let own = |t: &Tensor, s: u32| -> Result<Option<Window>> {
+            if s == SRC_OWN {
+                Window::covering(ctx, OP, &[t]).map(Some)
             } else {
-                let w = Window::covering(ctx, OP, &[r])?;
-                r_off = w.elem_offset(r);
-                r_win = Some(w);
-                Window::covering(ctx, OP, &[rout])?
-            };
-            if v.r_in_rout {
-                r_off = rw.elem_offset(r);
+                Ok(None)
             }
-            rout_off = rw.elem_offset(rout);
-            rout_win = Some(rw);
-        }
+        };
+        let x_win = own(x, v.x_src)?;
+        let w_win = own(weight, v.w_src)?;
+        let r_win = match residual {
+            Some((r, _)) => own(r, v.r_src)?,
+            None => None,
+        };
+        let offset_in = |t: &Tensor, s: u32, own_win: &Option<Window>| -> u32 {
+            match s {
+                SRC_OUT => dst_win.elem_offset(t),
+                SRC_RES_OUT => rout_win.as_ref().map_or(0, |w| w.elem_offset(t)),
+                _ => own_win.as_ref().map_or(0, |w| w.elem_offset(t)),
+            }
+        };
+        let x_off = offset_in(x, v.x_src, &x_win);
+        let w_off = offset_in(weight, v.w_src, &w_win);
+        let (r_off, rout_off) = match residual {
+            Some((r, rout)) => (
+                offset_in(r, v.r_src, &r_win),
+                rout_win.as_ref().map_or(0, |w| w.elem_offset(rout)),
+            ),
+            None => (0, 0),
+        };
         let params = Params {
             n_rows: c.rows as u32,
             n: c.n as u32,
             x_off,
             x_stride: c.x_stride as u32,
-            w_off: w_win.elem_offset(weight),
+            w_off,
             r_off,
             r_stride: c.r_stride as u32,
             out_off: dst_win.elem_offset(out),
@@ -654,7 +645,12 @@ impl RmsNorm {
                         .as_ref()
                         .map_or_else(|| whole(dummy_r), |w| w.resource()),
                 ),
-                (2 + slot, w_win.resource()),
+                (
+                    2 + slot,
+                    w_win
+                        .as_ref()
+                        .map_or_else(|| whole(dummy_r), |w| w.resource()),
+                ),
                 (
                     3 + slot,
                     r_win
@@ -673,4 +669,64 @@ impl RmsNorm {
         kernel.dispatch(enc, &bg, grid);
         Ok(())
     }
+}
+
+/// Where each read tensor is bound, and the aliasing rules.
+///
+/// A buffer cannot be bound read-only and read-write in one dispatch, so a read tensor that
+/// shares a buffer with `out` (or `residual_out`) is read through that output's binding. Outputs
+/// may be exactly their in-place input (`out == x`, `residual_out == residual`); every other
+/// overlap between a written view and any other view is refused.
+fn read_sources(
+    x: &Tensor,
+    weight: &Tensor,
+    out: &Tensor,
+    residual: Option<(&Tensor, &Tensor)>,
+) -> Result<[u32; 3]> {
+    let rout = residual.map(|r| r.1);
+    let source = |t: &Tensor| {
+        if t.buffer() == out.buffer() {
+            SRC_OUT
+        } else if rout.is_some_and(|ro| t.buffer() == ro.buffer()) {
+            SRC_RES_OUT
+        } else {
+            SRC_OWN
+        }
+    };
+    if x.overlaps(out) && !x.same_view(out) {
+        return Err(Error::alias(
+            OP,
+            "out partially overlaps x: it must be exactly x (in place) or disjoint",
+        ));
+    }
+    crate::ensure!(!weight.overlaps(out), Alias, OP, "weight and out overlap");
+    let mut src = [source(x), SRC_OWN, source(weight)];
+    if let Some((r, rout)) = residual {
+        if r.overlaps(rout) && !r.same_view(rout) {
+            return Err(Error::alias(
+                OP,
+                "residual_out partially overlaps residual: it must be exactly residual (in place) or disjoint",
+            ));
+        }
+        crate::ensure!(
+            !rout.overlaps(out),
+            Alias,
+            OP,
+            "residual_out and out overlap; they must be disjoint"
+        );
+        crate::ensure!(
+            !rout.overlaps(x) && !r.overlaps(out),
+            Alias,
+            OP,
+            "residual_out must not overlap x, and out must not overlap residual"
+        );
+        crate::ensure!(
+            !weight.overlaps(rout),
+            Alias,
+            OP,
+            "weight and residual_out overlap"
+        );
+        src[1] = source(r);
+    }
+    Ok(src)
 }
