@@ -11,6 +11,7 @@
 override SRC_DTYPE: u32 = 0u;
 override DST_DTYPE: u32 = 0u;
 override WG: u32 = 64u;
+override WRITE_K: bool = true;
 
 struct Params {
     batch: u32,
@@ -96,6 +97,8 @@ fn kv_append(
     let t = rest % p.n_new;
     let b = rest / p.n_new;
     let dst = ((b * p.n_kv_heads + h) * p.capacity + p.pos + t) * p.head_dim + d;
-    store4(false, dst, load4(false, p.k_off + b * p.k_sb + t * p.k_st + h * p.k_sh + d));
+    if WRITE_K {
+        store4(false, dst, load4(false, p.k_off + b * p.k_sb + t * p.k_st + h * p.k_sh + d));
+    }
     store4(true, dst, load4(true, p.v_off + b * p.v_sb + t * p.v_st + h * p.v_sh + d));
 }

@@ -1244,8 +1244,20 @@ fn kv_cache_append_with_rope() {
         original_max_position_embeddings: 8192.0,
     });
     let (inv_freq, att) = rope.inv_freq(hd, 0).unwrap();
-    for dtype in DType::ALL {
+    // New rows in the cache's dtype take the fused path (RoPE writes K into the cache); f32 rows
+    // into a half cache are converted by the append and rotated in place.
+    let pairs = [
+        (DType::F32, DType::F32),
+        (DType::F16, DType::F16),
+        (DType::BF16, DType::BF16),
+        (DType::F32, DType::F16),
+        (DType::F32, DType::BF16),
+    ];
+    for (src, dtype) in pairs {
         let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, dtype).unwrap();
+        assert_eq!(cache.rope_fused_for(src), src == dtype);
+        let stored =
+            |x: &[f32]| -> Vec<f64> { rounded(x, src).iter().map(|&v| dtype.round(v)).collect() };
         let mut rng = Rng::new(9600);
         let mut k_rot: Vec<Vec<f64>> = vec![Vec::new(); batch];
         let mut v_all: Vec<Vec<f64>> = vec![Vec::new(); batch];
@@ -1258,8 +1270,8 @@ fn kv_cache_append_with_rope() {
             let pos: Vec<i32> = (0..n_new).map(|s| (start + s) as i32).collect();
             let ids = PositionIds::upload(&ctx, &pos, &[n_new]).unwrap();
             let positions = (step == 2).then_some(Positions::Ids(&ids));
-            let kt = ctx.upload_as(&kn, &[batch, n_new, nkv, hd], dtype).unwrap();
-            let vt = ctx.upload_as(&vn, &[batch, n_new, nkv, hd], dtype).unwrap();
+            let kt = ctx.upload_as(&kn, &[batch, n_new, nkv, hd], src).unwrap();
+            let vt = ctx.upload_as(&vn, &[batch, n_new, nkv, hd], src).unwrap();
             let qt = ctx.upload_as(&q, &[batch, n_new, nh, hd], dtype).unwrap();
             let out = nan_output(&ctx, &[batch, n_new, nh, hd], dtype);
             let mut enc = ctx.device().create_command_encoder(&Default::default());
@@ -1270,7 +1282,7 @@ fn kv_cache_append_with_rope() {
                 .encode_cached(&ctx, &mut enc, &qt, &cache, None, &out)
                 .unwrap();
             ctx.queue().submit([enc.finish()]);
-            let kr = rounded(&kn, dtype);
+            let kr = stored(&kn);
             let positions64: Vec<i64> = (0..batch)
                 .flat_map(|_| pos.iter().map(|&p| p as i64))
                 .collect();
@@ -1286,7 +1298,7 @@ fn kv_cache_append_with_rope() {
             let r = n_new * nkv * hd;
             for b in 0..batch {
                 k_rot[b].extend(rotated[b * r..(b + 1) * r].iter().map(|&x| dtype.round(x)));
-                v_all[b].extend_from_slice(&rounded(&vn, dtype)[b * r..(b + 1) * r]);
+                v_all[b].extend_from_slice(&stored(&vn)[b * r..(b + 1) * r]);
             }
             let kf: Vec<f64> = k_rot.concat();
             let vf: Vec<f64> = v_all.concat();
@@ -1295,12 +1307,12 @@ fn kv_cache_append_with_rope() {
                 &cache.k(),
                 &kf,
                 tol(dtype),
-                &format!("{dtype} step {step}: rotated K"),
+                &format!("{src} -> {dtype} step {step}: rotated K"),
             );
             assert_eq!(
                 ctx.read_f32(&cache.v()).unwrap(),
                 vf.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-                "{dtype} step {step}: V"
+                "{src} -> {dtype} step {step}: V"
             );
             let dims = reference::Dims {
                 batch,

@@ -9,8 +9,10 @@
 //! whole batch in one dispatch (`shaders/kv_cache.wgsl`, converting from the new rows' dtype) and
 //! advances `len`. All sequences of a cache share one length. Appending past `capacity` is an
 //! error and writes nothing. [`KvCache::append_rope`] also rotates the new K rows with
-//! [`crate::ops::rope::Rope`] at positions `len ..` (or given position ids), in place in the
-//! cache, recorded in the same encoder right after the copy (two dispatches, no round trip).
+//! [`crate::ops::rope::Rope`] at positions `len ..` (or given position ids): when the new rows
+//! already have the cache's dtype, RoPE writes the rotated K rows straight into the cache (one
+//! pass over K) and the append kernel copies only V; otherwise the append converts K and RoPE
+//! rotates it in place in the cache. Both are recorded in the same encoder, no round trip.
 
 use crate::context::Context;
 use crate::error::Result;
@@ -36,8 +38,9 @@ pub struct Params {
     pub _pad: [u32; 2],
 }
 
-/// The pipeline key for an append from `src` dtype into a `dst` cache.
-pub fn append_key(src: DType, dst: DType) -> PipelineKey {
+/// The pipeline key for an append from `src` dtype into a `dst` cache; `write_k` false leaves
+/// K to RoPE's out-of-place pass.
+pub fn append_key(src: DType, dst: DType, write_k: bool) -> PipelineKey {
     PipelineKey::new(
         Shader::KvCache,
         "kv_append",
@@ -45,6 +48,7 @@ pub fn append_key(src: DType, dst: DType) -> PipelineKey {
             ("SRC_DTYPE", src.shader_code()),
             ("DST_DTYPE", dst.shader_code()),
             ("WG", WG),
+            ("WRITE_K", write_k as u32),
         ],
     )
 }
@@ -54,7 +58,8 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for s in DType::ALL {
         for d in DType::ALL {
-            keys.push(append_key(s, d));
+            keys.push(append_key(s, d, true));
+            keys.push(append_key(s, d, false));
         }
     }
     keys
@@ -246,13 +251,7 @@ impl KvCache {
     ) -> Result<()> {
         let n_new = self.validate_append(k_new, v_new)?;
         let positions = self.check_rope(rope, positions, n_new)?;
-        self.record_append(ctx, encoder, k_new, v_new, n_new)?;
-        rope.encode(
-            ctx,
-            encoder,
-            &self.rows(&self.k, self.len, n_new),
-            positions,
-        )?;
+        self.record_append_rope(ctx, encoder, k_new, v_new, n_new, rope, positions)?;
         self.len += n_new;
         Ok(())
     }
@@ -269,11 +268,43 @@ impl KvCache {
         let n_new = self.validate_append(k_new, v_new)?;
         let positions = self.check_rope(rope, positions, n_new)?;
         ctx.submit_and_wait(OP, |enc| {
-            self.record_append(ctx, enc, k_new, v_new, n_new)?;
-            rope.encode(ctx, enc, &self.rows(&self.k, self.len, n_new), positions)
+            self.record_append_rope(ctx, enc, k_new, v_new, n_new, rope, positions)
         })?;
         self.len += n_new;
         Ok(())
+    }
+
+    /// K rows are rotated on their way into the cache (RoPE out of place: one read of `k_new`, one
+    /// write of the cache rows) when `k_new` already has the cache's dtype; otherwise they are
+    /// converted by the append and rotated in place in the cache afterwards.
+    #[allow(clippy::too_many_arguments)]
+    fn record_append_rope(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        n_new: usize,
+        rope: &Rope,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        let k_rows = self.rows(&self.k, self.len, n_new);
+        if k_new.dtype() == self.dtype {
+            // Everything RoPE checks, checked before anything is recorded.
+            rope.variant(ctx, k_new, None, Some(&k_rows), positions)?;
+            self.record_append_with(ctx, enc, k_new, v_new, n_new, false)?;
+            rope.encode_to(ctx, enc, k_new, &k_rows, positions)
+        } else {
+            rope.variant(ctx, &k_rows, None, None, positions)?;
+            self.record_append_with(ctx, enc, k_new, v_new, n_new, true)?;
+            rope.encode(ctx, enc, &k_rows, positions)
+        }
+    }
+
+    /// Which way [`KvCache::append_rope`] records K for new rows of `dtype`: `true` when RoPE
+    /// writes the rotated rows straight into the cache (one pass over K).
+    pub fn rope_fused_for(&self, dtype: DType) -> bool {
+        dtype == self.dtype
     }
 
     /// `[batch, n, n_kv_heads, head_dim]` view of rows `start .. start + n`.
@@ -399,6 +430,18 @@ impl KvCache {
         v_new: &Tensor,
         n_new: usize,
     ) -> Result<()> {
+        self.record_append_with(ctx, enc, k_new, v_new, n_new, true)
+    }
+
+    fn record_append_with(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        n_new: usize,
+        write_k: bool,
+    ) -> Result<()> {
         let kw = Window::covering(ctx, OP, &[k_new])?;
         let vw = Window::covering(ctx, OP, &[v_new])?;
         let pack = |w: &Window, t: &Tensor| -> [u32; 4] {
@@ -421,7 +464,7 @@ impl KvCache {
             v: pack(&vw, v_new),
             _pad: [0; 2],
         };
-        let kernel = ctx.kernel(OP, &append_key(k_new.dtype(), self.dtype))?;
+        let kernel = ctx.kernel(OP, &append_key(k_new.dtype(), self.dtype, write_k))?;
         let uniform = ctx.uniform(OP, &params)?;
         let bg = kernel.bind_group(
             ctx,
