@@ -306,12 +306,25 @@ fn probe(t: &Timer) -> Result<(), Error> {
             label: None,
             layout: &pipe.get_bind_group_layout(0),
             entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: src.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 2, resource: src.as_entire_binding() },
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: src.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: dst.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: src.as_entire_binding(),
+                },
             ],
         });
-        let wgs = if uniform >= 2 { words / 16384 } else { words / 4096 };
+        let wgs = if uniform >= 2 {
+            words / 16384
+        } else {
+            words / 4096
+        };
         let ms = t.time(|enc| {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
             pass.set_pipeline(&pipe);
@@ -322,8 +335,16 @@ fn probe(t: &Timer) -> Result<(), Error> {
         // Loads issued per invocation: 4096 (uniform) or 512 (per-lane).
         let per_inv = if uniform == 1 { 4096.0 } else { 512.0 };
         let loads = wgs as f64 * 8.0 * per_inv;
-        let unique = if uniform >= 2 { wgs * 16384 * 4 } else { wgs * 4096 * 4 };
-        println!("probe mode {uniform}: {ms:.2} ms, {:.2} G lane-load instructions/s, {:.2} GB/s unique", loads / ms / 1e6, unique as f64 / ms / 1e6);
+        let unique = if uniform >= 2 {
+            wgs * 16384 * 4
+        } else {
+            wgs * 4096 * 4
+        };
+        println!(
+            "probe mode {uniform}: {ms:.2} ms, {:.2} G lane-load instructions/s, {:.2} GB/s unique",
+            loads / ms / 1e6,
+            unique as f64 / ms / 1e6
+        );
     }
     Ok(())
 }
@@ -370,15 +391,20 @@ fn main() -> Result<(), Error> {
                         continue;
                     }
                     let q = ctx.upload_as(&data(nh * hd, 1), &[1, nh, hd], dtype)?;
-                    let k = ctx.upload_as(&data(kv_len * nkv * hd, 2), &[kv_len, nkv, hd], dtype)?;
-                    let v = ctx.upload_as(&data(kv_len * nkv * hd, 3), &[kv_len, nkv, hd], dtype)?;
+                    let k =
+                        ctx.upload_as(&data(kv_len * nkv * hd, 2), &[kv_len, nkv, hd], dtype)?;
+                    let v =
+                        ctx.upload_as(&data(kv_len * nkv * hd, 3), &[kv_len, nkv, hd], dtype)?;
                     let o = ctx.empty(&[1, nh, hd], dtype)?;
                     for kind in [None, Some(Kind::Decode)] {
-                    let op = Attention { kind, ..Attention::causal() };
-                    let plan = op.plan(ctx, op.dims(&q, &k, &v)?, dtype)?;
-                    let ms = t.time(|enc| op.encode(ctx, enc, &q, &k, &v, None, &o))?;
-                    let gbps = bytes as f64 / ms / 1e6;
-                    println!(
+                        let op = Attention {
+                            kind,
+                            ..Attention::causal()
+                        };
+                        let plan = op.plan(ctx, op.dims(&q, &k, &v)?, dtype)?;
+                        let ms = t.time(|enc| op.encode(ctx, enc, &q, &k, &v, None, &o))?;
+                        let gbps = bytes as f64 / ms / 1e6;
+                        println!(
                         "  decode {nh:>2}/{nkv:<2} {:<6}: {ms:>8.2} ms {gbps:>7.2} GB/s = {:>5.1}% of copy, {:>5.1}% of wgsl copy (splits {}, lanes {})",
                         format!("{:?}", plan.variant.kind),
                         100.0 * gbps / copy,

@@ -493,9 +493,9 @@ impl Attention {
     }
 
     fn plan_for(&self, ctx: &Context, d: Dims, dtype: DType, kv_aligned: bool) -> Result<Plan> {
-        let kind = self.kind.unwrap_or_else(|| {
-            default_kind(ctx.adapter_info().device_type, d.q_len, kv_aligned)
-        });
+        let kind = self
+            .kind
+            .unwrap_or_else(|| default_kind(ctx.adapter_info().device_type, d.q_len, kv_aligned));
         let limit = ctx.limits().max_compute_workgroup_storage_size;
         let tile_v4 = tile_v4_for(limit);
         let hd4 = (d.head_dim / 4) as u32;
@@ -522,7 +522,11 @@ impl Attention {
             tile_v4,
             hd4,
             split_kv: kind != Kind::Prefill || min_splits > 1,
-            kr: if kind == Kind::DecodeKeys { kr as u32 } else { 1 },
+            kr: if kind == Kind::DecodeKeys {
+                kr as u32
+            } else {
+                1
+            },
         };
         let wg = variant.wg() as usize;
         let (rows_per_wg, lanes) = match kind {
