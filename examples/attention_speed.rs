@@ -7,13 +7,23 @@
 //! ```sh
 //! cargo run --release --example attention_speed              # everything
 //! cargo run --release --example attention_speed -- decode    # only decode (or: copy, prefill)
+//! cargo run --release --example attention_speed -- decode 4096   # one kv_len
+//! cargo run --release --example attention_speed -- probe     # load-cost probe (below)
 //! ```
+//!
+//! Copy GB/s count the bytes copied (read once, written once). Decode runs the dispatcher's
+//! choice next to the forced workgroup-memory `Decode` kernel. The probe reads 64 MiB with
+//! 8-invocation workgroups: per-lane scalar loads, workgroup-uniform scalar loads (every lane the
+//! same address), per-lane vec4 loads, and vec4 loads plus a dynamically indexed private array
+//! (and the same with a fixed-trip inner loop): on lavapipe it shows that a uniform address costs
+//! a full load per invocation, a vec4 load about as much as a scalar one, and a dynamically
+//! indexed private array about as much as a load.
 //!
 //! Decode bytes count K and V once (what a GQA-aware kernel must read); prefill FLOPs are
 //! `4 · q_len · kv_len · head_dim · n_heads`, halved for causal.
 
 use llama_kernels::ops::attention::Kind;
-use llama_kernels::{Attention, Context, DType, Error, Tensor};
+use llama_kernels::{Attention, Context, DType, Error};
 
 const REPS: usize = 5;
 
@@ -87,11 +97,20 @@ impl Timer {
     /// Milliseconds of one recorded call (median of REPS after one warm-up).
     fn time(
         &self,
+        f: impl FnMut(&mut wgpu::CommandEncoder) -> Result<(), Error>,
+    ) -> Result<f64, Error> {
+        self.time_n(REPS, f)
+    }
+
+    /// Milliseconds of one recorded call (median of `reps` after one warm-up).
+    fn time_n(
+        &self,
+        reps: usize,
         mut f: impl FnMut(&mut wgpu::CommandEncoder) -> Result<(), Error>,
     ) -> Result<f64, Error> {
         let ctx = &self.ctx;
         let mut times = Vec::new();
-        for rep in 0..=REPS {
+        for rep in 0..=reps {
             let t0 = std::time::Instant::now();
             let mut enc = ctx
                 .device()
@@ -427,7 +446,8 @@ fn main() -> Result<(), Error> {
             let o = ctx.empty(&[seq, nh, hd], dtype)?;
             let op = Attention::causal();
             let plan = op.plan(ctx, op.dims(&q, &k, &v)?, dtype)?;
-            let ms = t.time(|enc| op.encode(ctx, enc, &q, &k, &v, None, &o))?;
+            // Prefill takes seconds on a CPU adapter: median of 3.
+            let ms = t.time_n(3, |enc| op.encode(ctx, enc, &q, &k, &v, None, &o))?;
             let flops = 4.0 * (seq * seq * hd * nh) as f64 / 2.0;
             println!(
                 "prefill {seq} tokens {nh}/{nkv} f16 causal: {ms:>9.2} ms {:>7.2} GFLOP/s ({:?}, split_kv {}, splits {})",
@@ -438,6 +458,5 @@ fn main() -> Result<(), Error> {
             );
         }
     }
-    let _unused: Option<Tensor> = None;
     Ok(())
 }

@@ -370,6 +370,12 @@ fn keys_dot(qa: ptr<function, array<vec4<f32>, MAX_HD4>>, kr: ptr<function, arra
     return cap_logit(dd.x + dd.y + dd.z + dd.w);
 }
 
+fn keys_pv(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, vr: ptr<function, array<vec4<f32>, MAX_HD4>>, al: f32, pr: f32) {
+    for (var d = 0u; d < HD4; d++) {
+        (*acc)[d] = (*acc)[d] * al + pr * (*vr)[d];
+    }
+}
+
 fn keys_load_q(qa: ptr<function, array<vec4<f32>, MAX_HD4>>, b: u32, r: u32, kvh: u32) {
     let rc = min(r, p.rows - 1u);
     let t = rc / p.group;
@@ -484,27 +490,21 @@ fn attn_decode_keys(
         l = l * al + pr;
         m = m_new;
         let ve = v_base + u32(j) * p.v_st;
+        // V row into kr (K is done with), then small fixed-trip loops per row.
         for (var u = 0u; u < units; u++) {
             let w = kv_unit(true, ve + 4u * per_unit * u);
-            let c = u * per_unit;
-            a0[c] = a0[c] * al.x + pr.x * w.a;
-            if KR > 1u {
-                a1[c] = a1[c] * al.y + pr.y * w.a;
-            }
-            if KR > 2u {
-                a2[c] = a2[c] * al.z + pr.z * w.a;
-                a3[c] = a3[c] * al.w + pr.w * w.a;
-            }
+            kr[u * per_unit] = w.a;
             if per_unit == 2u {
-                a0[c + 1u] = a0[c + 1u] * al.x + pr.x * w.b;
-                if KR > 1u {
-                    a1[c + 1u] = a1[c + 1u] * al.y + pr.y * w.b;
-                }
-                if KR > 2u {
-                    a2[c + 1u] = a2[c + 1u] * al.z + pr.z * w.b;
-                    a3[c + 1u] = a3[c + 1u] * al.w + pr.w * w.b;
-                }
+                kr[u * 2u + 1u] = w.b;
             }
+        }
+        keys_pv(&a0, &kr, al.x, pr.x);
+        if KR > 1u {
+            keys_pv(&a1, &kr, al.y, pr.y);
+        }
+        if KR > 2u {
+            keys_pv(&a2, &kr, al.z, pr.z);
+            keys_pv(&a3, &kr, al.w, pr.w);
         }
     }
 

@@ -36,11 +36,27 @@
 //!   workgroups; each K/V row of a chunk is read once per kv head and shared by the g query heads.
 //!   Every (row, split, lane) writes a partial (m, l, acc); a second pass merges them in that fixed
 //!   order, so results are bitwise repeatable. Empty chunks write (-3e38, 0, 0) and add nothing.
+//! - [`Kind::DecodeKeys`] (`attn_decode_keys` in `shaders/attention_decode.wgsl`), decode for CPU
+//!   adapters: each of the [`KEYS_WG`] invocations of a workgroup owns whole keys (`lane`,
+//!   `lane + 8`, ... of the split's chunk), reads each K/V row once with 16-byte loads (8 halves
+//!   or 4 f32 per load) and uses it for all `kr` (<= [`KEYS_MAX_ROWS`]) query rows of the
+//!   workgroup's row block, so a GQA group shares every load. No workgroup memory, no barriers;
+//!   every (row, split, lane) writes a partial, merged by the same fixed-order pass as Decode.
+//!   Why: llvmpipe (Mesa 22.3) runs 8 invocations per SIMD vector and issues every load as one
+//!   scalar access per invocation (also for workgroup-uniform addresses and workgroup memory),
+//!   while a 16-byte load costs about as much as a 4-byte one; so the count of load
+//!   instructions per invocation is what costs, and Decode's staging in workgroup memory (a
+//!   global load, a shared store and one shared load per row for every element) is 5-10x slower
+//!   here. Needs 16-byte aligned K/V rows ([`kv_rows_aligned`]).
 //! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
 //!   ([`loop_cap_keys`]): the decode shader's split-KV passes with prefill's 64-row blocks.
 //!
-//! Choice: decode iff `q_len <= DECODE_MAX_Q_LEN` (8), unless forced with [`Attention::kind`].
-//! The decode split count aims at [`DECODE_TARGET_WORKGROUPS`] (512) workgroups with chunks of at
+//! Choice ([`default_kind`]), unless forced with [`Attention::kind`]: prefill iff
+//! `q_len > DECODE_MAX_Q_LEN` (8); otherwise DecodeKeys on CPU adapters when K/V rows are
+//! 16-byte aligned, Decode elsewhere. DecodeKeys takes `kr = min(next_pow2(q_len * g), 4)` rows
+//! per workgroup and aims at [`KEYS_TARGET_WORKGROUPS`] (32) workgroups with chunks of at least
+//! [`KEYS_MIN_CHUNK`] (512) keys, and at least what [`keys_loop_cap_keys`] needs.
+//! The Decode split count aims at [`DECODE_TARGET_WORKGROUPS`] (512) workgroups with chunks of at
 //! least [`DECODE_MIN_CHUNK`] (64) keys, so kv_len <= 64 uses one split and one token over 32k
 //! keys with Llama-3-8B's 8 kv heads gets 64 splits of 512 keys; force it with
 //! [`Attention::splits`]. K/V tiles hold `bk = min(64, TILE_V4 / (head_dim / 4))` keys, where
