@@ -319,3 +319,207 @@ fn attn_decode_merge(
     let o_base = p.o_off + b * p.o_sb + t * p.o_st + h * p.o_sh;
     store4(o_base + 4u * d, acc * inv);
 }
+
+// ---------------------------------------------------------------------------------------------
+// `attn_decode_keys`: decode for CPU adapters. On llvmpipe every load instruction costs one
+// scalar access per invocation (also for a workgroup-uniform address, and also for workgroup
+// memory), while one 16-byte load costs about the same as one 4-byte load. So here each
+// invocation owns whole keys (key lane `lane` takes keys kv_lo + lane, + WG, ...) and reads each
+// K/V row of its keys once with 16-byte loads (8 halves or 4 f32 per load), through the vec4
+// bindings 8 and 9, and uses it for all KR rows (query heads x tokens) of the workgroup's row
+// block, so a GQA group shares every load. No workgroup memory, no barriers. Every array index
+// is a constant once the fixed-trip loops over KR and HD4 are unrolled. Each (row, split, lane)
+// writes a partial like `attn_decode_partial` (lanes = WG); `attn_decode_merge` finishes.
+// Requires 16-byte aligned K/V rows (offsets and strides; head_dim a multiple of 8 for halves),
+// which the host checks.
+//
+// Extra override constant:
+//   KR       query rows per workgroup, every invocation computing all of them (1, 2 or 4)
+@group(0) @binding(8) var<storage, read> k4: array<vec4<u32>>;
+@group(0) @binding(9) var<storage, read> v4: array<vec4<u32>>;
+override KR: u32 = 1u;
+
+struct Unit {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+// The 16 bytes holding element e of K (is_v false) or V: 4 f32 (b unused) or 8 halves.
+fn kv_unit(is_v: bool, e: u32) -> Unit {
+    var w: vec4<u32>;
+    if is_v {
+        w = v4[e / select(8u, 4u, DTYPE == DT_F32)];
+    } else {
+        w = k4[e / select(8u, 4u, DTYPE == DT_F32)];
+    }
+    if DTYPE == DT_F32 {
+        return Unit(bitcast<vec4<f32>>(w), vec4<f32>(0.0));
+    }
+    return Unit(
+        vec4<f32>(unpack_half2(w.x, DTYPE), unpack_half2(w.y, DTYPE)),
+        vec4<f32>(unpack_half2(w.z, DTYPE), unpack_half2(w.w, DTYPE)),
+    );
+}
+
+// Score of one row against the key row in kr (q pre-scaled).
+fn keys_dot(qa: ptr<function, array<vec4<f32>, MAX_HD4>>, kr: ptr<function, array<vec4<f32>, MAX_HD4>>) -> f32 {
+    var dd = vec4<f32>(0.0);
+    for (var d = 0u; d < HD4; d++) {
+        dd += (*qa)[d] * (*kr)[d];
+    }
+    return cap_logit(dd.x + dd.y + dd.z + dd.w);
+}
+
+fn keys_pv(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, vr: ptr<function, array<vec4<f32>, MAX_HD4>>, al: f32, pr: f32) {
+    for (var d = 0u; d < HD4; d++) {
+        (*acc)[d] = (*acc)[d] * al + pr * (*vr)[d];
+    }
+}
+
+fn keys_load_q(qa: ptr<function, array<vec4<f32>, MAX_HD4>>, b: u32, r: u32, kvh: u32) {
+    let rc = min(r, p.rows - 1u);
+    let t = rc / p.group;
+    let h = kvh * p.group + rc % p.group;
+    let q_base = p.q_off + b * p.q_sb + t * p.q_st + h * p.q_sh;
+    for (var d = 0u; d < HD4; d++) {
+        (*qa)[d] = load4(0u, q_base + 4u * d) * p.scale;
+    }
+}
+
+fn keys_store(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, e: u32, m: f32, l: f32) {
+    part_out[e] = m;
+    part_out[e + 1u] = l;
+    for (var d = 0u; d < HD4; d++) {
+        let a = (*acc)[d];
+        part_out[e + 2u + 4u * d] = a.x;
+        part_out[e + 3u + 4u * d] = a.y;
+        part_out[e + 4u + 4u * d] = a.z;
+        part_out[e + 5u + 4u * d] = a.w;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attn_decode_keys(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg_id = linear_workgroup(wid, nwg);
+    if wg_id >= p.batch * p.n_kv_heads * p.row_blocks * p.n_splits {
+        return;
+    }
+    let split = wg_id % p.n_splits;
+    let rest = wg_id / p.n_splits;
+    let blk = rest % p.row_blocks;
+    let bh = rest / p.row_blocks;
+    let kvh = bh % p.n_kv_heads;
+    let b = bh / p.n_kv_heads;
+    let lane = lid;
+    let r0 = blk * KR;
+    let r_last = min(r0 + KR, p.rows) - 1u;
+    // 16-byte units per head: HD4 for f32, HD4 / 2 for halves (head_dim % 8 == 0).
+    let per_unit = select(2u, 1u, DTYPE == DT_F32);
+    let units = HD4 / per_unit;
+
+    var kv_lo = i32(split * p.chunk);
+    var kv_hi = i32(min(p.kv_len, (split + 1u) * p.chunk));
+    if p.causal != 0u {
+        kv_hi = min(kv_hi, p.q_offset + i32(r_last / p.group) + 1);
+    }
+    if p.window != 0u {
+        kv_lo = max(kv_lo, p.q_offset + i32(r0 / p.group) - i32(p.window) + 1);
+    }
+
+    // Rows r0 + 0..KR (KR <= 4) in named arrays and vector components, so that every index
+    // is a constant once the fixed-trip head_dim loops are unrolled.
+    var q0: array<vec4<f32>, MAX_HD4>;
+    var q1: array<vec4<f32>, MAX_HD4>;
+    var q2: array<vec4<f32>, MAX_HD4>;
+    var q3: array<vec4<f32>, MAX_HD4>;
+    var a0: array<vec4<f32>, MAX_HD4>;
+    var a1: array<vec4<f32>, MAX_HD4>;
+    var a2: array<vec4<f32>, MAX_HD4>;
+    var a3: array<vec4<f32>, MAX_HD4>;
+    var kr: array<vec4<f32>, MAX_HD4>;
+    keys_load_q(&q0, b, r0, kvh);
+    if KR > 1u {
+        keys_load_q(&q1, b, r0 + 1u, kvh);
+    }
+    if KR > 2u {
+        keys_load_q(&q2, b, r0 + 2u, kvh);
+        keys_load_q(&q3, b, r0 + 3u, kvh);
+    }
+    for (var d = 0u; d < HD4; d++) {
+        a0[d] = vec4<f32>(0.0);
+        a1[d] = vec4<f32>(0.0);
+        a2[d] = vec4<f32>(0.0);
+        a3[d] = vec4<f32>(0.0);
+    }
+    let rr = vec4<u32>(r0, r0 + 1u, r0 + 2u, r0 + 3u);
+    let row_ok = rr < vec4<u32>(min(p.rows, r0 + KR));
+    let rcl = min(rr, vec4<u32>(p.rows - 1u));
+    let pos = vec4<i32>(p.q_offset) + vec4<i32>(rcl / p.group);
+    var m = vec4<f32>(NEG_BIG);
+    var l = vec4<f32>(0.0);
+    let k_base = p.k_off + b * p.k_sb + kvh * p.k_sh;
+    let v_base = p.v_off + b * p.v_sb + kvh * p.v_sh;
+
+    for (var j = kv_lo + i32(lane); j < kv_hi; j += i32(WG)) {
+        let ke = k_base + u32(j) * p.k_st;
+        for (var u = 0u; u < units; u++) {
+            let w = kv_unit(false, ke + 4u * per_unit * u);
+            kr[u * per_unit] = w.a;
+            if per_unit == 2u {
+                kr[u * 2u + 1u] = w.b;
+            }
+        }
+        var x = vec4<f32>(NEG_BIG);
+        x.x = keys_dot(&q0, &kr);
+        if KR > 1u {
+            x.y = keys_dot(&q1, &kr);
+        }
+        if KR > 2u {
+            x.z = keys_dot(&q2, &kr);
+            x.w = keys_dot(&q3, &kr);
+        }
+        let ok = row_ok & vec4<bool>(visible(j, pos.x), visible(j, pos.y), visible(j, pos.z), visible(j, pos.w));
+        let m_new = select(m, max(m, x), ok);
+        // m_new >= m, so alpha <= 1; while nothing is visible both are NEG_BIG: alpha 1.
+        let al = exp(m - m_new);
+        let pr = select(vec4<f32>(0.0), exp(x - m_new), ok);
+        l = l * al + pr;
+        m = m_new;
+        let ve = v_base + u32(j) * p.v_st;
+        // V row into kr (K is done with), then small fixed-trip loops per row.
+        for (var u = 0u; u < units; u++) {
+            let w = kv_unit(true, ve + 4u * per_unit * u);
+            kr[u * per_unit] = w.a;
+            if per_unit == 2u {
+                kr[u * 2u + 1u] = w.b;
+            }
+        }
+        keys_pv(&a0, &kr, al.x, pr.x);
+        if KR > 1u {
+            keys_pv(&a1, &kr, al.y, pr.y);
+        }
+        if KR > 2u {
+            keys_pv(&a2, &kr, al.z, pr.z);
+            keys_pv(&a3, &kr, al.w, pr.w);
+        }
+    }
+
+    let stride = 4u * HD4 + 2u;
+    let n_parts = p.n_splits * WG;
+    let e = ((bh * p.rows + r0) * n_parts + split * WG + lane) * stride;
+    let row_step = n_parts * stride;
+    keys_store(&a0, e, m.x, l.x);
+    if row_ok.y {
+        keys_store(&a1, e + row_step, m.y, l.y);
+    }
+    if row_ok.z {
+        keys_store(&a2, e + 2u * row_step, m.z, l.z);
+    }
+    if row_ok.w {
+        keys_store(&a3, e + 3u * row_step, m.w, l.w);
+    }
+}

@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use llama_kernels::compare::{compare, tolerance};
 use llama_kernels::ops::attention::{
-    Kind, DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS,
+    Kind, DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS, KEYS_MAX_ROWS,
+    KEYS_MIN_CHUNK, KEYS_TARGET_WORKGROUPS, KEYS_WG,
 };
 use llama_kernels::reference::attention as reference;
 use llama_kernels::{Attention, DType, Error, KvCache, Tensor};
@@ -121,11 +122,38 @@ fn gpu(c: &Case, d: &Data) -> Vec<f32> {
     gpu_on(&ctx(), c, d)
 }
 
+/// Like `upload_guarded`, with `before` guard elements (64 puts every dtype's view start on a
+/// 16-byte boundary of its binding window, which the DecodeKeys kernel needs).
+fn upload_with_guard(
+    ctx: &llama_kernels::Context,
+    data: &[f32],
+    shape: &[usize],
+    dtype: DType,
+    before: usize,
+) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut all = vec![SENTINEL; before + n + GUARD_AFTER];
+    all[before..before + n].copy_from_slice(data);
+    let full = ctx.upload_as(&all, &[all.len()], dtype).expect("upload");
+    Tensor::new(full.buffer(), before, shape, dtype)
+}
+
+/// Guard elements before the inputs of a case: 16-byte aligned rows for the dispatcher's own
+/// choice and for a forced DecodeKeys (so that the CPU adapter's default decode path runs),
+/// the unaligned common guard for the other forced kernels.
+fn guard_before(c: &Case) -> usize {
+    match c.kind {
+        None | Some(Kind::DecodeKeys) => 64,
+        _ => GUARD_BEFORE,
+    }
+}
+
 fn gpu_on(ctx: &llama_kernels::Context, c: &Case, d: &Data) -> Vec<f32> {
     let (qs, ks) = c.shapes();
-    let q = upload_guarded(ctx, &d.q, &qs, c.dtype);
-    let k = upload_guarded(ctx, &d.k, &ks, c.dtype);
-    let v = upload_guarded(ctx, &d.v, &ks, c.dtype);
+    let before = guard_before(c);
+    let q = upload_with_guard(ctx, &d.q, &qs, c.dtype, before);
+    let k = upload_with_guard(ctx, &d.k, &ks, c.dtype, before);
+    let v = upload_with_guard(ctx, &d.v, &ks, c.dtype, before);
     let sinks = c
         .sinks
         .then(|| upload_guarded(ctx, &d.sinks, &[c.n_heads], DType::F32));
@@ -135,6 +163,19 @@ fn gpu_on(ctx: &llama_kernels::Context, c: &Case, d: &Data) -> Vec<f32> {
         .unwrap_or_else(|e| panic!("{c:?}: {e}"));
     assert_guards(ctx, &out, &format!("{c:?}"));
     ctx.read_f32(&out).unwrap()
+}
+
+/// Run `c` (aligned inputs as in `gpu_on`) and return the op's result instead of panicking.
+fn try_run(c: &Case) -> Result<(), Error> {
+    let ctx = ctx();
+    let d = data(c, 1, 1.0);
+    let (qs, ks) = c.shapes();
+    let before = guard_before(c);
+    let q = upload_with_guard(&ctx, &d.q, &qs, c.dtype, before);
+    let k = upload_with_guard(&ctx, &d.k, &ks, c.dtype, before);
+    let v = upload_with_guard(&ctx, &d.v, &ks, c.dtype, before);
+    let out = nan_output(&ctx, &qs, c.dtype);
+    c.op().run(&ctx, &q, &k, &v, None, &out)
 }
 
 fn want(c: &Case, d: &Data) -> Vec<f64> {
@@ -190,7 +231,14 @@ const HEAD_DIMS: [usize; 5] = [64, 80, 96, 128, 256];
 const GROUPS: [usize; 6] = [1, 2, 4, 8, 16, 32];
 const Q_LENS: [usize; 5] = [1, 3, 16, 75, 128];
 const KV_LENS: [usize; 6] = [1, 7, 113, 512, 1000, 4097];
-const KINDS: [Option<Kind>; 3] = [None, Some(Kind::Prefill), Some(Kind::Decode)];
+const KINDS: [Option<Kind>; 4] = [
+    None,
+    Some(Kind::Prefill),
+    Some(Kind::Decode),
+    Some(Kind::DecodeKeys),
+];
+/// Every kernel, forced.
+const FORCED: [Kind; 3] = [Kind::Prefill, Kind::Decode, Kind::DecodeKeys];
 
 /// Masking / logit options number `m` (of 8) for a case, rotated through the grid.
 fn with_mode(mut c: Case, m: usize) -> Case {
@@ -240,7 +288,7 @@ fn grid_against_reference() {
                     let n_kv = if g >= 8 || tryk > 5 { 1 } else { 2 };
                     let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, hd);
                     c.dtype = DType::ALL[(i + rep) % 3];
-                    c.kind = KINDS[(i + rep) % 3];
+                    c.kind = KINDS[(i + rep) % 4];
                     c.batch = if i % 7 == 3 { 2 } else { 1 };
                     let c = with_mode(c, i + i / 8);
                     if cost(&c) <= BUDGET {
@@ -250,7 +298,7 @@ fn grid_against_reference() {
                 }
                 let c = picked.unwrap_or_else(|| {
                     let mut c = with_mode(Case::new(q_len, kv_len, 1, 1, 64), i + i / 8);
-                    c.kind = KINDS[(i + rep) % 3];
+                    c.kind = KINDS[(i + rep) % 4];
                     c
                 });
                 eprintln!("grid: {c:?} cost {}", cost(&c));
@@ -275,7 +323,7 @@ fn every_head_dim_group_and_dtype() {
                 let (q_len, kv_len) = [(1, 113), (3, 7), (16, 40), (5, 200)][i % 4];
                 let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, hd);
                 c.dtype = dtype;
-                c.kind = KINDS[i % 3];
+                c.kind = KINDS[i % 4];
                 check(with_mode(c, i), 3000 + i as u64);
             }
         }
@@ -286,10 +334,19 @@ fn every_head_dim_group_and_dtype() {
 #[test]
 fn unusual_head_dims() {
     for (i, &hd) in [4usize, 12, 36, 68, 100, 132, 252].iter().enumerate() {
-        for kind in [Kind::Prefill, Kind::Decode] {
+        for kind in FORCED {
             let mut c = Case::new(5, 70, 6, 3, hd);
             c.dtype = DType::ALL[i % 3];
             c.kind = Some(kind);
+            if kind == Kind::DecodeKeys && c.dtype.is_half() && hd % 8 != 0 {
+                // 16-byte loads need head_dim x 2 bytes to be a multiple of 16.
+                let e = try_run(&c).unwrap_err().to_string();
+                assert!(
+                    e.contains("DecodeKeys kernel needs 16-byte aligned K/V rows"),
+                    "{e}"
+                );
+                continue;
+            }
             check(with_mode(c, i), 4000 + i as u64);
         }
     }
@@ -301,9 +358,30 @@ fn unusual_head_dims() {
 fn thresholds() {
     let ctx = ctx();
     let t = DECODE_MAX_Q_LEN;
+    // The pure choice: GPUs by q_len; CPU adapters take DecodeKeys for decode when K/V rows are
+    // 16-byte aligned, Decode when not.
+    use llama_kernels::ops::attention::default_kind;
+    use wgpu::DeviceType::{Cpu, DiscreteGpu};
+    for (q_len, gpu_kind, cpu_kind) in [
+        (t - 1, Kind::Decode, Kind::DecodeKeys),
+        (t, Kind::Decode, Kind::DecodeKeys),
+        (t + 1, Kind::Prefill, Kind::Prefill),
+    ] {
+        assert_eq!(default_kind(DiscreteGpu, q_len, true), gpu_kind);
+        assert_eq!(default_kind(Cpu, q_len, true), cpu_kind);
+        assert_eq!(
+            default_kind(Cpu, q_len, false),
+            if q_len <= t {
+                Kind::Decode
+            } else {
+                Kind::Prefill
+            }
+        );
+    }
+    // This adapter (lavapipe, a CPU adapter) with aligned rows.
     for (q_len, expect) in [
-        (t - 1, Kind::Decode),
-        (t, Kind::Decode),
+        (t - 1, Kind::DecodeKeys),
+        (t, Kind::DecodeKeys),
         (t + 1, Kind::Prefill),
     ] {
         let mut c = Case::new(q_len, 300, 8, 2, 64);
@@ -322,7 +400,8 @@ fn thresholds() {
     // One token, 16 kv heads x 32 groups = 512 workgroups already: splits only by chunk size.
     let m = DECODE_MIN_CHUNK;
     for (kv_len, expect_splits) in [(m - 1, 1), (m, 1), (m + 1, 2)] {
-        let c = Case::new(1, kv_len, 4, 1, 64);
+        let mut c = Case::new(1, kv_len, 4, 1, 64);
+        c.kind = Some(Kind::Decode);
         let dims = dims_of(&c);
         let plan = c.op().plan(&ctx, dims, c.dtype).unwrap();
         assert_eq!(plan.splits, expect_splits, "kv_len {kv_len}");
@@ -342,8 +421,47 @@ fn thresholds() {
     }
     // Enough kv heads that the target is reached with one split.
     let heads = DECODE_TARGET_WORKGROUPS;
-    let c = Case::new(1, 1000, heads, heads, 4);
+    let mut c = Case::new(1, 1000, heads, heads, 4);
+    c.kind = Some(Kind::Decode);
     assert_eq!(c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap().splits, 1);
+    // DecodeKeys: with KEYS_TARGET_WORKGROUPS workgroups already (one row block per kv head),
+    // splits only by chunk size, at KEYS_MIN_CHUNK -1, =, +1.
+    let m = KEYS_MIN_CHUNK;
+    for (kv_len, expect_splits) in [(m - 1, 1), (m, 1), (m + 1, 2)] {
+        let heads = KEYS_TARGET_WORKGROUPS / 2;
+        let mut c = Case::new(1, kv_len, heads, heads, 16);
+        c.kind = Some(Kind::DecodeKeys);
+        let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
+        assert_eq!(plan.splits, expect_splits, "kv_len {kv_len}");
+        assert_eq!(plan.lanes, KEYS_WG as usize);
+        check(c, 5400 + kv_len as u64);
+    }
+    // DecodeKeys rows per workgroup: rows = g (one token) at KEYS_MAX_ROWS -1, =, +1.
+    for rows in [KEYS_MAX_ROWS - 1, KEYS_MAX_ROWS, KEYS_MAX_ROWS + 1] {
+        let mut c = Case::new(1, 77, rows, 1, 32);
+        c.kind = Some(Kind::DecodeKeys);
+        c.sinks = true;
+        let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
+        assert_eq!(
+            plan.rows_per_wg,
+            rows.next_power_of_two().min(KEYS_MAX_ROWS)
+        );
+        assert_eq!(plan.variant.kr as usize, plan.rows_per_wg);
+        assert_eq!(plan.row_blocks, rows.div_ceil(plan.rows_per_wg));
+        check(c, 5500 + rows as u64);
+    }
+    // DecodeKeys loop cap on this CPU adapter: one split up to the cap, two beyond it.
+    let kcap = llama_kernels::ops::attention::keys_loop_cap_keys(&ctx, 16, 1)
+        .expect("lavapipe is a CPU adapter with a loop cap");
+    for (kv_len, splits) in [(kcap - 1, 1), (kcap, 1), (kcap + 1, 2)] {
+        let heads = KEYS_TARGET_WORKGROUPS;
+        let mut c = Case::new(1, kv_len, heads, heads, 16);
+        c.kind = Some(Kind::DecodeKeys);
+        c.window = 300;
+        let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
+        assert_eq!(plan.splits, splits, "kv_len {kv_len}");
+        check(c, 5600 + kv_len as u64);
+    }
     // Rows per workgroup: 64 (prefill) and 32 (decode) at -1, =, +1.
     for (kind, wg) in [(Kind::Prefill, 64usize), (Kind::Decode, 32)] {
         for rows in [wg - 1, wg, wg + 1] {
@@ -395,7 +513,7 @@ fn every_variant_compiles() {
 /// causal queries before the first key (negative q_offset) and decode splits that are empty.
 #[test]
 fn fully_masked_rows_are_zero() {
-    for kind in [Kind::Prefill, Kind::Decode] {
+    for kind in FORCED {
         for sinks in [false, true] {
             for dtype in DType::ALL {
                 // q_len 6 over kv_len 3: default q_offset -3, rows 0..3 see nothing.
@@ -430,7 +548,7 @@ fn fully_masked_rows_are_zero() {
         (100, None),
         (i32::MAX as u32, Some(-1_000_000_000i64)),
     ] {
-        for kind in [Kind::Prefill, Kind::Decode] {
+        for kind in FORCED {
             let mut c = Case::new(3, 100, 4, 2, 16);
             c.window = window;
             c.q_offset = q_offset;
@@ -443,7 +561,7 @@ fn fully_masked_rows_are_zero() {
     let mut c = Case::new(4, 10, 2, 2, 8);
     c.q_offset = Some(-20);
     c.window = 3;
-    for kind in [Kind::Prefill, Kind::Decode] {
+    for kind in FORCED {
         c.kind = Some(kind);
         let d = data(&c, 6200, 1.0);
         let got = gpu(&c, &d);
@@ -454,7 +572,7 @@ fn fully_masked_rows_are_zero() {
 /// q scaled x30: logits in the hundreds overflow a naive exp; the online softmax must not.
 #[test]
 fn large_logits_do_not_overflow() {
-    for (i, kind) in [Kind::Prefill, Kind::Decode].into_iter().enumerate() {
+    for (i, kind) in FORCED.into_iter().enumerate() {
         for dtype in DType::ALL {
             for softcap in [0.0f32, 30.0] {
                 let mut c = Case::new(9, 300, 8, 2, 128);
@@ -536,7 +654,7 @@ fn split_count_does_not_matter() {
 /// GQA equals MHA with each K/V head repeated g times.
 #[test]
 fn gqa_equals_mha_with_repeated_kv() {
-    for kind in [Kind::Prefill, Kind::Decode] {
+    for kind in FORCED {
         let (g, n_kv, hd, q_len, kv_len) = (4, 2, 64, 20, 150);
         let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, hd);
         c.kind = Some(kind);
@@ -657,7 +775,7 @@ fn fused_qkv_views() {
         dims,
         &Default::default(),
     );
-    for kind in [Kind::Prefill, Kind::Decode] {
+    for kind in FORCED {
         let op = Attention {
             kind: Some(kind),
             ..Default::default()
@@ -1205,7 +1323,7 @@ fn fits_webgpu_default_limits() {
     assert_eq!(small.limits().max_compute_workgroup_storage_size, 16384);
     let mut i = 0;
     for dtype in DType::ALL {
-        for kind in [Kind::Prefill, Kind::Decode] {
+        for kind in FORCED {
             {
                 i += 1;
                 let hd = [64usize, 256][i % 2];
@@ -1359,4 +1477,48 @@ fn kv_cache_append_with_rope() {
         );
         assert_eq!(cache.len(), len);
     }
+}
+
+/// DecodeKeys reads K/V with 16-byte loads: forced on rows that do not start on a 16-byte
+/// boundary it is an error naming the rule; the dispatcher falls back to Decode for them.
+#[test]
+fn decode_keys_needs_aligned_rows() {
+    let ctx = ctx();
+    let c = Case::new(1, 50, 4, 2, 32);
+    let d = data(&c, 9900, 1.0);
+    let (qs, ks) = c.shapes();
+    // GUARD_BEFORE (70) f32 elements put the views 24 bytes past a 256-byte window start.
+    let q = upload_guarded(&ctx, &d.q, &qs, c.dtype);
+    let k = upload_guarded(&ctx, &d.k, &ks, c.dtype);
+    let v = upload_guarded(&ctx, &d.v, &ks, c.dtype);
+    let out = nan_output(&ctx, &qs, c.dtype);
+    assert!(!llama_kernels::ops::attention::kv_rows_aligned(
+        &ctx, &k, &v
+    ));
+    let forced = Attention {
+        kind: Some(Kind::DecodeKeys),
+        ..Default::default()
+    };
+    let e = forced
+        .run(&ctx, &q, &k, &v, None, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attention") && e.contains("DecodeKeys kernel needs 16-byte aligned K/V rows"),
+        "{e}"
+    );
+    Attention::default()
+        .run(&ctx, &q, &k, &v, None, &out)
+        .unwrap();
+    let cmp = compare(&ctx.read_f32(&out).unwrap(), &want(&c, &d));
+    assert!(cmp.passes(tol(c.dtype)), "{cmp}");
+    // Aligned views of the same data take DecodeKeys by default and agree.
+    let k2 = upload_with_guard(&ctx, &d.k, &ks, c.dtype, 64);
+    let v2 = upload_with_guard(&ctx, &d.v, &ks, c.dtype, 64);
+    assert!(llama_kernels::ops::attention::kv_rows_aligned(
+        &ctx, &k2, &v2
+    ));
+    forced.run(&ctx, &q, &k2, &v2, None, &out).unwrap();
+    let cmp = compare(&ctx.read_f32(&out).unwrap(), &want(&c, &d));
+    assert!(cmp.passes(tol(c.dtype)), "{cmp}");
 }

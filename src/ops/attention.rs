@@ -36,11 +36,27 @@
 //!   workgroups; each K/V row of a chunk is read once per kv head and shared by the g query heads.
 //!   Every (row, split, lane) writes a partial (m, l, acc); a second pass merges them in that fixed
 //!   order, so results are bitwise repeatable. Empty chunks write (-3e38, 0, 0) and add nothing.
+//! - [`Kind::DecodeKeys`] (`attn_decode_keys` in `shaders/attention_decode.wgsl`), decode for CPU
+//!   adapters: each of the [`KEYS_WG`] invocations of a workgroup owns whole keys (`lane`,
+//!   `lane + 8`, ... of the split's chunk), reads each K/V row once with 16-byte loads (8 halves
+//!   or 4 f32 per load) and uses it for all `kr` (<= [`KEYS_MAX_ROWS`]) query rows of the
+//!   workgroup's row block, so a GQA group shares every load. No workgroup memory, no barriers;
+//!   every (row, split, lane) writes a partial, merged by the same fixed-order pass as Decode.
+//!   Why: llvmpipe (Mesa 22.3) runs 8 invocations per SIMD vector and issues every load as one
+//!   scalar access per invocation (also for workgroup-uniform addresses and workgroup memory),
+//!   while a 16-byte load costs about as much as a 4-byte one; so the count of load
+//!   instructions per invocation is what costs, and Decode's staging in workgroup memory (a
+//!   global load, a shared store and one shared load per row for every element) is 5-10x slower
+//!   here. Needs 16-byte aligned K/V rows ([`kv_rows_aligned`]).
 //! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
 //!   ([`loop_cap_keys`]): the decode shader's split-KV passes with prefill's 64-row blocks.
 //!
-//! Choice: decode iff `q_len <= DECODE_MAX_Q_LEN` (8), unless forced with [`Attention::kind`].
-//! The decode split count aims at [`DECODE_TARGET_WORKGROUPS`] (512) workgroups with chunks of at
+//! Choice ([`default_kind`]), unless forced with [`Attention::kind`]: prefill iff
+//! `q_len > DECODE_MAX_Q_LEN` (8); otherwise DecodeKeys on CPU adapters when K/V rows are
+//! 16-byte aligned, Decode elsewhere. DecodeKeys takes `kr = min(next_pow2(q_len * g), 4)` rows
+//! per workgroup and aims at [`KEYS_TARGET_WORKGROUPS`] (32) workgroups with chunks of at least
+//! [`KEYS_MIN_CHUNK`] (512) keys, and at least what [`keys_loop_cap_keys`] needs.
+//! The Decode split count aims at [`DECODE_TARGET_WORKGROUPS`] (512) workgroups with chunks of at
 //! least [`DECODE_MIN_CHUNK`] (64) keys, so kv_len <= 64 uses one split and one token over 32k
 //! keys with Llama-3-8B's 8 kv heads gets 64 splits of 512 keys; force it with
 //! [`Attention::splits`]. K/V tiles hold `bk = min(64, TILE_V4 / (head_dim / 4))` keys, where
@@ -66,6 +82,15 @@ pub const DECODE_MAX_Q_LEN: usize = 8;
 pub const DECODE_TARGET_WORKGROUPS: usize = 512;
 /// Decode chunks hold at least this many keys.
 pub const DECODE_MIN_CHUNK: usize = 64;
+/// Key lanes per workgroup of [`Kind::DecodeKeys`]: llvmpipe's SIMD width (8 f32 at 256 bits).
+pub const KEYS_WG: u32 = 8;
+/// Most query rows one [`Kind::DecodeKeys`] invocation computes (more rows take more row blocks).
+pub const KEYS_MAX_ROWS: usize = 4;
+/// [`Kind::DecodeKeys`] aims at this many workgroups (a few per CPU core, for load balance),
+/// with chunks of at least [`KEYS_MIN_CHUNK`] keys.
+pub const KEYS_TARGET_WORKGROUPS: usize = 32;
+/// [`Kind::DecodeKeys`] chunks hold at least this many keys (fewer partials to merge).
+pub const KEYS_MIN_CHUNK: usize = 512;
 /// Largest supported head_dim.
 pub const MAX_HEAD_DIM: usize = 256;
 const MAX_BK: usize = 64;
@@ -75,6 +100,9 @@ const MAX_BK: usize = 64;
 pub enum Kind {
     Prefill,
     Decode,
+    /// Decode for CPU adapters (`attn_decode_keys`): each invocation owns whole keys, reads
+    /// their K/V rows once with 16-byte loads and serves all rows of the group with them.
+    DecodeKeys,
 }
 
 /// Options of one attention call; `Default` is causal, default scale, no window/softcap.
@@ -156,6 +184,8 @@ pub struct Variant {
     /// Partial results per kv chunk and a merge pass (always for decode; for prefill only when
     /// one invocation may not loop over all keys, see [`loop_cap_keys`]).
     pub split_kv: bool,
+    /// [`Kind::DecodeKeys`]: query rows per workgroup (1, 2 or 4); 1 for the other kinds.
+    pub kr: u32,
 }
 
 impl Variant {
@@ -163,6 +193,7 @@ impl Variant {
         match self.kind {
             Kind::Prefill => PREFILL_WG,
             Kind::Decode => DECODE_WG,
+            Kind::DecodeKeys => KEYS_WG,
         }
     }
     fn constants(&self) -> Vec<(&'static str, u32)> {
@@ -173,8 +204,21 @@ impl Variant {
             ("HD4", self.hd4),
         ]
     }
+
     /// The pipeline keys of this variant: one for prefill, partial and merge for decode.
     pub fn keys(&self) -> Vec<PipelineKey> {
+        if self.kind == Kind::DecodeKeys {
+            let mut c = self.constants();
+            c.push(("KR", self.kr));
+            return vec![
+                PipelineKey::new(Shader::AttentionDecode, "attn_decode_keys", c),
+                PipelineKey::new(
+                    Shader::AttentionDecode,
+                    "attn_decode_merge",
+                    self.constants(),
+                ),
+            ];
+        }
         match self.split_kv {
             false => vec![PipelineKey::new(
                 Shader::AttentionPrefill,
@@ -214,6 +258,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
         (Kind::Prefill, false),
         (Kind::Prefill, true),
         (Kind::Decode, true),
+        (Kind::DecodeKeys, true),
     ];
     for (kind, split_kv) in kinds {
         for dtype in DType::ALL {
@@ -226,9 +271,25 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                             tile_v4: tile_v4_for(limit),
                             hd4: hd / 4,
                             split_kv,
+                            kr: 1,
                         }
                         .keys(),
                     );
+                    if kind == Kind::DecodeKeys {
+                        for kr in [2, 4] {
+                            keys.extend(
+                                Variant {
+                                    kind,
+                                    dtype,
+                                    tile_v4: tile_v4_for(limit),
+                                    hd4: hd / 4,
+                                    split_kv,
+                                    kr,
+                                }
+                                .keys(),
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -243,6 +304,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                     tile_v4: tile_v4_for(32768),
                     hd4,
                     split_kv,
+                    kr: 1,
                 }
                 .keys(),
             );
@@ -262,6 +324,48 @@ pub fn loop_cap_keys(ctx: &Context, head_dim: usize) -> Option<usize> {
     let hd4 = head_dim / 4;
     let per_key = 4 + 2 * hd4 + hd4.div_ceil(PREFILL_WG as usize);
     Some(50_000 / per_key)
+}
+
+/// Keys one [`Kind::DecodeKeys`] workgroup (all [`KEYS_WG`] lanes) may loop over on this adapter
+/// with `kr` rows per workgroup, if limited (see [`loop_cap_keys`]): per key of a lane, the K
+/// load loop, kr dot-product loops and the V loop with its kr-row inner loop, counted as if the
+/// compiler unrolled nothing; the q load and partial store loops are taken off the budget.
+pub fn keys_loop_cap_keys(ctx: &Context, head_dim: usize, kr: usize) -> Option<usize> {
+    if ctx.adapter_info().device_type != wgpu::DeviceType::Cpu {
+        return None;
+    }
+    let hd4 = head_dim / 4;
+    let per_key = 2 + hd4 + kr * (hd4 + 1) + hd4 * (kr + 1);
+    Some((50_000 - 2 * kr * (hd4 + 1)) / per_key * KEYS_WG as usize)
+}
+
+/// The kernel the dispatcher picks when none is forced: [`Kind::Prefill`] for
+/// `q_len > DECODE_MAX_Q_LEN`; otherwise [`Kind::DecodeKeys`] on CPU adapters when K and V rows
+/// are 16-byte aligned (`kv_aligned`, see [`kv_rows_aligned`]), else [`Kind::Decode`].
+pub fn default_kind(device_type: wgpu::DeviceType, q_len: usize, kv_aligned: bool) -> Kind {
+    if q_len > DECODE_MAX_Q_LEN {
+        Kind::Prefill
+    } else if device_type == wgpu::DeviceType::Cpu && kv_aligned {
+        Kind::DecodeKeys
+    } else {
+        Kind::Decode
+    }
+}
+
+/// Whether every K/V row a kernel reads starts on a 16-byte boundary of its binding window
+/// (offset and outer strides in bytes multiples of 16, head_dim times the element size too):
+/// what [`Kind::DecodeKeys`] needs for its 16-byte loads.
+pub fn kv_rows_aligned(ctx: &Context, k: &Tensor, v: &Tensor) -> bool {
+    let align = ctx.limits().min_storage_buffer_offset_alignment.max(4) as usize;
+    [k, v].iter().all(|t| {
+        let es = t.dtype().size();
+        let s = t.strides();
+        let n = t.rank();
+        let win_start = t.offset() * es / align * align;
+        (t.offset() * es - win_start) % 16 == 0
+            && (t.shape()[n - 1] * es) % 16 == 0
+            && s[..n - 1].iter().all(|&st| (st * es) % 16 == 0)
+    })
 }
 
 /// What the dispatcher decided for one call (exposed so tests can see the thresholds at work).
@@ -397,13 +501,17 @@ impl Attention {
         })
     }
 
-    /// The kernel, tile size and split count this call would use on `ctx`.
+    /// The kernel, tile size and split count this call would use on `ctx`, for K/V rows that
+    /// are 16-byte aligned (see [`kv_rows_aligned`]; unaligned rows never get
+    /// [`Kind::DecodeKeys`] by default).
     pub fn plan(&self, ctx: &Context, d: Dims, dtype: DType) -> Result<Plan> {
-        let kind = self.kind.unwrap_or(if d.q_len <= DECODE_MAX_Q_LEN {
-            Kind::Decode
-        } else {
-            Kind::Prefill
-        });
+        self.plan_for(ctx, d, dtype, true)
+    }
+
+    fn plan_for(&self, ctx: &Context, d: Dims, dtype: DType, kv_aligned: bool) -> Result<Plan> {
+        let kind = self
+            .kind
+            .unwrap_or_else(|| default_kind(ctx.adapter_info().device_type, d.q_len, kv_aligned));
         let limit = ctx.limits().max_compute_workgroup_storage_size;
         let tile_v4 = tile_v4_for(limit);
         let hd4 = (d.head_dim / 4) as u32;
@@ -416,38 +524,54 @@ impl Attention {
             2 * hd4 * 16
         );
         let bk = (tile_v4 / hd4).min(MAX_BK as u32);
-        let cap = loop_cap_keys(ctx, d.head_dim);
+        let g = d.n_heads / d.n_kv_heads;
+        let rows = d.q_len * g;
+        let kr = rows.next_power_of_two().min(KEYS_MAX_ROWS);
+        let cap = match kind {
+            Kind::DecodeKeys => keys_loop_cap_keys(ctx, d.head_dim, kr),
+            _ => loop_cap_keys(ctx, d.head_dim),
+        };
         let min_splits = cap.map_or(1, |c| d.kv_len.div_ceil(c.max(1)));
         let mut variant = Variant {
             kind,
             dtype,
             tile_v4,
             hd4,
-            split_kv: kind == Kind::Decode || min_splits > 1,
+            split_kv: kind != Kind::Prefill || min_splits > 1,
+            kr: if kind == Kind::DecodeKeys {
+                kr as u32
+            } else {
+                1
+            },
         };
-        let g = d.n_heads / d.n_kv_heads;
-        let rows = d.q_len * g;
         let wg = variant.wg() as usize;
-        let rows_per_wg = if variant.split_kv {
-            rows.next_power_of_two().min(wg)
-        } else {
-            wg
+        let (rows_per_wg, lanes) = match kind {
+            Kind::DecodeKeys => (kr, wg),
+            _ if variant.split_kv => {
+                let rpw = rows.next_power_of_two().min(wg);
+                (rpw, wg / rpw)
+            }
+            _ => (wg, 1),
         };
-        let lanes = wg / rows_per_wg;
         let row_blocks = rows.div_ceil(rows_per_wg);
         let (splits, chunk) = match kind {
             Kind::Prefill => {
                 let chunk = d.kv_len.div_ceil(min_splits);
                 (d.kv_len.div_ceil(chunk), chunk)
             }
-            Kind::Decode => {
+            Kind::Decode | Kind::DecodeKeys => {
+                let (target, min_chunk) = match kind {
+                    Kind::DecodeKeys => (KEYS_TARGET_WORKGROUPS, KEYS_MIN_CHUNK),
+                    _ => (DECODE_TARGET_WORKGROUPS, DECODE_MIN_CHUNK),
+                };
                 let want = match self.splits {
                     Some(s) => (s as usize).max(min_splits),
                     None => {
                         let base = d.batch * d.n_kv_heads * row_blocks;
-                        DECODE_TARGET_WORKGROUPS
+                        target
                             .div_ceil(base)
-                            .clamp(1, d.kv_len.div_ceil(DECODE_MIN_CHUNK).max(1))
+                            .clamp(1, d.kv_len.div_ceil(min_chunk).max(1))
+                            .max(min_splits)
                     }
                 };
                 let chunk = d.kv_len.div_ceil(want.max(1)).max(1);
@@ -570,7 +694,16 @@ impl Attention {
                 "out shares a buffer with {name}; attention cannot run in place"
             );
         }
-        let plan = self.plan(ctx, d, dtype)?;
+        let aligned = kv_rows_aligned(ctx, k, v);
+        crate::ensure!(
+            aligned || self.kind != Some(Kind::DecodeKeys),
+            Param,
+            OP,
+            "the DecodeKeys kernel needs 16-byte aligned K/V rows (offsets, strides and head_dim {} x {} bytes multiples of 16)",
+            d.head_dim,
+            dtype.size()
+        );
+        let plan = self.plan_for(ctx, d, dtype, aligned)?;
         let scale = self.scale.unwrap_or(1.0 / (d.head_dim as f32).sqrt());
         Ok(Checked {
             dims: d,
@@ -718,6 +851,52 @@ impl Attention {
         let dummy = ctx.dummy_buffer();
         let sinks_res = || sw.as_ref().map_or_else(|| whole(dummy), |w| w.resource());
         let base_wgs = (d.batch * d.n_kv_heads * plan.row_blocks) as u64;
+        if plan.variant.kind == Kind::DecodeKeys {
+            let entries = d.batch * d.n_kv_heads * plan.rows * plan.splits * plan.lanes;
+            let part_bytes = entries as u64 * (d.head_dim as u64 + 2) * 4;
+            crate::ensure!(
+                part_bytes <= ctx.limits().max_storage_buffer_binding_size,
+                Limit,
+                OP,
+                "split-KV scratch of {part_bytes} bytes ({} splits x {} lanes) exceeds the device's max_storage_buffer_binding_size",
+                plan.splits,
+                plan.lanes
+            );
+            let part = ctx.create_buffer(OP, part_bytes)?;
+            let kernel = ctx.kernel(OP, &keys[0])?;
+            let bg = kernel.bind_group(
+                ctx,
+                OP,
+                &[
+                    (0, whole(&uniform)),
+                    (1, qw.resource()),
+                    (2, kw.resource()),
+                    (3, vw.resource()),
+                    (5, whole(&part)),
+                    (8, kw.resource()),
+                    (9, vw.resource()),
+                ],
+            )?;
+            kernel.dispatch(enc, &bg, ctx.grid(OP, base_wgs * plan.splits as u64)?);
+            let merge = ctx.kernel(OP, &keys[1])?;
+            let merge_threads = (d.batch * d.n_kv_heads * plan.rows * d.head_dim / 4) as u64;
+            let bg2 = merge.bind_group(
+                ctx,
+                OP,
+                &[
+                    (0, whole(&uniform)),
+                    (4, sinks_res()),
+                    (6, whole(&part)),
+                    (7, ow.resource()),
+                ],
+            )?;
+            merge.dispatch(
+                enc,
+                &bg2,
+                ctx.grid(OP, merge_threads.div_ceil(plan.variant.wg() as u64))?,
+            );
+            return Ok(());
+        }
         match plan.variant.split_kv {
             false => {
                 let kernel = ctx.kernel(OP, &keys[0])?;
