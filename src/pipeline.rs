@@ -11,6 +11,9 @@ use crate::tensor::Tensor;
 /// Helpers shared by every shader: packed f16/bf16 decode and encode, grid linearisation.
 pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 
+/// Shared by the two attention shaders: overrides, params, input bindings, load/mask helpers.
+pub const ATTENTION_COMMON_WGSL: &str = include_str!("../shaders/attention_common.wgsl");
+
 /// One WGSL source file (a kernel family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Shader {
@@ -66,10 +69,15 @@ impl Shader {
         }
     }
 
-    /// The full WGSL module: `common.wgsl` followed by the kernel file. This concatenation is the
-    /// only source transformation in the crate.
+    /// The full WGSL module: `common.wgsl`, then for the attention kernels `attention_common.wgsl`,
+    /// then the kernel file. This concatenation is the only source transformation in the crate.
     pub fn source(self) -> String {
-        format!("{COMMON_WGSL}\n{}", self.body())
+        match self {
+            Shader::AttentionPrefill | Shader::AttentionDecode => {
+                format!("{COMMON_WGSL}\n{ATTENTION_COMMON_WGSL}\n{}", self.body())
+            }
+            _ => format!("{COMMON_WGSL}\n{}", self.body()),
+        }
     }
 
     /// Entry points and constant sets that the portability tests compile. Each op lists the
