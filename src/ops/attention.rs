@@ -851,18 +851,7 @@ impl Attention {
         let dummy = ctx.dummy_buffer();
         let sinks_res = || sw.as_ref().map_or_else(|| whole(dummy), |w| w.resource());
         let base_wgs = (d.batch * d.n_kv_heads * plan.row_blocks) as u64;
-        if plan.variant.kind == Kind::DecodeKeys {
-            let entries = d.batch * d.n_kv_heads * plan.rows * plan.splits * plan.lanes;
-            let part_bytes = entries as u64 * (d.head_dim as u64 + 2) * 4;
-            crate::ensure!(
-                part_bytes <= ctx.limits().max_storage_buffer_binding_size,
-                Limit,
-                OP,
-                "split-KV scratch of {part_bytes} bytes ({} splits x {} lanes) exceeds the device's max_storage_buffer_binding_size",
-                plan.splits,
-                plan.lanes
-            );
-            let part = ctx.create_buffer(OP, part_bytes)?;
+        if plan.variant.kind != Kind::DecodeKeys && !plan.variant.split_kv {
             let kernel = ctx.kernel(OP, &keys[0])?;
             let bg = kernel.bind_group(
                 ctx,
@@ -872,92 +861,58 @@ impl Attention {
                     (1, qw.resource()),
                     (2, kw.resource()),
                     (3, vw.resource()),
-                    (5, whole(&part)),
-                    (8, kw.resource()),
-                    (9, vw.resource()),
-                ],
-            )?;
-            kernel.dispatch(enc, &bg, ctx.grid(OP, base_wgs * plan.splits as u64)?);
-            let merge = ctx.kernel(OP, &keys[1])?;
-            let merge_threads = (d.batch * d.n_kv_heads * plan.rows * d.head_dim / 4) as u64;
-            let bg2 = merge.bind_group(
-                ctx,
-                OP,
-                &[
-                    (0, whole(&uniform)),
                     (4, sinks_res()),
-                    (6, whole(&part)),
-                    (7, ow.resource()),
+                    (5, ow.resource()),
                 ],
             )?;
-            merge.dispatch(
-                enc,
-                &bg2,
-                ctx.grid(OP, merge_threads.div_ceil(plan.variant.wg() as u64))?,
-            );
+            kernel.dispatch(enc, &bg, ctx.grid(OP, base_wgs)?);
             return Ok(());
         }
-        match plan.variant.split_kv {
-            false => {
-                let kernel = ctx.kernel(OP, &keys[0])?;
-                let bg = kernel.bind_group(
-                    ctx,
-                    OP,
-                    &[
-                        (0, whole(&uniform)),
-                        (1, qw.resource()),
-                        (2, kw.resource()),
-                        (3, vw.resource()),
-                        (4, sinks_res()),
-                        (5, ow.resource()),
-                    ],
-                )?;
-                kernel.dispatch(enc, &bg, ctx.grid(OP, base_wgs)?);
-            }
-            true => {
-                let entries = d.batch * d.n_kv_heads * plan.rows * plan.splits * plan.lanes;
-                let part_bytes = entries as u64 * (d.head_dim as u64 + 2) * 4;
-                crate::ensure!(
-                    part_bytes <= ctx.limits().max_storage_buffer_binding_size,
-                    Limit,
-                    OP,
-                    "split-KV scratch of {part_bytes} bytes ({} splits x {} lanes) exceeds the device's max_storage_buffer_binding_size",
-                    plan.splits,
-                    plan.lanes
-                );
-                let part = ctx.create_buffer(OP, part_bytes)?;
-                let partial = ctx.kernel(OP, &keys[0])?;
-                let merge = ctx.kernel(OP, &keys[1])?;
-                let bg1 = partial.bind_group(
-                    ctx,
-                    OP,
-                    &[
-                        (0, whole(&uniform)),
-                        (1, qw.resource()),
-                        (2, kw.resource()),
-                        (3, vw.resource()),
-                        (5, whole(&part)),
-                    ],
-                )?;
-                partial.dispatch(enc, &bg1, ctx.grid(OP, base_wgs * plan.splits as u64)?);
-                let merge_threads = (d.batch * d.n_kv_heads * plan.rows * d.head_dim / 4) as u64;
-                let bg2 = merge.bind_group(
-                    ctx,
-                    OP,
-                    &[
-                        (0, whole(&uniform)),
-                        (4, sinks_res()),
-                        (6, whole(&part)),
-                        (7, ow.resource()),
-                    ],
-                )?;
-                merge.dispatch(
-                    enc,
-                    &bg2,
-                    ctx.grid(OP, merge_threads.div_ceil(plan.variant.wg() as u64))?,
-                );
-            }
+        // Split-KV: a partial pass writes (m, l, acc) per (row, split, lane), a merge pass combines
+        // them in a fixed order.
+        let entries = d.batch * d.n_kv_heads * plan.rows * plan.splits * plan.lanes;
+        let part_bytes = entries as u64 * (d.head_dim as u64 + 2) * 4;
+        crate::ensure!(
+            part_bytes <= ctx.limits().max_storage_buffer_binding_size,
+            Limit,
+            OP,
+            "split-KV scratch of {part_bytes} bytes ({} splits x {} lanes) exceeds the device's max_storage_buffer_binding_size",
+            plan.splits,
+            plan.lanes
+        );
+        let part = ctx.create_buffer(OP, part_bytes)?;
+        let partial = ctx.kernel(OP, &keys[0])?;
+        let merge = ctx.kernel(OP, &keys[1])?;
+        let mut first = vec![
+            (0, whole(&uniform)),
+            (1, qw.resource()),
+            (2, kw.resource()),
+            (3, vw.resource()),
+            (5, whole(&part)),
+        ];
+        if plan.variant.kind == Kind::DecodeKeys {
+            // The same K/V windows, read through `vec4<u32>` bindings.
+            first.push((8, kw.resource()));
+            first.push((9, vw.resource()));
         }
+        let bg1 = partial.bind_group(ctx, OP, &first)?;
+        partial.dispatch(enc, &bg1, ctx.grid(OP, base_wgs * plan.splits as u64)?);
+        let merge_threads = (d.batch * d.n_kv_heads * plan.rows * d.head_dim / 4) as u64;
+        let bg2 = merge.bind_group(
+            ctx,
+            OP,
+            &[
+                (0, whole(&uniform)),
+                (4, sinks_res()),
+                (6, whole(&part)),
+                (7, ow.resource()),
+            ],
+        )?;
+        merge.dispatch(
+            enc,
+            &bg2,
+            ctx.grid(OP, merge_threads.div_ceil(plan.variant.wg() as u64))?,
+        );
         Ok(())
     }
 }
