@@ -1228,33 +1228,8 @@ fn check_runs_the_attention_cases() {
     );
 
     // Mistyped cases get clear errors.
-    use llama_kernels::cases::{write_case, CaseFile};
-    use std::collections::HashMap;
-    let ctx = ctx();
-    let tmp = std::env::temp_dir().join(format!("llama-kernels-attn-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
     let run = |tensors: &[(&str, DType, Vec<usize>)], meta: &[(&str, &str)]| -> String {
-        let path = tmp.join("c.safetensors");
-        let t: Vec<_> = tensors
-            .iter()
-            .map(|(n, d, s)| {
-                (
-                    n.to_string(),
-                    *d,
-                    s.clone(),
-                    vec![0.25f32; s.iter().product()],
-                )
-            })
-            .collect();
-        let m: HashMap<String, String> = meta
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        write_case(&path, &t, &m).unwrap();
-        match CaseFile::load(&path).and_then(|c| c.run(&ctx, None)) {
-            Ok(_) => panic!("bad case accepted: {meta:?}"),
-            Err(e) => e.to_string(),
-        }
+        case_error(tensors, meta, 0.25)
     };
     use DType::F32;
     let good = |extra: &[(&'static str, DType, Vec<usize>)]| {

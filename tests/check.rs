@@ -177,29 +177,7 @@ fn malformed_files_are_refused() {
 }
 
 fn run_err(tensors: &[(&str, DType, Vec<usize>)], meta: &[(&str, &str)]) -> String {
-    let ctx = common::ctx();
-    let dir = tmpdir("semantic");
-    let path = dir.join(format!("c{}.safetensors", meta.len() * 100 + tensors.len()));
-    let tensors: Vec<_> = tensors
-        .iter()
-        .map(|(n, d, s)| {
-            (
-                n.to_string(),
-                *d,
-                s.clone(),
-                vec![0.5f32; s.iter().product()],
-            )
-        })
-        .collect();
-    let meta: HashMap<String, String> = meta
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    write_case(&path, &tensors, &meta).unwrap();
-    match CaseFile::load(&path).and_then(|c| c.run(&ctx, None)) {
-        Ok(_) => panic!("bad case was accepted: {tensors:?} {meta:?}"),
-        Err(e) => e.to_string(),
-    }
+    common::case_error(tensors, meta, 0.5)
 }
 
 #[test]

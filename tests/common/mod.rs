@@ -101,3 +101,39 @@ pub fn assert_close(ctx: &Context, got: &Tensor, want: &[f64], tol: f64, what: &
     assert!(c.passes(tol), "{what}: {c} (tolerance {tol:e})");
     c
 }
+
+/// Write a case file holding `tensors` (name, dtype, shape; every value `fill`) and `meta`, run it
+/// with `check`'s machinery, and return the error it must produce (panics if it is accepted).
+pub fn case_error(
+    tensors: &[(&str, DType, Vec<usize>)],
+    meta: &[(&str, &str)],
+    fill: f32,
+) -> String {
+    use llama_kernels::cases::{write_case, CaseFile};
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let ctx = ctx();
+    let dir = std::env::temp_dir().join(format!("llama-kernels-cases-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("case{n}.safetensors"));
+    let t: Vec<_> = tensors
+        .iter()
+        .map(|(name, d, s)| {
+            (
+                name.to_string(),
+                *d,
+                s.clone(),
+                vec![fill; s.iter().product()],
+            )
+        })
+        .collect();
+    let m: std::collections::HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    write_case(&path, &t, &m).unwrap();
+    match CaseFile::load(&path).and_then(|c| c.run(&ctx, None)) {
+        Ok(_) => panic!("bad case was accepted: {tensors:?} {meta:?}"),
+        Err(e) => e.to_string(),
+    }
+}
