@@ -234,6 +234,22 @@ impl Context {
         Ok(kernel)
     }
 
+    /// Record one dispatch of the pipeline for `key`: cached pipeline, bind group from `entries`
+    /// (binding, resource) in group 0, and `workgroups` spread over the 2-D grid.
+    pub fn encode_kernel(
+        &self,
+        op: &'static str,
+        encoder: &mut wgpu::CommandEncoder,
+        key: &PipelineKey,
+        entries: &[(u32, wgpu::BindingResource<'_>)],
+        workgroups: u64,
+    ) -> Result<()> {
+        let kernel = self.kernel(op, key)?;
+        let bind_group = kernel.bind_group(self, op, entries)?;
+        kernel.dispatch(encoder, &bind_group, self.grid(op, workgroups)?);
+        Ok(())
+    }
+
     /// Number of cached pipelines (tests use this to see that variants are reused).
     pub fn cached_pipelines(&self) -> usize {
         self.cache.lock().map(|c| c.len()).unwrap_or(0)

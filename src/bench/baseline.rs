@@ -107,18 +107,17 @@ pub fn rms_norm_naive(
     let sw = Window::covering(ctx, OP, &[scratch])?;
     let ow = Window::covering(ctx, OP, &[out])?;
 
-    let reduce = ctx.kernel(OP, &key("rms_norm_reduce", dtype))?;
-    let bg = reduce.bind_group(
-        ctx,
+    ctx.encode_kernel(
         OP,
+        enc,
+        &key("rms_norm_reduce", dtype),
         &[(0, whole(&uniform)), (1, xw.resource()), (3, sw.resource())],
+        rows as u64,
     )?;
-    reduce.dispatch(enc, &bg, ctx.grid(OP, rows as u64)?);
-
-    let scale = ctx.kernel(OP, &key("rms_norm_scale", dtype))?;
-    let bg = scale.bind_group(
-        ctx,
+    ctx.encode_kernel(
         OP,
+        enc,
+        &key("rms_norm_scale", dtype),
         &[
             (0, whole(&uniform)),
             (1, xw.resource()),
@@ -126,9 +125,8 @@ pub fn rms_norm_naive(
             (4, ow.resource()),
             (5, sw.resource()),
         ],
-    )?;
-    scale.dispatch(enc, &bg, ctx.grid(OP, words.div_ceil(WG as u64))?);
-    Ok(())
+        words.div_ceil(WG as u64),
+    )
 }
 
 /// Uniform parameters; mirrors `struct RopeParams` in `shaders/baseline.wgsl` (16 bytes).
@@ -211,29 +209,24 @@ pub fn rope_naive(
     let fw = Window::covering(ctx, OP, &[inv_freq])?;
     let tw = Window::covering(ctx, OP, &[table])?;
     let xw = Window::covering(ctx, OP, &[x])?;
-    let table_k = ctx.kernel(OP, &key("rope_table", dtype))?;
-    let bg = table_k.bind_group(
-        ctx,
+    ctx.encode_kernel(
         OP,
-        &[(7, whole(&uniform)), (8, fw.resource()), (9, tw.resource())],
-    )?;
-    table_k.dispatch(
         enc,
-        &bg,
-        ctx.grid(OP, ((seq * head_dim / 2) as u64).div_ceil(WG as u64))?,
-    );
-    let rotate = ctx.kernel(OP, &key("rope_rotate", dtype))?;
-    let bg = rotate.bind_group(
-        ctx,
+        &key("rope_table", dtype),
+        &[(7, whole(&uniform)), (8, fw.resource()), (9, tw.resource())],
+        ((seq * head_dim / 2) as u64).div_ceil(WG as u64),
+    )?;
+    ctx.encode_kernel(
         OP,
+        enc,
+        &key("rope_rotate", dtype),
         &[
             (7, whole(&uniform)),
             (10, tw.resource()),
             (11, xw.resource()),
         ],
-    )?;
-    rotate.dispatch(enc, &bg, ctx.grid(OP, work.div_ceil(WG as u64))?);
-    Ok(())
+        work.div_ceil(WG as u64),
+    )
 }
 
 /// Uniform parameters; mirrors `struct AttnParams` in `shaders/baseline.wgsl` (32 bytes).
@@ -356,46 +349,49 @@ pub fn attention_naive(
         win(&scratch.v_rep)?,
         win(&scratch.scores)?,
     );
-    let groups = |n: usize| ctx.grid(OP, (n as u64).div_ceil(WG as u64));
-    let repeat = ctx.kernel(OP, &key("attn_repeat_kv", DType::F32))?;
+    let groups = |n: usize| (n as u64).div_ceil(WG as u64);
     for (src, dst) in [(&kw, &krw), (&vw, &vrw)] {
-        let bg = repeat.bind_group(
-            ctx,
+        ctx.encode_kernel(
             OP,
+            enc,
+            &key("attn_repeat_kv", DType::F32),
             &[
                 (12, whole(&uniform)),
                 (13, src.resource()),
                 (14, dst.resource()),
             ],
+            groups(kv_len * n_heads * head_dim),
         )?;
-        repeat.dispatch(enc, &bg, groups(kv_len * n_heads * head_dim)?);
     }
-    let scores = ctx.kernel(OP, &key("attn_scores", DType::F32))?;
-    let bg = scores.bind_group(
-        ctx,
+    ctx.encode_kernel(
         OP,
+        enc,
+        &key("attn_scores", DType::F32),
         &[
             (12, whole(&uniform)),
             (15, qw.resource()),
             (16, krw.resource()),
             (17, sw.resource()),
         ],
+        groups(n_heads * q_len * kv_len),
     )?;
-    scores.dispatch(enc, &bg, groups(n_heads * q_len * kv_len)?);
-    let softmax = ctx.kernel(OP, &key("attn_softmax", DType::F32))?;
-    let bg = softmax.bind_group(ctx, OP, &[(12, whole(&uniform)), (17, sw.resource())])?;
-    softmax.dispatch(enc, &bg, groups(n_heads * q_len)?);
-    let pv = ctx.kernel(OP, &key("attn_pv", DType::F32))?;
-    let bg = pv.bind_group(
-        ctx,
+    ctx.encode_kernel(
         OP,
+        enc,
+        &key("attn_softmax", DType::F32),
+        &[(12, whole(&uniform)), (17, sw.resource())],
+        groups(n_heads * q_len),
+    )?;
+    ctx.encode_kernel(
+        OP,
+        enc,
+        &key("attn_pv", DType::F32),
         &[
             (12, whole(&uniform)),
             (18, sw.resource()),
             (19, vrw.resource()),
             (20, ow.resource()),
         ],
-    )?;
-    pv.dispatch(enc, &bg, groups(q_len * n_heads * head_dim)?);
-    Ok(())
+        groups(q_len * n_heads * head_dim),
+    )
 }

@@ -852,10 +852,10 @@ impl Attention {
         let sinks_res = || sw.as_ref().map_or_else(|| whole(dummy), |w| w.resource());
         let base_wgs = (d.batch * d.n_kv_heads * plan.row_blocks) as u64;
         if plan.variant.kind != Kind::DecodeKeys && !plan.variant.split_kv {
-            let kernel = ctx.kernel(OP, &keys[0])?;
-            let bg = kernel.bind_group(
-                ctx,
+            return ctx.encode_kernel(
                 OP,
+                enc,
+                &keys[0],
                 &[
                     (0, whole(&uniform)),
                     (1, qw.resource()),
@@ -864,9 +864,8 @@ impl Attention {
                     (4, sinks_res()),
                     (5, ow.resource()),
                 ],
-            )?;
-            kernel.dispatch(enc, &bg, ctx.grid(OP, base_wgs)?);
-            return Ok(());
+                base_wgs,
+            );
         }
         // Split-KV: a partial pass writes (m, l, acc) per (row, split, lane), a merge pass combines
         // them in a fixed order.
@@ -881,8 +880,10 @@ impl Attention {
             plan.lanes
         );
         let part = ctx.create_buffer(OP, part_bytes)?;
-        let partial = ctx.kernel(OP, &keys[0])?;
-        let merge = ctx.kernel(OP, &keys[1])?;
+        // Compile (and cache) both pipelines before recording either pass, so a failure records
+        // nothing.
+        ctx.kernel(OP, &keys[0])?;
+        ctx.kernel(OP, &keys[1])?;
         let mut first = vec![
             (0, whole(&uniform)),
             (1, qw.resource()),
@@ -895,25 +896,20 @@ impl Attention {
             first.push((8, kw.resource()));
             first.push((9, vw.resource()));
         }
-        let bg1 = partial.bind_group(ctx, OP, &first)?;
-        partial.dispatch(enc, &bg1, ctx.grid(OP, base_wgs * plan.splits as u64)?);
+        ctx.encode_kernel(OP, enc, &keys[0], &first, base_wgs * plan.splits as u64)?;
         let merge_threads = (d.batch * d.n_kv_heads * plan.rows * d.head_dim / 4) as u64;
-        let bg2 = merge.bind_group(
-            ctx,
+        ctx.encode_kernel(
             OP,
+            enc,
+            &keys[1],
             &[
                 (0, whole(&uniform)),
                 (4, sinks_res()),
                 (6, whole(&part)),
                 (7, ow.resource()),
             ],
-        )?;
-        merge.dispatch(
-            enc,
-            &bg2,
-            ctx.grid(OP, merge_threads.div_ceil(plan.variant.wg() as u64))?,
-        );
-        Ok(())
+            merge_threads.div_ceil(plan.variant.wg() as u64),
+        )
     }
 }
 

@@ -88,19 +88,14 @@ pub fn encode(
         dst_off: dw.elem_offset(dst),
         odd_tail: (n % 2) as u32,
     };
-    let kernel = ctx.kernel(OP, &key(src.dtype(), dst.dtype()))?;
     let uniform = ctx.uniform(OP, &params)?;
-    let bg = kernel.bind_group(
-        ctx,
+    ctx.encode_kernel(
         OP,
-        &[(0, whole(&uniform)), (1, sw.resource()), (2, dw.resource())],
-    )?;
-    kernel.dispatch(
         encoder,
-        &bg,
-        ctx.grid(OP, params.n_pairs.div_ceil(WG) as u64)?,
-    );
-    Ok(())
+        &key(src.dtype(), dst.dtype()),
+        &[(0, whole(&uniform)), (1, sw.resource()), (2, dw.resource())],
+        params.n_pairs.div_ceil(WG) as u64,
+    )
 }
 
 /// [`encode`], submitted and waited for.

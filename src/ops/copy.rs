@@ -142,22 +142,20 @@ impl Variant {
             dst_off: ((d.start - dw.byte_start) / item) as u32,
             _pad: 0,
         };
-        let kernel = ctx.kernel(OP, &self.key())?;
         let per_group = self.workgroup as u64 * self.per as u64;
-        let grid = ctx.grid(OP, n.div_ceil(per_group))?;
         let uniform = ctx.uniform(OP, &params)?;
         let (bs, bd) = if self.vec4 { (3, 4) } else { (1, 2) };
-        let bg = kernel.bind_group(
-            ctx,
+        ctx.encode_kernel(
             OP,
+            enc,
+            &self.key(),
             &[
                 (0, whole(&uniform)),
                 (bs, sw.resource()),
                 (bd, dw.resource()),
             ],
-        )?;
-        kernel.dispatch(enc, &bg, grid);
-        Ok(())
+            n.div_ceil(per_group),
+        )
     }
 }
 

@@ -464,11 +464,12 @@ impl KvCache {
             v: pack(&vw, v_new),
             _pad: [0; 2],
         };
-        let kernel = ctx.kernel(OP, &append_key(k_new.dtype(), self.dtype, write_k))?;
         let uniform = ctx.uniform(OP, &params)?;
-        let bg = kernel.bind_group(
-            ctx,
+        let threads = (self.batch * n_new * self.n_kv_heads * self.head_dim / 4) as u64;
+        ctx.encode_kernel(
             OP,
+            enc,
+            &append_key(k_new.dtype(), self.dtype, write_k),
             &[
                 (0, whole(&uniform)),
                 (1, kw.resource()),
@@ -476,10 +477,8 @@ impl KvCache {
                 (3, whole(&self.k)),
                 (4, whole(&self.v)),
             ],
-        )?;
-        let threads = (self.batch * n_new * self.n_kv_heads * self.head_dim / 4) as u64;
-        kernel.dispatch(enc, &bg, ctx.grid(OP, threads.div_ceil(WG as u64))?);
-        Ok(())
+            threads.div_ceil(WG as u64),
+        )
     }
 }
 
