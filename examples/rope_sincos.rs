@@ -1,4 +1,4 @@
-//! Speed and memory of the ways the RoPE kernel can get cos and sin (`ops::rope::SinCos`), measured
+//! Speed and memory of the ways the RoPE kernel can get cos and sin (`bench::SinCos`), measured
 //! side by side on the same device: the exact fixed-point method the crate uses, the built-ins
 //! after fixed-point reduction, the naive f32 `pos * inv_freq` with built-ins, and a host-built
 //! f64 cos/sin table. Times are per call including submit-and-wait (median of 7).
@@ -7,7 +7,8 @@
 //! cargo run --release --example rope_sincos
 //! ```
 
-use llama_kernels::ops::rope::{qkv_views, SinCos};
+use llama_kernels::bench::{with_sincos, SinCos};
+use llama_kernels::ops::rope::qkv_views;
 use llama_kernels::{Context, DType, Layout, Positions, Rope};
 
 fn main() -> Result<(), llama_kernels::Error> {
@@ -29,10 +30,7 @@ fn main() -> Result<(), llama_kernels::Error> {
         let buf = ctx.upload(&data, &[seq * row])?;
         let (q, k, _) = qkv_views(buf.buffer(), 0, seq, nh, nkv, hd, DType::F32);
         for method in methods {
-            let op = Rope {
-                sincos: method,
-                ..Rope::new(500000.0, Layout::Half)
-            };
+            let op = with_sincos(Rope::new(500000.0, Layout::Half), method);
             let go = || -> Result<(), llama_kernels::Error> {
                 if nkv > 0 {
                     op.run_qk(&ctx, &q, &k, Positions::Start(0))

@@ -276,7 +276,11 @@ fn main() -> Result<(), llama_kernels::Error> {
             let threads = (n_vec4 as u64 * 4 / *words as u64).div_ceil(*per as u64);
             let grid = ctx.grid("bench", threads.div_ceil(64))?;
             let stride = (threads.div_ceil(64) * 64) as u32;
-            let uni = ctx.uniform("bench", &[n_vec4, stride, 0, 0])?;
+            let uni = ctx.constant_buffer(
+                "bench",
+                wgpu::BufferUsages::UNIFORM,
+                bytemuck::cast_slice(&[n_vec4, stride, 0, 0]),
+            )?;
             let bg = dev.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
                 layout: &pipe.get_bind_group_layout(0),

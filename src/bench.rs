@@ -2,7 +2,7 @@
 //!
 //! Every kernel and variant runs on shapes from real models, beside two bandwidth ceilings
 //! measured in the same run on the same device: `copy_buffer_to_buffer` and the best of several
-//! WGSL streaming copies ([`crate::ops::copy`]). Memory-bound kernels report the bytes they must
+//! WGSL streaming copies ([`copy`]). Memory-bound kernels report the bytes they must
 //! move (each input read once, each output written once) and the achieved GB/s as a fraction of
 //! both ceilings; unfused baselines (variants containing `naive`) run on the same data, so the
 //! gain from fusion shows as `speedup_vs_naive`.
@@ -18,6 +18,34 @@
 //! `group`.
 
 pub mod baseline;
+pub mod copy;
+
+pub use crate::ops::rope::sincos::SinCos;
+
+/// Streaming copies, the benchmark's WGSL bandwidth ceiling.
+pub const COPY: &Shader = &Shader {
+    name: "copy.wgsl",
+    parts: &[COMMON_WGSL, include_str!("../shaders/copy.wgsl")],
+    variants: copy::all_variant_keys,
+};
+
+/// Unfused baselines that only the benchmark runs.
+pub const BASELINE: &Shader = &Shader {
+    name: "baseline.wgsl",
+    parts: &[COMMON_WGSL, include_str!("../shaders/baseline.wgsl")],
+    variants: baseline::all_variant_keys,
+};
+
+/// The benchmark's own shaders (the portability tests compile them beside [`Shader::ALL`]).
+pub const SHADERS: &[&Shader] = &[COPY, BASELINE];
+
+/// `rope` computing cos and sin with `method` instead of the exact fixed-point angle: only for
+/// measuring what the exact method costs and buys (`examples/rope_sincos.rs`, the accuracy
+/// table in `ops::rope`'s docs).
+pub fn with_sincos(mut rope: Rope, method: SinCos) -> Rope {
+    rope.sincos = method;
+    rope
+}
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -28,9 +56,10 @@ use serde_json::{json, Map, Value};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ops::attention::Attention;
+use crate::ops::rms_norm;
 use crate::ops::rms_norm::Strategy;
 use crate::ops::rope::qkv_views;
-use crate::ops::{copy, rms_norm};
+use crate::pipeline::{Shader, COMMON_WGSL};
 use crate::tensor::{DType, Tensor};
 use crate::{Layout, Positions, RmsNorm, Rope};
 

@@ -36,8 +36,31 @@ pub struct Context {
     lost: Arc<Mutex<Option<String>>>,
     /// Bound to binding slots a variant does not read, so one layout serves all variants.
     dummy: wgpu::Buffer,
-    dummy_rw: wgpu::Buffer,
+    /// One per unused `read_write` slot of a dispatch (a buffer is bound writable only once).
+    dummy_rw: Vec<wgpu::Buffer>,
+    constants: Mutex<ConstantPool>,
+    scratch: Mutex<Option<wgpu::Buffer>>,
 }
+
+/// Immutable small buffers (kernel parameters, RoPE frequency tables) keyed by their bytes.
+///
+/// Why not a ring written with `queue.write_buffer`: kernels record into the caller's encoder,
+/// and the crate never learns when that encoder is submitted. A `write_buffer` lands before the
+/// *next* submission, so reusing a ring slot while an earlier, not yet submitted encoder still
+/// reads it would hand that encoder the new values. Immutable buffers cannot be overwritten;
+/// a call whose parameters were seen before (every layer of a model step, every repeated
+/// shape) reuses the buffer with no allocation. Evicting drops only the pool's handle: wgpu
+/// keeps a buffer alive while recorded commands use it.
+#[derive(Default)]
+struct ConstantPool {
+    map: HashMap<(u32, Vec<u8>), wgpu::Buffer>,
+}
+
+/// Unfilled `read_write` slots one dispatch may have.
+const DUMMY_RW: usize = 8;
+
+/// Entries the constant pool keeps before it starts over (a few hundred KiB of small buffers).
+const CONSTANT_POOL_ENTRIES: usize = 4096;
 
 /// The backends to search: `WGPU_BACKEND` when set, all otherwise.
 fn backends_from_env() -> wgpu::Backends {
@@ -149,14 +172,19 @@ impl Context {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        let dummy_rw = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("llama-kernels dummy rw"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
         Context {
-            dummy_rw,
+            dummy_rw: (0..DUMMY_RW)
+                .map(|_| {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("llama-kernels dummy rw"),
+                        size: 16,
+                        usage: wgpu::BufferUsages::STORAGE,
+                        mapped_at_creation: false,
+                    })
+                })
+                .collect(),
+            constants: Mutex::new(ConstantPool::default()),
+            scratch: Mutex::new(None),
             device,
             queue,
             info,
@@ -188,9 +216,75 @@ impl Context {
         &self.dummy
     }
 
-    /// A second dummy for `read_write` slots (a buffer cannot be bound both ways in a dispatch).
-    pub fn dummy_rw_buffer(&self) -> &wgpu::Buffer {
-        &self.dummy_rw
+    /// The `i`-th dummy for unused `read_write` slots (a buffer cannot be bound both ways in a
+    /// dispatch, nor writable twice).
+    pub fn dummy_rw_buffer(&self, i: usize) -> Result<&wgpu::Buffer> {
+        self.dummy_rw.get(i).ok_or_else(|| {
+            Error::gpu(
+                "dummy",
+                format!("an entry point leaves more than {DUMMY_RW} read_write bindings unfilled"),
+            )
+        })
+    }
+
+    /// An immutable buffer holding `bytes` with `usage`, from the constant pool (see
+    /// [`ConstantPool`]): created on first use, shared by every later call with the same bytes.
+    pub fn constant_buffer(
+        &self,
+        op: &'static str,
+        usage: wgpu::BufferUsages,
+        bytes: &[u8],
+    ) -> Result<wgpu::Buffer> {
+        let key = (usage.bits(), bytes.to_vec());
+        let mut pool = self
+            .constants
+            .lock()
+            .map_err(|_| Error::gpu(op, "constant pool poisoned"))?;
+        if let Some(b) = pool.map.get(&key) {
+            return Ok(b.clone());
+        }
+        if pool.map.len() >= CONSTANT_POOL_ENTRIES {
+            pool.map.clear();
+        }
+        let mut contents = bytes.to_vec();
+        contents.resize(contents.len().max(16).div_ceil(16) * 16, 0);
+        let buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(op),
+                contents: &contents,
+                usage,
+            });
+        pool.map.insert(key, buffer.clone());
+        Ok(buffer)
+    }
+
+    /// Number of buffers in the constant pool (tests use it to see that parameters are reused).
+    pub fn pooled_constants(&self) -> usize {
+        self.constants.lock().map(|p| p.map.len()).unwrap_or(0)
+    }
+
+    /// The context's scratch storage buffer, at least `bytes` long (grown to a power of two).
+    ///
+    /// Shared by every call: a kernel that uses it writes it and reads it back within the
+    /// dispatches of one `encode`, and wgpu orders the passes of a command buffer and the
+    /// command buffers of its one queue, so calls never see each other's contents. A grown
+    /// buffer replaces the old one; commands already recorded keep the old one alive.
+    pub fn scratch(&self, op: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        let mut s = self
+            .scratch
+            .lock()
+            .map_err(|_| Error::gpu(op, "scratch buffer poisoned"))?;
+        if let Some(b) = s.as_ref().filter(|b| b.size() >= bytes) {
+            return Ok(b.clone());
+        }
+        let size = bytes
+            .max(256)
+            .next_power_of_two()
+            .min(self.limits.max_storage_buffer_binding_size.max(bytes));
+        let b = self.create_buffer(op, size)?;
+        *s = Some(b.clone());
+        Ok(b)
     }
 
     /// One line describing the adapter and its capabilities.
@@ -234,19 +328,37 @@ impl Context {
         Ok(kernel)
     }
 
-    /// Record one dispatch of the pipeline for `key`: cached pipeline, bind group from `entries`
-    /// (binding, resource) in group 0, and `workgroups` spread over the 2-D grid.
-    pub fn encode_kernel(
+    /// The one launch path: record one dispatch of the pipeline for `key` with `params` in its
+    /// `params` uniform (from the constant pool), the `named` bindings (WGSL names, see
+    /// [`crate::pipeline`]), a dummy in every other slot the entry point uses, and `workgroups`
+    /// spread over the 2-D grid. Records nothing if any step fails. Opens no error scope: each
+    /// op's `encode` runs its whole recording inside one ([`Context::scoped`]).
+    pub fn encode_kernel<P: bytemuck::Pod>(
         &self,
         op: &'static str,
         encoder: &mut wgpu::CommandEncoder,
         key: &PipelineKey,
-        entries: &[(u32, wgpu::BindingResource<'_>)],
+        params: &P,
+        named: &[(&str, wgpu::BindingResource<'_>)],
         workgroups: u64,
     ) -> Result<()> {
         let kernel = self.kernel(op, key)?;
-        let bind_group = kernel.bind_group(self, op, entries)?;
-        kernel.dispatch(encoder, &bind_group, self.grid(op, workgroups)?);
+        let grid = self.grid(op, workgroups)?;
+        let uniform =
+            self.constant_buffer(op, wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(params))?;
+        let entries = kernel.entries(self, op, &uniform, named)?;
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(op),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(key.entry_point),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(grid.0, grid.1, grid.2);
         Ok(())
     }
 
@@ -526,18 +638,6 @@ impl Context {
         );
         let x = n.div_ceil(y);
         Ok((x as u32, y as u32, 1))
-    }
-
-    /// A small uniform buffer holding `params`.
-    pub fn uniform<P: bytemuck::Pod>(&self, op: &'static str, params: &P) -> Result<wgpu::Buffer> {
-        self.scoped(op, || {
-            self.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(op),
-                    contents: bytemuck::bytes_of(params),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                })
-        })
     }
 }
 

@@ -7,6 +7,14 @@
 //! Kernels record into *your* `wgpu::CommandEncoder`, on *your* device, reading and writing views
 //! into *your* buffers ([`Tensor`]). Each op also has a `run` form that submits and waits.
 //!
+//! ## Features
+//! The library itself needs only `wgpu`, `naga`, `bytemuck`, `pollster`, `half` and `thiserror`.
+//! The tools sit behind Cargo features, all on by default so that `cargo run` and `cargo test`
+//! work in a checkout: `cases` (the case-file reader behind `check`; `safetensors`,
+//! `serde_json`), `bench` (the benchmark harness, its copy ceilings and unfused baselines;
+//! `serde_json`, `clap`) and `cli` (both, and the `llama-kernels` command). An application
+//! depends on the kernels alone with `default-features = false`.
+//!
 //! ## Shape legend (used in every doc comment of the crate)
 //! | letter / name | meaning |
 //! |---|---|
@@ -42,7 +50,9 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "cases")]
 pub mod cases;
 pub mod compare;
 pub mod context;

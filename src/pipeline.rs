@@ -3,6 +3,12 @@
 //! An op derives one [`PipelineKey`] from its "decisions" (dtype, vector width, workgroup size,
 //! flags). The key *is* the list of override constants handed to wgpu, so what is cached and what
 //! is compiled cannot drift apart.
+//!
+//! Bindings are declared once, in the WGSL (`@group(0) @binding(N) var<...> name`). When a
+//! pipeline is built, naga reflects the entry point's bindings ([`Slot`]); host code names the
+//! bindings it fills (`("x", window.resource())`) and the launch path
+//! ([`Context::encode_kernel`]) finds their numbers, binds the params uniform to `params`, and a
+//! dummy buffer to any binding the entry point declares but this call leaves unnamed.
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -14,106 +20,172 @@ pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 /// Shared by the two attention shaders: overrides, params, input bindings, load/mask helpers.
 pub const ATTENTION_COMMON_WGSL: &str = include_str!("../shaders/attention_common.wgsl");
 
-/// One WGSL source file (a kernel family).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Shader {
-    RmsNorm,
-    AttentionPrefill,
-    AttentionDecode,
-    KvCache,
-    Cast,
-    Rope,
-    /// Streaming copies, the benchmark's WGSL bandwidth ceiling.
-    Copy,
-    /// Unfused baselines that only the benchmark runs.
-    Baseline,
+/// One WGSL module (a kernel family): the files it concatenates, and the variants its op can
+/// dispatch. Compared and hashed by name.
+#[derive(Debug)]
+pub struct Shader {
+    /// The kernel file's name under `shaders/`.
+    pub name: &'static str,
+    /// Source files, concatenated in order (`common.wgsl` first). This concatenation is the only
+    /// source transformation in the crate.
+    pub parts: &'static [&'static str],
+    /// Every pipeline key the op's dispatcher can produce (the portability tests compile each).
+    pub variants: fn() -> Vec<PipelineKey>,
+}
+
+impl PartialEq for Shader {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for Shader {}
+impl std::hash::Hash for Shader {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
 }
 
 impl Shader {
-    /// Every shader, for the portability tests.
-    pub const ALL: &'static [Shader] = &[
-        Shader::RmsNorm,
-        Shader::Cast,
-        Shader::Rope,
-        Shader::AttentionPrefill,
-        Shader::AttentionDecode,
-        Shader::KvCache,
-        Shader::Copy,
-        Shader::Baseline,
+    pub const RMS_NORM: &'static Shader = &Shader {
+        name: "rms_norm.wgsl",
+        parts: &[COMMON_WGSL, include_str!("../shaders/rms_norm.wgsl")],
+        variants: crate::ops::rms_norm::all_variant_keys,
+    };
+    pub const ROPE: &'static Shader = &Shader {
+        name: "rope.wgsl",
+        parts: &[COMMON_WGSL, include_str!("../shaders/rope.wgsl")],
+        variants: crate::ops::rope::all_variant_keys,
+    };
+    pub const ATTENTION_PREFILL: &'static Shader = &Shader {
+        name: "attention_prefill.wgsl",
+        parts: &[
+            COMMON_WGSL,
+            ATTENTION_COMMON_WGSL,
+            include_str!("../shaders/attention_prefill.wgsl"),
+        ],
+        variants: crate::ops::attention::prefill_variant_keys,
+    };
+    pub const ATTENTION_DECODE: &'static Shader = &Shader {
+        name: "attention_decode.wgsl",
+        parts: &[
+            COMMON_WGSL,
+            ATTENTION_COMMON_WGSL,
+            include_str!("../shaders/attention_decode.wgsl"),
+        ],
+        variants: crate::ops::attention::decode_variant_keys,
+    };
+    pub const KV_CACHE: &'static Shader = &Shader {
+        name: "kv_cache.wgsl",
+        parts: &[COMMON_WGSL, include_str!("../shaders/kv_cache.wgsl")],
+        variants: crate::ops::kv_cache::all_variant_keys,
+    };
+    pub const CAST: &'static Shader = &Shader {
+        name: "cast.wgsl",
+        parts: &[COMMON_WGSL, include_str!("../shaders/cast.wgsl")],
+        variants: crate::ops::cast::all_variant_keys,
+    };
+
+    /// Every kernel shader of the library (tools add their own, e.g. `bench::SHADERS`).
+    pub const ALL: &'static [&'static Shader] = &[
+        Shader::RMS_NORM,
+        Shader::CAST,
+        Shader::ROPE,
+        Shader::ATTENTION_PREFILL,
+        Shader::ATTENTION_DECODE,
+        Shader::KV_CACHE,
     ];
 
-    /// The file name under `shaders/`.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Shader::RmsNorm => "rms_norm.wgsl",
-            Shader::AttentionPrefill => "attention_prefill.wgsl",
-            Shader::AttentionDecode => "attention_decode.wgsl",
-            Shader::KvCache => "kv_cache.wgsl",
-            Shader::Cast => "cast.wgsl",
-            Shader::Rope => "rope.wgsl",
-            Shader::Copy => "copy.wgsl",
-            Shader::Baseline => "baseline.wgsl",
-        }
+    /// The full WGSL module.
+    pub fn source(&self) -> String {
+        self.parts.join("\n")
     }
 
-    fn body(self) -> &'static str {
-        match self {
-            Shader::RmsNorm => include_str!("../shaders/rms_norm.wgsl"),
-            Shader::AttentionPrefill => include_str!("../shaders/attention_prefill.wgsl"),
-            Shader::AttentionDecode => include_str!("../shaders/attention_decode.wgsl"),
-            Shader::KvCache => include_str!("../shaders/kv_cache.wgsl"),
-            Shader::Cast => include_str!("../shaders/cast.wgsl"),
-            Shader::Rope => include_str!("../shaders/rope.wgsl"),
-            Shader::Copy => include_str!("../shaders/copy.wgsl"),
-            Shader::Baseline => include_str!("../shaders/baseline.wgsl"),
-        }
-    }
-
-    /// The full WGSL module: `common.wgsl`, then for the attention kernels `attention_common.wgsl`,
-    /// then the kernel file. This concatenation is the only source transformation in the crate.
-    pub fn source(self) -> String {
-        match self {
-            Shader::AttentionPrefill | Shader::AttentionDecode => {
-                format!("{COMMON_WGSL}\n{ATTENTION_COMMON_WGSL}\n{}", self.body())
-            }
-            _ => format!("{COMMON_WGSL}\n{}", self.body()),
-        }
-    }
-
-    /// Entry points and constant sets that the portability tests compile. Each op lists the
-    /// variants it can dispatch.
-    pub fn variants(self) -> Vec<PipelineKey> {
-        match self {
-            Shader::RmsNorm => crate::ops::rms_norm::all_variant_keys(),
-            Shader::AttentionPrefill => crate::ops::attention::all_variant_keys()
-                .into_iter()
-                .filter(|k| k.shader == Shader::AttentionPrefill)
-                .collect(),
-            Shader::AttentionDecode => crate::ops::attention::all_variant_keys()
-                .into_iter()
-                .filter(|k| k.shader == Shader::AttentionDecode)
-                .collect(),
-            Shader::KvCache => crate::ops::kv_cache::all_variant_keys(),
-            Shader::Cast => crate::ops::cast::all_variant_keys(),
-            Shader::Rope => crate::ops::rope::all_variant_keys(),
-            Shader::Copy => crate::ops::copy::all_variant_keys(),
-            Shader::Baseline => crate::bench::baseline::all_variant_keys(),
-        }
+    /// Entry points and constant sets that the portability tests compile.
+    pub fn variants(&self) -> Vec<PipelineKey> {
+        (self.variants)()
     }
 }
 
 /// Everything that changes the compiled code of a pipeline.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PipelineKey {
-    pub shader: Shader,
+    pub shader: &'static Shader,
     pub entry_point: &'static str,
     /// WGSL `override` constants by name. Every knob that changes code lives here.
     pub constants: Vec<(&'static str, u32)>,
 }
 
+/// How a binding is declared in WGSL, which decides what may fill it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// One binding of group 0 that an entry point uses, reflected from the WGSL by naga.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub name: String,
+    pub binding: u32,
+    pub access: Access,
+}
+
+/// The bindings of group 0 that `entry_point` of `source` uses (statically, before overrides:
+/// the same analysis wgpu derives the bind group layout from), and the names of every binding
+/// the module declares.
+pub fn reflect(
+    source: &str,
+    entry_point: &str,
+) -> std::result::Result<(Vec<Slot>, Vec<String>), String> {
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
+    let mut validator = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    );
+    validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
+    validator.subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    let info = validator.validate(&module).map_err(|e| format!("{e:?}"))?;
+    let index = module
+        .entry_points
+        .iter()
+        .position(|ep| ep.name == entry_point)
+        .ok_or_else(|| format!("no entry point {entry_point}"))?;
+    let uses = info.get_entry_point(index);
+    let mut slots = Vec::new();
+    let mut declared = Vec::new();
+    for (handle, var) in module.global_variables.iter() {
+        let (Some(binding), Some(name)) = (&var.binding, &var.name) else {
+            continue;
+        };
+        if binding.group != 0 {
+            continue;
+        }
+        declared.push(name.clone());
+        if uses[handle].is_empty() {
+            continue;
+        }
+        let access = match var.space {
+            naga::AddressSpace::Uniform => Access::Uniform,
+            naga::AddressSpace::Storage { access }
+                if access.contains(naga::StorageAccess::STORE) =>
+            {
+                Access::ReadWrite
+            }
+            _ => Access::Read,
+        };
+        slots.push(Slot {
+            name: name.clone(),
+            binding: binding.binding,
+            access,
+        });
+    }
+    Ok((slots, declared))
+}
+
 impl PipelineKey {
     pub fn new(
-        shader: Shader,
+        shader: &'static Shader,
         entry_point: &'static str,
         constants: Vec<(&'static str, u32)>,
     ) -> Self {
@@ -135,8 +207,11 @@ impl PipelineKey {
     /// Compile the pipeline (call through [`Context::kernel`], which caches and scopes errors).
     pub(crate) fn build(&self, device: &wgpu::Device) -> Kernel {
         let src = self.shader.source();
+        // A reflection failure leaves the slot list empty; wgpu reports the same shader error
+        // from the calls below, inside the caller's error scope.
+        let (slots, declared) = reflect(&src, self.entry_point).unwrap_or_default();
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(self.shader.file_name()),
+            label: Some(self.shader.name),
             source: wgpu::ShaderSource::Wgsl(src.into()),
         });
         let constants: Vec<(&str, f64)> =
@@ -158,56 +233,66 @@ impl PipelineKey {
             key: self.clone(),
             pipeline,
             layout,
+            slots,
+            declared,
         }
     }
 }
 
-/// A compiled, cached pipeline and its bind group layout.
+/// A compiled, cached pipeline, its bind group layout and its reflected bindings.
 #[derive(Debug)]
 pub struct Kernel {
     pub key: PipelineKey,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
+    /// The group-0 bindings the entry point uses.
+    pub slots: Vec<Slot>,
+    /// Every group-0 binding name the module declares.
+    pub declared: Vec<String>,
 }
 
 impl Kernel {
-    /// Create the bind group for `entries` (binding index, resource) in group 0.
-    pub fn bind_group(
-        &self,
-        ctx: &Context,
+    /// Bind group entries for `named` bindings plus `params` for the uniform; every other used
+    /// slot gets one of the context's dummy buffers. A name the module does not declare is an
+    /// error (a typo never leaves a binding silently unfilled).
+    pub(crate) fn entries<'a>(
+        &'a self,
+        ctx: &'a Context,
         op: &'static str,
-        entries: &[(u32, wgpu::BindingResource<'_>)],
-    ) -> Result<wgpu::BindGroup> {
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
-            .iter()
-            .map(|(b, r)| wgpu::BindGroupEntry {
-                binding: *b,
-                resource: r.clone(),
-            })
-            .collect();
-        ctx.scoped(op, || {
-            ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(op),
-                layout: &self.layout,
-                entries: &entries,
-            })
-        })
-    }
-
-    /// Record one dispatch of this kernel into `enc`.
-    pub fn dispatch(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        bind_group: &wgpu::BindGroup,
-        grid: (u32, u32, u32),
-    ) {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(self.key.entry_point),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(grid.0, grid.1, grid.2);
+        params: &'a wgpu::Buffer,
+        named: &'a [(&'a str, wgpu::BindingResource<'a>)],
+    ) -> Result<Vec<wgpu::BindGroupEntry<'a>>> {
+        for (name, _) in named {
+            if !self.declared.iter().any(|d| d == name) {
+                return Err(Error::gpu(
+                    op,
+                    format!(
+                        "{} declares no binding named {name} (it has {:?})",
+                        self.key.shader.name, self.declared
+                    ),
+                ));
+            }
+        }
+        let mut rw_dummies = 0;
+        let mut entries = Vec::with_capacity(self.slots.len());
+        for slot in &self.slots {
+            let resource = match named.iter().find(|(n, _)| *n == slot.name) {
+                Some((_, r)) => r.clone(),
+                None => match slot.access {
+                    Access::Uniform => params.as_entire_binding(),
+                    Access::Read => ctx.dummy_buffer().as_entire_binding(),
+                    Access::ReadWrite => {
+                        rw_dummies += 1;
+                        ctx.dummy_rw_buffer(rw_dummies - 1)?.as_entire_binding()
+                    }
+                },
+            };
+            entries.push(wgpu::BindGroupEntry {
+                binding: slot.binding,
+                resource,
+            });
+        }
+        Ok(entries)
     }
 }
 
@@ -268,9 +353,4 @@ impl Window {
             size: std::num::NonZeroU64::new(self.byte_len),
         })
     }
-}
-
-/// A binding resource for the whole of a small buffer (uniform params, the dummy slot).
-pub fn whole(buffer: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
-    buffer.as_entire_binding()
 }

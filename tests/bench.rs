@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
+use llama_kernels::bench::copy;
 use llama_kernels::bench::{self, baseline, Case, Settings};
 use llama_kernels::compare::tolerance;
-use llama_kernels::ops::copy;
 use llama_kernels::reference;
 use llama_kernels::{DType, Error, Layout, Rope, Tensor};
 

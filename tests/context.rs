@@ -75,12 +75,12 @@ fn runs_on_the_applications_own_device() {
 #[test]
 fn wgpu_errors_come_back_as_err() {
     let ctx = ctx();
-    let key = PipelineKey::new(Shader::RmsNorm, "no_such_entry_point", vec![]);
+    let key = PipelineKey::new(Shader::RMS_NORM, "no_such_entry_point", vec![]);
     let e = ctx.kernel("rms_norm", &key).unwrap_err();
     assert!(matches!(e, Error::Gpu { op: "rms_norm", .. }), "{e:?}");
     assert!(e.to_string().starts_with("rms_norm: wgpu error:"), "{e}");
     // An override constant with a value the shader cannot take (workgroup size 0).
-    let key = PipelineKey::new(Shader::Cast, "cast_dtype", vec![("WG", 0)]);
+    let key = PipelineKey::new(Shader::CAST, "cast_dtype", vec![("WG", 0)]);
     let e = ctx.kernel("cast", &key).unwrap_err();
     assert!(e.to_string().starts_with("cast: wgpu error:"), "{e}");
     // The device still works afterwards.
@@ -149,4 +149,42 @@ fn pipelines_are_cached_per_key() {
         before,
         "eps is a uniform, not a new pipeline"
     );
+}
+
+/// Kernel parameters come from a pool of immutable buffers keyed by their bytes: repeating a
+/// call allocates nothing new, and a call with other parameters gets its own buffer (one that an
+/// earlier, not yet submitted encoder still reads is never overwritten).
+#[test]
+fn parameters_are_pooled_not_overwritten() {
+    let ctx = ctx();
+    let x = ctx.upload(&[2.0f32; 64], &[2, 32]).unwrap();
+    let w = ctx.upload(&[1.0f32; 32], &[32]).unwrap();
+    let (o1, o2) = (
+        ctx.empty(&[2, 32], DType::F32).unwrap(),
+        ctx.empty(&[2, 32], DType::F32).unwrap(),
+    );
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    RmsNorm::new(0.0)
+        .encode(&ctx, &mut enc, &x, &w, &o1)
+        .unwrap();
+    let after_first = ctx.pooled_constants();
+    RmsNorm::new(0.0)
+        .encode(&ctx, &mut enc, &x, &w, &o1)
+        .unwrap();
+    assert_eq!(
+        ctx.pooled_constants(),
+        after_first,
+        "same params, same buffer"
+    );
+    // Different params recorded into the same, still unsubmitted encoder: eps 12 changes the
+    // result, and o1 must still get eps 0.
+    RmsNorm::new(12.0)
+        .encode(&ctx, &mut enc, &x, &w, &o2)
+        .unwrap();
+    assert_eq!(ctx.pooled_constants(), after_first + 1);
+    ctx.queue().submit([enc.finish()]);
+    let (a, b) = (ctx.read_f32(&o1).unwrap(), ctx.read_f32(&o2).unwrap());
+    assert!(a.iter().all(|&v| (v - 1.0).abs() < 1e-6), "{a:?}");
+    let want = 2.0 / (4.0f32 + 12.0).sqrt();
+    assert!(b.iter().all(|&v| (v - want).abs() < 1e-6), "{b:?}");
 }

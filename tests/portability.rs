@@ -3,7 +3,16 @@
 //! to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES 3.1 (GL). This is the evidence for
 //! backends that CI does not have.
 
-use llama_kernels::pipeline::{PipelineKey, Shader};
+use llama_kernels::pipeline::{reflect, Access, PipelineKey, Shader};
+
+/// The library's shaders and the benchmark's.
+fn all_shaders() -> Vec<&'static Shader> {
+    Shader::ALL
+        .iter()
+        .chain(llama_kernels::bench::SHADERS)
+        .copied()
+        .collect()
+}
 
 fn validator() -> naga::valid::Validator {
     let mut v = naga::valid::Validator::new(
@@ -92,7 +101,7 @@ fn translate(key: &PipelineKey) -> Result<(), String> {
 fn every_shader_variant_translates_to_every_backend() {
     let mut failures = Vec::new();
     let mut count = 0;
-    for &shader in Shader::ALL {
+    for shader in all_shaders() {
         let variants = shader.variants();
         assert!(!variants.is_empty(), "{shader:?} lists no variants");
         for key in variants {
@@ -130,7 +139,7 @@ fn a_broken_shader_is_caught() {
 /// silently keep its default).
 #[test]
 fn keys_only_set_declared_overrides() {
-    for &shader in Shader::ALL {
+    for shader in all_shaders() {
         let src = shader.source();
         let module = naga::front::wgsl::parse_str(&src).unwrap();
         let declared: Vec<String> = module
@@ -150,7 +159,7 @@ fn keys_only_set_declared_overrides() {
 }
 
 /// Size of WGSL struct `name` in `shader`, as naga lays it out.
-fn wgsl_struct_size(shader: Shader, name: &str) -> u32 {
+fn wgsl_struct_size(shader: &Shader, name: &str) -> u32 {
     let module = naga::front::wgsl::parse_str(&shader.source()).unwrap();
     let size = module
         .types
@@ -168,16 +177,19 @@ fn wgsl_struct_size(shader: Shader, name: &str) -> u32 {
 fn params_structs_match_wgsl() {
     use llama_kernels::ops;
     use std::mem::size_of;
-    let cases: [(Shader, usize); 6] = [
-        (Shader::RmsNorm, size_of::<ops::rms_norm::Params>()),
-        (Shader::Cast, size_of::<ops::cast::Params>()),
-        (Shader::Rope, size_of::<ops::rope::Params>()),
+    let cases: [(&Shader, usize); 6] = [
+        (Shader::RMS_NORM, size_of::<ops::rms_norm::Params>()),
+        (Shader::CAST, size_of::<ops::cast::Params>()),
+        (Shader::ROPE, size_of::<ops::rope::Params>()),
         (
-            Shader::AttentionPrefill,
+            Shader::ATTENTION_PREFILL,
             size_of::<ops::attention::Params>(),
         ),
-        (Shader::AttentionDecode, size_of::<ops::attention::Params>()),
-        (Shader::KvCache, size_of::<ops::kv_cache::Params>()),
+        (
+            Shader::ATTENTION_DECODE,
+            size_of::<ops::attention::Params>(),
+        ),
+        (Shader::KV_CACHE, size_of::<ops::kv_cache::Params>()),
     ];
     for (shader, rust) in cases {
         assert_eq!(
@@ -187,4 +199,29 @@ fn params_structs_match_wgsl() {
         );
         assert_eq!(rust % 16, 0, "{shader:?} Params is not padded to 16 bytes");
     }
+}
+
+/// The launch path finds binding numbers by name through naga reflection: every entry point of
+/// every shader reflects, binds at most one uniform (the params), and names each used binding
+/// once.
+#[test]
+fn every_entry_point_reflects_its_bindings() {
+    for shader in all_shaders() {
+        let src = shader.source();
+        let mut entries: Vec<&str> = shader.variants().iter().map(|k| k.entry_point).collect();
+        entries.sort();
+        entries.dedup();
+        for ep in entries {
+            let (slots, declared) =
+                reflect(&src, ep).unwrap_or_else(|e| panic!("{}: {e}", shader.name));
+            assert!(!slots.is_empty(), "{} {ep}: no bindings", shader.name);
+            let uniforms = slots.iter().filter(|s| s.access == Access::Uniform).count();
+            assert!(uniforms <= 1, "{} {ep}: {uniforms} uniforms", shader.name);
+            for s in &slots {
+                assert!(declared.contains(&s.name));
+                assert_eq!(slots.iter().filter(|o| o.binding == s.binding).count(), 1);
+            }
+        }
+    }
+    assert!(reflect("@compute @workgroup_size(1) fn main() {}", "nope").is_err());
 }

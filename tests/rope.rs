@@ -6,8 +6,9 @@
 mod common;
 
 use common::*;
+use llama_kernels::bench::{with_sincos, SinCos};
 use llama_kernels::compare::{compare, tolerance};
-use llama_kernels::ops::rope::{qkv_views, SinCos};
+use llama_kernels::ops::rope::qkv_views;
 use llama_kernels::reference::rope as reference;
 use llama_kernels::{Context, DType, Error, Layout, PositionIds, Positions, Rope, Scaling, Tensor};
 
@@ -593,12 +594,9 @@ fn half_and_interleaved_agree_after_permutation() {
         let pt = PositionIds::upload(&ctx, &pos, &[seq]).unwrap();
         let base = Rope::new(10000.0, Layout::Half).with_rotary_dim(rd);
         base.run(&ctx, &th, Positions::Ids(&pt)).unwrap();
-        Rope {
-            layout: Layout::Interleaved,
-            ..base.clone()
-        }
-        .run(&ctx, &ti, Positions::Ids(&pt))
-        .unwrap();
+        let mut interleaved = base.clone();
+        interleaved.layout = Layout::Interleaved;
+        interleaved.run(&ctx, &ti, Positions::Ids(&pt)).unwrap();
         let (yh, yi) = (ctx.read_f32(&th).unwrap(), ctx.read_f32(&ti).unwrap());
         let yh_perm: Vec<f64> = (0..seq * heads)
             .flat_map(|h| (0..hd).map(move |i| (h, i)))
@@ -784,10 +782,7 @@ fn sincos_error(ctx: &Context, method: SinCos, positions: &[i32], theta: f64) ->
     }
     let xt = ctx.upload(&x, &[seq, 1, hd]).unwrap();
     let pt = PositionIds::upload(ctx, positions, &[seq]).unwrap();
-    let op = Rope {
-        sincos: method,
-        ..Rope::new(theta, Layout::Interleaved)
-    };
+    let op = with_sincos(Rope::new(theta, Layout::Interleaved), method);
     op.run(ctx, &xt, Positions::Ids(&pt)).unwrap();
     let got = ctx.read_f32(&xt).unwrap();
     let pos: Vec<i64> = positions.iter().map(|&p| p as i64).collect();

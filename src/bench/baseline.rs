@@ -3,7 +3,7 @@
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::pipeline::{whole, PipelineKey, Shader, Window};
+use crate::pipeline::{PipelineKey, Window};
 use crate::tensor::{DType, Tensor};
 
 const OP: &str = "rms_norm_naive";
@@ -21,7 +21,7 @@ pub struct NormParams {
 
 fn key(entry: &'static str, dtype: DType) -> PipelineKey {
     PipelineKey::new(
-        Shader::Baseline,
+        super::BASELINE,
         entry,
         vec![("DTYPE", dtype.shader_code()), ("WG", WG)],
     )
@@ -101,7 +101,6 @@ pub fn rms_norm_naive(
         eps,
         weight_offset,
     };
-    let uniform = ctx.uniform(OP, &params)?;
     let xw = Window::covering(ctx, OP, &[x])?;
     let ww = Window::covering(ctx, OP, &[weight])?;
     let sw = Window::covering(ctx, OP, &[scratch])?;
@@ -111,19 +110,20 @@ pub fn rms_norm_naive(
         OP,
         enc,
         &key("rms_norm_reduce", dtype),
-        &[(0, whole(&uniform)), (1, xw.resource()), (3, sw.resource())],
+        &params,
+        &[("src", xw.resource()), ("inv_out", sw.resource())],
         rows as u64,
     )?;
     ctx.encode_kernel(
         OP,
         enc,
         &key("rms_norm_scale", dtype),
+        &params,
         &[
-            (0, whole(&uniform)),
-            (1, xw.resource()),
-            (2, ww.resource()),
-            (4, ow.resource()),
-            (5, sw.resource()),
+            ("src", xw.resource()),
+            ("weight", ww.resource()),
+            ("dst", ow.resource()),
+            ("inv_in", sw.resource()),
         ],
         words.div_ceil(WG as u64),
     )
@@ -205,7 +205,6 @@ pub fn rope_naive(
         start,
     };
     let dtype = x.dtype();
-    let uniform = ctx.uniform(OP, &params)?;
     let fw = Window::covering(ctx, OP, &[inv_freq])?;
     let tw = Window::covering(ctx, OP, &[table])?;
     let xw = Window::covering(ctx, OP, &[x])?;
@@ -213,18 +212,16 @@ pub fn rope_naive(
         OP,
         enc,
         &key("rope_table", dtype),
-        &[(7, whole(&uniform)), (8, fw.resource()), (9, tw.resource())],
+        &params,
+        &[("inv_freq", fw.resource()), ("table_out", tw.resource())],
         ((seq * head_dim / 2) as u64).div_ceil(WG as u64),
     )?;
     ctx.encode_kernel(
         OP,
         enc,
         &key("rope_rotate", dtype),
-        &[
-            (7, whole(&uniform)),
-            (10, tw.resource()),
-            (11, xw.resource()),
-        ],
+        &params,
+        &[("table_in", tw.resource()), ("xs", xw.resource())],
         work.div_ceil(WG as u64),
     )
 }
@@ -341,7 +338,6 @@ pub fn attention_naive(
         causal: causal as u32,
         scale: 1.0 / (head_dim as f32).sqrt(),
     };
-    let uniform = ctx.uniform(OP, &params)?;
     let win = |t: &Tensor| Window::covering(ctx, OP, &[t]);
     let (qw, kw, vw, ow) = (win(q)?, win(k)?, win(v)?, win(out)?);
     let (krw, vrw, sw) = (
@@ -355,11 +351,8 @@ pub fn attention_naive(
             OP,
             enc,
             &key("attn_repeat_kv", DType::F32),
-            &[
-                (12, whole(&uniform)),
-                (13, src.resource()),
-                (14, dst.resource()),
-            ],
+            &params,
+            &[("kv_src", src.resource()), ("kv_rep", dst.resource())],
             groups(kv_len * n_heads * head_dim),
         )?;
     }
@@ -367,11 +360,11 @@ pub fn attention_naive(
         OP,
         enc,
         &key("attn_scores", DType::F32),
+        &params,
         &[
-            (12, whole(&uniform)),
-            (15, qw.resource()),
-            (16, krw.resource()),
-            (17, sw.resource()),
+            ("q_in", qw.resource()),
+            ("k_rep", krw.resource()),
+            ("scores", sw.resource()),
         ],
         groups(n_heads * q_len * kv_len),
     )?;
@@ -379,18 +372,19 @@ pub fn attention_naive(
         OP,
         enc,
         &key("attn_softmax", DType::F32),
-        &[(12, whole(&uniform)), (17, sw.resource())],
+        &params,
+        &[("scores", sw.resource())],
         groups(n_heads * q_len),
     )?;
     ctx.encode_kernel(
         OP,
         enc,
         &key("attn_pv", DType::F32),
+        &params,
         &[
-            (12, whole(&uniform)),
-            (18, sw.resource()),
-            (19, vrw.resource()),
-            (20, ow.resource()),
+            ("p_in", sw.resource()),
+            ("v_rep", vrw.resource()),
+            ("o_out", ow.resource()),
         ],
         groups(q_len * n_heads * head_dim),
     )

@@ -66,7 +66,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::pipeline::{whole, PipelineKey, Shader, Window};
+use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
 const OP: &str = "attention";
@@ -211,9 +211,9 @@ impl Variant {
             let mut c = self.constants();
             c.push(("KR", self.kr));
             return vec![
-                PipelineKey::new(Shader::AttentionDecode, "attn_decode_keys", c),
+                PipelineKey::new(Shader::ATTENTION_DECODE, "attn_decode_keys", c),
                 PipelineKey::new(
-                    Shader::AttentionDecode,
+                    Shader::ATTENTION_DECODE,
                     "attn_decode_merge",
                     self.constants(),
                 ),
@@ -221,18 +221,18 @@ impl Variant {
         }
         match self.split_kv {
             false => vec![PipelineKey::new(
-                Shader::AttentionPrefill,
+                Shader::ATTENTION_PREFILL,
                 "attn_prefill",
                 self.constants(),
             )],
             true => vec![
                 PipelineKey::new(
-                    Shader::AttentionDecode,
+                    Shader::ATTENTION_DECODE,
                     "attn_decode_partial",
                     self.constants(),
                 ),
                 PipelineKey::new(
-                    Shader::AttentionDecode,
+                    Shader::ATTENTION_DECODE,
                     "attn_decode_merge",
                     self.constants(),
                 ),
@@ -246,6 +246,22 @@ impl Variant {
 pub fn tile_v4_for(limit: u32) -> u32 {
     let per_tile = (limit.min(32768) / 2 / 16).max(1);
     1 << (31 - per_tile.leading_zeros())
+}
+
+/// The prefill shader's share of [`all_variant_keys`].
+pub fn prefill_variant_keys() -> Vec<PipelineKey> {
+    all_variant_keys()
+        .into_iter()
+        .filter(|k| k.shader == Shader::ATTENTION_PREFILL)
+        .collect()
+}
+
+/// The decode shader's share of [`all_variant_keys`].
+pub fn decode_variant_keys() -> Vec<PipelineKey> {
+    all_variant_keys()
+        .into_iter()
+        .filter(|k| k.shader == Shader::ATTENTION_DECODE)
+        .collect()
 }
 
 /// Pipeline keys for the portability tests: every kind, dtype and tile size (16 KiB and 32 KiB of
@@ -777,8 +793,26 @@ impl Attention {
         self.run(ctx, q, &k, &v, sinks, out)
     }
 
+    /// Record under one error scope (the only one of the call).
     #[allow(clippy::too_many_arguments)]
     fn record(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        c: &Checked,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        ctx.scoped(OP, || {
+            self.record_unscoped(ctx, enc, c, q, k, v, sinks, out)
+        })?
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_unscoped(
         &self,
         ctx: &Context,
         enc: &mut wgpu::CommandEncoder,
@@ -846,29 +880,22 @@ impl Attention {
             lanes: plan.lanes as u32,
             _pad: [0; 3],
         };
-        let uniform = ctx.uniform(OP, &params)?;
         let keys = plan.variant.keys();
-        let dummy = ctx.dummy_buffer();
-        let sinks_res = || sw.as_ref().map_or_else(|| whole(dummy), |w| w.resource());
+        let mut inputs = vec![
+            ("q_buf", qw.resource()),
+            ("k_buf", kw.resource()),
+            ("v_buf", vw.resource()),
+        ];
+        if let Some(w) = &sw {
+            inputs.push(("sinks", w.resource()));
+        }
         let base_wgs = (d.batch * d.n_kv_heads * plan.row_blocks) as u64;
         if plan.variant.kind != Kind::DecodeKeys && !plan.variant.split_kv {
-            return ctx.encode_kernel(
-                OP,
-                enc,
-                &keys[0],
-                &[
-                    (0, whole(&uniform)),
-                    (1, qw.resource()),
-                    (2, kw.resource()),
-                    (3, vw.resource()),
-                    (4, sinks_res()),
-                    (5, ow.resource()),
-                ],
-                base_wgs,
-            );
+            inputs.push(("out_buf", ow.resource()));
+            return ctx.encode_kernel(OP, enc, &keys[0], &params, &inputs, base_wgs);
         }
-        // Split-KV: a partial pass writes (m, l, acc) per (row, split, lane), a merge pass combines
-        // them in a fixed order.
+        // Split-KV: a partial pass writes (m, l, acc) per (row, split, lane) into the context's
+        // scratch buffer, a merge pass combines them in a fixed order.
         let entries = d.batch * d.n_kv_heads * plan.rows * plan.splits * plan.lanes;
         let part_bytes = entries as u64 * (d.head_dim as u64 + 2) * 4;
         crate::ensure!(
@@ -879,35 +906,43 @@ impl Attention {
             plan.splits,
             plan.lanes
         );
-        let part = ctx.create_buffer(OP, part_bytes)?;
+        let part = ctx.scratch(OP, part_bytes)?;
+        let part_res = || {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &part,
+                offset: 0,
+                size: std::num::NonZeroU64::new(part_bytes),
+            })
+        };
         // Compile (and cache) both pipelines before recording either pass, so a failure records
         // nothing.
         ctx.kernel(OP, &keys[0])?;
         ctx.kernel(OP, &keys[1])?;
-        let mut first = vec![
-            (0, whole(&uniform)),
-            (1, qw.resource()),
-            (2, kw.resource()),
-            (3, vw.resource()),
-            (5, whole(&part)),
-        ];
+        inputs.push(("part_out", part_res()));
         if plan.variant.kind == Kind::DecodeKeys {
             // The same K/V windows, read through `vec4<u32>` bindings.
-            first.push((8, kw.resource()));
-            first.push((9, vw.resource()));
+            inputs.push(("k4", kw.resource()));
+            inputs.push(("v4", vw.resource()));
         }
-        ctx.encode_kernel(OP, enc, &keys[0], &first, base_wgs * plan.splits as u64)?;
+        ctx.encode_kernel(
+            OP,
+            enc,
+            &keys[0],
+            &params,
+            &inputs,
+            base_wgs * plan.splits as u64,
+        )?;
         let merge_threads = (d.batch * d.n_kv_heads * plan.rows * d.head_dim / 4) as u64;
+        let mut merge = vec![("part_in", part_res()), ("out_buf", ow.resource())];
+        if let Some(w) = &sw {
+            merge.push(("sinks", w.resource()));
+        }
         ctx.encode_kernel(
             OP,
             enc,
             &keys[1],
-            &[
-                (0, whole(&uniform)),
-                (4, sinks_res()),
-                (6, whole(&part)),
-                (7, ow.resource()),
-            ],
+            &params,
+            &merge,
             merge_threads.div_ceil(plan.variant.wg() as u64),
         )
     }

@@ -6,7 +6,7 @@
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::pipeline::{whole, PipelineKey, Shader, Window};
+use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
 const OP: &str = "cast";
@@ -23,7 +23,7 @@ pub struct Params {
 
 fn key(src: DType, dst: DType) -> PipelineKey {
     PipelineKey::new(
-        Shader::Cast,
+        Shader::CAST,
         "cast_dtype",
         vec![
             ("SRC", src.shader_code()),
@@ -79,6 +79,15 @@ pub fn encode(
     dst: &Tensor,
 ) -> Result<()> {
     validate(src, dst)?;
+    ctx.scoped(OP, || record(ctx, encoder, src, dst))?
+}
+
+fn record(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    src: &Tensor,
+    dst: &Tensor,
+) -> Result<()> {
     let sw = Window::covering(ctx, OP, &[src])?;
     let dw = Window::covering(ctx, OP, &[dst])?;
     let n = src.numel();
@@ -88,12 +97,12 @@ pub fn encode(
         dst_off: dw.elem_offset(dst),
         odd_tail: (n % 2) as u32,
     };
-    let uniform = ctx.uniform(OP, &params)?;
     ctx.encode_kernel(
         OP,
         encoder,
         &key(src.dtype(), dst.dtype()),
-        &[(0, whole(&uniform)), (1, sw.resource()), (2, dw.resource())],
+        &params,
+        &[("src", sw.resource()), ("dst", dw.resource())],
         params.n_pairs.div_ceil(WG) as u64,
     )
 }
@@ -101,5 +110,5 @@ pub fn encode(
 /// [`encode`], submitted and waited for.
 pub fn run(ctx: &Context, src: &Tensor, dst: &Tensor) -> Result<()> {
     validate(src, dst)?;
-    ctx.submit_and_wait(OP, |enc| encode(ctx, enc, src, dst))
+    ctx.submit_and_wait(OP, |enc| record(ctx, enc, src, dst))
 }

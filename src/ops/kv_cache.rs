@@ -16,8 +16,8 @@
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::ops::rope::{Layout, Positions, Rope};
-use crate::pipeline::{whole, PipelineKey, Shader, Window};
+use crate::ops::rope::{Positions, Rope};
+use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
 const OP: &str = "kv_cache";
@@ -42,7 +42,7 @@ pub struct Params {
 /// K to RoPE's out-of-place pass.
 pub fn append_key(src: DType, dst: DType, write_k: bool) -> PipelineKey {
     PipelineKey::new(
-        Shader::KvCache,
+        Shader::KV_CACHE,
         "kv_append",
         vec![
             ("SRC_DTYPE", src.shader_code()),
@@ -289,16 +289,21 @@ impl KvCache {
         positions: Positions<'_>,
     ) -> Result<()> {
         let k_rows = self.rows(&self.k, self.len, n_new);
-        if k_new.dtype() == self.dtype {
-            // Everything RoPE checks, checked before anything is recorded.
-            rope.variant(ctx, k_new, None, Some(&k_rows), positions)?;
-            self.record_append_with(ctx, enc, k_new, v_new, n_new, false)?;
-            rope.encode_to(ctx, enc, k_new, &k_rows, positions)
+        // Everything RoPE checks, checked before anything is recorded.
+        let fused = k_new.dtype() == self.dtype;
+        let plan = if fused {
+            rope.plan(ctx, k_new, None, Some(&k_rows), positions)?
         } else {
-            rope.variant(ctx, &k_rows, None, None, positions)?;
-            self.record_append_with(ctx, enc, k_new, v_new, n_new, true)?;
-            rope.encode(ctx, enc, &k_rows, positions)
-        }
+            rope.plan(ctx, &k_rows, None, None, positions)?
+        };
+        ctx.scoped(OP, || {
+            self.record_append_with(ctx, enc, k_new, v_new, n_new, !fused)?;
+            if fused {
+                rope.record_unscoped(ctx, enc, plan, k_new, None, Some(&k_rows), positions)
+            } else {
+                rope.record_unscoped(ctx, enc, plan, &k_rows, None, None, positions)
+            }
+        })?
     }
 
     /// Which way [`KvCache::append_rope`] records K for new rows of `dtype`: `true` when RoPE
@@ -326,16 +331,7 @@ impl KvCache {
         positions: Option<Positions<'a>>,
         n_new: usize,
     ) -> Result<Positions<'a>> {
-        let rd = rope.validate_params(self.head_dim)?;
-        if self.dtype.is_half() && rope.layout == Layout::Half {
-            crate::ensure!(
-                rd % 4 == 0,
-                Param,
-                "rope",
-                "rotary_dim {rd} with {} storage and the half layout must be a multiple of 4 (pairs (i, i + rotary_dim/2) must share 32-bit words)",
-                self.dtype
-            );
-        }
+        rope.validate_for(self.head_dim, self.dtype)?;
         let start = i32::try_from(self.len).map_err(|_| {
             crate::Error::limit(OP, format!("length {} exceeds i32 positions", self.len))
         })?;
@@ -430,7 +426,9 @@ impl KvCache {
         v_new: &Tensor,
         n_new: usize,
     ) -> Result<()> {
-        self.record_append_with(ctx, enc, k_new, v_new, n_new, true)
+        ctx.scoped(OP, || {
+            self.record_append_with(ctx, enc, k_new, v_new, n_new, true)
+        })?
     }
 
     fn record_append_with(
@@ -464,18 +462,17 @@ impl KvCache {
             v: pack(&vw, v_new),
             _pad: [0; 2],
         };
-        let uniform = ctx.uniform(OP, &params)?;
         let threads = (self.batch * n_new * self.n_kv_heads * self.head_dim / 4) as u64;
         ctx.encode_kernel(
             OP,
             enc,
             &append_key(k_new.dtype(), self.dtype, write_k),
+            &params,
             &[
-                (0, whole(&uniform)),
-                (1, kw.resource()),
-                (2, vw.resource()),
-                (3, whole(&self.k)),
-                (4, whole(&self.v)),
+                ("k_src", kw.resource()),
+                ("v_src", vw.resource()),
+                ("k_dst", self.k.as_entire_binding()),
+                ("v_dst", self.v.as_entire_binding()),
             ],
             threads.div_ceil(WG as u64),
         )

@@ -1,7 +1,6 @@
 //! One module per kernel family.
 pub mod attention;
 pub mod cast;
-pub mod copy;
 pub mod kv_cache;
 pub mod rms_norm;
 pub mod rope;

@@ -25,7 +25,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::pipeline::{whole, PipelineKey, Shader, Window};
+use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
 const OP: &str = "rms_norm";
@@ -203,7 +203,7 @@ impl Variant {
 
     pub fn key(&self) -> PipelineKey {
         PipelineKey::new(
-            Shader::RmsNorm,
+            Shader::RMS_NORM,
             match (self.per_invocation, self.items16) {
                 (true, true) => "rms_norm_rows4",
                 (true, false) => "rms_norm_rows",
@@ -550,8 +550,25 @@ impl RmsNorm {
             .variant)
     }
 
+    /// Record under one error scope (the only one of the call).
     #[allow(clippy::too_many_arguments)]
     fn record(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        c: Checked,
+        x: &Tensor,
+        weight: &Tensor,
+        out: &Tensor,
+        residual: Option<(&Tensor, &Tensor)>,
+    ) -> Result<()> {
+        ctx.scoped(OP, || {
+            self.record_unscoped(ctx, enc, c, x, weight, out, residual)
+        })?
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_unscoped(
         &self,
         ctx: &Context,
         enc: &mut wgpu::CommandEncoder,
@@ -627,47 +644,24 @@ impl RmsNorm {
             weight_offset: self.weight_offset,
             _pad: [0; 3],
         };
-        let kernel = ctx.kernel(OP, &v.key())?;
-        let grid = ctx.grid(OP, v.workgroups(c.rows))?;
-        let uniform = ctx.uniform(OP, &params)?;
-        let dummy_r = ctx.dummy_buffer();
-        let dummy_w = ctx.dummy_rw_buffer();
-        // `rms_norm_rows4` reads the same buffers through its `vec4<u32>` bindings 6..=10.
-        let slot = if v.items16 { 5 } else { 0 };
-        let bg = kernel.bind_group(
-            ctx,
-            OP,
-            &[
-                (0, whole(&uniform)),
-                (
-                    1 + slot,
-                    x_win
-                        .as_ref()
-                        .map_or_else(|| whole(dummy_r), |w| w.resource()),
-                ),
-                (
-                    2 + slot,
-                    w_win
-                        .as_ref()
-                        .map_or_else(|| whole(dummy_r), |w| w.resource()),
-                ),
-                (
-                    3 + slot,
-                    r_win
-                        .as_ref()
-                        .map_or_else(|| whole(dummy_r), |w| w.resource()),
-                ),
-                (4 + slot, dst_win.resource()),
-                (
-                    5 + slot,
-                    rout_win
-                        .as_ref()
-                        .map_or_else(|| whole(dummy_w), |w| w.resource()),
-                ),
-            ],
-        )?;
-        kernel.dispatch(enc, &bg, grid);
-        Ok(())
+        // `rms_norm_rows4` reads the same windows through its `vec4<u32>` bindings.
+        let names: [&str; 5] = if v.items16 {
+            ["src4", "weight4", "res4", "dst4", "res_dst4"]
+        } else {
+            ["src", "weight", "res", "dst", "res_dst"]
+        };
+        let mut named = vec![(names[3], dst_win.resource())];
+        for (name, win) in [
+            (names[0], &x_win),
+            (names[1], &w_win),
+            (names[2], &r_win),
+            (names[4], &rout_win),
+        ] {
+            if let Some(w) = win {
+                named.push((name, w.resource()));
+            }
+        }
+        ctx.encode_kernel(OP, enc, &v.key(), &params, &named, v.workgroups(c.rows))
     }
 }
 

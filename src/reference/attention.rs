@@ -9,17 +9,10 @@
 //! `j <= pos` (causal only) and `j > pos - window` (window > 0 only). A sink logit joins only the
 //! denominator. A row with no visible key is exactly 0.
 
-/// Sizes of one attention call. Layouts are contiguous: q/out `[batch, q_len, n_heads, head_dim]`,
-/// k/v `[batch, kv_len, n_kv_heads, head_dim]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dims {
-    pub batch: usize,
-    pub q_len: usize,
-    pub kv_len: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
+/// Sizes of one attention call (the op's own [`Dims`](crate::ops::attention::Dims)). The
+/// reference takes contiguous layouts: q/out `[batch, q_len, n_heads, head_dim]`, k/v
+/// `[batch, kv_len, n_kv_heads, head_dim]`.
+pub use crate::ops::attention::Dims;
 
 /// Masking and logit options; `None` / 0 mean the defaults described in the module docs.
 #[derive(Clone, Copy, Debug, PartialEq)]

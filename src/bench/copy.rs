@@ -12,7 +12,7 @@
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::pipeline::{whole, PipelineKey, Shader, Window};
+use crate::pipeline::{PipelineKey, Window};
 use crate::tensor::Tensor;
 
 const OP: &str = "copy";
@@ -64,7 +64,7 @@ impl Variant {
 
     pub fn key(&self) -> PipelineKey {
         PipelineKey::new(
-            Shader::Copy,
+            super::COPY,
             if self.vec4 {
                 "copy_vec4"
             } else {
@@ -143,19 +143,21 @@ impl Variant {
             _pad: 0,
         };
         let per_group = self.workgroup as u64 * self.per as u64;
-        let uniform = ctx.uniform(OP, &params)?;
-        let (bs, bd) = if self.vec4 { (3, 4) } else { (1, 2) };
-        ctx.encode_kernel(
-            OP,
-            enc,
-            &self.key(),
-            &[
-                (0, whole(&uniform)),
-                (bs, sw.resource()),
-                (bd, dw.resource()),
-            ],
-            n.div_ceil(per_group),
-        )
+        let (bs, bd) = if self.vec4 {
+            ("src4", "dst4")
+        } else {
+            ("src", "dst")
+        };
+        ctx.scoped(OP, || {
+            ctx.encode_kernel(
+                OP,
+                enc,
+                &self.key(),
+                &params,
+                &[(bs, sw.resource()), (bd, dw.resource())],
+                n.div_ceil(per_group),
+            )
+        })?
     }
 }
 

@@ -1,0 +1,617 @@
+//! RoPE (Su et al. 2021): rotary position embedding, in place or out of place, exact at any
+//! 32-bit position.
+//!
+//! ```text
+//! theta_i = pos * inv_freq[i],  i < rotary_dim / 2
+//! a' = (a cos theta_i - b sin theta_i) * attention_factor
+//! b' = (b cos theta_i + a sin theta_i) * attention_factor
+//! ```
+//! for each pair `(a, b)` of each head; elements from `rotary_dim` to `head_dim` are untouched.
+//! - [`Layout::Half`] pairs `(i, i + rotary_dim/2)` (HF `rotate_half`, GPT-NeoX, Qwen, Phi);
+//!   [`Layout::Interleaved`] pairs `(2i, 2i + 1)` (Meta Llama, GPT-J).
+//! - `inv_freq` and `attention_factor` follow HF's `rope_type` ([`Scaling`]); the f64 table is
+//!   [`Rope::inv_freq`], the same function the reference uses.
+//! - Positions are an i32 buffer ([`PositionIds`], `[seq]` or `[batch, seq]`, any values) or a
+//!   start offset (`start .. start + seq`, decode and chunked prefill).
+//!
+//! Layouts: `x` is a token-major view `[seq, heads, head_dim]` or `[batch, seq, heads, head_dim]`
+//! with any strides (last dim contiguous), so Q and K are rotated where a fused QKV projection
+//! wrote them ([`qkv_views`]); [`Rope::encode_qk`] rotates both in one dispatch. Storage f32, f16
+//! or bf16; math f32.
+//!
+//! ## Accuracy: exact angles, own sin/cos
+//! `pos * inv_freq` in f32 is off by ~0.06 rad at pos = 1M (what HF, MLX and ggml compute), and
+//! WGSL's `sin`/`cos` are only specified on [-pi, pi], to 2^-11 absolute. This kernel instead:
+//! 1. gets from the host, per pair, `frac(inv_freq / 2pi)` as a 64-bit fixed-point turn (two u32
+//!    words, from the f64 table with a double-double division by 2pi);
+//! 2. multiplies it by the integer position in u32 arithmetic (a 32x64-bit product mod 2^64,
+//!    exact), keeping the top 32 bits: the angle modulo 2pi to 2^-32 turns (1.5e-9 rad) for
+//!    every i32 position;
+//! 3. reduces to the nearest quarter turn in fixed point and evaluates Cephes' sinf/cosf
+//!    polynomials on [-pi/4, pi/4] (degree 7 and 8, < 1 ulp), then swaps/negates by quadrant.
+//!
+//! Measured on lavapipe (tests/rope.rs, `accuracy_at_large_positions`; unit pairs, so the output
+//! is cos and sin themselves), against the f64 rotation, theta 1e4 / 5e5 / 1e6:
+//!
+//! | positions | this kernel | fixed-point turn + built-in sin/cos | f32 `pos * inv_freq` + built-ins |
+//! |---|---|---|---|
+//! | 0..4096 | NMSE 1e-15, max 1e-7 | 6e-15, 3e-7 | 4e-10, 2e-4 |
+//! | ~1M | 1e-15, 1e-7 | 7e-15, 3e-7 | 6e-5, 6e-2 |
+//! | ~2^24 | 1e-15, 1e-7 | 7e-15, 3e-7 | 1e-2, 0.9 |
+//! | ~2^31 | 1.6e-15, 1.4e-7 | 7e-15, 3e-7 | 1.2, 2.0 |
+//!
+//! The target is NMSE 1e-10. Lavapipe's built-ins are far better than the 2^-11 WGSL promises,
+//! but other adapters need not be, so the kernel does not use them.
+//!
+//! Chosen over the alternative, a cos/sin table built in f64 on the host: with positions in a
+//! GPU buffer that table must cover every position (`max_position x rotary_dim/2 x 8` bytes:
+//! 512 MiB at 1M positions and 8 GiB at 2^24 for rotary_dim 128, past a 128 MiB binding), or be
+//! rebuilt per call (4M `sin_cos` and a 64 MiB upload for 65536 tokens: 230 ms against 43 ms on
+//! lavapipe). The fixed-point table is `rotary_dim/2 x 16` bytes (1 KiB), and the polynomial costs
+//! little, since cos/sin are shared by every head of a token: Llama-3-8B Q+K, 2048 tokens in a
+//! fused QKV buffer, median per call (submit and wait) on lavapipe with the `rope_vec4` path
+//! 25 ms exact, 26 ms built-in reduced, 24 ms naive f32, 28 ms host table; with one head per
+//! token (65536 tokens), where nothing shares them, 43 / 46 / 37 / 230 ms
+//! (`cargo run --release --example rope_sincos`). [`SinCos`] keeps the other methods for such measurements.
+//!
+//! ## Strategy
+//! Two entry points; the dispatcher picks by alignment ([`Rope::variant`] reports the choice):
+//! - `rope_vec4`, in place when the view's first element and every stride (of a dimension
+//!   longer than 1) are multiples of 16 bytes and `rotary_dim` is a multiple of 8 (f32) or 16
+//!   (f16, bf16) elements, i.e. every access is a whole, aligned vec4 of the view. One invocation
+//!   per (token, group of heads, unit of 4 (f32) or 8 (halves) pairs): the unit's cos/sin are
+//!   computed once, with the attention factor folded in, then each head of the group costs two
+//!   vec4 loads, the rotation in vec4 arithmetic, and two vec4 stores (half layout: the a's and
+//!   the b's, `rotary_dim/2` apart; interleaved: two consecutive vec4s). Halves are converted
+//!   four at a time without branches. A group spans at most 4 KiB of a token
+//!   (`VEC4_GROUP_BYTES`), so consecutive invocations stream through memory.
+//! - `rope`, everything else (odd offsets or strides, partial rotary of other sizes, out of
+//!   place): one invocation per (token, group of heads, two pairs), scalar 32-bit accesses; the
+//!   two cos/sin are computed once and applied to every head of the group (a packed f16/bf16
+//!   word is only written by one invocation). Out of place, extra invocations copy the
+//!   unrotated tail.
+//!
+//! Both split heads into more groups when tokens x columns alone would not fill the device
+//! (`TARGET_INVOCATIONS`).
+//!
+//! Measured on lavapipe (2 shared cores, so absolute numbers move; ratios are taken in the same
+//! run): `cargo run --release --example rope_speed`, GPU timestamps, median of 7, as a fraction
+//! of the best WGSL vec4 streaming copy of the same bytes (read + write of the rotated elements),
+//! three runs each:
+//!
+//! | case (>= 64 MiB rotated) | f32 before -> after | f16 | bf16 |
+//! |---|---|---|---|
+//! | Llama-3-8B Q+K in fused QKV, half | 41-46% -> 66-71% | 24-25% -> 46-47% | 29-35% -> 68-69% |
+//! | plain `[tokens, 32, 128]`, half | 46% -> 80-83% | 25-26% -> 49-50% | 35-39% -> 75-78% |
+//! | plain, interleaved | 31-38% -> 83-85% | 23% -> 51-52% | 30-36% -> 77-81% |
+//!
+//! What limits the rest on a CPU adapter is arithmetic, not memory: with the f16 conversions
+//! replaced by bit casts the same kernel reaches 62-80%, and the fused layout loses 10-15% to
+//! the plain one (token rows of 24 KiB with V skipped) for reasons not pinned down. Trusted
+//! shader modules (no runtime checks) and workgroup sizes 32-256 made no difference measurable
+//! above the noise there (wgpu already leaves buffer bounds to the driver's robustBufferAccess2
+//! on Vulkan), so neither is used.
+
+mod freq;
+mod plan;
+mod record;
+pub(crate) mod sincos;
+
+use crate::context::Context;
+use wgpu::util::DeviceExt;
+
+use crate::error::Result;
+use crate::pipeline::{PipelineKey, Shader};
+use crate::tensor::{DType, Tensor};
+
+pub use freq::{fixed_point_turn, frequencies, Freq, Layout, Scaling};
+pub(crate) use sincos::SinCos;
+
+pub(crate) const OP: &str = "rope";
+pub(crate) const WG: u32 = 64;
+/// Invocations a dispatch aims for before it splits heads into more groups.
+pub(crate) const TARGET_INVOCATIONS: usize = 1 << 16;
+/// Bytes of a token that one `rope_vec4` invocation walks over (its group of heads).
+pub(crate) const VEC4_GROUP_BYTES: usize = 4096;
+
+/// One RoPE configuration: copy `theta`, `rotary_dim` and `rope_scaling` from a model's config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    pub layout: Layout,
+    /// Leading elements of each head that are rotated (even, `<= head_dim`); `None` = `head_dim`.
+    pub rotary_dim: Option<usize>,
+    /// `rope_theta` (the base), finite and > 0.
+    pub theta: f64,
+    pub scaling: Scaling,
+    /// Sequence length that dynamic NTK and LongRoPE see (HF: `max(position_ids) + 1`). `None`:
+    /// `start + seq` with a start offset; a positions buffer needs it set (the host cannot read
+    /// GPU positions without a stall).
+    pub seq_len: Option<usize>,
+    /// How cos and sin are computed: always exact, but for the benchmark's comparisons.
+    pub(crate) sincos: SinCos,
+}
+
+impl Default for Rope {
+    fn default() -> Self {
+        Rope {
+            layout: Layout::Half,
+            rotary_dim: None,
+            theta: 10000.0,
+            scaling: Scaling::Default,
+            seq_len: None,
+            sincos: SinCos::Exact,
+        }
+    }
+}
+
+/// An i32 position per token, `[seq]` (shared by every batch row) or `[batch, seq]`, anywhere in
+/// a buffer with `STORAGE` usage. Positions may be arbitrary, non-monotonic and negative. The
+/// dtype is i32 by construction (a float tensor cannot be passed); `check` converts I64 case
+/// tensors after a range check.
+#[derive(Clone, Debug)]
+pub struct PositionIds {
+    buffer: wgpu::Buffer,
+    offset: usize,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+impl PositionIds {
+    /// Contiguous positions of `shape` starting `offset` i32 elements into `buffer`.
+    pub fn new(buffer: &wgpu::Buffer, offset: usize, shape: &[usize]) -> Self {
+        Self::with_strides(
+            buffer,
+            offset,
+            shape,
+            &crate::tensor::contiguous_strides(shape),
+        )
+    }
+    /// Strided positions (strides in i32 elements).
+    pub fn with_strides(
+        buffer: &wgpu::Buffer,
+        offset: usize,
+        shape: &[usize],
+        strides: &[usize],
+    ) -> Self {
+        PositionIds {
+            buffer: buffer.clone(),
+            offset,
+            shape: shape.to_vec(),
+            strides: strides.to_vec(),
+        }
+    }
+    /// Upload host positions into a new buffer.
+    pub fn upload(ctx: &Context, positions: &[i32], shape: &[usize]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        crate::ensure!(
+            n == positions.len(),
+            Shape,
+            OP,
+            "positions shape {shape:?} holds {n} values but {} were given",
+            positions.len()
+        );
+        let mut bytes = bytemuck::cast_slice::<i32, u8>(positions).to_vec();
+        bytes.resize(bytes.len().max(4), 0);
+        let buffer = ctx.scoped(OP, || {
+            ctx.device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("rope positions"),
+                    contents: &bytes,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                })
+        })?;
+        Ok(Self::new(&buffer, 0, shape))
+    }
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The same elements as a 4-byte [`Tensor`], for span and binding-window arithmetic only.
+    fn as_words(&self) -> Tensor {
+        Tensor::with_strides(
+            &self.buffer,
+            self.offset,
+            &self.shape,
+            &self.strides,
+            DType::F32,
+        )
+    }
+}
+
+/// Where positions come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Positions<'a> {
+    /// Token `s` of every batch row is at `start + s`.
+    Start(i32),
+    /// One i32 per token.
+    Ids(&'a PositionIds),
+}
+
+/// Views of Q, K and V inside a fused QKV projection `[tokens, (n_heads + 2 n_kv_heads) head_dim]`
+/// that starts `offset` elements into `buffer`: `q [tokens, n_heads, head_dim]`,
+/// `k` and `v [tokens, n_kv_heads, head_dim]`, all with token stride `(n_heads + 2 n_kv_heads) head_dim`.
+pub fn qkv_views(
+    buffer: &wgpu::Buffer,
+    offset: usize,
+    tokens: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    dtype: DType,
+) -> (Tensor, Tensor, Tensor) {
+    let row = (n_heads + 2 * n_kv_heads) * head_dim;
+    let view = |off: usize, heads: usize| {
+        Tensor::with_strides(
+            buffer,
+            offset + off,
+            &[tokens, heads, head_dim],
+            &[row, head_dim, 1],
+            dtype,
+        )
+    };
+    (
+        view(0, n_heads),
+        view(n_heads * head_dim, n_kv_heads),
+        view((n_heads + n_kv_heads) * head_dim, n_kv_heads),
+    )
+}
+
+/// Uniform parameters; mirrors `struct Params` in `shaders/rope.wgsl` (128 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    pub n_tokens: u32,
+    pub seq: u32,
+    pub n_cols: u32,
+    pub n_quads: u32,
+    pub n_hgroups: u32,
+    pub heads_per_group: u32,
+    pub half_rot: u32,
+    pub head_dim: u32,
+    pub a_off: u32,
+    pub a_bstride: u32,
+    pub a_sstride: u32,
+    pub a_hstride: u32,
+    pub a_heads: u32,
+    pub b_heads: u32,
+    pub b_off: u32,
+    pub b_bstride: u32,
+    pub b_sstride: u32,
+    pub b_hstride: u32,
+    pub o_off: u32,
+    pub o_bstride: u32,
+    pub o_sstride: u32,
+    pub o_hstride: u32,
+    pub pos_off: u32,
+    pub pos_bstride: u32,
+    pub pos_sstride: u32,
+    pub pos_start: i32,
+    pub scale: f32,
+    pub _pad0: u32,
+    /// `rope_vec4` only: vec4 distance between the halves of a head (`half_rot / lanes`).
+    pub v_half: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+    pub _pad3: u32,
+}
+
+/// The code-shaping decisions for one dispatch; the pipeline key is derived from it alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub dtype: DType,
+    pub layout: Layout,
+    pub pos_buf: bool,
+    pub in_place: bool,
+    pub x_in_dst: bool,
+    /// How cos and sin are computed: always exact, but for the benchmark's comparisons.
+    pub(crate) sincos: SinCos,
+    /// The `rope_vec4` entry point (in place, 16-byte aligned heads; see [`Rope::variant`]).
+    pub vec4: bool,
+}
+
+impl Variant {
+    pub fn key(&self) -> PipelineKey {
+        PipelineKey::new(
+            Shader::ROPE,
+            if self.vec4 { "rope_vec4" } else { "rope" },
+            vec![
+                ("DTYPE", self.dtype.shader_code()),
+                ("LAYOUT", (self.layout == Layout::Interleaved) as u32),
+                ("POS_BUF", self.pos_buf as u32),
+                ("IN_PLACE", self.in_place as u32),
+                ("X_IN_DST", self.x_in_dst as u32),
+                ("SINCOS", self.sincos.code()),
+                ("WG", WG),
+            ],
+        )
+    }
+}
+
+/// Every pipeline key the dispatcher can produce (the portability tests compile each).
+pub fn all_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        for layout in [Layout::Half, Layout::Interleaved] {
+            for pos_buf in [false, true] {
+                for (in_place, x_in_dst) in [(true, false), (false, false), (false, true)] {
+                    for sincos in [
+                        SinCos::Exact,
+                        SinCos::BuiltinReduced,
+                        SinCos::NaiveF32,
+                        SinCos::HostTable,
+                    ] {
+                        keys.push(
+                            Variant {
+                                dtype,
+                                layout,
+                                pos_buf,
+                                in_place,
+                                x_in_dst,
+                                sincos,
+                                vec4: false,
+                            }
+                            .key(),
+                        );
+                        if in_place {
+                            keys.push(
+                                Variant {
+                                    dtype,
+                                    layout,
+                                    pos_buf,
+                                    in_place,
+                                    x_in_dst,
+                                    sincos,
+                                    vec4: true,
+                                }
+                                .key(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    keys
+}
+
+impl Rope {
+    /// Default RoPE (`rope_type` "default") with base `theta` in the given layout.
+    pub fn new(theta: f64, layout: Layout) -> Self {
+        Rope {
+            theta,
+            layout,
+            ..Default::default()
+        }
+    }
+    /// The same op with `scaling`.
+    pub fn with_scaling(mut self, scaling: Scaling) -> Self {
+        self.scaling = scaling;
+        self
+    }
+    /// The same op rotating only the first `rotary_dim` elements of each head.
+    pub fn with_rotary_dim(mut self, rotary_dim: usize) -> Self {
+        self.rotary_dim = Some(rotary_dim);
+        self
+    }
+    /// The same op with the sequence length that dynamic NTK and LongRoPE see.
+    pub fn with_seq_len(mut self, seq_len: usize) -> Self {
+        self.seq_len = Some(seq_len);
+        self
+    }
+
+    /// The kernel variant that [`Rope::encode`] (`k` and `out` `None`), [`Rope::encode_qk`]
+    /// (`k` in the same buffer as `x`) or [`Rope::encode_to`] (`out`) would dispatch for these
+    /// views, after the same validation; nothing touches the GPU. `vec4` tells whether the
+    /// fast `rope_vec4` entry point is taken: in place, every offset and every stride of a
+    /// dimension longer than 1 a multiple of 16 bytes, and `rotary_dim` a multiple of 8 (f32) or
+    /// 16 (f16, bf16) elements. Otherwise the general `rope` entry point runs.
+    pub fn variant(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        k: Option<&Tensor>,
+        out: Option<&Tensor>,
+        positions: Positions<'_>,
+    ) -> Result<Variant> {
+        Ok(self.plan(ctx, x, k, out, positions)?.variant)
+    }
+
+    /// Record an in-place rotation of `x` (`[seq, heads, head_dim]` or
+    /// `[batch, seq, heads, head_dim]`, any strides) into `encoder`.
+    pub fn encode(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        let plan = self.plan(ctx, x, None, None, positions)?;
+        self.record(ctx, encoder, plan, x, None, None, positions)
+    }
+
+    /// Record `out = rope(x)`; `out` has `x`'s shape and dtype, any strides, and is either
+    /// disjoint from `x` or exactly `x`. The unrotated tail of each head is copied.
+    pub fn encode_to(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        out: &Tensor,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        let plan = self.plan(ctx, x, None, Some(out), positions)?;
+        self.record(ctx, encoder, plan, x, None, Some(out), positions)
+    }
+
+    /// Record an in-place rotation of `q` and `k` (same batch, seq and head_dim; head counts may
+    /// differ), in one dispatch when they live in one buffer token by token with the same strides
+    /// (a fused QKV projection, see [`qkv_views`]), otherwise in two.
+    pub fn encode_qk(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        k: &Tensor,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        if q.buffer() != k.buffer() {
+            let pq = self.plan(ctx, q, None, None, positions)?;
+            let pk = self.plan(ctx, k, None, None, positions)?;
+            crate::ensure!(
+                q.rank() == k.rank()
+                    && q.shape()[..q.rank() - 2] == k.shape()[..k.rank() - 2]
+                    && q.shape().last() == k.shape().last(),
+                Shape,
+                OP,
+                "k has shape {:?} but q has {:?}: batch, seq and head_dim must match",
+                k.shape(),
+                q.shape()
+            );
+            crate::ensure!(
+                q.dtype() == k.dtype(),
+                DType,
+                OP,
+                "k is {} but q is {}",
+                k.dtype(),
+                q.dtype()
+            );
+            self.record(ctx, encoder, pq, q, None, None, positions)?;
+            return self.record(ctx, encoder, pk, k, None, None, positions);
+        }
+        let plan = self.plan(ctx, q, Some(k), None, positions)?;
+        self.record(ctx, encoder, plan, q, Some(k), None, positions)
+    }
+
+    /// [`Rope::encode`], submitted and waited for.
+    pub fn run(&self, ctx: &Context, x: &Tensor, positions: Positions<'_>) -> Result<()> {
+        let plan = self.plan(ctx, x, None, None, positions)?;
+        ctx.submit_and_wait(OP, |enc| {
+            self.record(ctx, enc, plan, x, None, None, positions)
+        })
+    }
+
+    /// [`Rope::encode_to`], submitted and waited for.
+    pub fn run_to(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        out: &Tensor,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        let plan = self.plan(ctx, x, None, Some(out), positions)?;
+        ctx.submit_and_wait(OP, |enc| {
+            self.record(ctx, enc, plan, x, None, Some(out), positions)
+        })
+    }
+
+    /// [`Rope::encode_qk`], submitted and waited for.
+    pub fn run_qk(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        k: &Tensor,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        ctx.submit_and_wait(OP, |enc| self.encode_qk(ctx, enc, q, k, positions))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_point_turn_matches_f64() {
+        for &f in &[
+            1.0,
+            0.5,
+            1e-4,
+            3.7e-7,
+            2.0 * std::f64::consts::PI,
+            10.0,
+            0.0,
+        ] {
+            let (hi, lo) = fixed_point_turn(f);
+            let t = (hi as f64 + lo as f64 / 4294967296.0) / 4294967296.0;
+            let want = (f / std::f64::consts::TAU).fract();
+            let d = (t - want).abs().min(1.0 - (t - want).abs());
+            assert!(d < 1e-15, "inv_freq {f}: turn {t} vs {want}");
+        }
+    }
+
+    /// Member offsets and sizes of the WGSL structs, as naga lays them out.
+    fn wgsl_struct(name: &str) -> (Vec<(String, u32)>, u32) {
+        let module = naga::front::wgsl::parse_str(&Shader::ROPE.source()).unwrap();
+        for (_, ty) in module.types.iter() {
+            if ty.name.as_deref() == Some(name) {
+                if let naga::TypeInner::Struct { members, span } = &ty.inner {
+                    return (
+                        members
+                            .iter()
+                            .map(|m| (m.name.clone().unwrap_or_default(), m.offset))
+                            .collect(),
+                        *span,
+                    );
+                }
+            }
+        }
+        panic!("no struct {name} in rope.wgsl");
+    }
+
+    #[test]
+    fn params_match_the_wgsl_structs() {
+        let (members, span) = wgsl_struct("Params");
+        assert_eq!(span as usize, std::mem::size_of::<Params>());
+        // Every member is a 4-byte scalar, declared in the same order as the Rust fields.
+        let rust = [
+            std::mem::offset_of!(Params, n_tokens),
+            std::mem::offset_of!(Params, a_off),
+            std::mem::offset_of!(Params, b_heads),
+            std::mem::offset_of!(Params, o_off),
+            std::mem::offset_of!(Params, pos_start),
+            std::mem::offset_of!(Params, scale),
+        ];
+        for (name, off) in [
+            "n_tokens",
+            "a_off",
+            "b_heads",
+            "o_off",
+            "pos_start",
+            "scale",
+        ]
+        .iter()
+        .zip(rust)
+        {
+            let m = members.iter().find(|(n, _)| n == name).unwrap();
+            assert_eq!(m.1 as usize, off, "Params.{name}");
+        }
+        assert_eq!(members.len() * 4, std::mem::size_of::<Params>());
+        let (fm, fspan) = wgsl_struct("Freq");
+        assert_eq!(fspan as usize, std::mem::size_of::<Freq>());
+        assert_eq!(fm[2].1 as usize, std::mem::offset_of!(Freq, inv_freq));
+    }
+
+    #[test]
+    fn turn_table_is_the_fixed_point_inv_freq() {
+        let (t, scale) = Rope::default().turn_table(128, 0).unwrap();
+        assert_eq!((t.len(), scale), (64, 1.0));
+        // inv_freq[0] = 1: 2^32 / 2pi = 683565275.57...
+        assert_eq!(t[0].turn_hi, 683_565_275);
+        assert!(Rope::default()
+            .with_rotary_dim(7)
+            .turn_table(128, 0)
+            .is_err());
+    }
+
+    #[test]
+    fn params_layout_is_16_byte_padded() {
+        assert_eq!(std::mem::size_of::<Params>() % 16, 0);
+        assert_eq!(std::mem::size_of::<Params>(), 128);
+        assert_eq!(std::mem::size_of::<Freq>(), 16);
+    }
+}

@@ -1,0 +1,356 @@
+//! Validation and planning: which entry point, how invocations cover the views, the params.
+
+use super::freq::{turns, Freq};
+use super::{
+    Params, Positions, Rope, SinCos, Variant, OP, TARGET_INVOCATIONS, VEC4_GROUP_BYTES, WG,
+};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// A validated 3- or 4-D view as `[batch, seq, heads, head_dim]` with element strides.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct View4 {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    bstride: usize,
+    sstride: usize,
+    hstride: usize,
+}
+
+/// Whether a view can take the `rope_vec4` path: its first element and every stride that
+/// matters are 16-byte aligned, and rotary_dim spans whole pairs of vec4s (8 f32 or 16 halves),
+/// so every access is a whole, aligned vec4 inside the view.
+fn vec4_aligned(ctx: &Context, rd: usize, v: &View4, offset: usize, dtype: DType) -> bool {
+    let lanes = 16 / dtype.size();
+    let ok = |dim: usize, stride: usize| dim <= 1 || stride % lanes == 0;
+    ctx.limits().min_storage_buffer_offset_alignment % 16 == 0
+        && rd % (2 * lanes) == 0
+        && offset % lanes == 0
+        && ok(v.batch, v.bstride)
+        && ok(v.seq, v.sstride)
+        && ok(v.heads, v.hstride)
+}
+
+fn view4(t: &Tensor, name: &str) -> Result<View4> {
+    t.validate(OP, name)?;
+    let (s, st) = (t.shape(), t.strides());
+    let v = match t.rank() {
+        3 => View4 {
+            batch: 1,
+            seq: s[0],
+            heads: s[1],
+            head_dim: s[2],
+            bstride: 0,
+            sstride: st[0],
+            hstride: st[1],
+        },
+        4 => View4 {
+            batch: s[0],
+            seq: s[1],
+            heads: s[2],
+            head_dim: s[3],
+            bstride: st[0],
+            sstride: st[1],
+            hstride: st[2],
+        },
+        r => {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{name} must be [seq, heads, head_dim] or [batch, seq, heads, head_dim], got {r} dims {s:?}"
+                ),
+            ))
+        }
+    };
+    // A written view must not reach one element twice (the rotation would race with itself).
+    let mut dims: Vec<(usize, usize)> = s
+        .iter()
+        .zip(st)
+        .map(|(&n, &stride)| (stride, n))
+        .filter(|&(_, n)| n > 1)
+        .collect();
+    dims.sort();
+    let mut extent = 1usize;
+    for (stride, n) in dims {
+        crate::ensure!(
+            stride >= extent,
+            Bounds,
+            OP,
+            "{name} (shape {s:?}, strides {st:?}) reaches some elements twice; rotated views must not overlap themselves"
+        );
+        extent = stride.saturating_mul(n - 1).saturating_add(extent);
+    }
+    Ok(v)
+}
+
+/// Everything `record` needs, decided before any GPU work.
+pub(crate) struct Plan {
+    pub(crate) variant: Variant,
+    pub(crate) params: Params,
+    pub(crate) freqs: Vec<Freq>,
+    pub(crate) threads: u64,
+}
+
+impl Rope {
+    pub(crate) fn plan(
+        &self,
+        ctx: &Context,
+        a: &Tensor,
+        b: Option<&Tensor>,
+        out: Option<&Tensor>,
+        positions: Positions<'_>,
+    ) -> Result<Plan> {
+        let va = view4(a, "x")?;
+        let dtype = a.dtype();
+        let rd = self.validate_for(va.head_dim, dtype)?;
+        let mut params = Params {
+            n_tokens: 0,
+            seq: va.seq as u32,
+            half_rot: (rd / 2) as u32,
+            head_dim: va.head_dim as u32,
+            a_heads: va.heads as u32,
+            a_bstride: va.bstride as u32,
+            a_sstride: va.sstride as u32,
+            a_hstride: va.hstride as u32,
+            ..Default::default()
+        };
+        if let Some(b) = b {
+            let vb = view4(b, "k")?;
+            b.expect_dtype(OP, "k", dtype)?;
+            crate::ensure!(
+                vb.batch == va.batch && vb.seq == va.seq && vb.head_dim == va.head_dim,
+                Shape,
+                OP,
+                "k has shape {:?} but q has {:?}: batch, seq and head_dim must match",
+                b.shape(),
+                a.shape()
+            );
+            crate::ensure!(
+                a.buffer() == b.buffer(),
+                Alias,
+                OP,
+                "q and k must share a buffer to be rotated in one dispatch"
+            );
+            // Disjoint per token, with the same token strides, and both inside one token stride.
+            let ext = |v: &View4, off: usize| (off, off + (v.heads - 1) * v.hstride + v.head_dim);
+            let (qa, qe) = ext(&va, a.offset());
+            let (ka, ke) = ext(&vb, b.offset());
+            let lo = qa.min(ka);
+            let span = qe.max(ke) - lo;
+            let same_strides = (va.seq == 1 || va.sstride == vb.sstride)
+                && (va.batch == 1 || va.bstride == vb.bstride);
+            let fits = (va.seq == 1 || span <= va.sstride)
+                && (va.batch == 1 || span + (va.seq - 1) * va.sstride <= va.bstride);
+            crate::ensure!(
+                same_strides && fits && (qe <= ka || ke <= qa),
+                Alias,
+                OP,
+                "q (offset {}, strides {:?}) and k (offset {}, strides {:?}) overlap or are not laid out token by token with the same strides",
+                a.offset(),
+                a.strides(),
+                b.offset(),
+                b.strides()
+            );
+            params.b_heads = vb.heads as u32;
+            params.b_bstride = vb.bstride as u32;
+            params.b_sstride = vb.sstride as u32;
+            params.b_hstride = vb.hstride as u32;
+        }
+        let (mut in_place, mut x_in_dst) = (true, false);
+        if let Some(o) = out {
+            o.expect_dtype(OP, "out", dtype)?;
+            crate::ensure!(
+                o.shape() == a.shape(),
+                Shape,
+                OP,
+                "out has shape {:?} but x has {:?}",
+                o.shape(),
+                a.shape()
+            );
+            let vo = view4(o, "out")?;
+            if !o.same_view(a) {
+                in_place = false;
+                crate::ensure!(
+                    !o.overlaps(a),
+                    Alias,
+                    OP,
+                    "out overlaps x: it must be exactly x (in place) or disjoint"
+                );
+                x_in_dst = o.buffer() == a.buffer();
+                params.o_bstride = vo.bstride as u32;
+                params.o_sstride = vo.sstride as u32;
+                params.o_hstride = vo.hstride as u32;
+            }
+        }
+        let tokens = va.batch * va.seq;
+        params.n_tokens = tokens as u32;
+        let pos_buf = match positions {
+            Positions::Start(start) => {
+                crate::ensure!(
+                    start as i64 + va.seq as i64 - 1 <= i32::MAX as i64,
+                    Param,
+                    OP,
+                    "start {start} + seq {} passes the i32 position range",
+                    va.seq
+                );
+                params.pos_start = start;
+                false
+            }
+            Positions::Ids(ids) => {
+                let shape = ids.shape.clone();
+                let ok = shape == [va.seq] || shape == [va.batch, va.seq];
+                crate::ensure!(
+                    ok,
+                    Shape,
+                    OP,
+                    "positions has shape {shape:?} but x has batch {} and seq {}: it must be [{}] or [{}, {}]",
+                    va.batch,
+                    va.seq,
+                    va.seq,
+                    va.batch,
+                    va.seq
+                );
+                let words = ids.as_words();
+                crate::ensure!(
+                    ids.strides.len() == shape.len(),
+                    Shape,
+                    OP,
+                    "positions has {} dims but {} strides",
+                    shape.len(),
+                    ids.strides.len()
+                );
+                let span = words.byte_span();
+                crate::ensure!(
+                    span.end <= ids.buffer.size(),
+                    Bounds,
+                    OP,
+                    "positions view (offset {}, shape {shape:?}, strides {:?}) ends at byte {} but its buffer has {} bytes",
+                    ids.offset,
+                    ids.strides,
+                    span.end,
+                    ids.buffer.size()
+                );
+                crate::ensure!(
+                    ids.buffer != *a.buffer() && out.is_none_or(|o| ids.buffer != *o.buffer()),
+                    Alias,
+                    OP,
+                    "positions share a buffer with a rotated view; they must be separate"
+                );
+                if shape.len() == 2 {
+                    params.pos_bstride = ids.strides[0] as u32;
+                    params.pos_sstride = ids.strides[1] as u32;
+                } else {
+                    params.pos_sstride = ids.strides[0] as u32;
+                }
+                true
+            }
+        };
+        let seq_len = match (self.seq_len, positions) {
+            (Some(n), _) => n,
+            (None, Positions::Start(start)) => (start.max(0) as usize) + va.seq,
+            (None, Positions::Ids(_)) => {
+                crate::ensure!(
+                    !self.scaling.needs_seq_len(),
+                    Param,
+                    OP,
+                    "{} scaling with a positions buffer needs seq_len (HF uses max(position_ids) + 1)",
+                    self.scaling.rope_type()
+                );
+                0
+            }
+        };
+        let (inv, attn) = self.inv_freq(va.head_dim, seq_len)?;
+        params.scale = attn as f32;
+        let freqs = if self.sincos == SinCos::HostTable {
+            crate::ensure!(
+                seq_len > 0
+                    && (seq_len as u64) * (inv.len() as u64) * 16
+                        <= ctx.limits().max_storage_buffer_binding_size,
+                Limit,
+                OP,
+                "a host cos/sin table for seq_len {seq_len} x {} pairs does not fit one binding (set seq_len; positions must lie in 0..seq_len)",
+                inv.len()
+            );
+            (0..seq_len)
+                .flat_map(|p| inv.iter().map(move |&f| (p as f64 * f).sin_cos()))
+                .map(|(s, c)| Freq {
+                    turn_hi: (c as f32).to_bits(),
+                    turn_lo: (s as f32).to_bits(),
+                    inv_freq: 0.0,
+                    _pad: 0,
+                })
+                .collect()
+        } else {
+            turns(&inv)
+        };
+
+        let n_quads = (rd / 2).div_ceil(2);
+        let n_tail = if in_place {
+            0
+        } else {
+            (va.head_dim - rd).div_ceil(2)
+        };
+        let mut n_cols = n_quads + n_tail;
+        let vb = b.map(|b| view4(b, "k")).transpose()?;
+        let vec4 = in_place
+            && vec4_aligned(ctx, rd, &va, a.offset(), dtype)
+            && vb.is_none_or(|vb| vec4_aligned(ctx, rd, &vb, b.map_or(0, |b| b.offset()), dtype));
+        if vec4 {
+            // Offsets and strides in vec4 units from here on (record converts the offsets).
+            let lanes = (16 / dtype.size()) as u32;
+            for v in [
+                &mut params.a_bstride,
+                &mut params.a_sstride,
+                &mut params.a_hstride,
+                &mut params.b_bstride,
+                &mut params.b_sstride,
+                &mut params.b_hstride,
+            ] {
+                *v /= lanes;
+            }
+            params.v_half = params.half_rot / lanes;
+            n_cols = rd / 2 / lanes as usize;
+        }
+        let heads = va.heads + params.b_heads as usize;
+        let want = TARGET_INVOCATIONS.div_ceil(tokens * n_cols);
+        let mut groups = want.clamp(1, heads);
+        if vec4 {
+            // Keep the heads one invocation walks within VEC4_GROUP_BYTES of a token, so that
+            // consecutive SIMD batches stream through memory instead of striding across the
+            // whole token (fused QKV f32 on lavapipe: 40 heads per invocation 50% of the vec4
+            // copy, 8 heads 70-80%).
+            let max_heads = (VEC4_GROUP_BYTES / (va.head_dim * dtype.size())).max(1);
+            groups = groups.max(heads.div_ceil(max_heads));
+        }
+        let per_group = heads.div_ceil(groups);
+        let groups = heads.div_ceil(per_group);
+        let threads = tokens as u64 * groups as u64 * n_cols as u64;
+        crate::ensure!(
+            threads < u32::MAX as u64 - WG as u64,
+            Limit,
+            OP,
+            "{tokens} tokens x {n_cols} columns x {groups} head groups exceed 32-bit invocation indexing"
+        );
+        params.n_cols = n_cols as u32;
+        params.n_quads = n_quads as u32;
+        params.n_hgroups = groups as u32;
+        params.heads_per_group = per_group as u32;
+        Ok(Plan {
+            variant: Variant {
+                dtype,
+                layout: self.layout,
+                pos_buf,
+                in_place,
+                x_in_dst,
+                sincos: self.sincos,
+                vec4,
+            },
+            params,
+            freqs,
+            threads,
+        })
+    }
+}
