@@ -99,18 +99,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap()
     });
     let qkv = ctx.empty(&[(nh + 2 * nkv) * hd], dt)?;
-    let (q, k, v) = qkv_views(qkv.buffer(), 0, 1, nh, nkv, hd, dt);
+    let (q, k, _) = qkv_views(qkv.buffer(), 0, 1, nh, nkv, hd, dt);
     let rope = Rope::new(500000.0, Layout::Half);
     let rope_qk = time_calls(&ctx, batches, per, |enc| {
         rope.encode_qk(&ctx, enc, &q, &k, Positions::Start(100))
             .unwrap()
     });
+    // Rank-4 views of the new K/V rows (`[batch 1, 1 token, n_kv_heads, head_dim]`).
+    let row = (nh + 2 * nkv) * hd;
+    let k4 = llama_kernels::Tensor::with_strides(
+        qkv.buffer(),
+        nh * hd,
+        &[1, 1, nkv, hd],
+        &[row, row, hd, 1],
+        dt,
+    );
+    let v4 = llama_kernels::Tensor::with_strides(
+        qkv.buffer(),
+        (nh + nkv) * hd,
+        &[1, 1, nkv, hd],
+        &[row, row, hd, 1],
+        dt,
+    );
     let cap = 4096;
     let mut cache = KvCache::new(&ctx, 1, nkv, cap, hd, dt)?;
     let append = time_calls(&ctx, batches, per, |enc| {
         cache.clear();
         cache.set_len(cap / 2).unwrap();
-        cache.append_rope(&ctx, enc, &k, &v, &rope, None).unwrap()
+        cache.append_rope(&ctx, enc, &k4, &v4, &rope, None).unwrap()
     });
     cache.set_len(cap / 2)?;
     let qd = ctx.empty(&[1, nh, hd], dt)?;
@@ -135,7 +151,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap();
             rope.encode(&ctx, enc, &q, Positions::Start(100)).unwrap();
             cache.set_len(cap / 2).unwrap();
-            cache.append_rope(&ctx, enc, &k, &v, &rope, None).unwrap();
+            cache.append_rope(&ctx, enc, &k4, &v4, &rope, None).unwrap();
             attn.encode_cached(&ctx, enc, &qd, &cache, None, &od)
                 .unwrap();
             norm.encode_residual(&ctx, enc, &x, &res, &w, &out, &res)

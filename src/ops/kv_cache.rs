@@ -288,7 +288,7 @@ impl KvCache {
         rope: &Rope,
         positions: Positions<'_>,
     ) -> Result<()> {
-        let k_rows = self.rows(&self.k, self.len, n_new);
+        let k_rows = self.rows(&self.k, self.len, n_new, k_new.rank());
         // Everything RoPE checks, checked before anything is recorded.
         let fused = k_new.dtype() == self.dtype;
         let plan = if fused {
@@ -313,8 +313,12 @@ impl KvCache {
     }
 
     /// `[batch, n, n_kv_heads, head_dim]` view of rows `start .. start + n`.
-    fn rows(&self, buf: &wgpu::Buffer, start: usize, n: usize) -> Tensor {
+    /// With `rank` 3 (batch 1, as a rank-3 `k_new` gives) the view is `[n, n_kv_heads, head_dim]`.
+    fn rows(&self, buf: &wgpu::Buffer, start: usize, n: usize, rank: usize) -> Tensor {
         let (h, c, d) = (self.n_kv_heads, self.capacity, self.head_dim);
+        if rank == 3 {
+            return Tensor::with_strides(buf, start * d, &[n, h, d], &[d, c * d, 1], self.dtype);
+        }
         Tensor::with_strides(
             buf,
             start * d,

@@ -311,6 +311,7 @@ fn rows_of(t: &Tensor, name: &str) -> Result<(usize, usize)> {
     Ok((rows, if rows == 1 { n } else { stride }))
 }
 
+#[derive(Clone, Copy)]
 struct Checked {
     rows: usize,
     n: usize,
@@ -562,8 +563,53 @@ impl RmsNorm {
         out: &Tensor,
         residual: Option<(&Tensor, &Tensor)>,
     ) -> Result<()> {
+        let chunk = rows_per_dispatch(
+            ctx,
+            &c,
+            [
+                Some(x),
+                Some(out),
+                residual.map(|r| r.0),
+                residual.map(|r| r.1),
+            ],
+        );
         ctx.scoped(OP, || {
-            self.record_unscoped(ctx, enc, c, x, weight, out, residual)
+            if chunk >= c.rows {
+                return self.record_unscoped(ctx, enc, c, x, weight, out, residual);
+            }
+            // Views larger than one storage binding: rows are independent, so record one
+            // dispatch per run of rows whose views fit a binding.
+            let sub = |t: &Tensor, r0: usize, rows: usize, stride: usize| {
+                Tensor::with_strides(
+                    t.buffer(),
+                    t.offset() + r0 * stride,
+                    &[rows, c.n],
+                    &[stride, 1],
+                    t.dtype(),
+                )
+            };
+            for r0 in (0..c.rows).step_by(chunk) {
+                let rows = chunk.min(c.rows - r0);
+                let part = Checked { rows, ..c };
+                let xs = sub(x, r0, rows, c.x_stride);
+                let os = sub(out, r0, rows, c.out_stride);
+                let rs = residual.map(|(r, ro)| {
+                    (
+                        sub(r, r0, rows, c.r_stride),
+                        sub(ro, r0, rows, c.rout_stride),
+                    )
+                });
+                self.record_unscoped(
+                    ctx,
+                    enc,
+                    part,
+                    &xs,
+                    weight,
+                    &os,
+                    rs.as_ref().map(|(a, b)| (a, b)),
+                )?;
+            }
+            Ok(())
         })?
     }
 
@@ -663,6 +709,27 @@ impl RmsNorm {
         }
         ctx.encode_kernel(OP, enc, &v.key(), &params, &named, v.workgroups(c.rows))
     }
+}
+
+/// Rows one dispatch may cover so that each row view's binding window fits the device's
+/// `max_storage_buffer_binding_size` (all rows when they already fit).
+fn rows_per_dispatch(ctx: &Context, c: &Checked, views: [Option<&Tensor>; 4]) -> usize {
+    let max = ctx.limits().max_storage_buffer_binding_size;
+    let slack = ctx.limits().min_storage_buffer_offset_alignment as u64 + 4;
+    let views = views.into_iter().flatten();
+    if views.clone().all(|t| {
+        let s = t.byte_span();
+        s.end - s.start + slack <= max
+    }) {
+        return c.rows;
+    }
+    let size = views.clone().map(|t| t.dtype().size()).max().unwrap_or(4) as u64;
+    let row_bytes = [c.x_stride, c.out_stride, c.r_stride, c.rout_stride, c.n]
+        .into_iter()
+        .max()
+        .unwrap_or(1) as u64
+        * size;
+    (max.saturating_sub(slack) / row_bytes.max(1)).max(1) as usize
 }
 
 /// Where each read tensor is bound, and the aliasing rules.

@@ -92,6 +92,7 @@
 //! above the noise there (wgpu already leaves buffer bounds to the driver's robustBufferAccess2
 //! on Vulkan), so neither is used.
 
+mod chunk;
 mod freq;
 mod plan;
 mod record;
@@ -430,8 +431,7 @@ impl Rope {
         x: &Tensor,
         positions: Positions<'_>,
     ) -> Result<()> {
-        let plan = self.plan(ctx, x, None, None, positions)?;
-        self.record(ctx, encoder, plan, x, None, None, positions)
+        self.encode_views(ctx, encoder, x, None, None, positions)
     }
 
     /// Record `out = rope(x)`; `out` has `x`'s shape and dtype, any strides, and is either
@@ -444,8 +444,7 @@ impl Rope {
         out: &Tensor,
         positions: Positions<'_>,
     ) -> Result<()> {
-        let plan = self.plan(ctx, x, None, Some(out), positions)?;
-        self.record(ctx, encoder, plan, x, None, Some(out), positions)
+        self.encode_views(ctx, encoder, x, None, Some(out), positions)
     }
 
     /// Record an in-place rotation of `q` and `k` (same batch, seq and head_dim; head counts may
@@ -460,8 +459,9 @@ impl Rope {
         positions: Positions<'_>,
     ) -> Result<()> {
         if q.buffer() != k.buffer() {
-            let pq = self.plan(ctx, q, None, None, positions)?;
-            let pk = self.plan(ctx, k, None, None, positions)?;
+            // Both views checked before either is recorded.
+            self.plan(ctx, q, None, None, positions)?;
+            self.plan(ctx, k, None, None, positions)?;
             crate::ensure!(
                 q.rank() == k.rank()
                     && q.shape()[..q.rank() - 2] == k.shape()[..k.rank() - 2]
@@ -480,18 +480,17 @@ impl Rope {
                 k.dtype(),
                 q.dtype()
             );
-            self.record(ctx, encoder, pq, q, None, None, positions)?;
-            return self.record(ctx, encoder, pk, k, None, None, positions);
+            self.encode_views(ctx, encoder, q, None, None, positions)?;
+            return self.encode_views(ctx, encoder, k, None, None, positions);
         }
-        let plan = self.plan(ctx, q, Some(k), None, positions)?;
-        self.record(ctx, encoder, plan, q, Some(k), None, positions)
+        self.encode_views(ctx, encoder, q, Some(k), None, positions)
     }
 
     /// [`Rope::encode`], submitted and waited for.
     pub fn run(&self, ctx: &Context, x: &Tensor, positions: Positions<'_>) -> Result<()> {
-        let plan = self.plan(ctx, x, None, None, positions)?;
+        self.plan(ctx, x, None, None, positions)?;
         ctx.submit_and_wait(OP, |enc| {
-            self.record(ctx, enc, plan, x, None, None, positions)
+            self.encode_views(ctx, enc, x, None, None, positions)
         })
     }
 
@@ -503,9 +502,9 @@ impl Rope {
         out: &Tensor,
         positions: Positions<'_>,
     ) -> Result<()> {
-        let plan = self.plan(ctx, x, None, Some(out), positions)?;
+        self.plan(ctx, x, None, Some(out), positions)?;
         ctx.submit_and_wait(OP, |enc| {
-            self.record(ctx, enc, plan, x, None, Some(out), positions)
+            self.encode_views(ctx, enc, x, None, Some(out), positions)
         })
     }
 

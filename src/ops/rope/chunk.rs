@@ -1,0 +1,175 @@
+//! Views past one storage binding: RoPE rotates every token independently, so a call whose
+//! views do not fit `max_storage_buffer_binding_size` is recorded as several dispatches over
+//! runs of tokens whose views do.
+
+use super::{PositionIds, Positions, Rope, OP};
+use crate::context::Context;
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// One dispatch's share of a call: the views of a run of tokens of one batch row.
+struct Piece {
+    a: Tensor,
+    b: Option<Tensor>,
+    out: Option<Tensor>,
+    start: Option<i32>,
+    ids: Option<PositionIds>,
+}
+
+impl Piece {
+    fn positions(&self) -> Positions<'_> {
+        match (&self.ids, self.start) {
+            (Some(ids), _) => Positions::Ids(ids),
+            (None, start) => Positions::Start(start.unwrap_or(0)),
+        }
+    }
+}
+
+/// Whether the views of each buffer, taken together, fit one binding window.
+fn fits(ctx: &Context, views: &[&Tensor]) -> bool {
+    let max = ctx.limits().max_storage_buffer_binding_size;
+    let slack = ctx.limits().min_storage_buffer_offset_alignment as u64 + 4;
+    views.iter().all(|v| {
+        let (lo, hi) = views
+            .iter()
+            .filter(|w| w.buffer() == v.buffer())
+            .map(|w| w.byte_span())
+            .fold((u64::MAX, 0), |(lo, hi), s| {
+                (lo.min(s.start), hi.max(s.end))
+            });
+        hi.saturating_sub(lo) + slack <= max
+    })
+}
+
+/// `t` restricted to tokens `s0 .. s0 + n` of batch row `b` (`[n, heads, head_dim]`, or
+/// `[1, n, heads, head_dim]` for a 4-D view).
+fn tokens_of(t: &Tensor, b: usize, s0: usize, n: usize) -> Tensor {
+    let (sh, st) = (t.shape(), t.strides());
+    if t.rank() == 3 {
+        Tensor::with_strides(
+            t.buffer(),
+            t.offset() + s0 * st[0],
+            &[n, sh[1], sh[2]],
+            &[st[0], st[1], 1],
+            t.dtype(),
+        )
+    } else {
+        Tensor::with_strides(
+            t.buffer(),
+            t.offset() + b * st[0] + s0 * st[1],
+            &[1, n, sh[2], sh[3]],
+            &[st[0], st[1], st[2], 1],
+            t.dtype(),
+        )
+    }
+}
+
+impl Rope {
+    /// Plan and record a call (`a` in place, with `b` in the same dispatch, or into `out`): one
+    /// dispatch when its views fit a binding, else one per run of tokens, every piece planned
+    /// (and so validated) before any is recorded, all under one error scope.
+    pub(super) fn encode_views(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        a: &Tensor,
+        b: Option<&Tensor>,
+        out: Option<&Tensor>,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        let views: Vec<&Tensor> = [Some(a), b, out].into_iter().flatten().collect();
+        if !(a.rank() == 3 || a.rank() == 4) || fits(ctx, &views) {
+            let plan = self.plan(ctx, a, b, out, positions)?;
+            return self.record(ctx, enc, plan, a, b, out, positions);
+        }
+        // Validate the whole call once (shapes, dtypes, aliasing, parameters).
+        self.plan(ctx, a, b, out, positions)?;
+        let rank = a.rank();
+        let (batch, seq) = if rank == 4 {
+            (a.shape()[0], a.shape()[1])
+        } else {
+            (1, a.shape()[0])
+        };
+        // Dynamic NTK and LongRoPE see the whole call's sequence length in every piece.
+        let mut rope = self.clone();
+        if rope.seq_len.is_none() {
+            if let Positions::Start(p) = positions {
+                rope.seq_len = Some(p.max(0) as usize + seq);
+            }
+        }
+        let size = a.dtype().size() as u64;
+        let token_bytes = views
+            .iter()
+            .map(|t| t.strides()[rank - 3] as u64 * size)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let max = ctx.limits().max_storage_buffer_binding_size;
+        let slack = ctx.limits().min_storage_buffer_offset_alignment as u64 + 4;
+        let per = ((max.saturating_sub(slack) / token_bytes).saturating_sub(1)).max(1) as usize;
+        let mut pieces = Vec::new();
+        for bi in 0..batch {
+            for s0 in (0..seq).step_by(per) {
+                let n = per.min(seq - s0);
+                let (start, ids) = match positions {
+                    Positions::Start(p) => (Some(p.saturating_add(s0 as i32)), None),
+                    Positions::Ids(ids) => {
+                        let (off, shape, strides) = if ids.shape.len() == 2 {
+                            (
+                                ids.offset + bi * ids.strides[0] + s0 * ids.strides[1],
+                                vec![1, n],
+                                ids.strides.clone(),
+                            )
+                        } else {
+                            (
+                                ids.offset + s0 * ids.strides[0],
+                                vec![n],
+                                ids.strides.clone(),
+                            )
+                        };
+                        let shape = if rank == 3 { vec![n] } else { shape };
+                        let strides = if rank == 3 {
+                            vec![*ids.strides.last().unwrap_or(&1)]
+                        } else {
+                            strides
+                        };
+                        (
+                            None,
+                            Some(PositionIds::with_strides(
+                                &ids.buffer,
+                                off,
+                                &shape,
+                                &strides,
+                            )),
+                        )
+                    }
+                };
+                pieces.push(Piece {
+                    a: tokens_of(a, bi, s0, n),
+                    b: b.map(|t| tokens_of(t, bi, s0, n)),
+                    out: out.map(|t| tokens_of(t, bi, s0, n)),
+                    start,
+                    ids,
+                });
+            }
+        }
+        let plans = pieces
+            .iter()
+            .map(|p| rope.plan(ctx, &p.a, p.b.as_ref(), p.out.as_ref(), p.positions()))
+            .collect::<Result<Vec<_>>>()?;
+        ctx.scoped(OP, || {
+            for (p, plan) in pieces.iter().zip(plans) {
+                rope.record_unscoped(
+                    ctx,
+                    enc,
+                    plan,
+                    &p.a,
+                    p.b.as_ref(),
+                    p.out.as_ref(),
+                    p.positions(),
+                )?;
+            }
+            Ok(())
+        })?
+    }
+}
