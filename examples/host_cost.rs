@@ -68,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let layout = pipe.get_bind_group_layout(0);
     let fbuf = ctx.empty(&[1024], DType::F32)?;
-    let floor = time_calls(&ctx, batches, per, |enc| {
+    let floor_dispatch = |enc: &mut wgpu::CommandEncoder| {
         let bg = dev.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &layout,
@@ -81,7 +81,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pass.set_pipeline(&pipe);
         pass.set_bind_group(0, &bg, &[]);
         pass.dispatch_workgroups(16, 1, 1);
-    });
+    };
+    let floor = time_calls(&ctx, batches, per, floor_dispatch);
 
     // Llama-3-8B shapes, one decode token (bf16).
     let (nh, nkv, hd, hidden) = (32usize, 8usize, 128usize, 4096usize);
@@ -161,18 +162,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let step_floor = time_calls(&ctx, 5, 4, |enc| {
         for _ in 0..32 * 7 + 1 {
-            let bg = dev.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &layout,
-                entries: &[wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: fbuf.buffer().as_entire_binding(),
-                }],
-            });
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&pipe);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(16, 1, 1);
+            floor_dispatch(enc);
         }
     });
     println!("| call | dispatches | host µs | ratio to floor per dispatch |");
