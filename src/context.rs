@@ -33,6 +33,8 @@ pub struct Context {
     limits: wgpu::Limits,
     caps: Caps,
     cache: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
+    /// One lock per key ever requested, held while that key's pipeline is built.
+    building: Mutex<HashMap<PipelineKey, Arc<Mutex<()>>>>,
     lost: Arc<Mutex<Option<String>>>,
     /// Bound to binding slots a variant does not read, so one layout serves all variants.
     dummy: wgpu::Buffer,
@@ -163,6 +165,7 @@ impl Context {
             limits,
             caps,
             cache: Mutex::new(HashMap::new()),
+            building: Mutex::new(HashMap::new()),
             lost,
             dummy,
         }
@@ -218,6 +221,27 @@ impl Context {
     /// Get (or build and cache) the pipeline for `key`. Shader compile and pipeline validation
     /// errors come back as `Err`, not through wgpu's uncaptured-error handler.
     pub fn kernel(&self, op: &'static str, key: &PipelineKey) -> Result<Arc<Kernel>> {
+        if let Some(k) = self
+            .cache
+            .lock()
+            .map_err(|_| Error::gpu(op, "pipeline cache poisoned"))?
+            .get(key)
+        {
+            return Ok(k.clone());
+        }
+        // One build per key: threads that miss together wait for the first builder instead of
+        // each compiling the key (seconds on a CPU driver) and holding different pipelines.
+        // Builds of different keys still run in parallel.
+        let _building = self
+            .building
+            .lock()
+            .map_err(|_| Error::gpu(op, "pipeline cache poisoned"))?
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _guard = _building
+            .lock()
+            .map_err(|_| Error::gpu(op, "pipeline cache poisoned"))?;
         if let Some(k) = self
             .cache
             .lock()

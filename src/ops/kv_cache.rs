@@ -290,10 +290,24 @@ impl KvCache {
     ) -> Result<()> {
         let k_rows = self.rows(&self.k, self.len, n_new);
         if k_new.dtype() == self.dtype {
+            // RoPE needs x and out of one rank: a rank-3 k_new (batch 1) as [1, n_new, h, d].
+            let k4 = match *k_new.shape() {
+                [n, h, d] => {
+                    let st = k_new.strides();
+                    Tensor::with_strides(
+                        k_new.buffer(),
+                        k_new.offset(),
+                        &[1, n, h, d],
+                        &[n * st[0], st[0], st[1], st[2]],
+                        k_new.dtype(),
+                    )
+                }
+                _ => k_new.clone(),
+            };
             // Everything RoPE checks, checked before anything is recorded.
-            rope.variant(ctx, k_new, None, Some(&k_rows), positions)?;
+            rope.variant(ctx, &k4, None, Some(&k_rows), positions)?;
             self.record_append_with(ctx, enc, k_new, v_new, n_new, false)?;
-            rope.encode_to(ctx, enc, k_new, &k_rows, positions)
+            rope.encode_to(ctx, enc, &k4, &k_rows, positions)
         } else {
             rope.variant(ctx, &k_rows, None, None, positions)?;
             self.record_append_with(ctx, enc, k_new, v_new, n_new, true)?;
