@@ -282,6 +282,9 @@ impl Context {
     /// Run `f` inside validation, out-of-memory and internal error scopes and turn anything they
     /// catch into `Error::Gpu` for `op`.
     pub fn scoped<T>(&self, op: &'static str, f: impl FnOnce() -> T) -> Result<T> {
+        // After a loss wgpu objects come back invalid, and some wgpu helpers panic on them
+        // (create_buffer_init maps its new buffer): refuse before calling into wgpu at all.
+        self.check_lost(op)?;
         let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -350,8 +353,16 @@ impl Context {
 
     /// A new contiguous tensor (contents unspecified: zeroed by wgpu).
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let buf = self.create_buffer("empty", (n * dtype.size()) as u64)?;
+        let bytes = shape
+            .iter()
+            .try_fold(dtype.size(), |b, &d| b.checked_mul(d))
+            .ok_or_else(|| {
+                Error::limit(
+                    "empty",
+                    format!("a {dtype} tensor of shape {shape:?} overflows usize bytes"),
+                )
+            })?;
+        let buf = self.create_buffer("empty", bytes as u64)?;
         Ok(Tensor::new(&buf, 0, shape, dtype))
     }
 
