@@ -33,6 +33,8 @@ pub struct Context {
     limits: wgpu::Limits,
     caps: Caps,
     cache: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
+    /// One lock per key ever requested, held while that key's pipeline is built.
+    building: Mutex<HashMap<PipelineKey, Arc<Mutex<()>>>>,
     lost: Arc<Mutex<Option<String>>>,
     /// Bound to binding slots a variant does not read, so one layout serves all variants.
     dummy: wgpu::Buffer,
@@ -191,6 +193,7 @@ impl Context {
             limits,
             caps,
             cache: Mutex::new(HashMap::new()),
+            building: Mutex::new(HashMap::new()),
             lost,
             dummy,
         }
@@ -320,6 +323,27 @@ impl Context {
         {
             return Ok(k.clone());
         }
+        // One build per key: threads that miss together wait for the first builder instead of
+        // each compiling the key (seconds on a CPU driver) and holding different pipelines.
+        // Builds of different keys still run in parallel.
+        let _building = self
+            .building
+            .lock()
+            .map_err(|_| Error::gpu(op, "pipeline cache poisoned"))?
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _guard = _building
+            .lock()
+            .map_err(|_| Error::gpu(op, "pipeline cache poisoned"))?;
+        if let Some(k) = self
+            .cache
+            .lock()
+            .map_err(|_| Error::gpu(op, "pipeline cache poisoned"))?
+            .get(key)
+        {
+            return Ok(k.clone());
+        }
         let kernel = Arc::new(self.scoped(op, || key.build(&self.device))?);
         self.cache
             .lock()
@@ -370,6 +394,9 @@ impl Context {
     /// Run `f` inside validation, out-of-memory and internal error scopes and turn anything they
     /// catch into `Error::Gpu` for `op`.
     pub fn scoped<T>(&self, op: &'static str, f: impl FnOnce() -> T) -> Result<T> {
+        // After a loss wgpu objects come back invalid, and some wgpu helpers panic on them
+        // (create_buffer_init maps its new buffer): refuse before calling into wgpu at all.
+        self.check_lost(op)?;
         let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -438,8 +465,16 @@ impl Context {
 
     /// A new contiguous tensor (contents unspecified: zeroed by wgpu).
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let buf = self.create_buffer("empty", (n * dtype.size()) as u64)?;
+        let bytes = shape
+            .iter()
+            .try_fold(dtype.size(), |b, &d| b.checked_mul(d))
+            .ok_or_else(|| {
+                Error::limit(
+                    "empty",
+                    format!("a {dtype} tensor of shape {shape:?} overflows usize bytes"),
+                )
+            })?;
+        let buf = self.create_buffer("empty", bytes as u64)?;
         Ok(Tensor::new(&buf, 0, shape, dtype))
     }
 

@@ -182,7 +182,8 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         }
         None => {
             let start = offset.unwrap_or(0);
-            if start < i32::MIN as i64 || start + seq as i64 - 1 > i32::MAX as i64 {
+            let last = start.checked_add(seq as i64 - 1);
+            if start < i32::MIN as i64 || last.is_none_or(|l| l > i32::MAX as i64) {
                 return Err(case.error(format!(
                     "metadata offset={start} does not fit the kernel's 32-bit positions"
                 )));

@@ -301,11 +301,13 @@ pub fn fixed_point_turn(inv_freq: f64) -> (u32, u32) {
     let x = frac * 4294967296.0; // exact (power of two)
     let mut hi = x.floor();
     let mut rem = (x - hi) + t_lo * 4294967296.0;
-    while rem < 0.0 {
-        rem += 1.0;
-        hi -= 1.0;
-    }
-    while rem >= 1.0 {
+    // `rem` is within a unit or two of [0, 1) for real frequencies, but once ulp(inv_freq) is
+    // far above 1 (theta near 0) it is huge: carry with a floor, never a loop of +-1 steps,
+    // which would not terminate there. The second step catches -tiny + 1 rounding to 1.
+    let carry = rem.floor();
+    rem -= carry;
+    hi += carry;
+    if rem >= 1.0 {
         rem -= 1.0;
         hi += 1.0;
     }
