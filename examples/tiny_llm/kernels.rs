@@ -40,11 +40,14 @@ pub struct Call<'a> {
     pub pairs: u64,
 }
 
+/// Entry point, dtype code, activation, bias: one specialisation.
+type PipelineKey = (&'static str, u32, u32, u32);
+
 pub struct Kernels {
     module: wgpu::ShaderModule,
     bgl: wgpu::BindGroupLayout,
     layout: wgpu::PipelineLayout,
-    pipelines: Mutex<HashMap<(&'static str, u32, u32, u32), wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
 fn code(d: DType) -> u32 {
