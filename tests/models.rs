@@ -16,13 +16,9 @@ mod tiny_llm;
 
 use std::path::{Path, PathBuf};
 
-use llama_kernels::tensor::decode_f32;
 use llama_kernels::DType;
-use safetensors::SafeTensors;
-use tiny_llm::model::{Generation, Model};
-
-const F32_LIMIT: f64 = 1e-9;
-const BF16_FACTOR: f64 = 2.0;
+use tiny_llm::model::Model;
+use tiny_llm::reference::{self, Reference, F32_LIMIT};
 
 fn model_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -30,110 +26,44 @@ fn model_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-struct Reference {
-    prompt: Vec<u32>,
-    tokens: Vec<u32>,
-    f64: Vec<f64>,
-    bf16: Vec<f64>,
-    vocab: usize,
-}
-
 fn reference(name: &str) -> Reference {
-    let path = model_dir(name).join("reference.safetensors");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = SafeTensors::deserialize(&bytes).expect("reference.safetensors");
-    let ints = |n: &str| -> Vec<u32> {
-        let t = st.tensor(n).unwrap_or_else(|e| panic!("{n}: {e}"));
-        assert_eq!(t.dtype(), safetensors::Dtype::I64, "{n}");
-        t.data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-            .collect()
-    };
-    let f64s = st.tensor("logits_f64").expect("logits_f64");
-    assert_eq!(f64s.dtype(), safetensors::Dtype::F64);
-    let vocab = f64s.shape()[1];
-    let f64v: Vec<f64> = f64s
-        .data()
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    let b = st.tensor("logits_bf16").expect("logits_bf16");
-    assert_eq!(b.dtype(), safetensors::Dtype::BF16);
-    let bf16 = decode_f32(b.data(), DType::BF16)
-        .into_iter()
-        .map(f64::from)
-        .collect();
-    Reference {
-        prompt: ints("prompt"),
-        tokens: ints("tokens"),
-        f64: f64v,
-        bf16,
-        vocab,
-    }
+    Reference::load(&model_dir(name)).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn nmse(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let (mut num, mut den) = (0.0, 0.0);
-    for (g, w) in got.iter().zip(want) {
-        num += (g - w) * (g - w);
-        den += w * w;
-    }
-    num / den
-}
-
-fn generate(dir: &Path, dtype: DType, r: &Reference) -> Generation {
+/// Runs `name` in f32 and bf16 against transformers' logits; returns where a LongRoPE
+/// re-prefill happened (f32 run).
+fn check(name: &str) -> Option<usize> {
     let ctx = common::ctx();
-    let model = Model::load(&ctx, dir, dtype).unwrap_or_else(|e| panic!("{e}"));
-    let steps = r.tokens.len() - 1;
-    let g = model
-        .generate(&ctx, &r.prompt, steps)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(g.logits.len(), (r.prompt.len() + steps) * r.vocab);
-    assert!(g.logits.iter().all(|v| v.is_finite()), "non-finite logits");
-    g
-}
-
-/// Runs `name` in f32 and bf16; returns (f32 NMSE, bf16 NMSE, transformers' bf16 NMSE).
-fn check(name: &str) -> (f64, f64, f64, Option<usize>) {
-    let r = reference(name);
     let dir = model_dir(name);
-    let hf_bf16 = nmse(&r.bf16, &r.f64);
-
-    let g = generate(&dir, DType::F32, &r);
-    let got: Vec<f64> = g.logits.iter().map(|&v| f64::from(v)).collect();
-    let n32 = nmse(&got, &r.f64);
-    eprintln!(
-        "{name} f32: NMSE {n32:.3e} (limit {F32_LIMIT:.0e}), tokens {:?}",
-        g.tokens
-    );
-    assert_eq!(
-        g.tokens, r.tokens,
-        "{name} f32: greedy tokens differ from transformers' float64 run"
-    );
-    assert!(
-        n32 <= F32_LIMIT,
-        "{name} f32: logits NMSE {n32:.3e} > {F32_LIMIT:.0e}"
-    );
-    let reprefill = g.reprefilled_at;
-
-    let g = generate(&dir, DType::BF16, &r);
-    let got: Vec<f64> = g.logits.iter().map(|&v| f64::from(v)).collect();
-    let n16 = nmse(&got, &r.f64);
-    eprintln!(
-        "{name} bf16: NMSE {n16:.3e}, transformers' bf16 {hf_bf16:.3e} (limit {:.3e})",
-        BF16_FACTOR * hf_bf16
-    );
-    assert_eq!(
-        g.tokens, r.tokens,
-        "{name} bf16: greedy tokens differ from transformers' float64 run"
-    );
-    assert!(
-        n16 <= BF16_FACTOR * hf_bf16,
-        "{name} bf16: logits NMSE {n16:.3e} > {BF16_FACTOR} x transformers' bf16 NMSE {hf_bf16:.3e}"
-    );
-    (n32, n16, hf_bf16, reprefill)
+    let r = reference(name);
+    let mut reprefill = None;
+    for dtype in [DType::F32, DType::BF16] {
+        let o = reference::run(&ctx, &dir, dtype).unwrap_or_else(|e| panic!("{e}"));
+        let limit = o.limit.expect("f32 and bf16 have limits");
+        eprintln!(
+            "{name} {dtype}: NMSE {:.3e} (limit {limit:.3e}; transformers' bf16 {:.3e}), max abs {:.3e}, {:.2} s, tokens {:?}",
+            o.nmse,
+            r.hf_bf16_nmse(),
+            o.max_abs,
+            o.seconds,
+            o.tokens
+        );
+        assert!(
+            o.tokens_match,
+            "{name} {dtype}: greedy tokens {:?} differ from transformers' float64 run {:?}",
+            o.tokens, r.tokens
+        );
+        assert!(
+            o.nmse <= limit,
+            "{name} {dtype}: logits NMSE {:.3e} > limit {limit:.3e}",
+            o.nmse
+        );
+        assert!(o.passed());
+        if dtype == DType::F32 {
+            reprefill = o.reprefilled_at;
+        }
+    }
+    reprefill
 }
 
 #[test]
@@ -205,7 +135,7 @@ fn gemma2_softcaps_sandwich_norms_alternating_window() {
 fn phi3_longrope_reprefill_at_switch() {
     let cfg = tiny_llm::config::Config::load(&model_dir("phi3")).unwrap();
     let switch = cfg.longrope_switch.expect("phi3 model uses longrope");
-    let (_, _, _, reprefill) = check("phi3");
+    let reprefill = check("phi3");
     assert_eq!(
         reprefill,
         Some(switch + 1),
@@ -275,10 +205,9 @@ fn f32_limit_catches_a_small_rope_change() {
         let t = c["rope_parameters"]["rope_theta"].as_f64().unwrap();
         c["rope_parameters"]["rope_theta"] = (t * 1.01).into();
     });
-    let r = reference("qwen3");
-    let g = generate(&d, DType::F32, &r);
-    let got: Vec<f64> = g.logits.iter().map(|&v| f64::from(v)).collect();
-    let n = nmse(&got, &r.f64);
+    let o = reference::run(&common::ctx(), &d, DType::F32).unwrap_or_else(|e| panic!("{e}"));
+    let n = o.nmse;
     eprintln!("rope_theta x 1.01: NMSE {n:.3e}");
+    assert!(!o.passed());
     assert!(n > F32_LIMIT, "NMSE {n:.3e} should exceed {F32_LIMIT:.0e}");
 }
