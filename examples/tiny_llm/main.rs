@@ -28,13 +28,14 @@ struct Args {
     logits: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// `Ok(None)`: help was asked for.
+fn parse_args() -> Result<Option<Args>, String> {
     let mut it = std::env::args().skip(1);
     let (mut model, mut prompt, mut steps, mut dtype, mut logits) =
         (None, None, None, DType::F32, None);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
-            return Err(USAGE.to_string());
+            return Ok(None);
         }
         let value = it
             .next()
@@ -70,13 +71,13 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    Ok(Args {
+    Ok(Some(Args {
         model: model.ok_or_else(|| format!("--model is required\n{USAGE}"))?,
         prompt: prompt.ok_or_else(|| format!("--prompt is required\n{USAGE}"))?,
         steps: steps.ok_or_else(|| format!("--steps is required\n{USAGE}"))?,
         dtype,
         logits,
-    })
+    }))
 }
 
 fn run(args: &Args) -> Result<(), String> {
@@ -108,7 +109,11 @@ fn run(args: &Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = match parse_args() {
-        Ok(a) => a,
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(msg) => {
             eprintln!("{msg}");
             return ExitCode::from(2);

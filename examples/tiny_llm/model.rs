@@ -277,14 +277,14 @@ impl Model {
         let t = ids.len();
         if t == 0 || t > st.rows || st.caches[0].len() + t > st.rows {
             return Err(Error(format!(
-                "tiny_llm: {t} tokens after {} do not fit the {} rows allocated",
+                "{t} tokens after {} do not fit the {} rows allocated",
                 st.caches[0].len(),
                 st.rows
             )));
         }
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= c.vocab) {
             return Err(Error(format!(
-                "tiny_llm: token id {bad} is past vocab_size {}",
+                "token id {bad} is past vocab_size {}",
                 c.vocab
             )));
         }
@@ -443,7 +443,7 @@ impl Model {
     /// encoded again with the long factors, as transformers' `generate()` does.
     pub fn generate(&self, ctx: &Context, prompt: &[u32], steps: usize) -> Result<Generation> {
         if prompt.is_empty() {
-            return Err(Error("tiny_llm: the prompt is empty".into()));
+            return Err(Error("the prompt is empty".into()));
         }
         let vocab = self.cfg.vocab;
         let rows = prompt.len() + steps;
