@@ -36,6 +36,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
+# Every model has head_dim 16: lavapipe compiles each attention specialisation (one per head_dim
+# and dtype) once per machine, so one head_dim keeps the cold test run short.
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models")
 
 COMMON = dict(
@@ -66,8 +68,10 @@ MODELS = [
     spec("llama3", "llama", 8, 11, torch.bfloat16, old_form=True, tie_word_embeddings=False,
          rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
                               high_freq_factor=4.0, original_max_position_embeddings=16)),
-    # YaRN; head_dim given and != hidden / heads; tied; attention and MLP biases; stored F32.
-    spec("llama_yarn", "llama", 8, 9, torch.float32, tie_word_embeddings=True, head_dim=32,
+    # YaRN; head_dim given (16) and != hidden / heads (32); MQA; tied; attention and MLP biases;
+    # stored F32.
+    spec("llama_yarn", "llama", 8, 9, torch.float32, tie_word_embeddings=True, head_dim=16,
+         num_attention_heads=2, num_key_value_heads=1,
          attention_bias=True, mlp_bias=True,
          rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
                               original_max_position_embeddings=32)),
@@ -84,13 +88,13 @@ MODELS = [
     spec("mistral", "mistral", 8, 12, torch.bfloat16, tie_word_embeddings=False, num_key_value_heads=1,
          sliding_window=6, rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
     # Per-head q/k RMSNorm before RoPE; head_dim given; tied.
-    spec("qwen3", "qwen3", 8, 9, torch.bfloat16, tie_word_embeddings=True, head_dim=32,
+    spec("qwen3", "qwen3", 8, 9, torch.bfloat16, tie_word_embeddings=True, head_dim=16,
          rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
     # Gemma 2: sqrt(hidden) embedding scale (96: rounds in bf16), (1 + w) sandwich norms, both
     # softcaps, query_pre_attn_scalar != head_dim, sliding window 5 on even layers, gelu tanh.
     # Untied: tied, the scaled embedding dominates the residual stream and a random model only
     # ever repeats its input token.
-    spec("gemma2", "gemma2", 8, 11, torch.bfloat16, hidden_size=96, head_dim=32, num_hidden_layers=3,
+    spec("gemma2", "gemma2", 8, 11, torch.bfloat16, hidden_size=96, head_dim=16, num_hidden_layers=3,
          tie_word_embeddings=False, query_pre_attn_scalar=24, attn_logit_softcapping=4.0,
          final_logit_softcapping=8.0, sliding_window=5, hidden_activation="gelu_pytorch_tanh",
          rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
