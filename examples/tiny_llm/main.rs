@@ -1,0 +1,129 @@
+//! Run a small HF-format model (`config.json` + `model.safetensors`) on the GPU with this
+//! crate's kernels:
+//!
+//! ```text
+//! cargo run --release --example tiny_llm -- --model DIR --prompt 1,2,3 --steps N \
+//!     [--dtype f32|bf16|f16] [--logits OUT.safetensors]
+//! ```
+//!
+//! Prefills the prompt (P tokens) in one call, then runs N greedy decode steps. Prints one line
+//! `tokens: a b c ...` with the N + 1 argmaxes of logits rows P-1 ..= P+N-1. `--logits` writes
+//! tensor `logits`, F32 `[P + N, vocab]`. Architectures: llama, mistral, qwen2, qwen3, gemma2,
+//! phi3 (`models/` holds tiny ones, `scripts/gen_tiny_models.py` makes them).
+
+mod tiny_llm;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use llama_kernels::{Context, DType};
+
+const USAGE: &str = "usage: tiny_llm --model DIR --prompt 1,2,3 --steps N [--dtype f32|bf16|f16] [--logits OUT.safetensors]";
+
+struct Args {
+    model: PathBuf,
+    prompt: Vec<u32>,
+    steps: usize,
+    dtype: DType,
+    logits: Option<PathBuf>,
+}
+
+/// `Ok(None)`: help was asked for.
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut it = std::env::args().skip(1);
+    let (mut model, mut prompt, mut steps, mut dtype, mut logits) =
+        (None, None, None, DType::F32, None);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            return Ok(None);
+        }
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--model" => model = Some(PathBuf::from(value)),
+            "--prompt" => {
+                let ids = value
+                    .split(',')
+                    .map(|s| s.trim().parse::<u32>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        format!("--prompt {value:?}: comma-separated token ids expected ({e})")
+                    })?;
+                prompt = Some(ids);
+            }
+            "--steps" => {
+                steps = Some(
+                    value
+                        .parse::<usize>()
+                        .map_err(|e| format!("--steps {value:?}: {e}"))?,
+                )
+            }
+            "--dtype" => {
+                dtype = match value.as_str() {
+                    "f32" => DType::F32,
+                    "f16" => DType::F16,
+                    "bf16" => DType::BF16,
+                    other => return Err(format!("--dtype {other:?}: expected f32, bf16 or f16")),
+                }
+            }
+            "--logits" => logits = Some(PathBuf::from(value)),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(Some(Args {
+        model: model.ok_or_else(|| format!("--model is required\n{USAGE}"))?,
+        prompt: prompt.ok_or_else(|| format!("--prompt is required\n{USAGE}"))?,
+        steps: steps.ok_or_else(|| format!("--steps is required\n{USAGE}"))?,
+        dtype,
+        logits,
+    }))
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let ctx = Context::new().map_err(|e| e.to_string())?;
+    let m =
+        tiny_llm::model::Model::load(&ctx, &args.model, args.dtype).map_err(|e| e.to_string())?;
+    let out = m
+        .generate(&ctx, &args.prompt, args.steps)
+        .map_err(|e| e.to_string())?;
+    if let Some(n) = out.reprefilled_at {
+        eprintln!("tiny_llm: LongRoPE switch: re-encoded all {n} tokens with the long factors");
+    }
+    let tokens: Vec<String> = out.tokens.iter().map(|t| t.to_string()).collect();
+    println!("tokens: {}", tokens.join(" "));
+    if let Some(path) = &args.logits {
+        let rows = args.prompt.len() + args.steps;
+        let bytes: Vec<u8> = out.logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            vec![rows, m.cfg.vocab],
+            &bytes,
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        safetensors::serialize_to_file([("logits", view)], None, path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("tiny_llm: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Every committed tiny model (`models/`, written by `scripts/gen_tiny_models.py` with
+//! transformers) run end to end through `examples/tiny_llm`'s model code on the GPU, against
+//! transformers' own logits for the same prompt and greedy continuation:
+//! - f32: logits NMSE against the float64 run <= 1e-9, and the same greedy tokens;
+//! - bf16: NMSE no more than 2x what transformers' own bf16 run shows against float64
+//!   (FlashAttention's rule for low-precision kernels), and the same greedy tokens (the generator
+//!   only keeps seeds whose every step is decided by far more than bf16 rounding).
+//!
+//! Also: bad model directories give clear errors, and a tiny config change fails the f32 limit
+//! (the comparison can fail).
+
+mod common;
+
+#[path = "../examples/tiny_llm/tiny_llm.rs"]
+mod tiny_llm;
+
+use std::path::{Path, PathBuf};
+
+use llama_kernels::DType;
+use tiny_llm::model::Model;
+use tiny_llm::reference::{self, Reference, F32_LIMIT};
+
+fn model_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name)
+}
+
+fn reference(name: &str) -> Reference {
+    Reference::load(&model_dir(name)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `name` in f32 and bf16 against transformers' logits; returns where a LongRoPE
+/// re-prefill happened (f32 run).
+fn check(name: &str) -> Option<usize> {
+    let ctx = common::ctx();
+    let dir = model_dir(name);
+    let r = reference(name);
+    let mut reprefill = None;
+    for dtype in [DType::F32, DType::BF16] {
+        let o = reference::run(&ctx, &dir, dtype).unwrap_or_else(|e| panic!("{e}"));
+        let limit = o.limit.expect("f32 and bf16 have limits");
+        eprintln!(
+            "{name} {dtype}: NMSE {:.3e} (limit {limit:.3e}; transformers' bf16 {:.3e}), max abs {:.3e}, {:.2} s, tokens {:?}",
+            o.nmse,
+            r.hf_bf16_nmse(),
+            o.max_abs,
+            o.seconds,
+            o.tokens
+        );
+        assert!(
+            o.tokens_match,
+            "{name} {dtype}: greedy tokens {:?} differ from transformers' float64 run {:?}",
+            o.tokens, r.tokens
+        );
+        assert!(
+            o.nmse <= limit,
+            "{name} {dtype}: logits NMSE {:.3e} > limit {limit:.3e}",
+            o.nmse
+        );
+        assert!(o.passed());
+        if dtype == DType::F32 {
+            reprefill = o.reprefilled_at;
+        }
+    }
+    reprefill
+}
+
+#[test]
+fn llama3_scaling_old_config_form() {
+    check("llama3");
+}
+
+#[test]
+fn llama_yarn_tied_biases_f32_storage() {
+    check("llama_yarn");
+}
+
+#[test]
+fn llama_linear_mha() {
+    check("llama_linear");
+}
+
+#[test]
+fn llama_dynamic_ntk_past_max_position() {
+    let r = reference("llama_dynamic");
+    let cfg = tiny_llm::config::Config::load(&model_dir("llama_dynamic")).unwrap();
+    let max_pos = match cfg.rope.scaling {
+        llama_kernels::Scaling::Dynamic {
+            original_max_position_embeddings,
+            ..
+        } => original_max_position_embeddings as usize,
+        ref s => panic!("expected dynamic scaling, got {s:?}"),
+    };
+    assert!(
+        r.prompt.len() + r.tokens.len() - 1 > max_pos,
+        "the decode must grow past {max_pos}"
+    );
+    check("llama_dynamic");
+}
+
+#[test]
+fn qwen2_qkv_bias_f16_storage() {
+    check("qwen2");
+}
+
+#[test]
+fn mistral_sliding_window_crossed_by_prompt() {
+    let cfg = tiny_llm::config::Config::load(&model_dir("mistral")).unwrap();
+    let r = reference("mistral");
+    assert!(cfg
+        .windows
+        .iter()
+        .all(|&w| w > 0 && (w as usize) < r.prompt.len()));
+    check("mistral");
+}
+
+#[test]
+fn qwen3_qk_norm() {
+    check("qwen3");
+}
+
+#[test]
+fn gemma2_softcaps_sandwich_norms_alternating_window() {
+    let cfg = tiny_llm::config::Config::load(&model_dir("gemma2")).unwrap();
+    let r = reference("gemma2");
+    assert!(
+        cfg.windows[0] > 0 && (cfg.windows[0] as usize) < r.prompt.len() && cfg.windows[1] == 0
+    );
+    assert!(cfg.attn_softcap > 0.0 && cfg.final_softcap > 0.0);
+    check("gemma2");
+}
+
+#[test]
+fn phi3_longrope_reprefill_at_switch() {
+    let cfg = tiny_llm::config::Config::load(&model_dir("phi3")).unwrap();
+    let switch = cfg.longrope_switch.expect("phi3 model uses longrope");
+    let reprefill = check("phi3");
+    assert_eq!(
+        reprefill,
+        Some(switch + 1),
+        "decode must cross the LongRoPE switch once"
+    );
+}
+
+/// A copy of a committed model whose config.json is changed by `edit`.
+fn edited_copy(name: &str, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let src = model_dir(name);
+    let dst = std::env::temp_dir().join(format!("tiny_llm_{tag}_{}", std::process::id()));
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["model.safetensors", "reference.safetensors"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dst.join("config.json"), cfg.to_string()).unwrap();
+    dst
+}
+
+fn load_error(dir: &Path) -> String {
+    match Model::load(&common::ctx(), dir, DType::F32) {
+        Ok(_) => panic!("{} loaded but should not", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_model_directories_are_clear_errors() {
+    let d = edited_copy("qwen3", "unknown_type", |c| c["model_type"] = "gpt2".into());
+    let e = load_error(&d);
+    assert!(
+        e.contains("config.json") && e.contains("unknown model_type \"gpt2\""),
+        "{e}"
+    );
+
+    let d = edited_copy("qwen3", "missing", |c| {
+        c["num_hidden_layers"] = 3.into();
+        c.as_object_mut().unwrap().remove("layer_types");
+    });
+    let e = load_error(&d);
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("missing tensor `model.layers.2.self_attn.q_proj.weight`"),
+        "{e}"
+    );
+
+    let d = edited_copy("qwen3", "shape", |c| c["intermediate_size"] = 96.into());
+    let e = load_error(&d);
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("`model.layers.0.mlp.gate_proj.weight` has shape [128, 64]")
+            && e.contains("[96, 64]"),
+        "{e}"
+    );
+
+    let e = load_error(Path::new("/nonexistent/tiny_llm_model"));
+    assert!(e.contains("/nonexistent/tiny_llm_model/config.json"), "{e}");
+}
+
+/// The f32 limit catches a RoPE base off by 1%.
+#[test]
+fn f32_limit_catches_a_small_rope_change() {
+    let d = edited_copy("qwen3", "theta", |c| {
+        let t = c["rope_parameters"]["rope_theta"].as_f64().unwrap();
+        c["rope_parameters"]["rope_theta"] = (t * 1.01).into();
+    });
+    let o = reference::run(&common::ctx(), &d, DType::F32).unwrap_or_else(|e| panic!("{e}"));
+    let n = o.nmse;
+    eprintln!("rope_theta x 1.01: NMSE {n:.3e}");
+    assert!(!o.passed());
+    assert!(n > F32_LIMIT, "NMSE {n:.3e} should exceed {F32_LIMIT:.0e}");
+}
