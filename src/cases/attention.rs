@@ -14,6 +14,7 @@ use crate::ops::attention::Attention;
 use crate::reference::attention as reference;
 use crate::tensor::DType;
 
+/// Run an `attention` case on `ctx` and on the reference.
 pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let causal = case.meta_bool("causal", true)?;
     let q_offset = case.meta_opt_i64("q_offset")?;

@@ -28,11 +28,17 @@ use crate::tensor::DType;
 /// Element types a case tensor may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostDType {
+    /// 64-bit float.
     F64,
+    /// 32-bit float.
     F32,
+    /// IEEE half.
     F16,
+    /// bfloat16.
     BF16,
+    /// 64-bit signed integer (positions).
     I64,
+    /// 32-bit signed integer (positions).
     I32,
 }
 
@@ -46,6 +52,7 @@ impl HostDType {
             _ => None,
         }
     }
+    /// True for the four float types.
     pub fn is_float(self) -> bool {
         matches!(
             self,
@@ -57,12 +64,16 @@ impl HostDType {
 /// A tensor read from a case file, with its values widened to f64 (integers are exact up to 2^53).
 #[derive(Clone, Debug)]
 pub struct HostTensor {
+    /// Element type in the file.
     pub dtype: HostDType,
+    /// Shape in the file.
     pub shape: Vec<usize>,
+    /// Values widened to f64, row-major.
     pub values: Vec<f64>,
 }
 
 impl HostTensor {
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.values.len()
     }
@@ -74,7 +85,9 @@ impl HostTensor {
 
 /// One loaded case file.
 pub struct CaseFile {
+    /// The file's path, for messages.
     pub path: String,
+    /// `__metadata__["op"]`.
     pub op: String,
     meta: HashMap<String, String>,
     tensors: BTreeMap<String, HostTensor>,
@@ -84,9 +97,13 @@ pub struct CaseFile {
 
 /// One output an op produced for a case: its GPU values and the f64 reference.
 pub struct OpOutput {
+    /// Output name (`expected.<name>` in the file).
     pub name: String,
+    /// Output shape.
     pub shape: Vec<usize>,
+    /// The GPU result, read back as f32.
     pub gpu: Vec<f32>,
+    /// The f64 reference computed from the same inputs.
     pub cpu: Vec<f64>,
 }
 
@@ -100,6 +117,7 @@ pub struct OpResult {
     pub shape: Vec<usize>,
     /// Default NMSE tolerance for this op and dtype.
     pub tolerance: f64,
+    /// The outputs, in the op's order.
     pub outputs: Vec<OpOutput>,
 }
 
@@ -126,6 +144,7 @@ pub const IMPRECISE_EXPECTED_MAX_NMSE: f64 = 1e-2;
 
 /// The verdict on one output.
 pub struct OutputReport {
+    /// Output name.
     pub name: String,
     /// GPU result against the expected tensor.
     pub gpu: Comparison,
@@ -133,6 +152,7 @@ pub struct OutputReport {
     pub cpu: Comparison,
     /// GPU result against the f64 reference.
     pub agree: Comparison,
+    /// The verdict under the chosen [`Against`].
     pub pass: bool,
     /// When the output failed: which side is off, and by how much.
     pub diagnosis: Option<String>,
@@ -199,21 +219,28 @@ fn fmt_nmse(v: f64) -> String {
 
 /// The verdict on one case.
 pub struct CaseReport {
+    /// The case file's path.
     pub path: String,
+    /// The op.
     pub op: String,
+    /// Storage dtype the case ran in.
     pub dtype: DType,
     /// The kernel variant that ran.
     pub variant: String,
     /// What the outputs were judged against.
     pub against: Against,
+    /// The main input's shape.
     pub shape: Vec<usize>,
+    /// NMSE tolerance the outputs were judged by.
     pub tolerance: f64,
+    /// One verdict per output.
     pub outputs: Vec<OutputReport>,
     /// GPU outputs converted to the case's storage dtype, named without `expected.`.
     pub gpu_outputs: Vec<OpOutput>,
 }
 
 impl CaseReport {
+    /// True when there is at least one output and every output passed.
     pub fn pass(&self) -> bool {
         !self.outputs.is_empty() && self.outputs.iter().all(|o| o.pass)
     }

@@ -8,6 +8,7 @@ use crate::context::Context;
 use crate::error::Result;
 use crate::ops::rms_norm::{RmsNorm, Strategy};
 
+/// Run an `rms_norm` case on `ctx` and on the reference.
 pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let eps = case.meta_f64("eps", 1e-6)?;
     let weight_offset = case.meta_f64("weight_offset", 0.0)?;

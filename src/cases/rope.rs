@@ -129,6 +129,7 @@ fn variant_name(v: &Variant, what: &str) -> String {
     format!("{} {what}", if v.vec4 { "rope_vec4" } else { "rope" })
 }
 
+/// Run a `rope` case on `ctx` and on the reference.
 pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let inputs: Vec<&str> =
         match (

@@ -17,8 +17,11 @@ pub use crate::ops::attention::Dims;
 /// Masking and logit options; `None` / 0 mean the defaults described in the module docs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Options {
+    /// Mask keys after the query's position.
     pub causal: bool,
+    /// Position of query 0; default `kv_len - q_len`.
     pub q_offset: Option<i64>,
+    /// Logit scale; default `1/sqrt(head_dim)`.
     pub scale: Option<f64>,
     /// 0 = no window.
     pub window: usize,
