@@ -233,7 +233,7 @@ impl Context {
     }
 
     /// An immutable buffer holding `bytes` with `usage`, from the constant pool (see
-    /// [`ConstantPool`]): created on first use, shared by every later call with the same bytes.
+    /// `ConstantPool`): created on first use, shared by every later call with the same bytes.
     pub fn constant_buffer(
         &self,
         op: &'static str,

@@ -9,7 +9,7 @@
 //! `j <= pos` (causal only) and `j > pos - window` (window > 0 only). A sink logit joins only the
 //! denominator. A row with no visible key is exactly 0.
 
-/// Sizes of one attention call (the op's own [`Dims`](crate::ops::attention::Dims)). The
+/// Sizes of one attention call (the op's own [`crate::ops::attention::Dims`]). The
 /// reference takes contiguous layouts: q/out `[batch, q_len, n_heads, head_dim]`, k/v
 /// `[batch, kv_len, n_kv_heads, head_dim]`.
 pub use crate::ops::attention::Dims;

@@ -302,7 +302,7 @@ pub struct Freq {
     pub turn_hi: u32,
     /// Low word.
     pub turn_lo: u32,
-    /// `inv_freq` rounded to f32 ([`SinCos::NaiveF32`] only).
+    /// `inv_freq` rounded to f32 (`SinCos::NaiveF32`, a benchmark method, only).
     pub inv_freq: f32,
     /// Padding to 16 bytes.
     pub _pad: u32,
