@@ -51,9 +51,11 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--dtype {other:?}: use f32, f16 or bf16")),
                 }
             }
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown argument {other:?}; usage: decode_loop [--steps N] [--dtype f32|f16|bf16]"
-            )),
+            ))
+            }
         }
     }
     Ok(args)

@@ -1,7 +1,7 @@
 //! The `check` command as a user runs it: the binary on case files written here, its exit status
 //! (0 passed, 1 a case failed its tolerance, 2 an input could not be used), the diagnosis when
 //! the expected tensor is the imprecise side, `--against reference`, fused RoPE on `q` and `k`,
-//! attention sinks in bf16, and `--json`.
+//! attention sinks in bf16, and `--json`; and `info --json` and every subcommand's `--help`.
 #![cfg(feature = "cli")]
 
 use std::collections::HashMap;
@@ -299,4 +299,37 @@ fn json_output_is_one_object_with_the_verdicts() {
             .unwrap()
             < 1e-12
     );
+}
+
+#[test]
+fn info_json_reports_the_adapter_and_the_choices() {
+    let out = Command::new(env!("CARGO_BIN_EXE_llama-kernels"))
+        .args(["info", "--json"])
+        .output()
+        .expect("run llama-kernels");
+    assert!(out.status.success(), "{out:?}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    assert!(!j["name"].as_str().unwrap_or("").is_empty(), "{j}");
+    assert!(
+        j["limits"]["max_compute_workgroup_storage_size"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let variants = j["variants"].as_array().expect("variants");
+    assert!(variants.iter().any(|v| v["kernel"] == "rms_norm"), "{j}");
+    assert!(variants.iter().any(|v| v["kernel"] == "attention"), "{j}");
+    // Every subcommand has --help.
+    for sub in ["selftest", "info", "check", "bench"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_llama-kernels"))
+            .args([sub, "--help"])
+            .output()
+            .expect("run llama-kernels");
+        assert!(out.status.success(), "{sub} --help: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{sub}"
+        );
+    }
 }
