@@ -94,6 +94,7 @@ pub struct Case {
     pub variant: String,
     /// The model the shape comes from (goes into the record's `shape` object).
     pub model: &'static str,
+    /// Storage dtype of the case.
     pub dtype: DType,
     /// Named dimensions of the shape.
     pub shape: Vec<(&'static str, u64)>,
@@ -103,6 +104,7 @@ pub struct Case {
     pub flops: Option<f64>,
     /// Cases with the same group run on the same problem; the `naive` one is the baseline.
     pub group: String,
+    /// Builds the buffers and returns the encode closure (called once, outside the timing).
     pub prepare: Prepare,
 }
 
@@ -126,6 +128,7 @@ pub enum Timing {
 }
 
 impl Timing {
+    /// The name written to the JSON records.
     pub fn name(self) -> &'static str {
         match self {
             Timing::Timestamp => "timestamp",
@@ -137,25 +140,35 @@ impl Timing {
 /// One measured case.
 #[derive(Clone, Debug)]
 pub struct Record {
+    /// Kernel family and form.
     pub kernel: String,
+    /// The variant that ran (or the baseline's name).
     pub variant: String,
+    /// Storage dtype name.
     pub dtype: String,
     /// `model` plus the named dimensions.
     pub shape: Map<String, Value>,
     /// Median time of one run.
     pub time_ms: f64,
+    /// Bytes the kernel must move (reads + writes of the logical tensors).
     pub bytes: u64,
+    /// `bytes` per second of the median time, in GB/s.
     pub gbps: f64,
+    /// `gbps` as a fraction of `copy_buffer_to_buffer` measured beside it.
     pub fraction_of_copy: f64,
+    /// `gbps` as a fraction of the best WGSL streaming copy measured beside it.
     pub fraction_of_wgsl_copy: f64,
+    /// GFLOP/s, for prefill attention.
     pub gflops: Option<f64>,
     /// Time of the naive baseline over this record's, each first multiplied by the WGSL copy
     /// ceiling measured beside it (which cancels changes in host load between the two).
     pub speedup_vs_naive: Option<f64>,
+    /// How the time was taken.
     pub timing: Timing,
     /// The ceilings (GB/s) this record's fractions divide by: for kernels, `buffer_copy` and the
     /// best WGSL copy re-measured with their runs interleaved with the kernel's.
     pub ceiling_copy_gbps: f64,
+    /// The best WGSL streaming copy's GB/s measured beside this case.
     pub ceiling_wgsl_copy_gbps: f64,
     group: String,
 }
@@ -196,13 +209,16 @@ impl Record {
 /// Warm-up and measurement counts.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
+    /// Untimed runs before calibration.
     pub warmup: usize,
+    /// Timed runs; the median is reported.
     pub runs: usize,
     /// Repeat small cases inside one submission until a run takes about this long.
     pub min_run_ms: f64,
 }
 
 impl Settings {
+    /// Settings for a full run, or a shorter one with `quick`.
     pub fn new(quick: bool) -> Self {
         if quick {
             Settings {

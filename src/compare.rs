@@ -9,8 +9,11 @@ use crate::tensor::DType;
 /// The outcome of comparing one output against the reference.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Comparison {
+    /// Number of reference values.
     pub n: usize,
+    /// NMSE over the finite reference values.
     pub nmse: f64,
+    /// Largest absolute difference over the finite values.
     pub max_abs: f64,
     /// Positions where exactly one of the two is NaN.
     pub nan_mismatch: usize,

@@ -199,18 +199,23 @@ impl Context {
         }
     }
 
+    /// The `wgpu::Device` (to create buffers and encoders on).
     pub fn device(&self) -> &wgpu::Device {
         &self.device
     }
+    /// The `wgpu::Queue` (to submit encoders to).
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
     }
+    /// The adapter's name, backend and device type.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.info
     }
+    /// The device's limits (the adapter's own for [`Context::new`]).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }
+    /// The optional features this device has.
     pub fn caps(&self) -> Caps {
         self.caps
     }
@@ -231,7 +236,7 @@ impl Context {
     }
 
     /// An immutable buffer holding `bytes` with `usage`, from the constant pool (see
-    /// [`ConstantPool`]): created on first use, shared by every later call with the same bytes.
+    /// `ConstantPool`): created on first use, shared by every later call with the same bytes.
     pub fn constant_buffer(
         &self,
         op: &'static str,

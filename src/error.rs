@@ -11,39 +11,86 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// A rank, shape or size rule was broken.
     #[error("{op}: {msg}")]
-    Shape { op: &'static str, msg: String },
+    Shape {
+        /// The op that refused or failed.
+        op: &'static str,
+        /// What was wrong, with the values involved.
+        msg: String,
+    },
     /// A dtype is not accepted here, or two tensors disagree on dtype.
     #[error("{op}: {msg}")]
-    DType { op: &'static str, msg: String },
+    DType {
+        /// The op that refused or failed.
+        op: &'static str,
+        /// What was wrong, with the values involved.
+        msg: String,
+    },
     /// A view reaches outside its buffer, or an offset or stride breaks an alignment rule.
     #[error("{op}: {msg}")]
-    Bounds { op: &'static str, msg: String },
+    Bounds {
+        /// The op that refused or failed.
+        op: &'static str,
+        /// What was wrong, with the values involved.
+        msg: String,
+    },
     /// Two views overlap in a way the kernel cannot honour.
     #[error("{op}: {msg}")]
-    Alias { op: &'static str, msg: String },
+    Alias {
+        /// The op that refused or failed.
+        op: &'static str,
+        /// What was wrong, with the values involved.
+        msg: String,
+    },
     /// A scalar parameter is out of range (eps < 0, factor <= 0 ...).
     #[error("{op}: {msg}")]
-    Param { op: &'static str, msg: String },
+    Param {
+        /// The op that refused or failed.
+        op: &'static str,
+        /// What was wrong, with the values involved.
+        msg: String,
+    },
     /// The device cannot run this (a limit is too small, a feature is missing).
     #[error("{op}: {msg}")]
-    Limit { op: &'static str, msg: String },
+    Limit {
+        /// The op that refused or failed.
+        op: &'static str,
+        /// What was wrong, with the values involved.
+        msg: String,
+    },
     /// wgpu reported a validation, out-of-memory or internal error while the op ran.
     #[error("{op}: wgpu error: {msg}")]
-    Gpu { op: &'static str, msg: String },
+    Gpu {
+        /// The op that refused or failed.
+        op: &'static str,
+        /// What was wrong, with the values involved.
+        msg: String,
+    },
     /// The device was lost.
     #[error("{op}: device lost: {msg}")]
-    DeviceLost { op: &'static str, msg: String },
+    DeviceLost {
+        /// The op that refused or failed.
+        op: &'static str,
+        /// What was wrong, with the values involved.
+        msg: String,
+    },
     /// No adapter, or the adapter refused to give us a device.
     #[error("context: {0}")]
     NoDevice(String),
     /// A case file (`llama-kernels check`) is malformed or names something we do not know.
     #[error("case {path}: {msg}")]
-    Case { path: String, msg: String },
+    Case {
+        /// The case file.
+        path: String,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// File I/O.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: String,
         #[source]
+        /// The I/O error.
         source: std::io::Error,
     },
 }

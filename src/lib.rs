@@ -50,6 +50,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "bench")]
 pub mod bench;
 #[cfg(feature = "cases")]

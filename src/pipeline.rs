@@ -46,16 +46,19 @@ impl std::hash::Hash for Shader {
 }
 
 impl Shader {
+    /// `shaders/rms_norm.wgsl`.
     pub const RMS_NORM: &'static Shader = &Shader {
         name: "rms_norm.wgsl",
         parts: &[COMMON_WGSL, include_str!("../shaders/rms_norm.wgsl")],
         variants: crate::ops::rms_norm::all_variant_keys,
     };
+    /// `shaders/rope.wgsl`.
     pub const ROPE: &'static Shader = &Shader {
         name: "rope.wgsl",
         parts: &[COMMON_WGSL, include_str!("../shaders/rope.wgsl")],
         variants: crate::ops::rope::all_variant_keys,
     };
+    /// `shaders/attention_prefill.wgsl` (with `attention_common.wgsl`).
     pub const ATTENTION_PREFILL: &'static Shader = &Shader {
         name: "attention_prefill.wgsl",
         parts: &[
@@ -65,6 +68,7 @@ impl Shader {
         ],
         variants: crate::ops::attention::prefill_variant_keys,
     };
+    /// `shaders/attention_decode.wgsl` (with `attention_common.wgsl`).
     pub const ATTENTION_DECODE: &'static Shader = &Shader {
         name: "attention_decode.wgsl",
         parts: &[
@@ -74,11 +78,13 @@ impl Shader {
         ],
         variants: crate::ops::attention::decode_variant_keys,
     };
+    /// `shaders/kv_cache.wgsl`.
     pub const KV_CACHE: &'static Shader = &Shader {
         name: "kv_cache.wgsl",
         parts: &[COMMON_WGSL, include_str!("../shaders/kv_cache.wgsl")],
         variants: crate::ops::kv_cache::all_variant_keys,
     };
+    /// `shaders/cast.wgsl`.
     pub const CAST: &'static Shader = &Shader {
         name: "cast.wgsl",
         parts: &[COMMON_WGSL, include_str!("../shaders/cast.wgsl")],
@@ -109,7 +115,9 @@ impl Shader {
 /// Everything that changes the compiled code of a pipeline.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PipelineKey {
+    /// The shader module.
     pub shader: &'static Shader,
+    /// The entry point.
     pub entry_point: &'static str,
     /// WGSL `override` constants by name. Every knob that changes code lives here.
     pub constants: Vec<(&'static str, u32)>,
@@ -118,16 +126,22 @@ pub struct PipelineKey {
 /// How a binding is declared in WGSL, which decides what may fill it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// `var<uniform>`.
     Uniform,
+    /// `var<storage, read>`.
     Read,
+    /// `var<storage, read_write>`.
     ReadWrite,
 }
 
 /// One binding of group 0 that an entry point uses, reflected from the WGSL by naga.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slot {
+    /// The WGSL variable name (API between host and shader).
     pub name: String,
+    /// `@binding(N)` in group 0.
     pub binding: u32,
+    /// How the shader accesses it.
     pub access: Access,
 }
 
@@ -184,6 +198,7 @@ pub fn reflect(
 }
 
 impl PipelineKey {
+    /// A key for `entry_point` of `shader` with these override constants.
     pub fn new(
         shader: &'static Shader,
         entry_point: &'static str,
@@ -242,8 +257,11 @@ impl PipelineKey {
 /// A compiled, cached pipeline, its bind group layout and its reflected bindings.
 #[derive(Debug)]
 pub struct Kernel {
+    /// The key it was built for.
     pub key: PipelineKey,
+    /// The compiled pipeline.
     pub pipeline: wgpu::ComputePipeline,
+    /// Its bind group layout (group 0).
     pub layout: wgpu::BindGroupLayout,
     /// The group-0 bindings the entry point uses.
     pub slots: Vec<Slot>,
@@ -299,9 +317,11 @@ impl Kernel {
 /// The aligned part of a buffer that one storage binding covers, and where views start in it.
 #[derive(Clone, Debug)]
 pub struct Window {
+    /// The buffer bound.
     pub buffer: wgpu::Buffer,
     /// First byte of the binding (a multiple of `min_storage_buffer_offset_alignment`).
     pub byte_start: u64,
+    /// Bytes bound.
     pub byte_len: u64,
 }
 
@@ -346,6 +366,7 @@ impl Window {
             / view.dtype().size() as u64) as u32
     }
 
+    /// The window as a binding resource.
     pub fn resource(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,

@@ -10,8 +10,11 @@ use crate::error::{Error, Result};
 /// adapter can run them; all kernels compute in f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
+    /// 32-bit IEEE float.
     F32,
+    /// IEEE half, stored packed two per 32-bit word.
     F16,
+    /// bfloat16, stored packed two per 32-bit word.
     BF16,
 }
 
@@ -89,8 +92,11 @@ impl std::fmt::Display for DType {
 
 /// Host element types that can be uploaded and read back: `f32`, `half::f16`, `half::bf16`.
 pub trait Element: bytemuck::Pod + Copy + Send + Sync + 'static {
+    /// The storage dtype of this host type.
     const DTYPE: DType;
+    /// Widen to f32 (exact).
     fn to_f32(self) -> f32;
+    /// Round from f32 to this type (nearest even).
     fn from_f32(v: f32) -> Self;
 }
 impl Element for f32 {
@@ -198,6 +204,7 @@ impl Tensor {
         }
     }
 
+    /// The buffer the view lives in.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }
@@ -205,15 +212,19 @@ impl Tensor {
     pub fn offset(&self) -> usize {
         self.offset
     }
+    /// The view's shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// Element strides, one per dimension (the last is 1).
     pub fn strides(&self) -> &[usize] {
         &self.strides
     }
+    /// Storage dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+    /// Number of dimensions.
     pub fn rank(&self) -> usize {
         self.shape.len()
     }

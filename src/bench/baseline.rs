@@ -13,9 +13,13 @@ const WG: u32 = 256;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NormParams {
+    /// Rows to normalise.
     pub n_rows: u32,
+    /// Row length.
     pub n: u32,
+    /// RMSNorm epsilon.
     pub eps: f32,
+    /// Added to the weight (1 for Gemma).
     pub weight_offset: f32,
 }
 
@@ -133,9 +137,13 @@ pub fn rms_norm_naive(
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct RopeParams {
+    /// Tokens.
     pub seq: u32,
+    /// Heads per token.
     pub heads: u32,
+    /// Elements per head.
     pub head_dim: u32,
+    /// Position of token 0.
     pub start: u32,
 }
 
@@ -230,13 +238,21 @@ pub fn rope_naive(
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct AttnParams {
+    /// Query rows.
     pub q_len: u32,
+    /// Key/value rows.
     pub kv_len: u32,
+    /// Query heads.
     pub n_heads: u32,
+    /// Key/value heads.
     pub n_kv_heads: u32,
+    /// Elements per head.
     pub head_dim: u32,
+    /// Position of query 0.
     pub q_offset: u32,
+    /// 1 for a causal mask.
     pub causal: u32,
+    /// Logit scale.
     pub scale: f32,
 }
 
@@ -249,12 +265,16 @@ pub fn attention_variant_keys() -> Vec<PipelineKey> {
 
 /// Scratch for [`attention_naive`]: K and V repeated per query head, and the score matrix.
 pub struct AttentionScratch {
+    /// K repeated for every query head.
     pub k_rep: Tensor,
+    /// V repeated for every query head.
     pub v_rep: Tensor,
+    /// The explicit `[heads, q_len, kv_len]` score matrix.
     pub scores: Tensor,
 }
 
 impl AttentionScratch {
+    /// Allocate the intermediate buffers for one attention shape.
     pub fn new(
         ctx: &Context,
         q_len: usize,

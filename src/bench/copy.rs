@@ -21,9 +21,13 @@ const OP: &str = "copy";
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
+    /// Elements (or vec4s) to copy.
     pub n: u32,
+    /// Element offset of the source in its binding.
     pub src_off: u32,
+    /// Element offset of the destination in its binding.
     pub dst_off: u32,
+    /// Padding to 16 bytes.
     pub _pad: u32,
 }
 
@@ -62,6 +66,7 @@ impl Variant {
         }
     }
 
+    /// The pipeline key of this copy variant.
     pub fn key(&self) -> PipelineKey {
         PipelineKey::new(
             super::COPY,

@@ -1,6 +1,7 @@
 //! `attention` cases: inputs `q [q_len, n_heads, head_dim]` or `[batch, q_len, n_heads,
 //! head_dim]`, `k` and `v` `[kv_len, n_kv_heads, head_dim]` (batched likewise), optional
-//! `sinks [n_heads]` (F32); metadata `causal` (default true), `q_offset` (default
+//! `sinks [n_heads]` (any float dtype: gpt-oss stores them in bf16; the kernel reads them as
+//! f32); metadata `causal` (default true), `q_offset` (default
 //! `kv_len - q_len`), `scale` (default `1/sqrt(head_dim)`), `window` (default 0 = none) and
 //! `softcap` (default 0 = none); output `out`, shaped like `q`. The storage dtype is `q`'s; `k` and
 //! `v` must match it.
@@ -13,6 +14,7 @@ use crate::ops::attention::Attention;
 use crate::reference::attention as reference;
 use crate::tensor::DType;
 
+/// Run an `attention` case on `ctx` and on the reference.
 pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let causal = case.meta_bool("causal", true)?;
     let q_offset = case.meta_opt_i64("q_offset")?;
@@ -35,10 +37,16 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     }
     let sinks = case.opt_tensor("sinks")?;
     if let Some(s) = sinks {
-        if s.dtype.storage() != Some(DType::F32) {
-            return Err(case.error(format!("sinks is {:?}; it must be F32", s.dtype)));
+        if !s.dtype.is_float() {
+            return Err(case.error(format!(
+                "sinks is {:?}; it must be a float tensor (F32, F16, BF16 or F64)",
+                s.dtype
+            )));
         }
     }
+    // The kernel reads sinks as f32; the reference gets the same values.
+    let sinks_f32: Option<Vec<f64>> =
+        sinks.map(|s| s.values.iter().map(|&v| v as f32 as f64).collect());
     let op = Attention {
         causal,
         q_offset,
@@ -58,13 +66,18 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         None => None,
     };
     let out = ctx.empty(&q.shape, dtype)?;
-    op.run(ctx, &qt, &kt, &vt, st.as_ref(), &out)?;
     let d = op.dims(&qt, &kt, &vt)?;
+    let plan = op.plan(ctx, d, dtype)?;
+    let variant = match plan.variant.split_kv {
+        true => format!("{:?}, {} split(s)", plan.variant.kind, plan.splits),
+        false => format!("{:?}", plan.variant.kind),
+    };
+    op.run(ctx, &qt, &kt, &vt, st.as_ref(), &out)?;
     let cpu = reference::attention(
         &q.values,
         &k.values,
         &v.values,
-        sinks.map(|s| &s.values[..]),
+        sinks_f32.as_deref(),
         reference::Dims {
             batch: d.batch,
             q_len: d.q_len,
@@ -83,6 +96,7 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     );
     Ok(OpResult {
         dtype,
+        variant,
         shape: q.shape.clone(),
         tolerance: tolerance(dtype),
         outputs: vec![OpOutput {

@@ -28,11 +28,17 @@ use crate::tensor::DType;
 /// Element types a case tensor may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostDType {
+    /// 64-bit float.
     F64,
+    /// 32-bit float.
     F32,
+    /// IEEE half.
     F16,
+    /// bfloat16.
     BF16,
+    /// 64-bit signed integer (positions).
     I64,
+    /// 32-bit signed integer (positions).
     I32,
 }
 
@@ -46,6 +52,7 @@ impl HostDType {
             _ => None,
         }
     }
+    /// True for the four float types.
     pub fn is_float(self) -> bool {
         matches!(
             self,
@@ -57,12 +64,16 @@ impl HostDType {
 /// A tensor read from a case file, with its values widened to f64 (integers are exact up to 2^53).
 #[derive(Clone, Debug)]
 pub struct HostTensor {
+    /// Element type in the file.
     pub dtype: HostDType,
+    /// Shape in the file.
     pub shape: Vec<usize>,
+    /// Values widened to f64, row-major.
     pub values: Vec<f64>,
 }
 
 impl HostTensor {
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.values.len()
     }
@@ -74,7 +85,9 @@ impl HostTensor {
 
 /// One loaded case file.
 pub struct CaseFile {
+    /// The file's path, for messages.
     pub path: String,
+    /// `__metadata__["op"]`.
     pub op: String,
     meta: HashMap<String, String>,
     tensors: BTreeMap<String, HostTensor>,
@@ -84,9 +97,13 @@ pub struct CaseFile {
 
 /// One output an op produced for a case: its GPU values and the f64 reference.
 pub struct OpOutput {
+    /// Output name (`expected.<name>` in the file).
     pub name: String,
+    /// Output shape.
     pub shape: Vec<usize>,
+    /// The GPU result, read back as f32.
     pub gpu: Vec<f32>,
+    /// The f64 reference computed from the same inputs.
     pub cpu: Vec<f64>,
 }
 
@@ -94,34 +111,136 @@ pub struct OpOutput {
 pub struct OpResult {
     /// Storage dtype the case ran in.
     pub dtype: DType,
+    /// The kernel variant (or path) that ran, as the op reports it (e.g. `rope_vec4 in place`).
+    pub variant: String,
     /// The main input's shape, for the report.
     pub shape: Vec<usize>,
     /// Default NMSE tolerance for this op and dtype.
     pub tolerance: f64,
+    /// The outputs, in the op's order.
     pub outputs: Vec<OpOutput>,
 }
 
+/// What a case's outputs are judged against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Against {
+    /// The `expected.*` tensors of the file: both the GPU result and the f64 reference must be
+    /// within the tolerance of them (the default).
+    #[default]
+    Expected,
+    /// The f64 reference computed from the file's inputs: for an expected tensor that was itself
+    /// computed imprecisely (HF computes RoPE angles in f32, bf16 models round every step).
+    Reference,
+}
+
+/// How much closer the GPU and the f64 reference must be to each other than to the expected
+/// tensor before `check` says the expected tensor is the imprecise side.
+pub const IMPRECISE_EXPECTED_RATIO: f64 = 100.0;
+
+/// Past this NMSE between expected and the f64 reference, the difference is more than the
+/// precision of the computation that produced expected (a bf16 model step stays near 1e-5..1e-4),
+/// so `check` points at the case's parameters instead.
+pub const IMPRECISE_EXPECTED_MAX_NMSE: f64 = 1e-2;
+
 /// The verdict on one output.
 pub struct OutputReport {
+    /// Output name.
     pub name: String,
+    /// GPU result against the expected tensor.
     pub gpu: Comparison,
+    /// f64 reference against the expected tensor.
     pub cpu: Comparison,
+    /// GPU result against the f64 reference.
+    pub agree: Comparison,
+    /// The verdict under the chosen [`Against`].
     pub pass: bool,
+    /// When the output failed: which side is off, and by how much.
+    pub diagnosis: Option<String>,
+}
+
+/// Say which of GPU, f64 reference and expected tensor is off when an output failed.
+fn diagnose(o: &OutputReport, tol: f64, against: Against) -> Option<String> {
+    if o.pass {
+        return None;
+    }
+    let (gpu, cpu, agree) = (&o.gpu, &o.cpu, &o.agree);
+    if against == Against::Reference || (!agree.passes(tol) && cpu.passes(tol)) {
+        return Some(format!(
+            "the GPU is the imprecise side: it misses the f64 reference by {agree} (limit {tol:.0e}) \
+             while the reference is within {} of expected; this is a kernel bug, please report it \
+             with this case file",
+            fmt_nmse(cpu.nmse)
+        ));
+    }
+    let worst_expected = gpu.nmse.min(cpu.nmse);
+    if agree.passes(tol)
+        && agree.nmse * IMPRECISE_EXPECTED_RATIO <= worst_expected
+        && worst_expected > IMPRECISE_EXPECTED_MAX_NMSE
+    {
+        return Some(format!(
+            "expected differs from the f64 reference by NMSE {} while the GPU agrees with the \
+             reference to NMSE {}: more than rounding explains, so the case's parameters (eps, \
+             weight_offset, theta, rope_type, scale, positions ...) probably differ from what \
+             produced expected",
+            fmt_nmse(cpu.nmse),
+            fmt_nmse(agree.nmse)
+        ));
+    }
+    if agree.passes(tol) && agree.nmse * IMPRECISE_EXPECTED_RATIO <= worst_expected {
+        let factor = if agree.nmse > 0.0 {
+            format!("{:.0e} times", worst_expected / agree.nmse)
+        } else {
+            "infinitely".to_string()
+        };
+        return Some(format!(
+            "the expected tensor is the imprecise side: the GPU and the f64 reference agree to \
+             NMSE {} (max abs {:.2e}), while expected misses the f64 reference by NMSE {} (max \
+             abs {:.2e}), {factor} more. The kernel is right on these inputs; expected was \
+             computed with less precision (e.g. angles or softmax in f32, or a bf16 model). \
+             Judge the GPU against the f64 reference with --against reference",
+            fmt_nmse(agree.nmse),
+            agree.max_abs,
+            fmt_nmse(cpu.nmse),
+            cpu.max_abs
+        ));
+    }
+    Some(format!(
+        "GPU, f64 reference and expected disagree (GPU vs reference NMSE {}, reference vs \
+         expected NMSE {}): check the case's parameters (eps, theta, rope_type, scale, \
+         positions ...) against the model's config",
+        fmt_nmse(agree.nmse),
+        fmt_nmse(cpu.nmse)
+    ))
+}
+
+fn fmt_nmse(v: f64) -> String {
+    format!("{v:.2e}")
 }
 
 /// The verdict on one case.
 pub struct CaseReport {
+    /// The case file's path.
     pub path: String,
+    /// The op.
     pub op: String,
+    /// Storage dtype the case ran in.
     pub dtype: DType,
+    /// The kernel variant that ran.
+    pub variant: String,
+    /// What the outputs were judged against.
+    pub against: Against,
+    /// The main input's shape.
     pub shape: Vec<usize>,
+    /// NMSE tolerance the outputs were judged by.
     pub tolerance: f64,
+    /// One verdict per output.
     pub outputs: Vec<OutputReport>,
     /// GPU outputs converted to the case's storage dtype, named without `expected.`.
     pub gpu_outputs: Vec<OpOutput>,
 }
 
 impl CaseReport {
+    /// True when there is at least one output and every output passed.
     pub fn pass(&self) -> bool {
         !self.outputs.is_empty() && self.outputs.iter().all(|o| o.pass)
     }
@@ -344,6 +463,17 @@ impl CaseFile {
     /// Run the case on `ctx` and on the reference, and compare both with the expected outputs.
     /// `tol` overrides the op's default NMSE tolerance.
     pub fn run(&self, ctx: &Context, tol: Option<f64>) -> Result<CaseReport> {
+        self.run_against(ctx, tol, Against::Expected)
+    }
+
+    /// [`CaseFile::run`], judging the GPU outputs `against` the expected tensors or the f64
+    /// reference. Every comparison is made either way; only the verdict changes.
+    pub fn run_against(
+        &self,
+        ctx: &Context,
+        tol: Option<f64>,
+        against: Against,
+    ) -> Result<CaseReport> {
         let res = match self.op.as_str() {
             "rms_norm" => rms_norm::run(ctx, self)?,
             "attention" => attention::run(ctx, self)?,
@@ -389,18 +519,28 @@ impl CaseFile {
             let gpu = compare(&o.gpu, &exp.values);
             let cpu_f32: Vec<f32> = o.cpu.iter().map(|&v| v as f32).collect();
             let cpu = compare(&cpu_f32, &exp.values);
-            let pass = gpu.passes(tolerance) && cpu.passes(tolerance);
-            outputs.push(OutputReport {
+            let agree = compare(&o.gpu, &o.cpu);
+            let pass = match against {
+                Against::Expected => gpu.passes(tolerance) && cpu.passes(tolerance),
+                Against::Reference => agree.passes(tolerance),
+            };
+            let mut report = OutputReport {
                 name: o.name.clone(),
                 gpu,
                 cpu,
+                agree,
                 pass,
-            });
+                diagnosis: None,
+            };
+            report.diagnosis = diagnose(&report, tolerance, against);
+            outputs.push(report);
         }
         Ok(CaseReport {
             path: self.path.clone(),
             op: self.op.clone(),
             dtype: res.dtype,
+            variant: res.variant,
+            against,
             shape: res.shape,
             tolerance,
             outputs,

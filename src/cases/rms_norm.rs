@@ -6,8 +6,9 @@ use super::{CaseFile, OpOutput, OpResult};
 use crate::compare::tolerance;
 use crate::context::Context;
 use crate::error::Result;
-use crate::ops::rms_norm::RmsNorm;
+use crate::ops::rms_norm::{RmsNorm, Strategy};
 
+/// Run an `rms_norm` case on `ctx` and on the reference.
 pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let eps = case.meta_f64("eps", 1e-6)?;
     let weight_offset = case.meta_f64("weight_offset", 0.0)?;
@@ -44,9 +45,13 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let wt = ctx.upload_as(&w.to_f32(), &w.shape, dtype)?;
     let out = ctx.empty(&x.shape, dtype)?;
     let mut outputs = Vec::new();
+    let variant;
     let cpu_out = if let Some(r) = residual {
         let rt = ctx.upload_as(&r.to_f32(), &r.shape, dtype)?;
         let rout = ctx.empty(&x.shape, dtype)?;
+        variant = op
+            .variant(ctx, &xt, &wt, &out, Some((&rt, &rout)), Strategy::Auto)?
+            .name();
         op.run_residual(ctx, &xt, &rt, &wt, &out, &rout)?;
         let (o, h) = crate::reference::rms_norm::rms_norm(
             &x.values,
@@ -64,6 +69,9 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         });
         o
     } else {
+        variant = op
+            .variant(ctx, &xt, &wt, &out, None, Strategy::Auto)?
+            .name();
         op.run(ctx, &xt, &wt, &out)?;
         let (o, _) = crate::reference::rms_norm::rms_norm(
             &x.values,
@@ -86,6 +94,7 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     );
     Ok(OpResult {
         dtype,
+        variant,
         shape: x.shape.clone(),
         tolerance: tolerance(dtype),
         outputs,

@@ -1,5 +1,8 @@
-//! `rope` cases: input `x [seq, heads, head_dim]` or `[batch, seq, heads, head_dim]` and optional
-//! `positions [seq]` or `[batch, seq]` (I32 or I64); output `out`.
+//! `rope` cases: input `x [seq, heads, head_dim]` or `[batch, seq, heads, head_dim]`, rotated in
+//! place (the `rope_vec4` fast path when the view allows), output `out`; or inputs `q` and `k`
+//! (same batch, seq and head_dim, head counts may differ), placed token by token in one buffer as
+//! a fused QKV projection leaves them and rotated together by `Rope::encode_qk` in one dispatch,
+//! outputs `q` and `k`. Optional `positions [seq]` or `[batch, seq]` (I32 or I64).
 //!
 //! Metadata: `theta` (default 10000), `layout` (`half` or `interleaved`, default `half`),
 //! `rotary_dim` (default head_dim), `offset` (first position when there is no `positions`
@@ -18,11 +21,12 @@
 //!
 //! A key that the chosen `rope_type` does not use is refused as unknown.
 
-use super::{CaseFile, HostDType, OpOutput, OpResult};
+use super::{CaseFile, HostDType, HostTensor, OpOutput, OpResult};
 use crate::compare::tolerance;
 use crate::context::Context;
 use crate::error::Result;
-use crate::ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
+use crate::ops::rope::{Layout, PositionIds, Positions, Rope, Scaling, Variant};
+use crate::tensor::Tensor;
 
 fn required(case: &CaseFile, rope_type: &str, key: &str) -> Result<f64> {
     case.meta_opt_f64(key)?.ok_or_else(|| {
@@ -109,17 +113,58 @@ fn scaling(case: &CaseFile, rope_type: &str) -> Result<Scaling> {
     })
 }
 
+/// `[batch, seq, heads, head_dim]` of a rank-3 or rank-4 input.
+fn shape_of(case: &CaseFile, name: &str, t: &HostTensor) -> Result<[usize; 4]> {
+    match t.shape[..] {
+        [s, h, d] => Ok([1, s, h, d]),
+        [b, s, h, d] => Ok([b, s, h, d]),
+        _ => Err(case.error(format!(
+            "{name} has shape {:?}; it must be [seq, heads, head_dim] or [batch, seq, heads, head_dim]",
+            t.shape
+        ))),
+    }
+}
+
+fn variant_name(v: &Variant, what: &str) -> String {
+    format!("{} {what}", if v.vec4 { "rope_vec4" } else { "rope" })
+}
+
+/// Run a `rope` case on `ctx` and on the reference.
 pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
-    let (x, dtype) = case.storage_tensor("x")?;
-    let shape4: [usize; 4] = match x.shape[..] {
-        [s, h, d] => [1, s, h, d],
-        [b, s, h, d] => [b, s, h, d],
-        _ => {
-            return Err(case.error(format!(
-            "x has shape {:?}; it must be [seq, heads, head_dim] or [batch, seq, heads, head_dim]",
-            x.shape
-        )))
+    let inputs: Vec<&str> =
+        match (
+            case.opt_tensor("x")?.is_some(),
+            case.opt_tensor("q")?.is_some(),
+            case.opt_tensor("k")?.is_some(),
+        ) {
+            (true, false, false) => vec!["x"],
+            (false, true, true) => vec!["q", "k"],
+            _ => return Err(case.error(
+                "rope needs either x, or both q and k (rotated together by the fused encode_qk)",
+            )),
+        };
+    let (x, dtype) = case.storage_tensor(inputs[0])?;
+    let shape4 = shape_of(case, inputs[0], x)?;
+    let k_input = match inputs.get(1) {
+        Some(&name) => {
+            let (k, kd) = case.storage_tensor(name)?;
+            if kd != dtype {
+                return Err(case.error(format!("k is {kd} but q is {dtype}; they must match")));
+            }
+            let ks = shape_of(case, name, k)?;
+            if k.shape.len() != x.shape.len()
+                || ks[0] != shape4[0]
+                || ks[1] != shape4[1]
+                || ks[3] != shape4[3]
+            {
+                return Err(case.error(format!(
+                    "k has shape {:?} but q has {:?}: batch, seq and head_dim must match",
+                    k.shape, x.shape
+                )));
+            }
+            Some((k, ks))
         }
+        None => None,
     };
     let [batch, seq, _, head_dim] = shape4;
     let theta = case.meta_f64("theta", 10000.0)?;
@@ -174,8 +219,8 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
                 p32.iter().map(|&v| v as i64).collect()
             } else {
                 return Err(case.error(format!(
-                    "positions has shape {:?}; x {:?} needs [{seq}] or [{batch}, {seq}]",
-                    p.shape, x.shape
+                    "positions has shape {:?}; {} {:?} needs [{seq}] or [{batch}, {seq}]",
+                    p.shape, inputs[0], x.shape
                 )));
             };
             (host, Some(PositionIds::upload(ctx, &p32, &p.shape)?))
@@ -213,21 +258,71 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         Some(p) => Positions::Ids(p),
         None => Positions::Start(offset.unwrap_or(0) as i32),
     };
-    let xt = ctx.upload_as(&x.to_f32(), &x.shape, dtype)?;
-    let out = ctx.empty(&x.shape, dtype)?;
-    op.run_to(ctx, &xt, &out, positions)?;
+    // Validated by the op before the reference runs (it assumes a valid rotary_dim).
+    op.validate_for(head_dim, dtype)?;
     let (inv, attn) = op.inv_freq(head_dim, seq_len)?;
     let rd = rotary_dim.unwrap_or(head_dim);
-    let cpu = crate::reference::rope::rope(&x.values, shape4, &host_pos, &inv, attn, layout, rd);
+    let reference = |t: &HostTensor, s4: [usize; 4]| {
+        crate::reference::rope::rope(&t.values, s4, &host_pos, &inv, attn, layout, rd)
+    };
+    let Some((k, k4)) = k_input else {
+        // In place, as a model runs it.
+        let xt = ctx.upload_as(&x.to_f32(), &x.shape, dtype)?;
+        let variant = op.variant(ctx, &xt, None, None, positions)?;
+        op.run(ctx, &xt, positions)?;
+        return Ok(OpResult {
+            dtype,
+            variant: variant_name(&variant, "in place"),
+            shape: x.shape.clone(),
+            tolerance: tolerance(dtype),
+            outputs: vec![OpOutput {
+                name: "out".into(),
+                shape: x.shape.clone(),
+                gpu: ctx.read_f32(&xt)?,
+                cpu: reference(x, shape4),
+            }],
+        });
+    };
+    // q and k side by side in one buffer, token by token, as a fused QKV projection writes them.
+    let (hq, hk) = (shape4[2], k4[2]);
+    let row = (hq + hk) * head_dim;
+    let tokens = batch * seq;
+    let mut fused = Vec::with_capacity(tokens * row);
+    let (qv, kv) = (x.to_f32(), k.to_f32());
+    for t in 0..tokens {
+        fused.extend_from_slice(&qv[t * hq * head_dim..][..hq * head_dim]);
+        fused.extend_from_slice(&kv[t * hk * head_dim..][..hk * head_dim]);
+    }
+    let buf = ctx.upload_as(&fused, &[tokens, row], dtype)?;
+    let view = |offset: usize, shape: &[usize]| {
+        let strides: Vec<usize> = if shape.len() == 4 {
+            vec![seq * row, row, head_dim, 1]
+        } else {
+            vec![row, head_dim, 1]
+        };
+        Tensor::with_strides(buf.buffer(), offset, shape, &strides, dtype)
+    };
+    let (qt, kt) = (view(0, &x.shape), view(hq * head_dim, &k.shape));
+    let variant = op.variant(ctx, &qt, Some(&kt), None, positions)?;
+    op.run_qk(ctx, &qt, &kt, positions)?;
     Ok(OpResult {
         dtype,
+        variant: variant_name(&variant, "encode_qk (q and k in one buffer)"),
         shape: x.shape.clone(),
         tolerance: tolerance(dtype),
-        outputs: vec![OpOutput {
-            name: "out".into(),
-            shape: x.shape.clone(),
-            gpu: ctx.read_f32(&out)?,
-            cpu,
-        }],
+        outputs: vec![
+            OpOutput {
+                name: "q".into(),
+                shape: x.shape.clone(),
+                gpu: ctx.read_f32(&qt)?,
+                cpu: reference(x, shape4),
+            },
+            OpOutput {
+                name: "k".into(),
+                shape: k.shape.clone(),
+                gpu: ctx.read_f32(&kt)?,
+                cpu: reference(k, k4),
+            },
+        ],
     })
 }

@@ -98,7 +98,9 @@ const MAX_BK: usize = 64;
 /// Which kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// Tiled prefill (FlashAttention-2 style), for more than [`DECODE_MAX_Q_LEN`] query rows.
     Prefill,
+    /// Split-KV decode with a merge pass, a workgroup per (batch, kv head, split).
     Decode,
     /// Decode for CPU adapters (`attn_decode_keys`): each invocation owns whole keys, reads
     /// their K/V rows once with 16-byte loads and serves all rows of the group with them.
@@ -108,6 +110,7 @@ pub enum Kind {
 /// Options of one attention call; `Default` is causal, default scale, no window/softcap.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Attention {
+    /// Mask key `j` for query position `pos` when `j > pos`.
     pub causal: bool,
     /// Position of query 0; default `kv_len - q_len`. May be negative (those rows see no key when
     /// causal); `q_offset + q_len <= kv_len` is required.
@@ -144,38 +147,66 @@ impl Default for Attention {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
+    /// Batch size.
     pub batch: u32,
+    /// Query rows per sequence.
     pub q_len: u32,
+    /// Key/value rows per sequence.
     pub kv_len: u32,
+    /// Query heads.
     pub n_heads: u32,
+    /// Key/value heads.
     pub n_kv_heads: u32,
+    /// Elements per head.
     pub head_dim: u32,
+    /// Query heads per key/value head.
     pub group: u32,
+    /// Query rows per (batch, kv head): `q_len * group`.
     pub rows: u32,
+    /// q: element offset, batch, token and head strides.
     pub q: [u32; 4],
+    /// k: element offset, batch, token and head strides.
     pub k: [u32; 4],
+    /// v: element offset, batch, token and head strides.
     pub v: [u32; 4],
+    /// out: element offset, batch, token and head strides.
     pub o: [u32; 4],
+    /// Position of query 0.
     pub q_offset: i32,
+    /// Sliding window in keys (0 = none).
     pub window: u32,
+    /// 1 for a causal mask.
     pub causal: u32,
+    /// 1 when sinks are bound.
     pub has_sinks: u32,
+    /// Logit scale.
     pub scale: f32,
+    /// Logit softcap (0 = none).
     pub softcap: f32,
+    /// Element offset of the sinks.
     pub s_off: u32,
+    /// Keys per K/V tile.
     pub bk: u32,
+    /// Workgroups per (batch, kv head, split).
     pub row_blocks: u32,
+    /// Key chunks (split-KV).
     pub n_splits: u32,
+    /// Keys per chunk.
     pub chunk: u32,
+    /// Query rows per workgroup.
     pub rows_per_wg: u32,
+    /// Invocations that share a row (split-KV).
     pub lanes: u32,
+    /// Padding to 16 bytes.
     pub _pad: [u32; 3],
 }
 
 /// The code-shaping decisions; the pipeline keys derive from it alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
+    /// Which kernel.
     pub kind: Kind,
+    /// Storage dtype of q, k, v and out.
     pub dtype: DType,
     /// vec4 capacity of each of the K and V workgroup tiles.
     pub tile_v4: u32,
@@ -387,6 +418,7 @@ pub fn kv_rows_aligned(ctx: &Context, k: &Tensor, v: &Tensor) -> bool {
 /// What the dispatcher decided for one call (exposed so tests can see the thresholds at work).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// The code-shaping decisions (the pipeline keys derive from them).
     pub variant: Variant,
     /// Keys per K/V tile.
     pub bk: u32,
@@ -394,22 +426,30 @@ pub struct Plan {
     pub rows: usize,
     /// Rows per workgroup (a power of two for split-KV) and workgroups per (batch, kv head, split).
     pub rows_per_wg: usize,
+    /// Workgroups per (batch, kv head, split) along the rows.
     pub row_blocks: usize,
     /// Key lanes per row (split-KV only): invocations that share a row, each with its own partial.
     pub lanes: usize,
     /// Decode: number of kv chunks and keys per chunk (1 and kv_len for prefill).
     pub splits: usize,
+    /// Keys per chunk.
     pub chunk: usize,
 }
 
 /// Sizes read from the tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
+    /// Batch size (1 for rank-3 views).
     pub batch: usize,
+    /// Query rows.
     pub q_len: usize,
+    /// Key/value rows.
     pub kv_len: usize,
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads.
     pub n_kv_heads: usize,
+    /// Elements per head.
     pub head_dim: usize,
 }
 

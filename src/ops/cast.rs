@@ -14,10 +14,15 @@ const WG: u32 = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+/// Uniform parameters; mirrors `struct Params` in `shaders/cast.wgsl`.
 pub struct Params {
+    /// Pairs of elements (32-bit words of half storage) to convert.
     pub n_pairs: u32,
+    /// Element offset of the source in its binding.
     pub src_off: u32,
+    /// Element offset of the destination in its binding.
     pub dst_off: u32,
+    /// 1 when the element count is odd (the last pair has one element).
     pub odd_tail: u32,
 }
 

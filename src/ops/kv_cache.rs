@@ -27,14 +27,23 @@ const WG: u32 = 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
+    /// Sequences.
     pub batch: u32,
+    /// New rows per sequence.
     pub n_new: u32,
+    /// Key/value heads.
     pub n_kv_heads: u32,
+    /// Elements per head.
     pub head_dim: u32,
+    /// Cache row the new rows start at.
     pub pos: u32,
+    /// Rows the cache holds per sequence and head.
     pub capacity: u32,
+    /// k_new: element offset, batch, token and head strides.
     pub k: [u32; 4],
+    /// v_new: element offset, batch, token and head strides.
     pub v: [u32; 4],
+    /// Padding to 16 bytes.
     pub _pad: [u32; 2],
 }
 
@@ -130,24 +139,31 @@ impl KvCache {
         })
     }
 
+    /// Rows filled per sequence.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// True when no row is filled.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Rows the cache can hold per sequence.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+    /// Sequences.
     pub fn batch(&self) -> usize {
         self.batch
     }
+    /// Key/value heads.
     pub fn n_kv_heads(&self) -> usize {
         self.n_kv_heads
     }
+    /// Elements per head.
     pub fn head_dim(&self) -> usize {
         self.head_dim
     }
+    /// Storage dtype of K and V.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -167,9 +183,11 @@ impl KvCache {
         self.len = len;
         Ok(())
     }
+    /// The K storage, `[batch, n_kv_heads, capacity, head_dim]`.
     pub fn k_buffer(&self) -> &wgpu::Buffer {
         &self.k
     }
+    /// The V storage, `[batch, n_kv_heads, capacity, head_dim]`.
     pub fn v_buffer(&self) -> &wgpu::Buffer {
         &self.v
     }

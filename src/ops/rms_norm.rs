@@ -52,19 +52,33 @@ impl Default for RmsNorm {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
+    /// Rows.
     pub n_rows: u32,
+    /// Row length.
     pub n: u32,
+    /// Element offset of x in its binding.
     pub x_off: u32,
+    /// Elements between rows of x.
     pub x_stride: u32,
+    /// Element offset of the weight.
     pub w_off: u32,
+    /// Element offset of the residual.
     pub r_off: u32,
+    /// Elements between rows of the residual.
     pub r_stride: u32,
+    /// Element offset of out.
     pub out_off: u32,
+    /// Elements between rows of out.
     pub out_stride: u32,
+    /// Element offset of residual_out.
     pub rout_off: u32,
+    /// Elements between rows of residual_out.
     pub rout_stride: u32,
+    /// Epsilon.
     pub eps: f32,
+    /// Added to the weight (1 for Gemma).
     pub weight_offset: f32,
+    /// Padding to 16 bytes.
     pub _pad: [u32; 3],
 }
 
@@ -101,16 +115,20 @@ pub fn rows_workgroup(ctx: &Context) -> u32 {
 /// The code-shaping decisions for one dispatch; the pipeline key is derived from it alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
+    /// Storage dtype of every tensor.
     pub dtype: DType,
     /// Elements per chunk (1 or 4 for f32, 2 or 4 for half types).
     pub vec: u32,
     /// Workgroup size (power of two, <= 256, for a workgroup per row; 1..=64 per invocation).
     pub workgroup: u32,
+    /// The fused residual form.
     pub residual: bool,
     /// Where x, residual and weight are read from: [`SRC_OWN`], [`SRC_OUT`] (through out's
     /// read_write binding) or [`SRC_RES_OUT`] (through residual_out's).
     pub x_src: u32,
+    /// Where the residual is read from (see `x_src`).
     pub r_src: u32,
+    /// Where the weight is read from (see `x_src`).
     pub w_src: u32,
     /// One invocation per row (`rms_norm_rows`) instead of one workgroup per row.
     pub per_invocation: bool,
@@ -201,6 +219,7 @@ impl Variant {
         }
     }
 
+    /// The pipeline key of this variant.
     pub fn key(&self) -> PipelineKey {
         PipelineKey::new(
             Shader::RMS_NORM,
@@ -275,7 +294,9 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
 
 /// Read sources (the `X_SRC`, `R_SRC`, `W_SRC` override values).
 pub const SRC_OWN: u32 = 0;
+/// Read through out's `read_write` binding (in place).
 pub const SRC_OUT: u32 = 1;
+/// Read through residual_out's `read_write` binding (in place).
 pub const SRC_RES_OUT: u32 = 2;
 
 /// Rows of a `[..., n]` view: (row count, row stride). Leading dims must collapse to one stride.

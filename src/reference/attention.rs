@@ -9,7 +9,7 @@
 //! `j <= pos` (causal only) and `j > pos - window` (window > 0 only). A sink logit joins only the
 //! denominator. A row with no visible key is exactly 0.
 
-/// Sizes of one attention call (the op's own [`Dims`](crate::ops::attention::Dims)). The
+/// Sizes of one attention call (the op's own [`crate::ops::attention::Dims`]). The
 /// reference takes contiguous layouts: q/out `[batch, q_len, n_heads, head_dim]`, k/v
 /// `[batch, kv_len, n_kv_heads, head_dim]`.
 pub use crate::ops::attention::Dims;
@@ -17,8 +17,11 @@ pub use crate::ops::attention::Dims;
 /// Masking and logit options; `None` / 0 mean the defaults described in the module docs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Options {
+    /// Mask keys after the query's position.
     pub causal: bool,
+    /// Position of query 0; default `kv_len - q_len`.
     pub q_offset: Option<i64>,
+    /// Logit scale; default `1/sqrt(head_dim)`.
     pub scale: Option<f64>,
     /// 0 = no window.
     pub window: usize,

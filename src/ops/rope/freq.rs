@@ -40,25 +40,37 @@ pub enum Scaling {
     /// `inv_freq[i] = theta^(-2i/rotary_dim)`.
     Default,
     /// Position interpolation: `inv_freq / factor`.
-    Linear { factor: f64 },
+    Linear {
+        /// Position interpolation factor.
+        factor: f64,
+    },
     /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth blend between.
     Llama3 {
+        /// Divisor of the low frequencies.
         factor: f64,
+        /// Wavelength threshold factor below which frequencies are kept.
         low_freq_factor: f64,
+        /// Wavelength threshold factor above which frequencies are divided.
         high_freq_factor: f64,
+        /// The pre-training context length.
         original_max_position_embeddings: f64,
     },
     /// YaRN: per-pair blend of interpolated and extrapolated frequencies, cos and sin scaled by
     /// `attention_factor` (default `0.1 ln(factor) + 1`, or DeepSeek's `mscale` ratio).
     Yarn {
+        /// Context extension factor.
         factor: f64,
+        /// The pre-training context length.
         original_max_position_embeddings: f64,
         /// Default 32.
         beta_fast: f64,
         /// Default 1.
         beta_slow: f64,
+        /// cos/sin multiplier; default from `mscale`/`mscale_all_dim` or `0.1 ln(factor) + 1`.
         attention_factor: Option<f64>,
+        /// DeepSeek's `mscale`.
         mscale: Option<f64>,
+        /// DeepSeek's `mscale_all_dim`.
         mscale_all_dim: Option<f64>,
         /// Round the correction range outward to integers (HF default true).
         truncate: bool,
@@ -67,24 +79,32 @@ pub enum Scaling {
     /// `original_max_position_embeddings` (HF reads the config's `max_position_embeddings`):
     /// `theta * (factor * seq_len / orig - (factor - 1))^(dim / (dim - 2))`.
     Dynamic {
+        /// Context extension factor.
         factor: f64,
+        /// The pre-training context length (HF reads `max_position_embeddings`).
         original_max_position_embeddings: f64,
     },
     /// Phi-3 LongRoPE: per-pair divisors, `short_factor` up to `original_max_position_embeddings`
     /// tokens and `long_factor` beyond; cos and sin scaled by `attention_factor` (default
     /// `sqrt(1 + ln(factor) / ln(original_max_position_embeddings))`, 1 when `factor <= 1`).
     LongRope {
+        /// Per-pair divisors up to `original_max_position_embeddings` tokens.
         short_factor: Vec<f64>,
+        /// Per-pair divisors beyond.
         long_factor: Vec<f64>,
         /// `max_position_embeddings / original_max_position_embeddings`; only used for the
         /// default attention factor.
         factor: f64,
+        /// The pre-training context length.
         original_max_position_embeddings: f64,
+        /// cos/sin multiplier; default from `factor`.
         attention_factor: Option<f64>,
     },
     /// A table supplied by the user (one entry per pair), with its cos/sin multiplier.
     InvFreq {
+        /// One inverse frequency per pair.
         inv_freq: Vec<f64>,
+        /// cos/sin multiplier.
         attention_factor: f64,
     },
 }
@@ -282,8 +302,9 @@ pub struct Freq {
     pub turn_hi: u32,
     /// Low word.
     pub turn_lo: u32,
-    /// `inv_freq` rounded to f32 ([`SinCos::NaiveF32`] only).
+    /// `inv_freq` rounded to f32 (`SinCos::NaiveF32`, a benchmark method, only).
     pub inv_freq: f32,
+    /// Padding to 16 bytes.
     pub _pad: u32,
 }
 

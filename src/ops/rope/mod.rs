@@ -118,11 +118,13 @@ pub(crate) const VEC4_GROUP_BYTES: usize = 4096;
 /// One RoPE configuration: copy `theta`, `rotary_dim` and `rope_scaling` from a model's config.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rope {
+    /// Which elements pair up.
     pub layout: Layout,
     /// Leading elements of each head that are rotated (even, `<= head_dim`); `None` = `head_dim`.
     pub rotary_dim: Option<usize>,
     /// `rope_theta` (the base), finite and > 0.
     pub theta: f64,
+    /// `rope_type` and its parameters.
     pub scaling: Scaling,
     /// Sequence length that dynamic NTK and LongRoPE see (HF: `max(position_ids) + 1`). `None`:
     /// `start + seq` with a start offset; a positions buffer needs it set (the host cannot read
@@ -205,9 +207,11 @@ impl PositionIds {
         })?;
         Ok(Self::new(&buffer, 0, shape))
     }
+    /// The buffer holding the positions.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }
+    /// `[seq]` or `[batch, seq]`.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
@@ -266,48 +270,84 @@ pub fn qkv_views(
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
+    /// Tokens (batch x seq).
     pub n_tokens: u32,
+    /// Tokens per sequence.
     pub seq: u32,
+    /// Columns per token (pairs, or out-of-place copy columns).
     pub n_cols: u32,
+    /// Units of pairs per token.
     pub n_quads: u32,
+    /// Groups the heads are split into.
     pub n_hgroups: u32,
+    /// Heads per group.
     pub heads_per_group: u32,
+    /// `rotary_dim / 2`.
     pub half_rot: u32,
+    /// Elements per head.
     pub head_dim: u32,
+    /// First tensor (x or q): element offset.
     pub a_off: u32,
+    /// First tensor: batch stride.
     pub a_bstride: u32,
+    /// First tensor: token stride.
     pub a_sstride: u32,
+    /// First tensor: head stride.
     pub a_hstride: u32,
+    /// Heads of the first tensor.
     pub a_heads: u32,
+    /// Heads of the second tensor (k with `encode_qk`, else 0).
     pub b_heads: u32,
+    /// Second tensor: element offset.
     pub b_off: u32,
+    /// Second tensor: batch stride.
     pub b_bstride: u32,
+    /// Second tensor: token stride.
     pub b_sstride: u32,
+    /// Second tensor: head stride.
     pub b_hstride: u32,
+    /// Output (out of place): element offset.
     pub o_off: u32,
+    /// Output: batch stride.
     pub o_bstride: u32,
+    /// Output: token stride.
     pub o_sstride: u32,
+    /// Output: head stride.
     pub o_hstride: u32,
+    /// Positions: element offset.
     pub pos_off: u32,
+    /// Positions: batch stride (0 for `[seq]`).
     pub pos_bstride: u32,
+    /// Positions: token stride.
     pub pos_sstride: u32,
+    /// Position of token 0 with [`Positions::Start`].
     pub pos_start: i32,
+    /// The attention factor cos and sin are multiplied by.
     pub scale: f32,
+    /// Padding.
     pub _pad0: u32,
     /// `rope_vec4` only: vec4 distance between the halves of a head (`half_rot / lanes`).
     pub v_half: u32,
+    /// Padding.
     pub _pad1: u32,
+    /// Padding.
     pub _pad2: u32,
+    /// Padding to 16 bytes.
     pub _pad3: u32,
 }
 
 /// The code-shaping decisions for one dispatch; the pipeline key is derived from it alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
+    /// Storage dtype.
     pub dtype: DType,
+    /// Which elements pair up.
     pub layout: Layout,
+    /// Positions come from a buffer.
     pub pos_buf: bool,
+    /// Rotate in place.
     pub in_place: bool,
+    /// Out of place with x read from the destination binding (x and out are one view).
     pub x_in_dst: bool,
     /// How cos and sin are computed: always exact, but for the benchmark's comparisons.
     pub(crate) sincos: SinCos,
@@ -316,6 +356,7 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// The pipeline key of this variant.
     pub fn key(&self) -> PipelineKey {
         PipelineKey::new(
             Shader::ROPE,

@@ -1,0 +1,57 @@
+//! The examples are part of the documentation, so they run as tests: each checks itself against
+//! the f64 reference and exits non-zero on a mismatch, which fails the test here.
+#![cfg(feature = "cli")]
+
+use std::process::Command;
+
+/// `cargo run --example NAME -- ARGS` in this package; panics with its output unless it exits 0.
+fn run_example(name: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--example", name, "--"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "example {name} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+#[test]
+fn chain_matches_the_reference() {
+    let out = run_example("chain", &[]);
+    assert!(out.contains("rope q+k -> attention"), "{out}");
+    assert!(out.trim_end().ends_with("ok"), "{out}");
+}
+
+#[test]
+fn decode_loop_matches_the_reference_at_every_step() {
+    let out = run_example("decode_loop", &["--steps", "4"]);
+    // The prefill and each of the 4 decode steps were checked.
+    assert_eq!(out.matches(" ok\n").count(), 5, "{out}");
+    assert!(out.contains("all steps match the f64 reference"), "{out}");
+}
+
+#[test]
+fn decode_loop_refuses_a_bad_argument() {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--quiet",
+            "--example",
+            "decode_loop",
+            "--",
+            "--dtype",
+            "f8",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dtype \"f8\""));
+}
