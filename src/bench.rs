@@ -413,7 +413,6 @@ pub fn measure_round_robin(
 
 /// `runs` rounds of one run of each `(encode, reps)` in turn; per closure, the times of its runs
 /// by `timing` and by wall clock.
-#[allow(clippy::type_complexity)]
 fn interleave(
     ctx: &Context,
     items: &mut [(&mut Encode, u32)],
