@@ -128,6 +128,15 @@ pub enum Timing {
 }
 
 impl Timing {
+    /// GPU timestamps where `ctx` has them, wall time otherwise.
+    pub fn of(ctx: &Context) -> Timing {
+        if ctx.caps().timestamps {
+            Timing::Timestamp
+        } else {
+            Timing::Wall
+        }
+    }
+
     /// The name written to the JSON records.
     pub fn name(self) -> &'static str {
         match self {
@@ -275,6 +284,17 @@ fn time_runs(
     reps: u32,
     runs: usize,
 ) -> Result<Vec<f64>> {
+    Ok(time_runs_wall(ctx, encode, timing, reps, runs)?.0)
+}
+
+/// [`time_runs`], also returning each run's submit-and-wait wall time per repetition.
+fn time_runs_wall(
+    ctx: &Context,
+    encode: &mut Encode,
+    timing: Timing,
+    reps: u32,
+    runs: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let set = match timing {
         Timing::Timestamp => Some(ctx.scoped(OP, || {
             ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
@@ -308,7 +328,7 @@ fn time_runs(
         wall.push(t0.elapsed().as_secs_f64() * 1e3 / reps as f64);
     }
     let Some(set) = set else {
-        return Ok(wall);
+        return Ok((wall.clone(), wall));
     };
     let bytes = 16 * runs as u64;
     let resolve = ctx.scoped(OP, || {
@@ -326,10 +346,11 @@ fn time_runs(
     let raw = ctx.read_bytes(&resolve, 0..bytes)?;
     let ticks: &[u64] = bytemuck::cast_slice(&raw);
     let period_ns = ctx.queue().get_timestamp_period() as f64;
-    Ok(ticks
+    let gpu = ticks
         .chunks_exact(2)
         .map(|t| t[1].saturating_sub(t[0]) as f64 * period_ns * 1e-6 / reps as f64)
-        .collect())
+        .collect();
+    Ok((gpu, wall))
 }
 
 /// Warm up and pick the repetitions per run so that a run lasts about `settings.min_run_ms`.
@@ -373,6 +394,58 @@ pub fn measure(
     Ok(median(&mut times))
 }
 
+/// Median milliseconds per repetition of one closure timed by [`measure_round_robin`].
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    /// By the run's [`Timing`].
+    pub ms: f64,
+    /// Submit-and-wait wall time (equal to `ms` under [`Timing::Wall`]).
+    pub wall_ms: f64,
+}
+
+/// Warm up and calibrate each of `encodes` as [`measure`] does, then time them round-robin, one
+/// run of each in turn, `settings.runs` times, so that a host whose load changes while they run
+/// slows them alike.
+pub fn measure_round_robin(
+    ctx: &Context,
+    encodes: &mut [Encode],
+    timing: Timing,
+    settings: &Settings,
+) -> Result<Vec<Measured>> {
+    let mut calibrated = Vec::with_capacity(encodes.len());
+    for encode in encodes.iter_mut() {
+        let reps = calibrate(ctx, encode, timing, settings)?;
+        calibrated.push((encode, reps));
+    }
+    let runs = interleave(ctx, &mut calibrated, timing, settings.runs.max(1))?;
+    Ok(runs
+        .into_iter()
+        .map(|(mut t, mut w)| Measured {
+            ms: median(&mut t),
+            wall_ms: median(&mut w),
+        })
+        .collect())
+}
+
+/// `runs` rounds of one run of each `(encode, reps)` in turn; per closure, the times of its runs
+/// by `timing` and by wall clock.
+fn interleave(
+    ctx: &Context,
+    items: &mut [(&mut Encode, u32)],
+    timing: Timing,
+    runs: usize,
+) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+    let mut out = vec![(Vec::new(), Vec::new()); items.len()];
+    for _ in 0..runs {
+        for ((encode, reps), (t, w)) in items.iter_mut().zip(&mut out) {
+            let (ti, wi) = time_runs_wall(ctx, encode, timing, *reps, 1)?;
+            t.extend(ti);
+            w.extend(wi);
+        }
+    }
+    Ok(out)
+}
+
 /// A ceiling kept ready to be re-measured beside every kernel.
 struct Ceiling {
     encode: Encode,
@@ -396,20 +469,17 @@ fn measure_beside(
     } else {
         settings.runs.max(1)
     };
-    let mut times = Vec::new();
-    let mut ceiling_times = vec![Vec::new(); ceilings.len()];
-    for _ in 0..runs {
-        times.extend(time_runs(ctx, encode, timing, reps, 1)?);
-        for (c, t) in ceilings.iter_mut().zip(&mut ceiling_times) {
-            t.extend(time_runs(ctx, &mut c.encode, timing, c.reps, 1)?);
-        }
-    }
-    let gbps = ceilings
+    let bytes: Vec<u64> = ceilings.iter().map(|c| c.bytes).collect();
+    let mut items = vec![(encode, reps)];
+    items.extend(ceilings.iter_mut().map(|c| (&mut c.encode, c.reps)));
+    let mut times = interleave(ctx, &mut items, timing, runs)?.into_iter();
+    let mut kernel = times.next().map_or_else(Vec::new, |t| t.0);
+    let gbps = bytes
         .iter()
-        .zip(&mut ceiling_times)
-        .map(|(c, t)| c.bytes as f64 / (median(t) * 1e6))
+        .zip(times)
+        .map(|(b, mut t)| *b as f64 / (median(&mut t.0) * 1e6))
         .collect();
-    Ok((median(&mut times), gbps))
+    Ok((median(&mut kernel), gbps))
 }
 
 /// Deterministic, cheap test data in [-1, 1): values do not change the speed of these kernels,
@@ -915,11 +985,7 @@ pub fn run_cases(
     settings: &Settings,
     mut progress: impl FnMut(&Record),
 ) -> Result<Vec<Record>> {
-    let timing = if ctx.caps().timestamps {
-        Timing::Timestamp
-    } else {
-        Timing::Wall
-    };
+    let timing = Timing::of(ctx);
     let mut records: Vec<Record> = Vec::new();
     // Copy cases come first; the two ceilings among them stay allocated and are re-measured
     // beside every kernel.

@@ -1,17 +1,58 @@
-//! The self-test's last row: one committed tiny model run end to end on the GPU.
-//!
-//! TODO(lead): wire the model runner here once `examples/tiny_llm` and `models/` land: load one
-//! committed model (the smallest), run its fixed prompt in f32, compare the logits with the
-//! committed float64 reference (NMSE limit 1e-9, same greedy tokens) and return the row:
-//! kernel `tiny_llm`, variant the model name, shape `prompt P + N steps`.
+//! The self-test's last row: one committed tiny model (`models/llama3`: Llama-3 RoPE scaling,
+//! GQA, the older config form) run end to end on the GPU by `examples/tiny_llm`'s model code, its
+//! logits compared with the committed float64 transformers run (NMSE limit 1e-9 in f32, same
+//! greedy tokens).
 
-use llama_kernels::Context;
+use std::path::Path;
+
+use llama_kernels::{Context, DType};
 
 use super::Row;
 
-/// The tiny-model row, or `None` while no model runner is wired (the self-test then says so and
-/// does not count it as a failure).
+#[path = "../../examples/tiny_llm/tiny_llm.rs"]
+mod tiny_llm;
+
+/// The model the self-test runs, in the checkout the binary was built from.
+const MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/llama3");
+
+/// The tiny-model row, or `None` when the committed model is not there (a binary installed away
+/// from its checkout); the self-test then says so and does not count it as a failure.
 pub fn run_tiny_model(ctx: &Context) -> Option<Row> {
-    let _ = ctx;
-    None
+    let dir = Path::new(MODEL_DIR);
+    if !dir.join("config.json").exists() {
+        return None;
+    }
+    let mut row = Row {
+        kernel: "tiny_llm".into(),
+        variant: "llama3 (2 layers, GQA 4/2)".into(),
+        dtype: "f32".into(),
+        shape: String::new(),
+        nmse: f64::NAN,
+        max_abs: f64::NAN,
+        tolerance: tiny_llm::reference::F32_LIMIT,
+        first_ms: None,
+        gpu_ms: None,
+        pass: false,
+        note: None,
+    };
+    match tiny_llm::reference::Reference::load(dir).and_then(|r| {
+        Ok((
+            r.prompt.len(),
+            r.steps(),
+            tiny_llm::reference::run(ctx, dir, DType::F32)?,
+        ))
+    }) {
+        Ok((prompt, steps, out)) => {
+            row.shape = format!("prompt {prompt} + {steps} steps");
+            row.nmse = out.nmse;
+            row.max_abs = out.max_abs;
+            row.first_ms = Some(out.seconds * 1e3);
+            row.pass = out.passed();
+            if !out.tokens_match {
+                row.note = Some(format!("greedy tokens differ: got {:?}", out.tokens));
+            }
+        }
+        Err(e) => row.note = Some(e.to_string()),
+    }
+    Some(row)
 }
