@@ -124,31 +124,6 @@ fn expected(c: &Case, x: &[f64], shape: [usize; 4], pos: &[i64], seq_len: usize)
     reference::rope(x, shape, pos, &inv, attn, c.layout, c.rotary_dim)
 }
 
-/// A guard that leaves the view 16-byte aligned (the `rope_vec4` path); `GUARD_BEFORE` (70
-/// elements) does not, so in-place cases run once with each and take both paths.
-const ALIGNED_GUARD: usize = 64;
-
-/// `upload_guarded` with `before` guard elements.
-fn upload_at(ctx: &Context, data: &[f32], shape: &[usize], dtype: DType, before: usize) -> Tensor {
-    let n: usize = shape.iter().product();
-    assert_eq!(n, data.len());
-    let mut all = vec![SENTINEL; before + n + GUARD_AFTER];
-    all[before..before + n].copy_from_slice(data);
-    let full = ctx.upload_as(&all, &[all.len()], dtype).expect("upload");
-    Tensor::new(full.buffer(), before, shape, dtype)
-}
-
-/// `assert_guards` for a view made by `upload_at`.
-fn assert_guards_at(ctx: &Context, t: &Tensor, before: usize, what: &str) {
-    let n = t.numel();
-    let full = Tensor::new(t.buffer(), 0, &[before + n + GUARD_AFTER], t.dtype());
-    let all = ctx.read_f32(&full).expect("readback");
-    let s = t.dtype().round(SENTINEL as f64) as f32;
-    for (i, &v) in all[..before].iter().chain(&all[before + n..]).enumerate() {
-        assert_eq!(v, s, "{what}: guard element {i} was overwritten with {v}");
-    }
-}
-
 /// Whether `rope_vec4` should take a view at element offset `off` (strides already aligned).
 fn vec4_expected(dtype: DType, rotary_dim: usize, off: usize) -> bool {
     let lanes = 16 / dtype.size();
@@ -860,21 +835,6 @@ fn accuracy_at_large_positions() {
     run_case(&c, 92);
 }
 
-fn expect_err(r: Result<(), Error>, kind: fn(&Error) -> bool, needle: &str) {
-    match r {
-        Ok(()) => panic!("expected an error containing {needle:?}, got Ok"),
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(kind(&e), "wrong error kind for {needle:?}: {e:?}");
-            assert!(msg.starts_with("rope: "), "message must name the op: {msg}");
-            assert!(
-                msg.contains(needle),
-                "message {msg:?} must contain {needle:?}"
-            );
-        }
-    }
-}
-
 #[test]
 fn every_validation_rule_has_an_error() {
     let ctx = ctx();
@@ -882,11 +842,9 @@ fn every_validation_rule_has_an_error() {
         ctx.upload(&vec![1.0f32; shape.iter().product()], shape)
             .unwrap()
     };
-    let is_shape = |e: &Error| matches!(e, Error::Shape { .. });
-    let is_dtype = |e: &Error| matches!(e, Error::DType { .. });
-    let is_bounds = |e: &Error| matches!(e, Error::Bounds { .. });
-    let is_alias = |e: &Error| matches!(e, Error::Alias { .. });
-    let is_param = |e: &Error| matches!(e, Error::Param { .. });
+    let expect_err = |r: Result<(), Error>, kind: fn(&Error) -> bool, needle: &str| {
+        expect_err(r, "rope", kind, needle)
+    };
     let x = f32v(&[4, 2, 128]);
     let s0 = Positions::Start(0);
     let def = Rope::default();
