@@ -675,19 +675,51 @@ fn dims_of(c: &Case) -> llama_kernels::ops::attention::Dims {
     }
 }
 
-/// Every kind, dtype and tile size (including the 16 KiB tiles this adapter would not pick)
-/// compiles on this adapter at head_dim 128. (All head_dims of every variant go through naga in
-/// tests/portability.rs; running them all on lavapipe would take minutes.)
+/// Every kind, dtype, tile size (including the 16 KiB tiles this adapter would not pick) and
+/// DecodeKeys row count compiles on this adapter at head_dim `HD` (with
+/// `LLAMA_KERNELS_LONG_TESTS=1`, at 128 too). Building a pipeline unrolls its head loops, so at
+/// 128 this alone takes lavapipe longer than the tests that run every real head size; all head_dims
+/// of every variant go through naga in tests/portability.rs.
 #[test]
 fn every_variant_compiles() {
+    use llama_kernels::ops::attention::{tile_v4_for, Variant};
     let ctx = ctx();
-    for key in llama_kernels::ops::attention::all_variant_keys()
-        .into_iter()
-        .filter(|k| k.constant("HD4") == Some(32))
-    {
-        ctx.kernel("test", &key)
-            .unwrap_or_else(|e| panic!("{key:?}: {e}"));
+    let hds = if long_tests() {
+        vec![HD, 128]
+    } else {
+        vec![HD]
+    };
+    let kinds = [
+        (Kind::Prefill, false, 1),
+        (Kind::Prefill, true, 1),
+        (Kind::Decode, true, 1),
+        (Kind::DecodeKeys, true, 1),
+        (Kind::DecodeKeys, true, 2),
+        (Kind::DecodeKeys, true, 4),
+    ];
+    let mut n = 0;
+    for hd in hds {
+        for (kind, split_kv, kr) in kinds {
+            for dtype in DType::ALL {
+                for limit in [16384, 32768] {
+                    let v = Variant {
+                        kind,
+                        dtype,
+                        tile_v4: tile_v4_for(limit),
+                        hd4: hd as u32 / 4,
+                        split_kv,
+                        kr,
+                    };
+                    for key in v.keys() {
+                        ctx.kernel("test", &key)
+                            .unwrap_or_else(|e| panic!("{key:?}: {e}"));
+                        n += 1;
+                    }
+                }
+            }
+        }
     }
+    assert!(n >= 6 * 3 * 2, "{n} pipelines");
 }
 
 /// Rows that see no key output exactly 0 (not NaN), with and without sinks, in both kernels:

@@ -385,10 +385,7 @@ fn chained_in_one_encoder() {
 #[test]
 fn every_validation_rule_has_an_error() {
     let ctx = ctx();
-    let f32v = |shape: &[usize]| {
-        ctx.upload(&vec![1.0f32; shape.iter().product()], shape)
-            .unwrap()
-    };
+    let f32v = |shape: &[usize]| filled(&ctx, shape, 1.0);
     let x = f32v(&[4, 8]);
     let w = f32v(&[8]);
     let out = f32v(&[4, 8]);

@@ -644,24 +644,18 @@ fn shared_buffers_and_one_encoder() {
     let pos: Vec<i64> = (77..77 + seq as i64).collect();
     let xr = rounded(&data[..n], DType::F32);
     let kr = rounded(&data[n..], DType::F32);
-    let want = reference::rope(
-        &xr,
-        [1, seq, heads, hd],
-        &pos,
-        &inv,
-        1.0,
-        Layout::Interleaved,
-        hd,
-    );
-    let want_k = reference::rope(
-        &kr,
-        [1, seq, heads, hd],
-        &pos,
-        &inv,
-        1.0,
-        Layout::Interleaved,
-        hd,
-    );
+    let rotate = |x: &[f64]| {
+        reference::rope(
+            x,
+            [1, seq, heads, hd],
+            &pos,
+            &inv,
+            1.0,
+            Layout::Interleaved,
+            hd,
+        )
+    };
+    let (want, want_k) = (rotate(&xr), rotate(&kr));
     assert_close(&ctx, &out, &want, 1e-10, "out in x's buffer");
     assert_close(&ctx, &q, &want, 1e-10, "q alone");
     assert_close(&ctx, &k, &want_k, 1e-10, "k alone");
@@ -838,10 +832,7 @@ fn accuracy_at_large_positions() {
 #[test]
 fn every_validation_rule_has_an_error() {
     let ctx = ctx();
-    let f32v = |shape: &[usize]| {
-        ctx.upload(&vec![1.0f32; shape.iter().product()], shape)
-            .unwrap()
-    };
+    let f32v = |shape: &[usize]| filled(&ctx, shape, 1.0);
     let expect_err = |r: Result<(), Error>, kind: fn(&Error) -> bool, needle: &str| {
         expect_err(r, "rope", kind, needle)
     };

@@ -91,6 +91,12 @@ pub fn upload_guarded(ctx: &Context, data: &[f32], shape: &[usize], dtype: DType
     upload_at(ctx, data, shape, dtype, GUARD_BEFORE)
 }
 
+/// A plain f32 tensor of `shape` holding `value` everywhere (for the validation tests).
+pub fn filled(ctx: &Context, shape: &[usize], value: f32) -> Tensor {
+    ctx.upload(&vec![value; shape.iter().product()], shape)
+        .expect("upload")
+}
+
 /// An output view pre-filled with NaN, with sentinel guards around it.
 pub fn nan_output(ctx: &Context, shape: &[usize], dtype: DType) -> Tensor {
     let n: usize = shape.iter().product();
