@@ -13,6 +13,23 @@ fn tol(dtype: DType) -> f64 {
     tolerance(dtype)
 }
 
+/// `out` holds default (causal) attention of `q` over all of `k` and `v` (`[batch, len, n_kv_heads,
+/// head_dim]` rows as the cache stores them), with `heads` = [batch, n_heads, n_kv_heads,
+/// head_dim].
+fn assert_attends(out: &Tensor, q: &[f64], k: &[f64], v: &[f64], heads: [usize; 4], what: &str) {
+    let [batch, n_heads, n_kv_heads, head_dim] = heads;
+    let dims = reference::Dims {
+        batch,
+        q_len: q.len() / (batch * n_heads * head_dim),
+        kv_len: k.len() / (batch * n_kv_heads * head_dim),
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    };
+    let want = reference::attention(q, k, v, None, dims, &Default::default());
+    assert_close(&ctx(), out, &want, tol(out.dtype()), what);
+}
+
 /// The head_dim of the cache tests: attention compiles one specialisation per head_dim, and
 /// tests/attention.rs runs every kernel and dtype at 16 (and the real sizes once each), so the
 /// cache tests add no compile of their own.
@@ -60,31 +77,17 @@ fn kv_cache_append_and_attend() {
                 .encode_cached(&ctx, &mut enc, &qt, &cache, None, &out)
                 .unwrap();
             ctx.queue().submit([enc.finish()]);
-            let len = cache.len();
             let kf: Vec<f32> = k_all.concat();
             let vf: Vec<f32> = v_all.concat();
-            let dims = reference::Dims {
-                batch,
-                q_len: n_new,
-                kv_len: len,
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-            };
-            let want = reference::attention(
-                &rounded(&q, dtype),
-                &rounded(&kf, dtype),
-                &rounded(&vf, dtype),
-                None,
-                dims,
-                &Default::default(),
-            );
-            assert_close(
-                &ctx,
+            let (kr, vr) = (rounded(&kf, dtype), rounded(&vf, dtype));
+            let what = format!("{dtype} step {step}");
+            assert_attends(
                 &out,
-                &want,
-                tol(dtype),
-                &format!("{dtype} step {step}"),
+                &rounded(&q, dtype),
+                &kr,
+                &vr,
+                [batch, nh, nkv, hd],
+                &what,
             );
             // The cache views read back exactly the rounded rows.
             let kc = ctx.read_f32(&cache.k()).unwrap();
@@ -215,28 +218,14 @@ fn kv_cache_append_with_rope() {
                 vf.iter().map(|&x| x as f32).collect::<Vec<_>>(),
                 "{src} -> {dtype} step {step}: V"
             );
-            let dims = reference::Dims {
-                batch,
-                q_len: n_new,
-                kv_len: cache.len(),
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-            };
-            let want = reference::attention(
+            let what = format!("{dtype} step {step}: attention");
+            assert_attends(
+                &out,
                 &rounded(&q, dtype),
                 &kf,
                 &vf,
-                None,
-                dims,
-                &Default::default(),
-            );
-            assert_close(
-                &ctx,
-                &out,
-                &want,
-                tol(dtype),
-                &format!("{dtype} step {step}: attention"),
+                [batch, nh, nkv, hd],
+                &what,
             );
         }
         // A RoPE the cache cannot apply is refused before anything is recorded.
