@@ -1181,44 +1181,35 @@ fn every_validation_rule_has_an_error() {
         is_alias,
         "out shares a buffer with q",
     );
-    expect_err(
-        run(
+    // Options out of range.
+    let bad_options = [
+        (
             Attention {
                 scale: Some(f32::NAN),
                 ..a
             },
-            &q,
-            &k,
-            &v,
-            None,
-            &out,
+            "scale must be finite",
         ),
-        "attention",
-        is_param,
-        "scale must be finite",
-    );
-    expect_err(
-        run(Attention { softcap: -1.0, ..a }, &q, &k, &v, None, &out),
-        "attention",
-        is_param,
-        "softcap must be finite and >= 0 (0 = none), got -1",
-    );
-    expect_err(
-        run(
+        (
+            Attention { softcap: -1.0, ..a },
+            "softcap must be finite and >= 0 (0 = none), got -1",
+        ),
+        (
             Attention {
                 splits: Some(0),
                 ..a
             },
-            &q,
-            &k,
-            &v,
-            None,
-            &out,
+            "splits must be in 1..=65535, got 0",
         ),
-        "attention",
-        is_param,
-        "splits must be in 1..=65535, got 0",
-    );
+    ];
+    for (op, needle) in bad_options {
+        expect_err(
+            run(op, &q, &k, &v, None, &out),
+            "attention",
+            is_param,
+            needle,
+        );
+    }
 }
 
 /// A device created with WebGPU's default limits (16 KiB of workgroup memory): the tiles shrink
