@@ -127,7 +127,7 @@ fn expected(c: &Case, x: &[f64], shape: [usize; 4], pos: &[i64], seq_len: usize)
 /// Whether `rope_vec4` should take a view at element offset `off` (strides already aligned).
 fn vec4_expected(dtype: DType, rotary_dim: usize, off: usize) -> bool {
     let lanes = 16 / dtype.size();
-    off % lanes == 0 && rotary_dim % (2 * lanes) == 0
+    off.is_multiple_of(lanes) && rotary_dim.is_multiple_of(2 * lanes)
 }
 
 fn run_case(c: &Case, seed: u64) {
@@ -167,8 +167,8 @@ fn run_case_at(c: &Case, seed: u64, guard: usize) {
                 &pos,
                 seq_len,
             );
-            let vec4 =
-                vec4_expected(c.dtype, c.rotary_dim, guard) && hd % (16 / c.dtype.size()) == 0;
+            let vec4 = vec4_expected(c.dtype, c.rotary_dim, guard)
+                && hd.is_multiple_of(16 / c.dtype.size());
             if ids {
                 let xt = upload_at(&ctx, &x, &[batch, seq, heads, hd], c.dtype, guard);
                 let p32: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
@@ -208,8 +208,8 @@ fn run_case_at(c: &Case, seed: u64, guard: usize) {
             let p32: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
             let pt = PositionIds::upload(&ctx, &p32, &[seq]).unwrap();
             op = op.with_seq_len(seq_len);
-            let vec4 =
-                vec4_expected(c.dtype, c.rotary_dim, guard) && hd % (16 / c.dtype.size()) == 0;
+            let vec4 = vec4_expected(c.dtype, c.rotary_dim, guard)
+                && hd.is_multiple_of(16 / c.dtype.size());
             let var = op
                 .variant(&ctx, &q, Some(&k), None, Positions::Ids(&pt))
                 .unwrap();
@@ -552,7 +552,7 @@ fn half_and_interleaved_agree_after_permutation() {
             // element of the interleaved head taken from element perm(i) of the half head
             if i >= rd {
                 i
-            } else if i % 2 == 0 {
+            } else if i.is_multiple_of(2) {
                 i / 2
             } else {
                 i / 2 + rd / 2
@@ -1193,7 +1193,7 @@ fn vec4_half_conversions_are_exact() {
                 }
             })
             .collect();
-        while bits.len() % 16 != 0 {
+        while !bits.len().is_multiple_of(16) {
             bits.push(0);
         }
         let to_f32 = |b: u16| {
