@@ -10,7 +10,7 @@ use llama_kernels::ops::attention::{
     KEYS_MIN_CHUNK, KEYS_TARGET_WORKGROUPS, KEYS_WG,
 };
 use llama_kernels::reference::attention as reference;
-use llama_kernels::{Attention, DType, Error, KvCache, Tensor};
+use llama_kernels::{Attention, DType, Error, Tensor};
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -122,28 +122,12 @@ fn gpu(c: &Case, d: &Data) -> Vec<f32> {
     gpu_on(&ctx(), c, d)
 }
 
-/// Like `upload_guarded`, with `before` guard elements (64 puts every dtype's view start on a
-/// 16-byte boundary of its binding window, which the DecodeKeys kernel needs).
-fn upload_with_guard(
-    ctx: &llama_kernels::Context,
-    data: &[f32],
-    shape: &[usize],
-    dtype: DType,
-    before: usize,
-) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut all = vec![SENTINEL; before + n + GUARD_AFTER];
-    all[before..before + n].copy_from_slice(data);
-    let full = ctx.upload_as(&all, &[all.len()], dtype).expect("upload");
-    Tensor::new(full.buffer(), before, shape, dtype)
-}
-
 /// Guard elements before the inputs of a case: 16-byte aligned rows for the dispatcher's own
 /// choice and for a forced DecodeKeys (so that the CPU adapter's default decode path runs),
 /// the unaligned common guard for the other forced kernels.
 fn guard_before(c: &Case) -> usize {
     match c.kind {
-        None | Some(Kind::DecodeKeys) => 64,
+        None | Some(Kind::DecodeKeys) => ALIGNED_GUARD,
         _ => GUARD_BEFORE,
     }
 }
@@ -151,9 +135,9 @@ fn guard_before(c: &Case) -> usize {
 fn gpu_on(ctx: &llama_kernels::Context, c: &Case, d: &Data) -> Vec<f32> {
     let (qs, ks) = c.shapes();
     let before = guard_before(c);
-    let q = upload_with_guard(ctx, &d.q, &qs, c.dtype, before);
-    let k = upload_with_guard(ctx, &d.k, &ks, c.dtype, before);
-    let v = upload_with_guard(ctx, &d.v, &ks, c.dtype, before);
+    let q = upload_at(ctx, &d.q, &qs, c.dtype, before);
+    let k = upload_at(ctx, &d.k, &ks, c.dtype, before);
+    let v = upload_at(ctx, &d.v, &ks, c.dtype, before);
     let sinks = c
         .sinks
         .then(|| upload_guarded(ctx, &d.sinks, &[c.n_heads], DType::F32));
@@ -171,9 +155,9 @@ fn try_run(c: &Case) -> Result<(), Error> {
     let d = data(c, 1, 1.0);
     let (qs, ks) = c.shapes();
     let before = guard_before(c);
-    let q = upload_with_guard(&ctx, &d.q, &qs, c.dtype, before);
-    let k = upload_with_guard(&ctx, &d.k, &ks, c.dtype, before);
-    let v = upload_with_guard(&ctx, &d.v, &ks, c.dtype, before);
+    let q = upload_at(&ctx, &d.q, &qs, c.dtype, before);
+    let k = upload_at(&ctx, &d.k, &ks, c.dtype, before);
+    let v = upload_at(&ctx, &d.v, &ks, c.dtype, before);
     let out = nan_output(&ctx, &qs, c.dtype);
     c.op().run(&ctx, &q, &k, &v, None, &out)
 }
@@ -240,6 +224,94 @@ const KINDS: [Option<Kind>; 4] = [
 /// Every kernel, forced.
 const FORCED: [Kind; 3] = [Kind::Prefill, Kind::Decode, Kind::DecodeKeys];
 
+/// The head_dim of the tests whose point is not the head size. Every head_dim is its own pipeline
+/// specialisation (`HD4`, with the head loops unrolled), and lavapipe compiles each at its first
+/// dispatch, which at head_dim 16 costs a small fraction of what 64..256 cost. So the kernel x
+/// dtype x masking-mode coverage and the edge cases run at this size, and every real head size
+/// runs in `every_kernel_at_real_head_dims`.
+const HD: usize = 16;
+
+/// A real model's attention shape, with the dtype its head size runs in (the dtypes rotate so
+/// that every kernel also meets every dtype at a real head size) and the decode length that
+/// picks DecodeKeys' query rows per workgroup (rows = decode_q_len x group, rounded up to 1, 2
+/// or 4).
+struct Model {
+    name: &'static str,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    dtype: DType,
+    decode_q_len: usize,
+    keys_rows: u32,
+}
+
+/// The specialisations at real head sizes that the default tests run (the other tests reuse them:
+/// a second test on the same head_dim, dtype and kernel costs no compile). Llama-3.2-1B's and
+/// Phi-2's DecodeKeys are also what the committed attention cases of `check` compile.
+const MODELS: [Model; 5] = [
+    // Llama-3.2-1B: 32 q heads, 8 kv heads, head_dim 64; one token, 4 rows of a group.
+    Model {
+        name: "Llama-3.2-1B",
+        n_heads: 32,
+        n_kv_heads: 8,
+        head_dim: 64,
+        dtype: DType::F32,
+        decode_q_len: 1,
+        keys_rows: 4,
+    },
+    // Phi-2: 32 heads (MHA), head_dim 80; three draft tokens.
+    Model {
+        name: "Phi-2",
+        n_heads: 32,
+        n_kv_heads: 32,
+        head_dim: 80,
+        dtype: DType::F16,
+        decode_q_len: 3,
+        keys_rows: 4,
+    },
+    // Phi-3-mini: 32 heads (MHA), head_dim 96; two tokens.
+    Model {
+        name: "Phi-3-mini",
+        n_heads: 32,
+        n_kv_heads: 32,
+        head_dim: 96,
+        dtype: DType::BF16,
+        decode_q_len: 2,
+        keys_rows: 2,
+    },
+    // Llama-2-7B: 32 heads (MHA), head_dim 128; one token.
+    Model {
+        name: "Llama-2-7B",
+        n_heads: 32,
+        n_kv_heads: 32,
+        head_dim: 128,
+        dtype: DType::F16,
+        decode_q_len: 1,
+        keys_rows: 1,
+    },
+    // Gemma-7B: 16 heads (MHA), head_dim 256; two tokens.
+    Model {
+        name: "Gemma-7B",
+        n_heads: 16,
+        n_kv_heads: 16,
+        head_dim: 256,
+        dtype: DType::F32,
+        decode_q_len: 2,
+        keys_rows: 2,
+    },
+];
+
+/// The model of `MODELS` whose head size runs in `dtype` and is also a Llama-style GQA or the
+/// largest MHA one: f32 -> head_dim 64, f16 -> 128, bf16 -> 96.
+fn model_for(dtype: DType) -> &'static Model {
+    let hd = match dtype {
+        DType::F32 => 64,
+        DType::F16 => 128,
+        DType::BF16 => 96,
+    };
+    MODELS.iter().find(|m| m.head_dim == hd).unwrap()
+}
+
 /// Masking / logit options number `m` (of 8) for a case, rotated through the grid.
 fn with_mode(mut c: Case, m: usize) -> Case {
     match m % 8 {
@@ -269,12 +341,14 @@ fn with_mode(mut c: Case, m: usize) -> Case {
     c
 }
 
-/// Every (q_len, kv_len) pair of the grid, each with rotating head_dim, group size, dtype,
-/// masking mode and forced variant; shapes too expensive for lavapipe take the next cheaper
-/// head/group combination (cost = heads x head_dim x visible pairs).
+/// Every (q_len, kv_len) pair of the grid, each with rotating group size, dtype, masking
+/// mode and variant (forced or the dispatcher's own), at head_dim `HD`; shapes too expensive for
+/// lavapipe take the next cheaper head/group combination (cost = heads x head_dim x visible
+/// pairs). With `LLAMA_KERNELS_LONG_TESTS=1` the head_dim rotates over the real sizes too.
 #[test]
 fn grid_against_reference() {
     const BUDGET: usize = 200_000_000;
+    let long = long_tests();
     let mut i = 0usize;
     let mut ran = 0;
     for &q_len in &Q_LENS {
@@ -283,7 +357,7 @@ fn grid_against_reference() {
                 i += 1;
                 let mut picked = None;
                 for tryk in 0..30 {
-                    let hd = HEAD_DIMS[(i + tryk) % 5];
+                    let hd = if long { HEAD_DIMS[(i + tryk) % 5] } else { HD };
                     let g = GROUPS[(i * 5 + rep * 3 + tryk * 7) % 6];
                     let n_kv = if g >= 8 || tryk > 5 { 1 } else { 2 };
                     let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, hd);
@@ -297,7 +371,8 @@ fn grid_against_reference() {
                     }
                 }
                 let c = picked.unwrap_or_else(|| {
-                    let mut c = with_mode(Case::new(q_len, kv_len, 1, 1, 64), i + i / 8);
+                    let hd = if long { 64 } else { HD };
+                    let mut c = with_mode(Case::new(q_len, kv_len, 1, 1, hd), i + i / 8);
                     c.kind = KINDS[(i + rep) % 4];
                     c
                 });
@@ -310,44 +385,155 @@ fn grid_against_reference() {
     assert_eq!(ran, 60);
 }
 
-/// Every head_dim x group size x dtype on small shapes (a single KV head and two), with the
-/// variant and the masking mode rotating.
+/// Every kernel variant (prefill, prefill split over the keys, split-KV decode, DecodeKeys with 1,
+/// 2 and 4 query rows per workgroup) x every dtype x every masking mode, at head_dim `HD`, with
+/// the group size, KV heads and batch rotating; each case first checks that the plan is the
+/// variant it stands for.
 #[test]
-fn every_head_dim_group_and_dtype() {
+fn every_kernel_dtype_and_mode() {
+    let ctx = ctx();
+    let cap = llama_kernels::ops::attention::loop_cap_keys(&ctx, HD)
+        .expect("lavapipe is a CPU adapter with a loop cap");
+    // (kind, split over keys, DecodeKeys rows per workgroup, q_len, group (0: rotating), kv_len)
+    let variants = [
+        (Kind::Prefill, false, 1, 20, 0, 150),
+        (Kind::Prefill, true, 1, 2, 0, cap + 50),
+        (Kind::Decode, true, 1, 3, 0, 300),
+        (Kind::DecodeKeys, true, 1, 1, 1, 300),
+        (Kind::DecodeKeys, true, 2, 2, 1, 300),
+        (Kind::DecodeKeys, true, 4, 3, 0, 300),
+    ];
     let mut i = 0;
-    for &hd in &HEAD_DIMS {
-        for &g in &GROUPS {
-            for dtype in DType::ALL {
+    for (kind, split_kv, kr, q_len, group, kv_len) in variants {
+        for dtype in DType::ALL {
+            for mode in 0..8 {
                 i += 1;
-                let n_kv = 1 + i % 2;
-                let (q_len, kv_len) = [(1, 113), (3, 7), (16, 40), (5, 200)][i % 4];
-                let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, hd);
+                let g = if group == 0 { GROUPS[i % 6] } else { group };
+                let n_kv = if g >= 8 { 1 } else { 1 + i % 2 };
+                let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, HD);
                 c.dtype = dtype;
-                c.kind = KINDS[i % 4];
-                check(with_mode(c, i), 3000 + i as u64);
+                c.kind = Some(kind);
+                c.batch = if i % 5 == 2 { 2 } else { 1 };
+                let c = with_mode(c, mode);
+                let v = c.op().plan(&ctx, dims_of(&c), dtype).unwrap().variant;
+                assert_eq!(
+                    (v.kind, v.split_kv, v.kr),
+                    (kind, split_kv, kr),
+                    "{c:?}: {v:?}"
+                );
+                check(c, 3000 + i as u64);
             }
         }
     }
 }
 
-/// head_dims that are multiples of 4 but none of the usual sizes, and the smallest one.
+/// Every kernel at the real head size of `model`, with the model's heads and dtype and the
+/// masking modes rotating. With `LLAMA_KERNELS_LONG_TESTS=1`, also this head size x every group
+/// size x dtype, with the variant and the masking mode rotating.
+fn every_kernel_at_head_dim_of(model: usize) {
+    let ctx = ctx();
+    let m = &MODELS[model];
+    for (j, kind) in FORCED.into_iter().enumerate() {
+        let q_len = if kind == Kind::Prefill {
+            24
+        } else {
+            m.decode_q_len
+        };
+        let mut c = Case::new(q_len, 200, m.n_heads, m.n_kv_heads, m.head_dim);
+        c.dtype = m.dtype;
+        c.kind = Some(kind);
+        let c = with_mode(c, 3 * model + j);
+        let v = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap().variant;
+        assert_eq!(v.split_kv, kind != Kind::Prefill, "{}: {v:?}", m.name);
+        if kind == Kind::DecodeKeys {
+            assert_eq!(v.kr, m.keys_rows, "{}: {v:?}", m.name);
+        }
+        check(c, 3500 + (3 * model + j) as u64);
+    }
+    if !long_tests() {
+        return;
+    }
+    let mut i = 0;
+    for &g in &GROUPS {
+        for dtype in DType::ALL {
+            i += 1;
+            let n_kv = 1 + i % 2;
+            let (q_len, kv_len) = [(1, 113), (3, 7), (16, 40), (5, 200)][i % 4];
+            let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, m.head_dim);
+            c.dtype = dtype;
+            c.kind = KINDS[i % 4];
+            check(with_mode(c, i), 3000 + i as u64);
+        }
+    }
+}
+
+// One test per head size, so that their compiles spread over the test threads.
+#[test]
+fn every_kernel_at_head_dim_64() {
+    every_kernel_at_head_dim_of(0);
+}
+#[test]
+fn every_kernel_at_head_dim_80() {
+    every_kernel_at_head_dim_of(1);
+}
+#[test]
+fn every_kernel_at_head_dim_96() {
+    every_kernel_at_head_dim_of(2);
+}
+#[test]
+fn every_kernel_at_head_dim_128() {
+    every_kernel_at_head_dim_of(3);
+}
+#[test]
+fn every_kernel_at_head_dim_256() {
+    every_kernel_at_head_dim_of(4);
+}
+
+/// head_dims that are multiples of 4 but none of the usual sizes, and the smallest one: each runs
+/// one kernel (the kernels and dtypes rotate; with `LLAMA_KERNELS_LONG_TESTS=1`, every kernel),
+/// and DecodeKeys refuses each of them in half precision (16-byte loads need head_dim x 2 bytes
+/// to be a multiple of 16).
 #[test]
 fn unusual_head_dims() {
-    for (i, &hd) in [4usize, 12, 36, 68, 100, 132, 252].iter().enumerate() {
-        for kind in FORCED {
-            let mut c = Case::new(5, 70, 6, 3, hd);
-            c.dtype = DType::ALL[i % 3];
-            c.kind = Some(kind);
-            if kind == Kind::DecodeKeys && c.dtype.is_half() && hd % 8 != 0 {
-                // 16-byte loads need head_dim x 2 bytes to be a multiple of 16.
-                let e = try_run(&c).unwrap_err().to_string();
-                assert!(
-                    e.contains("DecodeKeys kernel needs 16-byte aligned K/V rows"),
-                    "{e}"
-                );
-                continue;
+    use DType::{BF16, F16, F32};
+    use Kind::{Decode, DecodeKeys, Prefill};
+    let runs = [
+        (4usize, DecodeKeys, F32),
+        (12, Prefill, F16),
+        (36, Decode, BF16),
+        (68, DecodeKeys, F32),
+        (100, Prefill, F32),
+        (132, Decode, F16),
+        (252, Prefill, BF16),
+    ];
+    for (i, (hd, kind, dtype)) in runs.into_iter().enumerate() {
+        let kinds = if long_tests() {
+            FORCED.to_vec()
+        } else {
+            vec![kind]
+        };
+        for kind in kinds {
+            if kind == DecodeKeys && dtype.is_half() {
+                continue; // refused, checked below
             }
+            // One row per DecodeKeys workgroup (its cheapest specialisation).
+            let mut c = match kind {
+                DecodeKeys => Case::new(1, 70, 3, 3, hd),
+                _ => Case::new(5, 70, 6, 3, hd),
+            };
+            c.dtype = dtype;
+            c.kind = Some(kind);
             check(with_mode(c, i), 4000 + i as u64);
+        }
+        for dtype in [F16, BF16] {
+            let mut c = Case::new(1, 70, 3, 3, hd);
+            c.dtype = dtype;
+            c.kind = Some(DecodeKeys);
+            let e = try_run(&c).unwrap_err().to_string();
+            assert!(
+                e.contains("DecodeKeys kernel needs 16-byte aligned K/V rows"),
+                "{hd} {dtype}: {e}"
+            );
         }
     }
 }
@@ -384,7 +570,7 @@ fn thresholds() {
         (t, Kind::DecodeKeys),
         (t + 1, Kind::Prefill),
     ] {
-        let mut c = Case::new(q_len, 300, 8, 2, 64);
+        let mut c = Case::new(q_len, 300, 8, 2, HD);
         c.dtype = DType::F16;
         let dims = Attention::default()
             .dims(
@@ -400,7 +586,7 @@ fn thresholds() {
     // One token, 16 kv heads x 32 groups = 512 workgroups already: splits only by chunk size.
     let m = DECODE_MIN_CHUNK;
     for (kv_len, expect_splits) in [(m - 1, 1), (m, 1), (m + 1, 2)] {
-        let mut c = Case::new(1, kv_len, 4, 1, 64);
+        let mut c = Case::new(1, kv_len, 4, 1, HD);
         c.kind = Some(Kind::Decode);
         let dims = dims_of(&c);
         let plan = c.op().plan(&ctx, dims, c.dtype).unwrap();
@@ -408,10 +594,10 @@ fn thresholds() {
         check(c, 5100 + kv_len as u64);
     }
     // Prefill on this CPU adapter: one pass up to the loop cap, split-KV passes beyond it.
-    let cap = llama_kernels::ops::attention::loop_cap_keys(&ctx, 16)
+    let cap = llama_kernels::ops::attention::loop_cap_keys(&ctx, HD)
         .expect("lavapipe is a CPU adapter with a loop cap");
     for (kv_len, split) in [(cap - 1, false), (cap, false), (cap + 1, true)] {
-        let mut c = Case::new(20, kv_len, 2, 1, 16);
+        let mut c = Case::new(20, kv_len, 2, 1, HD);
         c.window = 3000;
         let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
         assert_eq!(plan.variant.kind, Kind::Prefill);
@@ -429,7 +615,7 @@ fn thresholds() {
     let m = KEYS_MIN_CHUNK;
     for (kv_len, expect_splits) in [(m - 1, 1), (m, 1), (m + 1, 2)] {
         let heads = KEYS_TARGET_WORKGROUPS / 2;
-        let mut c = Case::new(1, kv_len, heads, heads, 16);
+        let mut c = Case::new(1, kv_len, heads, heads, HD);
         c.kind = Some(Kind::DecodeKeys);
         let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
         assert_eq!(plan.splits, expect_splits, "kv_len {kv_len}");
@@ -438,7 +624,7 @@ fn thresholds() {
     }
     // DecodeKeys rows per workgroup: rows = g (one token) at KEYS_MAX_ROWS -1, =, +1.
     for rows in [KEYS_MAX_ROWS - 1, KEYS_MAX_ROWS, KEYS_MAX_ROWS + 1] {
-        let mut c = Case::new(1, 77, rows, 1, 32);
+        let mut c = Case::new(1, 77, rows, 1, HD);
         c.kind = Some(Kind::DecodeKeys);
         c.sinks = true;
         let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
@@ -451,11 +637,11 @@ fn thresholds() {
         check(c, 5500 + rows as u64);
     }
     // DecodeKeys loop cap on this CPU adapter: one split up to the cap, two beyond it.
-    let kcap = llama_kernels::ops::attention::keys_loop_cap_keys(&ctx, 16, 1)
+    let kcap = llama_kernels::ops::attention::keys_loop_cap_keys(&ctx, HD, 1)
         .expect("lavapipe is a CPU adapter with a loop cap");
     for (kv_len, splits) in [(kcap - 1, 1), (kcap, 1), (kcap + 1, 2)] {
         let heads = KEYS_TARGET_WORKGROUPS;
-        let mut c = Case::new(1, kv_len, heads, heads, 16);
+        let mut c = Case::new(1, kv_len, heads, heads, HD);
         c.kind = Some(Kind::DecodeKeys);
         c.window = 300;
         let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
@@ -466,7 +652,7 @@ fn thresholds() {
     for (kind, wg) in [(Kind::Prefill, 64usize), (Kind::Decode, 32)] {
         for rows in [wg - 1, wg, wg + 1] {
             // rows = q_len * g with g = 1.
-            let mut c = Case::new(rows, rows + 5, 1, 1, 32);
+            let mut c = Case::new(rows, rows + 5, 1, 1, HD);
             c.kind = Some(kind);
             assert_eq!(
                 c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap().row_blocks,
@@ -474,7 +660,7 @@ fn thresholds() {
             );
             check(c, 5200 + rows as u64);
             // rows = q_len * g with one token.
-            let mut c = Case::new(1, 90, rows, 1, 8);
+            let mut c = Case::new(1, 90, rows, 1, HD);
             c.kind = Some(kind);
             check(c, 5300 + rows as u64);
         }
@@ -492,21 +678,51 @@ fn dims_of(c: &Case) -> llama_kernels::ops::attention::Dims {
     }
 }
 
-/// Every kind, dtype and tile size (including the 16 KiB tiles this adapter would not pick)
-/// compiles on this adapter at head_dim 128, and every KV-cache append variant. (All head_dims of
-/// every variant go through naga in tests/portability.rs; compiling them all on lavapipe would
-/// take minutes.)
+/// Every kind, dtype, tile size (including the 16 KiB tiles this adapter would not pick) and
+/// DecodeKeys row count compiles on this adapter at head_dim `HD` (with
+/// `LLAMA_KERNELS_LONG_TESTS=1`, at 128 too). Building a pipeline unrolls its head loops, so at
+/// 128 this alone takes lavapipe longer than the tests that run every real head size; all head_dims
+/// of every variant go through naga in tests/portability.rs.
 #[test]
 fn every_variant_compiles() {
+    use llama_kernels::ops::attention::{tile_v4_for, Variant};
     let ctx = ctx();
-    for key in llama_kernels::ops::attention::all_variant_keys()
-        .into_iter()
-        .filter(|k| k.constant("HD4") == Some(32))
-        .chain(llama_kernels::ops::kv_cache::all_variant_keys())
-    {
-        ctx.kernel("test", &key)
-            .unwrap_or_else(|e| panic!("{key:?}: {e}"));
+    let hds = if long_tests() {
+        vec![HD, 128]
+    } else {
+        vec![HD]
+    };
+    let kinds = [
+        (Kind::Prefill, false, 1),
+        (Kind::Prefill, true, 1),
+        (Kind::Decode, true, 1),
+        (Kind::DecodeKeys, true, 1),
+        (Kind::DecodeKeys, true, 2),
+        (Kind::DecodeKeys, true, 4),
+    ];
+    let mut n = 0;
+    for hd in hds {
+        for (kind, split_kv, kr) in kinds {
+            for dtype in DType::ALL {
+                for limit in [16384, 32768] {
+                    let v = Variant {
+                        kind,
+                        dtype,
+                        tile_v4: tile_v4_for(limit),
+                        hd4: hd as u32 / 4,
+                        split_kv,
+                        kr,
+                    };
+                    for key in v.keys() {
+                        ctx.kernel("test", &key)
+                            .unwrap_or_else(|e| panic!("{key:?}: {e}"));
+                        n += 1;
+                    }
+                }
+            }
+        }
     }
+    assert!(n >= 6 * 3 * 2, "{n} pipelines");
 }
 
 /// Rows that see no key output exactly 0 (not NaN), with and without sinks, in both kernels:
@@ -517,7 +733,7 @@ fn fully_masked_rows_are_zero() {
         for sinks in [false, true] {
             for dtype in DType::ALL {
                 // q_len 6 over kv_len 3: default q_offset -3, rows 0..3 see nothing.
-                let mut c = Case::new(6, 3, 4, 2, 16);
+                let mut c = Case::new(6, 3, 4, 2, HD);
                 c.kind = Some(kind);
                 c.sinks = sinks;
                 c.dtype = dtype;
@@ -536,7 +752,7 @@ fn fully_masked_rows_are_zero() {
         }
     }
     // Window 1 with many splits: most chunks of every row are empty.
-    let mut c = Case::new(2, 500, 4, 1, 32);
+    let mut c = Case::new(2, 500, 4, 1, HD);
     c.window = 1;
     c.kind = Some(Kind::Decode);
     c.splits = Some(40);
@@ -549,7 +765,7 @@ fn fully_masked_rows_are_zero() {
         (i32::MAX as u32, Some(-1_000_000_000i64)),
     ] {
         for kind in FORCED {
-            let mut c = Case::new(3, 100, 4, 2, 16);
+            let mut c = Case::new(3, 100, 4, 2, HD);
             c.window = window;
             c.q_offset = q_offset;
             c.causal = false;
@@ -558,7 +774,7 @@ fn fully_masked_rows_are_zero() {
         }
     }
     // Explicit negative offset: every query sits before the first key.
-    let mut c = Case::new(4, 10, 2, 2, 8);
+    let mut c = Case::new(4, 10, 2, 2, HD);
     c.q_offset = Some(-20);
     c.window = 3;
     for kind in FORCED {
@@ -569,13 +785,24 @@ fn fully_masked_rows_are_zero() {
     }
 }
 
-/// q scaled x30: logits in the hundreds overflow a naive exp; the online softmax must not.
+/// q scaled x30: logits in the hundreds overflow a naive exp; the online softmax must not. The
+/// logit scale 1/sqrt(head_dim) makes their size independent of head_dim, so `HD` shows it (with
+/// `LLAMA_KERNELS_LONG_TESTS=1`, head_dim 128 too).
 #[test]
 fn large_logits_do_not_overflow() {
-    for (i, kind) in FORCED.into_iter().enumerate() {
+    let hds = if long_tests() {
+        vec![HD, 128]
+    } else {
+        vec![HD]
+    };
+    for (i, (kind, hd)) in FORCED
+        .into_iter()
+        .flat_map(|k| hds.iter().map(move |&hd| (k, hd)))
+        .enumerate()
+    {
         for dtype in DType::ALL {
             for softcap in [0.0f32, 30.0] {
-                let mut c = Case::new(9, 300, 8, 2, 128);
+                let mut c = Case::new(9, 300, 8, 2, hd);
                 c.kind = Some(kind);
                 c.dtype = dtype;
                 c.softcap = softcap;
@@ -596,13 +823,14 @@ fn large_logits_do_not_overflow() {
     }
 }
 
-/// Decoding the last token equals the last row of the full prefill (both kernels on the GPU).
+/// Decoding the last token equals the last row of the full prefill (both kernels on the GPU), in
+/// each dtype at the real head size that `MODELS` runs in it.
 #[test]
 fn decode_equals_last_row_of_prefill() {
     for (i, dtype) in DType::ALL.into_iter().enumerate() {
-        // Llama-3-8B heads (32 over 8), head_dim 128, with and without sinks and window.
+        // Llama-3-8B heads (32 over 8), with and without sinks and window; head_dim 128 in f16.
         let n = 333;
-        let mut full = Case::new(n, n, 32, 8, 128);
+        let mut full = Case::new(n, n, 32, 8, model_for(dtype).head_dim);
         full.dtype = dtype;
         full.kind = Some(Kind::Prefill);
         full.window = [0, 100, 0][i];
@@ -690,7 +918,7 @@ fn gqa_equals_mha_with_repeated_kv() {
 fn prefill_8192_without_score_matrix() {
     let ctx = ctx();
     let n = 8192;
-    let mut c = Case::new(n, n, 2, 1, 32);
+    let mut c = Case::new(n, n, 2, 1, HD);
     c.kind = None;
     assert!(
         (n * n * 4) as u64 > ctx.limits().max_storage_buffer_binding_size,
@@ -791,133 +1019,10 @@ fn fused_qkv_views() {
     }
 }
 
-/// The KV cache: chunked appends (prefill, then single tokens, then a chunk) for a batch of 2,
-/// an f16 cache filled from f32 rows, attention read straight from the cache after every append,
-/// and the append recorded in the same encoder as the attention that reads it.
-#[test]
-fn kv_cache_append_and_attend() {
-    let ctx = ctx();
-    let (batch, nh, nkv, hd, cap) = (2, 8, 2, 64, 40);
-    for dtype in DType::ALL {
-        let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, dtype).unwrap();
-        let mut rng = Rng::new(9400);
-        let mut k_all = vec![Vec::new(); batch];
-        let mut v_all = vec![Vec::new(); batch];
-        for (step, &n_new) in [5usize, 1, 1, 3, 17].iter().enumerate() {
-            let kn = rng.vec(batch * n_new * nkv * hd, 1.0);
-            let vn = rng.vec(batch * n_new * nkv * hd, 1.0);
-            let q = rng.vec(batch * n_new * nh * hd, 1.0);
-            for b in 0..batch {
-                let r = n_new * nkv * hd;
-                k_all[b].extend_from_slice(&kn[b * r..(b + 1) * r]);
-                v_all[b].extend_from_slice(&vn[b * r..(b + 1) * r]);
-            }
-            let kt = ctx.upload(&kn, &[batch, n_new, nkv, hd]).unwrap();
-            let vt = ctx.upload(&vn, &[batch, n_new, nkv, hd]).unwrap();
-            let qt = ctx.upload_as(&q, &[batch, n_new, nh, hd], dtype).unwrap();
-            let out = nan_output(&ctx, &[batch, n_new, nh, hd], dtype);
-            let mut enc = ctx.device().create_command_encoder(&Default::default());
-            cache.append(&ctx, &mut enc, &kt, &vt).unwrap();
-            Attention::default()
-                .encode_cached(&ctx, &mut enc, &qt, &cache, None, &out)
-                .unwrap();
-            ctx.queue().submit([enc.finish()]);
-            let len = cache.len();
-            let kf: Vec<f32> = k_all.concat();
-            let vf: Vec<f32> = v_all.concat();
-            let dims = reference::Dims {
-                batch,
-                q_len: n_new,
-                kv_len: len,
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-            };
-            let want = reference::attention(
-                &rounded(&q, dtype),
-                &rounded(&kf, dtype),
-                &rounded(&vf, dtype),
-                None,
-                dims,
-                &Default::default(),
-            );
-            assert_close(
-                &ctx,
-                &out,
-                &want,
-                tol(dtype),
-                &format!("{dtype} step {step}"),
-            );
-            // The cache views read back exactly the rounded rows.
-            let kc = ctx.read_f32(&cache.k()).unwrap();
-            let kr: Vec<f32> = rounded(&kf, dtype).iter().map(|&x| x as f32).collect();
-            assert_eq!(kc, kr, "{dtype} step {step}: cache K contents");
-            let vc = ctx.read_f32(&cache.v()).unwrap();
-            let vr: Vec<f32> = rounded(&vf, dtype).iter().map(|&x| x as f32).collect();
-            assert_eq!(vc, vr, "{dtype} step {step}: cache V contents");
-        }
-        assert_eq!(cache.len(), 27);
-        // Filling exactly to capacity works; one more row is refused and writes nothing.
-        let k13 = ctx
-            .upload(&vec![0.5f32; batch * 13 * nkv * hd], &[batch, 13, nkv, hd])
-            .unwrap();
-        cache.append_run(&ctx, &k13, &k13).unwrap();
-        assert_eq!(cache.len(), cap);
-        let k1 = ctx
-            .upload(&vec![0.5f32; batch * nkv * hd], &[batch, 1, nkv, hd])
-            .unwrap();
-        let e = cache.append_run(&ctx, &k1, &k1).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "kv_cache: appending 1 rows at length 40 would exceed the capacity 40"
-        );
-        assert_eq!(cache.len(), cap);
-    }
-    // Rank-3 rows for a batch-1 cache, and a rank-3 q.
-    let mut cache = KvCache::new(&ctx, 1, 1, 8, 4, DType::F32).unwrap();
-    let kt = ctx
-        .upload(&[1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], &[2, 1, 4])
-        .unwrap();
-    let vt = ctx
-        .upload(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], &[2, 1, 4])
-        .unwrap();
-    cache.append_run(&ctx, &kt, &vt).unwrap();
-    let q = ctx.upload(&[0.0f32, 0.0, 0.0, 0.0], &[1, 1, 4]).unwrap();
-    let out = nan_output(&ctx, &[1, 1, 4], DType::F32);
-    Attention::default()
-        .run_cached(&ctx, &q, &cache, None, &out)
-        .unwrap();
-    // Equal logits: the mean of the two V rows.
-    assert_eq!(ctx.read_f32(&out).unwrap(), vec![3.0, 4.0, 5.0, 6.0]);
-}
-
-fn expect_err(r: Result<(), Error>, op: &str, kind: fn(&Error) -> bool, needle: &str) {
-    match r {
-        Ok(()) => panic!("expected an error containing {needle:?}, got Ok"),
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(kind(&e), "wrong error kind for {needle:?}: {e:?}");
-            assert!(
-                msg.starts_with(&format!("{op}: ")),
-                "message must name the op: {msg}"
-            );
-            assert!(
-                msg.contains(needle),
-                "message {msg:?} must contain {needle:?}"
-            );
-        }
-    }
-}
-
 #[test]
 fn every_validation_rule_has_an_error() {
     let ctx = ctx();
     let t = |shape: &[usize]| ctx.empty(shape, DType::F32).unwrap();
-    let is_shape = |e: &Error| matches!(e, Error::Shape { .. });
-    let is_dtype = |e: &Error| matches!(e, Error::DType { .. });
-    let is_bounds = |e: &Error| matches!(e, Error::Bounds { .. });
-    let is_alias = |e: &Error| matches!(e, Error::Alias { .. });
-    let is_param = |e: &Error| matches!(e, Error::Param { .. });
     let a = Attention::default();
     let q = t(&[4, 8, 16]);
     let k = t(&[6, 2, 16]);
@@ -1076,211 +1181,39 @@ fn every_validation_rule_has_an_error() {
         is_alias,
         "out shares a buffer with q",
     );
-    expect_err(
-        run(
+    // Options out of range.
+    let bad_options = [
+        (
             Attention {
                 scale: Some(f32::NAN),
                 ..a
             },
-            &q,
-            &k,
-            &v,
-            None,
-            &out,
+            "scale must be finite",
         ),
-        "attention",
-        is_param,
-        "scale must be finite",
-    );
-    expect_err(
-        run(Attention { softcap: -1.0, ..a }, &q, &k, &v, None, &out),
-        "attention",
-        is_param,
-        "softcap must be finite and >= 0 (0 = none), got -1",
-    );
-    expect_err(
-        run(
+        (
+            Attention { softcap: -1.0, ..a },
+            "softcap must be finite and >= 0 (0 = none), got -1",
+        ),
+        (
             Attention {
                 splits: Some(0),
                 ..a
             },
-            &q,
-            &k,
-            &v,
-            None,
-            &out,
+            "splits must be in 1..=65535, got 0",
         ),
-        "attention",
-        is_param,
-        "splits must be in 1..=65535, got 0",
-    );
-    // KV cache rules.
-    expect_err(
-        KvCache::new(&ctx, 1, 2, 8, 10, DType::F16).map(|_| ()),
-        "kv_cache",
-        is_shape,
-        "unsupported head_dim 10: must be a multiple of 4 and <= 256",
-    );
-    expect_err(
-        KvCache::new(&ctx, 1, 0, 8, 16, DType::F16).map(|_| ()),
-        "kv_cache",
-        is_shape,
-        "must all be > 0",
-    );
-    let mut cache = KvCache::new(&ctx, 2, 2, 4, 16, DType::F16).unwrap();
-    expect_err(
-        cache.append_run(&ctx, &t(&[3, 2, 16]), &t(&[3, 2, 16])),
-        "kv_cache",
-        is_shape,
-        "k_new has shape [3, 2, 16] but must be [batch 2, n_new, n_kv_heads 2, head_dim 16]",
-    );
-    expect_err(
-        cache.append_run(&ctx, &t(&[2, 5, 2, 16]), &t(&[2, 5, 2, 16])),
-        "kv_cache",
-        is_shape,
-        "appending 5 rows at length 0 would exceed the capacity 4",
-    );
-    expect_err(
-        cache.append_run(&ctx, &t(&[2, 1, 2, 16]), &t(&[2, 2, 2, 16])),
-        "kv_cache",
-        is_shape,
-        "v_new has shape [2, 2, 2, 16] but k_new has [2, 1, 2, 16]",
-    );
-    expect_err(
-        cache.append_run(
-            &ctx,
-            &t(&[2, 1, 2, 16]),
-            &ctx.empty(&[2, 1, 2, 16], DType::F16).unwrap(),
-        ),
-        "kv_cache",
-        is_dtype,
-        "v_new is f16 but k_new is f32",
-    );
-    expect_err(
-        cache.append_run(
-            &ctx,
-            &Tensor::new(k.buffer(), 0, &[2, 1, 2, 16], DType::F32).clone(),
-            &Tensor::new(k.buffer(), 150, &[2, 1, 2, 16], DType::F32),
-        ),
-        "kv_cache",
-        is_bounds,
-        "v_new view",
-    );
-    assert_eq!(cache.len(), 0);
-    let q4 = t(&[2, 1, 8, 16]);
-    expect_err(
-        a.run_cached(&ctx, &q4, &cache, None, &t(&[2, 1, 8, 16])),
-        "attention",
-        is_shape,
-        "the KV cache is empty",
-    );
-    expect_err(
-        cache.set_len(5),
-        "kv_cache",
-        is_shape,
-        "length 5 exceeds capacity 4",
-    );
-    cache.set_len(1).unwrap();
-    expect_err(
-        a.run_cached(&ctx, &t(&[1, 8, 16]), &cache, None, &t(&[1, 8, 16])),
-        "attention",
-        is_shape,
-        "a rank-3 q needs a cache of batch 1, this cache has batch 2",
-    );
-    // Cache heads must divide q heads like any k/v.
-    expect_err(
-        a.run_cached(&ctx, &t(&[2, 1, 5, 16]), &cache, None, &t(&[2, 1, 5, 16])),
-        "attention",
-        is_shape,
-        "n_heads 5 is not divisible by n_kv_heads 2",
-    );
-}
-
-/// `llama-kernels check` runs the committed attention cases (written by NumPy float64 in
-/// `cases/gen_attention.py`) and passes them; mistyped attention cases are refused.
-#[test]
-fn check_runs_the_attention_cases() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cases");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("attention_"))
-        })
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 3, "committed attention cases: {cases:?}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama-kernels"))
-        .arg("check")
-        .args(&cases)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains(&format!("check: {} passed, 0 failed", cases.len())),
-        "{stdout}"
-    );
-
-    // Mistyped cases get clear errors.
-    let run = |tensors: &[(&str, DType, Vec<usize>)], meta: &[(&str, &str)]| -> String {
-        case_error(tensors, meta, 0.25)
-    };
-    use DType::F32;
-    let good = |extra: &[(&'static str, DType, Vec<usize>)]| {
-        let mut v = vec![
-            ("q", F32, vec![2, 4, 8]),
-            ("k", F32, vec![3, 2, 8]),
-            ("v", F32, vec![3, 2, 8]),
-            ("expected.out", F32, vec![2, 4, 8]),
-        ];
-        v.extend_from_slice(extra);
-        v
-    };
-    let op = ("op", "attention");
-    let e = run(&good(&[]), &[op, ("causual", "true")]);
-    assert!(
-        e.contains("unknown metadata key(s) for op attention: [\"causual\"]"),
-        "{e}"
-    );
-    let e = run(&good(&[]), &[op, ("window", "-2")]);
-    assert!(e.contains("metadata window=-2 must be in 0..="), "{e}");
-    let e = run(&good(&[]), &[op, ("q_offset", "2")]);
-    assert!(
-        e.contains("attention: q_offset 2 puts the last query at position 3"),
-        "{e}"
-    );
-    let e = run(&good(&[("sinks", F32, vec![3])]), &[op]);
-    assert!(
-        e.contains("attention: sinks has shape [3] but must be [4]"),
-        "{e}"
-    );
-    let e = run(&good(&[("sinks", DType::F16, vec![4])]), &[op]);
-    assert!(e.contains("sinks is F16; it must be F32"), "{e}");
-    let e = run(
-        &[
-            ("q", F32, vec![2, 4, 8]),
-            ("k", DType::BF16, vec![3, 2, 8]),
-            ("v", F32, vec![3, 2, 8]),
-            ("expected.out", F32, vec![2, 4, 8]),
-        ],
-        &[op],
-    );
-    assert!(e.contains("k is bf16 and v is f32 but q is f32"), "{e}");
-    let e = run(&good(&[]), &[op, ("causal", "maybe")]);
-    assert!(
-        e.contains("metadata causal=\"maybe\" is not true/false"),
-        "{e}"
-    );
+    ];
+    for (op, needle) in bad_options {
+        expect_err(
+            run(op, &q, &k, &v, None, &out),
+            "attention",
+            is_param,
+            needle,
+        );
+    }
 }
 
 /// A device created with WebGPU's default limits (16 KiB of workgroup memory): the tiles shrink
-/// to fit and the results still match, for every dtype and both kernels (head_dim 64 and 256).
+/// to fit and the results still match, for every kernel and dtype.
 #[test]
 fn fits_webgpu_default_limits() {
     let ctx0 = ctx();
@@ -1296,161 +1229,42 @@ fn fits_webgpu_default_limits() {
     .expect("device");
     let small = llama_kernels::Context::from_device(&device, &queue);
     assert_eq!(small.limits().max_compute_workgroup_storage_size, 16384);
-    let mut i = 0;
-    for dtype in DType::ALL {
-        for kind in FORCED {
-            {
-                i += 1;
-                let hd = [64usize, 256][i % 2];
-                let mut c = with_mode(Case::new(70, 300, 8, 2, hd), i);
-                c.dtype = dtype;
-                c.kind = Some(kind);
-                let plan = c.op().plan(&small, dims_of(&c), dtype).unwrap();
-                assert_eq!(plan.variant.tile_v4, 512);
-                assert_eq!(plan.bk as usize, (512 / (hd / 4)).min(64));
-                let d = data(&c, 9500 + i as u64, 1.0);
-                let got = gpu_on(&small, &c, &d);
-                let cmp = compare(&got, &want(&c, &d));
-                assert!(cmp.passes(tol(dtype)), "{c:?}: {cmp}");
-                // Same answer as the 32 KiB tiles up to f32 arithmetic and storage rounding.
-                let big = gpu_on(&ctx0, &c, &d);
-                let cmp = compare(&got, &big.iter().map(|&x| x as f64).collect::<Vec<_>>());
-                assert!(cmp.passes(tol(dtype)), "{c:?} vs 32 KiB tiles: {cmp}");
-            }
+    // Every kernel x dtype at head_dim `HD`; then the tiled kernels at real head sizes whose
+    // 16 KiB tiles hold fewer keys than 32 KiB ones (Gemma-7B's 256 in f32: 8 keys,
+    // Phi-3-mini's 96 in bf16: 21), the specialisations `MODELS` runs with 32 KiB tiles. With
+    // `LLAMA_KERNELS_LONG_TESTS=1`, every kernel x dtype at head_dim 64 and 256 too.
+    let mut cases: Vec<(Kind, DType, usize)> = FORCED
+        .into_iter()
+        .flat_map(|k| DType::ALL.map(|d| (k, d, HD)))
+        .collect();
+    cases.extend([
+        (Kind::Prefill, DType::F32, 256),
+        (Kind::Decode, DType::BF16, 96),
+    ]);
+    if long_tests() {
+        for (j, (kind, dtype)) in FORCED
+            .into_iter()
+            .flat_map(|k| DType::ALL.map(|d| (k, d)))
+            .enumerate()
+        {
+            cases.push((kind, dtype, [64, 256][j % 2]));
         }
     }
-}
-
-/// KV cache append with RoPE on K (Llama-3 rope: theta 5e5, llama3 scaling, half layout) for a
-/// batch of 2: prefill 6 rows, then single tokens, each step rotated at positions len.. in the
-/// same encoder, then attention over the cache; explicit position ids too. K in the cache matches
-/// the f64 RoPE reference, V is copied exactly, and attention matches the reference on rotated K.
-#[test]
-fn kv_cache_append_with_rope() {
-    use llama_kernels::ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
-    let ctx = ctx();
-    let (batch, nh, nkv, hd, cap) = (2, 8, 2, 64, 16);
-    let rope = Rope::new(500000.0, Layout::Half).with_scaling(Scaling::Llama3 {
-        factor: 8.0,
-        low_freq_factor: 1.0,
-        high_freq_factor: 4.0,
-        original_max_position_embeddings: 8192.0,
-    });
-    let (inv_freq, att) = rope.inv_freq(hd, 0).unwrap();
-    // New rows in the cache's dtype take the fused path (RoPE writes K into the cache); f32 rows
-    // into a half cache are converted by the append and rotated in place.
-    let pairs = [
-        (DType::F32, DType::F32),
-        (DType::F16, DType::F16),
-        (DType::BF16, DType::BF16),
-        (DType::F32, DType::F16),
-        (DType::F32, DType::BF16),
-    ];
-    for (src, dtype) in pairs {
-        let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, dtype).unwrap();
-        assert_eq!(cache.rope_fused_for(src), src == dtype);
-        let stored =
-            |x: &[f32]| -> Vec<f64> { rounded(x, src).iter().map(|&v| dtype.round(v)).collect() };
-        let mut rng = Rng::new(9600);
-        let mut k_rot: Vec<Vec<f64>> = vec![Vec::new(); batch];
-        let mut v_all: Vec<Vec<f64>> = vec![Vec::new(); batch];
-        for (step, &n_new) in [6usize, 1, 1, 3].iter().enumerate() {
-            let kn = rng.vec(batch * n_new * nkv * hd, 1.0);
-            let vn = rng.vec(batch * n_new * nkv * hd, 1.0);
-            let q = rng.vec(batch * n_new * nh * hd, 1.0);
-            let start = cache.len();
-            // Step 2 passes explicit ids (the same positions), the others the default.
-            let pos: Vec<i32> = (0..n_new).map(|s| (start + s) as i32).collect();
-            let ids = PositionIds::upload(&ctx, &pos, &[n_new]).unwrap();
-            let positions = (step == 2).then_some(Positions::Ids(&ids));
-            let kt = ctx.upload_as(&kn, &[batch, n_new, nkv, hd], src).unwrap();
-            let vt = ctx.upload_as(&vn, &[batch, n_new, nkv, hd], src).unwrap();
-            let qt = ctx.upload_as(&q, &[batch, n_new, nh, hd], dtype).unwrap();
-            let out = nan_output(&ctx, &[batch, n_new, nh, hd], dtype);
-            let mut enc = ctx.device().create_command_encoder(&Default::default());
-            cache
-                .append_rope(&ctx, &mut enc, &kt, &vt, &rope, positions)
-                .unwrap();
-            Attention::default()
-                .encode_cached(&ctx, &mut enc, &qt, &cache, None, &out)
-                .unwrap();
-            ctx.queue().submit([enc.finish()]);
-            let kr = stored(&kn);
-            let positions64: Vec<i64> = (0..batch)
-                .flat_map(|_| pos.iter().map(|&p| p as i64))
-                .collect();
-            let rotated = llama_kernels::reference::rope::rope(
-                &kr,
-                [batch, n_new, nkv, hd],
-                &positions64,
-                &inv_freq,
-                att,
-                Layout::Half,
-                hd,
-            );
-            let r = n_new * nkv * hd;
-            for b in 0..batch {
-                k_rot[b].extend(rotated[b * r..(b + 1) * r].iter().map(|&x| dtype.round(x)));
-                v_all[b].extend_from_slice(&stored(&vn)[b * r..(b + 1) * r]);
-            }
-            let kf: Vec<f64> = k_rot.concat();
-            let vf: Vec<f64> = v_all.concat();
-            assert_close(
-                &ctx,
-                &cache.k(),
-                &kf,
-                tol(dtype),
-                &format!("{src} -> {dtype} step {step}: rotated K"),
-            );
-            assert_eq!(
-                ctx.read_f32(&cache.v()).unwrap(),
-                vf.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-                "{src} -> {dtype} step {step}: V"
-            );
-            let dims = reference::Dims {
-                batch,
-                q_len: n_new,
-                kv_len: cache.len(),
-                n_heads: nh,
-                n_kv_heads: nkv,
-                head_dim: hd,
-            };
-            let want = reference::attention(
-                &rounded(&q, dtype),
-                &kf,
-                &vf,
-                None,
-                dims,
-                &Default::default(),
-            );
-            assert_close(
-                &ctx,
-                &out,
-                &want,
-                tol(dtype),
-                &format!("{dtype} step {step}: attention"),
-            );
-        }
-        // A RoPE the cache cannot apply is refused before anything is recorded.
-        let bad = Rope::new(10000.0, Layout::Half).with_rotary_dim(70);
-        let kt = ctx
-            .upload_as(&vec![0.0; batch * nkv * hd], &[batch, 1, nkv, hd], dtype)
-            .unwrap();
-        let len = cache.len();
-        expect_err(
-            cache.append_rope_run(&ctx, &kt, &kt, &bad, None),
-            "rope",
-            |e| matches!(e, Error::Param { .. }),
-            "rotary_dim 70 must be even, > 0 and <= head_dim 64",
-        );
-        let ids = PositionIds::upload(&ctx, &[1, 2], &[2]).unwrap();
-        expect_err(
-            cache.append_rope_run(&ctx, &kt, &kt, &rope, Some(Positions::Ids(&ids))),
-            "kv_cache",
-            |e| matches!(e, Error::Shape { .. }),
-            "position ids have shape [2] but must be [1] or [2, 1]",
-        );
-        assert_eq!(cache.len(), len);
+    for (i, (kind, dtype, hd)) in cases.into_iter().enumerate() {
+        let mut c = with_mode(Case::new(70, 300, 8, 2, hd), i);
+        c.dtype = dtype;
+        c.kind = Some(kind);
+        let plan = c.op().plan(&small, dims_of(&c), dtype).unwrap();
+        assert_eq!(plan.variant.tile_v4, 512);
+        assert_eq!(plan.bk as usize, (512 / (hd / 4)).min(64));
+        let d = data(&c, 9500 + i as u64, 1.0);
+        let got = gpu_on(&small, &c, &d);
+        let cmp = compare(&got, &want(&c, &d));
+        assert!(cmp.passes(tol(dtype)), "{c:?}: {cmp}");
+        // Same answer as the 32 KiB tiles up to f32 arithmetic and storage rounding.
+        let big = gpu_on(&ctx0, &c, &d);
+        let cmp = compare(&got, &big.iter().map(|&x| x as f64).collect::<Vec<_>>());
+        assert!(cmp.passes(tol(dtype)), "{c:?} vs 32 KiB tiles: {cmp}");
     }
 }
 
@@ -1459,7 +1273,7 @@ fn kv_cache_append_with_rope() {
 #[test]
 fn decode_keys_needs_aligned_rows() {
     let ctx = ctx();
-    let c = Case::new(1, 50, 4, 2, 32);
+    let c = Case::new(1, 50, 4, 2, HD);
     let d = data(&c, 9900, 1.0);
     let (qs, ks) = c.shapes();
     // GUARD_BEFORE (70) f32 elements put the views 24 bytes past a 256-byte window start.
@@ -1488,8 +1302,8 @@ fn decode_keys_needs_aligned_rows() {
     let cmp = compare(&ctx.read_f32(&out).unwrap(), &want(&c, &d));
     assert!(cmp.passes(tol(c.dtype)), "{cmp}");
     // Aligned views of the same data take DecodeKeys by default and agree.
-    let k2 = upload_with_guard(&ctx, &d.k, &ks, c.dtype, 64);
-    let v2 = upload_with_guard(&ctx, &d.v, &ks, c.dtype, 64);
+    let k2 = upload_at(&ctx, &d.k, &ks, c.dtype, ALIGNED_GUARD);
+    let v2 = upload_at(&ctx, &d.v, &ks, c.dtype, ALIGNED_GUARD);
     assert!(llama_kernels::ops::attention::kv_rows_aligned(
         &ctx, &k2, &v2
     ));

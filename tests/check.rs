@@ -1,35 +1,19 @@
-//! `llama-kernels check`: the committed case files pass, outputs are written, and malformed or
-//! mistyped case files are refused with a clear error and a non-zero exit.
+//! `llama-kernels check`: the committed case files (rms_norm, attention and rope, written by
+//! NumPy in `cases/gen_*.py`) pass through the command and the library, outputs are written, a
+//! wrong expected output fails, and malformed or mistyped case files of every op are refused with
+//! a clear error and a non-zero exit.
 
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::*;
 use llama_kernels::cases::{write_case, CaseFile};
 use llama_kernels::{DType, Error};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_llama-kernels"))
-}
-
-fn committed_cases() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> =
-        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("cases"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-            .collect();
-    v.sort();
-    v
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("llama-kernels-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// A safetensors file by hand: header JSON (with `__metadata__`) + raw data.
@@ -50,13 +34,18 @@ fn parse_err(bytes: &[u8]) -> String {
     }
 }
 
+/// Every committed case passes through the command in one run (each op's cases are there), and
+/// again through the library for rope, with the report's numbers.
 #[test]
 fn committed_cases_pass_and_outputs_are_written() {
-    let cases = committed_cases();
-    assert!(
-        cases.len() >= 4,
-        "expected the committed case files, found {cases:?}"
-    );
+    let cases = committed_cases("");
+    for (prefix, least) in [("rms_norm_", 4), ("attention_", 3), ("rope_", 4)] {
+        let n = committed_cases(prefix).len();
+        assert!(
+            n >= least,
+            "expected {least} {prefix}* case files, found {cases:?}"
+        );
+    }
     let dir = tmpdir("outputs");
     let out = bin()
         .arg("check")
@@ -75,6 +64,16 @@ fn committed_cases_pass_and_outputs_are_written() {
         stdout.contains(&format!("check: {} passed, 0 failed", cases.len())),
         "{stdout}"
     );
+    // The library path too (after the command, so its pipelines come from the shader cache).
+    let ctx = ctx();
+    for c in &committed_cases("rope_") {
+        let r = CaseFile::load(c).unwrap().run(&ctx, None).unwrap();
+        assert!(r.pass(), "{c:?}");
+        assert_eq!(r.op, "rope");
+        for o in &r.outputs {
+            assert!(o.gpu.nmse <= r.tolerance, "{c:?} {}", o.gpu);
+        }
+    }
     // The written outputs carry the expected names without the prefix, in the input dtype, and
     // hold what the GPU computed: they pass against the case's expected tensors.
     for case in &cases {
@@ -116,7 +115,8 @@ fn a_wrong_expected_output_fails_with_nonzero_exit() {
     .unwrap();
     let garbage = dir.join("garbage.safetensors");
     std::fs::write(&garbage, b"definitely not safetensors").unwrap();
-    let good = &committed_cases()[0];
+    // A good case that compiles little (the other test runs the attention cases).
+    let good = &committed_cases("rms_norm_")[0];
     let out = bin()
         .arg("check")
         .arg(&path)
@@ -177,7 +177,7 @@ fn malformed_files_are_refused() {
 }
 
 fn run_err(tensors: &[(&str, DType, Vec<usize>)], meta: &[(&str, &str)]) -> String {
-    common::case_error(tensors, meta, 0.5)
+    case_error(tensors, meta, 0.5)
 }
 
 #[test]
@@ -262,4 +262,260 @@ fn mistyped_cases_are_refused() {
         &[op],
     );
     assert!(e.contains("op rms_norm needs an input tensor \"x\""), "{e}");
+}
+
+/// Mistyped attention cases get clear errors.
+#[test]
+fn mistyped_attention_cases_are_refused() {
+    let run = |tensors: &[(&str, DType, Vec<usize>)], meta: &[(&str, &str)]| -> String {
+        case_error(tensors, meta, 0.25)
+    };
+    use DType::F32;
+    let good = |extra: &[(&'static str, DType, Vec<usize>)]| {
+        let mut v = vec![
+            ("q", F32, vec![2, 4, 8]),
+            ("k", F32, vec![3, 2, 8]),
+            ("v", F32, vec![3, 2, 8]),
+            ("expected.out", F32, vec![2, 4, 8]),
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
+    let op = ("op", "attention");
+    let e = run(&good(&[]), &[op, ("causual", "true")]);
+    assert!(
+        e.contains("unknown metadata key(s) for op attention: [\"causual\"]"),
+        "{e}"
+    );
+    let e = run(&good(&[]), &[op, ("window", "-2")]);
+    assert!(e.contains("metadata window=-2 must be in 0..="), "{e}");
+    let e = run(&good(&[]), &[op, ("q_offset", "2")]);
+    assert!(
+        e.contains("attention: q_offset 2 puts the last query at position 3"),
+        "{e}"
+    );
+    let e = run(&good(&[("sinks", F32, vec![3])]), &[op]);
+    assert!(
+        e.contains("attention: sinks has shape [3] but must be [4]"),
+        "{e}"
+    );
+    let e = run(&good(&[("sinks", DType::F16, vec![4])]), &[op]);
+    assert!(e.contains("sinks is F16; it must be F32"), "{e}");
+    let e = run(
+        &[
+            ("q", F32, vec![2, 4, 8]),
+            ("k", DType::BF16, vec![3, 2, 8]),
+            ("v", F32, vec![3, 2, 8]),
+            ("expected.out", F32, vec![2, 4, 8]),
+        ],
+        &[op],
+    );
+    assert!(e.contains("k is bf16 and v is f32 but q is f32"), "{e}");
+    let e = run(&good(&[]), &[op, ("causal", "maybe")]);
+    assert!(
+        e.contains("metadata causal=\"maybe\" is not true/false"),
+        "{e}"
+    );
+}
+
+/// Tensors as (name, safetensors dtype, shape, raw little-endian bytes).
+type Raw = (&'static str, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn case_bytes(tensors: &[Raw], meta: &[(&str, &str)]) -> Vec<u8> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let meta: HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    safetensors::serialize(views, Some(meta)).unwrap()
+}
+
+/// x [2, 1, 8] of ones, `expected.out` the correct default RoPE at positions 0, 1.
+fn good_tensors() -> Vec<Raw> {
+    use safetensors::Dtype::F32;
+    let x = vec![1.0f32; 16];
+    let (inv, _) = llama_kernels::reference::rope::frequencies(
+        10000.0,
+        8,
+        &llama_kernels::Scaling::Default,
+        0,
+    );
+    let want = llama_kernels::reference::rope::rope(
+        &[1.0; 16],
+        [1, 2, 1, 8],
+        &[0, 1],
+        &inv,
+        1.0,
+        llama_kernels::Layout::Half,
+        8,
+    );
+    let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+    vec![
+        ("x", F32, vec![2, 1, 8], f32s(&x)),
+        ("expected.out", F32, vec![2, 1, 8], f32s(&want)),
+    ]
+}
+
+fn rope_run(tensors: &[Raw], meta: &[(&str, &str)]) -> Result<bool, String> {
+    let bytes = case_bytes(tensors, meta);
+    let case = CaseFile::parse("rope_test.safetensors", &bytes).map_err(|e| e.to_string())?;
+    case.run(&ctx(), None)
+        .map(|r| r.pass())
+        .map_err(|e| e.to_string())
+}
+
+fn rope_run_err(tensors: &[Raw], meta: &[(&str, &str)], needle: &str) {
+    match rope_run(tensors, meta) {
+        Ok(pass) => panic!("expected an error containing {needle:?}, got a report (pass={pass})"),
+        Err(e) => assert!(e.contains(needle), "error {e:?} must contain {needle:?}"),
+    }
+}
+
+#[test]
+fn a_good_rope_case_passes_and_a_wrong_one_fails() {
+    let op = ("op", "rope");
+    assert_eq!(rope_run(&good_tensors(), &[op]), Ok(true));
+    // The same data claimed as the interleaved layout is a different rotation.
+    assert_eq!(
+        rope_run(&good_tensors(), &[op, ("layout", "interleaved")]),
+        Ok(false)
+    );
+    // I32 and I64 positions both work and must give the same result as the offset.
+    for (dt, bytes) in [
+        (
+            safetensors::Dtype::I32,
+            [0i32, 1]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        ),
+        (
+            safetensors::Dtype::I64,
+            [0i64, 1].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+    ] {
+        let mut t = good_tensors();
+        t.push(("positions", dt, vec![2], bytes));
+        assert_eq!(rope_run(&t, &[op]), Ok(true), "{dt:?} positions");
+    }
+}
+
+#[test]
+fn mistyped_rope_cases_are_refused() {
+    use safetensors::Dtype::{F32, I32, I64};
+    let op = ("op", "rope");
+    let with_pos = |d: safetensors::Dtype, shape: Vec<usize>, bytes: Vec<u8>| {
+        let mut t = good_tensors();
+        t.push(("positions", d, shape, bytes));
+        t
+    };
+    rope_run_err(
+        &with_pos(F32, vec![2], f32s(&[0.0, 1.0])),
+        &[op],
+        "positions is F32; it must be I32 or I64",
+    );
+    rope_run_err(
+        &with_pos(
+            I32,
+            vec![3],
+            [0i32, 1, 2].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        &[op],
+        "positions has shape [3]; x [2, 1, 8] needs [2] or [1, 2]",
+    );
+    rope_run_err(
+        &with_pos(
+            I64,
+            vec![2],
+            [0i64, 1 << 40]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        &[op],
+        "does not fit the kernel's 32-bit positions",
+    );
+    rope_run_err(
+        &with_pos(
+            I32,
+            vec![2],
+            [0i32, 1].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        &[op, ("offset", "3")],
+        "offset and a positions tensor are both given",
+    );
+    let t = good_tensors();
+    rope_run_err(
+        &t,
+        &[op, ("layout", "rotate_half")],
+        "layout=\"rotate_half\"; it must be half or interleaved",
+    );
+    rope_run_err(&t, &[op, ("rope_type", "ntk")], "unknown rope_type \"ntk\"");
+    rope_run_err(
+        &t,
+        &[op, ("rope_type", "linear")],
+        "rope_type linear needs metadata factor",
+    );
+    rope_run_err(
+        &t,
+        &[op, ("rope_type", "linear"), ("factor", "0")],
+        "rope: factor must be finite and > 0, got 0",
+    );
+    rope_run_err(
+        &t,
+        &[
+            op,
+            ("rope_type", "llama3"),
+            ("factor", "8"),
+            ("low_freq_factor", "4"),
+            ("high_freq_factor", "1"),
+            ("original_max_position_embeddings", "8192"),
+        ],
+        "rope: llama3 low_freq_factor 4 must be < high_freq_factor 1",
+    );
+    rope_run_err(
+        &t,
+        &[
+            op,
+            ("rope_type", "longrope"),
+            ("original_max_position_embeddings", "4096"),
+            ("short_factor", "[1, 1]"),
+            ("long_factor", "[1,1,1,1]"),
+        ],
+        "rope: longrope short_factor has 2 entries but rotary_dim 8 needs 4",
+    );
+    // A key the chosen rope_type does not use is unknown, not ignored.
+    rope_run_err(
+        &t,
+        &[op, ("factor", "4")],
+        "unknown metadata key(s) for op rope: [\"factor\"]",
+    );
+    rope_run_err(
+        &t,
+        &[op, ("rotary_dim", "9")],
+        "rope: rotary_dim 9 must be even",
+    );
+    rope_run_err(
+        &t,
+        &[op, ("offset", "2147483647")],
+        "offset=2147483647 does not fit",
+    );
+    let x2 = vec![("x", F32, vec![2, 8], f32s(&[1.0; 16]))];
+    rope_run_err(
+        &x2,
+        &[op],
+        "x has shape [2, 8]; it must be [seq, heads, head_dim]",
+    );
 }

@@ -7,7 +7,7 @@ use common::*;
 use llama_kernels::compare::tolerance;
 use llama_kernels::ops::rms_norm::{Strategy, Variant, ROWS_PER_INVOCATION_MIN};
 use llama_kernels::reference;
-use llama_kernels::{Context, DType, Error, RmsNorm, Tensor};
+use llama_kernels::{DType, Error, RmsNorm, Tensor};
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -22,27 +22,6 @@ struct Case {
 
 fn run_case(c: Case, seed: u64) {
     run_case_with(c, seed, Strategy::Auto, GUARD_BEFORE);
-}
-
-/// A view of `shape` that starts `before` elements into a sentinel-filled buffer, with
-/// `GUARD_AFTER` sentinels after it.
-fn upload_at(ctx: &Context, data: &[f32], shape: &[usize], dtype: DType, before: usize) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut all = vec![SENTINEL; before + n + GUARD_AFTER];
-    all[before..before + n].copy_from_slice(data);
-    let full = ctx.upload_as(&all, &[all.len()], dtype).expect("upload");
-    Tensor::new(full.buffer(), before, shape, dtype)
-}
-
-/// The sentinels around a view made by `upload_at` are intact.
-fn check_guards_at(ctx: &Context, t: &Tensor, before: usize, what: &str) {
-    let n = t.numel();
-    let full = Tensor::new(t.buffer(), 0, &[before + n + GUARD_AFTER], t.dtype());
-    let all = ctx.read_f32(&full).expect("readback");
-    let s = t.dtype().round(SENTINEL as f64) as f32;
-    for (i, &v) in all[..before].iter().chain(&all[before + n..]).enumerate() {
-        assert_eq!(v, s, "{what}: guard element {i} was overwritten with {v}");
-    }
 }
 
 /// Run case `c` with a forced strategy, the views starting `before` elements into their
@@ -102,7 +81,7 @@ fn run_case_with(c: Case, seed: u64, strategy: Strategy, before: usize) -> Varia
             tol,
             &format!("{c:?} residual_out"),
         );
-        check_guards_at(&ctx, &rout, before, &format!("{c:?} residual_out"));
+        assert_guards_at(&ctx, &rout, before, &format!("{c:?} residual_out"));
     } else {
         variant = op.variant(&ctx, &xt, &wt, &out, None, strategy).unwrap();
         if strategy == Strategy::Auto {
@@ -115,16 +94,21 @@ fn run_case_with(c: Case, seed: u64, strategy: Strategy, before: usize) -> Varia
         .unwrap_or_else(|e| panic!("{c:?}: {e}"));
     }
     assert_close(&ctx, &out, &want, tol, &format!("{c:?} {variant:?} out"));
-    check_guards_at(&ctx, &out, before, &format!("{c:?} out"));
+    assert_guards_at(&ctx, &out, before, &format!("{c:?} out"));
     variant
 }
 
 /// Every dtype x row length x row count, each with two of the 24 combinations of eps, weight
-/// offset, residual and in-place, rotated so that every combination meets every dtype.
+/// offset, residual and in-place, rotated so that every combination meets every dtype. The many-row
+/// count is `ROWS_PER_INVOCATION_MIN` (64), where the dispatcher already takes one invocation per
+/// row on CPU adapters; `LLAMA_KERNELS_LONG_TESTS=1` runs 1024 rows instead (up to 4M elements,
+/// and the 16384-wide rows once per dtype), which moves 16x more data through the same kernels.
 #[test]
 fn grid_against_reference() {
+    let long = long_tests();
     let lengths = [1usize, 3, 31, 32, 33, 1000, 4096, 8192, 16384];
-    let row_counts = [1usize, 7, 1024];
+    let many = if long { 1024 } else { ROWS_PER_INVOCATION_MIN };
+    let row_counts = [1usize, 7, many];
     let eps = [0.0f32, 1e-6, 0.1];
     let mut i = 0usize;
     for dtype in DType::ALL {
@@ -153,11 +137,10 @@ fn grid_against_reference() {
             }
         }
     }
-}
-
-/// The 16384-wide rows at 1024 rows, which the grid above leaves out for time, once per dtype.
-#[test]
-fn wide_rows_many() {
+    if !long {
+        return;
+    }
+    // The 16384-wide rows at 1024 rows, which the loop above leaves out, once per dtype.
     for (i, dtype) in DType::ALL.into_iter().enumerate() {
         run_case(
             Case {
@@ -399,40 +382,17 @@ fn chained_in_one_encoder() {
     assert_close(&ctx, &rt, &h.unwrap(), 1e-12, "residual updated in place");
 }
 
-fn expect_err(r: Result<(), Error>, kind: fn(&Error) -> bool, needle: &str) {
-    match r {
-        Ok(()) => panic!("expected an error containing {needle:?}, got Ok"),
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(kind(&e), "wrong error kind for {needle:?}: {e:?}");
-            assert!(
-                msg.starts_with("rms_norm: "),
-                "message must name the op: {msg}"
-            );
-            assert!(
-                msg.contains(needle),
-                "message {msg:?} must contain {needle:?}"
-            );
-        }
-    }
-}
-
 #[test]
 fn every_validation_rule_has_an_error() {
     let ctx = ctx();
-    let f32v = |shape: &[usize]| {
-        ctx.upload(&vec![1.0f32; shape.iter().product()], shape)
-            .unwrap()
-    };
+    let f32v = |shape: &[usize]| filled(&ctx, shape, 1.0);
     let x = f32v(&[4, 8]);
     let w = f32v(&[8]);
     let out = f32v(&[4, 8]);
     let op = RmsNorm::new(1e-6);
-    let is_shape = |e: &Error| matches!(e, Error::Shape { .. });
-    let is_dtype = |e: &Error| matches!(e, Error::DType { .. });
-    let is_bounds = |e: &Error| matches!(e, Error::Bounds { .. });
-    let is_alias = |e: &Error| matches!(e, Error::Alias { .. });
-    let is_param = |e: &Error| matches!(e, Error::Param { .. });
+    let expect_err = |r: Result<(), Error>, kind: fn(&Error) -> bool, needle: &str| {
+        expect_err(r, "rms_norm", kind, needle)
+    };
 
     expect_err(
         RmsNorm {

@@ -125,35 +125,10 @@ fn expected(c: &Case, x: &[f64], shape: [usize; 4], pos: &[i64], seq_len: usize)
     reference::rope(x, shape, pos, &inv, attn, c.layout, c.rotary_dim)
 }
 
-/// A guard that leaves the view 16-byte aligned (the `rope_vec4` path); `GUARD_BEFORE` (70
-/// elements) does not, so in-place cases run once with each and take both paths.
-const ALIGNED_GUARD: usize = 64;
-
-/// `upload_guarded` with `before` guard elements.
-fn upload_at(ctx: &Context, data: &[f32], shape: &[usize], dtype: DType, before: usize) -> Tensor {
-    let n: usize = shape.iter().product();
-    assert_eq!(n, data.len());
-    let mut all = vec![SENTINEL; before + n + GUARD_AFTER];
-    all[before..before + n].copy_from_slice(data);
-    let full = ctx.upload_as(&all, &[all.len()], dtype).expect("upload");
-    Tensor::new(full.buffer(), before, shape, dtype)
-}
-
-/// `assert_guards` for a view made by `upload_at`.
-fn assert_guards_at(ctx: &Context, t: &Tensor, before: usize, what: &str) {
-    let n = t.numel();
-    let full = Tensor::new(t.buffer(), 0, &[before + n + GUARD_AFTER], t.dtype());
-    let all = ctx.read_f32(&full).expect("readback");
-    let s = t.dtype().round(SENTINEL as f64) as f32;
-    for (i, &v) in all[..before].iter().chain(&all[before + n..]).enumerate() {
-        assert_eq!(v, s, "{what}: guard element {i} was overwritten with {v}");
-    }
-}
-
 /// Whether `rope_vec4` should take a view at element offset `off` (strides already aligned).
 fn vec4_expected(dtype: DType, rotary_dim: usize, off: usize) -> bool {
     let lanes = 16 / dtype.size();
-    off % lanes == 0 && rotary_dim % (2 * lanes) == 0
+    off.is_multiple_of(lanes) && rotary_dim.is_multiple_of(2 * lanes)
 }
 
 fn run_case(c: &Case, seed: u64) {
@@ -193,8 +168,8 @@ fn run_case_at(c: &Case, seed: u64, guard: usize) {
                 &pos,
                 seq_len,
             );
-            let vec4 =
-                vec4_expected(c.dtype, c.rotary_dim, guard) && hd % (16 / c.dtype.size()) == 0;
+            let vec4 = vec4_expected(c.dtype, c.rotary_dim, guard)
+                && hd.is_multiple_of(16 / c.dtype.size());
             if ids {
                 let xt = upload_at(&ctx, &x, &[batch, seq, heads, hd], c.dtype, guard);
                 let p32: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
@@ -234,8 +209,8 @@ fn run_case_at(c: &Case, seed: u64, guard: usize) {
             let p32: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
             let pt = PositionIds::upload(&ctx, &p32, &[seq]).unwrap();
             op = op.with_seq_len(seq_len);
-            let vec4 =
-                vec4_expected(c.dtype, c.rotary_dim, guard) && hd % (16 / c.dtype.size()) == 0;
+            let vec4 = vec4_expected(c.dtype, c.rotary_dim, guard)
+                && hd.is_multiple_of(16 / c.dtype.size());
             let var = op
                 .variant(&ctx, &q, Some(&k), None, Positions::Ids(&pt))
                 .unwrap();
@@ -578,7 +553,7 @@ fn half_and_interleaved_agree_after_permutation() {
             // element of the interleaved head taken from element perm(i) of the half head
             if i >= rd {
                 i
-            } else if i % 2 == 0 {
+            } else if i.is_multiple_of(2) {
                 i / 2
             } else {
                 i / 2 + rd / 2
@@ -667,24 +642,18 @@ fn shared_buffers_and_one_encoder() {
     let pos: Vec<i64> = (77..77 + seq as i64).collect();
     let xr = rounded(&data[..n], DType::F32);
     let kr = rounded(&data[n..], DType::F32);
-    let want = reference::rope(
-        &xr,
-        [1, seq, heads, hd],
-        &pos,
-        &inv,
-        1.0,
-        Layout::Interleaved,
-        hd,
-    );
-    let want_k = reference::rope(
-        &kr,
-        [1, seq, heads, hd],
-        &pos,
-        &inv,
-        1.0,
-        Layout::Interleaved,
-        hd,
-    );
+    let rotate = |x: &[f64]| {
+        reference::rope(
+            x,
+            [1, seq, heads, hd],
+            &pos,
+            &inv,
+            1.0,
+            Layout::Interleaved,
+            hd,
+        )
+    };
+    let (want, want_k) = (rotate(&xr), rotate(&kr));
     assert_close(&ctx, &out, &want, 1e-10, "out in x's buffer");
     assert_close(&ctx, &q, &want, 1e-10, "q alone");
     assert_close(&ctx, &k, &want_k, 1e-10, "k alone");
@@ -855,33 +824,13 @@ fn accuracy_at_large_positions() {
     run_case(&c, 92);
 }
 
-fn expect_err(r: Result<(), Error>, kind: fn(&Error) -> bool, needle: &str) {
-    match r {
-        Ok(()) => panic!("expected an error containing {needle:?}, got Ok"),
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(kind(&e), "wrong error kind for {needle:?}: {e:?}");
-            assert!(msg.starts_with("rope: "), "message must name the op: {msg}");
-            assert!(
-                msg.contains(needle),
-                "message {msg:?} must contain {needle:?}"
-            );
-        }
-    }
-}
-
 #[test]
 fn every_validation_rule_has_an_error() {
     let ctx = ctx();
-    let f32v = |shape: &[usize]| {
-        ctx.upload(&vec![1.0f32; shape.iter().product()], shape)
-            .unwrap()
+    let f32v = |shape: &[usize]| filled(&ctx, shape, 1.0);
+    let expect_err = |r: Result<(), Error>, kind: fn(&Error) -> bool, needle: &str| {
+        expect_err(r, "rope", kind, needle)
     };
-    let is_shape = |e: &Error| matches!(e, Error::Shape { .. });
-    let is_dtype = |e: &Error| matches!(e, Error::DType { .. });
-    let is_bounds = |e: &Error| matches!(e, Error::Bounds { .. });
-    let is_alias = |e: &Error| matches!(e, Error::Alias { .. });
-    let is_param = |e: &Error| matches!(e, Error::Param { .. });
     let x = f32v(&[4, 2, 128]);
     let s0 = Positions::Start(0);
     let def = Rope::default();
@@ -1239,7 +1188,7 @@ fn vec4_half_conversions_are_exact() {
                 }
             })
             .collect();
-        while bits.len() % 16 != 0 {
+        while !bits.len().is_multiple_of(16) {
             bits.push(0);
         }
         let to_f32 = |b: u16| {

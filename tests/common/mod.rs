@@ -1,11 +1,15 @@
 //! Shared test helpers: the GPU context (fails, never skips, without an adapter), a seeded RNG,
-//! NaN-prefilled outputs with guard regions, and the NMSE check against the f64 reference.
+//! NaN-prefilled outputs with guard regions, the NMSE check against the f64 reference, error
+//! checks, case files, and the switch for the long sweeps.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use llama_kernels::compare::{compare, Comparison};
-use llama_kernels::{Context, DType, Tensor};
+use llama_kernels::{Context, DType, Error, Tensor};
 
 /// The shared GPU context. Panics (the test fails) when there is no adapter.
 pub fn ctx() -> Arc<Context> {
@@ -60,16 +64,37 @@ pub fn rounded(data: &[f32], dtype: DType) -> Vec<f64> {
 /// offsets inside the bound window, and the trailing guard catches stray writes.
 pub const GUARD_BEFORE: usize = 70;
 pub const GUARD_AFTER: usize = 64;
+/// A guard that leaves the view 16-byte aligned in its binding window for every dtype (64 f32
+/// = 256 bytes, 64 halves = 128 bytes), for the kernels with 16-byte loads.
+pub const ALIGNED_GUARD: usize = 64;
 pub const SENTINEL: f32 = 1234.5;
 
-/// A view of `shape` inside a bigger buffer, sentinel-filled around it, holding `data`.
-pub fn upload_guarded(ctx: &Context, data: &[f32], shape: &[usize], dtype: DType) -> Tensor {
+/// A view of `shape` starting `before` elements into a sentinel-filled buffer, holding `data`,
+/// with `GUARD_AFTER` sentinels after it.
+pub fn upload_at(
+    ctx: &Context,
+    data: &[f32],
+    shape: &[usize],
+    dtype: DType,
+    before: usize,
+) -> Tensor {
     let n: usize = shape.iter().product();
     assert_eq!(n, data.len());
-    let mut all = vec![SENTINEL; GUARD_BEFORE + n + GUARD_AFTER];
-    all[GUARD_BEFORE..GUARD_BEFORE + n].copy_from_slice(data);
+    let mut all = vec![SENTINEL; before + n + GUARD_AFTER];
+    all[before..before + n].copy_from_slice(data);
     let full = ctx.upload_as(&all, &[all.len()], dtype).expect("upload");
-    Tensor::new(full.buffer(), GUARD_BEFORE, shape, dtype)
+    Tensor::new(full.buffer(), before, shape, dtype)
+}
+
+/// [`upload_at`] with the unaligned `GUARD_BEFORE`.
+pub fn upload_guarded(ctx: &Context, data: &[f32], shape: &[usize], dtype: DType) -> Tensor {
+    upload_at(ctx, data, shape, dtype, GUARD_BEFORE)
+}
+
+/// A plain f32 tensor of `shape` holding `value` everywhere (for the validation tests).
+pub fn filled(ctx: &Context, shape: &[usize], value: f32) -> Tensor {
+    ctx.upload(&vec![value; shape.iter().product()], shape)
+        .expect("upload")
 }
 
 /// An output view pre-filled with NaN, with sentinel guards around it.
@@ -78,19 +103,21 @@ pub fn nan_output(ctx: &Context, shape: &[usize], dtype: DType) -> Tensor {
     upload_guarded(ctx, &vec![f32::NAN; n], shape, dtype)
 }
 
-/// Assert the guard regions around a view made by `upload_guarded` still hold the sentinel.
-pub fn assert_guards(ctx: &Context, t: &Tensor, what: &str) {
+/// Assert the guard regions around a view made by [`upload_at`] with `before` still hold the
+/// sentinel.
+pub fn assert_guards_at(ctx: &Context, t: &Tensor, before: usize, what: &str) {
     let n = t.numel();
-    let full = Tensor::new(t.buffer(), 0, &[GUARD_BEFORE + n + GUARD_AFTER], t.dtype());
+    let full = Tensor::new(t.buffer(), 0, &[before + n + GUARD_AFTER], t.dtype());
     let all = ctx.read_f32(&full).expect("readback");
     let s = t.dtype().round(SENTINEL as f64) as f32;
-    for (i, &v) in all[..GUARD_BEFORE]
-        .iter()
-        .chain(&all[GUARD_BEFORE + n..])
-        .enumerate()
-    {
+    for (i, &v) in all[..before].iter().chain(&all[before + n..]).enumerate() {
         assert_eq!(v, s, "{what}: guard element {i} was overwritten with {v}");
     }
+}
+
+/// [`assert_guards_at`] for a view made by [`upload_guarded`] or [`nan_output`].
+pub fn assert_guards(ctx: &Context, t: &Tensor, what: &str) {
+    assert_guards_at(ctx, t, GUARD_BEFORE, what)
 }
 
 /// Read `got` back and compare it with `want`; panics with `what` and the numbers when the
@@ -102,6 +129,30 @@ pub fn assert_close(ctx: &Context, got: &Tensor, want: &[f64], tol: f64, what: &
     c
 }
 
+/// An empty scratch folder for this test process, named `name`.
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("llama-kernels-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The committed case files under `cases/` whose names start with `prefix`, sorted.
+pub fn committed_cases(prefix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("cases"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "safetensors")
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+            .collect();
+    v.sort();
+    v
+}
+
 /// Write a case file holding `tensors` (name, dtype, shape; every value `fill`) and `meta`, run it
 /// with `check`'s machinery, and return the error it must produce (panics if it is accepted).
 pub fn case_error(
@@ -110,12 +161,10 @@ pub fn case_error(
     fill: f32,
 ) -> String {
     use llama_kernels::cases::{write_case, CaseFile};
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static N: AtomicUsize = AtomicUsize::new(0);
     let ctx = ctx();
-    let dir = std::env::temp_dir().join(format!("llama-kernels-cases-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("case{n}.safetensors"));
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let path = tmpdir(&format!("case{n}")).join("case.safetensors");
     let t: Vec<_> = tensors
         .iter()
         .map(|(name, d, s)| {
@@ -127,7 +176,7 @@ pub fn case_error(
             )
         })
         .collect();
-    let m: std::collections::HashMap<String, String> = meta
+    let m: HashMap<String, String> = meta
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
@@ -136,4 +185,52 @@ pub fn case_error(
         Ok(_) => panic!("bad case was accepted: {tensors:?} {meta:?}"),
         Err(e) => e.to_string(),
     }
+}
+
+/// `r` must be an error of the kind `kind` whose message names `op` first and contains `needle`.
+pub fn expect_err<T: std::fmt::Debug>(
+    r: Result<T, Error>,
+    op: &str,
+    kind: fn(&Error) -> bool,
+    needle: &str,
+) {
+    match r {
+        Ok(v) => panic!("expected an error containing {needle:?}, got Ok({v:?})"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(kind(&e), "wrong error kind for {needle:?}: {e:?}");
+            assert!(
+                msg.starts_with(&format!("{op}: ")),
+                "message must name the op {op}: {msg}"
+            );
+            assert!(
+                msg.contains(needle),
+                "message {msg:?} must contain {needle:?}"
+            );
+        }
+    }
+}
+
+/// Error kinds, for [`expect_err`].
+pub fn is_shape(e: &Error) -> bool {
+    matches!(e, Error::Shape { .. })
+}
+pub fn is_dtype(e: &Error) -> bool {
+    matches!(e, Error::DType { .. })
+}
+pub fn is_bounds(e: &Error) -> bool {
+    matches!(e, Error::Bounds { .. })
+}
+pub fn is_alias(e: &Error) -> bool {
+    matches!(e, Error::Alias { .. })
+}
+pub fn is_param(e: &Error) -> bool {
+    matches!(e, Error::Param { .. })
+}
+
+/// `LLAMA_KERNELS_LONG_TESTS=1` runs the long sweeps (full grids) besides the default set, which
+/// already reaches every variant and threshold with covering designs. Each extra specialisation
+/// costs lavapipe an LLVM compile, which dominates a cold run.
+pub fn long_tests() -> bool {
+    std::env::var_os("LLAMA_KERNELS_LONG_TESTS").is_some_and(|v| !v.is_empty() && v != "0")
 }

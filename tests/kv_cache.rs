@@ -1,0 +1,339 @@
+//! The KV cache on a real adapter: appends in every dtype pair (with and without RoPE on K),
+//! attention read straight from the cache in the same encoder, capacity, and every validation
+//! rule of the cache and of attention over it.
+
+mod common;
+
+use common::*;
+use llama_kernels::compare::tolerance;
+use llama_kernels::reference::attention as reference;
+use llama_kernels::{Attention, DType, KvCache, Tensor};
+
+fn tol(dtype: DType) -> f64 {
+    tolerance(dtype)
+}
+
+/// `out` holds default (causal) attention of `q` over all of `k` and `v` (`[batch, len, n_kv_heads,
+/// head_dim]` rows as the cache stores them), with `heads` = [batch, n_heads, n_kv_heads,
+/// head_dim].
+fn assert_attends(out: &Tensor, q: &[f64], k: &[f64], v: &[f64], heads: [usize; 4], what: &str) {
+    let [batch, n_heads, n_kv_heads, head_dim] = heads;
+    let dims = reference::Dims {
+        batch,
+        q_len: q.len() / (batch * n_heads * head_dim),
+        kv_len: k.len() / (batch * n_kv_heads * head_dim),
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    };
+    let want = reference::attention(q, k, v, None, dims, &Default::default());
+    assert_close(&ctx(), out, &want, tol(out.dtype()), what);
+}
+
+/// The head_dim of the cache tests: attention compiles one specialisation per head_dim, and
+/// tests/attention.rs runs every kernel and dtype at 16 (and the real sizes once each), so the
+/// cache tests add no compile of their own.
+const HD: usize = 16;
+
+/// Every append variant (each source dtype into each cache dtype, with and without K) compiles
+/// on this adapter.
+#[test]
+fn every_append_variant_compiles() {
+    let ctx = ctx();
+    for key in llama_kernels::ops::kv_cache::all_variant_keys() {
+        ctx.kernel("test", &key)
+            .unwrap_or_else(|e| panic!("{key:?}: {e}"));
+    }
+}
+
+/// The KV cache: chunked appends (prefill, then single tokens, then a chunk) for a batch of 2,
+/// an f16 cache filled from f32 rows, attention read straight from the cache after every append,
+/// and the append recorded in the same encoder as the attention that reads it.
+#[test]
+fn kv_cache_append_and_attend() {
+    let ctx = ctx();
+    let (batch, nh, nkv, hd, cap) = (2, 8, 2, HD, 40);
+    for dtype in DType::ALL {
+        let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, dtype).unwrap();
+        let mut rng = Rng::new(9400);
+        let mut k_all = vec![Vec::new(); batch];
+        let mut v_all = vec![Vec::new(); batch];
+        for (step, &n_new) in [5usize, 1, 1, 3, 17].iter().enumerate() {
+            let kn = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let vn = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let q = rng.vec(batch * n_new * nh * hd, 1.0);
+            for b in 0..batch {
+                let r = n_new * nkv * hd;
+                k_all[b].extend_from_slice(&kn[b * r..(b + 1) * r]);
+                v_all[b].extend_from_slice(&vn[b * r..(b + 1) * r]);
+            }
+            let kt = ctx.upload(&kn, &[batch, n_new, nkv, hd]).unwrap();
+            let vt = ctx.upload(&vn, &[batch, n_new, nkv, hd]).unwrap();
+            let qt = ctx.upload_as(&q, &[batch, n_new, nh, hd], dtype).unwrap();
+            let out = nan_output(&ctx, &[batch, n_new, nh, hd], dtype);
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            cache.append(&ctx, &mut enc, &kt, &vt).unwrap();
+            Attention::default()
+                .encode_cached(&ctx, &mut enc, &qt, &cache, None, &out)
+                .unwrap();
+            ctx.queue().submit([enc.finish()]);
+            let kf: Vec<f32> = k_all.concat();
+            let vf: Vec<f32> = v_all.concat();
+            let (kr, vr) = (rounded(&kf, dtype), rounded(&vf, dtype));
+            let what = format!("{dtype} step {step}");
+            assert_attends(
+                &out,
+                &rounded(&q, dtype),
+                &kr,
+                &vr,
+                [batch, nh, nkv, hd],
+                &what,
+            );
+            // The cache views read back exactly the rounded rows.
+            let kc = ctx.read_f32(&cache.k()).unwrap();
+            let kr: Vec<f32> = rounded(&kf, dtype).iter().map(|&x| x as f32).collect();
+            assert_eq!(kc, kr, "{dtype} step {step}: cache K contents");
+            let vc = ctx.read_f32(&cache.v()).unwrap();
+            let vr: Vec<f32> = rounded(&vf, dtype).iter().map(|&x| x as f32).collect();
+            assert_eq!(vc, vr, "{dtype} step {step}: cache V contents");
+        }
+        assert_eq!(cache.len(), 27);
+        // Filling exactly to capacity works; one more row is refused and writes nothing.
+        let k13 = ctx
+            .upload(&vec![0.5f32; batch * 13 * nkv * hd], &[batch, 13, nkv, hd])
+            .unwrap();
+        cache.append_run(&ctx, &k13, &k13).unwrap();
+        assert_eq!(cache.len(), cap);
+        let k1 = ctx
+            .upload(&vec![0.5f32; batch * nkv * hd], &[batch, 1, nkv, hd])
+            .unwrap();
+        let e = cache.append_run(&ctx, &k1, &k1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "kv_cache: appending 1 rows at length 40 would exceed the capacity 40"
+        );
+        assert_eq!(cache.len(), cap);
+    }
+    // Rank-3 rows for a batch-1 cache, and a rank-3 q.
+    let mut cache = KvCache::new(&ctx, 1, 1, 8, 4, DType::F32).unwrap();
+    let kt = ctx
+        .upload(&[1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], &[2, 1, 4])
+        .unwrap();
+    let vt = ctx
+        .upload(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], &[2, 1, 4])
+        .unwrap();
+    cache.append_run(&ctx, &kt, &vt).unwrap();
+    let q = ctx.upload(&[0.0f32, 0.0, 0.0, 0.0], &[1, 1, 4]).unwrap();
+    let out = nan_output(&ctx, &[1, 1, 4], DType::F32);
+    Attention::default()
+        .run_cached(&ctx, &q, &cache, None, &out)
+        .unwrap();
+    // Equal logits: the mean of the two V rows.
+    assert_eq!(ctx.read_f32(&out).unwrap(), vec![3.0, 4.0, 5.0, 6.0]);
+}
+
+/// KV cache append with RoPE on K (Llama-3 rope: theta 5e5, llama3 scaling, half layout) for a
+/// batch of 2: prefill 6 rows, then single tokens, each step rotated at positions len.. in the
+/// same encoder, then attention over the cache; explicit position ids too. K in the cache matches
+/// the f64 RoPE reference, V is copied exactly, and attention matches the reference on rotated K.
+#[test]
+fn kv_cache_append_with_rope() {
+    use llama_kernels::ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
+    let ctx = ctx();
+    let (batch, nh, nkv, hd, cap) = (2, 8, 2, HD, 16);
+    let rope = Rope::new(500000.0, Layout::Half).with_scaling(Scaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    });
+    let (inv_freq, att) = rope.inv_freq(hd, 0).unwrap();
+    // New rows in the cache's dtype take the fused path (RoPE writes K into the cache); f32 rows
+    // into a half cache are converted by the append and rotated in place.
+    let pairs = [
+        (DType::F32, DType::F32),
+        (DType::F16, DType::F16),
+        (DType::BF16, DType::BF16),
+        (DType::F32, DType::F16),
+        (DType::F32, DType::BF16),
+    ];
+    for (src, dtype) in pairs {
+        let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, dtype).unwrap();
+        assert_eq!(cache.rope_fused_for(src), src == dtype);
+        let stored =
+            |x: &[f32]| -> Vec<f64> { rounded(x, src).iter().map(|&v| dtype.round(v)).collect() };
+        let mut rng = Rng::new(9600);
+        let mut k_rot: Vec<Vec<f64>> = vec![Vec::new(); batch];
+        let mut v_all: Vec<Vec<f64>> = vec![Vec::new(); batch];
+        for (step, &n_new) in [6usize, 1, 1, 3].iter().enumerate() {
+            let kn = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let vn = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let q = rng.vec(batch * n_new * nh * hd, 1.0);
+            let start = cache.len();
+            // Step 2 passes explicit ids (the same positions), the others the default.
+            let pos: Vec<i32> = (0..n_new).map(|s| (start + s) as i32).collect();
+            let ids = PositionIds::upload(&ctx, &pos, &[n_new]).unwrap();
+            let positions = (step == 2).then_some(Positions::Ids(&ids));
+            let kt = ctx.upload_as(&kn, &[batch, n_new, nkv, hd], src).unwrap();
+            let vt = ctx.upload_as(&vn, &[batch, n_new, nkv, hd], src).unwrap();
+            let qt = ctx.upload_as(&q, &[batch, n_new, nh, hd], dtype).unwrap();
+            let out = nan_output(&ctx, &[batch, n_new, nh, hd], dtype);
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            cache
+                .append_rope(&ctx, &mut enc, &kt, &vt, &rope, positions)
+                .unwrap();
+            Attention::default()
+                .encode_cached(&ctx, &mut enc, &qt, &cache, None, &out)
+                .unwrap();
+            ctx.queue().submit([enc.finish()]);
+            let kr = stored(&kn);
+            let positions64: Vec<i64> = (0..batch)
+                .flat_map(|_| pos.iter().map(|&p| p as i64))
+                .collect();
+            let rotated = llama_kernels::reference::rope::rope(
+                &kr,
+                [batch, n_new, nkv, hd],
+                &positions64,
+                &inv_freq,
+                att,
+                Layout::Half,
+                hd,
+            );
+            let r = n_new * nkv * hd;
+            for b in 0..batch {
+                k_rot[b].extend(rotated[b * r..(b + 1) * r].iter().map(|&x| dtype.round(x)));
+                v_all[b].extend_from_slice(&stored(&vn)[b * r..(b + 1) * r]);
+            }
+            let kf: Vec<f64> = k_rot.concat();
+            let vf: Vec<f64> = v_all.concat();
+            assert_close(
+                &ctx,
+                &cache.k(),
+                &kf,
+                tol(dtype),
+                &format!("{src} -> {dtype} step {step}: rotated K"),
+            );
+            assert_eq!(
+                ctx.read_f32(&cache.v()).unwrap(),
+                vf.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                "{src} -> {dtype} step {step}: V"
+            );
+            let what = format!("{dtype} step {step}: attention");
+            assert_attends(
+                &out,
+                &rounded(&q, dtype),
+                &kf,
+                &vf,
+                [batch, nh, nkv, hd],
+                &what,
+            );
+        }
+        // A RoPE the cache cannot apply is refused before anything is recorded.
+        let bad = Rope::new(10000.0, Layout::Half).with_rotary_dim(70);
+        let kt = ctx
+            .upload_as(&vec![0.0; batch * nkv * hd], &[batch, 1, nkv, hd], dtype)
+            .unwrap();
+        let len = cache.len();
+        expect_err(
+            cache.append_rope_run(&ctx, &kt, &kt, &bad, None),
+            "rope",
+            is_param,
+            "rotary_dim 70 must be even, > 0 and <= head_dim 16",
+        );
+        let ids = PositionIds::upload(&ctx, &[1, 2], &[2]).unwrap();
+        expect_err(
+            cache.append_rope_run(&ctx, &kt, &kt, &rope, Some(Positions::Ids(&ids))),
+            "kv_cache",
+            is_shape,
+            "position ids have shape [2] but must be [1] or [2, 1]",
+        );
+        assert_eq!(cache.len(), len);
+    }
+}
+
+#[test]
+fn every_validation_rule_has_an_error() {
+    let ctx = ctx();
+    let t = |shape: &[usize]| ctx.empty(shape, DType::F32).unwrap();
+    let a = Attention::default();
+    let k = t(&[6, 2, 16]);
+    expect_err(
+        KvCache::new(&ctx, 1, 2, 8, 10, DType::F16).map(|_| ()),
+        "kv_cache",
+        is_shape,
+        "unsupported head_dim 10: must be a multiple of 4 and <= 256",
+    );
+    expect_err(
+        KvCache::new(&ctx, 1, 0, 8, 16, DType::F16).map(|_| ()),
+        "kv_cache",
+        is_shape,
+        "must all be > 0",
+    );
+    let mut cache = KvCache::new(&ctx, 2, 2, 4, 16, DType::F16).unwrap();
+    expect_err(
+        cache.append_run(&ctx, &t(&[3, 2, 16]), &t(&[3, 2, 16])),
+        "kv_cache",
+        is_shape,
+        "k_new has shape [3, 2, 16] but must be [batch 2, n_new, n_kv_heads 2, head_dim 16]",
+    );
+    expect_err(
+        cache.append_run(&ctx, &t(&[2, 5, 2, 16]), &t(&[2, 5, 2, 16])),
+        "kv_cache",
+        is_shape,
+        "appending 5 rows at length 0 would exceed the capacity 4",
+    );
+    expect_err(
+        cache.append_run(&ctx, &t(&[2, 1, 2, 16]), &t(&[2, 2, 2, 16])),
+        "kv_cache",
+        is_shape,
+        "v_new has shape [2, 2, 2, 16] but k_new has [2, 1, 2, 16]",
+    );
+    expect_err(
+        cache.append_run(
+            &ctx,
+            &t(&[2, 1, 2, 16]),
+            &ctx.empty(&[2, 1, 2, 16], DType::F16).unwrap(),
+        ),
+        "kv_cache",
+        is_dtype,
+        "v_new is f16 but k_new is f32",
+    );
+    expect_err(
+        cache.append_run(
+            &ctx,
+            &Tensor::new(k.buffer(), 0, &[2, 1, 2, 16], DType::F32).clone(),
+            &Tensor::new(k.buffer(), 150, &[2, 1, 2, 16], DType::F32),
+        ),
+        "kv_cache",
+        is_bounds,
+        "v_new view",
+    );
+    assert_eq!(cache.len(), 0);
+    let q4 = t(&[2, 1, 8, 16]);
+    expect_err(
+        a.run_cached(&ctx, &q4, &cache, None, &t(&[2, 1, 8, 16])),
+        "attention",
+        is_shape,
+        "the KV cache is empty",
+    );
+    expect_err(
+        cache.set_len(5),
+        "kv_cache",
+        is_shape,
+        "length 5 exceeds capacity 4",
+    );
+    cache.set_len(1).unwrap();
+    expect_err(
+        a.run_cached(&ctx, &t(&[1, 8, 16]), &cache, None, &t(&[1, 8, 16])),
+        "attention",
+        is_shape,
+        "a rank-3 q needs a cache of batch 1, this cache has batch 2",
+    );
+    // Cache heads must divide q heads like any k/v.
+    expect_err(
+        a.run_cached(&ctx, &t(&[2, 1, 5, 16]), &cache, None, &t(&[2, 1, 5, 16])),
+        "attention",
+        is_shape,
+        "n_heads 5 is not divisible by n_kv_heads 2",
+    );
+}
