@@ -263,8 +263,14 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// An empty compute pass whose only job is to write a timestamp.
-fn timestamp_pass(enc: &mut wgpu::CommandEncoder, set: &wgpu::QuerySet, index: u32, begin: bool) {
+/// An empty compute pass whose only job is to write a timestamp (works without
+/// `TIMESTAMP_QUERY_INSIDE_ENCODERS`); the benchmark and the self-test time with it.
+pub fn timestamp_pass(
+    enc: &mut wgpu::CommandEncoder,
+    set: &wgpu::QuerySet,
+    index: u32,
+    begin: bool,
+) {
     let writes = wgpu::ComputePassTimestampWrites {
         query_set: set,
         beginning_of_pass_write_index: begin.then_some(index),

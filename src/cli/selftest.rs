@@ -103,11 +103,11 @@ impl Timer {
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
         if let Some((set, _)) = &stamps {
-            timestamp_pass(&mut enc, set, 0, true);
+            llama_kernels::bench::timestamp_pass(&mut enc, set, 0, true);
         }
         f(&mut enc)?;
         if let Some((set, buf)) = &stamps {
-            timestamp_pass(&mut enc, set, 1, false);
+            llama_kernels::bench::timestamp_pass(&mut enc, set, 1, false);
             enc.resolve_query_set(set, 0..2, buf, 0);
         }
         let t0 = Instant::now();
@@ -121,20 +121,6 @@ impl Timer {
         let t: &[u64] = bytemuck::cast_slice(&raw);
         Ok(t[1].saturating_sub(t[0]) as f64 * ctx.queue().get_timestamp_period() as f64 * 1e-6)
     }
-}
-
-/// An empty compute pass whose only job is to write a timestamp (works without
-/// `TIMESTAMP_QUERY_INSIDE_ENCODERS`).
-fn timestamp_pass(enc: &mut wgpu::CommandEncoder, set: &wgpu::QuerySet, index: u32, begin: bool) {
-    let writes = wgpu::ComputePassTimestampWrites {
-        query_set: set,
-        beginning_of_pass_write_index: begin.then_some(index),
-        end_of_pass_write_index: (!begin).then_some(index),
-    };
-    let _pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some("selftest timestamp"),
-        timestamp_writes: Some(writes),
-    });
 }
 
 /// A small deterministic generator (xorshift64*), so every run checks the same inputs.
