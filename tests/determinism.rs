@@ -132,7 +132,7 @@ fn decode_bits_repeat_at_every_split_count() {
             let n: usize = shape.iter().product();
             ctx.upload_as(&rng.vec(n, 1.0), shape, dtype).unwrap()
         };
-        let kv_len = 700;
+        let kv_len = 400;
         let k = up(&mut rng, &[kv_len, 2, 64]);
         let v = up(&mut rng, &[kv_len, 2, 64]);
         for (kind, q_len) in [
@@ -143,7 +143,7 @@ fn decode_bits_repeat_at_every_split_count() {
             let q = up(&mut rng, &[q_len, 8, 64]);
             for window in [0u32, 300] {
                 let mut first: Option<Vec<f32>> = None;
-                for splits in [None, Some(1), Some(2), Some(3), Some(7), Some(16)] {
+                for splits in [None, Some(1), Some(3), Some(16)] {
                     let what =
                         format!("{dtype} {kind:?} q_len {q_len} window {window} splits {splits:?}");
                     let op = Attention {

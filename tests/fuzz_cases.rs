@@ -53,9 +53,9 @@ fn note(size: usize) -> bool {
                 // the unbuffered stderr with a stack buffer does not allocate.
                 let mut buf = [0u8; 96];
                 let mut w = &mut buf[..];
-                let _ = write!(
+                let _ = writeln!(
                     w,
-                    "fuzz_cases: mutation {} asked for {size} bytes\n",
+                    "fuzz_cases: mutation {} asked for {size} bytes",
                     MUTATION.with(Cell::get)
                 );
                 let n = 96 - w.len();

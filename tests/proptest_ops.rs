@@ -708,6 +708,7 @@ struct CacheCase {
     steps: Vec<usize>,
     spare: usize,
     rope: Option<Layout>,
+    rank3: bool,
     seed: u64,
 }
 
@@ -727,19 +728,22 @@ fn cache_case() -> impl Strategy<Value = CacheCase> {
             Just(Some(Layout::Half)),
             Just(Some(Layout::Interleaved))
         ],
-        any::<u64>(),
+        (any::<bool>(), any::<u64>()),
     )
         .prop_map(
-            |(src, dtype, (batch, n_kv_heads, head_dim), steps, spare, rope, seed)| CacheCase {
-                src,
-                dtype,
-                batch,
-                n_kv_heads,
-                head_dim,
-                steps,
-                spare,
-                rope,
-                seed,
+            |(src, dtype, (batch, n_kv_heads, head_dim), steps, spare, rope, (rank3, seed))| {
+                CacheCase {
+                    src,
+                    dtype,
+                    batch,
+                    n_kv_heads,
+                    head_dim,
+                    steps,
+                    spare,
+                    rope,
+                    rank3,
+                    seed,
+                }
             },
         )
 }
@@ -760,8 +764,14 @@ fn run_cache(c: &CacheCase) {
         let kn = rng.vec(b * n_new * h * hd, 1.0);
         let vn = rng.vec(b * n_new * h * hd, 1.0);
         let shape = [b, n_new, h, hd];
-        let kt = upload_guarded(&ctx, &kn, &shape, c.src);
-        let vt = upload_guarded(&ctx, &vn, &shape, c.src);
+        // Batch 1 also takes rank-3 rows (`[n_new, n_kv_heads, head_dim]`).
+        let given: &[usize] = if b == 1 && c.rank3 {
+            &shape[1..]
+        } else {
+            &shape
+        };
+        let kt = upload_guarded(&ctx, &kn, given, c.src);
+        let vt = upload_guarded(&ctx, &vn, given, c.src);
         let start = cache.len();
         let kr = rounded(&kn, c.src);
         let k_rot = match &rope {
