@@ -95,7 +95,7 @@ fn load4(b: u32, e: u32) -> vec4<f32> {
         );
     }
     let h = e >> 1u;
-    return vec4<f32>(unpack_half2(word(b, h), DTYPE), unpack_half2(word(b, h + 1u), DTYPE));
+    return unpack_half4(vec2<u32>(word(b, h), word(b, h + 1u)), DTYPE);
 }
 
 fn store4(e: u32, v: vec4<f32>) {
@@ -107,8 +107,9 @@ fn store4(e: u32, v: vec4<f32>) {
         return;
     }
     let h = e >> 1u;
-    out_buf[h] = pack_half2(v.xy, DTYPE);
-    out_buf[h + 1u] = pack_half2(v.zw, DTYPE);
+    let w = pack_half4(v, DTYPE);
+    out_buf[h] = w.x;
+    out_buf[h + 1u] = w.y;
 }
 
 fn cap_logit(s: f32) -> f32 {

@@ -216,26 +216,15 @@ fn attn_decode_merge(
 @group(0) @binding(9) var<storage, read> v4: array<vec4<u32>>;
 override KR: u32 = 1u;
 
-struct Unit {
-    a: vec4<f32>,
-    b: vec4<f32>,
-}
-
-// The 16 bytes holding element e of K (is_v false) or V: 4 f32 (b unused) or 8 halves.
-fn kv_unit(is_v: bool, e: u32) -> Unit {
+// The 16 bytes holding element e of K (is_v false) or V: 4 f32 (`hi` unused) or 8 halves.
+fn kv_item(is_v: bool, e: u32) -> Item {
     var w: vec4<u32>;
     if is_v {
-        w = v4[e / select(8u, 4u, DTYPE == DT_F32)];
+        w = v4[e / elems_per_item(DTYPE)];
     } else {
-        w = k4[e / select(8u, 4u, DTYPE == DT_F32)];
+        w = k4[e / elems_per_item(DTYPE)];
     }
-    if DTYPE == DT_F32 {
-        return Unit(bitcast<vec4<f32>>(w), vec4<f32>(0.0));
-    }
-    return Unit(
-        vec4<f32>(unpack_half2(w.x, DTYPE), unpack_half2(w.y, DTYPE)),
-        vec4<f32>(unpack_half2(w.z, DTYPE), unpack_half2(w.w, DTYPE)),
-    );
+    return unpack_item(w, DTYPE);
 }
 
 // Score of one row against the key row in kr (q pre-scaled).
@@ -344,10 +333,10 @@ fn attn_decode_keys(
     for (var j = kv_lo + i32(lane); j < kv_hi; j += i32(WG)) {
         let ke = k_base + u32(j) * p.k_st;
         for (var u = 0u; u < units; u++) {
-            let w = kv_unit(false, ke + 4u * per_unit * u);
-            kr[u * per_unit] = w.a;
+            let w = kv_item(false, ke + 4u * per_unit * u);
+            kr[u * per_unit] = w.lo;
             if per_unit == 2u {
-                kr[u * 2u + 1u] = w.b;
+                kr[u * 2u + 1u] = w.hi;
             }
         }
         var x = vec4<f32>(NEG_BIG);
@@ -369,10 +358,10 @@ fn attn_decode_keys(
         let ve = v_base + u32(j) * p.v_st;
         // V row into kr (K is done with), then small fixed-trip loops per row.
         for (var u = 0u; u < units; u++) {
-            let w = kv_unit(true, ve + 4u * per_unit * u);
-            kr[u * per_unit] = w.a;
+            let w = kv_item(true, ve + 4u * per_unit * u);
+            kr[u * per_unit] = w.lo;
             if per_unit == 2u {
-                kr[u * 2u + 1u] = w.b;
+                kr[u * 2u + 1u] = w.hi;
             }
         }
         keys_pv(&a0, &kr, al.x, pr.x);
