@@ -1,7 +1,8 @@
 // Shared by the attention kernels (prepended to attention_prefill.wgsl and attention_decode.wgsl
-// by `Shader::source`, after common.wgsl): override constants, parameters, the input bindings
-// and the load, store, mask and logit helpers. Each kernel file declares its own output bindings
-// (`out_buf` and, for decode, the split partials); WGSL resolves module-scope names in any order.
+// by `Shader::source`, after common.wgsl): override constants, parameters, the input bindings,
+// the load, store, mask and logit helpers, and the online-softmax tile step. Each kernel file
+// declares its own output bindings (`out_buf` and, for decode, the split partials); WGSL resolves
+// module-scope names in any order.
 
 override DTYPE: u32 = 0u;
 override WG: u32 = 64u;
@@ -95,7 +96,7 @@ fn load4(b: u32, e: u32) -> vec4<f32> {
         );
     }
     let h = e >> 1u;
-    return vec4<f32>(unpack_half2(word(b, h), DTYPE), unpack_half2(word(b, h + 1u), DTYPE));
+    return unpack_half4(vec2<u32>(word(b, h), word(b, h + 1u)), DTYPE);
 }
 
 fn store4(e: u32, v: vec4<f32>) {
@@ -107,8 +108,9 @@ fn store4(e: u32, v: vec4<f32>) {
         return;
     }
     let h = e >> 1u;
-    out_buf[h] = pack_half2(v.xy, DTYPE);
-    out_buf[h + 1u] = pack_half2(v.zw, DTYPE);
+    let w = pack_half4(v, DTYPE);
+    out_buf[h] = w.x;
+    out_buf[h + 1u] = w.y;
 }
 
 fn cap_logit(s: f32) -> f32 {
@@ -130,3 +132,106 @@ fn visible(j: i32, pos: i32) -> bool {
     return ok;
 }
 
+// Keys within [lo, hi) that some row r0 ..= r_last of a workgroup can see (causal upper bound,
+// window lower bound), so that fully masked tiles are never loaded. Empty when x >= y.
+fn key_range(lo: i32, hi: i32, r0: u32, r_last: u32) -> vec2<i32> {
+    var kv = vec2<i32>(lo, hi);
+    if p.causal != 0u {
+        kv.y = min(kv.y, p.q_offset + i32(r_last / p.group) + 1);
+    }
+    if p.window != 0u {
+        kv.x = max(kv.x, p.q_offset + i32(r0 / p.group) - i32(p.window) + 1);
+    }
+    return kv;
+}
+
+// Query row r (r = t * group + i; clamped to the last row, so spare invocations read valid
+// memory) of kv head kvh, pre-multiplied by the scale.
+fn load_q(q: ptr<function, array<vec4<f32>, MAX_HD4>>, b: u32, r: u32, kvh: u32) {
+    let rc = min(r, p.rows - 1u);
+    let t = rc / p.group;
+    let h = kvh * p.group + rc % p.group;
+    let q_base = p.q_off + b * p.q_sb + t * p.q_st + h * p.q_sh;
+    for (var d = 0u; d < HD4; d++) {
+        (*q)[d] = load4(0u, q_base + 4u * d) * p.scale;
+    }
+}
+
+// Keys j0 .. j0 + n of one kv head into k_tile / v_tile, spread over the workgroup's invocations.
+fn stage_tile(lid: u32, j0: i32, n: u32, k_base: u32, v_base: u32) {
+    for (var i = lid; i < n * HD4; i += WG) {
+        let j = u32(j0) + i / HD4;
+        let d4 = 4u * (i % HD4);
+        k_tile[i] = load4(1u, k_base + j * p.k_st + d4);
+        v_tile[i] = load4(2u, v_base + j * p.v_st + d4);
+    }
+}
+
+// One online-softmax step of one query row over the staged tile (keys j0 .. j0 + n), shared by
+// `attn_prefill` and `attn_decode_partial`: this invocation takes keys lane, lane + lanes, ... of
+// the tile (prefill: lane 0 of 1, every key). All scores of the tile first, so that the running
+// max m moves, and the accumulator is rescaled, at most once per tile; then l and acc gather
+// exp(s - m) and exp(s - m) * v. Masked keys add nothing.
+fn softmax_tile(
+    q: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    acc: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    m: ptr<function, f32>,
+    l: ptr<function, f32>,
+    j0: i32,
+    n: u32,
+    pos: i32,
+    lane: u32,
+    lanes: u32,
+) {
+    var s: array<f32, MAX_BK>;
+    var m_new = *m;
+    for (var jj = lane; jj < n; jj += lanes) {
+        var x = NEG_BIG;
+        if visible(j0 + i32(jj), pos) {
+            var dot_acc = vec4<f32>(0.0);
+            let kb = jj * HD4;
+            for (var d = 0u; d < HD4; d++) {
+                dot_acc += (*q)[d] * k_tile[kb + d];
+            }
+            x = cap_logit(dot_acc.x + dot_acc.y + dot_acc.z + dot_acc.w);
+            m_new = max(m_new, x);
+        }
+        s[jj] = x;
+    }
+    if m_new > *m {
+        let alpha = exp(*m - m_new);
+        *l *= alpha;
+        for (var d = 0u; d < HD4; d++) {
+            (*acc)[d] *= alpha;
+        }
+        *m = m_new;
+    }
+    for (var jj = lane; jj < n; jj += lanes) {
+        if visible(j0 + i32(jj), pos) {
+            let pj = exp(s[jj] - *m);
+            *l += pj;
+            let vb = jj * HD4;
+            for (var d = 0u; d < HD4; d++) {
+                (*acc)[d] += pj * v_tile[vb + d];
+            }
+        }
+    }
+}
+
+// The factor that turns the accumulator of query head h, with running max m and denominator l,
+// into the output: the sink (if any) joins the denominator. A row with no visible key (l == 0,
+// acc == 0) gets 0, so it stores 0 instead of 0 / 0.
+fn out_scale(m: f32, l: f32, h: u32) -> f32 {
+    var a = 1.0;
+    var den = l;
+    if p.has_sinks != 0u {
+        let sink = sinks[p.s_off + h];
+        let m2 = max(m, sink);
+        a = exp(m - m2);
+        den = l * a + exp(sink - m2);
+    }
+    if den > 0.0 {
+        return a / den;
+    }
+    return 0.0;
+}

@@ -8,7 +8,8 @@
 // staged in workgroup memory for all query heads of the group. With fewer rows than invocations,
 // the spare invocations become key lanes (WG / rows_per_wg per row), each taking every lanes-th
 // key of a tile. Each invocation runs an f32 online softmax for its row and lane over the chunk
-// and writes the partial (m, l, acc); partials are ordered (row, split, lane). A chunk with no visible
+// (`softmax_tile` in attention_common.wgsl, the same step as the prefill) and writes the
+// partial (m, l, acc); partials are ordered (row, split, lane). A chunk with no visible
 // key writes (NEG_BIG, 0, 0), which the merge weighs with exp(NEG_BIG - M) * 0 = 0.
 //
 // Pass 2 (`attn_decode_merge`): one invocation per (row, 4 output elements) combines the
@@ -28,6 +29,19 @@
 @group(0) @binding(5) var<storage, read_write> part_out: array<f32>;
 @group(0) @binding(6) var<storage, read> part_in: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out_buf: array<u32>;
+
+// The partial (m, l, acc) of one (row, split, lane) at part_out[e ..].
+fn store_partial(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, e: u32, m: f32, l: f32) {
+    part_out[e] = m;
+    part_out[e + 1u] = l;
+    for (var d = 0u; d < HD4; d++) {
+        let a = (*acc)[d];
+        part_out[e + 2u + 4u * d] = a.x;
+        part_out[e + 3u + 4u * d] = a.y;
+        part_out[e + 4u + 4u * d] = a.z;
+        part_out[e + 5u + 4u * d] = a.w;
+    }
+}
 
 @compute @workgroup_size(WG)
 fn attn_decode_partial(
@@ -54,28 +68,15 @@ fn attn_decode_partial(
     let r_last = min(r0 + p.rows_per_wg, p.rows) - 1u;
     let r = r0 + lid % p.rows_per_wg;
     let row_ok = r < p.rows;
-    let rc = min(r, p.rows - 1u);
-    let t = rc / p.group;
-    let h = kvh * p.group + rc % p.group;
-    let pos = p.q_offset + i32(t);
-    let hd4 = HD4;
+    let pos = p.q_offset + i32(min(r, p.rows - 1u) / p.group);
 
-    // Keys of this split that any row of the workgroup can see: [kv_lo, kv_hi).
-    var kv_lo = i32(split * p.chunk);
-    var kv_hi = i32(min(p.kv_len, (split + 1u) * p.chunk));
-    if p.causal != 0u {
-        kv_hi = min(kv_hi, p.q_offset + i32(r_last / p.group) + 1);
-    }
-    if p.window != 0u {
-        kv_lo = max(kv_lo, p.q_offset + i32(r0 / p.group) - i32(p.window) + 1);
-    }
-
+    // Keys of this split that any row of the workgroup can see.
+    let split_end = min(p.kv_len, (split + 1u) * p.chunk);
+    let kv = key_range(i32(split * p.chunk), i32(split_end), r0, r_last);
     var q: array<vec4<f32>, MAX_HD4>;
     var acc: array<vec4<f32>, MAX_HD4>;
-    var s: array<f32, MAX_BK>;
-    let q_base = p.q_off + b * p.q_sb + t * p.q_st + h * p.q_sh;
-    for (var d = 0u; d < hd4; d++) {
-        q[d] = load4(0u, q_base + 4u * d) * p.scale;
+    load_q(&q, b, r, kvh);
+    for (var d = 0u; d < HD4; d++) {
         acc[d] = vec4<f32>(0.0);
     }
     var m = NEG_BIG;
@@ -83,48 +84,12 @@ fn attn_decode_partial(
     let k_base = p.k_off + b * p.k_sb + kvh * p.k_sh;
     let v_base = p.v_off + b * p.v_sb + kvh * p.v_sh;
 
-    for (var j0 = kv_lo; j0 < kv_hi; j0 += i32(p.bk)) {
-        let n = min(p.bk, u32(kv_hi - j0));
-        for (var i = lid; i < n * hd4; i += WG) {
-            let j = u32(j0) + i / hd4;
-            let d4 = 4u * (i % hd4);
-            k_tile[i] = load4(1u, k_base + j * p.k_st + d4);
-            v_tile[i] = load4(2u, v_base + j * p.v_st + d4);
-        }
+    for (var j0 = kv.x; j0 < kv.y; j0 += i32(p.bk)) {
+        let n = min(p.bk, u32(kv.y - j0));
+        stage_tile(lid, j0, n, k_base, v_base);
         workgroupBarrier();
         if row_ok {
-            var m_new = m;
-            for (var jj = lane; jj < n; jj += lanes) {
-                var x = NEG_BIG;
-                if visible(j0 + i32(jj), pos) {
-                    var dot_acc = vec4<f32>(0.0);
-                    let kb = jj * hd4;
-                    for (var d = 0u; d < HD4; d++) {
-                        dot_acc += q[d] * k_tile[kb + d];
-                    }
-                    x = cap_logit(dot_acc.x + dot_acc.y + dot_acc.z + dot_acc.w);
-                    m_new = max(m_new, x);
-                }
-                s[jj] = x;
-            }
-            if m_new > m {
-                let alpha = exp(m - m_new);
-                l *= alpha;
-                for (var d = 0u; d < hd4; d++) {
-                    acc[d] *= alpha;
-                }
-                m = m_new;
-            }
-            for (var jj = lane; jj < n; jj += lanes) {
-                if visible(j0 + i32(jj), pos) {
-                    let pj = exp(s[jj] - m);
-                    l += pj;
-                    let vb = jj * hd4;
-                    for (var d = 0u; d < HD4; d++) {
-                        acc[d] += pj * v_tile[vb + d];
-                    }
-                }
-            }
+            softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes);
         }
         workgroupBarrier();
     }
@@ -132,16 +97,7 @@ fn attn_decode_partial(
     if row_ok {
         let stride = 4u * HD4 + 2u;
         let n_parts = p.n_splits * lanes;
-        let e = ((bh * p.rows + r) * n_parts + split * lanes + lane) * stride;
-        part_out[e] = m;
-        part_out[e + 1u] = l;
-        for (var d = 0u; d < hd4; d++) {
-            let a = acc[d];
-            part_out[e + 2u + 4u * d] = a.x;
-            part_out[e + 3u + 4u * d] = a.y;
-            part_out[e + 4u + 4u * d] = a.z;
-            part_out[e + 5u + 4u * d] = a.w;
-        }
+        store_partial(&acc, ((bh * p.rows + r) * n_parts + split * lanes + lane) * stride, m, l);
     }
 }
 
@@ -182,33 +138,33 @@ fn attn_decode_merge(
         let a = e + 2u + 4u * d;
         acc += w * vec4<f32>(part_in[a], part_in[a + 1u], part_in[a + 2u], part_in[a + 3u]);
     }
-    var a = 1.0;
-    if p.has_sinks != 0u {
-        let sink = sinks[p.s_off + h];
-        let m2 = max(m, sink);
-        a = exp(m - m2);
-        l = l * a + exp(sink - m2);
-    }
-    var inv = 0.0;
-    if l > 0.0 {
-        inv = a / l;
-    }
     let o_base = p.o_off + b * p.o_sb + t * p.o_st + h * p.o_sh;
-    store4(o_base + 4u * d, acc * inv);
+    store4(o_base + 4u * d, acc * out_scale(m, l, h));
 }
 
 // ---------------------------------------------------------------------------------------------
 // `attn_decode_keys`: decode for CPU adapters. On llvmpipe every load instruction costs one
 // scalar access per invocation (also for a workgroup-uniform address, and also for workgroup
 // memory), while one 16-byte load costs about the same as one 4-byte load. So here each
-// invocation owns whole keys (key lane `lane` takes keys kv_lo + lane, + WG, ...) and reads each
-// K/V row of its keys once with 16-byte loads (8 halves or 4 f32 per load), through the vec4
-// bindings 8 and 9, and uses it for all KR rows (query heads x tokens) of the workgroup's row
-// block, so a GQA group shares every load. No workgroup memory, no barriers. Every array index
-// is a constant once the fixed-trip loops over KR and HD4 are unrolled. Each (row, split, lane)
-// writes a partial like `attn_decode_partial` (lanes = WG); `attn_decode_merge` finishes.
+// invocation owns whole keys (key lane `lane` takes the visible keys lo + lane, lo + lane + WG,
+// ... of its split) and reads each K/V row of its keys once with 16-byte loads (8 halves or 4 f32
+// per load), through the vec4 bindings 8 and 9, and uses it for all KR rows (query heads x
+// tokens) of the workgroup's row block, so a GQA group shares every load. No workgroup memory,
+// no barriers. Every array index is a constant once the fixed-trip loops over KR and HD4 are
+// unrolled. Each (row, split, lane) writes a partial like `attn_decode_partial` (lanes = WG);
+// `attn_decode_merge` finishes.
 // Requires 16-byte aligned K/V rows (offsets and strides; head_dim a multiple of 8 for halves),
 // which the host checks.
+//
+// Why this kernel does not use `softmax_tile` (attention_common.wgsl), which the prefill and
+// `attn_decode_partial` share: that step works on one query row per invocation over a K/V tile
+// staged in workgroup memory, scoring the whole tile before one rescale. Here nothing is staged
+// (each invocation reads its own keys from the vec4 bindings, which is the point on CPU
+// adapters); the unit of work is one key for KR rows at once, so m, l and the rescale are updated
+// per key, branch-free across the KR rows held in vector components, with no score array (the
+// tile step's `s[jj]` is indexed dynamically, which CPU adapters keep in memory, not registers).
+// Sharing the step would need the workgroup-memory tile and the one-row-per-invocation lane
+// structure that this kernel exists to avoid.
 //
 // Extra override constant:
 //   KR       query rows per workgroup, every invocation computing all of them (1, 2 or 4)
@@ -216,26 +172,15 @@ fn attn_decode_merge(
 @group(0) @binding(9) var<storage, read> v4: array<vec4<u32>>;
 override KR: u32 = 1u;
 
-struct Unit {
-    a: vec4<f32>,
-    b: vec4<f32>,
-}
-
-// The 16 bytes holding element e of K (is_v false) or V: 4 f32 (b unused) or 8 halves.
-fn kv_unit(is_v: bool, e: u32) -> Unit {
+// The 16 bytes holding element e of K (is_v false) or V: 4 f32 (`hi` unused) or 8 halves.
+fn kv_item(is_v: bool, e: u32) -> Item {
     var w: vec4<u32>;
     if is_v {
-        w = v4[e / select(8u, 4u, DTYPE == DT_F32)];
+        w = v4[e / elems_per_item(DTYPE)];
     } else {
-        w = k4[e / select(8u, 4u, DTYPE == DT_F32)];
+        w = k4[e / elems_per_item(DTYPE)];
     }
-    if DTYPE == DT_F32 {
-        return Unit(bitcast<vec4<f32>>(w), vec4<f32>(0.0));
-    }
-    return Unit(
-        vec4<f32>(unpack_half2(w.x, DTYPE), unpack_half2(w.y, DTYPE)),
-        vec4<f32>(unpack_half2(w.z, DTYPE), unpack_half2(w.w, DTYPE)),
-    );
+    return unpack_item(w, DTYPE);
 }
 
 // Score of one row against the key row in kr (q pre-scaled).
@@ -250,28 +195,6 @@ fn keys_dot(qa: ptr<function, array<vec4<f32>, MAX_HD4>>, kr: ptr<function, arra
 fn keys_pv(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, vr: ptr<function, array<vec4<f32>, MAX_HD4>>, al: f32, pr: f32) {
     for (var d = 0u; d < HD4; d++) {
         (*acc)[d] = (*acc)[d] * al + pr * (*vr)[d];
-    }
-}
-
-fn keys_load_q(qa: ptr<function, array<vec4<f32>, MAX_HD4>>, b: u32, r: u32, kvh: u32) {
-    let rc = min(r, p.rows - 1u);
-    let t = rc / p.group;
-    let h = kvh * p.group + rc % p.group;
-    let q_base = p.q_off + b * p.q_sb + t * p.q_st + h * p.q_sh;
-    for (var d = 0u; d < HD4; d++) {
-        (*qa)[d] = load4(0u, q_base + 4u * d) * p.scale;
-    }
-}
-
-fn keys_store(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, e: u32, m: f32, l: f32) {
-    part_out[e] = m;
-    part_out[e + 1u] = l;
-    for (var d = 0u; d < HD4; d++) {
-        let a = (*acc)[d];
-        part_out[e + 2u + 4u * d] = a.x;
-        part_out[e + 3u + 4u * d] = a.y;
-        part_out[e + 4u + 4u * d] = a.z;
-        part_out[e + 5u + 4u * d] = a.w;
     }
 }
 
@@ -298,14 +221,8 @@ fn attn_decode_keys(
     let per_unit = select(2u, 1u, DTYPE == DT_F32);
     let units = HD4 / per_unit;
 
-    var kv_lo = i32(split * p.chunk);
-    var kv_hi = i32(min(p.kv_len, (split + 1u) * p.chunk));
-    if p.causal != 0u {
-        kv_hi = min(kv_hi, p.q_offset + i32(r_last / p.group) + 1);
-    }
-    if p.window != 0u {
-        kv_lo = max(kv_lo, p.q_offset + i32(r0 / p.group) - i32(p.window) + 1);
-    }
+    let split_end = min(p.kv_len, (split + 1u) * p.chunk);
+    let kv = key_range(i32(split * p.chunk), i32(split_end), r0, r_last);
 
     // Rows r0 + 0..KR (KR <= 4) in named arrays and vector components, so that every index
     // is a constant once the fixed-trip head_dim loops are unrolled.
@@ -318,13 +235,13 @@ fn attn_decode_keys(
     var a2: array<vec4<f32>, MAX_HD4>;
     var a3: array<vec4<f32>, MAX_HD4>;
     var kr: array<vec4<f32>, MAX_HD4>;
-    keys_load_q(&q0, b, r0, kvh);
+    load_q(&q0, b, r0, kvh);
     if KR > 1u {
-        keys_load_q(&q1, b, r0 + 1u, kvh);
+        load_q(&q1, b, r0 + 1u, kvh);
     }
     if KR > 2u {
-        keys_load_q(&q2, b, r0 + 2u, kvh);
-        keys_load_q(&q3, b, r0 + 3u, kvh);
+        load_q(&q2, b, r0 + 2u, kvh);
+        load_q(&q3, b, r0 + 3u, kvh);
     }
     for (var d = 0u; d < HD4; d++) {
         a0[d] = vec4<f32>(0.0);
@@ -341,13 +258,13 @@ fn attn_decode_keys(
     let k_base = p.k_off + b * p.k_sb + kvh * p.k_sh;
     let v_base = p.v_off + b * p.v_sb + kvh * p.v_sh;
 
-    for (var j = kv_lo + i32(lane); j < kv_hi; j += i32(WG)) {
+    for (var j = kv.x + i32(lane); j < kv.y; j += i32(WG)) {
         let ke = k_base + u32(j) * p.k_st;
         for (var u = 0u; u < units; u++) {
-            let w = kv_unit(false, ke + 4u * per_unit * u);
-            kr[u * per_unit] = w.a;
+            let w = kv_item(false, ke + 4u * per_unit * u);
+            kr[u * per_unit] = w.lo;
             if per_unit == 2u {
-                kr[u * 2u + 1u] = w.b;
+                kr[u * 2u + 1u] = w.hi;
             }
         }
         var x = vec4<f32>(NEG_BIG);
@@ -369,10 +286,10 @@ fn attn_decode_keys(
         let ve = v_base + u32(j) * p.v_st;
         // V row into kr (K is done with), then small fixed-trip loops per row.
         for (var u = 0u; u < units; u++) {
-            let w = kv_unit(true, ve + 4u * per_unit * u);
-            kr[u * per_unit] = w.a;
+            let w = kv_item(true, ve + 4u * per_unit * u);
+            kr[u * per_unit] = w.lo;
             if per_unit == 2u {
-                kr[u * 2u + 1u] = w.b;
+                kr[u * 2u + 1u] = w.hi;
             }
         }
         keys_pv(&a0, &kr, al.x, pr.x);
@@ -389,14 +306,14 @@ fn attn_decode_keys(
     let n_parts = p.n_splits * WG;
     let e = ((bh * p.rows + r0) * n_parts + split * WG + lane) * stride;
     let row_step = n_parts * stride;
-    keys_store(&a0, e, m.x, l.x);
+    store_partial(&a0, e, m.x, l.x);
     if row_ok.y {
-        keys_store(&a1, e + row_step, m.y, l.y);
+        store_partial(&a1, e + row_step, m.y, l.y);
     }
     if row_ok.z {
-        keys_store(&a2, e + 2u * row_step, m.z, l.z);
+        store_partial(&a2, e + 2u * row_step, m.z, l.z);
     }
     if row_ok.w {
-        keys_store(&a3, e + 3u * row_step, m.w, l.w);
+        store_partial(&a3, e + 3u * row_step, m.w, l.w);
     }
 }

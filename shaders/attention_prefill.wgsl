@@ -6,7 +6,8 @@
 // (token-major, then the g query heads of the group), so every K/V tile that the workgroup stages
 // in workgroup memory serves all query heads of the group. Each invocation keeps its query row
 // (pre-multiplied by `scale`) and its f32 accumulator in registers and runs an online softmax
-// over tiles of `bk` keys. The key range is cut to the union of what the workgroup's rows can see
+// over tiles of `bk` keys (`softmax_tile` in attention_common.wgsl, shared with the split-KV
+// decode). The key range is cut to the union of what the workgroup's rows can see
 // (causal upper bound, window lower bound), so fully masked tiles are never loaded. A row with no
 // visible key stores 0.
 //
@@ -43,24 +44,12 @@ fn attn_prefill(
     let t = rc / p.group;
     let h = kvh * p.group + rc % p.group;
     let pos = p.q_offset + i32(t);
-    let hd4 = HD4;
 
-    // Keys any row of this workgroup can see: [kv_lo, kv_hi).
-    var kv_lo = 0i;
-    var kv_hi = i32(p.kv_len);
-    if p.causal != 0u {
-        kv_hi = min(kv_hi, p.q_offset + i32(r_last / p.group) + 1);
-    }
-    if p.window != 0u {
-        kv_lo = max(kv_lo, p.q_offset + i32(r0 / p.group) - i32(p.window) + 1);
-    }
-
+    let kv = key_range(0, i32(p.kv_len), r0, r_last);
     var q: array<vec4<f32>, MAX_HD4>;
     var acc: array<vec4<f32>, MAX_HD4>;
-    var s: array<f32, MAX_BK>;
-    let q_base = p.q_off + b * p.q_sb + t * p.q_st + h * p.q_sh;
-    for (var d = 0u; d < hd4; d++) {
-        q[d] = load4(0u, q_base + 4u * d) * p.scale;
+    load_q(&q, b, r, kvh);
+    for (var d = 0u; d < HD4; d++) {
         acc[d] = vec4<f32>(0.0);
     }
     var m = NEG_BIG;
@@ -68,67 +57,20 @@ fn attn_prefill(
     let k_base = p.k_off + b * p.k_sb + kvh * p.k_sh;
     let v_base = p.v_off + b * p.v_sb + kvh * p.v_sh;
 
-    for (var j0 = kv_lo; j0 < kv_hi; j0 += i32(p.bk)) {
-        let n = min(p.bk, u32(kv_hi - j0));
-        for (var i = lid; i < n * hd4; i += WG) {
-            let j = u32(j0) + i / hd4;
-            let d4 = 4u * (i % hd4);
-            k_tile[i] = load4(1u, k_base + j * p.k_st + d4);
-            v_tile[i] = load4(2u, v_base + j * p.v_st + d4);
-        }
+    for (var j0 = kv.x; j0 < kv.y; j0 += i32(p.bk)) {
+        let n = min(p.bk, u32(kv.y - j0));
+        stage_tile(lid, j0, n, k_base, v_base);
         workgroupBarrier();
         if row_ok {
-            var m_new = m;
-            for (var jj = 0u; jj < n; jj++) {
-                var x = NEG_BIG;
-                if visible(j0 + i32(jj), pos) {
-                    var dot_acc = vec4<f32>(0.0);
-                    let kb = jj * hd4;
-                    for (var d = 0u; d < HD4; d++) {
-                        dot_acc += q[d] * k_tile[kb + d];
-                    }
-                    x = cap_logit(dot_acc.x + dot_acc.y + dot_acc.z + dot_acc.w);
-                    m_new = max(m_new, x);
-                }
-                s[jj] = x;
-            }
-            if m_new > m {
-                let alpha = exp(m - m_new);
-                l *= alpha;
-                for (var d = 0u; d < hd4; d++) {
-                    acc[d] *= alpha;
-                }
-                m = m_new;
-            }
-            for (var jj = 0u; jj < n; jj++) {
-                if visible(j0 + i32(jj), pos) {
-                    let pj = exp(s[jj] - m);
-                    l += pj;
-                    let vb = jj * hd4;
-                    for (var d = 0u; d < HD4; d++) {
-                        acc[d] += pj * v_tile[vb + d];
-                    }
-                }
-            }
+            softmax_tile(&q, &acc, &m, &l, j0, n, pos, 0u, 1u);
         }
         workgroupBarrier();
     }
 
     if row_ok {
-        var a = 1.0;
-        if p.has_sinks != 0u {
-            let sink = sinks[p.s_off + h];
-            let m2 = max(m, sink);
-            a = exp(m - m2);
-            l = l * a + exp(sink - m2);
-        }
-        // No visible key: l == 0 and acc == 0; store 0, not 0 / 0.
-        var inv = 0.0;
-        if l > 0.0 {
-            inv = a / l;
-        }
+        let inv = out_scale(m, l, h);
         let o_base = p.o_off + b * p.o_sb + t * p.o_st + h * p.o_sh;
-        for (var d = 0u; d < hd4; d++) {
+        for (var d = 0u; d < HD4; d++) {
             store4(o_base + 4u * d, acc[d] * inv);
         }
     }

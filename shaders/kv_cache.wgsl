@@ -55,7 +55,7 @@ fn load4(is_v: bool, e: u32) -> vec4<f32> {
         );
     }
     let h = e >> 1u;
-    return vec4<f32>(unpack_half2(src_word(is_v, h), SRC_DTYPE), unpack_half2(src_word(is_v, h + 1u), SRC_DTYPE));
+    return unpack_half4(vec2<u32>(src_word(is_v, h), src_word(is_v, h + 1u)), SRC_DTYPE);
 }
 
 fn put(is_v: bool, i: u32, w: u32) {
@@ -75,8 +75,9 @@ fn store4(is_v: bool, e: u32, v: vec4<f32>) {
         return;
     }
     let h = e >> 1u;
-    put(is_v, h, pack_half2(v.xy, DST_DTYPE));
-    put(is_v, h + 1u, pack_half2(v.zw, DST_DTYPE));
+    let w = pack_half4(v, DST_DTYPE);
+    put(is_v, h, w.x);
+    put(is_v, h + 1u, w.y);
 }
 
 @compute @workgroup_size(WG)

@@ -113,13 +113,10 @@ fn load(b: u32, e: u32) -> vec4<f32> {
         return v;
     }
     let h = e >> 1u;
-    let lo = unpack_half2(word(b, h), DTYPE);
-    v = vec4<f32>(lo, 0.0, 0.0);
     if V == 4u {
-        let hi = unpack_half2(word(b, h + 1u), DTYPE);
-        v = vec4<f32>(lo, hi);
+        return unpack_half4(vec2<u32>(word(b, h), word(b, h + 1u)), DTYPE);
     }
-    return v;
+    return vec4<f32>(unpack_half2(word(b, h), DTYPE), 0.0, 0.0);
 }
 
 fn store(b: u32, e: u32, v: vec4<f32>) {
@@ -130,10 +127,13 @@ fn store(b: u32, e: u32, v: vec4<f32>) {
         return;
     }
     let h = e >> 1u;
-    put(b, h, pack_half2(v.xy, DTYPE));
     if V == 4u {
-        put(b, h + 1u, pack_half2(v.zw, DTYPE));
+        let w = pack_half4(v, DTYPE);
+        put(b, h, w.x);
+        put(b, h + 1u, w.y);
+        return;
     }
+    put(b, h, pack_half2(v.xy, DTYPE));
 }
 
 var<workgroup> partial: array<f32, 256>;
@@ -233,9 +233,9 @@ fn rms_norm_rows(
     }
 }
 
-// `rms_norm_rows` over 16-byte items (4 f32 or 8 half values) through `vec4<u32>` bindings: CPU
-// drivers turn one 16-byte load per invocation into far fewer instructions than four 4-byte
-// loads. The host picks it when the row length, every view's start and every row stride are
+// `rms_norm_rows` over 16-byte items (4 f32 or 8 half values; `Item` in common.wgsl) through
+// `vec4<u32>` bindings: CPU drivers turn one 16-byte load per invocation into far fewer
+// instructions than four 4-byte loads. The host picks it when the row length, every view's start and every row stride are
 // multiples of 16 bytes; binding types cannot depend on override constants, so these are
 // separate bindings of the same buffers.
 @group(0) @binding(6) var<storage, read> src4: array<vec4<u32>>;
@@ -243,41 +243,6 @@ fn rms_norm_rows(
 @group(0) @binding(8) var<storage, read> res4: array<vec4<u32>>;
 @group(0) @binding(9) var<storage, read_write> dst4: array<vec4<u32>>;
 @group(0) @binding(10) var<storage, read_write> res_dst4: array<vec4<u32>>;
-
-// The values of one item; `hi` holds values 4..7 of a half item and is 0 for f32.
-struct Item {
-    lo: vec4<f32>,
-    hi: vec4<f32>,
-}
-
-fn elems_per_item() -> u32 {
-    if DTYPE == DT_F32 {
-        return 4u;
-    }
-    return 8u;
-}
-
-fn unpack_item(u: vec4<u32>) -> Item {
-    if DTYPE == DT_F32 {
-        return Item(bitcast<vec4<f32>>(u), vec4<f32>(0.0));
-    }
-    return Item(
-        vec4<f32>(unpack_half2(u.x, DTYPE), unpack_half2(u.y, DTYPE)),
-        vec4<f32>(unpack_half2(u.z, DTYPE), unpack_half2(u.w, DTYPE)),
-    );
-}
-
-fn pack_item(v: Item) -> vec4<u32> {
-    if DTYPE == DT_F32 {
-        return bitcast<vec4<u32>>(v.lo);
-    }
-    return vec4<u32>(
-        pack_half2(v.lo.xy, DTYPE),
-        pack_half2(v.lo.zw, DTYPE),
-        pack_half2(v.hi.xy, DTYPE),
-        pack_half2(v.hi.zw, DTYPE),
-    );
-}
 
 // Item `i` of logical buffer `b` (a literal at every call site, so this folds to one load).
 fn item(b: u32, i: u32) -> Item {
@@ -317,14 +282,14 @@ fn item(b: u32, i: u32) -> Item {
             u = res_dst4[i];
         }
     }
-    return unpack_item(u);
+    return unpack_item(u, DTYPE);
 }
 
 fn put_item(b: u32, i: u32, v: Item) {
     if b == B_OUT {
-        dst4[i] = pack_item(v);
+        dst4[i] = pack_item(v, DTYPE);
     } else {
-        res_dst4[i] = pack_item(v);
+        res_dst4[i] = pack_item(v, DTYPE);
     }
 }
 
@@ -339,7 +304,7 @@ fn rms_norm_rows4(
     if row >= p.n_rows {
         return;
     }
-    let e = elems_per_item();
+    let e = elems_per_item(DTYPE);
     let n_items = p.n / e;
     let xb = (p.x_off + row * p.x_stride) / e;
     let rb = (p.r_off + row * p.r_stride) / e;

@@ -344,12 +344,6 @@ fn rope(
 // 8x (halves) the bytes per memory instruction of the general path, and its loop over heads has
 // no per-head branch or division.
 
-// Eight elements (two vec4s of f32, or one vec4 of packed halves) as two f32 vec4s.
-struct Oct {
-    x: vec4<f32>,
-    y: vec4<f32>,
-}
-
 // cos and sin of four consecutive pairs starting at k, times the attention factor.
 struct CosSin4 {
     c: vec4<f32>,
@@ -365,75 +359,6 @@ fn cos_sin4(pos: i32, k: u32) -> CosSin4 {
         vec4<f32>(e0.x, e1.x, e2.x, e3.x) * p.scale,
         vec4<f32>(e0.y, e1.y, e2.y, e3.y) * p.scale,
     );
-}
-
-// Branch-free conversions of four values at a time. `unpack_half2` / `pack_half2` in common.wgsl
-// give the same results but branch per value, which CPU adapters (which run lanes as SIMD)
-// pay for on every element: on lavapipe they made f16 RoPE take twice as long as the loads
-// and stores. Built-in `pack2x16float` was no faster there and WGSL leaves its rounding and
-// overflow open.
-
-// f16 bits (low 16 bits of each lane) -> f32, exact for every value: subnormals by subtracting
-// 2^-14 from a normal f32 (no f32 subnormal is ever produced or read), inf/NaN by a second rebias.
-fn f16x4_to_f32(h: vec4<u32>) -> vec4<f32> {
-    let o = (h & vec4<u32>(0x7fffu)) << vec4<u32>(13u);
-    let e = o & vec4<u32>(0x0f800000u);
-    var r = o + vec4<u32>(0x38000000u);
-    r = select(r, r + vec4<u32>(0x38000000u), e == vec4<u32>(0x0f800000u));
-    let sub = bitcast<vec4<f32>>(o + vec4<u32>(0x38800000u)) - vec4<f32>(6.103515625e-05);
-    r = select(r, bitcast<vec4<u32>>(sub), e == vec4<u32>(0u));
-    return bitcast<vec4<f32>>(r | ((h & vec4<u32>(0x8000u)) << vec4<u32>(16u)));
-}
-
-// f32 -> f16 bits, round to nearest even as f32_to_f16_bits: overflow gives inf, NaN a quiet NaN;
-// results below 2^-14 come from adding 0.5, whose f32 ulp is the f16 subnormal step 2^-24.
-fn f32x4_to_f16(v: vec4<f32>) -> vec4<u32> {
-    let x = bitcast<vec4<u32>>(v);
-    let sign = (x >> vec4<u32>(16u)) & vec4<u32>(0x8000u);
-    let a = x & vec4<u32>(0x7fffffffu);
-    // Normal: rebias the exponent by -112 (mod 2^32) and round away 13 mantissa bits.
-    let n = (a + vec4<u32>(0xc8000fffu) + ((a >> vec4<u32>(13u)) & vec4<u32>(1u))) >> vec4<u32>(13u);
-    let sub = bitcast<vec4<u32>>(bitcast<vec4<f32>>(a) + vec4<f32>(0.5)) - vec4<u32>(0x3f000000u);
-    var o = select(n, sub, a < vec4<u32>(0x38800000u));
-    let big = select(vec4<u32>(0x7c00u), vec4<u32>(0x7e00u), a > vec4<u32>(0x7f800000u));
-    o = select(o, big, a >= vec4<u32>(0x47800000u));
-    return o | sign;
-}
-
-// f32 -> bf16 bits, round to nearest even, NaN stays a quiet NaN (as f32_to_bf16_bits).
-fn f32x4_to_bf16(v: vec4<f32>) -> vec4<u32> {
-    let u = bitcast<vec4<u32>>(v);
-    let r = (u + vec4<u32>(0x7fffu) + ((u >> vec4<u32>(16u)) & vec4<u32>(1u))) >> vec4<u32>(16u);
-    let nan = (u >> vec4<u32>(16u)) | vec4<u32>(0x40u);
-    return select(r, nan, (u & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u));
-}
-
-// Two packed words (four halves, element 0 in the low bits) -> f32.
-fn unpack4(w: vec2<u32>) -> vec4<f32> {
-    if DTYPE == DT_F16 {
-        let m = vec4<u32>(0xffffu, 0xffffffffu, 0xffffu, 0xffffffffu);
-        let sh = vec4<u32>(0u, 16u, 0u, 16u);
-        return f16x4_to_f32((vec4<u32>(w.x, w.x, w.y, w.y) >> sh) & m);
-    }
-    return vec4<f32>(bf16x2_to_f32(w.x), bf16x2_to_f32(w.y));
-}
-
-fn pack4(v: vec4<f32>) -> vec2<u32> {
-    var h: vec4<u32>;
-    if DTYPE == DT_F16 {
-        h = f32x4_to_f16(v);
-    } else {
-        h = f32x4_to_bf16(v);
-    }
-    return vec2<u32>(h.x | (h.y << 16u), h.z | (h.w << 16u));
-}
-
-fn unpack8(w: vec4<u32>) -> Oct {
-    return Oct(unpack4(w.xy), unpack4(w.zw));
-}
-
-fn pack8(v: Oct) -> vec4<u32> {
-    return vec4<u32>(pack4(v.x), pack4(v.y));
 }
 
 // Interleaved (a0, b0, a1, b1) rotated by the cos/sin of its two pairs.
@@ -455,14 +380,18 @@ fn rotate_unit(u0: u32, u1: u32, cs0: CosSin4, cs1: CosSin4) {
         }
         return;
     }
-    let x = unpack8(dst4[u0]);
-    let y = unpack8(dst4[u1]);
+    // Packed halves: each 16-byte item holds 8 values (`Item` in common.wgsl): the a's (x) and b's
+    // (y) of pairs k..k+7 for LAYOUT 0; (a, b) of pairs k..k+3 (x) and k+4..k+7 (y) for LAYOUT 1.
+    let x = unpack_item(dst4[u0], DTYPE);
+    let y = unpack_item(dst4[u1], DTYPE);
     if LAYOUT == 0u {
-        dst4[u0] = pack8(Oct(x.x * cs0.c - y.x * cs0.s, x.y * cs1.c - y.y * cs1.s));
-        dst4[u1] = pack8(Oct(y.x * cs0.c + x.x * cs0.s, y.y * cs1.c + x.y * cs1.s));
+        dst4[u0] = pack_item(Item(x.lo * cs0.c - y.lo * cs0.s, x.hi * cs1.c - y.hi * cs1.s), DTYPE);
+        dst4[u1] = pack_item(Item(y.lo * cs0.c + x.lo * cs0.s, y.hi * cs1.c + x.hi * cs1.s), DTYPE);
     } else {
-        dst4[u0] = pack8(Oct(rot_il(x.x, cs0.c.xy, cs0.s.xy), rot_il(x.y, cs0.c.zw, cs0.s.zw)));
-        dst4[u1] = pack8(Oct(rot_il(y.x, cs1.c.xy, cs1.s.xy), rot_il(y.y, cs1.c.zw, cs1.s.zw)));
+        let rx = Item(rot_il(x.lo, cs0.c.xy, cs0.s.xy), rot_il(x.hi, cs0.c.zw, cs0.s.zw));
+        let ry = Item(rot_il(y.lo, cs1.c.xy, cs1.s.xy), rot_il(y.hi, cs1.c.zw, cs1.s.zw));
+        dst4[u0] = pack_item(rx, DTYPE);
+        dst4[u1] = pack_item(ry, DTYPE);
     }
 }
 
