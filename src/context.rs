@@ -532,7 +532,7 @@ impl Context {
     /// Write raw bytes into `buffer` at `byte_offset` (both multiples of 4).
     pub fn write_bytes(&self, buffer: &wgpu::Buffer, byte_offset: u64, bytes: &[u8]) -> Result<()> {
         crate::ensure!(
-            byte_offset % 4 == 0 && bytes.len() % 4 == 0,
+            byte_offset.is_multiple_of(4) && bytes.len().is_multiple_of(4),
             Bounds,
             "write",
             "writes must start and end on 4-byte boundaries (offset {byte_offset}, {} bytes)",

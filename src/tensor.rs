@@ -356,7 +356,7 @@ impl Tensor {
         }
         if self.dtype.is_half() {
             crate::ensure!(
-                self.offset % 2 == 0,
+                self.offset.is_multiple_of(2),
                 Bounds,
                 op,
                 "{name} is {} and starts at element {}: half-precision views must start at an even element (two per 32-bit word)",

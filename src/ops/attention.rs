@@ -409,7 +409,7 @@ pub fn kv_rows_aligned(ctx: &Context, k: &Tensor, v: &Tensor) -> bool {
         let s = t.strides();
         let n = t.rank();
         let win_start = t.offset() * es / align * align;
-        (t.offset() * es - win_start) % 16 == 0
+        (t.offset() * es - win_start).is_multiple_of(16)
             && (t.shape()[n - 1] * es) % 16 == 0
             && s[..n - 1].iter().all(|&st| (st * es) % 16 == 0)
     })

@@ -139,7 +139,7 @@ pub struct Variant {
 impl Variant {
     /// The workgroup-per-row variant for rows of `n` elements.
     pub fn choose(dtype: DType, n: usize, residual: bool, src: [u32; 3]) -> Self {
-        let vec = if n % 4 == 0 {
+        let vec = if n.is_multiple_of(4) {
             4
         } else if dtype.is_half() {
             2
@@ -259,8 +259,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
         for vec in if dtype.is_half() { [2, 4] } else { [1, 4] } {
             for residual in [false, true] {
                 for src in SOURCES {
-                    if !residual && src.iter().any(|&s| s == SRC_RES_OUT)
-                        || !residual && src[1] != SRC_OWN
+                    if !residual && (src.contains(&SRC_RES_OUT) || src[1] != SRC_OWN)
                     {
                         continue;
                     }

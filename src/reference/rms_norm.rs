@@ -17,7 +17,7 @@ pub fn rms_norm(
 ) -> (Vec<f64>, Option<Vec<f64>>) {
     let n = weight.len();
     assert!(
-        n > 0 && x.len() % n == 0,
+        n > 0 && x.len().is_multiple_of(n),
         "reference rms_norm: x length {} is not a multiple of {n}",
         x.len()
     );

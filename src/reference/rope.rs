@@ -24,8 +24,8 @@ pub fn rope(
     assert_eq!(positions.len(), batch * seq, "reference rope: positions");
     assert_eq!(inv_freq.len(), rotary_dim / 2, "reference rope: inv_freq");
     let mut out = x.to_vec();
-    for t in 0..batch * seq {
-        let p = positions[t] as f64;
+    for (t, &pos) in positions.iter().enumerate() {
+        let p = pos as f64;
         for h in 0..heads {
             let base = (t * heads + h) * head_dim;
             for (i, &f) in inv_freq.iter().enumerate() {

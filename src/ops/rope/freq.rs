@@ -373,7 +373,7 @@ impl Rope {
         check_f("theta", self.theta, true)?;
         let rd = self.rotary_dim.unwrap_or(head_dim);
         crate::ensure!(
-            rd % 2 == 0 && rd > 0 && rd <= head_dim,
+            rd.is_multiple_of(2) && rd > 0 && rd <= head_dim,
             Param,
             OP,
             "rotary_dim {rd} must be even, > 0 and <= head_dim {head_dim}"
@@ -393,8 +393,9 @@ impl Rope {
                 check_f("low_freq_factor", *low_freq_factor, true)?;
                 check_f("high_freq_factor", *high_freq_factor, true)?;
                 orig_ok(*original_max_position_embeddings)?;
+                // Both are finite (checked above), so the total order is the usual one.
                 crate::ensure!(
-                    low_freq_factor < high_freq_factor,
+                    low_freq_factor.total_cmp(high_freq_factor).is_lt(),
                     Param,
                     OP,
                     "llama3 low_freq_factor {low_freq_factor} must be < high_freq_factor {high_freq_factor}"

@@ -25,10 +25,10 @@ pub(super) struct View4 {
 /// so every access is a whole, aligned vec4 inside the view.
 fn vec4_aligned(ctx: &Context, rd: usize, v: &View4, offset: usize, dtype: DType) -> bool {
     let lanes = 16 / dtype.size();
-    let ok = |dim: usize, stride: usize| dim <= 1 || stride % lanes == 0;
-    ctx.limits().min_storage_buffer_offset_alignment % 16 == 0
-        && rd % (2 * lanes) == 0
-        && offset % lanes == 0
+    let ok = |dim: usize, stride: usize| dim <= 1 || stride.is_multiple_of(lanes);
+    ctx.limits().min_storage_buffer_offset_alignment.is_multiple_of(16)
+        && rd.is_multiple_of(2 * lanes)
+        && offset.is_multiple_of(lanes)
         && ok(v.batch, v.bstride)
         && ok(v.seq, v.sstride)
         && ok(v.heads, v.hstride)
