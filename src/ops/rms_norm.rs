@@ -259,8 +259,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
         for vec in if dtype.is_half() { [2, 4] } else { [1, 4] } {
             for residual in [false, true] {
                 for src in SOURCES {
-                    if !residual && (src.contains(&SRC_RES_OUT) || src[1] != SRC_OWN)
-                    {
+                    if !residual && (src.contains(&SRC_RES_OUT) || src[1] != SRC_OWN) {
                         continue;
                     }
                     for (per_invocation, items16, workgroup) in

@@ -26,7 +26,9 @@ pub(super) struct View4 {
 fn vec4_aligned(ctx: &Context, rd: usize, v: &View4, offset: usize, dtype: DType) -> bool {
     let lanes = 16 / dtype.size();
     let ok = |dim: usize, stride: usize| dim <= 1 || stride.is_multiple_of(lanes);
-    ctx.limits().min_storage_buffer_offset_alignment.is_multiple_of(16)
+    ctx.limits()
+        .min_storage_buffer_offset_alignment
+        .is_multiple_of(16)
         && rd.is_multiple_of(2 * lanes)
         && offset.is_multiple_of(lanes)
         && ok(v.batch, v.bstride)
