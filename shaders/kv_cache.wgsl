@@ -45,6 +45,9 @@ fn src_word(is_v: bool, i: u32) -> u32 {
     return k_src[i];
 }
 
+// The same shape as attention_common.wgsl's load4, on other bindings: WGSL cannot pass a storage
+// buffer to a function, so each shader keeps its own word fetch; the decoding is shared
+// (unpack_half4 in common.wgsl).
 fn load4(is_v: bool, e: u32) -> vec4<f32> {
     if SRC_DTYPE == DT_F32 {
         return vec4<f32>(
