@@ -80,7 +80,9 @@ impl Rope {
         let views: Vec<&Tensor> = [Some(a), b, out].into_iter().flatten().collect();
         if !(a.rank() == 3 || a.rank() == 4) || fits(ctx, &views) {
             let plan = self.plan(ctx, a, b, out, positions)?;
-            return self.record(ctx, enc, plan, a, b, out, positions);
+            return ctx.scoped(OP, || {
+                self.record_unscoped(ctx, enc, plan, a, b, out, positions)
+            })?;
         }
         // Validate the whole call once (shapes, dtypes, aliasing, parameters).
         self.plan(ctx, a, b, out, positions)?;

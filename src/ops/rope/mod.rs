@@ -387,19 +387,11 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                         SinCos::NaiveF32,
                         SinCos::HostTable,
                     ] {
-                        keys.push(
-                            Variant {
-                                dtype,
-                                layout,
-                                pos_buf,
-                                in_place,
-                                x_in_dst,
-                                sincos,
-                                vec4: false,
+                        for vec4 in [false, true] {
+                            // `rope_vec4` rotates in place only.
+                            if vec4 && !in_place {
+                                continue;
                             }
-                            .key(),
-                        );
-                        if in_place {
                             keys.push(
                                 Variant {
                                     dtype,
@@ -408,7 +400,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                                     in_place,
                                     x_in_dst,
                                     sincos,
-                                    vec4: true,
+                                    vec4,
                                 }
                                 .key(),
                             );

@@ -8,25 +8,8 @@ use crate::pipeline::Window;
 use crate::tensor::Tensor;
 
 impl Rope {
-    /// Record a planned call under one error scope (the only one of the call).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn record(
-        &self,
-        ctx: &Context,
-        enc: &mut wgpu::CommandEncoder,
-        plan: Plan,
-        a: &Tensor,
-        b: Option<&Tensor>,
-        out: Option<&Tensor>,
-        positions: Positions<'_>,
-    ) -> Result<()> {
-        ctx.scoped(OP, || {
-            self.record_unscoped(ctx, enc, plan, a, b, out, positions)
-        })?
-    }
-
-    /// Record a planned call; the caller holds the error scope (the KV cache fuses RoPE into
-    /// its own call this way).
+    /// Record a planned call; the caller holds the call's one error scope (`encode_views`, and
+    /// the KV cache, which fuses RoPE into its own call this way).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn record_unscoped(
         &self,
