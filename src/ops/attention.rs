@@ -788,7 +788,9 @@ impl Attention {
         out: &Tensor,
     ) -> Result<()> {
         let c = self.validate(ctx, q, k, v, sinks, out)?;
-        self.record(ctx, encoder, &c, q, k, v, sinks, out)
+        ctx.scoped(OP, || {
+            self.record_unscoped(ctx, encoder, &c, q, k, v, sinks, out)
+        })?
     }
 
     /// [`Attention::encode`], submitted and waited for.
@@ -802,7 +804,9 @@ impl Attention {
         out: &Tensor,
     ) -> Result<()> {
         let c = self.validate(ctx, q, k, v, sinks, out)?;
-        ctx.submit_and_wait(OP, |enc| self.record(ctx, enc, &c, q, k, v, sinks, out))
+        ctx.submit_and_wait(OP, |enc| {
+            self.record_unscoped(ctx, enc, &c, q, k, v, sinks, out)
+        })
     }
 
     /// Record attention over the rows `0..len` of a KV cache (`q` batched like the cache; a rank-3
@@ -833,24 +837,7 @@ impl Attention {
         self.run(ctx, q, &k, &v, sinks, out)
     }
 
-    /// Record under one error scope (the only one of the call).
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        ctx: &Context,
-        enc: &mut wgpu::CommandEncoder,
-        c: &Checked,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        sinks: Option<&Tensor>,
-        out: &Tensor,
-    ) -> Result<()> {
-        ctx.scoped(OP, || {
-            self.record_unscoped(ctx, enc, c, q, k, v, sinks, out)
-        })?
-    }
-
+    /// Record one call; runs under the caller's one error scope (`encode` opens it; `run`'s submit does).
     #[allow(clippy::too_many_arguments)]
     fn record_unscoped(
         &self,
