@@ -871,7 +871,7 @@ fn two_sided_windows_and_chunks() {
         let mut a = Case::new(2, 200, 4, 2, HD);
         a.kind = Some(kind);
         a.window = 33;
-        let mut b = a.clone();
+        let mut b = a;
         b.window = 0;
         b.window_left = Some(32);
         b.window_right = Some(0);
