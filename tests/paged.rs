@@ -247,6 +247,34 @@ fn mixed_batch_matches_the_reference() {
     }
 }
 
+/// The largest head (Gemma-2's 256, whose tiles hold the fewest keys) and a head size that is
+/// not a power of two (80, Phi-2), in bf16 with GQA 2:1.
+#[test]
+fn large_and_odd_head_sizes() {
+    let ctx = ctx();
+    for hd in [256, 80] {
+        let heads = Heads {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: hd,
+        };
+        let w = world(
+            800 + hd as u64,
+            &[(1, 47), (9, 33), (2, 16)],
+            heads,
+            DType::BF16,
+            PageLayout::Nhd,
+            None,
+        );
+        let cache = w.cache(&ctx, 801);
+        let batch = w.batch(&ctx, None);
+        let op = Attention::default();
+        let got = w.run(&ctx, &cache, &batch, &op, None);
+        let cmp = compare(&got, &w.want(&op, None));
+        assert!(cmp.passes(tol(DType::BF16)), "head_dim {hd}: {cmp}");
+    }
+}
+
 /// Every masking and logit option of [`Attention`], per sequence: non-causal, two-sided and
 /// causal windows, chunked attention, softcap, sinks and a custom scale, in f32 (the dtypes
 /// share the code above).
