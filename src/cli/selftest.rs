@@ -447,6 +447,120 @@ fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     ))
 }
 
+/// The paged cache: two sequences in one batch (a 12-token prompt and a decode token over 40
+/// keys, on pages handed out in turn), their K/V appended with RoPE into the pages, then one
+/// variable-length attention call, all in one encoder. Judged: the attention output against the
+/// reference over each sequence's rotated history.
+fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
+    use llama_kernels::ops::paged::Heads;
+    use llama_kernels::{PageTable, PagedBatch, PagedKvCache};
+    const PAGE: usize = 16;
+    let heads = Heads {
+        n_heads: N_HEADS,
+        n_kv_heads: N_KV_HEADS,
+        head_dim: HEAD_DIM,
+    };
+    let mut table = PageTable::new(8, PAGE)?;
+    let cache = PagedKvCache::new(
+        ctx,
+        8,
+        PAGE,
+        N_KV_HEADS,
+        HEAD_DIM,
+        dtype,
+        llama_kernels::PageLayout::Nhd,
+    )?;
+    let (a, b) = (table.add_sequence(), table.add_sequence());
+    // b's first 39 tokens are already in the cache (written here in the same way first).
+    let lens = [(a, 12usize), (b, 39usize)];
+    let row = N_KV_HEADS * HEAD_DIM;
+    let mut rng = Rng(0x5eed_0040);
+    let rope = llama31_rope().with_seq_len(64);
+    let hist: Vec<(Vec<f64>, Vec<f64>)> = lens
+        .iter()
+        .map(|&(_, n)| {
+            let n = n + usize::from(n == 39);
+            (
+                rng.values(n * row, 0.0, 1.0, dtype),
+                rng.values(n * row, 0.0, 1.0, dtype),
+            )
+        })
+        .collect();
+    let upload = |x: &[f64], t: std::ops::Range<usize>| {
+        ctx.upload_as(
+            &f32s(&x[t.start * row..t.end * row]),
+            &[t.len(), N_KV_HEADS, HEAD_DIM],
+            dtype,
+        )
+    };
+    // Step 1 (not judged): b's first 39 tokens.
+    table.append(&[(b, 39)])?;
+    let batch = PagedBatch::new(ctx, &table, &[(b, 39)], heads)?;
+    let (kb, vb) = (upload(&hist[1].0, 0..39)?, upload(&hist[1].1, 0..39)?);
+    ctx.submit_and_wait(OP, |enc| {
+        cache.append_rope(ctx, enc, &batch, &kb, &vb, &rope)
+    })?;
+    // Step 2 (judged): a's prompt and b's next token.
+    let entries = [(a, 12), (b, 1)];
+    table.append(&entries)?;
+    let batch = PagedBatch::new(ctx, &table, &entries, heads)?;
+    let cat = |i: usize| -> Result<llama_kernels::Tensor> {
+        let (x0, x1) = (&hist[0], &hist[1]);
+        let src = if i == 0 {
+            (&x0.0, &x1.0)
+        } else {
+            (&x0.1, &x1.1)
+        };
+        let mut v: Vec<f64> = src.0.clone();
+        v.extend_from_slice(&src.1[39 * row..40 * row]);
+        upload(&v, 0..13)
+    };
+    let (kn, vn) = (cat(0)?, cat(1)?);
+    let q = rng.values(13 * N_HEADS * HEAD_DIM, 0.0, 1.0, dtype);
+    let q_shape = [13, N_HEADS, HEAD_DIM];
+    let qt = ctx.upload_as(&f32s(&q), &q_shape, dtype)?;
+    let out = ctx.empty(&q_shape, dtype)?;
+    ctx.fill(&out, f32::NAN)?;
+    let op = Attention::default();
+    let mut rec = |enc: &mut wgpu::CommandEncoder| -> Result<()> {
+        cache.append_rope(ctx, enc, &batch, &kn, &vn, &rope)?;
+        op.encode_paged(ctx, enc, &qt, &cache, &batch, None, &out)
+    };
+    let first = timer.run(ctx, &mut rec)?;
+    let got = ctx.read_f32(&out)?;
+    // The timed run writes the same slots again.
+    let ms = timer.run(ctx, &mut rec)?;
+    let mut want = Vec::new();
+    for (i, (q_len, kv_len)) in [(12usize, 12usize), (1, 40)].into_iter().enumerate() {
+        let k_rot = rope_reference(&rope, &hist[i].0, kv_len, N_KV_HEADS, 0)?;
+        let k_rot: Vec<f64> = k_rot.iter().map(|&x| dtype.round(x)).collect();
+        let q0 = if i == 0 { 0 } else { 12 * N_HEADS * HEAD_DIM };
+        want.extend(reference::attention::attention(
+            &q[q0..q0 + q_len * N_HEADS * HEAD_DIM],
+            &k_rot,
+            &hist[i].1,
+            None,
+            llama_kernels::ops::attention::Dims {
+                batch: 1,
+                q_len,
+                kv_len,
+                n_heads: N_HEADS,
+                n_kv_heads: N_KV_HEADS,
+                head_dim: HEAD_DIM,
+            },
+            &reference::attention::Options::default(),
+        ));
+    }
+    Ok(judge(
+        "paged append_rope + attention",
+        format!("pages of {PAGE}, splits {:?}", batch.splits()),
+        dtype,
+        "prompt 12 + decode 1 over 40".into(),
+        (first, ms),
+        &[(got, want)],
+    ))
+}
+
 /// One kernel family on one dtype.
 type Case = fn(&Context, &Timer, DType) -> Result<Row>;
 
@@ -459,6 +573,7 @@ const CASES: &[(&str, Case)] = &[
     ("attention prefill", |c, t, d| attention(c, t, d, false)),
     ("attention decode", |c, t, d| attention(c, t, d, true)),
     ("kv_cache append_rope", kv_cache),
+    ("paged append_rope + attention", paged),
 ];
 
 /// Number of kernel rows [`run`] produces (for the progress bar).
