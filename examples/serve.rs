@@ -53,7 +53,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         dtype: DType::F16,
         chunk: 24,
-        layout: PageLayout::Nhd,
+        layout: PageLayout::Hnd,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {

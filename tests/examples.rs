@@ -39,8 +39,9 @@ fn decode_loop_matches_the_reference_at_every_step() {
 
 #[test]
 fn serve_matches_the_reference_at_every_step() {
-    let out = run_example("serve", &["--layout", "hnd"]);
+    let out = run_example("serve", &["--layout", "nhd"]);
     assert!(out.contains("in 3 buffers"), "{out}");
+    assert!(out.contains("Nhd"), "{out}");
     assert!(out.contains(" 1 page copies"), "{out}");
     assert_eq!(out.matches(" ok\n").count(), 11, "{out}");
     assert!(out.contains("all steps match the f64 reference"), "{out}");

@@ -8,7 +8,7 @@
 //! lengths are capped so that the contiguous comparison fits one 128 MiB binding (lavapipe's
 //! and WebGPU's default limit), which the paged pool itself need not.
 //!
-//! Variants: `paged_decode_batch` (NHD pages), `paged_decode_batch_hnd`, and
+//! Variants: `paged_decode_batch` (NHD pages), `paged_decode_batch_hnd` (HND, the default), and
 //! `contiguous_decode_same_bytes`: the contiguous split-KV decode kernel (`Kind::Decode`, the
 //! design the paged kernel shares) over one sequence holding as many keys as the whole batch.
 

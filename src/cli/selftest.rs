@@ -468,7 +468,7 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
         N_KV_HEADS,
         HEAD_DIM,
         dtype,
-        llama_kernels::PageLayout::Nhd,
+        llama_kernels::PageLayout::Hnd,
     )?;
     let (a, b) = (table.add_sequence(), table.add_sequence());
     // b's first 39 tokens are already in the cache (written here in the same way first).

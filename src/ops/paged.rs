@@ -8,8 +8,9 @@
 //!   a shared, partly filled page copies it first: copy-on-write) and reuses freed pages. A step
 //!   that cannot get every page it needs is an `Err` that changes nothing.
 //! - [`PagedKvCache`] (GPU, one per layer): the pages' K and V storage. A page holds K then V,
-//!   each `[page_size, n_kv_heads, head_dim]` ([`PageLayout::Nhd`], FlashInfer's NHD, the
-//!   default) or `[n_kv_heads, page_size, head_dim]` ([`PageLayout::Hnd`]), in f32, f16 or bf16.
+//!   each `[n_kv_heads, page_size, head_dim]` ([`PageLayout::Hnd`], the default) or
+//!   `[page_size, n_kv_heads, head_dim]` ([`PageLayout::Nhd`], FlashInfer's NHD), in f32, f16 or
+//!   bf16.
 //!   The pool spans up to [`MAX_POOL_BUFFERS`] `wgpu::Buffer`s of at most
 //!   `max_storage_buffer_binding_size` bytes each, so the cache can be larger than one binding.
 //! - [`PagedBatch`] (GPU, one per step, shared by every layer): which sequences run, with how
@@ -32,10 +33,12 @@
 //! thirty short ones fills the device without padding the short ones. With the same split
 //! configuration the arithmetic is the contiguous kernel's, bit for bit.
 //!
-//! Why NHD by default: a token's K (and V) rows for all kv heads are one contiguous run, so the
-//! append writes whole rows and the attention tiles read `head_dim` contiguous elements per key
-//! either way; HND is kept for callers whose pages come from HND engines (see BENCHMARKS.md for
-//! the two measured side by side).
+//! Why HND by default, by measurement (BENCHMARKS.md, the bench's `paged_decode_batch_hnd` beside
+//! `paged_decode_batch`): every attention workgroup reads one kv head, whose keys of a page are
+//! then one contiguous run of `page_size * head_dim` elements instead of `head_dim`-element rows
+//! `n_kv_heads * head_dim` apart; HND decode was 5-15% faster on lavapipe. The append, which
+//! writes a token's rows of every head, is the one that scatters, and it moves a few rows per step
+//! where attention reads the whole cache. NHD is there for pages shared with NHD engines.
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -55,9 +58,9 @@ const SEQ_WORDS: usize = 12;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum PageLayout {
     /// `[page_size, n_kv_heads, head_dim]` for K, then the same for V.
-    #[default]
     Nhd,
     /// `[n_kv_heads, page_size, head_dim]` for K, then the same for V.
+    #[default]
     Hnd,
 }
 
