@@ -6,7 +6,7 @@
 // bottom-right (query t at position kv_len - q_len + t). One call mixes prefill, chunked prefill
 // and decode sequences.
 //
-// Pages live in up to four pool buffers (`pool0` .. `pool3`, seen as vec4 words), pages_per_buffer
+// Pages live in up to three pool buffers (`pool0` .. `pool2`, seen as vec4 words), pages_per_buffer
 // pages each; a page holds K then V, each `[page_size, n_kv_heads, head_dim]` (NHD) or
 // `[n_kv_heads, page_size, head_dim]` (HND), as token and head strides in the parameters.
 //
@@ -17,10 +17,16 @@
 // the sequence's tokens, K/V tiles staged in workgroup memory for the whole group, spare
 // invocations as key lanes, the same `softmax_tile` step, a partial (m, l, acc) per (row, split,
 // lane). With the same split configuration the arithmetic is the contiguous kernel's, so results
-// are bitwise equal.
+// are bitwise equal. A sequence whose rows each have one partial (one split, one lane: prefill
+// rows) writes its output directly, as `attn_prefill` does, so long prefills need no partials;
+// that is the merge of a single partial, bit for bit.
+//
+// Bindings: the partial pass uses q, the pools, the plan, the sinks, the partials and out: the
+// eight storage buffers of WebGPU's default limit, which is why the pool has three buffers.
 //
 // Pass 2 (`attn_paged_merge`): one invocation per (packed token, query head, 4 output elements)
-// merges its sequence's partials in ascending (split, lane) order, as `attn_decode_merge`.
+// merges its sequence's partials in ascending (split, lane) order, as `attn_decode_merge`;
+// sequences written directly are skipped.
 //
 // The host plan lives in the `plan_buf` buffer (u32 words): a 12-word record per sequence, a 4-word
 // record per work item, the sequence of every packed query row, and the block-table rows.
@@ -42,7 +48,6 @@
 @group(0) @binding(9) var<storage, read> pool1: array<vec4<u32>>;
 @group(0) @binding(10) var<storage, read> pool2: array<vec4<u32>>;
 @group(0) @binding(11) var<storage, read> plan_buf: array<u32>;
-@group(0) @binding(12) var<storage, read> pool3: array<vec4<u32>>;
 
 // Words of a sequence record.
 const SEQ_WORDS: u32 = 12u;
@@ -89,11 +94,8 @@ fn pool_word4(buf: u32, i: u32) -> vec4<u32> {
         case 1u: {
             return pool1[i];
         }
-        case 2u: {
-            return pool2[i];
-        }
         default: {
-            return pool3[i];
+            return pool2[i];
         }
     }
 }
@@ -208,9 +210,15 @@ fn attn_paged_partial(
         workgroupBarrier();
     }
 
-    if row_ok && lane < lanes {
+    let n_parts = sq.n_splits * lanes;
+    if row_ok && n_parts == 1u {
+        let inv = out_scale(m, l, h);
+        let o_base = p.o_off + (sq.q_start + t) * p.o_st + h * p.o_sh;
+        for (var d = 0u; d < HD4; d++) {
+            store4(o_base + 4u * d, acc[d] * inv);
+        }
+    } else if row_ok && lane < lanes {
         let stride = 4u * HD4 + 2u;
-        let n_parts = sq.n_splits * lanes;
         let entry = sq.part_base + (kvh * rows + r) * n_parts + split * lanes + lane;
         store_partial_paged(&acc, entry * stride, m, l);
     }
@@ -236,6 +244,10 @@ fn attn_paged_merge(
     let rows = sq.q_len * p.group;
     let stride = 4u * HD4 + 2u;
     let n_parts = sq.n_splits * sq.lanes;
+    // Written directly by the partial pass.
+    if n_parts == 1u {
+        return;
+    }
     let base = (sq.part_base + (kvh * rows + r) * n_parts) * stride;
 
     var m = NEG_BIG;

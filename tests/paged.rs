@@ -371,8 +371,8 @@ fn equals_contiguous_attention_bitwise() {
     }
 }
 
-/// A pool spread over three buffers (a device whose binding limit holds 4 pages), a sequence
-/// whose pages sit in all of them; appends land in every buffer.
+/// A pool spread over three buffers (a device whose binding limit holds 8 pages), sequences whose
+/// pages sit in all of them, decode and prefill.
 #[test]
 fn pool_over_several_buffers() {
     let ctx0 = ctx();
@@ -381,9 +381,9 @@ fn pool_over_several_buffers() {
     let adapter =
         pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
             .expect("adapter");
-    // 4 f32 pages of 16 tokens x 2 kv heads x 64 (K and V): 64 KiB.
+    // 8 f32 pages of 16 tokens x 2 kv heads x 64 (K and V): 128 KiB.
     let limits = wgpu::Limits {
-        max_storage_buffer_binding_size: 1 << 16,
+        max_storage_buffer_binding_size: 1 << 17,
         ..adapter.limits()
     };
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -393,23 +393,24 @@ fn pool_over_several_buffers() {
     .expect("device");
     let small = Context::from_device(&device, &queue);
     drop(ctx0);
-    let lens = [(1, 150), (2, 20)];
+    let lens = [(1, 200), (48, 48)];
     let w = world(500, &lens, gqa(), DType::F32, PageLayout::Nhd, None);
     let cache = w.cache(&small, 501);
-    assert_eq!(cache.buffers().len(), w.n_pages.div_ceil(4));
-    assert!(cache.buffers().len() >= 3);
-    // One split per sequence keeps the partials inside the small binding limit.
-    let batch = w.batch(&small, Some(1));
+    assert_eq!(cache.buffers().len(), 3);
+    let batch = w.batch(&small, None);
     let op = Attention::default();
     let got = w.run(&small, &cache, &batch, &op, None);
     let cmp = compare(&got, &w.want(&op, None));
     assert!(cmp.passes(tol(DType::F32)), "{cmp}");
-    // Five pools' worth of pages is refused at creation, naming the limit.
+    // The prefill rows (one split, one lane each) write their output directly: only the decode
+    // row has partials (2 kv heads x 4 rows x splits x 8 lanes).
+    assert_eq!(batch.partials(), 2 * 4 * batch.splits()[0] * 8);
+    // Four buffers' worth of pages is refused at creation, naming the limit.
     expect_err(
-        PagedKvCache::new(&small, 17, PAGE, 2, HD, DType::F32, PageLayout::Nhd),
+        PagedKvCache::new(&small, 25, PAGE, 2, HD, DType::F32, PageLayout::Nhd),
         "paged",
         |e| matches!(e, Error::Limit { .. }),
-        "the attention kernel binds at most 4",
+        "25 pages of 16384 bytes need 4 buffers of at most 8 pages (131072 bytes per binding); the attention kernel binds at most 3",
     );
 }
 

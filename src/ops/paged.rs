@@ -49,8 +49,9 @@ use crate::tensor::{DType, Tensor};
 
 const OP: &str = "paged";
 const WG: u32 = 64;
-/// Most `wgpu::Buffer`s one cache's pool spans (the attention kernel binds each).
-pub const MAX_POOL_BUFFERS: usize = 4;
+/// Most `wgpu::Buffer`s one cache's pool spans: the attention kernel binds each, beside q, out,
+/// the partials, the plan and the sinks, within WebGPU's default of 8 storage buffers.
+pub const MAX_POOL_BUFFERS: usize = 3;
 /// Words of a sequence record in the batch plan (mirrors `SEQ_WORDS` in the shader).
 const SEQ_WORDS: usize = 12;
 
@@ -465,7 +466,10 @@ impl PagedBatch {
             });
             q_start += s.q_len;
             items += row_blocks * n_splits;
-            parts += n_kv_heads * rows * n_splits * lanes;
+            // Rows with a single partial write the output directly (no partials).
+            if n_splits * lanes > 1 {
+                parts += n_kv_heads * rows * n_splits * lanes;
+            }
         }
         let total_q = q_start;
         // The plan buffer: sequence records, work items, the sequence of every query row, the
@@ -566,6 +570,11 @@ impl PagedBatch {
     /// Each sequence's kv length.
     pub fn kv_lens(&self) -> Vec<usize> {
         self.seqs.iter().map(|s| s.kv_len).collect()
+    }
+    /// Split-KV partial results the attention call stores (`head_dim + 2` f32 each, in the
+    /// context's scratch buffer); rows with one split and one lane (prefill rows) store none.
+    pub fn partials(&self) -> usize {
+        self.parts
     }
     /// Each sequence's split count (the attention work plan).
     pub fn splits(&self) -> Vec<usize> {
@@ -1316,11 +1325,12 @@ impl Attention {
         };
         ctx.kernel(op, &c.keys[0])?;
         ctx.kernel(op, &c.keys[1])?;
-        let names = ["pool0", "pool1", "pool2", "pool3"];
+        let names = ["pool0", "pool1", "pool2"];
         let mut inputs = vec![
             ("q_buf", qw.resource()),
             ("plan_buf", batch.plan_window()),
             ("part_out", part_res()),
+            ("out_buf", ow.resource()),
         ];
         for (i, b) in cache.buffers.iter().enumerate() {
             inputs.push((names[i], b.as_entire_binding()));
