@@ -556,3 +556,43 @@ fn row_map_validation_errors() {
         "a refused call wrote dst"
     );
 }
+
+/// `check`'s rope op with norm weights: wrong dtype, wrong shape, norm metadata without a
+/// weight, and a weight name that does not fit the inputs are refused with clear errors.
+#[test]
+fn check_norm_cases_are_refused_when_mistyped() {
+    let x = ("x", DType::F32, vec![2, 2, 8]);
+    let rope = [("op", "rope")];
+    let e = case_error(
+        &[x.clone(), ("norm_weight", DType::BF16, vec![8])],
+        &rope,
+        1.0,
+    );
+    assert!(e.contains("norm_weight is bf16 but x is f32"), "{e}");
+    let e = case_error(
+        &[x.clone(), ("norm_weight", DType::F32, vec![7])],
+        &rope,
+        1.0,
+    );
+    assert!(
+        e.contains("norm_weight has shape [7]; it must be [8]"),
+        "{e}"
+    );
+    let e = case_error(&[x.clone()], &[("op", "rope"), ("norm_eps", "1e-6")], 1.0);
+    assert!(e.contains("norm_eps"), "{e}");
+    let e = case_error(
+        &[x.clone(), ("q_norm_weight", DType::F32, vec![8])],
+        &rope,
+        1.0,
+    );
+    assert!(e.contains("q_norm_weight"), "{e}");
+    let e = case_error(
+        &[x, ("norm_weight", DType::F32, vec![8])],
+        &[("op", "rope"), ("norm_eps", "-1")],
+        1.0,
+    );
+    assert!(
+        e.contains("norm eps must be finite and >= 0, got -1"),
+        "{e}"
+    );
+}
