@@ -106,7 +106,7 @@ use crate::error::Result;
 use crate::pipeline::{PipelineKey, Shader};
 use crate::tensor::{DType, Tensor};
 
-pub use freq::{fixed_point_turn, frequencies, Freq, Layout, Scaling};
+pub use freq::{fixed_point_turn, frequencies, Freq, Layout, Scaling, MAX_INV_FREQ};
 pub use norm::HeadNorm;
 use norm::{Extra, RowMap};
 pub(crate) use sincos::SinCos;
