@@ -69,13 +69,36 @@ struct Params {
     pos_sstride: u32,
     pos_start: i32,
     scale: f32,
-    _pad0: u32,
+    // FLAG_* bits below
+    flags: u32,
     // rope_vec4 only: vec4 distance between the two halves of a head (LAYOUT 0)
     v_half: u32,
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
+    // row map: first entry of this call in `rows`
+    rows_off: u32,
+    // multimodal RoPE: pairs [0, sec1) take position row 0 (time), [sec1, sec2) row 1 (height),
+    // the rest row 2 (width); sec1 = sec2 = 0xffffffff for 1-D RoPE
+    sec1: u32,
+    sec2: u32,
+    // distance between the position rows (multimodal RoPE)
+    pos_rstride: u32,
+    // per-head RMSNorm of segments A and B (rope_norm): eps, weight offset, weight element offset
+    eps_a: f32,
+    eps_b: f32,
+    woff_a: f32,
+    woff_b: f32,
+    wa_off: u32,
+    wb_off: u32,
+    _pad0: u32,
 }
+
+// Segment A heads are normalised (weights `wa`) before the rotation (rope_norm).
+const FLAG_NORM_A: u32 = 1u;
+// Segment B heads are normalised (weights `wb`).
+const FLAG_NORM_B: u32 = 2u;
+// Output rows come from `rows`: token t's head h goes to dst[rows[rows_off + t] + h * o_hstride];
+// an entry 0xffffffff skips the token.
+const FLAG_ROW_MAP: u32 = 4u;
+const SKIP_ROW: u32 = 0xffffffffu;
 
 struct Freq {
     // frac(inv_freq / 2pi) * 2^64 as (high word, low word); SINCOS 3: bits of f32 (cos, sin)
@@ -93,6 +116,11 @@ struct Freq {
 @group(0) @binding(4) var<storage, read> freqs: array<Freq>;
 // The written buffer seen as vec4 words, for `rope_vec4` (in place, 16-byte aligned views).
 @group(0) @binding(5) var<storage, read_write> dst4: array<vec4<u32>>;
+// Row map (out of place, FLAG_ROW_MAP): first output element of each token.
+@group(0) @binding(6) var<storage, read> rows: array<u32>;
+// Per-head RMSNorm weights [head_dim] of segments A and B (rope_norm), in the storage dtype.
+@group(0) @binding(7) var<storage, read> wa: array<u32>;
+@group(0) @binding(8) var<storage, read> wb: array<u32>;
 
 // High 32 bits of the 64-bit product a * b.
 fn mul_hi(a: u32, b: u32) -> u32 {
@@ -168,6 +196,46 @@ fn cos_sin(pos: i32, k: u32) -> vec2<f32> {
             return vec2<f32>(cs.y, -cs.x);
         }
     }
+}
+
+// The positions of token (b, s): one per row of a multimodal position tensor, else one splatted.
+fn token_pos(b: u32, s: u32) -> vec3<i32> {
+    if POS_BUF {
+        let i = p.pos_off + b * p.pos_bstride + s * p.pos_sstride;
+        if p.sec1 < p.half_rot {
+            return vec3<i32>(positions[i], positions[i + p.pos_rstride], positions[i + 2u * p.pos_rstride]);
+        }
+        return vec3<i32>(positions[i]);
+    }
+    return vec3<i32>(p.pos_start + i32(s));
+}
+
+// The position that rotates pair k: its multimodal section's row (always row 0 for 1-D RoPE).
+fn pair_pos(pos: vec3<i32>, k: u32) -> i32 {
+    return select(select(pos.z, pos.y, k < p.sec2), pos.x, k < p.sec1);
+}
+
+// First output element of token `tok` through the row map, or SKIP_ROW.
+fn mapped_row(tok: u32, o_tok: u32) -> u32 {
+    if (p.flags & FLAG_ROW_MAP) == 0u {
+        return o_tok;
+    }
+    return rows[p.rows_off + tok];
+}
+
+// Whether head h of a token whose output row starts at element `row` lies inside `dst` (only a
+// row map can point outside; the host checks every other view and that a whole token's heads
+// fit `dst`, so `row + h * o_hstride` cannot wrap) and, for packed halves, starts on a word.
+fn head_fits(row: u32, h: u32) -> bool {
+    if (p.flags & FLAG_ROW_MAP) == 0u {
+        return true;
+    }
+    var n = arrayLength(&dst);
+    if DTYPE != DT_F32 {
+        n = 2u * n;
+    }
+    let ob = row + h * p.o_hstride;
+    return row < n && ob <= n && p.head_dim <= n - ob && (DTYPE == DT_F32 || (ob & 1u) == 0u);
 }
 
 fn rd(i: u32) -> u32 {
@@ -278,21 +346,19 @@ fn rope(
     let h1 = min(h0 + p.heads_per_group, total_heads);
     let a_tok = p.a_off + b * p.a_bstride + s * p.a_sstride;
     let b_tok = p.b_off + b * p.b_bstride + s * p.b_sstride;
-    let o_tok = p.o_off + b * p.o_bstride + s * p.o_sstride;
+    let o_tok = mapped_row(tok, p.o_off + b * p.o_bstride + s * p.o_sstride);
+    if o_tok == SKIP_ROW {
+        return;
+    }
 
     if col < p.n_quads {
-        var pos: i32;
-        if POS_BUF {
-            pos = positions[p.pos_off + b * p.pos_bstride + s * p.pos_sstride];
-        } else {
-            pos = p.pos_start + i32(s);
-        }
+        let pos = token_pos(b, s);
         let k0 = 2u * col;
         let two = k0 + 1u < p.half_rot;
-        let cs0 = cos_sin(pos, k0);
+        let cs0 = cos_sin(pair_pos(pos, k0), k0);
         var cs1 = vec2<f32>(1.0, 0.0);
         if two {
-            cs1 = cos_sin(pos, k0 + 1u);
+            cs1 = cos_sin(pair_pos(pos, k0 + 1u), k0 + 1u);
         }
         for (var h = h0; h < h1; h++) {
             var ib: u32;
@@ -307,6 +373,9 @@ fn rope(
             if IN_PLACE {
                 ob = ib;
             }
+            if !head_fits(o_tok, h) {
+                continue;
+            }
             let v = load_quad(ib, k0, two);
             let r0 = rotate(v.xy, cs0);
             let r1 = rotate(v.zw, cs1);
@@ -318,6 +387,9 @@ fn rope(
         for (var h = h0; h < h1; h++) {
             let ib = a_tok + h * p.a_hstride + e;
             let ob = o_tok + h * p.o_hstride + e;
+            if !head_fits(o_tok, h) {
+                continue;
+            }
             if DTYPE == DT_F32 {
                 st(ob, ld(ib));
                 if e + 1u < p.head_dim {
@@ -350,11 +422,11 @@ struct CosSin4 {
     s: vec4<f32>,
 }
 
-fn cos_sin4(pos: i32, k: u32) -> CosSin4 {
-    let e0 = cos_sin(pos, k);
-    let e1 = cos_sin(pos, k + 1u);
-    let e2 = cos_sin(pos, k + 2u);
-    let e3 = cos_sin(pos, k + 3u);
+fn cos_sin4(pos: vec3<i32>, k: u32) -> CosSin4 {
+    let e0 = cos_sin(pair_pos(pos, k), k);
+    let e1 = cos_sin(pair_pos(pos, k + 1u), k + 1u);
+    let e2 = cos_sin(pair_pos(pos, k + 2u), k + 2u);
+    let e3 = cos_sin(pair_pos(pos, k + 3u), k + 3u);
     return CosSin4(
         vec4<f32>(e0.x, e1.x, e2.x, e3.x) * p.scale,
         vec4<f32>(e0.y, e1.y, e2.y, e3.y) * p.scale,
@@ -412,12 +484,7 @@ fn rope_vec4(
     }
     let b = tok / p.seq;
     let s = tok % p.seq;
-    var pos: i32;
-    if POS_BUF {
-        pos = positions[p.pos_off + b * p.pos_bstride + s * p.pos_sstride];
-    } else {
-        pos = p.pos_start + i32(s);
-    }
+    let pos = token_pos(b, s);
     var per = 4u;
     if DTYPE != DT_F32 {
         per = 8u;
@@ -448,5 +515,148 @@ fn rope_vec4(
     for (var h = hb; h < h1; h++) {
         rotate_unit(ib + d0, ib + d1, cs0, cs1);
         ib += p.b_hstride;
+    }
+}
+
+// ---- rope_norm: per-head RMSNorm, then the rotation (Qwen3, Gemma 3 QK-norm) ----
+//
+// One invocation per (token, head): the head's sum of squares in f32, then every pair normalised
+// (x * inverseSqrt(mean(x^2) + eps) * (w + weight_offset)) and rotated with the same exact
+// cos/sin as `rope`, and the unrotated tail normalised; one rounding to the storage dtype at the
+// end. The head is read twice (it is at most 1 KiB, so the second read hits the cache). A segment
+// without FLAG_NORM_* is only rotated, so Q and K with one norm still share a dispatch. cos/sin
+// are not shared across heads here: one invocation owns a whole head, so that packed words and
+// the norm need no cross-invocation traffic.
+
+// Weight of element e of a head (segment B when `seg_b`), plus the weight offset.
+fn norm_weight(seg_b: bool, e: u32) -> f32 {
+    var off = p.wa_off;
+    var add = p.woff_a;
+    if seg_b {
+        off = p.wb_off;
+        add = p.woff_b;
+    }
+    let i = off + e;
+    var w: f32;
+    if DTYPE == DT_F32 {
+        if seg_b {
+            w = bitcast<f32>(wb[i]);
+        } else {
+            w = bitcast<f32>(wa[i]);
+        }
+    } else {
+        var word: u32;
+        if seg_b {
+            word = wb[i >> 1u];
+        } else {
+            word = wa[i >> 1u];
+        }
+        let v = unpack_half2(word, DTYPE);
+        w = select(v.x, v.y, (i & 1u) != 0u);
+    }
+    return w + add;
+}
+
+@compute @workgroup_size(WG)
+fn rope_norm(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let gid = linear_workgroup(wid, nwg) * WG + lid;
+    let total_heads = p.a_heads + p.b_heads;
+    let h = gid % total_heads;
+    let tok = gid / total_heads;
+    // No barriers in this kernel, so invocations past the end may simply leave.
+    if tok >= p.n_tokens {
+        return;
+    }
+    let b = tok / p.seq;
+    let s = tok % p.seq;
+    let seg_b = h >= p.a_heads;
+    var ib: u32;
+    var ob: u32;
+    var normed: bool;
+    var eps: f32;
+    if seg_b {
+        ib = p.b_off + b * p.b_bstride + s * p.b_sstride + (h - p.a_heads) * p.b_hstride;
+        ob = ib;
+        normed = (p.flags & FLAG_NORM_B) != 0u;
+        eps = p.eps_b;
+    } else {
+        ib = p.a_off + b * p.a_bstride + s * p.a_sstride + h * p.a_hstride;
+        let row = mapped_row(tok, p.o_off + b * p.o_bstride + s * p.o_sstride);
+        if row == SKIP_ROW || !head_fits(row, h) {
+            return;
+        }
+        ob = row + h * p.o_hstride;
+        normed = (p.flags & FLAG_NORM_A) != 0u;
+        eps = p.eps_a;
+    }
+    if IN_PLACE {
+        ob = ib;
+    }
+    let hd = p.head_dim;
+
+    var inv = 1.0;
+    if normed {
+        var ss = 0.0;
+        if DTYPE == DT_F32 {
+            for (var e = 0u; e < hd; e++) {
+                let v = ld(ib + e);
+                ss += v * v;
+            }
+        } else {
+            for (var e = 0u; e < hd; e += 2u) {
+                let v = ld2(ib + e);
+                ss += dot(v, v);
+            }
+        }
+        inv = inverseSqrt(ss / f32(hd) + eps);
+    }
+
+    let pos = token_pos(b, s);
+    for (var k0 = 0u; k0 < p.half_rot; k0 += 2u) {
+        let two = k0 + 1u < p.half_rot;
+        var v = load_quad(ib, k0, two);
+        if normed {
+            let i0 = pair_idx(k0);
+            var w = vec4<f32>(norm_weight(seg_b, i0.x), norm_weight(seg_b, i0.y), 0.0, 0.0);
+            if two {
+                let i1 = pair_idx(k0 + 1u);
+                w.z = norm_weight(seg_b, i1.x);
+                w.w = norm_weight(seg_b, i1.y);
+            }
+            v = v * inv * w;
+        }
+        let r0 = rotate(v.xy, cos_sin(pair_pos(pos, k0), k0));
+        var r1 = vec2<f32>(0.0);
+        if two {
+            r1 = rotate(v.zw, cos_sin(pair_pos(pos, k0 + 1u), k0 + 1u));
+        }
+        store_quad(ob, k0, two, vec4<f32>(r0, r1));
+    }
+
+    // The unrotated tail: normalised (the norm covers the whole head), copied out of place.
+    if !normed && IN_PLACE {
+        return;
+    }
+    if DTYPE == DT_F32 {
+        for (var e = 2u * p.half_rot; e < hd; e++) {
+            var v = ld(ib + e);
+            if normed {
+                v = v * inv * norm_weight(seg_b, e);
+            }
+            st(ob + e, v);
+        }
+    } else {
+        for (var e = 2u * p.half_rot; e < hd; e += 2u) {
+            if normed {
+                let w = vec2<f32>(norm_weight(seg_b, e), norm_weight(seg_b, e + 1u));
+                st2(ob + e, ld2(ib + e) * inv * w);
+            } else {
+                dst[(ob + e) >> 1u] = rd((ib + e) >> 1u);
+            }
+        }
     }
 }

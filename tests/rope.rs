@@ -1235,3 +1235,66 @@ fn vec4_half_conversions_are_exact() {
         }
     }
 }
+
+/// theta and scalings whose frequencies are not finite or not representable are refused with
+/// the op, theta and the offending value; the largest accepted frequency still runs.
+#[test]
+fn unrepresentable_frequencies_are_refused() {
+    let ctx = ctx();
+    let x = filled(&ctx, &[2, 1, 128], 1.0);
+    let s0 = Positions::Start(3);
+    let err = |r: Result<(), Error>, needle: &str| expect_err(r, "rope", is_param, needle);
+    // Subnormal theta: finite and > 0, but not the number a config means.
+    for theta in [1e-320, f64::MIN_POSITIVE / 2.0] {
+        err(
+            Rope::new(theta, Layout::Half).run(&ctx, &x, s0),
+            "theta must be a normal f64 (>= 2.2250738585072014e-308)",
+        );
+    }
+    // A tiny but normal theta: theta^(-2i/128) passes 2^22 from i = 36 on.
+    err(
+        Rope::new(1e-12, Layout::Half).run(&ctx, &x, s0),
+        "theta 1e-12 with default scaling and rotary_dim 128 gives inv_freq[36] = 5.623413251903491e6",
+    );
+    err(
+        Rope::new(1e-300, Layout::Half).with_rotary_dim(4).run(&ctx, &x, s0),
+        "gives inv_freq[1] = 1e150 rad per position; frequencies must be finite and at most 2^22 = 4194304",
+    );
+    // Through a scaling: linear factor 1e-10 divides inv_freq[0] = 1 into 1e10.
+    err(
+        Rope::default()
+            .with_scaling(Scaling::Linear { factor: 1e-10 })
+            .run(&ctx, &x, s0),
+        "with linear scaling and rotary_dim 128 gives inv_freq[0] = 1e10",
+    );
+    let mut table = vec![1.0; 64];
+    table[9] = -1e7;
+    err(
+        Rope::default()
+            .with_scaling(Scaling::InvFreq {
+                inv_freq: table.clone(),
+                attention_factor: 1.0,
+            })
+            .run(&ctx, &x, s0),
+        "inv_freq[9] = -1e7",
+    );
+    // The bound itself is accepted and rotates exactly like the reference.
+    table[9] = llama_kernels::ops::rope::MAX_INV_FREQ;
+    let op = Rope::default().with_scaling(Scaling::InvFreq {
+        inv_freq: table.clone(),
+        attention_factor: 1.0,
+    });
+    let data: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin()).collect();
+    let xt = ctx.upload(&data, &[2, 1, 128]).unwrap();
+    op.run(&ctx, &xt, s0).unwrap();
+    let want = reference::rope(
+        &rounded(&data, DType::F32),
+        [1, 2, 1, 128],
+        &[3, 4],
+        &table,
+        1.0,
+        Layout::Half,
+        128,
+    );
+    assert_close(&ctx, &xt, &want, 1e-10, "inv_freq at the bound");
+}

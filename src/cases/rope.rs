@@ -20,12 +20,18 @@
 //! - `inv_freq`: `inv_freq` (a list, one per pair), `attention_factor` (1)
 //!
 //! A key that the chosen `rope_type` does not use is refused as unknown.
+//!
+//! QK-norm (Qwen3, Gemma 3): optional per-head RMSNorm weights `[head_dim]` in the input's
+//! dtype, applied before the rotation in the same dispatch (`Rope::encode_norm` /
+//! `Rope::encode_qk_norm`): `norm_weight` with `x`; `q_norm_weight` and/or `k_norm_weight` with
+//! `q` and `k`. Metadata with a weight: `norm_eps` (default 1e-6) and `norm_weight_offset`
+//! (default 0; 1 for Gemma 3's `1 + w`).
 
 use super::{CaseFile, HostDType, HostTensor, OpOutput, OpResult};
 use crate::compare::tolerance;
 use crate::context::Context;
 use crate::error::Result;
-use crate::ops::rope::{Layout, PositionIds, Positions, Rope, Scaling, Variant};
+use crate::ops::rope::{HeadNorm, Layout, PositionIds, Positions, Rope, Scaling, Variant};
 use crate::tensor::Tensor;
 
 fn required(case: &CaseFile, rope_type: &str, key: &str) -> Result<f64> {
@@ -262,24 +268,96 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     op.validate_for(head_dim, dtype)?;
     let (inv, attn) = op.inv_freq(head_dim, seq_len)?;
     let rd = rotary_dim.unwrap_or(head_dim);
-    let reference = |t: &HostTensor, s4: [usize; 4]| {
-        crate::reference::rope::rope(&t.values, s4, &host_pos, &inv, attn, layout, rd)
+    // Per-head norm weights, for the inputs in order (x; or q, k).
+    let names: &[&str] = if k_input.is_some() {
+        &["q_norm_weight", "k_norm_weight"]
+    } else {
+        &["norm_weight"]
+    };
+    let mut norm_w: Vec<Option<&HostTensor>> = Vec::new();
+    for &name in names {
+        let w = match case.opt_tensor(name)? {
+            Some(_) => {
+                let (w, wd) = case.storage_tensor(name)?;
+                if wd != dtype {
+                    return Err(case.error(format!(
+                        "{name} is {wd} but {} is {dtype}; they must match",
+                        inputs[0]
+                    )));
+                }
+                if w.shape != [head_dim] {
+                    return Err(case.error(format!(
+                        "{name} has shape {:?}; it must be [{head_dim}] (head_dim)",
+                        w.shape
+                    )));
+                }
+                Some(w)
+            }
+            None => None,
+        };
+        norm_w.push(w);
+    }
+    let (norm_eps, norm_offset) = if norm_w.iter().any(Option::is_some) {
+        (
+            case.meta_f64("norm_eps", 1e-6)? as f32,
+            case.meta_f64("norm_weight_offset", 0.0)? as f32,
+        )
+    } else {
+        (0.0, 0.0)
+    };
+    let norm_w_gpu = norm_w
+        .iter()
+        .map(|w| {
+            w.map(|w| -> Result<HeadNorm> {
+                let t = ctx.upload_as(&w.to_f32(), &w.shape, dtype)?;
+                Ok(HeadNorm {
+                    weight: t,
+                    eps: norm_eps,
+                    weight_offset: norm_offset,
+                })
+            })
+            .transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let reference = |t: &HostTensor, s4: [usize; 4], w: Option<&HostTensor>| {
+        let normed = match w {
+            Some(w) => crate::reference::rope::head_norm(
+                &t.values,
+                &w.values,
+                norm_eps as f64,
+                norm_offset as f64,
+            ),
+            None => t.values.clone(),
+        };
+        crate::reference::rope::rope(&normed, s4, &host_pos, &inv, attn, layout, rd)
     };
     let Some((k, k4)) = k_input else {
         // In place, as a model runs it.
         let xt = ctx.upload_as(&x.to_f32(), &x.shape, dtype)?;
-        let variant = op.variant(ctx, &xt, None, None, positions)?;
-        op.run(ctx, &xt, positions)?;
+        let (variant, cpu) = match &norm_w_gpu[0] {
+            Some(norm) => {
+                op.run_norm(ctx, &xt, norm, positions)?;
+                (
+                    "rope_norm in place".to_string(),
+                    reference(x, shape4, norm_w[0]),
+                )
+            }
+            None => {
+                let v = op.variant(ctx, &xt, None, None, positions)?;
+                op.run(ctx, &xt, positions)?;
+                (variant_name(&v, "in place"), reference(x, shape4, None))
+            }
+        };
         return Ok(OpResult {
             dtype,
-            variant: variant_name(&variant, "in place"),
+            variant,
             shape: x.shape.clone(),
             tolerance: tolerance(dtype),
             outputs: vec![OpOutput {
                 name: "out".into(),
                 shape: x.shape.clone(),
                 gpu: ctx.read_f32(&xt)?,
-                cpu: reference(x, shape4),
+                cpu,
             }],
         });
     };
@@ -303,11 +381,17 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         Tensor::with_strides(buf.buffer(), offset, shape, &strides, dtype)
     };
     let (qt, kt) = (view(0, &x.shape), view(hq * head_dim, &k.shape));
-    let variant = op.variant(ctx, &qt, Some(&kt), None, positions)?;
-    op.run_qk(ctx, &qt, &kt, positions)?;
+    let (qn, kn) = (norm_w_gpu[0].as_ref(), norm_w_gpu[1].as_ref());
+    let variant = if qn.is_some() || kn.is_some() {
+        "rope_norm encode_qk_norm (q and k in one buffer)".to_string()
+    } else {
+        let v = op.variant(ctx, &qt, Some(&kt), None, positions)?;
+        variant_name(&v, "encode_qk (q and k in one buffer)")
+    };
+    op.run_qk_norm(ctx, &qt, &kt, qn, kn, positions)?;
     Ok(OpResult {
         dtype,
-        variant: variant_name(&variant, "encode_qk (q and k in one buffer)"),
+        variant,
         shape: x.shape.clone(),
         tolerance: tolerance(dtype),
         outputs: vec![
@@ -315,13 +399,13 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
                 name: "q".into(),
                 shape: x.shape.clone(),
                 gpu: ctx.read_f32(&qt)?,
-                cpu: reference(x, shape4),
+                cpu: reference(x, shape4, norm_w[0]),
             },
             OpOutput {
                 name: "k".into(),
                 shape: k.shape.clone(),
                 gpu: ctx.read_f32(&kt)?,
-                cpu: reference(k, k4),
+                cpu: reference(k, k4, norm_w[1]),
             },
         ],
     })

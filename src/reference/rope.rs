@@ -40,3 +40,26 @@ pub fn rope(
     }
     out
 }
+
+/// The per-head RMSNorm that QK-norm models apply before RoPE, in f64: every `head_dim`
+/// elements of `x` become `x / sqrt(mean(x²) + eps) * (weight + weight_offset)`
+/// (Qwen3 offset 0, Gemma 3 offset 1; see [`crate::ops::rope::HeadNorm`]).
+pub fn head_norm(x: &[f64], weight: &[f64], eps: f64, weight_offset: f64) -> Vec<f64> {
+    let head_dim = weight.len();
+    assert!(
+        head_dim > 0 && x.len().is_multiple_of(head_dim),
+        "reference head_norm: x has {} values, not a multiple of head_dim {head_dim}",
+        x.len()
+    );
+    let mut out = Vec::with_capacity(x.len());
+    for head in x.chunks(head_dim) {
+        let ms = head.iter().map(|v| v * v).sum::<f64>() / head_dim as f64;
+        let inv = 1.0 / (ms + eps).sqrt();
+        out.extend(
+            head.iter()
+                .zip(weight)
+                .map(|(v, w)| v * inv * (w + weight_offset)),
+        );
+    }
+    out
+}

@@ -2,6 +2,7 @@
 //! views do not fit `max_storage_buffer_binding_size` is recorded as several dispatches over
 //! runs of tokens whose views do.
 
+use super::norm::Extra;
 use super::{PositionIds, Positions, Rope, OP};
 use crate::context::Context;
 use crate::error::Result;
@@ -77,15 +78,31 @@ impl Rope {
         out: Option<&Tensor>,
         positions: Positions<'_>,
     ) -> Result<()> {
+        self.encode_views_with(ctx, enc, a, b, out, Extra::default(), positions)
+    }
+
+    /// [`Rope::encode_views`] with per-head norms (a row map is never split: its caller binds
+    /// one view).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn encode_views_with(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        a: &Tensor,
+        b: Option<&Tensor>,
+        out: Option<&Tensor>,
+        extra: Extra<'_>,
+        positions: Positions<'_>,
+    ) -> Result<()> {
         let views: Vec<&Tensor> = [Some(a), b, out].into_iter().flatten().collect();
-        if !(a.rank() == 3 || a.rank() == 4) || fits(ctx, &views) {
-            let plan = self.plan(ctx, a, b, out, positions)?;
+        if !(a.rank() == 3 || a.rank() == 4) || extra.rows.is_some() || fits(ctx, &views) {
+            let plan = self.plan_with(ctx, a, b, out, extra, positions)?;
             return ctx.scoped(OP, || {
                 self.record_unscoped(ctx, enc, plan, a, b, out, positions)
             })?;
         }
         // Validate the whole call once (shapes, dtypes, aliasing, parameters).
-        self.plan(ctx, a, b, out, positions)?;
+        self.plan_with(ctx, a, b, out, extra, positions)?;
         let rank = a.rank();
         let (batch, seq) = if rank == 4 {
             (a.shape()[0], a.shape()[1])
@@ -157,7 +174,16 @@ impl Rope {
         }
         let plans = pieces
             .iter()
-            .map(|p| rope.plan(ctx, &p.a, p.b.as_ref(), p.out.as_ref(), p.positions()))
+            .map(|p| {
+                rope.plan_with(
+                    ctx,
+                    &p.a,
+                    p.b.as_ref(),
+                    p.out.as_ref(),
+                    extra,
+                    p.positions(),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         ctx.scoped(OP, || {
             for (p, plan) in pieces.iter().zip(plans) {

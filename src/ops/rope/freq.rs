@@ -356,6 +356,12 @@ pub(crate) fn turns(inv: &[f64]) -> Vec<Freq> {
         .collect()
 }
 
+/// The largest |inv_freq| (radians per position) the op accepts. Beyond it one f64 ulp of the
+/// frequency (2^-30 at 2^22) approaches the kernel's angle resolution of 2^-32 turn (1.5e-9 rad)
+/// at position 1 and passes it at position 2, so the angles would be rounding noise of the
+/// frequency rather than the rotation asked for; real configs stay below a few radians.
+pub const MAX_INV_FREQ: f64 = 4_194_304.0;
+
 fn check_f(name: &str, v: f64, positive: bool) -> Result<()> {
     crate::ensure!(
         v.is_finite() && (!positive || v > 0.0),
@@ -371,6 +377,16 @@ impl Rope {
     /// Check `theta`, `rotary_dim` and the scaling parameters for heads of `head_dim` elements.
     pub fn validate_params(&self, head_dim: usize) -> Result<usize> {
         check_f("theta", self.theta, true)?;
+        // A subnormal theta keeps only a few significant bits, so theta^(2i/d) is not the
+        // number the config means (and its frequencies overflow for most head sizes).
+        crate::ensure!(
+            self.theta.is_normal(),
+            Param,
+            OP,
+            "theta must be a normal f64 (>= {:e}), got {:e}",
+            f64::MIN_POSITIVE,
+            self.theta
+        );
         let rd = self.rotary_dim.unwrap_or(head_dim);
         crate::ensure!(
             rd.is_multiple_of(2) && rd > 0 && rd <= head_dim,
@@ -514,11 +530,16 @@ impl Rope {
     pub fn inv_freq(&self, head_dim: usize, seq_len: usize) -> Result<(Vec<f64>, f64)> {
         let rd = self.validate_params(head_dim)?;
         let (inv, attn) = frequencies(self.theta, rd, &self.scaling, seq_len);
-        if let Some(bad) = inv.iter().find(|v| !v.is_finite()) {
+        if let Some((i, bad)) = inv
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(v.is_finite() && v.abs() <= MAX_INV_FREQ))
+        {
             return Err(Error::param(
                 OP,
                 format!(
-                    "{} scaling gives a non-finite inv_freq {bad}",
+                    "theta {:e} with {} scaling and rotary_dim {rd} gives inv_freq[{i}] = {bad:e} rad per position; frequencies must be finite and at most 2^22 = {MAX_INV_FREQ}",
+                    self.theta,
                     self.scaling.rope_type()
                 ),
             ));

@@ -94,6 +94,7 @@
 
 mod chunk;
 mod freq;
+mod norm;
 mod plan;
 mod record;
 pub(crate) mod sincos;
@@ -105,7 +106,9 @@ use crate::error::Result;
 use crate::pipeline::{PipelineKey, Shader};
 use crate::tensor::{DType, Tensor};
 
-pub use freq::{fixed_point_turn, frequencies, Freq, Layout, Scaling};
+pub use freq::{fixed_point_turn, frequencies, Freq, Layout, Scaling, MAX_INV_FREQ};
+pub use norm::HeadNorm;
+use norm::{Extra, RowMap};
 pub(crate) use sincos::SinCos;
 
 pub(crate) const OP: &str = "rope";
@@ -266,7 +269,7 @@ pub fn qkv_views(
     )
 }
 
-/// Uniform parameters; mirrors `struct Params` in `shaders/rope.wgsl` (128 bytes).
+/// Uniform parameters; mirrors `struct Params` in `shaders/rope.wgsl` (160 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -324,17 +327,40 @@ pub struct Params {
     pub pos_start: i32,
     /// The attention factor cos and sin are multiplied by.
     pub scale: f32,
-    /// Padding.
-    pub _pad0: u32,
+    /// `FLAG_*` bits: which segments are normalised, whether a row map places the output.
+    pub flags: u32,
     /// `rope_vec4` only: vec4 distance between the halves of a head (`half_rot / lanes`).
     pub v_half: u32,
-    /// Padding.
-    pub _pad1: u32,
-    /// Padding.
-    pub _pad2: u32,
+    /// Row map: the call's first entry in the `rows` buffer.
+    pub rows_off: u32,
+    /// Multimodal RoPE: first pair of the height section (`u32::MAX` for 1-D RoPE).
+    pub sec1: u32,
+    /// Multimodal RoPE: first pair of the width section (`u32::MAX` for 1-D RoPE).
+    pub sec2: u32,
+    /// Multimodal RoPE: distance between the rows of the positions tensor.
+    pub pos_rstride: u32,
+    /// Segment A's norm: eps.
+    pub eps_a: f32,
+    /// Segment B's norm: eps.
+    pub eps_b: f32,
+    /// Segment A's norm: weight offset (1 for Gemma 3's `1 + w`).
+    pub woff_a: f32,
+    /// Segment B's norm: weight offset.
+    pub woff_b: f32,
+    /// Segment A's norm weight: element offset in its binding.
+    pub wa_off: u32,
+    /// Segment B's norm weight: element offset in its binding.
+    pub wb_off: u32,
     /// Padding to 16 bytes.
-    pub _pad3: u32,
+    pub _pad0: u32,
 }
+
+/// `Params::flags`: segment A (x or q) is normalised before the rotation.
+pub(crate) const FLAG_NORM_A: u32 = 1;
+/// `Params::flags`: segment B (k) is normalised before the rotation.
+pub(crate) const FLAG_NORM_B: u32 = 2;
+/// `Params::flags`: the output rows come from a row map.
+pub(crate) const FLAG_ROW_MAP: u32 = 4;
 
 /// The code-shaping decisions for one dispatch; the pipeline key is derived from it alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -353,6 +379,8 @@ pub struct Variant {
     pub(crate) sincos: SinCos,
     /// The `rope_vec4` entry point (in place, 16-byte aligned heads; see [`Rope::variant`]).
     pub vec4: bool,
+    /// The `rope_norm` entry point (a per-head RMSNorm before the rotation, [`HeadNorm`]).
+    pub norm: bool,
 }
 
 impl Variant {
@@ -360,7 +388,11 @@ impl Variant {
     pub fn key(&self) -> PipelineKey {
         PipelineKey::new(
             Shader::ROPE,
-            if self.vec4 { "rope_vec4" } else { "rope" },
+            match (self.vec4, self.norm) {
+                (true, _) => "rope_vec4",
+                (false, true) => "rope_norm",
+                (false, false) => "rope",
+            },
             vec![
                 ("DTYPE", self.dtype.shader_code()),
                 ("LAYOUT", (self.layout == Layout::Interleaved) as u32),
@@ -387,9 +419,10 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                         SinCos::NaiveF32,
                         SinCos::HostTable,
                     ] {
-                        for vec4 in [false, true] {
-                            // `rope_vec4` rotates in place only.
-                            if vec4 && !in_place {
+                        for (vec4, norm) in [(false, false), (true, false), (false, true)] {
+                            // `rope_vec4` rotates in place only; the benchmark's sin/cos methods
+                            // are not compared with a norm.
+                            if (vec4 && !in_place) || (norm && sincos != SinCos::Exact) {
                                 continue;
                             }
                             keys.push(
@@ -401,6 +434,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                                     x_in_dst,
                                     sincos,
                                     vec4,
+                                    norm,
                                 }
                                 .key(),
                             );
@@ -491,10 +525,70 @@ impl Rope {
         k: &Tensor,
         positions: Positions<'_>,
     ) -> Result<()> {
+        self.encode_qk_norm(ctx, encoder, q, k, None, None, positions)
+    }
+
+    /// Record an in-place per-head RMSNorm ([`HeadNorm`]) followed by the rotation of `x`
+    /// (`[seq, heads, head_dim]` or `[batch, seq, heads, head_dim]`, any strides): Qwen3's and
+    /// Gemma 3's QK-norm on one of Q or K. One invocation per (token, head) (`rope_norm`).
+    pub fn encode_norm(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        norm: &HeadNorm,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        let extra = Extra {
+            norm_a: Some(norm),
+            ..Extra::default()
+        };
+        self.encode_views_with(ctx, encoder, x, None, None, extra, positions)
+    }
+
+    /// Record `out = rope(norm(x))` ([`Rope::encode_norm`] out of place; `out` as in
+    /// [`Rope::encode_to`]). The unrotated tail is normalised too.
+    pub fn encode_norm_to(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        out: &Tensor,
+        norm: &HeadNorm,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        let extra = Extra {
+            norm_a: Some(norm),
+            ..Extra::default()
+        };
+        self.encode_views_with(ctx, encoder, x, None, Some(out), extra, positions)
+    }
+
+    /// [`Rope::encode_qk`] with optional per-head norms of Q and K (Qwen3 and Gemma 3 have
+    /// separate `q_norm` and `k_norm` weights): every Q and K head of a fused QKV buffer is
+    /// normalised and rotated in one dispatch (two when Q and K live in separate buffers). With
+    /// both norms `None` this is exactly [`Rope::encode_qk`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_qk_norm(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        k: &Tensor,
+        q_norm: Option<&HeadNorm>,
+        k_norm: Option<&HeadNorm>,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        fn one(norm: Option<&HeadNorm>) -> Extra<'_> {
+            Extra {
+                norm_a: norm,
+                ..Extra::default()
+            }
+        }
         if q.buffer() != k.buffer() {
             // Both views checked before either is recorded.
-            self.plan(ctx, q, None, None, positions)?;
-            self.plan(ctx, k, None, None, positions)?;
+            self.plan_with(ctx, q, None, None, one(q_norm), positions)?;
+            self.plan_with(ctx, k, None, None, one(k_norm), positions)?;
             crate::ensure!(
                 q.rank() == k.rank()
                     && q.shape()[..q.rank() - 2] == k.shape()[..k.rank() - 2]
@@ -513,10 +607,75 @@ impl Rope {
                 k.dtype(),
                 q.dtype()
             );
-            self.encode_views(ctx, encoder, q, None, None, positions)?;
-            return self.encode_views(ctx, encoder, k, None, None, positions);
+            self.encode_views_with(ctx, encoder, q, None, None, one(q_norm), positions)?;
+            return self.encode_views_with(ctx, encoder, k, None, None, one(k_norm), positions);
         }
-        self.encode_views(ctx, encoder, q, Some(k), None, positions)
+        let extra = Extra {
+            norm_a: q_norm,
+            norm_b: k_norm,
+            rows: None,
+        };
+        self.encode_views_with(ctx, encoder, q, Some(k), None, extra, positions)
+    }
+
+    /// Record RoPE of `x: [n, heads, head_dim]` (optionally after a per-head `norm`) written
+    /// through a row map, e.g. new K rows straight into the pages of a paged KV cache: token
+    /// `t`'s rotated head `h` goes to element `rows[rows_offset + t] + h * head_stride` of `dst`
+    /// (elements of x's dtype); an entry `u32::MAX` skips the token (its page lives in another
+    /// buffer). The unrotated tail is copied (normalised with a norm). Positions are per token as
+    /// for [`Rope::encode`] (`[n]` ids or a start).
+    ///
+    /// `rows` is a `STORAGE` buffer of u32 entries; `dst` a `STORAGE` buffer of its own (not x's,
+    /// not `rows`, not the positions' or the norm weight's), bound whole, so at most
+    /// `max_storage_buffer_binding_size` bytes. Row entries are GPU data the host cannot check:
+    /// the kernel skips any head that would end past `dst` (or, for f16/bf16, start at an odd
+    /// element), so a bad entry never writes out of bounds; distinct tokens must map to disjoint
+    /// rows, else the result is whichever write lands last.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_rows(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        dst: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        rows_offset: usize,
+        head_stride: usize,
+        positions: Positions<'_>,
+        norm: Option<&HeadNorm>,
+    ) -> Result<()> {
+        let plan = self.plan_rows(ctx, x, dst, rows, rows_offset, head_stride, positions, norm)?;
+        ctx.scoped(OP, || {
+            self.record_unscoped(ctx, encoder, plan, x, None, None, positions)
+        })?
+    }
+
+    /// The validated plan of [`Rope::encode_rows`], for ops that record it under their own
+    /// error scope with `record_unscoped(ctx, enc, plan, x, None, None, positions)` (a paged KV
+    /// cache's append).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn plan_rows(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        dst: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        rows_offset: usize,
+        head_stride: usize,
+        positions: Positions<'_>,
+        norm: Option<&HeadNorm>,
+    ) -> Result<plan::Plan> {
+        let extra = Extra {
+            norm_a: norm,
+            norm_b: None,
+            rows: Some(RowMap {
+                dst,
+                rows,
+                rows_offset,
+                head_stride,
+            }),
+        };
+        self.plan_with(ctx, x, None, None, extra, positions)
     }
 
     /// [`Rope::encode`], submitted and waited for.
@@ -538,6 +697,32 @@ impl Rope {
         self.plan(ctx, x, None, Some(out), positions)?;
         ctx.submit_and_wait(OP, |enc| {
             self.encode_views(ctx, enc, x, None, Some(out), positions)
+        })
+    }
+
+    /// [`Rope::encode_norm`], submitted and waited for.
+    pub fn run_norm(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        norm: &HeadNorm,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        ctx.submit_and_wait(OP, |enc| self.encode_norm(ctx, enc, x, norm, positions))
+    }
+
+    /// [`Rope::encode_qk_norm`], submitted and waited for.
+    pub fn run_qk_norm(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        k: &Tensor,
+        q_norm: Option<&HeadNorm>,
+        k_norm: Option<&HeadNorm>,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        ctx.submit_and_wait(OP, |enc| {
+            self.encode_qk_norm(ctx, enc, q, k, q_norm, k_norm, positions)
         })
     }
 
@@ -607,6 +792,11 @@ mod tests {
             std::mem::offset_of!(Params, o_off),
             std::mem::offset_of!(Params, pos_start),
             std::mem::offset_of!(Params, scale),
+            std::mem::offset_of!(Params, flags),
+            std::mem::offset_of!(Params, rows_off),
+            std::mem::offset_of!(Params, pos_rstride),
+            std::mem::offset_of!(Params, eps_a),
+            std::mem::offset_of!(Params, wb_off),
         ];
         for (name, off) in [
             "n_tokens",
@@ -615,6 +805,11 @@ mod tests {
             "o_off",
             "pos_start",
             "scale",
+            "flags",
+            "rows_off",
+            "pos_rstride",
+            "eps_a",
+            "wb_off",
         ]
         .iter()
         .zip(rust)
@@ -643,7 +838,7 @@ mod tests {
     #[test]
     fn params_layout_is_16_byte_padded() {
         assert_eq!(std::mem::size_of::<Params>() % 16, 0);
-        assert_eq!(std::mem::size_of::<Params>(), 128);
+        assert_eq!(std::mem::size_of::<Params>(), 160);
         assert_eq!(std::mem::size_of::<Freq>(), 16);
     }
 }

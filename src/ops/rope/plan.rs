@@ -1,8 +1,10 @@
 //! Validation and planning: which entry point, how invocations cover the views, the params.
 
 use super::freq::{turns, Freq};
+use super::norm::{Extra, HeadNorm};
 use super::{
-    Params, Positions, Rope, SinCos, Variant, OP, TARGET_INVOCATIONS, VEC4_GROUP_BYTES, WG,
+    Params, Positions, Rope, SinCos, Variant, FLAG_NORM_A, FLAG_NORM_B, FLAG_ROW_MAP, OP,
+    TARGET_INVOCATIONS, VEC4_GROUP_BYTES, WG,
 };
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -94,15 +96,34 @@ pub(crate) struct Plan {
     pub(crate) params: Params,
     pub(crate) freqs: Vec<Freq>,
     pub(crate) threads: u64,
+    /// Norm weights of segments A and B.
+    pub(crate) norm_w: [Option<Tensor>; 2],
+    /// Row map: the destination buffer, the rows buffer and the call's first entry in it.
+    pub(crate) row_map: Option<(wgpu::Buffer, wgpu::Buffer, usize)>,
 }
 
 impl Rope {
+    /// Validate and plan a plain rotation (no norm, no row map).
     pub(crate) fn plan(
         &self,
         ctx: &Context,
         a: &Tensor,
         b: Option<&Tensor>,
         out: Option<&Tensor>,
+        positions: Positions<'_>,
+    ) -> Result<Plan> {
+        self.plan_with(ctx, a, b, out, Extra::default(), positions)
+    }
+
+    /// Validate and plan a call: `a` in place (with `b` in the same dispatch), into `out`, or
+    /// through `extra.rows`; with the per-head norms of `extra`.
+    pub(crate) fn plan_with(
+        &self,
+        ctx: &Context,
+        a: &Tensor,
+        b: Option<&Tensor>,
+        out: Option<&Tensor>,
+        extra: Extra<'_>,
         positions: Positions<'_>,
     ) -> Result<Plan> {
         let va = view4(a, "x")?;
@@ -189,6 +210,120 @@ impl Rope {
         }
         let tokens = va.batch * va.seq;
         params.n_tokens = tokens as u32;
+        let mut row_map = None;
+        if let Some(rm) = extra.rows {
+            crate::ensure!(
+                b.is_none() && out.is_none() && a.rank() == 3,
+                Shape,
+                OP,
+                "a row map writes one [tokens, heads, head_dim] view, got x {:?}",
+                a.shape()
+            );
+            in_place = false;
+            x_in_dst = false;
+            let (heads, hd) = (va.heads, va.head_dim);
+            let size = dtype.size();
+            let max = ctx.limits().max_storage_buffer_binding_size;
+            for (name, buf) in [("dst", rm.dst), ("rows", rm.rows)] {
+                crate::ensure!(
+                    buf.usage().contains(wgpu::BufferUsages::STORAGE),
+                    Param,
+                    OP,
+                    "{name} buffer needs STORAGE usage (it has {:?})",
+                    buf.usage()
+                );
+            }
+            crate::ensure!(
+                rm.dst != a.buffer() && rm.dst != rm.rows,
+                Alias,
+                OP,
+                "dst must be a buffer of its own: not x's buffer, not the rows buffer"
+            );
+            crate::ensure!(
+                rm.dst.size() <= max && rm.dst.size().is_multiple_of(4),
+                Limit,
+                OP,
+                "dst buffer has {} bytes; a row map binds all of it, so it must be a multiple of 4 and at most max_storage_buffer_binding_size ({max} bytes)",
+                rm.dst.size()
+            );
+            let dst_elems = rm.dst.size() as usize / size;
+            crate::ensure!(
+                heads == 1 || rm.head_stride >= hd,
+                Shape,
+                OP,
+                "head_stride {} is below head_dim {hd}: the heads of a token would overlap",
+                rm.head_stride
+            );
+            let token_span = (heads - 1)
+                .checked_mul(rm.head_stride)
+                .and_then(|v| v.checked_add(hd));
+            crate::ensure!(
+                token_span.is_some_and(|v| v <= dst_elems),
+                Bounds,
+                OP,
+                "one token's {heads} heads (head_stride {}, head_dim {hd}) do not fit dst ({dst_elems} {dtype} elements)",
+                rm.head_stride
+            );
+            crate::ensure!(
+                !dtype.is_half() || rm.head_stride.is_multiple_of(2) || heads == 1,
+                Bounds,
+                OP,
+                "head_stride {} with {dtype} storage must be even (two elements per 32-bit word)",
+                rm.head_stride
+            );
+            let rows_end = rm.rows_offset.checked_add(tokens).map(|n| n as u64 * 4);
+            crate::ensure!(
+                rows_end.is_some_and(|e| e <= rm.rows.size()),
+                Bounds,
+                OP,
+                "rows_offset {} + {tokens} tokens passes the rows buffer ({} u32 entries)",
+                rm.rows_offset,
+                rm.rows.size() / 4
+            );
+            if let Positions::Ids(ids) = positions {
+                crate::ensure!(
+                    ids.buffer != *rm.dst,
+                    Alias,
+                    OP,
+                    "positions share a buffer with dst; they must be separate"
+                );
+            }
+            params.o_hstride = rm.head_stride as u32;
+            params.flags |= FLAG_ROW_MAP;
+            row_map = Some((rm.dst.clone(), rm.rows.clone(), rm.rows_offset));
+        }
+        let mut norm_w = [None, None];
+        let norms = [
+            (extra.norm_a, if b.is_some() { "q_norm" } else { "norm" }),
+            (extra.norm_b, "k_norm"),
+        ];
+        for (i, (norm, name)) in norms.into_iter().enumerate() {
+            let Some(n) = norm else { continue };
+            crate::ensure!(i == 0 || b.is_some(), Shape, OP, "k_norm needs a k view");
+            HeadNorm::validate(n, name, va.head_dim, dtype)?;
+            let wb = n.weight.buffer();
+            let written = a.buffer() == wb
+                || b.is_some_and(|b| b.buffer() == wb)
+                || out.is_some_and(|o| o.buffer() == wb)
+                || extra.rows.is_some_and(|r| r.dst == wb);
+            crate::ensure!(
+                !written,
+                Alias,
+                OP,
+                "{name} weight shares a buffer with a rotated or written view; it must be separate"
+            );
+            if i == 0 {
+                params.flags |= FLAG_NORM_A;
+                params.eps_a = n.eps;
+                params.woff_a = n.weight_offset;
+            } else {
+                params.flags |= FLAG_NORM_B;
+                params.eps_b = n.eps;
+                params.woff_b = n.weight_offset;
+            }
+            norm_w[i] = Some(n.weight.clone());
+        }
+        let norm = norm_w.iter().any(Option::is_some);
         let pos_buf = match positions {
             Positions::Start(start) => {
                 crate::ensure!(
@@ -266,6 +401,8 @@ impl Rope {
         };
         let (inv, attn) = self.inv_freq(va.head_dim, seq_len)?;
         params.scale = attn as f32;
+        params.sec1 = u32::MAX;
+        params.sec2 = u32::MAX;
         let freqs = if self.sincos == SinCos::HostTable {
             crate::ensure!(
                 seq_len > 0
@@ -298,6 +435,7 @@ impl Rope {
         let mut n_cols = n_quads + n_tail;
         let vb = b.map(|b| view4(b, "k")).transpose()?;
         let vec4 = in_place
+            && !norm
             && vec4_aligned(ctx, rd, &va, a.offset(), dtype)
             && vb.is_none_or(|vb| vec4_aligned(ctx, rd, &vb, b.map_or(0, |b| b.offset()), dtype));
         if vec4 {
@@ -329,7 +467,12 @@ impl Rope {
         }
         let per_group = heads.div_ceil(groups);
         let groups = heads.div_ceil(per_group);
-        let threads = tokens as u64 * groups as u64 * n_cols as u64;
+        let threads = if norm {
+            // rope_norm: one invocation per (token, head).
+            tokens as u64 * heads as u64
+        } else {
+            tokens as u64 * groups as u64 * n_cols as u64
+        };
         crate::ensure!(
             threads < u32::MAX as u64 - WG as u64,
             Limit,
@@ -349,10 +492,13 @@ impl Rope {
                 x_in_dst,
                 sincos: self.sincos,
                 vec4,
+                norm,
             },
             params,
             freqs,
             threads,
+            norm_w,
+            row_map,
         })
     }
 }

@@ -5,7 +5,7 @@ use super::{Positions, Rope, OP, WG};
 use crate::context::Context;
 use crate::error::Result;
 use crate::pipeline::Window;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 impl Rope {
     /// Record a planned call; the caller holds the call's one error scope (`encode_views`, and
@@ -26,29 +26,43 @@ impl Rope {
             mut params,
             freqs,
             threads,
+            norm_w,
+            row_map,
         } = plan;
         let out = out.filter(|_| !v.in_place);
-        // dst holds every written view, and x too when they share a buffer.
-        let mut dst_views: Vec<&Tensor> = Vec::new();
-        match out {
-            Some(o) => {
-                dst_views.push(o);
-                if v.x_in_dst {
-                    dst_views.push(a);
-                }
-            }
-            None => {
-                dst_views.push(a);
-                if let Some(b) = b {
-                    dst_views.push(b);
-                }
-            }
-        }
-        let dst = Window::covering(ctx, OP, &dst_views)?;
-        let src = if out.is_some() && !v.x_in_dst {
-            Some(Window::covering(ctx, OP, &[a])?)
+        let (dst, src) = if let Some((dst_buf, _, _)) = &row_map {
+            // Row entries can point anywhere in dst, so the whole buffer is bound (plan checked
+            // that it fits one binding).
+            let dst = Window {
+                buffer: dst_buf.clone(),
+                byte_start: 0,
+                byte_len: dst_buf.size(),
+            };
+            (dst, Some(Window::covering(ctx, OP, &[a])?))
         } else {
-            None
+            // dst holds every written view, and x too when they share a buffer.
+            let mut dst_views: Vec<&Tensor> = Vec::new();
+            match out {
+                Some(o) => {
+                    dst_views.push(o);
+                    if v.x_in_dst {
+                        dst_views.push(a);
+                    }
+                }
+                None => {
+                    dst_views.push(a);
+                    if let Some(b) = b {
+                        dst_views.push(b);
+                    }
+                }
+            }
+            let dst = Window::covering(ctx, OP, &dst_views)?;
+            let src = if out.is_some() && !v.x_in_dst {
+                Some(Window::covering(ctx, OP, &[a])?)
+            } else {
+                None
+            };
+            (dst, src)
         };
         params.a_off = src.as_ref().unwrap_or(&dst).elem_offset(a);
         if let Some(b) = b {
@@ -72,6 +86,28 @@ impl Rope {
             }
             Positions::Start(_) => None,
         };
+        let rows_win = match &row_map {
+            Some((_, rows, first)) => {
+                let w = Tensor::new(rows, *first, &[params.n_tokens as usize], DType::F32);
+                let win = Window::covering(ctx, OP, &[&w])?;
+                params.rows_off = win.elem_offset(&w);
+                Some(win)
+            }
+            None => None,
+        };
+        let mut w_wins = [None, None];
+        for (i, w) in norm_w.iter().enumerate() {
+            if let Some(w) = w {
+                let win = Window::covering(ctx, OP, &[w])?;
+                let off = win.elem_offset(w);
+                if i == 0 {
+                    params.wa_off = off;
+                } else {
+                    params.wb_off = off;
+                }
+                w_wins[i] = Some(win);
+            }
+        }
         let freq_buf = ctx.constant_buffer(
             OP,
             wgpu::BufferUsages::STORAGE,
@@ -86,6 +122,14 @@ impl Rope {
         }
         if let Some(w) = &pos_win {
             named.push(("positions", w.resource()));
+        }
+        if let Some(w) = &rows_win {
+            named.push(("rows", w.resource()));
+        }
+        for (name, w) in ["wa", "wb"].into_iter().zip(&w_wins) {
+            if let Some(w) = w {
+                named.push((name, w.resource()));
+            }
         }
         ctx.encode_kernel(
             OP,
