@@ -10,6 +10,7 @@ use common::*;
 use llama_kernels::compare::compare;
 use llama_kernels::ops::attention::Kind;
 use llama_kernels::ops::paged::{BatchSeq, Heads, PageCopy, PageLayout, SeqId};
+use llama_kernels::ops::rope::HeadNorm;
 use llama_kernels::reference::attention as reference;
 use llama_kernels::{
     Attention, Context, DType, Error, PageTable, PagedBatch, PagedKvCache, Rope, Tensor,
@@ -559,16 +560,31 @@ fn page_table_bookkeeping() {
 
 /// Decode steps of a continuous batch: appends (with RoPE on K, at each token's position) for
 /// several sequences at once, a fork sharing a prompt, its copy-on-write, and attention, checked
-/// against the f64 reference over each sequence's whole history at every step.
+/// against the f64 reference over each sequence's whole history at every step. Three setups:
+/// plain RoPE (K rotated straight into the pages), QK-norm with Qwen3's weights (normalised,
+/// rotated and written in one pass, HND pages), and Gemma 3's `1 + w` norm on f32 rows for an
+/// f16 cache (rotated into a scratch view, converted by the write pass).
 #[test]
 fn append_rope_fork_and_attend() {
     let ctx = ctx();
     let heads = gqa();
     let row = heads.n_kv_heads * HD;
     let mut rng = Rng::new(700);
-    for dtype in [DType::F32, DType::F16] {
+    let setups = [
+        (DType::F32, DType::F32, None, PageLayout::Nhd),
+        (DType::F16, DType::F16, Some(0.0f32), PageLayout::Hnd),
+        (DType::F16, DType::F32, Some(1.0f32), PageLayout::Nhd),
+    ];
+    for (dtype, new_dtype, norm_offset, layout) in setups {
         let mut table = PageTable::new(20, PAGE).unwrap();
-        let cache = PagedKvCache::new(&ctx, 20, PAGE, 2, HD, dtype, PageLayout::Nhd).unwrap();
+        let cache = PagedKvCache::new(&ctx, 20, PAGE, 2, HD, dtype, layout).unwrap();
+        let weight: Vec<f32> = (0..HD).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+        let wt = ctx.upload_as(&weight, &[HD], new_dtype).unwrap();
+        let norm = norm_offset.map(|o| HeadNorm {
+            weight: wt.clone(),
+            eps: 1e-6,
+            weight_offset: o,
+        });
         let rope = Rope::default();
         let (inv, _) = llama_kernels::ops::rope::frequencies(rope.theta, HD, &rope.scaling, 64);
         // Host history per sequence: rotated K and V as the cache should hold them.
@@ -602,8 +618,8 @@ fn append_rope_fork_and_attend() {
             let k_new = rng.vec(total * row, 1.0);
             let v_new = rng.vec(total * row, 1.0);
             let q = rng.vec(total * heads.n_heads * HD, 1.0);
-            let kt = ctx.upload_as(&k_new, &[total, 2, HD], dtype).unwrap();
-            let vt = ctx.upload_as(&v_new, &[total, 2, HD], dtype).unwrap();
+            let kt = ctx.upload_as(&k_new, &[total, 2, HD], new_dtype).unwrap();
+            let vt = ctx.upload_as(&v_new, &[total, 2, HD], new_dtype).unwrap();
             let qt = ctx
                 .upload_as(&q, &[total, heads.n_heads, HD], dtype)
                 .unwrap();
@@ -612,7 +628,7 @@ fn append_rope_fork_and_attend() {
             let mut enc = ctx.device().create_command_encoder(&Default::default());
             cache.copy_pages(&ctx, &mut enc, &copies).unwrap();
             cache
-                .append_rope(&ctx, &mut enc, &batch, &kt, &vt, &rope_l)
+                .append_rope(&ctx, &mut enc, &batch, &kt, &vt, &rope_l, norm.as_ref())
                 .unwrap();
             Attention::default()
                 .encode_paged(&ctx, &mut enc, &qt, &cache, &batch, None, &out)
@@ -626,7 +642,15 @@ fn append_rope_fork_and_attend() {
             for &(i, n) in entries {
                 let len = hist[i].1.len() / row;
                 let pos: Vec<i64> = (len..len + n).map(|p| p as i64).collect();
-                let kr = rounded(&k_new[t0 * row..(t0 + n) * row], dtype);
+                let mut kr = rounded(&k_new[t0 * row..(t0 + n) * row], new_dtype);
+                if let Some(o) = norm_offset {
+                    kr = llama_kernels::reference::rope::head_norm(
+                        &kr,
+                        &rounded(&weight, new_dtype),
+                        1e-6,
+                        o as f64,
+                    );
+                }
                 let rot = llama_kernels::reference::rope::rope(
                     &kr,
                     [1, n, 2, HD],
@@ -636,11 +660,14 @@ fn append_rope_fork_and_attend() {
                     rope.layout,
                     HD,
                 );
-                let rot: Vec<f64> = rot.iter().map(|&x| dtype.round(x)).collect();
+                // Stored in the rows' dtype, then in the cache's (the same when they match).
+                let rot: Vec<f64> = rot
+                    .iter()
+                    .map(|&x| dtype.round(new_dtype.round(x)))
+                    .collect();
                 hist[i].1.extend(rot);
-                hist[i]
-                    .2
-                    .extend(rounded(&v_new[t0 * row..(t0 + n) * row], dtype));
+                let vr = rounded(&v_new[t0 * row..(t0 + n) * row], new_dtype);
+                hist[i].2.extend(vr.iter().map(|&x| dtype.round(x)));
                 let qn = n * heads.n_heads * HD;
                 let qo = t0 * heads.n_heads * HD;
                 want.extend(reference::attention(
@@ -663,7 +690,10 @@ fn append_rope_fork_and_attend() {
             let cmp = compare(&got, &want);
             // The rotated K is stored in the cache dtype before attention reads it; the
             // reference rounds it the same way, so the per-dtype tolerance holds.
-            assert!(cmp.passes(tol(dtype)), "{dtype} step {step}: {cmp}");
+            assert!(
+                cmp.passes(tol(dtype)),
+                "{dtype} from {new_dtype}, norm {norm_offset:?}, step {step}: {cmp}"
+            );
         }
     }
 }

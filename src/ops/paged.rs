@@ -43,7 +43,7 @@
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, Attention};
-use crate::ops::rope::{PositionIds, Positions, Rope};
+use crate::ops::rope::{HeadNorm, PositionIds, Positions, Rope};
 use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
@@ -924,6 +924,18 @@ impl PagedKvCache {
         Ok(())
     }
 
+    /// The pool buffers the batch's new tokens land in, ascending.
+    fn touched_buffers(&self, batch: &PagedBatch) -> Vec<usize> {
+        let mut touched: Vec<usize> = batch
+            .slots
+            .iter()
+            .map(|&s| s as usize / self.page_size / self.pages_per_buffer)
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        touched
+    }
+
     fn check_new(&self, batch: &PagedBatch, x: &Tensor, name: &str) -> Result<()> {
         x.validate(OP, name)?;
         crate::ensure!(
@@ -994,8 +1006,12 @@ impl PagedKvCache {
 
     /// [`PagedKvCache::append`] with `rope` applied to K at each new token's position (the
     /// batch's [`PagedBatch::positions`]; a scaling that needs the sequence length needs
-    /// `rope.seq_len`). The rotated K rows are written by RoPE into a scratch view, then the
-    /// write pass moves K and V into their slots.
+    /// `rope.seq_len`), after the per-head `k_norm` when given (QK-norm: Qwen3, Gemma 3, OLMo 2).
+    /// When `k_new` has the cache's dtype, K's norm, rotation and write into its page are one
+    /// pass ([`Rope::encode_rows`] through a row map of the slots, one dispatch per pool buffer
+    /// the batch touches) and the write pass moves only V; otherwise RoPE writes K into a
+    /// scratch view and the write pass converts both.
+    #[allow(clippy::too_many_arguments)]
     pub fn append_rope(
         &self,
         ctx: &Context,
@@ -1004,12 +1020,54 @@ impl PagedKvCache {
         k_new: &Tensor,
         v_new: &Tensor,
         rope: &Rope,
+        k_norm: Option<&HeadNorm>,
     ) -> Result<()> {
         self.validate_append(batch, k_new, v_new)?;
         if batch.total_q == 0 {
             return Ok(());
         }
         let pos = batch.positions();
+        if k_new.dtype() == self.dtype {
+            // Row maps first (content-addressed, so every layer of a step shares them).
+            let (_, hs) = self.strides();
+            let mut maps = Vec::new();
+            for b in self.touched_buffers(batch) {
+                let rows: Vec<u32> = batch
+                    .slots
+                    .iter()
+                    .map(|&s| {
+                        let (buf, off) = self.slot_offset(s as usize, 0);
+                        if buf == b {
+                            off as u32
+                        } else {
+                            u32::MAX
+                        }
+                    })
+                    .collect();
+                let map = ctx.constant_buffer(
+                    OP,
+                    wgpu::BufferUsages::STORAGE,
+                    bytemuck::cast_slice(&rows),
+                )?;
+                maps.push((b, map));
+            }
+            return ctx.scoped(OP, || -> Result<()> {
+                for (b, map) in &maps {
+                    rope.encode_rows(
+                        ctx,
+                        encoder,
+                        k_new,
+                        &self.buffers[*b],
+                        map,
+                        0,
+                        hs,
+                        Positions::Ids(&pos),
+                        k_norm,
+                    )?;
+                }
+                self.record_write(ctx, encoder, batch, k_new, v_new, false)
+            })?;
+        }
         let bytes = (batch.total_q * self.n_kv_heads * self.head_dim * k_new.dtype().size()) as u64;
         // The context's scratch: attention's partials later in the same encoder reuse it after
         // the write pass has read it (wgpu orders the passes).
@@ -1017,7 +1075,12 @@ impl PagedKvCache {
         let tmp = Tensor::new(&tmp_buf, 0, k_new.shape(), k_new.dtype());
         rope.variant(ctx, k_new, None, Some(&tmp), Positions::Ids(&pos))?;
         ctx.scoped(OP, || -> Result<()> {
-            rope.encode_to(ctx, encoder, k_new, &tmp, Positions::Ids(&pos))?;
+            match k_norm {
+                Some(n) => {
+                    rope.encode_norm_to(ctx, encoder, k_new, &tmp, n, Positions::Ids(&pos))?
+                }
+                None => rope.encode_to(ctx, encoder, k_new, &tmp, Positions::Ids(&pos))?,
+            }
             self.record_write(ctx, encoder, batch, &tmp, v_new, true)
         })?
     }
@@ -1043,15 +1106,8 @@ impl PagedKvCache {
         let u = |x: usize| -> Result<u32> {
             u32::try_from(x).map_err(|_| Error::limit(OP, format!("stride {x} exceeds 32 bits")))
         };
-        let mut touched: Vec<usize> = batch
-            .slots
-            .iter()
-            .map(|&s| s as usize / self.page_size / self.pages_per_buffer)
-            .collect();
-        touched.sort_unstable();
-        touched.dedup();
         let threads = (batch.total_q * self.n_kv_heads * self.head_dim / 4) as u64;
-        for b in touched {
+        for b in self.touched_buffers(batch) {
             let params = WriteParams {
                 n_tokens: batch.total_q as u32,
                 n_kv_heads: self.n_kv_heads as u32,
