@@ -37,7 +37,8 @@ struct Params {
     o_st: u32,
     o_sh: u32,
     q_offset: i32,
-    window: u32,
+    // Keys j with pos - j > win_left are masked (-1 = no left bound).
+    win_left: i32,
     causal: u32,
     has_sinks: u32,
     scale: f32,
@@ -49,9 +50,12 @@ struct Params {
     chunk: u32,
     rows_per_wg: u32,
     lanes: u32,
+    // Keys j with j - pos > win_right are masked (-1 = no right bound).
+    win_right: i32,
+    // Chunked local attention (Llama 4): only keys of the query's chunk of `attn_chunk` positions
+    // (0 = none).
+    attn_chunk: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -121,26 +125,58 @@ fn cap_logit(s: f32) -> f32 {
     return s;
 }
 
+// First position of the attention chunk that holds position pos (floor, also for pos < 0).
+fn chunk_start(pos: i32) -> i32 {
+    let c = i32(p.attn_chunk);
+    return pos - ((pos % c) + c) % c;
+}
+
+// Whether key j is visible to the query at position pos. Differences, not sums, so that no
+// bound overflows i32 (the host keeps positions within 31 bits and clamps the window bounds).
 fn visible(j: i32, pos: i32) -> bool {
+    let d = pos - j;
     var ok = true;
     if p.causal != 0u {
-        ok = j <= pos;
+        ok = d >= 0;
     }
-    if p.window != 0u {
-        ok = ok && j > pos - i32(p.window);
+    if p.win_left >= 0 {
+        ok = ok && d <= p.win_left;
+    }
+    if p.win_right >= 0 {
+        ok = ok && -d <= p.win_right;
+    }
+    if p.attn_chunk != 0u {
+        ok = ok && chunk_start(j) == chunk_start(pos);
     }
     return ok;
 }
 
-// Keys within [lo, hi) that some row r0 ..= r_last of a workgroup can see (causal upper bound,
-// window lower bound), so that fully masked tiles are never loaded. Empty when x >= y.
-fn key_range(lo: i32, hi: i32, r0: u32, r_last: u32) -> vec2<i32> {
+// Keys within [lo, hi) that some row r0 ..= r_last of a workgroup can see (the causal, right and
+// chunk upper bounds of the last row, the left and chunk lower bounds of the first), so that
+// fully masked tiles are never loaded. Empty when x >= y.
+// `q_offset` is the position of query 0 (p.q_offset, or a paged sequence's own).
+fn key_range(lo: i32, hi: i32, r0: u32, r_last: u32, q_offset: i32) -> vec2<i32> {
     var kv = vec2<i32>(lo, hi);
+    let first = q_offset + i32(r0 / p.group);
+    let last = q_offset + i32(r_last / p.group);
     if p.causal != 0u {
-        kv.y = min(kv.y, p.q_offset + i32(r_last / p.group) + 1);
+        kv.y = min(kv.y, last + 1);
     }
-    if p.window != 0u {
-        kv.x = max(kv.x, p.q_offset + i32(r0 / p.group) - i32(p.window) + 1);
+    // Upper bounds as "bound < hi - last" first, so that last + bound + 1 cannot overflow.
+    if p.win_right >= 0 && p.win_right < kv.y - last {
+        kv.y = last + p.win_right + 1;
+    }
+    if p.win_left >= 0 {
+        kv.x = max(kv.x, first - p.win_left);
+    }
+    if p.attn_chunk != 0u {
+        // cs <= last < kv.y when the range is not already empty; the difference is taken in
+        // u32 (WGSL integers wrap), where it is exact.
+        let cs = chunk_start(last);
+        if kv.y > cs && p.attn_chunk < u32(kv.y - cs) {
+            kv.y = cs + i32(p.attn_chunk);
+        }
+        kv.x = max(kv.x, chunk_start(first));
     }
     return kv;
 }

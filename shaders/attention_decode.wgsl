@@ -72,7 +72,7 @@ fn attn_decode_partial(
 
     // Keys of this split that any row of the workgroup can see.
     let split_end = min(p.kv_len, (split + 1u) * p.chunk);
-    let kv = key_range(i32(split * p.chunk), i32(split_end), r0, r_last);
+    let kv = key_range(i32(split * p.chunk), i32(split_end), r0, r_last, p.q_offset);
     var q: array<vec4<f32>, MAX_HD4>;
     var acc: array<vec4<f32>, MAX_HD4>;
     load_q(&q, b, r, kvh);
@@ -222,7 +222,7 @@ fn attn_decode_keys(
     let units = HD4 / per_unit;
 
     let split_end = min(p.kv_len, (split + 1u) * p.chunk);
-    let kv = key_range(i32(split * p.chunk), i32(split_end), r0, r_last);
+    let kv = key_range(i32(split * p.chunk), i32(split_end), r0, r_last, p.q_offset);
 
     // Rows r0 + 0..KR (KR <= 4) in named arrays and vector components, so that every index
     // is a constant once the fixed-trip head_dim loops are unrolled.

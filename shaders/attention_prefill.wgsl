@@ -45,7 +45,7 @@ fn attn_prefill(
     let h = kvh * p.group + rc % p.group;
     let pos = p.q_offset + i32(t);
 
-    let kv = key_range(0, i32(p.kv_len), r0, r_last);
+    let kv = key_range(0, i32(p.kv_len), r0, r_last, p.q_offset);
     var q: array<vec4<f32>, MAX_HD4>;
     var acc: array<vec4<f32>, MAX_HD4>;
     load_q(&q, b, r, kvh);

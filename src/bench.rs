@@ -19,6 +19,7 @@
 
 pub mod baseline;
 pub mod copy;
+pub mod paged;
 
 pub use crate::ops::rope::sincos::SinCos;
 
@@ -978,6 +979,7 @@ pub fn cases(ctx: &Context, quick: bool) -> Vec<Case> {
     c.extend(rms_norm_cases(ctx, quick));
     c.extend(rope_cases(quick));
     c.extend(attention_cases(quick));
+    c.extend(paged::cases(quick));
     c
 }
 

@@ -68,6 +68,7 @@ pub use context::{Caps, Context};
 pub use error::{Error, Result};
 pub use ops::attention::Attention;
 pub use ops::kv_cache::KvCache;
+pub use ops::paged::{PageLayout, PageTable, PagedBatch, PagedKvCache};
 pub use ops::rms_norm::RmsNorm;
 pub use ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
 pub use tensor::{DType, Element, Tensor};

@@ -84,6 +84,22 @@ impl Shader {
         parts: &[COMMON_WGSL, include_str!("../shaders/kv_cache.wgsl")],
         variants: crate::ops::kv_cache::all_variant_keys,
     };
+    /// `shaders/attention_paged.wgsl` (with `attention_common.wgsl`).
+    pub const ATTENTION_PAGED: &'static Shader = &Shader {
+        name: "attention_paged.wgsl",
+        parts: &[
+            COMMON_WGSL,
+            ATTENTION_COMMON_WGSL,
+            include_str!("../shaders/attention_paged.wgsl"),
+        ],
+        variants: crate::ops::paged::attention_variant_keys,
+    };
+    /// `shaders/paged_kv.wgsl`.
+    pub const PAGED_KV: &'static Shader = &Shader {
+        name: "paged_kv.wgsl",
+        parts: &[COMMON_WGSL, include_str!("../shaders/paged_kv.wgsl")],
+        variants: crate::ops::paged::write_variant_keys,
+    };
     /// `shaders/cast.wgsl`.
     pub const CAST: &'static Shader = &Shader {
         name: "cast.wgsl",
@@ -99,6 +115,8 @@ impl Shader {
         Shader::ATTENTION_PREFILL,
         Shader::ATTENTION_DECODE,
         Shader::KV_CACHE,
+        Shader::ATTENTION_PAGED,
+        Shader::PAGED_KV,
     ];
 
     /// The full WGSL module.

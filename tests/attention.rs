@@ -24,6 +24,9 @@ struct Case {
     causal: bool,
     q_offset: Option<i64>,
     window: u32,
+    window_left: Option<u32>,
+    window_right: Option<u32>,
+    chunk: u32,
     softcap: f32,
     sinks: bool,
     scale: Option<f32>,
@@ -50,6 +53,9 @@ impl Case {
             causal: true,
             q_offset: None,
             window: 0,
+            window_left: None,
+            window_right: None,
+            chunk: 0,
             softcap: 0.0,
             sinks: false,
             scale: None,
@@ -63,6 +69,9 @@ impl Case {
             q_offset: self.q_offset,
             scale: self.scale,
             window: self.window,
+            window_left: self.window_left,
+            window_right: self.window_right,
+            chunk_size: self.chunk,
             softcap: self.softcap,
             kind: self.kind,
             splits: self.splits,
@@ -84,6 +93,9 @@ impl Case {
             q_offset: self.q_offset,
             scale: self.scale.map(|s| s as f64),
             window: self.window as usize,
+            window_left: self.window_left.map(|w| w as usize),
+            window_right: self.window_right.map(|w| w as usize),
+            chunk: self.chunk as usize,
             softcap: self.softcap as f64,
         }
     }
@@ -785,6 +797,89 @@ fn fully_masked_rows_are_zero() {
     }
 }
 
+/// Two-sided windows (FlashAttention's `window_size`) and chunked local attention (Llama 4), on
+/// every kernel and dtype at `HD`: bidirectional windows (ModernBERT), one-sided bounds, chunks
+/// with splits that cross chunk borders, chunks before the first key, and bounds at the i32
+/// edges. The causal window W is the two-sided window (W - 1, 0), bit for bit.
+#[test]
+fn two_sided_windows_and_chunks() {
+    // (q_len, kv_len, causal, left, right, chunk, q_offset, splits)
+    type M = (
+        usize,
+        usize,
+        bool,
+        Option<u32>,
+        Option<u32>,
+        u32,
+        Option<i64>,
+        Option<u32>,
+    );
+    let masks: [M; 10] = [
+        (3, 150, false, Some(20), Some(20), 0, Some(60), None),
+        (3, 150, false, None, Some(5), 0, Some(10), Some(7)),
+        (3, 150, false, Some(0), Some(0), 0, None, None),
+        (3, 150, true, Some(30), None, 0, None, Some(5)),
+        (3, 150, true, None, None, 16, None, None),
+        (3, 300, true, None, None, 64, Some(200), Some(9)),
+        (3, 150, false, Some(10), Some(3), 32, Some(-40), None),
+        (3, 150, true, Some(7), None, 40, None, Some(4)),
+        (
+            2,
+            100,
+            false,
+            Some(i32::MAX as u32),
+            Some(u32::MAX),
+            0,
+            Some(-1_000_000_000),
+            None,
+        ),
+        (
+            2,
+            100,
+            false,
+            None,
+            None,
+            1 << 29,
+            Some(-1_000_000_000),
+            None,
+        ),
+    ];
+    let mut i = 0;
+    for kind in FORCED {
+        for (q_len, kv_len, causal, left, right, chunk, q_offset, splits) in masks {
+            for q_len in [q_len, 24] {
+                if kind != Kind::Prefill && q_len > 8 {
+                    continue;
+                }
+                i += 1;
+                let mut c = Case::new(q_len, kv_len, 4, 2, HD);
+                c.dtype = DType::ALL[i % 3];
+                c.kind = Some(kind);
+                c.causal = causal;
+                c.window_left = left;
+                c.window_right = right;
+                c.chunk = chunk;
+                c.q_offset = q_offset.map(|o| o.min(kv_len as i64 - q_len as i64));
+                c.splits = splits;
+                c.sinks = i % 4 == 1;
+                check(c, 7000 + i as u64);
+            }
+        }
+    }
+    // The causal window W and the two-sided (W - 1, 0) are one mask.
+    for kind in FORCED {
+        let mut a = Case::new(2, 200, 4, 2, HD);
+        a.kind = Some(kind);
+        a.window = 33;
+        let mut b = a;
+        b.window = 0;
+        b.window_left = Some(32);
+        b.window_right = Some(0);
+        let d = data(&a, 7500, 1.0);
+        assert_eq!(gpu(&a, &d), gpu(&b, &d), "{kind:?}");
+    }
+}
+
 /// q scaled x30: logits in the hundreds overflow a naive exp; the online softmax must not. The
 /// logit scale 1/sqrt(head_dim) makes their size independent of head_dim, so `HD` shows it (with
 /// `LLAMA_KERNELS_LONG_TESTS=1`, head_dim 128 too).
@@ -1200,6 +1295,21 @@ fn every_validation_rule_has_an_error() {
                 ..a
             },
             "splits must be in 1..=65535, got 0",
+        ),
+        (
+            Attention {
+                window: 8,
+                window_left: Some(7),
+                ..a
+            },
+            "window 8 and window_left Some(7) both set",
+        ),
+        (
+            Attention {
+                chunk_size: (1 << 29) + 1,
+                ..a
+            },
+            "chunk_size 536870913 exceeds 536870912",
         ),
     ];
     for (op, needle) in bad_options {

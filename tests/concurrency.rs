@@ -108,8 +108,7 @@ fn work(seed: u64) -> Work {
         causal: true,
         q_offset: None,
         scale: None,
-        window: 0,
-        softcap: 0.0,
+        ..Default::default()
     };
     let want_decode = reference::attention::attention(
         &q_rot,

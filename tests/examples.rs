@@ -38,6 +38,15 @@ fn decode_loop_matches_the_reference_at_every_step() {
 }
 
 #[test]
+fn serve_matches_the_reference_at_every_step() {
+    let out = run_example("serve", &["--layout", "hnd"]);
+    assert!(out.contains("in 3 buffers"), "{out}");
+    assert!(out.contains(" 1 page copies"), "{out}");
+    assert_eq!(out.matches(" ok\n").count(), 11, "{out}");
+    assert!(out.contains("all steps match the f64 reference"), "{out}");
+}
+
+#[test]
 fn decode_loop_refuses_a_bad_argument() {
     let out = Command::new(env!("CARGO"))
         .args([

@@ -530,6 +530,9 @@ struct AttnCase {
     causal: bool,
     q_offset: Option<i64>,
     window: u32,
+    window_left: Option<u32>,
+    window_right: Option<u32>,
+    chunk: u32,
     softcap: f32,
     sinks: bool,
     kind: Option<Kind>,
@@ -560,6 +563,14 @@ fn attn_case() -> impl Strategy<Value = AttnCase> {
             prop_oneof![Just(None), (1u32..=8).prop_map(Some)],
         ),
         (0.0f64..1.0, any::<u64>()),
+        // Two-sided window (mode 1: each side bounded or not) or chunked attention (mode 2).
+        (
+            0u8..3,
+            0u32..=40,
+            0u32..=40,
+            any::<(bool, bool)>(),
+            1u32..=40,
+        ),
     )
         .prop_map(
             |(
@@ -569,7 +580,13 @@ fn attn_case() -> impl Strategy<Value = AttnCase> {
                 (causal, has_offset, window, softcap, sinks),
                 (kind, splits),
                 (offset_frac, seed),
+                (mask_mode, left, right, (has_left, has_right), chunk),
             )| {
+                let (window, window_left, window_right, chunk) = match mask_mode {
+                    1 => (0, has_left.then_some(left), has_right.then_some(right), 0),
+                    2 => (window, None, None, chunk),
+                    _ => (window, None, None, 0),
+                };
                 let kv_len = q_len + extra;
                 // Decode kernels serve q_len <= 8 (DECODE_MAX_Q_LEN); prefill any.
                 let kind = match kind {
@@ -592,6 +609,9 @@ fn attn_case() -> impl Strategy<Value = AttnCase> {
                     causal,
                     q_offset,
                     window,
+                    window_left,
+                    window_right,
+                    chunk,
                     softcap,
                     sinks,
                     kind,
@@ -619,6 +639,9 @@ fn attn_op(c: &AttnCase) -> Attention {
         q_offset: c.q_offset,
         scale: None,
         window: c.window,
+        window_left: c.window_left,
+        window_right: c.window_right,
+        chunk_size: c.chunk,
         softcap: c.softcap,
         kind: c.kind,
         splits: c.splits,
@@ -646,6 +669,9 @@ fn attn_want(c: &AttnCase, q: &[f32], k: &[f32], v: &[f32], sinks: &[f32]) -> Ve
             q_offset: c.q_offset,
             scale: None,
             window: c.window as usize,
+            window_left: c.window_left.map(|w| w as usize),
+            window_right: c.window_right.map(|w| w as usize),
+            chunk: c.chunk as usize,
             softcap: c.softcap as f64,
         },
     )

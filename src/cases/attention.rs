@@ -2,8 +2,9 @@
 //! head_dim]`, `k` and `v` `[kv_len, n_kv_heads, head_dim]` (batched likewise), optional
 //! `sinks [n_heads]` (any float dtype: gpt-oss stores them in bf16; the kernel reads them as
 //! f32); metadata `causal` (default true), `q_offset` (default
-//! `kv_len - q_len`), `scale` (default `1/sqrt(head_dim)`), `window` (default 0 = none) and
-//! `softcap` (default 0 = none); output `out`, shaped like `q`. The storage dtype is `q`'s; `k` and
+//! `kv_len - q_len`), `scale` (default `1/sqrt(head_dim)`), `window` (default 0 = none),
+//! `window_left` / `window_right` (a two-sided window, FlashAttention's `window_size`; absent or
+//! -1 = unbounded), `attention_chunk_size` (default 0 = none) and `softcap` (default 0 = none); output `out`, shaped like `q`. The storage dtype is `q`'s; `k` and
 //! `v` must match it.
 
 use super::{CaseFile, OpOutput, OpResult};
@@ -25,6 +26,25 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         return Err(case.error(format!(
             "metadata window={window} must be in 0..={} (0 = none)",
             i32::MAX
+        )));
+    }
+    let side = |key: &str| -> Result<Option<u32>> {
+        match case.meta_i64(key, -1)? {
+            -1 => Ok(None),
+            w if (0..=i32::MAX as i64).contains(&w) => Ok(Some(w as u32)),
+            w => Err(case.error(format!(
+                "metadata {key}={w} must be -1 (unbounded) or in 0..={}",
+                i32::MAX
+            ))),
+        }
+    };
+    let window_left = side("window_left")?;
+    let window_right = side("window_right")?;
+    let chunk = case.meta_i64("attention_chunk_size", 0)?;
+    let max_chunk = crate::ops::attention::MAX_CHUNK_SIZE as i64;
+    if !(0..=max_chunk).contains(&chunk) {
+        return Err(case.error(format!(
+            "metadata attention_chunk_size={chunk} must be in 0..={max_chunk} (0 = none)"
         )));
     }
     let (q, dtype) = case.storage_tensor("q")?;
@@ -52,6 +72,9 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         q_offset,
         scale: scale.map(|s| s as f32),
         window: window as u32,
+        window_left,
+        window_right,
+        chunk_size: chunk as u32,
         softcap: softcap as f32,
         kind: None,
         splits: None,
@@ -91,6 +114,9 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             q_offset,
             scale,
             window: window as usize,
+            window_left: window_left.map(|w| w as usize),
+            window_right: window_right.map(|w| w as usize),
+            chunk: chunk as usize,
             softcap,
         },
     );

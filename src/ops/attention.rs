@@ -8,7 +8,15 @@
 //! Masking (query `t` sits at position `pos = q_offset + t`; the default `q_offset = kv_len - q_len`
 //! aligns the queries bottom-right, so prefill, chunked prefill and decode are one call):
 //! - causal (default): key `j` is visible iff `j <= pos`;
-//! - sliding window `W > 0`: additionally `j > pos - W` (applied with or without causal);
+//! - sliding window `W > 0`: additionally `j > pos - W` (applied with or without causal); the
+//!   same as `window_left = W - 1`;
+//! - two-sided windows as FlashAttention's `window_size = (left, right)`: `pos - j <= left` and
+//!   `j - pos <= right`, each side optional ([`Attention::window_left`],
+//!   [`Attention::window_right`]); with `causal = false` and `left = right = W` this is the
+//!   bidirectional sliding window of ModernBERT and EmbeddingGemma (`|pos - j| <= W`);
+//! - chunked local attention (Llama 4's `attention_chunk_size` `C`, [`Attention::chunk_size`]):
+//!   key `j` is visible only when `j` and `pos` lie in the same chunk, `j / C == pos / C`
+//!   (floor division), combined with the other rules;
 //! - a row with no visible key outputs exactly 0.
 //!
 //! Logits: `scale` defaults to `1/sqrt(head_dim)`; softcap `c > 0` maps `s -> c·tanh(s/c)` after
@@ -117,8 +125,18 @@ pub struct Attention {
     pub q_offset: Option<i64>,
     /// Logit scale; default `1/sqrt(head_dim)`.
     pub scale: Option<f32>,
-    /// Sliding window in keys; 0 = none.
+    /// Sliding window in keys (HF's `sliding_window`): key `j` is masked when `pos - j >= window`;
+    /// 0 = none. The same as `window_left = Some(window - 1)`; setting both is an error.
     pub window: u32,
+    /// Left side of a two-sided window (FlashAttention's `window_size[0]`): key `j` is masked when
+    /// `pos - j > window_left`; `None` = unbounded.
+    pub window_left: Option<u32>,
+    /// Right side of a two-sided window (`window_size[1]`): key `j` is masked when
+    /// `j - pos > window_right`; `None` = unbounded (causal masking bounds it at 0 anyway).
+    pub window_right: Option<u32>,
+    /// Chunked local attention (Llama 4's `attention_chunk_size`): only keys in the query's chunk
+    /// of `chunk_size` positions are visible; 0 = none.
+    pub chunk_size: u32,
     /// Logit softcap; 0 = none.
     pub softcap: f32,
     /// Force a kernel instead of choosing by shape.
@@ -136,6 +154,9 @@ impl Default for Attention {
             q_offset: None,
             scale: None,
             window: 0,
+            window_left: None,
+            window_right: None,
+            chunk_size: 0,
             softcap: 0.0,
             kind: None,
             splits: None,
@@ -173,8 +194,8 @@ pub struct Params {
     pub o: [u32; 4],
     /// Position of query 0.
     pub q_offset: i32,
-    /// Sliding window in keys (0 = none).
-    pub window: u32,
+    /// Keys with `pos - j > win_left` are masked (-1 = no left bound).
+    pub win_left: i32,
     /// 1 for a causal mask.
     pub causal: u32,
     /// 1 when sinks are bound.
@@ -197,8 +218,12 @@ pub struct Params {
     pub rows_per_wg: u32,
     /// Invocations that share a row (split-KV).
     pub lanes: u32,
+    /// Keys with `j - pos > win_right` are masked (-1 = no right bound).
+    pub win_right: i32,
+    /// Chunked local attention: chunk size in positions (0 = none).
+    pub attn_chunk: u32,
     /// Padding to 16 bytes.
-    pub _pad: [u32; 3],
+    pub _pad: u32,
 }
 
 /// The code-shaping decisions; the pipeline keys derive from it alone.
@@ -458,6 +483,8 @@ struct Checked {
     plan: Plan,
     q_offset: i64,
     scale: f32,
+    // (left, right) window bounds for the shader (-1 = none).
+    bounds: (i32, i32),
     // (offset placeholder, batch stride, token stride, head stride) per tensor.
     strides: [[usize; 3]; 4],
 }
@@ -472,7 +499,28 @@ fn outer_strides(t: &Tensor) -> [usize; 3] {
     }
 }
 
+/// Largest [`Attention::chunk_size`] (chunk arithmetic stays inside i32 in the shaders).
+pub const MAX_CHUNK_SIZE: u32 = 1 << 29;
+
 impl Attention {
+    /// The shader's (left, right) window bounds, -1 for none. A bound that masks nothing for any
+    /// query position `q_offset ..< kv_len` and key `0 ..< kv_len` becomes -1, so the shader's
+    /// `pos - left` and `pos + right` stay inside i32 whatever the user passed.
+    pub fn window_bounds(&self, kv_len: usize, q_offset: i64) -> (i32, i32) {
+        let left = match (self.window, self.window_left) {
+            (0, l) => l.map(|l| l as i64),
+            (w, _) => Some(w as i64 - 1),
+        };
+        let right = self.window_right.map(|r| r as i64);
+        // Every |pos - j| of the call is below this.
+        let span = kv_len as i64 - q_offset.min(0);
+        let clamp = |b: Option<i64>| match b {
+            Some(b) if b < span => b as i32,
+            _ => -1,
+        };
+        (clamp(left), clamp(right))
+    }
+
     /// Causal attention with the default scale.
     pub fn causal() -> Self {
         Self::default()
@@ -555,6 +603,45 @@ impl Attention {
             n_kv_heads,
             head_dim,
         })
+    }
+
+    /// The rules of the masking and logit options (scale, softcap, windows, chunk), shared by the
+    /// contiguous and paged calls.
+    pub(crate) fn check_options(&self, op: &'static str) -> Result<()> {
+        if let Some(sc) = self.scale {
+            crate::ensure!(sc.is_finite(), Param, op, "scale must be finite, got {sc}");
+        }
+        crate::ensure!(
+            self.softcap.is_finite() && self.softcap >= 0.0,
+            Param,
+            op,
+            "softcap must be finite and >= 0 (0 = none), got {}",
+            self.softcap
+        );
+        crate::ensure!(
+            self.window <= i32::MAX as u32,
+            Param,
+            op,
+            "window {} exceeds {}",
+            self.window,
+            i32::MAX
+        );
+        crate::ensure!(
+            self.window == 0 || self.window_left.is_none(),
+            Param,
+            op,
+            "window {} and window_left {:?} both set: window W is window_left W - 1, give one",
+            self.window,
+            self.window_left
+        );
+        crate::ensure!(
+            self.chunk_size <= MAX_CHUNK_SIZE,
+            Param,
+            op,
+            "chunk_size {} exceeds {MAX_CHUNK_SIZE}",
+            self.chunk_size
+        );
+        Ok(())
     }
 
     /// The kernel, tile size and split count this call would use on `ctx`, for K/V rows that
@@ -695,24 +782,7 @@ impl Attention {
                 d.n_heads
             );
         }
-        if let Some(sc) = self.scale {
-            crate::ensure!(sc.is_finite(), Param, OP, "scale must be finite, got {sc}");
-        }
-        crate::ensure!(
-            self.softcap.is_finite() && self.softcap >= 0.0,
-            Param,
-            OP,
-            "softcap must be finite and >= 0 (0 = none), got {}",
-            self.softcap
-        );
-        crate::ensure!(
-            self.window <= i32::MAX as u32,
-            Param,
-            OP,
-            "window {} exceeds {}",
-            self.window,
-            i32::MAX
-        );
+        self.check_options(OP)?;
         if let Some(s) = self.splits {
             crate::ensure!(
                 (1..=65535).contains(&s),
@@ -766,6 +836,7 @@ impl Attention {
             plan,
             q_offset,
             scale,
+            bounds: self.window_bounds(d.kv_len, q_offset),
             strides: [
                 outer_strides(q),
                 outer_strides(k),
@@ -884,13 +955,9 @@ impl Attention {
             v: pack(&vw, v, c.strides[2])?,
             o: pack(&ow, out, c.strides[3])?,
             q_offset: c.q_offset as i32,
-            // A window of kv_len or more masks nothing (every position is < kv_len); passing 0
-            // keeps `pos - window` inside i32 for any window.
-            window: if self.window as usize >= d.kv_len {
-                0
-            } else {
-                self.window
-            },
+            win_left: c.bounds.0,
+            win_right: c.bounds.1,
+            attn_chunk: self.chunk_size,
             causal: self.causal as u32,
             has_sinks: sinks.is_some() as u32,
             scale: c.scale,
@@ -905,7 +972,7 @@ impl Attention {
             chunk: plan.chunk as u32,
             rows_per_wg: plan.rows_per_wg as u32,
             lanes: plan.lanes as u32,
-            _pad: [0; 3],
+            _pad: 0,
         };
         let keys = plan.variant.keys();
         let mut inputs = vec![

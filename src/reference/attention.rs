@@ -6,8 +6,10 @@
 //! ```
 //! with `g = n_heads / n_kv_heads`, query `t` at position `pos = q_offset + t`
 //! (default `q_offset = kv_len - q_len`, bottom-right aligned), key `j` visible iff
-//! `j <= pos` (causal only) and `j > pos - window` (window > 0 only). A sink logit joins only the
-//! denominator. A row with no visible key is exactly 0.
+//! `j <= pos` (causal only), `j > pos - window` (window > 0 only), `pos - j <= window_left` and
+//! `j - pos <= window_right` (each when set) and `floor(j / chunk) == floor(pos / chunk)`
+//! (chunk > 0 only). A sink logit joins only the denominator. A row with no visible key is
+//! exactly 0.
 
 /// Sizes of one attention call (the op's own [`crate::ops::attention::Dims`]). The
 /// reference takes contiguous layouts: q/out `[batch, q_len, n_heads, head_dim]`, k/v
@@ -25,6 +27,12 @@ pub struct Options {
     pub scale: Option<f64>,
     /// 0 = no window.
     pub window: usize,
+    /// Two-sided window, left side (`None` = unbounded).
+    pub window_left: Option<usize>,
+    /// Two-sided window, right side (`None` = unbounded).
+    pub window_right: Option<usize>,
+    /// Chunked local attention; 0 = none.
+    pub chunk: usize,
     /// 0 = no softcap.
     pub softcap: f64,
 }
@@ -36,6 +44,9 @@ impl Default for Options {
             q_offset: None,
             scale: None,
             window: 0,
+            window_left: None,
+            window_right: None,
+            chunk: 0,
             softcap: 0.0,
         }
     }
@@ -68,6 +79,14 @@ pub fn attention_row(
             continue;
         }
         if o.window > 0 && ji <= pos - o.window as i64 {
+            continue;
+        }
+        if o.window_left.is_some_and(|l| pos - ji > l as i64)
+            || o.window_right.is_some_and(|r| ji - pos > r as i64)
+        {
+            continue;
+        }
+        if o.chunk > 0 && ji.div_euclid(o.chunk as i64) != pos.div_euclid(o.chunk as i64) {
             continue;
         }
         let krow = &k[((b * d.kv_len + j) * d.n_kv_heads + kvh) * hd..][..hd];

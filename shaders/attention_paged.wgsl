@@ -1,0 +1,255 @@
+// Variable-length GQA attention over a paged KV cache (PagedAttention / FlashInfer's batch
+// kernels), read in place from the pages: no gather into a contiguous copy.
+//
+// Sequence s has q_len[s] queries packed at rows q_start[s] .. of q / out `[total_q, n_heads,
+// head_dim]`, kv_len[s] keys held in the pages its block-table row lists, and its queries aligned
+// bottom-right (query t at position kv_len - q_len + t). One call mixes prefill, chunked prefill
+// and decode sequences.
+//
+// Pages live in up to four pool buffers (`pool0` .. `pool3`, seen as vec4 words), pages_per_buffer
+// pages each; a page holds K then V, each `[page_size, n_kv_heads, head_dim]` (NHD) or
+// `[n_kv_heads, page_size, head_dim]` (HND), as token and head strides in the parameters.
+//
+// Pass 1 (`attn_paged_partial`): one workgroup per (work item, kv head); a work item is
+// (sequence, row block, split) from the host's plan, so splits follow each sequence's own length
+// and a 32k sequence beside thirty short ones fills the device without padding. The rest is
+// `attn_decode_partial` (attention_decode.wgsl): rows are the g query heads of the kv head times
+// the sequence's tokens, K/V tiles staged in workgroup memory for the whole group, spare
+// invocations as key lanes, the same `softmax_tile` step, a partial (m, l, acc) per (row, split,
+// lane). With the same split configuration the arithmetic is the contiguous kernel's, so results
+// are bitwise equal.
+//
+// Pass 2 (`attn_paged_merge`): one invocation per (packed token, query head, 4 output elements)
+// merges its sequence's partials in ascending (split, lane) order, as `attn_decode_merge`.
+//
+// The host plan lives in the `plan_buf` buffer (u32 words): a 12-word record per sequence, a 4-word
+// record per work item, the sequence of every packed query row, and the block-table rows.
+//
+// Parameters reuse attention_common.wgsl's Params; fields with a paged meaning:
+//   batch      sequences              q_len     packed query rows (total_q)
+//   kv_len     page_size              rows      pages per pool buffer
+//   k_off      element offset of V inside a page (K is at 0)
+//   k_sb       elements per page      k_st, k_sh  token and head strides inside a page
+//   v_off      word offset of the work items in plan_buf     v_sb  work items
+//   v_st       word offset of the query-row sequence map in plan_buf
+//   v_sh       word offset of the sequence records in plan_buf
+//   q_off, q_st, q_sh / o_off, o_st, o_sh: packed q / out, element offset and token, head strides.
+
+@group(0) @binding(5) var<storage, read_write> part_out: array<f32>;
+@group(0) @binding(6) var<storage, read> part_in: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out_buf: array<u32>;
+@group(0) @binding(8) var<storage, read> pool0: array<vec4<u32>>;
+@group(0) @binding(9) var<storage, read> pool1: array<vec4<u32>>;
+@group(0) @binding(10) var<storage, read> pool2: array<vec4<u32>>;
+@group(0) @binding(11) var<storage, read> plan_buf: array<u32>;
+@group(0) @binding(12) var<storage, read> pool3: array<vec4<u32>>;
+
+// Words of a sequence record.
+const SEQ_WORDS: u32 = 12u;
+
+struct Seq {
+    q_start: u32,
+    q_len: u32,
+    kv_len: u32,
+    // word offset of the block-table row in plan_buf
+    bt_off: u32,
+    n_splits: u32,
+    chunk: u32,
+    rows_per_wg: u32,
+    lanes: u32,
+    row_blocks: u32,
+    // first partial entry of the sequence
+    part_base: u32,
+    // position of query 0: kv_len - q_len
+    q_offset: i32,
+}
+
+fn seq_record(s: u32) -> Seq {
+    let e = p.v_sh + s * SEQ_WORDS;
+    return Seq(
+        plan_buf[e],
+        plan_buf[e + 1u],
+        plan_buf[e + 2u],
+        plan_buf[e + 3u],
+        plan_buf[e + 4u],
+        plan_buf[e + 5u],
+        plan_buf[e + 6u],
+        plan_buf[e + 7u],
+        plan_buf[e + 8u],
+        plan_buf[e + 9u],
+        bitcast<i32>(plan_buf[e + 10u]),
+    );
+}
+
+fn pool_word4(buf: u32, i: u32) -> vec4<u32> {
+    switch buf {
+        case 0u: {
+            return pool0[i];
+        }
+        case 1u: {
+            return pool1[i];
+        }
+        case 2u: {
+            return pool2[i];
+        }
+        default: {
+            return pool3[i];
+        }
+    }
+}
+
+// Four elements at element e (a multiple of 4) of pool buffer buf.
+fn pool_load4(buf: u32, e: u32) -> vec4<f32> {
+    if DTYPE == DT_F32 {
+        return bitcast<vec4<f32>>(pool_word4(buf, e >> 2u));
+    }
+    let w = pool_word4(buf, e >> 3u);
+    var pair = w.xy;
+    if (e & 4u) != 0u {
+        pair = w.zw;
+    }
+    return unpack_half4(pair, DTYPE);
+}
+
+// Four elements of q at element e (a multiple of 4). attention_common.wgsl's load4 would also
+// reach k_buf and v_buf, two more storage bindings than WebGPU's default limit of 8 allows here.
+fn q_load4(e: u32) -> vec4<f32> {
+    if DTYPE == DT_F32 {
+        return vec4<f32>(
+            bitcast<f32>(q_buf[e]),
+            bitcast<f32>(q_buf[e + 1u]),
+            bitcast<f32>(q_buf[e + 2u]),
+            bitcast<f32>(q_buf[e + 3u]),
+        );
+    }
+    let h = e >> 1u;
+    return unpack_half4(vec2<u32>(q_buf[h], q_buf[h + 1u]), DTYPE);
+}
+
+// Key j of the sequence whose block-table row starts at bt_off, kv head kvh: (pool buffer,
+// element offset of the head's K row); V is p.k_off further.
+fn key_addr(bt_off: u32, j: u32, kvh: u32) -> vec2<u32> {
+    let page = plan_buf[bt_off + j / p.kv_len];
+    let buf = page / p.rows;
+    let e = (page % p.rows) * p.k_sb + (j % p.kv_len) * p.k_st + kvh * p.k_sh;
+    return vec2<u32>(buf, e);
+}
+
+// Keys j0 .. j0 + n of one kv head into k_tile / v_tile, spread over the workgroup.
+fn stage_tile_paged(lid: u32, j0: i32, n: u32, bt_off: u32, kvh: u32) {
+    for (var i = lid; i < n * HD4; i += WG) {
+        let a = key_addr(bt_off, u32(j0) + i / HD4, kvh);
+        let d4 = 4u * (i % HD4);
+        k_tile[i] = pool_load4(a.x, a.y + d4);
+        v_tile[i] = pool_load4(a.x, a.y + p.k_off + d4);
+    }
+}
+
+// The partial (m, l, acc) of one (row, split, lane) at part_out[e ..].
+fn store_partial_paged(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, e: u32, m: f32, l: f32) {
+    part_out[e] = m;
+    part_out[e + 1u] = l;
+    for (var d = 0u; d < HD4; d++) {
+        let a = (*acc)[d];
+        part_out[e + 2u + 4u * d] = a.x;
+        part_out[e + 3u + 4u * d] = a.y;
+        part_out[e + 4u + 4u * d] = a.z;
+        part_out[e + 5u + 4u * d] = a.w;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attn_paged_partial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg_id = linear_workgroup(wid, nwg);
+    // Uniform per workgroup, so returning before the barriers is allowed.
+    if wg_id >= p.v_sb * p.n_kv_heads {
+        return;
+    }
+    let kvh = wg_id % p.n_kv_heads;
+    let item = p.v_off + 4u * (wg_id / p.n_kv_heads);
+    let sq = seq_record(plan_buf[item]);
+    let blk = plan_buf[item + 1u];
+    let split = plan_buf[item + 2u];
+    let rows = sq.q_len * p.group;
+    let lanes = sq.lanes;
+    let lane = lid / sq.rows_per_wg;
+    let r0 = blk * sq.rows_per_wg;
+    let r_last = min(r0 + sq.rows_per_wg, rows) - 1u;
+    let r = r0 + lid % sq.rows_per_wg;
+    let row_ok = r < rows;
+    let rc = min(r, rows - 1u);
+    let t = rc / p.group;
+    let h = kvh * p.group + rc % p.group;
+    let pos = sq.q_offset + i32(t);
+
+    let split_end = min(sq.kv_len, (split + 1u) * sq.chunk);
+    let kv = key_range(i32(min(split * sq.chunk, sq.kv_len)), i32(split_end), r0, r_last, sq.q_offset);
+    var q: array<vec4<f32>, MAX_HD4>;
+    var acc: array<vec4<f32>, MAX_HD4>;
+    let q_base = p.q_off + (sq.q_start + t) * p.q_st + h * p.q_sh;
+    for (var d = 0u; d < HD4; d++) {
+        q[d] = q_load4(q_base + 4u * d) * p.scale;
+        acc[d] = vec4<f32>(0.0);
+    }
+    var m = NEG_BIG;
+    var l = 0.0;
+
+    for (var j0 = kv.x; j0 < kv.y; j0 += i32(p.bk)) {
+        let n = min(p.bk, u32(kv.y - j0));
+        stage_tile_paged(lid, j0, n, sq.bt_off, kvh);
+        workgroupBarrier();
+        if row_ok && lane < lanes {
+            softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes);
+        }
+        workgroupBarrier();
+    }
+
+    if row_ok && lane < lanes {
+        let stride = 4u * HD4 + 2u;
+        let n_parts = sq.n_splits * lanes;
+        let entry = sq.part_base + (kvh * rows + r) * n_parts + split * lanes + lane;
+        store_partial_paged(&acc, entry * stride, m, l);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attn_paged_merge(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = linear_workgroup(wid, nwg) * WG + lid;
+    if idx >= p.q_len * p.n_heads * HD4 {
+        return;
+    }
+    let d = idx % HD4;
+    let th = idx / HD4;
+    let h = th % p.n_heads;
+    let tq = th / p.n_heads;
+    let sq = seq_record(plan_buf[p.v_st + tq]);
+    let kvh = h / p.group;
+    let r = (tq - sq.q_start) * p.group + h % p.group;
+    let rows = sq.q_len * p.group;
+    let stride = 4u * HD4 + 2u;
+    let n_parts = sq.n_splits * sq.lanes;
+    let base = (sq.part_base + (kvh * rows + r) * n_parts) * stride;
+
+    var m = NEG_BIG;
+    for (var sp = 0u; sp < n_parts; sp++) {
+        m = max(m, part_in[base + sp * stride]);
+    }
+    var l = 0.0;
+    var acc = vec4<f32>(0.0);
+    for (var sp = 0u; sp < n_parts; sp++) {
+        let e = base + sp * stride;
+        let w = exp(part_in[e] - m);
+        l += part_in[e + 1u] * w;
+        let a = e + 2u + 4u * d;
+        acc += w * vec4<f32>(part_in[a], part_in[a + 1u], part_in[a + 2u], part_in[a + 3u]);
+    }
+    store4(p.o_off + tq * p.o_st + h * p.o_sh + 4u * d, acc * out_scale(m, l, h));
+}

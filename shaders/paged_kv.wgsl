@@ -1,0 +1,114 @@
+// Paged KV cache write (vLLM's reshape_and_cache): new K and V rows, packed `[n_tokens,
+// n_kv_heads, head_dim]` for many sequences at once (any outer strides, any storage dtype), go to
+// the cache slots the host planned: slot = page * page_size + token-in-page, one per new token.
+// A page holds K then V, each `[page_size, n_kv_heads, head_dim]` (NHD) or `[n_kv_heads,
+// page_size, head_dim]` (HND), given as token and head strides. One dispatch per pool buffer
+// that the batch's slots touch writes the tokens whose page lives in that buffer (the others are
+// skipped); one invocation per (token, kv head, 4 elements) writes K and V.
+//
+// Override constants (set by `ops::paged`):
+//   SRC_DTYPE  storage dtype of the new rows (0 f32, 1 f16, 2 bf16)
+//   DST_DTYPE  storage dtype of the cache
+//   WG         workgroup size
+//   WRITE_K    false when RoPE writes the rotated K rows into the pages itself
+
+override SRC_DTYPE: u32 = 0u;
+override DST_DTYPE: u32 = 0u;
+override WG: u32 = 64u;
+override WRITE_K: bool = true;
+
+struct Params {
+    n_tokens: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    page_size: u32,
+    // pages per pool buffer, and the buffer this dispatch writes
+    pages_per_buffer: u32,
+    buffer: u32,
+    // elements per page, element offset of V in a page, token and head strides in a page
+    page_elems: u32,
+    v_in_page: u32,
+    tok_stride: u32,
+    head_stride: u32,
+    // word offset of the slot of token 0 in `slots`
+    slot_off: u32,
+    _pad0: u32,
+    k_off: u32,
+    k_st: u32,
+    k_sh: u32,
+    _pad1: u32,
+    v_off: u32,
+    v_st: u32,
+    v_sh: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> k_src: array<u32>;
+@group(0) @binding(2) var<storage, read> v_src: array<u32>;
+@group(0) @binding(3) var<storage, read_write> pool: array<u32>;
+@group(0) @binding(4) var<storage, read> slots: array<u32>;
+
+fn src_word(is_v: bool, i: u32) -> u32 {
+    if is_v {
+        return v_src[i];
+    }
+    return k_src[i];
+}
+
+// kv_cache.wgsl's load4 on this shader's bindings (WGSL cannot pass a storage buffer to a
+// function); the decoding is shared (unpack_half4 in common.wgsl).
+fn load4(is_v: bool, e: u32) -> vec4<f32> {
+    if SRC_DTYPE == DT_F32 {
+        return vec4<f32>(
+            bitcast<f32>(src_word(is_v, e)),
+            bitcast<f32>(src_word(is_v, e + 1u)),
+            bitcast<f32>(src_word(is_v, e + 2u)),
+            bitcast<f32>(src_word(is_v, e + 3u)),
+        );
+    }
+    let h = e >> 1u;
+    return unpack_half4(vec2<u32>(src_word(is_v, h), src_word(is_v, h + 1u)), SRC_DTYPE);
+}
+
+fn store4(e: u32, v: vec4<f32>) {
+    if DST_DTYPE == DT_F32 {
+        pool[e] = bitcast<u32>(v.x);
+        pool[e + 1u] = bitcast<u32>(v.y);
+        pool[e + 2u] = bitcast<u32>(v.z);
+        pool[e + 3u] = bitcast<u32>(v.w);
+        return;
+    }
+    let h = e >> 1u;
+    let w = pack_half4(v, DST_DTYPE);
+    pool[h] = w.x;
+    pool[h + 1u] = w.y;
+}
+
+@compute @workgroup_size(WG)
+fn paged_write(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let hd4 = p.head_dim / 4u;
+    let idx = linear_workgroup(wid, nwg) * WG + lid;
+    if idx >= p.n_tokens * p.n_kv_heads * hd4 {
+        return;
+    }
+    let d = 4u * (idx % hd4);
+    let rest = idx / hd4;
+    let h = rest % p.n_kv_heads;
+    let t = rest / p.n_kv_heads;
+    let slot = slots[p.slot_off + t];
+    let page = slot / p.page_size;
+    if page / p.pages_per_buffer != p.buffer {
+        return;
+    }
+    let dst = (page % p.pages_per_buffer) * p.page_elems + (slot % p.page_size) * p.tok_stride
+        + h * p.head_stride + d;
+    if WRITE_K {
+        store4(dst, load4(false, p.k_off + t * p.k_st + h * p.k_sh + d));
+    }
+    store4(dst + p.v_in_page, load4(true, p.v_off + t * p.v_st + h * p.v_sh + d));
+}

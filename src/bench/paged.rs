@@ -1,0 +1,136 @@
+//! Continuous-batching decode over the paged KV cache, beside the contiguous kernel on the same
+//! bytes, so the cost of paging is visible.
+//!
+//! Llama-3-8B's heads (32 query heads over 8 kv heads, head_dim 128) in bf16. Thirty-two
+//! sequences, one token each: one at 32768 keys and 31 drawn log-uniformly from 100 to 2048
+//! (seeded), their pages handed out page by page in turn, so every sequence's pages are spread
+//! over the pool as in a server after some churn. `--quick` uses 8 sequences (one at 8192). The
+//! lengths are capped so that the contiguous comparison fits one 128 MiB binding (lavapipe's
+//! and WebGPU's default limit), which the paged pool itself need not.
+//!
+//! Variants: `paged_decode_batch` (NHD pages), `paged_decode_batch_hnd`, and
+//! `contiguous_decode_same_bytes`: the contiguous split-KV decode kernel (`Kind::Decode`, the
+//! design the paged kernel shares) over one sequence holding as many keys as the whole batch.
+
+use super::{upload_pattern, Case};
+use crate::ops::attention::Kind;
+use crate::ops::paged::{Heads, PageLayout, SeqId};
+use crate::{Attention, DType, PageTable, PagedBatch, PagedKvCache};
+
+const PAGE: usize = 16;
+const HEADS: Heads = Heads {
+    n_heads: 32,
+    n_kv_heads: 8,
+    head_dim: 128,
+};
+
+/// The batch's kv lengths: one long sequence and the rest log-uniform in 100 ..= 2048.
+pub fn kv_lens(quick: bool) -> Vec<usize> {
+    let (n, long) = if quick { (8, 8192) } else { (32, 32768) };
+    let mut s = 0x5EED_u64;
+    let mut lens = vec![long];
+    for _ in 1..n {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+        lens.push((100.0 * (2048.0f64 / 100.0).powf(u)).round() as usize);
+    }
+    lens
+}
+
+/// The paged and contiguous cases on the same total bytes.
+pub fn cases(quick: bool) -> Vec<Case> {
+    let dtype = DType::BF16;
+    let lens = kv_lens(quick);
+    let total: usize = lens.iter().sum();
+    let n = lens.len();
+    let Heads {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = HEADS;
+    let size = dtype.size() as u64;
+    let kv_bytes = 2 * (total * n_kv_heads * head_dim) as u64 * size;
+    let q_bytes = 2 * (n * n_heads * head_dim) as u64 * size;
+    let group = format!("attention/Llama-3-8B/{dtype}/batch{n}x{total}");
+    let shape = vec![
+        ("sequences", n as u64),
+        ("kv_tokens", total as u64),
+        ("max_kv_len", lens[0] as u64),
+        ("n_heads", n_heads as u64),
+        ("n_kv_heads", n_kv_heads as u64),
+        ("head_dim", head_dim as u64),
+        ("page_size", PAGE as u64),
+    ];
+    let mut out = Vec::new();
+    for layout in [PageLayout::Nhd, PageLayout::Hnd] {
+        let lens = lens.clone();
+        out.push(Case {
+            kernel: "attention",
+            variant: match layout {
+                PageLayout::Nhd => "paged_decode_batch".into(),
+                PageLayout::Hnd => "paged_decode_batch_hnd".into(),
+            },
+            model: "Llama-3-8B",
+            dtype,
+            shape: shape.clone(),
+            bytes: kv_bytes + q_bytes,
+            flops: None,
+            group: group.clone(),
+            prepare: Box::new(move |ctx| {
+                let n_pages: usize = lens.iter().map(|l| l.div_ceil(PAGE)).sum();
+                let mut table = PageTable::new(n_pages, PAGE)?;
+                let seqs: Vec<SeqId> = lens.iter().map(|_| table.add_sequence()).collect();
+                // Page by page in turn, so each sequence's pages are spread over the pool.
+                let mut left = lens.clone();
+                while left.iter().any(|&l| l > 0) {
+                    for (s, l) in seqs.iter().zip(left.iter_mut()) {
+                        let take = (*l).min(PAGE);
+                        if take > 0 {
+                            table.append(&[(*s, take)])?;
+                            *l -= take;
+                        }
+                    }
+                }
+                let cache =
+                    PagedKvCache::new(ctx, n_pages, PAGE, n_kv_heads, head_dim, dtype, layout)?;
+                for b in cache.buffers() {
+                    let elems = b.size() as usize / dtype.size();
+                    ctx.fill(&crate::Tensor::new(b, 0, &[elems], dtype), 0.01)?;
+                }
+                let entries: Vec<(SeqId, usize)> = seqs.iter().map(|&s| (s, 1)).collect();
+                let batch = PagedBatch::new(ctx, &table, &entries, HEADS)?;
+                let q = upload_pattern(ctx, &[n, n_heads, head_dim], dtype, 8)?;
+                let out = ctx.empty(&[n, n_heads, head_dim], dtype)?;
+                Ok(Box::new(move |ctx, enc| {
+                    Attention::default().encode_paged(ctx, enc, &q, &cache, &batch, None, &out)
+                }))
+            }),
+        });
+    }
+    out.push(Case {
+        kernel: "attention",
+        variant: "contiguous_decode_same_bytes".into(),
+        model: "Llama-3-8B",
+        dtype,
+        shape,
+        bytes: kv_bytes + 2 * (n_heads * head_dim) as u64 * size,
+        flops: None,
+        group,
+        prepare: Box::new(move |ctx| {
+            let q = upload_pattern(ctx, &[1, n_heads, head_dim], dtype, 8)?;
+            let k = upload_pattern(ctx, &[total, n_kv_heads, head_dim], dtype, 9)?;
+            let v = upload_pattern(ctx, &[total, n_kv_heads, head_dim], dtype, 10)?;
+            let out = ctx.empty(&[1, n_heads, head_dim], dtype)?;
+            let op = Attention {
+                kind: Some(Kind::Decode),
+                ..Attention::causal()
+            };
+            Ok(Box::new(move |ctx, enc| {
+                op.encode(ctx, enc, &q, &k, &v, None, &out)
+            }))
+        }),
+    });
+    out
+}

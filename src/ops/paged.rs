@@ -1,0 +1,1362 @@
+//! A paged KV cache read inside the kernels, and variable-length attention over it
+//! (vLLM's PagedAttention, FlashInfer's batch kernels).
+//!
+//! Three objects, as a continuous-batching server uses them:
+//! - [`PageTable`] (host, one per model): a pool of `n_pages` pages of `page_size` tokens (a power
+//!   of two from 8 to 128) and the sequences that own them. It allocates pages as sequences grow,
+//!   frees them, forks a sequence (the child shares every page of the parent; the first write into
+//!   a shared, partly filled page copies it first: copy-on-write) and reuses freed pages. A step
+//!   that cannot get every page it needs is an `Err` that changes nothing.
+//! - [`PagedKvCache`] (GPU, one per layer): the pages' K and V storage. A page holds K then V,
+//!   each `[page_size, n_kv_heads, head_dim]` ([`PageLayout::Nhd`], FlashInfer's NHD, the
+//!   default) or `[n_kv_heads, page_size, head_dim]` ([`PageLayout::Hnd`]), in f32, f16 or bf16.
+//!   The pool spans up to [`MAX_POOL_BUFFERS`] `wgpu::Buffer`s of at most
+//!   `max_storage_buffer_binding_size` bytes each, so the cache can be larger than one binding.
+//! - [`PagedBatch`] (GPU, one per step, shared by every layer): which sequences run, with how
+//!   many new tokens each (packed, `cu_seqlens`-style), their block-table rows, the cache slot of
+//!   every new token, and the attention work plan. Built once per step, as FlashInfer's `plan`.
+//!
+//! Per layer and step: [`PagedKvCache::copy_pages`] applies the copy-on-write copies the table
+//! returned, [`PagedKvCache::append`] / [`PagedKvCache::append_rope`] write the new K/V rows of
+//! every sequence into their slots in one pass (RoPE on K at each token's position), and
+//! [`Attention::encode_paged`] attends every sequence's queries over its pages.
+//!
+//! Attention (`shaders/attention_paged.wgsl`): queries `[total_q, n_heads, head_dim]` packed by
+//! sequence; sequence `s` has `q_len[s]` queries aligned bottom-right to its `kv_len[s]` keys
+//! (query `t` at position `kv_len - q_len + t`), so prefill, chunked prefill and decode sequences
+//! mix in one call. Every [`Attention`] option applies per sequence (causal, windows, chunks,
+//! softcap, sinks, scale; `q_offset` and `kind` do not apply). K/V are read in place from the
+//! pages. The design is the split-KV decode kernel's (a workgroup per (sequence, row block,
+//! split, kv head) sharing each K/V tile across the GQA group, a partial per (row, split, lane),
+//! a fixed-order merge); the splits follow each sequence's own length, so one 32k sequence beside
+//! thirty short ones fills the device without padding the short ones. With the same split
+//! configuration the arithmetic is the contiguous kernel's, bit for bit.
+//!
+//! Why NHD by default: a token's K (and V) rows for all kv heads are one contiguous run, so the
+//! append writes whole rows and the attention tiles read `head_dim` contiguous elements per key
+//! either way; HND is kept for callers whose pages come from HND engines (see BENCHMARKS.md for
+//! the two measured side by side).
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::ops::attention::{self, Attention};
+use crate::ops::rope::{PositionIds, Positions, Rope};
+use crate::pipeline::{PipelineKey, Shader, Window};
+use crate::tensor::{DType, Tensor};
+
+const OP: &str = "paged";
+const WG: u32 = 64;
+/// Most `wgpu::Buffer`s one cache's pool spans (the attention kernel binds each).
+pub const MAX_POOL_BUFFERS: usize = 4;
+/// Words of a sequence record in the batch plan (mirrors `SEQ_WORDS` in the shader).
+const SEQ_WORDS: usize = 12;
+
+/// How a page orders its tokens and kv heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum PageLayout {
+    /// `[page_size, n_kv_heads, head_dim]` for K, then the same for V.
+    #[default]
+    Nhd,
+    /// `[n_kv_heads, page_size, head_dim]` for K, then the same for V.
+    Hnd,
+}
+
+/// A sequence of a [`PageTable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeqId(pub u32);
+
+/// Copy page `src` to page `dst` (in every layer's cache) before the step's writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageCopy {
+    /// Source page.
+    pub src: u32,
+    /// Destination page.
+    pub dst: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+struct SeqPages {
+    pages: Vec<u32>,
+    len: usize,
+}
+
+/// Host-side page allocator and block tables (see the module docs).
+#[derive(Clone, Debug)]
+pub struct PageTable {
+    page_size: usize,
+    free: Vec<u32>,
+    refs: Vec<u32>,
+    seqs: Vec<Option<SeqPages>>,
+}
+
+fn check_page_size(page_size: usize) -> Result<()> {
+    crate::ensure!(
+        page_size.is_power_of_two() && (8..=128).contains(&page_size),
+        Param,
+        OP,
+        "page_size {page_size} must be a power of two from 8 to 128"
+    );
+    Ok(())
+}
+
+impl PageTable {
+    /// A table over `n_pages` pages of `page_size` tokens, all free.
+    pub fn new(n_pages: usize, page_size: usize) -> Result<Self> {
+        check_page_size(page_size)?;
+        crate::ensure!(
+            n_pages > 0 && (n_pages as u64) * (page_size as u64) < u32::MAX as u64,
+            Param,
+            OP,
+            "n_pages {n_pages} must be > 0 with n_pages x page_size {page_size} below 2^32 slots"
+        );
+        Ok(PageTable {
+            page_size,
+            // Popped from the back: page 0 is handed out first.
+            free: (0..n_pages as u32).rev().collect(),
+            refs: vec![0; n_pages],
+            seqs: Vec::new(),
+        })
+    }
+
+    /// Tokens per page.
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+    /// Pages in the pool.
+    pub fn n_pages(&self) -> usize {
+        self.refs.len()
+    }
+    /// Pages no sequence holds.
+    pub fn free_pages(&self) -> usize {
+        self.free.len()
+    }
+
+    /// A new, empty sequence.
+    pub fn add_sequence(&mut self) -> SeqId {
+        let id = match self.seqs.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.seqs.push(None);
+                self.seqs.len() - 1
+            }
+        };
+        self.seqs[id] = Some(SeqPages::default());
+        SeqId(id as u32)
+    }
+
+    fn seq(&self, id: SeqId) -> Result<&SeqPages> {
+        self.seqs
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Error::param(OP, format!("no sequence {}", id.0)))
+    }
+
+    /// A new sequence sharing every page (and the length) of `parent`: a shared prompt prefix.
+    pub fn fork(&mut self, parent: SeqId) -> Result<SeqId> {
+        let s = self.seq(parent)?.clone();
+        for &p in &s.pages {
+            self.refs[p as usize] += 1;
+        }
+        let id = self.add_sequence();
+        self.seqs[id.0 as usize] = Some(s);
+        Ok(id)
+    }
+
+    /// Drop a sequence; pages no other sequence shares become free.
+    pub fn remove(&mut self, id: SeqId) -> Result<()> {
+        let s = self.seq(id)?.clone();
+        for &p in s.pages.iter().rev() {
+            self.refs[p as usize] -= 1;
+            if self.refs[p as usize] == 0 {
+                self.free.push(p);
+            }
+        }
+        self.seqs[id.0 as usize] = None;
+        Ok(())
+    }
+
+    /// Tokens a sequence holds.
+    pub fn len(&self, id: SeqId) -> Result<usize> {
+        Ok(self.seq(id)?.len)
+    }
+
+    /// Whether a sequence holds no tokens.
+    pub fn is_empty(&self, id: SeqId) -> Result<bool> {
+        Ok(self.seq(id)?.len == 0)
+    }
+
+    /// A sequence's pages, in token order (its block-table row).
+    pub fn pages(&self, id: SeqId) -> Result<&[u32]> {
+        Ok(&self.seq(id)?.pages)
+    }
+
+    /// Make room for `n_new` more tokens in each listed sequence (each listed once): allocate the
+    /// pages they need, copy-on-write a shared, partly filled last page, and advance the
+    /// lengths. Returns the page copies every layer's cache must apply
+    /// ([`PagedKvCache::copy_pages`]) before this step's writes. All or nothing: when the pool
+    /// cannot supply every page, nothing changes and the error names the first sequence short.
+    pub fn append(&mut self, new: &[(SeqId, usize)]) -> Result<Vec<PageCopy>> {
+        let ps = self.page_size;
+        let mut need = 0usize;
+        let mut first_short = None;
+        for (i, &(id, n)) in new.iter().enumerate() {
+            let s = self.seq(id)?;
+            crate::ensure!(
+                new[..i].iter().all(|&(o, _)| o != id),
+                Param,
+                OP,
+                "sequence {} listed twice in one step",
+                id.0
+            );
+            crate::ensure!(
+                (s.len as u64 + n as u64) * 2 < i32::MAX as u64,
+                Limit,
+                OP,
+                "sequence {} would hold {} tokens, past 2^30 positions",
+                id.0,
+                s.len + n
+            );
+            if n == 0 {
+                continue;
+            }
+            let cow = !s.len.is_multiple_of(ps) && self.refs[*s.pages.last().unwrap() as usize] > 1;
+            need += (s.len + n).div_ceil(ps) - s.pages.len() + cow as usize;
+            if need > self.free.len() && first_short.is_none() {
+                first_short = Some(id);
+            }
+        }
+        if let Some(id) = first_short {
+            return Err(Error::limit(
+                OP,
+                format!(
+                    "out of pages: the step needs {need} new pages, {} are free (sequence {} is the first that cannot grow)",
+                    self.free.len(),
+                    id.0
+                ),
+            ));
+        }
+        let mut copies = Vec::new();
+        for &(id, n) in new {
+            if n == 0 {
+                continue;
+            }
+            let mut s = self.seqs[id.0 as usize].take().unwrap();
+            if !s.len.is_multiple_of(ps) {
+                let last = *s.pages.last().unwrap();
+                if self.refs[last as usize] > 1 {
+                    let dst = self.free.pop().unwrap();
+                    self.refs[last as usize] -= 1;
+                    self.refs[dst as usize] = 1;
+                    *s.pages.last_mut().unwrap() = dst;
+                    copies.push(PageCopy { src: last, dst });
+                }
+            }
+            while s.pages.len() < (s.len + n).div_ceil(ps) {
+                let p = self.free.pop().unwrap();
+                self.refs[p as usize] = 1;
+                s.pages.push(p);
+            }
+            s.len += n;
+            self.seqs[id.0 as usize] = Some(s);
+        }
+        Ok(copies)
+    }
+}
+
+/// Head counts and size of the attention a batch is planned for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+}
+
+/// One sequence of a [`PagedBatch`], as [`PagedBatch::from_parts`] takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchSeq {
+    /// Queries (new tokens) of the sequence in this step.
+    pub q_len: usize,
+    /// Keys the sequence holds, the new ones included.
+    pub kv_len: usize,
+    /// Its pages in token order (at least `ceil(kv_len / page_size)`).
+    pub pages: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SeqPlan {
+    q_start: usize,
+    q_len: usize,
+    kv_len: usize,
+    splits: usize,
+    chunk: usize,
+    rows_per_wg: usize,
+    lanes: usize,
+    row_blocks: usize,
+    part_base: usize,
+}
+
+/// One step's sequences, slots and attention plan on the GPU (see the module docs).
+#[derive(Debug)]
+pub struct PagedBatch {
+    buffer: wgpu::Buffer,
+    heads: Heads,
+    page_size: usize,
+    n_pages: usize,
+    seqs: Vec<SeqPlan>,
+    total_q: usize,
+    n_items: usize,
+    parts: usize,
+    items_off: usize,
+    rowmap_off: usize,
+    slots_off: usize,
+    pos_off: usize,
+    seqs_off: usize,
+    // Host copies for the appends: the slot of every new token.
+    slots: Vec<u32>,
+}
+
+impl PagedBatch {
+    /// The batch for this step's `entries` (sequence, new tokens), after
+    /// [`PageTable::append`] made room for them: the new tokens are the queries, at positions
+    /// `len - n_new .. len` of each sequence.
+    pub fn new(
+        ctx: &Context,
+        table: &PageTable,
+        entries: &[(SeqId, usize)],
+        heads: Heads,
+    ) -> Result<Self> {
+        let seqs = entries
+            .iter()
+            .map(|&(id, n)| {
+                let len = table.len(id)?;
+                crate::ensure!(
+                    n <= len,
+                    Shape,
+                    OP,
+                    "sequence {} has {len} tokens, fewer than its {n} new ones: call PageTable::append first",
+                    id.0
+                );
+                Ok(BatchSeq {
+                    q_len: n,
+                    kv_len: len,
+                    pages: table.pages(id)?.to_vec(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_parts(ctx, table.page_size(), table.n_pages(), &seqs, heads, None)
+    }
+
+    /// A batch from explicit lengths and block-table rows (a `check` case, a caller with its own
+    /// allocator). `splits` forces every sequence's split count (tests compare it with the
+    /// contiguous kernel at the same count); `None` plans by length.
+    pub fn from_parts(
+        ctx: &Context,
+        page_size: usize,
+        n_pages: usize,
+        seqs: &[BatchSeq],
+        heads: Heads,
+        splits: Option<u32>,
+    ) -> Result<Self> {
+        check_page_size(page_size)?;
+        let Heads {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        } = heads;
+        crate::ensure!(
+            n_kv_heads > 0 && n_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+            Shape,
+            OP,
+            "n_heads {n_heads} must be a positive multiple of n_kv_heads {n_kv_heads}"
+        );
+        crate::ensure!(
+            head_dim > 0 && head_dim.is_multiple_of(4) && head_dim <= attention::MAX_HEAD_DIM,
+            Shape,
+            OP,
+            "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {}",
+            attention::MAX_HEAD_DIM
+        );
+        if let Some(s) = splits {
+            crate::ensure!(
+                (1..=65535).contains(&s),
+                Param,
+                OP,
+                "splits must be in 1..=65535, got {s}"
+            );
+        }
+        for (i, s) in seqs.iter().enumerate() {
+            crate::ensure!(
+                s.pages.len() >= s.kv_len.div_ceil(page_size),
+                Shape,
+                OP,
+                "sequence {i}: kv_len {} needs {} pages of {page_size}, its block table has {}",
+                s.kv_len,
+                s.kv_len.div_ceil(page_size),
+                s.pages.len()
+            );
+            if let Some(&p) = s.pages[..s.kv_len.div_ceil(page_size)]
+                .iter()
+                .find(|&&p| p as usize >= n_pages)
+            {
+                return Err(Error::bounds(
+                    OP,
+                    format!("sequence {i}: page {p} is outside the pool of {n_pages} pages"),
+                ));
+            }
+            crate::ensure!(
+                s.kv_len < (i32::MAX / 2) as usize && s.q_len < (i32::MAX / 2) as usize,
+                Limit,
+                OP,
+                "sequence {i}: q_len {} and kv_len {} must fit 30-bit positions",
+                s.q_len,
+                s.kv_len
+            );
+        }
+        let group = n_heads / n_kv_heads;
+        let wg = attention::DECODE_WG as usize;
+        let cap = attention::loop_cap_keys(ctx, head_dim);
+        // Splits: the contiguous decode's rule over the whole batch: chunks of at least
+        // DECODE_MIN_CHUNK keys, aiming at DECODE_TARGET_WORKGROUPS workgroups in all.
+        let mut plans = Vec::with_capacity(seqs.len());
+        let mut base_keys = 0usize;
+        for s in seqs {
+            let rows = s.q_len * group;
+            let rows_per_wg = rows.next_power_of_two().clamp(1, wg);
+            base_keys += rows.div_ceil(rows_per_wg) * n_kv_heads * s.kv_len.max(1);
+        }
+        let auto_chunk = base_keys
+            .div_ceil(attention::DECODE_TARGET_WORKGROUPS)
+            .max(attention::DECODE_MIN_CHUNK);
+        let mut q_start = 0;
+        let mut items = 0;
+        let mut parts = 0usize;
+        for s in seqs {
+            let rows = s.q_len * group;
+            let rows_per_wg = rows.next_power_of_two().clamp(1, wg);
+            let lanes = wg / rows_per_wg;
+            let row_blocks = rows.div_ceil(rows_per_wg);
+            let min_splits = cap.map_or(1, |c| s.kv_len.div_ceil(c.max(1))).max(1);
+            let (n_splits, chunk) = match splits {
+                Some(f) => {
+                    let n = (f as usize).max(min_splits);
+                    (n, s.kv_len.div_ceil(n).max(1))
+                }
+                None => {
+                    let chunk = auto_chunk.min(s.kv_len.div_ceil(min_splits).max(1));
+                    (s.kv_len.div_ceil(chunk).max(1), chunk)
+                }
+            };
+            plans.push(SeqPlan {
+                q_start,
+                q_len: s.q_len,
+                kv_len: s.kv_len,
+                splits: n_splits,
+                chunk,
+                rows_per_wg,
+                lanes,
+                row_blocks,
+                part_base: parts,
+            });
+            q_start += s.q_len;
+            items += row_blocks * n_splits;
+            parts += n_kv_heads * rows * n_splits * lanes;
+        }
+        let total_q = q_start;
+        // The plan buffer: sequence records, work items, the sequence of every query row, the
+        // slot and position of every new token, block-table rows.
+        let seqs_off = 0;
+        let items_off = seqs_off + SEQ_WORDS * seqs.len();
+        let rowmap_off = items_off + 4 * items;
+        let slots_off = rowmap_off + total_q;
+        let pos_off = slots_off + total_q;
+        let bt_off = pos_off + total_q;
+        let words_total = bt_off + seqs.iter().map(|s| s.pages.len()).sum::<usize>();
+        crate::ensure!(
+            (words_total as u64) * 4 <= ctx.limits().max_storage_buffer_binding_size,
+            Limit,
+            OP,
+            "the batch plan of {} bytes exceeds the device's max_storage_buffer_binding_size",
+            words_total * 4
+        );
+        let mut w = vec![0u32; words_total];
+        let mut bt = bt_off;
+        let mut slots = Vec::with_capacity(total_q);
+        for (i, (s, pl)) in seqs.iter().zip(&plans).enumerate() {
+            let rec = &mut w[seqs_off + i * SEQ_WORDS..][..SEQ_WORDS];
+            rec[0] = pl.q_start as u32;
+            rec[1] = pl.q_len as u32;
+            rec[2] = pl.kv_len as u32;
+            rec[3] = bt as u32;
+            rec[4] = pl.splits as u32;
+            rec[5] = pl.chunk as u32;
+            rec[6] = pl.rows_per_wg as u32;
+            rec[7] = pl.lanes as u32;
+            rec[8] = pl.row_blocks as u32;
+            rec[9] = pl.part_base as u32;
+            rec[10] = (pl.kv_len as i32 - pl.q_len as i32) as u32;
+            for (k, &p) in s.pages.iter().enumerate() {
+                w[bt + k] = p;
+            }
+            bt += s.pages.len();
+            for t in 0..s.q_len {
+                w[rowmap_off + pl.q_start + t] = i as u32;
+                let pos = s.kv_len as i64 - s.q_len as i64 + t as i64;
+                w[pos_off + pl.q_start + t] = pos as i32 as u32;
+                let slot = if pos >= 0 {
+                    let pos = pos as usize;
+                    s.pages[pos / page_size] * page_size as u32 + (pos % page_size) as u32
+                } else {
+                    u32::MAX
+                };
+                w[slots_off + pl.q_start + t] = slot;
+                slots.push(slot);
+            }
+        }
+        let mut it = items_off;
+        for (i, pl) in plans.iter().enumerate() {
+            for blk in 0..pl.row_blocks {
+                for sp in 0..pl.splits {
+                    w[it] = i as u32;
+                    w[it + 1] = blk as u32;
+                    w[it + 2] = sp as u32;
+                    it += 4;
+                }
+            }
+        }
+        let buffer =
+            ctx.constant_buffer(OP, wgpu::BufferUsages::STORAGE, bytemuck::cast_slice(&w))?;
+        Ok(PagedBatch {
+            buffer,
+            heads,
+            page_size,
+            n_pages,
+            seqs: plans,
+            total_q,
+            n_items: items,
+            parts,
+            items_off,
+            rowmap_off,
+            slots_off,
+            pos_off,
+            seqs_off,
+            slots,
+        })
+    }
+
+    /// Query rows (new tokens) of the whole batch.
+    pub fn total_q(&self) -> usize {
+        self.total_q
+    }
+    /// Sequences in the batch.
+    pub fn n_seqs(&self) -> usize {
+        self.seqs.len()
+    }
+    /// `cu_seqlens_q`: where each sequence's queries start in the packed rows, then `total_q`.
+    pub fn cu_seqlens_q(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.seqs.iter().map(|s| s.q_start).collect();
+        v.push(self.total_q);
+        v
+    }
+    /// Each sequence's kv length.
+    pub fn kv_lens(&self) -> Vec<usize> {
+        self.seqs.iter().map(|s| s.kv_len).collect()
+    }
+    /// Each sequence's split count (the attention work plan).
+    pub fn splits(&self) -> Vec<usize> {
+        self.seqs.iter().map(|s| s.splits).collect()
+    }
+    /// The position of every new token, `[total_q]` i32, for RoPE.
+    pub fn positions(&self) -> PositionIds {
+        PositionIds::new(&self.buffer, self.pos_off, &[self.total_q])
+    }
+    fn plan_window(&self) -> wgpu::BindingResource<'_> {
+        self.buffer.as_entire_binding()
+    }
+}
+
+/// The pipeline key of the paged write.
+pub fn write_key(src: DType, dst: DType, write_k: bool) -> PipelineKey {
+    PipelineKey::new(
+        Shader::PAGED_KV,
+        "paged_write",
+        vec![
+            ("SRC_DTYPE", src.shader_code()),
+            ("DST_DTYPE", dst.shader_code()),
+            ("WG", WG),
+            ("WRITE_K", write_k as u32),
+        ],
+    )
+}
+
+/// Every pipeline key of `shaders/paged_kv.wgsl`.
+pub fn write_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for s in DType::ALL {
+        for d in DType::ALL {
+            keys.push(write_key(s, d, true));
+            keys.push(write_key(s, d, false));
+        }
+    }
+    keys
+}
+
+/// The pipeline keys of paged attention: partial and merge passes.
+pub fn attention_keys(dtype: DType, tile_v4: u32, hd4: u32) -> [PipelineKey; 2] {
+    let c = vec![
+        ("DTYPE", dtype.shader_code()),
+        ("WG", attention::DECODE_WG),
+        ("TILE_V4", tile_v4),
+        ("HD4", hd4),
+    ];
+    [
+        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_partial", c.clone()),
+        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_merge", c),
+    ]
+}
+
+/// Every pipeline key of `shaders/attention_paged.wgsl` (for the portability tests): every dtype
+/// and tile size at the head_dims of real models.
+pub fn attention_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        for limit in [16384, 32768] {
+            for hd in [64u32, 80, 96, 128, 256] {
+                keys.extend(attention_keys(dtype, attention::tile_v4_for(limit), hd / 4));
+            }
+        }
+    }
+    keys
+}
+
+/// Uniform parameters of `shaders/paged_kv.wgsl` (80 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct WriteParams {
+    /// New tokens.
+    pub n_tokens: u32,
+    /// Key/value heads.
+    pub n_kv_heads: u32,
+    /// Elements per head.
+    pub head_dim: u32,
+    /// Tokens per page.
+    pub page_size: u32,
+    /// Pages per pool buffer.
+    pub pages_per_buffer: u32,
+    /// The pool buffer this dispatch writes.
+    pub buffer: u32,
+    /// Elements per page (K and V).
+    pub page_elems: u32,
+    /// Element offset of V in a page.
+    pub v_in_page: u32,
+    /// Token stride inside a page.
+    pub tok_stride: u32,
+    /// Head stride inside a page.
+    pub head_stride: u32,
+    /// Word offset of token 0's slot in the plan buffer.
+    pub slot_off: u32,
+    /// Padding.
+    pub _pad0: u32,
+    /// k_new: element offset, token and head strides.
+    pub k: [u32; 3],
+    /// Padding.
+    pub _pad1: u32,
+    /// v_new: element offset, token and head strides.
+    pub v: [u32; 3],
+    /// Padding.
+    pub _pad2: u32,
+}
+
+/// K and V pages of one layer (see the module docs).
+#[derive(Debug)]
+pub struct PagedKvCache {
+    buffers: Vec<wgpu::Buffer>,
+    n_pages: usize,
+    page_size: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    dtype: DType,
+    layout: PageLayout,
+    pages_per_buffer: usize,
+}
+
+impl PagedKvCache {
+    /// Allocate `n_pages` zero-filled pages.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ctx: &Context,
+        n_pages: usize,
+        page_size: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+        layout: PageLayout,
+    ) -> Result<Self> {
+        check_page_size(page_size)?;
+        crate::ensure!(
+            n_pages > 0 && n_kv_heads > 0,
+            Shape,
+            OP,
+            "n_pages {n_pages} and n_kv_heads {n_kv_heads} must be > 0"
+        );
+        crate::ensure!(
+            head_dim > 0 && head_dim.is_multiple_of(4) && head_dim <= attention::MAX_HEAD_DIM,
+            Shape,
+            OP,
+            "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {}",
+            attention::MAX_HEAD_DIM
+        );
+        let page_elems = 2 * page_size as u64 * n_kv_heads as u64 * head_dim as u64;
+        let page_bytes = page_elems * dtype.size() as u64;
+        let lim = ctx.limits();
+        let per_buffer = lim
+            .max_storage_buffer_binding_size
+            .min(lim.max_buffer_size)
+            .min(u32::MAX as u64 / 2 * dtype.size() as u64);
+        let pages_per_buffer = (per_buffer / page_bytes) as usize;
+        crate::ensure!(
+            pages_per_buffer > 0,
+            Limit,
+            OP,
+            "one page of {page_bytes} bytes exceeds the device's max_storage_buffer_binding_size {}",
+            lim.max_storage_buffer_binding_size
+        );
+        let n_buffers = n_pages.div_ceil(pages_per_buffer);
+        crate::ensure!(
+            n_buffers <= MAX_POOL_BUFFERS,
+            Limit,
+            OP,
+            "{n_pages} pages of {page_bytes} bytes need {n_buffers} buffers of at most {} pages ({} bytes per binding); the attention kernel binds at most {MAX_POOL_BUFFERS}",
+            pages_per_buffer,
+            lim.max_storage_buffer_binding_size
+        );
+        crate::ensure!(
+            (n_pages as u64) * (page_size as u64) < u32::MAX as u64,
+            Limit,
+            OP,
+            "{n_pages} pages of {page_size} tokens exceed 2^32 slots"
+        );
+        let mut buffers = Vec::with_capacity(n_buffers);
+        for b in 0..n_buffers {
+            let pages = (n_pages - b * pages_per_buffer).min(pages_per_buffer);
+            buffers.push(ctx.create_buffer(OP, pages as u64 * page_bytes)?);
+        }
+        Ok(PagedKvCache {
+            buffers,
+            n_pages,
+            page_size,
+            n_kv_heads,
+            head_dim,
+            dtype,
+            layout,
+            pages_per_buffer,
+        })
+    }
+
+    /// Pages in the pool.
+    pub fn n_pages(&self) -> usize {
+        self.n_pages
+    }
+    /// Tokens per page.
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+    /// Key/value heads.
+    pub fn n_kv_heads(&self) -> usize {
+        self.n_kv_heads
+    }
+    /// Elements per head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    /// Storage dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Page layout.
+    pub fn layout(&self) -> PageLayout {
+        self.layout
+    }
+    /// The pool's buffers (page `p` lives in buffer `p / pages_per_buffer`).
+    pub fn buffers(&self) -> &[wgpu::Buffer] {
+        &self.buffers
+    }
+    /// Pages per pool buffer.
+    pub fn pages_per_buffer(&self) -> usize {
+        self.pages_per_buffer
+    }
+    fn page_elems(&self) -> usize {
+        2 * self.page_size * self.n_kv_heads * self.head_dim
+    }
+    /// (token stride, head stride) inside a page, in elements.
+    pub fn strides(&self) -> (usize, usize) {
+        match self.layout {
+            PageLayout::Nhd => (self.n_kv_heads * self.head_dim, self.head_dim),
+            PageLayout::Hnd => (self.head_dim, self.page_size * self.head_dim),
+        }
+    }
+    /// Element offset, inside its buffer, of the K row of `slot` (page * page_size + token) and
+    /// kv head `h`; V is `page_elems / 2` further. Returns (buffer, offset).
+    pub fn slot_offset(&self, slot: usize, h: usize) -> (usize, usize) {
+        let page = slot / self.page_size;
+        let (ts, hs) = self.strides();
+        (
+            page / self.pages_per_buffer,
+            (page % self.pages_per_buffer) * self.page_elems()
+                + (slot % self.page_size) * ts
+                + h * hs,
+        )
+    }
+
+    fn check_table(&self, page_size: usize, n_pages: usize) -> Result<()> {
+        crate::ensure!(
+            page_size == self.page_size && n_pages <= self.n_pages,
+            Shape,
+            OP,
+            "the batch has pages of {page_size} tokens over a pool of {n_pages}; this cache has {} over {}",
+            self.page_size,
+            self.n_pages
+        );
+        Ok(())
+    }
+
+    /// Record the copy-on-write page copies of a step ([`PageTable::append`]'s result). A copy
+    /// within one pool buffer goes through the context's scratch buffer (WebGPU copies never
+    /// share a source and destination buffer).
+    pub fn copy_pages(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        copies: &[PageCopy],
+    ) -> Result<()> {
+        let bytes = (self.page_elems() * self.dtype.size()) as u64;
+        for c in copies {
+            for p in [c.src, c.dst] {
+                crate::ensure!(
+                    (p as usize) < self.n_pages,
+                    Bounds,
+                    OP,
+                    "page {p} is outside the pool of {} pages",
+                    self.n_pages
+                );
+            }
+        }
+        if copies.is_empty() {
+            return Ok(());
+        }
+        let staging = ctx.scratch(OP, bytes * copies.len() as u64)?;
+        ctx.scoped(OP, || {
+            for (i, c) in copies.iter().enumerate() {
+                let (sb, so) = self.page_location(c.src);
+                let (db, dof) = self.page_location(c.dst);
+                let (src, dst) = (&self.buffers[sb], &self.buffers[db]);
+                if sb == db {
+                    let at = i as u64 * bytes;
+                    encoder.copy_buffer_to_buffer(src, so * bytes, &staging, at, bytes);
+                    encoder.copy_buffer_to_buffer(&staging, at, dst, dof * bytes, bytes);
+                } else {
+                    encoder.copy_buffer_to_buffer(src, so * bytes, dst, dof * bytes, bytes);
+                }
+            }
+        })
+    }
+
+    fn page_location(&self, page: u32) -> (usize, u64) {
+        let p = page as usize;
+        (
+            p / self.pages_per_buffer,
+            (p % self.pages_per_buffer) as u64,
+        )
+    }
+
+    /// Upload whole pages from the host (tests, `check`, restoring a saved cache): `k` and `v`
+    /// hold `[pages.len(), page_size, n_kv_heads, head_dim]` values in token order, whatever
+    /// the layout.
+    pub fn write_pages(&self, ctx: &Context, pages: &[u32], k: &[f32], v: &[f32]) -> Result<()> {
+        let per = self.page_size * self.n_kv_heads * self.head_dim;
+        crate::ensure!(
+            k.len() == pages.len() * per && v.len() == k.len(),
+            Shape,
+            OP,
+            "write_pages: k has {} and v {} values; {} pages need {}",
+            k.len(),
+            v.len(),
+            pages.len(),
+            pages.len() * per
+        );
+        let (ts, hs) = self.strides();
+        let hd = self.head_dim;
+        for (i, &p) in pages.iter().enumerate() {
+            crate::ensure!(
+                (p as usize) < self.n_pages,
+                Bounds,
+                OP,
+                "page {p} is outside the pool of {} pages",
+                self.n_pages
+            );
+            let mut page = vec![0f32; self.page_elems()];
+            for t in 0..self.page_size {
+                for h in 0..self.n_kv_heads {
+                    let src = ((i * self.page_size + t) * self.n_kv_heads + h) * hd;
+                    let dst = t * ts + h * hs;
+                    page[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                    page[per + dst..per + dst + hd].copy_from_slice(&v[src..src + hd]);
+                }
+            }
+            let (b, off) = self.page_location(p);
+            let bytes = crate::tensor::encode_f32(&page, self.dtype);
+            ctx.write_bytes(&self.buffers[b], off * bytes.len() as u64, &bytes)?;
+        }
+        Ok(())
+    }
+
+    fn check_new(&self, batch: &PagedBatch, x: &Tensor, name: &str) -> Result<()> {
+        x.validate(OP, name)?;
+        crate::ensure!(
+            x.shape() == [batch.total_q, self.n_kv_heads, self.head_dim],
+            Shape,
+            OP,
+            "{name} has shape {:?}; the batch's new tokens need [{}, {}, {}]",
+            x.shape(),
+            batch.total_q,
+            self.n_kv_heads,
+            self.head_dim
+        );
+        crate::ensure!(
+            x.strides()[2] == 1,
+            Shape,
+            OP,
+            "{name}'s last dimension must be contiguous"
+        );
+        Ok(())
+    }
+
+    fn validate_append(&self, batch: &PagedBatch, k_new: &Tensor, v_new: &Tensor) -> Result<()> {
+        self.check_table(batch.page_size, batch.n_pages)?;
+        self.check_new(batch, k_new, "k_new")?;
+        self.check_new(batch, v_new, "v_new")?;
+        crate::ensure!(
+            k_new.dtype() == v_new.dtype(),
+            DType,
+            OP,
+            "k_new is {} but v_new is {}",
+            k_new.dtype(),
+            v_new.dtype()
+        );
+        if let Some(i) = batch.slots.iter().position(|&s| s == u32::MAX) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "new token {i} sits before position 0 (q_len > kv_len): it has no cache slot"
+                ),
+            ));
+        }
+        for b in &self.buffers {
+            crate::ensure!(
+                k_new.buffer() != b && v_new.buffer() != b,
+                Alias,
+                OP,
+                "k_new / v_new live in the cache's own pool buffer"
+            );
+        }
+        Ok(())
+    }
+
+    /// Record the write of every sequence's new K and V rows (`[total_q, n_kv_heads, head_dim]`,
+    /// packed like the batch, any dtype, any outer strides) into their cache slots.
+    pub fn append(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        batch: &PagedBatch,
+        k_new: &Tensor,
+        v_new: &Tensor,
+    ) -> Result<()> {
+        self.validate_append(batch, k_new, v_new)?;
+        ctx.scoped(OP, || {
+            self.record_write(ctx, encoder, batch, k_new, v_new, true)
+        })?
+    }
+
+    /// [`PagedKvCache::append`] with `rope` applied to K at each new token's position (the
+    /// batch's [`PagedBatch::positions`]; a scaling that needs the sequence length needs
+    /// `rope.seq_len`). The rotated K rows are written by RoPE into a scratch view, then the
+    /// write pass moves K and V into their slots.
+    pub fn append_rope(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        batch: &PagedBatch,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        rope: &Rope,
+    ) -> Result<()> {
+        self.validate_append(batch, k_new, v_new)?;
+        if batch.total_q == 0 {
+            return Ok(());
+        }
+        let pos = batch.positions();
+        let bytes = (batch.total_q * self.n_kv_heads * self.head_dim * k_new.dtype().size()) as u64;
+        // The context's scratch: attention's partials later in the same encoder reuse it after
+        // the write pass has read it (wgpu orders the passes).
+        let tmp_buf = ctx.scratch(OP, bytes)?;
+        let tmp = Tensor::new(&tmp_buf, 0, k_new.shape(), k_new.dtype());
+        rope.variant(ctx, k_new, None, Some(&tmp), Positions::Ids(&pos))?;
+        ctx.scoped(OP, || -> Result<()> {
+            rope.encode_to(ctx, encoder, k_new, &tmp, Positions::Ids(&pos))?;
+            self.record_write(ctx, encoder, batch, &tmp, v_new, true)
+        })?
+    }
+
+    fn record_write(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        batch: &PagedBatch,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        write_k: bool,
+    ) -> Result<()> {
+        if batch.total_q == 0 {
+            return Ok(());
+        }
+        let kw = Window::covering(ctx, OP, &[k_new])?;
+        let vw = Window::covering(ctx, OP, &[v_new])?;
+        let key = write_key(k_new.dtype(), self.dtype, write_k);
+        let (ts, hs) = self.strides();
+        let ks = k_new.strides();
+        let vs = v_new.strides();
+        let u = |x: usize| -> Result<u32> {
+            u32::try_from(x).map_err(|_| Error::limit(OP, format!("stride {x} exceeds 32 bits")))
+        };
+        let mut touched: Vec<usize> = batch
+            .slots
+            .iter()
+            .map(|&s| s as usize / self.page_size / self.pages_per_buffer)
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let threads = (batch.total_q * self.n_kv_heads * self.head_dim / 4) as u64;
+        for b in touched {
+            let params = WriteParams {
+                n_tokens: batch.total_q as u32,
+                n_kv_heads: self.n_kv_heads as u32,
+                head_dim: self.head_dim as u32,
+                page_size: self.page_size as u32,
+                pages_per_buffer: self.pages_per_buffer as u32,
+                buffer: b as u32,
+                page_elems: self.page_elems() as u32,
+                v_in_page: (self.page_elems() / 2) as u32,
+                tok_stride: ts as u32,
+                head_stride: hs as u32,
+                slot_off: batch.slots_off as u32,
+                k: [kw.elem_offset(k_new), u(ks[0])?, u(ks[1])?],
+                v: [vw.elem_offset(v_new), u(vs[0])?, u(vs[1])?],
+                ..Default::default()
+            };
+            ctx.encode_kernel(
+                OP,
+                enc,
+                &key,
+                &params,
+                &[
+                    ("k_src", kw.resource()),
+                    ("v_src", vw.resource()),
+                    ("pool", self.buffers[b].as_entire_binding()),
+                    ("slots", batch.plan_window()),
+                ],
+                threads.div_ceil(WG as u64),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Attention {
+    /// Record attention of every sequence of `batch` over its pages: `q` and `out` are
+    /// `[total_q, n_heads, head_dim]` packed like the batch (any outer strides), in the cache's
+    /// dtype; `sinks` `[n_heads]` f32 as in [`Attention::encode`]. `q_offset` and `kind` must
+    /// be unset (every sequence is aligned bottom-right; there is one kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_paged(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        cache: &PagedKvCache,
+        batch: &PagedBatch,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let op = "paged_attention";
+        let c = self.validate_paged(ctx, q, cache, batch, sinks, out)?;
+        ctx.scoped(op, || {
+            self.record_paged(ctx, encoder, &c, q, cache, batch, sinks, out)
+        })?
+    }
+
+    /// [`Attention::encode_paged`], submitted and waited for.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_paged(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        cache: &PagedKvCache,
+        batch: &PagedBatch,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let c = self.validate_paged(ctx, q, cache, batch, sinks, out)?;
+        ctx.submit_and_wait("paged_attention", |enc| {
+            self.record_paged(ctx, enc, &c, q, cache, batch, sinks, out)
+        })
+    }
+
+    fn validate_paged(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        cache: &PagedKvCache,
+        batch: &PagedBatch,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<PagedChecked> {
+        let op = "paged_attention";
+        q.validate(op, "q")?;
+        out.validate(op, "out")?;
+        cache.check_table(batch.page_size, batch.n_pages)?;
+        let h = batch.heads;
+        crate::ensure!(
+            h.n_kv_heads == cache.n_kv_heads && h.head_dim == cache.head_dim,
+            Shape,
+            op,
+            "the batch was planned for {} kv heads of {}; the cache has {} of {}",
+            h.n_kv_heads,
+            h.head_dim,
+            cache.n_kv_heads,
+            cache.head_dim
+        );
+        let want = [batch.total_q, h.n_heads, h.head_dim];
+        for (name, t) in [("q", q), ("out", out)] {
+            crate::ensure!(
+                t.shape() == want,
+                Shape,
+                op,
+                "{name} has shape {:?}; the batch needs [total_q, n_heads, head_dim] = {want:?}",
+                t.shape()
+            );
+            t.expect_dtype(op, name, cache.dtype)?;
+            crate::ensure!(
+                t.strides()[2] == 1,
+                Shape,
+                op,
+                "{name}'s last dimension must be contiguous"
+            );
+        }
+        crate::ensure!(
+            self.q_offset.is_none() && self.kind.is_none() && self.splits.is_none(),
+            Param,
+            op,
+            "q_offset, kind and splits do not apply to paged attention (sequences align bottom-right; PagedBatch::from_parts forces splits)"
+        );
+        if let Some(s) = sinks {
+            s.validate(op, "sinks")?;
+            s.expect_dtype(op, "sinks", DType::F32)?;
+            crate::ensure!(
+                s.shape() == [h.n_heads],
+                Shape,
+                op,
+                "sinks has shape {:?} but must be [{}] (one per query head)",
+                s.shape(),
+                h.n_heads
+            );
+        }
+        for (name, t) in [("q", Some(q)), ("sinks", sinks)] {
+            if let Some(t) = t {
+                crate::ensure!(
+                    t.buffer() != out.buffer(),
+                    Alias,
+                    op,
+                    "out shares a buffer with {name}"
+                );
+            }
+        }
+        for b in &cache.buffers {
+            crate::ensure!(
+                out.buffer() != b,
+                Alias,
+                op,
+                "out lives in the cache's own pool buffer"
+            );
+        }
+        // The options' own rules (scale, softcap, windows, chunk) are the contiguous op's.
+        self.check_options(op)?;
+        let limit = ctx.limits().max_compute_workgroup_storage_size;
+        let tile_v4 = attention::tile_v4_for(limit);
+        let hd4 = (h.head_dim / 4) as u32;
+        crate::ensure!(
+            tile_v4 >= hd4 && 2 * tile_v4 * 16 <= limit,
+            Limit,
+            op,
+            "head_dim {} needs {} bytes of workgroup memory for one key of K and V, the device has {limit}",
+            h.head_dim,
+            2 * hd4 * 16
+        );
+        let part_bytes = batch.parts as u64 * (h.head_dim as u64 + 2) * 4;
+        crate::ensure!(
+            part_bytes <= ctx.limits().max_storage_buffer_binding_size,
+            Limit,
+            op,
+            "split-KV scratch of {part_bytes} bytes exceeds the device's max_storage_buffer_binding_size"
+        );
+        // Window bounds: clamped against the longest sequence; q_offset >= -q_len.
+        let max_kv = batch.seqs.iter().map(|s| s.kv_len).max().unwrap_or(0);
+        let min_off = batch
+            .seqs
+            .iter()
+            .map(|s| s.kv_len as i64 - s.q_len as i64)
+            .min()
+            .unwrap_or(0);
+        Ok(PagedChecked {
+            keys: attention_keys(cache.dtype, tile_v4, hd4),
+            bk: (tile_v4 / hd4).min(64),
+            part_bytes,
+            scale: self.scale.unwrap_or(1.0 / (h.head_dim as f32).sqrt()),
+            bounds: self.window_bounds(max_kv, min_off),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_paged(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        c: &PagedChecked,
+        q: &Tensor,
+        cache: &PagedKvCache,
+        batch: &PagedBatch,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let op = "paged_attention";
+        if batch.total_q == 0 {
+            return Ok(());
+        }
+        let h = batch.heads;
+        let qw = Window::covering(ctx, op, &[q])?;
+        let ow = Window::covering(ctx, op, &[out])?;
+        let sw = match sinks {
+            Some(s) => Some(Window::covering(ctx, op, &[s])?),
+            None => None,
+        };
+        let u = |x: usize| -> Result<u32> {
+            u32::try_from(x).map_err(|_| Error::limit(op, format!("stride {x} exceeds 32 bits")))
+        };
+        let (ts, hs) = cache.strides();
+        let params = attention::Params {
+            batch: batch.seqs.len() as u32,
+            q_len: batch.total_q as u32,
+            kv_len: cache.page_size as u32,
+            n_heads: h.n_heads as u32,
+            n_kv_heads: h.n_kv_heads as u32,
+            head_dim: h.head_dim as u32,
+            group: (h.n_heads / h.n_kv_heads) as u32,
+            rows: cache.pages_per_buffer as u32,
+            q: [qw.elem_offset(q), 0, u(q.strides()[0])?, u(q.strides()[1])?],
+            k: [
+                (cache.page_elems() / 2) as u32,
+                cache.page_elems() as u32,
+                ts as u32,
+                hs as u32,
+            ],
+            v: [
+                batch.items_off as u32,
+                batch.n_items as u32,
+                batch.rowmap_off as u32,
+                batch.seqs_off as u32,
+            ],
+            o: [
+                ow.elem_offset(out),
+                0,
+                u(out.strides()[0])?,
+                u(out.strides()[1])?,
+            ],
+            q_offset: 0,
+            win_left: c.bounds.0,
+            causal: self.causal as u32,
+            has_sinks: sinks.is_some() as u32,
+            scale: c.scale,
+            softcap: self.softcap,
+            s_off: match (&sw, sinks) {
+                (Some(w), Some(s)) => w.elem_offset(s),
+                _ => 0,
+            },
+            bk: c.bk,
+            row_blocks: 0,
+            n_splits: 0,
+            chunk: 0,
+            rows_per_wg: 0,
+            lanes: 0,
+            win_right: c.bounds.1,
+            attn_chunk: self.chunk_size,
+            _pad: 0,
+        };
+        let part = ctx.scratch(op, c.part_bytes.max(16))?;
+        let part_res = || {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &part,
+                offset: 0,
+                size: std::num::NonZeroU64::new(c.part_bytes.max(16)),
+            })
+        };
+        ctx.kernel(op, &c.keys[0])?;
+        ctx.kernel(op, &c.keys[1])?;
+        let names = ["pool0", "pool1", "pool2", "pool3"];
+        let mut inputs = vec![
+            ("q_buf", qw.resource()),
+            ("plan_buf", batch.plan_window()),
+            ("part_out", part_res()),
+        ];
+        for (i, b) in cache.buffers.iter().enumerate() {
+            inputs.push((names[i], b.as_entire_binding()));
+        }
+        if let Some(w) = &sw {
+            inputs.push(("sinks", w.resource()));
+        }
+        ctx.encode_kernel(
+            op,
+            enc,
+            &c.keys[0],
+            &params,
+            &inputs,
+            (batch.n_items * h.n_kv_heads) as u64,
+        )?;
+        let mut merge = vec![
+            ("part_in", part_res()),
+            ("out_buf", ow.resource()),
+            ("plan_buf", batch.plan_window()),
+        ];
+        if let Some(w) = &sw {
+            merge.push(("sinks", w.resource()));
+        }
+        let threads = (batch.total_q * h.n_heads * h.head_dim / 4) as u64;
+        ctx.encode_kernel(
+            op,
+            enc,
+            &c.keys[1],
+            &params,
+            &merge,
+            threads.div_ceil(attention::DECODE_WG as u64),
+        )
+    }
+}
+
+struct PagedChecked {
+    keys: [PipelineKey; 2],
+    bk: u32,
+    part_bytes: u64,
+    scale: f32,
+    bounds: (i32, i32),
+}

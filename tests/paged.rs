@@ -1,0 +1,856 @@
+//! The paged KV cache and variable-length attention over it: the page table's bookkeeping
+//! (allocation, fork, copy-on-write, reuse, all-or-nothing failure), attention read in place from
+//! shuffled, shared and multi-buffer pages against the f64 reference and bit for bit against the
+//! contiguous kernel at the same split configuration, the one-pass append (with RoPE), and every
+//! validation rule.
+
+mod common;
+
+use common::*;
+use llama_kernels::compare::compare;
+use llama_kernels::ops::attention::Kind;
+use llama_kernels::ops::paged::{BatchSeq, Heads, PageCopy, PageLayout, SeqId};
+use llama_kernels::reference::attention as reference;
+use llama_kernels::{
+    Attention, Context, DType, Error, PageTable, PagedBatch, PagedKvCache, Rope, Tensor,
+};
+
+/// The attention tests' head size (one pipeline specialisation per dtype).
+const HD: usize = 64;
+const PAGE: usize = 16;
+
+fn tol(dtype: DType) -> f64 {
+    llama_kernels::compare::tolerance(dtype)
+}
+
+/// A batch over a pool: every sequence's K/V in token order (host copies), its pages, its queries.
+struct World {
+    heads: Heads,
+    dtype: DType,
+    layout: PageLayout,
+    n_pages: usize,
+    seqs: Vec<BatchSeq>,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    q: Vec<f32>,
+}
+
+/// Sequences `(q_len, kv_len)`, pages drawn from a shuffled pool; sequence `share.1` starts
+/// with the first `share.2` pages of sequence `share.0` (a shared prompt prefix). Pages no
+/// sequence owns hold noise, so reading the wrong page shows.
+fn world(
+    seed: u64,
+    lens: &[(usize, usize)],
+    heads: Heads,
+    dtype: DType,
+    layout: PageLayout,
+    share: Option<(usize, usize, usize)>,
+) -> World {
+    let mut rng = Rng::new(seed);
+    let need: usize = lens.iter().map(|l| l.1.div_ceil(PAGE)).sum::<usize>() + 3;
+    let n_pages = need;
+    let mut pool: Vec<u32> = (0..n_pages as u32).collect();
+    for i in (1..pool.len()).rev() {
+        pool.swap(i, rng.below(i + 1));
+    }
+    let row = heads.n_kv_heads * heads.head_dim;
+    let mut seqs = Vec::new();
+    let mut k: Vec<Vec<f32>> = Vec::new();
+    let mut v: Vec<Vec<f32>> = Vec::new();
+    for (i, &(q_len, kv_len)) in lens.iter().enumerate() {
+        let mut pages: Vec<u32> = (0..kv_len.div_ceil(PAGE))
+            .map(|_| pool.pop().unwrap())
+            .collect();
+        let mut ks = rng.vec(kv_len * row, 1.0);
+        let mut vs = rng.vec(kv_len * row, 1.0);
+        if let Some((from, to, n)) = share {
+            if i == to {
+                let src: &BatchSeq = &seqs[from];
+                pages[..n].copy_from_slice(&src.pages[..n]);
+                let m = n * PAGE * row;
+                ks[..m].copy_from_slice(&k[from][..m]);
+                vs[..m].copy_from_slice(&v[from][..m]);
+            }
+        }
+        seqs.push(BatchSeq {
+            q_len,
+            kv_len,
+            pages,
+        });
+        k.push(ks);
+        v.push(vs);
+    }
+    let total_q: usize = lens.iter().map(|l| l.0).sum();
+    let q = rng.vec(total_q * heads.n_heads * heads.head_dim, 1.0);
+    World {
+        heads,
+        dtype,
+        layout,
+        n_pages,
+        seqs,
+        k,
+        v,
+        q,
+    }
+}
+
+impl World {
+    fn cache(&self, ctx: &Context, seed: u64) -> PagedKvCache {
+        let h = self.heads;
+        let cache = PagedKvCache::new(
+            ctx,
+            self.n_pages,
+            PAGE,
+            h.n_kv_heads,
+            h.head_dim,
+            self.dtype,
+            self.layout,
+        )
+        .expect("cache");
+        // Noise in every page first, then each sequence's pages (shared pages twice, equal).
+        let per = PAGE * h.n_kv_heads * h.head_dim;
+        let mut rng = Rng::new(seed);
+        let all: Vec<u32> = (0..self.n_pages as u32).collect();
+        cache
+            .write_pages(
+                ctx,
+                &all,
+                &rng.vec(all.len() * per, 3.0),
+                &rng.vec(all.len() * per, 3.0),
+            )
+            .expect("noise");
+        for (s, (k, v)) in self.seqs.iter().zip(self.k.iter().zip(&self.v)) {
+            let n = s.kv_len.div_ceil(PAGE);
+            let mut kp = k.clone();
+            let mut vp = v.clone();
+            kp.resize(n * per, 0.0);
+            vp.resize(n * per, 0.0);
+            cache
+                .write_pages(ctx, &s.pages[..n], &kp, &vp)
+                .expect("pages");
+        }
+        cache
+    }
+
+    fn batch(&self, ctx: &Context, splits: Option<u32>) -> PagedBatch {
+        PagedBatch::from_parts(ctx, PAGE, self.n_pages, &self.seqs, self.heads, splits)
+            .expect("batch")
+    }
+
+    fn total_q(&self) -> usize {
+        self.seqs.iter().map(|s| s.q_len).sum()
+    }
+
+    fn q_shape(&self) -> [usize; 3] {
+        [self.total_q(), self.heads.n_heads, self.heads.head_dim]
+    }
+
+    /// The f64 reference, sequence by sequence, packed like q.
+    fn want(&self, op: &Attention, sinks: Option<&[f32]>) -> Vec<f64> {
+        let h = self.heads;
+        let qr = rounded(&self.q, self.dtype);
+        let s64: Option<Vec<f64>> = sinks.map(|s| s.iter().map(|&x| x as f64).collect());
+        let mut out = Vec::new();
+        let mut q0 = 0;
+        for (i, s) in self.seqs.iter().enumerate() {
+            let n = s.q_len * h.n_heads * h.head_dim;
+            out.extend(reference::attention(
+                &qr[q0..q0 + n],
+                &rounded(&self.k[i], self.dtype),
+                &rounded(&self.v[i], self.dtype),
+                s64.as_deref(),
+                reference::Dims {
+                    batch: 1,
+                    q_len: s.q_len,
+                    kv_len: s.kv_len,
+                    n_heads: h.n_heads,
+                    n_kv_heads: h.n_kv_heads,
+                    head_dim: h.head_dim,
+                },
+                &reference::Options {
+                    causal: op.causal,
+                    q_offset: None,
+                    scale: op.scale.map(|x| x as f64),
+                    window: op.window as usize,
+                    window_left: op.window_left.map(|w| w as usize),
+                    window_right: op.window_right.map(|w| w as usize),
+                    chunk: op.chunk_size as usize,
+                    softcap: op.softcap as f64,
+                },
+            ));
+            q0 += n;
+        }
+        out
+    }
+
+    /// Run paged attention; returns the output (guards checked).
+    fn run(
+        &self,
+        ctx: &Context,
+        cache: &PagedKvCache,
+        batch: &PagedBatch,
+        op: &Attention,
+        sinks: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let q = upload_guarded(ctx, &self.q, &self.q_shape(), self.dtype);
+        let out = nan_output(ctx, &self.q_shape(), self.dtype);
+        let st = sinks.map(|s| ctx.upload(s, &[s.len()]).unwrap());
+        op.run_paged(ctx, &q, cache, batch, st.as_ref(), &out)
+            .expect("paged attention");
+        assert_guards(ctx, &out, "paged out");
+        ctx.read_f32(&out).unwrap()
+    }
+}
+
+fn gqa() -> Heads {
+    // Llama-3-8B's 4:1 grouping at the tests' head size.
+    Heads {
+        n_heads: 8,
+        n_kv_heads: 2,
+        head_dim: HD,
+    }
+}
+
+/// Page-boundary lengths (page-1, page, page+1), a sequence with no keys (zeros), one with no
+/// queries, decode and prefill rows mixed, a shared prefix; every dtype and both layouts.
+#[test]
+fn mixed_batch_matches_the_reference() {
+    let ctx = ctx();
+    let lens = [
+        (1, 15),
+        (1, 16),
+        (3, 17),
+        (20, 40),
+        (0, 9),
+        (2, 0),
+        (1, 100),
+        (4, 70),
+    ];
+    let mut i = 0;
+    for dtype in DType::ALL {
+        for layout in [PageLayout::Nhd, PageLayout::Hnd] {
+            i += 1;
+            let w = world(100 + i, &lens, gqa(), dtype, layout, Some((6, 7, 3)));
+            let cache = w.cache(&ctx, 200 + i);
+            let batch = w.batch(&ctx, None);
+            let op = Attention::default();
+            let got = w.run(&ctx, &cache, &batch, &op, None);
+            let cmp = compare(&got, &w.want(&op, None));
+            assert!(cmp.passes(tol(dtype)), "{dtype} {layout:?}: {cmp}");
+            // The sequence with no keys (queries 21..23 of the packed rows) outputs exactly 0.
+            let row = w.heads.n_heads * HD;
+            let start = 1 + 1 + 3 + 20;
+            assert!(got[start * row..(start + 2) * row]
+                .iter()
+                .all(|&x| x == 0.0));
+        }
+    }
+}
+
+/// The largest head (Gemma-2's 256, whose tiles hold the fewest keys) and a head size that is
+/// not a power of two (80, Phi-2), in bf16 with GQA 2:1.
+#[test]
+fn large_and_odd_head_sizes() {
+    let ctx = ctx();
+    for hd in [256, 80] {
+        let heads = Heads {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: hd,
+        };
+        let w = world(
+            800 + hd as u64,
+            &[(1, 47), (9, 33), (2, 16)],
+            heads,
+            DType::BF16,
+            PageLayout::Nhd,
+            None,
+        );
+        let cache = w.cache(&ctx, 801);
+        let batch = w.batch(&ctx, None);
+        let op = Attention::default();
+        let got = w.run(&ctx, &cache, &batch, &op, None);
+        let cmp = compare(&got, &w.want(&op, None));
+        assert!(cmp.passes(tol(DType::BF16)), "head_dim {hd}: {cmp}");
+    }
+}
+
+/// Every masking and logit option of [`Attention`], per sequence: non-causal, two-sided and
+/// causal windows, chunked attention, softcap, sinks and a custom scale, in f32 (the dtypes
+/// share the code above).
+#[test]
+fn every_option_per_sequence() {
+    let ctx = ctx();
+    let lens = [(1, 33), (5, 50), (12, 90), (1, 200)];
+    let w = world(300, &lens, gqa(), DType::F32, PageLayout::Nhd, None);
+    let cache = w.cache(&ctx, 301);
+    let batch = w.batch(&ctx, None);
+    let sinks: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
+    let options = [
+        Attention::non_causal(),
+        Attention {
+            window: 20,
+            ..Default::default()
+        },
+        Attention {
+            causal: false,
+            window_left: Some(10),
+            window_right: Some(10),
+            ..Default::default()
+        },
+        Attention {
+            chunk_size: 32,
+            softcap: 5.0,
+            ..Default::default()
+        },
+        Attention {
+            scale: Some(0.2),
+            window_left: Some(40),
+            chunk_size: 64,
+            ..Default::default()
+        },
+    ];
+    for (i, op) in options.iter().enumerate() {
+        let s = (i % 2 == 1).then_some(&sinks[..]);
+        let got = w.run(&ctx, &cache, &batch, op, s);
+        let cmp = compare(&got, &w.want(op, s));
+        assert!(cmp.passes(tol(DType::F32)), "{op:?}: {cmp}");
+    }
+}
+
+/// With the same split count, each sequence's rows equal the contiguous kernel's on that
+/// sequence alone, bit for bit (decode kernel for few queries, prefill for many), and the split
+/// count does not change the result beyond the tolerance.
+#[test]
+fn equals_contiguous_attention_bitwise() {
+    let ctx = ctx();
+    let lens = [(1, 100), (3, 47), (12, 64)];
+    for dtype in [DType::F32, DType::BF16] {
+        let w = world(400, &lens, gqa(), dtype, PageLayout::Nhd, None);
+        let cache = w.cache(&ctx, 401);
+        for splits in [1u32, 3] {
+            let batch = w.batch(&ctx, Some(splits));
+            let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
+            let h = w.heads;
+            let mut q0 = 0;
+            for (i, s) in w.seqs.iter().enumerate() {
+                let n = s.q_len * h.n_heads * h.head_dim;
+                let kind = if s.q_len > 8 {
+                    Kind::Prefill
+                } else {
+                    Kind::Decode
+                };
+                if kind == Kind::Prefill && splits > 1 {
+                    q0 += n;
+                    continue;
+                }
+                let op = Attention {
+                    kind: Some(kind),
+                    splits: (kind == Kind::Decode).then_some(splits),
+                    ..Default::default()
+                };
+                let qt = ctx
+                    .upload_as(&w.q[q0..q0 + n], &[s.q_len, h.n_heads, h.head_dim], dtype)
+                    .unwrap();
+                let kt = ctx
+                    .upload_as(&w.k[i], &[s.kv_len, h.n_kv_heads, h.head_dim], dtype)
+                    .unwrap();
+                let vt = ctx
+                    .upload_as(&w.v[i], &[s.kv_len, h.n_kv_heads, h.head_dim], dtype)
+                    .unwrap();
+                let out = ctx.empty(qt.shape(), dtype).unwrap();
+                op.run(&ctx, &qt, &kt, &vt, None, &out).unwrap();
+                let want = ctx.read_f32(&out).unwrap();
+                assert!(
+                    got[q0..q0 + n] == want[..],
+                    "{dtype} sequence {i} ({kind:?}, {splits} splits) differs from the contiguous kernel"
+                );
+                q0 += n;
+            }
+        }
+    }
+}
+
+/// A pool spread over three buffers (a device whose binding limit holds 4 pages), a sequence
+/// whose pages sit in all of them; appends land in every buffer.
+#[test]
+fn pool_over_several_buffers() {
+    let ctx0 = ctx();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
+    // 4 f32 pages of 16 tokens x 2 kv heads x 64 (K and V): 64 KiB.
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: 1 << 16,
+        ..adapter.limits()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .expect("device");
+    let small = Context::from_device(&device, &queue);
+    drop(ctx0);
+    let lens = [(1, 150), (2, 20)];
+    let w = world(500, &lens, gqa(), DType::F32, PageLayout::Nhd, None);
+    let cache = w.cache(&small, 501);
+    assert_eq!(cache.buffers().len(), w.n_pages.div_ceil(4));
+    assert!(cache.buffers().len() >= 3);
+    // One split per sequence keeps the partials inside the small binding limit.
+    let batch = w.batch(&small, Some(1));
+    let op = Attention::default();
+    let got = w.run(&small, &cache, &batch, &op, None);
+    let cmp = compare(&got, &w.want(&op, None));
+    assert!(cmp.passes(tol(DType::F32)), "{cmp}");
+    // Five pools' worth of pages is refused at creation, naming the limit.
+    expect_err(
+        PagedKvCache::new(&small, 17, PAGE, 2, HD, DType::F32, PageLayout::Nhd),
+        "paged",
+        |e| matches!(e, Error::Limit { .. }),
+        "the attention kernel binds at most 4",
+    );
+}
+
+/// A pool larger than lavapipe's 128 MiB binding limit: two buffers, one sequence with a page
+/// in each.
+#[test]
+fn pool_past_128_mib() {
+    let ctx = ctx();
+    let max = ctx.limits().max_storage_buffer_binding_size;
+    // f32 pages of 128 tokens x 8 kv heads x 128 (K and V): 1 MiB each.
+    let page_bytes = 2 * 128 * 8 * 128 * 4u64;
+    let per = (max / page_bytes) as usize;
+    let n_pages = per + 2;
+    let cache = PagedKvCache::new(&ctx, n_pages, 128, 8, 128, DType::F32, PageLayout::Nhd).unwrap();
+    assert_eq!(cache.buffers().len(), 2);
+    assert!(n_pages as u64 * page_bytes > max);
+    let heads = Heads {
+        n_heads: 8,
+        n_kv_heads: 8,
+        head_dim: 128,
+    };
+    let kv_len = 200;
+    let pages = vec![1u32, per as u32 + 1];
+    let mut rng = Rng::new(600);
+    let row = 8 * 128;
+    let k = rng.vec(kv_len * row, 1.0);
+    let v = rng.vec(kv_len * row, 1.0);
+    let mut kp = k.clone();
+    let mut vp = v.clone();
+    kp.resize(256 * row, 0.0);
+    vp.resize(256 * row, 0.0);
+    cache.write_pages(&ctx, &pages, &kp, &vp).unwrap();
+    let seqs = [BatchSeq {
+        q_len: 1,
+        kv_len,
+        pages,
+    }];
+    let batch = PagedBatch::from_parts(&ctx, 128, n_pages, &seqs, heads, None).unwrap();
+    let q = rng.vec(row, 1.0);
+    let qt = ctx.upload(&q, &[1, 8, 128]).unwrap();
+    let out = nan_output(&ctx, &[1, 8, 128], DType::F32);
+    Attention::default()
+        .run_paged(&ctx, &qt, &cache, &batch, None, &out)
+        .unwrap();
+    let f = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<_>>();
+    let want = reference::attention(
+        &f(&q),
+        &f(&k),
+        &f(&v),
+        None,
+        reference::Dims {
+            batch: 1,
+            q_len: 1,
+            kv_len,
+            n_heads: 8,
+            n_kv_heads: 8,
+            head_dim: 128,
+        },
+        &reference::Options::default(),
+    );
+    assert_close(&ctx, &out, &want, tol(DType::F32), "pool past 128 MiB");
+}
+
+/// The page table: allocation by need, fork with a shared prefix, copy-on-write at the first
+/// divergent page, reuse of freed pages, and a step that cannot get its pages changes nothing.
+#[test]
+fn page_table_bookkeeping() {
+    let mut t = PageTable::new(6, 8).unwrap();
+    let a = t.add_sequence();
+    assert_eq!(t.append(&[(a, 13)]).unwrap(), vec![]);
+    assert_eq!(t.len(a).unwrap(), 13);
+    assert_eq!(t.pages(a).unwrap().len(), 2);
+    assert_eq!(t.free_pages(), 4);
+    // Fork shares both pages; the child's first append copies the partly filled last page.
+    let b = t.fork(a).unwrap();
+    assert_eq!(t.pages(b).unwrap(), t.pages(a).unwrap());
+    assert_eq!(t.free_pages(), 4);
+    let copies = t.append(&[(b, 1)]).unwrap();
+    let a_pages = t.pages(a).unwrap().to_vec();
+    let b_pages = t.pages(b).unwrap().to_vec();
+    assert_eq!(
+        copies,
+        vec![PageCopy {
+            src: a_pages[1],
+            dst: b_pages[1]
+        }]
+    );
+    assert_eq!(a_pages[0], b_pages[0]);
+    assert_ne!(a_pages[1], b_pages[1]);
+    // The parent's own next append no longer copies (its last page is its own again).
+    assert_eq!(t.append(&[(a, 1)]).unwrap(), vec![]);
+    assert_eq!(t.free_pages(), 3);
+    // Out of pages: 3 free, the step needs 2 + 2: nothing changes.
+    let before = (
+        t.pages(a).unwrap().to_vec(),
+        t.len(a).unwrap(),
+        t.free_pages(),
+    );
+    expect_err(
+        t.append(&[(a, 16), (b, 16)]),
+        "paged",
+        |e| matches!(e, Error::Limit { .. }),
+        "out of pages: the step needs 4 new pages, 3 are free (sequence 1",
+    );
+    assert_eq!(
+        before,
+        (
+            t.pages(a).unwrap().to_vec(),
+            t.len(a).unwrap(),
+            t.free_pages()
+        )
+    );
+    // Freeing the fork returns only its own pages; the shared first page stays with a.
+    t.remove(b).unwrap();
+    assert_eq!(t.free_pages(), 4);
+    t.remove(a).unwrap();
+    assert_eq!(t.free_pages(), 6);
+    // Reuse: a new sequence gets freed pages.
+    let c = t.add_sequence();
+    t.append(&[(c, 48)]).unwrap();
+    assert_eq!(t.free_pages(), 0);
+    expect_err(
+        t.append(&[(c, 1)]),
+        "paged",
+        |e| matches!(e, Error::Limit { .. }),
+        "out of pages",
+    );
+    // Bad input.
+    expect_err(t.len(SeqId(9)), "paged", is_param, "no sequence 9");
+    expect_err(
+        t.append(&[(c, 0), (c, 0)]),
+        "paged",
+        is_param,
+        "listed twice",
+    );
+    expect_err(
+        PageTable::new(4, 12),
+        "paged",
+        is_param,
+        "page_size 12 must be a power of two from 8 to 128",
+    );
+    expect_err(PageTable::new(4, 256), "paged", is_param, "from 8 to 128");
+    expect_err(PageTable::new(0, 8), "paged", is_param, "n_pages 0");
+}
+
+/// Decode steps of a continuous batch: appends (with RoPE on K, at each token's position) for
+/// several sequences at once, a fork sharing a prompt, its copy-on-write, and attention, checked
+/// against the f64 reference over each sequence's whole history at every step.
+#[test]
+fn append_rope_fork_and_attend() {
+    let ctx = ctx();
+    let heads = gqa();
+    let row = heads.n_kv_heads * HD;
+    let mut rng = Rng::new(700);
+    for dtype in [DType::F32, DType::F16] {
+        let mut table = PageTable::new(20, PAGE).unwrap();
+        let cache = PagedKvCache::new(&ctx, 20, PAGE, 2, HD, dtype, PageLayout::Nhd).unwrap();
+        let rope = Rope::default();
+        let (inv, _) = llama_kernels::ops::rope::frequencies(rope.theta, HD, &rope.scaling, 64);
+        // Host history per sequence: rotated K and V as the cache should hold them.
+        let mut hist: Vec<(SeqId, Vec<f64>, Vec<f64>)> = Vec::new();
+        let a = table.add_sequence();
+        let c = table.add_sequence();
+        hist.push((a, vec![], vec![]));
+        hist.push((c, vec![], vec![]));
+        // (step entries): prompts first, then a fork of a, then decode steps.
+        let mut plan: Vec<Vec<(usize, usize)>> = vec![vec![(0, 21), (1, 5)]];
+        for _ in 0..3 {
+            plan.push(vec![(0, 1), (1, 1), (2, 1)]);
+        }
+        for (step, entries) in plan.iter().enumerate() {
+            if step == 1 {
+                let b = table.fork(a).unwrap();
+                let (_, k, v) = hist[0].clone();
+                hist.push((b, k, v));
+            }
+            let ents: Vec<(SeqId, usize)> = entries.iter().map(|&(i, n)| (hist[i].0, n)).collect();
+            let copies = table.append(&ents).unwrap();
+            if step == 1 {
+                assert_eq!(
+                    copies.len(),
+                    1,
+                    "the fork's first append copies its last page"
+                );
+            }
+            let batch = PagedBatch::new(&ctx, &table, &ents, heads).unwrap();
+            let total: usize = entries.iter().map(|e| e.1).sum();
+            let k_new = rng.vec(total * row, 1.0);
+            let v_new = rng.vec(total * row, 1.0);
+            let q = rng.vec(total * heads.n_heads * HD, 1.0);
+            let kt = ctx.upload_as(&k_new, &[total, 2, HD], dtype).unwrap();
+            let vt = ctx.upload_as(&v_new, &[total, 2, HD], dtype).unwrap();
+            let qt = ctx
+                .upload_as(&q, &[total, heads.n_heads, HD], dtype)
+                .unwrap();
+            let out = ctx.empty(&[total, heads.n_heads, HD], dtype).unwrap();
+            let rope_l = rope.clone().with_seq_len(64);
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            cache.copy_pages(&ctx, &mut enc, &copies).unwrap();
+            cache
+                .append_rope(&ctx, &mut enc, &batch, &kt, &vt, &rope_l)
+                .unwrap();
+            Attention::default()
+                .encode_paged(&ctx, &mut enc, &qt, &cache, &batch, None, &out)
+                .unwrap();
+            ctx.queue().submit([enc.finish()]);
+            let got = ctx.read_f32(&out).unwrap();
+            // Reference: rotate the new K rows at their positions, extend the histories.
+            let mut want = Vec::new();
+            let mut t0 = 0;
+            let qr = rounded(&q, dtype);
+            for &(i, n) in entries {
+                let len = hist[i].1.len() / row;
+                let pos: Vec<i64> = (len..len + n).map(|p| p as i64).collect();
+                let kr = rounded(&k_new[t0 * row..(t0 + n) * row], dtype);
+                let rot = llama_kernels::reference::rope::rope(
+                    &kr,
+                    [1, n, 2, HD],
+                    &pos,
+                    &inv,
+                    1.0,
+                    rope.layout,
+                    HD,
+                );
+                let rot: Vec<f64> = rot.iter().map(|&x| dtype.round(x)).collect();
+                hist[i].1.extend(rot);
+                hist[i]
+                    .2
+                    .extend(rounded(&v_new[t0 * row..(t0 + n) * row], dtype));
+                let qn = n * heads.n_heads * HD;
+                let qo = t0 * heads.n_heads * HD;
+                want.extend(reference::attention(
+                    &qr[qo..qo + qn],
+                    &hist[i].1,
+                    &hist[i].2,
+                    None,
+                    reference::Dims {
+                        batch: 1,
+                        q_len: n,
+                        kv_len: len + n,
+                        n_heads: heads.n_heads,
+                        n_kv_heads: 2,
+                        head_dim: HD,
+                    },
+                    &reference::Options::default(),
+                ));
+                t0 += n;
+            }
+            let cmp = compare(&got, &want);
+            // The rotated K is stored in the cache dtype before attention reads it; the
+            // reference rounds it the same way, so the per-dtype tolerance holds.
+            assert!(cmp.passes(tol(dtype)), "{dtype} step {step}: {cmp}");
+        }
+    }
+}
+
+/// Every validation rule of the cache, the batch, the append and the attention call.
+#[test]
+fn every_validation_rule_has_an_error() {
+    let ctx = ctx();
+    let heads = gqa();
+    expect_err(
+        PagedKvCache::new(&ctx, 4, PAGE, 2, 66, DType::F32, PageLayout::Nhd),
+        "paged",
+        is_shape,
+        "unsupported head_dim 66",
+    );
+    expect_err(
+        PagedKvCache::new(&ctx, 0, PAGE, 2, HD, DType::F32, PageLayout::Nhd),
+        "paged",
+        is_shape,
+        "n_pages 0",
+    );
+    expect_err(
+        PagedKvCache::new(&ctx, 4, 24, 2, HD, DType::F32, PageLayout::Nhd),
+        "paged",
+        is_param,
+        "page_size 24",
+    );
+    let seq = |q_len, kv_len, pages: Vec<u32>| BatchSeq {
+        q_len,
+        kv_len,
+        pages,
+    };
+    expect_err(
+        PagedBatch::from_parts(&ctx, PAGE, 4, &[seq(1, 20, vec![0])], heads, None),
+        "paged",
+        is_shape,
+        "kv_len 20 needs 2 pages of 16, its block table has 1",
+    );
+    expect_err(
+        PagedBatch::from_parts(&ctx, PAGE, 4, &[seq(1, 20, vec![0, 7])], heads, None),
+        "paged",
+        is_bounds,
+        "page 7 is outside the pool of 4 pages",
+    );
+    expect_err(
+        PagedBatch::from_parts(
+            &ctx,
+            PAGE,
+            4,
+            &[seq(1, 8, vec![0])],
+            Heads {
+                n_heads: 6,
+                n_kv_heads: 4,
+                head_dim: HD,
+            },
+            None,
+        ),
+        "paged",
+        is_shape,
+        "n_heads 6 must be a positive multiple of n_kv_heads 4",
+    );
+    expect_err(
+        PagedBatch::from_parts(&ctx, PAGE, 4, &[seq(1, 8, vec![0])], heads, Some(0)),
+        "paged",
+        is_param,
+        "splits must be in 1..=65535, got 0",
+    );
+    let cache = PagedKvCache::new(&ctx, 4, PAGE, 2, HD, DType::F32, PageLayout::Nhd).unwrap();
+    let batch = PagedBatch::from_parts(
+        &ctx,
+        PAGE,
+        4,
+        &[seq(2, 20, vec![0, 1]), seq(1, 0, vec![])],
+        heads,
+        None,
+    )
+    .unwrap();
+    let q = filled(&ctx, &[3, 8, HD], 0.5);
+    let out = ctx.empty(&[3, 8, HD], DType::F32).unwrap();
+    let run = |op: Attention, q: &Tensor, out: &Tensor, cache: &PagedKvCache| {
+        op.run_paged(&ctx, q, cache, &batch, None, out)
+    };
+    expect_err(
+        run(
+            Attention::default(),
+            &filled(&ctx, &[2, 8, HD], 0.5),
+            &out,
+            &cache,
+        ),
+        "paged_attention",
+        is_shape,
+        "q has shape [2, 8, 64]; the batch needs [total_q, n_heads, head_dim] = [3, 8, 64]",
+    );
+    expect_err(
+        run(
+            Attention::default(),
+            &q,
+            &ctx.empty(&[3, 8, HD], DType::F16).unwrap(),
+            &cache,
+        ),
+        "paged_attention",
+        is_dtype,
+        "out",
+    );
+    expect_err(
+        run(
+            Attention {
+                q_offset: Some(0),
+                ..Default::default()
+            },
+            &q,
+            &out,
+            &cache,
+        ),
+        "paged_attention",
+        is_param,
+        "q_offset, kind and splits do not apply",
+    );
+    expect_err(
+        run(
+            Attention {
+                softcap: -2.0,
+                ..Default::default()
+            },
+            &q,
+            &out,
+            &cache,
+        ),
+        "paged_attention",
+        is_param,
+        "softcap must be finite and >= 0",
+    );
+    expect_err(
+        run(Attention::default(), &q, &q, &cache),
+        "paged_attention",
+        is_alias,
+        "out shares a buffer with q",
+    );
+    let other = PagedKvCache::new(&ctx, 4, 32, 2, HD, DType::F32, PageLayout::Nhd).unwrap();
+    expect_err(
+        run(Attention::default(), &q, &out, &other),
+        "paged",
+        is_shape,
+        "the batch has pages of 16 tokens",
+    );
+    let wide = PagedKvCache::new(&ctx, 4, PAGE, 4, HD, DType::F32, PageLayout::Nhd).unwrap();
+    expect_err(
+        run(Attention::default(), &q, &out, &wide),
+        "paged_attention",
+        is_shape,
+        "the batch was planned for 2 kv heads of 64; the cache has 4 of 64",
+    );
+    // Appends: shapes, dtypes, tokens before position 0, copies outside the pool.
+    let k3 = filled(&ctx, &[3, 2, HD], 0.5);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    expect_err(
+        cache.append(&ctx, &mut enc, &batch, &filled(&ctx, &[2, 2, HD], 0.5), &k3),
+        "paged",
+        is_shape,
+        "k_new has shape [2, 2, 64]; the batch's new tokens need [3, 2, 64]",
+    );
+    expect_err(
+        cache.append(
+            &ctx,
+            &mut enc,
+            &batch,
+            &k3,
+            &ctx.empty(&[3, 2, HD], DType::BF16).unwrap(),
+        ),
+        "paged",
+        is_dtype,
+        "k_new is f32 but v_new is bf16",
+    );
+    expect_err(
+        cache.append(&ctx, &mut enc, &batch, &k3, &k3),
+        "paged",
+        is_shape,
+        "new token 2 sits before position 0",
+    );
+    expect_err(
+        cache.copy_pages(&ctx, &mut enc, &[PageCopy { src: 0, dst: 4 }]),
+        "paged",
+        is_bounds,
+        "page 4 is outside the pool of 4 pages",
+    );
+    expect_err(
+        cache.write_pages(&ctx, &[0], &[0.0; 3], &[0.0; 3]),
+        "paged",
+        is_shape,
+        "write_pages: k has 3 and v 3 values; 1 pages need 2048",
+    );
+}
