@@ -700,6 +700,9 @@ fn every_allowed_metadata_key_is_read() {
                 ("scale", "0.25"),
                 ("window", "2"),
                 ("softcap", "30"),
+                ("window_left", "1"),
+                ("window_right", "0"),
+                ("attention_chunk_size", "2"),
             ],
         ),
     ];
