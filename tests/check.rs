@@ -686,7 +686,7 @@ fn every_allowed_metadata_key_is_read() {
         ("v", F32, vec![3, 1, 16], f32s(&[1.0; 48])),
         ("expected.out", F32, vec![2, 2, 16], f32s(&[1.0; 64])),
     ];
-    let others: [(&[Raw], &[(&str, &str)]); 2] = [
+    let others: [(&[Raw], &[(&str, &str)]); 3] = [
         (
             &rms,
             &[("op", "rms_norm"), ("eps", "1e-6"), ("weight_offset", "0")],
@@ -700,6 +700,13 @@ fn every_allowed_metadata_key_is_read() {
                 ("scale", "0.25"),
                 ("window", "2"),
                 ("softcap", "30"),
+            ],
+        ),
+        // The op refuses `window` beside `window_left` (one is the other minus 1).
+        (
+            &attn,
+            &[
+                ("op", "attention"),
                 ("window_left", "1"),
                 ("window_right", "0"),
                 ("attention_chunk_size", "2"),
