@@ -309,3 +309,111 @@ fn kv_cache_append_past_one_binding() {
         assert!(c.passes(tolerance(DType::F32)), "rotated K: {c}");
     }
 }
+
+/// Sizes at the edge of the kernels' 32-bit element indexing are refused on the host before
+/// anything is allocated or dispatched, never wrapped. A KV cache of 2^32 elements per buffer is
+/// one past the last index a kernel can address; 2^32 - 4 is addressable and refused only by the
+/// binding limit; factors whose product passes u64 (and, at 2^130, u128) are refused, not
+/// wrapped to a small cache. RMSNorm over 2^32 broadcast rows (row stride 0, a 32-byte buffer)
+/// is one row past the u32 row count.
+#[test]
+fn u32_size_edges_are_refused_not_wrapped() {
+    let ctx = ctx();
+    let binding = ctx.limits().max_storage_buffer_binding_size;
+    let kv = |b: usize, h: usize, c: usize, d: usize| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            KvCache::new(&ctx, b, h, c, d, DType::F16).map(|_| ())
+        }))
+        .unwrap_or_else(|_| panic!("KvCache::new({b}, {h}, {c}, {d}) panicked"))
+    };
+    let indexing = "elements per buffer exceed the 32-bit element indexing";
+    for (b, h, c, d) in [
+        (1, 1 << 12, 1 << 18, 4),
+        (1, 1, 1 << 30, 4),
+        (1 << 62, 1 << 62, 16, 4),
+        (usize::MAX, usize::MAX, usize::MAX, 4),
+    ] {
+        match kv(b, h, c, d) {
+            Err(Error::Limit { msg, .. }) => assert!(msg.contains(indexing), "{msg}"),
+            other => panic!("KvCache::new({b}, {h}, {c}, {d}): {other:?}"),
+        }
+    }
+    // 2^32 - 4 elements: addressable, so the binding limit is what refuses it on this device.
+    if binding < (1 << 33) {
+        match kv(1, 1, (1 << 30) - 1, 4) {
+            Err(Error::Limit { msg, .. }) => {
+                assert!(
+                    msg.contains("max_storage_buffer_binding_size") && !msg.contains(indexing),
+                    "{msg}"
+                )
+            }
+            other => panic!("KvCache of 2^32 - 4 elements: {other:?}"),
+        }
+    }
+    let buf = ctx.create_buffer("test", 4096).unwrap();
+    let rows = 1usize << 32;
+    let x = Tensor::with_strides(&buf, 0, &[rows, 8], &[0, 1], DType::F32);
+    let w = Tensor::new(&buf, 64, &[8], DType::F32);
+    let out = Tensor::with_strides(&buf, 128, &[rows, 8], &[0, 1], DType::F32);
+    match RmsNorm::new(1e-5).run(&ctx, &x, &w, &out) {
+        Err(Error::Limit { msg, .. }) => {
+            assert!(
+                msg.contains("4294967296 rows of 8 elements exceed 32-bit"),
+                "{msg}"
+            )
+        }
+        other => panic!("rms_norm over 2^32 rows: {other:?}"),
+    }
+}
+
+/// A decode step's new K/V row inside a big buffer whose unit dimensions (batch and token) have
+/// strides past u32: the kernel's 32-bit strides only ever multiply index 0 there, so the row
+/// lands whole and bitwise in its place, for rank-4 and rank-3 views.
+#[test]
+fn kv_cache_append_unit_dims_with_strides_past_u32() {
+    let ctx = ctx();
+    let (nkv, hd) = (2usize, 16usize);
+    let data: Vec<f32> = (0..2 * nkv * hd).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let buf = ctx.upload(&data, &[data.len()]).unwrap();
+    let huge = (1usize << 32) + 8;
+    let k4 = Tensor::with_strides(
+        buf.buffer(),
+        0,
+        &[1, 1, nkv, hd],
+        &[huge, huge + 16, hd, 1],
+        DType::F32,
+    );
+    let v3 = Tensor::with_strides(
+        buf.buffer(),
+        nkv * hd,
+        &[1, nkv, hd],
+        &[huge, hd, 1],
+        DType::F32,
+    );
+    let v4 = Tensor::with_strides(
+        buf.buffer(),
+        nkv * hd,
+        &[1, 1, nkv, hd],
+        &[huge, huge + 16, hd, 1],
+        DType::F32,
+    );
+    let k3 = Tensor::with_strides(buf.buffer(), 0, &[1, nkv, hd], &[huge, hd, 1], DType::F32);
+    let mut cache = KvCache::new(&ctx, 1, nkv, 4, hd, DType::F32).unwrap();
+    cache.set_len(1).unwrap();
+    cache.append_run(&ctx, &k4, &v4).unwrap();
+    cache.append_run(&ctx, &k3, &v3).unwrap();
+    let (k, v) = (&data[..nkv * hd], &data[nkv * hd..]);
+    let got_k = ctx.read_f32(&cache.k()).unwrap();
+    let got_v = ctx.read_f32(&cache.v()).unwrap();
+    // Rows 1 and 2 hold the new row ([len, n_kv_heads, head_dim] order); row 0 was never written.
+    for (got, want, name) in [(&got_k, k, "K"), (&got_v, v, "V")] {
+        assert!(got[..nkv * hd].iter().all(|&x| x == 0.0), "{name} row 0");
+        for row in 1..3 {
+            let r = &got[row * nkv * hd..(row + 1) * nkv * hd];
+            assert!(
+                r.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name} row {row}: {r:?}"
+            );
+        }
+    }
+}

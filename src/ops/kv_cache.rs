@@ -117,13 +117,21 @@ impl KvCache {
             "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {}",
             crate::ops::attention::MAX_HEAD_DIM
         );
-        let elems = (batch as u128) * n_kv_heads as u128 * capacity as u128 * head_dim as u128;
-        crate::ensure!(
-            elems < u32::MAX as u128,
-            Limit,
-            OP,
-            "{elems} elements per buffer exceed the 32-bit element indexing of the kernels"
-        );
+        // Four usize factors can pass even u128 (2^62 * 2^62 * 16 * 4 wraps to 0): checked.
+        let elems = [n_kv_heads, capacity, head_dim]
+            .iter()
+            .try_fold(batch as u128, |e, &n| e.checked_mul(n as u128))
+            .filter(|&e| e < u32::MAX as u128)
+            .ok_or_else(|| {
+                crate::Error::limit(
+                    OP,
+                    format!(
+                        "batch {batch} x n_kv_heads {n_kv_heads} x capacity {capacity} x head_dim \
+                         {head_dim} elements per buffer exceed the 32-bit element indexing of the \
+                         kernels"
+                    ),
+                )
+            })?;
         let bytes = elems as u64 * dtype.size() as u64;
         crate::ensure!(
             bytes <= ctx.limits().max_storage_buffer_binding_size,
