@@ -325,6 +325,8 @@ fn mistyped_attention_cases_are_refused() {
 
 /// Tensors as (name, safetensors dtype, shape, raw little-endian bytes).
 type Raw = (&'static str, safetensors::Dtype, Vec<usize>, Vec<u8>);
+/// Metadata entries of a case.
+type Meta = [(&'static str, &'static str)];
 
 fn f32s(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -560,7 +562,7 @@ fn unknown_metadata_is_refused_before_the_op_runs() {
         ("factor", "2"),
         ("max_position_embeddings", "64"),
     ];
-    let cases: [(&[Raw], &[(&str, &str)], &str); 5] = [
+    let cases: [(&[Raw], &Meta, &str); 5] = [
         (
             &rms,
             &[("op", "rms_norm"), ("epsilon", "1e-5")],
@@ -686,7 +688,7 @@ fn every_allowed_metadata_key_is_read() {
         ("v", F32, vec![3, 1, 16], f32s(&[1.0; 48])),
         ("expected.out", F32, vec![2, 2, 16], f32s(&[1.0; 64])),
     ];
-    let others: [(&[Raw], &[(&str, &str)]); 3] = [
+    let others: [(&[Raw], &Meta); 3] = [
         (
             &rms,
             &[("op", "rms_norm"), ("eps", "1e-6"), ("weight_offset", "0")],

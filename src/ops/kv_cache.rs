@@ -559,8 +559,8 @@ impl KvCache {
                  max_storage_buffer_binding_size of {max} bytes"
             );
             let step = t.strides()[t.rank() - 3] as u64 * t.dtype().size() as u64;
-            if step > 0 {
-                per = per.min(((max - slack - one) / step + 1) as usize);
+            if let Some(more) = (max - slack - one).checked_div(step) {
+                per = per.min(more as usize + 1);
             }
         }
         let mut pieces = Vec::new();
