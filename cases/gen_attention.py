@@ -2,9 +2,10 @@
 """Write the committed attention case files for `llama-kernels check`.
 
 An independent implementation: NumPy in float64, written from the definitions (scaled dot-product
-attention with GQA head sharing, bottom-right aligned causal mask, sliding window, Gemma 2 logit
-softcap, gpt-oss attention sinks), vectorised over heads and keys rather than looping like the
-Rust reference. Inputs are rounded to their storage dtype first; expected outputs are float64
+attention with GQA head sharing, bottom-right aligned causal mask, sliding window, two-sided
+window as FlashAttention's window_size=(left, right), Llama 4's chunked local attention, Gemma 2
+logit softcap, gpt-oss attention sinks), vectorised over heads and keys rather than looping like
+the Rust reference. Inputs are rounded to their storage dtype first; expected outputs are float64
 results stored as F32. Reuses the safetensors writer of gen_rms_norm.py.
 
     pip install numpy && python3 cases/gen_attention.py
@@ -16,8 +17,17 @@ import numpy as np
 from gen_rms_norm import HERE, store, write_safetensors
 
 
-def attention(q, k, v, causal=True, q_offset=None, scale=None, window=0, softcap=0.0, sinks=None):
-    """q [B, T, H, D], k/v [B, S, KH, D] -> [B, T, H, D] in float64."""
+def attention(q, k, v, causal=True, q_offset=None, scale=None, window=0, softcap=0.0, sinks=None,
+              window_left=None, window_right=None, attention_chunk_size=0):
+    """q [B, T, H, D], k/v [B, S, KH, D] -> [B, T, H, D] in float64.
+
+    Query t sits at position pos = q_offset + t. Key j is visible when every mask that is on
+    allows it: causal j <= pos; window W (causal sliding window) j > pos - W; two-sided window
+    pos - window_left <= j <= pos + window_right (FlashAttention's window_size; a side that is
+    None or -1 is unbounded, so causal = right bound 0 and window W = (W - 1, 0)); chunked local
+    attention j // C == pos // C (floor division, as Llama 4's position // attention_chunk_size).
+    A row with no visible key is 0.
+    """
     B, T, H, D = q.shape
     S, KH = k.shape[1], k.shape[2]
     g = H // KH
@@ -35,6 +45,12 @@ def attention(q, k, v, causal=True, q_offset=None, scale=None, window=0, softcap
         visible &= j <= pos
     if window > 0:
         visible &= j > pos - window
+    if window_left is not None and window_left >= 0:
+        visible &= j >= pos - window_left
+    if window_right is not None and window_right >= 0:
+        visible &= j <= pos + window_right
+    if attention_chunk_size > 0:
+        visible &= (j // attention_chunk_size) == (pos // attention_chunk_size)
     s = np.where(visible[None, None], s, -np.inf)
     m = s.max(axis=-1, keepdims=True)
     if sinks is not None:
@@ -94,3 +110,19 @@ if __name__ == "__main__":
     # second case shows every row then sees every key.
     case("attention_masked_rows_f32.safetensors", "F32", 0, 5, 2, 2, 2, 16, 4)
     case("attention_noncausal_f32.safetensors", "F32", 0, 6, 10, 6, 3, 48, 5, causal=False)
+    # ModernBERT-like local attention: bidirectional (non-causal) window of W = 5 keys on each
+    # side of the query, MHA, head_dim 64; rows near both ends see fewer keys.
+    case("attention_bidir_window_f32.safetensors", "F32", 0, 24, 24, 4, 4, 64, 6,
+         causal=False, window_left=5, window_right=5)
+    # Llama 4 chunked local attention: causal within chunks of 16 over 64 tokens, GQA 4:1, f16.
+    case("attention_chunked_gqa_f16.safetensors", "F16", 0, 64, 64, 8, 2, 64, 7,
+         attention_chunk_size=16)
+    # Chunked prefill across a chunk boundary in bf16: batch 2, 6 new tokens at positions 34..39
+    # after 34 cached ones, chunks of 16 (keys 32.. only), one KV head (MQA), head_dim 32.
+    case("attention_chunked_prefill_bf16.safetensors", "BF16", 2, 6, 40, 4, 1, 32, 8,
+         attention_chunk_size=16)
+    # Non-causal look-ahead window (left side unbounded, given as -1; right side 2) inside chunks
+    # of 4, with queries starting at position -3: positions -3..-1 lie in chunk -1 (floor
+    # division), which holds no key, so their rows are 0.
+    case("attention_lookahead_chunk_f32.safetensors", "F32", 0, 8, 12, 2, 2, 16, 9,
+         causal=False, window_left=-1, window_right=2, attention_chunk_size=4, q_offset=-3)

@@ -325,6 +325,8 @@ fn mistyped_attention_cases_are_refused() {
 
 /// Tensors as (name, safetensors dtype, shape, raw little-endian bytes).
 type Raw = (&'static str, safetensors::Dtype, Vec<usize>, Vec<u8>);
+/// Metadata entries of a case.
+type Meta = [(&'static str, &'static str)];
 
 fn f32s(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -523,4 +525,199 @@ fn mistyped_rope_cases_are_refused() {
         &[op],
         "x has shape [2, 8]; it must be [seq, heads, head_dim]",
     );
+}
+
+/// Unknown metadata keys are refused before any GPU work: [`CaseFile::check_metadata`] needs no
+/// device, and `run` names the key even where running the op would have refused something else
+/// first (a mis-shaped weight, an attention q longer than its keys). `max_position_embeddings`
+/// is HF's fallback: beside the key it stands in for, it is unused, so unknown.
+#[test]
+fn unknown_metadata_is_refused_before_the_op_runs() {
+    use safetensors::Dtype::F32;
+    let rms: Vec<Raw> = vec![
+        ("x", F32, vec![2, 8], f32s(&[1.0; 16])),
+        ("weight", F32, vec![7], f32s(&[1.0; 7])),
+        ("expected.out", F32, vec![2, 8], f32s(&[0.0; 16])),
+    ];
+    let attn: Vec<Raw> = vec![
+        ("q", F32, vec![4, 2, 8], f32s(&[1.0; 64])),
+        ("k", F32, vec![3, 2, 8], f32s(&[1.0; 48])),
+        ("v", F32, vec![3, 2, 8], f32s(&[1.0; 48])),
+        ("expected.out", F32, vec![4, 2, 8], f32s(&[0.0; 64])),
+    ];
+    let rope = good_tensors();
+    let yarn = [
+        ("op", "rope"),
+        ("rope_type", "yarn"),
+        ("factor", "4"),
+        ("original_max_position_embeddings", "16"),
+        ("max_position_embeddings", "64"),
+    ];
+    let longrope = [
+        ("op", "rope"),
+        ("rope_type", "longrope"),
+        ("short_factor", "[1, 1, 1, 1]"),
+        ("long_factor", "[1, 1, 1, 1]"),
+        ("original_max_position_embeddings", "16"),
+        ("factor", "2"),
+        ("max_position_embeddings", "64"),
+    ];
+    let cases: [(&[Raw], &Meta, &str); 5] = [
+        (
+            &rms,
+            &[("op", "rms_norm"), ("epsilon", "1e-5")],
+            "rms_norm: [\"epsilon\"]",
+        ),
+        (
+            &attn,
+            &[("op", "attention"), ("causual", "true"), ("window", "x")],
+            "attention: [\"causual\"]",
+        ),
+        (
+            &rope,
+            &[("op", "rope"), ("rope_typ", "linear")],
+            "rope: [\"rope_typ\"]",
+        ),
+        (&rope, &yarn, "rope: [\"max_position_embeddings\"]"),
+        (&rope, &longrope, "rope: [\"max_position_embeddings\"]"),
+    ];
+    let ctx = ctx();
+    for (tensors, meta, needle) in cases {
+        let needle = format!("unknown metadata key(s) for op {needle}");
+        let case = CaseFile::parse("keys.safetensors", &case_bytes(tensors, meta)).unwrap();
+        let e = case.check_metadata().unwrap_err().to_string();
+        assert!(
+            e.starts_with("case keys.safetensors: ") && e.contains(&needle),
+            "{meta:?}: {e}"
+        );
+        let e = case.run(&ctx, None).err().map(|e| e.to_string());
+        assert!(
+            e.as_ref().is_some_and(|e| e.contains(&needle)),
+            "{meta:?}: {e:?}"
+        );
+    }
+    // Without the unknown key the same rms_norm case is refused by the op, for its weight.
+    let case =
+        CaseFile::parse("keys.safetensors", &case_bytes(&rms, &[("op", "rms_norm")])).unwrap();
+    case.check_metadata().unwrap();
+    let e = case.run(&ctx, None).err().map(|e| e.to_string());
+    assert!(
+        e.as_ref()
+            .is_some_and(|e| e.contains("weight has shape [7] but must be [8]")),
+        "{e:?}"
+    );
+}
+
+/// The up-front key list and the op runners agree: a case setting every key `check_metadata`
+/// allows (for each op and each rope_type, and HF's `max_position_embeddings` fallbacks) runs to
+/// a report, so no listed key goes unread and no read key is missing from the list.
+#[test]
+fn every_allowed_metadata_key_is_read() {
+    use safetensors::Dtype::F32;
+    let ctx = ctx();
+    let rope_common = [
+        ("op", "rope"),
+        ("theta", "10000"),
+        ("layout", "half"),
+        ("rotary_dim", "8"),
+        ("offset", "0"),
+        ("seq_len", "2"),
+    ];
+    let orig = ("original_max_position_embeddings", "16");
+    let max = ("max_position_embeddings", "64");
+    let lists = [
+        ("short_factor", "[1, 1, 1, 1]"),
+        ("long_factor", "[1, 1, 1, 1]"),
+    ];
+    let yarn_rest = [
+        ("beta_fast", "32"),
+        ("beta_slow", "1"),
+        ("attention_factor", "1"),
+        ("mscale", "1"),
+        ("mscale_all_dim", "1"),
+        ("truncate", "true"),
+    ];
+    let types: Vec<Vec<(&str, &str)>> = vec![
+        vec![("rope_type", "default")],
+        vec![("rope_type", "linear"), ("factor", "2")],
+        vec![
+            ("rope_type", "llama3"),
+            ("factor", "8"),
+            ("low_freq_factor", "1"),
+            ("high_freq_factor", "4"),
+            orig,
+        ],
+        [
+            &[("rope_type", "yarn"), ("factor", "4"), orig][..],
+            &yarn_rest,
+        ]
+        .concat(),
+        [
+            &[("rope_type", "yarn"), ("factor", "4"), max][..],
+            &yarn_rest,
+        ]
+        .concat(),
+        vec![("rope_type", "dynamic"), ("factor", "2"), orig],
+        vec![("rope_type", "dynamic"), ("factor", "2"), max],
+        [
+            &[("rope_type", "longrope"), orig, ("factor", "2")][..],
+            &[("attention_factor", "1")],
+            &lists,
+        ]
+        .concat(),
+        [&[("rope_type", "longrope"), orig, max][..], &lists].concat(),
+        vec![
+            ("rope_type", "inv_freq"),
+            ("inv_freq", "[1, 0.1, 0.01, 0.001]"),
+            ("attention_factor", "1"),
+        ],
+    ];
+    for t in &types {
+        let meta = [&rope_common[..], t].concat();
+        let r = rope_run(&good_tensors(), &meta);
+        assert!(r.is_ok(), "{meta:?}: {r:?}");
+    }
+    let rms: Vec<Raw> = vec![
+        ("x", F32, vec![2, 8], f32s(&[1.0; 16])),
+        ("weight", F32, vec![8], f32s(&[1.0; 8])),
+        ("expected.out", F32, vec![2, 8], f32s(&[1.0; 16])),
+    ];
+    let attn: Vec<Raw> = vec![
+        ("q", F32, vec![2, 2, 16], f32s(&[1.0; 64])),
+        ("k", F32, vec![3, 1, 16], f32s(&[1.0; 48])),
+        ("v", F32, vec![3, 1, 16], f32s(&[1.0; 48])),
+        ("expected.out", F32, vec![2, 2, 16], f32s(&[1.0; 64])),
+    ];
+    let others: [(&[Raw], &Meta); 3] = [
+        (
+            &rms,
+            &[("op", "rms_norm"), ("eps", "1e-6"), ("weight_offset", "0")],
+        ),
+        (
+            &attn,
+            &[
+                ("op", "attention"),
+                ("causal", "true"),
+                ("q_offset", "1"),
+                ("scale", "0.25"),
+                ("window", "2"),
+                ("softcap", "30"),
+            ],
+        ),
+        // The op refuses `window` beside `window_left` (one is the other minus 1).
+        (
+            &attn,
+            &[
+                ("op", "attention"),
+                ("window_left", "1"),
+                ("window_right", "0"),
+                ("attention_chunk_size", "2"),
+            ],
+        ),
+    ];
+    for (tensors, meta) in others {
+        let case = CaseFile::parse("keys.safetensors", &case_bytes(tensors, meta)).unwrap();
+        let r = case.run(&ctx, None).map(|r| r.pass());
+        assert!(r.is_ok(), "{meta:?}: {:?}", r.err().map(|e| e.to_string()));
+    }
 }

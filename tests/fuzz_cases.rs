@@ -9,8 +9,14 @@
 //!
 //! `LLAMA_KERNELS_FUZZ_MUTATIONS` sets the mutations per file (default 300) for a longer sweep;
 //! `LLAMA_KERNELS_FUZZ_SEED` changes the seed.
+//!
+//! The corpus of the `cargo fuzz` target (`fuzz/`, nightly only) is replayed here on stable.
 
 mod common;
+// The `cargo fuzz` target's own reader (fuzz/), so the corpus replay runs exactly what libFuzzer
+// ran.
+#[path = "../fuzz/fuzz_targets/reader.rs"]
+mod reader;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -617,4 +623,62 @@ fn rope_tiny_theta_terminates() {
             }
         }
     }
+}
+
+/// The `cargo fuzz` corpus (`fuzz/corpus/case_reader/`: the committed case files, hand-made
+/// hostile inputs and inputs libFuzzer found) through the fuzz target's reader and through
+/// `CaseFile::load`, as `check` reads a file: no panic, every refusal names the file. Host only:
+/// running the loaded cases on a device is the mutation fuzzer's part above.
+#[test]
+fn fuzz_corpus_replays_without_panic() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/case_reader");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 20,
+        "corpus {} holds {} files",
+        dir.display(),
+        files.len()
+    );
+    let panic_msg = |p: Box<dyn std::any::Any + Send>| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    };
+    let (mut accepted, mut refused) = (0usize, 0usize);
+    let mut failures = Vec::new();
+    for f in &files {
+        let name = f.display().to_string();
+        let bytes = std::fs::read(f).unwrap();
+        // `read` itself asserts that a refusal names the file.
+        match catch_unwind(AssertUnwindSafe(|| reader::read(&name, &bytes))) {
+            Err(p) => failures.push(format!("{name}: the reader panicked: {}", panic_msg(p))),
+            Ok(Ok(())) => accepted += 1,
+            Ok(Err(_)) => refused += 1,
+        }
+        let loaded = catch_unwind(AssertUnwindSafe(|| {
+            CaseFile::load(f).and_then(|c| c.check_metadata())
+        }));
+        match loaded {
+            Err(p) => failures.push(format!("{name}: load panicked: {}", panic_msg(p))),
+            Ok(Err(e)) if !e.to_string().contains(&name) => {
+                failures.push(format!("{name}: refusal does not name the file: {e}"))
+            }
+            Ok(_) => {}
+        }
+    }
+    eprintln!(
+        "fuzz corpus: {} files, {accepted} accepted, {refused} refused",
+        files.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Both sides are reached: the committed cases load, the hostile inputs do not.
+    assert!(
+        accepted >= 20 && refused > 0,
+        "{accepted} accepted, {refused} refused"
+    );
 }

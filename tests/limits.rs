@@ -1,13 +1,15 @@
 //! Tensors past one storage binding (`max_storage_buffer_binding_size`, 128 MiB on lavapipe and
-//! on WebGPU's default limits): RMSNorm and RoPE split their work into dispatches over windows
-//! that fit; attention refuses with `Error::Limit` naming the size and the limit.
+//! on WebGPU's default limits): RMSNorm, RoPE and the KV-cache append split their work into
+//! dispatches over windows that fit; attention refuses with `Error::Limit` naming the size and the
+//! limit.
 
 mod common;
 
 use common::*;
 use llama_kernels::compare::{compare, tolerance};
 use llama_kernels::{
-    reference, Attention, DType, Error, Layout, PositionIds, Positions, RmsNorm, Rope, Tensor,
+    reference, Attention, DType, Error, KvCache, Layout, PositionIds, Positions, RmsNorm, Rope,
+    Tensor,
 };
 
 /// Rows of `n` f32 elements that make a view just over one binding.
@@ -189,4 +191,229 @@ fn attention_past_one_binding_is_a_limit_error() {
             && msg.contains(&format!("max_storage_buffer_binding_size of {max} bytes")),
         "{msg}"
     );
+}
+
+/// `KvCache::append` and `append_rope` with new rows past one binding. K and V come interleaved
+/// per token and sequence (`[seq, batch, K|V, n_kv_heads, head_dim]` f32, as a fused KV
+/// projection writes them), so each sequence's K view spans the whole buffer, just over one
+/// binding: the append splits per sequence and run of tokens, and RoPE on the fused path splits
+/// its own reads. Every row lands in its sequence's place (V bitwise, K rotated within the f32
+/// tolerance) and the NaN rows before and after the new ones stay NaN.
+#[test]
+fn kv_cache_append_past_one_binding() {
+    let ctx = ctx();
+    let max = ctx.limits().max_storage_buffer_binding_size as usize;
+    let (batch, nkv, hd) = (2usize, 2usize, 64usize);
+    let row = nkv * hd;
+    let step = batch * 2 * row;
+    let seq = max / (step * 4) + 3;
+    let mut rng = Rng::new(73);
+    let data = rng.vec(seq * step, 1.0);
+    let buf = ctx.upload(&data, &[seq * step]).unwrap();
+    let view = |off: usize| {
+        Tensor::with_strides(
+            buf.buffer(),
+            off,
+            &[batch, seq, nkv, hd],
+            &[2 * row, step, hd, 1],
+            DType::F32,
+        )
+    };
+    let (k_new, v_new) = (view(0), view(row));
+    let span = k_new.byte_span();
+    assert!(span.end - span.start > max as u64);
+    // One NaN row before (len 1) and after (capacity) the new rows of each sequence.
+    let cap = seq + 2;
+    let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, DType::F32).unwrap();
+    let whole = |b: &wgpu::Buffer| Tensor::new(b, 0, &[batch * nkv * cap * hd], DType::F32);
+    // Source element of cache row `c` (1 ..= seq), sequence `b`, head `h`, of K (0) or V (1).
+    let src =
+        |c: usize, b: usize, kv: usize, h: usize| (c - 1) * step + (b * 2 + kv) * row + h * hd;
+    let tokens = sampled_tokens(seq);
+    let rope = Rope::new(10000.0, Layout::Half);
+    let (inv, attn) = rope.inv_freq(hd, 0).unwrap();
+    for with_rope in [false, true] {
+        for b in [cache.k_buffer(), cache.v_buffer()] {
+            ctx.fill(&whole(b), f32::NAN).unwrap();
+        }
+        cache.set_len(1).unwrap();
+        if with_rope {
+            cache
+                .append_rope_run(&ctx, &k_new, &v_new, &rope, None)
+                .unwrap();
+        } else {
+            cache.append_run(&ctx, &k_new, &v_new).unwrap();
+        }
+        assert_eq!(cache.len(), seq + 1);
+        let got_k = ctx.read_f32(&whole(cache.k_buffer())).unwrap();
+        let got_v = ctx.read_f32(&whole(cache.v_buffer())).unwrap();
+        let at = |b: usize, h: usize, c: usize| ((b * nkv + h) * cap + c) * hd;
+        for b in 0..batch {
+            for h in 0..nkv {
+                for c in [0, cap - 1] {
+                    let guard = &got_k[at(b, h, c)..at(b, h, c) + hd];
+                    assert!(guard.iter().all(|x| x.is_nan()), "K row {c} written");
+                    let guard = &got_v[at(b, h, c)..at(b, h, c) + hd];
+                    assert!(guard.iter().all(|x| x.is_nan()), "V row {c} written");
+                }
+            }
+        }
+        // V (and K without RoPE) is a copy: bitwise, at every row.
+        let copied: &[(&[f32], usize)] = if with_rope {
+            &[(&got_v, 1)]
+        } else {
+            &[(&got_k, 0), (&got_v, 1)]
+        };
+        for &(got, kv) in copied {
+            for b in 0..batch {
+                for h in 0..nkv {
+                    for c in 1..=seq {
+                        let (g, s) = (at(b, h, c), src(c, b, kv, h));
+                        assert!(
+                            got[g..g + hd]
+                                .iter()
+                                .zip(&data[s..s + hd])
+                                .all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "rope {with_rope}: {} row {c} of sequence {b}, head {h}",
+                            ["K", "V"][kv]
+                        );
+                    }
+                }
+            }
+        }
+        if !with_rope {
+            continue;
+        }
+        // Rotated K at sampled tokens of both sequences, at positions 1 .. (the cache length).
+        let (mut got, mut input, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        for b in 0..batch {
+            for &t in &tokens {
+                for h in 0..nkv {
+                    let (g, s) = (at(b, h, t + 1), src(t + 1, b, 0, h));
+                    got.extend_from_slice(&got_k[g..g + hd]);
+                    input.extend(data[s..s + hd].iter().map(|&x| x as f64));
+                }
+                positions.push(t as i64 + 1);
+            }
+        }
+        let want = reference::rope::rope(
+            &input,
+            [1, positions.len(), nkv, hd],
+            &positions,
+            &inv,
+            attn,
+            Layout::Half,
+            hd,
+        );
+        let c = compare(&got, &want);
+        assert!(c.passes(tolerance(DType::F32)), "rotated K: {c}");
+    }
+}
+
+/// Sizes at the edge of the kernels' 32-bit element indexing are refused on the host before
+/// anything is allocated or dispatched, never wrapped. A KV cache of 2^32 elements per buffer is
+/// one past the last index a kernel can address; 2^32 - 4 is addressable and refused only by the
+/// binding limit; factors whose product passes u64 (and, at 2^130, u128) are refused, not
+/// wrapped to a small cache. RMSNorm over 2^32 broadcast rows (row stride 0, a 32-byte buffer)
+/// is one row past the u32 row count.
+#[test]
+fn u32_size_edges_are_refused_not_wrapped() {
+    let ctx = ctx();
+    let binding = ctx.limits().max_storage_buffer_binding_size;
+    let kv = |b: usize, h: usize, c: usize, d: usize| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            KvCache::new(&ctx, b, h, c, d, DType::F16).map(|_| ())
+        }))
+        .unwrap_or_else(|_| panic!("KvCache::new({b}, {h}, {c}, {d}) panicked"))
+    };
+    let indexing = "elements per buffer exceed the 32-bit element indexing";
+    for (b, h, c, d) in [
+        (1, 1 << 12, 1 << 18, 4),
+        (1, 1, 1 << 30, 4),
+        (1 << 62, 1 << 62, 16, 4),
+        (usize::MAX, usize::MAX, usize::MAX, 4),
+    ] {
+        match kv(b, h, c, d) {
+            Err(Error::Limit { msg, .. }) => assert!(msg.contains(indexing), "{msg}"),
+            other => panic!("KvCache::new({b}, {h}, {c}, {d}): {other:?}"),
+        }
+    }
+    // 2^32 - 4 elements: addressable, so the binding limit is what refuses it on this device.
+    if binding < (1 << 33) {
+        match kv(1, 1, (1 << 30) - 1, 4) {
+            Err(Error::Limit { msg, .. }) => {
+                assert!(
+                    msg.contains("max_storage_buffer_binding_size") && !msg.contains(indexing),
+                    "{msg}"
+                )
+            }
+            other => panic!("KvCache of 2^32 - 4 elements: {other:?}"),
+        }
+    }
+    let buf = ctx.create_buffer("test", 4096).unwrap();
+    let rows = 1usize << 32;
+    let x = Tensor::with_strides(&buf, 0, &[rows, 8], &[0, 1], DType::F32);
+    let w = Tensor::new(&buf, 64, &[8], DType::F32);
+    let out = Tensor::with_strides(&buf, 128, &[rows, 8], &[0, 1], DType::F32);
+    match RmsNorm::new(1e-5).run(&ctx, &x, &w, &out) {
+        Err(Error::Limit { msg, .. }) => {
+            assert!(
+                msg.contains("4294967296 rows of 8 elements exceed 32-bit"),
+                "{msg}"
+            )
+        }
+        other => panic!("rms_norm over 2^32 rows: {other:?}"),
+    }
+}
+
+/// A decode step's new K/V row inside a big buffer whose unit dimensions (batch and token) have
+/// strides past u32: the kernel's 32-bit strides only ever multiply index 0 there, so the row
+/// lands whole and bitwise in its place, for rank-4 and rank-3 views.
+#[test]
+fn kv_cache_append_unit_dims_with_strides_past_u32() {
+    let ctx = ctx();
+    let (nkv, hd) = (2usize, 16usize);
+    let data: Vec<f32> = (0..2 * nkv * hd).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let buf = ctx.upload(&data, &[data.len()]).unwrap();
+    let huge = (1usize << 32) + 8;
+    let k4 = Tensor::with_strides(
+        buf.buffer(),
+        0,
+        &[1, 1, nkv, hd],
+        &[huge, huge + 16, hd, 1],
+        DType::F32,
+    );
+    let v3 = Tensor::with_strides(
+        buf.buffer(),
+        nkv * hd,
+        &[1, nkv, hd],
+        &[huge, hd, 1],
+        DType::F32,
+    );
+    let v4 = Tensor::with_strides(
+        buf.buffer(),
+        nkv * hd,
+        &[1, 1, nkv, hd],
+        &[huge, huge + 16, hd, 1],
+        DType::F32,
+    );
+    let k3 = Tensor::with_strides(buf.buffer(), 0, &[1, nkv, hd], &[huge, hd, 1], DType::F32);
+    let mut cache = KvCache::new(&ctx, 1, nkv, 4, hd, DType::F32).unwrap();
+    cache.set_len(1).unwrap();
+    cache.append_run(&ctx, &k4, &v4).unwrap();
+    cache.append_run(&ctx, &k3, &v3).unwrap();
+    let (k, v) = (&data[..nkv * hd], &data[nkv * hd..]);
+    let got_k = ctx.read_f32(&cache.k()).unwrap();
+    let got_v = ctx.read_f32(&cache.v()).unwrap();
+    // Rows 1 and 2 hold the new row ([len, n_kv_heads, head_dim] order); row 0 was never written.
+    for (got, want, name) in [(&got_k, k, "K"), (&got_v, v, "V")] {
+        assert!(got[..nkv * hd].iter().all(|&x| x == 0.0), "{name} row 0");
+        for row in 1..3 {
+            let r = &got[row * nkv * hd..(row + 1) * nkv * hd];
+            assert!(
+                r.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name} row {row}: {r:?}"
+            );
+        }
+    }
 }

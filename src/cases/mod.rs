@@ -4,7 +4,7 @@
 //! A case file is a safetensors file:
 //! - `__metadata__` holds `op` and the op's parameters, as strings (`format`, which PyTorch's
 //!   writer adds, is accepted and ignored). An unknown op or an unknown key is an error, so a typo
-//!   is never silently ignored.
+//!   is never silently ignored; both are refused before any GPU work.
 //! - inputs are named tensors (`x`, `weight` ...); expected outputs are `expected.<output>` in any
 //!   float dtype. Every tensor must be used by the op.
 //!
@@ -460,6 +460,109 @@ impl CaseFile {
         Ok(())
     }
 
+    /// The metadata keys this case's op (and, for `rope`, its `rope_type`) reads, beyond `op`
+    /// and `format`. The op runners read their keys as they go, some after uploading inputs, so
+    /// this list lets [`CaseFile::check_metadata`] refuse a typo before any GPU work; a key read
+    /// by a runner but missing here is refused up front, and one listed here but not read is
+    /// still refused after the run, so the two cannot drift apart silently.
+    fn op_keys(&self) -> Vec<&'static str> {
+        let has = |k: &str| self.meta.contains_key(k);
+        match self.op.as_str() {
+            "rms_norm" => vec!["eps", "weight_offset"],
+            "attention" => vec![
+                "causal",
+                "q_offset",
+                "scale",
+                "window",
+                "softcap",
+                "window_left",
+                "window_right",
+                "attention_chunk_size",
+            ],
+            "rope" => {
+                let mut keys = vec![
+                    "theta",
+                    "layout",
+                    "rotary_dim",
+                    "rope_type",
+                    "offset",
+                    "seq_len",
+                ];
+                let orig = "original_max_position_embeddings";
+                let max = "max_position_embeddings";
+                // `max_position_embeddings` is HF's fallback: read only when the key it stands
+                // in for is absent, so beside it it is an unused (unknown) key.
+                let rope_type = self.meta.get("rope_type").map_or("default", |s| s.trim());
+                match rope_type {
+                    "linear" => keys.push("factor"),
+                    "llama3" => {
+                        keys.extend(["factor", "low_freq_factor", "high_freq_factor", orig])
+                    }
+                    "yarn" | "dynamic" => {
+                        keys.extend(["factor", orig]);
+                        if !has(orig) {
+                            keys.push(max);
+                        }
+                        if rope_type == "yarn" {
+                            keys.extend([
+                                "beta_fast",
+                                "beta_slow",
+                                "attention_factor",
+                                "mscale",
+                                "mscale_all_dim",
+                                "truncate",
+                            ]);
+                        }
+                    }
+                    "longrope" => {
+                        keys.extend(["short_factor", "long_factor", orig, "factor"]);
+                        keys.push("attention_factor");
+                        if !has("factor") {
+                            keys.push(max);
+                        }
+                    }
+                    "inv_freq" => keys.extend(["inv_freq", "attention_factor"]),
+                    // `default`, and unknown types, which the runner refuses by name.
+                    _ => {}
+                }
+                keys
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Refuse an unknown op or a metadata key the op does not read, without touching a GPU
+    /// ([`CaseFile::run`] calls it before anything else).
+    pub fn check_metadata(&self) -> Result<()> {
+        if !KNOWN_OPS.contains(&self.op.as_str()) {
+            return Err(self.err(format!(
+                "unknown op {:?}; known ops: {:?}",
+                self.op, KNOWN_OPS
+            )));
+        }
+        let known = self.op_keys();
+        let mut unknown: Vec<&String> = self
+            .meta
+            .keys()
+            .filter(|k| !FRAMEWORK_KEYS.contains(&k.as_str()) && !known.contains(&k.as_str()))
+            .collect();
+        unknown.sort();
+        if !unknown.is_empty() {
+            let rope_type = match self.op.as_str() {
+                "rope" => format!(
+                    " with rope_type {}",
+                    self.meta.get("rope_type").map_or("default", |s| s.trim())
+                ),
+                _ => String::new(),
+            };
+            return Err(self.err(format!(
+                "unknown metadata key(s) for op {}: {unknown:?}; it reads {known:?}{rope_type}",
+                self.op
+            )));
+        }
+        Ok(())
+    }
+
     /// Run the case on `ctx` and on the reference, and compare both with the expected outputs.
     /// `tol` overrides the op's default NMSE tolerance.
     pub fn run(&self, ctx: &Context, tol: Option<f64>) -> Result<CaseReport> {
@@ -474,6 +577,7 @@ impl CaseFile {
         tol: Option<f64>,
         against: Against,
     ) -> Result<CaseReport> {
+        self.check_metadata()?;
         let res = match self.op.as_str() {
             "rms_norm" => rms_norm::run(ctx, self)?,
             "attention" => attention::run(ctx, self)?,

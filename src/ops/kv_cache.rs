@@ -13,6 +13,11 @@
 //! already have the cache's dtype, RoPE writes the rotated K rows straight into the cache (one
 //! pass over K) and the append kernel copies only V; otherwise the append converts K and RoPE
 //! rotates it in place in the cache. Both are recorded in the same encoder, no round trip.
+//!
+//! New rows whose views do not fit one storage binding (`max_storage_buffer_binding_size`; e.g.
+//! K inside a fused QKV buffer, or f32 rows for a half cache) are appended by several
+//! dispatches, one per run of tokens of one sequence whose views fit; the cache itself always
+//! fits (checked at creation).
 
 use crate::context::Context;
 use crate::error::Result;
@@ -112,13 +117,21 @@ impl KvCache {
             "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {}",
             crate::ops::attention::MAX_HEAD_DIM
         );
-        let elems = (batch as u128) * n_kv_heads as u128 * capacity as u128 * head_dim as u128;
-        crate::ensure!(
-            elems < u32::MAX as u128,
-            Limit,
-            OP,
-            "{elems} elements per buffer exceed the 32-bit element indexing of the kernels"
-        );
+        // Four usize factors can pass even u128 (2^62 * 2^62 * 16 * 4 wraps to 0): checked.
+        let elems = [n_kv_heads, capacity, head_dim]
+            .iter()
+            .try_fold(batch as u128, |e, &n| e.checked_mul(n as u128))
+            .filter(|&e| e < u32::MAX as u128)
+            .ok_or_else(|| {
+                crate::Error::limit(
+                    OP,
+                    format!(
+                        "batch {batch} x n_kv_heads {n_kv_heads} x capacity {capacity} x head_dim \
+                         {head_dim} elements per buffer exceed the 32-bit element indexing of the \
+                         kernels"
+                    ),
+                )
+            })?;
         let bytes = elems as u64 * dtype.size() as u64;
         crate::ensure!(
             bytes <= ctx.limits().max_storage_buffer_binding_size,
@@ -314,6 +327,14 @@ impl KvCache {
         } else {
             rope.plan(ctx, &k_rows, None, None, positions)?
         };
+        if fused && !fits(ctx, k_new) {
+            // RoPE reads k_new past one binding: its own encode splits the rotation over runs of
+            // tokens (under its own error scope), after the append has recorded V.
+            ctx.scoped(OP, || {
+                self.record_append_with(ctx, enc, k_new, v_new, n_new, false)
+            })??;
+            return rope.encode_to(ctx, enc, k_new, &k_rows, positions);
+        }
         ctx.scoped(OP, || {
             self.record_append_with(ctx, enc, k_new, v_new, n_new, !fused)?;
             if fused {
@@ -462,41 +483,143 @@ impl KvCache {
         n_new: usize,
         write_k: bool,
     ) -> Result<()> {
-        let kw = Window::covering(ctx, OP, &[k_new])?;
-        let vw = Window::covering(ctx, OP, &[v_new])?;
-        let pack = |w: &Window, t: &Tensor| -> [u32; 4] {
-            let s = t.strides();
-            let (sb, st, sh) = if t.rank() == 4 {
-                (s[0], s[1], s[2])
-            } else {
-                (0, s[0], s[1])
+        let key = append_key(k_new.dtype(), self.dtype, write_k);
+        for p in self.pieces(ctx, k_new, v_new, n_new)? {
+            let kw = Window::covering(ctx, OP, &[&p.k])?;
+            let vw = Window::covering(ctx, OP, &[&p.v])?;
+            let pack = |w: &Window, t: &Tensor| -> [u32; 4] {
+                let s = t.strides();
+                let (sb, st, sh) = if t.rank() == 4 {
+                    (s[0], s[1], s[2])
+                } else {
+                    (0, s[0], s[1])
+                };
+                [w.elem_offset(t), sb as u32, st as u32, sh as u32]
             };
-            [w.elem_offset(t), sb as u32, st as u32, sh as u32]
-        };
-        let params = Params {
-            batch: self.batch as u32,
-            n_new: n_new as u32,
-            n_kv_heads: self.n_kv_heads as u32,
-            head_dim: self.head_dim as u32,
-            pos: self.len as u32,
-            capacity: self.capacity as u32,
-            k: pack(&kw, k_new),
-            v: pack(&vw, v_new),
-            _pad: [0; 2],
-        };
-        let threads = (self.batch * n_new * self.n_kv_heads * self.head_dim / 4) as u64;
-        ctx.encode_kernel(
-            OP,
-            enc,
-            &append_key(k_new.dtype(), self.dtype, write_k),
-            &params,
-            &[
-                ("k_src", kw.resource()),
-                ("v_src", vw.resource()),
-                ("k_dst", self.k.as_entire_binding()),
-                ("v_dst", self.v.as_entire_binding()),
-            ],
-            threads.div_ceil(WG as u64),
+            let params = Params {
+                batch: p.batch as u32,
+                n_new: p.n as u32,
+                n_kv_heads: self.n_kv_heads as u32,
+                head_dim: self.head_dim as u32,
+                pos: p.dst_row as u32,
+                capacity: self.capacity as u32,
+                k: pack(&kw, &p.k),
+                v: pack(&vw, &p.v),
+                _pad: [0; 2],
+            };
+            let threads = (p.batch * p.n * self.n_kv_heads * self.head_dim / 4) as u64;
+            ctx.encode_kernel(
+                OP,
+                enc,
+                &key,
+                &params,
+                &[
+                    ("k_src", kw.resource()),
+                    ("v_src", vw.resource()),
+                    ("k_dst", self.k.as_entire_binding()),
+                    ("v_dst", self.v.as_entire_binding()),
+                ],
+                threads.div_ceil(WG as u64),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The dispatches of an append: the whole call when `k_new` and `v_new` each fit one
+    /// binding, else one per run of new rows of one sequence whose views fit (rows are copied
+    /// independently, so any split gives the same cache).
+    fn pieces(
+        &self,
+        ctx: &Context,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        n_new: usize,
+    ) -> Result<Vec<Piece>> {
+        if fits(ctx, k_new) && fits(ctx, v_new) {
+            return Ok(vec![Piece {
+                k: k_new.clone(),
+                v: v_new.clone(),
+                batch: self.batch,
+                n: n_new,
+                dst_row: self.len,
+            }]);
+        }
+        let max = ctx.limits().max_storage_buffer_binding_size;
+        let slack = ctx.limits().min_storage_buffer_offset_alignment.max(4) as u64 + 4;
+        let mut per = n_new.max(1);
+        for (t, name) in [(k_new, "k_new"), (v_new, "v_new")] {
+            // A view's span grows by exactly one token stride per token (positive strides).
+            let one = rows_of(t, 0, 0, 1).byte_span();
+            let one = one.end - one.start;
+            crate::ensure!(
+                one + slack <= max,
+                Limit,
+                OP,
+                "one new row of {name} spans {one} bytes, past the device's \
+                 max_storage_buffer_binding_size of {max} bytes"
+            );
+            let step = t.strides()[t.rank() - 3] as u64 * t.dtype().size() as u64;
+            if let Some(more) = (max - slack - one).checked_div(step) {
+                per = per.min(more as usize + 1);
+            }
+        }
+        let mut pieces = Vec::new();
+        for b in 0..self.batch {
+            for s0 in (0..n_new).step_by(per) {
+                let n = per.min(n_new - s0);
+                pieces.push(Piece {
+                    k: rows_of(k_new, b, s0, n),
+                    v: rows_of(v_new, b, s0, n),
+                    batch: 1,
+                    n,
+                    // The kernel writes row `pos + t` of sequence 0 at element
+                    // `(h * capacity + pos + t) * head_dim`; sequence `b`'s rows start
+                    // `b * n_kv_heads * capacity` rows further, so a one-sequence dispatch
+                    // reaches them through `pos` alone (below 2^32: checked at creation).
+                    dst_row: b * self.n_kv_heads * self.capacity + self.len + s0,
+                });
+            }
+        }
+        Ok(pieces)
+    }
+}
+
+/// One dispatch of an append: new rows `k`, `v` of `batch` sequences, written from cache row
+/// `dst_row` on.
+struct Piece {
+    k: Tensor,
+    v: Tensor,
+    batch: usize,
+    n: usize,
+    dst_row: usize,
+}
+
+/// Whether `t` fits one storage binding window (as [`Window::covering`] would bind it).
+fn fits(ctx: &Context, t: &Tensor) -> bool {
+    let s = t.byte_span();
+    let align = ctx.limits().min_storage_buffer_offset_alignment.max(4) as u64;
+    s.end.div_ceil(4) * 4 - s.start / align * align <= ctx.limits().max_storage_buffer_binding_size
+}
+
+/// New rows `s0 .. s0 + n` of sequence `b` of `t` (`[n, heads, head_dim]` for a rank-3 view,
+/// `[1, n, heads, head_dim]` for rank 4).
+fn rows_of(t: &Tensor, b: usize, s0: usize, n: usize) -> Tensor {
+    let (sh, st) = (t.shape(), t.strides());
+    if t.rank() == 3 {
+        Tensor::with_strides(
+            t.buffer(),
+            t.offset() + s0 * st[0],
+            &[n, sh[1], sh[2]],
+            &[st[0], st[1], 1],
+            t.dtype(),
+        )
+    } else {
+        Tensor::with_strides(
+            t.buffer(),
+            t.offset() + b * st[0] + s0 * st[1],
+            &[1, n, sh[2], sh[3]],
+            &[st[0], st[1], st[2], 1],
+            t.dtype(),
         )
     }
 }
