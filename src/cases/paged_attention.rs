@@ -182,23 +182,20 @@ fn check_layout(
     }
     let cu = &cu.values;
     if cu[0] != 0.0 {
-        return Err(case.error(format!(
-            "cu_seqlens_q[0] is {} but must be 0",
-            cu[0]
-        )));
+        return Err(case.error(format!("cu_seqlens_q[0] is {} but must be 0", cu[0] as i64)));
     }
     if let Some(i) = (0..n_seqs).find(|&i| cu[i + 1] < cu[i]) {
         return Err(case.error(format!(
             "cu_seqlens_q must not decrease: cu_seqlens_q[{}] = {} < cu_seqlens_q[{i}] = {}",
             i + 1,
-            cu[i + 1],
-            cu[i]
+            cu[i + 1] as i64,
+            cu[i] as i64
         )));
     }
     if cu[n_seqs] != total_q as f64 {
         return Err(case.error(format!(
             "cu_seqlens_q ends at {} but q holds {total_q} rows (total_q)",
-            cu[n_seqs]
+            cu[n_seqs] as i64
         )));
     }
     if total_q == 0 {
@@ -206,11 +203,14 @@ fn check_layout(
     }
     let mut seqs = Vec::with_capacity(n_seqs);
     let mut q_starts = Vec::with_capacity(n_seqs);
+    // Integer tensors arrive as f64 (exact to 2^53; larger values are out of range anyway) and
+    // are printed back as integers.
     for (s, &kv_len) in kv.values.iter().enumerate() {
         // Page count first: it bounds kv_len by the block table's own size.
         if kv_len < 0.0 || kv_len > (max_pages * page_size) as f64 {
             return Err(case.error(format!(
-                "kv_lens[{s}] = {kv_len} must be in 0..={} (max_pages {max_pages} x page_size {page_size})",
+                "kv_lens[{s}] = {} must be in 0..={} (max_pages {max_pages} x page_size {page_size})",
+                kv_len as i64,
                 max_pages * page_size
             )));
         }
@@ -220,7 +220,7 @@ fn check_layout(
         if let Some(j) = row.iter().position(|&p| p < 0.0 || p >= n_pages as f64) {
             return Err(case.error(format!(
                 "block_table[{s}][{j}] = {} is outside the pool of {n_pages} pages (k_pages' dimension 0); sequence {s} uses its first {used} entries for kv_len {kv_len}",
-                row[j]
+                row[j] as i64
             )));
         }
         q_starts.push(cu[s] as usize);
@@ -247,13 +247,14 @@ fn check_layout(
 /// Run a `paged_attention` case on `ctx` and on the reference.
 pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let (op, scale, softcap) = options(case)?;
+    // The op checks its options again when it runs; here they are refused before the pool is
+    // allocated.
+    op.check_options("paged_attention")?;
     let layout = match case.meta_str("layout", "nhd").as_str() {
         "nhd" => PageLayout::Nhd,
         "hnd" => PageLayout::Hnd,
         other => {
-            return Err(case.error(format!(
-                "metadata layout={other:?}; it must be nhd or hnd"
-            )))
+            return Err(case.error(format!("metadata layout={other:?}; it must be nhd or hnd")))
         }
     };
     let (q, dtype) = case.storage_tensor("q")?;
