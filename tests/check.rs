@@ -1,7 +1,7 @@
-//! `llama-kernels check`: the committed case files (rms_norm, attention and rope, written by
-//! NumPy in `cases/gen_*.py`) pass through the command and the library, outputs are written, a
-//! wrong expected output fails, and malformed or mistyped case files of every op are refused with
-//! a clear error and a non-zero exit.
+//! `llama-kernels check`: the committed case files (rms_norm, attention, paged_attention and
+//! rope, written by NumPy in `cases/gen_*.py`) pass through the command and the library, outputs
+//! are written, a wrong expected output fails, and malformed or mistyped case files of every op
+//! are refused with a clear error and a non-zero exit.
 
 mod common;
 
@@ -39,7 +39,12 @@ fn parse_err(bytes: &[u8]) -> String {
 #[test]
 fn committed_cases_pass_and_outputs_are_written() {
     let cases = committed_cases("");
-    for (prefix, least) in [("rms_norm_", 4), ("attention_", 3), ("rope_", 4)] {
+    for (prefix, least) in [
+        ("rms_norm_", 4),
+        ("attention_", 3),
+        ("paged_attention_", 2),
+        ("rope_", 4),
+    ] {
         let n = committed_cases(prefix).len();
         assert!(
             n >= least,
@@ -719,5 +724,273 @@ fn every_allowed_metadata_key_is_read() {
         let case = CaseFile::parse("keys.safetensors", &case_bytes(tensors, meta)).unwrap();
         let r = case.run(&ctx, None).map(|r| r.pass());
         assert!(r.is_ok(), "{meta:?}: {:?}", r.err().map(|e| e.to_string()));
+    }
+}
+
+fn i32s(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The committed paged cases pass through the library too, with the GPU within the tolerance of
+/// the f64 reference; they cover both page layouts and more than one dtype; and the verdict
+/// depends on the block table: the same file with one used entry pointing at another sequence's
+/// page (still inside the pool) fails.
+#[test]
+fn paged_attention_cases_pass_and_follow_the_block_table() {
+    let ctx = ctx();
+    let cases = committed_cases("paged_attention_");
+    assert!(cases.len() >= 2, "{cases:?}");
+    let mut dtypes = std::collections::BTreeSet::new();
+    let mut hnd = false;
+    for c in &cases {
+        let case = CaseFile::load(c).unwrap();
+        let r = case.run(&ctx, None).unwrap();
+        assert_eq!(r.op, "paged_attention");
+        assert!(r.pass(), "{c:?}: {}", r.outputs[0].gpu);
+        for o in &r.outputs {
+            assert!(o.agree.nmse <= r.tolerance, "{c:?} {}", o.agree);
+        }
+        dtypes.insert(format!("{}", r.dtype));
+        hnd |= r.variant.contains("Hnd");
+    }
+    assert!(dtypes.len() >= 2 && hnd, "{dtypes:?}, hnd {hnd}");
+
+    // Point sequence 0's first block-table entry at sequence 1's first page (still inside the
+    // pool): the kernel and the reference both read that page, so they agree with each other but
+    // no longer with expected. (Swapping two of a decode row's own pages would not do: with every
+    // key visible, attention does not depend on key order.)
+    let path = committed_cases("paged_attention_llama_gqa_f32")[0].clone();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.to_string(),
+                t.dtype(),
+                t.shape().to_vec(),
+                t.data().to_vec(),
+            )
+        })
+        .collect();
+    let bt = owned.iter_mut().find(|t| t.0 == "block_table").unwrap();
+    assert_eq!(bt.1, safetensors::Dtype::I32);
+    let row = bt.2[1] * 4;
+    let other = bt.3[row..row + 4].to_vec();
+    assert_ne!(bt.3[0..4], other[..]);
+    bt.3[0..4].copy_from_slice(&other);
+    let views: Vec<_> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let changed = safetensors::serialize(views, header.metadata().clone()).unwrap();
+    let r = CaseFile::parse("changed.safetensors", &changed)
+        .unwrap()
+        .run(&ctx, None)
+        .unwrap();
+    assert!(!r.pass(), "a changed block table still passed");
+    assert!(
+        r.outputs[0].agree.nmse <= r.tolerance,
+        "{}",
+        r.outputs[0].agree
+    );
+}
+
+/// A paged case that a hostile or careless writer got wrong is refused before any GPU work with
+/// an error naming the file and the values, never a panic.
+#[test]
+fn malformed_paged_attention_cases_are_refused() {
+    use safetensors::Dtype::{BF16, F32, I32, I64};
+    // Two sequences over 4 pages of 8: one decode query over 5 keys, two queries over 9 keys.
+    let floats = |d: safetensors::Dtype, shape: Vec<usize>| {
+        let n: usize = shape.iter().product();
+        let bytes = match d {
+            BF16 => vec![0u8; 2 * n],
+            _ => f32s(&vec![0.5; n]),
+        };
+        (d, shape, bytes)
+    };
+    let good = || -> Vec<Raw> {
+        let f = |name: &'static str, shape: Vec<usize>| {
+            let (d, s, b) = floats(F32, shape);
+            (name, d, s, b)
+        };
+        vec![
+            f("q", vec![3, 2, 8]),
+            f("k_pages", vec![4, 8, 1, 8]),
+            f("v_pages", vec![4, 8, 1, 8]),
+            ("block_table", I32, vec![2, 2], i32s(&[2, -1, 0, 3])),
+            ("cu_seqlens_q", I32, vec![3], i32s(&[0, 1, 3])),
+            ("kv_lens", I32, vec![2], i32s(&[5, 9])),
+            f("expected.out", vec![3, 2, 8]),
+        ]
+    };
+    let with = |name: &'static str, d: safetensors::Dtype, shape: Vec<usize>, b: Vec<u8>| {
+        let mut t = good();
+        match t.iter_mut().find(|x| x.0 == name) {
+            Some(x) => *x = (name, d, shape, b),
+            None => t.push((name, d, shape, b)),
+        }
+        t
+    };
+    let fl = |name: &'static str, d: safetensors::Dtype, shape: Vec<usize>| {
+        let (d, s, b) = floats(d, shape);
+        with(name, d, s, b)
+    };
+    // k_pages and v_pages both reshaped (one shape rule at a time).
+    let pages = |shape: Vec<usize>| {
+        let mut t = fl("k_pages", F32, shape.clone());
+        let (d, s, b) = floats(F32, shape);
+        *t.iter_mut().find(|x| x.0 == "v_pages").unwrap() = ("v_pages", d, s, b);
+        t
+    };
+    let ints = |name: &'static str, v: &[i32]| with(name, I32, vec![v.len()], i32s(v));
+    let op = ("op", "paged_attention");
+    let cases: Vec<(Vec<Raw>, Vec<(&str, &str)>, &str)> =
+        vec![
+        (
+            ints("cu_seqlens_q", &[1, 1, 3]),
+            vec![op],
+            "cu_seqlens_q[0] is 1 but must be 0",
+        ),
+        (
+            ints("cu_seqlens_q", &[0, 2, 1]),
+            vec![op],
+            "cu_seqlens_q must not decrease: cu_seqlens_q[2] = 1 < cu_seqlens_q[1] = 2",
+        ),
+        (
+            ints("cu_seqlens_q", &[0, 1, 2]),
+            vec![op],
+            "cu_seqlens_q ends at 2 but q holds 3 rows",
+        ),
+        (
+            ints("cu_seqlens_q", &[0, 3]),
+            vec![op],
+            "cu_seqlens_q has shape [2]; block_table's 2 sequences need [3]",
+        ),
+        (
+            ints("kv_lens", &[-1, 9]),
+            vec![op],
+            "kv_lens[0] = -1 must be in 0..=16",
+        ),
+        (
+            ints("kv_lens", &[5, 17]),
+            vec![op],
+            "kv_lens[1] = 17 must be in 0..=16 (max_pages 2 x page_size 8)",
+        ),
+        (
+            with("kv_lens", I64, vec![2], {
+                [5i64, 1 << 62].iter().flat_map(|v| v.to_le_bytes()).collect()
+            }),
+            vec![op],
+            "kv_lens[1] = 4611686018427387904 must be in 0..=16",
+        ),
+        (
+            ints("kv_lens", &[5]),
+            vec![op],
+            "kv_lens has shape [1]; block_table's 2 sequences need [2]",
+        ),
+        (
+            with("block_table", I32, vec![2, 2], i32s(&[2, -1, 0, 4])),
+            vec![op],
+            "block_table[1][1] = 4 is outside the pool of 4 pages",
+        ),
+        (
+            with("block_table", I32, vec![2, 2], i32s(&[-1, 2, 0, 3])),
+            vec![op],
+            "block_table[0][0] = -1 is outside the pool of 4 pages",
+        ),
+        (
+            with(
+                "block_table",
+                I64,
+                vec![2, 2],
+                [2i64, 0, 1 << 40, 3]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            vec![op],
+            "block_table[1][0] = 1099511627776 is outside the pool",
+        ),
+        (
+            with("block_table", I32, vec![4], i32s(&[2, -1, 0, 3])),
+            vec![op],
+            "block_table has shape [4]; it must be [n_seqs, max_pages]",
+        ),
+        (
+            fl("block_table", F32, vec![2, 2]),
+            vec![op],
+            "block_table is F32; it must be an integer tensor (I32 or I64)",
+        ),
+        (
+            pages(vec![4, 12, 1, 8]),
+            vec![op],
+            "page_size 12 (k_pages' dimension 1) must be a power of two from 8 to 128",
+        ),
+        (
+            fl("v_pages", F32, vec![4, 8, 2, 8]),
+            vec![op],
+            "v_pages has shape [4, 8, 2, 8] but k_pages has [4, 8, 1, 8]",
+        ),
+        (
+            pages(vec![4, 8, 1, 4]),
+            vec![op],
+            "k_pages has head_dim 4 but q has 8; they must match",
+        ),
+        (
+            pages(vec![4, 8, 3, 8]),
+            vec![op],
+            "q's n_heads 2 must be a positive multiple of k_pages' n_kv_heads 3",
+        ),
+        (
+            fl("k_pages", F32, vec![4, 8, 8]),
+            vec![op],
+            "k_pages has shape [4, 8, 8]; it must be [n_pages, page_size, n_kv_heads, head_dim]",
+        ),
+        (
+            fl("k_pages", BF16, vec![4, 8, 1, 8]),
+            vec![op],
+            "k_pages is bf16 and v_pages is f32 but q is f32; they must match",
+        ),
+        (
+            fl("sinks", F32, vec![3]),
+            vec![op],
+            "sinks has shape [3] but must be [2] (one per query head)",
+        ),
+        (
+            good(),
+            vec![op, ("q_offset", "1")],
+            "metadata q_offset=1 does not apply to paged_attention",
+        ),
+        (
+            good(),
+            vec![op, ("layout", "nhd2")],
+            "metadata layout=\"nhd2\"; it must be nhd or hnd",
+        ),
+        (
+            good(),
+            vec![op, ("window", "-3")],
+            "metadata window=-3 must be in 0..=",
+        ),
+    ];
+    let ctx = ctx();
+    for (tensors, meta, needle) in cases {
+        let bytes = case_bytes(&tensors, &meta);
+        let res = CaseFile::parse("paged_test.safetensors", &bytes).and_then(|c| c.run(&ctx, None));
+        match res {
+            Ok(r) => panic!("accepted (pass={}), wanted {needle:?}", r.pass()),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains(needle), "error {e:?} must contain {needle:?}");
+                assert!(e.contains("paged_test.safetensors"), "{e}");
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@
 //! allocated beyond the file's own size.
 
 pub mod attention;
+pub mod paged_attention;
 pub mod rms_norm;
 pub mod rope;
 
@@ -581,6 +582,7 @@ impl CaseFile {
         let res = match self.op.as_str() {
             "rms_norm" => rms_norm::run(ctx, self)?,
             "attention" => attention::run(ctx, self)?,
+            "paged_attention" => paged_attention::run(ctx, self)?,
             "rope" => rope::run(ctx, self)?,
             other => {
                 return Err(self.err(format!("unknown op {other:?}; known ops: {:?}", KNOWN_OPS)))
@@ -654,7 +656,7 @@ impl CaseFile {
 }
 
 /// Ops that `check` knows.
-pub const KNOWN_OPS: &[&str] = &["rms_norm", "rope", "attention"];
+pub const KNOWN_OPS: &[&str] = &["rms_norm", "rope", "attention", "paged_attention"];
 
 /// Write a safetensors file holding `tensors` (name, dtype, shape, values) and `metadata`.
 pub fn write_case(
