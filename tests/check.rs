@@ -802,6 +802,9 @@ fn paged_attention_cases_pass_and_follow_the_block_table() {
     );
 }
 
+/// A case file's tensors and metadata, and the message it must be refused with.
+type BadCase = (Vec<Raw>, Vec<(&'static str, &'static str)>, &'static str);
+
 /// A paged case that a hostile or careless writer got wrong is refused before any GPU work with
 /// an error naming the file and the values, never a panic.
 #[test]
@@ -852,7 +855,7 @@ fn malformed_paged_attention_cases_are_refused() {
     };
     let ints = |name: &'static str, v: &[i32]| with(name, I32, vec![v.len()], i32s(v));
     let op = ("op", "paged_attention");
-    let cases: Vec<(Vec<Raw>, Vec<(&str, &str)>, &str)> =
+    let cases: Vec<BadCase> =
         vec![
         (
             ints("cu_seqlens_q", &[1, 1, 3]),
