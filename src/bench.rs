@@ -19,6 +19,8 @@
 
 pub mod baseline;
 pub mod copy;
+pub mod host;
+pub mod matmul;
 
 pub use crate::ops::rope::sincos::SinCos;
 
@@ -36,8 +38,15 @@ pub const BASELINE: &Shader = &Shader {
     variants: baseline::all_variant_keys,
 };
 
+/// The tiled f32 matmul, the benchmark's compute ceiling for prefill attention.
+pub const MATMUL: &Shader = &Shader {
+    name: "matmul.wgsl",
+    parts: &[include_str!("../shaders/matmul.wgsl")],
+    variants: matmul::all_variant_keys,
+};
+
 /// The benchmark's own shaders (the portability tests compile them beside [`Shader::ALL`]).
-pub const SHADERS: &[&Shader] = &[COPY, BASELINE];
+pub const SHADERS: &[&Shader] = &[COPY, BASELINE, MATMUL];
 
 /// `rope` computing cos and sin with `method` instead of the exact fixed-point angle: only for
 /// measuring what the exact method costs and buys (`examples/rope_sincos.rs`, the accuracy
@@ -172,6 +181,9 @@ pub struct Record {
     /// Time of the naive baseline over this record's, each first multiplied by the WGSL copy
     /// ceiling measured beside it (which cancels changes in host load between the two).
     pub speedup_vs_naive: Option<f64>,
+    /// Prefill: `gflops` over the best matmul's GFLOP/s in the same run (the `matmul` /
+    /// `ceiling` record).
+    pub fraction_of_matmul: Option<f64>,
     /// How the time was taken.
     pub timing: Timing,
     /// The ceilings (GB/s) this record's fractions divide by: for kernels, `buffer_copy` and the
@@ -197,6 +209,7 @@ impl Record {
             "fraction_of_wgsl_copy": self.fraction_of_wgsl_copy,
             "gflops": self.gflops,
             "speedup_vs_naive": self.speedup_vs_naive,
+            "fraction_of_matmul": self.fraction_of_matmul,
             "timing": self.timing.name(),
             "ceiling_copy_gbps": self.ceiling_copy_gbps,
             "ceiling_wgsl_copy_gbps": self.ceiling_wgsl_copy_gbps,
@@ -972,12 +985,52 @@ fn attention_cases(quick: bool) -> Vec<Case> {
     cases
 }
 
-/// Every case of the benchmark, ceilings first.
+// ---------------------------------------------------------------- the matmul ceiling
+
+/// The matmul tilings on the two products of one 2048-token prefill head with head_dim 128:
+/// QK^T (`[2048, 128] x [128, 2048]`) and PV (`[2048, 2048] x [2048, 128]`).
+fn matmul_cases(quick: bool) -> Vec<Case> {
+    let shapes: &[(&str, usize, usize, usize)] = if quick {
+        &[("qk", 2048, 2048, 128)]
+    } else {
+        &[("qk", 2048, 2048, 128), ("pv", 2048, 128, 2048)]
+    };
+    let mut cases = Vec::new();
+    for &(product, m, n, k) in shapes {
+        for v in matmul::Variant::BENCH {
+            cases.push(Case {
+                kernel: "matmul",
+                variant: v.name(),
+                model: product,
+                dtype: DType::F32,
+                shape: vec![("m", m as u64), ("n", n as u64), ("k", k as u64)],
+                bytes: 4 * (m * k + k * n + m * n) as u64,
+                flops: Some(2.0 * (m * n * k) as f64),
+                group: format!("matmul/{m}x{n}x{k}"),
+                prepare: Box::new(move |ctx| {
+                    let a = upload_pattern(ctx, &[m, k], DType::F32, 11)?;
+                    let b = upload_pattern(ctx, &[k, n], DType::F32, 12)?;
+                    let c = ctx.empty(&[m, n], DType::F32)?;
+                    Ok(Box::new(move |ctx, enc| v.encode(ctx, enc, &a, &b, &c)))
+                }),
+            });
+        }
+    }
+    cases
+}
+
+/// Every case of the benchmark, ceilings first; the matmul ceiling runs right before prefill
+/// attention, so the two see the same host load as nearly as possible.
 pub fn cases(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut c = copy_cases();
     c.extend(rms_norm_cases(ctx, quick));
     c.extend(rope_cases(quick));
-    c.extend(attention_cases(quick));
+    let (prefill, decode): (Vec<Case>, Vec<Case>) = attention_cases(quick)
+        .into_iter()
+        .partition(|c| c.variant.contains("prefill"));
+    c.extend(decode);
+    c.extend(matmul_cases(quick));
+    c.extend(prefill);
     c
 }
 
@@ -1050,6 +1103,7 @@ pub fn run_cases(
             fraction_of_wgsl_copy: gbps / ceiling_wgsl_copy_gbps,
             gflops: case.flops.map(|f| f / (time_ms * 1e6)),
             speedup_vs_naive: None,
+            fraction_of_matmul: None,
             timing,
             ceiling_copy_gbps,
             ceiling_wgsl_copy_gbps,
@@ -1101,8 +1155,32 @@ pub fn ceilings(records: &[Record]) -> (f64, f64) {
     (copy, wgsl)
 }
 
+/// The best matmul record, repeated as the `ceiling` variant (its shape names the tiling), so
+/// that the JSON carries the compute ceiling prefill's `fraction_of_matmul` divides by.
+fn matmul_ceiling(records: &[Record]) -> Option<Record> {
+    let best = records
+        .iter()
+        .filter(|r| r.kernel == "matmul" && r.gflops.is_some_and(f64::is_finite))
+        .max_by(|a, b| a.gflops.unwrap_or(0.0).total_cmp(&b.gflops.unwrap_or(0.0)))?;
+    let mut c = best.clone();
+    c.variant = "ceiling".into();
+    c.shape
+        .insert("tiling".into(), Value::String(best.variant.clone()));
+    c.group = "matmul/ceiling".into();
+    Some(c)
+}
+
 /// Fill in the fractions of the ceilings and the speed-ups over the naive baselines.
-fn finish(records: &mut [Record]) {
+fn finish(records: &mut Vec<Record>) {
+    if let Some(ceiling) = matmul_ceiling(records) {
+        let best = ceiling.gflops.unwrap_or(f64::NAN);
+        for r in records.iter_mut() {
+            if r.kernel == "attention" && r.variant.contains("prefill") {
+                r.fraction_of_matmul = r.gflops.map(|g| g / best);
+            }
+        }
+        records.push(ceiling);
+    }
     let (copy, wgsl) = ceilings(records);
     for r in records.iter_mut() {
         if !r.ceiling_copy_gbps.is_finite() || !r.ceiling_wgsl_copy_gbps.is_finite() {
@@ -1133,7 +1211,7 @@ fn finish(records: &mut [Record]) {
 
 fn table_header() -> String {
     format!(
-        "{:<9} {:<26} {:<5} {:<34} {:>9} {:>8} {:>7} {:>6} {:>6} {:>8} {:>7}",
+        "{:<9} {:<26} {:<5} {:<34} {:>9} {:>8} {:>7} {:>6} {:>6} {:>8} {:>7} {:>5}",
         "kernel",
         "variant",
         "dtype",
@@ -1144,7 +1222,8 @@ fn table_header() -> String {
         "%copy",
         "%wgsl",
         "GFLOP/s",
-        "speedup"
+        "speedup",
+        "%mm"
     )
 }
 
@@ -1157,7 +1236,7 @@ fn table_row(r: &Record) -> String {
         }
     };
     format!(
-        "{:<9} {:<26} {:<5} {:<34} {:>9.3} {:>8.1} {:>7.2} {:>6} {:>6} {:>8} {:>7}",
+        "{:<9} {:<26} {:<5} {:<34} {:>9.3} {:>8.1} {:>7.2} {:>6} {:>6} {:>8} {:>7} {:>5}",
         r.kernel,
         r.variant,
         r.dtype,
@@ -1170,6 +1249,7 @@ fn table_row(r: &Record) -> String {
         r.gflops.map_or("-".into(), |g| format!("{g:.1}")),
         r.speedup_vs_naive
             .map_or("-".into(), |s| format!("{s:.2}x")),
+        r.fraction_of_matmul.map_or("-".into(), pct),
     )
 }
 
@@ -1248,6 +1328,7 @@ pub fn svg_chart(records: &[Record], title: &str) -> String {
             ("rms_norm", _) => "#1f77b4",
             ("rope", _) => "#ff7f0e",
             ("attention", _) => "#9467bd",
+            ("matmul", _) => "#8c564b",
             _ => "#17becf",
         };
         let label = format!("{} {} {} {}", r.kernel, r.variant, r.dtype, r.shape_text());
@@ -1346,13 +1427,26 @@ pub fn run_with(ctx: &Context, args: &BenchArgs) -> Result<Vec<Record>> {
         &settings,
         |r| println!("{}", table_row(r)),
     )?;
+    // Host cost of recording: the floor always runs (like the ceilings); `--filter` selects ops
+    // by `host/<variant>`.
+    let filter = args.filter.as_deref();
+    let host = host::measure(ctx, &host::HostSettings::default(), |variant| {
+        filter.is_none_or(|f| format!("host/{variant}").contains(f))
+    })?;
     println!(
-        "\n{}finished in {:.1} s",
+        "\n{}\n{}finished in {:.1} s",
         table(&records),
+        host::table(&host),
         started.elapsed().as_secs_f64()
     );
     if let Some(path) = &args.json {
-        let arr = Value::Array(records.iter().map(Record::to_json).collect());
+        let arr = Value::Array(
+            records
+                .iter()
+                .map(Record::to_json)
+                .chain(host.iter().map(host::HostRecord::to_json))
+                .collect(),
+        );
         let text = serde_json::to_string_pretty(&arr)
             .map_err(|e| Error::gpu(OP, format!("JSON encoding: {e}")))?;
         write_file(path, &(text + "\n"))?;
