@@ -609,7 +609,10 @@ fn rms_norm_cases(ctx: &Context, quick: bool) -> Vec<Case> {
             (1, DType::F32, false, true),
             (2, DType::F32, false, false),
             (3, DType::F16, false, false),
+            (0, DType::F16, false, false),
             (0, DType::F32, true, false),
+            (0, DType::BF16, true, false),
+            (0, DType::F16, true, false),
         ]);
     } else {
         for m in 0..NORM_MODELS.len() {
