@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// Write an SVG bar chart of achieved bandwidth per kernel against the two ceilings to FILE.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// Time with submit-and-wait wall time even where the adapter has GPU timestamps (the
+    /// fallback; the environment variable LLAMA_KERNELS_TIMING=wall does the same).
+    #[arg(long)]
+    pub wall_time: bool,
 }
 
 /// Records one run of a case into an encoder (called once per repetition).
@@ -136,10 +140,26 @@ pub enum Timing {
     Wall,
 }
 
+/// Set to `wall` to time with submit-and-wait wall time even where the adapter has timestamp
+/// queries (the fallback path, e.g. to check it on an adapter that has them, or to compare the
+/// two).
+pub const TIMING_ENV: &str = "LLAMA_KERNELS_TIMING";
+
 impl Timing {
-    /// GPU timestamps where `ctx` has them, wall time otherwise.
+    /// GPU timestamps where `ctx` has them, wall time otherwise or when [`TIMING_ENV`] is
+    /// `wall`.
     pub fn of(ctx: &Context) -> Timing {
-        if ctx.caps().timestamps {
+        Timing::choose(
+            ctx.caps().timestamps,
+            std::env::var(TIMING_ENV).ok().as_deref(),
+        )
+    }
+
+    /// The rule behind [`Timing::of`]: timestamps when the adapter has them, unless `env` (the
+    /// value of [`TIMING_ENV`]) says `wall`.
+    pub fn choose(has_timestamps: bool, env: Option<&str>) -> Timing {
+        let forced_wall = env.is_some_and(|v| v.trim().eq_ignore_ascii_case("wall"));
+        if has_timestamps && !forced_wall {
             Timing::Timestamp
         } else {
             Timing::Wall
@@ -1045,9 +1065,21 @@ pub fn run_cases(
     cases: Vec<Case>,
     filter: Option<&str>,
     settings: &Settings,
+    progress: impl FnMut(&Record),
+) -> Result<Vec<Record>> {
+    run_cases_timed(ctx, cases, filter, settings, Timing::of(ctx), progress)
+}
+
+/// [`run_cases`] with the timing method given (`Timing::Wall` forces the fallback; `Timestamp`
+/// on a device without timestamp queries is refused by wgpu with an error).
+pub fn run_cases_timed(
+    ctx: &Context,
+    cases: Vec<Case>,
+    filter: Option<&str>,
+    settings: &Settings,
+    timing: Timing,
     mut progress: impl FnMut(&Record),
 ) -> Result<Vec<Record>> {
-    let timing = Timing::of(ctx);
     let mut records: Vec<Record> = Vec::new();
     // Copy cases come first; the two ceilings among them stay allocated and are re-measured
     // beside every kernel.
@@ -1409,10 +1441,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 /// [`run`] on a given context; returns the records.
 pub fn run_with(ctx: &Context, args: &BenchArgs) -> Result<Vec<Record>> {
     let settings = Settings::new(args.quick);
-    let timing = if ctx.caps().timestamps {
-        "GPU timestamp queries"
+    let method = if args.wall_time {
+        Timing::Wall
     } else {
-        "submit-and-wait wall time (the adapter has no timestamp queries)"
+        Timing::of(ctx)
+    };
+    let timing = match (method, ctx.caps().timestamps) {
+        (Timing::Timestamp, _) => "GPU timestamp queries",
+        (Timing::Wall, true) => {
+            "submit-and-wait wall time (forced; the adapter has timestamp queries)"
+        }
+        (Timing::Wall, false) => "submit-and-wait wall time (the adapter has no timestamp queries)",
     };
     println!("adapter: {}", ctx.describe());
     println!(
@@ -1423,11 +1462,12 @@ pub fn run_with(ctx: &Context, args: &BenchArgs) -> Result<Vec<Record>> {
     );
     println!("{}", table_header());
     let started = Instant::now();
-    let records = run_cases(
+    let records = run_cases_timed(
         ctx,
         cases(ctx, args.quick),
         args.filter.as_deref(),
         &settings,
+        method,
         |r| println!("{}", table_row(r)),
     )?;
     // Host cost of recording: the floor always runs (like the ceilings); `--filter` selects ops

@@ -337,11 +337,9 @@ fn harness_records_json_and_chart() {
     }
     assert_eq!(json["shape"]["model"], "test");
     assert_eq!(json["shape"]["words"], words as u64);
-    let timing = if ctx.caps().timestamps {
-        "timestamp"
-    } else {
-        "wall"
-    };
+    // Timestamps where the adapter has them, unless LLAMA_KERNELS_TIMING=wall forces the
+    // fallback for the whole run.
+    let timing = bench::Timing::of(&ctx).name();
     assert_eq!(json["timing"], timing);
     let svg = bench::svg_chart(&records, "test");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -494,4 +492,71 @@ fn matmul_tilings_match_cpu_product() {
         msg.starts_with("matmul: ") && msg.contains("n 60 of 64"),
         "{msg}"
     );
+}
+
+/// The timing fallback: forced wall time on an adapter that has timestamps (lavapipe) still
+/// produces complete records, marked `wall`; the environment rule picks wall time only when
+/// asked or when the adapter has no timestamps.
+#[test]
+fn forced_wall_time_fallback_records() {
+    use llama_kernels::bench::Timing;
+    assert_eq!(Timing::choose(true, None), Timing::Timestamp);
+    assert_eq!(Timing::choose(true, Some("wall")), Timing::Wall);
+    assert_eq!(Timing::choose(true, Some(" WALL ")), Timing::Wall);
+    assert_eq!(Timing::choose(true, Some("timestamp")), Timing::Timestamp);
+    assert_eq!(Timing::choose(false, None), Timing::Wall);
+    let ctx = ctx();
+    let words = 1 << 14;
+    let mk = |variant: &'static str, kernel: &'static str| Case {
+        kernel,
+        variant: variant.into(),
+        model: "test",
+        dtype: DType::F32,
+        shape: vec![("words", words as u64)],
+        bytes: 8 * words as u64,
+        flops: None,
+        group: "g".into(),
+        prepare: Box::new(move |ctx| {
+            let src = ctx.upload(&vec![1.0f32; words], &[words])?;
+            let dst = ctx.empty(&[words], DType::F32)?;
+            let v = copy::Variant {
+                vec4: true,
+                per: 1,
+                workgroup: 64,
+            };
+            Ok(Box::new(move |ctx, enc| {
+                if variant == "buffer_copy" {
+                    enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, 4 * words as u64);
+                    Ok(())
+                } else {
+                    v.encode(ctx, enc, &src, &dst)
+                }
+            }))
+        }),
+    };
+    let settings = Settings {
+        warmup: 1,
+        runs: 3,
+        min_run_ms: 0.5,
+    };
+    let records = bench::run_cases_timed(
+        &ctx,
+        vec![
+            mk("buffer_copy", "copy"),
+            mk("wgsl_vec4", "copy"),
+            mk("kernel", "rms_norm"),
+        ],
+        None,
+        &settings,
+        Timing::Wall,
+        |_| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        assert_eq!(r.timing, Timing::Wall, "{r:?}");
+        assert_eq!(r.to_json()["timing"], "wall");
+        assert!(r.time_ms > 0.0 && r.time_ms.is_finite(), "{r:?}");
+        assert!(r.gbps > 0.0 && r.fraction_of_wgsl_copy.is_finite(), "{r:?}");
+    }
 }
