@@ -285,11 +285,61 @@ fn item(b: u32, i: u32) -> Item {
     return unpack_item(u, DTYPE);
 }
 
-fn put_item(b: u32, i: u32, v: Item) {
+fn put_words(b: u32, i: u32, u: vec4<u32>) {
     if b == B_OUT {
-        dst4[i] = pack_item(v, DTYPE);
+        dst4[i] = u;
     } else {
-        res_dst4[i] = pack_item(v, DTYPE);
+        res_dst4[i] = u;
+    }
+}
+
+fn put_item(b: u32, i: u32, v: Item) {
+    put_words(b, i, pack_item(v, DTYPE));
+}
+
+// Sum of squares of the items `first, first + step, ...` of one row (16-byte items). With the
+// fused residual, h = x + residual is encoded once: the stored words are residual_out, and
+// decoding them gives h rounded to the storage dtype (encoding twice, as `round_to_dtype`
+// does, would double the conversion work of the half types).
+fn sum_squares4(row: u32, first: u32, step: u32) -> f32 {
+    let e = elems_per_item(DTYPE);
+    let n_items = p.n / e;
+    let xb = (p.x_off + row * p.x_stride) / e;
+    let rb = (p.r_off + row * p.r_stride) / e;
+    let rob = (p.rout_off + row * p.rout_stride) / e;
+    var acc = vec4<f32>(0.0);
+    for (var c = first; c < n_items; c += step) {
+        var h = item(B_X, xb + c);
+        if HAS_RES {
+            let r = item(B_R, rb + c);
+            let words = pack_item(Item(h.lo + r.lo, h.hi + r.hi), DTYPE);
+            put_words(B_ROUT, rob + c, words);
+            h = unpack_item(words, DTYPE);
+        }
+        acc += h.lo * h.lo + h.hi * h.hi;
+    }
+    return acc.x + acc.y + acc.z + acc.w;
+}
+
+// out = h * inv * (w + weight_offset) over the same items as `sum_squares4`. Each invocation
+// re-reads only items it wrote itself, so in-place aliasing is safe.
+fn scale4(row: u32, first: u32, step: u32, inv: f32) {
+    let e = elems_per_item(DTYPE);
+    let n_items = p.n / e;
+    let xb = (p.x_off + row * p.x_stride) / e;
+    let ob = (p.out_off + row * p.out_stride) / e;
+    let rob = (p.rout_off + row * p.rout_stride) / e;
+    let wb = p.w_off / e;
+    let wo = vec4<f32>(p.weight_offset);
+    for (var c = first; c < n_items; c += step) {
+        var h: Item;
+        if HAS_RES {
+            h = item(B_ROUT, rob + c);
+        } else {
+            h = item(B_X, xb + c);
+        }
+        let w = item(B_W, wb + c);
+        put_item(B_OUT, ob + c, Item(h.lo * inv * (w.lo + wo), h.hi * inv * (w.hi + wo)));
     }
 }
 
@@ -304,35 +354,31 @@ fn rms_norm_rows4(
     if row >= p.n_rows {
         return;
     }
-    let e = elems_per_item(DTYPE);
-    let n_items = p.n / e;
-    let xb = (p.x_off + row * p.x_stride) / e;
-    let rb = (p.r_off + row * p.r_stride) / e;
-    let ob = (p.out_off + row * p.out_stride) / e;
-    let rob = (p.rout_off + row * p.rout_stride) / e;
-    let wb = p.w_off / e;
+    let ss = sum_squares4(row, 0u, 1u);
+    scale4(row, 0u, 1u, 1.0 / sqrt(ss / f32(p.n) + p.eps));
+}
 
-    var acc = vec4<f32>(0.0);
-    for (var c = 0u; c < n_items; c++) {
-        var h = item(B_X, xb + c);
-        if HAS_RES {
-            let r = item(B_R, rb + c);
-            h = Item(round_to_dtype(h.lo + r.lo, DTYPE), round_to_dtype(h.hi + r.hi, DTYPE));
-            put_item(B_ROUT, rob + c, h);
-        }
-        acc += h.lo * h.lo + h.hi * h.hi;
+// A workgroup per row over 16-byte items: invocation `lid` takes items lid, lid + WG, ..., so a
+// workgroup's loads of one step are consecutive (coalesced on a GPU). The partial sums meet in a
+// tree in workgroup memory; `rms_norm_subgroup.wgsl` has the subgroup-reduced form.
+@compute @workgroup_size(WG)
+fn rms_norm_wg4(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_workgroup(wid, nwg);
+    // Uniform per workgroup, so returning before the barriers is allowed.
+    if row >= p.n_rows {
+        return;
     }
-    let inv = 1.0 / sqrt((acc.x + acc.y + acc.z + acc.w) / f32(p.n) + p.eps);
-
-    let wo = vec4<f32>(p.weight_offset);
-    for (var c = 0u; c < n_items; c++) {
-        var h: Item;
-        if HAS_RES {
-            h = item(B_ROUT, rob + c);
-        } else {
-            h = item(B_X, xb + c);
+    partial[lid] = sum_squares4(row, lid, WG);
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            partial[lid] += partial[lid + s];
         }
-        let w = item(B_W, wb + c);
-        put_item(B_OUT, ob + c, Item(h.lo * inv * (w.lo + wo), h.hi * inv * (w.hi + wo)));
+        workgroupBarrier();
     }
+    scale4(row, lid, WG, 1.0 / sqrt(partial[0] / f32(p.n) + p.eps));
 }

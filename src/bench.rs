@@ -19,6 +19,8 @@
 
 pub mod baseline;
 pub mod copy;
+pub mod host;
+pub mod matmul;
 pub mod paged;
 
 pub use crate::ops::rope::sincos::SinCos;
@@ -37,8 +39,15 @@ pub const BASELINE: &Shader = &Shader {
     variants: baseline::all_variant_keys,
 };
 
+/// The tiled f32 matmul, the benchmark's compute ceiling for prefill attention.
+pub const MATMUL: &Shader = &Shader {
+    name: "matmul.wgsl",
+    parts: &[include_str!("../shaders/matmul.wgsl")],
+    variants: matmul::all_variant_keys,
+};
+
 /// The benchmark's own shaders (the portability tests compile them beside [`Shader::ALL`]).
-pub const SHADERS: &[&Shader] = &[COPY, BASELINE];
+pub const SHADERS: &[&Shader] = &[COPY, BASELINE, MATMUL];
 
 /// `rope` computing cos and sin with `method` instead of the exact fixed-point angle: only for
 /// measuring what the exact method costs and buys (`examples/rope_sincos.rs`, the accuracy
@@ -80,6 +89,10 @@ pub struct BenchArgs {
     /// Write an SVG bar chart of achieved bandwidth per kernel against the two ceilings to FILE.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// Time with submit-and-wait wall time even where the adapter has GPU timestamps (the
+    /// fallback; the environment variable LLAMA_KERNELS_TIMING=wall does the same).
+    #[arg(long)]
+    pub wall_time: bool,
 }
 
 /// Records one run of a case into an encoder (called once per repetition).
@@ -128,10 +141,26 @@ pub enum Timing {
     Wall,
 }
 
+/// Set to `wall` to time with submit-and-wait wall time even where the adapter has timestamp
+/// queries (the fallback path, e.g. to check it on an adapter that has them, or to compare the
+/// two).
+pub const TIMING_ENV: &str = "LLAMA_KERNELS_TIMING";
+
 impl Timing {
-    /// GPU timestamps where `ctx` has them, wall time otherwise.
+    /// GPU timestamps where `ctx` has them, wall time otherwise or when [`TIMING_ENV`] is
+    /// `wall`.
     pub fn of(ctx: &Context) -> Timing {
-        if ctx.caps().timestamps {
+        Timing::choose(
+            ctx.caps().timestamps,
+            std::env::var(TIMING_ENV).ok().as_deref(),
+        )
+    }
+
+    /// The rule behind [`Timing::of`]: timestamps when the adapter has them, unless `env` (the
+    /// value of [`TIMING_ENV`]) says `wall`.
+    pub fn choose(has_timestamps: bool, env: Option<&str>) -> Timing {
+        let forced_wall = env.is_some_and(|v| v.trim().eq_ignore_ascii_case("wall"));
+        if has_timestamps && !forced_wall {
             Timing::Timestamp
         } else {
             Timing::Wall
@@ -173,6 +202,9 @@ pub struct Record {
     /// Time of the naive baseline over this record's, each first multiplied by the WGSL copy
     /// ceiling measured beside it (which cancels changes in host load between the two).
     pub speedup_vs_naive: Option<f64>,
+    /// Prefill: `gflops` over the best matmul's GFLOP/s in the same run (the `matmul` /
+    /// `ceiling` record).
+    pub fraction_of_matmul: Option<f64>,
     /// How the time was taken.
     pub timing: Timing,
     /// The ceilings (GB/s) this record's fractions divide by: for kernels, `buffer_copy` and the
@@ -198,6 +230,7 @@ impl Record {
             "fraction_of_wgsl_copy": self.fraction_of_wgsl_copy,
             "gflops": self.gflops,
             "speedup_vs_naive": self.speedup_vs_naive,
+            "fraction_of_matmul": self.fraction_of_matmul,
             "timing": self.timing.name(),
             "ceiling_copy_gbps": self.ceiling_copy_gbps,
             "ceiling_wgsl_copy_gbps": self.ceiling_wgsl_copy_gbps,
@@ -597,7 +630,10 @@ fn rms_norm_cases(ctx: &Context, quick: bool) -> Vec<Case> {
             (1, DType::F32, false, true),
             (2, DType::F32, false, false),
             (3, DType::F16, false, false),
+            (0, DType::F16, false, false),
             (0, DType::F32, true, false),
+            (0, DType::BF16, true, false),
+            (0, DType::F16, true, false),
         ]);
     } else {
         for m in 0..NORM_MODELS.len() {
@@ -973,12 +1009,52 @@ fn attention_cases(quick: bool) -> Vec<Case> {
     cases
 }
 
-/// Every case of the benchmark, ceilings first.
+// ---------------------------------------------------------------- the matmul ceiling
+
+/// The matmul tilings on the two products of one 2048-token prefill head with head_dim 128:
+/// QK^T (`[2048, 128] x [128, 2048]`) and PV (`[2048, 2048] x [2048, 128]`).
+fn matmul_cases(quick: bool) -> Vec<Case> {
+    let shapes: &[(&str, usize, usize, usize)] = if quick {
+        &[("qk", 2048, 2048, 128)]
+    } else {
+        &[("qk", 2048, 2048, 128), ("pv", 2048, 128, 2048)]
+    };
+    let mut cases = Vec::new();
+    for &(product, m, n, k) in shapes {
+        for v in matmul::Variant::BENCH {
+            cases.push(Case {
+                kernel: "matmul",
+                variant: v.name(),
+                model: product,
+                dtype: DType::F32,
+                shape: vec![("m", m as u64), ("n", n as u64), ("k", k as u64)],
+                bytes: 4 * (m * k + k * n + m * n) as u64,
+                flops: Some(2.0 * (m * n * k) as f64),
+                group: format!("matmul/{m}x{n}x{k}"),
+                prepare: Box::new(move |ctx| {
+                    let a = upload_pattern(ctx, &[m, k], DType::F32, 11)?;
+                    let b = upload_pattern(ctx, &[k, n], DType::F32, 12)?;
+                    let c = ctx.empty(&[m, n], DType::F32)?;
+                    Ok(Box::new(move |ctx, enc| v.encode(ctx, enc, &a, &b, &c)))
+                }),
+            });
+        }
+    }
+    cases
+}
+
+/// Every case of the benchmark, ceilings first; the matmul ceiling runs right before prefill
+/// attention, so the two see the same host load as nearly as possible.
 pub fn cases(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut c = copy_cases();
     c.extend(rms_norm_cases(ctx, quick));
     c.extend(rope_cases(quick));
-    c.extend(attention_cases(quick));
+    let (prefill, decode): (Vec<Case>, Vec<Case>) = attention_cases(quick)
+        .into_iter()
+        .partition(|c| c.variant.contains("prefill"));
+    c.extend(decode);
+    c.extend(matmul_cases(quick));
+    c.extend(prefill);
     c.extend(paged::cases(quick));
     c
 }
@@ -991,9 +1067,21 @@ pub fn run_cases(
     cases: Vec<Case>,
     filter: Option<&str>,
     settings: &Settings,
+    progress: impl FnMut(&Record),
+) -> Result<Vec<Record>> {
+    run_cases_timed(ctx, cases, filter, settings, Timing::of(ctx), progress)
+}
+
+/// [`run_cases`] with the timing method given (`Timing::Wall` forces the fallback; `Timestamp`
+/// on a device without timestamp queries is refused by wgpu with an error).
+pub fn run_cases_timed(
+    ctx: &Context,
+    cases: Vec<Case>,
+    filter: Option<&str>,
+    settings: &Settings,
+    timing: Timing,
     mut progress: impl FnMut(&Record),
 ) -> Result<Vec<Record>> {
-    let timing = Timing::of(ctx);
     let mut records: Vec<Record> = Vec::new();
     // Copy cases come first; the two ceilings among them stay allocated and are re-measured
     // beside every kernel.
@@ -1052,6 +1140,7 @@ pub fn run_cases(
             fraction_of_wgsl_copy: gbps / ceiling_wgsl_copy_gbps,
             gflops: case.flops.map(|f| f / (time_ms * 1e6)),
             speedup_vs_naive: None,
+            fraction_of_matmul: None,
             timing,
             ceiling_copy_gbps,
             ceiling_wgsl_copy_gbps,
@@ -1103,8 +1192,32 @@ pub fn ceilings(records: &[Record]) -> (f64, f64) {
     (copy, wgsl)
 }
 
+/// The best matmul record, repeated as the `ceiling` variant (its shape names the tiling), so
+/// that the JSON carries the compute ceiling prefill's `fraction_of_matmul` divides by.
+fn matmul_ceiling(records: &[Record]) -> Option<Record> {
+    let best = records
+        .iter()
+        .filter(|r| r.kernel == "matmul" && r.gflops.is_some_and(f64::is_finite))
+        .max_by(|a, b| a.gflops.unwrap_or(0.0).total_cmp(&b.gflops.unwrap_or(0.0)))?;
+    let mut c = best.clone();
+    c.variant = "ceiling".into();
+    c.shape
+        .insert("tiling".into(), Value::String(best.variant.clone()));
+    c.group = "matmul/ceiling".into();
+    Some(c)
+}
+
 /// Fill in the fractions of the ceilings and the speed-ups over the naive baselines.
-fn finish(records: &mut [Record]) {
+fn finish(records: &mut Vec<Record>) {
+    if let Some(ceiling) = matmul_ceiling(records) {
+        let best = ceiling.gflops.unwrap_or(f64::NAN);
+        for r in records.iter_mut() {
+            if r.kernel == "attention" && r.variant.contains("prefill") {
+                r.fraction_of_matmul = r.gflops.map(|g| g / best);
+            }
+        }
+        records.push(ceiling);
+    }
     let (copy, wgsl) = ceilings(records);
     for r in records.iter_mut() {
         if !r.ceiling_copy_gbps.is_finite() || !r.ceiling_wgsl_copy_gbps.is_finite() {
@@ -1135,7 +1248,7 @@ fn finish(records: &mut [Record]) {
 
 fn table_header() -> String {
     format!(
-        "{:<9} {:<26} {:<5} {:<34} {:>9} {:>8} {:>7} {:>6} {:>6} {:>8} {:>7}",
+        "{:<9} {:<26} {:<5} {:<34} {:>9} {:>8} {:>7} {:>6} {:>6} {:>8} {:>7} {:>5}",
         "kernel",
         "variant",
         "dtype",
@@ -1146,7 +1259,8 @@ fn table_header() -> String {
         "%copy",
         "%wgsl",
         "GFLOP/s",
-        "speedup"
+        "speedup",
+        "%mm"
     )
 }
 
@@ -1159,7 +1273,7 @@ fn table_row(r: &Record) -> String {
         }
     };
     format!(
-        "{:<9} {:<26} {:<5} {:<34} {:>9.3} {:>8.1} {:>7.2} {:>6} {:>6} {:>8} {:>7}",
+        "{:<9} {:<26} {:<5} {:<34} {:>9.3} {:>8.1} {:>7.2} {:>6} {:>6} {:>8} {:>7} {:>5}",
         r.kernel,
         r.variant,
         r.dtype,
@@ -1172,6 +1286,7 @@ fn table_row(r: &Record) -> String {
         r.gflops.map_or("-".into(), |g| format!("{g:.1}")),
         r.speedup_vs_naive
             .map_or("-".into(), |s| format!("{s:.2}x")),
+        r.fraction_of_matmul.map_or("-".into(), pct),
     )
 }
 
@@ -1250,6 +1365,7 @@ pub fn svg_chart(records: &[Record], title: &str) -> String {
             ("rms_norm", _) => "#1f77b4",
             ("rope", _) => "#ff7f0e",
             ("attention", _) => "#9467bd",
+            ("matmul", _) => "#8c564b",
             _ => "#17becf",
         };
         let label = format!("{} {} {} {}", r.kernel, r.variant, r.dtype, r.shape_text());
@@ -1327,10 +1443,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 /// [`run`] on a given context; returns the records.
 pub fn run_with(ctx: &Context, args: &BenchArgs) -> Result<Vec<Record>> {
     let settings = Settings::new(args.quick);
-    let timing = if ctx.caps().timestamps {
-        "GPU timestamp queries"
+    let method = if args.wall_time {
+        Timing::Wall
     } else {
-        "submit-and-wait wall time (the adapter has no timestamp queries)"
+        Timing::of(ctx)
+    };
+    let timing = match (method, ctx.caps().timestamps) {
+        (Timing::Timestamp, _) => "GPU timestamp queries",
+        (Timing::Wall, true) => {
+            "submit-and-wait wall time (forced; the adapter has timestamp queries)"
+        }
+        (Timing::Wall, false) => "submit-and-wait wall time (the adapter has no timestamp queries)",
     };
     println!("adapter: {}", ctx.describe());
     println!(
@@ -1341,20 +1464,34 @@ pub fn run_with(ctx: &Context, args: &BenchArgs) -> Result<Vec<Record>> {
     );
     println!("{}", table_header());
     let started = Instant::now();
-    let records = run_cases(
+    let records = run_cases_timed(
         ctx,
         cases(ctx, args.quick),
         args.filter.as_deref(),
         &settings,
+        method,
         |r| println!("{}", table_row(r)),
     )?;
+    // Host cost of recording: the floor always runs (like the ceilings); `--filter` selects ops
+    // by `host/<variant>`.
+    let filter = args.filter.as_deref();
+    let host = host::measure(ctx, &host::HostSettings::default(), |variant| {
+        filter.is_none_or(|f| format!("host/{variant}").contains(f))
+    })?;
     println!(
-        "\n{}finished in {:.1} s",
+        "\n{}\n{}finished in {:.1} s",
         table(&records),
+        host::table(&host),
         started.elapsed().as_secs_f64()
     );
     if let Some(path) = &args.json {
-        let arr = Value::Array(records.iter().map(Record::to_json).collect());
+        let arr = Value::Array(
+            records
+                .iter()
+                .map(Record::to_json)
+                .chain(host.iter().map(host::HostRecord::to_json))
+                .collect(),
+        );
         let text = serde_json::to_string_pretty(&arr)
             .map_err(|e| Error::gpu(OP, format!("JSON encoding: {e}")))?;
         write_file(path, &(text + "\n"))?;

@@ -325,6 +325,7 @@ fn harness_records_json_and_chart() {
         "fraction_of_wgsl_copy",
         "gflops",
         "speedup_vs_naive",
+        "fraction_of_matmul",
         "timing",
         "ceiling_copy_gbps",
         "ceiling_wgsl_copy_gbps",
@@ -336,11 +337,9 @@ fn harness_records_json_and_chart() {
     }
     assert_eq!(json["shape"]["model"], "test");
     assert_eq!(json["shape"]["words"], words as u64);
-    let timing = if ctx.caps().timestamps {
-        "timestamp"
-    } else {
-        "wall"
-    };
+    // Timestamps where the adapter has them, unless LLAMA_KERNELS_TIMING=wall forces the
+    // fallback for the whole run.
+    let timing = bench::Timing::of(&ctx).name();
     assert_eq!(json["timing"], timing);
     let svg = bench::svg_chart(&records, "test");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -396,5 +395,168 @@ fn naive_attention_matches_reference() {
             tolerance(DType::F32),
             &format!("naive attention {q_len}x{kv_len} heads {n_heads}/{n_kv} causal {causal}"),
         );
+    }
+}
+
+/// The host-cost records: the floor, every op and the decode step come out with sane fields
+/// (positive finite µs, the dispatch counts of the ops, ratios consistent with the floor). No
+/// assertion on the timings themselves: they move with the host's load.
+#[test]
+fn host_cost_records() {
+    use llama_kernels::bench::host;
+    let ctx = ctx();
+    let settings = host::HostSettings {
+        batches: 3,
+        per_batch: 4,
+        steps_per_batch: 1,
+    };
+    let records = host::measure(&ctx, &settings, |_| true).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = records.iter().map(|r| r.variant.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "floor",
+            "rms_norm",
+            "rms_norm_residual",
+            "rope_qk_fused_qkv",
+            "kv_cache_append_rope",
+            "attention_decode_cached",
+            "attention_prefill",
+            "decode_step_llama3_8b"
+        ]
+    );
+    let floor = records[0].host_us;
+    for r in &records {
+        assert!(r.host_us > 0.0 && r.host_us.is_finite(), "{r:?}");
+        assert!(r.dispatches >= 1, "{r:?}");
+        assert!(
+            (r.ratio_to_floor - r.host_us / r.floor_us).abs() < 1e-9 * r.ratio_to_floor,
+            "{r:?}"
+        );
+        if r.variant != "decode_step_llama3_8b" {
+            assert_eq!(r.floor_us, floor * r.dispatches as f64, "{r:?}");
+        }
+        let json = r.to_json();
+        assert_eq!(json["kernel"], "host");
+        assert_eq!(json["variant"], r.variant.as_str());
+        for field in ["host_us", "dispatches", "ratio_to_floor"] {
+            assert!(json[field].is_number(), "{field} in {json}");
+        }
+    }
+    // 32 layers of two norms, RoPE on Q, the cache append (2) and decode attention, plus the
+    // final norm: 7 or 6 per layer depending on whether decode needs its merge pass.
+    let step = &records[7];
+    let decode = records[5].dispatches;
+    assert_eq!(step.dispatches, 32 * (5 + decode) + 1);
+    // A filter keeps only what it names, beside the floor.
+    let only = host::measure(&ctx, &settings, |v| v == "rms_norm").unwrap();
+    let names: Vec<&str> = only.iter().map(|r| r.variant.as_str()).collect();
+    assert_eq!(names, ["floor", "rms_norm"]);
+}
+
+/// Every matmul tiling computes the product the CPU computes, on a small shape that is a multiple
+/// of every tiling's block; shapes that are not are refused with the sizes named.
+#[test]
+fn matmul_tilings_match_cpu_product() {
+    use llama_kernels::bench::matmul::Variant;
+    let ctx = ctx();
+    let mut rng = Rng::new(5);
+    let (m, n, k) = (128usize, 64usize, 48usize);
+    let a = rng.vec(m * k, 1.0);
+    let b = rng.vec(k * n, 1.0);
+    let mut want = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            want[i * n + j] = (0..k)
+                .map(|l| a[i * k + l] as f64 * b[l * n + j] as f64)
+                .sum();
+        }
+    }
+    let at = ctx.upload(&a, &[m, k]).unwrap();
+    let bt = ctx.upload(&b, &[k, n]).unwrap();
+    for v in Variant::BENCH {
+        let ct = ctx.upload(&vec![f32::NAN; m * n], &[m, n]).unwrap();
+        ctx.submit_and_wait("test", |enc| v.encode(&ctx, enc, &at, &bt, &ct))
+            .unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        assert_close(&ctx, &ct, &want, 1e-10, &format!("matmul {}", v.name()));
+    }
+    let odd = ctx.empty(&[m, 60], DType::F32).unwrap();
+    let bodd = ctx.empty(&[k, 60], DType::F32).unwrap();
+    let msg = ctx
+        .submit_and_wait("test", |enc| {
+            Variant::Tiled.encode(&ctx, enc, &at, &bodd, &odd)
+        })
+        .expect_err("n 60 is not a multiple of 64")
+        .to_string();
+    assert!(
+        msg.starts_with("matmul: ") && msg.contains("n 60 of 64"),
+        "{msg}"
+    );
+}
+
+/// The timing fallback: forced wall time on an adapter that has timestamps (lavapipe) still
+/// produces complete records, marked `wall`; the environment rule picks wall time only when
+/// asked or when the adapter has no timestamps.
+#[test]
+fn forced_wall_time_fallback_records() {
+    use llama_kernels::bench::Timing;
+    assert_eq!(Timing::choose(true, None), Timing::Timestamp);
+    assert_eq!(Timing::choose(true, Some("wall")), Timing::Wall);
+    assert_eq!(Timing::choose(true, Some(" WALL ")), Timing::Wall);
+    assert_eq!(Timing::choose(true, Some("timestamp")), Timing::Timestamp);
+    assert_eq!(Timing::choose(false, None), Timing::Wall);
+    let ctx = ctx();
+    let words = 1 << 14;
+    let mk = |variant: &'static str, kernel: &'static str| Case {
+        kernel,
+        variant: variant.into(),
+        model: "test",
+        dtype: DType::F32,
+        shape: vec![("words", words as u64)],
+        bytes: 8 * words as u64,
+        flops: None,
+        group: "g".into(),
+        prepare: Box::new(move |ctx| {
+            let src = ctx.upload(&vec![1.0f32; words], &[words])?;
+            let dst = ctx.empty(&[words], DType::F32)?;
+            let v = copy::Variant {
+                vec4: true,
+                per: 1,
+                workgroup: 64,
+            };
+            Ok(Box::new(move |ctx, enc| {
+                if variant == "buffer_copy" {
+                    enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, 4 * words as u64);
+                    Ok(())
+                } else {
+                    v.encode(ctx, enc, &src, &dst)
+                }
+            }))
+        }),
+    };
+    let settings = Settings {
+        warmup: 1,
+        runs: 3,
+        min_run_ms: 0.5,
+    };
+    let records = bench::run_cases_timed(
+        &ctx,
+        vec![
+            mk("buffer_copy", "copy"),
+            mk("wgsl_vec4", "copy"),
+            mk("kernel", "rms_norm"),
+        ],
+        None,
+        &settings,
+        Timing::Wall,
+        |_| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        assert_eq!(r.timing, Timing::Wall, "{r:?}");
+        assert_eq!(r.to_json()["timing"], "wall");
+        assert!(r.time_ms > 0.0 && r.time_ms.is_finite(), "{r:?}");
+        assert!(r.gbps > 0.0 && r.fraction_of_wgsl_copy.is_finite(), "{r:?}");
     }
 }

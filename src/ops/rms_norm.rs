@@ -7,8 +7,15 @@
 //! `weight_offset` is 0 for Llama, Mistral and Qwen and 1 for Gemma's `(1 + w)`.
 //!
 //! Variants, each with its strategy:
-//! - plain: one workgroup per row, f32 sum of squares in registers, tree reduction in workgroup
-//!   memory, second pass scales and stores; chunks of 4 elements where `n % 4 == 0`.
+//! - workgroup per row (GPUs, and few rows anywhere): the design of GPU norm kernels (Apex's
+//!   and PyTorch's `RMSNormForward`, llm.c's `rmsnorm_forward_kernel`): consecutive invocations
+//!   read consecutive 16-byte items of one row (coalesced `vec4<u32>` loads; 4-byte words when
+//!   a view is not 16-byte aligned), sum squares in f32 registers, reduce across the workgroup,
+//!   then a second pass scales and stores. The reduction is `subgroupAdd` followed by one
+//!   workgroup-memory slot per subgroup where the device has `SUBGROUP` and is not a CPU
+//!   adapter (`rms_norm_wg4_subgroup`, in [`RMS_NORM_SUBGROUP`]), and a tree in workgroup
+//!   memory otherwise (`rms_norm_wg4`, `rms_norm`). CPU adapters keep the tree: llvmpipe's
+//!   `subgroupAdd` measured slower than it (BENCHMARKS.md).
 //! - invocation per row (CPU adapters, at least [`ROWS_PER_INVOCATION_MIN`] rows): each
 //!   invocation streams one whole row, so there is no workgroup memory and no barrier; the
 //!   weight index is uniform across invocations, which CPU drivers load once and broadcast.
@@ -88,10 +95,34 @@ pub enum Strategy {
     /// Let the dispatcher decide from the adapter and the number of rows.
     #[default]
     Auto,
-    /// One workgroup per row (GPUs, and few rows anywhere).
+    /// One workgroup per row (GPUs, and few rows anywhere), reduced as the adapter prefers:
+    /// subgroups on GPUs that have them, the workgroup-memory tree elsewhere.
     WorkgroupPerRow,
+    /// One workgroup per row, always the workgroup-memory tree.
+    WorkgroupTree,
+    /// One workgroup per row reduced with subgroup operations where the views are 16-byte
+    /// aligned (the tree otherwise); an error on a device without `SUBGROUP`.
+    WorkgroupSubgroup,
     /// One invocation per row (CPU adapters with many rows).
     InvocationPerRow,
+}
+
+/// `shaders/rms_norm.wgsl` with the subgroup-reduced entry point
+/// (`shaders/rms_norm_subgroup.wgsl`): a module of its own, because a module that uses subgroup
+/// operations anywhere fails validation on devices without `SUBGROUP`.
+pub const RMS_NORM_SUBGROUP: &Shader = &Shader {
+    name: "rms_norm_subgroup.wgsl",
+    parts: &[
+        crate::pipeline::COMMON_WGSL,
+        include_str!("../../shaders/rms_norm.wgsl"),
+        include_str!("../../shaders/rms_norm_subgroup.wgsl"),
+    ],
+    variants: subgroup_variant_keys,
+};
+
+/// True when [`Strategy::WorkgroupPerRow`] reduces with subgroups on this adapter.
+pub fn subgroups_wanted(ctx: &Context) -> bool {
+    ctx.caps().subgroups && ctx.adapter_info().device_type != wgpu::DeviceType::Cpu
 }
 
 /// On CPU adapters, [`Strategy::Auto`] runs one invocation per row from this many rows on; with
@@ -132,8 +163,10 @@ pub struct Variant {
     pub w_src: u32,
     /// One invocation per row (`rms_norm_rows`) instead of one workgroup per row.
     pub per_invocation: bool,
-    /// With `per_invocation`: 16-byte items through `vec4<u32>` bindings (`rms_norm_rows4`).
+    /// 16-byte items through `vec4<u32>` bindings (`rms_norm_rows4`, `rms_norm_wg4*`).
     pub items16: bool,
+    /// With a workgroup per row and `items16`: reduce with subgroup operations.
+    pub subgroup: bool,
 }
 
 impl Variant {
@@ -158,6 +191,7 @@ impl Variant {
             w_src: src[2],
             per_invocation: false,
             items16: false,
+            subgroup: false,
         }
     }
 
@@ -178,20 +212,34 @@ impl Variant {
         let v = Self::choose(dtype, n, residual, src);
         let per_invocation = match strategy {
             Strategy::Auto => invocation_per_row_wanted(ctx, rows),
-            Strategy::WorkgroupPerRow => false,
             Strategy::InvocationPerRow => true,
+            _ => false,
         };
         if per_invocation {
-            Variant {
+            return Variant {
                 workgroup: rows_workgroup(ctx),
                 per_invocation,
                 items16: aligned16,
                 // 16-byte items hold 4 f32 or 8 half values; `vec` only shapes `rms_norm_rows`.
                 vec: if aligned16 { 4 } else { v.vec },
                 ..v
-            }
-        } else {
-            v
+            };
+        }
+        if !aligned16 {
+            return v;
+        }
+        let items = (n * dtype.size() / 16).max(1);
+        let subgroup = match strategy {
+            Strategy::WorkgroupSubgroup => true,
+            Strategy::WorkgroupTree => false,
+            _ => subgroups_wanted(ctx),
+        };
+        Variant {
+            vec: 4,
+            workgroup: (items.next_power_of_two() as u32).clamp(32, 256),
+            items16: true,
+            subgroup,
+            ..v
         }
     }
 
@@ -202,10 +250,10 @@ impl Variant {
         } else {
             format!("v{}", self.vec)
         };
-        let strategy = if self.per_invocation {
-            "inv_per_row"
-        } else {
-            "wg_per_row"
+        let strategy = match (self.per_invocation, self.subgroup) {
+            (true, _) => "inv_per_row",
+            (false, true) => "wg_per_row_subgroup",
+            (false, false) => "wg_per_row",
         };
         format!("{strategy}_{layout}_wg{}", self.workgroup)
     }
@@ -221,13 +269,16 @@ impl Variant {
 
     /// The pipeline key of this variant.
     pub fn key(&self) -> PipelineKey {
+        let (shader, entry) = match (self.per_invocation, self.items16, self.subgroup) {
+            (true, true, _) => (Shader::RMS_NORM, "rms_norm_rows4"),
+            (true, false, _) => (Shader::RMS_NORM, "rms_norm_rows"),
+            (false, true, true) => (RMS_NORM_SUBGROUP, "rms_norm_wg4_subgroup"),
+            (false, true, false) => (Shader::RMS_NORM, "rms_norm_wg4"),
+            (false, false, _) => (Shader::RMS_NORM, "rms_norm"),
+        };
         PipelineKey::new(
-            Shader::RMS_NORM,
-            match (self.per_invocation, self.items16) {
-                (true, true) => "rms_norm_rows4",
-                (true, false) => "rms_norm_rows",
-                _ => "rms_norm",
-            },
+            shader,
+            entry,
             vec![
                 ("DTYPE", self.dtype.shader_code()),
                 ("V", self.vec),
@@ -244,6 +295,15 @@ impl Variant {
 /// Every pipeline key the dispatcher can produce, with a representative set of read sources
 /// (the portability tests compile each).
 pub fn all_variant_keys() -> Vec<PipelineKey> {
+    variant_keys(false)
+}
+
+/// The keys of [`RMS_NORM_SUBGROUP`].
+pub fn subgroup_variant_keys() -> Vec<PipelineKey> {
+    variant_keys(true)
+}
+
+fn variant_keys(subgroup: bool) -> Vec<PipelineKey> {
     // [x, residual, weight] sources: separate buffers, in place, residual in place, x in
     // residual_out's buffer, weight in either output's buffer.
     const SOURCES: [[u32; 3]; 6] = [
@@ -262,10 +322,18 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                     if !residual && (src.contains(&SRC_RES_OUT) || src[1] != SRC_OWN) {
                         continue;
                     }
-                    for (per_invocation, items16, workgroup) in
-                        [(false, false, 256), (true, false, 8), (true, true, 8)]
-                    {
+                    for (per_invocation, items16, workgroup) in [
+                        (false, false, 256),
+                        (false, true, 256),
+                        (true, false, 8),
+                        (true, true, 8),
+                    ] {
                         if items16 && vec != 4 {
+                            continue;
+                        }
+                        // The subgroup module holds one more entry point (workgroup per row,
+                        // 16-byte items); the others are in both modules, compiled from the plain.
+                        if subgroup && (per_invocation || !items16) {
                             continue;
                         }
                         keys.push(
@@ -279,6 +347,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                                 w_src: src[2],
                                 per_invocation,
                                 items16,
+                                subgroup,
                             }
                             .key(),
                         );
@@ -379,6 +448,13 @@ impl RmsNorm {
             OP,
             "weight_offset must be finite, got {}",
             self.weight_offset
+        );
+        crate::ensure!(
+            strategy != Strategy::WorkgroupSubgroup || ctx.caps().subgroups,
+            Limit,
+            OP,
+            "the subgroup reduction needs a device with SUBGROUP, and {} has none",
+            ctx.adapter_info().name
         );
         x.validate(OP, "x")?;
         weight.validate(OP, "weight")?;
