@@ -17,36 +17,9 @@ use crate::tensor::DType;
 
 /// Run an `attention` case on `ctx` and on the reference.
 pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
-    let causal = case.meta_bool("causal", true)?;
+    let (mut op, scale, softcap) = options(case)?;
     let q_offset = case.meta_opt_i64("q_offset")?;
-    let scale = case.meta_opt_f64("scale")?;
-    let window = case.meta_i64("window", 0)?;
-    let softcap = case.meta_f64("softcap", 0.0)?;
-    if !(0..=i32::MAX as i64).contains(&window) {
-        return Err(case.error(format!(
-            "metadata window={window} must be in 0..={} (0 = none)",
-            i32::MAX
-        )));
-    }
-    let side = |key: &str| -> Result<Option<u32>> {
-        match case.meta_i64(key, -1)? {
-            -1 => Ok(None),
-            w if (0..=i32::MAX as i64).contains(&w) => Ok(Some(w as u32)),
-            w => Err(case.error(format!(
-                "metadata {key}={w} must be -1 (unbounded) or in 0..={}",
-                i32::MAX
-            ))),
-        }
-    };
-    let window_left = side("window_left")?;
-    let window_right = side("window_right")?;
-    let chunk = case.meta_i64("attention_chunk_size", 0)?;
-    let max_chunk = crate::ops::attention::MAX_CHUNK_SIZE as i64;
-    if !(0..=max_chunk).contains(&chunk) {
-        return Err(case.error(format!(
-            "metadata attention_chunk_size={chunk} must be in 0..={max_chunk} (0 = none)"
-        )));
-    }
+    op.q_offset = q_offset;
     let (q, dtype) = case.storage_tensor("q")?;
     let (k, kd) = case.storage_tensor("k")?;
     let (v, vd) = case.storage_tensor("v")?;
@@ -67,18 +40,6 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     // The kernel reads sinks as f32; the reference gets the same values.
     let sinks_f32: Option<Vec<f64>> =
         sinks.map(|s| s.values.iter().map(|&v| v as f32 as f64).collect());
-    let op = Attention {
-        causal,
-        q_offset,
-        scale: scale.map(|s| s as f32),
-        window: window as u32,
-        window_left,
-        window_right,
-        chunk_size: chunk as u32,
-        softcap: softcap as f32,
-        kind: None,
-        splits: None,
-    };
     // Shapes and parameters are checked by the op before any GPU work, and before the reference
     // (which assumes consistent shapes) runs.
     let qt = ctx.upload_as(&q.to_f32(), &q.shape, dtype)?;
@@ -110,13 +71,13 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             head_dim: d.head_dim,
         },
         &reference::Options {
-            causal,
+            causal: op.causal,
             q_offset,
             scale,
-            window: window as usize,
-            window_left: window_left.map(|w| w as usize),
-            window_right: window_right.map(|w| w as usize),
-            chunk: chunk as usize,
+            window: op.window as usize,
+            window_left: op.window_left.map(|w| w as usize),
+            window_right: op.window_right.map(|w| w as usize),
+            chunk: op.chunk_size as usize,
             softcap,
         },
     );
@@ -132,4 +93,52 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             cpu,
         }],
     })
+}
+
+/// The options shared by the `attention` and `paged_attention` ops, read from the metadata
+/// (`q_offset` left unset); with `scale` and `softcap` as written (the reference takes them in
+/// f64, the kernel in f32).
+pub(super) fn options(case: &CaseFile) -> Result<(Attention, Option<f64>, f64)> {
+    let causal = case.meta_bool("causal", true)?;
+    let scale = case.meta_opt_f64("scale")?;
+    let softcap = case.meta_f64("softcap", 0.0)?;
+    let window = case.meta_i64("window", 0)?;
+    if !(0..=i32::MAX as i64).contains(&window) {
+        return Err(case.error(format!(
+            "metadata window={window} must be in 0..={} (0 = none)",
+            i32::MAX
+        )));
+    }
+    let side = |key: &str| -> Result<Option<u32>> {
+        match case.meta_i64(key, -1)? {
+            -1 => Ok(None),
+            w if (0..=i32::MAX as i64).contains(&w) => Ok(Some(w as u32)),
+            w => Err(case.error(format!(
+                "metadata {key}={w} must be -1 (unbounded) or in 0..={}",
+                i32::MAX
+            ))),
+        }
+    };
+    let window_left = side("window_left")?;
+    let window_right = side("window_right")?;
+    let chunk = case.meta_i64("attention_chunk_size", 0)?;
+    let max_chunk = crate::ops::attention::MAX_CHUNK_SIZE as i64;
+    if !(0..=max_chunk).contains(&chunk) {
+        return Err(case.error(format!(
+            "metadata attention_chunk_size={chunk} must be in 0..={max_chunk} (0 = none)"
+        )));
+    }
+    let op = Attention {
+        causal,
+        q_offset: None,
+        scale: scale.map(|s| s as f32),
+        window: window as u32,
+        window_left,
+        window_right,
+        chunk_size: chunk as u32,
+        softcap: softcap as f32,
+        kind: None,
+        splits: None,
+    };
+    Ok((op, scale, softcap))
 }

@@ -42,8 +42,7 @@ fn int_tensor<'a>(case: &'a CaseFile, name: &str) -> Result<&'a HostTensor> {
     Ok(t)
 }
 
-/// The options shared with the `attention` op, read from the metadata; with `scale` and
-/// `softcap` as written (the reference takes them in f64, the kernel in f32).
+/// The `attention` op's options; `q_offset` does not apply here.
 fn options(case: &CaseFile) -> Result<(Attention, Option<f64>, f64)> {
     if let Some(q_offset) = case.meta_opt_i64("q_offset")? {
         return Err(case.error(format!(
@@ -51,48 +50,7 @@ fn options(case: &CaseFile) -> Result<(Attention, Option<f64>, f64)> {
              aligns bottom-right (query t of a sequence sits at kv_len - q_len + t)"
         )));
     }
-    let causal = case.meta_bool("causal", true)?;
-    let scale = case.meta_opt_f64("scale")?;
-    let softcap = case.meta_f64("softcap", 0.0)?;
-    let window = case.meta_i64("window", 0)?;
-    if !(0..=i32::MAX as i64).contains(&window) {
-        return Err(case.error(format!(
-            "metadata window={window} must be in 0..={} (0 = none)",
-            i32::MAX
-        )));
-    }
-    let side = |key: &str| -> Result<Option<u32>> {
-        match case.meta_i64(key, -1)? {
-            -1 => Ok(None),
-            w if (0..=i32::MAX as i64).contains(&w) => Ok(Some(w as u32)),
-            w => Err(case.error(format!(
-                "metadata {key}={w} must be -1 (unbounded) or in 0..={}",
-                i32::MAX
-            ))),
-        }
-    };
-    let window_left = side("window_left")?;
-    let window_right = side("window_right")?;
-    let chunk = case.meta_i64("attention_chunk_size", 0)?;
-    let max_chunk = attention::MAX_CHUNK_SIZE as i64;
-    if !(0..=max_chunk).contains(&chunk) {
-        return Err(case.error(format!(
-            "metadata attention_chunk_size={chunk} must be in 0..={max_chunk} (0 = none)"
-        )));
-    }
-    let op = Attention {
-        causal,
-        q_offset: None,
-        scale: scale.map(|s| s as f32),
-        window: window as u32,
-        window_left,
-        window_right,
-        chunk_size: chunk as u32,
-        softcap: softcap as f32,
-        kind: None,
-        splits: None,
-    };
-    Ok((op, scale, softcap))
+    super::attention::options(case)
 }
 
 /// The batch the file describes, checked against its own shapes.
