@@ -470,16 +470,23 @@ impl CaseFile {
         let has = |k: &str| self.meta.contains_key(k);
         match self.op.as_str() {
             "rms_norm" => vec!["eps", "weight_offset"],
-            "attention" => vec![
-                "causal",
-                "q_offset",
-                "scale",
-                "window",
-                "softcap",
-                "window_left",
-                "window_right",
-                "attention_chunk_size",
-            ],
+            // paged_attention refuses q_offset itself, with the reason.
+            "attention" | "paged_attention" => {
+                let mut keys = vec![
+                    "causal",
+                    "q_offset",
+                    "scale",
+                    "window",
+                    "softcap",
+                    "window_left",
+                    "window_right",
+                    "attention_chunk_size",
+                ];
+                if self.op == "paged_attention" {
+                    keys.push("layout");
+                }
+                keys
+            }
             "rope" => {
                 let mut keys = vec![
                     "theta",
@@ -525,6 +532,13 @@ impl CaseFile {
                     "inv_freq" => keys.extend(["inv_freq", "attention_factor"]),
                     // `default`, and unknown types, which the runner refuses by name.
                     _ => {}
+                }
+                // QK-norm parameters, read with a norm weight.
+                if ["norm_weight", "q_norm_weight", "k_norm_weight"]
+                    .iter()
+                    .any(|t| self.tensors.contains_key(*t))
+                {
+                    keys.extend(["norm_eps", "norm_weight_offset"]);
                 }
                 keys
             }
