@@ -1324,7 +1324,7 @@ pub fn svg_chart(records: &[Record], title: &str) -> String {
     let plot_w = 520.0;
     let bar_h = 18.0;
     let gap = 4.0;
-    let top = 56.0;
+    let top = 72.0;
     let height = top + bars.len() as f64 * (bar_h + gap) + 40.0;
     let width = label_w + plot_w + 160.0;
     // `copy_buffer_to_buffer` can be far above every shader (a driver memcpy on CPU adapters);
@@ -1357,6 +1357,36 @@ pub fn svg_chart(records: &[Record], title: &str) -> String {
         s,
         r##"<text x="10" y="40">achieved GB/s (bytes each kernel must move / median time); lines: <tspan fill="#d62728">copy_buffer_to_buffer {copy:.1} GB/s</tspan>, <tspan fill="#2ca02c">best WGSL copy {wgsl:.1} GB/s</tspan> (measured first)</text>"##
     );
+    // The compute ceiling has no place on a GB/s axis: it is stated in GFLOP/s with prefill's
+    // fraction of it.
+    let matmul = records
+        .iter()
+        .find(|r| r.kernel == "matmul" && r.variant == "ceiling");
+    let prefill = records
+        .iter()
+        .filter(|r| r.variant == "prefill")
+        .filter_map(|r| Some((r.gflops?, r.fraction_of_matmul?)))
+        .map(|(g, f)| format!("{g:.2} GFLOP/s ({:.0}%)", f * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(m) = matmul {
+        let _ = writeln!(
+            s,
+            r##"<text x="10" y="58" fill="#8c564b">matmul ceiling (best tiling, {}): {:.2} GFLOP/s; prefill attention: {}</text>"##,
+            xml_escape(
+                m.shape
+                    .get("tiling")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-")
+            ),
+            m.gflops.unwrap_or(f64::NAN),
+            if prefill.is_empty() {
+                "-".to_string()
+            } else {
+                prefill
+            }
+        );
+    }
     for (i, r) in bars.iter().enumerate() {
         let y = top + i as f64 * (bar_h + gap);
         let color = match (r.kernel.as_str(), r.variant.contains("naive")) {
