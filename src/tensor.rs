@@ -254,7 +254,10 @@ impl Tensor {
             self.shape,
             self.strides
         );
-        let n: usize = shape.iter().product();
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX);
         crate::ensure!(
             n == self.numel(),
             Shape,
@@ -321,6 +324,17 @@ impl Tensor {
             "{name} has an empty dimension: shape {:?}",
             self.shape
         );
+        let count = self
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &n| a.checked_mul(n as u64));
+        crate::ensure!(
+            count.is_some_and(|c| c < u32::MAX as u64),
+            Limit,
+            op,
+            "{name} has shape {:?}: its element count is past the 32-bit indexing of the kernels",
+            self.shape
+        );
         // Overflow-safe span: every extent must fit in usize and in the u32 indexing of shaders.
         let mut last: u128 = self.offset as u128;
         for (&n, &s) in self.shape.iter().zip(&self.strides) {
@@ -381,6 +395,33 @@ impl Tensor {
                     self.dtype
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// [`Tensor::validate`] for a view a kernel writes: also refuses a view that reaches one
+    /// element twice (a zero or overlapping stride), whose writes would race with each other.
+    pub fn validate_written(&self, op: &'static str, name: &str) -> Result<()> {
+        self.validate(op, name)?;
+        let mut dims: Vec<(usize, usize)> = self
+            .shape
+            .iter()
+            .zip(&self.strides)
+            .map(|(&n, &stride)| (stride, n))
+            .filter(|&(_, n)| n > 1)
+            .collect();
+        dims.sort();
+        let mut extent = 1usize;
+        for (stride, n) in dims {
+            crate::ensure!(
+                stride >= extent,
+                Bounds,
+                op,
+                "{name} (shape {:?}, strides {:?}) reaches some elements twice; written views must not overlap themselves",
+                self.shape,
+                self.strides
+            );
+            extent = stride.saturating_mul(n - 1).saturating_add(extent);
         }
         Ok(())
     }

@@ -358,7 +358,7 @@ fn u32_size_edges_are_refused_not_wrapped() {
     match RmsNorm::new(1e-5).run(&ctx, &x, &w, &out) {
         Err(Error::Limit { msg, .. }) => {
             assert!(
-                msg.contains("4294967296 rows of 8 elements exceed 32-bit"),
+                msg.contains("x has shape [4294967296, 8]: its element count is past the 32-bit"),
                 "{msg}"
             )
         }
@@ -416,4 +416,51 @@ fn kv_cache_append_unit_dims_with_strides_past_u32() {
             );
         }
     }
+}
+
+/// A written view that reaches one element twice (stride 0 over rows) is refused by every op
+/// that writes it, before any GPU work; a view whose element count overflows 64 bits (broadcast
+/// strides over huge dims) is refused by validation instead of wrapping.
+#[test]
+fn self_overlapping_and_overflowing_views_are_refused() {
+    let ctx = ctx();
+    let x = filled(&ctx, &[4, 8], 1.0);
+    let w = filled(&ctx, &[8], 1.0);
+    let buf = ctx.empty(&[8], DType::F32).unwrap();
+    let out = Tensor::with_strides(buf.buffer(), 0, &[4, 8], &[0, 1], DType::F32);
+    expect_err(
+        RmsNorm::new(1e-5).run(&ctx, &x, &w, &out),
+        "rms_norm",
+        is_bounds,
+        "out (shape [4, 8], strides [0, 1]) reaches some elements twice",
+    );
+    let q = filled(&ctx, &[2, 4, 8], 1.0);
+    let kv = filled(&ctx, &[3, 4, 8], 1.0);
+    let obuf = ctx.empty(&[32], DType::F32).unwrap();
+    let o = Tensor::with_strides(obuf.buffer(), 0, &[2, 4, 8], &[0, 8, 1], DType::F32);
+    expect_err(
+        Attention::default().run(&ctx, &q, &kv, &kv, None, &o),
+        "attention",
+        is_bounds,
+        "reaches some elements twice",
+    );
+    let huge = Tensor::with_strides(
+        buf.buffer(),
+        0,
+        &[1 << 40, 1 << 30, 2],
+        &[0, 0, 1],
+        DType::F32,
+    );
+    expect_err(
+        huge.validate("probe", "x"),
+        "probe",
+        |e| matches!(e, Error::Limit { .. }),
+        "element count is past the 32-bit indexing",
+    );
+    expect_err(
+        x.reshape("probe", &[(1 << 61) + 1, 8]),
+        "probe",
+        is_shape,
+        "cannot reshape [4, 8]",
+    );
 }

@@ -756,7 +756,7 @@ impl Attention {
         q.validate(OP, "q")?;
         k.validate(OP, "k")?;
         v.validate(OP, "v")?;
-        out.validate(OP, "out")?;
+        out.validate_written(OP, "out")?;
         let d = self.dims(q, k, v)?;
         let dtype = q.dtype();
         k.expect_dtype(OP, "k", dtype)?;

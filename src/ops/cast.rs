@@ -48,7 +48,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
 
 fn validate(src: &Tensor, dst: &Tensor) -> Result<()> {
     src.validate(OP, "src")?;
-    dst.validate(OP, "dst")?;
+    dst.validate_written(OP, "dst")?;
     crate::ensure!(
         src.is_contiguous() && dst.is_contiguous(),
         Shape,

@@ -1193,7 +1193,7 @@ impl Attention {
     ) -> Result<PagedChecked> {
         let op = "paged_attention";
         q.validate(op, "q")?;
-        out.validate(op, "out")?;
+        out.validate_written(op, "out")?;
         cache.check_table(batch.page_size, batch.n_pages)?;
         let h = batch.heads;
         crate::ensure!(

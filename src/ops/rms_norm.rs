@@ -458,7 +458,7 @@ impl RmsNorm {
         );
         x.validate(OP, "x")?;
         weight.validate(OP, "weight")?;
-        out.validate(OP, "out")?;
+        out.validate_written(OP, "out")?;
         let dtype = x.dtype();
         weight.expect_dtype(OP, "weight", dtype)?;
         out.expect_dtype(OP, "out", dtype)?;
@@ -485,7 +485,7 @@ impl RmsNorm {
         let (mut r_stride, mut rout_stride) = (0, 0);
         if let Some((r, rout)) = residual {
             r.validate(OP, "residual")?;
-            rout.validate(OP, "residual_out")?;
+            rout.validate_written(OP, "residual_out")?;
             r.expect_dtype(OP, "residual", dtype)?;
             rout.expect_dtype(OP, "residual_out", dtype)?;
             crate::ensure!(

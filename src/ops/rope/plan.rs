@@ -70,23 +70,7 @@ fn view4(t: &Tensor, name: &str) -> Result<View4> {
         }
     };
     // A written view must not reach one element twice (the rotation would race with itself).
-    let mut dims: Vec<(usize, usize)> = s
-        .iter()
-        .zip(st)
-        .map(|(&n, &stride)| (stride, n))
-        .filter(|&(_, n)| n > 1)
-        .collect();
-    dims.sort();
-    let mut extent = 1usize;
-    for (stride, n) in dims {
-        crate::ensure!(
-            stride >= extent,
-            Bounds,
-            OP,
-            "{name} (shape {s:?}, strides {st:?}) reaches some elements twice; rotated views must not overlap themselves"
-        );
-        extent = stride.saturating_mul(n - 1).saturating_add(extent);
-    }
+    t.validate_written(OP, name)?;
     Ok(v)
 }
 
