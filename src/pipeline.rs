@@ -117,6 +117,7 @@ impl Shader {
         Shader::KV_CACHE,
         Shader::ATTENTION_PAGED,
         Shader::PAGED_KV,
+        crate::ops::rms_norm::RMS_NORM_SUBGROUP,
     ];
 
     /// The full WGSL module.

@@ -62,7 +62,7 @@ impl Timer {
     /// The timer `ctx` supports.
     pub fn new(ctx: &Context) -> Timer {
         Timer {
-            timestamps: ctx.caps().timestamps,
+            timestamps: llama_kernels::bench::Timing::of(ctx) == llama_kernels::bench::Timing::Timestamp,
         }
     }
 
