@@ -55,7 +55,8 @@
 //! (`cargo run --release --example rope_sincos`). [`SinCos`] keeps the other methods for such measurements.
 //!
 //! ## Strategy
-//! Two entry points; the dispatcher picks by alignment ([`Rope::variant`] reports the choice):
+//! Three entry points; the dispatcher picks by alignment and norm ([`Rope::variant`] reports the
+//! choice for the plain rotation):
 //! - `rope_vec4`, in place when the view's first element and every stride (of a dimension
 //!   longer than 1) are multiples of 16 bytes and `rotary_dim` is a multiple of 8 (f32) or 16
 //!   (f16, bf16) elements, i.e. every access is a whole, aligned vec4 of the view. One invocation
@@ -71,8 +72,17 @@
 //!   word is only written by one invocation). Out of place, extra invocations copy the
 //!   unrotated tail.
 //!
-//! Both split heads into more groups when tokens x columns alone would not fill the device
-//! (`TARGET_INVOCATIONS`).
+//! - `rope_norm`, with a per-head RMSNorm ([`HeadNorm`], Qwen3 / Gemma 3 QK-norm) in front of
+//!   the rotation: one invocation per (token, head) reads the head once for its sum of squares
+//!   (f32), then normalises, rotates and stores it (the unrotated tail normalised too). Q and K
+//!   each have their own weights, as runtime flags of one dispatch.
+//!
+//! The first two split heads into more groups when tokens x columns alone would not fill the
+//! device (`TARGET_INVOCATIONS`).
+//!
+//! Out of place, `rope` and `rope_norm` can take the output rows from a row map
+//! ([`Rope::encode_rows`]: a runtime flag and the `rows` binding, no extra specialisation), so a
+//! paged KV cache gets its new K rows rotated (and normalised) straight into their pages.
 //!
 //! Measured on lavapipe (2 shared cores, so absolute numbers move; ratios are taken in the same
 //! run): `cargo run --release --example rope_speed`, GPU timestamps, median of 7, as a fraction
