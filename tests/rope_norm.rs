@@ -578,7 +578,11 @@ fn check_norm_cases_are_refused_when_mistyped() {
         e.contains("norm_weight has shape [7]; it must be [8]"),
         "{e}"
     );
-    let e = case_error(&[x.clone()], &[("op", "rope"), ("norm_eps", "1e-6")], 1.0);
+    let e = case_error(
+        std::slice::from_ref(&x),
+        &[("op", "rope"), ("norm_eps", "1e-6")],
+        1.0,
+    );
     assert!(e.contains("norm_eps"), "{e}");
     let e = case_error(
         &[x.clone(), ("q_norm_weight", DType::F32, vec![8])],

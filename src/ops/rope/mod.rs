@@ -143,6 +143,10 @@ pub struct Rope {
     /// `start + seq` with a start offset; a positions buffer needs it set (the host cannot read
     /// GPU positions without a stall).
     pub seq_len: Option<usize>,
+    /// Multimodal RoPE (Qwen2-VL, Qwen2.5-VL `mrope_section`): pairs `[0, t)` rotate by the
+    /// time position, `[t, t + h)` by the height position, the last `w` by the width position
+    /// (`t + h + w = rotary_dim / 2`); positions are then `[3, seq]` or `[3, batch, seq]`.
+    pub mrope_section: Option<[usize; 3]>,
     /// How cos and sin are computed: always exact, but for the benchmark's comparisons.
     pub(crate) sincos: SinCos,
 }
@@ -155,6 +159,7 @@ impl Default for Rope {
             theta: 10000.0,
             scaling: Scaling::Default,
             seq_len: None,
+            mrope_section: None,
             sincos: SinCos::Exact,
         }
     }
@@ -474,6 +479,14 @@ impl Rope {
     /// The same op rotating only the first `rotary_dim` elements of each head.
     pub fn with_rotary_dim(mut self, rotary_dim: usize) -> Self {
         self.rotary_dim = Some(rotary_dim);
+        self
+    }
+    /// The same op as multimodal RoPE with HF's `mrope_section` `[t, h, w]` (Qwen2-VL:
+    /// `[16, 24, 24]`, pairs counted, summing to `rotary_dim / 2`): each section of the pairs
+    /// rotates by its own row of `[3, seq]` / `[3, batch, seq]` positions (time, height, width),
+    /// exactly like 1-D RoPE. A start offset gives every row the same positions (text tokens).
+    pub fn with_mrope_section(mut self, section: [usize; 3]) -> Self {
+        self.mrope_section = Some(section);
         self
     }
     /// The same op with the sequence length that dynamic NTK and LongRoPE see.

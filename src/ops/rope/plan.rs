@@ -338,18 +338,33 @@ impl Rope {
             }
             Positions::Ids(ids) => {
                 let shape = ids.shape.clone();
-                let ok = shape == [va.seq] || shape == [va.batch, va.seq];
-                crate::ensure!(
-                    ok,
-                    Shape,
-                    OP,
-                    "positions has shape {shape:?} but x has batch {} and seq {}: it must be [{}] or [{}, {}]",
-                    va.batch,
-                    va.seq,
-                    va.seq,
-                    va.batch,
-                    va.seq
-                );
+                if self.mrope_section.is_some() {
+                    let ok = shape == [3, va.seq] || shape == [3, va.batch, va.seq];
+                    crate::ensure!(
+                        ok,
+                        Shape,
+                        OP,
+                        "multimodal positions have shape {shape:?} but x has batch {} and seq {}: they must be [3, {}] or [3, {}, {}] (time, height, width)",
+                        va.batch,
+                        va.seq,
+                        va.seq,
+                        va.batch,
+                        va.seq
+                    );
+                } else {
+                    let ok = shape == [va.seq] || shape == [va.batch, va.seq];
+                    crate::ensure!(
+                        ok,
+                        Shape,
+                        OP,
+                        "positions has shape {shape:?} but x has batch {} and seq {}: it must be [{}] or [{}, {}]",
+                        va.batch,
+                        va.seq,
+                        va.seq,
+                        va.batch,
+                        va.seq
+                    );
+                }
                 let words = ids.as_words();
                 crate::ensure!(
                     ids.strides.len() == shape.len(),
@@ -376,11 +391,17 @@ impl Rope {
                     OP,
                     "positions share a buffer with a rotated view; they must be separate"
                 );
-                if shape.len() == 2 {
-                    params.pos_bstride = ids.strides[0] as u32;
-                    params.pos_sstride = ids.strides[1] as u32;
+                // A multimodal tensor's leading dim is the position row (time, height, width).
+                let mut st = &ids.strides[..];
+                if self.mrope_section.is_some() {
+                    params.pos_rstride = st[0] as u32;
+                    st = &st[1..];
+                }
+                if st.len() == 2 {
+                    params.pos_bstride = st[0] as u32;
+                    params.pos_sstride = st[1] as u32;
                 } else {
-                    params.pos_sstride = ids.strides[0] as u32;
+                    params.pos_sstride = st[0] as u32;
                 }
                 true
             }
@@ -401,8 +422,10 @@ impl Rope {
         };
         let (inv, attn) = self.inv_freq(va.head_dim, seq_len)?;
         params.scale = attn as f32;
-        params.sec1 = u32::MAX;
-        params.sec2 = u32::MAX;
+        (params.sec1, params.sec2) = match self.mrope_section {
+            Some([t, h, _]) => ((t) as u32, (t + h) as u32),
+            None => (u32::MAX, u32::MAX),
+        };
         let freqs = if self.sincos == SinCos::HostTable {
             crate::ensure!(
                 seq_len > 0
