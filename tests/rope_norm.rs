@@ -600,3 +600,59 @@ fn check_norm_cases_are_refused_when_mistyped() {
         "{e}"
     );
 }
+
+/// A device whose storage bindings hold only 64 KiB: a `[batch, seq, heads, head_dim]` call past
+/// one binding is split into runs of tokens, and every piece keeps its norm and its slice of
+/// `[3, batch, seq]` multimodal positions (the pieces of a row and of the second batch row).
+#[test]
+fn norm_and_multimodal_positions_survive_the_split_past_one_binding() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpu::Limits {
+            max_storage_buffer_binding_size: 1 << 16,
+            ..wgpu::Limits::default()
+        },
+        ..Default::default()
+    }))
+    .expect("device");
+    let ctx = Context::from_device(&device, &queue);
+    assert_eq!(ctx.limits().max_storage_buffer_binding_size, 1 << 16);
+    let mut rng = Rng::new(400);
+    let (b, seq, heads, hd, section) = (2, 80, 4, 64, [8, 12, 12]);
+    let n = b * seq * heads * hd;
+    assert!(n * 4 > 1 << 16);
+    let x = rng.vec(n, 1.0);
+    let xt = ctx.upload(&x, &[b, seq, heads, hd]).unwrap();
+    let pos: Vec<i32> = (0..3 * b * seq)
+        .map(|_| rng.below(1 << 20) as i32)
+        .collect();
+    let pt = PositionIds::upload(&ctx, &pos, &[3, b, seq]).unwrap();
+    let w: Vec<f32> = (0..hd).map(|_| 1.0 + rng.normal(0.3)).collect();
+    let wt = ctx.upload(&w, &[hd]).unwrap();
+    let op = Rope::new(1_000_000.0, Layout::Half).with_mrope_section(section);
+    op.run_norm(&ctx, &xt, &HeadNorm::new(&wt, 1e-6), Positions::Ids(&pt))
+        .unwrap();
+    let normed = reference::head_norm(
+        &rounded(&x, DType::F32),
+        &rounded(&w, DType::F32),
+        1e-6,
+        0.0,
+    );
+    let (inv, attn) = op.inv_freq(hd, 0).unwrap();
+    let p64: Vec<i64> = pos.iter().map(|&p| p as i64).collect();
+    let expect = reference::rope_multimodal(
+        &normed,
+        [b, seq, heads, hd],
+        &p64,
+        section,
+        &inv,
+        attn,
+        Layout::Half,
+        hd,
+    );
+    assert_close(&ctx, &xt, &expect, 1e-10, "split past one binding");
+}
