@@ -73,9 +73,10 @@
 //!   unrotated tail.
 //!
 //! - `rope_norm`, with a per-head RMSNorm ([`HeadNorm`], Qwen3 / Gemma 3 QK-norm) in front of
-//!   the rotation: one invocation per (token, head) reads the head once for its sum of squares
-//!   (f32), then normalises, rotates and stores it (the unrotated tail normalised too). Q and K
-//!   each have their own weights, as runtime flags of one dispatch.
+//!   the rotation: one invocation per (token, group of up to 8 heads) reads each head once for
+//!   its sum of squares (f32), then pair by pair computes cos/sin once and normalises, rotates
+//!   and stores every head of the group (the unrotated tail normalised too). Q and K each have
+//!   their own weights, as runtime flags of one dispatch.
 //!
 //! The first two split heads into more groups when tokens x columns alone would not fill the
 //! device (`TARGET_INVOCATIONS`).
@@ -125,6 +126,10 @@ pub(crate) const OP: &str = "rope";
 pub(crate) const WG: u32 = 64;
 /// Invocations a dispatch aims for before it splits heads into more groups.
 pub(crate) const TARGET_INVOCATIONS: usize = 1 << 16;
+/// Most heads one `rope_norm` invocation owns (`NORM_GROUP` in `shaders/rope.wgsl`).
+pub(crate) const NORM_GROUP: usize = 8;
+/// Invocations a `rope_norm` dispatch aims for before it gives an invocation fewer heads.
+pub(crate) const NORM_TARGET_INVOCATIONS: usize = 4096;
 /// Bytes of a token that one `rope_vec4` invocation walks over (its group of heads).
 pub(crate) const VEC4_GROUP_BYTES: usize = 4096;
 

@@ -3,8 +3,8 @@
 use super::freq::{turns, Freq};
 use super::norm::{Extra, HeadNorm};
 use super::{
-    Params, Positions, Rope, SinCos, Variant, FLAG_NORM_A, FLAG_NORM_B, FLAG_ROW_MAP, OP,
-    TARGET_INVOCATIONS, VEC4_GROUP_BYTES, WG,
+    Params, Positions, Rope, SinCos, Variant, FLAG_NORM_A, FLAG_NORM_B, FLAG_ROW_MAP, NORM_GROUP,
+    NORM_TARGET_INVOCATIONS, OP, TARGET_INVOCATIONS, VEC4_GROUP_BYTES, WG,
 };
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -488,11 +488,17 @@ impl Rope {
             let max_heads = (VEC4_GROUP_BYTES / (va.head_dim * dtype.size())).max(1);
             groups = groups.max(heads.div_ceil(max_heads));
         }
-        let per_group = heads.div_ceil(groups);
+        let mut per_group = heads.div_ceil(groups);
+        if norm {
+            // rope_norm: an invocation owns whole heads, at most NORM_GROUP (its private array
+            // of inverse norms), fewer only when tokens alone would leave the device idle. Its
+            // per-head work is large and cos/sin are shared across the group, so it aims for
+            // fewer invocations than the rotation-only kernels (examples/qk_norm_speed.rs measures it).
+            per_group = NORM_GROUP.min(heads.div_ceil(NORM_TARGET_INVOCATIONS.div_ceil(tokens)));
+        }
         let groups = heads.div_ceil(per_group);
         let threads = if norm {
-            // rope_norm: one invocation per (token, head).
-            tokens as u64 * heads as u64
+            tokens as u64 * groups as u64
         } else {
             tokens as u64 * groups as u64 * n_cols as u64
         };
