@@ -139,6 +139,33 @@ def case(name, shape, dtype, seed, rope_type="default", theta=10000.0, layout="h
     write_safetensors(os.path.join(HERE, name), tensors, meta)
 
 
+def mrope_case(name, seq, heads, head_dim, dtype, seed, positions, mrope_section, theta):
+    """Qwen2-VL multimodal RoPE, as HF computes it: per-row angles [3, seq, dim/2], split by
+    mrope_section along the pairs, chunk i taken from row i % 3, duplicated for rotate_half."""
+    rng = np.random.default_rng(seed)
+    x, xb = store(rng.standard_normal((seq, heads, head_dim)), dtype)
+    pos = np.asarray(positions, dtype=np.int64)  # [3, seq]
+    inv, attn = inv_freq_and_attention("default", theta, head_dim, {}, int(pos.max()) + 1)
+    freqs = pos[..., None].astype(np.float64) * inv  # [3, seq, dim/2]
+    bounds = np.cumsum(mrope_section)[:-1]
+
+    def recompose(f):
+        chunks = np.split(f, bounds, axis=-1)
+        half = np.concatenate([c[i % 3] for i, c in enumerate(chunks)], axis=-1)  # [seq, dim/2]
+        return np.concatenate([half, half], axis=-1)[:, None, :]  # [seq, 1, dim]
+
+    cos, sin = recompose(np.cos(freqs)) * attn, recompose(np.sin(freqs)) * attn
+    rotated_half = np.concatenate([-x[..., head_dim // 2:], x[..., : head_dim // 2]], axis=-1)
+    out = x * cos + rotated_half * sin
+    meta = {"op": "rope", "theta": repr(theta), "mrope_section": fmt([float(m) for m in mrope_section])}
+    tensors = [
+        ("x", dtype, x.shape, xb),
+        ("positions", "I64", pos.shape, pos.tobytes()),
+        ("expected.out", "F32", x.shape, out.astype(np.float32).tobytes()),
+    ]
+    write_safetensors(os.path.join(HERE, name), tensors, meta)
+
+
 if __name__ == "__main__":
     # Llama-3.1-8B frequencies (theta 500k, llama3 x8), half layout, positions near 1M and 2^24.
     case("rope_llama3_f32.safetensors", (5, 4, 64), "F32", 11, rope_type="llama3", theta=500000.0,
@@ -159,3 +186,8 @@ if __name__ == "__main__":
     # Dynamic NTK x2 with an 8k sequence over a 4k original window, f32.
     case("rope_dynamic_f32.safetensors", (4, 3, 48), "F32", 14, rope_type="dynamic",
          offset=8188, factor=2.0, original_max_position_embeddings=4096)
+    # Qwen2-VL multimodal RoPE (theta 1e6, mrope_section [16, 24, 24], head_dim 128): two text
+    # tokens (equal rows), then image patches on a 2 x 2 grid at time 2, f16.
+    mrope_case("rope_mrope_qwen2vl_f16.safetensors", 6, 2, 128, "F16", 15,
+               positions=[[0, 1, 2, 2, 2, 2], [0, 1, 2, 2, 3, 3], [0, 1, 2, 3, 2, 3]],
+               mrope_section=[16, 24, 24], theta=1_000_000.0)

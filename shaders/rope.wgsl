@@ -520,13 +520,16 @@ fn rope_vec4(
 
 // ---- rope_norm: per-head RMSNorm, then the rotation (Qwen3, Gemma 3 QK-norm) ----
 //
-// One invocation per (token, head): the head's sum of squares in f32, then every pair normalised
-// (x * inverseSqrt(mean(x^2) + eps) * (w + weight_offset)) and rotated with the same exact
-// cos/sin as `rope`, and the unrotated tail normalised; one rounding to the storage dtype at the
-// end. The head is read twice (it is at most 1 KiB, so the second read hits the cache). A segment
-// without FLAG_NORM_* is only rotated, so Q and K with one norm still share a dispatch. cos/sin
-// are not shared across heads here: one invocation owns a whole head, so that packed words and
-// the norm need no cross-invocation traffic.
+// One invocation per (token, group of up to NORM_GROUP heads): first each head's sum of squares
+// in f32 (kept in a private array), then, pair by pair, cos/sin computed once and applied to
+// every head of the group after normalising (x * inverseSqrt(mean(x^2) + eps) * (w + offset));
+// the unrotated tail is normalised too; one rounding to the storage dtype at the end. A head is
+// read twice (at most 1 KiB, so the second read hits the cache). A segment without FLAG_NORM_*
+// is only rotated (inv 1, weight 1), so Q and K with one norm still share a dispatch. A group
+// owns whole heads, so packed words and the norm need no cross-invocation traffic; it shares
+// cos/sin the way `rope` shares them across its group of heads.
+
+const NORM_GROUP: u32 = 8u;
 
 // Weight of element e of a head (segment B when `seg_b`), plus the weight offset.
 fn norm_weight(seg_b: bool, e: u32) -> f32 {
@@ -557,6 +560,52 @@ fn norm_weight(seg_b: bool, e: u32) -> f32 {
     return w + add;
 }
 
+// The weights of the quad (pairs k0, k0 + 1) of a segment, or ones when it is not normalised.
+fn quad_weights(seg_b: bool, k0: u32, two: bool) -> vec4<f32> {
+    var flag = FLAG_NORM_A;
+    if seg_b {
+        flag = FLAG_NORM_B;
+    }
+    if (p.flags & flag) == 0u {
+        return vec4<f32>(1.0);
+    }
+    let i0 = pair_idx(k0);
+    var w = vec4<f32>(norm_weight(seg_b, i0.x), norm_weight(seg_b, i0.y), 1.0, 1.0);
+    if two {
+        let i1 = pair_idx(k0 + 1u);
+        w.z = norm_weight(seg_b, i1.x);
+        w.w = norm_weight(seg_b, i1.y);
+    }
+    return w;
+}
+
+// Where head h of token (b, s) is read and written; `ok` is false for a head a row map skips.
+struct HeadAt {
+    ib: u32,
+    ob: u32,
+    seg_b: bool,
+    ok: bool,
+}
+
+fn head_at(b: u32, s: u32, h: u32, row: u32) -> HeadAt {
+    var at: HeadAt;
+    if h >= p.a_heads {
+        at.ib = p.b_off + b * p.b_bstride + s * p.b_sstride + (h - p.a_heads) * p.b_hstride;
+        at.ob = at.ib;
+        at.seg_b = true;
+        at.ok = true;
+    } else {
+        at.ib = p.a_off + b * p.a_bstride + s * p.a_sstride + h * p.a_hstride;
+        at.ob = row + h * p.o_hstride;
+        at.seg_b = false;
+        at.ok = head_fits(row, h);
+    }
+    if IN_PLACE {
+        at.ob = at.ib;
+    }
+    return at;
+}
+
 @compute @workgroup_size(WG)
 fn rope_norm(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -564,98 +613,103 @@ fn rope_norm(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let gid = linear_workgroup(wid, nwg) * WG + lid;
-    let total_heads = p.a_heads + p.b_heads;
-    let h = gid % total_heads;
-    let tok = gid / total_heads;
+    let hg = gid % p.n_hgroups;
+    let tok = gid / p.n_hgroups;
     // No barriers in this kernel, so invocations past the end may simply leave.
     if tok >= p.n_tokens {
         return;
     }
     let b = tok / p.seq;
     let s = tok % p.seq;
-    let seg_b = h >= p.a_heads;
-    var ib: u32;
-    var ob: u32;
-    var normed: bool;
-    var eps: f32;
-    if seg_b {
-        ib = p.b_off + b * p.b_bstride + s * p.b_sstride + (h - p.a_heads) * p.b_hstride;
-        ob = ib;
-        normed = (p.flags & FLAG_NORM_B) != 0u;
-        eps = p.eps_b;
-    } else {
-        ib = p.a_off + b * p.a_bstride + s * p.a_sstride + h * p.a_hstride;
-        let row = mapped_row(tok, p.o_off + b * p.o_bstride + s * p.o_sstride);
-        if row == SKIP_ROW || !head_fits(row, h) {
-            return;
-        }
-        ob = row + h * p.o_hstride;
-        normed = (p.flags & FLAG_NORM_A) != 0u;
-        eps = p.eps_a;
+    // Segment B (k) exists only without a row map, so a skipped row skips every head.
+    let row = mapped_row(tok, p.o_off + b * p.o_bstride + s * p.o_sstride);
+    if row == SKIP_ROW {
+        return;
     }
-    if IN_PLACE {
-        ob = ib;
-    }
+    let h0 = hg * p.heads_per_group;
+    let h1 = min(h0 + min(p.heads_per_group, NORM_GROUP), p.a_heads + p.b_heads);
     let hd = p.head_dim;
 
-    var inv = 1.0;
-    if normed {
-        var ss = 0.0;
-        if DTYPE == DT_F32 {
-            for (var e = 0u; e < hd; e++) {
-                let v = ld(ib + e);
-                ss += v * v;
-            }
-        } else {
-            for (var e = 0u; e < hd; e += 2u) {
-                let v = ld2(ib + e);
-                ss += dot(v, v);
-            }
+    var inv: array<f32, NORM_GROUP>;
+    for (var h = h0; h < h1; h++) {
+        let at = head_at(b, s, h, row);
+        var flag = FLAG_NORM_A;
+        var eps = p.eps_a;
+        if at.seg_b {
+            flag = FLAG_NORM_B;
+            eps = p.eps_b;
         }
-        inv = inverseSqrt(ss / f32(hd) + eps);
+        var r = 1.0;
+        if at.ok && (p.flags & flag) != 0u {
+            var ss = 0.0;
+            if DTYPE == DT_F32 {
+                for (var e = 0u; e < hd; e++) {
+                    let v = ld(at.ib + e);
+                    ss += v * v;
+                }
+            } else {
+                for (var e = 0u; e < hd; e += 2u) {
+                    let v = ld2(at.ib + e);
+                    ss += dot(v, v);
+                }
+            }
+            r = inverseSqrt(ss / f32(hd) + eps);
+        }
+        inv[h - h0] = r;
     }
 
     let pos = token_pos(b, s);
     for (var k0 = 0u; k0 < p.half_rot; k0 += 2u) {
         let two = k0 + 1u < p.half_rot;
-        var v = load_quad(ib, k0, two);
-        if normed {
-            let i0 = pair_idx(k0);
-            var w = vec4<f32>(norm_weight(seg_b, i0.x), norm_weight(seg_b, i0.y), 0.0, 0.0);
-            if two {
-                let i1 = pair_idx(k0 + 1u);
-                w.z = norm_weight(seg_b, i1.x);
-                w.w = norm_weight(seg_b, i1.y);
-            }
-            v = v * inv * w;
-        }
-        let r0 = rotate(v.xy, cos_sin(pair_pos(pos, k0), k0));
-        var r1 = vec2<f32>(0.0);
+        let cs0 = cos_sin(pair_pos(pos, k0), k0);
+        var cs1 = vec2<f32>(1.0, 0.0);
         if two {
-            r1 = rotate(v.zw, cos_sin(pair_pos(pos, k0 + 1u), k0 + 1u));
+            cs1 = cos_sin(pair_pos(pos, k0 + 1u), k0 + 1u);
         }
-        store_quad(ob, k0, two, vec4<f32>(r0, r1));
+        let wa4 = quad_weights(false, k0, two);
+        let wb4 = quad_weights(true, k0, two);
+        for (var h = h0; h < h1; h++) {
+            let at = head_at(b, s, h, row);
+            if !at.ok {
+                continue;
+            }
+            var w = wa4;
+            if at.seg_b {
+                w = wb4;
+            }
+            let v = load_quad(at.ib, k0, two) * inv[h - h0] * w;
+            store_quad(at.ob, k0, two, vec4<f32>(rotate(v.xy, cs0), rotate(v.zw, cs1)));
+        }
     }
 
     // The unrotated tail: normalised (the norm covers the whole head), copied out of place.
-    if !normed && IN_PLACE {
-        return;
-    }
-    if DTYPE == DT_F32 {
-        for (var e = 2u * p.half_rot; e < hd; e++) {
-            var v = ld(ib + e);
-            if normed {
-                v = v * inv * norm_weight(seg_b, e);
-            }
-            st(ob + e, v);
+    for (var h = h0; h < h1; h++) {
+        let at = head_at(b, s, h, row);
+        var flag = FLAG_NORM_A;
+        if at.seg_b {
+            flag = FLAG_NORM_B;
         }
-    } else {
-        for (var e = 2u * p.half_rot; e < hd; e += 2u) {
-            if normed {
-                let w = vec2<f32>(norm_weight(seg_b, e), norm_weight(seg_b, e + 1u));
-                st2(ob + e, ld2(ib + e) * inv * w);
-            } else {
-                dst[(ob + e) >> 1u] = rd((ib + e) >> 1u);
+        let normed = (p.flags & flag) != 0u;
+        if !at.ok || (!normed && IN_PLACE) {
+            continue;
+        }
+        let r = inv[h - h0];
+        if DTYPE == DT_F32 {
+            for (var e = 2u * p.half_rot; e < hd; e++) {
+                var v = ld(at.ib + e);
+                if normed {
+                    v = v * r * norm_weight(at.seg_b, e);
+                }
+                st(at.ob + e, v);
+            }
+        } else {
+            for (var e = 2u * p.half_rot; e < hd; e += 2u) {
+                if normed {
+                    let w = vec2<f32>(norm_weight(at.seg_b, e), norm_weight(at.seg_b, e + 1u));
+                    st2(at.ob + e, ld2(at.ib + e) * r * w);
+                } else {
+                    dst[(at.ob + e) >> 1u] = rd((at.ib + e) >> 1u);
+                }
             }
         }
     }

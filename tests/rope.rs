@@ -1298,3 +1298,193 @@ fn unrepresentable_frequencies_are_refused() {
     );
     assert_close(&ctx, &xt, &want, 1e-10, "inv_freq at the bound");
 }
+
+/// Multimodal RoPE (Qwen2-VL `mrope_section`) against the f64 reference: every dtype and layout,
+/// on the vec4 path (aligned) and the general one (unaligned), `[3, seq]` and `[3, batch, seq]`
+/// positions whose rows differ, sections whose borders fall inside one invocation's pairs
+/// ([5, 6, 5]), Q+K in a fused QKV buffer, out of place, and after a QK-norm.
+#[test]
+fn multimodal_rope_against_reference() {
+    use llama_kernels::ops::rope::HeadNorm;
+    let ctx = ctx();
+    let mut rng = Rng::new(501);
+    // Three position rows (time, height, width) that differ from each other.
+    let rows3 = |rng: &mut Rng, n: usize| -> Vec<i32> {
+        (0..3 * n)
+            .map(|i| rng.below(1 << 20) as i32 + i as i32 % 3)
+            .collect()
+    };
+    for dtype in DType::ALL {
+        for layout in [Layout::Half, Layout::Interleaved] {
+            // Qwen2-VL: head_dim 128, [16, 24, 24]; and a small head with odd section borders.
+            for (hd, section) in [(128, [16, 24, 24]), (32, [5, 6, 5])] {
+                let op = Rope::new(1_000_000.0, layout).with_mrope_section(section);
+                let (inv, attn) = op.inv_freq(hd, 0).unwrap();
+                for guard in [GUARD_BEFORE, ALIGNED_GUARD] {
+                    let what = format!("{dtype} {layout:?} hd {hd} {section:?} guard {guard}");
+                    let (seq, heads) = (5, 3);
+                    let x = rng.vec(seq * heads * hd, 1.0);
+                    let xt = upload_at(&ctx, &x, &[seq, heads, hd], dtype, guard);
+                    let pos = rows3(&mut rng, seq);
+                    let pt = PositionIds::upload(&ctx, &pos, &[3, seq]).unwrap();
+                    let v = op.variant(&ctx, &xt, None, None, Positions::Ids(&pt));
+                    assert_eq!(v.unwrap().vec4, guard == ALIGNED_GUARD, "{what}: path");
+                    op.run(&ctx, &xt, Positions::Ids(&pt))
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let p64: Vec<i64> = pos.iter().map(|&p| p as i64).collect();
+                    let want = reference::rope_multimodal(
+                        &rounded(&x, dtype),
+                        [1, seq, heads, hd],
+                        &p64,
+                        section,
+                        &inv,
+                        attn,
+                        layout,
+                        hd,
+                    );
+                    assert_close(&ctx, &xt, &want, tolerance(dtype), &what);
+                    assert_guards_at(&ctx, &xt, guard, &what);
+                }
+            }
+        }
+        // [3, batch, seq] positions on a batched view; out of place; fused Q+K; with a norm.
+        let (b, seq, heads, hd, section) = (2, 3, 2, 64, [8, 12, 12]);
+        let op = Rope::new(10000.0, Layout::Half).with_mrope_section(section);
+        let (inv, attn) = op.inv_freq(hd, 0).unwrap();
+        let x = rng.vec(b * seq * heads * hd, 1.0);
+        let xr = rounded(&x, dtype);
+        let pos = rows3(&mut rng, b * seq);
+        let p64: Vec<i64> = pos.iter().map(|&p| p as i64).collect();
+        let want = |x: &[f64], shape: [usize; 4], p: &[i64]| {
+            reference::rope_multimodal(x, shape, p, section, &inv, attn, Layout::Half, hd)
+        };
+        let pb = PositionIds::upload(&ctx, &pos, &[3, b, seq]).unwrap();
+        let xt = upload_guarded(&ctx, &x, &[b, seq, heads, hd], dtype);
+        op.run(&ctx, &xt, Positions::Ids(&pb)).unwrap();
+        let expect = want(&xr, [b, seq, heads, hd], &p64);
+        assert_close(
+            &ctx,
+            &xt,
+            &expect,
+            tolerance(dtype),
+            &format!("{dtype} batched"),
+        );
+        // Out of place, batch row 0 only ([3, seq] positions: rows 0..seq of each position row).
+        let p0: Vec<i32> = (0..3)
+            .flat_map(|r| pos[r * b * seq..][..seq].to_vec())
+            .collect();
+        let p0_64: Vec<i64> = p0.iter().map(|&p| p as i64).collect();
+        let pt0 = PositionIds::upload(&ctx, &p0, &[3, seq]).unwrap();
+        let x0 = upload_guarded(&ctx, &x[..seq * heads * hd], &[seq, heads, hd], dtype);
+        let out = nan_output(&ctx, &[seq, heads, hd], dtype);
+        op.run_to(&ctx, &x0, &out, Positions::Ids(&pt0)).unwrap();
+        let want0 = want(&xr[..seq * heads * hd], [1, seq, heads, hd], &p0_64);
+        assert_close(
+            &ctx,
+            &out,
+            &want0,
+            tolerance(dtype),
+            &format!("{dtype} out of place"),
+        );
+        assert_guards(&ctx, &out, &format!("{dtype} out of place"));
+        // Q (2 heads) and K (1 head) in one fused buffer, one dispatch, Q normalised.
+        let (nh, nkv) = (2, 1);
+        let row = (nh + 2 * nkv) * hd;
+        let data = rng.vec(seq * row, 1.0);
+        let buf = upload_guarded(&ctx, &data, &[seq * row], dtype);
+        let (q, k, _) = qkv_views(buf.buffer(), GUARD_BEFORE, seq, nh, nkv, hd, dtype);
+        let w: Vec<f32> = (0..hd).map(|i| 1.0 + 0.01 * i as f32).collect();
+        let wt = ctx.upload_as(&w, &[hd], dtype).unwrap();
+        let norm = HeadNorm::new(&wt, 1e-6);
+        op.run_qk_norm(&ctx, &q, &k, Some(&norm), None, Positions::Ids(&pt0))
+            .unwrap();
+        let dr = rounded(&data, dtype);
+        let part = |off: usize, h: usize| -> Vec<f64> {
+            (0..seq)
+                .flat_map(|s| dr[s * row + off..s * row + off + h * hd].to_vec())
+                .collect()
+        };
+        let qn = reference::head_norm(&part(0, nh), &rounded(&w, dtype), 1e-6, 0.0);
+        let want_q = want(&qn, [1, seq, nh, hd], &p0_64);
+        let want_k = want(&part(nh * hd, nkv), [1, seq, nkv, hd], &p0_64);
+        assert_close(
+            &ctx,
+            &q,
+            &want_q,
+            tolerance(dtype),
+            &format!("{dtype} fused q"),
+        );
+        assert_close(
+            &ctx,
+            &k,
+            &want_k,
+            tolerance(dtype),
+            &format!("{dtype} fused k"),
+        );
+        assert_guards(&ctx, &buf, &format!("{dtype} fused"));
+    }
+}
+
+/// With equal position rows (text tokens) multimodal RoPE is 1-D RoPE, bit for bit, and a start
+/// offset gives every row the same positions; every multimodal validation rule.
+#[test]
+fn multimodal_rope_reduces_to_1d_and_validates() {
+    let ctx = ctx();
+    let mut rng = Rng::new(502);
+    let (seq, heads, hd) = (4, 2, 128);
+    let x = rng.vec(seq * heads * hd, 1.0);
+    let plain = Rope::new(1_000_000.0, Layout::Half);
+    let mm = plain.clone().with_mrope_section([16, 24, 24]);
+    let pos: Vec<i32> = vec![9, 4096, 77, 1 << 22];
+    let p1 = PositionIds::upload(&ctx, &pos, &[seq]).unwrap();
+    let same: Vec<i32> = (0..3).flat_map(|_| pos.clone()).collect();
+    let p3 = PositionIds::upload(&ctx, &same, &[3, seq]).unwrap();
+    let a = ctx.upload(&x, &[seq, heads, hd]).unwrap();
+    let b = ctx.upload(&x, &[seq, heads, hd]).unwrap();
+    let c = ctx.upload(&x, &[seq, heads, hd]).unwrap();
+    let d = ctx.upload(&x, &[seq, heads, hd]).unwrap();
+    plain.run(&ctx, &a, Positions::Ids(&p1)).unwrap();
+    mm.run(&ctx, &b, Positions::Ids(&p3)).unwrap();
+    plain.run(&ctx, &c, Positions::Start(70)).unwrap();
+    mm.run(&ctx, &d, Positions::Start(70)).unwrap();
+    let bits = |t: &Tensor| -> Vec<u32> {
+        ctx.read_f32(t)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&a), bits(&b), "equal rows must equal 1-D RoPE");
+    assert_eq!(bits(&c), bits(&d), "a start offset must equal 1-D RoPE");
+    assert_ne!(bits(&a), bits(&c));
+
+    let err = |r: Result<(), Error>, kind: fn(&Error) -> bool, needle: &str| {
+        expect_err(r, "rope", kind, needle)
+    };
+    err(
+        plain
+            .clone()
+            .with_mrope_section([16, 24, 23])
+            .run(&ctx, &a, Positions::Ids(&p3)),
+        is_param,
+        "mrope_section [16, 24, 23] must sum to rotary_dim / 2 = 64 pairs (rotary_dim 128)",
+    );
+    err(
+        plain
+            .clone()
+            .with_mrope_section([usize::MAX, 2, 0])
+            .run(&ctx, &a, Positions::Start(0)),
+        is_param,
+        "must sum to rotary_dim / 2 = 64",
+    );
+    err(
+        mm.run(&ctx, &a, Positions::Ids(&p1)),
+        is_shape,
+        "multimodal positions have shape [4] but x has batch 1 and seq 4: they must be [3, 4] or [3, 1, 4] (time, height, width)",
+    );
+    err(
+        plain.run(&ctx, &a, Positions::Ids(&p3)),
+        is_shape,
+        "positions has shape [3, 4] but x has batch 1 and seq 4",
+    );
+}

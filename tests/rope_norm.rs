@@ -69,9 +69,24 @@ fn fused_case(
     gemma: bool,
     scale: f32,
 ) {
+    fused_case_sized(seed, dtype, op, hd, q_norm, k_norm, gemma, scale, (5, 4, 2));
+}
+
+/// [`fused_case`] with `(seq, n_heads, n_kv_heads)`.
+#[allow(clippy::too_many_arguments)]
+fn fused_case_sized(
+    seed: u64,
+    dtype: DType,
+    op: &Rope,
+    hd: usize,
+    q_norm: bool,
+    k_norm: bool,
+    gemma: bool,
+    scale: f32,
+    (seq, nh, nkv): (usize, usize, usize),
+) {
     let ctx = ctx();
     let mut rng = Rng::new(seed);
-    let (seq, nh, nkv) = (5, 4, 2);
     let what = format!(
         "{dtype} {:?} rd {:?} hd {hd} q_norm {q_norm} k_norm {k_norm} gemma {gemma} x{scale}",
         op.layout, op.rotary_dim
@@ -578,7 +593,11 @@ fn check_norm_cases_are_refused_when_mistyped() {
         e.contains("norm_weight has shape [7]; it must be [8]"),
         "{e}"
     );
-    let e = case_error(&[x.clone()], &[("op", "rope"), ("norm_eps", "1e-6")], 1.0);
+    let e = case_error(
+        std::slice::from_ref(&x),
+        &[("op", "rope"), ("norm_eps", "1e-6")],
+        1.0,
+    );
     assert!(e.contains("norm_eps"), "{e}");
     let e = case_error(
         &[x.clone(), ("q_norm_weight", DType::F32, vec![8])],
@@ -595,4 +614,133 @@ fn check_norm_cases_are_refused_when_mistyped() {
         e.contains("norm eps must be finite and >= 0, got -1"),
         "{e}"
     );
+}
+
+/// A device whose storage bindings hold only 64 KiB: a `[batch, seq, heads, head_dim]` call past
+/// one binding is split into runs of tokens, and every piece keeps its norm and its slice of
+/// `[3, batch, seq]` multimodal positions (the pieces of a row and of the second batch row).
+#[test]
+fn norm_and_multimodal_positions_survive_the_split_past_one_binding() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpu::Limits {
+            max_storage_buffer_binding_size: 1 << 16,
+            ..wgpu::Limits::default()
+        },
+        ..Default::default()
+    }))
+    .expect("device");
+    let ctx = Context::from_device(&device, &queue);
+    assert_eq!(ctx.limits().max_storage_buffer_binding_size, 1 << 16);
+    let mut rng = Rng::new(400);
+    let (b, seq, heads, hd, section) = (2, 80, 4, 64, [8, 12, 12]);
+    let n = b * seq * heads * hd;
+    assert!(n * 4 > 1 << 16);
+    let x = rng.vec(n, 1.0);
+    let xt = ctx.upload(&x, &[b, seq, heads, hd]).unwrap();
+    let pos: Vec<i32> = (0..3 * b * seq)
+        .map(|_| rng.below(1 << 20) as i32)
+        .collect();
+    let pt = PositionIds::upload(&ctx, &pos, &[3, b, seq]).unwrap();
+    let w: Vec<f32> = (0..hd).map(|_| 1.0 + rng.normal(0.3)).collect();
+    let wt = ctx.upload(&w, &[hd]).unwrap();
+    let op = Rope::new(1_000_000.0, Layout::Half).with_mrope_section(section);
+    op.run_norm(&ctx, &xt, &HeadNorm::new(&wt, 1e-6), Positions::Ids(&pt))
+        .unwrap();
+    let normed = reference::head_norm(
+        &rounded(&x, DType::F32),
+        &rounded(&w, DType::F32),
+        1e-6,
+        0.0,
+    );
+    let (inv, attn) = op.inv_freq(hd, 0).unwrap();
+    let p64: Vec<i64> = pos.iter().map(|&p| p as i64).collect();
+    let expect = reference::rope_multimodal(
+        &normed,
+        [b, seq, heads, hd],
+        &p64,
+        section,
+        &inv,
+        attn,
+        Layout::Half,
+        hd,
+    );
+    assert_close(&ctx, &xt, &expect, 1e-10, "split past one binding");
+}
+
+/// Enough tokens that an invocation owns several heads (32768 tokens: one group holds all 4 Q
+/// and 2 K heads; a row map over 10 heads in groups of 8 and a short one of 2), so cos/sin are
+/// shared across heads of both segments.
+#[test]
+fn head_groups_at_many_tokens() {
+    let qwen = Rope::new(1_000_000.0, Layout::Half);
+    for (seed, dtype) in [(600, DType::F32), (601, DType::BF16)] {
+        fused_case_sized(
+            seed,
+            dtype,
+            &qwen,
+            16,
+            true,
+            true,
+            false,
+            1.0,
+            (32768, 4, 2),
+        );
+        fused_case_sized(
+            seed + 10,
+            dtype,
+            &qwen,
+            16,
+            false,
+            true,
+            true,
+            1.0,
+            (32768, 4, 2),
+        );
+    }
+    // Row map: every token to its own row of a [n, heads, head_dim] destination, reversed.
+    let ctx = ctx();
+    let mut rng = Rng::new(602);
+    let (n, heads, hd) = (32768, 10, 8);
+    let x = rng.vec(n * heads * hd, 1.0);
+    let xt = upload_guarded(&ctx, &x, &[n, heads, hd], DType::F32);
+    let rows: Vec<u32> = (0..n).map(|t| ((n - 1 - t) * heads * hd) as u32).collect();
+    let rows_buf = rows_buffer(&ctx, &rows);
+    let dst = ctx
+        .upload_as(
+            &vec![f32::NAN; n * heads * hd],
+            &[n * heads * hd],
+            DType::F32,
+        )
+        .unwrap();
+    let (w, wv) = weight(&mut rng, &ctx, hd, DType::F32, false);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    qwen.encode_rows(
+        &ctx,
+        &mut enc,
+        &xt,
+        dst.buffer(),
+        &rows_buf,
+        0,
+        hd,
+        Positions::Start(5),
+        Some(&HeadNorm::new(&w, 1e-6)),
+    )
+    .unwrap();
+    ctx.queue().submit([enc.finish()]);
+    let pos: Vec<i64> = (5..5 + n as i64).collect();
+    let expect = want(
+        &rounded(&x, DType::F32),
+        heads,
+        hd,
+        &pos,
+        &qwen,
+        Some((&wv, 1e-6, 0.0)),
+    );
+    let reversed: Vec<f64> = expect.chunks(heads * hd).rev().flatten().copied().collect();
+    assert_close(&ctx, &dst, &reversed, 1e-10, "row map, 32768 tokens");
 }

@@ -21,6 +21,10 @@
 //!
 //! A key that the chosen `rope_type` does not use is refused as unknown.
 //!
+//! Multimodal RoPE (Qwen2-VL, Qwen2.5-VL): metadata `mrope_section` (`[t, h, w]` pair counts
+//! summing to rotary_dim / 2) and `positions [3, seq]` or `[3, batch, seq]` (time, height,
+//! width rows); without positions every row counts from `offset`.
+//!
 //! QK-norm (Qwen3, Gemma 3): optional per-head RMSNorm weights `[head_dim]` in the input's
 //! dtype, applied before the rotation in the same dispatch (`Rope::encode_norm` /
 //! `Rope::encode_qk_norm`): `norm_weight` with `x`; `q_norm_weight` and/or `k_norm_weight` with
@@ -193,7 +197,22 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let scaling = scaling(case, &rope_type)?;
     let offset = case.meta_opt_i64("offset")?;
 
-    // Host positions, one per token (b, s), for the reference; and the GPU form.
+    let mrope_section = match case.meta_f64_list("mrope_section")? {
+        None => None,
+        Some(v) => {
+            let ok = v.len() == 3 && v.iter().all(|&e| e >= 0.0 && e.fract() == 0.0 && e < 1e9);
+            if !ok {
+                return Err(case.error(format!(
+                    "metadata mrope_section={v:?}; it must be three pair counts [t, h, w]"
+                )));
+            }
+            Some([v[0] as usize, v[1] as usize, v[2] as usize])
+        }
+    };
+    // Rows of positions: 3 (time, height, width) for multimodal RoPE.
+    let rows = if mrope_section.is_some() { 3 } else { 1 };
+
+    // Host positions, `[rows, batch * seq]`, for the reference; and the GPU form.
     let pos_tensor = case.opt_tensor("positions")?;
     let (host_pos, ids): (Vec<i64>, Option<PositionIds>) = match pos_tensor {
         Some(p) => {
@@ -217,15 +236,18 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
                 p32.push(v as i32);
             }
             // The op checks the shape; the reference needs it right first.
-            let host: Vec<i64> = if p.shape == [seq] {
-                (0..batch)
-                    .flat_map(|_| p32.iter().map(|&v| v as i64))
+            let lead: &[usize] = if rows == 3 { &[3] } else { &[] };
+            let per_seq = [lead, &[seq]].concat();
+            let per_batch = [lead, &[batch, seq]].concat();
+            let host: Vec<i64> = if p.shape == per_seq {
+                p32.chunks(seq)
+                    .flat_map(|row| (0..batch).flat_map(move |_| row.iter().map(|&v| v as i64)))
                     .collect()
-            } else if p.shape == [batch, seq] {
+            } else if p.shape == per_batch {
                 p32.iter().map(|&v| v as i64).collect()
             } else {
                 return Err(case.error(format!(
-                    "positions has shape {:?}; {} {:?} needs [{seq}] or [{batch}, {seq}]",
+                    "positions has shape {:?}; {} {:?} needs {per_seq:?} or {per_batch:?}",
                     p.shape, inputs[0], x.shape
                 )));
             };
@@ -239,7 +261,7 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
                     "metadata offset={start} does not fit the kernel's 32-bit positions"
                 )));
             }
-            let host = (0..batch)
+            let host = (0..rows * batch)
                 .flat_map(|_| (0..seq as i64).map(move |s| start + s))
                 .collect();
             (host, None)
@@ -258,6 +280,7 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         theta,
         scaling,
         seq_len: Some(seq_len),
+        mrope_section,
         ..Rope::default()
     };
     let positions = match &ids {
@@ -329,7 +352,12 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             ),
             None => t.values.clone(),
         };
-        crate::reference::rope::rope(&normed, s4, &host_pos, &inv, attn, layout, rd)
+        match mrope_section {
+            Some(sec) => crate::reference::rope::rope_multimodal(
+                &normed, s4, &host_pos, sec, &inv, attn, layout, rd,
+            ),
+            None => crate::reference::rope::rope(&normed, s4, &host_pos, &inv, attn, layout, rd),
+        }
     };
     let Some((k, k4)) = k_input else {
         // In place, as a model runs it.

@@ -63,3 +63,54 @@ pub fn head_norm(x: &[f64], weight: &[f64], eps: f64, weight_offset: f64) -> Vec
     }
     out
 }
+
+/// Multimodal RoPE (Qwen2-VL `mrope_section`) in f64: like [`rope`], but pair `i` of token `t`
+/// rotates by `positions[j * batch * seq + t]`, where `j` is the section of `mrope_section`
+/// (`[time, height, width]` pair counts, summing to `rotary_dim / 2`) that holds `i`;
+/// `positions` is `[3, batch * seq]`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_multimodal(
+    x: &[f64],
+    shape: [usize; 4],
+    positions: &[i64],
+    mrope_section: [usize; 3],
+    inv_freq: &[f64],
+    attention_factor: f64,
+    layout: Layout,
+    rotary_dim: usize,
+) -> Vec<f64> {
+    let [batch, seq, heads, head_dim] = shape;
+    let tokens = batch * seq;
+    assert_eq!(x.len(), tokens * heads * head_dim, "reference rope: x");
+    assert_eq!(positions.len(), 3 * tokens, "reference rope: positions");
+    assert_eq!(inv_freq.len(), rotary_dim / 2, "reference rope: inv_freq");
+    assert_eq!(
+        mrope_section.iter().sum::<usize>(),
+        rotary_dim / 2,
+        "reference rope: mrope_section"
+    );
+    let section = |i: usize| {
+        if i < mrope_section[0] {
+            0
+        } else if i < mrope_section[0] + mrope_section[1] {
+            1
+        } else {
+            2
+        }
+    };
+    let mut out = x.to_vec();
+    for t in 0..tokens {
+        for h in 0..heads {
+            let base = (t * heads + h) * head_dim;
+            for (i, &f) in inv_freq.iter().enumerate() {
+                let p = positions[section(i) * tokens + t] as f64;
+                let (s, c) = (p * f).sin_cos();
+                let (ia, ib) = layout.pair(i, rotary_dim);
+                let (a, b) = (x[base + ia], x[base + ib]);
+                out[base + ia] = (a * c - b * s) * attention_factor;
+                out[base + ib] = (b * c + a * s) * attention_factor;
+            }
+        }
+    }
+    out
+}

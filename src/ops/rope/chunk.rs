@@ -133,25 +133,29 @@ impl Rope {
                 let (start, ids) = match positions {
                     Positions::Start(p) => (Some(p.saturating_add(s0 as i32)), None),
                     Positions::Ids(ids) => {
-                        let (off, shape, strides) = if ids.shape.len() == 2 {
-                            (
-                                ids.offset + bi * ids.strides[0] + s0 * ids.strides[1],
-                                vec![1, n],
-                                ids.strides.clone(),
-                            )
+                        // Multimodal positions lead with their row dim (time, height, width).
+                        let rows = rope.mrope_section.is_some();
+                        let (sh, st) = if rows {
+                            (&ids.shape[1..], &ids.strides[1..])
                         } else {
-                            (
-                                ids.offset + s0 * ids.strides[0],
-                                vec![n],
-                                ids.strides.clone(),
-                            )
+                            (&ids.shape[..], &ids.strides[..])
                         };
-                        let shape = if rank == 3 { vec![n] } else { shape };
-                        let strides = if rank == 3 {
-                            vec![*ids.strides.last().unwrap_or(&1)]
+                        let off = if sh.len() == 2 {
+                            ids.offset + bi * st[0] + s0 * st[1]
                         } else {
-                            strides
+                            ids.offset + s0 * st[0]
                         };
+                        let (mut shape, mut strides) = if rank == 3 {
+                            (vec![n], vec![*st.last().unwrap_or(&1)])
+                        } else if sh.len() == 2 {
+                            (vec![1, n], st.to_vec())
+                        } else {
+                            (vec![n], st.to_vec())
+                        };
+                        if rows {
+                            shape.insert(0, 3);
+                            strides.insert(0, ids.strides[0]);
+                        }
                         (
                             None,
                             Some(PositionIds::with_strides(

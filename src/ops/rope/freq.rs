@@ -395,6 +395,15 @@ impl Rope {
             "rotary_dim {rd} must be even, > 0 and <= head_dim {head_dim}"
         );
         let pairs = rd / 2;
+        if let Some(sec) = self.mrope_section {
+            let sum = sec.iter().try_fold(0usize, |a, &b| a.checked_add(b));
+            crate::ensure!(
+                sum == Some(pairs),
+                Param,
+                OP,
+                "mrope_section {sec:?} must sum to rotary_dim / 2 = {pairs} pairs (rotary_dim {rd})"
+            );
+        }
         let orig_ok = |v: f64| check_f("original_max_position_embeddings", v, true);
         match &self.scaling {
             Scaling::Default => {}

@@ -55,7 +55,8 @@
 //! (`cargo run --release --example rope_sincos`). [`SinCos`] keeps the other methods for such measurements.
 //!
 //! ## Strategy
-//! Two entry points; the dispatcher picks by alignment ([`Rope::variant`] reports the choice):
+//! Three entry points; the dispatcher picks by alignment and norm ([`Rope::variant`] reports the
+//! choice for the plain rotation):
 //! - `rope_vec4`, in place when the view's first element and every stride (of a dimension
 //!   longer than 1) are multiples of 16 bytes and `rotary_dim` is a multiple of 8 (f32) or 16
 //!   (f16, bf16) elements, i.e. every access is a whole, aligned vec4 of the view. One invocation
@@ -71,8 +72,18 @@
 //!   word is only written by one invocation). Out of place, extra invocations copy the
 //!   unrotated tail.
 //!
-//! Both split heads into more groups when tokens x columns alone would not fill the device
-//! (`TARGET_INVOCATIONS`).
+//! - `rope_norm`, with a per-head RMSNorm ([`HeadNorm`], Qwen3 / Gemma 3 QK-norm) in front of
+//!   the rotation: one invocation per (token, group of up to 8 heads) reads each head once for
+//!   its sum of squares (f32), then pair by pair computes cos/sin once and normalises, rotates
+//!   and stores every head of the group (the unrotated tail normalised too). Q and K each have
+//!   their own weights, as runtime flags of one dispatch.
+//!
+//! The first two split heads into more groups when tokens x columns alone would not fill the
+//! device (`TARGET_INVOCATIONS`).
+//!
+//! Out of place, `rope` and `rope_norm` can take the output rows from a row map
+//! ([`Rope::encode_rows`]: a runtime flag and the `rows` binding, no extra specialisation), so a
+//! paged KV cache gets its new K rows rotated (and normalised) straight into their pages.
 //!
 //! Measured on lavapipe (2 shared cores, so absolute numbers move; ratios are taken in the same
 //! run): `cargo run --release --example rope_speed`, GPU timestamps, median of 7, as a fraction
@@ -115,6 +126,10 @@ pub(crate) const OP: &str = "rope";
 pub(crate) const WG: u32 = 64;
 /// Invocations a dispatch aims for before it splits heads into more groups.
 pub(crate) const TARGET_INVOCATIONS: usize = 1 << 16;
+/// Most heads one `rope_norm` invocation owns (`NORM_GROUP` in `shaders/rope.wgsl`).
+pub(crate) const NORM_GROUP: usize = 8;
+/// Invocations a `rope_norm` dispatch aims for before it gives an invocation fewer heads.
+pub(crate) const NORM_TARGET_INVOCATIONS: usize = 4096;
 /// Bytes of a token that one `rope_vec4` invocation walks over (its group of heads).
 pub(crate) const VEC4_GROUP_BYTES: usize = 4096;
 
@@ -133,6 +148,10 @@ pub struct Rope {
     /// `start + seq` with a start offset; a positions buffer needs it set (the host cannot read
     /// GPU positions without a stall).
     pub seq_len: Option<usize>,
+    /// Multimodal RoPE (Qwen2-VL, Qwen2.5-VL `mrope_section`): pairs `[0, t)` rotate by the
+    /// time position, `[t, t + h)` by the height position, the last `w` by the width position
+    /// (`t + h + w = rotary_dim / 2`); positions are then `[3, seq]` or `[3, batch, seq]`.
+    pub mrope_section: Option<[usize; 3]>,
     /// How cos and sin are computed: always exact, but for the benchmark's comparisons.
     pub(crate) sincos: SinCos,
 }
@@ -145,6 +164,7 @@ impl Default for Rope {
             theta: 10000.0,
             scaling: Scaling::Default,
             seq_len: None,
+            mrope_section: None,
             sincos: SinCos::Exact,
         }
     }
@@ -464,6 +484,14 @@ impl Rope {
     /// The same op rotating only the first `rotary_dim` elements of each head.
     pub fn with_rotary_dim(mut self, rotary_dim: usize) -> Self {
         self.rotary_dim = Some(rotary_dim);
+        self
+    }
+    /// The same op as multimodal RoPE with HF's `mrope_section` `[t, h, w]` (Qwen2-VL:
+    /// `[16, 24, 24]`, pairs counted, summing to `rotary_dim / 2`): each section of the pairs
+    /// rotates by its own row of `[3, seq]` / `[3, batch, seq]` positions (time, height, width),
+    /// exactly like 1-D RoPE. A start offset gives every row the same positions (text tokens).
+    pub fn with_mrope_section(mut self, section: [usize; 3]) -> Self {
+        self.mrope_section = Some(section);
         self
     }
     /// The same op with the sequence length that dynamic NTK and LongRoPE see.

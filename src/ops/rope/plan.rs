@@ -3,8 +3,8 @@
 use super::freq::{turns, Freq};
 use super::norm::{Extra, HeadNorm};
 use super::{
-    Params, Positions, Rope, SinCos, Variant, FLAG_NORM_A, FLAG_NORM_B, FLAG_ROW_MAP, OP,
-    TARGET_INVOCATIONS, VEC4_GROUP_BYTES, WG,
+    Params, Positions, Rope, SinCos, Variant, FLAG_NORM_A, FLAG_NORM_B, FLAG_ROW_MAP, NORM_GROUP,
+    NORM_TARGET_INVOCATIONS, OP, TARGET_INVOCATIONS, VEC4_GROUP_BYTES, WG,
 };
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -322,18 +322,33 @@ impl Rope {
             }
             Positions::Ids(ids) => {
                 let shape = ids.shape.clone();
-                let ok = shape == [va.seq] || shape == [va.batch, va.seq];
-                crate::ensure!(
-                    ok,
-                    Shape,
-                    OP,
-                    "positions has shape {shape:?} but x has batch {} and seq {}: it must be [{}] or [{}, {}]",
-                    va.batch,
-                    va.seq,
-                    va.seq,
-                    va.batch,
-                    va.seq
-                );
+                if self.mrope_section.is_some() {
+                    let ok = shape == [3, va.seq] || shape == [3, va.batch, va.seq];
+                    crate::ensure!(
+                        ok,
+                        Shape,
+                        OP,
+                        "multimodal positions have shape {shape:?} but x has batch {} and seq {}: they must be [3, {}] or [3, {}, {}] (time, height, width)",
+                        va.batch,
+                        va.seq,
+                        va.seq,
+                        va.batch,
+                        va.seq
+                    );
+                } else {
+                    let ok = shape == [va.seq] || shape == [va.batch, va.seq];
+                    crate::ensure!(
+                        ok,
+                        Shape,
+                        OP,
+                        "positions has shape {shape:?} but x has batch {} and seq {}: it must be [{}] or [{}, {}]",
+                        va.batch,
+                        va.seq,
+                        va.seq,
+                        va.batch,
+                        va.seq
+                    );
+                }
                 let words = ids.as_words();
                 crate::ensure!(
                     ids.strides.len() == shape.len(),
@@ -360,11 +375,17 @@ impl Rope {
                     OP,
                     "positions share a buffer with a rotated view; they must be separate"
                 );
-                if shape.len() == 2 {
-                    params.pos_bstride = ids.strides[0] as u32;
-                    params.pos_sstride = ids.strides[1] as u32;
+                // A multimodal tensor's leading dim is the position row (time, height, width).
+                let mut st = &ids.strides[..];
+                if self.mrope_section.is_some() {
+                    params.pos_rstride = st[0] as u32;
+                    st = &st[1..];
+                }
+                if st.len() == 2 {
+                    params.pos_bstride = st[0] as u32;
+                    params.pos_sstride = st[1] as u32;
                 } else {
-                    params.pos_sstride = ids.strides[0] as u32;
+                    params.pos_sstride = st[0] as u32;
                 }
                 true
             }
@@ -385,8 +406,10 @@ impl Rope {
         };
         let (inv, attn) = self.inv_freq(va.head_dim, seq_len)?;
         params.scale = attn as f32;
-        params.sec1 = u32::MAX;
-        params.sec2 = u32::MAX;
+        (params.sec1, params.sec2) = match self.mrope_section {
+            Some([t, h, _]) => ((t) as u32, (t + h) as u32),
+            None => (u32::MAX, u32::MAX),
+        };
         let freqs = if self.sincos == SinCos::HostTable {
             crate::ensure!(
                 seq_len > 0
@@ -449,11 +472,17 @@ impl Rope {
             let max_heads = (VEC4_GROUP_BYTES / (va.head_dim * dtype.size())).max(1);
             groups = groups.max(heads.div_ceil(max_heads));
         }
-        let per_group = heads.div_ceil(groups);
+        let mut per_group = heads.div_ceil(groups);
+        if norm {
+            // rope_norm: an invocation owns whole heads, at most NORM_GROUP (its private array
+            // of inverse norms), fewer only when tokens alone would leave the device idle. Its
+            // per-head work is large and cos/sin are shared across the group, so it aims for
+            // fewer invocations than the rotation-only kernels (examples/qk_norm_speed.rs measures it).
+            per_group = NORM_GROUP.min(heads.div_ceil(NORM_TARGET_INVOCATIONS.div_ceil(tokens)));
+        }
         let groups = heads.div_ceil(per_group);
         let threads = if norm {
-            // rope_norm: one invocation per (token, head).
-            tokens as u64 * heads as u64
+            tokens as u64 * groups as u64
         } else {
             tokens as u64 * groups as u64 * n_cols as u64
         };
