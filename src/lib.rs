@@ -70,7 +70,7 @@ pub use ops::attention::Attention;
 pub use ops::kv_cache::KvCache;
 pub use ops::paged::{PageLayout, PageTable, PagedBatch, PagedKvCache};
 pub use ops::rms_norm::RmsNorm;
-pub use ops::rope::{Layout, PositionIds, Positions, Rope, Scaling};
+pub use ops::rope::{HeadNorm, Layout, PositionIds, Positions, Rope, Scaling};
 pub use tensor::{DType, Element, Tensor};
 
 /// The README's Rust examples compile as doctests, so the quick start stays true.

@@ -495,6 +495,7 @@ impl CaseFile {
                     "rope_type",
                     "offset",
                     "seq_len",
+                    "mrope_section",
                 ];
                 let orig = "original_max_position_embeddings";
                 let max = "max_position_embeddings";

@@ -62,7 +62,8 @@ impl Timer {
     /// The timer `ctx` supports.
     pub fn new(ctx: &Context) -> Timer {
         Timer {
-            timestamps: llama_kernels::bench::Timing::of(ctx) == llama_kernels::bench::Timing::Timestamp,
+            timestamps: llama_kernels::bench::Timing::of(ctx)
+                == llama_kernels::bench::Timing::Timestamp,
         }
     }
 
