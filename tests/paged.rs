@@ -886,3 +886,97 @@ fn every_validation_rule_has_an_error() {
         "write_pages: k has 3 and v 3 values; 1 pages need 2048",
     );
 }
+
+/// Multimodal RoPE (Qwen2-VL's `mrope_section`) on K as it lands in the pages, with the caller's
+/// `[3, total_new]` positions (time, height, width), on both append paths (K in the cache's dtype
+/// through the row map; f32 rows into an f16 cache through scratch), checked by attention against
+/// the f64 reference.
+#[test]
+fn multimodal_rope_into_pages() {
+    let ctx = ctx();
+    let heads = gqa();
+    let row = heads.n_kv_heads * HD;
+    let section = [8, 12, 12];
+    let rope = Rope::default().with_mrope_section(section).with_seq_len(64);
+    let (inv, _) = llama_kernels::ops::rope::frequencies(rope.theta, HD, &rope.scaling, 64);
+    for (dtype, new_dtype) in [(DType::F32, DType::F32), (DType::F16, DType::F32)] {
+        let mut rng = Rng::new(900);
+        let mut table = PageTable::new(8, PAGE).unwrap();
+        let cache = PagedKvCache::new(&ctx, 8, PAGE, 2, HD, dtype, PageLayout::Hnd).unwrap();
+        let (a, b) = (table.add_sequence(), table.add_sequence());
+        let entries = [(a, 5usize), (b, 19usize)];
+        table.append(&entries).unwrap();
+        let batch = PagedBatch::new(&ctx, &table, &entries, heads).unwrap();
+        let total = 24;
+        // Rows: time, height, width; image-like tokens share a time step.
+        let pos: Vec<i32> = (0..3 * total)
+            .map(|i| (i / total) as i32 * 3 + (i % total) as i32 / 2)
+            .collect();
+        let pids = llama_kernels::PositionIds::upload(&ctx, &pos, &[3, total]).unwrap();
+        let k = rng.vec(total * row, 1.0);
+        let v = rng.vec(total * row, 1.0);
+        let q = rng.vec(total * heads.n_heads * HD, 1.0);
+        let kt = ctx.upload_as(&k, &[total, 2, HD], new_dtype).unwrap();
+        let vt = ctx.upload_as(&v, &[total, 2, HD], new_dtype).unwrap();
+        let qt = ctx
+            .upload_as(&q, &[total, heads.n_heads, HD], dtype)
+            .unwrap();
+        let out = ctx.empty(&[total, heads.n_heads, HD], dtype).unwrap();
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        cache
+            .append_rope_at(&ctx, &mut enc, &batch, &kt, &vt, &rope, None, &pids)
+            .unwrap();
+        Attention::default()
+            .encode_paged(&ctx, &mut enc, &qt, &cache, &batch, None, &out)
+            .unwrap();
+        ctx.queue().submit([enc.finish()]);
+        let got = ctx.read_f32(&out).unwrap();
+        let mut want = Vec::new();
+        let qr = rounded(&q, dtype);
+        let mut t0 = 0;
+        for (_, n) in entries {
+            let mut p: Vec<i64> = Vec::with_capacity(3 * n);
+            for r in 0..3 {
+                p.extend((t0..t0 + n).map(|t| pos[r * total + t] as i64));
+            }
+            let kr = rounded(&k[t0 * row..(t0 + n) * row], new_dtype);
+            let rot = llama_kernels::reference::rope::rope_multimodal(
+                &kr,
+                [1, n, 2, HD],
+                &p,
+                section,
+                &inv,
+                1.0,
+                rope.layout,
+                HD,
+            );
+            let kh: Vec<f64> = rot
+                .iter()
+                .map(|&x| dtype.round(new_dtype.round(x)))
+                .collect();
+            let vh: Vec<f64> = rounded(&v[t0 * row..(t0 + n) * row], new_dtype)
+                .iter()
+                .map(|&x| dtype.round(x))
+                .collect();
+            let qn = heads.n_heads * HD;
+            want.extend(reference::attention(
+                &qr[t0 * qn..(t0 + n) * qn],
+                &kh,
+                &vh,
+                None,
+                reference::Dims {
+                    batch: 1,
+                    q_len: n,
+                    kv_len: n,
+                    n_heads: heads.n_heads,
+                    n_kv_heads: 2,
+                    head_dim: HD,
+                },
+                &reference::Options::default(),
+            ));
+            t0 += n;
+        }
+        let cmp = compare(&got, &want);
+        assert!(cmp.passes(tol(dtype)), "{dtype} from {new_dtype}: {cmp}");
+    }
+}

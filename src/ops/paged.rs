@@ -1022,11 +1022,30 @@ impl PagedKvCache {
         rope: &Rope,
         k_norm: Option<&HeadNorm>,
     ) -> Result<()> {
+        let pos = batch.positions();
+        self.append_rope_at(ctx, encoder, batch, k_new, v_new, rope, k_norm, &pos)
+    }
+
+    /// [`PagedKvCache::append_rope`] with the caller's positions for the new tokens instead of
+    /// their cache positions: `[3, total_new]` for multimodal RoPE (Qwen2-VL's time, height and
+    /// width rows, [`Rope::with_mrope_section`]), or `[total_new]` for custom position ids. The
+    /// rows still land in the batch's slots.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_rope_at(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        batch: &PagedBatch,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        rope: &Rope,
+        k_norm: Option<&HeadNorm>,
+        pos: &PositionIds,
+    ) -> Result<()> {
         self.validate_append(batch, k_new, v_new)?;
         if batch.total_q == 0 {
             return Ok(());
         }
-        let pos = batch.positions();
         if k_new.dtype() == self.dtype {
             // Row maps first (content-addressed, so every layer of a step shares them).
             let (_, hs) = self.strides();
@@ -1061,7 +1080,7 @@ impl PagedKvCache {
                         map,
                         0,
                         hs,
-                        Positions::Ids(&pos),
+                        Positions::Ids(pos),
                         k_norm,
                     )?;
                 }
@@ -1073,13 +1092,13 @@ impl PagedKvCache {
         // the write pass has read it (wgpu orders the passes).
         let tmp_buf = ctx.scratch(OP, bytes)?;
         let tmp = Tensor::new(&tmp_buf, 0, k_new.shape(), k_new.dtype());
-        rope.variant(ctx, k_new, None, Some(&tmp), Positions::Ids(&pos))?;
+        rope.variant(ctx, k_new, None, Some(&tmp), Positions::Ids(pos))?;
         ctx.scoped(OP, || -> Result<()> {
             match k_norm {
                 Some(n) => {
-                    rope.encode_norm_to(ctx, encoder, k_new, &tmp, n, Positions::Ids(&pos))?
+                    rope.encode_norm_to(ctx, encoder, k_new, &tmp, n, Positions::Ids(pos))?
                 }
-                None => rope.encode_to(ctx, encoder, k_new, &tmp, Positions::Ids(&pos))?,
+                None => rope.encode_to(ctx, encoder, k_new, &tmp, Positions::Ids(pos))?,
             }
             self.record_write(ctx, encoder, batch, &tmp, v_new, true)
         })?
