@@ -23,25 +23,8 @@
 //   TILE_V4  vec4 capacity of each of the K and V tiles (bk * head_dim / 4 <= TILE_V4)
 //   HD4      head_dim / 4 (1 ..= 64)
 
-// Overrides, Params, input bindings and helpers: attention_common.wgsl.
-
-// Per (batch, kv head, row, split): m, l, then head_dim accumulator values (unnormalised).
-@group(0) @binding(5) var<storage, read_write> part_out: array<f32>;
-@group(0) @binding(6) var<storage, read> part_in: array<f32>;
-@group(0) @binding(7) var<storage, read_write> out_buf: array<u32>;
-
-// The partial (m, l, acc) of one (row, split, lane) at part_out[e ..].
-fn store_partial(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, e: u32, m: f32, l: f32) {
-    part_out[e] = m;
-    part_out[e + 1u] = l;
-    for (var d = 0u; d < HD4; d++) {
-        let a = (*acc)[d];
-        part_out[e + 2u + 4u * d] = a.x;
-        part_out[e + 3u + 4u * d] = a.y;
-        part_out[e + 4u + 4u * d] = a.z;
-        part_out[e + 5u + 4u * d] = a.w;
-    }
-}
+// Overrides, Params, input bindings and helpers: attention_common.wgsl; the partials' bindings,
+// store_partial and merge_partials: attention_split.wgsl.
 
 @compute @workgroup_size(WG)
 fn attn_decode_partial(
@@ -121,25 +104,10 @@ fn attn_decode_merge(
     let b = bh / p.n_kv_heads;
     let t = r / p.group;
     let h = kvh * p.group + r % p.group;
-    let stride = 4u * HD4 + 2u;
     let n_parts = p.n_splits * p.lanes;
-    let base = row * n_parts * stride;
-
-    var m = NEG_BIG;
-    for (var sp = 0u; sp < n_parts; sp++) {
-        m = max(m, part_in[base + sp * stride]);
-    }
-    var l = 0.0;
-    var acc = vec4<f32>(0.0);
-    for (var sp = 0u; sp < n_parts; sp++) {
-        let e = base + sp * stride;
-        let w = exp(part_in[e] - m);
-        l += part_in[e + 1u] * w;
-        let a = e + 2u + 4u * d;
-        acc += w * vec4<f32>(part_in[a], part_in[a + 1u], part_in[a + 2u], part_in[a + 3u]);
-    }
+    let base = row * n_parts * (4u * HD4 + 2u);
     let o_base = p.o_off + b * p.o_sb + t * p.o_st + h * p.o_sh;
-    store4(o_base + 4u * d, acc * out_scale(m, l, h));
+    store4(o_base + 4u * d, merge_partials(base, n_parts, d, h));
 }
 
 // ---------------------------------------------------------------------------------------------

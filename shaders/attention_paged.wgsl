@@ -41,9 +41,7 @@
 //   v_sh       word offset of the sequence records in plan_buf
 //   q_off, q_st, q_sh / o_off, o_st, o_sh: packed q / out, element offset and token, head strides.
 
-@group(0) @binding(5) var<storage, read_write> part_out: array<f32>;
-@group(0) @binding(6) var<storage, read> part_in: array<f32>;
-@group(0) @binding(7) var<storage, read_write> out_buf: array<u32>;
+// The partials' bindings (5, 6, 7), store_partial and merge_partials: attention_split.wgsl.
 @group(0) @binding(8) var<storage, read> pool0: array<vec4<u32>>;
 @group(0) @binding(9) var<storage, read> pool1: array<vec4<u32>>;
 @group(0) @binding(10) var<storage, read> pool2: array<vec4<u32>>;
@@ -147,19 +145,6 @@ fn stage_tile_paged(lid: u32, j0: i32, n: u32, bt_off: u32, kvh: u32) {
     }
 }
 
-// The partial (m, l, acc) of one (row, split, lane) at part_out[e ..].
-fn store_partial_paged(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, e: u32, m: f32, l: f32) {
-    part_out[e] = m;
-    part_out[e + 1u] = l;
-    for (var d = 0u; d < HD4; d++) {
-        let a = (*acc)[d];
-        part_out[e + 2u + 4u * d] = a.x;
-        part_out[e + 3u + 4u * d] = a.y;
-        part_out[e + 4u + 4u * d] = a.z;
-        part_out[e + 5u + 4u * d] = a.w;
-    }
-}
-
 @compute @workgroup_size(WG)
 fn attn_paged_partial(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -220,7 +205,7 @@ fn attn_paged_partial(
     } else if row_ok && lane < lanes {
         let stride = 4u * HD4 + 2u;
         let entry = sq.part_base + (kvh * rows + r) * n_parts + split * lanes + lane;
-        store_partial_paged(&acc, entry * stride, m, l);
+        store_partial(&acc, entry * stride, m, l);
     }
 }
 
@@ -249,19 +234,5 @@ fn attn_paged_merge(
         return;
     }
     let base = (sq.part_base + (kvh * rows + r) * n_parts) * stride;
-
-    var m = NEG_BIG;
-    for (var sp = 0u; sp < n_parts; sp++) {
-        m = max(m, part_in[base + sp * stride]);
-    }
-    var l = 0.0;
-    var acc = vec4<f32>(0.0);
-    for (var sp = 0u; sp < n_parts; sp++) {
-        let e = base + sp * stride;
-        let w = exp(part_in[e] - m);
-        l += part_in[e + 1u] * w;
-        let a = e + 2u + 4u * d;
-        acc += w * vec4<f32>(part_in[a], part_in[a + 1u], part_in[a + 2u], part_in[a + 3u]);
-    }
-    store4(p.o_off + tq * p.o_st + h * p.o_sh + 4u * d, acc * out_scale(m, l, h));
+    store4(p.o_off + tq * p.o_st + h * p.o_sh + 4u * d, merge_partials(base, n_parts, d, h));
 }

@@ -19,6 +19,8 @@ pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 
 /// Shared by the two attention shaders: overrides, params, input bindings, load/mask helpers.
 pub const ATTENTION_COMMON_WGSL: &str = include_str!("../shaders/attention_common.wgsl");
+/// The split-KV partials (bindings, store, merge), shared by the decode and paged kernels.
+pub const ATTENTION_SPLIT_WGSL: &str = include_str!("../shaders/attention_split.wgsl");
 
 /// One WGSL module (a kernel family): the files it concatenates, and the variants its op can
 /// dispatch. Compared and hashed by name.
@@ -74,6 +76,7 @@ impl Shader {
         parts: &[
             COMMON_WGSL,
             ATTENTION_COMMON_WGSL,
+            ATTENTION_SPLIT_WGSL,
             include_str!("../shaders/attention_decode.wgsl"),
         ],
         variants: crate::ops::attention::decode_variant_keys,
@@ -90,6 +93,7 @@ impl Shader {
         parts: &[
             COMMON_WGSL,
             ATTENTION_COMMON_WGSL,
+            ATTENTION_SPLIT_WGSL,
             include_str!("../shaders/attention_paged.wgsl"),
         ],
         variants: crate::ops::paged::attention_variant_keys,
