@@ -499,6 +499,49 @@ fn outer_strides(t: &Tensor) -> [usize; 3] {
     }
 }
 
+impl Attention {
+    /// The masking and logit fields of the shaders' parameters (shared by the contiguous and
+    /// paged calls); the caller fills in the shapes.
+    pub(crate) fn logit_params(
+        &self,
+        scale: f32,
+        bounds: (i32, i32),
+        sinks_window: &Option<Window>,
+        sinks: Option<&Tensor>,
+    ) -> Params {
+        Params {
+            win_left: bounds.0,
+            win_right: bounds.1,
+            attn_chunk: self.chunk_size,
+            causal: self.causal as u32,
+            has_sinks: sinks.is_some() as u32,
+            scale,
+            softcap: self.softcap,
+            s_off: match (sinks_window, sinks) {
+                (Some(w), Some(s)) => w.elem_offset(s),
+                _ => 0,
+            },
+            ..Params::default()
+        }
+    }
+}
+
+/// Sinks, when given, are `[n_heads]` f32 (shared by the contiguous and paged calls).
+pub(crate) fn check_sinks(op: &'static str, sinks: Option<&Tensor>, n_heads: usize) -> Result<()> {
+    if let Some(s) = sinks {
+        s.validate(op, "sinks")?;
+        s.expect_dtype(op, "sinks", DType::F32)?;
+        crate::ensure!(
+            s.shape() == [n_heads],
+            Shape,
+            op,
+            "sinks has shape {:?} but must be [{n_heads}] (one per query head)",
+            s.shape()
+        );
+    }
+    Ok(())
+}
+
 /// Largest [`Attention::chunk_size`] (chunk arithmetic stays inside i32 in the shaders).
 pub const MAX_CHUNK_SIZE: u32 = 1 << 29;
 
@@ -770,18 +813,7 @@ impl Attention {
             out.shape(),
             q.shape()
         );
-        if let Some(s) = sinks {
-            s.validate(OP, "sinks")?;
-            s.expect_dtype(OP, "sinks", DType::F32)?;
-            crate::ensure!(
-                s.shape() == [d.n_heads],
-                Shape,
-                OP,
-                "sinks has shape {:?} but must be [{}] (one per query head)",
-                s.shape(),
-                d.n_heads
-            );
-        }
+        check_sinks(OP, sinks, d.n_heads)?;
         self.check_options(OP)?;
         if let Some(s) = self.splits {
             crate::ensure!(
@@ -955,24 +987,13 @@ impl Attention {
             v: pack(&vw, v, c.strides[2])?,
             o: pack(&ow, out, c.strides[3])?,
             q_offset: c.q_offset as i32,
-            win_left: c.bounds.0,
-            win_right: c.bounds.1,
-            attn_chunk: self.chunk_size,
-            causal: self.causal as u32,
-            has_sinks: sinks.is_some() as u32,
-            scale: c.scale,
-            softcap: self.softcap,
-            s_off: match (&sw, sinks) {
-                (Some(w), Some(s)) => w.elem_offset(s),
-                _ => 0,
-            },
             bk: plan.bk,
             row_blocks: plan.row_blocks as u32,
             n_splits: plan.splits as u32,
             chunk: plan.chunk as u32,
             rows_per_wg: plan.rows_per_wg as u32,
             lanes: plan.lanes as u32,
-            _pad: 0,
+            ..self.logit_params(c.scale, c.bounds, &sw, sinks)
         };
         let keys = plan.variant.keys();
         let mut inputs = vec![

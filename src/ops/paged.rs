@@ -1248,18 +1248,7 @@ impl Attention {
             op,
             "q_offset, kind and splits do not apply to paged attention (sequences align bottom-right; PagedBatch::from_parts forces splits)"
         );
-        if let Some(s) = sinks {
-            s.validate(op, "sinks")?;
-            s.expect_dtype(op, "sinks", DType::F32)?;
-            crate::ensure!(
-                s.shape() == [h.n_heads],
-                Shape,
-                op,
-                "sinks has shape {:?} but must be [{}] (one per query head)",
-                s.shape(),
-                h.n_heads
-            );
-        }
+        attention::check_sinks(op, sinks, h.n_heads)?;
         for (name, t) in [("q", Some(q)), ("sinks", sinks)] {
             if let Some(t) = t {
                 crate::ensure!(
@@ -1370,25 +1359,8 @@ impl Attention {
                 u(out.strides()[0])?,
                 u(out.strides()[1])?,
             ],
-            q_offset: 0,
-            win_left: c.bounds.0,
-            causal: self.causal as u32,
-            has_sinks: sinks.is_some() as u32,
-            scale: c.scale,
-            softcap: self.softcap,
-            s_off: match (&sw, sinks) {
-                (Some(w), Some(s)) => w.elem_offset(s),
-                _ => 0,
-            },
             bk: c.bk,
-            row_blocks: 0,
-            n_splits: 0,
-            chunk: 0,
-            rows_per_wg: 0,
-            lanes: 0,
-            win_right: c.bounds.1,
-            attn_chunk: self.chunk_size,
-            _pad: 0,
+            ..self.logit_params(c.scale, c.bounds, &sw, sinks)
         };
         let part = ctx.scratch(op, c.part_bytes.max(16))?;
         let part_res = || {
