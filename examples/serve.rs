@@ -249,7 +249,7 @@ fn run(args: &Args) -> Result<bool, llama_kernels::Error> {
         let out = ctx.empty(&[total, N_HEADS, HEAD_DIM], dtype)?;
         let mut enc = device.create_command_encoder(&Default::default());
         cache.copy_pages(&ctx, &mut enc, &copies)?;
-        cache.append_rope(&ctx, &mut enc, &batch, &kt, &vt, &rope, None)?;
+        cache.append_rope(&ctx, &mut enc, &batch, &kt, &vt, &rope, None, None)?;
         Attention::default().encode_paged(&ctx, &mut enc, &qt, &cache, &batch, None, &out)?;
         queue.submit([enc.finish()]);
         let got = ctx.read_f32(&out)?;

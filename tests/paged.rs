@@ -628,7 +628,16 @@ fn append_rope_fork_and_attend() {
             let mut enc = ctx.device().create_command_encoder(&Default::default());
             cache.copy_pages(&ctx, &mut enc, &copies).unwrap();
             cache
-                .append_rope(&ctx, &mut enc, &batch, &kt, &vt, &rope_l, norm.as_ref())
+                .append_rope(
+                    &ctx,
+                    &mut enc,
+                    &batch,
+                    &kt,
+                    &vt,
+                    &rope_l,
+                    norm.as_ref(),
+                    None,
+                )
                 .unwrap();
             Attention::default()
                 .encode_paged(&ctx, &mut enc, &qt, &cache, &batch, None, &out)
@@ -924,7 +933,7 @@ fn multimodal_rope_into_pages() {
         let out = ctx.empty(&[total, heads.n_heads, HD], dtype).unwrap();
         let mut enc = ctx.device().create_command_encoder(&Default::default());
         cache
-            .append_rope_at(&ctx, &mut enc, &batch, &kt, &vt, &rope, None, &pids)
+            .append_rope(&ctx, &mut enc, &batch, &kt, &vt, &rope, None, Some(&pids))
             .unwrap();
         Attention::default()
             .encode_paged(&ctx, &mut enc, &qt, &cache, &batch, None, &out)

@@ -499,7 +499,7 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     let batch = PagedBatch::new(ctx, &table, &[(b, 39)], heads)?;
     let (kb, vb) = (upload(&hist[1].0, 0..39)?, upload(&hist[1].1, 0..39)?);
     ctx.submit_and_wait(OP, |enc| {
-        cache.append_rope(ctx, enc, &batch, &kb, &vb, &rope, None)
+        cache.append_rope(ctx, enc, &batch, &kb, &vb, &rope, None, None)
     })?;
     // Step 2 (judged): a's prompt and b's next token.
     let entries = [(a, 12), (b, 1)];
@@ -524,7 +524,7 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     ctx.fill(&out, f32::NAN)?;
     let op = Attention::default();
     let mut rec = |enc: &mut wgpu::CommandEncoder| -> Result<()> {
-        cache.append_rope(ctx, enc, &batch, &kn, &vn, &rope, None)?;
+        cache.append_rope(ctx, enc, &batch, &kn, &vn, &rope, None, None)?;
         op.encode_paged(ctx, enc, &qt, &cache, &batch, None, &out)
     };
     let first = timer.run(ctx, &mut rec)?;

@@ -1004,13 +1004,15 @@ impl PagedKvCache {
         })?
     }
 
-    /// [`PagedKvCache::append`] with `rope` applied to K at each new token's position (the
+    /// [`PagedKvCache::append`] with `rope` applied to K, after the per-head `k_norm` when given
+    /// (QK-norm: Qwen3, Gemma 3). Positions: `None` = each new token's cache position (the
     /// batch's [`PagedBatch::positions`]; a scaling that needs the sequence length needs
-    /// `rope.seq_len`), after the per-head `k_norm` when given (QK-norm: Qwen3, Gemma 3, OLMo 2).
-    /// When `k_new` has the cache's dtype, K's norm, rotation and write into its page are one
-    /// pass ([`Rope::encode_rows`] through a row map of the slots, one dispatch per pool buffer
-    /// the batch touches) and the write pass moves only V; otherwise RoPE writes K into a
-    /// scratch view and the write pass converts both.
+    /// `rope.seq_len`), or the caller's ids: `[3, total_new]` for multimodal RoPE (Qwen2-VL's
+    /// time, height and width rows, [`Rope::with_mrope_section`]) or `[total_new]`; the rows
+    /// land in the batch's slots either way. When `k_new` has the cache's dtype, K's norm,
+    /// rotation and write into its page are one pass ([`Rope::encode_rows`] through a row map of
+    /// the slots, one dispatch per pool buffer the batch touches) and the write pass moves only V;
+    /// otherwise RoPE writes K into a scratch view and the write pass converts both.
     #[allow(clippy::too_many_arguments)]
     pub fn append_rope(
         &self,
@@ -1021,27 +1023,10 @@ impl PagedKvCache {
         v_new: &Tensor,
         rope: &Rope,
         k_norm: Option<&HeadNorm>,
+        positions: Option<&PositionIds>,
     ) -> Result<()> {
-        let pos = batch.positions();
-        self.append_rope_at(ctx, encoder, batch, k_new, v_new, rope, k_norm, &pos)
-    }
-
-    /// [`PagedKvCache::append_rope`] with the caller's positions for the new tokens instead of
-    /// their cache positions: `[3, total_new]` for multimodal RoPE (Qwen2-VL's time, height and
-    /// width rows, [`Rope::with_mrope_section`]), or `[total_new]` for custom position ids. The
-    /// rows still land in the batch's slots.
-    #[allow(clippy::too_many_arguments)]
-    pub fn append_rope_at(
-        &self,
-        ctx: &Context,
-        encoder: &mut wgpu::CommandEncoder,
-        batch: &PagedBatch,
-        k_new: &Tensor,
-        v_new: &Tensor,
-        rope: &Rope,
-        k_norm: Option<&HeadNorm>,
-        pos: &PositionIds,
-    ) -> Result<()> {
+        let own = batch.positions();
+        let pos = positions.unwrap_or(&own);
         self.validate_append(batch, k_new, v_new)?;
         if batch.total_q == 0 {
             return Ok(());
