@@ -19,8 +19,9 @@
 //!
 //! Per layer and step: [`PagedKvCache::copy_pages`] applies the copy-on-write copies the table
 //! returned, [`PagedKvCache::append`] / [`PagedKvCache::append_rope`] write the new K/V rows of
-//! every sequence into their slots in one pass (RoPE on K at each token's position), and
-//! [`Attention::encode_paged`] attends every sequence's queries over its pages.
+//! every sequence into their slots (one dispatch per pool buffer the step touches; with RoPE,
+//! K's optional QK-norm, rotation and write into its page are one pass and a second moves V),
+//! and [`Attention::encode_paged`] attends every sequence's queries over its pages.
 //!
 //! Attention (`shaders/attention_paged.wgsl`): queries `[total_q, n_heads, head_dim]` packed by
 //! sequence; sequence `s` has `q_len[s]` queries aligned bottom-right to its `kv_len[s]` keys
@@ -30,8 +31,10 @@
 //! pages. The design is the split-KV decode kernel's (a workgroup per (sequence, row block,
 //! split, kv head) sharing each K/V tile across the GQA group, a partial per (row, split, lane),
 //! a fixed-order merge); the splits follow each sequence's own length, so one 32k sequence beside
-//! thirty short ones fills the device without padding the short ones. With the same split
-//! configuration the arithmetic is the contiguous kernel's, bit for bit.
+//! thirty short ones fills the device without padding the short ones. Rows with a single partial
+//! (prefill rows: one split, one lane) write their output directly, so long prefills need no
+//! scratch. With the same split configuration the arithmetic is the contiguous kernel's, bit for
+//! bit.
 //!
 //! Why HND by default, by measurement (BENCHMARKS.md, the bench's `paged_decode_batch_hnd` beside
 //! `paged_decode_batch`): every attention workgroup reads one kv head, whose keys of a page are
