@@ -1488,3 +1488,56 @@ fn multimodal_rope_reduces_to_1d_and_validates() {
         "positions has shape [3, 4] but x has batch 1 and seq 4",
     );
 }
+
+/// The frequency table is reused between calls of one `Rope` (a decode loop), but never when
+/// anything it depends on changed: a public field edited between calls (theta, scaling,
+/// rotary_dim), another head size, another sequence length for dynamic scaling, or a clone edited
+/// afterwards. Each call is checked against the reference built from the state at that call.
+#[test]
+fn the_cached_frequency_table_follows_every_change() {
+    let ctx = ctx();
+    let check = |rope: &Rope, head_dim: usize, start: i32, what: &str| {
+        let (seq, heads) = (5, 3);
+        let x = rng_vec(4243 + head_dim as u64, seq * heads * head_dim);
+        let t = ctx.upload(&x, &[seq, heads, head_dim]).unwrap();
+        rope.run(&ctx, &t, Positions::Start(start)).unwrap();
+        let rd = rope.rotary_dim.unwrap_or(head_dim);
+        let (inv, attn) = rope.inv_freq(head_dim, start as usize + seq).unwrap();
+        let pos: Vec<i64> = (0..seq as i64).map(|s| start as i64 + s).collect();
+        let want = reference::rope(
+            &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            [1, seq, heads, head_dim],
+            &pos,
+            &inv,
+            attn,
+            rope.layout,
+            rd,
+        );
+        let got = ctx.read_f32(&t).unwrap();
+        let c = compare(&got, &want);
+        assert!(c.passes(tolerance(DType::F32)), "{what}: {c}");
+    };
+    let mut rope = Rope::new(10000.0, Layout::Half);
+    check(&rope, 64, 100, "first call");
+    check(&rope, 64, 100, "the same call again (cached)");
+    rope.theta = 500000.0;
+    check(&rope, 64, 100, "theta edited");
+    check(&rope, 128, 100, "another head_dim");
+    rope.rotary_dim = Some(32);
+    check(&rope, 64, 100, "rotary_dim edited");
+    rope.rotary_dim = None;
+    rope.scaling = Scaling::Dynamic {
+        factor: 4.0,
+        original_max_position_embeddings: 64.0,
+    };
+    check(&rope, 64, 100, "dynamic scaling");
+    check(&rope, 64, 300, "dynamic scaling, longer sequence");
+    let mut other = rope.clone();
+    other.theta = 10000.0;
+    check(&other, 64, 300, "an edited clone");
+    check(&rope, 64, 300, "the original after its clone ran");
+}
+
+fn rng_vec(seed: u64, n: usize) -> Vec<f32> {
+    Rng::new(seed).vec(n, 1.0)
+}

@@ -154,6 +154,72 @@ pub struct Rope {
     pub mrope_section: Option<[usize; 3]>,
     /// How cos and sin are computed: always exact, but for the benchmark's comparisons.
     pub(crate) sincos: SinCos,
+    /// The last frequency table this configuration built (shared by clones).
+    pub(crate) table: TableCache,
+}
+
+/// The fixed-point frequency table of the last call, with what it was built from. A decode loop
+/// calls RoPE with one configuration over and over; the table (an f64 `powf` and a fixed-point
+/// conversion per pair) is rebuilt only when the configuration, head_dim or sequence length
+/// changes. The configuration is compared, not trusted, because `Rope`'s fields are public.
+#[derive(Clone, Default)]
+pub(crate) struct TableCache(std::sync::Arc<std::sync::Mutex<Option<CachedTable>>>);
+
+pub(crate) struct CachedTable {
+    config: Rope,
+    head_dim: usize,
+    seq_len: usize,
+    freqs: Vec<Freq>,
+    attention_factor: f64,
+}
+
+impl TableCache {
+    /// The table for `rope` at `head_dim` and `seq_len`: the cached one when everything matches,
+    /// else `build()`'s result, which replaces it.
+    pub(crate) fn get_or_build(
+        &self,
+        rope: &Rope,
+        head_dim: usize,
+        seq_len: usize,
+        build: impl FnOnce() -> Result<(Vec<Freq>, f64)>,
+    ) -> Result<(Vec<Freq>, f64)> {
+        let Ok(mut slot) = self.0.lock() else {
+            return build();
+        };
+        if let Some(c) = slot.as_ref() {
+            if c.head_dim == head_dim && c.seq_len == seq_len && c.config == *rope {
+                return Ok((c.freqs.clone(), c.attention_factor));
+            }
+        }
+        let (freqs, attention_factor) = build()?;
+        // The stored configuration gets a cache of its own, so the entry does not keep its own
+        // cache alive.
+        let config = Rope {
+            table: TableCache::default(),
+            ..rope.clone()
+        };
+        *slot = Some(CachedTable {
+            config,
+            head_dim,
+            seq_len,
+            freqs: freqs.clone(),
+            attention_factor,
+        });
+        Ok((freqs, attention_factor))
+    }
+}
+
+/// Not part of the configuration: every cache equals every other.
+impl PartialEq for TableCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for TableCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableCache")
+    }
 }
 
 impl Default for Rope {
@@ -166,6 +232,7 @@ impl Default for Rope {
             seq_len: None,
             mrope_section: None,
             sincos: SinCos::Exact,
+            table: TableCache::default(),
         }
     }
 }

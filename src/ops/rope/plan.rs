@@ -404,33 +404,14 @@ impl Rope {
                 0
             }
         };
-        let (inv, attn) = self.inv_freq(va.head_dim, seq_len)?;
+        let (freqs, attn) = self.table.get_or_build(self, va.head_dim, seq_len, || {
+            let (inv, attn) = self.inv_freq(va.head_dim, seq_len)?;
+            Ok((self.freq_table(ctx, &inv, seq_len)?, attn))
+        })?;
         params.scale = attn as f32;
         (params.sec1, params.sec2) = match self.mrope_section {
             Some([t, h, _]) => ((t) as u32, (t + h) as u32),
             None => (u32::MAX, u32::MAX),
-        };
-        let freqs = if self.sincos == SinCos::HostTable {
-            crate::ensure!(
-                seq_len > 0
-                    && (seq_len as u64) * (inv.len() as u64) * 16
-                        <= ctx.limits().max_storage_buffer_binding_size,
-                Limit,
-                OP,
-                "a host cos/sin table for seq_len {seq_len} x {} pairs does not fit one binding (set seq_len; positions must lie in 0..seq_len)",
-                inv.len()
-            );
-            (0..seq_len)
-                .flat_map(|p| inv.iter().map(move |&f| (p as f64 * f).sin_cos()))
-                .map(|(s, c)| Freq {
-                    turn_hi: (c as f32).to_bits(),
-                    turn_lo: (s as f32).to_bits(),
-                    inv_freq: 0.0,
-                    _pad: 0,
-                })
-                .collect()
-        } else {
-            turns(&inv)
         };
 
         let n_quads = (rd / 2).div_ceil(2);
@@ -512,6 +493,35 @@ impl Rope {
             threads,
             norm_w,
             row_map,
+        })
+    }
+}
+
+impl Rope {
+    /// The table the shader reads for `inv` (one entry per pair): fixed-point turns, or for the
+    /// benchmark's host-table mode cos/sin per (position, pair).
+    fn freq_table(&self, ctx: &Context, inv: &[f64], seq_len: usize) -> Result<Vec<Freq>> {
+        Ok(if self.sincos == SinCos::HostTable {
+            crate::ensure!(
+            seq_len > 0
+                && (seq_len as u64) * (inv.len() as u64) * 16
+                    <= ctx.limits().max_storage_buffer_binding_size,
+            Limit,
+            OP,
+            "a host cos/sin table for seq_len {seq_len} x {} pairs does not fit one binding (set seq_len; positions must lie in 0..seq_len)",
+            inv.len()
+        );
+            (0..seq_len)
+                .flat_map(|p| inv.iter().map(move |&f| (p as f64 * f).sin_cos()))
+                .map(|(s, c)| Freq {
+                    turn_hi: (c as f32).to_bits(),
+                    turn_lo: (s as f32).to_bits(),
+                    inv_freq: 0.0,
+                    _pad: 0,
+                })
+                .collect()
+        } else {
+            turns(inv)
         })
     }
 }
