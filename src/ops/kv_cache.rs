@@ -26,7 +26,7 @@ use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
 const OP: &str = "kv_cache";
-const WG: u32 = 64;
+pub(crate) const WG: u32 = 64;
 
 /// Uniform parameters; mirrors `struct Params` in `shaders/kv_cache.wgsl` (64 bytes).
 #[repr(C)]
@@ -55,9 +55,26 @@ pub struct Params {
 /// The pipeline key for an append from `src` dtype into a `dst` cache; `write_k` false leaves
 /// K to RoPE's out-of-place pass.
 pub fn append_key(src: DType, dst: DType, write_k: bool) -> PipelineKey {
+    write_key(Shader::KV_CACHE, "kv_append", src, dst, write_k)
+}
+
+/// Every pipeline key `append` can produce.
+pub fn all_variant_keys() -> Vec<PipelineKey> {
+    write_variant_keys(Shader::KV_CACHE, "kv_append")
+}
+
+/// A K/V write kernel's key (`kv_append` here, `paged_write` for the paged cache: the same
+/// constants), converting `src` rows into a `dst` cache; `write_k` false leaves K to RoPE.
+pub(crate) fn write_key(
+    shader: &'static Shader,
+    entry: &'static str,
+    src: DType,
+    dst: DType,
+    write_k: bool,
+) -> PipelineKey {
     PipelineKey::new(
-        Shader::KV_CACHE,
-        "kv_append",
+        shader,
+        entry,
         vec![
             ("SRC_DTYPE", src.shader_code()),
             ("DST_DTYPE", dst.shader_code()),
@@ -67,13 +84,13 @@ pub fn append_key(src: DType, dst: DType, write_k: bool) -> PipelineKey {
     )
 }
 
-/// Every pipeline key `append` can produce.
-pub fn all_variant_keys() -> Vec<PipelineKey> {
+/// Every key [`write_key`] can produce for one entry point.
+pub(crate) fn write_variant_keys(shader: &'static Shader, entry: &'static str) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for s in DType::ALL {
         for d in DType::ALL {
-            keys.push(append_key(s, d, true));
-            keys.push(append_key(s, d, false));
+            keys.push(write_key(shader, entry, s, d, true));
+            keys.push(write_key(shader, entry, s, d, false));
         }
     }
     keys

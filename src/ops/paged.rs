@@ -51,7 +51,8 @@ use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
 const OP: &str = "paged";
-const WG: u32 = 64;
+// Workgroup size of the write pass: the contiguous cache's (the key's `WG` comes from there).
+use crate::ops::kv_cache::WG;
 /// Most `wgpu::Buffer`s one cache's pool spans: the attention kernel binds each, beside q, out,
 /// the partials, the plan and the sinks, within WebGPU's default of 8 storage buffers.
 pub const MAX_POOL_BUFFERS: usize = 3;
@@ -592,30 +593,14 @@ impl PagedBatch {
     }
 }
 
-/// The pipeline key of the paged write.
+/// The pipeline key of the paged write (the constants of the contiguous cache's append).
 pub fn write_key(src: DType, dst: DType, write_k: bool) -> PipelineKey {
-    PipelineKey::new(
-        Shader::PAGED_KV,
-        "paged_write",
-        vec![
-            ("SRC_DTYPE", src.shader_code()),
-            ("DST_DTYPE", dst.shader_code()),
-            ("WG", WG),
-            ("WRITE_K", write_k as u32),
-        ],
-    )
+    crate::ops::kv_cache::write_key(Shader::PAGED_KV, "paged_write", src, dst, write_k)
 }
 
 /// Every pipeline key of `shaders/paged_kv.wgsl`.
 pub fn write_variant_keys() -> Vec<PipelineKey> {
-    let mut keys = Vec::new();
-    for s in DType::ALL {
-        for d in DType::ALL {
-            keys.push(write_key(s, d, true));
-            keys.push(write_key(s, d, false));
-        }
-    }
-    keys
+    crate::ops::kv_cache::write_variant_keys(Shader::PAGED_KV, "paged_write")
 }
 
 /// The pipeline keys of paged attention: partial and merge passes.
