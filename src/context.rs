@@ -55,7 +55,9 @@ pub struct Context {
 /// keeps a buffer alive while recorded commands use it.
 #[derive(Default)]
 struct ConstantPool {
-    map: HashMap<(u32, Vec<u8>), wgpu::Buffer>,
+    // By usage, then by the bytes (looked up by slice: no key allocation on a hit).
+    map: HashMap<u32, HashMap<Vec<u8>, wgpu::Buffer>>,
+    len: usize,
 }
 
 /// Unfilled `read_write` slots one dispatch may have.
@@ -243,16 +245,16 @@ impl Context {
         usage: wgpu::BufferUsages,
         bytes: &[u8],
     ) -> Result<wgpu::Buffer> {
-        let key = (usage.bits(), bytes.to_vec());
         let mut pool = self
             .constants
             .lock()
             .map_err(|_| Error::gpu(op, "constant pool poisoned"))?;
-        if let Some(b) = pool.map.get(&key) {
+        if let Some(b) = pool.map.get(&usage.bits()).and_then(|m| m.get(bytes)) {
             return Ok(b.clone());
         }
-        if pool.map.len() >= CONSTANT_POOL_ENTRIES {
+        if pool.len >= CONSTANT_POOL_ENTRIES {
             pool.map.clear();
+            pool.len = 0;
         }
         let mut contents = bytes.to_vec();
         contents.resize(contents.len().max(16).div_ceil(16) * 16, 0);
@@ -263,13 +265,17 @@ impl Context {
                 contents: &contents,
                 usage,
             });
-        pool.map.insert(key, buffer.clone());
+        pool.map
+            .entry(usage.bits())
+            .or_default()
+            .insert(bytes.to_vec(), buffer.clone());
+        pool.len += 1;
         Ok(buffer)
     }
 
     /// Number of buffers in the constant pool (tests use it to see that parameters are reused).
     pub fn pooled_constants(&self) -> usize {
-        self.constants.lock().map(|p| p.map.len()).unwrap_or(0)
+        self.constants.lock().map(|p| p.len).unwrap_or(0)
     }
 
     /// The context's scratch storage buffer, at least `bytes` long (grown to a power of two).
