@@ -161,38 +161,6 @@ fn join(header: &serde_json::Map<String, serde_json::Value>, data: &[u8]) -> Vec
     v
 }
 
-/// Metadata keys the case runners read, so edits hit code paths, not only "unknown key".
-const META_KEYS: &[&str] = &[
-    "op",
-    "eps",
-    "weight_offset",
-    "theta",
-    "layout",
-    "rotary_dim",
-    "rope_type",
-    "offset",
-    "seq_len",
-    "factor",
-    "low_freq_factor",
-    "high_freq_factor",
-    "original_max_position_embeddings",
-    "max_position_embeddings",
-    "beta_fast",
-    "beta_slow",
-    "attention_factor",
-    "mscale",
-    "mscale_all_dim",
-    "truncate",
-    "short_factor",
-    "long_factor",
-    "inv_freq",
-    "causal",
-    "q_offset",
-    "scale",
-    "window",
-    "softcap",
-];
-
 const META_VALUES: &[&str] = &[
     "",
     " ",
@@ -396,7 +364,7 @@ fn json_edit(
                     format!("metadata: drop {k}")
                 }
                 1 => {
-                    let k = pick(rng, META_KEYS).to_string();
+                    let k = pick(rng, reader::KEYS).to_string();
                     meta[&k] = 1.5.into(); // not a string: safetensors wants strings
                     format!("metadata {k} = number")
                 }
@@ -411,7 +379,7 @@ fn json_edit(
                         .map(|m| m.keys().cloned().collect())
                         .unwrap_or_default();
                     let k = if own.is_empty() || rng.below(2) == 0 {
-                        pick(rng, META_KEYS).to_string()
+                        pick(rng, reader::KEYS).to_string()
                     } else {
                         pick(rng, &own).clone()
                     };

@@ -9,8 +9,9 @@
 
 use llama_kernels::cases::CaseFile;
 
-/// Every metadata key an op runner reads, and a few it does not.
-const KEYS: &[&str] = &[
+/// Every metadata key an op runner reads, and a few it does not (the stable mutation fuzzer
+/// edits these too).
+pub const KEYS: &[&str] = &[
     "op",
     "eps",
     "weight_offset",
@@ -42,6 +43,9 @@ const KEYS: &[&str] = &[
     "short_factor",
     "long_factor",
     "inv_freq",
+    "mrope_section",
+    "norm_eps",
+    "norm_weight_offset",
     "",
     "format",
 ];
@@ -56,6 +60,14 @@ const TENSORS: &[&str] = &[
     "v",
     "sinks",
     "positions",
+    "norm_weight",
+    "q_norm_weight",
+    "k_norm_weight",
+    "k_pages",
+    "v_pages",
+    "block_table",
+    "cu_seqlens_q",
+    "kv_lens",
     "expected.out",
     "expected.q",
     "expected.k",
