@@ -398,3 +398,20 @@ impl Window {
         })
     }
 }
+
+/// Whether the views of each buffer, taken together, fit one binding window (with the slack of
+/// an aligned window start): the ops that split work past one binding ask it first.
+pub(crate) fn fits_one_binding(ctx: &Context, views: &[&Tensor]) -> bool {
+    let max = ctx.limits().max_storage_buffer_binding_size;
+    let slack = ctx.limits().min_storage_buffer_offset_alignment as u64 + 4;
+    views.iter().all(|v| {
+        let (lo, hi) = views
+            .iter()
+            .filter(|w| w.buffer() == v.buffer())
+            .map(|w| w.byte_span())
+            .fold((u64::MAX, 0), |(lo, hi), s| {
+                (lo.min(s.start), hi.max(s.end))
+            });
+        hi.saturating_sub(lo) + slack <= max
+    })
+}

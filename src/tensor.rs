@@ -438,6 +438,30 @@ impl Tensor {
     }
 }
 
+/// `t` (`[batch, seq, heads, head_dim]` or `[seq, heads, head_dim]`) restricted to tokens
+/// `s0 .. s0 + n` of batch row `b`: `[n, heads, head_dim]`, or `[1, n, heads, head_dim]` for a
+/// 4-D view. The ops that split work past one binding window cut their views with it.
+pub(crate) fn tokens_of(t: &Tensor, b: usize, s0: usize, n: usize) -> Tensor {
+    let (sh, st) = (t.shape(), t.strides());
+    if t.rank() == 3 {
+        Tensor::with_strides(
+            t.buffer(),
+            t.offset() + s0 * st[0],
+            &[n, sh[1], sh[2]],
+            &[st[0], st[1], 1],
+            t.dtype(),
+        )
+    } else {
+        Tensor::with_strides(
+            t.buffer(),
+            t.offset() + b * st[0] + s0 * st[1],
+            &[1, n, sh[2], sh[3]],
+            &[st[0], st[1], st[2], 1],
+            t.dtype(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

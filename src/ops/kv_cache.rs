@@ -344,7 +344,7 @@ impl KvCache {
         } else {
             rope.plan(ctx, &k_rows, None, None, positions)?
         };
-        if fused && !fits(ctx, k_new) {
+        if fused && !crate::pipeline::fits_one_binding(ctx, &[k_new]) {
             // RoPE reads k_new past one binding: its own encode splits the rotation over runs of
             // tokens (under its own error scope), after the append has recorded V.
             ctx.scoped(OP, || {
@@ -552,7 +552,9 @@ impl KvCache {
         v_new: &Tensor,
         n_new: usize,
     ) -> Result<Vec<Piece>> {
-        if fits(ctx, k_new) && fits(ctx, v_new) {
+        if crate::pipeline::fits_one_binding(ctx, &[k_new])
+            && crate::pipeline::fits_one_binding(ctx, &[v_new])
+        {
             return Ok(vec![Piece {
                 k: k_new.clone(),
                 v: v_new.clone(),
@@ -566,7 +568,7 @@ impl KvCache {
         let mut per = n_new.max(1);
         for (t, name) in [(k_new, "k_new"), (v_new, "v_new")] {
             // A view's span grows by exactly one token stride per token (positive strides).
-            let one = rows_of(t, 0, 0, 1).byte_span();
+            let one = crate::tensor::tokens_of(t, 0, 0, 1).byte_span();
             let one = one.end - one.start;
             crate::ensure!(
                 one + slack <= max,
@@ -585,8 +587,8 @@ impl KvCache {
             for s0 in (0..n_new).step_by(per) {
                 let n = per.min(n_new - s0);
                 pieces.push(Piece {
-                    k: rows_of(k_new, b, s0, n),
-                    v: rows_of(v_new, b, s0, n),
+                    k: crate::tensor::tokens_of(k_new, b, s0, n),
+                    v: crate::tensor::tokens_of(v_new, b, s0, n),
                     batch: 1,
                     n,
                     // The kernel writes row `pos + t` of sequence 0 at element
@@ -609,36 +611,6 @@ struct Piece {
     batch: usize,
     n: usize,
     dst_row: usize,
-}
-
-/// Whether `t` fits one storage binding window (as [`Window::covering`] would bind it).
-fn fits(ctx: &Context, t: &Tensor) -> bool {
-    let s = t.byte_span();
-    let align = ctx.limits().min_storage_buffer_offset_alignment.max(4) as u64;
-    s.end.div_ceil(4) * 4 - s.start / align * align <= ctx.limits().max_storage_buffer_binding_size
-}
-
-/// New rows `s0 .. s0 + n` of sequence `b` of `t` (`[n, heads, head_dim]` for a rank-3 view,
-/// `[1, n, heads, head_dim]` for rank 4).
-fn rows_of(t: &Tensor, b: usize, s0: usize, n: usize) -> Tensor {
-    let (sh, st) = (t.shape(), t.strides());
-    if t.rank() == 3 {
-        Tensor::with_strides(
-            t.buffer(),
-            t.offset() + s0 * st[0],
-            &[n, sh[1], sh[2]],
-            &[st[0], st[1], 1],
-            t.dtype(),
-        )
-    } else {
-        Tensor::with_strides(
-            t.buffer(),
-            t.offset() + b * st[0] + s0 * st[1],
-            &[1, n, sh[2], sh[3]],
-            &[st[0], st[1], st[2], 1],
-            t.dtype(),
-        )
-    }
 }
 
 #[cfg(test)]

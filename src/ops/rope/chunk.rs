@@ -26,45 +26,6 @@ impl Piece {
     }
 }
 
-/// Whether the views of each buffer, taken together, fit one binding window.
-fn fits(ctx: &Context, views: &[&Tensor]) -> bool {
-    let max = ctx.limits().max_storage_buffer_binding_size;
-    let slack = ctx.limits().min_storage_buffer_offset_alignment as u64 + 4;
-    views.iter().all(|v| {
-        let (lo, hi) = views
-            .iter()
-            .filter(|w| w.buffer() == v.buffer())
-            .map(|w| w.byte_span())
-            .fold((u64::MAX, 0), |(lo, hi), s| {
-                (lo.min(s.start), hi.max(s.end))
-            });
-        hi.saturating_sub(lo) + slack <= max
-    })
-}
-
-/// `t` restricted to tokens `s0 .. s0 + n` of batch row `b` (`[n, heads, head_dim]`, or
-/// `[1, n, heads, head_dim]` for a 4-D view).
-fn tokens_of(t: &Tensor, b: usize, s0: usize, n: usize) -> Tensor {
-    let (sh, st) = (t.shape(), t.strides());
-    if t.rank() == 3 {
-        Tensor::with_strides(
-            t.buffer(),
-            t.offset() + s0 * st[0],
-            &[n, sh[1], sh[2]],
-            &[st[0], st[1], 1],
-            t.dtype(),
-        )
-    } else {
-        Tensor::with_strides(
-            t.buffer(),
-            t.offset() + b * st[0] + s0 * st[1],
-            &[1, n, sh[2], sh[3]],
-            &[st[0], st[1], st[2], 1],
-            t.dtype(),
-        )
-    }
-}
-
 impl Rope {
     /// Plan and record a call (`a` in place, with `b` in the same dispatch, or into `out`): one
     /// dispatch when its views fit a binding, else one per run of tokens, every piece planned
@@ -95,7 +56,10 @@ impl Rope {
         positions: Positions<'_>,
     ) -> Result<()> {
         let views: Vec<&Tensor> = [Some(a), b, out].into_iter().flatten().collect();
-        if !(a.rank() == 3 || a.rank() == 4) || extra.rows.is_some() || fits(ctx, &views) {
+        if !(a.rank() == 3 || a.rank() == 4)
+            || extra.rows.is_some()
+            || crate::pipeline::fits_one_binding(ctx, &views)
+        {
             let plan = self.plan_with(ctx, a, b, out, extra, positions)?;
             return ctx.scoped(OP, || {
                 self.record_unscoped(ctx, enc, plan, a, b, out, positions)
@@ -168,9 +132,9 @@ impl Rope {
                     }
                 };
                 pieces.push(Piece {
-                    a: tokens_of(a, bi, s0, n),
-                    b: b.map(|t| tokens_of(t, bi, s0, n)),
-                    out: out.map(|t| tokens_of(t, bi, s0, n)),
+                    a: crate::tensor::tokens_of(a, bi, s0, n),
+                    b: b.map(|t| crate::tensor::tokens_of(t, bi, s0, n)),
+                    out: out.map(|t| crate::tensor::tokens_of(t, bi, s0, n)),
                     start,
                     ids,
                 });
