@@ -39,7 +39,8 @@ fn vec4_aligned(ctx: &Context, rd: usize, v: &View4, offset: usize, dtype: DType
 }
 
 fn view4(t: &Tensor, name: &str) -> Result<View4> {
-    t.validate(OP, name)?;
+    // Every view here may be written (in place, or as out); none may reach an element twice.
+    t.validate_written(OP, name)?;
     let (s, st) = (t.shape(), t.strides());
     let v = match t.rank() {
         3 => View4 {
@@ -69,8 +70,6 @@ fn view4(t: &Tensor, name: &str) -> Result<View4> {
             ))
         }
     };
-    // A written view must not reach one element twice (the rotation would race with itself).
-    t.validate_written(OP, name)?;
     Ok(v)
 }
 
