@@ -93,6 +93,11 @@ pub struct BenchArgs {
     /// fallback; the environment variable LLAMA_KERNELS_TIMING=wall does the same).
     #[arg(long)]
     pub wall_time: bool,
+    /// Merge the peer records of FILE (written by `benches/peer-burn`: burn's kernels measured
+    /// beside ours in one run) into the table, `--json` and `--plot`; our records of the same
+    /// kernel, variant, dtype and shape take that run's `speedup_vs_peer`.
+    #[arg(long, value_name = "FILE")]
+    pub peer: Option<PathBuf>,
 }
 
 /// Records one run of a case into an encoder (called once per repetition).
@@ -205,6 +210,10 @@ pub struct Record {
     /// Prefill: `gflops` over the best matmul's GFLOP/s in the same run (the `matmul` /
     /// `ceiling` record).
     pub fraction_of_matmul: Option<f64>,
+    /// Time of the peer library's case in this record's group (a variant containing `peer`,
+    /// e.g. burn's) over this record's, each first multiplied by the WGSL copy ceiling measured
+    /// beside it, as for `speedup_vs_naive`; > 1 means we are faster.
+    pub speedup_vs_peer: Option<f64>,
     /// How the time was taken.
     pub timing: Timing,
     /// The ceilings (GB/s) this record's fractions divide by: for kernels, `buffer_copy` and the
@@ -231,10 +240,50 @@ impl Record {
             "gflops": self.gflops,
             "speedup_vs_naive": self.speedup_vs_naive,
             "fraction_of_matmul": self.fraction_of_matmul,
+            "speedup_vs_peer": self.speedup_vs_peer,
             "timing": self.timing.name(),
             "ceiling_copy_gbps": self.ceiling_copy_gbps,
             "ceiling_wgsl_copy_gbps": self.ceiling_wgsl_copy_gbps,
         })
+    }
+
+    /// A record read back from the JSON [`Record::to_json`] writes, or `None` when a field is
+    /// missing or has the wrong type. Its group is its kernel, model, dtype and shape.
+    pub fn from_json(v: &Value) -> Option<Record> {
+        let text = |k: &str| v.get(k)?.as_str().map(str::to_string);
+        let num = |k: &str| v.get(k)?.as_f64();
+        let opt = |k: &str| v.get(k).and_then(Value::as_f64);
+        let shape = v.get("shape")?.as_object()?.clone();
+        let timing = match v.get("timing")?.as_str()? {
+            "timestamp" => Timing::Timestamp,
+            "wall" => Timing::Wall,
+            _ => return None,
+        };
+        let (kernel, dtype) = (text("kernel")?, text("dtype")?);
+        let group = format!("{kernel}/{dtype}/{}", Value::Object(shape.clone()));
+        Some(Record {
+            variant: text("variant")?,
+            time_ms: num("time_ms")?,
+            bytes: v.get("bytes")?.as_u64()?,
+            gbps: num("gbps")?,
+            fraction_of_copy: opt("fraction_of_copy").unwrap_or(f64::NAN),
+            fraction_of_wgsl_copy: opt("fraction_of_wgsl_copy").unwrap_or(f64::NAN),
+            gflops: opt("gflops"),
+            speedup_vs_naive: opt("speedup_vs_naive"),
+            fraction_of_matmul: opt("fraction_of_matmul"),
+            speedup_vs_peer: opt("speedup_vs_peer"),
+            timing,
+            ceiling_copy_gbps: opt("ceiling_copy_gbps").unwrap_or(f64::NAN),
+            ceiling_wgsl_copy_gbps: opt("ceiling_wgsl_copy_gbps").unwrap_or(f64::NAN),
+            kernel,
+            dtype,
+            shape,
+            group,
+        })
+    }
+
+    fn same_problem(&self, other: &Record) -> bool {
+        self.kernel == other.kernel && self.dtype == other.dtype && self.shape == other.shape
     }
 
     fn shape_text(&self) -> String {
@@ -347,6 +396,10 @@ fn time_runs_wall(
     };
     let mut wall = Vec::with_capacity(runs);
     for r in 0..runs {
+        // Wall time covers recording as well as submit-and-wait, so that a closure doing its
+        // own submissions (a peer library's case) is timed like ours; with timestamps the GPU
+        // time is the figure and `wall` stays submit-and-wait.
+        let recorded = Instant::now();
         let cmd = ctx.scoped(OP, || -> Result<wgpu::CommandBuffer> {
             let mut enc = ctx
                 .device()
@@ -362,7 +415,10 @@ fn time_runs_wall(
             }
             Ok(enc.finish())
         })??;
-        let t0 = Instant::now();
+        let t0 = match timing {
+            Timing::Wall => recorded,
+            Timing::Timestamp => Instant::now(),
+        };
         let idx = ctx.scoped(OP, || ctx.queue().submit([cmd]))?;
         ctx.wait(OP, Some(idx))?;
         wall.push(t0.elapsed().as_secs_f64() * 1e3 / reps as f64);
@@ -861,8 +917,9 @@ fn rope_cases(quick: bool) -> Vec<Case> {
 
 // ---------------------------------------------------------------- attention
 
-/// (model, q heads, kv heads, head_dim, softcap, sliding window)
-const ATTN_MODELS: &[(&str, usize, usize, usize, f32, u32)] = &[
+/// The attention shapes of the benchmark: (model, q heads, kv heads, head_dim, softcap,
+/// sliding window); public so that a peer benchmark builds the same problems.
+pub const ATTN_MODELS: &[(&str, usize, usize, usize, f32, u32)] = &[
     ("Llama-3-8B", 32, 8, 128, 0.0, 0),
     ("Llama-3-70B", 64, 8, 128, 0.0, 0),
     ("Qwen2.5-7B", 28, 4, 128, 0.0, 0),
@@ -1141,6 +1198,7 @@ pub fn run_cases_timed(
             gflops: case.flops.map(|f| f / (time_ms * 1e6)),
             speedup_vs_naive: None,
             fraction_of_matmul: None,
+            speedup_vs_peer: None,
             timing,
             ceiling_copy_gbps,
             ceiling_wgsl_copy_gbps,
@@ -1230,25 +1288,28 @@ fn finish(records: &mut Vec<Record>) {
     // Time x the WGSL ceiling measured beside it: a slowdown of the host during one case scales
     // its time up and its ceiling down alike, so the ratio of two cases stays fair.
     let work = |r: &Record| r.time_ms * r.ceiling_wgsl_copy_gbps;
-    let naive: Vec<(String, f64)> = records
-        .iter()
-        .filter(|r| r.variant.contains("naive"))
-        .map(|r| (r.group.clone(), work(r)))
-        .collect();
+    let of = |pat: &str| -> Vec<(String, f64)> {
+        records
+            .iter()
+            .filter(|r| r.variant.contains(pat))
+            .map(|r| (r.group.clone(), work(r)))
+            .collect()
+    };
+    let (naive, peer) = (of("naive"), of("peer"));
+    let in_group = |list: &[(String, f64)], g: &str| list.iter().find(|(n, _)| n == g).map(|p| p.1);
     for r in records.iter_mut() {
-        if !r.variant.contains("naive") {
-            let w = work(r);
-            r.speedup_vs_naive = naive
-                .iter()
-                .find(|(g, _)| *g == r.group)
-                .map(|(_, n)| n / w);
+        if r.kernel == "copy" || r.variant.contains("naive") || r.variant.contains("peer") {
+            continue;
         }
+        let w = work(r);
+        r.speedup_vs_naive = in_group(&naive, &r.group).map(|n| n / w);
+        r.speedup_vs_peer = in_group(&peer, &r.group).map(|p| p / w);
     }
 }
 
 fn table_header() -> String {
     format!(
-        "{:<9} {:<26} {:<5} {:<34} {:>9} {:>8} {:>7} {:>6} {:>6} {:>8} {:>7} {:>5}",
+        "{:<9} {:<26} {:<5} {:<34} {:>9} {:>8} {:>7} {:>6} {:>6} {:>8} {:>7} {:>5} {:>7}",
         "kernel",
         "variant",
         "dtype",
@@ -1260,7 +1321,8 @@ fn table_header() -> String {
         "%wgsl",
         "GFLOP/s",
         "speedup",
-        "%mm"
+        "%mm",
+        "vs peer"
     )
 }
 
@@ -1273,7 +1335,7 @@ fn table_row(r: &Record) -> String {
         }
     };
     format!(
-        "{:<9} {:<26} {:<5} {:<34} {:>9.3} {:>8.1} {:>7.2} {:>6} {:>6} {:>8} {:>7} {:>5}",
+        "{:<9} {:<26} {:<5} {:<34} {:>9.3} {:>8.1} {:>7.2} {:>6} {:>6} {:>8} {:>7} {:>5} {:>7}",
         r.kernel,
         r.variant,
         r.dtype,
@@ -1287,6 +1349,7 @@ fn table_row(r: &Record) -> String {
         r.speedup_vs_naive
             .map_or("-".into(), |s| format!("{s:.2}x")),
         r.fraction_of_matmul.map_or("-".into(), pct),
+        r.speedup_vs_peer.map_or("-".into(), |s| format!("{s:.2}x")),
     )
 }
 
@@ -1324,7 +1387,7 @@ pub fn svg_chart(records: &[Record], title: &str) -> String {
     let plot_w = 520.0;
     let bar_h = 18.0;
     let gap = 4.0;
-    let top = 72.0;
+    let top = 88.0;
     let height = top + bars.len() as f64 * (bar_h + gap) + 40.0;
     let width = label_w + plot_w + 160.0;
     // `copy_buffer_to_buffer` can be far above every shader (a driver memcpy on CPU adapters);
@@ -1387,9 +1450,17 @@ pub fn svg_chart(records: &[Record], title: &str) -> String {
             }
         );
     }
+    if bars.iter().any(|r| r.variant.contains("peer")) {
+        let _ = writeln!(
+            s,
+            r##"<text x="10" y="{}" fill="#e377c2">pink: the peer library on the same problem in its own run on this adapter (wall time, measured beside the same ceilings); ours show their speed-up over it</text>"##,
+            top - 10.0
+        );
+    }
     for (i, r) in bars.iter().enumerate() {
         let y = top + i as f64 * (bar_h + gap);
         let color = match (r.kernel.as_str(), r.variant.contains("naive")) {
+            _ if r.variant.contains("peer") => "#e377c2",
             (_, true) => "#bbbbbb",
             ("copy", _) => "#8c8c8c",
             ("rms_norm", _) => "#1f77b4",
@@ -1413,12 +1484,14 @@ pub fn svg_chart(records: &[Record], title: &str) -> String {
         );
         let _ = writeln!(
             s,
-            r#"<text x="{:.1}" y="{:.1}">{:.1} ({:.0}%){}</text>"#,
+            r#"<text x="{:.1}" y="{:.1}">{:.1} ({:.0}%){}{}</text>"#,
             x(r.gbps) + 4.0,
             y + bar_h * 0.75,
             r.gbps,
             r.fraction_of_wgsl_copy * 100.0,
-            if r.gbps > max { " off scale" } else { "" }
+            if r.gbps > max { " off scale" } else { "" },
+            r.speedup_vs_peer
+                .map_or(String::new(), |p| format!(", {p:.2}x the peer"))
         );
     }
     let bottom = top + bars.len() as f64 * (bar_h + gap);
@@ -1457,7 +1530,64 @@ pub fn svg_chart(records: &[Record], title: &str) -> String {
     s
 }
 
-fn write_file(path: &PathBuf, text: &str) -> Result<()> {
+/// Read a peer run's JSON (an array of records, as `--json` writes them).
+pub fn read_records(path: &PathBuf) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let bad = |what: String| Error::param(OP, format!("{}: {what}", path.display()));
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| bad("expected an array of records".into()))?;
+    arr.iter()
+        .enumerate()
+        // Host records (`kernel: "host"`) have no time or bandwidth; they are not merged.
+        .filter(|(_, r)| r.get("kernel").and_then(Value::as_str) != Some("host"))
+        .map(|(i, r)| Record::from_json(r).ok_or_else(|| bad(format!("record {i} is malformed"))))
+        .collect()
+}
+
+/// Merge a peer run into `records`: its peer records (variants containing `peer`) are
+/// appended, and each of our records takes the `speedup_vs_peer` the peer run measured for the
+/// same kernel, variant, dtype and shape (a ratio from one run, never across runs). Returns how
+/// many peer records were added.
+pub fn merge_peer(records: &mut Vec<Record>, peer_run: &[Record]) -> usize {
+    for r in records.iter_mut() {
+        if let Some(p) = peer_run
+            .iter()
+            .find(|p| p.same_problem(r) && p.variant == r.variant && p.speedup_vs_peer.is_some())
+        {
+            r.speedup_vs_peer = p.speedup_vs_peer;
+        }
+    }
+    let peers: Vec<Record> = peer_run
+        .iter()
+        .filter(|p| p.variant.contains("peer"))
+        .cloned()
+        .collect();
+    let n = peers.len();
+    records.extend(peers);
+    n
+}
+
+/// The `--json` array: the kernel records, then the host records.
+pub fn write_json(path: &PathBuf, records: &[Record], host: &[host::HostRecord]) -> Result<()> {
+    let arr = Value::Array(
+        records
+            .iter()
+            .map(Record::to_json)
+            .chain(host.iter().map(host::HostRecord::to_json))
+            .collect(),
+    );
+    let text = serde_json::to_string_pretty(&arr)
+        .map_err(|e| Error::gpu(OP, format!("JSON encoding: {e}")))?;
+    write_file(path, &(text + "\n"))
+}
+
+/// Write `text` to `path`, the error naming the file.
+pub fn write_file(path: &PathBuf, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
@@ -1493,8 +1623,10 @@ pub fn run_with(ctx: &Context, args: &BenchArgs) -> Result<Vec<Record>> {
         if args.quick { " (--quick)" } else { "" }
     );
     println!("{}", table_header());
+    // A malformed peer file is refused before the run, not after it.
+    let peer_run = args.peer.as_ref().map(read_records).transpose()?;
     let started = Instant::now();
-    let records = run_cases_timed(
+    let mut records = run_cases_timed(
         ctx,
         cases(ctx, args.quick),
         args.filter.as_deref(),
@@ -1508,6 +1640,10 @@ pub fn run_with(ctx: &Context, args: &BenchArgs) -> Result<Vec<Record>> {
     let host = host::measure(ctx, &host::HostSettings::default(), |variant| {
         filter.is_none_or(|f| format!("host/{variant}").contains(f))
     })?;
+    if let (Some(run), Some(path)) = (&peer_run, &args.peer) {
+        let n = merge_peer(&mut records, run);
+        println!("merged {n} peer records from {}", path.display());
+    }
     println!(
         "\n{}\n{}finished in {:.1} s",
         table(&records),
@@ -1515,16 +1651,7 @@ pub fn run_with(ctx: &Context, args: &BenchArgs) -> Result<Vec<Record>> {
         started.elapsed().as_secs_f64()
     );
     if let Some(path) = &args.json {
-        let arr = Value::Array(
-            records
-                .iter()
-                .map(Record::to_json)
-                .chain(host.iter().map(host::HostRecord::to_json))
-                .collect(),
-        );
-        let text = serde_json::to_string_pretty(&arr)
-            .map_err(|e| Error::gpu(OP, format!("JSON encoding: {e}")))?;
-        write_file(path, &(text + "\n"))?;
+        write_json(path, &records, &host)?;
         println!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {

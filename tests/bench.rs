@@ -326,6 +326,7 @@ fn harness_records_json_and_chart() {
         "gflops",
         "speedup_vs_naive",
         "fraction_of_matmul",
+        "speedup_vs_peer",
         "timing",
         "ceiling_copy_gbps",
         "ceiling_wgsl_copy_gbps",
@@ -559,4 +560,126 @@ fn forced_wall_time_fallback_records() {
         assert!(r.time_ms > 0.0 && r.time_ms.is_finite(), "{r:?}");
         assert!(r.gbps > 0.0 && r.fraction_of_wgsl_copy.is_finite(), "{r:?}");
     }
+}
+
+/// A peer library's case runs its own submissions inside the closure: under wall time that work
+/// is timed (recording, submit and wait), the peer's time gives our record of the group its
+/// `speedup_vs_peer`, and a peer run written as JSON merges into another run's records.
+#[test]
+fn peer_records_are_timed_merged_and_refused_when_malformed() {
+    use llama_kernels::bench::{Record, Timing};
+    let ctx = ctx();
+    let words = 1 << 16;
+    // `own_submits` copies, each submitted and waited for inside the closure, like a library
+    // with its own queue handling; 0 = one copy recorded into the harness's encoder.
+    let mk = |variant: &str, kernel: &'static str, own_submits: usize| Case {
+        kernel,
+        variant: variant.into(),
+        model: "test",
+        dtype: DType::F32,
+        shape: vec![("words", words as u64)],
+        bytes: 8 * words as u64,
+        flops: None,
+        group: "g".into(),
+        prepare: Box::new(move |ctx| {
+            let src = ctx.upload(&vec![1.0f32; words], &[words])?;
+            let dst = ctx.empty(&[words], DType::F32)?;
+            let v = copy::Variant {
+                vec4: true,
+                per: 1,
+                workgroup: 64,
+            };
+            Ok(Box::new(move |ctx, enc| {
+                if own_submits == 0 {
+                    return v.encode(ctx, enc, &src, &dst);
+                }
+                for _ in 0..own_submits {
+                    ctx.submit_and_wait("peer", |e| v.encode(ctx, e, &src, &dst))?;
+                }
+                Ok(())
+            }))
+        }),
+    };
+    let settings = Settings {
+        warmup: 1,
+        runs: 3,
+        min_run_ms: 0.5,
+    };
+    let records = bench::run_cases_timed(
+        &ctx,
+        vec![
+            mk("buffer_copy", "copy", 0),
+            mk("wgsl_vec4", "copy", 0),
+            mk("ours", "rms_norm", 0),
+            mk("peer_test", "rms_norm", 16),
+        ],
+        None,
+        &settings,
+        Timing::Wall,
+        |_| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (ours, peer) = (&records[2], &records[3]);
+    // Sixteen waited submissions against one recorded dispatch: if the closure's own work
+    // were outside the timed span, the peer would come out faster.
+    assert!(peer.time_ms > ours.time_ms, "{peer:?} vs {ours:?}");
+    let normalized =
+        (peer.time_ms * peer.ceiling_wgsl_copy_gbps) / (ours.time_ms * ours.ceiling_wgsl_copy_gbps);
+    assert_eq!(ours.speedup_vs_peer, Some(normalized));
+    assert_eq!(peer.speedup_vs_peer, None);
+    assert_eq!(ours.to_json()["speedup_vs_peer"], normalized);
+
+    // JSON round trip and merge into a run that has no peer records.
+    let dir = std::env::temp_dir().join(format!("llk-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("peer.json");
+    bench::write_json(&path, &records, &[]).unwrap();
+    let back = bench::read_records(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back.len(), records.len());
+    for (a, b) in records.iter().zip(&back) {
+        let (a, b) = (a.to_json(), b.to_json());
+        let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
+        assert_eq!(a.len(), b.len());
+        for (k, x) in a {
+            // serde_json's float parsing may differ in the last bit.
+            match (x.as_f64(), b[k].as_f64()) {
+                (Some(x), Some(y)) => assert!((x - y).abs() <= 1e-12 * x.abs(), "{k}: {x} {y}"),
+                _ => assert_eq!(x, &b[k], "{k}"),
+            }
+        }
+    }
+    let mut main_run: Vec<Record> = records[..3].to_vec();
+    main_run[2].speedup_vs_peer = None;
+    assert_eq!(bench::merge_peer(&mut main_run, &back), 1);
+    assert_eq!(main_run.len(), 4);
+    assert!((main_run[2].speedup_vs_peer.unwrap() / normalized - 1.0).abs() < 1e-12);
+    assert_eq!(main_run[3].variant, "peer_test");
+    // Copies have no peer and keep none.
+    assert!(main_run[..2].iter().all(|r| r.speedup_vs_peer.is_none()));
+    let svg = bench::svg_chart(&main_run, "peer");
+    assert!(svg.contains("the peer library") && svg.contains("x the peer"));
+    assert!(bench::table(&main_run).contains("vs peer"));
+
+    // Malformed peer files are refused with the file named.
+    let mut bad_record = records[2].to_json();
+    bad_record.as_object_mut().unwrap().remove("time_ms");
+    for (name, text) in [
+        ("not_json.json", "{ not json".to_string()),
+        ("object.json", "{}".to_string()),
+        (
+            "bad_record.json",
+            serde_json::to_string(&vec![bad_record]).unwrap(),
+        ),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        let e = bench::read_records(&p).err().expect(name);
+        assert!(e.to_string().contains(name), "{e}");
+    }
+    let missing = dir.join("missing.json");
+    assert!(matches!(
+        bench::read_records(&missing),
+        Err(Error::Io { .. })
+    ));
+    std::fs::remove_dir_all(&dir).ok();
 }
