@@ -673,7 +673,7 @@ fn peer_records_are_timed_merged_and_refused_when_malformed() {
     ] {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
-        let e = bench::read_records(&p).err().expect(name);
+        let e = bench::read_records(&p).expect_err(name);
         assert!(e.to_string().contains(name), "{e}");
     }
     let missing = dir.join("missing.json");
