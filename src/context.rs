@@ -33,7 +33,7 @@ pub struct Context {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     caps: Caps,
-    cache: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
+    cache: Mutex<FastMap<PipelineKey, Arc<Kernel>>>,
     /// One lock per key ever requested, held while that key's pipeline is built.
     building: Mutex<HashMap<PipelineKey, Arc<Mutex<()>>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -179,7 +179,7 @@ const BIND_GROUP_ENTRIES: usize = 4096;
 #[derive(Default)]
 struct ConstantPool {
     // By usage, then by the bytes (looked up by slice: no key allocation on a hit).
-    map: HashMap<u32, HashMap<Vec<u8>, wgpu::Buffer>>,
+    map: FastMap<u32, FastMap<Vec<u8>, wgpu::Buffer>>,
     len: usize,
 }
 
@@ -318,7 +318,7 @@ impl Context {
             info,
             limits,
             caps,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(FastMap::default()),
             building: Mutex::new(HashMap::new()),
             lost,
             dummy,
