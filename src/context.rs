@@ -194,6 +194,18 @@ fn backends_from_env() -> wgpu::Backends {
     wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
 }
 
+/// The output of `f`: polled once, since wgpu's native backends answer error-scope pops at
+/// once, and waited for with `pollster` only if it is not ready (a per-call cost otherwise:
+/// every `encode` pops three scopes).
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => pollster::block_on(f),
+    }
+}
+
 /// Help text for the most common failure on a fresh CI machine.
 pub const NO_ADAPTER_HELP: &str = "no GPU adapter found. On Debian/Ubuntu, `apt-get install -y mesa-vulkan-drivers` \
 gives Mesa's software Vulkan device (lavapipe); WGPU_BACKEND and WGPU_ADAPTER_NAME choose among adapters";
@@ -634,9 +646,9 @@ impl Context {
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out = f();
         let errs = [
-            pollster::block_on(validation.pop()),
-            pollster::block_on(oom.pop()),
-            pollster::block_on(internal.pop()),
+            ready(validation.pop()),
+            ready(oom.pop()),
+            ready(internal.pop()),
         ];
         if let Some(e) = errs.into_iter().flatten().next() {
             return Err(Error::gpu(op, e.to_string()));
