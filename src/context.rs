@@ -5,6 +5,7 @@
 //! record into encoders; nothing here owns the user's command stream.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
@@ -32,7 +33,7 @@ pub struct Context {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     caps: Caps,
-    cache: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
+    cache: Mutex<FastMap<PipelineKey, Arc<Kernel>>>,
     /// One lock per key ever requested, held while that key's pipeline is built.
     building: Mutex<HashMap<PipelineKey, Arc<Mutex<()>>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -42,7 +43,129 @@ pub struct Context {
     dummy_rw: Vec<wgpu::Buffer>,
     constants: Mutex<ConstantPool>,
     scratch: Mutex<Option<wgpu::Buffer>>,
+    bind_groups: Mutex<BindGroupCache>,
 }
+
+/// A multiply-rotate hasher (the one rustc uses for its own tables) for the per-call lookups:
+/// their keys are a few machine words or a small parameter block, where std's SipHash costs
+/// more than the lookup. Collisions only cost time, and every key is compared in full.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FastHasher(u64);
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FastHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes([
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+            ]));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.add(v as u64)
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.add(v as u64)
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.add(v)
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64)
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` with [`FastHasher`].
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// Bind groups already created, keyed by the pipeline and every entry (binding, buffer, offset,
+/// size), so a repeated call (every layer of a model step that binds the same buffers) binds
+/// the group it bound before instead of creating and validating a new one; creating a bind
+/// group is most of what a dispatch costs the host.
+///
+/// Why this is sound: a bind group is immutable and wgpu allows binding it in any number of
+/// passes and command buffers; an entry compares equal only for the same buffer object (the
+/// cache holds a handle, so its identity cannot be reused), offset and size, and the pipeline
+/// (kernels are never evicted), so a hit is exactly the group a new creation would make. Only
+/// groups that were created without a wgpu error are kept.
+///
+/// The cost: a cached group keeps its buffers alive. Groups unused for [`BIND_GROUP_SWEEP`]
+/// launches through this context are dropped, and [`Context::release_bind_groups`] drops all
+/// of them at once, so a buffer the application drops is freed at the latest after that many
+/// further launches (or at that call).
+#[derive(Default)]
+struct BindGroupCache {
+    /// By the hash of the key; each bucket holds the full keys.
+    map: FastMap<u64, Vec<CachedBindGroup>>,
+    len: usize,
+    /// Launches looked up so far (the clock of the sweep).
+    tick: u64,
+}
+
+struct CachedBindGroup {
+    /// Held so that the pipeline's address stays its identity.
+    kernel: Arc<Kernel>,
+    entries: Vec<BindKeyEntry>,
+    group: wgpu::BindGroup,
+    last_used: u64,
+}
+
+/// One buffer entry of a bind group as the cache compares it.
+#[derive(Clone, PartialEq, Eq)]
+struct BindKeyEntry {
+    binding: u32,
+    buffer: wgpu::Buffer,
+    offset: u64,
+    size: Option<std::num::NonZeroU64>,
+}
+
+impl CachedBindGroup {
+    fn matches(&self, kernel: &Arc<Kernel>, entries: &[wgpu::BindGroupEntry<'_>]) -> bool {
+        Arc::ptr_eq(&self.kernel, kernel)
+            && self.entries.len() == entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(entries)
+                .all(|(k, e)| match &e.resource {
+                    wgpu::BindingResource::Buffer(b) => {
+                        k.binding == e.binding
+                            && k.offset == b.offset
+                            && k.size == b.size
+                            && k.buffer == *b.buffer
+                    }
+                    _ => false,
+                })
+    }
+}
+
+/// Launches after which a cached bind group that was not used again is dropped.
+pub const BIND_GROUP_SWEEP: u64 = 4096;
+
+/// Cached bind groups kept at most (the cache starts over past it).
+const BIND_GROUP_ENTRIES: usize = 4096;
 
 /// Immutable small buffers (kernel parameters, RoPE frequency tables) keyed by their bytes.
 ///
@@ -56,7 +179,7 @@ pub struct Context {
 #[derive(Default)]
 struct ConstantPool {
     // By usage, then by the bytes (looked up by slice: no key allocation on a hit).
-    map: HashMap<u32, HashMap<Vec<u8>, wgpu::Buffer>>,
+    map: FastMap<u32, FastMap<Vec<u8>, wgpu::Buffer>>,
     len: usize,
 }
 
@@ -69,6 +192,18 @@ const CONSTANT_POOL_ENTRIES: usize = 4096;
 /// The backends to search: `WGPU_BACKEND` when set, all otherwise.
 fn backends_from_env() -> wgpu::Backends {
     wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
+}
+
+/// The output of `f`: polled once, since wgpu's native backends answer error-scope pops at
+/// once, and waited for with `pollster` only if it is not ready (a per-call cost otherwise:
+/// every `encode` pops three scopes).
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => pollster::block_on(f),
+    }
 }
 
 /// Help text for the most common failure on a fresh CI machine.
@@ -189,12 +324,13 @@ impl Context {
                 .collect(),
             constants: Mutex::new(ConstantPool::default()),
             scratch: Mutex::new(None),
+            bind_groups: Mutex::new(BindGroupCache::default()),
             device,
             queue,
             info,
             limits,
             caps,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(FastMap::default()),
             building: Mutex::new(HashMap::new()),
             lost,
             dummy,
@@ -382,11 +518,7 @@ impl Context {
         let uniform =
             self.constant_buffer(op, wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(params))?;
         let entries = kernel.entries(self, op, &uniform, named)?;
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(op),
-            layout: &kernel.layout,
-            entries: &entries,
-        });
+        let bind_group = self.bind_group(op, &kernel, &entries)?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(key.entry_point),
             timestamp_writes: None,
@@ -395,6 +527,107 @@ impl Context {
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(grid.0, grid.1, grid.2);
         Ok(())
+    }
+
+    /// The bind group of `kernel` with `entries`: the cached one when every entry matches (see
+    /// `BindGroupCache`), else a new one, created under its own error scopes so that only a
+    /// valid group is kept (a failure is this call's `Err`, and nothing is recorded).
+    fn bind_group(
+        &self,
+        op: &'static str,
+        kernel: &Arc<Kernel>,
+        entries: &[wgpu::BindGroupEntry<'_>],
+    ) -> Result<wgpu::BindGroup> {
+        let mut h = FastHasher::default();
+        (Arc::as_ptr(kernel) as usize).hash(&mut h);
+        let mut key = Vec::new();
+        for e in entries {
+            let wgpu::BindingResource::Buffer(b) = &e.resource else {
+                // Only buffer bindings are compared; anything else is created every time.
+                return self.scoped(op, || self.create_bind_group(op, kernel, entries));
+            };
+            h.write_u32(e.binding);
+            b.buffer.hash(&mut h);
+            h.write_u64(b.offset);
+            h.write_u64(b.size.map_or(0, |s| s.get()));
+        }
+        let hash = h.finish();
+        let poisoned = || Error::gpu(op, "bind group cache poisoned");
+        {
+            let mut cache = self.bind_groups.lock().map_err(|_| poisoned())?;
+            cache.tick += 1;
+            let tick = cache.tick;
+            if tick.is_multiple_of(BIND_GROUP_SWEEP) {
+                let mut len = 0;
+                cache.map.retain(|_, bucket| {
+                    bucket.retain(|c| c.last_used + BIND_GROUP_SWEEP > tick);
+                    len += bucket.len();
+                    !bucket.is_empty()
+                });
+                cache.len = len;
+            }
+            if let Some(c) = cache
+                .map
+                .get_mut(&hash)
+                .and_then(|bucket| bucket.iter_mut().find(|c| c.matches(kernel, entries)))
+            {
+                c.last_used = tick;
+                return Ok(c.group.clone());
+            }
+        }
+        let group = self.scoped(op, || self.create_bind_group(op, kernel, entries))?;
+        for e in entries {
+            if let wgpu::BindingResource::Buffer(b) = &e.resource {
+                key.push(BindKeyEntry {
+                    binding: e.binding,
+                    buffer: b.buffer.clone(),
+                    offset: b.offset,
+                    size: b.size,
+                });
+            }
+        }
+        let mut cache = self.bind_groups.lock().map_err(|_| poisoned())?;
+        if cache.len >= BIND_GROUP_ENTRIES {
+            cache.map.clear();
+            cache.len = 0;
+        }
+        let tick = cache.tick;
+        cache.map.entry(hash).or_default().push(CachedBindGroup {
+            kernel: kernel.clone(),
+            entries: key,
+            group: group.clone(),
+            last_used: tick,
+        });
+        cache.len += 1;
+        Ok(group)
+    }
+
+    fn create_bind_group(
+        &self,
+        op: &'static str,
+        kernel: &Kernel,
+        entries: &[wgpu::BindGroupEntry<'_>],
+    ) -> wgpu::BindGroup {
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(op),
+            layout: &kernel.layout,
+            entries,
+        })
+    }
+
+    /// Drop every cached bind group (see `BindGroupCache`), releasing the buffers they hold:
+    /// for an application that has dropped a large buffer and wants its memory back before
+    /// [`BIND_GROUP_SWEEP`] further launches would release it.
+    pub fn release_bind_groups(&self) {
+        if let Ok(mut cache) = self.bind_groups.lock() {
+            cache.map.clear();
+            cache.len = 0;
+        }
+    }
+
+    /// Number of cached bind groups (tests use it to see that repeated calls reuse them).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.bind_groups.lock().map(|c| c.len).unwrap_or(0)
     }
 
     /// Number of cached pipelines (tests use this to see that variants are reused).
@@ -413,9 +646,9 @@ impl Context {
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out = f();
         let errs = [
-            pollster::block_on(validation.pop()),
-            pollster::block_on(oom.pop()),
-            pollster::block_on(internal.pop()),
+            ready(validation.pop()),
+            ready(oom.pop()),
+            ready(internal.pop()),
         ];
         if let Some(e) = errs.into_iter().flatten().next() {
             return Err(Error::gpu(op, e.to_string()));
@@ -689,9 +922,76 @@ impl Context {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn context_is_send_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<super::Context>();
+    }
+
+    /// A repeated call binds the group it created before; a call on other buffers gets its own,
+    /// and both compute the right values (a stale group would write the first call's output).
+    #[test]
+    fn repeated_calls_reuse_bind_groups_and_stay_correct() {
+        let ctx = Context::new().expect("an adapter");
+        let norm = crate::RmsNorm::new(0.0);
+        let w = ctx.upload(&[1.0f32; 8], &[8]).unwrap();
+        let x1 = ctx.upload(&[2.0f32; 8], &[1, 8]).unwrap();
+        let x2 = ctx.upload(&[-3.0f32; 8], &[1, 8]).unwrap();
+        let o1 = ctx.upload(&[f32::NAN; 8], &[1, 8]).unwrap();
+        let o2 = ctx.upload(&[f32::NAN; 8], &[1, 8]).unwrap();
+        let before = ctx.cached_bind_groups();
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        for _ in 0..5 {
+            norm.encode(&ctx, &mut enc, &x1, &w, &o1).unwrap();
+        }
+        assert_eq!(ctx.cached_bind_groups(), before + 1);
+        norm.encode(&ctx, &mut enc, &x2, &w, &o2).unwrap();
+        assert_eq!(ctx.cached_bind_groups(), before + 2);
+        ctx.queue().submit([enc.finish()]);
+        assert_eq!(ctx.read_f32(&o1).unwrap(), vec![1.0; 8]);
+        assert_eq!(ctx.read_f32(&o2).unwrap(), vec![-1.0; 8]);
+        ctx.release_bind_groups();
+        assert_eq!(ctx.cached_bind_groups(), 0);
+    }
+
+    /// A bind group wgpu refuses (a buffer without STORAGE usage) is an `Err` every time, and
+    /// is never cached.
+    #[test]
+    fn refused_bind_groups_are_errors_and_not_cached() {
+        let ctx = Context::new().expect("an adapter");
+        let norm = crate::RmsNorm::new(0.0);
+        let w = ctx.upload(&[1.0f32; 8], &[8]).unwrap();
+        let out = ctx.empty(&[1, 8], DType::F32).unwrap();
+        let plain = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 32,
+            usage: wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let x = Tensor::new(&plain, 0, &[1, 8], DType::F32);
+        let before = ctx.cached_bind_groups();
+        for _ in 0..2 {
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            let r = norm.encode(&ctx, &mut enc, &x, &w, &out);
+            assert!(
+                matches!(&r, Err(Error::Gpu { op: "rms_norm", .. })),
+                "{r:?}"
+            );
+            assert_eq!(ctx.cached_bind_groups(), before);
+        }
+    }
+
+    #[test]
+    fn fast_hasher_separates_nearby_keys() {
+        let hash = |v: &[u8]| {
+            let mut h = FastHasher::default();
+            v.hash(&mut h);
+            h.finish()
+        };
+        assert_ne!(hash(&[0; 16]), hash(&[0; 17]));
+        assert_ne!(hash(&[1, 0, 0]), hash(&[0, 1, 0]));
+        assert_eq!(hash(&[5; 33]), hash(&[5; 33]));
     }
 }

@@ -136,7 +136,7 @@ impl Shader {
 }
 
 /// Everything that changes the compiled code of a pipeline.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PipelineKey {
     /// The shader module.
     pub shader: &'static Shader,
@@ -144,6 +144,19 @@ pub struct PipelineKey {
     pub entry_point: &'static str,
     /// WGSL `override` constants by name. Every knob that changes code lives here.
     pub constants: Vec<(&'static str, u32)>,
+}
+
+/// Hashes the entry point and the constants' values only: every launch looks its key up, and
+/// the names (module, constants) are fixed per entry point in practice, so hashing their text
+/// would cost more than it separates. Equal keys still hash equally (`Eq` compares everything).
+impl std::hash::Hash for PipelineKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.entry_point.hash(state);
+        state.write_usize(self.constants.len());
+        for &(_, v) in &self.constants {
+            state.write_u32(v);
+        }
+    }
 }
 
 /// How a binding is declared in WGSL, which decides what may fill it.

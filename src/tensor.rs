@@ -403,16 +403,32 @@ impl Tensor {
     /// element twice (a zero or overlapping stride), whose writes would race with each other.
     pub fn validate_written(&self, op: &'static str, name: &str) -> Result<()> {
         self.validate(op, name)?;
-        let mut dims: Vec<(usize, usize)> = self
-            .shape
-            .iter()
-            .zip(&self.strides)
-            .map(|(&n, &stride)| (stride, n))
-            .filter(|&(_, n)| n > 1)
-            .collect();
-        dims.sort();
+        // (stride, size) of the dims longer than 1, sorted; on the stack for the usual ranks,
+        // since every encode checks its written views.
+        let mut stack = [(0usize, 0usize); 8];
+        let mut heap = Vec::new();
+        let dims: &mut [(usize, usize)] = if self.rank() <= stack.len() {
+            let mut k = 0;
+            for (&n, &stride) in self.shape.iter().zip(&self.strides) {
+                if n > 1 {
+                    stack[k] = (stride, n);
+                    k += 1;
+                }
+            }
+            &mut stack[..k]
+        } else {
+            heap.extend(
+                self.shape
+                    .iter()
+                    .zip(&self.strides)
+                    .map(|(&n, &stride)| (stride, n))
+                    .filter(|&(_, n)| n > 1),
+            );
+            &mut heap
+        };
+        dims.sort_unstable();
         let mut extent = 1usize;
-        for (stride, n) in dims {
+        for &mut (stride, n) in dims {
             crate::ensure!(
                 stride >= extent,
                 Bounds,

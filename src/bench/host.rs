@@ -139,6 +139,8 @@ impl Floor {
         })
     }
 
+    // Not inlined, so that a profiler (callgrind's `--toggle-collect`) can find it by name.
+    #[inline(never)]
     fn dispatch(&self, ctx: &Context, enc: &mut wgpu::CommandEncoder) {
         let bg = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,

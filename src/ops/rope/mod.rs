@@ -169,7 +169,7 @@ pub(crate) struct CachedTable {
     config: Rope,
     head_dim: usize,
     seq_len: usize,
-    freqs: Vec<Freq>,
+    freqs: std::sync::Arc<[Freq]>,
     attention_factor: f64,
 }
 
@@ -182,9 +182,9 @@ impl TableCache {
         head_dim: usize,
         seq_len: usize,
         build: impl FnOnce() -> Result<(Vec<Freq>, f64)>,
-    ) -> Result<(Vec<Freq>, f64)> {
+    ) -> Result<(std::sync::Arc<[Freq]>, f64)> {
         let Ok(mut slot) = self.0.lock() else {
-            return build();
+            return build().map(|(f, a)| (f.into(), a));
         };
         if let Some(c) = slot.as_ref() {
             if c.head_dim == head_dim && c.seq_len == seq_len && c.config == *rope {
@@ -192,6 +192,8 @@ impl TableCache {
             }
         }
         let (freqs, attention_factor) = build()?;
+        // Shared, not copied, by every call that hits.
+        let freqs: std::sync::Arc<[Freq]> = freqs.into();
         // The stored configuration gets a cache of its own, so the entry does not keep its own
         // cache alive.
         let config = Rope {

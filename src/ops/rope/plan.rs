@@ -77,7 +77,7 @@ fn view4(t: &Tensor, name: &str) -> Result<View4> {
 pub(crate) struct Plan {
     pub(crate) variant: Variant,
     pub(crate) params: Params,
-    pub(crate) freqs: Vec<Freq>,
+    pub(crate) freqs: std::sync::Arc<[Freq]>,
     pub(crate) threads: u64,
     /// Norm weights of segments A and B.
     pub(crate) norm_w: [Option<Tensor>; 2],
@@ -123,8 +123,11 @@ impl Rope {
             a_hstride: va.hstride as u32,
             ..Default::default()
         };
+        let mut vb = None;
         if let Some(b) = b {
-            let vb = view4(b, "k")?;
+            let v = view4(b, "k")?;
+            vb = Some(v);
+            let vb = v;
             b.expect_dtype(OP, "k", dtype)?;
             crate::ensure!(
                 vb.batch == va.batch && vb.seq == va.seq && vb.head_dim == va.head_dim,
@@ -403,7 +406,15 @@ impl Rope {
                 0
             }
         };
-        let (freqs, attn) = self.table.get_or_build(self, va.head_dim, seq_len, || {
+        // Only the length-dependent scalings and the host cos/sin table depend on seq_len; for
+        // the others one table serves every position, so a decode loop (a new start each step)
+        // keeps hitting it.
+        let table_len = if self.scaling.needs_seq_len() || self.sincos == SinCos::HostTable {
+            seq_len
+        } else {
+            0
+        };
+        let (freqs, attn) = self.table.get_or_build(self, va.head_dim, table_len, || {
             let (inv, attn) = self.inv_freq(va.head_dim, seq_len)?;
             Ok((self.freq_table(ctx, &inv, seq_len)?, attn))
         })?;
@@ -420,7 +431,6 @@ impl Rope {
             (va.head_dim - rd).div_ceil(2)
         };
         let mut n_cols = n_quads + n_tail;
-        let vb = b.map(|b| view4(b, "k")).transpose()?;
         let vec4 = in_place
             && !norm
             && vec4_aligned(ctx, rd, &va, a.offset(), dtype)
