@@ -791,7 +791,9 @@ impl RmsNorm {
         } else {
             ["src", "weight", "res", "dst", "res_dst"]
         };
-        let mut named = vec![(names[3], dst_win.resource())];
+        // Room for every binding up front: growing the list was a reallocation per call.
+        let mut named = Vec::with_capacity(names.len());
+        named.push((names[3], dst_win.resource()));
         for (name, win) in [
             (names[0], &x_win),
             (names[1], &w_win),
