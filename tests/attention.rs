@@ -75,6 +75,7 @@ impl Case {
             softcap: self.softcap,
             kind: self.kind,
             splits: self.splits,
+            f16_arithmetic: false,
         }
     }
     fn dims(&self) -> reference::Dims {
@@ -724,6 +725,7 @@ fn every_variant_compiles() {
                         hd4: hd as u32 / 4,
                         split_kv,
                         kr,
+                        f16: false,
                     };
                     for key in v.keys() {
                         ctx.kernel("test", &key)

@@ -81,6 +81,9 @@ const OP: &str = "attention";
 
 /// Rows per prefill workgroup.
 pub const PREFILL_WG: u32 = 64;
+/// Query rows each prefill invocation computes (register tiling): a workgroup has
+/// `PREFILL_WG / PREFILL_ROWS_PER_INVOCATION` invocations.
+pub const PREFILL_ROWS_PER_INVOCATION: u32 = 4;
 /// Rows per decode workgroup (and invocations per merge workgroup).
 pub const DECODE_WG: u32 = 32;
 /// The dispatcher uses the decode kernel for `q_len <= DECODE_MAX_Q_LEN`.
@@ -145,7 +148,20 @@ pub struct Attention {
     /// contribute nothing), except that on CPU adapters it is raised to what
     /// [`loop_cap_keys`] needs. Ignored by prefill.
     pub splits: Option<u32>,
+    /// Opt-in half-precision arithmetic for [`Kind::Prefill`] (ignored by the decode kernels):
+    /// q, the K/V tiles and the products q·k and p·v in `f16` (WGSL `enable f16`), the scores,
+    /// the softmax and the output accumulator in f32, as FlashAttention-2 feeds half inputs to
+    /// its matmuls. Needs `wgpu::Features::SHADER_F16` on the device ([`Context::new`] requests
+    /// it when the adapter has it; `Err` otherwise). Looser than the f32 default (each q·k of
+    /// four terms and each product is rounded to f16, and values past f16's range, 65504,
+    /// become infinite); its test limit is [`F16_ARITHMETIC_NMSE`].
+    pub f16_arithmetic: bool,
 }
+
+/// The NMSE limit the tests hold [`Attention::f16_arithmetic`] to against the f64 reference,
+/// for every storage dtype (f16 rounding of q, k, v, q·k and p·v; f32 storage's own limit is
+/// 1e-10).
+pub const F16_ARITHMETIC_NMSE: f64 = 2e-5;
 
 impl Default for Attention {
     fn default() -> Self {
@@ -160,6 +176,7 @@ impl Default for Attention {
             softcap: 0.0,
             kind: None,
             splits: None,
+            f16_arithmetic: false,
         }
     }
 }
@@ -242,12 +259,30 @@ pub struct Variant {
     pub split_kv: bool,
     /// [`Kind::DecodeKeys`]: query rows per workgroup (1, 2 or 4); 1 for the other kinds.
     pub kr: u32,
+    /// [`Kind::Prefill`]: f16 arithmetic ([`Attention::f16_arithmetic`], the
+    /// [`ATTENTION_PREFILL_F16`] module); false for the other kinds.
+    pub f16: bool,
 }
+
+/// `shaders/attention_prefill.wgsl` with f16 arithmetic: a module of its own, because a module
+/// with `enable f16` fails validation on devices without `SHADER_F16`.
+pub const ATTENTION_PREFILL_F16: &Shader = &Shader {
+    name: "attention_prefill_f16.wgsl",
+    parts: &[
+        "enable f16;",
+        crate::pipeline::COMMON_WGSL,
+        crate::pipeline::ATTENTION_COMMON_WGSL,
+        crate::pipeline::ATTENTION_SPLIT_WGSL,
+        "// The prefill's arithmetic type.\nalias ht = f16;",
+        include_str!("../../shaders/attention_prefill.wgsl"),
+    ],
+    variants: prefill_f16_variant_keys,
+};
 
 impl Variant {
     fn wg(&self) -> u32 {
         match self.kind {
-            Kind::Prefill => PREFILL_WG,
+            Kind::Prefill => PREFILL_WG / PREFILL_ROWS_PER_INVOCATION,
             Kind::Decode => DECODE_WG,
             Kind::DecodeKeys => KEYS_WG,
         }
@@ -275,25 +310,40 @@ impl Variant {
                 ),
             ];
         }
-        match self.split_kv {
-            false => vec![PipelineKey::new(
-                Shader::ATTENTION_PREFILL,
-                "attn_prefill",
-                self.constants(),
-            )],
-            true => vec![
-                PipelineKey::new(
-                    Shader::ATTENTION_DECODE,
-                    "attn_decode_partial",
-                    self.constants(),
-                ),
-                PipelineKey::new(
-                    Shader::ATTENTION_DECODE,
-                    "attn_decode_merge",
-                    self.constants(),
-                ),
-            ],
+        if self.kind == Kind::Prefill {
+            let shader = if self.f16 {
+                ATTENTION_PREFILL_F16
+            } else {
+                Shader::ATTENTION_PREFILL
+            };
+            let mut c = self.constants();
+            c.push(("PR", PREFILL_ROWS_PER_INVOCATION));
+            if !self.split_kv {
+                return vec![PipelineKey::new(shader, "attn_prefill", c)];
+            }
+            // The merge runs one invocation per 4 output elements, PREFILL_WG per workgroup.
+            let m = c
+                .iter()
+                .map(|&(n, v)| if n == "WG" { (n, PREFILL_WG) } else { (n, v) })
+                .collect();
+            return vec![
+                PipelineKey::new(shader, "attn_prefill_partial", c),
+                PipelineKey::new(shader, "attn_prefill_merge", m),
+            ];
         }
+        // Decode always splits over the keys.
+        vec![
+            PipelineKey::new(
+                Shader::ATTENTION_DECODE,
+                "attn_decode_partial",
+                self.constants(),
+            ),
+            PipelineKey::new(
+                Shader::ATTENTION_DECODE,
+                "attn_decode_merge",
+                self.constants(),
+            ),
+        ]
     }
 }
 
@@ -309,6 +359,14 @@ pub fn prefill_variant_keys() -> Vec<PipelineKey> {
     all_variant_keys()
         .into_iter()
         .filter(|k| k.shader == Shader::ATTENTION_PREFILL)
+        .collect()
+}
+
+/// The f16-arithmetic prefill module's share of [`all_variant_keys`].
+pub fn prefill_f16_variant_keys() -> Vec<PipelineKey> {
+    all_variant_keys()
+        .into_iter()
+        .filter(|k| k.shader == ATTENTION_PREFILL_F16)
         .collect()
 }
 
@@ -344,6 +402,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                             hd4: hd / 4,
                             split_kv,
                             kr: 1,
+                            f16: false,
                         }
                         .keys(),
                     );
@@ -357,6 +416,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                                     hd4: hd / 4,
                                     split_kv,
                                     kr,
+                                    f16: false,
                                 }
                                 .keys(),
                             );
@@ -377,9 +437,36 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                     hd4,
                     split_kv,
                     kr: 1,
+                    f16: false,
                 }
                 .keys(),
             );
+        }
+    }
+    // The f16-arithmetic prefill: every dtype, tile size and split mode at real head_dims, and
+    // every head_dim for one dtype and tile size.
+    for split_kv in [false, true] {
+        for dtype in DType::ALL {
+            for limit in [16384, 32768] {
+                for hd4 in 1..=(MAX_HEAD_DIM as u32 / 4) {
+                    let real = [16, 20, 24, 32, 64].contains(&hd4);
+                    if !real && (dtype != DType::F16 || limit != 32768) {
+                        continue;
+                    }
+                    keys.extend(
+                        Variant {
+                            kind: Kind::Prefill,
+                            dtype,
+                            tile_v4: tile_v4_for(limit),
+                            hd4,
+                            split_kv,
+                            kr: 1,
+                            f16: true,
+                        }
+                        .keys(),
+                    );
+                }
+            }
         }
     }
     keys
@@ -698,6 +785,13 @@ impl Attention {
         let kind = self
             .kind
             .unwrap_or_else(|| default_kind(ctx.adapter_info().device_type, d.q_len, kv_aligned));
+        crate::ensure!(
+            !(kind == Kind::Prefill && self.f16_arithmetic) || ctx.caps().shader_f16,
+            Limit,
+            OP,
+            "f16_arithmetic needs wgpu::Features::SHADER_F16, which this device was created without (adapter {:?})",
+            ctx.adapter_info().name
+        );
         let limit = ctx.limits().max_compute_workgroup_storage_size;
         let tile_v4 = tile_v4_for(limit);
         let hd4 = (d.head_dim / 4) as u32;
@@ -729,15 +823,17 @@ impl Attention {
             } else {
                 1
             },
+            f16: kind == Kind::Prefill && self.f16_arithmetic,
         };
         let wg = variant.wg() as usize;
         let (rows_per_wg, lanes) = match kind {
             Kind::DecodeKeys => (kr, wg),
-            _ if variant.split_kv => {
+            // Split or not, a prefill workgroup owns PREFILL_WG rows, one key lane each.
+            Kind::Prefill => (PREFILL_WG as usize, 1),
+            _ => {
                 let rpw = rows.next_power_of_two().min(wg);
                 (rpw, wg / rpw)
             }
-            _ => (wg, 1),
         };
         let row_blocks = rows.div_ceil(rows_per_wg);
         let (splits, chunk) = match kind {
@@ -1052,13 +1148,17 @@ impl Attention {
         if let Some(w) = &sw {
             merge.push(("sinks", w.resource()));
         }
+        let merge_wg = match plan.variant.kind {
+            Kind::Prefill => PREFILL_WG,
+            _ => plan.variant.wg(),
+        };
         ctx.encode_kernel(
             OP,
             enc,
             &keys[1],
             &params,
             &merge,
-            merge_threads.div_ceil(plan.variant.wg() as u64),
+            merge_threads.div_ceil(merge_wg as u64),
         )
     }
 }
