@@ -66,6 +66,8 @@ impl Shader {
         parts: &[
             COMMON_WGSL,
             ATTENTION_COMMON_WGSL,
+            ATTENTION_SPLIT_WGSL,
+            "// The prefill's arithmetic type.\nalias ht = f32;",
             include_str!("../shaders/attention_prefill.wgsl"),
         ],
         variants: crate::ops::attention::prefill_variant_keys,
@@ -117,6 +119,7 @@ impl Shader {
         Shader::CAST,
         Shader::ROPE,
         Shader::ATTENTION_PREFILL,
+        crate::ops::attention::ATTENTION_PREFILL_F16,
         Shader::ATTENTION_DECODE,
         Shader::KV_CACHE,
         Shader::ATTENTION_PAGED,

@@ -75,6 +75,7 @@ impl Case {
             softcap: self.softcap,
             kind: self.kind,
             splits: self.splits,
+            f16_arithmetic: false,
         }
     }
     fn dims(&self) -> reference::Dims {
@@ -724,6 +725,7 @@ fn every_variant_compiles() {
                         hd4: hd as u32 / 4,
                         split_kv,
                         kr,
+                        f16: false,
                     };
                     for key in v.keys() {
                         ctx.kernel("test", &key)
@@ -1420,4 +1422,174 @@ fn decode_keys_needs_aligned_rows() {
     forced.run(&ctx, &q, &k2, &v2, None, &out).unwrap();
     let cmp = compare(&ctx.read_f32(&out).unwrap(), &want(&c, &d));
     assert!(cmp.passes(tol(c.dtype)), "{cmp}");
+}
+
+/// Run `c` like `gpu_on`, with `Attention::f16_arithmetic`.
+fn gpu_f16_arithmetic(ctx: &llama_kernels::Context, c: &Case, d: &Data) -> Vec<f32> {
+    let (qs, ks) = c.shapes();
+    let q = upload_at(ctx, &d.q, &qs, c.dtype, GUARD_BEFORE);
+    let k = upload_at(ctx, &d.k, &ks, c.dtype, GUARD_BEFORE);
+    let v = upload_at(ctx, &d.v, &ks, c.dtype, GUARD_BEFORE);
+    let sinks = c
+        .sinks
+        .then(|| upload_guarded(ctx, &d.sinks, &[c.n_heads], DType::F32));
+    let out = nan_output(ctx, &qs, c.dtype);
+    let op = Attention {
+        f16_arithmetic: true,
+        ..c.op()
+    };
+    op.run(ctx, &q, &k, &v, sinks.as_ref(), &out)
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert_guards(ctx, &out, &format!("{c:?}"));
+    ctx.read_f32(&out).unwrap()
+}
+
+/// The opt-in f16-arithmetic prefill (`Attention::f16_arithmetic`, its own `enable f16` module),
+/// forced on this adapter (lavapipe has `SHADER_F16`): every storage dtype x masking mode, in one
+/// pass and split over the keys, with the group size rotating, against the f64 reference with
+/// its own limit (`F16_ARITHMETIC_NMSE`); one case at Llama-3-8B's head size; rows that see no
+/// key output exactly 0. Its results differ from the f32 path's, so the f16 module is what ran.
+#[test]
+fn prefill_f16_arithmetic() {
+    use llama_kernels::ops::attention::{loop_cap_keys, F16_ARITHMETIC_NMSE};
+    let ctx = ctx();
+    assert!(
+        ctx.caps().shader_f16,
+        "this adapter lacks SHADER_F16; the f16-arithmetic prefill would go untested"
+    );
+    let cap = loop_cap_keys(&ctx, HD).expect("lavapipe is a CPU adapter with a loop cap");
+    let mut i = 0;
+    let mut worst = 0.0f64;
+    for (q_len, kv_len, split) in [(20, 150, false), (12, cap + 50, true)] {
+        for dtype in DType::ALL {
+            for mode in 0..8 {
+                i += 1;
+                let g = GROUPS[i % 6];
+                let n_kv = if g >= 8 { 1 } else { 1 + i % 2 };
+                let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, HD);
+                c.dtype = dtype;
+                c.kind = Some(Kind::Prefill);
+                c.batch = if i % 5 == 2 { 2 } else { 1 };
+                let c = with_mode(c, mode);
+                let op = Attention {
+                    f16_arithmetic: true,
+                    ..c.op()
+                };
+                let v = op.plan(&ctx, dims_of(&c), dtype).unwrap().variant;
+                assert!(v.f16 && v.split_kv == split, "{c:?}: {v:?}");
+                let d = data(&c, 7000 + i as u64, 1.0);
+                let got = gpu_f16_arithmetic(&ctx, &c, &d);
+                let cmp = compare(&got, &want(&c, &d));
+                assert!(
+                    cmp.passes(tol(dtype).max(F16_ARITHMETIC_NMSE)),
+                    "{c:?}: {cmp}"
+                );
+                worst = worst.max(cmp.nmse);
+                if mode == 0 {
+                    assert_ne!(
+                        got,
+                        gpu(&c, &d),
+                        "{c:?}: f16 arithmetic gave the f32 result"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!("f16 arithmetic: worst NMSE {worst:.2e} (limit {F16_ARITHMETIC_NMSE:.0e})");
+    // Llama-3-8B's head layout (one kv head's group of 4 heads), f16 storage.
+    let mut c = Case::new(24, 200, 4, 1, 128);
+    c.dtype = DType::F16;
+    c.kind = Some(Kind::Prefill);
+    c.sinks = true;
+    let d = data(&c, 7100, 1.0);
+    let cmp = compare(&gpu_f16_arithmetic(&ctx, &c, &d), &want(&c, &d));
+    eprintln!("f16 arithmetic at head_dim 128: {cmp}");
+    assert!(cmp.passes(F16_ARITHMETIC_NMSE), "{c:?}: {cmp}");
+    // q_len 6 over kv_len 3: the default q_offset -3 leaves rows 0..3 without a key.
+    for sinks in [false, true] {
+        for dtype in DType::ALL {
+            let mut c = Case::new(6, 3, 4, 2, HD);
+            c.kind = Some(Kind::Prefill);
+            c.sinks = sinks;
+            c.dtype = dtype;
+            let d = data(&c, 7200, 1.0);
+            let got = gpu_f16_arithmetic(&ctx, &c, &d);
+            let row = c.n_heads * c.head_dim;
+            assert!(
+                got[..3 * row].iter().all(|&x| x == 0.0),
+                "{c:?}: {:?}",
+                &got[..8]
+            );
+            let cmp = compare(&got, &want(&c, &d));
+            assert!(
+                cmp.passes(tol(dtype).max(F16_ARITHMETIC_NMSE)),
+                "{c:?}: {cmp}"
+            );
+        }
+    }
+}
+
+/// Without `SHADER_F16` on the device, `f16_arithmetic` is an error naming the op and the
+/// feature, before any GPU work; the decode kernels ignore the option.
+#[test]
+fn prefill_f16_arithmetic_needs_shader_f16() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("adapter");
+    // A device created without optional features, as an application may create it.
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
+            .expect("device");
+    let plain = llama_kernels::Context::from_device(&device, &queue);
+    assert!(!plain.caps().shader_f16);
+    let mut c = Case::new(20, 40, 4, 2, HD);
+    c.kind = Some(Kind::Prefill);
+    let op = Attention {
+        f16_arithmetic: true,
+        ..c.op()
+    };
+    let err = op.plan(&plain, dims_of(&c), c.dtype).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::Limit { .. })
+            && msg.starts_with("attention:")
+            && msg.contains("SHADER_F16"),
+        "{msg}"
+    );
+    let (qs, ks) = c.shapes();
+    let d = data(&c, 7300, 1.0);
+    let q = upload_at(&plain, &d.q, &qs, c.dtype, GUARD_BEFORE);
+    let k = upload_at(&plain, &d.k, &ks, c.dtype, GUARD_BEFORE);
+    let v = upload_at(&plain, &d.v, &ks, c.dtype, GUARD_BEFORE);
+    let out = nan_output(&plain, &qs, c.dtype);
+    let err = op.run(&plain, &q, &k, &v, None, &out).unwrap_err();
+    assert!(err.to_string().contains("SHADER_F16"), "{err}");
+    // Decode ignores the option: no error, and the f32 result.
+    let mut c = Case::new(1, 40, 4, 2, HD);
+    c.kind = Some(Kind::Decode);
+    let op = Attention {
+        f16_arithmetic: true,
+        ..c.op()
+    };
+    assert!(!op.plan(&plain, dims_of(&c), c.dtype).unwrap().variant.f16);
+}
+
+/// The register-tiled prefill stays within lavapipe's loop cap at a real head size: one pass
+/// at exactly `loop_cap_keys` keys of head_dim 128 (Llama-2-7B's f16 prefill specialisation,
+/// which `every_kernel_at_head_dim_128` compiles too), checked against the reference. (One key
+/// more splits: `thresholds` checks that at head_dim `HD`.)
+#[test]
+fn prefill_loop_cap_at_head_dim_128() {
+    let ctx = ctx();
+    let cap = llama_kernels::ops::attention::loop_cap_keys(&ctx, 128)
+        .expect("lavapipe is a CPU adapter with a loop cap");
+    let mut c = Case::new(20, cap, 2, 1, 128);
+    c.dtype = DType::F16;
+    c.kind = Some(Kind::Prefill);
+    c.causal = false;
+    let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
+    assert!(!plan.variant.split_kv, "kv_len {cap}: {plan:?}");
+    check(c, 7400);
 }

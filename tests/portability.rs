@@ -65,8 +65,15 @@ fn translate(key: &PipelineKey) -> Result<(), String> {
     naga::back::msl::write_string(&module, &info, &msl_opts, &msl_pipe)
         .map_err(|e| format!("msl: {e}"))?;
 
+    // `enable f16` modules (the opt-in f16-arithmetic prefill): wgpu offers SHADER_F16 on DX12
+    // only with shader model 6.2, and never on GL, whose naga backend has no f16.
+    let f16 = src.starts_with("enable f16;");
     let hlsl_opts = naga::back::hlsl::Options {
-        shader_model: naga::back::hlsl::ShaderModel::V6_0,
+        shader_model: if f16 {
+            naga::back::hlsl::ShaderModel::V6_2
+        } else {
+            naga::back::hlsl::ShaderModel::V6_0
+        },
         ..Default::default()
     };
     let hlsl_pipe = naga::back::hlsl::PipelineOptions {
@@ -77,6 +84,9 @@ fn translate(key: &PipelineKey) -> Result<(), String> {
         .write(&module, &info, None)
         .map_err(|e| format!("hlsl: {e}"))?;
 
+    if f16 {
+        return Ok(());
+    }
     let glsl_opts = naga::back::glsl::Options::default();
     let glsl_pipe = naga::back::glsl::PipelineOptions {
         shader_stage: naga::ShaderStage::Compute,

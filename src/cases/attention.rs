@@ -139,6 +139,7 @@ pub(super) fn options(case: &CaseFile) -> Result<(Attention, Option<f64>, f64)> 
         softcap: softcap as f32,
         kind: None,
         splits: None,
+        f16_arithmetic: false,
     };
     Ok((op, scale, softcap))
 }

@@ -31,13 +31,18 @@
 //!
 //! Variants, each with its strategy (every pipeline is specialised on dtype, tile size and
 //! `head_dim / 4`, so the loops over a head have fixed trip counts and q / acc live in registers):
-//! - [`Kind::Prefill`] (`shaders/attention_prefill.wgsl`, FlashAttention-2 style): one workgroup
-//!   of [`PREFILL_WG`] invocations per block of 64 query rows of one (batch, kv head); rows are
-//!   the g query heads of the group times the tokens (`r = t·g + i`), so every K/V tile staged in
-//!   workgroup memory serves the whole group. Each invocation keeps its q row (pre-scaled) and its
-//!   f32 accumulator in registers and runs an online softmax; tiles outside the union of the
-//!   block's visible ranges (causal upper bound, window lower bound) are never loaded. Memory is
-//!   O(q_len + kv_len): no score matrix exists.
+//! - [`Kind::Prefill`] (`shaders/attention_prefill.wgsl`, FlashAttention-2, Dao 2023): one
+//!   workgroup per block of [`PREFILL_WG`] query rows of one (batch, kv head); rows are the g
+//!   query heads of the group times the tokens (`r = t·g + i`), so every K/V tile staged in
+//!   workgroup memory serves the whole group. Register tiling: each of the
+//!   `PREFILL_WG / PREFILL_ROWS_PER_INVOCATION` invocations owns
+//!   [`PREFILL_ROWS_PER_INVOCATION`] neighbouring rows (pre-scaled q and f32 accumulators in
+//!   private memory), so each K/V element read from workgroup memory feeds that many rows; per
+//!   tile the scores come first, then one running-max update and rescale, then P·V. Tiles
+//!   outside the union of the block's visible ranges are never loaded, and each row's mask is
+//!   one interval computed once. Memory is O(q_len + kv_len): no score matrix exists.
+//!   [`Attention::f16_arithmetic`] selects the same kernel with f16 products (its own module,
+//!   `SHADER_F16`).
 //! - [`Kind::Decode`] (`shaders/attention_decode.wgsl`, flash-decoding): the same rows, in blocks
 //!   of a power of two <= [`DECODE_WG`]; spare invocations of a workgroup become key lanes (lane
 //!   `l` takes keys `l, l + lanes, ...` of each tile). kv_len is split into chunks over
@@ -57,7 +62,8 @@
 //!   global load, a shared store and one shared load per row for every element) is 5-10x slower
 //!   here. Needs 16-byte aligned K/V rows ([`kv_rows_aligned`]).
 //! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
-//!   ([`loop_cap_keys`]): the decode shader's split-KV passes with prefill's 64-row blocks.
+//!   ([`loop_cap_keys`]): the same kernel over chunks of the keys (`attn_prefill_partial`),
+//!   writing partials that `attn_prefill_merge` combines in a fixed order, as decode's do.
 //!
 //! Choice ([`default_kind`]), unless forced with [`Attention::kind`]: prefill iff
 //! `q_len > DECODE_MAX_Q_LEN` (8); otherwise DecodeKeys on CPU adapters when K/V rows are
@@ -81,6 +87,9 @@ const OP: &str = "attention";
 
 /// Rows per prefill workgroup.
 pub const PREFILL_WG: u32 = 64;
+/// Query rows each prefill invocation computes (register tiling): a workgroup has
+/// `PREFILL_WG / PREFILL_ROWS_PER_INVOCATION` invocations.
+pub const PREFILL_ROWS_PER_INVOCATION: u32 = 4;
 /// Rows per decode workgroup (and invocations per merge workgroup).
 pub const DECODE_WG: u32 = 32;
 /// The dispatcher uses the decode kernel for `q_len <= DECODE_MAX_Q_LEN`.
@@ -145,7 +154,20 @@ pub struct Attention {
     /// contribute nothing), except that on CPU adapters it is raised to what
     /// [`loop_cap_keys`] needs. Ignored by prefill.
     pub splits: Option<u32>,
+    /// Opt-in half-precision arithmetic for [`Kind::Prefill`] (ignored by the decode kernels):
+    /// q, the K/V tiles and the products q·k and p·v in `f16` (WGSL `enable f16`), the scores,
+    /// the softmax and the output accumulator in f32, as FlashAttention-2 feeds half inputs to
+    /// its matmuls. Needs `wgpu::Features::SHADER_F16` on the device ([`Context::new`] requests
+    /// it when the adapter has it; `Err` otherwise). Looser than the f32 default (each q·k of
+    /// four terms and each product is rounded to f16, and values past f16's range, 65504,
+    /// become infinite); its test limit is [`F16_ARITHMETIC_NMSE`].
+    pub f16_arithmetic: bool,
 }
+
+/// The NMSE limit the tests hold [`Attention::f16_arithmetic`] to against the f64 reference
+/// with f32 and f16 storage (f16 rounding of q, k, v, q·k and p·v; the f32 path's limits are
+/// 1e-10 and 1e-6); bf16 storage keeps its own limit, 5e-5, which is looser already.
+pub const F16_ARITHMETIC_NMSE: f64 = 2e-5;
 
 impl Default for Attention {
     fn default() -> Self {
@@ -160,6 +182,7 @@ impl Default for Attention {
             softcap: 0.0,
             kind: None,
             splits: None,
+            f16_arithmetic: false,
         }
     }
 }
@@ -242,12 +265,30 @@ pub struct Variant {
     pub split_kv: bool,
     /// [`Kind::DecodeKeys`]: query rows per workgroup (1, 2 or 4); 1 for the other kinds.
     pub kr: u32,
+    /// [`Kind::Prefill`]: f16 arithmetic ([`Attention::f16_arithmetic`], the
+    /// [`ATTENTION_PREFILL_F16`] module); false for the other kinds.
+    pub f16: bool,
 }
+
+/// `shaders/attention_prefill.wgsl` with f16 arithmetic: a module of its own, because a module
+/// with `enable f16` fails validation on devices without `SHADER_F16`.
+pub const ATTENTION_PREFILL_F16: &Shader = &Shader {
+    name: "attention_prefill_f16.wgsl",
+    parts: &[
+        "enable f16;",
+        crate::pipeline::COMMON_WGSL,
+        crate::pipeline::ATTENTION_COMMON_WGSL,
+        crate::pipeline::ATTENTION_SPLIT_WGSL,
+        "// The prefill's arithmetic type.\nalias ht = f16;",
+        include_str!("../../shaders/attention_prefill.wgsl"),
+    ],
+    variants: prefill_f16_variant_keys,
+};
 
 impl Variant {
     fn wg(&self) -> u32 {
         match self.kind {
-            Kind::Prefill => PREFILL_WG,
+            Kind::Prefill => PREFILL_WG / PREFILL_ROWS_PER_INVOCATION,
             Kind::Decode => DECODE_WG,
             Kind::DecodeKeys => KEYS_WG,
         }
@@ -275,25 +316,40 @@ impl Variant {
                 ),
             ];
         }
-        match self.split_kv {
-            false => vec![PipelineKey::new(
-                Shader::ATTENTION_PREFILL,
-                "attn_prefill",
-                self.constants(),
-            )],
-            true => vec![
-                PipelineKey::new(
-                    Shader::ATTENTION_DECODE,
-                    "attn_decode_partial",
-                    self.constants(),
-                ),
-                PipelineKey::new(
-                    Shader::ATTENTION_DECODE,
-                    "attn_decode_merge",
-                    self.constants(),
-                ),
-            ],
+        if self.kind == Kind::Prefill {
+            let shader = if self.f16 {
+                ATTENTION_PREFILL_F16
+            } else {
+                Shader::ATTENTION_PREFILL
+            };
+            let mut c = self.constants();
+            c.push(("PR", PREFILL_ROWS_PER_INVOCATION));
+            if !self.split_kv {
+                return vec![PipelineKey::new(shader, "attn_prefill", c)];
+            }
+            // The merge runs one invocation per 4 output elements, PREFILL_WG per workgroup.
+            let m = c
+                .iter()
+                .map(|&(n, v)| if n == "WG" { (n, PREFILL_WG) } else { (n, v) })
+                .collect();
+            return vec![
+                PipelineKey::new(shader, "attn_prefill_partial", c),
+                PipelineKey::new(shader, "attn_prefill_merge", m),
+            ];
         }
+        // Decode always splits over the keys.
+        vec![
+            PipelineKey::new(
+                Shader::ATTENTION_DECODE,
+                "attn_decode_partial",
+                self.constants(),
+            ),
+            PipelineKey::new(
+                Shader::ATTENTION_DECODE,
+                "attn_decode_merge",
+                self.constants(),
+            ),
+        ]
     }
 }
 
@@ -309,6 +365,14 @@ pub fn prefill_variant_keys() -> Vec<PipelineKey> {
     all_variant_keys()
         .into_iter()
         .filter(|k| k.shader == Shader::ATTENTION_PREFILL)
+        .collect()
+}
+
+/// The f16-arithmetic prefill module's share of [`all_variant_keys`].
+pub fn prefill_f16_variant_keys() -> Vec<PipelineKey> {
+    all_variant_keys()
+        .into_iter()
+        .filter(|k| k.shader == ATTENTION_PREFILL_F16)
         .collect()
 }
 
@@ -344,6 +408,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                             hd4: hd / 4,
                             split_kv,
                             kr: 1,
+                            f16: false,
                         }
                         .keys(),
                     );
@@ -357,6 +422,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                                     hd4: hd / 4,
                                     split_kv,
                                     kr,
+                                    f16: false,
                                 }
                                 .keys(),
                             );
@@ -377,9 +443,36 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                     hd4,
                     split_kv,
                     kr: 1,
+                    f16: false,
                 }
                 .keys(),
             );
+        }
+    }
+    // The f16-arithmetic prefill: every dtype, tile size and split mode at real head_dims, and
+    // every head_dim for one dtype and tile size.
+    for split_kv in [false, true] {
+        for dtype in DType::ALL {
+            for limit in [16384, 32768] {
+                for hd4 in 1..=(MAX_HEAD_DIM as u32 / 4) {
+                    let real = [16, 20, 24, 32, 64].contains(&hd4);
+                    if !real && (dtype != DType::F16 || limit != 32768) {
+                        continue;
+                    }
+                    keys.extend(
+                        Variant {
+                            kind: Kind::Prefill,
+                            dtype,
+                            tile_v4: tile_v4_for(limit),
+                            hd4,
+                            split_kv,
+                            kr: 1,
+                            f16: true,
+                        }
+                        .keys(),
+                    );
+                }
+            }
         }
     }
     keys
@@ -698,6 +791,13 @@ impl Attention {
         let kind = self
             .kind
             .unwrap_or_else(|| default_kind(ctx.adapter_info().device_type, d.q_len, kv_aligned));
+        crate::ensure!(
+            !(kind == Kind::Prefill && self.f16_arithmetic) || ctx.caps().shader_f16,
+            Limit,
+            OP,
+            "f16_arithmetic needs wgpu::Features::SHADER_F16, which this device was created without (adapter {:?})",
+            ctx.adapter_info().name
+        );
         let limit = ctx.limits().max_compute_workgroup_storage_size;
         let tile_v4 = tile_v4_for(limit);
         let hd4 = (d.head_dim / 4) as u32;
@@ -729,15 +829,17 @@ impl Attention {
             } else {
                 1
             },
+            f16: kind == Kind::Prefill && self.f16_arithmetic,
         };
         let wg = variant.wg() as usize;
         let (rows_per_wg, lanes) = match kind {
             Kind::DecodeKeys => (kr, wg),
-            _ if variant.split_kv => {
+            // Split or not, a prefill workgroup owns PREFILL_WG rows, one key lane each.
+            Kind::Prefill => (PREFILL_WG as usize, 1),
+            _ => {
                 let rpw = rows.next_power_of_two().min(wg);
                 (rpw, wg / rpw)
             }
-            _ => (wg, 1),
         };
         let row_blocks = rows.div_ceil(rows_per_wg);
         let (splits, chunk) = match kind {
@@ -1052,13 +1154,17 @@ impl Attention {
         if let Some(w) = &sw {
             merge.push(("sinks", w.resource()));
         }
+        let merge_wg = match plan.variant.kind {
+            Kind::Prefill => PREFILL_WG,
+            _ => plan.variant.wg(),
+        };
         ctx.encode_kernel(
             OP,
             enc,
             &keys[1],
             &params,
             &merge,
-            merge_threads.div_ceil(plan.variant.wg() as u64),
+            merge_threads.div_ceil(merge_wg as u64),
         )
     }
 }
