@@ -44,8 +44,9 @@
 //!   workgroups; each K/V row of a chunk is read once per kv head and shared by the g query heads.
 //!   Every (row, split, lane) writes a partial (m, l, acc); a second pass merges them in that fixed
 //!   order, so results are bitwise repeatable. Empty chunks write (-3e38, 0, 0) and add nothing.
-//! - [`Kind::DecodeKeys`] (`attn_decode_keys` in `shaders/attention_decode.wgsl`), decode for CPU
-//!   adapters: each of the [`KEYS_WG`] invocations of a workgroup owns whole keys (`lane`,
+//! - [`Kind::DecodeKeys`] (`attn_decode_keys` in `shaders/attention_decode.wgsl`, its key-lane
+//!   step `keys_partial` in `shaders/attention_split.wgsl`, shared with the paged kernel's
+//!   `attn_paged_keys`), decode for CPU adapters: each of the [`KEYS_WG`] invocations of a workgroup owns whole keys (`lane`,
 //!   `lane + 8`, ... of the split's chunk), reads each K/V row once with 16-byte loads (8 halves
 //!   or 4 f32 per load) and uses it for all `kr` (<= [`KEYS_MAX_ROWS`]) query rows of the
 //!   workgroup's row block, so a GQA group shares every load. No workgroup memory, no barriers;
