@@ -258,7 +258,9 @@ fn mixed_batch_matches_the_reference() {
 #[test]
 fn large_and_odd_head_sizes() {
     let ctx = ctx();
-    for hd in [256, 80] {
+    // 256 on the workgroup-tile kernel (its fewest keys per tile), 80 on the adapter's default
+    // (DecodeKeys here; DecodeKeys at 256 is the contiguous kernel's step, tested there).
+    for (hd, decode) in [(256, Some(Kind::Decode)), (80, None)] {
         let heads = Heads {
             n_heads: 4,
             n_kv_heads: 2,
@@ -273,7 +275,13 @@ fn large_and_odd_head_sizes() {
             None,
         );
         let cache = w.cache(&ctx, 801);
-        let batch = w.batch(&ctx, None);
+        let batch = w.batch_with(
+            &ctx,
+            PlanOptions {
+                splits: None,
+                decode,
+            },
+        );
         let op = Attention::default();
         let got = w.run(&ctx, &cache, &batch, &op, None);
         let cmp = compare(&got, &w.want(&op, None));
@@ -415,46 +423,54 @@ fn decode_kernels_over_pages() {
         (1, 0),
         (2, 17),
     ];
+    // One layout per dtype: the layout changes strides, not code, and every dtype and kernel
+    // pair is one more specialisation for lavapipe's LLVM to compile.
     let mut i = 0;
-    for dtype in [DType::F32, DType::BF16] {
-        for layout in [PageLayout::Nhd, PageLayout::Hnd] {
-            i += 1;
-            let w = world(700 + i, &lens, mha, dtype, layout, Some((2, 6, 1)));
-            let cache = w.cache(&ctx, 710 + i);
-            assert_eq!(
-                w.batch(&ctx, None).kinds()[..3],
-                [Kind::DecodeKeys; 3],
-                "CPU adapters plan DecodeKeys for decode rows"
-            );
-            for decode in [Kind::DecodeKeys, Kind::Decode] {
-                let batch = w.batch_with(
-                    &ctx,
-                    PlanOptions {
-                        splits: None,
-                        decode: Some(decode),
-                    },
-                );
-                assert_eq!(batch.kinds()[3], Kind::Prefill);
-                let op = Attention::default();
-                let got = w.run(&ctx, &cache, &batch, &op, None);
-                let cmp = compare(&got, &w.want(&op, None));
-                assert!(
-                    cmp.passes(tol(dtype)),
-                    "{dtype} {layout:?} {decode:?}: {cmp}"
-                );
-            }
-            // 4 splits of 150 keys (and of 1 key: three empty splits) against the contiguous
-            // kernel.
+    for (dtype, layout) in [
+        (DType::F32, PageLayout::Nhd),
+        (DType::BF16, PageLayout::Hnd),
+    ] {
+        i += 1;
+        let w = world(700 + i, &lens, mha, dtype, layout, Some((2, 6, 1)));
+        let cache = w.cache(&ctx, 710 + i);
+        let cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
+        let default = if cpu { Kind::DecodeKeys } else { Kind::Decode };
+        assert_eq!(
+            w.batch(&ctx, None).kinds()[..3],
+            [default; 3],
+            "CPU adapters plan DecodeKeys for decode rows, others the tile kernel"
+        );
+        for decode in [Kind::DecodeKeys, Kind::Decode] {
             let batch = w.batch_with(
                 &ctx,
                 PlanOptions {
-                    splits: Some(4),
-                    decode: Some(Kind::DecodeKeys),
+                    splits: None,
+                    decode: Some(decode),
                 },
             );
-            let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
-            bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeKeys, 4);
+            assert_eq!(batch.kinds()[3], Kind::Prefill);
+            let op = Attention::default();
+            let got = w.run(&ctx, &cache, &batch, &op, None);
+            let cmp = compare(&got, &w.want(&op, None));
+            assert!(
+                cmp.passes(tol(dtype)),
+                "{dtype} {layout:?} {decode:?}: {cmp}"
+            );
         }
+        // 4 splits of 150 keys (and of 1 key: three empty splits) against the contiguous
+        // kernel (f32 only: the dtype does not change the shared key-lane step).
+        if dtype != DType::F32 {
+            continue;
+        }
+        let batch = w.batch_with(
+            &ctx,
+            PlanOptions {
+                splits: Some(4),
+                decode: Some(Kind::DecodeKeys),
+            },
+        );
+        let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
+        bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeKeys, 4);
     }
     // Options per sequence through DecodeKeys (sinks, windows, softcap, chunks) in f32, GQA.
     let w = world(
