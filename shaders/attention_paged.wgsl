@@ -24,6 +24,15 @@
 // Bindings: the partial pass uses q, the pools, the plan, the sinks, the partials and out: the
 // eight storage buffers of WebGPU's default limit, which is why the pool has three buffers.
 //
+// Pass 1 on CPU adapters (`attn_paged_keys`, for the decode sequences the host planned that way:
+// q_len <= 8, 16-byte aligned rows): the contiguous `attn_decode_keys` over pages. One
+// workgroup of WG = 8 key lanes per (work item, kv head), each lane owning whole keys of the
+// split and reading each of their K/V rows once with 16-byte units straight from the page (a
+// row of one kv head is contiguous inside a page in both layouts), serving the KR rows of the
+// row block with it (`keys_partial`, attention_split.wgsl). A partial per (row, split, lane),
+// 8 lanes. The host dispatches it once per KR present in the batch, each over its own list of
+// work items; with the same split structure the results equal `attn_decode_keys`' bit for bit.
+//
 // Pass 2 (`attn_paged_merge`): one invocation per (packed token, query head, 4 output elements)
 // merges its sequence's partials in ascending (split, lane) order, as `attn_decode_merge`;
 // sequences written directly are skipped.
@@ -235,4 +244,68 @@ fn attn_paged_merge(
     }
     let base = (sq.part_base + (kvh * rows + r) * n_parts) * stride;
     store4(p.o_off + tq * p.o_st + h * p.o_sh + 4u * d, merge_partials(base, n_parts, d, h));
+}
+
+// ---------------------------------------------------------------------------------------------
+// `attn_paged_keys` (see the header): `keys_partial`'s row addresses inside the pages.
+
+// (K source, K unit, V source, V unit) of key j; h = (block-table offset, kv head). Both rows
+// live in the same page, so in the same pool buffer (the source).
+fn keys_rows(h: vec2<u32>, j: u32) -> vec4<u32> {
+    let a = key_addr(h.x, j, h.y);
+    let epi = elems_per_item(DTYPE);
+    return vec4<u32>(a.x, a.y / epi, a.x, (a.y + p.k_off) / epi);
+}
+
+fn keys_unit(src: u32, i: u32) -> vec4<u32> {
+    return pool_word4(src, i);
+}
+
+// Query row r (clamped to the sequence's last row) of kv head kvh, pre-multiplied by the scale.
+fn paged_load_q(q: ptr<function, array<vec4<f32>, MAX_HD4>>, sq: Seq, r: u32, kvh: u32) {
+    let rc = min(r, sq.q_len * p.group - 1u);
+    let h = kvh * p.group + rc % p.group;
+    let q_base = p.q_off + (sq.q_start + rc / p.group) * p.q_st + h * p.q_sh;
+    for (var d = 0u; d < HD4; d++) {
+        (*q)[d] = q_load4(q_base + 4u * d) * p.scale;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attn_paged_keys(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let wg_id = linear_workgroup(wid, nwg);
+    if wg_id >= p.v_sb * p.n_kv_heads {
+        return;
+    }
+    let kvh = wg_id % p.n_kv_heads;
+    let item = p.v_off + 4u * (wg_id / p.n_kv_heads);
+    let sq = seq_record(plan_buf[item]);
+    let blk = plan_buf[item + 1u];
+    let split = plan_buf[item + 2u];
+    let rows = sq.q_len * p.group;
+    let r0 = blk * KR;
+    let r_last = min(r0 + KR, rows) - 1u;
+    let split_end = min(sq.kv_len, (split + 1u) * sq.chunk);
+    let kv = key_range(i32(min(split * sq.chunk, sq.kv_len)), i32(split_end), r0, r_last, sq.q_offset);
+
+    var q0: array<vec4<f32>, MAX_HD4>;
+    var q1: array<vec4<f32>, MAX_HD4>;
+    var q2: array<vec4<f32>, MAX_HD4>;
+    var q3: array<vec4<f32>, MAX_HD4>;
+    paged_load_q(&q0, sq, r0, kvh);
+    if KR > 1u {
+        paged_load_q(&q1, sq, r0 + 1u, kvh);
+    }
+    if KR > 2u {
+        paged_load_q(&q2, sq, r0 + 2u, kvh);
+        paged_load_q(&q3, sq, r0 + 3u, kvh);
+    }
+    let stride = 4u * HD4 + 2u;
+    let n_parts = sq.n_splits * WG;
+    let e = (sq.part_base + (kvh * rows + r0) * n_parts + split * WG + lid) * stride;
+    keys_partial(&q0, &q1, &q2, &q3, vec2<u32>(sq.bt_off, kvh), kv, lid, r0, rows, sq.q_offset, e, n_parts * stride);
 }

@@ -125,6 +125,7 @@ impl Shader {
         Shader::ATTENTION_PAGED,
         Shader::PAGED_KV,
         crate::ops::rms_norm::RMS_NORM_SUBGROUP,
+        crate::ops::attention::ATTENTION_DECODE_SUBGROUP,
     ];
 
     /// The full WGSL module.

@@ -726,6 +726,7 @@ fn every_variant_compiles() {
                         split_kv,
                         kr,
                         f16: false,
+                        sg_min: 0,
                     };
                     for key in v.keys() {
                         ctx.kernel("test", &key)
@@ -1592,4 +1593,96 @@ fn prefill_loop_cap_at_head_dim_128() {
     let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
     assert!(!plan.variant.split_kv, "kv_len {cap}: {plan:?}");
     check(c, 7400);
+}
+
+/// The GPU decode kernel (`Kind::DecodeSubgroup`: lanes of a subgroup split head_dim, scores
+/// finished with `subgroupAdd`, key lanes as fixed virtual subgroups) forced on this adapter
+/// (lavapipe: subgroups of 8) against the f64 reference: MHA and GQA groups of 4 and 8 (one
+/// token: 1, 4, 8 rows per workgroup; 3 tokens of GQA-4: two row blocks of 8), key counts that
+/// are not multiples of the 4-key block, forced splits with empty chunks, head_dims 64, 80, 128
+/// and 256 in every dtype, every masking and logit option, batch > 1; bitwise repeatable. The
+/// dispatcher itself picks it on GPUs only.
+#[test]
+fn decode_subgroup_kernel() {
+    let ctx = ctx();
+    if !ctx.caps().subgroups {
+        // The forced kernel is refused without the feature, naming it.
+        let mut c = Case::new(1, 40, 4, 1, 64);
+        c.kind = Some(Kind::DecodeSubgroup);
+        let e = try_run(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("needs a device with the SUBGROUP feature"),
+            "{e}"
+        );
+        return;
+    }
+    let sg = |mut c: Case| {
+        c.kind = Some(Kind::DecodeSubgroup);
+        c
+    };
+    // One dtype per shape but GQA-4 at head_dim 64 (every dtype), to keep the specialisations
+    // LLVM compiles on lavapipe few: (q_len, kv_len, n_heads, n_kv_heads, head_dim, dtype).
+    let mut cases = Vec::new();
+    for (q_len, kv_len, nh, nkv, hd, dtype) in [
+        (1, 300, 8, 2, 64, DType::F32),
+        (1, 37, 8, 2, 64, DType::F16),
+        (1, 53, 8, 2, 64, DType::BF16),
+        (1, 37, 2, 2, 64, DType::F32),
+        (1, 129, 16, 2, 128, DType::BF16),
+        (3, 70, 8, 2, 64, DType::F32),
+        (2, 33, 4, 4, 80, DType::F16),
+        (1, 45, 4, 2, 256, DType::F32),
+    ] {
+        let mut c = sg(Case::new(q_len, kv_len, nh, nkv, hd));
+        c.dtype = dtype;
+        cases.push(c);
+    }
+    let mut c = sg(Case::new(1, 90, 8, 2, 64));
+    c.splits = Some(7);
+    cases.push(c);
+    c.splits = Some(200);
+    cases.push(c);
+    let mut c = sg(Case::new(2, 150, 8, 2, 64));
+    c.batch = 2;
+    c.sinks = true;
+    c.softcap = 4.0;
+    c.window = 30;
+    cases.push(c);
+    let mut c = sg(Case::new(4, 120, 8, 2, 64));
+    c.causal = false;
+    c.chunk = 32;
+    c.window_right = Some(5);
+    c.scale = Some(0.3);
+    cases.push(c);
+    let mut c = sg(Case::new(1, 60, 8, 2, 64));
+    c.q_offset = Some(-1);
+    cases.push(c);
+    for (i, c) in cases.iter().enumerate() {
+        check(*c, 900 + i as u64);
+    }
+    // Bitwise repeatable, and the plan the kernel ran with: rows of the group per workgroup,
+    // WG / smallest subgroup key lanes.
+    let c = cases[0];
+    let d = data(&c, 5, 1.0);
+    assert!(
+        gpu(&c, &d) == gpu(&c, &d),
+        "DecodeSubgroup is not repeatable"
+    );
+    let plan = c
+        .op()
+        .plan(&ctx, dims_of(&c), c.dtype)
+        .expect("subgroup plan");
+    let min = ctx.adapter_info().subgroup_min_size.max(4) as usize;
+    assert_eq!(plan.variant.kind, Kind::DecodeSubgroup);
+    assert_eq!((plan.rows_per_wg, plan.lanes), (4, 64 / min));
+    let mut auto = c;
+    auto.kind = None;
+    let auto_kind = auto
+        .op()
+        .plan(&ctx, dims_of(&auto), c.dtype)
+        .unwrap()
+        .variant
+        .kind;
+    let gpu_adapter = ctx.adapter_info().device_type != wgpu::DeviceType::Cpu;
+    assert_eq!(auto_kind == Kind::DecodeSubgroup, gpu_adapter);
 }

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use llama_kernels::compare::compare;
 use llama_kernels::ops::attention::Kind;
-use llama_kernels::ops::paged::{BatchSeq, Heads, PageCopy, PageLayout, SeqId};
+use llama_kernels::ops::paged::{BatchSeq, Heads, PageCopy, PageLayout, PlanOptions, SeqId};
 use llama_kernels::ops::rope::HeadNorm;
 use llama_kernels::reference::attention as reference;
 use llama_kernels::{
@@ -138,6 +138,11 @@ impl World {
             .expect("batch")
     }
 
+    fn batch_with(&self, ctx: &Context, plan: PlanOptions) -> PagedBatch {
+        PagedBatch::from_parts_with(ctx, PAGE, self.n_pages, &self.seqs, self.heads, &plan)
+            .expect("batch")
+    }
+
     fn total_q(&self) -> usize {
         self.seqs.iter().map(|s| s.q_len).sum()
     }
@@ -253,7 +258,9 @@ fn mixed_batch_matches_the_reference() {
 #[test]
 fn large_and_odd_head_sizes() {
     let ctx = ctx();
-    for hd in [256, 80] {
+    // 256 on the workgroup-tile kernel (its fewest keys per tile), 80 on the adapter's default
+    // (DecodeKeys here; DecodeKeys at 256 is the contiguous kernel's step, tested there).
+    for (hd, decode) in [(256, Some(Kind::Decode)), (80, None)] {
         let heads = Heads {
             n_heads: 4,
             n_kv_heads: 2,
@@ -268,7 +275,13 @@ fn large_and_odd_head_sizes() {
             None,
         );
         let cache = w.cache(&ctx, 801);
-        let batch = w.batch(&ctx, None);
+        let batch = w.batch_with(
+            &ctx,
+            PlanOptions {
+                splits: None,
+                decode,
+            },
+        );
         let op = Attention::default();
         let got = w.run(&ctx, &cache, &batch, &op, None);
         let cmp = compare(&got, &w.want(&op, None));
@@ -320,55 +333,185 @@ fn every_option_per_sequence() {
 }
 
 /// With the same split count, each sequence's rows equal the contiguous kernel's on that
-/// sequence alone, bit for bit (decode kernel for few queries, prefill for many), and the split
-/// count does not change the result beyond the tolerance.
+/// sequence alone, bit for bit (for few queries the decode kernel the batch was planned with,
+/// the workgroup-tile `Decode` or the CPU adapters' `DecodeKeys`; prefill for many), and the
+/// split count does not change the result beyond the tolerance.
 #[test]
 fn equals_contiguous_attention_bitwise() {
     let ctx = ctx();
     let lens = [(1, 100), (3, 47), (12, 64)];
-    for dtype in [DType::F32, DType::BF16] {
-        let w = world(400, &lens, gqa(), dtype, PageLayout::Nhd, None);
-        let cache = w.cache(&ctx, 401);
-        for splits in [1u32, 3] {
-            let batch = w.batch(&ctx, Some(splits));
-            let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
-            let h = w.heads;
-            let mut q0 = 0;
-            for (i, s) in w.seqs.iter().enumerate() {
-                let n = s.q_len * h.n_heads * h.head_dim;
-                let kind = if s.q_len > 8 {
-                    Kind::Prefill
-                } else {
-                    Kind::Decode
-                };
-                if kind == Kind::Prefill && splits > 1 {
-                    q0 += n;
-                    continue;
-                }
-                let op = Attention {
-                    kind: Some(kind),
-                    splits: (kind == Kind::Decode).then_some(splits),
-                    ..Default::default()
-                };
-                let qt = ctx
-                    .upload_as(&w.q[q0..q0 + n], &[s.q_len, h.n_heads, h.head_dim], dtype)
-                    .unwrap();
-                let kt = ctx
-                    .upload_as(&w.k[i], &[s.kv_len, h.n_kv_heads, h.head_dim], dtype)
-                    .unwrap();
-                let vt = ctx
-                    .upload_as(&w.v[i], &[s.kv_len, h.n_kv_heads, h.head_dim], dtype)
-                    .unwrap();
-                let out = ctx.empty(qt.shape(), dtype).unwrap();
-                op.run(&ctx, &qt, &kt, &vt, None, &out).unwrap();
-                let want = ctx.read_f32(&out).unwrap();
-                assert!(
-                    got[q0..q0 + n] == want[..],
-                    "{dtype} sequence {i} ({kind:?}, {splits} splits) differs from the contiguous kernel"
+    for decode in [Kind::Decode, Kind::DecodeKeys] {
+        for dtype in [DType::F32, DType::BF16] {
+            let w = world(400, &lens, gqa(), dtype, PageLayout::Nhd, None);
+            let cache = w.cache(&ctx, 401);
+            for splits in [1u32, 3] {
+                let batch = w.batch_with(
+                    &ctx,
+                    PlanOptions {
+                        splits: Some(splits),
+                        decode: Some(decode),
+                    },
                 );
-                q0 += n;
+                let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
+                bitwise_against_contiguous(&ctx, &w, &got, decode, splits);
             }
         }
+    }
+}
+
+/// Each sequence of `w` with at most 8 queries (decode) run alone through the contiguous kernel
+/// `decode` with `splits` splits, and each with more (prefill) when `splits` is 1, equals its rows
+/// of the paged output `got` bit for bit.
+fn bitwise_against_contiguous(ctx: &Context, w: &World, got: &[f32], decode: Kind, splits: u32) {
+    let h = w.heads;
+    let dtype = w.dtype;
+    let mut q0 = 0;
+    for (i, s) in w.seqs.iter().enumerate() {
+        let n = s.q_len * h.n_heads * h.head_dim;
+        let kind = if s.q_len > 8 { Kind::Prefill } else { decode };
+        // The contiguous op needs at least one key; a prefill split over keys is planned
+        // differently from the paged one.
+        if n == 0 || s.kv_len == 0 || (kind == Kind::Prefill && splits > 1) {
+            q0 += n;
+            continue;
+        }
+        let op = Attention {
+            kind: Some(kind),
+            splits: (kind != Kind::Prefill).then_some(splits),
+            ..Default::default()
+        };
+        let qt = ctx
+            .upload_as(&w.q[q0..q0 + n], &[s.q_len, h.n_heads, h.head_dim], dtype)
+            .unwrap();
+        let kt = ctx
+            .upload_as(&w.k[i], &[s.kv_len, h.n_kv_heads, h.head_dim], dtype)
+            .unwrap();
+        let vt = ctx
+            .upload_as(&w.v[i], &[s.kv_len, h.n_kv_heads, h.head_dim], dtype)
+            .unwrap();
+        let out = ctx.empty(qt.shape(), dtype).unwrap();
+        op.run(ctx, &qt, &kt, &vt, None, &out).unwrap();
+        let want = ctx.read_f32(&out).unwrap();
+        assert!(
+            got[q0..q0 + n] == want[..],
+            "{dtype} sequence {i} ({kind:?}, {splits} splits) differs from the contiguous kernel"
+        );
+        q0 += n;
+    }
+}
+
+/// The CPU adapters' decode kernel over pages (`DecodeKeys`, the default for decode rows here)
+/// and the workgroup-tile one, forced each way, against the f64 reference: MHA sequences whose
+/// rows take 1, 2 and 4 rows per DecodeKeys workgroup (three passes in one call) beside a
+/// prefill sequence and page-boundary lengths, both layouts, f32 and bf16; and bit for bit
+/// against the contiguous DecodeKeys at the same split count with a split past the keys.
+#[test]
+fn decode_kernels_over_pages() {
+    let ctx = ctx();
+    let mha = Heads {
+        n_heads: 2,
+        n_kv_heads: 2,
+        head_dim: HD,
+    };
+    // q_len 1, 2, 3 -> 1, 2, 4 rows per DecodeKeys workgroup; a 1-key, a 0-key sequence.
+    let lens = [
+        (1, 31),
+        (2, 16),
+        (3, 600),
+        (10, 40),
+        (1, 1),
+        (1, 0),
+        (2, 17),
+    ];
+    // One layout per dtype: the layout changes strides, not code, and every dtype and kernel
+    // pair is one more specialisation for lavapipe's LLVM to compile.
+    let mut i = 0;
+    for (dtype, layout) in [
+        (DType::F32, PageLayout::Nhd),
+        (DType::BF16, PageLayout::Hnd),
+    ] {
+        i += 1;
+        let w = world(700 + i, &lens, mha, dtype, layout, Some((2, 6, 1)));
+        let cache = w.cache(&ctx, 710 + i);
+        let cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
+        let default = if cpu { Kind::DecodeKeys } else { Kind::Decode };
+        assert_eq!(
+            w.batch(&ctx, None).kinds()[..3],
+            [default; 3],
+            "CPU adapters plan DecodeKeys for decode rows, others the tile kernel"
+        );
+        for decode in [Kind::DecodeKeys, Kind::Decode] {
+            let batch = w.batch_with(
+                &ctx,
+                PlanOptions {
+                    splits: None,
+                    decode: Some(decode),
+                },
+            );
+            assert_eq!(batch.kinds()[3], Kind::Prefill);
+            let op = Attention::default();
+            let got = w.run(&ctx, &cache, &batch, &op, None);
+            let cmp = compare(&got, &w.want(&op, None));
+            assert!(
+                cmp.passes(tol(dtype)),
+                "{dtype} {layout:?} {decode:?}: {cmp}"
+            );
+        }
+        // 4 splits of 150 keys (and of 1 key: three empty splits) against the contiguous
+        // kernel (f32 only: the dtype does not change the shared key-lane step).
+        if dtype != DType::F32 {
+            continue;
+        }
+        let batch = w.batch_with(
+            &ctx,
+            PlanOptions {
+                splits: Some(4),
+                decode: Some(Kind::DecodeKeys),
+            },
+        );
+        let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
+        bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeKeys, 4);
+    }
+    // Options per sequence through DecodeKeys (sinks, windows, softcap, chunks) in f32, GQA.
+    let w = world(
+        720,
+        &[(1, 70), (4, 90), (2, 33)],
+        gqa(),
+        DType::F32,
+        PageLayout::Hnd,
+        None,
+    );
+    let cache = w.cache(&ctx, 721);
+    let batch = w.batch_with(
+        &ctx,
+        PlanOptions {
+            splits: Some(2),
+            decode: Some(Kind::DecodeKeys),
+        },
+    );
+    let sinks: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
+    for (op, s) in [
+        (
+            Attention {
+                window: 20,
+                softcap: 5.0,
+                ..Default::default()
+            },
+            Some(&sinks[..]),
+        ),
+        (
+            Attention {
+                causal: false,
+                chunk_size: 32,
+                window_right: Some(3),
+                ..Default::default()
+            },
+            None,
+        ),
+    ] {
+        let got = w.run(&ctx, &cache, &batch, &op, s);
+        let cmp = compare(&got, &w.want(&op, s));
+        assert!(cmp.passes(tol(DType::F32)), "{op:?}: {cmp}");
     }
 }
 
@@ -769,6 +912,57 @@ fn every_validation_rule_has_an_error() {
         "paged",
         is_param,
         "splits must be in 1..=65535, got 0",
+    );
+    expect_err(
+        PagedBatch::from_parts_with(
+            &ctx,
+            PAGE,
+            4,
+            &[seq(1, 8, vec![0])],
+            heads,
+            &PlanOptions {
+                decode: Some(Kind::Prefill),
+                ..Default::default()
+            },
+        ),
+        "paged",
+        is_param,
+        "decode kernel Prefill does not apply to paged decode rows (Decode or DecodeKeys)",
+    );
+    // DecodeKeys' 16-byte loads need head_dim x 2 bytes a multiple of 16 in half precision;
+    // the default plan keeps such heads on the tile kernel.
+    let odd = Heads {
+        n_heads: 2,
+        n_kv_heads: 2,
+        head_dim: 12,
+    };
+    let odd_cache = PagedKvCache::new(&ctx, 1, PAGE, 2, 12, DType::F16, PageLayout::Hnd).unwrap();
+    let odd_q = ctx.upload_as(&[0.5; 24], &[1, 2, 12], DType::F16).unwrap();
+    let odd_out = ctx.empty(&[1, 2, 12], DType::F16).unwrap();
+    let plan = |decode| PlanOptions {
+        decode,
+        ..Default::default()
+    };
+    let odd_batch = |decode| {
+        PagedBatch::from_parts_with(&ctx, PAGE, 1, &[seq(1, 5, vec![0])], odd, &plan(decode))
+            .unwrap()
+    };
+    assert_eq!(odd_batch(None).kinds(), [Kind::Decode]);
+    Attention::default()
+        .run_paged(&ctx, &odd_q, &odd_cache, &odd_batch(None), None, &odd_out)
+        .expect("head_dim 12 in f16 on the tile kernel");
+    expect_err(
+        Attention::default().run_paged(
+            &ctx,
+            &odd_q,
+            &odd_cache,
+            &odd_batch(Some(Kind::DecodeKeys)),
+            None,
+            &odd_out,
+        ),
+        "paged_attention",
+        is_param,
+        "the DecodeKeys kernel needs 16-byte aligned K/V rows: head_dim 12 x 2 bytes is not a multiple of 16",
     );
     let cache = PagedKvCache::new(&ctx, 4, PAGE, 2, HD, DType::F32, PageLayout::Nhd).unwrap();
     let batch = PagedBatch::from_parts(

@@ -8,13 +8,16 @@
 //! lengths are capped so that the contiguous comparison fits one 128 MiB binding (lavapipe's
 //! and WebGPU's default limit), which the paged pool itself need not.
 //!
-//! Variants: `paged_decode_batch` (NHD pages), `paged_decode_batch_hnd` (HND, the default), and
-//! `contiguous_decode_same_bytes`: the contiguous split-KV decode kernel (`Kind::Decode`, the
-//! design the paged kernel shares) over one sequence holding as many keys as the whole batch.
+//! Variants: `paged_decode_batch` (NHD pages), `paged_decode_batch_hnd` (HND, the default), both
+//! with the adapter's default decode kernel (`DecodeKeys` on CPU adapters, the workgroup-tile
+//! kernel elsewhere); `paged_decode_batch_hnd_tile` (HND with the workgroup-tile kernel forced,
+//! the only paged design before the CPU path); and over one sequence holding as many keys as the
+//! whole batch, `contiguous_decode_same_bytes` (the contiguous tile kernel, `Kind::Decode`) and
+//! `contiguous_decode_default_same_bytes` (the contiguous default, `DecodeKeys` on CPU adapters).
 
 use super::{upload_pattern, Case};
 use crate::ops::attention::Kind;
-use crate::ops::paged::{Heads, PageLayout, SeqId};
+use crate::ops::paged::{BatchSeq, Heads, PageLayout, PlanOptions, SeqId};
 use crate::{Attention, DType, PageTable, PagedBatch, PagedKvCache};
 
 const PAGE: usize = 16;
@@ -64,13 +67,18 @@ pub fn cases(quick: bool) -> Vec<Case> {
         ("page_size", PAGE as u64),
     ];
     let mut out = Vec::new();
-    for layout in [PageLayout::Nhd, PageLayout::Hnd] {
+    for (layout, decode) in [
+        (PageLayout::Nhd, None),
+        (PageLayout::Hnd, None),
+        (PageLayout::Hnd, Some(Kind::Decode)),
+    ] {
         let lens = lens.clone();
         out.push(Case {
             kernel: "attention",
-            variant: match layout {
-                PageLayout::Nhd => "paged_decode_batch".into(),
-                PageLayout::Hnd => "paged_decode_batch_hnd".into(),
+            variant: match (layout, decode) {
+                (PageLayout::Nhd, _) => "paged_decode_batch".into(),
+                (PageLayout::Hnd, None) => "paged_decode_batch_hnd".into(),
+                (PageLayout::Hnd, Some(_)) => "paged_decode_batch_hnd_tile".into(),
             },
             model: "Llama-3-8B",
             dtype,
@@ -99,8 +107,21 @@ pub fn cases(quick: bool) -> Vec<Case> {
                     let elems = b.size() as usize / dtype.size();
                     ctx.fill(&crate::Tensor::new(b, 0, &[elems], dtype), 0.01)?;
                 }
-                let entries: Vec<(SeqId, usize)> = seqs.iter().map(|&s| (s, 1)).collect();
-                let batch = PagedBatch::new(ctx, &table, &entries, HEADS)?;
+                let parts = seqs
+                    .iter()
+                    .map(|&s| {
+                        Ok(BatchSeq {
+                            q_len: 1,
+                            kv_len: table.len(s)?,
+                            pages: table.pages(s)?.to_vec(),
+                        })
+                    })
+                    .collect::<crate::Result<Vec<_>>>()?;
+                let plan = PlanOptions {
+                    splits: None,
+                    decode,
+                };
+                let batch = PagedBatch::from_parts_with(ctx, PAGE, n_pages, &parts, HEADS, &plan)?;
                 let q = upload_pattern(ctx, &[n, n_heads, head_dim], dtype, 8)?;
                 let out = ctx.empty(&[n, n_heads, head_dim], dtype)?;
                 Ok(Box::new(move |ctx, enc| {
@@ -109,28 +130,33 @@ pub fn cases(quick: bool) -> Vec<Case> {
             }),
         });
     }
-    out.push(Case {
-        kernel: "attention",
-        variant: "contiguous_decode_same_bytes".into(),
-        model: "Llama-3-8B",
-        dtype,
-        shape,
-        bytes: kv_bytes + 2 * (n_heads * head_dim) as u64 * size,
-        flops: None,
-        group,
-        prepare: Box::new(move |ctx| {
-            let q = upload_pattern(ctx, &[1, n_heads, head_dim], dtype, 8)?;
-            let k = upload_pattern(ctx, &[total, n_kv_heads, head_dim], dtype, 9)?;
-            let v = upload_pattern(ctx, &[total, n_kv_heads, head_dim], dtype, 10)?;
-            let out = ctx.empty(&[1, n_heads, head_dim], dtype)?;
-            let op = Attention {
-                kind: Some(Kind::Decode),
-                ..Attention::causal()
-            };
-            Ok(Box::new(move |ctx, enc| {
-                op.encode(ctx, enc, &q, &k, &v, None, &out)
-            }))
-        }),
-    });
+    for kind in [Some(Kind::Decode), None] {
+        out.push(Case {
+            kernel: "attention",
+            variant: match kind {
+                Some(_) => "contiguous_decode_same_bytes".into(),
+                None => "contiguous_decode_default_same_bytes".into(),
+            },
+            model: "Llama-3-8B",
+            dtype,
+            shape: shape.clone(),
+            bytes: kv_bytes + 2 * (n_heads * head_dim) as u64 * size,
+            flops: None,
+            group: group.clone(),
+            prepare: Box::new(move |ctx| {
+                let q = upload_pattern(ctx, &[1, n_heads, head_dim], dtype, 8)?;
+                let k = upload_pattern(ctx, &[total, n_kv_heads, head_dim], dtype, 9)?;
+                let v = upload_pattern(ctx, &[total, n_kv_heads, head_dim], dtype, 10)?;
+                let out = ctx.empty(&[1, n_heads, head_dim], dtype)?;
+                let op = Attention {
+                    kind,
+                    ..Attention::causal()
+                };
+                Ok(Box::new(move |ctx, enc| {
+                    op.encode(ctx, enc, &q, &k, &v, None, &out)
+                }))
+            }),
+        });
+    }
     out
 }

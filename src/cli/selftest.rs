@@ -346,6 +346,7 @@ pub fn plan_name(p: &Plan) -> String {
         Kind::Prefill => "prefill",
         Kind::Decode => "decode",
         Kind::DecodeKeys => "decode_keys",
+        Kind::DecodeSubgroup => "decode_subgroup",
     };
     if p.variant.split_kv {
         format!("{kind}, {} split(s)", p.splits)

@@ -49,8 +49,9 @@
 //!   workgroups; each K/V row of a chunk is read once per kv head and shared by the g query heads.
 //!   Every (row, split, lane) writes a partial (m, l, acc); a second pass merges them in that fixed
 //!   order, so results are bitwise repeatable. Empty chunks write (-3e38, 0, 0) and add nothing.
-//! - [`Kind::DecodeKeys`] (`attn_decode_keys` in `shaders/attention_decode.wgsl`), decode for CPU
-//!   adapters: each of the [`KEYS_WG`] invocations of a workgroup owns whole keys (`lane`,
+//! - [`Kind::DecodeKeys`] (`attn_decode_keys` in `shaders/attention_decode.wgsl`, its key-lane
+//!   step `keys_partial` in `shaders/attention_split.wgsl`, shared with the paged kernel's
+//!   `attn_paged_keys`), decode for CPU adapters: each of the [`KEYS_WG`] invocations of a workgroup owns whole keys (`lane`,
 //!   `lane + 8`, ... of the split's chunk), reads each K/V row once with 16-byte loads (8 halves
 //!   or 4 f32 per load) and uses it for all `kr` (<= [`KEYS_MAX_ROWS`]) query rows of the
 //!   workgroup's row block, so a GQA group shares every load. No workgroup memory, no barriers;
@@ -61,13 +62,24 @@
 //!   instructions per invocation is what costs, and Decode's staging in workgroup memory (a
 //!   global load, a shared store and one shared load per row for every element) is 5-10x slower
 //!   here. Needs 16-byte aligned K/V rows ([`kv_rows_aligned`]).
+//! - [`Kind::DecodeSubgroup`] (`attn_decode_sg` in `shaders/attention_decode_subgroup.wgsl`, a
+//!   module of its own: subgroup operations fail validation without `SUBGROUP`), decode for
+//!   GPUs, after flash-decoding and FlashInfer's decode kernel: one workgroup of [`SG_WG`]
+//!   invocations per (batch, kv head, row block, split), up to [`SG_MAX_ROWS`] rows of the GQA
+//!   group per workgroup; the lanes of a subgroup split head_dim (vec4 slots `lane + size·i`,
+//!   coalesced 16-byte pieces of each K/V row), score 4 keys at a time with a partial dot per
+//!   lane and one `subgroupAdd` per row, and use every K/V row they load for all rows of the
+//!   group. The key lanes are `SG_WG / subgroup_min_size` fixed virtual subgroups, each with its
+//!   own partial, so the fixed-order merge sees the same partials whatever subgroup size the
+//!   device runs. Only the adapter's smallest subgroup size is assumed.
 //! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
 //!   ([`loop_cap_keys`]): the same kernel over chunks of the keys (`attn_prefill_partial`),
 //!   writing partials that `attn_prefill_merge` combines in a fixed order, as decode's do.
 //!
 //! Choice ([`default_kind`]), unless forced with [`Attention::kind`]: prefill iff
 //! `q_len > DECODE_MAX_Q_LEN` (8); otherwise DecodeKeys on CPU adapters when K/V rows are
-//! 16-byte aligned, Decode elsewhere. DecodeKeys takes `kr = min(next_pow2(q_len * g), 4)` rows
+//! 16-byte aligned, DecodeSubgroup on other adapters with `SUBGROUP`
+//! ([`subgroup_decode_wanted`]), Decode elsewhere (DecodeSubgroup splits like Decode). DecodeKeys takes `kr = min(next_pow2(q_len * g), 4)` rows
 //! per workgroup and aims at [`KEYS_TARGET_WORKGROUPS`] (32) workgroups with chunks of at least
 //! [`KEYS_MIN_CHUNK`] (512) keys, and at least what [`keys_loop_cap_keys`] needs.
 //! The Decode split count aims at [`DECODE_TARGET_WORKGROUPS`] (512) workgroups with chunks of at
@@ -122,6 +134,10 @@ pub enum Kind {
     /// Decode for CPU adapters (`attn_decode_keys`): each invocation owns whole keys, reads
     /// their K/V rows once with 16-byte loads and serves all rows of the group with them.
     DecodeKeys,
+    /// Decode for GPUs with `SUBGROUP` (`attn_decode_sg`): the lanes of a subgroup split
+    /// head_dim, finish each score with `subgroupAdd`, and share every K/V row they load across
+    /// the GQA group's query rows.
+    DecodeSubgroup,
 }
 
 /// Options of one attention call; `Default` is causal, default scale, no window/softcap.
@@ -263,11 +279,15 @@ pub struct Variant {
     /// Partial results per kv chunk and a merge pass (always for decode; for prefill only when
     /// one invocation may not loop over all keys, see [`loop_cap_keys`]).
     pub split_kv: bool,
-    /// [`Kind::DecodeKeys`]: query rows per workgroup (1, 2 or 4); 1 for the other kinds.
+    /// [`Kind::DecodeKeys`]: query rows per workgroup (1, 2 or 4); [`Kind::DecodeSubgroup`]:
+    /// the same (1, 2, 4 or 8); 1 for the other kinds.
     pub kr: u32,
     /// [`Kind::Prefill`]: f16 arithmetic ([`Attention::f16_arithmetic`], the
     /// [`ATTENTION_PREFILL_F16`] module); false for the other kinds.
     pub f16: bool,
+    /// [`Kind::DecodeSubgroup`]: the adapter's smallest subgroup size (lanes per head slice and
+    /// key lanes derive from it); 0 for the other kinds.
+    pub sg_min: u32,
 }
 
 /// `shaders/attention_prefill.wgsl` with f16 arithmetic: a module of its own, because a module
@@ -291,7 +311,13 @@ impl Variant {
             Kind::Prefill => PREFILL_WG / PREFILL_ROWS_PER_INVOCATION,
             Kind::Decode => DECODE_WG,
             Kind::DecodeKeys => KEYS_WG,
+            Kind::DecodeSubgroup => SG_WG,
         }
+    }
+    /// [`Kind::DecodeSubgroup`]: vec4 slots of a head per lane and key lanes per workgroup.
+    fn sg_shape(&self) -> (u32, u32) {
+        let min = self.sg_min.max(4);
+        (self.hd4.div_ceil(min), (SG_WG / min).max(1))
     }
     fn constants(&self) -> Vec<(&'static str, u32)> {
         vec![
@@ -304,6 +330,19 @@ impl Variant {
 
     /// The pipeline keys of this variant: one for prefill, partial and merge for decode.
     pub fn keys(&self) -> Vec<PipelineKey> {
+        if self.kind == Kind::DecodeSubgroup {
+            let (slots, nsg) = self.sg_shape();
+            let mut c = self.constants();
+            c.extend([("RS", self.kr), ("SLOTS", slots), ("NSG", nsg)]);
+            return vec![
+                PipelineKey::new(ATTENTION_DECODE_SUBGROUP, "attn_decode_sg", c),
+                PipelineKey::new(
+                    Shader::ATTENTION_DECODE,
+                    "attn_decode_merge",
+                    self.constants(),
+                ),
+            ];
+        }
         if self.kind == Kind::DecodeKeys {
             let mut c = self.constants();
             c.push(("KR", self.kr));
@@ -409,6 +448,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                             split_kv,
                             kr: 1,
                             f16: false,
+                            sg_min: 0,
                         }
                         .keys(),
                     );
@@ -423,6 +463,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                                     split_kv,
                                     kr,
                                     f16: false,
+                                    sg_min: 0,
                                 }
                                 .keys(),
                             );
@@ -430,6 +471,9 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                     }
                 }
             }
+        }
+        if kind == Kind::DecodeKeys {
+            keys.extend(subgroup_variant_keys());
         }
         for hd4 in 1..=(MAX_HEAD_DIM as u32 / 4) {
             if [16, 20, 24, 32, 64].contains(&hd4) {
@@ -444,6 +488,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                     split_kv,
                     kr: 1,
                     f16: false,
+                    sg_min: 0,
                 }
                 .keys(),
             );
@@ -468,6 +513,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                             split_kv,
                             kr: 1,
                             f16: true,
+                            sg_min: 0,
                         }
                         .keys(),
                     );
@@ -476,6 +522,98 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
         }
     }
     keys
+}
+
+/// Every pipeline key of [`Kind::DecodeSubgroup`]: every dtype at the head_dims of real models,
+/// for the smallest subgroups of lavapipe and Intel (8) and of NVIDIA and AMD RDNA (32), every row
+/// count the planner can pick; and for WARP's 4 at head_dim 128 in f32.
+pub fn subgroup_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    let mut add = |dtype, hd4: u32, sg_min: u32| {
+        for kr in [1, 2, 4, 8] {
+            if kr <= sg_rows_max(hd4, sg_min) {
+                let v = Variant {
+                    kind: Kind::DecodeSubgroup,
+                    dtype,
+                    tile_v4: tile_v4_for(16384),
+                    hd4,
+                    split_kv: true,
+                    kr,
+                    sg_min,
+                    f16: false,
+                };
+                keys.extend(v.keys());
+            }
+        }
+    };
+    for dtype in DType::ALL {
+        for hd in [64u32, 80, 96, 128, 256] {
+            for sg_min in [8, 32] {
+                add(dtype, hd / 4, sg_min);
+            }
+        }
+    }
+    add(DType::F32, 32, 4);
+    keys
+}
+
+/// `shaders/attention_decode.wgsl` with the subgroup decode entry point
+/// (`shaders/attention_decode_subgroup.wgsl`, [`Kind::DecodeSubgroup`]): a module of its own,
+/// because a module that uses subgroup operations anywhere fails validation on devices without
+/// `SUBGROUP`.
+pub const ATTENTION_DECODE_SUBGROUP: &Shader = &Shader {
+    name: "attention_decode_subgroup.wgsl",
+    parts: &[
+        crate::pipeline::COMMON_WGSL,
+        crate::pipeline::ATTENTION_COMMON_WGSL,
+        crate::pipeline::ATTENTION_SPLIT_WGSL,
+        include_str!("../../shaders/attention_decode.wgsl"),
+        include_str!("../../shaders/attention_decode_subgroup.wgsl"),
+    ],
+    variants: || {
+        subgroup_variant_keys()
+            .into_iter()
+            .filter(|k| k.shader == ATTENTION_DECODE_SUBGROUP)
+            .collect()
+    },
+};
+
+/// Invocations per [`Kind::DecodeSubgroup`] workgroup.
+pub const SG_WG: u32 = 64;
+/// Most query rows per [`Kind::DecodeSubgroup`] workgroup.
+pub const SG_MAX_ROWS: usize = 8;
+// Registers per lane the subgroup kernel holds for q rows (MAX_SG_REGS in the shader).
+const SG_MAX_REGS: u32 = 64;
+
+/// Most rows per [`Kind::DecodeSubgroup`] workgroup at `hd4` with subgroups of at least
+/// `sg_min` lanes: [`SG_MAX_ROWS`], fewer where the rows' slots would pass the shader's
+/// register arrays.
+pub fn sg_rows_max(hd4: u32, sg_min: u32) -> u32 {
+    let slots = hd4.div_ceil(sg_min.max(4));
+    let fit = SG_MAX_REGS / slots;
+    (1u32 << (31 - fit.leading_zeros())).min(SG_MAX_ROWS as u32)
+}
+
+/// True when decode on this adapter takes [`Kind::DecodeSubgroup`] where it would take
+/// [`Kind::Decode`]: the device has `SUBGROUP` and is not a CPU adapter (llvmpipe's
+/// `subgroupAdd` is slower than its alternatives, BENCHMARKS.md).
+pub fn subgroup_decode_wanted(ctx: &Context) -> bool {
+    ctx.caps().subgroups && ctx.adapter_info().device_type != wgpu::DeviceType::Cpu
+}
+
+/// Keys one [`Kind::DecodeSubgroup`] split may hold on this adapter, if limited (see
+/// [`loop_cap_keys`]): per block of 4 keys of a key lane, the K and V loops (4 keys x `slots` x
+/// (1 + rows)) and the softmax loop per row, counted as if the compiler unrolled nothing;
+/// every key lane runs on its own subgroup on CPU adapters (the smallest subgroup is the only
+/// one there).
+fn sg_loop_cap_keys(ctx: &Context, v: &Variant) -> Option<usize> {
+    if ctx.adapter_info().device_type != wgpu::DeviceType::Cpu {
+        return None;
+    }
+    let (slots, nsg) = v.sg_shape();
+    let (slots, nsg, rs) = (slots as usize, nsg as usize, v.kr as usize);
+    let per_block = 2 + rs + 8 * (1 + slots * (1 + rs)) + rs * (1 + slots);
+    Some(4 * nsg * (45_000 / per_block))
 }
 
 /// Keys one invocation may loop over on this adapter, if limited. llvmpipe (lavapipe) stops
@@ -788,9 +926,12 @@ impl Attention {
     }
 
     fn plan_for(&self, ctx: &Context, d: Dims, dtype: DType, kv_aligned: bool) -> Result<Plan> {
-        let kind = self
-            .kind
-            .unwrap_or_else(|| default_kind(ctx.adapter_info().device_type, d.q_len, kv_aligned));
+        let kind = self.kind.unwrap_or_else(|| {
+            match default_kind(ctx.adapter_info().device_type, d.q_len, kv_aligned) {
+                Kind::Decode if subgroup_decode_wanted(ctx) => Kind::DecodeSubgroup,
+                k => k,
+            }
+        });
         crate::ensure!(
             !(kind == Kind::Prefill && self.f16_arithmetic) || ctx.caps().shader_f16,
             Limit,
@@ -812,28 +953,41 @@ impl Attention {
         let bk = (tile_v4 / hd4).min(MAX_BK as u32);
         let g = d.n_heads / d.n_kv_heads;
         let rows = d.q_len * g;
-        let kr = rows.next_power_of_two().min(KEYS_MAX_ROWS);
-        let cap = match kind {
-            Kind::DecodeKeys => keys_loop_cap_keys(ctx, d.head_dim, kr),
-            _ => loop_cap_keys(ctx, d.head_dim),
+        let sg_min = ctx.adapter_info().subgroup_min_size.max(4);
+        let kr = match kind {
+            Kind::DecodeSubgroup => rows
+                .next_power_of_two()
+                .min(sg_rows_max(hd4, sg_min) as usize),
+            _ => rows.next_power_of_two().min(KEYS_MAX_ROWS),
         };
-        let min_splits = cap.map_or(1, |c| d.kv_len.div_ceil(c.max(1)));
         let mut variant = Variant {
             kind,
             dtype,
             tile_v4,
             hd4,
-            split_kv: kind != Kind::Prefill || min_splits > 1,
-            kr: if kind == Kind::DecodeKeys {
-                kr as u32
+            split_kv: true,
+            kr: match kind {
+                Kind::DecodeKeys | Kind::DecodeSubgroup => kr as u32,
+                _ => 1,
+            },
+            sg_min: if kind == Kind::DecodeSubgroup {
+                sg_min
             } else {
-                1
+                0
             },
             f16: kind == Kind::Prefill && self.f16_arithmetic,
         };
+        let cap = match kind {
+            Kind::DecodeKeys => keys_loop_cap_keys(ctx, d.head_dim, kr),
+            Kind::DecodeSubgroup => sg_loop_cap_keys(ctx, &variant),
+            _ => loop_cap_keys(ctx, d.head_dim),
+        };
+        let min_splits = cap.map_or(1, |c| d.kv_len.div_ceil(c.max(1)));
+        variant.split_kv = kind != Kind::Prefill || min_splits > 1;
         let wg = variant.wg() as usize;
         let (rows_per_wg, lanes) = match kind {
             Kind::DecodeKeys => (kr, wg),
+            Kind::DecodeSubgroup => (kr, variant.sg_shape().1 as usize),
             // Split or not, a prefill workgroup owns PREFILL_WG rows, one key lane each.
             Kind::Prefill => (PREFILL_WG as usize, 1),
             _ => {
@@ -847,7 +1001,7 @@ impl Attention {
                 let chunk = d.kv_len.div_ceil(min_splits);
                 (d.kv_len.div_ceil(chunk), chunk)
             }
-            Kind::Decode | Kind::DecodeKeys => {
+            Kind::Decode | Kind::DecodeKeys | Kind::DecodeSubgroup => {
                 let (target, min_chunk) = match kind {
                     Kind::DecodeKeys => (KEYS_TARGET_WORKGROUPS, KEYS_MIN_CHUNK),
                     _ => (DECODE_TARGET_WORKGROUPS, DECODE_MIN_CHUNK),
@@ -962,6 +1116,12 @@ impl Attention {
             "the DecodeKeys kernel needs 16-byte aligned K/V rows (offsets, strides and head_dim {} x {} bytes multiples of 16)",
             d.head_dim,
             dtype.size()
+        );
+        crate::ensure!(
+            self.kind != Some(Kind::DecodeSubgroup) || ctx.caps().subgroups,
+            Param,
+            OP,
+            "the DecodeSubgroup kernel needs a device with the SUBGROUP feature"
         );
         let plan = self.plan_for(ctx, d, dtype, aligned)?;
         let scale = self.scale.unwrap_or(1.0 / (d.head_dim as f32).sqrt());

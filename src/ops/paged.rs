@@ -36,6 +36,18 @@
 //! scratch. With the same split configuration the arithmetic is the contiguous kernel's, bit for
 //! bit.
 //!
+//! On CPU adapters the decode sequences' rows (at most [`attention::DECODE_MAX_Q_LEN`] queries)
+//! take the contiguous [`Kind::DecodeKeys`] design instead (`attn_paged_keys`): 8 key lanes per
+//! (sequence, row block, split, kv head), each owning whole keys and reading each K/V row once
+//! with 16-byte loads straight from its page (a kv head's row is contiguous inside a page in
+//! both layouts), serving up to 4 query rows of the GQA group with it; a partial per (row, split,
+//! lane), the same merge. The plan picks it as the contiguous dispatcher does (CPU adapter, and
+//! head_dim a multiple of 8 so that rows are 16-byte aligned in every dtype);
+//! [`PlanOptions::decode`] forces either kernel. The batch keeps one work-item list per pass (the
+//! tile kernel, DecodeKeys with 1, 2 and 4 rows per workgroup), and the call records one dispatch
+//! per list that is not empty, then the merge. With the same split count the results equal the
+//! contiguous DecodeKeys' bit for bit.
+//!
 //! Why HND by default, by measurement (BENCHMARKS.md, the bench's `paged_decode_batch_hnd` beside
 //! `paged_decode_batch`): every attention workgroup reads one kv head, whose keys of a page are
 //! then one contiguous run of `page_size * head_dim` elements instead of `head_dim`-element rows
@@ -45,7 +57,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::ops::attention::{self, Attention};
+use crate::ops::attention::{self, Attention, Kind};
 use crate::ops::rope::{HeadNorm, PositionIds, Positions, Rope};
 use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
@@ -295,6 +307,8 @@ pub struct BatchSeq {
 
 #[derive(Clone, Copy, Debug)]
 struct SeqPlan {
+    // Kernel of the sequence's rows: Decode or Prefill (the tile kernel), or DecodeKeys.
+    kind: Kind,
     q_start: usize,
     q_len: usize,
     kv_len: usize,
@@ -315,9 +329,10 @@ pub struct PagedBatch {
     n_pages: usize,
     seqs: Vec<SeqPlan>,
     total_q: usize,
-    n_items: usize,
+    // (word offset, count) of the work items of the tile kernel, then of the DecodeKeys kernel
+    // with KR = 1, 2 and 4 rows per workgroup.
+    items: [(usize, usize); 4],
     parts: usize,
-    items_off: usize,
     rowmap_off: usize,
     slots_off: usize,
     pos_off: usize,
@@ -368,6 +383,24 @@ impl PagedBatch {
         heads: Heads,
         splits: Option<u32>,
     ) -> Result<Self> {
+        let plan = PlanOptions {
+            splits,
+            ..PlanOptions::default()
+        };
+        Self::from_parts_with(ctx, page_size, n_pages, seqs, heads, &plan)
+    }
+
+    /// [`PagedBatch::from_parts`] with every planning choice that can be forced (tests,
+    /// benchmarks): the split count and the decode kernel.
+    pub fn from_parts_with(
+        ctx: &Context,
+        page_size: usize,
+        n_pages: usize,
+        seqs: &[BatchSeq],
+        heads: Heads,
+        plan: &PlanOptions,
+    ) -> Result<Self> {
+        let splits = plan.splits;
         check_page_size(page_size)?;
         let Heads {
             n_heads,
@@ -393,6 +426,14 @@ impl PagedBatch {
                 Param,
                 OP,
                 "splits must be in 1..=65535, got {s}"
+            );
+        }
+        if let Some(k) = plan.decode {
+            crate::ensure!(
+                matches!(k, Kind::Decode | Kind::DecodeKeys),
+                Param,
+                OP,
+                "decode kernel {k:?} does not apply to paged decode rows (Decode or DecodeKeys)"
             );
         }
         for (i, s) in seqs.iter().enumerate() {
@@ -425,27 +466,61 @@ impl PagedBatch {
         }
         let group = n_heads / n_kv_heads;
         let wg = attention::DECODE_WG as usize;
-        let cap = attention::loop_cap_keys(ctx, head_dim);
-        // Splits: the contiguous decode's rule over the whole batch: chunks of at least
-        // DECODE_MIN_CHUNK keys, aiming at DECODE_TARGET_WORKGROUPS workgroups in all.
+        // Decode rows (q_len <= DECODE_MAX_Q_LEN) take DecodeKeys on CPU adapters, as the
+        // contiguous dispatcher does, when rows are 16-byte aligned in every dtype the cache may
+        // hold (head_dim a multiple of 8; page and head offsets are multiples of head_dim).
+        let decode_kind = plan.decode.unwrap_or(attention::default_kind(
+            ctx.adapter_info().device_type,
+            1,
+            head_dim.is_multiple_of(8),
+        ));
+        let kind_of = |q_len: usize| match q_len > attention::DECODE_MAX_Q_LEN {
+            true => Kind::Prefill,
+            false => decode_kind,
+        };
+        // (rows per workgroup, lanes) of a sequence's rows, by kernel.
+        let shape_of = |kind: Kind, rows: usize| match kind {
+            Kind::DecodeKeys => (
+                rows.next_power_of_two().min(attention::KEYS_MAX_ROWS),
+                attention::KEYS_WG as usize,
+            ),
+            _ => {
+                let rpw = rows.next_power_of_two().clamp(1, wg);
+                (rpw, wg / rpw)
+            }
+        };
+        // Splits: the contiguous decode's rule over the whole batch, per kernel: chunks of at
+        // least its minimum, aiming at its number of workgroups over the sequences it runs.
         let mut plans = Vec::with_capacity(seqs.len());
-        let mut base_keys = 0usize;
+        let mut base_keys = [0usize; 2];
         for s in seqs {
+            let kind = kind_of(s.q_len);
             let rows = s.q_len * group;
-            let rows_per_wg = rows.next_power_of_two().clamp(1, wg);
-            base_keys += rows.div_ceil(rows_per_wg) * n_kv_heads * s.kv_len.max(1);
+            let (rows_per_wg, _) = shape_of(kind, rows);
+            base_keys[(kind == Kind::DecodeKeys) as usize] +=
+                rows.div_ceil(rows_per_wg) * n_kv_heads * s.kv_len.max(1);
         }
-        let auto_chunk = base_keys
-            .div_ceil(attention::DECODE_TARGET_WORKGROUPS)
-            .max(attention::DECODE_MIN_CHUNK);
+        let auto_chunk = [
+            base_keys[0]
+                .div_ceil(attention::DECODE_TARGET_WORKGROUPS)
+                .max(attention::DECODE_MIN_CHUNK),
+            base_keys[1]
+                .div_ceil(attention::KEYS_TARGET_WORKGROUPS)
+                .max(attention::KEYS_MIN_CHUNK),
+        ];
         let mut q_start = 0;
-        let mut items = 0;
+        let mut n_items = [0usize; 4];
         let mut parts = 0usize;
         for s in seqs {
+            let kind = kind_of(s.q_len);
+            let keys = kind == Kind::DecodeKeys;
             let rows = s.q_len * group;
-            let rows_per_wg = rows.next_power_of_two().clamp(1, wg);
-            let lanes = wg / rows_per_wg;
+            let (rows_per_wg, lanes) = shape_of(kind, rows);
             let row_blocks = rows.div_ceil(rows_per_wg);
+            let cap = match keys {
+                true => attention::keys_loop_cap_keys(ctx, head_dim, rows_per_wg),
+                false => attention::loop_cap_keys(ctx, head_dim),
+            };
             let min_splits = cap.map_or(1, |c| s.kv_len.div_ceil(c.max(1))).max(1);
             let (n_splits, chunk) = match splits {
                 Some(f) => {
@@ -453,11 +528,12 @@ impl PagedBatch {
                     (n, s.kv_len.div_ceil(n).max(1))
                 }
                 None => {
-                    let chunk = auto_chunk.min(s.kv_len.div_ceil(min_splits).max(1));
+                    let chunk = auto_chunk[keys as usize].min(s.kv_len.div_ceil(min_splits).max(1));
                     (s.kv_len.div_ceil(chunk).max(1), chunk)
                 }
             };
             plans.push(SeqPlan {
+                kind,
                 q_start,
                 q_len: s.q_len,
                 kv_len: s.kv_len,
@@ -469,7 +545,7 @@ impl PagedBatch {
                 part_base: parts,
             });
             q_start += s.q_len;
-            items += row_blocks * n_splits;
+            n_items[item_group(kind, rows_per_wg)] += row_blocks * n_splits;
             // Rows with a single partial write the output directly (no partials).
             if n_splits * lanes > 1 {
                 parts += n_kv_heads * rows * n_splits * lanes;
@@ -480,7 +556,13 @@ impl PagedBatch {
         // slot and position of every new token, block-table rows.
         let seqs_off = 0;
         let items_off = seqs_off + SEQ_WORDS * seqs.len();
-        let rowmap_off = items_off + 4 * items;
+        let mut groups = [(0usize, 0usize); 4];
+        let mut at = items_off;
+        for (g, &n) in groups.iter_mut().zip(&n_items) {
+            *g = (at, n);
+            at += 4 * n;
+        }
+        let rowmap_off = at;
         let slots_off = rowmap_off + total_q;
         let pos_off = slots_off + total_q;
         let bt_off = pos_off + total_q;
@@ -526,14 +608,15 @@ impl PagedBatch {
                 slots.push(slot);
             }
         }
-        let mut it = items_off;
+        let mut next: Vec<usize> = groups.iter().map(|g| g.0).collect();
         for (i, pl) in plans.iter().enumerate() {
+            let it = &mut next[item_group(pl.kind, pl.rows_per_wg)];
             for blk in 0..pl.row_blocks {
                 for sp in 0..pl.splits {
-                    w[it] = i as u32;
-                    w[it + 1] = blk as u32;
-                    w[it + 2] = sp as u32;
-                    it += 4;
+                    w[*it] = i as u32;
+                    w[*it + 1] = blk as u32;
+                    w[*it + 2] = sp as u32;
+                    *it += 4;
                 }
             }
         }
@@ -546,9 +629,8 @@ impl PagedBatch {
             n_pages,
             seqs: plans,
             total_q,
-            n_items: items,
+            items: groups,
             parts,
-            items_off,
             rowmap_off,
             slots_off,
             pos_off,
@@ -584,12 +666,40 @@ impl PagedBatch {
     pub fn splits(&self) -> Vec<usize> {
         self.seqs.iter().map(|s| s.splits).collect()
     }
+    /// The kernel of each sequence's rows: [`Kind::Prefill`] for more than
+    /// [`attention::DECODE_MAX_Q_LEN`] queries (the workgroup-tile kernel), else the decode
+    /// kernel planned ([`Kind::Decode`], the same tile kernel, or [`Kind::DecodeKeys`]).
+    pub fn kinds(&self) -> Vec<Kind> {
+        self.seqs.iter().map(|s| s.kind).collect()
+    }
     /// The position of every new token, `[total_q]` i32, for RoPE.
     pub fn positions(&self) -> PositionIds {
         PositionIds::new(&self.buffer, self.pos_off, &[self.total_q])
     }
     fn plan_window(&self) -> wgpu::BindingResource<'_> {
         self.buffer.as_entire_binding()
+    }
+}
+
+/// Planning choices of a [`PagedBatch`] that tests and benchmarks force
+/// ([`PagedBatch::from_parts_with`]); `Default` plans by length and adapter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Every sequence's split count (honoured except where the adapter's loop cap needs more).
+    pub splits: Option<u32>,
+    /// The kernel of decode rows (sequences with at most [`attention::DECODE_MAX_Q_LEN`]
+    /// queries): [`Kind::Decode`] (the workgroup-tile kernel) or [`Kind::DecodeKeys`]; `None`
+    /// picks as the contiguous dispatcher does (DecodeKeys on CPU adapters when head_dim is a
+    /// multiple of 8).
+    pub decode: Option<Kind>,
+}
+
+/// Which work-item list (and pipeline) a sequence's rows use: 0 for the tile kernel, 1, 2, 3
+/// for DecodeKeys with 1, 2, 4 rows per workgroup.
+fn item_group(kind: Kind, rows_per_wg: usize) -> usize {
+    match kind {
+        Kind::DecodeKeys => 1 + rows_per_wg.trailing_zeros() as usize,
+        _ => 0,
     }
 }
 
@@ -617,14 +727,33 @@ pub fn attention_keys(dtype: DType, tile_v4: u32, hd4: u32) -> [PipelineKey; 2] 
     ]
 }
 
+/// The pipeline key of the DecodeKeys pass over pages with `kr` rows per workgroup (the tile
+/// size does not shape its code; it keeps the smallest).
+pub fn keys_attention_key(dtype: DType, hd4: u32, kr: u32) -> PipelineKey {
+    PipelineKey::new(
+        Shader::ATTENTION_PAGED,
+        "attn_paged_keys",
+        vec![
+            ("DTYPE", dtype.shader_code()),
+            ("WG", attention::KEYS_WG),
+            ("TILE_V4", attention::tile_v4_for(16384)),
+            ("HD4", hd4),
+            ("KR", kr),
+        ],
+    )
+}
+
 /// Every pipeline key of `shaders/attention_paged.wgsl` (for the portability tests): every dtype
-/// and tile size at the head_dims of real models.
+/// and tile size at the head_dims of real models, and the DecodeKeys pass at each row count.
 pub fn attention_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for dtype in DType::ALL {
-        for limit in [16384, 32768] {
-            for hd in [64u32, 80, 96, 128, 256] {
+        for hd in [64u32, 80, 96, 128, 256] {
+            for limit in [16384, 32768] {
                 keys.extend(attention_keys(dtype, attention::tile_v4_for(limit), hd / 4));
+            }
+            for kr in [1, 2, 4] {
+                keys.push(keys_attention_key(dtype, hd / 4, kr));
             }
         }
     }
@@ -1268,6 +1397,15 @@ impl Attention {
             .map(|s| s.kv_len as i64 - s.q_len as i64)
             .min()
             .unwrap_or(0);
+        let keys_rows_ok = (h.head_dim * cache.dtype.size()).is_multiple_of(16);
+        crate::ensure!(
+            keys_rows_ok || batch.items[1..].iter().all(|g| g.1 == 0),
+            Param,
+            op,
+            "the DecodeKeys kernel needs 16-byte aligned K/V rows: head_dim {} x {} bytes is not a multiple of 16",
+            h.head_dim,
+            cache.dtype.size()
+        );
         Ok(PagedChecked {
             keys: attention_keys(cache.dtype, tile_v4, hd4),
             bk: (tile_v4 / hd4).min(64),
@@ -1321,8 +1459,8 @@ impl Attention {
                 hs as u32,
             ],
             v: [
-                batch.items_off as u32,
-                batch.n_items as u32,
+                batch.items[0].0 as u32,
+                batch.items[0].1 as u32,
                 batch.rowmap_off as u32,
                 batch.seqs_off as u32,
             ],
@@ -1343,7 +1481,22 @@ impl Attention {
                 size: std::num::NonZeroU64::new(c.part_bytes.max(16)),
             })
         };
-        ctx.kernel(op, &c.keys[0])?;
+        // The partial passes present in the batch (tile kernel, DecodeKeys with 1, 2, 4 rows per
+        // workgroup), each over its own list of work items; every pipeline is compiled before
+        // anything is recorded, so a failure records nothing.
+        let hd4 = (h.head_dim / 4) as u32;
+        let mut passes = Vec::new();
+        for (g, &(off, n)) in batch.items.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let key = match g {
+                0 => c.keys[0].clone(),
+                _ => keys_attention_key(cache.dtype, hd4, 1 << (g - 1)),
+            };
+            ctx.kernel(op, &key)?;
+            passes.push((key, off, n));
+        }
         ctx.kernel(op, &c.keys[1])?;
         let names = ["pool0", "pool1", "pool2"];
         let mut inputs = vec![
@@ -1358,14 +1511,13 @@ impl Attention {
         if let Some(w) = &sw {
             inputs.push(("sinks", w.resource()));
         }
-        ctx.encode_kernel(
-            op,
-            enc,
-            &c.keys[0],
-            &params,
-            &inputs,
-            (batch.n_items * h.n_kv_heads) as u64,
-        )?;
+        for (key, off, n) in &passes {
+            let pass = attention::Params {
+                v: [*off as u32, *n as u32, params.v[2], params.v[3]],
+                ..params
+            };
+            ctx.encode_kernel(op, enc, key, &pass, &inputs, (*n * h.n_kv_heads) as u64)?;
+        }
         let mut merge = vec![
             ("part_in", part_res()),
             ("out_buf", ow.resource()),
