@@ -18,6 +18,7 @@
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::module::Param;
@@ -29,6 +30,19 @@ use llama_kernels::bench::{self, Case, Encode, Settings, Timing, ATTN_MODELS};
 use llama_kernels::{Context, DType, Error, Result};
 
 const OP: &str = "peer-burn";
+
+/// Panics on any thread so far. burn runs its kernels on a server thread of its own, where a
+/// failed launch panics without reaching the caller (the caller's `sync` then returns), so the
+/// hook counts them and a case whose calls panicked anywhere is refused.
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+        default(info);
+    }));
+}
 
 struct Args {
     quick: bool,
@@ -54,8 +68,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--filter" => args.filter = Some(value("--filter")?),
             "-h" | "--help" => {
                 return Err(
-                    "usage: peer-burn [--quick] [--json FILE] [--plot FILE] [--filter NAME]"
-                        .into(),
+                    "usage: peer-burn [--quick] [--json FILE] [--plot FILE] [--filter NAME]".into(),
                 )
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
@@ -81,10 +94,17 @@ fn dim(case: &Case, name: &str) -> usize {
 
 /// Run `f` once and wait; a panic inside burn becomes an `Err` naming the case.
 fn try_burn<T>(what: &str, dev: &Device, f: impl FnOnce() -> T) -> Result<T> {
+    let before = PANICS.load(Ordering::SeqCst);
     let out = catch_unwind(AssertUnwindSafe(|| {
         let out = f();
         dev.sync().map(|_| out)
     }));
+    if PANICS.load(Ordering::SeqCst) != before {
+        return Err(Error::gpu(
+            OP,
+            format!("{what}: burn panicked on its server thread"),
+        ));
+    }
     match out {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Error::gpu(OP, format!("{what}: burn failed: {e:?}"))),
@@ -103,21 +123,24 @@ fn try_burn<T>(what: &str, dev: &Device, f: impl FnOnce() -> T) -> Result<T> {
 fn timed<T: 'static>(dev: Device, mut op: impl FnMut() -> T + 'static) -> Encode {
     let mut keep: Option<T> = None;
     Box::new(move |_ctx, _enc| {
+        let before = PANICS.load(Ordering::SeqCst);
         let out = op();
         dev.sync()
             .map_err(|e| Error::gpu(OP, format!("burn sync: {e:?}")))?;
-        keep = Some(out);
+        if PANICS.load(Ordering::SeqCst) != before {
+            return Err(Error::gpu(OP, "burn panicked on its server thread"));
+        }
+        // The previous repetition's output is dropped only now.
+        drop(keep.replace(out));
         Ok(())
     })
 }
 
-/// burn's first call of a shape autotunes (minutes on a CPU adapter): two calls here, outside
-/// the timed runs.
-fn warm<T>(what: &str, dev: &Device, mut op: impl FnMut() -> T) -> Result<()> {
+/// burn's first call of a shape autotunes (minutes on a CPU adapter): one call here, outside
+/// the timed runs (the preflight's call tunes, the harness's build then runs tuned).
+fn warm<T>(what: &str, dev: &Device, op: impl FnMut() -> T) -> Result<()> {
     let t0 = Instant::now();
-    for _ in 0..2 {
-        try_burn(what, dev, &mut op)?;
-    }
+    try_burn(what, dev, op)?;
     eprintln!("  {what}: burn warm-up {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
@@ -127,17 +150,17 @@ fn random<const D: usize>(shape: [usize; D], dtype: DType, dev: &Device) -> Tens
 }
 
 /// The peer of one of our cases, or why burn has none.
-fn peer_case(
-    case: &Case,
-    dev: &Device,
-) -> std::result::Result<Case, String> {
+fn peer_case(case: &Case, dev: &Device) -> std::result::Result<Case, String> {
     let dtype = case.dtype;
     if !dev.supports_dtype(burn_dtype(dtype)) {
         return Err(format!("burn's wgpu device has no {dtype} tensors"));
     }
     let dev = dev.clone();
     let name = case.name();
-    let (variant, prepare): (String, bench::Prepare) = match case.kernel {
+    // Each arm gives a builder (tensors, warm-up, the timed closure): called once here as a
+    // preflight, so a case burn cannot run is reported and left out instead of ending the run,
+    // and again by the harness.
+    let (variant, build): (String, Box<dyn Fn() -> Result<Encode>>) = match case.kernel {
         "rms_norm" => {
             let (rows, hidden) = (dim(case, "rows"), dim(case, "hidden"));
             let residual = case.variant.contains("residual");
@@ -148,7 +171,7 @@ fn peer_case(
             };
             (
                 variant.into(),
-                Box::new(move |_ctx: &Context| -> Result<Encode> {
+                Box::new(move || -> Result<Encode> {
                     let norm = RmsNorm {
                         gamma: Param::from_tensor(random([hidden], dtype, &dev)),
                         epsilon: 1e-5,
@@ -163,11 +186,11 @@ fn peer_case(
                         };
                         let mut op = op;
                         warm(&name, &dev, &mut op)?;
-                        Ok(timed(dev, op))
+                        Ok(timed(dev.clone(), op))
                     } else {
                         let mut op = move || norm.forward(x.clone());
                         warm(&name, &dev, &mut op)?;
-                        Ok(timed(dev, op))
+                        Ok(timed(dev.clone(), op))
                     }
                 }),
             )
@@ -176,20 +199,34 @@ fn peer_case(
             if case.variant != "exact" {
                 return Err("no fused-QKV form in burn".into());
             }
-            let (seq, heads, head_dim) = (dim(case, "seq"), dim(case, "heads"), dim(case, "head_dim"));
+            let (seq, heads, head_dim) =
+                (dim(case, "seq"), dim(case, "heads"), dim(case, "head_dim"));
             (
                 // burn rotates interleaved pairs (GPT-J), ours here the Llama/NeoX halves: the
                 // same bytes and arithmetic per element.
                 "peer_burn_rotary_encoding".into(),
-                Box::new(move |_ctx: &Context| -> Result<Encode> {
+                Box::new(move || -> Result<Encode> {
                     let rope = RotaryEncodingConfig::new(seq, head_dim)
                         .with_theta(500_000.0)
                         .init(&dev);
                     // burn's layout puts the sequence second to last: [1, heads, seq, head_dim].
-                    let x = random([1, heads, seq, head_dim], dtype, &dev);
-                    let mut op = move || rope.forward(x.clone());
+                    // Its rotation is a batched matmul with one batch per (head, position),
+                    // and burn launches it as one dispatch whose z count is that product, which
+                    // must stay within the 65535 workgroups of a dimension: a burn user splits
+                    // the heads into such chunks, as here (the outputs stay separate tensors).
+                    let per = (65_535 / seq.max(1)).clamp(1, heads);
+                    let chunks: Vec<Tensor<4>> = (0..heads)
+                        .step_by(per)
+                        .map(|h0| random([1, per.min(heads - h0), seq, head_dim], dtype, &dev))
+                        .collect();
+                    let mut op = move || {
+                        chunks
+                            .iter()
+                            .map(|x| rope.forward(x.clone()))
+                            .collect::<Vec<_>>()
+                    };
                     warm(&name, &dev, &mut op)?;
-                    Ok(timed(dev, op))
+                    Ok(timed(dev.clone(), op))
                 }),
             )
         }
@@ -197,8 +234,15 @@ fn peer_case(
             if case.variant.contains("naive") {
                 return Err("baseline".into());
             }
+            if case.variant.contains("paged") {
+                return Err("burn has no paged KV cache or variable-length batch".into());
+            }
             let (q_len, kv_len) = (dim(case, "q_len"), dim(case, "kv_len"));
-            let (nh, nkv, hd) = (dim(case, "n_heads"), dim(case, "n_kv_heads"), dim(case, "head_dim"));
+            let (nh, nkv, hd) = (
+                dim(case, "n_heads"),
+                dim(case, "n_kv_heads"),
+                dim(case, "head_dim"),
+            );
             let window = dim(case, "window");
             let softcap = ATTN_MODELS
                 .iter()
@@ -215,7 +259,7 @@ fn peer_case(
             }
             (
                 variant,
-                Box::new(move |_ctx: &Context| -> Result<Encode> {
+                Box::new(move || -> Result<Encode> {
                     let q = random([1, nh, q_len, hd], dtype, &dev);
                     let k = random([1, nkv, kv_len, hd], dtype, &dev);
                     let v = random([1, nkv, kv_len, hd], dtype, &dev);
@@ -223,8 +267,12 @@ fn peer_case(
                     // the K/V bytes ours reads.
                     let (k, v) = if g > 1 {
                         (
-                            k.unsqueeze_dim::<5>(2).repeat_dim(2, g).reshape([1, nh, kv_len, hd]),
-                            v.unsqueeze_dim::<5>(2).repeat_dim(2, g).reshape([1, nh, kv_len, hd]),
+                            k.unsqueeze_dim::<5>(2)
+                                .repeat_dim(2, g)
+                                .reshape([1, nh, kv_len, hd]),
+                            v.unsqueeze_dim::<5>(2)
+                                .repeat_dim(2, g)
+                                .reshape([1, nh, kv_len, hd]),
                         )
                     } else {
                         (k, v)
@@ -234,7 +282,8 @@ fn peer_case(
                         let offset = (kv_len - q_len) as i64;
                         let pos = Tensor::<1, Int>::arange(offset..offset + q_len as i64, &dev)
                             .reshape([q_len, 1]);
-                        let key = Tensor::<1, Int>::arange(0..kv_len as i64, &dev).reshape([1, kv_len]);
+                        let key =
+                            Tensor::<1, Int>::arange(0..kv_len as i64, &dev).reshape([1, kv_len]);
                         let m: Tensor<2, Bool> = (pos - key).greater_equal_elem(window as i64);
                         m.unsqueeze::<4>().expand([1, nh, q_len, kv_len])
                     });
@@ -247,13 +296,15 @@ fn peer_case(
                         attention(q.clone(), k.clone(), v.clone(), mask.clone(), None, options)
                     };
                     warm(&name, &dev, &mut op)?;
-                    Ok(timed(dev, op))
+                    Ok(timed(dev.clone(), op))
                 }),
             )
         }
         other => return Err(format!("no {other} in burn")),
     };
+    drop(build().map_err(|e| e.to_string())?);
     Ok(Case {
+        prepare: Box::new(move |_ctx: &Context| build()),
         kernel: case.kernel,
         variant,
         model: case.model,
@@ -262,7 +313,6 @@ fn peer_case(
         bytes: case.bytes,
         flops: case.flops,
         group: case.group.clone(),
-        prepare,
     })
 }
 
@@ -278,11 +328,15 @@ fn wanted(case: &Case, groups: &mut HashSet<String>) -> bool {
 }
 
 fn run(args: &Args) -> Result<()> {
+    count_panics();
     let (device, setup) = Device::wgpu_options()
         .init_with_setup()
         .map_err(|e| Error::gpu(OP, format!("burn's wgpu runtime: {e:?}")))?;
     let ctx = Context::from_device(&setup.device, &setup.queue);
-    println!("adapter: {} (one wgpu device shared by burn and llama-kernels)", ctx.describe());
+    println!(
+        "adapter: {} (one wgpu device shared by burn and llama-kernels)",
+        ctx.describe()
+    );
     let mut groups = HashSet::new();
     let mut cases = Vec::new();
     for case in bench::cases(&ctx, args.quick) {
