@@ -112,7 +112,7 @@ fn attn_decode_merge(
 
 // ---------------------------------------------------------------------------------------------
 // `attn_decode_keys`: decode for CPU adapters; the key-lane step `keys_partial` it shares with
-// `attn_paged_keys` is in attention_split.wgsl, with the reasons for its shape. This entry point
+// `attn_paged_keys` is in attention_keys.wgsl, with the reasons for its shape. This entry point
 // picks the workgroup's (batch, kv head, row block, split), loads the KR query rows and hands
 // `keys_partial` the K/V row addresses of one contiguous head (`keys_rows`, `keys_unit` below).
 // Requires 16-byte aligned K/V rows (offsets and strides; head_dim a multiple of 8 for halves),

@@ -29,7 +29,7 @@
 // workgroup of WG = 8 key lanes per (work item, kv head), each lane owning whole keys of the
 // split and reading each of their K/V rows once with 16-byte units straight from the page (a
 // row of one kv head is contiguous inside a page in both layouts), serving the KR rows of the
-// row block with it (`keys_partial`, attention_split.wgsl). A partial per (row, split, lane),
+// row block with it (`keys_partial`, attention_keys.wgsl). A partial per (row, split, lane),
 // 8 lanes. The host dispatches it once per KR present in the batch, each over its own list of
 // work items; with the same split structure the results equal `attn_decode_keys`' bit for bit.
 //

@@ -21,6 +21,9 @@ pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 pub const ATTENTION_COMMON_WGSL: &str = include_str!("../shaders/attention_common.wgsl");
 /// The split-KV partials (bindings, store, merge), shared by the decode and paged kernels.
 pub const ATTENTION_SPLIT_WGSL: &str = include_str!("../shaders/attention_split.wgsl");
+/// The CPU-adapter decode kernels' key-lane step (`keys_partial`), for the decode and paged
+/// modules, which define where a key's rows live.
+pub const ATTENTION_KEYS_WGSL: &str = include_str!("../shaders/attention_keys.wgsl");
 
 /// One WGSL module (a kernel family): the files it concatenates, and the variants its op can
 /// dispatch. Compared and hashed by name.
@@ -79,6 +82,7 @@ impl Shader {
             COMMON_WGSL,
             ATTENTION_COMMON_WGSL,
             ATTENTION_SPLIT_WGSL,
+            ATTENTION_KEYS_WGSL,
             include_str!("../shaders/attention_decode.wgsl"),
         ],
         variants: crate::ops::attention::decode_variant_keys,
@@ -96,6 +100,7 @@ impl Shader {
             COMMON_WGSL,
             ATTENTION_COMMON_WGSL,
             ATTENTION_SPLIT_WGSL,
+            ATTENTION_KEYS_WGSL,
             include_str!("../shaders/attention_paged.wgsl"),
         ],
         variants: crate::ops::paged::attention_variant_keys,

@@ -50,7 +50,7 @@
 //!   Every (row, split, lane) writes a partial (m, l, acc); a second pass merges them in that fixed
 //!   order, so results are bitwise repeatable. Empty chunks write (-3e38, 0, 0) and add nothing.
 //! - [`Kind::DecodeKeys`] (`attn_decode_keys` in `shaders/attention_decode.wgsl`, its key-lane
-//!   step `keys_partial` in `shaders/attention_split.wgsl`, shared with the paged kernel's
+//!   step `keys_partial` in `shaders/attention_keys.wgsl`, shared with the paged kernel's
 //!   `attn_paged_keys`), decode for CPU adapters: each of the [`KEYS_WG`] invocations of a workgroup owns whole keys (`lane`,
 //!   `lane + 8`, ... of the split's chunk), reads each K/V row once with 16-byte loads (8 halves
 //!   or 4 f32 per load) and uses it for all `kr` (<= [`KEYS_MAX_ROWS`]) query rows of the
@@ -567,6 +567,7 @@ pub const ATTENTION_DECODE_SUBGROUP: &Shader = &Shader {
         crate::pipeline::COMMON_WGSL,
         crate::pipeline::ATTENTION_COMMON_WGSL,
         crate::pipeline::ATTENTION_SPLIT_WGSL,
+        crate::pipeline::ATTENTION_KEYS_WGSL,
         include_str!("../../shaders/attention_decode.wgsl"),
         include_str!("../../shaders/attention_decode_subgroup.wgsl"),
     ],
