@@ -360,24 +360,27 @@ fn equals_contiguous_attention_bitwise() {
 }
 
 /// Each sequence of `w` with at most 8 queries (decode) run alone through the contiguous kernel
-/// `decode` with `splits` splits, and each with more (prefill) when `splits` is 1, equals its rows
-/// of the paged output `got` bit for bit.
+/// `decode` with `splits` splits, and each with more (the paged prefill rows, which run the
+/// workgroup-tile design with one key lane) through the contiguous `Kind::Decode` with one split
+/// when `splits` is 1, equals its rows of the paged output `got` bit for bit. (The contiguous
+/// `Kind::Prefill` is register-tiled, 4 rows per invocation, and sums in another order.)
 fn bitwise_against_contiguous(ctx: &Context, w: &World, got: &[f32], decode: Kind, splits: u32) {
     let h = w.heads;
     let dtype = w.dtype;
     let mut q0 = 0;
     for (i, s) in w.seqs.iter().enumerate() {
         let n = s.q_len * h.n_heads * h.head_dim;
-        let kind = if s.q_len > 8 { Kind::Prefill } else { decode };
+        let prefill = s.q_len > 8;
+        let kind = if prefill { Kind::Decode } else { decode };
         // The contiguous op needs at least one key; a prefill split over keys is planned
         // differently from the paged one.
-        if n == 0 || s.kv_len == 0 || (kind == Kind::Prefill && splits > 1) {
+        if n == 0 || s.kv_len == 0 || (prefill && splits > 1) {
             q0 += n;
             continue;
         }
         let op = Attention {
             kind: Some(kind),
-            splits: (kind != Kind::Prefill).then_some(splits),
+            splits: Some(splits),
             ..Default::default()
         };
         let qt = ctx
