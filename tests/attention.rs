@@ -1597,8 +1597,8 @@ fn prefill_loop_cap_at_head_dim_128() {
 
 /// The GPU decode kernel (`Kind::DecodeSubgroup`: lanes of a subgroup split head_dim, scores
 /// finished with `subgroupAdd`, key lanes as fixed virtual subgroups) forced on this adapter
-/// (lavapipe: subgroups of 8) against the f64 reference: MHA and GQA groups of 4 and 8 (one
-/// token: 1, 4, 8 rows per workgroup; 3 tokens of GQA-4: two row blocks of 8), key counts that
+/// (lavapipe: subgroups of 8) against the f64 reference: MHA and GQA groups of 2 and 4 (1, 2, 4
+/// and 8 rows per workgroup; 3 tokens of GQA-4: two row blocks of 8), key counts that
 /// are not multiples of the 4-key block, forced splits with empty chunks, head_dims 64, 80, 128
 /// and 256 in every dtype, every masking and logit option, batch > 1; bitwise repeatable. The
 /// dispatcher itself picks it on GPUs only.
@@ -1628,10 +1628,10 @@ fn decode_subgroup_kernel() {
         (1, 37, 8, 2, 64, DType::F16),
         (1, 53, 8, 2, 64, DType::BF16),
         (1, 37, 2, 2, 64, DType::F32),
-        (1, 129, 16, 2, 128, DType::BF16),
+        (1, 129, 4, 2, 128, DType::BF16),
         (3, 70, 8, 2, 64, DType::F32),
         (2, 33, 4, 4, 80, DType::F16),
-        (1, 45, 4, 2, 256, DType::F32),
+        (1, 45, 2, 2, 256, DType::F32),
     ] {
         let mut c = sg(Case::new(q_len, kv_len, nh, nkv, hd));
         c.dtype = dtype;
