@@ -645,6 +645,7 @@ fn attn_op(c: &AttnCase) -> Attention {
         softcap: c.softcap,
         kind: c.kind,
         splits: c.splits,
+        f16_arithmetic: false,
     }
 }
 
