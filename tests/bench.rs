@@ -507,34 +507,7 @@ fn forced_wall_time_fallback_records() {
     assert_eq!(Timing::choose(true, Some("timestamp")), Timing::Timestamp);
     assert_eq!(Timing::choose(false, None), Timing::Wall);
     let ctx = ctx();
-    let words = 1 << 14;
-    let mk = |variant: &'static str, kernel: &'static str| Case {
-        kernel,
-        variant: variant.into(),
-        model: "test",
-        dtype: DType::F32,
-        shape: vec![("words", words as u64)],
-        bytes: 8 * words as u64,
-        flops: None,
-        group: "g".into(),
-        prepare: Box::new(move |ctx| {
-            let src = ctx.upload(&vec![1.0f32; words], &[words])?;
-            let dst = ctx.empty(&[words], DType::F32)?;
-            let v = copy::Variant {
-                vec4: true,
-                per: 1,
-                workgroup: 64,
-            };
-            Ok(Box::new(move |ctx, enc| {
-                if variant == "buffer_copy" {
-                    enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, 4 * words as u64);
-                    Ok(())
-                } else {
-                    v.encode(ctx, enc, &src, &dst)
-                }
-            }))
-        }),
-    };
+    let mk = |variant: &str, kernel: &'static str| copy_case(variant, kernel, 1 << 14, 0);
     let settings = Settings {
         warmup: 1,
         runs: 3,
@@ -569,37 +542,7 @@ fn forced_wall_time_fallback_records() {
 fn peer_records_are_timed_merged_and_refused_when_malformed() {
     use llama_kernels::bench::{Record, Timing};
     let ctx = ctx();
-    let words = 1 << 16;
-    // `own_submits` copies, each submitted and waited for inside the closure, like a library
-    // with its own queue handling; 0 = one copy recorded into the harness's encoder.
-    let mk = |variant: &str, kernel: &'static str, own_submits: usize| Case {
-        kernel,
-        variant: variant.into(),
-        model: "test",
-        dtype: DType::F32,
-        shape: vec![("words", words as u64)],
-        bytes: 8 * words as u64,
-        flops: None,
-        group: "g".into(),
-        prepare: Box::new(move |ctx| {
-            let src = ctx.upload(&vec![1.0f32; words], &[words])?;
-            let dst = ctx.empty(&[words], DType::F32)?;
-            let v = copy::Variant {
-                vec4: true,
-                per: 1,
-                workgroup: 64,
-            };
-            Ok(Box::new(move |ctx, enc| {
-                if own_submits == 0 {
-                    return v.encode(ctx, enc, &src, &dst);
-                }
-                for _ in 0..own_submits {
-                    ctx.submit_and_wait("peer", |e| v.encode(ctx, e, &src, &dst))?;
-                }
-                Ok(())
-            }))
-        }),
-    };
+    let mk = |variant: &str, kernel: &'static str, own: usize| copy_case(variant, kernel, 1 << 16, own);
     let settings = Settings {
         warmup: 1,
         runs: 3,
@@ -682,4 +625,44 @@ fn peer_records_are_timed_merged_and_refused_when_malformed() {
         Err(Error::Io { .. })
     ));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A harness case of group "g" moving `words` f32: `buffer_copy` records
+/// `copy_buffer_to_buffer`; any other variant records one WGSL copy into the harness's encoder,
+/// or with `own_submits` > 0 runs that many, each submitted and waited for inside the closure,
+/// like a library with its own queue handling.
+fn copy_case(variant: &str, kernel: &'static str, words: usize, own_submits: usize) -> Case {
+    let buffer_copy = variant == "buffer_copy";
+    Case {
+        kernel,
+        variant: variant.into(),
+        model: "test",
+        dtype: DType::F32,
+        shape: vec![("words", words as u64)],
+        bytes: 8 * words as u64,
+        flops: None,
+        group: "g".into(),
+        prepare: Box::new(move |ctx| {
+            let src = ctx.upload(&vec![1.0f32; words], &[words])?;
+            let dst = ctx.empty(&[words], DType::F32)?;
+            let v = copy::Variant {
+                vec4: true,
+                per: 1,
+                workgroup: 64,
+            };
+            Ok(Box::new(move |ctx, enc| {
+                if buffer_copy {
+                    enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, 4 * words as u64);
+                    return Ok(());
+                }
+                if own_submits == 0 {
+                    return v.encode(ctx, enc, &src, &dst);
+                }
+                for _ in 0..own_submits {
+                    ctx.submit_and_wait("peer", |e| v.encode(ctx, e, &src, &dst))?;
+                }
+                Ok(())
+            }))
+        }),
+    }
 }
