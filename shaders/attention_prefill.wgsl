@@ -47,8 +47,9 @@
 
 override PR: u32 = 4u;
 const MAX_PR: u32 = 4u;
-// MAX_PR * MAX_HD4: the vec4s of q (and of acc) one invocation holds.
-const MAX_Q: u32 = 256u;
+// MAX_Q, the vec4s of q (and of acc) one invocation holds (MAX_PR x the head_dim class / 4), is
+// set by the module: one module per head_dim class (`ops::attention::prefill_shader`), since
+// lavapipe's compile time grows with these private arrays.
 
 var<workgroup> kh_tile: array<vec4<ht>, TILE_V4>;
 var<workgroup> vh_tile: array<vec4<ht>, TILE_V4>;

@@ -63,7 +63,8 @@ impl Shader {
         parts: &[COMMON_WGSL, include_str!("../shaders/rope.wgsl")],
         variants: crate::ops::rope::all_variant_keys,
     };
-    /// `shaders/attention_prefill.wgsl` (with `attention_common.wgsl`).
+    /// `shaders/attention_prefill.wgsl` (with `attention_common.wgsl`) for head_dim up to 256;
+    /// `ops::attention::prefill_shader` picks the smaller classes' modules where they fit.
     pub const ATTENTION_PREFILL: &'static Shader = &Shader {
         name: "attention_prefill.wgsl",
         parts: &[
@@ -71,6 +72,7 @@ impl Shader {
             ATTENTION_COMMON_WGSL,
             ATTENTION_SPLIT_WGSL,
             "// The prefill's arithmetic type.\nalias ht = f32;",
+            "// 4 rows x head_dim up to 256.\nconst MAX_Q: u32 = 256u;",
             include_str!("../shaders/attention_prefill.wgsl"),
         ],
         variants: crate::ops::attention::prefill_variant_keys,
@@ -124,7 +126,11 @@ impl Shader {
         Shader::CAST,
         Shader::ROPE,
         Shader::ATTENTION_PREFILL,
+        crate::ops::attention::ATTENTION_PREFILL_HD64,
+        crate::ops::attention::ATTENTION_PREFILL_HD128,
         crate::ops::attention::ATTENTION_PREFILL_F16,
+        crate::ops::attention::ATTENTION_PREFILL_F16_HD64,
+        crate::ops::attention::ATTENTION_PREFILL_F16_HD128,
         Shader::ATTENTION_DECODE,
         Shader::KV_CACHE,
         Shader::ATTENTION_PAGED,

@@ -290,20 +290,86 @@ pub struct Variant {
     pub sg_min: u32,
 }
 
+/// One prefill module: `shaders/attention_prefill.wgsl` with its arithmetic type and the size of
+/// the per-invocation q and accumulator arrays (4 rows x the head_dim class / 4 vec4s).
+macro_rules! prefill_module {
+    ($name:literal, $enable:literal, $ht:literal, $max_q:literal, $variants:expr) => {
+        &Shader {
+            name: $name,
+            parts: &[
+                $enable,
+                crate::pipeline::COMMON_WGSL,
+                crate::pipeline::ATTENTION_COMMON_WGSL,
+                crate::pipeline::ATTENTION_SPLIT_WGSL,
+                concat!("// The prefill's arithmetic type.\nalias ht = ", $ht, ";"),
+                concat!("const MAX_Q: u32 = ", $max_q, "u;"),
+                include_str!("../../shaders/attention_prefill.wgsl"),
+            ],
+            variants: $variants,
+        }
+    };
+}
+
 /// `shaders/attention_prefill.wgsl` with f16 arithmetic: a module of its own, because a module
-/// with `enable f16` fails validation on devices without `SHADER_F16`.
-pub const ATTENTION_PREFILL_F16: &Shader = &Shader {
-    name: "attention_prefill_f16.wgsl",
-    parts: &[
-        "enable f16;",
-        crate::pipeline::COMMON_WGSL,
-        crate::pipeline::ATTENTION_COMMON_WGSL,
-        crate::pipeline::ATTENTION_SPLIT_WGSL,
-        "// The prefill's arithmetic type.\nalias ht = f16;",
-        include_str!("../../shaders/attention_prefill.wgsl"),
-    ],
-    variants: prefill_f16_variant_keys,
-};
+/// with `enable f16` fails validation on devices without `SHADER_F16` (head_dim up to 256).
+pub const ATTENTION_PREFILL_F16: &Shader = prefill_module!(
+    "attention_prefill_f16.wgsl",
+    "enable f16;",
+    "f16",
+    256,
+    || keys_of(ATTENTION_PREFILL_F16)
+);
+/// The prefill for head_dim up to 64 (private arrays a quarter of the 256 class's). The prefill
+/// keeps 4 rows of q and of the accumulator per invocation in private arrays whose size is a
+/// constant of the module, and lavapipe's LLVM compile time grows with them (a head_dim-16 test
+/// compiled in half the time with arrays sized for 64 instead of 256), so each head_dim class
+/// has its own module ([`prefill_shader`]).
+pub const ATTENTION_PREFILL_HD64: &Shader =
+    prefill_module!("attention_prefill_hd64.wgsl", "", "f32", 64, || keys_of(
+        ATTENTION_PREFILL_HD64
+    ));
+/// The prefill for head_dim up to 128.
+pub const ATTENTION_PREFILL_HD128: &Shader =
+    prefill_module!("attention_prefill_hd128.wgsl", "", "f32", 128, || keys_of(
+        ATTENTION_PREFILL_HD128
+    ));
+/// The f16-arithmetic prefill for head_dim up to 64.
+pub const ATTENTION_PREFILL_F16_HD64: &Shader = prefill_module!(
+    "attention_prefill_f16_hd64.wgsl",
+    "enable f16;",
+    "f16",
+    64,
+    || keys_of(ATTENTION_PREFILL_F16_HD64)
+);
+/// The f16-arithmetic prefill for head_dim up to 128.
+pub const ATTENTION_PREFILL_F16_HD128: &Shader = prefill_module!(
+    "attention_prefill_f16_hd128.wgsl",
+    "enable f16;",
+    "f16",
+    128,
+    || keys_of(ATTENTION_PREFILL_F16_HD128)
+);
+
+/// The prefill module for `hd4` (head_dim / 4) with f16 or f32 arithmetic: the smallest head_dim
+/// class that holds it.
+pub fn prefill_shader(hd4: u32, f16: bool) -> &'static Shader {
+    match (f16, hd4) {
+        (false, 0..=16) => ATTENTION_PREFILL_HD64,
+        (false, 17..=32) => ATTENTION_PREFILL_HD128,
+        (false, _) => Shader::ATTENTION_PREFILL,
+        (true, 0..=16) => ATTENTION_PREFILL_F16_HD64,
+        (true, 17..=32) => ATTENTION_PREFILL_F16_HD128,
+        (true, _) => ATTENTION_PREFILL_F16,
+    }
+}
+
+/// `shader`'s share of [`all_variant_keys`].
+fn keys_of(shader: &Shader) -> Vec<PipelineKey> {
+    all_variant_keys()
+        .into_iter()
+        .filter(|k| k.shader == shader)
+        .collect()
+}
 
 impl Variant {
     fn wg(&self) -> u32 {
@@ -356,11 +422,7 @@ impl Variant {
             ];
         }
         if self.kind == Kind::Prefill {
-            let shader = if self.f16 {
-                ATTENTION_PREFILL_F16
-            } else {
-                Shader::ATTENTION_PREFILL
-            };
+            let shader = prefill_shader(self.hd4, self.f16);
             let mut c = self.constants();
             c.push(("PR", PREFILL_ROWS_PER_INVOCATION));
             if !self.split_kv {
@@ -399,20 +461,9 @@ pub fn tile_v4_for(limit: u32) -> u32 {
     1 << (31 - per_tile.leading_zeros())
 }
 
-/// The prefill shader's share of [`all_variant_keys`].
+/// The prefill shader's (head_dim class 256) share of [`all_variant_keys`].
 pub fn prefill_variant_keys() -> Vec<PipelineKey> {
-    all_variant_keys()
-        .into_iter()
-        .filter(|k| k.shader == Shader::ATTENTION_PREFILL)
-        .collect()
-}
-
-/// The f16-arithmetic prefill module's share of [`all_variant_keys`].
-pub fn prefill_f16_variant_keys() -> Vec<PipelineKey> {
-    all_variant_keys()
-        .into_iter()
-        .filter(|k| k.shader == ATTENTION_PREFILL_F16)
-        .collect()
+    keys_of(Shader::ATTENTION_PREFILL)
 }
 
 /// The decode shader's share of [`all_variant_keys`].
