@@ -542,7 +542,8 @@ fn forced_wall_time_fallback_records() {
 fn peer_records_are_timed_merged_and_refused_when_malformed() {
     use llama_kernels::bench::{Record, Timing};
     let ctx = ctx();
-    let mk = |variant: &str, kernel: &'static str, own: usize| copy_case(variant, kernel, 1 << 16, own);
+    let mk =
+        |variant: &str, kernel: &'static str, own: usize| copy_case(variant, kernel, 1 << 16, own);
     let settings = Settings {
         warmup: 1,
         runs: 3,
