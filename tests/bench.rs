@@ -204,43 +204,15 @@ fn harness_records_json_and_chart() {
     let ctx = ctx();
     let words = 1 << 16;
     let mk = |variant: &str, group: &str, naive_cost: usize| -> Case {
+        let kernel = if variant == "buffer_copy" || variant.starts_with("wgsl") {
+            "copy"
+        } else {
+            "rms_norm"
+        };
         Case {
-            kernel: if variant == "buffer_copy" || variant.starts_with("wgsl") {
-                "copy"
-            } else {
-                "rms_norm"
-            },
-            variant: variant.into(),
-            model: "test",
-            dtype: DType::F32,
-            shape: vec![("words", words as u64)],
-            bytes: 8 * words as u64,
             flops: (variant == "fast").then_some(1e6),
             group: group.into(),
-            prepare: Box::new(move |ctx| {
-                let src = ctx.upload(&vec![1.0f32; words], &[words])?;
-                let dst = ctx.empty(&[words], DType::F32)?;
-                let v = copy::Variant {
-                    vec4: true,
-                    per: 1,
-                    workgroup: 64,
-                };
-                Ok(Box::new(move |ctx, enc| {
-                    for _ in 0..naive_cost {
-                        v.encode(ctx, enc, &src, &dst)?;
-                    }
-                    if naive_cost == 0 {
-                        enc.copy_buffer_to_buffer(
-                            src.buffer(),
-                            0,
-                            dst.buffer(),
-                            0,
-                            4 * words as u64,
-                        );
-                    }
-                    Ok(())
-                }))
-            }),
+            ..copy_case(variant, kernel, words, naive_cost, 0)
         }
     };
     let cases = vec![
@@ -507,7 +479,7 @@ fn forced_wall_time_fallback_records() {
     assert_eq!(Timing::choose(true, Some("timestamp")), Timing::Timestamp);
     assert_eq!(Timing::choose(false, None), Timing::Wall);
     let ctx = ctx();
-    let mk = |variant: &str, kernel: &'static str| copy_case(variant, kernel, 1 << 14, 0);
+    let mk = |variant: &str, kernel: &'static str| copy_case(variant, kernel, 1 << 14, 1, 0);
     let settings = Settings {
         warmup: 1,
         runs: 3,
@@ -542,8 +514,9 @@ fn forced_wall_time_fallback_records() {
 fn peer_records_are_timed_merged_and_refused_when_malformed() {
     use llama_kernels::bench::{Record, Timing};
     let ctx = ctx();
-    let mk =
-        |variant: &str, kernel: &'static str, own: usize| copy_case(variant, kernel, 1 << 16, own);
+    let mk = |variant: &str, kernel: &'static str, own: usize| {
+        copy_case(variant, kernel, 1 << 16, usize::from(own == 0), own)
+    };
     let settings = Settings {
         warmup: 1,
         runs: 3,
@@ -629,10 +602,16 @@ fn peer_records_are_timed_merged_and_refused_when_malformed() {
 }
 
 /// A harness case of group "g" moving `words` f32: `buffer_copy` records
-/// `copy_buffer_to_buffer`; any other variant records one WGSL copy into the harness's encoder,
-/// or with `own_submits` > 0 runs that many, each submitted and waited for inside the closure,
-/// like a library with its own queue handling.
-fn copy_case(variant: &str, kernel: &'static str, words: usize, own_submits: usize) -> Case {
+/// `copy_buffer_to_buffer`; any other variant records `recorded` WGSL copies into the harness's
+/// encoder, then runs `own_submits` more, each submitted and waited for inside the closure, like a
+/// library with its own queue handling.
+fn copy_case(
+    variant: &str,
+    kernel: &'static str,
+    words: usize,
+    recorded: usize,
+    own_submits: usize,
+) -> Case {
     let buffer_copy = variant == "buffer_copy";
     Case {
         kernel,
@@ -656,8 +635,8 @@ fn copy_case(variant: &str, kernel: &'static str, words: usize, own_submits: usi
                     enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, 4 * words as u64);
                     return Ok(());
                 }
-                if own_submits == 0 {
-                    return v.encode(ctx, enc, &src, &dst);
+                for _ in 0..recorded {
+                    v.encode(ctx, enc, &src, &dst)?;
                 }
                 for _ in 0..own_submits {
                     ctx.submit_and_wait("peer", |e| v.encode(ctx, e, &src, &dst))?;
