@@ -42,6 +42,7 @@ pub struct Context {
     /// One per unused `read_write` slot of a dispatch (a buffer is bound writable only once).
     dummy_rw: Vec<wgpu::Buffer>,
     constants: Mutex<ConstantPool>,
+    params: Mutex<ParamSlots>,
     scratch: Mutex<Option<wgpu::Buffer>>,
     bind_groups: Mutex<BindGroupCache>,
 }
@@ -181,6 +182,35 @@ struct ConstantPool {
     // By usage, then by the bytes (looked up by slice: no key allocation on a hit).
     map: FastMap<u32, FastMap<Vec<u8>, wgpu::Buffer>>,
     len: usize,
+}
+
+/// Kernel parameter blocks: slots of a uniform slab, each written once with
+/// `queue.write_buffer` and bound at a dynamic offset, keyed by their bytes.
+///
+/// Why this is sound although kernels record into the caller's encoder, whose submission the
+/// crate never sees: a slot is written only when it is handed out, and never again. wgpu performs
+/// a `write_buffer` before the commands of the next submission, and every encoder that reads the
+/// slot was recorded after the write was queued, so it is submitted in that submission or a
+/// later one and reads the written bytes; nothing can overwrite them later. A full slab is
+/// replaced by a new one; the old one lives while this map, a cached bind group or recorded
+/// commands hold it. A call with the same parameters as an earlier one (every layer of a model
+/// step) reuses that slot, writing nothing; a new position in a decode loop writes one slot and
+/// keeps the bind group, which names the slab, not the slot.
+#[derive(Default)]
+struct ParamSlots {
+    map: FastMap<Vec<u8>, (wgpu::Buffer, u32)>,
+    slab: Option<wgpu::Buffer>,
+    /// The next free byte of `slab`.
+    next: u64,
+}
+
+/// Bytes of one parameter slab: 1024 slots at the common 256-byte uniform offset alignment, more
+/// where the alignment is smaller; one buffer is created per that many new parameter blocks.
+pub const PARAM_SLAB_BYTES: u64 = 1 << 18;
+
+/// Bytes of the params binding: a parameter block padded to 16 bytes (uniform layout rules).
+pub(crate) fn params_binding_size(bytes: usize) -> u64 {
+    (bytes.max(16) as u64).div_ceil(16) * 16
 }
 
 /// Unfilled `read_write` slots one dispatch may have.
@@ -323,6 +353,7 @@ impl Context {
                 })
                 .collect(),
             constants: Mutex::new(ConstantPool::default()),
+            params: Mutex::new(ParamSlots::default()),
             scratch: Mutex::new(None),
             bind_groups: Mutex::new(BindGroupCache::default()),
             device,
@@ -409,9 +440,61 @@ impl Context {
         Ok(buffer)
     }
 
-    /// Number of buffers in the constant pool (tests use it to see that parameters are reused).
+    /// The params slot holding `bytes` (see `ParamSlots`): the slab and the slot's byte offset,
+    /// the slot written on first use of these bytes and shared by every later call with them.
+    pub(crate) fn param_slot(&self, op: &'static str, bytes: &[u8]) -> Result<(wgpu::Buffer, u32)> {
+        let mut slots = self
+            .params
+            .lock()
+            .map_err(|_| Error::gpu(op, "parameter slots poisoned"))?;
+        if let Some((b, offset)) = slots.map.get(bytes) {
+            return Ok((b.clone(), *offset));
+        }
+        let size = params_binding_size(bytes.len());
+        let align = u64::from(self.limits.min_uniform_buffer_offset_alignment).max(16);
+        let stride = size.div_ceil(align) * align;
+        crate::ensure!(
+            stride <= PARAM_SLAB_BYTES
+                && size <= u64::from(self.limits.max_uniform_buffer_binding_size),
+            Gpu,
+            op,
+            "a parameter block of {} bytes exceeds the uniform binding limit ({} bytes)",
+            bytes.len(),
+            self.limits.max_uniform_buffer_binding_size
+        );
+        if slots.map.len() >= CONSTANT_POOL_ENTRIES {
+            slots.map.clear();
+        }
+        let slab = match slots.slab.clone() {
+            Some(b) if slots.next + stride <= PARAM_SLAB_BYTES => b,
+            _ => {
+                let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("llama-kernels params"),
+                    size: PARAM_SLAB_BYTES,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                slots.slab = Some(b.clone());
+                slots.next = 0;
+                b
+            }
+        };
+        let offset = slots.next;
+        let mut contents = bytes.to_vec();
+        contents.resize(size as usize, 0);
+        self.queue.write_buffer(&slab, offset, &contents);
+        slots.next += stride;
+        // The slab is 256 KiB, so the offset fits the u32 dynamic offset.
+        let offset = offset as u32;
+        slots.map.insert(bytes.to_vec(), (slab.clone(), offset));
+        Ok((slab, offset))
+    }
+
+    /// Number of distinct parameter blocks and constant buffers pooled (tests use it to see
+    /// that parameters are reused).
     pub fn pooled_constants(&self) -> usize {
         self.constants.lock().map(|p| p.len).unwrap_or(0)
+            + self.params.lock().map(|p| p.map.len()).unwrap_or(0)
     }
 
     /// The context's scratch storage buffer, at least `bytes` long (grown to a power of two).
@@ -515,18 +598,35 @@ impl Context {
     ) -> Result<()> {
         let kernel = self.kernel(op, key)?;
         let grid = self.grid(op, workgroups)?;
-        let uniform =
-            self.constant_buffer(op, wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(params))?;
-        let entries = kernel.entries(self, op, &uniform, named)?;
-        let bind_group = self.bind_group(op, &kernel, &entries)?;
+        let (bind_group, offset) =
+            self.bind_params(op, &kernel, bytemuck::bytes_of(params), named)?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(key.entry_point),
             timestamp_writes: None,
         });
-        pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
+        kernel.bind(&mut pass, &bind_group, offset);
         pass.dispatch_workgroups(grid.0, grid.1, grid.2);
         Ok(())
+    }
+
+    /// The bind group of one launch of `kernel` (cached, see `BindGroupCache`) and the dynamic
+    /// offset of its params slot holding `params` (see `ParamSlots`); `named` and the dummies
+    /// as [`Context::encode_kernel`] describes. Set both with `Kernel::bind`.
+    pub(crate) fn bind_params(
+        &self,
+        op: &'static str,
+        kernel: &Arc<Kernel>,
+        params: &[u8],
+        named: &[(&str, wgpu::BindingResource<'_>)],
+    ) -> Result<(wgpu::BindGroup, u32)> {
+        let (slab, offset) = self.param_slot(op, params)?;
+        let binding = wgpu::BufferBinding {
+            buffer: &slab,
+            offset: 0,
+            size: std::num::NonZeroU64::new(params_binding_size(params.len())),
+        };
+        let entries = kernel.entries(self, op, &binding, named)?;
+        Ok((self.bind_group(op, kernel, &entries)?, offset))
     }
 
     /// The bind group of `kernel` with `entries`: the cached one when every entry matches (see

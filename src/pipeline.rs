@@ -282,9 +282,45 @@ impl PipelineKey {
         });
         let constants: Vec<(&str, f64)> =
             self.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
+        // The layout is built from the reflected slots rather than derived by wgpu, so that the
+        // params uniform can take a dynamic offset: every call's parameters are a slot of one
+        // slab (`Context::param_slot`), and a new position in a decode loop changes only the
+        // offset, not the bind group. A failed reflection falls back to the derived layout, and
+        // wgpu reports the shader's error.
+        let explicit = (!slots.is_empty()).then(|| {
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = slots
+                .iter()
+                .map(|slot| wgpu::BindGroupLayoutEntry {
+                    binding: slot.binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: match slot.access {
+                            Access::Uniform => wgpu::BufferBindingType::Uniform,
+                            Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                            Access::ReadWrite => {
+                                wgpu::BufferBindingType::Storage { read_only: false }
+                            }
+                        },
+                        has_dynamic_offset: slot.access == Access::Uniform,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                })
+                .collect();
+            let group = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(self.entry_point),
+                entries: &entries,
+            });
+            let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(self.entry_point),
+                bind_group_layouts: &[Some(&group)],
+                immediate_size: 0,
+            });
+            (group, layout)
+        });
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(self.entry_point),
-            layout: None,
+            layout: explicit.as_ref().map(|(_, l)| l),
             module: &module,
             entry_point: Some(self.entry_point),
             compilation_options: wgpu::PipelineCompilationOptions {
@@ -294,13 +330,18 @@ impl PipelineKey {
             },
             cache: None,
         });
-        let layout = pipeline.get_bind_group_layout(0);
+        let layout = match explicit {
+            Some((group, _)) => group,
+            None => pipeline.get_bind_group_layout(0),
+        };
+        let uniforms = slots.iter().filter(|s| s.access == Access::Uniform).count();
         Kernel {
             key: self.clone(),
             pipeline,
             layout,
             slots,
             declared,
+            uniforms,
         }
     }
 }
@@ -318,17 +359,20 @@ pub struct Kernel {
     pub slots: Vec<Slot>,
     /// Every group-0 binding name the module declares.
     pub declared: Vec<String>,
+    /// Uniform slots (each bound to the params slot, each taking its dynamic offset).
+    pub uniforms: usize,
 }
 
 impl Kernel {
-    /// Bind group entries for `named` bindings plus `params` for the uniform; every other used
+    /// Bind group entries for `named` bindings plus `params` for the uniform (a window of the
+    /// parameter slab, placed by the dynamic offset [`Kernel::offsets`] gives); every other used
     /// slot gets one of the context's dummy buffers. A name the module does not declare is an
     /// error (a typo never leaves a binding silently unfilled).
     pub(crate) fn entries<'a>(
         &'a self,
         ctx: &'a Context,
         op: &'static str,
-        params: &'a wgpu::Buffer,
+        params: &'a wgpu::BufferBinding<'a>,
         named: &'a [(&'a str, wgpu::BindingResource<'a>)],
     ) -> Result<Vec<wgpu::BindGroupEntry<'a>>> {
         for (name, _) in named {
@@ -342,13 +386,22 @@ impl Kernel {
                 ));
             }
         }
+        if self.uniforms > MAX_UNIFORMS {
+            return Err(Error::gpu(
+                op,
+                format!(
+                    "{} uses {} uniform bindings; at most {MAX_UNIFORMS} are supported",
+                    self.key.entry_point, self.uniforms
+                ),
+            ));
+        }
         let mut rw_dummies = 0;
         let mut entries = Vec::with_capacity(self.slots.len());
         for slot in &self.slots {
             let resource = match named.iter().find(|(n, _)| *n == slot.name) {
                 Some((_, r)) => r.clone(),
                 None => match slot.access {
-                    Access::Uniform => params.as_entire_binding(),
+                    Access::Uniform => wgpu::BindingResource::Buffer(params.clone()),
                     Access::Read => ctx.dummy_buffer().as_entire_binding(),
                     Access::ReadWrite => {
                         rw_dummies += 1;
@@ -362,6 +415,24 @@ impl Kernel {
             });
         }
         Ok(entries)
+    }
+}
+
+/// Uniform slots one entry point may use (each reads the one params slot).
+const MAX_UNIFORMS: usize = 4;
+
+impl Kernel {
+    /// Set the pipeline and `group` in `pass`, the params slot at `offset` (the dynamic offset
+    /// of every uniform slot).
+    pub(crate) fn bind(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        group: &wgpu::BindGroup,
+        offset: u32,
+    ) {
+        let offsets = [offset; MAX_UNIFORMS];
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, group, &offsets[..self.uniforms.min(MAX_UNIFORMS)]);
     }
 }
 

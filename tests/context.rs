@@ -167,3 +167,55 @@ fn parameters_are_pooled_not_overwritten() {
     let want = 2.0 / (4.0f32 + 12.0).sqrt();
     assert!(b.iter().all(|&v| (v - want).abs() < 1e-6), "{b:?}");
 }
+
+/// A decode loop's parameters are new every call (position, length). Each block gets a slot of
+/// the parameter slab, written once, and the launch keeps its bind group, which names the slab,
+/// not the slot. Recorded into one unsubmitted encoder past one slab's slots and past the
+/// pool's entry limit, every call still reads its own parameters.
+#[test]
+fn new_parameters_every_call_keep_their_values_and_bind_group() {
+    let ctx = ctx();
+    let n = 4;
+    // RmsNorm's parameter block is 64 bytes, so a slab holds at most this many.
+    let calls = (llama_kernels::context::PARAM_SLAB_BYTES / 64) as usize + 100;
+    let x = ctx.upload(&[2.0f32; 4], &[1, 4]).unwrap();
+    let w = ctx.upload(&[1.0f32; 4], &[4]).unwrap();
+    let out = ctx.empty(&[calls, n], DType::F32).unwrap();
+    let eps = |i: usize| i as f32 / 64.0;
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    for i in 0..calls {
+        let row = Tensor::with_strides(out.buffer(), i * n, &[1, n], &[n, 1], DType::F32);
+        RmsNorm::new(eps(i))
+            .encode(&ctx, &mut enc, &x, &w, &row)
+            .unwrap();
+    }
+    ctx.queue().submit([enc.finish()]);
+    let got = ctx.read_f32(&out).unwrap();
+    for i in 0..calls {
+        let want = 2.0 / (4.0 + eps(i)).sqrt();
+        for &v in &got[i * n..(i + 1) * n] {
+            assert!((v - want).abs() <= 1e-6 * want, "call {i}: {v} != {want}");
+        }
+    }
+
+    // Same bindings, new parameters: no new bind group.
+    let o = ctx.empty(&[1, n], DType::F32).unwrap();
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    RmsNorm::new(0.5)
+        .encode(&ctx, &mut enc, &x, &w, &o)
+        .unwrap();
+    let groups = ctx.cached_bind_groups();
+    for i in 0..50 {
+        RmsNorm::new(1.0 + i as f32)
+            .encode(&ctx, &mut enc, &x, &w, &o)
+            .unwrap();
+    }
+    assert_eq!(ctx.cached_bind_groups(), groups);
+    ctx.queue().submit([enc.finish()]);
+    let want = 2.0 / (4.0f32 + 50.0).sqrt();
+    let got = ctx.read_f32(&o).unwrap();
+    assert!(
+        got.iter().all(|&v| (v - want).abs() <= 1e-6 * want),
+        "{got:?}"
+    );
+}

@@ -291,11 +291,16 @@ pub fn measure(
         let layers = 32;
         let per_layer = 1 + 1 + 2 + decode_dispatches + 1;
         let dispatches = layers * per_layer + 1;
+        // Each step is one token further on, as in a real decode loop: RoPE's position, the
+        // append row and the attention length are new every step, so their parameters are
+        // new too (a repeated position would only measure cache hits).
+        let mut pos = kv_len;
         let step = time_calls(ctx, b.div_ceil(3), s.steps_per_batch, |enc| {
+            pos = if pos + 1 < cap { pos + 1 } else { kv_len };
             for _ in 0..layers {
                 norm.encode_residual(ctx, enc, &x, &res, &w, &out_t, &res)?;
-                rope.encode(ctx, enc, &q, Positions::Start(kv_len as i32))?;
-                cache.set_len(kv_len)?;
+                rope.encode(ctx, enc, &q, Positions::Start(pos as i32))?;
+                cache.set_len(pos)?;
                 cache.append_rope(ctx, enc, &k4, &v4, &rope, None)?;
                 attn.encode_cached(ctx, enc, &qd, &cache, None, &od)?;
                 norm.encode_residual(ctx, enc, &x, &res, &w, &out_t, &res)?;

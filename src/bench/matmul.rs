@@ -143,25 +143,18 @@ impl Variant {
         let (gx, gy) = ((n / 4 / bn4) as u32, (m / bm) as u32);
         // A 2-D grid: the launch path's linear grid would mix up rows and columns.
         let kernel = ctx.kernel(OP, &self.key())?;
-        let uniform =
-            ctx.constant_buffer(OP, wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&params))?;
         let named = [
             ("a", aw.resource()),
             ("b", bw.resource()),
             ("c", cw.resource()),
         ];
-        let entries = kernel.entries(ctx, OP, &uniform, &named)?;
-        let bind_group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(OP),
-            layout: &kernel.layout,
-            entries: &entries,
-        });
+        let (bind_group, offset) =
+            ctx.bind_params(OP, &kernel, bytemuck::bytes_of(&params), &named)?;
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(OP),
             timestamp_writes: None,
         });
-        pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
+        kernel.bind(&mut pass, &bind_group, offset);
         pass.dispatch_workgroups(gx, gy, 1);
         Ok(())
     }
