@@ -455,7 +455,7 @@ impl Context {
         let stride = size.div_ceil(align) * align;
         crate::ensure!(
             stride <= PARAM_SLAB_BYTES
-                && size <= u64::from(self.limits.max_uniform_buffer_binding_size),
+                && size <= self.limits.max_uniform_buffer_binding_size,
             Gpu,
             op,
             "a parameter block of {} bytes exceeds the uniform binding limit ({} bytes)",
