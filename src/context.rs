@@ -168,15 +168,10 @@ pub const BIND_GROUP_SWEEP: u64 = 4096;
 /// Cached bind groups kept at most (the cache starts over past it).
 const BIND_GROUP_ENTRIES: usize = 4096;
 
-/// Immutable small buffers (kernel parameters, RoPE frequency tables) keyed by their bytes.
-///
-/// Why not a ring written with `queue.write_buffer`: kernels record into the caller's encoder,
-/// and the crate never learns when that encoder is submitted. A `write_buffer` lands before the
-/// *next* submission, so reusing a ring slot while an earlier, not yet submitted encoder still
-/// reads it would hand that encoder the new values. Immutable buffers cannot be overwritten;
-/// a call whose parameters were seen before (every layer of a model step, every repeated
-/// shape) reuses the buffer with no allocation. Evicting drops only the pool's handle: wgpu
-/// keeps a buffer alive while recorded commands use it.
+/// Immutable small storage buffers (RoPE frequency tables, paged-attention maps) keyed by their
+/// bytes: created on first use, shared by every later call with the same bytes. Kernel
+/// parameters use `ParamSlots` instead. Evicting drops only the pool's handle: wgpu keeps a
+/// buffer alive while recorded commands use it.
 #[derive(Default)]
 struct ConstantPool {
     // By usage, then by the bytes (looked up by slice: no key allocation on a hit).
@@ -454,8 +449,7 @@ impl Context {
         let align = u64::from(self.limits.min_uniform_buffer_offset_alignment).max(16);
         let stride = size.div_ceil(align) * align;
         crate::ensure!(
-            stride <= PARAM_SLAB_BYTES
-                && size <= self.limits.max_uniform_buffer_binding_size,
+            stride <= PARAM_SLAB_BYTES && size <= self.limits.max_uniform_buffer_binding_size,
             Gpu,
             op,
             "a parameter block of {} bytes exceeds the uniform binding limit ({} bytes)",
@@ -583,7 +577,7 @@ impl Context {
     }
 
     /// The one launch path: record one dispatch of the pipeline for `key` with `params` in its
-    /// `params` uniform (from the constant pool), the `named` bindings (WGSL names, see
+    /// `params` uniform (a slot of the parameter slab), the `named` bindings (WGSL names, see
     /// [`crate::pipeline`]), a dummy in every other slot the entry point uses, and `workgroups`
     /// spread over the 2-D grid. Records nothing if any step fails. Opens no error scope: each
     /// op's `encode` runs its whole recording inside one ([`Context::scoped`]).

@@ -365,7 +365,7 @@ pub struct Kernel {
 
 impl Kernel {
     /// Bind group entries for `named` bindings plus `params` for the uniform (a window of the
-    /// parameter slab, placed by the dynamic offset [`Kernel::offsets`] gives); every other used
+    /// parameter slab, placed by the dynamic offset `Kernel::bind` sets); every other used
     /// slot gets one of the context's dummy buffers. A name the module does not declare is an
     /// error (a typo never leaves a binding silently unfilled).
     pub(crate) fn entries<'a>(

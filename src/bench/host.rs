@@ -4,7 +4,7 @@
 //! kernels in about a millisecond, so on a fast GPU this is what the step waits on.
 //!
 //! Method: each op records into a fresh encoder that is dropped unsubmitted; one untimed batch
-//! warms the pipeline cache and the parameter pool, then the median over `batches` of the mean
+//! warms the pipeline cache, the parameter slots and the bind groups, then the median over `batches` of the mean
 //! per call over `per_batch` calls is reported. `ratio_to_floor` is per dispatch: the op's µs
 //! over (its dispatches x the floor's µs).
 
