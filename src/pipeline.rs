@@ -25,6 +25,10 @@ pub const ATTENTION_SPLIT_WGSL: &str = include_str!("../shaders/attention_split.
 /// modules, which define where a key's rows live.
 pub const ATTENTION_KEYS_WGSL: &str = include_str!("../shaders/attention_keys.wgsl");
 
+/// The GPU decode kernels' subgroup step (`sg_partial`), for the contiguous and paged subgroup
+/// modules, which define where a key's rows live.
+pub const ATTENTION_SUBGROUP_WGSL: &str = include_str!("../shaders/attention_subgroup.wgsl");
+
 /// One WGSL module (a kernel family): the files it concatenates, and the variants its op can
 /// dispatch. Compared and hashed by name.
 #[derive(Debug)]
@@ -137,6 +141,7 @@ impl Shader {
         Shader::PAGED_KV,
         crate::ops::rms_norm::RMS_NORM_SUBGROUP,
         crate::ops::attention::ATTENTION_DECODE_SUBGROUP,
+        crate::ops::paged::ATTENTION_PAGED_SUBGROUP,
     ];
 
     /// The full WGSL module.

@@ -930,7 +930,7 @@ fn every_validation_rule_has_an_error() {
         ),
         "paged",
         is_param,
-        "decode kernel Prefill does not apply to paged decode rows (Decode or DecodeKeys)",
+        "decode kernel Prefill does not apply to paged decode rows (Decode, DecodeKeys or DecodeSubgroup)",
     );
     // DecodeKeys' 16-byte loads need head_dim x 2 bytes a multiple of 16 in half precision;
     // the default plan keeps such heads on the tile kernel.
@@ -1185,4 +1185,68 @@ fn multimodal_rope_into_pages() {
         let cmp = compare(&got, &want);
         assert!(cmp.passes(tol(dtype)), "{dtype} from {new_dtype}: {cmp}");
     }
+}
+
+/// The GPU decode kernel over pages (`DecodeSubgroup`, the default for decode rows on GPUs with
+/// `SUBGROUP`), forced on lavapipe (subgroups of 8), GQA-4 rows taking 4 and 8 rows per
+/// workgroup (one and two row blocks) beside a prefill sequence, page-boundary lengths, a 1-key
+/// and a 0-key sequence, a shared prefix: against the f64 reference planned by length and with 3
+/// splits (splits past the keys) with sinks, a window and softcap, and bit for bit against the
+/// contiguous DecodeSubgroup at the same split count. f32 only: the dtype changes the page loads,
+/// which the tile kernel shares and is tested in every dtype, and each specialisation is seconds
+/// of LLVM on lavapipe. Without `SUBGROUP` the plan refuses it.
+#[test]
+fn subgroup_decode_over_pages() {
+    let ctx = ctx();
+    let lens = [
+        (1, 31),
+        (2, 16),
+        (3, 600),
+        (10, 40),
+        (1, 1),
+        (1, 0),
+        (2, 17),
+    ];
+    let w = world(
+        740,
+        &lens,
+        gqa(),
+        DType::F32,
+        PageLayout::Hnd,
+        Some((2, 6, 1)),
+    );
+    let plan = |splits| PlanOptions {
+        splits,
+        decode: Some(Kind::DecodeSubgroup),
+    };
+    if !ctx.caps().subgroups {
+        let err = PagedBatch::from_parts_with(&ctx, PAGE, w.n_pages, &w.seqs, w.heads, &plan(None))
+            .expect_err("DecodeSubgroup without SUBGROUP");
+        assert!(err.to_string().contains("SUBGROUP"), "{err}");
+        return;
+    }
+    let cache = w.cache(&ctx, 741);
+    let batch = w.batch_with(&ctx, plan(None));
+    assert_eq!(batch.kinds()[..3], [Kind::DecodeSubgroup; 3]);
+    assert_eq!(batch.kinds()[3], Kind::Prefill);
+    let op = Attention::default();
+    let got = w.run(&ctx, &cache, &batch, &op, None);
+    let cmp = compare(&got, &w.want(&op, None));
+    assert!(cmp.passes(tol(DType::F32)), "DecodeSubgroup: {cmp}");
+
+    let batch = w.batch_with(&ctx, plan(Some(3)));
+    let sinks: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
+    let opts = Attention {
+        window: 20,
+        softcap: 5.0,
+        ..Default::default()
+    };
+    let got = w.run(&ctx, &cache, &batch, &opts, Some(&sinks));
+    let cmp = compare(&got, &w.want(&opts, Some(&sinks)));
+    assert!(
+        cmp.passes(tol(DType::F32)),
+        "DecodeSubgroup, options: {cmp}"
+    );
+    let got = w.run(&ctx, &cache, &batch, &op, None);
+    bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeSubgroup, 3);
 }

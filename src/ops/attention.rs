@@ -382,8 +382,7 @@ impl Variant {
     }
     /// [`Kind::DecodeSubgroup`]: vec4 slots of a head per lane and key lanes per workgroup.
     fn sg_shape(&self) -> (u32, u32) {
-        let min = self.sg_min.max(4);
-        (self.hd4.div_ceil(min), (SG_WG / min).max(1))
+        sg_shape(self.hd4, self.sg_min)
     }
     fn constants(&self) -> Vec<(&'static str, u32)> {
         vec![
@@ -620,6 +619,7 @@ pub const ATTENTION_DECODE_SUBGROUP: &Shader = &Shader {
         crate::pipeline::ATTENTION_SPLIT_WGSL,
         crate::pipeline::ATTENTION_KEYS_WGSL,
         include_str!("../../shaders/attention_decode.wgsl"),
+        crate::pipeline::ATTENTION_SUBGROUP_WGSL,
         include_str!("../../shaders/attention_decode_subgroup.wgsl"),
     ],
     variants: || {
@@ -659,11 +659,23 @@ pub fn subgroup_decode_wanted(ctx: &Context) -> bool {
 /// every key lane runs on its own subgroup on CPU adapters (the smallest subgroup is the only
 /// one there).
 fn sg_loop_cap_keys(ctx: &Context, v: &Variant) -> Option<usize> {
+    sg_cap_keys(ctx, v.hd4, v.sg_min, v.kr)
+}
+
+/// [`Kind::DecodeSubgroup`]'s (vec4 slots of a head per lane, key lanes per workgroup) at `hd4`
+/// with subgroups of at least `sg_min` lanes.
+pub(crate) fn sg_shape(hd4: u32, sg_min: u32) -> (u32, u32) {
+    let min = sg_min.max(4);
+    (hd4.div_ceil(min), (SG_WG / min).max(1))
+}
+
+/// `sg_loop_cap_keys` for `rs` rows per workgroup at `hd4`, subgroups of at least `sg_min`.
+pub(crate) fn sg_cap_keys(ctx: &Context, hd4: u32, sg_min: u32, rs: u32) -> Option<usize> {
     if ctx.adapter_info().device_type != wgpu::DeviceType::Cpu {
         return None;
     }
-    let (slots, nsg) = v.sg_shape();
-    let (slots, nsg, rs) = (slots as usize, nsg as usize, v.kr as usize);
+    let (slots, nsg) = sg_shape(hd4, sg_min);
+    let (slots, nsg, rs) = (slots as usize, nsg as usize, rs as usize);
     let per_block = 2 + rs + 8 * (1 + slots * (1 + rs)) + rs * (1 + slots);
     Some(4 * nsg * (45_000 / per_block))
 }

@@ -48,6 +48,15 @@
 //! per list that is not empty, then the merge. With the same split count the results equal the
 //! contiguous DecodeKeys' bit for bit.
 //!
+//! On GPUs with `SUBGROUP` the decode rows take the contiguous [`Kind::DecodeSubgroup`] design
+//! (`attn_paged_sg`, `shaders/attention_paged_subgroup.wgsl`): flash-decoding with FlashInfer's
+//! paged decode layout, the lanes of a subgroup splitting head_dim and reading each K/V row of a
+//! page as consecutive 16-byte pieces, one `subgroupAdd` per row for four keys, every K/V row
+//! serving the GQA group's query rows; its own work-item lists (1, 2, 4, 8 rows per workgroup),
+//! the same merge, and with the same split count the contiguous DecodeSubgroup's results bit for
+//! bit. [`PlanOptions::decode`] forces it on any adapter with `SUBGROUP` (tests run it on
+//! lavapipe).
+//!
 //! Why HND by default, by measurement (BENCHMARKS.md, the bench's `paged_decode_batch_hnd` beside
 //! `paged_decode_batch`): every attention workgroup reads one kv head, whose keys of a page are
 //! then one contiguous run of `page_size * head_dim` elements instead of `head_dim`-element rows
@@ -307,7 +316,8 @@ pub struct BatchSeq {
 
 #[derive(Clone, Copy, Debug)]
 struct SeqPlan {
-    // Kernel of the sequence's rows: Decode or Prefill (the tile kernel), or DecodeKeys.
+    // Kernel of the sequence's rows: Decode or Prefill (the tile kernel), DecodeKeys or
+    // DecodeSubgroup.
     kind: Kind,
     q_start: usize,
     q_len: usize,
@@ -329,9 +339,10 @@ pub struct PagedBatch {
     n_pages: usize,
     seqs: Vec<SeqPlan>,
     total_q: usize,
-    // (word offset, count) of the work items of the tile kernel, then of the DecodeKeys kernel
-    // with KR = 1, 2 and 4 rows per workgroup.
-    items: [(usize, usize); 4],
+    // (word offset, count) of the work items of each pass (`item_group`).
+    items: [(usize, usize); ITEM_GROUPS],
+    // The adapter's smallest subgroup the DecodeSubgroup rows were planned for.
+    sg_min: u32,
     parts: usize,
     rowmap_off: usize,
     slots_off: usize,
@@ -430,10 +441,17 @@ impl PagedBatch {
         }
         if let Some(k) = plan.decode {
             crate::ensure!(
-                matches!(k, Kind::Decode | Kind::DecodeKeys),
+                matches!(k, Kind::Decode | Kind::DecodeKeys | Kind::DecodeSubgroup),
                 Param,
                 OP,
-                "decode kernel {k:?} does not apply to paged decode rows (Decode or DecodeKeys)"
+                "decode kernel {k:?} does not apply to paged decode rows (Decode, DecodeKeys or DecodeSubgroup)"
+            );
+            crate::ensure!(
+                k != Kind::DecodeSubgroup || ctx.caps().subgroups,
+                Limit,
+                OP,
+                "the DecodeSubgroup kernel needs a device with the SUBGROUP feature (adapter {:?})",
+                ctx.adapter_info().name
             );
         }
         for (i, s) in seqs.iter().enumerate() {
@@ -469,11 +487,19 @@ impl PagedBatch {
         // Decode rows (q_len <= DECODE_MAX_Q_LEN) take DecodeKeys on CPU adapters, as the
         // contiguous dispatcher does, when rows are 16-byte aligned in every dtype the cache may
         // hold (head_dim a multiple of 8; page and head offsets are multiples of head_dim).
-        let decode_kind = plan.decode.unwrap_or(attention::default_kind(
-            ctx.adapter_info().device_type,
-            1,
-            head_dim.is_multiple_of(8),
-        ));
+        // Elsewhere DecodeSubgroup where the device has SUBGROUP, as the contiguous one does.
+        let decode_kind = plan.decode.unwrap_or(
+            match attention::default_kind(
+                ctx.adapter_info().device_type,
+                1,
+                head_dim.is_multiple_of(8),
+            ) {
+                Kind::Decode if attention::subgroup_decode_wanted(ctx) => Kind::DecodeSubgroup,
+                k => k,
+            },
+        );
+        let hd4 = (head_dim / 4) as u32;
+        let sg_min = ctx.adapter_info().subgroup_min_size.max(4);
         let kind_of = |q_len: usize| match q_len > attention::DECODE_MAX_Q_LEN {
             true => Kind::Prefill,
             false => decode_kind,
@@ -484,13 +510,19 @@ impl PagedBatch {
                 rows.next_power_of_two().min(attention::KEYS_MAX_ROWS),
                 attention::KEYS_WG as usize,
             ),
+            Kind::DecodeSubgroup => (
+                rows.next_power_of_two()
+                    .min(attention::sg_rows_max(hd4, sg_min) as usize),
+                attention::sg_shape(hd4, sg_min).1 as usize,
+            ),
             _ => {
                 let rpw = rows.next_power_of_two().clamp(1, wg);
                 (rpw, wg / rpw)
             }
         };
         // Splits: the contiguous decode's rule over the whole batch, per kernel: chunks of at
-        // least its minimum, aiming at its number of workgroups over the sequences it runs.
+        // least its minimum, aiming at its number of workgroups over the sequences it runs
+        // (DecodeSubgroup splits like the tile kernel, as in the contiguous dispatcher).
         let mut plans = Vec::with_capacity(seqs.len());
         let mut base_keys = [0usize; 2];
         for s in seqs {
@@ -509,7 +541,7 @@ impl PagedBatch {
                 .max(attention::KEYS_MIN_CHUNK),
         ];
         let mut q_start = 0;
-        let mut n_items = [0usize; 4];
+        let mut n_items = [0usize; ITEM_GROUPS];
         let mut parts = 0usize;
         for s in seqs {
             let kind = kind_of(s.q_len);
@@ -517,9 +549,12 @@ impl PagedBatch {
             let rows = s.q_len * group;
             let (rows_per_wg, lanes) = shape_of(kind, rows);
             let row_blocks = rows.div_ceil(rows_per_wg);
-            let cap = match keys {
-                true => attention::keys_loop_cap_keys(ctx, head_dim, rows_per_wg),
-                false => attention::loop_cap_keys(ctx, head_dim),
+            let cap = match kind {
+                Kind::DecodeKeys => attention::keys_loop_cap_keys(ctx, head_dim, rows_per_wg),
+                Kind::DecodeSubgroup => {
+                    attention::sg_cap_keys(ctx, hd4, sg_min, rows_per_wg as u32)
+                }
+                _ => attention::loop_cap_keys(ctx, head_dim),
             };
             let min_splits = cap.map_or(1, |c| s.kv_len.div_ceil(c.max(1))).max(1);
             let (n_splits, chunk) = match splits {
@@ -531,6 +566,12 @@ impl PagedBatch {
                     let chunk = auto_chunk[keys as usize].min(s.kv_len.div_ceil(min_splits).max(1));
                     (s.kv_len.div_ceil(chunk).max(1), chunk)
                 }
+            };
+            // The subgroup kernel always leaves its rows to the merge: with one key lane (a
+            // smallest subgroup of 64) it gets a second, empty split.
+            let n_splits = match kind == Kind::DecodeSubgroup && lanes * n_splits == 1 {
+                true => 2,
+                false => n_splits,
             };
             plans.push(SeqPlan {
                 kind,
@@ -556,7 +597,7 @@ impl PagedBatch {
         // slot and position of every new token, block-table rows.
         let seqs_off = 0;
         let items_off = seqs_off + SEQ_WORDS * seqs.len();
-        let mut groups = [(0usize, 0usize); 4];
+        let mut groups = [(0usize, 0usize); ITEM_GROUPS];
         let mut at = items_off;
         for (g, &n) in groups.iter_mut().zip(&n_items) {
             *g = (at, n);
@@ -630,6 +671,7 @@ impl PagedBatch {
             seqs: plans,
             total_q,
             items: groups,
+            sg_min,
             parts,
             rowmap_off,
             slots_off,
@@ -668,7 +710,8 @@ impl PagedBatch {
     }
     /// The kernel of each sequence's rows: [`Kind::Prefill`] for more than
     /// [`attention::DECODE_MAX_Q_LEN`] queries (the workgroup-tile kernel), else the decode
-    /// kernel planned ([`Kind::Decode`], the same tile kernel, or [`Kind::DecodeKeys`]).
+    /// kernel planned ([`Kind::Decode`], the same tile kernel, [`Kind::DecodeKeys`] or
+    /// [`Kind::DecodeSubgroup`]).
     pub fn kinds(&self) -> Vec<Kind> {
         self.seqs.iter().map(|s| s.kind).collect()
     }
@@ -688,19 +731,80 @@ pub struct PlanOptions {
     /// Every sequence's split count (honoured except where the adapter's loop cap needs more).
     pub splits: Option<u32>,
     /// The kernel of decode rows (sequences with at most [`attention::DECODE_MAX_Q_LEN`]
-    /// queries): [`Kind::Decode`] (the workgroup-tile kernel) or [`Kind::DecodeKeys`]; `None`
-    /// picks as the contiguous dispatcher does (DecodeKeys on CPU adapters when head_dim is a
-    /// multiple of 8).
+    /// queries): [`Kind::Decode`] (the workgroup-tile kernel), [`Kind::DecodeKeys`] or
+    /// [`Kind::DecodeSubgroup`] (needs `SUBGROUP`); `None` picks as the contiguous dispatcher
+    /// does (DecodeKeys on CPU adapters when head_dim is a multiple of 8, DecodeSubgroup on
+    /// other adapters with `SUBGROUP`, Decode otherwise).
     pub decode: Option<Kind>,
 }
 
+/// Work-item lists (passes) a batch may have.
+const ITEM_GROUPS: usize = 8;
+
 /// Which work-item list (and pipeline) a sequence's rows use: 0 for the tile kernel, 1, 2, 3
-/// for DecodeKeys with 1, 2, 4 rows per workgroup.
+/// for DecodeKeys with 1, 2, 4 rows per workgroup, 4 .. 7 for DecodeSubgroup with 1, 2, 4, 8.
 fn item_group(kind: Kind, rows_per_wg: usize) -> usize {
     match kind {
         Kind::DecodeKeys => 1 + rows_per_wg.trailing_zeros() as usize,
+        Kind::DecodeSubgroup => 4 + rows_per_wg.trailing_zeros() as usize,
         _ => 0,
     }
+}
+
+/// The pipeline key of the DecodeSubgroup pass over pages with `rs` rows per workgroup, for
+/// subgroups of at least `sg_min` lanes.
+pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32) -> PipelineKey {
+    let (slots, nsg) = attention::sg_shape(hd4, sg_min);
+    PipelineKey::new(
+        ATTENTION_PAGED_SUBGROUP,
+        "attn_paged_sg",
+        vec![
+            ("DTYPE", dtype.shader_code()),
+            ("WG", attention::SG_WG),
+            ("TILE_V4", attention::tile_v4_for(16384)),
+            ("HD4", hd4),
+            ("RS", rs),
+            ("SLOTS", slots),
+            ("NSG", nsg),
+        ],
+    )
+}
+
+/// `shaders/attention_paged.wgsl` with the subgroup decode step and its paged entry point
+/// (`shaders/attention_subgroup.wgsl`, `shaders/attention_paged_subgroup.wgsl`): a module of its
+/// own, because a module that uses subgroup operations anywhere fails validation on devices
+/// without `SUBGROUP`.
+pub const ATTENTION_PAGED_SUBGROUP: &Shader = &Shader {
+    name: "attention_paged_subgroup.wgsl",
+    parts: &[
+        crate::pipeline::COMMON_WGSL,
+        crate::pipeline::ATTENTION_COMMON_WGSL,
+        crate::pipeline::ATTENTION_SPLIT_WGSL,
+        crate::pipeline::ATTENTION_KEYS_WGSL,
+        include_str!("../../shaders/attention_paged.wgsl"),
+        crate::pipeline::ATTENTION_SUBGROUP_WGSL,
+        include_str!("../../shaders/attention_paged_subgroup.wgsl"),
+    ],
+    variants: sg_variant_keys,
+};
+
+/// Every pipeline key of `attn_paged_sg`: every dtype at the head_dims of real models, for the
+/// smallest subgroups of lavapipe and Intel (8) and of NVIDIA and AMD RDNA (32), every row count
+/// the planner can pick.
+pub fn sg_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        for hd in [64u32, 80, 96, 128, 256] {
+            for sg_min in [8, 32] {
+                for rs in [1, 2, 4, 8] {
+                    if rs <= attention::sg_rows_max(hd / 4, sg_min) {
+                        keys.push(sg_attention_key(dtype, hd / 4, rs, sg_min));
+                    }
+                }
+            }
+        }
+    }
+    keys
 }
 
 /// The pipeline key of the paged write (the constants of the contiguous cache's append).
@@ -1399,12 +1503,19 @@ impl Attention {
             .unwrap_or(0);
         let keys_rows_ok = (h.head_dim * cache.dtype.size()).is_multiple_of(16);
         crate::ensure!(
-            keys_rows_ok || batch.items[1..].iter().all(|g| g.1 == 0),
+            keys_rows_ok || batch.items[1..4].iter().all(|g| g.1 == 0),
             Param,
             op,
             "the DecodeKeys kernel needs 16-byte aligned K/V rows: head_dim {} x {} bytes is not a multiple of 16",
             h.head_dim,
             cache.dtype.size()
+        );
+        crate::ensure!(
+            ctx.caps().subgroups || batch.items[4..].iter().all(|g| g.1 == 0),
+            Limit,
+            op,
+            "the batch was planned with the DecodeSubgroup kernel, which needs a device with the SUBGROUP feature (adapter {:?})",
+            ctx.adapter_info().name
         );
         Ok(PagedChecked {
             keys: attention_keys(cache.dtype, tile_v4, hd4),
@@ -1482,8 +1593,8 @@ impl Attention {
             })
         };
         // The partial passes present in the batch (tile kernel, DecodeKeys with 1, 2, 4 rows per
-        // workgroup), each over its own list of work items; every pipeline is compiled before
-        // anything is recorded, so a failure records nothing.
+        // workgroup, DecodeSubgroup with 1, 2, 4, 8), each over its own list of work items; every
+        // pipeline is compiled before anything is recorded, so a failure records nothing.
         let hd4 = (h.head_dim / 4) as u32;
         let mut passes = Vec::new();
         for (g, &(off, n)) in batch.items.iter().enumerate() {
@@ -1492,7 +1603,8 @@ impl Attention {
             }
             let key = match g {
                 0 => c.keys[0].clone(),
-                _ => keys_attention_key(cache.dtype, hd4, 1 << (g - 1)),
+                1..=3 => keys_attention_key(cache.dtype, hd4, 1 << (g - 1)),
+                _ => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min),
             };
             ctx.kernel(op, &key)?;
             passes.push((key, off, n));

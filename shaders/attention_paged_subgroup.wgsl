@@ -1,0 +1,85 @@
+// Appended to attention_paged.wgsl and attention_subgroup.wgsl in a module of its own
+// (`ops::paged::ATTENTION_PAGED_SUBGROUP`): a module that uses subgroup operations anywhere fails
+// validation on devices without SUBGROUP.
+//
+// `attn_paged_sg`: the GPU decode rows of a paged batch (q_len <= 8 on adapters with SUBGROUP
+// that are not CPU adapters), the subgroup decode step (`sg_partial`, attention_subgroup.wgsl)
+// over pages, as FlashInfer's `BatchDecodeWithPagedKVCacheKernel` reads its pages: one
+// workgroup per (work item, kv head), a work item being (sequence, row block, split) of the
+// host's plan with RS rows per block and NSG key lanes per split (the sequence record's
+// rows_per_wg and lanes). A row of one kv head is contiguous inside a page in both layouts, so
+// each lane reads its 16-byte slots of a K or V row straight from the page. Partials go to the
+// sequence's entries in (row, split, lane) order and `attn_paged_merge` combines them (the
+// host plans at least two partials per row, so no row is left to a direct write).
+// With the same split structure the results equal `attn_decode_sg`'s bit for bit.
+
+// (K source, K element, V source, V element) of key j; h = (block-table offset, kv head). Both
+// rows live in the same page, so in the same pool buffer.
+fn sg_row(h: vec2<u32>, j: u32) -> vec4<u32> {
+    let a = key_addr(h.x, j, h.y);
+    return vec4<u32>(a.x, a.y, a.x, a.y + p.k_off);
+}
+
+fn sg_load4(src: u32, e: u32) -> vec4<f32> {
+    return pool_load4(src, e);
+}
+
+@compute @workgroup_size(WG)
+fn attn_paged_sg(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(num_subgroups) n_sg: u32,
+) {
+    let wg_id = linear_workgroup(wid, nwg);
+    // Uniform per workgroup, so returning before the subgroup operations is allowed.
+    if wg_id >= p.v_sb * p.n_kv_heads {
+        return;
+    }
+    let kvh = wg_id % p.n_kv_heads;
+    let item = p.v_off + 4u * (wg_id / p.n_kv_heads);
+    let sq = seq_record(plan_buf[item]);
+    let blk = plan_buf[item + 1u];
+    let split = plan_buf[item + 2u];
+    let rows = sq.q_len * p.group;
+    let r0 = blk * RS;
+    let r_last = min(r0 + RS, rows) - 1u;
+    let split_end = min(sq.kv_len, (split + 1u) * sq.chunk);
+    let kv = key_range(i32(min(split * sq.chunk, sq.kv_len)), i32(split_end), r0, r_last, sq.q_offset);
+
+    // This lane's slots of every row's q (rows past `rows` read the last row; never stored).
+    var q: array<vec4<f32>, MAX_SG_REGS>;
+    var pos: array<i32, MAX_RS>;
+    for (var r = 0u; r < RS; r++) {
+        let rc = min(r0 + r, rows - 1u);
+        let h = kvh * p.group + rc % p.group;
+        let q_base = p.q_off + (sq.q_start + rc / p.group) * p.q_st + h * p.q_sh;
+        pos[r] = sq.q_offset + i32(rc / p.group);
+        for (var i = 0u; i < SLOTS; i++) {
+            let d = sg_lane + sg_size * i;
+            var x = vec4<f32>(0.0);
+            if d < HD4 {
+                x = q_load4(q_base + 4u * d) * p.scale;
+            }
+            q[r * SLOTS + i] = x;
+        }
+    }
+    let stride = 4u * HD4 + 2u;
+    let n_parts = sq.n_splits * NSG;
+
+    for (var vs = sg_id; vs < NSG; vs += n_sg) {
+        var acc: array<vec4<f32>, MAX_SG_REGS>;
+        var m: array<f32, MAX_RS>;
+        var l: array<f32, MAX_RS>;
+        sg_partial(&q, &pos, &acc, &m, &l, vec2<u32>(sq.bt_off, kvh), kv, r0, rows, vs, sg_lane, sg_size);
+        for (var r = 0u; r < RS; r++) {
+            let rr = r0 + r;
+            if rr < rows {
+                let e = (sq.part_base + (kvh * rows + rr) * n_parts + split * NSG + vs) * stride;
+                sg_store_partial(&acc, m[r], l[r], r, e, sg_lane, sg_size);
+            }
+        }
+    }
+}
