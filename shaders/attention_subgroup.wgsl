@@ -73,19 +73,16 @@ fn sg_partial(
     for (var j0 = kv.x + 4 * i32(vs); j0 < kv.y; j0 += 4 * i32(NSG)) {
         // Keys j0 .. j0 + 4 that exist (the last block of a split may be short).
         let key_ok = vec4<i32>(j0, j0 + 1, j0 + 2, j0 + 3) < vec4<i32>(kv.y);
-        var at: array<vec4<u32>, 4>;
-        for (var c = 0u; c < 4u; c++) {
-            at[c] = sg_row(h, u32(min(j0 + i32(c), kv.y - 1)));
-        }
         var s: array<vec4<f32>, MAX_RS>;
         for (var r = 0u; r < RS; r++) {
             s[r] = vec4<f32>(0.0);
         }
         for (var c = 0u; c < 4u; c++) {
+            let kr = sg_row(h, u32(min(j0 + i32(c), kv.y - 1)));
             for (var i = 0u; i < SLOTS; i++) {
                 let d = sg_lane + sg_size * i;
                 if d < HD4 {
-                    let kx = sg_load4(at[c].x, at[c].y + 4u * d);
+                    let kx = sg_load4(kr.x, kr.y + 4u * d);
                     for (var r = 0u; r < RS; r++) {
                         s[r][c] += dot((*q)[r * SLOTS + i], kx);
                     }
@@ -116,10 +113,11 @@ fn sg_partial(
             }
         }
         for (var c = 0u; c < 4u; c++) {
+            let vr = sg_row(h, u32(min(j0 + i32(c), kv.y - 1)));
             for (var i = 0u; i < SLOTS; i++) {
                 let d = sg_lane + sg_size * i;
                 if d < HD4 {
-                    let vx = sg_load4(at[c].z, at[c].w + 4u * d);
+                    let vx = sg_load4(vr.z, vr.w + 4u * d);
                     for (var r = 0u; r < RS; r++) {
                         (*acc)[r * SLOTS + i] += pr[r][c] * vx;
                     }
