@@ -1036,9 +1036,12 @@ fn attention_cases(quick: bool) -> Vec<Case> {
         )
     };
     if quick {
-        cases.push(decode(0, DType::F32, 4096, false));
-        cases.push(decode(0, DType::F32, 4096, true));
-        cases.push(decode(0, DType::BF16, 4096, false));
+        // Decode at kv_len 4096: MHA, GQA-4 (Llama-3-8B) and GQA-8 (Llama-3-70B), f32 and bf16.
+        for dtype in [DType::F32, DType::BF16] {
+            cases.push(decode(0, dtype, 4096, true));
+            cases.push(decode(0, dtype, 4096, false));
+            cases.push(decode(1, dtype, 4096, false));
+        }
         cases.push(prefill(0, DType::F32, 2048, false));
         cases.push(prefill(0, DType::F32, 2048, true));
     } else {
