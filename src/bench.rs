@@ -947,8 +947,13 @@ fn attention_case(
     let kv_bytes = 2 * (visible * n_kv * head_dim) as u64 * size;
     let q_bytes = 2 * (q_len * n_heads * head_dim) as u64 * size;
     let prefill = variant.contains("prefill");
-    // 4 q_len kv_len head_dim n_heads (two matmuls), halved for causal.
-    let flops = prefill.then(|| 4.0 * (q_len * kv_len * head_dim * n_heads) as f64 / 2.0);
+    // 4 q_len kv_len head_dim n_heads (two matmuls), halved for causal prefill; decode counts
+    // the keys it reads, so its GFLOP/s sits beside the matmul ceiling (GQA decode does g x the
+    // arithmetic per K/V byte of MHA).
+    let flops = Some(match prefill {
+        true => 4.0 * (q_len * kv_len * head_dim * n_heads) as f64 / 2.0,
+        false => 4.0 * (q_len * visible * head_dim * n_heads) as f64,
+    });
     let mut shape = vec![
         ("q_len", q_len as u64),
         ("kv_len", kv_len as u64),
