@@ -144,6 +144,35 @@ fn key_addr(bt_off: u32, j: u32, kvh: u32) -> vec2<u32> {
     return vec2<u32>(buf, e);
 }
 
+// The share of one workgroup of a partial pass: a (work item, kv head) of the host's plan.
+struct PagedItem {
+    sq: Seq,
+    kvh: u32,
+    split: u32,
+    // the sequence's rows (query heads of the group x its tokens)
+    rows: u32,
+    // the row block's first row
+    r0: u32,
+    // the keys the block's rows may see in the split
+    kv: vec2<i32>,
+}
+
+// Workgroup wg_id's (work item, kv head): work items are kv-head-major in v_off's list, row
+// blocks of the sequence's rows_per_wg rows.
+fn paged_item(wg_id: u32) -> PagedItem {
+    let kvh = wg_id % p.n_kv_heads;
+    let item = p.v_off + 4u * (wg_id / p.n_kv_heads);
+    let sq = seq_record(plan_buf[item]);
+    let blk = plan_buf[item + 1u];
+    let split = plan_buf[item + 2u];
+    let rows = sq.q_len * p.group;
+    let r0 = blk * sq.rows_per_wg;
+    let r_last = min(r0 + sq.rows_per_wg, rows) - 1u;
+    let split_end = min(sq.kv_len, (split + 1u) * sq.chunk);
+    let kv = key_range(i32(min(split * sq.chunk, sq.kv_len)), i32(split_end), r0, r_last, sq.q_offset);
+    return PagedItem(sq, kvh, split, rows, r0, kv);
+}
+
 // Keys j0 .. j0 + n of one kv head into k_tile / v_tile, spread over the workgroup.
 fn stage_tile_paged(lid: u32, j0: i32, n: u32, bt_off: u32, kvh: u32) {
     for (var i = lid; i < n * HD4; i += WG) {
@@ -165,25 +194,21 @@ fn attn_paged_partial(
     if wg_id >= p.v_sb * p.n_kv_heads {
         return;
     }
-    let kvh = wg_id % p.n_kv_heads;
-    let item = p.v_off + 4u * (wg_id / p.n_kv_heads);
-    let sq = seq_record(plan_buf[item]);
-    let blk = plan_buf[item + 1u];
-    let split = plan_buf[item + 2u];
-    let rows = sq.q_len * p.group;
+    let it = paged_item(wg_id);
+    let sq = it.sq;
+    let kvh = it.kvh;
+    let split = it.split;
+    let rows = it.rows;
+    let kv = it.kv;
     let lanes = sq.lanes;
     let lane = lid / sq.rows_per_wg;
-    let r0 = blk * sq.rows_per_wg;
-    let r_last = min(r0 + sq.rows_per_wg, rows) - 1u;
-    let r = r0 + lid % sq.rows_per_wg;
+    let r = it.r0 + lid % sq.rows_per_wg;
     let row_ok = r < rows;
     let rc = min(r, rows - 1u);
     let t = rc / p.group;
     let h = kvh * p.group + rc % p.group;
     let pos = sq.q_offset + i32(t);
 
-    let split_end = min(sq.kv_len, (split + 1u) * sq.chunk);
-    let kv = key_range(i32(min(split * sq.chunk, sq.kv_len)), i32(split_end), r0, r_last, sq.q_offset);
     var q: array<vec4<f32>, MAX_HD4>;
     var acc: array<vec4<f32>, MAX_HD4>;
     let q_base = p.q_off + (sq.q_start + t) * p.q_st + h * p.q_sh;
@@ -281,16 +306,14 @@ fn attn_paged_keys(
     if wg_id >= p.v_sb * p.n_kv_heads {
         return;
     }
-    let kvh = wg_id % p.n_kv_heads;
-    let item = p.v_off + 4u * (wg_id / p.n_kv_heads);
-    let sq = seq_record(plan_buf[item]);
-    let blk = plan_buf[item + 1u];
-    let split = plan_buf[item + 2u];
-    let rows = sq.q_len * p.group;
-    let r0 = blk * KR;
-    let r_last = min(r0 + KR, rows) - 1u;
-    let split_end = min(sq.kv_len, (split + 1u) * sq.chunk);
-    let kv = key_range(i32(min(split * sq.chunk, sq.kv_len)), i32(split_end), r0, r_last, sq.q_offset);
+    // The plan gives these work items rows_per_wg = KR.
+    let it = paged_item(wg_id);
+    let sq = it.sq;
+    let kvh = it.kvh;
+    let split = it.split;
+    let rows = it.rows;
+    let r0 = it.r0;
+    let kv = it.kv;
 
     var q0: array<vec4<f32>, MAX_HD4>;
     var q1: array<vec4<f32>, MAX_HD4>;

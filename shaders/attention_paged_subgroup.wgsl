@@ -38,16 +38,14 @@ fn attn_paged_sg(
     if wg_id >= p.v_sb * p.n_kv_heads {
         return;
     }
-    let kvh = wg_id % p.n_kv_heads;
-    let item = p.v_off + 4u * (wg_id / p.n_kv_heads);
-    let sq = seq_record(plan_buf[item]);
-    let blk = plan_buf[item + 1u];
-    let split = plan_buf[item + 2u];
-    let rows = sq.q_len * p.group;
-    let r0 = blk * RS;
-    let r_last = min(r0 + RS, rows) - 1u;
-    let split_end = min(sq.kv_len, (split + 1u) * sq.chunk);
-    let kv = key_range(i32(min(split * sq.chunk, sq.kv_len)), i32(split_end), r0, r_last, sq.q_offset);
+    // The plan gives these work items rows_per_wg = RS.
+    let it = paged_item(wg_id);
+    let sq = it.sq;
+    let kvh = it.kvh;
+    let split = it.split;
+    let rows = it.rows;
+    let r0 = it.r0;
+    let kv = it.kv;
 
     // This lane's slots of every row's q (rows past `rows` read the last row; never stored).
     var q: array<vec4<f32>, MAX_SG_REGS>;
