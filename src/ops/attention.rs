@@ -52,7 +52,8 @@
 //!   workgroup memory and the accumulators rescaled only when a maximum moves; for P V each
 //!   invocation owns a slice of the head (one 16-byte V load per slot and key for 16 rows).
 //!   Every per-invocation value is a named vector or matrix indexed by constants: llvmpipe
-//!   (Mesa 22.3) keeps a private array in registers only then and unrolls none of these loops,
+//!   (Mesa 22.3) keeps a private array in registers only then and, by measurement, does not
+//!   unroll these loops (a loop-indexed private array is a memory access per invocation),
 //!   and it issues every storage or workgroup-memory load as one access per invocation, so the
 //!   count of loads per multiply-add is what this kernel minimises. Split over the keys (past
 //!   [`prefill_keys_loop_cap_keys`], or a forced [`Attention::splits`]) the same pipeline writes
