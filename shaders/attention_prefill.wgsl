@@ -303,3 +303,452 @@ fn attn_prefill_merge(
     let o_base = p.o_off + b * p.o_sb + th.x * p.o_st + th.y * p.o_sh;
     store4(o_base + 4u * d, merge_partials(base, p.n_splits, d, th.y));
 }
+
+// ---------------------------------------------------------------------------------------------
+// attn_prefill_keys: the prefill for CPU adapters (`Kind::PrefillKeys`), shaped like the fastest
+// register-tiled matmul on llvmpipe. llvmpipe runs a workgroup on one thread with its invocations
+// as the lanes of 8-wide SIMD vectors, and issues every load from storage or workgroup memory as
+// one scalar access per lane (also for a uniform address), while a 16-byte load costs about what
+// a 4-byte one does; it keeps a private array in registers only when every index into it is a
+// constant, and by measurement it does not unroll these loops, not even ones with constant trip
+// counts of 4 or 8 (a loop-indexed private array is a memory access per lane; the same kernel
+// written with such arrays ran at half this one's speed). So the count of load instructions per multiply-add is what costs, and all per-lane
+// state here is named vectors and matrices indexed by constants, with the loops left over the
+// head (d) and over the keys of a tile.
+//
+// One workgroup of PK_LANES (8) invocations owns PK_ROWS (16) query rows of one (batch, kv head,
+// split), in 4 groups of 4 rows (the components of a vec4, the columns of a mat4x4), and walks
+// the keys in tiles of PK_BK (64), one FlashAttention-2 step per tile (Dao 2023, Algorithm 1):
+// - S = Q K^T, lanes own keys: lane `l` scores keys 8l .. 8l + 8 of the tile for all 16 rows.
+//   Per 4 head elements it makes 8 K loads (16 bytes each, its own keys) and 16 q loads (the
+//   rows, staged once per workgroup in workgroup memory, pre-scaled and converted to f32) for
+//   8 4x4 matrix products, 512 multiply-adds: the register blocking of the `matmul_reg`
+//   bench kernel, in both dimensions.
+// - Softmax in the log2 domain (logits times log2(e), exp2): each lane's row maxima go through
+//   workgroup memory, every lane reduces the 8 to the tile maxima, rescales its accumulators
+//   only if some maximum moved, and writes exp2(s - m) of its keys to workgroup memory (P^T,
+//   a vec4 of 4 rows per key).
+// - O += P V, lanes own head slices: lane `l` accumulates head elements 4(l + 8c) .. + 4 (slot c,
+//   up to 8 slots at head_dim 256) of all 16 rows; per key one 16-byte V load per slot and 4
+//   loads of P for 16 multiply-adds of 4 rows each per slot.
+// Three barriers per tile (one thread per workgroup on llvmpipe: they are cheap). Masks as in
+// `attn_prefill`: each row's visible keys are one interval, cut to the workgroup's key range, and
+// tiles outside the union of the rows' intervals are never visited. K and V are read through
+// `vec4<u32>` views of their windows (rows 16-byte aligned, `ops::attention::kv_rows_aligned`).
+// With p.n_splits > 1 each workgroup covers one chunk of the keys and writes (m, l, acc)
+// partials that `attn_prefill_merge` combines, as `attn_prefill_partial` does; one pipeline
+// serves both, so tests compile one specialisation per shape.
+
+@group(0) @binding(8) var<storage, read> k4: array<vec4<u32>>;
+@group(0) @binding(9) var<storage, read> v4: array<vec4<u32>>;
+
+const PK_ROWS: u32 = 16u;
+const PK_LANES: u32 = 8u;
+const PK_BK: u32 = 64u;
+const LOG2E: f32 = 1.4426950408889634;
+const LN2: f32 = 0.6931471805599453;
+
+// 16 rows x one head slot (4 elements): group g's rows are the columns of [g].
+alias Rows16 = array<mat4x4<f32>, 4>;
+
+// The workgroup's q rows (16 x head_dim / 4 vec4s; MAX_Q is 4 rows of the module's head_dim
+// class), each lane's row maxima per group, and P^T of the tile (key k, group g at k * 4 + g).
+var<workgroup> pk_q: array<vec4<f32>, 4 * MAX_Q>;
+var<workgroup> pk_m: array<vec4<f32>, 32>;
+var<workgroup> pk_p: array<vec4<f32>, 256>;
+
+// 4 elements at element e (a multiple of 4) of K or V, through the 16-byte views.
+fn pk_k(e: u32) -> vec4<f32> {
+    if DTYPE == DT_F32 {
+        return bitcast<vec4<f32>>(k4[e >> 2u]);
+    }
+    let u = k4[e >> 3u];
+    return unpack_half4(select(u.xy, u.zw, (e & 4u) != 0u), DTYPE);
+}
+
+fn pk_v(e: u32) -> vec4<f32> {
+    if DTYPE == DT_F32 {
+        return bitcast<vec4<f32>>(v4[e >> 2u]);
+    }
+    let u = v4[e >> 3u];
+    return unpack_half4(select(u.xy, u.zw, (e & 4u) != 0u), DTYPE);
+}
+
+// Rows 4g .. 4g + 4 of the staged q at head vec4 d, as the columns of a matrix.
+fn pk_qg(g: u32, d: u32) -> mat4x4<f32> {
+    let r = 4u * g * HD4 + d;
+    return mat4x4<f32>(pk_q[r], pk_q[r + HD4], pk_q[r + 2u * HD4], pk_q[r + 3u * HD4]);
+}
+
+// Keys at row starts e0 .. e3 (elements) at head vec4 d, as the columns of a matrix.
+fn pk_kq(e: vec4<u32>, d: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(pk_k(e.x + 4u * d), pk_k(e.y + 4u * d), pk_k(e.z + 4u * d), pk_k(e.w + 4u * d));
+}
+
+// Scores (column k: key j + k, components: the 4 rows of a group) to masked log2-domain logits.
+fn pk_logits(s: mat4x4<f32>, j: i32, lo: vec4<i32>, hi: vec4<i32>) -> mat4x4<f32> {
+    var x = s;
+    if p.softcap > 0.0 {
+        let c = vec4<f32>(p.softcap);
+        let lim = vec4<f32>(15.0);
+        x = mat4x4<f32>(
+            c * tanh(clamp(s[0] / c, -lim, lim)),
+            c * tanh(clamp(s[1] / c, -lim, lim)),
+            c * tanh(clamp(s[2] / c, -lim, lim)),
+            c * tanh(clamp(s[3] / c, -lim, lim)),
+        );
+    }
+    let neg = vec4<f32>(NEG_BIG);
+    return mat4x4<f32>(
+        select(neg, x[0] * LOG2E, (vec4<i32>(j) >= lo) & (vec4<i32>(j) < hi)),
+        select(neg, x[1] * LOG2E, (vec4<i32>(j + 1) >= lo) & (vec4<i32>(j + 1) < hi)),
+        select(neg, x[2] * LOG2E, (vec4<i32>(j + 2) >= lo) & (vec4<i32>(j + 2) < hi)),
+        select(neg, x[3] * LOG2E, (vec4<i32>(j + 3) >= lo) & (vec4<i32>(j + 3) < hi)),
+    );
+}
+
+fn pk_colmax(s: mat4x4<f32>) -> vec4<f32> {
+    return max(max(s[0], s[1]), max(s[2], s[3]));
+}
+
+// exp2(s - m), 0 for masked logits (also when the row has seen no key yet, m = NEG_BIG).
+fn pk_exp(s: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), exp2(s - m), s > vec4<f32>(NEG_BIG));
+}
+
+// P^T of 4 keys from key k of the tile for group g.
+fn pk_put(k: u32, g: u32, s: mat4x4<f32>, m: vec4<f32>) {
+    pk_p[k * 4u + g] = pk_exp(s[0], m);
+    pk_p[(k + 1u) * 4u + g] = pk_exp(s[1], m);
+    pk_p[(k + 2u) * 4u + g] = pk_exp(s[2], m);
+    pk_p[(k + 3u) * 4u + g] = pk_exp(s[3], m);
+}
+
+fn pk_pv4(a: mat4x4<f32>, v: vec4<f32>, pr: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(a[0] + v * pr.x, a[1] + v * pr.y, a[2] + v * pr.z, a[3] + v * pr.w);
+}
+
+// One slot of 16 rows += p * v (p0 .. p3: the probabilities of the 4 groups for this key).
+fn pk_pv(a: Rows16, v: vec4<f32>, p0: vec4<f32>, p1: vec4<f32>, p2: vec4<f32>, p3: vec4<f32>) -> Rows16 {
+    return Rows16(pk_pv4(a[0], v, p0), pk_pv4(a[1], v, p1), pk_pv4(a[2], v, p2), pk_pv4(a[3], v, p3));
+}
+
+fn pk_scale4(a: mat4x4<f32>, f: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(a[0] * f.x, a[1] * f.y, a[2] * f.z, a[3] * f.w);
+}
+
+fn pk_scale(a: Rows16, f0: vec4<f32>, f1: vec4<f32>, f2: vec4<f32>, f3: vec4<f32>) -> Rows16 {
+    return Rows16(pk_scale4(a[0], f0), pk_scale4(a[1], f1), pk_scale4(a[2], f2), pk_scale4(a[3], f3));
+}
+
+// Where a workgroup's results go: the output, or (split over the keys) its partials.
+struct PkDest {
+    b: u32,
+    kvh: u32,
+    bh: u32,
+    r0: u32,
+    split: u32,
+}
+
+// Row r0 + r's 4 elements at head vec4 d4, already normalised (output) or not (partial).
+fn pk_store(t: PkDest, r: u32, d4: u32, a: vec4<f32>) {
+    let row = t.r0 + r;
+    if row >= p.rows {
+        return;
+    }
+    if p.n_splits > 1u {
+        let e = ((t.bh * p.rows + row) * p.n_splits + t.split) * (4u * HD4 + 2u) + 2u + 4u * d4;
+        part_out[e] = a.x;
+        part_out[e + 1u] = a.y;
+        part_out[e + 2u] = a.z;
+        part_out[e + 3u] = a.w;
+        return;
+    }
+    let th = row_th(row, t.kvh);
+    store4(p.o_off + t.b * p.o_sb + th.x * p.o_st + th.y * p.o_sh + 4u * d4, a);
+}
+
+// The factors that turn the accumulators of group g's rows into their output (1 for partials),
+// and, for partials, (m, l) of each row (lane 0 writes them).
+fn pk_finish(t: PkDest, g: u32, m: vec4<f32>, l: vec4<f32>, lane: u32) -> vec4<f32> {
+    var f = vec4<f32>(1.0);
+    for (var i = 0u; i < 4u; i++) {
+        let row = t.r0 + 4u * g + i;
+        if p.n_splits > 1u {
+            if lane == 0u && row < p.rows {
+                let e = ((t.bh * p.rows + row) * p.n_splits + t.split) * (4u * HD4 + 2u);
+                part_out[e] = m[i] * LN2;
+                part_out[e + 1u] = l[i];
+            }
+        } else {
+            f[i] = out_scale(m[i] * LN2, l[i], row_th(row, t.kvh).y);
+        }
+    }
+    return f;
+}
+
+// Slot d4 (this lane's head vec4, if within the head) of all 16 rows.
+fn pk_store_slot(t: PkDest, d4: u32, a: Rows16, f0: vec4<f32>, f1: vec4<f32>, f2: vec4<f32>, f3: vec4<f32>) {
+    if d4 >= HD4 {
+        return;
+    }
+    pk_store(t, 0u, d4, a[0][0] * f0.x);
+    pk_store(t, 1u, d4, a[0][1] * f0.y);
+    pk_store(t, 2u, d4, a[0][2] * f0.z);
+    pk_store(t, 3u, d4, a[0][3] * f0.w);
+    pk_store(t, 4u, d4, a[1][0] * f1.x);
+    pk_store(t, 5u, d4, a[1][1] * f1.y);
+    pk_store(t, 6u, d4, a[1][2] * f1.z);
+    pk_store(t, 7u, d4, a[1][3] * f1.w);
+    pk_store(t, 8u, d4, a[2][0] * f2.x);
+    pk_store(t, 9u, d4, a[2][1] * f2.y);
+    pk_store(t, 10u, d4, a[2][2] * f2.z);
+    pk_store(t, 11u, d4, a[2][3] * f2.w);
+    pk_store(t, 12u, d4, a[3][0] * f3.x);
+    pk_store(t, 13u, d4, a[3][1] * f3.y);
+    pk_store(t, 14u, d4, a[3][2] * f3.z);
+    pk_store(t, 15u, d4, a[3][3] * f3.w);
+}
+
+// Visible-key intervals of rows r .. r + 4 (positions from q_offset), cut to [kv.x, kv.y).
+fn pk_bounds(r: u32, kvh: u32, kv: vec2<i32>) -> array<vec4<i32>, 2> {
+    var lo = vec4<i32>(0);
+    var hi = vec4<i32>(0);
+    for (var i = 0u; i < 4u; i++) {
+        let iv = visible_interval(p.q_offset + i32(row_th(r + i, kvh).x));
+        lo[i] = max(iv.x, kv.x);
+        hi[i] = min(iv.y, kv.y);
+    }
+    return array<vec4<i32>, 2>(lo, hi);
+}
+
+@compute @workgroup_size(PK_LANES)
+fn attn_prefill_keys(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    let wg_id = linear_workgroup(wid, nwg);
+    // Uniform per workgroup, so returning before the barriers is allowed.
+    if wg_id >= p.batch * p.n_kv_heads * p.row_blocks * p.n_splits {
+        return;
+    }
+    let split = wg_id % p.n_splits;
+    let rest = wg_id / p.n_splits;
+    let blk = rest % p.row_blocks;
+    let bh = rest / p.row_blocks;
+    let kvh = bh % p.n_kv_heads;
+    let b = bh / p.n_kv_heads;
+    let r0 = blk * PK_ROWS;
+    let r_last = min(r0 + PK_ROWS, p.rows) - 1u;
+    let split_end = min(p.kv_len, (split + 1u) * p.chunk);
+    let kv = key_range(i32(split * p.chunk), i32(split_end), r0, r_last, p.q_offset);
+
+    for (var i = lane; i < PK_ROWS * HD4; i += PK_LANES) {
+        let th = row_th(r0 + i / HD4, kvh);
+        let q_base = p.q_off + b * p.q_sb + th.x * p.q_st + th.y * p.q_sh;
+        pk_q[i] = load4(0u, q_base + 4u * (i % HD4)) * p.scale;
+    }
+    let b0 = pk_bounds(r0, kvh, kv);
+    let b1 = pk_bounds(r0 + 4u, kvh, kv);
+    let b2 = pk_bounds(r0 + 8u, kvh, kv);
+    let b3 = pk_bounds(r0 + 12u, kvh, kv);
+    workgroupBarrier();
+
+    let neg = vec4<f32>(NEG_BIG);
+    var m0 = neg;
+    var m1 = neg;
+    var m2 = neg;
+    var m3 = neg;
+    var l0 = vec4<f32>(0.0);
+    var l1 = l0;
+    var l2 = l0;
+    var l3 = l0;
+    let z = mat4x4<f32>();
+    var a0 = Rows16(z, z, z, z);
+    var a1 = a0;
+    var a2 = a0;
+    var a3 = a0;
+    var a4 = a0;
+    var a5 = a0;
+    var a6 = a0;
+    var a7 = a0;
+    let k_base = p.k_off + b * p.k_sb + kvh * p.k_sh;
+    let v_base = p.v_off + b * p.v_sb + kvh * p.v_sh;
+    // This lane's head vec4 in each slot, clamped so spare lanes of a partial slot read valid
+    // memory (and store nothing).
+    let d0 = min(lane, HD4 - 1u);
+    let d1 = min(lane + 8u, HD4 - 1u);
+    let d2 = min(lane + 16u, HD4 - 1u);
+    let d3 = min(lane + 24u, HD4 - 1u);
+    let d4 = min(lane + 32u, HD4 - 1u);
+    let d5 = min(lane + 40u, HD4 - 1u);
+    let d6 = min(lane + 48u, HD4 - 1u);
+    let d7 = min(lane + 56u, HD4 - 1u);
+    for (var j0 = kv.x; j0 < kv.y; j0 += i32(PK_BK)) {
+        // This lane's 8 keys, clamped to the range (keys past it are masked).
+        let jl = j0 + i32(PK_LANES * lane);
+        let last = kv.y - 1;
+        let ja = vec4<u32>(min(vec4<i32>(jl) + vec4<i32>(0, 1, 2, 3), vec4<i32>(last)));
+        let jb = vec4<u32>(min(vec4<i32>(jl) + vec4<i32>(4, 5, 6, 7), vec4<i32>(last)));
+        let ea = vec4<u32>(k_base) + ja * p.k_st;
+        let eb = vec4<u32>(k_base) + jb * p.k_st;
+        var s0a = z;
+        var s0b = z;
+        var s1a = z;
+        var s1b = z;
+        var s2a = z;
+        var s2b = z;
+        var s3a = z;
+        var s3b = z;
+        for (var d = 0u; d < HD4; d++) {
+            let ka = pk_kq(ea, d);
+            let kb = pk_kq(eb, d);
+            let q0 = transpose(pk_qg(0u, d));
+            let q1 = transpose(pk_qg(1u, d));
+            let q2 = transpose(pk_qg(2u, d));
+            let q3 = transpose(pk_qg(3u, d));
+            s0a += q0 * ka;
+            s0b += q0 * kb;
+            s1a += q1 * ka;
+            s1b += q1 * kb;
+            s2a += q2 * ka;
+            s2b += q2 * kb;
+            s3a += q3 * ka;
+            s3b += q3 * kb;
+        }
+        s0a = pk_logits(s0a, jl, b0[0], b0[1]);
+        s0b = pk_logits(s0b, jl + 4, b0[0], b0[1]);
+        s1a = pk_logits(s1a, jl, b1[0], b1[1]);
+        s1b = pk_logits(s1b, jl + 4, b1[0], b1[1]);
+        s2a = pk_logits(s2a, jl, b2[0], b2[1]);
+        s2b = pk_logits(s2b, jl + 4, b2[0], b2[1]);
+        s3a = pk_logits(s3a, jl, b3[0], b3[1]);
+        s3b = pk_logits(s3b, jl + 4, b3[0], b3[1]);
+        pk_m[lane * 4u] = max(pk_colmax(s0a), pk_colmax(s0b));
+        pk_m[lane * 4u + 1u] = max(pk_colmax(s1a), pk_colmax(s1b));
+        pk_m[lane * 4u + 2u] = max(pk_colmax(s2a), pk_colmax(s2b));
+        pk_m[lane * 4u + 3u] = max(pk_colmax(s3a), pk_colmax(s3b));
+        workgroupBarrier();
+        var n0 = m0;
+        var n1 = m1;
+        var n2 = m2;
+        var n3 = m3;
+        for (var i = 0u; i < PK_LANES; i++) {
+            n0 = max(n0, pk_m[i * 4u]);
+            n1 = max(n1, pk_m[i * 4u + 1u]);
+            n2 = max(n2, pk_m[i * 4u + 2u]);
+            n3 = max(n3, pk_m[i * 4u + 3u]);
+        }
+        // The same decision in every lane (all read the same maxima).
+        if any(n0 > m0) || any(n1 > m1) || any(n2 > m2) || any(n3 > m3) {
+            let f0 = exp2(m0 - n0);
+            let f1 = exp2(m1 - n1);
+            let f2 = exp2(m2 - n2);
+            let f3 = exp2(m3 - n3);
+            l0 *= f0;
+            l1 *= f1;
+            l2 *= f2;
+            l3 *= f3;
+            a0 = pk_scale(a0, f0, f1, f2, f3);
+            if HD4 > 8u {
+                a1 = pk_scale(a1, f0, f1, f2, f3);
+            }
+            if HD4 > 16u {
+                a2 = pk_scale(a2, f0, f1, f2, f3);
+            }
+            if HD4 > 24u {
+                a3 = pk_scale(a3, f0, f1, f2, f3);
+            }
+            if HD4 > 32u {
+                a4 = pk_scale(a4, f0, f1, f2, f3);
+            }
+            if HD4 > 40u {
+                a5 = pk_scale(a5, f0, f1, f2, f3);
+            }
+            if HD4 > 48u {
+                a6 = pk_scale(a6, f0, f1, f2, f3);
+            }
+            if HD4 > 56u {
+                a7 = pk_scale(a7, f0, f1, f2, f3);
+            }
+            m0 = n0;
+            m1 = n1;
+            m2 = n2;
+            m3 = n3;
+        }
+        let kl = PK_LANES * lane;
+        pk_put(kl, 0u, s0a, m0);
+        pk_put(kl + 4u, 0u, s0b, m0);
+        pk_put(kl, 1u, s1a, m1);
+        pk_put(kl + 4u, 1u, s1b, m1);
+        pk_put(kl, 2u, s2a, m2);
+        pk_put(kl + 4u, 2u, s2b, m2);
+        pk_put(kl, 3u, s3a, m3);
+        pk_put(kl + 4u, 3u, s3b, m3);
+        workgroupBarrier();
+        let nk = min(PK_BK, u32(kv.y - j0));
+        for (var kk = 0u; kk < nk; kk++) {
+            let p0 = pk_p[kk * 4u];
+            let p1 = pk_p[kk * 4u + 1u];
+            let p2 = pk_p[kk * 4u + 2u];
+            let p3 = pk_p[kk * 4u + 3u];
+            l0 += p0;
+            l1 += p1;
+            l2 += p2;
+            l3 += p3;
+            let vr = v_base + (u32(j0) + kk) * p.v_st;
+            a0 = pk_pv(a0, pk_v(vr + 4u * d0), p0, p1, p2, p3);
+            if HD4 > 8u {
+                a1 = pk_pv(a1, pk_v(vr + 4u * d1), p0, p1, p2, p3);
+            }
+            if HD4 > 16u {
+                a2 = pk_pv(a2, pk_v(vr + 4u * d2), p0, p1, p2, p3);
+            }
+            if HD4 > 24u {
+                a3 = pk_pv(a3, pk_v(vr + 4u * d3), p0, p1, p2, p3);
+            }
+            if HD4 > 32u {
+                a4 = pk_pv(a4, pk_v(vr + 4u * d4), p0, p1, p2, p3);
+            }
+            if HD4 > 40u {
+                a5 = pk_pv(a5, pk_v(vr + 4u * d5), p0, p1, p2, p3);
+            }
+            if HD4 > 48u {
+                a6 = pk_pv(a6, pk_v(vr + 4u * d6), p0, p1, p2, p3);
+            }
+            if HD4 > 56u {
+                a7 = pk_pv(a7, pk_v(vr + 4u * d7), p0, p1, p2, p3);
+            }
+        }
+        workgroupBarrier();
+    }
+
+    let t = PkDest(b, kvh, bh, r0, split);
+    let f0 = pk_finish(t, 0u, m0, l0, lane);
+    let f1 = pk_finish(t, 1u, m1, l1, lane);
+    let f2 = pk_finish(t, 2u, m2, l2, lane);
+    let f3 = pk_finish(t, 3u, m3, l3, lane);
+    pk_store_slot(t, lane, a0, f0, f1, f2, f3);
+    if HD4 > 8u {
+        pk_store_slot(t, lane + 8u, a1, f0, f1, f2, f3);
+    }
+    if HD4 > 16u {
+        pk_store_slot(t, lane + 16u, a2, f0, f1, f2, f3);
+    }
+    if HD4 > 24u {
+        pk_store_slot(t, lane + 24u, a3, f0, f1, f2, f3);
+    }
+    if HD4 > 32u {
+        pk_store_slot(t, lane + 32u, a4, f0, f1, f2, f3);
+    }
+    if HD4 > 40u {
+        pk_store_slot(t, lane + 40u, a5, f0, f1, f2, f3);
+    }
+    if HD4 > 48u {
+        pk_store_slot(t, lane + 48u, a6, f0, f1, f2, f3);
+    }
+    if HD4 > 56u {
+        pk_store_slot(t, lane + 56u, a7, f0, f1, f2, f3);
+    }
+}

@@ -140,7 +140,7 @@ fn gpu(c: &Case, d: &Data) -> Vec<f32> {
 /// the unaligned common guard for the other forced kernels.
 fn guard_before(c: &Case) -> usize {
     match c.kind {
-        None | Some(Kind::DecodeKeys) => ALIGNED_GUARD,
+        None | Some(Kind::DecodeKeys | Kind::PrefillKeys) => ALIGNED_GUARD,
         _ => GUARD_BEFORE,
     }
 }
@@ -235,7 +235,12 @@ const KINDS: [Option<Kind>; 4] = [
     Some(Kind::DecodeKeys),
 ];
 /// Every kernel, forced.
-const FORCED: [Kind; 3] = [Kind::Prefill, Kind::Decode, Kind::DecodeKeys];
+const FORCED: [Kind; 4] = [
+    Kind::Prefill,
+    Kind::PrefillKeys,
+    Kind::Decode,
+    Kind::DecodeKeys,
+];
 
 /// The head_dim of the tests whose point is not the head size. Every head_dim is its own pipeline
 /// specialisation (`HD4`, with the head loops unrolled), and lavapipe compiles each at its first
@@ -407,17 +412,21 @@ fn every_kernel_dtype_and_mode() {
     let ctx = ctx();
     let cap = llama_kernels::ops::attention::loop_cap_keys(&ctx, HD)
         .expect("lavapipe is a CPU adapter with a loop cap");
-    // (kind, split over keys, DecodeKeys rows per workgroup, q_len, group (0: rotating), kv_len)
+    // (kind, split over keys, DecodeKeys rows per workgroup, q_len, group (0: rotating), kv_len,
+    // forced split count). PrefillKeys splits only past a cap of tens of thousands of keys on
+    // this adapter, so its split pass runs with a forced count (the same pipeline either way).
     let variants = [
-        (Kind::Prefill, false, 1, 20, 0, 150),
-        (Kind::Prefill, true, 1, 2, 0, cap + 50),
-        (Kind::Decode, true, 1, 3, 0, 300),
-        (Kind::DecodeKeys, true, 1, 1, 1, 300),
-        (Kind::DecodeKeys, true, 2, 2, 1, 300),
-        (Kind::DecodeKeys, true, 4, 3, 0, 300),
+        (Kind::Prefill, false, 1, 20, 0, 150, None),
+        (Kind::Prefill, true, 1, 2, 0, cap + 50, None),
+        (Kind::PrefillKeys, false, 1, 20, 0, 150, None),
+        (Kind::PrefillKeys, true, 1, 11, 0, 200, Some(3)),
+        (Kind::Decode, true, 1, 3, 0, 300, None),
+        (Kind::DecodeKeys, true, 1, 1, 1, 300, None),
+        (Kind::DecodeKeys, true, 2, 2, 1, 300, None),
+        (Kind::DecodeKeys, true, 4, 3, 0, 300, None),
     ];
     let mut i = 0;
-    for (kind, split_kv, kr, q_len, group, kv_len) in variants {
+    for (kind, split_kv, kr, q_len, group, kv_len, splits) in variants {
         for dtype in DType::ALL {
             for mode in 0..8 {
                 i += 1;
@@ -426,6 +435,7 @@ fn every_kernel_dtype_and_mode() {
                 let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, HD);
                 c.dtype = dtype;
                 c.kind = Some(kind);
+                c.splits = splits;
                 c.batch = if i % 5 == 2 { 2 } else { 1 };
                 let c = with_mode(c, mode);
                 let v = c.op().plan(&ctx, dims_of(&c), dtype).unwrap().variant;
@@ -447,7 +457,7 @@ fn every_kernel_at_head_dim_of(model: usize) {
     let ctx = ctx();
     let m = &MODELS[model];
     for (j, kind) in FORCED.into_iter().enumerate() {
-        let q_len = if kind == Kind::Prefill {
+        let q_len = if matches!(kind, Kind::Prefill | Kind::PrefillKeys) {
             24
         } else {
             m.decode_q_len
@@ -457,7 +467,12 @@ fn every_kernel_at_head_dim_of(model: usize) {
         c.kind = Some(kind);
         let c = with_mode(c, 3 * model + j);
         let v = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap().variant;
-        assert_eq!(v.split_kv, kind != Kind::Prefill, "{}: {v:?}", m.name);
+        assert_eq!(
+            v.split_kv,
+            !matches!(kind, Kind::Prefill | Kind::PrefillKeys),
+            "{}: {v:?}",
+            m.name
+        );
         if kind == Kind::DecodeKeys {
             assert_eq!(v.kr, m.keys_rows, "{}: {v:?}", m.name);
         }
@@ -509,14 +524,19 @@ fn every_kernel_at_head_dim_256() {
 #[test]
 fn unusual_head_dims() {
     use DType::{BF16, F16, F32};
-    use Kind::{Decode, DecodeKeys, Prefill};
+    use Kind::{Decode, DecodeKeys, Prefill, PrefillKeys};
+    // PrefillKeys: one vec4 of the head per invocation and slot, so head_dims that leave the last
+    // slot partly empty (44: 11 vec4s over 8 invocations; 120: 30). Its 8-slot specialisation
+    // (head_dim > 224) compiles several times longer than these; it runs at head_dim 256 only.
     let runs = [
         (4usize, DecodeKeys, F32),
         (12, Prefill, F16),
         (36, Decode, BF16),
+        (44, PrefillKeys, F32),
         (68, DecodeKeys, F32),
         (100, Prefill, F32),
         (132, Decode, F16),
+        (120, PrefillKeys, BF16),
         (252, Prefill, BF16),
     ];
     for (i, (hd, kind, dtype)) in runs.into_iter().enumerate() {
@@ -526,19 +546,22 @@ fn unusual_head_dims() {
             vec![kind]
         };
         for kind in kinds {
-            if kind == DecodeKeys && dtype.is_half() {
+            if matches!(kind, DecodeKeys | PrefillKeys) && dtype.is_half() && hd % 8 != 0 {
                 continue; // refused, checked below
             }
-            // One row per DecodeKeys workgroup (its cheapest specialisation).
+            // One row per DecodeKeys workgroup (its cheapest specialisation); PrefillKeys: 18
+            // rows, two row blocks of 16, and two key tiles of 64.
             let mut c = match kind {
                 DecodeKeys => Case::new(1, 70, 3, 3, hd),
+                PrefillKeys => Case::new(9, 70, 6, 3, hd),
                 _ => Case::new(5, 70, 6, 3, hd),
             };
             c.dtype = dtype;
             c.kind = Some(kind);
             check(with_mode(c, i), 4000 + i as u64);
         }
-        for dtype in [F16, BF16] {
+        // Half rows of head_dim 4 (mod 8) are not 16-byte aligned.
+        for dtype in [F16, BF16].into_iter().filter(|_| hd % 8 != 0) {
             let mut c = Case::new(1, 70, 3, 3, hd);
             c.dtype = dtype;
             c.kind = Some(DecodeKeys);
@@ -564,7 +587,7 @@ fn thresholds() {
     for (q_len, gpu_kind, cpu_kind) in [
         (t - 1, Kind::Decode, Kind::DecodeKeys),
         (t, Kind::Decode, Kind::DecodeKeys),
-        (t + 1, Kind::Prefill, Kind::Prefill),
+        (t + 1, Kind::Prefill, Kind::PrefillKeys),
     ] {
         assert_eq!(default_kind(DiscreteGpu, q_len, true), gpu_kind);
         assert_eq!(default_kind(Cpu, q_len, true), cpu_kind);
@@ -581,7 +604,7 @@ fn thresholds() {
     for (q_len, expect) in [
         (t - 1, Kind::DecodeKeys),
         (t, Kind::DecodeKeys),
-        (t + 1, Kind::Prefill),
+        (t + 1, Kind::PrefillKeys),
     ] {
         let mut c = Case::new(q_len, 300, 8, 2, HD);
         c.dtype = DType::F16;
@@ -612,11 +635,24 @@ fn thresholds() {
     for (kv_len, split) in [(cap - 1, false), (cap, false), (cap + 1, true)] {
         let mut c = Case::new(20, kv_len, 2, 1, HD);
         c.window = 3000;
+        c.kind = Some(Kind::Prefill);
         let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
         assert_eq!(plan.variant.kind, Kind::Prefill);
         assert_eq!(plan.variant.split_kv, split, "kv_len {kv_len}");
         assert_eq!(plan.splits, if split { 2 } else { 1 });
         check(c, 5050 + kv_len as u64);
+    }
+    // PrefillKeys (the default here) at its own cap, causal without a window, so that the last
+    // rows' loops run over every key: one pass at the cap, split passes beyond it.
+    let kcap = llama_kernels::ops::attention::prefill_keys_loop_cap_keys(&ctx, HD)
+        .expect("lavapipe is a CPU adapter with a loop cap");
+    for (kv_len, split) in [(kcap, false), (kcap + 1, true)] {
+        let c = Case::new(20, kv_len, 2, 1, HD);
+        let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
+        assert_eq!(plan.variant.kind, Kind::PrefillKeys);
+        assert_eq!(plan.variant.split_kv, split, "kv_len {kv_len}");
+        assert_eq!(plan.splits, if split { 2 } else { 1 });
+        check(c, 5060 + kv_len as u64);
     }
     // Enough kv heads that the target is reached with one split.
     let heads = DECODE_TARGET_WORKGROUPS;
@@ -956,25 +992,31 @@ fn decode_equals_last_row_of_prefill() {
 /// split count is bitwise repeatable.
 #[test]
 fn split_count_does_not_matter() {
-    let mut c = Case::new(2, 1000, 8, 2, 64);
-    c.kind = Some(Kind::Decode);
-    c.sinks = true;
-    let d = data(&c, 9000, 1.0);
-    c.splits = Some(1);
-    let base = gpu(&c, &d);
-    let base64: Vec<f64> = base.iter().map(|&x| x as f64).collect();
-    for s in [2u32, 3, 7, 16, 64, 999, 1000, 1500] {
-        c.splits = Some(s);
-        let a = gpu(&c, &d);
-        let cmp = compare(&a, &base64);
-        assert!(cmp.passes(1e-12), "splits {s}: {cmp}");
-        let b = gpu(&c, &d);
-        assert!(
-            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-            "splits {s}: two runs differ"
-        );
+    // PrefillKeys honours a forced count like decode (one pass at 1).
+    for (kind, q_len, counts) in [
+        (Kind::Decode, 2, &[2u32, 3, 7, 16, 64, 999, 1000, 1500][..]),
+        (Kind::PrefillKeys, 20, &[2u32, 3, 7, 64, 1500][..]),
+    ] {
+        let mut c = Case::new(q_len, 1000, 8, 2, 64);
+        c.kind = Some(kind);
+        c.sinks = true;
+        let d = data(&c, 9000, 1.0);
+        c.splits = Some(1);
+        let base = gpu(&c, &d);
+        let base64: Vec<f64> = base.iter().map(|&x| x as f64).collect();
+        for &s in counts {
+            c.splits = Some(s);
+            let a = gpu(&c, &d);
+            let cmp = compare(&a, &base64);
+            assert!(cmp.passes(1e-12), "{kind:?} splits {s}: {cmp}");
+            let b = gpu(&c, &d);
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{kind:?} splits {s}: two runs differ"
+            );
+        }
+        check(c, 9000);
     }
-    check(c, 9000);
 }
 
 /// GQA equals MHA with each K/V head repeated g times.
@@ -1386,43 +1428,48 @@ fn fits_webgpu_default_limits() {
 #[test]
 fn decode_keys_needs_aligned_rows() {
     let ctx = ctx();
-    let c = Case::new(1, 50, 4, 2, HD);
-    let d = data(&c, 9900, 1.0);
-    let (qs, ks) = c.shapes();
-    // GUARD_BEFORE (70) f32 elements put the views 24 bytes past a 256-byte window start.
-    let q = upload_guarded(&ctx, &d.q, &qs, c.dtype);
-    let k = upload_guarded(&ctx, &d.k, &ks, c.dtype);
-    let v = upload_guarded(&ctx, &d.v, &ks, c.dtype);
-    let out = nan_output(&ctx, &qs, c.dtype);
-    assert!(!llama_kernels::ops::attention::kv_rows_aligned(
-        &ctx, &k, &v
-    ));
-    let forced = Attention {
-        kind: Some(Kind::DecodeKeys),
-        ..Default::default()
-    };
-    let e = forced
-        .run(&ctx, &q, &k, &v, None, &out)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("attention") && e.contains("DecodeKeys kernel needs 16-byte aligned K/V rows"),
-        "{e}"
-    );
-    Attention::default()
-        .run(&ctx, &q, &k, &v, None, &out)
-        .unwrap();
-    let cmp = compare(&ctx.read_f32(&out).unwrap(), &want(&c, &d));
-    assert!(cmp.passes(tol(c.dtype)), "{cmp}");
-    // Aligned views of the same data take DecodeKeys by default and agree.
-    let k2 = upload_at(&ctx, &d.k, &ks, c.dtype, ALIGNED_GUARD);
-    let v2 = upload_at(&ctx, &d.v, &ks, c.dtype, ALIGNED_GUARD);
-    assert!(llama_kernels::ops::attention::kv_rows_aligned(
-        &ctx, &k2, &v2
-    ));
-    forced.run(&ctx, &q, &k2, &v2, None, &out).unwrap();
-    let cmp = compare(&ctx.read_f32(&out).unwrap(), &want(&c, &d));
-    assert!(cmp.passes(tol(c.dtype)), "{cmp}");
+    // Both CPU-adapter kernels read K/V through 16-byte views: forced on unaligned rows they are
+    // refused; by default those rows take Decode / Prefill.
+    for (q_len, kind) in [(1, Kind::DecodeKeys), (20, Kind::PrefillKeys)] {
+        let c = Case::new(q_len, 50, 4, 2, HD);
+        let d = data(&c, 9900, 1.0);
+        let (qs, ks) = c.shapes();
+        // GUARD_BEFORE (70) f32 elements put the views 24 bytes past a 256-byte window start.
+        let q = upload_guarded(&ctx, &d.q, &qs, c.dtype);
+        let k = upload_guarded(&ctx, &d.k, &ks, c.dtype);
+        let v = upload_guarded(&ctx, &d.v, &ks, c.dtype);
+        let out = nan_output(&ctx, &qs, c.dtype);
+        assert!(!llama_kernels::ops::attention::kv_rows_aligned(
+            &ctx, &k, &v
+        ));
+        let forced = Attention {
+            kind: Some(kind),
+            ..Default::default()
+        };
+        let e = forced
+            .run(&ctx, &q, &k, &v, None, &out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("attention")
+                && e.contains(&format!("{kind:?} kernel needs 16-byte aligned K/V rows")),
+            "{e}"
+        );
+        Attention::default()
+            .run(&ctx, &q, &k, &v, None, &out)
+            .unwrap();
+        let cmp = compare(&ctx.read_f32(&out).unwrap(), &want(&c, &d));
+        assert!(cmp.passes(tol(c.dtype)), "{cmp}");
+        // Aligned views of the same data take the CPU-adapter kernel by default and agree.
+        let k2 = upload_at(&ctx, &d.k, &ks, c.dtype, ALIGNED_GUARD);
+        let v2 = upload_at(&ctx, &d.v, &ks, c.dtype, ALIGNED_GUARD);
+        assert!(llama_kernels::ops::attention::kv_rows_aligned(
+            &ctx, &k2, &v2
+        ));
+        forced.run(&ctx, &q, &k2, &v2, None, &out).unwrap();
+        let cmp = compare(&ctx.read_f32(&out).unwrap(), &want(&c, &d));
+        assert!(cmp.passes(tol(c.dtype)), "{cmp}");
+    }
 }
 
 /// Run `c` like `gpu_on`, with `Attention::f16_arithmetic`.

@@ -344,6 +344,7 @@ fn rope_qkv(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
 pub fn plan_name(p: &Plan) -> String {
     let kind = match p.variant.kind {
         Kind::Prefill => "prefill",
+        Kind::PrefillKeys => "prefill_keys",
         Kind::Decode => "decode",
         Kind::DecodeKeys => "decode_keys",
         Kind::DecodeSubgroup => "decode_subgroup",

@@ -43,6 +43,22 @@
 //!   one interval computed once. Memory is O(q_len + kv_len): no score matrix exists.
 //!   [`Attention::f16_arithmetic`] selects the same kernel with f16 products (its own module,
 //!   `SHADER_F16`).
+//! - [`Kind::PrefillKeys`] (`attn_prefill_keys` in `shaders/attention_prefill.wgsl`), prefill
+//!   for CPU adapters, shaped like the register-tiled matmul that runs fastest on llvmpipe: a
+//!   workgroup of [`KEYS_WG`] invocations owns [`PREFILL_KEYS_ROWS`] query rows (q staged once
+//!   in workgroup memory, pre-scaled, as f32) and walks [`PREFILL_KEYS_TILE`]-key tiles. For
+//!   Q K^T each invocation owns 8 keys (16-byte K loads, 8 4x4 matrix products per 4 head
+//!   elements); the softmax is in the log2 domain with the row maxima reduced through
+//!   workgroup memory and the accumulators rescaled only when a maximum moves; for P V each
+//!   invocation owns a slice of the head (one 16-byte V load per slot and key for 16 rows).
+//!   Every per-invocation value is a named vector or matrix indexed by constants: llvmpipe
+//!   (Mesa 22.3) keeps a private array in registers only then and, by measurement, does not
+//!   unroll these loops (a loop-indexed private array is a memory access per invocation),
+//!   and it issues every storage or workgroup-memory load as one access per invocation, so the
+//!   count of loads per multiply-add is what this kernel minimises. Split over the keys (past
+//!   [`prefill_keys_loop_cap_keys`], or a forced [`Attention::splits`]) the same pipeline writes
+//!   partials for `attn_prefill_merge`. Needs 16-byte aligned K/V rows ([`kv_rows_aligned`]) and
+//!   [`prefill_keys_workgroup_bytes`] of workgroup memory; GPUs keep [`Kind::Prefill`].
 //! - [`Kind::Decode`] (`shaders/attention_decode.wgsl`, flash-decoding): the same rows, in blocks
 //!   of a power of two <= [`DECODE_WG`]; spare invocations of a workgroup become key lanes (lane
 //!   `l` takes keys `l, l + lanes, ...` of each tile). kv_len is split into chunks over
@@ -77,7 +93,9 @@
 //!   writing partials that `attn_prefill_merge` combines in a fixed order, as decode's do.
 //!
 //! Choice ([`default_kind`]), unless forced with [`Attention::kind`]: prefill iff
-//! `q_len > DECODE_MAX_Q_LEN` (8); otherwise DecodeKeys on CPU adapters when K/V rows are
+//! `q_len > DECODE_MAX_Q_LEN` (8), PrefillKeys on CPU adapters when K/V rows are 16-byte aligned
+//! (and neither `f16_arithmetic` nor a small workgroup memory rules it out), Prefill elsewhere;
+//! otherwise DecodeKeys on CPU adapters when K/V rows are
 //! 16-byte aligned, DecodeSubgroup on other adapters with `SUBGROUP`
 //! ([`subgroup_decode_wanted`]), Decode elsewhere (DecodeSubgroup splits like Decode). DecodeKeys takes `kr = min(next_pow2(q_len * g), 4)` rows
 //! per workgroup and aims at [`KEYS_TARGET_WORKGROUPS`] (32) workgroups with chunks of at least
@@ -120,6 +138,10 @@ pub const KEYS_MAX_ROWS: usize = 4;
 pub const KEYS_TARGET_WORKGROUPS: usize = 32;
 /// [`Kind::DecodeKeys`] chunks hold at least this many keys (fewer partials to merge).
 pub const KEYS_MIN_CHUNK: usize = 512;
+/// Query rows per [`Kind::PrefillKeys`] workgroup (its [`KEYS_WG`] invocations share them).
+pub const PREFILL_KEYS_ROWS: usize = 16;
+/// Keys per [`Kind::PrefillKeys`] tile (8 per invocation).
+pub const PREFILL_KEYS_TILE: usize = 64;
 /// Largest supported head_dim.
 pub const MAX_HEAD_DIM: usize = 256;
 const MAX_BK: usize = 64;
@@ -129,6 +151,10 @@ const MAX_BK: usize = 64;
 pub enum Kind {
     /// Tiled prefill (FlashAttention-2 style), for more than [`DECODE_MAX_Q_LEN`] query rows.
     Prefill,
+    /// Prefill for CPU adapters (`attn_prefill_keys`): 8 invocations per workgroup own 16 query
+    /// rows; for Q K^T each invocation owns 8 keys of a 64-key tile, for P V a slice of the head,
+    /// every per-invocation value a named register (see [`PREFILL_KEYS_ROWS`]).
+    PrefillKeys,
     /// Split-KV decode with a merge pass, a workgroup per (batch, kv head, split).
     Decode,
     /// Decode for CPU adapters (`attn_decode_keys`): each invocation owns whole keys, reads
@@ -168,9 +194,12 @@ pub struct Attention {
     pub kind: Option<Kind>,
     /// Force the decode split count. Honoured exactly (chunks past kv_len are empty and
     /// contribute nothing), except that on CPU adapters it is raised to what
-    /// [`loop_cap_keys`] needs. Ignored by prefill.
+    /// [`loop_cap_keys`] needs. Honoured the same way by [`Kind::PrefillKeys`]; ignored by
+    /// [`Kind::Prefill`].
     pub splits: Option<u32>,
-    /// Opt-in half-precision arithmetic for [`Kind::Prefill`] (ignored by the decode kernels):
+    /// Opt-in half-precision arithmetic for [`Kind::Prefill`] (ignored by the other kernels; on
+    /// CPU adapters it makes the default prefill [`Kind::Prefill`] instead of
+    /// [`Kind::PrefillKeys`]):
     /// q, the K/V tiles and the products q·k and p·v in `f16` (WGSL `enable f16`), the scores,
     /// the softmax and the output accumulator in f32, as FlashAttention-2 feeds half inputs to
     /// its matmuls. Needs `wgpu::Features::SHADER_F16` on the device ([`Context::new`] requests
@@ -375,6 +404,7 @@ impl Variant {
     fn wg(&self) -> u32 {
         match self.kind {
             Kind::Prefill => PREFILL_WG / PREFILL_ROWS_PER_INVOCATION,
+            Kind::PrefillKeys => KEYS_WG,
             Kind::Decode => DECODE_WG,
             Kind::DecodeKeys => KEYS_WG,
             Kind::DecodeSubgroup => SG_WG,
@@ -420,18 +450,28 @@ impl Variant {
                 ),
             ];
         }
-        if self.kind == Kind::Prefill {
+        if matches!(self.kind, Kind::Prefill | Kind::PrefillKeys) {
             let shader = prefill_shader(self.hd4, self.f16);
             let mut c = self.constants();
             c.push(("PR", PREFILL_ROWS_PER_INVOCATION));
-            if !self.split_kv {
-                return vec![PipelineKey::new(shader, "attn_prefill", c)];
-            }
-            // The merge runs one invocation per 4 output elements, PREFILL_WG per workgroup.
+            // The merge runs one invocation per 4 output elements, PREFILL_WG per workgroup; both
+            // prefill kinds share it.
             let m = c
                 .iter()
                 .map(|&(n, v)| if n == "WG" { (n, PREFILL_WG) } else { (n, v) })
                 .collect();
+            if self.kind == Kind::PrefillKeys {
+                // One pipeline writes the output or, split over the keys, the partials (chosen
+                // by the split count at run time).
+                let main = PipelineKey::new(shader, "attn_prefill_keys", c);
+                return match self.split_kv {
+                    false => vec![main],
+                    true => vec![main, PipelineKey::new(shader, "attn_prefill_merge", m)],
+                };
+            }
+            if !self.split_kv {
+                return vec![PipelineKey::new(shader, "attn_prefill", c)];
+            }
             return vec![
                 PipelineKey::new(shader, "attn_prefill_partial", c),
                 PipelineKey::new(shader, "attn_prefill_merge", m),
@@ -482,6 +522,8 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
     let kinds = [
         (Kind::Prefill, false),
         (Kind::Prefill, true),
+        (Kind::PrefillKeys, false),
+        (Kind::PrefillKeys, true),
         (Kind::Decode, true),
         (Kind::DecodeKeys, true),
     ];
@@ -693,6 +735,30 @@ pub fn loop_cap_keys(ctx: &Context, head_dim: usize) -> Option<usize> {
     Some(50_000 / per_key)
 }
 
+/// Keys one [`Kind::PrefillKeys`] workgroup may loop over on this adapter, if limited (see
+/// [`loop_cap_keys`]): per tile of [`PREFILL_KEYS_TILE`] keys, the tile loop, the Q K^T loop
+/// over the head, the reduction over the 8 lanes and the P V loop over the tile's keys; the q
+/// staging and the bounds and store loops are taken off the budget.
+pub fn prefill_keys_loop_cap_keys(ctx: &Context, head_dim: usize) -> Option<usize> {
+    if ctx.adapter_info().device_type != wgpu::DeviceType::Cpu {
+        return None;
+    }
+    let hd4 = head_dim / 4;
+    let per_tile = 1 + hd4 + KEYS_WG as usize + PREFILL_KEYS_TILE;
+    Some((50_000 - 2 * hd4 - 64) / per_tile * PREFILL_KEYS_TILE)
+}
+
+/// Workgroup memory of [`Kind::PrefillKeys`] at `hd4` (head_dim / 4): the staged q rows of its
+/// head_dim class ([`prefill_shader`]), the lanes' row maxima and P^T of a tile.
+pub fn prefill_keys_workgroup_bytes(hd4: u32) -> u32 {
+    let class_hd4 = match hd4 {
+        0..=16 => 16,
+        17..=32 => 32,
+        _ => 64,
+    };
+    (PREFILL_KEYS_ROWS as u32 * class_hd4 + 32 + 256) * 16
+}
+
 /// Keys one [`Kind::DecodeKeys`] workgroup (all [`KEYS_WG`] lanes) may loop over on this adapter
 /// with `kr` rows per workgroup, if limited (see [`loop_cap_keys`]): per key of a lane, the K
 /// load loop, kr dot-product loops and the V loop with its kr-row inner loop, counted as if the
@@ -706,12 +772,18 @@ pub fn keys_loop_cap_keys(ctx: &Context, head_dim: usize, kr: usize) -> Option<u
     Some((50_000 - 2 * kr * (hd4 + 1)) / per_key * KEYS_WG as usize)
 }
 
-/// The kernel the dispatcher picks when none is forced: [`Kind::Prefill`] for
-/// `q_len > DECODE_MAX_Q_LEN`; otherwise [`Kind::DecodeKeys`] on CPU adapters when K and V rows
-/// are 16-byte aligned (`kv_aligned`, see [`kv_rows_aligned`]), else [`Kind::Decode`].
+/// The kernel the dispatcher picks when none is forced: for `q_len > DECODE_MAX_Q_LEN`,
+/// [`Kind::PrefillKeys`] on CPU adapters when K and V rows are 16-byte aligned (`kv_aligned`,
+/// see [`kv_rows_aligned`]), else [`Kind::Prefill`]; otherwise [`Kind::DecodeKeys`] on CPU
+/// adapters with aligned rows, else [`Kind::Decode`]. ([`Attention::plan`] also takes
+/// [`Kind::Prefill`] for `f16_arithmetic` and where the device's workgroup memory is too small
+/// for [`Kind::PrefillKeys`].)
 pub fn default_kind(device_type: wgpu::DeviceType, q_len: usize, kv_aligned: bool) -> Kind {
     if q_len > DECODE_MAX_Q_LEN {
-        Kind::Prefill
+        match device_type == wgpu::DeviceType::Cpu && kv_aligned {
+            true => Kind::PrefillKeys,
+            false => Kind::Prefill,
+        }
     } else if device_type == wgpu::DeviceType::Cpu && kv_aligned {
         Kind::DecodeKeys
     } else {
@@ -990,12 +1062,24 @@ impl Attention {
     }
 
     fn plan_for(&self, ctx: &Context, d: Dims, dtype: DType, kv_aligned: bool) -> Result<Plan> {
+        let limit = ctx.limits().max_compute_workgroup_storage_size;
+        let hd4 = (d.head_dim / 4) as u32;
+        let keys_fit = prefill_keys_workgroup_bytes(hd4) <= limit;
         let kind = self.kind.unwrap_or_else(|| {
             match default_kind(ctx.adapter_info().device_type, d.q_len, kv_aligned) {
                 Kind::Decode if subgroup_decode_wanted(ctx) => Kind::DecodeSubgroup,
+                Kind::PrefillKeys if self.f16_arithmetic || !keys_fit => Kind::Prefill,
                 k => k,
             }
         });
+        crate::ensure!(
+            kind != Kind::PrefillKeys || keys_fit,
+            Limit,
+            OP,
+            "the PrefillKeys kernel needs {} bytes of workgroup memory at head_dim {}, the device has {limit}",
+            prefill_keys_workgroup_bytes(hd4),
+            d.head_dim
+        );
         crate::ensure!(
             !(kind == Kind::Prefill && self.f16_arithmetic) || ctx.caps().shader_f16,
             Limit,
@@ -1003,9 +1087,7 @@ impl Attention {
             "f16_arithmetic needs wgpu::Features::SHADER_F16, which this device was created without (adapter {:?})",
             ctx.adapter_info().name
         );
-        let limit = ctx.limits().max_compute_workgroup_storage_size;
         let tile_v4 = tile_v4_for(limit);
-        let hd4 = (d.head_dim / 4) as u32;
         crate::ensure!(
             tile_v4 >= hd4 && 2 * tile_v4 * 16 <= limit,
             Limit,
@@ -1044,16 +1126,22 @@ impl Attention {
         let cap = match kind {
             Kind::DecodeKeys => keys_loop_cap_keys(ctx, d.head_dim, kr),
             Kind::DecodeSubgroup => sg_loop_cap_keys(ctx, &variant),
+            Kind::PrefillKeys => prefill_keys_loop_cap_keys(ctx, d.head_dim),
             _ => loop_cap_keys(ctx, d.head_dim),
         };
         let min_splits = cap.map_or(1, |c| d.kv_len.div_ceil(c.max(1)));
-        variant.split_kv = kind != Kind::Prefill || min_splits > 1;
+        variant.split_kv = match kind {
+            Kind::Prefill => min_splits > 1,
+            Kind::PrefillKeys => min_splits > 1 || self.splits.is_some_and(|s| s > 1),
+            _ => true,
+        };
         let wg = variant.wg() as usize;
         let (rows_per_wg, lanes) = match kind {
             Kind::DecodeKeys => (kr, wg),
             Kind::DecodeSubgroup => (kr, variant.sg_shape().1 as usize),
             // Split or not, a prefill workgroup owns PREFILL_WG rows, one key lane each.
             Kind::Prefill => (PREFILL_WG as usize, 1),
+            Kind::PrefillKeys => (PREFILL_KEYS_ROWS, 1),
             _ => {
                 let rpw = rows.next_power_of_two().min(wg);
                 (rpw, wg / rpw)
@@ -1064,6 +1152,15 @@ impl Attention {
             Kind::Prefill => {
                 let chunk = d.kv_len.div_ceil(min_splits);
                 (d.kv_len.div_ceil(chunk), chunk)
+            }
+            Kind::PrefillKeys => {
+                let want = (self.splits.unwrap_or(1) as usize).max(min_splits);
+                let chunk = d.kv_len.div_ceil(want).max(1);
+                // A forced count is honoured exactly (trailing chunks may be empty).
+                match self.splits {
+                    Some(_) => (want, chunk),
+                    None => (d.kv_len.div_ceil(chunk), chunk),
+                }
             }
             Kind::Decode | Kind::DecodeKeys | Kind::DecodeSubgroup => {
                 let (target, min_chunk) = match kind {
@@ -1174,10 +1271,11 @@ impl Attention {
         }
         let aligned = kv_rows_aligned(ctx, k, v);
         crate::ensure!(
-            aligned || self.kind != Some(Kind::DecodeKeys),
+            aligned || !matches!(self.kind, Some(Kind::DecodeKeys | Kind::PrefillKeys)),
             Param,
             OP,
-            "the DecodeKeys kernel needs 16-byte aligned K/V rows (offsets, strides and head_dim {} x {} bytes multiples of 16)",
+            "the {:?} kernel needs 16-byte aligned K/V rows (offsets, strides and head_dim {} x {} bytes multiples of 16)",
+            self.kind.unwrap_or(Kind::DecodeKeys),
             d.head_dim,
             dtype.size()
         );
@@ -1331,6 +1429,11 @@ impl Attention {
             inputs.push(("sinks", w.resource()));
         }
         let base_wgs = (d.batch * d.n_kv_heads * plan.row_blocks) as u64;
+        if plan.variant.kind == Kind::PrefillKeys {
+            // The same K/V windows, read through `vec4<u32>` bindings.
+            inputs.push(("k4", kw.resource()));
+            inputs.push(("v4", vw.resource()));
+        }
         if plan.variant.kind != Kind::DecodeKeys && !plan.variant.split_kv {
             inputs.push(("out_buf", ow.resource()));
             return ctx.encode_kernel(OP, enc, &keys[0], &params, &inputs, base_wgs);
@@ -1379,7 +1482,7 @@ impl Attention {
             merge.push(("sinks", w.resource()));
         }
         let merge_wg = match plan.variant.kind {
-            Kind::Prefill => PREFILL_WG,
+            Kind::Prefill | Kind::PrefillKeys => PREFILL_WG,
             _ => plan.variant.wg(),
         };
         ctx.encode_kernel(
