@@ -5,6 +5,9 @@
 //! `c[m, n] = a[m, k] · b[k, n]`, every tensor f32, contiguous and row-major. Variants:
 //! - register tiling (`matmul_reg`): each invocation owns `tm` rows x 4 columns, no workgroup
 //!   memory; what CPU adapters run fastest.
+//! - named 4x4 register tiles (`matmul_mat4`): 8 invocations, each 16 rows x 8 columns in
+//!   mat4x4 registers, vec4 loads of both operands; written for llvmpipe the way the CPU-adapter
+//!   prefill (`Kind::PrefillKeys`) is, so that the ceiling is not below what prefill reaches.
 //! - workgroup-memory tiling (`matmul_tiled`): 64 x 64 output tiles from 64 x 16 / 16 x 64 tiles
 //!   of A / B staged per K step; the usual GPU kernel.
 
@@ -43,11 +46,15 @@ pub enum Variant {
     },
     /// `matmul_tiled`: 64 x 64 output tiles, 16 x 16 invocations, K steps of 16.
     Tiled,
+    /// `matmul_mat4`: 16 x 64 output tiles, 8 invocations of 16 x 8 in mat4x4 registers, K
+    /// steps of 4.
+    Mat4,
 }
 
 impl Variant {
     /// The tilings the benchmark tries (few, to keep the cold compile short).
-    pub const BENCH: [Variant; 3] = [
+    pub const BENCH: [Variant; 4] = [
+        Variant::Mat4,
         Variant::Reg {
             tm: 4,
             wgx: 8,
@@ -66,6 +73,7 @@ impl Variant {
         match self {
             Variant::Reg { tm, wgx, wgy } => format!("reg_tm{tm}_wg{wgx}x{wgy}"),
             Variant::Tiled => "tiled_64x64".into(),
+            Variant::Mat4 => "mat4_16x8_wg8".into(),
         }
     }
 
@@ -78,6 +86,7 @@ impl Variant {
                 vec![("TM", tm), ("WGX", wgx), ("WGY", wgy)],
             ),
             Variant::Tiled => PipelineKey::new(super::MATMUL, "matmul_tiled", vec![]),
+            Variant::Mat4 => PipelineKey::new(super::MATMUL, "matmul_mat4", vec![]),
         }
     }
 
@@ -86,6 +95,7 @@ impl Variant {
         match *self {
             Variant::Reg { tm, wgx, wgy } => ((tm * wgy) as usize, wgx as usize),
             Variant::Tiled => (64, 16),
+            Variant::Mat4 => (16, 16),
         }
     }
 
@@ -120,7 +130,11 @@ impl Variant {
             c.shape()
         );
         let (bm, bn4) = self.block();
-        let k_step = if *self == Variant::Tiled { 16 } else { 1 };
+        let k_step = match self {
+            Variant::Tiled => 16,
+            Variant::Mat4 => 4,
+            Variant::Reg { .. } => 1,
+        };
         crate::ensure!(
             m.is_multiple_of(bm) && n.is_multiple_of(4 * bn4) && k.is_multiple_of(k_step),
             Shape,
@@ -145,6 +159,7 @@ impl Variant {
         let kernel = ctx.kernel(OP, &self.key())?;
         let named = [
             ("a", aw.resource()),
+            ("a4", aw.resource()),
             ("b", bw.resource()),
             ("c", cw.resource()),
         ];
