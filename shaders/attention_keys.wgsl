@@ -8,9 +8,13 @@
 // invocation owns whole keys (key lane `lane` takes the visible keys lo + lane, lo + lane + WG,
 // ... of its split) and reads each K/V row of its keys once with 16-byte loads (8 halves or 4 f32
 // per load) and uses it for all KR rows (query heads x tokens) of the workgroup's row block, so a
-// GQA group shares every load. No workgroup memory, no barriers. Every array index is a constant
-// once the fixed-trip loops over KR and HD4 are unrolled. Each (row, split, lane) writes a partial
-// like `attn_decode_partial` (lanes = WG), merged by the same fixed-order pass.
+// GQA group shares every load. No workgroup memory, no barriers. llvmpipe reaches a private
+// array indexed by a loop counter one invocation at a time, as it does storage, and Mesa's NIR
+// does not unroll the loops over head_dim here; so the head_dim work is written out as calls with
+// constant unit indices (keys_dot8 / keys_pv8 below), which makes every q and accumulator index a
+// constant for any head_dim, and each 16-byte unit is used as soon as it is loaded (no staged
+// row). Each (row, split, lane) writes a partial like `attn_decode_partial` (lanes = WG), merged
+// by the same fixed-order pass.
 //
 // The including kernel supplies where rows live: `keys_rows(h, j)` gives (K source, K unit,
 // V source, V unit) for key j of the head described by `h`, and `keys_unit(src, i)` loads 16-byte
@@ -21,9 +25,10 @@
 // `attn_decode_partial` share: that step works on one query row per invocation over a K/V tile
 // staged in workgroup memory, scoring the whole tile before one rescale. Here nothing is staged
 // (each invocation reads its own keys through 16-byte units, which is the point on CPU adapters);
-// the unit of work is one key for KR rows at once, so m, l and the rescale are updated per key,
-// branch-free across the KR rows held in vector components, with no score array (the tile
-// step's `s[jj]` is indexed dynamically, which CPU adapters keep in memory, not registers).
+// the unit of work is one step of one key (KR = 1) or two keys (KR > 1) for KR rows at once, so
+// m, l and the rescale are updated once per step, branch-free across the KR rows held in vector
+// components, with no score array (the tile step's `s[jj]` is indexed dynamically, which CPU
+// adapters keep in memory, not registers).
 //
 // Override constant:
 //   KR       query rows per workgroup, every invocation computing all of them (1, 2 or 4)
