@@ -8,9 +8,13 @@
 // invocation owns whole keys (key lane `lane` takes the visible keys lo + lane, lo + lane + WG,
 // ... of its split) and reads each K/V row of its keys once with 16-byte loads (8 halves or 4 f32
 // per load) and uses it for all KR rows (query heads x tokens) of the workgroup's row block, so a
-// GQA group shares every load. No workgroup memory, no barriers. Every array index is a constant
-// once the fixed-trip loops over KR and HD4 are unrolled. Each (row, split, lane) writes a partial
-// like `attn_decode_partial` (lanes = WG), merged by the same fixed-order pass.
+// GQA group shares every load. No workgroup memory, no barriers. llvmpipe reaches a private
+// array indexed by a loop counter one invocation at a time, as it does storage, and Mesa's NIR
+// does not unroll the loops over head_dim here; so the head_dim work is written out as calls with
+// constant unit indices (keys_dot8 / keys_pv8 below), which makes every q and accumulator index a
+// constant for any head_dim, and each 16-byte unit is used as soon as it is loaded (no staged
+// row). Each (row, split, lane) writes a partial like `attn_decode_partial` (lanes = WG), merged
+// by the same fixed-order pass.
 //
 // The including kernel supplies where rows live: `keys_rows(h, j)` gives (K source, K unit,
 // V source, V unit) for key j of the head described by `h`, and `keys_unit(src, i)` loads 16-byte
@@ -21,45 +25,198 @@
 // `attn_decode_partial` share: that step works on one query row per invocation over a K/V tile
 // staged in workgroup memory, scoring the whole tile before one rescale. Here nothing is staged
 // (each invocation reads its own keys through 16-byte units, which is the point on CPU adapters);
-// the unit of work is one key for KR rows at once, so m, l and the rescale are updated per key,
-// branch-free across the KR rows held in vector components, with no score array (the tile
-// step's `s[jj]` is indexed dynamically, which CPU adapters keep in memory, not registers).
+// the unit of work is one step of one key (KR = 1) or two keys (KR > 1) for KR rows at once, so
+// m, l and the rescale are updated once per step, branch-free across the KR rows held in vector
+// components, with no score array (the tile step's `s[jj]` is indexed dynamically, which CPU
+// adapters keep in memory, not registers).
 //
 // Override constant:
 //   KR       query rows per workgroup, every invocation computing all of them (1, 2 or 4)
 override KR: u32 = 1u;
 
-// Score of one row against the key row in kr (q pre-scaled).
-fn keys_dot(qa: ptr<function, array<vec4<f32>, MAX_HD4>>, kr: ptr<function, array<vec4<f32>, MAX_HD4>>) -> f32 {
-    var dd = vec4<f32>(0.0);
-    for (var d = 0u; d < HD4; d++) {
-        dd += (*qa)[d] * (*kr)[d];
-    }
-    return cap_logit(dd.x + dd.y + dd.z + dd.w);
+// 16-byte units per head row: HD4 for f32, HD4 / 2 for halves (head_dim % 8 == 0).
+fn keys_units() -> u32 {
+    return select(HD4 / 2u, HD4, DTYPE == DT_F32);
 }
 
-fn keys_pv(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, vr: ptr<function, array<vec4<f32>, MAX_HD4>>, al: f32, pr: f32) {
-    for (var d = 0u; d < HD4; d++) {
-        (*acc)[d] = (*acc)[d] * al + pr * (*vr)[d];
+// One 16-byte unit as 4 (f32) or 8 (halves) values; bf16 takes one shift or one mask per value.
+fn keys_unpack(w: vec4<u32>) -> Item {
+    if DTYPE == DT_BF16 {
+        let m = vec4<u32>(0xffff0000u);
+        let lo = vec4<u32>(w.x << 16u, w.x, w.y << 16u, w.y) & m;
+        let hi = vec4<u32>(w.z << 16u, w.z, w.w << 16u, w.w) & m;
+        return Item(bitcast<vec4<f32>>(lo), bitcast<vec4<f32>>(hi));
     }
+    return unpack_item(w, DTYPE);
 }
 
-// The row of 16-byte units from unit u0 of source src into kr (head_dim values).
-fn keys_load_row(kr: ptr<function, array<vec4<f32>, MAX_HD4>>, src: u32, u0: u32) {
-    // 16-byte units per head: HD4 for f32, HD4 / 2 for halves (head_dim % 8 == 0).
-    let per_unit = select(2u, 1u, DTYPE == DT_F32);
-    for (var u = 0u; u < HD4 / per_unit; u++) {
-        let w = unpack_item(keys_unit(src, u0 + u), DTYPE);
-        (*kr)[u * per_unit] = w.lo;
-        if per_unit == 2u {
-            (*kr)[u * 2u + 1u] = w.hi;
+// s[base + i] += q_i[d ..] . x for the KR rows (one unit: head slots d, and d + 1 for halves).
+fn keys_dot_rows(
+    q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    s: ptr<function, array<vec4<f32>, 8>>,
+    base: u32,
+    d: u32,
+    x: Item,
+) {
+    let two = DTYPE != DT_F32;
+    (*s)[base] += (*q0)[d] * x.lo;
+    if two {
+        (*s)[base] += (*q0)[d + 1u] * x.hi;
+    }
+    if KR > 1u {
+        (*s)[base + 1u] += (*q1)[d] * x.lo;
+        if two {
+            (*s)[base + 1u] += (*q1)[d + 1u] * x.hi;
         }
     }
+    if KR > 2u {
+        (*s)[base + 2u] += (*q2)[d] * x.lo;
+        (*s)[base + 3u] += (*q3)[d] * x.lo;
+        if two {
+            (*s)[base + 2u] += (*q2)[d + 1u] * x.hi;
+            (*s)[base + 3u] += (*q3)[d + 1u] * x.hi;
+        }
+    }
+}
+
+// Unit u of the K rows of both keys of a step (k0, k1: source and unit of each row; the second
+// key only with KR > 1) against every row. Called with constant u only (keys_dot8), so that
+// every private-array index is a constant.
+fn keys_dot_unit(
+    u: u32,
+    q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    s: ptr<function, array<vec4<f32>, 8>>,
+    k0: vec2<u32>,
+    k1: vec2<u32>,
+) {
+    if u < keys_units() {
+        let d = u * select(2u, 1u, DTYPE == DT_F32);
+        keys_dot_rows(q0, q1, q2, q3, s, 0u, d, keys_unpack(keys_unit(k0.x, k0.y + u)));
+        if KR > 1u {
+            keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_unpack(keys_unit(k1.x, k1.y + u)));
+        }
+    }
+}
+
+// acc[d ..] = acc * al + p0 * y0 (+ p1 * y1 with two keys) for one row.
+fn keys_pv_row(a: ptr<function, array<vec4<f32>, MAX_HD4>>, d: u32, al: f32, p0: f32, p1: f32, y0: Item, y1: Item) {
+    if KR > 1u {
+        (*a)[d] = (*a)[d] * al + p0 * y0.lo + p1 * y1.lo;
+        if DTYPE != DT_F32 {
+            (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi + p1 * y1.hi;
+        }
+    } else {
+        (*a)[d] = (*a)[d] * al + p0 * y0.lo;
+        if DTYPE != DT_F32 {
+            (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi;
+        }
+    }
+}
+
+// Unit u of the V rows of the step's keys into every row's accumulator (constant u only).
+fn keys_pv_unit(
+    u: u32,
+    a0: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a1: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a2: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a3: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    v0: vec2<u32>,
+    v1: vec2<u32>,
+    al: vec4<f32>,
+    p0: vec4<f32>,
+    p1: vec4<f32>,
+) {
+    if u < keys_units() {
+        let d = u * select(2u, 1u, DTYPE == DT_F32);
+        let y0 = keys_unpack(keys_unit(v0.x, v0.y + u));
+        var y1 = Item(vec4<f32>(0.0), vec4<f32>(0.0));
+        if KR > 1u {
+            y1 = keys_unpack(keys_unit(v1.x, v1.y + u));
+        }
+        keys_pv_row(a0, d, al.x, p0.x, p1.x, y0, y1);
+        if KR > 1u {
+            keys_pv_row(a1, d, al.y, p0.y, p1.y, y0, y1);
+        }
+        if KR > 2u {
+            keys_pv_row(a2, d, al.z, p0.z, p1.z, y0, y1);
+            keys_pv_row(a3, d, al.w, p0.w, p1.w, y0, y1);
+        }
+    }
+}
+
+// Units u0 .. u0 + 8, written out: WGSL cannot ask for unrolling, and llvmpipe keeps a private
+// array indexed by a loop counter in memory, reaching it one invocation at a time.
+fn keys_dot8(
+    u0: u32,
+    q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    s: ptr<function, array<vec4<f32>, 8>>,
+    k0: vec2<u32>,
+    k1: vec2<u32>,
+) {
+    if u0 < keys_units() {
+        keys_dot_unit(u0, q0, q1, q2, q3, s, k0, k1);
+        keys_dot_unit(u0 + 1u, q0, q1, q2, q3, s, k0, k1);
+        keys_dot_unit(u0 + 2u, q0, q1, q2, q3, s, k0, k1);
+        keys_dot_unit(u0 + 3u, q0, q1, q2, q3, s, k0, k1);
+        keys_dot_unit(u0 + 4u, q0, q1, q2, q3, s, k0, k1);
+        keys_dot_unit(u0 + 5u, q0, q1, q2, q3, s, k0, k1);
+        keys_dot_unit(u0 + 6u, q0, q1, q2, q3, s, k0, k1);
+        keys_dot_unit(u0 + 7u, q0, q1, q2, q3, s, k0, k1);
+    }
+}
+
+fn keys_pv8(
+    u0: u32,
+    a0: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a1: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a2: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a3: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    v0: vec2<u32>,
+    v1: vec2<u32>,
+    al: vec4<f32>,
+    p0: vec4<f32>,
+    p1: vec4<f32>,
+) {
+    if u0 < keys_units() {
+        keys_pv_unit(u0, a0, a1, a2, a3, v0, v1, al, p0, p1);
+        keys_pv_unit(u0 + 1u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+        keys_pv_unit(u0 + 2u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+        keys_pv_unit(u0 + 3u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+        keys_pv_unit(u0 + 4u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+        keys_pv_unit(u0 + 5u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+        keys_pv_unit(u0 + 6u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+        keys_pv_unit(u0 + 7u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+    }
+}
+
+// Score of the KR rows against one key from its dot partials (lanes of s[base + i]).
+fn keys_scores(s: ptr<function, array<vec4<f32>, 8>>, base: u32) -> vec4<f32> {
+    var x = vec4<f32>(NEG_BIG);
+    x.x = cap_logit(dot((*s)[base], vec4<f32>(1.0)));
+    if KR > 1u {
+        x.y = cap_logit(dot((*s)[base + 1u], vec4<f32>(1.0)));
+    }
+    if KR > 2u {
+        x.z = cap_logit(dot((*s)[base + 2u], vec4<f32>(1.0)));
+        x.w = cap_logit(dot((*s)[base + 3u], vec4<f32>(1.0)));
+    }
+    return x;
 }
 
 // Rows r0 .. r0 + KR (q0 .. q3 pre-scaled; rows past `rows` are computed on a clamped copy and
 // not stored) over the keys kv.x + lane, kv.x + lane + WG, ... < kv.y of the head `h`, queries at
 // positions q_offset + r / group; the partial of row r0 + i goes to part_out[e + i * row_step].
+// With KR > 1 a step takes two keys (j and j + WG): both are scored first, then one running-max
+// update and one rescale of the accumulators serve both.
 fn keys_partial(
     q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
     q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
@@ -74,53 +231,61 @@ fn keys_partial(
     e: u32,
     row_step: u32,
 ) {
+    // Zero-initialised (WGSL initialises function variables).
     var a0: array<vec4<f32>, MAX_HD4>;
     var a1: array<vec4<f32>, MAX_HD4>;
     var a2: array<vec4<f32>, MAX_HD4>;
     var a3: array<vec4<f32>, MAX_HD4>;
-    var kr: array<vec4<f32>, MAX_HD4>;
-    for (var d = 0u; d < HD4; d++) {
-        a0[d] = vec4<f32>(0.0);
-        a1[d] = vec4<f32>(0.0);
-        a2[d] = vec4<f32>(0.0);
-        a3[d] = vec4<f32>(0.0);
-    }
     let rr = vec4<u32>(r0, r0 + 1u, r0 + 2u, r0 + 3u);
     let row_ok = rr < vec4<u32>(min(rows, r0 + KR));
     let rcl = min(rr, vec4<u32>(rows - 1u));
     let pos = vec4<i32>(q_offset) + vec4<i32>(rcl / p.group);
     var m = vec4<f32>(NEG_BIG);
     var l = vec4<f32>(0.0);
+    let keys_per_step = select(1u, 2u, KR > 1u);
 
-    for (var j = kv.x + i32(lane); j < kv.y; j += i32(WG)) {
-        let at = keys_rows(h, u32(j));
-        keys_load_row(&kr, at.x, at.y);
-        var x = vec4<f32>(NEG_BIG);
-        x.x = keys_dot(q0, &kr);
+    for (var j0 = kv.x + i32(lane); j0 < kv.y; j0 += i32(WG * keys_per_step)) {
+        // The second key, clamped into the range so that its loads stay valid; masked below.
+        let j1 = j0 + i32(WG);
+        let at0 = keys_rows(h, u32(j0));
+        let at1 = keys_rows(h, u32(min(j1, kv.y - 1)));
+        var s: array<vec4<f32>, 8>;
+        // Up to 64 units (head_dim 256 in f32).
+        keys_dot8(0u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
+        keys_dot8(8u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
+        keys_dot8(16u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
+        keys_dot8(24u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
+        keys_dot8(32u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
+        keys_dot8(40u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
+        keys_dot8(48u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
+        keys_dot8(56u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
+        let x0 = keys_scores(&s, 0u);
+        let ok0 = row_ok & vec4<bool>(visible(j0, pos.x), visible(j0, pos.y), visible(j0, pos.z), visible(j0, pos.w));
+        var m_new = select(m, max(m, x0), ok0);
+        var x1 = vec4<f32>(NEG_BIG);
+        var ok1 = vec4<bool>(false);
         if KR > 1u {
-            x.y = keys_dot(q1, &kr);
+            x1 = keys_scores(&s, 4u);
+            ok1 = row_ok & vec4<bool>(j1 < kv.y) & vec4<bool>(visible(j1, pos.x), visible(j1, pos.y), visible(j1, pos.z), visible(j1, pos.w));
+            m_new = select(m_new, max(m_new, x1), ok1);
         }
-        if KR > 2u {
-            x.z = keys_dot(q2, &kr);
-            x.w = keys_dot(q3, &kr);
-        }
-        let ok = row_ok & vec4<bool>(visible(j, pos.x), visible(j, pos.y), visible(j, pos.z), visible(j, pos.w));
-        let m_new = select(m, max(m, x), ok);
         // m_new >= m, so alpha <= 1; while nothing is visible both are NEG_BIG: alpha 1.
         let al = exp(m - m_new);
-        let pr = select(vec4<f32>(0.0), exp(x - m_new), ok);
-        l = l * al + pr;
-        m = m_new;
-        // V row into kr (K is done with), then small fixed-trip loops per row.
-        keys_load_row(&kr, at.z, at.w);
-        keys_pv(&a0, &kr, al.x, pr.x);
+        let p0 = select(vec4<f32>(0.0), exp(x0 - m_new), ok0);
+        var p1 = vec4<f32>(0.0);
         if KR > 1u {
-            keys_pv(&a1, &kr, al.y, pr.y);
+            p1 = select(vec4<f32>(0.0), exp(x1 - m_new), ok1);
         }
-        if KR > 2u {
-            keys_pv(&a2, &kr, al.z, pr.z);
-            keys_pv(&a3, &kr, al.w, pr.w);
-        }
+        l = l * al + p0 + p1;
+        m = m_new;
+        keys_pv8(0u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
+        keys_pv8(8u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
+        keys_pv8(16u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
+        keys_pv8(24u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
+        keys_pv8(32u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
+        keys_pv8(40u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
+        keys_pv8(48u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
+        keys_pv8(56u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
     }
 
     store_partial(&a0, e, m.x, l.x);
