@@ -135,7 +135,8 @@ fn pipelines_are_cached_per_key() {
 /// earlier, not yet submitted encoder still reads is never overwritten).
 #[test]
 fn parameters_are_pooled_not_overwritten() {
-    let ctx = ctx();
+    // A context of its own: the shared one's pool counts other tests' parameters too.
+    let ctx = Context::new().expect("adapter");
     let x = ctx.upload(&[2.0f32; 64], &[2, 32]).unwrap();
     let w = ctx.upload(&[1.0f32; 32], &[32]).unwrap();
     let (o1, o2) = (
@@ -174,7 +175,9 @@ fn parameters_are_pooled_not_overwritten() {
 /// pool's entry limit, every call still reads its own parameters.
 #[test]
 fn new_parameters_every_call_keep_their_values_and_bind_group() {
-    let ctx = ctx();
+    // A context of its own: its thousands of parameter blocks and the bind-group count must not
+    // meet other tests' (`parameters_are_pooled_not_overwritten` counts the pool).
+    let ctx = Context::new().expect("adapter");
     let n = 4;
     // RmsNorm's parameter block is 64 bytes, so a slab holds at most this many.
     let calls = (llama_kernels::context::PARAM_SLAB_BYTES / 64) as usize + 100;
