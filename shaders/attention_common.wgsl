@@ -181,6 +181,41 @@ fn key_range(lo: i32, hi: i32, r0: u32, r_last: u32, q_offset: i32) -> vec2<i32>
     return kv;
 }
 
+// The work item of a contiguous split-KV workgroup (decode partial, keys and subgroup kernels,
+// prefill partial and keys kernels): workgroup wg_id < split_items() takes (batch b, kv head kvh,
+// row block blk, split), split fastest; the block's rows r0 ..= r_last (block_rows per block) see
+// the keys kv of the split's chunk [lo, hi). The paged kernels' counterpart is `paged_item`.
+struct SplitItem {
+    split: u32,
+    blk: u32,
+    // b * n_kv_heads + kvh
+    bh: u32,
+    kvh: u32,
+    b: u32,
+    r0: u32,
+    r_last: u32,
+    lo: i32,
+    hi: i32,
+    kv: vec2<i32>,
+}
+
+fn split_items() -> u32 {
+    return p.batch * p.n_kv_heads * p.row_blocks * p.n_splits;
+}
+
+fn split_item(wg_id: u32, block_rows: u32) -> SplitItem {
+    let split = wg_id % p.n_splits;
+    let rest = wg_id / p.n_splits;
+    let blk = rest % p.row_blocks;
+    let bh = rest / p.row_blocks;
+    let r0 = blk * block_rows;
+    let r_last = min(r0 + block_rows, p.rows) - 1u;
+    let lo = i32(split * p.chunk);
+    let hi = i32(min(p.kv_len, (split + 1u) * p.chunk));
+    let kv = key_range(lo, hi, r0, r_last, p.q_offset);
+    return SplitItem(split, blk, bh, bh % p.n_kv_heads, bh / p.n_kv_heads, r0, r_last, lo, hi, kv);
+}
+
 // Query row r (r = t * group + i; clamped to the last row, so spare invocations read valid
 // memory) of kv head kvh, pre-multiplied by the scale.
 fn load_q(q: ptr<function, array<vec4<f32>, MAX_HD4>>, b: u32, r: u32, kvh: u32) {

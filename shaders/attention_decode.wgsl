@@ -34,28 +34,21 @@ fn attn_decode_partial(
 ) {
     let wg_id = linear_workgroup(wid, nwg);
     // Uniform per workgroup, so returning before the barriers is allowed.
-    if wg_id >= p.batch * p.n_kv_heads * p.row_blocks * p.n_splits {
+    if wg_id >= split_items() {
         return;
     }
-    let split = wg_id % p.n_splits;
-    let rest = wg_id / p.n_splits;
-    let blk = rest % p.row_blocks;
-    let bh = rest / p.row_blocks;
-    let kvh = bh % p.n_kv_heads;
-    let b = bh / p.n_kv_heads;
     // rows_per_wg rows (a power of two <= WG) times `lanes` key lanes: lane l of a row takes
     // keys l, l + lanes, ... of every tile and writes its own partial, merged like a split.
+    // w.kv: the keys of this split that any row of the workgroup can see.
+    let w = split_item(wg_id, p.rows_per_wg);
+    let b = w.b;
+    let kvh = w.kvh;
     let lanes = p.lanes;
     let lane = lid / p.rows_per_wg;
-    let r0 = blk * p.rows_per_wg;
-    let r_last = min(r0 + p.rows_per_wg, p.rows) - 1u;
-    let r = r0 + lid % p.rows_per_wg;
+    let r = w.r0 + lid % p.rows_per_wg;
     let row_ok = r < p.rows;
     let pos = p.q_offset + i32(min(r, p.rows - 1u) / p.group);
-
-    // Keys of this split that any row of the workgroup can see.
-    let split_end = min(p.kv_len, (split + 1u) * p.chunk);
-    let kv = key_range(i32(split * p.chunk), i32(split_end), r0, r_last, p.q_offset);
+    let kv = w.kv;
     var q: array<vec4<f32>, MAX_HD4>;
     var acc: array<vec4<f32>, MAX_HD4>;
     load_q(&q, b, r, kvh);
@@ -80,7 +73,7 @@ fn attn_decode_partial(
     if row_ok {
         let stride = 4u * HD4 + 2u;
         let n_parts = p.n_splits * lanes;
-        store_partial(&acc, ((bh * p.rows + r) * n_parts + split * lanes + lane) * stride, m, l);
+        store_partial(&acc, ((w.bh * p.rows + r) * n_parts + w.split * lanes + lane) * stride, m, l);
     }
 }
 
@@ -141,19 +134,13 @@ fn attn_decode_keys(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let wg_id = linear_workgroup(wid, nwg);
-    if wg_id >= p.batch * p.n_kv_heads * p.row_blocks * p.n_splits {
+    if wg_id >= split_items() {
         return;
     }
-    let split = wg_id % p.n_splits;
-    let rest = wg_id / p.n_splits;
-    let blk = rest % p.row_blocks;
-    let bh = rest / p.row_blocks;
-    let kvh = bh % p.n_kv_heads;
-    let b = bh / p.n_kv_heads;
-    let r0 = blk * KR;
-    let r_last = min(r0 + KR, p.rows) - 1u;
-    let split_end = min(p.kv_len, (split + 1u) * p.chunk);
-    let kv = key_range(i32(split * p.chunk), i32(split_end), r0, r_last, p.q_offset);
+    let w = split_item(wg_id, KR);
+    let b = w.b;
+    let kvh = w.kvh;
+    let r0 = w.r0;
 
     var q0: array<vec4<f32>, MAX_HD4>;
     var q1: array<vec4<f32>, MAX_HD4>;
@@ -169,7 +156,7 @@ fn attn_decode_keys(
     }
     let stride = 4u * HD4 + 2u;
     let n_parts = p.n_splits * WG;
-    let e = ((bh * p.rows + r0) * n_parts + split * WG + lid) * stride;
+    let e = ((w.bh * p.rows + r0) * n_parts + w.split * WG + lid) * stride;
     let h = vec2<u32>(p.k_off + b * p.k_sb + kvh * p.k_sh, p.v_off + b * p.v_sb + kvh * p.v_sh);
-    keys_partial(&q0, &q1, &q2, &q3, h, kv, lid, r0, p.rows, p.q_offset, e, n_parts * stride);
+    keys_partial(&q0, &q1, &q2, &q3, h, w.kv, lid, r0, p.rows, p.q_offset, e, n_parts * stride);
 }

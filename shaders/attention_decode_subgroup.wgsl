@@ -26,19 +26,13 @@ fn attn_decode_sg(
 ) {
     let wg_id = linear_workgroup(wid, nwg);
     // Uniform per workgroup, so returning before the subgroup operations is allowed.
-    if wg_id >= p.batch * p.n_kv_heads * p.row_blocks * p.n_splits {
+    if wg_id >= split_items() {
         return;
     }
-    let split = wg_id % p.n_splits;
-    let rest = wg_id / p.n_splits;
-    let blk = rest % p.row_blocks;
-    let bh = rest / p.row_blocks;
-    let kvh = bh % p.n_kv_heads;
-    let b = bh / p.n_kv_heads;
-    let r0 = blk * RS;
-    let r_last = min(r0 + RS, p.rows) - 1u;
-    let split_end = min(p.kv_len, (split + 1u) * p.chunk);
-    let kv = key_range(i32(split * p.chunk), i32(split_end), r0, r_last, p.q_offset);
+    let w = split_item(wg_id, RS);
+    let b = w.b;
+    let kvh = w.kvh;
+    let r0 = w.r0;
 
     // This lane's slots of every row's q (rows past p.rows read the last row; never stored).
     var q: array<vec4<f32>, MAX_SG_REGS>;
@@ -65,11 +59,11 @@ fn attn_decode_sg(
         var acc: array<vec4<f32>, MAX_SG_REGS>;
         var m: array<f32, MAX_RS>;
         var l: array<f32, MAX_RS>;
-        sg_partial(&q, &pos, &acc, &m, &l, heads, kv, r0, p.rows, vs, sg_lane, sg_size);
+        sg_partial(&q, &pos, &acc, &m, &l, heads, w.kv, r0, p.rows, vs, sg_lane, sg_size);
         // The partial of (row, split, key lane vs).
         for (var r = 0u; r < RS; r++) {
             if r0 + r < p.rows {
-                let e = ((bh * p.rows + r0 + r) * n_parts + split * NSG + vs) * stride;
+                let e = ((w.bh * p.rows + r0 + r) * n_parts + w.split * NSG + vs) * stride;
                 sg_store_partial(&acc, m[r], l[r], r, e, sg_lane, sg_size);
             }
         }

@@ -248,26 +248,22 @@ fn attn_prefill_partial(
 ) {
     let wg_id = linear_workgroup(wid, nwg);
     // Uniform per workgroup, so returning before the barriers is allowed.
-    if wg_id >= p.batch * p.n_kv_heads * p.row_blocks * p.n_splits {
+    if wg_id >= split_items() {
         return;
     }
-    let split = wg_id % p.n_splits;
-    let rest = wg_id / p.n_splits;
-    let blk = rest % p.row_blocks;
-    let bh = rest / p.row_blocks;
-    let kvh = bh % p.n_kv_heads;
-    let b = bh / p.n_kv_heads;
-    let split_end = min(p.kv_len, (split + 1u) * p.chunk);
+    // run_block finds the block's rows and their visible keys again (the non-split entry point
+    // shares it); w's chunk bounds are what it needs.
+    let w = split_item(wg_id, WG * PR);
     var q: array<vec4<ht>, MAX_Q>;
     var acc: array<vec4<f32>, MAX_Q>;
     var st: Rows;
-    let r0 = run_block(&q, &acc, &st, lid, b, kvh, blk, i32(split * p.chunk), i32(split_end));
+    let r0 = run_block(&q, &acc, &st, lid, w.b, w.kvh, w.blk, w.lo, w.hi);
     // Partials are ordered (row, split); one lane per row.
     let stride = 4u * HD4 + 2u;
     for (var i = 0u; i < PR; i++) {
         let r = r0 + lid * PR + i;
         if r < p.rows {
-            let e = ((bh * p.rows + r) * p.n_splits + split) * stride;
+            let e = ((w.bh * p.rows + r) * p.n_splits + w.split) * stride;
             part_out[e] = st.m[i];
             part_out[e + 1u] = st.l[i];
             for (var d = 0u; d < HD4; d++) {
@@ -530,19 +526,14 @@ fn attn_prefill_keys(
 ) {
     let wg_id = linear_workgroup(wid, nwg);
     // Uniform per workgroup, so returning before the barriers is allowed.
-    if wg_id >= p.batch * p.n_kv_heads * p.row_blocks * p.n_splits {
+    if wg_id >= split_items() {
         return;
     }
-    let split = wg_id % p.n_splits;
-    let rest = wg_id / p.n_splits;
-    let blk = rest % p.row_blocks;
-    let bh = rest / p.row_blocks;
-    let kvh = bh % p.n_kv_heads;
-    let b = bh / p.n_kv_heads;
-    let r0 = blk * PK_ROWS;
-    let r_last = min(r0 + PK_ROWS, p.rows) - 1u;
-    let split_end = min(p.kv_len, (split + 1u) * p.chunk);
-    let kv = key_range(i32(split * p.chunk), i32(split_end), r0, r_last, p.q_offset);
+    let w = split_item(wg_id, PK_ROWS);
+    let b = w.b;
+    let kvh = w.kvh;
+    let r0 = w.r0;
+    let kv = w.kv;
 
     for (var i = lane; i < PK_ROWS * HD4; i += PK_LANES) {
         let th = row_th(r0 + i / HD4, kvh);
@@ -724,7 +715,7 @@ fn attn_prefill_keys(
         workgroupBarrier();
     }
 
-    let t = PkDest(b, kvh, bh, r0, split);
+    let t = PkDest(b, kvh, w.bh, r0, w.split);
     let f0 = pk_finish(t, 0u, m0, l0, lane);
     let f1 = pk_finish(t, 1u, m1, l1, lane);
     let f2 = pk_finish(t, 2u, m2, l2, lane);

@@ -44,32 +44,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> k_src: array<u32>;
-@group(0) @binding(2) var<storage, read> v_src: array<u32>;
 @group(0) @binding(3) var<storage, read_write> pool: array<u32>;
 @group(0) @binding(4) var<storage, read> slots: array<u32>;
-
-fn src_word(is_v: bool, i: u32) -> u32 {
-    if is_v {
-        return v_src[i];
-    }
-    return k_src[i];
-}
-
-// kv_cache.wgsl's load4 on this shader's bindings (WGSL cannot pass a storage buffer to a
-// function); the decoding is shared (unpack_half4 in common.wgsl).
-fn load4(is_v: bool, e: u32) -> vec4<f32> {
-    if SRC_DTYPE == DT_F32 {
-        return vec4<f32>(
-            bitcast<f32>(src_word(is_v, e)),
-            bitcast<f32>(src_word(is_v, e + 1u)),
-            bitcast<f32>(src_word(is_v, e + 2u)),
-            bitcast<f32>(src_word(is_v, e + 3u)),
-        );
-    }
-    let h = e >> 1u;
-    return unpack_half4(vec2<u32>(src_word(is_v, h), src_word(is_v, h + 1u)), SRC_DTYPE);
-}
 
 fn store4(e: u32, v: vec4<f32>) {
     if DST_DTYPE == DT_F32 {

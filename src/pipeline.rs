@@ -17,6 +17,8 @@ use crate::tensor::Tensor;
 /// Helpers shared by every shader: packed f16/bf16 decode and encode, grid linearisation.
 pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 
+/// Shared by the two KV cache writers: the new rows' bindings and reads.
+pub const KV_SOURCE_WGSL: &str = include_str!("../shaders/kv_source.wgsl");
 /// Shared by the two attention shaders: overrides, params, input bindings, load/mask helpers.
 pub const ATTENTION_COMMON_WGSL: &str = include_str!("../shaders/attention_common.wgsl");
 /// The split-KV partials (bindings, store, merge), shared by the decode and paged kernels.
@@ -96,7 +98,11 @@ impl Shader {
     /// `shaders/kv_cache.wgsl`.
     pub const KV_CACHE: &'static Shader = &Shader {
         name: "kv_cache.wgsl",
-        parts: &[COMMON_WGSL, include_str!("../shaders/kv_cache.wgsl")],
+        parts: &[
+            COMMON_WGSL,
+            KV_SOURCE_WGSL,
+            include_str!("../shaders/kv_cache.wgsl"),
+        ],
         variants: crate::ops::kv_cache::all_variant_keys,
     };
     /// `shaders/attention_paged.wgsl` (with `attention_common.wgsl`).
@@ -114,7 +120,11 @@ impl Shader {
     /// `shaders/paged_kv.wgsl`.
     pub const PAGED_KV: &'static Shader = &Shader {
         name: "paged_kv.wgsl",
-        parts: &[COMMON_WGSL, include_str!("../shaders/paged_kv.wgsl")],
+        parts: &[
+            COMMON_WGSL,
+            KV_SOURCE_WGSL,
+            include_str!("../shaders/paged_kv.wgsl"),
+        ],
         variants: crate::ops::paged::write_variant_keys,
     };
     /// `shaders/cast.wgsl`.
