@@ -245,7 +245,14 @@ fn rms_norm_rows(
 @group(0) @binding(10) var<storage, read_write> res_dst4: array<vec4<u32>>;
 
 // Item `i` of logical buffer `b` (a literal at every call site, so this folds to one load).
+// f16 read through its own binding takes the native path where the module has one
+// (rms_norm_f16.wgsl).
 fn item(b: u32, i: u32) -> Item {
+    if NATIVE_F16 && DTYPE == DT_F16 {
+        if (b == B_X && X_SRC == 0u) || (b == B_W && W_SRC == 0u) || (b == B_R && R_SRC == 0u) {
+            return f16_item(b, i);
+        }
+    }
     var u: vec4<u32>;
     switch b {
         case 0u: {

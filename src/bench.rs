@@ -731,6 +731,15 @@ fn rms_norm_cases(ctx: &Context, quick: bool) -> Vec<Case> {
         if auto.per_invocation && (!quick || cases.is_empty()) {
             strategies.push(Strategy::WorkgroupPerRow);
         }
+        // f16 read natively (GPUs with SHADER_F16) beside the integer decode of the same
+        // kernel and reduction, so one run on such a GPU measures what the native reads buy.
+        if auto.native_f16 {
+            strategies.push(if auto.subgroup {
+                Strategy::WorkgroupSubgroup
+            } else {
+                Strategy::WorkgroupTree
+            });
+        }
         if residual {
             for strategy in strategies {
                 cases.push(Case {

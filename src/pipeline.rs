@@ -57,12 +57,8 @@ impl std::hash::Hash for Shader {
 }
 
 impl Shader {
-    /// `shaders/rms_norm.wgsl`.
-    pub const RMS_NORM: &'static Shader = &Shader {
-        name: "rms_norm.wgsl",
-        parts: &[COMMON_WGSL, include_str!("../shaders/rms_norm.wgsl")],
-        variants: crate::ops::rms_norm::all_variant_keys,
-    };
+    /// `shaders/rms_norm.wgsl` ([`crate::ops::rms_norm::RMS_NORM`]).
+    pub const RMS_NORM: &'static Shader = crate::ops::rms_norm::RMS_NORM;
     /// `shaders/rope.wgsl`.
     pub const ROPE: &'static Shader = &Shader {
         name: "rope.wgsl",
@@ -150,6 +146,8 @@ impl Shader {
         Shader::ATTENTION_PAGED,
         Shader::PAGED_KV,
         crate::ops::rms_norm::RMS_NORM_SUBGROUP,
+        crate::ops::rms_norm::RMS_NORM_F16,
+        crate::ops::rms_norm::RMS_NORM_SUBGROUP_F16,
         crate::ops::attention::ATTENTION_DECODE_SUBGROUP,
         crate::ops::paged::ATTENTION_PAGED_SUBGROUP,
     ];

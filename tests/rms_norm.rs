@@ -262,7 +262,13 @@ fn all_tensors_in_one_buffer() {
     let mut rng = Rng::new(14);
     let (rows, n) = (70, 64);
     for dtype in DType::ALL {
-        for strategy in [Strategy::WorkgroupPerRow, Strategy::InvocationPerRow] {
+        let mut strategies = vec![Strategy::WorkgroupPerRow, Strategy::InvocationPerRow];
+        if dtype == DType::F16 && ctx.caps().shader_f16 {
+            // Every read goes through an output's read_write binding: the native module with
+            // none of its f16 bindings in use.
+            strategies.push(Strategy::WorkgroupNativeF16);
+        }
+        for strategy in strategies {
             for in_place_residual in [false, true] {
                 // Layout: [weight | x | residual | out | residual_out], each region 16-byte aligned.
                 let m = rows * n;
@@ -645,4 +651,116 @@ fn auto_strategy_row_threshold() {
         // 16-byte aligned views: 16-byte items on either strategy.
         assert!(v.items16, "rows {rows}: {v:?}");
     }
+}
+
+/// Native f16 reads (`Strategy::WorkgroupNativeF16`, the GPU default with SHADER_F16, forced
+/// here): against the f64 reference with the f16 tolerance, and bit for bit equal to the integer
+/// decode of the same workgroup-per-row kernel (widening f16 is exact). Plain and fused, in place
+/// and not, Gemma's offset, one item per row and many. Without SHADER_F16 the strategy is an
+/// error; misuse (other dtypes, unaligned views) is an error everywhere.
+#[test]
+fn native_f16_reads_equal_integer_reads() {
+    let ctx = ctx();
+    let (rows, before) = (9, 64);
+    let op = RmsNorm::new(1e-6);
+    let x = upload_at(&ctx, &vec![1.0; rows * 8], &[rows, 8], DType::F16, before);
+    let w = upload_at(&ctx, &[1.0; 8], &[8], DType::F16, before);
+    let out = upload_at(&ctx, &vec![0.0; rows * 8], &[rows, 8], DType::F16, before);
+    let forced = |x: &Tensor, w: &Tensor, out: &Tensor| {
+        op.variant(&ctx, x, w, out, None, Strategy::WorkgroupNativeF16)
+    };
+    if !ctx.caps().shader_f16 {
+        let e = forced(&x, &w, &out).unwrap_err();
+        assert!(matches!(e, Error::Limit { .. }), "{e}");
+        assert!(e.to_string().contains("SHADER_F16"), "{e}");
+        return;
+    }
+    // The dispatcher's own choice: CPU adapters keep the integer decode.
+    let auto = op
+        .variant(&ctx, &x, &w, &out, None, Strategy::Auto)
+        .unwrap();
+    assert_eq!(
+        auto.native_f16,
+        llama_kernels::ops::rms_norm::native_f16_wanted(&ctx) && !auto.per_invocation,
+        "{auto:?}"
+    );
+    let mut seed = 9100;
+    for n in [8, 64, 1000] {
+        for combo in 0..8 {
+            seed += 1;
+            let c = Case {
+                dtype: DType::F16,
+                n,
+                rows,
+                eps: 1e-6,
+                weight_offset: (combo % 2) as f32,
+                residual: combo & 2 != 0,
+                in_place: combo & 4 != 0,
+            };
+            let native = run_case_with(c, seed, Strategy::WorkgroupNativeF16, before);
+            assert!(
+                native.native_f16 && !native.per_invocation,
+                "{c:?} {native:?}"
+            );
+            let (a, ra) = outputs_of(c, seed, Strategy::WorkgroupNativeF16, before);
+            let (b, rb) = outputs_of(c, seed, Strategy::WorkgroupTree, before);
+            assert_eq!(a, b, "{c:?}: native and integer reads differ");
+            assert_eq!(ra, rb, "{c:?}: residual_out differs");
+        }
+    }
+    // Misuse.
+    let xb = upload_at(&ctx, &vec![1.0; rows * 8], &[rows, 8], DType::BF16, before);
+    let wb = upload_at(&ctx, &[1.0; 8], &[8], DType::BF16, before);
+    let ob = upload_at(&ctx, &vec![0.0; rows * 8], &[rows, 8], DType::BF16, before);
+    let e = forced(&xb, &wb, &ob).unwrap_err();
+    assert!(matches!(e, Error::DType { .. }), "{e}");
+    assert!(e.to_string().contains("bf16"), "{e}");
+    let xu = upload_at(
+        &ctx,
+        &vec![1.0; rows * 8],
+        &[rows, 8],
+        DType::F16,
+        before + 2,
+    );
+    let e = forced(&xu, &w, &out).unwrap_err();
+    assert!(matches!(e, Error::Param { .. }), "{e}");
+    assert!(e.to_string().contains("16-byte aligned"), "{e}");
+}
+
+/// out and residual_out (empty when not fused) of case `c` under `strategy`, as f32.
+fn outputs_of(c: Case, seed: u64, strategy: Strategy, before: usize) -> (Vec<f32>, Vec<f32>) {
+    let ctx = ctx();
+    let mut rng = Rng::new(seed);
+    let shape = [c.rows, c.n];
+    let x = rng.vec(c.rows * c.n, 1.0);
+    let w = rng.vec(c.n, 0.5);
+    let r = rng.vec(c.rows * c.n, 1.0);
+    let xt = upload_at(&ctx, &x, &shape, c.dtype, before);
+    let wt = upload_at(&ctx, &w, &[c.n], c.dtype, before);
+    let rt = upload_at(&ctx, &r, &shape, c.dtype, before);
+    let out = if c.in_place {
+        xt.clone()
+    } else {
+        upload_at(&ctx, &x, &shape, c.dtype, before)
+    };
+    let rout = if c.in_place {
+        rt.clone()
+    } else {
+        upload_at(&ctx, &r, &shape, c.dtype, before)
+    };
+    let op = RmsNorm {
+        eps: c.eps,
+        weight_offset: c.weight_offset,
+    };
+    let res = c.residual.then_some((&rt, &rout));
+    ctx.submit_and_wait("test", |enc| {
+        op.encode_with(&ctx, enc, &xt, &wt, &out, res, strategy)
+    })
+    .unwrap_or_else(|e| panic!("{c:?} {strategy:?}: {e}"));
+    let r_out = if c.residual {
+        ctx.read_f32(&rout).unwrap()
+    } else {
+        Vec::new()
+    };
+    (ctx.read_f32(&out).unwrap(), r_out)
 }

@@ -93,10 +93,14 @@ pub fn choices(ctx: &Context) -> Result<Vec<Choice>> {
 /// What the kernels do on this adapter where it lacks something or is a CPU device.
 pub fn fallbacks(ctx: &Context) -> Vec<String> {
     let caps = ctx.caps();
-    let mut notes = vec![format!(
-        "f16/bf16: stored packed in u32 and converted with integer code (native SHADER_F16 {}, not needed)",
-        if caps.shader_f16 { "available" } else { "absent" }
-    )];
+    let mut notes = vec![if llama_kernels::ops::rms_norm::native_f16_wanted(ctx) {
+        "f16/bf16: stored packed in u32 and converted with integer code; RMSNorm reads 16-byte aligned f16 views natively (SHADER_F16)".to_string()
+    } else {
+        format!(
+            "f16/bf16: stored packed in u32 and converted with integer code (native SHADER_F16 {}, not used on this adapter)",
+            if caps.shader_f16 { "available" } else { "absent" }
+        )
+    }];
     notes.push(if caps.timestamps {
         "timing: GPU timestamp queries".into()
     } else {

@@ -21,6 +21,14 @@
 //!   weight index is uniform across invocations, which CPU drivers load once and broadcast.
 //!   On lavapipe this is about 4x faster than a workgroup per row (see BENCHMARKS.md); on a GPU
 //!   it would be uncoalesced, so GPUs always get a workgroup per row.
+//! - native f16 reads (GPUs with `SHADER_F16`, workgroup per row, 16-byte aligned views): f16
+//!   x, weight and residual are also bound as `array<vec4<f16>>` and widened by the hardware's
+//!   conversion instead of the integer decode every other path uses (about fourteen integer ops
+//!   per value, enough to make a memory-bound norm ALU-bound on a GPU). Widening is exact, so the
+//!   results equal the integer path's bit for bit; writes keep the exact integer encode. In
+//!   modules of their own ([`RMS_NORM_F16`], [`RMS_NORM_SUBGROUP_F16`]): a module with
+//!   `enable f16` fails validation without `SHADER_F16`. CPU adapters keep the integer decode
+//!   (llvmpipe's f16 loads measured no faster, BENCHMARKS.md).
 //! - fused residual: `h = x + residual` (rounded to the storage dtype, as the model stores it)
 //!   is written to `residual_out` during the first pass; the second pass normalises `h`.
 //! - in place: `out` may be the same view as `x` and `residual_out` the same view as `residual`;
@@ -105,6 +113,12 @@ pub enum Strategy {
     WorkgroupSubgroup,
     /// One invocation per row (CPU adapters with many rows).
     InvocationPerRow,
+    /// One workgroup per row reduced as the adapter prefers, f16 views read natively (see the
+    /// module docs); an error without `SHADER_F16`, for other dtypes, or for views that are not
+    /// 16-byte aligned. [`Strategy::Auto`] and [`Strategy::WorkgroupPerRow`] pick it for f16 on
+    /// GPUs with `SHADER_F16`; [`Strategy::WorkgroupTree`] and [`Strategy::WorkgroupSubgroup`]
+    /// keep the integer decode.
+    WorkgroupNativeF16,
 }
 
 /// `shaders/rms_norm.wgsl` with the subgroup-reduced entry point
@@ -114,11 +128,60 @@ pub const RMS_NORM_SUBGROUP: &Shader = &Shader {
     name: "rms_norm_subgroup.wgsl",
     parts: &[
         crate::pipeline::COMMON_WGSL,
+        NO_NATIVE_F16,
         include_str!("../../shaders/rms_norm.wgsl"),
         include_str!("../../shaders/rms_norm_subgroup.wgsl"),
     ],
     variants: subgroup_variant_keys,
 };
+
+/// The RMSNorm modules without `enable f16` define the native-read hook as never taken.
+const NO_NATIVE_F16: &str = "const NATIVE_F16: bool = false;
+fn f16_item(b: u32, i: u32) -> Item {
+    return Item(vec4<f32>(0.0), vec4<f32>(0.0));
+}";
+
+/// `shaders/rms_norm.wgsl`.
+pub const RMS_NORM: &Shader = &Shader {
+    name: "rms_norm.wgsl",
+    parts: &[
+        crate::pipeline::COMMON_WGSL,
+        NO_NATIVE_F16,
+        include_str!("../../shaders/rms_norm.wgsl"),
+    ],
+    variants: all_variant_keys,
+};
+
+/// [`RMS_NORM`] with native f16 reads (`shaders/rms_norm_f16.wgsl`, `enable f16`).
+pub const RMS_NORM_F16: &Shader = &Shader {
+    name: "rms_norm_f16.wgsl",
+    parts: &[
+        "enable f16;",
+        crate::pipeline::COMMON_WGSL,
+        include_str!("../../shaders/rms_norm_f16.wgsl"),
+        include_str!("../../shaders/rms_norm.wgsl"),
+    ],
+    variants: || native_variant_keys(false),
+};
+
+/// [`RMS_NORM_SUBGROUP`] with native f16 reads.
+pub const RMS_NORM_SUBGROUP_F16: &Shader = &Shader {
+    name: "rms_norm_subgroup_f16.wgsl",
+    parts: &[
+        "enable f16;",
+        crate::pipeline::COMMON_WGSL,
+        include_str!("../../shaders/rms_norm_f16.wgsl"),
+        include_str!("../../shaders/rms_norm.wgsl"),
+        include_str!("../../shaders/rms_norm_subgroup.wgsl"),
+    ],
+    variants: || native_variant_keys(true),
+};
+
+/// True when [`Strategy::Auto`] reads f16 views natively on this adapter (a GPU with
+/// `SHADER_F16`; the views must also be 16-byte aligned).
+pub fn native_f16_wanted(ctx: &Context) -> bool {
+    ctx.caps().shader_f16 && ctx.adapter_info().device_type != wgpu::DeviceType::Cpu
+}
 
 /// True when [`Strategy::WorkgroupPerRow`] reduces with subgroups on this adapter.
 pub fn subgroups_wanted(ctx: &Context) -> bool {
@@ -167,6 +230,8 @@ pub struct Variant {
     pub items16: bool,
     /// With a workgroup per row and `items16`: reduce with subgroup operations.
     pub subgroup: bool,
+    /// With a workgroup per row, `items16` and f16: read x, weight and residual natively.
+    pub native_f16: bool,
 }
 
 impl Variant {
@@ -192,6 +257,7 @@ impl Variant {
             per_invocation: false,
             items16: false,
             subgroup: false,
+            native_f16: false,
         }
     }
 
@@ -234,11 +300,18 @@ impl Variant {
             Strategy::WorkgroupTree => false,
             _ => subgroups_wanted(ctx),
         };
+        let native_f16 = dtype == DType::F16
+            && match strategy {
+                Strategy::WorkgroupNativeF16 => true,
+                Strategy::Auto | Strategy::WorkgroupPerRow => native_f16_wanted(ctx),
+                _ => false,
+            };
         Variant {
             vec: 4,
             workgroup: (items.next_power_of_two() as u32).clamp(32, 256),
             items16: true,
             subgroup,
+            native_f16,
             ..v
         }
     }
@@ -255,7 +328,8 @@ impl Variant {
             (false, true) => "wg_per_row_subgroup",
             (false, false) => "wg_per_row",
         };
-        format!("{strategy}_{layout}_wg{}", self.workgroup)
+        let reads = if self.native_f16 { "_native_f16" } else { "" };
+        format!("{strategy}_{layout}{reads}_wg{}", self.workgroup)
     }
 
     /// Workgroups to dispatch for `rows` rows.
@@ -270,11 +344,15 @@ impl Variant {
     /// The pipeline key of this variant.
     pub fn key(&self) -> PipelineKey {
         let (shader, entry) = match (self.per_invocation, self.items16, self.subgroup) {
-            (true, true, _) => (Shader::RMS_NORM, "rms_norm_rows4"),
-            (true, false, _) => (Shader::RMS_NORM, "rms_norm_rows"),
+            (true, true, _) => (RMS_NORM, "rms_norm_rows4"),
+            (true, false, _) => (RMS_NORM, "rms_norm_rows"),
+            (false, true, true) if self.native_f16 => {
+                (RMS_NORM_SUBGROUP_F16, "rms_norm_wg4_subgroup")
+            }
             (false, true, true) => (RMS_NORM_SUBGROUP, "rms_norm_wg4_subgroup"),
-            (false, true, false) => (Shader::RMS_NORM, "rms_norm_wg4"),
-            (false, false, _) => (Shader::RMS_NORM, "rms_norm"),
+            (false, true, false) if self.native_f16 => (RMS_NORM_F16, "rms_norm_wg4"),
+            (false, true, false) => (RMS_NORM, "rms_norm_wg4"),
+            (false, false, _) => (RMS_NORM, "rms_norm"),
         };
         PipelineKey::new(
             shader,
@@ -348,10 +426,50 @@ fn variant_keys(subgroup: bool) -> Vec<PipelineKey> {
                                 per_invocation,
                                 items16,
                                 subgroup,
+                                native_f16: false,
                             }
                             .key(),
                         );
                     }
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// The keys of [`RMS_NORM_F16`] (`subgroup`: [`RMS_NORM_SUBGROUP_F16`]): f16, a workgroup per
+/// row over 16-byte items, every read-source combination.
+fn native_variant_keys(subgroup: bool) -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for residual in [false, true] {
+        for x_src in [SRC_OWN, SRC_OUT, SRC_RES_OUT] {
+            for r_src in [SRC_OWN, SRC_OUT, SRC_RES_OUT] {
+                for w_src in [SRC_OWN, SRC_OUT, SRC_RES_OUT] {
+                    if !residual
+                        && (x_src == SRC_RES_OUT || w_src == SRC_RES_OUT || r_src != SRC_OWN)
+                    {
+                        continue;
+                    }
+                    if x_src != SRC_OWN && r_src != SRC_OWN && w_src != SRC_OWN {
+                        continue;
+                    }
+                    keys.push(
+                        Variant {
+                            dtype: DType::F16,
+                            vec: 4,
+                            workgroup: 256,
+                            residual,
+                            x_src,
+                            r_src,
+                            w_src,
+                            per_invocation: false,
+                            items16: true,
+                            subgroup,
+                            native_f16: true,
+                        }
+                        .key(),
+                    );
                 }
             }
         }
@@ -460,6 +578,21 @@ impl RmsNorm {
         weight.validate(OP, "weight")?;
         out.validate_written(OP, "out")?;
         let dtype = x.dtype();
+        if strategy == Strategy::WorkgroupNativeF16 {
+            crate::ensure!(
+                ctx.caps().shader_f16,
+                Limit,
+                OP,
+                "native f16 reads need a device with SHADER_F16, and {} has none",
+                ctx.adapter_info().name
+            );
+            crate::ensure!(
+                dtype == DType::F16,
+                DType,
+                OP,
+                "native f16 reads are for f16 tensors, got {dtype}"
+            );
+        }
         weight.expect_dtype(OP, "weight", dtype)?;
         out.expect_dtype(OP, "out", dtype)?;
         let (rows, x_stride) = rows_of(x, "x")?;
@@ -520,6 +653,12 @@ impl RmsNorm {
         if let Some((r, rout)) = residual {
             aligned16 = aligned16 && aligned(r, r_stride) && aligned(rout, rout_stride);
         }
+        crate::ensure!(
+            aligned16 || strategy != Strategy::WorkgroupNativeF16,
+            Param,
+            OP,
+            "native f16 reads need 16-byte aligned rows (n {n} x 2 bytes, every view's offset and row stride multiples of 16)"
+        );
         Ok(Checked {
             rows,
             n,
@@ -792,7 +931,7 @@ impl RmsNorm {
             ["src", "weight", "res", "dst", "res_dst"]
         };
         // Room for every binding up front: growing the list was a reallocation per call.
-        let mut named = Vec::with_capacity(names.len());
+        let mut named = Vec::with_capacity(names.len() + 3);
         named.push((names[3], dst_win.resource()));
         for (name, win) in [
             (names[0], &x_win),
@@ -802,6 +941,14 @@ impl RmsNorm {
         ] {
             if let Some(w) = win {
                 named.push((name, w.resource()));
+            }
+        }
+        if v.native_f16 {
+            // The same read-only windows, also read as `array<vec4<f16>>`.
+            for (name, win) in [("src_h", &x_win), ("weight_h", &w_win), ("res_h", &r_win)] {
+                if let Some(w) = win {
+                    named.push((name, w.resource()));
+                }
             }
         }
         ctx.encode_kernel(OP, enc, &v.key(), &params, &named, v.workgroups(c.rows))
