@@ -6,13 +6,12 @@
 // what it follows) over contiguous K/V: one workgroup per (batch, kv head, row block, split),
 // partials merged by `attn_decode_merge`.
 
+// `sg_load4` (the K/V reads) comes from the part before this one: the packed words
+// (`SG_LOAD_WORDS` in ops/attention.rs) or native f16 (attention_subgroup_f16.wgsl).
+
 // (K source, K element, V source, V element) of key j; h = the head's K and V element bases.
 fn sg_row(h: vec2<u32>, j: u32) -> vec4<u32> {
     return vec4<u32>(1u, h.x + j * p.k_st, 2u, h.y + j * p.v_st);
-}
-
-fn sg_load4(src: u32, e: u32) -> vec4<f32> {
-    return load4(src, e);
 }
 
 @compute @workgroup_size(WG)

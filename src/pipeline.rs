@@ -148,6 +148,7 @@ impl Shader {
         crate::ops::rms_norm::RMS_NORM_SUBGROUP,
         crate::ops::rms_norm::RMS_NORM_F16,
         crate::ops::rms_norm::RMS_NORM_SUBGROUP_F16,
+        crate::ops::attention::ATTENTION_DECODE_SUBGROUP_F16,
         crate::ops::attention::ATTENTION_DECODE_SUBGROUP,
         crate::ops::paged::ATTENTION_PAGED_SUBGROUP,
     ];

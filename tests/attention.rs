@@ -32,6 +32,7 @@ struct Case {
     scale: Option<f32>,
     kind: Option<Kind>,
     splits: Option<u32>,
+    native_f16: Option<bool>,
 }
 
 impl Case {
@@ -61,6 +62,7 @@ impl Case {
             scale: None,
             kind: None,
             splits: None,
+            native_f16: None,
         }
     }
     fn op(&self) -> Attention {
@@ -76,6 +78,7 @@ impl Case {
             kind: self.kind,
             splits: self.splits,
             f16_arithmetic: false,
+            native_f16: self.native_f16,
         }
     }
     fn dims(&self) -> reference::Dims {
@@ -139,6 +142,9 @@ fn gpu(c: &Case, d: &Data) -> Vec<f32> {
 /// choice and for a forced DecodeKeys (so that the CPU adapter's default decode path runs),
 /// the unaligned common guard for the other forced kernels.
 fn guard_before(c: &Case) -> usize {
+    if c.native_f16 == Some(true) {
+        return ALIGNED_GUARD;
+    }
     match c.kind {
         None | Some(Kind::DecodeKeys | Kind::PrefillKeys) => ALIGNED_GUARD,
         _ => GUARD_BEFORE,
@@ -764,6 +770,7 @@ fn every_variant_compiles() {
                         split_kv,
                         kr,
                         f16: false,
+                        native_f16: false,
                         sg_min: 0,
                     };
                     for key in v.keys() {
@@ -1734,4 +1741,74 @@ fn decode_subgroup_kernel() {
         .kind;
     let gpu_adapter = ctx.adapter_info().device_type != wgpu::DeviceType::Cpu;
     assert_eq!(auto_kind == Kind::DecodeSubgroup, gpu_adapter);
+}
+
+/// Native f16 K/V reads in the subgroup decode (`Attention::native_f16`, the default on GPUs
+/// with SHADER_F16; forced here): against the f64 reference, and bit for bit equal to the integer
+/// decode (widening f16 is exact), at MHA and GQA shapes, several splits, head_dim 64 and 128.
+/// Misuse is an error naming what is wrong: another dtype, another kernel, unaligned rows, and
+/// (on devices without them) SHADER_F16 or SUBGROUP.
+#[test]
+fn decode_subgroup_native_f16_reads() {
+    let ctx = ctx();
+    let native = |q_len, kv_len, nh, nkv, hd| {
+        let mut c = Case::new(q_len, kv_len, nh, nkv, hd);
+        c.dtype = DType::F16;
+        c.kind = Some(Kind::DecodeSubgroup);
+        c.native_f16 = Some(true);
+        c
+    };
+    if !ctx.caps().subgroups || !ctx.caps().shader_f16 {
+        let e = try_run(&native(1, 40, 4, 1, 64)).unwrap_err().to_string();
+        assert!(e.contains("SUBGROUP") || e.contains("SHADER_F16"), "{e}");
+        return;
+    }
+    let mut cases = vec![
+        native(1, 37, 8, 2, 64),
+        native(1, 300, 4, 4, 64),
+        native(2, 129, 4, 1, 128),
+    ];
+    let mut c = native(1, 90, 8, 2, 64);
+    c.splits = Some(7);
+    c.sinks = true;
+    c.window = 40;
+    cases.push(c);
+    for (i, c) in cases.iter().enumerate() {
+        let plan = c.op().plan(&ctx, dims_of(c), c.dtype).expect("plan");
+        assert!(plan.variant.native_f16, "{c:?} {:?}", plan.variant);
+        check(*c, 950 + i as u64);
+        let d = data(c, 60 + i as u64, 1.0);
+        let integer = Case {
+            native_f16: Some(false),
+            ..*c
+        };
+        assert!(
+            !integer
+                .op()
+                .plan(&ctx, dims_of(c), c.dtype)
+                .unwrap()
+                .variant
+                .native_f16,
+            "{c:?}"
+        );
+        assert!(
+            gpu(c, &d) == gpu(&integer, &d),
+            "{c:?}: native and integer f16 reads differ"
+        );
+    }
+    // Misuse.
+    let mut bf = native(1, 37, 8, 2, 64);
+    bf.dtype = DType::BF16;
+    let e = try_run(&bf).unwrap_err().to_string();
+    assert!(
+        e.contains("DecodeSubgroup kernel over f16") && e.contains("bf16"),
+        "{e}"
+    );
+    let mut keys = native(1, 37, 8, 2, 64);
+    keys.kind = Some(Kind::DecodeKeys);
+    let e = try_run(&keys).unwrap_err().to_string();
+    assert!(e.contains("DecodeKeys"), "{e}");
+    // head_dim 36 (72-byte rows) is not 16-byte aligned.
+    let e = try_run(&native(1, 37, 8, 2, 36)).unwrap_err().to_string();
+    assert!(e.contains("aligned: false"), "{e}");
 }

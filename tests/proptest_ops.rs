@@ -646,6 +646,7 @@ fn attn_op(c: &AttnCase) -> Attention {
         kind: c.kind,
         splits: c.splits,
         f16_arithmetic: false,
+        native_f16: None,
     }
 }
 

@@ -140,6 +140,7 @@ pub(super) fn options(case: &CaseFile) -> Result<(Attention, Option<f64>, f64)> 
         kind: None,
         splits: None,
         f16_arithmetic: false,
+        native_f16: None,
     };
     Ok((op, scale, softcap))
 }

@@ -94,7 +94,7 @@ pub fn choices(ctx: &Context) -> Result<Vec<Choice>> {
 pub fn fallbacks(ctx: &Context) -> Vec<String> {
     let caps = ctx.caps();
     let mut notes = vec![if llama_kernels::ops::rms_norm::native_f16_wanted(ctx) {
-        "f16/bf16: stored packed in u32 and converted with integer code; RMSNorm reads 16-byte aligned f16 views natively (SHADER_F16)".to_string()
+        "f16/bf16: stored packed in u32 and converted with integer code; RMSNorm and the subgroup decode read 16-byte aligned f16 views natively (SHADER_F16)".to_string()
     } else {
         format!(
             "f16/bf16: stored packed in u32 and converted with integer code (native SHADER_F16 {}, not used on this adapter)",

@@ -87,7 +87,12 @@
 //!   lane and one `subgroupAdd` per row, and use every K/V row they load for all rows of the
 //!   group. The key lanes are `SG_WG / subgroup_min_size` fixed virtual subgroups, each with its
 //!   own partial, so the fixed-order merge sees the same partials whatever subgroup size the
-//!   device runs. Only the adapter's smallest subgroup size is assumed.
+//!   device runs. Only the adapter's smallest subgroup size is assumed. On devices with
+//!   `SHADER_F16`, f16 K/V with 16-byte aligned rows are read natively
+//!   ([`ATTENTION_DECODE_SUBGROUP_F16`], [`Attention::native_f16`]): widened by the hardware
+//!   instead of the integer decode, which at about fourteen integer ops per value would bound
+//!   an f16 decode by ALU rather than memory on a GPU; the bits are the same. The paged
+//!   subgroup decode keeps the integer decode.
 //! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
 //!   ([`loop_cap_keys`]): the same kernel over chunks of the keys (`attn_prefill_partial`),
 //!   writing partials that `attn_prefill_merge` combines in a fixed order, as decode's do.
@@ -207,6 +212,14 @@ pub struct Attention {
     /// four terms and each product is rounded to f16, and values past f16's range, 65504,
     /// become infinite); its test limit is [`F16_ARITHMETIC_NMSE`].
     pub f16_arithmetic: bool,
+    /// How [`Kind::DecodeSubgroup`] reads f16 K/V: `None` lets the adapter decide (native on
+    /// GPUs with `SHADER_F16` when the K/V rows are 16-byte aligned, see
+    /// [`crate::ops::native_f16_wanted`]); `Some(false)` keeps the integer decode every kernel
+    /// uses; `Some(true)` forces native reads (K and V also bound as `array<vec4<f16>>` and
+    /// widened by the hardware, about one instruction per value instead of fourteen), an error
+    /// without `SHADER_F16`, for other dtypes or kernels, or for unaligned K/V rows. Widening is
+    /// exact: both give the same bits.
+    pub native_f16: Option<bool>,
 }
 
 /// The NMSE limit the tests hold [`Attention::f16_arithmetic`] to against the f64 reference
@@ -228,6 +241,7 @@ impl Default for Attention {
             kind: None,
             splits: None,
             f16_arithmetic: false,
+            native_f16: None,
         }
     }
 }
@@ -317,6 +331,9 @@ pub struct Variant {
     /// [`Kind::DecodeSubgroup`]: the adapter's smallest subgroup size (lanes per head slice and
     /// key lanes derive from it); 0 for the other kinds.
     pub sg_min: u32,
+    /// [`Kind::DecodeSubgroup`] over f16 K/V: read them natively ([`Attention::native_f16`], the
+    /// [`ATTENTION_DECODE_SUBGROUP_F16`] module); false otherwise.
+    pub native_f16: bool,
 }
 
 /// One prefill module: `shaders/attention_prefill.wgsl` with its arithmetic type and the size of
@@ -429,8 +446,13 @@ impl Variant {
             let (slots, nsg) = self.sg_shape();
             let mut c = self.constants();
             c.extend([("RS", self.kr), ("SLOTS", slots), ("NSG", nsg)]);
+            let module = if self.native_f16 {
+                ATTENTION_DECODE_SUBGROUP_F16
+            } else {
+                ATTENTION_DECODE_SUBGROUP
+            };
             return vec![
-                PipelineKey::new(ATTENTION_DECODE_SUBGROUP, "attn_decode_sg", c),
+                PipelineKey::new(module, "attn_decode_sg", c),
                 PipelineKey::new(
                     Shader::ATTENTION_DECODE,
                     "attn_decode_merge",
@@ -540,6 +562,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                             split_kv,
                             kr: 1,
                             f16: false,
+                            native_f16: false,
                             sg_min: 0,
                         }
                         .keys(),
@@ -555,6 +578,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                                     split_kv,
                                     kr,
                                     f16: false,
+                                    native_f16: false,
                                     sg_min: 0,
                                 }
                                 .keys(),
@@ -580,6 +604,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                     split_kv,
                     kr: 1,
                     f16: false,
+                    native_f16: false,
                     sg_min: 0,
                 }
                 .keys(),
@@ -605,6 +630,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                             split_kv,
                             kr: 1,
                             f16: true,
+                            native_f16: false,
                             sg_min: 0,
                         }
                         .keys(),
@@ -633,6 +659,7 @@ pub fn subgroup_variant_keys() -> Vec<PipelineKey> {
                     kr,
                     sg_min,
                     f16: false,
+                    native_f16: false,
                 };
                 keys.extend(v.keys());
             }
@@ -646,6 +673,27 @@ pub fn subgroup_variant_keys() -> Vec<PipelineKey> {
         }
     }
     add(DType::F32, 32, 4);
+    // Native f16 reads (GPUs with SHADER_F16): every row count at the common head_dims.
+    for hd in [64u32, 128, 256] {
+        for sg_min in [8, 32] {
+            for kr in [1, 2, 4, 8] {
+                if kr <= sg_rows_max(hd / 4, sg_min) {
+                    let v = Variant {
+                        kind: Kind::DecodeSubgroup,
+                        dtype: DType::F16,
+                        tile_v4: tile_v4_for(16384),
+                        hd4: hd / 4,
+                        split_kv: true,
+                        kr,
+                        sg_min,
+                        f16: false,
+                        native_f16: true,
+                    };
+                    keys.extend(v.keys());
+                }
+            }
+        }
+    }
     keys
 }
 
@@ -662,12 +710,42 @@ pub const ATTENTION_DECODE_SUBGROUP: &Shader = &Shader {
         crate::pipeline::ATTENTION_KEYS_WGSL,
         include_str!("../../shaders/attention_decode.wgsl"),
         crate::pipeline::ATTENTION_SUBGROUP_WGSL,
+        SG_LOAD_WORDS,
         include_str!("../../shaders/attention_decode_subgroup.wgsl"),
     ],
     variants: || {
         subgroup_variant_keys()
             .into_iter()
             .filter(|k| k.shader == ATTENTION_DECODE_SUBGROUP)
+            .collect()
+    },
+};
+
+/// The contiguous subgroup decode's K/V reads through the packed words (`load4`, the integer
+/// decode of common.wgsl).
+const SG_LOAD_WORDS: &str = "fn sg_load4(src: u32, e: u32) -> vec4<f32> {
+    return load4(src, e);
+}";
+
+/// [`ATTENTION_DECODE_SUBGROUP`] reading f16 K/V natively
+/// (`shaders/attention_subgroup_f16.wgsl`, `enable f16`; [`Attention::native_f16`]).
+pub const ATTENTION_DECODE_SUBGROUP_F16: &Shader = &Shader {
+    name: "attention_decode_subgroup_f16.wgsl",
+    parts: &[
+        "enable f16;",
+        crate::pipeline::COMMON_WGSL,
+        crate::pipeline::ATTENTION_COMMON_WGSL,
+        crate::pipeline::ATTENTION_SPLIT_WGSL,
+        crate::pipeline::ATTENTION_KEYS_WGSL,
+        include_str!("../../shaders/attention_decode.wgsl"),
+        crate::pipeline::ATTENTION_SUBGROUP_WGSL,
+        include_str!("../../shaders/attention_subgroup_f16.wgsl"),
+        include_str!("../../shaders/attention_decode_subgroup.wgsl"),
+    ],
+    variants: || {
+        subgroup_variant_keys()
+            .into_iter()
+            .filter(|k| k.shader == ATTENTION_DECODE_SUBGROUP_F16)
             .collect()
     },
 };
@@ -1123,7 +1201,28 @@ impl Attention {
                 0
             },
             f16: kind == Kind::Prefill && self.f16_arithmetic,
+            native_f16: kind == Kind::DecodeSubgroup
+                && dtype == DType::F16
+                && kv_aligned
+                && self
+                    .native_f16
+                    .unwrap_or_else(|| crate::ops::native_f16_wanted(ctx)),
         };
+        if self.native_f16 == Some(true) {
+            crate::ensure!(
+                ctx.caps().shader_f16,
+                Limit,
+                OP,
+                "native f16 reads need wgpu::Features::SHADER_F16, which this device was created without (adapter {:?})",
+                ctx.adapter_info().name
+            );
+            crate::ensure!(
+                variant.native_f16,
+                Param,
+                OP,
+                "native f16 reads are for the DecodeSubgroup kernel over f16 K/V with 16-byte aligned rows; this call runs {kind:?} over {dtype} (K/V rows aligned: {kv_aligned})"
+            );
+        }
         let cap = match kind {
             Kind::DecodeKeys => keys_loop_cap_keys(ctx, d.head_dim, kr),
             Kind::DecodeSubgroup => sg_loop_cap_keys(ctx, &variant),
@@ -1468,6 +1567,11 @@ impl Attention {
             // The same K/V windows, read through `vec4<u32>` bindings.
             inputs.push(("k4", kw.resource()));
             inputs.push(("v4", vw.resource()));
+        }
+        if plan.variant.native_f16 {
+            // The same K/V windows, read as `array<vec4<f16>>`.
+            inputs.push(("k_h", kw.resource()));
+            inputs.push(("v_h", vw.resource()));
         }
         ctx.encode_kernel(
             OP,

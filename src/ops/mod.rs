@@ -5,3 +5,10 @@ pub mod kv_cache;
 pub mod paged;
 pub mod rms_norm;
 pub mod rope;
+
+/// True when kernels read f16 tensors natively on this adapter where they can (RMSNorm's
+/// workgroup-per-row kernel, the subgroup decode): a GPU whose device has `SHADER_F16`. CPU
+/// adapters keep the integer decode (llvmpipe's f16 loads measured no faster, BENCHMARKS.md).
+pub fn native_f16_wanted(ctx: &crate::Context) -> bool {
+    ctx.caps().shader_f16 && ctx.adapter_info().device_type != wgpu::DeviceType::Cpu
+}

@@ -177,11 +177,9 @@ pub const RMS_NORM_SUBGROUP_F16: &Shader = &Shader {
     variants: || native_variant_keys(true),
 };
 
-/// True when [`Strategy::Auto`] reads f16 views natively on this adapter (a GPU with
-/// `SHADER_F16`; the views must also be 16-byte aligned).
-pub fn native_f16_wanted(ctx: &Context) -> bool {
-    ctx.caps().shader_f16 && ctx.adapter_info().device_type != wgpu::DeviceType::Cpu
-}
+/// True when [`Strategy::Auto`] reads f16 views natively on this adapter (the views must also
+/// be 16-byte aligned).
+pub use super::native_f16_wanted;
 
 /// True when [`Strategy::WorkgroupPerRow`] reduces with subgroups on this adapter.
 pub fn subgroups_wanted(ctx: &Context) -> bool {
