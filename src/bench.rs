@@ -945,6 +945,7 @@ fn attention_case(
     softcap: f32,
     window: u32,
     naive: bool,
+    native_f16: Option<bool>,
 ) -> Case {
     let size = dtype.size() as u64;
     // A sliding window reads only the keys it can see (decode: the last `window`).
@@ -998,6 +999,7 @@ fn attention_case(
             let op = Attention {
                 softcap,
                 window,
+                native_f16,
                 ..Attention::causal()
             };
             Ok(Box::new(move |ctx, enc| {
@@ -1007,8 +1009,28 @@ fn attention_case(
     }
 }
 
-fn attention_cases(quick: bool) -> Vec<Case> {
+fn attention_cases(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut cases = Vec::new();
+    // f16 decode where the subgroup decode reads f16 natively (GPUs with SHADER_F16), beside the
+    // same kernel with the integer decode, so one run measures what the native reads buy.
+    if crate::ops::attention::subgroup_decode_wanted(ctx) && crate::ops::native_f16_wanted(ctx) {
+        let (model, nh, nkv, hd, softcap, window) = ATTN_MODELS[0];
+        for (name, native) in [
+            ("decode_gqa4", None),
+            ("decode_gqa4_integer_f16", Some(false)),
+        ] {
+            cases.push(attention_case(
+                name.to_string(),
+                model,
+                DType::F16,
+                (1, 4096, nh, nkv, hd),
+                softcap,
+                window,
+                false,
+                native,
+            ));
+        }
+    }
     let decode = |m: usize, dtype: DType, kv_len: usize, mha: bool| {
         let (model, nh, nkv, hd, softcap, window) = ATTN_MODELS[m];
         let nkv = if mha { nh } else { nkv };
@@ -1025,6 +1047,7 @@ fn attention_cases(quick: bool) -> Vec<Case> {
             softcap,
             window,
             false,
+            None,
         )
     };
     // Prefill on one GQA group (g query heads over one kv head): the naive baseline's score
@@ -1047,6 +1070,7 @@ fn attention_cases(quick: bool) -> Vec<Case> {
             softcap,
             window,
             naive,
+            None,
         )
     };
     if quick {
@@ -1123,7 +1147,7 @@ pub fn cases(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut c = copy_cases();
     c.extend(rms_norm_cases(ctx, quick));
     c.extend(rope_cases(quick));
-    let (prefill, decode): (Vec<Case>, Vec<Case>) = attention_cases(quick)
+    let (prefill, decode): (Vec<Case>, Vec<Case>) = attention_cases(ctx, quick)
         .into_iter()
         .partition(|c| c.variant.contains("prefill"));
     c.extend(decode);
