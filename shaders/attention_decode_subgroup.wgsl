@@ -7,7 +7,7 @@
 // partials merged by `attn_decode_merge`.
 
 // `sg_load4` (the K/V reads) comes from the part before this one: the packed words
-// (`SG_LOAD_WORDS` in ops/attention.rs) or native f16 (attention_subgroup_f16.wgsl).
+// (`ATTENTION_DECODE_SUBGROUP` in ops/attention.rs) or native f16 (attention_subgroup_f16.wgsl).
 
 // (K source, K element, V source, V element) of key j; h = the head's K and V element bases.
 fn sg_row(h: vec2<u32>, j: u32) -> vec4<u32> {

@@ -27,6 +27,16 @@ fn run_case(c: Case, seed: u64) {
 /// Run case `c` with a forced strategy, the views starting `before` elements into their
 /// buffers; returns the variant that ran.
 fn run_case_with(c: Case, seed: u64, strategy: Strategy, before: usize) -> Variant {
+    run_case_outputs(c, seed, strategy, before).0
+}
+
+/// [`run_case_with`], also returning out and residual_out (empty when not fused) as f32.
+fn run_case_outputs(
+    c: Case,
+    seed: u64,
+    strategy: Strategy,
+    before: usize,
+) -> (Variant, Vec<f32>, Vec<f32>) {
     let ctx = ctx();
     let mut rng = Rng::new(seed);
     let shape = [c.rows, c.n];
@@ -60,6 +70,7 @@ fn run_case_with(c: Case, seed: u64, strategy: Strategy, before: usize) -> Varia
     };
     let tol = tolerance(c.dtype);
     let variant;
+    let mut r_out = Vec::new();
     if c.residual {
         let rt = upload_at(&ctx, &r, &shape, c.dtype, before);
         let rout = if c.in_place {
@@ -82,6 +93,7 @@ fn run_case_with(c: Case, seed: u64, strategy: Strategy, before: usize) -> Varia
             &format!("{c:?} residual_out"),
         );
         assert_guards_at(&ctx, &rout, before, &format!("{c:?} residual_out"));
+        r_out = ctx.read_f32(&rout).unwrap();
     } else {
         variant = op.variant(&ctx, &xt, &wt, &out, None, strategy).unwrap();
         if strategy == Strategy::Auto {
@@ -95,7 +107,7 @@ fn run_case_with(c: Case, seed: u64, strategy: Strategy, before: usize) -> Varia
     }
     assert_close(&ctx, &out, &want, tol, &format!("{c:?} {variant:?} out"));
     assert_guards_at(&ctx, &out, before, &format!("{c:?} out"));
-    variant
+    (variant, ctx.read_f32(&out).unwrap(), r_out)
 }
 
 /// Every dtype x row length x row count, each with two of the 24 combinations of eps, weight
@@ -697,13 +709,12 @@ fn native_f16_reads_equal_integer_reads() {
                 residual: combo & 2 != 0,
                 in_place: combo & 4 != 0,
             };
-            let native = run_case_with(c, seed, Strategy::WorkgroupNativeF16, before);
+            let (native, a, ra) = run_case_outputs(c, seed, Strategy::WorkgroupNativeF16, before);
             assert!(
                 native.native_f16 && !native.per_invocation,
                 "{c:?} {native:?}"
             );
-            let (a, ra) = outputs_of(c, seed, Strategy::WorkgroupNativeF16, before);
-            let (b, rb) = outputs_of(c, seed, Strategy::WorkgroupTree, before);
+            let (_, b, rb) = run_case_outputs(c, seed, Strategy::WorkgroupTree, before);
             assert_eq!(a, b, "{c:?}: native and integer reads differ");
             assert_eq!(ra, rb, "{c:?}: residual_out differs");
         }
@@ -725,42 +736,4 @@ fn native_f16_reads_equal_integer_reads() {
     let e = forced(&xu, &w, &out).unwrap_err();
     assert!(matches!(e, Error::Param { .. }), "{e}");
     assert!(e.to_string().contains("16-byte aligned"), "{e}");
-}
-
-/// out and residual_out (empty when not fused) of case `c` under `strategy`, as f32.
-fn outputs_of(c: Case, seed: u64, strategy: Strategy, before: usize) -> (Vec<f32>, Vec<f32>) {
-    let ctx = ctx();
-    let mut rng = Rng::new(seed);
-    let shape = [c.rows, c.n];
-    let x = rng.vec(c.rows * c.n, 1.0);
-    let w = rng.vec(c.n, 0.5);
-    let r = rng.vec(c.rows * c.n, 1.0);
-    let xt = upload_at(&ctx, &x, &shape, c.dtype, before);
-    let wt = upload_at(&ctx, &w, &[c.n], c.dtype, before);
-    let rt = upload_at(&ctx, &r, &shape, c.dtype, before);
-    let out = if c.in_place {
-        xt.clone()
-    } else {
-        upload_at(&ctx, &x, &shape, c.dtype, before)
-    };
-    let rout = if c.in_place {
-        rt.clone()
-    } else {
-        upload_at(&ctx, &r, &shape, c.dtype, before)
-    };
-    let op = RmsNorm {
-        eps: c.eps,
-        weight_offset: c.weight_offset,
-    };
-    let res = c.residual.then_some((&rt, &rout));
-    ctx.submit_and_wait("test", |enc| {
-        op.encode_with(&ctx, enc, &xt, &wt, &out, res, strategy)
-    })
-    .unwrap_or_else(|e| panic!("{c:?} {strategy:?}: {e}"));
-    let r_out = if c.residual {
-        ctx.read_f32(&rout).unwrap()
-    } else {
-        Vec::new()
-    };
-    (ctx.read_f32(&out).unwrap(), r_out)
 }

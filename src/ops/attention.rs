@@ -697,58 +697,55 @@ pub fn subgroup_variant_keys() -> Vec<PipelineKey> {
     keys
 }
 
+/// One contiguous subgroup-decode module: `shaders/attention_decode.wgsl` with the subgroup
+/// step and entry point, its K/V reads (`sg_load4`) given by `$reads` after the `$enable` line.
+macro_rules! subgroup_decode_module {
+    ($name:literal, $enable:literal, $reads:expr, $this:ident) => {
+        &Shader {
+            name: $name,
+            parts: &[
+                $enable,
+                crate::pipeline::COMMON_WGSL,
+                crate::pipeline::ATTENTION_COMMON_WGSL,
+                crate::pipeline::ATTENTION_SPLIT_WGSL,
+                crate::pipeline::ATTENTION_KEYS_WGSL,
+                include_str!("../../shaders/attention_decode.wgsl"),
+                crate::pipeline::ATTENTION_SUBGROUP_WGSL,
+                $reads,
+                include_str!("../../shaders/attention_decode_subgroup.wgsl"),
+            ],
+            variants: || {
+                subgroup_variant_keys()
+                    .into_iter()
+                    .filter(|k| k.shader == $this)
+                    .collect()
+            },
+        }
+    };
+}
+
 /// `shaders/attention_decode.wgsl` with the subgroup decode entry point
 /// (`shaders/attention_decode_subgroup.wgsl`, [`Kind::DecodeSubgroup`]): a module of its own,
 /// because a module that uses subgroup operations anywhere fails validation on devices without
-/// `SUBGROUP`.
-pub const ATTENTION_DECODE_SUBGROUP: &Shader = &Shader {
-    name: "attention_decode_subgroup.wgsl",
-    parts: &[
-        crate::pipeline::COMMON_WGSL,
-        crate::pipeline::ATTENTION_COMMON_WGSL,
-        crate::pipeline::ATTENTION_SPLIT_WGSL,
-        crate::pipeline::ATTENTION_KEYS_WGSL,
-        include_str!("../../shaders/attention_decode.wgsl"),
-        crate::pipeline::ATTENTION_SUBGROUP_WGSL,
-        SG_LOAD_WORDS,
-        include_str!("../../shaders/attention_decode_subgroup.wgsl"),
-    ],
-    variants: || {
-        subgroup_variant_keys()
-            .into_iter()
-            .filter(|k| k.shader == ATTENTION_DECODE_SUBGROUP)
-            .collect()
-    },
-};
-
-/// The contiguous subgroup decode's K/V reads through the packed words (`load4`, the integer
-/// decode of common.wgsl).
-const SG_LOAD_WORDS: &str = "fn sg_load4(src: u32, e: u32) -> vec4<f32> {
+/// `SUBGROUP`. K/V are read through the packed words (`load4`, the integer decode of
+/// common.wgsl).
+pub const ATTENTION_DECODE_SUBGROUP: &Shader = subgroup_decode_module!(
+    "attention_decode_subgroup.wgsl",
+    "",
+    "fn sg_load4(src: u32, e: u32) -> vec4<f32> {
     return load4(src, e);
-}";
+}",
+    ATTENTION_DECODE_SUBGROUP
+);
 
 /// [`ATTENTION_DECODE_SUBGROUP`] reading f16 K/V natively
 /// (`shaders/attention_subgroup_f16.wgsl`, `enable f16`; [`Attention::native_f16`]).
-pub const ATTENTION_DECODE_SUBGROUP_F16: &Shader = &Shader {
-    name: "attention_decode_subgroup_f16.wgsl",
-    parts: &[
-        "enable f16;",
-        crate::pipeline::COMMON_WGSL,
-        crate::pipeline::ATTENTION_COMMON_WGSL,
-        crate::pipeline::ATTENTION_SPLIT_WGSL,
-        crate::pipeline::ATTENTION_KEYS_WGSL,
-        include_str!("../../shaders/attention_decode.wgsl"),
-        crate::pipeline::ATTENTION_SUBGROUP_WGSL,
-        include_str!("../../shaders/attention_subgroup_f16.wgsl"),
-        include_str!("../../shaders/attention_decode_subgroup.wgsl"),
-    ],
-    variants: || {
-        subgroup_variant_keys()
-            .into_iter()
-            .filter(|k| k.shader == ATTENTION_DECODE_SUBGROUP_F16)
-            .collect()
-    },
-};
+pub const ATTENTION_DECODE_SUBGROUP_F16: &Shader = subgroup_decode_module!(
+    "attention_decode_subgroup_f16.wgsl",
+    "enable f16;",
+    include_str!("../../shaders/attention_subgroup_f16.wgsl"),
+    ATTENTION_DECODE_SUBGROUP_F16
+);
 
 /// Invocations per [`Kind::DecodeSubgroup`] workgroup.
 pub const SG_WG: u32 = 64;
