@@ -666,8 +666,9 @@ fn auto_strategy_row_threshold() {
 }
 
 /// Native f16 reads (`Strategy::WorkgroupNativeF16`, the GPU default with SHADER_F16, forced
-/// here): against the f64 reference with the f16 tolerance, and bit for bit equal to the integer
-/// decode of the same workgroup-per-row kernel (widening f16 is exact). Plain and fused, in place
+/// here with the subgroup reduction where the device has SUBGROUP, as GPUs run it): against the
+/// f64 reference with the f16 tolerance, and bit for bit equal to the integer decode of the same
+/// workgroup-per-row kernel and reduction (widening f16 is exact). Plain and fused, in place
 /// and not, Gemma's offset, one item per row and many. Without SHADER_F16 the strategy is an
 /// error; misuse (other dtypes, unaligned views) is an error everywhere.
 #[test]
@@ -714,7 +715,13 @@ fn native_f16_reads_equal_integer_reads() {
                 native.native_f16 && !native.per_invocation,
                 "{c:?} {native:?}"
             );
-            let (_, b, rb) = run_case_outputs(c, seed, Strategy::WorkgroupTree, before);
+            assert_eq!(native.subgroup, ctx.caps().subgroups, "{c:?} {native:?}");
+            let integer = if native.subgroup {
+                Strategy::WorkgroupSubgroup
+            } else {
+                Strategy::WorkgroupTree
+            };
+            let (_, b, rb) = run_case_outputs(c, seed, integer, before);
             assert_eq!(a, b, "{c:?}: native and integer reads differ");
             assert_eq!(ra, rb, "{c:?}: residual_out differs");
         }

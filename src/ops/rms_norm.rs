@@ -113,9 +113,10 @@ pub enum Strategy {
     WorkgroupSubgroup,
     /// One invocation per row (CPU adapters with many rows).
     InvocationPerRow,
-    /// One workgroup per row reduced as the adapter prefers, f16 views read natively (see the
-    /// module docs); an error without `SHADER_F16`, for other dtypes, or for views that are not
-    /// 16-byte aligned. [`Strategy::Auto`] and [`Strategy::WorkgroupPerRow`] pick it for f16 on
+    /// One workgroup per row, f16 views read natively (see the module docs), reduced with
+    /// subgroup operations wherever the device has `SUBGROUP` (CPU adapters included: the
+    /// combination GPUs run), the tree otherwise; an error without `SHADER_F16`, for other
+    /// dtypes, or for views that are not 16-byte aligned. [`Strategy::Auto`] and [`Strategy::WorkgroupPerRow`] pick it for f16 on
     /// GPUs with `SHADER_F16`; [`Strategy::WorkgroupTree`] and [`Strategy::WorkgroupSubgroup`]
     /// keep the integer decode.
     WorkgroupNativeF16,
@@ -296,6 +297,9 @@ impl Variant {
         let subgroup = match strategy {
             Strategy::WorkgroupSubgroup => true,
             Strategy::WorkgroupTree => false,
+            // Forced native reads take the subgroup reduction wherever the device has SUBGROUP,
+            // CPU adapters included, so that lavapipe runs the combination GPUs run.
+            Strategy::WorkgroupNativeF16 => ctx.caps().subgroups,
             _ => subgroups_wanted(ctx),
         };
         let native_f16 = dtype == DType::F16
