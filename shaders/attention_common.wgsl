@@ -103,6 +103,23 @@ fn load4(b: u32, e: u32) -> vec4<f32> {
     return unpack_half4(vec2<u32>(word(b, h), word(b, h + 1u)), DTYPE);
 }
 
+// Four elements of q at element e (a multiple of 2 for half types): `load4(0u, e)` without the
+// k_buf and v_buf reads in its switch, so that a kernel reading K/V elsewhere (the paged ones,
+// from the pools) does not bind them: two more storage bindings than WebGPU's default limit of 8
+// allows there.
+fn q_load4(e: u32) -> vec4<f32> {
+    if DTYPE == DT_F32 {
+        return vec4<f32>(
+            bitcast<f32>(q_buf[e]),
+            bitcast<f32>(q_buf[e + 1u]),
+            bitcast<f32>(q_buf[e + 2u]),
+            bitcast<f32>(q_buf[e + 3u]),
+        );
+    }
+    let h = e >> 1u;
+    return unpack_half4(vec2<u32>(q_buf[h], q_buf[h + 1u]), DTYPE);
+}
+
 fn store4(e: u32, v: vec4<f32>) {
     if DTYPE == DT_F32 {
         out_buf[e] = bitcast<u32>(v.x);

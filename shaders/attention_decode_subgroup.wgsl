@@ -33,23 +33,9 @@ fn attn_decode_sg(
     let kvh = w.kvh;
     let r0 = w.r0;
 
-    // This lane's slots of every row's q (rows past p.rows read the last row; never stored).
     var q: array<vec4<f32>, MAX_SG_REGS>;
     var pos: array<i32, MAX_RS>;
-    for (var r = 0u; r < RS; r++) {
-        let rc = min(r0 + r, p.rows - 1u);
-        let h = kvh * p.group + rc % p.group;
-        let q_base = p.q_off + b * p.q_sb + (rc / p.group) * p.q_st + h * p.q_sh;
-        pos[r] = p.q_offset + i32(rc / p.group);
-        for (var i = 0u; i < SLOTS; i++) {
-            let d = sg_lane + sg_size * i;
-            var x = vec4<f32>(0.0);
-            if d < HD4 {
-                x = load4(0u, q_base + 4u * d) * p.scale;
-            }
-            q[r * SLOTS + i] = x;
-        }
-    }
+    sg_load_q(&q, &pos, r0, p.rows, kvh, b * p.q_sb, p.q_offset, sg_lane, sg_size);
     let heads = vec2<u32>(p.k_off + b * p.k_sb + kvh * p.k_sh, p.v_off + b * p.v_sb + kvh * p.v_sh);
     let stride = 4u * HD4 + 2u;
     let n_parts = p.n_splits * NSG;

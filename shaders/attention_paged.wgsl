@@ -120,21 +120,6 @@ fn pool_load4(buf: u32, e: u32) -> vec4<f32> {
     return unpack_half4(pair, DTYPE);
 }
 
-// Four elements of q at element e (a multiple of 4). attention_common.wgsl's load4 would also
-// reach k_buf and v_buf, two more storage bindings than WebGPU's default limit of 8 allows here.
-fn q_load4(e: u32) -> vec4<f32> {
-    if DTYPE == DT_F32 {
-        return vec4<f32>(
-            bitcast<f32>(q_buf[e]),
-            bitcast<f32>(q_buf[e + 1u]),
-            bitcast<f32>(q_buf[e + 2u]),
-            bitcast<f32>(q_buf[e + 3u]),
-        );
-    }
-    let h = e >> 1u;
-    return unpack_half4(vec2<u32>(q_buf[h], q_buf[h + 1u]), DTYPE);
-}
-
 // Key j of the sequence whose block-table row starts at bt_off, kv head kvh: (pool buffer,
 // element offset of the head's K row); V is p.k_off further.
 fn key_addr(bt_off: u32, j: u32, kvh: u32) -> vec2<u32> {

@@ -47,23 +47,9 @@ fn attn_paged_sg(
     let r0 = it.r0;
     let kv = it.kv;
 
-    // This lane's slots of every row's q (rows past `rows` read the last row; never stored).
     var q: array<vec4<f32>, MAX_SG_REGS>;
     var pos: array<i32, MAX_RS>;
-    for (var r = 0u; r < RS; r++) {
-        let rc = min(r0 + r, rows - 1u);
-        let h = kvh * p.group + rc % p.group;
-        let q_base = p.q_off + (sq.q_start + rc / p.group) * p.q_st + h * p.q_sh;
-        pos[r] = sq.q_offset + i32(rc / p.group);
-        for (var i = 0u; i < SLOTS; i++) {
-            let d = sg_lane + sg_size * i;
-            var x = vec4<f32>(0.0);
-            if d < HD4 {
-                x = q_load4(q_base + 4u * d) * p.scale;
-            }
-            q[r * SLOTS + i] = x;
-        }
-    }
+    sg_load_q(&q, &pos, r0, rows, kvh, sq.q_start * p.q_st, sq.q_offset, sg_lane, sg_size);
     let stride = 4u * HD4 + 2u;
     let n_parts = sq.n_splits * NSG;
 

@@ -45,6 +45,37 @@ override NSG: u32 = 8u;
 const MAX_SG_REGS: u32 = 64u;
 const MAX_RS: u32 = 8u;
 
+// This lane's slots of the query rows r0 .. r0 + RS, pre-scaled, into q (rows past `rows` read
+// the last row and are never stored), and each row's position into pos. Row r = t * group + i is
+// token t, query head kvh * group + i; token t's q row starts at element tok0 + t * q_st of q_buf
+// (past p.q_off), its position is q_offset + t.
+fn sg_load_q(
+    q: ptr<function, array<vec4<f32>, MAX_SG_REGS>>,
+    pos: ptr<function, array<i32, MAX_RS>>,
+    r0: u32,
+    rows: u32,
+    kvh: u32,
+    tok0: u32,
+    q_offset: i32,
+    sg_lane: u32,
+    sg_size: u32,
+) {
+    for (var r = 0u; r < RS; r++) {
+        let rc = min(r0 + r, rows - 1u);
+        let h = kvh * p.group + rc % p.group;
+        let q_base = p.q_off + tok0 + (rc / p.group) * p.q_st + h * p.q_sh;
+        (*pos)[r] = q_offset + i32(rc / p.group);
+        for (var i = 0u; i < SLOTS; i++) {
+            let d = sg_lane + sg_size * i;
+            var x = vec4<f32>(0.0);
+            if d < HD4 {
+                x = q_load4(q_base + 4u * d) * p.scale;
+            }
+            (*q)[r * SLOTS + i] = x;
+        }
+    }
+}
+
 // Rows r0 .. r0 + RS (q: this lane's slots of each row, pre-scaled; pos: each row's query
 // position) against the 4-key blocks vs, vs + NSG, ... of the keys kv.x .. kv.y of the head `h`:
 // this lane's slots of the unnormalised accumulators into acc, and each row's m and l
