@@ -180,23 +180,18 @@ fn attn_paged_partial(
         return;
     }
     let it = paged_item(wg_id);
-    let sq = it.sq;
-    let kvh = it.kvh;
-    let split = it.split;
-    let rows = it.rows;
-    let kv = it.kv;
-    let lanes = sq.lanes;
-    let lane = lid / sq.rows_per_wg;
-    let r = it.r0 + lid % sq.rows_per_wg;
-    let row_ok = r < rows;
-    let rc = min(r, rows - 1u);
+    let lanes = it.sq.lanes;
+    let lane = lid / it.sq.rows_per_wg;
+    let r = it.r0 + lid % it.sq.rows_per_wg;
+    let row_ok = r < it.rows;
+    let rc = min(r, it.rows - 1u);
     let t = rc / p.group;
-    let h = kvh * p.group + rc % p.group;
-    let pos = sq.q_offset + i32(t);
+    let h = it.kvh * p.group + rc % p.group;
+    let pos = it.sq.q_offset + i32(t);
 
     var q: array<vec4<f32>, MAX_HD4>;
     var acc: array<vec4<f32>, MAX_HD4>;
-    let q_base = p.q_off + (sq.q_start + t) * p.q_st + h * p.q_sh;
+    let q_base = p.q_off + (it.sq.q_start + t) * p.q_st + h * p.q_sh;
     for (var d = 0u; d < HD4; d++) {
         q[d] = q_load4(q_base + 4u * d) * p.scale;
         acc[d] = vec4<f32>(0.0);
@@ -204,9 +199,9 @@ fn attn_paged_partial(
     var m = NEG_BIG;
     var l = 0.0;
 
-    for (var j0 = kv.x; j0 < kv.y; j0 += i32(p.bk)) {
-        let n = min(p.bk, u32(kv.y - j0));
-        stage_tile_paged(lid, j0, n, sq.bt_off, kvh);
+    for (var j0 = it.kv.x; j0 < it.kv.y; j0 += i32(p.bk)) {
+        let n = min(p.bk, u32(it.kv.y - j0));
+        stage_tile_paged(lid, j0, n, it.sq.bt_off, it.kvh);
         workgroupBarrier();
         if row_ok && lane < lanes {
             softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes);
@@ -214,16 +209,16 @@ fn attn_paged_partial(
         workgroupBarrier();
     }
 
-    let n_parts = sq.n_splits * lanes;
+    let n_parts = it.sq.n_splits * lanes;
     if row_ok && n_parts == 1u {
         let inv = out_scale(m, l, h);
-        let o_base = p.o_off + (sq.q_start + t) * p.o_st + h * p.o_sh;
+        let o_base = p.o_off + (it.sq.q_start + t) * p.o_st + h * p.o_sh;
         for (var d = 0u; d < HD4; d++) {
             store4(o_base + 4u * d, acc[d] * inv);
         }
     } else if row_ok && lane < lanes {
         let stride = 4u * HD4 + 2u;
-        let entry = sq.part_base + (kvh * rows + r) * n_parts + split * lanes + lane;
+        let entry = it.sq.part_base + (it.kvh * it.rows + r) * n_parts + it.split * lanes + lane;
         store_partial(&acc, entry * stride, m, l);
     }
 }
@@ -293,27 +288,21 @@ fn attn_paged_keys(
     }
     // The plan gives these work items rows_per_wg = KR.
     let it = paged_item(wg_id);
-    let sq = it.sq;
-    let kvh = it.kvh;
-    let split = it.split;
-    let rows = it.rows;
-    let r0 = it.r0;
-    let kv = it.kv;
 
     var q0: array<vec4<f32>, MAX_HD4>;
     var q1: array<vec4<f32>, MAX_HD4>;
     var q2: array<vec4<f32>, MAX_HD4>;
     var q3: array<vec4<f32>, MAX_HD4>;
-    paged_load_q(&q0, sq, r0, kvh);
+    paged_load_q(&q0, it.sq, it.r0, it.kvh);
     if KR > 1u {
-        paged_load_q(&q1, sq, r0 + 1u, kvh);
+        paged_load_q(&q1, it.sq, it.r0 + 1u, it.kvh);
     }
     if KR > 2u {
-        paged_load_q(&q2, sq, r0 + 2u, kvh);
-        paged_load_q(&q3, sq, r0 + 3u, kvh);
+        paged_load_q(&q2, it.sq, it.r0 + 2u, it.kvh);
+        paged_load_q(&q3, it.sq, it.r0 + 3u, it.kvh);
     }
     let stride = 4u * HD4 + 2u;
-    let n_parts = sq.n_splits * WG;
-    let e = (sq.part_base + (kvh * rows + r0) * n_parts + split * WG + lid) * stride;
-    keys_partial(&q0, &q1, &q2, &q3, vec2<u32>(sq.bt_off, kvh), kv, lid, r0, rows, sq.q_offset, e, n_parts * stride);
+    let n_parts = it.sq.n_splits * WG;
+    let e = (it.sq.part_base + (it.kvh * it.rows + it.r0) * n_parts + it.split * WG + lid) * stride;
+    keys_partial(&q0, &q1, &q2, &q3, vec2<u32>(it.sq.bt_off, it.kvh), it.kv, lid, it.r0, it.rows, it.sq.q_offset, e, n_parts * stride);
 }

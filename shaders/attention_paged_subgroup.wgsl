@@ -40,28 +40,22 @@ fn attn_paged_sg(
     }
     // The plan gives these work items rows_per_wg = RS.
     let it = paged_item(wg_id);
-    let sq = it.sq;
-    let kvh = it.kvh;
-    let split = it.split;
-    let rows = it.rows;
-    let r0 = it.r0;
-    let kv = it.kv;
 
     var q: array<vec4<f32>, MAX_SG_REGS>;
     var pos: array<i32, MAX_RS>;
-    sg_load_q(&q, &pos, r0, rows, kvh, sq.q_start * p.q_st, sq.q_offset, sg_lane, sg_size);
+    sg_load_q(&q, &pos, it.r0, it.rows, it.kvh, it.sq.q_start * p.q_st, it.sq.q_offset, sg_lane, sg_size);
     let stride = 4u * HD4 + 2u;
-    let n_parts = sq.n_splits * NSG;
+    let n_parts = it.sq.n_splits * NSG;
 
     for (var vs = sg_id; vs < NSG; vs += n_sg) {
         var acc: array<vec4<f32>, MAX_SG_REGS>;
         var m: array<f32, MAX_RS>;
         var l: array<f32, MAX_RS>;
-        sg_partial(&q, &pos, &acc, &m, &l, vec2<u32>(sq.bt_off, kvh), kv, r0, rows, vs, sg_lane, sg_size);
+        sg_partial(&q, &pos, &acc, &m, &l, vec2<u32>(it.sq.bt_off, it.kvh), it.kv, it.r0, it.rows, vs, sg_lane, sg_size);
         for (var r = 0u; r < RS; r++) {
-            let rr = r0 + r;
-            if rr < rows {
-                let e = (sq.part_base + (kvh * rows + rr) * n_parts + split * NSG + vs) * stride;
+            let rr = it.r0 + r;
+            if rr < it.rows {
+                let e = (it.sq.part_base + (it.kvh * it.rows + rr) * n_parts + it.split * NSG + vs) * stride;
                 sg_store_partial(&acc, m[r], l[r], r, e, sg_lane, sg_size);
             }
         }
