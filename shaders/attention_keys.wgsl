@@ -25,7 +25,7 @@
 // `attn_decode_partial` share: that step works on one query row per invocation over a K/V tile
 // staged in workgroup memory, scoring the whole tile before one rescale. Here nothing is staged
 // (each invocation reads its own keys through 16-byte units, which is the point on CPU adapters);
-// the unit of work is one step of one key (KR = 1) or two keys (KR > 1) for KR rows at once, so
+// the unit of work is one step of two keys for KR rows at once, so
 // m, l and the rescale are updated once per step, branch-free across the KR rows held in vector
 // components, with no score array (the tile step's `s[jj]` is indexed dynamically, which CPU
 // adapters keep in memory, not registers).
@@ -82,9 +82,9 @@ fn keys_dot_rows(
     }
 }
 
-// Unit u of the K rows of both keys of a step (k0, k1: source and unit of each row; the second
-// key only with KR > 1) against every row. Called with constant u only (keys_dot8), so that
-// every private-array index is a constant.
+// Unit u of the K rows of both keys of a step (k0, k1: source and unit of each row) against
+// every row. Called with constant u only (keys_dot8), so that every private-array index is a
+// constant.
 fn keys_dot_unit(
     u: u32,
     q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
@@ -98,24 +98,15 @@ fn keys_dot_unit(
     if u < keys_units() {
         let d = u * select(2u, 1u, DTYPE == DT_F32);
         keys_dot_rows(q0, q1, q2, q3, s, 0u, d, keys_unpack(keys_unit(k0.x, k0.y + u)));
-        if KR > 1u {
-            keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_unpack(keys_unit(k1.x, k1.y + u)));
-        }
+        keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_unpack(keys_unit(k1.x, k1.y + u)));
     }
 }
 
-// acc[d ..] = acc * al + p0 * y0 (+ p1 * y1 with two keys) for one row.
+// acc[d ..] = acc * al + p0 * y0 + p1 * y1 for one row (the step's two keys).
 fn keys_pv_row(a: ptr<function, array<vec4<f32>, MAX_HD4>>, d: u32, al: f32, p0: f32, p1: f32, y0: Item, y1: Item) {
-    if KR > 1u {
-        (*a)[d] = (*a)[d] * al + p0 * y0.lo + p1 * y1.lo;
-        if DTYPE != DT_F32 {
-            (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi + p1 * y1.hi;
-        }
-    } else {
-        (*a)[d] = (*a)[d] * al + p0 * y0.lo;
-        if DTYPE != DT_F32 {
-            (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi;
-        }
+    (*a)[d] = (*a)[d] * al + p0 * y0.lo + p1 * y1.lo;
+    if DTYPE != DT_F32 {
+        (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi + p1 * y1.hi;
     }
 }
 
@@ -135,10 +126,7 @@ fn keys_pv_unit(
     if u < keys_units() {
         let d = u * select(2u, 1u, DTYPE == DT_F32);
         let y0 = keys_unpack(keys_unit(v0.x, v0.y + u));
-        var y1 = Item(vec4<f32>(0.0), vec4<f32>(0.0));
-        if KR > 1u {
-            y1 = keys_unpack(keys_unit(v1.x, v1.y + u));
-        }
+        let y1 = keys_unpack(keys_unit(v1.x, v1.y + u));
         keys_pv_row(a0, d, al.x, p0.x, p1.x, y0, y1);
         if KR > 1u {
             keys_pv_row(a1, d, al.y, p0.y, p1.y, y0, y1);
@@ -215,8 +203,9 @@ fn keys_scores(s: ptr<function, array<vec4<f32>, 8>>, base: u32) -> vec4<f32> {
 // Rows r0 .. r0 + KR (q0 .. q3 pre-scaled; rows past `rows` are computed on a clamped copy and
 // not stored) over the keys kv.x + lane, kv.x + lane + WG, ... < kv.y of the head `h`, queries at
 // positions q_offset + r / group; the partial of row r0 + i goes to part_out[e + i * row_step].
-// With KR > 1 a step takes two keys (j and j + WG): both are scored first, then one running-max
-// update and one rescale of the accumulators serve both.
+// A step takes two keys of the lane (j and j + WG): both are scored first, then one running-max
+// update and one rescale of the accumulators serve both (also for one row: the two keys' loads
+// and dot products are independent, which llvmpipe overlaps; BENCHMARKS.md, round five).
 fn keys_partial(
     q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
     q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
@@ -242,9 +231,7 @@ fn keys_partial(
     let pos = vec4<i32>(q_offset) + vec4<i32>(rcl / p.group);
     var m = vec4<f32>(NEG_BIG);
     var l = vec4<f32>(0.0);
-    let keys_per_step = select(1u, 2u, KR > 1u);
-
-    for (var j0 = kv.x + i32(lane); j0 < kv.y; j0 += i32(WG * keys_per_step)) {
+    for (var j0 = kv.x + i32(lane); j0 < kv.y; j0 += i32(2u * WG)) {
         // The second key, clamped into the range so that its loads stay valid; masked below.
         let j1 = j0 + i32(WG);
         let at0 = keys_rows(h, u32(j0));
@@ -261,21 +248,14 @@ fn keys_partial(
         keys_dot8(56u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
         let x0 = keys_scores(&s, 0u);
         let ok0 = row_ok & vec4<bool>(visible(j0, pos.x), visible(j0, pos.y), visible(j0, pos.z), visible(j0, pos.w));
-        var m_new = select(m, max(m, x0), ok0);
-        var x1 = vec4<f32>(NEG_BIG);
-        var ok1 = vec4<bool>(false);
-        if KR > 1u {
-            x1 = keys_scores(&s, 4u);
-            ok1 = row_ok & vec4<bool>(j1 < kv.y) & vec4<bool>(visible(j1, pos.x), visible(j1, pos.y), visible(j1, pos.z), visible(j1, pos.w));
-            m_new = select(m_new, max(m_new, x1), ok1);
-        }
+        let x1 = keys_scores(&s, 4u);
+        let ok1 = row_ok & vec4<bool>(j1 < kv.y) & vec4<bool>(visible(j1, pos.x), visible(j1, pos.y), visible(j1, pos.z), visible(j1, pos.w));
+        let m_0 = select(m, max(m, x0), ok0);
+        let m_new = select(m_0, max(m_0, x1), ok1);
         // m_new >= m, so alpha <= 1; while nothing is visible both are NEG_BIG: alpha 1.
         let al = exp(m - m_new);
         let p0 = select(vec4<f32>(0.0), exp(x0 - m_new), ok0);
-        var p1 = vec4<f32>(0.0);
-        if KR > 1u {
-            p1 = select(vec4<f32>(0.0), exp(x1 - m_new), ok1);
-        }
+        let p1 = select(vec4<f32>(0.0), exp(x1 - m_new), ok1);
         l = l * al + p0 + p1;
         m = m_new;
         keys_pv8(0u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);

@@ -837,15 +837,14 @@ pub fn prefill_keys_workgroup_bytes(hd4: u32) -> u32 {
 /// Keys one [`Kind::DecodeKeys`] workgroup (all [`KEYS_WG`] lanes) may loop over on this adapter
 /// with `kr` rows per workgroup, if limited (see [`loop_cap_keys`]): the key loop is the only loop
 /// inside the key-lane step (its head_dim work is written out, `shaders/attention_keys.wgsl`), one
-/// trip per step of 1 key (`kr` = 1) or 2 keys (`kr` > 1) of a lane; the q load and partial store
-/// loops (head_dim / 4 trips per row) are taken off the budget.
+/// trip per step of 2 keys of a lane; the q load and partial store loops (head_dim / 4 trips per
+/// row) are taken off the budget.
 pub fn keys_loop_cap_keys(ctx: &Context, head_dim: usize, kr: usize) -> Option<usize> {
     if ctx.adapter_info().device_type != wgpu::DeviceType::Cpu {
         return None;
     }
     let hd4 = head_dim / 4;
-    let keys_per_step = if kr > 1 { 2 } else { 1 };
-    Some((50_000 - 2 * kr * (hd4 + 1)) * keys_per_step * KEYS_WG as usize)
+    Some((50_000 - 2 * kr * (hd4 + 1)) * 2 * KEYS_WG as usize)
 }
 
 /// The kernel the dispatcher picks when none is forced: for `q_len > DECODE_MAX_Q_LEN`,
