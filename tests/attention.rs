@@ -605,12 +605,19 @@ fn thresholds() {
             }
         );
     }
-    // This adapter (lavapipe, a CPU adapter) with aligned rows.
-    for (q_len, expect) in [
-        (t - 1, Kind::DecodeKeys),
-        (t, Kind::DecodeKeys),
-        (t + 1, Kind::PrefillKeys),
+    // This adapter with aligned rows: on a CPU adapter (lavapipe) the CPU kernels; on a GPU the
+    // subgroup decode where it has SUBGROUP, else Decode, and Prefill.
+    let cpu = ctx.adapter_info().device_type == Cpu;
+    let gpu_decode = match ctx.caps().subgroups {
+        true => Kind::DecodeSubgroup,
+        false => Kind::Decode,
+    };
+    for (q_len, cpu_expect, gpu_expect) in [
+        (t - 1, Kind::DecodeKeys, gpu_decode),
+        (t, Kind::DecodeKeys, gpu_decode),
+        (t + 1, Kind::PrefillKeys, Kind::Prefill),
     ] {
+        let expect = if cpu { cpu_expect } else { gpu_expect };
         let mut c = Case::new(q_len, 300, 8, 2, HD);
         c.dtype = DType::F16;
         let dims = Attention::default()
