@@ -437,11 +437,16 @@ fn decode_kernels_over_pages() {
         let w = world(700 + i, &lens, mha, dtype, layout, Some((2, 6, 1)));
         let cache = w.cache(&ctx, 710 + i);
         let cpu = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
-        let default = if cpu { Kind::DecodeKeys } else { Kind::Decode };
+        let default = match (cpu, ctx.caps().subgroups) {
+            (true, _) => Kind::DecodeKeys,
+            (false, true) => Kind::DecodeSubgroup,
+            (false, false) => Kind::Decode,
+        };
         assert_eq!(
             w.batch(&ctx, None).kinds()[..3],
             [default; 3],
-            "CPU adapters plan DecodeKeys for decode rows, others the tile kernel"
+            "CPU adapters plan DecodeKeys for decode rows, GPUs DecodeSubgroup where they have \
+             SUBGROUP, else the tile kernel"
         );
         for decode in [Kind::DecodeKeys, Kind::Decode] {
             let batch = w.batch_with(
