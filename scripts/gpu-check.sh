@@ -46,10 +46,10 @@ if [ -f .gpu/bin.tar.xz ] && { [ -n "${GPU_CHECK_PACKED:-}" ] || ! command -v ca
     if [ "$packed" != "$PWD" ] && [ ! -e "$packed" ]; then
         mkdir -p "$(dirname "$packed")" && ln -s "$PWD" "$packed"
     fi
-    mkdir -p target/release "$packed/target/release" 2>/dev/null
-    cp .gpu/bin/llama-kernels target/release/llama-kernels
-    [ -e "$packed/target/release/llama-kernels" ] || cp .gpu/bin/llama-kernels "$packed/target/release/"
-    lk=./target/release/llama-kernels
+    # Where the `check` tests look for the binary (CARGO_BIN_EXE at packing time).
+    mkdir -p "$packed/target/release"
+    cp .gpu/bin/llama-kernels "$packed/target/release/llama-kernels"
+    lk=$packed/target/release/llama-kernels
     tests() { # every packed test binary, run from the package root as cargo test does
         local rc=0 t
         for t in "$PWD"/.gpu/bin/tests/*; do

@@ -22,7 +22,7 @@ cargo build --release
 strip -o "$stage/llama-kernels" "${CARGO_TARGET_DIR:-target}/release/llama-kernels"
 # `cargo test --no-run` names each test executable: "Executable tests/NAME.rs (PATH)" or
 # "Executable unittests src/lib.rs (PATH)".
-cargo test --release --no-run 2>&1 | tee "$stage/build.log" |
+cargo test --release --no-run 2>&1 |
     sed -n 's/^ *Executable \(.*\) (\(.*\))$/\1|\2/p' >"$stage/list"
 while IFS='|' read -r src path; do
     case $src in
