@@ -262,6 +262,16 @@ pub fn reflect(
     Ok((slots, declared))
 }
 
+/// Every runtime check but naga's loop bounding (see [`PipelineKey::build`]).
+const RUNTIME_CHECKS: wgpu::ShaderRuntimeChecks = wgpu::ShaderRuntimeChecks {
+    bounds_checks: true,
+    force_loop_bounding: false,
+    ray_query_initialization_tracking: true,
+    task_shader_dispatch_tracking: true,
+    mesh_shader_primitive_indices_clamp: true,
+    int_div_checks: true,
+};
+
 impl PipelineKey {
     /// A key for `entry_point` of `shader` with these override constants.
     pub fn new(
@@ -290,10 +300,18 @@ impl PipelineKey {
         // A reflection failure leaves the slot list empty; wgpu reports the same shader error
         // from the calls below, inside the caller's error scope.
         let (slots, declared) = reflect(&src, self.entry_point).unwrap_or_default();
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(self.shader.name),
             source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
+        };
+        // SAFETY: `create_shader_module_trusted` still parses and validates the module; it only
+        // drops naga's added loop counters (`force_loop_bounding`), which the caller must make
+        // unnecessary by never running an unbounded loop. Every loop of this crate's shaders runs
+        // to a bound the host validated before dispatch (each shader file's header says which),
+        // and the loop counters double the LLVM time of the attention kernels on CPU adapters
+        // (BENCHMARKS.md, cold compile). Bounds checks stay on: block tables, positions and row
+        // maps are GPU data that index memory.
+        let module = unsafe { device.create_shader_module_trusted(desc, RUNTIME_CHECKS) };
         let constants: Vec<(&str, f64)> =
             self.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
         // The layout is built from the reflected slots rather than derived by wgpu, so that the
