@@ -1,0 +1,404 @@
+//! Attention over the pages: [`Attention::encode_paged`], its validation and recording, and the
+//! pipeline keys of the paged attention kernels.
+
+use super::batch::PagedBatch;
+use super::cache::PagedKvCache;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::ops::attention::{self, Attention};
+use crate::pipeline::{PipelineKey, Shader, Window};
+use crate::tensor::{DType, Tensor};
+
+/// The pipeline key of the DecodeSubgroup pass over pages with `rs` rows per workgroup, for
+/// subgroups of at least `sg_min` lanes.
+pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32) -> PipelineKey {
+    let (slots, nsg) = attention::sg_shape(hd4, sg_min);
+    PipelineKey::new(
+        ATTENTION_PAGED_SUBGROUP,
+        "attn_paged_sg",
+        vec![
+            ("DTYPE", dtype.shader_code()),
+            ("WG", attention::SG_WG),
+            ("TILE_V4", attention::tile_v4_for(16384)),
+            ("HD4", hd4),
+            ("RS", rs),
+            ("SLOTS", slots),
+            ("NSG", nsg),
+        ],
+    )
+}
+
+/// `shaders/attention_paged.wgsl` with the subgroup decode step and its paged entry point
+/// (`shaders/attention_subgroup.wgsl`, `shaders/attention_paged_subgroup.wgsl`): a module of its
+/// own, because a module that uses subgroup operations anywhere fails validation on devices
+/// without `SUBGROUP`.
+pub const ATTENTION_PAGED_SUBGROUP: &Shader = &Shader {
+    name: "attention_paged_subgroup.wgsl",
+    parts: &[
+        crate::pipeline::COMMON_WGSL,
+        crate::pipeline::ATTENTION_COMMON_WGSL,
+        crate::pipeline::ATTENTION_SPLIT_WGSL,
+        crate::pipeline::ATTENTION_KEYS_WGSL,
+        include_str!("../../../shaders/attention_paged.wgsl"),
+        crate::pipeline::ATTENTION_SUBGROUP_WGSL,
+        include_str!("../../../shaders/attention_paged_subgroup.wgsl"),
+    ],
+    variants: sg_variant_keys,
+};
+
+/// Every pipeline key of `attn_paged_sg`: every dtype at the head_dims of real models, for the
+/// smallest subgroups of lavapipe and Intel (8) and of NVIDIA and AMD RDNA (32), every row count
+/// the planner can pick.
+pub fn sg_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        for hd in [64u32, 80, 96, 128, 256] {
+            for sg_min in [8, 32] {
+                for rs in [1, 2, 4, 8] {
+                    if rs <= attention::sg_rows_max(hd / 4, sg_min) {
+                        keys.push(sg_attention_key(dtype, hd / 4, rs, sg_min));
+                    }
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// The pipeline keys of paged attention: partial and merge passes.
+pub fn attention_keys(dtype: DType, tile_v4: u32, hd4: u32) -> [PipelineKey; 2] {
+    let c = vec![
+        ("DTYPE", dtype.shader_code()),
+        ("WG", attention::DECODE_WG),
+        ("TILE_V4", tile_v4),
+        ("HD4", hd4),
+    ];
+    [
+        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_partial", c.clone()),
+        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_merge", c),
+    ]
+}
+
+/// The pipeline key of the DecodeKeys pass over pages with `kr` rows per workgroup (the tile
+/// size does not shape its code; it keeps the smallest).
+pub fn keys_attention_key(dtype: DType, hd4: u32, kr: u32) -> PipelineKey {
+    PipelineKey::new(
+        Shader::ATTENTION_PAGED,
+        "attn_paged_keys",
+        vec![
+            ("DTYPE", dtype.shader_code()),
+            ("WG", attention::KEYS_WG),
+            ("TILE_V4", attention::tile_v4_for(16384)),
+            ("HD4", hd4),
+            ("KR", kr),
+        ],
+    )
+}
+
+/// Every pipeline key of `shaders/attention_paged.wgsl` (for the portability tests): every dtype
+/// and tile size at the head_dims of real models, and the DecodeKeys pass at each row count.
+pub fn attention_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        for hd in [64u32, 80, 96, 128, 256] {
+            for limit in [16384, 32768] {
+                keys.extend(attention_keys(dtype, attention::tile_v4_for(limit), hd / 4));
+            }
+            for kr in [1, 2, 4] {
+                keys.push(keys_attention_key(dtype, hd / 4, kr));
+            }
+        }
+    }
+    keys
+}
+
+impl Attention {
+    /// Record attention of every sequence of `batch` over its pages: `q` and `out` are
+    /// `[total_q, n_heads, head_dim]` packed like the batch (any outer strides), in the cache's
+    /// dtype; `sinks` `[n_heads]` f32 as in [`Attention::encode`]. `q_offset` and `kind` must
+    /// be unset (every sequence is aligned bottom-right; there is one kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_paged(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        cache: &PagedKvCache,
+        batch: &PagedBatch,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let op = "paged_attention";
+        let c = self.validate_paged(ctx, q, cache, batch, sinks, out)?;
+        ctx.scoped(op, || {
+            self.record_paged(ctx, encoder, &c, q, cache, batch, sinks, out)
+        })?
+    }
+
+    /// [`Attention::encode_paged`], submitted and waited for.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_paged(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        cache: &PagedKvCache,
+        batch: &PagedBatch,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let c = self.validate_paged(ctx, q, cache, batch, sinks, out)?;
+        ctx.submit_and_wait("paged_attention", |enc| {
+            self.record_paged(ctx, enc, &c, q, cache, batch, sinks, out)
+        })
+    }
+
+    fn validate_paged(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        cache: &PagedKvCache,
+        batch: &PagedBatch,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<PagedChecked> {
+        let op = "paged_attention";
+        q.validate(op, "q")?;
+        out.validate_written(op, "out")?;
+        cache.check_table(batch.page_size, batch.n_pages)?;
+        let h = batch.heads;
+        crate::ensure!(
+            h.n_kv_heads == cache.n_kv_heads && h.head_dim == cache.head_dim,
+            Shape,
+            op,
+            "the batch was planned for {} kv heads of {}; the cache has {} of {}",
+            h.n_kv_heads,
+            h.head_dim,
+            cache.n_kv_heads,
+            cache.head_dim
+        );
+        let want = [batch.total_q, h.n_heads, h.head_dim];
+        for (name, t) in [("q", q), ("out", out)] {
+            crate::ensure!(
+                t.shape() == want,
+                Shape,
+                op,
+                "{name} has shape {:?}; the batch needs [total_q, n_heads, head_dim] = {want:?}",
+                t.shape()
+            );
+            t.expect_dtype(op, name, cache.dtype)?;
+            crate::ensure!(
+                t.strides()[2] == 1,
+                Shape,
+                op,
+                "{name}'s last dimension must be contiguous"
+            );
+        }
+        crate::ensure!(
+            self.q_offset.is_none() && self.kind.is_none() && self.splits.is_none(),
+            Param,
+            op,
+            "q_offset, kind and splits do not apply to paged attention (sequences align bottom-right; PagedBatch::from_parts forces splits)"
+        );
+        attention::check_sinks(op, sinks, h.n_heads)?;
+        for (name, t) in [("q", Some(q)), ("sinks", sinks)] {
+            if let Some(t) = t {
+                crate::ensure!(
+                    t.buffer() != out.buffer(),
+                    Alias,
+                    op,
+                    "out shares a buffer with {name}"
+                );
+            }
+        }
+        for b in &cache.buffers {
+            crate::ensure!(
+                out.buffer() != b,
+                Alias,
+                op,
+                "out lives in the cache's own pool buffer"
+            );
+        }
+        // The options' own rules (scale, softcap, windows, chunk) are the contiguous op's.
+        self.check_options(op)?;
+        let limit = ctx.limits().max_compute_workgroup_storage_size;
+        let tile_v4 = attention::tile_v4_for(limit);
+        let hd4 = (h.head_dim / 4) as u32;
+        crate::ensure!(
+            tile_v4 >= hd4 && 2 * tile_v4 * 16 <= limit,
+            Limit,
+            op,
+            "head_dim {} needs {} bytes of workgroup memory for one key of K and V, the device has {limit}",
+            h.head_dim,
+            2 * hd4 * 16
+        );
+        let part_bytes = batch.parts as u64 * (h.head_dim as u64 + 2) * 4;
+        crate::ensure!(
+            part_bytes <= ctx.limits().max_storage_buffer_binding_size,
+            Limit,
+            op,
+            "split-KV scratch of {part_bytes} bytes exceeds the device's max_storage_buffer_binding_size"
+        );
+        // Window bounds: clamped against the longest sequence; q_offset >= -q_len.
+        let max_kv = batch.seqs.iter().map(|s| s.kv_len).max().unwrap_or(0);
+        let min_off = batch
+            .seqs
+            .iter()
+            .map(|s| s.kv_len as i64 - s.q_len as i64)
+            .min()
+            .unwrap_or(0);
+        let keys_rows_ok = (h.head_dim * cache.dtype.size()).is_multiple_of(16);
+        crate::ensure!(
+            keys_rows_ok || batch.items[1..4].iter().all(|g| g.1 == 0),
+            Param,
+            op,
+            "the DecodeKeys kernel needs 16-byte aligned K/V rows: head_dim {} x {} bytes is not a multiple of 16",
+            h.head_dim,
+            cache.dtype.size()
+        );
+        crate::ensure!(
+            ctx.caps().subgroups || batch.items[4..].iter().all(|g| g.1 == 0),
+            Limit,
+            op,
+            "the batch was planned with the DecodeSubgroup kernel, which needs a device with the SUBGROUP feature (adapter {:?})",
+            ctx.adapter_info().name
+        );
+        Ok(PagedChecked {
+            keys: attention_keys(cache.dtype, tile_v4, hd4),
+            bk: (tile_v4 / hd4).min(64),
+            part_bytes,
+            scale: self.scale.unwrap_or(1.0 / (h.head_dim as f32).sqrt()),
+            bounds: self.window_bounds(max_kv, min_off),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_paged(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        c: &PagedChecked,
+        q: &Tensor,
+        cache: &PagedKvCache,
+        batch: &PagedBatch,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let op = "paged_attention";
+        if batch.total_q == 0 {
+            return Ok(());
+        }
+        let h = batch.heads;
+        let qw = Window::covering(ctx, op, &[q])?;
+        let ow = Window::covering(ctx, op, &[out])?;
+        let sw = match sinks {
+            Some(s) => Some(Window::covering(ctx, op, &[s])?),
+            None => None,
+        };
+        let u = |x: usize| -> Result<u32> {
+            u32::try_from(x).map_err(|_| Error::limit(op, format!("stride {x} exceeds 32 bits")))
+        };
+        let (ts, hs) = cache.strides();
+        let params = attention::Params {
+            batch: batch.seqs.len() as u32,
+            q_len: batch.total_q as u32,
+            kv_len: cache.page_size as u32,
+            n_heads: h.n_heads as u32,
+            n_kv_heads: h.n_kv_heads as u32,
+            head_dim: h.head_dim as u32,
+            group: (h.n_heads / h.n_kv_heads) as u32,
+            rows: cache.pages_per_buffer as u32,
+            q: [qw.elem_offset(q), 0, u(q.strides()[0])?, u(q.strides()[1])?],
+            k: [
+                (cache.page_elems() / 2) as u32,
+                cache.page_elems() as u32,
+                ts as u32,
+                hs as u32,
+            ],
+            v: [
+                batch.items[0].0 as u32,
+                batch.items[0].1 as u32,
+                batch.rowmap_off as u32,
+                batch.seqs_off as u32,
+            ],
+            o: [
+                ow.elem_offset(out),
+                0,
+                u(out.strides()[0])?,
+                u(out.strides()[1])?,
+            ],
+            bk: c.bk,
+            ..self.logit_params(c.scale, c.bounds, &sw, sinks)
+        };
+        let part = ctx.scratch(op, c.part_bytes.max(16))?;
+        let part_res = || {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &part,
+                offset: 0,
+                size: std::num::NonZeroU64::new(c.part_bytes.max(16)),
+            })
+        };
+        // The partial passes present in the batch (tile kernel, DecodeKeys with 1, 2, 4 rows per
+        // workgroup, DecodeSubgroup with 1, 2, 4, 8), each over its own list of work items; every
+        // pipeline is compiled before anything is recorded, so a failure records nothing.
+        let hd4 = (h.head_dim / 4) as u32;
+        let mut passes = Vec::new();
+        for (g, &(off, n)) in batch.items.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let key = match g {
+                0 => c.keys[0].clone(),
+                1..=3 => keys_attention_key(cache.dtype, hd4, 1 << (g - 1)),
+                _ => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min),
+            };
+            ctx.kernel(op, &key)?;
+            passes.push((key, off, n));
+        }
+        ctx.kernel(op, &c.keys[1])?;
+        let names = ["pool0", "pool1", "pool2"];
+        let mut inputs = vec![
+            ("q_buf", qw.resource()),
+            ("plan_buf", batch.plan_window()),
+            ("part_out", part_res()),
+            ("out_buf", ow.resource()),
+        ];
+        for (i, b) in cache.buffers.iter().enumerate() {
+            inputs.push((names[i], b.as_entire_binding()));
+        }
+        if let Some(w) = &sw {
+            inputs.push(("sinks", w.resource()));
+        }
+        for (key, off, n) in &passes {
+            let pass = attention::Params {
+                v: [*off as u32, *n as u32, params.v[2], params.v[3]],
+                ..params
+            };
+            ctx.encode_kernel(op, enc, key, &pass, &inputs, (*n * h.n_kv_heads) as u64)?;
+        }
+        let mut merge = vec![
+            ("part_in", part_res()),
+            ("out_buf", ow.resource()),
+            ("plan_buf", batch.plan_window()),
+        ];
+        if let Some(w) = &sw {
+            merge.push(("sinks", w.resource()));
+        }
+        let threads = (batch.total_q * h.n_heads * h.head_dim / 4) as u64;
+        ctx.encode_kernel(
+            op,
+            enc,
+            &c.keys[1],
+            &params,
+            &merge,
+            threads.div_ceil(attention::DECODE_WG as u64),
+        )
+    }
+}
+
+struct PagedChecked {
+    keys: [PipelineKey; 2],
+    bk: u32,
+    part_bytes: u64,
+    scale: f32,
+    bounds: (i32, i32),
+}

@@ -1,0 +1,529 @@
+//! [`PagedKvCache`]: one layer's K/V pages on the GPU, page copies and the appends.
+
+use super::batch::PagedBatch;
+use super::table::PageCopy;
+#[cfg(doc)]
+use super::table::PageTable;
+use super::{check_page_size, PageLayout, MAX_POOL_BUFFERS, OP};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::ops::attention;
+use crate::ops::rope::{HeadNorm, PositionIds, Positions, Rope};
+use crate::pipeline::{PipelineKey, Shader, Window};
+use crate::tensor::{DType, Tensor};
+
+// Workgroup size of the write pass: the contiguous cache's (the key's `WG` comes from there).
+use crate::ops::kv_cache::WG;
+
+/// The pipeline key of the paged write (the constants of the contiguous cache's append).
+pub fn write_key(src: DType, dst: DType, write_k: bool) -> PipelineKey {
+    crate::ops::kv_cache::write_key(Shader::PAGED_KV, "paged_write", src, dst, write_k)
+}
+
+/// Every pipeline key of `shaders/paged_kv.wgsl`.
+pub fn write_variant_keys() -> Vec<PipelineKey> {
+    crate::ops::kv_cache::write_variant_keys(Shader::PAGED_KV, "paged_write")
+}
+
+/// Uniform parameters of `shaders/paged_kv.wgsl` (80 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct WriteParams {
+    /// New tokens.
+    pub n_tokens: u32,
+    /// Key/value heads.
+    pub n_kv_heads: u32,
+    /// Elements per head.
+    pub head_dim: u32,
+    /// Tokens per page.
+    pub page_size: u32,
+    /// Pages per pool buffer.
+    pub pages_per_buffer: u32,
+    /// The pool buffer this dispatch writes.
+    pub buffer: u32,
+    /// Elements per page (K and V).
+    pub page_elems: u32,
+    /// Element offset of V in a page.
+    pub v_in_page: u32,
+    /// Token stride inside a page.
+    pub tok_stride: u32,
+    /// Head stride inside a page.
+    pub head_stride: u32,
+    /// Word offset of token 0's slot in the plan buffer.
+    pub slot_off: u32,
+    /// Padding.
+    pub _pad0: u32,
+    /// k_new: element offset, token and head strides.
+    pub k: [u32; 3],
+    /// Padding.
+    pub _pad1: u32,
+    /// v_new: element offset, token and head strides.
+    pub v: [u32; 3],
+    /// Padding.
+    pub _pad2: u32,
+}
+
+/// K and V pages of one layer (see the module docs).
+#[derive(Debug)]
+pub struct PagedKvCache {
+    pub(super) buffers: Vec<wgpu::Buffer>,
+    n_pages: usize,
+    pub(super) page_size: usize,
+    pub(super) n_kv_heads: usize,
+    pub(super) head_dim: usize,
+    pub(super) dtype: DType,
+    layout: PageLayout,
+    pub(super) pages_per_buffer: usize,
+}
+
+impl PagedKvCache {
+    /// Allocate `n_pages` zero-filled pages.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ctx: &Context,
+        n_pages: usize,
+        page_size: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+        layout: PageLayout,
+    ) -> Result<Self> {
+        check_page_size(page_size)?;
+        crate::ensure!(
+            n_pages > 0 && n_kv_heads > 0,
+            Shape,
+            OP,
+            "n_pages {n_pages} and n_kv_heads {n_kv_heads} must be > 0"
+        );
+        crate::ensure!(
+            head_dim > 0 && head_dim.is_multiple_of(4) && head_dim <= attention::MAX_HEAD_DIM,
+            Shape,
+            OP,
+            "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {}",
+            attention::MAX_HEAD_DIM
+        );
+        let page_elems = 2 * page_size as u64 * n_kv_heads as u64 * head_dim as u64;
+        let page_bytes = page_elems * dtype.size() as u64;
+        let lim = ctx.limits();
+        let per_buffer = lim
+            .max_storage_buffer_binding_size
+            .min(lim.max_buffer_size)
+            .min(u32::MAX as u64 / 2 * dtype.size() as u64);
+        let pages_per_buffer = (per_buffer / page_bytes) as usize;
+        crate::ensure!(
+            pages_per_buffer > 0,
+            Limit,
+            OP,
+            "one page of {page_bytes} bytes exceeds the device's max_storage_buffer_binding_size {}",
+            lim.max_storage_buffer_binding_size
+        );
+        let n_buffers = n_pages.div_ceil(pages_per_buffer);
+        crate::ensure!(
+            n_buffers <= MAX_POOL_BUFFERS,
+            Limit,
+            OP,
+            "{n_pages} pages of {page_bytes} bytes need {n_buffers} buffers of at most {} pages ({} bytes per binding); the attention kernel binds at most {MAX_POOL_BUFFERS}",
+            pages_per_buffer,
+            lim.max_storage_buffer_binding_size
+        );
+        crate::ensure!(
+            (n_pages as u64) * (page_size as u64) < u32::MAX as u64,
+            Limit,
+            OP,
+            "{n_pages} pages of {page_size} tokens exceed 2^32 slots"
+        );
+        let mut buffers = Vec::with_capacity(n_buffers);
+        for b in 0..n_buffers {
+            let pages = (n_pages - b * pages_per_buffer).min(pages_per_buffer);
+            buffers.push(ctx.create_buffer(OP, pages as u64 * page_bytes)?);
+        }
+        Ok(PagedKvCache {
+            buffers,
+            n_pages,
+            page_size,
+            n_kv_heads,
+            head_dim,
+            dtype,
+            layout,
+            pages_per_buffer,
+        })
+    }
+
+    /// Pages in the pool.
+    pub fn n_pages(&self) -> usize {
+        self.n_pages
+    }
+    /// Tokens per page.
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+    /// Key/value heads.
+    pub fn n_kv_heads(&self) -> usize {
+        self.n_kv_heads
+    }
+    /// Elements per head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    /// Storage dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Page layout.
+    pub fn layout(&self) -> PageLayout {
+        self.layout
+    }
+    /// The pool's buffers (page `p` lives in buffer `p / pages_per_buffer`).
+    pub fn buffers(&self) -> &[wgpu::Buffer] {
+        &self.buffers
+    }
+    /// Pages per pool buffer.
+    pub fn pages_per_buffer(&self) -> usize {
+        self.pages_per_buffer
+    }
+    pub(super) fn page_elems(&self) -> usize {
+        2 * self.page_size * self.n_kv_heads * self.head_dim
+    }
+    /// (token stride, head stride) inside a page, in elements.
+    pub fn strides(&self) -> (usize, usize) {
+        match self.layout {
+            PageLayout::Nhd => (self.n_kv_heads * self.head_dim, self.head_dim),
+            PageLayout::Hnd => (self.head_dim, self.page_size * self.head_dim),
+        }
+    }
+    /// Element offset, inside its buffer, of the K row of `slot` (page * page_size + token) and
+    /// kv head `h`; V is `page_elems / 2` further. Returns (buffer, offset).
+    pub fn slot_offset(&self, slot: usize, h: usize) -> (usize, usize) {
+        let page = slot / self.page_size;
+        let (ts, hs) = self.strides();
+        (
+            page / self.pages_per_buffer,
+            (page % self.pages_per_buffer) * self.page_elems()
+                + (slot % self.page_size) * ts
+                + h * hs,
+        )
+    }
+
+    pub(super) fn check_table(&self, page_size: usize, n_pages: usize) -> Result<()> {
+        crate::ensure!(
+            page_size == self.page_size && n_pages <= self.n_pages,
+            Shape,
+            OP,
+            "the batch has pages of {page_size} tokens over a pool of {n_pages}; this cache has {} over {}",
+            self.page_size,
+            self.n_pages
+        );
+        Ok(())
+    }
+
+    /// Record the copy-on-write page copies of a step ([`PageTable::append`]'s result). A copy
+    /// within one pool buffer goes through the context's scratch buffer (WebGPU copies never
+    /// share a source and destination buffer).
+    pub fn copy_pages(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        copies: &[PageCopy],
+    ) -> Result<()> {
+        let bytes = (self.page_elems() * self.dtype.size()) as u64;
+        for c in copies {
+            for p in [c.src, c.dst] {
+                crate::ensure!(
+                    (p as usize) < self.n_pages,
+                    Bounds,
+                    OP,
+                    "page {p} is outside the pool of {} pages",
+                    self.n_pages
+                );
+            }
+        }
+        if copies.is_empty() {
+            return Ok(());
+        }
+        let staging = ctx.scratch(OP, bytes * copies.len() as u64)?;
+        ctx.scoped(OP, || {
+            for (i, c) in copies.iter().enumerate() {
+                let (sb, so) = self.page_location(c.src);
+                let (db, dof) = self.page_location(c.dst);
+                let (src, dst) = (&self.buffers[sb], &self.buffers[db]);
+                if sb == db {
+                    let at = i as u64 * bytes;
+                    encoder.copy_buffer_to_buffer(src, so * bytes, &staging, at, bytes);
+                    encoder.copy_buffer_to_buffer(&staging, at, dst, dof * bytes, bytes);
+                } else {
+                    encoder.copy_buffer_to_buffer(src, so * bytes, dst, dof * bytes, bytes);
+                }
+            }
+        })
+    }
+
+    fn page_location(&self, page: u32) -> (usize, u64) {
+        let p = page as usize;
+        (
+            p / self.pages_per_buffer,
+            (p % self.pages_per_buffer) as u64,
+        )
+    }
+
+    /// Upload whole pages from the host (tests, `check`, restoring a saved cache): `k` and `v`
+    /// hold `[pages.len(), page_size, n_kv_heads, head_dim]` values in token order, whatever
+    /// the layout.
+    pub fn write_pages(&self, ctx: &Context, pages: &[u32], k: &[f32], v: &[f32]) -> Result<()> {
+        let per = self.page_size * self.n_kv_heads * self.head_dim;
+        crate::ensure!(
+            k.len() == pages.len() * per && v.len() == k.len(),
+            Shape,
+            OP,
+            "write_pages: k has {} and v {} values; {} pages need {}",
+            k.len(),
+            v.len(),
+            pages.len(),
+            pages.len() * per
+        );
+        let (ts, hs) = self.strides();
+        let hd = self.head_dim;
+        for (i, &p) in pages.iter().enumerate() {
+            crate::ensure!(
+                (p as usize) < self.n_pages,
+                Bounds,
+                OP,
+                "page {p} is outside the pool of {} pages",
+                self.n_pages
+            );
+            let mut page = vec![0f32; self.page_elems()];
+            for t in 0..self.page_size {
+                for h in 0..self.n_kv_heads {
+                    let src = ((i * self.page_size + t) * self.n_kv_heads + h) * hd;
+                    let dst = t * ts + h * hs;
+                    page[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                    page[per + dst..per + dst + hd].copy_from_slice(&v[src..src + hd]);
+                }
+            }
+            let (b, off) = self.page_location(p);
+            let bytes = crate::tensor::encode_f32(&page, self.dtype);
+            ctx.write_bytes(&self.buffers[b], off * bytes.len() as u64, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The pool buffers the batch's new tokens land in, ascending.
+    fn touched_buffers(&self, batch: &PagedBatch) -> Vec<usize> {
+        let mut touched: Vec<usize> = batch
+            .slots
+            .iter()
+            .map(|&s| s as usize / self.page_size / self.pages_per_buffer)
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        touched
+    }
+
+    fn check_new(&self, batch: &PagedBatch, x: &Tensor, name: &str) -> Result<()> {
+        x.validate(OP, name)?;
+        crate::ensure!(
+            x.shape() == [batch.total_q, self.n_kv_heads, self.head_dim],
+            Shape,
+            OP,
+            "{name} has shape {:?}; the batch's new tokens need [{}, {}, {}]",
+            x.shape(),
+            batch.total_q,
+            self.n_kv_heads,
+            self.head_dim
+        );
+        crate::ensure!(
+            x.strides()[2] == 1,
+            Shape,
+            OP,
+            "{name}'s last dimension must be contiguous"
+        );
+        Ok(())
+    }
+
+    fn validate_append(&self, batch: &PagedBatch, k_new: &Tensor, v_new: &Tensor) -> Result<()> {
+        self.check_table(batch.page_size, batch.n_pages)?;
+        self.check_new(batch, k_new, "k_new")?;
+        self.check_new(batch, v_new, "v_new")?;
+        crate::ensure!(
+            k_new.dtype() == v_new.dtype(),
+            DType,
+            OP,
+            "k_new is {} but v_new is {}",
+            k_new.dtype(),
+            v_new.dtype()
+        );
+        if let Some(i) = batch.slots.iter().position(|&s| s == u32::MAX) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "new token {i} sits before position 0 (q_len > kv_len): it has no cache slot"
+                ),
+            ));
+        }
+        for b in &self.buffers {
+            crate::ensure!(
+                k_new.buffer() != b && v_new.buffer() != b,
+                Alias,
+                OP,
+                "k_new / v_new live in the cache's own pool buffer"
+            );
+        }
+        Ok(())
+    }
+
+    /// Record the write of every sequence's new K and V rows (`[total_q, n_kv_heads, head_dim]`,
+    /// packed like the batch, any dtype, any outer strides) into their cache slots.
+    pub fn append(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        batch: &PagedBatch,
+        k_new: &Tensor,
+        v_new: &Tensor,
+    ) -> Result<()> {
+        self.validate_append(batch, k_new, v_new)?;
+        ctx.scoped(OP, || {
+            self.record_write(ctx, encoder, batch, k_new, v_new, true)
+        })?
+    }
+
+    /// [`PagedKvCache::append`] with `rope` applied to K, after the per-head `k_norm` when given
+    /// (QK-norm: Qwen3, Gemma 3). Positions: `None` = each new token's cache position (the
+    /// batch's [`PagedBatch::positions`]; a scaling that needs the sequence length needs
+    /// `rope.seq_len`), or the caller's ids: `[3, total_new]` for multimodal RoPE (Qwen2-VL's
+    /// time, height and width rows, [`Rope::with_mrope_section`]) or `[total_new]`; the rows
+    /// land in the batch's slots either way. When `k_new` has the cache's dtype, K's norm,
+    /// rotation and write into its page are one pass ([`Rope::encode_rows`] through a row map of
+    /// the slots, one dispatch per pool buffer the batch touches) and the write pass moves only V;
+    /// otherwise RoPE writes K into a scratch view and the write pass converts both.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_rope(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        batch: &PagedBatch,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        rope: &Rope,
+        k_norm: Option<&HeadNorm>,
+        positions: Option<&PositionIds>,
+    ) -> Result<()> {
+        let own = batch.positions();
+        let pos = positions.unwrap_or(&own);
+        self.validate_append(batch, k_new, v_new)?;
+        if batch.total_q == 0 {
+            return Ok(());
+        }
+        if k_new.dtype() == self.dtype {
+            // Row maps first (content-addressed, so every layer of a step shares them).
+            let (_, hs) = self.strides();
+            let mut maps = Vec::new();
+            for b in self.touched_buffers(batch) {
+                let rows: Vec<u32> = batch
+                    .slots
+                    .iter()
+                    .map(|&s| {
+                        let (buf, off) = self.slot_offset(s as usize, 0);
+                        if buf == b {
+                            off as u32
+                        } else {
+                            u32::MAX
+                        }
+                    })
+                    .collect();
+                let map = ctx.constant_buffer(
+                    OP,
+                    wgpu::BufferUsages::STORAGE,
+                    bytemuck::cast_slice(&rows),
+                )?;
+                maps.push((b, map));
+            }
+            return ctx.scoped(OP, || -> Result<()> {
+                for (b, map) in &maps {
+                    rope.encode_rows(
+                        ctx,
+                        encoder,
+                        k_new,
+                        &self.buffers[*b],
+                        map,
+                        0,
+                        hs,
+                        Positions::Ids(pos),
+                        k_norm,
+                    )?;
+                }
+                self.record_write(ctx, encoder, batch, k_new, v_new, false)
+            })?;
+        }
+        let bytes = (batch.total_q * self.n_kv_heads * self.head_dim * k_new.dtype().size()) as u64;
+        // The context's scratch: attention's partials later in the same encoder reuse it after
+        // the write pass has read it (wgpu orders the passes).
+        let tmp_buf = ctx.scratch(OP, bytes)?;
+        let tmp = Tensor::new(&tmp_buf, 0, k_new.shape(), k_new.dtype());
+        rope.variant(ctx, k_new, None, Some(&tmp), Positions::Ids(pos))?;
+        ctx.scoped(OP, || -> Result<()> {
+            match k_norm {
+                Some(n) => {
+                    rope.encode_norm_to(ctx, encoder, k_new, &tmp, n, Positions::Ids(pos))?
+                }
+                None => rope.encode_to(ctx, encoder, k_new, &tmp, Positions::Ids(pos))?,
+            }
+            self.record_write(ctx, encoder, batch, &tmp, v_new, true)
+        })?
+    }
+
+    fn record_write(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        batch: &PagedBatch,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        write_k: bool,
+    ) -> Result<()> {
+        if batch.total_q == 0 {
+            return Ok(());
+        }
+        let kw = Window::covering(ctx, OP, &[k_new])?;
+        let vw = Window::covering(ctx, OP, &[v_new])?;
+        let key = write_key(k_new.dtype(), self.dtype, write_k);
+        let (ts, hs) = self.strides();
+        let ks = k_new.strides();
+        let vs = v_new.strides();
+        let u = |x: usize| -> Result<u32> {
+            u32::try_from(x).map_err(|_| Error::limit(OP, format!("stride {x} exceeds 32 bits")))
+        };
+        let threads = (batch.total_q * self.n_kv_heads * self.head_dim / 4) as u64;
+        for b in self.touched_buffers(batch) {
+            let params = WriteParams {
+                n_tokens: batch.total_q as u32,
+                n_kv_heads: self.n_kv_heads as u32,
+                head_dim: self.head_dim as u32,
+                page_size: self.page_size as u32,
+                pages_per_buffer: self.pages_per_buffer as u32,
+                buffer: b as u32,
+                page_elems: self.page_elems() as u32,
+                v_in_page: (self.page_elems() / 2) as u32,
+                tok_stride: ts as u32,
+                head_stride: hs as u32,
+                slot_off: batch.slots_off as u32,
+                k: [kw.elem_offset(k_new), u(ks[0])?, u(ks[1])?],
+                v: [vw.elem_offset(v_new), u(vs[0])?, u(vs[1])?],
+                ..Default::default()
+            };
+            ctx.encode_kernel(
+                OP,
+                enc,
+                &key,
+                &params,
+                &[
+                    ("k_src", kw.resource()),
+                    ("v_src", vw.resource()),
+                    ("pool", self.buffers[b].as_entire_binding()),
+                    ("slots", batch.plan_window()),
+                ],
+                threads.div_ceil(WG as u64),
+            )?;
+        }
+        Ok(())
+    }
+}
