@@ -571,3 +571,105 @@ impl Rope {
         Ok((turns(&inv), attn as f32))
     }
 }
+
+/// The fixed-point frequency table of the last call, with what it was built from. A decode loop
+/// calls RoPE with one configuration over and over; the table (an f64 `powf` and a fixed-point
+/// conversion per pair) is rebuilt only when the configuration, head_dim or sequence length
+/// changes. The configuration is compared, not trusted, because `Rope`'s fields are public.
+#[derive(Clone, Default)]
+pub(crate) struct TableCache(std::sync::Arc<std::sync::Mutex<Option<CachedTable>>>);
+
+pub(crate) struct CachedTable {
+    config: Rope,
+    head_dim: usize,
+    seq_len: usize,
+    freqs: std::sync::Arc<[Freq]>,
+    attention_factor: f64,
+}
+
+impl TableCache {
+    /// The table for `rope` at `head_dim` and `seq_len`: the cached one when everything matches,
+    /// else `build()`'s result, which replaces it.
+    pub(crate) fn get_or_build(
+        &self,
+        rope: &Rope,
+        head_dim: usize,
+        seq_len: usize,
+        build: impl FnOnce() -> Result<(Vec<Freq>, f64)>,
+    ) -> Result<(std::sync::Arc<[Freq]>, f64)> {
+        let Ok(mut slot) = self.0.lock() else {
+            return build().map(|(f, a)| (f.into(), a));
+        };
+        if let Some(c) = slot.as_ref() {
+            if c.head_dim == head_dim && c.seq_len == seq_len && c.config == *rope {
+                return Ok((c.freqs.clone(), c.attention_factor));
+            }
+        }
+        let (freqs, attention_factor) = build()?;
+        // Shared, not copied, by every call that hits.
+        let freqs: std::sync::Arc<[Freq]> = freqs.into();
+        // The stored configuration gets a cache of its own, so the entry does not keep its own
+        // cache alive.
+        let config = Rope {
+            table: TableCache::default(),
+            ..rope.clone()
+        };
+        *slot = Some(CachedTable {
+            config,
+            head_dim,
+            seq_len,
+            freqs: freqs.clone(),
+            attention_factor,
+        });
+        Ok((freqs, attention_factor))
+    }
+}
+
+/// Not part of the configuration: every cache equals every other.
+impl PartialEq for TableCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for TableCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableCache")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_point_turn_matches_f64() {
+        for &f in &[
+            1.0,
+            0.5,
+            1e-4,
+            3.7e-7,
+            2.0 * std::f64::consts::PI,
+            10.0,
+            0.0,
+        ] {
+            let (hi, lo) = fixed_point_turn(f);
+            let t = (hi as f64 + lo as f64 / 4294967296.0) / 4294967296.0;
+            let want = (f / std::f64::consts::TAU).fract();
+            let d = (t - want).abs().min(1.0 - (t - want).abs());
+            assert!(d < 1e-15, "inv_freq {f}: turn {t} vs {want}");
+        }
+    }
+
+    #[test]
+    fn turn_table_is_the_fixed_point_inv_freq() {
+        let (t, scale) = Rope::default().turn_table(128, 0).unwrap();
+        assert_eq!((t.len(), scale), (64, 1.0));
+        // inv_freq[0] = 1: 2^32 / 2pi = 683565275.57...
+        assert_eq!(t[0].turn_hi, 683_565_275);
+        assert!(Rope::default()
+            .with_rotary_dim(7)
+            .turn_table(128, 0)
+            .is_err());
+    }
+}

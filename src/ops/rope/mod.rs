@@ -107,20 +107,23 @@ mod chunk;
 mod freq;
 mod norm;
 mod plan;
+mod positions;
 mod record;
 pub(crate) mod sincos;
+mod variant;
 
 use crate::context::Context;
-use wgpu::util::DeviceExt;
 
 use crate::error::Result;
-use crate::pipeline::{PipelineKey, Shader};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
+use freq::TableCache;
 pub use freq::{fixed_point_turn, frequencies, Freq, Layout, Scaling, MAX_INV_FREQ};
 pub use norm::HeadNorm;
 use norm::{Extra, RowMap};
+pub use positions::{qkv_views, PositionIds, Positions};
 pub(crate) use sincos::SinCos;
+pub use variant::{all_variant_keys, Variant};
 
 pub(crate) const OP: &str = "rope";
 pub(crate) const WG: u32 = 64;
@@ -158,72 +161,6 @@ pub struct Rope {
     pub(crate) table: TableCache,
 }
 
-/// The fixed-point frequency table of the last call, with what it was built from. A decode loop
-/// calls RoPE with one configuration over and over; the table (an f64 `powf` and a fixed-point
-/// conversion per pair) is rebuilt only when the configuration, head_dim or sequence length
-/// changes. The configuration is compared, not trusted, because `Rope`'s fields are public.
-#[derive(Clone, Default)]
-pub(crate) struct TableCache(std::sync::Arc<std::sync::Mutex<Option<CachedTable>>>);
-
-pub(crate) struct CachedTable {
-    config: Rope,
-    head_dim: usize,
-    seq_len: usize,
-    freqs: std::sync::Arc<[Freq]>,
-    attention_factor: f64,
-}
-
-impl TableCache {
-    /// The table for `rope` at `head_dim` and `seq_len`: the cached one when everything matches,
-    /// else `build()`'s result, which replaces it.
-    pub(crate) fn get_or_build(
-        &self,
-        rope: &Rope,
-        head_dim: usize,
-        seq_len: usize,
-        build: impl FnOnce() -> Result<(Vec<Freq>, f64)>,
-    ) -> Result<(std::sync::Arc<[Freq]>, f64)> {
-        let Ok(mut slot) = self.0.lock() else {
-            return build().map(|(f, a)| (f.into(), a));
-        };
-        if let Some(c) = slot.as_ref() {
-            if c.head_dim == head_dim && c.seq_len == seq_len && c.config == *rope {
-                return Ok((c.freqs.clone(), c.attention_factor));
-            }
-        }
-        let (freqs, attention_factor) = build()?;
-        // Shared, not copied, by every call that hits.
-        let freqs: std::sync::Arc<[Freq]> = freqs.into();
-        // The stored configuration gets a cache of its own, so the entry does not keep its own
-        // cache alive.
-        let config = Rope {
-            table: TableCache::default(),
-            ..rope.clone()
-        };
-        *slot = Some(CachedTable {
-            config,
-            head_dim,
-            seq_len,
-            freqs: freqs.clone(),
-            attention_factor,
-        });
-        Ok((freqs, attention_factor))
-    }
-}
-
-/// Not part of the configuration: every cache equals every other.
-impl PartialEq for TableCache {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl std::fmt::Debug for TableCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TableCache")
-    }
-}
-
 impl Default for Rope {
     fn default() -> Self {
         Rope {
@@ -237,125 +174,6 @@ impl Default for Rope {
             table: TableCache::default(),
         }
     }
-}
-
-/// An i32 position per token, `[seq]` (shared by every batch row) or `[batch, seq]`, anywhere in
-/// a buffer with `STORAGE` usage. Positions may be arbitrary, non-monotonic and negative. The
-/// dtype is i32 by construction (a float tensor cannot be passed); `check` converts I64 case
-/// tensors after a range check.
-#[derive(Clone, Debug)]
-pub struct PositionIds {
-    buffer: wgpu::Buffer,
-    offset: usize,
-    shape: Vec<usize>,
-    strides: Vec<usize>,
-}
-
-impl PositionIds {
-    /// Contiguous positions of `shape` starting `offset` i32 elements into `buffer`.
-    pub fn new(buffer: &wgpu::Buffer, offset: usize, shape: &[usize]) -> Self {
-        Self::with_strides(
-            buffer,
-            offset,
-            shape,
-            &crate::tensor::contiguous_strides(shape),
-        )
-    }
-    /// Strided positions (strides in i32 elements).
-    pub fn with_strides(
-        buffer: &wgpu::Buffer,
-        offset: usize,
-        shape: &[usize],
-        strides: &[usize],
-    ) -> Self {
-        PositionIds {
-            buffer: buffer.clone(),
-            offset,
-            shape: shape.to_vec(),
-            strides: strides.to_vec(),
-        }
-    }
-    /// Upload host positions into a new buffer.
-    pub fn upload(ctx: &Context, positions: &[i32], shape: &[usize]) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        crate::ensure!(
-            n == positions.len(),
-            Shape,
-            OP,
-            "positions shape {shape:?} holds {n} values but {} were given",
-            positions.len()
-        );
-        let mut bytes = bytemuck::cast_slice::<i32, u8>(positions).to_vec();
-        bytes.resize(bytes.len().max(4), 0);
-        let buffer = ctx.scoped(OP, || {
-            ctx.device()
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("rope positions"),
-                    contents: &bytes,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                })
-        })?;
-        Ok(Self::new(&buffer, 0, shape))
-    }
-    /// The buffer holding the positions.
-    pub fn buffer(&self) -> &wgpu::Buffer {
-        &self.buffer
-    }
-    /// `[seq]` or `[batch, seq]`.
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    /// The same elements as a 4-byte [`Tensor`], for span and binding-window arithmetic only.
-    fn as_words(&self) -> Tensor {
-        Tensor::with_strides(
-            &self.buffer,
-            self.offset,
-            &self.shape,
-            &self.strides,
-            DType::F32,
-        )
-    }
-}
-
-/// Where positions come from.
-#[derive(Clone, Copy, Debug)]
-pub enum Positions<'a> {
-    /// Token `s` of every batch row is at `start + s`.
-    Start(i32),
-    /// One i32 per token.
-    Ids(&'a PositionIds),
-}
-
-/// Views of Q, K and V inside a fused QKV projection `[tokens, (n_heads + 2 n_kv_heads) head_dim]`
-/// that starts `offset` elements into `buffer`: `q [tokens, n_heads, head_dim]`,
-/// `k` and `v [tokens, n_kv_heads, head_dim]`, all with token stride `(n_heads + 2 n_kv_heads) head_dim`.
-pub fn qkv_views(
-    buffer: &wgpu::Buffer,
-    offset: usize,
-    tokens: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    dtype: DType,
-) -> (Tensor, Tensor, Tensor) {
-    let row = (n_heads + 2 * n_kv_heads) * head_dim;
-    let view = |off: usize, heads: usize| {
-        Tensor::with_strides(
-            buffer,
-            offset + off,
-            &[tokens, heads, head_dim],
-            &[row, head_dim, 1],
-            dtype,
-        )
-    };
-    (
-        view(0, n_heads),
-        view(n_heads * head_dim, n_kv_heads),
-        view((n_heads + n_kv_heads) * head_dim, n_kv_heads),
-    )
 }
 
 /// Uniform parameters; mirrors `struct Params` in `shaders/rope.wgsl` (160 bytes).
@@ -450,91 +268,6 @@ pub(crate) const FLAG_NORM_A: u32 = 1;
 pub(crate) const FLAG_NORM_B: u32 = 2;
 /// `Params::flags`: the output rows come from a row map.
 pub(crate) const FLAG_ROW_MAP: u32 = 4;
-
-/// The code-shaping decisions for one dispatch; the pipeline key is derived from it alone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Variant {
-    /// Storage dtype.
-    pub dtype: DType,
-    /// Which elements pair up.
-    pub layout: Layout,
-    /// Positions come from a buffer.
-    pub pos_buf: bool,
-    /// Rotate in place.
-    pub in_place: bool,
-    /// Out of place with x read from the destination binding (x and out are one view).
-    pub x_in_dst: bool,
-    /// How cos and sin are computed: always exact, but for the benchmark's comparisons.
-    pub(crate) sincos: SinCos,
-    /// The `rope_vec4` entry point (in place, 16-byte aligned heads; see [`Rope::variant`]).
-    pub vec4: bool,
-    /// The `rope_norm` entry point (a per-head RMSNorm before the rotation, [`HeadNorm`]).
-    pub norm: bool,
-}
-
-impl Variant {
-    /// The pipeline key of this variant.
-    pub fn key(&self) -> PipelineKey {
-        PipelineKey::new(
-            Shader::ROPE,
-            match (self.vec4, self.norm) {
-                (true, _) => "rope_vec4",
-                (false, true) => "rope_norm",
-                (false, false) => "rope",
-            },
-            vec![
-                ("DTYPE", self.dtype.shader_code()),
-                ("LAYOUT", (self.layout == Layout::Interleaved) as u32),
-                ("POS_BUF", self.pos_buf as u32),
-                ("IN_PLACE", self.in_place as u32),
-                ("X_IN_DST", self.x_in_dst as u32),
-                ("SINCOS", self.sincos.code()),
-                ("WG", WG),
-            ],
-        )
-    }
-}
-
-/// Every pipeline key the dispatcher can produce (the portability tests compile each).
-pub fn all_variant_keys() -> Vec<PipelineKey> {
-    let mut keys = Vec::new();
-    for dtype in DType::ALL {
-        for layout in [Layout::Half, Layout::Interleaved] {
-            for pos_buf in [false, true] {
-                for (in_place, x_in_dst) in [(true, false), (false, false), (false, true)] {
-                    for sincos in [
-                        SinCos::Exact,
-                        SinCos::BuiltinReduced,
-                        SinCos::NaiveF32,
-                        SinCos::HostTable,
-                    ] {
-                        for (vec4, norm) in [(false, false), (true, false), (false, true)] {
-                            // `rope_vec4` rotates in place only; the benchmark's sin/cos methods
-                            // are not compared with a norm.
-                            if (vec4 && !in_place) || (norm && sincos != SinCos::Exact) {
-                                continue;
-                            }
-                            keys.push(
-                                Variant {
-                                    dtype,
-                                    layout,
-                                    pos_buf,
-                                    in_place,
-                                    x_in_dst,
-                                    sincos,
-                                    vec4,
-                                    norm,
-                                }
-                                .key(),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-    keys
-}
 
 impl Rope {
     /// Default RoPE (`rope_type` "default") with base `theta` in the given layout.
@@ -838,25 +571,7 @@ impl Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fixed_point_turn_matches_f64() {
-        for &f in &[
-            1.0,
-            0.5,
-            1e-4,
-            3.7e-7,
-            2.0 * std::f64::consts::PI,
-            10.0,
-            0.0,
-        ] {
-            let (hi, lo) = fixed_point_turn(f);
-            let t = (hi as f64 + lo as f64 / 4294967296.0) / 4294967296.0;
-            let want = (f / std::f64::consts::TAU).fract();
-            let d = (t - want).abs().min(1.0 - (t - want).abs());
-            assert!(d < 1e-15, "inv_freq {f}: turn {t} vs {want}");
-        }
-    }
+    use crate::pipeline::Shader;
 
     /// Member offsets and sizes of the WGSL structs, as naga lays them out.
     fn wgsl_struct(name: &str) -> (Vec<(String, u32)>, u32) {
@@ -918,18 +633,6 @@ mod tests {
         let (fm, fspan) = wgsl_struct("Freq");
         assert_eq!(fspan as usize, std::mem::size_of::<Freq>());
         assert_eq!(fm[2].1 as usize, std::mem::offset_of!(Freq, inv_freq));
-    }
-
-    #[test]
-    fn turn_table_is_the_fixed_point_inv_freq() {
-        let (t, scale) = Rope::default().turn_table(128, 0).unwrap();
-        assert_eq!((t.len(), scale), (64, 1.0));
-        // inv_freq[0] = 1: 2^32 / 2pi = 683565275.57...
-        assert_eq!(t[0].turn_hi, 683_565_275);
-        assert!(Rope::default()
-            .with_rotary_dim(7)
-            .turn_table(128, 0)
-            .is_err());
     }
 
     #[test]

@@ -1,0 +1,92 @@
+//! The variant space of the RoPE kernels: [`Variant`] and its pipeline keys.
+
+#[cfg(doc)]
+use super::{HeadNorm, Rope};
+use super::{Layout, SinCos, WG};
+use crate::pipeline::{PipelineKey, Shader};
+use crate::tensor::DType;
+
+/// The code-shaping decisions for one dispatch; the pipeline key is derived from it alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// Storage dtype.
+    pub dtype: DType,
+    /// Which elements pair up.
+    pub layout: Layout,
+    /// Positions come from a buffer.
+    pub pos_buf: bool,
+    /// Rotate in place.
+    pub in_place: bool,
+    /// Out of place with x read from the destination binding (x and out are one view).
+    pub x_in_dst: bool,
+    /// How cos and sin are computed: always exact, but for the benchmark's comparisons.
+    pub(crate) sincos: SinCos,
+    /// The `rope_vec4` entry point (in place, 16-byte aligned heads; see [`Rope::variant`]).
+    pub vec4: bool,
+    /// The `rope_norm` entry point (a per-head RMSNorm before the rotation, [`HeadNorm`]).
+    pub norm: bool,
+}
+
+impl Variant {
+    /// The pipeline key of this variant.
+    pub fn key(&self) -> PipelineKey {
+        PipelineKey::new(
+            Shader::ROPE,
+            match (self.vec4, self.norm) {
+                (true, _) => "rope_vec4",
+                (false, true) => "rope_norm",
+                (false, false) => "rope",
+            },
+            vec![
+                ("DTYPE", self.dtype.shader_code()),
+                ("LAYOUT", (self.layout == Layout::Interleaved) as u32),
+                ("POS_BUF", self.pos_buf as u32),
+                ("IN_PLACE", self.in_place as u32),
+                ("X_IN_DST", self.x_in_dst as u32),
+                ("SINCOS", self.sincos.code()),
+                ("WG", WG),
+            ],
+        )
+    }
+}
+
+/// Every pipeline key the dispatcher can produce (the portability tests compile each).
+pub fn all_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        for layout in [Layout::Half, Layout::Interleaved] {
+            for pos_buf in [false, true] {
+                for (in_place, x_in_dst) in [(true, false), (false, false), (false, true)] {
+                    for sincos in [
+                        SinCos::Exact,
+                        SinCos::BuiltinReduced,
+                        SinCos::NaiveF32,
+                        SinCos::HostTable,
+                    ] {
+                        for (vec4, norm) in [(false, false), (true, false), (false, true)] {
+                            // `rope_vec4` rotates in place only; the benchmark's sin/cos methods
+                            // are not compared with a norm.
+                            if (vec4 && !in_place) || (norm && sincos != SinCos::Exact) {
+                                continue;
+                            }
+                            keys.push(
+                                Variant {
+                                    dtype,
+                                    layout,
+                                    pos_buf,
+                                    in_place,
+                                    x_in_dst,
+                                    sincos,
+                                    vec4,
+                                    norm,
+                                }
+                                .key(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    keys
+}
