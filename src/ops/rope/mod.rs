@@ -52,7 +52,7 @@
 //! fused QKV buffer, median per call (submit and wait) on lavapipe with the `rope_vec4` path
 //! 25 ms exact, 26 ms built-in reduced, 24 ms naive f32, 28 ms host table; with one head per
 //! token (65536 tokens), where nothing shares them, 43 / 46 / 37 / 230 ms
-//! (`cargo run --release --example rope_sincos`). [`SinCos`] keeps the other methods for such measurements.
+//! (`cargo run --release --example rope_sincos`). `SinCos` keeps the other methods for such measurements.
 //!
 //! ## Strategy
 //! Three entry points; the dispatcher picks by alignment and norm ([`Rope::variant`] reports the
