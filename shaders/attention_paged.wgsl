@@ -93,18 +93,20 @@ fn seq_record(s: u32) -> Seq {
     );
 }
 
+// Pool buffers the cache has (1, 2 or 3): an override so that a pool in one buffer, the common
+// case, compiles to plain loads from pool0. A pool-buffer switch on every 16-byte load is most of
+// the code of the key loops (a lane's keys may sit in different buffers, so a CPU adapter emits
+// every arm), and LLVM's time on lavapipe follows the code size (BENCHMARKS.md, cold compile).
+override POOLS: u32 = 3u;
+
 fn pool_word4(buf: u32, i: u32) -> vec4<u32> {
-    switch buf {
-        case 0u: {
-            return pool0[i];
-        }
-        case 1u: {
-            return pool1[i];
-        }
-        default: {
-            return pool2[i];
-        }
+    if POOLS == 1u || buf == 0u {
+        return pool0[i];
     }
+    if POOLS == 2u || buf == 1u {
+        return pool1[i];
+    }
+    return pool2[i];
 }
 
 // Four elements at element e (a multiple of 4) of pool buffer buf.

@@ -3,6 +3,7 @@
 
 use super::batch::PagedBatch;
 use super::cache::PagedKvCache;
+use super::MAX_POOL_BUFFERS;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, Attention};
@@ -10,8 +11,8 @@ use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
 /// The pipeline key of the DecodeSubgroup pass over pages with `rs` rows per workgroup, for
-/// subgroups of at least `sg_min` lanes.
-pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32) -> PipelineKey {
+/// subgroups of at least `sg_min` lanes, over a pool of `pools` buffers.
+pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32, pools: u32) -> PipelineKey {
     let (slots, nsg) = attention::sg_shape(hd4, sg_min);
     PipelineKey::new(
         ATTENTION_PAGED_SUBGROUP,
@@ -24,6 +25,7 @@ pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32) -> Pipelin
             ("RS", rs),
             ("SLOTS", slots),
             ("NSG", nsg),
+            ("POOLS", pools),
         ],
     )
 }
@@ -56,22 +58,27 @@ pub fn sg_variant_keys() -> Vec<PipelineKey> {
             for sg_min in [8, 32] {
                 for rs in [1, 2, 4, 8] {
                     if rs <= attention::sg_rows_max(hd / 4, sg_min) {
-                        keys.push(sg_attention_key(dtype, hd / 4, rs, sg_min));
+                        keys.push(sg_attention_key(dtype, hd / 4, rs, sg_min, 1));
                     }
                 }
             }
         }
     }
+    // A pool over three buffers at Llama's head_dim.
+    for rs in [1, 4] {
+        keys.push(sg_attention_key(DType::F16, 32, rs, 32, MAX_POOL_BUFFERS as u32));
+    }
     keys
 }
 
-/// The pipeline keys of paged attention: partial and merge passes.
-pub fn attention_keys(dtype: DType, tile_v4: u32, hd4: u32) -> [PipelineKey; 2] {
+/// The pipeline keys of paged attention over a pool of `pools` buffers: partial and merge passes.
+pub fn attention_keys(dtype: DType, tile_v4: u32, hd4: u32, pools: u32) -> [PipelineKey; 2] {
     let c = vec![
         ("DTYPE", dtype.shader_code()),
         ("WG", attention::DECODE_WG),
         ("TILE_V4", tile_v4),
         ("HD4", hd4),
+        ("POOLS", pools),
     ];
     [
         PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_partial", c.clone()),
@@ -79,9 +86,9 @@ pub fn attention_keys(dtype: DType, tile_v4: u32, hd4: u32) -> [PipelineKey; 2] 
     ]
 }
 
-/// The pipeline key of the DecodeKeys pass over pages with `kr` rows per workgroup (the tile
-/// size does not shape its code; it keeps the smallest).
-pub fn keys_attention_key(dtype: DType, hd4: u32, kr: u32) -> PipelineKey {
+/// The pipeline key of the DecodeKeys pass over pages with `kr` rows per workgroup, over a pool
+/// of `pools` buffers (the tile size does not shape its code; it keeps the smallest).
+pub fn keys_attention_key(dtype: DType, hd4: u32, kr: u32, pools: u32) -> PipelineKey {
     PipelineKey::new(
         Shader::ATTENTION_PAGED,
         "attn_paged_keys",
@@ -91,23 +98,29 @@ pub fn keys_attention_key(dtype: DType, hd4: u32, kr: u32) -> PipelineKey {
             ("TILE_V4", attention::tile_v4_for(16384)),
             ("HD4", hd4),
             ("KR", kr),
+            ("POOLS", pools),
         ],
     )
 }
 
 /// Every pipeline key of `shaders/attention_paged.wgsl` (for the portability tests): every dtype
-/// and tile size at the head_dims of real models, and the DecodeKeys pass at each row count.
+/// and tile size at the head_dims of real models, and the DecodeKeys pass at each row count,
+/// over a pool in one buffer; and every pool buffer count at Llama's head_dim.
 pub fn attention_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for dtype in DType::ALL {
         for hd in [64u32, 80, 96, 128, 256] {
             for limit in [16384, 32768] {
-                keys.extend(attention_keys(dtype, attention::tile_v4_for(limit), hd / 4));
+                keys.extend(attention_keys(dtype, attention::tile_v4_for(limit), hd / 4, 1));
             }
             for kr in [1, 2, 4] {
-                keys.push(keys_attention_key(dtype, hd / 4, kr));
+                keys.push(keys_attention_key(dtype, hd / 4, kr, 1));
             }
         }
+    }
+    for pools in 2..=MAX_POOL_BUFFERS as u32 {
+        keys.extend(attention_keys(DType::F16, attention::tile_v4_for(16384), 32, pools));
+        keys.push(keys_attention_key(DType::F16, 32, 4, pools));
     }
     keys
 }
@@ -263,7 +276,7 @@ impl Attention {
             ctx.adapter_info().name
         );
         Ok(PagedChecked {
-            keys: attention_keys(cache.dtype, tile_v4, hd4),
+            keys: attention_keys(cache.dtype, tile_v4, hd4, cache.buffers.len() as u32),
             bk: (tile_v4 / hd4).min(64),
             part_bytes,
             scale: self.scale.unwrap_or(1.0 / (h.head_dim as f32).sqrt()),
@@ -341,6 +354,7 @@ impl Attention {
         // workgroup, DecodeSubgroup with 1, 2, 4, 8), each over its own list of work items; every
         // pipeline is compiled before anything is recorded, so a failure records nothing.
         let hd4 = (h.head_dim / 4) as u32;
+        let pools = cache.buffers.len() as u32;
         let mut passes = Vec::new();
         for (g, &(off, n)) in batch.items.iter().enumerate() {
             if n == 0 {
@@ -348,8 +362,8 @@ impl Attention {
             }
             let key = match g {
                 0 => c.keys[0].clone(),
-                1..=3 => keys_attention_key(cache.dtype, hd4, 1 << (g - 1)),
-                _ => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min),
+                1..=3 => keys_attention_key(cache.dtype, hd4, 1 << (g - 1), pools),
+                _ => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min, pools),
             };
             ctx.kernel(op, &key)?;
             passes.push((key, off, n));
