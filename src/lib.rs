@@ -77,3 +77,8 @@ pub use tensor::{DType, Element, Tensor};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The Rust examples in docs/ops.md compile as doctests too.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/ops.md")]
+pub struct OpsDoctests;
