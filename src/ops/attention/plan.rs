@@ -114,8 +114,6 @@ pub struct Plan {
     pub chunk: usize,
 }
 
-/// Sizes read from the tensors.
-
 impl Attention {
     /// The kernel, tile size and split count this call would use on `ctx`, for K/V rows that
     /// are 16-byte aligned (see [`kv_rows_aligned`]; unaligned rows never get
