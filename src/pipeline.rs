@@ -65,32 +65,11 @@ impl Shader {
         parts: &[COMMON_WGSL, include_str!("../shaders/rope.wgsl")],
         variants: crate::ops::rope::all_variant_keys,
     };
-    /// `shaders/attention_prefill.wgsl` (with `attention_common.wgsl`) for head_dim up to 256;
-    /// `ops::attention::prefill_shader` picks the smaller classes' modules where they fit.
-    pub const ATTENTION_PREFILL: &'static Shader = &Shader {
-        name: "attention_prefill.wgsl",
-        parts: &[
-            COMMON_WGSL,
-            ATTENTION_COMMON_WGSL,
-            ATTENTION_SPLIT_WGSL,
-            "// The prefill's arithmetic type.\nalias ht = f32;",
-            "// 4 rows x head_dim up to 256.\nconst MAX_Q: u32 = 256u;",
-            include_str!("../shaders/attention_prefill.wgsl"),
-        ],
-        variants: crate::ops::attention::prefill_variant_keys,
-    };
-    /// `shaders/attention_decode.wgsl` (with `attention_common.wgsl`).
-    pub const ATTENTION_DECODE: &'static Shader = &Shader {
-        name: "attention_decode.wgsl",
-        parts: &[
-            COMMON_WGSL,
-            ATTENTION_COMMON_WGSL,
-            ATTENTION_SPLIT_WGSL,
-            ATTENTION_KEYS_WGSL,
-            include_str!("../shaders/attention_decode.wgsl"),
-        ],
-        variants: crate::ops::attention::decode_variant_keys,
-    };
+    /// `shaders/attention_prefill.wgsl` for head_dim up to 256
+    /// ([`crate::ops::attention::ATTENTION_PREFILL`]).
+    pub const ATTENTION_PREFILL: &'static Shader = crate::ops::attention::ATTENTION_PREFILL;
+    /// `shaders/attention_decode.wgsl` ([`crate::ops::attention::ATTENTION_DECODE`]).
+    pub const ATTENTION_DECODE: &'static Shader = crate::ops::attention::ATTENTION_DECODE;
     /// `shaders/kv_cache.wgsl`.
     pub const KV_CACHE: &'static Shader = &Shader {
         name: "kv_cache.wgsl",
@@ -130,28 +109,11 @@ impl Shader {
         variants: crate::ops::cast::all_variant_keys,
     };
 
-    /// Every kernel shader of the library (tools add their own, e.g. `bench::SHADERS`).
-    pub const ALL: &'static [&'static Shader] = &[
-        Shader::RMS_NORM,
-        Shader::CAST,
-        Shader::ROPE,
-        Shader::ATTENTION_PREFILL,
-        crate::ops::attention::ATTENTION_PREFILL_HD64,
-        crate::ops::attention::ATTENTION_PREFILL_HD128,
-        crate::ops::attention::ATTENTION_PREFILL_F16,
-        crate::ops::attention::ATTENTION_PREFILL_F16_HD64,
-        crate::ops::attention::ATTENTION_PREFILL_F16_HD128,
-        Shader::ATTENTION_DECODE,
-        Shader::KV_CACHE,
-        Shader::ATTENTION_PAGED,
-        Shader::PAGED_KV,
-        crate::ops::rms_norm::RMS_NORM_SUBGROUP,
-        crate::ops::rms_norm::RMS_NORM_F16,
-        crate::ops::rms_norm::RMS_NORM_SUBGROUP_F16,
-        crate::ops::attention::ATTENTION_DECODE_SUBGROUP_F16,
-        crate::ops::attention::ATTENTION_DECODE_SUBGROUP,
-        crate::ops::paged::ATTENTION_PAGED_SUBGROUP,
-    ];
+    /// Every kernel shader of the library (tools add their own, e.g. `bench::SHADERS`): the
+    /// others, then each op's declared modules ([`crate::ops::attention::MODULES`]).
+    pub const ALL: &'static [&'static Shader] = &concat::<
+        { OTHERS.len() + crate::ops::attention::MODULES.len() },
+    >(&OTHERS, &crate::ops::attention::MODULES);
 
     /// The full WGSL module.
     pub fn source(&self) -> String {
@@ -162,6 +124,38 @@ impl Shader {
     pub fn variants(&self) -> Vec<PipelineKey> {
         (self.variants)()
     }
+}
+
+/// The kernel shaders whose ops do not list their modules (see [`Shader::ALL`]).
+const OTHERS: [&Shader; 10] = [
+    Shader::RMS_NORM,
+    Shader::CAST,
+    Shader::ROPE,
+    Shader::KV_CACHE,
+    Shader::ATTENTION_PAGED,
+    Shader::PAGED_KV,
+    crate::ops::rms_norm::RMS_NORM_SUBGROUP,
+    crate::ops::rms_norm::RMS_NORM_F16,
+    crate::ops::rms_norm::RMS_NORM_SUBGROUP_F16,
+    crate::ops::paged::ATTENTION_PAGED_SUBGROUP,
+];
+
+/// `a` followed by `b` (`N` = their lengths' sum), at compile time.
+const fn concat<const N: usize>(
+    a: &[&'static Shader],
+    b: &[&'static Shader],
+) -> [&'static Shader; N] {
+    let mut out = [Shader::CAST; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = b[i - a.len()];
+        i += 1;
+    }
+    out
 }
 
 /// Everything that changes the compiled code of a pipeline.

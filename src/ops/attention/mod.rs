@@ -1,0 +1,138 @@
+//! GQA attention: FlashAttention-2 style prefill and split-KV ("flash-decoding") decode.
+//!
+//! ```text
+//! out[b, t, h] = softmax_j(softcap(scale · q[b, t, h] · k[b, j, h/g]) + mask[t, j]) · v[b, :, h/g]
+//! ```
+//! with `g = n_heads / n_kv_heads` (1 = MHA, `n_heads` = MQA; Llama-3-8B: 32 over 8).
+//!
+//! Masking (query `t` sits at position `pos = q_offset + t`; the default `q_offset = kv_len - q_len`
+//! aligns the queries bottom-right, so prefill, chunked prefill and decode are one call):
+//! - causal (default): key `j` is visible iff `j <= pos`;
+//! - sliding window `W > 0`: additionally `j > pos - W` (applied with or without causal); the
+//!   same as `window_left = W - 1`;
+//! - two-sided windows as FlashAttention's `window_size = (left, right)`: `pos - j <= left` and
+//!   `j - pos <= right`, each side optional ([`Attention::window_left`],
+//!   [`Attention::window_right`]); with `causal = false` and `left = right = W` this is the
+//!   bidirectional sliding window of ModernBERT and EmbeddingGemma (`|pos - j| <= W`);
+//! - chunked local attention (Llama 4's `attention_chunk_size` `C`, [`Attention::chunk_size`]):
+//!   key `j` is visible only when `j` and `pos` lie in the same chunk, `j / C == pos / C`
+//!   (floor division), combined with the other rules;
+//! - a row with no visible key outputs exactly 0.
+//!
+//! Logits: `scale` defaults to `1/sqrt(head_dim)`; softcap `c > 0` maps `s -> c·tanh(s/c)` after
+//! scaling (Gemma 2); `sinks: [n_heads]` (f32) adds one logit per head that joins only the softmax
+//! denominator (gpt-oss).
+//!
+//! Layouts: `q`, `out` are `[q_len, n_heads, head_dim]` or `[batch, q_len, n_heads, head_dim]`;
+//! `k`, `v` are `[kv_len, n_kv_heads, head_dim]` or `[batch, kv_len, n_kv_heads, head_dim]`. Any
+//! strides on the outer dims (so k/v can be views into a [`crate::KvCache`]), the last dim
+//! contiguous. q, k, v and out share one storage dtype (f32, f16, bf16); all math is f32.
+//! `head_dim` is any multiple of 4 up to 256.
+//!
+//! Variants, each with its strategy (every pipeline is specialised on dtype, tile size and
+//! `head_dim / 4`, so the loops over a head have fixed trip counts and q / acc live in registers):
+//! - [`Kind::Prefill`] (`shaders/attention_prefill.wgsl`, FlashAttention-2, Dao 2023): one
+//!   workgroup per block of [`PREFILL_WG`] query rows of one (batch, kv head); rows are the g
+//!   query heads of the group times the tokens (`r = t·g + i`), so every K/V tile staged in
+//!   workgroup memory serves the whole group. Register tiling: each of the
+//!   `PREFILL_WG / PREFILL_ROWS_PER_INVOCATION` invocations owns
+//!   [`PREFILL_ROWS_PER_INVOCATION`] neighbouring rows (pre-scaled q and f32 accumulators in
+//!   private memory), so each K/V element read from workgroup memory feeds that many rows; per
+//!   tile the scores come first, then one running-max update and rescale, then P·V. Tiles
+//!   outside the union of the block's visible ranges are never loaded, and each row's mask is
+//!   one interval computed once. Memory is O(q_len + kv_len): no score matrix exists.
+//!   [`Attention::f16_arithmetic`] selects the same kernel with f16 products (its own module,
+//!   `SHADER_F16`).
+//! - [`Kind::PrefillKeys`] (`attn_prefill_keys` in `shaders/attention_prefill.wgsl`), prefill
+//!   for CPU adapters, shaped like the register-tiled matmul that runs fastest on llvmpipe: a
+//!   workgroup of [`KEYS_WG`] invocations owns [`PREFILL_KEYS_ROWS`] query rows (q staged once
+//!   in workgroup memory, pre-scaled, as f32) and walks [`PREFILL_KEYS_TILE`]-key tiles. For
+//!   Q K^T each invocation owns 8 keys (16-byte K loads, 8 4x4 matrix products per 4 head
+//!   elements); the softmax is in the log2 domain with the row maxima reduced through
+//!   workgroup memory and the accumulators rescaled only when a maximum moves; for P V each
+//!   invocation owns a slice of the head (one 16-byte V load per slot and key for 16 rows).
+//!   Every per-invocation value is a named vector or matrix indexed by constants: llvmpipe
+//!   (Mesa 22.3) keeps a private array in registers only then and, by measurement, does not
+//!   unroll these loops (a loop-indexed private array is a memory access per invocation),
+//!   and it issues every storage or workgroup-memory load as one access per invocation, so the
+//!   count of loads per multiply-add is what this kernel minimises. Split over the keys (past
+//!   [`prefill_keys_loop_cap_keys`], or a forced [`Attention::splits`]) the same pipeline writes
+//!   partials for `attn_prefill_merge`. Needs 16-byte aligned K/V rows ([`kv_rows_aligned`]) and
+//!   [`prefill_keys_workgroup_bytes`] of workgroup memory; GPUs keep [`Kind::Prefill`].
+//! - [`Kind::Decode`] (`shaders/attention_decode.wgsl`, flash-decoding): the same rows, in blocks
+//!   of a power of two <= [`DECODE_WG`]; spare invocations of a workgroup become key lanes (lane
+//!   `l` takes keys `l, l + lanes, ...` of each tile). kv_len is split into chunks over
+//!   workgroups; each K/V row of a chunk is read once per kv head and shared by the g query heads.
+//!   Every (row, split, lane) writes a partial (m, l, acc); a second pass merges them in that fixed
+//!   order, so results are bitwise repeatable. Empty chunks write (-3e38, 0, 0) and add nothing.
+//! - [`Kind::DecodeKeys`] (`attn_decode_keys` in `shaders/attention_decode.wgsl`, its key-lane
+//!   step `keys_partial` in `shaders/attention_keys.wgsl`, shared with the paged kernel's
+//!   `attn_paged_keys`), decode for CPU adapters: each of the [`KEYS_WG`] invocations of a workgroup owns whole keys (`lane`,
+//!   `lane + 8`, ... of the split's chunk), reads each K/V row once with 16-byte loads (8 halves
+//!   or 4 f32 per load) and uses it for all `kr` (<= [`KEYS_MAX_ROWS`]) query rows of the
+//!   workgroup's row block, so a GQA group shares every load. No workgroup memory, no barriers;
+//!   every (row, split, lane) writes a partial, merged by the same fixed-order pass as Decode.
+//!   Why: llvmpipe (Mesa 22.3) runs 8 invocations per SIMD vector and issues every load as one
+//!   scalar access per invocation (also for workgroup-uniform addresses and workgroup memory),
+//!   while a 16-byte load costs about as much as a 4-byte one; so the count of load
+//!   instructions per invocation is what costs, and Decode's staging in workgroup memory (a
+//!   global load, a shared store and one shared load per row for every element) is 5-10x slower
+//!   here. Needs 16-byte aligned K/V rows ([`kv_rows_aligned`]).
+//! - [`Kind::DecodeSubgroup`] (`attn_decode_sg` in `shaders/attention_decode_subgroup.wgsl`, a
+//!   module of its own: subgroup operations fail validation without `SUBGROUP`), decode for
+//!   GPUs, after flash-decoding and FlashInfer's decode kernel: one workgroup of [`SG_WG`]
+//!   invocations per (batch, kv head, row block, split), up to [`SG_MAX_ROWS`] rows of the GQA
+//!   group per workgroup; the lanes of a subgroup split head_dim (vec4 slots `lane + size·i`,
+//!   coalesced 16-byte pieces of each K/V row), score 4 keys at a time with a partial dot per
+//!   lane and one `subgroupAdd` per row, and use every K/V row they load for all rows of the
+//!   group. The key lanes are `SG_WG / subgroup_min_size` fixed virtual subgroups, each with its
+//!   own partial, so the fixed-order merge sees the same partials whatever subgroup size the
+//!   device runs. Only the adapter's smallest subgroup size is assumed. On devices with
+//!   `SHADER_F16`, f16 K/V with 16-byte aligned rows are read natively
+//!   ([`ATTENTION_DECODE_SUBGROUP_F16`], [`Attention::native_f16`]): widened by the hardware
+//!   instead of the integer decode, which at about fourteen integer ops per value would bound
+//!   an f16 decode by ALU rather than memory on a GPU; the bits are the same. The paged
+//!   subgroup decode keeps the integer decode.
+//! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
+//!   ([`loop_cap_keys`]): the same kernel over chunks of the keys (`attn_prefill_partial`),
+//!   writing partials that `attn_prefill_merge` combines in a fixed order, as decode's do.
+//!
+//! Files: `options.rs` (the call's options and sizes), [`variants`] (the variant space declared
+//! once, the shader modules and the pipeline keys), [`plan`] (the planner, by the rule below),
+//! `record.rs` (validation, parameters and recording).
+//!
+#![doc = include_str!("choice.md")]
+
+mod device;
+mod options;
+pub mod plan;
+mod record;
+pub mod variants;
+
+pub use device::DeviceDesc;
+pub use options::{Attention, Dims, F16_ARITHMETIC_NMSE, MAX_CHUNK_SIZE};
+pub(crate) use plan::sg_cap_keys;
+pub use plan::{
+    choice_table, default_kind, keys_loop_cap_keys, kv_rows_aligned, loop_cap_keys,
+    prefill_keys_loop_cap_keys, subgroup_decode_wanted, ChoiceRow, Plan, CHOICE_SHAPES,
+    DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS, KEYS_MIN_CHUNK,
+    KEYS_TARGET_WORKGROUPS,
+};
+pub(crate) use record::check_sinks;
+pub use record::Params;
+pub use variants::{
+    all_variant_keys, decode_variant_keys, prefill_class, prefill_keys_workgroup_bytes,
+    prefill_shader, prefill_variant_keys, sg_rows_max, subgroup_variant_keys, tile_v4_for, Axes,
+    Kind, Variant, ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16,
+    ATTENTION_PREFILL, ATTENTION_PREFILL_F16, ATTENTION_PREFILL_F16_HD128,
+    ATTENTION_PREFILL_F16_HD64, ATTENTION_PREFILL_HD128, ATTENTION_PREFILL_HD64, DECODE_WG,
+    HEAD_DIMS, KEYS_MAX_ROWS, KEYS_WG, KINDS, MAX_HEAD_DIM, MODULES, PREFILL_CLASSES,
+    PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE, PREFILL_MODULES, PREFILL_ROWS_PER_INVOCATION, PREFILL_WG,
+    RUN_TIME_PATH, SG_MAX_ROWS, SG_WG, SUBGROUP_MIN_SIZES, SUBGROUP_MODULES, WORKGROUP_STORAGE,
+};
+pub(crate) use variants::{sg_shape, MAX_BK};
+
+const OP: &str = "attention";
+
+/// The kernel-choice rule of the module doc, as text (`llama-kernels info` prints it).
+pub const CHOICE_RULE: &str = include_str!("choice.md");

@@ -1,0 +1,444 @@
+//! Recording one call: the uniform parameters ([`Params`]), [`Attention::encode`]'s validation
+//! (every rule before any GPU work), and the passes it records.
+
+use super::{kv_rows_aligned, Dims, Kind, Plan, OP, PREFILL_WG};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::pipeline::Window;
+use crate::tensor::{DType, Tensor};
+use crate::Attention;
+
+/// Uniform parameters; mirrors `struct Params` in both attention shaders (160 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Params {
+    /// Batch size.
+    pub batch: u32,
+    /// Query rows per sequence.
+    pub q_len: u32,
+    /// Key/value rows per sequence.
+    pub kv_len: u32,
+    /// Query heads.
+    pub n_heads: u32,
+    /// Key/value heads.
+    pub n_kv_heads: u32,
+    /// Elements per head.
+    pub head_dim: u32,
+    /// Query heads per key/value head.
+    pub group: u32,
+    /// Query rows per (batch, kv head): `q_len * group`.
+    pub rows: u32,
+    /// q: element offset, batch, token and head strides.
+    pub q: [u32; 4],
+    /// k: element offset, batch, token and head strides.
+    pub k: [u32; 4],
+    /// v: element offset, batch, token and head strides.
+    pub v: [u32; 4],
+    /// out: element offset, batch, token and head strides.
+    pub o: [u32; 4],
+    /// Position of query 0.
+    pub q_offset: i32,
+    /// Keys with `pos - j > win_left` are masked (-1 = no left bound).
+    pub win_left: i32,
+    /// 1 for a causal mask.
+    pub causal: u32,
+    /// 1 when sinks are bound.
+    pub has_sinks: u32,
+    /// Logit scale.
+    pub scale: f32,
+    /// Logit softcap (0 = none).
+    pub softcap: f32,
+    /// Element offset of the sinks.
+    pub s_off: u32,
+    /// Keys per K/V tile.
+    pub bk: u32,
+    /// Workgroups per (batch, kv head, split).
+    pub row_blocks: u32,
+    /// Key chunks (split-KV).
+    pub n_splits: u32,
+    /// Keys per chunk.
+    pub chunk: u32,
+    /// Query rows per workgroup.
+    pub rows_per_wg: u32,
+    /// Invocations that share a row (split-KV).
+    pub lanes: u32,
+    /// Keys with `j - pos > win_right` are masked (-1 = no right bound).
+    pub win_right: i32,
+    /// Chunked local attention: chunk size in positions (0 = none).
+    pub attn_chunk: u32,
+    /// Padding to 16 bytes.
+    pub _pad: u32,
+}
+
+struct Checked {
+    dims: Dims,
+    plan: Plan,
+    q_offset: i64,
+    scale: f32,
+    // (left, right) window bounds for the shader (-1 = none).
+    bounds: (i32, i32),
+    // (offset placeholder, batch stride, token stride, head stride) per tensor.
+    strides: [[usize; 3]; 4],
+}
+
+/// (batch stride, token stride, head stride) of a rank-3 or rank-4 view.
+fn outer_strides(t: &Tensor) -> [usize; 3] {
+    let s = t.strides();
+    if t.rank() == 4 {
+        [if t.shape()[0] == 1 { 0 } else { s[0] }, s[1], s[2]]
+    } else {
+        [0, s[0], s[1]]
+    }
+}
+
+impl Attention {
+    /// The masking and logit fields of the shaders' parameters (shared by the contiguous and
+    /// paged calls); the caller fills in the shapes.
+    pub(crate) fn logit_params(
+        &self,
+        scale: f32,
+        bounds: (i32, i32),
+        sinks_window: &Option<Window>,
+        sinks: Option<&Tensor>,
+    ) -> Params {
+        Params {
+            win_left: bounds.0,
+            win_right: bounds.1,
+            attn_chunk: self.chunk_size,
+            causal: self.causal as u32,
+            has_sinks: sinks.is_some() as u32,
+            scale,
+            softcap: self.softcap,
+            s_off: match (sinks_window, sinks) {
+                (Some(w), Some(s)) => w.elem_offset(s),
+                _ => 0,
+            },
+            ..Params::default()
+        }
+    }
+}
+
+/// Sinks, when given, are `[n_heads]` f32 (shared by the contiguous and paged calls).
+pub(crate) fn check_sinks(op: &'static str, sinks: Option<&Tensor>, n_heads: usize) -> Result<()> {
+    if let Some(s) = sinks {
+        s.validate(op, "sinks")?;
+        s.expect_dtype(op, "sinks", DType::F32)?;
+        crate::ensure!(
+            s.shape() == [n_heads],
+            Shape,
+            op,
+            "sinks has shape {:?} but must be [{n_heads}] (one per query head)",
+            s.shape()
+        );
+    }
+    Ok(())
+}
+impl Attention {
+    #[allow(clippy::too_many_arguments)]
+    fn validate(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<Checked> {
+        q.validate(OP, "q")?;
+        k.validate(OP, "k")?;
+        v.validate(OP, "v")?;
+        out.validate_written(OP, "out")?;
+        let d = self.dims(q, k, v)?;
+        let dtype = q.dtype();
+        k.expect_dtype(OP, "k", dtype)?;
+        v.expect_dtype(OP, "v", dtype)?;
+        out.expect_dtype(OP, "out", dtype)?;
+        crate::ensure!(
+            out.shape() == q.shape(),
+            Shape,
+            OP,
+            "out has shape {:?} but q has {:?}",
+            out.shape(),
+            q.shape()
+        );
+        check_sinks(OP, sinks, d.n_heads)?;
+        self.check_options(OP)?;
+        if let Some(s) = self.splits {
+            crate::ensure!(
+                (1..=65535).contains(&s),
+                Param,
+                OP,
+                "splits must be in 1..=65535, got {s}"
+            );
+        }
+        let q_offset = self.q_offset.unwrap_or(d.kv_len as i64 - d.q_len as i64);
+        crate::ensure!(
+            q_offset + d.q_len as i64 <= d.kv_len as i64,
+            Shape,
+            OP,
+            "q_offset {q_offset} puts the last query at position {} past the last key {} (kv_len {})",
+            q_offset + d.q_len as i64 - 1,
+            d.kv_len as i64 - 1,
+            d.kv_len
+        );
+        crate::ensure!(
+            q_offset >= i32::MIN as i64 / 2 && d.kv_len < i32::MAX as usize / 2,
+            Limit,
+            OP,
+            "q_offset {q_offset} and kv_len {} must fit 31-bit positions",
+            d.kv_len
+        );
+        // Binding rules: out is the only written tensor and must not share a buffer with inputs.
+        for (name, t) in [("q", q), ("k", k), ("v", v)]
+            .into_iter()
+            .chain(sinks.map(|s| ("sinks", s)))
+        {
+            crate::ensure!(
+                t.buffer() != out.buffer(),
+                Alias,
+                OP,
+                "out shares a buffer with {name}; attention cannot run in place"
+            );
+        }
+        let aligned = kv_rows_aligned(ctx, k, v);
+        crate::ensure!(
+            aligned || !matches!(self.kind, Some(Kind::DecodeKeys | Kind::PrefillKeys)),
+            Param,
+            OP,
+            "the {:?} kernel needs 16-byte aligned K/V rows (offsets, strides and head_dim {} x {} bytes multiples of 16)",
+            self.kind.unwrap_or(Kind::DecodeKeys),
+            d.head_dim,
+            dtype.size()
+        );
+        crate::ensure!(
+            self.kind != Some(Kind::DecodeSubgroup) || ctx.caps().subgroups,
+            Param,
+            OP,
+            "the DecodeSubgroup kernel needs a device with the SUBGROUP feature"
+        );
+        let plan = self.plan_for(ctx, d, dtype, aligned)?;
+        let scale = self.scale.unwrap_or(1.0 / (d.head_dim as f32).sqrt());
+        Ok(Checked {
+            dims: d,
+            plan,
+            q_offset,
+            scale,
+            bounds: self.window_bounds(d.kv_len, q_offset),
+            strides: [
+                outer_strides(q),
+                outer_strides(k),
+                outer_strides(v),
+                outer_strides(out),
+            ],
+        })
+    }
+
+    /// Record `out = attention(q, k, v)` into `encoder`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let c = self.validate(ctx, q, k, v, sinks, out)?;
+        ctx.scoped(OP, || {
+            self.record_unscoped(ctx, encoder, &c, q, k, v, sinks, out)
+        })?
+    }
+
+    /// [`Attention::encode`], submitted and waited for.
+    pub fn run(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let c = self.validate(ctx, q, k, v, sinks, out)?;
+        ctx.submit_and_wait(OP, |enc| {
+            self.record_unscoped(ctx, enc, &c, q, k, v, sinks, out)
+        })
+    }
+
+    /// Record attention over the rows `0..len` of a KV cache (`q` batched like the cache; a rank-3
+    /// `q` needs a cache of batch 1).
+    pub fn encode_cached(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        q: &Tensor,
+        cache: &crate::ops::kv_cache::KvCache,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let (k, v) = cache.views_for(OP, q.rank())?;
+        self.encode(ctx, encoder, q, &k, &v, sinks, out)
+    }
+
+    /// [`Attention::encode_cached`], submitted and waited for.
+    pub fn run_cached(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        cache: &crate::ops::kv_cache::KvCache,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let (k, v) = cache.views_for(OP, q.rank())?;
+        self.run(ctx, q, &k, &v, sinks, out)
+    }
+
+    /// Record one call; runs under the caller's one error scope (`encode` opens it; `run`'s submit does).
+    #[allow(clippy::too_many_arguments)]
+    fn record_unscoped(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        c: &Checked,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<()> {
+        let d = c.dims;
+        let plan = c.plan;
+        let qw = Window::covering(ctx, OP, &[q])?;
+        let kw = Window::covering(ctx, OP, &[k])?;
+        let vw = Window::covering(ctx, OP, &[v])?;
+        let ow = Window::covering(ctx, OP, &[out])?;
+        let sw = match sinks {
+            Some(s) => Some(Window::covering(ctx, OP, &[s])?),
+            None => None,
+        };
+        let pack = |w: &Window, t: &Tensor, s: [usize; 3]| -> Result<[u32; 4]> {
+            let v = [w.elem_offset(t) as usize, s[0], s[1], s[2]];
+            let mut o = [0u32; 4];
+            for i in 0..4 {
+                o[i] = u32::try_from(v[i]).map_err(|_| {
+                    Error::limit(OP, format!("stride or offset {} exceeds 32 bits", v[i]))
+                })?;
+            }
+            Ok(o)
+        };
+        let params = Params {
+            batch: d.batch as u32,
+            q_len: d.q_len as u32,
+            kv_len: d.kv_len as u32,
+            n_heads: d.n_heads as u32,
+            n_kv_heads: d.n_kv_heads as u32,
+            head_dim: d.head_dim as u32,
+            group: (d.n_heads / d.n_kv_heads) as u32,
+            rows: plan.rows as u32,
+            q: pack(&qw, q, c.strides[0])?,
+            k: pack(&kw, k, c.strides[1])?,
+            v: pack(&vw, v, c.strides[2])?,
+            o: pack(&ow, out, c.strides[3])?,
+            q_offset: c.q_offset as i32,
+            bk: plan.bk,
+            row_blocks: plan.row_blocks as u32,
+            n_splits: plan.splits as u32,
+            chunk: plan.chunk as u32,
+            rows_per_wg: plan.rows_per_wg as u32,
+            lanes: plan.lanes as u32,
+            ..self.logit_params(c.scale, c.bounds, &sw, sinks)
+        };
+        let keys = plan.variant.keys();
+        let mut inputs = vec![
+            ("q_buf", qw.resource()),
+            ("k_buf", kw.resource()),
+            ("v_buf", vw.resource()),
+        ];
+        if let Some(w) = &sw {
+            inputs.push(("sinks", w.resource()));
+        }
+        let base_wgs = (d.batch * d.n_kv_heads * plan.row_blocks) as u64;
+        if plan.variant.kind == Kind::PrefillKeys {
+            // The same K/V windows, read through `vec4<u32>` bindings.
+            inputs.push(("k4", kw.resource()));
+            inputs.push(("v4", vw.resource()));
+        }
+        if plan.variant.kind != Kind::DecodeKeys && !plan.variant.split_kv {
+            inputs.push(("out_buf", ow.resource()));
+            return ctx.encode_kernel(OP, enc, &keys[0], &params, &inputs, base_wgs);
+        }
+        // Split-KV: a partial pass writes (m, l, acc) per (row, split, lane) into the context's
+        // scratch buffer, a merge pass combines them in a fixed order.
+        let entries = d.batch * d.n_kv_heads * plan.rows * plan.splits * plan.lanes;
+        let part_bytes = entries as u64 * (d.head_dim as u64 + 2) * 4;
+        crate::ensure!(
+            part_bytes <= ctx.limits().max_storage_buffer_binding_size,
+            Limit,
+            OP,
+            "split-KV scratch of {part_bytes} bytes ({} splits x {} lanes) exceeds the device's max_storage_buffer_binding_size",
+            plan.splits,
+            plan.lanes
+        );
+        let part = ctx.scratch(OP, part_bytes)?;
+        let part_res = || {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &part,
+                offset: 0,
+                size: std::num::NonZeroU64::new(part_bytes),
+            })
+        };
+        // Compile (and cache) both pipelines before recording either pass, so a failure records
+        // nothing.
+        ctx.kernel(OP, &keys[0])?;
+        ctx.kernel(OP, &keys[1])?;
+        inputs.push(("part_out", part_res()));
+        if plan.variant.kind == Kind::DecodeKeys {
+            // The same K/V windows, read through `vec4<u32>` bindings.
+            inputs.push(("k4", kw.resource()));
+            inputs.push(("v4", vw.resource()));
+        }
+        if plan.variant.native_f16 {
+            // The same K/V windows, read as `array<vec4<f16>>`.
+            inputs.push(("k_h", kw.resource()));
+            inputs.push(("v_h", vw.resource()));
+        }
+        ctx.encode_kernel(
+            OP,
+            enc,
+            &keys[0],
+            &params,
+            &inputs,
+            base_wgs * plan.splits as u64,
+        )?;
+        let merge_threads = (d.batch * d.n_kv_heads * plan.rows * d.head_dim / 4) as u64;
+        let mut merge = vec![("part_in", part_res()), ("out_buf", ow.resource())];
+        if let Some(w) = &sw {
+            merge.push(("sinks", w.resource()));
+        }
+        let merge_wg = match plan.variant.kind {
+            Kind::Prefill | Kind::PrefillKeys => PREFILL_WG,
+            _ => plan.variant.wg(),
+        };
+        ctx.encode_kernel(
+            OP,
+            enc,
+            &keys[1],
+            &params,
+            &merge,
+            merge_threads.div_ceil(merge_wg as u64),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_is_160_bytes() {
+        assert_eq!(std::mem::size_of::<Params>(), 160);
+        assert_eq!(std::mem::size_of::<Params>() % 16, 0);
+    }
+}
