@@ -120,6 +120,28 @@ impl Shader {
         self.parts.join("\n")
     }
 
+    /// Where line `line` (1-based) of [`Shader::source`] comes from: the file under `shaders/`
+    /// (or, for a short inline part, `<module> part N`) and the line in it, so that a naga error
+    /// names a real file and line.
+    pub fn locate(&self, line: usize) -> (String, usize) {
+        let mut first = 1;
+        for (i, part) in self.parts.iter().enumerate() {
+            let n = part.matches('\n').count() + 1;
+            if line < first + n {
+                let name = SHADER_FILES
+                    .iter()
+                    .find(|(_, text)| text == part)
+                    .map_or_else(
+                        || format!("{} part {}", self.name, i + 1),
+                        |(file, _)| format!("shaders/{file}"),
+                    );
+                return (name, line - first + 1);
+            }
+            first += n;
+        }
+        (self.name.to_string(), line)
+    }
+
     /// Entry points and constant sets that the portability tests compile.
     pub fn variants(&self) -> Vec<PipelineKey> {
         (self.variants)()
@@ -204,26 +226,113 @@ pub struct Slot {
     pub access: Access,
 }
 
+/// A module naga rejects: its message, and the line of the joined source it points at.
+#[derive(Debug, Clone)]
+pub struct ShaderError {
+    /// 1-based line of [`Shader::source`], when naga names one.
+    pub line: Option<usize>,
+    /// naga's rendered message.
+    pub message: String,
+}
+
+impl std::fmt::Display for ShaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Every file under `shaders/`, by name, so that a line of a joined module maps back to its file
+/// ([`Shader::locate`]); a test checks that the folder and this table agree.
+pub const SHADER_FILES: &[(&str, &str)] = &[
+    (
+        "attention_common.wgsl",
+        include_str!("../shaders/attention_common.wgsl"),
+    ),
+    (
+        "attention_decode.wgsl",
+        include_str!("../shaders/attention_decode.wgsl"),
+    ),
+    (
+        "attention_decode_subgroup.wgsl",
+        include_str!("../shaders/attention_decode_subgroup.wgsl"),
+    ),
+    (
+        "attention_keys.wgsl",
+        include_str!("../shaders/attention_keys.wgsl"),
+    ),
+    (
+        "attention_paged.wgsl",
+        include_str!("../shaders/attention_paged.wgsl"),
+    ),
+    (
+        "attention_paged_subgroup.wgsl",
+        include_str!("../shaders/attention_paged_subgroup.wgsl"),
+    ),
+    (
+        "attention_prefill.wgsl",
+        include_str!("../shaders/attention_prefill.wgsl"),
+    ),
+    (
+        "attention_split.wgsl",
+        include_str!("../shaders/attention_split.wgsl"),
+    ),
+    (
+        "attention_subgroup.wgsl",
+        include_str!("../shaders/attention_subgroup.wgsl"),
+    ),
+    (
+        "attention_subgroup_f16.wgsl",
+        include_str!("../shaders/attention_subgroup_f16.wgsl"),
+    ),
+    ("baseline.wgsl", include_str!("../shaders/baseline.wgsl")),
+    ("cast.wgsl", include_str!("../shaders/cast.wgsl")),
+    ("common.wgsl", include_str!("../shaders/common.wgsl")),
+    ("copy.wgsl", include_str!("../shaders/copy.wgsl")),
+    ("kv_cache.wgsl", include_str!("../shaders/kv_cache.wgsl")),
+    ("kv_source.wgsl", include_str!("../shaders/kv_source.wgsl")),
+    ("matmul.wgsl", include_str!("../shaders/matmul.wgsl")),
+    ("paged_kv.wgsl", include_str!("../shaders/paged_kv.wgsl")),
+    ("rms_norm.wgsl", include_str!("../shaders/rms_norm.wgsl")),
+    (
+        "rms_norm_f16.wgsl",
+        include_str!("../shaders/rms_norm_f16.wgsl"),
+    ),
+    (
+        "rms_norm_subgroup.wgsl",
+        include_str!("../shaders/rms_norm_subgroup.wgsl"),
+    ),
+    ("rope.wgsl", include_str!("../shaders/rope.wgsl")),
+];
+
 /// The bindings of group 0 that `entry_point` of `source` uses (statically, before overrides:
 /// the same analysis wgpu derives the bind group layout from), and the names of every binding
 /// the module declares.
 pub fn reflect(
     source: &str,
     entry_point: &str,
-) -> std::result::Result<(Vec<Slot>, Vec<String>), String> {
-    let module = naga::front::wgsl::parse_str(source).map_err(|e| e.emit_to_string(source))?;
+) -> std::result::Result<(Vec<Slot>, Vec<String>), ShaderError> {
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| ShaderError {
+        line: e.location(source).map(|l| l.line_number as usize),
+        message: e.emit_to_string(source),
+    })?;
     let mut validator = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
         naga::valid::Capabilities::all(),
     );
     validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
     validator.subgroup_operations(naga::valid::SubgroupOperationSet::all());
-    let info = validator.validate(&module).map_err(|e| format!("{e:?}"))?;
+    let info = validator.validate(&module).map_err(|e| ShaderError {
+        line: e.location(source).map(|l| l.line_number as usize),
+        message: e.emit_to_string(source),
+    })?;
     let index = module
         .entry_points
         .iter()
         .position(|ep| ep.name == entry_point)
-        .ok_or_else(|| format!("no entry point {entry_point}"))?;
+        .ok_or_else(|| ShaderError {
+            line: None,
+            message: format!("no entry point {entry_point}"),
+        })?;
     let uses = info.get_entry_point(index);
     let mut slots = Vec::new();
     let mut declared = Vec::new();
@@ -289,11 +398,20 @@ impl PipelineKey {
     }
 
     /// Compile the pipeline (call through [`Context::kernel`], which caches and scopes errors).
-    pub(crate) fn build(&self, device: &wgpu::Device) -> Kernel {
+    /// A module naga rejects is an `Err` naming the shader file and line (see
+    /// [`Shader::locate`]); errors only the device finds (a missing feature) come from wgpu.
+    pub(crate) fn build(&self, device: &wgpu::Device) -> std::result::Result<Kernel, String> {
         let src = self.shader.source();
-        // A reflection failure leaves the slot list empty; wgpu reports the same shader error
-        // from the calls below, inside the caller's error scope.
-        let (slots, declared) = reflect(&src, self.entry_point).unwrap_or_default();
+        let (slots, declared) = reflect(&src, self.entry_point).map_err(|e| {
+            let at = e.line.map_or_else(String::new, |line| {
+                let (file, line) = self.shader.locate(line);
+                format!(" at {file}:{line}")
+            });
+            format!(
+                "shader module {} (entry point {}) is invalid{at}:\n{}",
+                self.shader.name, self.entry_point, e.message
+            )
+        })?;
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(self.shader.name),
             source: wgpu::ShaderSource::Wgsl(src.into()),
@@ -311,8 +429,7 @@ impl PipelineKey {
         // The layout is built from the reflected slots rather than derived by wgpu, so that the
         // params uniform can take a dynamic offset: every call's parameters are a slot of one
         // slab (`Context::param_slot`), and a new position in a decode loop changes only the
-        // offset, not the bind group. A failed reflection falls back to the derived layout, and
-        // wgpu reports the shader's error.
+        // offset, not the bind group. An entry point without bindings keeps the derived layout.
         let explicit = (!slots.is_empty()).then(|| {
             let entries: Vec<wgpu::BindGroupLayoutEntry> = slots
                 .iter()
@@ -361,14 +478,14 @@ impl PipelineKey {
             None => pipeline.get_bind_group_layout(0),
         };
         let uniforms = slots.iter().filter(|s| s.access == Access::Uniform).count();
-        Kernel {
+        Ok(Kernel {
             key: self.clone(),
             pipeline,
             layout,
             slots,
             declared,
             uniforms,
-        }
+        })
     }
 }
 
@@ -539,4 +656,57 @@ pub(crate) fn fits_one_binding(ctx: &Context, views: &[&Tensor]) -> bool {
             });
         hi.saturating_sub(lo) + slack <= max
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shader_file_table_matches_the_folder() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .expect("shaders/")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".wgsl"))
+            .collect();
+        on_disk.sort();
+        let mut listed: Vec<String> = SHADER_FILES.iter().map(|(n, _)| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(on_disk, listed);
+    }
+
+    #[test]
+    fn a_line_of_a_joined_module_maps_to_its_file() {
+        let s = Shader::ATTENTION_DECODE;
+        let mut line = 1;
+        for part in s.parts {
+            let (file, at) = s.locate(line);
+            let (name, text) = SHADER_FILES
+                .iter()
+                .find(|(_, t)| t == part)
+                .expect("every decode part is a file");
+            assert_eq!((file.as_str(), at), (format!("shaders/{name}").as_str(), 1));
+            let n = text.matches('\n').count() + 1;
+            assert_eq!(s.locate(line + n - 1), (format!("shaders/{name}"), n));
+            line += n;
+        }
+    }
+
+    #[test]
+    fn a_naga_error_names_the_file_and_line() {
+        static BROKEN: Shader = Shader {
+            name: "broken.wgsl",
+            parts: &[COMMON_WGSL, "fn f() -> u32 {\n    return 1u;\n}\nfn g() -> u32 {\n    return undefined_name;\n}"],
+            variants: Vec::new,
+        };
+        let err = reflect(&BROKEN.source(), "main").expect_err("an unknown identifier");
+        let (file, line) = BROKEN.locate(err.line.expect("naga names the line"));
+        assert_eq!((file.as_str(), line), ("broken.wgsl part 2", 5), "{err}");
+        let common_lines = COMMON_WGSL.matches('\n').count() + 1;
+        assert_eq!(
+            BROKEN.locate(common_lines),
+            ("shaders/common.wgsl".into(), common_lines)
+        );
+    }
 }

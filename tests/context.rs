@@ -222,3 +222,22 @@ fn new_parameters_every_call_keep_their_values_and_bind_group() {
         "{got:?}"
     );
 }
+
+/// A module naga rejects is an `Err` from the launch path that names the shader file (or inline
+/// part) and the line in it, not a line of the joined module.
+#[test]
+fn a_broken_shader_is_an_error_naming_file_and_line() {
+    static BROKEN: Shader = Shader {
+        name: "broken.wgsl",
+        parts: &[
+            llama_kernels::pipeline::COMMON_WGSL,
+            "@compute @workgroup_size(1)\nfn main() {\n    let x = undefined_name;\n}",
+        ],
+        variants: Vec::new,
+    };
+    let key = PipelineKey::new(&BROKEN, "main", vec![]);
+    let e = ctx().kernel("test_op", &key).unwrap_err().to_string();
+    assert!(e.contains("test_op"), "{e}");
+    assert!(e.contains("broken.wgsl part 2:3"), "{e}");
+    assert!(e.contains("undefined_name"), "{e}");
+}

@@ -57,7 +57,10 @@ impl Context {
         {
             return Ok(k.clone());
         }
-        let kernel = Arc::new(self.scoped(op, || key.build(&self.device))?);
+        let kernel = Arc::new(
+            self.scoped(op, || key.build(&self.device))?
+                .map_err(|e| Error::gpu(op, e))?,
+        );
         self.cache
             .lock()
             .map_err(|_| Error::gpu(op, "pipeline cache poisoned"))?

@@ -66,7 +66,13 @@ pub fn sg_variant_keys() -> Vec<PipelineKey> {
     }
     // A pool over three buffers at Llama's head_dim.
     for rs in [1, 4] {
-        keys.push(sg_attention_key(DType::F16, 32, rs, 32, MAX_POOL_BUFFERS as u32));
+        keys.push(sg_attention_key(
+            DType::F16,
+            32,
+            rs,
+            32,
+            MAX_POOL_BUFFERS as u32,
+        ));
     }
     keys
 }
@@ -111,7 +117,12 @@ pub fn attention_variant_keys() -> Vec<PipelineKey> {
     for dtype in DType::ALL {
         for hd in [64u32, 80, 96, 128, 256] {
             for limit in [16384, 32768] {
-                keys.extend(attention_keys(dtype, attention::tile_v4_for(limit), hd / 4, 1));
+                keys.extend(attention_keys(
+                    dtype,
+                    attention::tile_v4_for(limit),
+                    hd / 4,
+                    1,
+                ));
             }
             for kr in [1, 2, 4] {
                 keys.push(keys_attention_key(dtype, hd / 4, kr, 1));
@@ -119,7 +130,12 @@ pub fn attention_variant_keys() -> Vec<PipelineKey> {
         }
     }
     for pools in 2..=MAX_POOL_BUFFERS as u32 {
-        keys.extend(attention_keys(DType::F16, attention::tile_v4_for(16384), 32, pools));
+        keys.extend(attention_keys(
+            DType::F16,
+            attention::tile_v4_for(16384),
+            32,
+            pools,
+        ));
         keys.push(keys_attention_key(DType::F16, 32, 4, pools));
     }
     keys
