@@ -242,29 +242,11 @@ impl Context {
     }
 
     /// Async form of [`Context::new`].
-    ///
-    /// Only the backends asked for are probed: `WGPU_BACKEND` when set; otherwise Vulkan, Metal
-    /// and DX12 first, and GL only when none of them gives an adapter. An instance with GL
-    /// opens EGL, whose Wayland probe prints `XDG_RUNTIME_DIR is invalid or not set` on every
-    /// headless run, for an adapter that is not used where a native one exists.
     pub async fn new_async() -> Result<Self> {
-        let tries = match wgpu::Backends::from_env() {
-            Some(asked) => vec![asked],
-            None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::SECONDARY],
-        };
-        let mut first_error = None;
-        for backends in tries {
-            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-            desc.backends = backends;
-            let instance = wgpu::Instance::new(desc);
-            match Self::pick_adapter(&instance).await {
-                Ok(adapter) => return Self::from_adapter(&adapter).await,
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        Err(first_error.unwrap_or_else(|| Error::NoDevice(NO_ADAPTER_HELP.into())))
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = Self::pick_adapter(&instance).await?;
+        Self::from_adapter(&adapter).await
     }
 
     async fn pick_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
