@@ -6,12 +6,15 @@ use std::process::Command;
 
 use llama_kernels_tools::tiny_llm;
 
-/// `cargo run --example NAME -- ARGS` in this package; panics with its output unless it exits 0.
+/// `cargo run --example NAME -- ARGS`, run from the workspace root as the README's `cargo test`
+/// is, so that it reuses that build (run from tools/ alone, Cargo resolves features without the
+/// library's dev-dependencies and builds wgpu and the library a second time); panics with its
+/// output unless it exits 0.
 fn run_example(name: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO"))
         .args(["run", "--quiet", "--example", name, "--"])
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .expect("run cargo");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
