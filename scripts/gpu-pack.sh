@@ -2,8 +2,8 @@
 # Packs what scripts/gpu-check.sh needs on a lent GPU machine that has neither a Rust toolchain
 # nor a network (the `device` tool's machines): the release `llama-kernels` binary and the
 # release test binaries, stripped and xz-compressed (about 15 MiB), and the Vulkan loader's
-# Debian package. Run it here, on x86-64 Linux with cargo and apt, from the commit to be checked;
-# it writes the ignored folder .gpu/, which the device call carries:
+# Debian package. Run it here, on x86-64 Linux with cargo, python3 and apt, from the commit to be
+# checked; it writes the ignored folder .gpu/, which the device call carries:
 #   bash scripts/gpu-pack.sh
 #   device run: command "bash scripts/gpu-check.sh $OUT", carry [".gpu"], timeout_s 590
 # The test binaries keep this checkout's path for their committed files (CARGO_MANIFEST_DIR);
