@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Write tiny random models in HF format, with reference logits, for examples/tiny_llm.
+"""Write tiny random models in HF format, with reference logits, for tiny_llm
+(tools/src/tiny_llm/, tools/examples/tiny_llm.rs).
 
     pip install numpy torch transformers safetensors
     python3 scripts/gen_tiny_models.py            # writes models/<name>/

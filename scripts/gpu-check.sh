@@ -50,11 +50,12 @@ if [ -f .gpu/bin.tar.xz ] && { [ -n "${GPU_CHECK_PACKED:-}" ] || ! command -v ca
     mkdir -p "$packed/target/release"
     cp .gpu/bin/llama-kernels "$packed/target/release/llama-kernels"
     lk=$packed/target/release/llama-kernels
-    tests() { # every packed test binary, run from the package root as cargo test does
-        local rc=0 t
+    tests() { # every packed test binary, run from its package's root as cargo test does
+        local rc=0 t dir
         for t in "$PWD"/.gpu/bin/tests/*; do
             echo "== $(basename "$t")"
-            (cd "$packed" && "$t") || rc=1
+            case $(basename "$t") in tools.*) dir=$packed/tools ;; *) dir=$packed ;; esac
+            (cd "$dir" && "$t") || rc=1
         done
         return $rc
     }

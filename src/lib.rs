@@ -8,12 +8,13 @@
 //! into *your* buffers ([`Tensor`]). Each op also has a `run` form that submits and waits.
 //!
 //! ## Features
-//! The library itself needs only `wgpu`, `naga`, `bytemuck`, `pollster`, `half` and `thiserror`.
-//! The tools sit behind Cargo features, all on by default so that `cargo run` and `cargo test`
-//! work in a checkout: `cases` (the case-file reader behind `check`; `safetensors`,
-//! `serde_json`), `bench` (the benchmark harness, its copy ceilings and unfused baselines;
-//! `serde_json`, `clap`) and `cli` (both, and the `llama-kernels` command). An application
-//! depends on the kernels alone with `default-features = false`.
+//! The library needs only `wgpu`, `naga`, `bytemuck`, `pollster`, `half` and `thiserror`; with
+//! the default features (none) that is all a dependent compiles. Two non-default features add
+//! the tools' parts that live here: `cases` (the case-file reader, `llama_kernels::cases`, behind
+//! `llama-kernels check`; `safetensors`, `serde_json`) and `bench` (the benchmark harness,
+//! `llama_kernels::bench`, with its copy ceilings and unfused baselines; `serde_json`, `clap`). The
+//! `llama-kernels` command and the tiny model runner are the workspace's tools crate (`tools/`),
+//! which turns both on; `cargo run --release` and `cargo test` at the repository root build it.
 //!
 //! ## Shape legend (used in every doc comment of the crate)
 //! | letter / name | meaning |

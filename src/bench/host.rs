@@ -96,7 +96,7 @@ pub fn time_calls(
         means.push(t0.elapsed().as_secs_f64() * 1e6 / per_batch as f64);
         drop(enc);
     }
-    Ok(super::median(&mut means))
+    Ok(super::harness::median(&mut means))
 }
 
 const FLOOR_WGSL: &str = "

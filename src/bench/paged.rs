@@ -15,7 +15,8 @@
 //! whole batch, `contiguous_decode_same_bytes` (the contiguous tile kernel, `Kind::Decode`) and
 //! `contiguous_decode_default_same_bytes` (the contiguous default, `DecodeKeys` on CPU adapters).
 
-use super::{upload_pattern, Case};
+use super::cases::upload_pattern;
+use super::Case;
 use crate::ops::attention::Kind;
 use crate::ops::paged::{BatchSeq, Heads, PageLayout, PlanOptions, SeqId};
 use crate::{Attention, DType, PageTable, PagedBatch, PagedKvCache};

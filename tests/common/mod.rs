@@ -1,6 +1,7 @@
 //! Shared test helpers: the GPU context (fails, never skips, without an adapter), a seeded RNG,
 //! NaN-prefilled outputs with guard regions, the NMSE check against the f64 reference, error
-//! checks, case files, and the switch for the long sweeps.
+//! checks, case files, and the switch for the long sweeps. The tools crate's tests
+//! (`tools/tests/`) include this file too, by path.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -137,18 +138,29 @@ pub fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
+/// The repository root, where `cases/` and `models/` are: this package's folder for the library's
+/// tests, its parent for the tools crate's (`tools/`).
+pub fn repo_root() -> &'static Path {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match env!("CARGO_PKG_NAME") {
+        "llama-kernels" => dir,
+        _ => dir
+            .parent()
+            .expect("the tools crate sits in the repository"),
+    }
+}
+
 /// The committed case files under `cases/` whose names start with `prefix`, sorted.
 pub fn committed_cases(prefix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> =
-        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("cases"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "safetensors")
-                    && p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
-            })
-            .collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo_root().join("cases"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "safetensors")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .collect();
     v.sort();
     v
 }

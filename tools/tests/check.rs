@@ -3,6 +3,7 @@
 //! are written, a wrong expected output fails, and malformed or mistyped case files of every op
 //! are refused with a clear error and a non-zero exit.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;

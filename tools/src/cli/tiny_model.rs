@@ -1,19 +1,19 @@
 //! The self-test's last row: one committed tiny model (`models/llama3`: Llama-3 RoPE scaling,
-//! GQA, the older config form) run end to end on the GPU by `examples/tiny_llm`'s model code, its
+//! GQA, the older config form) run end to end on the GPU by this package's model code
+//! (`llama_kernels_tools::tiny_llm`, which `examples/tiny_llm.rs` runs too), its
 //! logits compared with the committed float64 transformers run (NMSE limit 1e-9 in f32, same
 //! greedy tokens).
 
 use std::path::Path;
 
 use llama_kernels::{Context, DType};
+use llama_kernels_tools::tiny_llm;
 
 use super::Row;
 
-#[path = "../../examples/tiny_llm/tiny_llm.rs"]
-mod tiny_llm;
-
-/// The model the self-test runs, in the checkout the binary was built from.
-const MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/llama3");
+/// The model the self-test runs, in the checkout the binary was built from (this package sits
+/// in `tools/`, the models at the repository root).
+const MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/llama3");
 
 /// The tiny-model row, or `None` when the committed model is not there (a binary installed away
 /// from its checkout); the self-test then says so and does not count it as a failure.

@@ -2,7 +2,6 @@
 //! (0 passed, 1 a case failed its tolerance, 2 an input could not be used), the diagnosis when
 //! the expected tensor is the imprecise side, `--against reference`, fused RoPE on `q` and `k`,
 //! attention sinks in bf16, and `--json`; and `info --json` and every subcommand's `--help`.
-#![cfg(feature = "cli")]
 
 use std::collections::HashMap;
 use std::path::PathBuf;

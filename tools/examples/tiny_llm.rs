@@ -1,5 +1,6 @@
-//! Run a small HF-format model (`config.json` + `model.safetensors`) on the GPU with this
-//! crate's kernels:
+//! Run a small HF-format model (`config.json` + `model.safetensors`) on the GPU with the
+//! `llama-kernels` kernels (the model code is `llama_kernels_tools::tiny_llm`, in
+//! `tools/src/tiny_llm/`):
 //!
 //! ```text
 //! cargo run --release --example tiny_llm -- --model DIR --prompt 1,2,3 --steps N \
@@ -11,12 +12,11 @@
 //! tensor `logits`, F32 `[P + N, vocab]`. Architectures: llama, mistral, qwen2, qwen3, gemma2,
 //! phi3 (`models/` holds tiny ones, `scripts/gen_tiny_models.py` makes them).
 
-mod tiny_llm;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use llama_kernels::{Context, DType};
+use llama_kernels_tools::tiny_llm;
 
 const USAGE: &str = "usage: tiny_llm --model DIR --prompt 1,2,3 --steps N [--dtype f32|bf16|f16] [--logits OUT.safetensors]";
 

@@ -51,6 +51,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_device_select_on_headless();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Selftest { json: false }) {
         Command::Selftest { json } => run_selftest(json),
@@ -63,6 +64,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// On a machine with no display (CI, a server, a container), Mesa's implicit Vulkan layer
+/// `VK_LAYER_MESA_device_select` asks Wayland for the compositor's GPU, because wgpu enables
+/// `VK_KHR_wayland_surface` on every instance, and libwayland then prints `error: XDG_RUNTIME_DIR
+/// is invalid or not set in the environment.` twice, an alarming line for nothing. With no
+/// display there is no compositor GPU to find, so the layer is switched off (`NODEVICE_SELECT`,
+/// its documented switch) unless the user is choosing a device through it (`MESA_VK_DEVICE_SELECT`,
+/// `DRI_PRIME`) or set the switch already. Adapters are still chosen as always (`WGPU_BACKEND`,
+/// `WGPU_ADAPTER_NAME`, the power preference); only the layer's display-based ordering is skipped.
+/// Called first in `main`, before any thread exists, as `set_var` requires.
+fn quiet_device_select_on_headless() {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let runtime_dir_ok =
+        std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir());
+    let headless = !set("DISPLAY") && !set("WAYLAND_DISPLAY") && !runtime_dir_ok;
+    let user_choice = ["NODEVICE_SELECT", "MESA_VK_DEVICE_SELECT", "DRI_PRIME"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if headless && !user_choice {
+        std::env::set_var("NODEVICE_SELECT", "1");
     }
 }
 

@@ -1,6 +1,7 @@
 //! Every committed tiny model (`models/`, written by `scripts/gen_tiny_models.py` with
-//! transformers) run end to end through `examples/tiny_llm`'s model code on the GPU, against
-//! transformers' own logits for the same prompt and greedy continuation:
+//! transformers) run end to end through the tools crate's model code
+//! (`llama_kernels_tools::tiny_llm`) on the GPU, against transformers' own logits for the same
+//! prompt and greedy continuation:
 //! - f32: logits NMSE against the float64 run <= 1e-9, and the same greedy tokens;
 //! - bf16: NMSE no more than 2x what transformers' own bf16 run shows against float64
 //!   (FlashAttention's rule for low-precision kernels), and the same greedy tokens (the generator
@@ -9,21 +10,18 @@
 //! Also: bad model directories give clear errors, and a tiny config change fails the f32 limit
 //! (the comparison can fail).
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
-
-#[path = "../examples/tiny_llm/tiny_llm.rs"]
-mod tiny_llm;
 
 use std::path::{Path, PathBuf};
 
 use llama_kernels::DType;
+use llama_kernels_tools::tiny_llm;
 use tiny_llm::model::Model;
 use tiny_llm::reference::{self, Reference, F32_LIMIT};
 
 fn model_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join(name)
+    common::repo_root().join("models").join(name)
 }
 
 fn reference(name: &str) -> Reference {
