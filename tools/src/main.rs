@@ -42,6 +42,10 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Print the attention planner's choices for a described device instead of this
+        /// adapter (no adapter needed): the launch geometry it would get.
+        #[arg(long, value_enum)]
+        device: Option<Preset>,
     },
     /// Run case files (safetensors with inputs, parameters and expected outputs dumped from
     /// your own model) on the GPU and the f64 reference and judge them.
@@ -55,7 +59,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Selftest { json: false }) {
         Command::Selftest { json } => run_selftest(json),
-        Command::Info { json } => run_info(json),
+        Command::Info { json, device } => match device {
+            Some(preset) => run_info_described(json, preset),
+            None => run_info(json),
+        },
         Command::Check(args) => cli::check::run(&args),
         Command::Bench(args) => match llama_kernels::bench::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -96,6 +103,40 @@ fn context() -> Result<Context, ExitCode> {
     })
 }
 
+/// A described device for `info --device`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Preset {
+    /// NVIDIA (subgroup 32, 48 KiB+ workgroup memory, SHADER_F16).
+    Nvidia,
+    /// AMD GCN/CDNA (subgroup 64).
+    Amd,
+    /// Apple (subgroup 32).
+    Apple,
+    /// WebGPU's default limits (16 KiB workgroup memory, no subgroups).
+    WebgpuDefault,
+    /// Mesa's lavapipe (a CPU adapter, subgroup 8).
+    Lavapipe,
+}
+
+fn run_info_described(json: bool, preset: Preset) -> ExitCode {
+    use llama_kernels::ops::attention::DeviceDesc;
+    let (name, dev) = match preset {
+        Preset::Nvidia => ("nvidia", DeviceDesc::nvidia()),
+        Preset::Amd => ("amd", DeviceDesc::amd()),
+        Preset::Apple => ("apple", DeviceDesc::apple()),
+        Preset::WebgpuDefault => ("webgpu-default", DeviceDesc::webgpu_default()),
+        Preset::Lavapipe => ("lavapipe", DeviceDesc::lavapipe()),
+    };
+    if json {
+        let j = serde_json::json!({"device": name, "desc": format!("{dev:?}"), "attention": info::choice_table_json(&dev)});
+        println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+    } else {
+        println!("described device: {name} {dev:?}");
+        print!("{}", info::choice_table_text(&dev));
+    }
+    ExitCode::SUCCESS
+}
+
 fn run_info(json: bool) -> ExitCode {
     let ctx = match context() {
         Ok(c) => c,
@@ -108,13 +149,16 @@ fn run_info(json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let dev = llama_kernels::ops::attention::DeviceDesc::of(&ctx);
     if json {
         let mut j = info::adapter_json(&ctx);
         j["variants"] = info::choices_json(&choices);
+        j["attention"] = info::choice_table_json(&dev);
         println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
     } else {
         print!("{}", info::adapter_text(&ctx));
         print!("{}", info::choices_text(&choices));
+        print!("{}", info::choice_table_text(&dev));
     }
     ExitCode::SUCCESS
 }

@@ -332,3 +332,42 @@ fn info_json_reports_the_adapter_and_the_choices() {
         );
     }
 }
+
+/// `info --device PRESET` prints the attention planner's choices for a described device without
+/// an adapter: the GPU presets get the subgroup decode, WebGPU's defaults the tile decode with
+/// 16-key tiles, lavapipe the CPU kernels; `--json` gives the same as records.
+#[test]
+fn info_for_a_described_device() {
+    let info = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_llama-kernels"))
+            .arg("info")
+            .args(args)
+            .output()
+            .expect("run llama-kernels");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let nvidia = info(&["--device", "nvidia"]);
+    assert!(nvidia.contains("Llama-3-8B decode, 32k keys"), "{nvidia}");
+    assert!(nvidia.contains("DecodeSubgroup kr 4"), "{nvidia}");
+    assert!(
+        nvidia.contains("attention_prefill_hd128.wgsl:attn_prefill"),
+        "{nvidia}"
+    );
+    let web = info(&["--device", "webgpu-default"]);
+    assert!(
+        web.contains("Decode kr 1 rows/wg 4 lanes 8 splits 64 chunk 64 bk 16"),
+        "{web}"
+    );
+    let cpu = info(&["--device", "lavapipe"]);
+    assert!(cpu.contains("DecodeKeys kr 4"), "{cpu}");
+    assert!(cpu.contains("attn_prefill_keys"), "{cpu}");
+    let j: serde_json::Value =
+        serde_json::from_str(&info(&["--device", "amd", "--json"])).expect("info --json is JSON");
+    let rows = j["attention"].as_array().expect("attention rows");
+    assert_eq!(rows[0]["kind"], "DecodeSubgroup");
+    assert_eq!(rows[0]["lanes"], 1);
+    assert!(rows
+        .iter()
+        .all(|r| r["pipelines"].as_array().is_some_and(|p| !p.is_empty())));
+}

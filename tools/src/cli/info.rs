@@ -206,3 +206,47 @@ pub fn choices_json(choices: &[Choice]) -> Value {
             .collect(),
     )
 }
+
+/// The attention planner's choice on real model shapes for `dev` (`attention::choice_table`),
+/// after the rule it applies, as text.
+pub fn choice_table_text(dev: &llama_kernels::ops::attention::DeviceDesc) -> String {
+    use llama_kernels::ops::attention::choice_table;
+    let mut s = String::from("\nattention planner (the rule: src/ops/attention/choice.md):\n");
+    for row in choice_table(dev) {
+        s += &format!("- {row}\n");
+    }
+    s
+}
+
+/// [`choice_table_text`] as JSON.
+pub fn choice_table_json(dev: &llama_kernels::ops::attention::DeviceDesc) -> Value {
+    use llama_kernels::ops::attention::choice_table;
+    Value::Array(
+        choice_table(dev)
+            .iter()
+            .map(|row| {
+                let d = row.dims;
+                let mut j = json!({
+                    "shape": row.shape,
+                    "q_len": d.q_len, "kv_len": d.kv_len, "n_heads": d.n_heads,
+                    "n_kv_heads": d.n_kv_heads, "head_dim": d.head_dim,
+                    "dtype": row.dtype.name(),
+                    "pipelines": row.pipelines(),
+                });
+                match &row.plan {
+                    Ok(p) => {
+                        j["kind"] = json!(format!("{:?}", p.variant.kind));
+                        j["kr"] = json!(p.variant.kr);
+                        j["rows_per_wg"] = json!(p.rows_per_wg);
+                        j["lanes"] = json!(p.lanes);
+                        j["splits"] = json!(p.splits);
+                        j["chunk"] = json!(p.chunk);
+                        j["bk"] = json!(p.bk);
+                    }
+                    Err(e) => j["error"] = json!(e),
+                }
+                j
+            })
+            .collect(),
+    )
+}
