@@ -4,6 +4,8 @@
 # Runs the self-test, `check` over the committed cases, the release test suite and
 # `bench --quick --json` on whatever adapter wgpu picks (WGPU_BACKEND / WGPU_ADAPTER_NAME
 # choose), each with its own time limit so that one slow step cannot eat the others' time.
+# After the bench, scripts/roofline.py prints each record's GB/s (GFLOP/s) as a fraction of the
+# H100 / H200 roofline and of the same-run WGSL copy (OUT/roofline.txt; it never fails the run).
 #
 # Two ways to get the binaries:
 # - with cargo on the machine, it builds them (`cargo build --release --all-targets`);
@@ -26,6 +28,18 @@ step() { # name limit_s command...
     echo "$name: exit $rc in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
 }
 { nvidia-smi 2>&1 || true; uname -a; nproc; } >"$out/machine.txt"
+# Each bench record against the H100 / H200 roofline (vendor figures) and the same-run WGSL
+# copy; python3 only, and never a reason for the run to fail.
+roofline() {
+    if command -v python3 >/dev/null; then
+        timeout 20 python3 scripts/roofline.py "$out/bench.json" >"$out/roofline.txt" 2>&1
+        echo "roofline: exit $? (always 0 unless killed), $out/roofline.txt" | tee -a "$out/summary.txt"
+        cat "$out/roofline.txt"
+    else
+        echo "roofline: skipped (no python3)" | tee -a "$out/summary.txt"
+    fi
+    return 0
+}
 
 if [ -f .gpu/bin.tar.xz ] && { [ -n "${GPU_CHECK_PACKED:-}" ] || ! command -v cargo >/dev/null; }; then
     echo "packed binaries of $(head -1 .gpu/COMMIT 2>/dev/null)" | tee -a "$out/summary.txt"
@@ -64,6 +78,7 @@ if [ -f .gpu/bin.tar.xz ] && { [ -n "${GPU_CHECK_PACKED:-}" ] || ! command -v ca
     step selftest 60 "$lk" selftest --json
     step check 60 bash -c "$lk check cases/*.safetensors"
     step bench 150 "$lk" bench --quick --json "$out/bench.json"
+    roofline
     export -f tests
     export packed
     step tests 220 bash -c tests
@@ -73,6 +88,7 @@ else
     step selftest 60 cargo run --release -- selftest --json
     step check 60 bash -c "cargo run --release -- check cases/*.safetensors"
     step bench 150 cargo run --release -- bench --quick --json "$out/bench.json"
+    roofline
     step tests 240 cargo test --release
 fi
 echo "results in $out"
