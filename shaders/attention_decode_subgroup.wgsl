@@ -33,17 +33,17 @@ fn attn_decode_sg(
     let kvh = w.kvh;
     let r0 = w.r0;
 
-    var q: array<vec4<f32>, MAX_SG_REGS>;
-    var pos: array<i32, MAX_RS>;
+    var q: SgRegs;
+    var pos: array<i32, RS>;
     sg_load_q(&q, &pos, r0, p.rows, kvh, b * p.q_sb, p.q_offset, sg_lane, sg_size);
     let heads = vec2<u32>(p.k_off + b * p.k_sb + kvh * p.k_sh, p.v_off + b * p.v_sb + kvh * p.v_sh);
     let stride = 4u * HD4 + 2u;
     let n_parts = p.n_splits * NSG;
 
     for (var vs = sg_id; vs < NSG; vs += n_sg) {
-        var acc: array<vec4<f32>, MAX_SG_REGS>;
-        var m: array<f32, MAX_RS>;
-        var l: array<f32, MAX_RS>;
+        var acc: SgRegs;
+        var m: array<f32, RS>;
+        var l: array<f32, RS>;
         sg_partial(&q, &pos, &acc, &m, &l, heads, w.kv, r0, p.rows, vs, sg_lane, sg_size);
         // The partial of (row, split, key lane vs).
         for (var r = 0u; r < RS; r++) {

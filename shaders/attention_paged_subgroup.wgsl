@@ -41,16 +41,16 @@ fn attn_paged_sg(
     // The plan gives these work items rows_per_wg = RS.
     let it = paged_item(wg_id);
 
-    var q: array<vec4<f32>, MAX_SG_REGS>;
-    var pos: array<i32, MAX_RS>;
+    var q: SgRegs;
+    var pos: array<i32, RS>;
     sg_load_q(&q, &pos, it.r0, it.rows, it.kvh, it.sq.q_start * p.q_st, it.sq.q_offset, sg_lane, sg_size);
     let stride = 4u * HD4 + 2u;
     let n_parts = it.sq.n_splits * NSG;
 
     for (var vs = sg_id; vs < NSG; vs += n_sg) {
-        var acc: array<vec4<f32>, MAX_SG_REGS>;
-        var m: array<f32, MAX_RS>;
-        var l: array<f32, MAX_RS>;
+        var acc: SgRegs;
+        var m: array<f32, RS>;
+        var l: array<f32, RS>;
         sg_partial(&q, &pos, &acc, &m, &l, vec2<u32>(it.sq.bt_off, it.kvh), it.kv, it.r0, it.rows, vs, sg_lane, sg_size);
         for (var r = 0u; r < RS; r++) {
             let rr = it.r0 + r;

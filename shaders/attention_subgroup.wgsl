@@ -34,24 +34,28 @@
 // on the subgroup size the device picks, and `attn_decode_merge` combines the n_splits x NSG
 // partials in ascending order: bitwise repeatable on one device.
 //
-// Override constants beyond attention_decode.wgsl's:
-//   RS     query rows per workgroup (1, 2, 4 or 8); RS * SLOTS <= MAX_SG_REGS
+// Constants beyond attention_decode.wgsl's overrides. RS and SLOTS size this lane's register
+// arrays, which WGSL only allows with constant expressions, so they are key constants (`// @key`:
+// each pipeline key sets them, `PipelineKey::source`). Arrays sized exactly to their loops' trip
+// counts let the compiler unroll every row and slot loop and keep the arrays in registers (no
+// dynamically indexed private memory, which spills on GPUs and multiplies LLVM's time on CPU
+// adapters: BENCHMARKS.md, cold compile).
+//   RS     query rows per workgroup (1, 2, 4 or 8); RS * SLOTS <= 64 (the planner's limit)
 //   SLOTS  vec4 slots of a head per lane: ceil(HD4 / the adapter's smallest subgroup)
 //   NSG    key lanes (partials per row and split): WG / the adapter's smallest subgroup
-override RS: u32 = 4u;
-override SLOTS: u32 = 4u;
+const RS: u32 = 4u; // @key
+const SLOTS: u32 = 4u; // @key
 override NSG: u32 = 8u;
-// Registers per lane for the q rows (and as many for the accumulators).
-const MAX_SG_REGS: u32 = 64u;
-const MAX_RS: u32 = 8u;
+// This lane's slots of the query rows (and of the accumulators): [row][slot].
+alias SgRegs = array<array<vec4<f32>, SLOTS>, RS>;
 
 // This lane's slots of the query rows r0 .. r0 + RS, pre-scaled, into q (rows past `rows` read
 // the last row and are never stored), and each row's position into pos. Row r = t * group + i is
 // token t, query head kvh * group + i; token t's q row starts at element tok0 + t * q_st of q_buf
 // (past p.q_off), its position is q_offset + t.
 fn sg_load_q(
-    q: ptr<function, array<vec4<f32>, MAX_SG_REGS>>,
-    pos: ptr<function, array<i32, MAX_RS>>,
+    q: ptr<function, SgRegs>,
+    pos: ptr<function, array<i32, RS>>,
     r0: u32,
     rows: u32,
     kvh: u32,
@@ -71,7 +75,7 @@ fn sg_load_q(
             if d < HD4 {
                 x = q_load4(q_base + 4u * d) * p.scale;
             }
-            (*q)[r * SLOTS + i] = x;
+            (*q)[r][i] = x;
         }
     }
 }
@@ -81,11 +85,11 @@ fn sg_load_q(
 // this lane's slots of the unnormalised accumulators into acc, and each row's m and l
 // (identical in every lane).
 fn sg_partial(
-    q: ptr<function, array<vec4<f32>, MAX_SG_REGS>>,
-    pos: ptr<function, array<i32, MAX_RS>>,
-    acc: ptr<function, array<vec4<f32>, MAX_SG_REGS>>,
-    m: ptr<function, array<f32, MAX_RS>>,
-    l: ptr<function, array<f32, MAX_RS>>,
+    q: ptr<function, SgRegs>,
+    pos: ptr<function, array<i32, RS>>,
+    acc: ptr<function, SgRegs>,
+    m: ptr<function, array<f32, RS>>,
+    l: ptr<function, array<f32, RS>>,
     h: vec2<u32>,
     kv: vec2<i32>,
     r0: u32,
@@ -98,13 +102,13 @@ fn sg_partial(
         (*m)[r] = NEG_BIG;
         (*l)[r] = 0.0;
         for (var i = 0u; i < SLOTS; i++) {
-            (*acc)[r * SLOTS + i] = vec4<f32>(0.0);
+            (*acc)[r][i] = vec4<f32>(0.0);
         }
     }
     for (var j0 = kv.x + 4 * i32(vs); j0 < kv.y; j0 += 4 * i32(NSG)) {
         // Keys j0 .. j0 + 4 that exist (the last block of a split may be short).
         let key_ok = vec4<i32>(j0, j0 + 1, j0 + 2, j0 + 3) < vec4<i32>(kv.y);
-        var s: array<vec4<f32>, MAX_RS>;
+        var s: array<vec4<f32>, RS>;
         for (var r = 0u; r < RS; r++) {
             s[r] = vec4<f32>(0.0);
         }
@@ -115,12 +119,12 @@ fn sg_partial(
                 if d < HD4 {
                     let kx = sg_load4(kr.x, kr.y + 4u * d);
                     for (var r = 0u; r < RS; r++) {
-                        s[r][c] += dot((*q)[r * SLOTS + i], kx);
+                        s[r][c] += dot((*q)[r][i], kx);
                     }
                 }
             }
         }
-        var pr: array<vec4<f32>, MAX_RS>;
+        var pr: array<vec4<f32>, RS>;
         for (var r = 0u; r < RS; r++) {
             let x = subgroupAdd(s[r]);
             let sc = vec4<f32>(cap_logit(x.x), cap_logit(x.y), cap_logit(x.z), cap_logit(x.w));
@@ -140,7 +144,7 @@ fn sg_partial(
             (*m)[r] = m_new;
             pr[r] = pv;
             for (var i = 0u; i < SLOTS; i++) {
-                (*acc)[r * SLOTS + i] *= al;
+                (*acc)[r][i] *= al;
             }
         }
         for (var c = 0u; c < 4u; c++) {
@@ -150,7 +154,7 @@ fn sg_partial(
                 if d < HD4 {
                     let vx = sg_load4(vr.z, vr.w + 4u * d);
                     for (var r = 0u; r < RS; r++) {
-                        (*acc)[r * SLOTS + i] += pr[r][c] * vx;
+                        (*acc)[r][i] += pr[r][c] * vx;
                     }
                 }
             }
@@ -160,7 +164,7 @@ fn sg_partial(
 
 // This lane's share of row r's partial (m, l from lane 0, each lane its slots) at part_out[e ..].
 fn sg_store_partial(
-    acc: ptr<function, array<vec4<f32>, MAX_SG_REGS>>,
+    acc: ptr<function, SgRegs>,
     m: f32,
     l: f32,
     r: u32,
@@ -175,7 +179,7 @@ fn sg_store_partial(
     for (var i = 0u; i < SLOTS; i++) {
         let d = sg_lane + sg_size * i;
         if d < HD4 {
-            let a = (*acc)[r * SLOTS + i];
+            let a = (*acc)[r][i];
             let o = e + 2u + 4u * d;
             part_out[o] = a.x;
             part_out[o + 1u] = a.y;

@@ -365,6 +365,24 @@ pub fn reflect(
     Ok((slots, declared))
 }
 
+/// Marks a module constant that each pipeline key sets, written in WGSL as
+/// `const NAME: u32 = DEFAULT; // @key`. Where the code needs a constant expression (the size of
+/// a function-scope array) an override cannot serve, so [`PipelineKey::source`] rewrites such a
+/// line with the key's value of `NAME`: this is the crate's one source substitution beside
+/// joining files. The key still lists the value, so it stays part of the cache identity.
+pub const KEY_CONSTANT: &str = "// @key";
+
+/// `NAME` of a `const NAME: u32 = ...; // @key` line.
+fn key_constant_name(line: &str) -> Option<&str> {
+    let line = line.trim();
+    if !line.ends_with(KEY_CONSTANT) {
+        return None;
+    }
+    let rest = line.strip_prefix("const ")?;
+    let (name, ty) = rest.split_once(':')?;
+    ty.trim_start().starts_with("u32").then_some(name.trim())
+}
+
 /// Every runtime check but naga's loop bounding (see [`PipelineKey::build`]).
 const RUNTIME_CHECKS: wgpu::ShaderRuntimeChecks = wgpu::ShaderRuntimeChecks {
     bounds_checks: true,
@@ -397,11 +415,45 @@ impl PipelineKey {
             .map(|&(_, v)| v)
     }
 
+    /// The module's source for this key: [`Shader::source`] with every key constant applied
+    /// (see [`KEY_CONSTANT`]). Line numbers are unchanged, so [`Shader::locate`] still holds.
+    pub fn source(&self) -> String {
+        let src = self.shader.source();
+        if !src.contains(KEY_CONSTANT) {
+            return src;
+        }
+        let mut out = String::with_capacity(src.len());
+        for line in src.split_inclusive('\n') {
+            match key_constant_name(line).and_then(|name| self.constant(name).map(|v| (name, v))) {
+                Some((name, value)) => {
+                    out.push_str(&format!("const {name}: u32 = {value}u; {KEY_CONSTANT}"));
+                    if line.ends_with('\n') {
+                        out.push('\n');
+                    }
+                }
+                None => out.push_str(line),
+            }
+        }
+        out
+    }
+
+    /// The override constants wgpu specialises the module with: the key's constants less those
+    /// the source takes as key constants ([`PipelineKey::source`]).
+    pub fn overrides(&self) -> Vec<(&'static str, u32)> {
+        let src = self.shader.source();
+        let fixed: Vec<&str> = src.lines().filter_map(key_constant_name).collect();
+        self.constants
+            .iter()
+            .filter(|(n, _)| !fixed.contains(n))
+            .copied()
+            .collect()
+    }
+
     /// Compile the pipeline (call through [`Context::kernel`], which caches and scopes errors).
     /// A module naga rejects is an `Err` naming the shader file and line (see
     /// [`Shader::locate`]); errors only the device finds (a missing feature) come from wgpu.
     pub(crate) fn build(&self, device: &wgpu::Device) -> std::result::Result<Kernel, String> {
-        let src = self.shader.source();
+        let src = self.source();
         let (slots, declared) = reflect(&src, self.entry_point).map_err(|e| {
             let at = e.line.map_or_else(String::new, |line| {
                 let (file, line) = self.shader.locate(line);
@@ -424,8 +476,11 @@ impl PipelineKey {
         // (BENCHMARKS.md, cold compile). Bounds checks stay on: block tables, positions and row
         // maps are GPU data that index memory.
         let module = unsafe { device.create_shader_module_trusted(desc, RUNTIME_CHECKS) };
-        let constants: Vec<(&str, f64)> =
-            self.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
+        let constants: Vec<(&str, f64)> = self
+            .overrides()
+            .iter()
+            .map(|&(n, v)| (n, v as f64))
+            .collect();
         // The layout is built from the reflected slots rather than derived by wgpu, so that the
         // params uniform can take a dynamic offset: every call's parameters are a slot of one
         // slab (`Context::param_slot`), and a new position in a decode loop changes only the
@@ -691,6 +746,29 @@ mod tests {
             assert_eq!(s.locate(line + n - 1), (format!("shaders/{name}"), n));
             line += n;
         }
+    }
+
+    #[test]
+    fn key_constants_are_substituted_line_for_line() {
+        static K: Shader = Shader {
+            name: "k.wgsl",
+            parts: &[
+                "const RS: u32 = 4u; // @key\noverride WG: u32 = 8u;\nconst OTHER: u32 = 2u;",
+                "const SLOTS: u32 = 1u; // @key\nfn f() -> u32 { return RS * SLOTS * OTHER; }",
+            ],
+            variants: Vec::new,
+        };
+        let key = PipelineKey::new(&K, "f", vec![("RS", 8), ("WG", 64), ("SLOTS", 3)]);
+        let src = key.source();
+        assert!(src.contains("const RS: u32 = 8u; // @key\n"), "{src}");
+        assert!(src.contains("const SLOTS: u32 = 3u; // @key\n"), "{src}");
+        assert!(src.contains("override WG: u32 = 8u;"), "{src}");
+        assert!(src.contains("const OTHER: u32 = 2u;"), "{src}");
+        assert_eq!(src.lines().count(), K.source().lines().count());
+        assert_eq!(key.overrides(), vec![("WG", 64)]);
+        // A key without the constant keeps the default.
+        let key = PipelineKey::new(&K, "f", vec![("WG", 64)]);
+        assert!(key.source().contains("const RS: u32 = 4u; // @key"));
     }
 
     #[test]

@@ -25,13 +25,13 @@ fn validator() -> naga::valid::Validator {
 }
 
 fn translate(key: &PipelineKey) -> Result<(), String> {
-    let src = key.shader.source();
+    let src = key.source();
     let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
     let info = validator()
         .validate(&module)
         .map_err(|e| format!("validate: {e:?}"))?;
     let mut constants = naga::back::PipelineConstants::default();
-    for &(name, value) in &key.constants {
+    for (name, value) in key.overrides() {
         constants.insert(name.to_string(), value as f64);
     }
     let (module, info) = naga::back::pipeline_constants::process_overrides(
@@ -158,9 +158,11 @@ fn keys_only_set_declared_overrides() {
             .filter_map(|(_, o)| o.name.clone())
             .collect();
         for key in shader.variants() {
-            for (name, _) in &key.constants {
+            // Key constants (`// @key` lines) are applied to the source; the rest must be
+            // declared overrides.
+            for (name, _) in key.overrides() {
                 assert!(
-                    declared.iter().any(|d| d == name),
+                    declared.iter().any(|d| *d == name),
                     "{shader:?}: key sets undeclared override {name}"
                 );
             }

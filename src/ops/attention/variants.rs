@@ -31,7 +31,8 @@ pub(crate) const MAX_BK: usize = 64;
 pub const SG_WG: u32 = 64;
 /// Most query rows per [`Kind::DecodeSubgroup`] workgroup.
 pub const SG_MAX_ROWS: usize = 8;
-// Registers per lane the subgroup kernel holds for q rows (MAX_SG_REGS in the shader).
+// Most registers per lane the subgroup kernel holds for q rows (RS x SLOTS vec4s; as many for
+// the accumulators).
 const SG_MAX_REGS: u32 = 64;
 
 /// Which kernel runs.
