@@ -3,6 +3,8 @@
 // the load, store, mask and logit helpers, and the online-softmax tile step. Each kernel file
 // declares its own output bindings (`out_buf` and, for decode, the split partials); WGSL resolves
 // module-scope names in any order.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): every loop counts up
+// by 1, by WG or by the plan's key lanes (p.lanes >= 1) to HD4 or to a tile's key count.
 
 override DTYPE: u32 = 0u;
 override WG: u32 = 64u;

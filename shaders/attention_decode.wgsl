@@ -22,6 +22,9 @@
 //   WG       workgroup size = query rows per workgroup (pass 1), invocations per workgroup (pass 2)
 //   TILE_V4  vec4 capacity of each of the K and V tiles (bk * head_dim / 4 <= TILE_V4)
 //   HD4      head_dim / 4 (1 ..= 64)
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): the key loop steps by
+// p.bk, which the host sets to min(64, TILE_V4 / HD4) >= 1 after checking TILE_V4 >= HD4; the head
+// loops by 1 to HD4.
 
 // Overrides, Params, input bindings and helpers: attention_common.wgsl; the partials' bindings,
 // store_partial and merge_partials: attention_split.wgsl.

@@ -5,6 +5,8 @@
 // `attn_decode_sg`: the subgroup decode step (`sg_partial`, attention_subgroup.wgsl, which says
 // what it follows) over contiguous K/V: one workgroup per (batch, kv head, row block, split),
 // partials merged by `attn_decode_merge`.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): virtual subgroups step
+// by num_subgroups (>= 1) to NSG, rows by 1 to RS.
 
 // `sg_load4` (the K/V reads) comes from the part before this one: the packed words
 // (`ATTENTION_DECODE_SUBGROUP` in ops/attention.rs) or native f16 (attention_subgroup_f16.wgsl).

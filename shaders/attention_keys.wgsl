@@ -32,6 +32,8 @@
 //
 // Override constant:
 //   KR       query rows per workgroup, every invocation computing all of them (1, 2 or 4)
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): the key loop steps by
+// 2 * WG (a constant > 0) to the end of the split.
 override KR: u32 = 1u;
 
 // 16-byte units per head row: HD4 for f32, HD4 / 2 for halves (head_dim % 8 == 0).

@@ -49,6 +49,8 @@
 //   v_st       word offset of the query-row sequence map in plan_buf
 //   v_sh       word offset of the sequence records in plan_buf
 //   q_off, q_st, q_sh / o_off, o_st, o_sh: packed q / out, element offset and token, head strides.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): tile loops step by
+// p.bk (>= 1, as in attention_decode.wgsl), staging by WG, head loops by 1 to HD4.
 
 // The partials' bindings (5, 6, 7), store_partial and merge_partials: attention_split.wgsl.
 @group(0) @binding(8) var<storage, read> pool0: array<vec4<u32>>;

@@ -12,6 +12,8 @@
 // sequence's entries in (row, split, lane) order and `attn_paged_merge` combines them (the
 // host plans at least two partials per row, so no row is left to a direct write).
 // With the same split structure the results equal `attn_decode_sg`'s bit for bit.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): virtual subgroups step
+// by num_subgroups (>= 1) to NSG, rows by 1 to RS.
 
 // (K source, K element, V source, V element) of key j; h = (block-table offset, kv head). Both
 // rows live in the same page, so in the same pool buffer.

@@ -41,6 +41,9 @@
 //   PR       query rows per invocation (1 ..= 4)
 //   TILE_V4  vec4 capacity of each of the K and V tiles (bk * head_dim / 4 <= TILE_V4)
 //   HD4      head_dim / 4 (1 ..= 64)
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): key loops step by p.bk
+// (>= 1, as in attention_decode.wgsl) or by PK_BK (64); every other loop by 1 or by the workgroup
+// size to a constant or a host-checked bound.
 
 // Overrides, Params, input bindings and helpers: attention_common.wgsl; out_buf, the partials'
 // bindings, store and merge: attention_split.wgsl.

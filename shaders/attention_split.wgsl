@@ -1,6 +1,8 @@
 // Shared by the split-KV kernels (prepended to the decode, paged and prefill modules by
 // `Shader::source`, after attention_common.wgsl): the partial results' bindings, their store and
 // the fixed-order merge. The CPU-adapter decode kernels' key-lane step is attention_keys.wgsl.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): by 1 to HD4 and to
+// n_parts (the plan's splits x key lanes).
 
 // Per (row, split, lane): m, l, then head_dim accumulator values (unnormalised).
 @group(0) @binding(5) var<storage, read_write> part_out: array<f32>;

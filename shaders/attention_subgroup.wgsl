@@ -43,6 +43,8 @@
 //   RS     query rows per workgroup (1, 2, 4 or 8); RS * SLOTS <= 64 (the planner's limit)
 //   SLOTS  vec4 slots of a head per lane: ceil(HD4 / the adapter's smallest subgroup)
 //   NSG    key lanes (partials per row and split): WG / the adapter's smallest subgroup
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): rows, slots and the
+// keys of a block by 1 to constants; the key loop by 4 * NSG (> 0) to the end of the split.
 const RS: u32 = 4u; // @key
 const SLOTS: u32 = 4u; // @key
 override NSG: u32 = 8u;

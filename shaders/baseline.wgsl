@@ -10,6 +10,8 @@
 // Override constants:
 //   DTYPE  storage dtype (0 f32, 1 f16, 2 bf16); half types are packed two per word
 //   WG     workgroup size, a power of two <= 256
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): by 1 or by WG to
+// uniform bounds; the reductions halve their stride down to 0.
 
 override DTYPE: u32 = 0u;
 override WG: u32 = 256u;

@@ -8,6 +8,8 @@
 //   PER   items (u32 words, or vec4<u32> for the vec4 entry point) per invocation
 //
 // `n` and the offsets count items of the entry point's type; grids above 65535 workgroups are 2-D.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): by 1 to the constant
+// PER.
 
 override WG: u32 = 256u;
 override PER: u32 = 1u;

@@ -19,6 +19,8 @@
 //   TM    rows per invocation of `matmul_reg` (1..=8)
 //   WGX   invocations along n (vec4 columns) of `matmul_reg`
 //   WGY   invocations along m of `matmul_reg`
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): by 1 or by the
+// constant TILE_K to uniform bounds.
 
 override TM: u32 = 4u;
 override WGX: u32 = 8u;

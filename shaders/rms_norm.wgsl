@@ -15,6 +15,9 @@
 // A buffer cannot be bound read-only and read-write in one dispatch, so a tensor that shares a
 // buffer with an output is read through that output's read_write binding.
 // Unused bindings are bound to small dummy buffers and never read.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): chunks step by 1 or by
+// WG (sum_squares4 is called with step 1 or WG) to the row's chunk count; the reductions halve
+// their stride down to 0.
 
 override DTYPE: u32 = 0u;
 override V: u32 = 4u;

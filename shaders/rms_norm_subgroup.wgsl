@@ -5,6 +5,7 @@
 // PyTorch's and llm.c's warp reductions): `subgroupAdd` within each subgroup, one workgroup-memory
 // slot per subgroup, one barrier, then every invocation adds the slots in the same fixed order.
 // No subgroup size is assumed: the slots are counted by `num_subgroups`.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): by 1 to num_subgroups.
 @compute @workgroup_size(WG)
 fn rms_norm_wg4_subgroup(
     @builtin(workgroup_id) wid: vec3<u32>,

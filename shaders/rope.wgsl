@@ -28,6 +28,8 @@
 //            3 host table: freqs[pos * half_rot + k] holds (cos, sin) built in f64
 //   WG       workgroup size
 // `rope_vec4` reads the same constants; IN_PLACE and X_IN_DST are always (true, false) there.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): over heads and head
+// elements by 1 or 2 to uniform bounds.
 
 override DTYPE: u32 = 0u;
 override LAYOUT: u32 = 0u;
