@@ -38,6 +38,15 @@ fn decode_loop_matches_the_reference_at_every_step() {
 }
 
 #[test]
+fn own_layer_matches_the_cpu_layer_after_a_warm_up() {
+    let out = run_example("own_layer", &[]);
+    // The prefill and each of the 3 decode steps were checked.
+    assert_eq!(out.matches(" ok\n").count(), 4, "{out}");
+    assert!(out.contains("warm-up: "), "{out}");
+    assert!(out.contains("no pipeline built after the warm-up"), "{out}");
+}
+
+#[test]
 fn serve_matches_the_reference_at_every_step() {
     let out = run_example("serve", &["--layout", "nhd"]);
     assert!(out.contains("in 3 buffers"), "{out}");

@@ -329,11 +329,76 @@ fn every_validation_rule_has_an_error() {
         is_shape,
         "a rank-3 q needs a cache of batch 1, this cache has batch 2",
     );
+    let h = |shape: &[usize]| ctx.empty(shape, DType::F16).unwrap();
     // Cache heads must divide q heads like any k/v.
     expect_err(
-        a.run_cached(&ctx, &t(&[2, 1, 5, 16]), &cache, None, &t(&[2, 1, 5, 16])),
+        a.run_cached(&ctx, &h(&[2, 1, 5, 16]), &cache, None, &h(&[2, 1, 5, 16])),
         "attention",
         is_shape,
         "n_heads 5 is not divisible by n_kv_heads 2",
     );
+    // q's dtype is q's and the cache's business: the k and v views are the cache's own.
+    expect_err(
+        a.run_cached(&ctx, &q4, &cache, None, &t(&[2, 1, 8, 16])),
+        "attention",
+        is_dtype,
+        "q is f32 but the KV cache holds f16: q's dtype must match the cache's",
+    );
+}
+
+/// The messages a porting engineer met on a batch-1 cache (issue 24): each names the argument
+/// that was wrong, and a q with tokens the cache does not hold is refused instead of attending
+/// to nothing.
+#[test]
+fn cached_attention_blames_q_and_the_cache_length() {
+    let ctx = ctx();
+    let a = Attention::default();
+    let mut cache = KvCache::new(&ctx, 1, 2, 8, 64, DType::F32).unwrap();
+    cache.set_len(1).unwrap();
+    let t = |shape: &[usize], dtype| ctx.empty(shape, dtype).unwrap();
+    // A flat q: the rank is what is wrong, not the cache's batch.
+    let flat = t(&[7, 256], DType::F32);
+    expect_err(
+        a.run_cached(&ctx, &flat, &cache, None, &t(&[7, 256], DType::F32)),
+        "attention",
+        is_shape,
+        "q must be rank 3 [q_len, n_heads, head_dim] or rank 4 [batch, q_len, n_heads, head_dim], got shape [7, 256]",
+    );
+    // An f16 q over an f32 cache: q is blamed, not the cache's k.
+    let q16 = t(&[1, 4, 64], DType::F16);
+    expect_err(
+        a.run_cached(&ctx, &q16, &cache, None, &t(&[1, 4, 64], DType::F16)),
+        "attention",
+        is_dtype,
+        "q is f16 but the KV cache holds f32: q's dtype must match the cache's",
+    );
+    // 7 queries over a cache of 1 row: an error naming both, not Ok with 6 rows of zeros.
+    let q7 = t(&[7, 4, 64], DType::F32);
+    let out7 = t(&[7, 4, 64], DType::F32);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    expect_err(
+        a.encode_cached(&ctx, &mut enc, &q7, &cache, None, &out7),
+        "attention",
+        is_shape,
+        "q has q_len 7 but the KV cache holds 1 rows",
+    );
+    expect_err(
+        Attention {
+            q_offset: Some(-1),
+            ..a
+        }
+        .run_cached(
+            &ctx,
+            &t(&[1, 4, 64], DType::F32),
+            &cache,
+            None,
+            &t(&[1, 4, 64], DType::F32),
+        ),
+        "attention",
+        is_shape,
+        "q_offset -1 puts q's first token before the KV cache's first row",
+    );
+    // Once the cache holds the 7 rows, the same call is valid.
+    cache.set_len(7).unwrap();
+    a.run_cached(&ctx, &q7, &cache, None, &out7).unwrap();
 }

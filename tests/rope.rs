@@ -860,6 +860,21 @@ fn every_validation_rule_has_an_error() {
         is_param,
         "rotary_dim 6 with f16 storage and the half layout must be a multiple of 4",
     );
+    // With rotary_dim left at its default (the whole head), the messages name head_dim, the
+    // argument the user passed (issue 24), not a rotary_dim they never set.
+    expect_err(
+        def.run(&ctx, &f32v(&[4, 2, 33]), s0),
+        is_param,
+        "head_dim 33 must be even and > 0 (RoPE rotates pairs; rotary_dim is not set",
+    );
+    let h6 = ctx
+        .upload_as(&[0.0; 2 * 6], &[2, 1, 6], DType::F16)
+        .unwrap();
+    expect_err(
+        def.run(&ctx, &h6, s0),
+        is_param,
+        "head_dim (rotary_dim not set) 6 with f16 storage and the half layout must be a multiple of 4",
+    );
     // theta and scaling parameters
     for theta in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         expect_err(

@@ -362,6 +362,41 @@ impl KvCache {
         })?
     }
 
+    /// Build the pipelines that [`KvCache::append`] (`rope` `None`) or [`KvCache::append_rope`]
+    /// (`rope` with its `positions` argument) would use for these new rows at the cache's
+    /// current length, so the first append does not stall on shader compiles; the same checks,
+    /// nothing recorded, `len` unchanged. Returns how many pipelines were built (0 when already
+    /// cached).
+    pub fn prepare(
+        &self,
+        ctx: &Context,
+        k_new: &Tensor,
+        v_new: &Tensor,
+        rope: Option<(&Rope, Option<Positions<'_>>)>,
+    ) -> Result<usize> {
+        let n_new = self.validate_append(k_new, v_new)?;
+        let before = ctx.cached_pipelines();
+        match rope {
+            None => {
+                ctx.kernel(OP, &append_key(k_new.dtype(), self.dtype, true))?;
+            }
+            Some((rope, positions)) => {
+                let positions = self.check_rope(rope, positions, n_new)?;
+                // The same two kernels `record_append_rope` picks.
+                let k_rows = self.rows(&self.k, self.len, n_new, k_new.rank());
+                let fused = self.rope_fused_for(k_new.dtype());
+                let variant = if fused {
+                    rope.variant(ctx, k_new, None, Some(&k_rows), positions)?
+                } else {
+                    rope.variant(ctx, &k_rows, None, None, positions)?
+                };
+                ctx.kernel(OP, &append_key(k_new.dtype(), self.dtype, !fused))?;
+                ctx.kernel(crate::ops::rope::OP, &variant.key())?;
+            }
+        }
+        Ok(ctx.cached_pipelines().saturating_sub(before))
+    }
+
     /// Which way [`KvCache::append_rope`] records K for new rows of `dtype`: `true` when RoPE
     /// writes the rotated rows straight into the cache (one pass over K).
     pub fn rope_fused_for(&self, dtype: DType) -> bool {

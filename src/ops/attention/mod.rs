@@ -106,6 +106,7 @@
 mod device;
 mod options;
 pub mod plan;
+mod prepare;
 mod record;
 pub mod variants;
 

@@ -278,8 +278,53 @@ impl Attention {
         sinks: Option<&Tensor>,
         out: &Tensor,
     ) -> Result<()> {
-        let (k, v) = cache.views_for(OP, q.rank())?;
+        let (k, v) = self.cached_views(q, cache)?;
         self.encode(ctx, encoder, q, &k, &v, sinks, out)
+    }
+
+    /// The cache's K/V views for `q`, after the rules that only a cache call has, phrased about
+    /// q and the cache rather than about the k and v views the user never built.
+    fn cached_views(
+        &self,
+        q: &Tensor,
+        cache: &crate::ops::kv_cache::KvCache,
+    ) -> Result<(Tensor, Tensor)> {
+        let rank = q.rank();
+        crate::ensure!(
+            rank == 3 || rank == 4,
+            Shape,
+            OP,
+            "q must be rank 3 [q_len, n_heads, head_dim] or rank 4 [batch, q_len, n_heads, head_dim], got shape {:?}",
+            q.shape()
+        );
+        let views = cache.views_for(OP, rank)?;
+        crate::ensure!(
+            q.dtype() == cache.dtype(),
+            DType,
+            OP,
+            "q is {} but the KV cache holds {}: q's dtype must match the cache's",
+            q.dtype(),
+            cache.dtype()
+        );
+        // Every query must be a token whose K/V is already in the cache (append first, then
+        // attend); otherwise its causal row sees no key and the output would be zeros.
+        let q_len = q.shape()[rank - 3];
+        let len = cache.len();
+        match self.q_offset {
+            None => crate::ensure!(
+                q_len <= len,
+                Shape,
+                OP,
+                "q has q_len {q_len} but the KV cache holds {len} rows: append the new tokens' K/V to the cache before attending over it"
+            ),
+            Some(o) => crate::ensure!(
+                o >= 0,
+                Shape,
+                OP,
+                "q_offset {o} puts q's first token before the KV cache's first row (q_len {q_len}, cache length {len})"
+            ),
+        }
+        Ok(views)
     }
 
     /// [`Attention::encode_cached`], submitted and waited for.
@@ -291,7 +336,7 @@ impl Attention {
         sinks: Option<&Tensor>,
         out: &Tensor,
     ) -> Result<()> {
-        let (k, v) = cache.views_for(OP, q.rank())?;
+        let (k, v) = self.cached_views(q, cache)?;
         self.run(ctx, q, &k, &v, sinks, out)
     }
 

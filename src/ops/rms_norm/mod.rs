@@ -263,4 +263,23 @@ impl RmsNorm {
             .validate(ctx, x, weight, out, residual, strategy)?
             .variant)
     }
+
+    /// Build the pipeline that [`RmsNorm::encode`] (`residual` `None`) or
+    /// [`RmsNorm::encode_residual`] would use for these views, so the first call does not stall
+    /// on a shader compile; the same validation, nothing recorded. The variant depends on the
+    /// row count and the adapter, so prepare once per shape a model uses (the prefill's rows
+    /// and a decode step's). Returns how many pipelines were built (0 when already cached).
+    pub fn prepare(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        weight: &Tensor,
+        out: &Tensor,
+        residual: Option<(&Tensor, &Tensor)>,
+    ) -> Result<usize> {
+        let v = self.variant(ctx, x, weight, out, residual, Strategy::Auto)?;
+        let before = ctx.cached_pipelines();
+        ctx.kernel(OP, &v.key())?;
+        Ok(ctx.cached_pipelines().saturating_sub(before))
+    }
 }

@@ -388,6 +388,14 @@ impl Rope {
             self.theta
         );
         let rd = self.rotary_dim.unwrap_or(head_dim);
+        // Without rotary_dim the whole head rotates: name the head_dim the user passed, not a
+        // rotary_dim they never set.
+        crate::ensure!(
+            self.rotary_dim.is_some() || (head_dim.is_multiple_of(2) && head_dim > 0),
+            Param,
+            OP,
+            "head_dim {head_dim} must be even and > 0 (RoPE rotates pairs; rotary_dim is not set, so the whole head rotates)"
+        );
         crate::ensure!(
             rd.is_multiple_of(2) && rd > 0 && rd <= head_dim,
             Param,
@@ -525,11 +533,16 @@ impl Rope {
     /// Returns `rotary_dim`.
     pub fn validate_for(&self, head_dim: usize, dtype: DType) -> Result<usize> {
         let rd = self.validate_params(head_dim)?;
+        let what = if self.rotary_dim.is_some() {
+            "rotary_dim"
+        } else {
+            "head_dim (rotary_dim not set)"
+        };
         crate::ensure!(
             !(dtype.is_half() && self.layout == Layout::Half) || rd % 4 == 0,
             Param,
             OP,
-            "rotary_dim {rd} with {dtype} storage and the half layout must be a multiple of 4 (pairs (i, i + rotary_dim/2) must share 32-bit words)"
+            "{what} {rd} with {dtype} storage and the half layout must be a multiple of 4 (pairs (i, i + rotary_dim/2) must share 32-bit words)"
         );
         Ok(rd)
     }

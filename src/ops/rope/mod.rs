@@ -319,6 +319,24 @@ impl Rope {
         Ok(self.plan(ctx, x, k, out, positions)?.variant)
     }
 
+    /// Build the pipeline that the call [`Rope::variant`] describes would use (the same
+    /// arguments: `x` alone for [`Rope::encode`], `k` for [`Rope::encode_qk`], `out` for
+    /// [`Rope::encode_to`]), so the first call does not stall on a shader compile; nothing is
+    /// recorded. Returns how many pipelines were built (0 when already cached).
+    pub fn prepare(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        k: Option<&Tensor>,
+        out: Option<&Tensor>,
+        positions: Positions<'_>,
+    ) -> Result<usize> {
+        let v = self.variant(ctx, x, k, out, positions)?;
+        let before = ctx.cached_pipelines();
+        ctx.kernel(OP, &v.key())?;
+        Ok(ctx.cached_pipelines().saturating_sub(before))
+    }
+
     /// Record an in-place rotation of `x` (`[seq, heads, head_dim]` or
     /// `[batch, seq, heads, head_dim]`, any strides) into `encoder`.
     pub fn encode(

@@ -437,6 +437,64 @@ impl Model {
         Ok(ctx.read_f32(&logits)?)
     }
 
+    /// Build the crate's pipelines the prefill of `prompt_len` tokens and the decode steps up to
+    /// `st.rows` will use (`prepare` on each op), so the first forward does not stall on shader
+    /// compiles; returns how many were built. The model's own kernels (embedding, matmul) build
+    /// on first use.
+    fn warm_up(&self, ctx: &Context, st: &State, prompt_len: usize) -> Result<usize> {
+        let c = &self.cfg;
+        let (h, nh, nkv, hd) = (c.hidden, c.n_heads, c.n_kv_heads, c.head_dim);
+        let norm = if c.gemma {
+            RmsNorm::gemma(c.eps)
+        } else {
+            RmsNorm::new(c.eps)
+        };
+        let mut built = 0;
+        for (t, pos) in [(prompt_len, 0), (1, prompt_len)] {
+            let x = rows_of(&st.x, &[t, h]);
+            let hn = rows_of(&st.h, &[t, h]);
+            let o = rows_of(&st.o, &[t, h]);
+            let q3 = rows_of(&st.q, &[t, nh, hd]);
+            let k4 = rows_of(&st.k, &[1, t, nkv, hd]);
+            let v4 = rows_of(&st.v, &[1, t, nkv, hd]);
+            for l in &self.layers {
+                built += norm.prepare(ctx, &x, &l.attn_norm, &hn, None)?;
+                built += norm.prepare(ctx, &o, &l.mlp_norm, &hn, Some((&x, &x)))?;
+                if let Some(post) = &l.post_attn_norm {
+                    built += norm.prepare(ctx, &o, post, &o, None)?;
+                }
+                if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                    let q2 = rows_of(&st.q, &[t * nh, hd]);
+                    let k2 = rows_of(&st.k, &[t * nkv, hd]);
+                    built += RmsNorm::new(c.eps).prepare(ctx, &q2, qn, &q2, None)?;
+                    built += RmsNorm::new(c.eps).prepare(ctx, &k2, kn, &k2, None)?;
+                }
+            }
+            built += c
+                .rope
+                .prepare(ctx, &q3, None, None, Positions::Start(pos as i32))?;
+            built += st.caches[0].prepare(ctx, &k4, &v4, Some((&c.rope, None)))?;
+            for (i, _) in self.layers.iter().enumerate() {
+                let attention = Attention {
+                    window: c.windows[i],
+                    softcap: c.attn_softcap,
+                    scale: c.attn_scale,
+                    ..Default::default()
+                };
+                let dims = llama_kernels::ops::attention::Dims {
+                    batch: 1,
+                    q_len: t,
+                    kv_len: if t == 1 { st.rows } else { t },
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                };
+                built += attention.prepare(ctx, &[dims], st.caches[i].dtype())?;
+            }
+        }
+        Ok(built)
+    }
+
     /// Prefill `prompt` in one call, then `steps` greedy decode steps, each feeding the argmax
     /// of the previous row. Phi-3 LongRoPE: when the sequence first grows past
     /// `original_max_position_embeddings`, the KV cache is dropped and the whole sequence is
@@ -448,6 +506,7 @@ impl Model {
         let vocab = self.cfg.vocab;
         let rows = prompt.len() + steps;
         let mut st = self.state(ctx, rows)?;
+        self.warm_up(ctx, &st, prompt.len())?;
         let mut logits = self.forward(ctx, &mut st, prompt)?;
         let mut seq = prompt.to_vec();
         let mut tokens = vec![argmax(&logits[(prompt.len() - 1) * vocab..])];
