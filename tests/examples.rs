@@ -2,25 +2,11 @@
 //! the f64 reference and exits non-zero on a mismatch, which fails the test here. (`tiny_llm`,
 //! whose model code lives in the tools crate, is run by `tools/tests/examples.rs`.)
 
+mod common;
+
 use std::process::Command;
 
-/// `cargo run --example NAME -- ARGS` in this package; panics with its output unless it exits 0.
-fn run_example(name: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--example", name, "--"])
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run cargo");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "example {name} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    stdout
-}
+use common::run_example;
 
 #[test]
 fn chain_matches_the_reference() {

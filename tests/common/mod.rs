@@ -281,3 +281,23 @@ pub fn assert_same_arithmetic(ctx: &Context, got: &[f32], want: &[f32], what: &s
     let cmp = compare(got, &want64);
     assert!(cmp.passes(1e-12), "{what}: {cmp}");
 }
+
+/// `cargo run --example NAME -- ARGS` from the workspace root (so it reuses the outer `cargo
+/// test`'s build and features whichever package's test calls it); panics with the example's
+/// output unless it exits 0, and returns its stdout.
+pub fn run_example(name: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--example", name, "--"])
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("run cargo");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "example {name} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    stdout
+}

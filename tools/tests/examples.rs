@@ -2,30 +2,12 @@
 //! model its tokens and logits must be transformers' (the library's own examples are run by the
 //! repository root's `tests/examples.rs`).
 
-use std::process::Command;
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use common::run_example;
 
 use llama_kernels_tools::tiny_llm;
-
-/// `cargo run --example NAME -- ARGS`, run from the workspace root as the README's `cargo test`
-/// is, so that it reuses that build (run from tools/ alone, Cargo resolves features without the
-/// library's dev-dependencies and builds wgpu and the library a second time); panics with its
-/// output unless it exits 0.
-fn run_example(name: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--example", name, "--"])
-        .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("run cargo");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "example {name} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    stdout
-}
 
 /// The `tiny_llm` command line on a committed model (Llama-3 RoPE scaling, GQA): the greedy
 /// tokens it prints are transformers' float64 ones, and the logits it writes (`--logits`) are
