@@ -100,6 +100,17 @@ impl DeviceDesc {
     pub fn subgroup_decode_wanted(&self) -> bool {
         self.subgroups && !self.is_cpu()
     }
+    /// The kernel the choice rule (steps 1-3 of the module doc's "Choosing a kernel") gives a
+    /// call of `q_len` queries on this device: [`default_kind`](super::default_kind), with
+    /// decode upgraded to [`Kind::DecodeSubgroup`](super::Kind::DecodeSubgroup) where
+    /// [`DeviceDesc::subgroup_decode_wanted`]. The contiguous and the paged planners both start
+    /// from it; the contiguous one also falls back from PrefillKeys to Prefill.
+    pub fn default_kind(&self, q_len: usize, kv_aligned: bool) -> super::Kind {
+        match super::default_kind(self.device_type, q_len, kv_aligned) {
+            super::Kind::Decode if self.subgroup_decode_wanted() => super::Kind::DecodeSubgroup,
+            k => k,
+        }
+    }
     /// See [`crate::ops::native_f16_wanted`].
     pub fn native_f16_wanted(&self) -> bool {
         self.shader_f16 && !self.is_cpu()

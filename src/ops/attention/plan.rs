@@ -156,14 +156,12 @@ impl Attention {
         let limit = dev.max_workgroup_storage;
         let hd4 = (d.head_dim / 4) as u32;
         let keys_fit = prefill_keys_workgroup_bytes(hd4) <= limit;
-        let kind =
-            self.kind.unwrap_or_else(
-                || match default_kind(dev.device_type, d.q_len, kv_aligned) {
-                    Kind::Decode if dev.subgroup_decode_wanted() => Kind::DecodeSubgroup,
-                    Kind::PrefillKeys if self.f16_arithmetic || !keys_fit => Kind::Prefill,
-                    k => k,
-                },
-            );
+        let kind = self
+            .kind
+            .unwrap_or_else(|| match dev.default_kind(d.q_len, kv_aligned) {
+                Kind::PrefillKeys if self.f16_arithmetic || !keys_fit => Kind::Prefill,
+                k => k,
+            });
         crate::ensure!(
             kind != Kind::PrefillKeys || keys_fit,
             Limit,

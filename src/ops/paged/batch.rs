@@ -205,17 +205,10 @@ impl PagedBatch {
         // Decode rows (q_len <= DECODE_MAX_Q_LEN) take DecodeKeys on CPU adapters, as the
         // contiguous dispatcher does, when rows are 16-byte aligned in every dtype the cache may
         // hold (head_dim a multiple of 8; page and head offsets are multiples of head_dim).
-        // Elsewhere DecodeSubgroup where the device has SUBGROUP, as the contiguous one does.
-        let decode_kind = plan.decode.unwrap_or(
-            match attention::default_kind(
-                ctx.adapter_info().device_type,
-                1,
-                head_dim.is_multiple_of(8),
-            ) {
-                Kind::Decode if attention::subgroup_decode_wanted(ctx) => Kind::DecodeSubgroup,
-                k => k,
-            },
-        );
+        // Elsewhere DecodeSubgroup where the device has SUBGROUP: the one rule, DeviceDesc::default_kind.
+        let decode_kind = plan.decode.unwrap_or_else(|| {
+            attention::DeviceDesc::of(ctx).default_kind(1, head_dim.is_multiple_of(8))
+        });
         let hd4 = (head_dim / 4) as u32;
         let sg_min = ctx.adapter_info().subgroup_min_size.max(4);
         let kind_of = |q_len: usize| match q_len > attention::DECODE_MAX_Q_LEN {
