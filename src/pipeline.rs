@@ -440,8 +440,13 @@ impl PipelineKey {
     /// The override constants wgpu specialises the module with: the key's constants less those
     /// the source takes as key constants ([`PipelineKey::source`]).
     pub fn overrides(&self) -> Vec<(&'static str, u32)> {
-        let src = self.shader.source();
-        let fixed: Vec<&str> = src.lines().filter_map(key_constant_name).collect();
+        let fixed: Vec<&str> = self
+            .shader
+            .parts
+            .iter()
+            .flat_map(|part| part.lines())
+            .filter_map(key_constant_name)
+            .collect();
         self.constants
             .iter()
             .filter(|(n, _)| !fixed.contains(n))

@@ -21,7 +21,7 @@
 
 use crate::context::Context;
 use crate::error::Result;
-use crate::ops::rope::{Positions, Rope};
+use crate::ops::rope::{Plan as RopePlan, Positions, Rope};
 use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
@@ -336,14 +336,7 @@ impl KvCache {
         rope: &Rope,
         positions: Positions<'_>,
     ) -> Result<()> {
-        let k_rows = self.rows(&self.k, self.len, n_new, k_new.rank());
-        // Everything RoPE checks, checked before anything is recorded.
-        let fused = k_new.dtype() == self.dtype;
-        let plan = if fused {
-            rope.plan(ctx, k_new, None, Some(&k_rows), positions)?
-        } else {
-            rope.plan(ctx, &k_rows, None, None, positions)?
-        };
+        let (k_rows, fused, plan) = self.rope_plan(ctx, k_new, n_new, rope, positions)?;
         if fused && !crate::pipeline::fits_one_binding(ctx, &[k_new]) {
             // RoPE reads k_new past one binding: its own encode splits the rotation over runs of
             // tokens (under its own error scope), after the append has recorded V.
@@ -360,6 +353,27 @@ impl KvCache {
                 rope.record_unscoped(ctx, enc, plan, &k_rows, None, None, positions)
             }
         })?
+    }
+
+    /// The cache rows the new K lands in, whether RoPE rotates it on the way in
+    /// ([`KvCache::rope_fused_for`]) or in place afterwards, and RoPE's plan for that: everything
+    /// RoPE checks, checked before anything is recorded (shared by the append and `prepare`).
+    fn rope_plan(
+        &self,
+        ctx: &Context,
+        k_new: &Tensor,
+        n_new: usize,
+        rope: &Rope,
+        positions: Positions<'_>,
+    ) -> Result<(Tensor, bool, RopePlan)> {
+        let k_rows = self.rows(&self.k, self.len, n_new, k_new.rank());
+        let fused = self.rope_fused_for(k_new.dtype());
+        let plan = if fused {
+            rope.plan(ctx, k_new, None, Some(&k_rows), positions)?
+        } else {
+            rope.plan(ctx, &k_rows, None, None, positions)?
+        };
+        Ok((k_rows, fused, plan))
     }
 
     /// Build the pipelines that [`KvCache::append`] (`rope` `None`) or [`KvCache::append_rope`]
@@ -383,15 +397,9 @@ impl KvCache {
             Some((rope, positions)) => {
                 let positions = self.check_rope(rope, positions, n_new)?;
                 // The same two kernels `record_append_rope` picks.
-                let k_rows = self.rows(&self.k, self.len, n_new, k_new.rank());
-                let fused = self.rope_fused_for(k_new.dtype());
-                let variant = if fused {
-                    rope.variant(ctx, k_new, None, Some(&k_rows), positions)?
-                } else {
-                    rope.variant(ctx, &k_rows, None, None, positions)?
-                };
+                let (_, fused, plan) = self.rope_plan(ctx, k_new, n_new, rope, positions)?;
                 ctx.kernel(OP, &append_key(k_new.dtype(), self.dtype, !fused))?;
-                ctx.kernel(crate::ops::rope::OP, &variant.key())?;
+                ctx.kernel(crate::ops::rope::OP, &plan.variant.key())?;
             }
         }
         Ok(ctx.cached_pipelines().saturating_sub(before))

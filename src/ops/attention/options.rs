@@ -80,8 +80,7 @@ impl Default for Attention {
     }
 }
 
-/// Uniform parameters; mirrors `struct Params` in both attention shaders (160 bytes).
-
+/// Sizes read from the tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
     /// Batch size (1 for rank-3 views).
@@ -96,6 +95,27 @@ pub struct Dims {
     pub n_kv_heads: usize,
     /// Elements per head.
     pub head_dim: usize,
+}
+
+impl Dims {
+    /// The head rules every call's sizes obey: `n_heads` a multiple of `n_kv_heads`, `head_dim`
+    /// a multiple of 4 up to [`MAX_HEAD_DIM`].
+    pub(crate) fn check_heads(&self) -> Result<()> {
+        let (n_heads, n_kv_heads, head_dim) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        crate::ensure!(
+            n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+            Shape,
+            OP,
+            "n_heads {n_heads} is not divisible by n_kv_heads {n_kv_heads}"
+        );
+        crate::ensure!(
+            head_dim % 4 == 0 && head_dim <= MAX_HEAD_DIM && head_dim > 0,
+            Shape,
+            OP,
+            "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {MAX_HEAD_DIM}"
+        );
+        Ok(())
+    }
 }
 
 /// Largest [`Attention::chunk_size`] (chunk arithmetic stays inside i32 in the shaders).
@@ -182,26 +202,16 @@ impl Attention {
             ks,
             vs
         );
-        crate::ensure!(
-            n_kv_heads > 0 && n_heads % n_kv_heads == 0,
-            Shape,
-            OP,
-            "n_heads {n_heads} is not divisible by n_kv_heads {n_kv_heads}"
-        );
-        crate::ensure!(
-            head_dim % 4 == 0 && head_dim <= MAX_HEAD_DIM && head_dim > 0,
-            Shape,
-            OP,
-            "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {MAX_HEAD_DIM}"
-        );
-        Ok(Dims {
+        let d = Dims {
             batch,
             q_len,
             kv_len,
             n_heads,
             n_kv_heads,
             head_dim,
-        })
+        };
+        d.check_heads()?;
+        Ok(d)
     }
 
     /// The rules of the masking and logit options (scale, softcap, windows, chunk), shared by the

@@ -1,6 +1,6 @@
 //! Building attention's pipelines ahead of the first call ([`Attention::prepare`]).
 
-use super::{Dims, MAX_HEAD_DIM, OP};
+use super::{Dims, OP};
 use crate::context::Context;
 use crate::error::Result;
 use crate::tensor::DType;
@@ -30,21 +30,7 @@ impl Attention {
                 d.q_len,
                 d.kv_len
             );
-            crate::ensure!(
-                d.n_kv_heads > 0 && d.n_heads % d.n_kv_heads == 0,
-                Shape,
-                OP,
-                "n_heads {} is not divisible by n_kv_heads {}",
-                d.n_heads,
-                d.n_kv_heads
-            );
-            crate::ensure!(
-                d.head_dim % 4 == 0 && d.head_dim <= MAX_HEAD_DIM && d.head_dim > 0,
-                Shape,
-                OP,
-                "unsupported head_dim {}: must be a multiple of 4 and <= {MAX_HEAD_DIM}",
-                d.head_dim
-            );
+            d.check_heads()?;
             // What `kv_rows_aligned` finds for contiguous K/V at offset 0.
             let aligned = (d.head_dim * dtype.size()).is_multiple_of(16);
             let plan = self.plan_for(ctx, d, dtype, aligned)?;

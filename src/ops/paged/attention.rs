@@ -14,20 +14,33 @@ use crate::tensor::{DType, Tensor};
 /// subgroups of at least `sg_min` lanes, over a pool of `pools` buffers.
 pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32, pools: u32) -> PipelineKey {
     let (slots, nsg) = attention::sg_shape(hd4, sg_min);
-    PipelineKey::new(
-        ATTENTION_PAGED_SUBGROUP,
-        "attn_paged_sg",
-        vec![
-            ("DTYPE", dtype.shader_code()),
-            ("WG", attention::SG_WG),
-            ("TILE_V4", attention::tile_v4_for(16384)),
-            ("HD4", hd4),
-            ("RS", rs),
-            ("SLOTS", slots),
-            ("NSG", nsg),
-            ("POOLS", pools),
-        ],
-    )
+    let mut c = paged_constants(
+        dtype,
+        attention::SG_WG,
+        attention::tile_v4_for(16384),
+        hd4,
+        pools,
+    );
+    c.extend([("RS", rs), ("SLOTS", slots), ("NSG", nsg)]);
+    PipelineKey::new(ATTENTION_PAGED_SUBGROUP, "attn_paged_sg", c)
+}
+
+/// The constants every paged attention pipeline sets: storage format, workgroup size, K/V tile
+/// size, head_dim / 4 and the pool's buffer count.
+fn paged_constants(
+    dtype: DType,
+    wg: u32,
+    tile_v4: u32,
+    hd4: u32,
+    pools: u32,
+) -> Vec<(&'static str, u32)> {
+    vec![
+        ("DTYPE", dtype.shader_code()),
+        ("WG", wg),
+        ("TILE_V4", tile_v4),
+        ("HD4", hd4),
+        ("POOLS", pools),
+    ]
 }
 
 /// `shaders/attention_paged.wgsl` with the subgroup decode step and its paged entry point
@@ -79,13 +92,7 @@ pub fn sg_variant_keys() -> Vec<PipelineKey> {
 
 /// The pipeline keys of paged attention over a pool of `pools` buffers: partial and merge passes.
 pub fn attention_keys(dtype: DType, tile_v4: u32, hd4: u32, pools: u32) -> [PipelineKey; 2] {
-    let c = vec![
-        ("DTYPE", dtype.shader_code()),
-        ("WG", attention::DECODE_WG),
-        ("TILE_V4", tile_v4),
-        ("HD4", hd4),
-        ("POOLS", pools),
-    ];
+    let c = paged_constants(dtype, attention::DECODE_WG, tile_v4, hd4, pools);
     [
         PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_partial", c.clone()),
         PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_merge", c),
@@ -95,18 +102,15 @@ pub fn attention_keys(dtype: DType, tile_v4: u32, hd4: u32, pools: u32) -> [Pipe
 /// The pipeline key of the DecodeKeys pass over pages with `kr` rows per workgroup, over a pool
 /// of `pools` buffers (the tile size does not shape its code; it keeps the smallest).
 pub fn keys_attention_key(dtype: DType, hd4: u32, kr: u32, pools: u32) -> PipelineKey {
-    PipelineKey::new(
-        Shader::ATTENTION_PAGED,
-        "attn_paged_keys",
-        vec![
-            ("DTYPE", dtype.shader_code()),
-            ("WG", attention::KEYS_WG),
-            ("TILE_V4", attention::tile_v4_for(16384)),
-            ("HD4", hd4),
-            ("KR", kr),
-            ("POOLS", pools),
-        ],
-    )
+    let mut c = paged_constants(
+        dtype,
+        attention::KEYS_WG,
+        attention::tile_v4_for(16384),
+        hd4,
+        pools,
+    );
+    c.push(("KR", kr));
+    PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_keys", c)
 }
 
 /// Every pipeline key of `shaders/attention_paged.wgsl` (for the portability tests): every dtype

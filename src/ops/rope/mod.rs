@@ -121,6 +121,7 @@ use freq::TableCache;
 pub use freq::{fixed_point_turn, frequencies, Freq, Layout, Scaling, MAX_INV_FREQ};
 pub use norm::HeadNorm;
 use norm::{Extra, RowMap};
+pub(crate) use plan::Plan;
 pub use positions::{qkv_views, PositionIds, Positions};
 pub(crate) use sincos::SinCos;
 pub use variant::{all_variant_keys, Variant};
