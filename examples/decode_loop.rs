@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use llama_kernels::compare::{compare, tolerance};
 use llama_kernels::reference;
-use llama_kernels::{Attention, Context, DType, KvCache, Layout, Positions, Rope};
+use llama_kernels::{Attention, Context, DType, KvCache, KvCacheConfig, Layout, Rope};
 
 // Llama-3-8B's head_dim, GQA group of 4 and rope_theta, with fewer heads.
 const N_HEADS: usize = 8;
@@ -125,7 +125,16 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     };
     let (q_rot, k_rot) = (rotate(&q_all, N_HEADS), rotate(&k_all, N_KV_HEADS));
 
-    let mut cache = KvCache::new(&ctx, 1, N_KV_HEADS, total, HEAD_DIM, dtype)?;
+    let mut cache = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: N_KV_HEADS,
+            capacity: total,
+            head_dim: HEAD_DIM,
+            dtype,
+        },
+    )?;
     let attention = Attention::default();
     let tol = tolerance(dtype);
     let mut ok = true;
@@ -152,9 +161,10 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         let out = ctx.empty(&[n, N_HEADS, HEAD_DIM], dtype)?;
 
         let mut enc = ctx.device().create_command_encoder(&Default::default());
-        rope.encode(&ctx, &mut enc, &q, Positions::Start(start as i32))?;
-        // Positions default to the cache length: start .. end.
-        cache.append_rope(&ctx, &mut enc, &k_new, &v_new, &rope, None)?;
+        // Positions default to the cache length (start .. end); the append returns them, and
+        // q's tokens are rotated at the same positions.
+        let appended = cache.append_rope(&ctx, &mut enc, &k_new, &v_new, &rope, None)?;
+        rope.encode(&ctx, &mut enc, &q, appended.positions())?;
         attention.encode_cached(&ctx, &mut enc, &q, &cache, None, &out)?;
         ctx.queue().submit([enc.finish()]);
         let got = ctx.read_f32(&out)?;

@@ -8,7 +8,7 @@
 //! cargo run --release --example own_device
 //! ```
 
-use llama_kernels::{Context, DType, RmsNorm, Tensor};
+use llama_kernels::{Context, DType, Residual, RmsNorm, Tensor};
 use wgpu::util::DeviceExt;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -57,10 +57,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &ctx,
         &mut encoder,
         &attn_out,
-        &residual,
         &weight,
         &normed,
-        &residual,
+        Residual::in_place(&residual),
     )?;
     queue.submit([encoder.finish()]);
 

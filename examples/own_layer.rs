@@ -14,7 +14,10 @@
 use std::process::ExitCode;
 
 use llama_kernels::ops::attention::Dims;
-use llama_kernels::{Attention, Context, DType, KvCache, Layout, Positions, RmsNorm, Rope, Tensor};
+use llama_kernels::{
+    Attention, Context, DType, KvCache, KvCacheConfig, Layout, Positions, Residual, RmsNorm, Rope,
+    Tensor,
+};
 use wgpu::util::DeviceExt;
 
 const HIDDEN: usize = 256;
@@ -333,7 +336,16 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let norm = RmsNorm::new(EPS);
     let rope = Rope::new(THETA, Layout::Half);
     let attention = Attention::default();
-    let mut cache = KvCache::new(&ctx, 1, N_KV_HEADS, CAPACITY, HEAD_DIM, f32_)?;
+    let mut cache = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: N_KV_HEADS,
+            capacity: CAPACITY,
+            head_dim: HEAD_DIM,
+            dtype: f32_,
+        },
+    )?;
     let attn_norm_t = Tensor::new(&attn_norm, 0, &[HIDDEN], f32_);
     let ffn_norm_t = Tensor::new(&ffn_norm, 0, &[HIDDEN], f32_);
     let views = |tokens: usize| {
@@ -356,7 +368,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     for (tokens, start) in [(PREFILL, 0), (1, PREFILL)] {
         let (x, h, o, q, k, v, _) = views(tokens);
         built += norm.prepare(&ctx, &x, &attn_norm_t, &h, None)?;
-        built += norm.prepare(&ctx, &o, &ffn_norm_t, &h, Some((&x, &x)))?;
+        built += norm.prepare(&ctx, &o, &ffn_norm_t, &h, Some(Residual::in_place(&x)))?;
         built += rope.prepare(&ctx, &q, None, None, Positions::Start(start as i32))?;
         built += cache.prepare(&ctx, &k, &v, Some((&rope, None)))?;
     }
@@ -390,16 +402,16 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         matmul(&mut enc, &h_buf, &wq, &q_buf, tokens, HIDDEN, Q_DIM, false);
         matmul(&mut enc, &h_buf, &wk, &k_buf, tokens, HIDDEN, KV_DIM, false);
         matmul(&mut enc, &h_buf, &wv, &v_buf, tokens, HIDDEN, KV_DIM, false);
-        // q's positions are the cache's next rows: read them before the append advances it.
-        let start = cache.len() as i32;
-        rope.encode(&ctx, &mut enc, &q, Positions::Start(start))?;
-        cache.append_rope(&ctx, &mut enc, &k, &v, &rope, None)?;
+        // K is rotated on its way into the cache; the append says which rows (positions) it
+        // wrote, and q's tokens are those positions.
+        let appended = cache.append_rope(&ctx, &mut enc, &k, &v, &rope, None)?;
+        rope.encode(&ctx, &mut enc, &q, appended.positions())?;
         attention.encode_cached(&ctx, &mut enc, &q, &cache, None, &attn)?;
         matmul(
             &mut enc, &attn_buf, &wo, &o_buf, tokens, Q_DIM, HIDDEN, false,
         );
         // x += o; h = rms_norm(x) * ffn_norm   (x updated in place)
-        norm.encode_residual(&ctx, &mut enc, &o, &x, &ffn_norm_t, &h, &x)?;
+        norm.encode_residual(&ctx, &mut enc, &o, &ffn_norm_t, &h, Residual::in_place(&x))?;
         matmul(
             &mut enc, &h_buf, &w_gate, &gate_buf, tokens, HIDDEN, FFN, false,
         );
@@ -429,7 +441,8 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         all_ok &= ok;
         let what = if step == 0 { "prefill" } else { "decode " };
         println!(
-            "{what} {tokens} tokens at position {start}: NMSE {nmse:.1e} {}",
+            "{what} {tokens} tokens at position {}: NMSE {nmse:.1e} {}",
+            appended.start,
             if ok { "ok" } else { "MISMATCH" }
         );
     }

@@ -23,7 +23,9 @@ use std::process::ExitCode;
 use llama_kernels::compare::{compare, tolerance};
 use llama_kernels::ops::paged::{Heads, PageLayout, SeqId};
 use llama_kernels::reference;
-use llama_kernels::{Attention, Context, DType, PageTable, PagedBatch, PagedKvCache, Rope};
+use llama_kernels::{
+    Attention, Context, DType, PageTable, PagedBatch, PagedKvCache, PagedKvConfig, Rope,
+};
 
 // Llama-3-8B's GQA group of 4 and rope_theta, with fewer and smaller heads.
 const N_HEADS: usize = 8;
@@ -149,12 +151,14 @@ fn run(args: &Args) -> Result<bool, llama_kernels::Error> {
     let mut table = PageTable::new(n_pages, PAGE)?;
     let cache = PagedKvCache::new(
         &ctx,
-        n_pages,
-        PAGE,
-        N_KV_HEADS,
-        HEAD_DIM,
-        dtype,
-        args.layout,
+        PagedKvConfig {
+            n_pages,
+            page_size: PAGE,
+            n_kv_heads: N_KV_HEADS,
+            head_dim: HEAD_DIM,
+            dtype,
+            layout: args.layout,
+        },
     )?;
     // A long-lived sequence (never attended here) holds all but 3 pages of the first buffer.
     let resident = table.add_sequence();

@@ -68,9 +68,9 @@ pub mod tensor;
 pub use context::{Caps, Context};
 pub use error::{Error, Result};
 pub use ops::attention::Attention;
-pub use ops::kv_cache::KvCache;
-pub use ops::paged::{PageLayout, PageTable, PagedBatch, PagedKvCache};
-pub use ops::rms_norm::RmsNorm;
+pub use ops::kv_cache::{Appended, KvCache, KvCacheConfig};
+pub use ops::paged::{PageLayout, PageTable, PagedBatch, PagedKvCache, PagedKvConfig};
+pub use ops::rms_norm::{Residual, RmsNorm};
 pub use ops::rope::{HeadNorm, Layout, PositionIds, Positions, Rope, Scaling};
 pub use tensor::{DType, Element, Tensor};
 

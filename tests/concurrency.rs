@@ -14,7 +14,10 @@ use common::{rounded, Rng};
 use llama_kernels::compare::{compare, tolerance};
 use llama_kernels::ops::rms_norm::Variant;
 use llama_kernels::reference;
-use llama_kernels::{Attention, Context, DType, KvCache, Layout, Positions, RmsNorm, Rope, Tensor};
+use llama_kernels::{
+    Attention, Context, DType, KvCache, KvCacheConfig, Layout, Positions, Residual, RmsNorm, Rope,
+    Tensor,
+};
 
 const THREADS: usize = 8;
 
@@ -165,7 +168,17 @@ fn iteration(ctx: &Context, wk: &Work, what: &str) {
     let q = up(&wk.q, &[1, HEADS, HD]);
     let k_new = up(&wk.k_new, &[KV_LEN, KV_HEADS, HD]);
     let v_new = up(&wk.v_new, &[KV_LEN, KV_HEADS, HD]);
-    let mut cache = KvCache::new(ctx, 1, KV_HEADS, KV_LEN, HD, d).unwrap();
+    let mut cache = KvCache::new(
+        ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: KV_HEADS,
+            capacity: KV_LEN,
+            head_dim: HD,
+            dtype: d,
+        },
+    )
+    .unwrap();
     let dec = ctx.empty(&[1, HEADS, HD], d).unwrap();
     let pq = up(&wk.pq, &[PREFILL, HEADS, HD]);
     let pk = up(&wk.pk, &[PREFILL, KV_HEADS, HD]);
@@ -174,7 +187,7 @@ fn iteration(ctx: &Context, wk: &Work, what: &str) {
     let rope = Rope::new(10000.0, Layout::Half);
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     RmsNorm::new(1e-5)
-        .encode_residual(ctx, &mut enc, &x, &res, &w, &out, &res)
+        .encode_residual(ctx, &mut enc, &x, &w, &out, Residual::in_place(&res))
         .unwrap();
     rope.encode(ctx, &mut enc, &q, Positions::Start(KV_LEN as i32 - 1))
         .unwrap();

@@ -8,7 +8,8 @@ use common::{ctx, Rng};
 use llama_kernels::compare::{compare, tolerance};
 use llama_kernels::ops::attention::Kind;
 use llama_kernels::{
-    Attention, Context, DType, KvCache, Layout, PositionIds, Positions, RmsNorm, Rope, Scaling,
+    Attention, Context, DType, KvCache, KvCacheConfig, Layout, PositionIds, Positions, Residual,
+    RmsNorm, Rope, Scaling,
 };
 
 /// Output bits of every kernel family on `ctx`, one entry per (family, dtype, variant).
@@ -34,7 +35,16 @@ fn outputs(ctx: &Context) -> Vec<(String, Vec<u32>)> {
                 bits(ctx.read_f32(&out).unwrap()),
             ));
             RmsNorm::gemma(1e-6)
-                .run_residual(ctx, &x, &r, &w, &out, &rout)
+                .run_residual(
+                    ctx,
+                    &x,
+                    &w,
+                    &out,
+                    Residual {
+                        residual: &r,
+                        residual_out: &rout,
+                    },
+                )
                 .unwrap();
             all.push((
                 format!("rms_norm residual {dtype} rows {rows}"),
@@ -84,7 +94,17 @@ fn outputs(ctx: &Context) -> Vec<(String, Vec<u32>)> {
             ));
         }
         // KV cache: append with RoPE, then decode over the cache.
-        let mut cache = KvCache::new(ctx, 1, 2, 64, 64, dtype).unwrap();
+        let mut cache = KvCache::new(
+            ctx,
+            KvCacheConfig {
+                batch: 1,
+                n_kv_heads: 2,
+                capacity: 64,
+                head_dim: 64,
+                dtype,
+            },
+        )
+        .unwrap();
         let kn = up(&mut rng, &[40, 2, 64]);
         let vn = up(&mut rng, &[40, 2, 64]);
         cache

@@ -8,7 +8,9 @@ mod common;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use llama_kernels::{Attention, Context, DType, Error, KvCache, Layout, Positions, RmsNorm, Rope};
+use llama_kernels::{
+    Attention, Context, DType, Error, KvCache, KvCacheConfig, Layout, Positions, RmsNorm, Rope,
+};
 
 /// Run `f` on its own thread; fail if it panics or takes longer than `secs`.
 fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -68,7 +70,17 @@ fn device_loss_mid_stream_gives_device_lost_then_a_fresh_context_works() {
             ("read_f32", ctx.read_f32(&x).map(|_| ())),
             (
                 "kv_cache",
-                KvCache::new(&ctx, 1, 2, 16, 64, DType::F32).map(|_| ()),
+                KvCache::new(
+                    &ctx,
+                    KvCacheConfig {
+                        batch: 1,
+                        n_kv_heads: 2,
+                        capacity: 16,
+                        head_dim: 64,
+                        dtype: DType::F32,
+                    },
+                )
+                .map(|_| ()),
             ),
         ];
         for (what, r) in &results {
@@ -112,7 +124,16 @@ fn allocations_past_the_adapter_limits_are_errors() {
         }
         // A KV cache whose K buffer would pass one binding: Limit, naming both sizes.
         let cap = (binding / (8 * 128 * 4)) as usize + 1;
-        match KvCache::new(&ctx, 1, 8, cap, 128, DType::F32) {
+        match KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch: 1,
+                n_kv_heads: 8,
+                capacity: cap,
+                head_dim: 128,
+                dtype: DType::F32,
+            },
+        ) {
             Err(Error::Limit { msg, .. }) => {
                 assert!(msg.contains(&binding.to_string()), "{msg}")
             }

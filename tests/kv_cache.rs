@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use llama_kernels::compare::tolerance;
 use llama_kernels::reference::attention as reference;
-use llama_kernels::{Attention, DType, KvCache, Tensor};
+use llama_kernels::{Attention, DType, KvCache, KvCacheConfig, Tensor};
 
 fn tol(dtype: DType) -> f64 {
     tolerance(dtype)
@@ -54,7 +54,17 @@ fn kv_cache_append_and_attend() {
     let ctx = ctx();
     let (batch, nh, nkv, hd, cap) = (2, 8, 2, HD, 40);
     for dtype in DType::ALL {
-        let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, dtype).unwrap();
+        let mut cache = KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch,
+                n_kv_heads: nkv,
+                capacity: cap,
+                head_dim: hd,
+                dtype,
+            },
+        )
+        .unwrap();
         let mut rng = Rng::new(9400);
         let mut k_all = vec![Vec::new(); batch];
         let mut v_all = vec![Vec::new(); batch];
@@ -115,7 +125,17 @@ fn kv_cache_append_and_attend() {
         assert_eq!(cache.len(), cap);
     }
     // Rank-3 rows for a batch-1 cache, and a rank-3 q.
-    let mut cache = KvCache::new(&ctx, 1, 1, 8, 4, DType::F32).unwrap();
+    let mut cache = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: 1,
+            capacity: 8,
+            head_dim: 4,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let kt = ctx
         .upload(&[1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], &[2, 1, 4])
         .unwrap();
@@ -158,7 +178,17 @@ fn kv_cache_append_with_rope() {
         (DType::F32, DType::BF16),
     ];
     for (src, dtype) in pairs {
-        let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, dtype).unwrap();
+        let mut cache = KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch,
+                n_kv_heads: nkv,
+                capacity: cap,
+                head_dim: hd,
+                dtype,
+            },
+        )
+        .unwrap();
         assert_eq!(cache.rope_fused_for(src), src == dtype);
         let stored =
             |x: &[f32]| -> Vec<f64> { rounded(x, src).iter().map(|&v| dtype.round(v)).collect() };
@@ -179,9 +209,10 @@ fn kv_cache_append_with_rope() {
             let qt = ctx.upload_as(&q, &[batch, n_new, nh, hd], dtype).unwrap();
             let out = nan_output(&ctx, &[batch, n_new, nh, hd], dtype);
             let mut enc = ctx.device().create_command_encoder(&Default::default());
-            cache
+            let appended = cache
                 .append_rope(&ctx, &mut enc, &kt, &vt, &rope, positions)
                 .unwrap();
+            assert_eq!(appended.rows(), start..start + n_new);
             Attention::default()
                 .encode_cached(&ctx, &mut enc, &qt, &cache, None, &out)
                 .unwrap();
@@ -258,18 +289,48 @@ fn every_validation_rule_has_an_error() {
     let a = Attention::default();
     let k = t(&[6, 2, 16]);
     expect_err(
-        KvCache::new(&ctx, 1, 2, 8, 10, DType::F16).map(|_| ()),
+        KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch: 1,
+                n_kv_heads: 2,
+                capacity: 8,
+                head_dim: 10,
+                dtype: DType::F16,
+            },
+        )
+        .map(|_| ()),
         "kv_cache",
         is_shape,
         "unsupported head_dim 10: must be a multiple of 4 and <= 256",
     );
     expect_err(
-        KvCache::new(&ctx, 1, 0, 8, 16, DType::F16).map(|_| ()),
+        KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch: 1,
+                n_kv_heads: 0,
+                capacity: 8,
+                head_dim: 16,
+                dtype: DType::F16,
+            },
+        )
+        .map(|_| ()),
         "kv_cache",
         is_shape,
         "must all be > 0",
     );
-    let mut cache = KvCache::new(&ctx, 2, 2, 4, 16, DType::F16).unwrap();
+    let mut cache = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            batch: 2,
+            n_kv_heads: 2,
+            capacity: 4,
+            head_dim: 16,
+            dtype: DType::F16,
+        },
+    )
+    .unwrap();
     expect_err(
         cache.append_run(&ctx, &t(&[3, 2, 16]), &t(&[3, 2, 16])),
         "kv_cache",
@@ -346,14 +407,23 @@ fn every_validation_rule_has_an_error() {
     );
 }
 
-/// The messages a porting engineer met on a batch-1 cache (issue 24): each names the argument
-/// that was wrong, and a q with tokens the cache does not hold is refused instead of attending
+/// The messages a porting engineer met on a batch-1 cache: each names the argument that was wrong, and a q with tokens the cache does not hold is refused instead of attending
 /// to nothing.
 #[test]
 fn cached_attention_blames_q_and_the_cache_length() {
     let ctx = ctx();
     let a = Attention::default();
-    let mut cache = KvCache::new(&ctx, 1, 2, 8, 64, DType::F32).unwrap();
+    let mut cache = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: 2,
+            capacity: 8,
+            head_dim: 64,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     cache.set_len(1).unwrap();
     let t = |shape: &[usize], dtype| ctx.empty(shape, dtype).unwrap();
     // A flat q: the rank is what is wrong, not the cache's batch.
@@ -401,4 +471,103 @@ fn cached_attention_blames_q_and_the_cache_length() {
     // Once the cache holds the 7 rows, the same call is valid.
     cache.set_len(7).unwrap();
     a.run_cached(&ctx, &q7, &cache, None, &out7).unwrap();
+}
+
+/// An append returns the rows (positions) it wrote; queries rotated at `Appended::positions`
+/// match K rotated by the append; an append recorded into an encoder that is then dropped is
+/// taken back with `truncate`, after which the next append lands where the dropped one would
+/// have; `truncate` never lengthens the cache.
+#[test]
+fn append_returns_its_rows_and_truncate_takes_them_back() {
+    use llama_kernels::ops::rope::{Layout, Rope};
+    use llama_kernels::Appended;
+    let ctx = ctx();
+    let (nkv, hd) = (2, HD);
+    let rope = Rope::new(500000.0, Layout::Half);
+    let mut cache = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            n_kv_heads: nkv,
+            capacity: 8,
+            head_dim: hd,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rng = Rng::new(2424);
+    let rows = |n: usize, rng: &mut Rng| rng.vec(n * nkv * hd, 1.0);
+    let (k0, v0) = (rows(3, &mut rng), rows(3, &mut rng));
+    let up = |x: &[f32], n: usize| ctx.upload(x, &[n, nkv, hd]).unwrap();
+    let first = cache.append_run(&ctx, &up(&k0, 3), &up(&v0, 3)).unwrap();
+    assert_eq!(first, Appended { start: 0, n: 3 });
+
+    // Recorded, never submitted: the length moved on, nothing was written; truncate to the
+    // returned start takes it back.
+    let (kd, vd) = (rows(2, &mut rng), rows(2, &mut rng));
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let dropped = cache
+        .append_rope(&ctx, &mut enc, &up(&kd, 2), &up(&vd, 2), &rope, None)
+        .unwrap();
+    drop(enc);
+    assert_eq!((dropped.rows(), cache.len()), (3..5, 5));
+    cache.truncate(dropped.start).unwrap();
+    assert_eq!(cache.len(), 3);
+    expect_err(
+        cache.truncate(4),
+        "kv_cache",
+        is_shape,
+        "truncate to 4 rows, but the cache holds 3",
+    );
+    assert_eq!(cache.len(), 3);
+
+    // The next append writes rows 3 and 4 at positions 3 and 4; q rotated at the positions the
+    // append returns matches K, which the f64 reference rotates at 3 and 4.
+    let (k1, v1) = (rows(2, &mut rng), rows(2, &mut rng));
+    let q = up(&k1, 2);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let next = cache
+        .append_rope(&ctx, &mut enc, &up(&k1, 2), &up(&v1, 2), &rope, None)
+        .unwrap();
+    rope.encode(&ctx, &mut enc, &q, next.positions()).unwrap();
+    ctx.queue().submit([enc.finish()]);
+    assert_eq!(next, Appended { start: 3, n: 2 });
+    let (inv_freq, att) = rope.inv_freq(hd, 0).unwrap();
+    let rotated = llama_kernels::reference::rope::rope(
+        &rounded(&k1, DType::F32),
+        [1, 2, nkv, hd],
+        &[3, 4],
+        &inv_freq,
+        att,
+        Layout::Half,
+        hd,
+    );
+    assert_close(
+        &ctx,
+        &q,
+        &rotated,
+        tol(DType::F32),
+        "q at the append's positions",
+    );
+    let k_want: Vec<f64> = rounded(&k0, DType::F32)
+        .into_iter()
+        .chain(rotated)
+        .collect();
+    assert_close(
+        &ctx,
+        &cache.k(),
+        &k_want,
+        tol(DType::F32),
+        "K after truncate and append",
+    );
+    let v_want: Vec<f64> = rounded(&v0, DType::F32)
+        .into_iter()
+        .chain(rounded(&v1, DType::F32))
+        .collect();
+    assert_close(
+        &ctx,
+        &cache.v(),
+        &v_want,
+        0.0,
+        "V after truncate and append",
+    );
 }

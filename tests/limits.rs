@@ -8,8 +8,8 @@ mod common;
 use common::*;
 use llama_kernels::compare::{compare, tolerance};
 use llama_kernels::{
-    reference, Attention, DType, Error, KvCache, Layout, PositionIds, Positions, RmsNorm, Rope,
-    Tensor,
+    reference, Attention, DType, Error, KvCache, KvCacheConfig, Layout, PositionIds, Positions,
+    Residual, RmsNorm, Rope, Tensor,
 };
 
 /// Rows of `n` f32 elements that make a view just over one binding.
@@ -37,7 +37,7 @@ fn rms_norm_past_one_binding() {
     ctx.fill(&out, f32::NAN).unwrap();
     // residual_out in place over residual.
     RmsNorm::new(1e-5)
-        .run_residual(&ctx, &xt, &rt, &wt, &out, &rt)
+        .run_residual(&ctx, &xt, &wt, &out, Residual::in_place(&rt))
         .unwrap();
     let (want, want_h) = reference::rms_norm::rms_norm(
         &rounded(&x, DType::F32),
@@ -224,7 +224,17 @@ fn kv_cache_append_past_one_binding() {
     assert!(span.end - span.start > max as u64);
     // One NaN row before (len 1) and after (capacity) the new rows of each sequence.
     let cap = seq + 2;
-    let mut cache = KvCache::new(&ctx, batch, nkv, cap, hd, DType::F32).unwrap();
+    let mut cache = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            batch,
+            n_kv_heads: nkv,
+            capacity: cap,
+            head_dim: hd,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     let whole = |b: &wgpu::Buffer| Tensor::new(b, 0, &[batch * nkv * cap * hd], DType::F32);
     // Source element of cache row `c` (1 ..= seq), sequence `b`, head `h`, of K (0) or V (1).
     let src =
@@ -322,7 +332,17 @@ fn u32_size_edges_are_refused_not_wrapped() {
     let binding = ctx.limits().max_storage_buffer_binding_size;
     let kv = |b: usize, h: usize, c: usize, d: usize| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            KvCache::new(&ctx, b, h, c, d, DType::F16).map(|_| ())
+            KvCache::new(
+                &ctx,
+                KvCacheConfig {
+                    batch: b,
+                    n_kv_heads: h,
+                    capacity: c,
+                    head_dim: d,
+                    dtype: DType::F16,
+                },
+            )
+            .map(|_| ())
         }))
         .unwrap_or_else(|_| panic!("KvCache::new({b}, {h}, {c}, {d}) panicked"))
     };
@@ -398,7 +418,17 @@ fn kv_cache_append_unit_dims_with_strides_past_u32() {
         DType::F32,
     );
     let k3 = Tensor::with_strides(buf.buffer(), 0, &[1, nkv, hd], &[huge, hd, 1], DType::F32);
-    let mut cache = KvCache::new(&ctx, 1, nkv, 4, hd, DType::F32).unwrap();
+    let mut cache = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: nkv,
+            capacity: 4,
+            head_dim: hd,
+            dtype: DType::F32,
+        },
+    )
+    .unwrap();
     cache.set_len(1).unwrap();
     cache.append_run(&ctx, &k4, &v4).unwrap();
     cache.append_run(&ctx, &k3, &v3).unwrap();

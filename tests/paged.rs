@@ -13,7 +13,8 @@ use llama_kernels::ops::paged::{BatchSeq, Heads, PageCopy, PageLayout, PlanOptio
 use llama_kernels::ops::rope::HeadNorm;
 use llama_kernels::reference::attention as reference;
 use llama_kernels::{
-    Attention, Context, DType, Error, PageTable, PagedBatch, PagedKvCache, Rope, Tensor,
+    Attention, Context, DType, Error, PageTable, PagedBatch, PagedKvCache, PagedKvConfig, Rope,
+    Tensor,
 };
 
 /// The attention tests' head size (one pipeline specialisation per dtype).
@@ -108,12 +109,14 @@ impl World {
         let h = self.heads;
         let cache = PagedKvCache::new(
             ctx,
-            self.n_pages,
-            PAGE,
-            h.n_kv_heads,
-            h.head_dim,
-            self.dtype,
-            self.layout,
+            PagedKvConfig {
+                n_pages: self.n_pages,
+                page_size: PAGE,
+                n_kv_heads: h.n_kv_heads,
+                head_dim: h.head_dim,
+                dtype: self.dtype,
+                layout: self.layout,
+            },
         )
         .expect("cache");
         // Noise in every page first, then each sequence's pages (shared pages twice, equal).
@@ -572,7 +575,7 @@ fn pool_over_several_buffers() {
     assert_eq!(batch.partials(), 2 * 4 * batch.splits()[0] * 8);
     // Four buffers' worth of pages is refused at creation, naming the limit.
     expect_err(
-        PagedKvCache::new(&small, 25, PAGE, 2, HD, DType::F32, PageLayout::Nhd),
+        PagedKvCache::new(&small, PagedKvConfig { n_pages: 25, page_size: PAGE, n_kv_heads: 2, head_dim: HD, dtype: DType::F32, layout: PageLayout::Nhd }),
         "paged",
         |e| matches!(e, Error::Limit { .. }),
         "25 pages of 16384 bytes need 4 buffers of at most 8 pages (131072 bytes per binding); the attention kernel binds at most 3",
@@ -589,7 +592,18 @@ fn pool_past_128_mib() {
     let page_bytes = 2 * 128 * 8 * 128 * 4u64;
     let per = (max / page_bytes) as usize;
     let n_pages = per + 2;
-    let cache = PagedKvCache::new(&ctx, n_pages, 128, 8, 128, DType::F32, PageLayout::Nhd).unwrap();
+    let cache = PagedKvCache::new(
+        &ctx,
+        PagedKvConfig {
+            n_pages,
+            page_size: 128,
+            n_kv_heads: 8,
+            head_dim: 128,
+            dtype: DType::F32,
+            layout: PageLayout::Nhd,
+        },
+    )
+    .unwrap();
     assert_eq!(cache.buffers().len(), 2);
     assert!(n_pages as u64 * page_bytes > max);
     let heads = Heads {
@@ -740,7 +754,18 @@ fn append_rope_fork_and_attend() {
     ];
     for (dtype, new_dtype, norm_offset, layout) in setups {
         let mut table = PageTable::new(20, PAGE).unwrap();
-        let cache = PagedKvCache::new(&ctx, 20, PAGE, 2, HD, dtype, layout).unwrap();
+        let cache = PagedKvCache::new(
+            &ctx,
+            PagedKvConfig {
+                n_pages: 20,
+                page_size: PAGE,
+                n_kv_heads: 2,
+                head_dim: HD,
+                dtype,
+                layout,
+            },
+        )
+        .unwrap();
         let weight: Vec<f32> = (0..HD).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
         let wt = ctx.upload_as(&weight, &[HD], new_dtype).unwrap();
         let norm = norm_offset.map(|o| HeadNorm {
@@ -876,19 +901,49 @@ fn every_validation_rule_has_an_error() {
     let ctx = ctx();
     let heads = gqa();
     expect_err(
-        PagedKvCache::new(&ctx, 4, PAGE, 2, 66, DType::F32, PageLayout::Nhd),
+        PagedKvCache::new(
+            &ctx,
+            PagedKvConfig {
+                n_pages: 4,
+                page_size: PAGE,
+                n_kv_heads: 2,
+                head_dim: 66,
+                dtype: DType::F32,
+                layout: PageLayout::Nhd,
+            },
+        ),
         "paged",
         is_shape,
         "unsupported head_dim 66",
     );
     expect_err(
-        PagedKvCache::new(&ctx, 0, PAGE, 2, HD, DType::F32, PageLayout::Nhd),
+        PagedKvCache::new(
+            &ctx,
+            PagedKvConfig {
+                n_pages: 0,
+                page_size: PAGE,
+                n_kv_heads: 2,
+                head_dim: HD,
+                dtype: DType::F32,
+                layout: PageLayout::Nhd,
+            },
+        ),
         "paged",
         is_shape,
         "n_pages 0",
     );
     expect_err(
-        PagedKvCache::new(&ctx, 4, 24, 2, HD, DType::F32, PageLayout::Nhd),
+        PagedKvCache::new(
+            &ctx,
+            PagedKvConfig {
+                n_pages: 4,
+                page_size: 24,
+                n_kv_heads: 2,
+                head_dim: HD,
+                dtype: DType::F32,
+                layout: PageLayout::Nhd,
+            },
+        ),
         "paged",
         is_param,
         "page_size 24",
@@ -956,7 +1011,18 @@ fn every_validation_rule_has_an_error() {
         n_kv_heads: 2,
         head_dim: 12,
     };
-    let odd_cache = PagedKvCache::new(&ctx, 1, PAGE, 2, 12, DType::F16, PageLayout::Hnd).unwrap();
+    let odd_cache = PagedKvCache::new(
+        &ctx,
+        PagedKvConfig {
+            n_pages: 1,
+            page_size: PAGE,
+            n_kv_heads: 2,
+            head_dim: 12,
+            dtype: DType::F16,
+            layout: PageLayout::Hnd,
+        },
+    )
+    .unwrap();
     let odd_q = ctx.upload_as(&[0.5; 24], &[1, 2, 12], DType::F16).unwrap();
     let odd_out = ctx.empty(&[1, 2, 12], DType::F16).unwrap();
     let plan = |decode| PlanOptions {
@@ -984,7 +1050,18 @@ fn every_validation_rule_has_an_error() {
         is_param,
         "the DecodeKeys kernel needs 16-byte aligned K/V rows: head_dim 12 x 2 bytes is not a multiple of 16",
     );
-    let cache = PagedKvCache::new(&ctx, 4, PAGE, 2, HD, DType::F32, PageLayout::Nhd).unwrap();
+    let cache = PagedKvCache::new(
+        &ctx,
+        PagedKvConfig {
+            n_pages: 4,
+            page_size: PAGE,
+            n_kv_heads: 2,
+            head_dim: HD,
+            dtype: DType::F32,
+            layout: PageLayout::Nhd,
+        },
+    )
+    .unwrap();
     let batch = PagedBatch::from_parts(
         &ctx,
         PAGE,
@@ -1055,14 +1132,36 @@ fn every_validation_rule_has_an_error() {
         is_alias,
         "out shares a buffer with q",
     );
-    let other = PagedKvCache::new(&ctx, 4, 32, 2, HD, DType::F32, PageLayout::Nhd).unwrap();
+    let other = PagedKvCache::new(
+        &ctx,
+        PagedKvConfig {
+            n_pages: 4,
+            page_size: 32,
+            n_kv_heads: 2,
+            head_dim: HD,
+            dtype: DType::F32,
+            layout: PageLayout::Nhd,
+        },
+    )
+    .unwrap();
     expect_err(
         run(Attention::default(), &q, &out, &other),
         "paged",
         is_shape,
         "the batch has pages of 16 tokens",
     );
-    let wide = PagedKvCache::new(&ctx, 4, PAGE, 4, HD, DType::F32, PageLayout::Nhd).unwrap();
+    let wide = PagedKvCache::new(
+        &ctx,
+        PagedKvConfig {
+            n_pages: 4,
+            page_size: PAGE,
+            n_kv_heads: 4,
+            head_dim: HD,
+            dtype: DType::F32,
+            layout: PageLayout::Nhd,
+        },
+    )
+    .unwrap();
     expect_err(
         run(Attention::default(), &q, &out, &wide),
         "paged_attention",
@@ -1125,7 +1224,18 @@ fn multimodal_rope_into_pages() {
     for (dtype, new_dtype) in [(DType::F32, DType::F32), (DType::F16, DType::F32)] {
         let mut rng = Rng::new(900);
         let mut table = PageTable::new(8, PAGE).unwrap();
-        let cache = PagedKvCache::new(&ctx, 8, PAGE, 2, HD, dtype, PageLayout::Hnd).unwrap();
+        let cache = PagedKvCache::new(
+            &ctx,
+            PagedKvConfig {
+                n_pages: 8,
+                page_size: PAGE,
+                n_kv_heads: 2,
+                head_dim: HD,
+                dtype,
+                layout: PageLayout::Hnd,
+            },
+        )
+        .unwrap();
         let (a, b) = (table.add_sequence(), table.add_sequence());
         let entries = [(a, 5usize), (b, 19usize)];
         table.append(&entries).unwrap();

@@ -1,12 +1,12 @@
 //! Warm-up: `prepare` builds, before the first call, every pipeline the calls of a model's
-//! shapes will use (issue 24: attention's first `encode` stalled on pipeline builds), so the
+//! shapes will use (attention's first `encode` otherwise stalls on pipeline builds), so the
 //! calls themselves add none to the context's cache.
 
 mod common;
 
 use common::*;
 use llama_kernels::ops::attention::Dims;
-use llama_kernels::{Attention, Context, DType, KvCache, Positions, RmsNorm, Rope};
+use llama_kernels::{Attention, Context, DType, KvCache, KvCacheConfig, Positions, RmsNorm, Rope};
 
 // A small Llama-style layer: 4 q heads, 2 kv heads, head_dim 64 (hidden 256); a 7-token prefill
 // and one decode step.
@@ -63,7 +63,17 @@ fn prepared_calls_build_no_pipeline() {
             .prepare(&ctx, &[dims(PREFILL, PREFILL), dims(1, PREFILL + 1)], dtype)
             .unwrap();
         // The cache's append with RoPE on K: new K/V rows in f32, as a model's matmul writes them.
-        let cache0 = KvCache::new(&ctx, 1, KV_HEADS, 16, HEAD_DIM, dtype).unwrap();
+        let cache0 = KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch: 1,
+                n_kv_heads: KV_HEADS,
+                capacity: 16,
+                head_dim: HEAD_DIM,
+                dtype,
+            },
+        )
+        .unwrap();
         let kv = |n: usize| {
             ctx.upload(
                 &vec![0.25f32; n * KV_HEADS * HEAD_DIM],
@@ -166,5 +176,91 @@ fn prepare_checks_its_shapes() {
         "rope",
         is_param,
         "head_dim 33 must be even",
+    );
+}
+
+/// Warm-up on a background thread (a `Context` is `Send + Sync`: the application loads its
+/// weights meanwhile), and `prepare_paged` for a serving batch: the paged call afterwards builds
+/// nothing, and the count each returns is what it added to the cache.
+#[test]
+fn warm_up_on_a_thread_and_paged_prepare() {
+    use llama_kernels::ops::paged::Heads;
+    use llama_kernels::{PageTable, PagedBatch, PagedKvCache, PagedKvConfig};
+    use std::sync::Arc;
+    let ctx = Arc::new(fresh());
+    let attn = Attention::default();
+    let start = ctx.cached_pipelines();
+    let worker = {
+        let ctx = Arc::clone(&ctx);
+        std::thread::spawn(move || {
+            let d = Dims {
+                batch: 1,
+                q_len: PREFILL,
+                kv_len: PREFILL,
+                n_heads: HEADS,
+                n_kv_heads: KV_HEADS,
+                head_dim: HEAD_DIM,
+            };
+            Attention::default().prepare(&ctx, &[d, Dims { q_len: 1, ..d }], DType::F32)
+        })
+    };
+    let built = worker.join().unwrap().unwrap();
+    assert!(built >= 2, "prefill and decode kernels: built {built}");
+    assert_eq!(ctx.cached_pipelines() - start, built);
+
+    // A batch of a 7-token prompt and a decode step over 20 keys, on pages of 16.
+    let page = 16;
+    let heads = Heads {
+        n_heads: HEADS,
+        n_kv_heads: KV_HEADS,
+        head_dim: HEAD_DIM,
+    };
+    let mut table = PageTable::new(8, page).unwrap();
+    let cache = PagedKvCache::new(
+        &ctx,
+        PagedKvConfig {
+            n_pages: 8,
+            page_size: page,
+            n_kv_heads: KV_HEADS,
+            head_dim: HEAD_DIM,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (a, b) = (table.add_sequence(), table.add_sequence());
+    table.append(&[(a, PREFILL), (b, 20)]).unwrap();
+    let batch = PagedBatch::new(&ctx, &table, &[(a, PREFILL), (b, 1)], heads).unwrap();
+    let q = ctx
+        .empty(&[PREFILL + 1, HEADS, HEAD_DIM], DType::F32)
+        .unwrap();
+    let out = ctx
+        .empty(&[PREFILL + 1, HEADS, HEAD_DIM], DType::F32)
+        .unwrap();
+    let before = ctx.cached_pipelines();
+    let built = attn
+        .prepare_paged(&ctx, &q, &cache, &batch, None, &out)
+        .unwrap();
+    assert!(built >= 2, "partial and merge passes: built {built}");
+    assert_eq!(ctx.cached_pipelines() - before, built);
+    assert_eq!(
+        attn.prepare_paged(&ctx, &q, &cache, &batch, None, &out)
+            .unwrap(),
+        0
+    );
+    let prepared = ctx.cached_pipelines();
+    attn.run_paged(&ctx, &q, &cache, &batch, None, &out)
+        .unwrap();
+    assert_eq!(
+        ctx.cached_pipelines(),
+        prepared,
+        "a prepared paged call must not build a pipeline"
+    );
+    // The same validation as the call: a q of the wrong length is refused.
+    let short = ctx.empty(&[PREFILL, HEADS, HEAD_DIM], DType::F32).unwrap();
+    expect_err(
+        attn.prepare_paged(&ctx, &short, &cache, &batch, None, &out),
+        "paged_attention",
+        is_shape,
+        "q",
     );
 }

@@ -24,8 +24,8 @@ use llama_kernels::compare::tolerance;
 use llama_kernels::ops::attention::Kind;
 use llama_kernels::reference;
 use llama_kernels::{
-    Attention, Context, DType, KvCache, Layout, PositionIds, Positions, RmsNorm, Rope, Scaling,
-    Tensor,
+    Attention, Context, DType, KvCache, KvCacheConfig, Layout, PositionIds, Positions, Residual,
+    RmsNorm, Rope, Scaling, Tensor,
 };
 use proptest::prelude::{any, prop, prop_oneof, proptest, BoxedStrategy, Just, Strategy};
 use proptest::test_runner::{Config, RngSeed};
@@ -241,8 +241,17 @@ fn run_norm(c: &NormCase) {
         let rs = strided(&ctx, &r, &lead, n, stride, c.before, d);
         let routs = (!c.in_place).then(|| strided(&ctx, &nan, &lead, n, stride, c.before, d));
         let rout = routs.as_ref().map_or(&rs, |o| o);
-        op.run_residual(&ctx, &xs.t, &rs.t, &wt, &out.t, &rout.t)
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        op.run_residual(
+            &ctx,
+            &xs.t,
+            &wt,
+            &out.t,
+            Residual {
+                residual: &rs.t,
+                residual_out: &rout.t,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_close(
             &ctx,
             &rout.t,
@@ -786,7 +795,17 @@ fn run_cache(c: &CacheCase) {
     let mut rng = Rng::new(c.seed);
     let (b, h, hd) = (c.batch, c.n_kv_heads, c.head_dim);
     let total: usize = c.steps.iter().sum();
-    let mut cache = KvCache::new(&ctx, b, h, total + c.spare, hd, c.dtype).unwrap();
+    let mut cache = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            batch: b,
+            n_kv_heads: h,
+            capacity: total + c.spare,
+            head_dim: hd,
+            dtype: c.dtype,
+        },
+    )
+    .unwrap();
     let rope = c.rope.map(|l| Rope::new(10000.0, l));
     let what = format!("{c:?}");
     // Expected cache contents, [batch, len, heads, head_dim], built step by step.
@@ -1005,9 +1024,19 @@ fn run_outside(o: &Outside) {
             catch(|| op.run(&ctx, &q, &k, &k, None, &out))
         }
         Outside::CacheOverflow(cap, n) => {
-            let mut cache = KvCache::new(&ctx, 1, 1, cap, 16, DType::F32).unwrap();
+            let mut cache = KvCache::new(
+                &ctx,
+                KvCacheConfig {
+                    batch: 1,
+                    n_kv_heads: 1,
+                    capacity: cap,
+                    head_dim: 16,
+                    dtype: DType::F32,
+                },
+            )
+            .unwrap();
             let k = f32s(&[n, 1, 16]);
-            let r = catch(|| cache.append_run(&ctx, &k, &k));
+            let r = catch(|| cache.append_run(&ctx, &k, &k).map(|_| ()));
             assert_eq!(cache.len(), 0, "{what}: a refused append moved the length");
             r
         }

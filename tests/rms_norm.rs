@@ -7,7 +7,7 @@ use common::*;
 use llama_kernels::compare::tolerance;
 use llama_kernels::ops::rms_norm::{Strategy, Variant, ROWS_PER_INVOCATION_MIN};
 use llama_kernels::reference;
-use llama_kernels::{DType, Error, RmsNorm, Tensor};
+use llama_kernels::{DType, Error, Residual, RmsNorm, Tensor};
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -78,7 +78,10 @@ fn run_case_outputs(
         } else {
             upload_at(&ctx, &nan, &shape, c.dtype, before)
         };
-        let res = Some((&rt, &rout));
+        let res = Some(Residual {
+            residual: &rt,
+            residual_out: &rout,
+        });
         variant = op.variant(&ctx, &xt, &wt, &out, res, strategy).unwrap();
         ctx.submit_and_wait("test", |enc| {
             op.encode_with(&ctx, enc, &xt, &wt, &out, res, strategy)
@@ -305,8 +308,19 @@ fn all_tensors_in_one_buffer() {
                 };
                 let op = RmsNorm::new(1e-6);
                 let mut enc = ctx.device().create_command_encoder(&Default::default());
-                op.encode_with(&ctx, &mut enc, &xt, &wt, &out, Some((&rt, &rout)), strategy)
-                    .unwrap_or_else(|e| panic!("{dtype} {strategy:?}: {e}"));
+                op.encode_with(
+                    &ctx,
+                    &mut enc,
+                    &xt,
+                    &wt,
+                    &out,
+                    Some(Residual {
+                        residual: &rt,
+                        residual_out: &rout,
+                    }),
+                    strategy,
+                )
+                .unwrap_or_else(|e| panic!("{dtype} {strategy:?}: {e}"));
                 ctx.queue().submit([enc.finish()]);
                 let (want, h) = reference::rms_norm::rms_norm(
                     &rounded(&x, dtype),
@@ -382,7 +396,7 @@ fn chained_in_one_encoder() {
     let out = ctx.empty(&[rows, n], DType::F32).unwrap();
     let op = RmsNorm::new(1e-6);
     let mut enc = ctx.device().create_command_encoder(&Default::default());
-    op.encode_residual(&ctx, &mut enc, &xt, &rt, &wt, &mid, &rt)
+    op.encode_residual(&ctx, &mut enc, &xt, &wt, &mid, Residual::in_place(&rt))
         .unwrap();
     op.encode(&ctx, &mut enc, &mid, &wt, &out).unwrap();
     ctx.queue().submit([enc.finish()]);
@@ -520,30 +534,75 @@ fn every_validation_rule_has_an_error() {
     let r = f32v(&[4, 8]);
     let rout = f32v(&[4, 8]);
     expect_err(
-        op.run_residual(&ctx, &x, &r, &w, &out, &out),
+        op.run_residual(
+            &ctx,
+            &x,
+            &w,
+            &out,
+            Residual {
+                residual: &r,
+                residual_out: &out,
+            },
+        ),
         is_alias,
         "residual_out and out overlap",
     );
     expect_err(
-        op.run_residual(&ctx, &x, &r, &w, &out, &f32v(&[4, 7])),
+        op.run_residual(
+            &ctx,
+            &x,
+            &w,
+            &out,
+            Residual {
+                residual: &r,
+                residual_out: &f32v(&[4, 7]),
+            },
+        ),
         is_shape,
         "residual_out [4, 7] must both have x's shape",
     );
     let r_shift = Tensor::new(r.buffer(), 2, &[3, 8], DType::F32);
     let r3 = Tensor::new(r.buffer(), 0, &[3, 8], DType::F32);
     expect_err(
-        op.run_residual(&ctx, &x3, &r3, &w, &f32v(&[3, 8]), &r_shift),
+        op.run_residual(
+            &ctx,
+            &x3,
+            &w,
+            &f32v(&[3, 8]),
+            Residual {
+                residual: &r3,
+                residual_out: &r_shift,
+            },
+        ),
         is_alias,
         "partially overlaps residual",
     );
     expect_err(
-        op.run_residual(&ctx, &x, &r, &w, &out, &x),
+        op.run_residual(
+            &ctx,
+            &x,
+            &w,
+            &out,
+            Residual {
+                residual: &r,
+                residual_out: &x,
+            },
+        ),
         is_alias,
         "residual_out must not overlap x",
     );
     let rh = ctx.upload_as(&[1.0; 32], &[4, 8], DType::BF16).unwrap();
     expect_err(
-        op.run_residual(&ctx, &x, &rh, &w, &out, &rout),
+        op.run_residual(
+            &ctx,
+            &x,
+            &w,
+            &out,
+            Residual {
+                residual: &rh,
+                residual_out: &rout,
+            },
+        ),
         is_dtype,
         "residual is bf16 but must be f32",
     );

@@ -10,7 +10,7 @@ use crate::ops::rms_norm;
 use crate::ops::rms_norm::Strategy;
 use crate::ops::rope::qkv_views;
 use crate::tensor::{DType, Tensor};
-use crate::{Layout, Positions, RmsNorm, Rope};
+use crate::{Layout, Positions, Residual, RmsNorm, Rope};
 
 /// Deterministic, cheap test data in [-1, 1): values do not change the speed of these kernels,
 /// but denormals, NaN and infinities could, so there are none.
@@ -198,7 +198,18 @@ fn rms_norm_cases(ctx: &Context, quick: bool) -> Vec<Case> {
                         let out = ctx.empty(&[rows, hidden], dtype)?;
                         let rout = ctx.empty(&[rows, hidden], dtype)?;
                         Ok(Box::new(move |ctx, enc| {
-                            op.encode_with(ctx, enc, &x, &w, &out, Some((&r, &rout)), strategy)
+                            op.encode_with(
+                                ctx,
+                                enc,
+                                &x,
+                                &w,
+                                &out,
+                                Some(Residual {
+                                    residual: &r,
+                                    residual_out: &rout,
+                                }),
+                                strategy,
+                            )
                         }))
                     }),
                 });

@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::ops::attention::{Attention, Dims};
 use crate::ops::rope::qkv_views;
 use crate::tensor::{DType, Tensor};
-use crate::{KvCache, Layout, Positions, RmsNorm, Rope};
+use crate::{KvCache, KvCacheConfig, Layout, Positions, Residual, RmsNorm, Rope};
 
 /// One host-cost measurement (`kernel: "host"` in the JSON).
 #[derive(Clone, Debug)]
@@ -212,7 +212,7 @@ pub fn measure(
     }
     if keep("rms_norm_residual") {
         let us = time_calls(ctx, b, p, |enc| {
-            norm.encode_residual(ctx, enc, &x, &res, &w, &out_t, &res)
+            norm.encode_residual(ctx, enc, &x, &w, &out_t, Residual::in_place(&res))
         })?;
         push("rms_norm_residual", us, 1);
     }
@@ -243,12 +243,23 @@ pub fn measure(
     );
     let cap = 4096;
     let kv_len = cap / 2;
-    let mut cache = KvCache::new(ctx, 1, nkv, cap, hd, dt)?;
+    let mut cache = KvCache::new(
+        ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: nkv,
+            capacity: cap,
+            head_dim: hd,
+            dtype: dt,
+        },
+    )?;
     if keep("kv_cache_append_rope") {
         // Same position every call, so the parameters stay in the pool as in a warm model.
         let us = time_calls(ctx, b, p, |enc| {
             cache.set_len(kv_len)?;
-            cache.append_rope(ctx, enc, &k4, &v4, &rope, None)
+            cache
+                .append_rope(ctx, enc, &k4, &v4, &rope, None)
+                .map(|_| ())
         })?;
         push("kv_cache_append_rope", us, 2);
     }
@@ -298,12 +309,12 @@ pub fn measure(
         let step = time_calls(ctx, b.div_ceil(3), s.steps_per_batch, |enc| {
             pos = if pos + 1 < cap { pos + 1 } else { kv_len };
             for _ in 0..layers {
-                norm.encode_residual(ctx, enc, &x, &res, &w, &out_t, &res)?;
+                norm.encode_residual(ctx, enc, &x, &w, &out_t, Residual::in_place(&res))?;
                 rope.encode(ctx, enc, &q, Positions::Start(pos as i32))?;
                 cache.set_len(pos)?;
                 cache.append_rope(ctx, enc, &k4, &v4, &rope, None)?;
                 attn.encode_cached(ctx, enc, &qd, &cache, None, &od)?;
-                norm.encode_residual(ctx, enc, &x, &res, &w, &out_t, &res)?;
+                norm.encode_residual(ctx, enc, &x, &w, &out_t, Residual::in_place(&res))?;
             }
             norm.encode(ctx, enc, &x, &w, &out_t)
         })?;

@@ -19,7 +19,7 @@ use super::cases::upload_pattern;
 use super::Case;
 use crate::ops::attention::Kind;
 use crate::ops::paged::{BatchSeq, Heads, PageLayout, PlanOptions, SeqId};
-use crate::{Attention, DType, PageTable, PagedBatch, PagedKvCache};
+use crate::{Attention, DType, PageTable, PagedBatch, PagedKvCache, PagedKvConfig};
 
 const PAGE: usize = 16;
 const HEADS: Heads = Heads {
@@ -102,8 +102,17 @@ pub fn cases(quick: bool) -> Vec<Case> {
                         }
                     }
                 }
-                let cache =
-                    PagedKvCache::new(ctx, n_pages, PAGE, n_kv_heads, head_dim, dtype, layout)?;
+                let cache = PagedKvCache::new(
+                    ctx,
+                    PagedKvConfig {
+                        n_pages,
+                        page_size: PAGE,
+                        n_kv_heads,
+                        head_dim,
+                        dtype,
+                        layout,
+                    },
+                )?;
                 for b in cache.buffers() {
                     let elems = b.size() as usize / dtype.size();
                     ctx.fill(&crate::Tensor::new(b, 0, &[elems], dtype), 0.01)?;

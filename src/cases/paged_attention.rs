@@ -28,7 +28,7 @@ use crate::ops::attention::{self, Attention};
 use crate::ops::paged::{BatchSeq, Heads, PageLayout};
 use crate::reference::attention as reference;
 use crate::tensor::DType;
-use crate::{PagedBatch, PagedKvCache};
+use crate::{PagedBatch, PagedKvCache, PagedKvConfig};
 
 /// An integer input (block table, lengths), as `i64` values.
 fn int_tensor<'a>(case: &'a CaseFile, name: &str) -> Result<&'a HostTensor> {
@@ -250,12 +250,14 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     // The op validates the options and the batch against the device before any GPU work.
     let cache = PagedKvCache::new(
         ctx,
-        b.n_pages,
-        b.page_size,
-        h.n_kv_heads,
-        h.head_dim,
-        dtype,
-        layout,
+        PagedKvConfig {
+            n_pages: b.n_pages,
+            page_size: b.page_size,
+            n_kv_heads: h.n_kv_heads,
+            head_dim: h.head_dim,
+            dtype,
+            layout,
+        },
     )?;
     let batch = PagedBatch::from_parts(ctx, b.page_size, b.n_pages, &b.seqs, h, None)?;
     let all: Vec<u32> = (0..b.n_pages as u32).collect();

@@ -6,7 +6,7 @@ use super::{CaseFile, OpOutput, OpResult};
 use crate::compare::tolerance;
 use crate::context::Context;
 use crate::error::Result;
-use crate::ops::rms_norm::{RmsNorm, Strategy};
+use crate::ops::rms_norm::{Residual, RmsNorm, Strategy};
 
 /// Run an `rms_norm` case on `ctx` and on the reference.
 pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
@@ -50,9 +50,28 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         let rt = ctx.upload_as(&r.to_f32(), &r.shape, dtype)?;
         let rout = ctx.empty(&x.shape, dtype)?;
         variant = op
-            .variant(ctx, &xt, &wt, &out, Some((&rt, &rout)), Strategy::Auto)?
+            .variant(
+                ctx,
+                &xt,
+                &wt,
+                &out,
+                Some(Residual {
+                    residual: &rt,
+                    residual_out: &rout,
+                }),
+                Strategy::Auto,
+            )?
             .name();
-        op.run_residual(ctx, &xt, &rt, &wt, &out, &rout)?;
+        op.run_residual(
+            ctx,
+            &xt,
+            &wt,
+            &out,
+            Residual {
+                residual: &rt,
+                residual_out: &rout,
+            },
+        )?;
         let (o, h) = crate::reference::rms_norm::rms_norm(
             &x.values,
             &w.values,

@@ -96,7 +96,73 @@ pub(crate) fn write_variant_keys(shader: &'static Shader, entry: &'static str) -
     keys
 }
 
+/// The shape and storage dtype of a [`KvCache`], by name, so that no two sizes can be swapped.
+///
+/// ```
+/// # use llama_kernels::{DType, KvCacheConfig};
+/// let config = KvCacheConfig { n_kv_heads: 8, capacity: 4096, head_dim: 128, dtype: DType::F16, ..Default::default() };
+/// assert_eq!(config.batch, 1);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheConfig {
+    /// Sequences (default 1).
+    pub batch: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Rows (tokens) each sequence can hold.
+    pub capacity: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Storage dtype of K and V (default f32).
+    pub dtype: DType,
+}
+
+impl Default for KvCacheConfig {
+    /// Batch 1 and f32; the sizes are 0 and must be set (`KvCache::new` refuses 0).
+    fn default() -> Self {
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: 0,
+            capacity: 0,
+            head_dim: 0,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// The rows an append wrote: `start .. start + n` of every sequence, which are also the token
+/// positions the new rows hold. Use [`Appended::positions`] to rotate the same tokens' queries,
+/// and [`KvCache::truncate`]`(appended.start)` to take the append back (for example when the
+/// encoder it was recorded into is dropped instead of submitted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// First row written (the cache's length before the append).
+    pub start: usize,
+    /// Rows written per sequence.
+    pub n: usize,
+}
+
+impl Appended {
+    /// `start .. start + n`.
+    pub fn rows(&self) -> std::ops::Range<usize> {
+        self.start..self.start + self.n
+    }
+    /// RoPE positions of the appended tokens (`Positions::Start(start)`): the positions at which
+    /// [`KvCache::append_rope`] rotated K by default, so queries rotated with them match.
+    pub fn positions(&self) -> Positions<'static> {
+        // A cache holds fewer than 2^30 rows (capacity x head_dim, head_dim >= 4, is checked
+        // below 2^32 elements at creation), so every row index is a valid i32 position.
+        Positions::Start(self.start as i32)
+    }
+}
+
 /// K and V storage for `batch` sequences of up to `capacity` tokens.
+///
+/// **Length.** [`KvCache::len`] counts the rows attention reads. An append advances it when the
+/// append is *recorded*, so that attention recorded later in the same encoder sees the new rows;
+/// the rows hold data once that encoder is submitted. An encoder that is dropped instead leaves
+/// the length ahead of the contents: take the append back with [`KvCache::truncate`] and the
+/// [`Appended`] it returned. Attention refuses queries whose tokens are not all in the cache.
 #[derive(Debug)]
 pub struct KvCache {
     k: wgpu::Buffer,
@@ -111,14 +177,14 @@ pub struct KvCache {
 
 impl KvCache {
     /// Allocate an empty cache (zero-filled storage, length 0).
-    pub fn new(
-        ctx: &Context,
-        batch: usize,
-        n_kv_heads: usize,
-        capacity: usize,
-        head_dim: usize,
-        dtype: DType,
-    ) -> Result<Self> {
+    pub fn new(ctx: &Context, config: KvCacheConfig) -> Result<Self> {
+        let KvCacheConfig {
+            batch,
+            n_kv_heads,
+            capacity,
+            head_dim,
+            dtype,
+        } = config;
         crate::ensure!(
             batch > 0 && n_kv_heads > 0 && capacity > 0,
             Shape,
@@ -201,7 +267,24 @@ impl KvCache {
     pub fn clear(&mut self) {
         self.len = 0;
     }
-    /// Set the length directly (e.g. to roll back speculative tokens); must be <= capacity.
+    /// Shorten the cache to its first `len` rows per sequence (roll back an append, or rejected
+    /// speculative tokens). The storage is kept; later appends overwrite the dropped rows.
+    /// `len` above the current length is an error: truncation never makes rows appear.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        crate::ensure!(
+            len <= self.len,
+            Shape,
+            OP,
+            "truncate to {len} rows, but the cache holds {} (truncate only shortens; set_len \
+             declares rows written by other means)",
+            self.len
+        );
+        self.len = len;
+        Ok(())
+    }
+    /// Declare the first `len` rows filled, for rows the application wrote into
+    /// [`KvCache::k_buffer`] / [`KvCache::v_buffer`] itself; must be <= capacity. To roll back,
+    /// prefer [`KvCache::truncate`], which cannot lengthen the cache by mistake.
     pub fn set_len(&mut self, len: usize) -> Result<()> {
         crate::ensure!(
             len <= self.capacity,
@@ -271,23 +354,30 @@ impl KvCache {
 
     /// Record writing `k_new`, `v_new` (`[n_new, n_kv_heads, head_dim]` for batch 1, or
     /// `[batch, n_new, n_kv_heads, head_dim]`; any dtype) at positions `len .. len + n_new`, and
-    /// advance `len`. The rows are visible to attention recorded later in the same encoder.
+    /// advance `len` (see [`KvCache`] on when the rows hold data). The rows are visible to
+    /// attention recorded later in the same encoder. Returns the rows written.
     pub fn append(
         &mut self,
         ctx: &Context,
         encoder: &mut wgpu::CommandEncoder,
         k_new: &Tensor,
         v_new: &Tensor,
-    ) -> Result<()> {
+    ) -> Result<Appended> {
         let n_new = self.validate_append(k_new, v_new)?;
         self.record_append(ctx, encoder, k_new, v_new, n_new)?;
-        self.len += n_new;
-        Ok(())
+        Ok(self.advance(n_new))
+    }
+
+    fn advance(&mut self, n: usize) -> Appended {
+        let appended = Appended { start: self.len, n };
+        self.len += n;
+        appended
     }
 
     /// [`KvCache::append`], then RoPE on the new K rows where they now sit in the cache, in the
     /// same encoder. `positions` defaults to `len .. len + n_new` for every sequence. RoPE's
-    /// parameters are checked before anything is recorded.
+    /// parameters are checked before anything is recorded. Returns the rows written; rotate the
+    /// same tokens' queries with [`Appended::positions`] (not with `len()`, which has moved on).
     pub fn append_rope(
         &mut self,
         ctx: &Context,
@@ -296,12 +386,11 @@ impl KvCache {
         v_new: &Tensor,
         rope: &Rope,
         positions: Option<Positions<'_>>,
-    ) -> Result<()> {
+    ) -> Result<Appended> {
         let n_new = self.validate_append(k_new, v_new)?;
         let positions = self.check_rope(rope, positions, n_new)?;
         self.record_append_rope(ctx, encoder, k_new, v_new, n_new, rope, positions)?;
-        self.len += n_new;
-        Ok(())
+        Ok(self.advance(n_new))
     }
 
     /// [`KvCache::append_rope`], submitted and waited for.
@@ -312,14 +401,13 @@ impl KvCache {
         v_new: &Tensor,
         rope: &Rope,
         positions: Option<Positions<'_>>,
-    ) -> Result<()> {
+    ) -> Result<Appended> {
         let n_new = self.validate_append(k_new, v_new)?;
         let positions = self.check_rope(rope, positions, n_new)?;
         ctx.submit_and_wait(OP, |enc| {
             self.record_append_rope(ctx, enc, k_new, v_new, n_new, rope, positions)
         })?;
-        self.len += n_new;
-        Ok(())
+        Ok(self.advance(n_new))
     }
 
     /// K rows are rotated on their way into the cache (RoPE out of place: one read of `k_new`, one
@@ -435,10 +523,11 @@ impl KvCache {
         n_new: usize,
     ) -> Result<Positions<'a>> {
         rope.validate_for(self.head_dim, self.dtype)?;
-        let start = i32::try_from(self.len).map_err(|_| {
-            crate::Error::limit(OP, format!("length {} exceeds i32 positions", self.len))
-        })?;
-        let positions = positions.unwrap_or(Positions::Start(start));
+        let next = Appended {
+            start: self.len,
+            n: n_new,
+        };
+        let positions = positions.unwrap_or(next.positions());
         match positions {
             Positions::Start(_) => {}
             Positions::Ids(ids) => {
@@ -462,11 +551,15 @@ impl KvCache {
     }
 
     /// [`KvCache::append`], submitted and waited for.
-    pub fn append_run(&mut self, ctx: &Context, k_new: &Tensor, v_new: &Tensor) -> Result<()> {
+    pub fn append_run(
+        &mut self,
+        ctx: &Context,
+        k_new: &Tensor,
+        v_new: &Tensor,
+    ) -> Result<Appended> {
         let n_new = self.validate_append(k_new, v_new)?;
         ctx.submit_and_wait(OP, |enc| self.record_append(ctx, enc, k_new, v_new, n_new))?;
-        self.len += n_new;
-        Ok(())
+        Ok(self.advance(n_new))
     }
 
     fn validate_append(&self, k_new: &Tensor, v_new: &Tensor) -> Result<usize> {

@@ -185,6 +185,33 @@ impl Attention {
         })
     }
 
+    /// Build the pipelines that [`Attention::encode_paged`] would use for this call (the same
+    /// validation, nothing recorded), so the first step of a serving loop does not stall on
+    /// shader compiles. The passes depend on the batch's mix of prefill and decode rows: prepare
+    /// with a batch shaped like the ones the loop will run (a prompt chunk and a decode step).
+    /// Returns how many pipelines were built (0 when already cached).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_paged(
+        &self,
+        ctx: &Context,
+        q: &Tensor,
+        cache: &PagedKvCache,
+        batch: &PagedBatch,
+        sinks: Option<&Tensor>,
+        out: &Tensor,
+    ) -> Result<usize> {
+        let op = "paged_attention";
+        let c = self.validate_paged(ctx, q, cache, batch, sinks, out)?;
+        let before = ctx.cached_pipelines();
+        if batch.total_q > 0 {
+            for (key, _, _) in paged_passes(&c, cache, batch) {
+                ctx.kernel(op, &key)?;
+            }
+            ctx.kernel(op, &c.keys[1])?;
+        }
+        Ok(ctx.cached_pipelines().saturating_sub(before))
+    }
+
     fn validate_paged(
         &self,
         ctx: &Context,
@@ -370,23 +397,10 @@ impl Attention {
                 size: std::num::NonZeroU64::new(c.part_bytes.max(16)),
             })
         };
-        // The partial passes present in the batch (tile kernel, DecodeKeys with 1, 2, 4 rows per
-        // workgroup, DecodeSubgroup with 1, 2, 4, 8), each over its own list of work items; every
-        // pipeline is compiled before anything is recorded, so a failure records nothing.
-        let hd4 = (h.head_dim / 4) as u32;
-        let pools = cache.buffers.len() as u32;
-        let mut passes = Vec::new();
-        for (g, &(off, n)) in batch.items.iter().enumerate() {
-            if n == 0 {
-                continue;
-            }
-            let key = match g {
-                0 => c.keys[0].clone(),
-                1..=3 => keys_attention_key(cache.dtype, hd4, 1 << (g - 1), pools),
-                _ => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min, pools),
-            };
-            ctx.kernel(op, &key)?;
-            passes.push((key, off, n));
+        // Every pipeline is compiled before anything is recorded, so a failure records nothing.
+        let passes = paged_passes(c, cache, batch);
+        for (key, _, _) in &passes {
+            ctx.kernel(op, key)?;
         }
         ctx.kernel(op, &c.keys[1])?;
         let names = ["pool0", "pool1", "pool2"];
@@ -435,4 +449,29 @@ struct PagedChecked {
     part_bytes: u64,
     scale: f32,
     bounds: (i32, i32),
+}
+
+/// The partial passes present in `batch` (tile kernel, DecodeKeys with 1, 2, 4 rows per
+/// workgroup, DecodeSubgroup with 1, 2, 4, 8): each pass's key and its (offset, count) of work
+/// items.
+fn paged_passes(
+    c: &PagedChecked,
+    cache: &PagedKvCache,
+    batch: &PagedBatch,
+) -> Vec<(PipelineKey, usize, usize)> {
+    let hd4 = (batch.heads.head_dim / 4) as u32;
+    let pools = cache.buffers.len() as u32;
+    let mut passes = Vec::new();
+    for (g, &(off, n)) in batch.items.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let key = match g {
+            0 => c.keys[0].clone(),
+            1..=3 => keys_attention_key(cache.dtype, hd4, 1 << (g - 1), pools),
+            _ => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min, pools),
+        };
+        passes.push((key, off, n));
+    }
+    passes
 }

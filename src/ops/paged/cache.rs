@@ -63,6 +63,39 @@ pub struct WriteParams {
     pub _pad2: u32,
 }
 
+/// The pages and storage of a [`PagedKvCache`], by name, so that no two sizes can be swapped.
+/// `n_pages` and `page_size` are those of the [`PageTable`] that hands the pages out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PagedKvConfig {
+    /// Pages in the pool.
+    pub n_pages: usize,
+    /// Tokens per page.
+    pub page_size: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Storage dtype of K and V (default f32).
+    pub dtype: DType,
+    /// Order of a page's elements (default [`PageLayout::Hnd`]).
+    pub layout: PageLayout,
+}
+
+impl Default for PagedKvConfig {
+    /// f32 pages in the default (HND) layout; the sizes are 0 and must be set (`PagedKvCache::new`
+    /// refuses 0).
+    fn default() -> Self {
+        PagedKvConfig {
+            n_pages: 0,
+            page_size: 0,
+            n_kv_heads: 0,
+            head_dim: 0,
+            dtype: DType::F32,
+            layout: PageLayout::default(),
+        }
+    }
+}
+
 /// K and V pages of one layer (see the module docs).
 #[derive(Debug)]
 pub struct PagedKvCache {
@@ -77,17 +110,16 @@ pub struct PagedKvCache {
 }
 
 impl PagedKvCache {
-    /// Allocate `n_pages` zero-filled pages.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        ctx: &Context,
-        n_pages: usize,
-        page_size: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-        dtype: DType,
-        layout: PageLayout,
-    ) -> Result<Self> {
+    /// Allocate `config.n_pages` zero-filled pages.
+    pub fn new(ctx: &Context, config: PagedKvConfig) -> Result<Self> {
+        let PagedKvConfig {
+            n_pages,
+            page_size,
+            n_kv_heads,
+            head_dim,
+            dtype,
+            layout,
+        } = config;
         check_page_size(page_size)?;
         crate::ensure!(
             n_pages > 0 && n_kv_heads > 0,

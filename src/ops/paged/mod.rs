@@ -75,7 +75,7 @@ pub use attention::{
     ATTENTION_PAGED_SUBGROUP,
 };
 pub use batch::{BatchSeq, Heads, PagedBatch, PlanOptions};
-pub use cache::{write_key, write_variant_keys, PagedKvCache, WriteParams};
+pub use cache::{write_key, write_variant_keys, PagedKvCache, PagedKvConfig, WriteParams};
 pub use table::{PageCopy, PageTable, SeqId};
 
 use crate::error::Result;

@@ -142,6 +142,29 @@ pub const SRC_OUT: u32 = 1;
 /// Read through residual_out's `read_write` binding (in place).
 pub const SRC_RES_OUT: u32 = 2;
 
+/// The residual stream of the fused form, by name: `residual_out = x + residual`. Most layers
+/// update the stream in place: [`Residual::in_place`].
+#[derive(Clone, Copy, Debug)]
+pub struct Residual<'a> {
+    /// The stream read (added to `x`).
+    pub residual: &'a Tensor,
+    /// Where `x + residual` is written: `residual` itself (in place) or a disjoint view.
+    pub residual_out: &'a Tensor,
+}
+
+impl<'a> Residual<'a> {
+    /// `residual_out` is `residual`: the stream is updated in place.
+    pub fn in_place(residual: &'a Tensor) -> Self {
+        Residual {
+            residual,
+            residual_out: residual,
+        }
+    }
+    fn pair(self) -> (&'a Tensor, &'a Tensor) {
+        (self.residual, self.residual_out)
+    }
+}
+
 impl RmsNorm {
     /// Llama / Mistral / Qwen RMSNorm with the given eps.
     pub fn new(eps: f32) -> Self {
@@ -171,35 +194,18 @@ impl RmsNorm {
         self.record(ctx, encoder, c, x, weight, out, None)
     }
 
-    /// Record the fused form: `h = x + residual; residual_out = h; out = rms_norm(h) * w`.
-    #[allow(clippy::too_many_arguments)]
+    /// Record the fused form: `h = x + residual; residual_out = h; out = rms_norm(h) * w`, with
+    /// `x`, `weight` and `out` as in [`RmsNorm::encode`].
     pub fn encode_residual(
         &self,
         ctx: &Context,
         encoder: &mut wgpu::CommandEncoder,
         x: &Tensor,
-        residual: &Tensor,
         weight: &Tensor,
         out: &Tensor,
-        residual_out: &Tensor,
+        residual: Residual<'_>,
     ) -> Result<()> {
-        let c = self.validate(
-            ctx,
-            x,
-            weight,
-            out,
-            Some((residual, residual_out)),
-            Strategy::Auto,
-        )?;
-        self.record(
-            ctx,
-            encoder,
-            c,
-            x,
-            weight,
-            out,
-            Some((residual, residual_out)),
-        )
+        self.encode_with(ctx, encoder, x, weight, out, Some(residual), Strategy::Auto)
     }
 
     /// [`RmsNorm::encode`], submitted and waited for.
@@ -213,27 +219,17 @@ impl RmsNorm {
         &self,
         ctx: &Context,
         x: &Tensor,
-        residual: &Tensor,
         weight: &Tensor,
         out: &Tensor,
-        residual_out: &Tensor,
+        residual: Residual<'_>,
     ) -> Result<()> {
-        let c = self.validate(
-            ctx,
-            x,
-            weight,
-            out,
-            Some((residual, residual_out)),
-            Strategy::Auto,
-        )?;
-        ctx.submit_and_wait(OP, |enc| {
-            self.record(ctx, enc, c, x, weight, out, Some((residual, residual_out)))
-        })
+        let r = Some(residual.pair());
+        let c = self.validate(ctx, x, weight, out, r, Strategy::Auto)?;
+        ctx.submit_and_wait(OP, |enc| self.record(ctx, enc, c, x, weight, out, r))
     }
 
-    /// [`RmsNorm::encode`] (`residual: None`) or [`RmsNorm::encode_residual`]
-    /// (`Some((residual, residual_out))`) with a forced [`Strategy`]; tests and the benchmark
-    /// use it to run every variant on any adapter.
+    /// [`RmsNorm::encode`] (`residual: None`) or [`RmsNorm::encode_residual`] with a forced
+    /// [`Strategy`]; tests and the benchmark use it to run every variant on any adapter.
     #[allow(clippy::too_many_arguments)]
     pub fn encode_with(
         &self,
@@ -242,11 +238,12 @@ impl RmsNorm {
         x: &Tensor,
         weight: &Tensor,
         out: &Tensor,
-        residual: Option<(&Tensor, &Tensor)>,
+        residual: Option<Residual<'_>>,
         strategy: Strategy,
     ) -> Result<()> {
-        let c = self.validate(ctx, x, weight, out, residual, strategy)?;
-        self.record(ctx, encoder, c, x, weight, out, residual)
+        let r = residual.map(Residual::pair);
+        let c = self.validate(ctx, x, weight, out, r, strategy)?;
+        self.record(ctx, encoder, c, x, weight, out, r)
     }
 
     /// The variant that [`RmsNorm::encode_with`] would dispatch (after validating the views).
@@ -256,12 +253,11 @@ impl RmsNorm {
         x: &Tensor,
         weight: &Tensor,
         out: &Tensor,
-        residual: Option<(&Tensor, &Tensor)>,
+        residual: Option<Residual<'_>>,
         strategy: Strategy,
     ) -> Result<Variant> {
-        Ok(self
-            .validate(ctx, x, weight, out, residual, strategy)?
-            .variant)
+        let r = residual.map(Residual::pair);
+        Ok(self.validate(ctx, x, weight, out, r, strategy)?.variant)
     }
 
     /// Build the pipeline that [`RmsNorm::encode`] (`residual` `None`) or
@@ -275,7 +271,7 @@ impl RmsNorm {
         x: &Tensor,
         weight: &Tensor,
         out: &Tensor,
-        residual: Option<(&Tensor, &Tensor)>,
+        residual: Option<Residual<'_>>,
     ) -> Result<usize> {
         let v = self.variant(ctx, x, weight, out, residual, Strategy::Auto)?;
         let before = ctx.cached_pipelines();

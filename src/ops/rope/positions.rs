@@ -92,7 +92,10 @@ impl PositionIds {
 /// Where positions come from.
 #[derive(Clone, Copy, Debug)]
 pub enum Positions<'a> {
-    /// Token `s` of every batch row is at `start + s`.
+    /// Token `s` of every batch row is at `start + s`. Positions are i32, as transformers'
+    /// `position_ids` are used here (negative ones included, as left padding gives); the
+    /// positions of rows appended to a [`KvCache`](crate::KvCache) come from the append itself,
+    /// [`Appended::positions`](crate::Appended::positions), so no `len() as i32` is needed.
     Start(i32),
     /// One i32 per token.
     Ids(&'a PositionIds),

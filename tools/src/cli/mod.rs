@@ -23,7 +23,10 @@ pub struct Row {
     pub max_abs: f64,
     /// NMSE limit the row is judged by.
     pub tolerance: f64,
-    /// Milliseconds of the first run, which on a CPU device includes compiling the pipeline.
+    /// The op's `prepare` before the first run: milliseconds and pipelines built.
+    pub prepare: Option<(f64, usize)>,
+    /// Milliseconds of the first run, which on lavapipe includes LLVM's compile of the pipeline
+    /// (llvmpipe compiles at first dispatch, after `prepare` has created it).
     pub first_ms: Option<f64>,
     /// Milliseconds of GPU time of a second, warm run (see [`selftest::Timer`] for how they are
     /// taken); `None` when the row failed before it ran.
@@ -45,6 +48,7 @@ impl Row {
             nmse: f64::NAN,
             max_abs: f64::NAN,
             tolerance: f64::NAN,
+            prepare: None,
             first_ms: None,
             gpu_ms: None,
             pass: false,
@@ -63,6 +67,8 @@ impl Row {
             "nmse": num(self.nmse),
             "max_abs": num(self.max_abs),
             "tolerance": num(self.tolerance),
+            "prepare_ms": self.prepare.map(|p| p.0),
+            "pipelines_built": self.prepare.map(|p| p.1),
             "first_run_ms": self.first_ms,
             "gpu_ms": self.gpu_ms,
             "pass": self.pass,
@@ -80,11 +86,12 @@ pub fn table(rows: &[Row], time_header: &str) -> String {
         "shape",
         "NMSE",
         "max abs err",
+        "prepare ms (built)",
         "1st run ms",
         time_header,
         "",
     ];
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
@@ -94,6 +101,8 @@ pub fn table(rows: &[Row], time_header: &str) -> String {
                 r.shape.clone(),
                 sci(r.nmse),
                 sci(r.max_abs),
+                r.prepare
+                    .map_or("-".into(), |(t, n)| format!("{t:.1} ({n})")),
                 r.first_ms.map_or("-".into(), |t| format!("{t:.1}")),
                 r.gpu_ms.map_or("-".into(), |t| format!("{t:.3}")),
                 if r.pass { "ok" } else { "FAIL" }.into(),
@@ -110,7 +119,7 @@ pub fn table(rows: &[Row], time_header: &str) -> String {
         let mut s = String::new();
         for (i, (cell, w)) in c.iter().zip(width).enumerate() {
             // Numbers right-aligned, words left-aligned.
-            if (4..8).contains(&i) {
+            if (4..9).contains(&i) {
                 s += &format!("{cell:>w$}  ");
             } else {
                 s += &format!("{cell:<w$}  ");

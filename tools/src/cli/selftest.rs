@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use llama_kernels::compare::{compare, tolerance};
 use llama_kernels::ops::attention::{Attention, Kind, Plan};
-use llama_kernels::ops::kv_cache::KvCache;
-use llama_kernels::ops::rms_norm::{RmsNorm, Strategy};
+use llama_kernels::ops::kv_cache::{KvCache, KvCacheConfig};
+use llama_kernels::ops::rms_norm::{Residual, RmsNorm, Strategy};
 use llama_kernels::ops::rope::{qkv_views, Layout, Positions, Rope, Scaling};
 use llama_kernels::reference;
 use llama_kernels::{Context, DType, Result};
@@ -157,12 +157,30 @@ fn dims(shape: &[usize]) -> String {
 }
 
 /// Judge GPU outputs against reference outputs; the row reports the worst of them.
+/// What an op's `prepare` did before the row's first run: its milliseconds and the pipelines it
+/// built.
+#[derive(Clone, Copy)]
+struct Warm {
+    ms: f64,
+    built: usize,
+}
+
+/// Run an op's `prepare` (the warm-up a model does at load time), timed.
+fn warm_up(prepare: impl FnOnce() -> Result<usize>) -> Result<Warm> {
+    let t0 = Instant::now();
+    let built = prepare()?;
+    Ok(Warm {
+        ms: t0.elapsed().as_secs_f64() * 1e3,
+        built,
+    })
+}
+
 fn judge(
     kernel: &str,
     variant: String,
     dtype: DType,
     shape: String,
-    (first_ms, ms): (f64, f64),
+    (warm, first_ms, ms): (Warm, f64, f64),
     outputs: &[(Vec<f32>, Vec<f64>)],
 ) -> Row {
     let tol = tolerance(dtype);
@@ -190,6 +208,7 @@ fn judge(
         nmse,
         max_abs,
         tolerance: tol,
+        prepare: Some((warm.ms, warm.built)),
         first_ms: Some(first_ms),
         gpu_ms: Some(ms),
         pass,
@@ -211,6 +230,7 @@ fn rms_norm(ctx: &Context, timer: &Timer, dtype: DType, residual: bool) -> Resul
     let op = RmsNorm::new(EPS);
     if !residual {
         let variant = op.variant(ctx, &xt, &wt, &out, None, Strategy::Auto)?;
+        let warm = warm_up(|| op.prepare(ctx, &xt, &wt, &out, None))?;
         let mut rec = |enc: &mut wgpu::CommandEncoder| op.encode(ctx, enc, &xt, &wt, &out);
         let first = timer.run(ctx, &mut rec)?;
         let got = ctx.read_f32(&out)?;
@@ -221,7 +241,7 @@ fn rms_norm(ctx: &Context, timer: &Timer, dtype: DType, residual: bool) -> Resul
             variant.name(),
             dtype,
             dims(&shape),
-            (first, ms),
+            (warm, first, ms),
             &[(got, cpu)],
         ));
     }
@@ -229,9 +249,14 @@ fn rms_norm(ctx: &Context, timer: &Timer, dtype: DType, residual: bool) -> Resul
     let rt = ctx.upload_as(&f32s(&r), &shape, dtype)?;
     let r_out = ctx.empty(&shape, dtype)?;
     ctx.fill(&r_out, f32::NAN)?;
-    let variant = op.variant(ctx, &xt, &wt, &out, Some((&rt, &r_out)), Strategy::Auto)?;
+    let residual = Residual {
+        residual: &rt,
+        residual_out: &r_out,
+    };
+    let variant = op.variant(ctx, &xt, &wt, &out, Some(residual), Strategy::Auto)?;
+    let warm = warm_up(|| op.prepare(ctx, &xt, &wt, &out, Some(residual)))?;
     let mut rec =
-        |enc: &mut wgpu::CommandEncoder| op.encode_residual(ctx, enc, &xt, &rt, &wt, &out, &r_out);
+        |enc: &mut wgpu::CommandEncoder| op.encode_residual(ctx, enc, &xt, &wt, &out, residual);
     let first = timer.run(ctx, &mut rec)?;
     let got = (ctx.read_f32(&out)?, ctx.read_f32(&r_out)?);
     let ms = timer.run(ctx, &mut rec)?;
@@ -241,7 +266,7 @@ fn rms_norm(ctx: &Context, timer: &Timer, dtype: DType, residual: bool) -> Resul
         variant.name(),
         dtype,
         dims(&shape),
-        (first, ms),
+        (warm, first, ms),
         &[(got.0, cpu), (got.1, h.unwrap_or_default())],
     ))
 }
@@ -278,6 +303,7 @@ fn rope_plain(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     let rope = llama31_rope();
     let pos = Positions::Start(ROPE_START);
     let variant = rope.variant(ctx, &xt, None, None, pos)?;
+    let warm = warm_up(|| rope.prepare(ctx, &xt, None, None, pos))?;
     // In place: the checked result is the first run's; the timed run rotates it again.
     let mut rec = |enc: &mut wgpu::CommandEncoder| rope.encode(ctx, enc, &xt, pos);
     let first = timer.run(ctx, &mut rec)?;
@@ -289,7 +315,7 @@ fn rope_plain(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
         rope_variant_name(variant) + " in place",
         dtype,
         dims(&shape),
-        (first, ms),
+        (warm, first, ms),
         &[(got, cpu)],
     ))
 }
@@ -311,6 +337,7 @@ fn rope_qkv(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     let rope = llama31_rope();
     let pos = Positions::Start(ROPE_START);
     let variant = rope.variant(ctx, &q, Some(&k), None, pos)?;
+    let warm = warm_up(|| rope.prepare(ctx, &q, Some(&k), None, pos))?;
     let mut rec = |enc: &mut wgpu::CommandEncoder| rope.encode_qk(ctx, enc, &q, &k, pos);
     let first = timer.run(ctx, &mut rec)?;
     let got = ctx.read_f32(&buf)?;
@@ -335,7 +362,7 @@ fn rope_qkv(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
         rope_variant_name(variant) + " encode_qk",
         dtype,
         dims(&shape),
-        (first, ms),
+        (warm, first, ms),
         &[(got, cpu)],
     ))
 }
@@ -376,6 +403,7 @@ fn attention(ctx: &Context, timer: &Timer, dtype: DType, decode: bool) -> Result
     let op = Attention::default();
     let d = op.dims(&qt, &kt, &vt)?;
     let plan = op.plan(ctx, d, dtype)?;
+    let warm = warm_up(|| op.prepare(ctx, &[d], dtype))?;
     let mut rec = |enc: &mut wgpu::CommandEncoder| op.encode(ctx, enc, &qt, &kt, &vt, None, &out);
     let first = timer.run(ctx, &mut rec)?;
     let got = ctx.read_f32(&out)?;
@@ -399,13 +427,22 @@ fn attention(ctx: &Context, timer: &Timer, dtype: DType, decode: bool) -> Result
         plan_name(&plan),
         dtype,
         shape,
-        (first, ms),
+        (warm, first, ms),
         &[(got, cpu)],
     ))
 }
 
 fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
-    let mut cache = KvCache::new(ctx, 1, N_KV_HEADS, CACHE_CAPACITY, HEAD_DIM, dtype)?;
+    let mut cache = KvCache::new(
+        ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: N_KV_HEADS,
+            capacity: CACHE_CAPACITY,
+            head_dim: HEAD_DIM,
+            dtype,
+        },
+    )?;
     let rope = llama31_rope();
     let row = N_KV_HEADS * HEAD_DIM;
     let total = CACHE_PREFILL + 1;
@@ -429,10 +466,12 @@ fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     } else {
         "append, then rope in the cache"
     };
+    let warm = warm_up(|| cache.prepare(ctx, &k1, &v1, Some((&rope, None))))?;
     // A prefill and one decode step in one encoder: positions 0..12, then 12.
     let rec = |enc: &mut wgpu::CommandEncoder, cache: &mut KvCache| {
         cache.append_rope(ctx, enc, &k1, &v1, &rope, None)?;
-        cache.append_rope(ctx, enc, &k2, &v2, &rope, None)
+        cache.append_rope(ctx, enc, &k2, &v2, &rope, None)?;
+        Ok(())
     };
     let first = timer.run(ctx, &mut |enc| rec(enc, &mut cache))?;
     let got = (ctx.read_f32(&cache.k())?, ctx.read_f32(&cache.v())?);
@@ -445,7 +484,7 @@ fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
         variant.into(),
         dtype,
         format!("{CACHE_PREFILL}+1 rows x{N_KV_HEADS}x{HEAD_DIM}, capacity {CACHE_CAPACITY}"),
-        (first, ms),
+        (warm, first, ms),
         &[(got.0, k_rot), (got.1, v)],
     ))
 }
@@ -456,7 +495,7 @@ fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
 /// reference over each sequence's rotated history.
 fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     use llama_kernels::ops::paged::Heads;
-    use llama_kernels::{PageTable, PagedBatch, PagedKvCache};
+    use llama_kernels::{PageTable, PagedBatch, PagedKvCache, PagedKvConfig};
     const PAGE: usize = 16;
     let heads = Heads {
         n_heads: N_HEADS,
@@ -466,12 +505,14 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     let mut table = PageTable::new(8, PAGE)?;
     let cache = PagedKvCache::new(
         ctx,
-        8,
-        PAGE,
-        N_KV_HEADS,
-        HEAD_DIM,
-        dtype,
-        llama_kernels::PageLayout::Hnd,
+        PagedKvConfig {
+            n_pages: 8,
+            page_size: PAGE,
+            n_kv_heads: N_KV_HEADS,
+            head_dim: HEAD_DIM,
+            dtype,
+            layout: llama_kernels::PageLayout::Hnd,
+        },
     )?;
     let (a, b) = (table.add_sequence(), table.add_sequence());
     // b's first 39 tokens are already in the cache (written here in the same way first).
@@ -525,6 +566,7 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     let out = ctx.empty(&q_shape, dtype)?;
     ctx.fill(&out, f32::NAN)?;
     let op = Attention::default();
+    let warm = warm_up(|| op.prepare_paged(ctx, &qt, &cache, &batch, None, &out))?;
     let mut rec = |enc: &mut wgpu::CommandEncoder| -> Result<()> {
         cache.append_rope(ctx, enc, &batch, &kn, &vn, &rope, None, None)?;
         op.encode_paged(ctx, enc, &qt, &cache, &batch, None, &out)
@@ -559,7 +601,7 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
         format!("pages of {PAGE}, splits {:?}", batch.splits()),
         dtype,
         "prompt 12 + decode 1 over 40".into(),
-        (first, ms),
+        (warm, first, ms),
         &[(got, want)],
     ))
 }

@@ -30,6 +30,7 @@ pub fn run_tiny_model(ctx: &Context) -> Option<Row> {
         nmse: f64::NAN,
         max_abs: f64::NAN,
         tolerance: tiny_llm::reference::F32_LIMIT,
+        prepare: None,
         first_ms: None,
         gpu_ms: None,
         pass: false,

@@ -10,7 +10,9 @@
 
 use std::path::Path;
 
-use llama_kernels::{Attention, Context, DType, KvCache, Positions, RmsNorm, Tensor};
+use llama_kernels::{
+    Attention, Context, DType, KvCache, KvCacheConfig, Positions, Residual, RmsNorm, Tensor,
+};
 
 use super::config::{Act, Arch, Config};
 use super::kernels::{Call, Kernels, Params};
@@ -230,7 +232,18 @@ impl Model {
             act: e(c.intermediate)?,
             logits: e(c.vocab)?,
             caches: (0..c.layers)
-                .map(|_| KvCache::new(ctx, 1, c.n_kv_heads, rows, c.head_dim, d))
+                .map(|_| {
+                    KvCache::new(
+                        ctx,
+                        KvCacheConfig {
+                            batch: 1,
+                            n_kv_heads: c.n_kv_heads,
+                            capacity: rows,
+                            head_dim: c.head_dim,
+                            dtype: d,
+                        },
+                    )
+                })
                 .collect::<std::result::Result<_, _>>()?,
         })
     }
@@ -371,7 +384,7 @@ impl Model {
                 norm.encode(ctx, e, &o, post, &o)?;
             }
             // x += o; hn = norm(x)
-            norm.encode_residual(ctx, e, &o, &x, &l.mlp_norm, &hn, &x)?;
+            norm.encode_residual(ctx, e, &o, &l.mlp_norm, &hn, Residual::in_place(&x))?;
 
             // MLP block.
             self.matmul(ctx, e, t, &hn, &l.gate_up, l.gate_up_bias.as_ref(), &st.gu)?;
@@ -407,7 +420,7 @@ impl Model {
                 Some(n) => &n.attn_norm,
                 None => &self.final_norm,
             };
-            norm.encode_residual(ctx, e, &o, &x, next, &hn, &x)?;
+            norm.encode_residual(ctx, e, &o, next, &hn, Residual::in_place(&x))?;
         }
 
         self.matmul(ctx, e, t, &hn, &self.lm_head, None, &logits)?;
@@ -459,7 +472,7 @@ impl Model {
             let v4 = rows_of(&st.v, &[1, t, nkv, hd]);
             for l in &self.layers {
                 built += norm.prepare(ctx, &x, &l.attn_norm, &hn, None)?;
-                built += norm.prepare(ctx, &o, &l.mlp_norm, &hn, Some((&x, &x)))?;
+                built += norm.prepare(ctx, &o, &l.mlp_norm, &hn, Some(Residual::in_place(&x)))?;
                 if let Some(post) = &l.post_attn_norm {
                     built += norm.prepare(ctx, &o, post, &o, None)?;
                 }
