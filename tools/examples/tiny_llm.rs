@@ -87,6 +87,7 @@ fn run(args: &Args) -> Result<(), String> {
     let out = m
         .generate(&ctx, &args.prompt, args.steps)
         .map_err(|e| e.to_string())?;
+    eprintln!("tiny_llm: warm-up built {} pipelines", out.warmed_up);
     if let Some(n) = out.reprefilled_at {
         eprintln!("tiny_llm: LongRoPE switch: re-encoded all {n} tokens with the long factors");
     }

@@ -84,6 +84,8 @@ pub struct Generation {
     pub logits: Vec<f32>,
     /// Whether a LongRoPE switch re-encoded the sequence (transformers' `generate()` does).
     pub reprefilled_at: Option<usize>,
+    /// Pipelines the warm-up (`prepare` on each op) built before the prefill.
+    pub warmed_up: usize,
 }
 
 /// Scratch activations for up to `rows` tokens, and one KV cache per layer.
@@ -519,7 +521,7 @@ impl Model {
         let vocab = self.cfg.vocab;
         let rows = prompt.len() + steps;
         let mut st = self.state(ctx, rows)?;
-        self.warm_up(ctx, &st, prompt.len())?;
+        let warmed_up = self.warm_up(ctx, &st, prompt.len())?;
         let mut logits = self.forward(ctx, &mut st, prompt)?;
         let mut seq = prompt.to_vec();
         let mut tokens = vec![argmax(&logits[(prompt.len() - 1) * vocab..])];
@@ -548,6 +550,7 @@ impl Model {
             tokens,
             logits,
             reprefilled_at,
+            warmed_up,
         })
     }
 }
