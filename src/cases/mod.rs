@@ -497,6 +497,9 @@ impl CaseFile {
                     "seq_len",
                     "mrope_section",
                 ];
+                if has("mrope_section") {
+                    keys.push("mrope_interleaved");
+                }
                 let orig = "original_max_position_embeddings";
                 let max = "max_position_embeddings";
                 // `max_position_embeddings` is HF's fallback: read only when the key it stands

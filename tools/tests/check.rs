@@ -492,11 +492,11 @@ fn mistyped_rope_cases_are_refused() {
             op,
             ("rope_type", "llama3"),
             ("factor", "8"),
-            ("low_freq_factor", "4"),
+            ("low_freq_factor", "0"),
             ("high_freq_factor", "1"),
             ("original_max_position_embeddings", "8192"),
         ],
-        "rope: llama3 low_freq_factor 4 must be < high_freq_factor 1",
+        "rope: low_freq_factor must be finite and > 0, got 0",
     );
     rope_run_err(
         &t,
@@ -676,6 +676,10 @@ fn every_allowed_metadata_key_is_read() {
             ("rope_type", "inv_freq"),
             ("inv_freq", "[1, 0.1, 0.01, 0.001]"),
             ("attention_factor", "1"),
+        ],
+        vec![
+            ("mrope_section", "[1, 2, 1]"),
+            ("mrope_interleaved", "true"),
         ],
     ];
     for t in &types {
