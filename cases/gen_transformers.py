@@ -114,7 +114,47 @@ def qwen3vl_mrope_case(name):
     write_safetensors(os.path.join(HERE, name), tensors, meta)
 
 
+def bloom_alibi_case(name):
+    """BLOOM's ALiBi attention as `BloomAttention.forward` computes it: `build_alibi_tensor`
+    (slope * key index, one row per head) as the `baddbmm` input with beta 1 and alpha
+    1/sqrt(head_dim), the causal mask, softmax, then P V; 6 heads (not a power of two, like
+    BLOOM-176B's 112: heads 4 and 5 take the odd powers of the next base), head_dim 48, six
+    queries at the end of 40 keys, f32."""
+    from transformers.models.bloom.modeling_bloom import _get_alibi_slopes, build_alibi_tensor
+
+    n_heads, head_dim, q_len, kv_len = 6, 48, 6, 40
+    # transformers' slopes (float32) against the closed form: 2^(-8 (h + 1) / 4) for h < 4,
+    # then 2^(-4 (2 i + 1) / 4).
+    closed = [2.0 ** (-8.0 * (h + 1) / 4) for h in range(4)] + [2.0 ** (-4.0 * (2 * i + 1) / 4)
+                                                                for i in range(2)]
+    hf = _get_alibi_slopes(n_heads, torch.device("cpu")).double().numpy()
+    assert np.abs(hf / np.array(closed) - 1).max() < 2.0 ** -23, (hf, closed)
+
+    rng = np.random.default_rng(33)
+    q, qb = store(rng.standard_normal((q_len, n_heads, head_dim)), "F32")
+    k, kb = store(rng.standard_normal((kv_len, n_heads, head_dim)), "F32")
+    v, vb = store(rng.standard_normal((kv_len, n_heads, head_dim)), "F32")
+    mask = torch.ones(1, kv_len, dtype=torch.float64)
+    alibi = build_alibi_tensor(mask, n_heads, torch.float64)  # [heads, 1, kv_len]
+    qh = torch.from_numpy(q).permute(1, 0, 2)  # [heads, q_len, d]
+    kh = torch.from_numpy(k).permute(1, 2, 0)  # [heads, d, kv_len]
+    vh = torch.from_numpy(v).permute(1, 0, 2)  # [heads, kv_len, d]
+    scores = alibi.baddbmm(batch1=qh, batch2=kh, beta=1.0, alpha=1.0 / math.sqrt(head_dim))
+    pos = (kv_len - q_len) + torch.arange(q_len)[:, None]
+    scores = scores.masked_fill(torch.arange(kv_len)[None, :] > pos, float("-inf"))
+    out = torch.bmm(torch.softmax(scores, dim=-1), vh).permute(1, 0, 2)  # [q_len, heads, d]
+    meta = {"op": "attention", "causal": "true", "alibi": "true"}
+    tensors = [
+        ("q", "F32", q.shape, qb),
+        ("k", "F32", k.shape, kb),
+        ("v", "F32", v.shape, vb),
+        ("expected.out", "F32", q.shape, out.numpy().astype(np.float32).tobytes()),
+    ]
+    write_safetensors(os.path.join(HERE, name), tensors, meta)
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     llama4_scout_case("rope_llama4_scout_bf16.safetensors")
     qwen3vl_mrope_case("rope_mrope_interleaved_qwen3vl_f16.safetensors")
+    bloom_alibi_case("attention_alibi_bloom_f32.safetensors")

@@ -190,6 +190,7 @@ impl World {
                     window_right: op.window_right.map(|w| w as usize),
                     chunk: op.chunk_size as usize,
                     softcap: op.softcap as f64,
+                    alibi: op.alibi,
                 },
             ));
             q0 += n;
@@ -298,8 +299,8 @@ fn large_and_odd_head_sizes() {
 }
 
 /// Every masking and logit option of [`Attention`], per sequence: non-causal, two-sided and
-/// causal windows, chunked attention, softcap, sinks and a custom scale, in f32 (the dtypes
-/// share the code above).
+/// causal windows, chunked attention, softcap, sinks, a custom scale and ALiBi, in f32 (the
+/// dtypes share the code above).
 #[test]
 fn every_option_per_sequence() {
     let ctx = ctx();
@@ -329,6 +330,18 @@ fn every_option_per_sequence() {
             scale: Some(0.2),
             window_left: Some(40),
             chunk_size: 64,
+            ..Default::default()
+        },
+        Attention {
+            alibi: true,
+            ..Default::default()
+        },
+        Attention {
+            alibi: true,
+            causal: false,
+            window_left: Some(30),
+            window_right: Some(8),
+            softcap: 5.0,
             ..Default::default()
         },
     ];
@@ -469,13 +482,18 @@ fn decode_kernels_over_pages() {
                 },
             );
             assert_eq!(batch.kinds()[3], Kind::Prefill);
-            let op = Attention::default();
-            let got = w.run(&ctx, &cache, &batch, &op, None);
-            let cmp = compare(&got, &w.want(&op, None));
-            assert!(
-                cmp.passes(tol(dtype)),
-                "{dtype} {layout:?} {decode:?}: {cmp}"
-            );
+            for alibi in [false, true] {
+                let op = Attention {
+                    alibi,
+                    ..Default::default()
+                };
+                let got = w.run(&ctx, &cache, &batch, &op, None);
+                let cmp = compare(&got, &w.want(&op, None));
+                assert!(
+                    cmp.passes(tol(dtype)),
+                    "{dtype} {layout:?} {decode:?} alibi {alibi}: {cmp}"
+                );
+            }
         }
         // 4 splits of 150 keys (and of 1 key: three empty splits) against the contiguous
         // kernel (f32 only: the dtype does not change the shared key-lane step).
@@ -527,6 +545,14 @@ fn decode_kernels_over_pages() {
                 ..Default::default()
             },
             None,
+        ),
+        (
+            Attention {
+                alibi: true,
+                window: 30,
+                ..Default::default()
+            },
+            Some(&sinks[..]),
         ),
     ] {
         let got = w.run(&ctx, &cache, &batch, &op, s);
@@ -1256,6 +1282,7 @@ fn subgroup_decode_over_pages() {
     let opts = Attention {
         window: 20,
         softcap: 5.0,
+        alibi: true,
         ..Default::default()
     };
     let got = w.run(&ctx, &cache, &batch, &opts, Some(&sinks));

@@ -493,6 +493,7 @@ impl CaseFile {
                     "window_left",
                     "window_right",
                     "attention_chunk_size",
+                    "alibi",
                 ];
                 if self.op == "paged_attention" {
                     keys.push("layout");

@@ -712,6 +712,7 @@ fn every_allowed_metadata_key_is_read() {
                 ("scale", "0.25"),
                 ("window", "2"),
                 ("softcap", "30"),
+                ("alibi", "true"),
             ],
         ),
         // The op refuses `window` beside `window_left` (one is the other minus 1).
