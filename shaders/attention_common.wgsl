@@ -57,7 +57,8 @@ struct Params {
     // Chunked local attention (Llama 4): only keys of the query's chunk of `attn_chunk` positions
     // (0 = none).
     attn_chunk: u32,
-    _pad0: u32,
+    // ALiBi: the largest power of two <= n_heads (0 = off); see `alibi_slope`.
+    alibi: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -142,6 +143,27 @@ fn cap_logit(s: f32) -> f32 {
         return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
     }
     return s;
+}
+
+// ALiBi (BLOOM's `build_alibi_tensor`, `Attention::alibi`): the slope of query head h, whose
+// logit for key j at query position pos gains slope * (j - pos) (BLOOM adds slope * j, the same
+// softmax, since the difference is constant along a row; the distance keeps the term small).
+// With n = p.alibi, heads below n get 2^(-8 (h + 1) / n), the others 2^(-4 (2 (h - n) + 1) / n).
+// Off (p.alibi = 0) the slope is 0, so each kernel's bias term is one multiply-add that adds 0.
+fn alibi_slope(h: u32) -> f32 {
+    if p.alibi == 0u {
+        return 0.0;
+    }
+    let n = f32(p.alibi);
+    if h < p.alibi {
+        return exp2(-8.0 * f32(h + 1u) / n);
+    }
+    return exp2(-4.0 * f32(2u * (h - p.alibi) + 1u) / n);
+}
+
+// The ALiBi slope of row r (r = t * group + i) of kv head kvh.
+fn row_slope(r: u32, kvh: u32) -> f32 {
+    return alibi_slope(kvh * p.group + r % p.group);
 }
 
 // First position of the attention chunk that holds position pos (floor, also for pos < 0).
@@ -261,7 +283,7 @@ fn stage_tile(lid: u32, j0: i32, n: u32, k_base: u32, v_base: u32) {
 // `attn_prefill` and `attn_decode_partial`: this invocation takes keys lane, lane + lanes, ... of
 // the tile (prefill: lane 0 of 1, every key). All scores of the tile first, so that the running
 // max m moves, and the accumulator is rescaled, at most once per tile; then l and acc gather
-// exp(s - m) and exp(s - m) * v. Masked keys add nothing.
+// exp(s - m) and exp(s - m) * v. Masked keys add nothing. `slope`: the row's ALiBi slope.
 fn softmax_tile(
     q: ptr<function, array<vec4<f32>, MAX_HD4>>,
     acc: ptr<function, array<vec4<f32>, MAX_HD4>>,
@@ -272,6 +294,7 @@ fn softmax_tile(
     pos: i32,
     lane: u32,
     lanes: u32,
+    slope: f32,
 ) {
     var s: array<f32, MAX_BK>;
     var m_new = *m;
@@ -283,7 +306,8 @@ fn softmax_tile(
             for (var d = 0u; d < HD4; d++) {
                 dot_acc += (*q)[d] * k_tile[kb + d];
             }
-            x = cap_logit(dot_acc.x + dot_acc.y + dot_acc.z + dot_acc.w);
+            let j = j0 + i32(jj);
+            x = cap_logit(dot_acc.x + dot_acc.y + dot_acc.z + dot_acc.w) + slope * f32(j - pos);
             m_new = max(m_new, x);
         }
         s[jj] = x;

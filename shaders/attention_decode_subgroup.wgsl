@@ -46,7 +46,7 @@ fn attn_decode_sg(
         var acc: SgRegs;
         var m: array<f32, RS>;
         var l: array<f32, RS>;
-        sg_partial(&q, &pos, &acc, &m, &l, heads, w.kv, r0, p.rows, vs, sg_lane, sg_size);
+        sg_partial(&q, &pos, &acc, &m, &l, heads, kvh, w.kv, r0, p.rows, vs, sg_lane, sg_size);
         // The partial of (row, split, key lane vs).
         for (var r = 0u; r < RS; r++) {
             if r0 + r < p.rows {

@@ -203,8 +203,8 @@ fn keys_scores(s: ptr<function, array<vec4<f32>, 8>>, base: u32) -> vec4<f32> {
 }
 
 // Rows r0 .. r0 + KR (q0 .. q3 pre-scaled; rows past `rows` are computed on a clamped copy and
-// not stored) over the keys kv.x + lane, kv.x + lane + WG, ... < kv.y of the head `h`, queries at
-// positions q_offset + r / group; the partial of row r0 + i goes to part_out[e + i * row_step].
+// not stored) over the keys kv.x + lane, kv.x + lane + WG, ... < kv.y of the head `h` (kv head
+// kvh, for the rows' ALiBi slopes), queries at positions q_offset + r / group; the partial of row r0 + i goes to part_out[e + i * row_step].
 // A step takes two keys of the lane (j and j + WG): both are scored first, then one running-max
 // update and one rescale of the accumulators serve both (also for one row: the two keys' loads
 // and dot products are independent, which llvmpipe overlaps; BENCHMARKS.md, round five).
@@ -214,6 +214,7 @@ fn keys_partial(
     q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
     q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
     h: vec2<u32>,
+    kvh: u32,
     kv: vec2<i32>,
     lane: u32,
     r0: u32,
@@ -231,6 +232,7 @@ fn keys_partial(
     let row_ok = rr < vec4<u32>(min(rows, r0 + KR));
     let rcl = min(rr, vec4<u32>(rows - 1u));
     let pos = vec4<i32>(q_offset) + vec4<i32>(rcl / p.group);
+    let slope = vec4<f32>(row_slope(rr.x, kvh), row_slope(rr.y, kvh), row_slope(rr.z, kvh), row_slope(rr.w, kvh));
     var m = vec4<f32>(NEG_BIG);
     var l = vec4<f32>(0.0);
     for (var j0 = kv.x + i32(lane); j0 < kv.y; j0 += i32(2u * WG)) {
@@ -248,9 +250,9 @@ fn keys_partial(
         keys_dot8(40u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
         keys_dot8(48u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
         keys_dot8(56u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
-        let x0 = keys_scores(&s, 0u);
+        let x0 = keys_scores(&s, 0u) + slope * vec4<f32>(vec4<i32>(j0) - pos);
         let ok0 = row_ok & vec4<bool>(visible(j0, pos.x), visible(j0, pos.y), visible(j0, pos.z), visible(j0, pos.w));
-        let x1 = keys_scores(&s, 4u);
+        let x1 = keys_scores(&s, 4u) + slope * vec4<f32>(vec4<i32>(j1) - pos);
         let ok1 = row_ok & vec4<bool>(j1 < kv.y) & vec4<bool>(visible(j1, pos.x), visible(j1, pos.y), visible(j1, pos.z), visible(j1, pos.w));
         let m_0 = select(m, max(m, x0), ok0);
         let m_new = select(m_0, max(m_0, x1), ok1);

@@ -208,7 +208,7 @@ fn attn_paged_partial(
         stage_tile_paged(lid, j0, n, it.sq.bt_off, it.kvh);
         workgroupBarrier();
         if row_ok && lane < lanes {
-            softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes);
+            softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes, alibi_slope(h));
         }
         workgroupBarrier();
     }
@@ -308,5 +308,5 @@ fn attn_paged_keys(
     let stride = 4u * HD4 + 2u;
     let n_parts = it.sq.n_splits * WG;
     let e = (it.sq.part_base + (it.kvh * it.rows + it.r0) * n_parts + it.split * WG + lid) * stride;
-    keys_partial(&q0, &q1, &q2, &q3, vec2<u32>(it.sq.bt_off, it.kvh), it.kv, lid, it.r0, it.rows, it.sq.q_offset, e, n_parts * stride);
+    keys_partial(&q0, &q1, &q2, &q3, vec2<u32>(it.sq.bt_off, it.kvh), it.kvh, it.kv, lid, it.r0, it.rows, it.sq.q_offset, e, n_parts * stride);
 }

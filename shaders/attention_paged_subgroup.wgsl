@@ -53,7 +53,7 @@ fn attn_paged_sg(
         var acc: SgRegs;
         var m: array<f32, RS>;
         var l: array<f32, RS>;
-        sg_partial(&q, &pos, &acc, &m, &l, vec2<u32>(it.sq.bt_off, it.kvh), it.kv, it.r0, it.rows, vs, sg_lane, sg_size);
+        sg_partial(&q, &pos, &acc, &m, &l, vec2<u32>(it.sq.bt_off, it.kvh), it.kvh, it.kv, it.r0, it.rows, vs, sg_lane, sg_size);
         for (var r = 0u; r < RS; r++) {
             let rr = it.r0 + r;
             if rr < it.rows {

@@ -105,6 +105,9 @@ struct Rows {
     hi: vec4<i32>,
     m: vec4<f32>,
     l: vec4<f32>,
+    // query positions and ALiBi slopes
+    pos: vec4<i32>,
+    slope: vec4<f32>,
 }
 
 // One FlashAttention-2 step of PR rows over the staged tile (keys j0 .. j0 + n).
@@ -133,6 +136,7 @@ fn tile_step(
             if p.softcap > 0.0 {
                 dots = p.softcap * tanh(clamp(dots / p.softcap, vec4<f32>(-15.0), vec4<f32>(15.0)));
             }
+            dots += (*st).slope * vec4<f32>(j - (*st).pos);
             x = select(x, dots, vis);
             m_new = max(m_new, x);
         }
@@ -187,6 +191,8 @@ fn run_block(
     (*st).hi = vec4<i32>(0);
     (*st).m = vec4<f32>(NEG_BIG);
     (*st).l = vec4<f32>(0.0);
+    (*st).pos = vec4<i32>(0);
+    (*st).slope = vec4<f32>(0.0);
     for (var i = 0u; i < PR; i++) {
         let r = r0 + lid * PR + i;
         let th = row_th(r, kvh);
@@ -198,6 +204,8 @@ fn run_block(
         let iv = visible_interval(p.q_offset + i32(th.x));
         (*st).lo[i] = iv.x;
         (*st).hi[i] = iv.y;
+        (*st).pos[i] = p.q_offset + i32(th.x);
+        (*st).slope[i] = alibi_slope(th.y);
     }
     let k_base = p.k_off + b * p.k_sb + kvh * p.k_sh;
     let v_base = p.v_off + b * p.v_sb + kvh * p.v_sh;
@@ -385,7 +393,9 @@ fn pk_kq(e: vec4<u32>, d: u32) -> mat4x4<f32> {
 }
 
 // Scores (column k: key j + k, components: the 4 rows of a group) to masked log2-domain logits.
-fn pk_logits(s: mat4x4<f32>, j: i32, lo: vec4<i32>, hi: vec4<i32>) -> mat4x4<f32> {
+fn pk_logits(s: mat4x4<f32>, j: i32, rows: PkRows) -> mat4x4<f32> {
+    let lo = rows.lo;
+    let hi = rows.hi;
     var x = s;
     if p.softcap > 0.0 {
         let c = vec4<f32>(p.softcap);
@@ -397,6 +407,13 @@ fn pk_logits(s: mat4x4<f32>, j: i32, lo: vec4<i32>, hi: vec4<i32>) -> mat4x4<f32
             c * tanh(clamp(s[3] / c, -lim, lim)),
         );
     }
+    let dist = vec4<f32>(vec4<i32>(j) - rows.pos);
+    x = mat4x4<f32>(
+        x[0] + rows.slope * dist,
+        x[1] + rows.slope * (dist + 1.0),
+        x[2] + rows.slope * (dist + 2.0),
+        x[3] + rows.slope * (dist + 3.0),
+    );
     let neg = vec4<f32>(NEG_BIG);
     return mat4x4<f32>(
         select(neg, x[0] * LOG2E, (vec4<i32>(j) >= lo) & (vec4<i32>(j) < hi)),
@@ -509,16 +526,26 @@ fn pk_store_slot(t: PkDest, d4: u32, a: Rows16, f0: vec4<f32>, f1: vec4<f32>, f2
     pk_store(t, 15u, d4, a[3][3] * f3.w);
 }
 
-// Visible-key intervals of rows r .. r + 4 (positions from q_offset), cut to [kv.x, kv.y).
-fn pk_bounds(r: u32, kvh: u32, kv: vec2<i32>) -> array<vec4<i32>, 2> {
-    var lo = vec4<i32>(0);
-    var hi = vec4<i32>(0);
+// Rows r .. r + 4: visible-key intervals cut to [kv.x, kv.y), query positions, ALiBi slopes.
+struct PkRows {
+    lo: vec4<i32>,
+    hi: vec4<i32>,
+    pos: vec4<i32>,
+    slope: vec4<f32>,
+}
+
+fn pk_bounds(r: u32, kvh: u32, kv: vec2<i32>) -> PkRows {
+    var b = PkRows(vec4<i32>(0), vec4<i32>(0), vec4<i32>(0), vec4<f32>(0.0));
     for (var i = 0u; i < 4u; i++) {
-        let iv = visible_interval(p.q_offset + i32(row_th(r + i, kvh).x));
-        lo[i] = max(iv.x, kv.x);
-        hi[i] = min(iv.y, kv.y);
+        let th = row_th(r + i, kvh);
+        let pos = p.q_offset + i32(th.x);
+        let iv = visible_interval(pos);
+        b.lo[i] = max(iv.x, kv.x);
+        b.hi[i] = min(iv.y, kv.y);
+        b.pos[i] = pos;
+        b.slope[i] = alibi_slope(th.y);
     }
-    return array<vec4<i32>, 2>(lo, hi);
+    return b;
 }
 
 @compute @workgroup_size(PK_LANES)
@@ -611,14 +638,14 @@ fn attn_prefill_keys(
             s3a += q3 * ka;
             s3b += q3 * kb;
         }
-        s0a = pk_logits(s0a, jl, b0[0], b0[1]);
-        s0b = pk_logits(s0b, jl + 4, b0[0], b0[1]);
-        s1a = pk_logits(s1a, jl, b1[0], b1[1]);
-        s1b = pk_logits(s1b, jl + 4, b1[0], b1[1]);
-        s2a = pk_logits(s2a, jl, b2[0], b2[1]);
-        s2b = pk_logits(s2b, jl + 4, b2[0], b2[1]);
-        s3a = pk_logits(s3a, jl, b3[0], b3[1]);
-        s3b = pk_logits(s3b, jl + 4, b3[0], b3[1]);
+        s0a = pk_logits(s0a, jl, b0);
+        s0b = pk_logits(s0b, jl + 4, b0);
+        s1a = pk_logits(s1a, jl, b1);
+        s1b = pk_logits(s1b, jl + 4, b1);
+        s2a = pk_logits(s2a, jl, b2);
+        s2b = pk_logits(s2b, jl + 4, b2);
+        s3a = pk_logits(s3a, jl, b3);
+        s3b = pk_logits(s3b, jl + 4, b3);
         pk_m[lane * 4u] = max(pk_colmax(s0a), pk_colmax(s0b));
         pk_m[lane * 4u + 1u] = max(pk_colmax(s1a), pk_colmax(s1b));
         pk_m[lane * 4u + 2u] = max(pk_colmax(s2a), pk_colmax(s2b));

@@ -83,7 +83,8 @@ fn sg_load_q(
 }
 
 // Rows r0 .. r0 + RS (q: this lane's slots of each row, pre-scaled; pos: each row's query
-// position) against the 4-key blocks vs, vs + NSG, ... of the keys kv.x .. kv.y of the head `h`:
+// position) against the 4-key blocks vs, vs + NSG, ... of the keys kv.x .. kv.y of the head `h`
+// (kv head kvh, for the rows' ALiBi slopes):
 // this lane's slots of the unnormalised accumulators into acc, and each row's m and l
 // (identical in every lane).
 fn sg_partial(
@@ -93,6 +94,7 @@ fn sg_partial(
     m: ptr<function, array<f32, RS>>,
     l: ptr<function, array<f32, RS>>,
     h: vec2<u32>,
+    kvh: u32,
     kv: vec2<i32>,
     r0: u32,
     rows: u32,
@@ -129,8 +131,9 @@ fn sg_partial(
         var pr: array<vec4<f32>, RS>;
         for (var r = 0u; r < RS; r++) {
             let x = subgroupAdd(s[r]);
-            let sc = vec4<f32>(cap_logit(x.x), cap_logit(x.y), cap_logit(x.z), cap_logit(x.w));
             let ps = (*pos)[r];
+            let dist = vec4<f32>(vec4<i32>(j0, j0 + 1, j0 + 2, j0 + 3) - vec4<i32>(ps));
+            let sc = vec4<f32>(cap_logit(x.x), cap_logit(x.y), cap_logit(x.z), cap_logit(x.w)) + row_slope(r0 + r, kvh) * dist;
             let ok = key_ok & vec4<bool>(r0 + r < rows) & vec4<bool>(
                 visible(j0, ps),
                 visible(j0 + 1, ps),

@@ -78,7 +78,8 @@ struct Params {
     // row map: first entry of this call in `rows`
     rows_off: u32,
     // multimodal RoPE: pairs [0, sec1) take position row 0 (time), [sec1, sec2) row 1 (height),
-    // the rest row 2 (width); sec1 = sec2 = 0xffffffff for 1-D RoPE
+    // the rest row 2 (width); sec1 = sec2 = 0xffffffff for 1-D RoPE; interleaved sections
+    // (FLAG_MROPE_INTERLEAVED) read them as in pair_pos
     sec1: u32,
     sec2: u32,
     // distance between the position rows (multimodal RoPE)
@@ -100,6 +101,9 @@ const FLAG_NORM_B: u32 = 2u;
 // Output rows come from `rows`: token t's head h goes to dst[rows[rows_off + t] + h * o_hstride];
 // an entry 0xffffffff skips the token.
 const FLAG_ROW_MAP: u32 = 4u;
+// multimodal sections interleave (Qwen3-VL): sec1 = 3h and sec2 = 3w end the height and width
+// pairs, k % 3 picks the row
+const FLAG_MROPE_INTERLEAVED: u32 = 8u;
 const SKIP_ROW: u32 = 0xffffffffu;
 
 struct Freq {
@@ -204,7 +208,7 @@ fn cos_sin(pos: i32, k: u32) -> vec2<f32> {
 fn token_pos(b: u32, s: u32) -> vec3<i32> {
     if POS_BUF {
         let i = p.pos_off + b * p.pos_bstride + s * p.pos_sstride;
-        if p.sec1 < p.half_rot {
+        if p.sec1 < p.half_rot || (p.flags & FLAG_MROPE_INTERLEAVED) != 0u {
             return vec3<i32>(positions[i], positions[i + p.pos_rstride], positions[i + 2u * p.pos_rstride]);
         }
         return vec3<i32>(positions[i]);
@@ -214,6 +218,10 @@ fn token_pos(b: u32, s: u32) -> vec3<i32> {
 
 // The position that rotates pair k: its multimodal section's row (always row 0 for 1-D RoPE).
 fn pair_pos(pos: vec3<i32>, k: u32) -> i32 {
+    if (p.flags & FLAG_MROPE_INTERLEAVED) != 0u {
+        let m = k % 3u;
+        return select(select(pos.x, pos.z, m == 2u && k < p.sec2), pos.y, m == 1u && k < p.sec1);
+    }
     return select(select(pos.z, pos.y, k < p.sec2), pos.x, k < p.sec1);
 }
 

@@ -28,6 +28,7 @@ struct Case {
     window_right: Option<u32>,
     chunk: u32,
     softcap: f32,
+    alibi: bool,
     sinks: bool,
     scale: Option<f32>,
     kind: Option<Kind>,
@@ -58,6 +59,7 @@ impl Case {
             window_right: None,
             chunk: 0,
             softcap: 0.0,
+            alibi: false,
             sinks: false,
             scale: None,
             kind: None,
@@ -75,6 +77,7 @@ impl Case {
             window_right: self.window_right,
             chunk_size: self.chunk,
             softcap: self.softcap,
+            alibi: self.alibi,
             kind: self.kind,
             splits: self.splits,
             f16_arithmetic: false,
@@ -101,6 +104,7 @@ impl Case {
             window_right: self.window_right.map(|w| w as usize),
             chunk: self.chunk as usize,
             softcap: self.softcap as f64,
+            alibi: self.alibi,
         }
     }
     fn shapes(&self) -> (Vec<usize>, Vec<usize>) {
@@ -948,6 +952,59 @@ fn two_sided_windows_and_chunks() {
     }
 }
 
+/// ALiBi (BLOOM's slopes) on every kernel and dtype at `HD`: 6 query heads (not a power of two:
+/// heads 4 and 5 take the odd powers of the next base) in GQA groups of 3 and MHA, causal,
+/// non-causal with a two-sided window, chunked prefill offsets, splits, sinks and a softcap
+/// beside it. The bias changes the result: the reference without it is far off.
+#[test]
+fn alibi_on_every_kernel() {
+    let mut i = 0;
+    for kind in FORCED {
+        let q_len = if matches!(kind, Kind::Prefill | Kind::PrefillKeys) {
+            20
+        } else {
+            3
+        };
+        for dtype in DType::ALL {
+            for (n_kv, mode) in [(2, 0), (6, 1), (2, 2), (6, 7)] {
+                i += 1;
+                let mut c = Case::new(q_len, 150, 6, n_kv, HD);
+                c.dtype = dtype;
+                c.kind = Some(kind);
+                c.alibi = true;
+                let mut c = with_mode(c, mode);
+                if mode == 1 {
+                    c.window_left = Some(40);
+                    c.window_right = Some(9);
+                }
+                if i % 3 == 0 {
+                    c.splits = Some(5);
+                }
+                let d = data(&c, 8000 + i, 1.0);
+                let plain = want(&Case { alibi: false, ..c }, &d);
+                let want = want(&c, &d);
+                let off = compare(&plain.iter().map(|&x| x as f32).collect::<Vec<_>>(), &want);
+                assert!(off.nmse > 1e-3, "{c:?}: ALiBi changes nothing ({off})");
+                let cmp = compare(&gpu(&c, &d), &want);
+                let limit = match c.softcap > 0.0 {
+                    true => softcap_tolerance(&ctx(), dtype),
+                    false => tol(dtype),
+                };
+                assert!(cmp.passes(limit), "{c:?}: {cmp}");
+            }
+        }
+    }
+    // BLOOM's slopes for 12 heads: 2^-1 .. 2^-8, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5.
+    let s = reference::alibi_slopes(12);
+    for (h, &e) in [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 0.5, 1.5, 2.5, 3.5]
+        .iter()
+        .enumerate()
+    {
+        assert!((s[h] - 2f64.powf(-e)).abs() < 1e-15, "head {h}: {}", s[h]);
+    }
+    assert_eq!(reference::alibi_slopes(1), vec![2f64.powi(-8)]);
+}
+
 /// q scaled x30: logits in the hundreds overflow a naive exp; the online softmax must not. The
 /// logit scale 1/sqrt(head_dim) makes their size independent of head_dim, so `HD` shows it (with
 /// `LLAMA_KERNELS_LONG_TESTS=1`, head_dim 128 too).
@@ -1739,6 +1796,11 @@ fn decode_subgroup_kernel() {
     cases.push(c);
     let mut c = sg(Case::new(1, 60, 8, 2, 64));
     c.q_offset = Some(-1);
+    cases.push(c);
+    // ALiBi over 6 heads (not a power of two) in groups of 3, with a softcap.
+    let mut c = sg(Case::new(3, 70, 6, 2, 64));
+    c.alibi = true;
+    c.softcap = 4.0;
     cases.push(c);
     for (i, c) in cases.iter().enumerate() {
         check(*c, 900 + i as u64);

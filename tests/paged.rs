@@ -9,7 +9,9 @@ mod common;
 use common::*;
 use llama_kernels::compare::compare;
 use llama_kernels::ops::attention::Kind;
-use llama_kernels::ops::paged::{BatchSeq, Heads, PageCopy, PageLayout, PlanOptions, SeqId};
+use llama_kernels::ops::paged::{
+    BatchSeq, Heads, KeptPath, PageCopy, PageLayout, PlanOptions, SeqId, SlotCopy,
+};
 use llama_kernels::ops::rope::HeadNorm;
 use llama_kernels::reference::attention as reference;
 use llama_kernels::{
@@ -193,6 +195,7 @@ impl World {
                     window_right: op.window_right.map(|w| w as usize),
                     chunk: op.chunk_size as usize,
                     softcap: op.softcap as f64,
+                    alibi: op.alibi,
                 },
             ));
             q0 += n;
@@ -301,8 +304,8 @@ fn large_and_odd_head_sizes() {
 }
 
 /// Every masking and logit option of [`Attention`], per sequence: non-causal, two-sided and
-/// causal windows, chunked attention, softcap, sinks and a custom scale, in f32 (the dtypes
-/// share the code above).
+/// causal windows, chunked attention, softcap, sinks, a custom scale and ALiBi, in f32 (the
+/// dtypes share the code above).
 #[test]
 fn every_option_per_sequence() {
     let ctx = ctx();
@@ -332,6 +335,18 @@ fn every_option_per_sequence() {
             scale: Some(0.2),
             window_left: Some(40),
             chunk_size: 64,
+            ..Default::default()
+        },
+        Attention {
+            alibi: true,
+            ..Default::default()
+        },
+        Attention {
+            alibi: true,
+            causal: false,
+            window_left: Some(30),
+            window_right: Some(8),
+            softcap: 5.0,
             ..Default::default()
         },
     ];
@@ -472,13 +487,18 @@ fn decode_kernels_over_pages() {
                 },
             );
             assert_eq!(batch.kinds()[3], Kind::Prefill);
-            let op = Attention::default();
-            let got = w.run(&ctx, &cache, &batch, &op, None);
-            let cmp = compare(&got, &w.want(&op, None));
-            assert!(
-                cmp.passes(tol(dtype)),
-                "{dtype} {layout:?} {decode:?}: {cmp}"
-            );
+            for alibi in [false, true] {
+                let op = Attention {
+                    alibi,
+                    ..Default::default()
+                };
+                let got = w.run(&ctx, &cache, &batch, &op, None);
+                let cmp = compare(&got, &w.want(&op, None));
+                assert!(
+                    cmp.passes(tol(dtype)),
+                    "{dtype} {layout:?} {decode:?} alibi {alibi}: {cmp}"
+                );
+            }
         }
         // 4 splits of 150 keys (and of 1 key: three empty splits) against the contiguous
         // kernel (f32 only: the dtype does not change the shared key-lane step).
@@ -530,6 +550,14 @@ fn decode_kernels_over_pages() {
                 ..Default::default()
             },
             None,
+        ),
+        (
+            Attention {
+                alibi: true,
+                window: 30,
+                ..Default::default()
+            },
+            Some(&sinks[..]),
         ),
     ] {
         let got = w.run(&ctx, &cache, &batch, &op, s);
@@ -651,6 +679,225 @@ fn pool_past_128_mib() {
         &reference::Options::default(),
     );
     assert_close(&ctx, &out, &want, tol(DType::F32), "pool past 128 MiB");
+}
+
+/// Rollback: truncation frees the pages no other sequence shares and keeps shared ones (the next
+/// append copies a shared partial page before writing); keeping an accepted path of a draft tree
+/// moves its rows into place, copying a shared destination page first; a chain prefix moves
+/// nothing; bad input is an `Err` that changes nothing.
+#[test]
+fn page_table_rollback() {
+    let mut t = PageTable::new(8, 8).unwrap();
+    let a = t.add_sequence();
+    t.append(&[(a, 20)]).unwrap();
+    let a_pages = t.pages(a).unwrap().to_vec();
+    assert_eq!((a_pages.len(), t.free_pages()), (3, 5));
+    // A fork shares all three pages; rolling a back to 9 tokens keeps 2 pages, frees none
+    // (the third is b's too), and a's next append copies its shared partial page.
+    let b = t.fork(a).unwrap();
+    t.truncate(a, 9).unwrap();
+    assert_eq!(t.len(a).unwrap(), 9);
+    assert_eq!(t.pages(a).unwrap(), &a_pages[..2]);
+    assert_eq!(t.free_pages(), 5);
+    let copies = t.append(&[(a, 1)]).unwrap();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].src, a_pages[1]);
+    assert_eq!(t.pages(b).unwrap(), &a_pages[..]);
+    // b alone holds its third page now: truncating b to a page boundary frees it.
+    t.truncate(b, 16).unwrap();
+    assert_eq!(t.free_pages(), 5);
+    t.truncate(b, 0).unwrap();
+    assert_eq!((t.pages(b).unwrap().len(), t.free_pages()), (0, 6));
+    expect_err(
+        t.truncate(a, 11),
+        "paged",
+        is_param,
+        "truncate: sequence 0 holds 10 tokens; it cannot be truncated to 11",
+    );
+    expect_err(t.truncate(SeqId(7), 0), "paged", is_param, "no sequence 7");
+
+    // A tree of 7 draft tokens after 10 tokens (positions 10..17); keep offsets 0, 2, 5.
+    t.append(&[(a, 7)]).unwrap();
+    let pages = t.pages(a).unwrap().to_vec();
+    let slot = |pos: usize| (pages[pos / 8] as usize * 8 + pos % 8) as u32;
+    let kept = t.keep_path(a, 10, &[0, 2, 5]).unwrap();
+    assert_eq!(
+        kept,
+        KeptPath {
+            pages: vec![],
+            rows: vec![
+                SlotCopy {
+                    src: slot(12),
+                    dst: slot(11)
+                },
+                SlotCopy {
+                    src: slot(15),
+                    dst: slot(12)
+                },
+            ],
+        }
+    );
+    assert_eq!(t.len(a).unwrap(), 13);
+    // A chain: the accepted tokens are a prefix, nothing moves.
+    t.append(&[(a, 4)]).unwrap();
+    assert_eq!(t.keep_path(a, 13, &[0, 1]).unwrap(), KeptPath::default());
+    assert_eq!(t.len(a).unwrap(), 15);
+    // A shared destination page is copied first, and the moves write into the copy.
+    t.append(&[(a, 3)]).unwrap();
+    let c = t.fork(a).unwrap();
+    let shared = t.pages(a).unwrap()[1];
+    let kept = t.keep_path(a, 14, &[1, 3]).unwrap();
+    let own = t.pages(a).unwrap()[1];
+    assert_ne!(own, shared);
+    assert_eq!(
+        kept.pages,
+        vec![PageCopy {
+            src: shared,
+            dst: own
+        }]
+    );
+    assert_eq!(
+        kept.rows,
+        vec![
+            SlotCopy {
+                src: own * 8 + 7,
+                dst: own * 8 + 6
+            },
+            SlotCopy {
+                src: t.pages(c).unwrap()[2] * 8 + 1,
+                dst: own * 8 + 7
+            },
+        ]
+    );
+    assert_eq!(t.pages(c).unwrap()[1], shared);
+    // Bad paths change nothing.
+    let before = (
+        t.pages(a).unwrap().to_vec(),
+        t.len(a).unwrap(),
+        t.free_pages(),
+    );
+    for (base, acc, needle) in [
+        (
+            17,
+            vec![0],
+            "keep_path: base 17 is past the 16 tokens of sequence 0",
+        ),
+        (
+            10,
+            vec![2, 2],
+            "keep_path: accepted offsets must increase strictly, got [2, 2]",
+        ),
+        (
+            10,
+            vec![0, 6],
+            "keep_path: accepted offset 6 is past the 6 tree tokens of sequence 0",
+        ),
+    ] {
+        expect_err(t.keep_path(a, base, &acc), "paged", is_param, needle);
+    }
+    assert_eq!(
+        before,
+        (
+            t.pages(a).unwrap().to_vec(),
+            t.len(a).unwrap(),
+            t.free_pages()
+        )
+    );
+    // Out of pages for the copy-on-write: an Err that changes nothing.
+    let mut t = PageTable::new(2, 8).unwrap();
+    let a = t.add_sequence();
+    t.append(&[(a, 12)]).unwrap();
+    let _fork = t.fork(a).unwrap();
+    expect_err(
+        t.keep_path(a, 8, &[2]),
+        "paged",
+        |e| matches!(e, Error::Limit { .. }),
+        "out of pages: keeping the path copies 1 shared pages, 0 are free",
+    );
+    assert_eq!(t.len(a).unwrap(), 12);
+}
+
+/// `PagedKvCache::copy_slots` moves the K and V rows of every kv head, in both layouts and in a
+/// half dtype, with a copy-on-write page copy first: the pool read back equals the host model
+/// of `keep_path`'s result, and the other pages are untouched.
+#[test]
+fn keep_path_moves_rows() {
+    let ctx = ctx();
+    let (ps, n_kv, hd) = (8, 2, 16);
+    for (dtype, layout) in [
+        (DType::F32, PageLayout::Nhd),
+        (DType::BF16, PageLayout::Hnd),
+    ] {
+        let cache = PagedKvCache::new(&ctx, 6, ps, n_kv, hd, dtype, layout).unwrap();
+        let per = ps * n_kv * hd;
+        let mut rng = Rng::new(77);
+        let all: Vec<u32> = (0..6).collect();
+        let mut stored = |n: usize| -> Vec<f32> {
+            rounded(&rng.vec(n, 1.0), dtype)
+                .iter()
+                .map(|&x| x as f32)
+                .collect()
+        };
+        let (k, v) = (stored(6 * per), stored(6 * per));
+        cache.write_pages(&ctx, &all, &k, &v).unwrap();
+        let mut t = PageTable::new(6, ps).unwrap();
+        let a = t.add_sequence();
+        t.append(&[(a, 20)]).unwrap();
+        let _other = t.fork(a).unwrap();
+        let kept = t.keep_path(a, 6, &[0, 3, 4, 13]).unwrap();
+        // Tree rows 6..20; the moves write into pages 0 and 1, both shared with the fork.
+        assert_eq!(kept.pages.len(), 2, "{kept:?}");
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        cache.copy_pages(&ctx, &mut enc, &kept.pages).unwrap();
+        cache.copy_slots(&ctx, &mut enc, &kept.rows).unwrap();
+        ctx.queue().submit([enc.finish()]);
+        // The host model: pages as written (token order), then the same copies.
+        let row = n_kv * hd;
+        let (mut km, mut vm) = (k.clone(), v.clone());
+        for c in &kept.pages {
+            let (s, d) = (c.src as usize * per, c.dst as usize * per);
+            km.copy_within(s..s + per, d);
+            vm.copy_within(s..s + per, d);
+        }
+        let (ks, vs) = (km.clone(), vm.clone());
+        for m in &kept.rows {
+            let (s, d) = (m.src as usize * row, m.dst as usize * row);
+            km[d..d + row].copy_from_slice(&ks[s..s + row]);
+            vm[d..d + row].copy_from_slice(&vs[s..s + row]);
+        }
+        let pool = Tensor::new(&cache.buffers()[0], 0, &[6 * 2 * per], dtype);
+        let got = ctx.read_f32(&pool).unwrap();
+        for slot in 0..6 * ps {
+            for h in 0..n_kv {
+                let (_, off) = cache.slot_offset(slot, h);
+                let want = (slot * n_kv + h) * hd;
+                assert_eq!(
+                    got[off..off + hd],
+                    km[want..want + hd],
+                    "{dtype} K slot {slot}"
+                );
+                let vo = off + per;
+                assert_eq!(
+                    got[vo..vo + hd],
+                    vm[want..want + hd],
+                    "{dtype} V slot {slot}"
+                );
+            }
+        }
+        assert_eq!(t.len(a).unwrap(), 10);
+    }
+    expect_err(
+        PagedKvCache::new(&ctx, 2, 8, 1, 16, DType::F32, PageLayout::Hnd)
+            .unwrap()
+            .copy_slots(
+                &ctx,
+                &mut ctx.device().create_command_encoder(&Default::default()),
+                &[SlotCopy { src: 0, dst: 16 }],
+            ),
+        "paged",
+        |e| matches!(e, Error::Bounds { .. }),
+        "slot 16 is outside the pool of 2 pages of 8 tokens",
+    );
 }
 
 /// The page table: allocation by need, fork with a shared prefix, copy-on-write at the first
@@ -1366,6 +1613,7 @@ fn subgroup_decode_over_pages() {
     let opts = Attention {
         window: 20,
         softcap: 5.0,
+        alibi: true,
         ..Default::default()
     };
     let got = w.run(&ctx, &cache, &batch, &opts, Some(&sinks));

@@ -419,6 +419,42 @@ fn length_dependent_scalings_switch_at_the_threshold() {
     assert_ne!(a, b);
 }
 
+/// Llama-4-Scout's llama3 scaling (factor 16, low_freq_factor = high_freq_factor = 1): HF warns
+/// and computes a step table (frequencies whose wavelength passes 8192 divided by 16, the rest
+/// kept), and so does the op; with low_freq_factor 4 > high_freq_factor 1 the wavelengths
+/// between 2048 and 8192 are divided too (HF tests the long side first).
+#[test]
+fn llama3_with_an_empty_smoothing_band_is_a_step() {
+    let llama3 = |lo: f64, hi: f64| {
+        Rope::new(500000.0, Layout::Half).with_scaling(Scaling::Llama3 {
+            factor: 16.0,
+            low_freq_factor: lo,
+            high_freq_factor: hi,
+            original_max_position_embeddings: 8192.0,
+        })
+    };
+    for (lo, hi) in [(1.0, 1.0), (4.0, 1.0)] {
+        let (inv, attn) = llama3(lo, hi).inv_freq(128, 0).unwrap();
+        assert_eq!(attn, 1.0);
+        let mut divided = 0;
+        for (i, &got) in inv.iter().enumerate() {
+            let f = 1.0 / 500000f64.powf(2.0 * i as f64 / 128.0);
+            let long = 2.0 * std::f64::consts::PI / f > 8192.0 / lo;
+            let want = if long { f / 16.0 } else { f };
+            divided += long as usize;
+            assert!(
+                (got - want).abs() <= 1e-15 * want,
+                "lo {lo} hi {hi} pair {i}: {got} vs {want}"
+            );
+        }
+        // Both sides of the step are present.
+        assert!(
+            divided > 0 && divided < 64,
+            "lo {lo}: {divided} pairs divided"
+        );
+    }
+}
+
 /// A decode step: K of one new token, inside a fused QKV buffer, rotated out of place into its
 /// slot of a strided KV cache `[max_len, n_kv_heads, head_dim]`, positions by start offset.
 #[test]
@@ -910,15 +946,13 @@ fn every_validation_rule_has_an_error() {
         high_freq_factor: hi,
         original_max_position_embeddings: orig,
     };
+    // An empty smoothing band (low_freq_factor >= high_freq_factor) is HF's step table, but a
+    // wavelength exactly on its edge is 0/0 in HF's formula: refused, not NaN. inv_freq[0] = 1
+    // has wavelength 2pi, so an original length of 2pi puts it there.
     expect_err(
-        with(llama3(4.0, 4.0, 8192.0)).run(&ctx, &x, s0),
+        with(llama3(1.0, 1.0, std::f64::consts::TAU)).run(&ctx, &x, s0),
         is_param,
-        "llama3 low_freq_factor 4 must be < high_freq_factor 4",
-    );
-    expect_err(
-        with(llama3(4.0, 1.0, 8192.0)).run(&ctx, &x, s0),
-        is_param,
-        "low_freq_factor 4 must be < high_freq_factor 1",
+        "with llama3 scaling and rotary_dim 128 gives inv_freq[0] = NaN",
     );
     expect_err(
         with(llama3(1.0, 4.0, 0.0)).run(&ctx, &x, s0),
@@ -1332,11 +1366,30 @@ fn multimodal_rope_against_reference() {
     for dtype in DType::ALL {
         for layout in [Layout::Half, Layout::Interleaved] {
             // Qwen2-VL: head_dim 128, [16, 24, 24]; and a small head with odd section borders.
-            for (hd, section) in [(128, [16, 24, 24]), (32, [5, 6, 5])] {
-                let op = Rope::new(1_000_000.0, layout).with_mrope_section(section);
+            // Interleaved: Qwen3-VL's [24, 20, 20]; and [5, 6, 5] on 16 pairs, where the
+            // height pairs (3h = 18) run past the last pair and the width pairs (3w = 15) stop
+            // one short.
+            for (hd, section, interleaved) in [
+                (128, [16, 24, 24], false),
+                (32, [5, 6, 5], false),
+                (128, [24, 20, 20], true),
+                (32, [5, 6, 5], true),
+            ] {
+                let op = Rope::new(1_000_000.0, layout);
+                let op = if interleaved {
+                    op.with_mrope_interleaved(section)
+                } else {
+                    op.with_mrope_section(section)
+                };
                 let (inv, attn) = op.inv_freq(hd, 0).unwrap();
+                let mrope = reference::Mrope {
+                    section,
+                    interleaved,
+                };
                 for guard in [GUARD_BEFORE, ALIGNED_GUARD] {
-                    let what = format!("{dtype} {layout:?} hd {hd} {section:?} guard {guard}");
+                    let what = format!(
+                        "{dtype} {layout:?} hd {hd} {section:?} interleaved {interleaved} guard {guard}"
+                    );
                     let (seq, heads) = (5, 3);
                     let x = rng.vec(seq * heads * hd, 1.0);
                     let xt = upload_at(&ctx, &x, &[seq, heads, hd], dtype, guard);
@@ -1347,11 +1400,11 @@ fn multimodal_rope_against_reference() {
                     op.run(&ctx, &xt, Positions::Ids(&pt))
                         .unwrap_or_else(|e| panic!("{what}: {e}"));
                     let p64: Vec<i64> = pos.iter().map(|&p| p as i64).collect();
-                    let want = reference::rope_multimodal(
+                    let want = reference::rope_mrope(
                         &rounded(&x, dtype),
                         [1, seq, heads, hd],
                         &p64,
-                        section,
+                        mrope,
                         &inv,
                         attn,
                         layout,

@@ -1,11 +1,12 @@
 //! `attention` cases: inputs `q [q_len, n_heads, head_dim]` or `[batch, q_len, n_heads,
 //! head_dim]`, `k` and `v` `[kv_len, n_kv_heads, head_dim]` (batched likewise), optional
 //! `sinks [n_heads]` (any float dtype: gpt-oss stores them in bf16; the kernel reads them as
-//! f32); metadata `causal` (default true), `q_offset` (default
-//! `kv_len - q_len`), `scale` (default `1/sqrt(head_dim)`), `window` (default 0 = none),
-//! `window_left` / `window_right` (a two-sided window, FlashAttention's `window_size`; absent or
-//! -1 = unbounded), `attention_chunk_size` (default 0 = none) and `softcap` (default 0 = none); output `out`, shaped like `q`. The storage dtype is `q`'s; `k` and
-//! `v` must match it.
+//! f32); metadata `causal` (default true), `q_offset` (default `kv_len - q_len`), `scale`
+//! (default `1/sqrt(head_dim)`), `window` (default 0 = none), `window_left` / `window_right` (a
+//! two-sided window, FlashAttention's `window_size`; absent or -1 = unbounded),
+//! `attention_chunk_size` (default 0 = none), `softcap` (default 0 = none) and `alibi` (default
+//! false; BLOOM's per-head linear bias, `Attention::alibi`); output `out`, shaped like `q`. The
+//! storage dtype is `q`'s; `k` and `v` must match it.
 
 use super::{CaseFile, OpOutput, OpResult};
 use crate::compare::tolerance;
@@ -70,16 +71,7 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             n_kv_heads: d.n_kv_heads,
             head_dim: d.head_dim,
         },
-        &reference::Options {
-            causal: op.causal,
-            q_offset,
-            scale,
-            window: op.window as usize,
-            window_left: op.window_left.map(|w| w as usize),
-            window_right: op.window_right.map(|w| w as usize),
-            chunk: op.chunk_size as usize,
-            softcap,
-        },
+        &ref_options(&op, q_offset, scale, softcap),
     );
     Ok(OpResult {
         dtype,
@@ -93,6 +85,26 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             cpu,
         }],
     })
+}
+
+/// The reference's options for `op`, with `scale` and `softcap` as the case wrote them.
+pub(super) fn ref_options(
+    op: &Attention,
+    q_offset: Option<i64>,
+    scale: Option<f64>,
+    softcap: f64,
+) -> reference::Options {
+    reference::Options {
+        causal: op.causal,
+        q_offset,
+        scale,
+        window: op.window as usize,
+        window_left: op.window_left.map(|w| w as usize),
+        window_right: op.window_right.map(|w| w as usize),
+        chunk: op.chunk_size as usize,
+        softcap,
+        alibi: op.alibi,
+    }
 }
 
 /// The options shared by the `attention` and `paged_attention` ops, read from the metadata
@@ -137,6 +149,7 @@ pub(super) fn options(case: &CaseFile) -> Result<(Attention, Option<f64>, f64)> 
         window_right,
         chunk_size: chunk as u32,
         softcap: softcap as f32,
+        alibi: case.meta_bool("alibi", false)?,
         kind: None,
         splits: None,
         f16_arithmetic: false,

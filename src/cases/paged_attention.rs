@@ -12,10 +12,10 @@
 //! Metadata: `layout` (`nhd`, the default, or `hnd`: how the GPU pool stores a page; the file's
 //! pages are token order either way) and the `attention` op's options: `causal` (true), `scale`
 //! (1/sqrt(head_dim)), `window` (0 = none), `window_left` / `window_right` (-1 = unbounded),
-//! `attention_chunk_size` (0 = none), `softcap` (0 = none). There is no `q_offset`: sequence
-//! `s`'s query `t` sits at position `kv_lens[s] - q_len + t` (bottom-right alignment), so one
-//! batch mixes prefill, chunked prefill and decode sequences; rows before position 0, like every
-//! row of a sequence with no keys, see no key and are 0.
+//! `attention_chunk_size` (0 = none), `softcap` (0 = none), `alibi` (false). There is no
+//! `q_offset`: sequence `s`'s query `t` sits at position `kv_lens[s] - q_len + t` (bottom-right
+//! alignment), so one batch mixes prefill, chunked prefill and decode sequences; rows before
+//! position 0, like every row of a sequence with no keys, see no key and are 0.
 //!
 //! Every index a file holds is checked here, before any GPU work, with an error naming the file:
 //! the kernel reads pages through the block table, and the reference gathers through it.
@@ -299,16 +299,7 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
                 n_kv_heads: h.n_kv_heads,
                 head_dim: h.head_dim,
             },
-            &reference::Options {
-                causal: op.causal,
-                q_offset: None,
-                scale,
-                window: op.window as usize,
-                window_left: op.window_left.map(|w| w as usize),
-                window_right: op.window_right.map(|w| w as usize),
-                chunk: op.chunk_size as usize,
-                softcap,
-            },
+            &super::attention::ref_options(&op, None, scale, softcap),
         );
         debug_assert_eq!(o.len(), seq.q_len * q_row, "sequence {s}");
         cpu[q0 * q_row..][..o.len()].copy_from_slice(&o);

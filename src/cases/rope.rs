@@ -23,7 +23,8 @@
 //!
 //! Multimodal RoPE (Qwen2-VL, Qwen2.5-VL): metadata `mrope_section` (`[t, h, w]` pair counts
 //! summing to rotary_dim / 2) and `positions [3, seq]` or `[3, batch, seq]` (time, height,
-//! width rows); without positions every row counts from `offset`.
+//! width rows); without positions every row counts from `offset`. `mrope_interleaved: true`
+//! (Qwen3-VL) cycles the rows over the pairs as HF's `apply_interleaved_mrope` does.
 //!
 //! QK-norm (Qwen3, Gemma 3): optional per-head RMSNorm weights `[head_dim]` in the input's
 //! dtype, applied before the rotation in the same dispatch (`Rope::encode_norm` /
@@ -209,6 +210,7 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             Some([v[0] as usize, v[1] as usize, v[2] as usize])
         }
     };
+    let mrope_interleaved = case.meta_bool("mrope_interleaved", false)?;
     // Rows of positions: 3 (time, height, width) for multimodal RoPE.
     let rows = if mrope_section.is_some() { 3 } else { 1 };
 
@@ -281,6 +283,7 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         scaling,
         seq_len: Some(seq_len),
         mrope_section,
+        mrope_interleaved,
         ..Rope::default()
     };
     let positions = match &ids {
@@ -353,9 +356,15 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             None => t.values.clone(),
         };
         match mrope_section {
-            Some(sec) => crate::reference::rope::rope_multimodal(
-                &normed, s4, &host_pos, sec, &inv, attn, layout, rd,
-            ),
+            Some(section) => {
+                let mrope = crate::reference::rope::Mrope {
+                    section,
+                    interleaved: mrope_interleaved,
+                };
+                crate::reference::rope::rope_mrope(
+                    &normed, s4, &host_pos, mrope, &inv, attn, layout, rd,
+                )
+            }
             None => crate::reference::rope::rope(&normed, s4, &host_pos, &inv, attn, layout, rd),
         }
     };

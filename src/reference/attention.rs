@@ -8,8 +8,8 @@
 //! (default `q_offset = kv_len - q_len`, bottom-right aligned), key `j` visible iff
 //! `j <= pos` (causal only), `j > pos - window` (window > 0 only), `pos - j <= window_left` and
 //! `j - pos <= window_right` (each when set) and `floor(j / chunk) == floor(pos / chunk)`
-//! (chunk > 0 only). A sink logit joins only the denominator. A row with no visible key is
-//! exactly 0.
+//! (chunk > 0 only). With ALiBi, `alibi_slopes(n_heads)[h] · (j − pos)` joins each logit after the
+//! softcap. A sink logit joins only the denominator. A row with no visible key is exactly 0.
 
 /// Sizes of one attention call (the op's own [`crate::ops::attention::Dims`]). The
 /// reference takes contiguous layouts: q/out `[batch, q_len, n_heads, head_dim]`, k/v
@@ -35,6 +35,8 @@ pub struct Options {
     pub chunk: usize,
     /// 0 = no softcap.
     pub softcap: f64,
+    /// ALiBi: `alibi_slopes(n_heads)[h] * (j - pos)` added to each logit after the softcap.
+    pub alibi: bool,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             window_right: None,
             chunk: 0,
             softcap: 0.0,
+            alibi: false,
         }
     }
 }
@@ -98,6 +101,9 @@ pub fn attention_row(
         if o.softcap > 0.0 {
             s = o.softcap * (s / o.softcap).tanh();
         }
+        if o.alibi {
+            s += alibi_slopes(d.n_heads)[h] * (ji - pos) as f64;
+        }
         logits.push((j, s));
     }
     let sink = sinks.map(|s| s[h]);
@@ -128,6 +134,28 @@ pub fn attention_row(
         *x /= denom;
     }
     out
+}
+
+/// The largest power of two `<= n_heads` (`n_heads >= 1`), BLOOM's `closest_power_of_2`.
+pub fn alibi_pow2(n_heads: usize) -> usize {
+    1 << (usize::BITS - 1 - n_heads.max(1).leading_zeros())
+}
+
+/// ALiBi slopes, one per query head, as transformers' BLOOM `build_alibi_tensor` makes them
+/// (`_get_alibi_slopes`): with `n = alibi_pow2(n_heads)`, head `h < n` gets `2^(-8 (h + 1) / n)`
+/// and head `n + i` gets `2^(-4 (2 i + 1) / n)` (odd powers of the next power of two's base).
+pub fn alibi_slopes(n_heads: usize) -> Vec<f64> {
+    let n = alibi_pow2(n_heads);
+    (0..n_heads)
+        .map(|h| {
+            let e = if h < n {
+                -8.0 * (h + 1) as f64 / n as f64
+            } else {
+                -4.0 * (2 * (h - n) + 1) as f64 / n as f64
+            };
+            e.exp2()
+        })
+        .collect()
 }
 
 /// The whole output, `[batch, q_len, n_heads, head_dim]`.

@@ -64,6 +64,27 @@ pub fn head_norm(x: &[f64], weight: &[f64], eps: f64, weight_offset: f64) -> Vec
     out
 }
 
+/// The position row (0 time, 1 height, 2 width) that rotates pair `i` under multimodal RoPE
+/// with `section = [t, h, w]`: contiguous runs (Qwen2-VL's `mrope_section`), or interleaved
+/// (Qwen3-VL's `apply_interleaved_mrope`: row `i % 3` while `i < 3h` (row 1) or `i < 3w`
+/// (row 2), else row 0).
+pub fn mrope_row(section: [usize; 3], interleaved: bool, i: usize) -> usize {
+    let [t, h, w] = section;
+    if interleaved {
+        match i % 3 {
+            1 if i < 3 * h => 1,
+            2 if i < 3 * w => 2,
+            _ => 0,
+        }
+    } else if i < t {
+        0
+    } else if i < t + h {
+        1
+    } else {
+        2
+    }
+}
+
 /// Multimodal RoPE (Qwen2-VL `mrope_section`) in f64: like [`rope`], but pair `i` of token `t`
 /// rotates by `positions[j * batch * seq + t]`, where `j` is the section of `mrope_section`
 /// (`[time, height, width]` pair counts, summing to `rotary_dim / 2`) that holds `i`;
@@ -79,31 +100,61 @@ pub fn rope_multimodal(
     layout: Layout,
     rotary_dim: usize,
 ) -> Vec<f64> {
+    let rows = Mrope {
+        section: mrope_section,
+        interleaved: false,
+    };
+    rope_mrope(
+        x,
+        shape,
+        positions,
+        rows,
+        inv_freq,
+        attention_factor,
+        layout,
+        rotary_dim,
+    )
+}
+
+/// Which multimodal RoPE: the `[t, h, w]` pair counts and whether they interleave.
+#[derive(Clone, Copy, Debug)]
+pub struct Mrope {
+    /// `mrope_section`, pair counts summing to `rotary_dim / 2`.
+    pub section: [usize; 3],
+    /// Qwen3-VL's interleaved layout ([`mrope_row`]).
+    pub interleaved: bool,
+}
+
+/// Multimodal RoPE in f64, contiguous or interleaved sections: pair `i` of token `t` rotates by
+/// `positions[mrope_row(i) * batch * seq + t]`; `positions` is `[3, batch * seq]`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_mrope(
+    x: &[f64],
+    shape: [usize; 4],
+    positions: &[i64],
+    mrope: Mrope,
+    inv_freq: &[f64],
+    attention_factor: f64,
+    layout: Layout,
+    rotary_dim: usize,
+) -> Vec<f64> {
     let [batch, seq, heads, head_dim] = shape;
     let tokens = batch * seq;
     assert_eq!(x.len(), tokens * heads * head_dim, "reference rope: x");
     assert_eq!(positions.len(), 3 * tokens, "reference rope: positions");
     assert_eq!(inv_freq.len(), rotary_dim / 2, "reference rope: inv_freq");
     assert_eq!(
-        mrope_section.iter().sum::<usize>(),
+        mrope.section.iter().sum::<usize>(),
         rotary_dim / 2,
         "reference rope: mrope_section"
     );
-    let section = |i: usize| {
-        if i < mrope_section[0] {
-            0
-        } else if i < mrope_section[0] + mrope_section[1] {
-            1
-        } else {
-            2
-        }
-    };
     let mut out = x.to_vec();
     for t in 0..tokens {
         for h in 0..heads {
             let base = (t * heads + h) * head_dim;
             for (i, &f) in inv_freq.iter().enumerate() {
-                let p = positions[section(i) * tokens + t] as f64;
+                let row = mrope_row(mrope.section, mrope.interleaved, i);
+                let p = positions[row * tokens + t] as f64;
                 let (s, c) = (p * f).sin_cos();
                 let (ia, ib) = layout.pair(i, rotary_dim);
                 let (a, b) = (x[base + ia], x[base + ib]);

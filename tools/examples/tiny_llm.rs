@@ -4,12 +4,16 @@
 //!
 //! ```text
 //! cargo run --release --example tiny_llm -- --model DIR --prompt 1,2,3 --steps N \
-//!     [--dtype f32|bf16|f16] [--logits OUT.safetensors]
+//!     [--dtype f32|bf16|f16] [--logits OUT.safetensors] [--draft DIR [--draft-len K]]
 //! ```
 //!
 //! Prefills the prompt (P tokens) in one call, then runs N greedy decode steps. Prints one line
 //! `tokens: a b c ...` with the N + 1 argmaxes of logits rows P-1 ..= P+N-1. `--logits` writes
-//! tensor `logits`, F32 `[P + N, vocab]`. Architectures: llama, mistral, qwen2, qwen3, gemma2,
+//! tensor `logits`, F32 `[P + N, vocab]`. `--draft DIR` decodes speculatively
+//! (`llama_kernels_tools::tiny_llm::speculative`): the model in DIR (same vocabulary; the
+//! target itself works) drafts K tokens (`--draft-len`, default 4) greedily, the target verifies
+//! them in one pass and keeps the longest agreeing prefix plus its own next token; the tokens
+//! printed are the same, then a line `target_passes: N` with the target's forward calls. Architectures: llama, mistral, qwen2, qwen3, gemma2,
 //! phi3 (`models/` holds tiny ones, `scripts/gen_tiny_models.py` makes them).
 
 use std::path::PathBuf;
@@ -18,7 +22,7 @@ use std::process::ExitCode;
 use llama_kernels::{Context, DType};
 use llama_kernels_tools::tiny_llm;
 
-const USAGE: &str = "usage: tiny_llm --model DIR --prompt 1,2,3 --steps N [--dtype f32|bf16|f16] [--logits OUT.safetensors]";
+const USAGE: &str = "usage: tiny_llm --model DIR --prompt 1,2,3 --steps N [--dtype f32|bf16|f16] [--logits OUT.safetensors] [--draft DIR [--draft-len K]]";
 
 struct Args {
     model: PathBuf,
@@ -26,6 +30,8 @@ struct Args {
     steps: usize,
     dtype: DType,
     logits: Option<PathBuf>,
+    draft: Option<PathBuf>,
+    draft_len: usize,
 }
 
 /// `Ok(None)`: help was asked for.
@@ -33,6 +39,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut it = std::env::args().skip(1);
     let (mut model, mut prompt, mut steps, mut dtype, mut logits) =
         (None, None, None, DType::F32, None);
+    let (mut draft, mut draft_len) = (None, None);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Ok(None);
@@ -68,8 +75,26 @@ fn parse_args() -> Result<Option<Args>, String> {
                 }
             }
             "--logits" => logits = Some(PathBuf::from(value)),
+            "--draft" => draft = Some(PathBuf::from(value)),
+            "--draft-len" => {
+                draft_len = Some(
+                    value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&k| k >= 1)
+                        .ok_or_else(|| format!("--draft-len {value:?}: an integer >= 1"))?,
+                )
+            }
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
+    }
+    if draft.is_none() && draft_len.is_some() {
+        return Err(format!("--draft-len needs --draft\n{USAGE}"));
+    }
+    if draft.is_some() && logits.is_some() {
+        return Err(format!(
+            "--logits is not available with --draft (the verification passes score drafts, not one row per step)\n{USAGE}"
+        ));
     }
     Ok(Some(Args {
         model: model.ok_or_else(|| format!("--model is required\n{USAGE}"))?,
@@ -77,22 +102,60 @@ fn parse_args() -> Result<Option<Args>, String> {
         steps: steps.ok_or_else(|| format!("--steps is required\n{USAGE}"))?,
         dtype,
         logits,
+        draft,
+        draft_len: draft_len.unwrap_or(4),
     }))
+}
+
+fn report_reprefill(at: Option<usize>) {
+    if let Some(n) = at {
+        eprintln!("tiny_llm: LongRoPE switch: re-encoded all {n} tokens with the long factors");
+    }
+}
+
+fn print_tokens(tokens: &[u32]) {
+    let tokens: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    println!("tokens: {}", tokens.join(" "));
 }
 
 fn run(args: &Args) -> Result<(), String> {
     let ctx = Context::new().map_err(|e| e.to_string())?;
     let m =
         tiny_llm::model::Model::load(&ctx, &args.model, args.dtype).map_err(|e| e.to_string())?;
+    if let Some(dir) = &args.draft {
+        let same = dir.canonicalize().ok() == args.model.canonicalize().ok();
+        let loaded;
+        let draft = if same {
+            &m
+        } else {
+            loaded = tiny_llm::model::Model::load(&ctx, dir, args.dtype)
+                .map_err(|e| format!("--draft: {e}"))?;
+            &loaded
+        };
+        let out = tiny_llm::speculative::generate(
+            &ctx,
+            &m,
+            draft,
+            &args.prompt,
+            args.steps,
+            args.draft_len,
+        )
+        .map_err(|e| e.to_string())?;
+        report_reprefill(out.reprefilled_at);
+        eprintln!(
+            "tiny_llm: {} of {} drafts accepted, {} draft passes",
+            out.accepted, out.drafted, out.draft_passes
+        );
+        print_tokens(&out.tokens);
+        println!("target_passes: {}", out.target_passes);
+        return Ok(());
+    }
     let out = m
         .generate(&ctx, &args.prompt, args.steps)
         .map_err(|e| e.to_string())?;
     eprintln!("tiny_llm: warm-up built {} pipelines", out.warmed_up);
-    if let Some(n) = out.reprefilled_at {
-        eprintln!("tiny_llm: LongRoPE switch: re-encoded all {n} tokens with the long factors");
-    }
-    let tokens: Vec<String> = out.tokens.iter().map(|t| t.to_string()).collect();
-    println!("tokens: {}", tokens.join(" "));
+    report_reprefill(out.reprefilled_at);
+    print_tokens(&out.tokens);
     if let Some(path) = &args.logits {
         let rows = args.prompt.len() + args.steps;
         let bytes: Vec<u8> = out.logits.iter().flat_map(|v| v.to_le_bytes()).collect();

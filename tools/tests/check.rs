@@ -492,11 +492,11 @@ fn mistyped_rope_cases_are_refused() {
             op,
             ("rope_type", "llama3"),
             ("factor", "8"),
-            ("low_freq_factor", "4"),
+            ("low_freq_factor", "0"),
             ("high_freq_factor", "1"),
             ("original_max_position_embeddings", "8192"),
         ],
-        "rope: llama3 low_freq_factor 4 must be < high_freq_factor 1",
+        "rope: low_freq_factor must be finite and > 0, got 0",
     );
     rope_run_err(
         &t,
@@ -677,6 +677,10 @@ fn every_allowed_metadata_key_is_read() {
             ("inv_freq", "[1, 0.1, 0.01, 0.001]"),
             ("attention_factor", "1"),
         ],
+        vec![
+            ("mrope_section", "[1, 2, 1]"),
+            ("mrope_interleaved", "true"),
+        ],
     ];
     for t in &types {
         let meta = [&rope_common[..], t].concat();
@@ -708,6 +712,7 @@ fn every_allowed_metadata_key_is_read() {
                 ("scale", "0.25"),
                 ("window", "2"),
                 ("softcap", "30"),
+                ("alibi", "true"),
             ],
         ),
         // The op refuses `window` beside `window_left` (one is the other minus 1).

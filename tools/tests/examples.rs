@@ -58,3 +58,78 @@ fn tiny_llm_command_line_matches_transformers() {
     );
     let _ = std::fs::remove_file(&out_file);
 }
+
+/// `tiny_llm --draft DIR --draft-len K` (speculative decoding, the model drafting for itself)
+/// prints the same greedy tokens, then `target_passes: N` with every draft accepted:
+/// `N <= ceil(steps / (K + 1)) + 1`.
+#[test]
+fn tiny_llm_speculative_command_line() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/llama3");
+    let r = tiny_llm::reference::Reference::load(&dir).expect("reference");
+    let prompt: Vec<String> = r.prompt.iter().map(|t| t.to_string()).collect();
+    let steps = r.steps();
+    let out = run_example(
+        "tiny_llm",
+        &[
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            &prompt.join(","),
+            "--steps",
+            &steps.to_string(),
+            "--draft",
+            dir.to_str().unwrap(),
+            "--draft-len",
+            "3",
+        ],
+    );
+    let want: Vec<String> = r.tokens.iter().map(|t| t.to_string()).collect();
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("tokens: {}", want.join(" ")).as_str()),
+        "{out}"
+    );
+    let passes: usize = lines
+        .next()
+        .and_then(|l| l.strip_prefix("target_passes: "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no target_passes line in {out:?}"));
+    assert!(passes <= steps.div_ceil(4) + 1, "{passes} passes: {out}");
+    assert_eq!(lines.next(), None, "{out}");
+}
+
+/// `--draft-len` without `--draft`, a zero draft length and `--logits` beside `--draft` are
+/// usage errors (exit 2) that name the flag, before any GPU work.
+#[test]
+fn tiny_llm_speculative_usage_errors() {
+    for (args, needle) in [
+        (&["--draft-len", "2"][..], "--draft-len needs --draft"),
+        (
+            &["--draft", "models/llama3", "--draft-len", "0"][..],
+            "--draft-len \"0\": an integer >= 1",
+        ),
+        (
+            &["--draft", "models/llama3", "--logits", "x.safetensors"][..],
+            "--logits is not available with --draft",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args(["run", "--quiet", "--example", "tiny_llm", "--"])
+            .args([
+                "--model",
+                "models/llama3",
+                "--prompt",
+                "1,2",
+                "--steps",
+                "2",
+            ])
+            .args(args)
+            .current_dir(common::repo_root())
+            .output()
+            .expect("run cargo");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

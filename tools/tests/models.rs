@@ -209,3 +209,76 @@ fn f32_limit_catches_a_small_rope_change() {
     assert!(!o.passed());
     assert!(n > F32_LIMIT, "NMSE {n:.3e} should exceed {F32_LIMIT:.0e}");
 }
+
+/// Speculative decoding (`tiny_llm::speculative`, chain drafts, f32) gives exactly
+/// transformers' greedy tokens on every committed model, self-drafted (every draft is accepted:
+/// at most `ceil(steps / (K + 1)) + 1` target passes, one more on Phi-3, whose LongRoPE switch
+/// ends a round early) and drafted by another committed model of the same vocabulary; dynamic
+/// NTK's rows past its threshold and Phi-3's re-encode at the switch included. Bad arguments
+/// are errors.
+#[test]
+fn speculative_decoding_keeps_the_greedy_tokens() {
+    use tiny_llm::speculative::generate;
+    let ctx = common::ctx();
+    let names = [
+        "gemma2",
+        "llama3",
+        "llama_dynamic",
+        "llama_linear",
+        "llama_yarn",
+        "mistral",
+        "phi3",
+        "qwen2",
+        "qwen3",
+    ];
+    let load = |name: &str| Model::load(&ctx, &model_dir(name), DType::F32).unwrap();
+    let helper = load("llama3");
+    let helper2 = load("qwen2");
+    for (i, name) in names.into_iter().enumerate() {
+        let r = reference(name);
+        let target = load(name);
+        let steps = r.steps();
+        let k = [2, 3][i % 2];
+        let spec = generate(&ctx, &target, &target, &r.prompt, steps, k).unwrap();
+        assert_eq!(spec.tokens, r.tokens, "{name} self-drafted, K {k}");
+        // Every deciding row is computed as greedy decoding computes it: within the f32 limit
+        // of transformers' float64 rows P-1 ..= P+steps-1.
+        let want = &r.logits_f64[(r.prompt.len() - 1) * r.vocab..];
+        let got: Vec<f64> = spec.logits.iter().map(|&x| x as f64).collect();
+        let nmse = reference::nmse(&got, want);
+        assert_eq!(got.len(), want.len(), "{name}");
+        assert!(nmse <= F32_LIMIT, "{name} K {k}: logits NMSE {nmse:e}");
+        assert_eq!(
+            spec.accepted, spec.drafted,
+            "{name}: a self-draft is always accepted"
+        );
+        let switch = target.cfg.longrope_switch.is_some() as usize;
+        assert!(
+            spec.target_passes <= steps.div_ceil(k + 1) + 1 + switch,
+            "{name} K {k}: {} target passes for {steps} steps",
+            spec.target_passes
+        );
+        assert_eq!(
+            spec.reprefilled_at,
+            target.cfg.longrope_switch.map(|s| s + 1),
+            "{name}"
+        );
+        let other = if name == "llama3" { &helper2 } else { &helper };
+        let spec = generate(&ctx, &target, other, &r.prompt, steps, 4).unwrap();
+        assert_eq!(spec.tokens, r.tokens, "{name} drafted by another model");
+        assert!(spec.target_passes <= steps + 1 + switch, "{name}");
+    }
+    let mut small = load("qwen3");
+    let r = reference("llama3");
+    let e = generate(&ctx, &helper, &helper, &r.prompt, 4, 0).unwrap_err();
+    assert!(e.to_string().contains("--draft-len must be >= 1"), "{e}");
+    let e = generate(&ctx, &helper, &helper, &[], 4, 2).unwrap_err();
+    assert!(e.to_string().contains("the prompt is empty"), "{e}");
+    small.cfg.vocab = 64;
+    let e = generate(&ctx, &helper, &small, &r.prompt, 4, 2).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the draft model's vocab_size 64 differs from the target's 128"),
+        "{e}"
+    );
+}

@@ -20,7 +20,8 @@
 //! - a row with no visible key outputs exactly 0.
 //!
 //! Logits: `scale` defaults to `1/sqrt(head_dim)`; softcap `c > 0` maps `s -> c·tanh(s/c)` after
-//! scaling (Gemma 2); `sinks: [n_heads]` (f32) adds one logit per head that joins only the softmax
+//! scaling (Gemma 2); ALiBi ([`Attention::alibi`]: BLOOM, MPT) then adds `slope(h) · (j - pos)`
+//! per query head; `sinks: [n_heads]` (f32) adds one logit per head that joins only the softmax
 //! denominator (gpt-oss).
 //!
 //! Layouts: `q`, `out` are `[q_len, n_heads, head_dim]` or `[batch, q_len, n_heads, head_dim]`;

@@ -29,6 +29,14 @@ pub struct Attention {
     pub chunk_size: u32,
     /// Logit softcap; 0 = none.
     pub softcap: f32,
+    /// ALiBi (BLOOM, MPT, Falcon-RW; Press et al. 2021): query head `h` at position `pos` adds
+    /// `slope(h) * (j - pos)` to its logit for key `j` (after the softcap), with the slopes of
+    /// transformers' `build_alibi_tensor` ([`crate::reference::attention::alibi_slopes`]: for
+    /// the largest power of two `n <= n_heads`, `2^(-8 (h + 1) / n)`, then the odd powers of
+    /// `2^(-4 / n)` for the remaining heads). BLOOM adds `slope * j`; the two differ by a
+    /// constant per row, so the softmax is the same. A uniform flag: every kernel pays one
+    /// multiply-add per score, on or off.
+    pub alibi: bool,
     /// Force a kernel instead of choosing by shape.
     pub kind: Option<Kind>,
     /// Force the decode split count. Honoured exactly (chunks past kv_len are empty and
@@ -72,6 +80,7 @@ impl Default for Attention {
             window_right: None,
             chunk_size: 0,
             softcap: 0.0,
+            alibi: false,
             kind: None,
             splits: None,
             f16_arithmetic: false,

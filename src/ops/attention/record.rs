@@ -66,8 +66,9 @@ pub struct Params {
     pub win_right: i32,
     /// Chunked local attention: chunk size in positions (0 = none).
     pub attn_chunk: u32,
-    /// Padding to 16 bytes.
-    pub _pad: u32,
+    /// ALiBi: the largest power of two `<= n_heads` (0 = off), from which the shaders derive
+    /// BLOOM's slopes (`alibi_slope` in `shaders/attention_common.wgsl`).
+    pub alibi: u32,
 }
 
 struct Checked {
@@ -96,6 +97,7 @@ impl Attention {
     /// paged calls); the caller fills in the shapes.
     pub(crate) fn logit_params(
         &self,
+        n_heads: usize,
         scale: f32,
         bounds: (i32, i32),
         sinks_window: &Option<Window>,
@@ -109,6 +111,11 @@ impl Attention {
             has_sinks: sinks.is_some() as u32,
             scale,
             softcap: self.softcap,
+            alibi: if self.alibi {
+                crate::reference::attention::alibi_pow2(n_heads) as u32
+            } else {
+                0
+            },
             s_off: match (sinks_window, sinks) {
                 (Some(w), Some(s)) => w.elem_offset(s),
                 _ => 0,
@@ -393,7 +400,7 @@ impl Attention {
             chunk: plan.chunk as u32,
             rows_per_wg: plan.rows_per_wg as u32,
             lanes: plan.lanes as u32,
-            ..self.logit_params(c.scale, c.bounds, &sw, sinks)
+            ..self.logit_params(d.n_heads, c.scale, c.bounds, &sw, sinks)
         };
         let keys = plan.variant.keys();
         let mut inputs = vec![

@@ -387,7 +387,7 @@ impl Attention {
                 u(out.strides()[1])?,
             ],
             bk: c.bk,
-            ..self.logit_params(c.scale, c.bounds, &sw, sinks)
+            ..self.logit_params(h.n_heads, c.scale, c.bounds, &sw, sinks)
         };
         let part = ctx.scratch(op, c.part_bytes.max(16))?;
         let part_res = || {

@@ -1,9 +1,9 @@
 //! [`PagedKvCache`]: one layer's K/V pages on the GPU, page copies and the appends.
 
 use super::batch::PagedBatch;
-use super::table::PageCopy;
 #[cfg(doc)]
 use super::table::PageTable;
+use super::table::{PageCopy, SlotCopy};
 use super::{check_page_size, PageLayout, MAX_POOL_BUFFERS, OP};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -284,6 +284,65 @@ impl PagedKvCache {
                     encoder.copy_buffer_to_buffer(&staging, at, dst, dof * bytes, bytes);
                 } else {
                     encoder.copy_buffer_to_buffer(src, so * bytes, dst, dof * bytes, bytes);
+                }
+            }
+        })
+    }
+
+    /// Record the row moves of [`PageTable::keep_path`] (after its page copies): the K and V
+    /// rows of every kv head of each source slot go to the destination slot. All sources are
+    /// gathered into the context's scratch buffer before any destination is written, so the
+    /// moves may overlap each other in any order (and share pool buffers, which WebGPU copies
+    /// may not).
+    pub fn copy_slots(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        moves: &[SlotCopy],
+    ) -> Result<()> {
+        let slots = self.n_pages * self.page_size;
+        for m in moves {
+            for s in [m.src, m.dst] {
+                crate::ensure!(
+                    (s as usize) < slots,
+                    Bounds,
+                    OP,
+                    "slot {s} is outside the pool of {} pages of {} tokens",
+                    self.n_pages,
+                    self.page_size
+                );
+            }
+        }
+        if moves.is_empty() {
+            return Ok(());
+        }
+        // One contiguous run per (K or V, kv head) in HND, per K or V in NHD.
+        let (runs, run_elems) = match self.layout {
+            PageLayout::Nhd => (1, self.n_kv_heads * self.head_dim),
+            PageLayout::Hnd => (self.n_kv_heads, self.head_dim),
+        };
+        let es = self.dtype.size() as u64;
+        let run_bytes = run_elems as u64 * es;
+        let v_in_page = (self.page_elems() / 2) as u64;
+        let per_move = 2 * runs as u64 * run_bytes;
+        let staging = ctx.scratch(OP, per_move * moves.len() as u64)?;
+        let pieces = |slot: u32| {
+            (0..runs).flat_map(move |h| {
+                let (b, off) = self.slot_offset(slot as usize, h);
+                [(b, off as u64 * es), (b, (off as u64 + v_in_page) * es)]
+            })
+        };
+        ctx.scoped(OP, || {
+            for (i, m) in moves.iter().enumerate() {
+                for (j, (b, at)) in pieces(m.src).enumerate() {
+                    let to = i as u64 * per_move + j as u64 * run_bytes;
+                    encoder.copy_buffer_to_buffer(&self.buffers[b], at, &staging, to, run_bytes);
+                }
+            }
+            for (i, m) in moves.iter().enumerate() {
+                for (j, (b, at)) in pieces(m.dst).enumerate() {
+                    let from = i as u64 * per_move + j as u64 * run_bytes;
+                    encoder.copy_buffer_to_buffer(&staging, from, &self.buffers[b], at, run_bytes);
                 }
             }
         })

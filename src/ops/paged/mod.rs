@@ -6,7 +6,10 @@
 //!   of two from 8 to 128) and the sequences that own them. It allocates pages as sequences grow,
 //!   frees them, forks a sequence (the child shares every page of the parent; the first write into
 //!   a shared, partly filled page copies it first: copy-on-write) and reuses freed pages. A step
-//!   that cannot get every page it needs is an `Err` that changes nothing.
+//!   that cannot get every page it needs is an `Err` that changes nothing. Rollback for
+//!   speculative decoding: [`PageTable::truncate`] drops rejected tokens (pages no one else
+//!   shares become free), [`PageTable::keep_path`] keeps the accepted path of a draft tree
+//!   (its rows moved into place by [`PagedKvCache::copy_slots`]).
 //! - [`PagedKvCache`] (GPU, one per layer): the pages' K and V storage. A page holds K then V,
 //!   each `[n_kv_heads, page_size, head_dim]` ([`PageLayout::Hnd`], the default) or
 //!   `[page_size, n_kv_heads, head_dim]` ([`PageLayout::Nhd`], FlashInfer's NHD), in f32, f16 or
@@ -76,7 +79,7 @@ pub use attention::{
 };
 pub use batch::{BatchSeq, Heads, PagedBatch, PlanOptions};
 pub use cache::{write_key, write_variant_keys, PagedKvCache, PagedKvConfig, WriteParams};
-pub use table::{PageCopy, PageTable, SeqId};
+pub use table::{KeptPath, PageCopy, PageTable, SeqId, SlotCopy};
 
 use crate::error::Result;
 #[cfg(doc)]

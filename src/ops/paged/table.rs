@@ -1,4 +1,5 @@
-//! The host-side page allocator: sequences, their block tables, forks and copy-on-write.
+//! The host-side page allocator: sequences, their block tables, forks and copy-on-write, and
+//! rollback (truncation, keeping an accepted path of a verified draft tree).
 
 #[cfg(doc)]
 use super::PagedKvCache;
@@ -16,6 +17,27 @@ pub struct PageCopy {
     pub src: u32,
     /// Destination page.
     pub dst: u32,
+}
+
+/// Move the K/V rows of cache slot `src` (page * page_size + token) to slot `dst`, in every
+/// layer's cache ([`PagedKvCache::copy_slots`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotCopy {
+    /// Source slot.
+    pub src: u32,
+    /// Destination slot.
+    pub dst: u32,
+}
+
+/// What every layer's cache applies after [`PageTable::keep_path`], in this order: the
+/// copy-on-write page copies ([`PagedKvCache::copy_pages`]), then the row moves
+/// ([`PagedKvCache::copy_slots`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeptPath {
+    /// Shared pages the moves write into, copied to pages of the sequence's own first.
+    pub pages: Vec<PageCopy>,
+    /// The accepted rows, each moved to its place (rows already in place are left out).
+    pub rows: Vec<SlotCopy>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -122,6 +144,109 @@ impl PageTable {
     /// A sequence's pages, in token order (its block-table row).
     pub fn pages(&self, id: SeqId) -> Result<&[u32]> {
         Ok(&self.seq(id)?.pages)
+    }
+
+    /// Roll a sequence back to its first `len` tokens (rejected draft tokens): the pages past
+    /// them are released, and those no other sequence shares become free. A kept, partly filled
+    /// last page that another sequence shares stays shared; the next [`PageTable::append`] copies
+    /// it before writing (copy-on-write), so the other sequence's rows are never touched.
+    pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<()> {
+        let have = self.seq(id)?.len;
+        crate::ensure!(
+            len <= have,
+            Param,
+            OP,
+            "truncate: sequence {} holds {have} tokens; it cannot be truncated to {len}",
+            id.0
+        );
+        let keep = len.div_ceil(self.page_size);
+        let s = self.seqs[id.0 as usize].as_mut().expect("checked above");
+        for p in s.pages.drain(keep..).rev() {
+            self.refs[p as usize] -= 1;
+            if self.refs[p as usize] == 0 {
+                self.free.push(p);
+            }
+        }
+        s.len = len;
+        Ok(())
+    }
+
+    /// Keep one accepted path of a draft tree: the tree's tokens sit at positions `base ..` of
+    /// the sequence (one prefill chunk), and `accepted` lists the offsets (from `base`, strictly
+    /// increasing) of the tokens to keep. Token `base + accepted[i]` moves to position `base + i`
+    /// and the sequence is truncated to `base + accepted.len()`. Returns what every layer's
+    /// cache applies ([`KeptPath`]): a page the moves write into that another sequence shares
+    /// is first copied to a free page of this sequence's own (copy-on-write; `Err` when none is
+    /// free, and then nothing changes). For a chain of drafts, where the accepted tokens are a
+    /// prefix, nothing moves and this is [`PageTable::truncate`].
+    pub fn keep_path(&mut self, id: SeqId, base: usize, accepted: &[usize]) -> Result<KeptPath> {
+        let have = self.seq(id)?.len;
+        crate::ensure!(
+            base <= have,
+            Param,
+            OP,
+            "keep_path: base {base} is past the {have} tokens of sequence {}",
+            id.0
+        );
+        for (i, &a) in accepted.iter().enumerate() {
+            crate::ensure!(
+                i == 0 || a > accepted[i - 1],
+                Param,
+                OP,
+                "keep_path: accepted offsets must increase strictly, got {accepted:?}"
+            );
+            crate::ensure!(
+                base + a < have,
+                Param,
+                OP,
+                "keep_path: accepted offset {a} is past the {} tree tokens of sequence {} (base {base}, {have} tokens)",
+                have - base,
+                id.0
+            );
+        }
+        let ps = self.page_size;
+        let moves: Vec<(usize, usize)> = accepted
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| (base + a, base + i))
+            .filter(|(src, dst)| src != dst)
+            .collect();
+        // Destination pages another sequence shares, each copied once.
+        let pages = &self.seq(id)?.pages;
+        let mut shared: Vec<usize> = moves
+            .iter()
+            .map(|&(_, dst)| dst / ps)
+            .filter(|&pi| self.refs[pages[pi] as usize] > 1)
+            .collect();
+        shared.dedup();
+        crate::ensure!(
+            shared.len() <= self.free.len(),
+            Limit,
+            OP,
+            "out of pages: keeping the path copies {} shared pages, {} are free",
+            shared.len(),
+            self.free.len()
+        );
+        let mut kept = KeptPath::default();
+        let s = self.seqs[id.0 as usize].as_mut().expect("checked above");
+        for pi in shared {
+            let src = s.pages[pi];
+            let dst = self.free.pop().expect("counted above");
+            self.refs[src as usize] -= 1;
+            self.refs[dst as usize] = 1;
+            s.pages[pi] = dst;
+            kept.pages.push(PageCopy { src, dst });
+        }
+        let slot = |t: usize| (s.pages[t / ps] as usize * ps + t % ps) as u32;
+        kept.rows = moves
+            .iter()
+            .map(|&(src, dst)| SlotCopy {
+                src: slot(src),
+                dst: slot(dst),
+            })
+            .collect();
+        self.truncate(id, base + accepted.len())?;
+        Ok(kept)
     }
 
     /// Make room for `n_new` more tokens in each listed sequence (each listed once): allocate the

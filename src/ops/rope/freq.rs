@@ -44,13 +44,15 @@ pub enum Scaling {
         /// Position interpolation factor.
         factor: f64,
     },
-    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth blend between.
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth blend between;
+    /// with `low_freq_factor >= high_freq_factor` (Llama-4-Scout: 1 and 1) the blend is empty
+    /// and the table is a step, as HF computes it.
     Llama3 {
         /// Divisor of the low frequencies.
         factor: f64,
-        /// Wavelength threshold factor below which frequencies are kept.
+        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are divided.
         low_freq_factor: f64,
-        /// Wavelength threshold factor above which frequencies are divided.
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
         high_freq_factor: f64,
         /// The pre-training context length.
         original_max_position_embeddings: f64,
@@ -180,14 +182,18 @@ pub fn frequencies(
         } => {
             let low_freq_wavelen = old_context_len / low_freq_factor;
             let high_freq_wavelen = old_context_len / high_freq_factor;
+            // HF's order of tests: the long-wavelength test wins over the short one, which only
+            // matters when `low_freq_factor >= high_freq_factor` (the smoothing band is empty;
+            // HF warns and computes this table). A wavelength exactly on an empty band's edge
+            // gives 0/0 there as in HF, which `Rope::inv_freq` rejects.
             let inv = default_inv_freq(theta, dim)
                 .into_iter()
                 .map(|f| {
                     let wavelen = 2.0 * PI / f;
-                    if wavelen < high_freq_wavelen {
-                        f
-                    } else if wavelen > low_freq_wavelen {
+                    if wavelen > low_freq_wavelen {
                         f / factor
+                    } else if wavelen < high_freq_wavelen {
+                        f
                     } else {
                         let smooth = (old_context_len / wavelen - low_freq_factor)
                             / (high_freq_factor - low_freq_factor);
@@ -426,13 +432,8 @@ impl Rope {
                 check_f("low_freq_factor", *low_freq_factor, true)?;
                 check_f("high_freq_factor", *high_freq_factor, true)?;
                 orig_ok(*original_max_position_embeddings)?;
-                // Both are finite (checked above), so the total order is the usual one.
-                crate::ensure!(
-                    low_freq_factor.total_cmp(high_freq_factor).is_lt(),
-                    Param,
-                    OP,
-                    "llama3 low_freq_factor {low_freq_factor} must be < high_freq_factor {high_freq_factor}"
-                );
+                // No order between the two factors: HF only warns when low_freq_factor >=
+                // high_freq_factor (Llama-4-Scout ships 1 and 1) and computes a well-defined table.
             }
             Scaling::Yarn {
                 factor,

@@ -156,6 +156,11 @@ pub struct Rope {
     /// time position, `[t, t + h)` by the height position, the last `w` by the width position
     /// (`t + h + w = rotary_dim / 2`); positions are then `[3, seq]` or `[3, batch, seq]`.
     pub mrope_section: Option<[usize; 3]>,
+    /// Interleaved multimodal RoPE (Qwen3-VL's `apply_interleaved_mrope`): with
+    /// `mrope_section = [t, h, w]`, pair `k` rotates by the height position when `k % 3 == 1`
+    /// and `k < 3h`, by the width position when `k % 3 == 2` and `k < 3w`, else by the time
+    /// position. Ignored without `mrope_section`.
+    pub mrope_interleaved: bool,
     /// How cos and sin are computed: always exact, but for the benchmark's comparisons.
     pub(crate) sincos: SinCos,
     /// The last frequency table this configuration built (shared by clones).
@@ -171,6 +176,7 @@ impl Default for Rope {
             scaling: Scaling::Default,
             seq_len: None,
             mrope_section: None,
+            mrope_interleaved: false,
             sincos: SinCos::Exact,
             table: TableCache::default(),
         }
@@ -241,9 +247,11 @@ pub struct Params {
     pub v_half: u32,
     /// Row map: the call's first entry in the `rows` buffer.
     pub rows_off: u32,
-    /// Multimodal RoPE: first pair of the height section (`u32::MAX` for 1-D RoPE).
+    /// Multimodal RoPE: first pair of the height section (`u32::MAX` for 1-D RoPE); interleaved:
+    /// `3h`, the end of the height pairs.
     pub sec1: u32,
-    /// Multimodal RoPE: first pair of the width section (`u32::MAX` for 1-D RoPE).
+    /// Multimodal RoPE: first pair of the width section (`u32::MAX` for 1-D RoPE); interleaved:
+    /// `3w`, the end of the width pairs.
     pub sec2: u32,
     /// Multimodal RoPE: distance between the rows of the positions tensor.
     pub pos_rstride: u32,
@@ -269,6 +277,9 @@ pub(crate) const FLAG_NORM_A: u32 = 1;
 pub(crate) const FLAG_NORM_B: u32 = 2;
 /// `Params::flags`: the output rows come from a row map.
 pub(crate) const FLAG_ROW_MAP: u32 = 4;
+/// `Params::flags`: multimodal sections interleave (`sec1 = 3h`, `sec2 = 3w` bound the height
+/// and width pairs, `k % 3` picks the row).
+pub(crate) const FLAG_MROPE_INTERLEAVED: u32 = 8;
 
 impl Rope {
     /// Default RoPE (`rope_type` "default") with base `theta` in the given layout.
@@ -295,6 +306,16 @@ impl Rope {
     /// exactly like 1-D RoPE. A start offset gives every row the same positions (text tokens).
     pub fn with_mrope_section(mut self, section: [usize; 3]) -> Self {
         self.mrope_section = Some(section);
+        self.mrope_interleaved = false;
+        self
+    }
+    /// The same op as interleaved multimodal RoPE (Qwen3-VL, `mrope_interleaved`, HF's
+    /// `apply_interleaved_mrope`): the pair index cycles time, height, width (`k % 3`) until
+    /// the height pairs (`3h`) or width pairs (`3w`) run out; the rest rotate by time.
+    /// `section = [t, h, w]` (Qwen3-VL: `[24, 20, 20]`) sums to `rotary_dim / 2`.
+    pub fn with_mrope_interleaved(mut self, section: [usize; 3]) -> Self {
+        self.mrope_section = Some(section);
+        self.mrope_interleaved = true;
         self
     }
     /// The same op with the sequence length that dynamic NTK and LongRoPE see.

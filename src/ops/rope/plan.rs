@@ -3,8 +3,9 @@
 use super::freq::{turns, Freq};
 use super::norm::{Extra, HeadNorm};
 use super::{
-    Params, Positions, Rope, SinCos, Variant, FLAG_NORM_A, FLAG_NORM_B, FLAG_ROW_MAP, NORM_GROUP,
-    NORM_TARGET_INVOCATIONS, OP, TARGET_INVOCATIONS, VEC4_GROUP_BYTES, WG,
+    Params, Positions, Rope, SinCos, Variant, FLAG_MROPE_INTERLEAVED, FLAG_NORM_A, FLAG_NORM_B,
+    FLAG_ROW_MAP, NORM_GROUP, NORM_TARGET_INVOCATIONS, OP, TARGET_INVOCATIONS, VEC4_GROUP_BYTES,
+    WG,
 };
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -420,7 +421,11 @@ impl Rope {
         })?;
         params.scale = attn as f32;
         (params.sec1, params.sec2) = match self.mrope_section {
-            Some([t, h, _]) => ((t) as u32, (t + h) as u32),
+            Some([_, h, w]) if self.mrope_interleaved => {
+                params.flags |= FLAG_MROPE_INTERLEAVED;
+                ((3 * h) as u32, (3 * w) as u32)
+            }
+            Some([t, h, _]) => (t as u32, (t + h) as u32),
             None => (u32::MAX, u32::MAX),
         };
 

@@ -6,4 +6,5 @@ pub mod config;
 pub mod kernels;
 pub mod model;
 pub mod reference;
+pub mod speculative;
 pub mod weights;

@@ -89,7 +89,7 @@ pub struct Generation {
 }
 
 /// Scratch activations for up to `rows` tokens, and one KV cache per layer.
-struct State {
+pub(crate) struct State {
     rows: usize,
     ids: wgpu::Buffer,
     x: Tensor,
@@ -216,7 +216,7 @@ impl Model {
         })
     }
 
-    fn state(&self, ctx: &Context, rows: usize) -> Result<State> {
+    pub(crate) fn state(&self, ctx: &Context, rows: usize) -> Result<State> {
         let c = &self.cfg;
         let d = self.dtype;
         let e = |cols: usize| ctx.empty(&[rows, cols], d);
@@ -286,8 +286,18 @@ impl Model {
     }
 
     /// One forward call over `ids` at positions `cache len ..`, recorded into one encoder and
-    /// submitted; returns the logits `[ids.len(), vocab]`.
-    fn forward(&self, ctx: &Context, st: &mut State, ids: &[u32]) -> Result<Vec<f32>> {
+    /// submitted; returns the logits `[ids.len(), vocab]`. `sequential`: the tokens are decode
+    /// steps fed at once (a speculative verification chunk), so a RoPE scaling whose table
+    /// depends on the sequence length (dynamic NTK, LongRoPE) rotates each row as its own decode
+    /// step would (`seq_len` = its position + 1), not the chunk at its last position as a
+    /// prefill does.
+    fn forward(
+        &self,
+        ctx: &Context,
+        st: &mut State,
+        ids: &[u32],
+        sequential: bool,
+    ) -> Result<Vec<f32>> {
         let c = &self.cfg;
         let t = ids.len();
         if t == 0 || t > st.rows || st.caches[0].len() + t > st.rows {
@@ -371,9 +381,23 @@ impl Model {
                 RmsNorm::new(c.eps).encode(ctx, e, &k2, kn, &k2)?;
             }
             // RoPE sees `seq_len = pos + t` (transformers: max(position_ids) + 1), which
-            // selects LongRoPE's factors and dynamic NTK's base.
-            c.rope.encode(ctx, e, &q3, Positions::Start(pos))?;
-            st.caches[i].append_rope(ctx, e, &k4, &v4, &c.rope, None)?;
+            // selects LongRoPE's factors and dynamic NTK's base; sequential rows see their own.
+            if sequential && t > 1 && c.rope.scaling.needs_seq_len() {
+                for r in 0..t {
+                    let at = |buf: &Tensor, shape: &[usize], row: usize| {
+                        Tensor::new(buf.buffer(), r * row, shape, buf.dtype())
+                    };
+                    let q1 = at(&st.q, &[1, nh, hd], nh * hd);
+                    c.rope
+                        .encode(ctx, e, &q1, Positions::Start(pos + r as i32))?;
+                    let k1 = at(&st.k, &[1, 1, nkv, hd], nkv * hd);
+                    let v1 = at(&st.v, &[1, 1, nkv, hd], nkv * hd);
+                    st.caches[i].append_rope(ctx, e, &k1, &v1, &c.rope, None)?;
+                }
+            } else {
+                c.rope.encode(ctx, e, &q3, Positions::Start(pos))?;
+                st.caches[i].append_rope(ctx, e, &k4, &v4, &c.rope, None)?;
+            }
             let attention = Attention {
                 window: c.windows[i],
                 softcap: c.attn_softcap,
@@ -522,29 +546,16 @@ impl Model {
         let rows = prompt.len() + steps;
         let mut st = self.state(ctx, rows)?;
         let warmed_up = self.warm_up(ctx, &st, prompt.len())?;
-        let mut logits = self.forward(ctx, &mut st, prompt)?;
+        let mut logits = self.forward(ctx, &mut st, prompt, false)?;
         let mut seq = prompt.to_vec();
         let mut tokens = vec![argmax(&logits[(prompt.len() - 1) * vocab..])];
         let mut reprefilled_at = None;
         for _ in 0..steps {
-            let tok = *tokens.last().unwrap_or(&0);
-            seq.push(tok);
-            let past = st.caches[0].len();
-            let row = match self.cfg.longrope_switch {
-                // transformers' Phi3ForCausalLM.prepare_inputs_for_generation: input length >=
-                // original + 1 while the cache holds <= original tokens.
-                Some(orig) if seq.len() > orig && past <= orig => {
-                    for cache in &mut st.caches {
-                        cache.clear();
-                    }
-                    reprefilled_at = Some(seq.len());
-                    let all = self.forward(ctx, &mut st, &seq)?;
-                    all[(seq.len() - 1) * vocab..].to_vec()
-                }
-                _ => self.forward(ctx, &mut st, &[tok])?,
-            };
-            tokens.push(argmax(&row));
-            logits.extend_from_slice(&row);
+            seq.push(*tokens.last().unwrap_or(&0));
+            let fed = self.feed(ctx, &mut st, &seq)?;
+            reprefilled_at = reprefilled_at.or(fed.reprefilled_at);
+            tokens.push(argmax(&fed.logits));
+            logits.extend_from_slice(&fed.logits);
         }
         Ok(Generation {
             tokens,
@@ -552,6 +563,72 @@ impl Model {
             reprefilled_at,
             warmed_up,
         })
+    }
+
+    /// Feed the tokens of `seq` past the cache (`seq[cache len ..]`, at least one) as greedy
+    /// decoding feeds them, one step each, but in as few forward calls as that allows: one
+    /// ([`Model::forward`] with sequential rows), or, when the tokens reach Phi-3's LongRoPE
+    /// switch, the tokens before it and then transformers' re-encode of the whole sequence with
+    /// the long factors (whose rows serve every token from the switch on). Returns the logits of
+    /// the fed tokens, `[n, vocab]`.
+    pub(crate) fn feed(&self, ctx: &Context, st: &mut State, seq: &[u32]) -> Result<Fed> {
+        let vocab = self.cfg.vocab;
+        let cached = st.len();
+        if cached >= seq.len() {
+            return Err(Error(format!(
+                "nothing to feed: the cache holds {cached} of {} tokens",
+                seq.len()
+            )));
+        }
+        match self.cfg.longrope_switch {
+            // transformers' Phi3ForCausalLM.prepare_inputs_for_generation: input length >=
+            // original + 1 while the cache holds <= original tokens.
+            Some(orig) if seq.len() > orig && cached <= orig => {
+                let mut logits = Vec::new();
+                let mut passes = 0;
+                if cached < orig {
+                    logits = self.forward(ctx, st, &seq[cached..orig], true)?;
+                    passes += 1;
+                }
+                st.truncate(0)?;
+                let all = self.forward(ctx, st, seq, false)?;
+                logits.extend_from_slice(&all[orig * vocab..]);
+                Ok(Fed {
+                    logits,
+                    passes: passes + 1,
+                    reprefilled_at: Some(orig + 1),
+                })
+            }
+            _ => Ok(Fed {
+                logits: self.forward(ctx, st, &seq[cached..], true)?,
+                passes: 1,
+                reprefilled_at: None,
+            }),
+        }
+    }
+}
+
+/// What [`Model::feed`] did.
+pub(crate) struct Fed {
+    /// `[fed tokens, vocab]`.
+    pub logits: Vec<f32>,
+    /// Forward calls it took (two when the tokens reached the LongRoPE switch past its start).
+    pub passes: usize,
+    /// The sequence length at a LongRoPE re-encode, if one happened.
+    pub reprefilled_at: Option<usize>,
+}
+
+impl State {
+    /// Tokens in the KV caches.
+    pub(crate) fn len(&self) -> usize {
+        self.caches[0].len()
+    }
+    /// Roll every layer's cache back to `len` tokens (rejected drafts).
+    pub(crate) fn truncate(&mut self, len: usize) -> Result<()> {
+        for cache in &mut self.caches {
+            cache.truncate(len)?;
+        }
+        Ok(())
     }
 }
 
