@@ -642,6 +642,11 @@ fn attn_shapes(c: &AttnCase) -> (Vec<usize>, Vec<usize>) {
     (qs, ks)
 }
 
+/// ALiBi on a quarter of the cases (a uniform flag: the same pipelines).
+fn attn_alibi(c: &AttnCase) -> bool {
+    c.seed % 4 == 1
+}
+
 fn attn_op(c: &AttnCase) -> Attention {
     Attention {
         causal: c.causal,
@@ -652,6 +657,7 @@ fn attn_op(c: &AttnCase) -> Attention {
         window_right: c.window_right,
         chunk_size: c.chunk,
         softcap: c.softcap,
+        alibi: attn_alibi(c),
         kind: c.kind,
         splits: c.splits,
         f16_arithmetic: false,
@@ -684,6 +690,7 @@ fn attn_want(c: &AttnCase, q: &[f32], k: &[f32], v: &[f32], sinks: &[f32]) -> Ve
             window_right: c.window_right.map(|w| w as usize),
             chunk: c.chunk as usize,
             softcap: c.softcap as f64,
+            alibi: attn_alibi(c),
         },
     )
 }

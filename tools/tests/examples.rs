@@ -9,32 +9,41 @@ use common::run_example;
 
 use llama_kernels_tools::tiny_llm;
 
+fn llama3_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/llama3")
+}
+
+/// `tiny_llm` on the committed Llama-3 model with its reference prompt and steps, plus `extra`
+/// arguments: the reference and what the command printed.
+fn run_llama3(extra: &[&str]) -> (tiny_llm::reference::Reference, String) {
+    let dir = llama3_dir();
+    let r = tiny_llm::reference::Reference::load(&dir).expect("reference");
+    let prompt: Vec<String> = r.prompt.iter().map(|t| t.to_string()).collect();
+    let prompt = prompt.join(",");
+    let steps = r.steps().to_string();
+    let mut args = vec![
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        &prompt,
+        "--steps",
+        &steps,
+    ];
+    args.extend_from_slice(extra);
+    let out = run_example("tiny_llm", &args);
+    (r, out)
+}
+
 /// The `tiny_llm` command line on a committed model (Llama-3 RoPE scaling, GQA): the greedy
 /// tokens it prints are transformers' float64 ones, and the logits it writes (`--logits`) are
 /// within the f32 limit of them.
 #[test]
 fn tiny_llm_command_line_matches_transformers() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/llama3");
-    let r = tiny_llm::reference::Reference::load(&dir).expect("reference");
-    let prompt: Vec<String> = r.prompt.iter().map(|t| t.to_string()).collect();
     let out_file = std::env::temp_dir().join(format!(
         "tiny_llm_logits_{}.safetensors",
         std::process::id()
     ));
-    let steps = r.steps().to_string();
-    let out = run_example(
-        "tiny_llm",
-        &[
-            "--model",
-            dir.to_str().unwrap(),
-            "--prompt",
-            &prompt.join(","),
-            "--steps",
-            &steps,
-            "--logits",
-            out_file.to_str().unwrap(),
-        ],
-    );
+    let (r, out) = run_llama3(&["--logits", out_file.to_str().unwrap()]);
     let want: Vec<String> = r.tokens.iter().map(|t| t.to_string()).collect();
     assert_eq!(
         out.trim_end(),
@@ -64,25 +73,9 @@ fn tiny_llm_command_line_matches_transformers() {
 /// `N <= ceil(steps / (K + 1)) + 1`.
 #[test]
 fn tiny_llm_speculative_command_line() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/llama3");
-    let r = tiny_llm::reference::Reference::load(&dir).expect("reference");
-    let prompt: Vec<String> = r.prompt.iter().map(|t| t.to_string()).collect();
+    let dir = llama3_dir();
+    let (r, out) = run_llama3(&["--draft", dir.to_str().unwrap(), "--draft-len", "3"]);
     let steps = r.steps();
-    let out = run_example(
-        "tiny_llm",
-        &[
-            "--model",
-            dir.to_str().unwrap(),
-            "--prompt",
-            &prompt.join(","),
-            "--steps",
-            &steps.to_string(),
-            "--draft",
-            dir.to_str().unwrap(),
-            "--draft-len",
-            "3",
-        ],
-    );
     let want: Vec<String> = r.tokens.iter().map(|t| t.to_string()).collect();
     let mut lines = out.lines();
     assert_eq!(

@@ -7,7 +7,7 @@
 //!
 //! The tokens are exactly those of [`Model::generate`] on the target: every target row is
 //! computed as a greedy decode step computes it (dynamic NTK and LongRoPE rows see their own
-//! sequence length, [`Model::feed`]). Phi-3's LongRoPE switch re-encodes the whole sequence when
+//! sequence length, `Model::feed`). Phi-3's LongRoPE switch re-encodes the whole sequence when
 //! the sequence first passes `original_max_position_embeddings`, so a round never crosses it
 //! with its drafts: the round before it ends at the switch, and the next one starts with the
 //! re-encode (for one pass over `ceil(steps / (K + 1)) + 1` at most). A draft that is the
@@ -25,8 +25,8 @@ pub struct Speculation {
     /// The target's logits rows that chose them, `[steps + 1, vocab]`: rows `P-1 ..= P+steps-1`
     /// of [`Model::generate`]'s `logits`.
     pub logits: Vec<f32>,
-    /// Target forward calls: the prefill, one per verification round, and one more for the
-    /// round that reaches a LongRoPE switch past its start.
+    /// Target forward calls: the prefill and one per verification round (rounds never cross a
+    /// LongRoPE switch, so none needs `Model::feed`'s second pass).
     pub target_passes: usize,
     /// Draft forward calls.
     pub draft_passes: usize,
