@@ -38,6 +38,27 @@ pub(crate) fn sg_cap_keys(ctx: &Context, hd4: u32, sg_min: u32, rs: u32) -> Opti
     DeviceDesc::of(ctx).sg_cap_keys(hd4, sg_min, rs)
 }
 
+/// [`Kind::DecodeSubgroup`] chunks hold at least this many keys (a workgroup's fixed costs, the
+/// q load and the in-workgroup merge, stay small beside its keys).
+pub const SG_MIN_CHUNK: usize = 256;
+
+/// [`Kind::DecodeSubgroup`]'s split count for `kv_len` keys on `dev` with `base` workgroups per
+/// split (batch x kv heads x row blocks) of `wg` invocations: enough splits to fill the device
+/// ([`DeviceDesc::resident_workgroups`]), at most one per [`SG_MIN_CHUNK`] keys, at least
+/// `min_splits` (the loop cap's).
+pub fn sg_splits(
+    dev: &DeviceDesc,
+    wg: u32,
+    base: usize,
+    kv_len: usize,
+    min_splits: usize,
+) -> usize {
+    dev.resident_workgroups(wg)
+        .div_ceil(base.max(1))
+        .clamp(1, (kv_len / SG_MIN_CHUNK).max(1))
+        .max(min_splits)
+}
+
 /// Keys one invocation may loop over on this adapter, if limited. llvmpipe (lavapipe) stops
 /// every loop of an invocation once all its loops together have iterated 65535 times, so on CPU
 /// adapters chunks are kept below that, counting the loop trips per key as if the compiler
@@ -189,6 +210,14 @@ impl Attention {
         let g = d.n_heads / d.n_kv_heads;
         let rows = d.q_len * g;
         let sg_min = dev.subgroup_min_size.max(4);
+        crate::ensure!(
+            kind != Kind::DecodeSubgroup || kv_aligned,
+            Param,
+            OP,
+            "the DecodeSubgroup kernel reads 16-byte units: it needs 16-byte aligned K/V rows (offsets, strides and head_dim {} x {} bytes multiples of 16)",
+            d.head_dim,
+            dtype.size()
+        );
         let kr = match kind {
             Kind::DecodeSubgroup => rows
                 .next_power_of_two()
@@ -245,7 +274,8 @@ impl Attention {
         let wg = variant.wg() as usize;
         let (rows_per_wg, lanes) = match kind {
             Kind::DecodeKeys => (kr, wg),
-            Kind::DecodeSubgroup => (kr, variant.sg_shape().1 as usize),
+            // One partial per (row, split): the lane groups merge inside the workgroup.
+            Kind::DecodeSubgroup => (kr, 1),
             // Split or not, a prefill workgroup owns PREFILL_WG rows, one key lane each.
             Kind::Prefill => (PREFILL_WG as usize, 1),
             Kind::PrefillKeys => (PREFILL_KEYS_ROWS, 1),
@@ -276,6 +306,13 @@ impl Attention {
                 };
                 let want = match self.splits {
                     Some(s) => (s as usize).max(min_splits),
+                    None if kind == Kind::DecodeSubgroup => sg_splits(
+                        dev,
+                        wg as u32,
+                        d.batch * d.n_kv_heads * row_blocks,
+                        d.kv_len,
+                        min_splits,
+                    ),
                     None => {
                         let base = d.batch * d.n_kv_heads * row_blocks;
                         target
