@@ -104,6 +104,7 @@
 #![doc = include_str!("choice.md")]
 
 mod device;
+pub mod geometry;
 mod options;
 pub mod plan;
 mod prepare;
@@ -111,6 +112,7 @@ mod record;
 pub mod variants;
 
 pub use device::{DeviceDesc, DEFAULT_COMPUTE_UNITS, RESIDENT_INVOCATIONS_PER_CU};
+pub use geometry::DecodeGeometry;
 pub use options::{Attention, Dims, F16_ARITHMETIC_NMSE, MAX_CHUNK_SIZE};
 pub use plan::{
     choice_table, default_kind, keys_loop_cap_keys, kv_rows_aligned, loop_cap_keys,
@@ -122,7 +124,7 @@ pub(crate) use plan::sg_cap_keys;
 pub(crate) use record::check_sinks;
 pub use record::Params;
 pub use variants::{
-    all_variant_keys, decode_variant_keys, prefill_class, prefill_keys_workgroup_bytes,
+    all_variant_keys, decode_variant_keys, declared_variants, prefill_class, prefill_keys_workgroup_bytes,
     prefill_shader, prefill_variant_keys, sg_key_constants, sg_rows_max, sg_shape,
     subgroup_variant_keys, tile_v4_for, with_wg, Axes, SgShape, MERGE_WG, SG_ITEM_PACKED,
     SG_MAX_WORKGROUP_BYTES,
