@@ -1715,6 +1715,15 @@ fn decode_subgroup_kernel() {
         (3, 70, 8, 2, 64, DType::F32),
         (2, 33, 4, 4, 80, DType::F16),
         (1, 45, 2, 2, 256, DType::F32),
+        // GQA-8: 8 rows in one block (the pipeline of the 3-token GQA-4 case).
+        (1, 77, 16, 2, 64, DType::F32),
+        // One split written directly (511 keys: chunks of at least 256) and two merged (513).
+        (1, 511, 8, 2, 64, DType::F32),
+        (1, 513, 8, 2, 64, DType::F32),
+        // head_dim 128 in f16 (the pipeline of the integer-read GQA-4 case of the native f16
+        // test) and f32 (MHA: 32 units per row, 4 per lane on subgroups of 8).
+        (1, 129, 8, 2, 128, DType::F16),
+        (1, 301, 2, 2, 128, DType::F32),
     ] {
         let mut c = sg(Case::new(q_len, kv_len, nh, nkv, hd));
         c.dtype = dtype;
@@ -1757,6 +1766,31 @@ fn decode_subgroup_kernel() {
         .expect("subgroup plan");
     assert_eq!(plan.variant.kind, Kind::DecodeSubgroup);
     assert_eq!((plan.rows_per_wg, plan.lanes), (4, 1));
+    // Chunks of at least 256 keys: one split below 512 keys (the output written by the partial
+    // pass), two at 513.
+    for (i, splits) in [(10, 1), (11, 2)] {
+        let p = cases[i].op().plan(&ctx, dims_of(&cases[i]), cases[i].dtype);
+        assert_eq!(p.unwrap().splits, splits, "{:?}", cases[i]);
+    }
+    // Unaligned K/V rows (head_dim 36 in f16: 72 bytes): the kernel reads 16-byte units, so a
+    // forced call is refused and the dispatcher's own choice on a GPU is the tile decode.
+    let dims = llama_kernels::ops::attention::Dims {
+        batch: 1,
+        q_len: 1,
+        kv_len: 37,
+        n_heads: 8,
+        n_kv_heads: 2,
+        head_dim: 36,
+    };
+    let nvidia = llama_kernels::ops::attention::DeviceDesc::nvidia();
+    let e = c
+        .op()
+        .plan_for_device(&nvidia, dims, DType::F16, true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("16-byte aligned K/V rows"), "{e}");
+    let p = Attention::default().plan_for_device(&nvidia, dims, DType::F16, true);
+    assert_eq!(p.unwrap().variant.kind, Kind::Decode);
     let mut auto = c;
     auto.kind = None;
     let auto_kind = auto

@@ -1376,4 +1376,8 @@ fn subgroup_decode_over_pages() {
     );
     let got = w.run(&ctx, &cache, &batch, &op, None);
     bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeSubgroup, 3);
+    // One split: both write the output from the partial pass (no merge), the same bits.
+    let batch = w.batch_with(&ctx, plan(Some(1)));
+    let got = w.run(&ctx, &cache, &batch, &op, None);
+    bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeSubgroup, 1);
 }

@@ -25,11 +25,13 @@ pub struct DeviceDesc {
     pub compute_units: u32,
 }
 
-/// Compute units the planner assumes for a live device (wgpu reports none): between a laptop
-/// GPU's 10-40 and a data-centre GPU's 100-304. Too many for a small GPU costs its decode a few
-/// more partials to merge; too few for a large one leaves part of it idle at batch 1 on short
-/// contexts (chunks hold at least 256 keys either way).
-pub const DEFAULT_COMPUTE_UNITS: u32 = 64;
+/// Compute units the planner assumes for a live device (wgpu reports none): about a
+/// data-centre GPU's (H100 132 SMs, MI250X 110 CUs per die). The error is cheap one way and dear
+/// the other: too many for a small GPU (10-40 units) costs its decode a few more partials,
+/// merged in parallel (at 32k keys for Llama-3-8B: 64 splits, 1 MB of partials beside 134 MB of
+/// K/V); too few for a large one leaves part of it idle (half the bandwidth at half the
+/// resident workgroups). Chunks hold at least 256 keys either way.
+pub const DEFAULT_COMPUTE_UNITS: u32 = 128;
 /// Invocations of the subgroup decode the planner counts as resident on one compute unit at a
 /// time: its lanes hold about a hundred 32-bit registers (64 accumulators, the q rows, the K/V
 /// units), which lets an NVIDIA SM (64K registers) or an AMD CU keep about 512 of them.

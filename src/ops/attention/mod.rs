@@ -80,19 +80,24 @@
 //!   here. Needs 16-byte aligned K/V rows ([`kv_rows_aligned`]).
 //! - [`Kind::DecodeSubgroup`] (`attn_decode_sg` in `shaders/attention_decode_subgroup.wgsl`, a
 //!   module of its own: subgroup operations fail validation without `SUBGROUP`), decode for
-//!   GPUs, after flash-decoding and FlashInfer's decode kernel: one workgroup of [`SG_WG`]
+//!   GPUs, after flash-decoding and FlashInfer's decode kernels: one workgroup of [`SG_WG`]
 //!   invocations per (batch, kv head, row block, split), up to [`SG_MAX_ROWS`] rows of the GQA
-//!   group per workgroup; the lanes of a subgroup split head_dim (vec4 slots `lane + size·i`,
-//!   coalesced 16-byte pieces of each K/V row), score 4 keys at a time with a partial dot per
-//!   lane and one `subgroupAdd` per row, and use every K/V row they load for all rows of the
-//!   group. The key lanes are `SG_WG / subgroup_min_size` fixed virtual subgroups, each with its
-//!   own partial, so the fixed-order merge sees the same partials whatever subgroup size the
-//!   device runs. Only the adapter's smallest subgroup size is assumed. On devices with
-//!   `SHADER_F16`, f16 K/V with 16-byte aligned rows are read natively
+//!   group per workgroup sharing every K/V row it loads. A row is read as 16-byte units (8
+//!   halves or 4 f32) by a lane group of LG lanes (head_dim 128 in halves: 16 units, 16 lanes,
+//!   so a subgroup of 32 takes 2 keys per step); the workgroup's lane groups, numbered so that
+//!   the numbering does not depend on the subgroup size, take different keys; each lane group
+//!   reduces its rows' scores with `subgroupShuffleXor` butterflies after issuing the next key's
+//!   K loads, and runs its online softmax. The lane groups' partials merge in a fixed tree
+//!   through workgroup memory, so a split writes one partial per row (or, with one split, the
+//!   output), and `attn_decode_merge_rows` reduces a row's splits with one workgroup in
+//!   parallel. Splits fill the device ([`sg_splits`]), chunks of at least [`SG_MIN_CHUNK`] keys;
+//!   [`Plan::decode_geometry`] gives the launch. Needs 16-byte aligned K/V rows
+//!   ([`kv_rows_aligned`]). On devices with `SHADER_F16`, f16 K/V are read natively
 //!   ([`ATTENTION_DECODE_SUBGROUP_F16`], [`Attention::native_f16`]): widened by the hardware
 //!   instead of the integer decode, which at about fourteen integer ops per value would bound
 //!   an f16 decode by ALU rather than memory on a GPU; the bits are the same. The paged
-//!   subgroup decode keeps the integer decode.
+//!   subgroup decode (`attn_paged_sg`) runs the same step through its row seam and keeps the
+//!   integer decode.
 //! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
 //!   ([`loop_cap_keys`]): the same kernel over chunks of the keys (`attn_prefill_partial`),
 //!   writing partials that `attn_prefill_merge` combines in a fixed order, as decode's do.

@@ -630,7 +630,8 @@ mod tests {
             compute_units: crate::ops::attention::DEFAULT_COMPUTE_UNITS,
             ..dev
         };
-        assert_eq!(live.resident_workgroups(128), 256);
+        assert_eq!(live.resident_workgroups(128), 512);
+        assert_eq!(sg_splits(&live, 128, 8, 32768, 1), 64);
     }
 
     #[test]
