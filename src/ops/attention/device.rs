@@ -2,8 +2,8 @@
 //! loop caps of CPU adapters.
 
 use super::{sg_shape, SgShape, KEYS_WG, PREFILL_KEYS_TILE, PREFILL_WG};
-use crate::tensor::DType;
 use crate::context::Context;
+use crate::tensor::DType;
 
 /// What the planner reads of a device: a live one ([`DeviceDesc::of`]) or a described one (the
 /// presets), so the choice can be shown and tested for devices this machine does not have.
@@ -125,7 +125,8 @@ impl DeviceDesc {
     /// Workgroups of `wg` invocations the device keeps resident at once:
     /// [`RESIDENT_INVOCATIONS_PER_CU`] / `wg` per compute unit times the compute units.
     pub fn resident_workgroups(&self, wg: u32) -> usize {
-        (RESIDENT_INVOCATIONS_PER_CU / wg.max(1)).max(1) as usize * self.compute_units.max(1) as usize
+        (RESIDENT_INVOCATIONS_PER_CU / wg.max(1)).max(1) as usize
+            * self.compute_units.max(1) as usize
     }
     /// See [`subgroup_decode_wanted`](super::subgroup_decode_wanted).
     pub fn subgroup_decode_wanted(&self) -> bool {

@@ -55,12 +55,7 @@ impl Plan {
         let rows_total = d.batch * d.n_kv_heads * self.rows;
         let workgroups = d.batch * d.n_kv_heads * self.row_blocks * self.splits;
         // The element merge (`attn_decode_merge`): one invocation per 4 output elements.
-        let element_merge = |wg: u32| {
-            (
-                (rows_total * v.hd4 as usize).div_ceil(wg as usize),
-                wg,
-            )
-        };
+        let element_merge = |wg: u32| ((rows_total * v.hd4 as usize).div_ceil(wg as usize), wg);
         let max_hd4 = MAX_HEAD_DIM as u32 / 4;
         let g = match v.kind {
             Kind::DecodeSubgroup => {

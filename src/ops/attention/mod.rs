@@ -119,28 +119,28 @@ pub mod variants;
 pub use device::{DeviceDesc, DEFAULT_COMPUTE_UNITS, RESIDENT_INVOCATIONS_PER_CU};
 pub use geometry::DecodeGeometry;
 pub use options::{Attention, Dims, F16_ARITHMETIC_NMSE, MAX_CHUNK_SIZE};
+pub(crate) use plan::sg_cap_keys;
 pub use plan::{
     choice_table, default_kind, keys_loop_cap_keys, kv_rows_aligned, loop_cap_keys,
     prefill_keys_loop_cap_keys, sg_splits, subgroup_decode_wanted, ChoiceRow, Plan, CHOICE_SHAPES,
     DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS, KEYS_MIN_CHUNK,
     KEYS_TARGET_WORKGROUPS, SG_MIN_CHUNK,
 };
-pub(crate) use plan::sg_cap_keys;
 pub(crate) use record::check_sinks;
 pub use record::Params;
+pub(crate) use variants::MAX_BK;
 pub use variants::{
-    all_variant_keys, decode_variant_keys, declared_variants, prefill_class, prefill_keys_workgroup_bytes,
-    prefill_shader, prefill_variant_keys, sg_key_constants, sg_rows_max, sg_shape,
-    subgroup_variant_keys, tile_v4_for, with_wg, Axes, SgShape, MERGE_WG, SG_ITEM_PACKED,
-    SG_MAX_WORKGROUP_BYTES,
-    Kind, Variant, ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16,
+    all_variant_keys, declared_variants, decode_variant_keys, prefill_class,
+    prefill_keys_workgroup_bytes, prefill_shader, prefill_variant_keys, sg_key_constants,
+    sg_rows_max, sg_shape, subgroup_variant_keys, tile_v4_for, with_wg, Axes, Kind, SgShape,
+    Variant, ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16,
     ATTENTION_PREFILL, ATTENTION_PREFILL_F16, ATTENTION_PREFILL_F16_HD128,
     ATTENTION_PREFILL_F16_HD64, ATTENTION_PREFILL_HD128, ATTENTION_PREFILL_HD64, DECODE_WG,
-    HEAD_DIMS, KEYS_MAX_ROWS, KEYS_WG, KINDS, MAX_HEAD_DIM, MODULES, PREFILL_CLASSES,
+    HEAD_DIMS, KEYS_MAX_ROWS, KEYS_WG, KINDS, MAX_HEAD_DIM, MERGE_WG, MODULES, PREFILL_CLASSES,
     PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE, PREFILL_MODULES, PREFILL_ROWS_PER_INVOCATION, PREFILL_WG,
-    RUN_TIME_PATH, SG_MAX_ROWS, SG_WG, SUBGROUP_MIN_SIZES, SUBGROUP_MODULES, WORKGROUP_STORAGE,
+    RUN_TIME_PATH, SG_ITEM_PACKED, SG_MAX_ROWS, SG_MAX_WORKGROUP_BYTES, SG_WG, SUBGROUP_MIN_SIZES,
+    SUBGROUP_MODULES, WORKGROUP_STORAGE,
 };
-pub(crate) use variants::MAX_BK;
 
 const OP: &str = "attention";
 

@@ -515,7 +515,11 @@ mod tests {
             (DeviceDesc::amd(), 60),
         ] {
             let decode = pick(&dev, DECODE_4K);
-            assert_eq!(decode, (DecodeSubgroup, 4, 4, 1, 16, 256, 32, true), "{dev:?}");
+            assert_eq!(
+                decode,
+                (DecodeSubgroup, 4, 4, 1, 16, 256, 32, true),
+                "{dev:?}"
+            );
             let long = pick(&dev, DECODE_32K);
             let chunk = 32768usize.div_ceil(splits_32k);
             assert_eq!(

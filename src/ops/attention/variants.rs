@@ -348,7 +348,7 @@ pub const SG_ITEM_PACKED: &str = "fn sg_item(src: u32, i: u32) -> Item {
 pub const ATTENTION_DECODE_SUBGROUP: &Shader = subgroup_decode_module!(
     "attention_decode_subgroup.wgsl",
     "",
-SG_ITEM_PACKED,
+    SG_ITEM_PACKED,
     ATTENTION_DECODE_SUBGROUP
 );
 

@@ -256,9 +256,7 @@ impl PagedBatch {
             base_keys[1]
                 .div_ceil(attention::KEYS_TARGET_WORKGROUPS)
                 .max(attention::KEYS_MIN_CHUNK),
-            base_keys[2]
-                .div_ceil(resident)
-                .max(attention::SG_MIN_CHUNK),
+            base_keys[2].div_ceil(resident).max(attention::SG_MIN_CHUNK),
         ];
         let mut q_start = 0;
         let mut n_items = [0usize; ITEM_GROUPS];
