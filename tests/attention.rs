@@ -1678,13 +1678,15 @@ fn prefill_loop_cap_at_head_dim_128() {
     check(c, 7400);
 }
 
-/// The GPU decode kernel (`Kind::DecodeSubgroup`: lanes of a subgroup split head_dim, scores
-/// finished with `subgroupAdd`, key lanes as fixed virtual subgroups) forced on this adapter
-/// (lavapipe: subgroups of 8) against the f64 reference: MHA and GQA groups of 2 and 4 (1, 2, 4
-/// and 8 rows per workgroup; 3 tokens of GQA-4: two row blocks of 8), key counts that
-/// are not multiples of the 4-key block, forced splits with empty chunks, head_dims 64, 80, 128
-/// and 256 in every dtype, every masking and logit option, batch > 1; bitwise repeatable. The
-/// dispatcher itself picks it on GPUs only.
+/// The GPU decode kernel (`Kind::DecodeSubgroup`: lane groups reading 16-byte units of a row,
+/// scores reduced by shuffle butterflies, lane groups on different keys merged inside the
+/// workgroup) forced on this adapter (lavapipe: subgroups of 8, so 8-lane groups, 16 per
+/// workgroup) against the f64 reference: MHA and GQA groups of 2, 4 and 8 (1, 2, 4 and 8 rows
+/// per workgroup; 3 tokens of GQA-4: two row blocks of 8), key counts that are not multiples of
+/// the 16 lane groups, one split written directly and two merged on both sides of 512 keys,
+/// forced splits with empty chunks, head_dims 64, 80, 128 and 256 in every dtype, every masking
+/// and logit option, batch > 1; bitwise repeatable; unaligned rows refused. The dispatcher
+/// itself picks it on GPUs only.
 #[test]
 fn decode_subgroup_kernel() {
     let ctx = ctx();
