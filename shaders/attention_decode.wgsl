@@ -106,6 +106,33 @@ fn attn_decode_merge(
     store4(o_base + 4u * d, merge_partials(base, n_parts, d, h));
 }
 
+// `attn_decode_merge_rows`: the merge of the subgroup decode (`attn_decode_sg`), one workgroup of
+// WG invocations per row reducing its n_splits partials in parallel (`merge_row`,
+// attention_split.wgsl). With one split the partial pass wrote the output and this pass is not
+// recorded.
+@compute @workgroup_size(WG)
+fn attn_decode_merge_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = linear_workgroup(wid, nwg);
+    // Uniform per workgroup, so returning before the barriers is allowed.
+    if row >= p.batch * p.n_kv_heads * p.rows {
+        return;
+    }
+    let r = row % p.rows;
+    let bh = row / p.rows;
+    let kvh = bh % p.n_kv_heads;
+    let b = bh / p.n_kv_heads;
+    let h = kvh * p.group + r % p.group;
+    let n_parts = p.n_splits * p.lanes;
+    let o = merge_row(row * n_parts * (4u * HD4 + 2u), n_parts, h, lid);
+    if lid < HD4 {
+        store4(p.o_off + b * p.o_sb + (r / p.group) * p.o_st + h * p.o_sh + 4u * lid, o);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // `attn_decode_keys`: decode for CPU adapters; the key-lane step `keys_partial` it shares with
 // `attn_paged_keys` is in attention_keys.wgsl, with the reasons for its shape. This entry point

@@ -125,11 +125,16 @@ fn pool_load4(buf: u32, e: u32) -> vec4<f32> {
 }
 
 // Key j of the sequence whose block-table row starts at bt_off, kv head kvh: (pool buffer,
-// element offset of the head's K row); V is p.k_off further.
+// element offset of the head's K row); V is p.k_off further. No division per key: the page
+// size is a power of two (the host checks), so the page is a shift and the slot a mask, and the
+// pool buffer (at most 3) comes from comparisons.
 fn key_addr(bt_off: u32, j: u32, kvh: u32) -> vec2<u32> {
-    let page = plan_buf[bt_off + j / p.kv_len];
-    let buf = page / p.rows;
-    let e = (page % p.rows) * p.k_sb + (j % p.kv_len) * p.k_st + kvh * p.k_sh;
+    let page = plan_buf[bt_off + (j >> countTrailingZeros(p.kv_len))];
+    var buf = 0u;
+    if POOLS > 1u {
+        buf = u32(page >= p.rows) + u32(page >= 2u * p.rows);
+    }
+    let e = (page - buf * p.rows) * p.k_sb + (j & (p.kv_len - 1u)) * p.k_st + kvh * p.k_sh;
     return vec2<u32>(buf, e);
 }
 
@@ -253,6 +258,36 @@ fn attn_paged_merge(
     }
     let base = (sq.part_base + (kvh * rows + r) * n_parts) * stride;
     store4(p.o_off + tq * p.o_st + h * p.o_sh + 4u * d, merge_partials(base, n_parts, d, h));
+}
+
+// `attn_paged_merge_rows`: the merge of a batch whose decode rows ran `attn_paged_sg`, one
+// workgroup of WG invocations per (packed token, query head) reducing its sequence's partials in
+// parallel (`merge_row`, attention_split.wgsl); sequences written directly are skipped.
+@compute @workgroup_size(WG)
+fn attn_paged_merge_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let th = linear_workgroup(wid, nwg);
+    // Uniform per workgroup, so returning before the barriers is allowed.
+    if th >= p.q_len * p.n_heads {
+        return;
+    }
+    let h = th % p.n_heads;
+    let tq = th / p.n_heads;
+    let sq = seq_record(plan_buf[p.v_st + tq]);
+    let n_parts = sq.n_splits * sq.lanes;
+    if n_parts == 1u {
+        return;
+    }
+    let kvh = h / p.group;
+    let r = (tq - sq.q_start) * p.group + h % p.group;
+    let base = (sq.part_base + (kvh * sq.q_len * p.group + r) * n_parts) * (4u * HD4 + 2u);
+    let o = merge_row(base, n_parts, h, lid);
+    if lid < HD4 {
+        store4(p.o_off + tq * p.o_st + h * p.o_sh + 4u * lid, o);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,57 +1,93 @@
-// The subgroup decode step (`sg_partial`), shared by the GPU decode kernels `attn_decode_sg`
-// (attention_decode_subgroup.wgsl, contiguous K/V) and `attn_paged_sg`
-// (attention_paged_subgroup.wgsl, pages). Each includes it in a module of its own: a module that
-// uses subgroup operations anywhere fails validation on devices without SUBGROUP. The including
-// module says where a key's rows live: `sg_row(h, j)` gives (K source, K element, V source, V
-// element) of key j of the head described by `h`, and `sg_load4(src, e)` loads four elements at
-// element e of a source; with the same split structure both kernels run the same arithmetic,
-// bit for bit.
+// The subgroup decode step (`sg_partial`) and the in-workgroup merge (`sg_merge_row`), shared by
+// the GPU decode kernels `attn_decode_sg` (attention_decode_subgroup.wgsl, contiguous K/V) and
+// `attn_paged_sg` (attention_paged_subgroup.wgsl, pages). Each includes it in a module of its
+// own: a module that uses subgroup operations anywhere fails validation on devices without
+// SUBGROUP. The including module says where a key's rows live and how a 16-byte unit is read:
+// `keys_rows(h, j)` gives (K source, K unit, V source, V unit) of key j of the head described by
+// `h` (the same seam the CPU kernels' `keys_partial` uses), and `sg_item(src, i)` reads unit i of
+// a source as values (the K/V load seam, one function per storage format); with the same split
+// structure both kernels run the same arithmetic, bit for bit.
 //
-// The design: split-KV decode for GPUs, built as the GPU decode kernels that are known to
-// work build it: flash-decoding (Dao et al., 2023: split the keys over workgroups, a partial
-// softmax per split, a fixed-order merge) with FlashInfer's decode layout
-// (`BatchDecodeWithPagedKVCacheKernel` / `SingleDecodeWithKVCacheKernel`, Ye et al., 2024:
-// the lanes of a warp split head_dim, each holding a vector of it; a partial dot product per lane
-// finished by a warp reduction; every K/V row a warp loads serves all query heads of the GQA
-// group, which sit in the same block).
+// The design: split-KV decode for GPUs after flash-decoding (Dao et al., 2023: the keys split
+// over workgroups, a partial softmax per split, a fixed-order merge) and FlashInfer's decode
+// kernels (`BatchDecodeWithPagedKVCacheKernel`, Ye et al., 2024: a K/V row read with 16-byte
+// vectors by a group of lanes, partial dots reduced with shuffles, the next rows prefetched
+// before the reduction, several lane groups per warp on different keys, the GQA group's query
+// heads sharing every row, partials merged in workgroup memory).
 //
 // One workgroup of WG invocations per (batch, kv head, row block, split) (paged: per work item
-// of the host's plan and kv head), rows as in
-// `attn_decode_partial` (r = t * g + i, RS rows per workgroup: the GQA group's query heads times
-// the tokens). Inside, each subgroup splits head_dim: lane `sg_lane` of a subgroup of `sg_size`
-// lanes holds the vec4 slots d = sg_lane + sg_size * i (i < SLOTS) of every query row (in
-// registers, pre-scaled) and of every accumulator, and loads the same slots of each K and V row,
-// so one subgroup reads a row as consecutive 16-byte pieces (coalesced). Keys go four at a time:
-// a lane's partial dots of 4 keys x RS rows, then one `subgroupAdd` per row (a vec4: the 4 keys'
-// scores) gives every lane the full scores, the online softmax updates m and l once per 4 keys
-// (identically in every lane), and the V rows of the 4 keys are added into the lane's slots.
+// of the host's plan and kv head), rows as in `attn_decode_partial` (r = t * g + i, RS rows
+// per workgroup). A K/V row is UPR 16-byte units (8 halves or 4 f32 each); LG lanes (a power of
+// two <= the adapter's smallest subgroup) read it, lane li holding units li + LG * s (s < SLOTS)
+// of each query row and accumulator, pre-scaled, in registers. The workgroup's lanes form
+// NLG = WG / LG lane groups with a fixed numbering, g = sg_id * (sg_size / LG) + sg_lane / LG:
+// lane group g takes keys kv.x + g, kv.x + g + NLG, ... of the split. Per key: the V units and
+// the next key's K units are loaded, the partial dots of the RS rows (packed four rows to a
+// vec4) are reduced across the lane group by subgroupShuffleXor butterflies (every lane ends
+// with the same sum), and the online softmax of each row takes the key. Then the NLG partials of
+// each row are merged in a fixed tree over lane groups through workgroup memory (lane group
+// g + half into g, half = NLG / 2, NLG / 4, ... 1), and lane group 0 writes the split's one
+// partial per row, or, with one split, the output itself.
 //
-// No subgroup size is assumed beyond the adapter's minimum (`SLOTS` = ceil(HD4 / min size); a
-// larger subgroup leaves lanes past HD4 idle). The key lanes are NSG = WG / min size "virtual
-// subgroups", fixed per pipeline: virtual subgroup v takes the 4-key blocks v, v + NSG, ... of
-// the split and writes its own partial (m, l, acc) for each row; a subgroup runs the virtual
-// subgroups sg_id, sg_id + num_subgroups, ... . So which keys meet in one partial does not depend
-// on the subgroup size the device picks, and `attn_decode_merge` combines the n_splits x NSG
-// partials in ascending order: bitwise repeatable on one device.
+// Which keys meet in one partial and the order of every sum depend on LG and NLG alone, never
+// on the subgroup size the device runs (any size that LG divides): bitwise repeatable.
 //
-// Constants beyond attention_decode.wgsl's overrides. RS and SLOTS size this lane's register
-// arrays, which WGSL only allows with constant expressions, so they are key constants (`// @key`:
-// each pipeline key sets them, `PipelineKey::source`). Arrays sized exactly to their loops' trip
-// counts let the compiler unroll every row and slot loop and keep the arrays in registers (no
-// dynamically indexed private memory, which spills on GPUs and multiplies LLVM's time on CPU
-// adapters: BENCHMARKS.md, cold compile).
-//   RS     query rows per workgroup (1, 2, 4 or 8); RS * SLOTS <= 64 (the planner's limit)
-//   SLOTS  vec4 slots of a head per lane: ceil(HD4 / the adapter's smallest subgroup)
-//   NSG    key lanes (partials per row and split): WG / the adapter's smallest subgroup
-// Loops (modules are created without naga's loop counters, src/pipeline.rs): rows, slots and the
-// keys of a block by 1 to constants; the key loop by 4 * NSG (> 0) to the end of the split.
+// Key constants (`// @key`: each pipeline key sets them, `PipelineKey::source`): they size this
+// lane's register arrays and the merge memory, which WGSL only allows with constant
+// expressions. Arrays sized exactly to their loops' trip counts let the compiler unroll every
+// loop over them and keep them in registers (no dynamically indexed private memory).
+//   RS     query rows per workgroup (1, 2, 4 or 8); RS * SLOTS * VPU <= 16 (the planner's limit)
+//   SLOTS  16-byte units of a row per lane: ceil(UPR / LG)
+//   VPU    vec4s per unit: 1 (f32) or 2 (halves)
+//   LG     lanes per lane group: min(next power of two >= UPR, the adapter's smallest subgroup)
+//   NLG    lane groups per workgroup: WG / LG
+//   MV4    vec4s of the merge memory: max(NLG / 2, 1) * HD4
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): rows, slots,
+// vec4s and butterfly steps by 1 (or halving) to constants; the key loop by NLG (> 0) to the end
+// of the split; the merge rounds halve a constant to 0.
 const RS: u32 = 4u; // @key
-const SLOTS: u32 = 4u; // @key
-override NSG: u32 = 8u;
-// This lane's slots of the query rows (and of the accumulators): [row][slot].
-alias SgRegs = array<array<vec4<f32>, SLOTS>, RS>;
+const SLOTS: u32 = 1u; // @key
+const VPU: u32 = 2u; // @key
+const LG: u32 = 16u; // @key
+const NLG: u32 = 8u; // @key
+const MV4: u32 = 128u; // @key
+// vec4s of a row per lane, and vec4s holding the rows' scores (four rows each).
+const SV: u32 = SLOTS * VPU;
+const S4: u32 = (RS + 3u) / 4u;
+// Merge slots: one partial per lane group of the upper half of a round.
+const MSLOTS: u32 = max(NLG / 2u, 1u);
+// This lane's vec4s of the query rows (and of the accumulators): [row][slot * VPU + c].
+alias SgRegs = array<array<vec4<f32>, SV>, RS>;
+// This lane's vec4s of one K or V row.
+alias SgUnits = array<vec4<f32>, SV>;
 
-// This lane's slots of the query rows r0 .. r0 + RS, pre-scaled, into q (rows past `rows` read
+// The merge memory: the accumulators of up to MSLOTS lane groups of one row, and their (m, l).
+var<workgroup> sg_acc: array<vec4<f32>, MV4>;
+var<workgroup> sg_ml: array<vec2<f32>, MSLOTS>;
+
+// 16-byte units of a K/V row.
+fn sg_upr() -> u32 {
+    return HD4 / VPU;
+}
+
+// This lane's units of the row starting at unit `base` of source `src` (zero past the row).
+fn sg_units(src: u32, base: u32, li: u32) -> SgUnits {
+    var x: SgUnits;
+    for (var s = 0u; s < SLOTS; s++) {
+        let u = li + LG * s;
+        var it = Item(vec4<f32>(0.0), vec4<f32>(0.0));
+        if u < sg_upr() {
+            it = sg_item(src, base + u);
+        }
+        x[s * VPU] = it.lo;
+        if VPU == 2u {
+            x[s * VPU + 1u] = it.hi;
+        }
+    }
+    return x;
+}
+
+// This lane's units of the query rows r0 .. r0 + RS, pre-scaled, into q (rows past `rows` read
 // the last row and are never stored), and each row's position into pos. Row r = t * group + i is
 // token t, query head kvh * group + i; token t's q row starts at element tok0 + t * q_st of q_buf
 // (past p.q_off), its position is q_offset + t.
@@ -63,30 +99,31 @@ fn sg_load_q(
     kvh: u32,
     tok0: u32,
     q_offset: i32,
-    sg_lane: u32,
-    sg_size: u32,
+    li: u32,
 ) {
     for (var r = 0u; r < RS; r++) {
         let rc = min(r0 + r, rows - 1u);
         let h = kvh * p.group + rc % p.group;
         let q_base = p.q_off + tok0 + (rc / p.group) * p.q_st + h * p.q_sh;
         (*pos)[r] = q_offset + i32(rc / p.group);
-        for (var i = 0u; i < SLOTS; i++) {
-            let d = sg_lane + sg_size * i;
-            var x = vec4<f32>(0.0);
-            if d < HD4 {
-                x = q_load4(q_base + 4u * d) * p.scale;
+        for (var s = 0u; s < SLOTS; s++) {
+            let u = li + LG * s;
+            for (var c = 0u; c < VPU; c++) {
+                var x = vec4<f32>(0.0);
+                if u < sg_upr() {
+                    x = q_load4(q_base + 4u * (u * VPU + c)) * p.scale;
+                }
+                (*q)[r][s * VPU + c] = x;
             }
-            (*q)[r][i] = x;
         }
     }
 }
 
-// Rows r0 .. r0 + RS (q: this lane's slots of each row, pre-scaled; pos: each row's query
-// position) against the 4-key blocks vs, vs + NSG, ... of the keys kv.x .. kv.y of the head `h`
-// (kv head kvh, for the rows' ALiBi slopes):
-// this lane's slots of the unnormalised accumulators into acc, and each row's m and l
-// (identical in every lane).
+// Rows r0 .. r0 + RS (q: this lane's units of each row, pre-scaled; pos: each row's position)
+// against the keys kv.x + g, kv.x + g + NLG, ... (< kv.y) of the head `h`
+// (kv head kvh, for the rows' ALiBi slopes): this lane's units
+// of the unnormalised accumulators into acc, and each row's m and l (identical in every lane of
+// the lane group).
 fn sg_partial(
     q: ptr<function, SgRegs>,
     pos: ptr<function, array<i32, RS>>,
@@ -98,98 +135,157 @@ fn sg_partial(
     kv: vec2<i32>,
     r0: u32,
     rows: u32,
-    vs: u32,
-    sg_lane: u32,
-    sg_size: u32,
+    g: u32,
+    li: u32,
 ) {
     for (var r = 0u; r < RS; r++) {
         (*m)[r] = NEG_BIG;
         (*l)[r] = 0.0;
-        for (var i = 0u; i < SLOTS; i++) {
-            (*acc)[r][i] = vec4<f32>(0.0);
+        for (var v = 0u; v < SV; v++) {
+            (*acc)[r][v] = vec4<f32>(0.0);
         }
     }
-    for (var j0 = kv.x + 4 * i32(vs); j0 < kv.y; j0 += 4 * i32(NSG)) {
-        // Keys j0 .. j0 + 4 that exist (the last block of a split may be short).
-        let key_ok = vec4<i32>(j0, j0 + 1, j0 + 2, j0 + 3) < vec4<i32>(kv.y);
-        var s: array<vec4<f32>, RS>;
-        for (var r = 0u; r < RS; r++) {
-            s[r] = vec4<f32>(0.0);
+    let j_first = kv.x + i32(g);
+    // Addresses and K units of key j; an empty range loads a valid key and never uses it.
+    var a = keys_rows(h, u32(max(min(j_first, kv.y - 1), 0)));
+    var kx = sg_units(a.x, a.y, li);
+    for (var j = j_first; j < kv.y; j += i32(NLG)) {
+        let vx = sg_units(a.z, a.w, li);
+        var s: array<vec4<f32>, S4>;
+        for (var i = 0u; i < S4; i++) {
+            s[i] = vec4<f32>(0.0);
         }
-        for (var c = 0u; c < 4u; c++) {
-            let kr = sg_row(h, u32(min(j0 + i32(c), kv.y - 1)));
-            for (var i = 0u; i < SLOTS; i++) {
-                let d = sg_lane + sg_size * i;
-                if d < HD4 {
-                    let kx = sg_load4(kr.x, kr.y + 4u * d);
-                    for (var r = 0u; r < RS; r++) {
-                        s[r][c] += dot((*q)[r][i], kx);
+        for (var r = 0u; r < RS; r++) {
+            var d = 0.0;
+            for (var v = 0u; v < SV; v++) {
+                d += dot((*q)[r][v], kx[v]);
+            }
+            s[r / 4u][r % 4u] = d;
+        }
+        // The next key's K units (clamped to a valid key) load while the scores reduce.
+        a = keys_rows(h, u32(min(j + i32(NLG), kv.y - 1)));
+        kx = sg_units(a.x, a.y, li);
+        for (var o = LG / 2u; o > 0u; o = o / 2u) {
+            for (var i = 0u; i < S4; i++) {
+                s[i] += subgroupShuffleXor(s[i], o);
+            }
+        }
+        for (var r = 0u; r < RS; r++) {
+            if r0 + r < rows && visible(j, (*pos)[r]) {
+                let sc = cap_logit(s[r / 4u][r % 4u]) + row_slope(r0 + r, kvh) * f32(j - (*pos)[r]);
+                if sc > (*m)[r] {
+                    // The first visible key gives alpha = exp(NEG_BIG - sc) = 0 on l = acc = 0.
+                    let al = exp((*m)[r] - sc);
+                    (*l)[r] *= al;
+                    for (var v = 0u; v < SV; v++) {
+                        (*acc)[r][v] *= al;
                     }
+                    (*m)[r] = sc;
                 }
-            }
-        }
-        var pr: array<vec4<f32>, RS>;
-        for (var r = 0u; r < RS; r++) {
-            let x = subgroupAdd(s[r]);
-            let ps = (*pos)[r];
-            let dist = vec4<f32>(vec4<i32>(j0, j0 + 1, j0 + 2, j0 + 3) - vec4<i32>(ps));
-            let sc = vec4<f32>(cap_logit(x.x), cap_logit(x.y), cap_logit(x.z), cap_logit(x.w)) + row_slope(r0 + r, kvh) * dist;
-            let ok = key_ok & vec4<bool>(r0 + r < rows) & vec4<bool>(
-                visible(j0, ps),
-                visible(j0 + 1, ps),
-                visible(j0 + 2, ps),
-                visible(j0 + 3, ps),
-            );
-            let mx = select(vec4<f32>(NEG_BIG), sc, ok);
-            let m_new = max((*m)[r], max(max(mx.x, mx.y), max(mx.z, mx.w)));
-            // m_new >= m, so alpha <= 1; while nothing is visible both are NEG_BIG: alpha 1.
-            let al = exp((*m)[r] - m_new);
-            let pv = select(vec4<f32>(0.0), exp(sc - m_new), ok);
-            (*l)[r] = (*l)[r] * al + (pv.x + pv.y + pv.z + pv.w);
-            (*m)[r] = m_new;
-            pr[r] = pv;
-            for (var i = 0u; i < SLOTS; i++) {
-                (*acc)[r][i] *= al;
-            }
-        }
-        for (var c = 0u; c < 4u; c++) {
-            let vr = sg_row(h, u32(min(j0 + i32(c), kv.y - 1)));
-            for (var i = 0u; i < SLOTS; i++) {
-                let d = sg_lane + sg_size * i;
-                if d < HD4 {
-                    let vx = sg_load4(vr.z, vr.w + 4u * d);
-                    for (var r = 0u; r < RS; r++) {
-                        (*acc)[r][i] += pr[r][c] * vx;
-                    }
+                let pj = exp(sc - (*m)[r]);
+                (*l)[r] += pj;
+                for (var v = 0u; v < SV; v++) {
+                    (*acc)[r][v] += pj * vx[v];
                 }
             }
         }
     }
 }
 
-// This lane's share of row r's partial (m, l from lane 0, each lane its slots) at part_out[e ..].
-fn sg_store_partial(
+// Row r's partials of the NLG lane groups merged into lane group 0's (m, l, acc): a fixed tree
+// (lane group g + half into g for half = NLG / 2, NLG / 4, ..., 1) through workgroup memory.
+// Every invocation of the workgroup calls it (it has barriers).
+fn sg_merge_row(
+    acc: ptr<function, SgRegs>,
+    m: ptr<function, array<f32, RS>>,
+    l: ptr<function, array<f32, RS>>,
+    r: u32,
+    g: u32,
+    li: u32,
+) {
+    for (var half = NLG / 2u; half > 0u; half = half / 2u) {
+        let upper = g >= half && g < 2u * half;
+        if upper {
+            let slot = g - half;
+            if li == 0u {
+                sg_ml[slot] = vec2<f32>((*m)[r], (*l)[r]);
+            }
+            for (var s = 0u; s < SLOTS; s++) {
+                let u = li + LG * s;
+                if u < sg_upr() {
+                    for (var c = 0u; c < VPU; c++) {
+                        sg_acc[slot * HD4 + u * VPU + c] = (*acc)[r][s * VPU + c];
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+        if g < half {
+            let o = sg_ml[g];
+            let m2 = max((*m)[r], o.x);
+            let a = exp((*m)[r] - m2);
+            let b = exp(o.x - m2);
+            (*m)[r] = m2;
+            (*l)[r] = (*l)[r] * a + o.y * b;
+            for (var s = 0u; s < SLOTS; s++) {
+                let u = li + LG * s;
+                if u < sg_upr() {
+                    for (var c = 0u; c < VPU; c++) {
+                        let v = s * VPU + c;
+                        (*acc)[r][v] = (*acc)[r][v] * a + sg_acc[g * HD4 + u * VPU + c] * b;
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+// Lane group 0's share of row r's result: with one partial per row (`direct`) the output of
+// query head `hq` at element o_base of out_buf, else the partial (m, l, acc) at part_out[e ..].
+fn sg_store_row(
     acc: ptr<function, SgRegs>,
     m: f32,
     l: f32,
     r: u32,
+    li: u32,
+    direct: bool,
     e: u32,
-    sg_lane: u32,
-    sg_size: u32,
+    o_base: u32,
+    hq: u32,
 ) {
-    if sg_lane == 0u {
+    if direct {
+        let inv = out_scale(m, l, hq);
+        for (var s = 0u; s < SLOTS; s++) {
+            let u = li + LG * s;
+            if u < sg_upr() {
+                for (var c = 0u; c < VPU; c++) {
+                    store4(o_base + 4u * (u * VPU + c), (*acc)[r][s * VPU + c] * inv);
+                }
+            }
+        }
+        return;
+    }
+    if li == 0u {
         part_out[e] = m;
         part_out[e + 1u] = l;
     }
-    for (var i = 0u; i < SLOTS; i++) {
-        let d = sg_lane + sg_size * i;
-        if d < HD4 {
-            let a = (*acc)[r][i];
-            let o = e + 2u + 4u * d;
-            part_out[o] = a.x;
-            part_out[o + 1u] = a.y;
-            part_out[o + 2u] = a.z;
-            part_out[o + 3u] = a.w;
+    for (var s = 0u; s < SLOTS; s++) {
+        let u = li + LG * s;
+        if u < sg_upr() {
+            for (var c = 0u; c < VPU; c++) {
+                let a = (*acc)[r][s * VPU + c];
+                let o = e + 2u + 4u * (u * VPU + c);
+                part_out[o] = a.x;
+                part_out[o + 1u] = a.y;
+                part_out[o + 2u] = a.z;
+                part_out[o + 3u] = a.w;
+            }
         }
     }
+}
+
+// This invocation's (lane group, lane in it) under the fixed numbering.
+fn sg_lane_group(sg_lane: u32, sg_size: u32, sg_id: u32) -> vec2<u32> {
+    return vec2<u32>(sg_id * (sg_size / LG) + sg_lane / LG, sg_lane % LG);
 }

@@ -150,7 +150,7 @@ fn guard_before(c: &Case) -> usize {
         return ALIGNED_GUARD;
     }
     match c.kind {
-        None | Some(Kind::DecodeKeys | Kind::PrefillKeys) => ALIGNED_GUARD,
+        None | Some(Kind::DecodeKeys | Kind::PrefillKeys | Kind::DecodeSubgroup) => ALIGNED_GUARD,
         _ => GUARD_BEFORE,
     }
 }
@@ -1735,13 +1735,15 @@ fn prefill_loop_cap_at_head_dim_128() {
     check(c, 7400);
 }
 
-/// The GPU decode kernel (`Kind::DecodeSubgroup`: lanes of a subgroup split head_dim, scores
-/// finished with `subgroupAdd`, key lanes as fixed virtual subgroups) forced on this adapter
-/// (lavapipe: subgroups of 8) against the f64 reference: MHA and GQA groups of 2 and 4 (1, 2, 4
-/// and 8 rows per workgroup; 3 tokens of GQA-4: two row blocks of 8), key counts that
-/// are not multiples of the 4-key block, forced splits with empty chunks, head_dims 64, 80, 128
-/// and 256 in every dtype, every masking and logit option, batch > 1; bitwise repeatable. The
-/// dispatcher itself picks it on GPUs only.
+/// The GPU decode kernel (`Kind::DecodeSubgroup`: lane groups reading 16-byte units of a row,
+/// scores reduced by shuffle butterflies, lane groups on different keys merged inside the
+/// workgroup) forced on this adapter (lavapipe: subgroups of 8, so 8-lane groups, 16 per
+/// workgroup) against the f64 reference: MHA and GQA groups of 2, 4 and 8 (1, 2, 4 and 8 rows
+/// per workgroup; 3 tokens of GQA-4: two row blocks of 8), key counts that are not multiples of
+/// the 16 lane groups, one split written directly and two merged on both sides of 512 keys,
+/// forced splits with empty chunks, head_dims 64, 80, 128 and 256 in every dtype, every masking
+/// and logit option, batch > 1; bitwise repeatable; unaligned rows refused. The dispatcher
+/// itself picks it on GPUs only.
 #[test]
 fn decode_subgroup_kernel() {
     let ctx = ctx();
@@ -1772,6 +1774,15 @@ fn decode_subgroup_kernel() {
         (3, 70, 8, 2, 64, DType::F32),
         (2, 33, 4, 4, 80, DType::F16),
         (1, 45, 2, 2, 256, DType::F32),
+        // GQA-8: 8 rows in one block (the pipeline of the 3-token GQA-4 case).
+        (1, 77, 16, 2, 64, DType::F32),
+        // One split written directly (511 keys: chunks of at least 256) and two merged (513).
+        (1, 511, 8, 2, 64, DType::F32),
+        (1, 513, 8, 2, 64, DType::F32),
+        // head_dim 128 in f16 (the pipeline of the integer-read GQA-4 case of the native f16
+        // test) and f32 (MHA: 32 units per row, 4 per lane on subgroups of 8).
+        (1, 129, 8, 2, 128, DType::F16),
+        (1, 301, 2, 2, 128, DType::F32),
     ] {
         let mut c = sg(Case::new(q_len, kv_len, nh, nkv, hd));
         c.dtype = dtype;
@@ -1806,7 +1817,7 @@ fn decode_subgroup_kernel() {
         check(*c, 900 + i as u64);
     }
     // Bitwise repeatable, and the plan the kernel ran with: rows of the group per workgroup,
-    // WG / smallest subgroup key lanes.
+    // one partial per (row, split) (the lane groups merge inside the workgroup).
     let c = cases[0];
     let d = data(&c, 5, 1.0);
     assert!(
@@ -1817,9 +1828,33 @@ fn decode_subgroup_kernel() {
         .op()
         .plan(&ctx, dims_of(&c), c.dtype)
         .expect("subgroup plan");
-    let min = ctx.adapter_info().subgroup_min_size.max(4) as usize;
     assert_eq!(plan.variant.kind, Kind::DecodeSubgroup);
-    assert_eq!((plan.rows_per_wg, plan.lanes), (4, 64 / min));
+    assert_eq!((plan.rows_per_wg, plan.lanes), (4, 1));
+    // Chunks of at least 256 keys: one split below 512 keys (the output written by the partial
+    // pass), two at 513.
+    for (i, splits) in [(9, 1), (10, 2)] {
+        let p = cases[i].op().plan(&ctx, dims_of(&cases[i]), cases[i].dtype);
+        assert_eq!(p.unwrap().splits, splits, "{:?}", cases[i]);
+    }
+    // Unaligned K/V rows (head_dim 36 in f16: 72 bytes): the kernel reads 16-byte units, so a
+    // forced call is refused and the dispatcher's own choice on a GPU is the tile decode.
+    let dims = llama_kernels::ops::attention::Dims {
+        batch: 1,
+        q_len: 1,
+        kv_len: 37,
+        n_heads: 8,
+        n_kv_heads: 2,
+        head_dim: 36,
+    };
+    let nvidia = llama_kernels::ops::attention::DeviceDesc::nvidia();
+    let e = c
+        .op()
+        .plan_for_device(&nvidia, dims, DType::F16, true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("16-byte aligned K/V rows"), "{e}");
+    let p = Attention::default().plan_for_device(&nvidia, dims, DType::F16, true);
+    assert_eq!(p.unwrap().variant.kind, Kind::Decode);
     let mut auto = c;
     auto.kind = None;
     let auto_kind = auto
@@ -1899,7 +1934,10 @@ fn decode_subgroup_native_f16_reads() {
     keys.kind = Some(Kind::DecodeKeys);
     let e = try_run(&keys).unwrap_err().to_string();
     assert!(e.contains("DecodeKeys"), "{e}");
-    // head_dim 36 (72-byte rows) is not 16-byte aligned.
+    // head_dim 36 (72-byte rows) is not 16-byte aligned: the kernel itself needs aligned rows.
     let e = try_run(&native(1, 37, 8, 2, 36)).unwrap_err().to_string();
-    assert!(e.contains("aligned: false"), "{e}");
+    assert!(
+        e.contains("DecodeSubgroup kernel reads 16-byte units") && e.contains("head_dim 36 x 2"),
+        "{e}"
+    );
 }

@@ -1566,7 +1566,7 @@ fn multimodal_rope_into_pages() {
 /// workgroup (one and two row blocks) beside a prefill sequence, page-boundary lengths, a 1-key
 /// and a 0-key sequence, a shared prefix: against the f64 reference planned by length and with 3
 /// splits (splits past the keys) with sinks, a window and softcap, and bit for bit against the
-/// contiguous DecodeSubgroup at the same split count. f32 only: the dtype changes the page loads,
+/// contiguous DecodeSubgroup at the same split count (3: merged; 1: written by the partial pass). f32 only: the dtype changes the page loads,
 /// which the tile kernel shares and is tested in every dtype, and each specialisation is seconds
 /// of LLVM on lavapipe. Without `SUBGROUP` the plan refuses it.
 #[test]
@@ -1624,4 +1624,8 @@ fn subgroup_decode_over_pages() {
     );
     let got = w.run(&ctx, &cache, &batch, &op, None);
     bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeSubgroup, 3);
+    // One split: both write the output from the partial pass (no merge), the same bits.
+    let batch = w.batch_with(&ctx, plan(Some(1)));
+    let got = w.run(&ctx, &cache, &batch, &op, None);
+    bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeSubgroup, 1);
 }

@@ -346,8 +346,9 @@ fn info_json_reports_the_adapter_and_the_choices() {
 }
 
 /// `info --device PRESET` prints the attention planner's choices for a described device without
-/// an adapter: the GPU presets get the subgroup decode, WebGPU's defaults the tile decode with
-/// 16-key tiles, lavapipe the CPU kernels; `--json` gives the same as records.
+/// an adapter: the GPU presets get the subgroup decode (with its launch geometry), WebGPU's
+/// defaults the tile decode with 16-key tiles, lavapipe the CPU kernels; `--json` gives the same
+/// as records.
 #[test]
 fn info_for_a_described_device() {
     let info = |args: &[&str]| {
@@ -362,6 +363,13 @@ fn info_for_a_described_device() {
     let nvidia = info(&["--device", "nvidia"]);
     assert!(nvidia.contains("Llama-3-8B decode, 32k keys"), "{nvidia}");
     assert!(nvidia.contains("DecodeSubgroup kr 4"), "{nvidia}");
+    // The decode launch geometry of Llama-3-8B at 4k keys (pinned in the planner's tests).
+    assert!(
+        nvidia.contains(
+            "geometry: 128 workgroups x 128 invocations, 2080 B workgroup memory, 88 registers/lane, 16 B loads, 16 lanes/row, 16 splits; merge 32 x 128"
+        ),
+        "{nvidia}"
+    );
     assert!(
         nvidia.contains("attention_prefill_hd128.wgsl:attn_prefill"),
         "{nvidia}"
@@ -379,6 +387,8 @@ fn info_for_a_described_device() {
     let rows = j["attention"].as_array().expect("attention rows");
     assert_eq!(rows[0]["kind"], "DecodeSubgroup");
     assert_eq!(rows[0]["lanes"], 1);
+    assert_eq!(rows[1]["geometry"]["splits"], 60);
+    assert_eq!(rows[1]["geometry"]["bytes_per_load"], 16);
     assert!(rows
         .iter()
         .all(|r| r["pipelines"].as_array().is_some_and(|p| !p.is_empty())));

@@ -1,8 +1,9 @@
 //! What the planner reads of a device ([`DeviceDesc`]): a live one or a described one, with the
 //! loop caps of CPU adapters.
 
-use super::{sg_shape, KEYS_WG, PREFILL_KEYS_TILE, PREFILL_WG};
+use super::{sg_shape, SgShape, KEYS_WG, PREFILL_KEYS_TILE, PREFILL_WG};
 use crate::context::Context;
+use crate::tensor::DType;
 
 /// What the planner reads of a device: a live one ([`DeviceDesc::of`]) or a described one (the
 /// presets), so the choice can be shown and tested for devices this machine does not have.
@@ -18,7 +19,23 @@ pub struct DeviceDesc {
     pub shader_f16: bool,
     /// `max_compute_workgroup_storage_size` in bytes.
     pub max_workgroup_storage: u32,
+    /// Compute units (NVIDIA SMs, AMD CUs, Apple GPU cores): the decode's split count aims at
+    /// [`DeviceDesc::resident_workgroups`] over them. A preset's is the described device's; a
+    /// live device's is [`DEFAULT_COMPUTE_UNITS`], as wgpu does not report it.
+    pub compute_units: u32,
 }
+
+/// Compute units the planner assumes for a live device (wgpu reports none): about a
+/// data-centre GPU's (H100 132 SMs, MI250X 110 CUs per die). The error is cheap one way and dear
+/// the other: too many for a small GPU (10-40 units) costs its decode a few more partials,
+/// merged in parallel (at 32k keys for Llama-3-8B: 64 splits, 1 MB of partials beside 134 MB of
+/// K/V); too few for a large one leaves part of it idle (half the bandwidth at half the
+/// resident workgroups). Chunks hold at least 256 keys either way.
+pub const DEFAULT_COMPUTE_UNITS: u32 = 128;
+/// Invocations of the subgroup decode the planner counts as resident on one compute unit at a
+/// time: its lanes hold about a hundred 32-bit registers (64 accumulators, the q rows, the K/V
+/// units), which lets an NVIDIA SM (64K registers) or an AMD CU keep about 512 of them.
+pub const RESIDENT_INVOCATIONS_PER_CU: u32 = 512;
 
 impl DeviceDesc {
     /// What `ctx`'s device offers.
@@ -29,9 +46,11 @@ impl DeviceDesc {
             subgroup_min_size: ctx.adapter_info().subgroup_min_size,
             shader_f16: ctx.caps().shader_f16,
             max_workgroup_storage: ctx.limits().max_compute_workgroup_storage_size,
+            compute_units: DEFAULT_COMPUTE_UNITS,
         }
     }
-    /// An NVIDIA GPU on Vulkan: subgroups of 32, f16, 48 KiB of workgroup memory.
+    /// An NVIDIA GPU on Vulkan: subgroups of 32, f16, 48 KiB of workgroup memory, 132 SMs (H100
+    /// SXM).
     pub fn nvidia() -> Self {
         DeviceDesc {
             device_type: wgpu::DeviceType::DiscreteGpu,
@@ -39,9 +58,10 @@ impl DeviceDesc {
             subgroup_min_size: 32,
             shader_f16: true,
             max_workgroup_storage: 49152,
+            compute_units: 132,
         }
     }
-    /// An AMD GCN/CDNA GPU: subgroups of 64, f16, 64 KiB of workgroup memory.
+    /// An AMD GCN/CDNA GPU: subgroups of 64, f16, 64 KiB of workgroup memory, 120 CUs (MI100).
     pub fn amd() -> Self {
         DeviceDesc {
             device_type: wgpu::DeviceType::DiscreteGpu,
@@ -49,9 +69,11 @@ impl DeviceDesc {
             subgroup_min_size: 64,
             shader_f16: true,
             max_workgroup_storage: 65536,
+            compute_units: 120,
         }
     }
-    /// An Apple GPU on Metal: subgroups (SIMD groups) of 32, f16, 32 KiB of workgroup memory.
+    /// An Apple GPU on Metal: subgroups (SIMD groups) of 32, f16, 32 KiB of workgroup memory,
+    /// 38 GPU cores (M2 Max).
     pub fn apple() -> Self {
         DeviceDesc {
             device_type: wgpu::DeviceType::IntegratedGpu,
@@ -59,10 +81,11 @@ impl DeviceDesc {
             subgroup_min_size: 32,
             shader_f16: true,
             max_workgroup_storage: 32768,
+            compute_units: 38,
         }
     }
     /// A device with WebGPU's default limits and no optional feature: 16 KiB of workgroup
-    /// memory, no subgroups, no f16.
+    /// memory, no subgroups, no f16, compute units unknown ([`DEFAULT_COMPUTE_UNITS`]).
     pub fn webgpu_default() -> Self {
         DeviceDesc {
             device_type: wgpu::DeviceType::Other,
@@ -70,9 +93,11 @@ impl DeviceDesc {
             subgroup_min_size: 0,
             shader_f16: false,
             max_workgroup_storage: 16384,
+            compute_units: DEFAULT_COMPUTE_UNITS,
         }
     }
-    /// Mesa's lavapipe (llvmpipe on Vulkan), a CPU adapter: subgroups of 8, f16, 32 KiB.
+    /// Mesa's lavapipe (llvmpipe on Vulkan), a CPU adapter: subgroups of 8, f16, 32 KiB, one
+    /// compute unit per CPU thread (8 described).
     pub fn lavapipe() -> Self {
         DeviceDesc {
             device_type: wgpu::DeviceType::Cpu,
@@ -80,6 +105,7 @@ impl DeviceDesc {
             subgroup_min_size: 8,
             shader_f16: true,
             max_workgroup_storage: 32768,
+            compute_units: 8,
         }
     }
     /// The presets, named.
@@ -96,6 +122,12 @@ impl DeviceDesc {
     fn is_cpu(&self) -> bool {
         self.device_type == wgpu::DeviceType::Cpu
     }
+    /// Workgroups of `wg` invocations the device keeps resident at once:
+    /// [`RESIDENT_INVOCATIONS_PER_CU`] / `wg` per compute unit times the compute units.
+    pub fn resident_workgroups(&self, wg: u32) -> usize {
+        (RESIDENT_INVOCATIONS_PER_CU / wg.max(1)).max(1) as usize
+            * self.compute_units.max(1) as usize
+    }
     /// See [`subgroup_decode_wanted`](super::subgroup_decode_wanted).
     pub fn subgroup_decode_wanted(&self) -> bool {
         self.subgroups && !self.is_cpu()
@@ -103,11 +135,14 @@ impl DeviceDesc {
     /// The kernel the choice rule (steps 1-3 of the module doc's "Choosing a kernel") gives a
     /// call of `q_len` queries on this device: [`default_kind`](super::default_kind), with
     /// decode upgraded to [`Kind::DecodeSubgroup`](super::Kind::DecodeSubgroup) where
-    /// [`DeviceDesc::subgroup_decode_wanted`]. The contiguous and the paged planners both start
-    /// from it; the contiguous one also falls back from PrefillKeys to Prefill.
+    /// [`DeviceDesc::subgroup_decode_wanted`] and the K/V rows are 16-byte aligned. The
+    /// contiguous and the paged planners both start from it; the contiguous one also falls back
+    /// from PrefillKeys to Prefill.
     pub fn default_kind(&self, q_len: usize, kv_aligned: bool) -> super::Kind {
         match super::default_kind(self.device_type, q_len, kv_aligned) {
-            super::Kind::Decode if self.subgroup_decode_wanted() => super::Kind::DecodeSubgroup,
+            super::Kind::Decode if self.subgroup_decode_wanted() && kv_aligned => {
+                super::Kind::DecodeSubgroup
+            }
             k => k,
         }
     }
@@ -141,17 +176,25 @@ impl DeviceDesc {
         let hd4 = head_dim / 4;
         Some((50_000 - 2 * kr * (hd4 + 1)) * 2 * KEYS_WG as usize)
     }
-    /// Keys one [`Kind::DecodeSubgroup`](super::Kind::DecodeSubgroup) split may hold, if limited (see [`loop_cap_keys`](super::loop_cap_keys)): per
-    /// block of 4 keys of a key lane, the K and V loops (4 keys x `slots` x (1 + rows)) and the
-    /// softmax loop per row, counted as if the compiler unrolled nothing; every key lane runs
-    /// on its own subgroup on CPU adapters (the smallest subgroup is the only one there).
+    /// Keys one [`Kind::DecodeSubgroup`](super::Kind::DecodeSubgroup) split with `rs` rows per
+    /// workgroup at `hd4`, subgroups of at least `sg_min`, may hold, if limited (see
+    /// [`loop_cap_keys`](super::loop_cap_keys)): per key of a lane group, the unit loads (K, V),
+    /// the dots (rows x vec4s), the butterfly, and the softmax and accumulator loops per row,
+    /// counted as if the compiler unrolled nothing, in whichever storage format loops more; the
+    /// lane groups share the split's keys.
     pub fn sg_cap_keys(&self, hd4: u32, sg_min: u32, rs: u32) -> Option<usize> {
         if !self.is_cpu() {
             return None;
         }
-        let (slots, nsg) = sg_shape(hd4, sg_min);
-        let (slots, nsg, rs) = (slots as usize, nsg as usize, rs as usize);
-        let per_block = 2 + rs + 8 * (1 + slots * (1 + rs)) + rs * (1 + slots);
-        Some(4 * nsg * (45_000 / per_block))
+        let rs = rs as usize;
+        let per_key = |sh: SgShape| {
+            let sv = sh.sv() as usize;
+            let butterfly = sh.lg.trailing_zeros() as usize * rs.div_ceil(4);
+            4 + 2 * sh.slots as usize + rs * (1 + sv) + butterfly + rs * (2 + 2 * sv)
+        };
+        let shapes = [DType::F32, DType::F16].map(|dt| sg_shape(hd4, sg_min, dt));
+        let nlg = shapes.iter().map(|sh| sh.nlg).min().unwrap_or(1) as usize;
+        let per_key = shapes.map(per_key).into_iter().max().unwrap_or(1);
+        Some(nlg * (40_000 / per_key))
     }
 }

@@ -81,19 +81,24 @@
 //!   here. Needs 16-byte aligned K/V rows ([`kv_rows_aligned`]).
 //! - [`Kind::DecodeSubgroup`] (`attn_decode_sg` in `shaders/attention_decode_subgroup.wgsl`, a
 //!   module of its own: subgroup operations fail validation without `SUBGROUP`), decode for
-//!   GPUs, after flash-decoding and FlashInfer's decode kernel: one workgroup of [`SG_WG`]
+//!   GPUs, after flash-decoding and FlashInfer's decode kernels: one workgroup of [`SG_WG`]
 //!   invocations per (batch, kv head, row block, split), up to [`SG_MAX_ROWS`] rows of the GQA
-//!   group per workgroup; the lanes of a subgroup split head_dim (vec4 slots `lane + size·i`,
-//!   coalesced 16-byte pieces of each K/V row), score 4 keys at a time with a partial dot per
-//!   lane and one `subgroupAdd` per row, and use every K/V row they load for all rows of the
-//!   group. The key lanes are `SG_WG / subgroup_min_size` fixed virtual subgroups, each with its
-//!   own partial, so the fixed-order merge sees the same partials whatever subgroup size the
-//!   device runs. Only the adapter's smallest subgroup size is assumed. On devices with
-//!   `SHADER_F16`, f16 K/V with 16-byte aligned rows are read natively
+//!   group per workgroup sharing every K/V row it loads. A row is read as 16-byte units (8
+//!   halves or 4 f32) by a lane group of LG lanes (head_dim 128 in halves: 16 units, 16 lanes,
+//!   so a subgroup of 32 takes 2 keys per step); the workgroup's lane groups, numbered so that
+//!   the numbering does not depend on the subgroup size, take different keys; each lane group
+//!   reduces its rows' scores with `subgroupShuffleXor` butterflies after issuing the next key's
+//!   K loads, and runs its online softmax. The lane groups' partials merge in a fixed tree
+//!   through workgroup memory, so a split writes one partial per row (or, with one split, the
+//!   output), and `attn_decode_merge_rows` reduces a row's splits with one workgroup in
+//!   parallel. Splits fill the device ([`sg_splits`]), chunks of at least [`SG_MIN_CHUNK`] keys;
+//!   [`Plan::decode_geometry`] gives the launch. Needs 16-byte aligned K/V rows
+//!   ([`kv_rows_aligned`]). On devices with `SHADER_F16`, f16 K/V are read natively
 //!   ([`ATTENTION_DECODE_SUBGROUP_F16`], [`Attention::native_f16`]): widened by the hardware
 //!   instead of the integer decode, which at about fourteen integer ops per value would bound
 //!   an f16 decode by ALU rather than memory on a GPU; the bits are the same. The paged
-//!   subgroup decode keeps the integer decode.
+//!   subgroup decode (`attn_paged_sg`) runs the same step through its row seam and keeps the
+//!   integer decode.
 //! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
 //!   ([`loop_cap_keys`]): the same kernel over chunks of the keys (`attn_prefill_partial`),
 //!   writing partials that `attn_prefill_merge` combines in a fixed order, as decode's do.
@@ -105,34 +110,38 @@
 #![doc = include_str!("choice.md")]
 
 mod device;
+pub mod geometry;
 mod options;
 pub mod plan;
 mod prepare;
 mod record;
 pub mod variants;
 
-pub use device::DeviceDesc;
+pub use device::{DeviceDesc, DEFAULT_COMPUTE_UNITS, RESIDENT_INVOCATIONS_PER_CU};
+pub use geometry::DecodeGeometry;
 pub use options::{Attention, Dims, F16_ARITHMETIC_NMSE, MAX_CHUNK_SIZE};
 pub(crate) use plan::sg_cap_keys;
 pub use plan::{
     choice_table, default_kind, keys_loop_cap_keys, kv_rows_aligned, loop_cap_keys,
-    prefill_keys_loop_cap_keys, subgroup_decode_wanted, ChoiceRow, Plan, CHOICE_SHAPES,
+    prefill_keys_loop_cap_keys, sg_splits, subgroup_decode_wanted, ChoiceRow, Plan, CHOICE_SHAPES,
     DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS, KEYS_MIN_CHUNK,
-    KEYS_TARGET_WORKGROUPS,
+    KEYS_TARGET_WORKGROUPS, SG_MIN_CHUNK,
 };
 pub(crate) use record::check_sinks;
 pub use record::Params;
+pub(crate) use variants::MAX_BK;
 pub use variants::{
-    all_variant_keys, decode_variant_keys, prefill_class, prefill_keys_workgroup_bytes,
-    prefill_shader, prefill_variant_keys, sg_rows_max, subgroup_variant_keys, tile_v4_for, Axes,
-    Kind, Variant, ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16,
+    all_variant_keys, declared_variants, decode_variant_keys, prefill_class,
+    prefill_keys_workgroup_bytes, prefill_shader, prefill_variant_keys, sg_key_constants,
+    sg_rows_max, sg_shape, subgroup_variant_keys, tile_v4_for, with_wg, Axes, Kind, SgShape,
+    Variant, ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16,
     ATTENTION_PREFILL, ATTENTION_PREFILL_F16, ATTENTION_PREFILL_F16_HD128,
     ATTENTION_PREFILL_F16_HD64, ATTENTION_PREFILL_HD128, ATTENTION_PREFILL_HD64, DECODE_WG,
-    HEAD_DIMS, KEYS_MAX_ROWS, KEYS_WG, KINDS, MAX_HEAD_DIM, MODULES, PREFILL_CLASSES,
+    HEAD_DIMS, KEYS_MAX_ROWS, KEYS_WG, KINDS, MAX_HEAD_DIM, MERGE_WG, MODULES, PREFILL_CLASSES,
     PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE, PREFILL_MODULES, PREFILL_ROWS_PER_INVOCATION, PREFILL_WG,
-    RUN_TIME_PATH, SG_MAX_ROWS, SG_WG, SUBGROUP_MIN_SIZES, SUBGROUP_MODULES, WORKGROUP_STORAGE,
+    RUN_TIME_PATH, SG_ITEM_PACKED, SG_MAX_ROWS, SG_MAX_WORKGROUP_BYTES, SG_WG, SUBGROUP_MIN_SIZES,
+    SUBGROUP_MODULES, WORKGROUP_STORAGE,
 };
-pub(crate) use variants::{sg_shape, MAX_BK};
 
 const OP: &str = "attention";
 

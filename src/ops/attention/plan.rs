@@ -38,6 +38,27 @@ pub(crate) fn sg_cap_keys(ctx: &Context, hd4: u32, sg_min: u32, rs: u32) -> Opti
     DeviceDesc::of(ctx).sg_cap_keys(hd4, sg_min, rs)
 }
 
+/// [`Kind::DecodeSubgroup`] chunks hold at least this many keys (a workgroup's fixed costs, the
+/// q load and the in-workgroup merge, stay small beside its keys).
+pub const SG_MIN_CHUNK: usize = 256;
+
+/// [`Kind::DecodeSubgroup`]'s split count for `kv_len` keys on `dev` with `base` workgroups per
+/// split (batch x kv heads x row blocks) of `wg` invocations: enough splits to fill the device
+/// ([`DeviceDesc::resident_workgroups`]), at most one per [`SG_MIN_CHUNK`] keys, at least
+/// `min_splits` (the loop cap's).
+pub fn sg_splits(
+    dev: &DeviceDesc,
+    wg: u32,
+    base: usize,
+    kv_len: usize,
+    min_splits: usize,
+) -> usize {
+    dev.resident_workgroups(wg)
+        .div_ceil(base.max(1))
+        .clamp(1, (kv_len / SG_MIN_CHUNK).max(1))
+        .max(min_splits)
+}
+
 /// Keys one invocation may loop over on this adapter, if limited. llvmpipe (lavapipe) stops
 /// every loop of an invocation once all its loops together have iterated 65535 times, so on CPU
 /// adapters chunks are kept below that, counting the loop trips per key as if the compiler
@@ -153,6 +174,9 @@ impl Attention {
         dtype: DType,
         kv_aligned: bool,
     ) -> Result<Plan> {
+        // Rows of 16-byte units need head_dim x the element size a multiple of 16 too (what
+        // `kv_rows_aligned` checks of a live call's views).
+        let kv_aligned = kv_aligned && (d.head_dim * dtype.size()).is_multiple_of(16);
         let limit = dev.max_workgroup_storage;
         let hd4 = (d.head_dim / 4) as u32;
         let keys_fit = prefill_keys_workgroup_bytes(hd4) <= limit;
@@ -189,6 +213,14 @@ impl Attention {
         let g = d.n_heads / d.n_kv_heads;
         let rows = d.q_len * g;
         let sg_min = dev.subgroup_min_size.max(4);
+        crate::ensure!(
+            kind != Kind::DecodeSubgroup || kv_aligned,
+            Param,
+            OP,
+            "the DecodeSubgroup kernel reads 16-byte units: it needs 16-byte aligned K/V rows (offsets, strides and head_dim {} x {} bytes multiples of 16)",
+            d.head_dim,
+            dtype.size()
+        );
         let kr = match kind {
             Kind::DecodeSubgroup => rows
                 .next_power_of_two()
@@ -245,7 +277,8 @@ impl Attention {
         let wg = variant.wg() as usize;
         let (rows_per_wg, lanes) = match kind {
             Kind::DecodeKeys => (kr, wg),
-            Kind::DecodeSubgroup => (kr, variant.sg_shape().1 as usize),
+            // One partial per (row, split): the lane groups merge inside the workgroup.
+            Kind::DecodeSubgroup => (kr, 1),
             // Split or not, a prefill workgroup owns PREFILL_WG rows, one key lane each.
             Kind::Prefill => (PREFILL_WG as usize, 1),
             Kind::PrefillKeys => (PREFILL_KEYS_ROWS, 1),
@@ -276,6 +309,13 @@ impl Attention {
                 };
                 let want = match self.splits {
                     Some(s) => (s as usize).max(min_splits),
+                    None if kind == Kind::DecodeSubgroup => sg_splits(
+                        dev,
+                        wg as u32,
+                        d.batch * d.n_kv_heads * row_blocks,
+                        d.kv_len,
+                        min_splits,
+                    ),
                     None => {
                         let base = d.batch * d.n_kv_heads * row_blocks;
                         target
@@ -325,6 +365,11 @@ pub struct ChoiceRow {
 }
 
 impl ChoiceRow {
+    /// The launch geometry of a decode row ([`Plan::decode_geometry`]).
+    pub fn decode_geometry(&self) -> Option<super::DecodeGeometry> {
+        self.plan.as_ref().ok()?.decode_geometry(&self.dims)
+    }
+
     /// The pipelines the call records, in order, as `module:entry_point`.
     pub fn pipelines(&self) -> Vec<String> {
         match &self.plan {
@@ -359,8 +404,12 @@ impl std::fmt::Display for ChoiceRow {
                 p.chunk,
                 p.bk,
                 self.pipelines().join(", ")
-            ),
-            Err(e) => write!(f, "not supported: {e}"),
+            )?,
+            Err(e) => return write!(f, "not supported: {e}"),
+        }
+        match self.decode_geometry() {
+            Some(g) => write!(f, "\n    geometry: {g}"),
+            None => Ok(()),
         }
     }
 }
@@ -432,7 +481,7 @@ pub fn choice_table(dev: &DeviceDesc) -> Vec<ChoiceRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::attention::{all_variant_keys, HEAD_DIMS};
+    use crate::ops::attention::{all_variant_keys, DecodeGeometry, HEAD_DIMS};
     use crate::pipeline::PipelineKey;
 
     /// (kind, kr, rows_per_wg, lanes, splits, chunk, bk, native_f16) of `row` of the table.
@@ -456,23 +505,26 @@ mod tests {
     #[test]
     fn llama3_8b_on_gpus_with_subgroups() {
         use Kind::*;
-        // 4 query rows per kv head in one row block; 8 kv heads x 64 splits = 512 workgroups;
-        // key lanes are 64 / the smallest subgroup (2 on NVIDIA and Apple, 1 on AMD).
-        for (dev, lanes) in [
-            (DeviceDesc::nvidia(), 2),
-            (DeviceDesc::apple(), 2),
-            (DeviceDesc::amd(), 1),
+        // 4 query rows per kv head in one row block, one partial per (row, split); splits fill
+        // the device (512 / 128 = 4 workgroups per compute unit x its compute units over 8 kv
+        // heads) with chunks of at least 256 keys: 16 splits at 4k keys on all three; at 32k
+        // NVIDIA's 132 SMs give 66, AMD's 120 CUs 60, Apple's 38 cores 19.
+        for (dev, splits_32k) in [
+            (DeviceDesc::nvidia(), 66),
+            (DeviceDesc::apple(), 19),
+            (DeviceDesc::amd(), 60),
         ] {
             let decode = pick(&dev, DECODE_4K);
             assert_eq!(
                 decode,
-                (DecodeSubgroup, 4, 4, lanes, 64, 64, 32, true),
+                (DecodeSubgroup, 4, 4, 1, 16, 256, 32, true),
                 "{dev:?}"
             );
             let long = pick(&dev, DECODE_32K);
+            let chunk = 32768usize.div_ceil(splits_32k);
             assert_eq!(
                 long,
-                (DecodeSubgroup, 4, 4, lanes, 64, 512, 32, true),
+                (DecodeSubgroup, 4, 4, 1, splits_32k, chunk, 32, true),
                 "{dev:?}"
             );
             let prefill = pick(&dev, PREFILL_2K);
@@ -482,7 +534,7 @@ mod tests {
                 row.pipelines(),
                 [
                     "attention_decode_subgroup_f16.wgsl:attn_decode_sg",
-                    "attention_decode.wgsl:attn_decode_merge"
+                    "attention_decode.wgsl:attn_decode_merge_rows"
                 ]
             );
             assert_eq!(
@@ -490,6 +542,100 @@ mod tests {
                 ["attention_prefill_hd128.wgsl:attn_prefill"]
             );
         }
+    }
+
+    /// The decode launch geometry of Llama-3-8B (f16, head_dim 128: 16 units of 16 bytes per
+    /// K/V row) on the described devices.
+    #[test]
+    fn llama3_8b_decode_geometry() {
+        let geometry = |dev: &DeviceDesc, row: usize| {
+            choice_table(dev)[row]
+                .decode_geometry()
+                .expect("a decode row")
+        };
+        // GPUs with subgroups of 32 or 64: a row read by 16 lanes (one 16-byte unit each; a
+        // subgroup of 32 takes 2 keys per step, of 64 takes 4), 128 invocations = 8 lane groups,
+        // the in-workgroup merge of 4 lane groups' accumulators (4 x 32 vec4s) and (m, l);
+        // per lane 4 rows x 2 vec4s of q and of acc, 2 vec4s each of K and V, m and l.
+        for (dev, splits_32k) in [
+            (DeviceDesc::nvidia(), 66),
+            (DeviceDesc::amd(), 60),
+            (DeviceDesc::apple(), 19),
+        ] {
+            for (row, splits) in [(DECODE_4K, 16), (DECODE_32K, splits_32k)] {
+                assert_eq!(
+                    geometry(&dev, row),
+                    DecodeGeometry {
+                        workgroups: 8 * splits,
+                        invocations: 128,
+                        workgroup_bytes: 4 * 32 * 16 + 4 * 8,
+                        registers_per_lane: 4 * 2 * (2 * 4 + 2) + 2 * 4,
+                        bytes_per_load: 16,
+                        lanes_per_row: 16,
+                        splits,
+                        merge_workgroups: 32,
+                        merge_invocations: 128,
+                    },
+                    "{dev:?} {row}"
+                );
+            }
+        }
+        // WebGPU's defaults (no subgroups): the workgroup-tile decode, 32 invocations staging
+        // 16-key tiles of K and V in all 16 KiB, word loads, 512 workgroups.
+        let dev = DeviceDesc::webgpu_default();
+        for (row, chunk_splits) in [(DECODE_4K, 64), (DECODE_32K, 64)] {
+            assert_eq!(
+                geometry(&dev, row),
+                DecodeGeometry {
+                    workgroups: 8 * chunk_splits,
+                    invocations: 32,
+                    workgroup_bytes: 16384,
+                    registers_per_lane: 2 * 4 * 64 + 64,
+                    bytes_per_load: 4,
+                    lanes_per_row: 1,
+                    splits: chunk_splits,
+                    merge_workgroups: (32 * 32usize).div_ceil(32),
+                    merge_invocations: 32,
+                },
+                "{row}"
+            );
+        }
+        // Prefill has no decode geometry.
+        assert_eq!(choice_table(&dev)[PREFILL_2K].decode_geometry(), None);
+        // Every subgroup shape of the declared space stays within WebGPU's default workgroup
+        // memory and 64 accumulators per lane.
+        for v in crate::ops::attention::declared_variants() {
+            if v.kind == Kind::DecodeSubgroup {
+                let sh = v.sg_shape();
+                assert!(sh.workgroup_bytes() <= 16384, "{v:?} {sh:?}");
+                assert!(4 * sh.sv() * v.kr <= 64, "{v:?} {sh:?}");
+                assert_eq!(sh.wg, sh.nlg * sh.lg, "{v:?}");
+                assert!(sh.lg <= v.sg_min && sh.lg * sh.slots >= sh.upr, "{v:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn subgroup_splits_follow_occupancy() {
+        let dev = DeviceDesc::nvidia();
+        // 528 resident workgroups of 128 over 8 (batch x kv heads): 66 splits, fewer when the
+        // chunks would pass below 256 keys, at least one, more when the loop cap asks.
+        assert_eq!(sg_splits(&dev, 128, 8, 32768, 1), 66);
+        assert_eq!(sg_splits(&dev, 128, 8, 4096, 1), 16);
+        assert_eq!(sg_splits(&dev, 128, 8, 255, 1), 1);
+        assert_eq!(sg_splits(&dev, 128, 8, 511, 1), 1);
+        assert_eq!(sg_splits(&dev, 128, 8, 512, 1), 2);
+        // A batch of 64 sequences over 8 kv heads already fills the device.
+        assert_eq!(sg_splits(&dev, 128, 512, 32768, 1), 2);
+        assert_eq!(sg_splits(&dev, 128, 4096, 32768, 1), 1);
+        assert_eq!(sg_splits(&dev, 128, 8, 300, 5), 5);
+        // A live device counts DEFAULT_COMPUTE_UNITS.
+        let live = DeviceDesc {
+            compute_units: crate::ops::attention::DEFAULT_COMPUTE_UNITS,
+            ..dev
+        };
+        assert_eq!(live.resident_workgroups(128), 512);
+        assert_eq!(sg_splits(&live, 128, 8, 32768, 1), 64);
     }
 
     #[test]

@@ -446,15 +446,19 @@ impl Attention {
         ctx.kernel(OP, &keys[0])?;
         ctx.kernel(OP, &keys[1])?;
         inputs.push(("part_out", part_res()));
-        if plan.variant.kind == Kind::DecodeKeys {
-            // The same K/V windows, read through `vec4<u32>` bindings.
-            inputs.push(("k4", kw.resource()));
-            inputs.push(("v4", vw.resource()));
-        }
+        let subgroup = plan.variant.kind == Kind::DecodeSubgroup;
         if plan.variant.native_f16 {
             // The same K/V windows, read as `array<vec4<f16>>`.
             inputs.push(("k_h", kw.resource()));
             inputs.push(("v_h", vw.resource()));
+        } else if matches!(plan.variant.kind, Kind::DecodeKeys | Kind::DecodeSubgroup) {
+            // The same K/V windows, read through `vec4<u32>` bindings.
+            inputs.push(("k4", kw.resource()));
+            inputs.push(("v4", vw.resource()));
+        }
+        if subgroup {
+            // With one split the partial pass writes the output itself.
+            inputs.push(("out_buf", ow.resource()));
         }
         ctx.encode_kernel(
             OP,
@@ -464,23 +468,23 @@ impl Attention {
             &inputs,
             base_wgs * plan.splits as u64,
         )?;
-        let merge_threads = (d.batch * d.n_kv_heads * plan.rows * d.head_dim / 4) as u64;
+        if subgroup && plan.splits == 1 {
+            return Ok(());
+        }
         let mut merge = vec![("part_in", part_res()), ("out_buf", ow.resource())];
         if let Some(w) = &sw {
             merge.push(("sinks", w.resource()));
         }
-        let merge_wg = match plan.variant.kind {
-            Kind::Prefill | Kind::PrefillKeys => PREFILL_WG,
-            _ => plan.variant.wg(),
+        let rows_total = (d.batch * d.n_kv_heads * plan.rows) as u64;
+        let merge_wgs = match plan.variant.kind {
+            // One workgroup per row (`attn_decode_merge_rows`).
+            Kind::DecodeSubgroup => rows_total,
+            Kind::Prefill | Kind::PrefillKeys => {
+                (rows_total * d.head_dim as u64 / 4).div_ceil(PREFILL_WG as u64)
+            }
+            _ => (rows_total * d.head_dim as u64 / 4).div_ceil(plan.variant.wg() as u64),
         };
-        ctx.encode_kernel(
-            OP,
-            enc,
-            &keys[1],
-            &params,
-            &merge,
-            merge_threads.div_ceil(merge_wg as u64),
-        )
+        ctx.encode_kernel(OP, enc, &keys[1], &params, &merge, merge_wgs)
     }
 }
 

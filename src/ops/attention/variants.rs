@@ -27,13 +27,19 @@ pub const PREFILL_KEYS_TILE: usize = 64;
 pub const MAX_HEAD_DIM: usize = 256;
 /// Most keys per K/V tile.
 pub(crate) const MAX_BK: usize = 64;
-/// Invocations per [`Kind::DecodeSubgroup`] workgroup.
-pub const SG_WG: u32 = 64;
+/// Invocations per [`Kind::DecodeSubgroup`] workgroup ([`SgShape::wg`] halves it where the
+/// merge memory would pass WebGPU's default 16 KiB).
+pub const SG_WG: u32 = 128;
 /// Most query rows per [`Kind::DecodeSubgroup`] workgroup.
 pub const SG_MAX_ROWS: usize = 8;
-// Most registers per lane the subgroup kernel holds for q rows (RS x SLOTS vec4s; as many for
-// the accumulators).
-const SG_MAX_REGS: u32 = 64;
+/// Invocations per workgroup of the one-workgroup-per-row merges (`merge_row`).
+pub const MERGE_WG: u32 = 128;
+/// Workgroup memory every device offers (WebGPU's default `max_compute_workgroup_storage_size`):
+/// [`Kind::DecodeSubgroup`]'s merge memory stays within it.
+pub const SG_MAX_WORKGROUP_BYTES: u32 = 16384;
+// Most vec4s per lane the subgroup kernel holds for its q rows (RS x SLOTS x VPU; as many for
+// the accumulators): 64 f32 accumulators.
+const SG_MAX_REGS: u32 = 16;
 
 /// Which kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -306,7 +312,7 @@ pub const ATTENTION_DECODE: &Shader = &Shader {
 };
 
 /// One contiguous subgroup-decode module: `shaders/attention_decode.wgsl` with the subgroup
-/// step and entry point, its K/V reads (`sg_load4`) given by `$reads` after the `$enable` line.
+/// step and entry point, its K/V load seam (`sg_item`) given by `$reads` after the `$enable` line.
 macro_rules! subgroup_decode_module {
     ($name:literal, $enable:literal, $reads:expr, $this:ident) => {
         &Shader {
@@ -327,17 +333,22 @@ macro_rules! subgroup_decode_module {
     };
 }
 
+/// The subgroup decode's K/V load seam over packed 16-byte units (`keys_unit`, which the
+/// contiguous and paged modules each define): a module part of the contiguous integer-decode
+/// module and of the paged one.
+pub const SG_ITEM_PACKED: &str = "fn sg_item(src: u32, i: u32) -> Item {
+    return unpack_item(keys_unit(src, i), DTYPE);
+}";
+
 /// `shaders/attention_decode.wgsl` with the subgroup decode entry point
 /// (`shaders/attention_decode_subgroup.wgsl`, [`Kind::DecodeSubgroup`]): a module of its own,
 /// because a module that uses subgroup operations anywhere fails validation on devices without
-/// `SUBGROUP`. K/V are read through the packed words (`load4`, the integer decode of
+/// `SUBGROUP`. K/V are read as packed 16-byte units (`k4`, `v4`; the integer decode of
 /// common.wgsl).
 pub const ATTENTION_DECODE_SUBGROUP: &Shader = subgroup_decode_module!(
     "attention_decode_subgroup.wgsl",
     "",
-    "fn sg_load4(src: u32, e: u32) -> vec4<f32> {
-    return load4(src, e);
-}",
+    SG_ITEM_PACKED,
     ATTENTION_DECODE_SUBGROUP
 );
 
@@ -381,19 +392,76 @@ pub fn tile_v4_for(limit: u32) -> u32 {
 }
 
 /// Most rows per [`Kind::DecodeSubgroup`] workgroup at `hd4` with subgroups of at least
-/// `sg_min` lanes: [`SG_MAX_ROWS`], fewer where the rows' slots would pass the shader's
-/// register arrays.
+/// `sg_min` lanes: [`SG_MAX_ROWS`], fewer where the rows' vec4s per lane would pass 16 (64 f32
+/// accumulators, as many q values) in f32 or in halves (the same for every storage format, so
+/// that a paged batch, planned before its cache's format is known, blocks rows as the
+/// contiguous call does).
 pub fn sg_rows_max(hd4: u32, sg_min: u32) -> u32 {
-    let slots = hd4.div_ceil(sg_min.max(4));
-    let fit = SG_MAX_REGS / slots;
+    let sv = [DType::F32, DType::F16]
+        .map(|dt| sg_shape(hd4, sg_min, dt).sv())
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+    let fit = (SG_MAX_REGS / sv).max(1);
     (1u32 << (31 - fit.leading_zeros())).min(SG_MAX_ROWS as u32)
 }
 
-/// [`Kind::DecodeSubgroup`]'s (vec4 slots of a head per lane, key lanes per workgroup) at `hd4`
-/// with subgroups of at least `sg_min` lanes.
-pub(crate) fn sg_shape(hd4: u32, sg_min: u32) -> (u32, u32) {
-    let min = sg_min.max(4);
-    (hd4.div_ceil(min), (SG_WG / min).max(1))
+/// The geometry of [`Kind::DecodeSubgroup`] at one head_dim, storage format and smallest
+/// subgroup size (`shaders/attention_subgroup.wgsl` says how each value is used).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgShape {
+    /// 16-byte units of a K/V row (8 halves or 4 f32 each).
+    pub upr: u32,
+    /// vec4s per unit: 1 (f32) or 2 (halves).
+    pub vpu: u32,
+    /// Lanes that read one row (a lane group): the power of two at least `upr`, at most the
+    /// smallest subgroup.
+    pub lg: u32,
+    /// Units of a row per lane.
+    pub slots: u32,
+    /// Invocations per workgroup.
+    pub wg: u32,
+    /// Lane groups per workgroup (`wg / lg`), each on its own keys.
+    pub nlg: u32,
+    /// vec4s of the in-workgroup merge memory: `max(nlg / 2, 1) * hd4`.
+    pub merge_v4: u32,
+}
+
+impl SgShape {
+    /// vec4s of one row per lane (`slots * vpu`).
+    pub fn sv(&self) -> u32 {
+        self.slots * self.vpu
+    }
+    /// Bytes of workgroup memory the partial pass declares: the merge's accumulators and (m, l).
+    pub fn workgroup_bytes(&self) -> u32 {
+        self.merge_v4 * 16 + (self.nlg / 2).max(1) * 8
+    }
+}
+
+/// [`SgShape`] at `hd4` over `dtype` K/V with subgroups of at least `sg_min` lanes: [`SG_WG`]
+/// invocations, halved (down to one lane group) while the merge memory would pass
+/// [`SG_MAX_WORKGROUP_BYTES`].
+pub fn sg_shape(hd4: u32, sg_min: u32, dtype: DType) -> SgShape {
+    let vpu = if dtype == DType::F32 { 1 } else { 2 };
+    let upr = hd4.div_ceil(vpu);
+    let lg = upr.next_power_of_two().min(sg_min.max(4));
+    let at = |wg: u32| {
+        let nlg = (wg / lg).max(1);
+        SgShape {
+            upr,
+            vpu,
+            lg,
+            slots: upr.div_ceil(lg),
+            wg: nlg * lg,
+            nlg,
+            merge_v4: (nlg / 2).max(1) * hd4,
+        }
+    };
+    let mut wg = SG_WG;
+    while wg > lg && at(wg).workgroup_bytes() > SG_MAX_WORKGROUP_BYTES {
+        wg /= 2;
+    }
+    at(wg)
 }
 
 /// Workgroup memory of [`Kind::PrefillKeys`] at `hd4` (head_dim / 4): the staged q rows of its
@@ -409,12 +477,12 @@ impl Variant {
             Kind::PrefillKeys => KEYS_WG,
             Kind::Decode => DECODE_WG,
             Kind::DecodeKeys => KEYS_WG,
-            Kind::DecodeSubgroup => SG_WG,
+            Kind::DecodeSubgroup => self.sg_shape().wg,
         }
     }
-    /// [`Kind::DecodeSubgroup`]: vec4 slots of a head per lane and key lanes per workgroup.
-    pub(crate) fn sg_shape(&self) -> (u32, u32) {
-        sg_shape(self.hd4, self.sg_min)
+    /// [`Kind::DecodeSubgroup`]'s geometry.
+    pub fn sg_shape(&self) -> SgShape {
+        sg_shape(self.hd4, self.sg_min, self.dtype)
     }
     fn constants(&self) -> Vec<(&'static str, u32)> {
         vec![
@@ -440,19 +508,21 @@ impl Variant {
             && a.f16.contains(&self.f16)
             && a.native_f16.contains(&self.native_f16)
             && (!self.native_f16 || self.dtype == DType::F16)
-            && (self.kind != Kind::DecodeSubgroup || self.kr <= sg_rows_max(self.hd4, self.sg_min))
+            && (self.kind != Kind::DecodeSubgroup
+                || (self.kr <= sg_rows_max(self.hd4, self.sg_min)
+                    && (self.dtype == DType::F32 || self.hd4.is_multiple_of(2))))
     }
 
     /// The pipeline keys of this variant: one for prefill, partial and merge for decode.
     pub fn keys(&self) -> Vec<PipelineKey> {
         if self.kind == Kind::DecodeSubgroup {
-            let (slots, nsg) = self.sg_shape();
             let mut c = self.constants();
-            c.extend([("RS", self.kr), ("SLOTS", slots), ("NSG", nsg)]);
+            c.extend(sg_key_constants(&self.sg_shape(), self.kr));
             let module = SUBGROUP_MODULES[self.native_f16 as usize];
+            let m = with_wg(self.constants(), MERGE_WG);
             return vec![
                 PipelineKey::new(module, "attn_decode_sg", c),
-                PipelineKey::new(ATTENTION_DECODE, "attn_decode_merge", self.constants()),
+                PipelineKey::new(ATTENTION_DECODE, "attn_decode_merge_rows", m),
             ];
         }
         if self.kind == Kind::DecodeKeys {
@@ -469,10 +539,7 @@ impl Variant {
             c.push(("PR", PREFILL_ROWS_PER_INVOCATION));
             // The merge runs one invocation per 4 output elements, PREFILL_WG per workgroup; both
             // prefill kinds share it.
-            let m = c
-                .iter()
-                .map(|&(n, v)| if n == "WG" { (n, PREFILL_WG) } else { (n, v) })
-                .collect();
+            let m = with_wg(c.clone(), PREFILL_WG);
             if self.kind == Kind::PrefillKeys {
                 // One pipeline writes the output or, split over the keys, the partials (chosen
                 // by the split count at run time).
@@ -496,6 +563,27 @@ impl Variant {
             PipelineKey::new(ATTENTION_DECODE, "attn_decode_merge", self.constants()),
         ]
     }
+}
+
+/// The key constants of a [`Kind::DecodeSubgroup`] partial pass with `rs` rows per workgroup
+/// (`shaders/attention_subgroup.wgsl`'s `// @key` lines), shared by the contiguous and paged
+/// keys.
+pub fn sg_key_constants(sh: &SgShape, rs: u32) -> [(&'static str, u32); 6] {
+    [
+        ("RS", rs),
+        ("SLOTS", sh.slots),
+        ("VPU", sh.vpu),
+        ("LG", sh.lg),
+        ("NLG", sh.nlg),
+        ("MV4", sh.merge_v4),
+    ]
+}
+
+/// `c` with its workgroup size `WG` set to `wg`.
+pub fn with_wg(c: Vec<(&'static str, u32)>, wg: u32) -> Vec<(&'static str, u32)> {
+    c.into_iter()
+        .map(|(n, v)| if n == "WG" { (n, wg) } else { (n, v) })
+        .collect()
 }
 
 /// The declared points of `axes` at one head_dim, storage format and tile size: the cross

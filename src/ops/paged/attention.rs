@@ -1,7 +1,7 @@
 //! Attention over the pages: [`Attention::encode_paged`], its validation and recording, and the
 //! pipeline keys of the paged attention kernels.
 
-use super::batch::PagedBatch;
+use super::batch::{PagedBatch, ITEM_GROUPS};
 use super::cache::PagedKvCache;
 use super::MAX_POOL_BUFFERS;
 use crate::context::Context;
@@ -13,16 +13,17 @@ use crate::tensor::{DType, Tensor};
 /// The pipeline key of the DecodeSubgroup pass over pages with `rs` rows per workgroup, for
 /// subgroups of at least `sg_min` lanes, over a pool of `pools` buffers.
 pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32, pools: u32) -> PipelineKey {
-    let (slots, nsg) = attention::sg_shape(hd4, sg_min);
-    let mut c = paged_constants(
-        dtype,
-        attention::SG_WG,
-        attention::tile_v4_for(16384),
-        hd4,
-        pools,
-    );
-    c.extend([("RS", rs), ("SLOTS", slots), ("NSG", nsg)]);
+    let sh = attention::sg_shape(hd4, sg_min, dtype);
+    let mut c = paged_constants(dtype, sh.wg, attention::tile_v4_for(16384), hd4, pools);
+    c.extend(attention::sg_key_constants(&sh, rs));
     PipelineKey::new(ATTENTION_PAGED_SUBGROUP, "attn_paged_sg", c)
+}
+
+/// The pipeline key of the merge of a batch with DecodeSubgroup rows (`attn_paged_merge_rows`,
+/// one workgroup per packed token and query head) over a pool of `pools` buffers.
+pub fn merge_rows_key(dtype: DType, tile_v4: u32, hd4: u32, pools: u32) -> PipelineKey {
+    let c = paged_constants(dtype, attention::MERGE_WG, tile_v4, hd4, pools);
+    PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_merge_rows", c)
 }
 
 /// The constants every paged attention pipeline sets: storage format, workgroup size, K/V tile
@@ -56,6 +57,7 @@ pub const ATTENTION_PAGED_SUBGROUP: &Shader = &Shader {
         crate::pipeline::ATTENTION_KEYS_WGSL,
         include_str!("../../../shaders/attention_paged.wgsl"),
         crate::pipeline::ATTENTION_SUBGROUP_WGSL,
+        attention::SG_ITEM_PACKED,
         include_str!("../../../shaders/attention_paged_subgroup.wgsl"),
     ],
     variants: sg_variant_keys,
@@ -121,12 +123,9 @@ pub fn attention_variant_keys() -> Vec<PipelineKey> {
     for dtype in DType::ALL {
         for hd in [64u32, 80, 96, 128, 256] {
             for limit in [16384, 32768] {
-                keys.extend(attention_keys(
-                    dtype,
-                    attention::tile_v4_for(limit),
-                    hd / 4,
-                    1,
-                ));
+                let tile_v4 = attention::tile_v4_for(limit);
+                keys.extend(attention_keys(dtype, tile_v4, hd / 4, 1));
+                keys.push(merge_rows_key(dtype, tile_v4, hd / 4, 1));
             }
             for kr in [1, 2, 4] {
                 keys.push(keys_attention_key(dtype, hd / 4, kr, 1));
@@ -141,6 +140,12 @@ pub fn attention_variant_keys() -> Vec<PipelineKey> {
             pools,
         ));
         keys.push(keys_attention_key(DType::F16, 32, 4, pools));
+        keys.push(merge_rows_key(
+            DType::F16,
+            attention::tile_v4_for(16384),
+            32,
+            pools,
+        ));
     }
     keys
 }
@@ -307,14 +312,17 @@ impl Attention {
             .min()
             .unwrap_or(0);
         let keys_rows_ok = (h.head_dim * cache.dtype.size()).is_multiple_of(16);
-        crate::ensure!(
-            keys_rows_ok || batch.items[1..4].iter().all(|g| g.1 == 0),
-            Param,
-            op,
-            "the DecodeKeys kernel needs 16-byte aligned K/V rows: head_dim {} x {} bytes is not a multiple of 16",
-            h.head_dim,
-            cache.dtype.size()
-        );
+        for (groups, kernel) in [(1..4, "DecodeKeys"), (4..ITEM_GROUPS, "DecodeSubgroup")] {
+            crate::ensure!(
+                keys_rows_ok || batch.items[groups].iter().all(|g| g.1 == 0),
+                Param,
+                op,
+                "the {kernel} kernel needs 16-byte aligned K/V rows: head_dim {} x {} bytes is not a multiple of 16",
+                h.head_dim,
+                cache.dtype.size()
+            );
+        }
+        let subgroup_rows = batch.items[4..].iter().any(|g| g.1 > 0);
         crate::ensure!(
             ctx.caps().subgroups || batch.items[4..].iter().all(|g| g.1 == 0),
             Limit,
@@ -322,8 +330,14 @@ impl Attention {
             "the batch was planned with the DecodeSubgroup kernel, which needs a device with the SUBGROUP feature (adapter {:?})",
             ctx.adapter_info().name
         );
+        let pools = cache.buffers.len() as u32;
+        let mut keys = attention_keys(cache.dtype, tile_v4, hd4, pools);
+        if subgroup_rows {
+            keys[1] = merge_rows_key(cache.dtype, tile_v4, hd4, pools);
+        }
         Ok(PagedChecked {
-            keys: attention_keys(cache.dtype, tile_v4, hd4, cache.buffers.len() as u32),
+            keys,
+            merge_rows: subgroup_rows,
             bk: (tile_v4 / hd4).min(64),
             part_bytes,
             scale: self.scale.unwrap_or(1.0 / (h.head_dim as f32).sqrt()),
@@ -431,20 +445,19 @@ impl Attention {
         if let Some(w) = &sw {
             merge.push(("sinks", w.resource()));
         }
-        let threads = (batch.total_q * h.n_heads * h.head_dim / 4) as u64;
-        ctx.encode_kernel(
-            op,
-            enc,
-            &c.keys[1],
-            &params,
-            &merge,
-            threads.div_ceil(attention::DECODE_WG as u64),
-        )
+        let rows = (batch.total_q * h.n_heads) as u64;
+        let merge_wgs = match c.merge_rows {
+            true => rows,
+            false => (rows * h.head_dim as u64 / 4).div_ceil(attention::DECODE_WG as u64),
+        };
+        ctx.encode_kernel(op, enc, &c.keys[1], &params, &merge, merge_wgs)
     }
 }
 
 struct PagedChecked {
     keys: [PipelineKey; 2],
+    // The merge is `attn_paged_merge_rows` (the batch has DecodeSubgroup rows).
+    merge_rows: bool,
     bk: u32,
     part_bytes: u64,
     scale: f32,

@@ -221,10 +221,11 @@ impl PagedBatch {
                 rows.next_power_of_two().min(attention::KEYS_MAX_ROWS),
                 attention::KEYS_WG as usize,
             ),
+            // One partial per (row, split): the lane groups merge inside the workgroup.
             Kind::DecodeSubgroup => (
                 rows.next_power_of_two()
                     .min(attention::sg_rows_max(hd4, sg_min) as usize),
-                attention::sg_shape(hd4, sg_min).1 as usize,
+                1,
             ),
             _ => {
                 let rpw = rows.next_power_of_two().clamp(1, wg);
@@ -233,16 +234,21 @@ impl PagedBatch {
         };
         // Splits: the contiguous decode's rule over the whole batch, per kernel: chunks of at
         // least its minimum, aiming at its number of workgroups over the sequences it runs
-        // (DecodeSubgroup splits like the tile kernel, as in the contiguous dispatcher).
+        // (DecodeSubgroup at the device's resident workgroups, `attention::sg_splits`).
         let mut plans = Vec::with_capacity(seqs.len());
-        let mut base_keys = [0usize; 2];
+        let mut base_keys = [0usize; 3];
+        let class = |kind: Kind| match kind {
+            Kind::DecodeKeys => 1,
+            Kind::DecodeSubgroup => 2,
+            _ => 0,
+        };
         for s in seqs {
             let kind = kind_of(s.q_len);
             let rows = s.q_len * group;
             let (rows_per_wg, _) = shape_of(kind, rows);
-            base_keys[(kind == Kind::DecodeKeys) as usize] +=
-                rows.div_ceil(rows_per_wg) * n_kv_heads * s.kv_len.max(1);
+            base_keys[class(kind)] += rows.div_ceil(rows_per_wg) * n_kv_heads * s.kv_len.max(1);
         }
+        let resident = attention::DeviceDesc::of(ctx).resident_workgroups(attention::SG_WG);
         let auto_chunk = [
             base_keys[0]
                 .div_ceil(attention::DECODE_TARGET_WORKGROUPS)
@@ -250,13 +256,13 @@ impl PagedBatch {
             base_keys[1]
                 .div_ceil(attention::KEYS_TARGET_WORKGROUPS)
                 .max(attention::KEYS_MIN_CHUNK),
+            base_keys[2].div_ceil(resident).max(attention::SG_MIN_CHUNK),
         ];
         let mut q_start = 0;
         let mut n_items = [0usize; ITEM_GROUPS];
         let mut parts = 0usize;
         for s in seqs {
             let kind = kind_of(s.q_len);
-            let keys = kind == Kind::DecodeKeys;
             let rows = s.q_len * group;
             let (rows_per_wg, lanes) = shape_of(kind, rows);
             let row_blocks = rows.div_ceil(rows_per_wg);
@@ -274,15 +280,9 @@ impl PagedBatch {
                     (n, s.kv_len.div_ceil(n).max(1))
                 }
                 None => {
-                    let chunk = auto_chunk[keys as usize].min(s.kv_len.div_ceil(min_splits).max(1));
+                    let chunk = auto_chunk[class(kind)].min(s.kv_len.div_ceil(min_splits).max(1));
                     (s.kv_len.div_ceil(chunk).max(1), chunk)
                 }
-            };
-            // The subgroup kernel always leaves its rows to the merge: with one key lane (a
-            // smallest subgroup of 64) it gets a second, empty split.
-            let n_splits = match kind == Kind::DecodeSubgroup && lanes * n_splits == 1 {
-                true => 2,
-                false => n_splits,
             };
             plans.push(SeqPlan {
                 kind,
@@ -450,7 +450,7 @@ pub struct PlanOptions {
 }
 
 /// Work-item lists (passes) a batch may have.
-const ITEM_GROUPS: usize = 8;
+pub(super) const ITEM_GROUPS: usize = 8;
 
 /// Which work-item list (and pipeline) a sequence's rows use: 0 for the tile kernel, 1, 2, 3
 /// for DecodeKeys with 1, 2, 4 rows per workgroup, 4 .. 7 for DecodeSubgroup with 1, 2, 4, 8.

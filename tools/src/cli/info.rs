@@ -242,6 +242,19 @@ pub fn choice_table_json(dev: &llama_kernels::ops::attention::DeviceDesc) -> Val
                         j["splits"] = json!(p.splits);
                         j["chunk"] = json!(p.chunk);
                         j["bk"] = json!(p.bk);
+                        if let Some(g) = row.decode_geometry() {
+                            j["geometry"] = json!({
+                                "workgroups": g.workgroups,
+                                "invocations": g.invocations,
+                                "workgroup_bytes": g.workgroup_bytes,
+                                "registers_per_lane": g.registers_per_lane,
+                                "bytes_per_load": g.bytes_per_load,
+                                "lanes_per_row": g.lanes_per_row,
+                                "splits": g.splits,
+                                "merge_workgroups": g.merge_workgroups,
+                                "merge_invocations": g.merge_invocations,
+                            });
+                        }
                     }
                     Err(e) => j["error"] = json!(e),
                 }
