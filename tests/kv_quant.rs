@@ -66,7 +66,132 @@ fn cpu_quantizers_match_the_reference_dump() {
     eprintln!("q4_0: {fused_ties} values where a fused multiply-add would round differently");
     for (scale, codes) in &d.fp8 {
         for (i, (&x, &c)) in d.x.iter().zip(codes).enumerate() {
-            assert_eq!(quant::quantize_fp8(x, *scale), c, "fp8 value {i} ({x}) at scale {scale}");
+            assert_eq!(
+                quant::quantize_fp8(x, *scale),
+                c,
+                "fp8 value {i} ({x}) at scale {scale}"
+            );
+        }
+    }
+}
+
+/// head_dim 96: three blocks per row, so each row's scales are padded to four and a pair of
+/// blocks is cut short (Phi-3's head size).
+const QHD: usize = 96;
+
+/// The dump's values as `[batch, n_new, n_kv_heads, head_dim]` rows of a 2 x 2-head cache of
+/// capacity 4, in the cache's own `[batch, n_kv_heads, capacity, head_dim]` order too.
+fn cache_order(rows: &[f32], batch: usize, n: usize, heads: usize) -> Vec<f32> {
+    let mut out = vec![0.0; rows.len()];
+    for b in 0..batch {
+        for t in 0..n {
+            for h in 0..heads {
+                let src = ((b * n + t) * heads + h) * QHD;
+                let dst = ((b * heads + h) * n + t) * QHD;
+                out[dst..dst + QHD].copy_from_slice(&rows[src..src + QHD]);
+            }
+        }
+    }
+    out
+}
+
+/// The append writes the bytes the CPU quantizer gives for the same values, for every quantized
+/// format, in two appends (3 rows, then 1) that fill the cache: q8_0 and fp8 bit for bit, q4_0
+/// too except values on an FMA-dependent tie ([`quant::q4_0_fused_differs`]), which are counted.
+/// K holds the dump's values (zero blocks, ties, tiny and saturating fp8 values); V is random.
+/// From f32 rows, and from f16 rows for q8_0 (quantizing the f16 values).
+#[test]
+fn append_quantizes_like_the_cpu_quantizer() {
+    use llama_kernels::{DType, KvCache, KvFormat};
+    let ctx = common::ctx();
+    let d = dump();
+    let (batch, heads, cap) = (2, 2, 4);
+    let n = batch * heads * cap * QHD;
+    assert_eq!(d.x.len(), n);
+    let v_rows = common::Rng::new(2101).vec(n, 2.0);
+    let cases = [
+        (KvFormat::Q8_0, DType::F32),
+        (KvFormat::Q8_0, DType::F16),
+        (KvFormat::Q4_0, DType::F32),
+        (KvFormat::Fp8E4M3, DType::F32),
+    ];
+    for (format, src) in cases {
+        let mut cache =
+            KvCache::with_format(&ctx, batch, heads, cap, QHD, DType::F32, format).unwrap();
+        let (ks, vs) = (0.0173, 4.0);
+        if format == KvFormat::Fp8E4M3 {
+            cache.set_scales(ks, vs).unwrap();
+        }
+        // The values the kernel sees: rounded to the source dtype.
+        let k_in: Vec<f32> = common::rounded(&d.x, src)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let v_in: Vec<f32> = common::rounded(&v_rows, src)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        for (t0, nt) in [(0, 3), (3, 1)] {
+            let part = |x: &[f32]| -> Vec<f32> {
+                let mut out = Vec::new();
+                for b in 0..batch {
+                    let row = heads * QHD;
+                    out.extend_from_slice(&x[(b * cap + t0) * row..(b * cap + t0 + nt) * row]);
+                }
+                out
+            };
+            let shape = [batch, nt, heads, QHD];
+            let k = ctx.upload_as(&part(&k_in), &shape, src).unwrap();
+            let v = ctx.upload_as(&part(&v_in), &shape, src).unwrap();
+            cache.append_run(&ctx, &k, &v).unwrap();
+        }
+        for (name, buf, rows, scale) in [
+            ("K", cache.k_buffer(), &k_in, ks),
+            ("V", cache.v_buffer(), &v_in, vs),
+        ] {
+            let want = quant::encode(format, &cache_order(rows, batch, cap, heads), QHD, scale);
+            let got = ctx.read_bytes(buf, 0..want.len() as u64).unwrap();
+            assert_eq!(
+                buf.size() as usize,
+                want.len(),
+                "{format} {name} buffer size"
+            );
+            let mut ties = 0;
+            for (blk, x) in cache_order(rows, batch, cap, heads)
+                .chunks_exact(BLOCK)
+                .enumerate()
+            {
+                let e = blk * BLOCK;
+                let (lo, hi) = match format {
+                    KvFormat::Q4_0 => (e / 2, e / 2 + 16),
+                    _ => (e, e + BLOCK),
+                };
+                if got[lo..hi] == want[lo..hi] {
+                    continue;
+                }
+                let fused = quant::q4_0_fused_differs(x.try_into().unwrap());
+                let differing = (0..BLOCK)
+                    .filter(|&j| match format {
+                        KvFormat::Q4_0 => {
+                            let nib = |b: &[u8]| b[lo + j % 16] >> (4 * (j / 16)) & 15;
+                            nib(&got) != nib(&want)
+                        }
+                        _ => got[lo + j] != want[lo + j],
+                    })
+                    .collect::<Vec<_>>();
+                assert!(
+                    format == KvFormat::Q4_0 && differing.iter().all(|j| fused.contains(j)),
+                    "{format} from {src} {name}: block {blk} differs at {differing:?}"
+                );
+                ties += differing.len();
+            }
+            let plane = format.scale_plane_byte(batch * heads * cap, QHD);
+            assert_eq!(
+                got[plane..],
+                want[plane..],
+                "{format} from {src} {name}: scales"
+            );
+            eprintln!("{format} from {src} {name}: {ties} values on FMA-dependent ties");
         }
     }
 }
