@@ -7,6 +7,9 @@
 // by 1, by WG or by the plan's key lanes (p.lanes >= 1) to HD4 or to a tile's key count.
 
 override DTYPE: u32 = 0u;
+// Storage format of K and V (KvFormat::shader_code): DTYPE's code for the float formats, or
+// KV_Q8_0 / KV_Q4_0 / KV_FP8 (kv_quant.wgsl), read in place and dequantized in registers.
+override KV_FMT: u32 = 0u;
 override WG: u32 = 64u;
 override TILE_V4: u32 = 512u;
 // head_dim / 4, a compile-time constant so that the loops over a head have a fixed trip count
@@ -57,6 +60,12 @@ struct Params {
     // Chunked local attention (Llama 4): only keys of the query's chunk of `attn_chunk` positions
     // (0 = none).
     attn_chunk: u32,
+    // Quantized K/V (KV_FMT >= KV_Q8_0; the whole cache buffers are bound): the f16 number of
+    // the first scale of the K and V scale planes, and fp8's per-tensor scales.
+    k_sc: u32,
+    v_sc: u32,
+    k_scale: f32,
+    v_scale: f32,
     _pad0: u32,
 }
 
@@ -91,8 +100,23 @@ fn word(b: u32, i: u32) -> u32 {
     }
 }
 
-// Four elements starting at element e (e is a multiple of 2 for half types).
+// Four elements of quantized K (b = 1) or V (b = 2) at element e (a multiple of 4): their data
+// word and their block's scale word (or fp8's tensor scale), dequantized.
+fn kv_load4(b: u32, e: u32) -> vec4<f32> {
+    let w = word(b, kv_word(KV_FMT, e));
+    if KV_FMT == KV_FP8 {
+        return kv_dequant4(KV_FMT, w, e, select(p.k_scale, p.v_scale, b == 2u));
+    }
+    let i = select(p.k_sc, p.v_sc, b == 2u) + kv_scale_index(e, 4u * HD4);
+    return kv_dequant4(KV_FMT, w, e, kv_f16(word(b, i >> 1u), i));
+}
+
+// Four elements starting at element e (e is a multiple of 2 for half types, of 4 for quantized
+// K/V).
 fn load4(b: u32, e: u32) -> vec4<f32> {
+    if KV_FMT >= KV_Q8_0 && b != 0u {
+        return kv_load4(b, e);
+    }
     if DTYPE == DT_F32 {
         return vec4<f32>(
             bitcast<f32>(word(b, e)),

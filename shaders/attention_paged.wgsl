@@ -270,6 +270,12 @@ fn keys_unit(src: u32, i: u32) -> vec4<u32> {
     return pool_word4(src, i);
 }
 
+// The pools hold float K/V only (KV_FMT stays DTYPE's code here), so `keys_item` never calls
+// this; it reads the float pool like `pool_load4`.
+fn keys_qload4(src: u32, e: u32) -> vec4<f32> {
+    return pool_load4(src, e);
+}
+
 // Query row r (clamped to the sequence's last row) of kv head kvh, pre-multiplied by the scale.
 fn paged_load_q(q: ptr<function, array<vec4<f32>, MAX_HD4>>, sq: Seq, r: u32, kvh: u32) {
     let rc = min(r, sq.q_len * p.group - 1u);

@@ -178,6 +178,16 @@ impl KvFormat {
     }
 }
 
+/// How attention reads K/V of a quantized cache in place: the whole K and V buffers bound, the
+/// f16 number of the first scale of each scale plane, and fp8's per-tensor scales.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct QuantReads {
+    pub format: KvFormat,
+    pub scale_plane: u32,
+    pub k_scale: f32,
+    pub v_scale: f32,
+}
+
 impl std::fmt::Display for KvFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

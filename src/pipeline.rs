@@ -88,6 +88,7 @@ impl Shader {
         name: "attention_paged.wgsl",
         parts: &[
             COMMON_WGSL,
+            KV_QUANT_WGSL,
             ATTENTION_COMMON_WGSL,
             ATTENTION_SPLIT_WGSL,
             ATTENTION_KEYS_WGSL,

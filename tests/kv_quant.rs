@@ -195,3 +195,104 @@ fn append_quantizes_like_the_cpu_quantizer() {
         }
     }
 }
+
+/// Attention over a quantized cache (every format; q and out f32) equals the f64 reference over
+/// the dequantized K/V within f32's tolerance: a 30-token prefill, then a decode step after one
+/// more append; DecodeKeys for every format, and for q4_0 PrefillKeys, Decode and
+/// DecodeSubgroup (where the adapter has subgroups) too. Llama-style GQA (4 q heads over 2), batch 2,
+/// head_dim 32 (one block per row, its scale padded to a pair). fp8 with scales that leave
+/// some values saturated.
+#[test]
+fn attention_reads_quantized_caches() {
+    use llama_kernels::compare::tolerance;
+    use llama_kernels::ops::attention::Kind;
+    use llama_kernels::reference::attention as reference;
+    use llama_kernels::{Attention, DType, KvCache, KvFormat};
+    let ctx = common::ctx();
+    let (batch, nh, nkv, hd, cap) = (2, 4, 2, 32, 40);
+    let mut decode_kinds = vec![Kind::Decode, Kind::DecodeKeys];
+    if ctx.caps().subgroups {
+        decode_kinds.push(Kind::DecodeSubgroup);
+    }
+    for format in KvFormat::QUANTIZED {
+        let mut rng = common::Rng::new(2102);
+        let mut cache =
+            KvCache::with_format(&ctx, batch, nkv, cap, hd, DType::F32, format).unwrap();
+        let (ks, vs) = (0.004, 0.02);
+        if format == KvFormat::Fp8E4M3 {
+            cache.set_scales(ks, vs).unwrap();
+        }
+        let (mut k_all, mut v_all) = (vec![Vec::new(); batch], vec![Vec::new(); batch]);
+        // Every kernel reads quantized K/V through the same kv_load4 (kv_quant.wgsl), so each
+        // format runs the decode default of CPU adapters (DecodeKeys), and q4_0 (the most
+        // addressing) every other kernel but Prefill, whose K/V staging is Decode's `load4`
+        // (its LLVM compile alone costs more than the rest of this test).
+        let all = format == KvFormat::Q4_0;
+        let steps = [
+            (30, if all { vec![Kind::PrefillKeys] } else { vec![] }),
+            (
+                1,
+                if all {
+                    decode_kinds.clone()
+                } else {
+                    vec![Kind::DecodeKeys]
+                },
+            ),
+        ];
+        for (n_new, kinds) in steps {
+            let shape = [batch, n_new, nkv, hd];
+            let k_new = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let v_new = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let k = ctx.upload_as(&k_new, &shape, DType::F32).unwrap();
+            let v = ctx.upload_as(&v_new, &shape, DType::F32).unwrap();
+            cache.append_run(&ctx, &k, &v).unwrap();
+            let row = n_new * nkv * hd;
+            for b in 0..batch {
+                k_all[b].extend(quant::round_trip(
+                    format,
+                    &k_new[b * row..(b + 1) * row],
+                    hd,
+                    ks,
+                ));
+                v_all[b].extend(quant::round_trip(
+                    format,
+                    &v_new[b * row..(b + 1) * row],
+                    hd,
+                    vs,
+                ));
+            }
+            let q = rng.vec(batch * n_new * nh * hd, 1.0);
+            let dims = reference::Dims {
+                batch,
+                q_len: n_new,
+                kv_len: cache.len(),
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            };
+            let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+            let want = reference::attention(
+                &q64,
+                &k_all.concat(),
+                &v_all.concat(),
+                None,
+                dims,
+                &Default::default(),
+            );
+            let qt = ctx
+                .upload_as(&q, &[batch, n_new, nh, hd], DType::F32)
+                .unwrap();
+            for kind in kinds {
+                let out = common::nan_output(&ctx, &[batch, n_new, nh, hd], DType::F32);
+                let attn = Attention {
+                    kind: Some(kind),
+                    ..Attention::causal()
+                };
+                attn.run_cached(&ctx, &qt, &cache, None, &out).unwrap();
+                let what = format!("{format} {kind:?} q_len {n_new}");
+                common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
+                common::assert_guards(&ctx, &out, &what);
+            }
+        }
+    }
+}

@@ -350,7 +350,21 @@ impl KvCache {
         self.view(&self.v, self.len)
     }
 
-    /// K/V views of rank `rank` (3 needs batch 1) for attention.
+    /// How attention reads this cache's K/V when they are quantized (`None` for float formats).
+    pub(crate) fn quant_reads(&self) -> Option<crate::kv_format::QuantReads> {
+        let rows = self.batch * self.n_kv_heads * self.capacity;
+        self.format
+            .is_quantized()
+            .then(|| crate::kv_format::QuantReads {
+                format: self.format,
+                scale_plane: (self.format.scale_plane_byte(rows, self.head_dim) / 2) as u32,
+                k_scale: self.k_scale,
+                v_scale: self.v_scale,
+            })
+    }
+
+    /// K/V views of rank `rank` (3 needs batch 1) for attention; for a quantized cache the views
+    /// give the elements' places only (attention reads them through [`KvCache::quant_reads`]).
     pub(crate) fn views_for(&self, op: &'static str, rank: usize) -> Result<(Tensor, Tensor)> {
         crate::ensure!(
             self.len > 0,

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::context::Context;
 use crate::error::Result;
+use crate::kv_format::KvFormat;
 use crate::tensor::{DType, Tensor};
 use crate::Attention;
 
@@ -119,7 +120,12 @@ impl Attention {
     /// are 16-byte aligned (see [`kv_rows_aligned`]; unaligned rows never get
     /// [`Kind::DecodeKeys`] by default).
     pub fn plan(&self, ctx: &Context, d: Dims, dtype: DType) -> Result<Plan> {
-        self.plan_for(ctx, d, dtype, true)
+        self.plan_for(ctx, d, dtype, KvFormat::from_dtype(dtype), true)
+    }
+
+    /// [`Attention::plan`] for K/V stored in `kv` (e.g. a quantized [`crate::KvCache`]).
+    pub fn plan_kv(&self, ctx: &Context, d: Dims, dtype: DType, kv: KvFormat) -> Result<Plan> {
+        self.plan_for(ctx, d, dtype, kv, true)
     }
 
     pub(super) fn plan_for(
@@ -127,10 +133,11 @@ impl Attention {
         ctx: &Context,
         d: Dims,
         dtype: DType,
+        kv: KvFormat,
         kv_aligned: bool,
     ) -> Result<Plan> {
         let adapter = format!("adapter {:?}", ctx.adapter_info().name);
-        self.plan_on(&DeviceDesc::of(ctx), &adapter, d, dtype, kv_aligned)
+        self.plan_on(&DeviceDesc::of(ctx), &adapter, d, (dtype, kv), kv_aligned)
     }
 
     /// The plan for a call on a described device, by [the rule](super#choosing-a-kernel)
@@ -142,7 +149,8 @@ impl Attention {
         dtype: DType,
         kv_aligned: bool,
     ) -> Result<Plan> {
-        self.plan_on(dev, "a described device", d, dtype, kv_aligned)
+        let kv = KvFormat::from_dtype(dtype);
+        self.plan_on(dev, "a described device", d, (dtype, kv), kv_aligned)
     }
 
     fn plan_on(
@@ -150,9 +158,10 @@ impl Attention {
         dev: &DeviceDesc,
         adapter: &str,
         d: Dims,
-        dtype: DType,
+        (dtype, kv): (DType, KvFormat),
         kv_aligned: bool,
     ) -> Result<Plan> {
+        kv.check_head_dim(OP, d.head_dim)?;
         let limit = dev.max_workgroup_storage;
         let hd4 = (d.head_dim / 4) as u32;
         let keys_fit = prefill_keys_workgroup_bytes(hd4) <= limit;
@@ -198,6 +207,7 @@ impl Attention {
         let mut variant = Variant {
             kind,
             dtype,
+            kv,
             tile_v4,
             hd4,
             split_kv: true,
@@ -212,7 +222,7 @@ impl Attention {
             },
             f16: kind == Kind::Prefill && self.f16_arithmetic,
             native_f16: kind == Kind::DecodeSubgroup
-                && dtype == DType::F16
+                && kv == KvFormat::F16
                 && kv_aligned
                 && self.native_f16.unwrap_or_else(|| dev.native_f16_wanted()),
         };

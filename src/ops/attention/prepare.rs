@@ -33,7 +33,8 @@ impl Attention {
             d.check_heads()?;
             // What `kv_rows_aligned` finds for contiguous K/V at offset 0.
             let aligned = (d.head_dim * dtype.size()).is_multiple_of(16);
-            let plan = self.plan_for(ctx, d, dtype, aligned)?;
+            let kv = crate::KvFormat::from_dtype(dtype);
+            let plan = self.plan_for(ctx, d, dtype, kv, aligned)?;
             for key in plan.variant.keys() {
                 ctx.kernel(OP, &key)?;
             }

@@ -51,6 +51,7 @@ pub const ATTENTION_PAGED_SUBGROUP: &Shader = &Shader {
     name: "attention_paged_subgroup.wgsl",
     parts: &[
         crate::pipeline::COMMON_WGSL,
+        crate::pipeline::KV_QUANT_WGSL,
         crate::pipeline::ATTENTION_COMMON_WGSL,
         crate::pipeline::ATTENTION_SPLIT_WGSL,
         crate::pipeline::ATTENTION_KEYS_WGSL,
