@@ -296,3 +296,127 @@ fn attention_reads_quantized_caches() {
         }
     }
 }
+
+/// `append_rope` into a quantized cache holds exactly the CPU quantizer's blocks of the rows
+/// RoPE rotates (RoPE run on its own, out of place, read back): the rotation through scratch
+/// and the quantizing append lose nothing between them. V is quantized as it comes.
+#[test]
+fn append_rope_quantizes_the_rotated_rows() {
+    use llama_kernels::ops::rope::{Layout, Rope};
+    use llama_kernels::{DType, KvCache, KvFormat};
+    let ctx = common::ctx();
+    let (batch, heads, cap) = (2, 2, 4);
+    let rope = Rope::new(10000.0, Layout::Half);
+    let mut rng = common::Rng::new(2103);
+    for format in [KvFormat::Q8_0, KvFormat::Fp8E4M3] {
+        let mut cache =
+            KvCache::with_format(&ctx, batch, heads, cap, QHD, DType::F32, format).unwrap();
+        assert!(!cache.rope_fused_for(DType::F32));
+        let n = batch * cap * heads * QHD;
+        let (k_rows, v_rows) = (rng.vec(n, 3.0), rng.vec(n, 3.0));
+        let mut rotated = Vec::new();
+        for (t0, nt) in [(0, 3), (3, 1)] {
+            let part = |x: &[f32]| -> Vec<f32> {
+                let row = heads * QHD;
+                (0..batch)
+                    .flat_map(|b| x[(b * cap + t0) * row..(b * cap + t0 + nt) * row].to_vec())
+                    .collect()
+            };
+            let shape = [batch, nt, heads, QHD];
+            let k = ctx.upload_as(&part(&k_rows), &shape, DType::F32).unwrap();
+            let v = ctx.upload_as(&part(&v_rows), &shape, DType::F32).unwrap();
+            let start = llama_kernels::Positions::Start(t0 as i32);
+            let alone = ctx.upload_as(&part(&k_rows), &shape, DType::F32).unwrap();
+            let out = ctx.upload_as(&part(&k_rows), &shape, DType::F32).unwrap();
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            rope.encode_to(&ctx, &mut enc, &alone, &out, start).unwrap();
+            ctx.queue().submit([enc.finish()]);
+            rotated.push(ctx.read_f32(&out).unwrap());
+            cache.append_rope_run(&ctx, &k, &v, &rope, None).unwrap();
+        }
+        // Back to [batch, cap, heads, QHD] order.
+        let row = heads * QHD;
+        let k_rot: Vec<f32> = (0..batch)
+            .flat_map(|b| {
+                let mut r = rotated[0][b * 3 * row..(b + 1) * 3 * row].to_vec();
+                r.extend_from_slice(&rotated[1][b * row..(b + 1) * row]);
+                r
+            })
+            .collect();
+        for (name, buf, rows) in [
+            ("K", cache.k_buffer(), &k_rot),
+            ("V", cache.v_buffer(), &v_rows),
+        ] {
+            let want = quant::encode(format, &cache_order(rows, batch, cap, heads), QHD, 1.0);
+            let got = ctx.read_bytes(buf, 0..want.len() as u64).unwrap();
+            assert!(
+                got == want,
+                "{format} {name}: the cache differs from the CPU quantizer"
+            );
+        }
+    }
+}
+
+/// Every rule of quantized caches, with its message.
+#[test]
+fn quantized_cache_rules() {
+    use common::{expect_err, is_dtype, is_param, is_shape};
+    use llama_kernels::ops::attention::Dims;
+    use llama_kernels::{Attention, DType, KvCache, KvFormat};
+    let ctx = common::ctx();
+    expect_err(
+        KvCache::with_format(&ctx, 1, 1, 4, 80, DType::F32, KvFormat::Q4_0),
+        "kv_cache",
+        is_shape,
+        "kv format q4_0 needs head_dim to be a multiple of 32, got head_dim 80",
+    );
+    expect_err(
+        KvCache::with_format(&ctx, 1, 1, 4, 36, DType::F16, KvFormat::Fp8E4M3),
+        "kv_cache",
+        is_shape,
+        "kv format fp8_e4m3 needs head_dim to be a multiple of 8, got head_dim 36",
+    );
+    expect_err(
+        KvCache::with_format(&ctx, 1, 1, 4, 32, DType::F16, KvFormat::F32),
+        "kv_cache",
+        is_dtype,
+        "a f32 cache is for q and out of f32, not f16",
+    );
+    let mut cache = KvCache::with_format(&ctx, 1, 1, 4, 32, DType::F32, KvFormat::Fp8E4M3).unwrap();
+    for (k, v) in [
+        (0.0, 1.0),
+        (1.0, f32::NAN),
+        (-2.0, 1.0),
+        (1.0, f32::INFINITY),
+    ] {
+        expect_err(
+            cache.set_scales(k, v),
+            "kv_cache",
+            is_param,
+            "must be finite and > 0",
+        );
+    }
+    let rows = ctx.upload_as(&[0.5; 32], &[1, 1, 32], DType::F32).unwrap();
+    cache.append_run(&ctx, &rows, &rows).unwrap();
+    expect_err(
+        cache.set_scales(2.0, 2.0),
+        "kv_cache",
+        is_param,
+        "the scales can only change while the cache is empty (length 1)",
+    );
+    // The planner refuses a quantized K/V format whose blocks do not fit the head.
+    let d = Dims {
+        batch: 1,
+        q_len: 1,
+        kv_len: 8,
+        n_heads: 2,
+        n_kv_heads: 1,
+        head_dim: 48,
+    };
+    expect_err(
+        Attention::default().plan_kv(&ctx, d, DType::F32, KvFormat::Q8_0),
+        "attention",
+        is_shape,
+        "kv format q8_0 needs head_dim to be a multiple of 32, got head_dim 48",
+    );
+}
