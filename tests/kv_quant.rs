@@ -198,10 +198,10 @@ fn append_quantizes_like_the_cpu_quantizer() {
 
 /// Attention over a quantized cache (every format; q and out f32) equals the f64 reference over
 /// the dequantized K/V within f32's tolerance: a 30-token prefill, then a decode step after one
-/// more append; DecodeKeys for every format, and for q4_0 PrefillKeys, Decode and
-/// DecodeSubgroup (where the adapter has subgroups) too. Llama-style GQA (4 q heads over 2), batch 2,
-/// head_dim 32 (one block per row, its scale padded to a pair). fp8 with scales that leave
-/// some values saturated.
+/// more append. DecodeKeys for every format (q4_0 over the prefill's rows); for q4_0 also
+/// PrefillKeys, Decode and DecodeSubgroup (where the adapter has subgroups). GQA with 4 q heads
+/// over 2, batch 2, head_dim 32 (one block per row, its scale padded to a pair); fp8 with
+/// scales that leave some values saturated.
 #[test]
 fn attention_reads_quantized_caches() {
     use llama_kernels::compare::tolerance;
@@ -210,7 +210,7 @@ fn attention_reads_quantized_caches() {
     use llama_kernels::{Attention, DType, KvCache, KvFormat};
     let ctx = common::ctx();
     let (batch, nh, nkv, hd, cap) = (2, 4, 2, 32, 40);
-    let mut decode_kinds = vec![Kind::Decode, Kind::DecodeKeys];
+    let mut decode_kinds = vec![Kind::Decode];
     if ctx.caps().subgroups {
         decode_kinds.push(Kind::DecodeSubgroup);
     }
@@ -229,7 +229,16 @@ fn attention_reads_quantized_caches() {
         // (its LLVM compile alone costs more than the rest of this test).
         let all = format == KvFormat::Q4_0;
         let steps = [
-            (30, if all { vec![Kind::PrefillKeys] } else { vec![] }),
+            // q4_0's 30 rows per kv head take DecodeKeys with 4 rows per workgroup, as the
+            // committed q4_0 case does.
+            (
+                30,
+                if all {
+                    vec![Kind::PrefillKeys, Kind::DecodeKeys]
+                } else {
+                    vec![]
+                },
+            ),
             (
                 1,
                 if all {
@@ -419,4 +428,53 @@ fn quantized_cache_rules() {
         is_shape,
         "kv format q8_0 needs head_dim to be a multiple of 32, got head_dim 48",
     );
+}
+
+/// The `attention` case op's `kv_format` rules: an unknown format, a float format other than
+/// q's dtype, a scale with a format that has none, a scale that is not one value, a head_dim the
+/// blocks do not fit, and `kv_format` on `paged_attention` (not read there) are refused.
+#[test]
+fn case_kv_format_rules() {
+    use llama_kernels::DType;
+    let qkv = |hd: usize| {
+        vec![
+            ("q", DType::F32, vec![1, 2, hd]),
+            ("k", DType::F32, vec![3, 1, hd]),
+            ("v", DType::F32, vec![3, 1, hd]),
+            ("expected.out", DType::F32, vec![1, 2, hd]),
+        ]
+    };
+    let op = ("op", "attention");
+    let e = common::case_error(&qkv(32), &[op, ("kv_format", "q5_1")], 0.5);
+    assert!(
+        e.contains("metadata kv_format=\"q5_1\" must be one of"),
+        "{e}"
+    );
+    let e = common::case_error(&qkv(32), &[op, ("kv_format", "bf16")], 0.5);
+    assert!(
+        e.contains("kv_format=bf16 differs from q's dtype f32"),
+        "{e}"
+    );
+    let mut t = qkv(32);
+    t.push(("k_scale", DType::F32, vec![]));
+    let e = common::case_error(&t, &[op, ("kv_format", "q8_0")], 0.5);
+    assert!(
+        e.contains("k_scale must be one F32 value, with kv_format fp8_e4m3 only"),
+        "{e}"
+    );
+    let mut t = qkv(32);
+    t.push(("v_scale", DType::F32, vec![2]));
+    let e = common::case_error(&t, &[op, ("kv_format", "fp8_e4m3")], 0.5);
+    assert!(e.contains("v_scale must be one F32 value"), "{e}");
+    let e = common::case_error(&qkv(48), &[op, ("kv_format", "q4_0")], 0.5);
+    assert!(
+        e.contains("kv format q4_0 needs head_dim to be a multiple of 32"),
+        "{e}"
+    );
+    let e = common::case_error(
+        &qkv(32),
+        &[("op", "paged_attention"), ("kv_format", "q8_0")],
+        0.5,
+    );
+    assert!(e.contains("kv_format"), "{e}");
 }

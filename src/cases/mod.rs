@@ -484,6 +484,8 @@ impl CaseFile {
                 ];
                 if self.op == "paged_attention" {
                     keys.push("layout");
+                } else {
+                    keys.push("kv_format");
                 }
                 keys
             }
