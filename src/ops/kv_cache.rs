@@ -194,7 +194,6 @@ impl KvCache {
             OP,
             "a {format} cache is for q and out of {format}, not {dtype}: float K/V formats must equal the dtype"
         );
-        format.check_head_dim(OP, head_dim)?;
         crate::ensure!(
             batch > 0 && n_kv_heads > 0 && capacity > 0,
             Shape,
@@ -210,6 +209,7 @@ impl KvCache {
             "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {}",
             crate::ops::attention::MAX_HEAD_DIM
         );
+        format.check_head_dim(OP, head_dim)?;
         // Four usize factors can pass even u128 (2^62 * 2^62 * 16 * 4 wraps to 0): checked.
         let elems = [n_kv_heads, capacity, head_dim]
             .iter()

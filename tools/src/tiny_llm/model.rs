@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use llama_kernels::{Attention, Context, DType, KvCache, Positions, RmsNorm, Tensor};
+use llama_kernels::{Attention, Context, DType, KvCache, KvFormat, Positions, RmsNorm, Tensor};
 
 use super::config::{Act, Arch, Config};
 use super::kernels::{Call, Kernels, Params};
@@ -67,6 +67,8 @@ struct Layer {
 pub struct Model {
     pub cfg: Config,
     pub dtype: DType,
+    /// Storage format of the KV caches (`dtype`'s own unless [`Model::with_kv`]).
+    pub kv: KvFormat,
     embed: Tensor,
     lm_head: Tensor,
     final_norm: Tensor,
@@ -205,11 +207,26 @@ impl Model {
             kernels: Kernels::new(ctx)?,
             cfg,
             dtype,
+            kv: KvFormat::from_dtype(dtype),
             embed,
             lm_head,
             final_norm,
             layers,
         })
+    }
+
+    /// The same model with its KV caches stored in `kv` (e.g. q8_0, or fp8 e4m3 with scales 1):
+    /// an error when the format cannot hold this model's heads.
+    pub fn with_kv(mut self, kv: KvFormat) -> Result<Model> {
+        if kv.dtype().is_some_and(|d| d != self.dtype) {
+            return Err(Error(format!(
+                "--kv {kv}: a float KV cache is stored as the compute dtype {}",
+                self.dtype
+            )));
+        }
+        kv.check_head_dim("tiny_llm", self.cfg.head_dim)?;
+        self.kv = kv;
+        Ok(self)
     }
 
     fn state(&self, ctx: &Context, rows: usize) -> Result<State> {
@@ -230,7 +247,7 @@ impl Model {
             act: e(c.intermediate)?,
             logits: e(c.vocab)?,
             caches: (0..c.layers)
-                .map(|_| KvCache::new(ctx, 1, c.n_kv_heads, rows, c.head_dim, d))
+                .map(|_| KvCache::with_format(ctx, 1, c.n_kv_heads, rows, c.head_dim, d, self.kv))
                 .collect::<std::result::Result<_, _>>()?,
         })
     }
@@ -489,7 +506,8 @@ impl Model {
                     n_kv_heads: nkv,
                     head_dim: hd,
                 };
-                built += attention.prepare(ctx, &[dims], st.caches[i].dtype())?;
+                let cache = &st.caches[i];
+                built += attention.prepare_kv(ctx, &[dims], cache.dtype(), cache.format())?;
             }
         }
         Ok(built)
