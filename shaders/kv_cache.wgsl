@@ -12,8 +12,8 @@
 //   DST_DTYPE  storage format of the cache (KvFormat::shader_code: a dtype, or 3 q8_0, 4 q4_0,
 //              5 fp8 e4m3 for kv_append_q)
 //   WG         workgroup size
-// Loops (modules are created without naga's loop counters, src/pipeline.rs): kv_append_q's
-// loops count up by 1 to the 2 blocks of a pair and the 8 loads of a block.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): quant_store's
+// loops count up by 1 to the 2 blocks of a pair and a block's 4 or 8 words.
 
 override SRC_DTYPE: u32 = 0u;
 override DST_DTYPE: u32 = 0u;
@@ -102,33 +102,23 @@ fn src_row(is_v: bool, b: u32, t: u32, h: u32) -> u32 {
     return p.k_off + b * p.k_sb + t * p.k_st + h * p.k_sh;
 }
 
-// Unit u of a row of the K or V cache quantized from the source row at element src: 4 values
-// (fp8), or blocks 2u and 2u + 1 with their scale word (q8_0, q4_0).
-fn quant_unit(is_v: bool, row: u32, src: u32, u: u32) {
+// Unit u (quant_unit) of a row of the K or V cache quantized from the source row at src.
+fn quant_store(is_v: bool, row: u32, src: u32, u: u32) {
+    let q = quant_unit(DST_DTYPE, is_v, src, u, p.head_dim, select(p.k_scale, p.v_scale, is_v));
     if DST_DTYPE == KV_FP8 {
-        let scale = select(p.k_scale, p.v_scale, is_v);
-        let q = f32x4_to_e4m3(load4(is_v, src + 4u * u) / scale);
-        put(is_v, (row * p.head_dim) / 4u + u, q.x | (q.y << 8u) | (q.z << 16u) | (q.w << 24u));
+        put(is_v, (row * p.head_dim) / 4u + u, q.words[0]);
         return;
     }
-    var ds = 0u;
     for (var k = 0u; k < 2u; k++) {
         let blk = 2u * u + k;
         if blk < p.head_dim / 32u {
-            var x: array<vec4<f32>, 8>;
-            for (var i = 0u; i < 8u; i++) {
-                x[i] = load4(is_v, src + 32u * blk + 4u * i);
-            }
-            let q = kv_quant_block(DST_DTYPE, &x);
             let w0 = kv_word(DST_DTYPE, row * p.head_dim + 32u * blk);
-            let n = select(4u, 8u, DST_DTYPE == KV_Q8_0);
-            for (var i = 0u; i < n; i++) {
-                put(is_v, w0 + i, q.words[i]);
+            for (var i = 0u; i < block_words(DST_DTYPE); i++) {
+                put(is_v, w0 + i, q.words[8u * k + i]);
             }
-            ds |= q.d << (16u * k);
         }
     }
-    put(is_v, p.scale_plane + row * (kv_scales_per_row(p.head_dim) / 2u) + u, ds);
+    put(is_v, p.scale_plane + row * (kv_scales_per_row(p.head_dim) / 2u) + u, q.scales);
 }
 
 @compute @workgroup_size(WG)
@@ -137,7 +127,7 @@ fn kv_append_q(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let units = select(kv_scales_per_row(p.head_dim) / 2u, p.head_dim / 4u, DST_DTYPE == KV_FP8);
+    let units = quant_units(DST_DTYPE, p.head_dim);
     let idx = linear_workgroup(wid, nwg) * WG + lid;
     if idx >= p.batch * p.n_new * p.n_kv_heads * units {
         return;
@@ -150,7 +140,7 @@ fn kv_append_q(
     let b = rest / p.n_new;
     let row = (b * p.n_kv_heads + h) * p.capacity + p.pos + t;
     if WRITE_K {
-        quant_unit(false, row, src_row(false, b, t, h), u);
+        quant_store(false, row, src_row(false, b, t, h), u);
     }
-    quant_unit(true, row, src_row(true, b, t, h), u);
+    quant_store(true, row, src_row(true, b, t, h), u);
 }

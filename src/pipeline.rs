@@ -101,6 +101,7 @@ impl Shader {
         name: "paged_kv.wgsl",
         parts: &[
             COMMON_WGSL,
+            KV_QUANT_WGSL,
             KV_SOURCE_WGSL,
             include_str!("../shaders/paged_kv.wgsl"),
         ],

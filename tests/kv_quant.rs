@@ -478,3 +478,130 @@ fn case_kv_format_rules() {
     );
     assert!(e.contains("kv_format"), "{e}");
 }
+
+/// Paged caches of each quantized format: the write pass (`append`) stores exactly the pages
+/// the host encoder (`write_pages`, the CPU quantizer) gives for the same rows, in both page
+/// layouts; and paged attention over shuffled quantized pages (with noise in the others) equals
+/// the f64 reference over the dequantized K/V, for a decode row (DecodeKeys on CPU adapters) and
+/// a 9-token prefill (the tile kernel) per batch, for q4_0 and fp8 with scales (whose V rows pick
+/// V's scale inside each page).
+#[test]
+fn paged_caches_quantize_and_attend() {
+    use llama_kernels::compare::tolerance;
+    use llama_kernels::ops::paged::{BatchSeq, Heads};
+    use llama_kernels::reference::attention as reference;
+    use llama_kernels::{Attention, DType, KvFormat, PageLayout, PagedBatch, PagedKvCache};
+    const PAGE: usize = 16;
+    let ctx = common::ctx();
+    let heads = Heads {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 32,
+    };
+    let (hd, row) = (heads.head_dim, heads.n_kv_heads * heads.head_dim);
+    let (ks, vs) = (0.004, 0.02);
+    for format in KvFormat::QUANTIZED {
+        for layout in [PageLayout::Nhd, PageLayout::Hnd] {
+            let mut rng = common::Rng::new(2104);
+            let n_pages = 8;
+            let f = (DType::F32, format);
+            let new = |ctx| {
+                let mut c =
+                    PagedKvCache::with_format(ctx, n_pages, PAGE, 2, hd, f, layout).unwrap();
+                c.set_scales(ks, vs).unwrap();
+                c
+            };
+            // Append: two whole-page prefills (pages 5, 2 and 7) written by the GPU, and by the
+            // host encoder into a second cache.
+            let seqs = vec![
+                BatchSeq {
+                    q_len: 32,
+                    kv_len: 32,
+                    pages: vec![5, 2],
+                },
+                BatchSeq {
+                    q_len: 16,
+                    kv_len: 16,
+                    pages: vec![7],
+                },
+            ];
+            let (k, v) = (rng.vec(48 * row, 1.5), rng.vec(48 * row, 1.5));
+            let (gpu, host) = (new(&ctx), new(&ctx));
+            let batch = PagedBatch::from_parts(&ctx, PAGE, n_pages, &seqs, heads, None).unwrap();
+            let kt = ctx.upload_as(&k, &[48, 2, hd], DType::F32).unwrap();
+            let vt = ctx.upload_as(&v, &[48, 2, hd], DType::F32).unwrap();
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            gpu.append(&ctx, &mut enc, &batch, &kt, &vt).unwrap();
+            ctx.queue().submit([enc.finish()]);
+            host.write_pages(&ctx, &[5, 2, 7], &k, &v).unwrap();
+            let size = gpu.buffers()[0].size();
+            let got = ctx.read_bytes(&gpu.buffers()[0], 0..size).unwrap();
+            let want = ctx.read_bytes(&host.buffers()[0], 0..size).unwrap();
+            assert!(
+                got == want,
+                "{format} {layout:?}: appended pages differ from the host's"
+            );
+            if format == KvFormat::Q8_0 || layout == PageLayout::Hnd {
+                continue;
+            }
+            // Attention: a decode row and a prefill over shuffled pages, noise elsewhere.
+            let cache = new(&ctx);
+            let all: Vec<u32> = (0..n_pages as u32).collect();
+            let per = PAGE * row;
+            cache
+                .write_pages(
+                    &ctx,
+                    &all,
+                    &rng.vec(n_pages * per, 3.0),
+                    &rng.vec(n_pages * per, 3.0),
+                )
+                .unwrap();
+            let seqs = vec![
+                BatchSeq {
+                    q_len: 1,
+                    kv_len: 40,
+                    pages: vec![6, 1, 4],
+                },
+                BatchSeq {
+                    q_len: 9,
+                    kv_len: 30,
+                    pages: vec![3, 0],
+                },
+            ];
+            let mut want = Vec::new();
+            let mut q = Vec::new();
+            for s in &seqs {
+                let n = s.pages.len() * per;
+                let (k, v) = (rng.vec(n, 1.5), rng.vec(n, 1.5));
+                cache.write_pages(&ctx, &s.pages, &k, &v).unwrap();
+                let qs = rng.vec(s.q_len * heads.n_heads * hd, 1.0);
+                let kv = s.kv_len * row;
+                want.extend(reference::attention(
+                    &qs.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+                    &quant::round_trip(format, &k[..kv], hd, ks),
+                    &quant::round_trip(format, &v[..kv], hd, vs),
+                    None,
+                    reference::Dims {
+                        batch: 1,
+                        q_len: s.q_len,
+                        kv_len: s.kv_len,
+                        n_heads: heads.n_heads,
+                        n_kv_heads: heads.n_kv_heads,
+                        head_dim: hd,
+                    },
+                    &Default::default(),
+                ));
+                q.extend(qs);
+            }
+            let batch = PagedBatch::from_parts(&ctx, PAGE, n_pages, &seqs, heads, None).unwrap();
+            let shape = [10, heads.n_heads, hd];
+            let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
+            let out = common::nan_output(&ctx, &shape, DType::F32);
+            Attention::default()
+                .run_paged(&ctx, &qt, &cache, &batch, None, &out)
+                .unwrap();
+            let what = format!("{format} paged attention ({:?})", batch.kinds());
+            common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
+        }
+    }
+}

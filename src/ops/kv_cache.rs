@@ -108,7 +108,7 @@ pub(crate) fn write_key(
 }
 
 /// [`write_key`] with the destination as a [`KvFormat::shader_code`].
-fn write_key_code(
+pub(crate) fn write_key_code(
     shader: &'static Shader,
     entry: &'static str,
     src: DType,

@@ -225,8 +225,9 @@ fn quantized_kv_caches() {
             .err()
             .unwrap_or_else(|| panic!("{kv} accepted at head_dim 16"));
         assert!(
-            e.to_string()
-                .contains(&format!("kv format {kv} needs head_dim to be a multiple of 32")),
+            e.to_string().contains(&format!(
+                "kv format {kv} needs head_dim to be a multiple of 32"
+            )),
             "{e}"
         );
     }

@@ -6,16 +6,20 @@ use super::cache::PagedKvCache;
 use super::MAX_POOL_BUFFERS;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::kv_format::KvFormat;
 use crate::ops::attention::{self, Attention};
 use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
+/// The storage format of q / out and of the pages' K/V.
+pub type Formats = (DType, KvFormat);
+
 /// The pipeline key of the DecodeSubgroup pass over pages with `rs` rows per workgroup, for
 /// subgroups of at least `sg_min` lanes, over a pool of `pools` buffers.
-pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32, pools: u32) -> PipelineKey {
+pub fn sg_attention_key(f: Formats, hd4: u32, rs: u32, sg_min: u32, pools: u32) -> PipelineKey {
     let (slots, nsg) = attention::sg_shape(hd4, sg_min);
     let mut c = paged_constants(
-        dtype,
+        f,
         attention::SG_WG,
         attention::tile_v4_for(16384),
         hd4,
@@ -25,10 +29,10 @@ pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32, pools: u32
     PipelineKey::new(ATTENTION_PAGED_SUBGROUP, "attn_paged_sg", c)
 }
 
-/// The constants every paged attention pipeline sets: storage format, workgroup size, K/V tile
+/// The constants every paged attention pipeline sets: storage formats, workgroup size, K/V tile
 /// size, head_dim / 4 and the pool's buffer count.
 fn paged_constants(
-    dtype: DType,
+    (dtype, kv): Formats,
     wg: u32,
     tile_v4: u32,
     hd4: u32,
@@ -36,6 +40,7 @@ fn paged_constants(
 ) -> Vec<(&'static str, u32)> {
     vec![
         ("DTYPE", dtype.shader_code()),
+        ("KV_FMT", kv.shader_code()),
         ("WG", wg),
         ("TILE_V4", tile_v4),
         ("HD4", hd4),
@@ -64,15 +69,18 @@ pub const ATTENTION_PAGED_SUBGROUP: &Shader = &Shader {
 
 /// Every pipeline key of `attn_paged_sg`: every dtype at the head_dims of real models, for the
 /// smallest subgroups of lavapipe and Intel (8) and of NVIDIA and AMD RDNA (32), every row count
-/// the planner can pick.
+/// the planner can pick, for every K/V format that holds the head.
 pub fn sg_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    for dtype in DType::ALL {
+    for f in formats() {
         for hd in [64u32, 80, 96, 128, 256] {
+            if f.1.check_head_dim(OP_PAGED, hd as usize).is_err() {
+                continue;
+            }
             for sg_min in [8, 32] {
                 for rs in [1, 2, 4, 8] {
                     if rs <= attention::sg_rows_max(hd / 4, sg_min) {
-                        keys.push(sg_attention_key(dtype, hd / 4, rs, sg_min, 1));
+                        keys.push(sg_attention_key(f, hd / 4, rs, sg_min, 1));
                     }
                 }
             }
@@ -81,7 +89,7 @@ pub fn sg_variant_keys() -> Vec<PipelineKey> {
     // A pool over three buffers at Llama's head_dim.
     for rs in [1, 4] {
         keys.push(sg_attention_key(
-            DType::F16,
+            (DType::F16, KvFormat::F16),
             32,
             rs,
             32,
@@ -91,20 +99,38 @@ pub fn sg_variant_keys() -> Vec<PipelineKey> {
     keys
 }
 
-/// The pipeline keys of paged attention over a pool of `pools` buffers: partial and merge passes.
-pub fn attention_keys(dtype: DType, tile_v4: u32, hd4: u32, pools: u32) -> [PipelineKey; 2] {
-    let c = paged_constants(dtype, attention::DECODE_WG, tile_v4, hd4, pools);
+/// The pipeline keys of paged attention over a pool of `pools` buffers: partial and merge passes
+/// (the merge reads partials only: one pipeline for every K/V format of a dtype).
+pub fn attention_keys(f: Formats, tile_v4: u32, hd4: u32, pools: u32) -> [PipelineKey; 2] {
+    let c = paged_constants(f, attention::DECODE_WG, tile_v4, hd4, pools);
+    let m = paged_constants(
+        (f.0, KvFormat::from_dtype(f.0)),
+        attention::DECODE_WG,
+        tile_v4,
+        hd4,
+        pools,
+    );
     [
-        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_partial", c.clone()),
-        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_merge", c),
+        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_partial", c),
+        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_merge", m),
     ]
 }
 
+/// Every (q dtype, K/V format) pair: each dtype with its float format and the quantized ones.
+fn formats() -> Vec<Formats> {
+    DType::ALL
+        .iter()
+        .flat_map(|&d| attention::variants::kv_formats(d).map(|kv| (d, kv)))
+        .collect()
+}
+
+const OP_PAGED: &str = "paged_attention";
+
 /// The pipeline key of the DecodeKeys pass over pages with `kr` rows per workgroup, over a pool
 /// of `pools` buffers (the tile size does not shape its code; it keeps the smallest).
-pub fn keys_attention_key(dtype: DType, hd4: u32, kr: u32, pools: u32) -> PipelineKey {
+pub fn keys_attention_key(f: Formats, hd4: u32, kr: u32, pools: u32) -> PipelineKey {
     let mut c = paged_constants(
-        dtype,
+        f,
         attention::KEYS_WG,
         attention::tile_v4_for(16384),
         hd4,
@@ -119,30 +145,31 @@ pub fn keys_attention_key(dtype: DType, hd4: u32, kr: u32, pools: u32) -> Pipeli
 /// over a pool in one buffer; and every pool buffer count at Llama's head_dim.
 pub fn attention_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    for dtype in DType::ALL {
+    for f in formats() {
         for hd in [64u32, 80, 96, 128, 256] {
+            if f.1.check_head_dim(OP_PAGED, hd as usize).is_err() {
+                continue;
+            }
             for limit in [16384, 32768] {
-                keys.extend(attention_keys(
-                    dtype,
-                    attention::tile_v4_for(limit),
-                    hd / 4,
-                    1,
-                ));
+                keys.extend(attention_keys(f, attention::tile_v4_for(limit), hd / 4, 1));
             }
             for kr in [1, 2, 4] {
-                keys.push(keys_attention_key(dtype, hd / 4, kr, 1));
+                keys.push(keys_attention_key(f, hd / 4, kr, 1));
             }
         }
     }
+    let f16 = (DType::F16, KvFormat::F16);
     for pools in 2..=MAX_POOL_BUFFERS as u32 {
         keys.extend(attention_keys(
-            DType::F16,
+            f16,
             attention::tile_v4_for(16384),
             32,
             pools,
         ));
-        keys.push(keys_attention_key(DType::F16, 32, 4, pools));
+        keys.push(keys_attention_key(f16, 32, 4, pools));
     }
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
     keys
 }
 
@@ -280,7 +307,9 @@ impl Attention {
             .map(|s| s.kv_len as i64 - s.q_len as i64)
             .min()
             .unwrap_or(0);
-        let keys_rows_ok = (h.head_dim * cache.dtype.size()).is_multiple_of(16);
+        // Quantized pages are read by words (8 values per unit), whatever the alignment.
+        let keys_rows_ok =
+            cache.format.is_quantized() || (h.head_dim * cache.dtype.size()).is_multiple_of(16);
         crate::ensure!(
             keys_rows_ok || batch.items[1..4].iter().all(|g| g.1 == 0),
             Param,
@@ -297,7 +326,7 @@ impl Attention {
             ctx.adapter_info().name
         );
         Ok(PagedChecked {
-            keys: attention_keys(cache.dtype, tile_v4, hd4, cache.buffers.len() as u32),
+            keys: attention_keys(cache.formats(), tile_v4, hd4, cache.buffers.len() as u32),
             bk: (tile_v4 / hd4).min(64),
             part_bytes,
             scale: self.scale.unwrap_or(1.0 / (h.head_dim as f32).sqrt()),
@@ -361,6 +390,10 @@ impl Attention {
                 u(out.strides()[1])?,
             ],
             bk: c.bk,
+            k_sc: cache.page_words() as u32,
+            v_sc: cache.page_scale_half() as u32,
+            k_scale: cache.k_scale,
+            v_scale: cache.v_scale,
             ..self.logit_params(c.scale, c.bounds, &sw, sinks)
         };
         let part = ctx.scratch(op, c.part_bytes.max(16))?;
@@ -383,8 +416,8 @@ impl Attention {
             }
             let key = match g {
                 0 => c.keys[0].clone(),
-                1..=3 => keys_attention_key(cache.dtype, hd4, 1 << (g - 1), pools),
-                _ => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min, pools),
+                1..=3 => keys_attention_key(cache.formats(), hd4, 1 << (g - 1), pools),
+                _ => sg_attention_key(cache.formats(), hd4, 1 << (g - 4), batch.sg_min, pools),
             };
             ctx.kernel(op, &key)?;
             passes.push((key, off, n));
