@@ -432,7 +432,7 @@ fn quantized_cache_rules() {
 
 /// The `attention` case op's `kv_format` rules: an unknown format, a float format other than
 /// q's dtype, a scale with a format that has none, a scale that is not one value, a head_dim the
-/// blocks do not fit, and `kv_format` on `paged_attention` (not read there) are refused.
+/// blocks do not fit are refused (`paged_attention` reads `kv_format` through the same code).
 #[test]
 fn case_kv_format_rules() {
     use llama_kernels::DType;
@@ -471,12 +471,6 @@ fn case_kv_format_rules() {
         e.contains("kv format q4_0 needs head_dim to be a multiple of 32"),
         "{e}"
     );
-    let e = common::case_error(
-        &qkv(32),
-        &[("op", "paged_attention"), ("kv_format", "q8_0")],
-        0.5,
-    );
-    assert!(e.contains("kv_format"), "{e}");
 }
 
 /// Paged caches of each quantized format: the write pass (`append`) stores exactly the pages

@@ -23,8 +23,9 @@ use crate::reference::attention as reference;
 use crate::reference::quant;
 use crate::tensor::{DType, Tensor};
 
-/// The case's quantized K/V format and fp8 scales, or `None` for K/V stored as q's dtype.
-fn kv_format(case: &CaseFile, dtype: DType) -> Result<Option<(KvFormat, f32, f32)>> {
+/// The case's quantized K/V format and fp8 scales, or `None` for K/V stored as q's dtype
+/// (shared with `paged_attention`).
+pub(super) fn kv_format(case: &CaseFile, dtype: DType) -> Result<Option<(KvFormat, f32, f32)>> {
     let name = case.meta_str("kv_format", dtype.name());
     let format = KvFormat::parse(&name).ok_or_else(|| {
         case.error(format!(

@@ -482,10 +482,9 @@ impl CaseFile {
                     "window_right",
                     "attention_chunk_size",
                 ];
+                keys.push("kv_format");
                 if self.op == "paged_attention" {
                     keys.push("layout");
-                } else {
-                    keys.push("kv_format");
                 }
                 keys
             }
