@@ -341,7 +341,10 @@ impl KvCache {
         )
     }
 
-    /// `[batch, len, n_kv_heads, head_dim]` view of the filled K rows.
+    /// `[batch, len, n_kv_heads, head_dim]` view of the filled K rows. For a quantized cache
+    /// the view gives the elements' places only (its dtype is q's, not the storage's): read
+    /// such a cache with [`crate::Attention::encode_cached`], or its bytes with
+    /// [`KvCache::k_buffer`] and `reference::quant::decode`.
     pub fn k(&self) -> Tensor {
         self.view(&self.k, self.len)
     }
