@@ -100,15 +100,27 @@ fn word(b: u32, i: u32) -> u32 {
     }
 }
 
-// Four elements of quantized K (b = 1) or V (b = 2) at element e (a multiple of 4): their data
-// word and their block's scale word (or fp8's tensor scale), dequantized.
-fn kv_load4(b: u32, e: u32) -> vec4<f32> {
-    let w = word(b, kv_word(KV_FMT, e));
+// The scale of element e of quantized K (b = 1) or V (b = 2): its block's f16 scale, or fp8's
+// tensor scale.
+fn kv_scale(b: u32, e: u32) -> f32 {
     if KV_FMT == KV_FP8 {
-        return kv_dequant4(KV_FMT, w, e, select(p.k_scale, p.v_scale, b == 2u));
+        return select(p.k_scale, p.v_scale, b == 2u);
     }
     let i = select(p.k_sc, p.v_sc, b == 2u) + kv_scale_index(e, 4u * HD4);
-    return kv_dequant4(KV_FMT, w, e, kv_f16(word(b, i >> 1u), i));
+    return kv_f16(word(b, i >> 1u), i);
+}
+
+// Four elements of quantized K or V at element e (a multiple of 4): their data word and their
+// scale, dequantized.
+fn kv_load4(b: u32, e: u32) -> vec4<f32> {
+    return kv_dequant4(KV_FMT, word(b, kv_word(KV_FMT, e)), e, kv_scale(b, e));
+}
+
+// Eight elements at element e (a multiple of 8, so one block and one scale load).
+fn kv_load8(b: u32, e: u32) -> Item {
+    let d = kv_scale(b, e);
+    let lo = kv_dequant4(KV_FMT, word(b, kv_word(KV_FMT, e)), e, d);
+    return Item(lo, kv_dequant4(KV_FMT, word(b, kv_word(KV_FMT, e + 4u)), e + 4u, d));
 }
 
 // Four elements starting at element e (e is a multiple of 2 for half types, of 4 for quantized

@@ -130,9 +130,9 @@ fn keys_unit(src: u32, i: u32) -> vec4<u32> {
     return v4[i];
 }
 
-// Quantized K/V: 4 values at element e of source src (0 K, 1 V), dequantized.
-fn keys_qload4(src: u32, e: u32) -> vec4<f32> {
-    return kv_load4(src + 1u, e);
+// Quantized K/V: 8 values at element e of source src (0 K, 1 V), dequantized.
+fn keys_qload8(src: u32, e: u32) -> Item {
+    return kv_load8(src + 1u, e);
 }
 
 @compute @workgroup_size(WG)

@@ -47,10 +47,11 @@ fn keys_units() -> u32 {
 }
 
 // Unit i of a source as values: a 16-byte unit unpacked or, for quantized K/V, the 8 values at
-// element 8i dequantized through `keys_qload4(src, e)` (the including kernel's 4-value read).
+// element 8i dequantized by `keys_qload8(src, e)` (the including kernel's read: two data words
+// and one scale).
 fn keys_item(src: u32, i: u32) -> Item {
     if KV_FMT >= KV_Q8_0 {
-        return Item(keys_qload4(src, 8u * i), keys_qload4(src, 8u * i + 4u));
+        return keys_qload8(src, 8u * i);
     }
     return keys_unpack(keys_unit(src, i));
 }
