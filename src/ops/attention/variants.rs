@@ -588,28 +588,38 @@ fn points(
 }
 
 /// The variants the portability tests compile: every point of [`KINDS`] at every head_dim class
-/// ([`HEAD_DIMS`]), storage format, K/V format ([`kv_formats`]) and tile size
-/// ([`WORKGROUP_STORAGE`]); and every other head_dim (4 ..= 256 in steps of 4) at
-/// [`RUN_TIME_PATH`] with each K/V format that holds it, where `head_dim` only changes loop
+/// ([`HEAD_DIMS`]), storage format and tile size ([`WORKGROUP_STORAGE`]) with the float K/V; the
+/// quantized K/V formats ([`kv_formats`]) at every head_dim class that holds them, storage
+/// format and kind, at the larger tile size and each kind's first row count (their code differs
+/// from the float format's only in the K/V reads, which neither changes); and every other
+/// head_dim (4 ..= 256 in steps of 4) at [`RUN_TIME_PATH`], where `head_dim` only changes loop
 /// trip counts.
 pub fn declared_variants() -> Vec<Variant> {
     let mut out = Vec::new();
+    let quantized_tile = tile_v4_for(WORKGROUP_STORAGE[WORKGROUP_STORAGE.len() - 1]);
     for axes in &KINDS {
         for hd in HEAD_DIMS {
             for dtype in DType::ALL {
-                for kv in kv_formats(dtype) {
-                    for limit in WORKGROUP_STORAGE {
-                        out.extend(points(axes, hd / 4, (dtype, kv), tile_v4_for(limit), true));
-                    }
+                let [float, quantized @ ..] = kv_formats(dtype);
+                for limit in WORKGROUP_STORAGE {
+                    out.extend(points(
+                        axes,
+                        hd / 4,
+                        (dtype, float),
+                        tile_v4_for(limit),
+                        true,
+                    ));
+                }
+                for kv in quantized {
+                    out.extend(points(axes, hd / 4, (dtype, kv), quantized_tile, false));
                 }
             }
         }
         let (dtype, limit) = RUN_TIME_PATH;
+        let kv = KvFormat::from_dtype(dtype);
         for hd4 in 1..=MAX_HEAD_DIM as u32 / 4 {
             if !HEAD_DIMS.contains(&(hd4 * 4)) {
-                for kv in kv_formats(dtype) {
-                    out.extend(points(axes, hd4, (dtype, kv), tile_v4_for(limit), false));
-                }
+                out.extend(points(axes, hd4, (dtype, kv), tile_v4_for(limit), false));
             }
         }
     }

@@ -69,14 +69,11 @@ pub const ATTENTION_PAGED_SUBGROUP: &Shader = &Shader {
 
 /// Every pipeline key of `attn_paged_sg`: every dtype at the head_dims of real models, for the
 /// smallest subgroups of lavapipe and Intel (8) and of NVIDIA and AMD RDNA (32), every row count
-/// the planner can pick, for every K/V format that holds the head.
+/// the planner can pick, with the float K/V, and at head_dim 128 the quantized ones ([`formats`]).
 pub fn sg_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    for f in formats() {
-        for hd in [64u32, 80, 96, 128, 256] {
-            if f.1.check_head_dim(OP_PAGED, hd as usize).is_err() {
-                continue;
-            }
+    for hd in [64u32, 80, 96, 128, 256] {
+        for f in formats(hd) {
             for sg_min in [8, 32] {
                 for rs in [1, 2, 4, 8] {
                     if rs <= attention::sg_rows_max(hd / 4, sg_min) {
@@ -116,15 +113,16 @@ pub fn attention_keys(f: Formats, tile_v4: u32, hd4: u32, pools: u32) -> [Pipeli
     ]
 }
 
-/// Every (q dtype, K/V format) pair: each dtype with its float format and the quantized ones.
-fn formats() -> Vec<Formats> {
+/// The (q dtype, K/V format) pairs declared at a head_dim: each dtype with its float format, and
+/// at Llama's head_dim 128 with the quantized ones too (their code differs from the float
+/// pools' only in the reads, which head_dim does not change).
+fn formats(hd: u32) -> Vec<Formats> {
     DType::ALL
         .iter()
         .flat_map(|&d| attention::variants::kv_formats(d).map(|kv| (d, kv)))
+        .filter(|f| hd == 128 || !f.1.is_quantized())
         .collect()
 }
-
-const OP_PAGED: &str = "paged_attention";
 
 /// The pipeline key of the DecodeKeys pass over pages with `kr` rows per workgroup, over a pool
 /// of `pools` buffers (the tile size does not shape its code; it keeps the smallest).
@@ -142,14 +140,12 @@ pub fn keys_attention_key(f: Formats, hd4: u32, kr: u32, pools: u32) -> Pipeline
 
 /// Every pipeline key of `shaders/attention_paged.wgsl` (for the portability tests): every dtype
 /// and tile size at the head_dims of real models, and the DecodeKeys pass at each row count,
-/// over a pool in one buffer; and every pool buffer count at Llama's head_dim.
+/// over a pool in one buffer (the quantized K/V formats at head_dim 128, [`formats`]); and every
+/// pool buffer count at Llama's head_dim.
 pub fn attention_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    for f in formats() {
-        for hd in [64u32, 80, 96, 128, 256] {
-            if f.1.check_head_dim(OP_PAGED, hd as usize).is_err() {
-                continue;
-            }
+    for hd in [64u32, 80, 96, 128, 256] {
+        for f in formats(hd) {
             for limit in [16384, 32768] {
                 keys.extend(attention_keys(f, attention::tile_v4_for(limit), hd / 4, 1));
             }
