@@ -69,7 +69,7 @@ pub const ATTENTION_PAGED_SUBGROUP: &Shader = &Shader {
 
 /// Every pipeline key of `attn_paged_sg`: every dtype at the head_dims of real models, for the
 /// smallest subgroups of lavapipe and Intel (8) and of NVIDIA and AMD RDNA (32), every row count
-/// the planner can pick, with the float K/V, and at head_dim 128 the quantized ones ([`formats`]).
+/// the planner can pick, with the float K/V, and at head_dim 128 the quantized ones (`formats`).
 pub fn sg_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for hd in [64u32, 80, 96, 128, 256] {
@@ -140,7 +140,7 @@ pub fn keys_attention_key(f: Formats, hd4: u32, kr: u32, pools: u32) -> Pipeline
 
 /// Every pipeline key of `shaders/attention_paged.wgsl` (for the portability tests): every dtype
 /// and tile size at the head_dims of real models, and the DecodeKeys pass at each row count,
-/// over a pool in one buffer (the quantized K/V formats at head_dim 128, [`formats`]); and every
+/// over a pool in one buffer (the quantized K/V formats at head_dim 128, `formats`); and every
 /// pool buffer count at Llama's head_dim.
 pub fn attention_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
