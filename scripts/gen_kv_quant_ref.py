@@ -28,7 +28,7 @@ def values() -> np.ndarray:
     rng = np.random.default_rng(21)
     blocks = []
     # Random rows over many magnitudes (model activations after RoPE and projections).
-    for i in range(40):
+    for i in range(38):
         blocks.append(rng.standard_normal(32) * 10.0 ** rng.uniform(-4, 3))
     # All zero: d = 0, id = 0.
     blocks.append(np.zeros(32))
@@ -44,6 +44,10 @@ def values() -> np.ndarray:
     # Halves on a grid: q8_0's roundf ties away from zero.
     blocks.append((np.arange(32) - 16) * 0.5 + 0.25)
     blocks.append(np.linspace(-127, 127, 32) / 127 * 63.5)
+    # q4_0 blocks whose x * id + 8.5 sits next to an integer: a fused multiply-add (one
+    # rounding) truncates some of them one step lower than the reference's two roundings.
+    for m in (-3.0, -6.0):
+        blocks.append(np.array([m] + [(k % 16 - 7.5) * (m / -8.0) for k in range(31)]))
     # Tiny values (f16 subnormal scales; fp8 subnormals).
     blocks.append(rng.standard_normal(32) * 1e-6)
     # Large values: fp8 saturates past 448 at scale 1.

@@ -44,8 +44,9 @@ fn dump() -> Dump {
 }
 
 /// q8_0 and q4_0 blocks bit for bit as llama.cpp's Python quantizers make them, fp8 codes as
-/// the e4m3 cast makes them. q4_0 rounds as the reference without a fused multiply-add; the
-/// values where a fused one would differ are counted (and are not among the dump's blocks).
+/// the e4m3 cast makes them. q4_0 rounds as the reference without a fused multiply-add; the dump
+/// holds two blocks built so that a fused one would truncate some values a step lower, and
+/// those values are counted (the CPU quantizer matches the reference on them too).
 #[test]
 fn cpu_quantizers_match_the_reference_dump() {
     let d = dump();
@@ -64,6 +65,7 @@ fn cpu_quantizers_match_the_reference_dump() {
         fused_ties += quant::q4_0_fused_differs(block).len();
     }
     eprintln!("q4_0: {fused_ties} values where a fused multiply-add would round differently");
+    assert!(fused_ties > 0, "the dump must hold FMA-dependent q4_0 values");
     for (scale, codes) in &d.fp8 {
         for (i, (&x, &c)) in d.x.iter().zip(codes).enumerate() {
             assert_eq!(
