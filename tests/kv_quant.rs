@@ -65,7 +65,10 @@ fn cpu_quantizers_match_the_reference_dump() {
         fused_ties += quant::q4_0_fused_differs(block).len();
     }
     eprintln!("q4_0: {fused_ties} values where a fused multiply-add would round differently");
-    assert!(fused_ties > 0, "the dump must hold FMA-dependent q4_0 values");
+    assert!(
+        fused_ties > 0,
+        "the dump must hold FMA-dependent q4_0 values"
+    );
     for (scale, codes) in &d.fp8 {
         for (i, (&x, &c)) in d.x.iter().zip(codes).enumerate() {
             assert_eq!(
