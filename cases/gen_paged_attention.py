@@ -11,6 +11,9 @@ call the crate. Inputs are rounded to their storage dtype first; expected output
 results stored as F32. Reuses the safetensors writer of gen_rms_norm.py.
 
     pip install numpy && python3 cases/gen_paged_attention.py
+
+A case with `kv_format` (a quantized KV cache) also needs `pip install gguf ml_dtypes`: its
+expected output attends over the pages as gen_attention_quant.py dequantizes them.
 """
 import os
 
@@ -61,7 +64,7 @@ def seq_attention(q, k, v, causal=True, scale=None, window=0, window_left=-1, wi
 
 def case(name, dtype, page_size, n_heads, n_kv_heads, head_dim, seqs, spare_pages, seed,
          layout="nhd", share=None, with_sinks=False, bt_fill=(-1,), int_dtypes=("I32", "I32", "I32"),
-         **opts):
+         kv_format=None, k_scale=None, v_scale=None, **opts):
     """seqs: list of (q_len, kv_len). share = (parent, child, n_pages): the child's first n_pages
     block-table entries are the parent's (a shared prompt prefix). spare_pages: pool pages no
     sequence owns (noise, so a wrong page shows). bt_fill: values cycled into the block-table
@@ -104,13 +107,19 @@ def case(name, dtype, page_size, n_heads, n_kv_heads, head_dim, seqs, spare_page
     if with_sinks:
         sinks, sb = store(rng.standard_normal(n_heads) * 2, "F32")
 
+    # A quantized cache: attention over what the pages hold.
+    k_held, v_held = k_pages, v_pages
+    if kv_format is not None:
+        from gen_attention_quant import dequantized
+        k_held = dequantized(k_pages, kv_format, k_scale or 1.0)
+        v_held = dequantized(v_pages, kv_format, v_scale or 1.0)
     out = np.zeros((total_q, n_heads, head_dim))
     for i, (ql, kv) in enumerate(seqs):
         if ql == 0:
             continue
         t = bt[i, :(kv + page_size - 1) // page_size]
-        k = k_pages[t].reshape(-1, n_kv_heads, head_dim)[:kv]  # gather in token order
-        v = v_pages[t].reshape(-1, n_kv_heads, head_dim)[:kv]
+        k = k_held[t].reshape(-1, n_kv_heads, head_dim)[:kv]  # gather in token order
+        v = v_held[t].reshape(-1, n_kv_heads, head_dim)[:kv]
         out[cu[i]:cu[i + 1]] = seq_attention(q[cu[i]:cu[i + 1]], k, v, sinks=sinks, **opts)
 
     def ints(a, d):
@@ -126,10 +135,15 @@ def case(name, dtype, page_size, n_heads, n_kv_heads, head_dim, seqs, spare_page
     ]
     if with_sinks:
         tensors.append(("sinks", "F32", (n_heads,), sb))
+    for key, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if s is not None:
+            tensors.append((key, "F32", (), np.float32(s).tobytes()))
     tensors.append(("expected.out", "F32", out.shape, out.astype(np.float32).tobytes()))
     meta = {"op": "paged_attention"}
     if layout != "nhd":
         meta["layout"] = layout
+    if kv_format is not None:
+        meta["kv_format"] = kv_format
     for key, val in opts.items():
         meta[key] = ("true" if val else "false") if isinstance(val, bool) else repr(val)
     write_safetensors(os.path.join(HERE, name), tensors, meta)
@@ -164,3 +178,9 @@ if __name__ == "__main__":
     case("paged_attention_bidir_window_f32.safetensors", "F32", 128, 2, 1, 64,
          [(6, 130), (9, 9), (1, 127)],
          spare_pages=1, seed=14, causal=False, window_left=5, window_right=3)
+    # An fp8 e4m3 paged cache with vLLM-style per-tensor scales (each page's V rows take
+    # v_scale): a decode and a 9-token chunked prefill over shuffled pages, 2 query heads per KV
+    # head, head_dim 32 (the library tests' paged fp8 pipelines).
+    case("paged_attention_fp8_f32.safetensors", "F32", P, 4, 2, 32,
+         [(1, 40), (9, 30)],
+         spare_pages=2, seed=15, kv_format="fp8_e4m3", k_scale=0.004, v_scale=0.02)

@@ -133,6 +133,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             capacity: total,
             head_dim: HEAD_DIM,
             dtype,
+            kv_format: None,
         },
     )?;
     let attention = Attention::default();

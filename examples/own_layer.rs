@@ -344,6 +344,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             capacity: CAPACITY,
             head_dim: HEAD_DIM,
             dtype: f32_,
+            kv_format: None,
         },
     )?;
     let attn_norm_t = Tensor::new(&attn_norm, 0, &[HIDDEN], f32_);

@@ -158,6 +158,7 @@ fn run(args: &Args) -> Result<bool, llama_kernels::Error> {
             head_dim: HEAD_DIM,
             dtype,
             layout: args.layout,
+            kv_format: None,
         },
     )?;
     // A long-lived sequence (never attended here) holds all but 3 pages of the first buffer.

@@ -7,6 +7,9 @@
 // by 1, by WG or by the plan's key lanes (p.lanes >= 1) to HD4 or to a tile's key count.
 
 override DTYPE: u32 = 0u;
+// Storage format of K and V (KvFormat::shader_code): DTYPE's code for the float formats, or
+// KV_Q8_0 / KV_Q4_0 / KV_FP8 (kv_quant.wgsl), read in place and dequantized in registers.
+override KV_FMT: u32 = 0u;
 override WG: u32 = 64u;
 override TILE_V4: u32 = 512u;
 // head_dim / 4, a compile-time constant so that the loops over a head have a fixed trip count
@@ -59,6 +62,12 @@ struct Params {
     attn_chunk: u32,
     // ALiBi: the largest power of two <= n_heads (0 = off); see `alibi_slope`.
     alibi: u32,
+    // Quantized K/V (KV_FMT >= KV_Q8_0; the whole cache buffers are bound): the f16 number of
+    // the first scale of the K and V scale planes, and fp8's per-tensor scales.
+    k_sc: u32,
+    v_sc: u32,
+    k_scale: f32,
+    v_scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -92,8 +101,35 @@ fn word(b: u32, i: u32) -> u32 {
     }
 }
 
-// Four elements starting at element e (e is a multiple of 2 for half types).
+// The scale of element e of quantized K (b = 1) or V (b = 2): its block's f16 scale, or fp8's
+// tensor scale.
+fn kv_scale(b: u32, e: u32) -> f32 {
+    if KV_FMT == KV_FP8 {
+        return select(p.k_scale, p.v_scale, b == 2u);
+    }
+    let i = select(p.k_sc, p.v_sc, b == 2u) + kv_scale_index(e, 4u * HD4);
+    return kv_f16(word(b, i >> 1u), i);
+}
+
+// Four elements of quantized K or V at element e (a multiple of 4): their data word and their
+// scale, dequantized.
+fn kv_load4(b: u32, e: u32) -> vec4<f32> {
+    return kv_dequant4(KV_FMT, word(b, kv_word(KV_FMT, e)), e, kv_scale(b, e));
+}
+
+// Eight elements at element e (a multiple of 8, so one block and one scale load).
+fn kv_load8(b: u32, e: u32) -> Item {
+    let d = kv_scale(b, e);
+    let lo = kv_dequant4(KV_FMT, word(b, kv_word(KV_FMT, e)), e, d);
+    return Item(lo, kv_dequant4(KV_FMT, word(b, kv_word(KV_FMT, e + 4u)), e + 4u, d));
+}
+
+// Four elements starting at element e (e is a multiple of 2 for half types, of 4 for quantized
+// K/V).
 fn load4(b: u32, e: u32) -> vec4<f32> {
+    if KV_FMT >= KV_Q8_0 && b != 0u {
+        return kv_load4(b, e);
+    }
     if DTYPE == DT_F32 {
         return vec4<f32>(
             bitcast<f32>(word(b, e)),

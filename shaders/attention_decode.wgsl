@@ -146,7 +146,7 @@ fn attn_decode_merge_rows(
 // (K source, K unit, V source, V unit): where the 16-byte units of key j's K and V rows start;
 // h = (K element base, V element base) of the head. Source 0 is k4, 1 is v4.
 fn keys_rows(h: vec2<u32>, j: u32) -> vec4<u32> {
-    let epi = elems_per_item(DTYPE);
+    let epi = select(elems_per_item(DTYPE), 8u, KV_FMT >= KV_Q8_0);
     return vec4<u32>(0u, (h.x + j * p.k_st) / epi, 1u, (h.y + j * p.v_st) / epi);
 }
 
@@ -155,6 +155,11 @@ fn keys_unit(src: u32, i: u32) -> vec4<u32> {
         return k4[i];
     }
     return v4[i];
+}
+
+// Quantized K/V: 8 values at element e of source src (0 K, 1 V), dequantized.
+fn keys_qload8(src: u32, e: u32) -> Item {
+    return kv_load8(src + 1u, e);
 }
 
 @compute @workgroup_size(WG)

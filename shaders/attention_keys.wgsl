@@ -36,9 +36,24 @@
 // 2 * WG (a constant > 0) to the end of the split.
 override KR: u32 = 1u;
 
-// 16-byte units per head row: HD4 for f32, HD4 / 2 for halves (head_dim % 8 == 0).
+// Whether a unit holds 8 values (halves, and quantized K/V read 8 values at a time).
+fn keys_two() -> bool {
+    return DTYPE != DT_F32 || KV_FMT >= KV_Q8_0;
+}
+
+// Units per head row: HD4 for f32, HD4 / 2 for halves and quantized K/V (head_dim % 8 == 0).
 fn keys_units() -> u32 {
-    return select(HD4 / 2u, HD4, DTYPE == DT_F32);
+    return select(HD4, HD4 / 2u, keys_two());
+}
+
+// Unit i of a source as values: a 16-byte unit unpacked or, for quantized K/V, the 8 values at
+// element 8i dequantized by `keys_qload8(src, e)` (the including kernel's read: two data words
+// and one scale).
+fn keys_item(src: u32, i: u32) -> Item {
+    if KV_FMT >= KV_Q8_0 {
+        return keys_qload8(src, 8u * i);
+    }
+    return keys_unpack(keys_unit(src, i));
 }
 
 // One 16-byte unit as 4 (f32) or 8 (halves) values; bf16 takes one shift or one mask per value.
@@ -63,7 +78,7 @@ fn keys_dot_rows(
     d: u32,
     x: Item,
 ) {
-    let two = DTYPE != DT_F32;
+    let two = keys_two();
     (*s)[base] += (*q0)[d] * x.lo;
     if two {
         (*s)[base] += (*q0)[d + 1u] * x.hi;
@@ -98,16 +113,16 @@ fn keys_dot_unit(
     k1: vec2<u32>,
 ) {
     if u < keys_units() {
-        let d = u * select(2u, 1u, DTYPE == DT_F32);
-        keys_dot_rows(q0, q1, q2, q3, s, 0u, d, keys_unpack(keys_unit(k0.x, k0.y + u)));
-        keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_unpack(keys_unit(k1.x, k1.y + u)));
+        let d = u * select(1u, 2u, keys_two());
+        keys_dot_rows(q0, q1, q2, q3, s, 0u, d, keys_item(k0.x, k0.y + u));
+        keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_item(k1.x, k1.y + u));
     }
 }
 
 // acc[d ..] = acc * al + p0 * y0 + p1 * y1 for one row (the step's two keys).
 fn keys_pv_row(a: ptr<function, array<vec4<f32>, MAX_HD4>>, d: u32, al: f32, p0: f32, p1: f32, y0: Item, y1: Item) {
     (*a)[d] = (*a)[d] * al + p0 * y0.lo + p1 * y1.lo;
-    if DTYPE != DT_F32 {
+    if keys_two() {
         (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi + p1 * y1.hi;
     }
 }
@@ -126,9 +141,9 @@ fn keys_pv_unit(
     p1: vec4<f32>,
 ) {
     if u < keys_units() {
-        let d = u * select(2u, 1u, DTYPE == DT_F32);
-        let y0 = keys_unpack(keys_unit(v0.x, v0.y + u));
-        let y1 = keys_unpack(keys_unit(v1.x, v1.y + u));
+        let d = u * select(1u, 2u, keys_two());
+        let y0 = keys_item(v0.x, v0.y + u);
+        let y1 = keys_item(v1.x, v1.y + u);
         keys_pv_row(a0, d, al.x, p0.x, p1.x, y0, y1);
         if KR > 1u {
             keys_pv_row(a1, d, al.y, p0.y, p1.y, y0, y1);

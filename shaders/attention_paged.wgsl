@@ -111,8 +111,45 @@ fn pool_word4(buf: u32, i: u32) -> vec4<u32> {
     return pool2[i];
 }
 
+// Quantized pages (KV_FMT >= KV_Q8_0): element e of a pool buffer is value e % page_elems (p.k_sb)
+// of its page e / page_elems, and each page is a quantized buffer of p.k_sc words whose scale
+// plane starts at f16 number p.v_sc of the page (src/kv_format.rs, PagedKvCache::with_format).
+// V's rows start at p.k_off in a page, so fp8 picks V's scale from there on.
+fn pool_word(buf: u32, i: u32) -> u32 {
+    return pool_word4(buf, i >> 2u)[i & 3u];
+}
+
+// The scale of value le of the page whose first word is base.
+fn pool_qscale(buf: u32, base: u32, le: u32) -> f32 {
+    if KV_FMT == KV_FP8 {
+        return select(p.k_scale, p.v_scale, le >= p.k_off);
+    }
+    let i = 2u * base + p.v_sc + kv_scale_index(le, 4u * HD4);
+    return kv_f16(pool_word(buf, i >> 1u), i);
+}
+
+fn pool_qload4(buf: u32, e: u32) -> vec4<f32> {
+    let le = e % p.k_sb;
+    let base = (e / p.k_sb) * p.k_sc;
+    let w = pool_word(buf, base + kv_word(KV_FMT, le));
+    return kv_dequant4(KV_FMT, w, le, pool_qscale(buf, base, le));
+}
+
+// Eight values at element e (a multiple of 8: one block, one scale load).
+fn pool_qload8(buf: u32, e: u32) -> Item {
+    let le = e % p.k_sb;
+    let base = (e / p.k_sb) * p.k_sc;
+    let d = pool_qscale(buf, base, le);
+    let lo = kv_dequant4(KV_FMT, pool_word(buf, base + kv_word(KV_FMT, le)), le, d);
+    let w1 = pool_word(buf, base + kv_word(KV_FMT, le + 4u));
+    return Item(lo, kv_dequant4(KV_FMT, w1, le + 4u, d));
+}
+
 // Four elements at element e (a multiple of 4) of pool buffer buf.
 fn pool_load4(buf: u32, e: u32) -> vec4<f32> {
+    if KV_FMT >= KV_Q8_0 {
+        return pool_qload4(buf, e);
+    }
     if DTYPE == DT_F32 {
         return bitcast<vec4<f32>>(pool_word4(buf, e >> 2u));
     }
@@ -297,12 +334,17 @@ fn attn_paged_merge_rows(
 // live in the same page, so in the same pool buffer (the source).
 fn keys_rows(h: vec2<u32>, j: u32) -> vec4<u32> {
     let a = key_addr(h.x, j, h.y);
-    let epi = elems_per_item(DTYPE);
+    let epi = select(elems_per_item(DTYPE), 8u, KV_FMT >= KV_Q8_0);
     return vec4<u32>(a.x, a.y / epi, a.x, (a.y + p.k_off) / epi);
 }
 
 fn keys_unit(src: u32, i: u32) -> vec4<u32> {
     return pool_word4(src, i);
+}
+
+// Quantized pages: 8 values at element e of pool buffer src, dequantized.
+fn keys_qload8(src: u32, e: u32) -> Item {
+    return pool_qload8(src, e);
 }
 
 // Query row r (clamped to the sequence's last row) of kv head kvh, pre-multiplied by the scale.

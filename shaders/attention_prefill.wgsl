@@ -366,6 +366,9 @@ var<workgroup> pk_p: array<vec4<f32>, 256>;
 
 // 4 elements at element e (a multiple of 4) of K or V, through the 16-byte views.
 fn pk_k(e: u32) -> vec4<f32> {
+    if KV_FMT >= KV_Q8_0 {
+        return kv_load4(1u, e);
+    }
     if DTYPE == DT_F32 {
         return bitcast<vec4<f32>>(k4[e >> 2u]);
     }
@@ -374,6 +377,9 @@ fn pk_k(e: u32) -> vec4<f32> {
 }
 
 fn pk_v(e: u32) -> vec4<f32> {
+    if KV_FMT >= KV_Q8_0 {
+        return kv_load4(2u, e);
+    }
     if DTYPE == DT_F32 {
         return bitcast<vec4<f32>>(v4[e >> 2u]);
     }

@@ -3,10 +3,17 @@
 // positions pos .. pos + n_new. One invocation per (batch, token, kv head, 4 elements) writes
 // both K and V, so the whole batch is one dispatch.
 //
+// `kv_append_q` writes a quantized cache (q8_0, q4_0, fp8 e4m3; layout in src/kv_format.rs),
+// quantizing in the same pass: one invocation per (batch, token, kv head, pair of blocks) for the
+// block formats (it also writes the pair's scale word), per 4 values for fp8.
+//
 // Override constants (set by `ops::kv_cache`):
 //   SRC_DTYPE  storage dtype of the new rows (0 f32, 1 f16, 2 bf16)
-//   DST_DTYPE  storage dtype of the cache
+//   DST_DTYPE  storage format of the cache (KvFormat::shader_code: a dtype, or 3 q8_0, 4 q4_0,
+//              5 fp8 e4m3 for kv_append_q)
 //   WG         workgroup size
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): quant_store's
+// loops count up by 1 to the 2 blocks of a pair and a block's 4 or 8 words.
 
 override SRC_DTYPE: u32 = 0u;
 override DST_DTYPE: u32 = 0u;
@@ -28,8 +35,13 @@ struct Params {
     v_sb: u32,
     v_st: u32,
     v_sh: u32,
+    // Quantized caches: word index of the scale plane, fp8's per-tensor scales of K and V.
+    scale_plane: u32,
+    k_scale: f32,
+    v_scale: f32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -80,4 +92,55 @@ fn kv_append(
         store4(false, dst, load4(false, p.k_off + b * p.k_sb + t * p.k_st + h * p.k_sh + d));
     }
     store4(true, dst, load4(true, p.v_off + b * p.v_sb + t * p.v_st + h * p.v_sh + d));
+}
+
+// Element offset of the new row (token t, kv head h, sequence b) in the K or V source.
+fn src_row(is_v: bool, b: u32, t: u32, h: u32) -> u32 {
+    if is_v {
+        return p.v_off + b * p.v_sb + t * p.v_st + h * p.v_sh;
+    }
+    return p.k_off + b * p.k_sb + t * p.k_st + h * p.k_sh;
+}
+
+// Unit u (quant_unit) of a row of the K or V cache quantized from the source row at src.
+fn quant_store(is_v: bool, row: u32, src: u32, u: u32) {
+    let q = quant_unit(DST_DTYPE, is_v, src, u, p.head_dim, select(p.k_scale, p.v_scale, is_v));
+    if DST_DTYPE == KV_FP8 {
+        put(is_v, (row * p.head_dim) / 4u + u, q.words[0]);
+        return;
+    }
+    for (var k = 0u; k < 2u; k++) {
+        let blk = 2u * u + k;
+        if blk < p.head_dim / 32u {
+            let w0 = kv_word(DST_DTYPE, row * p.head_dim + 32u * blk);
+            for (var i = 0u; i < block_words(DST_DTYPE); i++) {
+                put(is_v, w0 + i, q.words[8u * k + i]);
+            }
+        }
+    }
+    put(is_v, p.scale_plane + row * (kv_scales_per_row(p.head_dim) / 2u) + u, q.scales);
+}
+
+@compute @workgroup_size(WG)
+fn kv_append_q(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let units = quant_units(DST_DTYPE, p.head_dim);
+    let idx = linear_workgroup(wid, nwg) * WG + lid;
+    if idx >= p.batch * p.n_new * p.n_kv_heads * units {
+        return;
+    }
+    let u = idx % units;
+    var rest = idx / units;
+    let h = rest % p.n_kv_heads;
+    rest /= p.n_kv_heads;
+    let t = rest % p.n_new;
+    let b = rest / p.n_new;
+    let row = (b * p.n_kv_heads + h) * p.capacity + p.pos + t;
+    if WRITE_K {
+        quant_store(false, row, src_row(false, b, t, h), u);
+    }
+    quant_store(true, row, src_row(true, b, t, h), u);
 }

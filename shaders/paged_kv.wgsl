@@ -11,6 +11,13 @@
 //   DST_DTYPE  storage dtype of the cache
 //   WG         workgroup size
 //   WRITE_K    false when RoPE writes the rotated K rows into the pages itself
+//
+// `paged_write_q` writes quantized pages (q8_0, q4_0, fp8; DST_DTYPE is the KvFormat code): each
+// page is laid out as a quantized buffer of its 2 x page_size x n_kv_heads rows (src/kv_format.rs:
+// data, then the rows' scales), `page_words` words apart; one invocation per (token, kv head,
+// unit of `quant_unit`) quantizes K and V in the pass that writes them.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): paged_write_q's
+// loops count up by 1 to the 2 blocks of a pair and a block's 4 or 8 words.
 
 override SRC_DTYPE: u32 = 0u;
 override DST_DTYPE: u32 = 0u;
@@ -32,15 +39,21 @@ struct Params {
     head_stride: u32,
     // word offset of the slot of token 0 in `slots`
     slot_off: u32,
-    _pad0: u32,
+    // Quantized pages: words per page, and the word offset of the scale plane in a page.
+    page_words: u32,
     k_off: u32,
     k_st: u32,
     k_sh: u32,
-    _pad1: u32,
+    scale_word: u32,
     v_off: u32,
     v_st: u32,
     v_sh: u32,
     _pad2: u32,
+    // fp8: the per-tensor scales of K and V.
+    k_scale: f32,
+    v_scale: f32,
+    _pad3: u32,
+    _pad4: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -87,4 +100,54 @@ fn paged_write(
         store4(dst, load4(false, p.k_off + t * p.k_st + h * p.k_sh + d));
     }
     store4(dst + p.v_in_page, load4(true, p.v_off + t * p.v_st + h * p.v_sh + d));
+}
+
+// Unit u of the K (or V) row at element `row_e` of its page (page `page` of this buffer),
+// quantized from the source row at src.
+fn quant_store(is_v: bool, page: u32, row_e: u32, src: u32, u: u32) {
+    let q = quant_unit(DST_DTYPE, is_v, src, u, p.head_dim, select(p.k_scale, p.v_scale, is_v));
+    let base = page * p.page_words;
+    if DST_DTYPE == KV_FP8 {
+        pool[base + row_e / 4u + u] = q.words[0];
+        return;
+    }
+    for (var k = 0u; k < 2u; k++) {
+        let blk = 2u * u + k;
+        if blk < p.head_dim / 32u {
+            let w0 = base + kv_word(DST_DTYPE, row_e + 32u * blk);
+            for (var i = 0u; i < block_words(DST_DTYPE); i++) {
+                pool[w0 + i] = q.words[8u * k + i];
+            }
+        }
+    }
+    let row = row_e / p.head_dim;
+    pool[base + p.scale_word + row * (kv_scales_per_row(p.head_dim) / 2u) + u] = q.scales;
+}
+
+@compute @workgroup_size(WG)
+fn paged_write_q(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let units = quant_units(DST_DTYPE, p.head_dim);
+    let idx = linear_workgroup(wid, nwg) * WG + lid;
+    if idx >= p.n_tokens * p.n_kv_heads * units {
+        return;
+    }
+    let u = idx % units;
+    let rest = idx / units;
+    let h = rest % p.n_kv_heads;
+    let t = rest / p.n_kv_heads;
+    let slot = slots[p.slot_off + t];
+    let page = slot / p.page_size;
+    if page / p.pages_per_buffer != p.buffer {
+        return;
+    }
+    let local = page % p.pages_per_buffer;
+    let row_e = (slot % p.page_size) * p.tok_stride + h * p.head_stride;
+    if WRITE_K {
+        quant_store(false, local, row_e, p.k_off + t * p.k_st + h * p.k_sh, u);
+    }
+    quant_store(true, local, row_e + p.v_in_page, p.v_off + t * p.v_st + h * p.v_sh, u);
 }

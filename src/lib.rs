@@ -60,6 +60,7 @@ pub mod cases;
 pub mod compare;
 pub mod context;
 pub mod error;
+pub mod kv_format;
 pub mod ops;
 pub mod pipeline;
 pub mod reference;
@@ -67,6 +68,7 @@ pub mod tensor;
 
 pub use context::{Caps, Context};
 pub use error::{Error, Result};
+pub use kv_format::KvFormat;
 pub use ops::attention::Attention;
 pub use ops::kv_cache::{Appended, KvCache, KvCacheConfig};
 pub use ops::paged::{PageLayout, PageTable, PagedBatch, PagedKvCache, PagedKvConfig};

@@ -17,6 +17,8 @@ use crate::tensor::Tensor;
 /// Helpers shared by every shader: packed f16/bf16 decode and encode, grid linearisation.
 pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 
+/// The quantized KV formats' encode and decode (cache writers and attention modules).
+pub const KV_QUANT_WGSL: &str = include_str!("../shaders/kv_quant.wgsl");
 /// Shared by the two KV cache writers: the new rows' bindings and reads.
 pub const KV_SOURCE_WGSL: &str = include_str!("../shaders/kv_source.wgsl");
 /// Shared by the two attention shaders: overrides, params, input bindings, load/mask helpers.
@@ -75,6 +77,7 @@ impl Shader {
         name: "kv_cache.wgsl",
         parts: &[
             COMMON_WGSL,
+            KV_QUANT_WGSL,
             KV_SOURCE_WGSL,
             include_str!("../shaders/kv_cache.wgsl"),
         ],
@@ -85,6 +88,7 @@ impl Shader {
         name: "attention_paged.wgsl",
         parts: &[
             COMMON_WGSL,
+            KV_QUANT_WGSL,
             ATTENTION_COMMON_WGSL,
             ATTENTION_SPLIT_WGSL,
             ATTENTION_KEYS_WGSL,
@@ -97,6 +101,7 @@ impl Shader {
         name: "paged_kv.wgsl",
         parts: &[
             COMMON_WGSL,
+            KV_QUANT_WGSL,
             KV_SOURCE_WGSL,
             include_str!("../shaders/paged_kv.wgsl"),
         ],
@@ -289,6 +294,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("common.wgsl", include_str!("../shaders/common.wgsl")),
     ("copy.wgsl", include_str!("../shaders/copy.wgsl")),
     ("kv_cache.wgsl", include_str!("../shaders/kv_cache.wgsl")),
+    ("kv_quant.wgsl", include_str!("../shaders/kv_quant.wgsl")),
     ("kv_source.wgsl", include_str!("../shaders/kv_source.wgsl")),
     ("matmul.wgsl", include_str!("../shaders/matmul.wgsl")),
     ("paged_kv.wgsl", include_str!("../shaders/paged_kv.wgsl")),

@@ -789,6 +789,7 @@ fn every_variant_compiles() {
                     let v = Variant {
                         kind,
                         dtype,
+                        kv: llama_kernels::KvFormat::from_dtype(dtype),
                         tile_v4: tile_v4_for(limit),
                         hd4: hd as u32 / 4,
                         split_kv,

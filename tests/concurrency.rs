@@ -176,6 +176,7 @@ fn iteration(ctx: &Context, wk: &Work, what: &str) {
             capacity: KV_LEN,
             head_dim: HD,
             dtype: d,
+            kv_format: None,
         },
     )
     .unwrap();

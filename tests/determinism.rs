@@ -102,6 +102,7 @@ fn outputs(ctx: &Context) -> Vec<(String, Vec<u32>)> {
                 capacity: 64,
                 head_dim: 64,
                 dtype,
+                kv_format: None,
             },
         )
         .unwrap();

@@ -78,6 +78,7 @@ fn device_loss_mid_stream_gives_device_lost_then_a_fresh_context_works() {
                         capacity: 16,
                         head_dim: 64,
                         dtype: DType::F32,
+                        kv_format: None,
                     },
                 )
                 .map(|_| ()),
@@ -132,6 +133,7 @@ fn allocations_past_the_adapter_limits_are_errors() {
                 capacity: cap,
                 head_dim: 128,
                 dtype: DType::F32,
+                kv_format: None,
             },
         ) {
             Err(Error::Limit { msg, .. }) => {

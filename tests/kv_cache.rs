@@ -62,6 +62,7 @@ fn kv_cache_append_and_attend() {
                 capacity: cap,
                 head_dim: hd,
                 dtype,
+                kv_format: None,
             },
         )
         .unwrap();
@@ -133,6 +134,7 @@ fn kv_cache_append_and_attend() {
             capacity: 8,
             head_dim: 4,
             dtype: DType::F32,
+            kv_format: None,
         },
     )
     .unwrap();
@@ -186,6 +188,7 @@ fn kv_cache_append_with_rope() {
                 capacity: cap,
                 head_dim: hd,
                 dtype,
+                kv_format: None,
             },
         )
         .unwrap();
@@ -297,6 +300,7 @@ fn every_validation_rule_has_an_error() {
                 capacity: 8,
                 head_dim: 10,
                 dtype: DType::F16,
+                kv_format: None,
             },
         )
         .map(|_| ()),
@@ -313,6 +317,7 @@ fn every_validation_rule_has_an_error() {
                 capacity: 8,
                 head_dim: 16,
                 dtype: DType::F16,
+                kv_format: None,
             },
         )
         .map(|_| ()),
@@ -328,6 +333,7 @@ fn every_validation_rule_has_an_error() {
             capacity: 4,
             head_dim: 16,
             dtype: DType::F16,
+            kv_format: None,
         },
     )
     .unwrap();
@@ -421,6 +427,7 @@ fn cached_attention_blames_q_and_the_cache_length() {
             capacity: 8,
             head_dim: 64,
             dtype: DType::F32,
+            kv_format: None,
         },
     )
     .unwrap();

@@ -232,6 +232,7 @@ fn kv_cache_append_past_one_binding() {
             capacity: cap,
             head_dim: hd,
             dtype: DType::F32,
+            kv_format: None,
         },
     )
     .unwrap();
@@ -340,6 +341,7 @@ fn u32_size_edges_are_refused_not_wrapped() {
                     capacity: c,
                     head_dim: d,
                     dtype: DType::F16,
+                    kv_format: None,
                 },
             )
             .map(|_| ())
@@ -426,6 +428,7 @@ fn kv_cache_append_unit_dims_with_strides_past_u32() {
             capacity: 4,
             head_dim: hd,
             dtype: DType::F32,
+            kv_format: None,
         },
     )
     .unwrap();

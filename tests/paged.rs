@@ -118,6 +118,7 @@ impl World {
                 head_dim: h.head_dim,
                 dtype: self.dtype,
                 layout: self.layout,
+                kv_format: None,
             },
         )
         .expect("cache");
@@ -603,7 +604,7 @@ fn pool_over_several_buffers() {
     assert_eq!(batch.partials(), 2 * 4 * batch.splits()[0] * 8);
     // Four buffers' worth of pages is refused at creation, naming the limit.
     expect_err(
-        PagedKvCache::new(&small, PagedKvConfig { n_pages: 25, page_size: PAGE, n_kv_heads: 2, head_dim: HD, dtype: DType::F32, layout: PageLayout::Nhd }),
+        PagedKvCache::new(&small, PagedKvConfig { n_pages: 25, page_size: PAGE, n_kv_heads: 2, head_dim: HD, dtype: DType::F32, layout: PageLayout::Nhd, kv_format: None }),
         "paged",
         |e| matches!(e, Error::Limit { .. }),
         "25 pages of 16384 bytes need 4 buffers of at most 8 pages (131072 bytes per binding); the attention kernel binds at most 3",
@@ -629,6 +630,7 @@ fn pool_past_128_mib() {
             head_dim: 128,
             dtype: DType::F32,
             layout: PageLayout::Nhd,
+            kv_format: None,
         },
     )
     .unwrap();
@@ -828,7 +830,19 @@ fn keep_path_moves_rows() {
         (DType::F32, PageLayout::Nhd),
         (DType::BF16, PageLayout::Hnd),
     ] {
-        let cache = PagedKvCache::new(&ctx, 6, ps, n_kv, hd, dtype, layout).unwrap();
+        let cache = PagedKvCache::new(
+            &ctx,
+            PagedKvConfig {
+                n_pages: 6,
+                page_size: ps,
+                n_kv_heads: n_kv,
+                head_dim: hd,
+                dtype,
+                layout,
+                kv_format: None,
+            },
+        )
+        .unwrap();
         let per = ps * n_kv * hd;
         let mut rng = Rng::new(77);
         let all: Vec<u32> = (0..6).collect();
@@ -887,13 +901,24 @@ fn keep_path_moves_rows() {
         assert_eq!(t.len(a).unwrap(), 10);
     }
     expect_err(
-        PagedKvCache::new(&ctx, 2, 8, 1, 16, DType::F32, PageLayout::Hnd)
-            .unwrap()
-            .copy_slots(
-                &ctx,
-                &mut ctx.device().create_command_encoder(&Default::default()),
-                &[SlotCopy { src: 0, dst: 16 }],
-            ),
+        PagedKvCache::new(
+            &ctx,
+            PagedKvConfig {
+                n_pages: 2,
+                page_size: 8,
+                n_kv_heads: 1,
+                head_dim: 16,
+                dtype: DType::F32,
+                layout: PageLayout::Hnd,
+                kv_format: None,
+            },
+        )
+        .unwrap()
+        .copy_slots(
+            &ctx,
+            &mut ctx.device().create_command_encoder(&Default::default()),
+            &[SlotCopy { src: 0, dst: 16 }],
+        ),
         "paged",
         |e| matches!(e, Error::Bounds { .. }),
         "slot 16 is outside the pool of 2 pages of 8 tokens",
@@ -1010,6 +1035,7 @@ fn append_rope_fork_and_attend() {
                 head_dim: HD,
                 dtype,
                 layout,
+                kv_format: None,
             },
         )
         .unwrap();
@@ -1157,6 +1183,7 @@ fn every_validation_rule_has_an_error() {
                 head_dim: 66,
                 dtype: DType::F32,
                 layout: PageLayout::Nhd,
+                kv_format: None,
             },
         ),
         "paged",
@@ -1173,6 +1200,7 @@ fn every_validation_rule_has_an_error() {
                 head_dim: HD,
                 dtype: DType::F32,
                 layout: PageLayout::Nhd,
+                kv_format: None,
             },
         ),
         "paged",
@@ -1189,6 +1217,7 @@ fn every_validation_rule_has_an_error() {
                 head_dim: HD,
                 dtype: DType::F32,
                 layout: PageLayout::Nhd,
+                kv_format: None,
             },
         ),
         "paged",
@@ -1267,6 +1296,7 @@ fn every_validation_rule_has_an_error() {
             head_dim: 12,
             dtype: DType::F16,
             layout: PageLayout::Hnd,
+            kv_format: None,
         },
     )
     .unwrap();
@@ -1306,6 +1336,7 @@ fn every_validation_rule_has_an_error() {
             head_dim: HD,
             dtype: DType::F32,
             layout: PageLayout::Nhd,
+            kv_format: None,
         },
     )
     .unwrap();
@@ -1388,6 +1419,7 @@ fn every_validation_rule_has_an_error() {
             head_dim: HD,
             dtype: DType::F32,
             layout: PageLayout::Nhd,
+            kv_format: None,
         },
     )
     .unwrap();
@@ -1406,6 +1438,7 @@ fn every_validation_rule_has_an_error() {
             head_dim: HD,
             dtype: DType::F32,
             layout: PageLayout::Nhd,
+            kv_format: None,
         },
     )
     .unwrap();
@@ -1480,6 +1513,7 @@ fn multimodal_rope_into_pages() {
                 head_dim: HD,
                 dtype,
                 layout: PageLayout::Hnd,
+                kv_format: None,
             },
         )
         .unwrap();

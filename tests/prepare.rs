@@ -71,6 +71,7 @@ fn prepared_calls_build_no_pipeline() {
                 capacity: 16,
                 head_dim: HEAD_DIM,
                 dtype,
+                kv_format: None,
             },
         )
         .unwrap();

@@ -810,6 +810,7 @@ fn run_cache(c: &CacheCase) {
             capacity: total + c.spare,
             head_dim: hd,
             dtype: c.dtype,
+            kv_format: None,
         },
     )
     .unwrap();
@@ -1039,6 +1040,7 @@ fn run_outside(o: &Outside) {
                     capacity: cap,
                     head_dim: 16,
                     dtype: DType::F32,
+                    kv_format: None,
                 },
             )
             .unwrap();

@@ -10,7 +10,7 @@ use crate::ops::rms_norm;
 use crate::ops::rms_norm::Strategy;
 use crate::ops::rope::qkv_views;
 use crate::tensor::{DType, Tensor};
-use crate::{Layout, Positions, Residual, RmsNorm, Rope};
+use crate::{KvCache, KvCacheConfig, KvFormat, Layout, Positions, Residual, RmsNorm, Rope};
 
 /// Deterministic, cheap test data in [-1, 1): values do not change the speed of these kernels,
 /// but denormals, NaN and infinities could, so there are none.
@@ -459,6 +459,54 @@ fn attention_case(
     }
 }
 
+/// Decode over a KV cache of `format` (Llama-3-8B heads, bf16 q and out) at `kv_len` keys: variant
+/// `decode_gqa4_kv_{format}`, in the bf16 decode's group (`speedup_vs_bf16`), its bytes the
+/// quantized K/V's (data and scales) and q's and out's.
+fn quantized_decode_case(format: KvFormat, kv_len: usize) -> Case {
+    let (model, nh, nkv, hd, _, _) = ATTN_MODELS[0];
+    let dtype = DType::BF16;
+    let kv_bytes = 2 * format.buffer_bytes(kv_len * nkv, hd) as u64;
+    let q_bytes = 2 * (nh * hd * dtype.size()) as u64;
+    Case {
+        kernel: "attention",
+        group: format!("attention/{model}/{dtype}/1x{kv_len}x{nh}x{nkv}"),
+        variant: format!("decode_gqa{}_kv_{format}", nh / nkv),
+        model,
+        dtype,
+        shape: vec![
+            ("q_len", 1),
+            ("kv_len", kv_len as u64),
+            ("n_heads", nh as u64),
+            ("n_kv_heads", nkv as u64),
+            ("head_dim", hd as u64),
+        ],
+        bytes: kv_bytes + q_bytes,
+        flops: Some(4.0 * (kv_len * hd * nh) as f64),
+        prepare: Box::new(move |ctx| {
+            let q = upload_pattern(ctx, &[1, nh, hd], dtype, 8)?;
+            let k = upload_pattern(ctx, &[1, kv_len, nkv, hd], dtype, 9)?;
+            let v = upload_pattern(ctx, &[1, kv_len, nkv, hd], dtype, 10)?;
+            let mut cache = KvCache::new(
+                ctx,
+                KvCacheConfig {
+                    batch: 1,
+                    n_kv_heads: nkv,
+                    capacity: kv_len,
+                    head_dim: hd,
+                    dtype,
+                    kv_format: Some(format),
+                },
+            )?;
+            cache.append_run(ctx, &k, &v)?;
+            let out = ctx.empty(&[1, nh, hd], dtype)?;
+            let op = Attention::causal();
+            Ok(Box::new(move |ctx, enc| {
+                op.encode_cached(ctx, enc, &q, &cache, None, &out)
+            }))
+        }),
+    }
+}
+
 fn attention_cases(ctx: &Context, quick: bool) -> Vec<Case> {
     let mut cases = Vec::new();
     // f16 decode where the subgroup decode reads f16 natively (GPUs with SHADER_F16), beside the
@@ -545,6 +593,12 @@ fn attention_cases(ctx: &Context, quick: bool) -> Vec<Case> {
         }
         cases.push(decode(0, DType::F32, 4096, true));
         cases.push(decode(0, DType::BF16, 4096, true));
+        // Llama-3-8B decode over quantized caches beside the bf16 decode of the same shape.
+        for kv_len in [4096, 32768] {
+            for format in KvFormat::QUANTIZED {
+                cases.push(quantized_decode_case(format, kv_len));
+            }
+        }
         for len in [512, 2048] {
             cases.push(prefill(0, DType::F32, len, false));
             cases.push(prefill(0, DType::F32, len, true));

@@ -124,6 +124,10 @@ pub struct Record {
     /// e.g. burn's) over this record's, each first multiplied by the WGSL copy ceiling measured
     /// beside it, as for `speedup_vs_naive`; > 1 means we are faster.
     pub speedup_vs_peer: Option<f64>,
+    /// Decode over a quantized KV cache (variant `{float variant}_kv_{format}`): time of the
+    /// float (bf16) case of the same problem over this record's, each first multiplied by the
+    /// WGSL copy ceiling measured beside it; > 1 means the quantized cache is faster.
+    pub speedup_vs_bf16: Option<f64>,
     /// How the time was taken.
     pub timing: Timing,
     /// The ceilings (GB/s) this record's fractions divide by: for kernels, `buffer_copy` and the
@@ -496,6 +500,7 @@ pub fn run_cases_timed(
             speedup_vs_naive: None,
             fraction_of_matmul: None,
             speedup_vs_peer: None,
+            speedup_vs_bf16: None,
             timing,
             ceiling_copy_gbps,
             ceiling_wgsl_copy_gbps,
@@ -601,5 +606,18 @@ fn finish(records: &mut Vec<Record>) {
         let w = work(r);
         r.speedup_vs_naive = in_group(&naive, &r.group).map(|n| n / w);
         r.speedup_vs_peer = in_group(&peer, &r.group).map(|p| p / w);
+    }
+    let float: Vec<(String, String, f64)> = records
+        .iter()
+        .map(|r| (r.group.clone(), r.variant.clone(), work(r)))
+        .collect();
+    for r in records.iter_mut() {
+        if let Some((base, _)) = r.variant.split_once("_kv_") {
+            let w = work(r);
+            r.speedup_vs_bf16 = float
+                .iter()
+                .find(|(g, v, _)| *g == r.group && v == base)
+                .map(|f| f.2 / w);
+        }
     }
 }

@@ -251,6 +251,7 @@ pub fn measure(
             capacity: cap,
             head_dim: hd,
             dtype: dt,
+            kv_format: None,
         },
     )?;
     if keep("kv_cache_append_rope") {

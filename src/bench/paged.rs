@@ -111,6 +111,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                         head_dim,
                         dtype,
                         layout,
+                        kv_format: None,
                     },
                 )?;
                 for b in cache.buffers() {

@@ -7,14 +7,81 @@
 //! `attention_chunk_size` (default 0 = none), `softcap` (default 0 = none) and `alibi` (default
 //! false; BLOOM's per-head linear bias, `Attention::alibi`); output `out`, shaped like `q`. The
 //! storage dtype is `q`'s; `k` and `v` must match it.
+//!
+//! Metadata `kv_format` (`q8_0`, `q4_0`, `fp8_e4m3`; absent = q's dtype) stores K/V in a
+//! [`KvCache`] of that format: they are appended (quantized by the cache's append) and attention
+//! reads the cache; fp8 takes optional F32 scalar tensors `k_scale` / `v_scale` (default 1). The
+//! reference attends over the dequantized K/V (`reference::quant::round_trip`).
 
 use super::{CaseFile, OpOutput, OpResult};
 use crate::compare::tolerance;
 use crate::context::Context;
 use crate::error::Result;
+use crate::kv_format::KvFormat;
 use crate::ops::attention::Attention;
+use crate::ops::kv_cache::{KvCache, KvCacheConfig};
 use crate::reference::attention as reference;
-use crate::tensor::DType;
+use crate::reference::quant;
+use crate::tensor::{DType, Tensor};
+
+/// The case's quantized K/V format and fp8 scales, or `None` for K/V stored as q's dtype
+/// (shared with `paged_attention`).
+pub(super) fn kv_format(case: &CaseFile, dtype: DType) -> Result<Option<(KvFormat, f32, f32)>> {
+    let name = case.meta_str("kv_format", dtype.name());
+    let format = KvFormat::parse(&name).ok_or_else(|| {
+        case.error(format!(
+            "metadata kv_format={name:?} must be one of {:?}",
+            KvFormat::ALL.map(KvFormat::name)
+        ))
+    })?;
+    let scale = |key: &str| -> Result<f32> {
+        let Some(t) = case.opt_tensor(key)? else {
+            return Ok(1.0);
+        };
+        if format != KvFormat::Fp8E4M3
+            || t.dtype.storage() != Some(DType::F32)
+            || t.values.len() != 1
+        {
+            return Err(case.error(format!(
+                "{key} must be one F32 value, with kv_format fp8_e4m3 only (kv_format is {format})"
+            )));
+        }
+        Ok(t.values[0] as f32)
+    };
+    let (k_scale, v_scale) = (scale("k_scale")?, scale("v_scale")?);
+    match format.dtype() {
+        Some(d) if d == dtype => Ok(None),
+        Some(d) => Err(case.error(format!(
+            "metadata kv_format={d} differs from q's dtype {dtype}: float K/V are stored as q's dtype"
+        ))),
+        None => Ok(Some((format, k_scale, v_scale))),
+    }
+}
+
+/// K/V appended to a cache of `format` (one sequence per batch entry, capacity kv_len), for
+/// attention to read in place.
+fn quantized_cache(
+    ctx: &Context,
+    (k, v): (&Tensor, &Tensor),
+    d: crate::ops::attention::Dims,
+    dtype: DType,
+    (format, k_scale, v_scale): (KvFormat, f32, f32),
+) -> Result<KvCache> {
+    let mut cache = KvCache::new(
+        ctx,
+        KvCacheConfig {
+            batch: d.batch,
+            n_kv_heads: d.n_kv_heads,
+            capacity: d.kv_len,
+            head_dim: d.head_dim,
+            dtype,
+            kv_format: Some(format),
+        },
+    )?;
+    cache.set_scales(k_scale, v_scale)?;
+    cache.append_run(ctx, k, v)?;
+    Ok(cache)
+}
 
 /// Run an `attention` case on `ctx` and on the reference.
 pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
@@ -52,16 +119,31 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     };
     let out = ctx.empty(&q.shape, dtype)?;
     let d = op.dims(&qt, &kt, &vt)?;
-    let plan = op.plan(ctx, d, dtype)?;
+    let quantized = kv_format(case, dtype)?;
+    let kv = quantized.map_or(KvFormat::from_dtype(dtype), |f| f.0);
+    let plan = op.plan_kv(ctx, d, dtype, kv)?;
     let variant = match plan.variant.split_kv {
         true => format!("{:?}, {} split(s)", plan.variant.kind, plan.splits),
         false => format!("{:?}", plan.variant.kind),
     };
-    op.run(ctx, &qt, &kt, &vt, st.as_ref(), &out)?;
+    let (k_ref, v_ref) = match quantized {
+        None => {
+            op.run(ctx, &qt, &kt, &vt, st.as_ref(), &out)?;
+            (k.values.clone(), v.values.clone())
+        }
+        Some(f) => {
+            let cache = quantized_cache(ctx, (&kt, &vt), d, dtype, f)?;
+            op.run_cached(ctx, &qt, &cache, st.as_ref(), &out)?;
+            (
+                quant::round_trip(f.0, &k.to_f32(), d.head_dim, f.1),
+                quant::round_trip(f.0, &v.to_f32(), d.head_dim, f.2),
+            )
+        }
+    };
     let cpu = reference::attention(
         &q.values,
-        &k.values,
-        &v.values,
+        &k_ref,
+        &v_ref,
         sinks_f32.as_deref(),
         reference::Dims {
             batch: d.batch,

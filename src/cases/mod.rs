@@ -495,6 +495,7 @@ impl CaseFile {
                     "attention_chunk_size",
                     "alibi",
                 ];
+                keys.push("kv_format");
                 if self.op == "paged_attention" {
                     keys.push("layout");
                 }

@@ -27,8 +27,9 @@ use crate::error::Result;
 use crate::ops::attention::{self, Attention};
 use crate::ops::paged::{BatchSeq, Heads, PageLayout};
 use crate::reference::attention as reference;
+use crate::reference::quant;
 use crate::tensor::DType;
-use crate::{PagedBatch, PagedKvCache, PagedKvConfig};
+use crate::{KvFormat, PagedBatch, PagedKvCache, PagedKvConfig};
 
 /// An integer input (block table, lengths), as `i64` values.
 fn int_tensor<'a>(case: &'a CaseFile, name: &str) -> Result<&'a HostTensor> {
@@ -247,8 +248,12 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let sinks_f32: Option<Vec<f64>> =
         sinks.map(|s| s.values.iter().map(|&v| v as f32 as f64).collect());
 
+    // K/V pages in a quantized format are encoded by the host quantizer (`write_pages`, bit for
+    // bit the write kernel's); the reference reads them dequantized.
+    let quantized = super::attention::kv_format(case, dtype)?;
+    let (format, k_scale, v_scale) = quantized.unwrap_or((KvFormat::from_dtype(dtype), 1.0, 1.0));
     // The op validates the options and the batch against the device before any GPU work.
-    let cache = PagedKvCache::new(
+    let mut cache = PagedKvCache::new(
         ctx,
         PagedKvConfig {
             n_pages: b.n_pages,
@@ -256,9 +261,18 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             n_kv_heads: h.n_kv_heads,
             head_dim: h.head_dim,
             dtype,
+            kv_format: Some(format),
             layout,
         },
     )?;
+    cache.set_scales(k_scale, v_scale)?;
+    let (k_vals, v_vals) = match quantized {
+        None => (k.values.clone(), v.values.clone()),
+        Some(_) => (
+            quant::round_trip(format, &k.to_f32(), h.head_dim, k_scale),
+            quant::round_trip(format, &v.to_f32(), h.head_dim, v_scale),
+        ),
+    };
     let batch = PagedBatch::from_parts(ctx, b.page_size, b.n_pages, &b.seqs, h, None)?;
     let all: Vec<u32> = (0..b.n_pages as u32).collect();
     cache.write_pages(ctx, &all, &k.to_f32(), &v.to_f32())?;
@@ -283,8 +297,8 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         let mut vs = Vec::with_capacity(seq.kv_len * row);
         for j in 0..seq.kv_len {
             let at = (seq.pages[j / b.page_size] as usize * b.page_size + j % b.page_size) * row;
-            ks.extend_from_slice(&k.values[at..at + row]);
-            vs.extend_from_slice(&v.values[at..at + row]);
+            ks.extend_from_slice(&k_vals[at..at + row]);
+            vs.extend_from_slice(&v_vals[at..at + row]);
         }
         let o = reference::attention(
             &q.values[q0 * q_row..(q0 + seq.q_len) * q_row],

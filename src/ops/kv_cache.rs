@@ -18,9 +18,18 @@
 //! K inside a fused QKV buffer, or f32 rows for a half cache) are appended by several
 //! dispatches, one per run of tokens of one sequence whose views fit; the cache itself always
 //! fits (checked at creation).
+//!
+//! A cache's K/V storage format ([`KvFormat`]) is an axis apart from the dtype of q and out: a
+//! float format equal to that dtype ([`KvCache::new`]), or q8_0, q4_0 or fp8 e4m3
+//! (`KvCacheConfig::kv_format`, layout in [`crate::kv_format`]). The append of a quantized cache
+//! (`kv_append_q`) quantizes the new rows in the same pass that writes them; with RoPE the
+//! rotated K rows go through the context's scratch buffer first (RoPE out of place, then the
+//! quantizing append in the same encoder). Attention reads the quantized rows in place
+//! ([`crate::Attention::encode_cached`]).
 
 use crate::context::Context;
 use crate::error::Result;
+use crate::kv_format::KvFormat;
 use crate::ops::rope::{Plan as RopePlan, Positions, Rope};
 use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
@@ -28,7 +37,7 @@ use crate::tensor::{DType, Tensor};
 const OP: &str = "kv_cache";
 pub(crate) const WG: u32 = 64;
 
-/// Uniform parameters; mirrors `struct Params` in `shaders/kv_cache.wgsl` (64 bytes).
+/// Uniform parameters; mirrors `struct Params` in `shaders/kv_cache.wgsl` (80 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -48,19 +57,42 @@ pub struct Params {
     pub k: [u32; 4],
     /// v_new: element offset, batch, token and head strides.
     pub v: [u32; 4],
+    /// Quantized caches: word index of the scale plane in each of the K and V buffers.
+    pub scale_plane: u32,
+    /// fp8: K's per-tensor scale.
+    pub k_scale: f32,
+    /// fp8: V's per-tensor scale.
+    pub v_scale: f32,
     /// Padding to 16 bytes.
-    pub _pad: [u32; 2],
+    pub _pad: [u32; 3],
 }
 
-/// The pipeline key for an append from `src` dtype into a `dst` cache; `write_k` false leaves
-/// K to RoPE's out-of-place pass.
-pub fn append_key(src: DType, dst: DType, write_k: bool) -> PipelineKey {
-    write_key(Shader::KV_CACHE, "kv_append", src, dst, write_k)
+/// The pipeline key for an append from `src` dtype into a cache of format `dst` (`kv_append`
+/// for the float formats, `kv_append_q` quantizing); `write_k` false leaves K to RoPE's
+/// out-of-place pass.
+pub fn append_key(src: DType, dst: KvFormat, write_k: bool) -> PipelineKey {
+    match dst.dtype() {
+        Some(d) => write_key(Shader::KV_CACHE, "kv_append", src, d, write_k),
+        None => write_key_code(
+            Shader::KV_CACHE,
+            "kv_append_q",
+            src,
+            dst.shader_code(),
+            write_k,
+        ),
+    }
 }
 
-/// Every pipeline key `append` can produce.
+/// Every pipeline key `append` can produce: the float appends with and without K, and the
+/// quantizing appends with K (RoPE's rotated K reaches a quantized cache through the append).
 pub fn all_variant_keys() -> Vec<PipelineKey> {
-    write_variant_keys(Shader::KV_CACHE, "kv_append")
+    let mut keys = write_variant_keys(Shader::KV_CACHE, "kv_append");
+    for f in KvFormat::QUANTIZED {
+        for s in DType::ALL {
+            keys.push(append_key(s, f, true));
+        }
+    }
+    keys
 }
 
 /// A K/V write kernel's key (`kv_append` here, `paged_write` for the paged cache: the same
@@ -72,12 +104,23 @@ pub(crate) fn write_key(
     dst: DType,
     write_k: bool,
 ) -> PipelineKey {
+    write_key_code(shader, entry, src, dst.shader_code(), write_k)
+}
+
+/// [`write_key`] with the destination as a [`KvFormat::shader_code`].
+pub(crate) fn write_key_code(
+    shader: &'static Shader,
+    entry: &'static str,
+    src: DType,
+    dst: u32,
+    write_k: bool,
+) -> PipelineKey {
     PipelineKey::new(
         shader,
         entry,
         vec![
             ("SRC_DTYPE", src.shader_code()),
-            ("DST_DTYPE", dst.shader_code()),
+            ("DST_DTYPE", dst),
             ("WG", WG),
             ("WRITE_K", write_k as u32),
         ],
@@ -113,8 +156,12 @@ pub struct KvCacheConfig {
     pub capacity: usize,
     /// Elements per head.
     pub head_dim: usize,
-    /// Storage dtype of K and V (default f32).
+    /// Dtype of q and out, and storage dtype of K and V unless `kv_format` says otherwise
+    /// (default f32).
     pub dtype: DType,
+    /// Storage format of K and V (default `None`: the float format of `dtype`; or a quantized
+    /// one, `KvFormat::Q8_0`, `Q4_0`, `Fp8E4M3`).
+    pub kv_format: Option<KvFormat>,
 }
 
 impl Default for KvCacheConfig {
@@ -126,6 +173,7 @@ impl Default for KvCacheConfig {
             capacity: 0,
             head_dim: 0,
             dtype: DType::F32,
+            kv_format: None,
         }
     }
 }
@@ -172,11 +220,16 @@ pub struct KvCache {
     capacity: usize,
     head_dim: usize,
     dtype: DType,
+    format: KvFormat,
+    k_scale: f32,
+    v_scale: f32,
     len: usize,
 }
 
 impl KvCache {
-    /// Allocate an empty cache (zero-filled storage, length 0).
+    /// Allocate an empty cache (zero-filled storage, length 0) holding K/V in `config.kv_format`
+    /// (default: the float format of `dtype`; q8_0 and q4_0 need head_dim a multiple of 32, fp8
+    /// e4m3 a multiple of 8; fp8's scales are 1 until [`KvCache::set_scales`]).
     pub fn new(ctx: &Context, config: KvCacheConfig) -> Result<Self> {
         let KvCacheConfig {
             batch,
@@ -184,7 +237,15 @@ impl KvCache {
             capacity,
             head_dim,
             dtype,
+            kv_format,
         } = config;
+        let format = kv_format.unwrap_or(KvFormat::from_dtype(dtype));
+        crate::ensure!(
+            format.dtype().is_none_or(|d| d == dtype),
+            DType,
+            OP,
+            "a {format} cache is for q and out of {format}, not {dtype}: float K/V formats must equal the dtype"
+        );
         crate::ensure!(
             batch > 0 && n_kv_heads > 0 && capacity > 0,
             Shape,
@@ -200,6 +261,7 @@ impl KvCache {
             "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {}",
             crate::ops::attention::MAX_HEAD_DIM
         );
+        format.check_head_dim(OP, head_dim)?;
         // Four usize factors can pass even u128 (2^62 * 2^62 * 16 * 4 wraps to 0): checked.
         let elems = [n_kv_heads, capacity, head_dim]
             .iter()
@@ -215,7 +277,7 @@ impl KvCache {
                     ),
                 )
             })?;
-        let bytes = elems as u64 * dtype.size() as u64;
+        let bytes = format.buffer_bytes(elems as usize / head_dim, head_dim) as u64;
         crate::ensure!(
             bytes <= ctx.limits().max_storage_buffer_binding_size,
             Limit,
@@ -231,8 +293,40 @@ impl KvCache {
             capacity,
             head_dim,
             dtype,
+            format,
+            k_scale: 1.0,
+            v_scale: 1.0,
             len: 0,
         })
+    }
+
+    /// Storage format of K and V.
+    pub fn format(&self) -> KvFormat {
+        self.format
+    }
+    /// fp8 e4m3: the per-tensor scales of K and V (stored value = e4m3(x / scale)).
+    pub fn scales(&self) -> (f32, f32) {
+        (self.k_scale, self.v_scale)
+    }
+    /// Set fp8's per-tensor K and V scales (finite and > 0); only while the cache is empty,
+    /// since rows already stored were quantized with the old ones.
+    pub fn set_scales(&mut self, k_scale: f32, v_scale: f32) -> Result<()> {
+        crate::ensure!(
+            [k_scale, v_scale].iter().all(|s| s.is_finite() && *s > 0.0),
+            Param,
+            OP,
+            "k_scale {k_scale} and v_scale {v_scale} must be finite and > 0"
+        );
+        crate::ensure!(
+            self.len == 0,
+            Param,
+            OP,
+            "the scales can only change while the cache is empty (length {})",
+            self.len
+        );
+        self.k_scale = k_scale;
+        self.v_scale = v_scale;
+        Ok(())
     }
 
     /// Rows filled per sequence.
@@ -316,7 +410,10 @@ impl KvCache {
         )
     }
 
-    /// `[batch, len, n_kv_heads, head_dim]` view of the filled K rows.
+    /// `[batch, len, n_kv_heads, head_dim]` view of the filled K rows. For a quantized cache
+    /// the view gives the elements' places only (its dtype is q's, not the storage's): read
+    /// such a cache with [`crate::Attention::encode_cached`], or its bytes with
+    /// [`KvCache::k_buffer`] and `reference::quant::decode`.
     pub fn k(&self) -> Tensor {
         self.view(&self.k, self.len)
     }
@@ -325,7 +422,21 @@ impl KvCache {
         self.view(&self.v, self.len)
     }
 
-    /// K/V views of rank `rank` (3 needs batch 1) for attention.
+    /// How attention reads this cache's K/V when they are quantized (`None` for float formats).
+    pub(crate) fn quant_reads(&self) -> Option<crate::kv_format::QuantReads> {
+        let rows = self.batch * self.n_kv_heads * self.capacity;
+        self.format
+            .is_quantized()
+            .then(|| crate::kv_format::QuantReads {
+                format: self.format,
+                scale_plane: (self.format.scale_plane_byte(rows, self.head_dim) / 2) as u32,
+                k_scale: self.k_scale,
+                v_scale: self.v_scale,
+            })
+    }
+
+    /// K/V views of rank `rank` (3 needs batch 1) for attention; for a quantized cache the views
+    /// give the elements' places only (attention reads them through [`KvCache::quant_reads`]).
     pub(crate) fn views_for(&self, op: &'static str, rank: usize) -> Result<(Tensor, Tensor)> {
         crate::ensure!(
             self.len > 0,
@@ -425,6 +536,11 @@ impl KvCache {
         positions: Positions<'_>,
     ) -> Result<()> {
         let (k_rows, fused, plan) = self.rope_plan(ctx, k_new, n_new, rope, positions)?;
+        if self.format.is_quantized() {
+            // k_rows is scratch: rotate into it, then quantize it into the cache.
+            rope.encode_to(ctx, enc, k_new, &k_rows, positions)?;
+            return self.record_append(ctx, enc, &k_rows, v_new, n_new);
+        }
         if fused && !crate::pipeline::fits_one_binding(ctx, &[k_new]) {
             // RoPE reads k_new past one binding: its own encode splits the rotation over runs of
             // tokens (under its own error scope), after the append has recorded V.
@@ -454,6 +570,15 @@ impl KvCache {
         rope: &Rope,
         positions: Positions<'_>,
     ) -> Result<(Tensor, bool, RopePlan)> {
+        if self.format.is_quantized() {
+            // RoPE cannot rotate quantized rows: it writes the rotated rows to scratch, which the
+            // quantizing append reads.
+            let bytes = (k_new.numel() * k_new.dtype().size()) as u64;
+            let scratch = ctx.scratch(OP, bytes)?;
+            let rotated = Tensor::new(&scratch, 0, k_new.shape(), k_new.dtype());
+            let plan = rope.plan(ctx, k_new, None, Some(&rotated), positions)?;
+            return Ok((rotated, false, plan));
+        }
         let k_rows = self.rows(&self.k, self.len, n_new, k_new.rank());
         let fused = self.rope_fused_for(k_new.dtype());
         let plan = if fused {
@@ -480,13 +605,14 @@ impl KvCache {
         let before = ctx.cached_pipelines();
         match rope {
             None => {
-                ctx.kernel(OP, &append_key(k_new.dtype(), self.dtype, true))?;
+                ctx.kernel(OP, &append_key(k_new.dtype(), self.format, true))?;
             }
             Some((rope, positions)) => {
                 let positions = self.check_rope(rope, positions, n_new)?;
                 // The same two kernels `record_append_rope` picks.
                 let (_, fused, plan) = self.rope_plan(ctx, k_new, n_new, rope, positions)?;
-                ctx.kernel(OP, &append_key(k_new.dtype(), self.dtype, !fused))?;
+                let write_k = !fused || self.format.is_quantized();
+                ctx.kernel(OP, &append_key(k_new.dtype(), self.format, write_k))?;
                 ctx.kernel(crate::ops::rope::OP, &plan.variant.key())?;
             }
         }
@@ -496,7 +622,7 @@ impl KvCache {
     /// Which way [`KvCache::append_rope`] records K for new rows of `dtype`: `true` when RoPE
     /// writes the rotated rows straight into the cache (one pass over K).
     pub fn rope_fused_for(&self, dtype: DType) -> bool {
-        dtype == self.dtype
+        dtype == self.dtype && !self.format.is_quantized()
     }
 
     /// `[batch, n, n_kv_heads, head_dim]` view of rows `start .. start + n`.
@@ -636,7 +762,13 @@ impl KvCache {
         n_new: usize,
         write_k: bool,
     ) -> Result<()> {
-        let key = append_key(k_new.dtype(), self.dtype, write_k);
+        let key = append_key(k_new.dtype(), self.format, write_k);
+        let rows = self.batch * self.n_kv_heads * self.capacity;
+        // Invocations per row: pairs of blocks (q8_0, q4_0) or 4 values.
+        let per_row = match self.format {
+            f if f.is_block() => f.scales_per_row(self.head_dim) / 2,
+            _ => self.head_dim / 4,
+        };
         for p in self.pieces(ctx, k_new, v_new, n_new)? {
             let kw = Window::covering(ctx, OP, &[&p.k])?;
             let vw = Window::covering(ctx, OP, &[&p.v])?;
@@ -658,9 +790,12 @@ impl KvCache {
                 capacity: self.capacity as u32,
                 k: pack(&kw, &p.k),
                 v: pack(&vw, &p.v),
-                _pad: [0; 2],
+                scale_plane: (self.format.scale_plane_byte(rows, self.head_dim) / 4) as u32,
+                k_scale: self.k_scale,
+                v_scale: self.v_scale,
+                _pad: [0; 3],
             };
-            let threads = (p.batch * p.n * self.n_kv_heads * self.head_dim / 4) as u64;
+            let threads = (p.batch * p.n * self.n_kv_heads * per_row) as u64;
             ctx.encode_kernel(
                 OP,
                 enc,
@@ -752,7 +887,7 @@ struct Piece {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn params_is_64_bytes() {
-        assert_eq!(std::mem::size_of::<super::Params>(), 64);
+    fn params_is_80_bytes() {
+        assert_eq!(std::mem::size_of::<super::Params>(), 80);
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example tiny_llm -- --model DIR --prompt 1,2,3 --steps N \
-//!     [--dtype f32|bf16|f16] [--logits OUT.safetensors] [--draft DIR [--draft-len K]]
+//!     [--dtype f32|bf16|f16] [--kv q8_0|q4_0|fp8_e4m3] [--logits OUT.safetensors] [--draft DIR [--draft-len K]]
 //! ```
 //!
 //! Prefills the prompt (P tokens) in one call, then runs N greedy decode steps. Prints one line
@@ -19,16 +19,18 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use llama_kernels::{Context, DType};
+use llama_kernels::{Context, DType, KvFormat};
 use llama_kernels_tools::tiny_llm;
 
-const USAGE: &str = "usage: tiny_llm --model DIR --prompt 1,2,3 --steps N [--dtype f32|bf16|f16] [--logits OUT.safetensors] [--draft DIR [--draft-len K]]";
+const USAGE: &str = "usage: tiny_llm --model DIR --prompt 1,2,3 --steps N [--dtype f32|bf16|f16] [--kv q8_0|q4_0|fp8_e4m3] [--logits OUT.safetensors] [--draft DIR [--draft-len K]]";
 
 struct Args {
     model: PathBuf,
     prompt: Vec<u32>,
     steps: usize,
     dtype: DType,
+    /// KV cache format; `None`: the compute dtype.
+    kv: Option<KvFormat>,
     logits: Option<PathBuf>,
     draft: Option<PathBuf>,
     draft_len: usize,
@@ -37,8 +39,8 @@ struct Args {
 /// `Ok(None)`: help was asked for.
 fn parse_args() -> Result<Option<Args>, String> {
     let mut it = std::env::args().skip(1);
-    let (mut model, mut prompt, mut steps, mut dtype, mut logits) =
-        (None, None, None, DType::F32, None);
+    let (mut model, mut prompt, mut steps, mut dtype, mut kv, mut logits) =
+        (None, None, None, DType::F32, None, None);
     let (mut draft, mut draft_len) = (None, None);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -74,6 +76,15 @@ fn parse_args() -> Result<Option<Args>, String> {
                     other => return Err(format!("--dtype {other:?}: expected f32, bf16 or f16")),
                 }
             }
+            "--kv" => {
+                kv = Some(
+                    KvFormat::parse(&value)
+                        .filter(|f| f.is_quantized())
+                        .ok_or_else(|| {
+                            format!("--kv {value:?}: expected q8_0, q4_0 or fp8_e4m3")
+                        })?,
+                )
+            }
             "--logits" => logits = Some(PathBuf::from(value)),
             "--draft" => draft = Some(PathBuf::from(value)),
             "--draft-len" => {
@@ -101,6 +112,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         prompt: prompt.ok_or_else(|| format!("--prompt is required\n{USAGE}"))?,
         steps: steps.ok_or_else(|| format!("--steps is required\n{USAGE}"))?,
         dtype,
+        kv,
         logits,
         draft,
         draft_len: draft_len.unwrap_or(4),
@@ -120,8 +132,10 @@ fn print_tokens(tokens: &[u32]) {
 
 fn run(args: &Args) -> Result<(), String> {
     let ctx = Context::new().map_err(|e| e.to_string())?;
-    let m =
-        tiny_llm::model::Model::load(&ctx, &args.model, args.dtype).map_err(|e| e.to_string())?;
+    let kv = args.kv.unwrap_or(KvFormat::from_dtype(args.dtype));
+    let m = tiny_llm::model::Model::load(&ctx, &args.model, args.dtype)
+        .and_then(|m| m.with_kv(kv))
+        .map_err(|e| e.to_string())?;
     if let Some(dir) = &args.draft {
         let same = dir.canonicalize().ok() == args.model.canonicalize().ok();
         let loaded;
@@ -129,6 +143,7 @@ fn run(args: &Args) -> Result<(), String> {
             &m
         } else {
             loaded = tiny_llm::model::Model::load(&ctx, dir, args.dtype)
+                .and_then(|m| m.with_kv(kv))
                 .map_err(|e| format!("--draft: {e}"))?;
             &loaded
         };

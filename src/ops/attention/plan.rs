@@ -9,6 +9,7 @@ use super::{
 };
 use crate::context::Context;
 use crate::error::Result;
+use crate::kv_format::KvFormat;
 use crate::tensor::{DType, Tensor};
 use crate::Attention;
 
@@ -140,7 +141,12 @@ impl Attention {
     /// are 16-byte aligned (see [`kv_rows_aligned`]; unaligned rows never get
     /// [`Kind::DecodeKeys`] by default).
     pub fn plan(&self, ctx: &Context, d: Dims, dtype: DType) -> Result<Plan> {
-        self.plan_for(ctx, d, dtype, true)
+        self.plan_for(ctx, d, dtype, KvFormat::from_dtype(dtype), true)
+    }
+
+    /// [`Attention::plan`] for K/V stored in `kv` (e.g. a quantized [`crate::KvCache`]).
+    pub fn plan_kv(&self, ctx: &Context, d: Dims, dtype: DType, kv: KvFormat) -> Result<Plan> {
+        self.plan_for(ctx, d, dtype, kv, true)
     }
 
     pub(super) fn plan_for(
@@ -148,10 +154,11 @@ impl Attention {
         ctx: &Context,
         d: Dims,
         dtype: DType,
+        kv: KvFormat,
         kv_aligned: bool,
     ) -> Result<Plan> {
         let adapter = format!("adapter {:?}", ctx.adapter_info().name);
-        self.plan_on(&DeviceDesc::of(ctx), &adapter, d, dtype, kv_aligned)
+        self.plan_on(&DeviceDesc::of(ctx), &adapter, d, (dtype, kv), kv_aligned)
     }
 
     /// The plan for a call on a described device, by [the rule](super#choosing-a-kernel)
@@ -163,7 +170,8 @@ impl Attention {
         dtype: DType,
         kv_aligned: bool,
     ) -> Result<Plan> {
-        self.plan_on(dev, "a described device", d, dtype, kv_aligned)
+        let kv = KvFormat::from_dtype(dtype);
+        self.plan_on(dev, "a described device", d, (dtype, kv), kv_aligned)
     }
 
     fn plan_on(
@@ -171,12 +179,13 @@ impl Attention {
         dev: &DeviceDesc,
         adapter: &str,
         d: Dims,
-        dtype: DType,
+        (dtype, kv): (DType, KvFormat),
         kv_aligned: bool,
     ) -> Result<Plan> {
         // Rows of 16-byte units need head_dim x the element size a multiple of 16 too (what
         // `kv_rows_aligned` checks of a live call's views).
         let kv_aligned = kv_aligned && (d.head_dim * dtype.size()).is_multiple_of(16);
+        kv.check_head_dim(OP, d.head_dim)?;
         let limit = dev.max_workgroup_storage;
         let hd4 = (d.head_dim / 4) as u32;
         let keys_fit = prefill_keys_workgroup_bytes(hd4) <= limit;
@@ -184,8 +193,16 @@ impl Attention {
             .kind
             .unwrap_or_else(|| match dev.default_kind(d.q_len, kv_aligned) {
                 Kind::PrefillKeys if self.f16_arithmetic || !keys_fit => Kind::Prefill,
+                // The subgroup decode reads float 16-byte units only (choice.md, step 4).
+                Kind::DecodeSubgroup if kv.is_quantized() => Kind::Decode,
                 k => k,
             });
+        crate::ensure!(
+            kind != Kind::DecodeSubgroup || !kv.is_quantized(),
+            Param,
+            OP,
+            "the DecodeSubgroup kernel reads float K/V only, this cache holds {kv}: decode it with Kind::Decode"
+        );
         crate::ensure!(
             kind != Kind::PrefillKeys || keys_fit,
             Limit,
@@ -230,6 +247,7 @@ impl Attention {
         let mut variant = Variant {
             kind,
             dtype,
+            kv,
             tile_v4,
             hd4,
             split_kv: true,
@@ -244,7 +262,7 @@ impl Attention {
             },
             f16: kind == Kind::Prefill && self.f16_arithmetic,
             native_f16: kind == Kind::DecodeSubgroup
-                && dtype == DType::F16
+                && kv == KvFormat::F16
                 && kv_aligned
                 && self.native_f16.unwrap_or_else(|| dev.native_f16_wanted()),
         };

@@ -3,6 +3,7 @@
 use super::{Dims, OP};
 use crate::context::Context;
 use crate::error::Result;
+use crate::kv_format::KvFormat;
 use crate::tensor::DType;
 use crate::Attention;
 
@@ -18,6 +19,18 @@ impl Attention {
     /// [`Attention::plan`]). K/V are taken as contiguous views at offset 0, as a
     /// [`KvCache`](crate::KvCache) holds them. Nothing is recorded or submitted.
     pub fn prepare(&self, ctx: &Context, shapes: &[Dims], dtype: DType) -> Result<usize> {
+        self.prepare_kv(ctx, shapes, dtype, KvFormat::from_dtype(dtype))
+    }
+
+    /// [`Attention::prepare`] for K/V stored in `kv` (a quantized [`crate::KvCache`]'s
+    /// [`format`](crate::KvCache::format)).
+    pub fn prepare_kv(
+        &self,
+        ctx: &Context,
+        shapes: &[Dims],
+        dtype: DType,
+        kv: KvFormat,
+    ) -> Result<usize> {
         self.check_options(OP)?;
         let before = ctx.cached_pipelines();
         for &d in shapes {
@@ -31,9 +44,10 @@ impl Attention {
                 d.kv_len
             );
             d.check_heads()?;
-            // What `kv_rows_aligned` finds for contiguous K/V at offset 0.
-            let aligned = (d.head_dim * dtype.size()).is_multiple_of(16);
-            let plan = self.plan_for(ctx, d, dtype, aligned)?;
+            // What `kv_rows_aligned` finds for contiguous K/V at offset 0 (quantized rows are
+            // always read whole).
+            let aligned = kv.is_quantized() || (d.head_dim * dtype.size()).is_multiple_of(16);
+            let plan = self.plan_for(ctx, d, dtype, kv, aligned)?;
             for key in plan.variant.keys() {
                 ctx.kernel(OP, &key)?;
             }

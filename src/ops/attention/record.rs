@@ -4,11 +4,12 @@
 use super::{kv_rows_aligned, Dims, Kind, Plan, OP, PREFILL_WG};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::kv_format::{KvFormat, QuantReads};
 use crate::pipeline::Window;
 use crate::tensor::{DType, Tensor};
 use crate::Attention;
 
-/// Uniform parameters; mirrors `struct Params` in both attention shaders (160 bytes).
+/// Uniform parameters; mirrors `struct Params` in both attention shaders (176 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -69,6 +70,14 @@ pub struct Params {
     /// ALiBi: the largest power of two `<= n_heads` (0 = off), from which the shaders derive
     /// BLOOM's slopes (`alibi_slope` in `shaders/attention_common.wgsl`).
     pub alibi: u32,
+    /// Quantized K: f16 number of the first scale of the scale plane (whole buffer bound).
+    pub k_sc: u32,
+    /// Quantized V: the same.
+    pub v_sc: u32,
+    /// fp8 K's per-tensor scale.
+    pub k_scale: f32,
+    /// fp8 V's per-tensor scale.
+    pub v_scale: f32,
 }
 
 struct Checked {
@@ -80,6 +89,8 @@ struct Checked {
     bounds: (i32, i32),
     // (offset placeholder, batch stride, token stride, head stride) per tensor.
     strides: [[usize; 3]; 4],
+    // Quantized K/V of a cache.
+    quant: Option<QuantReads>,
 }
 
 /// (batch stride, token stride, head stride) of a rank-3 or rank-4 view.
@@ -150,15 +161,20 @@ impl Attention {
         v: &Tensor,
         sinks: Option<&Tensor>,
         out: &Tensor,
+        quant: Option<QuantReads>,
     ) -> Result<Checked> {
         q.validate(OP, "q")?;
-        k.validate(OP, "k")?;
-        v.validate(OP, "v")?;
+        let dtype = q.dtype();
+        // A quantized cache's K/V views give the places of its elements, not float storage: the
+        // cache made them, and the kernels bind its whole buffers.
+        if quant.is_none() {
+            k.validate(OP, "k")?;
+            v.validate(OP, "v")?;
+            k.expect_dtype(OP, "k", dtype)?;
+            v.expect_dtype(OP, "v", dtype)?;
+        }
         out.validate_written(OP, "out")?;
         let d = self.dims(q, k, v)?;
-        let dtype = q.dtype();
-        k.expect_dtype(OP, "k", dtype)?;
-        v.expect_dtype(OP, "v", dtype)?;
         out.expect_dtype(OP, "out", dtype)?;
         crate::ensure!(
             out.shape() == q.shape(),
@@ -207,7 +223,8 @@ impl Attention {
                 "out shares a buffer with {name}; attention cannot run in place"
             );
         }
-        let aligned = kv_rows_aligned(ctx, k, v);
+        // Quantized rows are whole blocks (or fp8 rows of a multiple of 8 values) read by words.
+        let aligned = quant.is_some() || kv_rows_aligned(ctx, k, v);
         crate::ensure!(
             aligned || !matches!(self.kind, Some(Kind::DecodeKeys | Kind::PrefillKeys)),
             Param,
@@ -223,7 +240,8 @@ impl Attention {
             OP,
             "the DecodeSubgroup kernel needs a device with the SUBGROUP feature"
         );
-        let plan = self.plan_for(ctx, d, dtype, aligned)?;
+        let kv = quant.map_or(KvFormat::from_dtype(dtype), |r| r.format);
+        let plan = self.plan_for(ctx, d, dtype, kv, aligned)?;
         let scale = self.scale.unwrap_or(1.0 / (d.head_dim as f32).sqrt());
         Ok(Checked {
             dims: d,
@@ -237,6 +255,7 @@ impl Attention {
                 outer_strides(v),
                 outer_strides(out),
             ],
+            quant,
         })
     }
 
@@ -252,7 +271,7 @@ impl Attention {
         sinks: Option<&Tensor>,
         out: &Tensor,
     ) -> Result<()> {
-        let c = self.validate(ctx, q, k, v, sinks, out)?;
+        let c = self.validate(ctx, q, k, v, sinks, out, None)?;
         ctx.scoped(OP, || {
             self.record_unscoped(ctx, encoder, &c, q, k, v, sinks, out)
         })?
@@ -268,7 +287,7 @@ impl Attention {
         sinks: Option<&Tensor>,
         out: &Tensor,
     ) -> Result<()> {
-        let c = self.validate(ctx, q, k, v, sinks, out)?;
+        let c = self.validate(ctx, q, k, v, sinks, out, None)?;
         ctx.submit_and_wait(OP, |enc| {
             self.record_unscoped(ctx, enc, &c, q, k, v, sinks, out)
         })
@@ -286,7 +305,10 @@ impl Attention {
         out: &Tensor,
     ) -> Result<()> {
         let (k, v) = self.cached_views(q, cache)?;
-        self.encode(ctx, encoder, q, &k, &v, sinks, out)
+        let c = self.validate(ctx, q, &k, &v, sinks, out, cache.quant_reads())?;
+        ctx.scoped(OP, || {
+            self.record_unscoped(ctx, encoder, &c, q, &k, &v, sinks, out)
+        })?
     }
 
     /// The cache's K/V views for `q`, after the rules that only a cache call has, phrased about
@@ -344,7 +366,10 @@ impl Attention {
         out: &Tensor,
     ) -> Result<()> {
         let (k, v) = self.cached_views(q, cache)?;
-        self.run(ctx, q, &k, &v, sinks, out)
+        let c = self.validate(ctx, q, &k, &v, sinks, out, cache.quant_reads())?;
+        ctx.submit_and_wait(OP, |enc| {
+            self.record_unscoped(ctx, enc, &c, q, &k, &v, sinks, out)
+        })
     }
 
     /// Record one call; runs under the caller's one error scope (`encode` opens it; `run`'s submit does).
@@ -363,8 +388,20 @@ impl Attention {
         let d = c.dims;
         let plan = c.plan;
         let qw = Window::covering(ctx, OP, &[q])?;
-        let kw = Window::covering(ctx, OP, &[k])?;
-        let vw = Window::covering(ctx, OP, &[v])?;
+        // Quantized K/V: the whole cache buffers (they fit one binding, checked at creation),
+        // so element offsets are the views' own.
+        let whole = |t: &Tensor| Window {
+            buffer: t.buffer().clone(),
+            byte_start: 0,
+            byte_len: t.buffer().size(),
+        };
+        let (kw, vw) = match c.quant {
+            Some(_) => (whole(k), whole(v)),
+            None => (
+                Window::covering(ctx, OP, &[k])?,
+                Window::covering(ctx, OP, &[v])?,
+            ),
+        };
         let ow = Window::covering(ctx, OP, &[out])?;
         let sw = match sinks {
             Some(s) => Some(Window::covering(ctx, OP, &[s])?),
@@ -400,6 +437,10 @@ impl Attention {
             chunk: plan.chunk as u32,
             rows_per_wg: plan.rows_per_wg as u32,
             lanes: plan.lanes as u32,
+            k_sc: c.quant.map_or(0, |r| r.scale_plane),
+            v_sc: c.quant.map_or(0, |r| r.scale_plane),
+            k_scale: c.quant.map_or(1.0, |r| r.k_scale),
+            v_scale: c.quant.map_or(1.0, |r| r.v_scale),
             ..self.logit_params(d.n_heads, c.scale, c.bounds, &sw, sinks)
         };
         let keys = plan.variant.keys();
@@ -493,8 +534,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn params_is_160_bytes() {
-        assert_eq!(std::mem::size_of::<Params>(), 160);
+    fn params_is_176_bytes() {
+        assert_eq!(std::mem::size_of::<Params>(), 176);
         assert_eq!(std::mem::size_of::<Params>() % 16, 0);
     }
 }

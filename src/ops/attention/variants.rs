@@ -1,10 +1,12 @@
 //! The attention variant space, declared once: the axes as data ([`HEAD_DIMS`], the storage
-//! formats [`DType::ALL`], [`WORKGROUP_STORAGE`] for the tile sizes, and per kind the values of
+//! formats of q and out [`DType::ALL`], the K/V formats ([`kv_formats`]: the float one of the
+//! dtype and [`KvFormat::QUANTIZED`]), [`WORKGROUP_STORAGE`] for the tile sizes, and per kind the values of
 //! its own axes in [`KINDS`]), the shader modules that hold the kernels ([`MODULES`]), and
 //! [`Variant`], whose [`Variant::keys`] are the pipeline keys. The planner ([`super::plan`])
 //! picks one point of this space per call; the portability tests' list ([`all_variant_keys`])
 //! and each module's share of it are derived from the same declaration.
 
+use crate::kv_format::KvFormat;
 use crate::pipeline::{PipelineKey, Shader};
 use crate::tensor::DType;
 
@@ -163,8 +165,11 @@ impl Kind {
 pub struct Variant {
     /// Which kernel.
     pub kind: Kind,
-    /// Storage dtype of q, k, v and out.
+    /// Storage dtype of q and out (and of K/V when `kv` is a float format).
     pub dtype: DType,
+    /// Storage format of K and V: `dtype`'s float format or a quantized one, read in place
+    /// (`KV_FMT`).
+    pub kv: KvFormat,
     /// vec4 capacity of each of the K and V workgroup tiles.
     pub tile_v4: u32,
     /// `head_dim / 4` (loops over a head get a fixed trip count).
@@ -196,6 +201,7 @@ macro_rules! prefill_module {
             parts: &[
                 $($enable,)?
                 crate::pipeline::COMMON_WGSL,
+                crate::pipeline::KV_QUANT_WGSL,
                 crate::pipeline::ATTENTION_COMMON_WGSL,
                 crate::pipeline::ATTENTION_SPLIT_WGSL,
                 concat!("// The prefill's arithmetic type.\nalias ht = ", $ht, ";"),
@@ -303,6 +309,7 @@ pub const ATTENTION_DECODE: &Shader = &Shader {
     name: "attention_decode.wgsl",
     parts: &[
         crate::pipeline::COMMON_WGSL,
+        crate::pipeline::KV_QUANT_WGSL,
         crate::pipeline::ATTENTION_COMMON_WGSL,
         crate::pipeline::ATTENTION_SPLIT_WGSL,
         crate::pipeline::ATTENTION_KEYS_WGSL,
@@ -320,6 +327,7 @@ macro_rules! subgroup_decode_module {
             parts: &[
                 $enable,
                 crate::pipeline::COMMON_WGSL,
+                crate::pipeline::KV_QUANT_WGSL,
                 crate::pipeline::ATTENTION_COMMON_WGSL,
                 crate::pipeline::ATTENTION_SPLIT_WGSL,
                 crate::pipeline::ATTENTION_KEYS_WGSL,
@@ -484,9 +492,19 @@ impl Variant {
     pub fn sg_shape(&self) -> SgShape {
         sg_shape(self.hd4, self.sg_min, self.dtype)
     }
+    /// The merge passes' constants: they read partials, never K/V, so every K/V format of a
+    /// dtype shares one merge pipeline (the float format's `KV_FMT`).
+    fn merge_constants(&self) -> Vec<(&'static str, u32)> {
+        Variant {
+            kv: KvFormat::from_dtype(self.dtype),
+            ..*self
+        }
+        .constants()
+    }
     fn constants(&self) -> Vec<(&'static str, u32)> {
         vec![
             ("DTYPE", self.dtype.shader_code()),
+            ("KV_FMT", self.kv.shader_code()),
             ("WG", self.wg()),
             ("TILE_V4", self.tile_v4),
             ("HD4", self.hd4),
@@ -496,10 +514,16 @@ impl Variant {
     /// Whether this variant is a point of the declared space: its kind's axes ([`KINDS`]) hold
     /// each of its values, head_dim is a multiple of 4 up to [`MAX_HEAD_DIM`], the tile is one
     /// [`tile_v4_for`] gives, native f16 reads are over f16 storage, and the rows fit the
-    /// subgroup kernel's registers ([`sg_rows_max`]).
+    /// subgroup kernel's registers ([`sg_rows_max`]); K/V are `dtype`'s float format or a
+    /// quantized one whose rows head_dim fits ([`KvFormat::check_head_dim`]).
     pub fn fits(&self) -> bool {
         let a = self.kind.axes();
-        (1..=MAX_HEAD_DIM as u32 / 4).contains(&self.hd4)
+        kv_formats(self.dtype).contains(&self.kv)
+            && self
+                .kv
+                .check_head_dim("attention", 4 * self.hd4 as usize)
+                .is_ok()
+            && (1..=MAX_HEAD_DIM as u32 / 4).contains(&self.hd4)
             && self.tile_v4.is_power_of_two()
             && self.tile_v4 <= tile_v4_for(u32::MAX)
             && a.split_kv.contains(&self.split_kv)
@@ -507,9 +531,10 @@ impl Variant {
             && a.sg_min.contains(&self.sg_min)
             && a.f16.contains(&self.f16)
             && a.native_f16.contains(&self.native_f16)
-            && (!self.native_f16 || self.dtype == DType::F16)
+            && (!self.native_f16 || self.kv == KvFormat::F16)
             && (self.kind != Kind::DecodeSubgroup
-                || (self.kr <= sg_rows_max(self.hd4, self.sg_min)
+                || (!self.kv.is_quantized()
+                    && self.kr <= sg_rows_max(self.hd4, self.sg_min)
                     && (self.dtype == DType::F32 || self.hd4.is_multiple_of(2))))
     }
 
@@ -519,7 +544,7 @@ impl Variant {
             let mut c = self.constants();
             c.extend(sg_key_constants(&self.sg_shape(), self.kr));
             let module = SUBGROUP_MODULES[self.native_f16 as usize];
-            let m = with_wg(self.constants(), MERGE_WG);
+            let m = with_wg(self.merge_constants(), MERGE_WG);
             return vec![
                 PipelineKey::new(module, "attn_decode_sg", c),
                 PipelineKey::new(ATTENTION_DECODE, "attn_decode_merge_rows", m),
@@ -530,7 +555,11 @@ impl Variant {
             c.push(("KR", self.kr));
             return vec![
                 PipelineKey::new(ATTENTION_DECODE, "attn_decode_keys", c),
-                PipelineKey::new(ATTENTION_DECODE, "attn_decode_merge", self.constants()),
+                PipelineKey::new(
+                    ATTENTION_DECODE,
+                    "attn_decode_merge",
+                    self.merge_constants(),
+                ),
             ];
         }
         if matches!(self.kind, Kind::Prefill | Kind::PrefillKeys) {
@@ -539,7 +568,9 @@ impl Variant {
             c.push(("PR", PREFILL_ROWS_PER_INVOCATION));
             // The merge runs one invocation per 4 output elements, PREFILL_WG per workgroup; both
             // prefill kinds share it.
-            let m = with_wg(c.clone(), PREFILL_WG);
+            let mut m = self.merge_constants();
+            m.push(("PR", PREFILL_ROWS_PER_INVOCATION));
+            let m = with_wg(m, PREFILL_WG);
             if self.kind == Kind::PrefillKeys {
                 // One pipeline writes the output or, split over the keys, the partials (chosen
                 // by the split count at run time).
@@ -560,7 +591,11 @@ impl Variant {
         // Decode always splits over the keys.
         vec![
             PipelineKey::new(ATTENTION_DECODE, "attn_decode_partial", self.constants()),
-            PipelineKey::new(ATTENTION_DECODE, "attn_decode_merge", self.constants()),
+            PipelineKey::new(
+                ATTENTION_DECODE,
+                "attn_decode_merge",
+                self.merge_constants(),
+            ),
         ]
     }
 }
@@ -586,13 +621,24 @@ pub fn with_wg(c: Vec<(&'static str, u32)>, wg: u32) -> Vec<(&'static str, u32)>
         .collect()
 }
 
-/// The declared points of `axes` at one head_dim, storage format and tile size: the cross
-/// product of the kind's axes (all of them, or with `kr` and `sg_min` at their first value),
-/// less what does not [`Variant::fits`].
+/// The K/V formats attention reads with q and out of `dtype`: its float format, then the
+/// quantized ones.
+pub fn kv_formats(dtype: DType) -> [KvFormat; 4] {
+    [
+        KvFormat::from_dtype(dtype),
+        KvFormat::QUANTIZED[0],
+        KvFormat::QUANTIZED[1],
+        KvFormat::QUANTIZED[2],
+    ]
+}
+
+/// The declared points of `axes` at one head_dim, storage format, K/V format and tile size: the
+/// cross product of the kind's axes (all of them, or with `kr` and `sg_min` at their first
+/// value), less what does not [`Variant::fits`].
 fn points(
     axes: &Axes,
     hd4: u32,
-    dtype: DType,
+    (dtype, kv): (DType, KvFormat),
     tile_v4: u32,
     every_row_count: bool,
 ) -> Vec<Variant> {
@@ -606,6 +652,7 @@ fn points(
                         let v = Variant {
                             kind: axes.kind,
                             dtype,
+                            kv,
                             tile_v4,
                             hd4,
                             split_kv,
@@ -626,23 +673,38 @@ fn points(
 }
 
 /// The variants the portability tests compile: every point of [`KINDS`] at every head_dim class
-/// ([`HEAD_DIMS`]), storage format and tile size ([`WORKGROUP_STORAGE`]); and every other
+/// ([`HEAD_DIMS`]), storage format and tile size ([`WORKGROUP_STORAGE`]) with the float K/V; the
+/// quantized K/V formats ([`kv_formats`]) at every head_dim class that holds them, storage
+/// format and kind, at the larger tile size and each kind's first row count (their code differs
+/// from the float format's only in the K/V reads, which neither changes); and every other
 /// head_dim (4 ..= 256 in steps of 4) at [`RUN_TIME_PATH`], where `head_dim` only changes loop
 /// trip counts.
 pub fn declared_variants() -> Vec<Variant> {
     let mut out = Vec::new();
+    let quantized_tile = tile_v4_for(WORKGROUP_STORAGE[WORKGROUP_STORAGE.len() - 1]);
     for axes in &KINDS {
         for hd in HEAD_DIMS {
             for dtype in DType::ALL {
+                let [float, quantized @ ..] = kv_formats(dtype);
                 for limit in WORKGROUP_STORAGE {
-                    out.extend(points(axes, hd / 4, dtype, tile_v4_for(limit), true));
+                    out.extend(points(
+                        axes,
+                        hd / 4,
+                        (dtype, float),
+                        tile_v4_for(limit),
+                        true,
+                    ));
+                }
+                for kv in quantized {
+                    out.extend(points(axes, hd / 4, (dtype, kv), quantized_tile, false));
                 }
             }
         }
         let (dtype, limit) = RUN_TIME_PATH;
+        let kv = KvFormat::from_dtype(dtype);
         for hd4 in 1..=MAX_HEAD_DIM as u32 / 4 {
             if !HEAD_DIMS.contains(&(hd4 * 4)) {
-                out.extend(points(axes, hd4, dtype, tile_v4_for(limit), false));
+                out.extend(points(axes, hd4, (dtype, kv), tile_v4_for(limit), false));
             }
         }
     }

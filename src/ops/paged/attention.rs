@@ -6,15 +6,25 @@ use super::cache::PagedKvCache;
 use super::MAX_POOL_BUFFERS;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::kv_format::KvFormat;
 use crate::ops::attention::{self, Attention};
 use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
+
+/// The storage format of q / out and of the pages' K/V.
+pub type Formats = (DType, KvFormat);
 
 /// The pipeline key of the DecodeSubgroup pass over pages with `rs` rows per workgroup, for
 /// subgroups of at least `sg_min` lanes, over a pool of `pools` buffers.
 pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32, pools: u32) -> PipelineKey {
     let sh = attention::sg_shape(hd4, sg_min, dtype);
-    let mut c = paged_constants(dtype, sh.wg, attention::tile_v4_for(16384), hd4, pools);
+    let mut c = paged_constants(
+        float(dtype),
+        sh.wg,
+        attention::tile_v4_for(16384),
+        hd4,
+        pools,
+    );
     c.extend(attention::sg_key_constants(&sh, rs));
     PipelineKey::new(ATTENTION_PAGED_SUBGROUP, "attn_paged_sg", c)
 }
@@ -22,14 +32,20 @@ pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32, pools: u32
 /// The pipeline key of the merge of a batch with DecodeSubgroup rows (`attn_paged_merge_rows`,
 /// one workgroup per packed token and query head) over a pool of `pools` buffers.
 pub fn merge_rows_key(dtype: DType, tile_v4: u32, hd4: u32, pools: u32) -> PipelineKey {
-    let c = paged_constants(dtype, attention::MERGE_WG, tile_v4, hd4, pools);
+    let c = paged_constants(float(dtype), attention::MERGE_WG, tile_v4, hd4, pools);
     PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_merge_rows", c)
 }
 
-/// The constants every paged attention pipeline sets: storage format, workgroup size, K/V tile
+/// `dtype` with its float K/V format: the DecodeSubgroup pass reads float pages only, and the
+/// merges read partials only.
+fn float(dtype: DType) -> Formats {
+    (dtype, KvFormat::from_dtype(dtype))
+}
+
+/// The constants every paged attention pipeline sets: storage formats, workgroup size, K/V tile
 /// size, head_dim / 4 and the pool's buffer count.
 fn paged_constants(
-    dtype: DType,
+    (dtype, kv): Formats,
     wg: u32,
     tile_v4: u32,
     hd4: u32,
@@ -37,6 +53,7 @@ fn paged_constants(
 ) -> Vec<(&'static str, u32)> {
     vec![
         ("DTYPE", dtype.shader_code()),
+        ("KV_FMT", kv.shader_code()),
         ("WG", wg),
         ("TILE_V4", tile_v4),
         ("HD4", hd4),
@@ -52,6 +69,7 @@ pub const ATTENTION_PAGED_SUBGROUP: &Shader = &Shader {
     name: "attention_paged_subgroup.wgsl",
     parts: &[
         crate::pipeline::COMMON_WGSL,
+        crate::pipeline::KV_QUANT_WGSL,
         crate::pipeline::ATTENTION_COMMON_WGSL,
         crate::pipeline::ATTENTION_SPLIT_WGSL,
         crate::pipeline::ATTENTION_KEYS_WGSL,
@@ -65,7 +83,7 @@ pub const ATTENTION_PAGED_SUBGROUP: &Shader = &Shader {
 
 /// Every pipeline key of `attn_paged_sg`: every dtype at the head_dims of real models, for the
 /// smallest subgroups of lavapipe and Intel (8) and of NVIDIA and AMD RDNA (32), every row count
-/// the planner can pick.
+/// the planner can pick (float pages only: a quantized pool decodes with the other kernels).
 pub fn sg_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for dtype in DType::ALL {
@@ -92,20 +110,39 @@ pub fn sg_variant_keys() -> Vec<PipelineKey> {
     keys
 }
 
-/// The pipeline keys of paged attention over a pool of `pools` buffers: partial and merge passes.
-pub fn attention_keys(dtype: DType, tile_v4: u32, hd4: u32, pools: u32) -> [PipelineKey; 2] {
-    let c = paged_constants(dtype, attention::DECODE_WG, tile_v4, hd4, pools);
+/// The pipeline keys of paged attention over a pool of `pools` buffers: partial and merge passes
+/// (the merge reads partials only: one pipeline for every K/V format of a dtype).
+pub fn attention_keys(f: Formats, tile_v4: u32, hd4: u32, pools: u32) -> [PipelineKey; 2] {
+    let c = paged_constants(f, attention::DECODE_WG, tile_v4, hd4, pools);
+    let m = paged_constants(
+        (f.0, KvFormat::from_dtype(f.0)),
+        attention::DECODE_WG,
+        tile_v4,
+        hd4,
+        pools,
+    );
     [
-        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_partial", c.clone()),
-        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_merge", c),
+        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_partial", c),
+        PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_merge", m),
     ]
+}
+
+/// The (q dtype, K/V format) pairs declared at a head_dim: each dtype with its float format, and
+/// at Llama's head_dim 128 with the quantized ones too (their code differs from the float
+/// pools' only in the reads, which head_dim does not change).
+fn formats(hd: u32) -> Vec<Formats> {
+    DType::ALL
+        .iter()
+        .flat_map(|&d| attention::variants::kv_formats(d).map(|kv| (d, kv)))
+        .filter(|f| hd == 128 || !f.1.is_quantized())
+        .collect()
 }
 
 /// The pipeline key of the DecodeKeys pass over pages with `kr` rows per workgroup, over a pool
 /// of `pools` buffers (the tile size does not shape its code; it keeps the smallest).
-pub fn keys_attention_key(dtype: DType, hd4: u32, kr: u32, pools: u32) -> PipelineKey {
+pub fn keys_attention_key(f: Formats, hd4: u32, kr: u32, pools: u32) -> PipelineKey {
     let mut c = paged_constants(
-        dtype,
+        f,
         attention::KEYS_WG,
         attention::tile_v4_for(16384),
         hd4,
@@ -117,29 +154,33 @@ pub fn keys_attention_key(dtype: DType, hd4: u32, kr: u32, pools: u32) -> Pipeli
 
 /// Every pipeline key of `shaders/attention_paged.wgsl` (for the portability tests): every dtype
 /// and tile size at the head_dims of real models, and the DecodeKeys pass at each row count,
-/// over a pool in one buffer; and every pool buffer count at Llama's head_dim.
+/// over a pool in one buffer (the quantized K/V formats at head_dim 128, `formats`); and every
+/// pool buffer count at Llama's head_dim.
 pub fn attention_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    for dtype in DType::ALL {
-        for hd in [64u32, 80, 96, 128, 256] {
+    for hd in [64u32, 80, 96, 128, 256] {
+        for f in formats(hd) {
             for limit in [16384, 32768] {
                 let tile_v4 = attention::tile_v4_for(limit);
-                keys.extend(attention_keys(dtype, tile_v4, hd / 4, 1));
-                keys.push(merge_rows_key(dtype, tile_v4, hd / 4, 1));
+                keys.extend(attention_keys(f, tile_v4, hd / 4, 1));
+                if !f.1.is_quantized() {
+                    keys.push(merge_rows_key(f.0, tile_v4, hd / 4, 1));
+                }
             }
             for kr in [1, 2, 4] {
-                keys.push(keys_attention_key(dtype, hd / 4, kr, 1));
+                keys.push(keys_attention_key(f, hd / 4, kr, 1));
             }
         }
     }
+    let f16 = (DType::F16, KvFormat::F16);
     for pools in 2..=MAX_POOL_BUFFERS as u32 {
         keys.extend(attention_keys(
-            DType::F16,
+            f16,
             attention::tile_v4_for(16384),
             32,
             pools,
         ));
-        keys.push(keys_attention_key(DType::F16, 32, 4, pools));
+        keys.push(keys_attention_key(f16, 32, 4, pools));
         keys.push(merge_rows_key(
             DType::F16,
             attention::tile_v4_for(16384),
@@ -147,6 +188,8 @@ pub fn attention_variant_keys() -> Vec<PipelineKey> {
             pools,
         ));
     }
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
     keys
 }
 
@@ -311,7 +354,9 @@ impl Attention {
             .map(|s| s.kv_len as i64 - s.q_len as i64)
             .min()
             .unwrap_or(0);
-        let keys_rows_ok = (h.head_dim * cache.dtype.size()).is_multiple_of(16);
+        // Quantized pages are read by words (8 values per unit), whatever the alignment.
+        let keys_rows_ok =
+            cache.format.is_quantized() || (h.head_dim * cache.dtype.size()).is_multiple_of(16);
         for (groups, kernel) in [(1..4, "DecodeKeys"), (4..ITEM_GROUPS, "DecodeSubgroup")] {
             crate::ensure!(
                 keys_rows_ok || batch.items[groups].iter().all(|g| g.1 == 0),
@@ -324,6 +369,13 @@ impl Attention {
         }
         let subgroup_rows = batch.items[4..].iter().any(|g| g.1 > 0);
         crate::ensure!(
+            !(subgroup_rows && cache.format.is_quantized()),
+            Param,
+            op,
+            "the batch was planned with the DecodeSubgroup kernel, which reads float pages only; this cache holds {}: plan the batch with PlanOptions {{ decode: Some(Kind::Decode), .. }}",
+            cache.format
+        );
+        crate::ensure!(
             ctx.caps().subgroups || batch.items[4..].iter().all(|g| g.1 == 0),
             Limit,
             op,
@@ -331,7 +383,7 @@ impl Attention {
             ctx.adapter_info().name
         );
         let pools = cache.buffers.len() as u32;
-        let mut keys = attention_keys(cache.dtype, tile_v4, hd4, pools);
+        let mut keys = attention_keys(cache.formats(), tile_v4, hd4, pools);
         if subgroup_rows {
             keys[1] = merge_rows_key(cache.dtype, tile_v4, hd4, pools);
         }
@@ -401,6 +453,10 @@ impl Attention {
                 u(out.strides()[1])?,
             ],
             bk: c.bk,
+            k_sc: cache.page_words() as u32,
+            v_sc: cache.page_scale_half() as u32,
+            k_scale: cache.k_scale,
+            v_scale: cache.v_scale,
             ..self.logit_params(h.n_heads, c.scale, c.bounds, &sw, sinks)
         };
         let part = ctx.scratch(op, c.part_bytes.max(16))?;
@@ -481,7 +537,7 @@ fn paged_passes(
         }
         let key = match g {
             0 => c.keys[0].clone(),
-            1..=3 => keys_attention_key(cache.dtype, hd4, 1 << (g - 1), pools),
+            1..=3 => keys_attention_key(cache.formats(), hd4, 1 << (g - 1), pools),
             _ => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min, pools),
         };
         passes.push((key, off, n));

@@ -7,6 +7,7 @@ use super::table::{PageCopy, SlotCopy};
 use super::{check_page_size, PageLayout, MAX_POOL_BUFFERS, OP};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::kv_format::KvFormat;
 use crate::ops::attention;
 use crate::ops::rope::{HeadNorm, PositionIds, Positions, Rope};
 use crate::pipeline::{PipelineKey, Shader, Window};
@@ -20,12 +21,29 @@ pub fn write_key(src: DType, dst: DType, write_k: bool) -> PipelineKey {
     crate::ops::kv_cache::write_key(Shader::PAGED_KV, "paged_write", src, dst, write_k)
 }
 
-/// Every pipeline key of `shaders/paged_kv.wgsl`.
-pub fn write_variant_keys() -> Vec<PipelineKey> {
-    crate::ops::kv_cache::write_variant_keys(Shader::PAGED_KV, "paged_write")
+/// The pipeline key of the quantizing paged write into pages of `dst` (`paged_write_q`).
+pub fn write_key_q(src: DType, dst: KvFormat) -> PipelineKey {
+    crate::ops::kv_cache::write_key_code(
+        Shader::PAGED_KV,
+        "paged_write_q",
+        src,
+        dst.shader_code(),
+        true,
+    )
 }
 
-/// Uniform parameters of `shaders/paged_kv.wgsl` (80 bytes).
+/// Every pipeline key of `shaders/paged_kv.wgsl`.
+pub fn write_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = crate::ops::kv_cache::write_variant_keys(Shader::PAGED_KV, "paged_write");
+    for f in KvFormat::QUANTIZED {
+        for s in DType::ALL {
+            keys.push(write_key_q(s, f));
+        }
+    }
+    keys
+}
+
+/// Uniform parameters of `shaders/paged_kv.wgsl` (96 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct WriteParams {
@@ -51,16 +69,22 @@ pub struct WriteParams {
     pub head_stride: u32,
     /// Word offset of token 0's slot in the plan buffer.
     pub slot_off: u32,
-    /// Padding.
-    pub _pad0: u32,
+    /// Quantized pages: words per page.
+    pub page_words: u32,
     /// k_new: element offset, token and head strides.
     pub k: [u32; 3],
-    /// Padding.
-    pub _pad1: u32,
+    /// Quantized pages: word offset of the scale plane in a page.
+    pub scale_word: u32,
     /// v_new: element offset, token and head strides.
     pub v: [u32; 3],
     /// Padding.
     pub _pad2: u32,
+    /// fp8: K's per-tensor scale.
+    pub k_scale: f32,
+    /// fp8: V's per-tensor scale.
+    pub v_scale: f32,
+    /// Padding.
+    pub _pad3: [u32; 2],
 }
 
 /// The pages and storage of a [`PagedKvCache`], by name, so that no two sizes can be swapped.
@@ -75,8 +99,11 @@ pub struct PagedKvConfig {
     pub n_kv_heads: usize,
     /// Elements per head.
     pub head_dim: usize,
-    /// Storage dtype of K and V (default f32).
+    /// Dtype of q and out, and storage dtype of K and V unless `kv_format` says otherwise
+    /// (default f32).
     pub dtype: DType,
+    /// Storage format of K and V (default `None`: the float format of `dtype`).
+    pub kv_format: Option<KvFormat>,
     /// Order of a page's elements (default [`PageLayout::Hnd`]).
     pub layout: PageLayout,
 }
@@ -91,6 +118,7 @@ impl Default for PagedKvConfig {
             n_kv_heads: 0,
             head_dim: 0,
             dtype: DType::F32,
+            kv_format: None,
             layout: PageLayout::default(),
         }
     }
@@ -105,12 +133,19 @@ pub struct PagedKvCache {
     pub(super) n_kv_heads: usize,
     pub(super) head_dim: usize,
     pub(super) dtype: DType,
+    pub(super) format: KvFormat,
+    pub(super) k_scale: f32,
+    pub(super) v_scale: f32,
     layout: PageLayout,
     pub(super) pages_per_buffer: usize,
 }
 
 impl PagedKvCache {
-    /// Allocate `config.n_pages` zero-filled pages.
+    /// Allocate `config.n_pages` zero-filled pages for q and out of `config.dtype`, K/V stored
+    /// in `config.kv_format` (default: `dtype`'s float format). A quantized page is laid out as
+    /// a quantized buffer of its `2 x page_size x n_kv_heads` head rows (`crate::kv_format`: the
+    /// data, then the rows' scales), padded to 16 bytes; fp8's scales are 1 until
+    /// [`PagedKvCache::set_scales`].
     pub fn new(ctx: &Context, config: PagedKvConfig) -> Result<Self> {
         let PagedKvConfig {
             n_pages,
@@ -118,8 +153,10 @@ impl PagedKvCache {
             n_kv_heads,
             head_dim,
             dtype,
+            kv_format,
             layout,
         } = config;
+        let format = kv_format.unwrap_or(KvFormat::from_dtype(dtype));
         check_page_size(page_size)?;
         crate::ensure!(
             n_pages > 0 && n_kv_heads > 0,
@@ -134,14 +171,20 @@ impl PagedKvCache {
             "unsupported head_dim {head_dim}: must be a multiple of 4 and <= {}",
             attention::MAX_HEAD_DIM
         );
+        crate::ensure!(
+            format.dtype().is_none_or(|d| d == dtype),
+            DType,
+            OP,
+            "a {format} cache is for q and out of {format}, not {dtype}: float K/V formats must equal the dtype"
+        );
+        format.check_head_dim(OP, head_dim)?;
         let page_elems = 2 * page_size as u64 * n_kv_heads as u64 * head_dim as u64;
-        let page_bytes = page_elems * dtype.size() as u64;
+        let page_bytes = page_bytes(format, page_elems as usize, head_dim);
         let lim = ctx.limits();
-        let per_buffer = lim
-            .max_storage_buffer_binding_size
-            .min(lim.max_buffer_size)
-            .min(u32::MAX as u64 / 2 * dtype.size() as u64);
-        let pages_per_buffer = (per_buffer / page_bytes) as usize;
+        let per_buffer = lim.max_storage_buffer_binding_size.min(lim.max_buffer_size);
+        // Element indices within a buffer stay below 2^31.
+        let pages_per_buffer =
+            ((per_buffer / page_bytes) as usize).min((u32::MAX / 2) as usize / page_elems as usize);
         crate::ensure!(
             pages_per_buffer > 0,
             Limit,
@@ -176,9 +219,49 @@ impl PagedKvCache {
             n_kv_heads,
             head_dim,
             dtype,
+            format,
+            k_scale: 1.0,
+            v_scale: 1.0,
             layout,
             pages_per_buffer,
         })
+    }
+
+    /// Storage format of K and V.
+    pub fn format(&self) -> KvFormat {
+        self.format
+    }
+    /// The dtype of q / out and the K/V format.
+    pub(super) fn formats(&self) -> (DType, KvFormat) {
+        (self.dtype, self.format)
+    }
+    /// Set fp8's per-tensor K and V scales (finite and > 0). The cache does not know which pages
+    /// hold rows, so this is for a cache whose pages were not written yet: rows already stored
+    /// keep the scales they were quantized with.
+    pub fn set_scales(&mut self, k_scale: f32, v_scale: f32) -> Result<()> {
+        crate::ensure!(
+            [k_scale, v_scale].iter().all(|s| s.is_finite() && *s > 0.0),
+            Param,
+            OP,
+            "k_scale {k_scale} and v_scale {v_scale} must be finite and > 0"
+        );
+        self.k_scale = k_scale;
+        self.v_scale = v_scale;
+        Ok(())
+    }
+    /// Bytes per page.
+    fn page_bytes(&self) -> u64 {
+        page_bytes(self.format, self.page_elems(), self.head_dim)
+    }
+    /// Quantized pages: 32-bit words per page.
+    pub(super) fn page_words(&self) -> u64 {
+        self.page_bytes() / 4
+    }
+    /// Quantized pages: the f16 number of a page's first scale.
+    pub(super) fn page_scale_half(&self) -> usize {
+        self.format
+            .scale_plane_byte(self.page_elems() / self.head_dim, self.head_dim)
+            / 2
     }
 
     /// Pages in the pool.
@@ -257,7 +340,7 @@ impl PagedKvCache {
         encoder: &mut wgpu::CommandEncoder,
         copies: &[PageCopy],
     ) -> Result<()> {
-        let bytes = (self.page_elems() * self.dtype.size()) as u64;
+        let bytes = self.page_bytes();
         for c in copies {
             for p in [c.src, c.dst] {
                 crate::ensure!(
@@ -391,10 +474,29 @@ impl PagedKvCache {
                 }
             }
             let (b, off) = self.page_location(p);
-            let bytes = crate::tensor::encode_f32(&page, self.dtype);
-            ctx.write_bytes(&self.buffers[b], off * bytes.len() as u64, &bytes)?;
+            let bytes = self.encode_page(&page);
+            ctx.write_bytes(&self.buffers[b], off * self.page_bytes(), &bytes)?;
         }
         Ok(())
+    }
+
+    /// One page's bytes from its values in page order (K rows, then V rows), quantized as the
+    /// write kernel does (`reference::quant`: the kernels are tested bit for bit against it).
+    fn encode_page(&self, page: &[f32]) -> Vec<u8> {
+        use crate::reference::quant::encode;
+        let (f, hd) = (self.format, self.head_dim);
+        let mut bytes = match f {
+            // fp8: K and V have their own scales (no scale plane).
+            KvFormat::Fp8E4M3 => {
+                let (k, v) = page.split_at(page.len() / 2);
+                let mut b = encode(f, k, hd, self.k_scale);
+                b.extend(encode(f, v, hd, self.v_scale));
+                b
+            }
+            _ => encode(f, page, hd, 1.0),
+        };
+        bytes.resize(self.page_bytes() as usize, 0);
+        bytes
     }
 
     /// The pool buffers the batch's new tokens land in, ascending.
@@ -504,7 +606,7 @@ impl PagedKvCache {
         if batch.total_q == 0 {
             return Ok(());
         }
-        if k_new.dtype() == self.dtype {
+        if k_new.dtype() == self.dtype && !self.format.is_quantized() {
             // Row maps first (content-addressed, so every layer of a step shares them).
             let (_, hs) = self.strides();
             let mut maps = Vec::new();
@@ -576,14 +678,22 @@ impl PagedKvCache {
         }
         let kw = Window::covering(ctx, OP, &[k_new])?;
         let vw = Window::covering(ctx, OP, &[v_new])?;
-        let key = write_key(k_new.dtype(), self.dtype, write_k);
+        let key = match self.format.is_quantized() {
+            true => write_key_q(k_new.dtype(), self.format),
+            false => write_key(k_new.dtype(), self.dtype, write_k),
+        };
         let (ts, hs) = self.strides();
         let ks = k_new.strides();
         let vs = v_new.strides();
         let u = |x: usize| -> Result<u32> {
             u32::try_from(x).map_err(|_| Error::limit(OP, format!("stride {x} exceeds 32 bits")))
         };
-        let threads = (batch.total_q * self.n_kv_heads * self.head_dim / 4) as u64;
+        // Invocations per head row: pairs of blocks (q8_0, q4_0) or 4 values.
+        let per_row = match self.format {
+            f if f.is_block() => f.scales_per_row(self.head_dim) / 2,
+            _ => self.head_dim / 4,
+        };
+        let threads = (batch.total_q * self.n_kv_heads * per_row) as u64;
         for b in self.touched_buffers(batch) {
             let params = WriteParams {
                 n_tokens: batch.total_q as u32,
@@ -599,6 +709,10 @@ impl PagedKvCache {
                 slot_off: batch.slots_off as u32,
                 k: [kw.elem_offset(k_new), u(ks[0])?, u(ks[1])?],
                 v: [vw.elem_offset(v_new), u(vs[0])?, u(vs[1])?],
+                page_words: self.page_words() as u32,
+                scale_word: (self.page_scale_half() / 2) as u32,
+                k_scale: self.k_scale,
+                v_scale: self.v_scale,
                 ..Default::default()
             };
             ctx.encode_kernel(
@@ -616,5 +730,16 @@ impl PagedKvCache {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Bytes per page of `page_elems` values in `format`: a float page's values, or a quantized
+/// buffer of its head rows padded to 16 bytes (so every page's blocks start 16-byte aligned).
+fn page_bytes(format: KvFormat, page_elems: usize, head_dim: usize) -> u64 {
+    match format.dtype() {
+        Some(d) => (page_elems * d.size()) as u64,
+        None => format
+            .buffer_bytes(page_elems / head_dim, head_dim)
+            .next_multiple_of(16) as u64,
     }
 }

@@ -1,5 +1,6 @@
 //! `llama-kernels` with no arguments: report the adapter, run every kernel family once per dtype
-//! on Llama-3-8B's head layout against the f64 reference, then one committed tiny model.
+//! on Llama-3-8B's head layout against the f64 reference (and decode over a KV cache in each
+//! quantized format), then one committed tiny model.
 //!
 //! Sizes are kept small on purpose: on a CPU Vulkan device (lavapipe) every distinct pipeline
 //! specialisation is compiled by LLVM the first time it is used, so the self-test uses one shape
@@ -14,7 +15,7 @@ use llama_kernels::ops::kv_cache::{KvCache, KvCacheConfig};
 use llama_kernels::ops::rms_norm::{Residual, RmsNorm, Strategy};
 use llama_kernels::ops::rope::{qkv_views, Layout, Positions, Rope, Scaling};
 use llama_kernels::reference;
-use llama_kernels::{Context, DType, Result};
+use llama_kernels::{Context, DType, KvFormat, Result};
 
 use super::Row;
 
@@ -441,6 +442,7 @@ fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
             capacity: CACHE_CAPACITY,
             head_dim: HEAD_DIM,
             dtype,
+            kv_format: None,
         },
     )?;
     let rope = llama31_rope();
@@ -512,6 +514,7 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
             head_dim: HEAD_DIM,
             dtype,
             layout: llama_kernels::PageLayout::Hnd,
+            kv_format: None,
         },
     )?;
     let (a, b) = (table.add_sequence(), table.add_sequence());
@@ -606,6 +609,71 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     ))
 }
 
+/// Decode attention (f32 q and out) over a KV cache in a quantized `format`: the decode row's
+/// 1100 keys appended (quantized by the append), then one query attends in place. Judged
+/// against the reference over the dequantized K/V, so the f32 limit holds.
+fn quantized_decode(ctx: &Context, timer: &Timer, format: KvFormat) -> Result<Row> {
+    let dtype = DType::F32;
+    let kv_shape = [1, DECODE_KEYS, N_KV_HEADS, HEAD_DIM];
+    let q_shape = [1, N_HEADS, HEAD_DIM];
+    let mut rng = Rng(0x5eed_0040);
+    let q = rng.values(q_shape.iter().product(), 0.0, 1.0, dtype);
+    let k = rng.values(kv_shape.iter().product(), 0.0, 1.0, dtype);
+    let v = rng.values(kv_shape.iter().product(), 0.0, 1.0, dtype);
+    let mut cache = KvCache::new(
+        ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: N_KV_HEADS,
+            capacity: DECODE_KEYS,
+            head_dim: HEAD_DIM,
+            dtype,
+            kv_format: Some(format),
+        },
+    )?;
+    cache.append_run(
+        ctx,
+        &ctx.upload_as(&f32s(&k), &kv_shape, dtype)?,
+        &ctx.upload_as(&f32s(&v), &kv_shape, dtype)?,
+    )?;
+    let qt = ctx.upload_as(&f32s(&q), &q_shape, dtype)?;
+    let out = ctx.empty(&q_shape, dtype)?;
+    ctx.fill(&out, f32::NAN)?;
+    let op = Attention::default();
+    let d = llama_kernels::ops::attention::Dims {
+        batch: 1,
+        q_len: 1,
+        kv_len: DECODE_KEYS,
+        n_heads: N_HEADS,
+        n_kv_heads: N_KV_HEADS,
+        head_dim: HEAD_DIM,
+    };
+    let plan = op.plan_kv(ctx, d, dtype, format)?;
+    let warm = warm_up(|| op.prepare_kv(ctx, &[d], dtype, format))?;
+    let mut rec =
+        |enc: &mut wgpu::CommandEncoder| op.encode_cached(ctx, enc, &qt, &cache, None, &out);
+    let first = timer.run(ctx, &mut rec)?;
+    let got = ctx.read_f32(&out)?;
+    let ms = timer.run(ctx, &mut rec)?;
+    let held = |x: &[f64]| reference::quant::round_trip(format, &f32s(x), HEAD_DIM, 1.0);
+    let cpu = reference::attention::attention(
+        &q,
+        &held(&k),
+        &held(&v),
+        None,
+        d,
+        &reference::attention::Options::default(),
+    );
+    Ok(judge(
+        &format!("attention decode, {format} KV cache"),
+        plan_name(&plan),
+        dtype,
+        format!("q {} kv {}", dims(&q_shape), dims(&kv_shape[1..])),
+        (warm, first, ms),
+        &[(got, cpu)],
+    ))
+}
+
 /// One kernel family on one dtype.
 type Case = fn(&Context, &Timer, DType) -> Result<Row>;
 
@@ -623,7 +691,7 @@ const CASES: &[(&str, Case)] = &[
 
 /// Number of kernel rows [`run`] produces (for the progress bar).
 pub fn kernel_rows() -> usize {
-    CASES.len() * DType::ALL.len()
+    CASES.len() * DType::ALL.len() + KvFormat::QUANTIZED.len()
 }
 
 /// Run every family in every dtype; `step` is called after each row with its name.
@@ -637,6 +705,13 @@ pub fn run(ctx: &Context, mut step: impl FnMut(&str)) -> Vec<Row> {
             step(&format!("{name} {dtype}"));
             rows.push(row);
         }
+    }
+    for format in KvFormat::QUANTIZED {
+        let name = format!("attention decode, {format} KV cache");
+        let row = quantized_decode(ctx, &timer, format)
+            .unwrap_or_else(|e| Row::failed(&name, "f32", "-", e.to_string()));
+        step(&name);
+        rows.push(row);
     }
     rows
 }

@@ -11,7 +11,8 @@
 use std::path::Path;
 
 use llama_kernels::{
-    Attention, Context, DType, KvCache, KvCacheConfig, Positions, Residual, RmsNorm, Tensor,
+    Attention, Context, DType, KvCache, KvCacheConfig, KvFormat, Positions, Residual, RmsNorm,
+    Tensor,
 };
 
 use super::config::{Act, Arch, Config};
@@ -69,6 +70,8 @@ struct Layer {
 pub struct Model {
     pub cfg: Config,
     pub dtype: DType,
+    /// Storage format of the KV caches (`dtype`'s own unless [`Model::with_kv`]).
+    pub kv: KvFormat,
     embed: Tensor,
     lm_head: Tensor,
     final_norm: Tensor,
@@ -209,11 +212,26 @@ impl Model {
             kernels: Kernels::new(ctx)?,
             cfg,
             dtype,
+            kv: KvFormat::from_dtype(dtype),
             embed,
             lm_head,
             final_norm,
             layers,
         })
+    }
+
+    /// The same model with its KV caches stored in `kv` (e.g. q8_0, or fp8 e4m3 with scales 1):
+    /// an error when the format cannot hold this model's heads.
+    pub fn with_kv(mut self, kv: KvFormat) -> Result<Model> {
+        if kv.dtype().is_some_and(|d| d != self.dtype) {
+            return Err(Error(format!(
+                "--kv {kv}: a float KV cache is stored as the compute dtype {}",
+                self.dtype
+            )));
+        }
+        kv.check_head_dim("tiny_llm", self.cfg.head_dim)?;
+        self.kv = kv;
+        Ok(self)
     }
 
     pub(crate) fn state(&self, ctx: &Context, rows: usize) -> Result<State> {
@@ -243,6 +261,7 @@ impl Model {
                             capacity: rows,
                             head_dim: c.head_dim,
                             dtype: d,
+                            kv_format: Some(self.kv),
                         },
                     )
                 })
@@ -528,7 +547,8 @@ impl Model {
                     n_kv_heads: nkv,
                     head_dim: hd,
                 };
-                built += attention.prepare(ctx, &[dims], st.caches[i].dtype())?;
+                let cache = &st.caches[i];
+                built += attention.prepare_kv(ctx, &[dims], cache.dtype(), cache.format())?;
             }
         }
         Ok(built)

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use llama_kernels::{Context, DType};
+use llama_kernels::{Context, DType, KvFormat};
 use safetensors::{Dtype, SafeTensors};
 
 use super::model::{Error, Model, Result};
@@ -116,6 +116,7 @@ impl Reference {
 /// One GPU run of a committed model against its reference.
 pub struct Outcome {
     pub dtype: DType,
+    pub kv: KvFormat,
     pub nmse: f64,
     pub max_abs: f64,
     pub limit: Option<f64>,
@@ -135,9 +136,15 @@ impl Outcome {
 
 /// Load `dir` in `dtype`, run the reference prompt for its steps, compare with float64.
 pub fn run(ctx: &Context, dir: &Path, dtype: DType) -> Result<Outcome> {
+    run_kv(ctx, dir, dtype, KvFormat::from_dtype(dtype))
+}
+
+/// [`run`] with the KV caches stored in `kv` ([`Model::with_kv`]); the limit stays the
+/// compute dtype's (a quantized cache's own error comes on top).
+pub fn run_kv(ctx: &Context, dir: &Path, dtype: DType, kv: KvFormat) -> Result<Outcome> {
     let r = Reference::load(dir)?;
     let t0 = Instant::now();
-    let model = Model::load(ctx, dir, dtype)?;
+    let model = Model::load(ctx, dir, dtype)?.with_kv(kv)?;
     if model.cfg.vocab != r.vocab {
         return Err(Error(format!(
             "{}: reference vocab {} but config vocab_size {}",
@@ -159,6 +166,7 @@ pub fn run(ctx: &Context, dir: &Path, dtype: DType) -> Result<Outcome> {
         );
     Ok(Outcome {
         dtype,
+        kv,
         nmse: nmse(&got, &r.logits_f64),
         max_abs,
         limit: r.limit(dtype),

@@ -1,0 +1,689 @@
+//! Quantized KV caches (q8_0, q4_0, fp8 e4m3): the CPU quantizers against the formats' own
+//! reference code (a dump written by `scripts/gen_kv_quant_ref.py` with `gguf.quants` and an
+//! e4m3 cast), the cache's append against the CPU quantizer bit for bit, and attention over a
+//! quantized cache against the f64 reference over the dequantized values.
+
+mod common;
+
+use llama_kernels::kv_format::BLOCK;
+use llama_kernels::reference::quant;
+use llama_kernels::{KvCacheConfig, PagedKvConfig};
+
+/// The committed dump: inputs, gguf q8_0 / q4_0 blocks, fp8 codes per scale.
+struct Dump {
+    x: Vec<f32>,
+    q8: Vec<u8>,
+    q4: Vec<u8>,
+    fp8: Vec<(f32, Vec<u8>)>,
+}
+
+fn dump() -> Dump {
+    let b: &[u8] = include_bytes!("data/kv_quant_ref.bin");
+    assert_eq!(&b[..4], b"KVQ1");
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as usize;
+    let n = u32_at(4);
+    let mut o = 8;
+    let x = b[o..o + 4 * n]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    o += 4 * n;
+    let q8 = b[o..o + n / 32 * 34].to_vec();
+    o += q8.len();
+    let q4 = b[o..o + n / 32 * 18].to_vec();
+    o += q4.len();
+    let scales = u32_at(o);
+    o += 4;
+    let mut fp8 = Vec::new();
+    for _ in 0..scales {
+        let s = f32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        fp8.push((s, b[o + 4..o + 4 + n].to_vec()));
+        o += 4 + n;
+    }
+    assert_eq!(o, b.len());
+    Dump { x, q8, q4, fp8 }
+}
+
+/// q8_0 and q4_0 blocks bit for bit as llama.cpp's Python quantizers make them, fp8 codes as
+/// the e4m3 cast makes them. q4_0 rounds as the reference without a fused multiply-add; the dump
+/// holds two blocks built so that a fused one would truncate some values a step lower, and
+/// those values are counted (the CPU quantizer matches the reference on them too).
+#[test]
+fn cpu_quantizers_match_the_reference_dump() {
+    let d = dump();
+    let mut fused_ties = 0;
+    for (i, block) in d.x.chunks_exact(BLOCK).enumerate() {
+        let block: &[f32; BLOCK] = block.try_into().unwrap();
+        let (dq8, q8) = quant::quantize_q8_0(block);
+        let want = &d.q8[i * 34..(i + 1) * 34];
+        assert_eq!(dq8.to_le_bytes(), want[..2], "q8_0 block {i} d");
+        let got: Vec<u8> = q8.iter().map(|&q| q as u8).collect();
+        assert_eq!(got, want[2..], "q8_0 block {i}");
+        let (dq4, q4) = quant::quantize_q4_0(block);
+        let want = &d.q4[i * 18..(i + 1) * 18];
+        assert_eq!(dq4.to_le_bytes(), want[..2], "q4_0 block {i} d");
+        assert_eq!(quant::pack_q4_0(&q4), want[2..], "q4_0 block {i}");
+        fused_ties += quant::q4_0_fused_differs(block).len();
+    }
+    eprintln!("q4_0: {fused_ties} values where a fused multiply-add would round differently");
+    assert!(
+        fused_ties > 0,
+        "the dump must hold FMA-dependent q4_0 values"
+    );
+    for (scale, codes) in &d.fp8 {
+        for (i, (&x, &c)) in d.x.iter().zip(codes).enumerate() {
+            assert_eq!(
+                quant::quantize_fp8(x, *scale),
+                c,
+                "fp8 value {i} ({x}) at scale {scale}"
+            );
+        }
+    }
+}
+
+/// head_dim 96: three blocks per row, so each row's scales are padded to four and a pair of
+/// blocks is cut short (Phi-3's head size).
+const QHD: usize = 96;
+
+/// The dump's values as `[batch, n_new, n_kv_heads, head_dim]` rows of a 2 x 2-head cache of
+/// capacity 4, in the cache's own `[batch, n_kv_heads, capacity, head_dim]` order too.
+fn cache_order(rows: &[f32], batch: usize, n: usize, heads: usize) -> Vec<f32> {
+    let mut out = vec![0.0; rows.len()];
+    for b in 0..batch {
+        for t in 0..n {
+            for h in 0..heads {
+                let src = ((b * n + t) * heads + h) * QHD;
+                let dst = ((b * heads + h) * n + t) * QHD;
+                out[dst..dst + QHD].copy_from_slice(&rows[src..src + QHD]);
+            }
+        }
+    }
+    out
+}
+
+/// The append writes the bytes the CPU quantizer gives for the same values, for every quantized
+/// format, in two appends (3 rows, then 1) that fill the cache: q8_0 and fp8 bit for bit, q4_0
+/// too except values on an FMA-dependent tie ([`quant::q4_0_fused_differs`]), which are counted.
+/// K holds the dump's values (zero blocks, ties, tiny and saturating fp8 values); V is random.
+/// From f32 rows, and from f16 rows for q8_0 (quantizing the f16 values).
+#[test]
+fn append_quantizes_like_the_cpu_quantizer() {
+    use llama_kernels::{DType, KvCache, KvFormat};
+    let ctx = common::ctx();
+    let d = dump();
+    let (batch, heads, cap) = (2, 2, 4);
+    let n = batch * heads * cap * QHD;
+    assert_eq!(d.x.len(), n);
+    let v_rows = common::Rng::new(2101).vec(n, 2.0);
+    let cases = [
+        (KvFormat::Q8_0, DType::F32),
+        (KvFormat::Q8_0, DType::F16),
+        (KvFormat::Q4_0, DType::F32),
+        (KvFormat::Fp8E4M3, DType::F32),
+    ];
+    for (format, src) in cases {
+        let mut cache = KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch,
+                n_kv_heads: heads,
+                capacity: cap,
+                head_dim: QHD,
+                dtype: DType::F32,
+                kv_format: Some(format),
+            },
+        )
+        .unwrap();
+        let (ks, vs) = (0.0173, 4.0);
+        if format == KvFormat::Fp8E4M3 {
+            cache.set_scales(ks, vs).unwrap();
+        }
+        // The values the kernel sees: rounded to the source dtype.
+        let k_in: Vec<f32> = common::rounded(&d.x, src)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let v_in: Vec<f32> = common::rounded(&v_rows, src)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        for (t0, nt) in [(0, 3), (3, 1)] {
+            let part = |x: &[f32]| -> Vec<f32> {
+                let mut out = Vec::new();
+                for b in 0..batch {
+                    let row = heads * QHD;
+                    out.extend_from_slice(&x[(b * cap + t0) * row..(b * cap + t0 + nt) * row]);
+                }
+                out
+            };
+            let shape = [batch, nt, heads, QHD];
+            let k = ctx.upload_as(&part(&k_in), &shape, src).unwrap();
+            let v = ctx.upload_as(&part(&v_in), &shape, src).unwrap();
+            cache.append_run(&ctx, &k, &v).unwrap();
+        }
+        for (name, buf, rows, scale) in [
+            ("K", cache.k_buffer(), &k_in, ks),
+            ("V", cache.v_buffer(), &v_in, vs),
+        ] {
+            let want = quant::encode(format, &cache_order(rows, batch, cap, heads), QHD, scale);
+            let got = ctx.read_bytes(buf, 0..want.len() as u64).unwrap();
+            assert_eq!(
+                buf.size() as usize,
+                want.len(),
+                "{format} {name} buffer size"
+            );
+            let mut ties = 0;
+            for (blk, x) in cache_order(rows, batch, cap, heads)
+                .chunks_exact(BLOCK)
+                .enumerate()
+            {
+                let e = blk * BLOCK;
+                let (lo, hi) = match format {
+                    KvFormat::Q4_0 => (e / 2, e / 2 + 16),
+                    _ => (e, e + BLOCK),
+                };
+                if got[lo..hi] == want[lo..hi] {
+                    continue;
+                }
+                let fused = quant::q4_0_fused_differs(x.try_into().unwrap());
+                let differing = (0..BLOCK)
+                    .filter(|&j| match format {
+                        KvFormat::Q4_0 => {
+                            let nib = |b: &[u8]| b[lo + j % 16] >> (4 * (j / 16)) & 15;
+                            nib(&got) != nib(&want)
+                        }
+                        _ => got[lo + j] != want[lo + j],
+                    })
+                    .collect::<Vec<_>>();
+                assert!(
+                    format == KvFormat::Q4_0 && differing.iter().all(|j| fused.contains(j)),
+                    "{format} from {src} {name}: block {blk} differs at {differing:?}"
+                );
+                ties += differing.len();
+            }
+            let plane = format.scale_plane_byte(batch * heads * cap, QHD);
+            assert_eq!(
+                got[plane..],
+                want[plane..],
+                "{format} from {src} {name}: scales"
+            );
+            eprintln!("{format} from {src} {name}: {ties} values on FMA-dependent ties");
+        }
+    }
+}
+
+/// Attention over a quantized cache (every format; q and out f32) equals the f64 reference over
+/// the dequantized K/V within f32's tolerance: a 30-token prefill, then a decode step after one
+/// more append. DecodeKeys for every format (q4_0 over the prefill's rows); for q4_0 also
+/// PrefillKeys, Decode and DecodeSubgroup (where the adapter has subgroups). GQA with 4 q heads
+/// over 2, batch 2, head_dim 32 (one block per row, its scale padded to a pair); fp8 with
+/// scales that leave some values saturated.
+#[test]
+fn attention_reads_quantized_caches() {
+    use llama_kernels::compare::tolerance;
+    use llama_kernels::ops::attention::Kind;
+    use llama_kernels::reference::attention as reference;
+    use llama_kernels::{Attention, DType, KvCache, KvFormat};
+    let ctx = common::ctx();
+    let (batch, nh, nkv, hd, cap) = (2, 4, 2, 32, 40);
+    let mut decode_kinds = vec![Kind::Decode];
+    if ctx.caps().subgroups {
+        decode_kinds.push(Kind::DecodeSubgroup);
+    }
+    for format in KvFormat::QUANTIZED {
+        let mut rng = common::Rng::new(2102);
+        let mut cache = KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch,
+                n_kv_heads: nkv,
+                capacity: cap,
+                head_dim: hd,
+                dtype: DType::F32,
+                kv_format: Some(format),
+            },
+        )
+        .unwrap();
+        let (ks, vs) = (0.004, 0.02);
+        if format == KvFormat::Fp8E4M3 {
+            cache.set_scales(ks, vs).unwrap();
+        }
+        let (mut k_all, mut v_all) = (vec![Vec::new(); batch], vec![Vec::new(); batch]);
+        // Every kernel reads quantized K/V through the same kv_load4 (kv_quant.wgsl), so each
+        // format runs the decode default of CPU adapters (DecodeKeys), and q4_0 (the most
+        // addressing) every other kernel but Prefill, whose K/V staging is Decode's `load4`
+        // (its LLVM compile alone costs more than the rest of this test).
+        let all = format == KvFormat::Q4_0;
+        let steps = [
+            // q4_0's 30 rows per kv head take DecodeKeys with 4 rows per workgroup, as the
+            // committed q4_0 case does.
+            (
+                30,
+                if all {
+                    vec![Kind::PrefillKeys, Kind::DecodeKeys]
+                } else {
+                    vec![]
+                },
+            ),
+            (
+                1,
+                if all {
+                    decode_kinds.clone()
+                } else {
+                    vec![Kind::DecodeKeys]
+                },
+            ),
+        ];
+        for (n_new, kinds) in steps {
+            let shape = [batch, n_new, nkv, hd];
+            let k_new = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let v_new = rng.vec(batch * n_new * nkv * hd, 1.0);
+            let k = ctx.upload_as(&k_new, &shape, DType::F32).unwrap();
+            let v = ctx.upload_as(&v_new, &shape, DType::F32).unwrap();
+            cache.append_run(&ctx, &k, &v).unwrap();
+            let row = n_new * nkv * hd;
+            for b in 0..batch {
+                k_all[b].extend(quant::round_trip(
+                    format,
+                    &k_new[b * row..(b + 1) * row],
+                    hd,
+                    ks,
+                ));
+                v_all[b].extend(quant::round_trip(
+                    format,
+                    &v_new[b * row..(b + 1) * row],
+                    hd,
+                    vs,
+                ));
+            }
+            let q = rng.vec(batch * n_new * nh * hd, 1.0);
+            let dims = reference::Dims {
+                batch,
+                q_len: n_new,
+                kv_len: cache.len(),
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            };
+            let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+            let want = reference::attention(
+                &q64,
+                &k_all.concat(),
+                &v_all.concat(),
+                None,
+                dims,
+                &Default::default(),
+            );
+            let qt = ctx
+                .upload_as(&q, &[batch, n_new, nh, hd], DType::F32)
+                .unwrap();
+            for kind in kinds {
+                let out = common::nan_output(&ctx, &[batch, n_new, nh, hd], DType::F32);
+                let attn = Attention {
+                    kind: Some(kind),
+                    ..Attention::causal()
+                };
+                attn.run_cached(&ctx, &qt, &cache, None, &out).unwrap();
+                let what = format!("{format} {kind:?} q_len {n_new}");
+                common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
+                common::assert_guards(&ctx, &out, &what);
+            }
+        }
+    }
+}
+
+/// `append_rope` into a quantized cache holds exactly the CPU quantizer's blocks of the rows
+/// RoPE rotates (RoPE run on its own, out of place, read back): the rotation through scratch
+/// and the quantizing append lose nothing between them. V is quantized as it comes.
+#[test]
+fn append_rope_quantizes_the_rotated_rows() {
+    use llama_kernels::ops::rope::{Layout, Rope};
+    use llama_kernels::{DType, KvCache, KvFormat};
+    let ctx = common::ctx();
+    let (batch, heads, cap) = (2, 2, 4);
+    let rope = Rope::new(10000.0, Layout::Half);
+    let mut rng = common::Rng::new(2103);
+    for format in [KvFormat::Q8_0, KvFormat::Fp8E4M3] {
+        let mut cache = KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch,
+                n_kv_heads: heads,
+                capacity: cap,
+                head_dim: QHD,
+                dtype: DType::F32,
+                kv_format: Some(format),
+            },
+        )
+        .unwrap();
+        assert!(!cache.rope_fused_for(DType::F32));
+        let n = batch * cap * heads * QHD;
+        let (k_rows, v_rows) = (rng.vec(n, 3.0), rng.vec(n, 3.0));
+        let mut rotated = Vec::new();
+        for (t0, nt) in [(0, 3), (3, 1)] {
+            let part = |x: &[f32]| -> Vec<f32> {
+                let row = heads * QHD;
+                (0..batch)
+                    .flat_map(|b| x[(b * cap + t0) * row..(b * cap + t0 + nt) * row].to_vec())
+                    .collect()
+            };
+            let shape = [batch, nt, heads, QHD];
+            let k = ctx.upload_as(&part(&k_rows), &shape, DType::F32).unwrap();
+            let v = ctx.upload_as(&part(&v_rows), &shape, DType::F32).unwrap();
+            let start = llama_kernels::Positions::Start(t0 as i32);
+            let alone = ctx.upload_as(&part(&k_rows), &shape, DType::F32).unwrap();
+            let out = ctx.upload_as(&part(&k_rows), &shape, DType::F32).unwrap();
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            rope.encode_to(&ctx, &mut enc, &alone, &out, start).unwrap();
+            ctx.queue().submit([enc.finish()]);
+            rotated.push(ctx.read_f32(&out).unwrap());
+            cache.append_rope_run(&ctx, &k, &v, &rope, None).unwrap();
+        }
+        // Back to [batch, cap, heads, QHD] order.
+        let row = heads * QHD;
+        let k_rot: Vec<f32> = (0..batch)
+            .flat_map(|b| {
+                let mut r = rotated[0][b * 3 * row..(b + 1) * 3 * row].to_vec();
+                r.extend_from_slice(&rotated[1][b * row..(b + 1) * row]);
+                r
+            })
+            .collect();
+        for (name, buf, rows) in [
+            ("K", cache.k_buffer(), &k_rot),
+            ("V", cache.v_buffer(), &v_rows),
+        ] {
+            let want = quant::encode(format, &cache_order(rows, batch, cap, heads), QHD, 1.0);
+            let got = ctx.read_bytes(buf, 0..want.len() as u64).unwrap();
+            assert!(
+                got == want,
+                "{format} {name}: the cache differs from the CPU quantizer"
+            );
+        }
+    }
+}
+
+/// Every rule of quantized caches, with its message.
+#[test]
+fn quantized_cache_rules() {
+    use common::{expect_err, is_dtype, is_param, is_shape};
+    use llama_kernels::ops::attention::Dims;
+    use llama_kernels::{Attention, DType, KvCache, KvFormat};
+    let ctx = common::ctx();
+    expect_err(
+        KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch: 1,
+                n_kv_heads: 1,
+                capacity: 4,
+                head_dim: 80,
+                dtype: DType::F32,
+                kv_format: Some(KvFormat::Q4_0),
+            },
+        ),
+        "kv_cache",
+        is_shape,
+        "kv format q4_0 needs head_dim to be a multiple of 32, got head_dim 80",
+    );
+    expect_err(
+        KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch: 1,
+                n_kv_heads: 1,
+                capacity: 4,
+                head_dim: 36,
+                dtype: DType::F16,
+                kv_format: Some(KvFormat::Fp8E4M3),
+            },
+        ),
+        "kv_cache",
+        is_shape,
+        "kv format fp8_e4m3 needs head_dim to be a multiple of 8, got head_dim 36",
+    );
+    expect_err(
+        KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch: 1,
+                n_kv_heads: 1,
+                capacity: 4,
+                head_dim: 32,
+                dtype: DType::F16,
+                kv_format: Some(KvFormat::F32),
+            },
+        ),
+        "kv_cache",
+        is_dtype,
+        "a f32 cache is for q and out of f32, not f16",
+    );
+    let mut cache = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: 1,
+            capacity: 4,
+            head_dim: 32,
+            dtype: DType::F32,
+            kv_format: Some(KvFormat::Fp8E4M3),
+        },
+    )
+    .unwrap();
+    for (k, v) in [
+        (0.0, 1.0),
+        (1.0, f32::NAN),
+        (-2.0, 1.0),
+        (1.0, f32::INFINITY),
+    ] {
+        expect_err(
+            cache.set_scales(k, v),
+            "kv_cache",
+            is_param,
+            "must be finite and > 0",
+        );
+    }
+    let rows = ctx.upload_as(&[0.5; 32], &[1, 1, 32], DType::F32).unwrap();
+    cache.append_run(&ctx, &rows, &rows).unwrap();
+    expect_err(
+        cache.set_scales(2.0, 2.0),
+        "kv_cache",
+        is_param,
+        "the scales can only change while the cache is empty (length 1)",
+    );
+    // The planner refuses a quantized K/V format whose blocks do not fit the head.
+    let d = Dims {
+        batch: 1,
+        q_len: 1,
+        kv_len: 8,
+        n_heads: 2,
+        n_kv_heads: 1,
+        head_dim: 48,
+    };
+    expect_err(
+        Attention::default().plan_kv(&ctx, d, DType::F32, KvFormat::Q8_0),
+        "attention",
+        is_shape,
+        "kv format q8_0 needs head_dim to be a multiple of 32, got head_dim 48",
+    );
+}
+
+/// The `attention` case op's `kv_format` rules: an unknown format, a float format other than
+/// q's dtype, a scale with a format that has none, a scale that is not one value, a head_dim the
+/// blocks do not fit are refused (`paged_attention` reads `kv_format` through the same code).
+#[test]
+fn case_kv_format_rules() {
+    use llama_kernels::DType;
+    let qkv = |hd: usize| {
+        vec![
+            ("q", DType::F32, vec![1, 2, hd]),
+            ("k", DType::F32, vec![3, 1, hd]),
+            ("v", DType::F32, vec![3, 1, hd]),
+            ("expected.out", DType::F32, vec![1, 2, hd]),
+        ]
+    };
+    let op = ("op", "attention");
+    let e = common::case_error(&qkv(32), &[op, ("kv_format", "q5_1")], 0.5);
+    assert!(
+        e.contains("metadata kv_format=\"q5_1\" must be one of"),
+        "{e}"
+    );
+    let e = common::case_error(&qkv(32), &[op, ("kv_format", "bf16")], 0.5);
+    assert!(
+        e.contains("kv_format=bf16 differs from q's dtype f32"),
+        "{e}"
+    );
+    let mut t = qkv(32);
+    t.push(("k_scale", DType::F32, vec![]));
+    let e = common::case_error(&t, &[op, ("kv_format", "q8_0")], 0.5);
+    assert!(
+        e.contains("k_scale must be one F32 value, with kv_format fp8_e4m3 only"),
+        "{e}"
+    );
+    let mut t = qkv(32);
+    t.push(("v_scale", DType::F32, vec![2]));
+    let e = common::case_error(&t, &[op, ("kv_format", "fp8_e4m3")], 0.5);
+    assert!(e.contains("v_scale must be one F32 value"), "{e}");
+    let e = common::case_error(&qkv(48), &[op, ("kv_format", "q4_0")], 0.5);
+    assert!(
+        e.contains("kv format q4_0 needs head_dim to be a multiple of 32"),
+        "{e}"
+    );
+}
+
+/// Paged caches of each quantized format: the write pass (`append`) stores exactly the pages
+/// the host encoder (`write_pages`, the CPU quantizer) gives for the same rows, in both page
+/// layouts; and paged attention over shuffled quantized pages (with noise in the others) equals
+/// the f64 reference over the dequantized K/V, for a decode row (DecodeKeys on CPU adapters) and
+/// a 9-token prefill (the tile kernel) per batch, for q4_0 and fp8 with scales (whose V rows pick
+/// V's scale inside each page).
+#[test]
+fn paged_caches_quantize_and_attend() {
+    use llama_kernels::compare::tolerance;
+    use llama_kernels::ops::paged::{BatchSeq, Heads};
+    use llama_kernels::reference::attention as reference;
+    use llama_kernels::{Attention, DType, KvFormat, PageLayout, PagedBatch, PagedKvCache};
+    const PAGE: usize = 16;
+    let ctx = common::ctx();
+    let heads = Heads {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 32,
+    };
+    let (hd, row) = (heads.head_dim, heads.n_kv_heads * heads.head_dim);
+    let (ks, vs) = (0.004, 0.02);
+    for format in KvFormat::QUANTIZED {
+        for layout in [PageLayout::Nhd, PageLayout::Hnd] {
+            let mut rng = common::Rng::new(2104);
+            let n_pages = 8;
+            let f = (DType::F32, format);
+            let new = |ctx| {
+                let mut c = PagedKvCache::new(
+                    ctx,
+                    PagedKvConfig {
+                        n_pages,
+                        page_size: PAGE,
+                        n_kv_heads: 2,
+                        head_dim: hd,
+                        dtype: f.0,
+                        kv_format: Some(f.1),
+                        layout,
+                    },
+                )
+                .unwrap();
+                c.set_scales(ks, vs).unwrap();
+                c
+            };
+            // Append: two whole-page prefills (pages 5, 2 and 7) written by the GPU, and by the
+            // host encoder into a second cache.
+            let seqs = vec![
+                BatchSeq {
+                    q_len: 32,
+                    kv_len: 32,
+                    pages: vec![5, 2],
+                },
+                BatchSeq {
+                    q_len: 16,
+                    kv_len: 16,
+                    pages: vec![7],
+                },
+            ];
+            let (k, v) = (rng.vec(48 * row, 1.5), rng.vec(48 * row, 1.5));
+            let (gpu, host) = (new(&ctx), new(&ctx));
+            let batch = PagedBatch::from_parts(&ctx, PAGE, n_pages, &seqs, heads, None).unwrap();
+            let kt = ctx.upload_as(&k, &[48, 2, hd], DType::F32).unwrap();
+            let vt = ctx.upload_as(&v, &[48, 2, hd], DType::F32).unwrap();
+            let mut enc = ctx.device().create_command_encoder(&Default::default());
+            gpu.append(&ctx, &mut enc, &batch, &kt, &vt).unwrap();
+            ctx.queue().submit([enc.finish()]);
+            host.write_pages(&ctx, &[5, 2, 7], &k, &v).unwrap();
+            let size = gpu.buffers()[0].size();
+            let got = ctx.read_bytes(&gpu.buffers()[0], 0..size).unwrap();
+            let want = ctx.read_bytes(&host.buffers()[0], 0..size).unwrap();
+            assert!(
+                got == want,
+                "{format} {layout:?}: appended pages differ from the host's"
+            );
+            if format == KvFormat::Q8_0 || layout == PageLayout::Hnd {
+                continue;
+            }
+            // Attention: a decode row and a prefill over shuffled pages, noise elsewhere.
+            let cache = new(&ctx);
+            let all: Vec<u32> = (0..n_pages as u32).collect();
+            let per = PAGE * row;
+            cache
+                .write_pages(
+                    &ctx,
+                    &all,
+                    &rng.vec(n_pages * per, 3.0),
+                    &rng.vec(n_pages * per, 3.0),
+                )
+                .unwrap();
+            let seqs = vec![
+                BatchSeq {
+                    q_len: 1,
+                    kv_len: 40,
+                    pages: vec![6, 1, 4],
+                },
+                BatchSeq {
+                    q_len: 9,
+                    kv_len: 30,
+                    pages: vec![3, 0],
+                },
+            ];
+            let mut want = Vec::new();
+            let mut q = Vec::new();
+            for s in &seqs {
+                let n = s.pages.len() * per;
+                let (k, v) = (rng.vec(n, 1.5), rng.vec(n, 1.5));
+                cache.write_pages(&ctx, &s.pages, &k, &v).unwrap();
+                let qs = rng.vec(s.q_len * heads.n_heads * hd, 1.0);
+                let kv = s.kv_len * row;
+                want.extend(reference::attention(
+                    &qs.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+                    &quant::round_trip(format, &k[..kv], hd, ks),
+                    &quant::round_trip(format, &v[..kv], hd, vs),
+                    None,
+                    reference::Dims {
+                        batch: 1,
+                        q_len: s.q_len,
+                        kv_len: s.kv_len,
+                        n_heads: heads.n_heads,
+                        n_kv_heads: heads.n_kv_heads,
+                        head_dim: hd,
+                    },
+                    &Default::default(),
+                ));
+                q.extend(qs);
+            }
+            let batch = PagedBatch::from_parts(&ctx, PAGE, n_pages, &seqs, heads, None).unwrap();
+            let shape = [10, heads.n_heads, hd];
+            let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
+            let out = common::nan_output(&ctx, &shape, DType::F32);
+            Attention::default()
+                .run_paged(&ctx, &qt, &cache, &batch, None, &out)
+                .unwrap();
+            let what = format!("{format} paged attention ({:?})", batch.kinds());
+            common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
+        }
+    }
+}
