@@ -306,7 +306,8 @@ pub const ATTENTION_DECODE: &Shader = &Shader {
 };
 
 /// One contiguous subgroup-decode module: `shaders/attention_decode.wgsl` with the subgroup
-/// step and entry point, its K/V reads (`sg_load4`) given by `$reads` after the `$enable` line.
+/// step and entry point, its K/V reads (`sg_load4`) given by `$reads` after the `$enable` lines
+/// (`enable subgroups;`, and `enable f16;` where the reads use f16).
 macro_rules! subgroup_decode_module {
     ($name:literal, $enable:literal, $reads:expr, $this:ident) => {
         &Shader {
@@ -334,7 +335,7 @@ macro_rules! subgroup_decode_module {
 /// common.wgsl).
 pub const ATTENTION_DECODE_SUBGROUP: &Shader = subgroup_decode_module!(
     "attention_decode_subgroup.wgsl",
-    "",
+    "enable subgroups;",
     "fn sg_load4(src: u32, e: u32) -> vec4<f32> {
     return load4(src, e);
 }",
@@ -345,7 +346,7 @@ pub const ATTENTION_DECODE_SUBGROUP: &Shader = subgroup_decode_module!(
 /// (`shaders/attention_subgroup_f16.wgsl`, `enable f16`; [`super::Attention::native_f16`]).
 pub const ATTENTION_DECODE_SUBGROUP_F16: &Shader = subgroup_decode_module!(
     "attention_decode_subgroup_f16.wgsl",
-    "enable f16;",
+    "enable f16;\nenable subgroups;",
     include_str!("../../../shaders/attention_subgroup_f16.wgsl"),
     ATTENTION_DECODE_SUBGROUP_F16
 );
