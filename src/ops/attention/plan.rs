@@ -429,6 +429,83 @@ pub fn choice_table(dev: &DeviceDesc) -> Vec<ChoiceRow> {
         .collect()
 }
 
+/// The shapes of the sweep: decode and prefill on both sides of the decode threshold and
+/// of the loop caps, MHA to MQA.
+fn sweep_dims(head_dim: usize) -> Vec<Dims> {
+    let mut out = Vec::new();
+    for q_len in [1, 2, 8, 9, 100] {
+        for kv_len in [q_len, 4096, 70_000] {
+            for (n_heads, n_kv_heads) in [(8, 8), (32, 8), (16, 2), (8, 1)] {
+                out.push(Dims {
+                    batch: 1,
+                    q_len,
+                    kv_len,
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Options of the sweep: the default, f16 arithmetic, native f16 reads either way, a forced
+/// split count, and every kind forced where the device can run it.
+fn sweep_options(dev: &DeviceDesc) -> Vec<Attention> {
+    let mut out = vec![
+        Attention::default(),
+        Attention {
+            splits: Some(3),
+            ..Attention::default()
+        },
+        Attention {
+            native_f16: Some(false),
+            ..Attention::default()
+        },
+    ];
+    if dev.shader_f16 {
+        out.push(Attention {
+            f16_arithmetic: true,
+            ..Attention::default()
+        });
+    }
+    for kind in Kind::ALL {
+        if kind != Kind::DecodeSubgroup || dev.subgroups {
+            out.push(Attention {
+                kind: Some(kind),
+                ..Attention::default()
+            });
+        }
+    }
+    out
+}
+
+/// Every variant the planner picks on `dev` over a sweep of calls at the given head_dims: the
+/// shapes of `sweep_dims` in every dtype, K/V rows aligned or not, with the options of
+/// `sweep_options`. A unit test checks that the declared space covers it on every preset; the
+/// Dawn check (docs/browser.md) creates these pipelines at WebGPU's default limits.
+pub fn planned_variants(
+    dev: &DeviceDesc,
+    head_dims: impl Iterator<Item = usize> + Clone,
+) -> Vec<Variant> {
+    let mut out = Vec::new();
+    for hd in head_dims {
+        for d in sweep_dims(hd) {
+            for opts in sweep_options(dev) {
+                for dtype in DType::ALL {
+                    for aligned in [true, false] {
+                        if let Ok(p) = opts.plan_for_device(dev, d, dtype, aligned) {
+                            out.push(p.variant);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,77 +658,12 @@ mod tests {
         assert_eq!((p.variant.kind, p.variant.f16), (Kind::Prefill, true));
     }
 
-    /// The shapes of the sweep: decode and prefill on both sides of the decode threshold and
-    /// of the loop caps, MHA to MQA.
-    fn sweep_dims(head_dim: usize) -> Vec<Dims> {
-        let mut out = Vec::new();
-        for q_len in [1, 2, 8, 9, 100] {
-            for kv_len in [q_len, 4096, 70_000] {
-                for (n_heads, n_kv_heads) in [(8, 8), (32, 8), (16, 2), (8, 1)] {
-                    out.push(Dims {
-                        batch: 1,
-                        q_len,
-                        kv_len,
-                        n_heads,
-                        n_kv_heads,
-                        head_dim,
-                    });
-                }
-            }
-        }
-        out
-    }
-
-    /// Options of the sweep: the default, f16 arithmetic, native f16 reads either way, a forced
-    /// split count, and every kind forced where the device can run it.
-    fn sweep_options(dev: &DeviceDesc) -> Vec<Attention> {
-        let mut out = vec![
-            Attention::default(),
-            Attention {
-                splits: Some(3),
-                ..Attention::default()
-            },
-            Attention {
-                native_f16: Some(false),
-                ..Attention::default()
-            },
-        ];
-        if dev.shader_f16 {
-            out.push(Attention {
-                f16_arithmetic: true,
-                ..Attention::default()
-            });
-        }
-        for kind in Kind::ALL {
-            if kind != Kind::DecodeSubgroup || dev.subgroups {
-                out.push(Attention {
-                    kind: Some(kind),
-                    ..Attention::default()
-                });
-            }
-        }
-        out
-    }
-
-    /// Every plan's variant over the sweep, on every preset, at the given head_dims.
+    /// [`planned_variants`] on every preset.
     fn sweep(head_dims: impl Iterator<Item = usize> + Clone) -> Vec<Variant> {
-        let mut out = Vec::new();
-        for (_, dev) in DeviceDesc::presets() {
-            for hd in head_dims.clone() {
-                for d in sweep_dims(hd) {
-                    for opts in sweep_options(&dev) {
-                        for dtype in DType::ALL {
-                            for aligned in [true, false] {
-                                if let Ok(p) = opts.plan_for_device(&dev, d, dtype, aligned) {
-                                    out.push(p.variant);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        out
+        DeviceDesc::presets()
+            .iter()
+            .flat_map(|(_, dev)| planned_variants(dev, head_dims.clone()))
+            .collect()
     }
 
     #[test]
