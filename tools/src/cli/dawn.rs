@@ -11,13 +11,13 @@
 //!   (`DIR/read-N.bin`, written by `scripts/dawn/check.mjs replay DIR`), judged against the f64
 //!   reference at the self-test's tolerances.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use llama_kernels::context::Capture;
 use llama_kernels::ops::attention::{planned_variants, tile_v4_for, DeviceDesc, HEAD_DIMS};
-use llama_kernels::pipeline::{reflect, Access, PipelineKey, Shader};
+use llama_kernels::pipeline::{reflect, Access, PipelineKey, Shader, Slot};
 use llama_kernels::Context;
 use serde_json::{json, Value};
 
@@ -105,22 +105,28 @@ fn variants(dir: &Path) -> Result<usize, String> {
         .map(|s| s.name)
         .collect();
     let default_tile = tile_v4_for(DeviceDesc::webgpu_default().max_workgroup_storage);
-    let mut modules: Vec<String> = Vec::new();
+    let mut modules: HashMap<String, usize> = HashMap::new();
+    let mut reflected: HashMap<(usize, &str), Vec<Slot>> = HashMap::new();
     let mut out = Vec::new();
     for shader in Shader::ALL {
         for key in shader.variants() {
             let source = key.source();
-            let index = match modules.iter().position(|m| *m == source) {
-                Some(i) => i,
+            let next = modules.len();
+            let index = *modules.entry(source.clone()).or_insert(next);
+            if index == next {
+                let path = modules_dir.join(format!("{index}-{}", shader.name));
+                std::fs::write(&path, &source).map_err(|e| format!("{path:?}: {e}"))?;
+            }
+            // naga parses a module in milliseconds, thousands of variants in a minute: once per
+            // module and entry point.
+            let slots = match reflected.get(&(index, key.entry_point)) {
+                Some(s) => s,
                 None => {
-                    let path = modules_dir.join(format!("{}-{}", modules.len(), shader.name));
-                    std::fs::write(&path, &source).map_err(|e| format!("{path:?}: {e}"))?;
-                    modules.push(source.clone());
-                    modules.len() - 1
+                    let (slots, _) = reflect(&source, key.entry_point)
+                        .map_err(|e| format!("{} {}: {e}", shader.name, key.entry_point))?;
+                    reflected.entry((index, key.entry_point)).or_insert(slots)
                 }
             };
-            let (slots, _) = reflect(&source, key.entry_point)
-                .map_err(|e| format!("{} {}: {e}", shader.name, key.entry_point))?;
             let needs = features(&source);
             // On a device with WebGPU's defaults and no feature: the attention planner's picks;
             // of every other op, the variants that need no feature, with the K/V tile the paged
