@@ -11,6 +11,9 @@
 //                                 the same at WebGPU's default limits: fail only on a variant the
 //                                 planner picks for such a device (`default_device`), list the
 //                                 others (DIR/not-created.txt)
+//   node check.mjs variants DIR --over-default
+//                                 at the adapter's limits, only the variants a `--default` run
+//                                 listed (DIR/not-created.txt)
 //   node check.mjs replay DIR     run the captured launches (DIR/trace.json) in order, writing
 //                                 each read's bytes to DIR/read-N.bin
 //
@@ -26,6 +29,8 @@ Object.assign(globalThis, globals);
 
 const [mode, dir, ...flags] = process.argv.slice(2);
 const defaults = flags.includes('--default');
+// Only the variants an earlier `--default` run listed as needing more than those limits.
+const overDefault = flags.includes('--over-default');
 const nullBackend = flags.includes('--null');
 if (!['modules', 'variants', 'replay'].includes(mode) || !dir || (nullBackend && mode === 'replay')) {
   console.error('usage: node check.mjs modules|variants DIR [--default] [--null] | replay DIR');
@@ -100,7 +105,11 @@ async function pipeline(dev, modules, v) {
 async function variants() {
   const { dev, errors, features } = await device();
   const modules = moduleCache(dev);
-  const all = JSON.parse(readFileSync(join(dir, 'variants.json'), 'utf8'));
+  let all = JSON.parse(readFileSync(join(dir, 'variants.json'), 'utf8'));
+  if (overDefault) {
+    const over = new Set(readFileSync(join(dir, 'not-created.txt'), 'utf8').split('\n').map((l) => l.split(': ')[0]));
+    all = all.filter((v) => over.has(`${v.shader}:${v.entry_point} ${v.key}`));
+  }
   const failed = [];
   const listed = [];
   let created = 0;
