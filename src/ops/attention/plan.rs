@@ -153,6 +153,20 @@ impl Attention {
         dtype: DType,
         kv_aligned: bool,
     ) -> Result<Plan> {
+        let reported = dev.subgroup_min_size.max(4);
+        let dev = &DeviceDesc {
+            subgroup_min_size: match self.subgroup_min_size {
+                None => dev.subgroup_min_size,
+                Some(n) if n.is_power_of_two() && (4..=reported).contains(&n) => n,
+                Some(n) => {
+                    return Err(crate::error::Error::param(
+                        OP,
+                        format!("subgroup_min_size {n} must be a power of two from 4 to the smallest subgroup size of {adapter}, {reported}"),
+                    ))
+                }
+            },
+            ..*dev
+        };
         let limit = dev.max_workgroup_storage;
         let hd4 = (d.head_dim / 4) as u32;
         let keys_fit = prefill_keys_workgroup_bytes(hd4) <= limit;
@@ -638,6 +652,63 @@ mod tests {
             (p.variant.kind, p.splits, p.variant.split_kv),
             (Kind::PrefillKeys, 2, true)
         );
+    }
+
+    /// What a GPU reporting each smallest subgroup size from 4 to 128 gets for Llama-3-8B decode
+    /// (head_dim 128, GQA-4): the subgroup decode with SLOTS vec4 slots per lane, enough for
+    /// that many lanes to cover head_dim, and SG_WG / size virtual subgroups (one from 64 up),
+    /// every key declared. 128 is past SUBGROUP_MIN_SIZES: it gets 64's pipelines (one slot per
+    /// lane covers head_dim up to 256 either way; half of a 128-lane subgroup stays idle in a
+    /// 64-invocation workgroup). `Attention::subgroup_min_size` assumes smaller subgroups, and
+    /// never more than the device's.
+    #[test]
+    fn subgroup_sizes_4_to_128() {
+        let declared: std::collections::HashSet<PipelineKey> =
+            all_variant_keys().into_iter().collect();
+        let d = CHOICE_SHAPES[DECODE_4K].1;
+        let hd4 = (d.head_dim / 4) as u32;
+        let mut keys_at = Vec::new();
+        for size in [4u32, 8, 16, 32, 64, 128] {
+            let dev = DeviceDesc {
+                subgroup_min_size: size,
+                ..DeviceDesc::nvidia()
+            };
+            let p = Attention::default()
+                .plan_for_device(&dev, d, DType::F16, true)
+                .unwrap();
+            assert_eq!(p.variant.kind, Kind::DecodeSubgroup, "{size}");
+            let (slots, nsg) = p.variant.sg_shape();
+            assert!(
+                slots * size.min(super::super::SG_WG) >= hd4,
+                "{size}: {slots} slots"
+            );
+            assert_eq!(nsg, (super::super::SG_WG / size).max(1), "{size}");
+            assert_eq!(p.lanes, nsg as usize, "{size}");
+            let keys = p.variant.keys();
+            for k in &keys {
+                assert!(declared.contains(k), "{size}: {k:?} is not declared");
+            }
+            keys_at.push(keys);
+        }
+        assert_eq!(keys_at[4], keys_at[5], "128 gets 64's pipelines");
+        let forced = |n| Attention {
+            subgroup_min_size: Some(n),
+            ..Attention::default()
+        };
+        let p = forced(4)
+            .plan_for_device(&DeviceDesc::nvidia(), d, DType::F16, true)
+            .unwrap();
+        assert_eq!((p.variant.sg_min, p.lanes), (4, 16));
+        for bad in [64, 24, 2] {
+            let e = forced(bad)
+                .plan_for_device(&DeviceDesc::nvidia(), d, DType::F16, true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("subgroup_min_size {bad} must be a power of two from 4 to the smallest subgroup size of a described device, 32")),
+                "{e}"
+            );
+        }
     }
 
     #[test]
