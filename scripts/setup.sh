@@ -46,7 +46,8 @@ else
     echo "setup: no npm; the Dawn check needs Node 20+ and npm" >&2
 fi
 mesa="$root/.dawn/mesa"
-if [ ! -f "$mesa/lvp_icd.json" ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1; then
+# (Again when the checkout moved: the ICD file names the driver by absolute path.)
+if ! grep -qs "\"$mesa/root/" "$mesa/lvp_icd.json" && command -v apt-get >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1; then
     echo "setup: unpacking Mesa 25 lavapipe from bookworm-backports into .dawn/mesa (for Dawn)" >&2
     tmp="$(mktemp -d)"
     chmod 755 "$tmp" # apt fetches as its sandbox user
