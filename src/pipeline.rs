@@ -120,7 +120,8 @@ impl Shader {
         { OTHERS.len() + crate::ops::attention::MODULES.len() },
     >(&OTHERS, &crate::ops::attention::MODULES);
 
-    /// The full WGSL module.
+    /// The full WGSL module as the WGSL spec has it (every `enable` directive it needs), which a
+    /// browser's compiler takes as it stands; [`naga_source`] makes naga's text of it.
     pub fn source(&self) -> String {
         self.parts.join("\n")
     }
@@ -310,13 +311,14 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("rope.wgsl", include_str!("../shaders/rope.wgsl")),
 ];
 
-/// The bindings of group 0 that `entry_point` of `source` uses (statically, before overrides:
-/// the same analysis wgpu derives the bind group layout from), and the names of every binding
-/// the module declares.
+/// The bindings of group 0 that `entry_point` of `source` (spec-correct or naga's text, see
+/// [`naga_source`]) uses (statically, before overrides: the same analysis wgpu derives the bind
+/// group layout from), and the names of every binding the module declares.
 pub fn reflect(
     source: &str,
     entry_point: &str,
 ) -> std::result::Result<(Vec<Slot>, Vec<String>), ShaderError> {
+    let source = &*naga_source(source);
     let module = naga::front::wgsl::parse_str(source).map_err(|e| ShaderError {
         line: e.location(source).map(|l| l.line_number as usize),
         message: e.emit_to_string(source),
@@ -369,6 +371,31 @@ pub fn reflect(
         });
     }
     Ok((slots, declared))
+}
+
+/// `enable` directives that the WGSL spec requires but naga (30) rejects: naga takes the feature's
+/// functions and builtins without them ("specifies standard functionality which is not yet
+/// implemented"). [`naga_source`] removes them; Tint (Chrome's compiler, Dawn) requires them.
+pub const NAGA_PENDING_DIRECTIVES: &[&str] = &["enable subgroups;"];
+
+/// The text of a spec-correct module that naga takes: each line that is one of
+/// [`NAGA_PENDING_DIRECTIVES`] becomes a comment, so that line numbers (and [`Shader::locate`])
+/// still hold. The one place where a module's text differs between naga and the spec: reflection
+/// always parses this text, and native wgpu is handed it ([`PipelineKey::build`]); wgpu's
+/// `webgpu` backend on wasm32 hands the browser the spec-correct text instead.
+pub fn naga_source(spec: &str) -> std::borrow::Cow<'_, str> {
+    let pending = |line: &str| NAGA_PENDING_DIRECTIVES.contains(&line.trim());
+    if !spec.lines().any(pending) {
+        return std::borrow::Cow::Borrowed(spec);
+    }
+    let mut out = String::with_capacity(spec.len() + 32);
+    for line in spec.split_inclusive('\n') {
+        if pending(line) {
+            out.push_str("// ");
+        }
+        out.push_str(line);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Marks a module constant that each pipeline key sets, written in WGSL as
@@ -475,6 +502,12 @@ impl PipelineKey {
                 self.shader.name, self.entry_point, e.message
             )
         })?;
+        // Native wgpu parses the module with naga; wgpu's `webgpu` backend (wasm32) hands the
+        // text to the browser, whose compiler requires every directive the spec does. A module
+        // with `enable subgroups;` is only built on a device with SUBGROUP, which on wasm32 means
+        // the `webgpu` backend (WebGL has no subgroups).
+        #[cfg(not(target_arch = "wasm32"))]
+        let src = naga_source(&src).into_owned();
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(self.shader.name),
             source: wgpu::ShaderSource::Wgsl(src.into()),
@@ -780,6 +813,67 @@ mod tests {
         // A key without the constant keeps the default.
         let key = PipelineKey::new(&K, "f", vec![("WG", 64)]);
         assert!(key.source().contains("const RS: u32 = 4u; // @key"));
+    }
+
+    #[test]
+    fn naga_source_comments_out_pending_directives_line_for_line() {
+        let spec =
+            "enable f16;\nenable subgroups;\n// enable subgroups; stays a comment\nfn f() {}";
+        let naga = naga_source(spec);
+        assert_eq!(
+            naga,
+            "enable f16;\n// enable subgroups;\n// enable subgroups; stays a comment\nfn f() {}"
+        );
+        assert_eq!(naga.lines().count(), spec.lines().count());
+        // Text without them is handed over as it stands, not copied.
+        let plain = "enable f16;\nfn f() {}";
+        assert!(matches!(naga_source(plain), std::borrow::Cow::Borrowed(p) if p == plain));
+    }
+
+    /// Whether naga validates `module` with every capability but `without`.
+    fn validates_without(module: &naga::Module, without: naga::valid::Capabilities) -> bool {
+        let mut v = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all() - without,
+        );
+        if !without.contains(naga::valid::Capabilities::SUBGROUP) {
+            v.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
+            v.subgroup_operations(naga::valid::SubgroupOperationSet::all());
+        }
+        v.validate(module).is_ok()
+    }
+
+    /// Every module declares exactly the `enable` directives its code needs (Tint rejects a
+    /// subgroup builtin or an f16 type without one), found by what naga's validator needs; naga
+    /// still rejects `enable subgroups;` (when it takes it, [`NAGA_PENDING_DIRECTIVES`] can go).
+    #[test]
+    fn every_module_enables_what_it_uses() {
+        use naga::valid::Capabilities as C;
+        let mut subgroup_modules = 0;
+        for shader in Shader::ALL {
+            let spec = shader.source();
+            let module = naga::front::wgsl::parse_str(&naga_source(&spec))
+                .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&spec)));
+            assert!(validates_without(&module, C::empty()), "{}", shader.name);
+            let needs_subgroups = !validates_without(&module, C::SUBGROUP | C::SUBGROUP_BARRIER);
+            let needs_f16 = !validates_without(&module, C::SHADER_FLOAT16);
+            let enables = |d: &str| spec.lines().any(|l| l.trim() == d);
+            assert_eq!(
+                (enables("enable subgroups;"), enables("enable f16;")),
+                (needs_subgroups, needs_f16),
+                "{}: (enable subgroups, enable f16) vs what its code uses",
+                shader.name
+            );
+            if needs_subgroups {
+                subgroup_modules += 1;
+                assert!(
+                    naga::front::wgsl::parse_str(&spec).is_err(),
+                    "{}: naga now takes `enable subgroups;`",
+                    shader.name
+                );
+            }
+        }
+        assert_eq!(subgroup_modules, 5);
     }
 
     #[test]

@@ -34,6 +34,7 @@ struct Case {
     kind: Option<Kind>,
     splits: Option<u32>,
     native_f16: Option<bool>,
+    subgroup_min_size: Option<u32>,
 }
 
 impl Case {
@@ -65,6 +66,7 @@ impl Case {
             kind: None,
             splits: None,
             native_f16: None,
+            subgroup_min_size: None,
         }
     }
     fn op(&self) -> Attention {
@@ -82,6 +84,7 @@ impl Case {
             splits: self.splits,
             f16_arithmetic: false,
             native_f16: self.native_f16,
+            subgroup_min_size: self.subgroup_min_size,
         }
     }
     fn dims(&self) -> reference::Dims {
@@ -1866,6 +1869,46 @@ fn decode_subgroup_kernel() {
         .kind;
     let gpu_adapter = ctx.adapter_info().device_type != wgpu::DeviceType::Cpu;
     assert_eq!(auto_kind == Kind::DecodeSubgroup, gpu_adapter);
+}
+
+/// The subgroup decode assuming smaller subgroups than the device runs
+/// (`Attention::subgroup_min_size`): every smaller power of two down to 4 that the adapter
+/// allows (on lavapipe, which runs subgroups of 8: 4; the adapter's own 8 is the test above),
+/// with twice the virtual subgroups and vec4 slots per lane of 8's, against the f64 reference at
+/// the GQA-4 head_dim-64 shape the test above compiles; more than the adapter's smallest is an
+/// `Err`. What larger sizes (16 to 128) get is pinned on described devices in the planner's unit
+/// tests.
+#[test]
+fn decode_subgroup_at_smaller_assumed_subgroups() {
+    let ctx = ctx();
+    if !ctx.caps().subgroups {
+        return;
+    }
+    let min = ctx.adapter_info().subgroup_min_size.max(4);
+    let mut c = Case::new(1, 300, 8, 2, 64);
+    c.kind = Some(Kind::DecodeSubgroup);
+    let mut n = 4;
+    while n < min {
+        c.subgroup_min_size = Some(n);
+        let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).expect("plan");
+        assert_eq!(
+            (plan.variant.sg_min, plan.lanes),
+            (n, 64 / n as usize),
+            "{c:?}"
+        );
+        check(c, 990 + n as u64);
+        n *= 2;
+    }
+    for bad in [min * 2, 12, 2] {
+        c.subgroup_min_size = Some(bad);
+        let e = try_run(&c).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "subgroup_min_size {bad} must be a power of two from 4 to"
+            )),
+            "{e}"
+        );
+    }
 }
 
 /// Native f16 K/V reads in the subgroup decode (`Attention::native_f16`, the default on GPUs

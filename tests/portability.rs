@@ -3,7 +3,7 @@
 //! to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES 3.1 (GL). This is the evidence for
 //! backends that CI does not have.
 
-use llama_kernels::pipeline::{reflect, Access, PipelineKey, Shader};
+use llama_kernels::pipeline::{naga_source, reflect, Access, PipelineKey, Shader};
 
 /// The library's shaders and the benchmark's.
 fn all_shaders() -> Vec<&'static Shader> {
@@ -25,7 +25,7 @@ fn validator() -> naga::valid::Validator {
 }
 
 fn translate(key: &PipelineKey) -> Result<(), String> {
-    let src = key.source();
+    let src = naga_source(&key.source()).into_owned();
     let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
     let info = validator()
         .validate(&module)
@@ -151,7 +151,7 @@ fn a_broken_shader_is_caught() {
 fn keys_only_set_declared_overrides() {
     for shader in all_shaders() {
         let src = shader.source();
-        let module = naga::front::wgsl::parse_str(&src).unwrap();
+        let module = naga::front::wgsl::parse_str(&naga_source(&src)).unwrap();
         let declared: Vec<String> = module
             .overrides
             .iter()
@@ -172,7 +172,7 @@ fn keys_only_set_declared_overrides() {
 
 /// Size of WGSL struct `name` in `shader`, as naga lays it out.
 fn wgsl_struct_size(shader: &Shader, name: &str) -> u32 {
-    let module = naga::front::wgsl::parse_str(&shader.source()).unwrap();
+    let module = naga::front::wgsl::parse_str(&naga_source(&shader.source())).unwrap();
     let size = module
         .types
         .iter()

@@ -662,6 +662,7 @@ fn attn_op(c: &AttnCase) -> Attention {
         splits: c.splits,
         f16_arithmetic: false,
         native_f16: None,
+        subgroup_min_size: None,
     }
 }
 

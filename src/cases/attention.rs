@@ -236,6 +236,7 @@ pub(super) fn options(case: &CaseFile) -> Result<(Attention, Option<f64>, f64)> 
         splits: None,
         f16_arithmetic: false,
         native_f16: None,
+        subgroup_min_size: None,
     };
     Ok((op, scale, softcap))
 }

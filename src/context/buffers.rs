@@ -130,6 +130,10 @@ impl Context {
             bytes.len(),
             buffer.size()
         );
+        #[cfg(feature = "capture")]
+        if let Some(capture) = self.capture.get() {
+            capture.write(buffer, byte_offset, bytes)?;
+        }
         self.scoped("write", || {
             self.queue.write_buffer(buffer, byte_offset, bytes)
         })?;
@@ -137,7 +141,28 @@ impl Context {
     }
 
     /// Read the raw bytes `range` of `buffer` (rounded out to 4-byte boundaries internally).
+    /// With a capture set (feature `capture`), the capture answers.
     pub fn read_bytes(
+        &self,
+        buffer: &wgpu::Buffer,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>> {
+        #[cfg(feature = "capture")]
+        if let Some(capture) = self.capture.get() {
+            crate::ensure!(
+                range.start <= range.end && range.end <= buffer.size(),
+                Bounds,
+                "readback",
+                "byte range {range:?} is outside a {}-byte buffer",
+                buffer.size()
+            );
+            return capture.read(self, buffer, range);
+        }
+        self.read_device(buffer, range)
+    }
+
+    /// [`Context::read_bytes`] from the device itself.
+    pub(crate) fn read_device(
         &self,
         buffer: &wgpu::Buffer,
         range: std::ops::Range<u64>,

@@ -143,6 +143,8 @@ impl Context {
             building: Mutex::new(HashMap::new()),
             lost,
             dummy,
+            #[cfg(feature = "capture")]
+            capture: std::sync::OnceLock::new(),
         }
     }
 }

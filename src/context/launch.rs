@@ -72,7 +72,8 @@ impl Context {
     /// `params` uniform (a slot of the parameter slab), the `named` bindings (WGSL names, see
     /// [`crate::pipeline`]), a dummy in every other slot the entry point uses, and `workgroups`
     /// spread over the 2-D grid. Records nothing if any step fails. Opens no error scope: each
-    /// op's `encode` runs its whole recording inside one ([`Context::scoped`]).
+    /// op's `encode` runs its whole recording inside one ([`Context::scoped`]). With a capture
+    /// set (feature `capture`, tools only), the launch is recorded there instead.
     pub fn encode_kernel<P: bytemuck::Pod>(
         &self,
         op: &'static str,
@@ -82,8 +83,12 @@ impl Context {
         named: &[(&str, wgpu::BindingResource<'_>)],
         workgroups: u64,
     ) -> Result<()> {
-        let kernel = self.kernel(op, key)?;
         let grid = self.grid(op, workgroups)?;
+        #[cfg(feature = "capture")]
+        if let Some(capture) = self.capture.get() {
+            return capture.dispatch(self, op, key, bytemuck::bytes_of(params), named, grid);
+        }
+        let kernel = self.kernel(op, key)?;
         let (bind_group, offset) =
             self.bind_params(op, &kernel, bytemuck::bytes_of(params), named)?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {

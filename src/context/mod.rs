@@ -6,6 +6,8 @@
 
 mod bind_group;
 mod buffers;
+#[cfg(feature = "capture")]
+mod capture;
 mod device;
 mod hash;
 mod launch;
@@ -13,6 +15,8 @@ mod params;
 mod scope;
 
 pub use bind_group::BIND_GROUP_SWEEP;
+#[cfg(feature = "capture")]
+pub use capture::Capture;
 pub use device::NO_ADAPTER_HELP;
 pub use params::PARAM_SLAB_BYTES;
 
@@ -55,6 +59,9 @@ pub struct Context {
     params: Mutex<ParamSlots>,
     scratch: Mutex<Option<wgpu::Buffer>>,
     bind_groups: Mutex<BindGroupCache>,
+    /// Records launches instead of running them (tools only, see [`Capture`]).
+    #[cfg(feature = "capture")]
+    capture: std::sync::OnceLock<Capture>,
 }
 
 /// Unfilled `read_write` slots one dispatch may have.

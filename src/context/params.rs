@@ -78,6 +78,10 @@ impl Context {
                 contents: &contents,
                 usage,
             });
+        #[cfg(feature = "capture")]
+        if let Some(capture) = self.capture.get() {
+            capture.created(&buffer, &contents)?;
+        }
         pool.map
             .entry(usage.bits())
             .or_default()

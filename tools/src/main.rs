@@ -52,6 +52,9 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Benchmark every kernel against the device's own copy ceilings, measured in the same run.
     Bench(llama_kernels::bench::BenchArgs),
+    /// The Rust side of the Dawn check (scripts/dawn-check.sh, docs/browser.md).
+    #[command(subcommand, hide = true)]
+    Dawn(cli::dawn::DawnCommand),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
             None => run_info(json),
         },
         Command::Check(args) => cli::check::run(&args),
+        Command::Dawn(cmd) => cli::dawn::run(&cmd),
         Command::Bench(args) => match llama_kernels::bench::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -123,9 +123,9 @@ pub use options::{Attention, Dims, F16_ARITHMETIC_NMSE, MAX_CHUNK_SIZE};
 pub(crate) use plan::sg_cap_keys;
 pub use plan::{
     choice_table, default_kind, keys_loop_cap_keys, kv_rows_aligned, loop_cap_keys,
-    prefill_keys_loop_cap_keys, sg_splits, subgroup_decode_wanted, ChoiceRow, Plan, CHOICE_SHAPES,
-    DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS, KEYS_MIN_CHUNK,
-    KEYS_TARGET_WORKGROUPS, SG_MIN_CHUNK,
+    planned_variants, prefill_keys_loop_cap_keys, sg_splits, subgroup_decode_wanted, ChoiceRow,
+    Plan, CHOICE_SHAPES, DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS,
+    KEYS_MIN_CHUNK, KEYS_TARGET_WORKGROUPS, SG_MIN_CHUNK,
 };
 pub(crate) use record::check_sinks;
 pub use record::Params;

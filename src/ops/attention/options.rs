@@ -62,6 +62,12 @@ pub struct Attention {
     /// without `SHADER_F16`, for other dtypes or kernels, or for unaligned K/V rows. Widening is
     /// exact: both give the same bits.
     pub native_f16: Option<bool>,
+    /// The subgroup size [`Kind::DecodeSubgroup`] may assume: `None` takes the adapter's smallest
+    /// (`wgpu::AdapterInfo::subgroup_min_size`, at least 4). A smaller power of two, down to 4, is
+    /// always correct (more vec4 slots per lane, more virtual subgroups; the kernel leaves lanes
+    /// past head_dim idle), for drivers that run subgroups smaller than they report; more than
+    /// the adapter's smallest is an `Err`, as the kernel would leave parts of head_dim unread.
+    pub subgroup_min_size: Option<u32>,
 }
 
 /// The NMSE limit the tests hold [`Attention::f16_arithmetic`] to against the f64 reference
@@ -85,6 +91,7 @@ impl Default for Attention {
             splits: None,
             f16_arithmetic: false,
             native_f16: None,
+            subgroup_min_size: None,
         }
     }
 }

@@ -186,6 +186,20 @@ impl Attention {
         // `kv_rows_aligned` checks of a live call's views).
         let kv_aligned = kv_aligned && (d.head_dim * dtype.size()).is_multiple_of(16);
         kv.check_head_dim(OP, d.head_dim)?;
+        let reported = dev.subgroup_min_size.max(4);
+        let dev = &DeviceDesc {
+            subgroup_min_size: match self.subgroup_min_size {
+                None => dev.subgroup_min_size,
+                Some(n) if n.is_power_of_two() && (4..=reported).contains(&n) => n,
+                Some(n) => {
+                    return Err(crate::error::Error::param(
+                        OP,
+                        format!("subgroup_min_size {n} must be a power of two from 4 to the smallest subgroup size of {adapter}, {reported}"),
+                    ))
+                }
+            },
+            ..*dev
+        };
         let limit = dev.max_workgroup_storage;
         let hd4 = (d.head_dim / 4) as u32;
         let keys_fit = prefill_keys_workgroup_bytes(hd4) <= limit;
@@ -496,6 +510,83 @@ pub fn choice_table(dev: &DeviceDesc) -> Vec<ChoiceRow> {
         .collect()
 }
 
+/// The shapes of the sweep: decode and prefill on both sides of the decode threshold and
+/// of the loop caps, MHA to MQA.
+fn sweep_dims(head_dim: usize) -> Vec<Dims> {
+    let mut out = Vec::new();
+    for q_len in [1, 2, 8, 9, 100] {
+        for kv_len in [q_len, 4096, 70_000] {
+            for (n_heads, n_kv_heads) in [(8, 8), (32, 8), (16, 2), (8, 1)] {
+                out.push(Dims {
+                    batch: 1,
+                    q_len,
+                    kv_len,
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Options of the sweep: the default, f16 arithmetic, native f16 reads either way, a forced
+/// split count, and every kind forced where the device can run it.
+fn sweep_options(dev: &DeviceDesc) -> Vec<Attention> {
+    let mut out = vec![
+        Attention::default(),
+        Attention {
+            splits: Some(3),
+            ..Attention::default()
+        },
+        Attention {
+            native_f16: Some(false),
+            ..Attention::default()
+        },
+    ];
+    if dev.shader_f16 {
+        out.push(Attention {
+            f16_arithmetic: true,
+            ..Attention::default()
+        });
+    }
+    for kind in Kind::ALL {
+        if kind != Kind::DecodeSubgroup || dev.subgroups {
+            out.push(Attention {
+                kind: Some(kind),
+                ..Attention::default()
+            });
+        }
+    }
+    out
+}
+
+/// Every variant the planner picks on `dev` over a sweep of calls at the given head_dims: the
+/// shapes of `sweep_dims` in every dtype, K/V rows aligned or not, with the options of
+/// `sweep_options`. A unit test checks that the declared space covers it on every preset; the
+/// Dawn check (docs/browser.md) creates these pipelines at WebGPU's default limits.
+pub fn planned_variants(
+    dev: &DeviceDesc,
+    head_dims: impl Iterator<Item = usize> + Clone,
+) -> Vec<Variant> {
+    let mut out = Vec::new();
+    for hd in head_dims {
+        for d in sweep_dims(hd) {
+            for opts in sweep_options(dev) {
+                for dtype in DType::ALL {
+                    for aligned in [true, false] {
+                        if let Ok(p) = opts.plan_for_device(dev, d, dtype, aligned) {
+                            out.push(p.variant);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,6 +818,61 @@ mod tests {
         );
     }
 
+    /// What a GPU reporting each smallest subgroup size from 4 to 128 gets for Llama-3-8B decode
+    /// (head_dim 128, GQA-4, f16): the subgroup decode with lane groups of `lg` lanes (at most the
+    /// subgroup size) holding `slots` 16-byte units each, enough to cover a row, every key
+    /// declared. 128 is past SUBGROUP_MIN_SIZES: it gets 64's pipelines (a row of 16 units needs
+    /// 16 lanes either way). `Attention::subgroup_min_size` assumes smaller subgroups, and never
+    /// more than the device's.
+    #[test]
+    fn subgroup_sizes_4_to_128() {
+        let declared: std::collections::HashSet<PipelineKey> =
+            all_variant_keys().into_iter().collect();
+        let d = CHOICE_SHAPES[DECODE_4K].1;
+        let hd4 = (d.head_dim / 4) as u32;
+        let mut keys_at = Vec::new();
+        for size in [4u32, 8, 16, 32, 64, 128] {
+            let dev = DeviceDesc {
+                subgroup_min_size: size,
+                ..DeviceDesc::nvidia()
+            };
+            let p = Attention::default()
+                .plan_for_device(&dev, d, DType::F16, true)
+                .unwrap();
+            assert_eq!(p.variant.kind, Kind::DecodeSubgroup, "{size}");
+            let sh = p.variant.sg_shape();
+            assert!(
+                sh.slots * sh.lg >= sh.upr && sh.lg <= size && sh.upr * sh.vpu == hd4,
+                "{size}: {sh:?}"
+            );
+            assert_eq!(sh.nlg * sh.lg, sh.wg, "{size}: {sh:?}");
+            let keys = p.variant.keys();
+            for k in &keys {
+                assert!(declared.contains(k), "{size}: {k:?} is not declared");
+            }
+            keys_at.push(keys);
+        }
+        assert_eq!(keys_at[4], keys_at[5], "128 gets 64's pipelines");
+        let forced = |n| Attention {
+            subgroup_min_size: Some(n),
+            ..Attention::default()
+        };
+        let p = forced(4)
+            .plan_for_device(&DeviceDesc::nvidia(), d, DType::F16, true)
+            .unwrap();
+        assert_eq!((p.variant.sg_min, p.variant.sg_shape().lg), (4, 4));
+        for bad in [64, 24, 2] {
+            let e = forced(bad)
+                .plan_for_device(&DeviceDesc::nvidia(), d, DType::F16, true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("subgroup_min_size {bad} must be a power of two from 4 to the smallest subgroup size of a described device, 32")),
+                "{e}"
+            );
+        }
+    }
+
     #[test]
     fn the_planner_needs_what_the_device_lacks() {
         let d = CHOICE_SHAPES[PREFILL_2K].1;
@@ -745,77 +891,12 @@ mod tests {
         assert_eq!((p.variant.kind, p.variant.f16), (Kind::Prefill, true));
     }
 
-    /// The shapes of the sweep: decode and prefill on both sides of the decode threshold and
-    /// of the loop caps, MHA to MQA.
-    fn sweep_dims(head_dim: usize) -> Vec<Dims> {
-        let mut out = Vec::new();
-        for q_len in [1, 2, 8, 9, 100] {
-            for kv_len in [q_len, 4096, 70_000] {
-                for (n_heads, n_kv_heads) in [(8, 8), (32, 8), (16, 2), (8, 1)] {
-                    out.push(Dims {
-                        batch: 1,
-                        q_len,
-                        kv_len,
-                        n_heads,
-                        n_kv_heads,
-                        head_dim,
-                    });
-                }
-            }
-        }
-        out
-    }
-
-    /// Options of the sweep: the default, f16 arithmetic, native f16 reads either way, a forced
-    /// split count, and every kind forced where the device can run it.
-    fn sweep_options(dev: &DeviceDesc) -> Vec<Attention> {
-        let mut out = vec![
-            Attention::default(),
-            Attention {
-                splits: Some(3),
-                ..Attention::default()
-            },
-            Attention {
-                native_f16: Some(false),
-                ..Attention::default()
-            },
-        ];
-        if dev.shader_f16 {
-            out.push(Attention {
-                f16_arithmetic: true,
-                ..Attention::default()
-            });
-        }
-        for kind in Kind::ALL {
-            if kind != Kind::DecodeSubgroup || dev.subgroups {
-                out.push(Attention {
-                    kind: Some(kind),
-                    ..Attention::default()
-                });
-            }
-        }
-        out
-    }
-
-    /// Every plan's variant over the sweep, on every preset, at the given head_dims.
+    /// [`planned_variants`] on every preset.
     fn sweep(head_dims: impl Iterator<Item = usize> + Clone) -> Vec<Variant> {
-        let mut out = Vec::new();
-        for (_, dev) in DeviceDesc::presets() {
-            for hd in head_dims.clone() {
-                for d in sweep_dims(hd) {
-                    for opts in sweep_options(&dev) {
-                        for dtype in DType::ALL {
-                            for aligned in [true, false] {
-                                if let Ok(p) = opts.plan_for_device(&dev, d, dtype, aligned) {
-                                    out.push(p.variant);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        out
+        DeviceDesc::presets()
+            .iter()
+            .flat_map(|(_, dev)| planned_variants(dev, head_dims.clone()))
+            .collect()
     }
 
     #[test]

@@ -319,7 +319,8 @@ pub const ATTENTION_DECODE: &Shader = &Shader {
 };
 
 /// One contiguous subgroup-decode module: `shaders/attention_decode.wgsl` with the subgroup
-/// step and entry point, its K/V load seam (`sg_item`) given by `$reads` after the `$enable` line.
+/// step and entry point, its K/V load seam (`sg_item`) given by `$reads` after the `$enable` lines
+/// (`enable subgroups;`, and `enable f16;` where the reads use f16).
 macro_rules! subgroup_decode_module {
     ($name:literal, $enable:literal, $reads:expr, $this:ident) => {
         &Shader {
@@ -355,7 +356,7 @@ pub const SG_ITEM_PACKED: &str = "fn sg_item(src: u32, i: u32) -> Item {
 /// common.wgsl).
 pub const ATTENTION_DECODE_SUBGROUP: &Shader = subgroup_decode_module!(
     "attention_decode_subgroup.wgsl",
-    "",
+    "enable subgroups;",
     SG_ITEM_PACKED,
     ATTENTION_DECODE_SUBGROUP
 );
@@ -364,7 +365,7 @@ pub const ATTENTION_DECODE_SUBGROUP: &Shader = subgroup_decode_module!(
 /// (`shaders/attention_subgroup_f16.wgsl`, `enable f16`; [`super::Attention::native_f16`]).
 pub const ATTENTION_DECODE_SUBGROUP_F16: &Shader = subgroup_decode_module!(
     "attention_decode_subgroup_f16.wgsl",
-    "enable f16;",
+    "enable f16;\nenable subgroups;",
     include_str!("../../../shaders/attention_subgroup_f16.wgsl"),
     ATTENTION_DECODE_SUBGROUP_F16
 );

@@ -13,6 +13,7 @@ use crate::tensor::DType;
 pub const RMS_NORM_SUBGROUP: &Shader = &Shader {
     name: "rms_norm_subgroup.wgsl",
     parts: &[
+        "enable subgroups;",
         crate::pipeline::COMMON_WGSL,
         NO_NATIVE_F16,
         include_str!("../../../shaders/rms_norm.wgsl"),
@@ -54,7 +55,7 @@ pub const RMS_NORM_F16: &Shader = &Shader {
 pub const RMS_NORM_SUBGROUP_F16: &Shader = &Shader {
     name: "rms_norm_subgroup_f16.wgsl",
     parts: &[
-        "enable f16;",
+        "enable f16;\nenable subgroups;",
         crate::pipeline::COMMON_WGSL,
         include_str!("../../../shaders/rms_norm_f16.wgsl"),
         include_str!("../../../shaders/rms_norm.wgsl"),

@@ -2,6 +2,7 @@
 //! `bench` lives in the library (`llama_kernels::bench`) so that `cargo bench` shares it.
 
 pub mod check;
+pub mod dawn;
 pub mod info;
 pub mod progress;
 pub mod selftest;

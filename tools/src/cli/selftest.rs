@@ -695,10 +695,19 @@ pub fn kernel_rows() -> usize {
 }
 
 /// Run every family in every dtype; `step` is called after each row with its name.
-pub fn run(ctx: &Context, mut step: impl FnMut(&str)) -> Vec<Row> {
+pub fn run(ctx: &Context, step: impl FnMut(&str)) -> Vec<Row> {
+    run_some(ctx, |_| true, step)
+}
+
+/// [`run`] for the families whose name `keep` accepts.
+pub fn run_some(
+    ctx: &Context,
+    keep: impl Fn(&str) -> bool,
+    mut step: impl FnMut(&str),
+) -> Vec<Row> {
     let timer = Timer::new(ctx);
     let mut rows = Vec::new();
-    for (name, case) in CASES {
+    for (name, case) in CASES.iter().filter(|(name, _)| keep(name)) {
         for dtype in DType::ALL {
             let row = case(ctx, &timer, dtype)
                 .unwrap_or_else(|e| Row::failed(name, dtype.name(), "-", e.to_string()));
