@@ -373,10 +373,16 @@ pub fn reflect(
     Ok((slots, declared))
 }
 
-/// `enable` directives that the WGSL spec requires but naga (30) rejects: naga takes the feature's
-/// functions and builtins without them ("specifies standard functionality which is not yet
-/// implemented"). [`naga_source`] removes them; Tint (Chrome's compiler, Dawn) requires them.
-pub const NAGA_PENDING_DIRECTIVES: &[&str] = &["enable subgroups;"];
+/// Directives that naga (30) does not take as the spec has them: `enable subgroups;`, which the
+/// WGSL spec requires and naga rejects (it takes the feature's functions and builtins without it:
+/// "specifies standard functionality which is not yet implemented"); and
+/// `diagnostic(off, subgroup_uniformity);`, a rule naga does not know (it has no subgroup
+/// uniformity analysis). [`naga_source`] removes them; Tint (Chrome's compiler, Dawn) requires the
+/// first, and the subgroup decode needs the second there: its lane groups shuffle within
+/// themselves (`subgroupShuffleXor` with masks below the group size) while different groups run
+/// different trip counts, which Tint's subgroup-uniformity analysis cannot see is safe.
+pub const NAGA_PENDING_DIRECTIVES: &[&str] =
+    &["enable subgroups;", "diagnostic(off, subgroup_uniformity);"];
 
 /// The text of a spec-correct module that naga takes: each line that is one of
 /// [`NAGA_PENDING_DIRECTIVES`] becomes a comment, so that line numbers (and [`Shader::locate`])

@@ -1874,7 +1874,7 @@ fn decode_subgroup_kernel() {
 /// The subgroup decode assuming smaller subgroups than the device runs
 /// (`Attention::subgroup_min_size`): every smaller power of two down to 4 that the adapter
 /// allows (on lavapipe, which runs subgroups of 8: 4; the adapter's own 8 is the test above),
-/// with twice the virtual subgroups and vec4 slots per lane of 8's, against the f64 reference at
+/// with lane groups of that many lanes (twice the units per lane of 8's), against the f64 reference at
 /// the GQA-4 head_dim-64 shape the test above compiles; more than the adapter's smallest is an
 /// `Err`. What larger sizes (16 to 128) get is pinned on described devices in the planner's unit
 /// tests.
@@ -1891,11 +1891,9 @@ fn decode_subgroup_at_smaller_assumed_subgroups() {
     while n < min {
         c.subgroup_min_size = Some(n);
         let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).expect("plan");
-        assert_eq!(
-            (plan.variant.sg_min, plan.lanes),
-            (n, 64 / n as usize),
-            "{c:?}"
-        );
+        // Lane groups of at most n lanes: a head_dim-64 row (16 units of f32) over n lanes.
+        let sh = plan.variant.sg_shape();
+        assert_eq!((plan.variant.sg_min, sh.lg), (n, n), "{c:?}");
         check(c, 990 + n as u64);
         n *= 2;
     }

@@ -226,10 +226,9 @@ fn attention_reads_quantized_caches() {
     use llama_kernels::{Attention, DType, KvCache, KvFormat};
     let ctx = common::ctx();
     let (batch, nh, nkv, hd, cap) = (2, 4, 2, 32, 40);
-    let mut decode_kinds = vec![Kind::Decode];
-    if ctx.caps().subgroups {
-        decode_kinds.push(Kind::DecodeSubgroup);
-    }
+    // The subgroup decode reads float 16-byte units only: over a quantized cache it is refused
+    // (checked below), and the default plan takes Decode on GPUs instead.
+    let decode_kinds = vec![Kind::Decode];
     for format in KvFormat::QUANTIZED {
         let mut rng = common::Rng::new(2102);
         let mut cache = KvCache::new(
@@ -327,6 +326,23 @@ fn attention_reads_quantized_caches() {
                 let what = format!("{format} {kind:?} q_len {n_new}");
                 common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
                 common::assert_guards(&ctx, &out, &what);
+            }
+            if n_new == 1 && ctx.caps().subgroups {
+                let out = common::nan_output(&ctx, &[batch, n_new, nh, hd], DType::F32);
+                let attn = Attention {
+                    kind: Some(Kind::DecodeSubgroup),
+                    ..Attention::causal()
+                };
+                let e = attn
+                    .run_cached(&ctx, &qt, &cache, None, &out)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains(&format!(
+                        "the DecodeSubgroup kernel reads float K/V only, this cache holds {format}"
+                    )),
+                    "{e}"
+                );
             }
         }
     }

@@ -356,7 +356,7 @@ pub const SG_ITEM_PACKED: &str = "fn sg_item(src: u32, i: u32) -> Item {
 /// common.wgsl).
 pub const ATTENTION_DECODE_SUBGROUP: &Shader = subgroup_decode_module!(
     "attention_decode_subgroup.wgsl",
-    "enable subgroups;",
+    "enable subgroups;\ndiagnostic(off, subgroup_uniformity);",
     SG_ITEM_PACKED,
     ATTENTION_DECODE_SUBGROUP
 );
@@ -365,7 +365,7 @@ pub const ATTENTION_DECODE_SUBGROUP: &Shader = subgroup_decode_module!(
 /// (`shaders/attention_subgroup_f16.wgsl`, `enable f16`; [`super::Attention::native_f16`]).
 pub const ATTENTION_DECODE_SUBGROUP_F16: &Shader = subgroup_decode_module!(
     "attention_decode_subgroup_f16.wgsl",
-    "enable f16;\nenable subgroups;",
+    "enable f16;\nenable subgroups;\ndiagnostic(off, subgroup_uniformity);",
     include_str!("../../../shaders/attention_subgroup_f16.wgsl"),
     ATTENTION_DECODE_SUBGROUP_F16
 );

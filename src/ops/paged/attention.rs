@@ -68,7 +68,7 @@ fn paged_constants(
 pub const ATTENTION_PAGED_SUBGROUP: &Shader = &Shader {
     name: "attention_paged_subgroup.wgsl",
     parts: &[
-        "enable subgroups;",
+        "enable subgroups;\ndiagnostic(off, subgroup_uniformity);",
         crate::pipeline::COMMON_WGSL,
         crate::pipeline::KV_QUANT_WGSL,
         crate::pipeline::ATTENTION_COMMON_WGSL,

@@ -717,6 +717,9 @@ pub fn run_some(
     }
     for format in KvFormat::QUANTIZED {
         let name = format!("attention decode, {format} KV cache");
+        if !keep(&name) {
+            continue;
+        }
         let row = quantized_decode(ctx, &timer, format)
             .unwrap_or_else(|e| Row::failed(&name, "f32", "-", e.to_string()));
         step(&name);
