@@ -152,6 +152,24 @@ fn kv_cache_append_and_attend() {
         .unwrap();
     // Equal logits: the mean of the two V rows.
     assert_eq!(ctx.read_f32(&out).unwrap(), vec![3.0, 4.0, 5.0, 6.0]);
+    // ALiBi through the cache: a zero q leaves only the bias; one head's slope is 2^-8, so key 0,
+    // one position back, weighs exp(-2^-8) against key 1.
+    let alibi = Attention {
+        alibi: true,
+        ..Default::default()
+    };
+    alibi.run_cached(&ctx, &q, &cache, None, &out).unwrap();
+    let w = (-2f64.powi(-8)).exp();
+    let want: Vec<f64> = (1..=4)
+        .map(|i| (w * i as f64 + (i + 4) as f64) / (w + 1.0))
+        .collect();
+    assert_close(
+        &ctx,
+        &out,
+        &want,
+        tol(DType::F32),
+        "alibi through the cache",
+    );
 }
 
 /// KV cache append with RoPE on K (Llama-3 rope: theta 5e5, llama3 scaling, half layout) for a

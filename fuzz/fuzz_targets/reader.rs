@@ -44,6 +44,8 @@ pub const KEYS: &[&str] = &[
     "long_factor",
     "inv_freq",
     "mrope_section",
+    "mrope_interleaved",
+    "alibi",
     "norm_eps",
     "norm_weight_offset",
     "",
