@@ -194,6 +194,17 @@ impl std::fmt::Display for KvFormat {
     }
 }
 
+/// fp8's per-tensor K and V scales must be finite and > 0 (both caches' `set_scales`).
+pub(crate) fn check_scales(op: &'static str, k_scale: f32, v_scale: f32) -> Result<()> {
+    crate::ensure!(
+        [k_scale, v_scale].iter().all(|s| s.is_finite() && *s > 0.0),
+        Param,
+        op,
+        "k_scale {k_scale} and v_scale {v_scale} must be finite and > 0"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -239,12 +239,7 @@ impl PagedKvCache {
     /// hold rows, so this is for a cache whose pages were not written yet: rows already stored
     /// keep the scales they were quantized with.
     pub fn set_scales(&mut self, k_scale: f32, v_scale: f32) -> Result<()> {
-        crate::ensure!(
-            [k_scale, v_scale].iter().all(|s| s.is_finite() && *s > 0.0),
-            Param,
-            OP,
-            "k_scale {k_scale} and v_scale {v_scale} must be finite and > 0"
-        );
+        crate::kv_format::check_scales(OP, k_scale, v_scale)?;
         self.k_scale = k_scale;
         self.v_scale = v_scale;
         Ok(())

@@ -1,0 +1,331 @@
+use super::*;
+use crate::ops::attention::{all_variant_keys, DecodeGeometry, HEAD_DIMS};
+use crate::pipeline::PipelineKey;
+
+/// (kind, kr, rows_per_wg, lanes, splits, chunk, bk, native_f16) of `row` of the table.
+fn pick(dev: &DeviceDesc, row: usize) -> (Kind, u32, usize, usize, usize, usize, u32, bool) {
+    let p = choice_table(dev)[row].plan.clone().unwrap();
+    (
+        p.variant.kind,
+        p.variant.kr,
+        p.rows_per_wg,
+        p.lanes,
+        p.splits,
+        p.chunk,
+        p.bk,
+        p.variant.native_f16,
+    )
+}
+const DECODE_4K: usize = 0;
+const DECODE_32K: usize = 1;
+const PREFILL_2K: usize = 2;
+
+#[test]
+fn llama3_8b_on_gpus_with_subgroups() {
+    use Kind::*;
+    // 4 query rows per kv head in one row block, one partial per (row, split); splits fill
+    // the device (512 / 128 = 4 workgroups per compute unit x its compute units over 8 kv
+    // heads) with chunks of at least 256 keys: 16 splits at 4k keys on all three; at 32k
+    // NVIDIA's 132 SMs give 66, AMD's 120 CUs 60, Apple's 38 cores 19.
+    for (dev, splits_32k) in [
+        (DeviceDesc::nvidia(), 66),
+        (DeviceDesc::apple(), 19),
+        (DeviceDesc::amd(), 60),
+    ] {
+        let decode = pick(&dev, DECODE_4K);
+        assert_eq!(
+            decode,
+            (DecodeSubgroup, 4, 4, 1, 16, 256, 32, true),
+            "{dev:?}"
+        );
+        let long = pick(&dev, DECODE_32K);
+        let chunk = 32768usize.div_ceil(splits_32k);
+        assert_eq!(
+            long,
+            (DecodeSubgroup, 4, 4, 1, splits_32k, chunk, 32, true),
+            "{dev:?}"
+        );
+        let prefill = pick(&dev, PREFILL_2K);
+        assert_eq!(prefill, (Prefill, 1, 64, 1, 1, 2048, 32, false), "{dev:?}");
+        let row = &choice_table(&dev)[DECODE_4K];
+        assert_eq!(
+            row.pipelines(),
+            [
+                "attention_decode_subgroup_f16.wgsl:attn_decode_sg",
+                "attention_decode.wgsl:attn_decode_merge_rows"
+            ]
+        );
+        assert_eq!(
+            choice_table(&dev)[PREFILL_2K].pipelines(),
+            ["attention_prefill_hd128.wgsl:attn_prefill"]
+        );
+    }
+}
+
+/// The decode launch geometry of Llama-3-8B (f16, head_dim 128: 16 units of 16 bytes per
+/// K/V row) on the described devices.
+#[test]
+fn llama3_8b_decode_geometry() {
+    let geometry = |dev: &DeviceDesc, row: usize| {
+        choice_table(dev)[row]
+            .decode_geometry()
+            .expect("a decode row")
+    };
+    // GPUs with subgroups of 32 or 64: a row read by 16 lanes (one 16-byte unit each; a
+    // subgroup of 32 takes 2 keys per step, of 64 takes 4), 128 invocations = 8 lane groups,
+    // the in-workgroup merge of 4 lane groups' accumulators (4 x 32 vec4s) and (m, l);
+    // per lane 4 rows x 2 vec4s of q and of acc, 2 vec4s each of K and V, m and l.
+    for (dev, splits_32k) in [
+        (DeviceDesc::nvidia(), 66),
+        (DeviceDesc::amd(), 60),
+        (DeviceDesc::apple(), 19),
+    ] {
+        for (row, splits) in [(DECODE_4K, 16), (DECODE_32K, splits_32k)] {
+            assert_eq!(
+                geometry(&dev, row),
+                DecodeGeometry {
+                    workgroups: 8 * splits,
+                    invocations: 128,
+                    workgroup_bytes: 4 * 32 * 16 + 4 * 8,
+                    registers_per_lane: 4 * 2 * (2 * 4 + 2) + 2 * 4,
+                    bytes_per_load: 16,
+                    lanes_per_row: 16,
+                    splits,
+                    merge_workgroups: 32,
+                    merge_invocations: 128,
+                },
+                "{dev:?} {row}"
+            );
+        }
+    }
+    // WebGPU's defaults (no subgroups): the workgroup-tile decode, 32 invocations staging
+    // 16-key tiles of K and V in all 16 KiB, word loads, 512 workgroups.
+    let dev = DeviceDesc::webgpu_default();
+    for (row, chunk_splits) in [(DECODE_4K, 64), (DECODE_32K, 64)] {
+        assert_eq!(
+            geometry(&dev, row),
+            DecodeGeometry {
+                workgroups: 8 * chunk_splits,
+                invocations: 32,
+                workgroup_bytes: 16384,
+                registers_per_lane: 2 * 4 * 64 + 64,
+                bytes_per_load: 4,
+                lanes_per_row: 1,
+                splits: chunk_splits,
+                merge_workgroups: (32 * 32usize).div_ceil(32),
+                merge_invocations: 32,
+            },
+            "{row}"
+        );
+    }
+    // Prefill has no decode geometry.
+    assert_eq!(choice_table(&dev)[PREFILL_2K].decode_geometry(), None);
+    // Every subgroup shape of the declared space stays within WebGPU's default workgroup
+    // memory and 64 accumulators per lane.
+    for v in crate::ops::attention::declared_variants() {
+        if v.kind == Kind::DecodeSubgroup {
+            let sh = v.sg_shape();
+            assert!(sh.workgroup_bytes() <= 16384, "{v:?} {sh:?}");
+            assert!(4 * sh.sv() * v.kr <= 64, "{v:?} {sh:?}");
+            assert_eq!(sh.wg, sh.nlg * sh.lg, "{v:?}");
+            assert!(sh.lg <= v.sg_min && sh.lg * sh.slots >= sh.upr, "{v:?}");
+        }
+    }
+}
+
+#[test]
+fn subgroup_splits_follow_occupancy() {
+    let dev = DeviceDesc::nvidia();
+    // 528 resident workgroups of 128 over 8 (batch x kv heads): 66 splits, fewer when the
+    // chunks would pass below 256 keys, at least one, more when the loop cap asks.
+    assert_eq!(sg_splits(&dev, 128, 8, 32768, 1), 66);
+    assert_eq!(sg_splits(&dev, 128, 8, 4096, 1), 16);
+    assert_eq!(sg_splits(&dev, 128, 8, 255, 1), 1);
+    assert_eq!(sg_splits(&dev, 128, 8, 511, 1), 1);
+    assert_eq!(sg_splits(&dev, 128, 8, 512, 1), 2);
+    // A batch of 64 sequences over 8 kv heads already fills the device.
+    assert_eq!(sg_splits(&dev, 128, 512, 32768, 1), 2);
+    assert_eq!(sg_splits(&dev, 128, 4096, 32768, 1), 1);
+    assert_eq!(sg_splits(&dev, 128, 8, 300, 5), 5);
+    // A live device counts DEFAULT_COMPUTE_UNITS.
+    let live = DeviceDesc {
+        compute_units: crate::ops::attention::DEFAULT_COMPUTE_UNITS,
+        ..dev
+    };
+    assert_eq!(live.resident_workgroups(128), 512);
+    assert_eq!(sg_splits(&live, 128, 8, 32768, 1), 64);
+}
+
+#[test]
+fn llama3_8b_on_webgpu_defaults() {
+    // No subgroups: the workgroup-tile decode, rows 4 x 8 key lanes per workgroup; 16 KiB of
+    // workgroup memory: 512 vec4s per tile, 16 keys at head_dim 128.
+    let dev = DeviceDesc::webgpu_default();
+    assert_eq!(
+        pick(&dev, DECODE_4K),
+        (Kind::Decode, 1, 4, 8, 64, 64, 16, false)
+    );
+    assert_eq!(
+        pick(&dev, DECODE_32K),
+        (Kind::Decode, 1, 4, 8, 64, 512, 16, false)
+    );
+    assert_eq!(
+        pick(&dev, PREFILL_2K),
+        (Kind::Prefill, 1, 64, 1, 1, 2048, 16, false)
+    );
+    assert_eq!(
+        choice_table(&dev)[DECODE_4K].pipelines(),
+        [
+            "attention_decode.wgsl:attn_decode_partial",
+            "attention_decode.wgsl:attn_decode_merge"
+        ]
+    );
+    // Gemma-2's head_dim 256 gets 8 keys per tile.
+    assert_eq!(choice_table(&dev)[7].plan.as_ref().unwrap().bk, 8);
+}
+
+#[test]
+fn llama3_8b_on_lavapipe() {
+    // CPU adapter, aligned rows: DecodeKeys aims at 32 workgroups (8 kv heads x 4 splits),
+    // chunks of at least 512 keys, far below its loop cap; PrefillKeys in one pass.
+    let dev = DeviceDesc::lavapipe();
+    assert_eq!(
+        pick(&dev, DECODE_4K),
+        (Kind::DecodeKeys, 4, 4, 8, 4, 1024, 32, false)
+    );
+    assert_eq!(
+        pick(&dev, DECODE_32K),
+        (Kind::DecodeKeys, 4, 4, 8, 4, 8192, 32, false)
+    );
+    assert_eq!(
+        pick(&dev, PREFILL_2K),
+        (Kind::PrefillKeys, 1, 16, 1, 1, 2048, 32, false)
+    );
+    assert_eq!(dev.keys_loop_cap_keys(128, 4), Some(795_776));
+    assert_eq!(dev.prefill_keys_loop_cap_keys(128), Some(30_336));
+    assert_eq!(dev.loop_cap_keys(128), Some(724));
+    assert_eq!(DeviceDesc::nvidia().loop_cap_keys(128), None);
+    // Unaligned rows fall back to the workgroup-tile decode, split under the loop cap.
+    let d = CHOICE_SHAPES[DECODE_32K].1;
+    let p = Attention::default()
+        .plan_for_device(&dev, d, DType::F16, false)
+        .unwrap();
+    assert_eq!(p.variant.kind, Kind::Decode);
+    assert_eq!(p.splits, 32768usize.div_ceil(p.chunk));
+    assert!(p.chunk <= 724, "{p:?}");
+    // A prefill past the PrefillKeys loop cap writes partials for the merge.
+    let long = Dims {
+        kv_len: 40_000,
+        ..CHOICE_SHAPES[PREFILL_2K].1
+    };
+    let p = Attention::default()
+        .plan_for_device(&dev, long, DType::F16, true)
+        .unwrap();
+    assert_eq!(
+        (p.variant.kind, p.splits, p.variant.split_kv),
+        (Kind::PrefillKeys, 2, true)
+    );
+}
+
+/// What a GPU reporting each smallest subgroup size from 4 to 128 gets for Llama-3-8B decode
+/// (head_dim 128, GQA-4, f16): the subgroup decode with lane groups of `lg` lanes (at most the
+/// subgroup size) holding `slots` 16-byte units each, enough to cover a row, every key
+/// declared. 128 is past SUBGROUP_MIN_SIZES: it gets 64's pipelines (a row of 16 units needs
+/// 16 lanes either way). `Attention::subgroup_min_size` assumes smaller subgroups, and never
+/// more than the device's.
+#[test]
+fn subgroup_sizes_4_to_128() {
+    let declared: std::collections::HashSet<PipelineKey> = all_variant_keys().into_iter().collect();
+    let d = CHOICE_SHAPES[DECODE_4K].1;
+    let hd4 = (d.head_dim / 4) as u32;
+    let mut keys_at = Vec::new();
+    for size in [4u32, 8, 16, 32, 64, 128] {
+        let dev = DeviceDesc {
+            subgroup_min_size: size,
+            ..DeviceDesc::nvidia()
+        };
+        let p = Attention::default()
+            .plan_for_device(&dev, d, DType::F16, true)
+            .unwrap();
+        assert_eq!(p.variant.kind, Kind::DecodeSubgroup, "{size}");
+        let sh = p.variant.sg_shape();
+        assert!(
+            sh.slots * sh.lg >= sh.upr && sh.lg <= size && sh.upr * sh.vpu == hd4,
+            "{size}: {sh:?}"
+        );
+        assert_eq!(sh.nlg * sh.lg, sh.wg, "{size}: {sh:?}");
+        let keys = p.variant.keys();
+        for k in &keys {
+            assert!(declared.contains(k), "{size}: {k:?} is not declared");
+        }
+        keys_at.push(keys);
+    }
+    assert_eq!(keys_at[4], keys_at[5], "128 gets 64's pipelines");
+    let forced = |n| Attention {
+        subgroup_min_size: Some(n),
+        ..Attention::default()
+    };
+    let p = forced(4)
+        .plan_for_device(&DeviceDesc::nvidia(), d, DType::F16, true)
+        .unwrap();
+    assert_eq!((p.variant.sg_min, p.variant.sg_shape().lg), (4, 4));
+    for bad in [64, 24, 2] {
+        let e = forced(bad)
+            .plan_for_device(&DeviceDesc::nvidia(), d, DType::F16, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("subgroup_min_size {bad} must be a power of two from 4 to the smallest subgroup size of a described device, 32")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn the_planner_needs_what_the_device_lacks() {
+    let d = CHOICE_SHAPES[PREFILL_2K].1;
+    let f16 = Attention {
+        f16_arithmetic: true,
+        ..Attention::default()
+    };
+    let e = f16
+        .plan_for_device(&DeviceDesc::webgpu_default(), d, DType::F16, true)
+        .unwrap_err();
+    assert!(e.to_string().contains("SHADER_F16"), "{e}");
+    // On lavapipe f16 arithmetic takes the tiled prefill instead of PrefillKeys.
+    let p = f16
+        .plan_for_device(&DeviceDesc::lavapipe(), d, DType::F16, true)
+        .unwrap();
+    assert_eq!((p.variant.kind, p.variant.f16), (Kind::Prefill, true));
+}
+
+/// [`planned_variants`] on every preset.
+fn sweep(head_dims: impl Iterator<Item = usize> + Clone) -> Vec<Variant> {
+    DeviceDesc::presets()
+        .iter()
+        .flat_map(|(_, dev)| planned_variants(dev, head_dims.clone()))
+        .collect()
+}
+
+#[test]
+fn the_declared_keys_cover_the_planner() {
+    let declared: std::collections::HashSet<PipelineKey> = all_variant_keys().into_iter().collect();
+    let planned = sweep(HEAD_DIMS.iter().map(|&h| h as usize));
+    let kinds: std::collections::HashSet<Kind> = planned.iter().map(|v| v.kind).collect();
+    assert_eq!(kinds.len(), Kind::ALL.len(), "the sweep reaches every kind");
+    for v in planned {
+        for k in v.keys() {
+            assert!(
+                declared.contains(&k),
+                "{v:?} plans {k:?}, which is not declared"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_planned_variant_is_a_point_of_the_space() {
+    for v in sweep((4..=crate::ops::attention::MAX_HEAD_DIM).step_by(4)) {
+        assert!(v.fits(), "{v:?}");
+    }
+}
