@@ -293,13 +293,17 @@ fn split_item(wg_id: u32, block_rows: u32) -> SplitItem {
     return SplitItem(split, blk, bh, bh % p.n_kv_heads, bh / p.n_kv_heads, r0, r_last, lo, hi, kv);
 }
 
+// Element offset of query row r (clamped to the last row) of batch b, kv head kvh.
+fn q_row(b: u32, r: u32, kvh: u32) -> u32 {
+    let rc = min(r, p.rows - 1u);
+    let h = kvh * p.group + rc % p.group;
+    return p.q_off + b * p.q_sb + (rc / p.group) * p.q_st + h * p.q_sh;
+}
+
 // Query row r (r = t * group + i; clamped to the last row, so spare invocations read valid
 // memory) of kv head kvh, pre-multiplied by the scale.
 fn load_q(q: ptr<function, array<vec4<f32>, MAX_HD4>>, b: u32, r: u32, kvh: u32) {
-    let rc = min(r, p.rows - 1u);
-    let t = rc / p.group;
-    let h = kvh * p.group + rc % p.group;
-    let q_base = p.q_off + b * p.q_sb + t * p.q_st + h * p.q_sh;
+    let q_base = q_row(b, r, kvh);
     for (var d = 0u; d < HD4; d++) {
         (*q)[d] = load4(0u, q_base + 4u * d) * p.scale;
     }

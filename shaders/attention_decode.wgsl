@@ -74,7 +74,7 @@ fn attn_decode_partial(
     }
 
     if row_ok {
-        let stride = 4u * HD4 + 2u;
+        let stride = part_units();
         let n_parts = p.n_splits * lanes;
         store_partial(&acc, ((w.bh * p.rows + r) * n_parts + w.split * lanes + lane) * stride, m, l);
     }
@@ -101,7 +101,7 @@ fn attn_decode_merge(
     let t = r / p.group;
     let h = kvh * p.group + r % p.group;
     let n_parts = p.n_splits * p.lanes;
-    let base = row * n_parts * (4u * HD4 + 2u);
+    let base = row * n_parts * part_units();
     let o_base = p.o_off + b * p.o_sb + t * p.o_st + h * p.o_sh;
     store4(o_base + 4u * d, merge_partials(base, n_parts, d, h));
 }
@@ -127,7 +127,7 @@ fn attn_decode_merge_rows(
     let b = bh / p.n_kv_heads;
     let h = kvh * p.group + r % p.group;
     let n_parts = p.n_splits * p.lanes;
-    let o = merge_row(row * n_parts * (4u * HD4 + 2u), n_parts, h, lid);
+    let o = merge_row(row * n_parts * part_units(), n_parts, h, lid);
     if lid < HD4 {
         store4(p.o_off + b * p.o_sb + (r / p.group) * p.o_st + h * p.o_sh + 4u * lid, o);
     }
@@ -181,15 +181,9 @@ fn attn_decode_keys(
     var q1: array<vec4<f32>, MAX_HD4>;
     var q2: array<vec4<f32>, MAX_HD4>;
     var q3: array<vec4<f32>, MAX_HD4>;
-    load_q(&q0, b, r0, kvh);
-    if KR > 1u {
-        load_q(&q1, b, r0 + 1u, kvh);
-    }
-    if KR > 2u {
-        load_q(&q2, b, r0 + 2u, kvh);
-        load_q(&q3, b, r0 + 3u, kvh);
-    }
-    let stride = 4u * HD4 + 2u;
+    let bases = vec4<u32>(q_row(b, r0, kvh), q_row(b, r0 + 1u, kvh), q_row(b, r0 + 2u, kvh), q_row(b, r0 + 3u, kvh));
+    keys_load_q(lid, bases, &q0, &q1, &q2, &q3);
+    let stride = part_units();
     let n_parts = p.n_splits * WG;
     let e = ((w.bh * p.rows + r0) * n_parts + w.split * WG + lid) * stride;
     let h = vec2<u32>(p.k_off + b * p.k_sb + kvh * p.k_sh, p.v_off + b * p.v_sb + kvh * p.v_sh);

@@ -40,7 +40,7 @@ fn attn_decode_sg(
     var m: array<f32, RS>;
     var l: array<f32, RS>;
     sg_partial(&q, &pos, &acc, &m, &l, heads, kvh, w.kv, r0, p.rows, gl.x, gl.y);
-    let stride = 4u * HD4 + 2u;
+    let stride = part_units();
     for (var r = 0u; r < RS; r++) {
         sg_merge_row(&acc, &m, &l, r, gl.x, gl.y);
         let rr = r0 + r;

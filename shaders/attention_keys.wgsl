@@ -33,12 +33,55 @@
 // Override constant:
 //   KR       query rows per workgroup, every invocation computing all of them (1, 2 or 4)
 // Loops (modules are created without naga's loop counters, src/pipeline.rs): the key loop steps by
-// 2 * WG (a constant > 0) to the end of the split.
+// WG or 2 * WG (a constant > 0) to the end of the split; `keys_load_q`'s by WG (> 0) and by 1 to
+// constants.
 override KR: u32 = 1u;
+
+// The workgroup's KR query rows, staged once: the lanes load them (by words, at any alignment)
+// in a loop that the compiler keeps rolled, and each lane then fills its registers with one
+// workgroup load per 16-byte unit. Loading the registers straight from q_buf would take one load
+// instruction per word, and on llvmpipe every load instruction is a loop over the lanes whose
+// count LLVM's compile time follows (BENCHMARKS.md, cold compile).
+var<workgroup> keys_q: array<vec4<f32>, 4 * MAX_HD4>;
+
+// Rows r0 .. r0 + KR of the workgroup into q0 .. q3, pre-multiplied by the scale; row i starts at
+// element bases[i] of q_buf (rows past the last are clamped copies). Every invocation calls it
+// (it has a barrier).
+fn keys_load_q(
+    lid: u32,
+    bases: vec4<u32>,
+    q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
+) {
+    for (var i = lid; i < KR * HD4; i += WG) {
+        keys_q[i] = q_load4(bases[i / HD4] + 4u * (i % HD4)) * p.scale;
+    }
+    workgroupBarrier();
+    for (var d = 0u; d < HD4; d++) {
+        (*q0)[d] = keys_q[d];
+        if KR > 1u {
+            (*q1)[d] = keys_q[HD4 + d];
+        }
+        if KR > 2u {
+            (*q2)[d] = keys_q[2u * HD4 + d];
+            (*q3)[d] = keys_q[3u * HD4 + d];
+        }
+    }
+}
 
 // Whether a unit holds 8 values (halves, and quantized K/V read 8 values at a time).
 fn keys_two() -> bool {
     return DTYPE != DT_F32 || KV_FMT >= KV_Q8_0;
+}
+
+// Whether a step takes two keys of the lane (halves and quantized K/V: 8 values per unit) or one
+// (f32 K/V, whose rows have twice the units): a step reads head_dim / 4 units of K and of V either
+// way, and LLVM's compile time on llvmpipe follows the load instructions of a step (BENCHMARKS.md,
+// cold compile).
+fn keys_pair() -> bool {
+    return keys_two();
 }
 
 // Units per head row: HD4 for f32, HD4 / 2 for halves and quantized K/V (head_dim % 8 == 0).
@@ -63,6 +106,12 @@ fn keys_unpack(w: vec4<u32>) -> Item {
         let lo = vec4<u32>(w.x << 16u, w.x, w.y << 16u, w.y) & m;
         let hi = vec4<u32>(w.z << 16u, w.z, w.w << 16u, w.w) & m;
         return Item(bitcast<vec4<f32>>(lo), bitcast<vec4<f32>>(hi));
+    }
+    if DTYPE == DT_F16 {
+        return Item(
+            vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)),
+            vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)),
+        );
     }
     return unpack_item(w, DTYPE);
 }
@@ -115,16 +164,24 @@ fn keys_dot_unit(
     if u < keys_units() {
         let d = u * select(1u, 2u, keys_two());
         keys_dot_rows(q0, q1, q2, q3, s, 0u, d, keys_item(k0.x, k0.y + u));
-        keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_item(k1.x, k1.y + u));
+        if keys_pair() {
+            keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_item(k1.x, k1.y + u));
+        }
     }
 }
 
-// acc[d ..] = acc * al + p0 * y0 + p1 * y1 for one row (the step's two keys).
+// acc[d ..] = acc * al + p0 * y0 + p1 * y1 for one row (the step's two keys; a one-key step
+// drops the y1 terms).
 fn keys_pv_row(a: ptr<function, array<vec4<f32>, MAX_HD4>>, d: u32, al: f32, p0: f32, p1: f32, y0: Item, y1: Item) {
-    (*a)[d] = (*a)[d] * al + p0 * y0.lo + p1 * y1.lo;
-    if keys_two() {
-        (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi + p1 * y1.hi;
+    if !keys_pair() {
+        (*a)[d] = (*a)[d] * al + p0 * y0.lo;
+        if keys_two() {
+            (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi;
+        }
+        return;
     }
+    (*a)[d] = (*a)[d] * al + p0 * y0.lo + p1 * y1.lo;
+    (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi + p1 * y1.hi;
 }
 
 // Unit u of the V rows of the step's keys into every row's accumulator (constant u only).
@@ -143,7 +200,10 @@ fn keys_pv_unit(
     if u < keys_units() {
         let d = u * select(1u, 2u, keys_two());
         let y0 = keys_item(v0.x, v0.y + u);
-        let y1 = keys_item(v1.x, v1.y + u);
+        var y1 = y0;
+        if keys_pair() {
+            y1 = keys_item(v1.x, v1.y + u);
+        }
         keys_pv_row(a0, d, al.x, p0.x, p1.x, y0, y1);
         if KR > 1u {
             keys_pv_row(a1, d, al.y, p0.y, p1.y, y0, y1);
@@ -220,9 +280,10 @@ fn keys_scores(s: ptr<function, array<vec4<f32>, 8>>, base: u32) -> vec4<f32> {
 // Rows r0 .. r0 + KR (q0 .. q3 pre-scaled; rows past `rows` are computed on a clamped copy and
 // not stored) over the keys kv.x + lane, kv.x + lane + WG, ... < kv.y of the head `h` (kv head
 // kvh, for the rows' ALiBi slopes), queries at positions q_offset + r / group; the partial of row r0 + i goes to part_out[e + i * row_step].
-// A step takes two keys of the lane (j and j + WG): both are scored first, then one running-max
-// update and one rescale of the accumulators serve both (also for one row: the two keys' loads
-// and dot products are independent, which llvmpipe overlaps; BENCHMARKS.md, round five).
+// A step of halves or quantized K/V takes two keys of the lane (j and j + WG): both are scored
+// first, then one running-max update and one rescale of the accumulators serve both (also for one
+// row: the two keys' loads and dot products are independent, which llvmpipe overlaps;
+// BENCHMARKS.md, round five). An f32 step takes one key (`keys_pair`), as many 16-byte units.
 fn keys_partial(
     q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
     q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
@@ -250,11 +311,14 @@ fn keys_partial(
     let slope = vec4<f32>(row_slope(rr.x, kvh), row_slope(rr.y, kvh), row_slope(rr.z, kvh), row_slope(rr.w, kvh));
     var m = vec4<f32>(NEG_BIG);
     var l = vec4<f32>(0.0);
-    for (var j0 = kv.x + i32(lane); j0 < kv.y; j0 += i32(2u * WG)) {
+    for (var j0 = kv.x + i32(lane); j0 < kv.y; j0 += i32(select(1u, 2u, keys_pair()) * WG)) {
         // The second key, clamped into the range so that its loads stay valid; masked below.
         let j1 = j0 + i32(WG);
         let at0 = keys_rows(h, u32(j0));
-        let at1 = keys_rows(h, u32(min(j1, kv.y - 1)));
+        var at1 = at0;
+        if keys_pair() {
+            at1 = keys_rows(h, u32(min(j1, kv.y - 1)));
+        }
         var s: array<vec4<f32>, 8>;
         // Up to 64 units (head_dim 256 in f32).
         keys_dot8(0u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
@@ -268,7 +332,7 @@ fn keys_partial(
         let x0 = keys_scores(&s, 0u) + slope * vec4<f32>(vec4<i32>(j0) - pos);
         let ok0 = row_ok & vec4<bool>(visible(j0, pos.x), visible(j0, pos.y), visible(j0, pos.z), visible(j0, pos.w));
         let x1 = keys_scores(&s, 4u) + slope * vec4<f32>(vec4<i32>(j1) - pos);
-        let ok1 = row_ok & vec4<bool>(j1 < kv.y) & vec4<bool>(visible(j1, pos.x), visible(j1, pos.y), visible(j1, pos.z), visible(j1, pos.w));
+        let ok1 = row_ok & vec4<bool>(keys_pair() && j1 < kv.y) & vec4<bool>(visible(j1, pos.x), visible(j1, pos.y), visible(j1, pos.z), visible(j1, pos.w));
         let m_0 = select(m, max(m, x0), ok0);
         let m_new = select(m_0, max(m_0, x1), ok1);
         // m_new >= m, so alpha <= 1; while nothing is visible both are NEG_BIG: alpha 1.

@@ -263,7 +263,7 @@ fn attn_paged_partial(
             store4(o_base + 4u * d, acc[d] * inv);
         }
     } else if row_ok && lane < lanes {
-        let stride = 4u * HD4 + 2u;
+        let stride = part_units();
         let entry = it.sq.part_base + (it.kvh * it.rows + r) * n_parts + it.split * lanes + lane;
         store_partial(&acc, entry * stride, m, l);
     }
@@ -287,7 +287,7 @@ fn attn_paged_merge(
     let kvh = h / p.group;
     let r = (tq - sq.q_start) * p.group + h % p.group;
     let rows = sq.q_len * p.group;
-    let stride = 4u * HD4 + 2u;
+    let stride = part_units();
     let n_parts = sq.n_splits * sq.lanes;
     // Written directly by the partial pass.
     if n_parts == 1u {
@@ -320,7 +320,7 @@ fn attn_paged_merge_rows(
     }
     let kvh = h / p.group;
     let r = (tq - sq.q_start) * p.group + h % p.group;
-    let base = (sq.part_base + (kvh * sq.q_len * p.group + r) * n_parts) * (4u * HD4 + 2u);
+    let base = (sq.part_base + (kvh * sq.q_len * p.group + r) * n_parts) * part_units();
     let o = merge_row(base, n_parts, h, lid);
     if lid < HD4 {
         store4(p.o_off + tq * p.o_st + h * p.o_sh + 4u * lid, o);
@@ -347,14 +347,11 @@ fn keys_qload8(src: u32, e: u32) -> Item {
     return pool_qload8(src, e);
 }
 
-// Query row r (clamped to the sequence's last row) of kv head kvh, pre-multiplied by the scale.
-fn paged_load_q(q: ptr<function, array<vec4<f32>, MAX_HD4>>, sq: Seq, r: u32, kvh: u32) {
+// Element offset of query row r (clamped to the sequence's last row) of sequence sq, kv head kvh.
+fn paged_q_row(sq: Seq, r: u32, kvh: u32) -> u32 {
     let rc = min(r, sq.q_len * p.group - 1u);
     let h = kvh * p.group + rc % p.group;
-    let q_base = p.q_off + (sq.q_start + rc / p.group) * p.q_st + h * p.q_sh;
-    for (var d = 0u; d < HD4; d++) {
-        (*q)[d] = q_load4(q_base + 4u * d) * p.scale;
-    }
+    return p.q_off + (sq.q_start + rc / p.group) * p.q_st + h * p.q_sh;
 }
 
 @compute @workgroup_size(WG)
@@ -374,15 +371,14 @@ fn attn_paged_keys(
     var q1: array<vec4<f32>, MAX_HD4>;
     var q2: array<vec4<f32>, MAX_HD4>;
     var q3: array<vec4<f32>, MAX_HD4>;
-    paged_load_q(&q0, it.sq, it.r0, it.kvh);
-    if KR > 1u {
-        paged_load_q(&q1, it.sq, it.r0 + 1u, it.kvh);
-    }
-    if KR > 2u {
-        paged_load_q(&q2, it.sq, it.r0 + 2u, it.kvh);
-        paged_load_q(&q3, it.sq, it.r0 + 3u, it.kvh);
-    }
-    let stride = 4u * HD4 + 2u;
+    let bases = vec4<u32>(
+        paged_q_row(it.sq, it.r0, it.kvh),
+        paged_q_row(it.sq, it.r0 + 1u, it.kvh),
+        paged_q_row(it.sq, it.r0 + 2u, it.kvh),
+        paged_q_row(it.sq, it.r0 + 3u, it.kvh),
+    );
+    keys_load_q(lid, bases, &q0, &q1, &q2, &q3);
+    let stride = part_units();
     let n_parts = it.sq.n_splits * WG;
     let e = (it.sq.part_base + (it.kvh * it.rows + it.r0) * n_parts + it.split * WG + lid) * stride;
     keys_partial(&q0, &q1, &q2, &q3, vec2<u32>(it.sq.bt_off, it.kvh), it.kvh, it.kv, lid, it.r0, it.rows, it.sq.q_offset, e, n_parts * stride);

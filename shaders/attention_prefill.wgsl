@@ -270,19 +270,14 @@ fn attn_prefill_partial(
     var st: Rows;
     let r0 = run_block(&q, &acc, &st, lid, w.b, w.kvh, w.blk, w.lo, w.hi);
     // Partials are ordered (row, split); one lane per row.
-    let stride = 4u * HD4 + 2u;
+    let stride = part_units();
     for (var i = 0u; i < PR; i++) {
         let r = r0 + lid * PR + i;
         if r < p.rows {
             let e = ((w.bh * p.rows + r) * p.n_splits + w.split) * stride;
-            part_out[e] = st.m[i];
-            part_out[e + 1u] = st.l[i];
+            part_out[e] = vec4<f32>(st.m[i], st.l[i], 0.0, 0.0);
             for (var d = 0u; d < HD4; d++) {
-                let a = acc[i * HD4 + d];
-                part_out[e + 2u + 4u * d] = a.x;
-                part_out[e + 3u + 4u * d] = a.y;
-                part_out[e + 4u + 4u * d] = a.z;
-                part_out[e + 5u + 4u * d] = a.w;
+                part_out[e + 1u + d] = acc[i * HD4 + d];
             }
         }
     }
@@ -306,7 +301,7 @@ fn attn_prefill_merge(
     let kvh = bh % p.n_kv_heads;
     let b = bh / p.n_kv_heads;
     let th = row_th(r, kvh);
-    let base = row * p.n_splits * (4u * HD4 + 2u);
+    let base = row * p.n_splits * part_units();
     let o_base = p.o_off + b * p.o_sb + th.x * p.o_st + th.y * p.o_sh;
     store4(o_base + 4u * d, merge_partials(base, p.n_splits, d, th.y));
 }
@@ -479,11 +474,7 @@ fn pk_store(t: PkDest, r: u32, d4: u32, a: vec4<f32>) {
         return;
     }
     if p.n_splits > 1u {
-        let e = ((t.bh * p.rows + row) * p.n_splits + t.split) * (4u * HD4 + 2u) + 2u + 4u * d4;
-        part_out[e] = a.x;
-        part_out[e + 1u] = a.y;
-        part_out[e + 2u] = a.z;
-        part_out[e + 3u] = a.w;
+        part_out[((t.bh * p.rows + row) * p.n_splits + t.split) * part_units() + 1u + d4] = a;
         return;
     }
     let th = row_th(row, t.kvh);
@@ -498,9 +489,8 @@ fn pk_finish(t: PkDest, g: u32, m: vec4<f32>, l: vec4<f32>, lane: u32) -> vec4<f
         let row = t.r0 + 4u * g + i;
         if p.n_splits > 1u {
             if lane == 0u && row < p.rows {
-                let e = ((t.bh * p.rows + row) * p.n_splits + t.split) * (4u * HD4 + 2u);
-                part_out[e] = m[i] * LN2;
-                part_out[e + 1u] = l[i];
+                let e = ((t.bh * p.rows + row) * p.n_splits + t.split) * part_units();
+                part_out[e] = vec4<f32>(m[i] * LN2, l[i], 0.0, 0.0);
             }
         } else {
             f[i] = out_scale(m[i] * LN2, l[i], row_th(row, t.kvh).y);

@@ -5,21 +5,24 @@
 // n_parts (the plan's splits x key lanes); `merge_row`'s by WG or by its groups (>= 1) to
 // n_parts, its tree by halving WG (a power of two) to 0, its groups by 1 to a constant.
 
-// Per (row, split, lane): m, l, then head_dim accumulator values (unnormalised).
-@group(0) @binding(5) var<storage, read_write> part_out: array<f32>;
-@group(0) @binding(6) var<storage, read> part_in: array<f32>;
+// Per (row, split, lane), `part_units()` 16-byte units: (m, l, 0, 0), then the head_dim
+// accumulator values (unnormalised). Whole units, so that a partial is written with one store per
+// 4 values: on llvmpipe every store instruction is a loop over the lanes, and LLVM's compile time
+// grows with their number (BENCHMARKS.md, cold compile).
+@group(0) @binding(5) var<storage, read_write> part_out: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> part_in: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> out_buf: array<u32>;
 
-// The partial (m, l, acc) of one (row, split, lane) at part_out[e ..].
+// 16-byte units per partial.
+fn part_units() -> u32 {
+    return HD4 + 1u;
+}
+
+// The partial (m, l, acc) of one (row, split, lane) at unit e of part_out.
 fn store_partial(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, e: u32, m: f32, l: f32) {
-    part_out[e] = m;
-    part_out[e + 1u] = l;
+    part_out[e] = vec4<f32>(m, l, 0.0, 0.0);
     for (var d = 0u; d < HD4; d++) {
-        let a = (*acc)[d];
-        part_out[e + 2u + 4u * d] = a.x;
-        part_out[e + 3u + 4u * d] = a.y;
-        part_out[e + 4u + 4u * d] = a.z;
-        part_out[e + 5u + 4u * d] = a.w;
+        part_out[e + 1u + d] = (*acc)[d];
     }
 }
 
@@ -27,19 +30,19 @@ fn store_partial(acc: ptr<function, array<vec4<f32>, MAX_HD4>>, e: u32, m: f32, 
 // part_in[base]: combined in ascending order (bitwise repeatable), the sink joining the
 // denominator; a row with no visible key gives 0.
 fn merge_partials(base: u32, n_parts: u32, d: u32, h: u32) -> vec4<f32> {
-    let stride = 4u * HD4 + 2u;
+    let stride = part_units();
     var m = NEG_BIG;
     for (var sp = 0u; sp < n_parts; sp++) {
-        m = max(m, part_in[base + sp * stride]);
+        m = max(m, part_in[base + sp * stride].x);
     }
     var l = 0.0;
     var acc = vec4<f32>(0.0);
     for (var sp = 0u; sp < n_parts; sp++) {
         let e = base + sp * stride;
-        let w = exp(part_in[e] - m);
-        l += part_in[e + 1u] * w;
-        let a = e + 2u + 4u * d;
-        acc += w * vec4<f32>(part_in[a], part_in[a + 1u], part_in[a + 2u], part_in[a + 3u]);
+        let ml = part_in[e];
+        let w = exp(ml.x - m);
+        l += ml.y * w;
+        acc += w * part_in[e + 1u + d];
     }
     return acc * out_scale(m, l, h);
 }
@@ -56,10 +59,10 @@ var<workgroup> mg_l: array<f32, WG>;
 // parallel, in an order fixed by WG and HD4 (bitwise repeatable). Invocation lid < HD4 gets
 // output elements 4 lid .. 4 lid + 4. Every invocation calls it (it has barriers).
 fn merge_row(base: u32, n_parts: u32, h: u32, lid: u32) -> vec4<f32> {
-    let stride = 4u * HD4 + 2u;
+    let stride = part_units();
     var mx = NEG_BIG;
     for (var sp = lid; sp < n_parts; sp += WG) {
-        mx = max(mx, part_in[base + sp * stride]);
+        mx = max(mx, part_in[base + sp * stride].x);
     }
     mg_max[lid] = mx;
     workgroupBarrier();
@@ -78,10 +81,10 @@ fn merge_row(base: u32, n_parts: u32, h: u32, lid: u32) -> vec4<f32> {
     if grp < groups {
         for (var sp = grp; sp < n_parts; sp += groups) {
             let e = base + sp * stride;
-            let w = exp(part_in[e] - m);
-            l += part_in[e + 1u] * w;
-            let a = e + 2u + 4u * d;
-            acc += w * vec4<f32>(part_in[a], part_in[a + 1u], part_in[a + 2u], part_in[a + 3u]);
+            let ml = part_in[e];
+            let w = exp(ml.x - m);
+            l += ml.y * w;
+            acc += w * part_in[e + 1u + d];
         }
     }
     mg_acc[lid] = acc;

@@ -242,7 +242,7 @@ fn sg_merge_row(
 }
 
 // Lane group 0's share of row r's result: with one partial per row (`direct`) the output of
-// query head `hq` at element o_base of out_buf, else the partial (m, l, acc) at part_out[e ..].
+// query head `hq` at element o_base of out_buf, else the partial (m, l, acc) at unit e of part_out.
 fn sg_store_row(
     acc: ptr<function, SgRegs>,
     m: f32,
@@ -267,19 +267,13 @@ fn sg_store_row(
         return;
     }
     if li == 0u {
-        part_out[e] = m;
-        part_out[e + 1u] = l;
+        part_out[e] = vec4<f32>(m, l, 0.0, 0.0);
     }
     for (var s = 0u; s < SLOTS; s++) {
         let u = li + LG * s;
         if u < sg_upr() {
             for (var c = 0u; c < VPU; c++) {
-                let a = (*acc)[r][s * VPU + c];
-                let o = e + 2u + 4u * (u * VPU + c);
-                part_out[o] = a.x;
-                part_out[o + 1u] = a.y;
-                part_out[o + 2u] = a.z;
-                part_out[o + 3u] = a.w;
+                part_out[e + 1u + u * VPU + c] = (*acc)[r][s * VPU + c];
             }
         }
     }

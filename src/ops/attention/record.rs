@@ -465,7 +465,7 @@ impl Attention {
         // Split-KV: a partial pass writes (m, l, acc) per (row, split, lane) into the context's
         // scratch buffer, a merge pass combines them in a fixed order.
         let entries = d.batch * d.n_kv_heads * plan.rows * plan.splits * plan.lanes;
-        let part_bytes = entries as u64 * (d.head_dim as u64 + 2) * 4;
+        let part_bytes = entries as u64 * (d.head_dim as u64 + 4) * 4;
         crate::ensure!(
             part_bytes <= ctx.limits().max_storage_buffer_binding_size,
             Limit,

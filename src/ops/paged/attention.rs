@@ -340,7 +340,7 @@ impl Attention {
             h.head_dim,
             2 * hd4 * 16
         );
-        let part_bytes = batch.parts as u64 * (h.head_dim as u64 + 2) * 4;
+        let part_bytes = batch.parts as u64 * (h.head_dim as u64 + 4) * 4;
         crate::ensure!(
             part_bytes <= ctx.limits().max_storage_buffer_binding_size,
             Limit,
