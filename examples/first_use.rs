@@ -107,14 +107,6 @@ fn main() -> Result<(), Error> {
             .and_then(|t| ctx.read_f32(&t));
         t.unwrap_or_default().iter().map(|&v| v as f64).collect()
     };
-    let dims = reference::attention::Dims {
-        batch: 1,
-        q_len,
-        kv_len,
-        n_heads,
-        n_kv_heads: n_kv,
-        head_dim: hd,
-    };
     let want = reference::attention::attention(
         &f64s(&qd),
         &f64s(&kd),

@@ -107,12 +107,6 @@ fn keys_unpack(w: vec4<u32>) -> Item {
         let hi = vec4<u32>(w.z << 16u, w.z, w.w << 16u, w.w) & m;
         return Item(bitcast<vec4<f32>>(lo), bitcast<vec4<f32>>(hi));
     }
-    if DTYPE == DT_F16 {
-        return Item(
-            vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)),
-            vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)),
-        );
-    }
     return unpack_item(w, DTYPE);
 }
 

@@ -77,8 +77,29 @@ impl Timer {
         }
     }
 
-    /// Record with `f` into a fresh encoder, submit, wait, and return the milliseconds taken.
+    /// A row's first run: [`Timer::run`] while other rows may compile (on a CPU adapter the
+    /// first dispatch of a pipeline is its compile, and the workers' compiles overlap).
+    pub fn first(
+        &self,
+        ctx: &Context,
+        f: &mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<f64> {
+        let _shared = GATE.read().unwrap_or_else(|e| e.into_inner());
+        self.time(ctx, f)
+    }
+
+    /// Record with `f` into a fresh encoder, submit, wait, and return the milliseconds taken;
+    /// no other worker runs anything meanwhile, so warm times are the device's alone.
     pub fn run(
+        &self,
+        ctx: &Context,
+        f: &mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<f64> {
+        let _alone = GATE.write().unwrap_or_else(|e| e.into_inner());
+        self.time(ctx, f)
+    }
+
+    fn time(
         &self,
         ctx: &Context,
         f: &mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
@@ -233,7 +254,7 @@ fn rms_norm(ctx: &Context, timer: &Timer, dtype: DType, residual: bool) -> Resul
         let variant = op.variant(ctx, &xt, &wt, &out, None, Strategy::Auto)?;
         let warm = warm_up(|| op.prepare(ctx, &xt, &wt, &out, None))?;
         let mut rec = |enc: &mut wgpu::CommandEncoder| op.encode(ctx, enc, &xt, &wt, &out);
-        let first = timer.run(ctx, &mut rec)?;
+        let first = timer.first(ctx, &mut rec)?;
         let got = ctx.read_f32(&out)?;
         let ms = timer.run(ctx, &mut rec)?;
         let (cpu, _) = reference::rms_norm::rms_norm(&x, &w, None, EPS as f64, 0.0, dtype);
@@ -258,7 +279,7 @@ fn rms_norm(ctx: &Context, timer: &Timer, dtype: DType, residual: bool) -> Resul
     let warm = warm_up(|| op.prepare(ctx, &xt, &wt, &out, Some(residual)))?;
     let mut rec =
         |enc: &mut wgpu::CommandEncoder| op.encode_residual(ctx, enc, &xt, &wt, &out, residual);
-    let first = timer.run(ctx, &mut rec)?;
+    let first = timer.first(ctx, &mut rec)?;
     let got = (ctx.read_f32(&out)?, ctx.read_f32(&r_out)?);
     let ms = timer.run(ctx, &mut rec)?;
     let (cpu, h) = reference::rms_norm::rms_norm(&x, &w, Some(&r), EPS as f64, 0.0, dtype);
@@ -307,7 +328,7 @@ fn rope_plain(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     let warm = warm_up(|| rope.prepare(ctx, &xt, None, None, pos))?;
     // In place: the checked result is the first run's; the timed run rotates it again.
     let mut rec = |enc: &mut wgpu::CommandEncoder| rope.encode(ctx, enc, &xt, pos);
-    let first = timer.run(ctx, &mut rec)?;
+    let first = timer.first(ctx, &mut rec)?;
     let got = ctx.read_f32(&xt)?;
     let ms = timer.run(ctx, &mut rec)?;
     let cpu = rope_reference(&rope, &x, ROPE_TOKENS, N_HEADS, ROPE_START as i64)?;
@@ -340,7 +361,7 @@ fn rope_qkv(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     let variant = rope.variant(ctx, &q, Some(&k), None, pos)?;
     let warm = warm_up(|| rope.prepare(ctx, &q, Some(&k), None, pos))?;
     let mut rec = |enc: &mut wgpu::CommandEncoder| rope.encode_qk(ctx, enc, &q, &k, pos);
-    let first = timer.run(ctx, &mut rec)?;
+    let first = timer.first(ctx, &mut rec)?;
     let got = ctx.read_f32(&buf)?;
     let ms = timer.run(ctx, &mut rec)?;
     // Expected: Q and K of every token rotated, V untouched.
@@ -406,7 +427,7 @@ fn attention(ctx: &Context, timer: &Timer, dtype: DType, decode: bool) -> Result
     let plan = op.plan(ctx, d, dtype)?;
     let warm = warm_up(|| op.prepare(ctx, &[d], dtype))?;
     let mut rec = |enc: &mut wgpu::CommandEncoder| op.encode(ctx, enc, &qt, &kt, &vt, None, &out);
-    let first = timer.run(ctx, &mut rec)?;
+    let first = timer.first(ctx, &mut rec)?;
     let got = ctx.read_f32(&out)?;
     let ms = timer.run(ctx, &mut rec)?;
     let cpu = reference::attention::attention(
@@ -475,7 +496,7 @@ fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
         cache.append_rope(ctx, enc, &k2, &v2, &rope, None)?;
         Ok(())
     };
-    let first = timer.run(ctx, &mut |enc| rec(enc, &mut cache))?;
+    let first = timer.first(ctx, &mut |enc| rec(enc, &mut cache))?;
     let got = (ctx.read_f32(&cache.k())?, ctx.read_f32(&cache.v())?);
     // The timed run writes the same rows again.
     cache.clear();
@@ -574,7 +595,7 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
         cache.append_rope(ctx, enc, &batch, &kn, &vn, &rope, None, None)?;
         op.encode_paged(ctx, enc, &qt, &cache, &batch, None, &out)
     };
-    let first = timer.run(ctx, &mut rec)?;
+    let first = timer.first(ctx, &mut rec)?;
     let got = ctx.read_f32(&out)?;
     // The timed run writes the same slots again.
     let ms = timer.run(ctx, &mut rec)?;
@@ -652,7 +673,7 @@ fn quantized_decode(ctx: &Context, timer: &Timer, format: KvFormat) -> Result<Ro
     let warm = warm_up(|| op.prepare_kv(ctx, &[d], dtype, format))?;
     let mut rec =
         |enc: &mut wgpu::CommandEncoder| op.encode_cached(ctx, enc, &qt, &cache, None, &out);
-    let first = timer.run(ctx, &mut rec)?;
+    let first = timer.first(ctx, &mut rec)?;
     let got = ctx.read_f32(&out)?;
     let ms = timer.run(ctx, &mut rec)?;
     let held = |x: &[f64]| reference::quant::round_trip(format, &f32s(x), HEAD_DIM, 1.0);
@@ -694,36 +715,89 @@ pub fn kernel_rows() -> usize {
     CASES.len() * DType::ALL.len() + KvFormat::QUANTIZED.len()
 }
 
-/// Run every family in every dtype; `step` is called after each row with its name.
-pub fn run(ctx: &Context, step: impl FnMut(&str)) -> Vec<Row> {
-    run_some(ctx, |_| true, step)
-}
+/// Warm runs ([`Timer::run`]) take it alone, first runs ([`Timer::first`]) shared.
+static GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-/// [`run`] for the families whose name `keep` accepts.
-pub fn run_some(
-    ctx: &Context,
-    keep: impl Fn(&str) -> bool,
-    mut step: impl FnMut(&str),
-) -> Vec<Row> {
-    let timer = Timer::new(ctx);
-    let mut rows = Vec::new();
-    for (name, case) in CASES.iter().filter(|(name, _)| keep(name)) {
+/// One row of the table: its name and how to run it on a context.
+type Job = (String, Box<dyn Fn(&Context, &Timer) -> Result<Row> + Send + Sync>);
+
+fn jobs(keep: impl Fn(&str) -> bool) -> Vec<Job> {
+    let mut jobs: Vec<Job> = Vec::new();
+    for &(name, case) in CASES.iter().filter(|(name, _)| keep(name)) {
         for dtype in DType::ALL {
-            let row = case(ctx, &timer, dtype)
-                .unwrap_or_else(|e| Row::failed(name, dtype.name(), "-", e.to_string()));
-            step(&format!("{name} {dtype}"));
-            rows.push(row);
+            jobs.push((
+                format!("{name} {dtype}"),
+                Box::new(move |c, t| {
+                    case(c, t, dtype)
+                        .or_else(|e| Ok(Row::failed(name, dtype.name(), "-", e.to_string())))
+                }),
+            ));
         }
     }
     for format in KvFormat::QUANTIZED {
         let name = format!("attention decode, {format} KV cache");
-        if !keep(&name) {
-            continue;
+        if keep(&name) {
+            jobs.push((
+                name.clone(),
+                Box::new(move |c, t| {
+                    quantized_decode(c, t, format)
+                        .or_else(|e| Ok(Row::failed(&name, "f32", "-", e.to_string())))
+                }),
+            ));
         }
-        let row = quantized_decode(ctx, &timer, format)
-            .unwrap_or_else(|e| Row::failed(&name, "f32", "-", e.to_string()));
-        step(&name);
-        rows.push(row);
     }
-    rows
+    jobs
+}
+
+/// Run every family in every dtype; `step` is called after each row with its name. With more
+/// than one CPU core the rows are shared by two workers, `ctx` and a second context on the same
+/// adapter ([`Context::new`]), so that pipeline compiles (a CPU adapter's LLVM runs at a
+/// pipeline's first dispatch, one at a time per queue) overlap; warm times are still taken with
+/// the other worker idle. The table keeps its order.
+pub fn run(ctx: &Context, step: impl FnMut(&str) + Send) -> Vec<Row> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let second = (cores > 1).then(Context::new).and_then(|c| c.ok());
+    let mut ctxs = vec![ctx];
+    ctxs.extend(second.as_ref());
+    run_on(&ctxs, |_| true, step)
+}
+
+/// [`run`] on one context, for the families whose name `keep` accepts.
+pub fn run_some(ctx: &Context, keep: impl Fn(&str) -> bool, step: impl FnMut(&str) + Send) -> Vec<Row> {
+    run_on(&[ctx], keep, step)
+}
+
+fn run_on(ctxs: &[&Context], keep: impl Fn(&str) -> bool, step: impl FnMut(&str) + Send) -> Vec<Row> {
+    let jobs = jobs(keep);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let rows = std::sync::Mutex::new(vec![None; jobs.len()]);
+    let step = std::sync::Mutex::new(step);
+    std::thread::scope(|s| {
+        for &ctx in ctxs {
+            let (jobs, next, rows, step) = (&jobs, &next, &rows, &step);
+            s.spawn(move || {
+                let timer = Timer::new(ctx);
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((name, job)) = jobs.get(i) else {
+                        return;
+                    };
+                    let row = job(ctx, &timer).ok();
+                    if let Ok(mut step) = step.lock() {
+                        step(name);
+                    }
+                    if let Ok(mut rows) = rows.lock() {
+                        rows[i] = row;
+                    }
+                }
+            });
+        }
+    });
+    let rows = rows.into_inner().unwrap_or_else(|e| e.into_inner());
+    rows.into_iter()
+        .zip(&jobs)
+        .map(|(row, (name, _))| {
+            row.unwrap_or_else(|| Row::failed(name, "-", "-", "the worker stopped".into()))
+        })
+        .collect()
 }
