@@ -37,13 +37,14 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-# Every model has head_dim 16: lavapipe compiles each attention specialisation (one per head_dim
-# and dtype) once per machine, so one head_dim keeps the cold test run short.
+# Every model has head_dim 32: lavapipe compiles each attention specialisation (one per head_dim
+# and dtype) once per machine, so one head_dim keeps the cold test run short; 32 is the smallest
+# that holds a q8_0 or q4_0 KV cache (blocks of 32 values of a head row).
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models")
 
 COMMON = dict(
     vocab_size=128,
-    hidden_size=64,
+    hidden_size=128,
     intermediate_size=128,
     num_hidden_layers=2,
     num_attention_heads=4,
@@ -69,9 +70,9 @@ MODELS = [
     spec("llama3", "llama", 8, 11, torch.bfloat16, old_form=True, tie_word_embeddings=False,
          rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
                               high_freq_factor=4.0, original_max_position_embeddings=16)),
-    # YaRN; head_dim given (16) and != hidden / heads (32); MQA; tied; attention and MLP biases;
+    # YaRN; head_dim given (32) and != hidden / heads (64); MQA; tied; attention and MLP biases;
     # stored F32.
-    spec("llama_yarn", "llama", 8, 9, torch.float32, tie_word_embeddings=True, head_dim=16,
+    spec("llama_yarn", "llama", 8, 9, torch.float32, tie_word_embeddings=True, head_dim=32,
          num_attention_heads=2, num_key_value_heads=1,
          attention_bias=True, mlp_bias=True,
          rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
@@ -89,23 +90,26 @@ MODELS = [
     spec("mistral", "mistral", 8, 12, torch.bfloat16, tie_word_embeddings=False, num_key_value_heads=1,
          sliding_window=6, rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
     # Per-head q/k RMSNorm before RoPE; head_dim given; tied.
-    spec("qwen3", "qwen3", 8, 9, torch.bfloat16, tie_word_embeddings=True, head_dim=16,
+    spec("qwen3", "qwen3", 8, 9, torch.bfloat16, tie_word_embeddings=True, head_dim=32,
          rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
     # Gemma 2: sqrt(hidden) embedding scale (96: rounds in bf16), (1 + w) sandwich norms, both
     # softcaps, query_pre_attn_scalar != head_dim, sliding window 5 on even layers, gelu tanh.
     # Untied: tied, the scaled embedding dominates the residual stream and a random model only
     # ever repeats its input token.
-    spec("gemma2", "gemma2", 8, 11, torch.bfloat16, hidden_size=96, head_dim=16, num_hidden_layers=3,
+    spec("gemma2", "gemma2", 8, 11, torch.bfloat16, hidden_size=96, head_dim=32, num_hidden_layers=3,
          tie_word_embeddings=False, query_pre_attn_scalar=24, attn_logit_softcapping=4.0,
          final_logit_softcapping=8.0, sliding_window=5, hidden_activation="gelu_pytorch_tanh",
          rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
     # Phi-3: fused qkv_proj / gate_up_proj, LongRoPE; decode crosses original_max_position_embeddings
-    # = 16 (generate() re-encodes the sequence with the long factors there).
+    # = 16 (generate() re-encodes the sequence with the long factors there). One factor per
+    # rotary pair (head_dim / 2 = 16).
     spec("phi3", "phi3", 12, 10, torch.bfloat16, tie_word_embeddings=False, original_max_position_embeddings=16,
          max_position_embeddings=64,
          rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,
-                              short_factor=[1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5],
-                              long_factor=[1.0, 1.5, 2.2, 3.0, 4.5, 6.0, 8.0, 10.0])),
+                              short_factor=[1.0, 1.05, 1.1, 1.2, 1.3, 1.45, 1.6, 1.8,
+                                            2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 3.75],
+                              long_factor=[1.0, 1.25, 1.5, 1.85, 2.2, 2.6, 3.0, 3.75,
+                                           4.5, 5.25, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0])),
 ]
 
 

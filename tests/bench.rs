@@ -321,6 +321,56 @@ fn harness_records_json_and_chart() {
     assert!(table.contains("naive_slow") && table.contains(timing));
 }
 
+/// `speedup_vs_bf16` of a `X_kv_{format}` record: over `X_kv_bf16` of its group when there is
+/// one, else over `X`; none for records without `_kv_` and across groups.
+#[test]
+fn speedup_vs_bf16_base() {
+    let ctx = ctx();
+    let mk = |variant: &str, group: &str| {
+        let kernel = if group == "copy" { "copy" } else { "attention" };
+        Case {
+            group: group.into(),
+            ..copy_case(variant, kernel, 1 << 16, 1, 0)
+        }
+    };
+    let settings = Settings {
+        warmup: 1,
+        runs: 2,
+        min_run_ms: 0.5,
+    };
+    let records = bench::run_cases(
+        &ctx,
+        vec![
+            mk("buffer_copy", "copy"),
+            mk("wgsl_vec4", "copy"),
+            mk("x", "g"),
+            mk("x_kv_bf16", "g"),
+            mk("x_kv_q8_0", "g"),
+            mk("y", "g"),
+            mk("y_kv_q4_0", "g"),
+            mk("y_kv_fp8_e4m3", "h"),
+        ],
+        None,
+        &settings,
+        |_| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let rec = |v: &str| records.iter().find(|r| r.variant == v).unwrap();
+    let work = |v: &str| rec(v).time_ms * rec(v).ceiling_wgsl_copy_gbps;
+    assert_eq!(
+        rec("x_kv_q8_0").speedup_vs_bf16,
+        Some(work("x_kv_bf16") / work("x_kv_q8_0"))
+    );
+    assert_eq!(rec("x_kv_bf16").speedup_vs_bf16, Some(1.0));
+    assert_eq!(
+        rec("y_kv_q4_0").speedup_vs_bf16,
+        Some(work("y") / work("y_kv_q4_0"))
+    );
+    for v in ["x", "y", "y_kv_fp8_e4m3"] {
+        assert_eq!(rec(v).speedup_vs_bf16, None, "{v}");
+    }
+}
+
 /// The unfused attention baseline equals the reference: causal and not, GQA and MHA, q_len below
 /// kv_len (queries aligned bottom-right).
 #[test]

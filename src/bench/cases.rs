@@ -460,8 +460,9 @@ fn attention_case(
 }
 
 /// Decode over a KV cache of `format` (Llama-3-8B heads, bf16 q and out) at `kv_len` keys: variant
-/// `decode_gqa4_kv_{format}`, in the bf16 decode's group (`speedup_vs_bf16`), its bytes the
-/// quantized K/V's (data and scales) and q's and out's.
+/// `decode_gqa4_kv_{format}`, in the bf16 decode's group, its bytes the K/V's as stored (data and
+/// scales) and q's and out's. The bf16 cache's row (`decode_gqa4_kv_bf16`) is the group's
+/// `speedup_vs_bf16` base.
 fn quantized_decode_case(format: KvFormat, kv_len: usize) -> Case {
     let (model, nh, nkv, hd, _, _) = ATTN_MODELS[0];
     let dtype = DType::BF16;
@@ -593,9 +594,10 @@ fn attention_cases(ctx: &Context, quick: bool) -> Vec<Case> {
         }
         cases.push(decode(0, DType::F32, 4096, true));
         cases.push(decode(0, DType::BF16, 4096, true));
-        // Llama-3-8B decode over quantized caches beside the bf16 decode of the same shape.
+        // Llama-3-8B decode over a bf16 cache and the quantized ones, in the group of the bf16
+        // decode of the same shape.
         for kv_len in [4096, 32768] {
-            for format in KvFormat::QUANTIZED {
+            for format in [KvFormat::BF16].into_iter().chain(KvFormat::QUANTIZED) {
                 cases.push(quantized_decode_case(format, kv_len));
             }
         }

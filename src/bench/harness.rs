@@ -124,9 +124,10 @@ pub struct Record {
     /// e.g. burn's) over this record's, each first multiplied by the WGSL copy ceiling measured
     /// beside it, as for `speedup_vs_naive`; > 1 means we are faster.
     pub speedup_vs_peer: Option<f64>,
-    /// Decode over a quantized KV cache (variant `{float variant}_kv_{format}`): time of the
-    /// float (bf16) case of the same problem over this record's, each first multiplied by the
-    /// WGSL copy ceiling measured beside it; > 1 means the quantized cache is faster.
+    /// Decode over a KV cache of some format (variant `{float variant}_kv_{format}`): time of
+    /// the bf16 case of the same problem (`{float variant}_kv_bf16` in the group, else
+    /// `{float variant}`) over this record's, each first multiplied by the WGSL copy ceiling
+    /// measured beside it; > 1 means this format is faster.
     pub speedup_vs_bf16: Option<f64>,
     /// How the time was taken.
     pub timing: Timing,
@@ -611,13 +612,20 @@ fn finish(records: &mut Vec<Record>) {
         .iter()
         .map(|r| (r.group.clone(), r.variant.clone(), work(r)))
         .collect();
+    // A `X_kv_{format}` record's base: `X_kv_bf16` (a bf16 cache read by the same path) in its
+    // group, else `X` (the bf16 kernel on plain tensors).
+    let base_work = |group: &str, variant: &str| {
+        float
+            .iter()
+            .find(|(g, v, _)| g == group && v == variant)
+            .map(|f| f.2)
+    };
     for r in records.iter_mut() {
         if let Some((base, _)) = r.variant.split_once("_kv_") {
             let w = work(r);
-            r.speedup_vs_bf16 = float
-                .iter()
-                .find(|(g, v, _)| *g == r.group && v == base)
-                .map(|f| f.2 / w);
+            r.speedup_vs_bf16 = base_work(&r.group, &format!("{base}_kv_bf16"))
+                .or_else(|| base_work(&r.group, base))
+                .map(|b| b / w);
         }
     }
 }

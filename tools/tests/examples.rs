@@ -92,11 +92,16 @@ fn tiny_llm_speculative_command_line() {
     assert_eq!(lines.next(), None, "{out}");
 }
 
-/// `--draft-len` without `--draft`, a zero draft length and `--logits` beside `--draft` are
-/// usage errors (exit 2) that name the flag, before any GPU work.
+/// `--draft-len` without `--draft`, a zero draft length, `--logits` beside `--draft` and an
+/// unknown `--kv` format are usage errors (exit 2) that name the flag, before any GPU work.
+/// (`--kv q8_0` itself runs on every committed model in `tests/models.rs`.)
 #[test]
-fn tiny_llm_speculative_usage_errors() {
+fn tiny_llm_usage_errors() {
     for (args, needle) in [
+        (
+            &["--kv", "q5_1"][..],
+            "--kv \"q5_1\": expected q8_0, q4_0 or fp8_e4m3",
+        ),
         (&["--draft-len", "2"][..], "--draft-len needs --draft"),
         (
             &["--draft", "models/llama3", "--draft-len", "0"][..],

@@ -187,8 +187,8 @@ fn bad_model_directories_are_clear_errors() {
     let e = load_error(&d);
     assert!(
         e.contains("model.safetensors")
-            && e.contains("`model.layers.0.mlp.gate_proj.weight` has shape [128, 64]")
-            && e.contains("[96, 64]"),
+            && e.contains("`model.layers.0.mlp.gate_proj.weight` has shape [128, 128]")
+            && e.contains("[96, 128]"),
         "{e}"
     );
 
@@ -220,21 +220,10 @@ fn f32_limit_catches_a_small_rope_change() {
 fn speculative_decoding_keeps_the_greedy_tokens() {
     use tiny_llm::speculative::generate;
     let ctx = common::ctx();
-    let names = [
-        "gemma2",
-        "llama3",
-        "llama_dynamic",
-        "llama_linear",
-        "llama_yarn",
-        "mistral",
-        "phi3",
-        "qwen2",
-        "qwen3",
-    ];
     let load = |name: &str| Model::load(&ctx, &model_dir(name), DType::F32).unwrap();
     let helper = load("llama3");
     let helper2 = load("qwen2");
-    for (i, name) in names.into_iter().enumerate() {
+    for (i, name) in MODELS.into_iter().enumerate() {
         let r = reference(name);
         let target = load(name);
         let steps = r.steps();
@@ -283,36 +272,127 @@ fn speculative_decoding_keeps_the_greedy_tokens() {
     );
 }
 
-/// `tiny_llm --kv`: the committed models have head_dim 16, below q8_0's and q4_0's blocks of
-/// 32, so those formats are refused with the rule's message; fp8 e4m3 (scales 1) runs with f32
-/// compute, its logits NMSE against transformers' float64 run reported and bounded, its tokens
-/// reported (no promise: a quantized cache may flip a close step).
-#[test]
-fn quantized_kv_caches() {
-    use llama_kernels::KvFormat;
+/// Every committed model, in the order of `models/README.md`.
+const MODELS: [&str; 9] = [
+    "llama3",
+    "llama_yarn",
+    "llama_linear",
+    "llama_dynamic",
+    "qwen2",
+    "mistral",
+    "qwen3",
+    "gemma2",
+    "phi3",
+];
+
+/// Runs every committed model with f32 compute and its KV caches in `kv`; prints and returns
+/// (name, outcome) per model.
+fn run_all_kv(kv: llama_kernels::KvFormat) -> Vec<(&'static str, reference::Outcome)> {
     let ctx = common::ctx();
-    let dir = model_dir("llama3");
-    for kv in [KvFormat::Q8_0, KvFormat::Q4_0] {
-        let e = Model::load(&ctx, &dir, DType::F32)
-            .and_then(|m| m.with_kv(kv))
-            .err()
-            .unwrap_or_else(|| panic!("{kv} accepted at head_dim 16"));
-        assert!(
-            e.to_string().contains(&format!(
-                "kv format {kv} needs head_dim to be a multiple of 32"
-            )),
-            "{e}"
-        );
-    }
-    let r = reference("llama3");
-    let o = reference::run_kv(&ctx, &dir, DType::F32, KvFormat::Fp8E4M3).unwrap();
-    eprintln!(
-        "llama3 f32 compute, fp8_e4m3 KV: NMSE {:.3e}, max abs {:.3e}, tokens {:?} (transformers {:?})",
-        o.nmse, o.max_abs, o.tokens, r.tokens
-    );
-    assert!(o.nmse < FP8_KV_NMSE, "fp8 KV logits NMSE {:.3e}", o.nmse);
+    MODELS
+        .into_iter()
+        .map(|name| {
+            let r = reference(name);
+            let o = reference::run_kv(&ctx, &model_dir(name), DType::F32, kv)
+                .unwrap_or_else(|e| panic!("{name} {kv}: {e}"));
+            eprintln!(
+                "{name} f32 compute, {kv} KV: NMSE {:.3e} (rows before the first differing token {:.3e}), max abs {:.3e}, tokens {} ({:?}; transformers {:?})",
+                o.nmse,
+                o.nmse_shared,
+                o.max_abs,
+                if o.tokens_match { "same" } else { "differ" },
+                o.tokens,
+                r.tokens
+            );
+            (name, o)
+        })
+        .collect()
 }
 
-/// Bound on the fp8 KV run's logits NMSE (llama3, f32 compute): e4m3 keeps 4 significant bits,
-/// a relative error up to 2^-4 per K/V value.
+/// `tiny_llm --kv q8_0` with f32 compute keeps transformers' greedy tokens on every committed
+/// model (all have head_dim 32, one q8_0 block per head row), its logits within
+/// [`Q8_0_KV_NMSE`] of the float64 run. A run can fail: the f32 run's own limit (1e-9) is far
+/// below what the quantized cache adds, which the test also requires to be there.
+#[test]
+fn q8_0_kv_cache_keeps_transformers_tokens() {
+    for (name, o) in run_all_kv(llama_kernels::KvFormat::Q8_0) {
+        assert!(
+            o.tokens_match,
+            "{name} q8_0 KV: greedy tokens {:?} differ from transformers'",
+            o.tokens
+        );
+        assert!(
+            o.nmse <= Q8_0_KV_NMSE,
+            "{name} q8_0 KV: logits NMSE {:.3e} > {Q8_0_KV_NMSE:e}",
+            o.nmse
+        );
+        // The cache is really quantized: the logits move by more than f32 rounding.
+        assert!(o.nmse > F32_LIMIT, "{name} q8_0 KV: NMSE {:.3e}", o.nmse);
+    }
+}
+
+/// q4_0 and fp8 e4m3 (scales 1) KV caches with f32 compute on every committed model: logits
+/// NMSE against the float64 run reported, and bounded over the rows computed from transformers'
+/// own context (the prompt rows and the decode rows up to the first differing greedy token;
+/// past it the run feeds other tokens); the tokens are reported, not promised (a 4-bit block
+/// keeps 16 levels, e4m3 4 significant bits, and either may flip a close step).
+#[test]
+fn q4_0_and_fp8_kv_caches_reported() {
+    use llama_kernels::KvFormat;
+    for (kv, bound) in [
+        (KvFormat::Q4_0, Q4_0_KV_NMSE),
+        (KvFormat::Fp8E4M3, FP8_KV_NMSE),
+    ] {
+        let runs = run_all_kv(kv);
+        let same = runs.iter().filter(|(_, o)| o.tokens_match).count();
+        eprintln!(
+            "{kv} KV: transformers' tokens on {same} of {} models",
+            runs.len()
+        );
+        for (name, o) in runs {
+            assert!(
+                o.nmse_shared.is_finite() && o.nmse_shared <= bound,
+                "{name} {kv} KV: logits NMSE {:.3e} over the rows of transformers' context > {bound:e}",
+                o.nmse_shared
+            );
+        }
+    }
+}
+
+/// `--kv` errors: a block format needs head_dim to be a multiple of 32 (a model whose config
+/// says 48), and a float cache is stored in the compute dtype.
+#[test]
+fn kv_format_errors() {
+    use llama_kernels::KvFormat;
+    let ctx = common::ctx();
+    let mut m = Model::load(&ctx, &model_dir("llama3"), DType::F32).unwrap();
+    m.cfg.head_dim = 48;
+    let e = m
+        .with_kv(KvFormat::Q8_0)
+        .err()
+        .expect("q8_0 at head_dim 48");
+    assert!(
+        e.to_string()
+            .contains("kv format q8_0 needs head_dim to be a multiple of 32"),
+        "{e}"
+    );
+    let m = Model::load(&ctx, &model_dir("llama3"), DType::F32).unwrap();
+    let e = m
+        .with_kv(KvFormat::F16)
+        .err()
+        .expect("f16 KV with f32 compute");
+    assert!(
+        e.to_string()
+            .contains("a float KV cache is stored as the compute dtype f32"),
+        "{e}"
+    );
+}
+
+/// Bound on the q8_0 KV runs' logits NMSE (f32 compute), the limit.
+const Q8_0_KV_NMSE: f64 = 1e-3;
+/// Bound on the q4_0 KV runs' logits NMSE over the rows of transformers' context (f32 compute):
+/// a block of 32 keeps 16 levels.
+const Q4_0_KV_NMSE: f64 = 1e-1;
+/// Bound on the fp8 KV runs' logits NMSE (f32 compute): e4m3 keeps 4 significant bits, a
+/// relative error up to 2^-4 per K/V value.
 const FP8_KV_NMSE: f64 = 1e-2;

@@ -122,6 +122,10 @@ pub struct Outcome {
     pub limit: Option<f64>,
     pub tokens: Vec<u32>,
     pub tokens_match: bool,
+    /// Logits NMSE over the rows computed from transformers' own context: the prompt rows and
+    /// the decode rows up to the first greedy token that differs (past it the run feeds other
+    /// tokens, and its rows answer other questions). Equal to `nmse` when the tokens match.
+    pub nmse_shared: f64,
     /// Load (upload and convert weights) and generate, wall time.
     pub seconds: f64,
     pub reprefilled_at: Option<usize>,
@@ -164,10 +168,14 @@ pub fn run_kv(ctx: &Context, dir: &Path, dtype: DType, kv: KvFormat) -> Result<O
             0.0,
             |m: f64, d| if d.is_nan() { f64::NAN } else { m.max(d) },
         );
+    // Row P-1+j produced token j; rows up to the first differing token saw the same context.
+    let first_diff = g.tokens.iter().zip(&r.tokens).position(|(a, b)| a != b);
+    let shared = first_diff.map_or(got.len(), |j| (r.prompt.len() + j) * r.vocab);
     Ok(Outcome {
         dtype,
         kv,
         nmse: nmse(&got, &r.logits_f64),
+        nmse_shared: nmse(&got[..shared], &r.logits_f64[..shared]),
         max_abs,
         limit: r.limit(dtype),
         tokens_match: g.tokens == r.tokens,
