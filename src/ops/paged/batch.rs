@@ -410,7 +410,7 @@ impl PagedBatch {
     pub fn kv_lens(&self) -> Vec<usize> {
         self.seqs.iter().map(|s| s.kv_len).collect()
     }
-    /// Split-KV partial results the attention call stores (`head_dim + 2` f32 each, in the
+    /// Split-KV partial results the attention call stores (`head_dim + 4` f32 each, in the
     /// context's scratch buffer); rows with one split and one lane (prefill rows) store none.
     pub fn partials(&self) -> usize {
         self.parts
