@@ -5,8 +5,9 @@
 //!   the spec-correct module text ([`PipelineKey::source`]), entry point, override constants,
 //!   bindings, the features it needs, and whether the attention planner picks it for a device
 //!   with WebGPU's default limits ([`DeviceDesc::webgpu_default`]).
-//! - `capture DIR [--only FAMILIES]`: the self-test's kernel rows with a [`Capture`] set: every
-//!   launch, read and write recorded to `DIR`, nothing run.
+//! - `capture DIR [--only FAMILIES]`: the self-test's kernel rows, on Llama-3.2-1B's layout
+//!   ([`MODEL`]), with a [`Capture`] set: every launch, read and write recorded to `DIR`, nothing
+//!   run.
 //! - `judge DIR`: the same rows again, each read answered by what Dawn read at the same point
 //!   (`DIR/read-N.bin`, written by `scripts/dawn/check.mjs replay DIR`), judged against the f64
 //!   reference at the self-test's tolerances.
@@ -21,7 +22,12 @@ use llama_kernels::pipeline::{reflect, Access, PipelineKey, Shader, Slot};
 use llama_kernels::Context;
 use serde_json::{json, Value};
 
-use super::{selftest, Row};
+use super::selftest::{self, Model, LLAMA32_1B};
+use super::Row;
+
+/// The layout the rows take: head_dim 64, whose attention specialisations compile in a fraction
+/// of head_dim 128's time on lavapipe under Dawn (the self-test itself runs Llama-3-8B's).
+const MODEL: Model = LLAMA32_1B;
 
 #[derive(clap::Subcommand)]
 pub enum DawnCommand {
@@ -167,7 +173,7 @@ fn capture(
     let ctx = Context::new().map_err(|e| e.to_string())?;
     let capture = Capture::new(dir, replies).map_err(|e| e.to_string())?;
     ctx.set_capture(capture).map_err(|e| e.to_string())?;
-    let rows = selftest::run_some(&ctx, |family| rows.keeps(family), |_| {});
+    let rows = selftest::run_some(&ctx, &MODEL, |family| rows.keeps(family), |_| {});
     let n = ctx
         .capture()
         .ok_or("the capture is gone")?
@@ -180,7 +186,7 @@ fn judge(dir: &Path, filter: &RowFilter, json: bool) -> Result<ExitCode, String>
     let (mut rows, _) = capture(&dir.join("judge"), Some(dir), filter)?;
     // Nothing ran in this process: its timings are no one's.
     for r in &mut rows {
-        (r.first_ms, r.gpu_ms) = (None, None);
+        (r.prepare, r.first_ms, r.gpu_ms) = (None, None, None);
     }
     let failed = rows.iter().filter(|r| !r.pass).count();
     if json {
@@ -190,9 +196,10 @@ fn judge(dir: &Path, filter: &RowFilter, json: bool) -> Result<ExitCode, String>
     } else {
         print!("{}", super::table(&rows, "ms"));
         println!(
-            "dawn: {} of {} self-test rows passed in Dawn{}",
+            "dawn: {} of {} self-test rows ({}'s layout) passed in Dawn{}",
             rows.len() - failed,
             rows.len(),
+            MODEL.name,
             if failed == 0 { "" } else { " -- FAILED" }
         );
     }
