@@ -4,7 +4,8 @@
 //! - `variants DIR`: every variant of [`Shader::ALL`] as Dawn needs it to create the pipeline:
 //!   the spec-correct module text ([`PipelineKey::source`]), entry point, override constants,
 //!   bindings, the features it needs, and whether the attention planner picks it for a device
-//!   with WebGPU's default limits ([`DeviceDesc::webgpu_default`]).
+//!   with WebGPU's default limits ([`DeviceDesc::webgpu_default`]) or for any described device
+//!   ([`DeviceDesc::presets`]).
 //! - `capture DIR [--only FAMILIES]`: the self-test's kernel rows, on Llama-3.2-1B's layout
 //!   ([`MODEL`]), with a [`Capture`] set: every launch, read and write recorded to `DIR`, nothing
 //!   run.
@@ -50,18 +51,19 @@ pub enum DawnCommand {
     },
 }
 
-/// Which self-test families to capture (the judge must be given the same).
+/// Which self-test rows to capture (the judge must be given the same).
 #[derive(clap::Args)]
 pub struct RowFilter {
-    /// Only the families whose name starts with one of these (comma-separated), e.g.
-    /// `rms_norm,rope`; all by default.
-    #[arg(long, value_delimiter = ',')]
+    /// Only the rows whose name (family, then dtype: `attention decode f16`, `attention decode,
+    /// q4_0 KV cache f32`) starts with one of these (`;`-separated), e.g. `rms_norm;rope f32`;
+    /// all by default.
+    #[arg(long, value_delimiter = ';')]
     only: Vec<String>,
 }
 
 impl RowFilter {
-    fn keeps(&self, family: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|p| family.starts_with(p.as_str()))
+    fn keeps(&self, row: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| row.starts_with(p.as_str()))
     }
 }
 
@@ -99,13 +101,17 @@ fn features(source: &str) -> Vec<&'static str> {
 fn variants(dir: &Path) -> Result<usize, String> {
     let modules_dir = dir.join("modules");
     std::fs::create_dir_all(&modules_dir).map_err(|e| e.to_string())?;
-    let planned: HashSet<PipelineKey> = planned_variants(
-        &DeviceDesc::webgpu_default(),
-        HEAD_DIMS.iter().map(|&h| h as usize),
-    )
-    .iter()
-    .flat_map(|v| v.keys())
-    .collect();
+    let planned_on = |dev: &DeviceDesc| -> HashSet<PipelineKey> {
+        planned_variants(dev, HEAD_DIMS.iter().map(|&h| h as usize))
+            .iter()
+            .flat_map(|v| v.keys())
+            .collect()
+    };
+    let planned = planned_on(&DeviceDesc::webgpu_default());
+    let planned_somewhere: HashSet<PipelineKey> = DeviceDesc::presets()
+        .iter()
+        .flat_map(|(_, dev)| planned_on(dev))
+        .collect();
     let attention: HashSet<&str> = llama_kernels::ops::attention::MODULES
         .iter()
         .map(|s| s.name)
@@ -142,6 +148,8 @@ fn variants(dir: &Path) -> Result<usize, String> {
             } else {
                 needs.is_empty() && key.constant("TILE_V4").is_none_or(|t| t == default_tile)
             };
+            // Picked by the attention planner on some described device (DeviceDesc::presets).
+            let picked = !attention.contains(shader.name) || planned_somewhere.contains(&key);
             out.push(json!({
                 "shader": shader.name,
                 "module": format!("modules/{index}-{}", shader.name),
@@ -153,6 +161,7 @@ fn variants(dir: &Path) -> Result<usize, String> {
                 }})).collect::<Vec<_>>(),
                 "features": needs,
                 "default_device": default_device,
+                "picked": picked,
             }));
         }
     }
@@ -173,7 +182,7 @@ fn capture(
     let ctx = Context::new().map_err(|e| e.to_string())?;
     let capture = Capture::new(dir, replies).map_err(|e| e.to_string())?;
     ctx.set_capture(capture).map_err(|e| e.to_string())?;
-    let rows = selftest::run_some(&ctx, &MODEL, |family| rows.keeps(family), |_| {});
+    let rows = selftest::run_some(&ctx, &MODEL, |row| rows.keeps(row), |_| {});
     let n = ctx
         .capture()
         .ok_or("the capture is gone")?
@@ -194,12 +203,12 @@ fn judge(dir: &Path, filter: &RowFilter, json: bool) -> Result<ExitCode, String>
             json!({"rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(), "failed": failed});
         println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
     } else {
+        println!("dawn: the self-test's rows on {}'s layout", MODEL.name);
         print!("{}", super::table(&rows, "ms"));
         println!(
-            "dawn: {} of {} self-test rows ({}'s layout) passed in Dawn{}",
+            "dawn: {} of {} self-test rows passed in Dawn{}",
             rows.len() - failed,
             rows.len(),
-            MODEL.name,
             if failed == 0 { "" } else { " -- FAILED" }
         );
     }

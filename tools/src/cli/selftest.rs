@@ -768,7 +768,8 @@ pub fn run(ctx: &Context, step: impl FnMut(&str)) -> Vec<Row> {
     run_some(ctx, &LLAMA3_8B, |_| true, step)
 }
 
-/// [`run`] on `model`'s layout for the families whose name `keep` accepts.
+/// [`run`] on `model`'s layout for the rows whose name `keep` accepts: the family and the dtype
+/// (`attention decode f16`; the quantized rows `attention decode, q8_0 KV cache f32`).
 pub fn run_some(
     ctx: &Context,
     model: &Model,
@@ -777,17 +778,21 @@ pub fn run_some(
 ) -> Vec<Row> {
     let timer = Timer::new(ctx);
     let mut rows = Vec::new();
-    for (name, case) in CASES.iter().filter(|(name, _)| keep(name)) {
+    for (name, case) in CASES {
         for dtype in DType::ALL {
+            let row_name = format!("{name} {dtype}");
+            if !keep(&row_name) {
+                continue;
+            }
             let row = case(ctx, &timer, model, dtype)
                 .unwrap_or_else(|e| Row::failed(name, dtype.name(), "-", e.to_string()));
-            step(&format!("{name} {dtype}"));
+            step(&row_name);
             rows.push(row);
         }
     }
     for format in KvFormat::QUANTIZED {
         let name = format!("attention decode, {format} KV cache");
-        if !keep(&name) {
+        if !keep(&format!("{name} {}", DType::F32)) {
             continue;
         }
         let row = quantized_decode(ctx, &timer, model, format)
