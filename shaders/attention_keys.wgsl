@@ -313,7 +313,9 @@ fn keys_partial(
         if keys_pair() {
             at1 = keys_rows(h, u32(min(j1, kv.y - 1)));
         }
-        var s: array<vec4<f32>, 8>;
+        // Zero each step. The explicit initializer matters: Dawn's Tint (webgpu 0.6.2) zeroes a
+        // `var` declared in a loop without one only once, so the scores would add up over steps.
+        var s = array<vec4<f32>, 8>();
         // Up to 64 units (head_dim 256 in f32).
         keys_dot8(0u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
         keys_dot8(8u, q0, q1, q2, q3, &s, at0.xy, at1.xy);

@@ -109,7 +109,13 @@ fn variants_lists_every_variant_with_its_features() {
         if !features.is_empty() {
             assert_eq!(v["default_device"], false, "{v}");
         }
+        // The default device is one of the described devices.
+        if v["default_device"] == true {
+            assert_eq!(v["picked"], true, "{v}");
+        }
     }
+    // Some attention variants no described device gets (created by the check's --full only).
+    assert!(all.iter().any(|v| v["picked"] == false));
     // The planner picks some of every kind's variants for a device with WebGPU's defaults.
     assert!(all
         .iter()

@@ -4,9 +4,11 @@
 //! - `variants DIR`: every variant of [`Shader::ALL`] as Dawn needs it to create the pipeline:
 //!   the spec-correct module text ([`PipelineKey::source`]), entry point, override constants,
 //!   bindings, the features it needs, and whether the attention planner picks it for a device
-//!   with WebGPU's default limits ([`DeviceDesc::webgpu_default`]).
-//! - `capture DIR [--only FAMILIES]`: the self-test's kernel rows with a [`Capture`] set: every
-//!   launch, read and write recorded to `DIR`, nothing run.
+//!   with WebGPU's default limits ([`DeviceDesc::webgpu_default`]) or for any described device
+//!   ([`DeviceDesc::presets`]).
+//! - `capture DIR [--only FAMILIES]`: the self-test's kernel rows, on Llama-3.2-1B's layout
+//!   ([`MODEL`]), with a [`Capture`] set: every launch, read and write recorded to `DIR`, nothing
+//!   run.
 //! - `judge DIR`: the same rows again, each read answered by what Dawn read at the same point
 //!   (`DIR/read-N.bin`, written by `scripts/dawn/check.mjs replay DIR`), judged against the f64
 //!   reference at the self-test's tolerances.
@@ -21,7 +23,12 @@ use llama_kernels::pipeline::{reflect, Access, PipelineKey, Shader, Slot};
 use llama_kernels::Context;
 use serde_json::{json, Value};
 
-use super::{selftest, Row};
+use super::selftest::{self, Model, LLAMA32_1B};
+use super::Row;
+
+/// The layout the rows take: head_dim 64, whose attention specialisations compile in a fraction
+/// of head_dim 128's time on lavapipe under Dawn (the self-test itself runs Llama-3-8B's).
+const MODEL: Model = LLAMA32_1B;
 
 #[derive(clap::Subcommand)]
 pub enum DawnCommand {
@@ -44,18 +51,19 @@ pub enum DawnCommand {
     },
 }
 
-/// Which self-test families to capture (the judge must be given the same).
+/// Which self-test rows to capture (the judge must be given the same).
 #[derive(clap::Args)]
 pub struct RowFilter {
-    /// Only the families whose name starts with one of these (comma-separated), e.g.
-    /// `rms_norm,rope`; all by default.
-    #[arg(long, value_delimiter = ',')]
+    /// Only the rows whose name (family, then dtype: `attention decode f16`, `attention decode,
+    /// q4_0 KV cache f32`) starts with one of these (`;`-separated), e.g. `rms_norm;rope f32`;
+    /// all by default.
+    #[arg(long, value_delimiter = ';')]
     only: Vec<String>,
 }
 
 impl RowFilter {
-    fn keeps(&self, family: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|p| family.starts_with(p.as_str()))
+    fn keeps(&self, row: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| row.starts_with(p.as_str()))
     }
 }
 
@@ -93,13 +101,17 @@ fn features(source: &str) -> Vec<&'static str> {
 fn variants(dir: &Path) -> Result<usize, String> {
     let modules_dir = dir.join("modules");
     std::fs::create_dir_all(&modules_dir).map_err(|e| e.to_string())?;
-    let planned: HashSet<PipelineKey> = planned_variants(
-        &DeviceDesc::webgpu_default(),
-        HEAD_DIMS.iter().map(|&h| h as usize),
-    )
-    .iter()
-    .flat_map(|v| v.keys())
-    .collect();
+    let planned_on = |dev: &DeviceDesc| -> HashSet<PipelineKey> {
+        planned_variants(dev, HEAD_DIMS.iter().map(|&h| h as usize))
+            .iter()
+            .flat_map(|v| v.keys())
+            .collect()
+    };
+    let planned = planned_on(&DeviceDesc::webgpu_default());
+    let planned_somewhere: HashSet<PipelineKey> = DeviceDesc::presets()
+        .iter()
+        .flat_map(|(_, dev)| planned_on(dev))
+        .collect();
     let attention: HashSet<&str> = llama_kernels::ops::attention::MODULES
         .iter()
         .map(|s| s.name)
@@ -136,6 +148,8 @@ fn variants(dir: &Path) -> Result<usize, String> {
             } else {
                 needs.is_empty() && key.constant("TILE_V4").is_none_or(|t| t == default_tile)
             };
+            // Picked by the attention planner on some described device (DeviceDesc::presets).
+            let picked = !attention.contains(shader.name) || planned_somewhere.contains(&key);
             out.push(json!({
                 "shader": shader.name,
                 "module": format!("modules/{index}-{}", shader.name),
@@ -147,6 +161,7 @@ fn variants(dir: &Path) -> Result<usize, String> {
                 }})).collect::<Vec<_>>(),
                 "features": needs,
                 "default_device": default_device,
+                "picked": picked,
             }));
         }
     }
@@ -167,7 +182,7 @@ fn capture(
     let ctx = Context::new().map_err(|e| e.to_string())?;
     let capture = Capture::new(dir, replies).map_err(|e| e.to_string())?;
     ctx.set_capture(capture).map_err(|e| e.to_string())?;
-    let rows = selftest::run_some(&ctx, |family| rows.keeps(family), |_| {});
+    let rows = selftest::run_some(&ctx, &MODEL, |row| rows.keeps(row), |_| {});
     let n = ctx
         .capture()
         .ok_or("the capture is gone")?
@@ -180,7 +195,7 @@ fn judge(dir: &Path, filter: &RowFilter, json: bool) -> Result<ExitCode, String>
     let (mut rows, _) = capture(&dir.join("judge"), Some(dir), filter)?;
     // Nothing ran in this process: its timings are no one's.
     for r in &mut rows {
-        (r.first_ms, r.gpu_ms) = (None, None);
+        (r.prepare, r.first_ms, r.gpu_ms) = (None, None, None);
     }
     let failed = rows.iter().filter(|r| !r.pass).count();
     if json {
@@ -188,6 +203,7 @@ fn judge(dir: &Path, filter: &RowFilter, json: bool) -> Result<ExitCode, String>
             json!({"rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(), "failed": failed});
         println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
     } else {
+        println!("dawn: the self-test's rows on {}'s layout", MODEL.name);
         print!("{}", super::table(&rows, "ms"));
         println!(
             "dawn: {} of {} self-test rows passed in Dawn{}",

@@ -1,6 +1,7 @@
 //! `llama-kernels` with no arguments: report the adapter, run every kernel family once per dtype
 //! on Llama-3-8B's head layout against the f64 reference (and decode over a KV cache in each
-//! quantized format), then one committed tiny model.
+//! quantized format), then one committed tiny model. The Dawn check replays the same rows on
+//! Llama-3.2-1B's smaller heads ([`Model`]).
 //!
 //! Sizes are kept small on purpose: on a CPU Vulkan device (lavapipe) every distinct pipeline
 //! specialisation is compiled by LLVM the first time it is used, so the self-test uses one shape
@@ -21,12 +22,41 @@ use super::Row;
 
 const OP: &str = "selftest";
 
-// Llama-3-8B: hidden 4096, 32 query heads over 8 KV heads, head_dim 128, rope_theta 500000 with
-// Llama 3.1's rope_scaling, rms_norm_eps 1e-5.
-const HIDDEN: usize = 4096;
-const N_HEADS: usize = 32;
-const N_KV_HEADS: usize = 8;
-const HEAD_DIM: usize = 128;
+/// The model whose layout the rows take: hidden size, heads, head_dim and RoPE (Llama 3's
+/// rope_theta 500000 and `rope_scaling` with low/high frequency factors 1 and 4 over 8192
+/// original positions; rms_norm_eps 1e-5).
+#[derive(Clone, Copy, Debug)]
+pub struct Model {
+    pub name: &'static str,
+    pub hidden: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// `rope_scaling.factor`.
+    pub rope_factor: f64,
+}
+
+/// Llama-3-8B (Llama 3.1's `rope_scaling`): the self-test's layout.
+pub const LLAMA3_8B: Model = Model {
+    name: "Llama-3-8B",
+    hidden: 4096,
+    n_heads: 32,
+    n_kv_heads: 8,
+    head_dim: 128,
+    rope_factor: 8.0,
+};
+
+/// Llama-3.2-1B: head_dim 64, the smallest head-dim class, whose specialisations compile
+/// fastest; the Dawn check's layout (scripts/dawn-check.sh).
+pub const LLAMA32_1B: Model = Model {
+    name: "Llama-3.2-1B",
+    hidden: 2048,
+    n_heads: 32,
+    n_kv_heads: 8,
+    head_dim: 64,
+    rope_factor: 32.0,
+};
+
 const THETA: f64 = 500000.0;
 const EPS: f32 = 1e-5;
 
@@ -43,10 +73,10 @@ const DECODE_KEYS: usize = 1100;
 const CACHE_PREFILL: usize = 12;
 const CACHE_CAPACITY: usize = 32;
 
-/// Llama 3.1's `rope_scaling`.
-fn llama31_rope() -> Rope {
+/// The model's RoPE with Llama 3's `rope_scaling`.
+fn llama3_rope(m: &Model) -> Rope {
     Rope::new(THETA, Layout::Half).with_scaling(Scaling::Llama3 {
-        factor: 8.0,
+        factor: m.rope_factor,
         low_freq_factor: 1.0,
         high_freq_factor: 4.0,
         original_max_position_embeddings: 8192.0,
@@ -187,8 +217,13 @@ struct Warm {
     built: usize,
 }
 
-/// Run an op's `prepare` (the warm-up a model does at load time), timed.
-fn warm_up(prepare: impl FnOnce() -> Result<usize>) -> Result<Warm> {
+/// Run an op's `prepare` (the warm-up a model does at load time), timed. Skipped while `ctx`
+/// captures its launches (`llama-kernels dawn`): they run elsewhere, so pipelines built here
+/// would only cost their compile.
+fn warm_up(ctx: &Context, prepare: impl FnOnce() -> Result<usize>) -> Result<Warm> {
+    if ctx.capture().is_some() {
+        return Ok(Warm { ms: 0.0, built: 0 });
+    }
     let t0 = Instant::now();
     let built = prepare()?;
     Ok(Warm {
@@ -238,21 +273,21 @@ fn judge(
     }
 }
 
-fn rms_norm(ctx: &Context, timer: &Timer, dtype: DType, residual: bool) -> Result<Row> {
-    let shape = [NORM_ROWS, HIDDEN];
-    let n = NORM_ROWS * HIDDEN;
+fn rms_norm(ctx: &Context, timer: &Timer, m: &Model, dtype: DType, residual: bool) -> Result<Row> {
+    let shape = [NORM_ROWS, m.hidden];
+    let n = NORM_ROWS * m.hidden;
     let mut rng = Rng(0x5eed_0001 + residual as u64);
     let x = rng.values(n, 0.0, 2.0, dtype);
-    let w = rng.values(HIDDEN, 1.0, 0.5, dtype);
+    let w = rng.values(m.hidden, 1.0, 0.5, dtype);
     let xt = ctx.upload_as(&f32s(&x), &shape, dtype)?;
-    let wt = ctx.upload_as(&f32s(&w), &[HIDDEN], dtype)?;
+    let wt = ctx.upload_as(&f32s(&w), &[m.hidden], dtype)?;
     let out = ctx.empty(&shape, dtype)?;
     // NaN everywhere the kernel should write, so an unwritten element fails the comparison.
     ctx.fill(&out, f32::NAN)?;
     let op = RmsNorm::new(EPS);
     if !residual {
         let variant = op.variant(ctx, &xt, &wt, &out, None, Strategy::Auto)?;
-        let warm = warm_up(|| op.prepare(ctx, &xt, &wt, &out, None))?;
+        let warm = warm_up(ctx, || op.prepare(ctx, &xt, &wt, &out, None))?;
         let mut rec = |enc: &mut wgpu::CommandEncoder| op.encode(ctx, enc, &xt, &wt, &out);
         let first = timer.first(ctx, &mut rec)?;
         let got = ctx.read_f32(&out)?;
@@ -276,7 +311,7 @@ fn rms_norm(ctx: &Context, timer: &Timer, dtype: DType, residual: bool) -> Resul
         residual_out: &r_out,
     };
     let variant = op.variant(ctx, &xt, &wt, &out, Some(residual), Strategy::Auto)?;
-    let warm = warm_up(|| op.prepare(ctx, &xt, &wt, &out, Some(residual)))?;
+    let warm = warm_up(ctx, || op.prepare(ctx, &xt, &wt, &out, Some(residual)))?;
     let mut rec =
         |enc: &mut wgpu::CommandEncoder| op.encode_residual(ctx, enc, &xt, &wt, &out, residual);
     let first = timer.first(ctx, &mut rec)?;
@@ -297,41 +332,49 @@ fn rope_variant_name(v: llama_kernels::ops::rope::Variant) -> String {
     if v.vec4 { "rope_vec4" } else { "rope" }.into()
 }
 
-/// The f64 reference rotation of `x: [tokens, heads, HEAD_DIM]` at positions `start ..`.
+/// The f64 reference rotation of `x: [tokens, heads, head_dim]` at positions `start ..`.
 fn rope_reference(
     rope: &Rope,
+    head_dim: usize,
     x: &[f64],
     tokens: usize,
     heads: usize,
     start: i64,
 ) -> Result<Vec<f64>> {
-    let (inv, attn) = rope.inv_freq(HEAD_DIM, start as usize + tokens)?;
+    let (inv, attn) = rope.inv_freq(head_dim, start as usize + tokens)?;
     let positions: Vec<i64> = (0..tokens as i64).map(|s| start + s).collect();
     Ok(reference::rope::rope(
         x,
-        [1, tokens, heads, HEAD_DIM],
+        [1, tokens, heads, head_dim],
         &positions,
         &inv,
         attn,
         rope.layout,
-        HEAD_DIM,
+        head_dim,
     ))
 }
 
-fn rope_plain(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
-    let shape = [ROPE_TOKENS, N_HEADS, HEAD_DIM];
+fn rope_plain(ctx: &Context, timer: &Timer, m: &Model, dtype: DType) -> Result<Row> {
+    let shape = [ROPE_TOKENS, m.n_heads, m.head_dim];
     let x = Rng(0x5eed_0010).values(shape.iter().product(), 0.0, 1.0, dtype);
     let xt = ctx.upload_as(&f32s(&x), &shape, dtype)?;
-    let rope = llama31_rope();
+    let rope = llama3_rope(m);
     let pos = Positions::Start(ROPE_START);
     let variant = rope.variant(ctx, &xt, None, None, pos)?;
-    let warm = warm_up(|| rope.prepare(ctx, &xt, None, None, pos))?;
+    let warm = warm_up(ctx, || rope.prepare(ctx, &xt, None, None, pos))?;
     // In place: the checked result is the first run's; the timed run rotates it again.
     let mut rec = |enc: &mut wgpu::CommandEncoder| rope.encode(ctx, enc, &xt, pos);
     let first = timer.first(ctx, &mut rec)?;
     let got = ctx.read_f32(&xt)?;
     let ms = timer.run(ctx, &mut rec)?;
-    let cpu = rope_reference(&rope, &x, ROPE_TOKENS, N_HEADS, ROPE_START as i64)?;
+    let cpu = rope_reference(
+        &rope,
+        m.head_dim,
+        &x,
+        ROPE_TOKENS,
+        m.n_heads,
+        ROPE_START as i64,
+    )?;
     Ok(judge(
         "rope",
         rope_variant_name(variant) + " in place",
@@ -342,8 +385,8 @@ fn rope_plain(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     ))
 }
 
-fn rope_qkv(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
-    let row = (N_HEADS + 2 * N_KV_HEADS) * HEAD_DIM;
+fn rope_qkv(ctx: &Context, timer: &Timer, m: &Model, dtype: DType) -> Result<Row> {
+    let row = (m.n_heads + 2 * m.n_kv_heads) * m.head_dim;
     let shape = [ROPE_TOKENS, row];
     let data = Rng(0x5eed_0011).values(ROPE_TOKENS * row, 0.0, 1.0, dtype);
     let buf = ctx.upload_as(&f32s(&data), &shape, dtype)?;
@@ -351,29 +394,43 @@ fn rope_qkv(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
         buf.buffer(),
         buf.offset(),
         ROPE_TOKENS,
-        N_HEADS,
-        N_KV_HEADS,
-        HEAD_DIM,
+        m.n_heads,
+        m.n_kv_heads,
+        m.head_dim,
         dtype,
     );
-    let rope = llama31_rope();
+    let rope = llama3_rope(m);
     let pos = Positions::Start(ROPE_START);
     let variant = rope.variant(ctx, &q, Some(&k), None, pos)?;
-    let warm = warm_up(|| rope.prepare(ctx, &q, Some(&k), None, pos))?;
+    let warm = warm_up(ctx, || rope.prepare(ctx, &q, Some(&k), None, pos))?;
     let mut rec = |enc: &mut wgpu::CommandEncoder| rope.encode_qk(ctx, enc, &q, &k, pos);
     let first = timer.first(ctx, &mut rec)?;
     let got = ctx.read_f32(&buf)?;
     let ms = timer.run(ctx, &mut rec)?;
     // Expected: Q and K of every token rotated, V untouched.
-    let (q_w, k_w) = (N_HEADS * HEAD_DIM, N_KV_HEADS * HEAD_DIM);
+    let (q_w, k_w) = (m.n_heads * m.head_dim, m.n_kv_heads * m.head_dim);
     let part = |from: usize, width: usize| -> Vec<f64> {
         data.chunks(row)
             .flat_map(|t| t[from..from + width].iter().copied())
             .collect()
     };
     let start = ROPE_START as i64;
-    let q_rot = rope_reference(&rope, &part(0, q_w), ROPE_TOKENS, N_HEADS, start)?;
-    let k_rot = rope_reference(&rope, &part(q_w, k_w), ROPE_TOKENS, N_KV_HEADS, start)?;
+    let q_rot = rope_reference(
+        &rope,
+        m.head_dim,
+        &part(0, q_w),
+        ROPE_TOKENS,
+        m.n_heads,
+        start,
+    )?;
+    let k_rot = rope_reference(
+        &rope,
+        m.head_dim,
+        &part(q_w, k_w),
+        ROPE_TOKENS,
+        m.n_kv_heads,
+        start,
+    )?;
     let mut cpu = data.clone();
     for t in 0..ROPE_TOKENS {
         cpu[t * row..][..q_w].copy_from_slice(&q_rot[t * q_w..][..q_w]);
@@ -405,14 +462,14 @@ pub fn plan_name(p: &Plan) -> String {
     }
 }
 
-fn attention(ctx: &Context, timer: &Timer, dtype: DType, decode: bool) -> Result<Row> {
+fn attention(ctx: &Context, timer: &Timer, m: &Model, dtype: DType, decode: bool) -> Result<Row> {
     let (q_len, kv_len) = if decode {
         (1, DECODE_KEYS)
     } else {
         (PREFILL_TOKENS, PREFILL_TOKENS)
     };
-    let q_shape = [q_len, N_HEADS, HEAD_DIM];
-    let kv_shape = [kv_len, N_KV_HEADS, HEAD_DIM];
+    let q_shape = [q_len, m.n_heads, m.head_dim];
+    let kv_shape = [kv_len, m.n_kv_heads, m.head_dim];
     let mut rng = Rng(0x5eed_0020 + decode as u64);
     let q = rng.values(q_shape.iter().product(), 0.0, 1.0, dtype);
     let k = rng.values(kv_shape.iter().product(), 0.0, 1.0, dtype);
@@ -425,7 +482,7 @@ fn attention(ctx: &Context, timer: &Timer, dtype: DType, decode: bool) -> Result
     let op = Attention::default();
     let d = op.dims(&qt, &kt, &vt)?;
     let plan = op.plan(ctx, d, dtype)?;
-    let warm = warm_up(|| op.prepare(ctx, &[d], dtype))?;
+    let warm = warm_up(ctx, || op.prepare(ctx, &[d], dtype))?;
     let mut rec = |enc: &mut wgpu::CommandEncoder| op.encode(ctx, enc, &qt, &kt, &vt, None, &out);
     let first = timer.first(ctx, &mut rec)?;
     let got = ctx.read_f32(&out)?;
@@ -454,20 +511,20 @@ fn attention(ctx: &Context, timer: &Timer, dtype: DType, decode: bool) -> Result
     ))
 }
 
-fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
+fn kv_cache(ctx: &Context, timer: &Timer, m: &Model, dtype: DType) -> Result<Row> {
     let mut cache = KvCache::new(
         ctx,
         KvCacheConfig {
             batch: 1,
-            n_kv_heads: N_KV_HEADS,
+            n_kv_heads: m.n_kv_heads,
             capacity: CACHE_CAPACITY,
-            head_dim: HEAD_DIM,
+            head_dim: m.head_dim,
             dtype,
             kv_format: None,
         },
     )?;
-    let rope = llama31_rope();
-    let row = N_KV_HEADS * HEAD_DIM;
+    let rope = llama3_rope(m);
+    let row = m.n_kv_heads * m.head_dim;
     let total = CACHE_PREFILL + 1;
     let mut rng = Rng(0x5eed_0030);
     let k = rng.values(total * row, 0.0, 1.0, dtype);
@@ -475,7 +532,7 @@ fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     let upload = |x: &[f64], rows: std::ops::Range<usize>| {
         ctx.upload_as(
             &f32s(&x[rows.start * row..rows.end * row]),
-            &[1, rows.len(), N_KV_HEADS, HEAD_DIM],
+            &[1, rows.len(), m.n_kv_heads, m.head_dim],
             dtype,
         )
     };
@@ -489,7 +546,7 @@ fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     } else {
         "append, then rope in the cache"
     };
-    let warm = warm_up(|| cache.prepare(ctx, &k1, &v1, Some((&rope, None))))?;
+    let warm = warm_up(ctx, || cache.prepare(ctx, &k1, &v1, Some((&rope, None))))?;
     // A prefill and one decode step in one encoder: positions 0..12, then 12.
     let rec = |enc: &mut wgpu::CommandEncoder, cache: &mut KvCache| {
         cache.append_rope(ctx, enc, &k1, &v1, &rope, None)?;
@@ -501,12 +558,15 @@ fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     // The timed run writes the same rows again.
     cache.clear();
     let ms = timer.run(ctx, &mut |enc| rec(enc, &mut cache))?;
-    let k_rot = rope_reference(&rope, &k, total, N_KV_HEADS, 0)?;
+    let k_rot = rope_reference(&rope, m.head_dim, &k, total, m.n_kv_heads, 0)?;
     Ok(judge(
         "kv_cache append_rope",
         variant.into(),
         dtype,
-        format!("{CACHE_PREFILL}+1 rows x{N_KV_HEADS}x{HEAD_DIM}, capacity {CACHE_CAPACITY}"),
+        format!(
+            "{CACHE_PREFILL}+1 rows x{}x{}, capacity {CACHE_CAPACITY}",
+            m.n_kv_heads, m.head_dim
+        ),
         (warm, first, ms),
         &[(got.0, k_rot), (got.1, v)],
     ))
@@ -516,14 +576,14 @@ fn kv_cache(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
 /// keys, on pages handed out in turn), their K/V appended with RoPE into the pages, then one
 /// variable-length attention call, all in one encoder. Judged: the attention output against the
 /// reference over each sequence's rotated history.
-fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
+fn paged(ctx: &Context, timer: &Timer, m: &Model, dtype: DType) -> Result<Row> {
     use llama_kernels::ops::paged::Heads;
     use llama_kernels::{PageTable, PagedBatch, PagedKvCache, PagedKvConfig};
     const PAGE: usize = 16;
     let heads = Heads {
-        n_heads: N_HEADS,
-        n_kv_heads: N_KV_HEADS,
-        head_dim: HEAD_DIM,
+        n_heads: m.n_heads,
+        n_kv_heads: m.n_kv_heads,
+        head_dim: m.head_dim,
     };
     let mut table = PageTable::new(8, PAGE)?;
     let cache = PagedKvCache::new(
@@ -531,8 +591,8 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
         PagedKvConfig {
             n_pages: 8,
             page_size: PAGE,
-            n_kv_heads: N_KV_HEADS,
-            head_dim: HEAD_DIM,
+            n_kv_heads: m.n_kv_heads,
+            head_dim: m.head_dim,
             dtype,
             layout: llama_kernels::PageLayout::Hnd,
             kv_format: None,
@@ -541,9 +601,9 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     let (a, b) = (table.add_sequence(), table.add_sequence());
     // b's first 39 tokens are already in the cache (written here in the same way first).
     let lens = [(a, 12usize), (b, 39usize)];
-    let row = N_KV_HEADS * HEAD_DIM;
+    let row = m.n_kv_heads * m.head_dim;
     let mut rng = Rng(0x5eed_0040);
-    let rope = llama31_rope().with_seq_len(64);
+    let rope = llama3_rope(m).with_seq_len(64);
     let hist: Vec<(Vec<f64>, Vec<f64>)> = lens
         .iter()
         .map(|&(_, n)| {
@@ -557,7 +617,7 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     let upload = |x: &[f64], t: std::ops::Range<usize>| {
         ctx.upload_as(
             &f32s(&x[t.start * row..t.end * row]),
-            &[t.len(), N_KV_HEADS, HEAD_DIM],
+            &[t.len(), m.n_kv_heads, m.head_dim],
             dtype,
         )
     };
@@ -584,13 +644,15 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
         upload(&v, 0..13)
     };
     let (kn, vn) = (cat(0)?, cat(1)?);
-    let q = rng.values(13 * N_HEADS * HEAD_DIM, 0.0, 1.0, dtype);
-    let q_shape = [13, N_HEADS, HEAD_DIM];
+    let q = rng.values(13 * m.n_heads * m.head_dim, 0.0, 1.0, dtype);
+    let q_shape = [13, m.n_heads, m.head_dim];
     let qt = ctx.upload_as(&f32s(&q), &q_shape, dtype)?;
     let out = ctx.empty(&q_shape, dtype)?;
     ctx.fill(&out, f32::NAN)?;
     let op = Attention::default();
-    let warm = warm_up(|| op.prepare_paged(ctx, &qt, &cache, &batch, None, &out))?;
+    let warm = warm_up(ctx, || {
+        op.prepare_paged(ctx, &qt, &cache, &batch, None, &out)
+    })?;
     let mut rec = |enc: &mut wgpu::CommandEncoder| -> Result<()> {
         cache.append_rope(ctx, enc, &batch, &kn, &vn, &rope, None, None)?;
         op.encode_paged(ctx, enc, &qt, &cache, &batch, None, &out)
@@ -601,11 +663,15 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
     let ms = timer.run(ctx, &mut rec)?;
     let mut want = Vec::new();
     for (i, (q_len, kv_len)) in [(12usize, 12usize), (1, 40)].into_iter().enumerate() {
-        let k_rot = rope_reference(&rope, &hist[i].0, kv_len, N_KV_HEADS, 0)?;
+        let k_rot = rope_reference(&rope, m.head_dim, &hist[i].0, kv_len, m.n_kv_heads, 0)?;
         let k_rot: Vec<f64> = k_rot.iter().map(|&x| dtype.round(x)).collect();
-        let q0 = if i == 0 { 0 } else { 12 * N_HEADS * HEAD_DIM };
+        let q0 = if i == 0 {
+            0
+        } else {
+            12 * m.n_heads * m.head_dim
+        };
         want.extend(reference::attention::attention(
-            &q[q0..q0 + q_len * N_HEADS * HEAD_DIM],
+            &q[q0..q0 + q_len * m.n_heads * m.head_dim],
             &k_rot,
             &hist[i].1,
             None,
@@ -613,9 +679,9 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
                 batch: 1,
                 q_len,
                 kv_len,
-                n_heads: N_HEADS,
-                n_kv_heads: N_KV_HEADS,
-                head_dim: HEAD_DIM,
+                n_heads: m.n_heads,
+                n_kv_heads: m.n_kv_heads,
+                head_dim: m.head_dim,
             },
             &reference::attention::Options::default(),
         ));
@@ -633,10 +699,10 @@ fn paged(ctx: &Context, timer: &Timer, dtype: DType) -> Result<Row> {
 /// Decode attention (f32 q and out) over a KV cache in a quantized `format`: the decode row's
 /// 1100 keys appended (quantized by the append), then one query attends in place. Judged
 /// against the reference over the dequantized K/V, so the f32 limit holds.
-fn quantized_decode(ctx: &Context, timer: &Timer, format: KvFormat) -> Result<Row> {
+fn quantized_decode(ctx: &Context, timer: &Timer, m: &Model, format: KvFormat) -> Result<Row> {
     let dtype = DType::F32;
-    let kv_shape = [1, DECODE_KEYS, N_KV_HEADS, HEAD_DIM];
-    let q_shape = [1, N_HEADS, HEAD_DIM];
+    let kv_shape = [1, DECODE_KEYS, m.n_kv_heads, m.head_dim];
+    let q_shape = [1, m.n_heads, m.head_dim];
     let mut rng = Rng(0x5eed_0040);
     let q = rng.values(q_shape.iter().product(), 0.0, 1.0, dtype);
     let k = rng.values(kv_shape.iter().product(), 0.0, 1.0, dtype);
@@ -645,9 +711,9 @@ fn quantized_decode(ctx: &Context, timer: &Timer, format: KvFormat) -> Result<Ro
         ctx,
         KvCacheConfig {
             batch: 1,
-            n_kv_heads: N_KV_HEADS,
+            n_kv_heads: m.n_kv_heads,
             capacity: DECODE_KEYS,
-            head_dim: HEAD_DIM,
+            head_dim: m.head_dim,
             dtype,
             kv_format: Some(format),
         },
@@ -665,18 +731,18 @@ fn quantized_decode(ctx: &Context, timer: &Timer, format: KvFormat) -> Result<Ro
         batch: 1,
         q_len: 1,
         kv_len: DECODE_KEYS,
-        n_heads: N_HEADS,
-        n_kv_heads: N_KV_HEADS,
-        head_dim: HEAD_DIM,
+        n_heads: m.n_heads,
+        n_kv_heads: m.n_kv_heads,
+        head_dim: m.head_dim,
     };
     let plan = op.plan_kv(ctx, d, dtype, format)?;
-    let warm = warm_up(|| op.prepare_kv(ctx, &[d], dtype, format))?;
+    let warm = warm_up(ctx, || op.prepare_kv(ctx, &[d], dtype, format))?;
     let mut rec =
         |enc: &mut wgpu::CommandEncoder| op.encode_cached(ctx, enc, &qt, &cache, None, &out);
     let first = timer.first(ctx, &mut rec)?;
     let got = ctx.read_f32(&out)?;
     let ms = timer.run(ctx, &mut rec)?;
-    let held = |x: &[f64]| reference::quant::round_trip(format, &f32s(x), HEAD_DIM, 1.0);
+    let held = |x: &[f64]| reference::quant::round_trip(format, &f32s(x), m.head_dim, 1.0);
     let cpu = reference::attention::attention(
         &q,
         &held(&k),
@@ -696,16 +762,18 @@ fn quantized_decode(ctx: &Context, timer: &Timer, format: KvFormat) -> Result<Ro
 }
 
 /// One kernel family on one dtype.
-type Case = fn(&Context, &Timer, DType) -> Result<Row>;
+type Case = fn(&Context, &Timer, &Model, DType) -> Result<Row>;
 
 /// The families in table order, with the name a failed row gets.
 const CASES: &[(&str, Case)] = &[
-    ("rms_norm", |c, t, d| rms_norm(c, t, d, false)),
-    ("rms_norm+residual", |c, t, d| rms_norm(c, t, d, true)),
+    ("rms_norm", |c, t, m, d| rms_norm(c, t, m, d, false)),
+    ("rms_norm+residual", |c, t, m, d| rms_norm(c, t, m, d, true)),
     ("rope", rope_plain),
     ("rope q+k (fused qkv)", rope_qkv),
-    ("attention prefill", |c, t, d| attention(c, t, d, false)),
-    ("attention decode", |c, t, d| attention(c, t, d, true)),
+    ("attention prefill", |c, t, m, d| {
+        attention(c, t, m, d, false)
+    }),
+    ("attention decode", |c, t, m, d| attention(c, t, m, d, true)),
     ("kv_cache append_rope", kv_cache),
     ("paged append_rope + attention", paged),
 ];
@@ -719,16 +787,25 @@ pub fn kernel_rows() -> usize {
 static GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// One row of the table: its name and how to run it on a context.
-type Job = (String, Box<dyn Fn(&Context, &Timer) -> Result<Row> + Send + Sync>);
+type Job<'a> = (
+    String,
+    Box<dyn Fn(&Context, &Timer) -> Result<Row> + Send + Sync + 'a>,
+);
 
-fn jobs(keep: impl Fn(&str) -> bool) -> Vec<Job> {
+/// The rows whose name `keep` accepts: the family and the dtype (`attention decode f16`; the
+/// quantized rows `attention decode, q8_0 KV cache f32`), on `model`'s layout.
+fn jobs<'a>(model: &'a Model, keep: impl Fn(&str) -> bool) -> Vec<Job<'a>> {
     let mut jobs: Vec<Job> = Vec::new();
-    for &(name, case) in CASES.iter().filter(|(name, _)| keep(name)) {
+    for &(name, case) in CASES {
         for dtype in DType::ALL {
+            let row_name = format!("{name} {dtype}");
+            if !keep(&row_name) {
+                continue;
+            }
             jobs.push((
-                format!("{name} {dtype}"),
+                row_name,
                 Box::new(move |c, t| {
-                    case(c, t, dtype)
+                    case(c, t, model, dtype)
                         .or_else(|e| Ok(Row::failed(name, dtype.name(), "-", e.to_string())))
                 }),
             ));
@@ -736,11 +813,11 @@ fn jobs(keep: impl Fn(&str) -> bool) -> Vec<Job> {
     }
     for format in KvFormat::QUANTIZED {
         let name = format!("attention decode, {format} KV cache");
-        if keep(&name) {
+        if keep(&format!("{name} {}", DType::F32)) {
             jobs.push((
                 name.clone(),
                 Box::new(move |c, t| {
-                    quantized_decode(c, t, format)
+                    quantized_decode(c, t, model, format)
                         .or_else(|e| Ok(Row::failed(&name, "f32", "-", e.to_string())))
                 }),
             ));
@@ -749,26 +826,36 @@ fn jobs(keep: impl Fn(&str) -> bool) -> Vec<Job> {
     jobs
 }
 
-/// Run every family in every dtype; `step` is called after each row with its name. With more
-/// than one CPU core the rows are shared by two workers, `ctx` and a second context on the same
-/// adapter ([`Context::new`]), so that pipeline compiles (a CPU adapter's LLVM runs at a
-/// pipeline's first dispatch, one at a time per queue) overlap; warm times are still taken with
-/// the other worker idle. The table keeps its order.
+/// Run every family in every dtype on [`LLAMA3_8B`]; `step` is called after each row with its
+/// name. With more than one CPU core the rows are shared by two workers, `ctx` and a second
+/// context on the same adapter ([`Context::new`]), so that pipeline compiles (a CPU adapter's
+/// LLVM runs at a pipeline's first dispatch, one at a time per queue) overlap; warm times are
+/// still taken with the other worker idle. The table keeps its order.
 pub fn run(ctx: &Context, step: impl FnMut(&str) + Send) -> Vec<Row> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let second = (cores > 1).then(Context::new).and_then(|c| c.ok());
     let mut ctxs = vec![ctx];
     ctxs.extend(second.as_ref());
-    run_on(&ctxs, |_| true, step)
+    run_on(&ctxs, &LLAMA3_8B, |_| true, step)
 }
 
-/// [`run`] on one context, for the families whose name `keep` accepts.
-pub fn run_some(ctx: &Context, keep: impl Fn(&str) -> bool, step: impl FnMut(&str) + Send) -> Vec<Row> {
-    run_on(&[ctx], keep, step)
+/// [`run`] on one context, on `model`'s layout, for the rows whose name `keep` accepts.
+pub fn run_some(
+    ctx: &Context,
+    model: &Model,
+    keep: impl Fn(&str) -> bool,
+    step: impl FnMut(&str) + Send,
+) -> Vec<Row> {
+    run_on(&[ctx], model, keep, step)
 }
 
-fn run_on(ctxs: &[&Context], keep: impl Fn(&str) -> bool, step: impl FnMut(&str) + Send) -> Vec<Row> {
-    let jobs = jobs(keep);
+fn run_on(
+    ctxs: &[&Context],
+    model: &Model,
+    keep: impl Fn(&str) -> bool,
+    step: impl FnMut(&str) + Send,
+) -> Vec<Row> {
+    let jobs = jobs(model, keep);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let rows = std::sync::Mutex::new(vec![None; jobs.len()]);
     let step = std::sync::Mutex::new(step);
