@@ -55,14 +55,7 @@ fn main() -> Result<(), Error> {
         ..Attention::causal()
     };
     let t = Instant::now();
-    let dims = llama_kernels::ops::attention::Dims {
-        batch: 1,
-        q_len,
-        kv_len,
-        n_heads,
-        n_kv_heads: n_kv,
-        head_dim: hd,
-    };
+    let dims = op.dims(&q, &k, &v)?;
     // A fifth argument stores K/V in a KV cache of that format (q8_0, q4_0, fp8_e4m3, ...).
     let format = args.get(4).and_then(|f| llama_kernels::KvFormat::parse(f));
     let cache = match format {

@@ -71,17 +71,12 @@ fn keys_load_q(
     }
 }
 
-// Whether a unit holds 8 values (halves, and quantized K/V read 8 values at a time).
+// Whether a unit holds 8 values (halves, and quantized K/V read 8 values at a time). Such a step
+// also takes two keys of the lane; an f32 step, whose rows have twice the units, takes one: a
+// step reads head_dim / 4 units of K and of V either way, and LLVM's compile time on llvmpipe
+// follows the load instructions of a step (BENCHMARKS.md, cold compile).
 fn keys_two() -> bool {
     return DTYPE != DT_F32 || KV_FMT >= KV_Q8_0;
-}
-
-// Whether a step takes two keys of the lane (halves and quantized K/V: 8 values per unit) or one
-// (f32 K/V, whose rows have twice the units): a step reads head_dim / 4 units of K and of V either
-// way, and LLVM's compile time on llvmpipe follows the load instructions of a step (BENCHMARKS.md,
-// cold compile).
-fn keys_pair() -> bool {
-    return keys_two();
 }
 
 // Units per head row: HD4 for f32, HD4 / 2 for halves and quantized K/V (head_dim % 8 == 0).
@@ -158,7 +153,7 @@ fn keys_dot_unit(
     if u < keys_units() {
         let d = u * select(1u, 2u, keys_two());
         keys_dot_rows(q0, q1, q2, q3, s, 0u, d, keys_item(k0.x, k0.y + u));
-        if keys_pair() {
+        if keys_two() {
             keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_item(k1.x, k1.y + u));
         }
     }
@@ -167,11 +162,8 @@ fn keys_dot_unit(
 // acc[d ..] = acc * al + p0 * y0 + p1 * y1 for one row (the step's two keys; a one-key step
 // drops the y1 terms).
 fn keys_pv_row(a: ptr<function, array<vec4<f32>, MAX_HD4>>, d: u32, al: f32, p0: f32, p1: f32, y0: Item, y1: Item) {
-    if !keys_pair() {
+    if !keys_two() {
         (*a)[d] = (*a)[d] * al + p0 * y0.lo;
-        if keys_two() {
-            (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi;
-        }
         return;
     }
     (*a)[d] = (*a)[d] * al + p0 * y0.lo + p1 * y1.lo;
@@ -195,7 +187,7 @@ fn keys_pv_unit(
         let d = u * select(1u, 2u, keys_two());
         let y0 = keys_item(v0.x, v0.y + u);
         var y1 = y0;
-        if keys_pair() {
+        if keys_two() {
             y1 = keys_item(v1.x, v1.y + u);
         }
         keys_pv_row(a0, d, al.x, p0.x, p1.x, y0, y1);
@@ -277,7 +269,7 @@ fn keys_scores(s: ptr<function, array<vec4<f32>, 8>>, base: u32) -> vec4<f32> {
 // A step of halves or quantized K/V takes two keys of the lane (j and j + WG): both are scored
 // first, then one running-max update and one rescale of the accumulators serve both (also for one
 // row: the two keys' loads and dot products are independent, which llvmpipe overlaps;
-// BENCHMARKS.md, round five). An f32 step takes one key (`keys_pair`), as many 16-byte units.
+// BENCHMARKS.md, round five). An f32 step takes one key (`keys_two`), as many 16-byte units.
 fn keys_partial(
     q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
     q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
@@ -305,12 +297,12 @@ fn keys_partial(
     let slope = vec4<f32>(row_slope(rr.x, kvh), row_slope(rr.y, kvh), row_slope(rr.z, kvh), row_slope(rr.w, kvh));
     var m = vec4<f32>(NEG_BIG);
     var l = vec4<f32>(0.0);
-    for (var j0 = kv.x + i32(lane); j0 < kv.y; j0 += i32(select(1u, 2u, keys_pair()) * WG)) {
+    for (var j0 = kv.x + i32(lane); j0 < kv.y; j0 += i32(select(1u, 2u, keys_two()) * WG)) {
         // The second key, clamped into the range so that its loads stay valid; masked below.
         let j1 = j0 + i32(WG);
         let at0 = keys_rows(h, u32(j0));
         var at1 = at0;
-        if keys_pair() {
+        if keys_two() {
             at1 = keys_rows(h, u32(min(j1, kv.y - 1)));
         }
         // Zero each step. The explicit initializer matters: Dawn's Tint (webgpu 0.6.2) zeroes a
@@ -328,7 +320,7 @@ fn keys_partial(
         let x0 = keys_scores(&s, 0u) + slope * vec4<f32>(vec4<i32>(j0) - pos);
         let ok0 = row_ok & vec4<bool>(visible(j0, pos.x), visible(j0, pos.y), visible(j0, pos.z), visible(j0, pos.w));
         let x1 = keys_scores(&s, 4u) + slope * vec4<f32>(vec4<i32>(j1) - pos);
-        let ok1 = row_ok & vec4<bool>(keys_pair() && j1 < kv.y) & vec4<bool>(visible(j1, pos.x), visible(j1, pos.y), visible(j1, pos.z), visible(j1, pos.w));
+        let ok1 = row_ok & vec4<bool>(keys_two() && j1 < kv.y) & vec4<bool>(visible(j1, pos.x), visible(j1, pos.y), visible(j1, pos.z), visible(j1, pos.w));
         let m_0 = select(m, max(m, x0), ok0);
         let m_new = select(m_0, max(m_0, x1), ok1);
         // m_new >= m, so alpha <= 1; while nothing is visible both are NEG_BIG: alpha 1.

@@ -253,10 +253,7 @@ impl Attention {
         let c = self.validate_paged(ctx, q, cache, batch, sinks, out)?;
         let before = ctx.cached_pipelines();
         if batch.total_q > 0 {
-            for (key, _, _) in paged_passes(&c, cache, batch) {
-                ctx.kernel(op, &key)?;
-            }
-            ctx.kernel(op, &c.keys[1])?;
+            build_passes(ctx, op, &c, cache, batch)?;
         }
         Ok(ctx.cached_pipelines().saturating_sub(before))
     }
@@ -469,11 +466,7 @@ impl Attention {
             })
         };
         // Every pipeline is compiled before anything is recorded, so a failure records nothing.
-        let passes = paged_passes(c, cache, batch);
-        for (key, _, _) in &passes {
-            ctx.kernel(op, key)?;
-        }
-        ctx.kernel(op, &c.keys[1])?;
+        let passes = build_passes(ctx, op, c, cache, batch)?;
         let names = ["pool0", "pool1", "pool2"];
         let mut inputs = vec![
             ("q_buf", qw.resource()),
@@ -509,6 +502,24 @@ impl Attention {
         };
         ctx.encode_kernel(op, enc, &c.keys[1], &params, &merge, merge_wgs)
     }
+}
+
+/// The call's partial passes ([`paged_passes`]) with every pipeline they and the merge use built,
+/// so that a failure records nothing (`encode_paged`) and a warm-up builds what the call will use
+/// (`prepare_paged`).
+fn build_passes(
+    ctx: &Context,
+    op: &'static str,
+    c: &PagedChecked,
+    cache: &PagedKvCache,
+    batch: &PagedBatch,
+) -> Result<Vec<(PipelineKey, usize, usize)>> {
+    let passes = paged_passes(c, cache, batch);
+    for (key, _, _) in &passes {
+        ctx.kernel(op, key)?;
+    }
+    ctx.kernel(op, &c.keys[1])?;
+    Ok(passes)
 }
 
 struct PagedChecked {

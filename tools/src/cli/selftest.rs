@@ -786,10 +786,10 @@ pub fn kernel_rows() -> usize {
 /// Warm runs ([`Timer::run`]) take it alone, first runs ([`Timer::first`]) shared.
 static GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-/// One row of the table: its name and how to run it on a context.
+/// One row of the table: its name and how to run it on a context (a failure is a failed row).
 type Job<'a> = (
     String,
-    Box<dyn Fn(&Context, &Timer) -> Result<Row> + Send + Sync + 'a>,
+    Box<dyn Fn(&Context, &Timer) -> Row + Send + Sync + 'a>,
 );
 
 /// The rows whose name `keep` accepts: the family and the dtype (`attention decode f16`; the
@@ -806,7 +806,7 @@ fn jobs<'a>(model: &'a Model, keep: impl Fn(&str) -> bool) -> Vec<Job<'a>> {
                 row_name,
                 Box::new(move |c, t| {
                     case(c, t, model, dtype)
-                        .or_else(|e| Ok(Row::failed(name, dtype.name(), "-", e.to_string())))
+                        .unwrap_or_else(|e| Row::failed(name, dtype.name(), "-", e.to_string()))
                 }),
             ));
         }
@@ -818,7 +818,7 @@ fn jobs<'a>(model: &'a Model, keep: impl Fn(&str) -> bool) -> Vec<Job<'a>> {
                 name.clone(),
                 Box::new(move |c, t| {
                     quantized_decode(c, t, model, format)
-                        .or_else(|e| Ok(Row::failed(&name, "f32", "-", e.to_string())))
+                        .unwrap_or_else(|e| Row::failed(&name, "f32", "-", e.to_string()))
                 }),
             ));
         }
@@ -869,12 +869,12 @@ fn run_on(
                     let Some((name, job)) = jobs.get(i) else {
                         return;
                     };
-                    let row = job(ctx, &timer).ok();
+                    let row = job(ctx, &timer);
                     if let Ok(mut step) = step.lock() {
                         step(name);
                     }
                     if let Ok(mut rows) = rows.lock() {
-                        rows[i] = row;
+                        rows[i] = Some(row);
                     }
                 }
             });
