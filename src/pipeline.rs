@@ -273,6 +273,10 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         include_str!("../shaders/attention_prefill.wgsl"),
     ),
     (
+        "attention_prefill_subgroup.wgsl",
+        include_str!("../shaders/attention_prefill_subgroup.wgsl"),
+    ),
+    (
         "attention_split.wgsl",
         include_str!("../shaders/attention_split.wgsl"),
     ),

@@ -146,7 +146,7 @@ fn guard_before(c: &Case) -> usize {
         return ALIGNED_GUARD;
     }
     match c.kind {
-        None | Some(Kind::DecodeKeys | Kind::PrefillKeys) => ALIGNED_GUARD,
+        None | Some(Kind::DecodeKeys | Kind::PrefillKeys | Kind::PrefillSubgroup) => ALIGNED_GUARD,
         _ => GUARD_BEFORE,
     }
 }
@@ -1840,4 +1840,101 @@ fn decode_subgroup_native_f16_reads() {
     // head_dim 36 (72-byte rows) is not 16-byte aligned.
     let e = try_run(&native(1, 37, 8, 2, 36)).unwrap_err().to_string();
     assert!(e.contains("aligned: false"), "{e}");
+}
+
+/// The GPU prefill (`Kind::PrefillSubgroup`: groups of lanes split head_dim, scores finished by
+/// `subgroupShuffleXor` within the group, q and accumulators in registers, 16-byte K/V loads)
+/// forced on this adapter (lavapipe: subgroups of 8, so groups of 4 or 8 lanes) against the f64
+/// reference: odd sizes on both sides of the 4-key block and of the row block, MHA and GQA,
+/// every dtype, every masking and logit option, batch 2, split over the keys (forced, and past
+/// the loop cap on CPU adapters), head_dim 64 (Llama-3.2-1B) and 128 (Llama-2-7B); bitwise
+/// repeatable. The dispatcher picks it on GPUs with subgroups.
+#[test]
+fn prefill_subgroup_kernel() {
+    let ctx = ctx();
+    if !ctx.caps().subgroups {
+        let mut c = Case::new(20, 40, 4, 1, 64);
+        c.kind = Some(Kind::PrefillSubgroup);
+        let e = try_run(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("needs a device with the SUBGROUP feature"),
+            "{e}"
+        );
+        return;
+    }
+    let sg = |q_len, kv_len, nh, nkv, hd, dtype| {
+        let mut c = Case::new(q_len, kv_len, nh, nkv, hd);
+        c.kind = Some(Kind::PrefillSubgroup);
+        c.dtype = dtype;
+        c
+    };
+    let mut cases = Vec::new();
+    // Every dtype and option at head_dim HD with GQA 4 and odd sizes (rows 4 x 75 = 300: five
+    // row blocks of 64, the last short; kv 113: a short last tile and 4-key block).
+    for dtype in DType::ALL {
+        for mode in 0..8 {
+            cases.push(with_mode(sg(75, 113, 8, 2, HD, dtype), mode));
+        }
+    }
+    // MHA, MQA, one row, batch 2, a short prefill against a long cache.
+    cases.push(sg(9, 9, 3, 3, HD, DType::F32));
+    cases.push(sg(33, 70, 8, 1, HD, DType::BF16));
+    let mut c = sg(13, 200, 4, 2, HD, DType::F16);
+    c.batch = 2;
+    c.sinks = true;
+    cases.push(c);
+    // Two-sided window and chunks, a negative offset (the first rows see nothing).
+    let mut c = sg(40, 90, 4, 2, HD, DType::F32);
+    c.causal = false;
+    c.window_left = Some(7);
+    c.window_right = Some(3);
+    c.chunk = 32;
+    cases.push(c);
+    let mut c = sg(20, 30, 4, 2, HD, DType::F32);
+    c.q_offset = Some(-5);
+    cases.push(c);
+    // Forced splits (trailing empty chunks too): partials through attn_prefill_merge.
+    for splits in [3, 40] {
+        let mut c = sg(21, 150, 4, 2, HD, DType::F32);
+        c.splits = Some(splits);
+        c.sinks = true;
+        cases.push(c);
+    }
+    // Real head sizes: Llama-3.2-1B (GQA 4, head_dim 64) in f32, Llama-2-7B (MHA, 128) in f16.
+    let mut c = sg(24, 200, 32, 8, 64, DType::F32);
+    c.softcap = 20.0;
+    cases.push(c);
+    let mut c = sg(24, 150, 32, 32, 128, DType::F16);
+    c.window = 50;
+    cases.push(c);
+    for (i, c) in cases.iter().enumerate() {
+        let plan = c.op().plan(&ctx, dims_of(c), c.dtype).expect("plan");
+        assert_eq!(plan.variant.kind, Kind::PrefillSubgroup, "{c:?}");
+        assert_eq!(
+            plan.variant.split_kv,
+            c.splits.is_some_and(|s| s > 1),
+            "{c:?}"
+        );
+        check(*c, 9700 + i as u64);
+    }
+    // Past the loop cap of a CPU adapter the keys are split by the planner.
+    let hd4 = (HD / 4) as u32;
+    let sg_min = ctx.adapter_info().subgroup_min_size.max(4);
+    let desc = llama_kernels::ops::attention::DeviceDesc::of(&ctx);
+    if let Some(cap) = desc.prefill_sg_cap_keys(hd4, sg_min) {
+        for (kv_len, split) in [(cap, false), (cap + 1, true)] {
+            let mut c = sg(9, kv_len, 2, 1, HD, DType::F32);
+            c.window = 3000;
+            let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
+            assert_eq!(plan.variant.split_kv, split, "kv_len {kv_len}");
+            check(c, 9800 + kv_len as u64);
+        }
+    }
+    // Bitwise repeatable.
+    let c = cases[0];
+    let d = data(&c, 5, 1.0);
+    assert!(
+        gpu(&c, &d) == gpu(&c, &d),
+        "PrefillSubgroup is not repeatable"
+    );
 }

@@ -115,7 +115,7 @@ pub use options::{Attention, Dims, F16_ARITHMETIC_NMSE, MAX_CHUNK_SIZE};
 pub(crate) use plan::sg_cap_keys;
 pub use plan::{
     choice_table, default_kind, keys_loop_cap_keys, kv_rows_aligned, loop_cap_keys,
-    prefill_keys_loop_cap_keys, subgroup_decode_wanted, ChoiceRow, Plan, CHOICE_SHAPES,
+    prefill_keys_loop_cap_keys, subgroup_decode_wanted, ChoiceRow, Geometry, Plan, CHOICE_SHAPES,
     DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS, KEYS_MIN_CHUNK,
     KEYS_TARGET_WORKGROUPS,
 };
@@ -123,13 +123,14 @@ pub(crate) use record::check_sinks;
 pub use record::Params;
 pub use variants::{
     all_variant_keys, decode_variant_keys, prefill_class, prefill_keys_workgroup_bytes,
-    prefill_shader, prefill_variant_keys, sg_rows_max, subgroup_variant_keys, tile_v4_for, Axes,
-    Kind, Variant, ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16,
-    ATTENTION_PREFILL, ATTENTION_PREFILL_F16, ATTENTION_PREFILL_F16_HD128,
-    ATTENTION_PREFILL_F16_HD64, ATTENTION_PREFILL_HD128, ATTENTION_PREFILL_HD64, DECODE_WG,
-    HEAD_DIMS, KEYS_MAX_ROWS, KEYS_WG, KINDS, MAX_HEAD_DIM, MODULES, PREFILL_CLASSES,
-    PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE, PREFILL_MODULES, PREFILL_ROWS_PER_INVOCATION, PREFILL_WG,
-    RUN_TIME_PATH, SG_MAX_ROWS, SG_WG, SUBGROUP_MIN_SIZES, SUBGROUP_MODULES, WORKGROUP_STORAGE,
+    prefill_sg_shape, prefill_shader, prefill_variant_keys, sg_rows_max, subgroup_variant_keys,
+    tile_v4_for, Axes, Kind, PrefillSgShape, Variant, ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP,
+    ATTENTION_DECODE_SUBGROUP_F16, ATTENTION_PREFILL, ATTENTION_PREFILL_F16,
+    ATTENTION_PREFILL_F16_HD128, ATTENTION_PREFILL_F16_HD64, ATTENTION_PREFILL_HD128,
+    ATTENTION_PREFILL_HD64, ATTENTION_PREFILL_SUBGROUP, DECODE_WG, HEAD_DIMS, KEYS_MAX_ROWS,
+    KEYS_WG, KINDS, MAX_HEAD_DIM, MODULES, PREFILL_CLASSES, PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE,
+    PREFILL_MODULES, PREFILL_ROWS_PER_INVOCATION, PREFILL_SG_MAX_ACC, PREFILL_WG, RUN_TIME_PATH,
+    SG_MAX_ROWS, SG_WG, SUBGROUP_MIN_SIZES, SUBGROUP_MODULES, WORKGROUP_STORAGE,
 };
 pub(crate) use variants::{sg_shape, MAX_BK};
 

@@ -4,8 +4,9 @@
 //! ([`choice_table`]), for `llama-kernels info` and the tests that pin them.
 
 use super::{
-    prefill_keys_workgroup_bytes, sg_rows_max, tile_v4_for, DeviceDesc, Dims, Kind, Variant,
-    KEYS_MAX_ROWS, MAX_BK, OP, PREFILL_KEYS_ROWS, PREFILL_WG,
+    prefill_keys_workgroup_bytes, prefill_sg_shape, sg_rows_max, tile_v4_for, DeviceDesc, Dims,
+    Kind, Variant, KEYS_MAX_ROWS, MAX_BK, OP, PREFILL_KEYS_ROWS, PREFILL_ROWS_PER_INVOCATION,
+    PREFILL_WG,
 };
 use crate::context::Context;
 use crate::error::Result;
@@ -114,6 +115,84 @@ pub struct Plan {
     pub chunk: usize,
 }
 
+/// The launch geometry of a plan's main pass (the split-KV merge, where there is one, is one
+/// invocation per 4 output elements), as the shaders declare it, so that it can be pinned and
+/// printed for devices this machine does not have (`llama-kernels info --device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Workgroups of the main pass.
+    pub workgroups: usize,
+    /// Invocations per workgroup.
+    pub invocations: u32,
+    /// Workgroup memory the main pass declares, in bytes.
+    pub workgroup_bytes: u32,
+    /// f32 of private arrays per invocation: q, the accumulators, per-row state and scores
+    /// (`None` for the CPU-adapter kernels, whose per-lane values are named vectors and
+    /// matrices, no arrays).
+    pub private_f32: Option<u32>,
+    /// f32 of output accumulators per invocation (`None` as for `private_f32`).
+    pub acc_f32: Option<u32>,
+    /// Bytes one K/V load instruction reads from storage.
+    pub load_bytes: u32,
+}
+
+impl Plan {
+    /// The launch geometry of this plan for a call of sizes `d`.
+    pub fn geometry(&self, d: &Dims) -> Geometry {
+        let v = &self.variant;
+        let tiles = 2 * v.tile_v4 * 16;
+        let half_tiles = 2 * v.tile_v4 * if v.f16 { 8 } else { 16 };
+        let (workgroup_bytes, private_f32, acc_f32, load_bytes) = match v.kind {
+            Kind::Prefill => {
+                // q and acc: 4 rows x the head_dim class each; scores: MAX_BK vec4s.
+                let q_acc = PREFILL_ROWS_PER_INVOCATION * super::prefill_class(v.hd4);
+                let q_f32 = if v.f16 { q_acc / 2 } else { q_acc };
+                (
+                    half_tiles,
+                    Some(q_f32 + q_acc + 4 * MAX_BK as u32),
+                    Some(q_acc),
+                    4,
+                )
+            }
+            Kind::PrefillKeys => (prefill_keys_workgroup_bytes(v.hd4), None, None, 16),
+            Kind::Decode => {
+                // q and acc: the largest head (MAX_HEAD_DIM f32) each; scores: MAX_BK.
+                let acc = super::MAX_HEAD_DIM as u32;
+                (tiles, Some(2 * acc + MAX_BK as u32), Some(acc), 4)
+            }
+            Kind::DecodeKeys => (0, None, None, 16),
+            Kind::DecodeSubgroup => {
+                let (slots, _) = v.sg_shape();
+                let acc = 4 * v.kr * slots;
+                // q and acc, m and l per row, a vec4 of scores and of probabilities per row.
+                let private = 2 * acc + 2 * v.kr + 8 * v.kr;
+                (
+                    0,
+                    Some(private),
+                    Some(acc),
+                    if v.native_f16 { 8 } else { 4 },
+                )
+            }
+            Kind::PrefillSubgroup => {
+                let sh = prefill_sg_shape(v.hd4, v.sg_min);
+                let rows = sh.rows_per_group;
+                // q and acc, the per-row state (m, l, lo, hi), a vec4 of scores and of
+                // probabilities per row.
+                let private = 2 * sh.acc_f32() + 4 * rows + 8 * rows;
+                (tiles, Some(private), Some(sh.acc_f32()), 16)
+            }
+        };
+        Geometry {
+            workgroups: d.batch * d.n_kv_heads * self.row_blocks * self.splits,
+            invocations: v.wg(),
+            workgroup_bytes,
+            private_f32,
+            acc_f32,
+            load_bytes,
+        }
+    }
+}
+
 impl Attention {
     /// The kernel, tile size and split count this call would use on `ctx`, for K/V rows that
     /// are 16-byte aligned (see [`kv_rows_aligned`]; unaligned rows never get
@@ -160,8 +239,15 @@ impl Attention {
             .kind
             .unwrap_or_else(|| match dev.default_kind(d.q_len, kv_aligned) {
                 Kind::PrefillKeys if self.f16_arithmetic || !keys_fit => Kind::Prefill,
+                Kind::PrefillSubgroup if self.f16_arithmetic => Kind::Prefill,
                 k => k,
             });
+        crate::ensure!(
+            kind != Kind::PrefillSubgroup || dev.subgroups,
+            Param,
+            OP,
+            "the PrefillSubgroup kernel needs a device with the SUBGROUP feature ({adapter})"
+        );
         crate::ensure!(
             kind != Kind::PrefillKeys || keys_fit,
             Limit,
@@ -205,10 +291,9 @@ impl Attention {
                 Kind::DecodeKeys | Kind::DecodeSubgroup => kr as u32,
                 _ => 1,
             },
-            sg_min: if kind == Kind::DecodeSubgroup {
-                sg_min
-            } else {
-                0
+            sg_min: match kind {
+                Kind::DecodeSubgroup | Kind::PrefillSubgroup => sg_min,
+                _ => 0,
             },
             f16: kind == Kind::Prefill && self.f16_arithmetic,
             native_f16: kind == Kind::DecodeSubgroup
@@ -234,12 +319,15 @@ impl Attention {
             Kind::DecodeKeys => dev.keys_loop_cap_keys(d.head_dim, kr),
             Kind::DecodeSubgroup => dev.sg_cap_keys(variant.hd4, variant.sg_min, variant.kr),
             Kind::PrefillKeys => dev.prefill_keys_loop_cap_keys(d.head_dim),
+            Kind::PrefillSubgroup => dev.prefill_sg_cap_keys(hd4, sg_min),
             _ => dev.loop_cap_keys(d.head_dim),
         };
         let min_splits = cap.map_or(1, |c| d.kv_len.div_ceil(c.max(1)));
         variant.split_kv = match kind {
             Kind::Prefill => min_splits > 1,
-            Kind::PrefillKeys => min_splits > 1 || self.splits.is_some_and(|s| s > 1),
+            Kind::PrefillKeys | Kind::PrefillSubgroup => {
+                min_splits > 1 || self.splits.is_some_and(|s| s > 1)
+            }
             _ => true,
         };
         let wg = variant.wg() as usize;
@@ -249,6 +337,7 @@ impl Attention {
             // Split or not, a prefill workgroup owns PREFILL_WG rows, one key lane each.
             Kind::Prefill => (PREFILL_WG as usize, 1),
             Kind::PrefillKeys => (PREFILL_KEYS_ROWS, 1),
+            Kind::PrefillSubgroup => (prefill_sg_shape(hd4, sg_min).rows_per_wg() as usize, 1),
             _ => {
                 let rpw = rows.next_power_of_two().min(wg);
                 (rpw, wg / rpw)
@@ -260,7 +349,7 @@ impl Attention {
                 let chunk = d.kv_len.div_ceil(min_splits);
                 (d.kv_len.div_ceil(chunk), chunk)
             }
-            Kind::PrefillKeys => {
+            Kind::PrefillKeys | Kind::PrefillSubgroup => {
                 let want = (self.splits.unwrap_or(1) as usize).max(min_splits);
                 let chunk = d.kv_len.div_ceil(want).max(1);
                 // A forced count is honoured exactly (trailing chunks may be empty).
@@ -348,18 +437,29 @@ impl std::fmt::Display for ChoiceRow {
             self.shape, d.q_len, d.kv_len, d.n_heads, d.n_kv_heads, d.head_dim, self.dtype
         )?;
         match &self.plan {
-            Ok(p) => write!(
-                f,
-                "{:?} kr {} rows/wg {} lanes {} splits {} chunk {} bk {} -> {}",
-                p.variant.kind,
-                p.variant.kr,
-                p.rows_per_wg,
-                p.lanes,
-                p.splits,
-                p.chunk,
-                p.bk,
-                self.pipelines().join(", ")
-            ),
+            Ok(p) => {
+                let g = p.geometry(&d);
+                let regs =
+                    |x: Option<u32>| x.map_or_else(|| "named".to_string(), |n| n.to_string());
+                write!(
+                    f,
+                    "{:?} kr {} rows/wg {} lanes {} splits {} chunk {} bk {} -> {}; {} workgroups x {} invocations, {} B workgroup memory, private f32/lane {} (acc {}), {} B/load",
+                    p.variant.kind,
+                    p.variant.kr,
+                    p.rows_per_wg,
+                    p.lanes,
+                    p.splits,
+                    p.chunk,
+                    p.bk,
+                    self.pipelines().join(", "),
+                    g.workgroups,
+                    g.invocations,
+                    g.workgroup_bytes,
+                    regs(g.private_f32),
+                    regs(g.acc_f32),
+                    g.load_bytes
+                )
+            }
             Err(e) => write!(f, "not supported: {e}"),
         }
     }
@@ -476,7 +576,11 @@ mod tests {
                 "{dev:?}"
             );
             let prefill = pick(&dev, PREFILL_2K);
-            assert_eq!(prefill, (Prefill, 1, 64, 1, 1, 2048, 32, false), "{dev:?}");
+            assert_eq!(
+                prefill,
+                (PrefillSubgroup, 1, 64, 1, 1, 2048, 32, false),
+                "{dev:?}"
+            );
             let row = &choice_table(&dev)[DECODE_4K];
             assert_eq!(
                 row.pipelines(),
@@ -487,9 +591,97 @@ mod tests {
             );
             assert_eq!(
                 choice_table(&dev)[PREFILL_2K].pipelines(),
-                ["attention_prefill_hd128.wgsl:attn_prefill"]
+                ["attention_prefill_subgroup.wgsl:attn_prefill_sg"]
             );
         }
+    }
+
+    /// The launch geometry of Llama-3-8B's prefill at 2k (8192 rows per kv head: 2048 tokens x
+    /// 4 query heads) on each described device.
+    #[test]
+    fn llama3_8b_prefill_geometry() {
+        let d = CHOICE_SHAPES[PREFILL_2K].1;
+        let geometry = |dev: &DeviceDesc| {
+            let p = choice_table(dev)[PREFILL_2K].plan.clone().unwrap();
+            (p.variant.kind, p.geometry(&d))
+        };
+        // GPUs with subgroups: groups of 8 lanes split head_dim 128 (4 vec4 slots each) for 4
+        // rows; 128 invocations hold 16 groups, 64 rows; 128 row blocks x 8 kv heads; two
+        // f32 tiles of 32 keys; q and acc 64 f32 each, (m, l, lo, hi) and a vec4 of scores and
+        // of probabilities per row; 16-byte K/V loads.
+        let gpu = Geometry {
+            workgroups: 1024,
+            invocations: 128,
+            workgroup_bytes: 32768,
+            private_f32: Some(176),
+            acc_f32: Some(64),
+            load_bytes: 16,
+        };
+        for dev in [DeviceDesc::nvidia(), DeviceDesc::amd(), DeviceDesc::apple()] {
+            assert_eq!(geometry(&dev), (Kind::PrefillSubgroup, gpu), "{dev:?}");
+        }
+        // WebGPU's defaults (no subgroups, 16 KiB): the tiled prefill, 16 invocations of 4 rows,
+        // q and acc of 4 rows x 128 in private arrays, 4-byte loads.
+        let web = Geometry {
+            workgroups: 1024,
+            invocations: 16,
+            workgroup_bytes: 16384,
+            private_f32: Some(1280),
+            acc_f32: Some(512),
+            load_bytes: 4,
+        };
+        assert_eq!(
+            geometry(&DeviceDesc::webgpu_default()),
+            (Kind::Prefill, web)
+        );
+        // The same device with subgroups takes the subgroup prefill within 16 KiB (16-key
+        // tiles).
+        let web_sg = DeviceDesc {
+            subgroups: true,
+            subgroup_min_size: 32,
+            ..DeviceDesc::webgpu_default()
+        };
+        let (kind, g) = geometry(&web_sg);
+        assert_eq!((kind, g.workgroup_bytes), (Kind::PrefillSubgroup, 16384));
+        assert_eq!(
+            choice_table(&web_sg)[PREFILL_2K].plan.as_ref().unwrap().bk,
+            16
+        );
+    }
+
+    /// The subgroup prefill's shape at every head_dim and smallest subgroup size: lanes per row
+    /// within the subgroup, 4..=16; accumulators (and q) within 64 f32 per lane; 128 or 256
+    /// invocations; at least 64 rows per workgroup.
+    #[test]
+    fn prefill_subgroup_shapes() {
+        use crate::ops::attention::{prefill_sg_shape, PrefillSgShape, PREFILL_SG_MAX_ACC};
+        let shape = |l, slots, r, wg| PrefillSgShape {
+            lanes_per_row: l,
+            slots,
+            rows_per_group: r,
+            invocations: wg,
+        };
+        // Llama-3.2-1B (64), Llama-3-8B (128), Gemma-2 (256) on 32-lane subgroups.
+        assert_eq!(prefill_sg_shape(16, 32), shape(4, 4, 4, 128));
+        assert_eq!(prefill_sg_shape(32, 32), shape(8, 4, 4, 128));
+        assert_eq!(prefill_sg_shape(64, 32), shape(16, 4, 4, 256));
+        // 8-lane subgroups (lavapipe, Intel) cap the lanes per row at 8; 4-lane ones at 4.
+        assert_eq!(prefill_sg_shape(64, 8), shape(8, 8, 2, 256));
+        assert_eq!(prefill_sg_shape(32, 4), shape(4, 8, 2, 128));
+        assert_eq!(prefill_sg_shape(64, 4), shape(4, 16, 1, 256));
+        for hd4 in 1..=64 {
+            for sg in crate::ops::attention::SUBGROUP_MIN_SIZES {
+                let s = prefill_sg_shape(hd4, sg);
+                assert!(s.lanes_per_row <= sg.max(4) && (4..=16).contains(&s.lanes_per_row));
+                assert!(s.slots * s.lanes_per_row >= hd4, "{hd4} {sg}: {s:?}");
+                assert!(s.acc_f32() <= PREFILL_SG_MAX_ACC, "{hd4} {sg}: {s:?}");
+                assert!(s.rows_per_wg() >= 64, "{hd4} {sg}: {s:?}");
+                assert!([128, 256].contains(&s.invocations), "{hd4} {sg}: {s:?}");
+            }
+        }
+        assert_eq!(DeviceDesc::nvidia().prefill_sg_cap_keys(32, 32), None);
+        // lavapipe at head_dim 128: 193 loop trips per block of 4 keys, 828 keys per split.
+        assert_eq!(DeviceDesc::lavapipe().prefill_sg_cap_keys(32, 8), Some(828));
     }
 
     #[test]

@@ -202,7 +202,11 @@ impl Attention {
         }
         let aligned = kv_rows_aligned(ctx, k, v);
         crate::ensure!(
-            aligned || !matches!(self.kind, Some(Kind::DecodeKeys | Kind::PrefillKeys)),
+            aligned
+                || !matches!(
+                    self.kind,
+                    Some(Kind::DecodeKeys | Kind::PrefillKeys | Kind::PrefillSubgroup)
+                ),
             Param,
             OP,
             "the {:?} kernel needs 16-byte aligned K/V rows (offsets, strides and head_dim {} x {} bytes multiples of 16)",
@@ -405,7 +409,7 @@ impl Attention {
             inputs.push(("sinks", w.resource()));
         }
         let base_wgs = (d.batch * d.n_kv_heads * plan.row_blocks) as u64;
-        if plan.variant.kind == Kind::PrefillKeys {
+        if matches!(plan.variant.kind, Kind::PrefillKeys | Kind::PrefillSubgroup) {
             // The same K/V windows, read through `vec4<u32>` bindings.
             inputs.push(("k4", kw.resource()));
             inputs.push(("v4", vw.resource()));
@@ -463,7 +467,7 @@ impl Attention {
             merge.push(("sinks", w.resource()));
         }
         let merge_wg = match plan.variant.kind {
-            Kind::Prefill | Kind::PrefillKeys => PREFILL_WG,
+            Kind::Prefill | Kind::PrefillKeys | Kind::PrefillSubgroup => PREFILL_WG,
             _ => plan.variant.wg(),
         };
         ctx.encode_kernel(

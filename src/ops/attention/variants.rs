@@ -54,6 +54,12 @@ pub enum Kind {
     /// head_dim, finish each score with `subgroupAdd`, and share every K/V row they load across
     /// the GQA group's query rows.
     DecodeSubgroup,
+    /// Prefill for GPUs with `SUBGROUP` (`attn_prefill_sg`, FlashAttention-2 on SIMT lanes):
+    /// aligned groups of 4-16 lanes split head_dim for a few query rows each, scores finished
+    /// by `subgroupShuffleXor` within the group, q and the accumulators in registers sized by
+    /// key constants, K/V tiles staged with 16-byte loads and shared by 64 or more rows (see
+    /// [`prefill_sg_shape`]).
+    PrefillSubgroup,
 }
 
 /// The head_dims of real models (the head-dim classes): every kind, storage format, tile size
@@ -90,7 +96,7 @@ pub struct Axes {
 }
 
 /// The variant space, one entry per kind.
-pub const KINDS: [Axes; 5] = [
+pub const KINDS: [Axes; 6] = [
     Axes {
         kind: Kind::Prefill,
         split_kv: &[false, true],
@@ -131,16 +137,25 @@ pub const KINDS: [Axes; 5] = [
         f16: &[false],
         native_f16: &[false, true],
     },
+    Axes {
+        kind: Kind::PrefillSubgroup,
+        split_kv: &[false, true],
+        kr: &[1],
+        sg_min: &SUBGROUP_MIN_SIZES,
+        f16: &[false],
+        native_f16: &[false],
+    },
 ];
 
 impl Kind {
     /// Every kind, in [`KINDS`] order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         KINDS[0].kind,
         KINDS[1].kind,
         KINDS[2].kind,
         KINDS[3].kind,
         KINDS[4].kind,
+        KINDS[5].kind,
     ];
 
     /// This kind's axes in [`KINDS`].
@@ -172,8 +187,8 @@ pub struct Variant {
     /// [`Kind::Prefill`]: f16 arithmetic ([`super::Attention::f16_arithmetic`], the
     /// [`ATTENTION_PREFILL_F16`] module); false for the other kinds.
     pub f16: bool,
-    /// [`Kind::DecodeSubgroup`]: the adapter's smallest subgroup size (lanes per head slice and
-    /// key lanes derive from it); 0 for the other kinds.
+    /// [`Kind::DecodeSubgroup`] and [`Kind::PrefillSubgroup`]: the adapter's smallest subgroup
+    /// size (lanes per head slice and key lanes derive from it); 0 for the other kinds.
     pub sg_min: u32,
     /// [`Kind::DecodeSubgroup`] over f16 K/V: read them natively
     /// ([`super::Attention::native_f16`], the [`ATTENTION_DECODE_SUBGROUP_F16`] module); false
@@ -354,10 +369,25 @@ pub const ATTENTION_DECODE_SUBGROUP_F16: &Shader = subgroup_decode_module!(
 pub const SUBGROUP_MODULES: [&Shader; 2] =
     [ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16];
 
+/// `shaders/attention_prefill_subgroup.wgsl` (with `attention_common.wgsl` and the split
+/// partials' bindings): [`Kind::PrefillSubgroup`], a module of its own because a module that
+/// uses subgroup operations anywhere fails validation on devices without `SUBGROUP`. Its
+/// partials are merged by the f32 prefill module's `attn_prefill_merge`.
+pub const ATTENTION_PREFILL_SUBGROUP: &Shader = &Shader {
+    name: "attention_prefill_subgroup.wgsl",
+    parts: &[
+        crate::pipeline::COMMON_WGSL,
+        crate::pipeline::ATTENTION_COMMON_WGSL,
+        crate::pipeline::ATTENTION_SPLIT_WGSL,
+        include_str!("../../../shaders/attention_prefill_subgroup.wgsl"),
+    ],
+    variants: || keys_of(ATTENTION_PREFILL_SUBGROUP),
+};
+
 /// Every attention module ([`crate::pipeline::Shader::ALL`] lists them): the prefill modules,
-/// the decode module and the subgroup decode modules.
-pub const MODULES: [&Shader; 2 * PREFILL_CLASSES.len() + 1 + SUBGROUP_MODULES.len()] = {
-    let mut out = [ATTENTION_DECODE; 2 * PREFILL_CLASSES.len() + 1 + SUBGROUP_MODULES.len()];
+/// the decode module, the subgroup decode modules and the subgroup prefill module.
+pub const MODULES: [&Shader; 2 * PREFILL_CLASSES.len() + 2 + SUBGROUP_MODULES.len()] = {
+    let mut out = [ATTENTION_DECODE; 2 * PREFILL_CLASSES.len() + 2 + SUBGROUP_MODULES.len()];
     let n = PREFILL_CLASSES.len();
     let mut i = 0;
     while i < 2 * n {
@@ -370,8 +400,60 @@ pub const MODULES: [&Shader; 2 * PREFILL_CLASSES.len() + 1 + SUBGROUP_MODULES.le
         out[2 * n + 1 + j] = SUBGROUP_MODULES[j];
         j += 1;
     }
+    out[2 * n + 1 + SUBGROUP_MODULES.len()] = ATTENTION_PREFILL_SUBGROUP;
     out
 };
+
+/// Most f32 of accumulators one lane of [`Kind::PrefillSubgroup`] holds (as many again for its
+/// q slots): `rows_per_group * slots * 4`.
+pub const PREFILL_SG_MAX_ACC: u32 = 64;
+
+/// [`Kind::PrefillSubgroup`]'s launch shape at one head_dim and smallest subgroup size
+/// ([`prefill_sg_shape`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefillSgShape {
+    /// Lanes that split one row's head (`L`: 4, 8 or 16, at most the smallest subgroup).
+    pub lanes_per_row: u32,
+    /// vec4 slots of a head per lane (`SLOTS`).
+    pub slots: u32,
+    /// Rows each group of lanes owns (`R`).
+    pub rows_per_group: u32,
+    /// Invocations per workgroup (`WG`).
+    pub invocations: u32,
+}
+
+impl PrefillSgShape {
+    /// Query rows per workgroup.
+    pub fn rows_per_wg(&self) -> u32 {
+        self.rows_per_group * self.invocations / self.lanes_per_row
+    }
+    /// f32 of accumulators per lane (as many again for q).
+    pub fn acc_f32(&self) -> u32 {
+        self.rows_per_group * self.slots * 4
+    }
+}
+
+/// [`Kind::PrefillSubgroup`] at `hd4` (head_dim / 4) with subgroups of at least `sg_min` lanes:
+/// lanes per row aiming at 4 vec4 slots each (16 f32 of a head per lane), capped at 16 and at
+/// the smallest subgroup; rows per group as many (up to 4, a power of two) as keep the
+/// accumulators within [`PREFILL_SG_MAX_ACC`]; invocations (128 or 256) so that a workgroup
+/// holds at least 64 rows.
+pub fn prefill_sg_shape(hd4: u32, sg_min: u32) -> PrefillSgShape {
+    let lanes = hd4
+        .div_ceil(4)
+        .next_power_of_two()
+        .clamp(4, 16)
+        .min(sg_min.clamp(4, 16));
+    let slots = hd4.div_ceil(lanes);
+    let fit = (PREFILL_SG_MAX_ACC / 4 / slots).clamp(1, 4);
+    let rows = 1 << (31 - fit.leading_zeros());
+    PrefillSgShape {
+        lanes_per_row: lanes,
+        slots,
+        rows_per_group: rows,
+        invocations: (64 * lanes / rows).clamp(128, 256),
+    }
+}
 
 /// vec4s per K (and per V) tile for a device with `limit` bytes of workgroup memory: the largest
 /// power of two with both tiles within `min(limit, 32 KiB)`.
@@ -410,11 +492,24 @@ impl Variant {
             Kind::Decode => DECODE_WG,
             Kind::DecodeKeys => KEYS_WG,
             Kind::DecodeSubgroup => SG_WG,
+            Kind::PrefillSubgroup => prefill_sg_shape(self.hd4, self.sg_min).invocations,
         }
     }
     /// [`Kind::DecodeSubgroup`]: vec4 slots of a head per lane and key lanes per workgroup.
     pub(crate) fn sg_shape(&self) -> (u32, u32) {
         sg_shape(self.hd4, self.sg_min)
+    }
+    /// The merge of the prefill kinds' partials: `attn_prefill_merge` of the prefill module for
+    /// this head_dim and arithmetic, one invocation per 4 output elements, [`PREFILL_WG`] per
+    /// workgroup (every prefill kind shares it, so it is one pipeline per shape).
+    fn prefill_merge_key(&self) -> PipelineKey {
+        let c = self
+            .constants()
+            .into_iter()
+            .map(|(n, v)| if n == "WG" { (n, PREFILL_WG) } else { (n, v) })
+            .chain([("PR", PREFILL_ROWS_PER_INVOCATION)])
+            .collect();
+        PipelineKey::new(prefill_shader(self.hd4, self.f16), "attn_prefill_merge", c)
     }
     fn constants(&self) -> Vec<(&'static str, u32)> {
         vec![
@@ -455,6 +550,20 @@ impl Variant {
                 PipelineKey::new(ATTENTION_DECODE, "attn_decode_merge", self.constants()),
             ];
         }
+        if self.kind == Kind::PrefillSubgroup {
+            let sh = prefill_sg_shape(self.hd4, self.sg_min);
+            let mut c = self.constants();
+            c.extend([
+                ("R", sh.rows_per_group),
+                ("SLOTS", sh.slots),
+                ("L", sh.lanes_per_row),
+            ]);
+            let main = PipelineKey::new(ATTENTION_PREFILL_SUBGROUP, "attn_prefill_sg", c);
+            return match self.split_kv {
+                false => vec![main],
+                true => vec![main, self.prefill_merge_key()],
+            };
+        }
         if self.kind == Kind::DecodeKeys {
             let mut c = self.constants();
             c.push(("KR", self.kr));
@@ -467,28 +576,20 @@ impl Variant {
             let shader = prefill_shader(self.hd4, self.f16);
             let mut c = self.constants();
             c.push(("PR", PREFILL_ROWS_PER_INVOCATION));
-            // The merge runs one invocation per 4 output elements, PREFILL_WG per workgroup; both
-            // prefill kinds share it.
-            let m = c
-                .iter()
-                .map(|&(n, v)| if n == "WG" { (n, PREFILL_WG) } else { (n, v) })
-                .collect();
+            let m = self.prefill_merge_key();
             if self.kind == Kind::PrefillKeys {
                 // One pipeline writes the output or, split over the keys, the partials (chosen
                 // by the split count at run time).
                 let main = PipelineKey::new(shader, "attn_prefill_keys", c);
                 return match self.split_kv {
                     false => vec![main],
-                    true => vec![main, PipelineKey::new(shader, "attn_prefill_merge", m)],
+                    true => vec![main, m],
                 };
             }
             if !self.split_kv {
                 return vec![PipelineKey::new(shader, "attn_prefill", c)];
             }
-            return vec![
-                PipelineKey::new(shader, "attn_prefill_partial", c),
-                PipelineKey::new(shader, "attn_prefill_merge", m),
-            ];
+            return vec![PipelineKey::new(shader, "attn_prefill_partial", c), m];
         }
         // Decode always splits over the keys.
         vec![
@@ -633,6 +734,122 @@ mod tests {
         for m in MODULES {
             assert!(!m.variants().is_empty(), "{} has no variants", m.name);
         }
+    }
+
+    /// f32 in one value of type `ty`.
+    fn f32s(m: &naga::Module, ty: naga::Handle<naga::Type>) -> u32 {
+        use naga::TypeInner as T;
+        match &m.types[ty].inner {
+            T::Scalar(_) => 1,
+            T::Vector { size, .. } => *size as u32,
+            T::Matrix { columns, rows, .. } => *columns as u32 * *rows as u32,
+            T::Array {
+                base,
+                size: naga::ArraySize::Constant(n),
+                ..
+            } => n.get() * f32s(m, *base),
+            T::Struct { members, .. } => members.iter().map(|x| f32s(m, x.ty)).sum(),
+            _ => 0,
+        }
+    }
+
+    /// The functions `block` calls, directly or through the functions it calls, into `out`.
+    fn calls(m: &naga::Module, block: &naga::Block, out: &mut Vec<naga::Handle<naga::Function>>) {
+        use naga::Statement as S;
+        for st in block.iter() {
+            match st {
+                S::Call { function, .. } if !out.contains(function) => {
+                    out.push(*function);
+                    calls(m, &m.functions[*function].body, out);
+                }
+                S::Block(b) => calls(m, b, out),
+                S::If { accept, reject, .. } => {
+                    calls(m, accept, out);
+                    calls(m, reject, out);
+                }
+                S::Switch { cases, .. } => cases.iter().for_each(|c| calls(m, &c.body, out)),
+                S::Loop {
+                    body, continuing, ..
+                } => {
+                    calls(m, body, out);
+                    calls(m, continuing, out);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Every private array of `key`'s entry point and the functions it calls that is not sized
+    /// by one of `sizes` (the lengths of each array level), and every one holding more than 64
+    /// f32, as "function: variable ...".
+    fn private_array_faults(key: &PipelineKey, sizes: &[u32]) -> Vec<String> {
+        let m = naga::front::wgsl::parse_str(&key.source()).expect("parses");
+        let entry = m
+            .entry_points
+            .iter()
+            .find(|e| e.name == key.entry_point)
+            .expect("entry point");
+        let mut reached = Vec::new();
+        calls(&m, &entry.function.body, &mut reached);
+        let mut faults = Vec::new();
+        let mut check = |f: &naga::Function, fname: &str| {
+            for (_, v) in f.local_variables.iter() {
+                let name = format!("{fname}: {}", v.name.as_deref().unwrap_or("?"));
+                let mut ty = v.ty;
+                let mut is_array = false;
+                while let naga::TypeInner::Array { base, size, .. } = &m.types[ty].inner {
+                    is_array = true;
+                    match size {
+                        naga::ArraySize::Constant(n) if sizes.contains(&n.get()) => {}
+                        _ => faults.push(format!("{name} has a dimension {size:?}")),
+                    }
+                    ty = *base;
+                }
+                if is_array && f32s(&m, v.ty) > 64 {
+                    faults.push(format!("{name} holds {} f32", f32s(&m, v.ty)));
+                }
+            }
+        };
+        for f in reached {
+            let f = &m.functions[f];
+            check(f, f.name.as_deref().unwrap_or("?"));
+        }
+        check(&entry.function, &entry.name);
+        for (_, g) in m.global_variables.iter() {
+            if g.space == naga::AddressSpace::Private {
+                faults.push(format!("private global {:?}", g.name));
+            }
+        }
+        faults
+    }
+
+    /// The subgroup prefill keeps no dynamically indexed private memory: at every declared key
+    /// each private array is sized by the key constants `R` or `SLOTS` (the loops that index
+    /// them run from 0 to those constants, so they unroll into registers) and holds at most 64
+    /// f32, and the accumulators stay within `PREFILL_SG_MAX_ACC`. The tiled prefill, whose q,
+    /// accumulator and score arrays are sized by the head_dim class and the tile, fails the same
+    /// check.
+    #[test]
+    fn subgroup_prefill_has_no_dynamically_indexed_private_array() {
+        let keys = ATTENTION_PREFILL_SUBGROUP.variants();
+        assert!(!keys.is_empty());
+        let mut shapes = std::collections::HashSet::new();
+        for key in keys.iter().filter(|k| k.entry_point == "attn_prefill_sg") {
+            let (r, slots) = (key.constant("R").unwrap(), key.constant("SLOTS").unwrap());
+            if !shapes.insert((r, slots)) {
+                continue;
+            }
+            let c = &key.constants;
+            assert!(r * slots * 4 <= PREFILL_SG_MAX_ACC, "{c:?}");
+            let faults = private_array_faults(key, &[r, slots]);
+            assert!(faults.is_empty(), "{c:?}: {faults:?}");
+        }
+        assert!(shapes.len() >= 4, "{shapes:?}");
+        let old = prefill_variant_keys()
+            .into_iter()
+            .find(|k| k.entry_point == "attn_prefill")
+            .unwrap();
+        assert!(!private_array_faults(&old, &[1, 4]).is_empty());
     }
 
     #[test]

@@ -242,6 +242,13 @@ pub fn choice_table_json(dev: &llama_kernels::ops::attention::DeviceDesc) -> Val
                         j["splits"] = json!(p.splits);
                         j["chunk"] = json!(p.chunk);
                         j["bk"] = json!(p.bk);
+                        let g = p.geometry(&d);
+                        j["workgroups"] = json!(g.workgroups);
+                        j["invocations"] = json!(g.invocations);
+                        j["workgroup_bytes"] = json!(g.workgroup_bytes);
+                        j["private_f32"] = json!(g.private_f32);
+                        j["acc_f32"] = json!(g.acc_f32);
+                        j["load_bytes"] = json!(g.load_bytes);
                     }
                     Err(e) => j["error"] = json!(e),
                 }
