@@ -244,13 +244,28 @@ const KINDS: [Option<Kind>; 4] = [
     Some(Kind::Decode),
     Some(Kind::DecodeKeys),
 ];
-/// Every kernel, forced.
-const FORCED: [Kind; 4] = [
-    Kind::Prefill,
-    Kind::PrefillKeys,
-    Kind::Decode,
-    Kind::DecodeKeys,
-];
+/// Every kernel this adapter runs, forced: the four portable ones, and the subgroup prefill
+/// where the device has SUBGROUP (the subgroup decode has its own tests, `decode_subgroup_*`).
+fn forced() -> Vec<Kind> {
+    let mut kinds = vec![
+        Kind::Prefill,
+        Kind::PrefillKeys,
+        Kind::Decode,
+        Kind::DecodeKeys,
+    ];
+    if ctx().caps().subgroups {
+        kinds.push(Kind::PrefillSubgroup);
+    }
+    kinds
+}
+
+/// The prefill kernels (query rows in blocks, one pass unless split over the keys).
+fn is_prefill(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Prefill | Kind::PrefillKeys | Kind::PrefillSubgroup
+    )
+}
 
 /// The head_dim of the tests whose point is not the head size. Every head_dim is its own pipeline
 /// specialisation (`HD4`, with the head loops unrolled), and lavapipe compiles each at its first
@@ -465,23 +480,14 @@ fn every_kernel_dtype_and_mode() {
 fn every_kernel_at_head_dim_of(model: usize) {
     let ctx = ctx();
     let m = &MODELS[model];
-    for (j, kind) in FORCED.into_iter().enumerate() {
-        let q_len = if matches!(kind, Kind::Prefill | Kind::PrefillKeys) {
-            24
-        } else {
-            m.decode_q_len
-        };
+    for (j, kind) in forced().into_iter().enumerate() {
+        let q_len = if is_prefill(kind) { 24 } else { m.decode_q_len };
         let mut c = Case::new(q_len, 200, m.n_heads, m.n_kv_heads, m.head_dim);
         c.dtype = m.dtype;
         c.kind = Some(kind);
         let c = with_mode(c, 3 * model + j);
         let v = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap().variant;
-        assert_eq!(
-            v.split_kv,
-            !matches!(kind, Kind::Prefill | Kind::PrefillKeys),
-            "{}: {v:?}",
-            m.name
-        );
+        assert_eq!(v.split_kv, !is_prefill(kind), "{}: {v:?}", m.name);
         if kind == Kind::DecodeKeys {
             assert_eq!(v.kr, m.keys_rows, "{}: {v:?}", m.name);
         }
@@ -549,13 +555,12 @@ fn unusual_head_dims() {
         (252, Prefill, BF16),
     ];
     for (i, (hd, kind, dtype)) in runs.into_iter().enumerate() {
-        let kinds = if long_tests() {
-            FORCED.to_vec()
-        } else {
-            vec![kind]
-        };
+        let kinds = if long_tests() { forced() } else { vec![kind] };
         for kind in kinds {
-            if matches!(kind, DecodeKeys | PrefillKeys) && dtype.is_half() && hd % 8 != 0 {
+            if matches!(kind, DecodeKeys | PrefillKeys | Kind::PrefillSubgroup)
+                && dtype.is_half()
+                && hd % 8 != 0
+            {
                 continue; // refused, checked below
             }
             // One row per DecodeKeys workgroup (its cheapest specialisation); PrefillKeys: 18
@@ -610,16 +615,16 @@ fn thresholds() {
         );
     }
     // This adapter with aligned rows: on a CPU adapter (lavapipe) the CPU kernels; on a GPU the
-    // subgroup decode where it has SUBGROUP, else Decode, and Prefill.
+    // subgroup decode and prefill where it has SUBGROUP, else Decode and Prefill.
     let cpu = ctx.adapter_info().device_type == Cpu;
-    let gpu_decode = match ctx.caps().subgroups {
-        true => Kind::DecodeSubgroup,
-        false => Kind::Decode,
+    let (gpu_decode, gpu_prefill) = match ctx.caps().subgroups {
+        true => (Kind::DecodeSubgroup, Kind::PrefillSubgroup),
+        false => (Kind::Decode, Kind::Prefill),
     };
     for (q_len, cpu_expect, gpu_expect) in [
         (t - 1, Kind::DecodeKeys, gpu_decode),
         (t, Kind::DecodeKeys, gpu_decode),
-        (t + 1, Kind::PrefillKeys, Kind::Prefill),
+        (t + 1, Kind::PrefillKeys, gpu_prefill),
     ] {
         let expect = if cpu { cpu_expect } else { gpu_expect };
         let mut c = Case::new(q_len, 300, 8, 2, HD);
@@ -809,7 +814,7 @@ fn every_variant_compiles() {
 /// causal queries before the first key (negative q_offset) and decode splits that are empty.
 #[test]
 fn fully_masked_rows_are_zero() {
-    for kind in FORCED {
+    for kind in forced() {
         for sinks in [false, true] {
             for dtype in DType::ALL {
                 // q_len 6 over kv_len 3: default q_offset -3, rows 0..3 see nothing.
@@ -844,7 +849,7 @@ fn fully_masked_rows_are_zero() {
         (100, None),
         (i32::MAX as u32, Some(-1_000_000_000i64)),
     ] {
-        for kind in FORCED {
+        for kind in forced() {
             let mut c = Case::new(3, 100, 4, 2, HD);
             c.window = window;
             c.q_offset = q_offset;
@@ -857,7 +862,7 @@ fn fully_masked_rows_are_zero() {
     let mut c = Case::new(4, 10, 2, 2, HD);
     c.q_offset = Some(-20);
     c.window = 3;
-    for kind in FORCED {
+    for kind in forced() {
         c.kind = Some(kind);
         let d = data(&c, 6200, 1.0);
         let got = gpu(&c, &d);
@@ -913,10 +918,10 @@ fn two_sided_windows_and_chunks() {
         ),
     ];
     let mut i = 0;
-    for kind in FORCED {
+    for kind in forced() {
         for (q_len, kv_len, causal, left, right, chunk, q_offset, splits) in masks {
             for q_len in [q_len, 24] {
-                if kind != Kind::Prefill && q_len > 8 {
+                if !matches!(kind, Kind::Prefill | Kind::PrefillSubgroup) && q_len > 8 {
                     continue;
                 }
                 i += 1;
@@ -935,7 +940,7 @@ fn two_sided_windows_and_chunks() {
         }
     }
     // The causal window W and the two-sided (W - 1, 0) are one mask.
-    for kind in FORCED {
+    for kind in forced() {
         let mut a = Case::new(2, 200, 4, 2, HD);
         a.kind = Some(kind);
         a.window = 33;
@@ -958,7 +963,7 @@ fn large_logits_do_not_overflow() {
     } else {
         vec![HD]
     };
-    for (i, (kind, hd)) in FORCED
+    for (i, (kind, hd)) in forced()
         .into_iter()
         .flat_map(|k| hds.iter().map(move |&hd| (k, hd)))
         .enumerate()
@@ -1055,7 +1060,7 @@ fn split_count_does_not_matter() {
 /// GQA equals MHA with each K/V head repeated g times.
 #[test]
 fn gqa_equals_mha_with_repeated_kv() {
-    for kind in FORCED {
+    for kind in forced() {
         let (g, n_kv, hd, q_len, kv_len) = (4, 2, 64, 20, 150);
         let mut c = Case::new(q_len, kv_len, g * n_kv, n_kv, hd);
         c.kind = Some(kind);
@@ -1176,7 +1181,7 @@ fn fused_qkv_views() {
         dims,
         &Default::default(),
     );
-    for kind in FORCED {
+    for kind in forced() {
         let op = Attention {
             kind: Some(kind),
             ..Default::default()
@@ -1421,8 +1426,14 @@ fn fits_webgpu_default_limits() {
     // 16 KiB tiles hold fewer keys than 32 KiB ones (Gemma-7B's 256 in f32: 8 keys,
     // Phi-3-mini's 96 in bf16: 21), the specialisations `MODELS` runs with 32 KiB tiles. With
     // `LLAMA_KERNELS_LONG_TESTS=1`, every kernel x dtype at head_dim 64 and 256 too.
-    let mut cases: Vec<(Kind, DType, usize)> = FORCED
+    // The subgroup prefill needs SUBGROUP, which a device with WebGPU's defaults lacks.
+    let kinds: Vec<Kind> = forced()
         .into_iter()
+        .filter(|&k| k != Kind::PrefillSubgroup || small.caps().subgroups)
+        .collect();
+    let mut cases: Vec<(Kind, DType, usize)> = kinds
+        .iter()
+        .copied()
         .flat_map(|k| DType::ALL.map(|d| (k, d, HD)))
         .collect();
     cases.extend([
@@ -1430,8 +1441,9 @@ fn fits_webgpu_default_limits() {
         (Kind::Decode, DType::BF16, 96),
     ]);
     if long_tests() {
-        for (j, (kind, dtype)) in FORCED
-            .into_iter()
+        for (j, (kind, dtype)) in kinds
+            .iter()
+            .copied()
             .flat_map(|k| DType::ALL.map(|d| (k, d)))
             .enumerate()
         {
@@ -1461,9 +1473,13 @@ fn fits_webgpu_default_limits() {
 #[test]
 fn decode_keys_needs_aligned_rows() {
     let ctx = ctx();
-    // Both CPU-adapter kernels read K/V through 16-byte views: forced on unaligned rows they are
-    // refused; by default those rows take Decode / Prefill.
-    for (q_len, kind) in [(1, Kind::DecodeKeys), (20, Kind::PrefillKeys)] {
+    // Both CPU-adapter kernels and the subgroup prefill read K/V through 16-byte views: forced
+    // on unaligned rows they are refused; by default those rows take Decode / Prefill.
+    let mut kinds = vec![(1, Kind::DecodeKeys), (20, Kind::PrefillKeys)];
+    if ctx.caps().subgroups {
+        kinds.push((20, Kind::PrefillSubgroup));
+    }
+    for (q_len, kind) in kinds {
         let c = Case::new(q_len, 50, 4, 2, HD);
         let d = data(&c, 9900, 1.0);
         let (qs, ks) = c.shapes();

@@ -334,8 +334,9 @@ fn info_json_reports_the_adapter_and_the_choices() {
 }
 
 /// `info --device PRESET` prints the attention planner's choices for a described device without
-/// an adapter: the GPU presets get the subgroup decode, WebGPU's defaults the tile decode with
-/// 16-key tiles, lavapipe the CPU kernels; `--json` gives the same as records.
+/// an adapter: the GPU presets get the subgroup decode and prefill, WebGPU's defaults the tile
+/// decode and prefill with 16-key tiles, lavapipe the CPU kernels, each with its launch geometry;
+/// `--json` gives the same as records.
 #[test]
 fn info_for_a_described_device() {
     let info = |args: &[&str]| {
@@ -350,11 +351,16 @@ fn info_for_a_described_device() {
     let nvidia = info(&["--device", "nvidia"]);
     assert!(nvidia.contains("Llama-3-8B decode, 32k keys"), "{nvidia}");
     assert!(nvidia.contains("DecodeSubgroup kr 4"), "{nvidia}");
+    // The subgroup prefill, with its launch geometry for Llama-3-8B at 2k.
     assert!(
-        nvidia.contains("attention_prefill_hd128.wgsl:attn_prefill"),
+        nvidia.contains("attention_prefill_subgroup.wgsl:attn_prefill_sg; 1024 workgroups x 128 invocations, 32768 B workgroup memory, private f32/lane 176 (acc 64), 16 B/load"),
         "{nvidia}"
     );
     let web = info(&["--device", "webgpu-default"]);
+    assert!(
+        web.contains("attention_prefill_hd128.wgsl:attn_prefill; 1024 workgroups x 16 invocations, 16384 B workgroup memory, private f32/lane 1280 (acc 512), 4 B/load"),
+        "{web}"
+    );
     assert!(
         web.contains("Decode kr 1 rows/wg 4 lanes 8 splits 64 chunk 64 bk 16"),
         "{web}"
@@ -367,6 +373,9 @@ fn info_for_a_described_device() {
     let rows = j["attention"].as_array().expect("attention rows");
     assert_eq!(rows[0]["kind"], "DecodeSubgroup");
     assert_eq!(rows[0]["lanes"], 1);
+    assert_eq!(rows[2]["kind"], "PrefillSubgroup");
+    assert_eq!(rows[2]["acc_f32"], 64);
+    assert_eq!(rows[2]["load_bytes"], 16);
     assert!(rows
         .iter()
         .all(|r| r["pipelines"].as_array().is_some_and(|p| !p.is_empty())));
