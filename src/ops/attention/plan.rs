@@ -164,8 +164,9 @@ impl Plan {
             Kind::DecodeSubgroup => {
                 let (slots, _) = v.sg_shape();
                 let acc = 4 * v.kr * slots;
-                // q and acc, m and l per row, a vec4 of scores and of probabilities per row.
-                let private = 2 * acc + 2 * v.kr + 8 * v.kr;
+                // q and acc; m, l and the position per row; a vec4 of scores and of
+                // probabilities per row.
+                let private = 2 * acc + 3 * v.kr + 8 * v.kr;
                 (
                     0,
                     Some(private),
