@@ -174,8 +174,13 @@ fn visible(j: i32, pos: i32) -> bool {
 // interval (the prefill kernels mask with it), with bounds taken so that nothing overflows i32
 // (see `key_range`).
 fn visible_interval(pos: i32) -> vec2<i32> {
+    return visible_interval_in(pos, p.kv_len);
+}
+
+// `visible_interval` for a sequence of kv_len keys (a paged sequence's own length).
+fn visible_interval_in(pos: i32, kv_len: u32) -> vec2<i32> {
     var lo = 0;
-    var hi = i32(p.kv_len);
+    var hi = i32(kv_len);
     if p.causal != 0u {
         hi = min(hi, pos + 1);
     }

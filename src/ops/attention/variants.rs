@@ -369,8 +369,9 @@ pub const ATTENTION_DECODE_SUBGROUP_F16: &Shader = subgroup_decode_module!(
 pub const SUBGROUP_MODULES: [&Shader; 2] =
     [ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16];
 
-/// `shaders/attention_prefill_subgroup.wgsl` (with `attention_common.wgsl` and the split
-/// partials' bindings): [`Kind::PrefillSubgroup`], a module of its own because a module that
+/// `shaders/attention_prefill_subgroup.wgsl` (with `attention_common.wgsl`, the split
+/// partials' bindings and the step, `shaders/attention_prefill_sg_step.wgsl`):
+/// [`Kind::PrefillSubgroup`], a module of its own because a module that
 /// uses subgroup operations anywhere fails validation on devices without `SUBGROUP`. Its
 /// partials are merged by the f32 prefill module's `attn_prefill_merge`.
 pub const ATTENTION_PREFILL_SUBGROUP: &Shader = &Shader {
@@ -379,6 +380,7 @@ pub const ATTENTION_PREFILL_SUBGROUP: &Shader = &Shader {
         crate::pipeline::COMMON_WGSL,
         crate::pipeline::ATTENTION_COMMON_WGSL,
         crate::pipeline::ATTENTION_SPLIT_WGSL,
+        crate::pipeline::ATTENTION_PREFILL_SG_STEP_WGSL,
         include_str!("../../../shaders/attention_prefill_subgroup.wgsl"),
     ],
     variants: || keys_of(ATTENTION_PREFILL_SUBGROUP),

@@ -90,6 +90,68 @@ pub fn sg_variant_keys() -> Vec<PipelineKey> {
     keys
 }
 
+/// The pipeline key of the PrefillSubgroup pass over pages (`attn_paged_prefill_sg`) with K/V
+/// tiles of `tile_v4` vec4s, for subgroups of at least `sg_min` lanes, over a pool of `pools`
+/// buffers.
+pub fn prefill_sg_attention_key(
+    dtype: DType,
+    tile_v4: u32,
+    hd4: u32,
+    sg_min: u32,
+    pools: u32,
+) -> PipelineKey {
+    let sh = attention::prefill_sg_shape(hd4, sg_min);
+    let mut c = paged_constants(dtype, sh.invocations, tile_v4, hd4, pools);
+    c.extend([
+        ("R", sh.rows_per_group),
+        ("SLOTS", sh.slots),
+        ("L", sh.lanes_per_row),
+    ]);
+    PipelineKey::new(ATTENTION_PAGED_PREFILL_SUBGROUP, "attn_paged_prefill_sg", c)
+}
+
+/// `shaders/attention_paged.wgsl` with the GPU prefill step and its paged entry point
+/// (`shaders/attention_prefill_sg_step.wgsl`, `shaders/attention_paged_prefill_subgroup.wgsl`):
+/// a module of its own, as [`ATTENTION_PAGED_SUBGROUP`] is.
+pub const ATTENTION_PAGED_PREFILL_SUBGROUP: &Shader = &Shader {
+    name: "attention_paged_prefill_subgroup.wgsl",
+    parts: &[
+        crate::pipeline::COMMON_WGSL,
+        crate::pipeline::ATTENTION_COMMON_WGSL,
+        crate::pipeline::ATTENTION_SPLIT_WGSL,
+        crate::pipeline::ATTENTION_KEYS_WGSL,
+        include_str!("../../../shaders/attention_paged.wgsl"),
+        crate::pipeline::ATTENTION_PREFILL_SG_STEP_WGSL,
+        include_str!("../../../shaders/attention_paged_prefill_subgroup.wgsl"),
+    ],
+    variants: prefill_sg_variant_keys,
+};
+
+/// Every pipeline key of `attn_paged_prefill_sg`: every dtype at the head_dims of real models
+/// with 32 KiB tiles, for the smallest subgroups of lavapipe and Intel (8) and of NVIDIA and AMD
+/// RDNA (32); and a pool over three buffers at Llama's head_dim.
+pub fn prefill_sg_variant_keys() -> Vec<PipelineKey> {
+    let tile = attention::tile_v4_for(32768);
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        for hd in [64u32, 80, 96, 128, 256] {
+            for sg_min in [8, 32] {
+                keys.push(prefill_sg_attention_key(dtype, tile, hd / 4, sg_min, 1));
+            }
+        }
+    }
+    keys.push(prefill_sg_attention_key(
+        DType::F16,
+        tile,
+        32,
+        32,
+        MAX_POOL_BUFFERS as u32,
+    ));
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
+    keys
+}
+
 /// The pipeline keys of paged attention over a pool of `pools` buffers: partial and merge passes.
 pub fn attention_keys(dtype: DType, tile_v4: u32, hd4: u32, pools: u32) -> [PipelineKey; 2] {
     let c = paged_constants(dtype, attention::DECODE_WG, tile_v4, hd4, pools);
@@ -308,10 +370,10 @@ impl Attention {
             .unwrap_or(0);
         let keys_rows_ok = (h.head_dim * cache.dtype.size()).is_multiple_of(16);
         crate::ensure!(
-            keys_rows_ok || batch.items[1..4].iter().all(|g| g.1 == 0),
+            keys_rows_ok || batch.items[1..4].iter().all(|g| g.1 == 0) && batch.items[8].1 == 0,
             Param,
             op,
-            "the DecodeKeys kernel needs 16-byte aligned K/V rows: head_dim {} x {} bytes is not a multiple of 16",
+            "the DecodeKeys and PrefillSubgroup kernels need 16-byte aligned K/V rows: head_dim {} x {} bytes is not a multiple of 16",
             h.head_dim,
             cache.dtype.size()
         );
@@ -319,7 +381,7 @@ impl Attention {
             ctx.caps().subgroups || batch.items[4..].iter().all(|g| g.1 == 0),
             Limit,
             op,
-            "the batch was planned with the DecodeSubgroup kernel, which needs a device with the SUBGROUP feature (adapter {:?})",
+            "the batch was planned with the DecodeSubgroup or PrefillSubgroup kernel, which needs a device with the SUBGROUP feature (adapter {:?})",
             ctx.adapter_info().name
         );
         Ok(PagedChecked {
@@ -452,8 +514,8 @@ struct PagedChecked {
 }
 
 /// The partial passes present in `batch` (tile kernel, DecodeKeys with 1, 2, 4 rows per
-/// workgroup, DecodeSubgroup with 1, 2, 4, 8): each pass's key and its (offset, count) of work
-/// items.
+/// workgroup, DecodeSubgroup with 1, 2, 4, 8, PrefillSubgroup): each pass's key and its (offset,
+/// count) of work items.
 fn paged_passes(
     c: &PagedChecked,
     cache: &PagedKvCache,
@@ -469,7 +531,11 @@ fn paged_passes(
         let key = match g {
             0 => c.keys[0].clone(),
             1..=3 => keys_attention_key(cache.dtype, hd4, 1 << (g - 1), pools),
-            _ => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min, pools),
+            4..=7 => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min, pools),
+            _ => {
+                let tile_v4 = c.keys[0].constant("TILE_V4").unwrap_or(1);
+                prefill_sg_attention_key(cache.dtype, tile_v4, hd4, batch.sg_min, pools)
+            }
         };
         passes.push((key, off, n));
     }
