@@ -291,7 +291,7 @@ fn large_and_odd_head_sizes() {
             PlanOptions {
                 splits: None,
                 decode,
-                prefill: None,
+                prefill: Some(Kind::Prefill),
             },
         );
         let op = Attention::default();
@@ -362,7 +362,7 @@ fn equals_contiguous_attention_bitwise() {
                     PlanOptions {
                         splits: Some(splits),
                         decode: Some(decode),
-                        prefill: None,
+                        prefill: Some(Kind::Prefill),
                     },
                 );
                 let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
@@ -479,7 +479,7 @@ fn decode_kernels_over_pages() {
                 PlanOptions {
                     splits: None,
                     decode: Some(decode),
-                    prefill: None,
+                    prefill: Some(Kind::Prefill),
                 },
             );
             assert_eq!(batch.kinds()[3], Kind::Prefill);
@@ -501,7 +501,7 @@ fn decode_kernels_over_pages() {
             PlanOptions {
                 splits: Some(4),
                 decode: Some(Kind::DecodeKeys),
-                prefill: None,
+                prefill: Some(Kind::Prefill),
             },
         );
         let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
@@ -522,7 +522,7 @@ fn decode_kernels_over_pages() {
         PlanOptions {
             splits: Some(2),
             decode: Some(Kind::DecodeKeys),
-            prefill: None,
+            prefill: Some(Kind::Prefill),
         },
     );
     let sinks: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
@@ -1358,7 +1358,7 @@ fn subgroup_decode_over_pages() {
     let plan = |splits| PlanOptions {
         splits,
         decode: Some(Kind::DecodeSubgroup),
-        prefill: None,
+        prefill: Some(Kind::Prefill),
     };
     if !ctx.caps().subgroups {
         let err = PagedBatch::from_parts_with(&ctx, PAGE, w.n_pages, &w.seqs, w.heads, &plan(None))

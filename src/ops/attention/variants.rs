@@ -825,20 +825,22 @@ mod tests {
         faults
     }
 
-    /// The subgroup prefill keeps no dynamically indexed private memory: at every declared key
-    /// each private array is sized by the key constants `R` or `SLOTS` (the loops that index
+    /// The subgroup prefill (contiguous and paged) keeps no dynamically indexed private memory:
+    /// at every declared key each private array is sized by the key constants `R` or `SLOTS` (the loops that index
     /// them run from 0 to those constants, so they unroll into registers) and holds at most 64
     /// f32, and the accumulators stay within `PREFILL_SG_MAX_ACC`. The tiled prefill, whose q,
     /// accumulator and score arrays are sized by the head_dim class and the tile, fails the same
     /// check.
     #[test]
     fn subgroup_prefill_has_no_dynamically_indexed_private_array() {
-        let keys = ATTENTION_PREFILL_SUBGROUP.variants();
+        let mut keys = ATTENTION_PREFILL_SUBGROUP.variants();
+        keys.extend(crate::ops::paged::ATTENTION_PAGED_PREFILL_SUBGROUP.variants());
         assert!(!keys.is_empty());
         let mut shapes = std::collections::HashSet::new();
-        for key in keys.iter().filter(|k| k.entry_point == "attn_prefill_sg") {
+        let entries = ["attn_prefill_sg", "attn_paged_prefill_sg"];
+        for key in keys.iter().filter(|k| entries.contains(&k.entry_point)) {
             let (r, slots) = (key.constant("R").unwrap(), key.constant("SLOTS").unwrap());
-            if !shapes.insert((r, slots)) {
+            if !shapes.insert((key.entry_point, r, slots)) {
                 continue;
             }
             let c = &key.constants;
@@ -846,7 +848,7 @@ mod tests {
             let faults = private_array_faults(key, &[r, slots]);
             assert!(faults.is_empty(), "{c:?}: {faults:?}");
         }
-        assert!(shapes.len() >= 4, "{shapes:?}");
+        assert!(shapes.len() >= 8, "{shapes:?}");
         let old = prefill_variant_keys()
             .into_iter()
             .find(|k| k.entry_point == "attn_prefill")

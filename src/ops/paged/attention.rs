@@ -369,11 +369,25 @@ impl Attention {
             .min()
             .unwrap_or(0);
         let keys_rows_ok = (h.head_dim * cache.dtype.size()).is_multiple_of(16);
+        // The kernels planned that read K/V rows with 16-byte loads.
+        let wide: Vec<&str> = [
+            (batch.items[1..4].iter().any(|g| g.1 > 0), "DecodeKeys"),
+            (batch.items[8].1 > 0, "PrefillSubgroup"),
+        ]
+        .into_iter()
+        .filter_map(|(planned, name)| planned.then_some(name))
+        .collect();
         crate::ensure!(
-            keys_rows_ok || batch.items[1..4].iter().all(|g| g.1 == 0) && batch.items[8].1 == 0,
+            keys_rows_ok || wide.is_empty(),
             Param,
             op,
-            "the DecodeKeys and PrefillSubgroup kernels need 16-byte aligned K/V rows: head_dim {} x {} bytes is not a multiple of 16",
+            "the {} {} 16-byte aligned K/V rows: head_dim {} x {} bytes is not a multiple of 16",
+            wide.join(" and "),
+            if wide.len() > 1 {
+                "kernels need"
+            } else {
+                "kernel needs"
+            },
             h.head_dim,
             cache.dtype.size()
         );
