@@ -117,6 +117,7 @@
 #![doc = include_str!("choice.md")]
 
 mod device;
+mod geometry;
 mod options;
 pub mod plan;
 mod prepare;
@@ -124,11 +125,12 @@ mod record;
 pub mod variants;
 
 pub use device::DeviceDesc;
+pub use geometry::Geometry;
 pub use options::{Attention, Dims, F16_ARITHMETIC_NMSE, MAX_CHUNK_SIZE};
 pub(crate) use plan::sg_cap_keys;
 pub use plan::{
     choice_table, default_kind, keys_loop_cap_keys, kv_rows_aligned, loop_cap_keys,
-    prefill_keys_loop_cap_keys, subgroup_decode_wanted, ChoiceRow, Geometry, Plan, CHOICE_SHAPES,
+    prefill_keys_loop_cap_keys, subgroup_decode_wanted, ChoiceRow, Plan, CHOICE_SHAPES,
     DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS, KEYS_MIN_CHUNK,
     KEYS_TARGET_WORKGROUPS,
 };
