@@ -228,6 +228,36 @@ fn visible(j: i32, pos: i32) -> bool {
     return ok;
 }
 
+// The keys visible to the query at position pos, as [x, y): the same rule as `visible`, as one
+// interval (the prefill kernels mask with it), with bounds taken so that nothing overflows i32
+// (see `key_range`).
+fn visible_interval(pos: i32) -> vec2<i32> {
+    return visible_interval_in(pos, p.kv_len);
+}
+
+// `visible_interval` for a sequence of kv_len keys (a paged sequence's own length).
+fn visible_interval_in(pos: i32, kv_len: u32) -> vec2<i32> {
+    var lo = 0;
+    var hi = i32(kv_len);
+    if p.causal != 0u {
+        hi = min(hi, pos + 1);
+    }
+    if p.win_left >= 0 {
+        lo = max(lo, pos - p.win_left);
+    }
+    if p.win_right >= 0 && p.win_right < hi - pos {
+        hi = pos + p.win_right + 1;
+    }
+    if p.attn_chunk != 0u {
+        let cs = chunk_start(pos);
+        lo = max(lo, cs);
+        if hi > cs && p.attn_chunk < u32(hi - cs) {
+            hi = cs + i32(p.attn_chunk);
+        }
+    }
+    return vec2<i32>(lo, hi);
+}
+
 // Keys within [lo, hi) that some row r0 ..= r_last of a workgroup can see (the causal, right and
 // chunk upper bounds of the last row, the left and chunk lower bounds of the first), so that
 // fully masked tiles are never loaded. Empty when x >= y.

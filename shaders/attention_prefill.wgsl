@@ -74,30 +74,6 @@ fn row_th(r: u32, kvh: u32) -> vec2<u32> {
     return vec2<u32>(rc / p.group, kvh * p.group + rc % p.group);
 }
 
-// The keys visible to the query at position pos, as [x, y): the same rule as `visible`, as one
-// interval, with bounds taken so that nothing overflows i32 (see `key_range`).
-fn visible_interval(pos: i32) -> vec2<i32> {
-    var lo = 0;
-    var hi = i32(p.kv_len);
-    if p.causal != 0u {
-        hi = min(hi, pos + 1);
-    }
-    if p.win_left >= 0 {
-        lo = max(lo, pos - p.win_left);
-    }
-    if p.win_right >= 0 && p.win_right < hi - pos {
-        hi = pos + p.win_right + 1;
-    }
-    if p.attn_chunk != 0u {
-        let cs = chunk_start(pos);
-        lo = max(lo, cs);
-        if hi > cs && p.attn_chunk < u32(hi - cs) {
-            hi = cs + i32(p.attn_chunk);
-        }
-    }
-    return vec2<i32>(lo, hi);
-}
-
 // The per-invocation state of PR rows: pre-scaled q and the f32 accumulators, row i's element
 // vec4 d at [i * HD4 + d]; per-row scalars in vec4 components.
 struct Rows {

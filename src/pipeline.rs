@@ -32,6 +32,10 @@ pub const ATTENTION_KEYS_WGSL: &str = include_str!("../shaders/attention_keys.wg
 /// The GPU decode kernels' subgroup step (`sg_partial`), for the contiguous and paged subgroup
 /// modules, which define where a key's rows live.
 pub const ATTENTION_SUBGROUP_WGSL: &str = include_str!("../shaders/attention_subgroup.wgsl");
+/// The GPU prefill step (`pf_run` and its helpers), for the contiguous and paged subgroup
+/// prefill modules.
+pub const ATTENTION_PREFILL_SG_STEP_WGSL: &str =
+    include_str!("../shaders/attention_prefill_sg_step.wgsl");
 
 /// One WGSL module (a kernel family): the files it concatenates, and the variants its op can
 /// dispatch. Compared and hashed by name.
@@ -155,7 +159,7 @@ impl Shader {
 }
 
 /// The kernel shaders whose ops do not list their modules (see [`Shader::ALL`]).
-const OTHERS: [&Shader; 10] = [
+const OTHERS: [&Shader; 11] = [
     Shader::RMS_NORM,
     Shader::CAST,
     Shader::ROPE,
@@ -166,6 +170,7 @@ const OTHERS: [&Shader; 10] = [
     crate::ops::rms_norm::RMS_NORM_F16,
     crate::ops::rms_norm::RMS_NORM_SUBGROUP_F16,
     crate::ops::paged::ATTENTION_PAGED_SUBGROUP,
+    crate::ops::paged::ATTENTION_PAGED_PREFILL_SUBGROUP,
 ];
 
 /// `a` followed by `b` (`N` = their lengths' sum), at compile time.
@@ -271,12 +276,24 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         include_str!("../shaders/attention_paged.wgsl"),
     ),
     (
+        "attention_paged_prefill_subgroup.wgsl",
+        include_str!("../shaders/attention_paged_prefill_subgroup.wgsl"),
+    ),
+    (
         "attention_paged_subgroup.wgsl",
         include_str!("../shaders/attention_paged_subgroup.wgsl"),
     ),
     (
         "attention_prefill.wgsl",
         include_str!("../shaders/attention_prefill.wgsl"),
+    ),
+    (
+        "attention_prefill_sg_step.wgsl",
+        include_str!("../shaders/attention_prefill_sg_step.wgsl"),
+    ),
+    (
+        "attention_prefill_subgroup.wgsl",
+        include_str!("../shaders/attention_prefill_subgroup.wgsl"),
     ),
     (
         "attention_split.wgsl",

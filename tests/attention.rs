@@ -153,7 +153,10 @@ fn guard_before(c: &Case) -> usize {
         return ALIGNED_GUARD;
     }
     match c.kind {
-        None | Some(Kind::DecodeKeys | Kind::PrefillKeys | Kind::DecodeSubgroup) => ALIGNED_GUARD,
+        None
+        | Some(
+            Kind::DecodeKeys | Kind::PrefillKeys | Kind::DecodeSubgroup | Kind::PrefillSubgroup,
+        ) => ALIGNED_GUARD,
         _ => GUARD_BEFORE,
     }
 }
@@ -617,16 +620,16 @@ fn thresholds() {
         );
     }
     // This adapter with aligned rows: on a CPU adapter (lavapipe) the CPU kernels; on a GPU the
-    // subgroup decode where it has SUBGROUP, else Decode, and Prefill.
+    // subgroup decode and prefill where it has SUBGROUP, else Decode and Prefill.
     let cpu = ctx.adapter_info().device_type == Cpu;
-    let gpu_decode = match ctx.caps().subgroups {
-        true => Kind::DecodeSubgroup,
-        false => Kind::Decode,
+    let (gpu_decode, gpu_prefill) = match ctx.caps().subgroups {
+        true => (Kind::DecodeSubgroup, Kind::PrefillSubgroup),
+        false => (Kind::Decode, Kind::Prefill),
     };
     for (q_len, cpu_expect, gpu_expect) in [
         (t - 1, Kind::DecodeKeys, gpu_decode),
         (t, Kind::DecodeKeys, gpu_decode),
-        (t + 1, Kind::PrefillKeys, Kind::Prefill),
+        (t + 1, Kind::PrefillKeys, gpu_prefill),
     ] {
         let expect = if cpu { cpu_expect } else { gpu_expect };
         let mut c = Case::new(q_len, 300, 8, 2, HD);
@@ -1980,6 +1983,119 @@ fn decode_subgroup_native_f16_reads() {
     let e = try_run(&native(1, 37, 8, 2, 36)).unwrap_err().to_string();
     assert!(
         e.contains("DecodeSubgroup kernel reads 16-byte units") && e.contains("head_dim 36 x 2"),
+        "{e}"
+    );
+}
+
+/// The GPU prefill (`Kind::PrefillSubgroup`: groups of lanes split head_dim, scores finished by
+/// `subgroupShuffleXor` within the group, q and accumulators in registers, 16-byte K/V loads)
+/// forced on this adapter (lavapipe: subgroups of 8, so groups of 4 lanes at head_dim 64)
+/// against the f64 reference: odd sizes on both sides of the 4-key block and of the row block,
+/// MHA, GQA and MQA, every masking and logit option, ALiBi, batch 2, split over the keys
+/// (forced, and past the loop cap on CPU adapters), bitwise repeatable; unaligned rows refused.
+/// Two specialisations only (f32 and f16 at Llama-3.2-1B's head_dim 64, which the paged
+/// subgroup prefill test shares): the dtype changes only the staging loads. The dispatcher
+/// picks it on GPUs with subgroups.
+#[test]
+fn prefill_subgroup_kernel() {
+    let ctx = ctx();
+    if !ctx.caps().subgroups {
+        let mut c = Case::new(20, 40, 4, 1, 64);
+        c.kind = Some(Kind::PrefillSubgroup);
+        let e = try_run(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("needs a device with the SUBGROUP feature"),
+            "{e}"
+        );
+        return;
+    }
+    const SG_HD: usize = 64;
+    let sg = |q_len, kv_len, nh, nkv, dtype| {
+        let mut c = Case::new(q_len, kv_len, nh, nkv, SG_HD);
+        c.kind = Some(Kind::PrefillSubgroup);
+        c.dtype = dtype;
+        c
+    };
+    let mut cases = Vec::new();
+    // Every option in f32 with GQA 4 and odd sizes (rows 4 x 75 = 300: three row blocks of
+    // 128, the last short; kv 113: a short last tile and 4-key block); two in f16.
+    for mode in 0..8 {
+        cases.push(with_mode(sg(75, 113, 8, 2, DType::F32), mode));
+    }
+    for mode in [3, 5] {
+        cases.push(with_mode(sg(75, 113, 8, 2, DType::F16), mode));
+    }
+    // MHA, MQA, batch 2 with sinks, ALiBi.
+    cases.push(sg(9, 9, 3, 3, DType::F32));
+    cases.push(sg(33, 70, 8, 1, DType::F16));
+    let mut c = sg(13, 200, 4, 2, DType::F32);
+    c.batch = 2;
+    c.sinks = true;
+    cases.push(c);
+    let mut c = sg(24, 90, 12, 4, DType::F32);
+    c.alibi = true;
+    cases.push(c);
+    // Two-sided window and chunks, a negative offset (the first rows see nothing).
+    let mut c = sg(40, 90, 4, 2, DType::F32);
+    c.causal = false;
+    c.window_left = Some(7);
+    c.window_right = Some(3);
+    c.chunk = 32;
+    cases.push(c);
+    let mut c = sg(20, 30, 4, 2, DType::F32);
+    c.q_offset = Some(-5);
+    cases.push(c);
+    // Forced splits (trailing empty chunks too): partials through attn_prefill_merge.
+    for splits in [3, 40] {
+        let mut c = sg(21, 150, 4, 2, DType::F32);
+        c.splits = Some(splits);
+        c.sinks = true;
+        cases.push(c);
+    }
+    for (i, c) in cases.iter().enumerate() {
+        let plan = c.op().plan(&ctx, dims_of(c), c.dtype).expect("plan");
+        assert_eq!(plan.variant.kind, Kind::PrefillSubgroup, "{c:?}");
+        assert_eq!(
+            plan.variant.split_kv,
+            c.splits.is_some_and(|s| s > 1),
+            "{c:?}"
+        );
+        check(*c, 9700 + i as u64);
+    }
+    // Past the loop cap of a CPU adapter the keys are split by the planner.
+    let sg_min = ctx.adapter_info().subgroup_min_size.max(4);
+    let desc = llama_kernels::ops::attention::DeviceDesc::of(&ctx);
+    if let Some(cap) = desc.prefill_sg_cap_keys(SG_HD as u32 / 4, sg_min) {
+        for (kv_len, split) in [(cap, false), (cap + 1, true)] {
+            let mut c = sg(9, kv_len, 2, 1, DType::F32);
+            c.window = 3000;
+            let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
+            assert_eq!(plan.variant.split_kv, split, "kv_len {kv_len}");
+            check(c, 9800 + kv_len as u64);
+        }
+    }
+    // Bitwise repeatable.
+    let c = cases[0];
+    let d = data(&c, 5, 1.0);
+    assert!(
+        gpu(&c, &d) == gpu(&c, &d),
+        "PrefillSubgroup is not repeatable"
+    );
+    // It reads K/V through 16-byte views: rows that do not start on 16 bytes are refused.
+    let c = sg(20, 50, 4, 2, DType::F32);
+    let d = data(&c, 9900, 1.0);
+    let (qs, ks) = c.shapes();
+    let q = upload_guarded(&ctx, &d.q, &qs, c.dtype);
+    let k = upload_guarded(&ctx, &d.k, &ks, c.dtype);
+    let v = upload_guarded(&ctx, &d.v, &ks, c.dtype);
+    let out = nan_output(&ctx, &qs, c.dtype);
+    let e = c
+        .op()
+        .run(&ctx, &q, &k, &v, None, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("PrefillSubgroup kernel needs 16-byte aligned K/V rows"),
         "{e}"
     );
 }

@@ -344,6 +344,24 @@ fn attention_reads_quantized_caches() {
                     "{e}"
                 );
             }
+            if n_new > 8 && ctx.caps().subgroups {
+                // The GPU prefill reads float 16-byte units too; refused before any GPU work.
+                let out = common::nan_output(&ctx, &[batch, n_new, nh, hd], DType::F32);
+                let attn = Attention {
+                    kind: Some(Kind::PrefillSubgroup),
+                    ..Attention::causal()
+                };
+                let e = attn
+                    .run_cached(&ctx, &qt, &cache, None, &out)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains(&format!(
+                        "the PrefillSubgroup kernel reads float K/V only, this cache holds {format}"
+                    )),
+                    "{e}"
+                );
+            }
         }
     }
 }
@@ -700,6 +718,26 @@ fn paged_caches_quantize_and_attend() {
                 .unwrap();
             let what = format!("{format} paged attention ({:?})", batch.kinds());
             common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
+            if ctx.caps().subgroups {
+                // The subgroup prefill reads float pages only: a batch planned with it is
+                // refused over this pool before any GPU work.
+                let sg = llama_kernels::ops::paged::PlanOptions {
+                    prefill: Some(llama_kernels::ops::attention::Kind::PrefillSubgroup),
+                    ..Default::default()
+                };
+                let batch =
+                    PagedBatch::from_parts_with(&ctx, PAGE, n_pages, &seqs, heads, &sg).unwrap();
+                let e = Attention::default()
+                    .run_paged(&ctx, &qt, &cache, &batch, None, &out)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains(&format!(
+                        "the batch was planned with the PrefillSubgroup kernel, which reads float pages only; this cache holds {format}"
+                    )),
+                    "{e}"
+                );
+            }
         }
     }
 }

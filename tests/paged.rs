@@ -295,6 +295,7 @@ fn large_and_odd_head_sizes() {
             PlanOptions {
                 splits: None,
                 decode,
+                prefill: Some(Kind::Prefill),
             },
         );
         let op = Attention::default();
@@ -377,28 +378,37 @@ fn equals_contiguous_attention_bitwise() {
                     PlanOptions {
                         splits: Some(splits),
                         decode: Some(decode),
+                        prefill: Some(Kind::Prefill),
                     },
                 );
                 let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
-                bitwise_against_contiguous(&ctx, &w, &got, decode, splits);
+                bitwise_against_contiguous(&ctx, &w, &got, decode, Kind::Decode, splits);
             }
         }
     }
 }
 
 /// Each sequence of `w` with at most 8 queries (decode) run alone through the contiguous kernel
-/// `decode` with `splits` splits, and each with more (the paged prefill rows, which run the
-/// workgroup-tile design with one key lane) through the contiguous `Kind::Decode` with one split
-/// when `splits` is 1, equals its rows of the paged output `got` bit for bit. (The contiguous
-/// `Kind::Prefill` is register-tiled, 4 rows per invocation, and sums in another order.)
-fn bitwise_against_contiguous(ctx: &Context, w: &World, got: &[f32], decode: Kind, splits: u32) {
+/// `decode` with `splits` splits, and each with more (the paged prefill rows) through the
+/// contiguous `prefill_kind` with one split when `splits` is 1, equals its rows of the paged
+/// output `got` bit for bit: `Kind::Decode` for prefill rows that run the workgroup-tile design
+/// with one key lane (the contiguous `Kind::Prefill` is register-tiled, 4 rows per invocation,
+/// and sums in another order), `Kind::PrefillSubgroup` for rows planned with it.
+fn bitwise_against_contiguous(
+    ctx: &Context,
+    w: &World,
+    got: &[f32],
+    decode: Kind,
+    prefill_kind: Kind,
+    splits: u32,
+) {
     let h = w.heads;
     let dtype = w.dtype;
     let mut q0 = 0;
     for (i, s) in w.seqs.iter().enumerate() {
         let n = s.q_len * h.n_heads * h.head_dim;
         let prefill = s.q_len > 8;
-        let kind = if prefill { Kind::Decode } else { decode };
+        let kind = if prefill { prefill_kind } else { decode };
         // The contiguous op needs at least one key; a prefill split over keys is planned
         // differently from the paged one.
         if n == 0 || s.kv_len == 0 || (prefill && splits > 1) {
@@ -485,6 +495,7 @@ fn decode_kernels_over_pages() {
                 PlanOptions {
                     splits: None,
                     decode: Some(decode),
+                    prefill: Some(Kind::Prefill),
                 },
             );
             assert_eq!(batch.kinds()[3], Kind::Prefill);
@@ -511,10 +522,11 @@ fn decode_kernels_over_pages() {
             PlanOptions {
                 splits: Some(4),
                 decode: Some(Kind::DecodeKeys),
+                prefill: Some(Kind::Prefill),
             },
         );
         let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
-        bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeKeys, 4);
+        bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeKeys, Kind::Decode, 4);
     }
     // Options per sequence through DecodeKeys (sinks, windows, softcap, chunks) in f32, GQA.
     let w = world(
@@ -531,6 +543,7 @@ fn decode_kernels_over_pages() {
         PlanOptions {
             splits: Some(2),
             decode: Some(Kind::DecodeKeys),
+            prefill: Some(Kind::Prefill),
         },
     );
     let sinks: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
@@ -1626,6 +1639,7 @@ fn subgroup_decode_over_pages() {
     let plan = |splits| PlanOptions {
         splits,
         decode: Some(Kind::DecodeSubgroup),
+        prefill: Some(Kind::Prefill),
     };
     if !ctx.caps().subgroups {
         let err = PagedBatch::from_parts_with(&ctx, PAGE, w.n_pages, &w.seqs, w.heads, &plan(None))
@@ -1657,9 +1671,80 @@ fn subgroup_decode_over_pages() {
         "DecodeSubgroup, options: {cmp}"
     );
     let got = w.run(&ctx, &cache, &batch, &op, None);
-    bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeSubgroup, 3);
+    bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeSubgroup, Kind::Decode, 3);
     // One split: both write the output from the partial pass (no merge), the same bits.
     let batch = w.batch_with(&ctx, plan(Some(1)));
     let got = w.run(&ctx, &cache, &batch, &op, None);
-    bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeSubgroup, 1);
+    bitwise_against_contiguous(&ctx, &w, &got, Kind::DecodeSubgroup, Kind::Decode, 1);
+}
+
+/// The GPU prefill over pages (`Kind::PrefillSubgroup`, `attn_paged_prefill_sg`: the contiguous
+/// kernel's step, staging each K/V row from its page with 16-byte loads), forced on this adapter
+/// (the plan picks it for prefill rows on GPUs with SUBGROUP) against the f64 reference:
+/// prefill sequences on both sides of the 64-row block (GQA-4: 9, 17, 33 and 70 tokens) and of
+/// page boundaries beside decode sequences, both layouts, the planner's splits (partials through
+/// `attn_paged_merge`), forced splits with sinks, a window and softcap; with one split, bit for
+/// bit against the contiguous PrefillSubgroup. f32 only (the dtype changes only the staging
+/// loads, which the contiguous kernel's tests cover in every dtype). Without `SUBGROUP` the plan
+/// refuses it.
+#[test]
+fn subgroup_prefill_over_pages() {
+    let ctx = ctx();
+    let lens = [(70, 70), (1, 31), (9, 600), (33, 40), (2, 17), (17, 17)];
+    let plan = |splits| PlanOptions {
+        splits,
+        decode: None,
+        prefill: Some(Kind::PrefillSubgroup),
+    };
+    if !ctx.caps().subgroups {
+        let w = world(760, &lens, gqa(), DType::F32, PageLayout::Hnd, None);
+        let err = PagedBatch::from_parts_with(&ctx, PAGE, w.n_pages, &w.seqs, w.heads, &plan(None))
+            .expect_err("PrefillSubgroup without SUBGROUP");
+        assert!(err.to_string().contains("SUBGROUP"), "{err}");
+        return;
+    }
+    let op = Attention::default();
+    for layout in [PageLayout::Hnd, PageLayout::Nhd] {
+        let w = world(760, &lens, gqa(), DType::F32, layout, None);
+        let cache = w.cache(&ctx, 761);
+        let batch = w.batch_with(&ctx, plan(None));
+        let kinds = batch.kinds();
+        for (i, &(q_len, _)) in lens.iter().enumerate() {
+            assert_eq!(kinds[i] == Kind::PrefillSubgroup, q_len > 8, "{kinds:?}");
+        }
+        let got = w.run(&ctx, &cache, &batch, &op, None);
+        let cmp = compare(&got, &w.want(&op, None));
+        assert!(cmp.passes(tol(DType::F32)), "{layout:?}: {cmp}");
+    }
+    let w = world(770, &lens, gqa(), DType::F32, PageLayout::Hnd, None);
+    let cache = w.cache(&ctx, 771);
+    let sinks: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
+    let opts = Attention {
+        window: 20,
+        softcap: 5.0,
+        ..Default::default()
+    };
+    let batch = w.batch_with(&ctx, plan(Some(3)));
+    let got = w.run(&ctx, &cache, &batch, &opts, Some(&sinks));
+    let cmp = compare(&got, &w.want(&opts, Some(&sinks)));
+    assert!(
+        cmp.passes(tol_for(&ctx, &opts, DType::F32)),
+        "PrefillSubgroup, options: {cmp}"
+    );
+    let batch = w.batch_with(&ctx, plan(Some(1)));
+    assert_eq!(batch.splits(), vec![1; lens.len()]);
+    let got = w.run(&ctx, &cache, &batch, &op, None);
+    let decode = batch.kinds()[1];
+    bitwise_against_contiguous(&ctx, &w, &got, decode, Kind::PrefillSubgroup, 1);
+    // Only the prefill kernels apply to prefill rows.
+    let bad = PlanOptions {
+        prefill: Some(Kind::DecodeKeys),
+        ..Default::default()
+    };
+    let err = PagedBatch::from_parts_with(&ctx, PAGE, w.n_pages, &w.seqs, w.heads, &bad)
+        .expect_err("DecodeKeys for prefill rows");
+    assert!(
+        err.to_string().contains("prefill kernel DecodeKeys"),
+        "{err}"
+    );
 }

@@ -3,6 +3,7 @@
 //! to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES 3.1 (GL). This is the evidence for
 //! backends that CI does not have.
 
+use llama_kernels::ops::attention;
 use llama_kernels::pipeline::{naga_source, reflect, Access, PipelineKey, Shader};
 
 /// The library's shaders and the benchmark's.
@@ -236,4 +237,122 @@ fn every_entry_point_reflects_its_bindings() {
         }
     }
     assert!(reflect("@compute @workgroup_size(1) fn main() {}", "nope").is_err());
+}
+
+/// f32 in one value of type `ty`.
+fn f32s(m: &naga::Module, ty: naga::Handle<naga::Type>) -> u32 {
+    use naga::TypeInner as T;
+    match &m.types[ty].inner {
+        T::Scalar(_) => 1,
+        T::Vector { size, .. } => *size as u32,
+        T::Matrix { columns, rows, .. } => *columns as u32 * *rows as u32,
+        T::Array {
+            base,
+            size: naga::ArraySize::Constant(n),
+            ..
+        } => n.get() * f32s(m, *base),
+        T::Struct { members, .. } => members.iter().map(|x| f32s(m, x.ty)).sum(),
+        _ => 0,
+    }
+}
+
+/// The functions `block` calls, directly or through the functions it calls, into `out`.
+fn calls(m: &naga::Module, block: &naga::Block, out: &mut Vec<naga::Handle<naga::Function>>) {
+    use naga::Statement as S;
+    for st in block.iter() {
+        match st {
+            S::Call { function, .. } if !out.contains(function) => {
+                out.push(*function);
+                calls(m, &m.functions[*function].body, out);
+            }
+            S::Block(b) => calls(m, b, out),
+            S::If { accept, reject, .. } => {
+                calls(m, accept, out);
+                calls(m, reject, out);
+            }
+            S::Switch { cases, .. } => cases.iter().for_each(|c| calls(m, &c.body, out)),
+            S::Loop {
+                body, continuing, ..
+            } => {
+                calls(m, body, out);
+                calls(m, continuing, out);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Every private array of `key`'s entry point and the functions it calls that is not sized
+/// by one of `sizes` (the lengths of each array level), and every one holding more than 64
+/// f32, as "function: variable ...".
+fn private_array_faults(key: &PipelineKey, sizes: &[u32]) -> Vec<String> {
+    let m = naga::front::wgsl::parse_str(&naga_source(&key.source())).expect("parses");
+    let entry = m
+        .entry_points
+        .iter()
+        .find(|e| e.name == key.entry_point)
+        .expect("entry point");
+    let mut reached = Vec::new();
+    calls(&m, &entry.function.body, &mut reached);
+    let mut faults = Vec::new();
+    let mut check = |f: &naga::Function, fname: &str| {
+        for (_, v) in f.local_variables.iter() {
+            let name = format!("{fname}: {}", v.name.as_deref().unwrap_or("?"));
+            let mut ty = v.ty;
+            let mut is_array = false;
+            while let naga::TypeInner::Array { base, size, .. } = &m.types[ty].inner {
+                is_array = true;
+                match size {
+                    naga::ArraySize::Constant(n) if sizes.contains(&n.get()) => {}
+                    _ => faults.push(format!("{name} has a dimension {size:?}")),
+                }
+                ty = *base;
+            }
+            if is_array && f32s(&m, v.ty) > 64 {
+                faults.push(format!("{name} holds {} f32", f32s(&m, v.ty)));
+            }
+        }
+    };
+    for f in reached {
+        let f = &m.functions[f];
+        check(f, f.name.as_deref().unwrap_or("?"));
+    }
+    check(&entry.function, &entry.name);
+    for (_, g) in m.global_variables.iter() {
+        if g.space == naga::AddressSpace::Private {
+            faults.push(format!("private global {:?}", g.name));
+        }
+    }
+    faults
+}
+
+/// The subgroup prefill (contiguous and paged) keeps no dynamically indexed private memory:
+/// at every declared key each private array is sized by the key constants `R` or `SLOTS` (the loops that index
+/// them run from 0 to those constants, so they unroll into registers) and holds at most 64
+/// f32, and the accumulators stay within `PREFILL_SG_MAX_ACC`. The tiled prefill, whose q,
+/// accumulator and score arrays are sized by the head_dim class and the tile, fails the same
+/// check.
+#[test]
+fn subgroup_prefill_has_no_dynamically_indexed_private_array() {
+    let mut keys = attention::ATTENTION_PREFILL_SUBGROUP.variants();
+    keys.extend(llama_kernels::ops::paged::ATTENTION_PAGED_PREFILL_SUBGROUP.variants());
+    assert!(!keys.is_empty());
+    let mut shapes = std::collections::HashSet::new();
+    let entries = ["attn_prefill_sg", "attn_paged_prefill_sg"];
+    for key in keys.iter().filter(|k| entries.contains(&k.entry_point)) {
+        let (r, slots) = (key.constant("R").unwrap(), key.constant("SLOTS").unwrap());
+        if !shapes.insert((key.entry_point, r, slots)) {
+            continue;
+        }
+        let c = &key.constants;
+        assert!(r * slots * 4 <= attention::PREFILL_SG_MAX_ACC, "{c:?}");
+        let faults = private_array_faults(key, &[r, slots]);
+        assert!(faults.is_empty(), "{c:?}: {faults:?}");
+    }
+    assert!(shapes.len() >= 8, "{shapes:?}");
+    let old = attention::prefill_variant_keys()
+        .into_iter()
+        .find(|k| k.entry_point == "attn_prefill")
+        .unwrap();
+    assert!(!private_array_faults(&old, &[1, 4]).is_empty());
 }

@@ -241,6 +241,7 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 let plan = PlanOptions {
                     splits: None,
                     decode,
+                    prefill: None,
                 };
                 let batch = PagedBatch::from_parts_with(ctx, PAGE, n_pages, &parts, HEADS, &plan)?;
                 let q = upload_pattern(ctx, &[n, n_heads, head_dim], dtype, 8)?;

@@ -111,7 +111,7 @@ fn every_module_enables_what_it_uses() {
             );
         }
     }
-    assert_eq!(subgroup_modules, 5);
+    assert_eq!(subgroup_modules, 7);
 }
 
 #[test]

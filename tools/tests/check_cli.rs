@@ -346,9 +346,9 @@ fn info_json_reports_the_adapter_and_the_choices() {
 }
 
 /// `info --device PRESET` prints the attention planner's choices for a described device without
-/// an adapter: the GPU presets get the subgroup decode (with its launch geometry), WebGPU's
-/// defaults the tile decode with 16-key tiles, lavapipe the CPU kernels; `--json` gives the same
-/// as records.
+/// an adapter: the GPU presets get the subgroup decode and prefill, WebGPU's defaults the tile
+/// decode and prefill with 16-key tiles, lavapipe the CPU kernels, with the launch geometry of
+/// the decode and GPU prefill rows; `--json` gives the same as records.
 #[test]
 fn info_for_a_described_device() {
     let info = |args: &[&str]| {
@@ -370,11 +370,20 @@ fn info_for_a_described_device() {
         ),
         "{nvidia}"
     );
+    // The subgroup prefill, with its launch geometry for Llama-3-8B at 2k.
     assert!(
-        nvidia.contains("attention_prefill_hd128.wgsl:attn_prefill"),
+        nvidia.contains(
+            "attention_prefill_subgroup.wgsl:attn_prefill_sg\n    geometry: 1024 workgroups x 128 invocations, 32768 B workgroup memory, 184 registers/lane (64 accumulators), 16 B loads, 8 lanes/row, 64 rows/workgroup, 1 splits; merge 0 x 0"
+        ),
         "{nvidia}"
     );
     let web = info(&["--device", "webgpu-default"]);
+    assert!(
+        web.contains(
+            "attention_prefill_hd128.wgsl:attn_prefill\n    geometry: 1024 workgroups x 16 invocations, 16384 B workgroup memory, 1280 registers/lane (512 accumulators), 4 B loads, 1 lanes/row, 64 rows/workgroup, 1 splits; merge 0 x 0"
+        ),
+        "{web}"
+    );
     assert!(
         web.contains("Decode kr 1 rows/wg 4 lanes 8 splits 64 chunk 64 bk 16"),
         "{web}"
@@ -389,6 +398,9 @@ fn info_for_a_described_device() {
     assert_eq!(rows[0]["lanes"], 1);
     assert_eq!(rows[1]["geometry"]["splits"], 60);
     assert_eq!(rows[1]["geometry"]["bytes_per_load"], 16);
+    assert_eq!(rows[2]["kind"], "PrefillSubgroup");
+    assert_eq!(rows[2]["geometry"]["registers_per_lane"], 184);
+    assert_eq!(rows[2]["geometry"]["bytes_per_load"], 16);
     assert!(rows
         .iter()
         .all(|r| r["pipelines"].as_array().is_some_and(|p| !p.is_empty())));

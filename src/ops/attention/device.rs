@@ -1,7 +1,7 @@
 //! What the planner reads of a device ([`DeviceDesc`]): a live one or a described one, with the
 //! loop caps of CPU adapters.
 
-use super::{sg_shape, SgShape, KEYS_WG, PREFILL_KEYS_TILE, PREFILL_WG};
+use super::{prefill_sg_shape, sg_shape, SgShape, KEYS_WG, PREFILL_KEYS_TILE, PREFILL_WG};
 use crate::context::Context;
 use crate::tensor::DType;
 
@@ -132,17 +132,26 @@ impl DeviceDesc {
     pub fn subgroup_decode_wanted(&self) -> bool {
         self.subgroups && !self.is_cpu()
     }
+    /// Whether prefill with 16-byte aligned K/V rows takes
+    /// [`Kind::PrefillSubgroup`](super::Kind::PrefillSubgroup) where it would take
+    /// [`Kind::Prefill`](super::Kind::Prefill): the device has `SUBGROUP` with subgroups of at
+    /// least 4 lanes (its smallest lane groups) and is not a CPU adapter.
+    pub fn subgroup_prefill_wanted(&self) -> bool {
+        self.subgroup_decode_wanted() && self.subgroup_min_size >= 4
+    }
     /// The kernel the choice rule (steps 1-3 of the module doc's "Choosing a kernel") gives a
     /// call of `q_len` queries on this device: [`default_kind`](super::default_kind), with
     /// decode upgraded to [`Kind::DecodeSubgroup`](super::Kind::DecodeSubgroup) where
-    /// [`DeviceDesc::subgroup_decode_wanted`] and the K/V rows are 16-byte aligned. The
-    /// contiguous and the paged planners both start from it; the contiguous one also falls back
-    /// from PrefillKeys to Prefill.
+    /// [`DeviceDesc::subgroup_decode_wanted`] and the K/V rows are 16-byte aligned, and prefill
+    /// over aligned K/V rows to [`Kind::PrefillSubgroup`](super::Kind::PrefillSubgroup) where
+    /// [`DeviceDesc::subgroup_prefill_wanted`]. The contiguous and the paged planners both start
+    /// from it; the contiguous one also falls back from PrefillKeys and PrefillSubgroup to
+    /// Prefill (f16 arithmetic, small workgroup memory, a quantized cache).
     pub fn default_kind(&self, q_len: usize, kv_aligned: bool) -> super::Kind {
+        use super::Kind;
         match super::default_kind(self.device_type, q_len, kv_aligned) {
-            super::Kind::Decode if self.subgroup_decode_wanted() && kv_aligned => {
-                super::Kind::DecodeSubgroup
-            }
+            Kind::Decode if self.subgroup_decode_wanted() && kv_aligned => Kind::DecodeSubgroup,
+            Kind::Prefill if kv_aligned && self.subgroup_prefill_wanted() => Kind::PrefillSubgroup,
             k => k,
         }
     }
@@ -175,6 +184,20 @@ impl DeviceDesc {
         }
         let hd4 = head_dim / 4;
         Some((50_000 - 2 * kr * (hd4 + 1)) * 2 * KEYS_WG as usize)
+    }
+    /// Keys one [`Kind::PrefillSubgroup`](super::Kind::PrefillSubgroup) split may hold, if
+    /// limited (see [`loop_cap_keys`](super::loop_cap_keys)): per block of 4 keys, the block
+    /// loop, the Q K^T and P V loops (4 keys x `slots` x (1 + rows)), the reduction and softmax
+    /// loop over the rows with a rescale (`slots`) each, counted as if the compiler unrolled
+    /// nothing; the q load, staging (below one trip per key) and store loops come off the budget.
+    pub fn prefill_sg_cap_keys(&self, hd4: u32, sg_min: u32) -> Option<usize> {
+        if !self.is_cpu() {
+            return None;
+        }
+        let sh = prefill_sg_shape(hd4, sg_min);
+        let (slots, rows) = (sh.slots as usize, sh.rows_per_group as usize);
+        let per_block = 1 + 8 * (1 + slots * (1 + rows)) + rows * (2 + slots);
+        Some(4 * (40_000 / per_block))
     }
     /// Keys one [`Kind::DecodeSubgroup`](super::Kind::DecodeSubgroup) split with `rs` rows per
     /// workgroup at `hd4`, subgroups of at least `sg_min`, may hold, if limited (see

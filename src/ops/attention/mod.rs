@@ -99,6 +99,19 @@
 //!   an f16 decode by ALU rather than memory on a GPU; the bits are the same. The paged
 //!   subgroup decode (`attn_paged_sg`) runs the same step through its row seam and keeps the
 //!   integer decode.
+//! - [`Kind::PrefillSubgroup`] (`attn_prefill_sg` in `shaders/attention_prefill_subgroup.wgsl`,
+//!   a module of its own: [`ATTENTION_PREFILL_SUBGROUP`]), prefill for GPUs: FlashAttention-2
+//!   on SIMT lanes. Aligned groups of 4-16 lanes of a subgroup split head_dim, each group owning
+//!   1-4 rows, so every lane holds a few vec4 slots of q and of the f32 accumulators of its rows
+//!   in registers (arrays sized by key constants, at most [`PREFILL_SG_MAX_ACC`] f32 of
+//!   accumulators); per 4 keys each score is finished by a `subgroupShuffleXor` butterfly within
+//!   the group; K/V tiles are staged in workgroup memory with 16-byte loads (one per-format read,
+//!   `pf_kv`) and read by all 64 or more rows of the workgroup ([`prefill_sg_shape`]). Why: the
+//!   tiled `Prefill` gives each of its 16 invocations 4 whole rows (1,024 f32 of q and
+//!   accumulators plus a dynamically indexed score array), which a GPU can only hold in local
+//!   memory. Needs `SUBGROUP` and 16-byte aligned K/V rows; split over the keys (a forced
+//!   [`Attention::splits`], or a CPU adapter's loop cap) it writes partials for
+//!   `attn_prefill_merge`.
 //! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
 //!   ([`loop_cap_keys`]): the same kernel over chunks of the keys (`attn_prefill_partial`),
 //!   writing partials that `attn_prefill_merge` combines in a fixed order, as decode's do.
@@ -115,10 +128,11 @@ mod options;
 pub mod plan;
 mod prepare;
 mod record;
+mod subgroup_prefill;
 pub mod variants;
 
 pub use device::{DeviceDesc, DEFAULT_COMPUTE_UNITS, RESIDENT_INVOCATIONS_PER_CU};
-pub use geometry::DecodeGeometry;
+pub use geometry::{DecodeGeometry, PrefillGeometry};
 pub use options::{Attention, Dims, F16_ARITHMETIC_NMSE, MAX_CHUNK_SIZE};
 pub(crate) use plan::sg_cap_keys;
 pub use plan::{
@@ -129,6 +143,9 @@ pub use plan::{
 };
 pub(crate) use record::check_sinks;
 pub use record::Params;
+pub use subgroup_prefill::{
+    prefill_sg_shape, PrefillSgShape, ATTENTION_PREFILL_SUBGROUP, PREFILL_SG_MAX_ACC,
+};
 pub(crate) use variants::MAX_BK;
 pub use variants::{
     all_variant_keys, declared_variants, decode_variant_keys, prefill_class,

@@ -41,12 +41,12 @@ pub struct Attention {
     pub kind: Option<Kind>,
     /// Force the decode split count. Honoured exactly (chunks past kv_len are empty and
     /// contribute nothing), except that on CPU adapters it is raised to what
-    /// [`loop_cap_keys`](super::loop_cap_keys) needs. Honoured the same way by [`Kind::PrefillKeys`]; ignored by
-    /// [`Kind::Prefill`].
+    /// [`loop_cap_keys`](super::loop_cap_keys) needs. Honoured the same way by [`Kind::PrefillKeys`]
+    /// and [`Kind::PrefillSubgroup`]; ignored by [`Kind::Prefill`].
     pub splits: Option<u32>,
-    /// Opt-in half-precision arithmetic for [`Kind::Prefill`] (ignored by the other kernels; on
-    /// CPU adapters it makes the default prefill [`Kind::Prefill`] instead of
-    /// [`Kind::PrefillKeys`]):
+    /// Opt-in half-precision arithmetic for [`Kind::Prefill`] (ignored by the other kernels; it
+    /// makes the default prefill [`Kind::Prefill`] instead of [`Kind::PrefillKeys`] on CPU
+    /// adapters and of [`Kind::PrefillSubgroup`] on GPUs):
     /// q, the K/V tiles and the products q·k and p·v in `f16` (WGSL `enable f16`), the scores,
     /// the softmax and the output accumulator in f32, as FlashAttention-2 feeds half inputs to
     /// its matmuls. Needs `wgpu::Features::SHADER_F16` on the device ([`Context::new`](crate::Context::new) requests

@@ -4,8 +4,8 @@
 //! ([`choice_table`]), for `llama-kernels info` and the tests that pin them.
 
 use super::{
-    prefill_keys_workgroup_bytes, sg_rows_max, tile_v4_for, DeviceDesc, Dims, Kind, Variant,
-    KEYS_MAX_ROWS, MAX_BK, OP, PREFILL_KEYS_ROWS, PREFILL_WG,
+    prefill_keys_workgroup_bytes, prefill_sg_shape, sg_rows_max, tile_v4_for, DeviceDesc, Dims,
+    Kind, Variant, KEYS_MAX_ROWS, MAX_BK, OP, PREFILL_KEYS_ROWS, PREFILL_WG,
 };
 use crate::context::Context;
 use crate::error::Result;
@@ -207,8 +207,9 @@ impl Attention {
             .kind
             .unwrap_or_else(|| match dev.default_kind(d.q_len, kv_aligned) {
                 Kind::PrefillKeys if self.f16_arithmetic || !keys_fit => Kind::Prefill,
-                // The subgroup decode reads float 16-byte units only (choice.md, step 4).
+                // The subgroup kernels read float 16-byte units only (choice.md, step 4).
                 Kind::DecodeSubgroup if kv.is_quantized() => Kind::Decode,
+                Kind::PrefillSubgroup if self.f16_arithmetic || kv.is_quantized() => Kind::Prefill,
                 k => k,
             });
         crate::ensure!(
@@ -216,6 +217,18 @@ impl Attention {
             Param,
             OP,
             "the DecodeSubgroup kernel reads float K/V only, this cache holds {kv}: decode it with Kind::Decode"
+        );
+        crate::ensure!(
+            kind != Kind::PrefillSubgroup || !kv.is_quantized(),
+            Param,
+            OP,
+            "the PrefillSubgroup kernel reads float K/V only, this cache holds {kv}: run prefill with Kind::Prefill"
+        );
+        crate::ensure!(
+            kind != Kind::PrefillSubgroup || dev.subgroups,
+            Param,
+            OP,
+            "the PrefillSubgroup kernel needs a device with the SUBGROUP feature ({adapter})"
         );
         crate::ensure!(
             kind != Kind::PrefillKeys || keys_fit,
@@ -245,10 +258,10 @@ impl Attention {
         let rows = d.q_len * g;
         let sg_min = dev.subgroup_min_size.max(4);
         crate::ensure!(
-            kind != Kind::DecodeSubgroup || kv_aligned,
+            !matches!(kind, Kind::DecodeSubgroup | Kind::PrefillSubgroup) || kv_aligned,
             Param,
             OP,
-            "the DecodeSubgroup kernel reads 16-byte units: it needs 16-byte aligned K/V rows (offsets, strides and head_dim {} x {} bytes multiples of 16)",
+            "the {kind:?} kernel reads 16-byte units: it needs 16-byte aligned K/V rows (offsets, strides and head_dim {} x {} bytes multiples of 16)",
             d.head_dim,
             dtype.size()
         );
@@ -269,10 +282,9 @@ impl Attention {
                 Kind::DecodeKeys | Kind::DecodeSubgroup => kr as u32,
                 _ => 1,
             },
-            sg_min: if kind == Kind::DecodeSubgroup {
-                sg_min
-            } else {
-                0
+            sg_min: match kind {
+                Kind::DecodeSubgroup | Kind::PrefillSubgroup => sg_min,
+                _ => 0,
             },
             f16: kind == Kind::Prefill && self.f16_arithmetic,
             native_f16: kind == Kind::DecodeSubgroup
@@ -298,12 +310,15 @@ impl Attention {
             Kind::DecodeKeys => dev.keys_loop_cap_keys(d.head_dim, kr),
             Kind::DecodeSubgroup => dev.sg_cap_keys(variant.hd4, variant.sg_min, variant.kr),
             Kind::PrefillKeys => dev.prefill_keys_loop_cap_keys(d.head_dim),
+            Kind::PrefillSubgroup => dev.prefill_sg_cap_keys(hd4, sg_min),
             _ => dev.loop_cap_keys(d.head_dim),
         };
         let min_splits = cap.map_or(1, |c| d.kv_len.div_ceil(c.max(1)));
         variant.split_kv = match kind {
             Kind::Prefill => min_splits > 1,
-            Kind::PrefillKeys => min_splits > 1 || self.splits.is_some_and(|s| s > 1),
+            Kind::PrefillKeys | Kind::PrefillSubgroup => {
+                min_splits > 1 || self.splits.is_some_and(|s| s > 1)
+            }
             _ => true,
         };
         let wg = variant.wg() as usize;
@@ -314,6 +329,7 @@ impl Attention {
             // Split or not, a prefill workgroup owns PREFILL_WG rows, one key lane each.
             Kind::Prefill => (PREFILL_WG as usize, 1),
             Kind::PrefillKeys => (PREFILL_KEYS_ROWS, 1),
+            Kind::PrefillSubgroup => (prefill_sg_shape(hd4, sg_min).rows_per_wg() as usize, 1),
             _ => {
                 let rpw = rows.next_power_of_two().min(wg);
                 (rpw, wg / rpw)
@@ -325,7 +341,7 @@ impl Attention {
                 let chunk = d.kv_len.div_ceil(min_splits);
                 (d.kv_len.div_ceil(chunk), chunk)
             }
-            Kind::PrefillKeys => {
+            Kind::PrefillKeys | Kind::PrefillSubgroup => {
                 let want = (self.splits.unwrap_or(1) as usize).max(min_splits);
                 let chunk = d.kv_len.div_ceil(want).max(1);
                 // A forced count is honoured exactly (trailing chunks may be empty).
@@ -402,6 +418,11 @@ impl ChoiceRow {
         self.plan.as_ref().ok()?.decode_geometry(&self.dims)
     }
 
+    /// The launch geometry of a prefill row ([`Plan::prefill_geometry`]).
+    pub fn prefill_geometry(&self) -> Option<super::PrefillGeometry> {
+        self.plan.as_ref().ok()?.prefill_geometry(&self.dims)
+    }
+
     /// The pipelines the call records, in order, as `module:entry_point`.
     pub fn pipelines(&self) -> Vec<String> {
         match &self.plan {
@@ -439,7 +460,10 @@ impl std::fmt::Display for ChoiceRow {
             )?,
             Err(e) => return write!(f, "not supported: {e}"),
         }
-        match self.decode_geometry() {
+        if let Some(g) = self.decode_geometry() {
+            return write!(f, "\n    geometry: {g}");
+        }
+        match self.prefill_geometry() {
             Some(g) => write!(f, "\n    geometry: {g}"),
             None => Ok(()),
         }

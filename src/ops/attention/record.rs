@@ -226,7 +226,11 @@ impl Attention {
         // Quantized rows are whole blocks (or fp8 rows of a multiple of 8 values) read by words.
         let aligned = quant.is_some() || kv_rows_aligned(ctx, k, v);
         crate::ensure!(
-            aligned || !matches!(self.kind, Some(Kind::DecodeKeys | Kind::PrefillKeys)),
+            aligned
+                || !matches!(
+                    self.kind,
+                    Some(Kind::DecodeKeys | Kind::PrefillKeys | Kind::PrefillSubgroup)
+                ),
             Param,
             OP,
             "the {:?} kernel needs 16-byte aligned K/V rows (offsets, strides and head_dim {} x {} bytes multiples of 16)",
@@ -453,7 +457,7 @@ impl Attention {
             inputs.push(("sinks", w.resource()));
         }
         let base_wgs = (d.batch * d.n_kv_heads * plan.row_blocks) as u64;
-        if plan.variant.kind == Kind::PrefillKeys {
+        if matches!(plan.variant.kind, Kind::PrefillKeys | Kind::PrefillSubgroup) {
             // The same K/V windows, read through `vec4<u32>` bindings.
             inputs.push(("k4", kw.resource()));
             inputs.push(("v4", vw.resource()));
@@ -520,7 +524,7 @@ impl Attention {
         let merge_wgs = match plan.variant.kind {
             // One workgroup per row (`attn_decode_merge_rows`).
             Kind::DecodeSubgroup => rows_total,
-            Kind::Prefill | Kind::PrefillKeys => {
+            Kind::Prefill | Kind::PrefillKeys | Kind::PrefillSubgroup => {
                 (rows_total * d.head_dim as u64 / 4).div_ceil(PREFILL_WG as u64)
             }
             _ => (rows_total * d.head_dim as u64 / 4).div_ceil(plan.variant.wg() as u64),

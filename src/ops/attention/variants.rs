@@ -6,6 +6,7 @@
 //! picks one point of this space per call; the portability tests' list ([`all_variant_keys`])
 //! and each module's share of it are derived from the same declaration.
 
+use super::subgroup_prefill::{prefill_sg_shape, ATTENTION_PREFILL_SUBGROUP};
 use crate::kv_format::KvFormat;
 use crate::pipeline::{PipelineKey, Shader};
 use crate::tensor::DType;
@@ -62,6 +63,12 @@ pub enum Kind {
     /// head_dim, finish each score with `subgroupAdd`, and share every K/V row they load across
     /// the GQA group's query rows.
     DecodeSubgroup,
+    /// Prefill for GPUs with `SUBGROUP` (`attn_prefill_sg`, FlashAttention-2 on SIMT lanes):
+    /// aligned groups of 4-16 lanes split head_dim for a few query rows each, scores finished
+    /// by `subgroupShuffleXor` within the group, q and the accumulators in registers sized by
+    /// key constants, K/V tiles staged with 16-byte loads and shared by 64 or more rows (see
+    /// [`prefill_sg_shape`](super::prefill_sg_shape)).
+    PrefillSubgroup,
 }
 
 /// The head_dims of real models (the head-dim classes): every kind, storage format, tile size
@@ -98,7 +105,7 @@ pub struct Axes {
 }
 
 /// The variant space, one entry per kind.
-pub const KINDS: [Axes; 5] = [
+pub const KINDS: [Axes; 6] = [
     Axes {
         kind: Kind::Prefill,
         split_kv: &[false, true],
@@ -139,16 +146,25 @@ pub const KINDS: [Axes; 5] = [
         f16: &[false],
         native_f16: &[false, true],
     },
+    Axes {
+        kind: Kind::PrefillSubgroup,
+        split_kv: &[false, true],
+        kr: &[1],
+        sg_min: &SUBGROUP_MIN_SIZES,
+        f16: &[false],
+        native_f16: &[false],
+    },
 ];
 
 impl Kind {
     /// Every kind, in [`KINDS`] order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         KINDS[0].kind,
         KINDS[1].kind,
         KINDS[2].kind,
         KINDS[3].kind,
         KINDS[4].kind,
+        KINDS[5].kind,
     ];
 
     /// This kind's axes in [`KINDS`].
@@ -183,8 +199,8 @@ pub struct Variant {
     /// [`Kind::Prefill`]: f16 arithmetic ([`super::Attention::f16_arithmetic`], the
     /// [`ATTENTION_PREFILL_F16`] module); false for the other kinds.
     pub f16: bool,
-    /// [`Kind::DecodeSubgroup`]: the adapter's smallest subgroup size (lanes per head slice and
-    /// key lanes derive from it); 0 for the other kinds.
+    /// [`Kind::DecodeSubgroup`] and [`Kind::PrefillSubgroup`]: the adapter's smallest subgroup
+    /// size (lanes per head slice and key lanes derive from it); 0 for the other kinds.
     pub sg_min: u32,
     /// [`Kind::DecodeSubgroup`] over f16 K/V: read them natively
     /// ([`super::Attention::native_f16`], the [`ATTENTION_DECODE_SUBGROUP_F16`] module); false
@@ -375,9 +391,9 @@ pub const SUBGROUP_MODULES: [&Shader; 2] =
     [ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16];
 
 /// Every attention module ([`crate::pipeline::Shader::ALL`] lists them): the prefill modules,
-/// the decode module and the subgroup decode modules.
-pub const MODULES: [&Shader; 2 * PREFILL_CLASSES.len() + 1 + SUBGROUP_MODULES.len()] = {
-    let mut out = [ATTENTION_DECODE; 2 * PREFILL_CLASSES.len() + 1 + SUBGROUP_MODULES.len()];
+/// the decode module, the subgroup decode modules and the subgroup prefill module.
+pub const MODULES: [&Shader; 2 * PREFILL_CLASSES.len() + 2 + SUBGROUP_MODULES.len()] = {
+    let mut out = [ATTENTION_DECODE; 2 * PREFILL_CLASSES.len() + 2 + SUBGROUP_MODULES.len()];
     let n = PREFILL_CLASSES.len();
     let mut i = 0;
     while i < 2 * n {
@@ -390,6 +406,7 @@ pub const MODULES: [&Shader; 2 * PREFILL_CLASSES.len() + 1 + SUBGROUP_MODULES.le
         out[2 * n + 1 + j] = SUBGROUP_MODULES[j];
         j += 1;
     }
+    out[2 * n + 1 + SUBGROUP_MODULES.len()] = ATTENTION_PREFILL_SUBGROUP;
     out
 };
 
@@ -487,6 +504,7 @@ impl Variant {
             Kind::Decode => DECODE_WG,
             Kind::DecodeKeys => KEYS_WG,
             Kind::DecodeSubgroup => self.sg_shape().wg,
+            Kind::PrefillSubgroup => prefill_sg_shape(self.hd4, self.sg_min).invocations,
         }
     }
     /// [`Kind::DecodeSubgroup`]'s geometry.
@@ -501,6 +519,15 @@ impl Variant {
             ..*self
         }
         .constants()
+    }
+    /// The merge of the prefill kinds' partials: `attn_prefill_merge` of the prefill module for
+    /// this head_dim and arithmetic, one invocation per 4 output elements, [`PREFILL_WG`] per
+    /// workgroup (every prefill kind shares it, so it is one pipeline per shape).
+    fn prefill_merge_key(&self) -> PipelineKey {
+        let mut m = self.merge_constants();
+        m.push(("PR", PREFILL_ROWS_PER_INVOCATION));
+        let m = with_wg(m, PREFILL_WG);
+        PipelineKey::new(prefill_shader(self.hd4, self.f16), "attn_prefill_merge", m)
     }
     fn constants(&self) -> Vec<(&'static str, u32)> {
         vec![
@@ -534,8 +561,10 @@ impl Variant {
             && a.native_f16.contains(&self.native_f16)
             && (!self.native_f16 || self.kv == KvFormat::F16)
             && (self.kind != Kind::DecodeSubgroup
+                || self.kr <= sg_rows_max(self.hd4, self.sg_min))
+            // The subgroup kernels read float 16-byte units of whole rows.
+            && (!matches!(self.kind, Kind::DecodeSubgroup | Kind::PrefillSubgroup)
                 || (!self.kv.is_quantized()
-                    && self.kr <= sg_rows_max(self.hd4, self.sg_min)
                     && (self.dtype == DType::F32 || self.hd4.is_multiple_of(2))))
     }
 
@@ -550,6 +579,20 @@ impl Variant {
                 PipelineKey::new(module, "attn_decode_sg", c),
                 PipelineKey::new(ATTENTION_DECODE, "attn_decode_merge_rows", m),
             ];
+        }
+        if self.kind == Kind::PrefillSubgroup {
+            let sh = prefill_sg_shape(self.hd4, self.sg_min);
+            let mut c = self.constants();
+            c.extend([
+                ("R", sh.rows_per_group),
+                ("SLOTS", sh.slots),
+                ("L", sh.lanes_per_row),
+            ]);
+            let main = PipelineKey::new(ATTENTION_PREFILL_SUBGROUP, "attn_prefill_sg", c);
+            return match self.split_kv {
+                false => vec![main],
+                true => vec![main, self.prefill_merge_key()],
+            };
         }
         if self.kind == Kind::DecodeKeys {
             let mut c = self.constants();
@@ -567,27 +610,20 @@ impl Variant {
             let shader = prefill_shader(self.hd4, self.f16);
             let mut c = self.constants();
             c.push(("PR", PREFILL_ROWS_PER_INVOCATION));
-            // The merge runs one invocation per 4 output elements, PREFILL_WG per workgroup; both
-            // prefill kinds share it.
-            let mut m = self.merge_constants();
-            m.push(("PR", PREFILL_ROWS_PER_INVOCATION));
-            let m = with_wg(m, PREFILL_WG);
+            let m = self.prefill_merge_key();
             if self.kind == Kind::PrefillKeys {
                 // One pipeline writes the output or, split over the keys, the partials (chosen
                 // by the split count at run time).
                 let main = PipelineKey::new(shader, "attn_prefill_keys", c);
                 return match self.split_kv {
                     false => vec![main],
-                    true => vec![main, PipelineKey::new(shader, "attn_prefill_merge", m)],
+                    true => vec![main, m],
                 };
             }
             if !self.split_kv {
                 return vec![PipelineKey::new(shader, "attn_prefill", c)];
             }
-            return vec![
-                PipelineKey::new(shader, "attn_prefill_partial", c),
-                PipelineKey::new(shader, "attn_prefill_merge", m),
-            ];
+            return vec![PipelineKey::new(shader, "attn_prefill_partial", c), m];
         }
         // Decode always splits over the keys.
         vec![
@@ -738,7 +774,7 @@ pub fn decode_variant_keys() -> Vec<PipelineKey> {
 }
 
 /// `shader`'s share of [`all_variant_keys`].
-fn keys_of(shader: &Shader) -> Vec<PipelineKey> {
+pub(super) fn keys_of(shader: &Shader) -> Vec<PipelineKey> {
     all_variant_keys()
         .into_iter()
         .filter(|k| k.shader == shader)
@@ -751,46 +787,4 @@ fn dedup(keys: impl Iterator<Item = PipelineKey>) -> Vec<PipelineKey> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tile_sizes() {
-        assert_eq!(tile_v4_for(16384), 512);
-        assert_eq!(tile_v4_for(32768), 1024);
-        assert_eq!(tile_v4_for(65536), 1024);
-        assert_eq!(tile_v4_for(20000), 512);
-    }
-
-    #[test]
-    fn prefill_classes_pick_the_smallest_module() {
-        assert_eq!(prefill_shader(16, false), ATTENTION_PREFILL_HD64);
-        assert_eq!(prefill_shader(17, false), ATTENTION_PREFILL_HD128);
-        assert_eq!(prefill_shader(32, true), ATTENTION_PREFILL_F16_HD128);
-        assert_eq!(prefill_shader(33, false), ATTENTION_PREFILL);
-        assert_eq!(prefill_shader(64, true), ATTENTION_PREFILL_F16);
-        assert_eq!(prefill_keys_workgroup_bytes(16), (16 * 16 + 288) * 16);
-        assert_eq!(prefill_keys_workgroup_bytes(64), (16 * 64 + 288) * 16);
-    }
-
-    #[test]
-    fn every_declared_key_is_in_one_of_the_modules() {
-        let keys = all_variant_keys();
-        for k in &keys {
-            assert!(MODULES.contains(&k.shader), "{k:?}");
-        }
-        let shares: usize = MODULES.iter().map(|m| m.variants().len()).sum();
-        assert_eq!(shares, keys.len());
-        for m in MODULES {
-            assert!(!m.variants().is_empty(), "{} has no variants", m.name);
-        }
-    }
-
-    #[test]
-    fn kinds_are_declared_once_each() {
-        for (i, k) in Kind::ALL.iter().enumerate() {
-            assert_eq!(k.axes().kind, *k);
-            assert!(!Kind::ALL[..i].contains(k));
-        }
-    }
-}
+mod tests;

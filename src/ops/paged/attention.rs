@@ -1,7 +1,7 @@
 //! Attention over the pages: [`Attention::encode_paged`], its validation and recording, and the
 //! pipeline keys of the paged attention kernels.
 
-use super::batch::{PagedBatch, ITEM_GROUPS};
+use super::batch::PagedBatch;
 use super::cache::PagedKvCache;
 use super::MAX_POOL_BUFFERS;
 use crate::context::Context;
@@ -108,6 +108,70 @@ pub fn sg_variant_keys() -> Vec<PipelineKey> {
             MAX_POOL_BUFFERS as u32,
         ));
     }
+    keys
+}
+
+/// The pipeline key of the PrefillSubgroup pass over pages (`attn_paged_prefill_sg`) with K/V
+/// tiles of `tile_v4` vec4s, for subgroups of at least `sg_min` lanes, over a pool of `pools`
+/// buffers.
+pub fn prefill_sg_attention_key(
+    dtype: DType,
+    tile_v4: u32,
+    hd4: u32,
+    sg_min: u32,
+    pools: u32,
+) -> PipelineKey {
+    let sh = attention::prefill_sg_shape(hd4, sg_min);
+    let mut c = paged_constants(float(dtype), sh.invocations, tile_v4, hd4, pools);
+    c.extend([
+        ("R", sh.rows_per_group),
+        ("SLOTS", sh.slots),
+        ("L", sh.lanes_per_row),
+    ]);
+    PipelineKey::new(ATTENTION_PAGED_PREFILL_SUBGROUP, "attn_paged_prefill_sg", c)
+}
+
+/// `shaders/attention_paged.wgsl` with the GPU prefill step and its paged entry point
+/// (`shaders/attention_prefill_sg_step.wgsl`, `shaders/attention_paged_prefill_subgroup.wgsl`):
+/// a module of its own, as [`ATTENTION_PAGED_SUBGROUP`] is.
+pub const ATTENTION_PAGED_PREFILL_SUBGROUP: &Shader = &Shader {
+    name: "attention_paged_prefill_subgroup.wgsl",
+    parts: &[
+        "enable subgroups;",
+        crate::pipeline::COMMON_WGSL,
+        crate::pipeline::KV_QUANT_WGSL,
+        crate::pipeline::ATTENTION_COMMON_WGSL,
+        crate::pipeline::ATTENTION_SPLIT_WGSL,
+        crate::pipeline::ATTENTION_KEYS_WGSL,
+        include_str!("../../../shaders/attention_paged.wgsl"),
+        crate::pipeline::ATTENTION_PREFILL_SG_STEP_WGSL,
+        include_str!("../../../shaders/attention_paged_prefill_subgroup.wgsl"),
+    ],
+    variants: prefill_sg_variant_keys,
+};
+
+/// Every pipeline key of `attn_paged_prefill_sg`: every dtype at the head_dims of real models
+/// with 32 KiB tiles, for the smallest subgroups of lavapipe and Intel (8) and of NVIDIA and AMD
+/// RDNA (32); and a pool over three buffers at Llama's head_dim.
+pub fn prefill_sg_variant_keys() -> Vec<PipelineKey> {
+    let tile = attention::tile_v4_for(32768);
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        for hd in [64u32, 80, 96, 128, 256] {
+            for sg_min in [8, 32] {
+                keys.push(prefill_sg_attention_key(dtype, tile, hd / 4, sg_min, 1));
+            }
+        }
+    }
+    keys.push(prefill_sg_attention_key(
+        DType::F16,
+        tile,
+        32,
+        32,
+        MAX_POOL_BUFFERS as u32,
+    ));
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
     keys
 }
 
@@ -355,17 +419,30 @@ impl Attention {
         // Quantized pages are read by words (8 values per unit), whatever the alignment.
         let keys_rows_ok =
             cache.format.is_quantized() || (h.head_dim * cache.dtype.size()).is_multiple_of(16);
-        for (groups, kernel) in [(1..4, "DecodeKeys"), (4..ITEM_GROUPS, "DecodeSubgroup")] {
-            crate::ensure!(
-                keys_rows_ok || batch.items[groups].iter().all(|g| g.1 == 0),
-                Param,
-                op,
-                "the {kernel} kernel needs 16-byte aligned K/V rows: head_dim {} x {} bytes is not a multiple of 16",
-                h.head_dim,
-                cache.dtype.size()
-            );
-        }
-        let subgroup_rows = batch.items[4..].iter().any(|g| g.1 > 0);
+        // The kernels planned that read K/V rows with 16-byte loads.
+        let wide: Vec<&str> = [
+            (batch.items[1..4].iter().any(|g| g.1 > 0), "DecodeKeys"),
+            (batch.items[4..8].iter().any(|g| g.1 > 0), "DecodeSubgroup"),
+            (batch.items[8].1 > 0, "PrefillSubgroup"),
+        ]
+        .into_iter()
+        .filter_map(|(planned, name)| planned.then_some(name))
+        .collect();
+        crate::ensure!(
+            keys_rows_ok || wide.is_empty(),
+            Param,
+            op,
+            "the {} {} 16-byte aligned K/V rows: head_dim {} x {} bytes is not a multiple of 16",
+            wide.join(" and "),
+            if wide.len() > 1 {
+                "kernels need"
+            } else {
+                "kernel needs"
+            },
+            h.head_dim,
+            cache.dtype.size()
+        );
+        let subgroup_rows = batch.items[4..8].iter().any(|g| g.1 > 0);
         crate::ensure!(
             !(subgroup_rows && cache.format.is_quantized()),
             Param,
@@ -374,10 +451,17 @@ impl Attention {
             cache.format
         );
         crate::ensure!(
+            batch.items[8].1 == 0 || !cache.format.is_quantized(),
+            Param,
+            op,
+            "the batch was planned with the PrefillSubgroup kernel, which reads float pages only; this cache holds {}: plan the batch with PlanOptions {{ prefill: Some(Kind::Prefill), .. }}",
+            cache.format
+        );
+        crate::ensure!(
             ctx.caps().subgroups || batch.items[4..].iter().all(|g| g.1 == 0),
             Limit,
             op,
-            "the batch was planned with the DecodeSubgroup kernel, which needs a device with the SUBGROUP feature (adapter {:?})",
+            "the batch was planned with the DecodeSubgroup or PrefillSubgroup kernel, which needs a device with the SUBGROUP feature (adapter {:?})",
             ctx.adapter_info().name
         );
         let pools = cache.buffers.len() as u32;
@@ -533,8 +617,8 @@ struct PagedChecked {
 }
 
 /// The partial passes present in `batch` (tile kernel, DecodeKeys with 1, 2, 4 rows per
-/// workgroup, DecodeSubgroup with 1, 2, 4, 8): each pass's key and its (offset, count) of work
-/// items.
+/// workgroup, DecodeSubgroup with 1, 2, 4, 8, PrefillSubgroup): each pass's key and its (offset,
+/// count) of work items.
 fn paged_passes(
     c: &PagedChecked,
     cache: &PagedKvCache,
@@ -550,7 +634,11 @@ fn paged_passes(
         let key = match g {
             0 => c.keys[0].clone(),
             1..=3 => keys_attention_key(cache.formats(), hd4, 1 << (g - 1), pools),
-            _ => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min, pools),
+            4..=7 => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min, pools),
+            _ => {
+                let tile_v4 = c.keys[0].constant("TILE_V4").unwrap_or(1);
+                prefill_sg_attention_key(cache.dtype, tile_v4, hd4, batch.sg_min, pools)
+            }
         };
         passes.push((key, off, n));
     }

@@ -172,6 +172,21 @@ impl PagedBatch {
                 ctx.adapter_info().name
             );
         }
+        if let Some(k) = plan.prefill {
+            crate::ensure!(
+                matches!(k, Kind::Prefill | Kind::PrefillSubgroup),
+                Param,
+                OP,
+                "prefill kernel {k:?} does not apply to paged prefill rows (Prefill or PrefillSubgroup)"
+            );
+            crate::ensure!(
+                k != Kind::PrefillSubgroup || ctx.caps().subgroups,
+                Limit,
+                OP,
+                "the PrefillSubgroup kernel needs a device with the SUBGROUP feature (adapter {:?})",
+                ctx.adapter_info().name
+            );
+        }
         for (i, s) in seqs.iter().enumerate() {
             crate::ensure!(
                 s.pages.len() >= s.kv_len.div_ceil(page_size),
@@ -206,13 +221,20 @@ impl PagedBatch {
         // contiguous dispatcher does, when rows are 16-byte aligned in every dtype the cache may
         // hold (head_dim a multiple of 8; page and head offsets are multiples of head_dim).
         // Elsewhere DecodeSubgroup where the device has SUBGROUP: the one rule, DeviceDesc::default_kind.
-        let decode_kind = plan.decode.unwrap_or_else(|| {
-            attention::DeviceDesc::of(ctx).default_kind(1, head_dim.is_multiple_of(8))
+        let dev = attention::DeviceDesc::of(ctx);
+        let decode_kind = plan
+            .decode
+            .unwrap_or_else(|| dev.default_kind(1, head_dim.is_multiple_of(8)));
+        let prefill_kind = plan.prefill.unwrap_or_else(|| {
+            match dev.default_kind(attention::DECODE_MAX_Q_LEN + 1, head_dim.is_multiple_of(8)) {
+                Kind::PrefillSubgroup => Kind::PrefillSubgroup,
+                _ => Kind::Prefill,
+            }
         });
         let hd4 = (head_dim / 4) as u32;
         let sg_min = ctx.adapter_info().subgroup_min_size.max(4);
         let kind_of = |q_len: usize| match q_len > attention::DECODE_MAX_Q_LEN {
-            true => Kind::Prefill,
+            true => prefill_kind,
             false => decode_kind,
         };
         // (rows per workgroup, lanes) of a sequence's rows, by kernel.
@@ -225,6 +247,10 @@ impl PagedBatch {
             Kind::DecodeSubgroup => (
                 rows.next_power_of_two()
                     .min(attention::sg_rows_max(hd4, sg_min) as usize),
+                1,
+            ),
+            Kind::PrefillSubgroup => (
+                attention::prefill_sg_shape(hd4, sg_min).rows_per_wg() as usize,
                 1,
             ),
             _ => {
@@ -271,6 +297,7 @@ impl PagedBatch {
                 Kind::DecodeSubgroup => {
                     attention::sg_cap_keys(ctx, hd4, sg_min, rows_per_wg as u32)
                 }
+                Kind::PrefillSubgroup => dev.prefill_sg_cap_keys(hd4, sg_min),
                 _ => attention::loop_cap_keys(ctx, head_dim),
             };
             let min_splits = cap.map_or(1, |c| s.kv_len.div_ceil(c.max(1))).max(1);
@@ -419,9 +446,9 @@ impl PagedBatch {
     pub fn splits(&self) -> Vec<usize> {
         self.seqs.iter().map(|s| s.splits).collect()
     }
-    /// The kernel of each sequence's rows: [`Kind::Prefill`] for more than
-    /// [`attention::DECODE_MAX_Q_LEN`] queries (the workgroup-tile kernel), else the decode
-    /// kernel planned ([`Kind::Decode`], the same tile kernel, [`Kind::DecodeKeys`] or
+    /// The kernel of each sequence's rows: the prefill kernel planned for more than
+    /// [`attention::DECODE_MAX_Q_LEN`] queries ([`Kind::Prefill`], the workgroup-tile kernel, or
+    /// [`Kind::PrefillSubgroup`]), else the decode kernel planned ([`Kind::Decode`], the same tile kernel, [`Kind::DecodeKeys`] or
     /// [`Kind::DecodeSubgroup`]).
     pub fn kinds(&self) -> Vec<Kind> {
         self.seqs.iter().map(|s| s.kind).collect()
@@ -447,17 +474,24 @@ pub struct PlanOptions {
     /// does (DecodeKeys on CPU adapters when head_dim is a multiple of 8, DecodeSubgroup on
     /// other adapters with `SUBGROUP`, Decode otherwise).
     pub decode: Option<Kind>,
+    /// The kernel of prefill rows (more queries): [`Kind::Prefill`] (the workgroup-tile kernel)
+    /// or [`Kind::PrefillSubgroup`] (needs `SUBGROUP` and 16-byte aligned rows); `None` picks as
+    /// the contiguous dispatcher does (PrefillSubgroup on adapters that are not CPU adapters with
+    /// `SUBGROUP` when head_dim is a multiple of 8, Prefill otherwise).
+    pub prefill: Option<Kind>,
 }
 
 /// Work-item lists (passes) a batch may have.
-pub(super) const ITEM_GROUPS: usize = 8;
+const ITEM_GROUPS: usize = 9;
 
 /// Which work-item list (and pipeline) a sequence's rows use: 0 for the tile kernel, 1, 2, 3
-/// for DecodeKeys with 1, 2, 4 rows per workgroup, 4 .. 7 for DecodeSubgroup with 1, 2, 4, 8.
+/// for DecodeKeys with 1, 2, 4 rows per workgroup, 4 .. 7 for DecodeSubgroup with 1, 2, 4, 8,
+/// 8 for PrefillSubgroup.
 fn item_group(kind: Kind, rows_per_wg: usize) -> usize {
     match kind {
         Kind::DecodeKeys => 1 + rows_per_wg.trailing_zeros() as usize,
         Kind::DecodeSubgroup => 4 + rows_per_wg.trailing_zeros() as usize,
+        Kind::PrefillSubgroup => 8,
         _ => 0,
     }
 }

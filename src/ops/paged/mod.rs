@@ -61,6 +61,16 @@
 //! bit. [`PlanOptions::decode`] forces it on any adapter with `SUBGROUP` (tests run it on
 //! lavapipe).
 //!
+//! On GPUs with `SUBGROUP` the prefill rows (more than `DECODE_MAX_Q_LEN` queries) take the
+//! contiguous [`Kind::PrefillSubgroup`] design when rows are 16-byte aligned in every dtype
+//! (head_dim a multiple of 8): `attn_paged_prefill_sg`
+//! (`shaders/attention_paged_prefill_subgroup.wgsl`), the same step as `attn_prefill_sg`
+//! (`shaders/attention_prefill_sg_step.wgsl`) staging each K/V row of a page with 16-byte
+//! loads; its own work-item list, direct output for sequences with one split, else the same
+//! merge. [`PlanOptions::prefill`] forces it or the tile kernel on any adapter with `SUBGROUP`.
+//! It reads float pages only: a batch planned with it is refused over a quantized pool (as one
+//! with DecodeSubgroup rows is), with a note to plan `PlanOptions::prefill` as `Kind::Prefill`.
+//!
 //! Why HND by default, by measurement (BENCHMARKS.md, the bench's `paged_decode_batch_hnd` beside
 //! `paged_decode_batch`): every attention workgroup reads one kv head, whose keys of a page are
 //! then one contiguous run of `page_size * head_dim` elements instead of `head_dim`-element rows
@@ -74,7 +84,8 @@ mod cache;
 mod table;
 
 pub use attention::{
-    attention_keys, attention_variant_keys, keys_attention_key, sg_attention_key, sg_variant_keys,
+    attention_keys, attention_variant_keys, keys_attention_key, prefill_sg_attention_key,
+    prefill_sg_variant_keys, sg_attention_key, sg_variant_keys, ATTENTION_PAGED_PREFILL_SUBGROUP,
     ATTENTION_PAGED_SUBGROUP,
 };
 pub use batch::{BatchSeq, Heads, PagedBatch, PlanOptions};

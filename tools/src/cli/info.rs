@@ -255,6 +255,21 @@ pub fn choice_table_json(dev: &llama_kernels::ops::attention::DeviceDesc) -> Val
                                 "merge_invocations": g.merge_invocations,
                             });
                         }
+                        if let Some(g) = row.prefill_geometry() {
+                            j["geometry"] = json!({
+                                "workgroups": g.workgroups,
+                                "invocations": g.invocations,
+                                "workgroup_bytes": g.workgroup_bytes,
+                                "registers_per_lane": g.registers_per_lane,
+                                "accumulators_per_lane": g.accumulators_per_lane,
+                                "bytes_per_load": g.bytes_per_load,
+                                "lanes_per_row": g.lanes_per_row,
+                                "rows_per_workgroup": g.rows_per_workgroup,
+                                "splits": g.splits,
+                                "merge_workgroups": g.merge_workgroups,
+                                "merge_invocations": g.merge_invocations,
+                            });
+                        }
                     }
                     Err(e) => j["error"] = json!(e),
                 }

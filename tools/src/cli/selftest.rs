@@ -454,6 +454,7 @@ pub fn plan_name(p: &Plan) -> String {
         Kind::Decode => "decode",
         Kind::DecodeKeys => "decode_keys",
         Kind::DecodeSubgroup => "decode_subgroup",
+        Kind::PrefillSubgroup => "prefill_subgroup",
     };
     if p.variant.split_kv {
         format!("{kind}, {} split(s)", p.splits)

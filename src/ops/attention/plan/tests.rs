@@ -1,5 +1,5 @@
 use super::*;
-use crate::ops::attention::{all_variant_keys, DecodeGeometry, HEAD_DIMS};
+use crate::ops::attention::{all_variant_keys, DecodeGeometry, PrefillGeometry, HEAD_DIMS};
 use crate::pipeline::PipelineKey;
 
 /// (kind, kr, rows_per_wg, lanes, splits, chunk, bk, native_f16) of `row` of the table.
@@ -46,7 +46,11 @@ fn llama3_8b_on_gpus_with_subgroups() {
             "{dev:?}"
         );
         let prefill = pick(&dev, PREFILL_2K);
-        assert_eq!(prefill, (Prefill, 1, 64, 1, 1, 2048, 32, false), "{dev:?}");
+        assert_eq!(
+            prefill,
+            (PrefillSubgroup, 1, 64, 1, 1, 2048, 32, false),
+            "{dev:?}"
+        );
         let row = &choice_table(&dev)[DECODE_4K];
         assert_eq!(
             row.pipelines(),
@@ -57,9 +61,168 @@ fn llama3_8b_on_gpus_with_subgroups() {
         );
         assert_eq!(
             choice_table(&dev)[PREFILL_2K].pipelines(),
-            ["attention_prefill_hd128.wgsl:attn_prefill"]
+            ["attention_prefill_subgroup.wgsl:attn_prefill_sg"]
         );
     }
+}
+
+/// The prefill launch geometry of Llama-3-8B at 2k (8192 rows per kv head: 2048 tokens x 4
+/// query heads) on each described device, and what takes the tiled prefill instead.
+#[test]
+fn llama3_8b_prefill_geometry() {
+    let geometry = |dev: &DeviceDesc| {
+        let row = &choice_table(dev)[PREFILL_2K];
+        let kind = row.plan.as_ref().unwrap().variant.kind;
+        (kind, row.prefill_geometry().expect("a prefill row"))
+    };
+    // GPUs with subgroups: groups of 8 lanes split head_dim 128 (4 vec4 slots each) for 4
+    // rows; 128 invocations hold 16 groups, 64 rows; 128 row blocks x 8 kv heads; two f32
+    // tiles of 32 keys; q and acc 64 f32 each, 6 scalars and a vec4 each of scores and of
+    // probabilities per row; 16-byte K/V loads; one pass.
+    let gpu = PrefillGeometry {
+        workgroups: 1024,
+        invocations: 128,
+        workgroup_bytes: 32768,
+        registers_per_lane: 2 * 64 + 4 * (6 + 8),
+        accumulators_per_lane: 64,
+        bytes_per_load: 16,
+        lanes_per_row: 8,
+        rows_per_workgroup: 64,
+        splits: 1,
+        merge_workgroups: 0,
+        merge_invocations: 0,
+    };
+    for dev in [DeviceDesc::nvidia(), DeviceDesc::amd(), DeviceDesc::apple()] {
+        assert_eq!(geometry(&dev), (Kind::PrefillSubgroup, gpu), "{dev:?}");
+    }
+    // WebGPU's defaults (no subgroups, 16 KiB): the tiled prefill, 16 invocations of 4 whole
+    // rows, q and acc of 4 rows x 128 in private arrays beside 64 vec4s of scores, word loads.
+    let web = PrefillGeometry {
+        invocations: 16,
+        workgroup_bytes: 16384,
+        registers_per_lane: 512 + 512 + 256,
+        accumulators_per_lane: 512,
+        bytes_per_load: 4,
+        lanes_per_row: 1,
+        ..gpu
+    };
+    assert_eq!(
+        geometry(&DeviceDesc::webgpu_default()),
+        (Kind::Prefill, web)
+    );
+    // The same device with subgroups takes the subgroup prefill within 16 KiB (16-key tiles).
+    let web_sg = DeviceDesc {
+        subgroups: true,
+        subgroup_min_size: 32,
+        ..DeviceDesc::webgpu_default()
+    };
+    let (kind, g) = geometry(&web_sg);
+    assert_eq!((kind, g.workgroup_bytes), (Kind::PrefillSubgroup, 16384));
+    assert_eq!(
+        choice_table(&web_sg)[PREFILL_2K].plan.as_ref().unwrap().bk,
+        16
+    );
+    // Split over the keys (forced), the partials go through the element merge.
+    let d = CHOICE_SHAPES[PREFILL_2K].1;
+    let split = Attention {
+        splits: Some(4),
+        ..Attention::default()
+    }
+    .plan_for_device(&DeviceDesc::nvidia(), d, DType::F16, true)
+    .unwrap()
+    .prefill_geometry(&d)
+    .unwrap();
+    assert_eq!(
+        (split.workgroups, split.splits, split.merge_workgroups),
+        (4096, 4, 8 * 8192 * 32 / 64)
+    );
+    // The tiled prefill where the subgroup one does not apply: unaligned rows, f16 arithmetic,
+    // a quantized cache (it reads float 16-byte units only; forced, it is refused), a CPU
+    // adapter (PrefillKeys, which has no prefill geometry).
+    let nvidia = DeviceDesc::nvidia();
+    let plan = |a: &Attention, kv: KvFormat, aligned| {
+        a.plan_on(&nvidia, "a described device", d, (DType::F16, kv), aligned)
+    };
+    let kind = |a: &Attention, kv, aligned| plan(a, kv, aligned).unwrap().variant.kind;
+    let f16 = Attention {
+        f16_arithmetic: true,
+        ..Attention::default()
+    };
+    let default = Attention::default();
+    assert_eq!(kind(&default, KvFormat::F16, false), Kind::Prefill);
+    assert_eq!(kind(&f16, KvFormat::F16, true), Kind::Prefill);
+    for q in KvFormat::QUANTIZED {
+        assert_eq!(kind(&default, q, true), Kind::Prefill, "{q}");
+        let forced = Attention {
+            kind: Some(Kind::PrefillSubgroup),
+            ..Attention::default()
+        };
+        let e = plan(&forced, q, true).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "the PrefillSubgroup kernel reads float K/V only, this cache holds {q}"
+            )),
+            "{e}"
+        );
+    }
+    let forced = Attention {
+        kind: Some(Kind::PrefillSubgroup),
+        ..Attention::default()
+    };
+    let e = plan(&forced, KvFormat::F16, false).unwrap_err().to_string();
+    assert!(
+        e.contains("the PrefillSubgroup kernel reads 16-byte units"),
+        "{e}"
+    );
+    let e = forced
+        .plan_for_device(&DeviceDesc::webgpu_default(), d, DType::F16, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("needs a device with the SUBGROUP feature"),
+        "{e}"
+    );
+    assert_eq!(
+        choice_table(&DeviceDesc::lavapipe())[PREFILL_2K].prefill_geometry(),
+        None
+    );
+}
+
+/// The subgroup prefill's shape at every head_dim and smallest subgroup size: lanes per row
+/// within the subgroup, 4..=16; accumulators (and q) within 64 f32 per lane; 128 or 256
+/// invocations; at least 64 rows per workgroup.
+#[test]
+fn prefill_subgroup_shapes() {
+    use crate::ops::attention::{
+        prefill_sg_shape, PrefillSgShape, PREFILL_SG_MAX_ACC, SUBGROUP_MIN_SIZES,
+    };
+    let shape = |l, slots, r, wg| PrefillSgShape {
+        lanes_per_row: l,
+        slots,
+        rows_per_group: r,
+        invocations: wg,
+    };
+    // Llama-3.2-1B (64), Llama-3-8B (128), Gemma-2 (256) on 32-lane subgroups.
+    assert_eq!(prefill_sg_shape(16, 32), shape(4, 4, 4, 128));
+    assert_eq!(prefill_sg_shape(32, 32), shape(8, 4, 4, 128));
+    assert_eq!(prefill_sg_shape(64, 32), shape(16, 4, 4, 256));
+    // 8-lane subgroups (lavapipe, Intel) cap the lanes per row at 8; 4-lane ones at 4.
+    assert_eq!(prefill_sg_shape(64, 8), shape(8, 8, 2, 256));
+    assert_eq!(prefill_sg_shape(32, 4), shape(4, 8, 2, 128));
+    assert_eq!(prefill_sg_shape(64, 4), shape(4, 16, 1, 256));
+    for hd4 in 1..=64 {
+        for sg in SUBGROUP_MIN_SIZES {
+            let s = prefill_sg_shape(hd4, sg);
+            assert!(s.lanes_per_row <= sg.max(4) && (4..=16).contains(&s.lanes_per_row));
+            assert!(s.slots * s.lanes_per_row >= hd4, "{hd4} {sg}: {s:?}");
+            assert!(s.acc_f32() <= PREFILL_SG_MAX_ACC, "{hd4} {sg}: {s:?}");
+            assert!(s.rows_per_wg() >= 64, "{hd4} {sg}: {s:?}");
+            assert!([128, 256].contains(&s.invocations), "{hd4} {sg}: {s:?}");
+        }
+    }
+    assert_eq!(DeviceDesc::nvidia().prefill_sg_cap_keys(32, 32), None);
+    // lavapipe at head_dim 128: 193 loop trips per block of 4 keys, 828 keys per split.
+    assert_eq!(DeviceDesc::lavapipe().prefill_sg_cap_keys(32, 8), Some(828));
 }
 
 /// The decode launch geometry of Llama-3-8B (f16, head_dim 128: 16 units of 16 bytes per

@@ -1,0 +1,256 @@
+// The GPU prefill step (`Kind::PrefillSubgroup`), shared by `attn_prefill_sg`
+// (attention_prefill_subgroup.wgsl, contiguous K/V) and `attn_paged_prefill_sg`
+// (attention_paged_prefill_subgroup.wgsl, pages). Each includes it in a module of its own: a
+// module that uses subgroup operations anywhere fails validation on devices without SUBGROUP.
+// The including module says where a key's rows live: `pf_stage(lid, j0, n, src)` stages keys
+// j0 .. j0 + n of the head that `src` describes into k_tile / v_tile, 16 bytes per load (the
+// one per-format read of K/V is there); with the same tiles both kernels run the same
+// arithmetic, bit for bit.
+//
+// out[b, t, h] = softmax_j(softcap(scale * q[b, t, h] . k[b, j, h / g]) + mask) . v[b, :, h / g]
+//
+// The design is FlashAttention-2's (Dao 2023, Algorithm 1) laid out for SIMT lanes without
+// matrix instructions, with the head split over lanes as FlashInfer's decode kernels split it
+// (Ye et al., 2024) and as `attn_decode_sg` does:
+// - One workgroup of WG invocations per (batch, kv head, block of rows, split) (paged: per work
+//   item of the host's plan and kv head). Rows are
+//   r = t * g + i (token-major, then the g query heads of the group), so every K/V tile serves
+//   the whole GQA group; a block is R * WG / L rows (64 or more), so each K/V element staged in
+//   workgroup memory is read by every row of the block.
+// - The lanes of a subgroup form aligned groups of L (4, 8 or 16) consecutive lanes; a group
+//   owns R neighbouring rows, and lane `lane` of it holds the vec4 slots d = lane + L * i
+//   (i < SLOTS) of each row's pre-scaled q and f32 accumulator in registers: 2 * R * SLOTS vec4s,
+//   at most 64 f32 of accumulators. Every private array is sized by a key constant and indexed
+//   only by loops that run to that constant, so the compiler unrolls them into registers (no
+//   dynamically indexed private memory, which spills to local memory on GPUs).
+// - q is read once per row straight into registers: the L lanes of a group read a row as L
+//   consecutive vec4s (coalesced), and it is never read again, so staging it in workgroup memory
+//   would add a barrier and a second copy for nothing.
+// - K/V tiles of p.bk keys are staged cooperatively in workgroup memory (the `k_tile` / `v_tile`
+//   of attention_common.wgsl, as f32) with 16-byte loads (one `vec4<u32>` holds 4 f32 or 8
+//   halves), so K/V rows must be 16-byte aligned (`ops::attention::kv_rows_aligned`).
+//   Reading a tile, a group's lanes take consecutive vec4s of one key row (no bank conflict) and
+//   the groups of a subgroup read the same row (a broadcast).
+// - Per 4 keys: a lane's partial dots (its slots) of 4 keys x R rows, finished by a butterfly of
+//   `subgroupShuffleXor` within the group (log2 L steps, a vec4 of 4 keys' scores at a time,
+//   bitwise the same sum in every lane of the group), softcapped, plus the row's ALiBi term
+//   slope * (j - pos); the online softmax in f32 (the running
+//   max m and the denominator l per row, the same in every lane of the group; accumulators are
+//   rescaled only when a row's maximum moves); then P V into the lane's slots.
+// Masks: each row's visible keys are one interval (`visible_interval`), the workgroup walks only
+// the union of its rows' intervals (`key_range`), and a row with no visible key stores 0.
+// Split over the keys, each workgroup covers one chunk and writes (m, l, acc) partials that
+// `attn_prefill_merge` (attention_prefill.wgsl) or `attn_paged_merge` combines in a fixed order.
+//
+// The result does not depend on the subgroup size the device runs: a row's arithmetic is that of
+// its group of L lanes, and L is at most the adapter's smallest subgroup size.
+//
+// Constants beyond attention_common.wgsl's overrides; R, SLOTS and L size this lane's register
+// arrays and its reduction, which WGSL only allows with constant expressions, so they are key
+// constants (`// @key`: each pipeline key sets them, `PipelineKey::source`):
+//   R      rows per group of lanes (1, 2 or 4)
+//   SLOTS  vec4 slots of a head per lane: ceil(HD4 / L); R * SLOTS <= 16
+//   L      lanes per row (4, 8 or 16, at most the adapter's smallest subgroup size)
+//   WG     invocations per workgroup (128 or 256), a multiple of every subgroup size it runs with
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): rows, slots and the
+// 4 keys of a block by 1 to constants; the tile loop by p.bk (>= 1) to the end of the key range;
+// the blocks of a tile by 4 to the tile's key count (the staging loops: the including files).
+
+const R: u32 = 4u; // @key
+const SLOTS: u32 = 4u; // @key
+const L: u32 = 8u; // @key
+
+// This lane's slots of R rows: [row][slot].
+alias PfRegs = array<array<vec4<f32>, SLOTS>, R>;
+
+// The sum of x over the L lanes of this lane's group (aligned groups of a subgroup), the same
+// bits in every lane of the group: each butterfly step adds the same two values, commuted.
+fn pf_group_sum(x: vec4<f32>) -> vec4<f32> {
+    var s = x;
+    if L > 1u {
+        s += subgroupShuffleXor(s, 1u);
+    }
+    if L > 2u {
+        s += subgroupShuffleXor(s, 2u);
+    }
+    if L > 4u {
+        s += subgroupShuffleXor(s, 4u);
+    }
+    if L > 8u {
+        s += subgroupShuffleXor(s, 8u);
+    }
+    return s;
+}
+
+// The per-row state of a group: running max, denominator, visible keys [lo, hi), the query's
+// position and its head's ALiBi slope (0 when off).
+struct PfRow {
+    m: f32,
+    l: f32,
+    lo: i32,
+    hi: i32,
+    pos: i32,
+    slope: f32,
+}
+
+// Keys jj .. jj + 4 of the staged tile (key j0 + jj is the tile's key jj; those at or past n do
+// not exist) for this lane's R rows.
+fn pf_block(
+    q: ptr<function, PfRegs>,
+    acc: ptr<function, PfRegs>,
+    st: ptr<function, array<PfRow, R>>,
+    j0: i32,
+    jj: u32,
+    n: u32,
+    lane: u32,
+) {
+    var s: array<vec4<f32>, R>;
+    for (var r = 0u; r < R; r++) {
+        s[r] = vec4<f32>(0.0);
+    }
+    for (var c = 0u; c < 4u; c++) {
+        let kb = min(jj + c, n - 1u) * HD4;
+        for (var i = 0u; i < SLOTS; i++) {
+            let d = lane + L * i;
+            if d < HD4 {
+                let kx = k_tile[kb + d];
+                for (var r = 0u; r < R; r++) {
+                    s[r][c] += dot((*q)[r][i], kx);
+                }
+            }
+        }
+    }
+    let j = vec4<i32>(j0 + i32(jj)) + vec4<i32>(0, 1, 2, 3);
+    let exists = vec4<u32>(jj) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n);
+    var pr: array<vec4<f32>, R>;
+    for (var r = 0u; r < R; r++) {
+        var sc = pf_group_sum(s[r]);
+        if p.softcap > 0.0 {
+            let c = vec4<f32>(p.softcap);
+            sc = c * tanh(clamp(sc / c, vec4<f32>(-15.0), vec4<f32>(15.0)));
+        }
+        let row = (*st)[r];
+        sc += row.slope * vec4<f32>(j - vec4<i32>(row.pos));
+        let ok = exists & (j >= vec4<i32>(row.lo)) & (j < vec4<i32>(row.hi));
+        let mx = select(vec4<f32>(NEG_BIG), sc, ok);
+        let m_new = max(row.m, max(max(mx.x, mx.y), max(mx.z, mx.w)));
+        let pv = select(vec4<f32>(0.0), exp(sc - m_new), ok);
+        // m_new >= m: alpha <= 1, and 1 (no rescale) while the maximum stays.
+        var l = row.l;
+        if m_new > row.m {
+            let alpha = exp(row.m - m_new);
+            l *= alpha;
+            for (var i = 0u; i < SLOTS; i++) {
+                (*acc)[r][i] *= alpha;
+            }
+        }
+        (*st)[r].m = m_new;
+        (*st)[r].l = l + (pv.x + pv.y + pv.z + pv.w);
+        pr[r] = pv;
+    }
+    for (var c = 0u; c < 4u; c++) {
+        let vb = min(jj + c, n - 1u) * HD4;
+        for (var i = 0u; i < SLOTS; i++) {
+            let d = lane + L * i;
+            if d < HD4 {
+                let vx = v_tile[vb + d];
+                for (var r = 0u; r < R; r++) {
+                    (*acc)[r][i] += pr[r][c] * vx;
+                }
+            }
+        }
+    }
+}
+
+// One staged 16-byte piece of K and of V: vec4s t (and t + 1 for halves) of the tiles.
+fn pf_put(t: u32, k: Item, v: Item) {
+    k_tile[t] = k.lo;
+    v_tile[t] = v.lo;
+    if DTYPE != DT_F32 {
+        k_tile[t + 1u] = k.hi;
+        v_tile[t + 1u] = v.hi;
+    }
+}
+
+// Rows rg .. rg + R of the `rows` rows of kv head kvh over kv_len keys (row r = t * group + i:
+// token t, query head kvh * group + i; token t's q row at element tok0 + t * q_st past p.q_off,
+// its position q_offset + t): this lane's slots of q, pre-scaled, into q; acc zeroed; each
+// row's state into st (rows past the last see no key).
+fn pf_load_rows(
+    q: ptr<function, PfRegs>,
+    acc: ptr<function, PfRegs>,
+    st: ptr<function, array<PfRow, R>>,
+    rg: u32,
+    rows: u32,
+    kvh: u32,
+    tok0: u32,
+    q_offset: i32,
+    kv_len: u32,
+    lane: u32,
+) {
+    for (var r = 0u; r < R; r++) {
+        let rc = min(rg + r, rows - 1u);
+        let t = rc / p.group;
+        let h = kvh * p.group + rc % p.group;
+        let q_base = p.q_off + tok0 + t * p.q_st + h * p.q_sh;
+        let pos = q_offset + i32(t);
+        let iv = visible_interval_in(pos, kv_len);
+        (*st)[r] = PfRow(NEG_BIG, 0.0, iv.x, select(iv.x, iv.y, rg + r < rows), pos, alibi_slope(h));
+        for (var i = 0u; i < SLOTS; i++) {
+            let d = lane + L * i;
+            var x = vec4<f32>(0.0);
+            if d < HD4 {
+                x = q_load4(q_base + 4u * d) * p.scale;
+            }
+            (*q)[r][i] = x;
+            (*acc)[r][i] = vec4<f32>(0.0);
+        }
+    }
+}
+
+// The keys kv.x .. kv.y of the head `src` describes, tile by tile, for this lane's rows.
+// Uniform per workgroup (the barriers and the group reductions need it).
+fn pf_run(
+    q: ptr<function, PfRegs>,
+    acc: ptr<function, PfRegs>,
+    st: ptr<function, array<PfRow, R>>,
+    kv: vec2<i32>,
+    src: vec2<u32>,
+    lid: u32,
+    lane: u32,
+) {
+    for (var j0 = kv.x; j0 < kv.y; j0 += i32(p.bk)) {
+        let n = min(p.bk, u32(kv.y - j0));
+        pf_stage(lid, j0, n, src);
+        workgroupBarrier();
+        for (var jj = 0u; jj < n; jj += 4u) {
+            pf_block(q, acc, st, j0, jj, n, lane);
+        }
+        workgroupBarrier();
+    }
+}
+
+// Row rg + r's output (query head h) at element o_base of out_buf: this lane's slots.
+fn pf_store_row(acc: ptr<function, PfRegs>, m: f32, l: f32, r: u32, h: u32, o_base: u32, lane: u32) {
+    let inv = out_scale(m, l, h);
+    for (var i = 0u; i < SLOTS; i++) {
+        let d = lane + L * i;
+        if d < HD4 {
+            store4(o_base + 4u * d, (*acc)[r][i] * inv);
+        }
+    }
+}
+
+// Row rg + r's partial at unit e of part_out (attention_split.wgsl's layout: (m, l, 0, 0) from
+// lane 0, then each lane its slots of the accumulator).
+fn pf_store_partial(acc: ptr<function, PfRegs>, m: f32, l: f32, r: u32, e: u32, lane: u32) {
+    if lane == 0u {
+        part_out[e] = vec4<f32>(m, l, 0.0, 0.0);
+    }
+    for (var i = 0u; i < SLOTS; i++) {
+        let d = lane + L * i;
+        if d < HD4 {
+            part_out[e + 1u + d] = (*acc)[r][i];
+        }
+    }
+}

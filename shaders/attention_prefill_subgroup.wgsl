@@ -1,0 +1,86 @@
+// `attn_prefill_sg`: the GPU prefill (`Kind::PrefillSubgroup`; the step and its design:
+// attention_prefill_sg_step.wgsl, joined before this file in the module
+// `ops::attention::ATTENTION_PREFILL_SUBGROUP`) over contiguous K/V, read 16 bytes at a time
+// through `vec4<u32>` views of their windows: one workgroup per (batch, kv head, block of rows,
+// split), the output written directly or, split over the keys (p.n_splits > 1), partials for
+// `attn_prefill_merge`.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): the staging loop by
+// WG to the tile's items; rows by 1 to R.
+
+// The same K/V windows as k_buf / v_buf, read 16 bytes at a time.
+@group(0) @binding(8) var<storage, read> k4: array<vec4<u32>>;
+@group(0) @binding(9) var<storage, read> v4: array<vec4<u32>>;
+
+// The 16 bytes of K (src 1u) or V (src 2u) at element e of its window (e a multiple of
+// `elems_per_item(DTYPE)`), as f32: every read of K/V goes through here, one case per storage
+// format.
+fn pf_kv(src: u32, e: u32) -> Item {
+    let i = e / elems_per_item(DTYPE);
+    var u: vec4<u32>;
+    if src == 1u {
+        u = k4[i];
+    } else {
+        u = v4[i];
+    }
+    return unpack_item(u, DTYPE);
+}
+
+// Keys j0 .. j0 + n of the kv head whose K and V rows start at elements src.x and src.y into
+// k_tile / v_tile (key jj's vec4 d at jj * HD4 + d), one 16-byte piece per invocation and step.
+fn pf_stage(lid: u32, j0: i32, n: u32, src: vec2<u32>) {
+    let per_item = elems_per_item(DTYPE) / 4u;
+    let items = HD4 / per_item;
+    for (var i = lid; i < n * items; i += WG) {
+        let jj = i / items;
+        let c = i % items;
+        let j = u32(j0) + jj;
+        let t = jj * HD4 + c * per_item;
+        let k = pf_kv(1u, src.x + j * p.k_st + 4u * c * per_item);
+        let v = pf_kv(2u, src.y + j * p.v_st + 4u * c * per_item);
+        pf_put(t, k, v);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attn_prefill_sg(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+    @builtin(subgroup_id) sg_id: u32,
+) {
+    let wg_id = linear_workgroup(wid, nwg);
+    // Uniform per workgroup, so returning before the barriers is allowed.
+    if wg_id >= split_items() {
+        return;
+    }
+    let w = split_item(wg_id, R * (WG / L));
+    // This lane's group (L consecutive lanes of its subgroup) and place in it.
+    let lane = sg_lane % L;
+    let rg = w.r0 + R * (sg_id * (sg_size / L) + sg_lane / L);
+
+    var q: PfRegs;
+    var acc: PfRegs;
+    var st: array<PfRow, R>;
+    pf_load_rows(&q, &acc, &st, rg, p.rows, w.kvh, w.b * p.q_sb, p.q_offset, p.kv_len, lane);
+    let src = vec2<u32>(p.k_off + w.b * p.k_sb + w.kvh * p.k_sh, p.v_off + w.b * p.v_sb + w.kvh * p.v_sh);
+    pf_run(&q, &acc, &st, w.kv, src, lid, lane);
+
+    let stride = part_units();
+    for (var r = 0u; r < R; r++) {
+        let row = rg + r;
+        if row < p.rows {
+            let t = row / p.group;
+            let h = w.kvh * p.group + row % p.group;
+            if p.n_splits == 1u {
+                let o_base = p.o_off + w.b * p.o_sb + t * p.o_st + h * p.o_sh;
+                pf_store_row(&acc, st[r].m, st[r].l, r, h, o_base, lane);
+            } else {
+                // The partial of (row, split), as attn_prefill_partial writes it.
+                let e = ((w.bh * p.rows + row) * p.n_splits + w.split) * stride;
+                pf_store_partial(&acc, st[r].m, st[r].l, r, e, lane);
+            }
+        }
+    }
+}
