@@ -6,8 +6,9 @@
 //! MESA_SHADER_CACHE_DISABLE=true cargo run --release --example first_use -- decode_keys f32 4 1
 //! ```
 //!
-//! Arguments: kind (`decode`, `decode_keys`, `decode_subgroup`, `prefill`, `prefill_keys`), dtype
-//! (`f32`, `f16`, `bf16`), GQA group (query heads per KV head; 8 KV heads, head_dim 128), q_len.
+//! Arguments: kind (`decode`, `decode_keys`, `decode_subgroup`, `prefill`, `prefill_keys`,
+//! `prefill_subgroup`), dtype (`f32`, `f16`, `bf16`), GQA group (query heads per KV head; 8 KV
+//! heads, head_dim 128), q_len.
 //! The KV length is 4096 for decode and q_len for prefill.
 
 use llama_kernels::ops::attention::Kind;
@@ -22,6 +23,7 @@ fn main() -> Result<(), Error> {
         "decode_subgroup" => Kind::DecodeSubgroup,
         "prefill" => Kind::Prefill,
         "prefill_keys" => Kind::PrefillKeys,
+        "prefill_subgroup" => Kind::PrefillSubgroup,
         _ => Kind::DecodeKeys,
     };
     let dtype = match arg(1, "f32").as_str() {

@@ -12,7 +12,7 @@
 // split sequences write partials in (row, split) order for `attn_paged_merge`. With the same
 // tiles the results equal `attn_prefill_sg`'s bit for bit.
 // Loops (modules are created without naga's loop counters, src/pipeline.rs): the staging loop by
-// WG to the tile's items; rows by 1 to R.
+// WG to the tile's items (the step's loops: attention_prefill_sg_step.wgsl).
 
 // The 16 bytes at element e of pool buffer buf (e a multiple of `elems_per_item(DTYPE)`), as
 // f32: every read of the pages goes through here, one case per storage format.
@@ -70,19 +70,7 @@ fn attn_paged_prefill_sg(
     );
     pf_run(&q, &acc, &st, it.kv, vec2<u32>(it.sq.bt_off, it.kvh), lid, lane);
 
-    let stride = part_units();
-    for (var r = 0u; r < R; r++) {
-        let row = rg + r;
-        if row < it.rows {
-            let t = row / p.group;
-            let h = it.kvh * p.group + row % p.group;
-            if it.sq.n_splits == 1u {
-                let o_base = p.o_off + (it.sq.q_start + t) * p.o_st + h * p.o_sh;
-                pf_store_row(&acc, st[r].m, st[r].l, r, h, o_base, lane);
-            } else {
-                let e = (it.sq.part_base + (it.kvh * it.rows + row) * it.sq.n_splits + it.split) * stride;
-                pf_store_partial(&acc, st[r].m, st[r].l, r, e, lane);
-            }
-        }
-    }
+    let part0 = it.sq.part_base + it.kvh * it.rows * it.sq.n_splits;
+    let dest = PfDest(it.rows, it.kvh, it.sq.q_start * p.o_st, part0, it.sq.n_splits, it.split);
+    pf_store(&acc, &st, rg, dest, lane);
 }

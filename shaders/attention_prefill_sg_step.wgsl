@@ -254,3 +254,35 @@ fn pf_store_partial(acc: ptr<function, PfRegs>, m: f32, l: f32, r: u32, e: u32, 
         }
     }
 }
+
+// Where a group's rows go: row r's output (token t = r / group) at element o_tok0 + t * p.o_st
+// past p.o_off when the call has one split, else its partial of split `split` at entry
+// part0 + r * n_splits + split of part_out.
+struct PfDest {
+    rows: u32,
+    kvh: u32,
+    o_tok0: u32,
+    part0: u32,
+    n_splits: u32,
+    split: u32,
+}
+
+// This lane's rows rg .. rg + R (those below dest.rows): the normalised output with one split,
+// else the partials for the merge.
+fn pf_store(acc: ptr<function, PfRegs>, st: ptr<function, array<PfRow, R>>, rg: u32, dest: PfDest, lane: u32) {
+    for (var r = 0u; r < R; r++) {
+        let row = rg + r;
+        if row < dest.rows {
+            let t = row / p.group;
+            let h = dest.kvh * p.group + row % p.group;
+            let m = (*st)[r].m;
+            let l = (*st)[r].l;
+            if dest.n_splits == 1u {
+                pf_store_row(acc, m, l, r, h, p.o_off + dest.o_tok0 + t * p.o_st + h * p.o_sh, lane);
+            } else {
+                let e = (dest.part0 + row * dest.n_splits + dest.split) * part_units();
+                pf_store_partial(acc, m, l, r, e, lane);
+            }
+        }
+    }
+}

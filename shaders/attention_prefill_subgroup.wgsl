@@ -5,7 +5,7 @@
 // split), the output written directly or, split over the keys (p.n_splits > 1), partials for
 // `attn_prefill_merge`.
 // Loops (modules are created without naga's loop counters, src/pipeline.rs): the staging loop by
-// WG to the tile's items; rows by 1 to R.
+// WG to the tile's items (the step's loops: attention_prefill_sg_step.wgsl).
 
 // The same K/V windows as k_buf / v_buf, read 16 bytes at a time.
 @group(0) @binding(8) var<storage, read> k4: array<vec4<u32>>;
@@ -67,20 +67,6 @@ fn attn_prefill_sg(
     let src = vec2<u32>(p.k_off + w.b * p.k_sb + w.kvh * p.k_sh, p.v_off + w.b * p.v_sb + w.kvh * p.v_sh);
     pf_run(&q, &acc, &st, w.kv, src, lid, lane);
 
-    let stride = part_units();
-    for (var r = 0u; r < R; r++) {
-        let row = rg + r;
-        if row < p.rows {
-            let t = row / p.group;
-            let h = w.kvh * p.group + row % p.group;
-            if p.n_splits == 1u {
-                let o_base = p.o_off + w.b * p.o_sb + t * p.o_st + h * p.o_sh;
-                pf_store_row(&acc, st[r].m, st[r].l, r, h, o_base, lane);
-            } else {
-                // The partial of (row, split), as attn_prefill_partial writes it.
-                let e = ((w.bh * p.rows + row) * p.n_splits + w.split) * stride;
-                pf_store_partial(&acc, st[r].m, st[r].l, r, e, lane);
-            }
-        }
-    }
+    let dest = PfDest(p.rows, w.kvh, w.b * p.o_sb, w.bh * p.rows * p.n_splits, p.n_splits, w.split);
+    pf_store(&acc, &st, rg, dest, lane);
 }

@@ -1742,6 +1742,22 @@ fn prefill_loop_cap_at_head_dim_128() {
     check(c, 7400);
 }
 
+/// Whether this adapter has `SUBGROUP`; without it, checks that `kind` forced on `q_len` queries
+/// is refused, naming the feature.
+fn subgroups_else_refused(kind: Kind, q_len: usize) -> bool {
+    if ctx().caps().subgroups {
+        return true;
+    }
+    let mut c = Case::new(q_len, 40, 4, 1, 64);
+    c.kind = Some(kind);
+    let e = try_run(&c).unwrap_err().to_string();
+    assert!(
+        e.contains("needs a device with the SUBGROUP feature"),
+        "{e}"
+    );
+    false
+}
+
 /// The GPU decode kernel (`Kind::DecodeSubgroup`: lane groups reading 16-byte units of a row,
 /// scores reduced by shuffle butterflies, lane groups on different keys merged inside the
 /// workgroup) forced on this adapter (lavapipe: subgroups of 8, so 8-lane groups, 16 per
@@ -1754,15 +1770,7 @@ fn prefill_loop_cap_at_head_dim_128() {
 #[test]
 fn decode_subgroup_kernel() {
     let ctx = ctx();
-    if !ctx.caps().subgroups {
-        // The forced kernel is refused without the feature, naming it.
-        let mut c = Case::new(1, 40, 4, 1, 64);
-        c.kind = Some(Kind::DecodeSubgroup);
-        let e = try_run(&c).unwrap_err().to_string();
-        assert!(
-            e.contains("needs a device with the SUBGROUP feature"),
-            "{e}"
-        );
+    if !subgroups_else_refused(Kind::DecodeSubgroup, 1) {
         return;
     }
     let sg = |mut c: Case| {
@@ -1999,14 +2007,7 @@ fn decode_subgroup_native_f16_reads() {
 #[test]
 fn prefill_subgroup_kernel() {
     let ctx = ctx();
-    if !ctx.caps().subgroups {
-        let mut c = Case::new(20, 40, 4, 1, 64);
-        c.kind = Some(Kind::PrefillSubgroup);
-        let e = try_run(&c).unwrap_err().to_string();
-        assert!(
-            e.contains("needs a device with the SUBGROUP feature"),
-            "{e}"
-        );
+    if !subgroups_else_refused(Kind::PrefillSubgroup, 20) {
         return;
     }
     const SG_HD: usize = 64;
