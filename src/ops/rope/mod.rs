@@ -79,7 +79,11 @@
 //!   their own weights, as runtime flags of one dispatch.
 //!
 //! The first two split heads into more groups when tokens x columns alone would not fill the
-//! device (`TARGET_INVOCATIONS`).
+//! device (`TARGET_INVOCATIONS`). That grouping is for CPU adapters, where an invocation is a
+//! loop over SIMD lanes and few long invocations pay; on every other device an invocation walks
+//! at most `GPU_HEADS_PER_INVOCATION` (2) heads, so a GPU keeps many loads in flight instead of
+//! a long serial read-modify-write per invocation (`plan::head_groups`, pinned per described
+//! device in its tests).
 //!
 //! Out of place, `rope` and `rope_norm` can take the output rows from a row map
 //! ([`Rope::encode_rows`]: a runtime flag and the `rows` binding, no extra specialisation), so a
@@ -136,6 +140,8 @@ pub(crate) const NORM_GROUP: usize = 8;
 pub(crate) const NORM_TARGET_INVOCATIONS: usize = 4096;
 /// Bytes of a token that one `rope_vec4` invocation walks over (its group of heads).
 pub(crate) const VEC4_GROUP_BYTES: usize = 4096;
+/// Most heads one invocation walks on devices that are not CPU adapters (`plan::head_groups`).
+pub(crate) const GPU_HEADS_PER_INVOCATION: usize = 2;
 
 /// One RoPE configuration: copy `theta`, `rotary_dim` and `rope_scaling` from a model's config.
 #[derive(Clone, Debug, PartialEq)]

@@ -4,8 +4,8 @@ use super::freq::{turns, Freq};
 use super::norm::{Extra, HeadNorm};
 use super::{
     Params, Positions, Rope, SinCos, Variant, FLAG_MROPE_INTERLEAVED, FLAG_NORM_A, FLAG_NORM_B,
-    FLAG_ROW_MAP, NORM_GROUP, NORM_TARGET_INVOCATIONS, OP, TARGET_INVOCATIONS, VEC4_GROUP_BYTES,
-    WG,
+    FLAG_ROW_MAP, GPU_HEADS_PER_INVOCATION, NORM_GROUP, NORM_TARGET_INVOCATIONS, OP,
+    TARGET_INVOCATIONS, VEC4_GROUP_BYTES, WG,
 };
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -457,25 +457,17 @@ impl Rope {
             n_cols = rd / 2 / lanes as usize;
         }
         let heads = va.heads + params.b_heads as usize;
-        let want = TARGET_INVOCATIONS.div_ceil(tokens * n_cols);
-        let mut groups = want.clamp(1, heads);
-        if vec4 {
-            // Keep the heads one invocation walks within VEC4_GROUP_BYTES of a token, so that
-            // consecutive SIMD batches stream through memory instead of striding across the
-            // whole token (fused QKV f32 on lavapipe: 40 heads per invocation 50% of the vec4
-            // copy, 8 heads 70-80%).
-            let max_heads = (VEC4_GROUP_BYTES / (va.head_dim * dtype.size())).max(1);
-            groups = groups.max(heads.div_ceil(max_heads));
-        }
-        let mut per_group = heads.div_ceil(groups);
-        if norm {
-            // rope_norm: an invocation owns whole heads, at most NORM_GROUP (its private array
-            // of inverse norms), fewer only when tokens alone would leave the device idle. Its
-            // per-head work is large and cos/sin are shared across the group, so it aims for
-            // fewer invocations than the rotation-only kernels (examples/qk_norm_speed.rs measures it).
-            per_group = NORM_GROUP.min(heads.div_ceil(NORM_TARGET_INVOCATIONS.div_ceil(tokens)));
-        }
-        let groups = heads.div_ceil(per_group);
+        let (groups, per_group) = head_groups(
+            HeadWork {
+                tokens,
+                heads,
+                n_cols,
+                head_bytes: va.head_dim * dtype.size(),
+                vec4,
+                norm,
+            },
+            ctx.adapter_info().device_type == wgpu::DeviceType::Cpu,
+        );
         let threads = if norm {
             tokens as u64 * groups as u64
         } else {
@@ -539,3 +531,53 @@ impl Rope {
         })
     }
 }
+
+/// What one dispatch spreads over invocations: `tokens` tokens of `heads` heads (`head_bytes`
+/// each), `n_cols` invocations per (token, head group), and which kernel (`vec4`: `rope_vec4`,
+/// `norm`: `rope_norm`, else `rope`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeadWork {
+    pub tokens: usize,
+    pub heads: usize,
+    pub n_cols: usize,
+    pub head_bytes: usize,
+    pub vec4: bool,
+    pub norm: bool,
+}
+
+/// (head groups, heads per group) of a dispatch: an invocation walks its group's heads one
+/// after the other (a read-modify-write each, cos/sin computed once for the group). CPU
+/// adapters group heads until the dispatch holds about [`TARGET_INVOCATIONS`] invocations (a
+/// `rope_vec4` group within [`VEC4_GROUP_BYTES`] of a token; `rope_norm` up to [`NORM_GROUP`]
+/// heads, aiming at [`NORM_TARGET_INVOCATIONS`]): few, long invocations suit llvmpipe, which
+/// runs each as a loop over SIMD lanes. Other devices take at most
+/// [`GPU_HEADS_PER_INVOCATION`] heads per invocation: a GPU hides memory latency with many
+/// invocations in flight, not with a long serial walk in one.
+pub(crate) fn head_groups(w: HeadWork, cpu: bool) -> (usize, usize) {
+    let want = TARGET_INVOCATIONS.div_ceil(w.tokens * w.n_cols);
+    let mut groups = want.clamp(1, w.heads);
+    if w.vec4 {
+        // Keep the heads one invocation walks within VEC4_GROUP_BYTES of a token, so that
+        // consecutive SIMD batches stream through memory instead of striding across the
+        // whole token (fused QKV f32 on lavapipe: 40 heads per invocation 50% of the vec4
+        // copy, 8 heads 70-80%).
+        let max_heads = (VEC4_GROUP_BYTES / w.head_bytes).max(1);
+        groups = groups.max(w.heads.div_ceil(max_heads));
+    }
+    let mut per_group = w.heads.div_ceil(groups);
+    if w.norm {
+        // rope_norm: an invocation owns whole heads, at most NORM_GROUP (its private array
+        // of inverse norms), fewer only when tokens alone would leave the device idle. Its
+        // per-head work is large and cos/sin are shared across the group, so it aims for
+        // fewer invocations than the rotation-only kernels (examples/qk_norm_speed.rs measures it).
+        per_group = NORM_GROUP.min(w.heads.div_ceil(NORM_TARGET_INVOCATIONS.div_ceil(w.tokens)));
+    }
+    if !cpu {
+        per_group = per_group.min(GPU_HEADS_PER_INVOCATION);
+    }
+    let per_group = per_group.max(1);
+    (w.heads.div_ceil(per_group), per_group)
+}
+
+#[cfg(test)]
+mod tests;
