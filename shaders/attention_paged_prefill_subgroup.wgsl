@@ -51,7 +51,7 @@ fn attn_paged_prefill_sg(
     // The plan gives these work items rows_per_wg = R * WG / L and one lane.
     let it = paged_item(wg_id);
     let lane = sg_lane % L;
-    let rg = it.r0 + R * (sg_id * (sg_size / L) + sg_lane / L);
+    let rg = pf_group_row(it.r0, sg_id, sg_size, sg_lane);
 
     var q: PfRegs;
     var acc: PfRegs;

@@ -82,6 +82,12 @@ fn pf_group_sum(x: vec4<f32>) -> vec4<f32> {
     return s;
 }
 
+// The first of the R rows of this lane's group (L consecutive lanes of its subgroup) in a
+// block starting at row r0: groups are numbered across the workgroup's subgroups.
+fn pf_group_row(r0: u32, sg_id: u32, sg_size: u32, sg_lane: u32) -> u32 {
+    return r0 + R * (sg_id * (sg_size / L) + sg_lane / L);
+}
+
 // The per-row state of a group: running max, denominator, visible keys [lo, hi), the query's
 // position and its head's ALiBi slope (0 when off).
 struct PfRow {

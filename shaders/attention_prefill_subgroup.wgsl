@@ -56,9 +56,9 @@ fn attn_prefill_sg(
         return;
     }
     let w = split_item(wg_id, R * (WG / L));
-    // This lane's group (L consecutive lanes of its subgroup) and place in it.
+    // This lane's place in its group and the group's first row.
     let lane = sg_lane % L;
-    let rg = w.r0 + R * (sg_id * (sg_size / L) + sg_lane / L);
+    let rg = pf_group_row(w.r0, sg_id, sg_size, sg_lane);
 
     var q: PfRegs;
     var acc: PfRegs;
