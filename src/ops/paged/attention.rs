@@ -1,7 +1,7 @@
 //! Attention over the pages: [`Attention::encode_paged`], its validation and recording, and the
 //! pipeline keys of the paged attention kernels.
 
-use super::batch::PagedBatch;
+use super::batch::{PagedBatch, DECODE_SG_GROUPS, KEYS_GROUPS, PREFILL_SG_GROUP};
 use super::cache::PagedKvCache;
 use super::MAX_POOL_BUFFERS;
 use crate::context::Context;
@@ -421,9 +421,15 @@ impl Attention {
             cache.format.is_quantized() || (h.head_dim * cache.dtype.size()).is_multiple_of(16);
         // The kernels planned that read K/V rows with 16-byte loads.
         let wide: Vec<&str> = [
-            (batch.items[1..4].iter().any(|g| g.1 > 0), "DecodeKeys"),
-            (batch.items[4..8].iter().any(|g| g.1 > 0), "DecodeSubgroup"),
-            (batch.items[8].1 > 0, "PrefillSubgroup"),
+            (
+                batch.items[KEYS_GROUPS].iter().any(|g| g.1 > 0),
+                "DecodeKeys",
+            ),
+            (
+                batch.items[DECODE_SG_GROUPS].iter().any(|g| g.1 > 0),
+                "DecodeSubgroup",
+            ),
+            (batch.items[PREFILL_SG_GROUP].1 > 0, "PrefillSubgroup"),
         ]
         .into_iter()
         .filter_map(|(planned, name)| planned.then_some(name))
@@ -442,7 +448,7 @@ impl Attention {
             h.head_dim,
             cache.dtype.size()
         );
-        let subgroup_rows = batch.items[4..8].iter().any(|g| g.1 > 0);
+        let subgroup_rows = batch.items[DECODE_SG_GROUPS].iter().any(|g| g.1 > 0);
         crate::ensure!(
             !(subgroup_rows && cache.format.is_quantized()),
             Param,
@@ -451,14 +457,14 @@ impl Attention {
             cache.format
         );
         crate::ensure!(
-            batch.items[8].1 == 0 || !cache.format.is_quantized(),
+            batch.items[PREFILL_SG_GROUP].1 == 0 || !cache.format.is_quantized(),
             Param,
             op,
             "the batch was planned with the PrefillSubgroup kernel, which reads float pages only; this cache holds {}: plan the batch with PlanOptions {{ prefill: Some(Kind::Prefill), .. }}",
             cache.format
         );
         crate::ensure!(
-            ctx.caps().subgroups || batch.items[4..].iter().all(|g| g.1 == 0),
+            ctx.caps().subgroups || batch.items[DECODE_SG_GROUPS.start..].iter().all(|g| g.1 == 0),
             Limit,
             op,
             "the batch was planned with the DecodeSubgroup or PrefillSubgroup kernel, which needs a device with the SUBGROUP feature (adapter {:?})",
@@ -631,14 +637,17 @@ fn paged_passes(
         if n == 0 {
             continue;
         }
-        let key = match g {
-            0 => c.keys[0].clone(),
-            1..=3 => keys_attention_key(cache.formats(), hd4, 1 << (g - 1), pools),
-            4..=7 => sg_attention_key(cache.dtype, hd4, 1 << (g - 4), batch.sg_min, pools),
-            _ => {
-                let tile_v4 = c.keys[0].constant("TILE_V4").unwrap_or(1);
-                prefill_sg_attention_key(cache.dtype, tile_v4, hd4, batch.sg_min, pools)
-            }
+        let key = if KEYS_GROUPS.contains(&g) {
+            let rows = 1 << (g - KEYS_GROUPS.start);
+            keys_attention_key(cache.formats(), hd4, rows, pools)
+        } else if DECODE_SG_GROUPS.contains(&g) {
+            let rows = 1 << (g - DECODE_SG_GROUPS.start);
+            sg_attention_key(cache.dtype, hd4, rows, batch.sg_min, pools)
+        } else if g == PREFILL_SG_GROUP {
+            let tile_v4 = c.keys[0].constant("TILE_V4").unwrap_or(1);
+            prefill_sg_attention_key(cache.dtype, tile_v4, hd4, batch.sg_min, pools)
+        } else {
+            c.keys[0].clone()
         };
         passes.push((key, off, n));
     }

@@ -489,9 +489,15 @@ const ITEM_GROUPS: usize = 9;
 /// 8 for PrefillSubgroup.
 fn item_group(kind: Kind, rows_per_wg: usize) -> usize {
     match kind {
-        Kind::DecodeKeys => 1 + rows_per_wg.trailing_zeros() as usize,
-        Kind::DecodeSubgroup => 4 + rows_per_wg.trailing_zeros() as usize,
-        Kind::PrefillSubgroup => 8,
+        Kind::DecodeKeys => KEYS_GROUPS.start + rows_per_wg.trailing_zeros() as usize,
+        Kind::DecodeSubgroup => DECODE_SG_GROUPS.start + rows_per_wg.trailing_zeros() as usize,
+        Kind::PrefillSubgroup => PREFILL_SG_GROUP,
         _ => 0,
     }
 }
+
+/// The work-item lists of DecodeKeys, of DecodeSubgroup (by rows per workgroup) and of
+/// PrefillSubgroup ([`item_group`]).
+pub(super) const KEYS_GROUPS: std::ops::Range<usize> = 1..4;
+pub(super) const DECODE_SG_GROUPS: std::ops::Range<usize> = 4..8;
+pub(super) const PREFILL_SG_GROUP: usize = 8;
