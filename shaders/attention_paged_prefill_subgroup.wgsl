@@ -9,7 +9,7 @@
 // R * WG / L rows per block and one key lane (the sequence record's rows_per_wg and lanes). A row
 // of one kv head is contiguous inside a page in both layouts, so each K/V row is staged with
 // 16-byte loads straight from its page. A sequence with one split writes its output directly;
-// split sequences write partials in (row, split) order for `attn_paged_merge`. With the same
+// split sequences write partials in (row, split) order for the batch's merge. With the same
 // tiles the results equal `attn_prefill_sg`'s bit for bit.
 // Loops (modules are created without naga's loop counters, src/pipeline.rs): the staging loop by
 // WG to the tile's items (the step's loops: attention_prefill_sg_step.wgsl).

@@ -39,8 +39,10 @@
 //   rescaled only when a row's maximum moves); then P V into the lane's slots.
 // Masks: each row's visible keys are one interval (`visible_interval`), the workgroup walks only
 // the union of its rows' intervals (`key_range`), and a row with no visible key stores 0.
-// Split over the keys, each workgroup covers one chunk and writes (m, l, acc) partials that
-// `attn_prefill_merge` (attention_prefill.wgsl) or `attn_paged_merge` combines in a fixed order.
+// Split over the keys, each workgroup covers one chunk and writes (m, l, acc) partials in
+// attention_split.wgsl's 16-byte units, which `attn_prefill_merge` (attention_prefill.wgsl) or
+// the paged batch's merge (`attn_paged_merge`, or `attn_paged_merge_rows` in a batch with
+// DecodeSubgroup rows) combines in a fixed order.
 //
 // The result does not depend on the subgroup size the device runs: a row's arithmetic is that of
 // its group of L lanes, and L is at most the adapter's smallest subgroup size.

@@ -1681,12 +1681,13 @@ fn subgroup_decode_over_pages() {
 /// The GPU prefill over pages (`Kind::PrefillSubgroup`, `attn_paged_prefill_sg`: the contiguous
 /// kernel's step, staging each K/V row from its page with 16-byte loads), forced on this adapter
 /// (the plan picks it for prefill rows on GPUs with SUBGROUP) against the f64 reference:
-/// prefill sequences on both sides of the 64-row block (GQA-4: 9, 17, 33 and 70 tokens) and of
-/// page boundaries beside decode sequences, both layouts, the planner's splits (partials through
-/// `attn_paged_merge`), forced splits with sinks, a window and softcap; with one split, bit for
-/// bit against the contiguous PrefillSubgroup. f32 only (the dtype changes only the staging
-/// loads, which the contiguous kernel's tests cover in every dtype). Without `SUBGROUP` the plan
-/// refuses it.
+/// prefill sequences on both sides of the row block (GQA-4: 9, 17, 33 and 70 tokens, 36 to 280
+/// rows; 128 rows per block at head_dim 64 on lavapipe) and of page boundaries beside decode
+/// sequences, both layouts, the planner's splits, forced splits with sinks, a window and softcap
+/// beside DecodeKeys and beside DecodeSubgroup decode rows (the partials merged by
+/// `attn_paged_merge` and by `attn_paged_merge_rows`); with one split, bit for bit against the
+/// contiguous PrefillSubgroup. f32 only (the dtype changes only the staging loads, which the
+/// contiguous kernel's tests cover in f32 and f16). Without `SUBGROUP` the plan refuses it.
 #[test]
 fn subgroup_prefill_over_pages() {
     let ctx = ctx();
@@ -1724,13 +1725,26 @@ fn subgroup_prefill_over_pages() {
         softcap: 5.0,
         ..Default::default()
     };
-    let batch = w.batch_with(&ctx, plan(Some(3)));
-    let got = w.run(&ctx, &cache, &batch, &opts, Some(&sinks));
-    let cmp = compare(&got, &w.want(&opts, Some(&sinks)));
-    assert!(
-        cmp.passes(tol_for(&ctx, &opts, DType::F32)),
-        "PrefillSubgroup, options: {cmp}"
-    );
+    // Beside DecodeSubgroup decode rows, as a GPU plans a batch by default: every split row,
+    // the subgroup prefill's partials too, goes through the row merge (attn_paged_merge_rows;
+    // the decode pipelines are subgroup_decode_over_pages').
+    let gpu_plan = PlanOptions {
+        decode: Some(Kind::DecodeSubgroup),
+        ..plan(Some(3))
+    };
+    for options in [plan(Some(3)), gpu_plan] {
+        let batch = w.batch_with(&ctx, options);
+        if let Some(decode) = options.decode {
+            assert!(batch.kinds().contains(&decode), "{:?}", batch.kinds());
+        }
+        let got = w.run(&ctx, &cache, &batch, &opts, Some(&sinks));
+        let cmp = compare(&got, &w.want(&opts, Some(&sinks)));
+        assert!(
+            cmp.passes(tol_for(&ctx, &opts, DType::F32)),
+            "PrefillSubgroup, options, {:?}: {cmp}",
+            batch.kinds()
+        );
+    }
     let batch = w.batch_with(&ctx, plan(Some(1)));
     assert_eq!(batch.splits(), vec![1; lens.len()]);
     let got = w.run(&ctx, &cache, &batch, &op, None);
