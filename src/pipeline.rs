@@ -404,7 +404,7 @@ pub const NAGA_PENDING_DIRECTIVES: &[&str] =
 /// The text of a spec-correct module that naga takes: each line that is one of
 /// [`NAGA_PENDING_DIRECTIVES`] becomes a comment, so that line numbers (and [`Shader::locate`])
 /// still hold. The one place where a module's text differs between naga and the spec: reflection
-/// always parses this text, and native wgpu is handed it ([`PipelineKey::build`]); wgpu's
+/// always parses this text, and native wgpu is handed it (`PipelineKey::build`); wgpu's
 /// `webgpu` backend on wasm32 hands the browser the spec-correct text instead.
 pub fn naga_source(spec: &str) -> std::borrow::Cow<'_, str> {
     let pending = |line: &str| NAGA_PENDING_DIRECTIVES.contains(&line.trim());

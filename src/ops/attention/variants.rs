@@ -67,7 +67,7 @@ pub enum Kind {
     /// aligned groups of 4-16 lanes split head_dim for a few query rows each, scores finished
     /// by `subgroupShuffleXor` within the group, q and the accumulators in registers sized by
     /// key constants, K/V tiles staged with 16-byte loads and shared by 64 or more rows (see
-    /// [`prefill_sg_shape`](super::prefill_sg_shape)).
+    /// [`prefill_sg_shape`]).
     PrefillSubgroup,
 }
 
