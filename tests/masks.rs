@@ -670,3 +670,30 @@ fn mask_rules() {
     // Valid paged masks run.
     prun(Inputs::new().mask(&bits4)).unwrap();
 }
+
+/// The committed cases with masks (`cases/gen_masks.py`, transformers' own mask functions) pass
+/// through the case reader, on this test's pipelines.
+#[cfg(feature = "cases")]
+#[test]
+fn committed_mask_cases_pass() {
+    let ctx = ctx();
+    for name in [
+        "attention_gemma3_image_blocks_bf16",
+        "attention_packed_documents_bias_f32",
+    ] {
+        let path = repo_root().join("cases").join(format!("{name}.safetensors"));
+        let case = llama_kernels::cases::CaseFile::load(&path).expect("load");
+        let report = case.run(&ctx, None).expect("run");
+        for o in &report.outputs {
+            assert!(
+                o.pass,
+                "{name} {}: gpu {} cpu {} agree {}",
+                o.name,
+                o.gpu,
+                o.cpu,
+                o.agree
+            );
+        }
+        assert!(report.pass(), "{name}");
+    }
+}
