@@ -25,7 +25,9 @@ use std::process::ExitCode;
 use llama_kernels::ops::attention::{segment_pack_mask, Inputs, MaskBits};
 use llama_kernels::ops::paged::{Heads, SeqId};
 use llama_kernels::reference::attention as reference;
-use llama_kernels::{Attention, Context, DType, PageTable, PagedBatch, PagedKvCache, PagedKvConfig};
+use llama_kernels::{
+    Attention, Context, DType, PageTable, PagedBatch, PagedKvCache, PagedKvConfig,
+};
 
 const VOCAB: usize = 24;
 const N_HEADS: usize = 4;
@@ -103,7 +105,11 @@ impl Model {
     /// Logits from a stream and its attention output.
     fn logits(&self, x: &[f64], attn: &[f64]) -> Vec<f64> {
         (0..VOCAB)
-            .map(|t| (0..HIDDEN).map(|i| (x[i] + attn[i]) * self.wout[i * VOCAB + t]).sum())
+            .map(|t| {
+                (0..HIDDEN)
+                    .map(|i| (x[i] + attn[i]) * self.wout[i * VOCAB + t])
+                    .sum()
+            })
             .collect()
     }
 
@@ -203,7 +209,10 @@ impl Target<'_> {
             .iter()
             .enumerate()
             .map(|(i, x)| {
-                let attn: Vec<f64> = o[i * HIDDEN..][..HIDDEN].iter().map(|&a| a as f64).collect();
+                let attn: Vec<f64> = o[i * HIDDEN..][..HIDDEN]
+                    .iter()
+                    .map(|&a| a as f64)
+                    .collect();
                 self.model.logits(x, &attn)
             })
             .collect())

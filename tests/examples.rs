@@ -45,7 +45,10 @@ fn serve_matches_the_reference_at_every_step() {
 #[test]
 fn speculative_tree_keeps_the_greedy_tokens() {
     let out = run_example("speculative", &["--steps", "16"]);
-    assert!(out.contains("the tokens are plain greedy decoding's"), "{out}");
+    assert!(
+        out.contains("the tokens are plain greedy decoding's"),
+        "{out}"
+    );
     // Some round kept a path through the draft's second-ranked child of the root (rows moved
     // into place), and the drafts saved passes: fewer target passes than one per token.
     assert!(out.contains("(offsets [0, 2"), "{out}");

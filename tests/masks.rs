@@ -9,12 +9,14 @@ mod common;
 
 use common::*;
 use llama_kernels::compare::{compare, tolerance};
-use llama_kernels::ops::attention::{pack_mask, segment_pack_mask, BlockIds, Inputs, Kind, MaskBits};
+use llama_kernels::ops::attention::{
+    pack_mask, segment_pack_mask, BlockIds, Inputs, Kind, MaskBits,
+};
 use llama_kernels::ops::paged::{BatchSeq, Heads, PlanOptions};
 use llama_kernels::reference::attention as reference;
 use llama_kernels::{
-    Attention, Context, DType, KvCache, KvCacheConfig, PagedBatch, PagedKvCache, PagedKvConfig,
-    Tensor,
+    Attention, Context, DType, KvCache, KvCacheConfig, KvFormat, PagedBatch, PagedKvCache,
+    PagedKvConfig, Tensor,
 };
 
 const HD: usize = 16;
@@ -106,8 +108,7 @@ fn masks_of(c: &Case, rng: &mut Rng) -> (Vec<bool>, Vec<f32>, Vec<i32>) {
         let types: Vec<u8> = (0..c.kv_len)
             .map(|j| {
                 let j = j + b;
-                ((2..9).contains(&j) || (j >= 2 * c.kv_len / 3 && j < 2 * c.kv_len / 3 + 6))
-                    as u8
+                ((2..9).contains(&j) || (j >= 2 * c.kv_len / 3 && j < 2 * c.kv_len / 3 + 6)) as u8
             })
             .collect();
         ids.extend(block_ids_of(&types));
@@ -236,7 +237,10 @@ fn assert_zero_row(c: &Case, got: &[f32]) {
     for b in 0..c.batch {
         let base = (b * c.q_len + t) * c.n_heads * HD;
         let row = &got[base..base + c.n_heads * HD];
-        assert!(row.iter().all(|&x| x == 0.0), "{c:?}: hidden row {t} = {row:?}");
+        assert!(
+            row.iter().all(|&x| x == 0.0),
+            "{c:?}: hidden row {t} = {row:?}"
+        );
     }
 }
 
@@ -306,10 +310,7 @@ fn decode_kernels_with_every_mask() {
     let ctx = ctx();
     // Block ids matter to decode rows only when queries sit inside a block before its last
     // key: q_offset puts them there (chunked prefill of an image).
-    for (kind, q_len, seed) in [
-        (Kind::Decode, 3, 10),
-        (Kind::DecodeKeys, 2, 11),
-    ] {
+    for (kind, q_len, seed) in [(Kind::Decode, 3, 10), (Kind::DecodeKeys, 2, 11)] {
         let c = Case {
             kind: Some(kind),
             hidden_row: Some(1),
@@ -377,9 +378,20 @@ fn kv_cache_with_masks() {
     )
     .unwrap();
     let out = nan_output(&ctx, &[q_len, nh, HD], DType::F32);
+    // The warm-up builds the masked pipelines the call then uses.
+    let d = dims(&c);
+    Attention::default()
+        .prepare_masked(&ctx, &[d], DType::F32, KvFormat::F32)
+        .unwrap();
+    let before = ctx.cached_pipelines();
     Attention::default()
         .run_cached(&ctx, &qt, &cache, set.inputs(), &out)
         .unwrap();
+    assert_eq!(
+        ctx.cached_pipelines(),
+        before,
+        "prepare_masked built every pipeline"
+    );
     let bias64: Vec<f64> = bias.iter().map(|&x| x as f64).collect();
     let want = reference::attention_masked(
         &rounded(&q, DType::F32),
@@ -482,8 +494,8 @@ fn paged_batch_with_a_tree_mask() {
         .flat_map(|&(_, kv)| block_ids_of(&(0..kv).map(|j| (j % 11 > 6) as u8).collect::<Vec<_>>()))
         .collect();
     assert_eq!(ids.len(), kv_total);
-    let set = Inputs::upload_masks(&ctx, None, Some(&packed), Some((&bias, &[qk])), Some(&ids))
-        .unwrap();
+    let set =
+        Inputs::upload_masks(&ctx, None, Some(&packed), Some((&bias, &[qk])), Some(&ids)).unwrap();
     let total_q: usize = lens.iter().map(|l| l.0).sum();
     let q = rng.vec(total_q * heads.n_heads * HD, 1.0);
     let qt = ctx.upload(&q, &[total_q, heads.n_heads, HD]).unwrap();
@@ -492,7 +504,10 @@ fn paged_batch_with_a_tree_mask() {
     let (mut q0, mut b0, mut i0) = (0, 0, 0);
     for (i, &(q_len, kv_len)) in lens.iter().enumerate() {
         let n = q_len * heads.n_heads * HD;
-        let b64: Vec<f64> = bias[b0..b0 + q_len * kv_len].iter().map(|&x| x as f64).collect();
+        let b64: Vec<f64> = bias[b0..b0 + q_len * kv_len]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
         want.extend(reference::attention_masked(
             &rounded(&q[q0..q0 + n], DType::F32),
             &rounded(&ks[i], DType::F32),
@@ -681,17 +696,16 @@ fn committed_mask_cases_pass() {
         "attention_gemma3_image_blocks_bf16",
         "attention_packed_documents_bias_f32",
     ] {
-        let path = repo_root().join("cases").join(format!("{name}.safetensors"));
+        let path = repo_root()
+            .join("cases")
+            .join(format!("{name}.safetensors"));
         let case = llama_kernels::cases::CaseFile::load(&path).expect("load");
         let report = case.run(&ctx, None).expect("run");
         for o in &report.outputs {
             assert!(
                 o.pass,
                 "{name} {}: gpu {} cpu {} agree {}",
-                o.name,
-                o.gpu,
-                o.cpu,
-                o.agree
+                o.name, o.gpu, o.cpu, o.agree
             );
         }
         assert!(report.pass(), "{name}");

@@ -211,9 +211,10 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
         .bias
         .as_ref()
         .map(|b| b.0.iter().map(|&x| x as f64).collect());
-    let bias_heads = masks.bias.as_ref().is_some_and(|(_, s)| {
-        s.len() == 3 || (s.len() == 4 && s[1] == d.n_heads && d.n_heads > 1)
-    });
+    let bias_heads = masks
+        .bias
+        .as_ref()
+        .is_some_and(|(_, s)| s.len() == 3 || (s.len() == 4 && s[1] == d.n_heads && d.n_heads > 1));
     let cpu = reference::attention_masked(
         &q.values,
         &k_ref,

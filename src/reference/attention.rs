@@ -86,7 +86,11 @@ impl Masks<'_> {
             m[base + t * d.kv_len + j]
         });
         let same_block = self.block_ids.is_some_and(|ids| {
-            let base = if ids.len() == d.kv_len { 0 } else { b * d.kv_len };
+            let base = if ids.len() == d.kv_len {
+                0
+            } else {
+                b * d.kv_len
+            };
             let kid = ids[base + j];
             (0..d.kv_len as i64).contains(&pos) && kid >= 0 && ids[base + pos as usize] == kid
         });

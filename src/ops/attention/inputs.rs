@@ -318,7 +318,12 @@ impl<'a> Inputs<'a> {
 
     /// The rules every call has: sinks' shape, the bias's dtype and layout, one buffer for all,
     /// none in out's buffer.
-    pub(crate) fn check_common(&self, op: &'static str, n_heads: usize, out: &Tensor) -> Result<()> {
+    pub(crate) fn check_common(
+        &self,
+        op: &'static str,
+        n_heads: usize,
+        out: &Tensor,
+    ) -> Result<()> {
         super::check_sinks(op, self.sinks, n_heads)?;
         if let Some(b) = self.bias {
             b.validate(op, "bias")?;
