@@ -437,14 +437,15 @@ fn pk_logits(s: mat4x4<f32>, j: i32, rows: PkRows) -> mat4x4<f32> {
         );
     }
     return mat4x4<f32>(
-        select(neg, x[0] * LOG2E, pk_in(j, lo, hi)),
-        select(neg, x[1] * LOG2E, pk_in(j + 1, lo, hi)),
-        select(neg, x[2] * LOG2E, pk_in(j + 2, lo, hi)),
-        select(neg, x[3] * LOG2E, pk_in(j + 3, lo, hi)),
+        select(neg, x[0] * LOG2E, (vec4<i32>(j) >= lo) & (vec4<i32>(j) < hi)),
+        select(neg, x[1] * LOG2E, (vec4<i32>(j + 1) >= lo) & (vec4<i32>(j + 1) < hi)),
+        select(neg, x[2] * LOG2E, (vec4<i32>(j + 2) >= lo) & (vec4<i32>(j + 2) < hi)),
+        select(neg, x[3] * LOG2E, (vec4<i32>(j + 3) >= lo) & (vec4<i32>(j + 3) < hi)),
     );
 }
 
-// Whether key j lies in each of 4 rows' intervals [lo, hi).
+// Whether key j lies in each of 4 rows' intervals [lo, hi) (the masked path's form of the test
+// above).
 fn pk_in(j: i32, lo: vec4<i32>, hi: vec4<i32>) -> vec4<bool> {
     return (vec4<i32>(j) >= lo) & (vec4<i32>(j) < hi);
 }
