@@ -128,7 +128,84 @@ def packed_documents_bias_case(name):
     write_safetensors(os.path.join(HERE, name), tensors, meta)
 
 
+def paged_blocks_tree_case(name):
+    """A paged batch of three sequences, f32, NHD pages of 8 shuffled over the pool, 4 query heads
+    over 2 kv heads, head_dim 16, with a shared F32 bias over every query-key pair: a chunk of
+    an image prompt (Gemma 3: its 9 queries sit inside an image block that runs past them,
+    `or_masks(causal, blockwise_overlay(ids))` at their positions, `block_ids` from
+    `get_block_sequence_ids_for_mask`); a draft tree of 5 tokens after a 15-token prompt (each
+    sees the prompt and its ancestors: a boolean `mask`); a decode step. Masks are given per
+    sequence, one after the other, as `paged_attention` cases take them."""
+    from transformers.masking_utils import blockwise_overlay, causal_mask_function, or_masks
+    from transformers.models.gemma3.modeling_gemma3 import get_block_sequence_ids_for_mask
+
+    page, n_heads, n_kv, d = 8, 4, 2, 16
+    seqs = [(9, 30), (5, 20), (1, 13)]
+    rng = np.random.default_rng(43)
+    # Sequence 0: the image block.
+    types = torch.zeros(1, 30, dtype=torch.long)
+    types[0, 18:27] = 1
+    ids0 = get_block_sequence_ids_for_mask(types)
+    vis0 = grid(or_masks(causal_mask_function, blockwise_overlay(ids0)), 9, 30, q_offset=21)
+    assert vis0[0, 26] and not vis0[0, 27], "the block runs past the query"
+    # Sequence 1: the tree.
+    parents = [-1, 0, 0, 1, 2]
+    vis1 = np.zeros((5, 20), dtype=bool)
+    vis1[:, :15] = True
+    for t in range(5):
+        a = t
+        while a >= 0:
+            vis1[t, 15 + a] = True
+            a = parents[a]
+    vis2 = np.ones((1, 13), dtype=bool)
+    visible = [vis0, vis1, vis2]
+    # The kernel's inputs: block ids (-1 outside sequence 0's image), the boolean mask (all
+    # visible where the block ids and causal masking decide).
+    ids = np.concatenate([ids0.numpy()[0], -np.ones(20 + 13, dtype=np.int64)]).astype("<i4")
+    mask = np.concatenate([np.ones(9 * 30, dtype=bool), vis1.ravel(), vis2.ravel()])
+    qk = sum(q * kv for q, kv in seqs)
+    bias, biasb = store(rng.standard_normal(qk) * 0.5, "F32")
+
+    own = [(kv + page - 1) // page for _, kv in seqs]
+    n_pages = sum(own) + 2
+    pool = rng.permutation(n_pages)
+    k_pages, kb = store(rng.standard_normal((n_pages, page, n_kv, d)), "F32")
+    v_pages, vb = store(rng.standard_normal((n_pages, page, n_kv, d)), "F32")
+    total_q = sum(q for q, _ in seqs)
+    q, qb = store(rng.standard_normal((total_q, n_heads, d)), "F32")
+    bt = -np.ones((len(seqs), max(own)), dtype=np.int64)
+    out = np.zeros((total_q, n_heads, d))
+    taken, q0, b0 = 0, 0, 0
+    for i, (ql, kv) in enumerate(seqs):
+        t = pool[taken:taken + own[i]]
+        taken += own[i]
+        bt[i, :len(t)] = t
+        k = k_pages[t].reshape(-1, n_kv, d)[:kv]
+        v = v_pages[t].reshape(-1, n_kv, d)[:kv]
+        b = np.broadcast_to(bias[b0:b0 + ql * kv].reshape(1, ql, kv), (n_heads, ql, kv)).copy()
+        out[q0:q0 + ql] = eager(q[q0:q0 + ql], k, v, visible[i][None], b)
+        q0 += ql
+        b0 += ql * kv
+    cu = np.concatenate([[0], np.cumsum([ql for ql, _ in seqs])]).astype("<i4")
+    kv_lens = np.array([kv for _, kv in seqs], dtype="<i4")
+    meta = {"op": "paged_attention", "causal": "true"}
+    tensors = [
+        ("q", "F32", q.shape, qb),
+        ("k_pages", "F32", k_pages.shape, kb),
+        ("v_pages", "F32", v_pages.shape, vb),
+        ("block_table", "I32", bt.shape, bt.astype("<i4").tobytes()),
+        ("cu_seqlens_q", "I32", cu.shape, cu.tobytes()),
+        ("kv_lens", "I32", kv_lens.shape, kv_lens.tobytes()),
+        ("mask", "U8", mask.shape, mask.astype(np.uint8).tobytes()),
+        ("bias", "F32", bias.shape, biasb),
+        ("block_ids", "I32", ids.shape, ids.tobytes()),
+        ("expected.out", "F32", out.shape, out.astype(np.float32).tobytes()),
+    ]
+    write_safetensors(os.path.join(HERE, name), tensors, meta)
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     gemma3_image_blocks_case("attention_gemma3_image_blocks_bf16.safetensors")
     packed_documents_bias_case("attention_packed_documents_bias_f32.safetensors")
+    paged_blocks_tree_case("paged_attention_blocks_tree_f32.safetensors")

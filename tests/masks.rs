@@ -695,6 +695,7 @@ fn committed_mask_cases_pass() {
     for name in [
         "attention_gemma3_image_blocks_bf16",
         "attention_packed_documents_bias_f32",
+        "paged_attention_blocks_tree_f32",
     ] {
         let path = repo_root()
             .join("cases")
