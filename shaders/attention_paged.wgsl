@@ -21,8 +21,9 @@
 // rows) writes its output directly, as `attn_prefill` does, so long prefills need no partials;
 // that is the merge of a single partial, bit for bit.
 //
-// Bindings: the partial pass uses q, the pools, the plan, the sinks, the partials and out: the
-// eight storage buffers of WebGPU's default limit, which is why the pool has three buffers.
+// Bindings: the partial pass uses q, the pools, the plan, aux (sinks and masks), the partials and
+// out: the eight storage buffers of WebGPU's default limit, which is why the pool has three
+// buffers.
 //
 // Pass 1 on CPU adapters (`attn_paged_keys`, for the decode sequences the host planned that way:
 // q_len <= 8, 16-byte aligned rows): the contiguous `attn_decode_keys` over pages. One
