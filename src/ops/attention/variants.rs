@@ -190,7 +190,7 @@ pub struct Variant {
     /// ([`super::Attention::native_f16`], the [`ATTENTION_DECODE_SUBGROUP_F16`] module); false
     /// otherwise.
     pub native_f16: bool,
-    /// Mask inputs bound ([`super::Masks`]: the `MASKS` override; every kind has the axis).
+    /// Mask inputs bound ([`super::Inputs`]: the `MASKS` override; every kind has the axis).
     /// Only the pass that scores keys has it: merges read partials.
     pub masks: bool,
 }
