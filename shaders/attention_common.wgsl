@@ -22,7 +22,7 @@ override TILE_V4: u32 = 512u;
 // head_dim / 4, a compile-time constant so that the loops over a head have a fixed trip count
 // and the per-invocation q / acc arrays can live in registers.
 override HD4: u32 = 32u;
-// Mask inputs bound (`Masks`): the mask bits, bias and block ids named by p.masks are read.
+// Mask inputs bound (`Inputs`): the mask bits, bias and block ids named by p.masks are read.
 override MASKS: bool = false;
 
 struct Params {
@@ -332,7 +332,8 @@ fn mask_logit(x: f32, j: i32, pos: i32, h: u32, ms: MaskSeq) -> f32 {
         ok = ((aux[p.mask_off + (bit >> 5u)] >> (bit & 31u)) & 1u) != 0u;
     }
     if (p.masks & MASK_IDS) != 0u && p.causal != 0u && j > pos {
-        // j > pos >= ... so pos < kv_len; a query before the first key has no block.
+        // pos < j < kv_len, so the query's id is in range; a query before the first key
+        // (pos < 0) has no block.
         let kid = bitcast<i32>(aux[ms.ids + jj]);
         let qid = select(-1, bitcast<i32>(aux[ms.ids + u32(max(pos, 0))]), pos >= 0);
         ok = ok && kid >= 0 && kid == qid;
