@@ -481,6 +481,8 @@ fn paged_batch_with_a_tree_mask() {
     for &(q, kv) in &lens[1..] {
         masks.push((0..q * kv).map(|_| rng.uniform(0.0, 1.0) < 0.7).collect());
     }
+    // The prefill sequence's first query sees nothing: its row is 0.
+    masks[2][..lens[2].1].fill(false);
     let packed = segment_pack_mask(&masks.iter().map(|m| &m[..]).collect::<Vec<_>>());
     let (qk, kv_total, bytes) = (
         lens.iter().map(|l| l.0 * l.1).sum::<usize>(),
@@ -488,79 +490,100 @@ fn paged_batch_with_a_tree_mask() {
         lens.iter().map(|l| (l.0 * l.1).div_ceil(8)).sum::<usize>(),
     );
     assert_eq!(packed.len(), bytes);
-    let bias = rng.vec(qk, 0.5);
     let ids: Vec<i32> = lens
         .iter()
         .flat_map(|&(_, kv)| block_ids_of(&(0..kv).map(|j| (j % 11 > 6) as u8).collect::<Vec<_>>()))
         .collect();
     assert_eq!(ids.len(), kv_total);
-    let set =
-        Inputs::upload_masks(&ctx, None, Some(&packed), Some((&bias, &[qk])), Some(&ids)).unwrap();
     let total_q: usize = lens.iter().map(|l| l.0).sum();
     let q = rng.vec(total_q * heads.n_heads * HD, 1.0);
     let qt = ctx.upload(&q, &[total_q, heads.n_heads, HD]).unwrap();
-    // The reference, sequence by sequence.
-    let mut want = Vec::new();
-    let (mut q0, mut b0, mut i0) = (0, 0, 0);
-    for (i, &(q_len, kv_len)) in lens.iter().enumerate() {
-        let n = q_len * heads.n_heads * HD;
-        let b64: Vec<f64> = bias[b0..b0 + q_len * kv_len]
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
-        want.extend(reference::attention_masked(
-            &rounded(&q[q0..q0 + n], DType::F32),
-            &rounded(&ks[i], DType::F32),
-            &rounded(&vs[i], DType::F32),
+    // A bias shared by the heads, then one per head (each sequence's [n_heads, q_len, kv_len]).
+    for per_head in [false, true] {
+        let hb = if per_head { heads.n_heads } else { 1 };
+        let bias = rng.vec(hb * qk, 0.5);
+        let set = Inputs::upload_masks(
+            &ctx,
             None,
-            reference::Dims {
-                batch: 1,
-                q_len,
-                kv_len,
-                n_heads: heads.n_heads,
-                n_kv_heads: heads.n_kv_heads,
-                head_dim: HD,
-            },
-            &reference::Options::default(),
-            &reference::Masks {
-                mask: Some(&masks[i]),
-                bias: Some(&b64),
-                bias_heads: false,
-                block_ids: Some(&ids[i0..i0 + kv_len]),
-            },
-        ));
-        q0 += n;
-        b0 += q_len * kv_len;
-        i0 += kv_len;
-    }
-    let mut decode = vec![Kind::Decode, Kind::DecodeKeys];
-    if ctx.caps().subgroups {
-        decode.push(Kind::DecodeSubgroup);
-    }
-    for kind in decode {
-        for splits in [None, Some(3)] {
-            let batch = PagedBatch::from_parts_with(
-                &ctx,
-                page,
-                n_pages,
-                &seqs,
-                heads,
-                &PlanOptions {
-                    splits,
-                    decode: Some(kind),
+            Some(&packed),
+            Some((&bias, &[hb * qk])),
+            Some(&ids),
+        )
+        .unwrap();
+        // The reference, sequence by sequence.
+        let mut want = Vec::new();
+        let (mut q0, mut b0, mut i0) = (0, 0, 0);
+        for (i, &(q_len, kv_len)) in lens.iter().enumerate() {
+            let n = q_len * heads.n_heads * HD;
+            let nb = hb * q_len * kv_len;
+            let b64: Vec<f64> = bias[b0..b0 + nb].iter().map(|&x| x as f64).collect();
+            want.extend(reference::attention_masked(
+                &rounded(&q[q0..q0 + n], DType::F32),
+                &rounded(&ks[i], DType::F32),
+                &rounded(&vs[i], DType::F32),
+                None,
+                reference::Dims {
+                    batch: 1,
+                    q_len,
+                    kv_len,
+                    n_heads: heads.n_heads,
+                    n_kv_heads: heads.n_kv_heads,
+                    head_dim: HD,
                 },
-            )
-            .unwrap();
+                &reference::Options::default(),
+                &reference::Masks {
+                    mask: Some(&masks[i]),
+                    bias: Some(&b64),
+                    bias_heads: per_head,
+                    block_ids: Some(&ids[i0..i0 + kv_len]),
+                },
+            ));
+            q0 += n;
+            b0 += nb;
+            i0 += kv_len;
+        }
+        let hidden = (lens[0].0 + lens[1].0) * heads.n_heads * HD;
+        assert!(want[hidden..hidden + heads.n_heads * HD]
+            .iter()
+            .all(|&x| x == 0.0));
+        let mut decode = vec![Kind::Decode, Kind::DecodeKeys];
+        if ctx.caps().subgroups {
+            decode.push(Kind::DecodeSubgroup);
+        }
+        // Every decode kernel beside the prefill rows, with and without splits; the per-head
+        // bias on the default plan.
+        let plans: Vec<PlanOptions> = match per_head {
+            false => decode
+                .iter()
+                .flat_map(|&k| {
+                    [None, Some(3)].map(|splits| PlanOptions {
+                        splits,
+                        decode: Some(k),
+                    })
+                })
+                .collect(),
+            true => vec![PlanOptions::default()],
+        };
+        for plan in plans {
+            let batch =
+                PagedBatch::from_parts_with(&ctx, page, n_pages, &seqs, heads, &plan).unwrap();
             let out = nan_output(&ctx, &[total_q, heads.n_heads, HD], DType::F32);
             Attention::default()
                 .run_paged(&ctx, &qt, &cache, &batch, set.inputs(), &out)
-                .unwrap_or_else(|e| panic!("{kind:?} {splits:?}: {e}"));
+                .unwrap_or_else(|e| panic!("{plan:?}: {e}"));
             assert_close(
                 &ctx,
                 &out,
                 &want,
                 tolerance(DType::F32),
-                &format!("paged {kind:?} splits {splits:?}"),
+                &format!("paged {plan:?}, bias per head {per_head}"),
+            );
+            let o = ctx.read_f32(&out).unwrap();
+            assert!(
+                o[hidden..hidden + heads.n_heads * HD]
+                    .iter()
+                    .all(|&x| x == 0.0),
+                "{plan:?}: the hidden row"
             );
         }
     }
