@@ -144,13 +144,6 @@ fn kv_load4(b: u32, e: u32) -> vec4<f32> {
     return kv_dequant4(KV_FMT, word(b, kv_word(KV_FMT, e)), e, kv_scale(b, e));
 }
 
-// Eight elements at element e (a multiple of 8, so one block and one scale load).
-fn kv_load8(b: u32, e: u32) -> Item {
-    let d = kv_scale(b, e);
-    let lo = kv_dequant4(KV_FMT, word(b, kv_word(KV_FMT, e)), e, d);
-    return Item(lo, kv_dequant4(KV_FMT, word(b, kv_word(KV_FMT, e + 4u)), e + 4u, d));
-}
-
 // Four elements starting at element e (e is a multiple of 2 for half types, of 4 for quantized
 // K/V).
 fn load4(b: u32, e: u32) -> vec4<f32> {

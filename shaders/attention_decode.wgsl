@@ -157,9 +157,15 @@ fn keys_unit(src: u32, i: u32) -> vec4<u32> {
     return v4[i];
 }
 
-// Quantized K/V: 8 values at element e of source src (0 K, 1 V), dequantized.
-fn keys_qload8(src: u32, e: u32) -> Item {
-    return kv_load8(src + 1u, e);
+// Quantized K/V of source src (0 K, 1 V) at element e (a multiple of 8): the 16-byte unit of
+// k4 / v4 (the same whole cache buffers as k_buf / v_buf) holding its two data words, and its
+// scale.
+fn keys_qunit(src: u32, e: u32) -> vec4<u32> {
+    return keys_unit(src, kv_word(KV_FMT, e) >> 2u);
+}
+
+fn keys_qscale(src: u32, e: u32) -> f32 {
+    return kv_scale(src + 1u, e);
 }
 
 @compute @workgroup_size(WG)

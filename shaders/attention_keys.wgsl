@@ -17,9 +17,10 @@
 // by the same fixed-order pass.
 //
 // The including kernel supplies where rows live: `keys_rows(h, j)` gives (K source, K unit,
-// V source, V unit) for key j of the head described by `h`, and `keys_unit(src, i)` loads 16-byte
-// unit i of a source. With the same split structure the contiguous and paged kernels therefore
-// run the same arithmetic, bit for bit.
+// V source, V unit) for key j of the head described by `h`, `keys_unit(src, i)` loads 16-byte
+// unit i of a source, and for quantized K/V `keys_qunit(src, e)` / `keys_qscale(src, e)` load the
+// 16-byte unit holding the data of the 8 values at element e and their scale. With the same
+// split structure the contiguous and paged kernels therefore run the same arithmetic, bit for bit.
 //
 // Why this does not use `softmax_tile` (attention_common.wgsl), which the prefill and
 // `attn_decode_partial` share: that step works on one query row per invocation over a K/V tile
@@ -85,13 +86,37 @@ fn keys_units() -> u32 {
 }
 
 // Unit i of a source as values: a 16-byte unit unpacked or, for quantized K/V, the 8 values at
-// element 8i dequantized by `keys_qload8(src, e)` (the including kernel's read: two data words
-// and one scale).
-fn keys_item(src: u32, i: u32) -> Item {
+// element 8i dequantized with scale d: `keys_qunit(src, e)` is the including kernel's read of the
+// 16-byte unit holding their two data words (kv_dequant8 picks the pair by e % 32, which the
+// kernels keep equal to the offset's inside its buffer or page).
+fn keys_item(src: u32, i: u32, d: f32) -> Item {
     if KV_FMT >= KV_Q8_0 {
-        return keys_qload8(src, 8u * i);
+        return kv_dequant8(KV_FMT, keys_qunit(src, 8u * i), 8u * i, d);
     }
     return keys_unpack(keys_unit(src, i));
+}
+
+// Quantized K/V, rows a and b (source, unit; u0 a multiple of 8): the scales of a's units u0 .. u0
+// + 3 (x) and u0 + 4 .. u0 + 7 (y), and of b's (z, w). A head row starts a block and head_dim is a
+// multiple of 32 (the formats' rule), so the 4 units of 8 values from a multiple of 4 share one
+// block and one scale: one scale load per block instead of one per unit (`keys_qscale(src, e)`,
+// the including kernel's read; fp8's tensor scale is no load). 0 for the float formats.
+fn keys_qscales(u0: u32, a: vec2<u32>, b: vec2<u32>) -> vec4<f32> {
+    var d = vec4<f32>(0.0);
+    if KV_FMT >= KV_Q8_0 {
+        d.x = keys_qscale(a.x, 8u * (a.y + u0));
+        d.z = keys_qscale(b.x, 8u * (b.y + u0));
+        if u0 + 4u < keys_units() {
+            d.y = keys_qscale(a.x, 8u * (a.y + u0 + 4u));
+            d.w = keys_qscale(b.x, 8u * (b.y + u0 + 4u));
+        }
+    }
+    return d;
+}
+
+// Unit u's scales of the two rows out of keys_qscales' d (u constant, so the select folds).
+fn keys_dsel(u: u32, d: vec4<f32>) -> vec2<f32> {
+    return select(d.xz, d.yw, (u & 4u) != 0u);
 }
 
 // One 16-byte unit as 4 (f32) or 8 (halves) values; bf16 takes one shift or one mask per value.
@@ -149,12 +174,14 @@ fn keys_dot_unit(
     s: ptr<function, array<vec4<f32>, 8>>,
     k0: vec2<u32>,
     k1: vec2<u32>,
+    ds: vec4<f32>,
 ) {
     if u < keys_units() {
         let d = u * select(1u, 2u, keys_two());
-        keys_dot_rows(q0, q1, q2, q3, s, 0u, d, keys_item(k0.x, k0.y + u));
+        let dq = keys_dsel(u, ds);
+        keys_dot_rows(q0, q1, q2, q3, s, 0u, d, keys_item(k0.x, k0.y + u, dq.x));
         if keys_two() {
-            keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_item(k1.x, k1.y + u));
+            keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_item(k1.x, k1.y + u, dq.y));
         }
     }
 }
@@ -182,13 +209,15 @@ fn keys_pv_unit(
     al: vec4<f32>,
     p0: vec4<f32>,
     p1: vec4<f32>,
+    ds: vec4<f32>,
 ) {
     if u < keys_units() {
         let d = u * select(1u, 2u, keys_two());
-        let y0 = keys_item(v0.x, v0.y + u);
+        let dq = keys_dsel(u, ds);
+        let y0 = keys_item(v0.x, v0.y + u, dq.x);
         var y1 = y0;
         if keys_two() {
-            y1 = keys_item(v1.x, v1.y + u);
+            y1 = keys_item(v1.x, v1.y + u, dq.y);
         }
         keys_pv_row(a0, d, al.x, p0.x, p1.x, y0, y1);
         if KR > 1u {
@@ -214,14 +243,15 @@ fn keys_dot8(
     k1: vec2<u32>,
 ) {
     if u0 < keys_units() {
-        keys_dot_unit(u0, q0, q1, q2, q3, s, k0, k1);
-        keys_dot_unit(u0 + 1u, q0, q1, q2, q3, s, k0, k1);
-        keys_dot_unit(u0 + 2u, q0, q1, q2, q3, s, k0, k1);
-        keys_dot_unit(u0 + 3u, q0, q1, q2, q3, s, k0, k1);
-        keys_dot_unit(u0 + 4u, q0, q1, q2, q3, s, k0, k1);
-        keys_dot_unit(u0 + 5u, q0, q1, q2, q3, s, k0, k1);
-        keys_dot_unit(u0 + 6u, q0, q1, q2, q3, s, k0, k1);
-        keys_dot_unit(u0 + 7u, q0, q1, q2, q3, s, k0, k1);
+        let ds = keys_qscales(u0, k0, k1);
+        keys_dot_unit(u0, q0, q1, q2, q3, s, k0, k1, ds);
+        keys_dot_unit(u0 + 1u, q0, q1, q2, q3, s, k0, k1, ds);
+        keys_dot_unit(u0 + 2u, q0, q1, q2, q3, s, k0, k1, ds);
+        keys_dot_unit(u0 + 3u, q0, q1, q2, q3, s, k0, k1, ds);
+        keys_dot_unit(u0 + 4u, q0, q1, q2, q3, s, k0, k1, ds);
+        keys_dot_unit(u0 + 5u, q0, q1, q2, q3, s, k0, k1, ds);
+        keys_dot_unit(u0 + 6u, q0, q1, q2, q3, s, k0, k1, ds);
+        keys_dot_unit(u0 + 7u, q0, q1, q2, q3, s, k0, k1, ds);
     }
 }
 
@@ -238,14 +268,15 @@ fn keys_pv8(
     p1: vec4<f32>,
 ) {
     if u0 < keys_units() {
-        keys_pv_unit(u0, a0, a1, a2, a3, v0, v1, al, p0, p1);
-        keys_pv_unit(u0 + 1u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-        keys_pv_unit(u0 + 2u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-        keys_pv_unit(u0 + 3u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-        keys_pv_unit(u0 + 4u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-        keys_pv_unit(u0 + 5u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-        keys_pv_unit(u0 + 6u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-        keys_pv_unit(u0 + 7u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+        let ds = keys_qscales(u0, v0, v1);
+        keys_pv_unit(u0, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+        keys_pv_unit(u0 + 1u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+        keys_pv_unit(u0 + 2u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+        keys_pv_unit(u0 + 3u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+        keys_pv_unit(u0 + 4u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+        keys_pv_unit(u0 + 5u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+        keys_pv_unit(u0 + 6u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+        keys_pv_unit(u0 + 7u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
     }
 }
 

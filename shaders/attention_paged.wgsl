@@ -152,16 +152,6 @@ fn pool_qload4(buf: u32, e: u32) -> vec4<f32> {
     return kv_dequant4(KV_FMT, w, le, pool_qscale(buf, base, le));
 }
 
-// Eight values at element e (a multiple of 8: one block, one scale load).
-fn pool_qload8(buf: u32, e: u32) -> Item {
-    let le = e % p.k_sb;
-    let base = (e / p.k_sb) * p.k_sc;
-    let d = pool_qscale(buf, base, le);
-    let lo = kv_dequant4(KV_FMT, pool_word(buf, base + kv_word(KV_FMT, le)), le, d);
-    let w1 = pool_word(buf, base + kv_word(KV_FMT, le + 4u));
-    return Item(lo, kv_dequant4(KV_FMT, w1, le + 4u, d));
-}
-
 // Four elements at element e (a multiple of 4) of pool buffer buf.
 fn pool_load4(buf: u32, e: u32) -> vec4<f32> {
     if KV_FMT >= KV_Q8_0 {
@@ -359,9 +349,16 @@ fn keys_unit(src: u32, i: u32) -> vec4<u32> {
     return pool_word4(src, i);
 }
 
-// Quantized pages: 8 values at element e of pool buffer src, dequantized.
-fn keys_qload8(src: u32, e: u32) -> Item {
-    return pool_qload8(src, e);
+// Quantized pages, element e (a multiple of 8) of pool buffer src: the 16-byte unit holding its
+// two data words (a page is a whole number of 16-byte units, so they share one), and its scale.
+// A page's elements (p.k_sb) are a multiple of 32, so e % 32 is the offset's inside the page.
+fn keys_qunit(src: u32, e: u32) -> vec4<u32> {
+    let le = e % p.k_sb;
+    return pool_word4(src, ((e / p.k_sb) * p.k_sc + kv_word(KV_FMT, le)) >> 2u);
+}
+
+fn keys_qscale(src: u32, e: u32) -> f32 {
+    return pool_qscale(src, (e / p.k_sb) * p.k_sc, e % p.k_sb);
 }
 
 // Element offset of query row r (clamped to the sequence's last row) of sequence sq, kv head kvh.

@@ -37,6 +37,16 @@ fn kv_word(fmt: u32, e: u32) -> u32 {
     return e >> 2u;
 }
 
+// The 8 values at element e (a multiple of 8) of a quantized buffer, from the 16-byte unit u that
+// holds their two data words (`kv_word(fmt, e)`, even for every format at such an e, and the
+// next), with d as in kv_dequant4. One 16-byte load instead of two word loads: on llvmpipe each
+// load instruction is a loop over the lanes, and LLVM's compile time follows their count
+// (BENCHMARKS.md, cold compile).
+fn kv_dequant8(fmt: u32, u: vec4<u32>, e: u32, d: f32) -> Item {
+    let w = select(u.xy, u.zw, (kv_word(fmt, e) & 2u) != 0u);
+    return Item(kv_dequant4(fmt, w.x, e, d), kv_dequant4(fmt, w.y, e + 4u, d));
+}
+
 // e4m3 bits (4 bytes of a word, value 0 in the low byte) -> f32, exact: the 7 low bits placed
 // as an f16 (exponent bias 15 instead of 7) are the value times 2^-8; 0x7f is NaN.
 fn e4m3x4_to_f32(w: u32) -> vec4<f32> {
