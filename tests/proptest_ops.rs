@@ -12,7 +12,7 @@
 //! `LLAMA_KERNELS_PROPTEST_CASES` sets the cases per property (default 12) for a longer sweep;
 //! `LLAMA_KERNELS_PROPTEST_SEED` changes the seed.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
