@@ -5,6 +5,13 @@
 // module-scope names in any order.
 // Loops (modules are created without naga's loop counters, src/pipeline.rs): every loop counts up
 // by 1, by WG or by the plan's key lanes (p.lanes >= 1) to HD4 or to a tile's key count.
+//
+// Masks (`MASKS`, a pipeline-key axis: off, the branches below are constant and fold away, so
+// unmasked calls run the code they ran before masks existed): a packed boolean mask, an
+// additive bias and block ids, all read from the `aux` binding (which also holds the sinks, so
+// that no kernel needs another storage binding). `mask_logit` applies them to one logit; every
+// kernel calls it where it finalises a score, and treats a logit at or below NEG_BIG as a
+// hidden key.
 
 override DTYPE: u32 = 0u;
 // Storage format of K and V (KvFormat::shader_code): DTYPE's code for the float formats, or
@@ -15,6 +22,8 @@ override TILE_V4: u32 = 512u;
 // head_dim / 4, a compile-time constant so that the loops over a head have a fixed trip count
 // and the per-invocation q / acc arrays can live in registers.
 override HD4: u32 = 32u;
+// Mask inputs bound (`Inputs`): the mask bits, bias and block ids named by p.masks are read.
+override MASKS: bool = false;
 
 struct Params {
     batch: u32,
@@ -68,13 +77,31 @@ struct Params {
     v_sc: u32,
     k_scale: f32,
     v_scale: f32,
+    // Masks (MASKS): which inputs are bound (MASK_* bits), the word offset of the packed mask
+    // bits in aux, and the element offsets of the bias and of the block ids in aux.
+    masks: u32,
+    mask_off: u32,
+    bias_off: u32,
+    ids_off: u32,
 }
+
+// p.masks bits. The BATCHED bits: the input has a batch dimension (contiguous calls with
+// batch > 1; otherwise the batch rows share it).
+const MASK_BITS: u32 = 1u;
+const MASK_BITS_BATCHED: u32 = 2u;
+const MASK_BIAS: u32 = 4u;
+const MASK_BIAS_HEADS: u32 = 8u;
+const MASK_BIAS_BATCHED: u32 = 16u;
+const MASK_IDS: u32 = 32u;
+const MASK_IDS_BATCHED: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q_buf: array<u32>;
 @group(0) @binding(2) var<storage, read> k_buf: array<u32>;
 @group(0) @binding(3) var<storage, read> v_buf: array<u32>;
-@group(0) @binding(4) var<storage, read> sinks: array<f32>;
+// The call's side inputs, views of one buffer: sinks (f32, at p.s_off) and, with MASKS, the
+// packed mask bits, the bias (f32) and the block ids (i32).
+@group(0) @binding(4) var<storage, read> aux: array<u32>;
 
 
 var<workgroup> k_tile: array<vec4<f32>, TILE_V4>;
@@ -208,12 +235,19 @@ fn chunk_start(pos: i32) -> i32 {
     return pos - ((pos % c) + c) % c;
 }
 
-// Whether key j is visible to the query at position pos. Differences, not sums, so that no
-// bound overflows i32 (the host keeps positions within 31 bits and clamps the window bounds).
+// Whether causal masking is a closed-form bound on the keys. Block ids widen it (a query sees
+// the later keys of its own block), so with them it is applied per key, by `mask_logit`.
+fn causal_bound() -> bool {
+    return p.causal != 0u && !(MASKS && (p.masks & MASK_IDS) != 0u);
+}
+
+// Whether key j is visible to the query at position pos under the closed-form rules. Differences,
+// not sums, so that no bound overflows i32 (the host keeps positions within 31 bits and clamps
+// the window bounds).
 fn visible(j: i32, pos: i32) -> bool {
     let d = pos - j;
     var ok = true;
-    if p.causal != 0u {
+    if causal_bound() {
         ok = d >= 0;
     }
     if p.win_left >= 0 {
@@ -239,7 +273,7 @@ fn visible_interval(pos: i32) -> vec2<i32> {
 fn visible_interval_in(pos: i32, kv_len: u32) -> vec2<i32> {
     var lo = 0;
     var hi = i32(kv_len);
-    if p.causal != 0u {
+    if causal_bound() {
         hi = min(hi, pos + 1);
     }
     if p.win_left >= 0 {
@@ -266,7 +300,7 @@ fn key_range(lo: i32, hi: i32, r0: u32, r_last: u32, q_offset: i32) -> vec2<i32>
     var kv = vec2<i32>(lo, hi);
     let first = q_offset + i32(r0 / p.group);
     let last = q_offset + i32(r_last / p.group);
-    if p.causal != 0u {
+    if causal_bound() {
         kv.y = min(kv.y, last + 1);
     }
     // Upper bounds as "bound < hi - last" first, so that last + bound + 1 cannot overflow.
@@ -286,6 +320,65 @@ fn key_range(lo: i32, hi: i32, r0: u32, r_last: u32, q_offset: i32) -> vec2<i32>
         kv.x = max(kv.x, chunk_start(first));
     }
     return kv;
+}
+
+// A sequence's mask inputs (MASKS): the bit number of its mask's [0, 0] relative to word
+// p.mask_off of aux, the aux index of its bias's [0, 0, 0] and of its first block id, its query
+// count, key count and the position of query 0.
+struct MaskSeq {
+    bits: u32,
+    bias: u32,
+    ids: u32,
+    q_len: u32,
+    kv_len: u32,
+    q_offset: i32,
+}
+
+// Batch row b's mask inputs in a contiguous call: each batched input steps by one row's share.
+fn mask_seq(b: u32) -> MaskSeq {
+    let qk = p.q_len * p.kv_len;
+    let bits = select(0u, b * qk, (p.masks & MASK_BITS_BATCHED) != 0u);
+    let per = select(1u, p.n_heads, (p.masks & MASK_BIAS_HEADS) != 0u) * qk;
+    let bias = p.bias_off + select(0u, b * per, (p.masks & MASK_BIAS_BATCHED) != 0u);
+    let ids = p.ids_off + select(0u, b * p.kv_len, (p.masks & MASK_IDS_BATCHED) != 0u);
+    return MaskSeq(bits, bias, ids, p.q_len, p.kv_len, p.q_offset);
+}
+
+// Logit x of key j for the query at position pos of query head h, under the masks: NEG_BIG
+// when the boolean mask hides the key, or when causal masking hides it (j > pos) and block ids
+// do not give it back (key and query in the same block, id >= 0: transformers'
+// `or_masks(causal, blockwise)` of Gemma 3, inside the window and chunk rules, which the caller
+// applies); else x plus the bias. Without MASKS, x. A logit the bias takes to NEG_BIG or below
+// counts as hidden too.
+fn mask_logit(x: f32, j: i32, pos: i32, h: u32, ms: MaskSeq) -> f32 {
+    if !MASKS {
+        return x;
+    }
+    let jj = u32(j);
+    let t = u32(pos - ms.q_offset);
+    var ok = true;
+    if (p.masks & MASK_BITS) != 0u {
+        let bit = ms.bits + t * ms.kv_len + jj;
+        ok = ((aux[p.mask_off + (bit >> 5u)] >> (bit & 31u)) & 1u) != 0u;
+    }
+    if (p.masks & MASK_IDS) != 0u && p.causal != 0u && j > pos {
+        // pos < j < kv_len, so the query's id is in range; a query before the first key
+        // (pos < 0) has no block.
+        let kid = bitcast<i32>(aux[ms.ids + jj]);
+        let qid = select(-1, bitcast<i32>(aux[ms.ids + u32(max(pos, 0))]), pos >= 0);
+        ok = ok && kid >= 0 && kid == qid;
+    }
+    var y = x;
+    if (p.masks & MASK_BIAS) != 0u {
+        let hb = select(0u, h, (p.masks & MASK_BIAS_HEADS) != 0u);
+        y += bitcast<f32>(aux[ms.bias + (hb * ms.q_len + t) * ms.kv_len + jj]);
+    }
+    return select(NEG_BIG, y, ok && y > NEG_BIG);
+}
+
+// Whether a logit from `mask_logit` is a visible key's (always, without MASKS).
+fn shown(x: f32) -> bool {
+    return !MASKS || x > NEG_BIG;
 }
 
 // The work item of a contiguous split-KV workgroup (decode partial, keys and subgroup kernels,
@@ -353,7 +446,8 @@ fn stage_tile(lid: u32, j0: i32, n: u32, k_base: u32, v_base: u32) {
 // `attn_prefill` and `attn_decode_partial`: this invocation takes keys lane, lane + lanes, ... of
 // the tile (prefill: lane 0 of 1, every key). All scores of the tile first, so that the running
 // max m moves, and the accumulator is rescaled, at most once per tile; then l and acc gather
-// exp(s - m) and exp(s - m) * v. Masked keys add nothing. `slope`: the row's ALiBi slope.
+// exp(s - m) and exp(s - m) * v. Masked keys add nothing. `slope`: the row's ALiBi slope; h its
+// query head and ms its sequence's mask inputs (`mask_logit`).
 fn softmax_tile(
     q: ptr<function, array<vec4<f32>, MAX_HD4>>,
     acc: ptr<function, array<vec4<f32>, MAX_HD4>>,
@@ -365,6 +459,8 @@ fn softmax_tile(
     lane: u32,
     lanes: u32,
     slope: f32,
+    h: u32,
+    ms: MaskSeq,
 ) {
     var s: array<f32, MAX_BK>;
     var m_new = *m;
@@ -378,6 +474,7 @@ fn softmax_tile(
             }
             let j = j0 + i32(jj);
             x = cap_logit(dot_acc.x + dot_acc.y + dot_acc.z + dot_acc.w) + slope * f32(j - pos);
+            x = mask_logit(x, j, pos, h, ms);
             m_new = max(m_new, x);
         }
         s[jj] = x;
@@ -391,7 +488,7 @@ fn softmax_tile(
         *m = m_new;
     }
     for (var jj = lane; jj < n; jj += lanes) {
-        if visible(j0 + i32(jj), pos) {
+        if visible(j0 + i32(jj), pos) && shown(s[jj]) {
             let pj = exp(s[jj] - *m);
             *l += pj;
             let vb = jj * HD4;
@@ -409,7 +506,7 @@ fn out_scale(m: f32, l: f32, h: u32) -> f32 {
     var a = 1.0;
     var den = l;
     if p.has_sinks != 0u {
-        let sink = sinks[p.s_off + h];
+        let sink = bitcast<f32>(aux[p.s_off + h]);
         let m2 = max(m, sink);
         a = exp(m - m2);
         den = l * a + exp(sink - m2);

@@ -68,7 +68,7 @@ fn attn_decode_partial(
         stage_tile(lid, j0, n, k_base, v_base);
         workgroupBarrier();
         if row_ok {
-            softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes, row_slope(r, kvh));
+            softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes, row_slope(r, kvh), kvh * p.group + r % p.group, mask_seq(b));
         }
         workgroupBarrier();
     }
@@ -187,5 +187,5 @@ fn attn_decode_keys(
     let n_parts = p.n_splits * WG;
     let e = ((w.bh * p.rows + r0) * n_parts + w.split * WG + lid) * stride;
     let h = vec2<u32>(p.k_off + b * p.k_sb + kvh * p.k_sh, p.v_off + b * p.v_sb + kvh * p.v_sh);
-    keys_partial(&q0, &q1, &q2, &q3, h, kvh, w.kv, lid, r0, p.rows, p.q_offset, e, n_parts * stride);
+    keys_partial(&q0, &q1, &q2, &q3, h, kvh, w.kv, lid, r0, p.rows, mask_seq(b), e, n_parts * stride);
 }

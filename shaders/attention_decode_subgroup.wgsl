@@ -39,7 +39,7 @@ fn attn_decode_sg(
     var acc: SgRegs;
     var m: array<f32, RS>;
     var l: array<f32, RS>;
-    sg_partial(&q, &pos, &acc, &m, &l, heads, kvh, w.kv, r0, p.rows, gl.x, gl.y);
+    sg_partial(&q, &pos, &acc, &m, &l, heads, kvh, mask_seq(b), w.kv, r0, p.rows, gl.x, gl.y);
     let stride = part_units();
     for (var r = 0u; r < RS; r++) {
         sg_merge_row(&acc, &m, &l, r, gl.x, gl.y);

@@ -263,9 +263,27 @@ fn keys_scores(s: ptr<function, array<vec4<f32>, 8>>, base: u32) -> vec4<f32> {
     return x;
 }
 
+// `mask_logit` of four rows' logits x for key j (rows at positions pos, query heads hq).
+fn keys_mask(x: vec4<f32>, j: i32, pos: vec4<i32>, hq: vec4<u32>, ms: MaskSeq) -> vec4<f32> {
+    if !MASKS {
+        return x;
+    }
+    return vec4<f32>(
+        mask_logit(x.x, j, pos.x, hq.x, ms),
+        mask_logit(x.y, j, pos.y, hq.y, ms),
+        mask_logit(x.z, j, pos.z, hq.z, ms),
+        mask_logit(x.w, j, pos.w, hq.w, ms),
+    );
+}
+
+fn keys_shown(x: vec4<f32>) -> vec4<bool> {
+    return vec4<bool>(shown(x.x), shown(x.y), shown(x.z), shown(x.w));
+}
+
 // Rows r0 .. r0 + KR (q0 .. q3 pre-scaled; rows past `rows` are computed on a clamped copy and
 // not stored) over the keys kv.x + lane, kv.x + lane + WG, ... < kv.y of the head `h` (kv head
-// kvh, for the rows' ALiBi slopes), queries at positions q_offset + r / group; the partial of row r0 + i goes to part_out[e + i * row_step].
+// kvh, for the rows' ALiBi slopes), queries at positions ms.q_offset + r / group (ms: the
+// sequence's mask inputs); the partial of row r0 + i goes to part_out[e + i * row_step].
 // A step of halves or quantized K/V takes two keys of the lane (j and j + WG): both are scored
 // first, then one running-max update and one rescale of the accumulators serve both (also for one
 // row: the two keys' loads and dot products are independent, which llvmpipe overlaps;
@@ -281,7 +299,7 @@ fn keys_partial(
     lane: u32,
     r0: u32,
     rows: u32,
-    q_offset: i32,
+    ms: MaskSeq,
     e: u32,
     row_step: u32,
 ) {
@@ -293,8 +311,9 @@ fn keys_partial(
     let rr = vec4<u32>(r0, r0 + 1u, r0 + 2u, r0 + 3u);
     let row_ok = rr < vec4<u32>(min(rows, r0 + KR));
     let rcl = min(rr, vec4<u32>(rows - 1u));
-    let pos = vec4<i32>(q_offset) + vec4<i32>(rcl / p.group);
+    let pos = vec4<i32>(ms.q_offset) + vec4<i32>(rcl / p.group);
     let slope = vec4<f32>(row_slope(rr.x, kvh), row_slope(rr.y, kvh), row_slope(rr.z, kvh), row_slope(rr.w, kvh));
+    let hq = vec4<u32>(kvh * p.group) + rcl % vec4<u32>(p.group);
     var m = vec4<f32>(NEG_BIG);
     var l = vec4<f32>(0.0);
     for (var j0 = kv.x + i32(lane); j0 < kv.y; j0 += i32(select(1u, 2u, keys_two()) * WG)) {
@@ -317,10 +336,10 @@ fn keys_partial(
         keys_dot8(40u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
         keys_dot8(48u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
         keys_dot8(56u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
-        let x0 = keys_scores(&s, 0u) + slope * vec4<f32>(vec4<i32>(j0) - pos);
-        let ok0 = row_ok & vec4<bool>(visible(j0, pos.x), visible(j0, pos.y), visible(j0, pos.z), visible(j0, pos.w));
-        let x1 = keys_scores(&s, 4u) + slope * vec4<f32>(vec4<i32>(j1) - pos);
-        let ok1 = row_ok & vec4<bool>(keys_two() && j1 < kv.y) & vec4<bool>(visible(j1, pos.x), visible(j1, pos.y), visible(j1, pos.z), visible(j1, pos.w));
+        let x0 = keys_mask(keys_scores(&s, 0u) + slope * vec4<f32>(vec4<i32>(j0) - pos), j0, pos, hq, ms);
+        let ok0 = row_ok & vec4<bool>(visible(j0, pos.x), visible(j0, pos.y), visible(j0, pos.z), visible(j0, pos.w)) & keys_shown(x0);
+        let x1 = keys_mask(keys_scores(&s, 4u) + slope * vec4<f32>(vec4<i32>(j1) - pos), min(j1, kv.y - 1), pos, hq, ms);
+        let ok1 = row_ok & vec4<bool>(keys_two() && j1 < kv.y) & vec4<bool>(visible(j1, pos.x), visible(j1, pos.y), visible(j1, pos.z), visible(j1, pos.w)) & keys_shown(x1);
         let m_0 = select(m, max(m, x0), ok0);
         let m_new = select(m_0, max(m_0, x1), ok1);
         // m_new >= m, so alpha <= 1; while nothing is visible both are NEG_BIG: alpha 1.

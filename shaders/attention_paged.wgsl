@@ -21,8 +21,9 @@
 // rows) writes its output directly, as `attn_prefill` does, so long prefills need no partials;
 // that is the merge of a single partial, bit for bit.
 //
-// Bindings: the partial pass uses q, the pools, the plan, the sinks, the partials and out: the
-// eight storage buffers of WebGPU's default limit, which is why the pool has three buffers.
+// Bindings: the partial pass uses q, the pools, the plan, aux (sinks and masks), the partials and
+// out: the eight storage buffers of WebGPU's default limit, which is why the pool has three
+// buffers.
 //
 // Pass 1 on CPU adapters (`attn_paged_keys`, for the decode sequences the host planned that way:
 // q_len <= 8, 16-byte aligned rows): the contiguous `attn_decode_keys` over pages. One
@@ -37,7 +38,7 @@
 // merges its sequence's partials in ascending (split, lane) order, as `attn_decode_merge`;
 // sequences written directly are skipped.
 //
-// The host plan lives in the `plan_buf` buffer (u32 words): a 12-word record per sequence, a 4-word
+// The host plan lives in the `plan_buf` buffer (u32 words): a 16-word record per sequence, a 4-word
 // record per work item, the sequence of every packed query row, and the block-table rows.
 //
 // Parameters reuse attention_common.wgsl's Params; fields with a paged meaning:
@@ -59,7 +60,7 @@
 @group(0) @binding(11) var<storage, read> plan_buf: array<u32>;
 
 // Words of a sequence record.
-const SEQ_WORDS: u32 = 12u;
+const SEQ_WORDS: u32 = 16u;
 
 struct Seq {
     q_start: u32,
@@ -76,6 +77,19 @@ struct Seq {
     part_base: u32,
     // position of query 0: kv_len - q_len
     q_offset: i32,
+    // Where the sequence's mask inputs start (`Masks` over a paged batch, FlashInfer's
+    // mask_indptr): the bit number of its packed mask (each sequence's mask starts on a byte,
+    // as `segment_packbits` packs them), the sum of q_len * kv_len and of kv_len over the
+    // sequences before it.
+    mask_bit: u32,
+    bias_at: u32,
+    ids_at: u32,
+}
+
+// Sequence sq's mask inputs (`MaskSeq`).
+fn paged_mask_seq(sq: Seq) -> MaskSeq {
+    let per = select(1u, p.n_heads, (p.masks & MASK_BIAS_HEADS) != 0u);
+    return MaskSeq(sq.mask_bit, p.bias_off + per * sq.bias_at, p.ids_off + sq.ids_at, sq.q_len, sq.kv_len, sq.q_offset);
 }
 
 fn seq_record(s: u32) -> Seq {
@@ -92,6 +106,9 @@ fn seq_record(s: u32) -> Seq {
         plan_buf[e + 8u],
         plan_buf[e + 9u],
         bitcast<i32>(plan_buf[e + 10u]),
+        plan_buf[e + 11u],
+        plan_buf[e + 12u],
+        plan_buf[e + 13u],
     );
 }
 
@@ -250,7 +267,7 @@ fn attn_paged_partial(
         stage_tile_paged(lid, j0, n, it.sq.bt_off, it.kvh);
         workgroupBarrier();
         if row_ok && lane < lanes {
-            softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes, alibi_slope(h));
+            softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes, alibi_slope(h), h, paged_mask_seq(it.sq));
         }
         workgroupBarrier();
     }
@@ -381,5 +398,5 @@ fn attn_paged_keys(
     let stride = part_units();
     let n_parts = it.sq.n_splits * WG;
     let e = (it.sq.part_base + (it.kvh * it.rows + it.r0) * n_parts + it.split * WG + lid) * stride;
-    keys_partial(&q0, &q1, &q2, &q3, vec2<u32>(it.sq.bt_off, it.kvh), it.kvh, it.kv, lid, it.r0, it.rows, it.sq.q_offset, e, n_parts * stride);
+    keys_partial(&q0, &q1, &q2, &q3, vec2<u32>(it.sq.bt_off, it.kvh), it.kvh, it.kv, lid, it.r0, it.rows, paged_mask_seq(it.sq), e, n_parts * stride);
 }

@@ -41,7 +41,7 @@ fn attn_paged_sg(
     var acc: SgRegs;
     var m: array<f32, RS>;
     var l: array<f32, RS>;
-    sg_partial(&q, &pos, &acc, &m, &l, vec2<u32>(it.sq.bt_off, it.kvh), it.kvh, it.kv, it.r0, it.rows, gl.x, gl.y);
+    sg_partial(&q, &pos, &acc, &m, &l, vec2<u32>(it.sq.bt_off, it.kvh), it.kvh, paged_mask_seq(it.sq), it.kv, it.r0, it.rows, gl.x, gl.y);
     let stride = part_units();
     let n_parts = it.sq.n_splits;
     for (var r = 0u; r < RS; r++) {

@@ -84,6 +84,9 @@ struct Rows {
     // query positions and ALiBi slopes
     pos: vec4<i32>,
     slope: vec4<f32>,
+    // query heads and the batch row's mask inputs (MASKS)
+    head: vec4<u32>,
+    ms: MaskSeq,
 }
 
 // One FlashAttention-2 step of PR rows over the staged tile (keys j0 .. j0 + n).
@@ -113,6 +116,11 @@ fn tile_step(
                 dots = p.softcap * tanh(clamp(dots / p.softcap, vec4<f32>(-15.0), vec4<f32>(15.0)));
             }
             dots += (*st).slope * vec4<f32>(j - (*st).pos);
+            if MASKS {
+                for (var i = 0u; i < PR; i++) {
+                    dots[i] = mask_logit(dots[i], j.x, (*st).pos[i], (*st).head[i], (*st).ms);
+                }
+            }
             x = select(x, dots, vis);
             m_new = max(m_new, x);
         }
@@ -130,7 +138,7 @@ fn tile_step(
     }
     for (var jj = 0u; jj < n; jj++) {
         let j = vec4<i32>(j0 + i32(jj));
-        let vis = (j >= (*st).lo) & (j < (*st).hi);
+        let vis = (j >= (*st).lo) & (j < (*st).hi) & vec4<bool>(shown(s[jj].x), shown(s[jj].y), shown(s[jj].z), shown(s[jj].w));
         if any(vis) {
             let pj = select(vec4<f32>(0.0), exp(s[jj] - (*st).m), vis);
             (*st).l += pj;
@@ -169,6 +177,8 @@ fn run_block(
     (*st).l = vec4<f32>(0.0);
     (*st).pos = vec4<i32>(0);
     (*st).slope = vec4<f32>(0.0);
+    (*st).head = vec4<u32>(0u);
+    (*st).ms = mask_seq(b);
     for (var i = 0u; i < PR; i++) {
         let r = r0 + lid * PR + i;
         let th = row_th(r, kvh);
@@ -182,6 +192,7 @@ fn run_block(
         (*st).hi[i] = iv.y;
         (*st).pos[i] = p.q_offset + i32(th.x);
         (*st).slope[i] = alibi_slope(th.y);
+        (*st).head[i] = th.y;
     }
     let k_base = p.k_off + b * p.k_sb + kvh * p.k_sh;
     let v_base = p.v_off + b * p.v_sb + kvh * p.v_sh;
@@ -392,12 +403,43 @@ fn pk_logits(s: mat4x4<f32>, j: i32, rows: PkRows) -> mat4x4<f32> {
         x[3] + rows.slope * (dist + 3.0),
     );
     let neg = vec4<f32>(NEG_BIG);
+    if MASKS {
+        x = mat4x4<f32>(pk_mask(x[0], j, rows), pk_mask(x[1], j + 1, rows), pk_mask(x[2], j + 2, rows), pk_mask(x[3], j + 3, rows));
+        return mat4x4<f32>(
+            select(neg, x[0] * LOG2E, pk_in(j, lo, hi) & pk_shown(x[0])),
+            select(neg, x[1] * LOG2E, pk_in(j + 1, lo, hi) & pk_shown(x[1])),
+            select(neg, x[2] * LOG2E, pk_in(j + 2, lo, hi) & pk_shown(x[2])),
+            select(neg, x[3] * LOG2E, pk_in(j + 3, lo, hi) & pk_shown(x[3])),
+        );
+    }
     return mat4x4<f32>(
         select(neg, x[0] * LOG2E, (vec4<i32>(j) >= lo) & (vec4<i32>(j) < hi)),
         select(neg, x[1] * LOG2E, (vec4<i32>(j + 1) >= lo) & (vec4<i32>(j + 1) < hi)),
         select(neg, x[2] * LOG2E, (vec4<i32>(j + 2) >= lo) & (vec4<i32>(j + 2) < hi)),
         select(neg, x[3] * LOG2E, (vec4<i32>(j + 3) >= lo) & (vec4<i32>(j + 3) < hi)),
     );
+}
+
+// Whether key j lies in each of 4 rows' intervals [lo, hi) (the masked path's form of the test
+// above).
+fn pk_in(j: i32, lo: vec4<i32>, hi: vec4<i32>) -> vec4<bool> {
+    return (vec4<i32>(j) >= lo) & (vec4<i32>(j) < hi);
+}
+
+// `mask_logit` of key j (clamped into the key range: keys past it are hidden by the interval
+// test) for the 4 rows.
+fn pk_mask(x: vec4<f32>, j: i32, rows: PkRows) -> vec4<f32> {
+    let jc = clamp(j, 0, i32(p.kv_len) - 1);
+    return vec4<f32>(
+        mask_logit(x.x, jc, rows.pos.x, rows.head.x, rows.ms),
+        mask_logit(x.y, jc, rows.pos.y, rows.head.y, rows.ms),
+        mask_logit(x.z, jc, rows.pos.z, rows.head.z, rows.ms),
+        mask_logit(x.w, jc, rows.pos.w, rows.head.w, rows.ms),
+    );
+}
+
+fn pk_shown(x: vec4<f32>) -> vec4<bool> {
+    return vec4<bool>(shown(x.x), shown(x.y), shown(x.z), shown(x.w));
 }
 
 fn pk_colmax(s: mat4x4<f32>) -> vec4<f32> {
@@ -504,10 +546,13 @@ struct PkRows {
     hi: vec4<i32>,
     pos: vec4<i32>,
     slope: vec4<f32>,
+    // query heads and the batch row's mask inputs (MASKS)
+    head: vec4<u32>,
+    ms: MaskSeq,
 }
 
-fn pk_bounds(r: u32, kvh: u32, kv: vec2<i32>) -> PkRows {
-    var b = PkRows(vec4<i32>(0), vec4<i32>(0), vec4<i32>(0), vec4<f32>(0.0));
+fn pk_bounds(r: u32, kvh: u32, kv: vec2<i32>, bt: u32) -> PkRows {
+    var b = PkRows(vec4<i32>(0), vec4<i32>(0), vec4<i32>(0), vec4<f32>(0.0), vec4<u32>(0u), mask_seq(bt));
     for (var i = 0u; i < 4u; i++) {
         let th = row_th(r + i, kvh);
         let pos = p.q_offset + i32(th.x);
@@ -516,6 +561,7 @@ fn pk_bounds(r: u32, kvh: u32, kv: vec2<i32>) -> PkRows {
         b.hi[i] = min(iv.y, kv.y);
         b.pos[i] = pos;
         b.slope[i] = alibi_slope(th.y);
+        b.head[i] = th.y;
     }
     return b;
 }
@@ -542,10 +588,10 @@ fn attn_prefill_keys(
         let q_base = p.q_off + b * p.q_sb + th.x * p.q_st + th.y * p.q_sh;
         pk_q[i] = load4(0u, q_base + 4u * (i % HD4)) * p.scale;
     }
-    let b0 = pk_bounds(r0, kvh, kv);
-    let b1 = pk_bounds(r0 + 4u, kvh, kv);
-    let b2 = pk_bounds(r0 + 8u, kvh, kv);
-    let b3 = pk_bounds(r0 + 12u, kvh, kv);
+    let b0 = pk_bounds(r0, kvh, kv, b);
+    let b1 = pk_bounds(r0 + 4u, kvh, kv, b);
+    let b2 = pk_bounds(r0 + 8u, kvh, kv, b);
+    let b3 = pk_bounds(r0 + 12u, kvh, kv, b);
     workgroupBarrier();
 
     let neg = vec4<f32>(NEG_BIG);

@@ -38,7 +38,9 @@
 //   max m and the denominator l per row, the same in every lane of the group; accumulators are
 //   rescaled only when a row's maximum moves); then P V into the lane's slots.
 // Masks: each row's visible keys are one interval (`visible_interval`), the workgroup walks only
-// the union of its rows' intervals (`key_range`), and a row with no visible key stores 0.
+// the union of its rows' intervals (`key_range`), and a row with no visible key stores 0. With
+// MASKS, each score inside the interval then goes through `mask_logit` (boolean mask, bias,
+// block ids), and a key it hides counts as outside.
 // Split over the keys, each workgroup covers one chunk and writes (m, l, acc) partials in
 // attention_split.wgsl's 16-byte units, which `attn_prefill_merge` (attention_prefill.wgsl) or
 // the paged batch's merge (`attn_paged_merge`, or `attn_paged_merge_rows` in a batch with
@@ -91,7 +93,7 @@ fn pf_group_row(r0: u32, sg_id: u32, sg_size: u32, sg_lane: u32) -> u32 {
 }
 
 // The per-row state of a group: running max, denominator, visible keys [lo, hi), the query's
-// position and its head's ALiBi slope (0 when off).
+// position, its head's ALiBi slope (0 when off) and the query head (for a per-head bias).
 struct PfRow {
     m: f32,
     l: f32,
@@ -99,10 +101,11 @@ struct PfRow {
     hi: i32,
     pos: i32,
     slope: f32,
+    head: u32,
 }
 
 // Keys jj .. jj + 4 of the staged tile (key j0 + jj is the tile's key jj; those at or past n do
-// not exist) for this lane's R rows.
+// not exist) for this lane's R rows; ms: the sequence's mask inputs (MASKS).
 fn pf_block(
     q: ptr<function, PfRegs>,
     acc: ptr<function, PfRegs>,
@@ -111,6 +114,7 @@ fn pf_block(
     jj: u32,
     n: u32,
     lane: u32,
+    ms: MaskSeq,
 ) {
     var s: array<vec4<f32>, R>;
     for (var r = 0u; r < R; r++) {
@@ -139,7 +143,16 @@ fn pf_block(
         }
         let row = (*st)[r];
         sc += row.slope * vec4<f32>(j - vec4<i32>(row.pos));
-        let ok = exists & (j >= vec4<i32>(row.lo)) & (j < vec4<i32>(row.hi));
+        var ok = exists & (j >= vec4<i32>(row.lo)) & (j < vec4<i32>(row.hi));
+        if MASKS {
+            // Keys outside [lo, hi) are hidden by the interval already: clamp them into it so
+            // that the mask reads stay in the sequence's inputs.
+            let jc = clamp(j, vec4<i32>(row.lo), vec4<i32>(max(row.lo, row.hi - 1)));
+            for (var c = 0u; c < 4u; c++) {
+                sc[c] = mask_logit(sc[c], jc[c], row.pos, row.head, ms);
+            }
+            ok = ok & (sc > vec4<f32>(NEG_BIG));
+        }
         let mx = select(vec4<f32>(NEG_BIG), sc, ok);
         let m_new = max(row.m, max(max(mx.x, mx.y), max(mx.z, mx.w)));
         let pv = select(vec4<f32>(0.0), exp(sc - m_new), ok);
@@ -203,7 +216,7 @@ fn pf_load_rows(
         let q_base = p.q_off + tok0 + t * p.q_st + h * p.q_sh;
         let pos = q_offset + i32(t);
         let iv = visible_interval_in(pos, kv_len);
-        (*st)[r] = PfRow(NEG_BIG, 0.0, iv.x, select(iv.x, iv.y, rg + r < rows), pos, alibi_slope(h));
+        (*st)[r] = PfRow(NEG_BIG, 0.0, iv.x, select(iv.x, iv.y, rg + r < rows), pos, alibi_slope(h), h);
         for (var i = 0u; i < SLOTS; i++) {
             let d = lane + L * i;
             var x = vec4<f32>(0.0);
@@ -216,8 +229,9 @@ fn pf_load_rows(
     }
 }
 
-// The keys kv.x .. kv.y of the head `src` describes, tile by tile, for this lane's rows.
-// Uniform per workgroup (the barriers and the group reductions need it).
+// The keys kv.x .. kv.y of the head `src` describes, tile by tile, for this lane's rows, under
+// the sequence's mask inputs ms. Uniform per workgroup (the barriers and the group reductions
+// need it).
 fn pf_run(
     q: ptr<function, PfRegs>,
     acc: ptr<function, PfRegs>,
@@ -226,13 +240,14 @@ fn pf_run(
     src: vec2<u32>,
     lid: u32,
     lane: u32,
+    ms: MaskSeq,
 ) {
     for (var j0 = kv.x; j0 < kv.y; j0 += i32(p.bk)) {
         let n = min(p.bk, u32(kv.y - j0));
         pf_stage(lid, j0, n, src);
         workgroupBarrier();
         for (var jj = 0u; jj < n; jj += 4u) {
-            pf_block(q, acc, st, j0, jj, n, lane);
+            pf_block(q, acc, st, j0, jj, n, lane, ms);
         }
         workgroupBarrier();
     }

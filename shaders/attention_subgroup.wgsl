@@ -121,7 +121,7 @@ fn sg_load_q(
 
 // Rows r0 .. r0 + RS (q: this lane's units of each row, pre-scaled; pos: each row's position)
 // against the keys kv.x + g, kv.x + g + NLG, ... (< kv.y) of the head `h`
-// (kv head kvh, for the rows' ALiBi slopes): this lane's units
+// (kv head kvh, for the rows' ALiBi slopes; ms: the sequence's mask inputs): this lane's units
 // of the unnormalised accumulators into acc, and each row's m and l (identical in every lane of
 // the lane group).
 fn sg_partial(
@@ -132,6 +132,7 @@ fn sg_partial(
     l: ptr<function, array<f32, RS>>,
     h: vec2<u32>,
     kvh: u32,
+    ms: MaskSeq,
     kv: vec2<i32>,
     r0: u32,
     rows: u32,
@@ -172,8 +173,9 @@ fn sg_partial(
         }
         for (var r = 0u; r < RS; r++) {
             if r0 + r < rows && visible(j, (*pos)[r]) {
-                let sc = cap_logit(s[r / 4u][r % 4u]) + row_slope(r0 + r, kvh) * f32(j - (*pos)[r]);
-                if sc > (*m)[r] {
+                let x = cap_logit(s[r / 4u][r % 4u]) + row_slope(r0 + r, kvh) * f32(j - (*pos)[r]);
+                let sc = mask_logit(x, j, (*pos)[r], kvh * p.group + (r0 + r) % p.group, ms);
+                if shown(sc) && sc > (*m)[r] {
                     // The first visible key gives alpha = exp(NEG_BIG - sc) = 0 on l = acc = 0.
                     let al = exp((*m)[r] - sc);
                     (*l)[r] *= al;
@@ -182,7 +184,9 @@ fn sg_partial(
                     }
                     (*m)[r] = sc;
                 }
-                let pj = exp(sc - (*m)[r]);
+                // A hidden key (sc = NEG_BIG) adds exp(NEG_BIG - m) = 0 once a key was seen, and
+                // nothing before (pj 0).
+                let pj = select(0.0, exp(sc - (*m)[r]), shown(sc));
                 (*l)[r] += pj;
                 for (var v = 0u; v < SV; v++) {
                     (*acc)[r][v] += pj * vx[v];

@@ -807,6 +807,7 @@ fn every_variant_compiles() {
                         f16: false,
                         native_f16: false,
                         sg_min: 0,
+                        masks: false,
                     };
                     for key in v.keys() {
                         ctx.kernel("test", &key)

@@ -43,6 +43,24 @@ fn serve_matches_the_reference_at_every_step() {
 }
 
 #[test]
+fn speculative_tree_keeps_the_greedy_tokens() {
+    let out = run_example("speculative", &["--steps", "16"]);
+    assert!(
+        out.contains("the tokens are plain greedy decoding's"),
+        "{out}"
+    );
+    // Some round kept a path through the draft's second-ranked child of the root (rows moved
+    // into place), and the drafts saved passes: fewer target passes than one per token.
+    assert!(out.contains("(offsets [0, 2"), "{out}");
+    let passes: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("target_passes: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("target_passes line");
+    assert!(passes < 1 + 16, "{out}");
+}
+
+#[test]
 fn decode_loop_refuses_a_bad_argument() {
     let out = Command::new(env!("CARGO"))
         .args([

@@ -230,6 +230,14 @@ fn every_entry_point_reflects_its_bindings() {
             assert!(!slots.is_empty(), "{} {ep}: no bindings", shader.name);
             let uniforms = slots.iter().filter(|s| s.access == Access::Uniform).count();
             assert!(uniforms <= 1, "{} {ep}: {uniforms} uniforms", shader.name);
+            // WebGPU's default maxStorageBuffersPerShaderStage (the attention kernels read
+            // sinks and masks through one binding to stay within it).
+            let storage = slots.len() - uniforms;
+            assert!(
+                storage <= 8,
+                "{} {ep}: {storage} storage bindings",
+                shader.name
+            );
             for s in &slots {
                 assert!(declared.contains(&s.name));
                 assert_eq!(slots.iter().filter(|o| o.binding == s.binding).count(), 1);

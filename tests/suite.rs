@@ -23,6 +23,7 @@ mod fuzz_cases;
 mod kv_cache;
 mod kv_quant;
 mod limits;
+mod masks;
 mod paged;
 mod portability;
 mod prepare;

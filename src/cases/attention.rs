@@ -12,13 +12,19 @@
 //! [`KvCache`] of that format: they are appended (quantized by the cache's append) and attention
 //! reads the cache; fp8 takes optional F32 scalar tensors `k_scale` / `v_scale` (default 1). The
 //! reference attends over the dequantized K/V (`reference::quant::round_trip`).
+//!
+//! Masks (`Inputs`, `ops::attention` module docs): optional `mask` (U8 or BOOL `[q_len, kv_len]`
+//! or `[batch, q_len, kv_len]`, nonzero = visible), `bias` (F32 `[q_len, kv_len]`, `[n_heads,
+//! q_len, kv_len]` or `[batch, 1 or n_heads, q_len, kv_len]`, added to the logits) and
+//! `block_ids` (I32 `[kv_len]` or `[batch, kv_len]`: a key after the query stays visible under
+//! causal masking when both positions carry the same id >= 0, Gemma 3's image blocks).
 
-use super::{CaseFile, OpOutput, OpResult};
+use super::{CaseFile, HostDType, OpOutput, OpResult};
 use crate::compare::tolerance;
 use crate::context::Context;
 use crate::error::Result;
 use crate::kv_format::KvFormat;
-use crate::ops::attention::Attention;
+use crate::ops::attention::{pack_mask, Attention, Dims, Inputs, MaskSet};
 use crate::ops::kv_cache::{KvCache, KvCacheConfig};
 use crate::reference::attention as reference;
 use crate::reference::quant;
@@ -83,6 +89,68 @@ fn quantized_cache(
     Ok(cache)
 }
 
+/// A case's masks as host values: the boolean mask, the bias with its shape, the block ids.
+struct CaseMasks {
+    mask: Option<Vec<bool>>,
+    bias: Option<(Vec<f32>, Vec<usize>)>,
+    ids: Option<Vec<i32>>,
+}
+
+impl CaseMasks {
+    fn read(case: &CaseFile, d: &Dims) -> Result<Self> {
+        let (b, q, kv) = (d.batch, d.q_len, d.kv_len);
+        let mask = match case.opt_tensor("mask")? {
+            None => None,
+            Some(t) => {
+                if !matches!(t.dtype, HostDType::U8 | HostDType::Bool) {
+                    return Err(case.error(format!("mask is {:?}; it must be U8 or BOOL", t.dtype)));
+                }
+                if t.shape != [q, kv] && t.shape != [b, q, kv] {
+                    return Err(case.error(format!(
+                        "mask has shape {:?}; it must be [q_len, kv_len] = [{q}, {kv}] or [batch, q_len, kv_len] = [{b}, {q}, {kv}]",
+                        t.shape
+                    )));
+                }
+                Some(t.values.iter().map(|&x| x != 0.0).collect())
+            }
+        };
+        let bias = match case.opt_tensor("bias")? {
+            None => None,
+            Some(t) => {
+                if t.dtype != HostDType::F32 {
+                    return Err(case.error(format!("bias is {:?}; it must be F32", t.dtype)));
+                }
+                Some((t.to_f32(), t.shape.clone()))
+            }
+        };
+        let ids = match case.opt_tensor("block_ids")? {
+            None => None,
+            Some(t) => {
+                if t.dtype != HostDType::I32 || (t.shape != [kv] && t.shape != [b, kv]) {
+                    return Err(case.error(format!(
+                        "block_ids is {:?} {:?}; it must be I32 [kv_len] = [{kv}] or [batch, kv_len] = [{b}, {kv}]",
+                        t.dtype, t.shape
+                    )));
+                }
+                Some(t.values.iter().map(|&x| x as i32).collect())
+            }
+        };
+        Ok(CaseMasks { mask, bias, ids })
+    }
+
+    /// The masks (and sinks) in one buffer, as the kernel binds them.
+    fn upload(&self, ctx: &Context, sinks: Option<&[f32]>) -> Result<MaskSet> {
+        let packed = self.mask.as_deref().map(pack_mask);
+        Inputs::upload_masks(
+            ctx,
+            sinks,
+            packed.as_deref(),
+            self.bias.as_ref().map(|(v, s)| (&v[..], &s[..])),
+            self.ids.as_deref(),
+        )
+    }
+}
+
 /// Run an `attention` case on `ctx` and on the reference.
 pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let (mut op, scale, softcap) = options(case)?;
@@ -113,12 +181,11 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let qt = ctx.upload_as(&q.to_f32(), &q.shape, dtype)?;
     let kt = ctx.upload_as(&k.to_f32(), &k.shape, dtype)?;
     let vt = ctx.upload_as(&v.to_f32(), &v.shape, dtype)?;
-    let st = match sinks {
-        Some(s) => Some(ctx.upload_as(&s.to_f32(), &s.shape, DType::F32)?),
-        None => None,
-    };
     let out = ctx.empty(&q.shape, dtype)?;
     let d = op.dims(&qt, &kt, &vt)?;
+    let masks = CaseMasks::read(case, &d)?;
+    let sinks_host = sinks.map(|s| s.to_f32());
+    let set = masks.upload(ctx, sinks_host.as_deref())?;
     let quantized = kv_format(case, dtype)?;
     let kv = quantized.map_or(KvFormat::from_dtype(dtype), |f| f.0);
     let plan = op.plan_kv(ctx, d, dtype, kv)?;
@@ -128,19 +195,27 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     };
     let (k_ref, v_ref) = match quantized {
         None => {
-            op.run(ctx, &qt, &kt, &vt, st.as_ref(), &out)?;
+            op.run(ctx, &qt, &kt, &vt, set.inputs(), &out)?;
             (k.values.clone(), v.values.clone())
         }
         Some(f) => {
             let cache = quantized_cache(ctx, (&kt, &vt), d, dtype, f)?;
-            op.run_cached(ctx, &qt, &cache, st.as_ref(), &out)?;
+            op.run_cached(ctx, &qt, &cache, set.inputs(), &out)?;
             (
                 quant::round_trip(f.0, &k.to_f32(), d.head_dim, f.1),
                 quant::round_trip(f.0, &v.to_f32(), d.head_dim, f.2),
             )
         }
     };
-    let cpu = reference::attention(
+    let bias64: Option<Vec<f64>> = masks
+        .bias
+        .as_ref()
+        .map(|b| b.0.iter().map(|&x| x as f64).collect());
+    let bias_heads = masks
+        .bias
+        .as_ref()
+        .is_some_and(|(_, s)| s.len() == 3 || (s.len() == 4 && s[1] == d.n_heads && d.n_heads > 1));
+    let cpu = reference::attention_masked(
         &q.values,
         &k_ref,
         &v_ref,
@@ -154,6 +229,12 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             head_dim: d.head_dim,
         },
         &ref_options(&op, q_offset, scale, softcap),
+        &reference::Masks {
+            mask: masks.mask.as_deref(),
+            bias: bias64.as_deref(),
+            bias_heads,
+            block_ids: masks.ids.as_deref(),
+        },
     );
     Ok(OpResult {
         dtype,

@@ -39,8 +39,12 @@ pub enum HostDType {
     BF16,
     /// 64-bit signed integer (positions).
     I64,
-    /// 32-bit signed integer (positions).
+    /// 32-bit signed integer (positions, block ids).
     I32,
+    /// Unsigned byte (boolean masks, 0 = hidden).
+    U8,
+    /// Boolean (masks).
+    Bool,
 }
 
 impl HostDType {
@@ -304,7 +308,9 @@ impl CaseFile {
                 safetensors::Dtype::BF16 => HostDType::BF16,
                 safetensors::Dtype::I64 => HostDType::I64,
                 safetensors::Dtype::I32 => HostDType::I32,
-                other => return Err(err(format!("tensor {name:?} has dtype {other:?}; cases use F32, F16, BF16, F64, I32 or I64"))),
+                safetensors::Dtype::U8 => HostDType::U8,
+                safetensors::Dtype::BOOL => HostDType::Bool,
+                other => return Err(err(format!("tensor {name:?} has dtype {other:?}; cases use F32, F16, BF16, F64, I32, I64, U8 or BOOL"))),
             };
             let d = view.data();
             let values: Vec<f64> = match dtype {
@@ -320,6 +326,7 @@ impl CaseFile {
                     .chunks_exact(4)
                     .map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as f64)
                     .collect(),
+                HostDType::U8 | HostDType::Bool => d.iter().map(|&b| b as f64).collect(),
                 _ => crate::tensor::decode_f32(d, dtype.storage().unwrap_or(DType::F32))
                     .into_iter()
                     .map(|v| v as f64)

@@ -17,6 +17,12 @@
 //! alignment), so one batch mixes prefill, chunked prefill and decode sequences; rows before
 //! position 0, like every row of a sequence with no keys, see no key and are 0.
 //!
+//! Masks, each sequence's after the one before (as `Inputs` takes them over a paged batch):
+//! optional `mask` (U8 or BOOL `[sum of q_len x kv_len]`, each sequence's `[q_len, kv_len]`
+//! flattened, nonzero = visible), `bias` (F32, the same length, or `n_heads` times it with each
+//! sequence's `[n_heads, q_len, kv_len]`) and `block_ids` (I32 `[sum of kv_len]`), with the
+//! `attention` cases' meaning.
+//!
 //! Every index a file holds is checked here, before any GPU work, with an error naming the file:
 //! the kernel reads pages through the block table, and the reference gathers through it.
 
@@ -28,7 +34,6 @@ use crate::ops::attention::{self, Attention};
 use crate::ops::paged::{BatchSeq, Heads, PageLayout};
 use crate::reference::attention as reference;
 use crate::reference::quant;
-use crate::tensor::DType;
 use crate::{KvFormat, PagedBatch, PagedKvCache, PagedKvConfig};
 
 /// An integer input (block table, lengths), as `i64` values.
@@ -277,12 +282,11 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
     let all: Vec<u32> = (0..b.n_pages as u32).collect();
     cache.write_pages(ctx, &all, &k.to_f32(), &v.to_f32())?;
     let qt = ctx.upload_as(&q.to_f32(), &q.shape, dtype)?;
-    let st = match sinks {
-        Some(s) => Some(ctx.upload_as(&s.to_f32(), &s.shape, DType::F32)?),
-        None => None,
-    };
+    let masks = PagedMasks::read(case, &b.seqs, h.n_heads)?;
+    let sinks_host = sinks.map(|s| s.to_f32());
+    let set = masks.upload(ctx, &b.seqs, sinks_host.as_deref())?;
     let out = ctx.empty(&q.shape, dtype)?;
-    op.run_paged(ctx, &qt, &cache, &batch, st.as_ref(), &out)?;
+    op.run_paged(ctx, &qt, &cache, &batch, set.inputs(), &out)?;
 
     // The reference: each sequence's K/V gathered from its pages in token order, then the
     // contiguous attention of that sequence alone (q_offset None: bottom-right).
@@ -300,7 +304,8 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             ks.extend_from_slice(&k_vals[at..at + row]);
             vs.extend_from_slice(&v_vals[at..at + row]);
         }
-        let o = reference::attention(
+        let (mask, bias, ids) = masks.of(s);
+        let o = reference::attention_masked(
             &q.values[q0 * q_row..(q0 + seq.q_len) * q_row],
             &ks,
             &vs,
@@ -314,6 +319,12 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
                 head_dim: h.head_dim,
             },
             &super::attention::ref_options(&op, None, scale, softcap),
+            &reference::Masks {
+                mask,
+                bias: bias.as_deref(),
+                bias_heads: masks.bias_heads,
+                block_ids: ids,
+            },
         );
         debug_assert_eq!(o.len(), seq.q_len * q_row, "sequence {s}");
         cpu[q0 * q_row..][..o.len()].copy_from_slice(&o);
@@ -338,4 +349,119 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             cpu,
         }],
     })
+}
+
+/// A paged case's masks: every sequence's, one after the other.
+struct PagedMasks {
+    mask: Option<Vec<bool>>,
+    bias: Option<Vec<f32>>,
+    bias_heads: bool,
+    ids: Option<Vec<i32>>,
+    // Where each sequence's mask (pairs), bias and ids start.
+    starts: Vec<(usize, usize, usize)>,
+}
+
+impl PagedMasks {
+    fn read(case: &CaseFile, seqs: &[BatchSeq], n_heads: usize) -> Result<Self> {
+        let mut starts = Vec::with_capacity(seqs.len());
+        let (mut qk, mut kv) = (0, 0);
+        for s in seqs {
+            starts.push((qk, 0, kv));
+            qk += s.q_len * s.kv_len;
+            kv += s.kv_len;
+        }
+        let mask = match case.opt_tensor("mask")? {
+            None => None,
+            Some(t) => {
+                if !matches!(t.dtype, HostDType::U8 | HostDType::Bool) || t.shape != [qk] {
+                    return Err(case.error(format!(
+                        "mask is {:?} {:?}; it must be U8 or BOOL [{qk}]: every sequence's [q_len, kv_len] flattened in turn",
+                        t.dtype, t.shape
+                    )));
+                }
+                Some(t.values.iter().map(|&x| x != 0.0).collect())
+            }
+        };
+        let (bias, bias_heads) = match case.opt_tensor("bias")? {
+            None => (None, false),
+            Some(t) => {
+                let heads = t.shape == [n_heads * qk];
+                if t.dtype != HostDType::F32 || !(heads || t.shape == [qk]) {
+                    return Err(case.error(format!(
+                        "bias is {:?} {:?}; it must be F32 [{qk}] (every sequence's [q_len, kv_len] in turn) or [{}] ([n_heads, q_len, kv_len] each)",
+                        t.dtype,
+                        t.shape,
+                        n_heads * qk
+                    )));
+                }
+                (Some(t.to_f32()), heads && n_heads > 1)
+            }
+        };
+        let ids = match case.opt_tensor("block_ids")? {
+            None => None,
+            Some(t) => {
+                if t.dtype != HostDType::I32 || t.shape != [kv] {
+                    return Err(case.error(format!(
+                        "block_ids is {:?} {:?}; it must be I32 [{kv}]: every sequence's [kv_len] in turn",
+                        t.dtype, t.shape
+                    )));
+                }
+                Some(t.values.iter().map(|&x| x as i32).collect())
+            }
+        };
+        let per = if bias_heads { n_heads } else { 1 };
+        for st in &mut starts {
+            st.1 = st.0 * per;
+        }
+        Ok(PagedMasks {
+            mask,
+            bias,
+            bias_heads,
+            ids,
+            starts,
+        })
+    }
+
+    /// The masks (and sinks) in one buffer, each sequence's mask packed from a byte of its own.
+    fn upload(
+        &self,
+        ctx: &Context,
+        seqs: &[BatchSeq],
+        sinks: Option<&[f32]>,
+    ) -> Result<attention::MaskSet> {
+        let packed = self.mask.as_ref().map(|m| {
+            let parts: Vec<&[bool]> = seqs
+                .iter()
+                .zip(&self.starts)
+                .map(|(s, st)| &m[st.0..st.0 + s.q_len * s.kv_len])
+                .collect();
+            attention::segment_pack_mask(&parts)
+        });
+        let shape = [self.bias.as_ref().map_or(0, Vec::len)];
+        attention::Inputs::upload_masks(
+            ctx,
+            sinks,
+            packed.as_deref(),
+            self.bias.as_deref().map(|b| (b, &shape[..])),
+            self.ids.as_deref(),
+        )
+    }
+
+    /// Sequence `s`'s mask, bias (as f64) and ids.
+    #[allow(clippy::type_complexity)]
+    fn of(&self, s: usize) -> (Option<&[bool]>, Option<Vec<f64>>, Option<&[i32]>) {
+        let st = self.starts[s];
+        // Each input's end for this sequence: the next sequence's start, or its own length.
+        let next = self.starts.get(s + 1);
+        let end = |len: usize, f: fn(&(usize, usize, usize)) -> usize| next.map_or(len, f);
+        let mask = self.mask.as_ref().map(|m| &m[st.0..end(m.len(), |n| n.0)]);
+        let bias = self.bias.as_ref().map(|b| {
+            b[st.1..end(b.len(), |n| n.1)]
+                .iter()
+                .map(|&x| x as f64)
+                .collect()
+        });
+        let ids = self.ids.as_ref().map(|i| &i[st.2..end(i.len(), |n| n.2)]);
+        (mask, bias, ids)
+    }
 }

@@ -10,6 +10,12 @@
 //! `j - pos <= window_right` (each when set) and `floor(j / chunk) == floor(pos / chunk)`
 //! (chunk > 0 only). With ALiBi, `alibi_slopes(n_heads)[h] · (j − pos)` joins each logit after the
 //! softcap. A sink logit joins only the denominator. A row with no visible key is exactly 0.
+//!
+//! Masks ([`Masks`], the kernels' [`crate::ops::attention::Inputs`]): a boolean mask hides key
+//! `j` of query `t` where `mask[t, j]` is false; block ids give back a key that causal masking
+//! hid when the key and the query's position carry the same id `>= 0` (the windows and chunks
+//! still apply); the bias adds `bias[(h,) t, j]` to the logit after ALiBi, and a logit of `-inf`
+//! hides the key.
 
 /// Sizes of one attention call (the op's own [`crate::ops::attention::Dims`]). The
 /// reference takes contiguous layouts: q/out `[batch, q_len, n_heads, head_dim]`, k/v
@@ -55,6 +61,53 @@ impl Default for Options {
     }
 }
 
+/// The masks of a call (see the module docs); each given per batch row or shared by the batch,
+/// told apart by length.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Masks<'a> {
+    /// `[q_len, kv_len]` or `[batch, q_len, kv_len]`, true = visible.
+    pub mask: Option<&'a [bool]>,
+    /// `[q_len, kv_len]` or `[batch, q_len, kv_len]`; with `bias_heads`, `[n_heads, q_len,
+    /// kv_len]` or `[batch, n_heads, q_len, kv_len]`.
+    pub bias: Option<&'a [f64]>,
+    /// The bias has a head dimension.
+    pub bias_heads: bool,
+    /// `[kv_len]` or `[batch, kv_len]`.
+    pub block_ids: Option<&'a [i32]>,
+}
+
+impl Masks<'_> {
+    /// Whether key `j` of query `t` (at position `pos`) of batch row `b` passes the boolean
+    /// mask, and whether block ids make it visible past causal masking.
+    fn mask_bits(&self, d: &Dims, b: usize, t: usize, j: usize, pos: i64) -> (bool, bool) {
+        let per = d.q_len * d.kv_len;
+        let shown = self.mask.is_none_or(|m| {
+            let base = if m.len() == per { 0 } else { b * per };
+            m[base + t * d.kv_len + j]
+        });
+        let same_block = self.block_ids.is_some_and(|ids| {
+            let base = if ids.len() == d.kv_len {
+                0
+            } else {
+                b * d.kv_len
+            };
+            let kid = ids[base + j];
+            (0..d.kv_len as i64).contains(&pos) && kid >= 0 && ids[base + pos as usize] == kid
+        });
+        (shown, same_block)
+    }
+
+    fn bias_at(&self, d: &Dims, b: usize, t: usize, h: usize, j: usize) -> f64 {
+        self.bias.map_or(0.0, |bias| {
+            let heads = if self.bias_heads { d.n_heads } else { 1 };
+            let per = heads * d.q_len * d.kv_len;
+            let base = if bias.len() == per { 0 } else { b * per };
+            let hb = if self.bias_heads { h } else { 0 };
+            bias[base + (hb * d.q_len + t) * d.kv_len + j]
+        })
+    }
+}
+
 /// One output row `out[b, t, h, :]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_row(
@@ -64,6 +117,23 @@ pub fn attention_row(
     sinks: Option<&[f64]>,
     d: Dims,
     o: &Options,
+    b: usize,
+    t: usize,
+    h: usize,
+) -> Vec<f64> {
+    attention_row_masked(q, k, v, sinks, d, o, &Masks::default(), b, t, h)
+}
+
+/// One output row `out[b, t, h, :]` under masks.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_row_masked(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    sinks: Option<&[f64]>,
+    d: Dims,
+    o: &Options,
+    masks: &Masks,
     b: usize,
     t: usize,
     h: usize,
@@ -78,7 +148,8 @@ pub fn attention_row(
     let mut logits: Vec<(usize, f64)> = Vec::new();
     for j in 0..d.kv_len {
         let ji = j as i64;
-        if o.causal && ji > pos {
+        let (shown, same_block) = masks.mask_bits(&d, b, t, j, pos);
+        if !shown || (o.causal && ji > pos && !same_block) {
             continue;
         }
         if o.window > 0 && ji <= pos - o.window as i64 {
@@ -103,6 +174,10 @@ pub fn attention_row(
         }
         if o.alibi {
             s += alibi_slopes(d.n_heads)[h] * (ji - pos) as f64;
+        }
+        s += masks.bias_at(&d, b, t, h, j);
+        if s == f64::NEG_INFINITY {
+            continue;
         }
         logits.push((j, s));
     }
@@ -167,6 +242,19 @@ pub fn attention(
     d: Dims,
     o: &Options,
 ) -> Vec<f64> {
+    attention_masked(q, k, v, sinks, d, o, &Masks::default())
+}
+
+/// The whole output under masks.
+pub fn attention_masked(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    sinks: Option<&[f64]>,
+    d: Dims,
+    o: &Options,
+    masks: &Masks,
+) -> Vec<f64> {
     assert_eq!(q.len(), d.batch * d.q_len * d.n_heads * d.head_dim);
     assert_eq!(k.len(), d.batch * d.kv_len * d.n_kv_heads * d.head_dim);
     assert_eq!(v.len(), k.len());
@@ -175,7 +263,7 @@ pub fn attention(
     for b in 0..d.batch {
         for t in 0..d.q_len {
             for h in 0..d.n_heads {
-                out.extend(attention_row(q, k, v, sinks, d, o, b, t, h));
+                out.extend(attention_row_masked(q, k, v, sinks, d, o, masks, b, t, h));
             }
         }
     }

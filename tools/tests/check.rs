@@ -175,8 +175,8 @@ fn malformed_files_are_refused() {
     let h = format!(r#"{{{meta},"x":{{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}}}"#);
     assert!(parse_err(&raw_file(&h, &[0u8; 8])).contains("not a valid safetensors file"));
     // A dtype cases do not use.
-    let h = format!(r#"{{{meta},"x":{{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}}}"#);
-    assert!(parse_err(&raw_file(&h, &[0u8; 8])).contains("has dtype U8"));
+    let h = format!(r#"{{{meta},"x":{{"dtype":"I16","shape":[4],"data_offsets":[0,8]}}}}"#);
+    assert!(parse_err(&raw_file(&h, &[0u8; 8])).contains("has dtype I16"));
     // No op.
     let h = r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
     assert!(parse_err(&raw_file(h, &[0u8; 8])).contains("has no `op`"));
@@ -303,6 +303,21 @@ fn mistyped_attention_cases_are_refused() {
     let e = run(&good(&[("sinks", F32, vec![3])]), &[op]);
     assert!(
         e.contains("attention: sinks has shape [3] but must be [4]"),
+        "{e}"
+    );
+    // Masks: the case's dtype rules, then the op's shape rules.
+    let e = run(&good(&[("mask", F32, vec![2, 3])]), &[op]);
+    assert!(e.contains("mask is F32; it must be U8 or BOOL"), "{e}");
+    let e = run(&good(&[("bias", DType::BF16, vec![2, 3])]), &[op]);
+    assert!(e.contains("bias is BF16; it must be F32"), "{e}");
+    let e = run(&good(&[("block_ids", F32, vec![3])]), &[op]);
+    assert!(
+        e.contains("block_ids is F32 [3]; it must be I32 [kv_len] = [3]"),
+        "{e}"
+    );
+    let e = run(&good(&[("bias", F32, vec![3, 2])]), &[op]);
+    assert!(
+        e.contains("attention: bias has shape [3, 2]; it must be [q_len, kv_len] = [2, 3]"),
         "{e}"
     );
     // Sinks in any float dtype are accepted (gpt-oss stores them in bf16): the shape rule above

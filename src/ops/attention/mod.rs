@@ -116,7 +116,11 @@
 //!   ([`loop_cap_keys`]): the same kernel over chunks of the keys (`attn_prefill_partial`),
 //!   writing partials that `attn_prefill_merge` combines in a fixed order, as decode's do.
 //!
-//! Files: `options.rs` (the call's options and sizes), [`variants`] (the variant space declared
+//! Masks ([`Inputs`]: a packed boolean mask, an additive bias, block ids) join these rules per
+//! call; `inputs.rs` gives their semantics. They are a pipeline-key axis ([`Variant::masks`]):
+//! unmasked calls run the pipelines they always ran.
+//!
+//! Files: `options.rs` (the call's options and sizes), `inputs.rs` (sinks and masks), [`variants`] (the variant space declared
 //! once, the shader modules and the pipeline keys), [`plan`] (the planner, by the rule below),
 //! `record.rs` (validation, parameters and recording).
 //!
@@ -124,6 +128,7 @@
 
 mod device;
 pub mod geometry;
+mod inputs;
 mod options;
 pub mod plan;
 mod prepare;
@@ -133,6 +138,7 @@ pub mod variants;
 
 pub use device::{DeviceDesc, DEFAULT_COMPUTE_UNITS, RESIDENT_INVOCATIONS_PER_CU};
 pub use geometry::{DecodeGeometry, PrefillGeometry};
+pub use inputs::{pack_mask, segment_pack_mask, BlockIds, Inputs, MaskBits, MaskSet};
 pub use options::{Attention, Dims, F16_ARITHMETIC_NMSE, MAX_CHUNK_SIZE};
 pub(crate) use plan::sg_cap_keys;
 pub use plan::{
@@ -150,14 +156,14 @@ pub(crate) use variants::MAX_BK;
 pub use variants::{
     all_variant_keys, declared_variants, decode_variant_keys, prefill_class,
     prefill_keys_workgroup_bytes, prefill_shader, prefill_variant_keys, sg_key_constants,
-    sg_rows_max, sg_shape, subgroup_variant_keys, tile_v4_for, with_wg, Axes, Kind, SgShape,
-    Variant, ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16,
+    sg_rows_max, sg_shape, subgroup_variant_keys, tile_v4_for, with_masks, with_wg, Axes, Kind,
+    SgShape, Variant, ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16,
     ATTENTION_PREFILL, ATTENTION_PREFILL_F16, ATTENTION_PREFILL_F16_HD128,
     ATTENTION_PREFILL_F16_HD64, ATTENTION_PREFILL_HD128, ATTENTION_PREFILL_HD64, DECODE_WG,
-    HEAD_DIMS, KEYS_MAX_ROWS, KEYS_WG, KINDS, MAX_HEAD_DIM, MERGE_WG, MODULES, PREFILL_CLASSES,
-    PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE, PREFILL_MODULES, PREFILL_ROWS_PER_INVOCATION, PREFILL_WG,
-    RUN_TIME_PATH, SG_ITEM_PACKED, SG_MAX_ROWS, SG_MAX_WORKGROUP_BYTES, SG_WG, SUBGROUP_MIN_SIZES,
-    SUBGROUP_MODULES, WORKGROUP_STORAGE,
+    HEAD_DIMS, KEYS_MAX_ROWS, KEYS_WG, KINDS, MASKED_HEAD_DIM, MAX_HEAD_DIM, MERGE_WG, MODULES,
+    PREFILL_CLASSES, PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE, PREFILL_MODULES,
+    PREFILL_ROWS_PER_INVOCATION, PREFILL_WG, RUN_TIME_PATH, SG_ITEM_PACKED, SG_MAX_ROWS,
+    SG_MAX_WORKGROUP_BYTES, SG_WG, SUBGROUP_MIN_SIZES, SUBGROUP_MODULES, WORKGROUP_STORAGE,
 };
 
 const OP: &str = "attention";

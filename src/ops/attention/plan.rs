@@ -291,6 +291,7 @@ impl Attention {
                 && kv == KvFormat::F16
                 && kv_aligned
                 && self.native_f16.unwrap_or_else(|| dev.native_f16_wanted()),
+            masks: false,
         };
         if self.native_f16 == Some(true) {
             crate::ensure!(

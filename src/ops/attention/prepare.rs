@@ -31,6 +31,29 @@ impl Attention {
         dtype: DType,
         kv: KvFormat,
     ) -> Result<usize> {
+        self.prepare_variants(ctx, shapes, dtype, kv, false)
+    }
+
+    /// [`Attention::prepare_kv`] for calls with masks (a mask, bias or block ids in their
+    /// [`Inputs`](super::Inputs)): their own pipelines.
+    pub fn prepare_masked(
+        &self,
+        ctx: &Context,
+        shapes: &[Dims],
+        dtype: DType,
+        kv: KvFormat,
+    ) -> Result<usize> {
+        self.prepare_variants(ctx, shapes, dtype, kv, true)
+    }
+
+    fn prepare_variants(
+        &self,
+        ctx: &Context,
+        shapes: &[Dims],
+        dtype: DType,
+        kv: KvFormat,
+        masks: bool,
+    ) -> Result<usize> {
         self.check_options(OP)?;
         let before = ctx.cached_pipelines();
         for &d in shapes {
@@ -47,7 +70,8 @@ impl Attention {
             // What `kv_rows_aligned` finds for contiguous K/V at offset 0 (quantized rows are
             // always read whole).
             let aligned = kv.is_quantized() || (d.head_dim * dtype.size()).is_multiple_of(16);
-            let plan = self.plan_for(ctx, d, dtype, kv, aligned)?;
+            let mut plan = self.plan_for(ctx, d, dtype, kv, aligned)?;
+            plan.variant.masks = masks;
             for key in plan.variant.keys() {
                 ctx.kernel(OP, &key)?;
             }

@@ -1,6 +1,7 @@
 //! Recording one call: the uniform parameters ([`Params`]), [`Attention::encode`]'s validation
 //! (every rule before any GPU work), and the passes it records.
 
+use super::inputs::{Aux, Inputs};
 use super::{kv_rows_aligned, Dims, Kind, Plan, OP, PREFILL_WG};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -9,7 +10,7 @@ use crate::pipeline::Window;
 use crate::tensor::{DType, Tensor};
 use crate::Attention;
 
-/// Uniform parameters; mirrors `struct Params` in both attention shaders (176 bytes).
+/// Uniform parameters; mirrors `struct Params` in both attention shaders (192 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -78,6 +79,14 @@ pub struct Params {
     pub k_scale: f32,
     /// fp8 V's per-tensor scale.
     pub v_scale: f32,
+    /// Mask inputs bound (`MASK_*` bits of `shaders/attention_common.wgsl`).
+    pub masks: u32,
+    /// Word offset of the packed mask in the `aux` binding.
+    pub mask_off: u32,
+    /// Element offset of the bias in `aux`.
+    pub bias_off: u32,
+    /// Element offset of the block ids in `aux`.
+    pub ids_off: u32,
 }
 
 struct Checked {
@@ -91,6 +100,8 @@ struct Checked {
     strides: [[usize; 3]; 4],
     // Quantized K/V of a cache.
     quant: Option<QuantReads>,
+    // `p.masks` bits of the inputs.
+    masks: u32,
 }
 
 /// (batch stride, token stride, head stride) of a rank-3 or rank-4 view.
@@ -111,15 +122,14 @@ impl Attention {
         n_heads: usize,
         scale: f32,
         bounds: (i32, i32),
-        sinks_window: &Option<Window>,
-        sinks: Option<&Tensor>,
+        aux: &Aux,
     ) -> Params {
         Params {
             win_left: bounds.0,
             win_right: bounds.1,
             attn_chunk: self.chunk_size,
             causal: self.causal as u32,
-            has_sinks: sinks.is_some() as u32,
+            has_sinks: aux.has_sinks as u32,
             scale,
             softcap: self.softcap,
             alibi: if self.alibi {
@@ -127,10 +137,11 @@ impl Attention {
             } else {
                 0
             },
-            s_off: match (sinks_window, sinks) {
-                (Some(w), Some(s)) => w.elem_offset(s),
-                _ => 0,
-            },
+            s_off: aux.s_off,
+            masks: aux.masks,
+            mask_off: aux.mask_off,
+            bias_off: aux.bias_off,
+            ids_off: aux.ids_off,
             ..Params::default()
         }
     }
@@ -159,7 +170,7 @@ impl Attention {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        sinks: Option<&Tensor>,
+        inputs: &Inputs,
         out: &Tensor,
         quant: Option<QuantReads>,
     ) -> Result<Checked> {
@@ -184,7 +195,8 @@ impl Attention {
             out.shape(),
             q.shape()
         );
-        check_sinks(OP, sinks, d.n_heads)?;
+        inputs.check_common(OP, d.n_heads, out)?;
+        let masks = inputs.contiguous_flags(OP, &d)?;
         self.check_options(OP)?;
         if let Some(s) = self.splits {
             crate::ensure!(
@@ -212,10 +224,7 @@ impl Attention {
             d.kv_len
         );
         // Binding rules: out is the only written tensor and must not share a buffer with inputs.
-        for (name, t) in [("q", q), ("k", k), ("v", v)]
-            .into_iter()
-            .chain(sinks.map(|s| ("sinks", s)))
-        {
+        for (name, t) in [("q", q), ("k", k), ("v", v)] {
             crate::ensure!(
                 t.buffer() != out.buffer(),
                 Alias,
@@ -245,7 +254,8 @@ impl Attention {
             "the DecodeSubgroup kernel needs a device with the SUBGROUP feature"
         );
         let kv = quant.map_or(KvFormat::from_dtype(dtype), |r| r.format);
-        let plan = self.plan_for(ctx, d, dtype, kv, aligned)?;
+        let mut plan = self.plan_for(ctx, d, dtype, kv, aligned)?;
+        plan.variant.masks = masks != 0;
         let scale = self.scale.unwrap_or(1.0 / (d.head_dim as f32).sqrt());
         Ok(Checked {
             dims: d,
@@ -260,58 +270,63 @@ impl Attention {
                 outer_strides(out),
             ],
             quant,
+            masks,
         })
     }
 
-    /// Record `out = attention(q, k, v)` into `encoder`.
+    /// Record `out = attention(q, k, v)` into `encoder`. `inputs`: sinks and masks
+    /// ([`Inputs`]; `None` or `Some(&sinks)` for sinks alone).
     #[allow(clippy::too_many_arguments)]
-    pub fn encode(
+    pub fn encode<'a>(
         &self,
         ctx: &Context,
         encoder: &mut wgpu::CommandEncoder,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        sinks: Option<&Tensor>,
+        inputs: impl Into<Inputs<'a>>,
         out: &Tensor,
     ) -> Result<()> {
-        let c = self.validate(ctx, q, k, v, sinks, out, None)?;
+        let inputs = inputs.into();
+        let c = self.validate(ctx, q, k, v, &inputs, out, None)?;
         ctx.scoped(OP, || {
-            self.record_unscoped(ctx, encoder, &c, q, k, v, sinks, out)
+            self.record_unscoped(ctx, encoder, &c, q, k, v, &inputs, out)
         })?
     }
 
     /// [`Attention::encode`], submitted and waited for.
-    pub fn run(
+    pub fn run<'a>(
         &self,
         ctx: &Context,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        sinks: Option<&Tensor>,
+        inputs: impl Into<Inputs<'a>>,
         out: &Tensor,
     ) -> Result<()> {
-        let c = self.validate(ctx, q, k, v, sinks, out, None)?;
+        let inputs = inputs.into();
+        let c = self.validate(ctx, q, k, v, &inputs, out, None)?;
         ctx.submit_and_wait(OP, |enc| {
-            self.record_unscoped(ctx, enc, &c, q, k, v, sinks, out)
+            self.record_unscoped(ctx, enc, &c, q, k, v, &inputs, out)
         })
     }
 
     /// Record attention over the rows `0..len` of a KV cache (`q` batched like the cache; a rank-3
     /// `q` needs a cache of batch 1).
-    pub fn encode_cached(
+    pub fn encode_cached<'a>(
         &self,
         ctx: &Context,
         encoder: &mut wgpu::CommandEncoder,
         q: &Tensor,
         cache: &crate::ops::kv_cache::KvCache,
-        sinks: Option<&Tensor>,
+        inputs: impl Into<Inputs<'a>>,
         out: &Tensor,
     ) -> Result<()> {
+        let inputs = inputs.into();
         let (k, v) = self.cached_views(q, cache)?;
-        let c = self.validate(ctx, q, &k, &v, sinks, out, cache.quant_reads())?;
+        let c = self.validate(ctx, q, &k, &v, &inputs, out, cache.quant_reads())?;
         ctx.scoped(OP, || {
-            self.record_unscoped(ctx, encoder, &c, q, &k, &v, sinks, out)
+            self.record_unscoped(ctx, encoder, &c, q, &k, &v, &inputs, out)
         })?
     }
 
@@ -361,18 +376,19 @@ impl Attention {
     }
 
     /// [`Attention::encode_cached`], submitted and waited for.
-    pub fn run_cached(
+    pub fn run_cached<'a>(
         &self,
         ctx: &Context,
         q: &Tensor,
         cache: &crate::ops::kv_cache::KvCache,
-        sinks: Option<&Tensor>,
+        inputs: impl Into<Inputs<'a>>,
         out: &Tensor,
     ) -> Result<()> {
+        let inputs = inputs.into();
         let (k, v) = self.cached_views(q, cache)?;
-        let c = self.validate(ctx, q, &k, &v, sinks, out, cache.quant_reads())?;
+        let c = self.validate(ctx, q, &k, &v, &inputs, out, cache.quant_reads())?;
         ctx.submit_and_wait(OP, |enc| {
-            self.record_unscoped(ctx, enc, &c, q, &k, &v, sinks, out)
+            self.record_unscoped(ctx, enc, &c, q, &k, &v, &inputs, out)
         })
     }
 
@@ -386,7 +402,7 @@ impl Attention {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        sinks: Option<&Tensor>,
+        inputs: &Inputs,
         out: &Tensor,
     ) -> Result<()> {
         let d = c.dims;
@@ -407,10 +423,7 @@ impl Attention {
             ),
         };
         let ow = Window::covering(ctx, OP, &[out])?;
-        let sw = match sinks {
-            Some(s) => Some(Window::covering(ctx, OP, &[s])?),
-            None => None,
-        };
+        let aux = inputs.bind(ctx, OP, c.masks)?;
         let pack = |w: &Window, t: &Tensor, s: [usize; 3]| -> Result<[u32; 4]> {
             let v = [w.elem_offset(t) as usize, s[0], s[1], s[2]];
             let mut o = [0u32; 4];
@@ -445,7 +458,7 @@ impl Attention {
             v_sc: c.quant.map_or(0, |r| r.scale_plane),
             k_scale: c.quant.map_or(1.0, |r| r.k_scale),
             v_scale: c.quant.map_or(1.0, |r| r.v_scale),
-            ..self.logit_params(d.n_heads, c.scale, c.bounds, &sw, sinks)
+            ..self.logit_params(d.n_heads, c.scale, c.bounds, &aux)
         };
         let keys = plan.variant.keys();
         let mut inputs = vec![
@@ -453,8 +466,8 @@ impl Attention {
             ("k_buf", kw.resource()),
             ("v_buf", vw.resource()),
         ];
-        if let Some(w) = &sw {
-            inputs.push(("sinks", w.resource()));
+        if let Some(w) = &aux.window {
+            inputs.push(("aux", w.resource()));
         }
         let base_wgs = (d.batch * d.n_kv_heads * plan.row_blocks) as u64;
         if matches!(plan.variant.kind, Kind::PrefillKeys | Kind::PrefillSubgroup) {
@@ -517,8 +530,8 @@ impl Attention {
             return Ok(());
         }
         let mut merge = vec![("part_in", part_res()), ("out_buf", ow.resource())];
-        if let Some(w) = &sw {
-            merge.push(("sinks", w.resource()));
+        if let Some(w) = &aux.window {
+            merge.push(("aux", w.resource()));
         }
         let rows_total = (d.batch * d.n_kv_heads * plan.rows) as u64;
         let merge_wgs = match plan.variant.kind {
@@ -538,8 +551,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn params_is_176_bytes() {
-        assert_eq!(std::mem::size_of::<Params>(), 176);
+    fn params_is_192_bytes() {
+        assert_eq!(std::mem::size_of::<Params>(), 192);
         assert_eq!(std::mem::size_of::<Params>() % 16, 0);
     }
 }

@@ -206,6 +206,9 @@ pub struct Variant {
     /// ([`super::Attention::native_f16`], the [`ATTENTION_DECODE_SUBGROUP_F16`] module); false
     /// otherwise.
     pub native_f16: bool,
+    /// Mask inputs bound ([`super::Inputs`]: the `MASKS` override; every kind has the axis).
+    /// Only the pass that scores keys has it: merges read partials.
+    pub masks: bool,
 }
 
 /// One prefill module: `shaders/attention_prefill.wgsl` with its arithmetic type and the size of
@@ -516,6 +519,7 @@ impl Variant {
     fn merge_constants(&self) -> Vec<(&'static str, u32)> {
         Variant {
             kv: KvFormat::from_dtype(self.dtype),
+            masks: false,
             ..*self
         }
         .constants()
@@ -530,13 +534,18 @@ impl Variant {
         PipelineKey::new(prefill_shader(self.hd4, self.f16), "attn_prefill_merge", m)
     }
     fn constants(&self) -> Vec<(&'static str, u32)> {
-        vec![
+        let mut c = vec![
             ("DTYPE", self.dtype.shader_code()),
             ("KV_FMT", self.kv.shader_code()),
             ("WG", self.wg()),
             ("TILE_V4", self.tile_v4),
             ("HD4", self.hd4),
-        ]
+        ];
+        // Unset when off (the WGSL default), so unmasked keys are the keys they always were.
+        if self.masks {
+            c.push(("MASKS", 1));
+        }
+        c
     }
 
     /// Whether this variant is a point of the declared space: its kind's axes ([`KINDS`]) hold
@@ -697,6 +706,7 @@ fn points(
                             f16,
                             sg_min,
                             native_f16,
+                            masks: false,
                         };
                         if v.fits() {
                             out.push(v);
@@ -709,13 +719,22 @@ fn points(
     out
 }
 
+/// `key` with the masks axis on (`MASKS`, [`Variant::masks`]): the paged kernels' keys.
+pub fn with_masks(mut key: PipelineKey) -> PipelineKey {
+    key.constants.push(("MASKS", 1));
+    key
+}
+
+/// The head_dim at which [`declared_variants`] declares the masked variants.
+pub const MASKED_HEAD_DIM: u32 = 128;
+
 /// The variants the portability tests compile: every point of [`KINDS`] at every head_dim class
 /// ([`HEAD_DIMS`]), storage format and tile size ([`WORKGROUP_STORAGE`]) with the float K/V; the
 /// quantized K/V formats ([`kv_formats`]) at every head_dim class that holds them, storage
 /// format and kind, at the larger tile size and each kind's first row count (their code differs
 /// from the float format's only in the K/V reads, which neither changes); and every other
 /// head_dim (4 ..= 256 in steps of 4) at [`RUN_TIME_PATH`], where `head_dim` only changes loop
-/// trip counts.
+/// trip counts; and the masked variants ([`Variant::masks`]) at [`MASKED_HEAD_DIM`].
 pub fn declared_variants() -> Vec<Variant> {
     let mut out = Vec::new();
     let quantized_tile = tile_v4_for(WORKGROUP_STORAGE[WORKGROUP_STORAGE.len() - 1]);
@@ -743,6 +762,17 @@ pub fn declared_variants() -> Vec<Variant> {
             if !HEAD_DIMS.contains(&(hd4 * 4)) {
                 out.extend(points(axes, hd4, (dtype, kv), tile_v4_for(limit), false));
             }
+        }
+        // The masks axis at Llama's head_dim, every float format, each kind's first row count
+        // (masks change the scoring code only, which neither head_dim nor the tile reshapes).
+        for dtype in DType::ALL {
+            let kv = KvFormat::from_dtype(dtype);
+            let tile = tile_v4_for(WORKGROUP_STORAGE[0]);
+            out.extend(
+                points(axes, MASKED_HEAD_DIM / 4, (dtype, kv), tile, false)
+                    .into_iter()
+                    .map(|v| Variant { masks: true, ..v }),
+            );
         }
     }
     out

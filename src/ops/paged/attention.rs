@@ -7,7 +7,7 @@ use super::MAX_POOL_BUFFERS;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kv_format::KvFormat;
-use crate::ops::attention::{self, Attention};
+use crate::ops::attention::{self, Attention, Inputs};
 use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
@@ -98,6 +98,14 @@ pub fn sg_variant_keys() -> Vec<PipelineKey> {
             }
         }
     }
+    // The masked pass at Llama's head_dim.
+    keys.push(attention::with_masks(sg_attention_key(
+        DType::F16,
+        32,
+        1,
+        32,
+        1,
+    )));
     // A pool over three buffers at Llama's head_dim.
     for rs in [1, 4] {
         keys.push(sg_attention_key(
@@ -238,6 +246,12 @@ pub fn attention_variant_keys() -> Vec<PipelineKey> {
         }
     }
     let f16 = (DType::F16, KvFormat::F16);
+    // The masked passes at Llama's head_dim, over the largest pool (the most bindings).
+    let pools = MAX_POOL_BUFFERS as u32;
+    keys.push(attention::with_masks(
+        attention_keys(f16, attention::tile_v4_for(16384), 32, pools)[0].clone(),
+    ));
+    keys.push(attention::with_masks(keys_attention_key(f16, 32, 1, pools)));
     for pools in 2..=MAX_POOL_BUFFERS as u32 {
         keys.extend(attention_keys(
             f16,
@@ -261,40 +275,44 @@ pub fn attention_variant_keys() -> Vec<PipelineKey> {
 impl Attention {
     /// Record attention of every sequence of `batch` over its pages: `q` and `out` are
     /// `[total_q, n_heads, head_dim]` packed like the batch (any outer strides), in the cache's
-    /// dtype; `sinks` `[n_heads]` f32 as in [`Attention::encode`]. `q_offset` and `kind` must
-    /// be unset (every sequence is aligned bottom-right; there is one kernel).
+    /// dtype; `inputs`: sinks `[n_heads]` f32 as in [`Attention::encode`], and masks, each
+    /// sequence's after the one before (a tree-shaped draft chunk is a prefill chunk with a
+    /// tree mask). `q_offset` and `kind` must be unset (every sequence is aligned bottom-right;
+    /// there is one kernel).
     #[allow(clippy::too_many_arguments)]
-    pub fn encode_paged(
+    pub fn encode_paged<'a>(
         &self,
         ctx: &Context,
         encoder: &mut wgpu::CommandEncoder,
         q: &Tensor,
         cache: &PagedKvCache,
         batch: &PagedBatch,
-        sinks: Option<&Tensor>,
+        inputs: impl Into<Inputs<'a>>,
         out: &Tensor,
     ) -> Result<()> {
         let op = "paged_attention";
-        let c = self.validate_paged(ctx, q, cache, batch, sinks, out)?;
+        let inputs = inputs.into();
+        let c = self.validate_paged(ctx, q, cache, batch, &inputs, out)?;
         ctx.scoped(op, || {
-            self.record_paged(ctx, encoder, &c, q, cache, batch, sinks, out)
+            self.record_paged(ctx, encoder, &c, q, cache, batch, &inputs, out)
         })?
     }
 
     /// [`Attention::encode_paged`], submitted and waited for.
     #[allow(clippy::too_many_arguments)]
-    pub fn run_paged(
+    pub fn run_paged<'a>(
         &self,
         ctx: &Context,
         q: &Tensor,
         cache: &PagedKvCache,
         batch: &PagedBatch,
-        sinks: Option<&Tensor>,
+        inputs: impl Into<Inputs<'a>>,
         out: &Tensor,
     ) -> Result<()> {
-        let c = self.validate_paged(ctx, q, cache, batch, sinks, out)?;
+        let inputs = inputs.into();
+        let c = self.validate_paged(ctx, q, cache, batch, &inputs, out)?;
         ctx.submit_and_wait("paged_attention", |enc| {
-            self.record_paged(ctx, enc, &c, q, cache, batch, sinks, out)
+            self.record_paged(ctx, enc, &c, q, cache, batch, &inputs, out)
         })
     }
 
@@ -304,17 +322,17 @@ impl Attention {
     /// with a batch shaped like the ones the loop will run (a prompt chunk and a decode step).
     /// Returns how many pipelines were built (0 when already cached).
     #[allow(clippy::too_many_arguments)]
-    pub fn prepare_paged(
+    pub fn prepare_paged<'a>(
         &self,
         ctx: &Context,
         q: &Tensor,
         cache: &PagedKvCache,
         batch: &PagedBatch,
-        sinks: Option<&Tensor>,
+        inputs: impl Into<Inputs<'a>>,
         out: &Tensor,
     ) -> Result<usize> {
         let op = "paged_attention";
-        let c = self.validate_paged(ctx, q, cache, batch, sinks, out)?;
+        let c = self.validate_paged(ctx, q, cache, batch, &inputs.into(), out)?;
         let before = ctx.cached_pipelines();
         if batch.total_q > 0 {
             build_passes(ctx, op, &c, cache, batch)?;
@@ -328,7 +346,7 @@ impl Attention {
         q: &Tensor,
         cache: &PagedKvCache,
         batch: &PagedBatch,
-        sinks: Option<&Tensor>,
+        inputs: &Inputs,
         out: &Tensor,
     ) -> Result<PagedChecked> {
         let op = "paged_attention";
@@ -369,17 +387,14 @@ impl Attention {
             op,
             "q_offset, kind and splits do not apply to paged attention (sequences align bottom-right; PagedBatch::from_parts forces splits)"
         );
-        attention::check_sinks(op, sinks, h.n_heads)?;
-        for (name, t) in [("q", Some(q)), ("sinks", sinks)] {
-            if let Some(t) = t {
-                crate::ensure!(
-                    t.buffer() != out.buffer(),
-                    Alias,
-                    op,
-                    "out shares a buffer with {name}"
-                );
-            }
-        }
+        inputs.check_common(op, h.n_heads, out)?;
+        let masks = inputs.paged_flags(op, h.n_heads, batch.mask_sizes())?;
+        crate::ensure!(
+            q.buffer() != out.buffer(),
+            Alias,
+            op,
+            "out shares a buffer with q"
+        );
         for b in &cache.buffers {
             crate::ensure!(
                 out.buffer() != b,
@@ -475,8 +490,12 @@ impl Attention {
         if subgroup_rows {
             keys[1] = merge_rows_key(cache.dtype, tile_v4, hd4, pools);
         }
+        if masks != 0 {
+            keys[0] = attention::with_masks(keys[0].clone());
+        }
         Ok(PagedChecked {
             keys,
+            masks,
             merge_rows: subgroup_rows,
             bk: (tile_v4 / hd4).min(64),
             part_bytes,
@@ -494,7 +513,7 @@ impl Attention {
         q: &Tensor,
         cache: &PagedKvCache,
         batch: &PagedBatch,
-        sinks: Option<&Tensor>,
+        inputs: &Inputs,
         out: &Tensor,
     ) -> Result<()> {
         let op = "paged_attention";
@@ -504,10 +523,7 @@ impl Attention {
         let h = batch.heads;
         let qw = Window::covering(ctx, op, &[q])?;
         let ow = Window::covering(ctx, op, &[out])?;
-        let sw = match sinks {
-            Some(s) => Some(Window::covering(ctx, op, &[s])?),
-            None => None,
-        };
+        let aux = inputs.bind(ctx, op, c.masks)?;
         let u = |x: usize| -> Result<u32> {
             u32::try_from(x).map_err(|_| Error::limit(op, format!("stride {x} exceeds 32 bits")))
         };
@@ -545,7 +561,7 @@ impl Attention {
             v_sc: cache.page_scale_half() as u32,
             k_scale: cache.k_scale,
             v_scale: cache.v_scale,
-            ..self.logit_params(h.n_heads, c.scale, c.bounds, &sw, sinks)
+            ..self.logit_params(h.n_heads, c.scale, c.bounds, &aux)
         };
         let part = ctx.scratch(op, c.part_bytes.max(16))?;
         let part_res = || {
@@ -567,8 +583,8 @@ impl Attention {
         for (i, b) in cache.buffers.iter().enumerate() {
             inputs.push((names[i], b.as_entire_binding()));
         }
-        if let Some(w) = &sw {
-            inputs.push(("sinks", w.resource()));
+        if let Some(w) = &aux.window {
+            inputs.push(("aux", w.resource()));
         }
         for (key, off, n) in &passes {
             let pass = attention::Params {
@@ -582,8 +598,8 @@ impl Attention {
             ("out_buf", ow.resource()),
             ("plan_buf", batch.plan_window()),
         ];
-        if let Some(w) = &sw {
-            merge.push(("sinks", w.resource()));
+        if let Some(w) = &aux.window {
+            merge.push(("aux", w.resource()));
         }
         let rows = (batch.total_q * h.n_heads) as u64;
         let merge_wgs = match c.merge_rows {
@@ -614,6 +630,8 @@ fn build_passes(
 
 struct PagedChecked {
     keys: [PipelineKey; 2],
+    // `p.masks` bits of the inputs (the partial passes' keys are the masked variants).
+    masks: u32,
     // The merge is `attn_paged_merge_rows` (the batch has DecodeSubgroup rows).
     merge_rows: bool,
     bk: u32,
@@ -648,6 +666,10 @@ fn paged_passes(
             prefill_sg_attention_key(cache.dtype, tile_v4, hd4, batch.sg_min, pools)
         } else {
             c.keys[0].clone()
+        };
+        let key = match (g, c.masks) {
+            (1.., 1..) => attention::with_masks(key),
+            _ => key,
         };
         passes.push((key, off, n));
     }

@@ -8,7 +8,7 @@ use crate::ops::attention::{self, Kind};
 use crate::ops::rope::PositionIds;
 
 /// Words of a sequence record in the batch plan (mirrors `SEQ_WORDS` in the shader).
-const SEQ_WORDS: usize = 12;
+const SEQ_WORDS: usize = 16;
 
 /// Head counts and size of the attention a batch is planned for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +68,9 @@ pub struct PagedBatch {
     pub(super) seqs_off: usize,
     // Host copies for the appends: the slot of every new token.
     pub(super) slots: Vec<u32>,
+    // The sizes the masks of a call over this batch must have: query-key pairs, keys and
+    // segment-packed mask bytes, over all sequences.
+    mask_sizes: (usize, usize, usize),
 }
 
 impl PagedBatch {
@@ -356,6 +359,8 @@ impl PagedBatch {
         let mut w = vec![0u32; words_total];
         let mut bt = bt_off;
         let mut slots = Vec::with_capacity(total_q);
+        // Where each sequence's mask inputs start (see `Seq` in the shader).
+        let mut mask_sizes = (0usize, 0usize, 0usize);
         for (i, (s, pl)) in seqs.iter().zip(&plans).enumerate() {
             let rec = &mut w[seqs_off + i * SEQ_WORDS..][..SEQ_WORDS];
             rec[0] = pl.q_start as u32;
@@ -369,6 +374,12 @@ impl PagedBatch {
             rec[8] = pl.row_blocks as u32;
             rec[9] = pl.part_base as u32;
             rec[10] = (pl.kv_len as i32 - pl.q_len as i32) as u32;
+            let (qk, kv, bytes) = mask_sizes;
+            rec[11] = (8 * bytes) as u32;
+            rec[12] = qk as u32;
+            rec[13] = kv as u32;
+            let pairs = pl.q_len * pl.kv_len;
+            mask_sizes = (qk + pairs, kv + pl.kv_len, bytes + pairs.div_ceil(8));
             for (k, &p) in s.pages.iter().enumerate() {
                 w[bt + k] = p;
             }
@@ -416,7 +427,14 @@ impl PagedBatch {
             pos_off,
             seqs_off,
             slots,
+            mask_sizes,
         })
+    }
+
+    /// What masks over this batch hold in all ([`crate::ops::attention::Inputs`]): query-key
+    /// pairs (bias values per head), keys (block ids) and segment-packed mask bytes.
+    pub fn mask_sizes(&self) -> (usize, usize, usize) {
+        self.mask_sizes
     }
 
     /// Query rows (new tokens) of the whole batch.

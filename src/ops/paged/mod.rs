@@ -30,8 +30,8 @@
 //! sequence; sequence `s` has `q_len[s]` queries aligned bottom-right to its `kv_len[s]` keys
 //! (query `t` at position `kv_len - q_len + t`), so prefill, chunked prefill and decode sequences
 //! mix in one call. Every [`Attention`] option applies per sequence (causal, windows, chunks,
-//! softcap, sinks, scale; `q_offset` and `kind` do not apply). K/V are read in place from the
-//! pages. The design is the split-KV decode kernel's (a workgroup per (sequence, row block,
+//! softcap, sinks, scale, and the masks of [`Inputs`], each sequence's in turn; `q_offset` and
+//! `kind` do not apply). K/V are read in place from the pages. The design is the split-KV decode kernel's (a workgroup per (sequence, row block,
 //! split, kv head) sharing each K/V tile across the GQA group, a partial per (row, split, lane),
 //! a fixed-order merge); the splits follow each sequence's own length, so one 32k sequence beside
 //! thirty short ones fills the device without padding the short ones. Rows with a single partial
@@ -94,11 +94,12 @@ pub use table::{KeptPath, PageCopy, PageTable, SeqId, SlotCopy};
 
 use crate::error::Result;
 #[cfg(doc)]
-use crate::ops::attention::{Attention, Kind};
+use crate::ops::attention::{Attention, Inputs, Kind};
 
 const OP: &str = "paged";
 /// Most `wgpu::Buffer`s one cache's pool spans: the attention kernel binds each, beside q, out,
-/// the partials, the plan and the sinks, within WebGPU's default of 8 storage buffers.
+/// the partials, the plan and `aux` (sinks and masks), within WebGPU's default of 8 storage
+/// buffers.
 pub const MAX_POOL_BUFFERS: usize = 3;
 
 /// How a page orders its tokens and kv heads.

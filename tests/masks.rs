@@ -1,0 +1,765 @@
+//! Attention masks (a packed boolean mask, an additive bias, block ids) in every entry point
+//! against the f64 reference: each kernel kind (forced as the other tests do), f32 and bf16,
+//! with causal masking, windows, split-KV, a fully masked row, a batch with per-row masks, the
+//! KV cache, a paged batch with a draft tree's mask, and every validation rule.
+//!
+//! One masked pipeline per kernel kind, at head_dim 16.
+
+use crate::common;
+
+use common::*;
+use llama_kernels::compare::{compare, tolerance};
+use llama_kernels::ops::attention::{
+    pack_mask, segment_pack_mask, BlockIds, Inputs, Kind, MaskBits,
+};
+use llama_kernels::ops::paged::{BatchSeq, Heads, PlanOptions};
+use llama_kernels::reference::attention as reference;
+use llama_kernels::{
+    Attention, Context, DType, KvCache, KvCacheConfig, KvFormat, PagedBatch, PagedKvCache,
+    PagedKvConfig, Tensor,
+};
+
+const HD: usize = 16;
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    dtype: DType,
+    batch: usize,
+    q_len: usize,
+    kv_len: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    causal: bool,
+    window_left: Option<u32>,
+    kind: Option<Kind>,
+    splits: Option<u32>,
+    mask: bool,
+    // Some(per head)
+    bias: Option<bool>,
+    ids: bool,
+    sinks: bool,
+    // A query row whose every key the mask hides.
+    hidden_row: Option<usize>,
+    // The masks have a batch dimension.
+    batched: bool,
+}
+
+fn case(q_len: usize, kv_len: usize) -> Case {
+    Case {
+        dtype: DType::F32,
+        batch: 1,
+        q_len,
+        kv_len,
+        n_heads: 4,
+        n_kv_heads: 2,
+        causal: true,
+        window_left: None,
+        kind: None,
+        splits: None,
+        mask: true,
+        bias: Some(true),
+        ids: true,
+        sinks: false,
+        hidden_row: None,
+        batched: false,
+    }
+}
+
+/// Gemma 3's block ids from token types (1 = image): `get_block_sequence_ids_for_mask`, each
+/// run of image tokens one block, numbered from 0, text -1.
+fn block_ids_of(types: &[u8]) -> Vec<i32> {
+    let mut ids = Vec::with_capacity(types.len());
+    let mut next = 0;
+    for (i, &t) in types.iter().enumerate() {
+        if t == 1 {
+            if i == 0 || types[i - 1] != 1 {
+                next += 1;
+            }
+            ids.push(next - 1);
+        } else {
+            ids.push(-1);
+        }
+    }
+    ids
+}
+
+/// Masks of a case: (mask bools, bias, block ids), each with the batch dimension when batched.
+fn masks_of(c: &Case, rng: &mut Rng) -> (Vec<bool>, Vec<f32>, Vec<i32>) {
+    let rows = if c.batched { c.batch } else { 1 };
+    let mut mask: Vec<bool> = (0..rows * c.q_len * c.kv_len)
+        .map(|_| rng.uniform(0.0, 1.0) < 0.75)
+        .collect();
+    if let Some(t) = c.hidden_row {
+        for b in 0..rows {
+            let base = (b * c.q_len + t) * c.kv_len;
+            mask[base..base + c.kv_len].fill(false);
+        }
+    }
+    let heads = if c.bias == Some(true) { c.n_heads } else { 1 };
+    let mut bias = rng.vec(rows * heads * c.q_len * c.kv_len, 1.0);
+    // A few keys the bias alone hides.
+    for i in (3..bias.len()).step_by(17) {
+        bias[i] = f32::NEG_INFINITY;
+    }
+    let mut ids = Vec::new();
+    for b in 0..rows {
+        // Image runs at positions 2 .. 9 and from two thirds on, shifted per batch row, so
+        // queries inside a block see keys past their position.
+        let types: Vec<u8> = (0..c.kv_len)
+            .map(|j| {
+                let j = j + b;
+                ((2..9).contains(&j) || (j >= 2 * c.kv_len / 3 && j < 2 * c.kv_len / 3 + 6)) as u8
+            })
+            .collect();
+        ids.extend(block_ids_of(&types));
+    }
+    (mask, bias, ids)
+}
+
+fn op_of(c: &Case) -> Attention {
+    Attention {
+        causal: c.causal,
+        window_left: c.window_left,
+        kind: c.kind,
+        splits: c.splits,
+        ..Attention::default()
+    }
+}
+
+fn ref_opts(c: &Case) -> reference::Options {
+    reference::Options {
+        causal: c.causal,
+        window_left: c.window_left.map(|w| w as usize),
+        ..reference::Options::default()
+    }
+}
+
+fn dims(c: &Case) -> reference::Dims {
+    reference::Dims {
+        batch: c.batch,
+        q_len: c.q_len,
+        kv_len: c.kv_len,
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: HD,
+    }
+}
+
+fn bias_shape(c: &Case) -> Vec<usize> {
+    match (c.bias == Some(true), c.batched) {
+        (false, false) => vec![c.q_len, c.kv_len],
+        (true, false) => vec![c.n_heads, c.q_len, c.kv_len],
+        (false, true) => vec![c.batch, 1, c.q_len, c.kv_len],
+        (true, true) => vec![c.batch, c.n_heads, c.q_len, c.kv_len],
+    }
+}
+
+/// Run a case through `Attention::run` and compare with the reference; returns the output.
+fn run_case(ctx: &Context, c: Case, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let d = dims(&c);
+    let qn = c.batch * c.q_len * c.n_heads * HD;
+    let kn = c.batch * c.kv_len * c.n_kv_heads * HD;
+    let (q, k, v) = (rng.vec(qn, 1.0), rng.vec(kn, 1.0), rng.vec(kn, 1.0));
+    let (mask, bias, ids) = masks_of(&c, &mut rng);
+    let sinks = rng.vec(c.n_heads, 1.0);
+    let (qs, ks) = if c.batch > 1 {
+        (
+            vec![c.batch, c.q_len, c.n_heads, HD],
+            vec![c.batch, c.kv_len, c.n_kv_heads, HD],
+        )
+    } else {
+        (
+            vec![c.q_len, c.n_heads, HD],
+            vec![c.kv_len, c.n_kv_heads, HD],
+        )
+    };
+    let qt = upload_at(ctx, &q, &qs, c.dtype, ALIGNED_GUARD);
+    let kt = upload_at(ctx, &k, &ks, c.dtype, ALIGNED_GUARD);
+    let vt = upload_at(ctx, &v, &ks, c.dtype, ALIGNED_GUARD);
+    let out = nan_output(ctx, &qs, c.dtype);
+    let packed = pack_mask(&mask);
+    let shape = bias_shape(&c);
+    let set = Inputs::upload_masks(
+        ctx,
+        c.sinks.then_some(&sinks[..]),
+        c.mask.then_some(&packed[..]),
+        c.bias.map(|_| (&bias[..], &shape[..])),
+        c.ids.then_some(&ids[..]),
+    )
+    .expect("upload masks");
+    op_of(&c)
+        .run(ctx, &qt, &kt, &vt, set.inputs(), &out)
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let bias64: Vec<f64> = bias.iter().map(|&x| x as f64).collect();
+    let sinks64: Vec<f64> = sinks.iter().map(|&x| x as f64).collect();
+    let want = reference::attention_masked(
+        &rounded(&q, c.dtype),
+        &rounded(&k, c.dtype),
+        &rounded(&v, c.dtype),
+        c.sinks.then_some(&sinks64[..]),
+        d,
+        &ref_opts(&c),
+        &reference::Masks {
+            mask: c.mask.then_some(&mask[..]),
+            bias: c.bias.map(|_| &bias64[..]),
+            bias_heads: c.bias == Some(true),
+            block_ids: c.ids.then_some(&ids[..]),
+        },
+    );
+    let got = ctx.read_f32(&out).expect("readback");
+    let cmp = compare(&got, &want);
+    assert!(
+        cmp.passes(tolerance(c.dtype)),
+        "{c:?}: {cmp} (tolerance {:e})",
+        tolerance(c.dtype)
+    );
+    assert_guards(ctx, &out, "out");
+    // The masks must matter: the same call without them differs.
+    let plain = reference::attention(
+        &rounded(&q, c.dtype),
+        &rounded(&k, c.dtype),
+        &rounded(&v, c.dtype),
+        c.sinks.then_some(&sinks64[..]),
+        d,
+        &ref_opts(&c),
+    );
+    assert!(
+        !compare(&got, &plain).passes(tolerance(c.dtype)),
+        "{c:?}: the masks changed nothing"
+    );
+    got
+}
+
+/// A fully hidden row outputs exactly 0 (sinks or not).
+fn assert_zero_row(c: &Case, got: &[f32]) {
+    let t = c.hidden_row.expect("hidden row");
+    for b in 0..c.batch {
+        let base = (b * c.q_len + t) * c.n_heads * HD;
+        let row = &got[base..base + c.n_heads * HD];
+        assert!(
+            row.iter().all(|&x| x == 0.0),
+            "{c:?}: hidden row {t} = {row:?}"
+        );
+    }
+}
+
+#[test]
+fn prefill_kernels_with_every_mask() {
+    let ctx = ctx();
+    // The CPU prefill (PrefillKeys): odd sizes, every input, a hidden row.
+    let c = Case {
+        kind: Some(Kind::PrefillKeys),
+        hidden_row: Some(5),
+        ..case(19, 37)
+    };
+    assert_zero_row(&c, &run_case(&ctx, c, 1));
+    // bf16 storage, a window, a shared bias, sinks (the hidden row gets 0 despite the sink).
+    let c = Case {
+        dtype: DType::BF16,
+        kind: Some(Kind::PrefillKeys),
+        window_left: Some(6),
+        bias: Some(false),
+        sinks: true,
+        hidden_row: Some(0),
+        ..case(19, 37)
+    };
+    assert_zero_row(&c, &run_case(&ctx, c, 2));
+    // Split over the keys (the same pipeline writes partials; the merge reads no masks).
+    run_case(
+        &ctx,
+        Case {
+            kind: Some(Kind::PrefillKeys),
+            splits: Some(3),
+            ..case(19, 70)
+        },
+        3,
+    );
+    // Per-row masks of a batch of 2.
+    run_case(
+        &ctx,
+        Case {
+            kind: Some(Kind::PrefillKeys),
+            batch: 2,
+            batched: true,
+            ..case(17, 29)
+        },
+        4,
+    );
+    // The workgroup-tile prefill (GPUs' kernel), non-causal with block ids (they then change
+    // nothing: every key is visible anyway) and a hidden row.
+    let c = Case {
+        kind: Some(Kind::Prefill),
+        hidden_row: Some(18),
+        ..case(19, 37)
+    };
+    assert_zero_row(&c, &run_case(&ctx, c, 5));
+    run_case(
+        &ctx,
+        Case {
+            kind: Some(Kind::Prefill),
+            causal: false,
+            ..case(19, 37)
+        },
+        6,
+    );
+    // The subgroup prefill (GPUs with SUBGROUP; forced on lavapipe), one pass and split.
+    if ctx.caps().subgroups {
+        let c = Case {
+            kind: Some(Kind::PrefillSubgroup),
+            hidden_row: Some(7),
+            ..case(19, 37)
+        };
+        assert_zero_row(&c, &run_case(&ctx, c, 7));
+        run_case(
+            &ctx,
+            Case {
+                kind: Some(Kind::PrefillSubgroup),
+                splits: Some(3),
+                ..case(19, 70)
+            },
+            8,
+        );
+    }
+}
+
+#[test]
+fn decode_kernels_with_every_mask() {
+    let ctx = ctx();
+    // Block ids matter to decode rows only when queries sit inside a block before its last
+    // key: q_offset puts them there (chunked prefill of an image).
+    for (kind, q_len, seed) in [(Kind::Decode, 3, 10), (Kind::DecodeKeys, 2, 11)] {
+        let c = Case {
+            kind: Some(kind),
+            hidden_row: Some(1),
+            ..case(q_len, 41)
+        };
+        assert_zero_row(&c, &run_case(&ctx, c, seed));
+        // Split over the keys, bf16.
+        run_case(
+            &ctx,
+            Case {
+                kind: Some(kind),
+                dtype: DType::BF16,
+                splits: Some(4),
+                ..case(q_len, 41)
+            },
+            seed + 100,
+        );
+    }
+    if ctx.caps().subgroups {
+        let c = Case {
+            kind: Some(Kind::DecodeSubgroup),
+            hidden_row: Some(0),
+            ..case(2, 41)
+        };
+        assert_zero_row(&c, &run_case(&ctx, c, 12));
+    }
+}
+
+#[test]
+fn kv_cache_with_masks() {
+    let ctx = ctx();
+    let (q_len, len, nh, nkv) = (3, 27, 4, 2);
+    let mut rng = Rng::new(20);
+    let mut cache = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: nkv,
+            capacity: 40,
+            head_dim: HD,
+            dtype: DType::F32,
+            kv_format: None,
+        },
+    )
+    .unwrap();
+    let (k, v) = (rng.vec(len * nkv * HD, 1.0), rng.vec(len * nkv * HD, 1.0));
+    let kt = ctx.upload(&k, &[1, len, nkv, HD]).unwrap();
+    let vt = ctx.upload(&v, &[1, len, nkv, HD]).unwrap();
+    cache.append_run(&ctx, &kt, &vt).unwrap();
+    let q = rng.vec(q_len * nh * HD, 1.0);
+    let qt = ctx.upload(&q, &[q_len, nh, HD]).unwrap();
+    let c = Case {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        ..case(q_len, len)
+    };
+    let (mask, bias, ids) = masks_of(&c, &mut rng);
+    let packed = pack_mask(&mask);
+    let set = Inputs::upload_masks(
+        &ctx,
+        None,
+        Some(&packed),
+        Some((&bias, &[nh, q_len, len])),
+        Some(&ids),
+    )
+    .unwrap();
+    let out = nan_output(&ctx, &[q_len, nh, HD], DType::F32);
+    // The warm-up builds the masked pipelines the call then uses.
+    let d = dims(&c);
+    Attention::default()
+        .prepare_masked(&ctx, &[d], DType::F32, KvFormat::F32)
+        .unwrap();
+    let before = ctx.cached_pipelines();
+    Attention::default()
+        .run_cached(&ctx, &qt, &cache, set.inputs(), &out)
+        .unwrap();
+    assert_eq!(
+        ctx.cached_pipelines(),
+        before,
+        "prepare_masked built every pipeline"
+    );
+    let bias64: Vec<f64> = bias.iter().map(|&x| x as f64).collect();
+    let want = reference::attention_masked(
+        &rounded(&q, DType::F32),
+        &rounded(&k, DType::F32),
+        &rounded(&v, DType::F32),
+        None,
+        dims(&c),
+        &reference::Options::default(),
+        &reference::Masks {
+            mask: Some(&mask),
+            bias: Some(&bias64),
+            bias_heads: true,
+            block_ids: Some(&ids),
+        },
+    );
+    assert_close(&ctx, &out, &want, tolerance(DType::F32), "cached");
+}
+
+/// A paged batch of a draft tree (a prefill chunk whose mask lets each draft token see the
+/// prompt and its ancestors) beside a decode sequence, with bias and block ids.
+#[test]
+fn paged_batch_with_a_tree_mask() {
+    let ctx = ctx();
+    let page = 8;
+    let heads = Heads {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: HD,
+    };
+    // Tree of 6 drafts after a 15-token prompt: parents (-1 = the prompt).
+    let parents = [-1i32, 0, 0, 1, 2, 2];
+    let (prompt, tree) = (15, parents.len());
+    let lens = [(tree, prompt + tree), (1, 30), (9, 23)];
+    let mut rng = Rng::new(30);
+    let row = heads.n_kv_heads * HD;
+    let n_pages: usize = lens.iter().map(|l| l.1.div_ceil(page)).sum::<usize>() + 2;
+    let mut next = n_pages as u32;
+    let seqs: Vec<BatchSeq> = lens
+        .iter()
+        .map(|&(q_len, kv_len)| BatchSeq {
+            q_len,
+            kv_len,
+            pages: (0..kv_len.div_ceil(page))
+                .map(|_| {
+                    next -= 1;
+                    next
+                })
+                .collect(),
+        })
+        .collect();
+    let cache = PagedKvCache::new(
+        &ctx,
+        PagedKvConfig {
+            n_pages,
+            page_size: page,
+            n_kv_heads: heads.n_kv_heads,
+            head_dim: HD,
+            dtype: DType::F32,
+            ..PagedKvConfig::default()
+        },
+    )
+    .unwrap();
+    let mut ks = Vec::new();
+    let mut vs = Vec::new();
+    for s in &seqs {
+        let n = s.kv_len.div_ceil(page) * page * row;
+        let (mut k, mut v) = (rng.vec(s.kv_len * row, 1.0), rng.vec(s.kv_len * row, 1.0));
+        ks.push(k.clone());
+        vs.push(v.clone());
+        k.resize(n, 0.0);
+        v.resize(n, 0.0);
+        cache.write_pages(&ctx, &s.pages, &k, &v).unwrap();
+    }
+    // Masks per sequence: the tree's ancestors, random ones for the others.
+    let mut masks: Vec<Vec<bool>> = Vec::new();
+    let mut tree_mask = vec![false; tree * (prompt + tree)];
+    for t in 0..tree {
+        let r = &mut tree_mask[t * (prompt + tree)..][..prompt + tree];
+        r[..prompt].fill(true);
+        let mut a = t as i32;
+        while a >= 0 {
+            r[prompt + a as usize] = true;
+            a = parents[a as usize];
+        }
+    }
+    masks.push(tree_mask);
+    for &(q, kv) in &lens[1..] {
+        masks.push((0..q * kv).map(|_| rng.uniform(0.0, 1.0) < 0.7).collect());
+    }
+    // The prefill sequence's first query sees nothing: its row is 0.
+    masks[2][..lens[2].1].fill(false);
+    let packed = segment_pack_mask(&masks.iter().map(|m| &m[..]).collect::<Vec<_>>());
+    let (qk, kv_total, bytes) = (
+        lens.iter().map(|l| l.0 * l.1).sum::<usize>(),
+        lens.iter().map(|l| l.1).sum::<usize>(),
+        lens.iter().map(|l| (l.0 * l.1).div_ceil(8)).sum::<usize>(),
+    );
+    assert_eq!(packed.len(), bytes);
+    let ids: Vec<i32> = lens
+        .iter()
+        .flat_map(|&(_, kv)| block_ids_of(&(0..kv).map(|j| (j % 11 > 6) as u8).collect::<Vec<_>>()))
+        .collect();
+    assert_eq!(ids.len(), kv_total);
+    let total_q: usize = lens.iter().map(|l| l.0).sum();
+    let q = rng.vec(total_q * heads.n_heads * HD, 1.0);
+    let qt = ctx.upload(&q, &[total_q, heads.n_heads, HD]).unwrap();
+    // A bias shared by the heads, then one per head (each sequence's [n_heads, q_len, kv_len]).
+    for per_head in [false, true] {
+        let hb = if per_head { heads.n_heads } else { 1 };
+        let bias = rng.vec(hb * qk, 0.5);
+        let set = Inputs::upload_masks(
+            &ctx,
+            None,
+            Some(&packed),
+            Some((&bias, &[hb * qk])),
+            Some(&ids),
+        )
+        .unwrap();
+        // The reference, sequence by sequence.
+        let mut want = Vec::new();
+        let (mut q0, mut b0, mut i0) = (0, 0, 0);
+        for (i, &(q_len, kv_len)) in lens.iter().enumerate() {
+            let n = q_len * heads.n_heads * HD;
+            let nb = hb * q_len * kv_len;
+            let b64: Vec<f64> = bias[b0..b0 + nb].iter().map(|&x| x as f64).collect();
+            want.extend(reference::attention_masked(
+                &rounded(&q[q0..q0 + n], DType::F32),
+                &rounded(&ks[i], DType::F32),
+                &rounded(&vs[i], DType::F32),
+                None,
+                reference::Dims {
+                    batch: 1,
+                    q_len,
+                    kv_len,
+                    n_heads: heads.n_heads,
+                    n_kv_heads: heads.n_kv_heads,
+                    head_dim: HD,
+                },
+                &reference::Options::default(),
+                &reference::Masks {
+                    mask: Some(&masks[i]),
+                    bias: Some(&b64),
+                    bias_heads: per_head,
+                    block_ids: Some(&ids[i0..i0 + kv_len]),
+                },
+            ));
+            q0 += n;
+            b0 += nb;
+            i0 += kv_len;
+        }
+        let hidden = (lens[0].0 + lens[1].0) * heads.n_heads * HD;
+        assert!(want[hidden..hidden + heads.n_heads * HD]
+            .iter()
+            .all(|&x| x == 0.0));
+        let mut decode = vec![Kind::Decode, Kind::DecodeKeys];
+        if ctx.caps().subgroups {
+            decode.push(Kind::DecodeSubgroup);
+        }
+        // Every decode kernel beside the prefill rows, with and without splits; the per-head
+        // bias on the default plan.
+        let plans: Vec<PlanOptions> = match per_head {
+            false => decode
+                .iter()
+                .flat_map(|&k| {
+                    [None, Some(3)].map(|splits| PlanOptions {
+                        splits,
+                        decode: Some(k),
+                        ..PlanOptions::default()
+                    })
+                })
+                .collect(),
+            true => vec![PlanOptions::default()],
+        };
+        // The subgroup prefill for the prefill rows (as GPUs with SUBGROUP plan them).
+        let mut plans = plans;
+        if ctx.caps().subgroups && !per_head {
+            plans.push(PlanOptions {
+                prefill: Some(Kind::PrefillSubgroup),
+                decode: Some(Kind::DecodeSubgroup),
+                ..PlanOptions::default()
+            });
+        }
+        for plan in plans {
+            let batch =
+                PagedBatch::from_parts_with(&ctx, page, n_pages, &seqs, heads, &plan).unwrap();
+            let out = nan_output(&ctx, &[total_q, heads.n_heads, HD], DType::F32);
+            Attention::default()
+                .run_paged(&ctx, &qt, &cache, &batch, set.inputs(), &out)
+                .unwrap_or_else(|e| panic!("{plan:?}: {e}"));
+            assert_close(
+                &ctx,
+                &out,
+                &want,
+                tolerance(DType::F32),
+                &format!("paged {plan:?}, bias per head {per_head}"),
+            );
+            let o = ctx.read_f32(&out).unwrap();
+            assert!(
+                o[hidden..hidden + heads.n_heads * HD]
+                    .iter()
+                    .all(|&x| x == 0.0),
+                "{plan:?}: the hidden row"
+            );
+        }
+    }
+}
+
+#[test]
+fn mask_rules() {
+    let ctx = ctx();
+    let (q_len, kv) = (3, 10);
+    let q = filled(&ctx, &[q_len, 4, HD], 0.0);
+    let k = filled(&ctx, &[kv, 2, HD], 0.0);
+    let out = filled(&ctx, &[q_len, 4, HD], 0.0);
+    let a = Attention::default();
+    let run = |inputs: Inputs| a.run(&ctx, &q, &k, &k, inputs, &out);
+    let bits = MaskBits::upload(&ctx, &[0xff; 3]).unwrap();
+    expect_err(
+        run(Inputs::new().mask(&bits)),
+        "attention",
+        is_shape,
+        "mask holds 3 packed bytes; a [q_len, kv_len] = [3, 10] mask packs into 4",
+    );
+    let f16_bias = ctx.empty(&[q_len, kv], DType::F16).unwrap();
+    expect_err(
+        run(Inputs::new().bias(&f16_bias)),
+        "attention",
+        is_dtype,
+        "bias",
+    );
+    let bad_bias = filled(&ctx, &[kv, q_len], 0.0);
+    expect_err(
+        run(Inputs::new().bias(&bad_bias)),
+        "attention",
+        is_shape,
+        "bias has shape [10, 3]; it must be [q_len, kv_len] = [3, 10]",
+    );
+    let ids = BlockIds::upload(&ctx, &[0; 9]).unwrap();
+    expect_err(
+        run(Inputs::new().block_ids(&ids)),
+        "attention",
+        is_shape,
+        "block_ids holds 9 ids; it must hold kv_len = 10",
+    );
+    // Inputs in two buffers.
+    let bits4 = MaskBits::upload(&ctx, &[0xff; 4]).unwrap();
+    let bias = filled(&ctx, &[q_len, kv], 0.0);
+    expect_err(
+        run(Inputs::new().mask(&bits4).bias(&bias)),
+        "attention",
+        is_param,
+        "mask and bias are read through one binding",
+    );
+    // out in the masks' buffer.
+    let big = filled(&ctx, &[1000], 0.0);
+    let bias_in = Tensor::new(big.buffer(), 500, &[q_len, kv], DType::F32);
+    let out_in = Tensor::new(big.buffer(), 0, &[q_len, 4, HD], DType::F32);
+    expect_err(
+        a.run(&ctx, &q, &k, &k, Inputs::new().bias(&bias_in), &out_in),
+        "attention",
+        is_alias,
+        "out shares a buffer with bias",
+    );
+    expect_err(
+        MaskBits::new(bits4.buffer(), 2, 1),
+        "attention",
+        is_param,
+        "mask byte_offset 2 must be a multiple of 4",
+    );
+    // Paged: the mask of every sequence, segment-packed.
+    let heads = Heads {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: HD,
+    };
+    let cache = PagedKvCache::new(
+        &ctx,
+        PagedKvConfig {
+            n_pages: 4,
+            page_size: 8,
+            n_kv_heads: 2,
+            head_dim: HD,
+            ..PagedKvConfig::default()
+        },
+    )
+    .unwrap();
+    let seqs = [
+        BatchSeq {
+            q_len: 3,
+            kv_len: 5,
+            pages: vec![0],
+        },
+        BatchSeq {
+            q_len: 1,
+            kv_len: 9,
+            pages: vec![1, 2],
+        },
+    ];
+    let batch = PagedBatch::from_parts(&ctx, 8, 4, &seqs, heads, None).unwrap();
+    assert_eq!(batch.mask_sizes(), (24, 14, 4));
+    let pq = filled(&ctx, &[4, 4, HD], 0.0);
+    let pout = filled(&ctx, &[4, 4, HD], 0.0);
+    let prun = |inputs: Inputs| a.run_paged(&ctx, &pq, &cache, &batch, inputs, &pout);
+    expect_err(
+        prun(Inputs::new().mask(&bits)),
+        "paged_attention",
+        is_shape,
+        "mask holds 3 packed bytes; the batch's sequences, each [q_len, kv_len] packed from a byte of its own (segment_pack_mask), need 4",
+    );
+    let pbias = filled(&ctx, &[25], 0.0);
+    expect_err(
+        prun(Inputs::new().bias(&pbias)),
+        "paged_attention",
+        is_shape,
+        "bias has shape [25]; a paged batch takes every sequence's [q_len, kv_len] flattened in turn, [24]",
+    );
+    let pids = BlockIds::upload(&ctx, &[0; 13]).unwrap();
+    expect_err(
+        prun(Inputs::new().block_ids(&pids)),
+        "paged_attention",
+        is_shape,
+        "block_ids holds 13 ids; the batch's sequences hold 14 keys",
+    );
+    // Valid paged masks run.
+    prun(Inputs::new().mask(&bits4)).unwrap();
+}
+
+/// The committed cases with masks (`cases/gen_masks.py`, transformers' own mask functions) pass
+/// through the case reader, on this test's pipelines.
+#[cfg(feature = "cases")]
+#[test]
+fn committed_mask_cases_pass() {
+    let ctx = ctx();
+    for name in [
+        "attention_gemma3_image_blocks_bf16",
+        "attention_packed_documents_bias_f32",
+        "paged_attention_blocks_tree_f32",
+    ] {
+        let path = repo_root()
+            .join("cases")
+            .join(format!("{name}.safetensors"));
+        let case = llama_kernels::cases::CaseFile::load(&path).expect("load");
+        let report = case.run(&ctx, None).expect("run");
+        for o in &report.outputs {
+            assert!(
+                o.pass,
+                "{name} {}: gpu {} cpu {} agree {}",
+                o.name, o.gpu, o.cpu, o.agree
+            );
+        }
+        assert!(report.pass(), "{name}");
+    }
+}
