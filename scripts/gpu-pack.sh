@@ -7,10 +7,11 @@
 #   bash scripts/gpu-pack.sh
 #   device run: command "bash scripts/gpu-check.sh $OUT", carry [".gpu"], timeout_s 590
 # The test binaries keep this checkout's path for their committed files (CARGO_MANIFEST_DIR);
-# gpu-check.sh links that path to its own checkout. The examples tests (`tests/examples.rs`,
-# `tools/tests/examples.rs`) run `cargo run` and the README's doctests need rustdoc, so none of
-# them is packed (every other test binary of both packages is; the tools crate's are named
-# `tools.NAME` and run from tools/).
+# gpu-check.sh links that path to its own checkout. The examples tests run `cargo run` and the
+# README's doctests need rustdoc: `tools/tests/examples.rs` and the doctests are not packed, and
+# gpu-check.sh runs the library's suite (tests/suite.rs) without its `examples::` module. Every
+# other test binary of both packages is packed; the tools crate's are named `tools.NAME` and run
+# from tools/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -46,7 +47,7 @@ while IFS='|' read -r pkg name path; do
     [ "$pkg" = "$PWD" ] || name=$(basename "$pkg").$name
     strip -o "$stage/tests/$name" "$path"
 done <"$stage/list"
-[ -s "$stage/tests/attention" ] || { echo "gpu-pack: no test binaries found" >&2; exit 1; }
+[ -s "$stage/tests/suite" ] || { echo "gpu-pack: no test binaries found" >&2; exit 1; }
 tar -cJf "$dir/bin.tar.xz" -C "$stage" llama-kernels tests
 
 # The Vulkan loader (the GPU machine's driver brings only its ICD).

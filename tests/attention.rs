@@ -1,7 +1,7 @@
 //! GQA attention and the KV cache on a real adapter against the f64 reference: the cross-check
 //! grid, forced variants at every threshold, edge cases, properties, and every validation rule.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_kernels::compare::{compare, tolerance};
@@ -469,13 +469,16 @@ fn every_kernel_dtype_and_mode() {
     }
 }
 
-/// Every kernel at the real head size of `model`, with the model's heads and dtype and the
-/// masking modes rotating. With `LLAMA_KERNELS_LONG_TESTS=1`, also this head size x every group
-/// size x dtype, with the variant and the masking mode rotating.
-fn every_kernel_at_head_dim_of(model: usize) {
+/// `kinds` at the real head size of `model`, with the model's heads and dtype and the masking
+/// modes rotating. With `LLAMA_KERNELS_LONG_TESTS=1`, also this head size x every group size x
+/// dtype, with the variant and the masking mode rotating.
+fn kernels_at_head_dim_of(model: usize, kinds: &[Kind]) {
     let ctx = ctx();
     let m = &MODELS[model];
-    for (j, kind) in FORCED.into_iter().enumerate() {
+    for (j, &kind) in FORCED.iter().enumerate() {
+        if !kinds.contains(&kind) {
+            continue;
+        }
         let q_len = if matches!(kind, Kind::Prefill | Kind::PrefillKeys) {
             24
         } else {
@@ -514,26 +517,23 @@ fn every_kernel_at_head_dim_of(model: usize) {
     }
 }
 
-// One test per head size, so that their compiles spread over the test threads.
+/// Every kernel at real head sizes. Each head size is a pipeline of its own per kernel and dtype
+/// (`HD4`), which a CPU adapter compiles on first use, so the default set is the smallest that
+/// covers the largest per-lane state: all kernels at Llama-3.2-1B's 64 (the self-test's and the
+/// committed cases' layout), and DecodeKeys, whose per-lane state is the whole head, at the
+/// largest size, Gemma-7B's 256. `LLAMA_KERNELS_LONG_TESTS=1` runs every kernel at every size of
+/// `MODELS`, among them PrefillKeys' 8-slot specialisation (head_dim > 224), the slowest
+/// pipeline of the suite to compile on lavapipe.
 #[test]
-fn every_kernel_at_head_dim_64() {
-    every_kernel_at_head_dim_of(0);
-}
-#[test]
-fn every_kernel_at_head_dim_80() {
-    every_kernel_at_head_dim_of(1);
-}
-#[test]
-fn every_kernel_at_head_dim_96() {
-    every_kernel_at_head_dim_of(2);
-}
-#[test]
-fn every_kernel_at_head_dim_128() {
-    every_kernel_at_head_dim_of(3);
-}
-#[test]
-fn every_kernel_at_head_dim_256() {
-    every_kernel_at_head_dim_of(4);
+fn every_kernel_at_real_head_dims() {
+    if long_tests() {
+        for model in 0..MODELS.len() {
+            kernels_at_head_dim_of(model, &FORCED);
+        }
+        return;
+    }
+    kernels_at_head_dim_of(0, &FORCED);
+    kernels_at_head_dim_of(4, &[Kind::DecodeKeys]);
 }
 
 /// head_dims that are multiples of 4 but none of the usual sizes, and the smallest one: each runs
@@ -559,10 +559,14 @@ fn unusual_head_dims() {
         (252, Prefill, BF16),
     ];
     for (i, (hd, kind, dtype)) in runs.into_iter().enumerate() {
+        // By default the four smallest sizes (each a pipeline LLVM compiles on lavapipe: the
+        // smallest are the cheapest), one per kernel; the rest with LLAMA_KERNELS_LONG_TESTS=1.
         let kinds = if long_tests() {
             FORCED.to_vec()
-        } else {
+        } else if hd <= 44 {
             vec![kind]
+        } else {
+            vec![]
         };
         for kind in kinds {
             if matches!(kind, DecodeKeys | PrefillKeys) && dtype.is_half() && hd % 8 != 0 {
@@ -1056,13 +1060,20 @@ fn large_logits_do_not_overflow() {
 }
 
 /// Decoding the last token equals the last row of the full prefill (both kernels on the GPU), in
-/// each dtype at the real head size that `MODELS` runs in it.
+/// each dtype (at head_dim `HD`: the property does not depend on the head size, and the kernels at
+/// real sizes run in `every_kernel_at_real_head_dims`). With `LLAMA_KERNELS_LONG_TESTS=1`, at the
+/// real head size that `MODELS` runs in each dtype.
 #[test]
 fn decode_equals_last_row_of_prefill() {
     for (i, dtype) in DType::ALL.into_iter().enumerate() {
-        // Llama-3-8B heads (32 over 8), with and without sinks and window; head_dim 128 in f16.
+        // Llama-3-8B heads (32 over 8), with and without sinks and window.
         let n = 333;
-        let mut full = Case::new(n, n, 32, 8, model_for(dtype).head_dim);
+        let hd = if long_tests() {
+            model_for(dtype).head_dim
+        } else {
+            HD
+        };
+        let mut full = Case::new(n, n, 32, 8, hd);
         full.dtype = dtype;
         full.kind = Some(Kind::Prefill);
         full.window = [0, 100, 0][i];
@@ -1482,19 +1493,19 @@ fn fits_webgpu_default_limits() {
     .expect("device");
     let small = llama_kernels::Context::from_device(&device, &queue);
     assert_eq!(small.limits().max_compute_workgroup_storage_size, 16384);
-    // Every kernel x dtype at head_dim `HD`; then the tiled kernels at real head sizes whose
-    // 16 KiB tiles hold fewer keys than 32 KiB ones (Gemma-7B's 256 in f32: 8 keys,
-    // Phi-3-mini's 96 in bf16: 21), the specialisations `MODELS` runs with 32 KiB tiles. With
-    // `LLAMA_KERNELS_LONG_TESTS=1`, every kernel x dtype at head_dim 64 and 256 too.
+    // Every kernel x dtype at head_dim `HD`. With `LLAMA_KERNELS_LONG_TESTS=1` also the tiled
+    // kernels at real head sizes whose 16 KiB tiles hold fewer keys than 32 KiB ones (Gemma-7B's
+    // 256 in f32: 8 keys, Phi-3-mini's 96 in bf16: 21), and every kernel x dtype at head_dim 64
+    // and 256 (each a pipeline this second device compiles again).
     let mut cases: Vec<(Kind, DType, usize)> = FORCED
         .into_iter()
         .flat_map(|k| DType::ALL.map(|d| (k, d, HD)))
         .collect();
-    cases.extend([
-        (Kind::Prefill, DType::F32, 256),
-        (Kind::Decode, DType::BF16, 96),
-    ]);
     if long_tests() {
+        cases.extend([
+            (Kind::Prefill, DType::F32, 256),
+            (Kind::Decode, DType::BF16, 96),
+        ]);
         for (j, (kind, dtype)) in FORCED
             .into_iter()
             .flat_map(|k| DType::ALL.map(|d| (k, d)))
@@ -1733,8 +1744,8 @@ fn prefill_f16_arithmetic_needs_shader_f16() {
 }
 
 /// The register-tiled prefill stays within lavapipe's loop cap at a real head size: one pass
-/// at exactly `loop_cap_keys` keys of head_dim 128 (Llama-2-7B's f16 prefill specialisation,
-/// which `every_kernel_at_head_dim_128` compiles too), checked against the reference. (One key
+/// at exactly `loop_cap_keys` keys of head_dim 128 (Llama-2-7B's f16 prefill specialisation),
+/// checked against the reference. (One key
 /// more splits: `thresholds` checks that at head_dim `HD`.)
 #[test]
 fn prefill_loop_cap_at_head_dim_128() {

@@ -2,7 +2,7 @@
 //! bad views, the unfused baselines compute what the f64 references compute (so speed-ups
 //! compare correct code), and the harness produces complete records, JSON and a chart.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_kernels::bench::copy;

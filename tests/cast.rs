@@ -3,7 +3,7 @@
 //! ties, subnormals, overflow, NaN, and a random sweep of bit patterns) encode as
 //! round-to-nearest-even, as the `half` crate does.
 
-mod common;
+use crate::common;
 
 use common::*;
 use half::{bf16, f16};

@@ -1,7 +1,7 @@
 //! The host layer: wrapping the application's own device, wgpu errors as `Err` (error scopes),
 //! device limits, views anywhere in a buffer, and readback of strided and half views.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_kernels::compare::tolerance;
@@ -116,7 +116,8 @@ fn readback_and_fill() {
 
 #[test]
 fn pipelines_are_cached_per_key() {
-    let ctx = ctx();
+    // A context of its own: the shared one gains pipelines from the tests on other threads.
+    let ctx = Context::new().expect("adapter");
     let x = ctx.upload(&[1.0f32; 64], &[2, 32]).unwrap();
     let w = ctx.upload(&[1.0f32; 32], &[32]).unwrap();
     let o = ctx.empty(&[2, 32], DType::F32).unwrap();

@@ -2,7 +2,7 @@
 //! the f64 reference and exits non-zero on a mismatch, which fails the test here. (`tiny_llm`,
 //! whose model code lives in the tools crate, is run by `tools/tests/examples.rs`.)
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! says what happened, promptly, never as a panic, a hang or an abort; and a fresh `Context`
 //! afterwards must work.
 
-mod common;
+use crate::common;
 
 use std::sync::mpsc;
 use std::time::Duration;

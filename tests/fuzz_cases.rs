@@ -12,7 +12,7 @@
 //!
 //! The corpus of the `cargo fuzz` target (`fuzz/`, nightly only) is replayed here on stable.
 
-mod common;
+use crate::common;
 // The `cargo fuzz` target's own reader (fuzz/), so the corpus replay runs exactly what libFuzzer
 // ran.
 #[path = "../fuzz/fuzz_targets/reader.rs"]

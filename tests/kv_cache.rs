@@ -2,7 +2,7 @@
 //! attention read straight from the cache in the same encoder, capacity, and every validation
 //! rule of the cache and of attention over it.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_kernels::compare::tolerance;

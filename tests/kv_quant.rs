@@ -3,7 +3,7 @@
 //! e4m3 cast), the cache's append against the CPU quantizer bit for bit, and attention over a
 //! quantized cache against the f64 reference over the dequantized values.
 
-mod common;
+use crate::common;
 
 use llama_kernels::kv_format::BLOCK;
 use llama_kernels::reference::quant;

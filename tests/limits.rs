@@ -3,7 +3,7 @@
 //! dispatches over windows that fit; attention refuses with `Error::Limit` naming the size and the
 //! limit.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_kernels::compare::{compare, tolerance};

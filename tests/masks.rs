@@ -5,7 +5,7 @@
 //!
 //! One masked pipeline per kernel kind, at head_dim 16.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_kernels::compare::{compare, tolerance};

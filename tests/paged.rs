@@ -4,7 +4,7 @@
 //! contiguous kernel at the same split configuration, the one-pass append (with RoPE), and every
 //! validation rule.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_kernels::compare::compare;
@@ -19,8 +19,10 @@ use llama_kernels::{
     Tensor,
 };
 
-/// The attention tests' head size (one pipeline specialisation per dtype).
-const HD: usize = 64;
+/// The attention tests' head size (one pipeline specialisation per dtype and kernel, which a CPU
+/// adapter compiles on first use: the smallest head size keeps them cheap; real head sizes run in
+/// `large_and_odd_head_sizes` and `pool_past_128_mib`).
+const HD: usize = 16;
 const PAGE: usize = 16;
 
 fn tol(dtype: DType) -> f64 {
@@ -591,9 +593,9 @@ fn pool_over_several_buffers() {
     let adapter =
         pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
             .expect("adapter");
-    // 8 f32 pages of 16 tokens x 2 kv heads x 64 (K and V): 128 KiB.
+    // 8 f32 pages of 16 tokens x 2 kv heads x 16 (K and V): 32 KiB.
     let limits = wgpu::Limits {
-        max_storage_buffer_binding_size: 1 << 17,
+        max_storage_buffer_binding_size: 1 << 15,
         ..wgpu::Limits::default()
     };
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -620,7 +622,7 @@ fn pool_over_several_buffers() {
         PagedKvCache::new(&small, PagedKvConfig { n_pages: 25, page_size: PAGE, n_kv_heads: 2, head_dim: HD, dtype: DType::F32, layout: PageLayout::Nhd, kv_format: None }),
         "paged",
         |e| matches!(e, Error::Limit { .. }),
-        "25 pages of 16384 bytes need 4 buffers of at most 8 pages (131072 bytes per binding); the attention kernel binds at most 3",
+        "25 pages of 4096 bytes need 4 buffers of at most 8 pages (32768 bytes per binding); the attention kernel binds at most 3",
     );
 }
 
@@ -1376,7 +1378,7 @@ fn every_validation_rule_has_an_error() {
         ),
         "paged_attention",
         is_shape,
-        "q has shape [2, 8, 64]; the batch needs [total_q, n_heads, head_dim] = [3, 8, 64]",
+        "q has shape [2, 8, 16]; the batch needs [total_q, n_heads, head_dim] = [3, 8, 16]",
     );
     expect_err(
         run(
@@ -1459,7 +1461,7 @@ fn every_validation_rule_has_an_error() {
         run(Attention::default(), &q, &out, &wide),
         "paged_attention",
         is_shape,
-        "the batch was planned for 2 kv heads of 64; the cache has 4 of 64",
+        "the batch was planned for 2 kv heads of 16; the cache has 4 of 16",
     );
     // Appends: shapes, dtypes, tokens before position 0, copies outside the pool.
     let k3 = filled(&ctx, &[3, 2, HD], 0.5);
@@ -1468,7 +1470,7 @@ fn every_validation_rule_has_an_error() {
         cache.append(&ctx, &mut enc, &batch, &filled(&ctx, &[2, 2, HD], 0.5), &k3),
         "paged",
         is_shape,
-        "k_new has shape [2, 2, 64]; the batch's new tokens need [3, 2, 64]",
+        "k_new has shape [2, 2, 16]; the batch's new tokens need [3, 2, 16]",
     );
     expect_err(
         cache.append(
@@ -1498,7 +1500,7 @@ fn every_validation_rule_has_an_error() {
         cache.write_pages(&ctx, &[0], &[0.0; 3], &[0.0; 3]),
         "paged",
         is_shape,
-        "write_pages: k has 3 and v 3 values; 1 pages need 2048",
+        "write_pages: k has 3 and v 3 values; 1 pages need 512",
     );
 }
 
@@ -1511,7 +1513,8 @@ fn multimodal_rope_into_pages() {
     let ctx = ctx();
     let heads = gqa();
     let row = heads.n_kv_heads * HD;
-    let section = [8, 12, 12];
+    // Time, height and width pairs of the head_dim HD = 16 rotation (8 pairs).
+    let section = [2, 3, 3];
     let rope = Rope::default().with_mrope_section(section).with_seq_len(64);
     let (inv, _) = llama_kernels::ops::rope::frequencies(rope.theta, HD, &rope.scaling, 64);
     for (dtype, new_dtype) in [(DType::F32, DType::F32), (DType::F16, DType::F32)] {

@@ -2,18 +2,19 @@
 //! shapes will use (attention's first `encode` otherwise stalls on pipeline builds), so the
 //! calls themselves add none to the context's cache.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_kernels::ops::attention::Dims;
 use llama_kernels::{Attention, Context, DType, KvCache, KvCacheConfig, Positions, RmsNorm, Rope};
 
-// A small Llama-style layer: 4 q heads, 2 kv heads, head_dim 64 (hidden 256); a 7-token prefill
-// and one decode step.
-const HIDDEN: usize = 256;
+// A small Llama-style layer: 4 q heads, 2 kv heads, head_dim 16 (hidden 64); a 7-token prefill
+// and one decode step. Each test builds its pipelines on fresh contexts, so the smallest head size
+// keeps the compiles a CPU adapter does on first use cheap.
+const HIDDEN: usize = 64;
 const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
-const HEAD_DIM: usize = 64;
+const HEAD_DIM: usize = 16;
 const PREFILL: usize = 7;
 
 fn fresh() -> Context {

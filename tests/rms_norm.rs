@@ -1,7 +1,7 @@
 //! RMSNorm on a real adapter against the f64 reference: the cross-check grid, edge cases and
 //! properties, and every validation rule.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_kernels::compare::tolerance;

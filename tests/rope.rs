@@ -3,7 +3,7 @@
 //! out-of-place views), the properties the math guarantees, the accuracy at large positions, and
 //! every validation rule.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_kernels::bench::{with_sincos, SinCos};

@@ -7,7 +7,7 @@
 //! set: `rope_norm` in place and out of place with a positions buffer in every dtype, the
 //! interleaved layout and a start offset in a few.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_kernels::compare::tolerance;
