@@ -7,22 +7,68 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use llama_kernels::compare::{compare, Comparison};
 use llama_kernels::{Context, DType, Error, Tensor};
 
-/// The shared GPU context. Panics (the test fails) when there is no adapter.
+/// The GPU context of the calling test. Panics (the test fails) when there is no adapter.
+///
+/// A test gets one context for its whole run (kept per thread: libtest runs each test on a
+/// thread of its own), taken from a small pool: the one fewest running tests hold, or a new one
+/// while the pool has fewer than the test threads (at most [`MAX_CONTEXTS`]). On a CPU adapter a
+/// pipeline's LLVM compile runs on its device's queue, one at a time, so tests that share one
+/// context wait for each other's compiles; two contexts let two tests compile at once. With
+/// `--test-threads=1` (the GL pass) there is only ever one.
 pub fn ctx() -> Arc<Context> {
-    static CTX: OnceLock<Arc<Context>> = OnceLock::new();
-    CTX.get_or_init(|| match Context::new() {
+    thread_local! {
+        static MINE: std::cell::RefCell<Option<Arc<Context>>> = const { std::cell::RefCell::new(None) };
+    }
+    MINE.with(|m| m.borrow_mut().get_or_insert_with(pooled_context).clone())
+}
+
+/// The most contexts [`ctx`] creates.
+pub const MAX_CONTEXTS: usize = 2;
+
+fn pooled_context() -> Arc<Context> {
+    static POOL: std::sync::Mutex<Vec<Arc<Context>>> = std::sync::Mutex::new(Vec::new());
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let threads = std::env::var("RUST_TEST_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .or_else(|| {
+            // `--test-threads N` or `--test-threads=N` on the command line.
+            let args: Vec<String> = std::env::args().collect();
+            args.iter().enumerate().find_map(|(i, a)| {
+                a.strip_prefix("--test-threads=")
+                    .map(str::to_string)
+                    .or_else(|| {
+                        (a == "--test-threads")
+                            .then(|| args.get(i + 1).cloned())
+                            .flatten()
+                    })
+                    .and_then(|n| n.parse().ok())
+            })
+        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Held by the pool alone: no running test uses it.
+    let least = pool.iter().min_by_key(|c| Arc::strong_count(c));
+    if let Some(c) = least {
+        if Arc::strong_count(c) == 1 || pool.len() >= threads.clamp(1, MAX_CONTEXTS) {
+            return c.clone();
+        }
+    }
+    let c = match Context::new() {
         Ok(c) => {
-            eprintln!("adapter: {}", c.describe());
+            if pool.is_empty() {
+                eprintln!("adapter: {}", c.describe());
+            }
             Arc::new(c)
         }
         Err(e) => panic!("GPU tests need an adapter and must not skip: {e}"),
-    })
-    .clone()
+    };
+    pool.push(c.clone());
+    c
 }
 
 /// Small deterministic generator (SplitMix64), so every failure reproduces from its seed.

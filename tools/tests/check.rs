@@ -70,6 +70,14 @@ fn committed_cases_pass_and_outputs_are_written() {
         stdout.contains(&format!("check: {} passed, 0 failed", cases.len())),
         "{stdout}"
     );
+    // The cases run on several workers but are reported in the order given.
+    let reported: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("PASS "))
+        .filter_map(|l| l.split(" op=").next())
+        .collect();
+    let given: Vec<String> = cases.iter().map(|c| c.display().to_string()).collect();
+    assert_eq!(reported, given, "{stdout}");
     // The library path too (after the command, so its pipelines come from the shader cache).
     let ctx = ctx();
     for c in &committed_cases("rope_") {

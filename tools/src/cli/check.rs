@@ -6,8 +6,11 @@
 //! the check could not be carried out for some input (unreadable or invalid case file, bad
 //! arguments, no adapter, outputs that could not be written); 2 wins over 1.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use llama_kernels::cases::{write_outputs, Against, CaseFile, CaseReport};
 use llama_kernels::compare::Comparison;
@@ -138,7 +141,19 @@ fn print_report(r: &CaseReport) {
     }
 }
 
-/// Run `check` (see the module docs for the exit status).
+/// More contexts on the default adapter for the case files beyond the first, one per further CPU
+/// core, at most 3. On a CPU adapter a pipeline's LLVM compile runs on its device's queue, one at
+/// a time, and the compiles are most of a case's first run; each context's worker compiles its
+/// own cases in parallel. On a GPU they only overlap host work. Where a context cannot be
+/// created, fewer workers run.
+fn extra_contexts(cases: usize) -> Vec<Context> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = cores.min(cases).clamp(1, 4) - 1;
+    (0..n).map_while(|_| Context::new().ok()).collect()
+}
+
+/// Run `check` (see the module docs for the exit status). The cases run on one worker per
+/// context ([`extra_contexts`]); their reports are printed in the order the cases were given.
 pub fn run(args: &CheckArgs) -> ExitCode {
     if let Some(t) = args.tol {
         if !(t.is_finite() && t >= 0.0) {
@@ -159,47 +174,82 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     }
     let (mut passed, mut failed, mut unusable) = (0usize, 0usize, 0usize);
     let mut cases_json = Vec::new();
-    for path in &args.cases {
-        let report = CaseFile::load(path).and_then(|c| c.run_against(&ctx, args.tol, against));
-        let r = match report {
-            Err(e) => {
-                unusable += 1;
-                if args.json {
-                    cases_json
-                        .push(json!({"path": path.display().to_string(), "error": e.to_string()}));
-                } else {
-                    println!("ERROR {}: {e}", path.display());
+    let extra = extra_contexts(args.cases.len());
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        for ctx in std::iter::once(&ctx).chain(&extra) {
+            let (tx, next, cases, tol) = (tx.clone(), &next, &args.cases, args.tol);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(path) = cases.get(i) else { return };
+                let report = CaseFile::load(path).and_then(|c| c.run_against(ctx, tol, against));
+                if tx.send((i, report)).is_err() {
+                    return;
                 }
-                continue;
-            }
-            Ok(r) => r,
-        };
-        let mut written = None;
-        if let Some(dir) = &args.write_outputs {
-            match write_outputs(&r, dir) {
-                Ok(p) => written = Some(p.display().to_string()),
+            });
+        }
+        drop(tx);
+        // Reports arrive in any order and are printed in the order the cases were given.
+        let mut ready = BTreeMap::new();
+        for (i, path) in args.cases.iter().enumerate() {
+            let report = loop {
+                if let Some(r) = ready.remove(&i) {
+                    break r;
+                }
+                match rx.recv() {
+                    Ok((j, r)) => {
+                        ready.insert(j, r);
+                    }
+                    Err(_) => {
+                        break Err(llama_kernels::Error::Case {
+                            path: path.display().to_string(),
+                            msg: "check: the worker running this case stopped".into(),
+                        })
+                    }
+                }
+            };
+            let r = match report {
                 Err(e) => {
-                    eprintln!("error: could not write outputs of {}: {e}", r.path);
                     unusable += 1;
+                    if args.json {
+                        cases_json.push(
+                            json!({"path": path.display().to_string(), "error": e.to_string()}),
+                        );
+                    } else {
+                        println!("ERROR {}: {e}", path.display());
+                    }
+                    continue;
+                }
+                Ok(r) => r,
+            };
+            let mut written = None;
+            if let Some(dir) = &args.write_outputs {
+                match write_outputs(&r, dir) {
+                    Ok(p) => written = Some(p.display().to_string()),
+                    Err(e) => {
+                        eprintln!("error: could not write outputs of {}: {e}", r.path);
+                        unusable += 1;
+                    }
                 }
             }
-        }
-        if args.json {
-            let mut j = report_json(&r);
-            j["written"] = json!(written);
-            cases_json.push(j);
-        } else {
-            print_report(&r);
-            if let Some(p) = &written {
-                println!("    wrote {p}");
+            if args.json {
+                let mut j = report_json(&r);
+                j["written"] = json!(written);
+                cases_json.push(j);
+            } else {
+                print_report(&r);
+                if let Some(p) = &written {
+                    println!("    wrote {p}");
+                }
+            }
+            if r.pass() {
+                passed += 1;
+            } else {
+                failed += 1;
             }
         }
-        if r.pass() {
-            passed += 1;
-        } else {
-            failed += 1;
-        }
-    }
+    });
     if args.json {
         let j = json!({
             "adapter": super::info::adapter_json(&ctx),
