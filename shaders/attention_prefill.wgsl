@@ -380,10 +380,14 @@ fn pk_kq(e: vec4<u32>, d: u32) -> mat4x4<f32> {
     return mat4x4<f32>(pk_k(e.x + 4u * d), pk_k(e.y + 4u * d), pk_k(e.z + 4u * d), pk_k(e.w + 4u * d));
 }
 
-// Scores (column k: key j + k, components: the 4 rows of a group) to masked log2-domain logits.
+// Scores (column k: key j + k, components: the 4 rows of a group) to log2-domain logits: the
+// soft cap and ALiBi (`pk_scores`), then the rows' key intervals (`pk_select`). With MASKS the
+// masks come between the two, for all of a step's logits in one loop (`pk_mask_step`).
 fn pk_logits(s: mat4x4<f32>, j: i32, rows: PkRows) -> mat4x4<f32> {
-    let lo = rows.lo;
-    let hi = rows.hi;
+    return pk_select(pk_scores(s, j, rows), j, rows);
+}
+
+fn pk_scores(s: mat4x4<f32>, j: i32, rows: PkRows) -> mat4x4<f32> {
     var x = s;
     if p.softcap > 0.0 {
         let c = vec4<f32>(p.softcap);
@@ -396,15 +400,19 @@ fn pk_logits(s: mat4x4<f32>, j: i32, rows: PkRows) -> mat4x4<f32> {
         );
     }
     let dist = vec4<f32>(vec4<i32>(j) - rows.pos);
-    x = mat4x4<f32>(
+    return mat4x4<f32>(
         x[0] + rows.slope * dist,
         x[1] + rows.slope * (dist + 1.0),
         x[2] + rows.slope * (dist + 2.0),
         x[3] + rows.slope * (dist + 3.0),
     );
+}
+
+fn pk_select(x: mat4x4<f32>, j: i32, rows: PkRows) -> mat4x4<f32> {
+    let lo = rows.lo;
+    let hi = rows.hi;
     let neg = vec4<f32>(NEG_BIG);
     if MASKS {
-        x = mat4x4<f32>(pk_mask(x[0], j, rows), pk_mask(x[1], j + 1, rows), pk_mask(x[2], j + 2, rows), pk_mask(x[3], j + 3, rows));
         return mat4x4<f32>(
             select(neg, x[0] * LOG2E, pk_in(j, lo, hi) & pk_shown(x[0])),
             select(neg, x[1] * LOG2E, pk_in(j + 1, lo, hi) & pk_shown(x[1])),
@@ -420,22 +428,27 @@ fn pk_logits(s: mat4x4<f32>, j: i32, rows: PkRows) -> mat4x4<f32> {
     );
 }
 
+// MASKS: `mask_logit` over a step's 128 logits (8 matrices: group g's keys jl .. jl + 4 in
+// s[2g], jl + 4 .. jl + 8 in s[2g + 1]), one per iteration, so the masked pipeline holds one
+// copy of it, not 128 written out (its compile stays near the unmasked one's; the loop's
+// dynamic indices put s in memory, on the masked path only). A key past the range is clamped
+// into it (the interval test hides it). Bounded: 128 iterations.
+fn pk_mask_step(s: ptr<function, array<mat4x4<f32>, 8>>, jl: i32, rows: ptr<function, array<PkRows, 4>>) {
+    let jmax = i32(p.kv_len) - 1;
+    for (var e = 0u; e < 128u; e++) {
+        let t = e >> 4u;
+        let c = (e >> 2u) & 3u;
+        let r = e & 3u;
+        let g = t >> 1u;
+        let j = clamp(jl + 4 * i32(t & 1u) + i32(c), 0, jmax);
+        (*s)[t][c][r] = mask_logit((*s)[t][c][r], j, (*rows)[g].pos[r], (*rows)[g].head[r], (*rows)[g].ms);
+    }
+}
+
 // Whether key j lies in each of 4 rows' intervals [lo, hi) (the masked path's form of the test
 // above).
 fn pk_in(j: i32, lo: vec4<i32>, hi: vec4<i32>) -> vec4<bool> {
     return (vec4<i32>(j) >= lo) & (vec4<i32>(j) < hi);
-}
-
-// `mask_logit` of key j (clamped into the key range: keys past it are hidden by the interval
-// test) for the 4 rows.
-fn pk_mask(x: vec4<f32>, j: i32, rows: PkRows) -> vec4<f32> {
-    let jc = clamp(j, 0, i32(p.kv_len) - 1);
-    return vec4<f32>(
-        mask_logit(x.x, jc, rows.pos.x, rows.head.x, rows.ms),
-        mask_logit(x.y, jc, rows.pos.y, rows.head.y, rows.ms),
-        mask_logit(x.z, jc, rows.pos.z, rows.head.z, rows.ms),
-        mask_logit(x.w, jc, rows.pos.w, rows.head.w, rows.ms),
-    );
 }
 
 fn pk_shown(x: vec4<f32>) -> vec4<bool> {
@@ -656,14 +669,33 @@ fn attn_prefill_keys(
             s3a += q3 * ka;
             s3b += q3 * kb;
         }
-        s0a = pk_logits(s0a, jl, b0);
-        s0b = pk_logits(s0b, jl + 4, b0);
-        s1a = pk_logits(s1a, jl, b1);
-        s1b = pk_logits(s1b, jl + 4, b1);
-        s2a = pk_logits(s2a, jl, b2);
-        s2b = pk_logits(s2b, jl + 4, b2);
-        s3a = pk_logits(s3a, jl, b3);
-        s3b = pk_logits(s3b, jl + 4, b3);
+        if MASKS {
+            var sm = array<mat4x4<f32>, 8>(
+                pk_scores(s0a, jl, b0), pk_scores(s0b, jl + 4, b0),
+                pk_scores(s1a, jl, b1), pk_scores(s1b, jl + 4, b1),
+                pk_scores(s2a, jl, b2), pk_scores(s2b, jl + 4, b2),
+                pk_scores(s3a, jl, b3), pk_scores(s3b, jl + 4, b3),
+            );
+            var bs = array<PkRows, 4>(b0, b1, b2, b3);
+            pk_mask_step(&sm, jl, &bs);
+            s0a = pk_select(sm[0], jl, b0);
+            s0b = pk_select(sm[1], jl + 4, b0);
+            s1a = pk_select(sm[2], jl, b1);
+            s1b = pk_select(sm[3], jl + 4, b1);
+            s2a = pk_select(sm[4], jl, b2);
+            s2b = pk_select(sm[5], jl + 4, b2);
+            s3a = pk_select(sm[6], jl, b3);
+            s3b = pk_select(sm[7], jl + 4, b3);
+        } else {
+            s0a = pk_logits(s0a, jl, b0);
+            s0b = pk_logits(s0b, jl + 4, b0);
+            s1a = pk_logits(s1a, jl, b1);
+            s1b = pk_logits(s1b, jl + 4, b1);
+            s2a = pk_logits(s2a, jl, b2);
+            s2b = pk_logits(s2b, jl + 4, b2);
+            s3a = pk_logits(s3a, jl, b3);
+            s3b = pk_logits(s3b, jl + 4, b3);
+        }
         pk_m[lane * 4u] = max(pk_colmax(s0a), pk_colmax(s0b));
         pk_m[lane * 4u + 1u] = max(pk_colmax(s1a), pk_colmax(s1b));
         pk_m[lane * 4u + 2u] = max(pk_colmax(s2a), pk_colmax(s2b));
