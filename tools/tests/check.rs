@@ -36,7 +36,11 @@ fn parse_err(bytes: &[u8]) -> String {
 }
 
 /// Every committed case passes through the command in one run (each op's cases are there), and
-/// again through the library for rope, with the report's numbers.
+/// again through the library for rope; outputs are written; the reports come in the order given.
+/// The paged cases cover both page layouts and more than one dtype, with the GPU within the
+/// tolerance of the f64 reference, and the verdict depends on the block table: the same file with
+/// one used entry pointing at another sequence's page (still inside the pool) fails in the same
+/// run. One run, so one process compiles each case's pipelines once.
 #[test]
 fn committed_cases_pass_and_outputs_are_written() {
     let cases = committed_cases("");
@@ -53,32 +57,69 @@ fn committed_cases_pass_and_outputs_are_written() {
         );
     }
     let dir = tmpdir("outputs");
+    let changed_path = tmpdir("changed").join("changed.safetensors");
+    std::fs::write(&changed_path, changed_block_table()).unwrap();
     let out = bin()
         .arg("check")
+        .arg("--json")
         .arg("--write-outputs")
         .arg(&dir)
         .args(&cases)
+        .arg(&changed_path)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "check failed:\n{stdout}\n{}",
+    // Exit status 1: a case ran and failed its tolerance (the changed one), none unusable.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "check:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains(&format!("check: {} passed, 0 failed", cases.len())),
+    let j: serde_json::Value = serde_json::from_str(&stdout).expect("check --json is JSON");
+    assert_eq!(j["passed"], cases.len(), "{stdout}");
+    assert_eq!(
+        (j["failed"].as_u64(), j["unusable"].as_u64()),
+        (Some(1), Some(0)),
         "{stdout}"
     );
+    let reports = j["cases"].as_array().unwrap();
     // The cases run on several workers but are reported in the order given.
-    let reported: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("PASS "))
-        .filter_map(|l| l.split(" op=").next())
+    let reported: Vec<&str> = reports
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
         .collect();
-    let given: Vec<String> = cases.iter().map(|c| c.display().to_string()).collect();
+    let mut given: Vec<String> = cases.iter().map(|c| c.display().to_string()).collect();
+    given.push(changed_path.display().to_string());
     assert_eq!(reported, given, "{stdout}");
-    // The library path too (after the command, so its pipelines come from the shader cache).
+    let tol = |r: &serde_json::Value| r["tolerance"].as_f64().unwrap();
+    let agree = |r: &serde_json::Value| -> Vec<f64> {
+        r["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["gpu_vs_reference"]["nmse"].as_f64().unwrap())
+            .collect()
+    };
+    let (committed, changed) = reports.split_at(cases.len());
+    let mut dtypes = std::collections::BTreeSet::new();
+    let mut hnd = false;
+    for r in committed {
+        assert_eq!(r["pass"], true, "{r}");
+        if r["op"] == "paged_attention" {
+            assert!(agree(r).iter().all(|&a| a <= tol(r)), "{r}");
+            dtypes.insert(r["dtype"].as_str().unwrap().to_string());
+            hnd |= r["variant"].as_str().unwrap().contains("Hnd");
+        }
+    }
+    assert!(dtypes.len() >= 2 && hnd, "{dtypes:?}, hnd {hnd}");
+    // The changed block table: the kernel and the reference both read the other page, so they
+    // agree with each other but no longer with expected.
+    let c = &changed[0];
+    assert_eq!(c["pass"], false, "a changed block table still passed: {c}");
+    assert!(agree(c)[0] <= tol(c), "{c}");
+
+    // The library path too, for rope (cheap to compile again in this process).
     let ctx = ctx();
     for c in &committed_cases("rope_") {
         let r = CaseFile::load(c).unwrap().run(&ctx, None).unwrap();
@@ -108,6 +149,46 @@ fn committed_cases_pass_and_outputs_are_written() {
             assert_eq!(o.shape(), exp.shape());
         }
     }
+}
+
+/// `paged_attention_llama_gqa_f32` with sequence 0's first block-table entry pointing at sequence
+/// 1's first page.
+fn changed_block_table() -> Vec<u8> {
+    // Point sequence 0's first block-table entry at sequence 1's first page (still inside the
+    // pool): the kernel and the reference both read that page, so they agree with each other but
+    // no longer with expected. (Swapping two of a decode row's own pages would not do: with every
+    // key visible, attention does not depend on key order.)
+    let path = committed_cases("paged_attention_llama_gqa_f32")[0].clone();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.to_string(),
+                t.dtype(),
+                t.shape().to_vec(),
+                t.data().to_vec(),
+            )
+        })
+        .collect();
+    let bt = owned.iter_mut().find(|t| t.0 == "block_table").unwrap();
+    assert_eq!(bt.1, safetensors::Dtype::I32);
+    let row = bt.2[1] * 4;
+    let other = bt.3[row..row + 4].to_vec();
+    assert_ne!(bt.3[0..4], other[..]);
+    bt.3[0..4].copy_from_slice(&other);
+    let views: Vec<_> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, header.metadata().clone()).unwrap()
 }
 
 #[test]
@@ -758,77 +839,6 @@ fn every_allowed_metadata_key_is_read() {
 
 fn i32s(v: &[i32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// The committed paged cases pass through the library too, with the GPU within the tolerance of
-/// the f64 reference; they cover both page layouts and more than one dtype; and the verdict
-/// depends on the block table: the same file with one used entry pointing at another sequence's
-/// page (still inside the pool) fails.
-#[test]
-fn paged_attention_cases_pass_and_follow_the_block_table() {
-    let ctx = ctx();
-    let cases = committed_cases("paged_attention_");
-    assert!(cases.len() >= 2, "{cases:?}");
-    let mut dtypes = std::collections::BTreeSet::new();
-    let mut hnd = false;
-    for c in &cases {
-        let case = CaseFile::load(c).unwrap();
-        let r = case.run(&ctx, None).unwrap();
-        assert_eq!(r.op, "paged_attention");
-        assert!(r.pass(), "{c:?}: {}", r.outputs[0].gpu);
-        for o in &r.outputs {
-            assert!(o.agree.nmse <= r.tolerance, "{c:?} {}", o.agree);
-        }
-        dtypes.insert(format!("{}", r.dtype));
-        hnd |= r.variant.contains("Hnd");
-    }
-    assert!(dtypes.len() >= 2 && hnd, "{dtypes:?}, hnd {hnd}");
-
-    // Point sequence 0's first block-table entry at sequence 1's first page (still inside the
-    // pool): the kernel and the reference both read that page, so they agree with each other but
-    // no longer with expected. (Swapping two of a decode row's own pages would not do: with every
-    // key visible, attention does not depend on key order.)
-    let path = committed_cases("paged_attention_llama_gqa_f32")[0].clone();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.to_string(),
-                t.dtype(),
-                t.shape().to_vec(),
-                t.data().to_vec(),
-            )
-        })
-        .collect();
-    let bt = owned.iter_mut().find(|t| t.0 == "block_table").unwrap();
-    assert_eq!(bt.1, safetensors::Dtype::I32);
-    let row = bt.2[1] * 4;
-    let other = bt.3[row..row + 4].to_vec();
-    assert_ne!(bt.3[0..4], other[..]);
-    bt.3[0..4].copy_from_slice(&other);
-    let views: Vec<_> = owned
-        .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    let changed = safetensors::serialize(views, header.metadata().clone()).unwrap();
-    let r = CaseFile::parse("changed.safetensors", &changed)
-        .unwrap()
-        .run(&ctx, None)
-        .unwrap();
-    assert!(!r.pass(), "a changed block table still passed");
-    assert!(
-        r.outputs[0].agree.nmse <= r.tolerance,
-        "{}",
-        r.outputs[0].agree
-    );
 }
 
 /// A case file's tensors and metadata, and the message it must be refused with.
