@@ -12,14 +12,13 @@ use llama_kernels::{
     RmsNorm, Rope, Scaling,
 };
 
-/// Output bits of every kernel family on `ctx` in `dtypes`, one entry per (family, dtype,
-/// variant).
-
 /// head_dim of the attention and KV-cache shapes. Bitwise repeatability does not depend on the
 /// head size, and every head size is a pipeline of its own that a CPU adapter compiles on first
 /// use, on each `Context`: the smallest keeps this file cheap cold.
 const HD: usize = 16;
 
+/// Output bits of every kernel family on `ctx` in `dtypes`, one entry per (family, dtype,
+/// variant).
 fn outputs(ctx: &Context, dtypes: &[DType]) -> Vec<(String, Vec<u32>)> {
     let mut all = Vec::new();
     let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
