@@ -33,6 +33,9 @@ pub const MAX_CONTEXTS: usize = 2;
 fn pooled_context() -> Arc<Context> {
     static POOL: std::sync::Mutex<Vec<Arc<Context>>> = std::sync::Mutex::new(Vec::new());
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    // Capped by the test threads, not only by whether a context is free: a finished test's
+    // thread may still hold its context (thread-local destructors run after libtest hears of
+    // the result) when the next test asks, and with one thread that must not make a second.
     let threads = std::env::var("RUST_TEST_THREADS")
         .ok()
         .and_then(|s| s.parse::<usize>().ok())

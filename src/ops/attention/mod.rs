@@ -133,6 +133,7 @@ mod options;
 pub mod plan;
 mod prepare;
 mod record;
+mod subgroup_decode;
 mod subgroup_prefill;
 pub mod variants;
 

@@ -6,6 +6,7 @@
 //! picks one point of this space per call; the portability tests' list ([`all_variant_keys`])
 //! and each module's share of it are derived from the same declaration.
 
+pub use super::subgroup_decode::{sg_key_constants, sg_rows_max, sg_shape, SgShape};
 use super::subgroup_prefill::{prefill_sg_shape, ATTENTION_PREFILL_SUBGROUP};
 use crate::kv_format::KvFormat;
 use crate::pipeline::{PipelineKey, Shader};
@@ -40,9 +41,6 @@ pub const MERGE_WG: u32 = 128;
 /// Workgroup memory every device offers (WebGPU's default `max_compute_workgroup_storage_size`):
 /// [`Kind::DecodeSubgroup`]'s merge memory stays within it.
 pub const SG_MAX_WORKGROUP_BYTES: u32 = 16384;
-// Most vec4s per lane the subgroup kernel holds for its q rows (RS x SLOTS x VPU; as many for
-// the accumulators): 64 f32 accumulators.
-const SG_MAX_REGS: u32 = 16;
 
 /// Which kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -420,79 +418,6 @@ pub fn tile_v4_for(limit: u32) -> u32 {
     1 << (31 - per_tile.leading_zeros())
 }
 
-/// Most rows per [`Kind::DecodeSubgroup`] workgroup at `hd4` with subgroups of at least
-/// `sg_min` lanes: [`SG_MAX_ROWS`], fewer where the rows' vec4s per lane would pass 16 (64 f32
-/// accumulators, as many q values) in f32 or in halves (the same for every storage format, so
-/// that a paged batch, planned before its cache's format is known, blocks rows as the
-/// contiguous call does).
-pub fn sg_rows_max(hd4: u32, sg_min: u32) -> u32 {
-    let sv = [DType::F32, DType::F16]
-        .map(|dt| sg_shape(hd4, sg_min, dt).sv())
-        .into_iter()
-        .max()
-        .unwrap_or(1);
-    let fit = (SG_MAX_REGS / sv).max(1);
-    (1u32 << (31 - fit.leading_zeros())).min(SG_MAX_ROWS as u32)
-}
-
-/// The geometry of [`Kind::DecodeSubgroup`] at one head_dim, storage format and smallest
-/// subgroup size (`shaders/attention_subgroup.wgsl` says how each value is used).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SgShape {
-    /// 16-byte units of a K/V row (8 halves or 4 f32 each).
-    pub upr: u32,
-    /// vec4s per unit: 1 (f32) or 2 (halves).
-    pub vpu: u32,
-    /// Lanes that read one row (a lane group): the power of two at least `upr`, at most the
-    /// smallest subgroup.
-    pub lg: u32,
-    /// Units of a row per lane.
-    pub slots: u32,
-    /// Invocations per workgroup.
-    pub wg: u32,
-    /// Lane groups per workgroup (`wg / lg`), each on its own keys.
-    pub nlg: u32,
-    /// vec4s of the in-workgroup merge memory: `max(nlg / 2, 1) * hd4`.
-    pub merge_v4: u32,
-}
-
-impl SgShape {
-    /// vec4s of one row per lane (`slots * vpu`).
-    pub fn sv(&self) -> u32 {
-        self.slots * self.vpu
-    }
-    /// Bytes of workgroup memory the partial pass declares: the merge's accumulators and (m, l).
-    pub fn workgroup_bytes(&self) -> u32 {
-        self.merge_v4 * 16 + (self.nlg / 2).max(1) * 8
-    }
-}
-
-/// [`SgShape`] at `hd4` over `dtype` K/V with subgroups of at least `sg_min` lanes: [`SG_WG`]
-/// invocations, halved (down to one lane group) while the merge memory would pass
-/// [`SG_MAX_WORKGROUP_BYTES`].
-pub fn sg_shape(hd4: u32, sg_min: u32, dtype: DType) -> SgShape {
-    let vpu = if dtype == DType::F32 { 1 } else { 2 };
-    let upr = hd4.div_ceil(vpu);
-    let lg = upr.next_power_of_two().min(sg_min.max(4));
-    let at = |wg: u32| {
-        let nlg = (wg / lg).max(1);
-        SgShape {
-            upr,
-            vpu,
-            lg,
-            slots: upr.div_ceil(lg),
-            wg: nlg * lg,
-            nlg,
-            merge_v4: (nlg / 2).max(1) * hd4,
-        }
-    };
-    let mut wg = SG_WG;
-    while wg > lg && at(wg).workgroup_bytes() > SG_MAX_WORKGROUP_BYTES {
-        wg /= 2;
-    }
-    at(wg)
-}
-
 /// Workgroup memory of [`Kind::PrefillKeys`] at `hd4` (head_dim / 4): the staged q rows of its
 /// head_dim class ([`prefill_shader`]), the lanes' row maxima and P^T of a tile.
 pub fn prefill_keys_workgroup_bytes(hd4: u32) -> u32 {
@@ -644,20 +569,6 @@ impl Variant {
             ),
         ]
     }
-}
-
-/// The key constants of a [`Kind::DecodeSubgroup`] partial pass with `rs` rows per workgroup
-/// (`shaders/attention_subgroup.wgsl`'s `// @key` lines), shared by the contiguous and paged
-/// keys.
-pub fn sg_key_constants(sh: &SgShape, rs: u32) -> [(&'static str, u32); 6] {
-    [
-        ("RS", rs),
-        ("SLOTS", sh.slots),
-        ("VPU", sh.vpu),
-        ("LG", sh.lg),
-        ("NLG", sh.nlg),
-        ("MV4", sh.merge_v4),
-    ]
 }
 
 /// `c` with its workgroup size `WG` set to `wg`.

@@ -28,7 +28,7 @@ pub struct CheckArgs {
     /// computed imprecisely, e.g. HF's f32 RoPE angles or a bf16 model).
     #[arg(long, value_enum, default_value = "expected")]
     pub against: AgainstArg,
-    /// Write the GPU outputs of each case to DIR/<case file name>.
+    /// Write the GPU outputs of each case to `DIR/<case file name>`.
     #[arg(long, value_name = "DIR")]
     pub write_outputs: Option<PathBuf>,
     /// Print one JSON object instead of text.
