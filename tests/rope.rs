@@ -1711,7 +1711,7 @@ fn native_f16_stores_agree_with_the_integer_encoder() {
             );
         } else if exact.abs() <= 65504.0 {
             // WGSL: one of the two f16 values around the exact result.
-            let ulp = if exact.abs() < 6.103515625e-05 {
+            let ulp = if exact.abs() < 2f32.powi(-14) {
                 2f32.powi(-24)
             } else {
                 2f32.powi(exact.abs().log2().floor() as i32 - 10)

@@ -31,6 +31,21 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// The entry point, with `_f16_store` when f16 is stored through `pack2x16float`:
+    /// `rope_vec4`, `rope`, `rope_norm`, `rope_vec4_f16_store`, ...
+    pub fn name(&self) -> String {
+        let store = if self.f16_store { "_f16_store" } else { "" };
+        format!("{}{store}", self.entry_point())
+    }
+
+    fn entry_point(&self) -> &'static str {
+        match (self.vec4, self.norm) {
+            (true, _) => "rope_vec4",
+            (false, true) => "rope_norm",
+            (false, false) => "rope",
+        }
+    }
+
     /// The pipeline key of this variant.
     pub fn key(&self) -> PipelineKey {
         PipelineKey::new(
@@ -39,11 +54,7 @@ impl Variant {
             } else {
                 Shader::ROPE
             },
-            match (self.vec4, self.norm) {
-                (true, _) => "rope_vec4",
-                (false, true) => "rope_norm",
-                (false, false) => "rope",
-            },
+            self.entry_point(),
             vec![
                 ("DTYPE", self.dtype.shader_code()),
                 ("LAYOUT", (self.layout == Layout::Interleaved) as u32),
