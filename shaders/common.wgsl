@@ -15,7 +15,8 @@ const DT_BF16: u32 = 2u;
 // downlevel capability run them, and because WGSL leaves the built-ins' rounding and overflow
 // open. Every kernel converts through them (the two-value forms below included), so the cast
 // tests, which check every f16/bf16 pattern and a sweep of f32 patterns through `cast_dtype`,
-// cover them bit for bit.
+// cover them bit for bit; the one exception is the f16 stores of the GPU modules that include
+// f16_store.wgsl (`pack2x16float`, devices with the f16-in-f32 capability only).
 
 // f16 bits (low 16 bits of each lane) -> f32, exact for every value: subnormals by subtracting
 // 2^-14 from a normal f32 (no f32 subnormal is ever produced or read), inf/NaN by a second rebias.

@@ -131,12 +131,12 @@ fn store(b: u32, e: u32, v: vec4<f32>) {
     }
     let h = e >> 1u;
     if V == 4u {
-        let w = pack_half4(v, DTYPE);
+        let w = encode_half4(v, DTYPE);
         put(b, h, w.x);
         put(b, h + 1u, w.y);
         return;
     }
-    put(b, h, pack_half2(v.xy, DTYPE));
+    put(b, h, encode_half4(vec4<f32>(v.xy, 0.0, 0.0), DTYPE).x);
 }
 
 var<workgroup> partial: array<f32, 256>;
@@ -304,13 +304,15 @@ fn put_words(b: u32, i: u32, u: vec4<u32>) {
 }
 
 fn put_item(b: u32, i: u32, v: Item) {
-    put_words(b, i, pack_item(v, DTYPE));
+    put_words(b, i, encode_item(v, DTYPE));
 }
 
 // Sum of squares of the items `first, first + step, ...` of one row (16-byte items). With the
 // fused residual, h = x + residual is encoded once: the stored words are residual_out, and
 // decoding them gives h rounded to the storage dtype (encoding twice, as `round_to_dtype`
-// does, would double the conversion work of the half types).
+// does, would double the conversion work of the half types). Decoding the stored words (with
+// the exact integer decode) also keeps the norm on exactly the residual_out that was written
+// when the encoder is `pack2x16float` (f16_store.wgsl), whose rounding WGSL leaves open.
 fn sum_squares4(row: u32, first: u32, step: u32) -> f32 {
     let e = elems_per_item(DTYPE);
     let n_items = p.n / e;
@@ -322,7 +324,7 @@ fn sum_squares4(row: u32, first: u32, step: u32) -> f32 {
         var h = item(B_X, xb + c);
         if HAS_RES {
             let r = item(B_R, rb + c);
-            let words = pack_item(Item(h.lo + r.lo, h.hi + r.hi), DTYPE);
+            let words = encode_item(Item(h.lo + r.lo, h.hi + r.hi), DTYPE);
             put_words(B_ROUT, rob + c, words);
             h = unpack_item(words, DTYPE);
         }

@@ -3,9 +3,12 @@
 // the residual, when read through their own read-only bindings, are also bound as
 // `array<vec4<f16>>` and widened with `vec4<f32>(...)`, one conversion instruction per value on
 // a GPU instead of common.wgsl's integer decode (about fourteen integer ops per value). Widening
-// f16 to f32 is exact, so the results equal the integer path's bit for bit. Writes (and reads
-// through the read_write output bindings, which one buffer cannot share with a second binding)
-// keep the exact integer code; the modules without f16 define `NATIVE_F16` false and a stub.
+// f16 to f32 is exact. Writes go through `pack2x16float` (f16_store.wgsl, prepended before
+// this part; SHADER_F16 devices always have the f16-in-f32 capability it needs), whose rounding
+// WGSL leaves open, so on other devices the results agree with the integer path within the f16
+// tolerance. Reads through the read_write output bindings (which one buffer cannot share with a
+// second binding) keep the exact integer decode; the modules without f16 define `NATIVE_F16`
+// false and a stub, and store through the integer encoder.
 const NATIVE_F16: bool = true;
 
 @group(0) @binding(11) var<storage, read> src_h: array<vec4<f16>>;

@@ -28,6 +28,9 @@
 //            3 host table: freqs[pos * half_rot + k] holds (cos, sin) built in f64
 //   WG       workgroup size
 // `rope_vec4` reads the same constants; IN_PLACE and X_IN_DST are always (true, false) there.
+// Stores of packed halves go through `encode_half4` / `encode_item`: common.wgsl's integer
+// encoder in `rope.wgsl`'s module, `pack2x16float` for f16 in `rope_f16_store.wgsl`'s
+// (f16_store.wgsl; `ops::rope::Variant::f16_store`).
 // Loops (modules are created without naga's loop counters, src/pipeline.rs): over heads and head
 // elements by 1 or 2 to uniform bounds.
 
@@ -268,8 +271,10 @@ fn st(i: u32, v: f32) {
     dst[i] = bitcast<u32>(v);
 }
 
+// Half-precision elements e and e + 1 (e even); f16 through `pack2x16float` in the module that
+// includes f16_store.wgsl, the integer encoder otherwise (`encode_half4`).
 fn st2(e: u32, v: vec2<f32>) {
-    dst[e >> 1u] = pack_half2(v, DTYPE);
+    dst[e >> 1u] = encode_half4(vec4<f32>(v, 0.0, 0.0), DTYPE).x;
 }
 
 // Element indices of pair k (relative to the head start).
@@ -467,13 +472,13 @@ fn rotate_unit(u0: u32, u1: u32, cs0: CosSin4, cs1: CosSin4) {
     let x = unpack_item(dst4[u0], DTYPE);
     let y = unpack_item(dst4[u1], DTYPE);
     if LAYOUT == 0u {
-        dst4[u0] = pack_item(Item(x.lo * cs0.c - y.lo * cs0.s, x.hi * cs1.c - y.hi * cs1.s), DTYPE);
-        dst4[u1] = pack_item(Item(y.lo * cs0.c + x.lo * cs0.s, y.hi * cs1.c + x.hi * cs1.s), DTYPE);
+        dst4[u0] = encode_item(Item(x.lo * cs0.c - y.lo * cs0.s, x.hi * cs1.c - y.hi * cs1.s), DTYPE);
+        dst4[u1] = encode_item(Item(y.lo * cs0.c + x.lo * cs0.s, y.hi * cs1.c + x.hi * cs1.s), DTYPE);
     } else {
         let rx = Item(rot_il(x.lo, cs0.c.xy, cs0.s.xy), rot_il(x.hi, cs0.c.zw, cs0.s.zw));
         let ry = Item(rot_il(y.lo, cs1.c.xy, cs1.s.xy), rot_il(y.hi, cs1.c.zw, cs1.s.zw));
-        dst4[u0] = pack_item(rx, DTYPE);
-        dst4[u1] = pack_item(ry, DTYPE);
+        dst4[u0] = encode_item(rx, DTYPE);
+        dst4[u1] = encode_item(ry, DTYPE);
     }
 }
 

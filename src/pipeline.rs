@@ -17,6 +17,29 @@ use crate::tensor::Tensor;
 /// Helpers shared by every shader: packed f16/bf16 decode and encode, grid linearisation.
 pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 
+/// f16 stores through `pack2x16float` (`encode_half4`, `encode_item`), for the modules that
+/// store f16 natively: they need the SHADER_F16_IN_F32 downlevel capability ([`F16_IN_F32`]).
+pub const F16_STORE_WGSL: &str = include_str!("../shaders/f16_store.wgsl");
+
+/// The same hooks as [`F16_STORE_WGSL`] through common.wgsl's exact integer encoder, for every
+/// other module that calls them.
+pub const INTEGER_STORE: &str = "fn encode_half4(v: vec4<f32>, dtype: u32) -> vec2<u32> {
+    return pack_half4(v, dtype);
+}
+fn encode_item(v: Item, dtype: u32) -> vec4<u32> {
+    return pack_item(v, dtype);
+}";
+
+/// The modules that use `pack2x16float`, which naga validates only with the capability
+/// `SHADER_FLOAT16_IN_FLOAT32` (wgpu: the downlevel flag `SHADER_F16_IN_F32`,
+/// [`crate::context::Caps::f16_in_f32`]); their ops create them only on devices that have it.
+/// A unit test checks that exactly these modules need it.
+pub const F16_IN_F32: [&Shader; 3] = [
+    Shader::ROPE_F16_STORE,
+    crate::ops::rms_norm::RMS_NORM_F16,
+    crate::ops::rms_norm::RMS_NORM_SUBGROUP_F16,
+];
+
 /// The quantized KV formats' encode and decode (cache writers and attention modules).
 pub const KV_QUANT_WGSL: &str = include_str!("../shaders/kv_quant.wgsl");
 /// Shared by the two KV cache writers: the new rows' bindings and reads.
@@ -68,8 +91,23 @@ impl Shader {
     /// `shaders/rope.wgsl`.
     pub const ROPE: &'static Shader = &Shader {
         name: "rope.wgsl",
-        parts: &[COMMON_WGSL, include_str!("../shaders/rope.wgsl")],
+        parts: &[
+            COMMON_WGSL,
+            INTEGER_STORE,
+            include_str!("../shaders/rope.wgsl"),
+        ],
         variants: crate::ops::rope::all_variant_keys,
+    };
+    /// `shaders/rope.wgsl` storing f16 through `pack2x16float` (`shaders/f16_store.wgsl`;
+    /// devices with the f16-in-f32 capability only, see [`F16_IN_F32`]).
+    pub const ROPE_F16_STORE: &'static Shader = &Shader {
+        name: "rope_f16_store.wgsl",
+        parts: &[
+            COMMON_WGSL,
+            F16_STORE_WGSL,
+            include_str!("../shaders/rope.wgsl"),
+        ],
+        variants: crate::ops::rope::f16_store_variant_keys,
     };
     /// `shaders/attention_prefill.wgsl` for head_dim up to 256
     /// ([`crate::ops::attention::ATTENTION_PREFILL`]).
@@ -159,10 +197,11 @@ impl Shader {
 }
 
 /// The kernel shaders whose ops do not list their modules (see [`Shader::ALL`]).
-const OTHERS: [&Shader; 11] = [
+const OTHERS: [&Shader; 12] = [
     Shader::RMS_NORM,
     Shader::CAST,
     Shader::ROPE,
+    Shader::ROPE_F16_STORE,
     Shader::KV_CACHE,
     Shader::ATTENTION_PAGED,
     Shader::PAGED_KV,
@@ -311,6 +350,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("cast.wgsl", include_str!("../shaders/cast.wgsl")),
     ("common.wgsl", include_str!("../shaders/common.wgsl")),
     ("copy.wgsl", include_str!("../shaders/copy.wgsl")),
+    ("f16_store.wgsl", include_str!("../shaders/f16_store.wgsl")),
     ("kv_cache.wgsl", include_str!("../shaders/kv_cache.wgsl")),
     ("kv_quant.wgsl", include_str!("../shaders/kv_quant.wgsl")),
     ("kv_source.wgsl", include_str!("../shaders/kv_source.wgsl")),

@@ -724,11 +724,16 @@ fn auto_strategy_row_threshold() {
     }
 }
 
-/// Native f16 reads (`Strategy::WorkgroupNativeF16`, the GPU default with SHADER_F16, forced
-/// here with the subgroup reduction where the device has SUBGROUP, as GPUs run it): against the
-/// f64 reference with the f16 tolerance, and bit for bit equal to the integer decode of the same
-/// workgroup-per-row kernel and reduction (widening f16 is exact). Plain and fused, in place
-/// and not, Gemma's offset, one item per row and many. Without SHADER_F16 the strategy is an
+/// Native f16 reads and `pack2x16float` stores (`Strategy::WorkgroupNativeF16`, the GPU
+/// default with SHADER_F16, forced here with the subgroup reduction where the device has
+/// SUBGROUP, as GPUs run it): against the f64 reference with the f16 tolerance (out and
+/// residual_out, in `run_case_outputs`), and against the integer decode and encoder of the same
+/// workgroup-per-row kernel and reduction. Widening f16 is exact, but WGSL leaves
+/// `pack2x16float`'s rounding (either neighbour) and out-of-range results open, so the two are
+/// compared bit for bit on lavapipe only, where its conversion rounds to nearest even as the
+/// integer encoder does; elsewhere the tolerance is what holds (the repo's rule: bit equality
+/// only between runs of one module). Plain and fused, in place and not, Gemma's offset, one
+/// item per row and many (125 items, an odd count). Without SHADER_F16 the strategy is an
 /// error; misuse (other dtypes, unaligned views) is an error everywhere.
 #[test]
 fn native_f16_reads_equal_integer_reads() {
@@ -781,8 +786,10 @@ fn native_f16_reads_equal_integer_reads() {
                 Strategy::WorkgroupTree
             };
             let (_, b, rb) = run_case_outputs(c, seed, integer, before);
-            assert_eq!(a, b, "{c:?}: native and integer reads differ");
-            assert_eq!(ra, rb, "{c:?}: residual_out differs");
+            if ctx.adapter_info().name.contains("llvmpipe") {
+                assert_eq!(a, b, "{c:?}: native and integer paths differ");
+                assert_eq!(ra, rb, "{c:?}: residual_out differs");
+            }
         }
     }
     // Misuse.

@@ -1609,3 +1609,229 @@ fn the_cached_frequency_table_follows_every_change() {
 fn rng_vec(seed: u64, n: usize) -> Vec<f32> {
     Rng::new(seed).vec(n, 1.0)
 }
+
+/// Whether `ctx` is Mesa's lavapipe (llvmpipe), where `pack2x16float` was found to round to
+/// nearest even and overflow to inf, as the integer encoder does.
+fn is_lavapipe(ctx: &Context) -> bool {
+    ctx.adapter_info().name.contains("llvmpipe")
+}
+
+/// f16 results of `f(op)` with `pack2x16float` stores (`Rope::native_f16_store` forced on) and
+/// with the integer encoder (forced off), for the same input: each against `want` with the f16
+/// tolerance; bit for bit equal to each other on lavapipe only. WGSL leaves `pack2x16float`'s
+/// rounding (either neighbour) and out-of-range results open, so another device may differ from
+/// the exact integer encoder in the last bit of some values, and only the tolerance holds
+/// there; the repo's rule keeps bit equality to runs of one module.
+fn native_store_pair(
+    ctx: &Context,
+    what: &str,
+    op: &Rope,
+    want: &[f64],
+    run: impl Fn(&Rope) -> (llama_kernels::ops::rope::Variant, Tensor),
+) {
+    let mut outs = Vec::new();
+    for native in [true, false] {
+        let op = op.clone().with_native_f16_store(native);
+        let (v, out) = run(&op);
+        assert_eq!(v.f16_store, native, "{what}: variant {v:?}");
+        assert_close(
+            ctx,
+            &out,
+            want,
+            tolerance(DType::F16),
+            &format!("{what} native {native}"),
+        );
+        outs.push(ctx.read_f32(&out).unwrap());
+    }
+    if is_lavapipe(ctx) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&outs[0]),
+            bits(&outs[1]),
+            "{what}: pack2x16float vs integer encoder"
+        );
+    }
+}
+
+/// f16 stores through `pack2x16float` (`Rope::native_f16_store`, the default on GPUs with the
+/// f16-in-f32 capability, forced here) on each entry point, against the f64 reference and the
+/// integer encoder (see `native_store_pair`): `rope_vec4` (half layout, in place, every finite
+/// f16 value at position 0, so each output is one conversion of `x * 1.3`: round to nearest
+/// even, subnormals and overflow to inf on lavapipe; elsewhere either f16 neighbour of a result
+/// in range, as WGSL allows), `rope` (interleaved, 3 pairs of an 18-wide head, out of place
+/// with the unrotated tail copied, positions buffer), and `rope_norm` (QK-norm of Q and K in a
+/// fused QKV buffer). Three specialisations of `rope_f16_store.wgsl`. Forcing it for another
+/// dtype is an error naming the op and the dtype (the missing capability:
+/// `ops::rope::plan`'s unit tests, on described devices).
+#[test]
+fn native_f16_stores_agree_with_the_integer_encoder() {
+    let ctx = ctx();
+    let auto = Rope::new(10000.0, Layout::Half);
+    // rope_vec4: every finite f16 value at position 0.
+    let bits: Vec<u16> = (0..=u16::MAX)
+        .filter(|b| (b >> 10) & 0x1f != 0x1f)
+        .collect();
+    let mut x: Vec<f32> = bits
+        .iter()
+        .map(|&b| half::f16::from_bits(b).to_f32())
+        .collect();
+    x.resize(x.len().next_multiple_of(16), 0.0);
+    let factor = 1.3f32;
+    let op = Rope::new(10000.0, Layout::Half).with_scaling(Scaling::InvFreq {
+        inv_freq: vec![0.5; 8],
+        attention_factor: factor as f64,
+    });
+    let mut outs = Vec::new();
+    for native in [true, false] {
+        let op = op.clone().with_native_f16_store(native);
+        let t = ctx
+            .upload_as(&x, &[1, x.len() / 16, 16], DType::F16)
+            .unwrap();
+        let v = op
+            .variant(&ctx, &t, None, None, Positions::Start(0))
+            .unwrap();
+        assert!(v.vec4 && v.f16_store == native, "{v:?}");
+        op.run(&ctx, &t, Positions::Start(0)).unwrap();
+        outs.push(ctx.read_f32(&t).unwrap());
+    }
+    let f16 = |v: f32| half::f16::from_f32(v).to_f32();
+    for (i, ((&g, &b), &v)) in outs[0].iter().zip(&outs[1]).zip(&x).enumerate() {
+        let exact = v * factor;
+        // The integer encoder: exactly round to nearest even, overflow to inf (the sign of a
+        // zero result depends on the rotation's `- y * 0`, so ±0 compare equal).
+        assert!(
+            b == f16(exact),
+            "integer encoder, element {i} ({v:e}) gave {b:e}"
+        );
+        if is_lavapipe(&ctx) {
+            assert_eq!(
+                g.to_bits(),
+                b.to_bits(),
+                "pack2x16float, element {i} ({v:e})"
+            );
+        } else if exact.abs() <= 65504.0 {
+            // WGSL: one of the two f16 values around the exact result.
+            let ulp = if exact.abs() < 2f32.powi(-14) {
+                2f32.powi(-24)
+            } else {
+                2f32.powi(exact.abs().log2().floor() as i32 - 10)
+            };
+            assert!(
+                (g - exact).abs() < ulp,
+                "pack2x16float, element {i}: {v:e} x {factor} gave {g:e}"
+            );
+        }
+    }
+    // rope_vec4 at a large position, random data, against the reference.
+    let mut rng = Rng::new(9500);
+    let (seq, heads, hd) = (3, 4, 64);
+    let xs = rng.vec(seq * heads * hd, 1.0);
+    let pos: Vec<i64> = (0..seq as i64).map(|s| 1_000_000 + s).collect();
+    let (inv, attn) = reference::frequencies(10000.0, hd, &Scaling::Default, 0);
+    let shape = [1, seq, heads, hd];
+    let want = reference::rope(
+        &rounded(&xs, DType::F16),
+        shape,
+        &pos,
+        &inv,
+        attn,
+        Layout::Half,
+        hd,
+    );
+    native_store_pair(&ctx, "rope_vec4", &auto, &want, |op| {
+        let t = upload_at(&ctx, &xs, &[seq, heads, hd], DType::F16, ALIGNED_GUARD);
+        let start = Positions::Start(pos[0] as i32);
+        let v = op.variant(&ctx, &t, None, None, start).unwrap();
+        assert!(v.vec4, "{v:?}");
+        op.run(&ctx, &t, start).unwrap();
+        assert_guards_at(&ctx, &t, ALIGNED_GUARD, "rope_vec4");
+        (v, t)
+    });
+
+    // rope: interleaved, rotary_dim 6 of head_dim 18, out of place, a positions buffer.
+    let (seq, heads, hd, rd) = (5, 3, 18, 6);
+    let xs = rng.vec(seq * heads * hd, 2.0);
+    let p32: Vec<i32> = (0..seq).map(|_| rng.below(1 << 20) as i32).collect();
+    let pos: Vec<i64> = p32.iter().map(|&p| p as i64).collect();
+    let pt = PositionIds::upload(&ctx, &p32, &[seq]).unwrap();
+    let op = Rope::new(500000.0, Layout::Interleaved)
+        .with_rotary_dim(rd)
+        .with_seq_len(1 << 20);
+    let (inv, attn) = reference::frequencies(500000.0, rd, &Scaling::Default, 1 << 20);
+    let shape = [1, seq, heads, hd];
+    let xr = rounded(&xs, DType::F16);
+    let want = reference::rope(&xr, shape, &pos, &inv, attn, Layout::Interleaved, rd);
+    let xt = upload_guarded(&ctx, &xs, &[seq, heads, hd], DType::F16);
+    native_store_pair(&ctx, "rope", &op, &want, |op| {
+        let out = nan_output(&ctx, &[seq, heads, hd], DType::F16);
+        let v = op
+            .variant(&ctx, &xt, None, Some(&out), Positions::Ids(&pt))
+            .unwrap();
+        assert!(!v.vec4 && !v.norm && !v.in_place, "{v:?}");
+        op.run_to(&ctx, &xt, &out, Positions::Ids(&pt)).unwrap();
+        assert_guards(&ctx, &out, "rope");
+        (v, out)
+    });
+
+    // rope_norm: Qwen3-style QK-norm of Q and K in a fused QKV buffer, in place.
+    let (seq, nh, nkv, hd) = (3, 4, 2, 64);
+    let row = (nh + 2 * nkv) * hd;
+    let data = rng.vec(seq * row, 3.0);
+    let w: Vec<f32> = (0..hd).map(|_| 1.0 + rng.normal(0.3)).collect();
+    let wt = upload_guarded(&ctx, &w, &[hd], DType::F16);
+    let p32: Vec<i32> = (0..seq).map(|_| rng.below(1 << 24) as i32).collect();
+    let pos: Vec<i64> = p32.iter().map(|&p| p as i64).collect();
+    let pt = PositionIds::upload(&ctx, &p32, &[seq]).unwrap();
+    let norm = llama_kernels::ops::rope::HeadNorm::new(&wt, 1e-6);
+    let dr = rounded(&data, DType::F16);
+    let wr = rounded(&w, DType::F16);
+    let (inv, attn) = reference::frequencies(10000.0, hd, &Scaling::Default, 0);
+    let mut want = Vec::new();
+    for s in 0..seq {
+        let heads = reference::head_norm(&dr[s * row..s * row + (nh + nkv) * hd], &wr, 1e-6, 0.0);
+        want.extend(reference::rope(
+            &heads,
+            [1, 1, nh + nkv, hd],
+            &pos[s..s + 1],
+            &inv,
+            attn,
+            Layout::Half,
+            hd,
+        ));
+    }
+    native_store_pair(&ctx, "rope_norm", &auto, &want, |op| {
+        let buf = upload_at(&ctx, &data, &[seq * row], DType::F16, GUARD_BEFORE);
+        let (q, k, _) = qkv_views(buf.buffer(), GUARD_BEFORE, seq, nh, nkv, hd, DType::F16);
+        op.run_qk_norm(&ctx, &q, &k, Some(&norm), Some(&norm), Positions::Ids(&pt))
+            .unwrap();
+        assert_guards(&ctx, &buf, "rope_norm");
+        // Q and K of each token are adjacent: read them as one [seq, nh + nkv, hd] view.
+        let qk = Tensor::with_strides(
+            buf.buffer(),
+            GUARD_BEFORE,
+            &[seq, nh + nkv, hd],
+            &[row, hd, 1],
+            DType::F16,
+        );
+        // `Rope::variant` reports the plain rotation's plan; the store is chosen the same way
+        // with a norm.
+        let v = op
+            .variant(&ctx, &q, Some(&k), None, Positions::Ids(&pt))
+            .unwrap();
+        (v, qk)
+    });
+
+    // Misuse: forced for another dtype.
+    let t = ctx.upload_as(&[1.0; 64], &[1, 1, 64], DType::BF16).unwrap();
+    let e = auto
+        .clone()
+        .with_native_f16_store(true)
+        .variant(&ctx, &t, None, None, Positions::Start(0))
+        .unwrap_err();
+    assert!(matches!(e, Error::DType { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("rope") && msg.contains("native_f16_store") && msg.contains("bf16"),
+        "{msg}"
+    );
+}

@@ -137,7 +137,7 @@ fn shape_of(case: &CaseFile, name: &str, t: &HostTensor) -> Result<[usize; 4]> {
 }
 
 fn variant_name(v: &Variant, what: &str) -> String {
-    format!("{} {what}", if v.vec4 { "rope_vec4" } else { "rope" })
+    format!("{} {what}", v.name())
 }
 
 /// Run a `rope` case on `ctx` and on the reference.

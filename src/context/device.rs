@@ -84,12 +84,25 @@ impl Context {
                 *g = Some(format!("{reason:?}: {msg}"));
             }
         });
-        Ok(Self::build(device, queue, adapter.get_info(), lost))
+        let f16_in_f32 = adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32);
+        Ok(Self::build(
+            device,
+            queue,
+            adapter.get_info(),
+            lost,
+            Some(f16_in_f32),
+        ))
     }
 
     /// Wrap a device and queue that the application already has. Kernels use whatever limits
     /// and features the device was created with (`SHADER_F16`, `SUBGROUP` are used if enabled).
     /// Our device-lost callback is not installed: the application keeps its own.
+    /// `pack2x16float` stores ([`Caps::f16_in_f32`](super::Caps::f16_in_f32)) are assumed
+    /// available except on Vulkan CPU adapters without `SHADER_F16` (wgpu has no device-level
+    /// query of the downlevel flags).
     pub fn from_device(device: &wgpu::Device, queue: &wgpu::Queue) -> Self {
         let info = device.adapter_info();
         Self::build(
@@ -97,6 +110,7 @@ impl Context {
             queue.clone(),
             info,
             Arc::new(Mutex::new(None)),
+            None,
         )
     }
 
@@ -105,12 +119,15 @@ impl Context {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
         lost: Arc<Mutex<Option<String>>>,
+        f16_in_f32: Option<bool>,
     ) -> Self {
         let f = device.features();
+        let shader_f16 = f.contains(wgpu::Features::SHADER_F16);
         let caps = Caps {
-            shader_f16: f.contains(wgpu::Features::SHADER_F16),
+            shader_f16,
             subgroups: f.contains(wgpu::Features::SUBGROUP),
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
+            f16_in_f32: f16_in_f32.unwrap_or_else(|| f16_in_f32_of_device(&info, shader_f16)),
         };
         let limits = device.limits();
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
@@ -147,4 +164,14 @@ impl Context {
             capture: std::sync::OnceLock::new(),
         }
     }
+}
+
+/// `SHADER_F16_IN_F32` of a device whose adapter cannot be asked (wgpu 30 has no device-level
+/// query of the downlevel flags): wgpu-hal sets it on every backend but Vulkan on llvmpipe, where
+/// it equals the adapter's `SHADER_F16`. The adapter's support is unknown here, only the
+/// device's feature, so every Vulkan CPU adapter without `SHADER_F16` on the device counts as
+/// lacking it (at worst the integer encoder runs where `pack2x16float` could have).
+pub(crate) fn f16_in_f32_of_device(info: &wgpu::AdapterInfo, shader_f16: bool) -> bool {
+    shader_f16
+        || !(info.backend == wgpu::Backend::Vulkan && info.device_type == wgpu::DeviceType::Cpu)
 }

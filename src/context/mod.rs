@@ -37,6 +37,12 @@ pub struct Caps {
     pub subgroups: bool,
     /// `TIMESTAMP_QUERY`: GPU timestamps (the benchmark uses them).
     pub timestamps: bool,
+    /// The downlevel flag `SHADER_F16_IN_F32`: WGSL's `pack2x16float` / `unpack2x16float`,
+    /// which naga only takes with it (capability `SHADER_FLOAT16_IN_FLOAT32`). wgpu sets it on
+    /// every backend but llvmpipe without `SHADER_F16`. Read from the adapter by
+    /// [`Context::new`]; a wrapped device ([`Context::from_device`]) cannot be asked, so there
+    /// it is assumed except on Vulkan CPU adapters without `SHADER_F16`.
+    pub f16_in_f32: bool,
 }
 
 /// Device, queue, limits, optional features and the pipeline cache. `Send + Sync`; share it

@@ -88,6 +88,7 @@ fn validates_without(module: &naga::Module, without: naga::valid::Capabilities) 
 fn every_module_enables_what_it_uses() {
     use naga::valid::Capabilities as C;
     let mut subgroup_modules = 0;
+    let mut f16_in_f32_modules = 0;
     for shader in Shader::ALL {
         let spec = shader.source();
         let module = naga::front::wgsl::parse_str(&naga_source(&spec))
@@ -102,6 +103,16 @@ fn every_module_enables_what_it_uses() {
             "{}: (enable subgroups, enable f16) vs what its code uses",
             shader.name
         );
+        // `pack2x16float` needs no directive, but a device capability: exactly the listed
+        // modules may use it, as only their ops check for it.
+        let needs_f16_in_f32 = !validates_without(&module, C::SHADER_FLOAT16_IN_FLOAT32);
+        assert_eq!(
+            needs_f16_in_f32,
+            F16_IN_F32.contains(shader),
+            "{}: uses pack2x16float / unpack2x16float vs pipeline::F16_IN_F32",
+            shader.name
+        );
+        f16_in_f32_modules += needs_f16_in_f32 as usize;
         if needs_subgroups {
             subgroup_modules += 1;
             assert!(
@@ -112,6 +123,7 @@ fn every_module_enables_what_it_uses() {
         }
     }
     assert_eq!(subgroup_modules, 7);
+    assert_eq!(f16_in_f32_modules, F16_IN_F32.len());
 }
 
 #[test]

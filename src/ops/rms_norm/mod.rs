@@ -21,14 +21,20 @@
 //!   weight index is uniform across invocations, which CPU drivers load once and broadcast.
 //!   On lavapipe this is about 4x faster than a workgroup per row (see BENCHMARKS.md); on a GPU
 //!   it would be uncoalesced, so GPUs always get a workgroup per row.
-//! - native f16 reads (GPUs with `SHADER_F16`, workgroup per row, 16-byte aligned views): f16
-//!   x, weight and residual are also bound as `array<vec4<f16>>` and widened by the hardware's
-//!   conversion instead of the integer decode every other path uses (about fourteen integer ops
-//!   per value, enough to make a memory-bound norm ALU-bound on a GPU). Widening is exact, so the
-//!   results equal the integer path's bit for bit; writes keep the exact integer encode. In
-//!   modules of their own ([`RMS_NORM_F16`], [`RMS_NORM_SUBGROUP_F16`]): a module with
-//!   `enable f16` fails validation without `SHADER_F16`. CPU adapters keep the integer decode
-//!   (llvmpipe's f16 loads measured no faster, BENCHMARKS.md).
+//! - native f16 reads and stores (GPUs with `SHADER_F16`, workgroup per row, 16-byte aligned
+//!   views): f16 x, weight and residual are also bound as `array<vec4<f16>>` and widened by the
+//!   hardware's conversion instead of the integer decode every other path uses (about fourteen
+//!   integer ops per value, enough to make a memory-bound norm ALU-bound on a GPU), and out and
+//!   residual_out are stored through WGSL's `pack2x16float` (one instruction per value) instead
+//!   of the integer encoder (about twelve). Widening is exact; `pack2x16float`'s rounding and
+//!   out-of-range results are left open by WGSL, so the results agree with the integer path
+//!   within the f16 tolerance (bit for bit on lavapipe, tests/rms_norm.rs), and the norm of
+//!   the fused form reads back exactly the residual_out it stored. In modules of their own
+//!   ([`RMS_NORM_F16`], [`RMS_NORM_SUBGROUP_F16`]): a module with `enable f16` fails validation
+//!   without `SHADER_F16`, and one with `pack2x16float` without the f16-in-f32 capability,
+//!   which wgpu gives every device with `SHADER_F16`. CPU adapters keep the integer code
+//!   (llvmpipe's f16 loads measured no faster, BENCHMARKS.md). bf16 has no built-in and keeps
+//!   its integer encoder (four ops a value) everywhere.
 //! - fused residual: `h = x + residual` (rounded to the storage dtype, as the model stores it)
 //!   is written to `residual_out` during the first pass; the second pass normalises `h`.
 //! - in place: `out` may be the same view as `x` and `residual_out` the same view as `residual`;
@@ -126,10 +132,11 @@ pub enum Strategy {
     WorkgroupSubgroup,
     /// One invocation per row (CPU adapters with many rows).
     InvocationPerRow,
-    /// One workgroup per row, f16 views read natively (see the module docs), reduced with
-    /// subgroup operations wherever the device has `SUBGROUP` (CPU adapters included: the
-    /// combination GPUs run), the tree otherwise; an error without `SHADER_F16`, for other
-    /// dtypes, or for views that are not 16-byte aligned. [`Strategy::Auto`] and [`Strategy::WorkgroupPerRow`] pick it for f16 on
+    /// One workgroup per row, f16 views read natively and stored through `pack2x16float` (see
+    /// the module docs), reduced with subgroup operations wherever the device has `SUBGROUP`
+    /// (CPU adapters included: the combination GPUs run), the tree otherwise; an error without
+    /// `SHADER_F16` or the f16-in-f32 capability, for other dtypes, or for views that are not
+    /// 16-byte aligned. [`Strategy::Auto`] and [`Strategy::WorkgroupPerRow`] pick it for f16 on
     /// GPUs with `SHADER_F16`; [`Strategy::WorkgroupTree`] and [`Strategy::WorkgroupSubgroup`]
     /// keep the integer decode.
     WorkgroupNativeF16,

@@ -94,6 +94,13 @@ impl RmsNorm {
                 ctx.adapter_info().name
             );
             crate::ensure!(
+                ctx.caps().f16_in_f32,
+                Limit,
+                OP,
+                "native f16 stores (pack2x16float) need the SHADER_F16_IN_F32 downlevel capability, and {} lacks it",
+                ctx.adapter_info().name
+            );
+            crate::ensure!(
                 dtype == DType::F16,
                 DType,
                 OP,

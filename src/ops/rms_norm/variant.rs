@@ -15,6 +15,7 @@ pub const RMS_NORM_SUBGROUP: &Shader = &Shader {
     parts: &[
         "enable subgroups;",
         crate::pipeline::COMMON_WGSL,
+        crate::pipeline::INTEGER_STORE,
         NO_NATIVE_F16,
         include_str!("../../../shaders/rms_norm.wgsl"),
         include_str!("../../../shaders/rms_norm_subgroup.wgsl"),
@@ -22,7 +23,8 @@ pub const RMS_NORM_SUBGROUP: &Shader = &Shader {
     variants: subgroup_variant_keys,
 };
 
-/// The RMSNorm modules without `enable f16` define the native-read hook as never taken.
+/// The RMSNorm modules without `enable f16` define the native-read hook as never taken (and
+/// store through the integer encoder, [`crate::pipeline::INTEGER_STORE`]).
 const NO_NATIVE_F16: &str = "const NATIVE_F16: bool = false;
 fn f16_item(b: u32, i: u32) -> Item {
     return Item(vec4<f32>(0.0), vec4<f32>(0.0));
@@ -33,30 +35,35 @@ pub const RMS_NORM: &Shader = &Shader {
     name: "rms_norm.wgsl",
     parts: &[
         crate::pipeline::COMMON_WGSL,
+        crate::pipeline::INTEGER_STORE,
         NO_NATIVE_F16,
         include_str!("../../../shaders/rms_norm.wgsl"),
     ],
     variants: all_variant_keys,
 };
 
-/// [`RMS_NORM`] with native f16 reads (`shaders/rms_norm_f16.wgsl`, `enable f16`).
+/// [`RMS_NORM`] with native f16 reads (`shaders/rms_norm_f16.wgsl`, `enable f16`) and f16
+/// stores through `pack2x16float` (`shaders/f16_store.wgsl`): only created on devices with
+/// `SHADER_F16`, which wgpu always gives the f16-in-f32 capability `pack2x16float` needs.
 pub const RMS_NORM_F16: &Shader = &Shader {
     name: "rms_norm_f16.wgsl",
     parts: &[
         "enable f16;",
         crate::pipeline::COMMON_WGSL,
+        crate::pipeline::F16_STORE_WGSL,
         include_str!("../../../shaders/rms_norm_f16.wgsl"),
         include_str!("../../../shaders/rms_norm.wgsl"),
     ],
     variants: || native_variant_keys(false),
 };
 
-/// [`RMS_NORM_SUBGROUP`] with native f16 reads.
+/// [`RMS_NORM_SUBGROUP`] with native f16 reads and `pack2x16float` stores.
 pub const RMS_NORM_SUBGROUP_F16: &Shader = &Shader {
     name: "rms_norm_subgroup_f16.wgsl",
     parts: &[
         "enable f16;\nenable subgroups;",
         crate::pipeline::COMMON_WGSL,
+        crate::pipeline::F16_STORE_WGSL,
         include_str!("../../../shaders/rms_norm_f16.wgsl"),
         include_str!("../../../shaders/rms_norm.wgsl"),
         include_str!("../../../shaders/rms_norm_subgroup.wgsl"),
@@ -111,7 +118,8 @@ pub struct Variant {
     pub items16: bool,
     /// With a workgroup per row and `items16`: reduce with subgroup operations.
     pub subgroup: bool,
-    /// With a workgroup per row, `items16` and f16: read x, weight and residual natively.
+    /// With a workgroup per row, `items16` and f16: read x, weight and residual natively and
+    /// store through `pack2x16float` ([`RMS_NORM_F16`], [`RMS_NORM_SUBGROUP_F16`]).
     pub native_f16: bool,
 }
 
@@ -187,7 +195,11 @@ impl Variant {
         let native_f16 = dtype == DType::F16
             && match strategy {
                 Strategy::WorkgroupNativeF16 => true,
-                Strategy::Auto | Strategy::WorkgroupPerRow => native_f16_wanted(ctx),
+                // The native modules store through `pack2x16float`: SHADER_F16 devices have
+                // the capability it needs, checked all the same.
+                Strategy::Auto | Strategy::WorkgroupPerRow => {
+                    native_f16_wanted(ctx) && ctx.caps().f16_in_f32
+                }
                 _ => false,
             };
         Variant {

@@ -78,6 +78,12 @@
 //!   and stores every head of the group (the unrotated tail normalised too). Q and K each have
 //!   their own weights, as runtime flags of one dispatch.
 //!
+//! Every entry point stores f16 through WGSL's `pack2x16float` where the adapter prefers it
+//! (devices that are not CPU adapters, with the f16-in-f32 capability; a second module,
+//! `rope_f16_store.wgsl`) and through common.wgsl's exact integer encoder elsewhere; bf16
+//! always through its integer encoder (four ops a value, no built-in). [`Rope::native_f16_store`]
+//! forces either.
+//!
 //! The first two split heads into more groups when tokens x columns alone would not fill the
 //! device (`TARGET_INVOCATIONS`). That grouping is for CPU adapters, where an invocation is a
 //! loop over SIMD lanes and few long invocations pay; on every other device an invocation walks
@@ -128,7 +134,7 @@ use norm::{Extra, RowMap};
 pub(crate) use plan::Plan;
 pub use positions::{qkv_views, PositionIds, Positions};
 pub(crate) use sincos::SinCos;
-pub use variant::{all_variant_keys, Variant};
+pub use variant::{all_variant_keys, f16_store_variant_keys, Variant};
 
 pub(crate) const OP: &str = "rope";
 pub(crate) const WG: u32 = 64;
@@ -167,6 +173,15 @@ pub struct Rope {
     /// and `k < 3h`, by the width position when `k % 3 == 2` and `k < 3w`, else by the time
     /// position. Ignored without `mrope_section`.
     pub mrope_interleaved: bool,
+    /// How f16 results are stored: `None` lets the adapter decide (`pack2x16float` on devices
+    /// that are not CPU adapters and have the f16-in-f32 capability,
+    /// [`crate::ops::native_f16_store_wanted`]); `Some(false)` keeps common.wgsl's exact integer
+    /// encoder (round to nearest even, overflow to inf), which every other dtype and device
+    /// uses; `Some(true)` forces `pack2x16float` (one instruction per value on a GPU instead of
+    /// about twelve integer ops), an `Err` for other dtypes or on a device without the
+    /// capability. WGSL leaves `pack2x16float`'s rounding and out-of-range results open, so
+    /// the two agree within the f16 tolerance, not necessarily bit for bit.
+    pub native_f16_store: Option<bool>,
     /// How cos and sin are computed: always exact, but for the benchmark's comparisons.
     pub(crate) sincos: SinCos,
     /// The last frequency table this configuration built (shared by clones).
@@ -183,6 +198,7 @@ impl Default for Rope {
             seq_len: None,
             mrope_section: None,
             mrope_interleaved: false,
+            native_f16_store: None,
             sincos: SinCos::Exact,
             table: TableCache::default(),
         }
@@ -327,6 +343,12 @@ impl Rope {
     /// The same op with the sequence length that dynamic NTK and LongRoPE see.
     pub fn with_seq_len(mut self, seq_len: usize) -> Self {
         self.seq_len = Some(seq_len);
+        self
+    }
+    /// The same op storing f16 through `pack2x16float` (`true`) or the exact integer encoder
+    /// (`false`) whatever the adapter prefers; see [`Rope::native_f16_store`].
+    pub fn with_native_f16_store(mut self, native: bool) -> Self {
+        self.native_f16_store = Some(native);
         self
     }
 

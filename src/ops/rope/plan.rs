@@ -483,6 +483,13 @@ impl Rope {
         params.n_quads = n_quads as u32;
         params.n_hgroups = groups as u32;
         params.heads_per_group = per_group as u32;
+        let f16_store = f16_store_choice(
+            self.native_f16_store,
+            dtype,
+            ctx.adapter_info().device_type,
+            ctx.caps().f16_in_f32,
+            &ctx.adapter_info().name,
+        )?;
         Ok(Plan {
             variant: Variant {
                 dtype,
@@ -493,6 +500,7 @@ impl Rope {
                 sincos: self.sincos,
                 vec4,
                 norm,
+                f16_store,
             },
             params,
             freqs,
@@ -529,6 +537,39 @@ impl Rope {
         } else {
             turns(inv)
         })
+    }
+}
+
+/// Whether a call stores f16 through `pack2x16float` ([`Variant::f16_store`]), from
+/// [`Rope::native_f16_store`] (`option`) and what the device is: `None` takes it for f16 on a
+/// device that is not a CPU adapter and has the f16-in-f32 capability (`f16_in_f32`,
+/// [`crate::context::Caps::f16_in_f32`]); `Some(true)` is an `Err` for other dtypes or without
+/// the capability (`device` names the device in the message).
+pub(crate) fn f16_store_choice(
+    option: Option<bool>,
+    dtype: DType,
+    device_type: wgpu::DeviceType,
+    f16_in_f32: bool,
+    device: &str,
+) -> Result<bool> {
+    match option {
+        None => Ok(dtype == DType::F16 && f16_in_f32 && device_type != wgpu::DeviceType::Cpu),
+        Some(false) => Ok(false),
+        Some(true) => {
+            crate::ensure!(
+                dtype == DType::F16,
+                DType,
+                OP,
+                "native f16 stores (native_f16_store: Some(true)) are for f16 tensors, got {dtype}"
+            );
+            crate::ensure!(
+                f16_in_f32,
+                Limit,
+                OP,
+                "native f16 stores (native_f16_store: Some(true), pack2x16float) need the SHADER_F16_IN_F32 downlevel capability, and {device} lacks it"
+            );
+            Ok(true)
+        }
     }
 }
 

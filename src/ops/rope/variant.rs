@@ -25,18 +25,36 @@ pub struct Variant {
     pub vec4: bool,
     /// The `rope_norm` entry point (a per-head RMSNorm before the rotation, [`HeadNorm`]).
     pub norm: bool,
+    /// f16 stores through WGSL's `pack2x16float` ([`Shader::ROPE_F16_STORE`]) instead of the
+    /// exact integer encoder; f16 only (see [`Rope::native_f16_store`]).
+    pub f16_store: bool,
 }
 
 impl Variant {
+    /// The entry point, with `_f16_store` when f16 is stored through `pack2x16float`:
+    /// `rope_vec4`, `rope`, `rope_norm`, `rope_vec4_f16_store`, ...
+    pub fn name(&self) -> String {
+        let store = if self.f16_store { "_f16_store" } else { "" };
+        format!("{}{store}", self.entry_point())
+    }
+
+    fn entry_point(&self) -> &'static str {
+        match (self.vec4, self.norm) {
+            (true, _) => "rope_vec4",
+            (false, true) => "rope_norm",
+            (false, false) => "rope",
+        }
+    }
+
     /// The pipeline key of this variant.
     pub fn key(&self) -> PipelineKey {
         PipelineKey::new(
-            Shader::ROPE,
-            match (self.vec4, self.norm) {
-                (true, _) => "rope_vec4",
-                (false, true) => "rope_norm",
-                (false, false) => "rope",
+            if self.f16_store {
+                Shader::ROPE_F16_STORE
+            } else {
+                Shader::ROPE
             },
+            self.entry_point(),
             vec![
                 ("DTYPE", self.dtype.shader_code()),
                 ("LAYOUT", (self.layout == Layout::Interleaved) as u32),
@@ -50,10 +68,21 @@ impl Variant {
     }
 }
 
-/// Every pipeline key the dispatcher can produce (the portability tests compile each).
+/// Every pipeline key the dispatcher can produce with the integer encoder ([`Shader::ROPE`];
+/// the portability tests compile each).
 pub fn all_variant_keys() -> Vec<PipelineKey> {
+    variant_keys(&DType::ALL, false)
+}
+
+/// The keys of [`Shader::ROPE_F16_STORE`]: every f16 key of [`all_variant_keys`], storing
+/// through `pack2x16float`.
+pub fn f16_store_variant_keys() -> Vec<PipelineKey> {
+    variant_keys(&[DType::F16], true)
+}
+
+fn variant_keys(dtypes: &[DType], f16_store: bool) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    for dtype in DType::ALL {
+    for &dtype in dtypes {
         for layout in [Layout::Half, Layout::Interleaved] {
             for pos_buf in [false, true] {
                 for (in_place, x_in_dst) in [(true, false), (false, false), (false, true)] {
@@ -79,6 +108,7 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
                                     sincos,
                                     vec4,
                                     norm,
+                                    f16_store,
                                 }
                                 .key(),
                             );

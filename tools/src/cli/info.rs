@@ -67,11 +67,11 @@ pub fn choices(ctx: &Context) -> Result<Vec<Choice>> {
     for dt in DType::ALL {
         let x = ctx.empty(&[tokens, N_HEADS, HEAD_DIM], dt)?;
         let v = rope.variant(ctx, &x, None, None, Positions::Start(0))?;
-        plain.push(if v.vec4 { "rope_vec4" } else { "rope" }.to_string());
+        plain.push(v.name());
         let buf = ctx.empty(&[tokens, (N_HEADS + 2 * N_KV_HEADS) * HEAD_DIM], dt)?;
         let (q, k, _) = qkv_views(buf.buffer(), 0, tokens, N_HEADS, N_KV_HEADS, HEAD_DIM, dt);
         let v = rope.variant(ctx, &q, Some(&k), None, Positions::Start(0))?;
-        fused.push(if v.vec4 { "rope_vec4" } else { "rope" }.to_string() + ", one dispatch");
+        fused.push(v.name() + ", one dispatch");
     }
     out.push(Choice {
         kernel: "rope in place".into(),

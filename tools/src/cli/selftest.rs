@@ -329,7 +329,7 @@ fn rms_norm(ctx: &Context, timer: &Timer, m: &Model, dtype: DType, residual: boo
 }
 
 fn rope_variant_name(v: llama_kernels::ops::rope::Variant) -> String {
-    if v.vec4 { "rope_vec4" } else { "rope" }.into()
+    v.name()
 }
 
 /// The f64 reference rotation of `x: [tokens, heads, head_dim]` at positions `start ..`.

@@ -83,3 +83,53 @@ fn rope_heads_per_invocation_by_device() {
         }
     }
 }
+
+/// Where RoPE stores f16 through `pack2x16float`, per described device (the f16-in-f32
+/// capability as wgpu-hal 30 sets it: every backend but llvmpipe, where it follows
+/// `SHADER_F16`): by default on every GPU, never on lavapipe; forced, an `Err` naming the op,
+/// the option and the value for another dtype or on a device without the capability (which no
+/// machine here has).
+#[test]
+fn f16_store_choice_by_device() {
+    for (name, dev) in DeviceDesc::presets() {
+        let cpu = dev.device_type == wgpu::DeviceType::Cpu;
+        let f16_in_f32 = dev.shader_f16 || !cpu;
+        let choose =
+            |option, dtype| f16_store_choice(option, dtype, dev.device_type, f16_in_f32, name);
+        assert_eq!(choose(None, DType::F16).unwrap(), !cpu, "{name}");
+        for dtype in [DType::F32, DType::BF16] {
+            assert!(!choose(None, dtype).unwrap(), "{name} {dtype}");
+            let e = choose(Some(true), dtype).unwrap_err();
+            assert!(matches!(e, Error::DType { .. }), "{name}: {e}");
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("rope: ") && msg.contains(&dtype.to_string()),
+                "{msg}"
+            );
+        }
+        assert!(!choose(Some(false), DType::F16).unwrap(), "{name}");
+        assert_eq!(
+            choose(Some(true), DType::F16).unwrap(),
+            f16_in_f32,
+            "{name}"
+        );
+    }
+    // A Vulkan CPU adapter without SHADER_F16 (llvmpipe on an older Mesa): integer by default,
+    // an error when forced.
+    let cpu = wgpu::DeviceType::Cpu;
+    assert!(!f16_store_choice(None, DType::F16, cpu, false, "llvmpipe").unwrap());
+    let e = f16_store_choice(Some(true), DType::F16, cpu, false, "llvmpipe").unwrap_err();
+    assert!(matches!(e, Error::Limit { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("rope: ")
+            && msg.contains("native_f16_store: Some(true)")
+            && msg.contains("SHADER_F16_IN_F32")
+            && msg.contains("llvmpipe"),
+        "{msg}"
+    );
+    // A GPU without it (none known to wgpu 30, but the rule holds): never by default.
+    let gpu = wgpu::DeviceType::DiscreteGpu;
+    assert!(!f16_store_choice(None, DType::F16, gpu, false, "gpu").unwrap());
+    assert!(f16_store_choice(Some(true), DType::F16, gpu, false, "gpu").is_err());
+}
