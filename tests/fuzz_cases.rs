@@ -2,7 +2,8 @@
 //!
 //! Each mutation (byte flips, truncations, header-length lies, JSON edits of keys, dtypes, shapes,
 //! offsets and metadata values) is written to a file and read with `CaseFile::load`; files that
-//! still load are run, as `llama-kernels check` would. Nothing may panic, every load refusal must
+//! still load are run, as `llama-kernels check` would (by default only the mutations of the
+//! files `runs_on_device` names; all of them with `LLAMA_KERNELS_LONG_TESTS=1`). Nothing may panic, every load refusal must
 //! name the file, and no single allocation nor the live heap of the fuzzing thread may grow past
 //! what the file's size justifies: a counting global allocator watches this thread and refuses
 //! (aborting the test binary with the mutation's number) any request beyond a hard cap.
@@ -127,6 +128,29 @@ fn measured<T>(cap: usize, f: impl FnOnce() -> T) -> (T, usize, usize) {
         PEAK.with(Cell::get).max(0) as usize,
     )
 }
+
+/// The case files whose loaded mutations are also run on the device by default: every
+/// RMSNorm and RoPE file, and for attention the smallest file of each kind of input the case
+/// runner takes (plain, a quantized KV cache, boolean mask with bias, pages with mask, bias and
+/// block ids). Every file is read under every mutation either way. Running a mutation compiles
+/// its case's pipelines (the attention files' are the costly ones, seconds each on a CPU
+/// adapter, and they are what the mutations share), so the other attention files run with
+/// `LLAMA_KERNELS_LONG_TESTS=1` only.
+fn runs_on_device(case: &Path) -> bool {
+    let name = case.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    common::long_tests()
+        || name.starts_with("rms_norm")
+        || name.starts_with("rope")
+        || ATTENTION_RUNS.contains(&name)
+}
+
+/// The attention files of [`runs_on_device`]'s default set.
+const ATTENTION_RUNS: [&str; 4] = [
+    "attention_masked_rows_f32",
+    "attention_decode_fp8_f32",
+    "attention_packed_documents_bias_f32",
+    "paged_attention_blocks_tree_f32",
+];
 
 fn committed_cases() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> =
@@ -453,9 +477,21 @@ fn mutated_case_files_never_panic_or_overallocate() {
     let dir = std::env::temp_dir().join(format!("llama-kernels-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (mut mutations, mut loaded, mut ran, mut run_refused) = (0usize, 0usize, 0usize, 0usize);
+    let mut device_files = 0usize;
     let mut failures = Vec::new();
-    for (fi, case) in committed_cases().iter().enumerate() {
+    let cases = committed_cases();
+    for name in ATTENTION_RUNS {
+        assert!(
+            cases
+                .iter()
+                .any(|c| c.file_stem().is_some_and(|s| s == name)),
+            "{name}.safetensors, which the fuzzer runs on the device, is no longer committed"
+        );
+    }
+    for (fi, case) in cases.iter().enumerate() {
         let orig = std::fs::read(case).unwrap();
+        let device_run = runs_on_device(case);
+        device_files += usize::from(device_run);
         let mut rng = Rng::new(seed.wrapping_mul(1000).wrapping_add(fi as u64));
         for m in 0..per_file {
             let (bytes, what) = mutate(&mut rng, &orig);
@@ -495,6 +531,9 @@ fn mutated_case_files_never_panic_or_overallocate() {
                 Ok(Ok(c)) => c,
             };
             loaded += 1;
+            if !device_run {
+                continue;
+            }
             // Running also uploads and reads back each tensor (f32 on the host, a buffer on the
             // device), so it may use a few times the loaded values; never more than a small
             // multiple of the file.
@@ -520,7 +559,8 @@ fn mutated_case_files_never_panic_or_overallocate() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!(
-        "fuzz_cases: {mutations} mutations, {loaded} loaded, {ran} ran ({run_refused} refused by the op)"
+        "fuzz_cases: {mutations} mutations, {loaded} loaded, {ran} ran (the loaded ones of \
+         {device_files} files; {run_refused} refused by the op)"
     );
     assert!(
         failures.is_empty(),
