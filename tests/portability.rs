@@ -3,6 +3,8 @@
 //! to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES 3.1 (GL). This is the evidence for
 //! backends that CI does not have.
 
+use std::collections::HashMap;
+
 use llama_kernels::ops::attention;
 use llama_kernels::pipeline::{naga_source, reflect, Access, PipelineKey, Shader, F16_IN_F32};
 
@@ -33,20 +35,34 @@ fn validator_for(f16_in_f32: bool) -> naga::valid::Validator {
     v
 }
 
-fn translate(key: &PipelineKey) -> Result<(), String> {
-    let src = naga_source(&key.source()).into_owned();
-    let module = naga::front::wgsl::parse_str(&src).map_err(|e| e.emit_to_string(&src))?;
-    let f16_in_f32 = F16_IN_F32.contains(&key.shader);
+/// A module text parsed and validated (or why not), shared by the variants that use that text.
+type Parsed = Result<(naga::Module, naga::valid::ModuleInfo), String>;
+
+fn parse_and_validate(src: &str, f16_in_f32: bool) -> Parsed {
+    let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
     let info = validator_for(f16_in_f32)
         .validate(&module)
         .map_err(|e| format!("validate: {e:?}"))?;
+    Ok((module, info))
+}
+
+/// Translate one variant. Variants of a module differ in their override values and, for key
+/// constants, in their text; each distinct text is parsed and validated once (`parsed`).
+fn translate(key: &PipelineKey, parsed: &mut HashMap<String, Parsed>) -> Result<(), String> {
+    let src = naga_source(&key.source()).into_owned();
+    let f16_in_f32 = F16_IN_F32.contains(&key.shader);
+    let (module, info) = parsed
+        .entry(src.clone())
+        .or_insert_with(|| parse_and_validate(&src, f16_in_f32))
+        .as_ref()
+        .map_err(Clone::clone)?;
     let mut constants = naga::back::PipelineConstants::default();
     for (name, value) in key.overrides() {
         constants.insert(name.to_string(), value as f64);
     }
     let (module, info) = naga::back::pipeline_constants::process_overrides(
-        &module,
-        &info,
+        module,
+        info,
         Some((naga::ShaderStage::Compute, key.entry_point)),
         &constants,
     )
@@ -121,12 +137,13 @@ fn translate(key: &PipelineKey) -> Result<(), String> {
 fn every_shader_variant_translates_to_every_backend() {
     let mut failures = Vec::new();
     let mut count = 0;
+    let mut parsed = HashMap::new();
     for shader in all_shaders() {
         let variants = shader.variants();
         assert!(!variants.is_empty(), "{shader:?} lists no variants");
         for key in variants {
             count += 1;
-            if let Err(e) = translate(&key) {
+            if let Err(e) = translate(&key, &mut parsed) {
                 failures.push(format!(
                     "{:?} {} {:?}: {e}",
                     key.shader, key.entry_point, key.constants
@@ -140,7 +157,10 @@ fn every_shader_variant_translates_to_every_backend() {
         failures.len(),
         failures.join("\n")
     );
-    eprintln!("{count} variants translated to SPIR-V, MSL, HLSL and GLSL");
+    eprintln!(
+        "{count} variants ({} module texts) translated to SPIR-V, MSL, HLSL and GLSL",
+        parsed.len()
+    );
 }
 
 /// The modules of `pipeline::F16_IN_F32` (f16 stores through `pack2x16float`) are the only
