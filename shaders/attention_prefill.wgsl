@@ -19,7 +19,9 @@
 // Masking: each row's visible keys are one interval [lo, hi) (causal, two-sided window and
 // attention chunk all cut intervals), computed once; the key range of the whole workgroup is cut
 // to the union of its rows' intervals (`key_range`), so fully masked tiles are never loaded, and
-// a key no row of an invocation sees skips its dot products. A row with no visible key stores 0.
+// a key no row of an invocation sees skips its dot products. With MASKS, a tile the boolean
+// mask hides from every row of the block is skipped too (`mask_tile_seen_h`). A row with no
+// visible key stores 0.
 //
 // The storage dtype (f32, f16, bf16) is converted to f32 when staged; `ht` is the arithmetic type
 // of the products (q, the K/V tiles, q.k and p.v): f32 in `attention_prefill.wgsl`'s own module,
@@ -346,7 +348,8 @@ fn attn_prefill_merge(
 //   loads of P for 16 multiply-adds of 4 rows each per slot.
 // Three barriers per tile (one thread per workgroup on llvmpipe: they are cheap). Masks as in
 // `attn_prefill`: each row's visible keys are one interval, cut to the workgroup's key range, and
-// tiles outside the union of the rows' intervals are never visited. K and V are read through
+// tiles outside the union of the rows' intervals are never visited (with MASKS, nor tiles the
+// boolean mask hides from all 16 rows: `pk_seen`). K and V are read through
 // `vec4<u32>` views of their windows (rows 16-byte aligned, `ops::attention::kv_rows_aligned`).
 // With p.n_splits > 1 each workgroup covers one chunk of the keys and writes (m, l, acc)
 // partials that `attn_prefill_merge` combines, as `attn_prefill_partial` does; one pipeline

@@ -1,7 +1,8 @@
 //! Attention masks (a packed boolean mask, an additive bias, block ids) in every entry point
 //! against the f64 reference: each kernel kind (forced as the other tests do), f32 and bf16,
 //! with causal masking, windows, split-KV, a fully masked row, a batch with per-row masks, the
-//! KV cache, a paged batch with a draft tree's mask, and every validation rule.
+//! KV cache, a paged batch with a draft tree's mask, and every validation rule; tiles the mask
+//! hides are skipped (NaN in their K/V rows must not reach the output), contiguous and paged.
 //!
 //! One masked pipeline per kernel kind, at head_dim 16.
 
@@ -956,7 +957,13 @@ fn paged_tiles_the_mask_hides_are_skipped() {
         k64s.push(k64);
         v64s.push(v64);
         let hidden_row = (i == 0).then_some(20);
-        masks.push(hidden_tile_mask(s.q_len, s.kv_len, hidden_row, i == 2, &mut rng));
+        masks.push(hidden_tile_mask(
+            s.q_len,
+            s.kv_len,
+            hidden_row,
+            i == 2,
+            &mut rng,
+        ));
     }
     let packed = segment_pack_mask(&masks.iter().map(|m| &m[..]).collect::<Vec<_>>());
     let ids: Vec<i32> = lens
@@ -965,8 +972,8 @@ fn paged_tiles_the_mask_hides_are_skipped() {
         .collect();
     let qk: usize = lens.iter().map(|l| l.0 * l.1).sum();
     let bias = rng.vec(qk, 0.5);
-    let set = Inputs::upload_masks(&ctx, None, Some(&packed), Some((&bias, &[qk])), Some(&ids))
-        .unwrap();
+    let set =
+        Inputs::upload_masks(&ctx, None, Some(&packed), Some((&bias, &[qk])), Some(&ids)).unwrap();
     let total_q: usize = lens.iter().map(|l| l.0).sum();
     let q = rng.vec(total_q * heads.n_heads * HD, 1.0);
     let qt = ctx.upload(&q, &[total_q, heads.n_heads, HD]).unwrap();
@@ -974,7 +981,10 @@ fn paged_tiles_the_mask_hides_are_skipped() {
     let (mut q0, mut b0, mut i0) = (0, 0, 0);
     for (i, &(q_len, kv_len)) in lens.iter().enumerate() {
         let n = q_len * heads.n_heads * HD;
-        let b64: Vec<f64> = bias[b0..b0 + q_len * kv_len].iter().map(|&x| x as f64).collect();
+        let b64: Vec<f64> = bias[b0..b0 + q_len * kv_len]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
         want.extend(reference::attention_masked(
             &rounded(&q[q0..q0 + n], DType::F32),
             &k64s[i],
@@ -1019,7 +1029,6 @@ fn paged_tiles_the_mask_hides_are_skipped() {
                 splits: Some(splits),
                 prefill: Some(prefill[(i + splits as usize / 5) % prefill.len()]),
                 decode: Some(d),
-                ..PlanOptions::default()
             });
         }
     }
@@ -1029,10 +1038,19 @@ fn paged_tiles_the_mask_hides_are_skipped() {
         Attention::default()
             .run_paged(&ctx, &qt, &cache, &batch, set.inputs(), &out)
             .unwrap_or_else(|e| panic!("{plan:?}: {e}"));
-        assert_close(&ctx, &out, &want, tolerance(DType::F32), &format!("paged {plan:?}"));
+        assert_close(
+            &ctx,
+            &out,
+            &want,
+            tolerance(DType::F32),
+            &format!("paged {plan:?}"),
+        );
         let o = ctx.read_f32(&out).unwrap();
         for &t in &zero_rows {
-            assert!(o[t * row..][..row].iter().all(|&x| x == 0.0), "{plan:?}: row {t}");
+            assert!(
+                o[t * row..][..row].iter().all(|&x| x == 0.0),
+                "{plan:?}: row {t}"
+            );
         }
     }
 }
