@@ -374,6 +374,95 @@ fn shown(x: f32) -> bool {
     return !MASKS || x > NEG_BIG;
 }
 
+// Tiles the boolean mask hides (MASKS with mask bits; issue 23): before a K/V tile is staged,
+// the workgroup decides whether the mask shows any key of the tile, inside the closed-form
+// interval, to any query token of its rows, and skips the tile's loads and scoring when not.
+// Only the mask bits can prove a tile hidden: a bias or block ids (which give back keys past the
+// causal edge) never do. Without MASKS, or without mask bits, every tile is seen and none of
+// this runs (the branches fold away).
+fn mask_bits_on() -> bool {
+    return MASKS && (p.masks & MASK_BITS) != 0u;
+}
+
+// Whether the boolean mask shows query t of ms some key of [a, b) (false when empty): the row's
+// bits there, a word at a time.
+fn mask_row_any(ms: MaskSeq, t: u32, a: i32, b: i32) -> bool {
+    if b <= a {
+        return false;
+    }
+    let s = ms.bits + t * ms.kv_len + u32(a);
+    let e = s + u32(b - a);
+    var hit = 0u;
+    for (var w = s >> 5u; w <= (e - 1u) >> 5u; w++) {
+        let w0 = w << 5u;
+        let lo = max(s, w0) - w0;
+        let hi = min(e - w0, 32u);
+        hit |= aux[p.mask_off + w] & (0xffffffffu << lo) & (0xffffffffu >> (32u - hi));
+    }
+    return hit != 0u;
+}
+
+// This invocation's share (tokens t0 + i, t0 + i + step, ... <= t1) of the decision: whether
+// the mask shows one of those queries a key of [j0, j0 + n) inside its closed-form interval.
+fn mask_tile_share(ms: MaskSeq, t0: u32, t1: u32, i: u32, step: u32, j0: i32, n: u32) -> bool {
+    var hit = false;
+    for (var t = t0 + i; t <= t1; t += step) {
+        let iv = visible_interval_in(ms.q_offset + i32(t), ms.kv_len);
+        if mask_row_any(ms, t, max(j0, iv.x), min(j0 + i32(n), iv.y)) {
+            hit = true;
+        }
+    }
+    return hit;
+}
+
+// Whether the boolean mask shows key j to one of the queries t0 ..= t1 of ms (the decode
+// kernels' per-key test: a lane's or a lane group's keys are its own, so no vote).
+fn mask_key_seen(ms: MaskSeq, t0: u32, t1: u32, j: i32) -> bool {
+    var seen = false;
+    for (var t = t0; t <= t1; t++) {
+        let bit = ms.bits + t * ms.kv_len + u32(j);
+        if ((aux[p.mask_off + (bit >> 5u)] >> (bit & 31u)) & 1u) != 0u {
+            seen = true;
+        }
+    }
+    return seen;
+}
+
+// Vote slots for the query tokens t0 ..= t1 of a workgroup of `wg` invocations: a multiple of 4,
+// at most wg (the invocations past the tokens vote no).
+fn mask_voters(t0: u32, t1: u32, wg: u32) -> u32 {
+    return min(wg, (t1 - t0 + 4u) & ~3u);
+}
+
+// Whether any of the first `voters` invocations has `hit`: the same value in every invocation, a
+// uniform one (`workgroupUniformLoad`), so the tile loop may branch around its barriers. The
+// votes go through the first vec4s of k_tile, free before a tile is staged (one component per
+// invocation, no two writing one location). Every invocation calls it (it has barriers).
+fn tile_seen(lid: u32, hit: bool, voters: u32) -> bool {
+    if lid < voters {
+        k_tile[lid >> 2u][lid & 3u] = select(0.0, 1.0, hit);
+    }
+    workgroupBarrier();
+    if lid == 0u {
+        var v = k_tile[0];
+        for (var i = 1u; i < voters / 4u; i++) {
+            v = max(v, k_tile[i]);
+        }
+        k_tile[0] = v;
+    }
+    return any(workgroupUniformLoad(&k_tile[0]) != vec4<f32>(0.0));
+}
+
+// Whether the workgroup (invocation lid of wg) stages and scores tile [j0, j0 + n) for the query
+// tokens t0 ..= t1 of ms: always without mask bits, else `tile_seen` of the votes. Every
+// invocation calls it.
+fn mask_tile_seen(lid: u32, wg: u32, ms: MaskSeq, t0: u32, t1: u32, j0: i32, n: u32) -> bool {
+    if !mask_bits_on() {
+        return true;
+    }
+    return tile_seen(lid, mask_tile_share(ms, t0, t1, lid, wg, j0, n), mask_voters(t0, t1, wg));
+}
+
 // The work item of a contiguous split-KV workgroup (decode partial, keys and subgroup kernels,
 // prefill partial and keys kernels): workgroup wg_id < split_items() takes (batch b, kv head kvh,
 // row block blk, split), split fastest; the block's rows r0 ..= r_last (block_rows per block) see

@@ -63,14 +63,18 @@ fn attn_decode_partial(
     let k_base = p.k_off + b * p.k_sb + kvh * p.k_sh;
     let v_base = p.v_off + b * p.v_sb + kvh * p.v_sh;
 
+    let ms = mask_seq(b);
     for (var j0 = kv.x; j0 < kv.y; j0 += i32(p.bk)) {
         let n = min(p.bk, u32(kv.y - j0));
-        stage_tile(lid, j0, n, k_base, v_base);
-        workgroupBarrier();
-        if row_ok {
-            softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes, row_slope(r, kvh), kvh * p.group + r % p.group, mask_seq(b));
+        // MASKS: a tile the boolean mask hides from every row of the block is skipped.
+        if mask_tile_seen(lid, WG, ms, w.r0 / p.group, w.r_last / p.group, j0, n) {
+            stage_tile(lid, j0, n, k_base, v_base);
+            workgroupBarrier();
+            if row_ok {
+                softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes, row_slope(r, kvh), kvh * p.group + r % p.group, ms);
+            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
     }
 
     if row_ok {

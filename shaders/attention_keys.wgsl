@@ -347,9 +347,19 @@ fn keys_partial(
     let hq = vec4<u32>(kvh * p.group) + rcl % vec4<u32>(p.group);
     var m = vec4<f32>(NEG_BIG);
     var l = vec4<f32>(0.0);
+    // The block's query tokens (MASKS).
+    let toks = vec2<u32>(r0, min(rows, r0 + KR) - 1u) / p.group;
     for (var j0 = kv.x + i32(lane); j0 < kv.y; j0 += i32(select(1u, 2u, keys_two()) * WG)) {
         // The second key, clamped into the range so that its loads stay valid; masked below.
         let j1 = j0 + i32(WG);
+        // MASKS: a step whose keys the boolean mask hides from every row of the block loads
+        // and scores nothing (the lane's keys are its own: no vote).
+        if mask_bits_on() {
+            let two = keys_two() && j1 < kv.y;
+            if !mask_key_seen(ms, toks.x, toks.y, j0) && !(two && mask_key_seen(ms, toks.x, toks.y, j1)) {
+                continue;
+            }
+        }
         let at0 = keys_rows(h, u32(j0));
         var at1 = at0;
         if keys_two() {

@@ -189,8 +189,9 @@ struct PagedItem {
     split: u32,
     // the sequence's rows (query heads of the group x its tokens)
     rows: u32,
-    // the row block's first row
+    // the row block's first and last row
     r0: u32,
+    r_last: u32,
     // the keys the block's rows may see in the split
     kv: vec2<i32>,
 }
@@ -208,7 +209,7 @@ fn paged_item(wg_id: u32) -> PagedItem {
     let r_last = min(r0 + sq.rows_per_wg, rows) - 1u;
     let split_end = min(sq.kv_len, (split + 1u) * sq.chunk);
     let kv = key_range(i32(min(split * sq.chunk, sq.kv_len)), i32(split_end), r0, r_last, sq.q_offset);
-    return PagedItem(sq, kvh, split, rows, r0, kv);
+    return PagedItem(sq, kvh, split, rows, r0, r_last, kv);
 }
 
 // Keys j0 .. j0 + n of one kv head into k_tile / v_tile, spread over the workgroup.
@@ -252,14 +253,18 @@ fn attn_paged_partial(
     var m = NEG_BIG;
     var l = 0.0;
 
+    let ms = paged_mask_seq(it.sq);
     for (var j0 = it.kv.x; j0 < it.kv.y; j0 += i32(p.bk)) {
         let n = min(p.bk, u32(it.kv.y - j0));
-        stage_tile_paged(lid, j0, n, it.sq.bt_off, it.kvh);
-        workgroupBarrier();
-        if row_ok && lane < lanes {
-            softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes, alibi_slope(h), h, paged_mask_seq(it.sq));
+        // MASKS: a tile the boolean mask hides from every row of the block is skipped.
+        if mask_tile_seen(lid, WG, ms, it.r0 / p.group, it.r_last / p.group, j0, n) {
+            stage_tile_paged(lid, j0, n, it.sq.bt_off, it.kvh);
+            workgroupBarrier();
+            if row_ok && lane < lanes {
+                softmax_tile(&q, &acc, &m, &l, j0, n, pos, lane, lanes, alibi_slope(h), h, ms);
+            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
     }
 
     let n_parts = it.sq.n_splits * lanes;

@@ -68,7 +68,8 @@ fn attn_paged_prefill_sg(
         it.sq.kv_len,
         lane,
     );
-    pf_run(&q, &acc, &st, it.kv, vec2<u32>(it.sq.bt_off, it.kvh), lid, lane, paged_mask_seq(it.sq));
+    let toks = vec2<u32>(it.r0, it.r_last) / p.group;
+    pf_run(&q, &acc, &st, it.kv, vec2<u32>(it.sq.bt_off, it.kvh), lid, lane, paged_mask_seq(it.sq), toks);
 
     let part0 = it.sq.part_base + it.kvh * it.rows * it.sq.n_splits;
     let dest = PfDest(it.rows, it.kvh, it.sq.q_start * p.o_st, part0, it.sq.n_splits, it.split);

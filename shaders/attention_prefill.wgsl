@@ -19,7 +19,9 @@
 // Masking: each row's visible keys are one interval [lo, hi) (causal, two-sided window and
 // attention chunk all cut intervals), computed once; the key range of the whole workgroup is cut
 // to the union of its rows' intervals (`key_range`), so fully masked tiles are never loaded, and
-// a key no row of an invocation sees skips its dot products. A row with no visible key stores 0.
+// a key no row of an invocation sees skips its dot products. With MASKS, a tile the boolean
+// mask hides from every row of the block is skipped too (`mask_tile_seen_h`). A row with no
+// visible key stores 0.
 //
 // The storage dtype (f32, f16, bf16) is converted to f32 when staged; `ht` is the arithmetic type
 // of the products (q, the K/V tiles, q.k and p.v): f32 in `attention_prefill.wgsl`'s own module,
@@ -65,6 +67,27 @@ fn stage_tile_h(lid: u32, j0: i32, n: u32, k_base: u32, v_base: u32) {
         kh_tile[i] = vec4<ht>(load4(1u, k_base + j * p.k_st + d4));
         vh_tile[i] = vec4<ht>(load4(2u, v_base + j * p.v_st + d4));
     }
+}
+
+// `mask_tile_seen` (attention_common.wgsl) with the votes in kh_tile, the tiles this kernel
+// stages (k_tile is not part of its workgroup memory). Every invocation calls it.
+fn mask_tile_seen_h(lid: u32, ms: MaskSeq, t0: u32, t1: u32, j0: i32, n: u32) -> bool {
+    if !mask_bits_on() {
+        return true;
+    }
+    let voters = mask_voters(t0, t1, WG);
+    if lid < voters {
+        kh_tile[lid >> 2u][lid & 3u] = select(ht(0.0), ht(1.0), mask_tile_share(ms, t0, t1, lid, WG, j0, n));
+    }
+    workgroupBarrier();
+    if lid == 0u {
+        var v = kh_tile[0];
+        for (var i = 1u; i < voters / 4u; i++) {
+            v = max(v, kh_tile[i]);
+        }
+        kh_tile[0] = v;
+    }
+    return any(workgroupUniformLoad(&kh_tile[0]) != vec4<ht>(ht(0.0)));
 }
 
 // Row r of the block clamped to the last row (spare rows compute on valid memory and store
@@ -198,10 +221,13 @@ fn run_block(
     let v_base = p.v_off + b * p.v_sb + kvh * p.v_sh;
     for (var j0 = kv.x; j0 < kv.y; j0 += i32(p.bk)) {
         let n = min(p.bk, u32(kv.y - j0));
-        stage_tile_h(lid, j0, n, k_base, v_base);
-        workgroupBarrier();
-        tile_step(q, acc, st, j0, n);
-        workgroupBarrier();
+        // MASKS: a tile the boolean mask hides from every row of the block is skipped.
+        if mask_tile_seen_h(lid, (*st).ms, r0 / p.group, r_last / p.group, j0, n) {
+            stage_tile_h(lid, j0, n, k_base, v_base);
+            workgroupBarrier();
+            tile_step(q, acc, st, j0, n);
+            workgroupBarrier();
+        }
     }
     return r0;
 }
@@ -322,7 +348,8 @@ fn attn_prefill_merge(
 //   loads of P for 16 multiply-adds of 4 rows each per slot.
 // Three barriers per tile (one thread per workgroup on llvmpipe: they are cheap). Masks as in
 // `attn_prefill`: each row's visible keys are one interval, cut to the workgroup's key range, and
-// tiles outside the union of the rows' intervals are never visited. K and V are read through
+// tiles outside the union of the rows' intervals are never visited (with MASKS, nor tiles the
+// boolean mask hides from all 16 rows: `pk_seen`). K and V are read through
 // `vec4<u32>` views of their windows (rows 16-byte aligned, `ops::attention::kv_rows_aligned`).
 // With p.n_splits > 1 each workgroup covers one chunk of the keys and writes (m, l, acc)
 // partials that `attn_prefill_merge` combines, as `attn_prefill_partial` does; one pipeline
@@ -553,6 +580,23 @@ fn pk_store_slot(t: PkDest, d4: u32, a: Rows16, f0: vec4<f32>, f1: vec4<f32>, f2
     pk_store(t, 15u, d4, a[3][3] * f3.w);
 }
 
+// `mask_tile_seen` (attention_common.wgsl) for the 8 lanes, the votes in pk_m (free before a
+// tile's scores). Every lane calls it.
+fn pk_seen(lane: u32, ms: MaskSeq, t0: u32, t1: u32, j0: i32, n: u32) -> bool {
+    if !mask_bits_on() {
+        return true;
+    }
+    let voters = mask_voters(t0, t1, PK_LANES);
+    if lane < voters {
+        pk_m[lane >> 2u][lane & 3u] = select(0.0, 1.0, mask_tile_share(ms, t0, t1, lane, PK_LANES, j0, n));
+    }
+    workgroupBarrier();
+    if lane == 0u && voters > 4u {
+        pk_m[0] = max(pk_m[0], pk_m[1]);
+    }
+    return any(workgroupUniformLoad(&pk_m[0]) != vec4<f32>(0.0));
+}
+
 // Rows r .. r + 4: visible-key intervals cut to [kv.x, kv.y), query positions, ALiBi slopes.
 struct PkRows {
     lo: vec4<i32>,
@@ -638,6 +682,10 @@ fn attn_prefill_keys(
     let d6 = min(lane + 48u, HD4 - 1u);
     let d7 = min(lane + 56u, HD4 - 1u);
     for (var j0 = kv.x; j0 < kv.y; j0 += i32(PK_BK)) {
+        // MASKS: a tile the boolean mask hides from all 16 rows is neither loaded nor scored.
+        if !pk_seen(lane, b0.ms, w.r0 / p.group, w.r_last / p.group, j0, min(PK_BK, u32(kv.y - j0))) {
+            continue;
+        }
         // This lane's 8 keys, clamped to the range (keys past it are masked).
         let jl = j0 + i32(PK_LANES * lane);
         let last = kv.y - 1;

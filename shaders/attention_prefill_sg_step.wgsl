@@ -230,8 +230,9 @@ fn pf_load_rows(
 }
 
 // The keys kv.x .. kv.y of the head `src` describes, tile by tile, for this lane's rows, under
-// the sequence's mask inputs ms. Uniform per workgroup (the barriers and the group reductions
-// need it).
+// the sequence's mask inputs ms (the workgroup's rows: query tokens toks.x ..= toks.y). Uniform
+// per workgroup (the barriers and the group reductions need it). MASKS: a tile the boolean mask
+// hides from every row of the workgroup is neither staged nor scored (`mask_tile_seen`).
 fn pf_run(
     q: ptr<function, PfRegs>,
     acc: ptr<function, PfRegs>,
@@ -241,15 +242,18 @@ fn pf_run(
     lid: u32,
     lane: u32,
     ms: MaskSeq,
+    toks: vec2<u32>,
 ) {
     for (var j0 = kv.x; j0 < kv.y; j0 += i32(p.bk)) {
         let n = min(p.bk, u32(kv.y - j0));
-        pf_stage(lid, j0, n, src);
-        workgroupBarrier();
-        for (var jj = 0u; jj < n; jj += 4u) {
-            pf_block(q, acc, st, j0, jj, n, lane, ms);
+        if mask_tile_seen(lid, WG, ms, toks.x, toks.y, j0, n) {
+            pf_stage(lid, j0, n, src);
+            workgroupBarrier();
+            for (var jj = 0u; jj < n; jj += 4u) {
+                pf_block(q, acc, st, j0, jj, n, lane, ms);
+            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
     }
 }
 

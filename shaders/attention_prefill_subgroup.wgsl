@@ -65,7 +65,7 @@ fn attn_prefill_sg(
     var st: array<PfRow, R>;
     pf_load_rows(&q, &acc, &st, rg, p.rows, w.kvh, w.b * p.q_sb, p.q_offset, p.kv_len, lane);
     let src = vec2<u32>(p.k_off + w.b * p.k_sb + w.kvh * p.k_sh, p.v_off + w.b * p.v_sb + w.kvh * p.v_sh);
-    pf_run(&q, &acc, &st, w.kv, src, lid, lane, mask_seq(w.b));
+    pf_run(&q, &acc, &st, w.kv, src, lid, lane, mask_seq(w.b), vec2<u32>(w.r0, w.r_last) / p.group);
 
     let dest = PfDest(p.rows, w.kvh, w.b * p.o_sb, w.bh * p.rows * p.n_splits, p.n_splits, w.split);
     pf_store(&acc, &st, rg, dest, lane);

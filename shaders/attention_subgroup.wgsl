@@ -150,7 +150,22 @@ fn sg_partial(
     // Addresses and K units of key j; an empty range loads a valid key and never uses it.
     var a = keys_rows(h, u32(max(min(j_first, kv.y - 1), 0)));
     var kx = sg_units(a.x, a.y, li);
+    // MASKS: the key whose K units kx holds, and the block's query tokens.
+    var ka = j_first;
+    let toks = vec2<u32>(r0, min(rows, r0 + RS) - 1u) / p.group;
     for (var j = j_first; j < kv.y; j += i32(NLG)) {
+        // MASKS: a key the boolean mask hides from every row of the block is neither loaded nor
+        // scored (the lane group's keys are its own: no vote); after a run of such keys, the K
+        // units the step prefetched belong to a skipped key, so they are loaded here.
+        if mask_bits_on() {
+            if !mask_key_seen(ms, toks.x, toks.y, j) {
+                continue;
+            }
+            if ka != j {
+                a = keys_rows(h, u32(j));
+                kx = sg_units(a.x, a.y, li);
+            }
+        }
         let vx = sg_units(a.z, a.w, li);
         var s: array<vec4<f32>, S4>;
         for (var i = 0u; i < S4; i++) {
@@ -166,6 +181,7 @@ fn sg_partial(
         // The next key's K units (clamped to a valid key) load while the scores reduce.
         a = keys_rows(h, u32(min(j + i32(NLG), kv.y - 1)));
         kx = sg_units(a.x, a.y, li);
+        ka = j + i32(NLG);
         for (var o = LG / 2u; o > 0u; o = o / 2u) {
             for (var i = 0u; i < S4; i++) {
                 s[i] += subgroupShuffleXor(s[i], o);

@@ -1,7 +1,8 @@
 //! Attention masks (a packed boolean mask, an additive bias, block ids) in every entry point
 //! against the f64 reference: each kernel kind (forced as the other tests do), f32 and bf16,
 //! with causal masking, windows, split-KV, a fully masked row, a batch with per-row masks, the
-//! KV cache, a paged batch with a draft tree's mask, and every validation rule.
+//! KV cache, a paged batch with a draft tree's mask, and every validation rule; tiles the mask
+//! hides are skipped (NaN in their K/V rows must not reach the output), contiguous and paged.
 //!
 //! One masked pipeline per kernel kind, at head_dim 16.
 
@@ -761,5 +762,295 @@ fn committed_mask_cases_pass() {
             );
         }
         assert!(report.pass(), "{name}");
+    }
+}
+
+/// Key blocks the hidden-tile tests' masks hide from every query: 64 keys each, aligned to 64
+/// (the tile of every kind at head_dim 16, and the chunk of 5 splits over 320 keys), so each
+/// kind's unit of skipping (a tile, a step, a key) lies inside one or outside all of them.
+const HIDDEN_BLOCKS: [std::ops::Range<usize>; 2] = [64..128, 192..256];
+/// A block hidden from every query but a few keys of two rows: its tiles must not be skipped.
+const PARTLY_HIDDEN: std::ops::Range<usize> = 128..192;
+
+/// The hidden-tile masks over `kv_len` keys for `q_len` queries: random elsewhere, the blocks
+/// above hidden, `hidden_row` (if any) hidden entirely; `all_hidden` hides every key.
+fn hidden_tile_mask(
+    q_len: usize,
+    kv_len: usize,
+    hidden_row: Option<usize>,
+    all_hidden: bool,
+    rng: &mut Rng,
+) -> Vec<bool> {
+    let mut mask: Vec<bool> = (0..q_len * kv_len)
+        .map(|_| !all_hidden && rng.uniform(0.0, 1.0) < 0.75)
+        .collect();
+    for t in 0..q_len {
+        let row = &mut mask[t * kv_len..][..kv_len];
+        for b in HIDDEN_BLOCKS.iter().chain([&PARTLY_HIDDEN]) {
+            row[b.clone()].fill(false);
+        }
+    }
+    if !all_hidden {
+        // The partly hidden block: query 0 sees one key, the last query another.
+        mask[PARTLY_HIDDEN.start + 22] = true;
+        mask[(q_len - 1) * kv_len + PARTLY_HIDDEN.end - 1] = true;
+    }
+    if let Some(t) = hidden_row {
+        mask[t * kv_len..][..kv_len].fill(false);
+    }
+    mask
+}
+
+/// K or V rows `[kv_len, n_kv_heads, HD]` with NaN in every key of the hidden blocks: a kernel
+/// that loads such a key and multiplies its V by a probability of 0 gets NaN. The second value:
+/// the same with 0 there, for the reference (the mask hides those keys, so they change nothing).
+fn poisoned(rng: &mut Rng, kv_len: usize, n_kv_heads: usize) -> (Vec<f32>, Vec<f64>) {
+    let row = n_kv_heads * HD;
+    let mut x = rng.vec(kv_len * row, 1.0);
+    let mut clean = rounded(&x, DType::F32);
+    for b in &HIDDEN_BLOCKS {
+        x[b.start * row..b.end * row].fill(f32::NAN);
+        clean[b.start * row..b.end * row].fill(0.0);
+    }
+    (x, clean)
+}
+
+/// One contiguous call of `kind` over the hidden-tile masks (with a per-head bias and block ids,
+/// causal) against the reference; returns the output.
+fn run_hidden_tiles(
+    ctx: &Context,
+    kind: Kind,
+    q_len: usize,
+    splits: u32,
+    hidden_row: usize,
+    all_hidden: bool,
+    seed: u64,
+) -> Vec<f32> {
+    let c = Case {
+        kind: Some(kind),
+        splits: Some(splits),
+        hidden_row: Some(hidden_row),
+        ..case(q_len, 320)
+    };
+    let mut rng = Rng::new(seed);
+    let q = rng.vec(q_len * c.n_heads * HD, 1.0);
+    let (k, k64) = poisoned(&mut rng, c.kv_len, c.n_kv_heads);
+    let (v, v64) = poisoned(&mut rng, c.kv_len, c.n_kv_heads);
+    let (_, bias, ids) = masks_of(&c, &mut rng);
+    let mask = hidden_tile_mask(q_len, c.kv_len, Some(hidden_row), all_hidden, &mut rng);
+    let (qs, ks) = ([q_len, c.n_heads, HD], [c.kv_len, c.n_kv_heads, HD]);
+    let qt = upload_at(ctx, &q, &qs, DType::F32, ALIGNED_GUARD);
+    let kt = upload_at(ctx, &k, &ks, DType::F32, ALIGNED_GUARD);
+    let vt = upload_at(ctx, &v, &ks, DType::F32, ALIGNED_GUARD);
+    let out = nan_output(ctx, &qs, DType::F32);
+    let packed = pack_mask(&mask);
+    let set = Inputs::upload_masks(
+        ctx,
+        None,
+        Some(&packed),
+        Some((&bias, &bias_shape(&c))),
+        Some(&ids),
+    )
+    .expect("upload masks");
+    op_of(&c)
+        .run(ctx, &qt, &kt, &vt, set.inputs(), &out)
+        .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+    let bias64: Vec<f64> = bias.iter().map(|&x| x as f64).collect();
+    let want = reference::attention_masked(
+        &rounded(&q, DType::F32),
+        &k64,
+        &v64,
+        None,
+        dims(&c),
+        &ref_opts(&c),
+        &reference::Masks {
+            mask: Some(&mask),
+            bias: Some(&bias64),
+            bias_heads: true,
+            block_ids: Some(&ids),
+        },
+    );
+    let what = format!("{kind:?} q_len {q_len} splits {splits} all hidden {all_hidden}");
+    assert_close(ctx, &out, &want, tolerance(DType::F32), &what);
+    let got = ctx.read_f32(&out).expect("readback");
+    assert_zero_row(&c, &got);
+    if all_hidden {
+        assert!(got.iter().all(|&x| x == 0.0), "{what}: not all 0");
+    }
+    got
+}
+
+/// Tiles the boolean mask hides from every row are never loaded (issue 23): NaN in their K and
+/// V rows must not reach the output, in every kind, one pass and split, beside a partly hidden
+/// block (its tiles are loaded: two of its keys are visible), a fully hidden row and a mask
+/// that hides every key.
+#[test]
+fn tiles_the_mask_hides_are_skipped() {
+    let ctx = ctx();
+    // (kind, q_len, split counts): the row counts and split forms of the masked pipelines
+    // the tests above build (the paged test runs the subgroup decode split).
+    let mut kinds = vec![
+        (Kind::Prefill, 40, &[1][..]),
+        (Kind::PrefillKeys, 40, &[1, 5][..]),
+        (Kind::Decode, 3, &[1, 5][..]),
+        (Kind::DecodeKeys, 2, &[1, 5][..]),
+    ];
+    if ctx.caps().subgroups {
+        kinds.push((Kind::PrefillSubgroup, 40, &[1, 5][..]));
+        kinds.push((Kind::DecodeSubgroup, 2, &[1][..]));
+    }
+    for (i, &(kind, q_len, splits)) in kinds.iter().enumerate() {
+        let seed = 40 + i as u64;
+        for &s in splits {
+            run_hidden_tiles(&ctx, kind, q_len, s, 1, false, seed);
+        }
+        run_hidden_tiles(&ctx, kind, q_len, 1, 0, true, seed + 100);
+    }
+}
+
+/// `tiles_the_mask_hides_are_skipped` over pages: a prefill sequence and a decode sequence
+/// (and a second decode sequence whose mask hides everything), each kernel of each row kind.
+#[test]
+fn paged_tiles_the_mask_hides_are_skipped() {
+    let ctx = ctx();
+    let page: usize = 16;
+    let heads = Heads {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: HD,
+    };
+    let lens: [(usize, usize); 3] = [(40, 320), (1, 320), (1, 320)];
+    let mut rng = Rng::new(60);
+    let n_pages: usize = lens.iter().map(|l| l.1.div_ceil(page)).sum();
+    let mut next = 0u32;
+    let seqs: Vec<BatchSeq> = lens
+        .iter()
+        .map(|&(q_len, kv_len)| BatchSeq {
+            q_len,
+            kv_len,
+            pages: (0..kv_len.div_ceil(page))
+                .map(|_| {
+                    next += 1;
+                    // Pages out of order.
+                    (next * 7) % n_pages as u32
+                })
+                .collect(),
+        })
+        .collect();
+    let cache = PagedKvCache::new(
+        &ctx,
+        PagedKvConfig {
+            n_pages,
+            page_size: page,
+            n_kv_heads: heads.n_kv_heads,
+            head_dim: HD,
+            dtype: DType::F32,
+            ..PagedKvConfig::default()
+        },
+    )
+    .unwrap();
+    let (mut k64s, mut v64s, mut masks) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, s) in seqs.iter().enumerate() {
+        let (k, k64) = poisoned(&mut rng, s.kv_len, heads.n_kv_heads);
+        let (v, v64) = poisoned(&mut rng, s.kv_len, heads.n_kv_heads);
+        cache.write_pages(&ctx, &s.pages, &k, &v).unwrap();
+        k64s.push(k64);
+        v64s.push(v64);
+        let hidden_row = (i == 0).then_some(20);
+        masks.push(hidden_tile_mask(
+            s.q_len,
+            s.kv_len,
+            hidden_row,
+            i == 2,
+            &mut rng,
+        ));
+    }
+    let packed = segment_pack_mask(&masks.iter().map(|m| &m[..]).collect::<Vec<_>>());
+    let ids: Vec<i32> = lens
+        .iter()
+        .flat_map(|&(_, kv)| block_ids_of(&(0..kv).map(|j| (j % 11 > 6) as u8).collect::<Vec<_>>()))
+        .collect();
+    let qk: usize = lens.iter().map(|l| l.0 * l.1).sum();
+    let bias = rng.vec(qk, 0.5);
+    let set =
+        Inputs::upload_masks(&ctx, None, Some(&packed), Some((&bias, &[qk])), Some(&ids)).unwrap();
+    let total_q: usize = lens.iter().map(|l| l.0).sum();
+    let q = rng.vec(total_q * heads.n_heads * HD, 1.0);
+    let qt = ctx.upload(&q, &[total_q, heads.n_heads, HD]).unwrap();
+    let mut want = Vec::new();
+    let (mut q0, mut b0, mut i0) = (0, 0, 0);
+    for (i, &(q_len, kv_len)) in lens.iter().enumerate() {
+        let n = q_len * heads.n_heads * HD;
+        let b64: Vec<f64> = bias[b0..b0 + q_len * kv_len]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        want.extend(reference::attention_masked(
+            &rounded(&q[q0..q0 + n], DType::F32),
+            &k64s[i],
+            &v64s[i],
+            None,
+            reference::Dims {
+                batch: 1,
+                q_len,
+                kv_len,
+                n_heads: heads.n_heads,
+                n_kv_heads: heads.n_kv_heads,
+                head_dim: HD,
+            },
+            &reference::Options::default(),
+            &reference::Masks {
+                mask: Some(&masks[i]),
+                bias: Some(&b64),
+                bias_heads: false,
+                block_ids: Some(&ids[i0..i0 + kv_len]),
+            },
+        ));
+        q0 += n;
+        b0 += q_len * kv_len;
+        i0 += kv_len;
+    }
+    // The fully hidden rows and the sequence whose mask hides everything are 0.
+    let row = heads.n_heads * HD;
+    let zero_rows = [20, 41];
+    for &t in &zero_rows {
+        assert!(want[t * row..][..row].iter().all(|&x| x == 0.0), "row {t}");
+    }
+    let mut plans = Vec::new();
+    let mut prefill = vec![Kind::Prefill];
+    let mut decode = vec![Kind::Decode, Kind::DecodeKeys];
+    if ctx.caps().subgroups {
+        prefill.push(Kind::PrefillSubgroup);
+        decode.push(Kind::DecodeSubgroup);
+    }
+    for (i, &d) in decode.iter().enumerate() {
+        for splits in [1, 5] {
+            plans.push(PlanOptions {
+                splits: Some(splits),
+                prefill: Some(prefill[(i + splits as usize / 5) % prefill.len()]),
+                decode: Some(d),
+            });
+        }
+    }
+    for plan in plans {
+        let batch = PagedBatch::from_parts_with(&ctx, page, n_pages, &seqs, heads, &plan).unwrap();
+        let out = nan_output(&ctx, &[total_q, heads.n_heads, HD], DType::F32);
+        Attention::default()
+            .run_paged(&ctx, &qt, &cache, &batch, set.inputs(), &out)
+            .unwrap_or_else(|e| panic!("{plan:?}: {e}"));
+        assert_close(
+            &ctx,
+            &out,
+            &want,
+            tolerance(DType::F32),
+            &format!("paged {plan:?}"),
+        );
+        let o = ctx.read_f32(&out).unwrap();
+        for &t in &zero_rows {
+            assert!(
+                o[t * row..][..row].iter().all(|&x| x == 0.0),
+                "{plan:?}: row {t}"
+            );
+        }
     }
 }

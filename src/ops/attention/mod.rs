@@ -40,8 +40,9 @@
 //!   [`PREFILL_ROWS_PER_INVOCATION`] neighbouring rows (pre-scaled q and f32 accumulators in
 //!   private memory), so each K/V element read from workgroup memory feeds that many rows; per
 //!   tile the scores come first, then one running-max update and rescale, then P·V. Tiles
-//!   outside the union of the block's visible ranges are never loaded, and each row's mask is
-//!   one interval computed once. Memory is O(q_len + kv_len): no score matrix exists.
+//!   outside the union of the block's visible ranges are never loaded (nor, with a boolean
+//!   mask, tiles it hides from every row of the block), and each row's mask is one interval
+//!   computed once. Memory is O(q_len + kv_len): no score matrix exists.
 //!   [`Attention::f16_arithmetic`] selects the same kernel with f16 products (its own module,
 //!   `SHADER_F16`).
 //! - [`Kind::PrefillKeys`] (`attn_prefill_keys` in `shaders/attention_prefill.wgsl`), prefill
