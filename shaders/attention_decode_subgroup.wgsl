@@ -13,6 +13,18 @@
 // (`ATTENTION_DECODE_SUBGROUP` in ops/attention/variants.rs) or native f16
 // (attention_subgroup_f16.wgsl).
 
+// The scale of quantized K (src 0) or V (src 1) at element e (`sg_units`): fp8's tensor scale,
+// or its block's f16 scale read through k4 / v4 (the same whole cache buffers as k_buf / v_buf,
+// which `kv_scale` reads by words; binding those too would pass WebGPU's 8 storage buffers in
+// the native-f16 module).
+fn sg_qscale(src: u32, e: u32) -> f32 {
+    if KV_FMT == KV_FP8 {
+        return kv_tensor_scale(src + 1u);
+    }
+    let i = kv_scale_number(src + 1u, e);
+    return kv_f16(keys_unit(src, i >> 3u)[(i >> 1u) & 3u], i);
+}
+
 @compute @workgroup_size(WG)
 fn attn_decode_sg(
     @builtin(workgroup_id) wid: vec3<u32>,

@@ -5,8 +5,11 @@
 // SUBGROUP. The including module says where a key's rows live and how a 16-byte unit is read:
 // `keys_rows(h, j)` gives (K source, K unit, V source, V unit) of key j of the head described by
 // `h` (the same seam the CPU kernels' `keys_partial` uses), and `sg_item(src, i)` reads unit i of
-// a source as values (the K/V load seam, one function per storage format); with the same split
-// structure both kernels run the same arithmetic, bit for bit.
+// a source as values (the K/V load seam, one function per storage format); quantized K/V come
+// through `keys_qunit(src, e)` (the 16-byte unit holding the data of element e: the CPU
+// kernels' seam too) and `sg_qscale(src, e)` (its scale, which each entry point's file reads
+// without another storage binding). With the same split structure both kernels run the same
+// arithmetic, bit for bit.
 //
 // The design: split-KV decode for GPUs after flash-decoding (Dao et al., 2023: the keys split
 // over workgroups, a partial softmax per split, a fixed-order merge) and FlashInfer's decode
@@ -17,9 +20,14 @@
 //
 // One workgroup of WG invocations per (batch, kv head, row block, split) (paged: per work item
 // of the host's plan and kv head), rows as in `attn_decode_partial` (r = t * g + i, RS rows
-// per workgroup). A K/V row is UPR 16-byte units (8 halves or 4 f32 each); LG lanes (a power of
-// two <= the adapter's smallest subgroup) read it, lane li holding units li + LG * s (s < SLOTS)
-// of each query row and accumulator, pre-scaled, in registers. The workgroup's lanes form
+// per workgroup). A K/V row is UPR 16-byte units (4 f32, 8 halves, or quantized K/V (KV_FMT >=
+// KV_Q8_0) read in place: 16 q8_0 or fp8 values, half a q8_0 block, or 32 q4_0 values, a whole
+// block; src/kv_format.rs lays rows out so that units never straddle blocks or rows); LG lanes
+// (a power of two <= the adapter's smallest subgroup) read it, lane li holding units li + LG * s
+// (s < SLOTS) of each query row and accumulator, pre-scaled, in registers. A quantized unit is
+// dequantized in registers as it is loaded, with its block's f16 scale loaded once for the unit
+// (fp8: the tensor's scale, no load), and every score, the softmax and the accumulators are f32
+// as for the float formats; the RS query rows (the GQA group) share each loaded unit. The workgroup's lanes form
 // NLG = WG / LG lane groups with a fixed numbering, g = sg_id * (sg_size / LG) + sg_lane / LG:
 // lane group g takes keys kv.x + g, kv.x + g + NLG, ... of the split. Per key: the V units and
 // the next key's K units are loaded, the partial dots of the RS rows (packed four rows to a
@@ -37,8 +45,9 @@
 // expressions. Arrays sized exactly to their loops' trip counts let the compiler unroll every
 // loop over them and keep them in registers (no dynamically indexed private memory).
 //   RS     query rows per workgroup (1, 2, 4 or 8); RS * SLOTS * VPU <= 16 (the planner's limit)
+//          (the paged kernel's work item may hold a multiple of RS rows, taken RS at a time)
 //   SLOTS  16-byte units of a row per lane: ceil(UPR / LG)
-//   VPU    vec4s per unit: 1 (f32) or 2 (halves)
+//   VPU    vec4s per unit: 1 (f32), 2 (halves), 4 (q8_0, fp8) or 8 (q4_0)
 //   LG     lanes per lane group: min(next power of two >= UPR, the adapter's smallest subgroup)
 //   NLG    lane groups per workgroup: WG / LG
 //   MV4    vec4s of the merge memory: max(NLG / 2, 1) * HD4
@@ -70,9 +79,24 @@ fn sg_upr() -> u32 {
     return HD4 / VPU;
 }
 
-// This lane's units of the row starting at unit `base` of source `src` (zero past the row).
+// This lane's units of the row starting at unit `base` of source `src` (zero past the row;
+// quantized K/V: `base` counts 8-value units, `keys_rows`' unit for them).
 fn sg_units(src: u32, base: u32, li: u32) -> SgUnits {
     var x: SgUnits;
+    if KV_FMT >= KV_Q8_0 {
+        for (var s = 0u; s < SLOTS; s++) {
+            let u = li + LG * s;
+            if u < sg_upr() {
+                let e = 8u * base + 4u * VPU * u;
+                let w = keys_qunit(src, e);
+                let d = sg_qscale(src, e);
+                for (var c = 0u; c < VPU; c++) {
+                    x[s * VPU + c] = kv_dequant_unit(KV_FMT, w, c, d);
+                }
+            }
+        }
+        return x;
+    }
     for (var s = 0u; s < SLOTS; s++) {
         let u = li + LG * s;
         var it = Item(vec4<f32>(0.0), vec4<f32>(0.0));

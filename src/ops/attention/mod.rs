@@ -157,7 +157,7 @@ pub(crate) use variants::MAX_BK;
 pub use variants::{
     all_variant_keys, declared_variants, decode_variant_keys, prefill_class,
     prefill_keys_workgroup_bytes, prefill_shader, prefill_variant_keys, sg_key_constants,
-    sg_rows_max, sg_shape, subgroup_variant_keys, tile_v4_for, with_masks, with_wg, Axes, Kind,
+    sg_reads_rows, sg_rows_max, sg_rows_max_kv, sg_shape, sg_vec4s_per_unit, subgroup_variant_keys, tile_v4_for, with_masks, with_wg, Axes, Kind,
     SgShape, Variant, ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16,
     ATTENTION_PREFILL, ATTENTION_PREFILL_F16, ATTENTION_PREFILL_F16_HD128,
     ATTENTION_PREFILL_F16_HD64, ATTENTION_PREFILL_HD128, ATTENTION_PREFILL_HD64, DECODE_WG,
