@@ -20,15 +20,33 @@
 // smaller: the block's rows are then taken RS at a time, each step over the block's keys (one
 // step for float pools, and for quantized ones whose block fits).
 // Loops (modules are created without naga's loop counters, src/pipeline.rs): rows by 1 to RS;
-// the row steps by RS (> 0) to the end of the block.
+// the row steps by RS (> 0) to the end of the block (one step over float pools).
 
-// The K/V load seam (`sg_item`, the pool's packed 16-byte units; quantized pages through
-// `keys_qunit` / `keys_qscale`) is the part before this one (`SG_ITEM_PACKED` in
-// ops/attention/variants.rs).
+// The K/V load seam (`sg_item`, the pool's packed 16-byte units) is the part before this one
+// (`SG_ITEM_PACKED` in ops/attention/variants.rs); quantized pages' rows and scales: `sg_qrows`
+// and `sg_qscale` below.
 
-// The scale of quantized pages (`sg_units`): the CPU kernel's seam, over the pool's buffers.
-fn sg_qscale(src: u32, e: u32) -> f32 {
-    return keys_qscale(src, e);
+// Quantized pages (`sg_rows`): key j's K and V rows, found from its page and the element inside
+// it (`key_slot`), so that no unit divides by the page's size.
+fn sg_qrows(h: vec2<u32>, j: u32) -> SgRows {
+    let s = key_slot(h.x, j, h.y);
+    let base = s.y * p.k_sc;
+    return SgRows(sg_qrow(s.x, base, s.z, p.k_scale), sg_qrow(s.x, base, s.z + p.k_off, p.v_scale));
+}
+
+// The row starting at value le of the page whose first word is base, in pool buffer buf: (buf,
+// its first data unit, its first block's scale number or fp8's tensor scale ts).
+fn sg_qrow(buf: u32, base: u32, le: u32, ts: f32) -> vec3<u32> {
+    var sc = bitcast<u32>(ts);
+    if KV_FMT != KV_FP8 {
+        sc = pool_scale_number(base, le);
+    }
+    return vec3<u32>(buf, (base + kv_word(KV_FMT, le)) >> 2u, sc);
+}
+
+// f16 scale number n of pool buffer src.
+fn sg_qscale(src: u32, n: u32) -> f32 {
+    return kv_f16(pool_word(src, n >> 1u), n);
 }
 
 @compute @workgroup_size(WG)
@@ -51,7 +69,8 @@ fn attn_paged_sg(
     let n_parts = it.sq.n_splits;
     let r_end = min(it.r0 + it.sq.rows_per_wg, it.rows);
 
-    for (var r0 = it.r0; r0 < r_end; r0 += RS) {
+    var r0 = it.r0;
+    loop {
         var q: SgRegs;
         var pos: array<i32, RS>;
         sg_load_q(&q, &pos, r0, it.rows, it.kvh, it.sq.q_start * p.q_st, it.sq.q_offset, gl.y);
@@ -69,6 +88,13 @@ fn attn_paged_sg(
                 let e = (it.sq.part_base + (it.kvh * it.rows + rr) * n_parts + it.split) * stride;
                 sg_store_row(&acc, m[r], l[r], r, gl.y, n_parts == 1u, e, o_base, h);
             }
+        }
+        r0 += RS;
+        // A float pool's blocks are RS rows: one step, and the exit is a constant the compiler
+        // folds (as a `for` over the block's rows this cost lavapipe's LLVM 0.7 s more in
+        // tests/paged.rs' float subgroup_decode_over_pages, cold).
+        if KV_FMT < KV_Q8_0 || r0 >= r_end {
+            break;
         }
     }
 }

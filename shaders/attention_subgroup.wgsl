@@ -5,11 +5,13 @@
 // SUBGROUP. The including module says where a key's rows live and how a 16-byte unit is read:
 // `keys_rows(h, j)` gives (K source, K unit, V source, V unit) of key j of the head described by
 // `h` (the same seam the CPU kernels' `keys_partial` uses), and `sg_item(src, i)` reads unit i of
-// a source as values (the K/V load seam, one function per storage format); quantized K/V come
-// through `keys_qunit(src, e)` (the 16-byte unit holding the data of element e: the CPU
-// kernels' seam too) and `sg_qscale(src, e)` (its scale, which each entry point's file reads
-// without another storage binding). With the same split structure both kernels run the same
-// arithmetic, bit for bit.
+// a source as values (the K/V load seam, one function per storage format). Quantized K/V
+// (KV_FMT >= KV_Q8_0) come through `sg_qrows(h, j)` instead (key j's K and V rows: each row's
+// source, the 16-byte unit of its first data word and the f16 number of its first block's scale,
+// or fp8's tensor scale, found once per row, so no unit pays a page division) and
+// `sg_qscale(src, n)` (f16 scale number n of a source), both from the including file, and
+// `keys_unit(src, i)`. With the same split structure both kernels run the same arithmetic,
+// bit for bit.
 //
 // The design: split-KV decode for GPUs after flash-decoding (Dao et al., 2023: the keys split
 // over workgroups, a partial softmax per split, a fixed-order merge) and FlashInfer's decode
@@ -79,17 +81,36 @@ fn sg_upr() -> u32 {
     return HD4 / VPU;
 }
 
-// This lane's units of the row starting at unit `base` of source `src` (zero past the row;
-// quantized K/V: `base` counts 8-value units, `keys_rows`' unit for them).
-fn sg_units(src: u32, base: u32, li: u32) -> SgUnits {
+// Where key j's K and V rows start, each (source, unit, scale): float K/V `keys_rows`' units
+// (scale unused); quantized K/V `sg_qrows`' (the unit of the row's first data word, the f16
+// number of its first block's scale or fp8's tensor scale as bits): a row's units follow one
+// another, and its block scales too.
+struct SgRows {
+    k: vec3<u32>,
+    v: vec3<u32>,
+}
+
+fn sg_rows(h: vec2<u32>, j: u32) -> SgRows {
+    if KV_FMT >= KV_Q8_0 {
+        return sg_qrows(h, j);
+    }
+    let a = keys_rows(h, j);
+    return SgRows(vec3<u32>(a.xy, 0u), vec3<u32>(a.zw, 0u));
+}
+
+// This lane's units of the row r (`SgRows`' k or v; zero past the row). A quantized unit is
+// whole blocks' data, its scale block VPU * u / 8 of the row (q8_0: two units per block).
+fn sg_units(r: vec3<u32>, li: u32) -> SgUnits {
     var x: SgUnits;
     if KV_FMT >= KV_Q8_0 {
         for (var s = 0u; s < SLOTS; s++) {
             let u = li + LG * s;
             if u < sg_upr() {
-                let e = 8u * base + 4u * VPU * u;
-                let w = keys_qunit(src, e);
-                let d = sg_qscale(src, e);
+                let w = keys_unit(r.x, r.y + u);
+                var d = bitcast<f32>(r.z);
+                if KV_FMT != KV_FP8 {
+                    d = sg_qscale(r.x, r.z + VPU * u / 8u);
+                }
                 for (var c = 0u; c < VPU; c++) {
                     x[s * VPU + c] = kv_dequant_unit(KV_FMT, w, c, d);
                 }
@@ -101,7 +122,7 @@ fn sg_units(src: u32, base: u32, li: u32) -> SgUnits {
         let u = li + LG * s;
         var it = Item(vec4<f32>(0.0), vec4<f32>(0.0));
         if u < sg_upr() {
-            it = sg_item(src, base + u);
+            it = sg_item(r.x, r.y + u);
         }
         x[s * VPU] = it.lo;
         if VPU == 2u {
@@ -172,10 +193,10 @@ fn sg_partial(
     }
     let j_first = kv.x + i32(g);
     // Addresses and K units of key j; an empty range loads a valid key and never uses it.
-    var a = keys_rows(h, u32(max(min(j_first, kv.y - 1), 0)));
-    var kx = sg_units(a.x, a.y, li);
+    var a = sg_rows(h, u32(max(min(j_first, kv.y - 1), 0)));
+    var kx = sg_units(a.k, li);
     for (var j = j_first; j < kv.y; j += i32(NLG)) {
-        let vx = sg_units(a.z, a.w, li);
+        let vx = sg_units(a.v, li);
         var s: array<vec4<f32>, S4>;
         for (var i = 0u; i < S4; i++) {
             s[i] = vec4<f32>(0.0);
@@ -188,8 +209,8 @@ fn sg_partial(
             s[r / 4u][r % 4u] = d;
         }
         // The next key's K units (clamped to a valid key) load while the scores reduce.
-        a = keys_rows(h, u32(min(j + i32(NLG), kv.y - 1)));
-        kx = sg_units(a.x, a.y, li);
+        a = sg_rows(h, u32(min(j + i32(NLG), kv.y - 1)));
+        kx = sg_units(a.k, li);
         for (var o = LG / 2u; o > 0u; o = o / 2u) {
             for (var i = 0u; i < S4; i++) {
                 s[i] += subgroupShuffleXor(s[i], o);

@@ -5,8 +5,7 @@
 
 use super::{
     prefill_keys_workgroup_bytes, prefill_sg_shape, sg_reads_rows, sg_rows_max_kv, tile_v4_for,
-    DeviceDesc, Dims,
-    Kind, Variant, KEYS_MAX_ROWS, MAX_BK, OP, PREFILL_KEYS_ROWS, PREFILL_WG,
+    DeviceDesc, Dims, Kind, Variant, KEYS_MAX_ROWS, MAX_BK, OP, PREFILL_KEYS_ROWS, PREFILL_WG,
 };
 use crate::context::Context;
 use crate::error::Result;

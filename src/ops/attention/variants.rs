@@ -373,7 +373,7 @@ pub const SG_ITEM_PACKED: &str = "fn sg_item(src: u32, i: u32) -> Item {
 /// (`shaders/attention_decode_subgroup.wgsl`, [`Kind::DecodeSubgroup`]): a module of its own,
 /// because a module that uses subgroup operations anywhere fails validation on devices without
 /// `SUBGROUP`. K/V are read as packed 16-byte units (`k4`, `v4`; the integer decode of
-/// common.wgsl).
+/// common.wgsl, or for quantized K/V kv_quant.wgsl's dequantizers).
 pub const ATTENTION_DECODE_SUBGROUP: &Shader = subgroup_decode_module!(
     "attention_decode_subgroup.wgsl",
     "enable subgroups;\ndiagnostic(off, subgroup_uniformity);",

@@ -330,7 +330,10 @@ fn quantized_caches_decode_with_subgroups() {
                 "{dev:?} {kv}"
             );
             let sh = v.sg_shape();
-            assert_eq!((sh.vpu, sh.lg, sh.slots, sh.upr * sh.vpu), (vpu, lanes, 1, 32));
+            assert_eq!(
+                (sh.vpu, sh.lg, sh.slots, sh.upr * sh.vpu),
+                (vpu, lanes, 1, 32)
+            );
             assert!(4 * sh.sv() * kr <= 64, "{kv}: {sh:?}");
             let g = p.decode_geometry(&d).unwrap();
             assert_eq!(
@@ -364,8 +367,16 @@ fn quantized_caches_decode_with_subgroups() {
     }
     let kind = |dev: &DeviceDesc, d: Dims, kv| plan(&default, dev, d, kv).unwrap().variant.kind;
     for kv in KvFormat::QUANTIZED {
-        assert_eq!(kind(&DeviceDesc::webgpu_default(), d, kv), Kind::Decode, "{kv}");
-        assert_eq!(kind(&DeviceDesc::lavapipe(), d, kv), Kind::DecodeKeys, "{kv}");
+        assert_eq!(
+            kind(&DeviceDesc::webgpu_default(), d, kv),
+            Kind::Decode,
+            "{kv}"
+        );
+        assert_eq!(
+            kind(&DeviceDesc::lavapipe(), d, kv),
+            Kind::DecodeKeys,
+            "{kv}"
+        );
     }
     let hd40 = Dims { head_dim: 40, ..d };
     assert_eq!(
