@@ -132,10 +132,21 @@ fn word(b: u32, i: u32) -> u32 {
 // tensor scale.
 fn kv_scale(b: u32, e: u32) -> f32 {
     if KV_FMT == KV_FP8 {
-        return select(p.k_scale, p.v_scale, b == 2u);
+        return kv_tensor_scale(b);
     }
-    let i = select(p.k_sc, p.v_sc, b == 2u) + kv_scale_index(e, 4u * HD4);
+    let i = kv_scale_number(b, e);
     return kv_f16(word(b, i >> 1u), i);
+}
+
+// fp8's tensor scale of K (b = 1) or V (b = 2).
+fn kv_tensor_scale(b: u32) -> f32 {
+    return select(p.k_scale, p.v_scale, b == 2u);
+}
+
+// The f16 number, in its buffer, of the block scale of element e of quantized K (b = 1) or V
+// (b = 2); `kv_scale` reads it by words, the subgroup decode through its 16-byte views.
+fn kv_scale_number(b: u32, e: u32) -> u32 {
+    return select(p.k_sc, p.v_sc, b == 2u) + kv_scale_index(e, 4u * HD4);
 }
 
 // Four elements of quantized K or V at element e (a multiple of 4): their data word and their

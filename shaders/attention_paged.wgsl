@@ -141,8 +141,14 @@ fn pool_qscale(buf: u32, base: u32, le: u32) -> f32 {
     if KV_FMT == KV_FP8 {
         return select(p.k_scale, p.v_scale, le >= p.k_off);
     }
-    let i = 2u * base + p.v_sc + kv_scale_index(le, 4u * HD4);
+    let i = pool_scale_number(base, le);
     return kv_f16(pool_word(buf, i >> 1u), i);
+}
+
+// The f16 number, in its pool buffer, of the block scale of value le of the page whose first
+// word is base.
+fn pool_scale_number(base: u32, le: u32) -> u32 {
+    return 2u * base + p.v_sc + kv_scale_index(le, 4u * HD4);
 }
 
 fn pool_qload4(buf: u32, e: u32) -> vec4<f32> {
@@ -173,13 +179,19 @@ fn pool_load4(buf: u32, e: u32) -> vec4<f32> {
 // size is a power of two (the host checks), so the page is a shift and the slot a mask, and the
 // pool buffer (at most 3) comes from comparisons.
 fn key_addr(bt_off: u32, j: u32, kvh: u32) -> vec2<u32> {
+    let s = key_slot(bt_off, j, kvh);
+    return vec2<u32>(s.x, s.y * p.k_sb + s.z);
+}
+
+// key_addr's parts: (pool buffer, page number inside it, element offset of the head's K row
+// inside the page).
+fn key_slot(bt_off: u32, j: u32, kvh: u32) -> vec3<u32> {
     let page = plan_buf[bt_off + (j >> countTrailingZeros(p.kv_len))];
     var buf = 0u;
     if POOLS > 1u {
         buf = u32(page >= p.rows) + u32(page >= 2u * p.rows);
     }
-    let e = (page - buf * p.rows) * p.k_sb + (j & (p.kv_len - 1u)) * p.k_st + kvh * p.k_sh;
-    return vec2<u32>(buf, e);
+    return vec3<u32>(buf, page - buf * p.rows, (j & (p.kv_len - 1u)) * p.k_st + kvh * p.k_sh);
 }
 
 // The share of one workgroup of a partial pass: a (work item, kv head) of the host's plan.

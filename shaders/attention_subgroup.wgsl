@@ -5,8 +5,13 @@
 // SUBGROUP. The including module says where a key's rows live and how a 16-byte unit is read:
 // `keys_rows(h, j)` gives (K source, K unit, V source, V unit) of key j of the head described by
 // `h` (the same seam the CPU kernels' `keys_partial` uses), and `sg_item(src, i)` reads unit i of
-// a source as values (the K/V load seam, one function per storage format); with the same split
-// structure both kernels run the same arithmetic, bit for bit.
+// a source as values (the K/V load seam, one function per storage format). Quantized K/V
+// (KV_FMT >= KV_Q8_0) come through `sg_qrows(h, j)` instead (key j's K and V rows: each row's
+// source, the 16-byte unit of its first data word and the f16 number of its first block's scale,
+// or fp8's tensor scale, found once per row, so no unit pays a page division) and
+// `sg_qscale(src, n)` (f16 scale number n of a source), both from the including file, and
+// `keys_unit(src, i)`. With the same split structure both kernels run the same arithmetic,
+// bit for bit.
 //
 // The design: split-KV decode for GPUs after flash-decoding (Dao et al., 2023: the keys split
 // over workgroups, a partial softmax per split, a fixed-order merge) and FlashInfer's decode
@@ -17,9 +22,14 @@
 //
 // One workgroup of WG invocations per (batch, kv head, row block, split) (paged: per work item
 // of the host's plan and kv head), rows as in `attn_decode_partial` (r = t * g + i, RS rows
-// per workgroup). A K/V row is UPR 16-byte units (8 halves or 4 f32 each); LG lanes (a power of
-// two <= the adapter's smallest subgroup) read it, lane li holding units li + LG * s (s < SLOTS)
-// of each query row and accumulator, pre-scaled, in registers. The workgroup's lanes form
+// per workgroup). A K/V row is UPR 16-byte units (4 f32, 8 halves, or quantized K/V (KV_FMT >=
+// KV_Q8_0) read in place: 16 q8_0 or fp8 values, half a q8_0 block, or 32 q4_0 values, a whole
+// block; src/kv_format.rs lays rows out so that units never straddle blocks or rows); LG lanes
+// (a power of two <= the adapter's smallest subgroup) read it, lane li holding units li + LG * s
+// (s < SLOTS) of each query row and accumulator, pre-scaled, in registers. A quantized unit is
+// dequantized in registers as it is loaded, with its block's f16 scale loaded once for the unit
+// (fp8: the tensor's scale, no load), and every score, the softmax and the accumulators are f32
+// as for the float formats; the RS query rows (the GQA group) share each loaded unit. The workgroup's lanes form
 // NLG = WG / LG lane groups with a fixed numbering, g = sg_id * (sg_size / LG) + sg_lane / LG:
 // lane group g takes keys kv.x + g, kv.x + g + NLG, ... of the split. Per key: the V units and
 // the next key's K units are loaded, the partial dots of the RS rows (packed four rows to a
@@ -37,8 +47,9 @@
 // expressions. Arrays sized exactly to their loops' trip counts let the compiler unroll every
 // loop over them and keep them in registers (no dynamically indexed private memory).
 //   RS     query rows per workgroup (1, 2, 4 or 8); RS * SLOTS * VPU <= 16 (the planner's limit)
+//          (the paged kernel's work item may hold a multiple of RS rows, taken RS at a time)
 //   SLOTS  16-byte units of a row per lane: ceil(UPR / LG)
-//   VPU    vec4s per unit: 1 (f32) or 2 (halves)
+//   VPU    vec4s per unit: 1 (f32), 2 (halves), 4 (q8_0, fp8) or 8 (q4_0)
 //   LG     lanes per lane group: min(next power of two >= UPR, the adapter's smallest subgroup)
 //   NLG    lane groups per workgroup: WG / LG
 //   MV4    vec4s of the merge memory: max(NLG / 2, 1) * HD4
@@ -70,14 +81,48 @@ fn sg_upr() -> u32 {
     return HD4 / VPU;
 }
 
-// This lane's units of the row starting at unit `base` of source `src` (zero past the row).
-fn sg_units(src: u32, base: u32, li: u32) -> SgUnits {
+// Where key j's K and V rows start, each (source, unit, scale): float K/V `keys_rows`' units
+// (scale unused); quantized K/V `sg_qrows`' (the unit of the row's first data word, the f16
+// number of its first block's scale or fp8's tensor scale as bits): a row's units follow one
+// another, and its block scales too.
+struct SgRows {
+    k: vec3<u32>,
+    v: vec3<u32>,
+}
+
+fn sg_rows(h: vec2<u32>, j: u32) -> SgRows {
+    if KV_FMT >= KV_Q8_0 {
+        return sg_qrows(h, j);
+    }
+    let a = keys_rows(h, j);
+    return SgRows(vec3<u32>(a.xy, 0u), vec3<u32>(a.zw, 0u));
+}
+
+// This lane's units of the row r (`SgRows`' k or v; zero past the row). A quantized unit is
+// whole blocks' data, its scale block VPU * u / 8 of the row (q8_0: two units per block).
+fn sg_units(r: vec3<u32>, li: u32) -> SgUnits {
     var x: SgUnits;
+    if KV_FMT >= KV_Q8_0 {
+        for (var s = 0u; s < SLOTS; s++) {
+            let u = li + LG * s;
+            if u < sg_upr() {
+                let w = keys_unit(r.x, r.y + u);
+                var d = bitcast<f32>(r.z);
+                if KV_FMT != KV_FP8 {
+                    d = sg_qscale(r.x, r.z + VPU * u / 8u);
+                }
+                for (var c = 0u; c < VPU; c++) {
+                    x[s * VPU + c] = kv_dequant_unit(KV_FMT, w, c, d);
+                }
+            }
+        }
+        return x;
+    }
     for (var s = 0u; s < SLOTS; s++) {
         let u = li + LG * s;
         var it = Item(vec4<f32>(0.0), vec4<f32>(0.0));
         if u < sg_upr() {
-            it = sg_item(src, base + u);
+            it = sg_item(r.x, r.y + u);
         }
         x[s * VPU] = it.lo;
         if VPU == 2u {
@@ -148,8 +193,8 @@ fn sg_partial(
     }
     let j_first = kv.x + i32(g);
     // Addresses and K units of key j; an empty range loads a valid key and never uses it.
-    var a = keys_rows(h, u32(max(min(j_first, kv.y - 1), 0)));
-    var kx = sg_units(a.x, a.y, li);
+    var a = sg_rows(h, u32(max(min(j_first, kv.y - 1), 0)));
+    var kx = sg_units(a.k, li);
     // MASKS: the key whose K units kx holds, and the block's query tokens.
     var ka = j_first;
     let toks = vec2<u32>(r0, min(rows, r0 + RS) - 1u) / p.group;
@@ -162,11 +207,11 @@ fn sg_partial(
                 continue;
             }
             if ka != j {
-                a = keys_rows(h, u32(j));
-                kx = sg_units(a.x, a.y, li);
+                a = sg_rows(h, u32(j));
+                kx = sg_units(a.k, li);
             }
         }
-        let vx = sg_units(a.z, a.w, li);
+        let vx = sg_units(a.v, li);
         var s: array<vec4<f32>, S4>;
         for (var i = 0u; i < S4; i++) {
             s[i] = vec4<f32>(0.0);
@@ -179,8 +224,8 @@ fn sg_partial(
             s[r / 4u][r % 4u] = d;
         }
         // The next key's K units (clamped to a valid key) load while the scores reduce.
-        a = keys_rows(h, u32(min(j + i32(NLG), kv.y - 1)));
-        kx = sg_units(a.x, a.y, li);
+        a = sg_rows(h, u32(min(j + i32(NLG), kv.y - 1)));
+        kx = sg_units(a.k, li);
         ka = j + i32(NLG);
         for (var o = LG / 2u; o > 0u; o = o / 2u) {
             for (var i = 0u; i < S4; i++) {

@@ -47,6 +47,14 @@ fn kv_dequant8(fmt: u32, u: vec4<u32>, e: u32, d: f32) -> Item {
     return Item(kv_dequant4(fmt, w.x, e, d), kv_dequant4(fmt, w.y, e + 4u, d));
 }
 
+// Values 4c .. 4c + 3 of a 16-byte unit u of the data plane that starts on a 16-byte boundary
+// of a row: a whole q4_0 block (c < 8: values 16 .. 31 are the high nibbles of words 0 .. 3), or
+// 16 q8_0 or fp8 values (c < 4); d as in kv_dequant4. The GPU decode's whole-unit read
+// (`sg_units`, attention_subgroup.wgsl): one 16-byte load per unit, one scale per unit.
+fn kv_dequant_unit(fmt: u32, u: vec4<u32>, c: u32, d: f32) -> vec4<f32> {
+    return kv_dequant4(fmt, u[c & 3u], 4u * c, d);
+}
+
 // e4m3 bits (4 bytes of a word, value 0 in the low byte) -> f32, exact: the 7 low bits placed
 // as an f16 (exponent bias 15 instead of 7) are the value times 2^-8; 0x7f is NaN.
 fn e4m3x4_to_f32(w: u32) -> vec4<f32> {

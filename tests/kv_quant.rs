@@ -215,9 +215,9 @@ fn append_quantizes_like_the_cpu_quantizer() {
 /// Attention over a quantized cache (every format; q and out f32) equals the f64 reference over
 /// the dequantized K/V within f32's tolerance: a 30-token prefill, then a decode step after one
 /// more append. DecodeKeys for every format (q4_0 over the prefill's rows); for q4_0 also
-/// PrefillKeys, Decode and DecodeSubgroup (where the adapter has subgroups). GQA with 4 q heads
-/// over 2, batch 2, head_dim 32 (one block per row, its scale padded to a pair); fp8 with
-/// scales that leave some values saturated.
+/// PrefillKeys and Decode (DecodeSubgroup: `subgroup_decode_reads_quantized_caches`). GQA with
+/// 4 q heads over 2, batch 2, head_dim 32 (one block per row, its scale padded to a pair); fp8
+/// with scales that leave some values saturated; PrefillSubgroup refused.
 #[test]
 fn attention_reads_quantized_caches() {
     use llama_kernels::compare::tolerance;
@@ -226,8 +226,6 @@ fn attention_reads_quantized_caches() {
     use llama_kernels::{Attention, DType, KvCache, KvFormat};
     let ctx = common::ctx();
     let (batch, nh, nkv, hd, cap) = (2, 4, 2, 32, 40);
-    // The subgroup decode reads float 16-byte units only: over a quantized cache it is refused
-    // (checked below), and the default plan takes Decode on GPUs instead.
     let decode_kinds = vec![Kind::Decode];
     for format in KvFormat::QUANTIZED {
         let mut rng = common::Rng::new(2102);
@@ -327,13 +325,10 @@ fn attention_reads_quantized_caches() {
                 common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
                 common::assert_guards(&ctx, &out, &what);
             }
-            // The subgroup kernels (decode and prefill) read float 16-byte units only: forced
-            // over a quantized cache they are refused before any GPU work.
-            let subgroup = match n_new {
-                1 => Kind::DecodeSubgroup,
-                _ => Kind::PrefillSubgroup,
-            };
-            if ctx.caps().subgroups {
+            // The subgroup prefill reads float 16-byte units only: forced over a quantized cache
+            // it is refused before any GPU work.
+            let subgroup = Kind::PrefillSubgroup;
+            if ctx.caps().subgroups && n_new > 1 {
                 let out = common::nan_output(&ctx, &[batch, n_new, nh, hd], DType::F32);
                 let attn = Attention {
                     kind: Some(subgroup),
@@ -350,6 +345,193 @@ fn attention_reads_quantized_caches() {
                     "{e}"
                 );
             }
+        }
+    }
+}
+
+/// The GPU decode (`DecodeSubgroup`, forced where the adapter has subgroups) over quantized
+/// caches and pools: each format read in place as whole 16-byte units (16 q8_0 or fp8 values, a
+/// whole q4_0 block) equals the f64 reference over the dequantized K/V within f32's tolerance.
+/// Llama-3.2-1B's head_dim 64 (two blocks per row), f32 q, one pipeline per format and layout:
+/// contiguous GQA (8 q heads over 2) with one and two query tokens (two row blocks for q4_0),
+/// 37 keys, one split (the partial pass writes the output) and 3 (the merge), and for q4_0 MHA
+/// (2 over 2, one row per workgroup: one more pipeline); paged decode rows of one and two
+/// tokens over shuffled pages with noise in the others, 37 and 50 keys, the same split counts:
+/// the batch's row blocks are planned for float pages (4 and 8 rows), which the quantized
+/// kernel takes in its own smaller steps (q4_0: 2 rows). fp8 with scales.
+#[test]
+fn subgroup_decode_reads_quantized_caches() {
+    use llama_kernels::compare::tolerance;
+    use llama_kernels::ops::attention::Kind;
+    use llama_kernels::ops::paged::{BatchSeq, Heads, PlanOptions};
+    use llama_kernels::reference::attention as reference;
+    use llama_kernels::{
+        Attention, DType, KvCache, KvFormat, PageLayout, PagedBatch, PagedKvCache,
+    };
+    let ctx = common::ctx();
+    if !ctx.caps().subgroups {
+        eprintln!("skipped: the adapter has no SUBGROUP");
+        return;
+    }
+    let (nkv, hd, kv_len) = (2, 64, 37);
+    let (ks, vs) = (0.004, 0.02);
+    let reference = |q: &[f32], k: &[f64], v: &[f64], q_len, kv_len, n_heads| {
+        let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+        let dims = reference::Dims {
+            batch: 1,
+            q_len,
+            kv_len,
+            n_heads,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        };
+        reference::attention(&q64, k, v, None, dims, &Default::default())
+    };
+    let forced = |splits| Attention {
+        kind: Some(Kind::DecodeSubgroup),
+        splits,
+        ..Attention::causal()
+    };
+    for format in KvFormat::QUANTIZED {
+        let mut rng = common::Rng::new(2121);
+        let mut cache = KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch: 1,
+                n_kv_heads: nkv,
+                capacity: 48,
+                head_dim: hd,
+                dtype: DType::F32,
+                kv_format: Some(format),
+            },
+        )
+        .unwrap();
+        if format == KvFormat::Fp8E4M3 {
+            cache.set_scales(ks, vs).unwrap();
+        }
+        let n = kv_len * nkv * hd;
+        let (k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
+        let shape = [1, kv_len, nkv, hd];
+        let kt = ctx.upload_as(&k, &shape, DType::F32).unwrap();
+        let vt = ctx.upload_as(&v, &shape, DType::F32).unwrap();
+        cache.append_run(&ctx, &kt, &vt).unwrap();
+        let (k_dq, v_dq) = (
+            quant::round_trip(format, &k, hd, ks),
+            quant::round_trip(format, &v, hd, vs),
+        );
+        // (query heads, query tokens, splits); MHA (one row per workgroup, a pipeline of its
+        // own) for q4_0 only: each specialisation costs lavapipe about a second of LLVM cold.
+        let mut cases = vec![(8, 1, None), (8, 1, Some(3)), (8, 2, Some(3))];
+        if format == KvFormat::Q4_0 {
+            cases.extend([(2, 1, None), (2, 1, Some(3))]);
+        }
+        for (nh, q_len, splits) in cases {
+            let q = rng.vec(q_len * nh * hd, 1.0);
+            let want = reference(&q, &k_dq, &v_dq, q_len, kv_len, nh);
+            let qt = ctx.upload_as(&q, &[1, q_len, nh, hd], DType::F32).unwrap();
+            let out = common::nan_output(&ctx, &[1, q_len, nh, hd], DType::F32);
+            let attn = forced(splits);
+            let d = llama_kernels::ops::attention::Dims {
+                batch: 1,
+                q_len,
+                kv_len,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            };
+            let plan = attn.plan_kv(&ctx, d, DType::F32, format).unwrap();
+            assert_eq!(
+                (plan.variant.kind, plan.variant.kv),
+                (Kind::DecodeSubgroup, format)
+            );
+            attn.run_cached(&ctx, &qt, &cache, None, &out).unwrap();
+            let what = format!(
+                "{format} DecodeSubgroup {nh}/{nkv} heads q_len {q_len} splits {splits:?} (kr {})",
+                plan.variant.kr
+            );
+            common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
+            common::assert_guards(&ctx, &out, &what);
+        }
+
+        // Paged: two decode sequences over shuffled pages, noise in the other pages.
+        const PAGE: usize = 16;
+        let n_pages = 10;
+        let heads = Heads {
+            n_heads: 8,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        };
+        let row = nkv * hd;
+        let mut pool = PagedKvCache::new(
+            &ctx,
+            PagedKvConfig {
+                n_pages,
+                page_size: PAGE,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                dtype: DType::F32,
+                kv_format: Some(format),
+                layout: PageLayout::Hnd,
+            },
+        )
+        .unwrap();
+        pool.set_scales(ks, vs).unwrap();
+        let per = PAGE * row;
+        let all: Vec<u32> = (0..n_pages as u32).collect();
+        pool.write_pages(
+            &ctx,
+            &all,
+            &rng.vec(n_pages * per, 3.0),
+            &rng.vec(n_pages * per, 3.0),
+        )
+        .unwrap();
+        let seqs = vec![
+            BatchSeq {
+                q_len: 1,
+                kv_len: 37,
+                pages: vec![6, 1, 4],
+            },
+            BatchSeq {
+                q_len: 2,
+                kv_len: 50,
+                pages: vec![3, 0, 8, 2],
+            },
+        ];
+        let (mut q, mut want) = (Vec::new(), Vec::new());
+        for s in &seqs {
+            let n = s.pages.len() * per;
+            let (k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
+            pool.write_pages(&ctx, &s.pages, &k, &v).unwrap();
+            let kv = s.kv_len * row;
+            let qs = rng.vec(s.q_len * heads.n_heads * hd, 1.0);
+            want.extend(reference(
+                &qs,
+                &quant::round_trip(format, &k[..kv], hd, ks),
+                &quant::round_trip(format, &v[..kv], hd, vs),
+                s.q_len,
+                s.kv_len,
+                heads.n_heads,
+            ));
+            q.extend(qs);
+        }
+        let shape = [3, heads.n_heads, hd];
+        let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
+        for splits in [None, Some(3)] {
+            let opts = PlanOptions {
+                splits,
+                decode: Some(Kind::DecodeSubgroup),
+                ..Default::default()
+            };
+            let batch =
+                PagedBatch::from_parts_with(&ctx, PAGE, n_pages, &seqs, heads, &opts).unwrap();
+            assert_eq!(batch.kinds(), [Kind::DecodeSubgroup; 2]);
+            let out = common::nan_output(&ctx, &shape, DType::F32);
+            Attention::default()
+                .run_paged(&ctx, &qt, &pool, &batch, None, &out)
+                .unwrap();
+            let what = format!("{format} paged DecodeSubgroup splits {splits:?}");
+            common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
+            common::assert_guards(&ctx, &out, &what);
         }
     }
 }

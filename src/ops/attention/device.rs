@@ -1,9 +1,10 @@
 //! What the planner reads of a device ([`DeviceDesc`]): a live one or a described one, with the
 //! loop caps of CPU adapters.
 
-use super::{prefill_sg_shape, sg_shape, SgShape, KEYS_WG, PREFILL_KEYS_TILE, PREFILL_WG};
+use super::subgroup_decode::{sg_reads_rows, sg_rows_max_kv};
+use super::{prefill_sg_shape, sg_shape, KEYS_WG, PREFILL_KEYS_TILE, PREFILL_WG};
 use crate::context::Context;
-use crate::tensor::DType;
+use crate::kv_format::KvFormat;
 
 /// What the planner reads of a device: a live one ([`DeviceDesc::of`]) or a described one (the
 /// presets), so the choice can be shown and tested for devices this machine does not have.
@@ -203,21 +204,36 @@ impl DeviceDesc {
     /// workgroup at `hd4`, subgroups of at least `sg_min`, may hold, if limited (see
     /// [`loop_cap_keys`](super::loop_cap_keys)): per key of a lane group, the unit loads (K, V),
     /// the dots (rows x vec4s), the butterfly, and the softmax and accumulator loops per row,
-    /// counted as if the compiler unrolled nothing, in whichever storage format loops more; the
-    /// lane groups share the split's keys.
+    /// counted as if the compiler unrolled nothing, in whichever K/V format loops most per lane
+    /// group (a quantized one taking the `rs` rows [`sg_rows_max_kv`] at a time, as the paged
+    /// kernel does), so that the cap is one for every format; the lane groups share the split's
+    /// keys.
     pub fn sg_cap_keys(&self, hd4: u32, sg_min: u32, rs: u32) -> Option<usize> {
         if !self.is_cpu() {
             return None;
         }
-        let rs = rs as usize;
-        let per_key = |sh: SgShape| {
-            let sv = sh.sv() as usize;
-            let butterfly = sh.lg.trailing_zeros() as usize * rs.div_ceil(4);
-            4 + 2 * sh.slots as usize + rs * (1 + sv) + butterfly + rs * (2 + 2 * sv)
+        let keys = |kv: KvFormat| {
+            let sh = sg_shape(hd4, sg_min, kv);
+            let r = rs.min(sg_rows_max_kv(hd4, sg_min, kv)).max(1);
+            let blocks = rs.div_ceil(r) as usize;
+            let (r, sv) = (r as usize, sh.sv() as usize);
+            let butterfly = sh.lg.trailing_zeros() as usize * r.div_ceil(4);
+            let per_key = 4 + 2 * sh.slots as usize + r * (1 + sv) + butterfly + r * (2 + 2 * sv);
+            // The float formats share one count (the worst of f32 and halves), as before the
+            // quantized ones read 16-byte units.
+            (sh.nlg as usize, blocks * per_key)
         };
-        let shapes = [DType::F32, DType::F16].map(|dt| sg_shape(hd4, sg_min, dt));
-        let nlg = shapes.iter().map(|sh| sh.nlg).min().unwrap_or(1) as usize;
-        let per_key = shapes.map(per_key).into_iter().max().unwrap_or(1);
-        Some(nlg * (40_000 / per_key))
+        let float = [KvFormat::F32, KvFormat::F16].map(keys);
+        let float = (
+            float.iter().map(|f| f.0).min().unwrap_or(1),
+            float.iter().map(|f| f.1).max().unwrap_or(1),
+        );
+        KvFormat::QUANTIZED
+            .into_iter()
+            .filter(|&kv| sg_reads_rows(kv, 4 * hd4 as usize))
+            .map(keys)
+            .chain([float])
+            .map(|(nlg, per_key)| nlg * (40_000 / per_key))
+            .min()
     }
 }

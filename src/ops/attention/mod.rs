@@ -99,7 +99,9 @@
 //!   instead of the integer decode, which at about fourteen integer ops per value would bound
 //!   an f16 decode by ALU rather than memory on a GPU; the bits are the same. The paged
 //!   subgroup decode (`attn_paged_sg`) runs the same step through its row seam and keeps the
-//!   integer decode.
+//!   integer decode. Quantized K/V (q8_0, q4_0, fp8) are read in place as whole 16-byte units
+//!   of their data plane (16 q8_0 or fp8 values, a q4_0 block) with one scale load per unit,
+//!   dequantized in registers ([`sg_shape`] gives their lanes, [`sg_rows_max_kv`] their rows).
 //! - [`Kind::PrefillSubgroup`] (`attn_prefill_sg` in `shaders/attention_prefill_subgroup.wgsl`,
 //!   a module of its own: [`ATTENTION_PREFILL_SUBGROUP`]), prefill for GPUs: FlashAttention-2
 //!   on SIMT lanes. Aligned groups of 4-16 lanes of a subgroup split head_dim, each group owning
@@ -158,14 +160,15 @@ pub(crate) use variants::MAX_BK;
 pub use variants::{
     all_variant_keys, declared_variants, decode_variant_keys, prefill_class,
     prefill_keys_workgroup_bytes, prefill_shader, prefill_variant_keys, sg_key_constants,
-    sg_rows_max, sg_shape, subgroup_variant_keys, tile_v4_for, with_masks, with_wg, Axes, Kind,
-    SgShape, Variant, ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16,
-    ATTENTION_PREFILL, ATTENTION_PREFILL_F16, ATTENTION_PREFILL_F16_HD128,
-    ATTENTION_PREFILL_F16_HD64, ATTENTION_PREFILL_HD128, ATTENTION_PREFILL_HD64, DECODE_WG,
-    HEAD_DIMS, KEYS_MAX_ROWS, KEYS_WG, KINDS, MASKED_HEAD_DIM, MAX_HEAD_DIM, MERGE_WG, MODULES,
-    PREFILL_CLASSES, PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE, PREFILL_MODULES,
-    PREFILL_ROWS_PER_INVOCATION, PREFILL_WG, RUN_TIME_PATH, SG_ITEM_PACKED, SG_MAX_ROWS,
-    SG_MAX_WORKGROUP_BYTES, SG_WG, SUBGROUP_MIN_SIZES, SUBGROUP_MODULES, WORKGROUP_STORAGE,
+    sg_reads_rows, sg_rows_max, sg_rows_max_kv, sg_shape, sg_vec4s_per_unit, subgroup_variant_keys,
+    tile_v4_for, with_masks, with_wg, Axes, Kind, SgShape, Variant, ATTENTION_DECODE,
+    ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16, ATTENTION_PREFILL,
+    ATTENTION_PREFILL_F16, ATTENTION_PREFILL_F16_HD128, ATTENTION_PREFILL_F16_HD64,
+    ATTENTION_PREFILL_HD128, ATTENTION_PREFILL_HD64, DECODE_WG, HEAD_DIMS, KEYS_MAX_ROWS, KEYS_WG,
+    KINDS, MASKED_HEAD_DIM, MAX_HEAD_DIM, MERGE_WG, MODULES, PREFILL_CLASSES, PREFILL_KEYS_ROWS,
+    PREFILL_KEYS_TILE, PREFILL_MODULES, PREFILL_ROWS_PER_INVOCATION, PREFILL_WG, RUN_TIME_PATH,
+    SG_ITEM_PACKED, SG_MAX_ROWS, SG_MAX_WORKGROUP_BYTES, SG_WG, SUBGROUP_MIN_SIZES,
+    SUBGROUP_MODULES, WORKGROUP_STORAGE,
 };
 
 const OP: &str = "attention";

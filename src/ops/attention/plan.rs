@@ -4,8 +4,8 @@
 //! ([`choice_table`]), for `llama-kernels info` and the tests that pin them.
 
 use super::{
-    prefill_keys_workgroup_bytes, prefill_sg_shape, sg_rows_max, tile_v4_for, DeviceDesc, Dims,
-    Kind, Variant, KEYS_MAX_ROWS, MAX_BK, OP, PREFILL_KEYS_ROWS, PREFILL_WG,
+    prefill_keys_workgroup_bytes, prefill_sg_shape, sg_reads_rows, sg_rows_max_kv, tile_v4_for,
+    DeviceDesc, Dims, Kind, Variant, KEYS_MAX_ROWS, MAX_BK, OP, PREFILL_KEYS_ROWS, PREFILL_WG,
 };
 use crate::context::Context;
 use crate::error::Result;
@@ -207,16 +207,18 @@ impl Attention {
             .kind
             .unwrap_or_else(|| match dev.default_kind(d.q_len, kv_aligned) {
                 Kind::PrefillKeys if self.f16_arithmetic || !keys_fit => Kind::Prefill,
-                // The subgroup kernels read float 16-byte units only (choice.md, step 4).
-                Kind::DecodeSubgroup if kv.is_quantized() => Kind::Decode,
+                // The subgroup decode reads whole 16-byte units of a row, the subgroup prefill
+                // float ones only (choice.md, step 4).
+                Kind::DecodeSubgroup if !sg_reads_rows(kv, d.head_dim) => Kind::Decode,
                 Kind::PrefillSubgroup if self.f16_arithmetic || kv.is_quantized() => Kind::Prefill,
                 k => k,
             });
         crate::ensure!(
-            kind != Kind::DecodeSubgroup || !kv.is_quantized(),
+            kind != Kind::DecodeSubgroup || sg_reads_rows(kv, d.head_dim),
             Param,
             OP,
-            "the DecodeSubgroup kernel reads float K/V only, this cache holds {kv}: decode it with Kind::Decode"
+            "the DecodeSubgroup kernel reads whole 16-byte units of a K/V row: {kv} rows of head_dim {} are not (fp8 needs a multiple of 16); decode them with Kind::Decode",
+            d.head_dim
         );
         crate::ensure!(
             kind != Kind::PrefillSubgroup || !kv.is_quantized(),
@@ -268,7 +270,7 @@ impl Attention {
         let kr = match kind {
             Kind::DecodeSubgroup => rows
                 .next_power_of_two()
-                .min(sg_rows_max(hd4, sg_min) as usize),
+                .min(sg_rows_max_kv(hd4, sg_min, kv) as usize),
             _ => rows.next_power_of_two().min(KEYS_MAX_ROWS),
         };
         let mut variant = Variant {

@@ -6,7 +6,10 @@
 //! picks one point of this space per call; the portability tests' list ([`all_variant_keys`])
 //! and each module's share of it are derived from the same declaration.
 
-pub use super::subgroup_decode::{sg_key_constants, sg_rows_max, sg_shape, SgShape};
+pub use super::subgroup_decode::{
+    sg_key_constants, sg_reads_rows, sg_rows_max, sg_rows_max_kv, sg_shape, sg_vec4s_per_unit,
+    SgShape,
+};
 use super::subgroup_prefill::{prefill_sg_shape, ATTENTION_PREFILL_SUBGROUP};
 use crate::kv_format::KvFormat;
 use crate::pipeline::{PipelineKey, Shader};
@@ -370,7 +373,7 @@ pub const SG_ITEM_PACKED: &str = "fn sg_item(src: u32, i: u32) -> Item {
 /// (`shaders/attention_decode_subgroup.wgsl`, [`Kind::DecodeSubgroup`]): a module of its own,
 /// because a module that uses subgroup operations anywhere fails validation on devices without
 /// `SUBGROUP`. K/V are read as packed 16-byte units (`k4`, `v4`; the integer decode of
-/// common.wgsl).
+/// common.wgsl, or for quantized K/V kv_quant.wgsl's dequantizers).
 pub const ATTENTION_DECODE_SUBGROUP: &Shader = subgroup_decode_module!(
     "attention_decode_subgroup.wgsl",
     "enable subgroups;\ndiagnostic(off, subgroup_uniformity);",
@@ -437,7 +440,7 @@ impl Variant {
     }
     /// [`Kind::DecodeSubgroup`]'s geometry.
     pub fn sg_shape(&self) -> SgShape {
-        sg_shape(self.hd4, self.sg_min, self.dtype)
+        sg_shape(self.hd4, self.sg_min, self.kv)
     }
     /// The merge passes' constants: they read partials, never K/V, so every K/V format of a
     /// dtype shares one merge pipeline (the float format's `KV_FMT`).
@@ -495,11 +498,17 @@ impl Variant {
             && a.native_f16.contains(&self.native_f16)
             && (!self.native_f16 || self.kv == KvFormat::F16)
             && (self.kind != Kind::DecodeSubgroup
-                || self.kr <= sg_rows_max(self.hd4, self.sg_min))
-            // The subgroup kernels read float 16-byte units of whole rows.
+                || self.kr <= sg_rows_max_kv(self.hd4, self.sg_min, self.kv))
+            // The subgroup kernels read 16-byte units of whole rows: float units (halves in
+            // pairs), and for the decode also quantized ones (`sg_reads_rows`).
             && (!matches!(self.kind, Kind::DecodeSubgroup | Kind::PrefillSubgroup)
-                || (!self.kv.is_quantized()
-                    && (self.dtype == DType::F32 || self.hd4.is_multiple_of(2))))
+                || match self.kv.is_quantized() {
+                    true => {
+                        self.kind == Kind::DecodeSubgroup
+                            && sg_reads_rows(self.kv, 4 * self.hd4 as usize)
+                    }
+                    false => self.dtype == DType::F32 || self.hd4.is_multiple_of(2),
+                })
     }
 
     /// The pipeline keys of this variant: one for prefill, partial and merge for decode.

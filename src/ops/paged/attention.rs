@@ -14,17 +14,15 @@ use crate::tensor::{DType, Tensor};
 /// The storage format of q / out and of the pages' K/V.
 pub type Formats = (DType, KvFormat);
 
-/// The pipeline key of the DecodeSubgroup pass over pages with `rs` rows per workgroup, for
-/// subgroups of at least `sg_min` lanes, over a pool of `pools` buffers.
-pub fn sg_attention_key(dtype: DType, hd4: u32, rs: u32, sg_min: u32, pools: u32) -> PipelineKey {
-    let sh = attention::sg_shape(hd4, sg_min, dtype);
-    let mut c = paged_constants(
-        float(dtype),
-        sh.wg,
-        attention::tile_v4_for(16384),
-        hd4,
-        pools,
-    );
+/// The pipeline key of the DecodeSubgroup pass over pages in `f` (q / out dtype, K/V format)
+/// for work items of `rs` rows, for subgroups of at least `sg_min` lanes, over a pool of `pools`
+/// buffers. The kernel's own rows per step (`RS`) are `rs`, or fewer where the K/V format's
+/// registers hold fewer ([`attention::sg_rows_max_kv`]: quantized pools), the kernel then taking
+/// a work item's rows in several steps.
+pub fn sg_attention_key(f: Formats, hd4: u32, rs: u32, sg_min: u32, pools: u32) -> PipelineKey {
+    let sh = attention::sg_shape(hd4, sg_min, f.1);
+    let rs = rs.min(attention::sg_rows_max_kv(hd4, sg_min, f.1));
+    let mut c = paged_constants(f, sh.wg, attention::tile_v4_for(16384), hd4, pools);
     c.extend(attention::sg_key_constants(&sh, rs));
     PipelineKey::new(ATTENTION_PAGED_SUBGROUP, "attn_paged_sg", c)
 }
@@ -36,8 +34,8 @@ pub fn merge_rows_key(dtype: DType, tile_v4: u32, hd4: u32, pools: u32) -> Pipel
     PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_merge_rows", c)
 }
 
-/// `dtype` with its float K/V format: the DecodeSubgroup pass reads float pages only, and the
-/// merges read partials only.
+/// `dtype` with its float K/V format: the merges read partials only (and the PrefillSubgroup
+/// pass reads float pages only).
 fn float(dtype: DType) -> Formats {
     (dtype, KvFormat::from_dtype(dtype))
 }
@@ -84,38 +82,30 @@ pub const ATTENTION_PAGED_SUBGROUP: &Shader = &Shader {
 
 /// Every pipeline key of `attn_paged_sg`: every dtype at the head_dims of real models, for the
 /// smallest subgroups of lavapipe and Intel (8) and of NVIDIA and AMD RDNA (32), every row count
-/// the planner can pick (float pages only: a quantized pool decodes with the other kernels).
+/// the planner can pick, over float pools, and over quantized ones at Llama's head_dim 128
+/// (`formats`: their code differs from the float pools' only in the reads).
 pub fn sg_variant_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    for dtype in DType::ALL {
-        for hd in [64u32, 80, 96, 128, 256] {
+    for hd in [64u32, 80, 96, 128, 256] {
+        for f in formats(hd) {
             for sg_min in [8, 32] {
                 for rs in [1, 2, 4, 8] {
                     if rs <= attention::sg_rows_max(hd / 4, sg_min) {
-                        keys.push(sg_attention_key(dtype, hd / 4, rs, sg_min, 1));
+                        keys.push(sg_attention_key(f, hd / 4, rs, sg_min, 1));
                     }
                 }
             }
         }
     }
+    let f16 = (DType::F16, KvFormat::F16);
     // The masked pass at Llama's head_dim.
-    keys.push(attention::with_masks(sg_attention_key(
-        DType::F16,
-        32,
-        1,
-        32,
-        1,
-    )));
+    keys.push(attention::with_masks(sg_attention_key(f16, 32, 1, 32, 1)));
     // A pool over three buffers at Llama's head_dim.
     for rs in [1, 4] {
-        keys.push(sg_attention_key(
-            DType::F16,
-            32,
-            rs,
-            32,
-            MAX_POOL_BUFFERS as u32,
-        ));
+        keys.push(sg_attention_key(f16, 32, rs, 32, MAX_POOL_BUFFERS as u32));
     }
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
     keys
 }
 
@@ -465,11 +455,12 @@ impl Attention {
         );
         let subgroup_rows = batch.items[DECODE_SG_GROUPS].iter().any(|g| g.1 > 0);
         crate::ensure!(
-            !(subgroup_rows && cache.format.is_quantized()),
+            !subgroup_rows || attention::sg_reads_rows(cache.format, h.head_dim),
             Param,
             op,
-            "the batch was planned with the DecodeSubgroup kernel, which reads float pages only; this cache holds {}: plan the batch with PlanOptions {{ decode: Some(Kind::Decode), .. }}",
-            cache.format
+            "the batch was planned with the DecodeSubgroup kernel, which reads whole 16-byte units of a K/V row: {} rows of head_dim {} are not (fp8 needs a multiple of 16); plan the batch with PlanOptions {{ decode: Some(Kind::Decode), .. }}",
+            cache.format,
+            h.head_dim
         );
         crate::ensure!(
             batch.items[PREFILL_SG_GROUP].1 == 0 || !cache.format.is_quantized(),
@@ -660,7 +651,7 @@ fn paged_passes(
             keys_attention_key(cache.formats(), hd4, rows, pools)
         } else if DECODE_SG_GROUPS.contains(&g) {
             let rows = 1 << (g - DECODE_SG_GROUPS.start);
-            sg_attention_key(cache.dtype, hd4, rows, batch.sg_min, pools)
+            sg_attention_key(cache.formats(), hd4, rows, batch.sg_min, pools)
         } else if g == PREFILL_SG_GROUP {
             let tile_v4 = c.keys[0].constant("TILE_V4").unwrap_or(1);
             prefill_sg_attention_key(cache.dtype, tile_v4, hd4, batch.sg_min, pools)

@@ -59,7 +59,11 @@
 //! serving the GQA group's query rows; its own work-item lists (1, 2, 4, 8 rows per workgroup),
 //! the same merge, and with the same split count the contiguous DecodeSubgroup's results bit for
 //! bit. [`PlanOptions::decode`] forces it on any adapter with `SUBGROUP` (tests run it on
-//! lavapipe).
+//! lavapipe). Quantized pools (q8_0, q4_0, fp8 with head_dim a multiple of 16) are read in
+//! place, a whole 16-byte unit of a page's data plane per lane (16 q8_0 or fp8 values, a q4_0
+//! block) with its block's scale, dequantized in registers; the batch's row blocks are planned
+//! for float pages, and the quantized kernel takes a block's rows 4 (q8_0, fp8) or 2 (q4_0) at a
+//! time where its registers hold fewer.
 //!
 //! On GPUs with `SUBGROUP` the prefill rows (more than `DECODE_MAX_Q_LEN` queries) take the
 //! contiguous [`Kind::PrefillSubgroup`] design when rows are 16-byte aligned in every dtype
@@ -68,8 +72,8 @@
 //! (`shaders/attention_prefill_sg_step.wgsl`) staging each K/V row of a page with 16-byte
 //! loads; its own work-item list, direct output for sequences with one split, else the same
 //! merge. [`PlanOptions::prefill`] forces it or the tile kernel on any adapter with `SUBGROUP`.
-//! It reads float pages only: a batch planned with it is refused over a quantized pool (as one
-//! with DecodeSubgroup rows is), with a note to plan `PlanOptions::prefill` as `Kind::Prefill`.
+//! It reads float pages only: a batch planned with it is refused over a quantized pool, with a
+//! note to plan `PlanOptions::prefill` as `Kind::Prefill`.
 //!
 //! Why HND by default, by measurement (BENCHMARKS.md, the bench's `paged_decode_batch_hnd` beside
 //! `paged_decode_batch`): every attention workgroup reads one kv head, whose keys of a page are

@@ -137,8 +137,8 @@ fn llama3_8b_prefill_geometry() {
         (4096, 4, 8 * 8192 * 32 / 64)
     );
     // The tiled prefill where the subgroup one does not apply: unaligned rows, f16 arithmetic,
-    // a quantized cache (it reads float 16-byte units only; forced, it is refused), a CPU
-    // adapter (PrefillKeys, which has no prefill geometry).
+    // a quantized cache (the subgroup prefill reads float 16-byte units only; forced, it is
+    // refused), a CPU adapter (PrefillKeys, which has no prefill geometry).
     let nvidia = DeviceDesc::nvidia();
     let plan = |a: &Attention, kv: KvFormat, aligned| {
         a.plan_on(&nvidia, "a described device", d, (DType::F16, kv), aligned)
@@ -294,6 +294,109 @@ fn llama3_8b_decode_geometry() {
             assert!(sh.lg <= v.sg_min && sh.lg * sh.slots >= sh.upr, "{v:?}");
         }
     }
+}
+
+/// Llama-3-8B decode over a quantized cache on the described devices: GPUs with subgroups
+/// take the subgroup decode as for float K/V, each lane reading whole 16-byte units (16 q8_0 or
+/// fp8 values: 8 lanes per row, 4 rows; a q4_0 block: 4 lanes per row, 2 rows per workgroup
+/// within 64 f32 of accumulators); WebGPU's defaults keep Decode and lavapipe DecodeKeys; fp8
+/// rows that are not whole 16-byte units (head_dim 40) take Decode, and forced are refused.
+#[test]
+fn quantized_caches_decode_with_subgroups() {
+    let d = CHOICE_SHAPES[DECODE_4K].1;
+    let plan = |a: &Attention, dev: &DeviceDesc, d: Dims, kv: KvFormat| {
+        a.plan_on(dev, "a described device", d, (DType::F16, kv), true)
+    };
+    let default = Attention::default();
+    for dev in [DeviceDesc::nvidia(), DeviceDesc::amd(), DeviceDesc::apple()] {
+        for (kv, vpu, kr, lanes) in [
+            (KvFormat::Q8_0, 4, 4, 8),
+            (KvFormat::Q4_0, 8, 2, 4),
+            (KvFormat::Fp8E4M3, 4, 4, 8),
+        ] {
+            let p = plan(&default, &dev, d, kv).unwrap();
+            let v = p.variant;
+            assert_eq!(
+                (v.kind, v.kv, v.kr, v.native_f16, p.rows_per_wg, p.splits),
+                (
+                    Kind::DecodeSubgroup,
+                    kv,
+                    kr,
+                    false,
+                    kr as usize,
+                    // 8 kv heads x 4 rows / kr row blocks share the device.
+                    sg_splits(&dev, 128, 8 * 4 / kr as usize, 4096, 1)
+                ),
+                "{dev:?} {kv}"
+            );
+            let sh = v.sg_shape();
+            assert_eq!(
+                (sh.vpu, sh.lg, sh.slots, sh.upr * sh.vpu),
+                (vpu, lanes, 1, 32)
+            );
+            assert!(4 * sh.sv() * kr <= 64, "{kv}: {sh:?}");
+            let g = p.decode_geometry(&d).unwrap();
+            assert_eq!(
+                (g.bytes_per_load, g.lanes_per_row, g.invocations),
+                (16, lanes, 128),
+                "{kv}"
+            );
+            let keys = v.keys();
+            assert_eq!(keys[0].shader.name, "attention_decode_subgroup.wgsl");
+            assert_eq!(keys[0].constant("VPU"), Some(vpu));
+            assert_eq!(keys[0].constant("KV_FMT"), Some(kv.shader_code()));
+            // The merge reads partials: the float format's pipeline.
+            assert_eq!(
+                keys[1],
+                Variant {
+                    kv: KvFormat::F16,
+                    native_f16: false,
+                    ..v
+                }
+                .keys()[1]
+            );
+            // Forced kinds still apply.
+            for kind in [Kind::Decode, Kind::DecodeSubgroup] {
+                let forced = Attention {
+                    kind: Some(kind),
+                    ..Attention::default()
+                };
+                assert_eq!(plan(&forced, &dev, d, kv).unwrap().variant.kind, kind);
+            }
+        }
+    }
+    let kind = |dev: &DeviceDesc, d: Dims, kv| plan(&default, dev, d, kv).unwrap().variant.kind;
+    for kv in KvFormat::QUANTIZED {
+        assert_eq!(
+            kind(&DeviceDesc::webgpu_default(), d, kv),
+            Kind::Decode,
+            "{kv}"
+        );
+        assert_eq!(
+            kind(&DeviceDesc::lavapipe(), d, kv),
+            Kind::DecodeKeys,
+            "{kv}"
+        );
+    }
+    let hd40 = Dims { head_dim: 40, ..d };
+    assert_eq!(
+        kind(&DeviceDesc::nvidia(), hd40, KvFormat::Fp8E4M3),
+        Kind::Decode
+    );
+    let forced = Attention {
+        kind: Some(Kind::DecodeSubgroup),
+        ..Attention::default()
+    };
+    let e = plan(&forced, &DeviceDesc::nvidia(), hd40, KvFormat::Fp8E4M3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the DecodeSubgroup kernel reads whole 16-byte units of a K/V row: fp8_e4m3 rows of head_dim 40 are not"),
+        "{e}"
+    );
+    // The loop cap of lavapipe (forced subgroup decode) holds for every format.
+    assert_eq!(DeviceDesc::nvidia().sg_cap_keys(32, 32, 4), None);
+    assert!(DeviceDesc::lavapipe().sg_cap_keys(32, 8, 4).is_some());
 }
 
 #[test]
