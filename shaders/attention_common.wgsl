@@ -149,6 +149,32 @@ fn kv_scale_number(b: u32, e: u32) -> u32 {
     return select(p.k_sc, p.v_sc, b == 2u) + kv_scale_index(e, 4u * HD4);
 }
 
+// Where key j's K and V rows start, each (source, 16-byte unit, scale): float K/V the unit of
+// the row (scale unused); quantized K/V (KV_FMT >= KV_Q8_0) the unit of the row's first data word
+// and the f16 number of its first block's scale, or fp8's tensor scale as bits: a row's units
+// follow one another, and its block scales too. The subgroup kernels' row seam
+// (attention_subgroup.wgsl, attention_prefill_sg_step.wgsl).
+struct KvRows {
+    k: vec3<u32>,
+    v: vec3<u32>,
+}
+
+// Quantized K/V in the whole cache buffers: key j's rows of the head whose K and V rows start at
+// elements h.x and h.y, as (source 0 = K, 1 = V; `keys_unit`'s numbering, unit, scale).
+fn kv_qrows(h: vec2<u32>, j: u32) -> KvRows {
+    return KvRows(vec3<u32>(0u, kv_qrow(1u, h.x + j * p.k_st)), vec3<u32>(1u, kv_qrow(2u, h.y + j * p.v_st)));
+}
+
+// The quantized row of K (b = 1) or V (b = 2) starting at element e: its first data unit and its
+// first block's scale number, or fp8's tensor scale as bits.
+fn kv_qrow(b: u32, e: u32) -> vec2<u32> {
+    var sc = bitcast<u32>(kv_tensor_scale(b));
+    if KV_FMT != KV_FP8 {
+        sc = kv_scale_number(b, e);
+    }
+    return vec2<u32>(kv_word(KV_FMT, e) >> 2u, sc);
+}
+
 // Four elements of quantized K or V at element e (a multiple of 4): their data word and their
 // scale, dequantized.
 fn kv_load4(b: u32, e: u32) -> vec4<f32> {

@@ -15,25 +15,14 @@
 
 // Quantized K/V (`sg_rows`): key j's K and V rows in the whole cache buffers k4 / v4.
 fn sg_qrows(h: vec2<u32>, j: u32) -> SgRows {
-    let a = keys_rows(h, j);
-    return SgRows(sg_qrow(0u, 8u * a.y), sg_qrow(1u, 8u * a.w));
-}
-
-// The row of source src (0 K, 1 V) starting at element e: (src, its first data unit, its first
-// block's scale number or fp8's tensor scale).
-fn sg_qrow(src: u32, e: u32) -> vec3<u32> {
-    var sc = bitcast<u32>(kv_tensor_scale(src + 1u));
-    if KV_FMT != KV_FP8 {
-        sc = kv_scale_number(src + 1u, e);
-    }
-    return vec3<u32>(src, kv_word(KV_FMT, e) >> 2u, sc);
+    return kv_qrows(h, j);
 }
 
 // f16 scale number n of source src, read through k4 / v4 (the same whole cache buffers as k_buf /
 // v_buf, which `kv_scale` reads by words; binding those too would pass WebGPU's 8 storage
 // buffers in the native-f16 module).
 fn sg_qscale(src: u32, n: u32) -> f32 {
-    return kv_f16(keys_unit(src, n >> 3u)[(n >> 1u) & 3u], n);
+    return kv_unit_f16(keys_unit(src, n >> 3u), n);
 }
 
 @compute @workgroup_size(WG)

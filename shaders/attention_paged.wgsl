@@ -194,6 +194,25 @@ fn key_slot(bt_off: u32, j: u32, kvh: u32) -> vec3<u32> {
     return vec3<u32>(buf, page - buf * p.rows, (j & (p.kv_len - 1u)) * p.k_st + kvh * p.k_sh);
 }
 
+// Quantized pages: key j's K and V rows (`KvRows`) of kv head h.y of the sequence whose
+// block-table row starts at h.x, found from its page and the element inside it (`key_slot`),
+// so that no unit divides by the page's size.
+fn pool_qrows(h: vec2<u32>, j: u32) -> KvRows {
+    let s = key_slot(h.x, j, h.y);
+    let base = s.y * p.k_sc;
+    return KvRows(pool_qrow(s.x, base, s.z, p.k_scale), pool_qrow(s.x, base, s.z + p.k_off, p.v_scale));
+}
+
+// The row starting at value le of the page whose first word is base, in pool buffer buf: (buf,
+// its first data unit, its first block's scale number or fp8's tensor scale ts).
+fn pool_qrow(buf: u32, base: u32, le: u32, ts: f32) -> vec3<u32> {
+    var sc = bitcast<u32>(ts);
+    if KV_FMT != KV_FP8 {
+        sc = pool_scale_number(base, le);
+    }
+    return vec3<u32>(buf, (base + kv_word(KV_FMT, le)) >> 2u, sc);
+}
+
 // The share of one workgroup of a partial pass: a (work item, kv head) of the host's plan.
 struct PagedItem {
     sq: Seq,

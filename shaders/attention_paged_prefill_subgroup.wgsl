@@ -20,6 +20,12 @@ fn pf_pool_kv(buf: u32, e: u32) -> Item {
     return unpack_item(pool_word4(buf, e / elems_per_item(DTYPE)), DTYPE);
 }
 
+// Quantized pages (`pf_qstage`): key j's rows (`pool_qrows`, attention_paged.wgsl); h = (the
+// block-table row's first word, kv head).
+fn pf_qrows(h: vec2<u32>, j: u32) -> KvRows {
+    return pool_qrows(h, j);
+}
+
 // Keys j0 .. j0 + n of kv head src.y of the sequence whose block-table row starts at word src.x
 // of plan_buf into k_tile / v_tile, one 16-byte piece of K and of V per invocation and step.
 fn pf_stage(lid: u32, j0: i32, n: u32, src: vec2<u32>) {

@@ -26,22 +26,9 @@
 // (`SG_ITEM_PACKED` in ops/attention/variants.rs); quantized pages' rows and scales: `sg_qrows`
 // and `sg_qscale` below.
 
-// Quantized pages (`sg_rows`): key j's K and V rows, found from its page and the element inside
-// it (`key_slot`), so that no unit divides by the page's size.
+// Quantized pages (`sg_rows`): key j's K and V rows (`pool_qrows`, attention_paged.wgsl).
 fn sg_qrows(h: vec2<u32>, j: u32) -> SgRows {
-    let s = key_slot(h.x, j, h.y);
-    let base = s.y * p.k_sc;
-    return SgRows(sg_qrow(s.x, base, s.z, p.k_scale), sg_qrow(s.x, base, s.z + p.k_off, p.v_scale));
-}
-
-// The row starting at value le of the page whose first word is base, in pool buffer buf: (buf,
-// its first data unit, its first block's scale number or fp8's tensor scale ts).
-fn sg_qrow(buf: u32, base: u32, le: u32, ts: f32) -> vec3<u32> {
-    var sc = bitcast<u32>(ts);
-    if KV_FMT != KV_FP8 {
-        sc = pool_scale_number(base, le);
-    }
-    return vec3<u32>(buf, (base + kv_word(KV_FMT, le)) >> 2u, sc);
+    return pool_qrows(h, j);
 }
 
 // f16 scale number n of pool buffer src.

@@ -4,8 +4,10 @@
 // module that uses subgroup operations anywhere fails validation on devices without SUBGROUP.
 // The including module says where a key's rows live: `pf_stage(lid, j0, n, src)` stages keys
 // j0 .. j0 + n of the head that `src` describes into k_tile / v_tile, 16 bytes per load (the
-// one per-format read of K/V is there); with the same tiles both kernels run the same
-// arithmetic, bit for bit.
+// one per-format read of float K/V is there); quantized K/V (KV_FMT >= KV_Q8_0) are staged here
+// (`pf_qstage`) from the including module's `pf_qrows(src, j)` (key j's rows, `KvRows`) and
+// `keys_unit(src, i)` (16-byte unit i of a source); with the same tiles both kernels run the
+// same arithmetic, bit for bit.
 //
 // out[b, t, h] = softmax_j(softcap(scale * q[b, t, h] . k[b, j, h / g]) + mask) . v[b, :, h / g]
 //
@@ -28,7 +30,9 @@
 //   would add a barrier and a second copy for nothing.
 // - K/V tiles of p.bk keys are staged cooperatively in workgroup memory (the `k_tile` / `v_tile`
 //   of attention_common.wgsl, as f32) with 16-byte loads (one `vec4<u32>` holds 4 f32 or 8
-//   halves), so K/V rows must be 16-byte aligned (`ops::attention::kv_rows_aligned`).
+//   halves), so K/V rows must be 16-byte aligned (`ops::attention::kv_rows_aligned`);
+//   quantized K/V are dequantized while staged (`pf_qstage`), so the tiles hold f32 for every
+//   format and nothing after the staging depends on it.
 //   Reading a tile, a group's lanes take consecutive vec4s of one key row (no bank conflict) and
 //   the groups of a subgroup read the same row (a broadcast).
 // - Per 4 keys: a lane's partial dots (its slots) of 4 keys x R rows, finished by a butterfly of
@@ -193,6 +197,66 @@ fn pf_put(t: u32, k: Item, v: Item) {
     }
 }
 
+// Quantized K/V (KV_FMT >= KV_Q8_0), staged as f32 into the same tiles: a staging piece is what
+// one scale covers, read as whole 16-byte units of the data plane (`keys_unit`): a block of 32
+// values (q8_0: two units, q4_0: one) with its f16 scale (one load per block), or one unit of 16
+// fp8 values (the tensor's scale, no load); kv_quant.wgsl's `kv_dequant_unit` dequantizes it.
+
+// vec4s of a row per piece: 8 (a block) or 4 (an fp8 unit).
+fn pf_qvec4s() -> u32 {
+    return select(8u, 4u, KV_FMT == KV_FP8);
+}
+
+// Keys j0 .. j0 + n of the head `src` describes into k_tile / v_tile, one piece of K and of V per
+// invocation and step; the including module finds a key's rows (`pf_qrows(src, j)`: `KvRows`).
+fn pf_qstage(lid: u32, j0: i32, n: u32, src: vec2<u32>) {
+    let pieces = HD4 / pf_qvec4s();
+    for (var i = lid; i < n * pieces; i += WG) {
+        let jj = i / pieces;
+        let pc = i % pieces;
+        let rows = pf_qrows(src, u32(j0) + jj);
+        let t = jj * HD4 + pc * pf_qvec4s();
+        pf_qput(pf_qpiece(rows.k, pc), pf_qpiece(rows.v, pc), t);
+    }
+}
+
+// Piece pc of the quantized row r (`KvRows`' k or v): its units (the second one q8_0's) and its
+// scale.
+struct PfPiece {
+    u0: vec4<u32>,
+    u1: vec4<u32>,
+    d: f32,
+}
+
+fn pf_qpiece(r: vec3<u32>, pc: u32) -> PfPiece {
+    if KV_FMT == KV_Q8_0 {
+        let u = r.y + 2u * pc;
+        return PfPiece(keys_unit(r.x, u), keys_unit(r.x, u + 1u), kv_unit_f16(keys_unit(r.x, (r.z + pc) >> 3u), r.z + pc));
+    }
+    let u0 = keys_unit(r.x, r.y + pc);
+    var d = bitcast<f32>(r.z);
+    if KV_FMT == KV_Q4_0 {
+        d = kv_unit_f16(keys_unit(r.x, (r.z + pc) >> 3u), r.z + pc);
+    }
+    return PfPiece(u0, u0, d);
+}
+
+// A piece's values 4c .. 4c + 3 (q8_0's second unit from c = 4 on).
+fn pf_qvalues(x: PfPiece, c: u32) -> vec4<f32> {
+    return kv_dequant_unit(KV_FMT, select(x.u0, x.u1, c >= 4u), c, x.d);
+}
+
+// A piece of K and one of V into vec4s t .. t + pf_qvec4s() of k_tile and v_tile (the loop by 1
+// to 8, guarded).
+fn pf_qput(k: PfPiece, v: PfPiece, t: u32) {
+    for (var c = 0u; c < 8u; c++) {
+        if c < pf_qvec4s() {
+            k_tile[t + c] = pf_qvalues(k, c);
+            v_tile[t + c] = pf_qvalues(v, c);
+        }
+    }
+}
+
 // Rows rg .. rg + R of the `rows` rows of kv head kvh over kv_len keys (row r = t * group + i:
 // token t, query head kvh * group + i; token t's q row at element tok0 + t * q_st past p.q_off,
 // its position q_offset + t): this lane's slots of q, pre-scaled, into q; acc zeroed; each
@@ -247,7 +311,11 @@ fn pf_run(
     for (var j0 = kv.x; j0 < kv.y; j0 += i32(p.bk)) {
         let n = min(p.bk, u32(kv.y - j0));
         if mask_tile_seen(lid, WG, ms, toks.x, toks.y, j0, n) {
-            pf_stage(lid, j0, n, src);
+            if KV_FMT >= KV_Q8_0 {
+                pf_qstage(lid, j0, n, src);
+            } else {
+                pf_stage(lid, j0, n, src);
+            }
             workgroupBarrier();
             for (var jj = 0u; jj < n; jj += 4u) {
                 pf_block(q, acc, st, j0, jj, n, lane, ms);

@@ -1,7 +1,8 @@
 // `attn_prefill_sg`: the GPU prefill (`Kind::PrefillSubgroup`; the step and its design:
 // attention_prefill_sg_step.wgsl, joined before this file in the module
 // `ops::attention::ATTENTION_PREFILL_SUBGROUP`) over contiguous K/V, read 16 bytes at a time
-// through `vec4<u32>` views of their windows: one workgroup per (batch, kv head, block of rows,
+// through `vec4<u32>` views of their windows (a quantized cache's whole buffers, read in place
+// by the step's `pf_qstage`): one workgroup per (batch, kv head, block of rows,
 // split), the output written directly or, split over the keys (p.n_splits > 1), partials for
 // `attn_prefill_merge`.
 // Loops (modules are created without naga's loop counters, src/pipeline.rs): the staging loop by
@@ -11,18 +12,24 @@
 @group(0) @binding(8) var<storage, read> k4: array<vec4<u32>>;
 @group(0) @binding(9) var<storage, read> v4: array<vec4<u32>>;
 
-// The 16 bytes of K (src 1u) or V (src 2u) at element e of its window (e a multiple of
-// `elems_per_item(DTYPE)`), as f32: every read of K/V goes through here, one case per storage
-// format.
-fn pf_kv(src: u32, e: u32) -> Item {
-    let i = e / elems_per_item(DTYPE);
-    var u: vec4<u32>;
-    if src == 1u {
-        u = k4[i];
-    } else {
-        u = v4[i];
+// 16-byte unit i of K (src 0u) or V (src 1u): every read of K/V goes through here.
+fn keys_unit(src: u32, i: u32) -> vec4<u32> {
+    if src == 0u {
+        return k4[i];
     }
-    return unpack_item(u, DTYPE);
+    return v4[i];
+}
+
+// The 16 bytes of float K (src 0u) or V (src 1u) at element e of its window (e a multiple of
+// `elems_per_item(DTYPE)`), as f32, one case per storage format.
+fn pf_kv(src: u32, e: u32) -> Item {
+    return unpack_item(keys_unit(src, e / elems_per_item(DTYPE)), DTYPE);
+}
+
+// Quantized K/V (`pf_qstage`): key j's rows in the whole cache buffers (k4 / v4 bind them),
+// the head's K and V rows starting at elements h.x and h.y.
+fn pf_qrows(h: vec2<u32>, j: u32) -> KvRows {
+    return kv_qrows(h, j);
 }
 
 // Keys j0 .. j0 + n of the kv head whose K and V rows start at elements src.x and src.y into
@@ -35,8 +42,8 @@ fn pf_stage(lid: u32, j0: i32, n: u32, src: vec2<u32>) {
         let c = i % items;
         let j = u32(j0) + jj;
         let t = jj * HD4 + c * per_item;
-        let k = pf_kv(1u, src.x + j * p.k_st + 4u * c * per_item);
-        let v = pf_kv(2u, src.y + j * p.v_st + 4u * c * per_item);
+        let k = pf_kv(0u, src.x + j * p.k_st + 4u * c * per_item);
+        let v = pf_kv(1u, src.y + j * p.v_st + 4u * c * per_item);
         pf_put(t, k, v);
     }
 }

@@ -81,14 +81,9 @@ fn sg_upr() -> u32 {
     return HD4 / VPU;
 }
 
-// Where key j's K and V rows start, each (source, unit, scale): float K/V `keys_rows`' units
-// (scale unused); quantized K/V `sg_qrows`' (the unit of the row's first data word, the f16
-// number of its first block's scale or fp8's tensor scale as bits): a row's units follow one
-// another, and its block scales too.
-struct SgRows {
-    k: vec3<u32>,
-    v: vec3<u32>,
-}
+// Where key j's K and V rows start: float K/V `keys_rows`' units; quantized K/V `sg_qrows`'
+// (`KvRows`, attention_common.wgsl).
+alias SgRows = KvRows;
 
 fn sg_rows(h: vec2<u32>, j: u32) -> SgRows {
     if KV_FMT >= KV_Q8_0 {

@@ -28,6 +28,11 @@ fn kv_f16(word: u32, i: u32) -> f32 {
     return f16x4_to_f32(vec4<u32>((word >> ((i & 1u) * 16u)) & 0xffffu)).x;
 }
 
+// f16 number n of a plane read by 16-byte units, from u, the unit holding it (unit n >> 3).
+fn kv_unit_f16(u: vec4<u32>, n: u32) -> f32 {
+    return kv_f16(u[(n >> 1u) & 3u], n);
+}
+
 // The word holding the 4 values at element e (a multiple of 4) in the data plane.
 fn kv_word(fmt: u32, e: u32) -> u32 {
     if fmt == KV_Q4_0 {

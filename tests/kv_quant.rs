@@ -217,7 +217,8 @@ fn append_quantizes_like_the_cpu_quantizer() {
 /// more append. DecodeKeys for every format (q4_0 over the prefill's rows); for q4_0 also
 /// PrefillKeys and Decode (DecodeSubgroup: `subgroup_decode_reads_quantized_caches`). GQA with
 /// 4 q heads over 2, batch 2, head_dim 32 (one block per row, its scale padded to a pair); fp8
-/// with scales that leave some values saturated; PrefillSubgroup refused.
+/// with scales that leave some values saturated (PrefillSubgroup:
+/// `subgroup_prefill_reads_quantized_caches`).
 #[test]
 fn attention_reads_quantized_caches() {
     use llama_kernels::compare::tolerance;
@@ -324,26 +325,6 @@ fn attention_reads_quantized_caches() {
                 let what = format!("{format} {kind:?} q_len {n_new}");
                 common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
                 common::assert_guards(&ctx, &out, &what);
-            }
-            // The subgroup prefill reads float 16-byte units only: forced over a quantized cache
-            // it is refused before any GPU work.
-            let subgroup = Kind::PrefillSubgroup;
-            if ctx.caps().subgroups && n_new > 1 {
-                let out = common::nan_output(&ctx, &[batch, n_new, nh, hd], DType::F32);
-                let attn = Attention {
-                    kind: Some(subgroup),
-                    ..Attention::causal()
-                };
-                let e = attn
-                    .run_cached(&ctx, &qt, &cache, None, &out)
-                    .unwrap_err()
-                    .to_string();
-                assert!(
-                    e.contains(&format!(
-                        "the {subgroup:?} kernel reads float K/V only, this cache holds {format}"
-                    )),
-                    "{e}"
-                );
             }
         }
     }
@@ -534,6 +515,219 @@ fn subgroup_decode_reads_quantized_caches() {
             common::assert_guards(&ctx, &out, &what);
         }
     }
+}
+
+/// The GPU prefill (`PrefillSubgroup`, forced where the adapter has subgroups) over quantized
+/// caches and a pool: K/V tiles staged from whole blocks (q8_0 two 16-byte units, q4_0 one, with
+/// the block's scale; fp8 16-value units with the tensor scale) equal the f64 reference over the
+/// dequantized K/V within f32's tolerance. Llama-3.2-1B's head_dim 64 and GQA (8 q heads over 2),
+/// f32 q, causal, an odd q_len (13) over an odd kv_len (45), one split and 3 (the merge): one
+/// pipeline per format (the split count is a run-time value) and the shared merge. Paged: q8_0
+/// only (the page addressing does not depend on the format), two prefill sequences over shuffled
+/// pages with noise in the others, one split and 2. fp8 rows that are not whole units (head_dim
+/// 40) are refused, contiguous and paged, before any GPU work.
+#[test]
+fn subgroup_prefill_reads_quantized_caches() {
+    use llama_kernels::compare::tolerance;
+    use llama_kernels::ops::attention::{Dims, Kind};
+    use llama_kernels::ops::paged::{BatchSeq, Heads, PlanOptions};
+    use llama_kernels::reference::attention as reference;
+    use llama_kernels::{
+        Attention, DType, KvCache, KvFormat, PageLayout, PagedBatch, PagedKvCache,
+    };
+    let ctx = common::ctx();
+    if !ctx.caps().subgroups {
+        eprintln!("skipped: the adapter has no SUBGROUP");
+        return;
+    }
+    let (nh, nkv, hd, q_len, kv_len) = (8, 2, 64, 13, 45);
+    let (ks, vs) = (0.004, 0.02);
+    let reference = |q: &[f32], k: &[f64], v: &[f64], q_len, kv_len| {
+        let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+        let dims = reference::Dims {
+            batch: 1,
+            q_len,
+            kv_len,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        };
+        reference::attention(&q64, k, v, None, dims, &Default::default())
+    };
+    let forced = |splits| Attention {
+        kind: Some(Kind::PrefillSubgroup),
+        splits,
+        ..Attention::causal()
+    };
+    let d = Dims {
+        batch: 1,
+        q_len,
+        kv_len,
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    };
+    for format in KvFormat::QUANTIZED {
+        let mut rng = common::Rng::new(2131);
+        let mut cache = KvCache::new(
+            &ctx,
+            KvCacheConfig {
+                batch: 1,
+                n_kv_heads: nkv,
+                capacity: 48,
+                head_dim: hd,
+                dtype: DType::F32,
+                kv_format: Some(format),
+            },
+        )
+        .unwrap();
+        if format == KvFormat::Fp8E4M3 {
+            cache.set_scales(ks, vs).unwrap();
+        }
+        let n = kv_len * nkv * hd;
+        let (k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
+        let shape = [1, kv_len, nkv, hd];
+        let kt = ctx.upload_as(&k, &shape, DType::F32).unwrap();
+        let vt = ctx.upload_as(&v, &shape, DType::F32).unwrap();
+        cache.append_run(&ctx, &kt, &vt).unwrap();
+        let (k_dq, v_dq) = (
+            quant::round_trip(format, &k, hd, ks),
+            quant::round_trip(format, &v, hd, vs),
+        );
+        let q = rng.vec(q_len * nh * hd, 1.0);
+        let want = reference(&q, &k_dq, &v_dq, q_len, kv_len);
+        let qt = ctx.upload_as(&q, &[1, q_len, nh, hd], DType::F32).unwrap();
+        // The default on GPUs; forced here, since lavapipe is a CPU adapter.
+        let plan = forced(None).plan_kv(&ctx, d, DType::F32, format).unwrap();
+        assert_eq!(
+            (plan.variant.kind, plan.variant.kv),
+            (Kind::PrefillSubgroup, format)
+        );
+        for splits in [None, Some(3)] {
+            let out = common::nan_output(&ctx, &[1, q_len, nh, hd], DType::F32);
+            forced(splits)
+                .run_cached(&ctx, &qt, &cache, None, &out)
+                .unwrap();
+            let what = format!("{format} PrefillSubgroup q_len {q_len} splits {splits:?}");
+            common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
+            common::assert_guards(&ctx, &out, &what);
+        }
+    }
+    let fp8 = KvFormat::Fp8E4M3;
+    let hd40 = Dims { head_dim: 40, ..d };
+    let e = forced(None)
+        .plan_kv(&ctx, hd40, DType::F32, fp8)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the PrefillSubgroup kernel reads whole 16-byte units of a K/V row: fp8_e4m3 rows of head_dim 40 are not"),
+        "{e}"
+    );
+
+    // Paged: two prefill sequences over shuffled pages, noise in the other pages.
+    const PAGE: usize = 16;
+    let n_pages = 10;
+    let format = KvFormat::Q8_0;
+    let mut rng = common::Rng::new(2132);
+    let heads = Heads {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    };
+    let row = nkv * hd;
+    let pool_at = |head_dim, format| {
+        PagedKvCache::new(
+            &ctx,
+            PagedKvConfig {
+                n_pages,
+                page_size: PAGE,
+                n_kv_heads: nkv,
+                head_dim,
+                dtype: DType::F32,
+                kv_format: Some(format),
+                layout: PageLayout::Hnd,
+            },
+        )
+        .unwrap()
+    };
+    let pool = pool_at(hd, format);
+    let per = PAGE * row;
+    let all: Vec<u32> = (0..n_pages as u32).collect();
+    pool.write_pages(
+        &ctx,
+        &all,
+        &rng.vec(n_pages * per, 3.0),
+        &rng.vec(n_pages * per, 3.0),
+    )
+    .unwrap();
+    let seqs = vec![
+        BatchSeq {
+            q_len,
+            kv_len,
+            pages: vec![6, 1, 4],
+        },
+        BatchSeq {
+            q_len: 9,
+            kv_len: 50,
+            pages: vec![3, 0, 8, 2],
+        },
+    ];
+    let (mut q, mut want) = (Vec::new(), Vec::new());
+    for s in &seqs {
+        let n = s.pages.len() * per;
+        let (k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
+        pool.write_pages(&ctx, &s.pages, &k, &v).unwrap();
+        let kv = s.kv_len * row;
+        let qs = rng.vec(s.q_len * nh * hd, 1.0);
+        want.extend(reference(
+            &qs,
+            &quant::round_trip(format, &k[..kv], hd, ks),
+            &quant::round_trip(format, &v[..kv], hd, vs),
+            s.q_len,
+            s.kv_len,
+        ));
+        q.extend(qs);
+    }
+    let shape = [q_len + 9, nh, hd];
+    let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
+    let opts = |splits| PlanOptions {
+        splits,
+        prefill: Some(Kind::PrefillSubgroup),
+        ..Default::default()
+    };
+    for splits in [None, Some(2)] {
+        let batch =
+            PagedBatch::from_parts_with(&ctx, PAGE, n_pages, &seqs, heads, &opts(splits)).unwrap();
+        assert_eq!(batch.kinds(), [Kind::PrefillSubgroup; 2]);
+        let out = common::nan_output(&ctx, &shape, DType::F32);
+        Attention::default()
+            .run_paged(&ctx, &qt, &pool, &batch, None, &out)
+            .unwrap();
+        let what = format!("{format} paged PrefillSubgroup splits {splits:?}");
+        common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
+        common::assert_guards(&ctx, &out, &what);
+    }
+    // fp8 pages of head_dim 40: a batch planned with the subgroup prefill is refused.
+    let heads40 = Heads {
+        head_dim: 40,
+        ..heads
+    };
+    let pool40 = pool_at(40, fp8);
+    let batch =
+        PagedBatch::from_parts_with(&ctx, PAGE, n_pages, &seqs, heads40, &opts(None)).unwrap();
+    let shape40 = [q_len + 9, nh, 40];
+    let qt = ctx
+        .upload_as(&vec![0.0; (q_len + 9) * nh * 40], &shape40, DType::F32)
+        .unwrap();
+    let out = common::nan_output(&ctx, &shape40, DType::F32);
+    let e = Attention::default()
+        .run_paged(&ctx, &qt, &pool40, &batch, None, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the batch was planned with the PrefillSubgroup kernel, which reads whole 16-byte units of a K/V row: fp8_e4m3 rows of head_dim 40 are not"),
+        "{e}"
+    );
 }
 
 /// `append_rope` into a quantized cache holds exactly the CPU quantizer's blocks of the rows
@@ -888,26 +1082,6 @@ fn paged_caches_quantize_and_attend() {
                 .unwrap();
             let what = format!("{format} paged attention ({:?})", batch.kinds());
             common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
-            if ctx.caps().subgroups {
-                // The subgroup prefill reads float pages only: a batch planned with it is
-                // refused over this pool before any GPU work.
-                let sg = llama_kernels::ops::paged::PlanOptions {
-                    prefill: Some(llama_kernels::ops::attention::Kind::PrefillSubgroup),
-                    ..Default::default()
-                };
-                let batch =
-                    PagedBatch::from_parts_with(&ctx, PAGE, n_pages, &seqs, heads, &sg).unwrap();
-                let e = Attention::default()
-                    .run_paged(&ctx, &qt, &cache, &batch, None, &out)
-                    .unwrap_err()
-                    .to_string();
-                assert!(
-                    e.contains(&format!(
-                        "the batch was planned with the PrefillSubgroup kernel, which reads float pages only; this cache holds {format}"
-                    )),
-                    "{e}"
-                );
-            }
         }
     }
 }

@@ -147,7 +147,8 @@ impl DeviceDesc {
     /// over aligned K/V rows to [`Kind::PrefillSubgroup`](super::Kind::PrefillSubgroup) where
     /// [`DeviceDesc::subgroup_prefill_wanted`]. The contiguous and the paged planners both start
     /// from it; the contiguous one also falls back from PrefillKeys and PrefillSubgroup to
-    /// Prefill (f16 arithmetic, small workgroup memory, a quantized cache).
+    /// Prefill (f16 arithmetic, small workgroup memory, fp8 rows that are not whole 16-byte
+    /// units).
     pub fn default_kind(&self, q_len: usize, kv_aligned: bool) -> super::Kind {
         use super::Kind;
         match super::default_kind(self.device_type, q_len, kv_aligned) {

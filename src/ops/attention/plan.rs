@@ -207,24 +207,21 @@ impl Attention {
             .kind
             .unwrap_or_else(|| match dev.default_kind(d.q_len, kv_aligned) {
                 Kind::PrefillKeys if self.f16_arithmetic || !keys_fit => Kind::Prefill,
-                // The subgroup decode reads whole 16-byte units of a row, the subgroup prefill
-                // float ones only (choice.md, step 4).
+                // The subgroup kernels read whole 16-byte units of a row (choice.md, step 4).
                 Kind::DecodeSubgroup if !sg_reads_rows(kv, d.head_dim) => Kind::Decode,
-                Kind::PrefillSubgroup if self.f16_arithmetic || kv.is_quantized() => Kind::Prefill,
+                Kind::PrefillSubgroup if self.f16_arithmetic || !sg_reads_rows(kv, d.head_dim) => {
+                    Kind::Prefill
+                }
                 k => k,
             });
         crate::ensure!(
-            kind != Kind::DecodeSubgroup || sg_reads_rows(kv, d.head_dim),
+            !matches!(kind, Kind::DecodeSubgroup | Kind::PrefillSubgroup)
+                || sg_reads_rows(kv, d.head_dim),
             Param,
             OP,
-            "the DecodeSubgroup kernel reads whole 16-byte units of a K/V row: {kv} rows of head_dim {} are not (fp8 needs a multiple of 16); decode them with Kind::Decode",
-            d.head_dim
-        );
-        crate::ensure!(
-            kind != Kind::PrefillSubgroup || !kv.is_quantized(),
-            Param,
-            OP,
-            "the PrefillSubgroup kernel reads float K/V only, this cache holds {kv}: run prefill with Kind::Prefill"
+            "the {kind:?} kernel reads whole 16-byte units of a K/V row: {kv} rows of head_dim {} are not (fp8 needs a multiple of 16); run it with Kind::{}",
+            d.head_dim,
+            if kind == Kind::DecodeSubgroup { "Decode" } else { "Prefill" }
         );
         crate::ensure!(
             kind != Kind::PrefillSubgroup || dev.subgroups,

@@ -67,8 +67,8 @@ pub enum Kind {
     /// Prefill for GPUs with `SUBGROUP` (`attn_prefill_sg`, FlashAttention-2 on SIMT lanes):
     /// aligned groups of 4-16 lanes split head_dim for a few query rows each, scores finished
     /// by `subgroupShuffleXor` within the group, q and the accumulators in registers sized by
-    /// key constants, K/V tiles staged with 16-byte loads and shared by 64 or more rows (see
-    /// [`prefill_sg_shape`]).
+    /// key constants, K/V tiles staged with 16-byte loads (quantized K/V dequantized while
+    /// staging) and shared by 64 or more rows (see [`prefill_sg_shape`]).
     PrefillSubgroup,
 }
 
@@ -500,13 +500,10 @@ impl Variant {
             && (self.kind != Kind::DecodeSubgroup
                 || self.kr <= sg_rows_max_kv(self.hd4, self.sg_min, self.kv))
             // The subgroup kernels read 16-byte units of whole rows: float units (halves in
-            // pairs), and for the decode also quantized ones (`sg_reads_rows`).
+            // pairs) or quantized ones (`sg_reads_rows`).
             && (!matches!(self.kind, Kind::DecodeSubgroup | Kind::PrefillSubgroup)
                 || match self.kv.is_quantized() {
-                    true => {
-                        self.kind == Kind::DecodeSubgroup
-                            && sg_reads_rows(self.kv, 4 * self.hd4 as usize)
-                    }
+                    true => sg_reads_rows(self.kv, 4 * self.hd4 as usize),
                     false => self.dtype == DType::F32 || self.hd4.is_multiple_of(2),
                 })
     }

@@ -34,8 +34,7 @@ pub fn merge_rows_key(dtype: DType, tile_v4: u32, hd4: u32, pools: u32) -> Pipel
     PipelineKey::new(Shader::ATTENTION_PAGED, "attn_paged_merge_rows", c)
 }
 
-/// `dtype` with its float K/V format: the merges read partials only (and the PrefillSubgroup
-/// pass reads float pages only).
+/// `dtype` with its float K/V format: the merges read partials only.
 fn float(dtype: DType) -> Formats {
     (dtype, KvFormat::from_dtype(dtype))
 }
@@ -109,18 +108,18 @@ pub fn sg_variant_keys() -> Vec<PipelineKey> {
     keys
 }
 
-/// The pipeline key of the PrefillSubgroup pass over pages (`attn_paged_prefill_sg`) with K/V
-/// tiles of `tile_v4` vec4s, for subgroups of at least `sg_min` lanes, over a pool of `pools`
+/// The pipeline key of the PrefillSubgroup pass over pages (`attn_paged_prefill_sg`) of K/V
+/// format `f.1` (float or quantized, read in place) with K/V tiles of `tile_v4` vec4s, for subgroups of at least `sg_min` lanes, over a pool of `pools`
 /// buffers.
 pub fn prefill_sg_attention_key(
-    dtype: DType,
+    f: Formats,
     tile_v4: u32,
     hd4: u32,
     sg_min: u32,
     pools: u32,
 ) -> PipelineKey {
     let sh = attention::prefill_sg_shape(hd4, sg_min);
-    let mut c = paged_constants(float(dtype), sh.invocations, tile_v4, hd4, pools);
+    let mut c = paged_constants(f, sh.invocations, tile_v4, hd4, pools);
     c.extend([
         ("R", sh.rows_per_group),
         ("SLOTS", sh.slots),
@@ -150,19 +149,20 @@ pub const ATTENTION_PAGED_PREFILL_SUBGROUP: &Shader = &Shader {
 
 /// Every pipeline key of `attn_paged_prefill_sg`: every dtype at the head_dims of real models
 /// with 32 KiB tiles, for the smallest subgroups of lavapipe and Intel (8) and of NVIDIA and AMD
-/// RDNA (32); and a pool over three buffers at Llama's head_dim.
+/// RDNA (32), over float pools, and over quantized ones at Llama's head_dim 128 (`formats`);
+/// and a pool over three buffers at Llama's head_dim.
 pub fn prefill_sg_variant_keys() -> Vec<PipelineKey> {
     let tile = attention::tile_v4_for(32768);
     let mut keys = Vec::new();
-    for dtype in DType::ALL {
-        for hd in [64u32, 80, 96, 128, 256] {
+    for hd in [64u32, 80, 96, 128, 256] {
+        for f in formats(hd) {
             for sg_min in [8, 32] {
-                keys.push(prefill_sg_attention_key(dtype, tile, hd / 4, sg_min, 1));
+                keys.push(prefill_sg_attention_key(f, tile, hd / 4, sg_min, 1));
             }
         }
     }
     keys.push(prefill_sg_attention_key(
-        DType::F16,
+        float(DType::F16),
         tile,
         32,
         32,
@@ -463,11 +463,13 @@ impl Attention {
             h.head_dim
         );
         crate::ensure!(
-            batch.items[PREFILL_SG_GROUP].1 == 0 || !cache.format.is_quantized(),
+            batch.items[PREFILL_SG_GROUP].1 == 0
+                || attention::sg_reads_rows(cache.format, h.head_dim),
             Param,
             op,
-            "the batch was planned with the PrefillSubgroup kernel, which reads float pages only; this cache holds {}: plan the batch with PlanOptions {{ prefill: Some(Kind::Prefill), .. }}",
-            cache.format
+            "the batch was planned with the PrefillSubgroup kernel, which reads whole 16-byte units of a K/V row: {} rows of head_dim {} are not (fp8 needs a multiple of 16); plan the batch with PlanOptions {{ prefill: Some(Kind::Prefill), .. }}",
+            cache.format,
+            h.head_dim
         );
         crate::ensure!(
             ctx.caps().subgroups || batch.items[DECODE_SG_GROUPS.start..].iter().all(|g| g.1 == 0),
@@ -654,7 +656,7 @@ fn paged_passes(
             sg_attention_key(cache.formats(), hd4, rows, batch.sg_min, pools)
         } else if g == PREFILL_SG_GROUP {
             let tile_v4 = c.keys[0].constant("TILE_V4").unwrap_or(1);
-            prefill_sg_attention_key(cache.dtype, tile_v4, hd4, batch.sg_min, pools)
+            prefill_sg_attention_key(cache.formats(), tile_v4, hd4, batch.sg_min, pools)
         } else {
             c.keys[0].clone()
         };

@@ -72,8 +72,13 @@
 //! (`shaders/attention_prefill_sg_step.wgsl`) staging each K/V row of a page with 16-byte
 //! loads; its own work-item list, direct output for sequences with one split, else the same
 //! merge. [`PlanOptions::prefill`] forces it or the tile kernel on any adapter with `SUBGROUP`.
-//! It reads float pages only: a batch planned with it is refused over a quantized pool, with a
-//! note to plan `PlanOptions::prefill` as `Kind::Prefill`.
+//! Over a quantized pool (q8_0, q4_0, fp8) it stages each K/V tile from the pages in place:
+//! whole 16-byte units of a row's data (a q8_0 block's two, a q4_0 block's one, with the block's
+//! scale loaded once from the page's scale plane; fp8 16-value units with the tensor scale),
+//! dequantized into the f32 tiles, so the scoring is the float pages' (`pf_qstage`,
+//! `pool_qrows`). A batch is planned before its pool's format is known: over fp8 pages whose
+//! rows are not whole units (head_dim not a multiple of 16) a batch planned with it is refused,
+//! with a note to plan `PlanOptions::prefill` as `Kind::Prefill`.
 //!
 //! Why HND by default, by measurement (BENCHMARKS.md, the bench's `paged_decode_batch_hnd` beside
 //! `paged_decode_batch`): every attention workgroup reads one kv head, whose keys of a page are

@@ -137,12 +137,14 @@ fn llama3_8b_prefill_geometry() {
         (4096, 4, 8 * 8192 * 32 / 64)
     );
     // The tiled prefill where the subgroup one does not apply: unaligned rows, f16 arithmetic,
-    // a quantized cache (the subgroup prefill reads float 16-byte units only; forced, it is
-    // refused), a CPU adapter (PrefillKeys, which has no prefill geometry).
+    // fp8 rows that are not whole 16-byte units (forced, they are refused), a CPU adapter
+    // (PrefillKeys, which has no prefill geometry). Quantized caches whose rows are whole units
+    // prefill with it, as the float ones do.
     let nvidia = DeviceDesc::nvidia();
-    let plan = |a: &Attention, kv: KvFormat, aligned| {
+    let plan_at = |a: &Attention, d: Dims, kv: KvFormat, aligned| {
         a.plan_on(&nvidia, "a described device", d, (DType::F16, kv), aligned)
     };
+    let plan = |a: &Attention, kv: KvFormat, aligned| plan_at(a, d, kv, aligned);
     let kind = |a: &Attention, kv, aligned| plan(a, kv, aligned).unwrap().variant.kind;
     let f16 = Attention {
         f16_arithmetic: true,
@@ -151,20 +153,39 @@ fn llama3_8b_prefill_geometry() {
     let default = Attention::default();
     assert_eq!(kind(&default, KvFormat::F16, false), Kind::Prefill);
     assert_eq!(kind(&f16, KvFormat::F16, true), Kind::Prefill);
+    let forced = Attention {
+        kind: Some(Kind::PrefillSubgroup),
+        ..Attention::default()
+    };
     for q in KvFormat::QUANTIZED {
-        assert_eq!(kind(&default, q, true), Kind::Prefill, "{q}");
-        let forced = Attention {
-            kind: Some(Kind::PrefillSubgroup),
-            ..Attention::default()
-        };
-        let e = plan(&forced, q, true).unwrap_err().to_string();
-        assert!(
-            e.contains(&format!(
-                "the PrefillSubgroup kernel reads float K/V only, this cache holds {q}"
-            )),
-            "{e}"
+        let p = plan(&default, q, true).unwrap();
+        assert_eq!(
+            (p.variant.kind, p.variant.kv),
+            (Kind::PrefillSubgroup, q),
+            "{q}"
         );
+        assert_eq!(kind(&forced, q, true), Kind::PrefillSubgroup, "{q}");
+        // Without subgroups (WebGPU's defaults) the tiled prefill reads it.
+        let web = default.plan_on(
+            &DeviceDesc::webgpu_default(),
+            "a described device",
+            d,
+            (DType::F16, q),
+            true,
+        );
+        assert_eq!(web.unwrap().variant.kind, Kind::Prefill, "{q}");
     }
+    let hd40 = Dims { head_dim: 40, ..d };
+    let fp8 = KvFormat::Fp8E4M3;
+    assert_eq!(
+        plan_at(&default, hd40, fp8, true).unwrap().variant.kind,
+        Kind::Prefill
+    );
+    let e = plan_at(&forced, hd40, fp8, true).unwrap_err().to_string();
+    assert!(
+        e.contains("the PrefillSubgroup kernel reads whole 16-byte units of a K/V row: fp8_e4m3 rows of head_dim 40 are not"),
+        "{e}"
+    );
     let forced = Attention {
         kind: Some(Kind::PrefillSubgroup),
         ..Attention::default()
