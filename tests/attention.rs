@@ -426,7 +426,7 @@ fn grid_against_reference() {
 /// Every kernel variant (prefill, prefill split over the keys, split-KV decode, DecodeKeys with 1,
 /// 2 and 4 query rows per workgroup) x every dtype x every masking mode, at head_dim `HD`, with
 /// the group size, KV heads and batch rotating; each case first checks that the plan is the
-/// variant it stands for.
+/// variant it stands for. Then ALiBi on every kernel ([`alibi_on_every_kernel`]).
 #[test]
 fn every_kernel_dtype_and_mode() {
     let ctx = ctx();
@@ -467,6 +467,7 @@ fn every_kernel_dtype_and_mode() {
             }
         }
     }
+    alibi_on_every_kernel();
 }
 
 /// `kinds` at the real head size of `model`, with the model's heads and dtype and the masking
@@ -967,8 +968,10 @@ fn two_sided_windows_and_chunks() {
 /// ALiBi (BLOOM's slopes) on every kernel and dtype at `HD`: 6 query heads (not a power of two:
 /// heads 4 and 5 take the odd powers of the next base) in GQA groups of 3 and MHA, causal,
 /// non-causal with a two-sided window, chunked prefill offsets, splits, sinks and a softcap
-/// beside it. The bias changes the result: the reference without it is far off.
-#[test]
+/// beside it. The bias changes the result: the reference without it is far off. Part of
+/// [`every_kernel_dtype_and_mode`]: ALiBi is a run-time parameter, so on that test's context it
+/// runs on the pipelines that test built (as a test of its own, on whichever context it got, it
+/// compiled most of them again).
 fn alibi_on_every_kernel() {
     let mut i = 0;
     for kind in FORCED {
