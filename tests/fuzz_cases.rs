@@ -131,8 +131,7 @@ fn measured<T>(cap: usize, f: impl FnOnce() -> T) -> (T, usize, usize) {
 
 /// The case files whose loaded mutations are also run on the device by default: every
 /// RMSNorm and RoPE file, and for attention the smallest file of each kind of input the case
-/// runner takes (plain, a quantized KV cache, boolean mask with bias, pages with mask, bias and
-/// block ids). Every file is read under every mutation either way. Running a mutation compiles
+/// runner takes (plain, a quantized KV cache, pages with a boolean mask, bias and block ids). Every file is read under every mutation either way. Running a mutation compiles
 /// its case's pipelines (the attention files' are the costly ones, seconds each on a CPU
 /// adapter, and they are what the mutations share), so the other attention files run with
 /// `LLAMA_KERNELS_LONG_TESTS=1` only.
@@ -145,10 +144,9 @@ fn runs_on_device(case: &Path) -> bool {
 }
 
 /// The attention files of [`runs_on_device`]'s default set.
-const ATTENTION_RUNS: [&str; 4] = [
+const ATTENTION_RUNS: [&str; 3] = [
     "attention_masked_rows_f32",
     "attention_decode_fp8_f32",
-    "attention_packed_documents_bias_f32",
     "paged_attention_blocks_tree_f32",
 ];
 
