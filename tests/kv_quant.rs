@@ -330,6 +330,130 @@ fn attention_reads_quantized_caches() {
     }
 }
 
+/// The fp8 K and V scales of the subgroup kernels' tests (q8_0 and q4_0 keep block scales).
+const SG_SCALES: (f32, f32) = (0.004, 0.02);
+
+/// The f64 reference (causal) of q `[q_len, n_heads, head_dim]` over dequantized K/V
+/// `[kv_len, n_kv_heads, head_dim]`.
+fn reference_over(
+    q: &[f32],
+    k: &[f64],
+    v: &[f64],
+    dims: llama_kernels::ops::attention::Dims,
+) -> Vec<f64> {
+    let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
+    llama_kernels::reference::attention::attention(&q64, k, v, None, dims, &Default::default())
+}
+
+/// A one-sequence `format` cache (fp8 with [`SG_SCALES`]) holding `kv_len` random K/V rows of
+/// `nkv` heads x `hd`, and those rows dequantized as the cache holds them.
+fn filled_cache(
+    ctx: &llama_kernels::Context,
+    format: llama_kernels::KvFormat,
+    nkv: usize,
+    hd: usize,
+    kv_len: usize,
+    rng: &mut common::Rng,
+) -> (llama_kernels::KvCache, Vec<f64>, Vec<f64>) {
+    use llama_kernels::{DType, KvCache, KvFormat};
+    let (ks, vs) = SG_SCALES;
+    let mut cache = KvCache::new(
+        ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: nkv,
+            capacity: 48,
+            head_dim: hd,
+            dtype: DType::F32,
+            kv_format: Some(format),
+        },
+    )
+    .unwrap();
+    if format == KvFormat::Fp8E4M3 {
+        cache.set_scales(ks, vs).unwrap();
+    }
+    let n = kv_len * nkv * hd;
+    let (k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
+    let shape = [1, kv_len, nkv, hd];
+    let kt = ctx.upload_as(&k, &shape, DType::F32).unwrap();
+    let vt = ctx.upload_as(&v, &shape, DType::F32).unwrap();
+    cache.append_run(ctx, &kt, &vt).unwrap();
+    (
+        cache,
+        quant::round_trip(format, &k, hd, ks),
+        quant::round_trip(format, &v, hd, vs),
+    )
+}
+
+/// Pages of the subgroup kernels' paged tests.
+const SG_PAGE: usize = 16;
+
+/// A pool of `n_pages` HND pages of [`SG_PAGE`] in `format` (fp8 with [`SG_SCALES`]), noise in
+/// every page, then each sequence's K/V written into its pages (shuffled by the caller); the
+/// sequences' q rows, one after another, and the reference over their dequantized K/V.
+fn filled_pool(
+    ctx: &llama_kernels::Context,
+    format: llama_kernels::KvFormat,
+    heads: llama_kernels::ops::paged::Heads,
+    n_pages: usize,
+    seqs: &[llama_kernels::ops::paged::BatchSeq],
+    rng: &mut common::Rng,
+) -> (llama_kernels::PagedKvCache, Vec<f32>, Vec<f64>) {
+    use llama_kernels::{DType, KvFormat, PageLayout, PagedKvCache};
+    let (ks, vs) = SG_SCALES;
+    let hd = heads.head_dim;
+    let mut pool = PagedKvCache::new(
+        ctx,
+        PagedKvConfig {
+            n_pages,
+            page_size: SG_PAGE,
+            n_kv_heads: heads.n_kv_heads,
+            head_dim: hd,
+            dtype: DType::F32,
+            kv_format: Some(format),
+            layout: PageLayout::Hnd,
+        },
+    )
+    .unwrap();
+    if format == KvFormat::Fp8E4M3 {
+        pool.set_scales(ks, vs).unwrap();
+    }
+    let row = heads.n_kv_heads * hd;
+    let per = SG_PAGE * row;
+    let all: Vec<u32> = (0..n_pages as u32).collect();
+    pool.write_pages(
+        ctx,
+        &all,
+        &rng.vec(n_pages * per, 3.0),
+        &rng.vec(n_pages * per, 3.0),
+    )
+    .unwrap();
+    let (mut q, mut want) = (Vec::new(), Vec::new());
+    for s in seqs {
+        let n = s.pages.len() * per;
+        let (k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
+        pool.write_pages(ctx, &s.pages, &k, &v).unwrap();
+        let kv = s.kv_len * row;
+        let qs = rng.vec(s.q_len * heads.n_heads * hd, 1.0);
+        let dims = llama_kernels::ops::attention::Dims {
+            batch: 1,
+            q_len: s.q_len,
+            kv_len: s.kv_len,
+            n_heads: heads.n_heads,
+            n_kv_heads: heads.n_kv_heads,
+            head_dim: hd,
+        };
+        want.extend(reference_over(
+            &qs,
+            &quant::round_trip(format, &k[..kv], hd, ks),
+            &quant::round_trip(format, &v[..kv], hd, vs),
+            dims,
+        ));
+        q.extend(qs);
+    }
+    (pool, q, want)
+}
+
 /// The GPU decode (`DecodeSubgroup`, forced where the adapter has subgroups) over quantized
 /// caches and pools: each format read in place as whole 16-byte units (16 q8_0 or fp8 values, a
 /// whole q4_0 block) equals the f64 reference over the dequantized K/V within f32's tolerance.
@@ -343,31 +467,15 @@ fn attention_reads_quantized_caches() {
 #[test]
 fn subgroup_decode_reads_quantized_caches() {
     use llama_kernels::compare::tolerance;
-    use llama_kernels::ops::attention::Kind;
+    use llama_kernels::ops::attention::{Dims, Kind};
     use llama_kernels::ops::paged::{BatchSeq, Heads, PlanOptions};
-    use llama_kernels::reference::attention as reference;
-    use llama_kernels::{
-        Attention, DType, KvCache, KvFormat, PageLayout, PagedBatch, PagedKvCache,
-    };
+    use llama_kernels::{Attention, DType, KvFormat, PagedBatch};
     let ctx = common::ctx();
-    if !ctx.caps().subgroups {
-        eprintln!("skipped: the adapter has no SUBGROUP");
-        return;
-    }
+    assert!(
+        ctx.caps().subgroups,
+        "this adapter lacks SUBGROUP; the subgroup decode would go untested"
+    );
     let (nkv, hd, kv_len) = (2, 64, 37);
-    let (ks, vs) = (0.004, 0.02);
-    let reference = |q: &[f32], k: &[f64], v: &[f64], q_len, kv_len, n_heads| {
-        let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
-        let dims = reference::Dims {
-            batch: 1,
-            q_len,
-            kv_len,
-            n_heads,
-            n_kv_heads: nkv,
-            head_dim: hd,
-        };
-        reference::attention(&q64, k, v, None, dims, &Default::default())
-    };
     let forced = |splits| Attention {
         kind: Some(Kind::DecodeSubgroup),
         splits,
@@ -375,31 +483,7 @@ fn subgroup_decode_reads_quantized_caches() {
     };
     for format in KvFormat::QUANTIZED {
         let mut rng = common::Rng::new(2121);
-        let mut cache = KvCache::new(
-            &ctx,
-            KvCacheConfig {
-                batch: 1,
-                n_kv_heads: nkv,
-                capacity: 48,
-                head_dim: hd,
-                dtype: DType::F32,
-                kv_format: Some(format),
-            },
-        )
-        .unwrap();
-        if format == KvFormat::Fp8E4M3 {
-            cache.set_scales(ks, vs).unwrap();
-        }
-        let n = kv_len * nkv * hd;
-        let (k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
-        let shape = [1, kv_len, nkv, hd];
-        let kt = ctx.upload_as(&k, &shape, DType::F32).unwrap();
-        let vt = ctx.upload_as(&v, &shape, DType::F32).unwrap();
-        cache.append_run(&ctx, &kt, &vt).unwrap();
-        let (k_dq, v_dq) = (
-            quant::round_trip(format, &k, hd, ks),
-            quant::round_trip(format, &v, hd, vs),
-        );
+        let (cache, k_dq, v_dq) = filled_cache(&ctx, format, nkv, hd, kv_len, &mut rng);
         // (query heads, query tokens, splits); MHA (one row per workgroup, a pipeline of its
         // own) for q4_0 only: each specialisation costs lavapipe about a second of LLVM cold.
         let mut cases = vec![(8, 1, None), (8, 1, Some(3)), (8, 2, Some(3))];
@@ -408,11 +492,7 @@ fn subgroup_decode_reads_quantized_caches() {
         }
         for (nh, q_len, splits) in cases {
             let q = rng.vec(q_len * nh * hd, 1.0);
-            let want = reference(&q, &k_dq, &v_dq, q_len, kv_len, nh);
-            let qt = ctx.upload_as(&q, &[1, q_len, nh, hd], DType::F32).unwrap();
-            let out = common::nan_output(&ctx, &[1, q_len, nh, hd], DType::F32);
-            let attn = forced(splits);
-            let d = llama_kernels::ops::attention::Dims {
+            let d = Dims {
                 batch: 1,
                 q_len,
                 kv_len,
@@ -420,6 +500,10 @@ fn subgroup_decode_reads_quantized_caches() {
                 n_kv_heads: nkv,
                 head_dim: hd,
             };
+            let want = reference_over(&q, &k_dq, &v_dq, d);
+            let qt = ctx.upload_as(&q, &[1, q_len, nh, hd], DType::F32).unwrap();
+            let out = common::nan_output(&ctx, &[1, q_len, nh, hd], DType::F32);
+            let attn = forced(splits);
             let plan = attn.plan_kv(&ctx, d, DType::F32, format).unwrap();
             assert_eq!(
                 (plan.variant.kind, plan.variant.kv),
@@ -442,37 +526,12 @@ fn subgroup_decode_reads_quantized_caches() {
         if format != KvFormat::Q8_0 && !common::long_tests() {
             continue;
         }
-        const PAGE: usize = 16;
         let n_pages = 10;
         let heads = Heads {
             n_heads: 8,
             n_kv_heads: nkv,
             head_dim: hd,
         };
-        let row = nkv * hd;
-        let mut pool = PagedKvCache::new(
-            &ctx,
-            PagedKvConfig {
-                n_pages,
-                page_size: PAGE,
-                n_kv_heads: nkv,
-                head_dim: hd,
-                dtype: DType::F32,
-                kv_format: Some(format),
-                layout: PageLayout::Hnd,
-            },
-        )
-        .unwrap();
-        pool.set_scales(ks, vs).unwrap();
-        let per = PAGE * row;
-        let all: Vec<u32> = (0..n_pages as u32).collect();
-        pool.write_pages(
-            &ctx,
-            &all,
-            &rng.vec(n_pages * per, 3.0),
-            &rng.vec(n_pages * per, 3.0),
-        )
-        .unwrap();
         let seqs = vec![
             BatchSeq {
                 q_len: 1,
@@ -485,23 +544,7 @@ fn subgroup_decode_reads_quantized_caches() {
                 pages: vec![3, 0, 8, 2],
             },
         ];
-        let (mut q, mut want) = (Vec::new(), Vec::new());
-        for s in &seqs {
-            let n = s.pages.len() * per;
-            let (k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
-            pool.write_pages(&ctx, &s.pages, &k, &v).unwrap();
-            let kv = s.kv_len * row;
-            let qs = rng.vec(s.q_len * heads.n_heads * hd, 1.0);
-            want.extend(reference(
-                &qs,
-                &quant::round_trip(format, &k[..kv], hd, ks),
-                &quant::round_trip(format, &v[..kv], hd, vs),
-                s.q_len,
-                s.kv_len,
-                heads.n_heads,
-            ));
-            q.extend(qs);
-        }
+        let (pool, q, want) = filled_pool(&ctx, format, heads, n_pages, &seqs, &mut rng);
         let shape = [3, heads.n_heads, hd];
         let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
         for splits in [None, Some(3)] {
@@ -511,7 +554,7 @@ fn subgroup_decode_reads_quantized_caches() {
                 ..Default::default()
             };
             let batch =
-                PagedBatch::from_parts_with(&ctx, PAGE, n_pages, &seqs, heads, &opts).unwrap();
+                PagedBatch::from_parts_with(&ctx, SG_PAGE, n_pages, &seqs, heads, &opts).unwrap();
             assert_eq!(batch.kinds(), [Kind::DecodeSubgroup; 2]);
             let out = common::nan_output(&ctx, &shape, DType::F32);
             Attention::default()
@@ -538,29 +581,13 @@ fn subgroup_prefill_reads_quantized_caches() {
     use llama_kernels::compare::tolerance;
     use llama_kernels::ops::attention::{Dims, Kind};
     use llama_kernels::ops::paged::{BatchSeq, Heads, PlanOptions};
-    use llama_kernels::reference::attention as reference;
-    use llama_kernels::{
-        Attention, DType, KvCache, KvFormat, PageLayout, PagedBatch, PagedKvCache,
-    };
+    use llama_kernels::{Attention, DType, KvFormat, PageLayout, PagedBatch, PagedKvCache};
     let ctx = common::ctx();
-    if !ctx.caps().subgroups {
-        eprintln!("skipped: the adapter has no SUBGROUP");
-        return;
-    }
+    assert!(
+        ctx.caps().subgroups,
+        "this adapter lacks SUBGROUP; the subgroup prefill would go untested"
+    );
     let (nh, nkv, hd, q_len, kv_len) = (8, 2, 64, 13, 45);
-    let (ks, vs) = (0.004, 0.02);
-    let reference = |q: &[f32], k: &[f64], v: &[f64], q_len, kv_len| {
-        let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
-        let dims = reference::Dims {
-            batch: 1,
-            q_len,
-            kv_len,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: hd,
-        };
-        reference::attention(&q64, k, v, None, dims, &Default::default())
-    };
     let forced = |splits| Attention {
         kind: Some(Kind::PrefillSubgroup),
         splits,
@@ -576,33 +603,9 @@ fn subgroup_prefill_reads_quantized_caches() {
     };
     for format in KvFormat::QUANTIZED {
         let mut rng = common::Rng::new(2131);
-        let mut cache = KvCache::new(
-            &ctx,
-            KvCacheConfig {
-                batch: 1,
-                n_kv_heads: nkv,
-                capacity: 48,
-                head_dim: hd,
-                dtype: DType::F32,
-                kv_format: Some(format),
-            },
-        )
-        .unwrap();
-        if format == KvFormat::Fp8E4M3 {
-            cache.set_scales(ks, vs).unwrap();
-        }
-        let n = kv_len * nkv * hd;
-        let (k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
-        let shape = [1, kv_len, nkv, hd];
-        let kt = ctx.upload_as(&k, &shape, DType::F32).unwrap();
-        let vt = ctx.upload_as(&v, &shape, DType::F32).unwrap();
-        cache.append_run(&ctx, &kt, &vt).unwrap();
-        let (k_dq, v_dq) = (
-            quant::round_trip(format, &k, hd, ks),
-            quant::round_trip(format, &v, hd, vs),
-        );
+        let (cache, k_dq, v_dq) = filled_cache(&ctx, format, nkv, hd, kv_len, &mut rng);
         let q = rng.vec(q_len * nh * hd, 1.0);
-        let want = reference(&q, &k_dq, &v_dq, q_len, kv_len);
+        let want = reference_over(&q, &k_dq, &v_dq, d);
         let qt = ctx.upload_as(&q, &[1, q_len, nh, hd], DType::F32).unwrap();
         // The default on GPUs; forced here, since lavapipe is a CPU adapter.
         let plan = forced(None).plan_kv(&ctx, d, DType::F32, format).unwrap();
@@ -632,7 +635,6 @@ fn subgroup_prefill_reads_quantized_caches() {
     );
 
     // Paged: two prefill sequences over shuffled pages, noise in the other pages.
-    const PAGE: usize = 16;
     let n_pages = 10;
     let format = KvFormat::Q8_0;
     let mut rng = common::Rng::new(2132);
@@ -641,32 +643,6 @@ fn subgroup_prefill_reads_quantized_caches() {
         n_kv_heads: nkv,
         head_dim: hd,
     };
-    let row = nkv * hd;
-    let pool_at = |head_dim, format| {
-        PagedKvCache::new(
-            &ctx,
-            PagedKvConfig {
-                n_pages,
-                page_size: PAGE,
-                n_kv_heads: nkv,
-                head_dim,
-                dtype: DType::F32,
-                kv_format: Some(format),
-                layout: PageLayout::Hnd,
-            },
-        )
-        .unwrap()
-    };
-    let pool = pool_at(hd, format);
-    let per = PAGE * row;
-    let all: Vec<u32> = (0..n_pages as u32).collect();
-    pool.write_pages(
-        &ctx,
-        &all,
-        &rng.vec(n_pages * per, 3.0),
-        &rng.vec(n_pages * per, 3.0),
-    )
-    .unwrap();
     let seqs = vec![
         BatchSeq {
             q_len,
@@ -679,22 +655,7 @@ fn subgroup_prefill_reads_quantized_caches() {
             pages: vec![3, 0, 8, 2],
         },
     ];
-    let (mut q, mut want) = (Vec::new(), Vec::new());
-    for s in &seqs {
-        let n = s.pages.len() * per;
-        let (k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
-        pool.write_pages(&ctx, &s.pages, &k, &v).unwrap();
-        let kv = s.kv_len * row;
-        let qs = rng.vec(s.q_len * nh * hd, 1.0);
-        want.extend(reference(
-            &qs,
-            &quant::round_trip(format, &k[..kv], hd, ks),
-            &quant::round_trip(format, &v[..kv], hd, vs),
-            s.q_len,
-            s.kv_len,
-        ));
-        q.extend(qs);
-    }
+    let (pool, q, want) = filled_pool(&ctx, format, heads, n_pages, &seqs, &mut rng);
     let shape = [q_len + 9, nh, hd];
     let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
     let opts = |splits| PlanOptions {
@@ -704,7 +665,8 @@ fn subgroup_prefill_reads_quantized_caches() {
     };
     for splits in [None, Some(2)] {
         let batch =
-            PagedBatch::from_parts_with(&ctx, PAGE, n_pages, &seqs, heads, &opts(splits)).unwrap();
+            PagedBatch::from_parts_with(&ctx, SG_PAGE, n_pages, &seqs, heads, &opts(splits))
+                .unwrap();
         assert_eq!(batch.kinds(), [Kind::PrefillSubgroup; 2]);
         let out = common::nan_output(&ctx, &shape, DType::F32);
         Attention::default()
@@ -719,9 +681,21 @@ fn subgroup_prefill_reads_quantized_caches() {
         head_dim: 40,
         ..heads
     };
-    let pool40 = pool_at(40, fp8);
+    let pool40 = PagedKvCache::new(
+        &ctx,
+        PagedKvConfig {
+            n_pages,
+            page_size: SG_PAGE,
+            n_kv_heads: nkv,
+            head_dim: 40,
+            dtype: DType::F32,
+            kv_format: Some(fp8),
+            layout: PageLayout::Hnd,
+        },
+    )
+    .unwrap();
     let batch =
-        PagedBatch::from_parts_with(&ctx, PAGE, n_pages, &seqs, heads40, &opts(None)).unwrap();
+        PagedBatch::from_parts_with(&ctx, SG_PAGE, n_pages, &seqs, heads40, &opts(None)).unwrap();
     let shape40 = [q_len + 9, nh, 40];
     let qt = ctx
         .upload_as(&vec![0.0; (q_len + 9) * nh * 40], &shape40, DType::F32)
