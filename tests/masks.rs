@@ -517,6 +517,8 @@ fn paged_batch_with_a_tree_mask() {
     let total_q: usize = lens.iter().map(|l| l.0).sum();
     let q = rng.vec(total_q * heads.n_heads * HD, 1.0);
     let qt = ctx.upload(&q, &[total_q, heads.n_heads, HD]).unwrap();
+    let k64s: Vec<Vec<f64>> = ks.iter().map(|k| rounded(k, DType::F32)).collect();
+    let v64s: Vec<Vec<f64>> = vs.iter().map(|v| rounded(v, DType::F32)).collect();
     // A bias shared by the heads, then one per head (each sequence's [n_heads, q_len, kv_len]).
     for per_head in [false, true] {
         let hb = if per_head { heads.n_heads } else { 1 };
@@ -529,38 +531,18 @@ fn paged_batch_with_a_tree_mask() {
             Some(&ids),
         )
         .unwrap();
-        // The reference, sequence by sequence.
-        let mut want = Vec::new();
-        let (mut q0, mut b0, mut i0) = (0, 0, 0);
-        for (i, &(q_len, kv_len)) in lens.iter().enumerate() {
-            let n = q_len * heads.n_heads * HD;
-            let nb = hb * q_len * kv_len;
-            let b64: Vec<f64> = bias[b0..b0 + nb].iter().map(|&x| x as f64).collect();
-            want.extend(reference::attention_masked(
-                &rounded(&q[q0..q0 + n], DType::F32),
-                &rounded(&ks[i], DType::F32),
-                &rounded(&vs[i], DType::F32),
-                None,
-                reference::Dims {
-                    batch: 1,
-                    q_len,
-                    kv_len,
-                    n_heads: heads.n_heads,
-                    n_kv_heads: heads.n_kv_heads,
-                    head_dim: HD,
-                },
-                &reference::Options::default(),
-                &reference::Masks {
-                    mask: Some(&masks[i]),
-                    bias: Some(&b64),
-                    bias_heads: per_head,
-                    block_ids: Some(&ids[i0..i0 + kv_len]),
-                },
-            ));
-            q0 += n;
-            b0 += nb;
-            i0 += kv_len;
-        }
+        let want = batch_reference(
+            &q,
+            &lens,
+            heads,
+            (&k64s, &v64s),
+            &SeqMasks {
+                masks: &masks,
+                bias: &bias,
+                bias_heads: per_head,
+                ids: &ids,
+            },
+        );
         let hidden = (lens[0].0 + lens[1].0) * heads.n_heads * HD;
         assert!(want[hidden..hidden + heads.n_heads * HD]
             .iter()
@@ -741,6 +723,61 @@ fn mask_rules() {
 // The committed mask cases (`cases/gen_masks.py`, transformers' own mask functions) run with
 // every other committed case through `llama-kernels check` in tools/tests/check.rs; a test here
 // ran them again on a context of its own, compiling their pipelines a second time.
+
+/// The mask inputs of a batch, every sequence's after the one before: boolean masks, the bias
+/// (`[q_len, kv_len]` per sequence, or `[n_heads, q_len, kv_len]` with `bias_heads`) and
+/// block ids (`[kv_len]` per sequence).
+struct SeqMasks<'a> {
+    masks: &'a [Vec<bool>],
+    bias: &'a [f32],
+    bias_heads: bool,
+    ids: &'a [i32],
+}
+
+/// The f64 reference of a batch with masks, sequence by sequence: sequence i (`lens[i]` =
+/// (q_len, kv_len)) attends with its rows of `q` (one after another, `heads.n_heads` x `HD`
+/// each) over K/V `kv.0[i]` / `kv.1[i]` with its part of `m`.
+fn batch_reference(
+    q: &[f32],
+    lens: &[(usize, usize)],
+    heads: Heads,
+    kv: (&[Vec<f64>], &[Vec<f64>]),
+    m: &SeqMasks,
+) -> Vec<f64> {
+    let hb = if m.bias_heads { heads.n_heads } else { 1 };
+    let mut want = Vec::new();
+    let (mut q0, mut b0, mut i0) = (0, 0, 0);
+    for (i, &(q_len, kv_len)) in lens.iter().enumerate() {
+        let n = q_len * heads.n_heads * HD;
+        let nb = hb * q_len * kv_len;
+        let b64: Vec<f64> = m.bias[b0..b0 + nb].iter().map(|&x| x as f64).collect();
+        want.extend(reference::attention_masked(
+            &rounded(&q[q0..q0 + n], DType::F32),
+            &kv.0[i],
+            &kv.1[i],
+            None,
+            reference::Dims {
+                batch: 1,
+                q_len,
+                kv_len,
+                n_heads: heads.n_heads,
+                n_kv_heads: heads.n_kv_heads,
+                head_dim: HD,
+            },
+            &reference::Options::default(),
+            &reference::Masks {
+                mask: Some(&m.masks[i]),
+                bias: Some(&b64),
+                bias_heads: m.bias_heads,
+                block_ids: Some(&m.ids[i0..i0 + kv_len]),
+            },
+        ));
+        q0 += n;
+        b0 += nb;
+        i0 += kv_len;
+    }
+    want
+}
 
 /// Key blocks the hidden-tile tests' masks hide from every query: 64 keys each, aligned to 64
 /// (the tile of every kind at head_dim 16, and the chunk of 5 splits over 320 keys), so each
@@ -954,39 +991,18 @@ fn paged_tiles_the_mask_hides_are_skipped() {
     let total_q: usize = lens.iter().map(|l| l.0).sum();
     let q = rng.vec(total_q * heads.n_heads * HD, 1.0);
     let qt = ctx.upload(&q, &[total_q, heads.n_heads, HD]).unwrap();
-    let mut want = Vec::new();
-    let (mut q0, mut b0, mut i0) = (0, 0, 0);
-    for (i, &(q_len, kv_len)) in lens.iter().enumerate() {
-        let n = q_len * heads.n_heads * HD;
-        let b64: Vec<f64> = bias[b0..b0 + q_len * kv_len]
-            .iter()
-            .map(|&x| x as f64)
-            .collect();
-        want.extend(reference::attention_masked(
-            &rounded(&q[q0..q0 + n], DType::F32),
-            &k64s[i],
-            &v64s[i],
-            None,
-            reference::Dims {
-                batch: 1,
-                q_len,
-                kv_len,
-                n_heads: heads.n_heads,
-                n_kv_heads: heads.n_kv_heads,
-                head_dim: HD,
-            },
-            &reference::Options::default(),
-            &reference::Masks {
-                mask: Some(&masks[i]),
-                bias: Some(&b64),
-                bias_heads: false,
-                block_ids: Some(&ids[i0..i0 + kv_len]),
-            },
-        ));
-        q0 += n;
-        b0 += q_len * kv_len;
-        i0 += kv_len;
-    }
+    let want = batch_reference(
+        &q,
+        &lens,
+        heads,
+        (&k64s, &v64s),
+        &SeqMasks {
+            masks: &masks,
+            bias: &bias,
+            bias_heads: false,
+            ids: &ids,
+        },
+    );
     // The fully hidden rows and the sequence whose mask hides everything are 0.
     let row = heads.n_heads * HD;
     let zero_rows = [20, 41];
