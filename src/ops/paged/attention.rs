@@ -453,24 +453,30 @@ impl Attention {
             h.head_dim,
             cache.dtype.size()
         );
+        // The subgroup kernels read whole 16-byte units of a row (fp8 rows at head_dims that are
+        // not multiples of 16 are not); the batch was planned before the pool was known.
         let subgroup_rows = batch.items[DECODE_SG_GROUPS].iter().any(|g| g.1 > 0);
-        crate::ensure!(
-            !subgroup_rows || attention::sg_reads_rows(cache.format, h.head_dim),
-            Param,
-            op,
-            "the batch was planned with the DecodeSubgroup kernel, which reads whole 16-byte units of a K/V row: {} rows of head_dim {} are not (fp8 needs a multiple of 16); plan the batch with PlanOptions {{ decode: Some(Kind::Decode), .. }}",
-            cache.format,
-            h.head_dim
-        );
-        crate::ensure!(
-            batch.items[PREFILL_SG_GROUP].1 == 0
-                || attention::sg_reads_rows(cache.format, h.head_dim),
-            Param,
-            op,
-            "the batch was planned with the PrefillSubgroup kernel, which reads whole 16-byte units of a K/V row: {} rows of head_dim {} are not (fp8 needs a multiple of 16); plan the batch with PlanOptions {{ prefill: Some(Kind::Prefill), .. }}",
-            cache.format,
-            h.head_dim
-        );
+        for (planned, kernel, option) in [
+            (
+                subgroup_rows,
+                "DecodeSubgroup",
+                "decode: Some(Kind::Decode)",
+            ),
+            (
+                batch.items[PREFILL_SG_GROUP].1 > 0,
+                "PrefillSubgroup",
+                "prefill: Some(Kind::Prefill)",
+            ),
+        ] {
+            crate::ensure!(
+                !planned || attention::sg_reads_rows(cache.format, h.head_dim),
+                Param,
+                op,
+                "the batch was planned with the {kernel} kernel, which reads whole 16-byte units of a K/V row: {} rows of head_dim {} are not (fp8 needs a multiple of 16); plan the batch with PlanOptions {{ {option}, .. }}",
+                cache.format,
+                h.head_dim
+            );
+        }
         crate::ensure!(
             ctx.caps().subgroups || batch.items[DECODE_SG_GROUPS.start..].iter().all(|g| g.1 == 0),
             Limit,
