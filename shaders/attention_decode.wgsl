@@ -141,24 +141,16 @@ fn attn_decode_merge_rows(
 // `attn_decode_keys`: decode for CPU adapters; the key-lane step `keys_partial` it shares with
 // `attn_paged_keys` is in attention_keys.wgsl, with the reasons for its shape. This entry point
 // picks the workgroup's (batch, kv head, row block, split), loads the KR query rows and hands
-// `keys_partial` the K/V row addresses of one contiguous head (`keys_rows`, `keys_unit` below).
+// `keys_partial` the K/V row addresses of one contiguous head (`keys_rows` below, `keys_unit` in
+// attention_kv4.wgsl).
 // Requires 16-byte aligned K/V rows (offsets and strides; head_dim a multiple of 8 for halves),
 // which the host checks.
-@group(0) @binding(8) var<storage, read> k4: array<vec4<u32>>;
-@group(0) @binding(9) var<storage, read> v4: array<vec4<u32>>;
 
 // (K source, K unit, V source, V unit): where the 16-byte units of key j's K and V rows start;
 // h = (K element base, V element base) of the head. Source 0 is k4, 1 is v4.
 fn keys_rows(h: vec2<u32>, j: u32) -> vec4<u32> {
     let epi = select(elems_per_item(DTYPE), 8u, KV_FMT >= KV_Q8_0);
     return vec4<u32>(0u, (h.x + j * p.k_st) / epi, 1u, (h.y + j * p.v_st) / epi);
-}
-
-fn keys_unit(src: u32, i: u32) -> vec4<u32> {
-    if src == 0u {
-        return k4[i];
-    }
-    return v4[i];
 }
 
 // Quantized K/V of source src (0 K, 1 V) at element e (a multiple of 8): the 16-byte unit of

@@ -8,18 +8,6 @@
 // Loops (modules are created without naga's loop counters, src/pipeline.rs): the staging loop by
 // WG to the tile's items (the step's loops: attention_prefill_sg_step.wgsl).
 
-// The same K/V windows as k_buf / v_buf, read 16 bytes at a time.
-@group(0) @binding(8) var<storage, read> k4: array<vec4<u32>>;
-@group(0) @binding(9) var<storage, read> v4: array<vec4<u32>>;
-
-// 16-byte unit i of K (src 0u) or V (src 1u): every read of K/V goes through here.
-fn keys_unit(src: u32, i: u32) -> vec4<u32> {
-    if src == 0u {
-        return k4[i];
-    }
-    return v4[i];
-}
-
 // The 16 bytes of float K (src 0u) or V (src 1u) at element e of its window (e a multiple of
 // `elems_per_item(DTYPE)`), as f32, one case per storage format.
 fn pf_kv(src: u32, e: u32) -> Item {

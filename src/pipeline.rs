@@ -47,6 +47,9 @@ pub const KV_SOURCE_WGSL: &str = include_str!("../shaders/kv_source.wgsl");
 pub const ATTENTION_COMMON_WGSL: &str = include_str!("../shaders/attention_common.wgsl");
 /// The split-KV partials (bindings, store, merge), shared by the decode and paged kernels.
 pub const ATTENTION_SPLIT_WGSL: &str = include_str!("../shaders/attention_split.wgsl");
+/// The contiguous K/V windows as 16-byte views and `keys_unit`, shared by the contiguous decode
+/// modules and the contiguous subgroup prefill.
+pub const ATTENTION_KV4_WGSL: &str = include_str!("../shaders/attention_kv4.wgsl");
 /// The CPU-adapter decode kernels' key-lane step (`keys_partial`), for the decode and paged
 /// modules, which define where a key's rows live.
 pub const ATTENTION_KEYS_WGSL: &str = include_str!("../shaders/attention_keys.wgsl");
@@ -304,6 +307,10 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     (
         "attention_decode_subgroup.wgsl",
         include_str!("../shaders/attention_decode_subgroup.wgsl"),
+    ),
+    (
+        "attention_kv4.wgsl",
+        include_str!("../shaders/attention_kv4.wgsl"),
     ),
     (
         "attention_keys.wgsl",

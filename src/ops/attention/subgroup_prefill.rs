@@ -18,6 +18,7 @@ pub const ATTENTION_PREFILL_SUBGROUP: &Shader = &Shader {
         crate::pipeline::KV_QUANT_WGSL,
         crate::pipeline::ATTENTION_COMMON_WGSL,
         crate::pipeline::ATTENTION_SPLIT_WGSL,
+        crate::pipeline::ATTENTION_KV4_WGSL,
         crate::pipeline::ATTENTION_PREFILL_SG_STEP_WGSL,
         include_str!("../../../shaders/attention_prefill_subgroup.wgsl"),
     ],
