@@ -11,7 +11,7 @@
 //! whole chain; the process exits non-zero on a mismatch.
 //!
 //! ```sh
-//! cargo run --release --example chain
+//! cargo run --release --example chain -- [--head-dim D]
 //! ```
 
 use std::process::ExitCode;
@@ -27,6 +27,7 @@ const TOKENS: usize = 16;
 const HIDDEN: usize = 256;
 const N_HEADS: usize = 4;
 const N_KV_HEADS: usize = 1;
+/// The default head_dim (`--head-dim` changes it).
 const HEAD_DIM: usize = 128;
 const THETA: f64 = 500000.0;
 const EPS: f32 = 1e-5;
@@ -72,8 +73,30 @@ fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
+/// `--head-dim D` (a multiple of 8), or the default.
+fn parse_head_dim() -> Result<usize, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(HEAD_DIM),
+        [flag, v] if flag == "--head-dim" => match v.parse() {
+            Ok(d) if d > 0 && d % 8 == 0 => Ok(d),
+            _ => Err(format!("--head-dim {v:?}: use a multiple of 8")),
+        },
+        _ => Err(format!(
+            "unexpected arguments {args:?}; usage: chain [--head-dim D]"
+        )),
+    }
+}
+
 fn main() -> ExitCode {
-    match run() {
+    let head_dim = match parse_head_dim() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(head_dim) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -83,14 +106,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<bool, Box<dyn std::error::Error>> {
+fn run(head_dim: usize) -> Result<bool, Box<dyn std::error::Error>> {
     // Any device works (Context::from_device wraps an application's own); this one has the
     // adapter's real limits.
     let ctx = Context::new()?;
     let (device, queue) = (ctx.device(), ctx.queue());
     println!("adapter: {}", ctx.adapter_info().name);
 
-    let row = (N_HEADS + 2 * N_KV_HEADS) * HEAD_DIM;
+    let row = (N_HEADS + 2 * N_KV_HEADS) * head_dim;
     let x = values(1, TOKENS * HIDDEN, 0.0, 1.0);
     let norm_w = values(2, HIDDEN, 1.0, 0.2);
     // Scaled so that q.k logits stay O(1), as trained weights keep them.
@@ -119,15 +142,15 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let w_qkv_buf = init(&w_qkv);
     let normed_buf = empty(TOKENS * HIDDEN);
     let qkv_buf = empty(TOKENS * row);
-    let out_buf = empty(TOKENS * N_HEADS * HEAD_DIM);
+    let out_buf = empty(TOKENS * N_HEADS * head_dim);
 
     // Views over them.
     let f32_ = DType::F32;
     let x_t = Tensor::new(&x_buf, 0, &[TOKENS, HIDDEN], f32_);
     let norm_w_t = Tensor::new(&norm_w_buf, 0, &[HIDDEN], f32_);
     let normed_t = Tensor::new(&normed_buf, 0, &[TOKENS, HIDDEN], f32_);
-    let (q, k, v) = qkv_views(&qkv_buf, 0, TOKENS, N_HEADS, N_KV_HEADS, HEAD_DIM, f32_);
-    let out_t = Tensor::new(&out_buf, 0, &[TOKENS, N_HEADS, HEAD_DIM], f32_);
+    let (q, k, v) = qkv_views(&qkv_buf, 0, TOKENS, N_HEADS, N_KV_HEADS, head_dim, f32_);
+    let out_t = Tensor::new(&out_buf, 0, &[TOKENS, N_HEADS, head_dim], f32_);
 
     // The application's own pipeline for the projection.
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -199,25 +222,25 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     }
     let split = |from: usize, heads: usize| -> Vec<f64> {
         qkv.chunks(row)
-            .flat_map(|r| r[from..from + heads * HEAD_DIM].iter().copied())
+            .flat_map(|r| r[from..from + heads * head_dim].iter().copied())
             .collect()
     };
-    let (inv_freq, attention_factor) = rope.inv_freq(HEAD_DIM, START as usize + TOKENS)?;
+    let (inv_freq, attention_factor) = rope.inv_freq(head_dim, START as usize + TOKENS)?;
     let pos: Vec<i64> = (0..TOKENS as i64).map(|t| START as i64 + t).collect();
     let rotate = |x: &[f64], heads: usize| {
         reference::rope::rope(
             x,
-            [1, TOKENS, heads, HEAD_DIM],
+            [1, TOKENS, heads, head_dim],
             &pos,
             &inv_freq,
             attention_factor,
             Layout::Half,
-            HEAD_DIM,
+            head_dim,
         )
     };
     let q_ref = rotate(&split(0, N_HEADS), N_HEADS);
-    let k_ref = rotate(&split(N_HEADS * HEAD_DIM, N_KV_HEADS), N_KV_HEADS);
-    let v_ref = split((N_HEADS + N_KV_HEADS) * HEAD_DIM, N_KV_HEADS);
+    let k_ref = rotate(&split(N_HEADS * head_dim, N_KV_HEADS), N_KV_HEADS);
+    let v_ref = split((N_HEADS + N_KV_HEADS) * head_dim, N_KV_HEADS);
     let want = reference::attention::attention(
         &q_ref,
         &k_ref,
@@ -229,7 +252,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             kv_len: TOKENS,
             n_heads: N_HEADS,
             n_kv_heads: N_KV_HEADS,
-            head_dim: HEAD_DIM,
+            head_dim,
         },
         &Default::default(),
     );
@@ -238,7 +261,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let ok = c.passes(tol);
     println!(
         "rms_norm -> qkv_proj -> rope q+k -> attention, {TOKENS} tokens, {N_HEADS} q heads over \
-         {N_KV_HEADS} kv head(s), head_dim {HEAD_DIM}: {c} (limit {tol:.0e}) {}",
+         {N_KV_HEADS} kv head(s), head_dim {head_dim}: {c} (limit {tol:.0e}) {}",
         if ok { "ok" } else { "MISMATCH" }
     );
     Ok(ok)

@@ -7,7 +7,7 @@
 //! process exits non-zero on the first mismatch.
 //!
 //! ```sh
-//! cargo run --release --example decode_loop -- [--steps N] [--dtype f32|f16|bf16]
+//! cargo run --release --example decode_loop -- [--steps N] [--dtype f32|f16|bf16] [--head-dim D]
 //! ```
 
 use std::process::ExitCode;
@@ -19,6 +19,7 @@ use llama_kernels::{Attention, Context, DType, KvCache, KvCacheConfig, Layout, R
 // Llama-3-8B's head_dim, GQA group of 4 and rope_theta, with fewer heads.
 const N_HEADS: usize = 8;
 const N_KV_HEADS: usize = 2;
+/// The default head_dim (`--head-dim` changes it).
 const HEAD_DIM: usize = 128;
 const THETA: f64 = 500000.0;
 const PROMPT: usize = 6;
@@ -26,12 +27,14 @@ const PROMPT: usize = 6;
 struct Args {
     steps: usize,
     dtype: DType,
+    head_dim: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         steps: 10,
         dtype: DType::F32,
+        head_dim: HEAD_DIM,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -43,6 +46,13 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("--steps {v:?} is not a number"))?;
             }
+            "--head-dim" => {
+                let v = value()?;
+                args.head_dim = match v.parse() {
+                    Ok(d) if d > 0 && d % 8 == 0 => d,
+                    _ => return Err(format!("--head-dim {v:?}: use a multiple of 8")),
+                };
+            }
             "--dtype" => {
                 args.dtype = match value()?.as_str() {
                     "f32" => DType::F32,
@@ -53,7 +63,7 @@ fn parse_args() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                "unknown argument {other:?}; usage: decode_loop [--steps N] [--dtype f32|f16|bf16]"
+                "unknown argument {other:?}; usage: decode_loop [--steps N] [--dtype f32|f16|bf16] [--head-dim D]"
             ))
             }
         }
@@ -98,29 +108,29 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let ctx = Context::new()?;
-    let dtype = args.dtype;
+    let (dtype, head_dim) = (args.dtype, args.head_dim);
     let total = PROMPT + args.steps;
     println!("adapter: {}", ctx.adapter_info().name);
 
     // What the projections would produce for every token of the sequence.
-    let (q_row, kv_row) = (N_HEADS * HEAD_DIM, N_KV_HEADS * HEAD_DIM);
+    let (q_row, kv_row) = (N_HEADS * head_dim, N_KV_HEADS * head_dim);
     let q_all = values(1, total * q_row, dtype);
     let k_all = values(2, total * kv_row, dtype);
     let v_all = values(3, total * kv_row, dtype);
 
     // The f64 reference: every token rotated at its own position.
     let rope = Rope::new(THETA, Layout::Half);
-    let (inv_freq, attention_factor) = rope.inv_freq(HEAD_DIM, total)?;
+    let (inv_freq, attention_factor) = rope.inv_freq(head_dim, total)?;
     let positions: Vec<i64> = (0..total as i64).collect();
     let rotate = |x: &[f64], heads: usize| {
         reference::rope::rope(
             x,
-            [1, total, heads, HEAD_DIM],
+            [1, total, heads, head_dim],
             &positions,
             &inv_freq,
             attention_factor,
             Layout::Half,
-            HEAD_DIM,
+            head_dim,
         )
     };
     let (q_rot, k_rot) = (rotate(&q_all, N_HEADS), rotate(&k_all, N_KV_HEADS));
@@ -131,7 +141,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             batch: 1,
             n_kv_heads: N_KV_HEADS,
             capacity: total,
-            head_dim: HEAD_DIM,
+            head_dim,
             dtype,
             kv_format: None,
         },
@@ -146,20 +156,20 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         let end = start + n;
         let q = ctx.upload_as(
             &f32s(&q_all[start * q_row..end * q_row]),
-            &[n, N_HEADS, HEAD_DIM],
+            &[n, N_HEADS, head_dim],
             dtype,
         )?;
         let k_new = ctx.upload_as(
             &f32s(&k_all[start * kv_row..end * kv_row]),
-            &[1, n, N_KV_HEADS, HEAD_DIM],
+            &[1, n, N_KV_HEADS, head_dim],
             dtype,
         )?;
         let v_new = ctx.upload_as(
             &f32s(&v_all[start * kv_row..end * kv_row]),
-            &[1, n, N_KV_HEADS, HEAD_DIM],
+            &[1, n, N_KV_HEADS, head_dim],
             dtype,
         )?;
-        let out = ctx.empty(&[n, N_HEADS, HEAD_DIM], dtype)?;
+        let out = ctx.empty(&[n, N_HEADS, head_dim], dtype)?;
 
         let mut enc = ctx.device().create_command_encoder(&Default::default());
         // Positions default to the cache length (start .. end); the append returns them, and
@@ -182,7 +192,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                 kv_len: end,
                 n_heads: N_HEADS,
                 n_kv_heads: N_KV_HEADS,
-                head_dim: HEAD_DIM,
+                head_dim,
             },
             &Default::default(),
         );
@@ -204,7 +214,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         start = end;
     }
     println!(
-        "{} ({dtype}, {N_HEADS} q heads over {N_KV_HEADS} kv heads, head_dim {HEAD_DIM}, limit {tol:.0e})",
+        "{} ({dtype}, {N_HEADS} q heads over {N_KV_HEADS} kv heads, head_dim {head_dim}, limit {tol:.0e})",
         if ok { "all steps match the f64 reference" } else { "MISMATCH" }
     );
     Ok(ok)

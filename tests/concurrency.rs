@@ -57,9 +57,13 @@ const KV_HEADS: usize = 2;
 const HD: usize = 16;
 const KV_LEN: usize = 40;
 const PREFILL: usize = 12;
+/// The threads' dtypes, alternating: a full and a half type, so that threads race on different
+/// keys as well as on the same ones. Each dtype's pipelines compile on first use, one at a time on
+/// lavapipe's queue, so a third dtype adds seconds and nothing to what is under test.
+const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
 
 fn work(seed: u64) -> Work {
-    let dtype = DType::ALL[seed as usize % 3];
+    let dtype = DTYPES[seed as usize % DTYPES.len()];
     let mut rng = Rng::new(seed);
     let x = rng.vec(ROWS * HIDDEN, 1.0);
     let res = rng.vec(ROWS * HIDDEN, 1.0);
@@ -242,7 +246,7 @@ fn eight_threads_share_one_context() {
     // family again; `racing_threads_get_one_pipeline_per_key` checks that a key racing threads
     // ask for is built once.)
     let built = ctx.cached_pipelines();
-    for s in 0..3 {
+    for s in 0..DTYPES.len() as u64 {
         iteration(&ctx, &work(s), "single-threaded, after the threads");
     }
     assert_eq!(

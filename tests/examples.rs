@@ -8,16 +8,21 @@ use std::process::Command;
 
 use common::run_example;
 
+// chain and decode_loop run at head_dim 64 here: at their default (Llama-3's 128) each compiles
+// its attention pipelines cold in a process of its own, seconds that the suite's attention tests
+// already spend on that head size.
 #[test]
 fn chain_matches_the_reference() {
-    let out = run_example("chain", &[]);
+    let out = run_example("chain", &["--head-dim", "64"]);
+    assert!(out.contains("head_dim 64"), "{out}");
     assert!(out.contains("rope q+k -> attention"), "{out}");
     assert!(out.trim_end().ends_with("ok"), "{out}");
 }
 
 #[test]
 fn decode_loop_matches_the_reference_at_every_step() {
-    let out = run_example("decode_loop", &["--steps", "4"]);
+    let out = run_example("decode_loop", &["--steps", "4", "--head-dim", "64"]);
+    assert!(out.contains("head_dim 64"), "{out}");
     // The prefill and each of the 4 decode steps were checked.
     assert_eq!(out.matches(" ok\n").count(), 5, "{out}");
     assert!(out.contains("all steps match the f64 reference"), "{out}");
@@ -61,20 +66,20 @@ fn speculative_tree_keeps_the_greedy_tokens() {
 }
 
 #[test]
-fn decode_loop_refuses_a_bad_argument() {
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "--quiet",
-            "--example",
-            "decode_loop",
-            "--",
-            "--dtype",
-            "f8",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run cargo");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--dtype \"f8\""));
+fn examples_refuse_a_bad_argument() {
+    for (example, args, says) in [
+        ("decode_loop", ["--dtype", "f8"], "--dtype \"f8\""),
+        ("decode_loop", ["--head-dim", "12"], "--head-dim \"12\""),
+        ("chain", ["--head-dim", "0"], "--head-dim \"0\""),
+    ] {
+        let out = Command::new(env!("CARGO"))
+            .args(["run", "--quiet", "--example", example, "--"])
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run cargo");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{example} {args:?}: {err}");
+        assert!(err.contains(says), "{example} {args:?}: {err}");
+    }
 }
