@@ -1022,6 +1022,7 @@ fn paged_tiles_the_mask_hides_are_skipped() {
                 splits: Some(splits),
                 prefill: Some(prefill[(i + splits as usize / 5) % prefill.len()]),
                 decode: Some(d),
+                ..Default::default()
             });
         }
     }

@@ -15,8 +15,8 @@ use llama_kernels::ops::paged::{
 use llama_kernels::ops::rope::HeadNorm;
 use llama_kernels::reference::attention as reference;
 use llama_kernels::{
-    Attention, Context, DType, Error, PageTable, PagedBatch, PagedKvCache, PagedKvConfig, Rope,
-    Tensor,
+    Attention, Context, DType, Error, KvFormat, PageTable, PagedBatch, PagedKvCache, PagedKvConfig,
+    Rope, Tensor,
 };
 
 /// The attention tests' head size (one pipeline specialisation per dtype and kernel, which a CPU
@@ -298,6 +298,7 @@ fn large_and_odd_head_sizes() {
                 splits: None,
                 decode,
                 prefill: Some(Kind::Prefill),
+                ..Default::default()
             },
         );
         let op = Attention::default();
@@ -381,6 +382,7 @@ fn equals_contiguous_attention_bitwise() {
                         splits: Some(splits),
                         decode: Some(decode),
                         prefill: Some(Kind::Prefill),
+                        ..Default::default()
                     },
                 );
                 let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
@@ -498,6 +500,7 @@ fn decode_kernels_over_pages() {
                     splits: None,
                     decode: Some(decode),
                     prefill: Some(Kind::Prefill),
+                    ..Default::default()
                 },
             );
             assert_eq!(batch.kinds()[3], Kind::Prefill);
@@ -525,6 +528,7 @@ fn decode_kernels_over_pages() {
                 splits: Some(4),
                 decode: Some(Kind::DecodeKeys),
                 prefill: Some(Kind::Prefill),
+                ..Default::default()
             },
         );
         let got = w.run(&ctx, &cache, &batch, &Attention::default(), None);
@@ -546,6 +550,7 @@ fn decode_kernels_over_pages() {
             splits: Some(2),
             decode: Some(Kind::DecodeKeys),
             prefill: Some(Kind::Prefill),
+            ..Default::default()
         },
     );
     let sinks: Vec<f32> = (0..8).map(|i| i as f32 * 0.3 - 1.0).collect();
@@ -1643,6 +1648,7 @@ fn subgroup_decode_over_pages() {
         splits,
         decode: Some(Kind::DecodeSubgroup),
         prefill: Some(Kind::Prefill),
+        ..Default::default()
     };
     if !ctx.caps().subgroups {
         let err = PagedBatch::from_parts_with(&ctx, PAGE, w.n_pages, &w.seqs, w.heads, &plan(None))
@@ -1699,6 +1705,7 @@ fn subgroup_prefill_over_pages() {
         splits,
         decode: None,
         prefill: Some(Kind::PrefillSubgroup),
+        ..Default::default()
     };
     if !ctx.caps().subgroups {
         let w = world(760, &lens, gqa(), DType::F32, PageLayout::Hnd, None);
@@ -1764,4 +1771,50 @@ fn subgroup_prefill_over_pages() {
         err.to_string().contains("prefill kernel DecodeKeys"),
         "{err}"
     );
+}
+
+/// `PlanOptions::kv_format`: forcing a subgroup kernel over K/V rows it cannot read as whole
+/// 16-byte units (fp8 at a head_dim that is not a multiple of 16) is refused when the batch is
+/// planned, and allowed where it can (head_dim 48); `PagedBatch::new_with` plans from the table
+/// with the same options. (Where no kernel is forced, the default kernels over such rows are the
+/// tile kernels: the library's unit test of `default_kinds` checks the choice for a described GPU.)
+#[test]
+fn plan_options_kv_format_refuses_subgroup_kernels_that_cannot_read_it() {
+    let ctx = ctx();
+    if !ctx.caps().subgroups {
+        panic!("adapter without SUBGROUP: the forced subgroup kernels cannot be planned");
+    }
+    let mut table = PageTable::new(8, 16).unwrap();
+    let seq = table.add_sequence();
+    table.append(&[(seq, 20)]).unwrap();
+    let fp8 = Some(KvFormat::Fp8E4M3);
+    for (decode, prefill, q_len, kernel) in [
+        (Some(Kind::DecodeSubgroup), None, 1, "DecodeSubgroup"),
+        (None, Some(Kind::PrefillSubgroup), 20, "PrefillSubgroup"),
+    ] {
+        let opts = PlanOptions {
+            decode,
+            prefill,
+            kv_format: fp8,
+            ..Default::default()
+        };
+        for head_dim in [40, 48] {
+            let heads = Heads {
+                n_heads: 4,
+                n_kv_heads: 2,
+                head_dim,
+            };
+            let got = PagedBatch::new_with(&ctx, &table, &[(seq, q_len)], heads, &opts);
+            if head_dim % 16 == 0 {
+                let batch = got.unwrap();
+                assert_eq!(batch.kinds(), vec![decode.or(prefill).unwrap()]);
+                continue;
+            }
+            let e = got.err().expect("refused").to_string();
+            assert!(
+                e.contains(&format!("the {kernel} kernel reads whole 16-byte units of a K/V row: fp8_e4m3 rows of head_dim 40 are not")),
+                "{e}"
+            );
+        }
+    }
 }

@@ -239,9 +239,8 @@ pub fn cases(quick: bool) -> Vec<Case> {
                 }
                 let parts = batch_parts(&table, &seqs, |_| 1)?;
                 let plan = PlanOptions {
-                    splits: None,
                     decode,
-                    prefill: None,
+                    ..PlanOptions::default()
                 };
                 let batch = PagedBatch::from_parts_with(ctx, PAGE, n_pages, &parts, HEADS, &plan)?;
                 let q = upload_pattern(ctx, &[n, n_heads, head_dim], dtype, 8)?;

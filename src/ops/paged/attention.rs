@@ -472,9 +472,10 @@ impl Attention {
                 !planned || attention::sg_reads_rows(cache.format, h.head_dim),
                 Param,
                 op,
-                "the batch was planned with the {kernel} kernel, which reads whole 16-byte units of a K/V row: {} rows of head_dim {} are not (fp8 needs a multiple of 16); plan the batch with PlanOptions {{ {option}, .. }}",
+                "the batch was planned with the {kernel} kernel, which reads whole 16-byte units of a K/V row: {} rows of head_dim {} are not (fp8 needs a multiple of 16); plan the batch with PlanOptions {{ kv_format: Some(KvFormat::{:?}), .. }} or {{ {option}, .. }}",
                 cache.format,
-                h.head_dim
+                h.head_dim,
+                cache.format
             );
         }
         crate::ensure!(

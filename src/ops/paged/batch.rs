@@ -4,7 +4,8 @@ use super::table::{PageTable, SeqId};
 use super::{check_page_size, OP};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::ops::attention::{self, Kind};
+use crate::kv_format::KvFormat;
+use crate::ops::attention::{self, DeviceDesc, Kind};
 use crate::ops::rope::PositionIds;
 
 /// Words of a sequence record in the batch plan (mirrors `SEQ_WORDS` in the shader).
@@ -83,7 +84,26 @@ impl PagedBatch {
         entries: &[(SeqId, usize)],
         heads: Heads,
     ) -> Result<Self> {
-        let seqs = entries
+        let seqs = Self::entries(table, entries)?;
+        Self::from_parts(ctx, table.page_size(), table.n_pages(), &seqs, heads, None)
+    }
+
+    /// [`PagedBatch::new`] with planning choices: among them the cache's K/V format
+    /// ([`PlanOptions::kv_format`]), which keeps the default kernels to those that read it.
+    pub fn new_with(
+        ctx: &Context,
+        table: &PageTable,
+        entries: &[(SeqId, usize)],
+        heads: Heads,
+        plan: &PlanOptions,
+    ) -> Result<Self> {
+        let seqs = Self::entries(table, entries)?;
+        Self::from_parts_with(ctx, table.page_size(), table.n_pages(), &seqs, heads, plan)
+    }
+
+    /// The sequences of `entries` (sequence, new tokens) as the table holds them.
+    fn entries(table: &PageTable, entries: &[(SeqId, usize)]) -> Result<Vec<BatchSeq>> {
+        entries
             .iter()
             .map(|&(id, n)| {
                 let len = table.len(id)?;
@@ -100,8 +120,7 @@ impl PagedBatch {
                     pages: table.pages(id)?.to_vec(),
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
-        Self::from_parts(ctx, table.page_size(), table.n_pages(), &seqs, heads, None)
+            .collect()
     }
 
     /// A batch from explicit lengths and block-table rows (a `check` case, a caller with its own
@@ -190,6 +209,19 @@ impl PagedBatch {
                 ctx.adapter_info().name
             );
         }
+        if let Some(f) = plan.kv_format {
+            for (k, forced) in [
+                (Kind::DecodeSubgroup, plan.decode),
+                (Kind::PrefillSubgroup, plan.prefill),
+            ] {
+                crate::ensure!(
+                    forced != Some(k) || attention::sg_reads_rows(f, head_dim),
+                    Param,
+                    OP,
+                    "the {k:?} kernel reads whole 16-byte units of a K/V row: {f} rows of head_dim {head_dim} are not (fp8 needs a multiple of 16)"
+                );
+            }
+        }
         for (i, s) in seqs.iter().enumerate() {
             crate::ensure!(
                 s.pages.len() >= s.kv_len.div_ceil(page_size),
@@ -220,20 +252,11 @@ impl PagedBatch {
         }
         let group = n_heads / n_kv_heads;
         let wg = attention::DECODE_WG as usize;
-        // Decode rows (q_len <= DECODE_MAX_Q_LEN) take DecodeKeys on CPU adapters, as the
-        // contiguous dispatcher does, when rows are 16-byte aligned in every dtype the cache may
-        // hold (head_dim a multiple of 8; page and head offsets are multiples of head_dim).
-        // Elsewhere DecodeSubgroup where the device has SUBGROUP: the one rule, DeviceDesc::default_kind.
-        let dev = attention::DeviceDesc::of(ctx);
-        let decode_kind = plan
-            .decode
-            .unwrap_or_else(|| dev.default_kind(1, head_dim.is_multiple_of(8)));
-        let prefill_kind = plan.prefill.unwrap_or_else(|| {
-            match dev.default_kind(attention::DECODE_MAX_Q_LEN + 1, head_dim.is_multiple_of(8)) {
-                Kind::PrefillSubgroup => Kind::PrefillSubgroup,
-                _ => Kind::Prefill,
-            }
-        });
+        // Decode rows: q_len <= DECODE_MAX_Q_LEN.
+        let dev = DeviceDesc::of(ctx);
+        let (default_decode, default_prefill) = default_kinds(&dev, head_dim, plan.kv_format);
+        let decode_kind = plan.decode.unwrap_or(default_decode);
+        let prefill_kind = plan.prefill.unwrap_or(default_prefill);
         let hd4 = (head_dim / 4) as u32;
         let sg_min = ctx.adapter_info().subgroup_min_size.max(4);
         let kind_of = |q_len: usize| match q_len > attention::DECODE_MAX_Q_LEN {
@@ -497,6 +520,38 @@ pub struct PlanOptions {
     /// the contiguous dispatcher does (PrefillSubgroup on adapters that are not CPU adapters with
     /// `SUBGROUP` when head_dim is a multiple of 8, Prefill otherwise).
     pub prefill: Option<Kind>,
+    /// The K/V format of the cache the batch will attend over ([`super::PagedKvCache::format`]);
+    /// `None` plans for any float format. The subgroup kernels read whole 16-byte units of a
+    /// row, which fp8 rows are only at head_dims that are multiples of 16: with such a format
+    /// the default kernels are the tile kernels instead, and forcing a subgroup kernel is
+    /// refused here. (A batch planned without the format over such a cache is refused by the
+    /// attention call.)
+    pub kv_format: Option<KvFormat>,
+}
+
+/// The kernels of a batch's decode rows and prefill rows when [`PlanOptions`] forces none, on
+/// `dev` at `head_dim` over K/V in `kv` (`None`: a float format). The one rule,
+/// [`DeviceDesc::default_kind`], as the contiguous dispatcher applies it: on CPU adapters
+/// DecodeKeys when rows are 16-byte aligned in every dtype the cache may hold (head_dim a
+/// multiple of 8; page and head offsets are multiples of head_dim); elsewhere DecodeSubgroup
+/// and PrefillSubgroup where the device has `SUBGROUP`, except over K/V rows they cannot read
+/// as whole 16-byte units ([`attention::sg_reads_rows`]), which take the tile kernels.
+pub(super) fn default_kinds(
+    dev: &DeviceDesc,
+    head_dim: usize,
+    kv: Option<KvFormat>,
+) -> (Kind, Kind) {
+    let aligned = head_dim.is_multiple_of(8);
+    let sg_ok = kv.is_none_or(|f| attention::sg_reads_rows(f, head_dim));
+    let decode = match dev.default_kind(1, aligned) {
+        Kind::DecodeSubgroup if !sg_ok => Kind::Decode,
+        k => k,
+    };
+    let prefill = match dev.default_kind(attention::DECODE_MAX_Q_LEN + 1, aligned) {
+        Kind::PrefillSubgroup if sg_ok => Kind::PrefillSubgroup,
+        _ => Kind::Prefill,
+    };
+    (decode, prefill)
 }
 
 /// Work-item lists (passes) a batch may have.
@@ -519,3 +574,31 @@ fn item_group(kind: Kind, rows_per_wg: usize) -> usize {
 pub(super) const KEYS_GROUPS: std::ops::Range<usize> = 1..4;
 pub(super) const DECODE_SG_GROUPS: std::ops::Range<usize> = 4..8;
 pub(super) const PREFILL_SG_GROUP: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_kinds_fall_back_from_the_subgroup_kernels_over_fp8_rows_they_cannot_read() {
+        let gpu = DeviceDesc::nvidia();
+        let sg = (Kind::DecodeSubgroup, Kind::PrefillSubgroup);
+        let tile = (Kind::Decode, Kind::Prefill);
+        for (hd, kv, want) in [
+            (40, None, sg),
+            (40, Some(KvFormat::BF16), sg),
+            (40, Some(KvFormat::Fp8E4M3), tile),
+            (48, Some(KvFormat::Fp8E4M3), sg),
+            (64, Some(KvFormat::Q8_0), sg),
+            (64, Some(KvFormat::Q4_0), sg),
+            (36, None, tile),
+        ] {
+            assert_eq!(default_kinds(&gpu, hd, kv), want, "head_dim {hd} {kv:?}");
+        }
+        // CPU adapters keep DecodeKeys (it reads 8 values at a time) and the tile prefill.
+        assert_eq!(
+            default_kinds(&DeviceDesc::lavapipe(), 40, Some(KvFormat::Fp8E4M3)),
+            (Kind::DecodeKeys, Kind::Prefill)
+        );
+    }
+}
