@@ -31,7 +31,7 @@ use crate::compare::tolerance;
 use crate::context::Context;
 use crate::error::Result;
 use crate::ops::attention::{self, Attention};
-use crate::ops::paged::{BatchSeq, Heads, PageLayout};
+use crate::ops::paged::{BatchSeq, Heads, PageLayout, PlanOptions};
 use crate::reference::attention as reference;
 use crate::reference::quant;
 use crate::{KvFormat, PagedBatch, PagedKvCache, PagedKvConfig};
@@ -278,7 +278,12 @@ pub fn run(ctx: &Context, case: &CaseFile) -> Result<OpResult> {
             quant::round_trip(format, &v.to_f32(), h.head_dim, v_scale),
         ),
     };
-    let batch = PagedBatch::from_parts(ctx, b.page_size, b.n_pages, &b.seqs, h, None)?;
+    // Planned with the pool's format, as a caller that knows it plans (PlanOptions::kv_format).
+    let plan = PlanOptions {
+        kv_format: Some(format),
+        ..PlanOptions::default()
+    };
+    let batch = PagedBatch::from_parts_with(ctx, b.page_size, b.n_pages, &b.seqs, h, &plan)?;
     let all: Vec<u32> = (0..b.n_pages as u32).collect();
     cache.write_pages(ctx, &all, &k.to_f32(), &v.to_f32())?;
     let qt = ctx.upload_as(&q.to_f32(), &q.shape, dtype)?;
