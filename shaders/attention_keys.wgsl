@@ -85,17 +85,6 @@ fn keys_units() -> u32 {
     return select(HD4, HD4 / 2u, keys_two());
 }
 
-// Unit i of a source as values: a 16-byte unit unpacked or, for quantized K/V, the 8 values at
-// element 8i dequantized with scale d: `keys_qunit(src, e)` is the including kernel's read of the
-// 16-byte unit holding their two data words (kv_dequant8 picks the pair by e % 32, which the
-// kernels keep equal to the offset's inside its buffer or page).
-fn keys_item(src: u32, i: u32, d: f32) -> Item {
-    if KV_FMT >= KV_Q8_0 {
-        return kv_dequant8(KV_FMT, keys_qunit(src, 8u * i), 8u * i, d);
-    }
-    return keys_unpack(keys_unit(src, i));
-}
-
 // Quantized K/V, rows a and b (source, unit; u0 a multiple of 8): the scales of a's units u0 .. u0
 // + 3 (x) and u0 + 4 .. u0 + 7 (y), and of b's (z, w). A head row starts a block and head_dim is a
 // multiple of 32 (the formats' rule), so the 4 units of 8 values from a multiple of 4 share one
@@ -162,10 +151,16 @@ fn keys_dot_rows(
     }
 }
 
-// Unit u of the K rows of both keys of a step (k0, k1: source and unit of each row) against
-// every row. Called with constant u only (keys_dot8), so that every private-array index is a
-// constant.
-fn keys_dot_unit(
+// Quantized K/V: two 8-value units from one 16-byte load of the data plane (`keys_qdot_pair`,
+// `keys_qpv_pair`, for units u and u + 1 with u even): the 16 values of a q8_0 or fp8 load, or
+// the low (u % 4 == 0) or high nibbles of a whole q4_0 block. A row's data takes head_dim / 16
+// loads per key instead of head_dim / 8, and each call dequantizes exactly its two units (no
+// code that a constant condition drops only after inlining: LLVM's and NIR's time on llvmpipe
+// follow the inlined code, BENCHMARKS.md, cold compile). A head row starts a block and head_dim
+// is a multiple of 32, so both units share a block (and `keys_dsel`'s scale).
+
+// Units u and u + 1 (u even) of the K rows of both keys of a step against every row.
+fn keys_qdot_pair(
     u: u32,
     q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
     q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
@@ -176,13 +171,35 @@ fn keys_dot_unit(
     k1: vec2<u32>,
     ds: vec4<f32>,
 ) {
-    if u < keys_units() {
-        let d = u * select(1u, 2u, keys_two());
-        let dq = keys_dsel(u, ds);
-        keys_dot_rows(q0, q1, q2, q3, s, 0u, d, keys_item(k0.x, k0.y + u, dq.x));
-        if keys_two() {
-            keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_item(k1.x, k1.y + u, dq.y));
-        }
+    let dq = keys_dsel(u, ds);
+    let w0 = keys_qunit(k0.x, 8u * (k0.y + u));
+    let w1 = keys_qunit(k1.x, 8u * (k1.y + u));
+    keys_dot_rows(q0, q1, q2, q3, s, 0u, 2u * u, kv_dequant8(KV_FMT, w0, 8u * (k0.y + u), dq.x));
+    keys_dot_rows(q0, q1, q2, q3, s, 4u, 2u * u, kv_dequant8(KV_FMT, w1, 8u * (k1.y + u), dq.y));
+    keys_dot_rows(q0, q1, q2, q3, s, 0u, 2u * u + 2u, kv_dequant8(KV_FMT, w0, 8u * (k0.y + u + 1u), dq.x));
+    keys_dot_rows(q0, q1, q2, q3, s, 4u, 2u * u + 2u, kv_dequant8(KV_FMT, w1, 8u * (k1.y + u + 1u), dq.y));
+}
+
+// Unit u of the float K rows of both keys of a step (k0, k1: source and unit of each row)
+// against every row. Called with constant u only (keys_dot8), so that every private-array index
+// is a constant.
+fn keys_dot_unit(
+    u: u32,
+    q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    s: ptr<function, array<vec4<f32>, 8>>,
+    k0: vec2<u32>,
+    k1: vec2<u32>,
+) {
+    if u >= keys_units() {
+        return;
+    }
+    let d = u * select(1u, 2u, keys_two());
+    keys_dot_rows(q0, q1, q2, q3, s, 0u, d, keys_unpack(keys_unit(k0.x, k0.y + u)));
+    if keys_two() {
+        keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_unpack(keys_unit(k1.x, k1.y + u)));
     }
 }
 
@@ -197,8 +214,32 @@ fn keys_pv_row(a: ptr<function, array<vec4<f32>, MAX_HD4>>, d: u32, al: f32, p0:
     (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi + p1 * y1.hi;
 }
 
-// Unit u of the V rows of the step's keys into every row's accumulator (constant u only).
-fn keys_pv_unit(
+// The step's V items y0, y1 (head slots d ..) into every row's accumulator.
+fn keys_pv_rows(
+    a0: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a1: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a2: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a3: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    d: u32,
+    al: vec4<f32>,
+    p0: vec4<f32>,
+    p1: vec4<f32>,
+    y0: Item,
+    y1: Item,
+) {
+    keys_pv_row(a0, d, al.x, p0.x, p1.x, y0, y1);
+    if KR > 1u {
+        keys_pv_row(a1, d, al.y, p0.y, p1.y, y0, y1);
+    }
+    if KR > 2u {
+        keys_pv_row(a2, d, al.z, p0.z, p1.z, y0, y1);
+        keys_pv_row(a3, d, al.w, p0.w, p1.w, y0, y1);
+    }
+}
+
+// Units u and u + 1 (u even) of the quantized V rows of the step's keys into every row's
+// accumulator (as keys_qdot_pair).
+fn keys_qpv_pair(
     u: u32,
     a0: ptr<function, array<vec4<f32>, MAX_HD4>>,
     a1: ptr<function, array<vec4<f32>, MAX_HD4>>,
@@ -211,23 +252,36 @@ fn keys_pv_unit(
     p1: vec4<f32>,
     ds: vec4<f32>,
 ) {
-    if u < keys_units() {
-        let d = u * select(1u, 2u, keys_two());
-        let dq = keys_dsel(u, ds);
-        let y0 = keys_item(v0.x, v0.y + u, dq.x);
-        var y1 = y0;
-        if keys_two() {
-            y1 = keys_item(v1.x, v1.y + u, dq.y);
-        }
-        keys_pv_row(a0, d, al.x, p0.x, p1.x, y0, y1);
-        if KR > 1u {
-            keys_pv_row(a1, d, al.y, p0.y, p1.y, y0, y1);
-        }
-        if KR > 2u {
-            keys_pv_row(a2, d, al.z, p0.z, p1.z, y0, y1);
-            keys_pv_row(a3, d, al.w, p0.w, p1.w, y0, y1);
-        }
+    let dq = keys_dsel(u, ds);
+    let w0 = keys_qunit(v0.x, 8u * (v0.y + u));
+    let w1 = keys_qunit(v1.x, 8u * (v1.y + u));
+    keys_pv_rows(a0, a1, a2, a3, 2u * u, al, p0, p1, kv_dequant8(KV_FMT, w0, 8u * (v0.y + u), dq.x), kv_dequant8(KV_FMT, w1, 8u * (v1.y + u), dq.y));
+    keys_pv_rows(a0, a1, a2, a3, 2u * u + 2u, al, p0, p1, kv_dequant8(KV_FMT, w0, 8u * (v0.y + u + 1u), dq.x), kv_dequant8(KV_FMT, w1, 8u * (v1.y + u + 1u), dq.y));
+}
+
+// Unit u of the float V rows of the step's keys into every row's accumulator (constant u only).
+fn keys_pv_unit(
+    u: u32,
+    a0: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a1: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a2: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    a3: ptr<function, array<vec4<f32>, MAX_HD4>>,
+    v0: vec2<u32>,
+    v1: vec2<u32>,
+    al: vec4<f32>,
+    p0: vec4<f32>,
+    p1: vec4<f32>,
+) {
+    if u >= keys_units() {
+        return;
     }
+    let d = u * select(1u, 2u, keys_two());
+    let y0 = keys_unpack(keys_unit(v0.x, v0.y + u));
+    var y1 = y0;
+    if keys_two() {
+        y1 = keys_unpack(keys_unit(v1.x, v1.y + u));
+    }
+    keys_pv_rows(a0, a1, a2, a3, d, al, p0, p1, y0, y1);
 }
 
 // Units u0 .. u0 + 8, written out: WGSL cannot ask for unrolling, and llvmpipe keeps a private
@@ -242,17 +296,28 @@ fn keys_dot8(
     k0: vec2<u32>,
     k1: vec2<u32>,
 ) {
-    if u0 < keys_units() {
-        let ds = keys_qscales(u0, k0, k1);
-        keys_dot_unit(u0, q0, q1, q2, q3, s, k0, k1, ds);
-        keys_dot_unit(u0 + 1u, q0, q1, q2, q3, s, k0, k1, ds);
-        keys_dot_unit(u0 + 2u, q0, q1, q2, q3, s, k0, k1, ds);
-        keys_dot_unit(u0 + 3u, q0, q1, q2, q3, s, k0, k1, ds);
-        keys_dot_unit(u0 + 4u, q0, q1, q2, q3, s, k0, k1, ds);
-        keys_dot_unit(u0 + 5u, q0, q1, q2, q3, s, k0, k1, ds);
-        keys_dot_unit(u0 + 6u, q0, q1, q2, q3, s, k0, k1, ds);
-        keys_dot_unit(u0 + 7u, q0, q1, q2, q3, s, k0, k1, ds);
+    if u0 >= keys_units() {
+        return;
     }
+    if KV_FMT >= KV_Q8_0 {
+        // Units come in fours (head_dim a multiple of 32): u0 + 4 is the only other bound.
+        let ds = keys_qscales(u0, k0, k1);
+        keys_qdot_pair(u0, q0, q1, q2, q3, s, k0, k1, ds);
+        keys_qdot_pair(u0 + 2u, q0, q1, q2, q3, s, k0, k1, ds);
+        if u0 + 4u < keys_units() {
+            keys_qdot_pair(u0 + 4u, q0, q1, q2, q3, s, k0, k1, ds);
+            keys_qdot_pair(u0 + 6u, q0, q1, q2, q3, s, k0, k1, ds);
+        }
+        return;
+    }
+    keys_dot_unit(u0, q0, q1, q2, q3, s, k0, k1);
+    keys_dot_unit(u0 + 1u, q0, q1, q2, q3, s, k0, k1);
+    keys_dot_unit(u0 + 2u, q0, q1, q2, q3, s, k0, k1);
+    keys_dot_unit(u0 + 3u, q0, q1, q2, q3, s, k0, k1);
+    keys_dot_unit(u0 + 4u, q0, q1, q2, q3, s, k0, k1);
+    keys_dot_unit(u0 + 5u, q0, q1, q2, q3, s, k0, k1);
+    keys_dot_unit(u0 + 6u, q0, q1, q2, q3, s, k0, k1);
+    keys_dot_unit(u0 + 7u, q0, q1, q2, q3, s, k0, k1);
 }
 
 fn keys_pv8(
@@ -267,17 +332,27 @@ fn keys_pv8(
     p0: vec4<f32>,
     p1: vec4<f32>,
 ) {
-    if u0 < keys_units() {
-        let ds = keys_qscales(u0, v0, v1);
-        keys_pv_unit(u0, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
-        keys_pv_unit(u0 + 1u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
-        keys_pv_unit(u0 + 2u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
-        keys_pv_unit(u0 + 3u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
-        keys_pv_unit(u0 + 4u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
-        keys_pv_unit(u0 + 5u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
-        keys_pv_unit(u0 + 6u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
-        keys_pv_unit(u0 + 7u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+    if u0 >= keys_units() {
+        return;
     }
+    if KV_FMT >= KV_Q8_0 {
+        let ds = keys_qscales(u0, v0, v1);
+        keys_qpv_pair(u0, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+        keys_qpv_pair(u0 + 2u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+        if u0 + 4u < keys_units() {
+            keys_qpv_pair(u0 + 4u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+            keys_qpv_pair(u0 + 6u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
+        }
+        return;
+    }
+    keys_pv_unit(u0, a0, a1, a2, a3, v0, v1, al, p0, p1);
+    keys_pv_unit(u0 + 1u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+    keys_pv_unit(u0 + 2u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+    keys_pv_unit(u0 + 3u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+    keys_pv_unit(u0 + 4u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+    keys_pv_unit(u0 + 5u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+    keys_pv_unit(u0 + 6u, a0, a1, a2, a3, v0, v1, al, p0, p1);
+    keys_pv_unit(u0 + 7u, a0, a1, a2, a3, v0, v1, al, p0, p1);
 }
 
 // Score of the KR rows against one key from its dot partials (lanes of s[base + i]).
