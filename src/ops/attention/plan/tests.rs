@@ -392,7 +392,13 @@ fn quantized_caches_decode_with_subgroups() {
             match plan(&int8, &dev, d, kv) {
                 Ok(p) => {
                     assert!(kv.is_block(), "{kv}");
-                    assert_eq!(p.variant, Variant { int8_dot: true, ..v });
+                    assert_eq!(
+                        p.variant,
+                        Variant {
+                            int8_dot: true,
+                            ..v
+                        }
+                    );
                     assert_eq!(p.variant.keys()[0].constant("I8"), Some(1));
                 }
                 Err(e) => assert!(!kv.is_block() && e.to_string().contains("int8_dot"), "{e}"),
