@@ -53,6 +53,11 @@
 //   LG     lanes per lane group: min(next power of two >= UPR, the adapter's smallest subgroup)
 //   NLG    lane groups per workgroup: WG / LG
 //   MV4    vec4s of the merge memory: max(NLG / 2, 1) * HD4
+//   I8     1: q·k over q8_0 or q4_0 K by packed 8-bit products (`dot4I8Packed`), as llama.cpp's
+//          DP4A path: the rows' q quantized once per block of 32 as q8_0 with an f32 scale
+//          (`sg_quant_q`), K's units kept as int8 words (`sg_key_i8`), per unit an i32 sum of
+//          products times the two block scales in f32 (`sg_dot_i8`); V, the softmax and P·V as
+//          on the f32 path. 0: every score from dequantized f32 units (every format)
 // Loops (modules are created without naga's loop counters, src/pipeline.rs): rows, slots,
 // vec4s and butterfly steps by 1 (or halving) to constants; the key loop by NLG (> 0) to the end
 // of the split; the merge rounds halve a constant to 0.
@@ -62,6 +67,7 @@ const VPU: u32 = 2u; // @key
 const LG: u32 = 16u; // @key
 const NLG: u32 = 8u; // @key
 const MV4: u32 = 128u; // @key
+const I8: u32 = 0u; // @key
 // vec4s of a row per lane, and vec4s holding the rows' scores (four rows each).
 const SV: u32 = SLOTS * VPU;
 const S4: u32 = (RS + 3u) / 4u;
@@ -71,6 +77,15 @@ const MSLOTS: u32 = max(NLG / 2u, 1u);
 alias SgRegs = array<array<vec4<f32>, SV>, RS>;
 // This lane's vec4s of one K or V row.
 alias SgUnits = array<vec4<f32>, SV>;
+// I8: 16-byte int8 words per unit, 1 (q8_0: 16 values) or 2 (q4_0: 32 values), and per lane.
+const QW: u32 = max(VPU / 4u, 1u);
+const SQW: u32 = SLOTS * QW;
+// I8: this lane's units of one q or K row as int8 words (word c of a unit: its values 4c ..
+// 4c + 3, value 0 in the low byte) and each unit's block scale.
+struct SgI8 {
+    w: array<vec4<u32>, SQW>,
+    d: array<f32, SLOTS>,
+}
 
 // The merge memory: the accumulators of up to MSLOTS lane groups of one row, and their (m, l).
 var<workgroup> sg_acc: array<vec4<f32>, MV4>;
@@ -125,6 +140,79 @@ fn sg_units(r: vec3<u32>, li: u32) -> SgUnits {
         }
     }
     return x;
+}
+
+// I8: this lane's K units of the row r (`SgRows`' k) as int8 words, q4_0's nibbles widened to
+// q - 8 (`kv_i4_i8`), with their block scales (q8_0: two units per block); zero past the row.
+fn sg_key_i8(r: vec3<u32>, li: u32) -> SgI8 {
+    var x: SgI8;
+    for (var s = 0u; s < SLOTS; s++) {
+        let u = li + LG * s;
+        if u < sg_upr() {
+            let w = keys_unit(r.x, r.y + u);
+            x.d[s] = sg_qscale(r.x, r.z + VPU * u / 8u);
+            if KV_FMT == KV_Q4_0 {
+                // Values 0 .. 15 are the low nibbles of the unit's words, 16 .. 31 the high ones.
+                x.w[s * QW] = kv_i4_i8(w);
+                x.w[s * QW + 1u] = kv_i4_i8(w >> vec4<u32>(4u));
+            } else {
+                x.w[s * QW] = w;
+            }
+        }
+    }
+    return x;
+}
+
+// K units of the row r: dequantized into kx, or on the I8 path as int8 words into ki.
+fn sg_load_k(kx: ptr<function, SgUnits>, ki: ptr<function, SgI8>, r: vec3<u32>, li: u32) {
+    if I8 == 1u {
+        *ki = sg_key_i8(r, li);
+    } else {
+        *kx = sg_units(r, li);
+    }
+}
+
+// I8: this lane's units of a pre-scaled q row quantized as q8_0 blocks of 32 (ggml's
+// `quantize_row_q8_0_ref`, `kv_q8_word`) with the scale d = amax / 127 kept in f32. A q8_0
+// unit is half a block, the other half in the neighbouring lane (li ^ 1, the same slot: LG is
+// even), so the block's amax is both lanes'; a q4_0 unit is a whole block. Every lane of the
+// subgroup calls it (a shuffle).
+fn sg_quant_q(x: SgUnits) -> SgI8 {
+    var o: SgI8;
+    for (var s = 0u; s < SLOTS; s++) {
+        var a = vec4<f32>(0.0);
+        for (var c = 0u; c < VPU; c++) {
+            a = max(a, abs(x[s * VPU + c]));
+        }
+        var amax = max(max(a.x, a.y), max(a.z, a.w));
+        if VPU < 8u {
+            amax = max(amax, subgroupShuffleXor(amax, 1u));
+        }
+        let d = amax / 127.0;
+        let id = select(0.0, 1.0 / d, d != 0.0);
+        for (var c = 0u; c < VPU; c++) {
+            o.w[s * QW + c / 4u][c % 4u] = kv_q8_word(x[s * VPU + c] * id);
+        }
+        o.d[s] = d;
+    }
+    return o;
+}
+
+// I8: the score of a q row's int8 units a against a key's b: per unit the i32 sum of its 16 or
+// 32 products (exact), times the two block scales in f32.
+fn sg_dot_i8(a: SgI8, b: SgI8) -> f32 {
+    var d = 0.0;
+    for (var s = 0u; s < SLOTS; s++) {
+        var n = 0i;
+        for (var c = 0u; c < QW; c++) {
+            let x = a.w[s * QW + c];
+            let y = b.w[s * QW + c];
+            n += dot4I8Packed(x.x, y.x) + dot4I8Packed(x.y, y.y) + dot4I8Packed(x.z, y.z)
+                + dot4I8Packed(x.w, y.w);
+        }
+        d += f32(n) * (a.d[s] * b.d[s]);
+    }
+    return d;
 }
 
 // This lane's units of the query rows r0 .. r0 + RS, pre-scaled, into q (rows past `rows` read
@@ -186,10 +274,19 @@ fn sg_partial(
             (*acc)[r][v] = vec4<f32>(0.0);
         }
     }
+    // I8: the rows' q quantized once.
+    var qi: array<SgI8, RS>;
+    if I8 == 1u {
+        for (var r = 0u; r < RS; r++) {
+            qi[r] = sg_quant_q((*q)[r]);
+        }
+    }
     let j_first = kv.x + i32(g);
     // Addresses and K units of key j; an empty range loads a valid key and never uses it.
     var a = sg_rows(h, u32(max(min(j_first, kv.y - 1), 0)));
-    var kx = sg_units(a.k, li);
+    var kx: SgUnits;
+    var ki: SgI8;
+    sg_load_k(&kx, &ki, a.k, li);
     // MASKS: the key whose K units kx holds, and the block's query tokens.
     var ka = j_first;
     let toks = vec2<u32>(r0, min(rows, r0 + RS) - 1u) / p.group;
@@ -203,7 +300,7 @@ fn sg_partial(
             }
             if ka != j {
                 a = sg_rows(h, u32(j));
-                kx = sg_units(a.k, li);
+                sg_load_k(&kx, &ki, a.k, li);
             }
         }
         let vx = sg_units(a.v, li);
@@ -213,14 +310,18 @@ fn sg_partial(
         }
         for (var r = 0u; r < RS; r++) {
             var d = 0.0;
-            for (var v = 0u; v < SV; v++) {
-                d += dot((*q)[r][v], kx[v]);
+            if I8 == 1u {
+                d = sg_dot_i8(qi[r], ki);
+            } else {
+                for (var v = 0u; v < SV; v++) {
+                    d += dot((*q)[r][v], kx[v]);
+                }
             }
             s[r / 4u][r % 4u] = d;
         }
         // The next key's K units (clamped to a valid key) load while the scores reduce.
         a = sg_rows(h, u32(min(j + i32(NLG), kv.y - 1)));
-        kx = sg_units(a.k, li);
+        sg_load_k(&kx, &ki, a.k, li);
         ka = j + i32(NLG);
         for (var o = LG / 2u; o > 0u; o = o / 2u) {
             for (var i = 0u; i < S4; i++) {

@@ -103,11 +103,25 @@ fn f32x4_to_e4m3(v: vec4<f32>) -> vec4<u32> {
     return o | sign;
 }
 
+// y = x · id of 4 q8_0 values as int8 in one word (value 0 in the low byte): roundf, ties away
+// from zero, as the integer part plus the sign where the fraction is at least one half.
+fn kv_q8_word(y: vec4<f32>) -> u32 {
+    let t = trunc(y);
+    let r = t + select(vec4<f32>(0.0), sign(y), abs(y - t) >= vec4<f32>(0.5));
+    let q = bitcast<vec4<u32>>(vec4<i32>(r)) & vec4<u32>(0xffu);
+    return q.x | (q.y << 8u) | (q.z << 16u) | (q.w << 24u);
+}
+
+// q4_0 values (the low nibble of each byte of w's words) as int8 q - 8 for dot4I8Packed: q + 0x78
+// stays inside its byte, and flipping bit 7 maps 0x78 .. 0x87 onto -8 .. 7.
+fn kv_i4_i8(w: vec4<u32>) -> vec4<u32> {
+    return ((w & vec4<u32>(0x0f0f0f0fu)) + vec4<u32>(0x78787878u)) ^ vec4<u32>(0x80808080u);
+}
+
 // One block of 32 values (x[i] = values 4i .. 4i + 3) quantized: the 8 data words of q8_0, or
 // the 4 of q4_0 in words 0..3, and the f16 bits of d in the last lane. Step by step as ggml's
 // references (src/reference/quant.rs): amax (q8_0) or the first value of largest magnitude
-// (q4_0) and d, id = 1 / d in f32, then each value. q8_0's roundf ties away from zero: the
-// integer part plus the sign where the fraction is at least one half.
+// (q4_0) and d, id = 1 / d in f32, then each value (q8_0: `kv_q8_word`).
 struct QBlock {
     words: array<u32, 8>,
     d: u32,
@@ -134,10 +148,7 @@ fn kv_quant_block(fmt: u32, x: ptr<function, array<vec4<f32>, 8>>) -> QBlock {
     for (var i = 0u; i < 8u; i++) {
         let y = (*x)[i] * id;
         if fmt == KV_Q8_0 {
-            let t = trunc(y);
-            let r = t + select(vec4<f32>(0.0), sign(y), abs(y - t) >= vec4<f32>(0.5));
-            let q = bitcast<vec4<u32>>(vec4<i32>(r)) & vec4<u32>(0xffu);
-            out.words[i] = q.x | (q.y << 8u) | (q.z << 16u) | (q.w << 24u);
+            out.words[i] = kv_q8_word(y);
         } else {
             let q = min(vec4<u32>(vec4<i32>(trunc(y + 8.5))), vec4<u32>(15u));
             let packed = q.x | (q.y << 8u) | (q.z << 16u) | (q.w << 24u);

@@ -85,6 +85,7 @@ impl Case {
             f16_arithmetic: false,
             native_f16: self.native_f16,
             subgroup_min_size: self.subgroup_min_size,
+            int8_dot: false,
         }
     }
     fn dims(&self) -> reference::Dims {
@@ -812,6 +813,7 @@ fn every_variant_compiles() {
                         native_f16: false,
                         sg_min: 0,
                         masks: false,
+                        int8_dot: false,
                     };
                     for key in v.keys() {
                         ctx.kernel("test", &key)

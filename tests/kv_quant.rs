@@ -55,15 +55,29 @@ fn cpu_quantizers_match_the_reference_dump() {
     for (i, block) in d.x.chunks_exact(BLOCK).enumerate() {
         let block: &[f32; BLOCK] = block.try_into().unwrap();
         let (dq8, q8) = quant::quantize_q8_0(block);
-        let want = &d.q8[i * 34..(i + 1) * 34];
-        assert_eq!(dq8.to_le_bytes(), want[..2], "q8_0 block {i} d");
+        let want_q8 = &d.q8[i * 34..(i + 1) * 34];
+        assert_eq!(dq8.to_le_bytes(), want_q8[..2], "q8_0 block {i} d");
         let got: Vec<u8> = q8.iter().map(|&q| q as u8).collect();
-        assert_eq!(got, want[2..], "q8_0 block {i}");
+        assert_eq!(got, want_q8[2..], "q8_0 block {i}");
         let (dq4, q4) = quant::quantize_q4_0(block);
         let want = &d.q4[i * 18..(i + 1) * 18];
         assert_eq!(dq4.to_le_bytes(), want[..2], "q4_0 block {i} d");
         assert_eq!(quant::pack_q4_0(&q4), want[2..], "q4_0 block {i}");
         fused_ties += quant::q4_0_fused_differs(block).len();
+        // Attention's packed 8-bit scoring quantizes q by q8_0's rule with d kept in f32
+        // (`quant::int8_dot_q`): the dump's int8 values times that d, which rounds to the dump's
+        // f16 d; pre-scaled by a power of two, the same values times the scaled d.
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d32 = amax / 127.0;
+        assert_eq!(half::f16::from_f32(d32).to_le_bytes(), want_q8[..2]);
+        for scale in [1.0f32, 0.125] {
+            let got = quant::int8_dot_q(block, BLOCK, scale);
+            let want: Vec<f64> = want_q8[2..]
+                .iter()
+                .map(|&q| q as i8 as f64 * (d32 * scale) as f64)
+                .collect();
+            assert_eq!(got, want, "int8_dot q of block {i} at scale {scale}");
+        }
     }
     eprintln!("q4_0: {fused_ties} values where a fused multiply-add would round differently");
     assert!(
@@ -336,16 +350,28 @@ fn attention_reads_quantized_caches() {
 /// The fp8 K and V scales of the subgroup kernels' tests (q8_0 and q4_0 keep block scales).
 const SG_SCALES: (f32, f32) = (0.004, 0.02);
 
-/// The f64 reference (causal) of q `[q_len, n_heads, head_dim]` over dequantized K/V
-/// `[kv_len, n_kv_heads, head_dim]`.
+/// The f64 reference (causal, default scale) of q `[q_len, n_heads, head_dim]` over dequantized
+/// K/V `[kv_len, n_kv_heads, head_dim]`; with `int8_dot` ([`llama_kernels::Attention::int8_dot`])
+/// over q as the packed 8-bit scoring quantizes it ([`quant::int8_dot_q`], pre-scaled).
 fn reference_over(
     q: &[f32],
     k: &[f64],
     v: &[f64],
     dims: llama_kernels::ops::attention::Dims,
+    int8_dot: bool,
 ) -> Vec<f64> {
+    use llama_kernels::reference::attention::{attention, Options};
+    if int8_dot {
+        let scale = 1.0 / (dims.head_dim as f32).sqrt();
+        let q8 = quant::int8_dot_q(q, dims.head_dim, scale);
+        let o = Options {
+            scale: Some(1.0),
+            ..Default::default()
+        };
+        return attention(&q8, k, v, None, dims, &o);
+    }
     let q64: Vec<f64> = q.iter().map(|&x| x as f64).collect();
-    llama_kernels::reference::attention::attention(&q64, k, v, None, dims, &Default::default())
+    attention(&q64, k, v, None, dims, &Default::default())
 }
 
 /// A one-sequence `format` cache (fp8 with [`SG_SCALES`]) holding `kv_len` random K/V rows of
@@ -393,7 +419,8 @@ const SG_PAGE: usize = 16;
 
 /// A pool of `n_pages` HND pages of [`SG_PAGE`] in `format` (fp8 with [`SG_SCALES`]), noise in
 /// every page, then each sequence's K/V written into its pages (shuffled by the caller); the
-/// sequences' q rows, one after another, and the reference over their dequantized K/V.
+/// sequences' q rows, one after another, and the reference over their dequantized K/V
+/// ([`reference_over`], with `int8_dot` as there).
 fn filled_pool(
     ctx: &llama_kernels::Context,
     format: llama_kernels::KvFormat,
@@ -401,6 +428,7 @@ fn filled_pool(
     n_pages: usize,
     seqs: &[llama_kernels::ops::paged::BatchSeq],
     rng: &mut common::Rng,
+    int8_dot: bool,
 ) -> (llama_kernels::PagedKvCache, Vec<f32>, Vec<f64>) {
     use llama_kernels::{DType, KvFormat, PageLayout, PagedKvCache};
     let (ks, vs) = SG_SCALES;
@@ -451,6 +479,7 @@ fn filled_pool(
             &quant::round_trip(format, &k[..kv], hd, ks),
             &quant::round_trip(format, &v[..kv], hd, vs),
             dims,
+            int8_dot,
         ));
         q.extend(qs);
     }
@@ -466,7 +495,10 @@ fn filled_pool(
 /// (2 over 2, one row per workgroup: one more pipeline); paged decode rows of one and two
 /// tokens over shuffled pages with noise in the others, 37 and 50 keys, the same split counts:
 /// the batch's row blocks are planned for float pages (4 and 8 rows), which the quantized
-/// kernel takes in its own smaller steps (q4_0: 2 rows). fp8 with scales.
+/// kernel takes in its own smaller steps (q4_0: 2 rows). fp8 with scales. With packed 8-bit
+/// scoring (`Attention::int8_dot`, q8_0 and q4_0: one more pipeline each, contiguous, and
+/// paged over q8_0) the GQA cases again, against the reference over q quantized as the kernel
+/// quantizes it (`quant::int8_dot_q`), within the same tolerance.
 #[test]
 fn subgroup_decode_reads_quantized_caches() {
     use llama_kernels::compare::tolerance;
@@ -479,18 +511,27 @@ fn subgroup_decode_reads_quantized_caches() {
         "this adapter lacks SUBGROUP; the subgroup decode would go untested"
     );
     let (nkv, hd, kv_len) = (2, 64, 37);
-    let forced = |splits| Attention {
+    let forced = |splits, int8_dot| Attention {
         kind: Some(Kind::DecodeSubgroup),
         splits,
+        int8_dot,
         ..Attention::causal()
     };
-    for format in KvFormat::QUANTIZED {
+    // Every format, and the block formats again with packed 8-bit scoring.
+    let runs = KvFormat::QUANTIZED.into_iter().flat_map(|f| {
+        [false, true]
+            .into_iter()
+            .filter(move |&i| !i || f.is_block())
+            .map(move |i| (f, i))
+    });
+    for (format, int8_dot) in runs {
         let mut rng = common::Rng::new(2121);
         let (cache, k_dq, v_dq) = filled_cache(&ctx, format, nkv, hd, kv_len, &mut rng);
         // (query heads, query tokens, splits); MHA (one row per workgroup, a pipeline of its
-        // own) for q4_0 only: each specialisation costs lavapipe about a second of LLVM cold.
+        // own) for q4_0 without int8_dot only: each specialisation costs lavapipe about a
+        // second of LLVM cold.
         let mut cases = vec![(8, 1, None), (8, 1, Some(3)), (8, 2, Some(3))];
-        if format == KvFormat::Q4_0 {
+        if format == KvFormat::Q4_0 && !int8_dot {
             cases.extend([(2, 1, None), (2, 1, Some(3))]);
         }
         for (nh, q_len, splits) in cases {
@@ -503,18 +544,18 @@ fn subgroup_decode_reads_quantized_caches() {
                 n_kv_heads: nkv,
                 head_dim: hd,
             };
-            let want = reference_over(&q, &k_dq, &v_dq, d);
+            let want = reference_over(&q, &k_dq, &v_dq, d, int8_dot);
             let qt = ctx.upload_as(&q, &[1, q_len, nh, hd], DType::F32).unwrap();
             let out = common::nan_output(&ctx, &[1, q_len, nh, hd], DType::F32);
-            let attn = forced(splits);
+            let attn = forced(splits, int8_dot);
             let plan = attn.plan_kv(&ctx, d, DType::F32, format).unwrap();
             assert_eq!(
-                (plan.variant.kind, plan.variant.kv),
-                (Kind::DecodeSubgroup, format)
+                (plan.variant.kind, plan.variant.kv, plan.variant.int8_dot),
+                (Kind::DecodeSubgroup, format, int8_dot)
             );
             attn.run_cached(&ctx, &qt, &cache, None, &out).unwrap();
             let what = format!(
-                "{format} DecodeSubgroup {nh}/{nkv} heads q_len {q_len} splits {splits:?} (kr {})",
+                "{format} DecodeSubgroup {nh}/{nkv} heads q_len {q_len} splits {splits:?} (kr {}, int8_dot {int8_dot})",
                 plan.variant.kr
             );
             common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
@@ -547,9 +588,13 @@ fn subgroup_decode_reads_quantized_caches() {
                 pages: vec![3, 0, 8, 2],
             },
         ];
-        let (pool, q, want) = filled_pool(&ctx, format, heads, n_pages, &seqs, &mut rng);
+        let (pool, q, want) = filled_pool(&ctx, format, heads, n_pages, &seqs, &mut rng, int8_dot);
         let shape = [3, heads.n_heads, hd];
         let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
+        let attn = Attention {
+            int8_dot,
+            ..Attention::default()
+        };
         for splits in [None, Some(3)] {
             let opts = PlanOptions {
                 splits,
@@ -560,13 +605,102 @@ fn subgroup_decode_reads_quantized_caches() {
                 PagedBatch::from_parts_with(&ctx, SG_PAGE, n_pages, &seqs, heads, &opts).unwrap();
             assert_eq!(batch.kinds(), [Kind::DecodeSubgroup; 2]);
             let out = common::nan_output(&ctx, &shape, DType::F32);
-            Attention::default()
-                .run_paged(&ctx, &qt, &pool, &batch, None, &out)
+            attn.run_paged(&ctx, &qt, &pool, &batch, None, &out)
                 .unwrap();
-            let what = format!("{format} paged DecodeSubgroup splits {splits:?}");
+            let what =
+                format!("{format} paged DecodeSubgroup splits {splits:?} int8_dot {int8_dot}");
             common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
             common::assert_guards(&ctx, &out, &what);
         }
+    }
+}
+
+/// Packed 8-bit scoring (`Attention::int8_dot`) is refused, before any GPU work, where it
+/// cannot apply: K that is not q8_0 or q4_0 (a float cache, fp8), a kernel other than
+/// `DecodeSubgroup` (the CPU adapter's default decode, a forced one, a prefill), and a paged
+/// batch without `DecodeSubgroup` rows or over an fp8 pool.
+#[test]
+fn int8_dot_rules() {
+    use llama_kernels::ops::attention::{Dims, Kind};
+    use llama_kernels::ops::paged::{BatchSeq, Heads, PlanOptions};
+    use llama_kernels::{Attention, DType, KvFormat, PagedBatch};
+    let ctx = common::ctx();
+    let (nh, nkv, hd) = (8, 2, 64);
+    let d = |q_len| Dims {
+        batch: 1,
+        q_len,
+        kv_len: 37,
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    };
+    let attn = |kind| Attention {
+        kind,
+        int8_dot: true,
+        ..Attention::causal()
+    };
+    let expect = |r: Result<(), llama_kernels::Error>, what: &str, want: &str| match r {
+        Ok(_) => panic!("{what}: int8_dot accepted"),
+        Err(e) => assert!(e.to_string().contains(want), "{what}: {e}"),
+    };
+    let sg = Some(Kind::DecodeSubgroup);
+    for kv in [KvFormat::F32, KvFormat::Fp8E4M3] {
+        let r = attn(sg).plan_kv(&ctx, d(1), DType::F32, kv).map(|_| ());
+        expect(r, kv.name(), &format!("int8_dot (packed 8-bit q·k) needs q8_0 or q4_0 K, whose values are int8 (q4_0: q - 8); K is {kv}"));
+    }
+    let only = "int8_dot (packed 8-bit q·k) is implemented by the DecodeSubgroup kernel only; this call runs";
+    for (kind, q_len, runs) in [
+        (None, 1, "DecodeKeys"),
+        (Some(Kind::Decode), 1, "Decode"),
+        (Some(Kind::PrefillSubgroup), 13, "PrefillSubgroup"),
+    ] {
+        let r = attn(kind)
+            .plan_kv(&ctx, d(q_len), DType::F32, KvFormat::Q8_0)
+            .map(|_| ());
+        expect(r, runs, &format!("{only} {runs}"));
+    }
+    // The same through a call: nothing is recorded.
+    let mut rng = common::Rng::new(2122);
+    let (cache, _, _) = filled_cache(&ctx, KvFormat::Fp8E4M3, nkv, hd, 37, &mut rng);
+    let q = ctx
+        .upload_as(&rng.vec(nh * hd, 1.0), &[1, 1, nh, hd], DType::F32)
+        .unwrap();
+    let out = common::nan_output(&ctx, &[1, 1, nh, hd], DType::F32);
+    let r = attn(sg).run_cached(&ctx, &q, &cache, None, &out);
+    expect(r, "fp8 cache", "K is fp8_e4m3");
+
+    // Paged: a q8_0 pool with a batch planned for the CPU adapter's decode, and an fp8 pool.
+    let heads = Heads {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    };
+    let seqs = vec![BatchSeq {
+        q_len: 1,
+        kv_len: 37,
+        pages: vec![2, 0, 1],
+    }];
+    let q = ctx
+        .upload_as(&rng.vec(nh * hd, 1.0), &[1, nh, hd], DType::F32)
+        .unwrap();
+    let out = common::nan_output(&ctx, &[1, nh, hd], DType::F32);
+    let paged = attn(None);
+    for (format, decode, want) in [
+        (
+            KvFormat::Q8_0,
+            Some(Kind::DecodeKeys),
+            "the batch has no DecodeSubgroup rows",
+        ),
+        (KvFormat::Fp8E4M3, sg, "the pool holds fp8_e4m3"),
+    ] {
+        let (pool, _, _) = filled_pool(&ctx, format, heads, 3, &seqs, &mut rng, false);
+        let opts = PlanOptions {
+            decode,
+            ..Default::default()
+        };
+        let batch = PagedBatch::from_parts_with(&ctx, SG_PAGE, 3, &seqs, heads, &opts).unwrap();
+        let r = paged.run_paged(&ctx, &q, &pool, &batch, None, &out);
+        expect(r, &format!("paged {format}"), want);
     }
 }
 
@@ -608,7 +742,7 @@ fn subgroup_prefill_reads_quantized_caches() {
         let mut rng = common::Rng::new(2131);
         let (cache, k_dq, v_dq) = filled_cache(&ctx, format, nkv, hd, kv_len, &mut rng);
         let q = rng.vec(q_len * nh * hd, 1.0);
-        let want = reference_over(&q, &k_dq, &v_dq, d);
+        let want = reference_over(&q, &k_dq, &v_dq, d, false);
         let qt = ctx.upload_as(&q, &[1, q_len, nh, hd], DType::F32).unwrap();
         // The default on GPUs; forced here, since lavapipe is a CPU adapter.
         let plan = forced(None).plan_kv(&ctx, d, DType::F32, format).unwrap();
@@ -658,7 +792,7 @@ fn subgroup_prefill_reads_quantized_caches() {
             pages: vec![3, 0, 8, 2],
         },
     ];
-    let (pool, q, want) = filled_pool(&ctx, format, heads, n_pages, &seqs, &mut rng);
+    let (pool, q, want) = filled_pool(&ctx, format, heads, n_pages, &seqs, &mut rng, false);
     let shape = [q_len + 9, nh, hd];
     let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
     let opts = |splits| PlanOptions {

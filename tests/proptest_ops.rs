@@ -664,6 +664,7 @@ fn attn_op(c: &AttnCase) -> Attention {
         f16_arithmetic: false,
         native_f16: None,
         subgroup_min_size: None,
+        int8_dot: false,
     }
 }
 

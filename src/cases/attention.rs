@@ -318,6 +318,7 @@ pub(super) fn options(case: &CaseFile) -> Result<(Attention, Option<f64>, f64)> 
         f16_arithmetic: false,
         native_f16: None,
         subgroup_min_size: None,
+        int8_dot: false,
     };
     Ok((op, scale, softcap))
 }

@@ -10,6 +10,12 @@ use crate::kv_format::{KvFormat, BLOCK, FP8_E4M3_MAX};
 
 /// One q8_0 block: the f16 bits of `d` and 32 int8.
 pub fn quantize_q8_0(x: &[f32; BLOCK]) -> (u16, [i8; BLOCK]) {
+    let (d, q) = q8_0_f32(x);
+    (half::f16::from_f32(d).to_bits(), q)
+}
+
+/// q8_0's rule with `d` left in f32 (before the f16 rounding the stored block gets).
+fn q8_0_f32(x: &[f32; BLOCK]) -> (f32, [i8; BLOCK]) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -18,7 +24,23 @@ pub fn quantize_q8_0(x: &[f32; BLOCK]) -> (u16, [i8; BLOCK]) {
         // C's roundf: half away from zero (Rust's f32::round).
         *o = (v * id).round() as i8;
     }
-    (half::f16::from_f32(d).to_bits(), q)
+    (d, q)
+}
+
+/// The query rows as attention's packed 8-bit scoring sees them
+/// ([`crate::Attention::int8_dot`]): each value times `scale` in f32 (the kernel pre-scales q),
+/// each block of 32 of a row of `head_dim` quantized by q8_0's rule with `d` kept in f32, and
+/// the int8 values times `d`, exact in f64. Attending over these with scale 1 (K/V as the cache
+/// holds them, [`round_trip`]) is what the kernel computes, up to f32 rounding of its scores.
+pub fn int8_dot_q(q: &[f32], head_dim: usize, scale: f32) -> Vec<f64> {
+    assert!(head_dim.is_multiple_of(BLOCK) && q.len().is_multiple_of(head_dim));
+    q.chunks_exact(BLOCK)
+        .flat_map(|block| {
+            let x: [f32; BLOCK] = std::array::from_fn(|i| block[i] * scale);
+            let (d, v) = q8_0_f32(&x);
+            v.map(|v| v as f64 * d as f64)
+        })
+        .collect()
 }
 
 /// The index and value of q4_0's `max`: the largest magnitude, the first of equal ones.

@@ -102,6 +102,9 @@
 //!   integer decode. Quantized K/V (q8_0, q4_0, fp8) are read in place as whole 16-byte units
 //!   of their data plane (16 q8_0 or fp8 values, a q4_0 block) with one scale load per unit,
 //!   dequantized in registers ([`sg_shape`] gives their lanes, [`sg_rows_max_kv`] their rows).
+//!   With [`Attention::int8_dot`] q8_0 and q4_0 K are scored by packed 8-bit products instead
+//!   (`dot4I8Packed`, llama.cpp's DP4A path; [`Variant::int8_dot`], contiguous and paged): the
+//!   rows' q quantized once per block of 32 with an f32 scale, K's units kept as int8 words.
 //! - [`Kind::PrefillSubgroup`] (`attn_prefill_sg` in `shaders/attention_prefill_subgroup.wgsl`,
 //!   a module of its own: [`ATTENTION_PREFILL_SUBGROUP`]), prefill for GPUs: FlashAttention-2
 //!   on SIMT lanes. Aligned groups of 4-16 lanes of a subgroup split head_dim, each group owning
@@ -161,8 +164,8 @@ pub use variants::{
     all_variant_keys, declared_variants, decode_variant_keys, prefill_class,
     prefill_keys_workgroup_bytes, prefill_shader, prefill_variant_keys, sg_key_constants,
     sg_reads_rows, sg_rows_max, sg_rows_max_kv, sg_shape, sg_vec4s_per_unit, subgroup_variant_keys,
-    tile_v4_for, with_masks, with_wg, Axes, Kind, SgShape, Variant, ATTENTION_DECODE,
-    ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16, ATTENTION_PREFILL,
+    tile_v4_for, with_int8_dot, with_masks, with_wg, Axes, Kind, SgShape, Variant,
+    ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16, ATTENTION_PREFILL,
     ATTENTION_PREFILL_F16, ATTENTION_PREFILL_F16_HD128, ATTENTION_PREFILL_F16_HD64,
     ATTENTION_PREFILL_HD128, ATTENTION_PREFILL_HD64, DECODE_WG, HEAD_DIMS, KEYS_MAX_ROWS, KEYS_WG,
     KINDS, MASKED_HEAD_DIM, MAX_HEAD_DIM, MERGE_WG, MODULES, PREFILL_CLASSES, PREFILL_KEYS_ROWS,

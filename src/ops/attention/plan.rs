@@ -291,7 +291,22 @@ impl Attention {
                 && kv_aligned
                 && self.native_f16.unwrap_or_else(|| dev.native_f16_wanted()),
             masks: false,
+            int8_dot: self.int8_dot,
         };
+        if self.int8_dot {
+            crate::ensure!(
+                kv.is_block(),
+                Param,
+                OP,
+                "int8_dot (packed 8-bit q·k) needs q8_0 or q4_0 K, whose values are int8 (q4_0: q - 8); K is {kv}"
+            );
+            crate::ensure!(
+                kind == Kind::DecodeSubgroup,
+                Param,
+                OP,
+                "int8_dot (packed 8-bit q·k) is implemented by the DecodeSubgroup kernel only; this call runs {kind:?} (force Kind::DecodeSubgroup on a device with SUBGROUP, q_len <= {DECODE_MAX_Q_LEN})"
+            );
+        }
         if self.native_f16 == Some(true) {
             crate::ensure!(
                 dev.shader_f16,

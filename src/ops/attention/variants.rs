@@ -103,6 +103,8 @@ pub struct Axes {
     pub f16: &'static [bool],
     /// Native f16 K/V reads ([`super::Attention::native_f16`]; f16 storage only).
     pub native_f16: &'static [bool],
+    /// Packed 8-bit q·k ([`super::Attention::int8_dot`]; q8_0 and q4_0 K only).
+    pub int8_dot: &'static [bool],
 }
 
 /// The variant space, one entry per kind.
@@ -114,6 +116,7 @@ pub const KINDS: [Axes; 6] = [
         sg_min: &[0],
         f16: &[false, true],
         native_f16: &[false],
+        int8_dot: &[false],
     },
     Axes {
         kind: Kind::PrefillKeys,
@@ -122,6 +125,7 @@ pub const KINDS: [Axes; 6] = [
         sg_min: &[0],
         f16: &[false],
         native_f16: &[false],
+        int8_dot: &[false],
     },
     Axes {
         kind: Kind::Decode,
@@ -130,6 +134,7 @@ pub const KINDS: [Axes; 6] = [
         sg_min: &[0],
         f16: &[false],
         native_f16: &[false],
+        int8_dot: &[false],
     },
     Axes {
         kind: Kind::DecodeKeys,
@@ -138,6 +143,7 @@ pub const KINDS: [Axes; 6] = [
         sg_min: &[0],
         f16: &[false],
         native_f16: &[false],
+        int8_dot: &[false],
     },
     Axes {
         kind: Kind::DecodeSubgroup,
@@ -146,6 +152,7 @@ pub const KINDS: [Axes; 6] = [
         sg_min: &SUBGROUP_MIN_SIZES,
         f16: &[false],
         native_f16: &[false, true],
+        int8_dot: &[false, true],
     },
     Axes {
         kind: Kind::PrefillSubgroup,
@@ -154,6 +161,7 @@ pub const KINDS: [Axes; 6] = [
         sg_min: &SUBGROUP_MIN_SIZES,
         f16: &[false],
         native_f16: &[false],
+        int8_dot: &[false],
     },
 ];
 
@@ -210,6 +218,9 @@ pub struct Variant {
     /// Mask inputs bound ([`super::Inputs`]: the `MASKS` override; every kind has the axis).
     /// Only the pass that scores keys has it: merges read partials.
     pub masks: bool,
+    /// [`Kind::DecodeSubgroup`] over q8_0 or q4_0 K: q·k by packed 8-bit products, q quantized
+    /// per block ([`super::Attention::int8_dot`], the `I8` key constant); false otherwise.
+    pub int8_dot: bool,
 }
 
 /// One prefill module: `shaders/attention_prefill.wgsl` with its arithmetic type and the size of
@@ -450,6 +461,7 @@ impl Variant {
         Variant {
             kv: KvFormat::from_dtype(self.dtype),
             masks: false,
+            int8_dot: false,
             ..*self
         }
         .constants()
@@ -480,9 +492,10 @@ impl Variant {
 
     /// Whether this variant is a point of the declared space: its kind's axes ([`KINDS`]) hold
     /// each of its values, head_dim is a multiple of 4 up to [`MAX_HEAD_DIM`], the tile is one
-    /// [`tile_v4_for`] gives, native f16 reads are over f16 storage, and the rows fit the
-    /// subgroup kernel's registers ([`sg_rows_max`]); K/V are `dtype`'s float format or a
-    /// quantized one whose rows head_dim fits ([`KvFormat::check_head_dim`]).
+    /// [`tile_v4_for`] gives, native f16 reads are over f16 storage, packed 8-bit scoring over
+    /// block-quantized K (q8_0, q4_0), and the rows fit the subgroup kernel's registers
+    /// ([`sg_rows_max`]); K/V are `dtype`'s float format or a quantized one whose rows head_dim
+    /// fits ([`KvFormat::check_head_dim`]).
     pub fn fits(&self) -> bool {
         let a = self.kind.axes();
         kv_formats(self.dtype).contains(&self.kv)
@@ -499,6 +512,8 @@ impl Variant {
             && a.f16.contains(&self.f16)
             && a.native_f16.contains(&self.native_f16)
             && (!self.native_f16 || self.kv == KvFormat::F16)
+            && a.int8_dot.contains(&self.int8_dot)
+            && (!self.int8_dot || self.kv.is_block())
             && (self.kind != Kind::DecodeSubgroup
                 || self.kr <= sg_rows_max_kv(self.hd4, self.sg_min, self.kv))
             // The subgroup kernels read 16-byte units of whole rows: float units (halves in
@@ -517,8 +532,13 @@ impl Variant {
             c.extend(sg_key_constants(&self.sg_shape(), self.kr));
             let module = SUBGROUP_MODULES[self.native_f16 as usize];
             let m = with_wg(self.merge_constants(), MERGE_WG);
+            let main = PipelineKey::new(module, "attn_decode_sg", c);
             return vec![
-                PipelineKey::new(module, "attn_decode_sg", c),
+                if self.int8_dot {
+                    with_int8_dot(main)
+                } else {
+                    main
+                },
                 PipelineKey::new(ATTENTION_DECODE, "attn_decode_merge_rows", m),
             ];
         }
@@ -612,7 +632,11 @@ fn points(
     for &split_kv in axes.split_kv {
         for &f16 in axes.f16 {
             for &sg_min in first(axes.sg_min) {
-                for &native_f16 in axes.native_f16 {
+                for (&native_f16, &int8_dot) in axes
+                    .native_f16
+                    .iter()
+                    .flat_map(|n| axes.int8_dot.iter().map(move |i| (n, i)))
+                {
                     for &kr in first(axes.kr) {
                         let v = Variant {
                             kind: axes.kind,
@@ -626,6 +650,7 @@ fn points(
                             sg_min,
                             native_f16,
                             masks: false,
+                            int8_dot,
                         };
                         if v.fits() {
                             out.push(v);
@@ -644,6 +669,13 @@ pub fn with_masks(mut key: PipelineKey) -> PipelineKey {
     key
 }
 
+/// `key` (a [`Kind::DecodeSubgroup`] partial pass, contiguous or paged) with packed 8-bit q·k
+/// (the `I8` key constant, [`Variant::int8_dot`]).
+pub fn with_int8_dot(mut key: PipelineKey) -> PipelineKey {
+    key.constants.push(("I8", 1));
+    key
+}
+
 /// The head_dim at which [`declared_variants`] declares the masked variants.
 pub const MASKED_HEAD_DIM: u32 = 128;
 
@@ -651,7 +683,8 @@ pub const MASKED_HEAD_DIM: u32 = 128;
 /// ([`HEAD_DIMS`]), storage format and tile size ([`WORKGROUP_STORAGE`]) with the float K/V; the
 /// quantized K/V formats ([`kv_formats`]) at every head_dim class that holds them, storage
 /// format and kind, at the larger tile size and each kind's first row count (their code differs
-/// from the float format's only in the K/V reads, which neither changes); and every other
+/// from the float format's only in the K/V reads, which neither changes), with packed 8-bit
+/// scoring ([`Variant::int8_dot`]) where the format allows it; and every other
 /// head_dim (4 ..= 256 in steps of 4) at [`RUN_TIME_PATH`], where `head_dim` only changes loop
 /// trip counts; and the masked variants ([`Variant::masks`]) at [`MASKED_HEAD_DIM`].
 pub fn declared_variants() -> Vec<Variant> {

@@ -96,6 +96,11 @@ pub fn sg_variant_keys() -> Vec<PipelineKey> {
             }
         }
     }
+    // Packed 8-bit q·k (`Attention::int8_dot`) over the block formats at Llama's head_dim, for
+    // lavapipe's and Intel's subgroups, one row per step (the step is the contiguous kernel's).
+    for f in formats(128).into_iter().filter(|f| f.1.is_block()) {
+        keys.push(attention::with_int8_dot(sg_attention_key(f, 32, 1, 8, 1)));
+    }
     let f16 = (DType::F16, KvFormat::F16);
     // The masked pass at Llama's head_dim.
     keys.push(attention::with_masks(sg_attention_key(f16, 32, 1, 32, 1)));
@@ -485,6 +490,21 @@ impl Attention {
             "the batch was planned with the DecodeSubgroup or PrefillSubgroup kernel, which needs a device with the SUBGROUP feature (adapter {:?})",
             ctx.adapter_info().name
         );
+        if self.int8_dot {
+            crate::ensure!(
+                cache.format.is_block(),
+                Param,
+                op,
+                "int8_dot (packed 8-bit q·k) needs q8_0 or q4_0 K, whose values are int8 (q4_0: q - 8); the pool holds {}",
+                cache.format
+            );
+            crate::ensure!(
+                subgroup_rows,
+                Param,
+                op,
+                "int8_dot (packed 8-bit q·k) is implemented by the DecodeSubgroup kernel only, and the batch has no DecodeSubgroup rows (plan it with PlanOptions {{ decode: Some(Kind::DecodeSubgroup), .. }} on a device with SUBGROUP)"
+            );
+        }
         let pools = cache.buffers.len() as u32;
         let mut keys = attention_keys(cache.formats(), tile_v4, hd4, pools);
         if subgroup_rows {
@@ -497,6 +517,7 @@ impl Attention {
             keys,
             masks,
             merge_rows: subgroup_rows,
+            int8_dot: self.int8_dot,
             bk: (tile_v4 / hd4).min(64),
             part_bytes,
             scale: self.scale.unwrap_or(1.0 / (h.head_dim as f32).sqrt()),
@@ -634,6 +655,8 @@ struct PagedChecked {
     masks: u32,
     // The merge is `attn_paged_merge_rows` (the batch has DecodeSubgroup rows).
     merge_rows: bool,
+    // The DecodeSubgroup rows score by packed 8-bit products (`Attention::int8_dot`).
+    int8_dot: bool,
     bk: u32,
     part_bytes: u64,
     scale: f32,
@@ -660,7 +683,11 @@ fn paged_passes(
             keys_attention_key(cache.formats(), hd4, rows, pools)
         } else if DECODE_SG_GROUPS.contains(&g) {
             let rows = 1 << (g - DECODE_SG_GROUPS.start);
-            sg_attention_key(cache.formats(), hd4, rows, batch.sg_min, pools)
+            let key = sg_attention_key(cache.formats(), hd4, rows, batch.sg_min, pools);
+            match c.int8_dot {
+                true => attention::with_int8_dot(key),
+                false => key,
+            }
         } else if g == PREFILL_SG_GROUP {
             let tile_v4 = c.keys[0].constant("TILE_V4").unwrap_or(1);
             prefill_sg_attention_key(cache.formats(), tile_v4, hd4, batch.sg_min, pools)

@@ -384,6 +384,25 @@ fn quantized_caches_decode_with_subgroups() {
                 };
                 assert_eq!(plan(&forced, &dev, d, kv).unwrap().variant.kind, kind);
             }
+            // Packed 8-bit q·k: the same plan with the I8 key, for the block formats only.
+            let int8 = Attention {
+                int8_dot: true,
+                ..Attention::default()
+            };
+            match plan(&int8, &dev, d, kv) {
+                Ok(p) => {
+                    assert!(kv.is_block(), "{kv}");
+                    assert_eq!(
+                        p.variant,
+                        Variant {
+                            int8_dot: true,
+                            ..v
+                        }
+                    );
+                    assert_eq!(p.variant.keys()[0].constant("I8"), Some(1));
+                }
+                Err(e) => assert!(!kv.is_block() && e.to_string().contains("int8_dot"), "{e}"),
+            }
         }
     }
     let kind = |dev: &DeviceDesc, d: Dims, kv| plan(&default, dev, d, kv).unwrap().variant.kind;
