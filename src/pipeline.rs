@@ -43,6 +43,9 @@ pub const F16_IN_F32: [&Shader; 3] = [
 pub const KV_QUANT_WGSL: &str = include_str!("../shaders/kv_quant.wgsl");
 /// Shared by the two KV cache writers: the new rows' bindings and reads.
 pub const KV_SOURCE_WGSL: &str = include_str!("../shaders/kv_source.wgsl");
+/// Quantizing a head row into a quantized buffer (`quant_store`), shared by the two KV cache
+/// writers, which each supply its `load4` and `kv_put` seams.
+pub const KV_QUANT_STORE_WGSL: &str = include_str!("../shaders/kv_quant_store.wgsl");
 /// Shared by the two attention shaders: overrides, params, input bindings, load/mask helpers.
 pub const ATTENTION_COMMON_WGSL: &str = include_str!("../shaders/attention_common.wgsl");
 /// The split-KV partials (bindings, store, merge), shared by the decode and paged kernels.
@@ -123,6 +126,7 @@ impl Shader {
             COMMON_WGSL,
             KV_QUANT_WGSL,
             KV_SOURCE_WGSL,
+            KV_QUANT_STORE_WGSL,
             include_str!("../shaders/kv_cache.wgsl"),
         ],
         variants: crate::ops::kv_cache::all_variant_keys,
@@ -147,6 +151,7 @@ impl Shader {
             COMMON_WGSL,
             KV_QUANT_WGSL,
             KV_SOURCE_WGSL,
+            KV_QUANT_STORE_WGSL,
             include_str!("../shaders/paged_kv.wgsl"),
         ],
         variants: crate::ops::paged::write_variant_keys,
@@ -359,6 +364,10 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("f16_store.wgsl", include_str!("../shaders/f16_store.wgsl")),
     ("kv_cache.wgsl", include_str!("../shaders/kv_cache.wgsl")),
     ("kv_quant.wgsl", include_str!("../shaders/kv_quant.wgsl")),
+    (
+        "kv_quant_store.wgsl",
+        include_str!("../shaders/kv_quant_store.wgsl"),
+    ),
     ("kv_source.wgsl", include_str!("../shaders/kv_source.wgsl")),
     ("matmul.wgsl", include_str!("../shaders/matmul.wgsl")),
     ("paged_kv.wgsl", include_str!("../shaders/paged_kv.wgsl")),
