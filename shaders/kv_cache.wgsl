@@ -12,8 +12,10 @@
 //   DST_DTYPE  storage format of the cache (KvFormat::shader_code: a dtype, or 3 q8_0, 4 q4_0,
 //              5 fp8 e4m3 for kv_append_q)
 //   WG         workgroup size
-//   WRITE_K    false when RoPE writes the rotated K rows into the cache itself (float caches
-//              through `rope`'s out-of-place view, quantized ones through `rope_q`)
+//   WRITE_K    false when RoPE writes the rotated K rows into the cache itself (`rope`'s
+//              out-of-place view); kv_append_q reads it as the uniform `q_write_k` instead (RoPE's
+//              `rope_q` writes a quantized cache's K), so that its append with and without K is
+//              one pipeline, one cold compile fewer
 
 override SRC_DTYPE: u32 = 0u;
 override DST_DTYPE: u32 = 0u;
@@ -39,7 +41,8 @@ struct Params {
     scale_plane: u32,
     k_scale: f32,
     v_scale: f32,
-    _pad0: u32,
+    // kv_append_q: 0 when RoPE's rope_q writes K (V only), else 1 (WRITE_K as a uniform)
+    q_write_k: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -121,7 +124,7 @@ fn kv_append_q(
     let t = rest % p.n_new;
     let b = rest / p.n_new;
     let e0 = ((b * p.n_kv_heads + h) * p.capacity + p.pos + t) * p.head_dim;
-    if WRITE_K {
+    if p.q_write_k != 0u {
         let src = src_row(false, b, t, h);
         quant_store(DST_DTYPE, false, 0u, e0, p.scale_plane, src, u, p.head_dim, p.k_scale);
     }

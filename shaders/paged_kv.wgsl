@@ -11,7 +11,9 @@
 //   DST_DTYPE  storage dtype of the cache
 //   WG         workgroup size
 //   WRITE_K    false when RoPE writes the rotated K rows into the pages itself (`rope` through a
-//              row map for float pages, `rope_q` for quantized ones)
+//              row map); paged_write_q reads it as the uniform `q_write_k` instead (RoPE's
+//              `rope_q` writes K into quantized pages), so that its write with and without K is
+//              one pipeline
 //
 // `paged_write_q` writes quantized pages (q8_0, q4_0, fp8; DST_DTYPE is the KvFormat code): each
 // page is laid out as a quantized buffer of its 2 x page_size x n_kv_heads rows (src/kv_format.rs:
@@ -47,7 +49,8 @@ struct Params {
     v_off: u32,
     v_st: u32,
     v_sh: u32,
-    _pad2: u32,
+    // paged_write_q: 0 when RoPE's rope_q writes K (V only), else 1 (WRITE_K as a uniform)
+    q_write_k: u32,
     // fp8: the per-tensor scales of K and V.
     k_scale: f32,
     v_scale: f32,
@@ -128,7 +131,7 @@ fn paged_write_q(
     }
     let base = (page % p.pages_per_buffer) * p.page_words;
     let row_e = (slot % p.page_size) * p.tok_stride + h * p.head_stride;
-    if WRITE_K {
+    if p.q_write_k != 0u {
         let src = p.k_off + t * p.k_st + h * p.k_sh;
         quant_store(DST_DTYPE, false, base, row_e, p.scale_word, src, u, p.head_dim, p.k_scale);
     }

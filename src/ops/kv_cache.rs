@@ -64,13 +64,16 @@ pub struct Params {
     pub k_scale: f32,
     /// fp8: V's per-tensor scale.
     pub v_scale: f32,
+    /// `kv_append_q`: 1 to write K, 0 when RoPE writes it (a uniform, not the key's `WRITE_K`).
+    pub q_write_k: u32,
     /// Padding to 16 bytes.
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
 }
 
 /// The pipeline key for an append from `src` dtype into a cache of format `dst` (`kv_append`
 /// for the float formats, `kv_append_q` quantizing); `write_k` false leaves K to RoPE's
-/// out-of-place pass (`rope`, or `rope_q` quantizing).
+/// out-of-place pass (`rope`). The quantizing append takes `write_k` as a uniform
+/// (`Params::q_write_k`: RoPE's `rope_q` writes K) and has one key for both.
 pub fn append_key(src: DType, dst: KvFormat, write_k: bool) -> PipelineKey {
     match dst.dtype() {
         Some(d) => write_key(Shader::KV_CACHE, "kv_append", src, d, write_k),
@@ -79,19 +82,18 @@ pub fn append_key(src: DType, dst: KvFormat, write_k: bool) -> PipelineKey {
             "kv_append_q",
             src,
             dst.shader_code(),
-            write_k,
+            None,
         ),
     }
 }
 
-/// Every pipeline key `append` can produce: the float and the quantizing appends, with K and
-/// without (V only, when RoPE writes K).
+/// Every pipeline key `append` can produce: the float appends with and without K, and the
+/// quantizing appends (K on or off at run time).
 pub fn all_variant_keys() -> Vec<PipelineKey> {
     let mut keys = write_variant_keys(Shader::KV_CACHE, "kv_append");
     for f in KvFormat::QUANTIZED {
         for s in DType::ALL {
             keys.push(append_key(s, f, true));
-            keys.push(append_key(s, f, false));
         }
     }
     keys
@@ -106,27 +108,27 @@ pub(crate) fn write_key(
     dst: DType,
     write_k: bool,
 ) -> PipelineKey {
-    write_key_code(shader, entry, src, dst.shader_code(), write_k)
+    write_key_code(shader, entry, src, dst.shader_code(), Some(write_k))
 }
 
-/// [`write_key`] with the destination as a [`KvFormat::shader_code`].
+/// [`write_key`] with the destination as a [`KvFormat::shader_code`]; `write_k` `None` for the
+/// quantizing kernels, which take it as a uniform.
 pub(crate) fn write_key_code(
     shader: &'static Shader,
     entry: &'static str,
     src: DType,
     dst: u32,
-    write_k: bool,
+    write_k: Option<bool>,
 ) -> PipelineKey {
-    PipelineKey::new(
-        shader,
-        entry,
-        vec![
-            ("SRC_DTYPE", src.shader_code()),
-            ("DST_DTYPE", dst),
-            ("WG", WG),
-            ("WRITE_K", write_k as u32),
-        ],
-    )
+    let mut constants = vec![
+        ("SRC_DTYPE", src.shader_code()),
+        ("DST_DTYPE", dst),
+        ("WG", WG),
+    ];
+    if let Some(write_k) = write_k {
+        constants.push(("WRITE_K", write_k as u32));
+    }
+    PipelineKey::new(shader, entry, constants)
 }
 
 /// Every key [`write_key`] can produce for one entry point.

@@ -21,15 +21,15 @@ pub fn write_key(src: DType, dst: DType, write_k: bool) -> PipelineKey {
     crate::ops::kv_cache::write_key(Shader::PAGED_KV, "paged_write", src, dst, write_k)
 }
 
-/// The pipeline key of the quantizing paged write into pages of `dst` (`paged_write_q`);
-/// `write_k` false writes V only (RoPE's `rope_q` writes K).
-pub fn write_key_q(src: DType, dst: KvFormat, write_k: bool) -> PipelineKey {
+/// The pipeline key of the quantizing paged write into pages of `dst` (`paged_write_q`; K on
+/// or off as the uniform `WriteParams::q_write_k`, RoPE's `rope_q` writing K).
+pub fn write_key_q(src: DType, dst: KvFormat) -> PipelineKey {
     crate::ops::kv_cache::write_key_code(
         Shader::PAGED_KV,
         "paged_write_q",
         src,
         dst.shader_code(),
-        write_k,
+        None,
     )
 }
 
@@ -38,8 +38,7 @@ pub fn write_variant_keys() -> Vec<PipelineKey> {
     let mut keys = crate::ops::kv_cache::write_variant_keys(Shader::PAGED_KV, "paged_write");
     for f in KvFormat::QUANTIZED {
         for s in DType::ALL {
-            keys.push(write_key_q(s, f, true));
-            keys.push(write_key_q(s, f, false));
+            keys.push(write_key_q(s, f));
         }
     }
     keys
@@ -79,8 +78,8 @@ pub struct WriteParams {
     pub scale_word: u32,
     /// v_new: element offset, token and head strides.
     pub v: [u32; 3],
-    /// Padding.
-    pub _pad2: u32,
+    /// `paged_write_q`: 1 to write K, 0 when RoPE writes it (a uniform, not the key's `WRITE_K`).
+    pub q_write_k: u32,
     /// fp8: K's per-tensor scale.
     pub k_scale: f32,
     /// fp8: V's per-tensor scale.
@@ -714,7 +713,7 @@ impl PagedKvCache {
         let kw = Window::covering(ctx, OP, &[k_new])?;
         let vw = Window::covering(ctx, OP, &[v_new])?;
         let key = match self.format.is_quantized() {
-            true => write_key_q(k_new.dtype(), self.format, write_k),
+            true => write_key_q(k_new.dtype(), self.format),
             false => write_key(k_new.dtype(), self.dtype, write_k),
         };
         let (ts, hs) = self.strides();
@@ -748,6 +747,7 @@ impl PagedKvCache {
                 scale_word: (self.page_scale_half() / 2) as u32,
                 k_scale: self.k_scale,
                 v_scale: self.v_scale,
+                q_write_k: write_k as u32,
                 ..Default::default()
             };
             ctx.encode_kernel(
