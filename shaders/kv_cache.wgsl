@@ -12,8 +12,10 @@
 //   DST_DTYPE  storage format of the cache (KvFormat::shader_code: a dtype, or 3 q8_0, 4 q4_0,
 //              5 fp8 e4m3 for kv_append_q)
 //   WG         workgroup size
-// Loops (modules are created without naga's loop counters, src/pipeline.rs): quant_store's
-// loops count up by 1 to the 2 blocks of a pair and a block's 4 or 8 words.
+//   WRITE_K    false when RoPE writes the rotated K rows into the cache itself (`rope`'s
+//              out-of-place view); kv_append_q reads it as the uniform `q_write_k` instead (RoPE's
+//              `rope_q` writes a quantized cache's K), so that its append with and without K is
+//              one pipeline, one cold compile fewer
 
 override SRC_DTYPE: u32 = 0u;
 override DST_DTYPE: u32 = 0u;
@@ -39,7 +41,8 @@ struct Params {
     scale_plane: u32,
     k_scale: f32,
     v_scale: f32,
-    _pad0: u32,
+    // kv_append_q: 0 when RoPE's rope_q writes K (V only), else 1 (WRITE_K as a uniform)
+    q_write_k: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -48,7 +51,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> k_dst: array<u32>;
 @group(0) @binding(4) var<storage, read_write> v_dst: array<u32>;
 
-fn put(is_v: bool, i: u32, w: u32) {
+// kv_quant_store.wgsl's store seam.
+fn kv_put(is_v: bool, i: u32, w: u32) {
     if is_v {
         v_dst[i] = w;
     } else {
@@ -58,16 +62,16 @@ fn put(is_v: bool, i: u32, w: u32) {
 
 fn store4(is_v: bool, e: u32, v: vec4<f32>) {
     if DST_DTYPE == DT_F32 {
-        put(is_v, e, bitcast<u32>(v.x));
-        put(is_v, e + 1u, bitcast<u32>(v.y));
-        put(is_v, e + 2u, bitcast<u32>(v.z));
-        put(is_v, e + 3u, bitcast<u32>(v.w));
+        kv_put(is_v, e, bitcast<u32>(v.x));
+        kv_put(is_v, e + 1u, bitcast<u32>(v.y));
+        kv_put(is_v, e + 2u, bitcast<u32>(v.z));
+        kv_put(is_v, e + 3u, bitcast<u32>(v.w));
         return;
     }
     let h = e >> 1u;
     let w = pack_half4(v, DST_DTYPE);
-    put(is_v, h, w.x);
-    put(is_v, h + 1u, w.y);
+    kv_put(is_v, h, w.x);
+    kv_put(is_v, h + 1u, w.y);
 }
 
 @compute @workgroup_size(WG)
@@ -102,25 +106,6 @@ fn src_row(is_v: bool, b: u32, t: u32, h: u32) -> u32 {
     return p.k_off + b * p.k_sb + t * p.k_st + h * p.k_sh;
 }
 
-// Unit u (quant_unit) of a row of the K or V cache quantized from the source row at src.
-fn quant_store(is_v: bool, row: u32, src: u32, u: u32) {
-    let q = quant_unit(DST_DTYPE, is_v, src, u, p.head_dim, select(p.k_scale, p.v_scale, is_v));
-    if DST_DTYPE == KV_FP8 {
-        put(is_v, (row * p.head_dim) / 4u + u, q.words[0]);
-        return;
-    }
-    for (var k = 0u; k < 2u; k++) {
-        let blk = 2u * u + k;
-        if blk < p.head_dim / 32u {
-            let w0 = kv_word(DST_DTYPE, row * p.head_dim + 32u * blk);
-            for (var i = 0u; i < block_words(DST_DTYPE); i++) {
-                put(is_v, w0 + i, q.words[8u * k + i]);
-            }
-        }
-    }
-    put(is_v, p.scale_plane + row * (kv_scales_per_row(p.head_dim) / 2u) + u, q.scales);
-}
-
 @compute @workgroup_size(WG)
 fn kv_append_q(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -138,9 +123,11 @@ fn kv_append_q(
     rest /= p.n_kv_heads;
     let t = rest % p.n_new;
     let b = rest / p.n_new;
-    let row = (b * p.n_kv_heads + h) * p.capacity + p.pos + t;
-    if WRITE_K {
-        quant_store(false, row, src_row(false, b, t, h), u);
+    let e0 = ((b * p.n_kv_heads + h) * p.capacity + p.pos + t) * p.head_dim;
+    if p.q_write_k != 0u {
+        let src = src_row(false, b, t, h);
+        quant_store(DST_DTYPE, false, 0u, e0, p.scale_plane, src, u, p.head_dim, p.k_scale);
     }
-    quant_store(true, row, src_row(true, b, t, h), u);
+    let src = src_row(true, b, t, h);
+    quant_store(DST_DTYPE, true, 0u, e0, p.scale_plane, src, u, p.head_dim, p.v_scale);
 }

@@ -10,14 +10,15 @@
 //   SRC_DTYPE  storage dtype of the new rows (0 f32, 1 f16, 2 bf16)
 //   DST_DTYPE  storage dtype of the cache
 //   WG         workgroup size
-//   WRITE_K    false when RoPE writes the rotated K rows into the pages itself
+//   WRITE_K    false when RoPE writes the rotated K rows into the pages itself (`rope` through a
+//              row map); paged_write_q reads it as the uniform `q_write_k` instead (RoPE's
+//              `rope_q` writes K into quantized pages), so that its write with and without K is
+//              one pipeline
 //
 // `paged_write_q` writes quantized pages (q8_0, q4_0, fp8; DST_DTYPE is the KvFormat code): each
 // page is laid out as a quantized buffer of its 2 x page_size x n_kv_heads rows (src/kv_format.rs:
 // data, then the rows' scales), `page_words` words apart; one invocation per (token, kv head,
 // unit of `quant_unit`) quantizes K and V in the pass that writes them.
-// Loops (modules are created without naga's loop counters, src/pipeline.rs): paged_write_q's
-// loops count up by 1 to the 2 blocks of a pair and a block's 4 or 8 words.
 
 override SRC_DTYPE: u32 = 0u;
 override DST_DTYPE: u32 = 0u;
@@ -48,7 +49,8 @@ struct Params {
     v_off: u32,
     v_st: u32,
     v_sh: u32,
-    _pad2: u32,
+    // paged_write_q: 0 when RoPE's rope_q writes K (V only), else 1 (WRITE_K as a uniform)
+    q_write_k: u32,
     // fp8: the per-tensor scales of K and V.
     k_scale: f32,
     v_scale: f32,
@@ -102,26 +104,9 @@ fn paged_write(
     store4(dst + p.v_in_page, load4(true, p.v_off + t * p.v_st + h * p.v_sh + d));
 }
 
-// Unit u of the K (or V) row at element `row_e` of its page (page `page` of this buffer),
-// quantized from the source row at src.
-fn quant_store(is_v: bool, page: u32, row_e: u32, src: u32, u: u32) {
-    let q = quant_unit(DST_DTYPE, is_v, src, u, p.head_dim, select(p.k_scale, p.v_scale, is_v));
-    let base = page * p.page_words;
-    if DST_DTYPE == KV_FP8 {
-        pool[base + row_e / 4u + u] = q.words[0];
-        return;
-    }
-    for (var k = 0u; k < 2u; k++) {
-        let blk = 2u * u + k;
-        if blk < p.head_dim / 32u {
-            let w0 = base + kv_word(DST_DTYPE, row_e + 32u * blk);
-            for (var i = 0u; i < block_words(DST_DTYPE); i++) {
-                pool[w0 + i] = q.words[8u * k + i];
-            }
-        }
-    }
-    let row = row_e / p.head_dim;
-    pool[base + p.scale_word + row * (kv_scales_per_row(p.head_dim) / 2u) + u] = q.scales;
+// kv_quant_store.wgsl's store seam: K and V rows share the pool buffer.
+fn kv_put(is_v: bool, i: u32, w: u32) {
+    pool[i] = w;
 }
 
 @compute @workgroup_size(WG)
@@ -144,10 +129,13 @@ fn paged_write_q(
     if page / p.pages_per_buffer != p.buffer {
         return;
     }
-    let local = page % p.pages_per_buffer;
+    let base = (page % p.pages_per_buffer) * p.page_words;
     let row_e = (slot % p.page_size) * p.tok_stride + h * p.head_stride;
-    if WRITE_K {
-        quant_store(false, local, row_e, p.k_off + t * p.k_st + h * p.k_sh, u);
+    if p.q_write_k != 0u {
+        let src = p.k_off + t * p.k_st + h * p.k_sh;
+        quant_store(DST_DTYPE, false, base, row_e, p.scale_word, src, u, p.head_dim, p.k_scale);
     }
-    quant_store(true, local, row_e + p.v_in_page, p.v_off + t * p.v_st + h * p.v_sh, u);
+    let src = p.v_off + t * p.v_st + h * p.v_sh;
+    let e0 = row_e + p.v_in_page;
+    quant_store(DST_DTYPE, true, base, e0, p.scale_word, src, u, p.head_dim, p.v_scale);
 }

@@ -3,8 +3,9 @@
 // over token-major views [batch, seq, heads, head_dim] (any strides, last dim contiguous).
 // Up to two head segments share a dispatch (Q and K inside one fused QKV buffer).
 //
-// Two entry points: `rope_vec4` (end of file) for in-place views whose heads are whole, 16-byte
-// aligned vec4s, and `rope` for every other view, described here.
+// Entry points: `rope_vec4` (below `rope`) for in-place views whose heads are whole, 16-byte
+// aligned vec4s, `rope_norm` (end of file) with a per-head RMSNorm first, `rope` for every other
+// view, described here; `rope_q` (rope_q.wgsl, its own module) writes quantized KV cache rows.
 //
 // One invocation of `rope` owns a "column" of one token and a group of heads:
 //   - columns < n_quads rotate pairs 2c and 2c+1 (so a packed f16/bf16 word is only ever written by
@@ -94,6 +95,12 @@ struct Params {
     woff_b: f32,
     wa_off: u32,
     wb_off: u32,
+    // rope_q (rope_q.wgsl): the quantized destination's pages (the whole buffer for a contiguous
+    // cache): elements and words per page, the word of the scale plane in a page; fp8's scale
+    q_page_elems: u32,
+    q_page_words: u32,
+    q_scale_word: u32,
+    q_scale: f32,
     _pad0: u32,
 }
 
@@ -621,27 +628,64 @@ fn head_at(b: u32, s: u32, h: u32, row: u32) -> HeadAt {
     return at;
 }
 
+// 1 / RMS of the head whose input starts at element ib (rope_norm and rope_q).
+fn head_inv_rms(ib: u32, eps: f32) -> f32 {
+    var ss = 0.0;
+    if DTYPE == DT_F32 {
+        for (var e = 0u; e < p.head_dim; e++) {
+            let v = ld(ib + e);
+            ss += v * v;
+        }
+    } else {
+        for (var e = 0u; e < p.head_dim; e += 2u) {
+            let v = ld2(ib + e);
+            ss += dot(v, v);
+        }
+    }
+    return inverseSqrt(ss / f32(p.head_dim) + eps);
+}
+
+// Where invocation gid of a kernel with one invocation per (token, head group) works (rope_norm,
+// rope_q): the token's batch row b and position s in it, the head group, and the token's first
+// output element; `ok` is false past the last token and for a token the row map skips.
+struct GroupAt {
+    b: u32,
+    s: u32,
+    hg: u32,
+    row: u32,
+    ok: bool,
+}
+
+fn group_at(gid: u32) -> GroupAt {
+    var g: GroupAt;
+    g.hg = gid % p.n_hgroups;
+    let tok = gid / p.n_hgroups;
+    g.ok = tok < p.n_tokens;
+    if g.ok {
+        g.b = tok / p.seq;
+        g.s = tok % p.seq;
+        g.row = mapped_row(tok, p.o_off + g.b * p.o_bstride + g.s * p.o_sstride);
+        g.ok = g.row != SKIP_ROW;
+    }
+    return g;
+}
+
 @compute @workgroup_size(WG)
 fn rope_norm(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let gid = linear_workgroup(wid, nwg) * WG + lid;
-    let hg = gid % p.n_hgroups;
-    let tok = gid / p.n_hgroups;
-    // No barriers in this kernel, so invocations past the end may simply leave.
-    if tok >= p.n_tokens {
+    let g = group_at(linear_workgroup(wid, nwg) * WG + lid);
+    // No barriers in this kernel, so invocations past the end may simply leave. Segment B (k)
+    // exists only without a row map, so a skipped row skips every head.
+    if !g.ok {
         return;
     }
-    let b = tok / p.seq;
-    let s = tok % p.seq;
-    // Segment B (k) exists only without a row map, so a skipped row skips every head.
-    let row = mapped_row(tok, p.o_off + b * p.o_bstride + s * p.o_sstride);
-    if row == SKIP_ROW {
-        return;
-    }
-    let h0 = hg * p.heads_per_group;
+    let b = g.b;
+    let s = g.s;
+    let row = g.row;
+    let h0 = g.hg * p.heads_per_group;
     let h1 = min(h0 + min(p.heads_per_group, NORM_GROUP), p.a_heads + p.b_heads);
     let hd = p.head_dim;
 
@@ -656,19 +700,7 @@ fn rope_norm(
         }
         var r = 1.0;
         if at.ok && (p.flags & flag) != 0u {
-            var ss = 0.0;
-            if DTYPE == DT_F32 {
-                for (var e = 0u; e < hd; e++) {
-                    let v = ld(at.ib + e);
-                    ss += v * v;
-                }
-            } else {
-                for (var e = 0u; e < hd; e += 2u) {
-                    let v = ld2(at.ib + e);
-                    ss += dot(v, v);
-                }
-            }
-            r = inverseSqrt(ss / f32(hd) + eps);
+            r = head_inv_rms(at.ib, eps);
         }
         inv[h - h0] = r;
     }

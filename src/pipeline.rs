@@ -43,6 +43,9 @@ pub const F16_IN_F32: [&Shader; 3] = [
 pub const KV_QUANT_WGSL: &str = include_str!("../shaders/kv_quant.wgsl");
 /// Shared by the two KV cache writers: the new rows' bindings and reads.
 pub const KV_SOURCE_WGSL: &str = include_str!("../shaders/kv_source.wgsl");
+/// Quantizing a head row into a quantized buffer (`quant_store`), shared by the two KV cache
+/// writers and RoPE's quantized output, which each supply its `load4` and `kv_put` seams.
+pub const KV_QUANT_STORE_WGSL: &str = include_str!("../shaders/kv_quant_store.wgsl");
 /// Shared by the two attention shaders: overrides, params, input bindings, load/mask helpers.
 pub const ATTENTION_COMMON_WGSL: &str = include_str!("../shaders/attention_common.wgsl");
 /// The split-KV partials (bindings, store, merge), shared by the decode and paged kernels.
@@ -111,6 +114,20 @@ impl Shader {
         ],
         variants: crate::ops::rope::f16_store_variant_keys,
     };
+    /// `shaders/rope.wgsl` with `shaders/rope_q.wgsl`: RoPE written into quantized KV cache rows
+    /// (`rope_q`, the KV caches' `append_rope`).
+    pub const ROPE_Q: &'static Shader = &Shader {
+        name: "rope_q.wgsl",
+        parts: &[
+            COMMON_WGSL,
+            INTEGER_STORE,
+            KV_QUANT_WGSL,
+            KV_QUANT_STORE_WGSL,
+            include_str!("../shaders/rope.wgsl"),
+            include_str!("../shaders/rope_q.wgsl"),
+        ],
+        variants: crate::ops::rope::quantized_variant_keys,
+    };
     /// `shaders/attention_prefill.wgsl` for head_dim up to 256
     /// ([`crate::ops::attention::ATTENTION_PREFILL`]).
     pub const ATTENTION_PREFILL: &'static Shader = crate::ops::attention::ATTENTION_PREFILL;
@@ -123,6 +140,7 @@ impl Shader {
             COMMON_WGSL,
             KV_QUANT_WGSL,
             KV_SOURCE_WGSL,
+            KV_QUANT_STORE_WGSL,
             include_str!("../shaders/kv_cache.wgsl"),
         ],
         variants: crate::ops::kv_cache::all_variant_keys,
@@ -147,6 +165,7 @@ impl Shader {
             COMMON_WGSL,
             KV_QUANT_WGSL,
             KV_SOURCE_WGSL,
+            KV_QUANT_STORE_WGSL,
             include_str!("../shaders/paged_kv.wgsl"),
         ],
         variants: crate::ops::paged::write_variant_keys,
@@ -199,11 +218,12 @@ impl Shader {
 }
 
 /// The kernel shaders whose ops do not list their modules (see [`Shader::ALL`]).
-const OTHERS: [&Shader; 12] = [
+const OTHERS: [&Shader; 13] = [
     Shader::RMS_NORM,
     Shader::CAST,
     Shader::ROPE,
     Shader::ROPE_F16_STORE,
+    Shader::ROPE_Q,
     Shader::KV_CACHE,
     Shader::ATTENTION_PAGED,
     Shader::PAGED_KV,
@@ -359,6 +379,10 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
     ("f16_store.wgsl", include_str!("../shaders/f16_store.wgsl")),
     ("kv_cache.wgsl", include_str!("../shaders/kv_cache.wgsl")),
     ("kv_quant.wgsl", include_str!("../shaders/kv_quant.wgsl")),
+    (
+        "kv_quant_store.wgsl",
+        include_str!("../shaders/kv_quant_store.wgsl"),
+    ),
     ("kv_source.wgsl", include_str!("../shaders/kv_source.wgsl")),
     ("matmul.wgsl", include_str!("../shaders/matmul.wgsl")),
     ("paged_kv.wgsl", include_str!("../shaders/paged_kv.wgsl")),
@@ -372,6 +396,7 @@ pub const SHADER_FILES: &[(&str, &str)] = &[
         include_str!("../shaders/rms_norm_subgroup.wgsl"),
     ),
     ("rope.wgsl", include_str!("../shaders/rope.wgsl")),
+    ("rope_q.wgsl", include_str!("../shaders/rope_q.wgsl")),
 ];
 
 /// The bindings of group 0 that `entry_point` of `source` (spec-correct or naga's text, see

@@ -417,6 +417,47 @@ fn filled_cache(
 /// Pages of the subgroup kernels' paged tests.
 const SG_PAGE: usize = 16;
 
+/// An empty pool of `n_pages` pages of `page_size` tokens of `heads`' K/V in `format` and
+/// `layout`, for f32 q; fp8 with the (K, V) `scales`.
+fn quant_pool(
+    ctx: &llama_kernels::Context,
+    format: llama_kernels::KvFormat,
+    layout: llama_kernels::PageLayout,
+    page_size: usize,
+    n_pages: usize,
+    heads: llama_kernels::ops::paged::Heads,
+    scales: (f32, f32),
+) -> llama_kernels::PagedKvCache {
+    let mut pool = llama_kernels::PagedKvCache::new(
+        ctx,
+        PagedKvConfig {
+            n_pages,
+            page_size,
+            n_kv_heads: heads.n_kv_heads,
+            head_dim: heads.head_dim,
+            dtype: llama_kernels::DType::F32,
+            kv_format: Some(format),
+            layout,
+        },
+    )
+    .unwrap();
+    if format == llama_kernels::KvFormat::Fp8E4M3 {
+        pool.set_scales(scales.0, scales.1).unwrap();
+    }
+    pool
+}
+
+/// Whether two pools of one buffer hold the same bytes.
+fn same_pages(
+    ctx: &llama_kernels::Context,
+    a: &llama_kernels::PagedKvCache,
+    b: &llama_kernels::PagedKvCache,
+) -> bool {
+    let size = a.buffers()[0].size();
+    let read = |p: &llama_kernels::PagedKvCache| ctx.read_bytes(&p.buffers()[0], 0..size).unwrap();
+    a.buffers().len() == 1 && b.buffers().len() == 1 && read(a) == read(b)
+}
+
 /// A pool of `n_pages` HND pages of [`SG_PAGE`] in `format` (fp8 with [`SG_SCALES`]), noise in
 /// every page, then each sequence's K/V written into its pages (shuffled by the caller); the
 /// sequences' q rows, one after another, and the reference over their dequantized K/V
@@ -430,25 +471,17 @@ fn filled_pool(
     rng: &mut common::Rng,
     int8_dot: bool,
 ) -> (llama_kernels::PagedKvCache, Vec<f32>, Vec<f64>) {
-    use llama_kernels::{DType, KvFormat, PageLayout, PagedKvCache};
     let (ks, vs) = SG_SCALES;
     let hd = heads.head_dim;
-    let mut pool = PagedKvCache::new(
+    let pool = quant_pool(
         ctx,
-        PagedKvConfig {
-            n_pages,
-            page_size: SG_PAGE,
-            n_kv_heads: heads.n_kv_heads,
-            head_dim: hd,
-            dtype: DType::F32,
-            kv_format: Some(format),
-            layout: PageLayout::Hnd,
-        },
-    )
-    .unwrap();
-    if format == KvFormat::Fp8E4M3 {
-        pool.set_scales(ks, vs).unwrap();
-    }
+        format,
+        llama_kernels::PageLayout::Hnd,
+        SG_PAGE,
+        n_pages,
+        heads,
+        SG_SCALES,
+    );
     let row = heads.n_kv_heads * hd;
     let per = SG_PAGE * row;
     let all: Vec<u32> = (0..n_pages as u32).collect();
@@ -849,17 +882,37 @@ fn subgroup_prefill_reads_quantized_caches() {
 }
 
 /// `append_rope` into a quantized cache holds exactly the CPU quantizer's blocks of the rows
-/// RoPE rotates (RoPE run on its own, out of place, read back): the rotation through scratch
-/// and the quantizing append lose nothing between them. V is quantized as it comes.
+/// RoPE rotates (RoPE run on its own, out of place, read back): `rope_q` normalises, rotates and
+/// quantizes K in one pass from the values RoPE's float output holds, no float copy between.
+/// Contiguous caches of each format: q8_0 (half layout) at the cache's own positions, q4_0 and
+/// fp8 with scales (some values saturate) interleaved with a partial rotary_dim (an unrotated
+/// tail) at positions from a buffer; paged caches, whose pages equal the host encoder's
+/// (`write_pages`) over the rotated rows: q4_0 with a k_norm in HND pages, fp8 without in NHD
+/// pages. V is quantized as it comes. (The layouts and position sources share pipelines across
+/// the cases: every new one is a cold compile.)
 #[test]
 fn append_rope_quantizes_the_rotated_rows() {
-    use llama_kernels::ops::rope::{Layout, Rope};
-    use llama_kernels::{DType, KvCache, KvFormat};
+    use llama_kernels::ops::paged::{BatchSeq, Heads};
+    use llama_kernels::ops::rope::{HeadNorm, Layout, Rope};
+    use llama_kernels::{DType, KvCache, KvFormat, PageLayout, PagedBatch};
+    use llama_kernels::{PositionIds, Positions};
     let ctx = common::ctx();
     let (batch, heads, cap) = (2, 2, 4);
-    let rope = Rope::new(10000.0, Layout::Half);
+    let half = Rope::new(10000.0, Layout::Half);
+    let interleaved = Rope::new(5e5, Layout::Interleaved).with_rotary_dim(64);
+    // fp8: K values of up to 3 over 0.005 pass 448 and saturate.
+    let (ks, vs) = (0.005, 0.03);
+    let scales = |format: KvFormat| match format {
+        KvFormat::Fp8E4M3 => (ks, vs),
+        _ => (1.0, 1.0),
+    };
     let mut rng = common::Rng::new(2103);
-    for format in [KvFormat::Q8_0, KvFormat::Fp8E4M3] {
+    let contiguous = [
+        (KvFormat::Q8_0, &half, false),
+        (KvFormat::Q4_0, &interleaved, true),
+        (KvFormat::Fp8E4M3, &interleaved, true),
+    ];
+    for (format, rope, ids) in contiguous {
         let mut cache = KvCache::new(
             &ctx,
             KvCacheConfig {
@@ -872,7 +925,11 @@ fn append_rope_quantizes_the_rotated_rows() {
             },
         )
         .unwrap();
-        assert!(!cache.rope_fused_for(DType::F32));
+        let (k_scale, v_scale) = scales(format);
+        if format == KvFormat::Fp8E4M3 {
+            cache.set_scales(ks, vs).unwrap();
+        }
+        assert!(cache.rope_fused_for(DType::F32) && cache.rope_fused_for(DType::BF16));
         let n = batch * cap * heads * QHD;
         let (k_rows, v_rows) = (rng.vec(n, 3.0), rng.vec(n, 3.0));
         let mut rotated = Vec::new();
@@ -886,14 +943,24 @@ fn append_rope_quantizes_the_rotated_rows() {
             let shape = [batch, nt, heads, QHD];
             let k = ctx.upload_as(&part(&k_rows), &shape, DType::F32).unwrap();
             let v = ctx.upload_as(&part(&v_rows), &shape, DType::F32).unwrap();
-            let start = llama_kernels::Positions::Start(t0 as i32);
+            // Each sequence at its own positions, far from the rows' indices.
+            let pos: Vec<i32> = (0..batch * nt)
+                .map(|i| (9000 * (i / nt) + 3 * (t0 + i % nt) + 1) as i32)
+                .collect();
+            let pids = PositionIds::upload(&ctx, &pos, &[batch, nt]).unwrap();
+            let positions = match ids {
+                true => Positions::Ids(&pids),
+                false => Positions::Start(t0 as i32),
+            };
             let alone = ctx.upload_as(&part(&k_rows), &shape, DType::F32).unwrap();
             let out = ctx.upload_as(&part(&k_rows), &shape, DType::F32).unwrap();
             let mut enc = ctx.device().create_command_encoder(&Default::default());
-            rope.encode_to(&ctx, &mut enc, &alone, &out, start).unwrap();
+            rope.encode_to(&ctx, &mut enc, &alone, &out, positions)
+                .unwrap();
             ctx.queue().submit([enc.finish()]);
             rotated.push(ctx.read_f32(&out).unwrap());
-            cache.append_rope_run(&ctx, &k, &v, &rope, None).unwrap();
+            let given = ids.then_some(positions);
+            cache.append_rope_run(&ctx, &k, &v, rope, given).unwrap();
         }
         // Back to [batch, cap, heads, QHD] order.
         let row = heads * QHD;
@@ -904,11 +971,11 @@ fn append_rope_quantizes_the_rotated_rows() {
                 r
             })
             .collect();
-        for (name, buf, rows) in [
-            ("K", cache.k_buffer(), &k_rot),
-            ("V", cache.v_buffer(), &v_rows),
+        for (name, buf, rows, scale) in [
+            ("K", cache.k_buffer(), &k_rot, k_scale),
+            ("V", cache.v_buffer(), &v_rows, v_scale),
         ] {
-            let want = quant::encode(format, &cache_order(rows, batch, cap, heads), QHD, 1.0);
+            let want = quant::encode(format, &cache_order(rows, batch, cap, heads), QHD, scale);
             let got = ctx.read_bytes(buf, 0..want.len() as u64).unwrap();
             assert!(
                 got == want,
@@ -916,12 +983,63 @@ fn append_rope_quantizes_the_rotated_rows() {
             );
         }
     }
+
+    // Paged: two sequences' 16 new tokens each, filling pages 3 and 2 (page 1 holds the second
+    // sequence's first 16 rows, not written here).
+    const PAGE: usize = 16;
+    let ph = Heads {
+        n_heads: 4,
+        n_kv_heads: heads,
+        head_dim: QHD,
+    };
+    let seqs = [(16, vec![3]), (32, vec![1, 2])].map(|(kv_len, pages)| BatchSeq {
+        q_len: 16,
+        kv_len,
+        pages,
+    });
+    let w = ctx
+        .upload_as(&rng.vec(QHD, 1.0), &[QHD], DType::F32)
+        .unwrap();
+    let k_norm = HeadNorm::new(&w, 1e-6);
+    let paged = [
+        (KvFormat::Q4_0, &interleaved, PageLayout::Hnd, Some(&k_norm)),
+        (KvFormat::Fp8E4M3, &interleaved, PageLayout::Nhd, None),
+    ];
+    for (format, rope, layout, norm) in paged {
+        let new = || quant_pool(&ctx, format, layout, PAGE, 4, ph, (ks, vs));
+        let (gpu, host) = (new(), new());
+        assert!(gpu.rope_fused_for(DType::F16));
+        let batch = PagedBatch::from_parts(&ctx, PAGE, 4, &seqs, ph, None).unwrap();
+        let shape = [2 * PAGE, heads, QHD];
+        let n = 2 * PAGE * heads * QHD;
+        let (k, v) = (rng.vec(n, 3.0), rng.vec(n, 3.0));
+        let kt = ctx.upload_as(&k, &shape, DType::F32).unwrap();
+        let vt = ctx.upload_as(&v, &shape, DType::F32).unwrap();
+        let out = ctx.empty(&shape, DType::F32).unwrap();
+        let pids = batch.positions();
+        let positions = Positions::Ids(&pids);
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        match norm {
+            Some(n) => rope.encode_norm_to(&ctx, &mut enc, &kt, &out, n, positions),
+            None => rope.encode_to(&ctx, &mut enc, &kt, &out, positions),
+        }
+        .unwrap();
+        gpu.append_rope(&ctx, &mut enc, &batch, &kt, &vt, rope, norm, None)
+            .unwrap();
+        ctx.queue().submit([enc.finish()]);
+        host.write_pages(&ctx, &[3, 2], &ctx.read_f32(&out).unwrap(), &v)
+            .unwrap();
+        assert!(
+            same_pages(&ctx, &gpu, &host),
+            "{format} {layout:?}: pages written by append_rope differ from the host's"
+        );
+    }
 }
 
 /// Every rule of quantized caches, with its message.
 #[test]
 fn quantized_cache_rules() {
-    use common::{expect_err, is_dtype, is_param, is_shape};
+    use common::{expect_err, is_alias, is_dtype, is_param, is_shape};
     use llama_kernels::ops::attention::Dims;
     use llama_kernels::{Attention, DType, KvCache, KvFormat};
     let ctx = common::ctx();
@@ -1006,6 +1124,22 @@ fn quantized_cache_rules() {
         is_param,
         "the scales can only change while the cache is empty (length 1)",
     );
+    // New rows are quantized from buffers of their own, never from the cache's.
+    let own = llama_kernels::Tensor::new(cache.k_buffer(), 0, &[1, 1, 32], DType::F32);
+    expect_err(
+        cache.append_run(&ctx, &own, &rows),
+        "kv_cache",
+        is_alias,
+        "k_new / v_new live in the cache's own K or V buffer: a fp8_e4m3 cache quantizes new rows from buffers of their own",
+    );
+    let rope = llama_kernels::Rope::new(1e4, llama_kernels::Layout::Half);
+    expect_err(
+        cache.append_rope_run(&ctx, &rows, &own, &rope, None),
+        "kv_cache",
+        is_alias,
+        "k_new / v_new live in the cache's own K or V buffer",
+    );
+    assert_eq!(cache.len(), 1);
     // The planner refuses a quantized K/V format whose blocks do not fit the head.
     let d = Dims {
         batch: 1,
@@ -1077,7 +1211,7 @@ fn paged_caches_quantize_and_attend() {
     use llama_kernels::compare::tolerance;
     use llama_kernels::ops::paged::{BatchSeq, Heads};
     use llama_kernels::reference::attention as reference;
-    use llama_kernels::{Attention, DType, KvFormat, PageLayout, PagedBatch, PagedKvCache};
+    use llama_kernels::{Attention, DType, KvFormat, PageLayout, PagedBatch};
     const PAGE: usize = 16;
     let ctx = common::ctx();
     let heads = Heads {
@@ -1091,24 +1225,7 @@ fn paged_caches_quantize_and_attend() {
         for layout in [PageLayout::Nhd, PageLayout::Hnd] {
             let mut rng = common::Rng::new(2104);
             let n_pages = 8;
-            let f = (DType::F32, format);
-            let new = |ctx| {
-                let mut c = PagedKvCache::new(
-                    ctx,
-                    PagedKvConfig {
-                        n_pages,
-                        page_size: PAGE,
-                        n_kv_heads: 2,
-                        head_dim: hd,
-                        dtype: f.0,
-                        kv_format: Some(f.1),
-                        layout,
-                    },
-                )
-                .unwrap();
-                c.set_scales(ks, vs).unwrap();
-                c
-            };
+            let new = |ctx| quant_pool(ctx, format, layout, PAGE, n_pages, heads, (ks, vs));
             // Append: two whole-page prefills (pages 5, 2 and 7) written by the GPU, and by the
             // host encoder into a second cache.
             let seqs = vec![
@@ -1132,11 +1249,8 @@ fn paged_caches_quantize_and_attend() {
             gpu.append(&ctx, &mut enc, &batch, &kt, &vt).unwrap();
             ctx.queue().submit([enc.finish()]);
             host.write_pages(&ctx, &[5, 2, 7], &k, &v).unwrap();
-            let size = gpu.buffers()[0].size();
-            let got = ctx.read_bytes(&gpu.buffers()[0], 0..size).unwrap();
-            let want = ctx.read_bytes(&host.buffers()[0], 0..size).unwrap();
             assert!(
-                got == want,
+                same_pages(&ctx, &gpu, &host),
                 "{format} {layout:?}: appended pages differ from the host's"
             );
             if format == KvFormat::Q8_0 || layout == PageLayout::Hnd {

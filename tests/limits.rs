@@ -8,8 +8,8 @@ use crate::common;
 use common::*;
 use llama_kernels::compare::{compare, tolerance};
 use llama_kernels::{
-    reference, Attention, DType, Error, KvCache, KvCacheConfig, Layout, PositionIds, Positions,
-    Residual, RmsNorm, Rope, Tensor,
+    reference, Attention, DType, Error, KvCache, KvCacheConfig, KvFormat, Layout, PositionIds,
+    Positions, Residual, RmsNorm, Rope, Tensor,
 };
 
 /// Rows of `n` f32 elements that make a view just over one binding.
@@ -318,6 +318,54 @@ fn kv_cache_append_past_one_binding() {
         );
         let c = compare(&got, &want);
         assert!(c.passes(tolerance(DType::F32)), "rotated K: {c}");
+    }
+    // A q8_0 cache takes the same split (`rope_q` over runs of tokens, the quantizing append of
+    // V per run) for the first sequence, whose views alone pass one binding: it holds the CPU
+    // quantizer's blocks of the rows the f32 cache holds (RoPE's f32 output and V's copy), the
+    // guard rows, NaN there, empty here.
+    let first = |off: usize| {
+        let t = view(off);
+        Tensor::with_strides(
+            buf.buffer(),
+            off,
+            &[1, seq, nkv, hd],
+            t.strides(),
+            DType::F32,
+        )
+    };
+    let (k0, v0) = (first(0), first(row));
+    assert!(k0.byte_span().end - k0.byte_span().start > max as u64);
+    let mut q8 = KvCache::new(
+        &ctx,
+        KvCacheConfig {
+            batch: 1,
+            n_kv_heads: nkv,
+            capacity: cap,
+            head_dim: hd,
+            dtype: DType::F32,
+            kv_format: Some(KvFormat::Q8_0),
+        },
+    )
+    .unwrap();
+    q8.set_len(1).unwrap();
+    q8.append_rope_run(&ctx, &k0, &v0, &rope, None).unwrap();
+    for (name, float, quantized) in [
+        ("K", cache.k_buffer(), q8.k_buffer()),
+        ("V", cache.v_buffer(), q8.v_buffer()),
+    ] {
+        let seq0 = Tensor::new(float, 0, &[nkv * cap * hd], DType::F32);
+        let rows: Vec<f32> = ctx
+            .read_f32(&seq0)
+            .unwrap()
+            .into_iter()
+            .map(|x| if x.is_nan() { 0.0 } else { x })
+            .collect();
+        let want = reference::quant::encode(KvFormat::Q8_0, &rows, hd, 1.0);
+        let got = ctx.read_bytes(quantized, 0..want.len() as u64).unwrap();
+        assert!(
+            got == want,
+            "q8_0 {name}: the split append differs from the CPU quantizer"
+        );
     }
 }
 

@@ -10,9 +10,10 @@
 //! advances `len`. All sequences of a cache share one length. Appending past `capacity` is an
 //! error and writes nothing. [`KvCache::append_rope`] also rotates the new K rows with
 //! [`crate::ops::rope::Rope`] at positions `len ..` (or given position ids): when the new rows
-//! already have the cache's dtype, RoPE writes the rotated K rows straight into the cache (one
-//! pass over K) and the append kernel copies only V; otherwise the append converts K and RoPE
-//! rotates it in place in the cache. Both are recorded in the same encoder, no round trip.
+//! already have the cache's dtype (or the cache is quantized, below), RoPE writes the rotated K
+//! rows straight into the cache (one pass over K) and the append kernel copies only V; otherwise
+//! the append converts K and RoPE rotates it in place in the cache. Both are recorded in the same
+//! encoder, no round trip.
 //!
 //! New rows whose views do not fit one storage binding (`max_storage_buffer_binding_size`; e.g.
 //! K inside a fused QKV buffer, or f32 rows for a half cache) are appended by several
@@ -22,15 +23,15 @@
 //! A cache's K/V storage format ([`KvFormat`]) is an axis apart from the dtype of q and out: a
 //! float format equal to that dtype ([`KvCache::new`]), or q8_0, q4_0 or fp8 e4m3
 //! (`KvCacheConfig::kv_format`, layout in [`crate::kv_format`]). The append of a quantized cache
-//! (`kv_append_q`) quantizes the new rows in the same pass that writes them; with RoPE the
-//! rotated K rows go through the context's scratch buffer first (RoPE out of place, then the
-//! quantizing append in the same encoder). Attention reads the quantized rows in place
-//! ([`crate::Attention::encode_cached`]).
+//! (`kv_append_q`) quantizes the new rows in the same pass that writes them; with RoPE, RoPE
+//! itself writes K (`rope_q`: the rotated rows, from new rows of any dtype, quantized as they are
+//! written, no float copy) and the quantizing append writes V only. Attention reads the
+//! quantized rows in place ([`crate::Attention::encode_cached`]).
 
 use crate::context::Context;
 use crate::error::Result;
 use crate::kv_format::KvFormat;
-use crate::ops::rope::{Plan as RopePlan, Positions, Rope};
+use crate::ops::rope::{Plan as RopePlan, Positions, QuantOut, Rope};
 use crate::pipeline::{PipelineKey, Shader};
 use crate::tensor::{DType, Tensor};
 
@@ -63,13 +64,16 @@ pub struct Params {
     pub k_scale: f32,
     /// fp8: V's per-tensor scale.
     pub v_scale: f32,
+    /// `kv_append_q`: 1 to write K, 0 when RoPE writes it (a uniform, not the key's `WRITE_K`).
+    pub q_write_k: u32,
     /// Padding to 16 bytes.
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
 }
 
 /// The pipeline key for an append from `src` dtype into a cache of format `dst` (`kv_append`
 /// for the float formats, `kv_append_q` quantizing); `write_k` false leaves K to RoPE's
-/// out-of-place pass.
+/// out-of-place pass (`rope`). The quantizing append takes `write_k` as a uniform
+/// (`Params::q_write_k`: RoPE's `rope_q` writes K) and has one key for both.
 pub fn append_key(src: DType, dst: KvFormat, write_k: bool) -> PipelineKey {
     match dst.dtype() {
         Some(d) => write_key(Shader::KV_CACHE, "kv_append", src, d, write_k),
@@ -78,13 +82,13 @@ pub fn append_key(src: DType, dst: KvFormat, write_k: bool) -> PipelineKey {
             "kv_append_q",
             src,
             dst.shader_code(),
-            write_k,
+            None,
         ),
     }
 }
 
 /// Every pipeline key `append` can produce: the float appends with and without K, and the
-/// quantizing appends with K (RoPE's rotated K reaches a quantized cache through the append).
+/// quantizing appends (K on or off at run time).
 pub fn all_variant_keys() -> Vec<PipelineKey> {
     let mut keys = write_variant_keys(Shader::KV_CACHE, "kv_append");
     for f in KvFormat::QUANTIZED {
@@ -104,27 +108,27 @@ pub(crate) fn write_key(
     dst: DType,
     write_k: bool,
 ) -> PipelineKey {
-    write_key_code(shader, entry, src, dst.shader_code(), write_k)
+    write_key_code(shader, entry, src, dst.shader_code(), Some(write_k))
 }
 
-/// [`write_key`] with the destination as a [`KvFormat::shader_code`].
+/// [`write_key`] with the destination as a [`KvFormat::shader_code`]; `write_k` `None` for the
+/// quantizing kernels, which take it as a uniform.
 pub(crate) fn write_key_code(
     shader: &'static Shader,
     entry: &'static str,
     src: DType,
     dst: u32,
-    write_k: bool,
+    write_k: Option<bool>,
 ) -> PipelineKey {
-    PipelineKey::new(
-        shader,
-        entry,
-        vec![
-            ("SRC_DTYPE", src.shader_code()),
-            ("DST_DTYPE", dst),
-            ("WG", WG),
-            ("WRITE_K", write_k as u32),
-        ],
-    )
+    let mut constants = vec![
+        ("SRC_DTYPE", src.shader_code()),
+        ("DST_DTYPE", dst),
+        ("WG", WG),
+    ];
+    if let Some(write_k) = write_k {
+        constants.push(("WRITE_K", write_k as u32));
+    }
+    PipelineKey::new(shader, entry, constants)
 }
 
 /// Every key [`write_key`] can produce for one entry point.
@@ -517,8 +521,9 @@ impl KvCache {
     }
 
     /// K rows are rotated on their way into the cache (RoPE out of place: one read of `k_new`, one
-    /// write of the cache rows) when `k_new` already has the cache's dtype; otherwise they are
-    /// converted by the append and rotated in place in the cache afterwards.
+    /// write of the cache rows) when `k_new` already has the cache's dtype, and always into a
+    /// quantized cache (`rope_q` quantizes the rotated rows as it writes them); otherwise they
+    /// are converted by the append and rotated in place in the cache afterwards.
     #[allow(clippy::too_many_arguments)]
     fn record_append_rope(
         &self,
@@ -531,27 +536,44 @@ impl KvCache {
         positions: Positions<'_>,
     ) -> Result<()> {
         let (k_rows, fused, plan) = self.rope_plan(ctx, k_new, n_new, rope, positions)?;
-        if self.format.is_quantized() {
-            // k_rows is scratch: rotate into it, then quantize it into the cache.
-            rope.encode_to(ctx, enc, k_new, &k_rows, positions)?;
-            return self.record_append(ctx, enc, &k_rows, v_new, n_new);
-        }
         if fused && !crate::pipeline::fits_one_binding(ctx, &[k_new]) {
             // RoPE reads k_new past one binding: its own encode splits the rotation over runs of
             // tokens (under its own error scope), after the append has recorded V.
             ctx.scoped(OP, || {
                 self.record_append_with(ctx, enc, k_new, v_new, n_new, false)
             })??;
-            return rope.encode_to(ctx, enc, k_new, &k_rows, positions);
+            return match self.quant_out() {
+                Some(out) => rope.encode_quantized(ctx, enc, k_new, out, positions),
+                None => rope.encode_to(ctx, enc, k_new, &k_rows, positions),
+            };
         }
+        // Fused: k_new into the cache rows (a quantized cache's are the plan's, not a view);
+        // else the rows the append converted, in place.
+        let (x, out) = match (fused, self.format.is_quantized()) {
+            (true, true) => (k_new, None),
+            (true, false) => (k_new, Some(&k_rows)),
+            (false, _) => (&k_rows, None),
+        };
         ctx.scoped(OP, || {
             self.record_append_with(ctx, enc, k_new, v_new, n_new, !fused)?;
-            if fused {
-                rope.record_unscoped(ctx, enc, plan, k_new, None, Some(&k_rows), positions)
-            } else {
-                rope.record_unscoped(ctx, enc, plan, &k_rows, None, None, positions)
-            }
+            rope.record_unscoped(ctx, enc, plan, x, None, out, positions)
         })?
+    }
+
+    /// Where `rope_q` writes the new K rows of a quantized cache (`None` for float formats):
+    /// the K buffer as one quantized page, the rows from `len` on.
+    fn quant_out(&self) -> Option<QuantOut<'_>> {
+        let (h, c, d) = (self.n_kv_heads, self.capacity, self.head_dim);
+        let rows = self.batch * h * c;
+        self.format.is_quantized().then(|| QuantOut {
+            format: self.format,
+            dst: &self.k,
+            page_elems: rows * d,
+            page_words: 0,
+            scale_word: self.format.scale_plane_byte(rows, d) / 4,
+            scale: self.k_scale,
+            view: Some((self.len * d, [h * c * d, d, c * d])),
+        })
     }
 
     /// The cache rows the new K lands in, whether RoPE rotates it on the way in
@@ -565,16 +587,12 @@ impl KvCache {
         rope: &Rope,
         positions: Positions<'_>,
     ) -> Result<(Tensor, bool, RopePlan)> {
-        if self.format.is_quantized() {
-            // RoPE cannot rotate quantized rows: it writes the rotated rows to scratch, which the
-            // quantizing append reads.
-            let bytes = (k_new.numel() * k_new.dtype().size()) as u64;
-            let scratch = ctx.scratch(OP, bytes)?;
-            let rotated = Tensor::new(&scratch, 0, k_new.shape(), k_new.dtype());
-            let plan = rope.plan(ctx, k_new, None, Some(&rotated), positions)?;
-            return Ok((rotated, false, plan));
-        }
         let k_rows = self.rows(&self.k, self.len, n_new, k_new.rank());
+        if let Some(out) = self.quant_out() {
+            // rope_q writes the rotated rows quantized; k_rows only names their places.
+            let plan = rope.plan_quantized(ctx, k_new, out, None, None, positions)?;
+            return Ok((k_rows, true, plan));
+        }
         let fused = self.rope_fused_for(k_new.dtype());
         let plan = if fused {
             rope.plan(ctx, k_new, None, Some(&k_rows), positions)?
@@ -606,8 +624,7 @@ impl KvCache {
                 let positions = self.check_rope(rope, positions, n_new)?;
                 // The same two kernels `record_append_rope` picks.
                 let (_, fused, plan) = self.rope_plan(ctx, k_new, n_new, rope, positions)?;
-                let write_k = !fused || self.format.is_quantized();
-                ctx.kernel(OP, &append_key(k_new.dtype(), self.format, write_k))?;
+                ctx.kernel(OP, &append_key(k_new.dtype(), self.format, !fused))?;
                 ctx.kernel(crate::ops::rope::OP, &plan.variant.key())?;
             }
         }
@@ -615,9 +632,10 @@ impl KvCache {
     }
 
     /// Which way [`KvCache::append_rope`] records K for new rows of `dtype`: `true` when RoPE
-    /// writes the rotated rows straight into the cache (one pass over K).
+    /// writes the rotated rows straight into the cache (one pass over K): new rows of the
+    /// cache's dtype, or any new rows into a quantized cache (RoPE quantizes as it writes).
     pub fn rope_fused_for(&self, dtype: DType) -> bool {
-        dtype == self.dtype && !self.format.is_quantized()
+        dtype == self.dtype || self.format.is_quantized()
     }
 
     /// `[batch, n, n_kv_heads, head_dim]` view of rows `start .. start + n`.
@@ -723,6 +741,14 @@ impl KvCache {
             "v_new is {} but k_new is {}",
             v_new.dtype(),
             k_new.dtype()
+        );
+        let own = |t: &Tensor| t.buffer() == &self.k || t.buffer() == &self.v;
+        crate::ensure!(
+            !self.format.is_quantized() || !(own(k_new) || own(v_new)),
+            Alias,
+            OP,
+            "k_new / v_new live in the cache's own K or V buffer: a {} cache quantizes new rows from buffers of their own",
+            self.format
         );
         crate::ensure!(
             self.len + n_new <= self.capacity,

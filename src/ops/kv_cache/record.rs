@@ -61,7 +61,8 @@ impl KvCache {
                 scale_plane: (self.format.scale_plane_byte(rows, self.head_dim) / 4) as u32,
                 k_scale: self.k_scale,
                 v_scale: self.v_scale,
-                _pad: [0; 3],
+                q_write_k: write_k as u32,
+                _pad: [0; 2],
             };
             let threads = (p.batch * p.n * self.n_kv_heads * per_row) as u64;
             ctx.encode_kernel(

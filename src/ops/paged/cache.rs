@@ -9,7 +9,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kv_format::KvFormat;
 use crate::ops::attention;
-use crate::ops::rope::{HeadNorm, PositionIds, Positions, Rope};
+use crate::ops::rope::{HeadNorm, PositionIds, Positions, QuantOut, Rope, RowMap};
 use crate::pipeline::{PipelineKey, Shader, Window};
 use crate::tensor::{DType, Tensor};
 
@@ -21,14 +21,15 @@ pub fn write_key(src: DType, dst: DType, write_k: bool) -> PipelineKey {
     crate::ops::kv_cache::write_key(Shader::PAGED_KV, "paged_write", src, dst, write_k)
 }
 
-/// The pipeline key of the quantizing paged write into pages of `dst` (`paged_write_q`).
+/// The pipeline key of the quantizing paged write into pages of `dst` (`paged_write_q`; K on
+/// or off as the uniform `WriteParams::q_write_k`, RoPE's `rope_q` writing K).
 pub fn write_key_q(src: DType, dst: KvFormat) -> PipelineKey {
     crate::ops::kv_cache::write_key_code(
         Shader::PAGED_KV,
         "paged_write_q",
         src,
         dst.shader_code(),
-        true,
+        None,
     )
 }
 
@@ -77,8 +78,8 @@ pub struct WriteParams {
     pub scale_word: u32,
     /// v_new: element offset, token and head strides.
     pub v: [u32; 3],
-    /// Padding.
-    pub _pad2: u32,
+    /// `paged_write_q`: 1 to write K, 0 when RoPE writes it (a uniform, not the key's `WRITE_K`).
+    pub q_write_k: u32,
     /// fp8: K's per-tensor scale.
     pub k_scale: f32,
     /// fp8: V's per-tensor scale.
@@ -579,10 +580,12 @@ impl PagedKvCache {
     /// batch's [`PagedBatch::positions`]; a scaling that needs the sequence length needs
     /// `rope.seq_len`), or the caller's ids: `[3, total_new]` for multimodal RoPE (Qwen2-VL's
     /// time, height and width rows, [`Rope::with_mrope_section`]) or `[total_new]`; the rows
-    /// land in the batch's slots either way. When `k_new` has the cache's dtype, K's norm,
-    /// rotation and write into its page are one pass ([`Rope::encode_rows`] through a row map of
-    /// the slots, one dispatch per pool buffer the batch touches) and the write pass moves only V;
-    /// otherwise RoPE writes K into a scratch view and the write pass converts both.
+    /// land in the batch's slots either way. When `k_new` has the cache's dtype, or the pages are
+    /// quantized ([`PagedKvCache::rope_fused_for`]), K's norm, rotation (and quantization) and
+    /// write into its page are one pass ([`Rope::encode_rows`] through a row map of the slots, or
+    /// `rope_q` into quantized pages; one dispatch per pool buffer the batch touches) and the
+    /// write pass moves only V; otherwise RoPE writes K into a scratch view and the write pass
+    /// converts both.
     #[allow(clippy::too_many_arguments)]
     pub fn append_rope(
         &self,
@@ -601,10 +604,10 @@ impl PagedKvCache {
         if batch.total_q == 0 {
             return Ok(());
         }
-        if k_new.dtype() == self.dtype && !self.format.is_quantized() {
+        if self.rope_fused_for(k_new.dtype()) {
             // Row maps first (content-addressed, so every layer of a step shares them).
             let (_, hs) = self.strides();
-            let mut maps = Vec::new();
+            let mut plans = Vec::new();
             for b in self.touched_buffers(batch) {
                 let rows: Vec<u32> = batch
                     .slots
@@ -623,20 +626,33 @@ impl PagedKvCache {
                     wgpu::BufferUsages::STORAGE,
                     bytemuck::cast_slice(&rows),
                 )?;
-                maps.push((b, map));
+                let dst = &self.buffers[b];
+                let row_map = RowMap {
+                    dst,
+                    rows: &map,
+                    rows_offset: 0,
+                    head_stride: hs,
+                };
+                let positions = Positions::Ids(pos);
+                let plan = match self.format.is_quantized() {
+                    true => {
+                        let out = self.quant_out(dst);
+                        rope.plan_quantized(ctx, k_new, out, Some(row_map), k_norm, positions)?
+                    }
+                    false => rope.plan_rows(ctx, k_new, dst, &map, 0, hs, positions, k_norm)?,
+                };
+                plans.push(plan);
             }
             return ctx.scoped(OP, || -> Result<()> {
-                for (b, map) in &maps {
-                    rope.encode_rows(
+                for plan in plans {
+                    rope.record_unscoped(
                         ctx,
                         encoder,
+                        plan,
                         k_new,
-                        &self.buffers[*b],
-                        map,
-                        0,
-                        hs,
+                        None,
+                        None,
                         Positions::Ids(pos),
-                        k_norm,
                     )?;
                 }
                 self.record_write(ctx, encoder, batch, k_new, v_new, false)
@@ -657,6 +673,29 @@ impl PagedKvCache {
             }
             self.record_write(ctx, encoder, batch, &tmp, v_new, true)
         })?
+    }
+
+    /// Which way [`PagedKvCache::append_rope`] records K for new rows of `dtype`: `true` when
+    /// RoPE writes the rotated (and normalised) rows straight into their pages, through a row map
+    /// of the slots: new rows of the cache's dtype, or any new rows into quantized pages (RoPE
+    /// quantizes as it writes, `rope_q`); `false` when RoPE writes them into scratch and the write
+    /// pass converts them.
+    pub fn rope_fused_for(&self, dtype: DType) -> bool {
+        dtype == self.dtype || self.format.is_quantized()
+    }
+
+    /// Where `rope_q` writes K rows into the quantized pages of pool buffer `dst`: each page a
+    /// quantized buffer of its rows, K rows first.
+    fn quant_out<'a>(&self, dst: &'a wgpu::Buffer) -> QuantOut<'a> {
+        QuantOut {
+            format: self.format,
+            dst,
+            page_elems: self.page_elems(),
+            page_words: self.page_words() as usize,
+            scale_word: self.page_scale_half() / 2,
+            scale: self.k_scale,
+            view: None,
+        }
     }
 
     fn record_write(
@@ -708,6 +747,7 @@ impl PagedKvCache {
                 scale_word: (self.page_scale_half() / 2) as u32,
                 k_scale: self.k_scale,
                 v_scale: self.v_scale,
+                q_write_k: write_k as u32,
                 ..Default::default()
             };
             ctx.encode_kernel(

@@ -15,6 +15,9 @@ struct Piece {
     out: Option<Tensor>,
     start: Option<i32>,
     ids: Option<PositionIds>,
+    /// Where the run starts (a quantized destination's places follow it).
+    batch_row: usize,
+    s0: usize,
 }
 
 impl Piece {
@@ -42,8 +45,8 @@ impl Rope {
         self.encode_views_with(ctx, enc, a, b, out, Extra::default(), positions)
     }
 
-    /// [`Rope::encode_views`] with per-head norms (a row map is never split: its caller binds
-    /// one view).
+    /// [`Rope::encode_views`] with per-head norms or a quantized destination (a row map is never
+    /// split: its caller binds one view).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn encode_views_with(
         &self,
@@ -137,12 +140,18 @@ impl Rope {
                     out: out.map(|t| crate::tensor::tokens_of(t, bi, s0, n)),
                     start,
                     ids,
+                    batch_row: bi,
+                    s0,
                 });
             }
         }
         let plans = pieces
             .iter()
             .map(|p| {
+                let extra = Extra {
+                    quant: extra.quant.map(|q| q.tokens(p.batch_row, p.s0)),
+                    ..extra
+                };
                 rope.plan_with(
                     ctx,
                     &p.a,

@@ -55,8 +55,8 @@
 //! (`cargo run --release --example rope_sincos`). `SinCos` keeps the other methods for such measurements.
 //!
 //! ## Strategy
-//! Three entry points; the dispatcher picks by alignment and norm ([`Rope::variant`] reports the
-//! choice for the plain rotation):
+//! Three entry points for float outputs (a fourth, `rope_q`, below); the dispatcher picks by
+//! alignment and norm ([`Rope::variant`] reports the choice for the plain rotation):
 //! - `rope_vec4`, in place when the view's first element and every stride (of a dimension
 //!   longer than 1) are multiples of 16 bytes and `rotary_dim` is a multiple of 8 (f32) or 16
 //!   (f16, bf16) elements, i.e. every access is a whole, aligned vec4 of the view. One invocation
@@ -95,6 +95,13 @@
 //! ([`Rope::encode_rows`]: a runtime flag and the `rows` binding, no extra specialisation), so a
 //! paged KV cache gets its new K rows rotated (and normalised) straight into their pages.
 //!
+//! - `rope_q` (module `rope_q.wgsl`, [`Variant::kv_format`]), for the KV caches' `append_rope`
+//!   into q8_0 / q4_0 / fp8 storage: one invocation per (token, head) owns the head's row,
+//!   computes each value from its pair partner (normalised first with a k_norm, a runtime flag)
+//!   with `rope` / `rope_norm`'s own products and rounding, and quantizes the row block by block
+//!   straight into the cache (a strided view of a contiguous cache, or the row map into pages),
+//!   so no float copy of the rotated rows exists.
+//!
 //! Measured on lavapipe (2 shared cores, so absolute numbers move; ratios are taken in the same
 //! run): `cargo run --release --example rope_speed`, GPU timestamps, median of 7, as a fraction
 //! of the best WGSL vec4 streaming copy of the same bytes (read + write of the rotated elements),
@@ -129,12 +136,14 @@ use crate::tensor::Tensor;
 
 use freq::TableCache;
 pub use freq::{fixed_point_turn, frequencies, Freq, Layout, Scaling, MAX_INV_FREQ};
+use norm::Extra;
 pub use norm::HeadNorm;
-use norm::{Extra, RowMap};
+pub(crate) use norm::QuantOut;
+pub(crate) use norm::RowMap;
 pub(crate) use plan::Plan;
 pub use positions::{qkv_views, PositionIds, Positions};
 pub(crate) use sincos::SinCos;
-pub use variant::{all_variant_keys, f16_store_variant_keys, Variant};
+pub use variant::{all_variant_keys, f16_store_variant_keys, quantized_variant_keys, Variant};
 
 pub(crate) const OP: &str = "rope";
 pub(crate) const WG: u32 = 64;
@@ -205,7 +214,7 @@ impl Default for Rope {
     }
 }
 
-/// Uniform parameters; mirrors `struct Params` in `shaders/rope.wgsl` (160 bytes).
+/// Uniform parameters; mirrors `struct Params` in `shaders/rope.wgsl` (176 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Params {
@@ -289,6 +298,15 @@ pub struct Params {
     pub wa_off: u32,
     /// Segment B's norm weight: element offset in its binding.
     pub wb_off: u32,
+    /// `rope_q`: elements per page of the quantized destination (the whole buffer for a
+    /// contiguous cache).
+    pub q_page_elems: u32,
+    /// `rope_q`: 32-bit words per page (0 for a contiguous cache: one page).
+    pub q_page_words: u32,
+    /// `rope_q`: word offset of the scale plane in a page.
+    pub q_scale_word: u32,
+    /// `rope_q`: fp8's per-tensor scale (stored value = e4m3(x / scale)).
+    pub q_scale: f32,
     /// Padding to 16 bytes.
     pub _pad0: u32,
 }
@@ -511,7 +529,7 @@ impl Rope {
         let extra = Extra {
             norm_a: q_norm,
             norm_b: k_norm,
-            rows: None,
+            ..Extra::default()
         };
         self.encode_views_with(ctx, encoder, q, Some(k), None, extra, positions)
     }
@@ -572,8 +590,50 @@ impl Rope {
                 rows_offset,
                 head_stride,
             }),
+            quant: None,
         };
         self.plan_with(ctx, x, None, None, extra, positions)
+    }
+
+    /// Plan `rope_q`: x's rows (`[tokens, heads, head_dim]` with a row map, else any rank-3 or
+    /// rank-4 view) normalised by `norm` when given, rotated and quantized into `out` (a
+    /// quantized KV cache's K), at the places `out.view` or the row map `rows` (whose `dst` is
+    /// `out.dst`) gives. For ops that record it under their own error scope with
+    /// `record_unscoped(ctx, enc, plan, x, None, None, positions)`.
+    pub(crate) fn plan_quantized(
+        &self,
+        ctx: &Context,
+        x: &Tensor,
+        out: QuantOut<'_>,
+        rows: Option<RowMap<'_>>,
+        norm: Option<&HeadNorm>,
+        positions: Positions<'_>,
+    ) -> Result<plan::Plan> {
+        let extra = Extra {
+            norm_a: norm,
+            norm_b: None,
+            rows,
+            quant: Some(out),
+        };
+        self.plan_with(ctx, x, None, None, extra, positions)
+    }
+
+    /// Record [`Rope::plan_quantized`] without a row map (under its own error scope), split
+    /// into runs of tokens when x does not fit one binding.
+    pub(crate) fn encode_quantized(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        out: QuantOut<'_>,
+        positions: Positions<'_>,
+    ) -> Result<()> {
+        let quant = Some(out);
+        let extra = Extra {
+            quant,
+            ..Extra::default()
+        };
+        self.encode_views_with(ctx, encoder, x, None, None, extra, positions)
     }
 
     /// [`Rope::encode`], submitted and waited for.
@@ -677,6 +737,8 @@ mod tests {
             std::mem::offset_of!(Params, pos_rstride),
             std::mem::offset_of!(Params, eps_a),
             std::mem::offset_of!(Params, wb_off),
+            std::mem::offset_of!(Params, q_page_elems),
+            std::mem::offset_of!(Params, q_scale),
         ];
         for (name, off) in [
             "n_tokens",
@@ -690,6 +752,8 @@ mod tests {
             "pos_rstride",
             "eps_a",
             "wb_off",
+            "q_page_elems",
+            "q_scale",
         ]
         .iter()
         .zip(rust)
@@ -706,7 +770,7 @@ mod tests {
     #[test]
     fn params_layout_is_16_byte_padded() {
         assert_eq!(std::mem::size_of::<Params>() % 16, 0);
-        assert_eq!(std::mem::size_of::<Params>(), 160);
+        assert_eq!(std::mem::size_of::<Params>(), 176);
         assert_eq!(std::mem::size_of::<Freq>(), 16);
     }
 }

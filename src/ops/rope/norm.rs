@@ -3,6 +3,7 @@
 
 use super::OP;
 use crate::error::Result;
+use crate::kv_format::KvFormat;
 use crate::tensor::{DType, Tensor};
 
 /// An RMSNorm over each head, applied before RoPE rotates it:
@@ -90,10 +91,40 @@ pub(crate) struct RowMap<'a> {
     pub head_stride: usize,
 }
 
-/// What a call adds to the plain rotation: per-head norms of the two segments, a row map.
+/// Where `rope_q` writes x's rotated rows: into `dst`, bound whole, quantized to `format` (a KV
+/// cache's K). `dst` is a run of pages of `page_elems` elements, each a quantized buffer of
+/// `page_words` words whose scale plane starts `scale_word` words in (`crate::kv_format`); a
+/// head row's float-equivalent element `e` is element `e % page_elems` of page `e / page_elems`.
+/// A contiguous cache is one page (`page_words` 0). The rows are placed by `view` (the element
+/// offset and batch, token and head strides of x's rows), or by the call's row map.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuantOut<'a> {
+    pub format: KvFormat,
+    pub dst: &'a wgpu::Buffer,
+    pub page_elems: usize,
+    pub page_words: usize,
+    pub scale_word: usize,
+    /// fp8's per-tensor scale.
+    pub scale: f32,
+    pub view: Option<(usize, [usize; 3])>,
+}
+
+impl QuantOut<'_> {
+    /// The destination of tokens `s0 ..` of batch row `b` (a piece of a split call).
+    pub(crate) fn tokens(mut self, b: usize, s0: usize) -> Self {
+        if let Some((off, [bs, ss, hs])) = self.view {
+            self.view = Some((off + b * bs + s0 * ss, [bs, ss, hs]));
+        }
+        self
+    }
+}
+
+/// What a call adds to the plain rotation: per-head norms of the two segments, a row map, a
+/// quantized destination.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Extra<'a> {
     pub norm_a: Option<&'a HeadNorm>,
     pub norm_b: Option<&'a HeadNorm>,
     pub rows: Option<RowMap<'a>>,
+    pub quant: Option<QuantOut<'a>>,
 }

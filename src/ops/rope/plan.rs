@@ -82,8 +82,10 @@ pub(crate) struct Plan {
     pub(crate) threads: u64,
     /// Norm weights of segments A and B.
     pub(crate) norm_w: [Option<Tensor>; 2],
-    /// Row map: the destination buffer, the rows buffer and the call's first entry in it.
-    pub(crate) row_map: Option<(wgpu::Buffer, wgpu::Buffer, usize)>,
+    /// The destination bound whole (a row map's, a quantized output's).
+    pub(crate) whole_dst: Option<wgpu::Buffer>,
+    /// Row map: the rows buffer and the call's first entry in it.
+    pub(crate) rows: Option<(wgpu::Buffer, usize)>,
 }
 
 impl Rope {
@@ -197,21 +199,13 @@ impl Rope {
         }
         let tokens = va.batch * va.seq;
         params.n_tokens = tokens as u32;
-        let mut row_map = None;
-        if let Some(rm) = extra.rows {
-            crate::ensure!(
-                b.is_none() && out.is_none() && a.rank() == 3,
-                Shape,
-                OP,
-                "a row map writes one [tokens, heads, head_dim] view, got x {:?}",
-                a.shape()
-            );
-            in_place = false;
-            x_in_dst = false;
-            let (heads, hd) = (va.heads, va.head_dim);
-            let size = dtype.size();
+        // A row map's or a quantized output's destination is bound whole.
+        let whole_dst = extra.rows.map(|r| r.dst).or(extra.quant.map(|q| q.dst));
+        if let Some(dst) = whole_dst {
             let max = ctx.limits().max_storage_buffer_binding_size;
-            for (name, buf) in [("dst", rm.dst), ("rows", rm.rows)] {
+            let rows = extra.rows.map(|r| r.rows);
+            for (name, buf) in [("dst", Some(dst)), ("rows", rows)] {
+                let Some(buf) = buf else { continue };
                 crate::ensure!(
                     buf.usage().contains(wgpu::BufferUsages::STORAGE),
                     Param,
@@ -221,19 +215,55 @@ impl Rope {
                 );
             }
             crate::ensure!(
-                rm.dst != a.buffer() && rm.dst != rm.rows,
+                dst != a.buffer() && rows.is_none_or(|r| r != dst),
                 Alias,
                 OP,
                 "dst must be a buffer of its own: not x's buffer, not the rows buffer"
             );
             crate::ensure!(
-                rm.dst.size() <= max && rm.dst.size().is_multiple_of(4),
+                dst.size() <= max && dst.size().is_multiple_of(4),
                 Limit,
                 OP,
-                "dst buffer has {} bytes; a row map binds all of it, so it must be a multiple of 4 and at most max_storage_buffer_binding_size ({max} bytes)",
-                rm.dst.size()
+                "dst buffer has {} bytes; a row map or a quantized output binds all of it, so it must be a multiple of 4 and at most max_storage_buffer_binding_size ({max} bytes)",
+                dst.size()
             );
-            let dst_elems = rm.dst.size() as usize / size;
+            if let Positions::Ids(ids) = positions {
+                crate::ensure!(
+                    ids.buffer != *dst,
+                    Alias,
+                    OP,
+                    "positions share a buffer with dst; they must be separate"
+                );
+            }
+            in_place = false;
+            x_in_dst = false;
+        }
+        if let Some(q) = extra.quant {
+            // Built by the KV caches only, from their own sizes.
+            debug_assert!(b.is_none() && out.is_none() && q.format.is_quantized());
+            debug_assert!(extra.rows.is_none_or(|r| r.dst == q.dst) && q.page_elems > 0);
+            q.format.check_head_dim(OP, va.head_dim)?;
+            if let Some((off, [bs, ss, hs])) = q.view {
+                params.o_off = off as u32;
+                params.o_bstride = bs as u32;
+                params.o_sstride = ss as u32;
+                params.o_hstride = hs as u32;
+            }
+            params.q_page_elems = q.page_elems as u32;
+            params.q_page_words = q.page_words as u32;
+            params.q_scale_word = q.scale_word as u32;
+            params.q_scale = q.scale;
+        }
+        let mut rows = None;
+        if let Some(rm) = extra.rows {
+            crate::ensure!(
+                b.is_none() && out.is_none() && a.rank() == 3,
+                Shape,
+                OP,
+                "a row map writes one [tokens, heads, head_dim] view, got x {:?}",
+                a.shape()
+            );
+            let (heads, hd) = (va.heads, va.head_dim);
             crate::ensure!(
                 heads == 1 || rm.head_stride >= hd,
                 Shape,
@@ -241,23 +271,27 @@ impl Rope {
                 "head_stride {} is below head_dim {hd}: the heads of a token would overlap",
                 rm.head_stride
             );
-            let token_span = (heads - 1)
-                .checked_mul(rm.head_stride)
-                .and_then(|v| v.checked_add(hd));
-            crate::ensure!(
-                token_span.is_some_and(|v| v <= dst_elems),
-                Bounds,
-                OP,
-                "one token's {heads} heads (head_stride {}, head_dim {hd}) do not fit dst ({dst_elems} {dtype} elements)",
-                rm.head_stride
-            );
-            crate::ensure!(
-                !dtype.is_half() || rm.head_stride.is_multiple_of(2) || heads == 1,
-                Bounds,
-                OP,
-                "head_stride {} with {dtype} storage must be even (two elements per 32-bit word)",
-                rm.head_stride
-            );
+            if extra.quant.is_none() {
+                let size = dtype.size();
+                let dst_elems = rm.dst.size() as usize / size;
+                let token_span = (heads - 1)
+                    .checked_mul(rm.head_stride)
+                    .and_then(|v| v.checked_add(hd));
+                crate::ensure!(
+                    token_span.is_some_and(|v| v <= dst_elems),
+                    Bounds,
+                    OP,
+                    "one token's {heads} heads (head_stride {}, head_dim {hd}) do not fit dst ({dst_elems} {dtype} elements)",
+                    rm.head_stride
+                );
+                crate::ensure!(
+                    !dtype.is_half() || rm.head_stride.is_multiple_of(2) || heads == 1,
+                    Bounds,
+                    OP,
+                    "head_stride {} with {dtype} storage must be even (two elements per 32-bit word)",
+                    rm.head_stride
+                );
+            }
             let rows_end = rm.rows_offset.checked_add(tokens).map(|n| n as u64 * 4);
             crate::ensure!(
                 rows_end.is_some_and(|e| e <= rm.rows.size()),
@@ -267,17 +301,9 @@ impl Rope {
                 rm.rows_offset,
                 rm.rows.size() / 4
             );
-            if let Positions::Ids(ids) = positions {
-                crate::ensure!(
-                    ids.buffer != *rm.dst,
-                    Alias,
-                    OP,
-                    "positions share a buffer with dst; they must be separate"
-                );
-            }
             params.o_hstride = rm.head_stride as u32;
             params.flags |= FLAG_ROW_MAP;
-            row_map = Some((rm.dst.clone(), rm.rows.clone(), rm.rows_offset));
+            rows = Some((rm.rows.clone(), rm.rows_offset));
         }
         let mut norm_w = [None, None];
         let norms = [
@@ -292,7 +318,7 @@ impl Rope {
             let written = a.buffer() == wb
                 || b.is_some_and(|b| b.buffer() == wb)
                 || out.is_some_and(|o| o.buffer() == wb)
-                || extra.rows.is_some_and(|r| r.dst == wb);
+                || whole_dst.is_some_and(|d| d == wb);
             crate::ensure!(
                 !written,
                 Alias,
@@ -311,6 +337,7 @@ impl Rope {
             norm_w[i] = Some(n.weight.clone());
         }
         let norm = norm_w.iter().any(Option::is_some);
+        let kv_format = extra.quant.map(|q| q.format);
         let pos_buf = match positions {
             Positions::Start(start) => {
                 crate::ensure!(
@@ -457,18 +484,23 @@ impl Rope {
             n_cols = rd / 2 / lanes as usize;
         }
         let heads = va.heads + params.b_heads as usize;
-        let (groups, per_group) = head_groups(
-            HeadWork {
-                tokens,
-                heads,
-                n_cols,
-                head_bytes: va.head_dim * dtype.size(),
-                vec4,
-                norm,
-            },
-            ctx.adapter_info().device_type == wgpu::DeviceType::Cpu,
-        );
-        let threads = if norm {
+        let (groups, per_group) = if kv_format.is_some() {
+            // rope_q: one invocation per (token, head), which owns the head's whole row.
+            (heads, 1)
+        } else {
+            head_groups(
+                HeadWork {
+                    tokens,
+                    heads,
+                    n_cols,
+                    head_bytes: va.head_dim * dtype.size(),
+                    vec4,
+                    norm,
+                },
+                ctx.adapter_info().device_type == wgpu::DeviceType::Cpu,
+            )
+        };
+        let threads = if norm || kv_format.is_some() {
             tokens as u64 * groups as u64
         } else {
             tokens as u64 * groups as u64 * n_cols as u64
@@ -483,13 +515,15 @@ impl Rope {
         params.n_quads = n_quads as u32;
         params.n_hgroups = groups as u32;
         params.heads_per_group = per_group as u32;
-        let f16_store = f16_store_choice(
-            self.native_f16_store,
-            dtype,
-            ctx.adapter_info().device_type,
-            ctx.caps().f16_in_f32,
-            &ctx.adapter_info().name,
-        )?;
+        // rope_q quantizes what the integer encoder rounds to (it stores no halves).
+        let f16_store = kv_format.is_none()
+            && f16_store_choice(
+                self.native_f16_store,
+                dtype,
+                ctx.adapter_info().device_type,
+                ctx.caps().f16_in_f32,
+                &ctx.adapter_info().name,
+            )?;
         Ok(Plan {
             variant: Variant {
                 dtype,
@@ -499,14 +533,17 @@ impl Rope {
                 x_in_dst,
                 sincos: self.sincos,
                 vec4,
-                norm,
+                // rope_q normalises through its flag.
+                norm: norm && kv_format.is_none(),
                 f16_store,
+                kv_format,
             },
             params,
             freqs,
             threads,
             norm_w,
-            row_map,
+            whole_dst: whole_dst.cloned(),
+            rows,
         })
     }
 }

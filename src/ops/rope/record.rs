@@ -27,12 +27,13 @@ impl Rope {
             freqs,
             threads,
             norm_w,
-            row_map,
+            whole_dst,
+            rows,
         } = plan;
         let out = out.filter(|_| !v.in_place);
-        let (dst, src) = if let Some((dst_buf, _, _)) = &row_map {
-            // Row entries can point anywhere in dst, so the whole buffer is bound (plan checked
-            // that it fits one binding).
+        let (dst, src) = if let Some(dst_buf) = &whole_dst {
+            // Row entries can point anywhere in dst, and a quantized output's addressing is its
+            // own, so the whole buffer is bound (plan checked that it fits one binding).
             let dst = Window {
                 buffer: dst_buf.clone(),
                 byte_start: 0,
@@ -86,8 +87,8 @@ impl Rope {
             }
             Positions::Start(_) => None,
         };
-        let rows_win = match &row_map {
-            Some((_, rows, first)) => {
+        let rows_win = match &rows {
+            Some((rows, first)) => {
                 let w = Tensor::new(rows, *first, &[params.n_tokens as usize], DType::F32);
                 let win = Window::covering(ctx, OP, &[&w])?;
                 params.rows_off = win.elem_offset(&w);

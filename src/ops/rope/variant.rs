@@ -3,6 +3,7 @@
 #[cfg(doc)]
 use super::{HeadNorm, Rope};
 use super::{Layout, SinCos, WG};
+use crate::kv_format::KvFormat;
 use crate::pipeline::{PipelineKey, Shader};
 use crate::tensor::DType;
 
@@ -28,17 +29,24 @@ pub struct Variant {
     /// f16 stores through WGSL's `pack2x16float` ([`Shader::ROPE_F16_STORE`]) instead of the
     /// exact integer encoder; f16 only (see [`Rope::native_f16_store`]).
     pub f16_store: bool,
+    /// The `rope_q` entry point ([`Shader::ROPE_Q`]): the rotated rows (normalised first when
+    /// a norm is given, a runtime flag there) quantized into a KV cache of this format, out of
+    /// place, one invocation per (token, head); `None` for the float outputs.
+    pub kv_format: Option<KvFormat>,
 }
 
 impl Variant {
     /// The entry point, with `_f16_store` when f16 is stored through `pack2x16float`:
-    /// `rope_vec4`, `rope`, `rope_norm`, `rope_vec4_f16_store`, ...
+    /// `rope_vec4`, `rope`, `rope_norm`, `rope_q`, `rope_vec4_f16_store`, ...
     pub fn name(&self) -> String {
         let store = if self.f16_store { "_f16_store" } else { "" };
         format!("{}{store}", self.entry_point())
     }
 
     fn entry_point(&self) -> &'static str {
+        if self.kv_format.is_some() {
+            return "rope_q";
+        }
         match (self.vec4, self.norm) {
             (true, _) => "rope_vec4",
             (false, true) => "rope_norm",
@@ -48,23 +56,24 @@ impl Variant {
 
     /// The pipeline key of this variant.
     pub fn key(&self) -> PipelineKey {
-        PipelineKey::new(
-            if self.f16_store {
-                Shader::ROPE_F16_STORE
-            } else {
-                Shader::ROPE
-            },
-            self.entry_point(),
-            vec![
-                ("DTYPE", self.dtype.shader_code()),
-                ("LAYOUT", (self.layout == Layout::Interleaved) as u32),
-                ("POS_BUF", self.pos_buf as u32),
-                ("IN_PLACE", self.in_place as u32),
-                ("X_IN_DST", self.x_in_dst as u32),
-                ("SINCOS", self.sincos.code()),
-                ("WG", WG),
-            ],
-        )
+        let mut constants = vec![
+            ("DTYPE", self.dtype.shader_code()),
+            ("LAYOUT", (self.layout == Layout::Interleaved) as u32),
+            ("POS_BUF", self.pos_buf as u32),
+            ("IN_PLACE", self.in_place as u32),
+            ("X_IN_DST", self.x_in_dst as u32),
+            ("SINCOS", self.sincos.code()),
+            ("WG", WG),
+        ];
+        let shader = match (self.kv_format, self.f16_store) {
+            (Some(f), _) => {
+                constants.push(("KV_FMT", f.shader_code()));
+                Shader::ROPE_Q
+            }
+            (None, true) => Shader::ROPE_F16_STORE,
+            (None, false) => Shader::ROPE,
+        };
+        PipelineKey::new(shader, self.entry_point(), constants)
     }
 }
 
@@ -78,6 +87,36 @@ pub fn all_variant_keys() -> Vec<PipelineKey> {
 /// through `pack2x16float`.
 pub fn f16_store_variant_keys() -> Vec<PipelineKey> {
     variant_keys(&[DType::F16], true)
+}
+
+/// The keys of [`Shader::ROPE_Q`] (`rope_q`, exact sin/cos): every source dtype, layout,
+/// position source and quantized format.
+pub fn quantized_variant_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for dtype in DType::ALL {
+        for layout in [Layout::Half, Layout::Interleaved] {
+            for pos_buf in [false, true] {
+                for f in KvFormat::QUANTIZED {
+                    keys.push(
+                        Variant {
+                            dtype,
+                            layout,
+                            pos_buf,
+                            in_place: false,
+                            x_in_dst: false,
+                            sincos: SinCos::Exact,
+                            vec4: false,
+                            norm: false,
+                            f16_store: false,
+                            kv_format: Some(f),
+                        }
+                        .key(),
+                    );
+                }
+            }
+        }
+    }
+    keys
 }
 
 fn variant_keys(dtypes: &[DType], f16_store: bool) -> Vec<PipelineKey> {
@@ -109,6 +148,7 @@ fn variant_keys(dtypes: &[DType], f16_store: bool) -> Vec<PipelineKey> {
                                     vec4,
                                     norm,
                                     f16_store,
+                                    kv_format: None,
                                 }
                                 .key(),
                             );
