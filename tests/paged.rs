@@ -1810,7 +1810,7 @@ fn plan_options_kv_format_refuses_subgroup_kernels_that_cannot_read_it() {
                 assert_eq!(batch.kinds(), vec![decode.or(prefill).unwrap()]);
                 continue;
             }
-            let e = got.err().expect("refused").to_string();
+            let e = got.expect_err("refused").to_string();
             assert!(
                 e.contains(&format!("the {kernel} kernel reads whole 16-byte units of a K/V row: fp8_e4m3 rows of head_dim 40 are not")),
                 "{e}"
