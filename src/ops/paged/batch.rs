@@ -179,6 +179,20 @@ impl PagedBatch {
                 "splits must be in 1..=65535, got {s}"
             );
         }
+        // Before the device checks: a format the kernel cannot read is refused on any adapter.
+        if let Some(f) = plan.kv_format {
+            for (k, forced) in [
+                (Kind::DecodeSubgroup, plan.decode),
+                (Kind::PrefillSubgroup, plan.prefill),
+            ] {
+                crate::ensure!(
+                    forced != Some(k) || attention::sg_reads_rows(f, head_dim),
+                    Param,
+                    OP,
+                    "the {k:?} kernel reads whole 16-byte units of a K/V row: {f} rows of head_dim {head_dim} are not (fp8 needs a multiple of 16)"
+                );
+            }
+        }
         if let Some(k) = plan.decode {
             crate::ensure!(
                 matches!(k, Kind::Decode | Kind::DecodeKeys | Kind::DecodeSubgroup),
@@ -208,19 +222,6 @@ impl PagedBatch {
                 "the PrefillSubgroup kernel needs a device with the SUBGROUP feature (adapter {:?})",
                 ctx.adapter_info().name
             );
-        }
-        if let Some(f) = plan.kv_format {
-            for (k, forced) in [
-                (Kind::DecodeSubgroup, plan.decode),
-                (Kind::PrefillSubgroup, plan.prefill),
-            ] {
-                crate::ensure!(
-                    forced != Some(k) || attention::sg_reads_rows(f, head_dim),
-                    Param,
-                    OP,
-                    "the {k:?} kernel reads whole 16-byte units of a K/V row: {f} rows of head_dim {head_dim} are not (fp8 needs a multiple of 16)"
-                );
-            }
         }
         for (i, s) in seqs.iter().enumerate() {
             crate::ensure!(
