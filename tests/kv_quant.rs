@@ -657,8 +657,8 @@ fn subgroup_decode_reads_quantized_caches() {
 /// Packed 8-bit scoring (`Attention::int8_dot`) is refused, before any GPU work, where it
 /// cannot apply: K that is not q8_0 or q4_0 (a float cache, fp8; the GPU decode and prefill), a
 /// kernel other than `DecodeSubgroup` and `PrefillSubgroup` (the CPU adapter's default decode
-/// and prefill, forced ones), and a paged batch without `DecodeSubgroup` rows or over an fp8
-/// pool.
+/// and prefill, forced ones), and a paged batch without `DecodeSubgroup` or `PrefillSubgroup`
+/// rows or over an fp8 pool.
 #[test]
 fn int8_dot_rules() {
     use llama_kernels::ops::attention::{Dims, Kind};
@@ -733,7 +733,7 @@ fn int8_dot_rules() {
         (
             KvFormat::Q8_0,
             Some(Kind::DecodeKeys),
-            "the batch has no DecodeSubgroup rows",
+            "the batch has neither kind of rows",
         ),
         (KvFormat::Fp8E4M3, sg, "the pool holds fp8_e4m3"),
     ] {
@@ -759,8 +759,9 @@ fn int8_dot_rules() {
 /// against the reference over q quantized as the kernel quantizes it (`quant::int8_dot_q`),
 /// within the same tolerance, and beyond it from the reference over the exact q (the check can
 /// fail). Paged: q8_0 only (the page addressing does not depend on the format), two prefill
-/// sequences over shuffled pages with noise in the others, one split and 2. fp8 rows that are
-/// not whole units (head_dim 40) are refused, contiguous and paged, before any GPU work.
+/// sequences over shuffled pages with noise in the others, one split and 2; with int8_dot too
+/// under LLAMA_KERNELS_LONG_TESTS=1 (one more pipeline). fp8 rows that are not whole units
+/// (head_dim 40) are refused, contiguous and paged, before any GPU work.
 #[test]
 fn subgroup_prefill_reads_quantized_caches() {
     use llama_kernels::compare::tolerance;
@@ -856,26 +857,36 @@ fn subgroup_prefill_reads_quantized_caches() {
             pages: vec![3, 0, 8, 2],
         },
     ];
-    let (pool, q, want) = filled_pool(&ctx, format, heads, n_pages, &seqs, &mut rng, false);
     let shape = [q_len + 9, nh, hd];
-    let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
     let opts = |splits| PlanOptions {
         splits,
         prefill: Some(Kind::PrefillSubgroup),
         ..Default::default()
     };
-    for splits in [None, Some(2)] {
-        let batch =
-            PagedBatch::from_parts_with(&ctx, SG_PAGE, n_pages, &seqs, heads, &opts(splits))
+    // With packed 8-bit scoring too (one more pipeline) with LLAMA_KERNELS_LONG_TESTS=1.
+    for int8_dot in [false, true] {
+        if int8_dot && !common::long_tests() {
+            continue;
+        }
+        let (pool, q, want) = filled_pool(&ctx, format, heads, n_pages, &seqs, &mut rng, int8_dot);
+        let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
+        let attn = Attention {
+            int8_dot,
+            ..Attention::default()
+        };
+        for splits in [None, Some(2)] {
+            let batch =
+                PagedBatch::from_parts_with(&ctx, SG_PAGE, n_pages, &seqs, heads, &opts(splits))
+                    .unwrap();
+            assert_eq!(batch.kinds(), [Kind::PrefillSubgroup; 2]);
+            let out = common::nan_output(&ctx, &shape, DType::F32);
+            attn.run_paged(&ctx, &qt, &pool, &batch, None, &out)
                 .unwrap();
-        assert_eq!(batch.kinds(), [Kind::PrefillSubgroup; 2]);
-        let out = common::nan_output(&ctx, &shape, DType::F32);
-        Attention::default()
-            .run_paged(&ctx, &qt, &pool, &batch, None, &out)
-            .unwrap();
-        let what = format!("{format} paged PrefillSubgroup splits {splits:?}");
-        common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
-        common::assert_guards(&ctx, &out, &what);
+            let what =
+                format!("{format} paged PrefillSubgroup splits {splits:?} int8_dot {int8_dot}");
+            common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
+            common::assert_guards(&ctx, &out, &what);
+        }
     }
     // fp8 pages of head_dim 40: a batch planned with the subgroup prefill is refused.
     let heads40 = Heads {
