@@ -32,7 +32,9 @@
 //   of attention_common.wgsl, as f32) with 16-byte loads (one `vec4<u32>` holds 4 f32 or 8
 //   halves), so K/V rows must be 16-byte aligned (`ops::attention::kv_rows_aligned`);
 //   quantized K/V are dequantized while staged (`pf_qstage`), so the tiles hold f32 for every
-//   format and nothing after the staging depends on it.
+//   format and nothing after the staging depends on it; with I8 (q8_0 / q4_0 K) the K tile
+//   holds int8 words and block scales instead (`pf_qput_i8`) and q·k is scored by packed 8-bit
+//   products (`pf_block`), V as for every format.
 //   Reading a tile, a group's lanes take consecutive vec4s of one key row (no bank conflict) and
 //   the groups of a subgroup read the same row (a broadcast).
 // - Per 4 keys: a lane's partial dots (its slots) of 4 keys x R rows, finished by a butterfly of
@@ -60,6 +62,12 @@
 //   SLOTS  vec4 slots of a head per lane: ceil(HD4 / L); R * SLOTS <= 16
 //   L      lanes per row (4, 8 or 16, at most the adapter's smallest subgroup size)
 //   WG     invocations per workgroup (128 or 256), a multiple of every subgroup size it runs with
+//   I8     1: q·k over q8_0 or q4_0 K by packed 8-bit products (`dot4I8Packed`), as the GPU
+//          decode's I8 (attention_subgroup.wgsl) and llama.cpp's DP4A path: each row's q
+//          quantized once per block of 32 as q8_0 with an f32 scale (`pf_quant_q`), K staged as
+//          int8 words with its blocks' scales (`pf_qput_i8`), per word an i32 sum of 4 products
+//          times the two block scales in f32 (`pf_block`); V, the softmax and P·V unchanged.
+//          0: scores from the f32 tiles (every format)
 // Loops (modules are created without naga's loop counters, src/pipeline.rs): rows, slots and the
 // 4 keys of a block by 1 to constants; the tile loop by p.bk (>= 1) to the end of the key range;
 // the blocks of a tile by 4 to the tile's key count (the staging loops: the including files).
@@ -67,9 +75,17 @@
 const R: u32 = 4u; // @key
 const SLOTS: u32 = 4u; // @key
 const L: u32 = 8u; // @key
+const I8: u32 = 0u; // @key
 
 // This lane's slots of R rows: [row][slot].
 alias PfRegs = array<array<vec4<f32>, SLOTS>, R>;
+
+// I8: this lane's slots of R rows of q as int8 words (a slot's 4 values, value 0 in the low
+// byte) and the scale of each slot's block: [row][slot].
+struct PfQ8 {
+    w: array<array<u32, SLOTS>, R>,
+    d: array<array<f32, SLOTS>, R>,
+}
 
 // The sum of x over the L lanes of this lane's group (aligned groups of a subgroup), the same
 // bits in every lane of the group: each butterfly step adds the same two values, commuted.
@@ -112,6 +128,7 @@ struct PfRow {
 // not exist) for this lane's R rows; ms: the sequence's mask inputs (MASKS).
 fn pf_block(
     q: ptr<function, PfRegs>,
+    qi: ptr<function, PfQ8>,
     acc: ptr<function, PfRegs>,
     st: ptr<function, array<PfRow, R>>,
     j0: i32,
@@ -125,13 +142,21 @@ fn pf_block(
         s[r] = vec4<f32>(0.0);
     }
     for (var c = 0u; c < 4u; c++) {
-        let kb = min(jj + c, n - 1u) * HD4;
+        let key = min(jj + c, n - 1u);
         for (var i = 0u; i < SLOTS; i++) {
             let d = lane + L * i;
             if d < HD4 {
-                let kx = k_tile[kb + d];
-                for (var r = 0u; r < R; r++) {
-                    s[r][c] += dot((*q)[r][i], kx);
+                if I8 == 1u {
+                    let kx = pf_ki8(key * pf_ki8_row(), d);
+                    for (var r = 0u; r < R; r++) {
+                        let n8 = dot4I8Packed((*qi).w[r][i], kx.w);
+                        s[r][c] += f32(n8) * ((*qi).d[r][i] * kx.d);
+                    }
+                } else {
+                    let kx = k_tile[key * HD4 + d];
+                    for (var r = 0u; r < R; r++) {
+                        s[r][c] += dot((*q)[r][i], kx);
+                    }
                 }
             }
         }
@@ -216,7 +241,11 @@ fn pf_qstage(lid: u32, j0: i32, n: u32, src: vec2<u32>) {
         let pc = i % pieces;
         let rows = pf_qrows(src, u32(j0) + jj);
         let t = jj * HD4 + pc * pf_qvec4s();
-        pf_qput(pf_qpiece(rows.k, pc), pf_qpiece(rows.v, pc), t);
+        let k = pf_qpiece(rows.k, pc);
+        if I8 == 1u {
+            pf_qput_i8(k, jj * pf_ki8_row() + 5u * pc);
+        }
+        pf_qput(k, pf_qpiece(rows.v, pc), t);
     }
 }
 
@@ -246,13 +275,87 @@ fn pf_qvalues(x: PfPiece, c: u32) -> vec4<f32> {
     return kv_dequant_unit(KV_FMT, select(x.u0, x.u1, c >= 4u), c, x.d);
 }
 
-// A piece of K and one of V into vec4s t .. t + pf_qvec4s() of k_tile and v_tile (the loop by 1
-// to 8, guarded).
+// A piece of K and one of V into vec4s t .. t + pf_qvec4s() of k_tile and v_tile (K: not with
+// I8, `pf_qput_i8`; the loop by 1 to 8, guarded).
 fn pf_qput(k: PfPiece, v: PfPiece, t: u32) {
     for (var c = 0u; c < 8u; c++) {
         if c < pf_qvec4s() {
-            k_tile[t + c] = pf_qvalues(k, c);
+            if I8 == 0u {
+                k_tile[t + c] = pf_qvalues(k, c);
+            }
             v_tile[t + c] = pf_qvalues(v, c);
+        }
+    }
+}
+
+// I8: the K tile in k_tile's space (a key's row in pf_ki8_row() vec4s, at most HD4). Block b of
+// a key (a piece) is 5 vec4s from 5b: its 8 int8 words (word w: values 4w .. 4w + 3, q4_0's
+// nibbles widened to q - 8 by `kv_i4_i8`) as 16-bit halves, low first, in vec4 w / 2 (each
+// half an integer below 2^16, so exact in f32: bit patterns such as NaNs never pass through an
+// f32), then the block's scale in vec4 4's x.
+fn pf_ki8_row() -> u32 {
+    return HD4 / 8u * 5u;
+}
+
+fn pf_halves(w: vec2<u32>) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(w.x, w.x >> 16u, w.y, w.y >> 16u) & vec4<u32>(0xffffu));
+}
+
+fn pf_qput_i8(k: PfPiece, ti: u32) {
+    var a = k.u0;
+    var b = k.u1;
+    if KV_FMT == KV_Q4_0 {
+        // Values 0 .. 15 are the low nibbles of the unit's words, 16 .. 31 the high ones.
+        a = kv_i4_i8(k.u0);
+        b = kv_i4_i8(k.u0 >> vec4<u32>(4u));
+    }
+    k_tile[ti] = pf_halves(a.xy);
+    k_tile[ti + 1u] = pf_halves(a.zw);
+    k_tile[ti + 2u] = pf_halves(b.xy);
+    k_tile[ti + 3u] = pf_halves(b.zw);
+    k_tile[ti + 4u] = vec4<f32>(k.d, 0.0, 0.0, 0.0);
+}
+
+// I8: word d (vec4 d of the row) of the staged key whose row starts at vec4 kb, and its block's
+// scale.
+struct PfK8 {
+    w: u32,
+    d: f32,
+}
+
+fn pf_ki8(kb: u32, d: u32) -> PfK8 {
+    let b = kb + 5u * (d / 8u);
+    let x = vec4<u32>(k_tile[b + (d % 8u) / 2u]);
+    let h = select(x.xy, x.zw, (d & 1u) != 0u);
+    return PfK8(h.x | (h.y << 16u), k_tile[b + 4u].x);
+}
+
+// I8: the rows' pre-scaled q quantized per block of 32 values by q8_0's rule (`kv_q8_scale`,
+// `kv_q8_word`: the GPU decode's `sg_quant_q`) into qi. Slot i holds vec4 d = lane + L * i of a
+// row, in block d / 8: the block's other vec4s are in the lanes of the group that differ from
+// this one in the bits of lane below min(L, 8) (a butterfly of maxima) and, for L = 4, in this
+// lane's neighbouring slot (i ^ 1). Every lane of the group calls it (shuffles).
+fn pf_quant_q(q: ptr<function, PfRegs>, qi: ptr<function, PfQ8>) {
+    for (var r = 0u; r < R; r++) {
+        var a: array<f32, SLOTS>;
+        for (var i = 0u; i < SLOTS; i++) {
+            let v = abs((*q)[r][i]);
+            var m = max(max(v.x, v.y), max(v.z, v.w));
+            m = max(m, subgroupShuffleXor(m, 1u));
+            m = max(m, subgroupShuffleXor(m, 2u));
+            if L > 4u {
+                m = max(m, subgroupShuffleXor(m, 4u));
+            }
+            a[i] = m;
+        }
+        for (var i = 0u; i < SLOTS; i++) {
+            var amax = a[i];
+            if L < 8u {
+                amax = max(amax, a[min(i ^ 1u, SLOTS - 1u)]);
+            }
+            let d = kv_q8_scale(amax);
+            (*qi).w[r][i] = kv_q8_word((*q)[r][i] * d.y);
+            (*qi).d[r][i] = d.x;
         }
     }
 }
@@ -308,6 +411,11 @@ fn pf_run(
     ms: MaskSeq,
     toks: vec2<u32>,
 ) {
+    // I8: the rows' q quantized once.
+    var qi: PfQ8;
+    if I8 == 1u {
+        pf_quant_q(q, &qi);
+    }
     for (var j0 = kv.x; j0 < kv.y; j0 += i32(p.bk)) {
         let n = min(p.bk, u32(kv.y - j0));
         if mask_tile_seen(lid, WG, ms, toks.x, toks.y, j0, n) {
@@ -318,7 +426,7 @@ fn pf_run(
             }
             workgroupBarrier();
             for (var jj = 0u; jj < n; jj += 4u) {
-                pf_block(q, acc, st, j0, jj, n, lane, ms);
+                pf_block(q, &qi, acc, st, j0, jj, n, lane, ms);
             }
             workgroupBarrier();
         }

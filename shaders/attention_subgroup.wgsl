@@ -173,7 +173,7 @@ fn sg_load_k(kx: ptr<function, SgUnits>, ki: ptr<function, SgI8>, r: vec3<u32>, 
 }
 
 // I8: this lane's units of a pre-scaled q row quantized as q8_0 blocks of 32 (ggml's
-// `quantize_row_q8_0_ref`, `kv_q8_word`) with the scale d = amax / 127 kept in f32. A q8_0
+// `quantize_row_q8_0_ref`: `kv_q8_scale`, `kv_q8_word`) with the scale d = amax / 127 kept in f32. A q8_0
 // unit is half a block, the other half in the neighbouring lane (li ^ 1, the same slot: LG is
 // even), so the block's amax is both lanes'; a q4_0 unit is a whole block. Every lane of the
 // subgroup calls it (a shuffle).
@@ -188,12 +188,11 @@ fn sg_quant_q(x: SgUnits) -> SgI8 {
         if VPU < 8u {
             amax = max(amax, subgroupShuffleXor(amax, 1u));
         }
-        let d = amax / 127.0;
-        let id = select(0.0, 1.0 / d, d != 0.0);
+        let d = kv_q8_scale(amax);
         for (var c = 0u; c < VPU; c++) {
-            o.w[s * QW + c / 4u][c % 4u] = kv_q8_word(x[s * VPU + c] * id);
+            o.w[s * QW + c / 4u][c % 4u] = kv_q8_word(x[s * VPU + c] * d.y);
         }
-        o.d[s] = d;
+        o.d[s] = d.x;
     }
     return o;
 }

@@ -112,6 +112,15 @@ fn kv_q8_word(y: vec4<f32>) -> u32 {
     return q.x | (q.y << 8u) | (q.z << 16u) | (q.w << 24u);
 }
 
+// q8_0's scale for a block of q whose largest magnitude is amax (ggml's `quantize_row_q8_0_ref`,
+// the scale kept in f32): (d, 1 / d) with d = amax / 127, 1 / d = 0 for an all-zero block. The
+// packed 8-bit scoring's quantization of q (`sg_quant_q`, attention_subgroup.wgsl, and
+// `pf_quant_q`, attention_prefill_sg_step.wgsl) with `kv_q8_word`.
+fn kv_q8_scale(amax: f32) -> vec2<f32> {
+    let d = amax / 127.0;
+    return vec2<f32>(d, select(0.0, 1.0 / d, d != 0.0));
+}
+
 // q4_0 values (the low nibble of each byte of w's words) as int8 q - 8 for dot4I8Packed: q + 0x78
 // stays inside its byte, and flipping bit 7 maps 0x78 .. 0x87 onto -8 .. 7.
 fn kv_i4_i8(w: vec4<u32>) -> vec4<u32> {

@@ -414,6 +414,19 @@ fn filled_cache(
     )
 }
 
+/// The subgroup kernels' runs over quantized caches: every format, and the block formats again
+/// with packed 8-bit scoring (`Attention::int8_dot`), as (format, int8_dot).
+fn format_runs() -> impl Iterator<Item = (llama_kernels::KvFormat, bool)> {
+    llama_kernels::KvFormat::QUANTIZED
+        .into_iter()
+        .flat_map(|f| {
+            [false, true]
+                .into_iter()
+                .filter(move |&i| !i || f.is_block())
+                .map(move |i| (f, i))
+        })
+}
+
 /// Pages of the subgroup kernels' paged tests.
 const SG_PAGE: usize = 16;
 
@@ -550,14 +563,7 @@ fn subgroup_decode_reads_quantized_caches() {
         int8_dot,
         ..Attention::causal()
     };
-    // Every format, and the block formats again with packed 8-bit scoring.
-    let runs = KvFormat::QUANTIZED.into_iter().flat_map(|f| {
-        [false, true]
-            .into_iter()
-            .filter(move |&i| !i || f.is_block())
-            .map(move |i| (f, i))
-    });
-    for (format, int8_dot) in runs {
+    for (format, int8_dot) in format_runs() {
         let mut rng = common::Rng::new(2121);
         let (cache, k_dq, v_dq) = filled_cache(&ctx, format, nkv, hd, kv_len, &mut rng);
         // (query heads, query tokens, splits); MHA (one row per workgroup, a pipeline of its
@@ -649,9 +655,10 @@ fn subgroup_decode_reads_quantized_caches() {
 }
 
 /// Packed 8-bit scoring (`Attention::int8_dot`) is refused, before any GPU work, where it
-/// cannot apply: K that is not q8_0 or q4_0 (a float cache, fp8), a kernel other than
-/// `DecodeSubgroup` (the CPU adapter's default decode, a forced one, a prefill), and a paged
-/// batch without `DecodeSubgroup` rows or over an fp8 pool.
+/// cannot apply: K that is not q8_0 or q4_0 (a float cache, fp8; the GPU decode and prefill), a
+/// kernel other than `DecodeSubgroup` and `PrefillSubgroup` (the CPU adapter's default decode
+/// and prefill, forced ones), and a paged batch without `DecodeSubgroup` or `PrefillSubgroup`
+/// rows or over an fp8 pool.
 #[test]
 fn int8_dot_rules() {
     use llama_kernels::ops::attention::{Dims, Kind};
@@ -677,15 +684,19 @@ fn int8_dot_rules() {
         Err(e) => assert!(e.to_string().contains(want), "{what}: {e}"),
     };
     let sg = Some(Kind::DecodeSubgroup);
-    for kv in [KvFormat::F32, KvFormat::Fp8E4M3] {
-        let r = attn(sg).plan_kv(&ctx, d(1), DType::F32, kv).map(|_| ());
-        expect(r, kv.name(), &format!("int8_dot (packed 8-bit q·k) needs q8_0 or q4_0 K, whose values are int8 (q4_0: q - 8); K is {kv}"));
+    for (kind, q_len) in [(sg, 1), (Some(Kind::PrefillSubgroup), 13)] {
+        for kv in [KvFormat::F32, KvFormat::Fp8E4M3] {
+            let r = attn(kind)
+                .plan_kv(&ctx, d(q_len), DType::F32, kv)
+                .map(|_| ());
+            expect(r, kv.name(), &format!("int8_dot (packed 8-bit q·k) needs q8_0 or q4_0 K, whose values are int8 (q4_0: q - 8); K is {kv}"));
+        }
     }
-    let only = "int8_dot (packed 8-bit q·k) is implemented by the DecodeSubgroup kernel only; this call runs";
+    let only = "int8_dot (packed 8-bit q·k) is implemented by the DecodeSubgroup and PrefillSubgroup kernels only; this call runs";
     for (kind, q_len, runs) in [
         (None, 1, "DecodeKeys"),
         (Some(Kind::Decode), 1, "Decode"),
-        (Some(Kind::PrefillSubgroup), 13, "PrefillSubgroup"),
+        (Some(Kind::Prefill), 13, "Prefill"),
     ] {
         let r = attn(kind)
             .plan_kv(&ctx, d(q_len), DType::F32, KvFormat::Q8_0)
@@ -722,7 +733,7 @@ fn int8_dot_rules() {
         (
             KvFormat::Q8_0,
             Some(Kind::DecodeKeys),
-            "the batch has no DecodeSubgroup rows",
+            "the batch has neither kind of rows",
         ),
         (KvFormat::Fp8E4M3, sg, "the pool holds fp8_e4m3"),
     ] {
@@ -742,10 +753,15 @@ fn int8_dot_rules() {
 /// the block's scale; fp8 16-value units with the tensor scale) equal the f64 reference over the
 /// dequantized K/V within f32's tolerance. Llama-3.2-1B's head_dim 64 and GQA (8 q heads over 2),
 /// f32 q, causal, an odd q_len (13) over an odd kv_len (45), one split and 3 (the merge): one
-/// pipeline per format (the split count is a run-time value) and the shared merge. Paged: q8_0
-/// only (the page addressing does not depend on the format), two prefill sequences over shuffled
-/// pages with noise in the others, one split and 2. fp8 rows that are not whole units (head_dim
-/// 40) are refused, contiguous and paged, before any GPU work.
+/// pipeline per format (the split count is a run-time value) and the shared merge. With packed
+/// 8-bit scoring (`Attention::int8_dot`, q8_0 and q4_0, contiguous: one more pipeline each; 4
+/// lanes per row on lavapipe, so a block's amax spans two slots of each lane) the same runs
+/// against the reference over q quantized as the kernel quantizes it (`quant::int8_dot_q`),
+/// within the same tolerance, and beyond it from the reference over the exact q (the check can
+/// fail). Paged: q8_0 only (the page addressing does not depend on the format), two prefill
+/// sequences over shuffled pages with noise in the others, one split and 2; with int8_dot too
+/// under LLAMA_KERNELS_LONG_TESTS=1 (one more pipeline). fp8 rows that are not whole units
+/// (head_dim 40) are refused, contiguous and paged, before any GPU work.
 #[test]
 fn subgroup_prefill_reads_quantized_caches() {
     use llama_kernels::compare::tolerance;
@@ -771,26 +787,42 @@ fn subgroup_prefill_reads_quantized_caches() {
         n_kv_heads: nkv,
         head_dim: hd,
     };
-    for format in KvFormat::QUANTIZED {
+    for (format, int8_dot) in format_runs() {
         let mut rng = common::Rng::new(2131);
         let (cache, k_dq, v_dq) = filled_cache(&ctx, format, nkv, hd, kv_len, &mut rng);
         let q = rng.vec(q_len * nh * hd, 1.0);
-        let want = reference_over(&q, &k_dq, &v_dq, d, false);
+        let want = reference_over(&q, &k_dq, &v_dq, d, int8_dot);
         let qt = ctx.upload_as(&q, &[1, q_len, nh, hd], DType::F32).unwrap();
+        let attn = |splits| Attention {
+            int8_dot,
+            ..forced(splits)
+        };
         // The default on GPUs; forced here, since lavapipe is a CPU adapter.
-        let plan = forced(None).plan_kv(&ctx, d, DType::F32, format).unwrap();
+        let plan = attn(None).plan_kv(&ctx, d, DType::F32, format).unwrap();
         assert_eq!(
-            (plan.variant.kind, plan.variant.kv),
-            (Kind::PrefillSubgroup, format)
+            (plan.variant.kind, plan.variant.kv, plan.variant.int8_dot),
+            (Kind::PrefillSubgroup, format, int8_dot)
         );
         for splits in [None, Some(3)] {
             let out = common::nan_output(&ctx, &[1, q_len, nh, hd], DType::F32);
-            forced(splits)
+            attn(splits)
                 .run_cached(&ctx, &qt, &cache, None, &out)
                 .unwrap();
-            let what = format!("{format} PrefillSubgroup q_len {q_len} splits {splits:?}");
+            let what = format!(
+                "{format} PrefillSubgroup q_len {q_len} splits {splits:?} int8_dot {int8_dot}"
+            );
             common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
             common::assert_guards(&ctx, &out, &what);
+            if int8_dot {
+                // The test can fail: quantizing q moves the output past f32's tolerance from
+                // the reference over the exact q.
+                let exact = reference_over(&q, &k_dq, &v_dq, d, false);
+                let c = llama_kernels::compare::compare(&ctx.read_f32(&out).unwrap(), &exact);
+                assert!(
+                    !c.passes(tolerance(DType::F32)),
+                    "{what}: {c}, within f32's tolerance of the reference over the exact q"
+                );
+            }
         }
     }
     let fp8 = KvFormat::Fp8E4M3;
@@ -825,26 +857,36 @@ fn subgroup_prefill_reads_quantized_caches() {
             pages: vec![3, 0, 8, 2],
         },
     ];
-    let (pool, q, want) = filled_pool(&ctx, format, heads, n_pages, &seqs, &mut rng, false);
     let shape = [q_len + 9, nh, hd];
-    let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
     let opts = |splits| PlanOptions {
         splits,
         prefill: Some(Kind::PrefillSubgroup),
         ..Default::default()
     };
-    for splits in [None, Some(2)] {
-        let batch =
-            PagedBatch::from_parts_with(&ctx, SG_PAGE, n_pages, &seqs, heads, &opts(splits))
+    // With packed 8-bit scoring too (one more pipeline) with LLAMA_KERNELS_LONG_TESTS=1.
+    for int8_dot in [false, true] {
+        if int8_dot && !common::long_tests() {
+            continue;
+        }
+        let (pool, q, want) = filled_pool(&ctx, format, heads, n_pages, &seqs, &mut rng, int8_dot);
+        let qt = ctx.upload_as(&q, &shape, DType::F32).unwrap();
+        let attn = Attention {
+            int8_dot,
+            ..Attention::default()
+        };
+        for splits in [None, Some(2)] {
+            let batch =
+                PagedBatch::from_parts_with(&ctx, SG_PAGE, n_pages, &seqs, heads, &opts(splits))
+                    .unwrap();
+            assert_eq!(batch.kinds(), [Kind::PrefillSubgroup; 2]);
+            let out = common::nan_output(&ctx, &shape, DType::F32);
+            attn.run_paged(&ctx, &qt, &pool, &batch, None, &out)
                 .unwrap();
-        assert_eq!(batch.kinds(), [Kind::PrefillSubgroup; 2]);
-        let out = common::nan_output(&ctx, &shape, DType::F32);
-        Attention::default()
-            .run_paged(&ctx, &qt, &pool, &batch, None, &out)
-            .unwrap();
-        let what = format!("{format} paged PrefillSubgroup splits {splits:?}");
-        common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
-        common::assert_guards(&ctx, &out, &what);
+            let what =
+                format!("{format} paged PrefillSubgroup splits {splits:?} int8_dot {int8_dot}");
+            common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
+            common::assert_guards(&ctx, &out, &what);
+        }
     }
     // fp8 pages of head_dim 40: a batch planned with the subgroup prefill is refused.
     let heads40 = Heads {

@@ -117,7 +117,9 @@
 //!   accumulators plus a dynamically indexed score array), which a GPU can only hold in local
 //!   memory. Needs `SUBGROUP` and 16-byte aligned K/V rows; split over the keys (a forced
 //!   [`Attention::splits`], or a CPU adapter's loop cap) it writes partials for
-//!   `attn_prefill_merge`.
+//!   `attn_prefill_merge`. With [`Attention::int8_dot`] over q8_0 and q4_0 K (and pages) its
+//!   K tiles are staged as int8 words with their block scales and scored by packed 8-bit
+//!   products, each row's q quantized once per block, as the GPU decode does.
 //! - Prefill on CPU adapters (llvmpipe) with more keys than one invocation may loop over
 //!   ([`loop_cap_keys`]): the same kernel over chunks of the keys (`attn_prefill_partial`),
 //!   writing partials that `attn_prefill_merge` combines in a fixed order, as decode's do.

@@ -68,15 +68,17 @@ pub struct Attention {
     /// past head_dim idle), for drivers that run subgroups smaller than they report; more than
     /// the adapter's smallest is an `Err`, as the kernel would leave parts of head_dim unread.
     pub subgroup_min_size: Option<u32>,
-    /// Opt-in packed 8-bit scoring for [`Kind::DecodeSubgroup`] over q8_0 or q4_0 K (llama.cpp's
-    /// DP4A path): each 32-value block of the pre-scaled query row is quantized to int8 as q8_0
-    /// (`d = amax / 127`, round half away from zero, `d` kept in f32), and `q·k` is per block an
-    /// i32 sum of `dot4I8Packed` products times `d_q · d_k` in f32; V, the softmax and P·V stay
-    /// f32. Off by default: quantizing q changes the scores (the f64 reference models it with
-    /// [`crate::reference::quant::int8_dot_q`]). An `Err` for other K/V formats (float, fp8)
-    /// and other kernels; a paged call applies it to the batch's `DecodeSubgroup` rows and is
-    /// refused when it has none. No device feature is needed (WGSL's `dot4I8Packed`: native
-    /// where the device has integer dot products, a polyfill elsewhere).
+    /// Opt-in packed 8-bit scoring for [`Kind::DecodeSubgroup`] and [`Kind::PrefillSubgroup`]
+    /// (its K tiles staged as int8 words with their block scales) over q8_0 or q4_0 K
+    /// (llama.cpp's DP4A path): each 32-value block of the pre-scaled query row is quantized to
+    /// int8 as q8_0 (`d = amax / 127`, round half away from zero, `d` kept in f32), and `q·k`
+    /// is per block an i32 sum of `dot4I8Packed` products times `d_q · d_k` in f32; V, the
+    /// softmax and P·V stay f32. Off by default: quantizing q changes the scores (the f64
+    /// reference models it with [`crate::reference::quant::int8_dot_q`]). An `Err` for other
+    /// K/V formats (float, fp8) and other kernels; a paged call applies it to the batch's
+    /// `DecodeSubgroup` and `PrefillSubgroup` rows and is refused when it has neither. No device
+    /// feature is needed (WGSL's `dot4I8Packed`: native where the device has integer dot
+    /// products, a polyfill elsewhere).
     pub int8_dot: bool,
 }
 

@@ -301,10 +301,10 @@ impl Attention {
                 "int8_dot (packed 8-bit q·k) needs q8_0 or q4_0 K, whose values are int8 (q4_0: q - 8); K is {kv}"
             );
             crate::ensure!(
-                kind == Kind::DecodeSubgroup,
+                matches!(kind, Kind::DecodeSubgroup | Kind::PrefillSubgroup),
                 Param,
                 OP,
-                "int8_dot (packed 8-bit q·k) is implemented by the DecodeSubgroup kernel only; this call runs {kind:?} (force Kind::DecodeSubgroup on a device with SUBGROUP, q_len <= {DECODE_MAX_Q_LEN})"
+                "int8_dot (packed 8-bit q·k) is implemented by the DecodeSubgroup and PrefillSubgroup kernels only; this call runs {kind:?} (force Kind::DecodeSubgroup, q_len <= {DECODE_MAX_Q_LEN}, or Kind::PrefillSubgroup on a device with SUBGROUP)"
             );
         }
         if self.native_f16 == Some(true) {

@@ -161,7 +161,7 @@ pub const KINDS: [Axes; 6] = [
         sg_min: &SUBGROUP_MIN_SIZES,
         f16: &[false],
         native_f16: &[false],
-        int8_dot: &[false],
+        int8_dot: &[false, true],
     },
 ];
 
@@ -218,8 +218,9 @@ pub struct Variant {
     /// Mask inputs bound ([`super::Inputs`]: the `MASKS` override; every kind has the axis).
     /// Only the pass that scores keys has it: merges read partials.
     pub masks: bool,
-    /// [`Kind::DecodeSubgroup`] over q8_0 or q4_0 K: q·k by packed 8-bit products, q quantized
-    /// per block ([`super::Attention::int8_dot`], the `I8` key constant); false otherwise.
+    /// [`Kind::DecodeSubgroup`] and [`Kind::PrefillSubgroup`] over q8_0 or q4_0 K: q·k by packed
+    /// 8-bit products, q quantized per block ([`super::Attention::int8_dot`], the `I8` key
+    /// constant); false otherwise.
     pub int8_dot: bool,
 }
 
@@ -551,6 +552,10 @@ impl Variant {
                 ("L", sh.lanes_per_row),
             ]);
             let main = PipelineKey::new(ATTENTION_PREFILL_SUBGROUP, "attn_prefill_sg", c);
+            let main = match self.int8_dot {
+                true => with_int8_dot(main),
+                false => main,
+            };
             return match self.split_kv {
                 false => vec![main],
                 true => vec![main, self.prefill_merge_key()],
@@ -669,8 +674,9 @@ pub fn with_masks(mut key: PipelineKey) -> PipelineKey {
     key
 }
 
-/// `key` (a [`Kind::DecodeSubgroup`] partial pass, contiguous or paged) with packed 8-bit q·k
-/// (the `I8` key constant, [`Variant::int8_dot`]).
+/// `key` (a [`Kind::DecodeSubgroup`] partial pass, contiguous or paged, or the
+/// [`Kind::PrefillSubgroup`] pass) with packed 8-bit q·k (the `I8` key constant,
+/// [`Variant::int8_dot`]).
 pub fn with_int8_dot(mut key: PipelineKey) -> PipelineKey {
     key.constants.push(("I8", 1));
     key

@@ -133,6 +133,14 @@ pub fn prefill_sg_attention_key(
     PipelineKey::new(ATTENTION_PAGED_PREFILL_SUBGROUP, "attn_paged_prefill_sg", c)
 }
 
+/// `key` (a subgroup pass) with packed 8-bit q·k where `int8_dot` ([`Attention::int8_dot`]).
+fn int8_key(key: PipelineKey, int8_dot: bool) -> PipelineKey {
+    match int8_dot {
+        true => attention::with_int8_dot(key),
+        false => key,
+    }
+}
+
 /// `shaders/attention_paged.wgsl` with the GPU prefill step and its paged entry point
 /// (`shaders/attention_prefill_sg_step.wgsl`, `shaders/attention_paged_prefill_subgroup.wgsl`):
 /// a module of its own, as [`ATTENTION_PAGED_SUBGROUP`] is.
@@ -165,6 +173,13 @@ pub fn prefill_sg_variant_keys() -> Vec<PipelineKey> {
                 keys.push(prefill_sg_attention_key(f, tile, hd / 4, sg_min, 1));
             }
         }
+    }
+    // Packed 8-bit q·k (`Attention::int8_dot`) over the block formats at Llama's head_dim, for
+    // lavapipe's and Intel's subgroups (the step is the contiguous kernel's).
+    for f in formats(128).into_iter().filter(|f| f.1.is_block()) {
+        keys.push(attention::with_int8_dot(prefill_sg_attention_key(
+            f, tile, 32, 8, 1,
+        )));
     }
     keys.push(prefill_sg_attention_key(
         float(DType::F16),
@@ -499,10 +514,10 @@ impl Attention {
                 cache.format
             );
             crate::ensure!(
-                subgroup_rows,
+                subgroup_rows || batch.items[PREFILL_SG_GROUP].1 > 0,
                 Param,
                 op,
-                "int8_dot (packed 8-bit q·k) is implemented by the DecodeSubgroup kernel only, and the batch has no DecodeSubgroup rows (plan it with PlanOptions {{ decode: Some(Kind::DecodeSubgroup), .. }} on a device with SUBGROUP)"
+                "int8_dot (packed 8-bit q·k) is implemented by the DecodeSubgroup and PrefillSubgroup kernels only, and the batch has neither kind of rows (plan it with PlanOptions {{ decode: Some(Kind::DecodeSubgroup), .. }} or {{ prefill: Some(Kind::PrefillSubgroup), .. }} on a device with SUBGROUP)"
             );
         }
         let pools = cache.buffers.len() as u32;
@@ -655,7 +670,8 @@ struct PagedChecked {
     masks: u32,
     // The merge is `attn_paged_merge_rows` (the batch has DecodeSubgroup rows).
     merge_rows: bool,
-    // The DecodeSubgroup rows score by packed 8-bit products (`Attention::int8_dot`).
+    // The DecodeSubgroup and PrefillSubgroup rows score by packed 8-bit products
+    // (`Attention::int8_dot`).
     int8_dot: bool,
     bk: u32,
     part_bytes: u64,
@@ -683,14 +699,16 @@ fn paged_passes(
             keys_attention_key(cache.formats(), hd4, rows, pools)
         } else if DECODE_SG_GROUPS.contains(&g) {
             let rows = 1 << (g - DECODE_SG_GROUPS.start);
-            let key = sg_attention_key(cache.formats(), hd4, rows, batch.sg_min, pools);
-            match c.int8_dot {
-                true => attention::with_int8_dot(key),
-                false => key,
-            }
+            int8_key(
+                sg_attention_key(cache.formats(), hd4, rows, batch.sg_min, pools),
+                c.int8_dot,
+            )
         } else if g == PREFILL_SG_GROUP {
             let tile_v4 = c.keys[0].constant("TILE_V4").unwrap_or(1);
-            prefill_sg_attention_key(cache.formats(), tile_v4, hd4, batch.sg_min, pools)
+            int8_key(
+                prefill_sg_attention_key(cache.formats(), tile_v4, hd4, batch.sg_min, pools),
+                c.int8_dot,
+            )
         } else {
             c.keys[0].clone()
         };

@@ -165,6 +165,30 @@ fn llama3_8b_prefill_geometry() {
             "{q}"
         );
         assert_eq!(kind(&forced, q, true), Kind::PrefillSubgroup, "{q}");
+        // Packed 8-bit q·k: the same plan with the I8 key and the same workgroup memory (the
+        // int8 K tile lives in the f32 one's space), for the block formats only.
+        let int8 = Attention {
+            int8_dot: true,
+            ..Attention::default()
+        };
+        match plan(&int8, q, true) {
+            Ok(i) => {
+                assert!(q.is_block(), "{q}");
+                assert_eq!(
+                    i.variant,
+                    Variant {
+                        int8_dot: true,
+                        ..p.variant
+                    }
+                );
+                assert_eq!(i.variant.keys()[0].constant("I8"), Some(1));
+                assert_eq!(
+                    i.prefill_geometry(&d).unwrap().workgroup_bytes,
+                    p.prefill_geometry(&d).unwrap().workgroup_bytes
+                );
+            }
+            Err(e) => assert!(!q.is_block() && e.to_string().contains("int8_dot"), "{e}"),
+        }
         // Without subgroups (WebGPU's defaults) the tiled prefill reads it.
         let web = default.plan_on(
             &DeviceDesc::webgpu_default(),

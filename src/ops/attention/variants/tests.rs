@@ -41,14 +41,17 @@ fn kinds_are_declared_once_each() {
 }
 
 #[test]
-fn int8_dot_is_declared_for_the_block_formats_of_the_subgroup_decode() {
+fn int8_dot_is_declared_for_the_block_formats_of_the_subgroup_kernels() {
     let int8: Vec<Variant> = declared_variants()
         .into_iter()
         .filter(|v| v.int8_dot)
         .collect();
     assert!(!int8.is_empty());
     for v in &int8 {
-        assert_eq!(v.kind, Kind::DecodeSubgroup, "{v:?}");
+        assert!(
+            matches!(v.kind, Kind::DecodeSubgroup | Kind::PrefillSubgroup),
+            "{v:?}"
+        );
         assert!(v.kv.is_block(), "{v:?}");
         let keys = v.keys();
         assert_eq!(keys[0].constant("I8"), Some(1), "{v:?}");
@@ -57,12 +60,16 @@ fn int8_dot_is_declared_for_the_block_formats_of_the_subgroup_decode() {
             int8_dot: false,
             ..*v
         };
-        assert_eq!(keys[1], off.keys()[1]);
+        assert_eq!(keys[1..], off.keys()[1..]);
         assert_eq!(off.keys()[0].constant("I8"), None);
     }
-    for kv in [KvFormat::Q8_0, KvFormat::Q4_0] {
-        for dtype in DType::ALL {
-            assert!(int8.iter().any(|v| v.kv == kv && v.dtype == dtype));
+    for kind in [Kind::DecodeSubgroup, Kind::PrefillSubgroup] {
+        for kv in [KvFormat::Q8_0, KvFormat::Q4_0] {
+            for dtype in DType::ALL {
+                assert!(int8
+                    .iter()
+                    .any(|v| v.kind == kind && v.kv == kv && v.dtype == dtype));
+            }
         }
     }
     let fp8 = Variant {
