@@ -339,16 +339,16 @@ fn q8_0_kv_cache_keeps_transformers_tokens() {
 /// reported, and bounded over the rows computed from transformers' own context (the prompt rows
 /// and the decode rows up to the first differing greedy token; past it the run feeds other
 /// tokens); the tokens are reported, not promised (a 4-bit block keeps 16 levels, e4m3 4
-/// significant bits, and either may flip a close step). By default on [`LOSSY_KV_MODELS`], every
-/// committed model with `LLAMA_KERNELS_LONG_TESTS=1`; the two formats are two tests, so they run
-/// side by side.
-fn lossy_kv_reported(kv: llama_kernels::KvFormat, bound: f64) {
+/// significant bits, and either may flip a close step). By default on `models` (the two formats
+/// share [`LOSSY_KV_MODELS`]), every committed model with `LLAMA_KERNELS_LONG_TESTS=1`; the two
+/// formats are two tests, so they run side by side.
+fn lossy_kv_reported(kv: llama_kernels::KvFormat, bound: f64, models: &[&'static str]) {
     let runs = run_kv_on(
         kv,
         &if common::long_tests() {
             MODELS.to_vec()
         } else {
-            LOSSY_KV_MODELS.to_vec()
+            models.to_vec()
         },
     );
     let same = runs.iter().filter(|(_, o)| o.tokens_match).count();
@@ -365,19 +365,29 @@ fn lossy_kv_reported(kv: llama_kernels::KvFormat, bound: f64) {
     }
 }
 
-/// The models the lossy KV formats run on by default: each query-group size of the committed
-/// models (2, 1 and 4 query heads per KV head: each a decode pipeline of its own) and Gemma 2's
-/// soft cap and alternating sliding window. q8_0 runs on every model.
-const LOSSY_KV_MODELS: [&str; 4] = ["llama3", "llama_linear", "mistral", "gemma2"];
+/// The models the lossy KV formats run on by default, shared between them (each model's
+/// pipelines compile cold on lavapipe): each query-group size of the committed models (2, 1 and 4
+/// query heads per KV head: each a decode pipeline of its own) and Gemma 2's soft cap and
+/// alternating sliding window; q4_0 takes the first two, fp8 the other two. q8_0 runs on every
+/// model, and `kv_quant` (the library's tests) runs both formats over every kernel.
+const LOSSY_KV_MODELS: [&str; 4] = ["llama3", "mistral", "llama_linear", "gemma2"];
 
 #[test]
 fn q4_0_kv_cache_reported() {
-    lossy_kv_reported(llama_kernels::KvFormat::Q4_0, Q4_0_KV_NMSE);
+    lossy_kv_reported(
+        llama_kernels::KvFormat::Q4_0,
+        Q4_0_KV_NMSE,
+        &LOSSY_KV_MODELS[..2],
+    );
 }
 
 #[test]
 fn fp8_kv_cache_reported() {
-    lossy_kv_reported(llama_kernels::KvFormat::Fp8E4M3, FP8_KV_NMSE);
+    lossy_kv_reported(
+        llama_kernels::KvFormat::Fp8E4M3,
+        FP8_KV_NMSE,
+        &LOSSY_KV_MODELS[2..],
+    );
 }
 
 /// `--kv` errors: a block format needs head_dim to be a multiple of 32 (a model whose config
