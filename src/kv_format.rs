@@ -71,6 +71,14 @@ impl KvFormat {
     /// The quantized formats.
     pub const QUANTIZED: [KvFormat; 3] = [KvFormat::Q8_0, KvFormat::Q4_0, KvFormat::Fp8E4M3];
 
+    /// Whether RoPE writes new K rows of dtype `new` straight into a cache of this format whose
+    /// q/out dtype is `cache` (rotated on their way in, one pass over K): rows of the cache's
+    /// dtype, or any rows into a quantized cache (`rope_q` quantizes as it writes). The one rule
+    /// of `KvCache::rope_fused_for` and `PagedKvCache::rope_fused_for`.
+    pub(crate) fn rope_writes_k(self, cache: DType, new: DType) -> bool {
+        new == cache || self.is_quantized()
+    }
+
     /// The float format that stores values as `dtype` does.
     pub fn from_dtype(dtype: DType) -> KvFormat {
         match dtype {

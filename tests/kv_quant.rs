@@ -427,6 +427,24 @@ fn format_runs() -> impl Iterator<Item = (llama_kernels::KvFormat, bool)> {
         })
 }
 
+/// The packed 8-bit runs' check that they can fail: quantizing q moves the output `out` past
+/// f32's tolerance from the reference over the exact q (and `kv`, the dequantized K/V).
+fn assert_q_quantized(
+    ctx: &llama_kernels::Context,
+    out: &llama_kernels::Tensor,
+    q: &[f32],
+    kv: (&[f64], &[f64]),
+    d: llama_kernels::ops::attention::Dims,
+    what: &str,
+) {
+    let exact = reference_over(q, kv.0, kv.1, d, false);
+    let c = llama_kernels::compare::compare(&ctx.read_f32(out).unwrap(), &exact);
+    assert!(
+        !c.passes(llama_kernels::compare::tolerance(llama_kernels::DType::F32)),
+        "{what}: {c}, within f32's tolerance of the reference over the exact q"
+    );
+}
+
 /// Pages of the subgroup kernels' paged tests.
 const SG_PAGE: usize = 16;
 
@@ -599,6 +617,9 @@ fn subgroup_decode_reads_quantized_caches() {
             );
             common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
             common::assert_guards(&ctx, &out, &what);
+            if int8_dot {
+                assert_q_quantized(&ctx, &out, &q, (&k_dq, &v_dq), d, &what);
+            }
         }
 
         // Paged: two decode sequences over shuffled pages, noise in the other pages. The paged
@@ -814,14 +835,7 @@ fn subgroup_prefill_reads_quantized_caches() {
             common::assert_close(&ctx, &out, &want, tolerance(DType::F32), &what);
             common::assert_guards(&ctx, &out, &what);
             if int8_dot {
-                // The test can fail: quantizing q moves the output past f32's tolerance from
-                // the reference over the exact q.
-                let exact = reference_over(&q, &k_dq, &v_dq, d, false);
-                let c = llama_kernels::compare::compare(&ctx.read_f32(&out).unwrap(), &exact);
-                assert!(
-                    !c.passes(tolerance(DType::F32)),
-                    "{what}: {c}, within f32's tolerance of the reference over the exact q"
-                );
+                assert_q_quantized(&ctx, &out, &q, (&k_dq, &v_dq), d, &what);
             }
         }
     }

@@ -635,7 +635,7 @@ impl KvCache {
     /// writes the rotated rows straight into the cache (one pass over K): new rows of the
     /// cache's dtype, or any new rows into a quantized cache (RoPE quantizes as it writes).
     pub fn rope_fused_for(&self, dtype: DType) -> bool {
-        dtype == self.dtype || self.format.is_quantized()
+        self.format.rope_writes_k(self.dtype, dtype)
     }
 
     /// `[batch, n, n_kv_heads, head_dim]` view of rows `start .. start + n`.

@@ -84,8 +84,7 @@ impl PagedBatch {
         entries: &[(SeqId, usize)],
         heads: Heads,
     ) -> Result<Self> {
-        let seqs = Self::entries(table, entries)?;
-        Self::from_parts(ctx, table.page_size(), table.n_pages(), &seqs, heads, None)
+        Self::new_with(ctx, table, entries, heads, &PlanOptions::default())
     }
 
     /// [`PagedBatch::new`] with planning choices: among them the cache's K/V format
@@ -97,13 +96,7 @@ impl PagedBatch {
         heads: Heads,
         plan: &PlanOptions,
     ) -> Result<Self> {
-        let seqs = Self::entries(table, entries)?;
-        Self::from_parts_with(ctx, table.page_size(), table.n_pages(), &seqs, heads, plan)
-    }
-
-    /// The sequences of `entries` (sequence, new tokens) as the table holds them.
-    fn entries(table: &PageTable, entries: &[(SeqId, usize)]) -> Result<Vec<BatchSeq>> {
-        entries
+        let seqs = entries
             .iter()
             .map(|&(id, n)| {
                 let len = table.len(id)?;
@@ -120,7 +113,8 @@ impl PagedBatch {
                     pages: table.pages(id)?.to_vec(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_parts_with(ctx, table.page_size(), table.n_pages(), &seqs, heads, plan)
     }
 
     /// A batch from explicit lengths and block-table rows (a `check` case, a caller with its own

@@ -681,7 +681,7 @@ impl PagedKvCache {
     /// quantizes as it writes, `rope_q`); `false` when RoPE writes them into scratch and the write
     /// pass converts them.
     pub fn rope_fused_for(&self, dtype: DType) -> bool {
-        dtype == self.dtype || self.format.is_quantized()
+        self.format.rope_writes_k(self.dtype, dtype)
     }
 
     /// Where `rope_q` writes K rows into the quantized pages of pool buffer `dst`: each page a
