@@ -331,25 +331,27 @@ fn attn_prefill_merge(
 // state here is named vectors and matrices indexed by constants, with the loops left over the
 // head (d) and over the keys of a tile.
 //
-// One workgroup of PK_LANES (8) invocations owns PK_ROWS (16) query rows of one (batch, kv head,
-// split), in 4 groups of 4 rows (the components of a vec4, the columns of a mat4x4), and walks
+// One workgroup of PK_LANES (8) invocations owns PK_ROWS (8) query rows of one (batch, kv head,
+// split), in 2 groups of 4 rows (the components of a vec4, the columns of a mat4x4), and walks
 // the keys in tiles of PK_BK (64), one FlashAttention-2 step per tile (Dao 2023, Algorithm 1):
-// - S = Q K^T, lanes own keys: lane `l` scores keys 8l .. 8l + 8 of the tile for all 16 rows.
-//   Per 4 head elements it makes 8 K loads (16 bytes each, its own keys) and 16 q loads (the
+// - S = Q K^T, lanes own keys: lane `l` scores keys 8l .. 8l + 8 of the tile for all 8 rows.
+//   Per 4 head elements it makes 8 K loads (16 bytes each, its own keys) and 8 q loads (the
 //   rows, staged once per workgroup in workgroup memory, pre-scaled and converted to f32) for
-//   8 4x4 matrix products, 512 multiply-adds: the register blocking of the `matmul_reg`
-//   bench kernel, in both dimensions.
+//   4 4x4 matrix products, 256 multiply-adds.
 // - Softmax in the log2 domain (logits times log2(e), exp2): each lane's row maxima go through
 //   workgroup memory, every lane reduces the 8 to the tile maxima, rescales its accumulators
 //   only if some maximum moved, and writes exp2(s - m) of its keys to workgroup memory (P^T,
-//   a vec4 of 4 rows per key).
+//   a vec4 of 4 rows per key and group).
 // - O += P V, lanes own head slices: lane `l` accumulates head elements 4(l + 8c) .. + 4 (slot c,
-//   up to 8 slots at head_dim 256) of all 16 rows; per key one 16-byte V load per slot and 4
-//   loads of P for 16 multiply-adds of 4 rows each per slot.
+//   up to 8 slots at head_dim 256) of all 8 rows; per key one 16-byte V load per slot and 2
+//   loads of P for 8 multiply-adds of 4 rows each per slot.
+// Why 8 rows, not more: llvmpipe's LLVM compile time follows the written-out code and the live
+// values, and 16 rows (4 groups: 128 score and up to 512 accumulator values per lane) took
+// about twice as long to compile for a modest gain in speed (BENCHMARKS.md, issue 20).
 // Three barriers per tile (one thread per workgroup on llvmpipe: they are cheap). Masks as in
 // `attn_prefill`: each row's visible keys are one interval, cut to the workgroup's key range, and
 // tiles outside the union of the rows' intervals are never visited (with MASKS, nor tiles the
-// boolean mask hides from all 16 rows: `pk_seen`). K and V are read through
+// boolean mask hides from all 8 rows: `pk_seen`). K and V are read through
 // `vec4<u32>` views of their windows (rows 16-byte aligned, `ops::attention::kv_rows_aligned`).
 // With p.n_splits > 1 each workgroup covers one chunk of the keys and writes (m, l, acc)
 // partials that `attn_prefill_merge` combines, as `attn_prefill_partial` does; one pipeline
@@ -358,20 +360,21 @@ fn attn_prefill_merge(
 @group(0) @binding(8) var<storage, read> k4: array<vec4<u32>>;
 @group(0) @binding(9) var<storage, read> v4: array<vec4<u32>>;
 
-const PK_ROWS: u32 = 16u;
+const PK_ROWS: u32 = 8u;
 const PK_LANES: u32 = 8u;
 const PK_BK: u32 = 64u;
 const LOG2E: f32 = 1.4426950408889634;
 const LN2: f32 = 0.6931471805599453;
 
-// 16 rows x one head slot (4 elements): group g's rows are the columns of [g].
-alias Rows16 = array<mat4x4<f32>, 4>;
+// 8 rows x one head slot (4 elements): group g's rows are the columns of [g].
+alias Rows8 = array<mat4x4<f32>, 2>;
 
-// The workgroup's q rows (16 x head_dim / 4 vec4s; MAX_Q is 4 rows of the module's head_dim
-// class), each lane's row maxima per group, and P^T of the tile (key k, group g at k * 4 + g).
-var<workgroup> pk_q: array<vec4<f32>, 4 * MAX_Q>;
-var<workgroup> pk_m: array<vec4<f32>, 32>;
-var<workgroup> pk_p: array<vec4<f32>, 256>;
+// The workgroup's q rows (8 x head_dim / 4 vec4s; MAX_Q is 4 rows of the module's head_dim
+// class), each lane's row maxima per group (lane l, group g at l * 2 + g), and P^T of the tile
+// (key k, group g at k * 2 + g).
+var<workgroup> pk_q: array<vec4<f32>, 2 * MAX_Q>;
+var<workgroup> pk_m: array<vec4<f32>, 16>;
+var<workgroup> pk_p: array<vec4<f32>, 128>;
 
 // 4 elements at element e (a multiple of 4) of K or V, through the 16-byte views.
 fn pk_k(e: u32) -> vec4<f32> {
@@ -406,7 +409,6 @@ fn pk_qg(g: u32, d: u32) -> mat4x4<f32> {
 fn pk_kq(e: vec4<u32>, d: u32) -> mat4x4<f32> {
     return mat4x4<f32>(pk_k(e.x + 4u * d), pk_k(e.y + 4u * d), pk_k(e.z + 4u * d), pk_k(e.w + 4u * d));
 }
-
 // Scores (column k: key j + k, components: the 4 rows of a group) to log2-domain logits: the
 // soft cap and ALiBi (`pk_scores`), then the rows' key intervals (`pk_select`). With MASKS the
 // masks come between the two, for all of a step's logits in one loop (`pk_mask_step`).
@@ -455,14 +457,14 @@ fn pk_select(x: mat4x4<f32>, j: i32, rows: PkRows) -> mat4x4<f32> {
     );
 }
 
-// MASKS: `mask_logit` over a step's 128 logits (8 matrices: group g's keys jl .. jl + 4 in
+// MASKS: `mask_logit` over a step's 64 logits (4 matrices: group g's keys jl .. jl + 4 in
 // s[2g], jl + 4 .. jl + 8 in s[2g + 1]), one per iteration, so the masked pipeline holds one
-// copy of it, not 128 written out (its compile stays near the unmasked one's; the loop's
+// copy of it, not 64 written out (its compile stays near the unmasked one's; the loop's
 // dynamic indices put s in memory, on the masked path only). A key past the range is clamped
-// into it (the interval test hides it). Bounded: 128 iterations.
-fn pk_mask_step(s: ptr<function, array<mat4x4<f32>, 8>>, jl: i32, rows: ptr<function, array<PkRows, 4>>) {
+// into it (the interval test hides it). Bounded: 64 iterations.
+fn pk_mask_step(s: ptr<function, array<mat4x4<f32>, 4>>, jl: i32, rows: ptr<function, array<PkRows, 2>>) {
     let jmax = i32(p.kv_len) - 1;
-    for (var e = 0u; e < 128u; e++) {
+    for (var e = 0u; e < 64u; e++) {
         let t = e >> 4u;
         let c = (e >> 2u) & 3u;
         let r = e & 3u;
@@ -471,7 +473,6 @@ fn pk_mask_step(s: ptr<function, array<mat4x4<f32>, 8>>, jl: i32, rows: ptr<func
         (*s)[t][c][r] = mask_logit((*s)[t][c][r], j, (*rows)[g].pos[r], (*rows)[g].head[r], (*rows)[g].ms);
     }
 }
-
 // Whether key j lies in each of 4 rows' intervals [lo, hi) (the masked path's form of the test
 // above).
 fn pk_in(j: i32, lo: vec4<i32>, hi: vec4<i32>) -> vec4<bool> {
@@ -493,29 +494,28 @@ fn pk_exp(s: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
 
 // P^T of 4 keys from key k of the tile for group g.
 fn pk_put(k: u32, g: u32, s: mat4x4<f32>, m: vec4<f32>) {
-    pk_p[k * 4u + g] = pk_exp(s[0], m);
-    pk_p[(k + 1u) * 4u + g] = pk_exp(s[1], m);
-    pk_p[(k + 2u) * 4u + g] = pk_exp(s[2], m);
-    pk_p[(k + 3u) * 4u + g] = pk_exp(s[3], m);
+    pk_p[k * 2u + g] = pk_exp(s[0], m);
+    pk_p[(k + 1u) * 2u + g] = pk_exp(s[1], m);
+    pk_p[(k + 2u) * 2u + g] = pk_exp(s[2], m);
+    pk_p[(k + 3u) * 2u + g] = pk_exp(s[3], m);
 }
 
 fn pk_pv4(a: mat4x4<f32>, v: vec4<f32>, pr: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(a[0] + v * pr.x, a[1] + v * pr.y, a[2] + v * pr.z, a[3] + v * pr.w);
 }
 
-// One slot of 16 rows += p * v (p0 .. p3: the probabilities of the 4 groups for this key).
-fn pk_pv(a: Rows16, v: vec4<f32>, p0: vec4<f32>, p1: vec4<f32>, p2: vec4<f32>, p3: vec4<f32>) -> Rows16 {
-    return Rows16(pk_pv4(a[0], v, p0), pk_pv4(a[1], v, p1), pk_pv4(a[2], v, p2), pk_pv4(a[3], v, p3));
+// One slot of 8 rows += p * v (p0, p1: the probabilities of the 2 groups for this key).
+fn pk_pv(a: Rows8, v: vec4<f32>, p0: vec4<f32>, p1: vec4<f32>) -> Rows8 {
+    return Rows8(pk_pv4(a[0], v, p0), pk_pv4(a[1], v, p1));
 }
 
 fn pk_scale4(a: mat4x4<f32>, f: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(a[0] * f.x, a[1] * f.y, a[2] * f.z, a[3] * f.w);
 }
 
-fn pk_scale(a: Rows16, f0: vec4<f32>, f1: vec4<f32>, f2: vec4<f32>, f3: vec4<f32>) -> Rows16 {
-    return Rows16(pk_scale4(a[0], f0), pk_scale4(a[1], f1), pk_scale4(a[2], f2), pk_scale4(a[3], f3));
+fn pk_scale(a: Rows8, f0: vec4<f32>, f1: vec4<f32>) -> Rows8 {
+    return Rows8(pk_scale4(a[0], f0), pk_scale4(a[1], f1));
 }
-
 // Where a workgroup's results go: the output, or (split over the keys) its partials.
 struct PkDest {
     b: u32,
@@ -557,8 +557,8 @@ fn pk_finish(t: PkDest, g: u32, m: vec4<f32>, l: vec4<f32>, lane: u32) -> vec4<f
     return f;
 }
 
-// Slot d4 (this lane's head vec4, if within the head) of all 16 rows.
-fn pk_store_slot(t: PkDest, d4: u32, a: Rows16, f0: vec4<f32>, f1: vec4<f32>, f2: vec4<f32>, f3: vec4<f32>) {
+// Slot d4 (this lane's head vec4, if within the head) of all 8 rows.
+fn pk_store_slot(t: PkDest, d4: u32, a: Rows8, f0: vec4<f32>, f1: vec4<f32>) {
     if d4 >= HD4 {
         return;
     }
@@ -570,16 +570,7 @@ fn pk_store_slot(t: PkDest, d4: u32, a: Rows16, f0: vec4<f32>, f1: vec4<f32>, f2
     pk_store(t, 5u, d4, a[1][1] * f1.y);
     pk_store(t, 6u, d4, a[1][2] * f1.z);
     pk_store(t, 7u, d4, a[1][3] * f1.w);
-    pk_store(t, 8u, d4, a[2][0] * f2.x);
-    pk_store(t, 9u, d4, a[2][1] * f2.y);
-    pk_store(t, 10u, d4, a[2][2] * f2.z);
-    pk_store(t, 11u, d4, a[2][3] * f2.w);
-    pk_store(t, 12u, d4, a[3][0] * f3.x);
-    pk_store(t, 13u, d4, a[3][1] * f3.y);
-    pk_store(t, 14u, d4, a[3][2] * f3.z);
-    pk_store(t, 15u, d4, a[3][3] * f3.w);
 }
-
 // `mask_tile_seen` (attention_common.wgsl) for the 8 lanes, the votes in pk_m (free before a
 // tile's scores). Every lane calls it.
 fn pk_seen(lane: u32, ms: MaskSeq, t0: u32, t1: u32, j0: i32, n: u32) -> bool {
@@ -647,21 +638,15 @@ fn attn_prefill_keys(
     }
     let b0 = pk_bounds(r0, kvh, kv, b);
     let b1 = pk_bounds(r0 + 4u, kvh, kv, b);
-    let b2 = pk_bounds(r0 + 8u, kvh, kv, b);
-    let b3 = pk_bounds(r0 + 12u, kvh, kv, b);
     workgroupBarrier();
 
     let neg = vec4<f32>(NEG_BIG);
     var m0 = neg;
     var m1 = neg;
-    var m2 = neg;
-    var m3 = neg;
     var l0 = vec4<f32>(0.0);
     var l1 = l0;
-    var l2 = l0;
-    var l3 = l0;
     let z = mat4x4<f32>();
-    var a0 = Rows16(z, z, z, z);
+    var a0 = Rows8(z, z);
     var a1 = a0;
     var a2 = a0;
     var a3 = a0;
@@ -682,7 +667,7 @@ fn attn_prefill_keys(
     let d6 = min(lane + 48u, HD4 - 1u);
     let d7 = min(lane + 56u, HD4 - 1u);
     for (var j0 = kv.x; j0 < kv.y; j0 += i32(PK_BK)) {
-        // MASKS: a tile the boolean mask hides from all 16 rows is neither loaded nor scored.
+        // MASKS: a tile the boolean mask hides from all 8 rows is neither loaded nor scored.
         if !pk_seen(lane, b0.ms, w.r0 / p.group, w.r_last / p.group, j0, min(PK_BK, u32(kv.y - j0))) {
             continue;
         }
@@ -697,147 +682,107 @@ fn attn_prefill_keys(
         var s0b = z;
         var s1a = z;
         var s1b = z;
-        var s2a = z;
-        var s2b = z;
-        var s3a = z;
-        var s3b = z;
         for (var d = 0u; d < HD4; d++) {
             let ka = pk_kq(ea, d);
             let kb = pk_kq(eb, d);
             let q0 = transpose(pk_qg(0u, d));
             let q1 = transpose(pk_qg(1u, d));
-            let q2 = transpose(pk_qg(2u, d));
-            let q3 = transpose(pk_qg(3u, d));
             s0a += q0 * ka;
             s0b += q0 * kb;
             s1a += q1 * ka;
             s1b += q1 * kb;
-            s2a += q2 * ka;
-            s2b += q2 * kb;
-            s3a += q3 * ka;
-            s3b += q3 * kb;
         }
         if MASKS {
-            var sm = array<mat4x4<f32>, 8>(
+            var sm = array<mat4x4<f32>, 4>(
                 pk_scores(s0a, jl, b0), pk_scores(s0b, jl + 4, b0),
                 pk_scores(s1a, jl, b1), pk_scores(s1b, jl + 4, b1),
-                pk_scores(s2a, jl, b2), pk_scores(s2b, jl + 4, b2),
-                pk_scores(s3a, jl, b3), pk_scores(s3b, jl + 4, b3),
             );
-            var bs = array<PkRows, 4>(b0, b1, b2, b3);
+            var bs = array<PkRows, 2>(b0, b1);
             pk_mask_step(&sm, jl, &bs);
             s0a = pk_select(sm[0], jl, b0);
             s0b = pk_select(sm[1], jl + 4, b0);
             s1a = pk_select(sm[2], jl, b1);
             s1b = pk_select(sm[3], jl + 4, b1);
-            s2a = pk_select(sm[4], jl, b2);
-            s2b = pk_select(sm[5], jl + 4, b2);
-            s3a = pk_select(sm[6], jl, b3);
-            s3b = pk_select(sm[7], jl + 4, b3);
         } else {
             s0a = pk_logits(s0a, jl, b0);
             s0b = pk_logits(s0b, jl + 4, b0);
             s1a = pk_logits(s1a, jl, b1);
             s1b = pk_logits(s1b, jl + 4, b1);
-            s2a = pk_logits(s2a, jl, b2);
-            s2b = pk_logits(s2b, jl + 4, b2);
-            s3a = pk_logits(s3a, jl, b3);
-            s3b = pk_logits(s3b, jl + 4, b3);
         }
-        pk_m[lane * 4u] = max(pk_colmax(s0a), pk_colmax(s0b));
-        pk_m[lane * 4u + 1u] = max(pk_colmax(s1a), pk_colmax(s1b));
-        pk_m[lane * 4u + 2u] = max(pk_colmax(s2a), pk_colmax(s2b));
-        pk_m[lane * 4u + 3u] = max(pk_colmax(s3a), pk_colmax(s3b));
+        pk_m[lane * 2u] = max(pk_colmax(s0a), pk_colmax(s0b));
+        pk_m[lane * 2u + 1u] = max(pk_colmax(s1a), pk_colmax(s1b));
         workgroupBarrier();
         var n0 = m0;
         var n1 = m1;
-        var n2 = m2;
-        var n3 = m3;
         for (var i = 0u; i < PK_LANES; i++) {
-            n0 = max(n0, pk_m[i * 4u]);
-            n1 = max(n1, pk_m[i * 4u + 1u]);
-            n2 = max(n2, pk_m[i * 4u + 2u]);
-            n3 = max(n3, pk_m[i * 4u + 3u]);
+            n0 = max(n0, pk_m[i * 2u]);
+            n1 = max(n1, pk_m[i * 2u + 1u]);
         }
         // The same decision in every lane (all read the same maxima).
-        if any(n0 > m0) || any(n1 > m1) || any(n2 > m2) || any(n3 > m3) {
+        if any(n0 > m0) || any(n1 > m1) {
             let f0 = exp2(m0 - n0);
             let f1 = exp2(m1 - n1);
-            let f2 = exp2(m2 - n2);
-            let f3 = exp2(m3 - n3);
             l0 *= f0;
             l1 *= f1;
-            l2 *= f2;
-            l3 *= f3;
-            a0 = pk_scale(a0, f0, f1, f2, f3);
+            a0 = pk_scale(a0, f0, f1);
             if HD4 > 8u {
-                a1 = pk_scale(a1, f0, f1, f2, f3);
+                a1 = pk_scale(a1, f0, f1);
             }
             if HD4 > 16u {
-                a2 = pk_scale(a2, f0, f1, f2, f3);
+                a2 = pk_scale(a2, f0, f1);
             }
             if HD4 > 24u {
-                a3 = pk_scale(a3, f0, f1, f2, f3);
+                a3 = pk_scale(a3, f0, f1);
             }
             if HD4 > 32u {
-                a4 = pk_scale(a4, f0, f1, f2, f3);
+                a4 = pk_scale(a4, f0, f1);
             }
             if HD4 > 40u {
-                a5 = pk_scale(a5, f0, f1, f2, f3);
+                a5 = pk_scale(a5, f0, f1);
             }
             if HD4 > 48u {
-                a6 = pk_scale(a6, f0, f1, f2, f3);
+                a6 = pk_scale(a6, f0, f1);
             }
             if HD4 > 56u {
-                a7 = pk_scale(a7, f0, f1, f2, f3);
+                a7 = pk_scale(a7, f0, f1);
             }
             m0 = n0;
             m1 = n1;
-            m2 = n2;
-            m3 = n3;
         }
         let kl = PK_LANES * lane;
         pk_put(kl, 0u, s0a, m0);
         pk_put(kl + 4u, 0u, s0b, m0);
         pk_put(kl, 1u, s1a, m1);
         pk_put(kl + 4u, 1u, s1b, m1);
-        pk_put(kl, 2u, s2a, m2);
-        pk_put(kl + 4u, 2u, s2b, m2);
-        pk_put(kl, 3u, s3a, m3);
-        pk_put(kl + 4u, 3u, s3b, m3);
         workgroupBarrier();
         let nk = min(PK_BK, u32(kv.y - j0));
         for (var kk = 0u; kk < nk; kk++) {
-            let p0 = pk_p[kk * 4u];
-            let p1 = pk_p[kk * 4u + 1u];
-            let p2 = pk_p[kk * 4u + 2u];
-            let p3 = pk_p[kk * 4u + 3u];
+            let p0 = pk_p[kk * 2u];
+            let p1 = pk_p[kk * 2u + 1u];
             l0 += p0;
             l1 += p1;
-            l2 += p2;
-            l3 += p3;
             let vr = v_base + (u32(j0) + kk) * p.v_st;
-            a0 = pk_pv(a0, pk_v(vr + 4u * d0), p0, p1, p2, p3);
+            a0 = pk_pv(a0, pk_v(vr + 4u * d0), p0, p1);
             if HD4 > 8u {
-                a1 = pk_pv(a1, pk_v(vr + 4u * d1), p0, p1, p2, p3);
+                a1 = pk_pv(a1, pk_v(vr + 4u * d1), p0, p1);
             }
             if HD4 > 16u {
-                a2 = pk_pv(a2, pk_v(vr + 4u * d2), p0, p1, p2, p3);
+                a2 = pk_pv(a2, pk_v(vr + 4u * d2), p0, p1);
             }
             if HD4 > 24u {
-                a3 = pk_pv(a3, pk_v(vr + 4u * d3), p0, p1, p2, p3);
+                a3 = pk_pv(a3, pk_v(vr + 4u * d3), p0, p1);
             }
             if HD4 > 32u {
-                a4 = pk_pv(a4, pk_v(vr + 4u * d4), p0, p1, p2, p3);
+                a4 = pk_pv(a4, pk_v(vr + 4u * d4), p0, p1);
             }
             if HD4 > 40u {
-                a5 = pk_pv(a5, pk_v(vr + 4u * d5), p0, p1, p2, p3);
+                a5 = pk_pv(a5, pk_v(vr + 4u * d5), p0, p1);
             }
             if HD4 > 48u {
-                a6 = pk_pv(a6, pk_v(vr + 4u * d6), p0, p1, p2, p3);
+                a6 = pk_pv(a6, pk_v(vr + 4u * d6), p0, p1);
             }
             if HD4 > 56u {
-                a7 = pk_pv(a7, pk_v(vr + 4u * d7), p0, p1, p2, p3);
+                a7 = pk_pv(a7, pk_v(vr + 4u * d7), p0, p1);
             }
         }
         workgroupBarrier();
@@ -846,28 +791,26 @@ fn attn_prefill_keys(
     let t = PkDest(b, kvh, w.bh, r0, w.split);
     let f0 = pk_finish(t, 0u, m0, l0, lane);
     let f1 = pk_finish(t, 1u, m1, l1, lane);
-    let f2 = pk_finish(t, 2u, m2, l2, lane);
-    let f3 = pk_finish(t, 3u, m3, l3, lane);
-    pk_store_slot(t, lane, a0, f0, f1, f2, f3);
+    pk_store_slot(t, lane, a0, f0, f1);
     if HD4 > 8u {
-        pk_store_slot(t, lane + 8u, a1, f0, f1, f2, f3);
+        pk_store_slot(t, lane + 8u, a1, f0, f1);
     }
     if HD4 > 16u {
-        pk_store_slot(t, lane + 16u, a2, f0, f1, f2, f3);
+        pk_store_slot(t, lane + 16u, a2, f0, f1);
     }
     if HD4 > 24u {
-        pk_store_slot(t, lane + 24u, a3, f0, f1, f2, f3);
+        pk_store_slot(t, lane + 24u, a3, f0, f1);
     }
     if HD4 > 32u {
-        pk_store_slot(t, lane + 32u, a4, f0, f1, f2, f3);
+        pk_store_slot(t, lane + 32u, a4, f0, f1);
     }
     if HD4 > 40u {
-        pk_store_slot(t, lane + 40u, a5, f0, f1, f2, f3);
+        pk_store_slot(t, lane + 40u, a5, f0, f1);
     }
     if HD4 > 48u {
-        pk_store_slot(t, lane + 48u, a6, f0, f1, f2, f3);
+        pk_store_slot(t, lane + 48u, a6, f0, f1);
     }
     if HD4 > 56u {
-        pk_store_slot(t, lane + 56u, a7, f0, f1, f2, f3);
+        pk_store_slot(t, lane + 56u, a7, f0, f1);
     }
 }

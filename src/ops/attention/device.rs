@@ -2,7 +2,9 @@
 //! loop caps of CPU adapters.
 
 use super::subgroup_decode::{sg_reads_rows, sg_rows_max_kv};
-use super::{prefill_sg_shape, sg_shape, KEYS_WG, PREFILL_KEYS_TILE, PREFILL_WG};
+use super::{
+    prefill_sg_shape, sg_shape, KEYS_WG, PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE, PREFILL_WG,
+};
 use crate::context::Context;
 use crate::kv_format::KvFormat;
 
@@ -177,7 +179,8 @@ impl DeviceDesc {
         }
         let hd4 = head_dim / 4;
         let per_tile = 1 + hd4 + KEYS_WG as usize + PREFILL_KEYS_TILE;
-        Some((50_000 - 2 * hd4 - 64) / per_tile * PREFILL_KEYS_TILE)
+        let staging = PREFILL_KEYS_ROWS * hd4 / KEYS_WG as usize;
+        Some((50_000 - staging - 64) / per_tile * PREFILL_KEYS_TILE)
     }
     /// See [`keys_loop_cap_keys`](super::keys_loop_cap_keys).
     pub fn keys_loop_cap_keys(&self, head_dim: usize, kr: usize) -> Option<usize> {

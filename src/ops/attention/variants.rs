@@ -27,7 +27,7 @@ pub const KEYS_WG: u32 = 8;
 /// Most query rows one [`Kind::DecodeKeys`] invocation computes (more rows take more row blocks).
 pub const KEYS_MAX_ROWS: usize = 4;
 /// Query rows per [`Kind::PrefillKeys`] workgroup (its [`KEYS_WG`] invocations share them).
-pub const PREFILL_KEYS_ROWS: usize = 16;
+pub const PREFILL_KEYS_ROWS: usize = 8;
 /// Keys per [`Kind::PrefillKeys`] tile (8 per invocation).
 pub const PREFILL_KEYS_TILE: usize = 64;
 /// Largest supported head_dim.
@@ -51,7 +51,7 @@ pub enum Kind {
     /// Tiled prefill (FlashAttention-2 style), for more than
     /// [`DECODE_MAX_Q_LEN`](super::DECODE_MAX_Q_LEN) query rows.
     Prefill,
-    /// Prefill for CPU adapters (`attn_prefill_keys`): 8 invocations per workgroup own 16 query
+    /// Prefill for CPU adapters (`attn_prefill_keys`): 8 invocations per workgroup own 8 query
     /// rows; for Q K^T each invocation owns 8 keys of a 64-key tile, for P V a slice of the head,
     /// every per-invocation value a named register (see [`PREFILL_KEYS_ROWS`]).
     PrefillKeys,
@@ -436,9 +436,11 @@ pub fn tile_v4_for(limit: u32) -> u32 {
 }
 
 /// Workgroup memory of [`Kind::PrefillKeys`] at `hd4` (head_dim / 4): the staged q rows of its
-/// head_dim class ([`prefill_shader`]), the lanes' row maxima and P^T of a tile.
+/// head_dim class ([`prefill_shader`]), the lanes' row maxima and P^T of a tile (one vec4 per
+/// lane or key and group of 4 rows).
 pub fn prefill_keys_workgroup_bytes(hd4: u32) -> u32 {
-    (PREFILL_KEYS_ROWS as u32 * prefill_class(hd4) / 4 + 32 + 256) * 16
+    let (rows, groups) = (PREFILL_KEYS_ROWS as u32, PREFILL_KEYS_ROWS as u32 / 4);
+    (rows * prefill_class(hd4) / 4 + (KEYS_WG + PREFILL_KEYS_TILE as u32) * groups) * 16
 }
 
 impl Variant {

@@ -529,10 +529,10 @@ fn llama3_8b_on_lavapipe() {
     );
     assert_eq!(
         pick(&dev, PREFILL_2K),
-        (Kind::PrefillKeys, 1, 16, 1, 1, 2048, 32, false)
+        (Kind::PrefillKeys, 1, 8, 1, 1, 2048, 32, false)
     );
     assert_eq!(dev.keys_loop_cap_keys(128, 4), Some(795_776));
-    assert_eq!(dev.prefill_keys_loop_cap_keys(128), Some(30_336));
+    assert_eq!(dev.prefill_keys_loop_cap_keys(128), Some(30_400));
     assert_eq!(dev.loop_cap_keys(128), Some(724));
     assert_eq!(DeviceDesc::nvidia().loop_cap_keys(128), None);
     // Unaligned rows fall back to the workgroup-tile decode, split under the loop cap.

@@ -15,8 +15,9 @@ fn prefill_classes_pick_the_smallest_module() {
     assert_eq!(prefill_shader(32, true), ATTENTION_PREFILL_F16_HD128);
     assert_eq!(prefill_shader(33, false), ATTENTION_PREFILL);
     assert_eq!(prefill_shader(64, true), ATTENTION_PREFILL_F16);
-    assert_eq!(prefill_keys_workgroup_bytes(16), (16 * 16 + 288) * 16);
-    assert_eq!(prefill_keys_workgroup_bytes(64), (16 * 64 + 288) * 16);
+    // 8 staged q rows of the class, then per group of 4 rows 8 lanes' maxima and 64 keys' P^T.
+    assert_eq!(prefill_keys_workgroup_bytes(16), (8 * 16 + 144) * 16);
+    assert_eq!(prefill_keys_workgroup_bytes(64), (8 * 64 + 144) * 16);
 }
 
 #[test]
