@@ -345,9 +345,9 @@ fn attn_prefill_merge(
 // - O += P V, lanes own head slices: lane `l` accumulates head elements 4(l + 8c) .. + 4 (slot c,
 //   up to 8 slots at head_dim 256) of all 8 rows; per key one 16-byte V load per slot and 2
 //   loads of P for 8 multiply-adds of 4 rows each per slot.
-// Why 8 rows, not more: llvmpipe's LLVM compile time follows the written-out code and the live
-// values, and 16 rows (4 groups: 128 score and up to 512 accumulator values per lane) took
-// about twice as long to compile for a modest gain in speed (BENCHMARKS.md, issue 20).
+// Why 8 rows, not 16: llvmpipe's LLVM compile time follows the written-out code and the live
+// values; 16 rows (4 groups: 128 scores and up to 512 accumulator values per lane) ran faster
+// warm but compiled past issue 20's first-use budget (BENCHMARKS.md, its cold-compile section).
 // Three barriers per tile (one thread per workgroup on llvmpipe: they are cheap). Masks as in
 // `attn_prefill`: each row's visible keys are one interval, cut to the workgroup's key range, and
 // tiles outside the union of the rows' intervals are never visited (with MASKS, nor tiles the

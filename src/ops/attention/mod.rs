@@ -54,7 +54,7 @@
 //!   workgroup memory and the accumulators rescaled only when a maximum moves; for P V each
 //!   invocation owns a slice of the head (one 16-byte V load per slot and key for 8 rows).
 //!   8 rows rather than 16: lavapipe's LLVM compile time follows the written-out code and live
-//!   values, and 16 rows compiled in about twice the time for a modest gain in speed.
+//!   values, and 16 rows, faster warm, compiled past issue 20's first-use budget.
 //!   Every per-invocation value is a named vector or matrix indexed by constants: llvmpipe
 //!   (Mesa 22.3) keeps a private array in registers only then and, by measurement, does not
 //!   unroll these loops (a loop-indexed private array is a memory access per invocation),
