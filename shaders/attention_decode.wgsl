@@ -179,15 +179,11 @@ fn attn_decode_keys(
     let kvh = w.kvh;
     let r0 = w.r0;
 
-    var q0: array<vec4<f32>, MAX_HD4>;
-    var q1: array<vec4<f32>, MAX_HD4>;
-    var q2: array<vec4<f32>, MAX_HD4>;
-    var q3: array<vec4<f32>, MAX_HD4>;
     let bases = vec4<u32>(q_row(b, r0, kvh), q_row(b, r0 + 1u, kvh), q_row(b, r0 + 2u, kvh), q_row(b, r0 + 3u, kvh));
-    keys_load_q(lid, bases, &q0, &q1, &q2, &q3);
+    keys_stage_q(lid, bases);
     let stride = part_units();
-    let n_parts = p.n_splits * WG;
-    let e = ((w.bh * p.rows + r0) * n_parts + w.split * WG + lid) * stride;
+    let n_parts = p.n_splits;
+    let e = ((w.bh * p.rows + r0) * n_parts + w.split) * stride;
     let h = vec2<u32>(p.k_off + b * p.k_sb + kvh * p.k_sh, p.v_off + b * p.v_sb + kvh * p.v_sh);
-    keys_partial(&q0, &q1, &q2, &q3, h, kvh, w.kv, lid, r0, p.rows, mask_seq(b), e, n_parts * stride);
+    keys_partial(h, kvh, w.kv, lid, r0, p.rows, mask_seq(b), e, n_parts * stride, false, vec4<u32>(0u));
 }

@@ -1,20 +1,29 @@
 // Prepended after attention_split.wgsl to the decode and paged modules only (the prefill module
 // has no `keys_rows` / `keys_unit`).
 //
-// `keys_partial`: the key-lane step of the CPU-adapter decode kernels `attn_decode_keys`
-// (contiguous K/V) and `attn_paged_keys` (pages). On llvmpipe every load instruction costs one
-// scalar access per invocation (also for a workgroup-uniform address, and also for workgroup
-// memory), while one 16-byte load costs about the same as one 4-byte load. So here each
-// invocation owns whole keys (key lane `lane` takes the visible keys lo + lane, lo + lane + WG,
-// ... of its split) and reads each K/V row of its keys once with 16-byte loads (8 halves or 4 f32
-// per load) and uses it for all KR rows (query heads x tokens) of the workgroup's row block, so a
-// GQA group shares every load. No workgroup memory, no barriers. llvmpipe reaches a private
-// array indexed by a loop counter one invocation at a time, as it does storage, and Mesa's NIR
-// does not unroll the loops over head_dim here; so the head_dim work is written out as calls with
-// constant unit indices (keys_dot8 / keys_pv8 below), which makes every q and accumulator index a
-// constant for any head_dim, and each 16-byte unit is used as soon as it is loaded (no staged
-// row). Each (row, split, lane) writes a partial like `attn_decode_partial` (lanes = WG), merged
-// by the same fixed-order pass.
+// `keys_partial`: the step of the CPU-adapter decode kernels `attn_decode_keys` (contiguous K/V)
+// and `attn_paged_keys` (pages), shaped like `attn_prefill_keys` (FlashAttention-2's step,
+// Dao 2023, over blocks of WG keys): a workgroup of WG (8) invocations owns KR query rows (query
+// heads x tokens of one kv head) and one split of the keys, and per block of WG keys
+// - Q K^T, lanes own head slices: lane `lane` holds the 16-byte units `lane`, `lane + WG`, ... of
+//   every row of q (`KeysRow`, pre-scaled) and, for each key of the block in turn, loads its units
+//   of the key's K row (16-byte loads: 4 f32 or 8 halves / quantized values) and writes its
+//   partial dot products (a vec4 over the KR rows) to workgroup memory;
+// - softmax, lanes own keys: lane t sums the WG partials of key t, applies the soft cap, ALiBi,
+//   the masks and the visibility rules, and the block's maximum goes through workgroup memory, so
+//   every lane holds the same running maximum m; lane t writes p = exp(x - m) of its key and keeps
+//   its own share of the denominator l;
+// - P V, lanes own head slices again: each lane adds p times its units of every key's V row into
+//   its accumulators (`KeysRow` per row).
+// Three barriers per block (one thread per workgroup on llvmpipe: cheap). Every per-lane array
+// is indexed by constants only (slots written out, `keys_dot_slot` / `keys_pv_slot`): llvmpipe
+// keeps a private array indexed by a loop counter in memory and reaches it one invocation at a
+// time. The loops over the block's keys stay rolled, so the code LLVM compiles per block is one
+// key's units for KR rows, not the whole head (BENCHMARKS.md, cold compile).
+//
+// Each (row, split, lane) writes a partial like `attn_decode_partial` (lanes = WG), merged by the
+// same fixed-order pass: (m, lane's share of l) and the accumulator units the lane owns, zero
+// elsewhere, so the merge adds exact zeros and the row's result is the workgroup's.
 //
 // The including kernel supplies where rows live: `keys_rows(h, j)` gives (K source, K unit,
 // V source, V unit) for key j of the head described by `h`, `keys_unit(src, i)` loads 16-byte
@@ -22,60 +31,28 @@
 // 16-byte unit holding the data of the 8 values at element e and their scale. With the same
 // split structure the contiguous and paged kernels therefore run the same arithmetic, bit for bit.
 //
-// Why this does not use `softmax_tile` (attention_common.wgsl), which the prefill and
-// `attn_decode_partial` share: that step works on one query row per invocation over a K/V tile
-// staged in workgroup memory, scoring the whole tile before one rescale. Here nothing is staged
-// (each invocation reads its own keys through 16-byte units, which is the point on CPU adapters);
-// the unit of work is one step of two keys for KR rows at once, so
-// m, l and the rescale are updated once per step, branch-free across the KR rows held in vector
-// components, with no score array (the tile step's `s[jj]` is indexed dynamically, which CPU
-// adapters keep in memory, not registers).
-//
 // Override constant:
-//   KR       query rows per workgroup, every invocation computing all of them (1, 2 or 4)
-// Loops (modules are created without naga's loop counters, src/pipeline.rs): the key loop steps by
-// WG or 2 * WG (a constant > 0) to the end of the split; `keys_load_q`'s by WG (> 0) and by 1 to
-// constants.
+//   KR       query rows per workgroup (1, 2 or 4)
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): the block loop steps
+// by WG (a constant > 0) to the end of the split, the loops over a block's keys by 1 to WG, the
+// staging and zeroing loops by WG or 1 to constants.
 override KR: u32 = 1u;
 
-// The workgroup's KR query rows, staged once: the lanes load them (by words, at any alignment)
-// in a loop that the compiler keeps rolled, and each lane then fills its registers with one
-// workgroup load per 16-byte unit. Loading the registers straight from q_buf would take one load
-// instruction per word, and on llvmpipe every load instruction is a loop over the lanes whose
-// count LLVM's compile time follows (BENCHMARKS.md, cold compile).
+// Slots per lane: head slices of 16 bytes, `lane + WG * i` for slot i (WG = 8: head_dim 256 in
+// f32 is 64 units). A slot's values sit at [i] and, for 8-value units, [KEYS_SLOTS + i].
+const KEYS_SLOTS: u32 = 8u;
+alias KeysRow = array<vec4<f32>, 16>;
+
+// The workgroup's KR query rows, staged once (pre-scaled, f32), then each lane takes its slots.
 var<workgroup> keys_q: array<vec4<f32>, 4 * MAX_HD4>;
+// A block's partial scores (key t, lane: [t * WG + lane]), the lanes' maxima and the keys' p.
+// Trips per workgroup (each keys_kpt() keys): the planner caps a chunk at this many keys.
+const KEYS_TRIPS: u32 = 64u;
+var<workgroup> keys_sc: array<vec4<f32>, 512>;
+var<workgroup> keys_mx: array<vec4<f32>, 8>;
+var<workgroup> keys_pb: array<vec4<f32>, 64>;
 
-// Rows r0 .. r0 + KR of the workgroup into q0 .. q3, pre-multiplied by the scale; row i starts at
-// element bases[i] of q_buf (rows past the last are clamped copies). Every invocation calls it
-// (it has a barrier).
-fn keys_load_q(
-    lid: u32,
-    bases: vec4<u32>,
-    q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
-) {
-    for (var i = lid; i < KR * HD4; i += WG) {
-        keys_q[i] = q_load4(bases[i / HD4] + 4u * (i % HD4)) * p.scale;
-    }
-    workgroupBarrier();
-    for (var d = 0u; d < HD4; d++) {
-        (*q0)[d] = keys_q[d];
-        if KR > 1u {
-            (*q1)[d] = keys_q[HD4 + d];
-        }
-        if KR > 2u {
-            (*q2)[d] = keys_q[2u * HD4 + d];
-            (*q3)[d] = keys_q[3u * HD4 + d];
-        }
-    }
-}
-
-// Whether a unit holds 8 values (halves, and quantized K/V read 8 values at a time). Such a step
-// also takes two keys of the lane; an f32 step, whose rows have twice the units, takes one: a
-// step reads head_dim / 4 units of K and of V either way, and LLVM's compile time on llvmpipe
-// follows the load instructions of a step (BENCHMARKS.md, cold compile).
+// Whether a unit holds 8 values (halves and quantized K/V) rather than 4 (f32).
 fn keys_two() -> bool {
     return DTYPE != DT_F32 || KV_FMT >= KV_Q8_0;
 }
@@ -85,27 +62,86 @@ fn keys_units() -> u32 {
     return select(HD4, HD4 / 2u, keys_two());
 }
 
-// Quantized K/V, rows a and b (source, unit; u0 a multiple of 8): the scales of a's units u0 .. u0
-// + 3 (x) and u0 + 4 .. u0 + 7 (y), and of b's (z, w). A head row starts a block and head_dim is a
-// multiple of 32 (the formats' rule), so the 4 units of 8 values from a multiple of 4 share one
-// block and one scale: one scale load per block instead of one per unit (`keys_qscale(src, e)`,
-// the including kernel's read; fp8's tensor scale is no load). 0 for the float formats.
-fn keys_qscales(u0: u32, a: vec2<u32>, b: vec2<u32>) -> vec4<f32> {
-    var d = vec4<f32>(0.0);
-    if KV_FMT >= KV_Q8_0 {
-        d.x = keys_qscale(a.x, 8u * (a.y + u0));
-        d.z = keys_qscale(b.x, 8u * (b.y + u0));
-        if u0 + 4u < keys_units() {
-            d.y = keys_qscale(a.x, 8u * (a.y + u0 + 4u));
-            d.w = keys_qscale(b.x, 8u * (b.y + u0 + 4u));
-        }
-    }
-    return d;
+// Whether some lane has slot i (a constant condition: it folds).
+fn keys_slot_used(i: u32) -> bool {
+    return i < KEYS_SLOTS && i < keys_lane_units();
 }
 
-// Unit u's scales of the two rows out of keys_qscales' d (u constant, so the select folds).
-fn keys_dsel(u: u32, d: vec4<f32>) -> vec2<f32> {
-    return select(d.xz, d.yw, (u & 4u) != 0u);
+// Units per lane, and the unit of slot i: an f32 lane owns units lane * n .. lane * n + n (one
+// cache line of a row at head_dim 128), so that one load instruction reaches WG lines of a row; a
+// lane of 8-value units owns units lane, lane + WG, ... (measured faster for halves, BENCHMARKS.md).
+fn keys_lane_units() -> u32 {
+    return (keys_units() + WG - 1u) / WG;
+}
+
+fn keys_slot_unit(lane: u32, i: u32) -> u32 {
+    if keys_two() {
+        return lane + WG * i;
+    }
+    return lane * keys_lane_units() + i;
+}
+
+// Vec4 index in the head of the first 4 values of unit u.
+fn keys_v4(u: u32) -> u32 {
+    return select(u, 2u * u, keys_two());
+}
+
+// Rows r0 .. r0 + KR of the workgroup, pre-multiplied by the scale, into the lane's slots of
+// q0 .. q3; row i starts at element bases[i] of q_buf (rows past the last are clamped copies).
+// Every invocation calls it (it has a barrier).
+fn keys_stage_q(lid: u32, bases: vec4<u32>) {
+    for (var i = lid; i < KR * HD4; i += WG) {
+        keys_q[i] = q_load4(bases[i / HD4] + 4u * (i % HD4)) * p.scale;
+    }
+    workgroupBarrier();
+}
+
+// The lane's slots of the staged rows into q0 .. q3.
+fn keys_load_q(
+    lid: u32,
+    q0: ptr<function, KeysRow>,
+    q1: ptr<function, KeysRow>,
+    q2: ptr<function, KeysRow>,
+    q3: ptr<function, KeysRow>,
+) {
+    keys_q_slot(0u, lid, q0, q1, q2, q3);
+    keys_q_slot(1u, lid, q0, q1, q2, q3);
+    keys_q_slot(2u, lid, q0, q1, q2, q3);
+    keys_q_slot(3u, lid, q0, q1, q2, q3);
+    keys_q_slot(4u, lid, q0, q1, q2, q3);
+    keys_q_slot(5u, lid, q0, q1, q2, q3);
+    keys_q_slot(6u, lid, q0, q1, q2, q3);
+    keys_q_slot(7u, lid, q0, q1, q2, q3);
+}
+
+fn keys_q_row(i: u32, d: u32, r: u32, q: ptr<function, KeysRow>) {
+    (*q)[i] = keys_q[r * HD4 + d];
+    if keys_two() {
+        (*q)[KEYS_SLOTS + i] = keys_q[r * HD4 + d + 1u];
+    }
+}
+
+fn keys_q_slot(
+    i: u32,
+    lane: u32,
+    q0: ptr<function, KeysRow>,
+    q1: ptr<function, KeysRow>,
+    q2: ptr<function, KeysRow>,
+    q3: ptr<function, KeysRow>,
+) {
+    let u = keys_slot_unit(lane, i);
+    if !keys_slot_used(i) || (keys_units() % WG != 0u && u >= keys_units()) {
+        return;
+    }
+    let d = keys_v4(u);
+    keys_q_row(i, d, 0u, q0);
+    if KR > 1u {
+        keys_q_row(i, d, 1u, q1);
+    }
+    if KR > 2u {
+        keys_q_row(i, d, 2u, q2);
+        keys_q_row(i, d, 3u, q3);
+    }
 }
 
 // One 16-byte unit as 4 (f32) or 8 (halves) values; bf16 takes one shift or one mask per value.
@@ -119,266 +155,225 @@ fn keys_unpack(w: vec4<u32>) -> Item {
     return unpack_item(w, DTYPE);
 }
 
-// s[base + i] += q_i[d ..] . x for the KR rows (one unit: head slots d, and d + 1 for halves).
-fn keys_dot_rows(
-    q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    s: ptr<function, array<vec4<f32>, 8>>,
-    base: u32,
-    d: u32,
-    x: Item,
-) {
-    let two = keys_two();
-    (*s)[base] += (*q0)[d] * x.lo;
-    if two {
-        (*s)[base] += (*q0)[d + 1u] * x.hi;
+// Unit u of the row at (source, unit) `at`: float units through `keys_unit`, quantized ones
+// dequantized from the unit holding their 8 values and their block's scale.
+fn keys_load(at: vec2<u32>, u: u32) -> Item {
+    if KV_FMT >= KV_Q8_0 {
+        let e = 8u * (at.y + u);
+        return kv_dequant8(KV_FMT, keys_qunit(at.x, e), e, keys_qscale(at.x, e));
     }
-    if KR > 1u {
-        (*s)[base + 1u] += (*q1)[d] * x.lo;
-        if two {
-            (*s)[base + 1u] += (*q1)[d + 1u] * x.hi;
-        }
-    }
-    if KR > 2u {
-        (*s)[base + 2u] += (*q2)[d] * x.lo;
-        (*s)[base + 3u] += (*q3)[d] * x.lo;
-        if two {
-            (*s)[base + 2u] += (*q2)[d + 1u] * x.hi;
-            (*s)[base + 3u] += (*q3)[d + 1u] * x.hi;
-        }
-    }
+    return keys_unpack(keys_unit(at.x, at.y + u));
 }
 
-// Quantized K/V: two 8-value units from one 16-byte load of the data plane (`keys_qdot_pair`,
-// `keys_qpv_pair`, for units u and u + 1 with u even): the 16 values of a q8_0 or fp8 load, or
-// the low (u % 4 == 0) or high nibbles of a whole q4_0 block. A row's data takes head_dim / 16
-// loads per key instead of head_dim / 8, and each call dequantizes exactly its two units (no
-// code that a constant condition drops only after inlining: LLVM's and NIR's time on llvmpipe
-// follow the inlined code, BENCHMARKS.md, cold compile). A head row starts a block and head_dim
-// is a multiple of 32, so both units share a block (and `keys_dsel`'s scale).
-
-// Units u and u + 1 (u even) of the K rows of both keys of a step against every row.
-fn keys_qdot_pair(
-    u: u32,
-    q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    s: ptr<function, array<vec4<f32>, 8>>,
-    k0: vec2<u32>,
-    k1: vec2<u32>,
-    ds: vec4<f32>,
-) {
-    let dq = keys_dsel(u, ds);
-    let w0 = keys_qunit(k0.x, 8u * (k0.y + u));
-    let w1 = keys_qunit(k1.x, 8u * (k1.y + u));
-    keys_dot_rows(q0, q1, q2, q3, s, 0u, 2u * u, kv_dequant8(KV_FMT, w0, 8u * (k0.y + u), dq.x));
-    keys_dot_rows(q0, q1, q2, q3, s, 4u, 2u * u, kv_dequant8(KV_FMT, w1, 8u * (k1.y + u), dq.y));
-    keys_dot_rows(q0, q1, q2, q3, s, 0u, 2u * u + 2u, kv_dequant8(KV_FMT, w0, 8u * (k0.y + u + 1u), dq.x));
-    keys_dot_rows(q0, q1, q2, q3, s, 4u, 2u * u + 2u, kv_dequant8(KV_FMT, w1, 8u * (k1.y + u + 1u), dq.y));
-}
-
-// Unit u of the float K rows of both keys of a step (k0, k1: source and unit of each row)
-// against every row. Called with constant u only (keys_dot8), so that every private-array index
-// is a constant.
-fn keys_dot_unit(
-    u: u32,
-    q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    s: ptr<function, array<vec4<f32>, 8>>,
-    k0: vec2<u32>,
-    k1: vec2<u32>,
-) {
-    if u >= keys_units() {
-        return;
-    }
-    let d = u * select(1u, 2u, keys_two());
-    keys_dot_rows(q0, q1, q2, q3, s, 0u, d, keys_unpack(keys_unit(k0.x, k0.y + u)));
+fn keys_dot_row(i: u32, q: ptr<function, KeysRow>, x: Item) -> vec4<f32> {
+    var s = (*q)[i] * x.lo;
     if keys_two() {
-        keys_dot_rows(q0, q1, q2, q3, s, 4u, d, keys_unpack(keys_unit(k1.x, k1.y + u)));
+        s += (*q)[KEYS_SLOTS + i] * x.hi;
     }
+    return s;
 }
 
-// acc[d ..] = acc * al + p0 * y0 + p1 * y1 for one row (the step's two keys; a one-key step
-// drops the y1 terms).
-fn keys_pv_row(a: ptr<function, array<vec4<f32>, MAX_HD4>>, d: u32, al: f32, p0: f32, p1: f32, y0: Item, y1: Item) {
-    if !keys_two() {
-        (*a)[d] = (*a)[d] * al + p0 * y0.lo;
+// s += the lane's slot i of the KR rows . the K row at `k`.
+fn keys_dot_slot(
+    i: u32,
+    lane: u32,
+    q0: ptr<function, KeysRow>,
+    q1: ptr<function, KeysRow>,
+    q2: ptr<function, KeysRow>,
+    q3: ptr<function, KeysRow>,
+    k: vec2<u32>,
+    s: ptr<function, mat4x4<f32>>,
+) {
+    let u = keys_slot_unit(lane, i);
+    if !keys_slot_used(i) || (keys_units() % WG != 0u && u >= keys_units()) {
         return;
     }
-    (*a)[d] = (*a)[d] * al + p0 * y0.lo + p1 * y1.lo;
-    (*a)[d + 1u] = (*a)[d + 1u] * al + p0 * y0.hi + p1 * y1.hi;
-}
-
-// The step's V items y0, y1 (head slots d ..) into every row's accumulator.
-fn keys_pv_rows(
-    a0: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a1: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a2: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a3: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    d: u32,
-    al: vec4<f32>,
-    p0: vec4<f32>,
-    p1: vec4<f32>,
-    y0: Item,
-    y1: Item,
-) {
-    keys_pv_row(a0, d, al.x, p0.x, p1.x, y0, y1);
+    let x = keys_load(k, u);
+    (*s)[0] += keys_dot_row(i, q0, x);
     if KR > 1u {
-        keys_pv_row(a1, d, al.y, p0.y, p1.y, y0, y1);
+        (*s)[1] += keys_dot_row(i, q1, x);
     }
     if KR > 2u {
-        keys_pv_row(a2, d, al.z, p0.z, p1.z, y0, y1);
-        keys_pv_row(a3, d, al.w, p0.w, p1.w, y0, y1);
+        (*s)[2] += keys_dot_row(i, q2, x);
+        (*s)[3] += keys_dot_row(i, q3, x);
     }
 }
 
-// Units u and u + 1 (u even) of the quantized V rows of the step's keys into every row's
-// accumulator (as keys_qdot_pair).
-fn keys_qpv_pair(
-    u: u32,
-    a0: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a1: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a2: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a3: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    v0: vec2<u32>,
-    v1: vec2<u32>,
-    al: vec4<f32>,
-    p0: vec4<f32>,
-    p1: vec4<f32>,
-    ds: vec4<f32>,
-) {
-    let dq = keys_dsel(u, ds);
-    let w0 = keys_qunit(v0.x, 8u * (v0.y + u));
-    let w1 = keys_qunit(v1.x, 8u * (v1.y + u));
-    keys_pv_rows(a0, a1, a2, a3, 2u * u, al, p0, p1, kv_dequant8(KV_FMT, w0, 8u * (v0.y + u), dq.x), kv_dequant8(KV_FMT, w1, 8u * (v1.y + u), dq.y));
-    keys_pv_rows(a0, a1, a2, a3, 2u * u + 2u, al, p0, p1, kv_dequant8(KV_FMT, w0, 8u * (v0.y + u + 1u), dq.x), kv_dequant8(KV_FMT, w1, 8u * (v1.y + u + 1u), dq.y));
+// Row r's slot i += its p of each key of the trip (components r, r + KR, ...) x the key's V unit.
+fn keys_pv_row(i: u32, a: ptr<function, KeysRow>, pr: vec4<f32>, r: u32, y0: Item, y1: Item, y2: Item, y3: Item) {
+    var lo = pr[r] * y0.lo;
+    var hi = pr[r] * y0.hi;
+    if keys_kpt() > 1u {
+        lo += pr[r + KR] * y1.lo;
+        hi += pr[r + KR] * y1.hi;
+    }
+    if keys_kpt() > 2u {
+        lo += pr[r + 2u] * y2.lo + pr[r + 3u] * y3.lo;
+        hi += pr[r + 2u] * y2.hi + pr[r + 3u] * y3.hi;
+    }
+    (*a)[i] += lo;
+    if keys_two() {
+        (*a)[KEYS_SLOTS + i] += hi;
+    }
 }
 
-// Unit u of the float V rows of the step's keys into every row's accumulator (constant u only).
-fn keys_pv_unit(
-    u: u32,
-    a0: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a1: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a2: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a3: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    v0: vec2<u32>,
-    v1: vec2<u32>,
-    al: vec4<f32>,
-    p0: vec4<f32>,
-    p1: vec4<f32>,
+// y, or 0 where every row's p for the trip's key k is 0.
+fn keys_keep(y: Item, pr: vec4<f32>, k: u32) -> Item {
+    var seen = pr[k & 3u] != 0.0;
+    if KR == 4u {
+        seen = any(pr != vec4<f32>(0.0));
+    } else if KR == 2u {
+        seen = any(select(pr.xy, pr.zw, k == 1u) != vec2<f32>(0.0));
+    }
+    let z = vec4<f32>(0.0);
+    return Item(select(z, y.lo, seen), select(z, y.hi, seen));
+}
+
+// The lane's slot i of every row's accumulator += p x the V rows of the trip's keys (at v0 ..
+// v3; pr in the trip's component layout, `keys_trip_dots`).
+fn keys_pv_slot(
+    i: u32,
+    lane: u32,
+    a0: ptr<function, KeysRow>,
+    a1: ptr<function, KeysRow>,
+    a2: ptr<function, KeysRow>,
+    a3: ptr<function, KeysRow>,
+    v: array<vec2<u32>, 4>,
+    pr: vec4<f32>,
 ) {
-    if u >= keys_units() {
+    let u = keys_slot_unit(lane, i);
+    if !keys_slot_used(i) || (keys_units() % WG != 0u && u >= keys_units()) {
         return;
     }
-    let d = u * select(1u, 2u, keys_two());
-    let y0 = keys_unpack(keys_unit(v0.x, v0.y + u));
+    var y0 = keys_load(v[0], u);
     var y1 = y0;
-    if keys_two() {
-        y1 = keys_unpack(keys_unit(v1.x, v1.y + u));
+    var y2 = y0;
+    var y3 = y0;
+    if keys_kpt() > 1u {
+        y1 = keys_load(v[1], u);
     }
-    keys_pv_rows(a0, a1, a2, a3, d, al, p0, p1, y0, y1);
-}
-
-// Units u0 .. u0 + 8, written out: WGSL cannot ask for unrolling, and llvmpipe keeps a private
-// array indexed by a loop counter in memory, reaching it one invocation at a time.
-fn keys_dot8(
-    u0: u32,
-    q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    s: ptr<function, array<vec4<f32>, 8>>,
-    k0: vec2<u32>,
-    k1: vec2<u32>,
-) {
-    if u0 >= keys_units() {
-        return;
+    if keys_kpt() > 2u {
+        y2 = keys_load(v[2], u);
+        y3 = keys_load(v[3], u);
     }
-    if KV_FMT >= KV_Q8_0 {
-        // Units come in fours (head_dim a multiple of 32): u0 + 4 is the only other bound.
-        let ds = keys_qscales(u0, k0, k1);
-        keys_qdot_pair(u0, q0, q1, q2, q3, s, k0, k1, ds);
-        keys_qdot_pair(u0 + 2u, q0, q1, q2, q3, s, k0, k1, ds);
-        if u0 + 4u < keys_units() {
-            keys_qdot_pair(u0 + 4u, q0, q1, q2, q3, s, k0, k1, ds);
-            keys_qdot_pair(u0 + 6u, q0, q1, q2, q3, s, k0, k1, ds);
-        }
-        return;
+    if mask_bits_on() {
+        // A key the boolean mask hides has p = 0 for every row and its V row is never read
+        // (it may hold anything, NaN included): its values are dropped, not multiplied by 0.
+        y0 = keys_keep(y0, pr, 0u);
+        y1 = keys_keep(y1, pr, 1u);
+        y2 = keys_keep(y2, pr, 2u);
+        y3 = keys_keep(y3, pr, 3u);
     }
-    keys_dot_unit(u0, q0, q1, q2, q3, s, k0, k1);
-    keys_dot_unit(u0 + 1u, q0, q1, q2, q3, s, k0, k1);
-    keys_dot_unit(u0 + 2u, q0, q1, q2, q3, s, k0, k1);
-    keys_dot_unit(u0 + 3u, q0, q1, q2, q3, s, k0, k1);
-    keys_dot_unit(u0 + 4u, q0, q1, q2, q3, s, k0, k1);
-    keys_dot_unit(u0 + 5u, q0, q1, q2, q3, s, k0, k1);
-    keys_dot_unit(u0 + 6u, q0, q1, q2, q3, s, k0, k1);
-    keys_dot_unit(u0 + 7u, q0, q1, q2, q3, s, k0, k1);
-}
-
-fn keys_pv8(
-    u0: u32,
-    a0: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a1: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a2: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    a3: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    v0: vec2<u32>,
-    v1: vec2<u32>,
-    al: vec4<f32>,
-    p0: vec4<f32>,
-    p1: vec4<f32>,
-) {
-    if u0 >= keys_units() {
-        return;
-    }
-    if KV_FMT >= KV_Q8_0 {
-        let ds = keys_qscales(u0, v0, v1);
-        keys_qpv_pair(u0, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
-        keys_qpv_pair(u0 + 2u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
-        if u0 + 4u < keys_units() {
-            keys_qpv_pair(u0 + 4u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
-            keys_qpv_pair(u0 + 6u, a0, a1, a2, a3, v0, v1, al, p0, p1, ds);
-        }
-        return;
-    }
-    keys_pv_unit(u0, a0, a1, a2, a3, v0, v1, al, p0, p1);
-    keys_pv_unit(u0 + 1u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-    keys_pv_unit(u0 + 2u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-    keys_pv_unit(u0 + 3u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-    keys_pv_unit(u0 + 4u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-    keys_pv_unit(u0 + 5u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-    keys_pv_unit(u0 + 6u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-    keys_pv_unit(u0 + 7u, a0, a1, a2, a3, v0, v1, al, p0, p1);
-}
-
-// Score of the KR rows against one key from its dot partials (lanes of s[base + i]).
-fn keys_scores(s: ptr<function, array<vec4<f32>, 8>>, base: u32) -> vec4<f32> {
-    var x = vec4<f32>(NEG_BIG);
-    x.x = cap_logit(dot((*s)[base], vec4<f32>(1.0)));
+    keys_pv_row(i, a0, pr, 0u, y0, y1, y2, y3);
     if KR > 1u {
-        x.y = cap_logit(dot((*s)[base + 1u], vec4<f32>(1.0)));
+        keys_pv_row(i, a1, pr, 1u, y0, y1, y2, y3);
     }
     if KR > 2u {
-        x.z = cap_logit(dot((*s)[base + 2u], vec4<f32>(1.0)));
-        x.w = cap_logit(dot((*s)[base + 3u], vec4<f32>(1.0)));
+        keys_pv_row(i, a2, pr, 2u, y0, y1, y2, y3);
+        keys_pv_row(i, a3, pr, 3u, y0, y1, y2, y3);
     }
-    return x;
+}
+
+// Lane `lane`'s partial dot products of the KR rows with key j (0 for a key past the split or
+// one the boolean mask hides from every row of the block: the softmax drops it).
+fn keys_key_dots(
+    q0: ptr<function, KeysRow>,
+    q1: ptr<function, KeysRow>,
+    q2: ptr<function, KeysRow>,
+    q3: ptr<function, KeysRow>,
+    h: vec2<u32>,
+    j: i32,
+    kv_end: i32,
+    lane: u32,
+    ms: MaskSeq,
+    toks: vec2<u32>,
+) -> vec4<f32> {
+    var s = mat4x4<f32>();
+    if mask_bits_on() && !mask_key_seen(ms, toks.x, toks.y, min(j, kv_end - 1)) {
+        return vec4<f32>(0.0);
+    }
+    // A key past the split reads the last one's row (its logits are dropped).
+    let k = keys_rows(h, u32(min(j, kv_end - 1))).xy;
+    keys_dot_slot(0u, lane, q0, q1, q2, q3, k, &s);
+    keys_dot_slot(1u, lane, q0, q1, q2, q3, k, &s);
+    keys_dot_slot(2u, lane, q0, q1, q2, q3, k, &s);
+    keys_dot_slot(3u, lane, q0, q1, q2, q3, k, &s);
+    keys_dot_slot(4u, lane, q0, q1, q2, q3, k, &s);
+    keys_dot_slot(5u, lane, q0, q1, q2, q3, k, &s);
+    keys_dot_slot(6u, lane, q0, q1, q2, q3, k, &s);
+    keys_dot_slot(7u, lane, q0, q1, q2, q3, k, &s);
+    // The rows' sums: a vec4 of partial products per row, added across once.
+    return vec4<f32>(1.0) * s;
+}
+
+// Keys per trip: the components of a trip's vec4 are (row, key) pairs, component c for row
+// c % KR and key c / KR, so that the scores, p and the lanes' exchanges of one row (MHA) carry
+// 4 keys each, not one row's value in one component.
+fn keys_kpt() -> u32 {
+    return 4u / KR;
+}
+
+// Lane `lane`'s partial dot products for the trip's keys j .. j + keys_kpt() in its component
+// layout.
+fn keys_trip_dots(
+    q0: ptr<function, KeysRow>,
+    q1: ptr<function, KeysRow>,
+    q2: ptr<function, KeysRow>,
+    q3: ptr<function, KeysRow>,
+    h: vec2<u32>,
+    j: i32,
+    kv_end: i32,
+    lane: u32,
+    ms: MaskSeq,
+    toks: vec2<u32>,
+) -> vec4<f32> {
+    let d0 = keys_key_dots(q0, q1, q2, q3, h, j, kv_end, lane, ms, toks);
+    if KR == 4u {
+        return d0;
+    }
+    let d1 = keys_key_dots(q0, q1, q2, q3, h, j + 1, kv_end, lane, ms, toks);
+    if KR == 2u {
+        return vec4<f32>(d0.xy, d1.xy);
+    }
+    let d2 = keys_key_dots(q0, q1, q2, q3, h, j + 2, kv_end, lane, ms, toks);
+    let d3 = keys_key_dots(q0, q1, q2, q3, h, j + 3, kv_end, lane, ms, toks);
+    return vec4<f32>(d0.x, d1.x, d2.x, d3.x);
+}
+
+// Each component's row maximum over the components of the same row (the trip's keys).
+fn keys_rowmax(x: vec4<f32>) -> vec4<f32> {
+    if KR == 4u {
+        return x;
+    }
+    let m2 = max(x.xy, x.zw);
+    if KR == 2u {
+        return vec4<f32>(m2, m2);
+    }
+    return vec4<f32>(max(m2.x, m2.y));
+}
+
+// Row r's sum over its components.
+fn keys_rowsum(x: vec4<f32>, r: u32) -> f32 {
+    var t = x[r];
+    if keys_kpt() > 1u {
+        t += x[r + KR];
+    }
+    if keys_kpt() > 2u {
+        t += x[r + 2u] + x[r + 3u];
+    }
+    return t;
 }
 
 // `mask_logit` of four rows' logits x for key j (rows at positions pos, query heads hq).
-fn keys_mask(x: vec4<f32>, j: i32, pos: vec4<i32>, hq: vec4<u32>, ms: MaskSeq) -> vec4<f32> {
+fn keys_mask(x: vec4<f32>, j: vec4<i32>, pos: vec4<i32>, hq: vec4<u32>, ms: MaskSeq) -> vec4<f32> {
     if !MASKS {
         return x;
     }
     return vec4<f32>(
-        mask_logit(x.x, j, pos.x, hq.x, ms),
-        mask_logit(x.y, j, pos.y, hq.y, ms),
-        mask_logit(x.z, j, pos.z, hq.z, ms),
-        mask_logit(x.w, j, pos.w, hq.w, ms),
+        mask_logit(x.x, j.x, pos.x, hq.x, ms),
+        mask_logit(x.y, j.y, pos.y, hq.y, ms),
+        mask_logit(x.z, j.z, pos.z, hq.z, ms),
+        mask_logit(x.w, j.w, pos.w, hq.w, ms),
     );
 }
 
@@ -386,19 +381,86 @@ fn keys_shown(x: vec4<f32>) -> vec4<bool> {
     return vec4<bool>(shown(x.x), shown(x.y), shown(x.z), shown(x.w));
 }
 
-// Rows r0 .. r0 + KR (q0 .. q3 pre-scaled; rows past `rows` are computed on a clamped copy and
-// not stored) over the keys kv.x + lane, kv.x + lane + WG, ... < kv.y of the head `h` (kv head
-// kvh, for the rows' ALiBi slopes), queries at positions ms.q_offset + r / group (ms: the
-// sequence's mask inputs); the partial of row r0 + i goes to part_out[e + i * row_step].
-// A step of halves or quantized K/V takes two keys of the lane (j and j + WG): both are scored
-// first, then one running-max update and one rescale of the accumulators serve both (also for one
-// row: the two keys' loads and dot products are independent, which llvmpipe overlaps;
-// BENCHMARKS.md, round five). An f32 step takes one key (`keys_two`), as many 16-byte units.
+// The logits of trip t (the sum of the lanes' partials; component c for key j[c] and the row
+// whose position, slope and head are pos[c], slope[c], hq[c]), NEG_BIG where the row does not see
+// the key (past the split, past the rows, outside the visible interval, masked).
+fn keys_logits(
+    t: u32,
+    j: vec4<i32>,
+    kv_end: i32,
+    row_ok: vec4<bool>,
+    pos: vec4<i32>,
+    slope: vec4<f32>,
+    hq: vec4<u32>,
+    ms: MaskSeq,
+) -> vec4<f32> {
+    // Written out (WG = 8): no loop trips against llvmpipe's cap.
+    let b = t * WG;
+    let sc = ((keys_sc[b] + keys_sc[b + 1u]) + (keys_sc[b + 2u] + keys_sc[b + 3u]))
+        + ((keys_sc[b + 4u] + keys_sc[b + 5u]) + (keys_sc[b + 6u] + keys_sc[b + 7u]));
+    let x = keys_mask(
+        vec4<f32>(cap_logit(sc.x), cap_logit(sc.y), cap_logit(sc.z), cap_logit(sc.w)) + slope * vec4<f32>(j - pos),
+        min(j, vec4<i32>(kv_end - 1)),
+        pos,
+        hq,
+        ms,
+    );
+    let ok = row_ok & (j < vec4<i32>(kv_end)) & vec4<bool>(visible(j.x, pos.x), visible(j.y, pos.y), visible(j.z, pos.z), visible(j.w, pos.w)) & keys_shown(x);
+    return select(vec4<f32>(NEG_BIG), x, ok);
+}
+
+// exp(x - m) of a logit from `keys_logits`, 0 for a hidden one.
+fn keys_p(x: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), exp(x - m), x > vec4<f32>(NEG_BIG));
+}
+
+// The lane's slots of row r's accumulator: with `direct` (a sequence's only split, paged),
+// normalised into the output row at element o; else into the row's partial at part_out[e], whose
+// (m, l) lane 0 writes. Every unit of a row is one lane's, so the partial is whole.
+fn keys_store(a: ptr<function, KeysRow>, e: u32, m: f32, l: f32, lane: u32, direct: bool, o: u32, h: u32) {
+    var sc = 1.0;
+    if direct {
+        sc = out_scale(m, l, h);
+    } else if lane == 0u {
+        part_out[e] = vec4<f32>(m, l, 0.0, 0.0);
+    }
+    keys_store_slot(0u, a, e, lane, direct, o, sc);
+    keys_store_slot(1u, a, e, lane, direct, o, sc);
+    keys_store_slot(2u, a, e, lane, direct, o, sc);
+    keys_store_slot(3u, a, e, lane, direct, o, sc);
+    keys_store_slot(4u, a, e, lane, direct, o, sc);
+    keys_store_slot(5u, a, e, lane, direct, o, sc);
+    keys_store_slot(6u, a, e, lane, direct, o, sc);
+    keys_store_slot(7u, a, e, lane, direct, o, sc);
+}
+
+fn keys_store_slot(i: u32, a: ptr<function, KeysRow>, e: u32, lane: u32, direct: bool, o: u32, sc: f32) {
+    let u = keys_slot_unit(lane, i);
+    if !keys_slot_used(i) || (keys_units() % WG != 0u && u >= keys_units()) {
+        return;
+    }
+    let d = keys_v4(u);
+    if direct {
+        store4(o + 4u * d, (*a)[i] * sc);
+        if keys_two() {
+            store4(o + 4u * d + 4u, (*a)[KEYS_SLOTS + i] * sc);
+        }
+        return;
+    }
+    part_out[e + 1u + d] = (*a)[i];
+    if keys_two() {
+        part_out[e + 2u + d] = (*a)[KEYS_SLOTS + i];
+    }
+}
+
+// Rows r0 .. r0 + KR (rows past `rows` are computed on a clamped copy and not stored; q staged by
+// `keys_stage_q`) over the keys kv.x .. kv.y (at most KEYS_TRIPS * keys_kpt(): the planner's
+// chunk cap, `DeviceDesc::keys_chunk_cap`) of the head `h` (kv head kvh, for the rows' ALiBi
+// slopes), queries at positions ms.q_offset + r / group (ms: the sequence's mask inputs). Row
+// r0 + i's partial goes to part_out[e + i * row_step], or with `direct` its output to element
+// o[i] of out_buf. Every invocation calls it (it has barriers, none inside a loop: llvmpipe
+// compiles a loop around a barrier into code about half as fast, BENCHMARKS.md).
 fn keys_partial(
-    q0: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q1: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q2: ptr<function, array<vec4<f32>, MAX_HD4>>,
-    q3: ptr<function, array<vec4<f32>, MAX_HD4>>,
     h: vec2<u32>,
     kvh: u32,
     kv: vec2<i32>,
@@ -408,80 +470,98 @@ fn keys_partial(
     ms: MaskSeq,
     e: u32,
     row_step: u32,
+    direct: bool,
+    o: vec4<u32>,
 ) {
-    // Zero-initialised (WGSL initialises function variables).
-    var a0: array<vec4<f32>, MAX_HD4>;
-    var a1: array<vec4<f32>, MAX_HD4>;
-    var a2: array<vec4<f32>, MAX_HD4>;
-    var a3: array<vec4<f32>, MAX_HD4>;
-    let rr = vec4<u32>(r0, r0 + 1u, r0 + 2u, r0 + 3u);
+    // Per component c of a trip: its row r0 + c % KR and its key's offset c / KR in the trip.
+    let rr = vec4<u32>(r0) + vec4<u32>(0u, 1u, 2u, 3u) % vec4<u32>(KR);
+    let kc = vec4<i32>(vec4<u32>(0u, 1u, 2u, 3u) / vec4<u32>(KR));
     let row_ok = rr < vec4<u32>(min(rows, r0 + KR));
     let rcl = min(rr, vec4<u32>(rows - 1u));
     let pos = vec4<i32>(ms.q_offset) + vec4<i32>(rcl / p.group);
     let slope = vec4<f32>(row_slope(rr.x, kvh), row_slope(rr.y, kvh), row_slope(rr.z, kvh), row_slope(rr.w, kvh));
     let hq = vec4<u32>(kvh * p.group) + rcl % vec4<u32>(p.group);
-    var m = vec4<f32>(NEG_BIG);
-    var l = vec4<f32>(0.0);
     // The block's query tokens (MASKS).
     let toks = vec2<u32>(r0, min(rows, r0 + KR) - 1u) / p.group;
-    for (var j0 = kv.x + i32(lane); j0 < kv.y; j0 += i32(select(1u, 2u, keys_two()) * WG)) {
-        // The second key, clamped into the range so that its loads stay valid; masked below.
-        let j1 = j0 + i32(WG);
-        // MASKS: a step whose keys the boolean mask hides from every row of the block loads
-        // and scores nothing (the lane's keys are its own: no vote).
-        if mask_bits_on() {
-            let two = keys_two() && j1 < kv.y;
-            if !mask_key_seen(ms, toks.x, toks.y, j0) && !(two && mask_key_seen(ms, toks.x, toks.y, j1)) {
-                continue;
-            }
+    let kpt = i32(keys_kpt());
+    let n_trips = min(u32(max(kv.y - kv.x + kpt - 1, 0) / kpt), KEYS_TRIPS);
+
+    // Q K^T: the lane's head slices of each key.
+    var q0 = KeysRow();
+    var q1 = KeysRow();
+    var q2 = KeysRow();
+    var q3 = KeysRow();
+    keys_load_q(lane, &q0, &q1, &q2, &q3);
+    for (var t = 0u; t < n_trips; t++) {
+        keys_sc[t * WG + lane] = keys_trip_dots(&q0, &q1, &q2, &q3, h, kv.x + i32(t) * kpt, kv.y, lane, ms, toks);
+    }
+    workgroupBarrier();
+
+    // Softmax: lane `lane` takes trips lane, lane + WG, ... (hidden keys: NEG_BIG); the maximum
+    // per component, then per row, through workgroup memory; p in place of the logits.
+    var mx = vec4<f32>(NEG_BIG);
+    for (var t = lane; t < n_trips; t += WG) {
+        let x = keys_logits(t, vec4<i32>(kv.x + i32(t) * kpt) + kc, kv.y, row_ok, pos, slope, hq, ms);
+        keys_pb[t] = x;
+        mx = max(mx, x);
+    }
+    keys_mx[lane] = mx;
+    workgroupBarrier();
+    // Constant indices: one load for the workgroup instead of one per lane on llvmpipe. Every
+    // lane computes the same m from the same values; NEG_BIG while nothing is visible.
+    let m = keys_rowmax(max(
+        max(max(keys_mx[0], keys_mx[1]), max(keys_mx[2], keys_mx[3])),
+        max(max(keys_mx[4], keys_mx[5]), max(keys_mx[6], keys_mx[7])),
+    ));
+    var l = vec4<f32>(0.0);
+    for (var t = lane; t < n_trips; t += WG) {
+        let pt = keys_p(keys_pb[t], m);
+        keys_pb[t] = pt;
+        l += pt;
+    }
+    workgroupBarrier();
+
+    // P V: the lane's head slices of each key's V row.
+    var a0 = KeysRow();
+    var a1 = KeysRow();
+    var a2 = KeysRow();
+    var a3 = KeysRow();
+    let last = kv.y - 1;
+    for (var t = 0u; t < n_trips; t++) {
+        let pt = keys_pb[t];
+        let jt = kv.x + i32(t) * kpt;
+        var v: array<vec2<u32>, 4>;
+        v[0] = keys_rows(h, u32(min(jt, last))).zw;
+        if kpt > 1 {
+            v[1] = keys_rows(h, u32(min(jt + 1, last))).zw;
         }
-        let at0 = keys_rows(h, u32(j0));
-        var at1 = at0;
-        if keys_two() {
-            at1 = keys_rows(h, u32(min(j1, kv.y - 1)));
+        if kpt > 2 {
+            v[2] = keys_rows(h, u32(min(jt + 2, last))).zw;
+            v[3] = keys_rows(h, u32(min(jt + 3, last))).zw;
         }
-        // Zero each step. The explicit initializer matters: Dawn's Tint (webgpu 0.6.2) zeroes a
-        // `var` declared in a loop without one only once, so the scores would add up over steps.
-        var s = array<vec4<f32>, 8>();
-        // Up to 64 units (head_dim 256 in f32).
-        keys_dot8(0u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
-        keys_dot8(8u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
-        keys_dot8(16u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
-        keys_dot8(24u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
-        keys_dot8(32u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
-        keys_dot8(40u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
-        keys_dot8(48u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
-        keys_dot8(56u, q0, q1, q2, q3, &s, at0.xy, at1.xy);
-        let x0 = keys_mask(keys_scores(&s, 0u) + slope * vec4<f32>(vec4<i32>(j0) - pos), j0, pos, hq, ms);
-        let ok0 = row_ok & vec4<bool>(visible(j0, pos.x), visible(j0, pos.y), visible(j0, pos.z), visible(j0, pos.w)) & keys_shown(x0);
-        let x1 = keys_mask(keys_scores(&s, 4u) + slope * vec4<f32>(vec4<i32>(j1) - pos), min(j1, kv.y - 1), pos, hq, ms);
-        let ok1 = row_ok & vec4<bool>(keys_two() && j1 < kv.y) & vec4<bool>(visible(j1, pos.x), visible(j1, pos.y), visible(j1, pos.z), visible(j1, pos.w)) & keys_shown(x1);
-        let m_0 = select(m, max(m, x0), ok0);
-        let m_new = select(m_0, max(m_0, x1), ok1);
-        // m_new >= m, so alpha <= 1; while nothing is visible both are NEG_BIG: alpha 1.
-        let al = exp(m - m_new);
-        let p0 = select(vec4<f32>(0.0), exp(x0 - m_new), ok0);
-        let p1 = select(vec4<f32>(0.0), exp(x1 - m_new), ok1);
-        l = l * al + p0 + p1;
-        m = m_new;
-        keys_pv8(0u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
-        keys_pv8(8u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
-        keys_pv8(16u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
-        keys_pv8(24u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
-        keys_pv8(32u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
-        keys_pv8(40u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
-        keys_pv8(48u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
-        keys_pv8(56u, &a0, &a1, &a2, &a3, at0.zw, at1.zw, al, p0, p1);
+        keys_pv_slot(0u, lane, &a0, &a1, &a2, &a3, v, pt);
+        keys_pv_slot(1u, lane, &a0, &a1, &a2, &a3, v, pt);
+        keys_pv_slot(2u, lane, &a0, &a1, &a2, &a3, v, pt);
+        keys_pv_slot(3u, lane, &a0, &a1, &a2, &a3, v, pt);
+        keys_pv_slot(4u, lane, &a0, &a1, &a2, &a3, v, pt);
+        keys_pv_slot(5u, lane, &a0, &a1, &a2, &a3, v, pt);
+        keys_pv_slot(6u, lane, &a0, &a1, &a2, &a3, v, pt);
+        keys_pv_slot(7u, lane, &a0, &a1, &a2, &a3, v, pt);
     }
 
-    store_partial(&a0, e, m.x, l.x);
-    if row_ok.y {
-        store_partial(&a1, e + row_step, m.y, l.y);
+    // The denominator: the lanes' shares, added in a fixed order (keys_mx is free: every lane
+    // read it before the last barrier).
+    keys_mx[lane] = l;
+    workgroupBarrier();
+    let ls = ((keys_mx[0] + keys_mx[1]) + (keys_mx[2] + keys_mx[3])) + ((keys_mx[4] + keys_mx[5]) + (keys_mx[6] + keys_mx[7]));
+    keys_store(&a0, e, m.x, keys_rowsum(ls, 0u), lane, direct, o.x, hq.x);
+    if row_ok.y && KR > 1u {
+        keys_store(&a1, e + row_step, m.y, keys_rowsum(ls, 1u), lane, direct, o.y, hq.y);
     }
-    if row_ok.z {
-        store_partial(&a2, e + 2u * row_step, m.z, l.z);
+    if row_ok.z && KR > 2u {
+        keys_store(&a2, e + 2u * row_step, m.z, keys_rowsum(ls, 2u), lane, direct, o.z, hq.z);
     }
-    if row_ok.w {
-        store_partial(&a3, e + 3u * row_step, m.w, l.w);
+    if row_ok.w && KR > 2u {
+        keys_store(&a3, e + 3u * row_step, m.w, keys_rowsum(ls, 3u), lane, direct, o.w, hq.w);
     }
 }

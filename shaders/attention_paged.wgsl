@@ -404,6 +404,12 @@ fn paged_q_row(sq: Seq, r: u32, kvh: u32) -> u32 {
     return p.q_off + (sq.q_start + rc / p.group) * p.q_st + h * p.q_sh;
 }
 
+// Element offset of the output row of query row r (clamped as `paged_q_row`).
+fn paged_o_row(sq: Seq, r: u32, kvh: u32) -> u32 {
+    let rc = min(r, sq.q_len * p.group - 1u);
+    return p.o_off + (sq.q_start + rc / p.group) * p.o_st + (kvh * p.group + rc % p.group) * p.o_sh;
+}
+
 @compute @workgroup_size(WG)
 fn attn_paged_keys(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -417,19 +423,22 @@ fn attn_paged_keys(
     // The plan gives these work items rows_per_wg = KR.
     let it = paged_item(wg_id);
 
-    var q0: array<vec4<f32>, MAX_HD4>;
-    var q1: array<vec4<f32>, MAX_HD4>;
-    var q2: array<vec4<f32>, MAX_HD4>;
-    var q3: array<vec4<f32>, MAX_HD4>;
     let bases = vec4<u32>(
         paged_q_row(it.sq, it.r0, it.kvh),
         paged_q_row(it.sq, it.r0 + 1u, it.kvh),
         paged_q_row(it.sq, it.r0 + 2u, it.kvh),
         paged_q_row(it.sq, it.r0 + 3u, it.kvh),
     );
-    keys_load_q(lid, bases, &q0, &q1, &q2, &q3);
+    keys_stage_q(lid, bases);
     let stride = part_units();
-    let n_parts = it.sq.n_splits * WG;
-    let e = (it.sq.part_base + (it.kvh * it.rows + it.r0) * n_parts + it.split * WG + lid) * stride;
-    keys_partial(&q0, &q1, &q2, &q3, vec2<u32>(it.sq.bt_off, it.kvh), it.kvh, it.kv, lid, it.r0, it.rows, paged_mask_seq(it.sq), e, n_parts * stride);
+    let n_parts = it.sq.n_splits;
+    let e = (it.sq.part_base + (it.kvh * it.rows + it.r0) * n_parts + it.split) * stride;
+    // A sequence's only split writes its rows' outputs (the planner gives it no partials).
+    let o = vec4<u32>(
+        paged_o_row(it.sq, it.r0, it.kvh),
+        paged_o_row(it.sq, it.r0 + 1u, it.kvh),
+        paged_o_row(it.sq, it.r0 + 2u, it.kvh),
+        paged_o_row(it.sq, it.r0 + 3u, it.kvh),
+    );
+    keys_partial(vec2<u32>(it.sq.bt_off, it.kvh), it.kvh, it.kv, lid, it.r0, it.rows, paged_mask_seq(it.sq), e, n_parts * stride, n_parts == 1u, o);
 }

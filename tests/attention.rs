@@ -7,7 +7,7 @@ use common::*;
 use llama_kernels::compare::{compare, tolerance};
 use llama_kernels::ops::attention::{
     Kind, DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS, KEYS_MAX_ROWS,
-    KEYS_MIN_CHUNK, KEYS_TARGET_WORKGROUPS, KEYS_WG,
+    KEYS_TRIPS,
 };
 use llama_kernels::reference::attention as reference;
 use llama_kernels::{Attention, DType, Error, Tensor};
@@ -695,16 +695,15 @@ fn thresholds() {
     let mut c = Case::new(1, 1000, heads, heads, 4);
     c.kind = Some(Kind::Decode);
     assert_eq!(c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap().splits, 1);
-    // DecodeKeys: with KEYS_TARGET_WORKGROUPS workgroups already (one row block per kv head),
-    // splits only by chunk size, at KEYS_MIN_CHUNK -1, =, +1.
-    let m = KEYS_MIN_CHUNK;
+    // DecodeKeys: chunks of KEYS_TRIPS trips of 4 / kr keys, at the cap -1, =, +1 (one row per
+    // workgroup: 4 keys a trip; the last trip of cap - 1 is partial), one partial per split.
+    let m = KEYS_TRIPS * 4;
     for (kv_len, expect_splits) in [(m - 1, 1), (m, 1), (m + 1, 2)] {
-        let heads = KEYS_TARGET_WORKGROUPS / 2;
-        let mut c = Case::new(1, kv_len, heads, heads, HD);
+        let mut c = Case::new(1, kv_len, 2, 2, HD);
         c.kind = Some(Kind::DecodeKeys);
         let plan = c.op().plan(&ctx, dims_of(&c), c.dtype).unwrap();
         assert_eq!(plan.splits, expect_splits, "kv_len {kv_len}");
-        assert_eq!(plan.lanes, KEYS_WG as usize);
+        assert_eq!(plan.lanes, 1);
         check(c, 5400 + kv_len as u64);
     }
     // DecodeKeys rows per workgroup: rows = g (one token) at KEYS_MAX_ROWS -1, =, +1.

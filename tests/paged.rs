@@ -620,8 +620,9 @@ fn pool_over_several_buffers() {
     let cmp = compare(&got, &w.want(&op, None));
     assert!(cmp.passes(tol(DType::F32)), "{cmp}");
     // The prefill rows (one split, one lane each) write their output directly: only the decode
-    // row has partials (2 kv heads x 4 rows x splits x 8 lanes).
-    assert_eq!(batch.partials(), 2 * 4 * batch.splits()[0] * 8);
+    // row has partials (2 kv heads x 4 rows x splits, one per split: DecodeKeys' lanes own head
+    // slices).
+    assert_eq!(batch.partials(), 2 * 4 * batch.splits()[0]);
     // Four buffers' worth of pages is refused at creation, naming the limit.
     expect_err(
         PagedKvCache::new(&small, PagedKvConfig { n_pages: 25, page_size: PAGE, n_kv_heads: 2, head_dim: HD, dtype: DType::F32, layout: PageLayout::Nhd, kv_format: None }),

@@ -3,7 +3,8 @@
 
 use super::subgroup_decode::{sg_reads_rows, sg_rows_max_kv};
 use super::{
-    prefill_sg_shape, sg_shape, KEYS_WG, PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE, PREFILL_WG,
+    prefill_sg_shape, sg_shape, KEYS_TRIPS, KEYS_WG, PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE,
+    PREFILL_WG,
 };
 use crate::context::Context;
 use crate::kv_format::KvFormat;
@@ -183,12 +184,8 @@ impl DeviceDesc {
         Some((50_000 - staging - 64) / per_tile * PREFILL_KEYS_TILE)
     }
     /// See [`keys_loop_cap_keys`](super::keys_loop_cap_keys).
-    pub fn keys_loop_cap_keys(&self, head_dim: usize, kr: usize) -> Option<usize> {
-        if !self.is_cpu() {
-            return None;
-        }
-        let hd4 = head_dim / 4;
-        Some((50_000 - 2 * kr * (hd4 + 1)) * 2 * KEYS_WG as usize)
+    pub fn keys_loop_cap_keys(&self, _head_dim: usize, kr: usize) -> Option<usize> {
+        Some(KEYS_TRIPS * (4 / kr.clamp(1, 4)))
     }
     /// Keys one [`Kind::PrefillSubgroup`](super::Kind::PrefillSubgroup) split may hold, if
     /// limited (see [`loop_cap_keys`](super::loop_cap_keys)): per block of 4 keys, the block

@@ -3,7 +3,7 @@
 //! and `llama-kernels info` prints it.
 
 use super::{
-    prefill_class, prefill_sg_shape, Dims, Kind, Plan, DECODE_WG, KEYS_WG, MAX_BK, MAX_HEAD_DIM,
+    prefill_class, prefill_sg_shape, Dims, Kind, Plan, DECODE_WG, KEYS_TRIPS, KEYS_WG, MAX_BK, MAX_HEAD_DIM,
     MERGE_WG, PREFILL_ROWS_PER_INVOCATION, PREFILL_WG,
 };
 
@@ -85,11 +85,14 @@ impl Plan {
                 DecodeGeometry {
                     workgroups,
                     invocations: KEYS_WG,
-                    workgroup_bytes: 0,
-                    // Four q rows of the largest head (`attention_keys.wgsl`), as declared.
-                    registers_per_lane: 4 * 4 * max_hd4,
+                    // The staged q rows, the trips' partial scores, the lanes' maxima and p
+                    // (`attention_keys.wgsl`), as declared.
+                    workgroup_bytes: (4 * max_hd4 + KEYS_TRIPS as u32 * (KEYS_WG + 1) + KEYS_WG) * 16,
+                    // The lane's head slices of four q rows and four accumulators, as declared.
+                    registers_per_lane: 2 * 4 * 16 * 4,
                     bytes_per_load: 16,
-                    lanes_per_row: 1,
+                    // The lanes own head slices of every row.
+                    lanes_per_row: KEYS_WG,
                     splits: self.splits,
                     merge_workgroups,
                     merge_invocations,

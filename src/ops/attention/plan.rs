@@ -20,11 +20,6 @@ pub const DECODE_MAX_Q_LEN: usize = 8;
 pub const DECODE_TARGET_WORKGROUPS: usize = 512;
 /// Decode chunks hold at least this many keys.
 pub const DECODE_MIN_CHUNK: usize = 64;
-/// [`Kind::DecodeKeys`] aims at this many workgroups (a few per CPU core, for load balance),
-/// with chunks of at least [`KEYS_MIN_CHUNK`] keys.
-pub const KEYS_TARGET_WORKGROUPS: usize = 32;
-/// [`Kind::DecodeKeys`] chunks hold at least this many keys (fewer partials to merge).
-pub const KEYS_MIN_CHUNK: usize = 512;
 
 /// True when decode on this adapter takes [`Kind::DecodeSubgroup`] where it would take
 /// [`Kind::Decode`]: the device has `SUBGROUP` and is not a CPU adapter (llvmpipe's
@@ -338,7 +333,8 @@ impl Attention {
         };
         let wg = variant.wg() as usize;
         let (rows_per_wg, lanes) = match kind {
-            Kind::DecodeKeys => (kr, wg),
+            // One partial per (row, split): the lanes own head slices, not keys.
+            Kind::DecodeKeys => (kr, 1),
             // One partial per (row, split): the lane groups merge inside the workgroup.
             Kind::DecodeSubgroup => (kr, 1),
             // Split or not, a prefill workgroup owns PREFILL_WG rows, one key lane each.
@@ -366,12 +362,11 @@ impl Attention {
                 }
             }
             Kind::Decode | Kind::DecodeKeys | Kind::DecodeSubgroup => {
-                let (target, min_chunk) = match kind {
-                    Kind::DecodeKeys => (KEYS_TARGET_WORKGROUPS, KEYS_MIN_CHUNK),
-                    _ => (DECODE_TARGET_WORKGROUPS, DECODE_MIN_CHUNK),
-                };
+                let (target, min_chunk) = (DECODE_TARGET_WORKGROUPS, DECODE_MIN_CHUNK);
                 let want = match self.splits {
                     Some(s) => (s as usize).max(min_splits),
+                    // Chunks of the kernel's cap: each workgroup one pass without a loop.
+                    None if kind == Kind::DecodeKeys => min_splits,
                     None if kind == Kind::DecodeSubgroup => sg_splits(
                         dev,
                         wg as u32,

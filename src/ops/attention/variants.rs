@@ -26,6 +26,10 @@ pub const DECODE_WG: u32 = 32;
 pub const KEYS_WG: u32 = 8;
 /// Most query rows one [`Kind::DecodeKeys`] invocation computes (more rows take more row blocks).
 pub const KEYS_MAX_ROWS: usize = 4;
+/// Trips of one [`Kind::DecodeKeys`] workgroup over its keys, each `4 / kr` keys (`KEYS_TRIPS` in
+/// `shaders/attention_keys.wgsl`): its split holds at most this many trips' keys, so the kernel
+/// has no loop around its barriers.
+pub const KEYS_TRIPS: usize = 64;
 /// Query rows per [`Kind::PrefillKeys`] workgroup (its [`KEYS_WG`] invocations share them).
 pub const PREFILL_KEYS_ROWS: usize = 8;
 /// Keys per [`Kind::PrefillKeys`] tile (8 per invocation).

@@ -262,7 +262,7 @@ impl PagedBatch {
         let shape_of = |kind: Kind, rows: usize| match kind {
             Kind::DecodeKeys => (
                 rows.next_power_of_two().min(attention::KEYS_MAX_ROWS),
-                attention::KEYS_WG as usize,
+                1,
             ),
             // One partial per (row, split): the lane groups merge inside the workgroup.
             Kind::DecodeSubgroup => (
@@ -300,9 +300,8 @@ impl PagedBatch {
             base_keys[0]
                 .div_ceil(attention::DECODE_TARGET_WORKGROUPS)
                 .max(attention::DECODE_MIN_CHUNK),
-            base_keys[1]
-                .div_ceil(attention::KEYS_TARGET_WORKGROUPS)
-                .max(attention::KEYS_MIN_CHUNK),
+            // DecodeKeys: chunks of its cap (below) at any batch.
+            usize::MAX,
             base_keys[2].div_ceil(resident).max(attention::SG_MIN_CHUNK),
         ];
         let mut q_start = 0;

@@ -516,22 +516,23 @@ fn llama3_8b_on_webgpu_defaults() {
 
 #[test]
 fn llama3_8b_on_lavapipe() {
-    // CPU adapter, aligned rows: DecodeKeys aims at 32 workgroups (8 kv heads x 4 splits),
-    // chunks of at least 512 keys, far below its loop cap; PrefillKeys in one pass.
+    // CPU adapter, aligned rows: DecodeKeys in chunks of its cap (64 trips of one key at four
+    // rows per workgroup), one partial per split; PrefillKeys in one pass.
     let dev = DeviceDesc::lavapipe();
     assert_eq!(
         pick(&dev, DECODE_4K),
-        (Kind::DecodeKeys, 4, 4, 8, 4, 1024, 32, false)
+        (Kind::DecodeKeys, 4, 4, 1, 64, 64, 32, false)
     );
     assert_eq!(
         pick(&dev, DECODE_32K),
-        (Kind::DecodeKeys, 4, 4, 8, 4, 8192, 32, false)
+        (Kind::DecodeKeys, 4, 4, 1, 512, 64, 32, false)
     );
     assert_eq!(
         pick(&dev, PREFILL_2K),
         (Kind::PrefillKeys, 1, 8, 1, 1, 2048, 32, false)
     );
-    assert_eq!(dev.keys_loop_cap_keys(128, 4), Some(795_776));
+    assert_eq!(dev.keys_loop_cap_keys(128, 4), Some(64));
+    assert_eq!(DeviceDesc::nvidia().keys_loop_cap_keys(128, 1), Some(256));
     assert_eq!(dev.prefill_keys_loop_cap_keys(128), Some(30_400));
     assert_eq!(dev.loop_cap_keys(128), Some(724));
     assert_eq!(DeviceDesc::nvidia().loop_cap_keys(128), None);
