@@ -53,7 +53,7 @@ pub const ATTENTION_SPLIT_WGSL: &str = include_str!("../shaders/attention_split.
 /// The contiguous K/V windows as 16-byte views and `keys_unit`, shared by the contiguous decode
 /// modules and the contiguous subgroup prefill.
 pub const ATTENTION_KV4_WGSL: &str = include_str!("../shaders/attention_kv4.wgsl");
-/// The CPU-adapter decode kernels' key-lane step (`keys_partial`), for the decode and paged
+/// The CPU-adapter decode kernels' step (`keys_partial`), for the decode and paged
 /// modules, which define where a key's rows live.
 pub const ATTENTION_KEYS_WGSL: &str = include_str!("../shaders/attention_keys.wgsl");
 

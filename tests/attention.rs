@@ -6,8 +6,7 @@ use crate::common;
 use common::*;
 use llama_kernels::compare::{compare, tolerance};
 use llama_kernels::ops::attention::{
-    Kind, DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS, KEYS_MAX_ROWS,
-    KEYS_TRIPS,
+    Kind, DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS, KEYS_MAX_ROWS, KEYS_TRIPS,
 };
 use llama_kernels::reference::attention as reference;
 use llama_kernels::{Attention, DType, Error, Tensor};

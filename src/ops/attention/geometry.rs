@@ -3,8 +3,8 @@
 //! and `llama-kernels info` prints it.
 
 use super::{
-    prefill_class, prefill_sg_shape, Dims, Kind, Plan, DECODE_WG, KEYS_TRIPS, KEYS_WG, MAX_BK, MAX_HEAD_DIM,
-    MERGE_WG, PREFILL_ROWS_PER_INVOCATION, PREFILL_WG,
+    prefill_class, prefill_sg_shape, Dims, Kind, Plan, DECODE_WG, KEYS_TRIPS, KEYS_WG, MAX_BK,
+    MAX_HEAD_DIM, MERGE_WG, PREFILL_ROWS_PER_INVOCATION, PREFILL_WG,
 };
 
 /// What one decode call launches (the partial pass and the merge).
@@ -87,7 +87,8 @@ impl Plan {
                     invocations: KEYS_WG,
                     // The staged q rows, the trips' partial scores, the lanes' maxima and p
                     // (`attention_keys.wgsl`), as declared.
-                    workgroup_bytes: (4 * max_hd4 + KEYS_TRIPS as u32 * (KEYS_WG + 1) + KEYS_WG) * 16,
+                    workgroup_bytes: (4 * max_hd4 + KEYS_TRIPS as u32 * (KEYS_WG + 1) + KEYS_WG)
+                        * 16,
                     // The lane's head slices of four q rows and four accumulators, as declared.
                     registers_per_lane: 2 * 4 * 16 * 4,
                     bytes_per_load: 16,

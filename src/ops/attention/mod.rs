@@ -69,19 +69,23 @@
 //!   workgroups; each K/V row of a chunk is read once per kv head and shared by the g query heads.
 //!   Every (row, split, lane) writes a partial (m, l, acc); a second pass merges them in that fixed
 //!   order, so results are bitwise repeatable. Empty chunks write (-3e38, 0, 0) and add nothing.
-//! - [`Kind::DecodeKeys`] (`attn_decode_keys` in `shaders/attention_decode.wgsl`, its key-lane
-//!   step `keys_partial` in `shaders/attention_keys.wgsl`, shared with the paged kernel's
-//!   `attn_paged_keys`), decode for CPU adapters: each of the [`KEYS_WG`] invocations of a workgroup owns whole keys (`lane`,
-//!   `lane + 8`, ... of the split's chunk), reads each K/V row once with 16-byte loads (8 halves
-//!   or 4 f32 per load) and uses it for all `kr` (<= [`KEYS_MAX_ROWS`]) query rows of the
-//!   workgroup's row block, so a GQA group shares every load. No workgroup memory, no barriers;
-//!   every (row, split, lane) writes a partial, merged by the same fixed-order pass as Decode.
-//!   Why: llvmpipe (Mesa 22.3) runs 8 invocations per SIMD vector and issues every load as one
-//!   scalar access per invocation (also for workgroup-uniform addresses and workgroup memory),
-//!   while a 16-byte load costs about as much as a 4-byte one; so the count of load
-//!   instructions per invocation is what costs, and Decode's staging in workgroup memory (a
-//!   global load, a shared store and one shared load per row for every element) is 5-10x slower
-//!   here. Needs 16-byte aligned K/V rows ([`kv_rows_aligned`]).
+//! - [`Kind::DecodeKeys`] (`attn_decode_keys` in `shaders/attention_decode.wgsl`, its step
+//!   `keys_partial` in `shaders/attention_keys.wgsl`, shared with the paged kernel's
+//!   `attn_paged_keys`), decode for CPU adapters, shaped like [`Kind::PrefillKeys`]: the
+//!   [`KEYS_WG`] invocations of a workgroup own 16-byte head slices of its `kr` (<=
+//!   [`KEYS_MAX_ROWS`]) query rows; for each key they load their slices of its K row (4 f32 or
+//!   8 halves / quantized values per load) against every row, so a GQA group shares every load,
+//!   and exchange the partial scores through workgroup memory, where each lane owns keys for the
+//!   softmax; then each lane adds p times its slices of the V rows. A trip's vec4 holds (row, key)
+//!   pairs, `4 / kr` keys, so that one row (MHA) still moves 4 keys per exchange. A workgroup
+//!   makes one pass over at most [`KEYS_TRIPS`] trips (the planner's chunks,
+//!   [`keys_loop_cap_keys`]) and writes one partial per (row, split), merged by the same
+//!   fixed-order pass as Decode. Why: llvmpipe (Mesa 22.3) runs 8 invocations per SIMD vector,
+//!   issues every load as one scalar access per invocation (also for workgroup-uniform
+//!   addresses), keeps a private array in registers only for constant indices, and compiles a
+//!   loop around a barrier into slow code; its LLVM compile time follows the amount of
+//!   written-out code, so the head is split over the lanes rather than written out per lane.
+//!   Needs 16-byte aligned K/V rows ([`kv_rows_aligned`]).
 //! - [`Kind::DecodeSubgroup`] (`attn_decode_sg` in `shaders/attention_decode_subgroup.wgsl`, a
 //!   module of its own: subgroup operations fail validation without `SUBGROUP`), decode for
 //!   GPUs, after flash-decoding and FlashInfer's decode kernels: one workgroup of [`SG_WG`]
@@ -171,10 +175,10 @@ pub use variants::{
     tile_v4_for, with_int8_dot, with_masks, with_wg, Axes, Kind, SgShape, Variant,
     ATTENTION_DECODE, ATTENTION_DECODE_SUBGROUP, ATTENTION_DECODE_SUBGROUP_F16, ATTENTION_PREFILL,
     ATTENTION_PREFILL_F16, ATTENTION_PREFILL_F16_HD128, ATTENTION_PREFILL_F16_HD64,
-    ATTENTION_PREFILL_HD128, ATTENTION_PREFILL_HD64, DECODE_WG, HEAD_DIMS, KEYS_MAX_ROWS, KEYS_TRIPS, KEYS_WG,
-    KINDS, MASKED_HEAD_DIM, MAX_HEAD_DIM, MERGE_WG, MODULES, PREFILL_CLASSES, PREFILL_KEYS_ROWS,
-    PREFILL_KEYS_TILE, PREFILL_MODULES, PREFILL_ROWS_PER_INVOCATION, PREFILL_WG, RUN_TIME_PATH,
-    SG_ITEM_PACKED, SG_MAX_ROWS, SG_MAX_WORKGROUP_BYTES, SG_WG, SUBGROUP_MIN_SIZES,
+    ATTENTION_PREFILL_HD128, ATTENTION_PREFILL_HD64, DECODE_WG, HEAD_DIMS, KEYS_MAX_ROWS,
+    KEYS_TRIPS, KEYS_WG, KINDS, MASKED_HEAD_DIM, MAX_HEAD_DIM, MERGE_WG, MODULES, PREFILL_CLASSES,
+    PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE, PREFILL_MODULES, PREFILL_ROWS_PER_INVOCATION, PREFILL_WG,
+    RUN_TIME_PATH, SG_ITEM_PACKED, SG_MAX_ROWS, SG_MAX_WORKGROUP_BYTES, SG_WG, SUBGROUP_MIN_SIZES,
     SUBGROUP_MODULES, WORKGROUP_STORAGE,
 };
 

@@ -71,11 +71,10 @@ pub fn prefill_keys_loop_cap_keys(ctx: &Context, head_dim: usize) -> Option<usiz
     DeviceDesc::of(ctx).prefill_keys_loop_cap_keys(head_dim)
 }
 
-/// Keys one [`Kind::DecodeKeys`] workgroup (all [`KEYS_WG`](super::KEYS_WG) lanes) may loop over on this adapter
-/// with `kr` rows per workgroup, if limited (see [`loop_cap_keys`]): the key loop is the only loop
-/// inside the key-lane step (its head_dim work is written out, `shaders/attention_keys.wgsl`), one
-/// trip per step of 2 keys of a lane; the q load and partial store loops (head_dim / 4 trips per
-/// row) are taken off the budget.
+/// Keys one [`Kind::DecodeKeys`] workgroup takes with `kr` rows per workgroup, on any adapter:
+/// [`KEYS_TRIPS`](super::KEYS_TRIPS) trips of `4 / kr` keys, one pass without a loop around the
+/// kernel's barriers (`shaders/attention_keys.wgsl`). The planners split the keys into chunks of
+/// this size.
 pub fn keys_loop_cap_keys(ctx: &Context, head_dim: usize, kr: usize) -> Option<usize> {
     DeviceDesc::of(ctx).keys_loop_cap_keys(head_dim, kr)
 }

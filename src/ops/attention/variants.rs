@@ -22,7 +22,8 @@ pub const PREFILL_WG: u32 = 64;
 pub const PREFILL_ROWS_PER_INVOCATION: u32 = 4;
 /// Rows per decode workgroup (and invocations per merge workgroup).
 pub const DECODE_WG: u32 = 32;
-/// Key lanes per workgroup of [`Kind::DecodeKeys`]: llvmpipe's SIMD width (8 f32 at 256 bits).
+/// Invocations per workgroup of [`Kind::DecodeKeys`] and [`Kind::PrefillKeys`]: llvmpipe's SIMD
+/// width (8 f32 at 256 bits).
 pub const KEYS_WG: u32 = 8;
 /// Most query rows one [`Kind::DecodeKeys`] invocation computes (more rows take more row blocks).
 pub const KEYS_MAX_ROWS: usize = 4;
@@ -61,8 +62,8 @@ pub enum Kind {
     PrefillKeys,
     /// Split-KV decode with a merge pass, a workgroup per (batch, kv head, split).
     Decode,
-    /// Decode for CPU adapters (`attn_decode_keys`): each invocation owns whole keys, reads
-    /// their K/V rows once with 16-byte loads and serves all rows of the group with them.
+    /// Decode for CPU adapters (`attn_decode_keys`): the invocations own 16-byte head slices,
+    /// read each K/V row once with 16-byte loads and serve all rows of the group with them.
     DecodeKeys,
     /// Decode for GPUs with `SUBGROUP` (`attn_decode_sg`): the lanes of a subgroup split
     /// head_dim, finish each score with `subgroupAdd`, and share every K/V row they load across

@@ -260,10 +260,7 @@ impl PagedBatch {
         };
         // (rows per workgroup, lanes) of a sequence's rows, by kernel.
         let shape_of = |kind: Kind, rows: usize| match kind {
-            Kind::DecodeKeys => (
-                rows.next_power_of_two().min(attention::KEYS_MAX_ROWS),
-                1,
-            ),
+            Kind::DecodeKeys => (rows.next_power_of_two().min(attention::KEYS_MAX_ROWS), 1),
             // One partial per (row, split): the lane groups merge inside the workgroup.
             Kind::DecodeSubgroup => (
                 rows.next_power_of_two()

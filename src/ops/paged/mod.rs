@@ -41,11 +41,11 @@
 //!
 //! On CPU adapters the decode sequences' rows (at most
 //! [`attention::DECODE_MAX_Q_LEN`](crate::ops::attention::DECODE_MAX_Q_LEN) queries)
-//! take the contiguous [`Kind::DecodeKeys`] design instead (`attn_paged_keys`): 8 key lanes per
-//! (sequence, row block, split, kv head), each owning whole keys and reading each K/V row once
-//! with 16-byte loads straight from its page (a kv head's row is contiguous inside a page in
-//! both layouts), serving up to 4 query rows of the GQA group with it; a partial per (row, split,
-//! lane), the same merge. The plan picks it as the contiguous dispatcher does (CPU adapter, and
+//! take the contiguous [`Kind::DecodeKeys`] design instead (`attn_paged_keys`): 8 lanes per
+//! (sequence, row block, split, kv head), each owning 16-byte head slices and reading them from
+//! each K/V row once straight from its page (a kv head's row is contiguous inside a page in both
+//! layouts), serving up to 4 query rows of the GQA group with them; a partial per (row, split),
+//! the same merge, or a sequence's only split writes its output. The plan picks it as the contiguous dispatcher does (CPU adapter, and
 //! head_dim a multiple of 8 so that rows are 16-byte aligned in every dtype);
 //! [`PlanOptions::decode`] forces either kernel. The batch keeps one work-item list per pass (the
 //! tile kernel, DecodeKeys with 1, 2 and 4 rows per workgroup), and the call records one dispatch
