@@ -243,13 +243,20 @@ fn paged_item(wg_id: u32) -> PagedItem {
     return PagedItem(sq, kvh, split, rows, r0, r_last, kv);
 }
 
-// Keys j0 .. j0 + n of one kv head into k_tile / v_tile, spread over the workgroup.
+// Keys j0 .. j0 + n of one kv head into k_tile / v_tile, spread over the workgroup: K's units,
+// then V's, through one `pool_load4` call (its half-type conversion is inlined once: llvmpipe's
+// compile time follows the inlined code, BENCHMARKS.md).
 fn stage_tile_paged(lid: u32, j0: i32, n: u32, bt_off: u32, kvh: u32) {
-    for (var i = lid; i < n * HD4; i += WG) {
-        let a = key_addr(bt_off, u32(j0) + i / HD4, kvh);
-        let d4 = 4u * (i % HD4);
-        k_tile[i] = pool_load4(a.x, a.y + d4);
-        v_tile[i] = pool_load4(a.x, a.y + p.k_off + d4);
+    for (var i = lid; i < 2u * n * HD4; i += WG) {
+        let v = i >= n * HD4;
+        let iu = select(i, i - n * HD4, v);
+        let a = key_addr(bt_off, u32(j0) + iu / HD4, kvh);
+        let x = pool_load4(a.x, a.y + select(0u, p.k_off, v) + 4u * (iu % HD4));
+        if v {
+            v_tile[iu] = x;
+        } else {
+            k_tile[iu] = x;
+        }
     }
 }
 
