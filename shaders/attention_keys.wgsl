@@ -3,27 +3,28 @@
 //
 // `keys_partial`: the step of the CPU-adapter decode kernels `attn_decode_keys` (contiguous K/V)
 // and `attn_paged_keys` (pages), shaped like `attn_prefill_keys` (FlashAttention-2's step,
-// Dao 2023, over blocks of WG keys): a workgroup of WG (8) invocations owns KR query rows (query
-// heads x tokens of one kv head) and one split of the keys, and per block of WG keys
-// - Q K^T, lanes own head slices: lane `lane` holds the 16-byte units `lane`, `lane + WG`, ... of
-//   every row of q (`KeysRow`, pre-scaled) and, for each key of the block in turn, loads its units
-//   of the key's K row (16-byte loads: 4 f32 or 8 halves / quantized values) and writes its
-//   partial dot products (a vec4 over the KR rows) to workgroup memory;
-// - softmax, lanes own keys: lane t sums the WG partials of key t, applies the soft cap, ALiBi,
-//   the masks and the visibility rules, and the block's maximum goes through workgroup memory, so
-//   every lane holds the same running maximum m; lane t writes p = exp(x - m) of its key and keeps
-//   its own share of the denominator l;
+// Dao 2023): a workgroup of WG (8) invocations owns KR query rows (query heads x tokens of one
+// kv head) and one chunk of the keys, at most KEYS_TRIPS trips of keys_kpt() keys, in one pass:
+// - Q K^T, lanes own head slices: each lane holds its 16-byte units of every row of q (`KeysRow`,
+//   pre-scaled; `keys_slot_unit`) and, for each trip in turn, loads its units of the trip's K
+//   rows (4 f32 or 8 halves / quantized values per load) and writes its partial dot products to
+//   workgroup memory, a vec4 of (row, key) pairs (`keys_trip_dots`: 4 / KR keys, so that one row
+//   still moves 4 keys per exchange);
+// - softmax, lanes own trips: lane t sums the WG partials of trips t, t + WG, ..., applies the
+//   soft cap, ALiBi, the masks and the visibility rules; the maximum goes through workgroup
+//   memory, so every lane holds the same m; the lane writes p = exp(x - m) and keeps its own
+//   share of the denominator l;
 // - P V, lanes own head slices again: each lane adds p times its units of every key's V row into
 //   its accumulators (`KeysRow` per row).
-// Three barriers per block (one thread per workgroup on llvmpipe: cheap). Every per-lane array
-// is indexed by constants only (slots written out, `keys_dot_slot` / `keys_pv_slot`): llvmpipe
-// keeps a private array indexed by a loop counter in memory and reaches it one invocation at a
-// time. The loops over the block's keys stay rolled, so the code LLVM compiles per block is one
-// key's units for KR rows, not the whole head (BENCHMARKS.md, cold compile).
+// Four barriers, none inside a loop: llvmpipe compiles a loop around a barrier into code about
+// half as fast, so the planner gives each workgroup a chunk it takes in one pass. Every per-lane
+// array is indexed by constants only (slots written out, `keys_dot_slot` / `keys_pv_slot`):
+// llvmpipe keeps a private array indexed by a loop counter in memory and reaches it one
+// invocation at a time. The loops over the trips stay rolled, so the code LLVM compiles is one
+// trip's units for KR rows, not the whole head (BENCHMARKS.md, cold compile).
 //
-// Each (row, split, lane) writes a partial like `attn_decode_partial` (lanes = WG), merged by the
-// same fixed-order pass: (m, lane's share of l) and the accumulator units the lane owns, zero
-// elsewhere, so the merge adds exact zeros and the row's result is the workgroup's.
+// Each (row, split) gets one partial like `attn_decode_partial` (lanes = 1), merged by the same
+// fixed-order pass: lane 0 writes (m, l), every lane its accumulator units.
 //
 // The including kernel supplies where rows live: `keys_rows(h, j)` gives (K source, K unit,
 // V source, V unit) for key j of the head described by `h`, `keys_unit(src, i)` loads 16-byte
@@ -33,20 +34,19 @@
 //
 // Override constant:
 //   KR       query rows per workgroup (1, 2 or 4)
-// Loops (modules are created without naga's loop counters, src/pipeline.rs): the block loop steps
-// by WG (a constant > 0) to the end of the split, the loops over a block's keys by 1 to WG, the
-// staging and zeroing loops by WG or 1 to constants.
+// Loops (modules are created without naga's loop counters, src/pipeline.rs): the trip loops step
+// by 1 or by WG (a constant > 0) to at most KEYS_TRIPS, the staging loop by WG to a constant.
 override KR: u32 = 1u;
 
-// Slots per lane: head slices of 16 bytes, `lane + WG * i` for slot i (WG = 8: head_dim 256 in
-// f32 is 64 units). A slot's values sit at [i] and, for 8-value units, [KEYS_SLOTS + i].
+// Slots per lane: head slices of 16 bytes (`keys_slot_unit`; WG = 8: head_dim 256 in f32 is 64
+// units). A slot's values sit at [i] and, for 8-value units, [KEYS_SLOTS + i].
 const KEYS_SLOTS: u32 = 8u;
 alias KeysRow = array<vec4<f32>, 16>;
 
 // The workgroup's KR query rows, staged once (pre-scaled, f32), then each lane takes its slots.
 var<workgroup> keys_q: array<vec4<f32>, 4 * MAX_HD4>;
-// A block's partial scores (key t, lane: [t * WG + lane]), the lanes' maxima and the keys' p.
-// Trips per workgroup (each keys_kpt() keys): the planner caps a chunk at this many keys.
+// Trips per workgroup (each keys_kpt() keys; `KEYS_TRIPS` on the host caps a chunk), the trips'
+// partial scores (trip t, lane: [t * WG + lane]), the lanes' maxima, and the trips' logits / p.
 const KEYS_TRIPS: u32 = 64u;
 var<workgroup> keys_sc: array<vec4<f32>, 512>;
 var<workgroup> keys_mx: array<vec4<f32>, 8>;
@@ -86,9 +86,9 @@ fn keys_v4(u: u32) -> u32 {
     return select(u, 2u * u, keys_two());
 }
 
-// Rows r0 .. r0 + KR of the workgroup, pre-multiplied by the scale, into the lane's slots of
-// q0 .. q3; row i starts at element bases[i] of q_buf (rows past the last are clamped copies).
-// Every invocation calls it (it has a barrier).
+// Rows r0 .. r0 + KR of the workgroup, pre-multiplied by the scale, into `keys_q`; row i starts
+// at element bases[i] of q_buf (rows past the last are clamped copies). Every invocation calls it
+// (it has a barrier).
 fn keys_stage_q(lid: u32, bases: vec4<u32>) {
     for (var i = lid; i < KR * HD4; i += WG) {
         keys_q[i] = q_load4(bases[i / HD4] + 4u * (i % HD4)) * p.scale;
