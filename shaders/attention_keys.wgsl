@@ -42,6 +42,8 @@ override KR: u32 = 1u;
 // units). A slot's values sit at [i] and, for 8-value units, [KEYS_SLOTS + i].
 const KEYS_SLOTS: u32 = 8u;
 alias KeysRow = array<vec4<f32>, 16>;
+// The KR rows' slots (q or accumulators), indexed by constants only.
+alias KeysRows = array<KeysRow, 4>;
 
 // The workgroup's KR query rows, staged once (pre-scaled, f32), then each lane takes its slots.
 var<workgroup> keys_q: array<vec4<f32>, 4 * MAX_HD4>;
@@ -96,51 +98,45 @@ fn keys_stage_q(lid: u32, bases: vec4<u32>) {
     workgroupBarrier();
 }
 
-// The lane's slots of the staged rows into q0 .. q3.
+// The lane's slots of the staged rows into q.
 fn keys_load_q(
     lid: u32,
-    q0: ptr<function, KeysRow>,
-    q1: ptr<function, KeysRow>,
-    q2: ptr<function, KeysRow>,
-    q3: ptr<function, KeysRow>,
+    q: ptr<function, KeysRows>,
 ) {
-    keys_q_slot(0u, lid, q0, q1, q2, q3);
-    keys_q_slot(1u, lid, q0, q1, q2, q3);
-    keys_q_slot(2u, lid, q0, q1, q2, q3);
-    keys_q_slot(3u, lid, q0, q1, q2, q3);
-    keys_q_slot(4u, lid, q0, q1, q2, q3);
-    keys_q_slot(5u, lid, q0, q1, q2, q3);
-    keys_q_slot(6u, lid, q0, q1, q2, q3);
-    keys_q_slot(7u, lid, q0, q1, q2, q3);
+    keys_q_slot(0u, lid, q);
+    keys_q_slot(1u, lid, q);
+    keys_q_slot(2u, lid, q);
+    keys_q_slot(3u, lid, q);
+    keys_q_slot(4u, lid, q);
+    keys_q_slot(5u, lid, q);
+    keys_q_slot(6u, lid, q);
+    keys_q_slot(7u, lid, q);
 }
 
-fn keys_q_row(i: u32, d: u32, r: u32, q: ptr<function, KeysRow>) {
-    (*q)[i] = keys_q[r * HD4 + d];
+fn keys_q_row(i: u32, d: u32, r: u32, q: ptr<function, KeysRows>) {
+    (*q)[r][i] = keys_q[r * HD4 + d];
     if keys_two() {
-        (*q)[KEYS_SLOTS + i] = keys_q[r * HD4 + d + 1u];
+        (*q)[r][KEYS_SLOTS + i] = keys_q[r * HD4 + d + 1u];
     }
 }
 
 fn keys_q_slot(
     i: u32,
     lane: u32,
-    q0: ptr<function, KeysRow>,
-    q1: ptr<function, KeysRow>,
-    q2: ptr<function, KeysRow>,
-    q3: ptr<function, KeysRow>,
+    q: ptr<function, KeysRows>,
 ) {
     let u = keys_slot_unit(lane, i);
     if !keys_slot_used(i) || (keys_units() % WG != 0u && u >= keys_units()) {
         return;
     }
     let d = keys_v4(u);
-    keys_q_row(i, d, 0u, q0);
+    keys_q_row(i, d, 0u, q);
     if KR > 1u {
-        keys_q_row(i, d, 1u, q1);
+        keys_q_row(i, d, 1u, q);
     }
     if KR > 2u {
-        keys_q_row(i, d, 2u, q2);
-        keys_q_row(i, d, 3u, q3);
+        keys_q_row(i, d, 2u, q);
+        keys_q_row(i, d, 3u, q);
     }
 }
 
@@ -165,10 +161,10 @@ fn keys_load(at: vec2<u32>, u: u32) -> Item {
     return keys_unpack(keys_unit(at.x, at.y + u));
 }
 
-fn keys_dot_row(i: u32, q: ptr<function, KeysRow>, x: Item) -> vec4<f32> {
-    var s = (*q)[i] * x.lo;
+fn keys_dot_row(i: u32, r: u32, q: ptr<function, KeysRows>, x: Item) -> vec4<f32> {
+    var s = (*q)[r][i] * x.lo;
     if keys_two() {
-        s += (*q)[KEYS_SLOTS + i] * x.hi;
+        s += (*q)[r][KEYS_SLOTS + i] * x.hi;
     }
     return s;
 }
@@ -177,10 +173,7 @@ fn keys_dot_row(i: u32, q: ptr<function, KeysRow>, x: Item) -> vec4<f32> {
 fn keys_dot_slot(
     i: u32,
     lane: u32,
-    q0: ptr<function, KeysRow>,
-    q1: ptr<function, KeysRow>,
-    q2: ptr<function, KeysRow>,
-    q3: ptr<function, KeysRow>,
+    q: ptr<function, KeysRows>,
     k: vec2<u32>,
     s: ptr<function, mat4x4<f32>>,
 ) {
@@ -189,18 +182,18 @@ fn keys_dot_slot(
         return;
     }
     let x = keys_load(k, u);
-    (*s)[0] += keys_dot_row(i, q0, x);
+    (*s)[0] += keys_dot_row(i, 0u, q, x);
     if KR > 1u {
-        (*s)[1] += keys_dot_row(i, q1, x);
+        (*s)[1] += keys_dot_row(i, 1u, q, x);
     }
     if KR > 2u {
-        (*s)[2] += keys_dot_row(i, q2, x);
-        (*s)[3] += keys_dot_row(i, q3, x);
+        (*s)[2] += keys_dot_row(i, 2u, q, x);
+        (*s)[3] += keys_dot_row(i, 3u, q, x);
     }
 }
 
 // Row r's slot i += its p of each key of the trip (components r, r + KR, ...) x the key's V unit.
-fn keys_pv_row(i: u32, a: ptr<function, KeysRow>, pr: vec4<f32>, r: u32, y0: Item, y1: Item, y2: Item, y3: Item) {
+fn keys_pv_row(i: u32, a: ptr<function, KeysRows>, pr: vec4<f32>, r: u32, y0: Item, y1: Item, y2: Item, y3: Item) {
     var lo = pr[r] * y0.lo;
     var hi = pr[r] * y0.hi;
     if keys_kpt() > 1u {
@@ -211,9 +204,9 @@ fn keys_pv_row(i: u32, a: ptr<function, KeysRow>, pr: vec4<f32>, r: u32, y0: Ite
         lo += pr[r + 2u] * y2.lo + pr[r + 3u] * y3.lo;
         hi += pr[r + 2u] * y2.hi + pr[r + 3u] * y3.hi;
     }
-    (*a)[i] += lo;
+    (*a)[r][i] += lo;
     if keys_two() {
-        (*a)[KEYS_SLOTS + i] += hi;
+        (*a)[r][KEYS_SLOTS + i] += hi;
     }
 }
 
@@ -234,10 +227,7 @@ fn keys_keep(y: Item, pr: vec4<f32>, k: u32) -> Item {
 fn keys_pv_slot(
     i: u32,
     lane: u32,
-    a0: ptr<function, KeysRow>,
-    a1: ptr<function, KeysRow>,
-    a2: ptr<function, KeysRow>,
-    a3: ptr<function, KeysRow>,
+    a: ptr<function, KeysRows>,
     v: array<vec2<u32>, 4>,
     pr: vec4<f32>,
 ) {
@@ -264,44 +254,31 @@ fn keys_pv_slot(
         y2 = keys_keep(y2, pr, 2u);
         y3 = keys_keep(y3, pr, 3u);
     }
-    keys_pv_row(i, a0, pr, 0u, y0, y1, y2, y3);
+    keys_pv_row(i, a, pr, 0u, y0, y1, y2, y3);
     if KR > 1u {
-        keys_pv_row(i, a1, pr, 1u, y0, y1, y2, y3);
+        keys_pv_row(i, a, pr, 1u, y0, y1, y2, y3);
     }
     if KR > 2u {
-        keys_pv_row(i, a2, pr, 2u, y0, y1, y2, y3);
-        keys_pv_row(i, a3, pr, 3u, y0, y1, y2, y3);
+        keys_pv_row(i, a, pr, 2u, y0, y1, y2, y3);
+        keys_pv_row(i, a, pr, 3u, y0, y1, y2, y3);
     }
 }
 
-// Lane `lane`'s partial dot products of the KR rows with key j (0 for a key past the split or
-// one the boolean mask hides from every row of the block: the softmax drops it).
+// Lane `lane`'s partial dot products of the KR rows with the K row at `k`.
 fn keys_key_dots(
-    q0: ptr<function, KeysRow>,
-    q1: ptr<function, KeysRow>,
-    q2: ptr<function, KeysRow>,
-    q3: ptr<function, KeysRow>,
-    h: vec2<u32>,
-    j: i32,
-    kv_end: i32,
     lane: u32,
-    ms: MaskSeq,
-    toks: vec2<u32>,
+    q: ptr<function, KeysRows>,
+    k: vec2<u32>,
 ) -> vec4<f32> {
     var s = mat4x4<f32>();
-    if mask_bits_on() && !mask_key_seen(ms, toks.x, toks.y, min(j, kv_end - 1)) {
-        return vec4<f32>(0.0);
-    }
-    // A key past the split reads the last one's row (its logits are dropped).
-    let k = keys_rows(h, u32(min(j, kv_end - 1))).xy;
-    keys_dot_slot(0u, lane, q0, q1, q2, q3, k, &s);
-    keys_dot_slot(1u, lane, q0, q1, q2, q3, k, &s);
-    keys_dot_slot(2u, lane, q0, q1, q2, q3, k, &s);
-    keys_dot_slot(3u, lane, q0, q1, q2, q3, k, &s);
-    keys_dot_slot(4u, lane, q0, q1, q2, q3, k, &s);
-    keys_dot_slot(5u, lane, q0, q1, q2, q3, k, &s);
-    keys_dot_slot(6u, lane, q0, q1, q2, q3, k, &s);
-    keys_dot_slot(7u, lane, q0, q1, q2, q3, k, &s);
+    keys_dot_slot(0u, lane, q, k, &s);
+    keys_dot_slot(1u, lane, q, k, &s);
+    keys_dot_slot(2u, lane, q, k, &s);
+    keys_dot_slot(3u, lane, q, k, &s);
+    keys_dot_slot(4u, lane, q, k, &s);
+    keys_dot_slot(5u, lane, q, k, &s);
+    keys_dot_slot(6u, lane, q, k, &s);
+    keys_dot_slot(7u, lane, q, k, &s);
     // The rows' sums: a vec4 of partial products per row, added across once.
     return vec4<f32>(1.0) * s;
 }
@@ -316,10 +293,7 @@ fn keys_kpt() -> u32 {
 // Lane `lane`'s partial dot products for the trip's keys j .. j + keys_kpt() in its component
 // layout.
 fn keys_trip_dots(
-    q0: ptr<function, KeysRow>,
-    q1: ptr<function, KeysRow>,
-    q2: ptr<function, KeysRow>,
-    q3: ptr<function, KeysRow>,
+    q: ptr<function, KeysRows>,
     h: vec2<u32>,
     j: i32,
     kv_end: i32,
@@ -327,17 +301,32 @@ fn keys_trip_dots(
     ms: MaskSeq,
     toks: vec2<u32>,
 ) -> vec4<f32> {
-    let d0 = keys_key_dots(q0, q1, q2, q3, h, j, kv_end, lane, ms, toks);
+    // Key j + k's rows in d[k]: 0 for a key the boolean mask hides from every row of the block
+    // (its K row is not read); a key past the split reads the last one's row (its logits are
+    // dropped).
+    let jc = min(vec4<i32>(j) + vec4<i32>(0, 1, 2, 3), vec4<i32>(kv_end - 1));
+    let kpt = keys_kpt();
+    var seen = vec4<bool>(true, kpt > 1u, kpt > 2u, kpt > 2u);
+    if mask_bits_on() {
+        seen &= vec4<bool>(
+            mask_key_seen(ms, toks.x, toks.y, jc.x),
+            mask_key_seen(ms, toks.x, toks.y, jc.y),
+            mask_key_seen(ms, toks.x, toks.y, jc.z),
+            mask_key_seen(ms, toks.x, toks.y, jc.w),
+        );
+    }
+    var d = mat4x4<f32>();
+    if seen.x { d[0] = keys_key_dots(lane, q, keys_rows(h, u32(jc.x)).xy); }
+    if seen.y { d[1] = keys_key_dots(lane, q, keys_rows(h, u32(jc.y)).xy); }
+    if seen.z { d[2] = keys_key_dots(lane, q, keys_rows(h, u32(jc.z)).xy); }
+    if seen.w { d[3] = keys_key_dots(lane, q, keys_rows(h, u32(jc.w)).xy); }
     if KR == 4u {
-        return d0;
+        return d[0];
     }
-    let d1 = keys_key_dots(q0, q1, q2, q3, h, j + 1, kv_end, lane, ms, toks);
     if KR == 2u {
-        return vec4<f32>(d0.xy, d1.xy);
+        return vec4<f32>(d[0].xy, d[1].xy);
     }
-    let d2 = keys_key_dots(q0, q1, q2, q3, h, j + 2, kv_end, lane, ms, toks);
-    let d3 = keys_key_dots(q0, q1, q2, q3, h, j + 3, kv_end, lane, ms, toks);
-    return vec4<f32>(d0.x, d1.x, d2.x, d3.x);
+    return vec4<f32>(d[0].x, d[1].x, d[2].x, d[3].x);
 }
 
 // Each component's row maximum over the components of the same row (the trip's keys).
@@ -417,39 +406,39 @@ fn keys_p(x: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
 // The lane's slots of row r's accumulator: with `direct` (a sequence's only split, paged),
 // normalised into the output row at element o; else into the row's partial at part_out[e], whose
 // (m, l) lane 0 writes. Every unit of a row is one lane's, so the partial is whole.
-fn keys_store(a: ptr<function, KeysRow>, e: u32, m: f32, l: f32, lane: u32, direct: bool, o: u32, h: u32) {
+fn keys_store(a: ptr<function, KeysRows>, r: u32, e: u32, m: f32, l: f32, lane: u32, direct: bool, o: u32, h: u32) {
     var sc = 1.0;
     if direct {
         sc = out_scale(m, l, h);
     } else if lane == 0u {
         part_out[e] = vec4<f32>(m, l, 0.0, 0.0);
     }
-    keys_store_slot(0u, a, e, lane, direct, o, sc);
-    keys_store_slot(1u, a, e, lane, direct, o, sc);
-    keys_store_slot(2u, a, e, lane, direct, o, sc);
-    keys_store_slot(3u, a, e, lane, direct, o, sc);
-    keys_store_slot(4u, a, e, lane, direct, o, sc);
-    keys_store_slot(5u, a, e, lane, direct, o, sc);
-    keys_store_slot(6u, a, e, lane, direct, o, sc);
-    keys_store_slot(7u, a, e, lane, direct, o, sc);
+    keys_store_slot(0u, a, r, e, lane, direct, o, sc);
+    keys_store_slot(1u, a, r, e, lane, direct, o, sc);
+    keys_store_slot(2u, a, r, e, lane, direct, o, sc);
+    keys_store_slot(3u, a, r, e, lane, direct, o, sc);
+    keys_store_slot(4u, a, r, e, lane, direct, o, sc);
+    keys_store_slot(5u, a, r, e, lane, direct, o, sc);
+    keys_store_slot(6u, a, r, e, lane, direct, o, sc);
+    keys_store_slot(7u, a, r, e, lane, direct, o, sc);
 }
 
-fn keys_store_slot(i: u32, a: ptr<function, KeysRow>, e: u32, lane: u32, direct: bool, o: u32, sc: f32) {
+fn keys_store_slot(i: u32, a: ptr<function, KeysRows>, r: u32, e: u32, lane: u32, direct: bool, o: u32, sc: f32) {
     let u = keys_slot_unit(lane, i);
     if !keys_slot_used(i) || (keys_units() % WG != 0u && u >= keys_units()) {
         return;
     }
     let d = keys_v4(u);
     if direct {
-        store4(o + 4u * d, (*a)[i] * sc);
+        store4(o + 4u * d, (*a)[r][i] * sc);
         if keys_two() {
-            store4(o + 4u * d + 4u, (*a)[KEYS_SLOTS + i] * sc);
+            store4(o + 4u * d + 4u, (*a)[r][KEYS_SLOTS + i] * sc);
         }
         return;
     }
-    part_out[e + 1u + d] = (*a)[i];
+    part_out[e + 1u + d] = (*a)[r][i];
     if keys_two() {
-        part_out[e + 2u + d] = (*a)[KEYS_SLOTS + i];
+        part_out[e + 2u + d] = (*a)[r][KEYS_SLOTS + i];
     }
 }
 
@@ -487,13 +476,10 @@ fn keys_partial(
     let n_trips = min(u32(max(kv.y - kv.x + kpt - 1, 0) / kpt), KEYS_TRIPS);
 
     // Q K^T: the lane's head slices of each key.
-    var q0 = KeysRow();
-    var q1 = KeysRow();
-    var q2 = KeysRow();
-    var q3 = KeysRow();
-    keys_load_q(lane, &q0, &q1, &q2, &q3);
+    var q = KeysRows();
+    keys_load_q(lane, &q);
     for (var t = 0u; t < n_trips; t++) {
-        keys_sc[t * WG + lane] = keys_trip_dots(&q0, &q1, &q2, &q3, h, kv.x + i32(t) * kpt, kv.y, lane, ms, toks);
+        keys_sc[t * WG + lane] = keys_trip_dots(&q, h, kv.x + i32(t) * kpt, kv.y, lane, ms, toks);
     }
     workgroupBarrier();
 
@@ -522,10 +508,7 @@ fn keys_partial(
     workgroupBarrier();
 
     // P V: the lane's head slices of each key's V row.
-    var a0 = KeysRow();
-    var a1 = KeysRow();
-    var a2 = KeysRow();
-    var a3 = KeysRow();
+    var a = KeysRows();
     let last = kv.y - 1;
     for (var t = 0u; t < n_trips; t++) {
         let pt = keys_pb[t];
@@ -539,14 +522,14 @@ fn keys_partial(
             v[2] = keys_rows(h, u32(min(jt + 2, last))).zw;
             v[3] = keys_rows(h, u32(min(jt + 3, last))).zw;
         }
-        keys_pv_slot(0u, lane, &a0, &a1, &a2, &a3, v, pt);
-        keys_pv_slot(1u, lane, &a0, &a1, &a2, &a3, v, pt);
-        keys_pv_slot(2u, lane, &a0, &a1, &a2, &a3, v, pt);
-        keys_pv_slot(3u, lane, &a0, &a1, &a2, &a3, v, pt);
-        keys_pv_slot(4u, lane, &a0, &a1, &a2, &a3, v, pt);
-        keys_pv_slot(5u, lane, &a0, &a1, &a2, &a3, v, pt);
-        keys_pv_slot(6u, lane, &a0, &a1, &a2, &a3, v, pt);
-        keys_pv_slot(7u, lane, &a0, &a1, &a2, &a3, v, pt);
+        keys_pv_slot(0u, lane, &a, v, pt);
+        keys_pv_slot(1u, lane, &a, v, pt);
+        keys_pv_slot(2u, lane, &a, v, pt);
+        keys_pv_slot(3u, lane, &a, v, pt);
+        keys_pv_slot(4u, lane, &a, v, pt);
+        keys_pv_slot(5u, lane, &a, v, pt);
+        keys_pv_slot(6u, lane, &a, v, pt);
+        keys_pv_slot(7u, lane, &a, v, pt);
     }
 
     // The denominator: the lanes' shares, added in a fixed order (keys_mx is free: every lane
@@ -554,14 +537,14 @@ fn keys_partial(
     keys_mx[lane] = l;
     workgroupBarrier();
     let ls = ((keys_mx[0] + keys_mx[1]) + (keys_mx[2] + keys_mx[3])) + ((keys_mx[4] + keys_mx[5]) + (keys_mx[6] + keys_mx[7]));
-    keys_store(&a0, e, m.x, keys_rowsum(ls, 0u), lane, direct, o.x, hq.x);
+    keys_store(&a, 0u, e, m.x, keys_rowsum(ls, 0u), lane, direct, o.x, hq.x);
     if row_ok.y && KR > 1u {
-        keys_store(&a1, e + row_step, m.y, keys_rowsum(ls, 1u), lane, direct, o.y, hq.y);
+        keys_store(&a, 1u, e + row_step, m.y, keys_rowsum(ls, 1u), lane, direct, o.y, hq.y);
     }
     if row_ok.z && KR > 2u {
-        keys_store(&a2, e + 2u * row_step, m.z, keys_rowsum(ls, 2u), lane, direct, o.z, hq.z);
+        keys_store(&a, 2u, e + 2u * row_step, m.z, keys_rowsum(ls, 2u), lane, direct, o.z, hq.z);
     }
     if row_ok.w && KR > 2u {
-        keys_store(&a3, e + 3u * row_step, m.w, keys_rowsum(ls, 3u), lane, direct, o.w, hq.w);
+        keys_store(&a, 3u, e + 3u * row_step, m.w, keys_rowsum(ls, 3u), lane, direct, o.w, hq.w);
     }
 }
