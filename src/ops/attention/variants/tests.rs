@@ -84,3 +84,16 @@ fn int8_dot_is_declared_for_the_block_formats_of_the_subgroup_kernels() {
     };
     assert!(!float.fits());
 }
+
+#[test]
+fn host_constants_match_the_shaders() {
+    // The planner's chunk cap and rows per workgroup are the kernels' own sizes: a mismatch
+    // would cut keys or rows short without an error.
+    let keys = crate::pipeline::ATTENTION_KEYS_WGSL;
+    assert!(keys.contains(&format!("const KEYS_TRIPS: u32 = {KEYS_TRIPS}u;")));
+    // `keys_partial` reads the lanes' maxima and shares with 8 constant indices.
+    assert_eq!(KEYS_WG, 8);
+    let prefill = include_str!("../../../../shaders/attention_prefill.wgsl");
+    assert!(prefill.contains(&format!("const PK_ROWS: u32 = {PREFILL_KEYS_ROWS}u;")));
+    assert!(prefill.contains(&format!("const PK_BK: u32 = {PREFILL_KEYS_TILE}u;")));
+}
