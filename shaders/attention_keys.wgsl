@@ -398,6 +398,16 @@ fn keys_logits(
     return select(vec4<f32>(NEG_BIG), x, ok);
 }
 
+// Trip t0 of a lane's pass in f32: lane l takes trip (t0 + l) % n, so that one load
+// instruction reaches 8 rows (8 cache lines in flight) rather than 8 slices of one row; halves
+// and quantized units measured faster unskewed (BENCHMARKS.md).
+fn keys_skew(t0: u32, lane: u32, n: u32) -> u32 {
+    if keys_two() {
+        return t0;
+    }
+    return (t0 + lane) % n;
+}
+
 // exp(x - m) of a logit from `keys_logits`, 0 for a hidden one.
 fn keys_p(x: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
     return select(vec4<f32>(0.0), exp(x - m), x > vec4<f32>(NEG_BIG));
@@ -478,7 +488,8 @@ fn keys_partial(
     // Q K^T: the lane's head slices of each key.
     var q = KeysRows();
     keys_load_q(lane, &q);
-    for (var t = 0u; t < n_trips; t++) {
+    for (var t0 = 0u; t0 < n_trips; t0++) {
+        let t = keys_skew(t0, lane, n_trips);
         keys_sc[t * WG + lane] = keys_trip_dots(&q, h, kv.x + i32(t) * kpt, kv.y, lane, ms, toks);
     }
     workgroupBarrier();
@@ -510,7 +521,8 @@ fn keys_partial(
     // P V: the lane's head slices of each key's V row.
     var a = KeysRows();
     let last = kv.y - 1;
-    for (var t = 0u; t < n_trips; t++) {
+    for (var t0 = 0u; t0 < n_trips; t0++) {
+        let t = keys_skew(t0, lane, n_trips);
         let pt = keys_pb[t];
         let jt = kv.x + i32(t) * kpt;
         var v: array<vec2<u32>, 4>;
