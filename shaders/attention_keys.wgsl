@@ -76,6 +76,12 @@ fn keys_lane_units() -> u32 {
     return (keys_units() + WG - 1u) / WG;
 }
 
+// Whether the lane's slot i (unit u) is inside the head: with head_dim a multiple of 8 units
+// per lane only the constant part remains.
+fn keys_slot_ok(i: u32, u: u32) -> bool {
+    return keys_slot_used(i) && (keys_units() % WG == 0u || u < keys_units());
+}
+
 fn keys_slot_unit(lane: u32, i: u32) -> u32 {
     if keys_two() {
         return lane + WG * i;
@@ -126,7 +132,7 @@ fn keys_q_slot(
     q: ptr<function, KeysRows>,
 ) {
     let u = keys_slot_unit(lane, i);
-    if !keys_slot_used(i) || (keys_units() % WG != 0u && u >= keys_units()) {
+    if !keys_slot_ok(i, u) {
         return;
     }
     let d = keys_v4(u);
@@ -178,7 +184,7 @@ fn keys_dot_slot(
     s: ptr<function, mat4x4<f32>>,
 ) {
     let u = keys_slot_unit(lane, i);
-    if !keys_slot_used(i) || (keys_units() % WG != 0u && u >= keys_units()) {
+    if !keys_slot_ok(i, u) {
         return;
     }
     let x = keys_load(k, u);
@@ -232,7 +238,7 @@ fn keys_pv_slot(
     pr: vec4<f32>,
 ) {
     let u = keys_slot_unit(lane, i);
-    if !keys_slot_used(i) || (keys_units() % WG != 0u && u >= keys_units()) {
+    if !keys_slot_ok(i, u) {
         return;
     }
     var y0 = keys_load(v[0], u);
@@ -435,7 +441,7 @@ fn keys_store(a: ptr<function, KeysRows>, r: u32, e: u32, m: f32, l: f32, lane: 
 
 fn keys_store_slot(i: u32, a: ptr<function, KeysRows>, r: u32, e: u32, lane: u32, direct: bool, o: u32, sc: f32) {
     let u = keys_slot_unit(lane, i);
-    if !keys_slot_used(i) || (keys_units() % WG != 0u && u >= keys_units()) {
+    if !keys_slot_ok(i, u) {
         return;
     }
     let d = keys_v4(u);
@@ -454,7 +460,7 @@ fn keys_store_slot(i: u32, a: ptr<function, KeysRows>, r: u32, e: u32, lane: u32
 
 // Rows r0 .. r0 + KR (rows past `rows` are computed on a clamped copy and not stored; q staged by
 // `keys_stage_q`) over the keys kv.x .. kv.y (at most KEYS_TRIPS * keys_kpt(): the planner's
-// chunk cap, `DeviceDesc::keys_chunk_cap`) of the head `h` (kv head kvh, for the rows' ALiBi
+// chunk, `keys_chunk_keys` on the host) of the head `h` (kv head kvh, for the rows' ALiBi
 // slopes), queries at positions ms.q_offset + r / group (ms: the sequence's mask inputs). Row
 // r0 + i's partial goes to part_out[e + i * row_step], or with `direct` its output to element
 // o[i] of out_buf. Every invocation calls it (it has barriers, none inside a loop: llvmpipe

@@ -719,10 +719,10 @@ fn thresholds() {
         assert_eq!(plan.row_blocks, rows.div_ceil(plan.rows_per_wg));
         check(c, 5500 + rows as u64);
     }
-    // DecodeKeys loop cap on a CPU adapter (GPUs have none): a forced single split is raised to
-    // two beyond it. One head keeps K/V small at the cap (hundreds of thousands of keys: the
-    // key-lane step has no inner loops); the window keeps the reference short.
-    if let Some(kcap) = llama_kernels::ops::attention::keys_loop_cap_keys(&ctx, HD, 1) {
+    // DecodeKeys' chunk (every adapter): a forced single split is raised to two beyond it; the
+    // window keeps the reference short.
+    {
+        let kcap = llama_kernels::ops::attention::keys_chunk_keys(1);
         for (kv_len, splits) in [(kcap - 1, 1), (kcap, 1), (kcap + 1, 2)] {
             let mut c = Case::new(1, kv_len, 1, 1, HD);
             c.kind = Some(Kind::DecodeKeys);

@@ -3,8 +3,7 @@
 
 use super::subgroup_decode::{sg_reads_rows, sg_rows_max_kv};
 use super::{
-    prefill_sg_shape, sg_shape, KEYS_TRIPS, KEYS_WG, PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE,
-    PREFILL_WG,
+    prefill_sg_shape, sg_shape, KEYS_WG, PREFILL_KEYS_ROWS, PREFILL_KEYS_TILE, PREFILL_WG,
 };
 use crate::context::Context;
 use crate::kv_format::KvFormat;
@@ -182,10 +181,6 @@ impl DeviceDesc {
         let per_tile = 1 + hd4 + KEYS_WG as usize + PREFILL_KEYS_TILE;
         let staging = PREFILL_KEYS_ROWS * hd4 / KEYS_WG as usize;
         Some((50_000 - staging - 64) / per_tile * PREFILL_KEYS_TILE)
-    }
-    /// See [`keys_loop_cap_keys`](super::keys_loop_cap_keys).
-    pub fn keys_loop_cap_keys(&self, _head_dim: usize, kr: usize) -> Option<usize> {
-        Some(KEYS_TRIPS * (4 / kr.clamp(1, 4)))
     }
     /// Keys one [`Kind::PrefillSubgroup`](super::Kind::PrefillSubgroup) split may hold, if
     /// limited (see [`loop_cap_keys`](super::loop_cap_keys)): per block of 4 keys, the block

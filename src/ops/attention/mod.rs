@@ -79,7 +79,7 @@
 //!   softmax; then each lane adds p times its slices of the V rows. A trip's vec4 holds (row, key)
 //!   pairs, `4 / kr` keys, so that one row (MHA) still moves 4 keys per exchange. A workgroup
 //!   makes one pass over at most [`KEYS_TRIPS`] trips (the planner's chunks,
-//!   [`keys_loop_cap_keys`]) and writes one partial per (row, split), merged by the same
+//!   [`keys_chunk_keys`]) and writes one partial per (row, split), merged by the same
 //!   fixed-order pass as Decode. Why: llvmpipe (Mesa 22.3) runs 8 invocations per SIMD vector,
 //!   issues every load as one scalar access per invocation (also for workgroup-uniform
 //!   addresses), keeps a private array in registers only for constant indices, and compiles a
@@ -157,10 +157,9 @@ pub use inputs::{pack_mask, segment_pack_mask, BlockIds, Inputs, MaskBits, MaskS
 pub use options::{Attention, Dims, F16_ARITHMETIC_NMSE, MAX_CHUNK_SIZE};
 pub(crate) use plan::sg_cap_keys;
 pub use plan::{
-    choice_table, default_kind, keys_loop_cap_keys, kv_rows_aligned, loop_cap_keys,
-    planned_variants, prefill_keys_loop_cap_keys, sg_splits, subgroup_decode_wanted, ChoiceRow,
-    Plan, CHOICE_SHAPES, DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS,
-    SG_MIN_CHUNK,
+    choice_table, default_kind, keys_chunk_keys, kv_rows_aligned, loop_cap_keys, planned_variants,
+    prefill_keys_loop_cap_keys, sg_splits, subgroup_decode_wanted, ChoiceRow, Plan, CHOICE_SHAPES,
+    DECODE_MAX_Q_LEN, DECODE_MIN_CHUNK, DECODE_TARGET_WORKGROUPS, SG_MIN_CHUNK,
 };
 pub(crate) use record::check_sinks;
 pub use record::Params;

@@ -74,9 +74,9 @@ pub fn prefill_keys_loop_cap_keys(ctx: &Context, head_dim: usize) -> Option<usiz
 /// Keys one [`Kind::DecodeKeys`] workgroup takes with `kr` rows per workgroup, on any adapter:
 /// [`KEYS_TRIPS`](super::KEYS_TRIPS) trips of `4 / kr` keys, one pass without a loop around the
 /// kernel's barriers (`shaders/attention_keys.wgsl`). The planners split the keys into chunks of
-/// this size.
-pub fn keys_loop_cap_keys(ctx: &Context, head_dim: usize, kr: usize) -> Option<usize> {
-    DeviceDesc::of(ctx).keys_loop_cap_keys(head_dim, kr)
+/// at most this size.
+pub fn keys_chunk_keys(kr: usize) -> usize {
+    super::KEYS_TRIPS * (4 / kr.clamp(1, 4))
 }
 
 /// The kernel family by shape and device type alone: the first steps of
@@ -316,7 +316,7 @@ impl Attention {
             );
         }
         let cap = match kind {
-            Kind::DecodeKeys => dev.keys_loop_cap_keys(d.head_dim, kr),
+            Kind::DecodeKeys => Some(keys_chunk_keys(kr)),
             Kind::DecodeSubgroup => dev.sg_cap_keys(variant.hd4, variant.sg_min, variant.kr),
             Kind::PrefillKeys => dev.prefill_keys_loop_cap_keys(d.head_dim),
             Kind::PrefillSubgroup => dev.prefill_sg_cap_keys(hd4, sg_min),
@@ -361,7 +361,6 @@ impl Attention {
                 }
             }
             Kind::Decode | Kind::DecodeKeys | Kind::DecodeSubgroup => {
-                let (target, min_chunk) = (DECODE_TARGET_WORKGROUPS, DECODE_MIN_CHUNK);
                 let want = match self.splits {
                     Some(s) => (s as usize).max(min_splits),
                     // Chunks of the kernel's cap: each workgroup one pass without a loop.
@@ -375,9 +374,9 @@ impl Attention {
                     ),
                     None => {
                         let base = d.batch * d.n_kv_heads * row_blocks;
-                        target
+                        DECODE_TARGET_WORKGROUPS
                             .div_ceil(base)
-                            .clamp(1, d.kv_len.div_ceil(min_chunk).max(1))
+                            .clamp(1, d.kv_len.div_ceil(DECODE_MIN_CHUNK).max(1))
                             .max(min_splits)
                     }
                 };

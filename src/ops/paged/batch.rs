@@ -280,27 +280,25 @@ impl PagedBatch {
         // least its minimum, aiming at its number of workgroups over the sequences it runs
         // (DecodeSubgroup at the device's resident workgroups, `attention::sg_splits`).
         let mut plans = Vec::with_capacity(seqs.len());
-        let mut base_keys = [0usize; 3];
-        let class = |kind: Kind| match kind {
-            Kind::DecodeKeys => 1,
-            Kind::DecodeSubgroup => 2,
-            _ => 0,
-        };
+        // (DecodeKeys takes chunks of its pass, `keys_chunk_keys`, at any batch.)
+        let mut base_keys = [0usize; 2];
+        let class = |kind: Kind| usize::from(kind == Kind::DecodeSubgroup);
         for s in seqs {
             let kind = kind_of(s.q_len);
             let rows = s.q_len * group;
             let (rows_per_wg, _) = shape_of(kind, rows);
-            base_keys[class(kind)] += rows.div_ceil(rows_per_wg) * n_kv_heads * s.kv_len.max(1);
+            if kind != Kind::DecodeKeys {
+                base_keys[class(kind)] += rows.div_ceil(rows_per_wg) * n_kv_heads * s.kv_len.max(1);
+            }
         }
         let resident = attention::DeviceDesc::of(ctx).resident_workgroups(attention::SG_WG);
-        let auto_chunk = [
-            base_keys[0]
+        let auto_chunk = |kind: Kind| match kind {
+            Kind::DecodeKeys => usize::MAX,
+            Kind::DecodeSubgroup => base_keys[1].div_ceil(resident).max(attention::SG_MIN_CHUNK),
+            _ => base_keys[0]
                 .div_ceil(attention::DECODE_TARGET_WORKGROUPS)
                 .max(attention::DECODE_MIN_CHUNK),
-            // DecodeKeys: chunks of its cap (below) at any batch.
-            usize::MAX,
-            base_keys[2].div_ceil(resident).max(attention::SG_MIN_CHUNK),
-        ];
+        };
         let mut q_start = 0;
         let mut n_items = [0usize; ITEM_GROUPS];
         let mut parts = 0usize;
@@ -310,7 +308,7 @@ impl PagedBatch {
             let (rows_per_wg, lanes) = shape_of(kind, rows);
             let row_blocks = rows.div_ceil(rows_per_wg);
             let cap = match kind {
-                Kind::DecodeKeys => attention::keys_loop_cap_keys(ctx, head_dim, rows_per_wg),
+                Kind::DecodeKeys => Some(attention::keys_chunk_keys(rows_per_wg)),
                 Kind::DecodeSubgroup => {
                     attention::sg_cap_keys(ctx, hd4, sg_min, rows_per_wg as u32)
                 }
@@ -324,7 +322,7 @@ impl PagedBatch {
                     (n, s.kv_len.div_ceil(n).max(1))
                 }
                 None => {
-                    let chunk = auto_chunk[class(kind)].min(s.kv_len.div_ceil(min_splits).max(1));
+                    let chunk = auto_chunk(kind).min(s.kv_len.div_ceil(min_splits).max(1));
                     (s.kv_len.div_ceil(chunk).max(1), chunk)
                 }
             };

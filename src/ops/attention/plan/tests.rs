@@ -531,8 +531,8 @@ fn llama3_8b_on_lavapipe() {
         pick(&dev, PREFILL_2K),
         (Kind::PrefillKeys, 1, 8, 1, 1, 2048, 32, false)
     );
-    assert_eq!(dev.keys_loop_cap_keys(128, 4), Some(64));
-    assert_eq!(DeviceDesc::nvidia().keys_loop_cap_keys(128, 1), Some(256));
+    assert_eq!(keys_chunk_keys(4), 64);
+    assert_eq!(keys_chunk_keys(1), 256);
     assert_eq!(dev.prefill_keys_loop_cap_keys(128), Some(30_400));
     assert_eq!(dev.loop_cap_keys(128), Some(724));
     assert_eq!(DeviceDesc::nvidia().loop_cap_keys(128), None);
