@@ -83,10 +83,29 @@ fn keys_slot_ok(i: u32, u: u32) -> bool {
 }
 
 fn keys_slot_unit(lane: u32, i: u32) -> u32 {
-    if keys_two() {
+    if keys_two() && !keys_qpairs() {
         return lane + WG * i;
     }
     return lane * keys_lane_units() + i;
+}
+
+// Quantized K/V with an even count of units per lane: the lane's slots 2m and 2m + 1 are the
+// 16 values of one 16-byte load in one block (one scale), read once (`keys_qload2`).
+fn keys_qpairs() -> bool {
+    return KV_FMT >= KV_Q8_0 && keys_lane_units() % 2u == 0u;
+}
+
+struct Item2 {
+    a: Item,
+    b: Item,
+}
+
+// Quantized units u and u + 1 (u even) of the row at `at`: one data load, one scale.
+fn keys_qload2(at: vec2<u32>, u: u32) -> Item2 {
+    let e = 8u * (at.y + u);
+    let w = keys_qunit(at.x, e);
+    let d = keys_qscale(at.x, e);
+    return Item2(kv_dequant8(KV_FMT, w, e, d), kv_dequant8(KV_FMT, w, e + 8u, d));
 }
 
 // Vec4 index in the head of the first 4 values of unit u.
@@ -187,7 +206,22 @@ fn keys_dot_slot(
     if !keys_slot_ok(i, u) {
         return;
     }
-    let x = keys_load(k, u);
+    if keys_qpairs() {
+        // The even slot reads both.
+        if (i & 1u) == 1u {
+            return;
+        }
+        let x2 = keys_qload2(k, u);
+        keys_dot_item(i, q, x2.a, s);
+        if keys_slot_ok(i + 1u, u + 1u) {
+            keys_dot_item(i + 1u, q, x2.b, s);
+        }
+        return;
+    }
+    keys_dot_item(i, q, keys_load(k, u), s);
+}
+
+fn keys_dot_item(i: u32, q: ptr<function, KeysRows>, x: Item, s: ptr<function, mat4x4<f32>>) {
     (*s)[0] += keys_dot_row(i, 0u, q, x);
     if KR > 1u {
         (*s)[1] += keys_dot_row(i, 1u, q, x);
@@ -241,10 +275,31 @@ fn keys_pv_slot(
     if !keys_slot_ok(i, u) {
         return;
     }
-    var y0 = keys_load(v[0], u);
-    var y1 = y0;
-    var y2 = y0;
-    var y3 = y0;
+    if keys_qpairs() {
+        // The even slot reads both (as `keys_dot_slot`).
+        if (i & 1u) == 1u {
+            return;
+        }
+        let y0 = keys_qload2(v[0], u);
+        var y1 = y0;
+        var y2 = y0;
+        var y3 = y0;
+        if keys_kpt() > 1u {
+            y1 = keys_qload2(v[1], u);
+        }
+        if keys_kpt() > 2u {
+            y2 = keys_qload2(v[2], u);
+            y3 = keys_qload2(v[3], u);
+        }
+        keys_pv_item(i, a, pr, y0.a, y1.a, y2.a, y3.a);
+        if keys_slot_ok(i + 1u, u + 1u) {
+            keys_pv_item(i + 1u, a, pr, y0.b, y1.b, y2.b, y3.b);
+        }
+        return;
+    }
+    var y1 = Item();
+    var y2 = Item();
+    var y3 = Item();
     if keys_kpt() > 1u {
         y1 = keys_load(v[1], u);
     }
@@ -252,6 +307,15 @@ fn keys_pv_slot(
         y2 = keys_load(v[2], u);
         y3 = keys_load(v[3], u);
     }
+    keys_pv_item(i, a, pr, keys_load(v[0], u), y1, y2, y3);
+}
+
+// Slot i of every row's accumulator += p x the trip's keys' V values y0 .. y3.
+fn keys_pv_item(i: u32, a: ptr<function, KeysRows>, pr: vec4<f32>, v0: Item, v1: Item, v2: Item, v3: Item) {
+    var y0 = v0;
+    var y1 = v1;
+    var y2 = v2;
+    var y3 = v3;
     if mask_bits_on() {
         // A key the boolean mask hides has p = 0 for every row and its V row is never read
         // (it may hold anything, NaN included): its values are dropped, not multiplied by 0.
