@@ -69,9 +69,10 @@ fn keys_slot_used(i: u32) -> bool {
     return i < KEYS_SLOTS && i < keys_lane_units();
 }
 
-// Units per lane, and the unit of slot i: an f32 lane owns units lane * n .. lane * n + n (one
-// cache line of a row at head_dim 128), so that one load instruction reaches WG lines of a row; a
-// lane of 8-value units owns units lane, lane + WG, ... (measured faster for halves, BENCHMARKS.md).
+// Units per lane, and the unit of slot i: a lane owns units lane * n .. lane * n + n (one cache
+// line of a row at head_dim 128 in f32), so that one load instruction reaches WG lines of a row;
+// with several rows (KR > 1) a lane of half units owns units lane, lane + WG, ... instead
+// (measured faster there, slower at one row, BENCHMARKS.md).
 fn keys_lane_units() -> u32 {
     return (keys_units() + WG - 1u) / WG;
 }
@@ -83,7 +84,7 @@ fn keys_slot_ok(i: u32, u: u32) -> bool {
 }
 
 fn keys_slot_unit(lane: u32, i: u32) -> u32 {
-    if keys_two() && !keys_qpairs() {
+    if keys_two() && !keys_qpairs() && KR > 1u {
         return lane + WG * i;
     }
     return lane * keys_lane_units() + i;
@@ -468,11 +469,11 @@ fn keys_logits(
     return select(vec4<f32>(NEG_BIG), x, ok);
 }
 
-// Trip t0 of a lane's pass in f32: lane l takes trip (t0 + l) % n, so that one load
-// instruction reaches 8 rows (8 cache lines in flight) rather than 8 slices of one row; halves
-// and quantized units measured faster unskewed (BENCHMARKS.md).
+// Trip t0 of a lane's pass in f32 with several rows (KR > 1): lane l takes trip (t0 + l) % n, so
+// that one load instruction reaches 8 rows (8 cache lines in flight) rather than 8 slices of one
+// row; halves, quantized units and one row (MHA) measured faster unskewed (BENCHMARKS.md).
 fn keys_skew(t0: u32, lane: u32, n: u32) -> u32 {
-    if keys_two() {
+    if keys_two() || KR == 1u {
         return t0;
     }
     return (t0 + lane) % n;
