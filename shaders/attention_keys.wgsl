@@ -69,10 +69,9 @@ fn keys_slot_used(i: u32) -> bool {
     return i < KEYS_SLOTS && i < keys_lane_units();
 }
 
-// Units per lane, and the unit of slot i: a lane owns units lane * n .. lane * n + n (one cache
-// line of a row at head_dim 128 in f32), so that one load instruction reaches WG lines of a row;
-// with several rows (KR > 1) a lane of half units owns units lane, lane + WG, ... instead
-// (measured faster there, slower at one row, BENCHMARKS.md).
+// Units per lane, and the unit of slot i: an f32 lane owns units lane * n .. lane * n + n (one
+// cache line of a row at head_dim 128), so that one load instruction reaches WG lines of a row; a
+// lane of half units owns units lane, lane + WG, ... (measured faster for halves, BENCHMARKS.md).
 fn keys_lane_units() -> u32 {
     return (keys_units() + WG - 1u) / WG;
 }
@@ -84,7 +83,7 @@ fn keys_slot_ok(i: u32, u: u32) -> bool {
 }
 
 fn keys_slot_unit(lane: u32, i: u32) -> u32 {
-    if keys_two() && !keys_qpairs() && KR > 1u {
+    if keys_two() && !keys_qpairs() {
         return lane + WG * i;
     }
     return lane * keys_lane_units() + i;
@@ -195,16 +194,35 @@ fn keys_dot_row(i: u32, r: u32, q: ptr<function, KeysRows>, x: Item) -> vec4<f32
     return s;
 }
 
-// s += the lane's slot i of the KR rows . the K row at `k`.
+// s[c] += the lane's slot i of row c % KR . the K row of the trip's key c / KR (at ks[c / KR]),
+// component c as in `keys_trip_dots`. The slot's unit is loaded for every key of the trip before
+// the next slot's, so that the loads of one slot reach keys_kpt() rows at once. A key whose
+// `seen` is false is not read.
 fn keys_dot_slot(
     i: u32,
     lane: u32,
     q: ptr<function, KeysRows>,
-    k: vec2<u32>,
+    ks: array<vec2<u32>, 4>,
+    seen: vec4<bool>,
     s: ptr<function, mat4x4<f32>>,
 ) {
     let u = keys_slot_unit(lane, i);
     if !keys_slot_ok(i, u) {
+        return;
+    }
+    keys_dot_key(i, u, 0u, q, ks[0], seen.x, s);
+    if keys_kpt() > 1u {
+        keys_dot_key(i, u, 1u, q, ks[1], seen.y, s);
+    }
+    if keys_kpt() > 2u {
+        keys_dot_key(i, u, 2u, q, ks[2], seen.z, s);
+        keys_dot_key(i, u, 3u, q, ks[3], seen.w, s);
+    }
+}
+
+// Key k of the trip (K row at `at`), slot i (unit u).
+fn keys_dot_key(i: u32, u: u32, k: u32, q: ptr<function, KeysRows>, at: vec2<u32>, seen: bool, s: ptr<function, mat4x4<f32>>) {
+    if !seen {
         return;
     }
     if keys_qpairs() {
@@ -212,20 +230,20 @@ fn keys_dot_slot(
         if (i & 1u) == 1u {
             return;
         }
-        let x2 = keys_qload2(k, u);
-        keys_dot_item(i, q, x2.a, s);
+        let x2 = keys_qload2(at, u);
+        keys_dot_item(i, k, q, x2.a, s);
         if keys_slot_ok(i + 1u, u + 1u) {
-            keys_dot_item(i + 1u, q, x2.b, s);
+            keys_dot_item(i + 1u, k, q, x2.b, s);
         }
         return;
     }
-    keys_dot_item(i, q, keys_load(k, u), s);
+    keys_dot_item(i, k, q, keys_load(at, u), s);
 }
 
-fn keys_dot_item(i: u32, q: ptr<function, KeysRows>, x: Item, s: ptr<function, mat4x4<f32>>) {
-    (*s)[0] += keys_dot_row(i, 0u, q, x);
+fn keys_dot_item(i: u32, k: u32, q: ptr<function, KeysRows>, x: Item, s: ptr<function, mat4x4<f32>>) {
+    (*s)[k * KR] += keys_dot_row(i, 0u, q, x);
     if KR > 1u {
-        (*s)[1] += keys_dot_row(i, 1u, q, x);
+        (*s)[k * KR + 1u] += keys_dot_row(i, 1u, q, x);
     }
     if KR > 2u {
         (*s)[2] += keys_dot_row(i, 2u, q, x);
@@ -335,25 +353,6 @@ fn keys_pv_item(i: u32, a: ptr<function, KeysRows>, pr: vec4<f32>, v0: Item, v1:
     }
 }
 
-// Lane `lane`'s partial dot products of the KR rows with the K row at `k`.
-fn keys_key_dots(
-    lane: u32,
-    q: ptr<function, KeysRows>,
-    k: vec2<u32>,
-) -> vec4<f32> {
-    var s = mat4x4<f32>();
-    keys_dot_slot(0u, lane, q, k, &s);
-    keys_dot_slot(1u, lane, q, k, &s);
-    keys_dot_slot(2u, lane, q, k, &s);
-    keys_dot_slot(3u, lane, q, k, &s);
-    keys_dot_slot(4u, lane, q, k, &s);
-    keys_dot_slot(5u, lane, q, k, &s);
-    keys_dot_slot(6u, lane, q, k, &s);
-    keys_dot_slot(7u, lane, q, k, &s);
-    // The rows' sums: a vec4 of partial products per row, added across once.
-    return vec4<f32>(1.0) * s;
-}
-
 // Keys per trip: the components of a trip's vec4 are (row, key) pairs, component c for row
 // c % KR and key c / KR, so that the scores, p and the lanes' exchanges of one row (MHA) carry
 // 4 keys each, not one row's value in one component.
@@ -372,9 +371,9 @@ fn keys_trip_dots(
     ms: MaskSeq,
     toks: vec2<u32>,
 ) -> vec4<f32> {
-    // Key j + k's rows in d[k]: 0 for a key the boolean mask hides from every row of the block
-    // (its K row is not read); a key past the split reads the last one's row (its logits are
-    // dropped).
+    // Key j + k's K row at ks[k]; a key the boolean mask hides from every row of the block is
+    // not read (its pairs stay 0), a key past the split reads the last one's row (its logits
+    // are dropped).
     let jc = min(vec4<i32>(j) + vec4<i32>(0, 1, 2, 3), vec4<i32>(kv_end - 1));
     let kpt = keys_kpt();
     var seen = vec4<bool>(true, kpt > 1u, kpt > 2u, kpt > 2u);
@@ -386,18 +385,26 @@ fn keys_trip_dots(
             mask_key_seen(ms, toks.x, toks.y, jc.w),
         );
     }
-    var d = mat4x4<f32>();
-    if seen.x { d[0] = keys_key_dots(lane, q, keys_rows(h, u32(jc.x)).xy); }
-    if seen.y { d[1] = keys_key_dots(lane, q, keys_rows(h, u32(jc.y)).xy); }
-    if seen.z { d[2] = keys_key_dots(lane, q, keys_rows(h, u32(jc.z)).xy); }
-    if seen.w { d[3] = keys_key_dots(lane, q, keys_rows(h, u32(jc.w)).xy); }
-    if KR == 4u {
-        return d[0];
+    var ks: array<vec2<u32>, 4>;
+    ks[0] = keys_rows(h, u32(jc.x)).xy;
+    if kpt > 1u {
+        ks[1] = keys_rows(h, u32(jc.y)).xy;
     }
-    if KR == 2u {
-        return vec4<f32>(d[0].xy, d[1].xy);
+    if kpt > 2u {
+        ks[2] = keys_rows(h, u32(jc.z)).xy;
+        ks[3] = keys_rows(h, u32(jc.w)).xy;
     }
-    return vec4<f32>(d[0].x, d[1].x, d[2].x, d[3].x);
+    var s = mat4x4<f32>();
+    keys_dot_slot(0u, lane, q, ks, seen, &s);
+    keys_dot_slot(1u, lane, q, ks, seen, &s);
+    keys_dot_slot(2u, lane, q, ks, seen, &s);
+    keys_dot_slot(3u, lane, q, ks, seen, &s);
+    keys_dot_slot(4u, lane, q, ks, seen, &s);
+    keys_dot_slot(5u, lane, q, ks, seen, &s);
+    keys_dot_slot(6u, lane, q, ks, seen, &s);
+    keys_dot_slot(7u, lane, q, ks, seen, &s);
+    // Each (row, key) pair's sum: a vec4 of partial products per pair, added across once.
+    return vec4<f32>(1.0) * s;
 }
 
 // Each component's row maximum over the components of the same row (the trip's keys).
