@@ -324,6 +324,48 @@ fn prefill_kernels_with_every_mask() {
     }
 }
 
+/// CPU adapters cap the loops of one `PrefillKeys` pass (`prefill_keys_loop_cap_keys`), and
+/// under a boolean mask each tile loops more (the tile vote and the per-logit mask step), which
+/// the cap must count: a masked prefill at the cap runs in one pass and one key past it in two,
+/// and a masked prefill over many more keys than the cap (in one pass it would outrun llvmpipe's
+/// loop limit and stop early) matches the reference.
+#[test]
+fn prefill_keys_masked_at_the_loop_cap() {
+    let ctx = ctx();
+    let Some(cap) = llama_kernels::ops::attention::prefill_keys_loop_cap_keys(&ctx, HD) else {
+        return;
+    };
+    for (kv_len, splits) in [(cap, 1), (cap + 1, 2), (2 * cap - 100, 2)] {
+        let c = Case {
+            kind: Some(Kind::PrefillKeys),
+            ..case(3, kv_len)
+        };
+        let d = llama_kernels::ops::attention::Dims {
+            batch: 1,
+            q_len: c.q_len,
+            kv_len,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: HD,
+        };
+        let plan = op_of(&c).plan(&ctx, d, c.dtype).unwrap();
+        assert_eq!(plan.splits, splits, "kv_len {kv_len}");
+        run_case(&ctx, c, 10 + kv_len as u64);
+    }
+    // The other kernels' caps, forced, at as many keys (their chunks are at their caps).
+    let mut kinds = vec![(Kind::Prefill, 3)];
+    if ctx.caps().subgroups {
+        kinds.extend([(Kind::PrefillSubgroup, 3), (Kind::DecodeSubgroup, 1)]);
+    }
+    for (kind, q_len) in kinds {
+        let c = Case {
+            kind: Some(kind),
+            ..case(q_len, 2 * cap - 100)
+        };
+        run_case(&ctx, c, 20);
+    }
+}
+
 #[test]
 fn decode_kernels_with_every_mask() {
     let ctx = ctx();

@@ -178,7 +178,14 @@ impl DeviceDesc {
             return None;
         }
         let hd4 = head_dim / 4;
-        let per_tile = 1 + hd4 + KEYS_WG as usize + PREFILL_KEYS_TILE;
+        // Under a boolean mask each tile also loops over the tile vote's mask words and over
+        // each lane's logits (`pk_mask_step`). Masks are bound after planning, and a plan must
+        // hold for every call, so every plan counts them.
+        let masked = 1
+            + PREFILL_KEYS_TILE / 32
+            + 1
+            + PREFILL_KEYS_ROWS * PREFILL_KEYS_TILE / KEYS_WG as usize;
+        let per_tile = 1 + hd4 + KEYS_WG as usize + PREFILL_KEYS_TILE + masked;
         let staging = PREFILL_KEYS_ROWS * hd4 / KEYS_WG as usize;
         Some((50_000 - staging - 64) / per_tile * PREFILL_KEYS_TILE)
     }

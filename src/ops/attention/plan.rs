@@ -65,8 +65,10 @@ pub fn loop_cap_keys(ctx: &Context, head_dim: usize) -> Option<usize> {
 
 /// Keys one [`Kind::PrefillKeys`] workgroup may loop over on this adapter, if limited (see
 /// [`loop_cap_keys`]): per tile of [`PREFILL_KEYS_TILE`](super::PREFILL_KEYS_TILE) keys, the tile loop, the Q K^T loop
-/// over the head, the reduction over the 8 lanes and the P V loop over the tile's keys; the q
-/// staging and the bounds and store loops are taken off the budget.
+/// over the head, the reduction over the 8 lanes, the P V loop over the tile's keys and, since a
+/// boolean mask may be bound to any call, the masked path's loops (the tile vote over the mask
+/// words, the mask step over each lane's logits); the q staging and the bounds and store loops
+/// are taken off the budget.
 pub fn prefill_keys_loop_cap_keys(ctx: &Context, head_dim: usize) -> Option<usize> {
     DeviceDesc::of(ctx).prefill_keys_loop_cap_keys(head_dim)
 }

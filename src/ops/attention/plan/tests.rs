@@ -533,7 +533,7 @@ fn llama3_8b_on_lavapipe() {
     );
     assert_eq!(keys_chunk_keys(4), 64);
     assert_eq!(keys_chunk_keys(1), 256);
-    assert_eq!(dev.prefill_keys_loop_cap_keys(128), Some(30_400));
+    assert_eq!(dev.prefill_keys_loop_cap_keys(128), Some(18_432));
     assert_eq!(dev.loop_cap_keys(128), Some(724));
     assert_eq!(DeviceDesc::nvidia().loop_cap_keys(128), None);
     // Unaligned rows fall back to the workgroup-tile decode, split under the loop cap.
@@ -554,7 +554,7 @@ fn llama3_8b_on_lavapipe() {
         .unwrap();
     assert_eq!(
         (p.variant.kind, p.splits, p.variant.split_kv),
-        (Kind::PrefillKeys, 2, true)
+        (Kind::PrefillKeys, 3, true)
     );
 }
 
