@@ -68,13 +68,16 @@
 //!   `l` takes keys `l, l + lanes, ...` of each tile). kv_len is split into chunks over
 //!   workgroups; each K/V row of a chunk is read once per kv head and shared by the g query heads.
 //!   Every (row, split, lane) writes a partial (m, l, acc); a second pass merges them in that fixed
-//!   order, so results are bitwise repeatable. Empty chunks write (-3e38, 0, 0) and add nothing.
+//!   order, so results are bitwise repeatable. The split-KV workgroups take their items kv head
+//!   fastest and split slowest (`split_item`, as the paged `paged_item`), so workgroups that run
+//!   side by side read the same key rows of neighbouring heads. Empty chunks write (-3e38, 0, 0) and add nothing.
 //! - [`Kind::DecodeKeys`] (`attn_decode_keys` in `shaders/attention_decode.wgsl`, its step
 //!   `keys_partial` in `shaders/attention_keys.wgsl`, shared with the paged kernel's
 //!   `attn_paged_keys`), decode for CPU adapters, shaped like [`Kind::PrefillKeys`]: the
 //!   [`KEYS_WG`] invocations of a workgroup own 16-byte head slices of its `kr` (<=
-//!   [`KEYS_MAX_ROWS`]) query rows; for each key they load their slices of its K row (4 f32 or
-//!   8 halves / quantized values per load) against every row, so a GQA group shares every load,
+//!   [`KEYS_MAX_ROWS`]) query rows; for each trip of keys they load one slice of every key's K
+//!   row, then the next slice (4 f32 or 8 halves / quantized values per load, so one slice's
+//!   loads reach several rows at once), against every row, so a GQA group shares every load,
 //!   and exchange the partial scores through workgroup memory, where each lane owns keys for the
 //!   softmax; then each lane adds p times its slices of the V rows. A trip's vec4 holds (row, key)
 //!   pairs, `4 / kr` keys, so that one row (MHA) still moves 4 keys per exchange. A workgroup
