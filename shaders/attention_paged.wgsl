@@ -381,10 +381,18 @@ fn attn_paged_merge_rows(
 // `attn_paged_keys` (see the header): `keys_partial`'s row addresses inside the pages.
 
 // (K source, K unit, V source, V unit) of key j; h = (block-table offset, kv head). Both rows
-// live in the same page, so in the same pool buffer (the source).
+// live in the same page, so in the same pool buffer. Float pages: the source is the pool buffer,
+// the unit counts from the buffer's start. Quantized pages: the source is the pool buffer + 4 x
+// the page's number inside it (POOLS <= 3), the unit counts from the page's start, so that
+// `keys_qunit` / `keys_qscale` find the page's words without dividing by its size.
 fn keys_rows(h: vec2<u32>, j: u32) -> vec4<u32> {
+    if KV_FMT >= KV_Q8_0 {
+        let s = key_slot(h.x, j, h.y);
+        let x = s.x + 4u * s.y;
+        return vec4<u32>(x, s.z / 8u, x, (s.z + p.k_off) / 8u);
+    }
     let a = key_addr(h.x, j, h.y);
-    let epi = select(elems_per_item(DTYPE), 8u, KV_FMT >= KV_Q8_0);
+    let epi = elems_per_item(DTYPE);
     return vec4<u32>(a.x, a.y / epi, a.x, (a.y + p.k_off) / epi);
 }
 
@@ -392,16 +400,15 @@ fn keys_unit(src: u32, i: u32) -> vec4<u32> {
     return pool_word4(src, i);
 }
 
-// Quantized pages, element e (a multiple of 8) of pool buffer src: the 16-byte unit holding its
-// two data words (a page is a whole number of 16-byte units, so they share one), and its scale.
-// A page's elements (p.k_sb) are a multiple of 32, so e % 32 is the offset's inside the page.
+// Quantized pages (`keys_rows`' source src = pool buffer + 4 x page), value e of the page (a
+// multiple of 8): the 16-byte unit holding its two data words (a page is a whole number of
+// 16-byte units, so they share one), and its scale.
 fn keys_qunit(src: u32, e: u32) -> vec4<u32> {
-    let le = e % p.k_sb;
-    return pool_word4(src, ((e / p.k_sb) * p.k_sc + kv_word(KV_FMT, le)) >> 2u);
+    return pool_word4(src & 3u, ((src >> 2u) * p.k_sc + kv_word(KV_FMT, e)) >> 2u);
 }
 
 fn keys_qscale(src: u32, e: u32) -> f32 {
-    return pool_qscale(src, (e / p.k_sb) * p.k_sc, e % p.k_sb);
+    return pool_qscale(src & 3u, (src >> 2u) * p.k_sc, e);
 }
 
 // Element offset of query row r (clamped to the sequence's last row) of sequence sq, kv head kvh.
