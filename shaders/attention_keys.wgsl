@@ -71,7 +71,7 @@ fn keys_slot_used(i: u32) -> bool {
 
 // Units per lane, and the unit of slot i: an f32 lane owns units lane * n .. lane * n + n (one
 // cache line of a row at head_dim 128), so that one load instruction reaches WG lines of a row; a
-// lane of half units owns units lane, lane + WG, ... (measured faster for halves, BENCHMARKS.md).
+// lane of 8-value units owns units lane, lane + WG, ... (measured faster for halves, BENCHMARKS.md).
 fn keys_lane_units() -> u32 {
     return (keys_units() + WG - 1u) / WG;
 }
