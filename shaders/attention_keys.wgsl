@@ -100,7 +100,9 @@ struct Item2 {
     b: Item,
 }
 
-// Quantized units u and u + 1 (u even) of the row at `at`: one data load, one scale.
+// Quantized units u and u + 1 of the row at `at`: one data load, one scale. `a` (unit u) holds
+// for any u, `b` (unit u + 1) where u is even (`keys_qpairs`: the pair shares a 16-byte load and
+// a block).
 fn keys_qload2(at: vec2<u32>, u: u32) -> Item2 {
     let e = 8u * (at.y + u);
     let w = keys_qunit(at.x, e);
@@ -176,14 +178,24 @@ fn keys_unpack(w: vec4<u32>) -> Item {
     return unpack_item(w, DTYPE);
 }
 
-// Unit u of the row at (source, unit) `at`: float units through `keys_unit`, quantized ones
-// dequantized from the unit holding their 8 values and their block's scale.
-fn keys_load(at: vec2<u32>, u: u32) -> Item {
+// Unit u of the row at (source, unit) `at` in `a`, and with quantized pairs (`keys_qpairs`) unit
+// u + 1 in `b`: float units through `keys_unit`, quantized ones dequantized from the 16-byte unit
+// holding their values and their block's scale.
+fn keys_slot_load(at: vec2<u32>, u: u32) -> Item2 {
     if KV_FMT >= KV_Q8_0 {
-        let e = 8u * (at.y + u);
-        return kv_dequant8(KV_FMT, keys_qunit(at.x, e), e, keys_qscale(at.x, e));
+        return keys_qload2(at, u);
     }
-    return keys_unpack(keys_unit(at.x, at.y + u));
+    return Item2(keys_unpack(keys_unit(at.x, at.y + u)), Item());
+}
+
+// With quantized pairs (`keys_qpairs`) the even slot i takes units u and u + 1: whether slot i is
+// an odd one (its unit already taken), and whether the even slot i also takes slot i + 1.
+fn keys_pair_odd(i: u32) -> bool {
+    return keys_qpairs() && (i & 1u) == 1u;
+}
+
+fn keys_pair_next(i: u32, u: u32) -> bool {
+    return keys_qpairs() && keys_slot_ok(i + 1u, u + 1u);
 }
 
 fn keys_dot_row(i: u32, r: u32, q: ptr<function, KeysRows>, x: Item) -> vec4<f32> {
@@ -207,7 +219,7 @@ fn keys_dot_slot(
     s: ptr<function, mat4x4<f32>>,
 ) {
     let u = keys_slot_unit(lane, i);
-    if !keys_slot_ok(i, u) {
+    if !keys_slot_ok(i, u) || keys_pair_odd(i) {
         return;
     }
     keys_dot_key(i, u, 0u, q, ks[0], seen.x, s);
@@ -225,19 +237,11 @@ fn keys_dot_key(i: u32, u: u32, k: u32, q: ptr<function, KeysRows>, at: vec2<u32
     if !seen {
         return;
     }
-    if keys_qpairs() {
-        // The even slot reads both.
-        if (i & 1u) == 1u {
-            return;
-        }
-        let x2 = keys_qload2(at, u);
-        keys_dot_item(i, k, q, x2.a, s);
-        if keys_slot_ok(i + 1u, u + 1u) {
-            keys_dot_item(i + 1u, k, q, x2.b, s);
-        }
-        return;
+    let x = keys_slot_load(at, u);
+    keys_dot_item(i, k, q, x.a, s);
+    if keys_pair_next(i, u) {
+        keys_dot_item(i + 1u, k, q, x.b, s);
     }
-    keys_dot_item(i, k, q, keys_load(at, u), s);
 }
 
 fn keys_dot_item(i: u32, k: u32, q: ptr<function, KeysRows>, x: Item, s: ptr<function, mat4x4<f32>>) {
@@ -291,42 +295,24 @@ fn keys_pv_slot(
     pr: vec4<f32>,
 ) {
     let u = keys_slot_unit(lane, i);
-    if !keys_slot_ok(i, u) {
+    if !keys_slot_ok(i, u) || keys_pair_odd(i) {
         return;
     }
-    if keys_qpairs() {
-        // The even slot reads both (as `keys_dot_slot`).
-        if (i & 1u) == 1u {
-            return;
-        }
-        let y0 = keys_qload2(v[0], u);
-        var y1 = y0;
-        var y2 = y0;
-        var y3 = y0;
-        if keys_kpt() > 1u {
-            y1 = keys_qload2(v[1], u);
-        }
-        if keys_kpt() > 2u {
-            y2 = keys_qload2(v[2], u);
-            y3 = keys_qload2(v[3], u);
-        }
-        keys_pv_item(i, a, pr, y0.a, y1.a, y2.a, y3.a);
-        if keys_slot_ok(i + 1u, u + 1u) {
-            keys_pv_item(i + 1u, a, pr, y0.b, y1.b, y2.b, y3.b);
-        }
-        return;
-    }
-    var y1 = Item();
-    var y2 = Item();
-    var y3 = Item();
+    let y0 = keys_slot_load(v[0], u);
+    var y1 = y0;
+    var y2 = y0;
+    var y3 = y0;
     if keys_kpt() > 1u {
-        y1 = keys_load(v[1], u);
+        y1 = keys_slot_load(v[1], u);
     }
     if keys_kpt() > 2u {
-        y2 = keys_load(v[2], u);
-        y3 = keys_load(v[3], u);
+        y2 = keys_slot_load(v[2], u);
+        y3 = keys_slot_load(v[3], u);
     }
-    keys_pv_item(i, a, pr, keys_load(v[0], u), y1, y2, y3);
+    keys_pv_item(i, a, pr, y0.a, y1.a, y2.a, y3.a);
+    if keys_pair_next(i, u) {
+        keys_pv_item(i + 1u, a, pr, y0.b, y1.b, y2.b, y3.b);
+    }
 }
 
 // Slot i of every row's accumulator += p x the trip's keys' V values y0 .. y3.

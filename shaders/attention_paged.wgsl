@@ -128,10 +128,11 @@ fn pool_word4(buf: u32, i: u32) -> vec4<u32> {
     return pool2[i];
 }
 
-// Quantized pages (KV_FMT >= KV_Q8_0): element e of a pool buffer is value e % page_elems (p.k_sb)
-// of its page e / page_elems, and each page is a quantized buffer of p.k_sc words whose scale
-// plane starts at f16 number p.v_sc of the page (src/kv_format.rs, PagedKvCache::with_format).
-// V's rows start at p.k_off in a page, so fp8 picks V's scale from there on.
+// Quantized pages (KV_FMT >= KV_Q8_0): page n of a pool buffer is a quantized buffer of p.k_sc
+// words from word n * p.k_sc, whose scale plane starts at f16 number p.v_sc of the page
+// (src/kv_format.rs, PagedKvCache::with_format); its values are addressed by page and value
+// inside it (`key_slot`), never by dividing an offset by the page's size. V's rows start at value
+// p.k_off of a page, so fp8 picks V's scale from there on.
 fn pool_word(buf: u32, i: u32) -> u32 {
     return pool_word4(buf, i >> 2u)[i & 3u];
 }
@@ -151,18 +152,15 @@ fn pool_scale_number(base: u32, le: u32) -> u32 {
     return 2u * base + p.v_sc + kv_scale_index(le, 4u * HD4);
 }
 
-fn pool_qload4(buf: u32, e: u32) -> vec4<f32> {
-    let le = e % p.k_sb;
-    let base = (e / p.k_sb) * p.k_sc;
-    let w = pool_word(buf, base + kv_word(KV_FMT, le));
-    return kv_dequant4(KV_FMT, w, le, pool_qscale(buf, base, le));
-}
-
-// Four elements at element e (a multiple of 4) of pool buffer buf.
-fn pool_load4(buf: u32, e: u32) -> vec4<f32> {
+// Four elements at value le (a multiple of 4) of page `page` of pool buffer buf (`key_slot`'s
+// parts).
+fn pool_load4(buf: u32, page: u32, le: u32) -> vec4<f32> {
     if KV_FMT >= KV_Q8_0 {
-        return pool_qload4(buf, e);
+        let base = page * p.k_sc;
+        let w = pool_word(buf, base + kv_word(KV_FMT, le));
+        return kv_dequant4(KV_FMT, w, le, pool_qscale(buf, base, le));
     }
+    let e = page * p.k_sb + le;
     if DTYPE == DT_F32 {
         return bitcast<vec4<f32>>(pool_word4(buf, e >> 2u));
     }
@@ -250,8 +248,8 @@ fn stage_tile_paged(lid: u32, j0: i32, n: u32, bt_off: u32, kvh: u32) {
     for (var i = lid; i < 2u * n * HD4; i += WG) {
         let v = i >= n * HD4;
         let iu = select(i, i - n * HD4, v);
-        let a = key_addr(bt_off, u32(j0) + iu / HD4, kvh);
-        let x = pool_load4(a.x, a.y + select(0u, p.k_off, v) + 4u * (iu % HD4));
+        let s = key_slot(bt_off, u32(j0) + iu / HD4, kvh);
+        let x = pool_load4(s.x, s.y, s.z + select(0u, p.k_off, v) + 4u * (iu % HD4));
         if v {
             v_tile[iu] = x;
         } else {
@@ -411,17 +409,23 @@ fn keys_qscale(src: u32, e: u32) -> f32 {
     return pool_qscale(src & 3u, (src >> 2u) * p.k_sc, e);
 }
 
-// Element offset of query row r (clamped to the sequence's last row) of sequence sq, kv head kvh.
-fn paged_q_row(sq: Seq, r: u32, kvh: u32) -> u32 {
+// (Packed token, query head) of query row r (clamped to the sequence's last row) of sequence sq,
+// kv head kvh.
+fn paged_row(sq: Seq, r: u32, kvh: u32) -> vec2<u32> {
     let rc = min(r, sq.q_len * p.group - 1u);
-    let h = kvh * p.group + rc % p.group;
-    return p.q_off + (sq.q_start + rc / p.group) * p.q_st + h * p.q_sh;
+    return vec2<u32>(sq.q_start + rc / p.group, kvh * p.group + rc % p.group);
 }
 
-// Element offset of the output row of query row r (clamped as `paged_q_row`).
+// Element offset of query row r's q row (`paged_row`).
+fn paged_q_row(sq: Seq, r: u32, kvh: u32) -> u32 {
+    let th = paged_row(sq, r, kvh);
+    return p.q_off + th.x * p.q_st + th.y * p.q_sh;
+}
+
+// Element offset of query row r's output row (`paged_row`).
 fn paged_o_row(sq: Seq, r: u32, kvh: u32) -> u32 {
-    let rc = min(r, sq.q_len * p.group - 1u);
-    return p.o_off + (sq.q_start + rc / p.group) * p.o_st + (kvh * p.group + rc % p.group) * p.o_sh;
+    let th = paged_row(sq, r, kvh);
+    return p.o_off + th.x * p.o_st + th.y * p.o_sh;
 }
 
 @compute @workgroup_size(WG)

@@ -280,22 +280,25 @@ impl PagedBatch {
         // least its minimum, aiming at its number of workgroups over the sequences it runs
         // (DecodeSubgroup at the device's resident workgroups, `attention::sg_splits`).
         let mut plans = Vec::with_capacity(seqs.len());
-        // (DecodeKeys takes chunks of its pass, `keys_chunk_keys`, at any batch.)
-        let mut base_keys = [0usize; 2];
-        let class = |kind: Kind| usize::from(kind == Kind::DecodeSubgroup);
+        // Keys x row blocks x kv heads the tile decode (Decode, Prefill) and DecodeSubgroup run
+        // over the batch. DecodeKeys takes chunks of its pass (`keys_chunk_keys`) at any batch.
+        let (mut tile_keys, mut sg_keys) = (0usize, 0usize);
         for s in seqs {
             let kind = kind_of(s.q_len);
             let rows = s.q_len * group;
             let (rows_per_wg, _) = shape_of(kind, rows);
-            if kind != Kind::DecodeKeys {
-                base_keys[class(kind)] += rows.div_ceil(rows_per_wg) * n_kv_heads * s.kv_len.max(1);
+            let keys = rows.div_ceil(rows_per_wg) * n_kv_heads * s.kv_len.max(1);
+            match kind {
+                Kind::DecodeKeys => {}
+                Kind::DecodeSubgroup => sg_keys += keys,
+                _ => tile_keys += keys,
             }
         }
         let resident = attention::DeviceDesc::of(ctx).resident_workgroups(attention::SG_WG);
         let auto_chunk = |kind: Kind| match kind {
             Kind::DecodeKeys => usize::MAX,
-            Kind::DecodeSubgroup => base_keys[1].div_ceil(resident).max(attention::SG_MIN_CHUNK),
-            _ => base_keys[0]
+            Kind::DecodeSubgroup => sg_keys.div_ceil(resident).max(attention::SG_MIN_CHUNK),
+            _ => tile_keys
                 .div_ceil(attention::DECODE_TARGET_WORKGROUPS)
                 .max(attention::DECODE_MIN_CHUNK),
         };
